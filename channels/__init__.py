@@ -1,0 +1,1 @@
+"""Protocol connectors: each sub-package implements one interface from ``engine``."""

@@ -1,0 +1,262 @@
+"""Typed configuration: ``config/engine.yaml`` and one ``config/channels/*.yaml`` per channel.
+
+Every model forbids unknown keys, so a misspelt setting is an error at load
+instead of a silent default. ``docs/channel.schema.json`` is generated from
+:class:`ChannelConfig` (``radbridge schema channel``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "AcceptConfig",
+    "ChannelConfig",
+    "DatabaseConfig",
+    "DestinationConfig",
+    "DicomConfig",
+    "DuplicatesConfig",
+    "EngineConfig",
+    "FieldCondition",
+    "FilterConfig",
+    "HTTPDestinationConfig",
+    "MLLPDestinationConfig",
+    "MLLPSourceConfig",
+    "RetryConfig",
+    "TLSConfig",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_FIELD_PATH = re.compile(r"^[A-Z][A-Z0-9]{2}(\(\d+\))?-\d+(\(\d+\))?(\.\d+){0,2}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSConfig(_Model):
+    """TLS for a listener (server side) or a destination (client side)."""
+
+    cert_file: Path | None = Field(None, description="PEM certificate chain presented to the peer")
+    key_file: Path | None = Field(None, description="PEM private key for cert_file")
+    ca_file: Path | None = Field(None, description="PEM CA bundle used to verify the peer")
+    require_client_cert: bool = Field(False, description="listeners: mutual TLS")
+    verify_peer: bool = Field(True, description="destinations: verify the server certificate")
+    server_hostname: str | None = Field(None, description="destinations: name to verify")
+
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MLLPSourceConfig(_Model):
+    """An MLLP listener."""
+
+    type: Literal["mllp"] = "mllp"
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    idle_timeout_seconds: float = Field(600.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    charset_fallback: str = Field("8859/1", description="HL7 table 0211 name used when MSH-18 fails")
+    detect_utf8: bool = Field(True, description="read valid UTF-8 as UTF-8 despite a single-byte MSH-18")
+    tls: TLSConfig | None = None
+
+
+class AcceptConfig(_Model):
+    """What the channel accepts; everything else is answered AR."""
+
+    message_types: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    processing_ids: list[str] = Field(default_factory=lambda: ["P", "T", "D"], min_length=1)
+    versions: list[str] = Field(default_factory=lambda: ["2.*"], min_length=1)
+    structure: Literal["none", "control", "strict"] = "control"
+    datatypes: Literal["none", "key", "all"] = "key"
+
+
+class FieldCondition(_Model):
+    """A condition on one field value (``PID-3.4``, ``OBR(1)-24``)."""
+
+    field: str
+    equals: str | None = None
+    in_: list[str] | None = Field(None, alias="in")
+    matches: str | None = None
+    present: bool | None = None
+    negate: bool = False
+
+    @field_validator("field")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not _FIELD_PATH.match(value):
+            raise ValueError(f"{value!r} is not a field path like PID-3.4 or OBR(2)-24")
+        return value
+
+    @field_validator("matches")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_test(self) -> FieldCondition:
+        tests = [self.equals, self.in_, self.matches, self.present]
+        if sum(t is not None for t in tests) != 1:
+            raise ValueError("give exactly one of equals, in, matches, present")
+        return self
+
+
+class FilterConfig(_Model):
+    """Which accepted messages the channel processes; the others are FILTERED."""
+
+    message_types: list[str] | None = None
+    sending_applications: list[str] | None = None
+    sending_facilities: list[str] | None = None
+    conditions: list[FieldCondition] = Field(default_factory=list)
+    mode: Literal["all", "any"] = Field("all", description="how conditions combine")
+    action: Literal["accept", "reject"] = Field(
+        "accept", description="accept: filtered messages get AA; reject: they get AR"
+    )
+
+
+class DuplicatesConfig(_Model):
+    """Resent messages: same sender and control id."""
+
+    window_hours: float = Field(72.0, ge=0)
+    on_conflict: Literal["reject", "accept"] = Field(
+        "reject", description="same control id, different body: AE 205, or process as new"
+    )
+
+
+class RetryConfig(_Model):
+    """Exponential backoff for one destination."""
+
+    initial_seconds: float = Field(1.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+    max_seconds: float = Field(300.0, gt=0)
+    max_attempts: int = Field(50, ge=1, description="after this many failed attempts: ERROR")
+
+
+class _DestinationBase(_Model):
+    name: str = Field(pattern=_NAME)
+    message_types: list[str] = Field(default_factory=lambda: ["*"])
+    ordering_key: Literal["patient_id", "accession_number", "control_id", "none"] = "patient_id"
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class MLLPDestinationConfig(_DestinationBase):
+    """Forward over MLLP and check the peer's ACK."""
+
+    type: Literal["mllp"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: TLSConfig | None = None
+
+
+class HTTPDestinationConfig(_DestinationBase):
+    """POST the message to a URL (httpx)."""
+
+    type: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    tls: TLSConfig | None = None
+
+
+DestinationConfig = Annotated[
+    MLLPDestinationConfig | HTTPDestinationConfig, Field(discriminator="type")
+]
+
+
+class ChannelConfig(_Model):
+    """One channel: source → accept → filter → mapping → handlers → destinations."""
+
+    name: str = Field(pattern=_NAME)
+    enabled: bool = True
+    description: str = ""
+    source: MLLPSourceConfig
+    accept: AcceptConfig = Field(default_factory=AcceptConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig)
+    mapping: str | None = Field(None, description="mapping file under mappings/ applied to each message")
+    handlers: list[str] = Field(default_factory=list, description="domain handlers, in order")
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> ChannelConfig:
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
+        return self
+
+
+class DatabaseConfig(_Model):
+    """Where messages and the domain live."""
+
+    url: str = Field("", description="SQLAlchemy URL; empty: SQLite file in data_dir")
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    pool_size: int = Field(5, ge=1)
+
+
+class DicomConfig(_Model):
+    """DICOM services (worklist, MPPS, storage)."""
+
+    ae_title: str = Field("RADBRIDGE", min_length=1, max_length=16)
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+
+
+class HTTPConfig(_Model):
+    """The HTTP API (FHIR facade, health)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class OutboxConfig(_Model):
+    """Delivery workers."""
+
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    batch_size: int = Field(100, ge=1)
+    lease_seconds: float = Field(120.0, gt=0)
+
+
+class IdentityConfig(_Model):
+    """How radbridge names itself in ACKs (MSH-3/MSH-4 when the sender left MSH-5/6 empty)."""
+
+    application: str = "RADBRIDGE"
+    facility: str = ""
+
+
+class LoggingConfig(_Model):
+    """Log output. INFO never carries PHI (names, birth dates): ids only."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class EngineConfig(_Model):
+    """``config/engine.yaml``."""
+
+    data_dir: Path = Path("./var")
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    dicom: DicomConfig = Field(default_factory=DicomConfig)
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    timezone: str = Field("UTC", description="site time zone for HL7 times without an offset")
+    mappings_dir: Path = Path("./mappings")
+
+    def database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file under ``data_dir``."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.data_dir / 'radbridge.db').as_posix()}"

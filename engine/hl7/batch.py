@@ -1,0 +1,96 @@
+"""Splitting a received payload into messages (HL7 v2.5.1 2.10.3, batch protocol).
+
+One MLLP frame may carry a single message, a batch (BHS … BTS), a file of
+batches (FHS … FTS), or several messages back to back with no envelope.
+:func:`split_messages` returns the messages' texts and whether the payload was
+a batch, or raises :class:`BatchError` for envelopes that break the rules
+(a BHS inside a message, segments before the first MSH, unbalanced headers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.errors import ErrorLocation, HL7ApplicationError
+from engine.hl7.er7 import normalize_segment_breaks
+
+__all__ = ["BatchError", "Split", "split_messages"]
+
+_ENVELOPE = ("FHS", "BHS", "BTS", "FTS")
+
+
+class BatchError(HL7ApplicationError):
+    """The batch envelope is malformed (table 0357 code 100)."""
+
+    def __init__(self, text: str, segment: str, sequence: int = 1) -> None:
+        super().__init__(100, text, ErrorLocation(segment, sequence))
+
+
+@dataclass(slots=True)
+class Split:
+    """The messages found in one payload."""
+
+    messages: list[str] = field(default_factory=list)
+    batch: bool = False
+    header: str = ""  # the BHS (or FHS) line when batched
+
+
+def split_messages(text: str) -> Split:
+    """Split decoded payload text into message texts (CR-terminated)."""
+    lines = [line for line in normalize_segment_breaks(text.lstrip("\ufeff")).split("\r") if line]
+    result = Split()
+    current: list[str] = []
+    open_batch = open_file = 0
+    for number, line in enumerate(lines, start=1):
+        tag = line[:3]
+        if tag in _ENVELOPE:
+            open_batch, open_file = _envelope(tag, number, current, open_batch, open_file)
+            result.batch = True
+            if tag in ("BHS", "FHS"):
+                if current:
+                    result.messages.append(_join(current))
+                    current = []
+                result.header = result.header or line
+            if tag in ("BTS", "FTS") and current:
+                result.messages.append(_join(current))
+                current = []
+            continue
+        if tag == "MSH":
+            if current:
+                result.messages.append(_join(current))
+            current = [line]
+        elif current:
+            current.append(line)
+        elif line.strip():
+            if result.batch:
+                raise BatchError(f"segment {tag!r} before the first MSH of the batch", tag, number)
+            current = [line]
+    if current:
+        result.messages.append(_join(current))
+    if open_batch or open_file:
+        result.batch = True
+    if len(result.messages) > 1:
+        result.batch = True
+    return result
+
+
+def _envelope(tag: str, number: int, current: list[str], batches: int, files: int) -> tuple[int, int]:
+    if tag == "FHS":
+        if files:
+            raise BatchError("FHS inside an open file", tag, number)
+        return batches, files + 1
+    if tag == "BHS":
+        if batches:
+            raise BatchError("BHS inside an open batch", tag, number)
+        return batches + 1, files
+    if tag == "BTS":
+        if not batches:
+            raise BatchError("BTS without BHS", tag, number)
+        return batches - 1, files
+    if not files:
+        raise BatchError("FTS without FHS", tag, number)
+    return batches, files - 1
+
+
+def _join(lines: list[str]) -> str:
+    return "\r".join(lines) + "\r"

@@ -1,0 +1,292 @@
+"""HL7 v2 ER7 ("pipe and hat") tokenizing: the receive path's parser.
+
+A :class:`Message` keeps the decoded text and splits segments once; fields,
+repetitions, components and sub-components are split on demand with ``str``
+methods, which is two orders of magnitude cheaper than hl7apy's parser
+(../shared/reference/PERFORMANCE.md). Values are returned *escaped* as they
+stand on the wire; :func:`unescape` turns them into plain text (HL7 v2.5.1
+2.7, escape sequences).
+
+Field numbering follows the standard: for every segment ``field(n)`` is
+``SEG-n``; for MSH, MSH-1 is the field separator and MSH-2 the encoding
+characters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "Message",
+    "Segment",
+    "Separators",
+    "escape",
+    "normalize_segment_breaks",
+    "unescape",
+]
+
+_SEGMENT_BREAKS = re.compile(r"\r\n|\n\r|\n|\r")
+
+
+@dataclass(frozen=True, slots=True)
+class Separators:
+    """The delimiters from MSH-1/MSH-2 (HL7 v2.5.1 2.5.4)."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+    truncation: str = ""
+
+    @property
+    def encoding_characters(self) -> str:
+        """MSH-2 as it is written."""
+        return self.component + self.repetition + self.escape + self.subcomponent + self.truncation
+
+    @classmethod
+    def from_msh(cls, field_sep: str, encoding: str) -> Separators:
+        """Build from MSH-1 and MSH-2; missing characters keep their defaults."""
+        defaults = cls()
+        chars = list(encoding[:5])
+        names = ["component", "repetition", "escape", "subcomponent", "truncation"]
+        values = {n: getattr(defaults, n) for n in names}
+        for name, ch in zip(names, chars, strict=False):
+            values[name] = ch
+        return cls(field=field_sep, **values)
+
+
+def normalize_segment_breaks(text: str) -> str:
+    """Turn LF, CRLF and LFCR segment terminators into the standard CR."""
+    if "\n" not in text:
+        return text
+    return _SEGMENT_BREAKS.sub("\r", text)
+
+
+class Segment:
+    """One segment, split into fields on construction."""
+
+    __slots__ = ("fields", "name", "seps")
+
+    def __init__(self, text: str, seps: Separators) -> None:
+        self.seps = seps
+        parts = text.split(seps.field)
+        self.name = parts[0]
+        if self.name in ("MSH", "FHS", "BHS"):
+            parts.insert(1, seps.field)
+        self.fields = parts
+
+    def field(self, n: int) -> str:
+        """SEG-n as escaped text ("" when absent)."""
+        fields = self.fields
+        return fields[n] if 0 < n < len(fields) else ""
+
+    @property
+    def field_count(self) -> int:
+        """Index of the last field present."""
+        return len(self.fields) - 1
+
+    def repetitions(self, n: int) -> list[str]:
+        """Every repetition of SEG-n (MSH-2 is never split)."""
+        value = self.field(n)
+        if n <= 2 and self.name in ("MSH", "FHS", "BHS"):
+            return [value]
+        return value.split(self.seps.repetition) if value else []
+
+    def value(self, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
+        """The escaped value at SEG-n(rep).comp.sub, all indices 1-based."""
+        if n <= 2 and self.name in ("MSH", "FHS", "BHS"):
+            return self.field(n)
+        reps = self.repetitions(n)
+        if rep > len(reps):
+            return ""
+        return pick(reps[rep - 1], self.seps, comp, sub)
+
+    def __repr__(self) -> str:
+        return f"Segment({self.name!r}, {len(self.fields) - 1} fields)"
+
+
+def pick(repetition: str, seps: Separators, comp: int = 1, sub: int = 1) -> str:
+    """Component ``comp`` and sub-component ``sub`` of one field repetition."""
+    if comp > 1 or seps.component in repetition:
+        comps = repetition.split(seps.component)
+        if comp > len(comps):
+            return ""
+        repetition = comps[comp - 1]
+    if sub > 1 or seps.subcomponent in repetition:
+        subs = repetition.split(seps.subcomponent)
+        if sub > len(subs):
+            return ""
+        repetition = subs[sub - 1]
+    return repetition
+
+
+class Message:
+    """A tokenized HL7 v2 message.
+
+    Construction normalizes segment terminators and drops empty lines; it does
+    not validate (see ``engine.hl7.validate``). ``text`` is the normalized
+    message with CR terminators.
+    """
+
+    __slots__ = ("_index", "segments", "seps", "text")
+
+    def __init__(self, text: str) -> None:
+        text = normalize_segment_breaks(text).lstrip("\ufeff")
+        lines = [line for line in text.split("\r") if line.strip()]
+        self.text = "\r".join(lines) + "\r" if lines else ""
+        first = lines[0] if lines else ""
+        if first.startswith("MSH") and len(first) >= 4:
+            fsep = first[3]
+            enc = first[4:].split(fsep, 1)[0]
+            self.seps = Separators.from_msh(fsep, enc)
+        else:
+            self.seps = Separators()
+        self.segments = [Segment(line, self.seps) for line in lines]
+        self._index: dict[str, list[Segment]] | None = None
+
+    def all(self, name: str) -> list[Segment]:
+        """Every segment named ``name``, in message order."""
+        if self._index is None:
+            index: dict[str, list[Segment]] = {}
+            for seg in self.segments:
+                index.setdefault(seg.name, []).append(seg)
+            self._index = index
+        return self._index.get(name, [])
+
+    def segment(self, name: str, occurrence: int = 1) -> Segment | None:
+        """The ``occurrence``-th segment named ``name`` (1-based), or None."""
+        found = self.all(name)
+        return found[occurrence - 1] if 0 < occurrence <= len(found) else None
+
+    def value(self, name: str, n: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
+        """Escaped value at the first ``name`` segment's field n."""
+        seg = self.segment(name)
+        return seg.value(n, rep, comp, sub) if seg else ""
+
+    # MSH accessors, named after the standard's fields.
+    @property
+    def msh(self) -> Segment | None:
+        """The MSH segment, if the message starts with one."""
+        seg = self.segments[0] if self.segments else None
+        return seg if seg is not None and seg.name == "MSH" else None
+
+    def _msh(self, n: int, comp: int = 1) -> str:
+        msh = self.msh
+        return unescape(msh.value(n, 1, comp), self.seps) if msh else ""
+
+    @property
+    def sending_application(self) -> str:
+        return self._msh(3)
+
+    @property
+    def sending_facility(self) -> str:
+        return self._msh(4)
+
+    @property
+    def receiving_application(self) -> str:
+        return self._msh(5)
+
+    @property
+    def receiving_facility(self) -> str:
+        return self._msh(6)
+
+    @property
+    def message_code(self) -> str:
+        """MSH-9.1, e.g. ``ORM``."""
+        return self._msh(9, 1).strip()
+
+    @property
+    def trigger_event(self) -> str:
+        """MSH-9.2, e.g. ``O01``."""
+        return self._msh(9, 2).strip()
+
+    @property
+    def message_structure(self) -> str:
+        """MSH-9.3, e.g. ``ORM_O01`` (often absent before v2.4)."""
+        return self._msh(9, 3).strip()
+
+    @property
+    def message_type(self) -> str:
+        """``CODE^TRIGGER`` as used in filters and the store."""
+        trigger = self.trigger_event
+        return f"{self.message_code}^{trigger}" if trigger else self.message_code
+
+    @property
+    def control_id(self) -> str:
+        """MSH-10."""
+        return self._msh(10).strip()
+
+    @property
+    def processing_id(self) -> str:
+        """MSH-11.1."""
+        return self._msh(11, 1).strip()
+
+    @property
+    def version(self) -> str:
+        """MSH-12.1."""
+        return self._msh(12, 1).strip()
+
+    @property
+    def charset(self) -> str:
+        """MSH-18 (first repetition)."""
+        return self._msh(18).strip()
+
+
+_ESCAPE_NAMES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}
+
+
+def unescape(value: str, seps: Separators) -> str:
+    """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\).
+
+    Formatting commands other than ``.br`` and character-set switches are
+    dropped; unknown or unterminated sequences are kept as written.
+    """
+    esc = seps.escape
+    if not esc or esc not in value:
+        return value
+    out: list[str] = []
+    i = 0
+    length = len(value)
+    while i < length:
+        ch = value[i]
+        end = value.find(esc, i + 1) if ch == esc else -1
+        if end < 0:
+            out.append(ch)
+            i += 1
+            continue
+        out.append(_escape_sequence(value[i + 1 : end], seps, value[i : end + 1]))
+        i = end + 1
+    return "".join(out)
+
+
+def _escape_sequence(body: str, seps: Separators, raw: str) -> str:
+    if body in _ESCAPE_NAMES:
+        return str(getattr(seps, _ESCAPE_NAMES[body]))
+    if body == ".br":
+        return "\n"
+    if body.startswith("X") and len(body) > 1 and len(body) % 2 == 1:
+        try:
+            return bytes.fromhex(body[1:]).decode("latin-1")
+        except ValueError:
+            return raw
+    if body.startswith((".", "H", "N", "C", "M", "Z")):
+        return ""
+    return raw
+
+
+def escape(value: str, seps: Separators) -> str:
+    """Escape a plain value so it can be written into one component."""
+    esc = seps.escape
+    out = value.replace(esc, f"{esc}E{esc}") if esc else value
+    for ch, code in (
+        (seps.field, "F"),
+        (seps.component, "S"),
+        (seps.subcomponent, "T"),
+        (seps.repetition, "R"),
+    ):
+        out = out.replace(ch, f"{esc}{code}{esc}")
+    if seps.truncation:
+        out = out.replace(seps.truncation, f"{esc}P{esc}")
+    return out.replace("\r", f"{esc}X0D{esc}").replace("\n", f"{esc}.br{esc}")

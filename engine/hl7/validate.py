@@ -1,0 +1,208 @@
+"""Validating a tokenized message before it is applied (HL7 v2.5.1 2.9.2).
+
+The checks answer the questions the original acknowledgment mode asks, in
+order, and raise the error that decides the ACK:
+
+1. Is this an HL7 message at all (MSH first, sane encoding characters,
+   segment ids of three upper-case letters or digits)?            AR / AE 100
+2. Processing id, version, message type and event accepted?       AR 202/203/200/201
+3. Control id present?                                            AE 101
+4. Control segments (MSA, ERR, BHS …) where the structure has none
+   (or, in "strict" mode, any segment the structure forbids)?     AE 100
+5. Key date/time and numeric fields that do not parse
+   (or, in "all" mode, every typed field)?                        AE 102
+
+Segments a version does not define (Z-segments, or later versions' segments
+such as PRT in a 2.5.1 message) are allowed: real feeds carry them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
+from engine.hl7.er7 import Message, Segment, pick
+from engine.hl7.structure import (
+    known_segments,
+    reference_version,
+    segment_fields,
+    structure_segments,
+)
+
+__all__ = ["AcceptPolicy", "validate"]
+
+#: Message control segments: outside an acknowledgment or batch structure they
+#: mean two messages were glued together ("control" structure checking).
+CONTROL_SEGMENTS = frozenset({"MSH", "MSA", "ERR", "BHS", "BTS", "FHS", "FTS", "QAK", "UAC"})
+
+#: The fields whose data types the engine relies on; checked by default ("key").
+#: Real feeds put free text into many other typed fields, so "all" is opt-in.
+KEY_FIELDS: dict[str, frozenset[int]] = {
+    "MSH": frozenset({7}),
+    "EVN": frozenset({2}),
+    "PID": frozenset({1, 7, 29}),
+    "MRG": frozenset(),
+    "ORC": frozenset({9}),
+    "OBR": frozenset({1, 7}),
+    "TQ1": frozenset({1, 7, 8}),
+    "OBX": frozenset({1}),
+}
+
+_SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_DTM = re.compile(r"^\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,4})?)?)?)?)?)?(?:[+-]\d{4})?$")
+_DT = re.compile(r"^\d{4}(?:\d{2}(?:\d{2})?)?$")
+_TM = re.compile(r"^\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,4})?)?)?(?:[+-]\d{4})?$")
+_NM = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_SI = re.compile(r"^\d+$")
+
+
+def _valid_dtm(value: str) -> bool:
+    if not _DTM.match(value):
+        return False
+    month = value[4:6]
+    day = value[6:8]
+    return (not month or "01" <= month <= "12") and (not day or "01" <= day <= "31")
+
+
+_CHECKS: dict[str, Callable[[str], bool]] = {
+    "DTM": _valid_dtm,
+    "TS": _valid_dtm,
+    "DT": lambda v: bool(_DT.match(v)) and _valid_dtm(v),
+    "TM": lambda v: bool(_TM.match(v)),
+    "NM": lambda v: bool(_NM.match(v.strip())),
+    "SI": lambda v: bool(_SI.match(v.strip())),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptPolicy:
+    """What a channel accepts; anything else is answered AR.
+
+    ``message_types`` are patterns over ``CODE^TRIGGER`` (``ADT^*``, ``ORM^O01``,
+    ``*``); ``versions`` are patterns over MSH-12 (``2.*``).
+    """
+
+    message_types: Sequence[str] = ("*",)
+    processing_ids: Sequence[str] = ("P", "T", "D")
+    versions: Sequence[str] = ("2.*",)
+    structure: str = "control"  # "none" | "control" | "strict"
+    datatypes: str = "key"  # "none" | "key" | "all"
+
+
+def validate(message: Message, policy: AcceptPolicy) -> None:
+    """Raise ``HL7Reject``/``HL7ApplicationError`` for the first problem found."""
+    _check_envelope(message)
+    _check_acceptance(message, policy)
+    if not message.control_id:
+        raise HL7ApplicationError(101, "MSH-10 message control id is missing", _loc("MSH", 1, 10))
+    version = reference_version(message.version)
+    if version is None:
+        return
+    if policy.structure != "none":
+        _check_structure(message, version, strict=policy.structure == "strict")
+    if policy.datatypes != "none":
+        _check_datatypes(message, version, key_only=policy.datatypes == "key")
+
+
+def _loc(segment: str, sequence: int, field: int | None = None, comp: int | None = None) -> ErrorLocation:
+    return ErrorLocation(segment, sequence, field, comp)
+
+
+def _check_envelope(message: Message) -> None:
+    msh = message.msh
+    if msh is None:
+        first = message.segments[0].name[:3] if message.segments else ""
+        raise HL7Reject(100, f"message does not start with MSH (found {first!r})", _loc("MSH", 1))
+    seps = message.seps
+    encoding = msh.field(2)
+    allowed = 5 if encoding[4:5] and (reference_version(message.version) or "0") >= "2.7" else 4
+    chars = seps.field + encoding
+    if len(encoding) != allowed or len(set(chars)) != len(chars) or any(c.isalnum() for c in chars):
+        raise HL7Reject(100, f"invalid encoding characters {encoding!r}", _loc("MSH", 1, 2))
+    counts: dict[str, int] = {}
+    for seg in message.segments:
+        counts[seg.name] = counts.get(seg.name, 0) + 1
+        if not _SEGMENT_ID.match(seg.name):
+            raise HL7ApplicationError(
+                100, f"invalid segment id {seg.name[:12]!r}", _loc(seg.name[:3] or "?", counts[seg.name])
+            )
+    if counts.get("MSH", 0) > 1:
+        raise HL7ApplicationError(100, "second MSH inside one message", _loc("MSH", 2))
+
+
+def _matches(value: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def _check_acceptance(message: Message, policy: AcceptPolicy) -> None:
+    pid = message.processing_id
+    if not _matches(pid, policy.processing_ids):
+        raise HL7Reject(202, f"unsupported processing id {pid!r}", _loc("MSH", 1, 11))
+    version = message.version
+    if not version or not _matches(version, policy.versions):
+        raise HL7Reject(203, f"unsupported version id {version!r}", _loc("MSH", 1, 12))
+    code, trigger = message.message_code, message.trigger_event
+    if not code:
+        raise HL7Reject(200, "MSH-9 message type is missing", _loc("MSH", 1, 9, 1))
+    if _matches(message.message_type, policy.message_types):
+        return
+    if any(fnmatch.fnmatchcase(code, p.split("^")[0]) for p in policy.message_types):
+        raise HL7Reject(201, f"unsupported event code {trigger!r} for {code}", _loc("MSH", 1, 9, 2))
+    raise HL7Reject(200, f"unsupported message type {code!r}", _loc("MSH", 1, 9, 1))
+
+
+def _structure_name(message: Message, version: str) -> str:
+    declared = message.message_structure
+    if declared and structure_segments(version, declared) is not None:
+        return declared
+    return f"{message.message_code}_{message.trigger_event}"
+
+
+def _check_structure(message: Message, version: str, strict: bool) -> None:
+    allowed = structure_segments(version, _structure_name(message, version))
+    if allowed is None:
+        return
+    defined = known_segments(version) if strict else CONTROL_SEGMENTS
+    counts: dict[str, int] = {}
+    for seg in message.segments:
+        counts[seg.name] = counts.get(seg.name, 0) + 1
+        if seg.name in defined and seg.name not in allowed:
+            raise HL7ApplicationError(
+                100,
+                f"segment {seg.name} is not part of {_structure_name(message, version)}",
+                _loc(seg.name, counts[seg.name]),
+            )
+
+
+def _check_datatypes(message: Message, version: str, key_only: bool) -> None:
+    counts: dict[str, int] = {}
+    for seg in message.segments:
+        counts[seg.name] = counts.get(seg.name, 0) + 1
+        if key_only and seg.name not in KEY_FIELDS:
+            continue
+        fields = segment_fields(version, seg.name)
+        if key_only:
+            fields = {n: f for n, f in fields.items() if n in KEY_FIELDS[seg.name]}
+        if fields:
+            _check_segment(seg, fields, counts[seg.name])
+
+
+def _check_segment(seg: Segment, fields: dict[int, tuple[str, str, int, int]], sequence: int) -> None:
+    start = 3 if seg.name == "MSH" else 1
+    for number in range(start, min(seg.field_count, max(fields, default=0)) + 1):
+        spec = fields.get(number)
+        check = _CHECKS.get(spec[0]) if spec else None
+        if check is None or not seg.fields[number]:
+            continue
+        for rep in seg.repetitions(number):
+            value = pick(rep, seg.seps, 1) if spec and spec[0] == "TS" else rep
+            if value and value != '""' and not check(value):
+                comp = 1 if spec and spec[0] == "TS" else None
+                raise HL7ApplicationError(
+                    102,
+                    f"{seg.name}-{number} ({spec[1] if spec else ''}) is not a valid {spec[0] if spec else ''}",
+                    _loc(seg.name, sequence, number, comp),
+                )

@@ -1,0 +1,1 @@
+"""Persistence: schema, database engines, writer, repositories and migrations."""

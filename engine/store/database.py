@@ -1,0 +1,185 @@
+"""The database: engines, migrations, a group-commit writer and readers.
+
+Every change goes through :class:`Writer`, one thread that runs work items
+(plain functions of a ``Connection``) in transactions. Items that arrive
+together share one transaction and one commit (group commit), which is what
+lets eight concurrent senders go faster than eight fsyncs a message. If a
+batch fails, its items are retried one by one so a faulty item cannot take
+its neighbours down. A commit that fails resolves every item of the batch
+with :class:`~engine.errors.StoreUnavailable`: the caller must not answer
+success (ARCHITECTURE "durable before acknowledged").
+
+SQLite runs in WAL mode with ``synchronous=FULL`` by default (durable across
+power loss); PostgreSQL is selected by URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from engine.errors import StoreUnavailable
+
+__all__ = ["Database", "Writer"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Work = Callable[[Connection], Any]
+
+
+@dataclass(slots=True)
+class _Item:
+    fn: Work
+    future: Future[Any]
+
+
+_STOP = object()
+
+
+class Writer:
+    """One thread that applies work items in group-committed transactions."""
+
+    def __init__(self, engine: Engine, max_batch: int = 256) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="radbridge-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[Connection], T]) -> Future[T]:
+        """Queue ``fn``; the future resolves after its transaction committed."""
+        future: Future[T] = Future()
+        self._queue.put(_Item(fn, future))
+        return future
+
+    def call(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in a committed transaction, blocking (CLI, DICOM threads)."""
+        return self.submit(fn).result()
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in a committed transaction from asyncio code."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def close(self) -> None:
+        """Finish queued work, then stop the thread."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Item] = [first]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        try:
+            with self._engine.begin() as conn:
+                results = [item.fn(conn) for item in batch]
+        except Exception as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    self._run_batch([item])
+                return
+            batch[0].future.set_exception(_translate(exc))
+            return
+        for item, result in zip(batch, results, strict=True):
+            item.future.set_result(result)
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
+        log.error("store unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
+        err = StoreUnavailable(f"database unavailable: {type(exc.orig or exc).__name__}")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+class Database:
+    """Engines for one database URL plus the writer and a reader pool."""
+
+    def __init__(self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            _ensure_parent(url)
+        self.write_engine = self._create(url, sqlite_synchronous, immediate=True, pool_size=2)
+        self.read_engine = self._create(url, sqlite_synchronous, immediate=False, pool_size=pool_size)
+        self.writer = Writer(self.write_engine)
+        self._readers = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="radbridge-read")
+
+    def _create(self, url: str, synchronous: str, immediate: bool, pool_size: int) -> Engine:
+        if not self.is_sqlite:
+            return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from engine.store.migrate import upgrade
+
+        upgrade(self.write_engine)
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in a read transaction (blocking)."""
+        with self.read_engine.connect() as conn, conn.begin():
+            return fn(conn)
+
+    async def read_async(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in a read transaction on the reader pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.read, fn)
+
+    def close(self) -> None:
+        """Drain the writer and dispose of the engines."""
+        self.writer.close()
+        self._readers.shutdown(wait=True)
+        self.write_engine.dispose()
+        self.read_engine.dispose()
+
+
+def _ensure_parent(url: str) -> None:
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if path and path != ":memory:":
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,132 @@
+"""The SQL schema (SQLAlchemy Core). Alembic migrations in ``migrations/`` create it.
+
+Message statuses follow the vocabulary interface teams know from Mirth:
+RECEIVED → PROCESSED | FILTERED | ERROR | REJECTED. Outbox rows are
+QUEUED → SENT, or ERROR once a permanent failure or the retry limit ends them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+__all__ = ["UTCDateTime", "message_stages", "messages", "metadata", "outbox"]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out; stored as naive UTC on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if isinstance(value, datetime) else None
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("channel", String(64), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("peer", String(128), nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("control_id", String(199), nullable=False, default=""),
+    Column("sender", String(256), nullable=False, default=""),
+    Column("sending_application", String(227), nullable=False, default=""),
+    Column("sending_facility", String(227), nullable=False, default=""),
+    Column("message_type", String(32), nullable=False, default=""),
+    Column("version", String(16), nullable=False, default=""),
+    Column("patient_id", String(64), nullable=False, default=""),
+    Column("accession_number", String(64), nullable=False, default=""),
+    Column("charset", String(32), nullable=False, default=""),
+    Column("body_hash", String(64), nullable=False, default=""),
+    Column("raw", LargeBinary, nullable=False),
+    Column("text", Text, nullable=False, default=""),
+    Column("ack_code", String(2), nullable=False, default=""),
+    Column("ack", Text, nullable=False, default=""),
+    Column("error_code", Integer, nullable=True),
+    Column("error_location", String(64), nullable=False, default=""),
+    Column("error", Text, nullable=False, default=""),
+    Column("duplicate_count", Integer, nullable=False, default=0),
+    Column("last_duplicate_at", UTCDateTime(), nullable=True),
+    Index(None, "sender", "control_id"),
+    Index(None, "channel", "received_at"),
+    Index(None, "status", "received_at"),
+    Index(None, "patient_id"),
+    Index(None, "accession_number"),
+)
+
+message_stages = Table(
+    "message_stages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("stage", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("content", Text, nullable=False, default=""),
+    Column("error", Text, nullable=False, default=""),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index(None, "message_id"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True),
+    Column("channel", String(64), nullable=False),
+    Column("destination", String(64), nullable=False),
+    Column("ordering_key", String(128), nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("media_type", String(64), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("last_attempt_at", UTCDateTime(), nullable=True),
+    Column("sent_at", UTCDateTime(), nullable=True),
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=False, default=""),
+    Column("response", Text, nullable=False, default=""),
+    Index(None, "destination", "status", "next_attempt_at"),
+    Index(None, "destination", "ordering_key", "status", "id"),
+    Index(None, "message_id"),
+)
