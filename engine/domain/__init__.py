@@ -1,0 +1,1 @@
+"""Domain model: records produced by mappings and the services that apply them."""

@@ -1,0 +1,128 @@
+"""Domain records: the contract between mapping files and domain handlers.
+
+A mapping turns one inbound message into a list of records, each a
+``record`` type name plus a dict of fields; handlers validate the dict into
+one of these models. Field names use the standards' words (DICOM keywords in
+snake case, HL7 field meanings) so an analyst recognises them. Values are
+plain strings in DICOM value formats (PN ``Family^Given^Middle^Prefix^Suffix``,
+DA ``YYYYMMDD``, DT ``YYYYMMDDHHMMSS``); empty means "not given".
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "RECORD_TYPES",
+    "CodedValue",
+    "MergeRecord",
+    "OrderRecord",
+    "OtherPatientId",
+    "PatientRecord",
+    "ReportRecord",
+]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OtherPatientId(_Record):
+    """A PID-3 repetition from an authority other than the primary one."""
+
+    patient_id: str
+    issuer: str = ""
+    type_of_id: str = ""  # PID-3.5 identifier type code (MR, PI, SS …)
+
+
+class CodedValue(_Record):
+    """A code (DICOM code sequence item / HL7 CE/CWE)."""
+
+    code_value: str = ""
+    coding_scheme_designator: str = ""
+    code_meaning: str = ""
+
+
+class PatientRecord(_Record):
+    """ADT A01/A04/A05/A08/A31 and the PID of every order. Identity = patient_id + issuer."""
+
+    record: Literal["patient"] = "patient"
+    patient_id: str = Field(min_length=1)
+    issuer: str = ""  # IssuerOfPatientID, from PID-3.4.1
+    other_ids: list[OtherPatientId] = Field(default_factory=list)
+    patient_name: str = ""  # DICOM PN
+    birth_date: str = ""  # DA
+    sex: str = ""  # M, F, O
+    admission_id: str = ""  # PV1-19.1
+    referring_physician_name: str = ""  # PV1-8 as PN
+    event: str = ""  # trigger event (A01, A08 …)
+
+
+class MergeRecord(_Record):
+    """ADT A40 (one per PID/MRG pair) and A47: ``prior`` merged into / renamed to ``survivor``."""
+
+    record: Literal["merge"] = "merge"
+    kind: Literal["merge", "change_id"] = "merge"
+    patient_id: str = Field(min_length=1)  # survivor, PID-3
+    issuer: str = ""
+    prior_patient_id: str = Field(min_length=1)  # MRG-1
+    prior_issuer: str = ""
+
+
+class OrderRecord(_Record):
+    """One ORC/OBR (or IPC) group of ORM^O01, OMI^O23, OMG^O19: a requested procedure and its step.
+
+    Field sources follow ../shared/reference/RADIOLOGY_HL7_DICOM.md section 3.
+    """
+
+    record: Literal["order"] = "order"
+    order_control: str = Field(min_length=1)  # ORC-1
+    order_status: str = ""  # ORC-5
+    patient_id: str = Field(min_length=1)
+    issuer: str = ""
+    placer_order_number: str = ""  # ORC-2 (or OBR-2)
+    filler_order_number: str = ""  # ORC-3 (or OBR-3)
+    accession_number: str = ""  # OBR-18 / IPC-1
+    issuer_of_accession_number: str = ""
+    requested_procedure_id: str = ""  # OBR-19 / IPC-2
+    study_instance_uid: str = ""  # ZDS-1 / IPC-3
+    scheduled_procedure_step_id: str = ""  # OBR-20 / IPC-4
+    modality: str = ""  # OBR-24 / IPC-5
+    scheduled_station_ae_title: str = ""  # IPC-9 or a site rule table; several joined by "\\"
+    scheduled_station_name: str = ""
+    scheduled_procedure_step_location: str = ""
+    scheduled_start: str = ""  # DT from TQ1-7 / ORC-7.4 / OBR-27.4 / OBR-7
+    priority: str = ""  # RequestedProcedurePriority: STAT, HIGH, ROUTINE, MEDIUM, LOW
+    requested_procedure_description: str = ""
+    requested_procedure_code: CodedValue | None = None
+    scheduled_procedure_step_description: str = ""
+    scheduled_protocol_code: CodedValue | None = None
+    requesting_physician: str = ""  # PN
+    referring_physician_name: str = ""  # PN
+    scheduled_performing_physician_name: str = ""  # PN
+    admission_id: str = ""
+    universal_service_id: str = ""  # OBR-4.1, for non-imaging filters
+    diagnostic_service_section: str = ""  # OBR-24 raw
+
+
+class ReportRecord(_Record):
+    """ORU^R01: a report for a study (used by the results issue)."""
+
+    record: Literal["report"] = "report"
+    patient_id: str = Field(min_length=1)
+    issuer: str = ""
+    accession_number: str = ""
+    study_instance_uid: str = ""
+    status: str = ""  # OBR-25
+    observation_datetime: str = ""
+    text: str = ""
+
+
+RECORD_TYPES: dict[str, type[_Record]] = {
+    "patient": PatientRecord,
+    "merge": MergeRecord,
+    "order": OrderRecord,
+    "report": ReportRecord,
+}
