@@ -26,7 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-__all__ = ["UTCDateTime", "message_stages", "messages", "metadata", "outbox"]
+__all__ = ["UTCDateTime", "audit_events", "message_stages", "messages", "metadata", "outbox"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -129,4 +129,18 @@ outbox = Table(
     Index(None, "destination", "status", "next_attempt_at"),
     Index(None, "destination", "ordering_key", "status", "id"),
     Index(None, "message_id"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("object_type", String(32), nullable=False),
+    Column("object_id", String(128), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Index(None, "at"),
+    Index(None, "object_type", "object_id"),
 )

@@ -1,0 +1,1 @@
+"""HTTP connectors: the POST destination (and later the FHIR facade)."""

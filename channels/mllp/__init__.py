@@ -1,0 +1,1 @@
+"""MLLP: the listener (source), the client, and the forwarding destination."""

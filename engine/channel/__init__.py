@@ -1,0 +1,1 @@
+"""Channels: source → accept → filter → mapping → handlers → outbox, one transaction a message."""

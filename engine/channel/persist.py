@@ -1,0 +1,216 @@
+"""The transactional half of a channel: one function run by the writer per message.
+
+In one transaction: look for a resent duplicate, write the message row, run
+the handlers (in a savepoint, so an AE undoes their changes but keeps the
+message), enqueue outbound work, and return the ACK. The caller sends the ACK
+only after the writer reports the commit.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from engine.channel.prepare import ERROR, FILTERED, PROCESSED, Prepared
+from engine.config.models import ChannelConfig
+from engine.errors import ErrorLocation, HL7ApplicationError, HL7Error
+from engine.handlers import Handler, InboundContext, Outbound
+from engine.hl7.ack import AckContext, build_ack
+from engine.hl7.er7 import Message
+from engine.outbox.queue import enqueue
+from engine.store.schema import message_stages, messages
+
+__all__ = ["Persister", "Stored"]
+
+log = logging.getLogger(__name__)
+
+_ACCEPTED = (PROCESSED, FILTERED)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the writer returns for one message."""
+
+    message_id: int
+    ack: str
+    ack_code: str
+    duplicate: bool = False
+    enqueued: int = 0
+
+
+class Persister:
+    """Writes prepared messages of one channel."""
+
+    def __init__(
+        self, config: ChannelConfig, handlers: list[Handler], application: str, facility: str
+    ) -> None:
+        self.config = config
+        self.handlers = handlers
+        self.application = application
+        self.facility = facility
+
+    def ack(self, message: Message | None, code: str, error: HL7Error | None = None) -> str:
+        """An ACK from this channel with a fresh control id."""
+        ctx = AckContext(uuid.uuid4().hex[:20], datetime.now(UTC), self.application, self.facility)
+        return build_ack(message, code, ctx, error)
+
+    def persist(self, conn: Connection, p: Prepared, peer: str) -> Stored:
+        """Store ``p`` and apply it; return the ACK to send once committed."""
+        now = datetime.now(UTC)
+        duplicate = self._duplicate(conn, p, now)
+        if duplicate is not None:
+            return duplicate
+        code = "AA" if p.error is None else p.error.ack_code
+        ack = self.ack(p.message, code, p.error)
+        message_id = self._insert(conn, p, peer, now, code, ack)
+        if p.status != PROCESSED:
+            return Stored(message_id, ack, code)
+        if p.records:
+            self._stage(conn, message_id, "mapped", json.dumps(p.records, default=str), now)
+        try:
+            outbound = self._run_handlers(conn, p, message_id, now)
+        except HL7Error as exc:
+            return self._fail(conn, p, message_id, exc)
+        enqueued = self._enqueue(conn, p, message_id, outbound, now)
+        return Stored(message_id, ack, code, enqueued=enqueued)
+
+    def _duplicate(self, conn: Connection, p: Prepared, now: datetime) -> Stored | None:
+        window = self.config.duplicates.window_hours
+        control_id = p.message.control_id
+        if not control_id or window <= 0 or p.error is not None:
+            return None
+        row = conn.execute(
+            select(messages.c.id, messages.c.body_hash, messages.c.ack, messages.c.ack_code)
+            .where(
+                messages.c.sender == p.sender,
+                messages.c.control_id == control_id,
+                messages.c.status.in_(_ACCEPTED),
+                messages.c.received_at >= now - timedelta(hours=window),
+            )
+            .order_by(messages.c.id)
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        if row.body_hash == p.body_hash:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == row.id)
+                .values(duplicate_count=messages.c.duplicate_count + 1, last_duplicate_at=now)
+            )
+            log.info("duplicate of message %s (control id %s) answered with the original ACK", row.id, control_id)
+            return Stored(row.id, row.ack, row.ack_code, duplicate=True)
+        if self.config.duplicates.on_conflict == "reject":
+            p.status = ERROR
+            p.error = HL7ApplicationError(
+                205,
+                f"control id {control_id} was already used for a different message",
+                ErrorLocation("MSH", 1, 10),
+            )
+        return None
+
+    def _insert(self, conn: Connection, p: Prepared, peer: str, now: datetime, code: str, ack: str) -> int:
+        m = p.message
+        err = p.error
+        values: dict[str, Any] = {
+            "channel": self.config.name,
+            "received_at": now,
+            "peer": peer[:128],
+            "status": p.status,
+            "control_id": m.control_id[:199],
+            "sender": p.sender[:256],
+            "sending_application": m.sending_application[:227],
+            "sending_facility": m.sending_facility[:227],
+            "message_type": m.message_type[:32],
+            "version": m.version[:16],
+            "patient_id": p.patient_id,
+            "accession_number": p.accession_number,
+            "charset": p.charset[:32],
+            "body_hash": p.body_hash,
+            "raw": p.raw,
+            "text": m.text,
+            "ack_code": code,
+            "ack": ack,
+            "error_code": err.code if err else None,
+            "error_location": str(err.location) if err and err.location else "",
+            "error": err.text if err else "",
+            "duplicate_count": 0,
+        }
+        result = conn.execute(insert(messages).values(values))
+        return int(result.inserted_primary_key[0]) if result.inserted_primary_key else 0
+
+    def _stage(self, conn: Connection, message_id: int, stage: str, content: str, now: datetime) -> None:
+        conn.execute(
+            insert(message_stages).values(
+                message_id=message_id, stage=stage, status="OK", content=content, error="", created_at=now
+            )
+        )
+
+    def _run_handlers(self, conn: Connection, p: Prepared, message_id: int, now: datetime) -> list[Outbound]:
+        if not self.handlers:
+            return []
+        ctx = InboundContext(message_id, self.config.name, p.message, now, p.records)
+        out: list[Outbound] = []
+        savepoint = conn.begin_nested()
+        try:
+            for handler in self.handlers:
+                out += handler.apply(conn, ctx)
+        except HL7Error:
+            savepoint.rollback()
+            raise
+        except Exception as exc:
+            savepoint.rollback()
+            log.exception("handler failed on message %s", message_id)
+            raise HL7ApplicationError(207, f"application internal error: {type(exc).__name__}") from exc
+        savepoint.commit()
+        return out
+
+    def _fail(self, conn: Connection, p: Prepared, message_id: int, exc: HL7Error) -> Stored:
+        ack = self.ack(p.message, exc.ack_code, exc)
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == message_id)
+            .values(
+                status=ERROR,
+                ack_code=exc.ack_code,
+                ack=ack,
+                error_code=exc.code,
+                error_location=str(exc.location) if exc.location else "",
+                error=exc.text,
+            )
+        )
+        return Stored(message_id, ack, exc.ack_code)
+
+    def _enqueue(
+        self, conn: Connection, p: Prepared, message_id: int, outbound: list[Outbound], now: datetime
+    ) -> int:
+        count = 0
+        for dest in self.config.destinations:
+            if not any(fnmatch.fnmatchcase(p.message.message_type, t) for t in dest.message_types):
+                continue
+            key = _ordering_key(p, dest.ordering_key)
+            enqueue(conn, channel=self.config.name, destination=dest.name, payload=p.raw,
+                    media_type="application/hl7-v2", ordering_key=key, message_id=message_id, now=now)
+            count += 1
+        for item in outbound:
+            enqueue(conn, channel=self.config.name, destination=item.destination, payload=item.payload,
+                    media_type=item.media_type, ordering_key=item.ordering_key, message_id=message_id, now=now)
+            count += 1
+        return count
+
+
+def _ordering_key(p: Prepared, kind: str) -> str:
+    if kind == "patient_id":
+        return p.patient_id
+    if kind == "accession_number":
+        return p.accession_number
+    if kind == "control_id":
+        return p.message.control_id
+    return ""

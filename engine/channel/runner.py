@@ -1,0 +1,117 @@
+"""ChannelRunner: the only orchestrator between a source connector and the store.
+
+A source hands it the payload of one frame; it decodes, splits batches,
+prepares every message (pure), has the writer persist them (one group
+commit), and returns the bytes to answer with. A failed commit turns into
+AE 207 for that message: never AA for something that is not durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+
+from engine.channel.persist import Persister, Stored
+from engine.channel.prepare import ERROR, REJECTED, Prepared, Preparer
+from engine.config.models import ChannelConfig
+from engine.errors import ErrorLocation, HL7Error, HL7Reject, StoreUnavailable
+from engine.hl7.ack import timestamp
+from engine.hl7.batch import BatchError, split_messages
+from engine.hl7.charset import decode
+from engine.hl7.er7 import Message
+from engine.store.database import Database
+
+__all__ = ["ChannelRunner"]
+
+log = logging.getLogger(__name__)
+
+
+class ChannelRunner:
+    """Runs one configured channel's pipeline for its source connector."""
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        preparer: Preparer,
+        persister: Persister,
+        db: Database,
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.preparer = preparer
+        self.persister = persister
+        self.db = db
+        self.notify = notify
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def receive(self, payload: bytes, peer: str) -> bytes:
+        """Process one frame's payload; return the encoded answer (ACK or batch of ACKs)."""
+        src = self.config.source
+        decoded = decode(payload, src.charset_fallback, src.detect_utf8)
+        try:
+            split = split_messages(decoded.text)
+        except BatchError as exc:
+            ack = await self._store_failed(payload, decoded.text, decoded.charset, peer, exc)
+            return ack.encode(decoded.charset, errors="replace")
+        if not split.messages:
+            error = HL7Reject(100, "empty message", ErrorLocation("MSH", 1))
+            ack = await self._store_failed(payload, "", decoded.charset, peer, error)
+            return ack.encode(decoded.charset, errors="replace")
+        single = len(split.messages) == 1 and not split.batch
+        prepared = [
+            self.preparer.prepare(text, payload if single else text.encode(decoded.charset, "replace"),
+                                  decoded.charset)
+            for text in split.messages
+        ]
+        acks = await self._persist_all(prepared, peer)
+        text = acks[0] if single else self._batch_reply(split.header, acks)
+        return text.encode(decoded.charset, errors="replace")
+
+    async def keep(self, payload: bytes, peer: str, reason: str) -> None:
+        """Store bytes that got no answer (junk between frames, a truncated frame)."""
+        await self._store_failed(payload, "", "latin-1", peer, HL7Reject(100, reason))
+
+    async def reject_oversize(self, payload: bytes, peer: str) -> bytes:
+        """Store the first bytes of an oversized frame and answer AR."""
+        limit = self.config.source.max_message_bytes
+        error = HL7Reject(207, f"message exceeds the maximum size of {limit} bytes")
+        decoded = decode(payload, self.config.source.charset_fallback, False)
+        ack = await self._store_failed(payload, decoded.text, decoded.charset, peer, error)
+        return ack.encode(decoded.charset, errors="replace")
+
+    async def _persist_all(self, prepared: list[Prepared], peer: str) -> list[str]:
+        futures = [self.db.writer.submit(partial(self.persister.persist, p=p, peer=peer)) for p in prepared]
+        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
+        acks = []
+        for p, result in zip(prepared, results, strict=True):
+            acks.append(self._answer(p, result))
+        return acks
+
+    def _answer(self, p: Prepared, result: Stored | BaseException) -> str:
+        if isinstance(result, Stored):
+            if result.enqueued:
+                self.notify()
+            return result.ack
+        if isinstance(result, StoreUnavailable):
+            log.error("channel %s: message not stored (%s); answering AE", self.name, result)
+        else:
+            log.error("channel %s: persisting failed: %r", self.name, result)
+        error = HL7Error(207, "application internal error: message not stored, resend later")
+        return self.persister.ack(p.message, "AE", error)
+
+    async def _store_failed(self, raw: bytes, text: str, charset: str, peer: str, error: HL7Error) -> str:
+        message = Message(text)
+        status = REJECTED if error.ack_code == "AR" else ERROR
+        prepared = Prepared(message, raw, charset, status, error=error)
+        return (await self._persist_all([prepared], peer))[0]
+
+    def _batch_reply(self, header: str, acks: list[str]) -> str:
+        now = timestamp(datetime.now(UTC))
+        bhs = f"BHS|^~\\&|{self.persister.application}|{self.persister.facility}|||{now}\r"
+        return bhs + "".join(acks) + f"BTS|{len(acks)}\r"

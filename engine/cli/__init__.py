@@ -1,0 +1,1 @@
+"""The ``radbridge`` command line."""

@@ -1,0 +1,220 @@
+"""``radbridge``: run the engine, check configuration, send, inspect and replay messages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config, load_config
+from engine.errors import ConfigError
+
+__all__ = ["main"]
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config))
+
+
+def _database(args: argparse.Namespace) -> Any:
+    from engine.store.database import Database
+
+    cfg = _config(args).engine
+    db = Database(cfg.database_url(), cfg.database.sqlite_synchronous)
+    db.migrate()
+    return db
+
+
+def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    print(json.dumps(data, indent=2, default=str) if as_json else text(data))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.logs import configure_logging
+    from engine.runtime import run
+
+    cfg = _config(args)
+    configure_logging(cfg.engine.logging.level, cfg.engine.logging.format)
+    return run(Path(args.config))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from engine.runtime import load_channel_mappings
+
+    cfg = _config(args)
+    load_channel_mappings(cfg)
+    print(f"configuration OK: {len(cfg.channels)} channel(s) in {args.config}")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from engine.cli.send import send_files
+
+    return send_files(args.target, [Path(f) for f in args.files], args.timeout)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    pid_file = _config(args).engine.data_dir / "radbridge.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        print(f"radbridge reload: no running engine ({pid_file} not found)", file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGHUP)
+    print(f"sent SIGHUP to {pid}; the engine logs whether the new configuration was applied")
+    return 0
+
+
+def cmd_messages_list(args: argparse.Namespace) -> int:
+    from engine.cli.queries import MessageFilter, list_messages
+
+    f = MessageFilter(args.channel, args.status, _time(args.since), _time(args.until), args.control_id,
+                      args.patient_id, args.accession, args.type, args.limit)
+    db = _database(args)
+    rows = db.read(partial(list_messages, f=f))
+    _print(rows, args.json, _table)
+    return 0
+
+
+def cmd_messages_show(args: argparse.Namespace) -> int:
+    from engine.audit import record
+    from engine.cli.queries import message_detail
+
+    db = _database(args)
+    detail = db.read(partial(message_detail, message_id=args.id))
+    if detail is None:
+        print(f"no message {args.id}", file=sys.stderr)
+        return 1
+    db.writer.call(partial(record, action="message.show", object_type="message", object_id=str(args.id)))
+    _print(detail, args.json, _detail_text)
+    return 0
+
+
+def cmd_messages_replay(args: argparse.Namespace) -> int:
+    from engine.cli.replay import replay_messages
+
+    return replay_messages(_config(args), _database(args), args.ids)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from engine.cli.queries import channel_status
+
+    data = _database(args).read(channel_status)
+    _print(data, args.json, _status_text)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from engine.config.models import ChannelConfig, EngineConfig
+
+    model = ChannelConfig if args.kind == "channel" else EngineConfig
+    print(json.dumps(model.model_json_schema(by_alias=True), indent=2))
+    return 0
+
+
+def _time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cols = ["id", "channel", "received_at", "status", "message_type", "control_id", "ack_code", "error_location"]
+    lines = ["\t".join(cols)]
+    lines += ["\t".join(str(r.get(c) or "") for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def _detail_text(d: dict[str, Any]) -> str:
+    head = [f"{k}: {d[k]}" for k in d if k not in ("raw", "text", "ack", "stages", "deliveries")]
+    body = ["", "message:", d["text"].replace("\r", "\n"), "ack:", d["ack"].replace("\r", "\n")]
+    stages = [f"stage {s['stage']} {s['status']} {s['error']}\n{s['content']}" for s in d["stages"]]
+    deliveries = [f"delivery {x['id']} -> {x['destination']}: {x['status']} attempts={x['attempts']} "
+                  f"{x['last_error']}" for x in d["deliveries"]]
+    return "\n".join(head + body + stages + deliveries)
+
+
+def _status_text(data: dict[str, dict[str, Any]]) -> str:
+    cols = ["received", "errors", "filtered", "queued", "delivery_errors", "oldest_queued_seconds"]
+    lines = ["channel\t" + "\t".join(cols)]
+    lines += [name + "\t" + "\t".join(str(v[c]) for c in cols) for name, v in sorted(data.items())]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="radbridge", description=__doc__)
+    p.add_argument("--config", default=os.environ.get("RADBRIDGE_CONFIG", "./config"),
+                   help="configuration directory (default ./config)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run every configured channel").set_defaults(fn=cmd_run)
+    sub.add_parser("check-config", help="validate configuration and mappings").set_defaults(fn=cmd_check_config)
+    sub.add_parser("reload", help="ask the running engine to reload (SIGHUP)").set_defaults(fn=cmd_reload)
+    send = sub.add_parser("send", help="send HL7 files over MLLP and print each ACK code")
+    send.add_argument("target", metavar="HOST:PORT")
+    send.add_argument("files", nargs="+")
+    send.add_argument("--timeout", type=float, default=30.0)
+    send.set_defaults(fn=cmd_send)
+    _messages(sub)
+    status = sub.add_parser("status", help="per channel counts and queue age")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(fn=cmd_status)
+    schema = sub.add_parser("schema", help="print the JSON Schema of a configuration file")
+    schema.add_argument("kind", choices=["channel", "engine"])
+    schema.set_defaults(fn=cmd_schema)
+    _mapping(sub)
+    return p
+
+
+def _messages(sub: Any) -> None:
+    msgs = sub.add_parser("messages", help="inspect and replay stored messages").add_subparsers(
+        dest="messages_command", required=True)
+    lst = msgs.add_parser("list", help="list messages, newest first")
+    for flag in ("channel", "status", "since", "until", "control-id", "patient-id", "accession", "type"):
+        lst.add_argument(f"--{flag}")
+    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(fn=cmd_messages_list)
+    show = msgs.add_parser("show", help="one message with every stage (audited)")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(fn=cmd_messages_show)
+    replay = msgs.add_parser("replay", help="re-queue failed deliveries and reprocess failed messages")
+    replay.add_argument("ids", type=int, nargs="+")
+    replay.set_defaults(fn=cmd_messages_replay)
+
+
+def _mapping(sub: Any) -> None:
+    try:
+        from engine.mapping.cli import add_subcommands
+    except ModuleNotFoundError:
+        return
+    add_subcommands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``radbridge`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        fn: Command = args.fn
+        return fn(args)
+    except ConfigError as exc:
+        print("configuration error:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

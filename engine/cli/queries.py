@@ -1,0 +1,111 @@
+"""Read-side queries used by the CLI (and later the HTTP API): lists, details, status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from engine.outbox.queue import QUEUED
+from engine.store.schema import message_stages, messages, outbox
+
+__all__ = ["MessageFilter", "channel_status", "list_messages", "message_detail"]
+
+_LIST_COLUMNS = (
+    messages.c.id, messages.c.channel, messages.c.received_at, messages.c.status, messages.c.message_type,
+    messages.c.control_id, messages.c.patient_id, messages.c.accession_number, messages.c.ack_code,
+    messages.c.error_code, messages.c.error_location, messages.c.duplicate_count,
+)
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """Criteria for ``messages list``; None means any."""
+
+    channel: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    control_id: str | None = None
+    patient_id: str | None = None
+    accession_number: str | None = None
+    message_type: str | None = None
+    limit: int = 100
+
+
+def _jsonable(row: Any) -> dict[str, Any]:
+    out = {}
+    for key, value in row._mapping.items():
+        out[key] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+def list_messages(conn: Connection, f: MessageFilter) -> list[dict[str, Any]]:
+    """Newest first."""
+    q = select(*_LIST_COLUMNS).order_by(messages.c.id.desc()).limit(f.limit)
+    equal = {
+        messages.c.channel: f.channel, messages.c.status: f.status, messages.c.control_id: f.control_id,
+        messages.c.patient_id: f.patient_id, messages.c.accession_number: f.accession_number,
+    }
+    for column, value in equal.items():
+        if value is not None:
+            q = q.where(column == value)
+    if f.message_type is not None:
+        q = q.where(messages.c.message_type.like(f.message_type.replace("*", "%")))
+    if f.since is not None:
+        q = q.where(messages.c.received_at >= f.since)
+    if f.until is not None:
+        q = q.where(messages.c.received_at < f.until)
+    return [_jsonable(r) for r in conn.execute(q)]
+
+
+def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
+    """Everything about one message: row, stages and outbox deliveries."""
+    row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
+    if row is None:
+        return None
+    detail = _jsonable(row)
+    detail["raw"] = row.raw.decode("latin-1")
+    stages = conn.execute(select(message_stages).where(message_stages.c.message_id == message_id)
+                          .order_by(message_stages.c.id))
+    detail["stages"] = [_jsonable(s) for s in stages]
+    deliveries = conn.execute(
+        select(outbox.c.id, outbox.c.destination, outbox.c.status, outbox.c.attempts, outbox.c.next_attempt_at,
+               outbox.c.sent_at, outbox.c.last_error, outbox.c.response)
+        .where(outbox.c.message_id == message_id).order_by(outbox.c.id))
+    detail["deliveries"] = [_jsonable(d) for d in deliveries]
+    return detail
+
+
+def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """Per channel: received, errors, filtered, queued and the oldest queued age in seconds."""
+    now = now or datetime.now(UTC)
+    out: dict[str, dict[str, Any]] = {}
+    counts = conn.execute(select(messages.c.channel, messages.c.status, func.count())
+                          .group_by(messages.c.channel, messages.c.status))
+    for channel, status, count in counts:
+        entry = out.setdefault(channel, _empty())
+        entry["received"] += count
+        if status in ("ERROR", "REJECTED"):
+            entry["errors"] += count
+        if status == "FILTERED":
+            entry["filtered"] += count
+    queued = conn.execute(
+        select(outbox.c.channel, outbox.c.status, func.count(), func.min(outbox.c.created_at))
+        .where(outbox.c.status.in_([QUEUED, "ERROR"])).group_by(outbox.c.channel, outbox.c.status))
+    for channel, status, count, oldest in queued:
+        entry = out.setdefault(channel, _empty())
+        if status == QUEUED:
+            entry["queued"] = count
+            oldest_at = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
+            entry["oldest_queued_seconds"] = round((now - oldest_at).total_seconds(), 1)
+        else:
+            entry["delivery_errors"] = count
+    return out
+
+
+def _empty() -> dict[str, Any]:
+    return {"received": 0, "errors": 0, "filtered": 0, "queued": 0, "delivery_errors": 0,
+            "oldest_queued_seconds": None}

@@ -1,0 +1,65 @@
+"""``radbridge send HOST:PORT FILE...``: an MLLP client that reports each ACK code."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from channels.mllp.client import MLLPClient
+from engine.hl7.charset import decode
+from engine.hl7.er7 import Message
+
+__all__ = ["send_files"]
+
+_GOOD = {"AA", "CA"}
+
+
+def _target(spec: str) -> tuple[str, int]:
+    host, _, port = spec.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"radbridge send: expected HOST:PORT, got {spec!r}")
+    return host, int(port)
+
+
+def _payload(path: Path) -> bytes:
+    data = path.read_bytes()
+    if data.startswith(b"\x0b"):
+        data = data[1:].split(b"\x1c", 1)[0]
+    return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+
+async def _send_all(spec: str, files: list[Path], timeout: float) -> int:
+    host, port = _target(spec)
+    client = MLLPClient(host, port, timeout)
+    failures = 0
+    try:
+        for number, path in enumerate(files, start=1):
+            code, detail = await _send_one(client, path)
+            print(f"{path}\t{code}\t{detail}")
+            failures += code not in _GOOD
+            if len(files) > 20 and number % 100 == 0:
+                print(f"... {number}/{len(files)} sent", file=sys.stderr)
+    finally:
+        await client.close()
+    return 1 if failures else 0
+
+
+async def _send_one(client: MLLPClient, path: Path) -> tuple[str, str]:
+    try:
+        answer = await client.send(_payload(path))
+    except (TimeoutError, OSError) as exc:
+        await client.close()
+        return "TIMEOUT" if isinstance(exc, TimeoutError) else "ERROR", type(exc).__name__
+    ack = Message(decode(answer).text)
+    msa = ack.segment("MSA")
+    if msa is None:
+        return "NOACK", "answer has no MSA segment"
+    err = ack.segment("ERR")
+    detail = msa.value(3) or (err.value(8) if err else "")
+    return msa.value(1) or "NOACK", detail
+
+
+def send_files(spec: str, files: list[Path], timeout: float) -> int:
+    """Send each file as one message; exit status 1 if any was not accepted."""
+    return asyncio.run(_send_all(spec, files, timeout))

@@ -1,0 +1,119 @@
+"""The outbox worker: one asyncio task per destination, woken on enqueue and by a poll.
+
+Each round leases due rows, delivers them in id order, and records each
+outcome in its own short transaction. Within a round, once a row of an
+ordering key fails, the later rows of that key are released untouched, so
+order per key holds across retries and restarts (leases expire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+
+from engine.config.models import OutboxConfig, RetryConfig
+from engine.errors import DeliveryError, PermanentDelivery
+from engine.outbox.destination import Destination
+from engine.outbox.rows import Claimed, claim, record_failure, record_success, release
+from engine.store.database import Database
+
+__all__ = ["OutboxWorker", "Route"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A destination and its retry policy."""
+
+    destination: Destination
+    retry: RetryConfig
+
+
+class OutboxWorker:
+    """Delivers queued rows for every configured destination."""
+
+    def __init__(self, db: Database, routes: dict[str, Route], config: OutboxConfig) -> None:
+        self.db = db
+        self.routes = routes
+        self.config = config
+        self._events = {name: asyncio.Event() for name in routes}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        """New work or a due retry may be waiting: run a round now."""
+        for event in self._events.values():
+            event.set()
+
+    def start(self) -> None:
+        """Start one task per destination."""
+        for name in self.routes:
+            self._tasks.append(asyncio.create_task(self._run(name), name=f"outbox-{name}"))
+
+    async def stop(self) -> None:
+        """Cancel the tasks and close the destinations."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for route in self.routes.values():
+            with contextlib.suppress(Exception):
+                await route.destination.close()
+
+    async def _run(self, name: str) -> None:
+        event = self._events[name]
+        while True:
+            try:
+                delivered = await self.run_round(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox %s: round failed", name)
+                delivered = 0
+            if delivered:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), self.config.poll_interval_seconds)
+            event.clear()
+
+    async def run_round(self, name: str) -> int:
+        """Lease and attempt due rows of one destination; return how many were attempted."""
+        now = datetime.now(UTC)
+        rows = await self.db.writer.run(
+            partial(claim, destination=name, limit=self.config.batch_size, now=now,
+                    lease=self.config.lease_seconds)
+        )
+        blocked: set[str] = set()
+        skipped: list[int] = []
+        for row in rows:
+            if row.ordering_key and row.ordering_key in blocked:
+                skipped.append(row.id)
+                continue
+            if not await self._attempt(name, row):
+                blocked.add(row.ordering_key)
+        if skipped:
+            await self.db.writer.run(partial(release, ids=skipped))
+        return len(rows) - len(skipped)
+
+    async def _attempt(self, name: str, row: Claimed) -> bool:
+        route = self.routes[name]
+        try:
+            response = await route.destination.send(row.payload, row.media_type)
+        except Exception as exc:  # a destination bug counts as a retryable failure
+            permanent = isinstance(exc, PermanentDelivery)
+            if not isinstance(exc, DeliveryError):
+                log.exception("outbox %s: destination raised unexpectedly", name)
+            status = await self.db.writer.run(
+                partial(record_failure, row=row, error=str(exc), permanent=permanent, retry=route.retry,
+                        now=datetime.now(UTC))
+            )
+            log.warning("outbox %s: row %s attempt %s failed (%s): %s", name, row.id, row.attempts + 1,
+                        status, exc)
+            return False
+        await self.db.writer.run(partial(record_success, row_id=row.id, response=response,
+                                         now=datetime.now(UTC)))
+        return True

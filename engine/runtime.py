@@ -1,0 +1,170 @@
+"""The running engine: one process, every configured channel and service.
+
+``Runtime`` wires configuration to the database, channel runners, MLLP
+listeners, the outbox worker and the scheduler, and owns their start and stop
+order: the store first, listeners last; on stop, listeners first so that no
+message is accepted that could not be finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from channels.mllp.source import MLLPServer
+from engine.channel.persist import Persister
+from engine.channel.prepare import MapFn, Preparer
+from engine.channel.runner import ChannelRunner
+from engine.config import Config, load_config
+from engine.config.models import ChannelConfig
+from engine.errors import ConfigError
+from engine.handlers import create_handler
+from engine.outbox.destination import create_destination
+from engine.outbox.worker import OutboxWorker, Route
+from engine.store.database import Database
+
+__all__ = ["Runtime", "run"]
+
+log = logging.getLogger(__name__)
+
+#: Modules whose import registers built-in handlers (same door as site plugins).
+HANDLER_MODULES: tuple[str, ...] = ("engine.domain.handlers",)
+
+
+def _load_handler_modules() -> None:
+    for name in HANDLER_MODULES:
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(name)
+
+
+def load_channel_mappings(config: Config) -> dict[str, MapFn]:
+    """Compile the mappings the channels name; raise ConfigError if any fails."""
+    wanted = {c.mapping for c in config.channels if c.enabled and c.mapping}
+    if not wanted:
+        return {}
+    from engine.mapping import load_mappings
+
+    compiled = load_mappings(config.engine.mappings_dir, timezone=config.engine.timezone)
+    missing = sorted(wanted - set(compiled))
+    if missing:
+        files = {c.mapping: config.channel_files[c.name] for c in config.channels if c.mapping}
+        raise ConfigError([f"{files[m]}:1: mapping: no mapping named {m!r} in {config.engine.mappings_dir}"
+                           for m in missing])
+    return {name: _records_fn(compiled[name]) for name in wanted}
+
+
+def _records_fn(mapping: object) -> MapFn:
+    def apply(message):  # type: ignore[no-untyped-def]
+        return mapping.apply(message).records  # type: ignore[attr-defined]
+
+    return apply  # type: ignore[no-any-return]
+
+
+@dataclass
+class Runtime:
+    """Everything one ``radbridge run`` process runs."""
+
+    config: Config
+    db: Database | None = None
+    runners: dict[str, ChannelRunner] = field(default_factory=dict)
+    servers: dict[str, MLLPServer] = field(default_factory=dict)
+    worker: OutboxWorker | None = None
+    scheduler: AsyncIOScheduler | None = None
+
+    async def start(self) -> None:
+        """Open the store, migrate, then start the worker, scheduler and listeners."""
+        cfg = self.config.engine
+        mappings = load_channel_mappings(self.config)
+        _load_handler_modules()
+        self.db = Database(cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size)
+        await asyncio.to_thread(self.db.migrate)
+        self.worker = OutboxWorker(self.db, self._routes(), cfg.outbox)
+        self.worker.start()
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.scheduler.add_job(self.worker.wake, "interval", seconds=cfg.outbox.poll_interval_seconds,
+                               id="outbox-poll", coalesce=True, max_instances=1)
+        self.scheduler.start()
+        for channel in self.config.channels:
+            if channel.enabled:
+                await self._start_channel(channel, mappings.get(channel.mapping or ""))
+
+    def _routes(self) -> dict[str, Route]:
+        routes: dict[str, Route] = {}
+        for channel in self.config.channels:
+            for dest in channel.destinations:
+                if dest.name in routes:
+                    raise ConfigError([f"{self.config.channel_files[channel.name]}:1: destinations: "
+                                       f"name {dest.name!r} is used by another channel too"])
+                routes[dest.name] = Route(create_destination(dest), dest.retry)
+        return routes
+
+    async def _start_channel(self, channel: ChannelConfig, mapping: MapFn | None) -> None:
+        assert self.db is not None and self.worker is not None
+        ident = self.config.engine.identity
+        handlers = [create_handler(h, self.config.engine, channel) for h in channel.handlers]
+        runner = ChannelRunner(channel, Preparer(channel, mapping),
+                               Persister(channel, handlers, ident.application, ident.facility),
+                               self.db, self.worker.wake)
+        server = MLLPServer(channel.source, runner)
+        await server.start()
+        self.runners[channel.name] = runner
+        self.servers[channel.name] = server
+
+    async def stop(self) -> None:
+        """Stop listeners, then the scheduler and worker, then the store."""
+        for server in self.servers.values():
+            await server.stop()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.db is not None:
+            await asyncio.to_thread(self.db.close)
+
+
+async def _serve(config_dir: Path) -> int:
+    runtime = Runtime(load_config(config_dir))
+    await runtime.start()
+    pid_file = runtime.config.engine.data_dir / "radbridge.pid"
+    pid_file.write_text(str(os.getpid()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(runtime, config_dir)))
+    log.info("radbridge running: %d channel(s)", len(runtime.servers))
+    await stop.wait()
+    log.info("radbridge stopping")
+    await runtime.stop()
+    with contextlib.suppress(OSError):
+        pid_file.unlink()
+    return 0
+
+
+async def _reload(runtime: Runtime, config_dir: Path) -> None:
+    """SIGHUP: validate the new configuration; apply it only if all of it is valid."""
+    try:
+        new = load_config(config_dir)
+        load_channel_mappings(new)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration:\n%s", exc)
+        return
+    log.info("configuration valid; restarting channels")
+    await runtime.stop()
+    runtime.config = new
+    runtime.runners.clear()
+    runtime.servers.clear()
+    await runtime.start()
+
+
+def run(config_dir: Path) -> int:
+    """``radbridge run``: serve until SIGTERM/SIGINT."""
+    return asyncio.run(_serve(config_dir))
