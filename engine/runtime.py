@@ -16,6 +16,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -27,6 +28,7 @@ from engine.config import Config, load_config
 from engine.config.models import ChannelConfig
 from engine.errors import ConfigError
 from engine.handlers import create_handler
+from engine.hl7.er7 import Message
 from engine.outbox.destination import create_destination
 from engine.outbox.worker import OutboxWorker, Route
 from engine.store.database import Database
@@ -61,11 +63,11 @@ def load_channel_mappings(config: Config) -> dict[str, MapFn]:
     return {name: _records_fn(compiled[name]) for name in wanted}
 
 
-def _records_fn(mapping: object) -> MapFn:
-    def apply(message):  # type: ignore[no-untyped-def]
-        return mapping.apply(message).records  # type: ignore[attr-defined]
+def _records_fn(mapping: Any) -> MapFn:
+    def apply(message: Message) -> list[dict[str, Any]]:
+        return list(mapping.apply(message).records)
 
-    return apply  # type: ignore[no-any-return]
+    return apply
 
 
 @dataclass

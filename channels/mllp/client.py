@@ -36,9 +36,10 @@ class MLLPClient:
 
     async def connect(self) -> None:
         """Open the connection (TLS when a context is given)."""
-        kwargs = {"server_hostname": self.server_hostname or self.host} if self.ssl_context else {}
+        hostname = (self.server_hostname or self.host) if self.ssl_context else None
         self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self.ssl_context, **kwargs), self.timeout
+            asyncio.open_connection(self.host, self.port, ssl=self.ssl_context, server_hostname=hostname),
+            self.timeout,
         )
         self._decoder = FrameDecoder(self.max_frame_bytes)
 

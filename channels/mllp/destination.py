@@ -7,13 +7,13 @@ connection is retryable, and the connection is reopened for the next attempt.
 
 from __future__ import annotations
 
+from channels.mllp.client import MLLPClient
 from engine.config.models import MLLPDestinationConfig
 from engine.errors import PermanentDelivery, RetryableDelivery
 from engine.hl7.charset import decode
 from engine.hl7.er7 import Message
 from engine.outbox.destination import register_destination
 from engine.tls import client_context
-from channels.mllp.client import MLLPClient
 
 __all__ = ["MLLPDestination", "classify_ack"]
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Row, select
 
 from engine.audit import record
 from engine.channel.persist import Persister
@@ -41,12 +42,16 @@ def _runner(config: Config, db: Database, channel_name: str) -> ChannelRunner | 
     return ChannelRunner(channel, Preparer(channel, mapping), persister, db)
 
 
+def _original(conn: Connection, message_id: int) -> Row[Any, Any, Any] | None:
+    query = select(messages.c.channel, messages.c.status, messages.c.raw).where(messages.c.id == message_id)
+    return conn.execute(query).first()
+
+
 def replay_messages(config: Config, db: Database, ids: list[int]) -> int:
     """Replay each id; return 1 if any id was unknown or its reprocessing was not accepted."""
     failures = 0
     for message_id in ids:
-        row = db.read(lambda c, i=message_id: c.execute(
-            select(messages.c.channel, messages.c.status, messages.c.raw).where(messages.c.id == i)).first())
+        row = db.read(partial(_original, message_id=message_id))
         if row is None:
             print(f"{message_id}: no such message")
             failures += 1

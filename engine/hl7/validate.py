@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
@@ -190,7 +190,7 @@ def _check_datatypes(message: Message, version: str, key_only: bool) -> None:
             _check_segment(seg, fields, counts[seg.name])
 
 
-def _check_segment(seg: Segment, fields: dict[int, tuple[str, str, int, int]], sequence: int) -> None:
+def _check_segment(seg: Segment, fields: Mapping[int, tuple[str, str, int, int]], sequence: int) -> None:
     start = 3 if seg.name == "MSH" else 1
     for number in range(start, min(seg.field_count, max(fields, default=0)) + 1):
         spec = fields.get(number)

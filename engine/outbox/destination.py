@@ -41,7 +41,7 @@ def register_destination(type_name: str, factory: DestinationFactory) -> None:
 def create_destination(config: Any) -> Destination:
     """Build the destination for a validated destination config (has ``type``)."""
     if not _REGISTRY:
-        import channels.http.destination  # noqa: F401  (built-ins register on import)
+        import channels.http.destination
         import channels.mllp.destination  # noqa: F401
     try:
         factory = _REGISTRY[config.type]

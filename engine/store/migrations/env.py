@@ -14,8 +14,8 @@ if connection is not None:
     with context.begin_transaction():
         context.run_migrations()
 else:
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
-    with engine.begin() as conn:
+    db_engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite://")
+    with db_engine.begin() as conn:
         context.configure(connection=conn, target_metadata=metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()

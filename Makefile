@@ -1,0 +1,49 @@
+# radbridge: `make run` starts the engine on ./config; `make test` runs lint, types and the whole suite.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test install peers lint types bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	mkdir -p $${RADBRIDGE_DATA_DIR:-./var}
+	$(VENV)/bin/radbridge --config config run
+
+# System peers the integration tests drive (DCMTK, Orthanc, PostgreSQL). Installed when root.
+peers:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  command -v findscu >/dev/null || missing="$$missing dcmtk"; \
+	  command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	  command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing system peers:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else echo "not root: system peers (dcmtk, orthanc, postgresql) must already be installed"; fi
+
+lint: install
+	$(VENV)/bin/ruff check engine channels tests bench
+
+types: install
+	$(VENV)/bin/mypy
+
+test: install peers lint types
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/bench_mllp.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
