@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+
+from engine.config import load_config
+from engine.config.loader import substitute
+from engine.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHANNEL = """name: c1
+source:
+  type: mllp
+  port: ${PORT:-2575}
+"""
+
+
+def write(tmp: Path, channel: str, engine: str = "") -> Path:
+    (tmp / "channels").mkdir(parents=True, exist_ok=True)
+    (tmp / "engine.yaml").write_text(engine)
+    (tmp / "channels" / "c1.yaml").write_text(channel)
+    return tmp
+
+
+def problems(tmp: Path, channel: str, env=None) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp, channel), env or {})
+    return exc.value.problems
+
+
+def test_substitution_with_and_without_default():
+    missing: list[str] = []
+    assert substitute("${A}-${B:-x}", {"A": "1"}, missing) == "1-x"
+    assert substitute("${C}", {}, missing) == "" and missing == ["C"]
+
+
+def test_shipped_configuration_is_valid():
+    cfg = load_config(ROOT / "config", {})
+    assert cfg.channels and cfg.channels[0].source.port == 2575
+    assert cfg.engine.dicom.ae_title == "RADBRIDGE" and cfg.engine.http.port == 8080
+
+
+def test_environment_overrides_the_shipped_defaults():
+    env = {"RADBRIDGE_MLLP_PORT": "3000", "RADBRIDGE_DICOM_AET": "RB2", "RADBRIDGE_DATABASE_URL": "sqlite:///x.db"}
+    cfg = load_config(ROOT / "config", env)
+    assert cfg.channels[0].source.port == 3000
+    assert cfg.engine.dicom.ae_title == "RB2" and cfg.engine.database_url() == "sqlite:///x.db"
+
+
+def test_port_is_an_int(tmp_path):
+    cfg = load_config(write(tmp_path, CHANNEL), {"PORT": "2600"})
+    assert cfg.channels[0].source.port == 2600
+
+
+def test_unknown_key_names_file_line_and_field(tmp_path):
+    found = problems(tmp_path, CHANNEL + "  colour: blue\n")
+    assert len(found) == 1
+    assert "c1.yaml:5: source.mllp.colour" in found[0] or "c1.yaml:5: source.colour" in found[0]
+
+
+def test_wrong_type_names_the_line(tmp_path):
+    found = problems(tmp_path, CHANNEL.replace("${PORT:-2575}", "not-a-port"))
+    assert "c1.yaml:4: source" in found[0] and "port" in found[0]
+
+
+def test_missing_environment_variable_is_an_error(tmp_path):
+    found = problems(tmp_path, CHANNEL.replace("${PORT:-2575}", "${NOPE}"))
+    assert "c1.yaml:4" in found[0] and "NOPE" in found[0]
+
+
+def test_invalid_yaml_reports_the_line(tmp_path):
+    found = problems(tmp_path, "name: c1\nsource: [\n")
+    assert "c1.yaml:" in found[0] and "invalid YAML" in found[0]
+
+
+def test_duplicate_ports_are_rejected(tmp_path):
+    write(tmp_path, CHANNEL)
+    (tmp_path / "channels" / "c2.yaml").write_text(CHANNEL.replace("c1", "c2"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path, {})
+    assert "already used" in exc.value.problems[0]
+
+
+def test_destination_type_is_checked(tmp_path):
+    found = problems(tmp_path, CHANNEL + "destinations:\n  - name: d\n    type: carrier-pigeon\n")
+    assert "c1.yaml:6" in found[0]
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    found = problems(tmp_path, "name: 'bad name!'\nsource:\n  type: mllp\n  port: 99999\n")
+    assert len(found) == 2

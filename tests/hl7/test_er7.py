@@ -1,0 +1,83 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.hl7.er7 import Message, Separators, escape, normalize_segment_breaks, unescape
+
+ORM = (
+    "MSH|^~\\&|RIS|HOSP|RB|RAD|20261122083000||ORM^O01^ORM_O01|C1|P|2.5.1||||||8859/1\r"
+    "PID|1||MRN1^^^HOSP^MR~X9^^^OTHER||DOE^JANE^Q^^DR||19700101|F\r"
+    "ORC|NW|P1|F1||SC\r"
+    "OBR|1|P1|F1|CT1^CT HEAD^L||||||||||||||ACC1|RP1|SPS1||||CT\r"
+    "ORC|NW|P2|F2||SC\r"
+    "OBR|2|P2|F2|MR1^MR KNEE^L||||||||||||||ACC2|RP2|SPS2||||MR\r"
+)
+
+
+def test_msh_fields_follow_standard_numbering():
+    m = Message(ORM)
+    assert m.msh is not None
+    assert m.msh.field(1) == "|"
+    assert m.msh.field(2) == "^~\\&"
+    assert (m.sending_application, m.control_id, m.version, m.charset) == ("RIS", "C1", "2.5.1", "8859/1")
+    assert m.message_type == "ORM^O01" and m.message_structure == "ORM_O01"
+
+
+def test_components_repetitions_and_occurrences():
+    m = Message(ORM)
+    pid = m.segment("PID")
+    assert pid is not None
+    assert pid.value(3, 2, 1) == "X9"
+    assert pid.value(3, 1, 4) == "HOSP"
+    assert m.segment("OBR", 2).value(18) == "ACC2"
+    assert m.segment("OBR", 3) is None
+    assert len(m.all("ORC")) == 2
+
+
+def test_missing_parts_are_empty_strings():
+    m = Message(ORM)
+    assert m.value("PID", 99) == ""
+    assert m.value("PID", 5, 1, 9) == ""
+    assert m.value("ZZZ", 1) == ""
+
+
+def test_lf_and_crlf_segment_terminators_are_normalized():
+    assert normalize_segment_breaks("A\r\nB\nC\rD") == "A\rB\rC\rD"
+    assert Message(ORM.replace("\r", "\r\n")).segment("OBR", 2) is not None
+
+
+def test_bom_and_missing_final_cr_are_tolerated():
+    m = Message("\ufeff" + ORM.rstrip("\r"))
+    assert m.control_id == "C1"
+    assert m.text.endswith("\r")
+
+
+def test_other_encoding_characters_are_honoured():
+    m = Message("MSH|^~\\}|A|B|||20200101||ADT^A01|X|P|2.4\rPID|||1^^^AUTH}SUB")
+    assert m.seps.subcomponent == "}"
+    assert m.segment("PID").value(3, 1, 4, 2) == "SUB"
+
+
+def test_unescape_resolves_standard_sequences():
+    seps = Separators()
+    assert unescape("A\\F\\B\\S\\C\\T\\D\\R\\E\\E\\", seps) == "A|B^C&D~E\\"
+    assert unescape("\\X41C3\\", seps) == "A\u00c3"
+    assert unescape("line\\.br\\next", seps) == "line\nnext"
+    assert unescape("no escape", seps) == "no escape"
+    assert unescape("\\unterminated", seps) == "\\unterminated"
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=50))
+def test_escape_then_unescape_round_trips(text):
+    seps = Separators()
+    escaped = escape(text, seps)
+    for ch in "|^&~\r":
+        assert ch not in escaped
+    assert unescape(escaped, seps) == text.replace("\r", "\r")
+
+
+@given(st.text(max_size=500))
+def test_tokenizing_arbitrary_text_never_raises(text):
+    m = Message(text)
+    for seg in m.segments:
+        seg.value(3, 2, 2, 2)
+    _ = (m.control_id, m.message_type, m.version, m.charset)

@@ -1,0 +1,68 @@
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, insert, select, text
+
+from engine.errors import StoreUnavailable
+from engine.store.database import Database
+from engine.store.schema import audit_events
+
+
+def add_event(conn, n):
+    conn.execute(insert(audit_events).values(at=datetime.now(UTC), actor="t", action="a", object_type="x",
+                                             object_id=str(n), detail=""))
+    return n
+
+
+def count(db):
+    return db.read(lambda c: c.execute(select(func.count()).select_from(audit_events)).scalar())
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url)
+    database.migrate()
+    yield database
+    database.close()
+
+
+def test_writer_commits_before_resolving(db):
+    assert db.writer.call(lambda c: add_event(c, 1)) == 1
+    assert count(db) == 1
+
+
+def test_concurrent_submissions_all_commit(db):
+    futures = [db.writer.submit(lambda c, i=i: add_event(c, i)) for i in range(200)]
+    assert sorted(f.result() for f in futures) == list(range(200))
+    assert count(db) == 200
+
+
+def test_a_failing_item_does_not_take_its_batch_down(db):
+    barrier = threading.Event()
+    blocker = db.writer.submit(lambda c: barrier.wait(5))
+    good = [db.writer.submit(lambda c, i=i: add_event(c, i)) for i in range(5)]
+
+    def bad(conn):
+        add_event(conn, 99)
+        raise ValueError("boom")
+
+    failing = db.writer.submit(bad)
+    barrier.set()
+    blocker.result()
+    assert [f.result() for f in good] == list(range(5))
+    with pytest.raises(ValueError):
+        failing.result()
+    assert count(db) == 5
+
+
+def test_database_errors_become_store_unavailable(db):
+    with pytest.raises(StoreUnavailable):
+        db.writer.call(lambda c: c.execute(text("INSERT INTO no_such_table VALUES (1)")))
+
+
+def test_timestamps_come_back_aware_utc(db):
+    now = datetime.now(UTC)
+    db.writer.call(lambda c: add_event(c, 1))
+    at = db.read(lambda c: c.execute(select(audit_events.c.at)).scalar())
+    assert at.tzinfo is not None and abs((at - now).total_seconds()) < 5
