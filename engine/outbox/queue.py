@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, bindparam, insert
 
+from engine.store.fast import FastStatement
 from engine.store.schema import outbox
 
 __all__ = ["QUEUED", "enqueue"]
 
 QUEUED = "QUEUED"
+# Built once and run on the raw cursor: this is on the receive path.
+_INSERT = FastStatement(
+    insert(outbox).values({c.name: bindparam(c.name) for c in outbox.c if c.name != "id"}).returning(outbox.c.id)
+)
 
 
 def enqueue(
@@ -26,20 +31,10 @@ def enqueue(
 ) -> int:
     """Add one delivery for ``destination``; it commits with the caller's transaction."""
     now = now or datetime.now(UTC)
-    result = conn.execute(
-        insert(outbox).values(
-            message_id=message_id,
-            channel=channel,
-            destination=destination,
-            ordering_key=ordering_key,
-            status=QUEUED,
-            media_type=media_type,
-            payload=payload,
-            attempts=0,
-            created_at=now,
-            next_attempt_at=now,
-            last_error="",
-            response="",
-        )
-    )
-    return int(result.inserted_primary_key[0]) if result.inserted_primary_key else 0
+    values = {
+        "message_id": message_id, "channel": channel, "destination": destination, "ordering_key": ordering_key,
+        "status": QUEUED, "media_type": media_type, "payload": payload, "attempts": 0, "created_at": now,
+        "next_attempt_at": now, "last_error": "", "response": "",
+    }
+    values.update({"last_attempt_at": None, "sent_at": None, "claimed_until": None})
+    return int(_INSERT.execute(conn, values).fetchone()[0])

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,9 +52,11 @@ _STOP = object()
 class Writer:
     """One thread that applies work items in group-committed transactions."""
 
-    def __init__(self, engine: Engine, max_batch: int = 256) -> None:
+    def __init__(self, engine: Engine, max_batch: int = 256, gather_seconds: float = 0.002) -> None:
         self._engine = engine
         self._max_batch = max_batch
+        self._gather_seconds = gather_seconds
+        self._last_batch = 1
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="radbridge-writer", daemon=True)
         self._thread.start()
@@ -82,20 +85,35 @@ class Writer:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch: list[_Item] = [first]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
+            batch, stop = self._gather(first)
+            self._last_batch = len(batch)
             self._run_batch(batch)
             if stop:
                 return
+
+    def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
+        """Collect what is queued; when the last batch was larger, wait briefly for as many.
+
+        Concurrent senders each wait for their ACK before sending again, so right
+        after a commit only one of them may have resubmitted yet. Waiting up to
+        ``gather_seconds`` for as many items as the previous batch had keeps the
+        batches, and so the commits, shared; a lone sender never waits.
+        """
+        batch = [first]
+        deadline = time.monotonic() + self._gather_seconds
+        while len(batch) < self._max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                if len(batch) < self._last_batch and remaining > 0:
+                    nxt = self._queue.get(timeout=remaining)
+                else:
+                    nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                return batch, True
+            batch.append(nxt)
+        return batch, False
 
     def _run_batch(self, batch: list[_Item]) -> None:
         try:

@@ -1,0 +1,189 @@
+"""MLLP receive path benchmark: radbridge (durable SQLite commit before ACK) vs a bare ACK server.
+
+Both servers run as subprocesses on loopback in the same run; senders are
+separate processes, each a synchronous client (send, wait for the ACK, repeat)
+with a 5-segment ORM^O01 and a unique MSH-10 per message.
+
+    python bench/bench_mllp.py                 # quick: 5,000 msgs/sender config
+    python bench/bench_mllp.py --messages 100000 --memory   # the full run (RSS every 10k)
+
+Prints throughput (median of --runs), p50/p99 latency for one sender, the
+ratio to the bare server, and with --memory the engine's RSS over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ORM = (
+    "MSH|^~\\&|RIS|HOSP|RADBRIDGE|RAD|20261122083000||ORM^O01^ORM_O01|{cid}|P|2.5.1\r"
+    "PID|1||{pid}^^^HOSP^MR||DOE^JANE^Q||19700101|F\r"
+    "PV1|1|O|RAD^^^HOSP||||1234^REFERRING^DOC\r"
+    "ORC|NW|P{cid}|F{cid}||SC||^^^20261122090000^^R\r"
+    "OBR|1|P{cid}|F{cid}|CT1^CT HEAD^L|||20261122083000||||||||||||A{cid}|RP{cid}|SPS{cid}||||CT\r"
+)
+
+BARE_SERVER = r"""
+import asyncio, sys
+ACK = b"\x0bMSH|^~\\&|B|B|A|A|20260101||ACK^O01^ACK|1|P|2.5.1\rMSA|AA|1\r\x1c\r"
+async def handle(reader, writer):
+    buf = b""
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            break
+        buf += data
+        while b"\x1c\r" in buf:
+            _, buf = buf.split(b"\x1c\r", 1)
+            writer.write(ACK)
+        await writer.drain()
+    writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+def sender(port: int, prefix: str, count: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    latencies = []
+    start = time.perf_counter()
+    for i in range(count):
+        cid = f"{prefix}{i}"
+        frame = b"\x0b" + ORM.format(cid=cid, pid=f"P{i % 500}").encode() + b"\x1c\r"
+        t0 = time.perf_counter()
+        sock.sendall(frame)
+        buf = b""
+        while not buf.endswith(b"\x1c\r"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        if b"MSA|AA" not in buf:
+            raise RuntimeError(f"not accepted: {buf[:200]!r}")
+        latencies.append(time.perf_counter() - t0)
+    out.put((time.perf_counter() - start, latencies))
+    sock.close()
+
+
+def drive(port: int, senders: int, per_sender: int, tag: str) -> tuple[float, list[float]]:
+    queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    procs = [mp.Process(target=sender, args=(port, f"{tag}-{s}-", per_sender, queue)) for s in range(senders)]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join()
+    latencies = [lat for _, lats in results for lat in lats]
+    return senders * per_sender / elapsed, latencies
+
+
+def start_engine(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    cfg = tmp / "config"
+    (cfg / "channels").mkdir(parents=True)
+    sync = os.environ.get("RB_SYNC", "FULL")
+    (cfg / "engine.yaml").write_text(
+        f"data_dir: {tmp / 'var'}\nlogging: {{level: WARNING}}\ndatabase: {{sqlite_synchronous: {sync}}}\n")
+    (cfg / "channels" / "bench.yaml").write_text(
+        f"name: bench\nsource: {{type: mllp, port: {port}}}\nduplicates: {{window_hours: 72}}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(cfg), "run"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(len(ordered) * q), len(ordered) - 1)] * 1000
+
+
+def measure(port: int, args: argparse.Namespace, tag: str) -> dict[str, float]:
+    one = [drive(port, 1, args.messages, f"{tag}1r{r}") for r in range(args.runs)]
+    eight = [drive(port, 8, args.messages // 8, f"{tag}8r{r}")[0] for r in range(args.runs)]
+    lat = one[len(one) // 2][1]
+    return {"one": statistics.median(r[0] for r in one), "eight": statistics.median(eight),
+            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
+
+
+def memory_run(port: int, pid: int, total: int) -> list[tuple[int, float]]:
+    samples = [(0, rss_mb(pid))]
+    step = 10_000
+    for done in range(step, total + 1, step):
+        drive(port, 2, step // 2, f"mem{done}")
+        samples.append((done, rss_mb(pid)))
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000, help="messages per configuration and run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory", action="store_true", help="also send --messages more and sample RSS")
+    args = parser.parse_args()
+    bare_port, rb_port = free_port(), free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = start_engine(Path(tmp), rb_port)
+        try:
+            wait_port(bare_port)
+            peer = measure(bare_port, args, "bare")
+            ours = measure(rb_port, args, "rb")
+            samples = memory_run(rb_port, engine.pid, args.messages) if args.memory else []
+        finally:
+            engine.terminate()
+            bare.terminate()
+            engine.wait(20)
+            bare.wait(20)
+    print(f"{'':28}{'radbridge':>12}{'bare ACK':>12}{'ratio':>8}")
+    for key, label in (("one", "1 sender msgs/s"), ("eight", "8 senders msgs/s")):
+        print(f"{label:28}{ours[key]:12.0f}{peer[key]:12.0f}{ours[key] / peer[key]:8.2f}")
+    for key, label in (("p50", "1 sender p50 ms"), ("p99", "1 sender p99 ms")):
+        print(f"{label:28}{ours[key]:12.2f}{peer[key]:12.2f}{ours[key] / max(peer[key], 1e-9):8.1f}")
+    for done, mb in samples:
+        print(f"rss after {done:>7} messages: {mb:7.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
