@@ -43,7 +43,9 @@ class FastStatement:
         compiled = self.statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         processors = {
-            name: proc for name, proc in compiled._bind_processors.items() if proc is not None and isinstance(name, str)
+            name: proc
+            for name, proc in compiled._bind_processors.items()
+            if callable(proc) and isinstance(name, str)
         }
         defaults = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
         names = list(compiled.positiontup or []) if dialect.positional else list(compiled.binds)
