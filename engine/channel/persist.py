@@ -159,6 +159,9 @@ class Persister:
             "duplicate_count": 0,
             "last_duplicate_at": None,
         }
+        for key, value in values.items():
+            if isinstance(value, str) and "\x00" in value:
+                values[key] = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; raw keeps it
         return int(_INSERT_MESSAGE.execute(conn, values).fetchone()[0])
 
     def _stage(self, conn: Connection, message_id: int, stage: str, content: str, now: datetime) -> None:

@@ -124,19 +124,23 @@ class Writer:
                 for item in batch:
                     self._run_batch([item])
                 return
-            batch[0].future.set_exception(_translate(exc))
+            batch[0].future.set_exception(self._translate(exc))
             return
         for item, result in zip(batch, results, strict=True):
             item.future.set_result(result)
 
 
-def _translate(exc: Exception) -> Exception:
-    if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
-        log.error("store unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
-        err = StoreUnavailable(f"database unavailable: {type(exc.orig or exc).__name__}")
+    def _translate(self, exc: Exception) -> Exception:
+        """Database failures (wrapped by SQLAlchemy or raw from the driver) become StoreUnavailable."""
+        dbapi = self._engine.dialect.dbapi
+        raw_error = isinstance(exc, dbapi.Error) and not isinstance(exc, dbapi.IntegrityError) if dbapi else False
+        wrapped = isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError)
+        if not (raw_error or wrapped):
+            return exc
+        log.error("store unavailable: %s", type(exc).__name__)
+        err = StoreUnavailable(f"database unavailable: {type(exc).__name__}")
         err.__cause__ = exc
         return err
-    return exc
 
 
 class Database:

@@ -1,0 +1,146 @@
+"""The channel pipeline in process, on SQLite and PostgreSQL: what is stored and answered."""
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, insert, select, text
+
+from engine.channel.persist import Persister
+from engine.channel.prepare import Preparer
+from engine.channel.runner import ChannelRunner
+from engine.config.models import ChannelConfig
+from engine.errors import ErrorLocation, HL7ApplicationError
+from engine.handlers import Outbound
+from engine.hl7.er7 import Message
+from engine.store.database import Database
+from engine.store.schema import audit_events, messages, outbox
+
+ORM = ("MSH|^~\\&|RIS|HOSP|RB|RAD|20261122083000||ORM^O01|{cid}|P|2.5.1\r"
+       "PID|1||MRN{pid}^^^HOSP||DOE^JANE||19700101|F\rORC|NW|P1\rOBR|1|P1||CT^CT HEAD" + "|" * 14 + "ACC{cid}\r")
+
+
+def msg(cid="C1", pid="1", **kw) -> bytes:
+    return ORM.format(cid=cid, pid=pid).encode()
+
+
+class AuditThenFail:
+    name = "audit-then-fail"
+
+    def apply(self, conn, ctx):
+        conn.execute(insert(audit_events).values(at=datetime.now(UTC), actor="h", action="x", object_type="m",
+                                                 object_id=str(ctx.message_id), detail=""))
+        raise HL7ApplicationError(204, "unknown patient", ErrorLocation("PID", 1, 3))
+
+
+class Emit:
+    name = "emit"
+
+    def apply(self, conn, ctx):
+        return [Outbound("ris", b"MSH|status", "application/hl7-v2", "MRN1")]
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url)
+    database.migrate()
+    yield database
+    database.close()
+
+
+def runner(db, handlers=(), **channel):
+    cfg = ChannelConfig.model_validate({"name": "c", "source": {"type": "mllp", "port": 0}, **channel})
+    return ChannelRunner(cfg, Preparer(cfg), Persister(cfg, list(handlers), "RB", "RAD"), db)
+
+
+def answer(r, payload: bytes) -> Message:
+    return Message(asyncio.run(r.receive(payload, "test")).decode("latin-1"))
+
+
+def rows(db):
+    return db.read(lambda c: c.execute(select(messages.c.status, messages.c.ack_code, messages.c.error_code,
+                                              messages.c.patient_id, messages.c.accession_number)).all())
+
+
+def test_accepted_message_is_stored_then_answered_aa(db):
+    ack = answer(runner(db), msg())
+    assert ack.segment("MSA").value(1) == "AA" and ack.segment("MSA").value(2) == "C1"
+    assert [tuple(r) for r in rows(db)] == [("PROCESSED", "AA", None, "MRN1", "ACCC1")]
+
+
+def test_rejected_message_is_kept_with_its_error(db):
+    ack = answer(runner(db, accept={"message_types": ["ADT^*"]}), msg())
+    assert ack.segment("MSA").value(1) == "AR"
+    assert ack.segment("ERR").value(3) == "200"
+    assert rows(db)[0][:3] == ("REJECTED", "AR", 200)
+
+
+def test_filtered_message_is_answered_aa_and_marked(db):
+    r = runner(db, filter={"conditions": [{"field": "OBR-24", "equals": "MR"}]})
+    assert answer(r, msg()).segment("MSA").value(1) == "AA"
+    assert rows(db)[0][0] == "FILTERED"
+
+
+def test_handler_error_rolls_back_its_changes_but_keeps_the_message(db):
+    ack = answer(runner(db, [AuditThenFail()]), msg())
+    assert ack.segment("MSA").value(1) == "AE"
+    assert ack.segment("ERR").value(2) == "PID" and ack.segment("ERR").value(3) == "204"
+    assert rows(db)[0][:3] == ("ERROR", "AE", 204)
+    assert db.read(lambda c: c.execute(select(func.count()).select_from(audit_events)).scalar()) == 0
+
+
+def test_handler_outbound_work_commits_with_the_message(db):
+    answer(runner(db, [Emit()]), msg())
+    queued = db.read(lambda c: c.execute(select(outbox.c.destination, outbox.c.ordering_key)).all())
+    assert [tuple(q) for q in queued] == [("ris", "MRN1")]
+
+
+def test_destinations_get_the_raw_message_keyed_by_patient(db):
+    r = runner(db, destinations=[{"name": "d", "type": "mllp", "host": "127.0.0.1", "port": 9,
+                                  "message_types": ["ORM^*"]}])
+    raw = msg(pid="7")
+    answer(r, raw)
+    row = db.read(lambda c: c.execute(select(outbox.c.payload, outbox.c.ordering_key)).one())
+    assert bytes(row.payload) == raw and row.ordering_key == "MRN7"
+
+
+def test_resent_message_gets_the_original_ack_and_changes_nothing(db):
+    r = runner(db)
+    first = asyncio.run(r.receive(msg(), "a"))
+    second = asyncio.run(r.receive(msg(), "a"))
+    assert first == second
+    assert len(rows(db)) == 1
+    assert db.read(lambda c: c.execute(select(messages.c.duplicate_count)).scalar()) == 1
+
+
+def test_reused_control_id_with_other_content_is_rejected_205(db):
+    r = runner(db)
+    answer(r, msg())
+    ack = answer(r, msg(pid="2"))
+    assert ack.segment("MSA").value(1) == "AE" and ack.segment("ERR").value(3) == "205"
+
+
+def test_reused_control_id_may_be_accepted_by_policy(db):
+    r = runner(db, duplicates={"on_conflict": "accept"})
+    answer(r, msg())
+    assert answer(r, msg(pid="2")).segment("MSA").value(1) == "AA"
+
+
+def test_batch_is_answered_with_a_batch_of_acks(db):
+    batch = b"BHS|^~\\&|RIS\r" + msg("B1") + msg("B2") + b"BTS|2\r"
+    reply = asyncio.run(runner(db).receive(batch, "t")).decode()
+    assert reply.startswith("BHS|") and reply.count("MSA|AA|") == 2 and "BTS|2" in reply
+
+
+def test_store_failure_is_answered_ae_never_aa(db):
+    db.writer.call(lambda c: c.execute(text("DROP TABLE message_stages")))
+    db.writer.call(lambda c: c.execute(text("DROP TABLE outbox")))
+    db.writer.call(lambda c: c.execute(text("DROP TABLE messages")))
+    ack = answer(runner(db), msg())
+    assert ack.segment("MSA").value(1) == "AE" and ack.segment("ERR").value(3) == "207"
+
+
+def test_garbage_is_answered_ar_and_kept(db):
+    ack = answer(runner(db), b"\x00\x01this is not HL7")
+    assert ack.segment("MSA").value(1) == "AR"
+    assert rows(db)[0][0] == "REJECTED"
