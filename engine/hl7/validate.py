@@ -115,19 +115,19 @@ def _check_envelope(message: Message) -> None:
     msh = message.msh
     if msh is None:
         first = message.segments[0].name[:3] if message.segments else ""
-        raise HL7Reject(100, f"message does not start with MSH (found {first!r})", _loc("MSH", 1))
+        raise HL7Reject(100, f"message does not start with MSH (found {first!a})", _loc("MSH", 1))
     seps = message.seps
     encoding = msh.field(2)
     allowed = 5 if encoding[4:5] and (reference_version(message.version) or "0") >= "2.7" else 4
     chars = seps.field + encoding
     if len(encoding) != allowed or len(set(chars)) != len(chars) or any(c.isalnum() for c in chars):
-        raise HL7Reject(100, f"invalid encoding characters {encoding!r}", _loc("MSH", 1, 2))
+        raise HL7Reject(100, f"invalid encoding characters {encoding!a}", _loc("MSH", 1, 2))
     counts: dict[str, int] = {}
     for seg in message.segments:
         counts[seg.name] = counts.get(seg.name, 0) + 1
         if not _SEGMENT_ID.match(seg.name):
             raise HL7ApplicationError(
-                100, f"invalid segment id {seg.name[:12]!r}", _loc(seg.name[:3] or "?", counts[seg.name])
+                100, f"invalid segment id {seg.name[:12]!a}", _loc(seg.name[:3] or "?", counts[seg.name])
             )
     if counts.get("MSH", 0) > 1:
         raise HL7ApplicationError(100, "second MSH inside one message", _loc("MSH", 2))

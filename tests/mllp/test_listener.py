@@ -1,0 +1,113 @@
+"""The MLLP listener in process: TLS and mutual TLS, idle timeout, garbage then a valid message."""
+
+import asyncio
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from channels.mllp.client import MLLPClient
+from channels.mllp.source import MLLPServer
+from engine.channel.persist import Persister
+from engine.channel.prepare import Preparer
+from engine.channel.runner import ChannelRunner
+from engine.config.models import ChannelConfig
+from engine.hl7.er7 import Message
+from engine.store.database import Database
+from tests.conftest import need
+
+MSG = b"MSH|^~\\&|RIS|H|RB|R|20261122083000||ADT^A08|C{n}|P|2.5\rPID|1||MRN1^^^H||DOE^JANE\r"
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    need(subprocess.run(["which", "openssl"], capture_output=True).returncode == 0, "openssl not installed")
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(d / f"{name}.key"),
+                "-out", str(d / f"{name}.csr"))
+        ext = d / f"{name}.ext"
+        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+                "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(d / f"{name}.pem"))
+    return d
+
+
+def make_server(tmp_path: Path, **source) -> tuple[MLLPServer, Database]:
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.migrate()
+    cfg = ChannelConfig.model_validate({"name": "t", "source": {"type": "mllp", "port": 0, **source}})
+    runner = ChannelRunner(cfg, Preparer(cfg), Persister(cfg, [], "RB", ""), db)
+    return MLLPServer(cfg.source, runner), db
+
+
+def code(answer: bytes) -> str:
+    return Message(answer.decode()).segment("MSA").value(1)
+
+
+def test_mutual_tls_accepts_a_client_with_a_certificate(tmp_path, pki):
+    async def scenario():
+        tls = {"cert_file": str(pki / "server.pem"), "key_file": str(pki / "server.key"),
+               "ca_file": str(pki / "ca.pem"), "require_client_cert": True}
+        server, db = make_server(tmp_path, tls=tls)
+        await server.start()
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        ctx.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+        client = MLLPClient("127.0.0.1", server.port, 10, ctx, "localhost")
+        try:
+            assert code(await client.send(MSG.replace(b"{n}", b"1"))) == "AA"
+            anonymous = MLLPClient("127.0.0.1", server.port, 10, ssl.create_default_context(cafile=str(pki / "ca.pem")),
+                                   "localhost")
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                await anonymous.send(MSG.replace(b"{n}", b"2"))
+            await anonymous.close()
+        finally:
+            await client.close()
+            await server.stop()
+            db.close()
+
+    asyncio.run(scenario())
+
+
+def test_garbage_then_valid_message_on_the_same_connection(tmp_path):
+    async def scenario():
+        server, db = make_server(tmp_path)
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(b"random junk\r\n\x0b\x00\xff\xfenot hl7\x1c\r")
+            await writer.drain()
+            first = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
+            assert code(first.strip(b"\x0b\x1c\r")) == "AR"
+            writer.write(b"\x0b" + MSG.replace(b"{n}", b"3") + b"\x1c\r")
+            await writer.drain()
+            second = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)
+            assert code(second.strip(b"\x0b\x1c\r")) == "AA"
+        finally:
+            writer.close()
+            await server.stop()
+            db.close()
+
+    asyncio.run(scenario())
+
+
+def test_idle_connections_are_closed(tmp_path):
+    async def scenario():
+        server, db = make_server(tmp_path, idle_timeout_seconds=0.3)
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            writer.close()
+            await server.stop()
+            db.close()
+
+    asyncio.run(scenario())
