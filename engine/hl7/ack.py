@@ -44,6 +44,8 @@ def build_ack(
 ) -> str:
     """The ACK text (CR-terminated segments) answering ``message`` with MSA-1 ``code``."""
     msh = message.msh if message is not None else None
+    if msh is not None and not (msh.seps.valid and msh.field(2) == msh.seps.encoding_characters):
+        msh = None  # a broken envelope: answer with standard delimiters and our own identity
     seps = message.seps if message is not None and msh is not None else Separators()
     f = seps.field
     if msh is not None:

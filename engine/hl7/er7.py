@@ -41,6 +41,12 @@ class Separators:
     truncation: str = ""
 
     @property
+    def valid(self) -> bool:
+        """Distinct, non-alphanumeric delimiters (HL7 v2.5.1 2.5.4): safe to write with."""
+        chars = self.field + self.component + self.repetition + self.escape + self.subcomponent + self.truncation
+        return len(set(chars)) == len(chars) and not any(c.isalnum() or c in "\r\n" for c in chars)
+
+    @property
     def encoding_characters(self) -> str:
         """MSH-2 as it is written."""
         return self.component + self.repetition + self.escape + self.subcomponent + self.truncation
