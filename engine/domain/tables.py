@@ -90,6 +90,7 @@ orders = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("patient_pk", Id, ForeignKey("patients.id"), nullable=False),
+    Column("order_key", String(255), nullable=False),  # see engine.domain.orders.order_key
     Column("placer_order_number", String(64), nullable=False, default=""),
     Column("filler_order_number", String(64), nullable=False, default=""),
     Column("accession_number", String(16), nullable=False, default=""),
@@ -111,6 +112,7 @@ orders = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index(None, "patient_pk"),
+    Index(None, "order_key"),
     Index(None, "accession_number"),
     Index(None, "placer_order_number"),
     Index(None, "filler_order_number"),

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-22 06:59:15.252907
+Create Date: 2026-11-22 07:02:07.515633
 """
 
 from collections.abc import Sequence
@@ -66,6 +66,7 @@ def upgrade() -> None:
     op.create_table('orders',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('patient_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('order_key', sa.String(length=255), nullable=False),
     sa.Column('placer_order_number', sa.String(length=64), nullable=False),
     sa.Column('filler_order_number', sa.String(length=64), nullable=False),
     sa.Column('accession_number', sa.String(length=16), nullable=False),
@@ -92,6 +93,7 @@ def upgrade() -> None:
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_orders_accession_number'), ['accession_number'], unique=False)
         batch_op.create_index(batch_op.f('ix_orders_filler_order_number'), ['filler_order_number'], unique=False)
+        batch_op.create_index(batch_op.f('ix_orders_order_key'), ['order_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_orders_patient_pk'), ['patient_pk'], unique=False)
         batch_op.create_index(batch_op.f('ix_orders_placer_order_number'), ['placer_order_number'], unique=False)
         batch_op.create_index(batch_op.f('ix_orders_requested_procedure_id'), ['requested_procedure_id'], unique=False)
@@ -229,6 +231,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_orders_requested_procedure_id'))
         batch_op.drop_index(batch_op.f('ix_orders_placer_order_number'))
         batch_op.drop_index(batch_op.f('ix_orders_patient_pk'))
+        batch_op.drop_index(batch_op.f('ix_orders_order_key'))
         batch_op.drop_index(batch_op.f('ix_orders_filler_order_number'))
         batch_op.drop_index(batch_op.f('ix_orders_accession_number'))
 
