@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -45,6 +46,8 @@ __all__ = [
     "match_clauses",
     "parse_range",
     "requested_keys",
+    "response_charset",
+    "unsupported_keys",
     "wildcard_to_glob",
     "wildcard_to_like",
 ]
@@ -433,7 +436,7 @@ def unsupported_keys(keys: Sequence[KeySpec]) -> list[str]:
     return out
 
 
-def _fill(ds: Dataset, keys: Sequence[KeySpec], row: Mapping[str, Any], prefix: str) -> None:
+def _fill(ds: Dataset, keys: Sequence[KeySpec], row: Mapping[Any, Any], prefix: str) -> None:
     for key in keys:
         if key.vr == "SQ":
             item = Dataset()
@@ -452,9 +455,21 @@ def _dicom_value(value: str, vr: str) -> Any:
     return value
 
 
-def build_response(row: Mapping[str, Any], keys: Sequence[KeySpec], charset: str) -> Dataset:
+def build_response(row: Mapping[Any, Any], keys: Sequence[KeySpec], charset: str) -> Dataset:
     """The response identifier for one matching row: exactly ``keys``, plus SpecificCharacterSet."""
     ds = Dataset()
     ds.SpecificCharacterSet = charset
     _fill(ds, keys, row, "")
     return ds
+
+
+def response_charset(row: Mapping[Any, Any], site: str) -> str:
+    """``site`` if it can encode every text value of ``row``, else ISO_IR 192 (PS3.3 C.12.1.1.2)."""
+    codec = python_encoding.get(site, "utf-8")
+    for value in row.values():
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode(codec)
+            except UnicodeEncodeError:
+                return "ISO_IR 192"
+    return site
