@@ -145,7 +145,8 @@ def _summaries(conn: Connection, step_pks: list[int]) -> list[StepSummary]:
     stmt = (
         select(p.patient_id, p.issuer, p.patient_name, o.placer_order_number, o.filler_order_number,
                o.accession_number, o.requested_procedure_id, o.study_instance_uid, s.sps_id, s.modality,
-               o.procedure_code_value.label("procedure_code"), o.requested_procedure_description.label("procedure_text"))
+               o.procedure_code_value.label("procedure_code"),
+               o.requested_procedure_description.label("procedure_text"))
         .join(orders, s.order_pk == o.id).join(patients, o.patient_pk == p.id)
         .where(s.id.in_(step_pks)).order_by(s.id)
     )  # fmt: skip
