@@ -82,13 +82,6 @@ def _decode(data: bytes) -> Dataset:
     return read_dataset(BytesIO(data), is_implicit_VR=False, is_little_endian=True)
 
 
-def _prepare(ds: Dataset) -> Dataset:
-    copy = Dataset(ds)
-    copy.is_little_endian = True
-    copy.is_implicit_VR = False
-    return copy
-
-
 def _status_of(ds: Dataset, default: str | None) -> str:
     value = str(ds.get("PerformedProcedureStepStatus", "") or "") or default
     if value is None:
@@ -192,7 +185,7 @@ def create_mpps(
     mpps_pk = conn.execute(insert(mpps).values(
         sop_instance_uid=uid, status="IN PROGRESS", patient_pk=patient_pk, modality=str(ds.get("Modality", "") or ""),
         performed_station_ae_title=str(ds.get("PerformedStationAETitle", "") or "")[:16],
-        calling_ae_title=calling_ae[:16], attributes=_encode(_prepare(ds)), created_at=now, updated_at=now,
+        calling_ae_title=calling_ae[:16], attributes=_encode(ds), created_at=now, updated_at=now,
     )).inserted_primary_key[0]  # type: ignore[index]  # fmt: skip
     for pk in step_pks:
         conn.execute(insert(mpps_steps).values(mpps_pk=mpps_pk, step_pk=pk))
@@ -229,7 +222,7 @@ def set_mpps(
         stored[elem.tag] = elem
     conn.execute(
         update(mpps).where(mpps.c.id == row.id)
-        .values(status=new_status, attributes=_encode(_prepare(stored)), updated_at=now)
+        .values(status=new_status, attributes=_encode(stored), updated_at=now)
     )  # fmt: skip
     _record_series(conn, int(row.id), modification)
     if new_status != row.status:
