@@ -189,11 +189,18 @@ def _has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
 
 
+def _fold(value: str, dialect: str) -> str:
+    """Upper-case ``value`` as the database's ``upper()`` does (SQLite folds ASCII only)."""
+    if dialect == "sqlite":
+        return "".join(c.upper() if c.isascii() else c for c in value)
+    return value.upper()
+
+
 def _text_clause(
     col: ColumnElement[Any], value: str, fold: bool, dialect: str
 ) -> ColumnElement[bool]:
     if fold:
-        col, value = func.upper(col), value.upper()
+        col, value = func.upper(col), _fold(value, dialect)
     if not _has_wildcard(value):
         return col == value
     if dialect == "sqlite" and not fold:
