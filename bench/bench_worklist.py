@@ -75,7 +75,7 @@ def findscu_seconds(port: int, keys: list[str], aec: str) -> tuple[float, int]:
     t0 = time.perf_counter()
     out = subprocess.run(args, env=dcmtk_env(), capture_output=True, check=True, text=True, errors="replace")
     elapsed = time.perf_counter() - t0
-    return elapsed, max(0, (out.stdout + out.stderr).count("Find Response:") - 1)  # the last is final
+    return elapsed, (out.stdout + out.stderr).count("Find Response:")  # -v logs pending responses only
 
 
 def targeted(port: int, aec: str, day: str, runs: int) -> tuple[float, float, int]:
