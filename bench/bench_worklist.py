@@ -34,13 +34,19 @@ from tests.dicom.wlm_peer import start_wlmscpfs, stop
 STATIONS = 100
 DAYS = 100
 RETURN_KEYS = ["PatientName=", "PatientID=", "AccessionNumber=", "StudyInstanceUID=", "RequestedProcedureID=",
-               "ScheduledProcedureStepSequence[0].Modality=", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID=",
+               "ScheduledProcedureStepSequence[0].Modality=",
+               "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID=",
                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime="]  # fmt: skip
 
 
 def _entry(n: int, today: date) -> dict[str, Any]:
     day = today + timedelta(days=(n // STATIONS) % DAYS - DAYS // 2)
-    return {"n": n, "ae": f"CT{n % STATIONS:03d}", "date": day.strftime("%Y%m%d"), "time": f"{8 + n % 10:02d}{n % 60:02d}00"}
+    return {
+        "n": n,
+        "ae": f"CT{n % STATIONS:03d}",
+        "date": day.strftime("%Y%m%d"),
+        "time": f"{8 + n % 10:02d}{n % 60:02d}00",
+    }
 
 
 def populate(db: Database, count: int, today: date) -> None:
@@ -56,11 +62,17 @@ def populate(db: Database, count: int, today: date) -> None:
              "priority": "ROUTINE", "created_at": now, "updated_at": now} for e in entries]  # fmt: skip
     steps = [{"id": e["n"] + 1, "order_pk": e["n"] + 1, "sps_id": f"SPS{e['n']}", "status": "SCHEDULED",
               "modality": "CT", "scheduled_station_ae_title": e["ae"], "start_date": e["date"], "start_time": e["time"],
-              "start_datetime": e["date"] + e["time"], "created_at": now, "updated_at": now} for e in entries]  # fmt: skip
+              "start_datetime": e["date"] + e["time"], "created_at": now, "updated_at": now}
+             for e in entries]  # fmt: skip
     aes = [{"step_pk": e["n"] + 1, "ae_title": e["ae"]} for e in entries]
 
     def write(conn: Any) -> None:
-        for table, rows in ((patients, pats), (orders, ords), (procedure_steps, steps), (step_station_aes, aes)):
+        for table, rows in (
+            (patients, pats),
+            (orders, ords),
+            (procedure_steps, steps),
+            (step_station_aes, aes),
+        ):
             for i in range(0, len(rows), 5000):
                 conn.execute(insert(table), rows[i : i + 5000])
 
@@ -73,9 +85,13 @@ def findscu_seconds(port: int, keys: list[str], aec: str) -> tuple[float, int]:
     for key in [*RETURN_KEYS, *keys]:
         args += ["-k", key]
     t0 = time.perf_counter()
-    out = subprocess.run(args, env=dcmtk_env(), capture_output=True, check=True, text=True, errors="replace")
+    out = subprocess.run(
+        args, env=dcmtk_env(), capture_output=True, check=True, text=True, errors="replace"
+    )
     elapsed = time.perf_counter() - t0
-    return elapsed, (out.stdout + out.stderr).count("Find Response:")  # -v logs pending responses only
+    return elapsed, (out.stdout + out.stderr).count(
+        "Find Response:"
+    )  # -v logs pending responses only
 
 
 def targeted(port: int, aec: str, day: str, runs: int) -> tuple[float, float, int]:
@@ -106,7 +122,9 @@ def radbridge(tmp: Path, count: int, today: date) -> tuple[Database, Any]:
     t0 = time.perf_counter()
     populate(db, count, today)
     print(f"  populated {count} steps in {time.perf_counter() - t0:.1f}s")
-    cfg = EngineConfig.model_validate({"dicom": {"port": 0}, "worklist": {"max_matches": 1_000_000}})
+    cfg = EngineConfig.model_validate(
+        {"dicom": {"port": 0}, "worklist": {"max_matches": 1_000_000}}
+    )
     return db, start_dicom_server(cfg, db)
 
 
@@ -119,17 +137,29 @@ def write_wl_files(count: int, today: date, root: Path) -> Path:
         e = _entry(n, today)
         ds = Dataset()
         ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.PatientName, ds.PatientID = f"FAMILY{n % max(1, count // 10)}^GIVEN", f"PAT{n % max(1, count // 10):07d}"
+        ds.PatientName, ds.PatientID = (
+            f"FAMILY{n % max(1, count // 10)}^GIVEN",
+            f"PAT{n % max(1, count // 10):07d}",
+        )
         ds.AccessionNumber, ds.RequestedProcedureID = f"ACC{n:08d}", f"RP{n}"
         ds.StudyInstanceUID = f"1.2.826.0.1.3680043.9.{n}"
         sps = Dataset()
-        sps.Modality, sps.ScheduledStationAETitle, sps.ScheduledProcedureStepID = "CT", e["ae"], f"SPS{n}"
-        sps.ScheduledProcedureStepStartDate, sps.ScheduledProcedureStepStartTime = e["date"], e["time"]
+        sps.Modality, sps.ScheduledStationAETitle, sps.ScheduledProcedureStepID = (
+            "CT",
+            e["ae"],
+            f"SPS{n}",
+        )
+        sps.ScheduledProcedureStepStartDate, sps.ScheduledProcedureStepStartTime = (
+            e["date"],
+            e["time"],
+        )
         sps.ScheduledProcedureStepStatus = "SCHEDULED"
         ds.ScheduledProcedureStepSequence = [sps]
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
-        ds.save_as(folder / f"e{n}.wl", enforce_file_format=False, implicit_vr=False, little_endian=True)
+        ds.save_as(
+            folder / f"e{n}.wl", enforce_file_format=False, implicit_vr=False, little_endian=True
+        )
     return root
 
 
@@ -146,7 +176,9 @@ def main() -> None:
         print(f"radbridge, {args.steps} steps:")
         db, server = radbridge(tmp, args.steps, today)
         p50, p99, n = targeted(server.port, "RADBRIDGE", day, args.runs)
-        print(f"  targeted (AE + today, {n} matches) via findscu: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        print(
+            f"  targeted (AE + today, {n} matches) via findscu: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        )
         rate, n = broad(server.port, "RADBRIDGE", day, max(3, args.runs // 4))
         print(f"  broad (today, {n} matches): {rate:.0f} responses/s")
         server.stop()

@@ -37,7 +37,9 @@ def expire_steps(conn: Connection, now: datetime, max_age: timedelta, site_tz: t
 def purge_finished(conn: Connection, now: datetime, retention: timedelta) -> int:
     """Delete finished steps older than ``retention`` and the orders they leave empty."""
     s = procedure_steps.c
-    result = conn.execute(delete(procedure_steps).where(s.status.in_(FINISHED), s.updated_at < now - retention))
+    result = conn.execute(
+        delete(procedure_steps).where(s.status.in_(FINISHED), s.updated_at < now - retention)
+    )
     has_steps = exists(select(s.id).where(s.order_pk == orders.c.id))
     conn.execute(delete(orders).where(~has_steps))
     return int(result.rowcount or 0)

@@ -22,7 +22,9 @@ from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy,
 from engine.store.database import Database
 
 DCMTK = all(shutil.which(t) for t in ("findscu", "wlmscpfs", "dump2dcm"))
-needs_dcmtk = pytest.mark.skipif(not DCMTK, reason="DCMTK (findscu, wlmscpfs, dump2dcm) not installed")
+needs_dcmtk = pytest.mark.skipif(
+    not DCMTK, reason="DCMTK (findscu, wlmscpfs, dump2dcm) not installed"
+)
 
 
 def free_port() -> int:
@@ -49,12 +51,26 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def findscu(port: int, keys: list[str], out: Path, aec: str = "RADBRIDGE", aet: str = "CT1") -> list[Dataset]:
+def findscu(
+    port: int, keys: list[str], out: Path, aec: str = "RADBRIDGE", aet: str = "CT1"
+) -> list[Dataset]:
     """Run ``findscu -W`` with ``-k`` keys; return the responses it wrote, in order."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("rsp*.dcm"):
         old.unlink()
-    args = ["findscu", "-W", "-aet", aet, "-aec", aec, "-X", "-od", str(out), "127.0.0.1", str(port)]
+    args = [
+        "findscu",
+        "-W",
+        "-aet",
+        aet,
+        "-aec",
+        aec,
+        "-X",
+        "-od",
+        str(out),
+        "127.0.0.1",
+        str(port),
+    ]
     for key in keys:
         args += ["-k", key]
     subprocess.run(args, env=dcmtk_env(), check=True, capture_output=True, timeout=60)
@@ -88,6 +104,12 @@ def radbridge(tmp_path: Path) -> Iterator[Radbridge]:
     db = Database(f"sqlite:///{tmp_path / 'rb.db'}", sqlite_synchronous="NORMAL")
     db.migrate()
     server = start_dicom_server(config, db)
-    yield Radbridge(db, config, server, OrdersHandler(order_policy(config)), PatientsHandler(patient_policy(config)))
+    yield Radbridge(
+        db,
+        config,
+        server,
+        OrdersHandler(order_policy(config)),
+        PatientsHandler(patient_policy(config)),
+    )
     server.stop()
     db.close()

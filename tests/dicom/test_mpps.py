@@ -55,8 +55,20 @@ def _set_ds(status: str) -> Dataset:
 
 
 def _load(rb: Radbridge) -> None:
-    apply_records(rb.db, rb.orders, [patient(), order("PL1", accession_number="ACC1", requested_procedure_id="RP1",
-                                                      scheduled_procedure_step_id="SPS1", study_instance_uid="1.2.3.1")])
+    apply_records(
+        rb.db,
+        rb.orders,
+        [
+            patient(),
+            order(
+                "PL1",
+                accession_number="ACC1",
+                requested_procedure_id="RP1",
+                scheduled_procedure_step_id="SPS1",
+                study_instance_uid="1.2.3.1",
+            ),
+        ],
+    )
 
 
 def _step_status(rb: Radbridge) -> str:
@@ -64,11 +76,17 @@ def _step_status(rb: Radbridge) -> str:
 
 
 def _ris_messages(rb: Radbridge) -> list[str]:
-    rows = rb.db.read(lambda c: c.execute(select(outbox.c.destination, outbox.c.payload).order_by(outbox.c.id)).all())
+    rows = rb.db.read(
+        lambda c: c.execute(
+            select(outbox.c.destination, outbox.c.payload).order_by(outbox.c.id)
+        ).all()
+    )
     return [p.decode() for d, p in rows if d == "ris"]
 
 
-def test_in_progress_then_completed_moves_the_step_and_notifies_once_each(radbridge: Radbridge) -> None:
+def test_in_progress_then_completed_moves_the_step_and_notifies_once_each(
+    radbridge: Radbridge,
+) -> None:
     _load(radbridge)
     assoc = _assoc(radbridge.server.port)
     status, _ = assoc.send_n_create(_create_ds(), MPPS, UID)
@@ -82,7 +100,9 @@ def test_in_progress_then_completed_moves_the_step_and_notifies_once_each(radbri
     assert _step_status(radbridge) == "COMPLETED"
     messages = _ris_messages(radbridge)
     assert [m.split("\r")[2].split("|")[5] for m in messages] == ["IP", "CM"]
-    assert all(m.split("\r")[2].startswith("ORC|SC|PL1|") and "|ACC1|RP1|SPS1|" in m for m in messages)
+    assert all(
+        m.split("\r")[2].startswith("ORC|SC|PL1|") and "|ACC1|RP1|SPS1|" in m for m in messages
+    )
 
 
 def test_final_state_is_immutable(radbridge: Radbridge) -> None:
@@ -115,6 +135,9 @@ def test_performed_series_are_recorded(radbridge: Radbridge) -> None:
     assoc.send_n_create(_create_ds(), MPPS, UID)
     assoc.send_n_set(_set_ds("COMPLETED"), MPPS, UID)
     assoc.release()
-    rows = radbridge.db.read(lambda c: c.execute(select(mpps_series.c.series_instance_uid,
-                                                        mpps_series.c.instance_count)).all())
+    rows = radbridge.db.read(
+        lambda c: c.execute(
+            select(mpps_series.c.series_instance_uid, mpps_series.c.instance_count)
+        ).all()
+    )
     assert [tuple(r) for r in rows] == [("1.2.3.1.1", 1)]

@@ -11,7 +11,11 @@ from ..domain.factories import apply_records, order, patient
 from .conftest import Radbridge, findscu, needs_dcmtk
 
 KEYS = [
-    "AccessionNumber=", "PatientName=", "PatientID=", "StudyInstanceUID=", "RequestedProcedureID=",
+    "AccessionNumber=",
+    "PatientName=",
+    "PatientID=",
+    "StudyInstanceUID=",
+    "RequestedProcedureID=",
     "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID=",
     "ScheduledProcedureStepSequence[0].Modality=",
     "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=",
@@ -45,7 +49,13 @@ def _expected(rec: dict[str, str]) -> dict[str, str]:
 
 def _actual(ds: Dataset) -> dict[str, str]:
     sps = ds.ScheduledProcedureStepSequence[0]
-    top = ("AccessionNumber", "PatientName", "PatientID", "StudyInstanceUID", "RequestedProcedureID")
+    top = (
+        "AccessionNumber",
+        "PatientName",
+        "PatientID",
+        "StudyInstanceUID",
+        "RequestedProcedureID",
+    )
     inner = ("ScheduledProcedureStepID", "Modality", "ScheduledStationAETitle",
              "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime")  # fmt: skip
     return {k: str(ds[k].value) for k in top} | {k: str(sps[k].value) for k in inner}
@@ -90,7 +100,13 @@ def _pynetdicom_find(port: int, identifier: Dataset) -> list[Dataset]:
 def test_pynetdicom_client_reads_back_what_each_order_said(radbridge: Radbridge) -> None:
     _load(radbridge)
     query = Dataset()
-    for key in ("AccessionNumber", "PatientName", "PatientID", "StudyInstanceUID", "RequestedProcedureID"):
+    for key in (
+        "AccessionNumber",
+        "PatientName",
+        "PatientID",
+        "StudyInstanceUID",
+        "RequestedProcedureID",
+    ):
         setattr(query, key, "")
     sps = Dataset()
     for key in ("ScheduledProcedureStepID", "Modality", "ScheduledStationAETitle",
@@ -118,17 +134,38 @@ def test_cancelled_order_leaves_and_changed_order_changes_in_place(radbridge: Ra
 
 
 def test_merge_and_name_change_show_in_next_query(radbridge: Radbridge) -> None:
-    apply_records(radbridge.db, radbridge.orders, [patient("TMP1", patient_name="TRAUMA^ONE"),
-                                                   order("PL9", patient_id="TMP1", accession_number="ACC9")])
-    apply_records(radbridge.db, radbridge.patients, [patient("REAL1", patient_name="REAL^NAME"),
-                                                     {"record": "merge", "patient_id": "REAL1", "issuer": "HOSP",
-                                                      "prior_patient_id": "TMP1", "prior_issuer": "HOSP"}])
+    apply_records(
+        radbridge.db,
+        radbridge.orders,
+        [
+            patient("TMP1", patient_name="TRAUMA^ONE"),
+            order("PL9", patient_id="TMP1", accession_number="ACC9"),
+        ],
+    )
+    apply_records(
+        radbridge.db,
+        radbridge.patients,
+        [
+            patient("REAL1", patient_name="REAL^NAME"),
+            {
+                "record": "merge",
+                "patient_id": "REAL1",
+                "issuer": "HOSP",
+                "prior_patient_id": "TMP1",
+                "prior_issuer": "HOSP",
+            },
+        ],
+    )
     query = Dataset()
     query.PatientID = ""
     query.PatientName = ""
     query.AccessionNumber = "ACC9"
     first = _pynetdicom_find(radbridge.server.port, query)
-    apply_records(radbridge.db, radbridge.patients, [patient("REAL1", patient_name="REAL^RENAMED", event="A08")])
+    apply_records(
+        radbridge.db,
+        radbridge.patients,
+        [patient("REAL1", patient_name="REAL^RENAMED", event="A08")],
+    )
     second = _pynetdicom_find(radbridge.server.port, query)
     assert [(d.PatientID, str(d.PatientName)) for d in first] == [("REAL1", "REAL^NAME")]
     assert [str(d.PatientName) for d in second] == ["REAL^RENAMED"]

@@ -46,8 +46,15 @@ def _all_entries(rb: Radbridge) -> list[Dataset]:
 
 @pytest.fixture
 def both(radbridge: Radbridge, tmp_path: Path) -> Iterator[tuple[Radbridge, int]]:
-    apply_records(radbridge.db, radbridge.orders,
-                  [patient("P1", patient_name="DOE^JANE"), patient("P2", patient_name="ROE^RICHARD"), *ORDERS])
+    apply_records(
+        radbridge.db,
+        radbridge.orders,
+        [
+            patient("P1", patient_name="DOE^JANE"),
+            patient("P2", patient_name="ROE^RICHARD"),
+            *ORDERS,
+        ],
+    )
     root = build_wlm_dir(_all_entries(radbridge), tmp_path / "wl")
     proc, port = start_wlmscpfs(root)
     yield radbridge, port
@@ -65,8 +72,13 @@ def _accessions(port: int, keys: list[str], out: Path) -> list[str]:
         ([f"{SPS}Modality=MR"], ["A3"]),
         ([f"{SPS}ScheduledProcedureStepStartDate=20261122"], ["A1", "A2"]),
         ([f"{SPS}ScheduledProcedureStepStartDate=20261123-20261124"], ["A3", "A4"]),
-        ([f"{SPS}ScheduledProcedureStepStartDate=20261122", f"{SPS}ScheduledProcedureStepStartTime=0900-1100"],
-         ["A2"]),
+        (
+            [
+                f"{SPS}ScheduledProcedureStepStartDate=20261122",
+                f"{SPS}ScheduledProcedureStepStartTime=0900-1100",
+            ],
+            ["A2"],
+        ),
         (["PatientName=ROE*"], ["A4"]),
         (["PatientID=P2"], ["A4"]),
         (["AccessionNumber=A?"], ["A1", "A2", "A3", "A4"]),
@@ -81,14 +93,22 @@ def test_same_answers_where_wlmscpfs_implements_the_key(
     assert ours == theirs == expected
 
 
-def test_multi_valued_station_ae_title_matches_any_value(both: tuple[Radbridge, int], tmp_path: Path) -> None:
+def test_multi_valued_station_ae_title_matches_any_value(
+    both: tuple[Radbridge, int], tmp_path: Path
+) -> None:
     rb, _ = both
-    assert _accessions(rb.server.port, [f"{SPS}ScheduledStationAETitle=CT2"], tmp_path) == ["A2", "A4"]
+    assert _accessions(rb.server.port, [f"{SPS}ScheduledStationAETitle=CT2"], tmp_path) == [
+        "A2",
+        "A4",
+    ]
 
 
 def test_uid_list_matches_each_listed_study(both: tuple[Radbridge, int], tmp_path: Path) -> None:
     rb, _ = both
-    assert _accessions(rb.server.port, ["StudyInstanceUID=1.2.3.1\\1.2.3.3"], tmp_path) == ["A1", "A3"]
+    assert _accessions(rb.server.port, ["StudyInstanceUID=1.2.3.1\\1.2.3.3"], tmp_path) == [
+        "A1",
+        "A3",
+    ]
 
 
 def test_sps_status_key_is_matched(both: tuple[Radbridge, int], tmp_path: Path) -> None:

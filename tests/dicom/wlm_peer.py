@@ -25,7 +25,11 @@ def dump_text(ds: Dataset, depth: int = 0) -> str:
                 lines.append("(fffe,e00d) na (ItemDelimitationItem)")
             lines.append("(fffe,e0dd) na (SequenceDelimitationItem)")
             continue
-        value = "\\".join(str(v) for v in elem.value) if isinstance(elem.value, MultiValue) else str(elem.value or "")
+        value = (
+            "\\".join(str(v) for v in elem.value)
+            if isinstance(elem.value, MultiValue)
+            else str(elem.value or "")
+        )
         lines.append(f"{tag} {elem.VR} [{value}]")
     return "\n".join(line for line in lines if line)
 

@@ -60,7 +60,9 @@ def _query(top: dict[str, Any] | None = None, sps: dict[str, Any] | None = None)
 
 
 def _match(db: Database, ds: Dataset, **settings: Any) -> list[str]:
-    rows = db.read(lambda c: c.execute(build_select(ds, MatchSettings(**settings))).mappings().all())
+    rows = db.read(
+        lambda c: c.execute(build_select(ds, MatchSettings(**settings))).mappings().all()
+    )
     return sorted(r["AccessionNumber"] for r in rows)
 
 
@@ -86,7 +88,10 @@ def test_person_names_match_case_insensitively_by_default(worklist: Database) ->
 
 def test_person_name_case_sensitivity_is_a_setting(worklist: Database) -> None:
     assert _match(worklist, _query({"PatientName": "DOE^*"}), case_sensitive_names=True) == []
-    assert _match(worklist, _query({"PatientName": "Doe^*"}), case_sensitive_names=True) == ["A1", "A2"]
+    assert _match(worklist, _query({"PatientName": "Doe^*"}), case_sensitive_names=True) == [
+        "A1",
+        "A2",
+    ]
 
 
 def test_question_mark_matches_exactly_one_character(worklist: Database) -> None:
@@ -124,24 +129,37 @@ def test_date_single_and_ranges(worklist: Database, date: str, expected: list[st
 
 
 def test_time_range_alone(worklist: Database) -> None:
-    assert _match(worklist, _query(sps={"ScheduledProcedureStepStartTime": "0700-1300"})) == ["A1", "A4"]
+    assert _match(worklist, _query(sps={"ScheduledProcedureStepStartTime": "0700-1300"})) == [
+        "A1",
+        "A4",
+    ]
 
 
 def test_date_and_time_ranges_combine_into_one_datetime_range(worklist: Database) -> None:
-    sps = {"ScheduledProcedureStepStartDate": "20261122-20261123", "ScheduledProcedureStepStartTime": "2300-0100"}
+    sps = {
+        "ScheduledProcedureStepStartDate": "20261122-20261123",
+        "ScheduledProcedureStepStartTime": "2300-0100",
+    }
     assert _match(worklist, _query(sps=sps)) == ["A2", "A3"]
 
 
 def test_sequence_matching_combines_sps_keys(worklist: Database) -> None:
-    assert _match(worklist, _query(sps={"Modality": "CT", "ScheduledStationAETitle": "CT1"})) == ["A1", "A2"]
+    assert _match(worklist, _query(sps={"Modality": "CT", "ScheduledStationAETitle": "CT1"})) == [
+        "A1",
+        "A2",
+    ]
 
 
 def test_pn_inside_sps_is_case_insensitive(worklist: Database) -> None:
     assert _match(worklist, _query(sps={"ScheduledPerformingPhysicianName": "HOUSE*"})) == ["A1"]
 
 
-def test_hidden_statuses_are_not_returned(worklist: Database, orders_handler: OrdersHandler) -> None:
-    apply_records(worklist, orders_handler, [{**ENTRIES[0], "order_control": "CA", "order_status": "CA"}])
+def test_hidden_statuses_are_not_returned(
+    worklist: Database, orders_handler: OrdersHandler
+) -> None:
+    apply_records(
+        worklist, orders_handler, [{**ENTRIES[0], "order_control": "CA", "order_status": "CA"}]
+    )
     assert _match(worklist, _query()) == ["A2", "A3", "A4"]
     assert _match(worklist, _query(), hidden_statuses=()) == ["A1", "A2", "A3", "A4"]
 
@@ -152,7 +170,9 @@ def test_match_cap_limits_rows_to_cap_plus_one(worklist: Database) -> None:
 
 def test_bad_date_is_an_invalid_query() -> None:
     with pytest.raises(InvalidQuery):
-        build_select(_query(sps={"ScheduledProcedureStepStartDate": "2026-11-22-1"}), MatchSettings())
+        build_select(
+            _query(sps={"ScheduledProcedureStepStartDate": "2026-11-22-1"}), MatchSettings()
+        )
 
 
 @pytest.mark.parametrize(
@@ -169,13 +189,21 @@ def test_wildcard_translation() -> None:
 
 
 def test_response_has_exactly_the_requested_keys(worklist: Database) -> None:
-    ds = _query({"PatientID": "P2", "PatientName": ""}, sps={"Modality": "", "ScheduledStationAETitle": ""})
+    ds = _query(
+        {"PatientID": "P2", "PatientName": ""}, sps={"Modality": "", "ScheduledStationAETitle": ""}
+    )
     rows = worklist.read(lambda c: c.execute(build_select(ds, MatchSettings())).mappings().all())
     rsp = build_response(rows[0], requested_keys(ds), "ISO_IR 192")
     assert [e.keyword for e in rsp] == ["SpecificCharacterSet", "AccessionNumber", "PatientName", "PatientID",
                                         "ScheduledProcedureStepSequence"]  # fmt: skip
-    assert [e.keyword for e in rsp.ScheduledProcedureStepSequence[0]] == ["Modality", "ScheduledStationAETitle"]
-    assert (str(rsp.PatientName), rsp.ScheduledProcedureStepSequence[0].Modality) == ("Müller^Jürgen", "MR")
+    assert [e.keyword for e in rsp.ScheduledProcedureStepSequence[0]] == [
+        "Modality",
+        "ScheduledStationAETitle",
+    ]
+    assert (str(rsp.PatientName), rsp.ScheduledProcedureStepSequence[0].Modality) == (
+        "Müller^Jürgen",
+        "MR",
+    )
 
 
 def test_empty_sequence_key_returns_the_whole_item(worklist: Database) -> None:
