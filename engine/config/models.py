@@ -19,6 +19,7 @@ __all__ = [
     "DatabaseConfig",
     "DestinationConfig",
     "DicomConfig",
+    "DicomServicesConfig",
     "DuplicatesConfig",
     "EngineConfig",
     "FieldCondition",
@@ -26,8 +27,13 @@ __all__ = [
     "HTTPDestinationConfig",
     "MLLPDestinationConfig",
     "MLLPSourceConfig",
+    "MppsConfig",
+    "OrdersConfig",
+    "PatientsConfig",
     "RetryConfig",
+    "StationRule",
     "TLSConfig",
+    "WorklistConfig",
 ]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -242,6 +248,86 @@ class LoggingConfig(_Model):
     format: Literal["text", "json"] = "text"
 
 
+_DEFAULT_HIDDEN = ["STARTED", "DEPARTED", "CANCELED", "DISCONTINUED", "COMPLETED"]
+_IMAGING_MODALITIES = [
+    "CR", "CT", "DX", "ES", "IO", "MG", "MR", "NM", "OT", "PT", "PX", "RF", "RG", "US", "XA", "XC",
+]
+
+
+class PatientsConfig(_Model):
+    """ADT handling: identity and merge policy (reference section 7)."""
+
+    trusted_issuers: list[str] = Field(
+        default_factory=list,
+        description="assigning authorities whose PID-3 is the identity; empty: the first PID-3",
+    )
+    merged_id_policy: Literal["reject", "follow"] = Field(
+        "reject", description="later HL7 for a merged-away id: AE 204, or apply to the survivor"
+    )
+
+
+class StationRule(_Model):
+    """Scheduled Station AE Title(s) for orders without IPC-9; the first matching rule wins."""
+
+    modality: str | None = None
+    procedure_code: str | None = None
+    location: str | None = None
+    ae_titles: list[str] = Field(min_length=1)
+    station_name: str = ""
+
+
+class OrdersConfig(_Model):
+    """Order lifecycle, accession numbers and UIDs (reference sections 2 and 3)."""
+
+    order_control_table: Path | None = Field(
+        None, description="ORC-1,ORC-5 -> SPS status CSV; None: mappings/tables/order_control_status.csv"
+    )
+    accession_policy: Literal["always_generate", "generate_if_missing", "require"] = "generate_if_missing"
+    accession_pattern: str = Field(
+        "{date:%Y%m%d}{seq:06d}", description="str.format with date (site today) and seq (database)"
+    )
+    accession_sequence: str = Field("accession", min_length=1, max_length=64)
+    uid_root: str = Field("2.25", pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=40)
+    station_rules: list[StationRule] = Field(default_factory=list)
+    imaging_modalities: list[str] = Field(default_factory=lambda: list(_IMAGING_MODALITIES))
+    non_imaging: Literal["ignore", "reject"] = "ignore"
+    non_imaging_by_channel: dict[str, Literal["ignore", "reject"]] = Field(default_factory=dict)
+
+
+class WorklistConfig(_Model):
+    """Modality Worklist matching (PS3.4 K) and housekeeping."""
+
+    hidden_statuses: list[str] = Field(default_factory=lambda: list(_DEFAULT_HIDDEN))
+    max_matches: int = Field(1000, ge=1, description="more matches: A700 after the first max_matches")
+    person_name_case_sensitive: bool = False
+    charset: str = Field("ISO_IR 192", description="SpecificCharacterSet of responses")
+    expire_after_hours: float = Field(72.0, gt=0, description="scheduled steps older leave the worklist")
+    retention_days: float = Field(30.0, gt=0, description="finished steps older are deleted")
+    housekeeping_interval_seconds: float = Field(3600.0, gt=0)
+
+
+class MppsConfig(_Model):
+    """MPPS SCP (PS3.4 F) and the status message to the RIS."""
+
+    status_destination: str = Field("", description="outbox destination; empty: no status message")
+    status_message: Literal["ORM", "OMI"] = "ORM"
+    status_channel: str = "mpps"
+    sending_application: str = "RADBRIDGE"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+
+class DicomServicesConfig(_Model):
+    """The DICOM listener serving MWL and MPPS; AE title and port default to ``dicom``."""
+
+    ae_title: str | None = Field(None, min_length=1, max_length=16)
+    port: int | None = Field(None, ge=0, le=65535)
+    accepted_calling_ae_titles: list[str] = Field(default_factory=list, description="empty: any")
+    tls: TLSConfig | None = None
+    max_associations: int = Field(20, ge=1)
+
+
 class EngineConfig(_Model):
     """``config/engine.yaml``."""
 
@@ -254,6 +340,11 @@ class EngineConfig(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     timezone: str = Field("UTC", description="site time zone for HL7 times without an offset")
     mappings_dir: Path = Path("./mappings")
+    patients: PatientsConfig = Field(default_factory=PatientsConfig)
+    orders: OrdersConfig = Field(default_factory=OrdersConfig)
+    worklist: WorklistConfig = Field(default_factory=WorklistConfig)
+    mpps: MppsConfig = Field(default_factory=MppsConfig)
+    dicom_services: DicomServicesConfig = Field(default_factory=DicomServicesConfig)
 
     def database_url(self) -> str:
         """The configured URL, or the embedded SQLite file under ``data_dir``."""

@@ -1,3 +1,4 @@
 """Imports every module that defines tables, so the metadata is complete for Alembic."""
 
+import engine.domain.tables  # noqa: F401
 from engine.store import schema  # noqa: F401

@@ -1,0 +1,89 @@
+"""Modality Worklist C-FIND SCP (PS3.4 K; SOP class 1.2.840.10008.5.1.4.31).
+
+A thin shell: the matcher (:mod:`engine.domain.worklist`) builds the SQL and
+the responses; this module runs the query on a reader connection and yields
+pending responses, checking C-CANCEL between them (PS3.4 K.4.1.3.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from engine.config.models import WorklistConfig
+from engine.domain.worklist import (
+    InvalidQuery,
+    MatchSettings,
+    build_response,
+    build_select,
+    requested_keys,
+    response_charset,
+    unsupported_keys,
+)
+from engine.store.database import Database
+
+__all__ = [
+    "CANCEL",
+    "OUT_OF_RESOURCES",
+    "PENDING",
+    "PENDING_UNSUPPORTED",
+    "UNABLE_TO_PROCESS",
+    "WorklistService",
+]
+
+log = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+PENDING_UNSUPPORTED = 0xFF01
+CANCEL = 0xFE00
+OUT_OF_RESOURCES = 0xA700
+UNABLE_TO_PROCESS = 0xC000
+
+FindResult = Iterator[tuple[int, Dataset | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class WorklistService:
+    """Answers worklist C-FINDs from the database."""
+
+    db: Database
+    settings: MatchSettings
+    charset: str
+
+    @classmethod
+    def from_config(cls, db: Database, cfg: WorklistConfig) -> WorklistService:
+        """Build from the ``worklist:`` settings."""
+        settings = MatchSettings(
+            case_sensitive_names=cfg.person_name_case_sensitive,
+            hidden_statuses=tuple(cfg.hidden_statuses),
+            max_matches=cfg.max_matches,
+            dialect="sqlite" if db.is_sqlite else "postgresql",
+        )
+        return cls(db, settings, cfg.charset)
+
+    def find(self, identifier: Dataset, is_cancelled: Any) -> FindResult:
+        """Yield (status, identifier) pairs as pynetdicom's EVT_C_FIND handler expects."""
+        try:
+            stmt = build_select(identifier, self.settings)
+            keys = requested_keys(identifier)
+        except (InvalidQuery, ValueError, KeyError) as exc:
+            log.info("worklist query refused: %s", exc)
+            yield UNABLE_TO_PROCESS, None
+            return
+        rows = self.db.read(lambda conn: conn.execute(stmt).mappings().all())
+        pending = PENDING_UNSUPPORTED if unsupported_keys(keys) else PENDING
+        for n, row in enumerate(rows):
+            if n >= self.settings.max_matches:
+                log.warning(
+                    "worklist query matched more than %d entries", self.settings.max_matches
+                )
+                yield OUT_OF_RESOURCES, None
+                return
+            if is_cancelled():
+                yield CANCEL, None
+                return
+            yield pending, build_response(row, keys, response_charset(row, self.charset))

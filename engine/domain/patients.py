@@ -1,0 +1,254 @@
+"""Patients: ADT upsert, merge (A40), change of identifier (A47), A10/A11 (IHE RAD-1, RAD-12).
+
+Identity is PatientID + issuer (reference section 7). A patient merged into
+another keeps its row with status ``MERGED`` and ``merged_into_id``; its
+orders (and with them worklist steps) and MPPS move to the survivor. Later HL7
+for a merged id follows :class:`PatientPolicy` (reject with AE 204 by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from engine.domain.records import MergeRecord, OtherPatientId, PatientRecord
+from engine.domain.tables import (
+    mpps,
+    orders,
+    patient_merges,
+    patient_other_ids,
+    patients,
+    procedure_steps,
+)
+from engine.errors import ErrorLocation, HL7ApplicationError
+
+__all__ = [
+    "PatientPolicy",
+    "apply_patient_event",
+    "change_identifier",
+    "ensure_patient",
+    "find_patient",
+    "merge_patient",
+    "resolve_identity",
+    "set_arrival",
+]
+
+_PID3 = ErrorLocation("PID", 1, 3)
+_MRG1 = ErrorLocation("MRG", 1, 1)
+_DEMOGRAPHICS = ("patient_name", "birth_date", "sex", "admission_id", "referring_physician_name")
+
+
+@dataclass(frozen=True, slots=True)
+class PatientPolicy:
+    """``patients:`` settings as the domain uses them."""
+
+    trusted_issuers: tuple[str, ...] = ()
+    follow_merged: bool = False
+
+
+def resolve_identity(
+    record: PatientRecord, trusted: Sequence[str]
+) -> tuple[str, str, list[OtherPatientId]]:
+    """(patient_id, issuer, other ids): the first PID-3 from a trusted authority is the identity."""
+    first = OtherPatientId(patient_id=record.patient_id, issuer=record.issuer)
+    candidates = [first, *record.other_ids]
+    chosen = next((c for c in candidates if not trusted or c.issuer in trusted), first)
+    others = [c for c in candidates if c is not chosen]
+    return chosen.patient_id, chosen.issuer, others
+
+
+def find_patient(conn: Connection, patient_id: str, issuer: str) -> Any:
+    """The patient row for an identity, or None."""
+    stmt = select(patients).where(patients.c.patient_id == patient_id, patients.c.issuer == issuer)
+    return conn.execute(stmt).first()
+
+
+def _live(conn: Connection, row: Any, policy: PatientPolicy, location: ErrorLocation) -> int:
+    """The pk to apply HL7 to: the row itself, or its survivor when merges are followed."""
+    seen = 0
+    while row.status == "MERGED":
+        if not policy.follow_merged:
+            raise HL7ApplicationError(204, f"patient {row.patient_id} was merged", location)
+        row = conn.execute(select(patients).where(patients.c.id == row.merged_into_id)).one()
+        seen += 1
+        if seen > 32:
+            raise HL7ApplicationError(207, "merge chain too long", location)
+    return int(row.id)
+
+
+def _create(conn: Connection, patient_id: str, issuer: str, now: datetime, **values: str) -> int:
+    result = conn.execute(
+        insert(patients).values(
+            patient_id=patient_id,
+            issuer=issuer,
+            status="ACTIVE",
+            created_at=now,
+            updated_at=now,
+            **values,
+        )
+    )
+    return int(result.inserted_primary_key[0]) if result.inserted_primary_key else 0
+
+
+def ensure_patient(
+    conn: Connection, patient_id: str, issuer: str, policy: PatientPolicy, now: datetime
+) -> int:
+    """The pk of the patient for an order, created (without demographics) if unknown."""
+    row = find_patient(conn, patient_id, issuer)
+    if row is None:
+        return _create(conn, patient_id, issuer, now)
+    return _live(conn, row, policy, _PID3)
+
+
+def _store_other_ids(conn: Connection, pk: int, others: Sequence[OtherPatientId]) -> None:
+    existing = {
+        (r.patient_id, r.issuer)
+        for r in conn.execute(select(patient_other_ids).where(patient_other_ids.c.patient_pk == pk))
+    }
+    for other in others:
+        if (other.patient_id, other.issuer) not in existing:
+            conn.execute(
+                insert(patient_other_ids).values(
+                    patient_pk=pk,
+                    patient_id=other.patient_id,
+                    issuer=other.issuer,
+                    type_of_id=other.type_of_id,
+                )
+            )
+
+
+def upsert_patient(
+    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime
+) -> int:
+    """Create or update the patient (A01/A04/A05/A08/A31 and order PIDs); return its pk.
+
+    Only fields the record gives are written: an empty field never blanks a stored value.
+    """
+    patient_id, issuer, others = resolve_identity(record, policy.trusted_issuers)
+    values = {k: getattr(record, k) for k in _DEMOGRAPHICS if getattr(record, k)}
+    row = find_patient(conn, patient_id, issuer)
+    if row is None:
+        pk = _create(conn, patient_id, issuer, now, **values)
+    else:
+        pk = _live(conn, row, policy, _PID3)
+        if values:
+            conn.execute(
+                update(patients).where(patients.c.id == pk).values(updated_at=now, **values)
+            )
+    _store_other_ids(conn, pk, others)
+    return pk
+
+
+def _steps_of(pk: int) -> Any:
+    return select(orders.c.id).where(orders.c.patient_pk == pk).scalar_subquery()
+
+
+def set_arrival(conn: Connection, pk: int, arrived: bool, now: datetime) -> int:
+    """A10 marks the patient's SCHEDULED steps ARRIVED; A11 (undo) turns ARRIVED back."""
+    old, new = ("SCHEDULED", "ARRIVED") if arrived else ("ARRIVED", "SCHEDULED")
+    stmt = (
+        update(procedure_steps)
+        .where(procedure_steps.c.order_pk.in_(_steps_of(pk)), procedure_steps.c.status == old)
+        .values(status=new, updated_at=now)
+    )
+    return int(conn.execute(stmt).rowcount or 0)
+
+
+def _cancel_admit(conn: Connection, pk: int, record: PatientRecord, now: datetime) -> None:
+    """A11: the visit did not happen: clear its admission id and undo arrivals."""
+    stmt = update(patients).where(patients.c.id == pk)
+    if record.admission_id:
+        stmt = stmt.where(patients.c.admission_id == record.admission_id)
+    conn.execute(stmt.values(admission_id="", updated_at=now))
+    set_arrival(conn, pk, False, now)
+
+
+def _arrive(conn: Connection, pk: int, record: PatientRecord, now: datetime) -> None:
+    """A10 patient arriving: the patient's scheduled steps become ARRIVED."""
+    set_arrival(conn, pk, True, now)
+
+
+_EventAction = Callable[[Connection, int, PatientRecord, datetime], None]
+
+#: Trigger event → what follows the demographic upsert (HL7 v2.5.1 3.3).
+EVENT_ACTIONS: dict[str, _EventAction] = {
+    "A10": _arrive,
+    "A11": _cancel_admit,
+}
+
+
+def apply_patient_event(
+    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime
+) -> int:
+    """Apply one ADT patient record: upsert, then the event's own action (A10, A11)."""
+    pk = upsert_patient(conn, record, policy, now)
+    action = EVENT_ACTIONS.get(record.event)
+    if action is not None:
+        action(conn, pk, record, now)
+    return pk
+
+
+def _record_link(conn: Connection, kind: str, prior: Any, survivor_pk: int, now: datetime) -> None:
+    conn.execute(
+        insert(patient_merges).values(
+            kind=kind,
+            prior_pk=prior.id,
+            survivor_pk=survivor_pk,
+            prior_patient_id=prior.patient_id,
+            prior_issuer=prior.issuer,
+            created_at=now,
+        )
+    )
+
+
+def merge_patient(
+    conn: Connection, record: MergeRecord, policy: PatientPolicy, now: datetime
+) -> int:
+    """A40: move orders, steps and MPPS of the prior to the survivor; keep the prior as MERGED."""
+    survivor_key = (record.patient_id, record.issuer)
+    if survivor_key == (record.prior_patient_id, record.prior_issuer):
+        raise HL7ApplicationError(205, "a patient cannot be merged into itself", _MRG1)
+    survivor_pk = ensure_patient(conn, *survivor_key, policy, now)
+    prior = find_patient(conn, record.prior_patient_id, record.prior_issuer)
+    if prior is None:
+        pk = _create(conn, record.prior_patient_id, record.prior_issuer, now)
+        prior = conn.execute(select(patients).where(patients.c.id == pk)).one()
+    elif prior.status == "MERGED" or prior.id == survivor_pk:
+        raise HL7ApplicationError(204, f"patient {prior.patient_id} is already merged", _MRG1)
+    conn.execute(
+        update(orders).where(orders.c.patient_pk == prior.id).values(patient_pk=survivor_pk)
+    )
+    conn.execute(update(mpps).where(mpps.c.patient_pk == prior.id).values(patient_pk=survivor_pk))
+    conn.execute(
+        update(patients)
+        .where(patients.c.id == prior.id)
+        .values(status="MERGED", merged_into_id=survivor_pk, updated_at=now)
+    )
+    _record_link(conn, "merge", prior, survivor_pk, now)
+    return survivor_pk
+
+
+def change_identifier(conn: Connection, record: MergeRecord, now: datetime) -> int:
+    """A47: the prior identifier becomes the new one on the same patient (everything follows)."""
+    prior = find_patient(conn, record.prior_patient_id, record.prior_issuer)
+    if prior is None:
+        raise HL7ApplicationError(204, f"unknown patient {record.prior_patient_id}", _MRG1)
+    if find_patient(conn, record.patient_id, record.issuer) is not None:
+        raise HL7ApplicationError(205, f"patient {record.patient_id} already exists", _PID3)
+    conn.execute(
+        update(patients)
+        .where(patients.c.id == prior.id)
+        .values(patient_id=record.patient_id, issuer=record.issuer, updated_at=now)
+    )
+    conn.execute(
+        delete(patient_other_ids).where(
+            patient_other_ids.c.patient_pk == prior.id,
+            patient_other_ids.c.patient_id == record.patient_id,
+        )
+    )
+    _record_link(conn, "change_id", prior, int(prior.id), now)
+    return int(prior.id)

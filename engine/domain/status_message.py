@@ -1,0 +1,98 @@
+"""Procedure status messages to the RIS (IHE RAD-6/7 → ORM^O01 SC / OMI^O23).
+
+Pure: given the steps an MPPS performed and the new status, build one ER7
+message with one ORC group per step: ORC-1 ``SC`` and ORC-5 ``IP``/``CM``/``DC``
+(HL7 v2.5.1 4.5.1, table 0038). The control id is derived from the MPPS and the
+status, so a redelivery carries the same MSH-10 (idempotent at the receiver).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from engine.hl7.er7 import Separators, escape
+
+__all__ = ["ORDER_STATUS", "StatusHeader", "StepSummary", "build_status_message"]
+
+#: PerformedProcedureStepStatus → ORC-5 order status (HL7 table 0038).
+ORDER_STATUS: dict[str, str] = {"IN PROGRESS": "IP", "COMPLETED": "CM", "DISCONTINUED": "DC"}
+_SEPS = Separators()
+
+
+@dataclass(frozen=True, slots=True)
+class StepSummary:
+    """What the RIS needs to recognise one step."""
+
+    patient_id: str
+    issuer: str
+    patient_name: str
+    placer_order_number: str
+    filler_order_number: str
+    accession_number: str
+    requested_procedure_id: str
+    study_instance_uid: str
+    sps_id: str
+    modality: str
+    procedure_code: str
+    procedure_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusHeader:
+    """MSH values for status messages."""
+
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    kind: Literal["ORM", "OMI"] = "ORM"
+
+
+def _e(value: str) -> str:
+    return escape(value, _SEPS)
+
+
+def _name(pn: str) -> str:
+    """DICOM PN family^given^middle^prefix^suffix → XPN family^given^middle^suffix^prefix."""
+    parts = (pn.split("=")[0].split("^") + [""] * 5)[:5]
+    return "^".join(_e(p) for p in (parts[0], parts[1], parts[2], parts[4], parts[3])).rstrip("^")
+
+
+def _group(n: int, step: StepSummary, orc5: str, kind: str, when: str) -> list[str]:
+    service = f"{_e(step.procedure_code)}^{_e(step.procedure_text)}"
+    orc = f"ORC|SC|{_e(step.placer_order_number)}|{_e(step.filler_order_number)}||{orc5}||||{when}"
+    obr = (
+        f"OBR|{n}|{_e(step.placer_order_number)}|{_e(step.filler_order_number)}|{service}"
+        + "|" * 14
+        + f"{_e(step.accession_number)}|{_e(step.requested_procedure_id)}|{_e(step.sps_id)}"
+        + "||||"
+        + _e(step.modality)
+    )
+    if kind == "ORM":
+        return [orc, obr, f"ZDS|{step.study_instance_uid}^^Application^DICOM"]
+    ipc = (
+        f"IPC|{_e(step.accession_number)}|{_e(step.requested_procedure_id)}|{step.study_instance_uid}"
+        f"|{_e(step.sps_id)}|{_e(step.modality)}"
+    )
+    return [orc, obr, ipc]
+
+
+def build_status_message(
+    header: StatusHeader, steps: Sequence[StepSummary], status: str, control_id: str, now: datetime
+) -> bytes:
+    """One ORM^O01 (or OMI^O23) for ``steps`` now in PPS ``status``; UTF-8 (MSH-18 UNICODE UTF-8)."""
+    when = now.strftime("%Y%m%d%H%M%S")
+    mtype = "ORM^O01^ORM_O01" if header.kind == "ORM" else "OMI^O23^OMI_O23"
+    first = steps[0]
+    segments = [
+        f"MSH|^~\\&|{_e(header.sending_application)}|{_e(header.sending_facility)}"
+        f"|{_e(header.receiving_application)}|{_e(header.receiving_facility)}|{when}||{mtype}"
+        f"|{control_id}|P|2.5.1|||||UNICODE UTF-8",
+        f"PID|1||{_e(first.patient_id)}^^^{_e(first.issuer)}||{_name(first.patient_name)}",
+    ]
+    for n, step in enumerate(steps, start=1):
+        segments += _group(n, step, ORDER_STATUS[status], header.kind, when)
+    return ("\r".join(segments) + "\r").encode("utf-8")

@@ -1,0 +1,171 @@
+"""The worklist read back with DCMTK findscu and with pynetdicom (real clients, real SCP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+
+from ..domain.factories import apply_records, order, patient
+from .conftest import Radbridge, findscu, needs_dcmtk
+
+KEYS = [
+    "AccessionNumber=",
+    "PatientName=",
+    "PatientID=",
+    "StudyInstanceUID=",
+    "RequestedProcedureID=",
+    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID=",
+    "ScheduledProcedureStepSequence[0].Modality=",
+    "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=",
+    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=",
+    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=",
+]
+
+ORDERS = [
+    order("PL1", accession_number="ACC1", requested_procedure_id="RP1", scheduled_procedure_step_id="SPS1",
+          study_instance_uid="1.2.3.1", scheduled_start="202611220930"),
+    order("PL2", accession_number="ACC2", requested_procedure_id="RP2", scheduled_procedure_step_id="SPS2",
+          study_instance_uid="1.2.3.2", modality="MR", scheduled_station_ae_title="MR1",
+          scheduled_start="202611221415"),
+]  # fmt: skip
+
+
+def _load(rb: Radbridge) -> None:
+    apply_records(rb.db, rb.orders, [patient("P1", patient_name="MÜLLER^JÜRGEN"), *ORDERS])
+
+
+def _expected(rec: dict[str, str]) -> dict[str, str]:
+    start = rec["scheduled_start"]
+    return {
+        "AccessionNumber": rec["accession_number"], "PatientName": "MÜLLER^JÜRGEN", "PatientID": "P1",
+        "StudyInstanceUID": rec["study_instance_uid"], "RequestedProcedureID": rec["requested_procedure_id"],
+        "ScheduledProcedureStepID": rec["scheduled_procedure_step_id"], "Modality": rec["modality"],
+        "ScheduledStationAETitle": rec["scheduled_station_ae_title"],
+        "ScheduledProcedureStepStartDate": start[:8], "ScheduledProcedureStepStartTime": start[8:] + "00",
+    }  # fmt: skip
+
+
+def _actual(ds: Dataset) -> dict[str, str]:
+    sps = ds.ScheduledProcedureStepSequence[0]
+    top = (
+        "AccessionNumber",
+        "PatientName",
+        "PatientID",
+        "StudyInstanceUID",
+        "RequestedProcedureID",
+    )
+    inner = ("ScheduledProcedureStepID", "Modality", "ScheduledStationAETitle",
+             "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime")  # fmt: skip
+    return {k: str(ds[k].value) for k in top} | {k: str(sps[k].value) for k in inner}
+
+
+@needs_dcmtk
+def test_findscu_reads_back_what_each_order_said(radbridge: Radbridge, tmp_path: Path) -> None:
+    _load(radbridge)
+    got = findscu(radbridge.server.port, KEYS, tmp_path / "out")
+    assert [_actual(d) for d in got] == [_expected(o) for o in ORDERS]
+
+
+@needs_dcmtk
+def test_findscu_targeted_query_by_station_and_date(radbridge: Radbridge, tmp_path: Path) -> None:
+    _load(radbridge)
+    keys = [*KEYS[:-3], "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=MR1",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20261122"]  # fmt: skip
+    got = findscu(radbridge.server.port, keys, tmp_path / "out")
+    assert [d.AccessionNumber for d in got] == ["ACC2"]
+
+
+@needs_dcmtk
+def test_findscu_returns_exactly_the_requested_keys(radbridge: Radbridge, tmp_path: Path) -> None:
+    _load(radbridge)
+    got = findscu(radbridge.server.port, ["PatientID=", "AccessionNumber=ACC1"], tmp_path / "out")
+    assert len(got) == 1
+    assert {e.keyword for e in got[0]} == {"SpecificCharacterSet", "PatientID", "AccessionNumber"}
+
+
+def _pynetdicom_find(port: int, identifier: Dataset) -> list[Dataset]:
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context("1.2.840.10008.5.1.4.31")
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    try:
+        return [ds for status, ds in assoc.send_c_find(identifier, "1.2.840.10008.5.1.4.31")
+                if status and status.Status in (0xFF00, 0xFF01)]  # fmt: skip
+    finally:
+        assoc.release()
+
+
+def test_pynetdicom_client_reads_back_what_each_order_said(radbridge: Radbridge) -> None:
+    _load(radbridge)
+    query = Dataset()
+    for key in (
+        "AccessionNumber",
+        "PatientName",
+        "PatientID",
+        "StudyInstanceUID",
+        "RequestedProcedureID",
+    ):
+        setattr(query, key, "")
+    sps = Dataset()
+    for key in ("ScheduledProcedureStepID", "Modality", "ScheduledStationAETitle",
+                "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime"):  # fmt: skip
+        setattr(sps, key, "")
+    query.ScheduledProcedureStepSequence = [sps]
+    got = _pynetdicom_find(radbridge.server.port, query)
+    assert [_actual(d) for d in got] == [_expected(o) for o in ORDERS]
+
+
+def test_cancelled_order_leaves_and_changed_order_changes_in_place(radbridge: Radbridge) -> None:
+    _load(radbridge)
+    apply_records(radbridge.db, radbridge.orders, [
+        {**ORDERS[0], "order_control": "CA", "order_status": "CA"},
+        {**ORDERS[1], "order_control": "XO", "order_status": "SC", "scheduled_start": "202611221600"},
+    ])  # fmt: skip
+    query = Dataset()
+    query.AccessionNumber = ""
+    sps = Dataset()
+    sps.ScheduledProcedureStepStartTime = ""
+    query.ScheduledProcedureStepSequence = [sps]
+    got = _pynetdicom_find(radbridge.server.port, query)
+    assert [(d.AccessionNumber, d.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime)
+            for d in got] == [("ACC2", "160000")]  # fmt: skip
+
+
+def test_merge_and_name_change_show_in_next_query(radbridge: Radbridge) -> None:
+    apply_records(
+        radbridge.db,
+        radbridge.orders,
+        [
+            patient("TMP1", patient_name="TRAUMA^ONE"),
+            order("PL9", patient_id="TMP1", accession_number="ACC9"),
+        ],
+    )
+    apply_records(
+        radbridge.db,
+        radbridge.patients,
+        [
+            patient("REAL1", patient_name="REAL^NAME"),
+            {
+                "record": "merge",
+                "patient_id": "REAL1",
+                "issuer": "HOSP",
+                "prior_patient_id": "TMP1",
+                "prior_issuer": "HOSP",
+            },
+        ],
+    )
+    query = Dataset()
+    query.PatientID = ""
+    query.PatientName = ""
+    query.AccessionNumber = "ACC9"
+    first = _pynetdicom_find(radbridge.server.port, query)
+    apply_records(
+        radbridge.db,
+        radbridge.patients,
+        [patient("REAL1", patient_name="REAL^RENAMED", event="A08")],
+    )
+    second = _pynetdicom_find(radbridge.server.port, query)
+    assert [(d.PatientID, str(d.PatientName)) for d in first] == [("REAL1", "REAL^NAME")]
+    assert [str(d.PatientName) for d in second] == ["REAL^RENAMED"]

@@ -1,0 +1,267 @@
+"""Order lifecycle, accession numbers, UIDs and patients through the handlers."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.config.models import EngineConfig
+from engine.domain.accession import format_accession, next_sequence_value
+from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy
+from engine.domain.housekeeping import expire_steps, purge_finished
+from engine.domain.orders import load_control_table, map_priority, split_start
+from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps
+from engine.domain.uids import derived_uid
+from engine.errors import HL7ApplicationError
+from engine.store.database import Database
+
+from .factories import apply_records, merge, order, patient
+
+
+def _rows(db: Database, table: Any) -> list[Any]:
+    return db.read(lambda c: c.execute(select(table).order_by(table.c.id)).all())
+
+
+def test_each_order_group_is_its_own_step(db: Database, orders_handler: OrdersHandler) -> None:
+    apply_records(db, orders_handler, [patient(), order("PL1"), order("PL2")])
+    assert len(_rows(db, procedure_steps)) == 2
+
+
+def test_order_for_unknown_patient_creates_the_patient(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    apply_records(db, orders_handler, [order("PL1", patient_id="NEW")])
+    assert [p.patient_id for p in _rows(db, patients)] == ["NEW"]
+
+
+def test_unknown_order_control_is_rejected_at_orc_1_and_changes_nothing(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(
+            db, orders_handler, [patient(), order("PL1"), order("PL2", order_control="ZZ")]
+        )
+    assert str(err.value.location) == "ORC^1^1"
+    assert _rows(db, orders) == [] and _rows(db, patients) == []
+
+
+def test_resent_identical_order_changes_nothing(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    first = _rows(db, orders)
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    assert _rows(db, orders) == first
+
+
+def test_generated_accession_numbers_are_unique_and_follow_the_pattern(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    apply_records(db, orders_handler, [order("PL1"), order("PL2")])
+    numbers = [o.accession_number for o in _rows(db, orders)]
+    today = datetime.now(UTC).strftime("%Y%m%d")
+    assert numbers == [f"{today}000001", f"{today}000002"]
+
+
+def test_given_accession_is_kept_unless_policy_always_generates(
+    db: Database, engine_config: EngineConfig
+) -> None:
+    cfg = engine_config.model_copy(update={"orders": engine_config.orders.model_copy(
+        update={"accession_policy": "always_generate", "accession_pattern": "RB{seq:05d}"})})  # fmt: skip
+    apply_records(db, OrdersHandler(order_policy(cfg)), [order("PL1", accession_number="GIVEN")])
+    assert _rows(db, orders)[0].accession_number == "RB00001"
+
+
+def test_require_policy_rejects_orders_without_accession(
+    db: Database, engine_config: EngineConfig
+) -> None:
+    cfg = engine_config.model_copy(update={"orders": engine_config.orders.model_copy(
+        update={"accession_policy": "require"})})  # fmt: skip
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, OrdersHandler(order_policy(cfg)), [order("PL1")])
+    assert err.value.code == 101
+
+
+def test_sequence_survives_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'seq.db'}"
+    values = []
+    for _ in range(2):
+        db = Database(url)
+        db.migrate()
+        values += [db.writer.call(lambda c: next_sequence_value(c, "acc")) for _ in range(2)]
+        db.close()
+    assert values == [1, 2, 3, 4]
+
+
+def test_accession_pattern_rejects_values_over_16_characters() -> None:
+    with pytest.raises(ValueError):
+        format_accession("VERYLONGPREFIX{seq:06d}", 1, date(2026, 1, 1))
+
+
+def test_study_uid_is_deterministic_for_a_resent_order(
+    tmp_path: Path, engine_config: EngineConfig
+) -> None:
+    uids = []
+    for n in range(2):
+        db = Database(f"sqlite:///{tmp_path / f'{n}.db'}")
+        db.migrate()
+        apply_records(db, OrdersHandler(order_policy(engine_config)), [order("PL1")])
+        uids.append(_rows(db, orders)[0].study_instance_uid)
+        db.close()
+    assert uids[0] == uids[1] and uids[0].startswith("2.25.") and len(uids[0]) <= 64
+
+
+def test_uid_under_an_organisation_root_fits_64_characters() -> None:
+    uid = derived_uid("1.2.826.0.1.3680043.10.999", "study", "x")
+    assert uid.startswith("1.2.826.0.1.3680043.10.999.") and len(uid) <= 64
+
+
+def test_ids_are_derived_when_missing(db: Database, orders_handler: OrdersHandler) -> None:
+    apply_records(db, orders_handler, [order("PL1", accession_number="ACC7")])
+    o, s = _rows(db, orders)[0], _rows(db, procedure_steps)[0]
+    assert (o.requested_procedure_id, s.sps_id) == ("ACC7", "ACC7")
+
+
+def test_station_rules_fill_the_ae_title(db: Database, engine_config: EngineConfig) -> None:
+    rules = [{"modality": "MR", "ae_titles": ["MR1", "MR2"]}, {"ae_titles": ["ANY"]}]
+    cfg = EngineConfig.model_validate(
+        {**engine_config.model_dump(), "orders": {"station_rules": rules}}
+    )
+    apply_records(
+        db,
+        OrdersHandler(order_policy(cfg)),
+        [order("PL1", modality="MR", scheduled_station_ae_title="")],
+    )
+    assert _rows(db, procedure_steps)[0].scheduled_station_ae_title == "MR1\\MR2"
+
+
+def test_xo_updates_in_place_and_ca_hides(db: Database, orders_handler: OrdersHandler) -> None:
+    apply_records(db, orders_handler, [order("PL1")])
+    apply_records(
+        db, orders_handler, [order("PL1", order_control="XO", scheduled_start="202611251000")]
+    )
+    assert [(s.start_date, s.status) for s in _rows(db, procedure_steps)] == [
+        ("20261125", "SCHEDULED")
+    ]
+    apply_records(db, orders_handler, [order("PL1", order_control="CA", order_status="CA")])
+    assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED"]
+
+
+def test_cancel_of_unknown_order_is_an_error(db: Database, orders_handler: OrdersHandler) -> None:
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [order("NOPE", order_control="CA", order_status="CA")])
+    assert err.value.code == 204
+
+
+def test_non_imaging_orders_are_ignored_or_rejected_per_channel(
+    db: Database, engine_config: EngineConfig
+) -> None:
+    apply_records(db, OrdersHandler(order_policy(engine_config)), [order("LAB1", modality="LAB")])
+    assert _rows(db, orders) == []
+    cfg = EngineConfig.model_validate(
+        {**engine_config.model_dump(), "orders": {"non_imaging_by_channel": {"lab": "reject"}}}
+    )
+    with pytest.raises(HL7ApplicationError):
+        apply_records(db, OrdersHandler(order_policy(cfg, "lab")), [order("LAB1", modality="LAB")])
+
+
+def test_control_table_is_loaded_from_the_site_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "order_control,order_status,step_status\nNW,,SCHEDULED\nXR,,SCHEDULED\n", encoding="utf-8"
+    )
+    assert load_control_table(path) == {("NW", ""): "SCHEDULED", ("XR", ""): "SCHEDULED"}
+
+
+def test_start_time_and_priority_mapping() -> None:
+    now = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
+    assert split_start("202611220930", now) == ("20261122", "093000", "20261122093000")
+    assert split_start("", now)[2] == "20261122070000"
+    assert (map_priority("S"), map_priority("R"), map_priority("HIGH")) == (
+        "STAT",
+        "ROUTINE",
+        "HIGH",
+    )
+    with pytest.raises(HL7ApplicationError):
+        split_start("20261399", now)
+
+
+def test_trusted_issuer_picks_the_identity_and_keeps_other_ids(
+    db: Database, engine_config: EngineConfig
+) -> None:
+    cfg = EngineConfig.model_validate(
+        {**engine_config.model_dump(), "patients": {"trusted_issuers": ["HOSP"]}}
+    )
+    from engine.domain.handlers import patient_policy
+
+    rec = patient("X9", issuer="OTHER", other_ids=[{"patient_id": "P1", "issuer": "HOSP"}])
+    apply_records(db, PatientsHandler(patient_policy(cfg)), [rec])
+    assert [(p.patient_id, p.issuer) for p in _rows(db, patients)] == [("P1", "HOSP")]
+    assert [(o.patient_id, o.issuer) for o in _rows(db, patient_other_ids)] == [("X9", "OTHER")]
+
+
+def test_a40_moves_orders_and_keeps_prior_as_merged(
+    db: Database, orders_handler: OrdersHandler, patients_handler: PatientsHandler
+) -> None:
+    apply_records(db, orders_handler, [patient("TMP"), order("PL1", patient_id="TMP")])
+    apply_records(db, patients_handler, [patient("REAL"), merge("REAL", "TMP")])
+    by_id = {p.patient_id: p for p in _rows(db, patients)}
+    assert by_id["TMP"].status == "MERGED" and by_id["TMP"].merged_into_id == by_id["REAL"].id
+    assert _rows(db, orders)[0].patient_pk == by_id["REAL"].id
+
+
+def test_hl7_for_merged_id_is_rejected_by_default(
+    db: Database, orders_handler: OrdersHandler, patients_handler: PatientsHandler
+) -> None:
+    apply_records(db, patients_handler, [patient("TMP"), patient("REAL"), merge("REAL", "TMP")])
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [order("PL1", patient_id="TMP")])
+    assert err.value.code == 204
+
+
+def test_merge_into_itself_is_an_error(db: Database, patients_handler: PatientsHandler) -> None:
+    with pytest.raises(HL7ApplicationError):
+        apply_records(db, patients_handler, [merge("P1", "P1")])
+
+
+def test_several_merge_pairs_in_one_message(
+    db: Database, patients_handler: PatientsHandler
+) -> None:
+    apply_records(
+        db,
+        patients_handler,
+        [patient("A"), patient("B"), patient("C"), merge("C", "A"), merge("C", "B")],
+    )
+    assert sorted(p.patient_id for p in _rows(db, patients) if p.status == "MERGED") == ["A", "B"]
+
+
+def test_a47_changes_the_identifier(db: Database, patients_handler: PatientsHandler) -> None:
+    apply_records(db, patients_handler, [patient("OLD"), merge("NEW", "OLD", kind="change_id")])
+    assert [p.patient_id for p in _rows(db, patients)] == ["NEW"]
+
+
+def test_a10_marks_steps_arrived_and_a11_undoes(
+    db: Database, orders_handler: OrdersHandler, patients_handler: PatientsHandler
+) -> None:
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    apply_records(db, patients_handler, [patient(event="A10")])
+    assert _rows(db, procedure_steps)[0].status == "ARRIVED"
+    apply_records(db, patients_handler, [patient(event="A11")])
+    assert _rows(db, procedure_steps)[0].status == "SCHEDULED"
+
+
+def test_housekeeping_expires_old_steps_and_purges_finished(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    apply_records(db, orders_handler, [order("PL1", scheduled_start="202001010800"), order("PL2")])
+    now = datetime.now(UTC)
+    assert db.writer.call(lambda c: expire_steps(c, now, timedelta(hours=72))) == 1
+    assert (
+        db.writer.call(lambda c: purge_finished(c, now + timedelta(days=31), timedelta(days=30)))
+        == 1
+    )
+    assert db.read(lambda c: c.execute(select(func.count()).select_from(orders)).scalar_one()) == 1
