@@ -5,7 +5,7 @@ separate processes, each a synchronous client (send, wait for the ACK, repeat)
 with a 5-segment ORM^O01 and a unique MSH-10 per message.
 
     python bench/bench_mllp.py                 # quick: 5,000 msgs/sender config
-    python bench/bench_mllp.py --messages 100000 --memory   # the full run (RSS every 10k)
+    python bench/bench_mllp.py --messages 5000 --memory 100000   # + RSS over 100,000 more
 
 Prints throughput (median of --runs), p50/p99 latency for one sender, the
 ratio to the bare server, and with --memory the engine's RSS over time.
@@ -160,7 +160,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=5000, help="messages per configuration and run")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--memory", action="store_true", help="also send --messages more and sample RSS")
+    parser.add_argument("--memory", type=int, default=0, metavar="N",
+                        help="afterwards send N more messages and sample the engine's RSS every 10,000")
     args = parser.parse_args()
     bare_port, rb_port = free_port(), free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
@@ -170,7 +171,7 @@ def main() -> None:
             wait_port(bare_port)
             peer = measure(bare_port, args, "bare")
             ours = measure(rb_port, args, "rb")
-            samples = memory_run(rb_port, engine.pid, args.messages) if args.memory else []
+            samples = memory_run(rb_port, engine.pid, args.memory) if args.memory else []
         finally:
             engine.terminate()
             bare.terminate()
