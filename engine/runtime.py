@@ -14,7 +14,7 @@ import importlib
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from engine.config.models import ChannelConfig
 from engine.errors import ConfigError
 from engine.handlers import create_handler
 from engine.hl7.er7 import Message
+from engine.jobs import recorded
 from engine.outbox.destination import create_destination
 from engine.outbox.worker import OutboxWorker, Route
 from engine.store.database import Database
@@ -80,6 +81,7 @@ class Runtime:
     servers: dict[str, MLLPServer] = field(default_factory=dict)
     worker: OutboxWorker | None = None
     scheduler: AsyncIOScheduler | None = None
+    dicom: Any = None
 
     async def start(self) -> None:
         """Open the store, migrate, then start the worker, scheduler and listeners."""
@@ -93,10 +95,27 @@ class Runtime:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.scheduler.add_job(self.worker.wake, "interval", seconds=cfg.outbox.poll_interval_seconds,
                                id="outbox-poll", coalesce=True, max_instances=1)
+        self._schedule_housekeeping(self.scheduler)
         self.scheduler.start()
+        if cfg.dicom.enabled:
+            from channels.dicom.server import start_dicom_server
+
+            self.dicom = await asyncio.to_thread(start_dicom_server, cfg, self.db)
+            log.info("DICOM worklist/MPPS listening on %s:%s as %s", cfg.dicom.host, self.dicom.port,
+                     cfg.dicom.ae_title)
         for channel in self.config.channels:
             if channel.enabled:
                 await self._start_channel(channel, mappings.get(channel.mapping or ""))
+
+    def _schedule_housekeeping(self, scheduler: AsyncIOScheduler) -> None:
+        from zoneinfo import ZoneInfo
+
+        from engine.domain.housekeeping import schedule_jobs, worklist_jobs
+
+        assert self.db is not None
+        cfg = self.config.engine
+        jobs = worklist_jobs(self.db, cfg.worklist, ZoneInfo(cfg.timezone))
+        schedule_jobs(scheduler, [replace(j, run=recorded(self.db, j.id, j.description, j.run)) for j in jobs])
 
     def _routes(self) -> dict[str, Route]:
         routes: dict[str, Route] = {}
@@ -124,6 +143,9 @@ class Runtime:
         """Stop listeners, then the scheduler and worker, then the store."""
         for server in self.servers.values():
             await server.stop()
+        if self.dicom is not None:
+            await asyncio.to_thread(self.dicom.stop)
+            self.dicom = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         if self.worker is not None:

@@ -2,8 +2,8 @@
 
 :func:`start_dicom_server` binds the listener (non-blocking) and returns a
 :class:`DicomServer`; :meth:`DicomServer.stop` shuts it down. Settings come from
-``dicom`` (AE title, host, port), ``dicom_services`` (overrides, accepted calling
-AE titles, TLS), ``worklist`` and ``mpps``.
+``dicom`` (AE title, host, port, accepted calling AE titles, TLS), ``worklist``
+and ``mpps``.
 """
 
 from __future__ import annotations
@@ -92,9 +92,8 @@ def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
 
 def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
     """Start the worklist + MPPS listener in its own threads; port 0 picks a free port."""
-    services = config.dicom_services
-    ae_title = services.ae_title or config.dicom.ae_title
-    port = config.dicom.port if services.port is None else services.port
+    services = config.dicom
+    ae_title, port = services.ae_title, services.port
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = services.max_associations
     for sop in SOP_CLASSES:

@@ -106,9 +106,9 @@ def cmd_messages_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from engine.cli.queries import channel_status
+    from engine.cli.queries import engine_status
 
-    data = _database(args).read(channel_status)
+    data = _database(args).read(engine_status)
     _print(data, args.json, _status_text)
     return 0
 
@@ -144,11 +144,15 @@ def _detail_text(d: dict[str, Any]) -> str:
     return "\n".join(head + body + stages + deliveries)
 
 
-def _status_text(data: dict[str, dict[str, Any]]) -> str:
+def _status_text(data: dict[str, Any]) -> str:
     cols = ["received", "errors", "filtered", "queued", "delivery_errors", "oldest_queued_seconds"]
     lines = ["channel\t" + "\t".join(cols)]
-    lines += [name + "\t" + "\t".join(str(v[c]) for c in cols) for name, v in sorted(data.items())]
-    return "\n".join(lines)
+    lines += [name + "\t" + "\t".join(str(v[c]) for c in cols) for name, v in sorted(data["channels"].items())]
+    lines += ["", "job\tlast run\tresult\truns\terror"]
+    lines += [f"{j}\t{v['last_run_at']}\t{v['last_result']}\t{v['runs']}\t{v['last_error']}"
+              for j, v in sorted(data["jobs"].items())]
+    steps = ", ".join(f"{k} {v}" for k, v in sorted(data["worklist_steps"].items())) or "none"
+    return "\n".join([*lines, "", f"worklist steps: {steps}"])
 
 
 def _parser() -> argparse.ArgumentParser:

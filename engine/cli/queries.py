@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from engine.outbox.queue import QUEUED
-from engine.store.schema import message_stages, messages, outbox
+from engine.store.schema import job_runs, message_stages, messages, outbox
 
-__all__ = ["MessageFilter", "channel_status", "list_messages", "message_detail"]
+__all__ = ["MessageFilter", "channel_status", "engine_status", "list_messages", "message_detail"]
 
 _LIST_COLUMNS = (
     messages.c.id, messages.c.channel, messages.c.received_at, messages.c.status, messages.c.message_type,
@@ -109,3 +109,15 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
 def _empty() -> dict[str, Any]:
     return {"received": 0, "errors": 0, "filtered": 0, "queued": 0, "delivery_errors": 0,
             "oldest_queued_seconds": None}
+
+
+def engine_status(conn: Connection) -> dict[str, Any]:
+    """Channels, scheduled jobs (last run) and worklist steps by status."""
+    from engine.domain.tables import procedure_steps
+
+    jobs = {r.job_id: {"description": r.description, "last_run_at": r.last_run_at.isoformat(),
+                       "last_result": r.last_result, "last_error": r.last_error, "runs": r.runs}
+            for r in conn.execute(select(job_runs))}
+    steps = {status: count for status, count in conn.execute(
+        select(procedure_steps.c.status, func.count()).group_by(procedure_steps.c.status))}
+    return {"channels": channel_status(conn), "jobs": jobs, "worklist_steps": steps}

@@ -19,7 +19,6 @@ __all__ = [
     "DatabaseConfig",
     "DestinationConfig",
     "DicomConfig",
-    "DicomServicesConfig",
     "DuplicatesConfig",
     "EngineConfig",
     "FieldCondition",
@@ -212,11 +211,15 @@ class DatabaseConfig(_Model):
 
 
 class DicomConfig(_Model):
-    """DICOM services (worklist, MPPS, storage)."""
+    """The DICOM listener (Modality Worklist C-FIND, MPPS N-CREATE/N-SET, C-ECHO)."""
 
+    enabled: bool = True
     ae_title: str = Field("RADBRIDGE", min_length=1, max_length=16)
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)
+    accepted_calling_ae_titles: list[str] = Field(default_factory=list, description="empty: any")
+    tls: TLSConfig | None = None
+    max_associations: int = Field(20, ge=1)
 
 
 class HTTPConfig(_Model):
@@ -318,16 +321,6 @@ class MppsConfig(_Model):
     receiving_facility: str = ""
 
 
-class DicomServicesConfig(_Model):
-    """The DICOM listener serving MWL and MPPS; AE title and port default to ``dicom``."""
-
-    ae_title: str | None = Field(None, min_length=1, max_length=16)
-    port: int | None = Field(None, ge=0, le=65535)
-    accepted_calling_ae_titles: list[str] = Field(default_factory=list, description="empty: any")
-    tls: TLSConfig | None = None
-    max_associations: int = Field(20, ge=1)
-
-
 class EngineConfig(_Model):
     """``config/engine.yaml``."""
 
@@ -344,7 +337,6 @@ class EngineConfig(_Model):
     orders: OrdersConfig = Field(default_factory=OrdersConfig)
     worklist: WorklistConfig = Field(default_factory=WorklistConfig)
     mpps: MppsConfig = Field(default_factory=MppsConfig)
-    dicom_services: DicomServicesConfig = Field(default_factory=DicomServicesConfig)
 
     def database_url(self) -> str:
         """The configured URL, or the embedded SQLite file under ``data_dir``."""

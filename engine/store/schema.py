@@ -26,7 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-__all__ = ["UTCDateTime", "audit_events", "message_stages", "messages", "metadata", "outbox"]
+__all__ = ["UTCDateTime", "audit_events", "job_runs", "message_stages", "messages", "metadata", "outbox"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -143,4 +143,15 @@ audit_events = Table(
     Column("detail", Text, nullable=False, default=""),
     Index(None, "at"),
     Index(None, "object_type", "object_id"),
+)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("description", String(256), nullable=False, default=""),
+    Column("last_run_at", UTCDateTime(), nullable=False),
+    Column("last_result", Integer, nullable=True),
+    Column("last_error", Text, nullable=False, default=""),
+    Column("runs", Integer, nullable=False, default=0),
 )
