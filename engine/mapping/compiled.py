@@ -60,7 +60,9 @@ class CompiledOutput:
             return {"message": render_hl7(pairs, list(self.segment_order), ctx.seps)}
         obj: dict[str, Any] = {"resourceType": self.name} if self.kind == "fhir" else {}
         for rule, value in values:
-            if self.kind == "dicom" or value not in ("", None, [], {}):
+            if self.kind == "dicom":
+                put(obj, self.steps[rule.target], _sequence(value))
+            elif value not in ("", None, [], {}):
                 put(obj, self.steps[rule.target], value)
         return obj
 
@@ -69,9 +71,22 @@ def _flat(value: Any) -> Any:
     """Several text values in one text field are joined with the DICOM delimiter ``\\``."""
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return "\\".join(value)
-    if value == []:
-        return value
     return value
+
+
+def _sequence(value: Any) -> Any:
+    """A nested object written to a DICOM sequence becomes its single item (PS3.5 7.5)."""
+    if isinstance(value, dict):
+        return [_sequence_item(value)]
+    if value is None:
+        return []
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [_sequence_item(v) for v in value]
+    return value
+
+
+def _sequence_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _sequence(_flat(v)) for k, v in item.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engine.config.loader import Located, load_yaml, validate_model
+from pydantic import ValidationError
+
+from engine.config.loader import Located, load_yaml
 from engine.errors import ConfigError
 from engine.hl7.er7 import Separators
 from engine.mapping.checks import check_dicom_path, check_hl7_path, suggest
@@ -79,11 +81,11 @@ class _Compiler:
         return Hl7Ref(path, text)
 
     def _object_source(self, text: str, loc: Loc) -> SourceRef | None:
-        relative = text.startswith(".")
+        relative = text == "item" or text.startswith("item.")
         if relative and not self.relative_ok:
             self.problem(loc, f"relative path {text} outside an each")
             return None
-        steps = parse_object_path(text[1:] if relative else text)
+        steps = parse_object_path(text[5:] if relative else text) if text != "item" else ()
         if self.spec.source == "dicom":
             issue = check_dicom_path(steps)
             if issue:
@@ -181,7 +183,7 @@ class _Compiler:
 
     def rule(self, spec: RuleSpec, loc: Loc, target: str, names: TargetNames) -> CompiledRule:
         """Compile one rule (a bare string is a path)."""
-        rule = Rule(path=spec) if isinstance(spec, str) else spec
+        rule = spec if isinstance(spec, Rule) else Rule(path=spec)
         vr = names.vr(target)
         fields = None
         each = None
@@ -279,10 +281,31 @@ def _timezone(name: str) -> ZoneInfo:
         ) from exc
 
 
+_UNION_TAG = re.compile(r"^(function-\w+\[.*\]|str|list\[str\]|Rule|Condition|TableRef|list\[.*\])$")
+
+
+def _validate(located: Located) -> MappingFile:
+    """Validate the document; union branches are folded so each problem is said once."""
+    try:
+        return MappingFile.model_validate(located.data)
+    except ValidationError as exc:
+        seen: dict[tuple[str | int, ...], str] = {}
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not _UNION_TAG.match(str(p)))
+            if err["type"] in ("string_type", "model_type", "list_type") and loc in seen:
+                continue
+            seen[loc] = err["msg"].removeprefix("Value error, ")
+        problems = []
+        for loc, msg in seen.items():
+            field = ".".join(str(p) for p in loc) or "(document)"
+            problems.append(f"{located.path}:{located.line_of(loc)}: {field}: {msg}")
+        raise ConfigError(problems) from exc
+
+
 def compile_file(path: Path, tables: dict[str, CodeTable], timezone: str) -> CompiledMapping:
     """Load, validate and compile one mapping file; raise ConfigError with every problem."""
     located = load_yaml(path)
-    spec = validate_model(MappingFile, located)
+    spec = _validate(located)
     compiler = _Compiler(located, spec, tables, _timezone(timezone))
     compiler.check_accept()
     outputs = tuple(compiler.output(o, ("outputs", i)) for i, o in enumerate(spec.outputs))

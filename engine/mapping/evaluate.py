@@ -139,22 +139,24 @@ def _first(values: list[str]) -> str:
     return ""
 
 
-def _raw(rule: CompiledRule, ctx: Context, out: list[Provenance], prefix: str) -> tuple[Value, str]:
+def _raw(
+    rule: CompiledRule, ctx: Context, out: list[Provenance], prefix: str
+) -> tuple[Value, str, SourceRef | None]:
     if rule.const is not None:
-        return rule.const, "const"
+        return rule.const, "const", None
     for sub in rule.first:
         value = evaluate_rule(sub, ctx, out, prefix, record=False)
         if not isinstance(value, _Skip) and _filled(value):
-            return value, sub.describe
+            return value, sub.describe, sub.sources[0] if sub.sources else None
     for source in rule.sources:
         values = source.read(ctx)
         if source.multi:
             kept = [v for v in values if v not in EMPTY]
             if kept:
-                return kept, source.text
+                return kept, source.text, source
         elif values and values[0] not in EMPTY:
-            return values[0], source.text
-    return "", rule.sources[0].text if rule.sources else ""
+            return values[0], source.text, source
+    return "", rule.sources[0].text if rule.sources else "", None
 
 
 def _filled(value: Value) -> bool:
@@ -162,16 +164,23 @@ def _filled(value: Value) -> bool:
 
 
 def _error_location(rule: CompiledRule, ctx: Context) -> ErrorLocation | None:
+    """Where ERR-2 points: the first source whose segment is present, else the first source."""
     refs = rule.sources or (rule.lookup.keys if rule.lookup else ())
-    return refs[0].location(ctx) if refs else None
+    if not refs and rule.first:
+        refs = tuple(r for sub in rule.first for r in sub.sources)
+    found = [loc for loc in (r.location(ctx) for r in refs) if loc is not None]
+    for loc in found:
+        if ctx.scope.get(loc.segment):
+            return loc
+    return found[0] if found else None
 
 
-def _transformed(rule: CompiledRule, value: Value, ctx: Context) -> Value:
+def _transformed(rule: CompiledRule, value: Value, ctx: Context, ref: SourceRef | None) -> Value:
     try:
         for bound in rule.transforms:
             value = bound.apply(value, ctx.seps)
     except HL7ApplicationError as exc:
-        where = exc.location or _error_location(rule, ctx)
+        where = exc.location or (ref.location(ctx) if ref else None) or _error_location(rule, ctx)
         raise HL7ApplicationError(exc.code, f"{rule.target}: {exc.text}", where) from exc
     return value
 
@@ -184,8 +193,8 @@ def evaluate_rule(
         return SKIP
     if rule.fields is not None:
         return _objects(rule, ctx, out, prefix)
-    value, source = _raw(rule, ctx, out, prefix)
-    value = _transformed(rule, value, ctx)
+    value, source, ref = _raw(rule, ctx, out, prefix)
+    value = _transformed(rule, value, ctx, ref)
     if rule.lookup is not None:
         value = rule.lookup.apply(value, ctx, rule.default)
         source = (

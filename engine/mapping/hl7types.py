@@ -122,9 +122,24 @@ def _xcn_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     return xpn_to_pn(rest[1], args, ctx) if len(rest) > 1 else ""
 
 
+def _ndl_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """HL7 NDL (OBR-32/34, 2.A.50) → DICOM PN.
+
+    Component 1 is a CNN ``id&family&given&middle&suffix&prefix``; feeds that
+    send a plain XPN in its place (as IHE test data does) are read as XPN.
+    """
+    seps = ctx.seps
+    first = value.split(seps.component, 1)[0]
+    if seps.subcomponent not in first:
+        return xpn_to_pn(value, args, ctx)
+    subs = first.split(seps.subcomponent)[1:]
+    return xpn_to_pn(seps.component.join(subs), args, ctx)
+
+
 register_transform("ts_to_da", _ts_to_da)
 register_transform("ts_to_tm", _ts_to_tm)
 register_transform("ts_to_dt", ts_to_dt)
 register_transform("ts_to_fhir", ts_to_fhir)
 register_transform("xpn_to_pn", xpn_to_pn)
 register_transform("xcn_to_pn", _xcn_to_pn)
+register_transform("ndl_to_pn", _ndl_to_pn)

@@ -76,7 +76,7 @@ class Rule(_Model):
         return isinstance(self.table, TableRef) and self.table.key is not None
 
 
-RuleSpec = Rule | str
+RuleSpec = Rule | str | list[str]
 
 
 class Output(_Model):

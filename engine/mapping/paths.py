@@ -5,11 +5,12 @@ Syntax (the channel files' ``PID-3.4``/``OBR(2)-24`` notation, extended)::
     SEG[(occurrence)][-field[(repetition)][.component[.subcomponent]]]
 
 * ``occurrence`` is 1-based, or ``*`` for every occurrence in scope;
-* ``repetition`` is 1-based, ``*`` for every repetition, or a selector
+* ``repetition`` is 1-based, ``*`` for every repetition, ``2-`` for the
+  second and later ones, or a selector
   ``(4.1=ADT1)`` / ``(4.1!=ADT1)`` keeping the repetitions whose component
   4 sub-component 1 equals (or differs from) the value;
-* a *relative* path ``.4.1`` (or ``.``) reads a component of the current
-  repetition inside an ``each`` rule.
+* a *relative* path ``item.4.1`` (or ``item``) reads a component of the
+  current repetition inside an ``each`` rule.
 
 Numbering follows HL7 v2.5.1 2.5 (MSH-1 is the field separator). Leaf values
 are unescaped (HL7 v2.5.1 2.7); a value that still has components is kept as
@@ -30,7 +31,7 @@ _PATH = re.compile(
     r"(?:-(?P<field>\d+)(?:\((?P<rep>[^)]*)\))?"
     r"(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?$"
 )
-_RELATIVE = re.compile(r"^\.(?:(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?$")
+_RELATIVE = re.compile(r"^item(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?$")
 _SELECTOR = re.compile(r"^(?P<comp>\d+)(?:\.(?P<sub>\d+))?(?P<op>!?=)(?P<value>.*)$")
 
 
@@ -62,13 +63,14 @@ class Hl7Path:
     occurrence: int | None = None  # None = first in scope; 0 = every occurrence
     field: int | None = None
     repetition: int | None = None  # None = first; 0 = every repetition
+    rep_from: int = 1  # with repetition 0: the first repetition kept
     selector: RepSelector | None = None
     component: int | None = None
     subcomponent: int | None = None
 
     @property
     def relative(self) -> bool:
-        """True for ``.comp.sub`` paths read from the current repetition."""
+        """True for ``item.comp.sub`` paths read from the current repetition."""
         return not self.segment
 
     @property
@@ -94,7 +96,9 @@ class Hl7Path:
         reps = seg.repetitions(self.field)
         if self.selector is not None:
             reps = [r for r in reps if self.selector.keeps(r, seg.seps)]
-        elif self.repetition != 0:
+        elif self.repetition == 0:
+            reps = reps[self.rep_from - 1 :]
+        else:
             index = (self.repetition or 1) - 1
             reps = reps[index : index + 1]
         return [read_repetition(r, seg.seps, self.component, self.subcomponent) for r in reps]
@@ -129,7 +133,7 @@ def parse_hl7_path(text: str) -> Hl7Path:
         )
     occ = m["occ"]
     rep_text = m["rep"]
-    repetition, selector = _repetition(text, rep_text)
+    repetition, selector, rep_from = _repetition(text, rep_text)
     field = _int(m["field"])
     if field == 0 or _int(m["comp"]) == 0 or _int(m["sub"]) == 0 or occ == "0":
         raise PathSyntaxError(f"{text!r}: numbers in a path are 1-based")
@@ -139,27 +143,28 @@ def parse_hl7_path(text: str) -> Hl7Path:
         occurrence=0 if occ == "*" else _int(occ),
         field=field,
         repetition=repetition,
+        rep_from=rep_from,
         selector=selector,
         component=_int(m["comp"]),
         subcomponent=_int(m["sub"]),
     )
 
 
-def _repetition(text: str, rep: str | None) -> tuple[int | None, RepSelector | None]:
+def _repetition(text: str, rep: str | None) -> tuple[int | None, RepSelector | None, int]:
     if rep is None:
-        return None, None
+        return None, None, 1
     if rep == "*":
-        return 0, None
+        return 0, None, 1
     if rep.isdigit() and int(rep) > 0:
-        return int(rep), None
+        return int(rep), None, 1
+    if rep.endswith("-") and rep[:-1].isdigit() and int(rep[:-1]) > 0:
+        return 0, None, int(rep[:-1])
     sel = _SELECTOR.match(rep)
     if not sel:
         raise PathSyntaxError(
-            f"{text!r}: repetition must be a number, * or a selector like (4.1=ADT1)"
+            f"{text!r}: repetition must be a number, *, 2- or a selector like (4.1=ADT1)"
         )
-    return None, RepSelector(
-        int(sel["comp"]), int(sel["sub"] or 1), sel["value"], sel["op"] == "!="
-    )
+    return None, RepSelector(int(sel["comp"]), int(sel["sub"] or 1), sel["value"], sel["op"] == "!="), 1
 
 
 def _int(value: str | None) -> int | None:
