@@ -103,8 +103,12 @@ def _lower(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
 
 def _truncate(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """Cut to N characters; without N, to the maximum length of the target VR (PS3.5 6.2)."""
-    limit = int(args[0]) if args else VR_MAX_LENGTH.get(ctx.target_vr or "", len(value))
-    return value[:limit]
+    if args:
+        return value[: int(args[0])]
+    limit = VR_MAX_LENGTH.get(ctx.target_vr or "")
+    if limit is None:
+        return value
+    return "\\".join(v[:limit] for v in value.split("\\"))
 
 
 def _replace(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
