@@ -284,17 +284,27 @@ def _timezone(name: str) -> ZoneInfo:
 _UNION_TAG = re.compile(r"^(function-\w+\[.*\]|str|list\[str\]|Rule|Condition|TableRef|list\[.*\])$")
 
 
+_SHAPE = "write a path (PID-3.1), a list of paths, or a rule with path/const/first/fields"
+_BRANCH_TYPES = ("string_type", "model_type", "list_type", "dict_type", "model_attributes_type")
+
+
 def _validate(located: Located) -> MappingFile:
     """Validate the document; union branches are folded so each problem is said once."""
     try:
         return MappingFile.model_validate(located.data)
     except ValidationError as exc:
+        errors = [
+            (tuple(p for p in err["loc"] if not _UNION_TAG.match(str(p))), err)
+            for err in exc.errors()
+        ]
         seen: dict[tuple[str | int, ...], str] = {}
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not _UNION_TAG.match(str(p)))
-            if err["type"] in ("string_type", "model_type", "list_type") and loc in seen:
+        for loc, err in errors:
+            if err["type"] in _BRANCH_TYPES:
+                if any(len(o) > len(loc) and o[: len(loc)] == loc for o, _ in errors):
+                    continue
+                seen.setdefault(loc, _SHAPE if "fields" in loc else err["msg"])
                 continue
-            seen[loc] = err["msg"].removeprefix("Value error, ")
+            seen.setdefault(loc, err["msg"].removeprefix("Value error, "))
         problems = []
         for loc, msg in seen.items():
             field = ".".join(str(p) for p in loc) or "(document)"
