@@ -37,7 +37,8 @@ def check_hl7_path(path: Hl7Path, version: str) -> str | None:
         return f"HL7 version {version!r} is unknown (use e.g. 2.3.1, 2.5.1, 2.8)"
     segments = known_segments(ref)
     if path.segment not in segments:
-        return f"segment {path.segment} is not defined in HL7 v{ref} ({suggest(path.segment, segments)})"
+        hint = suggest(path.segment, segments)
+        return f"segment {path.segment} is not defined in HL7 v{ref} ({hint})"
     fields = segment_fields(ref, path.segment)
     if path.field is not None and fields and path.field not in fields:
         return (

@@ -31,7 +31,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p_check.add_argument("--mappings", type=Path, default=_DEFAULT_DIR)
     p_check.add_argument("--timezone", default="UTC")
     p_check.set_defaults(func=lambda a: check(a.mappings, a.timezone))
-    p_test = actions.add_parser("test", help="apply a mapping to one message and explain each value")
+    p_test = actions.add_parser(
+        "test", help="apply a mapping to one message and explain each value"
+    )
     p_test.add_argument("mapping", help="mapping name (file stem) or path to a mapping file")
     p_test.add_argument("message", type=Path, help="an .hl7 file, or .json for record/DICOM inputs")
     p_test.add_argument("--json", action="store_true", help="machine-readable output")
@@ -84,7 +86,9 @@ def test(
     output = run_output(mapping, source)
     provenance = [] if "error" in output else _provenance(mapping, source)
     if as_json:
-        print(json.dumps({**output, "provenance": provenance}, indent=2, ensure_ascii=False), file=out)
+        print(
+            json.dumps({**output, "provenance": provenance}, indent=2, ensure_ascii=False), file=out
+        )
     else:
         _print_text(output, provenance, out)
     return 1 if "error" in output else 0
@@ -95,7 +99,13 @@ def _provenance(mapping: CompiledMapping, source: Any) -> list[dict[str, Any]]:
 
     result = mapping.apply(source) if isinstance(source, Message) else mapping.apply_to(source)
     return [
-        {"output": p.output, "target": p.target, "value": p.value, "source": p.source, "rule": p.rule}
+        {
+            "output": p.output,
+            "target": p.target,
+            "value": p.value,
+            "source": p.source,
+            "rule": p.rule,
+        }
         for p in result.provenance
     ]
 
@@ -103,14 +113,19 @@ def _provenance(mapping: CompiledMapping, source: Any) -> list[dict[str, Any]]:
 def _print_text(output: dict[str, Any], provenance: list[dict[str, Any]], out: TextIO) -> None:
     if "error" in output:
         err = output["error"]
-        print(f"ERROR {err['code']} at {err['location'] or '(no location)'}: {err['text']}", file=out)
+        print(
+            f"ERROR {err['code']} at {err['location'] or '(no location)'}: {err['text']}", file=out
+        )
         return
     for index, record in enumerate(output["records"]):
         kind = record.get("record") or record.get("resourceType") or "output"
         print(f"[{index}] {kind}", file=out)
         for p in (p for p in provenance if p["output"] == index):
             value = json.dumps(p["value"], ensure_ascii=False)
-            print(f"  {p['target']:<40} = {value:<30} from {p['source'] or '-'}  [{p['rule']}]", file=out)
+            print(
+                f"  {p['target']:<40} = {value:<30} from {p['source'] or '-'}  [{p['rule']}]",
+                file=out,
+            )
 
 
 def verify(

@@ -166,7 +166,7 @@ class _Compiler:
     def lookup(self, table: str | TableRef | None, loc: Loc) -> Lookup | None:
         if table is None:
             return None
-        ref = TableRef(name=table) if isinstance(table, str) else table
+        ref = TableRef.model_validate({"name": table}) if isinstance(table, str) else table
         here = loc if isinstance(table, str) else (*loc, "name")
         found = self.tables.get(ref.name)
         if found is None:
@@ -183,7 +183,7 @@ class _Compiler:
 
     def rule(self, spec: RuleSpec, loc: Loc, target: str, names: TargetNames) -> CompiledRule:
         """Compile one rule (a bare string is a path)."""
-        rule = spec if isinstance(spec, Rule) else Rule(path=spec)
+        rule = spec if isinstance(spec, Rule) else Rule.model_validate({"path": spec})
         vr = names.vr(target)
         fields = None
         each = None
@@ -281,7 +281,9 @@ def _timezone(name: str) -> ZoneInfo:
         ) from exc
 
 
-_UNION_TAG = re.compile(r"^(function-\w+\[.*\]|str|list\[str\]|Rule|Condition|TableRef|list\[.*\])$")
+_UNION_TAG = re.compile(
+    r"^(function-\w+\[.*\]|str|list\[str\]|Rule|Condition|TableRef|list\[.*\])$"
+)
 
 
 _SHAPE = "write a path (PID-3.1), a list of paths, or a rule with path/const/first/fields"

@@ -164,7 +164,11 @@ def _repetition(text: str, rep: str | None) -> tuple[int | None, RepSelector | N
         raise PathSyntaxError(
             f"{text!r}: repetition must be a number, *, 2- or a selector like (4.1=ADT1)"
         )
-    return None, RepSelector(int(sel["comp"]), int(sel["sub"] or 1), sel["value"], sel["op"] == "!="), 1
+    return (
+        None,
+        RepSelector(int(sel["comp"]), int(sel["sub"] or 1), sel["value"], sel["op"] == "!="),
+        1,
+    )
 
 
 def _int(value: str | None) -> int | None:

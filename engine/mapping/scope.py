@@ -10,6 +10,8 @@ whole message. ADT^A40 uses ``for_each: PID`` for its PID/MRG pairs.
 
 from __future__ import annotations
 
+import itertools
+
 from engine.hl7.er7 import Message, Segment
 
 __all__ = ["groups", "message_scope"]
@@ -35,7 +37,7 @@ def groups(message: Message, anchor: str | None) -> list[dict[str, list[Segment]
     scoped = {seg.name for seg in segments[starts[0] :]}
     bounds = [*starts, len(segments)]
     out: list[dict[str, list[Segment]]] = []
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         scope = {name: segs for name, segs in whole.items() if name not in scoped}
         for seg in segments[start:end]:
             scope.setdefault(seg.name, []).append(seg)

@@ -43,7 +43,8 @@ class Context:
 class SourceRef(Protocol):
     """A readable source path."""
 
-    text: str
+    @property
+    def text(self) -> str: ...
 
     @property
     def multi(self) -> bool: ...

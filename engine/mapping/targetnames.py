@@ -75,8 +75,11 @@ class TargetNames:
         version = compiler.spec.hl7_version
         if kind == "record":
             if spec.record not in RECORD_TYPES:
-                compiler.problem((*loc, "record"), f"record targets need record: one of "
-                                 f"{', '.join(RECORD_TYPES)} ({suggest(spec.record or '', RECORD_TYPES)})")  # fmt: skip
+                hint = suggest(spec.record or "", RECORD_TYPES)
+                known = ", ".join(RECORD_TYPES)
+                compiler.problem(
+                    (*loc, "record"), f"record targets need record: one of {known} ({hint})"
+                )
                 return cls("free")
             return cls(kind, RECORD_TYPES[spec.record])
         if kind == "fhir":

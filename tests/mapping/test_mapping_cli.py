@@ -34,10 +34,17 @@ def test_check_accepts_the_shipped_mappings() -> None:
 
 
 def test_check_reports_file_line_and_suggestion(tmp_path: Path) -> None:
-    write(tmp_path, "m.yaml", "source: hl7v2\ntarget: record\noutputs:\n  - record: ordr\n    fields: {}\n")
+    write(
+        tmp_path,
+        "m.yaml",
+        "source: hl7v2\ntarget: record\noutputs:\n  - record: ordr\n    fields: {}\n",
+    )
     out = StringIO()
     assert cli.check(tmp_path, out=out) == 1
-    assert "m.yaml:4: outputs.0.record:" in out.getvalue() and "did you mean 'order'?" in out.getvalue()
+    assert (
+        "m.yaml:4: outputs.0.record:" in out.getvalue()
+        and "did you mean 'order'?" in out.getvalue()
+    )
 
 
 def test_test_shows_values_with_their_source(capsys: pytest.CaptureFixture[str]) -> None:

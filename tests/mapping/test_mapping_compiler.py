@@ -11,6 +11,7 @@ from engine.mapping import load_mapping, load_mappings
 
 from .conftest import MAPPINGS_DIR, write
 
+DICOM = "source: record\ntarget: dicom\noutputs:\n  - fields:\n"
 HEAD = """\
 source: hl7v2
 target: record
@@ -50,7 +51,11 @@ def test_wrong_argument_count(tmp_path: Path) -> None:
 
 
 def test_unknown_table_is_reported(tmp_path: Path) -> None:
-    found = problems(tmp_path, "      priority: {path: ORC-7.6, table: priorty}\n", {"priority.csv": "code,p\nS,STAT\n"})
+    found = problems(
+        tmp_path,
+        "      priority: {path: ORC-7.6, table: priorty}\n",
+        {"priority.csv": "code,p\nS,STAT\n"},
+    )
     assert "unknown table 'priorty'" in found[0] and "did you mean 'priority'?" in found[0]
 
 
@@ -87,14 +92,18 @@ def test_unknown_record_field_gets_a_suggestion(tmp_path: Path) -> None:
 
 def test_missing_required_contract_field(tmp_path: Path) -> None:
     path = write(tmp_path, "m.yaml", HEAD.replace("      patient_id: PID-3.1\n", ""))
-    with pytest.raises(ConfigError, match="required by the record contract but not mapped: patient_id"):
+    with pytest.raises(
+        ConfigError, match="required by the record contract but not mapped: patient_id"
+    ):
         load_mapping(path)
 
 
 def test_unknown_key_in_a_rule(tmp_path: Path) -> None:
     found = problems(tmp_path, "      modality: {path: OBR-24, defualt: CT}\n")
     assert len(found) == 1
-    assert found[0].endswith("m.yaml:9: outputs.0.fields.modality.defualt: Extra inputs are not permitted")
+    assert found[0].endswith(
+        "m.yaml:9: outputs.0.fields.modality.defualt: Extra inputs are not permitted"
+    )
 
 
 def test_a_number_where_a_rule_belongs(tmp_path: Path) -> None:
@@ -124,26 +133,27 @@ def test_bad_message_type_in_accept(tmp_path: Path) -> None:
 
 
 def test_dicom_keyword_typo(tmp_path: Path) -> None:
-    text = "source: record\ntarget: dicom\noutputs:\n  - fields:\n      PatientNmae: patient.patient_name\n"
-    with pytest.raises(ConfigError, match="PatientNmae is not a DICOM keyword.*did you mean 'PatientName'"):
+    text = DICOM + "      PatientNmae: patient.patient_name\n"
+    with pytest.raises(ConfigError, match=r"PatientNmae is not a DICOM keyword.*'PatientName'"):
         load_mapping(write(tmp_path, "d.yaml", text))
 
 
 def test_dicom_index_on_a_non_sequence(tmp_path: Path) -> None:
-    text = "source: record\ntarget: dicom\noutputs:\n  - fields:\n      PatientName[0].Modality: order.modality\n"
+    text = DICOM + "      PatientName[0].Modality: order.modality\n"
     with pytest.raises(ConfigError, match="PatientName is not a sequence"):
         load_mapping(write(tmp_path, "d.yaml", text))
 
 
 def test_record_source_field_typo(tmp_path: Path) -> None:
-    text = "source: record\ntarget: dicom\noutputs:\n  - fields:\n      Modality: order.modalty\n"
+    text = DICOM + "      Modality: order.modalty\n"
     with pytest.raises(ConfigError, match="order has no field 'modalty'"):
         load_mapping(write(tmp_path, "d.yaml", text))
 
 
 def test_fhir_target_checks_the_resource_and_element(tmp_path: Path) -> None:
-    text = "source: record\ntarget: fhir\noutputs:\n  - resource: Patient\n    fields:\n      birthdate: patient.birth_date\n"
-    with pytest.raises(ConfigError, match="'birthdate' is not an element.*birthDate"):
+    text = "source: record\ntarget: fhir\noutputs:\n  - resource: Patient\n    fields:\n"
+    text += "      birthdate: patient.birth_date\n"
+    with pytest.raises(ConfigError, match=r"'birthdate' is not an element.*birthDate"):
         load_mapping(write(tmp_path, "f.yaml", text))
 
 

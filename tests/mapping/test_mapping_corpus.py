@@ -63,21 +63,32 @@ def test_contradictory_control_and_status_is_103_at_orc_1() -> None:
 
 def test_a40_yields_patient_and_merge() -> None:
     records = valid(ADT.apply(corpus_message("valid/dcm4che_ADT_A40-PatientMerge.hl7")).records)
-    merge = [r for r in records if r["record"] == "merge"][0]
-    assert (merge["patient_id"], merge["prior_patient_id"], merge["kind"]) == ("NEW_PID_1", "OLD_PID_1", "merge")
-    patient = [r for r in records if r["record"] == "patient"][0]
+    merge = next(r for r in records if r["record"] == "merge")
+    assert (merge["patient_id"], merge["prior_patient_id"], merge["kind"]) == (
+        "NEW_PID_1",
+        "OLD_PID_1",
+        "merge",
+    )
+    patient = next(r for r in records if r["record"] == "patient")
     assert patient["patient_name"] == "New_Smith^Lucy^Mark"
 
 
 def test_a40_v28() -> None:
     records = valid(ADT.apply(corpus_message("valid/fhirconv_ADT-A40-01.hl7")).records)
-    assert [(r["record"], r["patient_id"]) for r in records] == [("patient", "12345"), ("merge", "12345")]
+    assert [(r["record"], r["patient_id"]) for r in records] == [
+        ("patient", "12345"),
+        ("merge", "12345"),
+    ]
 
 
 def test_a47_is_a_change_of_id() -> None:
     records = valid(ADT.apply(corpus_message("valid/fhirconv_ADT-A47-01.hl7")).records)
-    merge = [r for r in records if r["record"] == "merge"][0]
-    assert (merge["kind"], merge["prior_patient_id"], merge["prior_issuer"]) == ("change_id", "MR102", "BCBS")
+    merge = next(r for r in records if r["record"] == "merge")
+    assert (merge["kind"], merge["prior_patient_id"], merge["prior_issuer"]) == (
+        "change_id",
+        "MR102",
+        "BCBS",
+    )
 
 
 @pytest.mark.parametrize("name", ["valid/fhirconv_ADT-A08-01.hl7", "valid/fhirconv_ADT-A08-02.hl7"])
@@ -85,7 +96,9 @@ def test_a08_updates_the_patient(name: str) -> None:
     (patient,) = valid(ADT.apply(corpus_message(name)).records)
     assert patient["event"] == "A08" and patient["patient_id"] == "PATID1234"
     assert patient["patient_name"] == "EVERYMAN^ADAM^A^Dr.^III"
-    assert patient["other_ids"] == [{"patient_id": "123456789", "issuer": "USSSA", "type_of_id": "SS"}]
+    assert patient["other_ids"] == [
+        {"patient_id": "123456789", "issuer": "USSSA", "type_of_id": "SS"}
+    ]
 
 
 def test_order_then_mwl_builds_a_dataset() -> None:

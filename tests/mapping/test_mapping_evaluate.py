@@ -13,7 +13,6 @@ from engine.mapping import CompiledMapping, load_mapping
 from .conftest import write
 
 
-
 def seg(name: str, fields: dict[int, str]) -> str:
     return "|".join([name] + [fields.get(i, "") for i in range(1, max(fields) + 1)])
 
@@ -28,13 +27,15 @@ MSG = "\r".join([
 ]) + "\r"  # fmt: skip
 
 
-def mapping(tmp_path: Path, fields: str, extra: str = "", tables: dict[str, str] | None = None) -> CompiledMapping:
+def mapping(
+    tmp_path: Path, fields: str, extra: str = "", tables: dict[str, str] | None = None
+) -> CompiledMapping:
     for name, text in (tables or {}).items():
         write(tmp_path, f"tables/{name}", text)
     text = (
         "source: hl7v2\ntarget: record\naccept: [ORM^O01]\noutputs:\n  - record: order\n"
-        f"    for_each: ORC\n{extra}    fields:\n      order_control: ORC-1\n      patient_id: PID-3.1\n"
-        + fields
+        f"    for_each: ORC\n{extra}    fields:\n"
+        "      order_control: ORC-1\n      patient_id: PID-3.1\n" + fields
     )
     return load_mapping(write(tmp_path, "m.yaml", text))
 
@@ -59,13 +60,23 @@ def test_first_non_empty_path_wins(tmp_path: Path) -> None:
 
 
 def test_selector_picks_the_trusted_authority(tmp_path: Path) -> None:
-    records = apply(mapping(tmp_path, "      issuer: PID-3(4.1=OTHER).4.1\n      admission_id: PID-3(4.1=OTHER).1\n"))
+    records = apply(
+        mapping(
+            tmp_path, "      issuer: PID-3(4.1=OTHER).4.1\n      admission_id: PID-3(4.1=OTHER).1\n"
+        )
+    )
     assert records[0]["admission_id"] == "B2"
 
 
 def test_const_and_default(tmp_path: Path) -> None:
-    m = mapping(tmp_path, "      modality: {const: OT}\n      accession_number: {path: OBR-18, default: NONE}\n")
-    assert [(r["modality"], r["accession_number"]) for r in apply(m)] == [("OT", "ACC1"), ("OT", "NONE")]
+    m = mapping(
+        tmp_path,
+        "      modality: {const: OT}\n      accession_number: {path: OBR-18, default: NONE}\n",
+    )
+    assert [(r["modality"], r["accession_number"]) for r in apply(m)] == [
+        ("OT", "ACC1"),
+        ("OT", "NONE"),
+    ]
 
 
 def test_when_leaves_the_field_out(tmp_path: Path) -> None:
@@ -80,7 +91,8 @@ def test_output_when_filters_whole_records(tmp_path: Path) -> None:
 
 def test_condition_matches_and_present(tmp_path: Path) -> None:
     fields = (
-        "      modality: {const: X, when: [{field: OBR-4.1, matches: 'C.*'}, {field: OBR-18, present: true}]}\n"
+        "      modality: {const: X, when: "
+        "[{field: OBR-4.1, matches: 'C.*'}, {field: OBR-18, present: true}]}\n"
     )
     assert ["modality" in r for r in apply(mapping(tmp_path, fields))] == [True, False]
 
@@ -93,7 +105,9 @@ def test_required_missing_is_101_at_the_group_segment(tmp_path: Path) -> None:
 
 
 def test_table_lookup_with_default(tmp_path: Path) -> None:
-    fields = "      modality: {path: OBR-24, table: {name: mods, on_missing: default}, default: OT}\n"
+    fields = (
+        "      modality: {path: OBR-24, table: {name: mods, on_missing: default}, default: OT}\n"
+    )
     m = mapping(tmp_path, fields, tables={"mods.csv": "code,modality\nCT,CT\n"})
     assert [r["modality"] for r in apply(m)] == ["CT", "OT"]
 
@@ -104,11 +118,18 @@ def test_table_lookup_keep_and_empty(tmp_path: Path) -> None:
         "      scheduled_station_ae_title: {path: OBR-24, table: {name: mods, on_missing: empty}}\n"
     )
     m = mapping(tmp_path, fields, tables={"mods.csv": "code,modality\nCT,CT_AE\n"})
-    assert [(r["modality"], r["scheduled_station_ae_title"]) for r in apply(m)] == [("CT_AE", "CT_AE"), ("MR", "")]
+    assert [(r["modality"], r["scheduled_station_ae_title"]) for r in apply(m)] == [
+        ("CT_AE", "CT_AE"),
+        ("MR", ""),
+    ]
 
 
 def test_table_miss_is_103_with_location(tmp_path: Path) -> None:
-    m = mapping(tmp_path, "      modality: {path: OBR-24, table: mods}\n", tables={"mods.csv": "code,m\nCT,CT\n"})
+    m = mapping(
+        tmp_path,
+        "      modality: {path: OBR-24, table: mods}\n",
+        tables={"mods.csv": "code,m\nCT,CT\n"},
+    )
     with pytest.raises(HL7ApplicationError) as info:
         apply(m)
     assert info.value.code == 103
@@ -122,8 +143,15 @@ def test_keyed_table_uses_several_paths(tmp_path: Path) -> None:
 
 def test_variables_feed_later_fields(tmp_path: Path) -> None:
     extra = "    vars:\n      mod: {path: OBR-24, transform: [lower]}\n"
-    m = mapping(tmp_path, "      modality: $mod\n      scheduled_station_name: {path: $mod, transform: [upper]}\n", extra)
-    assert [(r["modality"], r["scheduled_station_name"]) for r in apply(m)] == [("ct", "CT"), ("mr", "MR")]
+    m = mapping(
+        tmp_path,
+        "      modality: $mod\n      scheduled_station_name: {path: $mod, transform: [upper]}\n",
+        extra,
+    )
+    assert [(r["modality"], r["scheduled_station_name"]) for r in apply(m)] == [
+        ("ct", "CT"),
+        ("mr", "MR"),
+    ]
 
 
 def test_multi_values_are_joined_with_backslash(tmp_path: Path) -> None:
@@ -132,7 +160,10 @@ def test_multi_values_are_joined_with_backslash(tmp_path: Path) -> None:
 
 
 def test_first_rule_fallback(tmp_path: Path) -> None:
-    fields = "      modality:\n        first:\n          - IPC-5\n          - {path: OBR-4.1, transform: [{component: 1}, lower]}\n"
+    fields = (
+        "      modality:\n        first:\n          - IPC-5\n"
+        "          - {path: OBR-4.1, transform: [{component: 1}, lower]}\n"
+    )
     assert [r["modality"] for r in apply(mapping(tmp_path, fields))] == ["ct1", "mr1"]
 
 
@@ -154,9 +185,11 @@ def test_unaccepted_message_type_is_rejected(tmp_path: Path) -> None:
 
 
 def test_provenance_names_source_and_rule(tmp_path: Path) -> None:
-    m = mapping(tmp_path, "      accession_number: {path: [IPC-1, OBR-18, OBR-2], note: site rule}\n")
+    m = mapping(
+        tmp_path, "      accession_number: {path: [IPC-1, OBR-18, OBR-2], note: site rule}\n"
+    )
     result = m.apply(Message(MSG))
-    second = [p for p in result.provenance_of(1) if p.target == "accession_number"][0]
+    second = next(p for p in result.provenance_of(1) if p.target == "accession_number")
     assert (second.source, second.value) == ("OBR-2", "P2")
     assert second.rule == "first of IPC-1 | OBR-18 | OBR-2 (site rule)"
 

@@ -53,5 +53,7 @@ def test_shipped_priority_table() -> None:
 
 
 def test_shipped_charset_table() -> None:
-    index = load_tables(MAPPINGS_DIR / "tables")["hl7_charset_dicom"].index(1, "specific_character_set")
+    index = load_tables(MAPPINGS_DIR / "tables")["hl7_charset_dicom"].index(
+        1, "specific_character_set"
+    )
     assert index[("8859/1",)] == "ISO_IR 100" and index[("UNICODE UTF-8",)] == "ISO_IR 192"
