@@ -12,9 +12,9 @@ from typing import Any
 
 from engine.errors import ErrorLocation, HL7Reject
 from engine.hl7.er7 import Message, Separators
-from engine.mapping.evaluate import SKIP, CompiledCondition, CompiledRule, evaluate_rule
+from engine.mapping.evaluate import SKIP, CompiledCondition, CompiledRule, evaluate_rule, plain_rule
 from engine.mapping.paths import Hl7Path
-from engine.mapping.result import MappingResult, Provenance
+from engine.mapping.result import MappingResult, RawProvenance
 from engine.mapping.scope import groups
 from engine.mapping.sources import Context
 from engine.mapping.targets import put, render_hl7
@@ -38,7 +38,7 @@ class CompiledOutput:
     hl7_targets: dict[str, Hl7Path]
     segment_order: tuple[str, ...] = ()
 
-    def build(self, ctx: Context, out: list[Provenance]) -> dict[str, Any] | None:
+    def build(self, ctx: Context, out: list[RawProvenance]) -> dict[str, Any] | None:
         """The output for one scope, or None when its ``when`` does not hold."""
         if self.conditions and not all(c.holds(ctx) for c in self.conditions):
             return None
@@ -47,7 +47,11 @@ class CompiledOutput:
             ctx.vars[var.target] = None if value is SKIP else value
         values: list[tuple[CompiledRule, Any]] = []
         for rule in self.fields:
-            value = evaluate_rule(rule, ctx, out, "")
+            value = (
+                plain_rule(rule, ctx, out, "", True)
+                if rule.plain
+                else evaluate_rule(rule, ctx, out, "")
+            )
             if value is not SKIP:
                 values.append((rule, _flat(value)))
         return self._shape(values, ctx)
@@ -110,7 +114,7 @@ class CompiledMapping:
             raise TypeError(f"mapping {self.name} reads {self.source}; use apply_to")
         self._check_type(message)
         records: list[dict[str, Any]] = []
-        provenance: list[Provenance] = []
+        provenance: list[RawProvenance] = []
         for output in self.outputs:
             for scope in groups(message, output.for_each):
                 ctx = Context(message.seps, message, scope)
@@ -124,14 +128,17 @@ class CompiledMapping:
                 return self.apply(obj)
             raise TypeError(f"mapping {self.name} reads HL7 v2 messages; use apply")
         records: list[dict[str, Any]] = []
-        provenance: list[Provenance] = []
+        provenance: list[RawProvenance] = []
         for output in self.outputs:
             self._collect(output, Context(Separators(), obj=obj), records, provenance)
         return MappingResult(records, provenance)
 
     @staticmethod
     def _collect(
-        output: CompiledOutput, ctx: Context, records: list[dict[str, Any]], prov: list[Provenance]
+        output: CompiledOutput,
+        ctx: Context,
+        records: list[dict[str, Any]],
+        prov: list[RawProvenance],
     ) -> None:
         mark = len(prov)
         ctx.output = len(records)

@@ -8,6 +8,7 @@ problem is never applied.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -197,7 +198,7 @@ class _Compiler:
             self.rule(sub, (*loc, "first", i), target, names)
             for i, sub in enumerate(rule.first or [])
         )
-        return CompiledRule(
+        compiled = CompiledRule(
             target=target, describe=describe(rule),
             sources=self.sources(rule.path, (*loc, "path")) if rule.path is not None else (),
             const=rule.const, first=first,
@@ -206,6 +207,7 @@ class _Compiler:
             lookup=self.lookup(rule.table, (*loc, "table")),
             default=rule.default, required=rule.required, each=each, fields=fields, vr=vr,
         )  # fmt: skip
+        return replace(compiled, plain=_is_plain(compiled))
 
     def fields(
         self, specs: dict[str, RuleSpec], loc: Loc, names: TargetNames
@@ -245,6 +247,14 @@ class _Compiler:
         for i, kind in enumerate(self.spec.accept):
             if not _MESSAGE_TYPE.match(kind):
                 self.problem(("accept", i), f"{kind!r} is not a message type like ORM^O01")
+
+
+def _is_plain(rule: CompiledRule) -> bool:
+    """True when only single-valued paths, default and required are used (the fast path)."""
+    return bool(rule.sources) and not (
+        any(s.multi for s in rule.sources) or rule.const is not None or rule.first
+        or rule.conditions or rule.transforms or rule.lookup or rule.fields is not None
+    )  # fmt: skip
 
 
 def describe(rule: Rule) -> str:

@@ -15,11 +15,18 @@ from typing import Any, Literal
 
 from engine.errors import ErrorLocation, HL7ApplicationError
 from engine.hl7.er7 import Separators
-from engine.mapping.result import Provenance
+from engine.mapping.result import RawProvenance
 from engine.mapping.sources import Context, SourceRef
 from engine.mapping.transforms import Transform, TransformContext
 
-__all__ = ["BoundTransform", "CompiledCondition", "CompiledRule", "Lookup", "evaluate_rule"]
+__all__ = [
+    "BoundTransform",
+    "CompiledCondition",
+    "CompiledRule",
+    "Lookup",
+    "evaluate_rule",
+    "plain_rule",
+]
 
 Value = Any
 EMPTY: tuple[str, ...] = ("", '""')
@@ -60,7 +67,7 @@ class BoundTransform:
     def apply(self, value: Value, seps: Separators) -> Value:
         """Run on ``value``; element-wise on lists unless the transform takes lists."""
         fn, args, tctx = self.transform.fn, self.args, self.context
-        if seps != tctx.seps:
+        if seps is not tctx.seps and seps != tctx.seps:
             tctx = replace(tctx, seps=seps)
         if self.transform.on_list:
             return fn(value if isinstance(value, list) else [value], args, tctx)
@@ -123,6 +130,7 @@ class CompiledRule:
     each: SourceRef | None = None
     fields: tuple[CompiledRule, ...] | None = None
     vr: str | None = None
+    plain: bool = False  # only single-valued paths, default and required (see _plain)
 
 
 class _Skip:
@@ -140,7 +148,7 @@ def _first(values: list[str]) -> str:
 
 
 def _raw(
-    rule: CompiledRule, ctx: Context, out: list[Provenance], prefix: str
+    rule: CompiledRule, ctx: Context, out: list[RawProvenance], prefix: str
 ) -> tuple[Value, str, SourceRef | None]:
     if rule.const is not None:
         return rule.const, "const", None
@@ -149,13 +157,14 @@ def _raw(
         if not isinstance(value, _Skip) and _filled(value):
             return value, sub.describe, sub.sources[0] if sub.sources else None
     for source in rule.sources:
-        values = source.read(ctx)
         if source.multi:
-            kept = [v for v in values if v not in EMPTY]
+            kept = [v for v in source.read(ctx) if v not in EMPTY]
             if kept:
                 return kept, source.text, source
-        elif values and values[0] not in EMPTY:
-            return values[0], source.text, source
+            continue
+        value = source.first(ctx)
+        if value and value != '""':
+            return value, source.text, source
     return "", rule.sources[0].text if rule.sources else "", None
 
 
@@ -186,9 +195,11 @@ def _transformed(rule: CompiledRule, value: Value, ctx: Context, ref: SourceRef 
 
 
 def evaluate_rule(
-    rule: CompiledRule, ctx: Context, out: list[Provenance], prefix: str, *, record: bool = True
+    rule: CompiledRule, ctx: Context, out: list[RawProvenance], prefix: str, *, record: bool = True
 ) -> Value:
     """The value of ``rule`` in ``ctx``; provenance of recorded fields is appended to ``out``."""
+    if rule.plain:
+        return plain_rule(rule, ctx, out, prefix, record)
     if rule.conditions and not all(c.holds(ctx) for c in rule.conditions):
         return SKIP
     if rule.fields is not None:
@@ -207,11 +218,35 @@ def evaluate_rule(
             101, f"{rule.target} is required ({rule.describe})", _error_location(rule, ctx)
         )
     if record:
-        out.append(Provenance(prefix + rule.target, source, rule.describe, value, ctx.output))
+        out.append((prefix + rule.target, source, rule.describe, value, ctx.output))
     return value
 
 
-def _objects(rule: CompiledRule, ctx: Context, out: list[Provenance], prefix: str) -> Value:
+def plain_rule(
+    rule: CompiledRule, ctx: Context, out: list[RawProvenance], prefix: str, record: bool
+) -> Value:
+    """Paths (single-valued), default and required only: the common rule, kept cheap."""
+    value = ""
+    source = ""
+    for ref in rule.sources:
+        value = ref.first(ctx)
+        if value and value != '""':
+            source = ref.text
+            break
+    else:
+        value = ""
+        if rule.default is not None:
+            value, source = rule.default, "default"
+        elif rule.required:
+            raise HL7ApplicationError(
+                101, f"{rule.target} is required ({rule.describe})", _error_location(rule, ctx)
+            )
+    if record:
+        out.append((prefix + rule.target, source, rule.describe, value, ctx.output))
+    return value
+
+
+def _objects(rule: CompiledRule, ctx: Context, out: list[RawProvenance], prefix: str) -> Value:
     assert rule.fields is not None
     if rule.each is None:
         obj = _object(rule.fields, ctx, out, f"{prefix}{rule.target}.")
@@ -228,7 +263,7 @@ def _objects(rule: CompiledRule, ctx: Context, out: list[Provenance], prefix: st
 
 
 def _object(
-    fields: tuple[CompiledRule, ...], ctx: Context, out: list[Provenance], prefix: str
+    fields: tuple[CompiledRule, ...], ctx: Context, out: list[RawProvenance], prefix: str
 ) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     filled = False

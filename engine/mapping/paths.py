@@ -90,6 +90,27 @@ class Hl7Path:
             out.extend(self._from_segment(seg))
         return out
 
+    def first(self, segments: list[Segment]) -> str:
+        """The single value of a non-multi path (fast path of :meth:`read`); "" when absent."""
+        index = (self.occurrence or 1) - 1
+        field = self.field
+        if index >= len(segments) or field is None or field <= 2:
+            found = self.read(segments)
+            return found[0] if found else ""
+        seg = segments[index]
+        fields = seg.fields
+        value = fields[field] if field < len(fields) else ""
+        if not value:
+            return ""
+        seps = seg.seps
+        if seps.repetition in value:
+            reps = value.split(seps.repetition)
+            rep = (self.repetition or 1) - 1
+            value = reps[rep] if rep < len(reps) else ""
+        elif self.repetition and self.repetition > 1:
+            return ""
+        return read_repetition(value, seps, self.component, self.subcomponent)
+
     def _from_segment(self, seg: Segment) -> list[str]:
         if self.field is None:
             return [seg.seps.field.join(seg.fields)]
@@ -106,13 +127,15 @@ class Hl7Path:
 
 def read_repetition(rep: str, seps: Separators, comp: int | None, sub: int | None) -> str:
     """Component/sub-component of one repetition; unescaped when it is a leaf."""
-    if comp is not None:
-        rep = pick(rep, seps, comp, sub or 1) if sub else _component(rep, seps, comp)
+    if sub is not None:
+        rep = pick(rep, seps, comp or 1, sub)
+    elif comp is not None and (comp > 1 or seps.component in rep):
+        rep = _component(rep, seps, comp)
     if seps.component in rep or (comp is not None and sub is None and seps.subcomponent in rep):
         return rep
     if rep == '""':
         return ""
-    return unescape(rep, seps)
+    return unescape(rep, seps) if seps.escape in rep else rep
 
 
 def _component(rep: str, seps: Separators, comp: int) -> str:

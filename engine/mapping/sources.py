@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.errors import ErrorLocation
-from engine.hl7.er7 import Message, Segment, Separators
+from engine.hl7.er7 import Message, Segment, Separators, unescape
 from engine.mapping.paths import Hl7Path, PathSyntaxError, read_repetition
 
 __all__ = [
@@ -51,23 +51,53 @@ class SourceRef(Protocol):
 
     def read(self, ctx: Context) -> list[str]: ...
 
+    def first(self, ctx: Context) -> str: ...
+
     def items(self, ctx: Context) -> list[Any]: ...
 
     def location(self, ctx: Context) -> ErrorLocation | None: ...
 
 
-@dataclass(frozen=True, slots=True)
 class Hl7Ref:
-    """An HL7 v2 path (absolute, or relative to the current repetition)."""
+    """An HL7 v2 path (absolute, or relative to the current repetition).
 
-    path: Hl7Path
-    text: str
+    A plain class with the path's numbers copied into slots: :meth:`first`
+    runs for nearly every field of every message and is kept flat.
+    """
 
-    @property
-    def multi(self) -> bool:
-        return self.path.multi
+    __slots__ = (
+        "_comp",
+        "_fast",
+        "_field",
+        "_index",
+        "_rep",
+        "_segment",
+        "_sub",
+        "multi",
+        "path",
+        "text",
+    )
+
+    def __init__(self, path: Hl7Path, text: str) -> None:
+        self.path = path
+        self.text = text
+        self.multi = path.multi
+        self._segment = path.segment
+        self._index = (path.occurrence or 1) - 1
+        self._field = path.field or 0
+        self._rep = (path.repetition or 1) - 1
+        self._comp = path.component
+        self._sub = path.subcomponent
+        self._fast = not (path.relative or path.multi or self._field <= 2)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Hl7Ref) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
 
     def read(self, ctx: Context) -> list[str]:
+        """Every value the path selects in ``ctx``."""
         path = self.path
         if path.relative:
             if ctx.current is None:
@@ -75,11 +105,41 @@ class Hl7Ref:
             return [read_repetition(ctx.current, ctx.seps, path.component, path.subcomponent)]
         return path.read(ctx.scope.get(path.segment, []))
 
+    def first(self, ctx: Context) -> str:
+        """The first value ("" when none); the per-message fast path."""
+        if not self._fast:
+            values = self.read(ctx)
+            return values[0] if values else ""
+        segments = ctx.scope.get(self._segment)
+        if not segments or self._index >= len(segments):
+            return ""
+        seg = segments[self._index]
+        fields = seg.fields
+        if self._field >= len(fields):
+            return ""
+        value = fields[self._field]
+        if not value:
+            return ""
+        seps = seg.seps
+        if seps.repetition in value:
+            reps = value.split(seps.repetition)
+            value = reps[self._rep] if self._rep < len(reps) else ""
+        elif self._rep:
+            return ""
+        if self._sub is None and seps.component not in value and seps.subcomponent not in value:
+            if (self._comp or 1) > 1:
+                return ""
+            if value == '""':
+                return ""
+            return unescape(value, seps) if seps.escape in value else value
+        return read_repetition(value, seps, self._comp, self._sub)
+
     def items(self, ctx: Context) -> list[Any]:
         """The values an ``each`` iterates over."""
         return self.read(ctx)
 
     def location(self, ctx: Context) -> ErrorLocation | None:
+        """ERR-2 for this path, with the segment's sequence in the whole message."""
         path = self.path
         if path.relative:
             return None
@@ -105,6 +165,10 @@ class VarRef:
 
     def items(self, ctx: Context) -> list[Any]:
         return self.read(ctx)
+
+    def first(self, ctx: Context) -> str:
+        values = self.read(ctx)
+        return values[0] if values else ""
 
     def read(self, ctx: Context) -> list[str]:
         value = ctx.vars.get(self.name)
@@ -173,6 +237,10 @@ class ObjectRef:
     def read(self, ctx: Context) -> list[str]:
         root = ctx.current_obj if self.relative else ctx.obj
         return [_text(v) for v in _walk(root, self.steps) if _text(v)]
+
+    def first(self, ctx: Context) -> str:
+        values = self.read(ctx)
+        return values[0] if values else ""
 
     def items(self, ctx: Context) -> list[Any]:
         """The objects an ``each`` iterates over."""
