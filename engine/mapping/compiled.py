@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import ErrorLocation, HL7Reject
+from pydantic import BaseModel, ValidationError
+
+from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
 from engine.hl7.er7 import Message, Separators
 from engine.mapping.evaluate import SKIP, CompiledCondition, CompiledRule, evaluate_rule, plain_rule
 from engine.mapping.paths import Hl7Path
@@ -37,6 +39,7 @@ class CompiledOutput:
     steps: dict[str, Steps]  # dicom/fhir target path of each field
     hl7_targets: dict[str, Hl7Path]
     segment_order: tuple[str, ...] = ()
+    fhir_model: type[BaseModel] | None = None
 
     def build(self, ctx: Context, out: list[RawProvenance]) -> dict[str, Any] | None:
         """The output for one scope, or None when its ``when`` does not hold."""
@@ -68,7 +71,20 @@ class CompiledOutput:
                 put(obj, self.steps[rule.target], _sequence(value))
             elif value not in ("", None, [], {}):
                 put(obj, self.steps[rule.target], value)
+        if self.fhir_model is not None:
+            _check_fhir(self.fhir_model, obj)
         return obj
+
+
+def _check_fhir(model: type[BaseModel], obj: dict[str, Any]) -> None:
+    """Validate a FHIR output with fhir.resources (R4B) before anyone uses it."""
+    try:
+        model.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        text = f"{obj.get('resourceType')} is not valid FHIR R4: {where}: {first['msg']}"
+        raise HL7ApplicationError(102, text) from exc
 
 
 def _flat(value: Any) -> Any:

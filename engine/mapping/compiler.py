@@ -241,6 +241,7 @@ class _Compiler:
             vars=tuple(variables), fields=fields,
             steps=names.steps, hl7_targets=names.hl7_paths,
             segment_order=tuple(spec.segment_order or ()),
+            fhir_model=names.model if self.spec.target == "fhir" else None,
         )  # fmt: skip
 
     def check_accept(self) -> None:

@@ -153,7 +153,10 @@ def _raw(
     if rule.const is not None:
         return rule.const, "const", None
     for sub in rule.first:
-        value = evaluate_rule(sub, ctx, out, prefix, record=False)
+        if sub.plain:
+            value = plain_rule(sub, ctx, out, prefix, False)
+        else:
+            value = evaluate_rule(sub, ctx, out, prefix, record=False)
         if not isinstance(value, _Skip) and _filled(value):
             return value, sub.describe, sub.sources[0] if sub.sources else None
     for source in rule.sources:
@@ -268,7 +271,11 @@ def _object(
     obj: dict[str, Any] = {}
     filled = False
     for sub in fields:
-        value = evaluate_rule(sub, ctx, out, prefix)
+        value = (
+            plain_rule(sub, ctx, out, prefix, True)
+            if sub.plain
+            else evaluate_rule(sub, ctx, out, prefix)
+        )
         if isinstance(value, _Skip):
             continue
         obj[sub.target] = value

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["Condition", "MappingFile", "Output", "Rule", "RuleSpec", "TableRef"]
+__all__ = ["Condition", "MappingFile", "Output", "Rule", "RuleSpec", "TableRef", "json_schema"]
 
 SourceKind = Literal["hl7v2", "dicom", "record"]
 TargetKind = Literal["record", "dicom", "fhir", "hl7v2"]
@@ -109,3 +109,11 @@ class MappingFile(_Model):
 Rule.model_rebuild()
 Output.model_rebuild()
 MappingFile.model_rebuild()
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of mapping files, as shipped in ``docs/mapping.schema.json``."""
+    schema = MappingFile.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "radbridge mapping file"
+    return schema

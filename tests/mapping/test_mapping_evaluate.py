@@ -206,3 +206,68 @@ def test_apply_to_refuses_a_message_for_record_sources(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         m.apply(Message(MSG))
     assert m.apply_to({"order": {"modality": "CT"}}).records == [{"Modality": "CT"}]
+
+
+FHIR = """\
+source: record
+target: fhir
+outputs:
+  - resource: Patient
+    fields:
+      identifier[0].value: patient.patient_id
+      identifier[0].system: {path: patient.issuer, transform: [{prefix: "urn:oid:"}]}
+      name[0].family: {path: patient.patient_name, transform: [{component: 1}]}
+      name[0].given[0]: {path: patient.patient_name, transform: [{component: 2}]}
+      gender: {const: female, when: {field: patient.sex, equals: F}}
+      birthDate: {path: patient.birth_date, transform: [ts_to_fhir]}
+"""
+
+
+def test_fhir_target_builds_a_valid_resource(tmp_path: Path) -> None:
+    m = load_mapping(write(tmp_path, "f.yaml", FHIR))
+    patient = {"patient_id": "A1", "issuer": "1.2.3", "patient_name": "Doe^Jane", "sex": "F"}
+    (resource,) = m.apply_to({"patient": {**patient, "birth_date": "19720214"}}).records
+    assert resource == {
+        "resourceType": "Patient",
+        "identifier": [{"value": "A1", "system": "urn:oid:1.2.3"}],
+        "name": [{"family": "Doe", "given": ["Jane"]}],
+        "gender": "female",
+        "birthDate": "1972-02-14",
+    }
+
+
+def test_invalid_fhir_output_is_refused(tmp_path: Path) -> None:
+    m = load_mapping(write(tmp_path, "f.yaml", FHIR.replace("[ts_to_fhir]", "[trim]")))
+    with pytest.raises(HL7ApplicationError) as info:
+        m.apply_to({"patient": {"patient_id": "A1", "birth_date": "19720214"}})
+    assert info.value.code == 102 and "birthDate" in info.value.text
+
+
+HL7_OUT = """\
+source: record
+target: hl7v2
+outputs:
+  - segment_order: [MSH, PID, ORC]
+    fields:
+      MSH-3: {const: RADBRIDGE}
+      MSH-9.1: {const: ORM}
+      MSH-9.2: {const: O01}
+      MSH-12: {const: "2.3.1"}
+      PID-3.1: order.patient_id
+      PID-3.4: order.issuer
+      ORC-1: {const: SC}
+      ORC-2: order.placer_order_number
+      ORC-5: {const: CM}
+"""
+
+
+def test_hl7_target_writes_escaped_segments(tmp_path: Path) -> None:
+    m = load_mapping(write(tmp_path, "h.yaml", HL7_OUT))
+    order = {"patient_id": "A|1", "issuer": "HOSP", "placer_order_number": "P^7"}
+    (out,) = m.apply_to({"order": order}).records
+    assert out["message"].split("\r")[:3] == [
+        "MSH|^~\\&|RADBRIDGE||||||ORM^O01|||2.3.1",
+        "PID|||A\\F\\1^^^HOSP",
+        "ORC|SC|P\\S\\7|||CM",
+    ]
+    assert Message(out["message"]).segment("PID") is not None
