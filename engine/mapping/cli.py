@@ -1,4 +1,4 @@
-"""``radbridge mapping check | test | verify``: the analyst's tools.
+"""``radbridge mapping check | test | verify | schema``: the analyst's tools.
 
 The core CLI calls :func:`add_subcommands`; each subcommand's function
 returns the process exit status (0 success, 1 failure) and writes to the
@@ -16,9 +16,10 @@ from typing import Any, TextIO
 from engine.errors import ConfigError
 from engine.mapping import CompiledMapping, load_mapping, load_mappings
 from engine.mapping.golden import discover, read_input, run_case, run_output
+from engine.mapping.model import json_schema
 from engine.mapping.tables import load_tables
 
-__all__ = ["add_subcommands", "check", "test", "verify"]
+__all__ = ["add_subcommands", "check", "schema", "test", "verify"]
 
 _DEFAULT_DIR = Path("mappings")
 
@@ -45,6 +46,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p_verify.add_argument("--timezone", default="UTC")
     p_verify.add_argument("--update", action="store_true", help="rewrite expected files")
     p_verify.set_defaults(func=lambda a: verify(a.mappings, a.timezone, update=a.update))
+    p_schema = actions.add_parser("schema", help="print the JSON Schema of mapping files")
+    p_schema.set_defaults(func=lambda a: schema())
+
+
+def schema(out: TextIO = sys.stdout) -> int:
+    """Print the JSON Schema of mapping files (docs/mapping.schema.json)."""
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False), file=out)
+    return 0
 
 
 def check(mappings_dir: Path, timezone: str = "UTC", out: TextIO = sys.stdout) -> int:

@@ -271,7 +271,7 @@ def describe(rule: Rule) -> str:
     if rule.fields is not None:
         parts.append(f"each {rule.each}" if rule.each else "object")
     for t in rule.transform:
-        parts.append(t if isinstance(t, str) else ", ".join(f"{k}{v!r}" for k, v in t.items()))
+        parts.append(t if isinstance(t, str) else ", ".join(f"{k} {v}" for k, v in t.items()))
     if rule.table is not None:
         name = rule.table if isinstance(rule.table, str) else rule.table.name
         parts.append(f"table {name}")

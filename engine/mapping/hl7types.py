@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -136,6 +137,19 @@ def _ndl_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     return xpn_to_pn(seps.component.join(subs), args, ctx)
 
 
+def _uid_from_text(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """A UID derived from the value: ``2.25.<UUIDv5 as decimal>`` (PS3.5 B.2), same value → same UID.
+
+    Used when an order carries no Study Instance UID, so that a resent order
+    gets the same UID (RADIOLOGY_HL7_DICOM.md section 3); an optional
+    argument is mixed in (e.g. the sending facility).
+    """
+    if not value:
+        return ""
+    seed = f"{args[0]}|{value}" if args else value
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, seed).int}"
+
+
 register_transform("ts_to_da", _ts_to_da)
 register_transform("ts_to_tm", _ts_to_tm)
 register_transform("ts_to_dt", ts_to_dt)
@@ -143,3 +157,4 @@ register_transform("ts_to_fhir", ts_to_fhir)
 register_transform("xpn_to_pn", xpn_to_pn)
 register_transform("xcn_to_pn", _xcn_to_pn)
 register_transform("ndl_to_pn", _ndl_to_pn)
+register_transform("uid_from_text", _uid_from_text, max_args=1)

@@ -76,3 +76,10 @@ def test_test_takes_a_mapping_path_and_json_input() -> None:
     source = MAPPINGS_DIR / "tests/order-to-mwl/nw_ct_head.input.json"
     assert cli.test(str(MAPPINGS_DIR / "order-to-mwl.yaml"), source, MAPPINGS_DIR, out=out) == 0
     assert "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus" in out.getvalue()
+
+
+def test_schema_prints_the_shipped_schema() -> None:
+    out = StringIO()
+    assert cli.schema(out=out) == 0
+    shipped = (MAPPINGS_DIR.parent / "docs" / "mapping.schema.json").read_text(encoding="utf-8")
+    assert json.loads(out.getvalue()) == json.loads(shipped)

@@ -271,3 +271,27 @@ def test_hl7_target_writes_escaped_segments(tmp_path: Path) -> None:
         "ORC|SC|P\\S\\7|||CM",
     ]
     assert Message(out["message"]).segment("PID") is not None
+
+
+def test_dicom_source_reads_keywords_and_sequences(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    text = (
+        "source: dicom\ntarget: record\noutputs:\n  - record: order\n    fields:\n"
+        "      order_control: {const: SC}\n      patient_id: PatientID\n"
+        "      modality: ScheduledProcedureStepSequence[0].Modality\n"
+        "      scheduled_station_ae_title: ScheduledProcedureStepSequence[*].ScheduledStationAETitle\n"
+    )
+    m = load_mapping(write(tmp_path, "d.yaml", text))
+    ds = Dataset()
+    ds.PatientID = "A1"
+    items = []
+    for modality, ae in (("CT", "CT1"), ("MR", "MR1")):
+        item = Dataset()
+        item.Modality = modality
+        item.ScheduledStationAETitle = ae
+        items.append(item)
+    ds.ScheduledProcedureStepSequence = items
+    (record,) = m.apply_to(ds).records
+    assert (record["patient_id"], record["modality"]) == ("A1", "CT")
+    assert record["scheduled_station_ae_title"] == "CT1\\MR1"

@@ -119,3 +119,13 @@ def test_trim_upper_lower_component_prefix() -> None:
 def test_registering_a_name_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_transform("trim", lambda v, a, c: v)
+
+
+def test_uid_from_text_is_deterministic_and_valid() -> None:
+    from pydicom.valuerep import validate_value
+
+    first = run("uid_from_text", "ACC-1")
+    assert first == run("uid_from_text", "ACC-1") != run("uid_from_text", "ACC-2")
+    assert str(first).startswith("2.25.") and len(str(first)) <= 64
+    validate_value("UI", first, validation_mode=2)
+    assert run("uid_from_text", "") == ""
