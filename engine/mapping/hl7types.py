@@ -138,7 +138,7 @@ def _ndl_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
 
 
 def _uid_from_text(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
-    """A UID derived from the value: ``2.25.<UUIDv5 as decimal>`` (PS3.5 B.2), same value → same UID.
+    """A UID derived from the value, ``2.25.<UUIDv5 as decimal>`` (PS3.5 B.2): same value, same UID.
 
     Used when an order carries no Study Instance UID, so that a resent order
     gets the same UID (RADIOLOGY_HL7_DICOM.md section 3); an optional

@@ -280,7 +280,8 @@ def test_dicom_source_reads_keywords_and_sequences(tmp_path: Path) -> None:
         "source: dicom\ntarget: record\noutputs:\n  - record: order\n    fields:\n"
         "      order_control: {const: SC}\n      patient_id: PatientID\n"
         "      modality: ScheduledProcedureStepSequence[0].Modality\n"
-        "      scheduled_station_ae_title: ScheduledProcedureStepSequence[*].ScheduledStationAETitle\n"
+        "      scheduled_station_ae_title:\n"
+        "        ScheduledProcedureStepSequence[*].ScheduledStationAETitle\n"
     )
     m = load_mapping(write(tmp_path, "d.yaml", text))
     ds = Dataset()
