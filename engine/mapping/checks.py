@@ -9,13 +9,18 @@ dictionary (PS3.6). hl7apy is used here only, never per message.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Iterable
+from functools import lru_cache
 
 from engine.hl7.structure import known_segments, reference_version, segment_fields
 from engine.mapping.paths import Hl7Path
 from engine.mapping.targets import dicom_vr
 
-__all__ = ["check_dicom_path", "check_hl7_path", "suggest"]
+__all__ = ["check_dicom_path", "check_hl7_path", "component_count", "suggest"]
+
+#: HL7 v2.5.1 2.A primitive data types: no components.
+_PRIMITIVES = frozenset({"ST", "TX", "FT", "ID", "IS", "NM", "SI", "DT", "TM", "DTM", "GTS", "SNM"})
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
@@ -45,7 +50,35 @@ def check_hl7_path(path: Hl7Path, version: str) -> str | None:
             f"{path.segment}-{path.field} does not exist in HL7 v{ref} "
             f"({path.segment} has fields 1 to {max(fields)})"
         )
+    if path.field is not None and path.component is not None and path.field in fields:
+        return _check_component(
+            path, ref, fields[path.field].datatype, fields[path.field].long_name
+        )
     return None
+
+
+def _check_component(path: Hl7Path, ref: str, datatype: str, long_name: str) -> str | None:
+    count = component_count(ref, datatype)
+    if count is None or (path.component or 1) <= max(count, 1):
+        return None
+    shape = f"has {count} components" if count else "has no components"
+    return (
+        f"{path.segment}-{path.field} ({long_name.replace('_', ' ').lower()}) is {datatype} "
+        f"in HL7 v{ref}, which {shape}; component {path.component} does not exist"
+    )
+
+
+@lru_cache(maxsize=512)
+def component_count(version: str, datatype: str) -> int | None:
+    """Components of ``datatype`` in hl7apy's reference data (0 = primitive; None if unknown)."""
+    try:
+        module = importlib.import_module(f"hl7apy.v{version.replace('.', '_')}.datatypes")
+    except ImportError:
+        return None
+    structs = getattr(module, "DATATYPES_STRUCTS", {})
+    if datatype in structs:
+        return len(structs[datatype])
+    return 0 if datatype in _PRIMITIVES else None
 
 
 def check_dicom_path(steps: tuple[tuple[str, int | None], ...]) -> str | None:

@@ -228,6 +228,8 @@ class _Compiler:
     def output(self, spec: Output, loc: Loc) -> CompiledOutput:
         names = TargetNames.for_output(self.spec.target, spec, self, loc)
         self.var_names = set()
+        # An output's when is decided before its vars are computed, so it cannot use them.
+        conditions = self.conditions(spec.when, (*loc, "when"))
         variables = []
         for name, var in spec.vars.items():
             variables.append(self.rule(var, (*loc, "vars", name), name, TargetNames.free()))
@@ -237,7 +239,7 @@ class _Compiler:
         fields = self.fields(spec.fields, (*loc, "fields"), names)
         return CompiledOutput(
             kind=self.spec.target, name=spec.record or spec.resource or "",
-            for_each=spec.for_each, conditions=self.conditions(spec.when, (*loc, "when")),
+            for_each=spec.for_each, conditions=conditions,
             vars=tuple(variables), fields=fields,
             steps=names.steps, hl7_targets=names.hl7_paths,
             segment_order=tuple(spec.segment_order or ()),

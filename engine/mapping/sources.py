@@ -167,8 +167,8 @@ class VarRef:
         return self.read(ctx)
 
     def first(self, ctx: Context) -> str:
-        values = self.read(ctx)
-        return values[0] if values else ""
+        """A variable holding several values reads as one, joined with ``\\``."""
+        return "\\".join(self.read(ctx))
 
     def read(self, ctx: Context) -> list[str]:
         value = ctx.vars.get(self.name)

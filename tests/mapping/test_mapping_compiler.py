@@ -178,3 +178,26 @@ def test_load_mappings_is_all_or_nothing(tmp_path: Path) -> None:
 def test_shipped_mappings_all_load() -> None:
     loaded = load_mappings(MAPPINGS_DIR)
     assert {"adt-to-patient", "order-to-worklist", "order-to-mwl"} <= set(loaded)
+
+
+def test_component_beyond_the_data_type(tmp_path: Path) -> None:
+    found = problems(tmp_path, "      universal_service_id: OBR-4.9\n")
+    assert (
+        "OBR-4 (universal service identifier) is CE in HL7 v2.5.1, which has 6 components"
+        in found[0]
+    )
+
+
+def test_component_of_a_primitive_field(tmp_path: Path) -> None:
+    found = problems(tmp_path, "      order_status: PID-8.2\n")
+    assert "is IS in HL7 v2.5.1, which has no components" in found[0]
+
+
+def test_output_when_cannot_use_vars(tmp_path: Path) -> None:
+    text = HEAD.replace(
+        "    fields:\n",
+        "    when: {field: $m, equals: CT}\n    vars: {m: OBR-24}\n    fields:\n",
+        1,
+    )
+    with pytest.raises(ConfigError, match=r"unknown variable \$m"):
+        load_mapping(write(tmp_path, "m.yaml", text))
