@@ -20,6 +20,7 @@ from engine.mapping.result import MappingResult, RawProvenance
 from engine.mapping.scope import groups
 from engine.mapping.sources import Context
 from engine.mapping.targets import put, render_hl7
+from engine.mapping.transforms import STANDARD_SEPARATORS
 
 __all__ = ["CompiledMapping", "CompiledOutput"]
 
@@ -56,7 +57,7 @@ class CompiledOutput:
                 else evaluate_rule(rule, ctx, out, "")
             )
             if value is not SKIP:
-                values.append((rule, _flat(value)))
+                values.append((rule, _flat(value) if value.__class__ is list else value))
         return self._shape(values, ctx)
 
     def _shape(self, values: list[tuple[CompiledRule, Any]], ctx: Context) -> dict[str, Any]:
@@ -131,9 +132,12 @@ class CompiledMapping:
         self._check_type(message)
         records: list[dict[str, Any]] = []
         provenance: list[RawProvenance] = []
+        seps = message.seps
+        if seps == STANDARD_SEPARATORS:
+            seps = STANDARD_SEPARATORS
         for output in self.outputs:
             for scope in groups(message, output.for_each):
-                ctx = Context(message.seps, message, scope)
+                ctx = Context(seps, message, scope)
                 self._collect(output, ctx, records, provenance)
         return MappingResult(records, provenance)
 

@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from engine.config.loader import Located, load_yaml
 from engine.errors import ConfigError
-from engine.hl7.er7 import Separators
 from engine.mapping.checks import check_dicom_path, check_hl7_path, suggest
 from engine.mapping.compiled import CompiledMapping, CompiledOutput
 from engine.mapping.evaluate import BoundTransform, CompiledCondition, CompiledRule, Lookup
@@ -26,7 +25,12 @@ from engine.mapping.paths import PathSyntaxError, parse_hl7_path
 from engine.mapping.sources import Hl7Ref, ObjectRef, SourceRef, VarRef, parse_object_path
 from engine.mapping.tables import CodeTable
 from engine.mapping.targetnames import TargetNames
-from engine.mapping.transforms import TransformContext, get_transform, transform_names
+from engine.mapping.transforms import (
+    STANDARD_SEPARATORS,
+    TransformContext,
+    get_transform,
+    transform_names,
+)
 
 __all__ = ["compile_file"]
 
@@ -161,7 +165,9 @@ class _Compiler:
                 continue
             if name == "replace":
                 self._regex(str(args[0]), here)
-            out.append(BoundTransform(found, args, TransformContext(Separators(), self.tz, vr)))
+            out.append(
+                BoundTransform(found, args, TransformContext(STANDARD_SEPARATORS, self.tz, vr))
+            )
         return tuple(out)
 
     def lookup(self, table: str | TableRef | None, loc: Loc) -> Lookup | None:

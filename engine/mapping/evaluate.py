@@ -92,7 +92,7 @@ class Lookup:
     def apply(self, value: Value, ctx: Context, default: str | None) -> Value:
         """Map ``value`` (or the key paths' values) through the table."""
         if self.keys:
-            key = tuple(_first(k.read(ctx)) for k in self.keys)
+            key = tuple([k.first(ctx) for k in self.keys])
             return self._one(key, "", default, ctx)
         if isinstance(value, list):
             return [self._one((v,), v, default, ctx) for v in value if v]
@@ -245,7 +245,15 @@ def plain_rule(
                 101, f"{rule.target} is required ({rule.describe})", _error_location(rule, ctx)
             )
     if record:
-        out.append((prefix + rule.target, source, rule.describe, value, ctx.output))
+        out.append(
+            (
+                prefix + rule.target if prefix else rule.target,
+                source,
+                rule.describe,
+                value,
+                ctx.output,
+            )
+        )
     return value
 
 

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from engine.hl7.er7 import Separators
 
 __all__ = [
+    "STANDARD_SEPARATORS",
     "VR_MAX_LENGTH",
     "Transform",
     "TransformContext",
@@ -40,6 +41,9 @@ class TransformContext:
     timezone: ZoneInfo
     target_vr: str | None = None  # DICOM VR of the target attribute, when known
 
+
+#: The standard separators, shared so that most messages hit the identity check in evaluation.
+STANDARD_SEPARATORS = Separators()
 
 TransformFn = Callable[[Any, tuple[Any, ...], TransformContext], Value]
 
