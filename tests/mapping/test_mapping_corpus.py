@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.domain.records import RECORD_TYPES
-from engine.errors import HL7ApplicationError
-from engine.mapping import load_mappings
+from engine.errors import HL7ApplicationError, HL7Error
+from engine.mapping import load_mapping, load_mappings
 
-from .conftest import MAPPINGS_DIR, corpus_message
+from .conftest import CORPUS, MAPPINGS_DIR, corpus_message, write
 
 MAPPINGS = load_mappings(MAPPINGS_DIR)
 ORDERS = MAPPINGS["order-to-worklist"]
@@ -110,3 +112,47 @@ def test_order_then_mwl_builds_a_dataset() -> None:
     sps = ds.ScheduledProcedureStepSequence[0]
     assert sps.ScheduledProcedureStepStatus == "SCHEDULED" and sps.Modality == "CT"
     assert list(sps.ScheduledStationAETitle) == ["ScheduledStation", "ScheduledStation"]
+
+
+def test_two_order_groups_in_one_corpus_message(tmp_path: Path) -> None:
+    text = (
+        "source: hl7v2\ntarget: record\noutputs:\n  - record: order\n    for_each: ORC\n"
+        "    fields:\n      order_control: ORC-1\n      patient_id: PID-3.1\n"
+        "      placer_order_number: ORC-4.1\n      universal_service_id: OBR-4.1\n"
+    )
+    mapping = load_mapping(write(tmp_path, "two.yaml", text))
+    records = valid(mapping.apply(corpus_message("valid/fhirconv_OMG-O19-01.hl7")).records)
+    assert [r["placer_order_number"] for r in records] == [
+        "9adf2339de714c6698063e3ddf5d07&L",
+        "9adf2339de714c6698063e3ddf5167",
+    ]
+    # The shipped order mapping refuses this lab order: SC+HD is not an imaging step status.
+    with pytest.raises(HL7ApplicationError) as info:
+        ORDERS.apply(corpus_message("valid/fhirconv_OMG-O19-01.hl7"))
+    assert (info.value.code, str(info.value.location)) == (103, "ORC^1^1")
+
+
+def test_order_without_patient_id_is_refused_at_pid_3() -> None:
+    with pytest.raises(HL7ApplicationError) as info:
+        ORDERS.apply(corpus_message("edge/orthanctools_ORM_O01_missing_birthdate.hl7"))
+    assert (info.value.code, str(info.value.location)) == (101, "PID^1^3^1")
+
+
+def _corpus_files() -> list[str]:
+    root = CORPUS / "hl7"
+    return sorted(str(p.relative_to(root)) for p in root.glob("*/*.hl7")) if root.is_dir() else []
+
+
+@pytest.mark.parametrize("name", _corpus_files() or ["(corpus absent)"])
+def test_every_corpus_message_maps_or_is_refused_cleanly(name: str) -> None:
+    """Whatever arrives, a mapping answers with records or an HL7 error, never a crash."""
+    if name == "(corpus absent)":
+        corpus_message("absent")
+    message = corpus_message(name)
+    for mapping in MAPPINGS.values():
+        if mapping.source != "hl7v2":
+            continue
+        try:
+            valid(mapping.apply(message).records)
+        except HL7Error:
+            pass
