@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -152,7 +153,5 @@ def test_every_corpus_message_maps_or_is_refused_cleanly(name: str) -> None:
     for mapping in MAPPINGS.values():
         if mapping.source != "hl7v2":
             continue
-        try:
+        with contextlib.suppress(HL7Error):
             valid(mapping.apply(message).records)
-        except HL7Error:
-            pass
