@@ -211,7 +211,7 @@ class _Compiler:
             conditions=self.conditions(rule.when, (*loc, "when")),
             transforms=self.transforms(rule.transform, (*loc, "transform"), vr),
             lookup=self.lookup(rule.table, (*loc, "table")),
-            default=rule.default, required=rule.required, each=each, fields=fields, vr=vr,
+            default=rule.default, required=rule.required, each=each, fields=fields,
         )  # fmt: skip
         return replace(compiled, plain=_is_plain(compiled))
 

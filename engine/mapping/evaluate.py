@@ -129,7 +129,6 @@ class CompiledRule:
     required: bool = False
     each: SourceRef | None = None
     fields: tuple[CompiledRule, ...] | None = None
-    vr: str | None = None
     plain: bool = False  # only single-valued paths, default and required (see _plain)
 
 
@@ -138,13 +137,6 @@ class _Skip:
 
 
 SKIP = _Skip()
-
-
-def _first(values: list[str]) -> str:
-    for v in values:
-        if v not in EMPTY:
-            return v
-    return ""
 
 
 def _raw(
