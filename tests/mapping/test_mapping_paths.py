@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.hl7.er7 import Message, Segment, Separators
@@ -86,6 +86,7 @@ def test_msh_numbering_counts_the_field_separator() -> None:
 _TEXT = st.text(alphabet="ABCxyz019 .-", max_size=6)
 
 
+@settings(deadline=None)
 @given(
     st.lists(
         st.lists(st.lists(_TEXT, min_size=1, max_size=3), min_size=1, max_size=4),
@@ -103,6 +104,7 @@ def test_every_written_subcomponent_is_read_back(reps: list[list[list[str]]]) ->
                 assert (path.read(segments) or [""]) == [value]
 
 
+@settings(deadline=None)
 @given(
     st.sampled_from(["PID", "OBR", "ZDS", "IPC"]),
     st.one_of(st.none(), st.integers(1, 9)),
@@ -125,6 +127,7 @@ def test_parse_round_trips_the_numbers(
     )
 
 
+@settings(deadline=None)
 @given(st.text(max_size=12))
 def test_parser_never_fails_with_anything_but_path_syntax_error(text: str) -> None:
     with contextlib.suppress(PathSyntaxError):
