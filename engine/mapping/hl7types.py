@@ -1,0 +1,176 @@
+"""Built-in transforms for HL7 data types: TS/DTM dates and XPN/XCN names.
+
+* TS (HL7 v2.5.1 2.A.77): ``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``;
+  converted to DICOM DA/TM/DT (PS3.5 6.2) and FHIR ``dateTime``. A value with
+  an offset is moved to the site time zone; one without is taken as site time.
+* XPN (2.A.88) ``family^given^middle^suffix^prefix`` → DICOM PN (PS3.5 6.2.1)
+  ``family^given^middle^prefix^suffix``: components 4 and 5 swap
+  (../shared/reference/RADIOLOGY_HL7_DICOM.md section 3).
+* XCN (2.A.89) is an id followed by an XPN: ``id^family^given^…``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any
+
+from engine.errors import HL7ApplicationError
+from engine.hl7.er7 import Separators, unescape
+from engine.mapping.transforms import TransformContext, register_transform
+
+__all__ = ["parse_ts", "ts_to_dt", "ts_to_fhir", "xpn_to_pn"]
+
+_TS = re.compile(
+    r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?)?)?)?"
+    r"([+-]\d{4})?$"
+)
+
+
+def _first_part(value: str, seps: Separators) -> str:
+    """TS may arrive as a component with a precision after it; keep the time itself."""
+    return value.split(seps.component, 1)[0].split(seps.subcomponent, 1)[0].strip()
+
+
+def parse_ts(text: str) -> tuple[datetime, int, str]:
+    """(naive or aware datetime, number of digits given before the fraction, fraction).
+
+    Raises HL7ApplicationError 102 when ``text`` is not a TS.
+    """
+    m = _TS.match(text)
+    if not m:
+        raise HL7ApplicationError(
+            102, f"{text!r} is not an HL7 date/time (YYYYMMDD[HHMM[SS]][+ZZZZ])"
+        )
+    year, month, day, hour, minute, second, frac, offset = m.groups()
+    digits = len(text) - (len(offset) if offset else 0) - (len(frac) + 1 if frac else 0)
+    try:
+        micro = int(frac.ljust(6, "0")) if frac else 0
+        zone = _offset(offset) if offset else None
+        moment = datetime(
+            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
+            int(second or 0), micro, zone,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise HL7ApplicationError(102, f"{text!r} is not a valid date/time: {exc}") from exc
+    return moment, digits, frac or ""
+
+
+@lru_cache(maxsize=128)
+def _offset(text: str) -> timezone:
+    """``+0100`` → a fixed-offset tzinfo (cached: feeds use a handful of offsets)."""
+    sign = -1 if text[0] == "-" else 1
+    return timezone(sign * timedelta(hours=int(text[1:3]), minutes=int(text[3:5])))
+
+
+def _local(moment: datetime, ctx: TransformContext) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=ctx.timezone)
+    return moment.astimezone(ctx.timezone)
+
+
+def ts_to_dt(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """HL7 TS → DICOM DT in the site time zone, without offset (YYYYMMDD[HHMMSS[.F]])."""
+    text = _first_part(value, ctx.seps)
+    if not text:
+        return ""
+    moment, digits, frac = parse_ts(text)
+    if digits <= 8:
+        return text[:digits]
+    if moment.tzinfo is None:
+        body = text.split(".", 1)[0]
+        out = body + "0" * (14 - len(body))
+    else:
+        out = _digits(moment.astimezone(ctx.timezone))
+    return f"{out}.{frac}" if frac else out
+
+
+def _digits(moment: datetime) -> str:
+    """YYYYMMDDHHMMSS without strftime (several times cheaper per message)."""
+    return (
+        f"{moment.year:04d}{moment.month:02d}{moment.day:02d}"
+        f"{moment.hour:02d}{moment.minute:02d}{moment.second:02d}"
+    )
+
+
+def _ts_to_da(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """HL7 TS → DICOM DA: the date as written (first 8 characters, checked)."""
+    text = _first_part(value, ctx.seps)
+    if not text:
+        return ""
+    _, digits, _ = parse_ts(text)
+    if digits < 8:
+        raise HL7ApplicationError(102, f"{text!r} has no day; DICOM DA needs YYYYMMDD")
+    return text[:8]
+
+
+def _ts_to_tm(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """HL7 TS → DICOM TM (HHMMSS[.F]) in the site time zone; "" when no time is given."""
+    dt = ts_to_dt(value, args, ctx)
+    return dt[8:]
+
+
+def ts_to_fhir(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """HL7 TS → FHIR R4 dateTime (YYYY, YYYY-MM, YYYY-MM-DD or full with the site offset)."""
+    text = _first_part(value, ctx.seps)
+    if not text:
+        return ""
+    moment, digits, _ = parse_ts(text)
+    if digits <= 8:
+        return "-".join(p for p in (text[:4], text[4:6], text[6:8]) if p)
+    local = _local(moment, ctx)
+    return local.isoformat(timespec="seconds")
+
+
+def xpn_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """HL7 XPN → DICOM PN, swapping suffix and prefix (components 4 and 5)."""
+    seps = ctx.seps
+    comps = [unescape(c.split(seps.subcomponent, 1)[0], seps) for c in value.split(seps.component)]
+    comps = (comps + [""] * 5)[:5]
+    family, given, middle, suffix, prefix = comps
+    return "^".join([family, given, middle, prefix, suffix]).rstrip("^")
+
+
+def _xcn_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """HL7 XCN (id^family^given^middle^suffix^prefix) → DICOM PN; the id is dropped."""
+    rest = value.split(ctx.seps.component, 1)
+    return xpn_to_pn(rest[1], args, ctx) if len(rest) > 1 else ""
+
+
+def _ndl_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """HL7 NDL (OBR-32/34, 2.A.50) → DICOM PN.
+
+    Component 1 is a CNN ``id&family&given&middle&suffix&prefix``; feeds that
+    send a plain XPN in its place (as IHE test data does) are read as XPN.
+    """
+    seps = ctx.seps
+    first = value.split(seps.component, 1)[0]
+    if seps.subcomponent not in first:
+        return xpn_to_pn(value, args, ctx)
+    subs = first.split(seps.subcomponent)[1:]
+    return xpn_to_pn(seps.component.join(subs), args, ctx)
+
+
+def _uid_from_text(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """A UID derived from the value, ``2.25.<UUIDv5 as decimal>`` (PS3.5 B.2): same value, same UID.
+
+    Used when an order carries no Study Instance UID, so that a resent order
+    gets the same UID (RADIOLOGY_HL7_DICOM.md section 3); an optional
+    argument is mixed in (e.g. the sending facility).
+    """
+    if not value:
+        return ""
+    seed = f"{args[0]}|{value}" if args else value
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, seed).int}"
+
+
+register_transform("ts_to_da", _ts_to_da)
+register_transform("ts_to_tm", _ts_to_tm)
+register_transform("ts_to_dt", ts_to_dt)
+register_transform("ts_to_fhir", ts_to_fhir)
+register_transform("xpn_to_pn", xpn_to_pn)
+register_transform("xcn_to_pn", _xcn_to_pn)
+register_transform("ndl_to_pn", _ndl_to_pn)
+register_transform("uid_from_text", _uid_from_text, max_args=1)

@@ -1,0 +1,92 @@
+"""Writing values into outputs: records, DICOM datasets, FHIR resources, HL7 messages.
+
+* record: field names of ``engine.domain.records`` (nested with ``fields``);
+* dicom: keyword paths ``ScheduledProcedureStepSequence[0].Modality`` into a
+  JSON-like dict (sequences are lists of dicts), see :func:`to_dataset`;
+* fhir: element paths ``name[0].family`` into a resource dict, validated with
+  ``fhir.resources.R4B`` (FHIR R4B is R4-compatible for these resources);
+* hl7v2: paths ``PID-5.1`` into segments, escaped (HL7 v2.5.1 2.7).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+
+from engine.hl7.er7 import Separators, escape
+from engine.mapping.paths import Hl7Path
+
+__all__ = ["dicom_vr", "put", "render_hl7", "to_dataset"]
+
+Steps = tuple[tuple[str, int | None], ...]
+
+
+def put(obj: dict[str, Any], steps: Steps, value: Any) -> None:
+    """Set ``value`` at ``steps`` in ``obj``, creating dicts and list items on the way."""
+    node: Any = obj
+    for depth, (name, index) in enumerate(steps):
+        last = depth == len(steps) - 1
+        if index is None:
+            if last:
+                node[name] = value
+                return
+            node = node.setdefault(name, {})
+            continue
+        items = node.setdefault(name, [])
+        while len(items) <= index:
+            items.append({})
+        if last:
+            items[index] = value
+            return
+        node = items[index]
+
+
+def dicom_vr(keyword: str) -> str | None:
+    """The VR of a DICOM keyword from pydicom's data dictionary (None if unknown)."""
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else str(dictionary_VR(tag))
+
+
+def to_dataset(description: dict[str, Any]) -> Dataset:
+    """Build a pydicom Dataset from a dicom-target output (keyword → value or list of dicts)."""
+    ds = Dataset()
+    for keyword, value in description.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            setattr(ds, keyword, [to_dataset(item) for item in value])
+        elif isinstance(value, list):
+            setattr(ds, keyword, value)
+        else:
+            setattr(ds, keyword, "" if value is None else value)
+    return ds
+
+
+def render_hl7(
+    values: list[tuple[Hl7Path, str]], segment_order: list[str], seps: Separators
+) -> str:
+    """ER7 text for an hl7v2-target output: each value escaped into its place."""
+    grid: dict[str, dict[int, dict[int, dict[int, str]]]] = {}
+    for path, value in values:
+        fields = grid.setdefault(path.segment, {})
+        comps = fields.setdefault(path.field or 1, {}).setdefault(path.repetition or 1, {})
+        comps[path.component or 1] = escape(value, seps)
+    lines = []
+    for name in segment_order or list(grid):
+        fields = grid.get(name, {})
+        top = max(fields, default=0)
+        cells = [_field_text(fields.get(n, {}), seps) for n in range(1, top + 1)]
+        if name == "MSH":
+            cells = [seps.encoding_characters, *cells[2:]]
+        lines.append(seps.field.join([name, *cells]))
+    return "\r".join(lines) + "\r"
+
+
+def _field_text(reps: dict[int, dict[int, str]], seps: Separators) -> str:
+    out = []
+    for r in range(1, max(reps, default=0) + 1):
+        comps = reps.get(r, {})
+        out.append(
+            seps.component.join(comps.get(c, "") for c in range(1, max(comps, default=0) + 1))
+        )
+    return seps.repetition.join(out)

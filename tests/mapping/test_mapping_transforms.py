@@ -1,0 +1,131 @@
+"""Built-in transforms and the registry (engine.mapping.transforms, engine.mapping.hl7types)."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import pytest
+
+import engine.mapping  # noqa: F401  (registers the HL7 data-type transforms)
+from engine.errors import HL7ApplicationError
+from engine.hl7.er7 import Separators
+from engine.mapping.transforms import TransformContext, get_transform, register_transform
+
+CTX = TransformContext(Separators(), ZoneInfo("Europe/Stockholm"))
+UTC = TransformContext(Separators(), ZoneInfo("UTC"))
+
+
+def run(name: str, value: object, *args: object, ctx: TransformContext = CTX) -> object:
+    found = get_transform(name)
+    assert found is not None
+    return found.fn(value, args, ctx)
+
+
+def test_ts_with_offset_moves_to_site_time() -> None:
+    assert run("ts_to_dt", "202403060830+0100", ctx=UTC) == "20240306073000"
+
+
+def test_ts_without_offset_is_site_time() -> None:
+    assert run("ts_to_dt", "202403060830") == "20240306083000"
+
+
+def test_ts_date_only_stays_a_date() -> None:
+    assert run("ts_to_dt", "20240306") == "20240306"
+
+
+def test_ts_keeps_fraction_digits() -> None:
+    assert run("ts_to_dt", "20240306083015.12") == "20240306083015.12"
+
+
+def test_ts_in_a_tq_component_uses_the_time_part() -> None:
+    assert run("ts_to_dt", "20240306083000&S") == "20240306083000"
+
+
+def test_ts_to_da_takes_the_date_as_written() -> None:
+    assert run("ts_to_da", "19720214000000+0500") == "19720214"
+
+
+def test_ts_to_da_without_day_is_a_data_type_error() -> None:
+    with pytest.raises(HL7ApplicationError) as info:
+        run("ts_to_da", "1972")
+    assert info.value.code == 102
+
+
+def test_ts_to_tm_is_the_time_of_day() -> None:
+    assert run("ts_to_tm", "20240306083015") == "083015"
+
+
+@pytest.mark.parametrize("bad", ["2024-03-06", "20241345", "2024030625", "abc"])
+def test_bad_ts_is_102(bad: str) -> None:
+    with pytest.raises(HL7ApplicationError) as info:
+        run("ts_to_dt", bad)
+    assert info.value.code == 102
+
+
+def test_ts_to_fhir_has_the_site_offset_in_summer() -> None:
+    assert run("ts_to_fhir", "20240706083000") == "2024-07-06T08:30:00+02:00"
+
+
+def test_ts_to_fhir_partial_dates() -> None:
+    assert run("ts_to_fhir", "202407") == "2024-07"
+
+
+def test_xpn_to_pn_swaps_prefix_and_suffix() -> None:
+    assert run("xpn_to_pn", "Smith^John^Q^Jr^Dr") == "Smith^John^Q^Dr^Jr"
+
+
+def test_xpn_to_pn_drops_trailing_empty_components() -> None:
+    assert run("xpn_to_pn", "Smith^John^^^") == "Smith^John"
+
+
+def test_xpn_family_subcomponents_keep_the_surname() -> None:
+    assert run("xpn_to_pn", "Everyman&&&&Aniston^Adam") == "Everyman^Adam"
+
+
+def test_xcn_to_pn_drops_the_id() -> None:
+    assert run("xcn_to_pn", "1234^Berg^Anders^^^Dr") == "Berg^Anders^^Dr"
+
+
+def test_ndl_reads_cnn_subcomponents() -> None:
+    assert run("ndl_to_pn", "77&Nyberg&Karin") == "Nyberg^Karin"
+
+
+def test_truncate_to_target_vr_applies_per_value() -> None:
+    ctx = TransformContext(Separators(), ZoneInfo("UTC"), "AE")
+    assert run("truncate", "A" * 20 + "\\B", ctx=ctx) == "A" * 16 + "\\B"
+
+
+def test_truncate_to_given_length() -> None:
+    assert run("truncate", "abcdef", 3) == "abc"
+
+
+def test_replace_is_a_regex() -> None:
+    assert run("replace", "00123", "^0+", "") == "123"
+
+
+def test_split_and_join() -> None:
+    assert run("split", "a,b", ",") == ["a", "b"]
+    assert run("join", ["a", "", "b"]) == "a\\b"
+
+
+def test_trim_upper_lower_component_prefix() -> None:
+    assert run("trim", " x ") == "x"
+    assert run("upper", "ct") == "CT"
+    assert run("lower", "CT") == "ct"
+    assert run("component", "a^b^c", 2) == "b"
+    assert run("prefix", "42", "MRN") == "MRN42"
+
+
+def test_registering_a_name_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_transform("trim", lambda v, a, c: v)
+
+
+def test_uid_from_text_is_deterministic_and_valid() -> None:
+    from pydicom.valuerep import validate_value
+
+    first = run("uid_from_text", "ACC-1")
+    assert first == run("uid_from_text", "ACC-1") != run("uid_from_text", "ACC-2")
+    assert str(first).startswith("2.25.") and len(str(first)) <= 64
+    validate_value("UI", first, validation_mode=2)
+    assert run("uid_from_text", "") == ""
