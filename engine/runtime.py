@@ -49,24 +49,34 @@ def _load_handler_modules() -> None:
 
 
 def load_channel_mappings(config: Config) -> dict[str, MapFn]:
-    """Compile the mappings the channels name; raise ConfigError if any fails."""
-    wanted = {c.mapping for c in config.channels if c.enabled and c.mapping}
-    if not wanted:
+    """Compile the mappings the channels name; channel name → its mapping function.
+
+    Raises ConfigError (nothing applied) if any mapping file is invalid or a
+    channel names a mapping that does not exist.
+    """
+    channels = [c for c in config.channels if c.enabled and c.mapping_names]
+    if not channels:
         return {}
     from engine.mapping import load_mappings
 
     compiled = load_mappings(config.engine.mappings_dir, timezone=config.engine.timezone)
-    missing = sorted(wanted - set(compiled))
-    if missing:
-        files = {c.mapping: config.channel_files[c.name] for c in config.channels if c.mapping}
-        raise ConfigError([f"{files[m]}:1: mapping: no mapping named {m!r} in {config.engine.mappings_dir}"
-                           for m in missing])
-    return {name: _records_fn(compiled[name]) for name in wanted}
+    problems = [
+        f"{config.channel_files[c.name]}:1: mapping: no mapping named {name!r} in {config.engine.mappings_dir}"
+        for c in channels for name in c.mapping_names if name not in compiled
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return {c.name: _dispatch([compiled[n] for n in c.mapping_names]) for c in channels}
 
 
-def _records_fn(mapping: Any) -> MapFn:
+def _dispatch(mappings: list[Any]) -> MapFn:
+    """The first mapping whose ``accept`` list takes the message applies; none: no records."""
+
     def apply(message: Message) -> list[dict[str, Any]]:
-        return list(mapping.apply(message).records)
+        for mapping in mappings:
+            if mapping.accepts(message):
+                return list(mapping.apply(message).records)
+        return []
 
     return apply
 
@@ -105,7 +115,7 @@ class Runtime:
                      cfg.dicom.ae_title)
         for channel in self.config.channels:
             if channel.enabled:
-                await self._start_channel(channel, mappings.get(channel.mapping or ""))
+                await self._start_channel(channel, mappings.get(channel.name))
 
     def _schedule_housekeeping(self, scheduler: AsyncIOScheduler) -> None:
         from zoneinfo import ZoneInfo

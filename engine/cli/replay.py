@@ -35,7 +35,7 @@ def _runner(config: Config, db: Database, channel_name: str) -> ChannelRunner | 
     if channel is None:
         return None
     _load_handler_modules()
-    mapping = load_channel_mappings(config).get(channel.mapping or "")
+    mapping = load_channel_mappings(config).get(channel.name)
     handlers = [create_handler(h, config.engine, channel) for h in channel.handlers]
     ident = config.engine.identity
     persister = Persister(channel, handlers, ident.application, ident.facility)

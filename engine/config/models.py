@@ -189,7 +189,16 @@ class ChannelConfig(_Model):
     accept: AcceptConfig = Field(default_factory=AcceptConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig)
-    mapping: str | None = Field(None, description="mapping file under mappings/ applied to each message")
+    mapping: str | list[str] | None = Field(
+        None, description="mapping name(s) under mappings/; the first whose accept list matches the message applies"
+    )
+
+    @property
+    def mapping_names(self) -> list[str]:
+        """The configured mapping names as a list."""
+        if self.mapping is None:
+            return []
+        return [self.mapping] if isinstance(self.mapping, str) else list(self.mapping)
     handlers: list[str] = Field(default_factory=list, description="domain handlers, in order")
     destinations: list[DestinationConfig] = Field(default_factory=list)
 

@@ -11,7 +11,6 @@ identical order changes nothing and XO/CA/DC act on the same entry.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from engine.domain.records import OrderRecord
 from engine.domain.tables import orders, procedure_steps, step_station_aes
 from engine.domain.uids import derived_uid
 from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
+from engine.mapping.tables import load_table
 
 __all__ = [
     "DEFAULT_CONTROL_TABLE",
@@ -97,20 +97,15 @@ class OrderPolicy:
 
 
 def load_control_table(path: Path | None) -> dict[tuple[str, str], str]:
-    """Read ``order_control,order_status,step_status`` rows; None or a missing file: the default."""
+    """Read the ``order_control,order_status,sps_status`` code table (the same file the
+    mappings use, read by the same loader); None or a missing file: the default."""
     if path is None or not path.exists():
         return dict(DEFAULT_CONTROL_TABLE)
-    table: dict[tuple[str, str], str] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for n, row in enumerate(csv.DictReader(fh), start=2):
-            try:
-                key = (row["order_control"].strip(), (row["order_status"] or "").strip())
-                table[key] = row["step_status"].strip()
-            except (KeyError, AttributeError) as exc:
-                raise ConfigError(
-                    [f"{path}:{n}: need order_control, order_status, step_status"]
-                ) from exc
-    return table
+    try:
+        index = load_table(path).index(2, "sps_status")
+    except (ConfigError, KeyError, ValueError) as exc:
+        raise ConfigError([f"{path}:1: need columns order_control, order_status, sps_status ({exc})"]) from exc
+    return {(k[0].strip(), k[1].strip()): v.strip() for k, v in index.items()}
 
 
 def step_status(table: ControlTable, control: str, status: str) -> str:

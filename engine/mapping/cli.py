@@ -31,7 +31,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p_check = actions.add_parser("check", help="validate every mapping file and code table")
     p_check.add_argument("--mappings", type=Path, default=_DEFAULT_DIR)
     p_check.add_argument("--timezone", default="UTC")
-    p_check.set_defaults(func=lambda a: check(a.mappings, a.timezone))
+    p_check.set_defaults(fn=lambda a: check(a.mappings, a.timezone))
     p_test = actions.add_parser(
         "test", help="apply a mapping to one message and explain each value"
     )
@@ -40,14 +40,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p_test.add_argument("--json", action="store_true", help="machine-readable output")
     p_test.add_argument("--mappings", type=Path, default=_DEFAULT_DIR)
     p_test.add_argument("--timezone", default="UTC")
-    p_test.set_defaults(func=lambda a: test(a.mapping, a.message, a.mappings, a.json, a.timezone))
+    p_test.set_defaults(fn=lambda a: test(a.mapping, a.message, a.mappings, a.json, a.timezone))
     p_verify = actions.add_parser("verify", help="run the golden cases in mappings/tests")
     p_verify.add_argument("--mappings", type=Path, default=_DEFAULT_DIR)
     p_verify.add_argument("--timezone", default="UTC")
     p_verify.add_argument("--update", action="store_true", help="rewrite expected files")
-    p_verify.set_defaults(func=lambda a: verify(a.mappings, a.timezone, update=a.update))
+    p_verify.set_defaults(fn=lambda a: verify(a.mappings, a.timezone, update=a.update))
     p_schema = actions.add_parser("schema", help="print the JSON Schema of mapping files")
-    p_schema.set_defaults(func=lambda a: schema())
+    p_schema.set_defaults(fn=lambda a: schema())
 
 
 def schema(out: TextIO = sys.stdout) -> int:

@@ -172,7 +172,7 @@ def test_non_imaging_orders_are_ignored_or_rejected_per_channel(
 def test_control_table_is_loaded_from_the_site_file(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text(
-        "order_control,order_status,step_status\nNW,,SCHEDULED\nXR,,SCHEDULED\n", encoding="utf-8"
+        "order_control,order_status,sps_status\nNW,,SCHEDULED\nXR,,SCHEDULED\n", encoding="utf-8"
     )
     assert load_control_table(path) == {("NW", ""): "SCHEDULED", ("XR", ""): "SCHEDULED"}
 

@@ -24,7 +24,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_subcommands_are_wired() -> None:
     args = parse(["mapping", "verify", "--mappings", str(MAPPINGS_DIR)])
-    assert args.mapping_command == "verify" and callable(args.func)
+    assert args.mapping_command == "verify" and callable(args.fn)
 
 
 def test_check_accepts_the_shipped_mappings() -> None:
@@ -51,7 +51,7 @@ def test_test_shows_values_with_their_source(capsys: pytest.CaptureFixture[str])
     out = StringIO()
     assert cli.test("order-to-worklist", CASE, MAPPINGS_DIR, out=out) == 0
     text = out.getvalue()
-    assert "[0] order" in text
+    assert "[0] patient" in text and "[1] order" in text
     line = next(line for line in text.splitlines() if line.strip().startswith("priority"))
     assert '"STAT"' in line and "ORC-7.6 via table priority" in line
 
@@ -66,9 +66,9 @@ def test_test_json_has_provenance() -> None:
 
 def test_test_shows_the_error_for_a_refused_message() -> None:
     out = StringIO()
-    bad = MAPPINGS_DIR / "tests/order-to-worklist/orm_o01_missing_accession.hl7"
+    bad = MAPPINGS_DIR / "tests/order-to-worklist/orm_o01_missing_patient_id.hl7"
     assert cli.test("order-to-worklist", bad, MAPPINGS_DIR, out=out) == 1
-    assert "ERROR 101 at OBR^1^18" in out.getvalue()
+    assert "ERROR 101 at PID^1^3^1" in out.getvalue()
 
 
 def test_test_takes_a_mapping_path_and_json_input() -> None:

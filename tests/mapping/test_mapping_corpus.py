@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,11 @@ ORDERS = MAPPINGS["order-to-worklist"]
 ADT = MAPPINGS["adt-to-patient"]
 
 
+
+def orders(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The order records of a mapping result (the order mapping also yields the PID's patient)."""
+    return [r for r in records if r["record"] == "order"]
+
 def valid(records: list[dict[str, object]]) -> list[dict[str, object]]:
     for record in records:
         RECORD_TYPES[str(record["record"])].model_validate(record)
@@ -25,7 +31,7 @@ def valid(records: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 def test_omi_o23_reads_ipc() -> None:
-    (order,) = valid(ORDERS.apply(corpus_message("edge/dcm4che_OMI_O23-ImagingOrder.hl7")).records)
+    (order,) = orders(valid(ORDERS.apply(corpus_message("edge/dcm4che_OMI_O23-ImagingOrder.hl7")).records))
     assert order["accession_number"] == "AccessionNumber"
     assert order["requested_procedure_id"] == "RequestedProcID"
     assert order["study_instance_uid"] == "1.2.392.200036.9125.0.198811291108.7"
@@ -38,13 +44,13 @@ def test_omi_o23_reads_ipc() -> None:
 
 def test_omg_o19_uses_zds_and_station_table() -> None:
     msg = corpus_message("edge/dcm4che_OMG_O19-GeneralClinicalOrder-Eyecare.hl7")
-    (order,) = valid(ORDERS.apply(msg).records)
+    (order,) = orders(valid(ORDERS.apply(msg).records))
     assert order["study_instance_uid"] and order["order_control"] == "NW"
 
 
 def test_latin1_order_without_msh18_keeps_accents() -> None:
     msg = corpus_message("malformed/orthanctools_ORM_O01_NW_badMSH7_latin1.hl7")
-    (order,) = valid(ORDERS.apply(msg).records)
+    (order,) = orders(valid(ORDERS.apply(msg).records))
     assert order["patient_id"] == "1234567" and order["modality"] == "CT"
 
 
@@ -52,10 +58,9 @@ def test_latin1_order_without_msh18_keeps_accents() -> None:
     "name",
     ["valid/fhirconv_ORM-O01-01.hl7", "valid/hapi_ORM_O01_v22_NW_CT_biopsy.hl7"],
 )
-def test_orders_without_accession_are_refused_at_obr_18(name: str) -> None:
-    with pytest.raises(HL7ApplicationError) as info:
-        ORDERS.apply(corpus_message(name))
-    assert (info.value.code, str(info.value.location)) == (101, "OBR^1^18")
+def test_orders_without_accession_leave_it_to_the_engine(name: str) -> None:
+    (record,) = orders(ORDERS.apply(corpus_message(name)).records)
+    assert record["accession_number"] == "" and record["patient_id"]
 
 
 def test_contradictory_control_and_status_is_103_at_orc_1() -> None:
@@ -107,7 +112,7 @@ def test_a08_updates_the_patient(name: str) -> None:
 def test_order_then_mwl_builds_a_dataset() -> None:
     from engine.mapping.targets import to_dataset
 
-    (order,) = ORDERS.apply(corpus_message("edge/dcm4che_OMI_O23-ImagingOrder.hl7")).records
+    (order,) = orders(ORDERS.apply(corpus_message("edge/dcm4che_OMI_O23-ImagingOrder.hl7")).records)
     (item,) = MAPPINGS["order-to-mwl"].apply_to({"order": order, "patient": {}}).records
     ds = to_dataset(item)
     sps = ds.ScheduledProcedureStepSequence[0]

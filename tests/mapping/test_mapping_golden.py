@@ -39,7 +39,7 @@ def test_the_required_cases_exist() -> None:
     assert {
         "order-to-worklist/orm_o01_two_orders",
         "order-to-worklist/orm_o01_latin1",
-        "order-to-worklist/orm_o01_missing_accession",
+        "order-to-worklist/orm_o01_missing_patient_id",
         "order-to-worklist/omi_o23_ipc",
         "adt-to-patient/adt_a40_two_pairs",
         "adt-to-patient/adt_a47_change_id",
@@ -53,9 +53,9 @@ def test_latin1_case_is_really_latin1_bytes() -> None:
 
 
 def test_missing_field_case_expects_error_and_location() -> None:
-    path = MAPPINGS_DIR / "tests/order-to-worklist/orm_o01_missing_accession.expected.json"
+    path = MAPPINGS_DIR / "tests/order-to-worklist/orm_o01_missing_patient_id.expected.json"
     error = json.loads(path.read_text())["error"]
-    assert (error["code"], error["location"]) == (101, "OBR^1^18")
+    assert (error["code"], error["location"]) == (101, "PID^1^3^1")
 
 
 def test_verify_passes_on_the_shipped_cases() -> None:
