@@ -128,14 +128,10 @@ class Runtime:
         schedule_jobs(scheduler, [replace(j, run=recorded(self.db, j.id, j.description, j.run)) for j in jobs])
 
     def _routes(self) -> dict[str, Route]:
-        routes: dict[str, Route] = {}
-        for channel in self.config.channels:
-            for dest in channel.destinations:
-                if dest.name in routes:
-                    raise ConfigError([f"{self.config.channel_files[channel.name]}:1: destinations: "
-                                       f"name {dest.name!r} is used by another channel too"])
-                routes[dest.name] = Route(create_destination(dest), dest.retry)
-        return routes
+        """Every destination, engine-level and per channel (names checked unique at load)."""
+        cfg = self.config
+        dests = [*cfg.engine.destinations, *(d for c in cfg.channels for d in c.destinations)]
+        return {d.name: Route(create_destination(d), d.retry) for d in dests}
 
     async def _start_channel(self, channel: ChannelConfig, mapping: MapFn | None) -> None:
         assert self.db is not None and self.worker is not None

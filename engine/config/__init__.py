@@ -52,6 +52,7 @@ def load_config(root: Path, env: Mapping[str, str] | None = None) -> Config:
         files[channel.name] = path
         channels.append(channel)
     problems += _port_clashes(channels, files)
+    problems += _destination_problems(engine, engine_file, channels, files)
     if problems:
         raise ConfigError(problems)
     return Config(root, engine, channels, files)
@@ -67,4 +68,22 @@ def _port_clashes(channels: list[ChannelConfig], files: dict[str, Path]) -> list
         if key in seen:
             out.append(f"{files[ch.name]}:1: source.port: {key[1]} is already used by channel {seen[key]!r}")
         seen[key] = ch.name
+    return out
+
+
+def _destination_problems(
+    engine: EngineConfig, engine_file: Path, channels: list[ChannelConfig], files: dict[str, Path]
+) -> list[str]:
+    """Destination names are unique across engine.yaml and every channel; MPPS names one of them."""
+    owners: dict[str, Path] = {}
+    out = []
+    owned = [(d.name, engine_file) for d in engine.destinations]
+    owned += [(d.name, files[c.name]) for c in channels for d in c.destinations]
+    for name, path in owned:
+        if name in owners:
+            out.append(f"{path}:1: destinations: name {name!r} is also used in {owners[name]}")
+        owners.setdefault(name, path)
+    status = engine.mpps.status_destination
+    if status and status not in owners:
+        out.append(f"{engine_file}:1: mpps.status_destination: no destination named {status!r}")
     return out

@@ -346,6 +346,9 @@ class EngineConfig(_Model):
     orders: OrdersConfig = Field(default_factory=OrdersConfig)
     worklist: WorklistConfig = Field(default_factory=WorklistConfig)
     mpps: MppsConfig = Field(default_factory=MppsConfig)
+    destinations: list[DestinationConfig] = Field(
+        default_factory=list, description="destinations not tied to a channel (e.g. MPPS status to the RIS)"
+    )
 
     def database_url(self) -> str:
         """The configured URL, or the embedded SQLite file under ``data_dir``."""
