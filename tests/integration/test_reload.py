@@ -1,0 +1,92 @@
+"""Invalid mapping or channel files are never applied: run refuses, reload keeps the running version."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+
+import pytest
+
+from tests.conftest import ROOT, EngineProcess, free_port
+
+pytestmark = pytest.mark.slow
+
+ORDER = ("MSH|^~\\&|RIS|NORTH|RB|NORTH|20261122080000||ORM^O01|{cid}|P|2.3.1\r"
+         "PID|1||MRN1^^^NORTH||DOE^JO\rORC|NW|P1|F1||SC\r"
+         "OBR|1|P1|F1|CTHEAD^CT head^L" + "|" * 14 + "ACC1|RP1|SPS1||||CT\r")
+
+
+def exchange(port: int, text: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"\x0b" + text.encode() + b"\x1c\r")
+        data = b""
+        while not data.endswith(b"\x1c\r"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode()
+
+
+def setup(engine: EngineProcess, tmp_path) -> tuple[int, object]:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mappings)
+    port = free_port()
+    (engine.config_dir / "engine.yaml").write_text(
+        f"data_dir: {engine.data_dir}\nmappings_dir: {mappings}\ndicom: {{enabled: false}}\n")
+    (engine.config_dir / "channels" / "orders.yaml").write_text(
+        f"name: orders\nsource: {{type: mllp, port: {port}}}\nmapping: order-to-worklist\n")
+    return port, mappings
+
+
+def break_mapping(mappings) -> None:
+    path = mappings / "order-to-worklist.yaml"
+    path.write_text(path.read_text().replace("path: PID-3.1", "path: PID-3.99.7"))
+
+
+def wait_log(engine: EngineProcess, text: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in engine.log():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in log:\n{engine.log()[-2000:]}")
+
+
+def test_run_refuses_to_start_with_an_invalid_mapping(engine_process, tmp_path):
+    _, mappings = setup(engine_process, tmp_path)
+    break_mapping(mappings)
+    result = engine_process.cli("run")
+    assert result.returncode == 2
+    assert "order-to-worklist.yaml:" in result.stderr and "component 99" in result.stderr
+
+
+def test_reload_keeps_the_running_mapping_when_the_new_one_is_invalid(engine_process, tmp_path):
+    port, mappings = setup(engine_process, tmp_path)
+    engine_process.start(wait_port=port)
+    assert "MSA|AA" in exchange(port, ORDER.format(cid="R1"))
+    break_mapping(mappings)
+    assert engine_process.cli("reload").returncode == 0
+    wait_log(engine_process, "reload refused")
+    assert "MSA|AA" in exchange(port, ORDER.format(cid="R2"))
+
+
+def test_reload_applies_a_valid_change(engine_process, tmp_path):
+    port, _ = setup(engine_process, tmp_path)
+    engine_process.start(wait_port=port)
+    (engine_process.config_dir / "channels" / "orders.yaml").write_text(
+        f"name: orders\nsource: {{type: mllp, port: {port}}}\nmapping: order-to-worklist\n"
+        "accept: {message_types: ['ADT^*']}\n")
+    assert engine_process.cli("reload").returncode == 0
+    wait_log(engine_process, "configuration valid")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            reply = exchange(port, ORDER.format(cid="R3"))
+            if "MSA|AR" in reply:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    assert "MSA|AR" in reply
