@@ -7,6 +7,7 @@ PostgreSQL, Orthanc) calls :func:`need`; it skips with the reason, unless
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -101,9 +102,9 @@ def _pg_bindir() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the whole session."""
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """Initialise a cluster in a temporary directory, start it, and remove it afterwards."""
     bindir = _pg_bindir()
     need(bindir is not None, "PostgreSQL server binaries (initdb) not installed")
     assert bindir is not None
@@ -118,9 +119,24 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         try:
-            server.stop()
+            if (datadir / "postmaster.pid").exists():
+                server.stop()
         finally:
             shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for one test, which may stop and start it."""
+    with running_postgres() as server:
+        yield server
 
 
 _counter = iter(range(1, 1_000_000))
