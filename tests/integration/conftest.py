@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import textwrap
@@ -107,10 +108,8 @@ class Sender:
         writer, self.writer, self.reader = self.writer, None, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            except OSError:
-                pass
 
 
 def adt(control_id: str, patient_id: str = "P1", event: str = "A08", sender: str = "HIS",

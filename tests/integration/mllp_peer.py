@@ -30,7 +30,8 @@ def _fields(payload: bytes, segment: str) -> list[str]:
 
 def _ack(payload: bytes, code: str) -> bytes:
     control_id = _fields(payload, "MSH")[9]
-    text = f"MSH|^~\\&|PEER|TEST|||20240101120000||ACK|A{control_id}|P|2.5.1\rMSA|{code}|{control_id}\r"
+    text = (f"MSH|^~\\&|PEER|TEST|||20240101120000||ACK|A{control_id}|P|2.5.1\r"
+            f"MSA|{code}|{control_id}\r")
     return b"\x0b" + text.encode("ascii") + b"\x1c\r"
 
 

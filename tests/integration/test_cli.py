@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(90)
 BROKEN_CHANNELS = {
     "unknown key": ("  colour: blue\n", 5, "source.colour"),
     "wrong type": ("  max_message_bytes: lots\n", 5, "source.max_message_bytes"),
-    "missing environment variable": ("  idle_timeout_seconds: ${RADBRIDGE_TEST_UNSET_VARIABLE}\n", 5,
+    "missing environment variable": ("  idle_timeout_seconds: ${RADBRIDGE_TEST_UNSET}\n", 5,
                                      "source.idle_timeout_seconds"),
 }
 
@@ -79,7 +79,8 @@ def test_send_exits_non_zero_on_ae(inbound: EngineProcess, mllp_port: int, tmp_p
     (tmp_path / "a.hl7").write_bytes(adt("SEND2", patient_id="P1"))
     (tmp_path / "b.hl7").write_bytes(adt("SEND2", patient_id="P2"))
 
-    result = inbound.cli("send", f"127.0.0.1:{mllp_port}", str(tmp_path / "a.hl7"), str(tmp_path / "b.hl7"))
+    result = inbound.cli("send", f"127.0.0.1:{mllp_port}",
+                         str(tmp_path / "a.hl7"), str(tmp_path / "b.hl7"))
 
     assert result.returncode != 0
     assert [line.split("\t")[1] for line in result.stdout.splitlines()] == ["AA", "AE"]
@@ -97,7 +98,8 @@ def _ids(engine: EngineProcess, *filters: str) -> list[str]:
     return [r["control_id"] for r in cli_json(engine, "messages", "list", *filters)]
 
 
-def test_messages_list_without_filters_shows_everything_newest_first(three_stored: EngineProcess) -> None:
+def test_messages_list_without_filters_shows_everything_newest_first(
+        three_stored: EngineProcess) -> None:
     assert _ids(three_stored) == ["LIST3", "LIST2", "LIST1"]
 
 
@@ -124,7 +126,7 @@ def test_messages_list_json_rows_have_the_documented_fields(three_stored: Engine
     (row,) = cli_json(three_stored, "messages", "list", "--control-id", "LIST2")
 
     assert set(row) == {"id", "channel", "received_at", "status", "message_type", "control_id",
-                        "patient_id", "accession_number", "ack_code", "error_code", "error_location",
-                        "duplicate_count"}
+                        "patient_id", "accession_number", "ack_code", "error_code",
+                        "error_location", "duplicate_count"}
     assert (row["message_type"], row["patient_id"], row["ack_code"]) == ("ORM^O01", "P9", "AA")
     assert re.match(r"\d{4}-\d\d-\d\dT", row["received_at"])

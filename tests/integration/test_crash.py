@@ -15,7 +15,13 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import EngineProcess
-from tests.integration.conftest import Sender, adt, inbound_channel, write_channel, write_engine_yaml
+from tests.integration.conftest import (
+    Sender,
+    adt,
+    inbound_channel,
+    write_channel,
+    write_engine_yaml,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -88,7 +94,8 @@ def test_every_message_acknowledged_before_a_kill_is_stored_once_as_processed(
 
     stored = _stored_counts(url)
 
-    assert {c: stored.get(c) for c in accepted_before} == {c: ("PROCESSED", 1) for c in accepted_before}
+    assert {c: stored.get(c) for c in accepted_before} == {
+        c: ("PROCESSED", 1) for c in accepted_before}
 
 
 def test_messages_resent_after_a_kill_are_stored_exactly_once(

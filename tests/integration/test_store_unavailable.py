@@ -63,11 +63,13 @@ class FileWrites:
         resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
 
     def restore(self) -> None:
-        resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        resource.prlimit(self.pid, resource.RLIMIT_FSIZE, unlimited)
 
 
 @pytest.fixture
-def sqlite_engine(inbound: EngineProcess, mllp_port: int) -> Iterator[tuple[EngineProcess, FileWrites]]:
+def sqlite_engine(
+        inbound: EngineProcess, mllp_port: int) -> Iterator[tuple[EngineProcess, FileWrites]]:
     """A running engine on SQLite that has stored one message."""
     assert [a.code for a in _send(mllp_port, adt("WARMUP"))] == ["AA"]
     assert inbound.proc is not None
@@ -89,8 +91,8 @@ def test_sqlite_that_cannot_write_answers_ae(sqlite_engine: tuple[EngineProcess,
     assert ack.field("ERR", 3).split("^")[0] == "207"
 
 
-def test_sqlite_keeps_answering_ae_while_it_cannot_write(sqlite_engine: tuple[EngineProcess, FileWrites],
-                                                         mllp_port: int) -> None:
+def test_sqlite_keeps_answering_ae_while_it_cannot_write(
+        sqlite_engine: tuple[EngineProcess, FileWrites], mllp_port: int) -> None:
     _, writes = sqlite_engine
     writes.fail()
 
