@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -29,22 +30,31 @@ COUNT = 2000
 KILL_AFTER_SECONDS = 1.0
 
 
-def _stream(port: int, control_ids: list[str]) -> list[str]:
-    """Send one at a time until the connection breaks; return the ids that got AA."""
+async def _one_sender(port: int, control_ids: list[str]) -> list[str]:
+    sender = Sender(port, timeout=10)
+    accepted = []
+    try:
+        for control_id in control_ids:
+            ack = await sender.send(adt(control_id, patient_id=f"P{control_id}"))
+            if ack.code == "AA":
+                accepted.append(control_id)
+    except (asyncio.IncompleteReadError, ConnectionError, OSError, TimeoutError):
+        pass
+    finally:
+        await sender.close()
+    return accepted
+
+
+def _stream(port: int, control_ids: list[str], senders: int = 1) -> list[str]:
+    """Each sender sends its share one at a time until its connection breaks.
+
+    Returns the ids that got AA.
+    """
 
     async def scenario() -> list[str]:
-        sender = Sender(port, timeout=10)
-        accepted = []
-        try:
-            for control_id in control_ids:
-                ack = await sender.send(adt(control_id, patient_id=f"P{control_id}"))
-                if ack.code == "AA":
-                    accepted.append(control_id)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, TimeoutError):
-            pass
-        finally:
-            await sender.close()
-        return accepted
+        shares = [control_ids[n::senders] for n in range(senders)]
+        results = await asyncio.gather(*(_one_sender(port, share) for share in shares))
+        return [c for accepted in results for c in accepted]
 
     return asyncio.run(scenario())
 
@@ -106,3 +116,22 @@ def test_messages_resent_after_a_kill_are_stored_exactly_once(
 
     assert {c: stored.get(c) for c in resent} == {c: ("PROCESSED", 1) for c in resent}
     assert len(stored) == COUNT
+
+
+def test_concurrent_senders_lose_nothing_acknowledged_across_a_kill(
+        engine_process: EngineProcess, mllp_port: int, tmp_path: Path) -> None:
+    """Group commit: eight connections share transactions; a kill must not lose any AA'd one."""
+    url = f"sqlite:///{tmp_path / 'radbridge.db'}"
+    write_engine_yaml(engine_process, f"database:\n  url: {url}\n")
+    write_channel(engine_process, "inbound", inbound_channel(mllp_port))
+    engine_process.start(wait_port=mllp_port)
+    control_ids = [f"GROUP{n:05d}" for n in range(COUNT)]
+    killer = threading.Timer(KILL_AFTER_SECONDS, engine_process.kill)
+    killer.start()
+    accepted = _stream(mllp_port, control_ids, senders=8)
+    killer.join()
+    assert 0 < len(accepted) < COUNT, "the kill must land mid-stream"
+
+    stored = _stored_counts(url)
+
+    assert {c: stored.get(c) for c in accepted} == {c: ("PROCESSED", 1) for c in accepted}

@@ -35,7 +35,8 @@ def peer() -> Iterator[MLLPPeer]:
 def forwarder(engine_process: EngineProcess, peer: MLLPPeer) -> tuple[EngineProcess, int]:
     """A running engine forwarding every ADT from its MLLP port to ``peer``."""
     port = free_port()
-    write_engine_yaml(engine_process, "outbox:\n  poll_interval_seconds: 0.2\n")
+    # A short lease: rows leased by a killed engine are due again soon after a restart.
+    write_engine_yaml(engine_process, "outbox:\n  poll_interval_seconds: 0.2\n  lease_seconds: 1\n")
     write_channel(engine_process, "forward", f"""\
         name: forward
         source:
@@ -137,6 +138,23 @@ def test_a_late_ack_causes_only_a_resend_of_that_message_and_keeps_order(
     assert peer.timeouts_caused == 1
     assert {i for i in ids if ids.count(i) > 1} == {"OUT00"}
     assert ids.count("OUT00") == 2
+    assert _first_arrivals_per_patient(received) == _expected_order()
+
+
+@pytest.mark.slow
+def test_queued_messages_survive_a_kill_and_arrive_in_order_after_the_restart(
+        forwarder: tuple[EngineProcess, int], peer: MLLPPeer) -> None:
+    engine, port = forwarder
+    assert set(_send(port, _interleaved())) == {"AA"}
+    time.sleep(0.5)
+    engine.kill()
+    peer.up()
+
+    engine.start(wait_port=port)
+    received = peer.wait_for(30)
+
+    time.sleep(0.5)
+    assert sorted(_control_ids(peer.messages())) == sorted(f"OUT{n:02d}" for n in range(30))
     assert _first_arrivals_per_patient(received) == _expected_order()
 
 
