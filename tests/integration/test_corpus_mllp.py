@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EngineProcess
-from tests.integration.conftest import Sender, adt, cli_json, inbound_channel, write_channel
+from tests.integration.conftest import Ack, Sender, adt, cli_json, inbound_channel, write_channel
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,3 +167,31 @@ def test_an_oversize_frame_is_refused_kept_and_the_next_message_is_accepted(
     assert follow_up == "AA"
     kept = [r for r in _stored(engine_process) if r["status"] in ("ERROR", "REJECTED")]
     assert len(kept) == 1
+
+
+def test_pipelined_frames_are_answered_in_order(inbound: EngineProcess, mllp_port: int) -> None:
+    async def scenario() -> list[str]:
+        sender = Sender(mllp_port)
+        await sender.write_raw(b"".join(b"\x0b" + adt(f"PIPE{n}") + b"\x1c\r" for n in range(20)))
+        assert sender.reader is not None
+        acks = [Ack(await asyncio.wait_for(sender.reader.readblock(), 10)) for _ in range(20)]
+        await sender.close()
+        return [a.field("MSA", 2) for a in acks]
+
+    assert asyncio.run(scenario()) == [f"PIPE{n}" for n in range(20)]
+
+
+def test_a_frame_arriving_byte_by_byte_is_accepted(inbound: EngineProcess, mllp_port: int) -> None:
+    framed = b"\x0b" + adt("DRIP") + b"\x1c\r"
+
+    async def scenario() -> str:
+        sender = Sender(mllp_port)
+        for byte in framed:
+            await sender.write_raw(bytes([byte]))
+            await asyncio.sleep(0)
+        assert sender.reader is not None
+        ack = Ack(await asyncio.wait_for(sender.reader.readblock(), 10))
+        await sender.close()
+        return ack.code
+
+    assert asyncio.run(scenario()) == "AA"
