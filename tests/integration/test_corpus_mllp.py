@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EngineProcess
-from tests.integration.conftest import Ack, Sender, adt, cli_json, inbound_channel, write_channel
+from tests.integration.conftest import (
+    Ack,
+    Sender,
+    adt,
+    cli_json,
+    inbound_channel,
+    sqlite_rows,
+    write_channel,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,9 +62,17 @@ def test_every_valid_and_edge_file_is_acknowledged_aa(inbound: EngineProcess, ml
     assert not_accepted == {}
 
 
+BATCHES = {
+    "pyhl7_BHS_batch_two_messages.hl7": 2,
+    "pyhl7_FHS_BHS_batch_file.hl7": 1,
+    "mirth_batch_SIU_multiple_no_BHS.hl7": 3,
+}
+
+
+@pytest.mark.parametrize("name", sorted(BATCHES))
 def test_a_batch_reply_has_one_aa_per_message(inbound: EngineProcess, mllp_port: int,
-                                              corpus: Path) -> None:
-    batch = (corpus / "hl7" / "edge" / "pyhl7_BHS_batch_two_messages.hl7").read_bytes()
+                                              corpus: Path, name: str) -> None:
+    batch = (corpus / "hl7" / "edge" / name).read_bytes()
 
     async def scenario() -> list[str]:
         sender = Sender(mllp_port)
@@ -64,7 +80,24 @@ def test_a_batch_reply_has_one_aa_per_message(inbound: EngineProcess, mllp_port:
         await sender.close()
         return ack.codes
 
-    assert asyncio.run(scenario()) == ["AA", "AA"]
+    assert asyncio.run(scenario()) == ["AA"] * BATCHES[name]
+    assert len(_stored(inbound)) == BATCHES[name]
+
+
+def test_a_single_message_is_stored_byte_for_byte_as_sent(inbound: EngineProcess, mllp_port: int,
+                                                           corpus: Path) -> None:
+    files = [p for p in _files(corpus, "valid") + _files(corpus, "edge") if p.name not in BATCHES]
+
+    async def scenario() -> None:
+        sender = Sender(mllp_port)
+        for path in files:
+            await sender.send(path.read_bytes())
+        await sender.close()
+
+    asyncio.run(scenario())
+
+    stored = sqlite_rows(inbound.data_dir / "radbridge.db", "SELECT raw FROM messages ORDER BY id")
+    assert [row[0] for row in stored] == [p.read_bytes() for p in files]
 
 
 def test_every_malformed_file_is_refused_and_the_connection_keeps_working(
