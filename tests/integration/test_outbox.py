@@ -32,11 +32,18 @@ def peer() -> Iterator[MLLPPeer]:
 
 
 @pytest.fixture
-def forwarder(engine_process: EngineProcess, peer: MLLPPeer) -> tuple[EngineProcess, int]:
+def forwarder(engine_process: EngineProcess, peer: MLLPPeer,
+              db_url: str) -> tuple[EngineProcess, int]:
     """A running engine forwarding every ADT from its MLLP port to ``peer``."""
     port = free_port()
     # A short lease: rows leased by a killed engine are due again soon after a restart.
-    write_engine_yaml(engine_process, "outbox:\n  poll_interval_seconds: 0.2\n  lease_seconds: 1\n")
+    write_engine_yaml(engine_process, f"""\
+        database:
+          url: {db_url}
+        outbox:
+          poll_interval_seconds: 0.2
+          lease_seconds: 1
+        """)
     write_channel(engine_process, "forward", f"""\
         name: forward
         source:
