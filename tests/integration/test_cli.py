@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EngineProcess
+from tests.conftest import EngineProcess, free_port
 from tests.integration.conftest import Sender, adt, cli_json, inbound_channel, write_channel
 
 pytestmark = pytest.mark.timeout(90)
@@ -130,3 +130,20 @@ def test_messages_list_json_rows_have_the_documented_fields(three_stored: Engine
                         "error_location", "duplicate_count"}
     assert (row["message_type"], row["patient_id"], row["ack_code"]) == ("ORM^O01", "P9", "AA")
     assert re.match(r"\d{4}-\d\d-\d\dT", row["received_at"])
+
+
+def test_send_exits_non_zero_when_nobody_listens(
+        engine_process: EngineProcess, tmp_path: Path) -> None:
+    (tmp_path / "a.hl7").write_bytes(adt("SEND3"))
+
+    result = engine_process.cli("send", f"127.0.0.1:{free_port()}", str(tmp_path / "a.hl7"))
+
+    assert result.returncode != 0
+    assert "\tERROR\t" in result.stdout
+
+
+def test_messages_replay_of_an_unknown_id_exits_non_zero(three_stored: EngineProcess) -> None:
+    result = three_stored.cli("messages", "replay", "999999")
+
+    assert result.returncode != 0
+    assert "999999: no such message" in result.stdout
