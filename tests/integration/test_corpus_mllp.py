@@ -7,6 +7,7 @@ hurting the connection or the listener; broken framing is kept for inspection.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -176,7 +177,7 @@ def _wait_for_kept(engine: EngineProcess) -> int:
         kept = [r for r in _stored(engine) if r["status"] in ("ERROR", "REJECTED")]
         if kept:
             return len(kept)
-        asyncio.run(asyncio.sleep(0.1))
+        time.sleep(0.1)
     return 0
 
 
@@ -228,3 +229,21 @@ def test_a_frame_arriving_byte_by_byte_is_accepted(inbound: EngineProcess, mllp_
         return ack.code
 
     assert asyncio.run(scenario()) == "AA"
+
+
+def test_an_unfinished_frame_is_kept_when_the_idle_timeout_closes_the_connection(
+        engine_process: EngineProcess, mllp_port: int) -> None:
+    channel = inbound_channel(mllp_port).replace("  port:", "  idle_timeout_seconds: 0.5\n  port:")
+    write_channel(engine_process, "inbound", channel)
+    engine_process.start(wait_port=mllp_port)
+
+    async def scenario() -> bytes:
+        sender = Sender(mllp_port)
+        await sender.write_raw(b"\x0b" + adt("IDLE")[:80])
+        assert sender.reader is not None
+        rest = await asyncio.wait_for(sender.reader.read(), 10)
+        await sender.close()
+        return rest
+
+    assert asyncio.run(scenario()) == b""
+    assert _wait_for_kept(engine_process) == 1
