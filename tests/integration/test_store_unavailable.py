@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import EngineProcess, PostgresServer
+from tests.conftest import EngineProcess, PostgresServer, free_port
 from tests.integration.conftest import (
     Ack,
     Sender,
@@ -32,6 +33,7 @@ from tests.integration.conftest import (
     write_channel,
     write_engine_yaml,
 )
+from tests.integration.mllp_peer import MLLPPeer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -155,3 +157,34 @@ def test_postgresql_restarted_accepts_again_and_the_refused_message_is_stored_on
 
     assert (refused.code, accepted.code, after.code) == ("AE", "AA", "AA")
     assert _stored(engine, "PGDOWN2") == ["PROCESSED"]
+
+
+@pytest.mark.peer
+def test_forwarding_resumes_after_postgresql_comes_back(
+        engine_process: EngineProcess, own_postgres: PostgresServer, mllp_port: int) -> None:
+    peer = MLLPPeer(free_port())
+    try:
+        peer.up()
+        url = own_postgres.create_database("radbridge")
+        write_engine_yaml(engine_process, f"database:\n  url: {url}\n"
+                                          "outbox:\n  poll_interval_seconds: 0.2\n")
+        write_channel(engine_process, "inbound", inbound_channel(mllp_port, f"""\
+            destinations:
+              - name: downstream
+                type: mllp
+                host: 127.0.0.1
+                port: {peer.port}
+                retry: {{initial_seconds: 0.2, max_seconds: 1}}
+            """))
+        engine_process.start(wait_port=mllp_port)
+        assert [a.code for a in _send(mllp_port, adt("FWD1"))] == ["AA"]
+        peer.wait_for(1)
+        own_postgres.stop()
+        time.sleep(1.0)  # the worker's rounds fail while the store is gone
+        own_postgres.start()
+
+        assert [a.code for a in _send(mllp_port, adt("FWD2"))] == ["AA"]
+
+        assert [r.control_id for r in peer.wait_for(2, timeout=20)] == ["FWD1", "FWD2"]
+    finally:
+        peer.close()
