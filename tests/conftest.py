@@ -7,6 +7,7 @@ PostgreSQL, Orthanc) calls :func:`need`; it skips with the reason, unless
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -48,7 +49,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Wait until something accepts connections on ``port``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -82,15 +85,16 @@ class PostgresServer:
 
     def start(self) -> None:
         self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-l",
-                          str(self.datadir / "server.log"), "-o", f"-p {self.port} -k /tmp -h 127.0.0.1",
-                          "start")
+                          str(self.datadir / "server.log"),
+                          "-o", f"-p {self.port} -k /tmp -h 127.0.0.1", "start")
 
     def stop(self) -> None:
-        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-m", "fast", "stop")
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w",
+                          "-m", "fast", "stop")
 
     def create_database(self, name: str) -> str:
-        self._as_postgres(str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                          "-c", f"CREATE DATABASE {name}")
+        self._as_postgres(str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
+                          "-U", "postgres", "-c", f"CREATE DATABASE {name}")
         return self.url(name)
 
 
@@ -101,26 +105,43 @@ def _pg_bindir() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the whole session."""
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """Initialise a cluster in a temporary directory, start it, and remove it afterwards."""
     bindir = _pg_bindir()
     need(bindir is not None, "PostgreSQL server binaries (initdb) not installed")
     assert bindir is not None
-    need(os.geteuid() != 0 or shutil.which("runuser") is not None, "runuser needed to run PostgreSQL as root")
+    need(os.geteuid() != 0 or shutil.which("runuser") is not None,
+         "runuser needed to run PostgreSQL as root")
     datadir = Path(tempfile.mkdtemp(prefix="radbridge-pg-"))
     if os.geteuid() == 0:
         shutil.chown(datadir, "postgres", "postgres")
     server = PostgresServer(bindir, datadir, free_port())
-    server._as_postgres(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    server._as_postgres(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8")
     server.start()
     try:
         yield server
     finally:
         try:
-            server.stop()
+            if (datadir / "postmaster.pid").exists():
+                server.stop()
         finally:
             shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for one test, which may stop and start it."""
+    with running_postgres() as server:
+        yield server
 
 
 _counter = iter(range(1, 1_000_000))
