@@ -31,6 +31,7 @@ from engine.handlers import create_handler
 from engine.hl7.er7 import Message
 from engine.jobs import recorded
 from engine.outbox.destination import create_destination
+from engine.outbox.rows import release_all
 from engine.outbox.worker import OutboxWorker, Route
 from engine.store.database import Database
 
@@ -100,6 +101,10 @@ class Runtime:
         _load_handler_modules()
         self.db = Database(cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size)
         await asyncio.to_thread(self.db.migrate)
+        if self.db.is_sqlite:  # one process per SQLite file: leases left by a crash are ours to drop
+            released = await self.db.writer.run(release_all)
+            if released:
+                log.info("released %d outbox lease(s) left by the previous run", released)
         self.worker = OutboxWorker(self.db, self._routes(), cfg.outbox)
         self.worker.start()
         self.scheduler = AsyncIOScheduler(timezone="UTC")

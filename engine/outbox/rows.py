@@ -21,7 +21,10 @@ from engine.config.models import RetryConfig
 from engine.outbox.queue import QUEUED
 from engine.store.schema import outbox
 
-__all__ = ["ERROR", "SENT", "Claimed", "backoff", "claim", "record_failure", "record_success", "release", "replay"]
+__all__ = [
+    "ERROR", "SENT", "Claimed", "backoff", "claim", "record_failure", "record_success", "release", "release_all",
+    "replay",
+]
 
 SENT = "SENT"
 ERROR = "ERROR"
@@ -123,4 +126,11 @@ def replay(conn: Connection, *, message_ids: list[int] | None = None, row_ids: l
             status=QUEUED, attempts=0, next_attempt_at=now, claimed_until=None, last_error=""
         )
     )
+    return int(result.rowcount or 0)
+
+
+def release_all(conn: Connection) -> int:
+    """Drop every lease: at start-up of the only process using an embedded database (a crashed
+    predecessor's leases would otherwise hold back their keys until they expire)."""
+    result = conn.execute(update(outbox).where(outbox.c.claimed_until.is_not(None)).values(claimed_until=None))
     return int(result.rowcount or 0)

@@ -197,7 +197,7 @@ def test_a_rejected_delivery_counts_as_a_delivery_error_in_status(
         rejected: tuple[EngineProcess, int]) -> None:
     engine, _ = rejected
 
-    status = cli_json(engine, "status")["forward"]
+    status = cli_json(engine, "status")["channels"]["forward"]
 
     assert (status["delivery_errors"], status["queued"]) == (1, 0)
 
@@ -213,7 +213,7 @@ def test_replay_delivers_a_rejected_message_once_the_peer_accepts(
     _wait(lambda: [d["status"] for d in
                    cli_json(engine, "messages", "show", str(message_id))["deliveries"]] == ["SENT"])
     assert _control_ids(peer.messages()) == ["REJ1", "REJ1"]
-    assert cli_json(engine, "status")["forward"]["delivery_errors"] == 0
+    assert cli_json(engine, "status")["channels"]["forward"]["delivery_errors"] == 0
 
 
 def test_status_shows_the_queue_and_its_age_while_the_peer_is_down(
@@ -222,7 +222,7 @@ def test_status_shows_the_queue_and_its_age_while_the_peer_is_down(
     assert _send(port, [adt("Q1", patient_id="PA"), adt("Q2", patient_id="PB")]) == ["AA", "AA"]
     time.sleep(0.5)
 
-    status = cli_json(engine, "status")["forward"]
+    status = cli_json(engine, "status")["channels"]["forward"]
 
     assert (status["received"], status["queued"], status["delivery_errors"]) == (2, 2, 0)
     assert status["oldest_queued_seconds"] >= 0.5
