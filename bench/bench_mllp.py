@@ -6,6 +6,7 @@ with a 5-segment ORM^O01 and a unique MSH-10 per message.
 
     python bench/bench_mllp.py                 # quick: 5,000 msgs/sender config
     python bench/bench_mllp.py --messages 5000 --memory 100000   # + RSS over 100,000 more
+    python bench/bench_mllp.py --workflow      # ORM -> patient, order, worklist step (issue 4 target)
 
 Prints throughput (median of --runs), p50/p99 latency for one sender, the
 ratio to the bare server, and with --memory the engine's RSS over time.
@@ -112,14 +113,16 @@ def drive(port: int, senders: int, per_sender: int, tag: str) -> tuple[float, li
     return senders * per_sender / elapsed, latencies
 
 
-def start_engine(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+def start_engine(tmp: Path, port: int, workflow: bool) -> subprocess.Popen[bytes]:
     cfg = tmp / "config"
     (cfg / "channels").mkdir(parents=True)
     sync = os.environ.get("RB_SYNC", "FULL")
     (cfg / "engine.yaml").write_text(
-        f"data_dir: {tmp / 'var'}\nlogging: {{level: WARNING}}\ndatabase: {{sqlite_synchronous: {sync}}}\n")
+        f"data_dir: {tmp / 'var'}\nlogging: {{level: WARNING}}\ndatabase: {{sqlite_synchronous: {sync}}}\n"
+        f"mappings_dir: {ROOT / 'mappings'}\ndicom: {{enabled: false}}\n")
+    domain = "mapping: [adt-to-patient, order-to-worklist]\nhandlers: [patients, orders]\n" if workflow else ""
     (cfg / "channels" / "bench.yaml").write_text(
-        f"name: bench\nsource: {{type: mllp, port: {port}}}\nduplicates: {{window_hours: 72}}\n")
+        f"name: bench\nsource: {{type: mllp, port: {port}}}\nduplicates: {{window_hours: 72}}\n{domain}")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(cfg), "run"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -160,13 +163,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=5000, help="messages per configuration and run")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workflow", action="store_true",
+                        help="the shipped mappings and the patients/orders handlers: each ORM becomes a worklist entry")
     parser.add_argument("--memory", type=int, default=0, metavar="N",
                         help="afterwards send N more messages and sample the engine's RSS every 10,000")
     args = parser.parse_args()
     bare_port, rb_port = free_port(), free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
     with tempfile.TemporaryDirectory() as tmp:
-        engine = start_engine(Path(tmp), rb_port)
+        engine = start_engine(Path(tmp), rb_port, args.workflow)
         try:
             wait_port(bare_port)
             peer = measure(bare_port, args, "bare")

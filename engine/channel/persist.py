@@ -25,7 +25,7 @@ from engine.handlers import Handler, InboundContext, Outbound
 from engine.hl7.ack import AckContext, build_ack
 from engine.hl7.er7 import Message
 from engine.outbox.queue import enqueue
-from engine.store.fast import FastStatement
+from engine.store.fast import FastInsert, FastStatement, Savepoint
 from engine.store.schema import message_stages, messages
 
 __all__ = ["Persister", "Stored"]
@@ -57,7 +57,7 @@ _INSERT_MESSAGE = FastStatement(
     .values({c.name: bindparam(c.name) for c in messages.c if c.name != "id"})
     .returning(messages.c.id)
 )
-_INSERT_STAGE = insert(message_stages)
+_INSERT_STAGE = FastInsert(message_stages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +165,15 @@ class Persister:
         return int(_INSERT_MESSAGE.execute(conn, values).fetchone()[0])
 
     def _stage(self, conn: Connection, message_id: int, stage: str, content: str, now: datetime) -> None:
-        conn.execute(_INSERT_STAGE, {"message_id": message_id, "stage": stage, "status": "OK",
-                                     "content": content, "error": "", "created_at": now})
+        _INSERT_STAGE.execute(conn, {"message_id": message_id, "stage": stage, "status": "OK", "content": content,
+                                     "error": "", "created_at": now})
 
     def _run_handlers(self, conn: Connection, p: Prepared, message_id: int, now: datetime) -> list[Outbound]:
         if not self.handlers:
             return []
         ctx = InboundContext(message_id, self.config.name, p.message, now, p.records)
         out: list[Outbound] = []
-        savepoint = conn.begin_nested()
+        savepoint = Savepoint(conn)
         try:
             for handler in self.handlers:
                 out += handler.apply(conn, ctx)
@@ -184,7 +184,7 @@ class Persister:
             savepoint.rollback()
             log.exception("handler failed on message %s", message_id)
             raise HL7ApplicationError(207, f"application internal error: {type(exc).__name__}") from exc
-        savepoint.commit()
+        savepoint.release()
         return out
 
     def _fail(self, conn: Connection, p: Prepared, message_id: int, exc: HL7Error) -> Stored:

@@ -99,13 +99,14 @@ class OrdersHandler:
     """ORM^O01 / OMI^O23 / OMG^O19: each order record is a requested procedure and its step."""
 
     policy: OrderPolicy
+    upsert_patients: bool = True  # off when the channel's "patients" handler already applies them
     name: str = "orders"
 
     def apply(self, conn: Connection, ctx: InboundContext) -> list[Outbound]:
-        """Upsert the PID's patient, then apply every order record in order."""
+        """Upsert the PID's patient (unless ``patients`` runs too), then apply every order record."""
         now = datetime.now(UTC)
         for data in ctx.records:
-            if data.get("record") == "patient":
+            if self.upsert_patients and data.get("record") == "patient":
                 rec = _validate(PatientRecord, data, "PID")
                 apply_patient_event(
                     conn, rec.model_copy(update={"event": ""}), self.policy.patients, now
@@ -123,7 +124,7 @@ def _patients(engine: EngineConfig, channel: ChannelConfig) -> PatientsHandler:
 
 
 def _orders(engine: EngineConfig, channel: ChannelConfig) -> OrdersHandler:
-    return OrdersHandler(order_policy(engine, channel.name))
+    return OrdersHandler(order_policy(engine, channel.name), upsert_patients="patients" not in channel.handlers)
 
 
 def register() -> None:

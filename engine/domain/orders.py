@@ -18,7 +18,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 
 from engine.config.models import StationRule
 from engine.domain.accession import (
@@ -33,6 +33,7 @@ from engine.domain.tables import orders, procedure_steps, step_station_aes
 from engine.domain.uids import derived_uid
 from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
 from engine.mapping.tables import load_table
+from engine.store.fast import FastInsert, FastStatement, first_row
 
 __all__ = [
     "DEFAULT_CONTROL_TABLE",
@@ -221,10 +222,29 @@ def _step_values(
     return values, aes
 
 
-def _set_station_aes(conn: Connection, step_pk: int, aes: Sequence[str]) -> None:
-    conn.execute(delete(step_station_aes).where(step_station_aes.c.step_pk == step_pk))
+# The statements every new order runs: compiled once, executed on the raw cursor (engine.store.fast).
+_INSERT_ORDER = FastInsert(orders)
+_INSERT_STEP = FastInsert(procedure_steps)
+_INSERT_STATION = FastInsert(step_station_aes)
+_FIND = FastStatement(
+    select(
+        orders.c.id.label("order_pk"),
+        orders.c.content_hash,
+        procedure_steps.c.id.label("step_pk"),
+        procedure_steps.c.status,
+    )
+    .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)
+    .where(orders.c.order_key == bindparam("key"))
+    .order_by(procedure_steps.c.id)
+    .limit(1)
+)
+
+
+def _set_station_aes(conn: Connection, step_pk: int, aes: Sequence[str], new: bool = False) -> None:
+    if not new:
+        conn.execute(delete(step_station_aes).where(step_station_aes.c.step_pk == step_pk))
     for ae in dict.fromkeys(a.strip() for a in aes if a.strip()):
-        conn.execute(insert(step_station_aes).values(step_pk=step_pk, ae_title=ae))
+        _INSERT_STATION.execute(conn, {"step_pk": step_pk, "ae_title": ae})
 
 
 def _new_accession(conn: Connection, policy: OrderPolicy, now: datetime) -> str:
@@ -248,31 +268,18 @@ def _create(
     )
     rp_id = record.requested_procedure_id or accession
     study_uid = record.study_instance_uid or derived_uid(policy.uid_root, "study", key)
-    order_pk = conn.execute(
-        insert(orders).values(
-            patient_pk=patient_pk,
-            order_key=key,
-            accession_number=accession,
-            requested_procedure_id=rp_id,
-            study_instance_uid=study_uid,
-            message_id=message_id,
-            created_at=now,
-            updated_at=now,
-            **_order_values(record),
-        )
-    ).inserted_primary_key[0]  # type: ignore[index]
+    order_pk = _INSERT_ORDER.execute(conn, {
+        "patient_pk": patient_pk, "order_key": key, "accession_number": accession, "requested_procedure_id": rp_id,
+        "study_instance_uid": study_uid, "message_id": message_id, "created_at": now, "updated_at": now,
+        **_order_values(record),
+    })  # fmt: skip
     values, aes = _step_values(record, policy, now)
-    step_pk = conn.execute(
-        insert(procedure_steps).values(
-            order_pk=order_pk,
-            sps_id=record.scheduled_procedure_step_id or rp_id,
-            status=status,
-            created_at=now,
-            **values,
-        )
-    ).inserted_primary_key[0]  # type: ignore[index]
-    _set_station_aes(conn, int(step_pk), aes)
-    return int(step_pk)
+    step_pk = _INSERT_STEP.execute(conn, {
+        "order_pk": order_pk, "sps_id": record.scheduled_procedure_step_id or rp_id, "status": status,
+        "created_at": now, **values,
+    })  # fmt: skip
+    _set_station_aes(conn, step_pk, aes, new=True)
+    return step_pk
 
 
 def _update(
@@ -320,18 +327,7 @@ def _update(
 
 
 def _find(conn: Connection, key: str) -> Any:
-    stmt = (
-        select(
-            orders.c.id.label("order_pk"),
-            orders.c.content_hash,
-            procedure_steps.c.id.label("step_pk"),
-            procedure_steps.c.status,
-        )
-        .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)
-        .where(orders.c.order_key == key)
-        .order_by(procedure_steps.c.id)
-    )
-    return conn.execute(stmt).first()
+    return first_row(_FIND, conn, {"key": key})
 
 
 def apply_order(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from engine.domain.records import MergeRecord, OtherPatientId, PatientRecord
 from engine.domain.tables import (
@@ -25,6 +25,7 @@ from engine.domain.tables import (
     procedure_steps,
 )
 from engine.errors import ErrorLocation, HL7ApplicationError
+from engine.store.fast import FastInsert, FastStatement, first_row
 
 __all__ = [
     "PatientPolicy",
@@ -61,10 +62,18 @@ def resolve_identity(
     return chosen.patient_id, chosen.issuer, others
 
 
+# Run on every order and ADT message: compiled once, executed on the raw cursor (engine.store.fast).
+_FIND = FastStatement(
+    select(patients.c.id, patients.c.patient_id, patients.c.issuer, patients.c.status, patients.c.merged_into_id,
+           *(patients.c[k] for k in _DEMOGRAPHICS))
+    .where(patients.c.patient_id == bindparam("patient_id"), patients.c.issuer == bindparam("issuer"))
+)  # fmt: skip
+_INSERT = FastInsert(patients)
+
+
 def find_patient(conn: Connection, patient_id: str, issuer: str) -> Any:
-    """The patient row for an identity, or None."""
-    stmt = select(patients).where(patients.c.patient_id == patient_id, patients.c.issuer == issuer)
-    return conn.execute(stmt).first()
+    """The patient row (id, identity, status, merged_into_id, demographics) for an identity, or None."""
+    return first_row(_FIND, conn, {"patient_id": patient_id, "issuer": issuer})
 
 
 def _live(conn: Connection, row: Any, policy: PatientPolicy, location: ErrorLocation) -> int:
@@ -81,17 +90,8 @@ def _live(conn: Connection, row: Any, policy: PatientPolicy, location: ErrorLoca
 
 
 def _create(conn: Connection, patient_id: str, issuer: str, now: datetime, **values: str) -> int:
-    result = conn.execute(
-        insert(patients).values(
-            patient_id=patient_id,
-            issuer=issuer,
-            status="ACTIVE",
-            created_at=now,
-            updated_at=now,
-            **values,
-        )
-    )
-    return int(result.inserted_primary_key[0]) if result.inserted_primary_key else 0
+    row = {"patient_id": patient_id, "issuer": issuer, "status": "ACTIVE", "created_at": now, "updated_at": now}
+    return _INSERT.execute(conn, {**row, **values})
 
 
 def ensure_patient(
@@ -105,6 +105,8 @@ def ensure_patient(
 
 
 def _store_other_ids(conn: Connection, pk: int, others: Sequence[OtherPatientId]) -> None:
+    if not others:
+        return
     existing = {
         (r.patient_id, r.issuer)
         for r in conn.execute(select(patient_other_ids).where(patient_other_ids.c.patient_pk == pk))
@@ -135,7 +137,7 @@ def upsert_patient(
         pk = _create(conn, patient_id, issuer, now, **values)
     else:
         pk = _live(conn, row, policy, _PID3)
-        if values:
+        if values and (pk != row.id or any(getattr(row, k) != v for k, v in values.items())):
             conn.execute(
                 update(patients).where(patients.c.id == pk).values(updated_at=now, **values)
             )

@@ -11,15 +11,17 @@ connection, inside the same transaction. Everything else stays on Core.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Column, Connection, Table, bindparam, insert
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["FastStatement"]
+__all__ = ["FastInsert", "FastStatement", "Savepoint", "first_row"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +68,65 @@ class FastStatement:
         else:
             cursor.execute(entry.sql, values)
         return cursor
+
+
+class FastInsert:
+    """``INSERT`` of every column but the auto-increment key; absent values take the column's default."""
+
+    def __init__(self, table: Table) -> None:
+        serial = table.autoincrement_column
+        columns = [c for c in table.c if c is not serial]
+        self._defaults = {c.name: _scalar_default(c) for c in columns}
+        values: dict[str, Any] = {c.name: bindparam(c.name) for c in columns}
+        statement = insert(table).values(values)
+        self._returns_id = serial is not None
+        self._statement = FastStatement(statement.returning(serial) if serial is not None else statement)
+
+    def execute(self, conn: Connection, values: Mapping[str, Any]) -> int:
+        """Insert one row; return its auto-increment id (0 when the table has none)."""
+        cursor = self._statement.execute(conn, {**self._defaults, **values})
+        return int(cursor.fetchone()[0]) if self._returns_id else 0
+
+
+def _scalar_default(column: Column[Any]) -> Any:
+    default = column.default
+    if default is not None and getattr(default, "is_scalar", False):
+        return default.arg  # type: ignore[attr-defined]
+    return None
+
+
+def first_row(statement: FastStatement, conn: Connection, params: Mapping[str, Any]) -> Any:
+    """The first row as a named tuple (column names as attributes), or None."""
+    cursor = statement.execute(conn, params)
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    names = tuple(d[0] for d in cursor.description)
+    return _row_type(names)(*row)
+
+
+@lru_cache(maxsize=64)
+def _row_type(names: tuple[str, ...]) -> Any:
+    return namedtuple("FastRow", names)
+
+
+class Savepoint:
+    """``SAVEPOINT``/``RELEASE``/``ROLLBACK TO`` on the raw cursor of the open transaction.
+
+    Same SQL as ``Connection.begin_nested()`` at a fraction of its per-message cost.
+    """
+
+    _NAME = "rb_handlers"
+
+    def __init__(self, conn: Connection) -> None:
+        self._cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self._cursor.execute(f"SAVEPOINT {self._NAME}")
+
+    def release(self) -> None:
+        """Keep what was done since the savepoint."""
+        self._cursor.execute(f"RELEASE SAVEPOINT {self._NAME}")
+
+    def rollback(self) -> None:
+        """Undo what was done since the savepoint (the transaction goes on)."""
+        self._cursor.execute(f"ROLLBACK TO SAVEPOINT {self._NAME}")
+        self._cursor.execute(f"RELEASE SAVEPOINT {self._NAME}")
