@@ -98,6 +98,7 @@ def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
     ae.maximum_associations = services.max_associations
     for sop in SOP_CLASSES:
         ae.add_supported_context(sop)
+    ae.require_called_aet = True  # associations addressed to another AE title are rejected
     if services.accepted_calling_ae_titles:
         ae.require_calling_aet = list(services.accepted_calling_ae_titles)
     worklist = WorklistService.from_config(db, config.worklist)
