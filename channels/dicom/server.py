@@ -71,7 +71,9 @@ def tune_association(assoc: Any) -> None:
 
 def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
     def on_find(event: Any) -> Any:
-        yield from worklist.find(event.identifier, lambda: event.is_cancelled)
+        yield from worklist.find(
+            event.identifier, lambda: event.is_cancelled, event.context.transfer_syntax
+        )
 
     def on_create(event: Any) -> Any:
         uid = str(event.request.AffectedSOPInstanceUID or "")
