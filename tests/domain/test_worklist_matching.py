@@ -228,3 +228,10 @@ def test_unknown_keys_are_reported_as_unsupported() -> None:
 def test_charset_falls_back_to_utf8_when_the_site_charset_cannot_encode() -> None:
     assert response_charset({"n": "Müller"}, "ISO_IR 100") == "ISO_IR 100"
     assert response_charset({"n": "Дмитрий"}, "ISO_IR 100") == "ISO_IR 192"
+
+
+def test_date_range_alone_walks_the_start_datetime_index(worklist: Database) -> None:
+    stmt = build_select(_query(sps={"ScheduledProcedureStepStartDate": "20261122-20261123"}), MatchSettings())
+    sql = str(stmt.compile(compile_kwargs={"literal_binds": True}))
+    plan = worklist.read(lambda c: [r[3] for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)])
+    assert any(p.startswith("SEARCH") and "start_datetime>" in p for p in plan), plan
