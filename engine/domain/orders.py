@@ -221,10 +221,12 @@ def _step_values(
     return values, aes
 
 
-def _set_station_aes(conn: Connection, step_pk: int, aes: Sequence[str]) -> None:
+def _set_station_aes(conn: Connection, step_pk: int, aes: Sequence[str], start: str) -> None:
     conn.execute(delete(step_station_aes).where(step_station_aes.c.step_pk == step_pk))
     for ae in dict.fromkeys(a.strip() for a in aes if a.strip()):
-        conn.execute(insert(step_station_aes).values(step_pk=step_pk, ae_title=ae))
+        conn.execute(
+            insert(step_station_aes).values(step_pk=step_pk, ae_title=ae, start_datetime=start)
+        )
 
 
 def _new_accession(conn: Connection, policy: OrderPolicy, now: datetime) -> str:
@@ -271,7 +273,7 @@ def _create(
             **values,
         )
     ).inserted_primary_key[0]  # type: ignore[index]
-    _set_station_aes(conn, int(step_pk), aes)
+    _set_station_aes(conn, int(step_pk), aes, values["start_datetime"])
     return int(step_pk)
 
 
@@ -302,7 +304,7 @@ def _update(
         conn.execute(
             update(procedure_steps).where(procedure_steps.c.id == step_pk).values(**values)
         )
-        _set_station_aes(conn, step_pk, aes)
+        _set_station_aes(conn, step_pk, aes, values["start_datetime"])
     else:
         conn.execute(
             update(orders)
