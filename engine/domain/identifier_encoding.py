@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from pydicom.charset import python_encoding
 from pydicom.dataelem import DataElement, RawDataElement
@@ -37,6 +38,7 @@ _LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN
 _Value = bytes | tuple["_Plan", ...]
 
 
+@cache
 def fast_codec(charset: str) -> str | None:
     """The Python codec for ``charset`` if it needs no code extensions, else None."""
     terms = [t.strip() for t in charset.split("\\")]

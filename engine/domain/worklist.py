@@ -325,15 +325,10 @@ def _ae_title_clause(
         return None
     a = step_station_aes.c
     match = or_(*[_text_clause(a.ae_title, v, False, settings.dialect) for v in values])
-    window = [c for c in (_bounded(a.start_datetime, bounds)) if c is not None]
-    return _s.id.in_(select(a.step_pk).where(match, *window))
-
-
-def _bounded(
-    col: ColumnElement[Any], bounds: tuple[str | None, str | None]
-) -> tuple[ColumnElement[bool] | None, ColumnElement[bool] | None]:
     low, high = bounds
-    return (col >= low if low is not None else None, col <= high if high is not None else None)
+    window = [a.start_datetime >= low] if low is not None else []
+    window += [a.start_datetime <= high] if high is not None else []
+    return _s.id.in_(select(a.step_pk).where(match, *window))
 
 
 def _code_clauses(ds: Dataset, keyword: str, settings: MatchSettings) -> list[ColumnElement[bool]]:
