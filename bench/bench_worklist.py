@@ -64,7 +64,8 @@ def populate(db: Database, count: int, today: date) -> None:
               "modality": "CT", "scheduled_station_ae_title": e["ae"], "start_date": e["date"], "start_time": e["time"],
               "start_datetime": e["date"] + e["time"], "created_at": now, "updated_at": now}
              for e in entries]  # fmt: skip
-    aes = [{"step_pk": e["n"] + 1, "ae_title": e["ae"]} for e in entries]
+    aes = [{"step_pk": e["n"] + 1, "ae_title": e["ae"], "start_datetime": e["date"] + e["time"]}
+           for e in entries]  # fmt: skip
 
     def write(conn: Any) -> None:
         for table, rows in (

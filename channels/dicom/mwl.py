@@ -8,15 +8,18 @@ pending responses, checking C-CANCEL between them (PS3.4 K.4.1.3.1).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from engine.config.models import WorklistConfig
+from engine.domain.identifier_encoding import ResponsePlan, fast_codec
 from engine.domain.worklist import (
     InvalidQuery,
+    KeySpec,
     MatchSettings,
     build_response,
     build_select,
@@ -65,8 +68,14 @@ class WorklistService:
         )
         return cls(db, settings, cfg.charset)
 
-    def find(self, identifier: Dataset, is_cancelled: Any) -> FindResult:
-        """Yield (status, identifier) pairs as pynetdicom's EVT_C_FIND handler expects."""
+    def find(
+        self, identifier: Dataset, is_cancelled: Any, transfer_syntax: str | None = None
+    ) -> FindResult:
+        """Yield (status, identifier) pairs as pynetdicom's EVT_C_FIND handler expects.
+
+        With the negotiated ``transfer_syntax`` the identifiers are encoded from the
+        rows directly (:mod:`engine.domain.identifier_encoding`) where it allows.
+        """
         try:
             stmt = build_select(identifier, self.settings)
             keys = requested_keys(identifier)
@@ -74,8 +83,9 @@ class WorklistService:
             log.info("worklist query refused: %s", exc)
             yield UNABLE_TO_PROCESS, None
             return
-        rows = self.db.read(lambda conn: conn.execute(stmt).mappings().all())
+        columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
         pending = PENDING_UNSUPPORTED if unsupported_keys(keys) else PENDING
+        respond = self._responder(keys, columns, transfer_syntax)
         for n, row in enumerate(rows):
             if n >= self.settings.max_matches:
                 log.warning(
@@ -86,4 +96,31 @@ class WorklistService:
             if is_cancelled():
                 yield CANCEL, None
                 return
-            yield pending, build_response(row, keys, response_charset(row, self.charset))
+            yield pending, respond(row)
+
+    def _responder(
+        self, keys: tuple[KeySpec, ...], columns: list[str], transfer_syntax: str | None
+    ) -> Callable[[Sequence[Any]], Dataset]:
+        """Row → response identifier: the raw-encoding plan where it applies, else a Dataset."""
+        syntax = UID(transfer_syntax) if transfer_syntax else None
+        if syntax is not None and syntax.is_little_endian:
+            plan = ResponsePlan.compile(keys, columns, syntax.is_implicit_VR)
+
+            def encoded(row: Sequence[Any]) -> Dataset:
+                charset = response_charset(row, self.charset)
+                codec = fast_codec(charset)
+                if codec is None:
+                    return build_response(dict(zip(columns, row, strict=True)), keys, charset)
+                return plan.encode(row, charset, codec)
+
+            return encoded
+
+        def built(row: Sequence[Any]) -> Dataset:
+            mapping = dict(zip(columns, row, strict=True))
+            return build_response(mapping, keys, response_charset(row, self.charset))
+
+        return built
+
+
+def _fetch(result: Any) -> tuple[list[str], list[Any]]:
+    return list(result.keys()), result.all()

@@ -240,11 +240,11 @@ _FIND = FastStatement(
 )
 
 
-def _set_station_aes(conn: Connection, step_pk: int, aes: Sequence[str], new: bool = False) -> None:
+def _set_station_aes(conn: Connection, step_pk: int, aes: Sequence[str], start: str, new: bool = False) -> None:
     if not new:
         conn.execute(delete(step_station_aes).where(step_station_aes.c.step_pk == step_pk))
     for ae in dict.fromkeys(a.strip() for a in aes if a.strip()):
-        _INSERT_STATION.execute(conn, {"step_pk": step_pk, "ae_title": ae})
+        _INSERT_STATION.execute(conn, {"step_pk": step_pk, "ae_title": ae, "start_datetime": start})
 
 
 def _new_accession(conn: Connection, policy: OrderPolicy, now: datetime) -> str:
@@ -278,7 +278,7 @@ def _create(
         "order_pk": order_pk, "sps_id": record.scheduled_procedure_step_id or rp_id, "status": status,
         "created_at": now, **values,
     })  # fmt: skip
-    _set_station_aes(conn, step_pk, aes, new=True)
+    _set_station_aes(conn, step_pk, aes, values["start_datetime"], new=True)
     return step_pk
 
 
@@ -309,7 +309,7 @@ def _update(
         conn.execute(
             update(procedure_steps).where(procedure_steps.c.id == step_pk).values(**values)
         )
-        _set_station_aes(conn, step_pk, aes)
+        _set_station_aes(conn, step_pk, aes, values["start_datetime"])
     else:
         conn.execute(
             update(orders)

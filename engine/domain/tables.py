@@ -6,7 +6,8 @@ Worklist C-FIND answers with (PS3.4 K.6.1.2). The step carries every
 attribute the matcher filters on, in DICOM value formats, so matching runs in
 SQL over indexed columns. Scheduled Station AE Title is multi-valued (VM 1-n):
 each value is a row of ``step_station_aes`` so ``CT1\\CT2`` matches a query
-for ``CT1`` through an index (PS3.4 C.2.2.2.1, multiple values).
+for ``CT1`` through an index (PS3.4 C.2.2.2.1, multiple values). Each row repeats its
+step's ``start_datetime`` so "this station, this day" is one range of one index.
 """
 
 from __future__ import annotations
@@ -153,7 +154,9 @@ step_station_aes = Table(
     metadata,
     Column("step_pk", Id, ForeignKey("procedure_steps.id", ondelete="CASCADE"), primary_key=True),
     Column("ae_title", String(16), primary_key=True),
+    Column("start_datetime", String(14), nullable=False, default=""),  # copy of the step's
     Index(None, "ae_title", "step_pk"),
+    Index(None, "ae_title", "start_datetime"),
 )
 
 mpps = Table(

@@ -259,21 +259,33 @@ def _range_clause(
     return and_(*parts)
 
 
+def _datetime_bounds(date_value: str, time_value: str) -> tuple[str | None, str | None]:
+    """The start_datetime range implied by SPS Start Date (+ Time); (None, None) without a date."""
+    if not date_value:
+        return None, None
+    d_low, d_high = parse_range(date_value)
+    t_low, t_high = parse_range(time_value) if time_value else (None, None)
+    low, high = _bound(d_low, 8, "0", "date"), _bound(d_high, 8, "9", "date")
+    return (
+        low + (_bound(t_low, 6, "0", "time") or "000000") if low else None,
+        high + (_bound(t_high, 6, "9", "time") or "999999") if high else None,
+    )
+
+
 def _date_time_clause(date_value: str, time_value: str) -> ColumnElement[bool] | None:
     """SPS Start Date and Time: alone, or combined into one datetime range (C.2.2.2.5.1)."""
-    d_low, d_high = parse_range(date_value) if date_value else (None, None)
-    t_low, t_high = parse_range(time_value) if time_value else (None, None)
     if date_value and time_value:
-        low = _bound(d_low, 8, "0", "date")
-        high = _bound(d_high, 8, "9", "date")
-        low = low + (_bound(t_low, 6, "0", "time") or "000000") if low else None
-        high = high + (_bound(t_high, 6, "9", "time") or "999999") if high else None
-        return _range_clause(_s.start_datetime, low, high)
+        return _range_clause(_s.start_datetime, *_datetime_bounds(date_value, time_value))
     if date_value:
-        return _range_clause(
+        d_low, d_high = parse_range(date_value)
+        by_date = _range_clause(
             _s.start_date, _bound(d_low, 8, "0", "date"), _bound(d_high, 8, "9", "date")
         )
+        # The same range on start_datetime (= start_date + start_time, orders.split_start)
+        # lets the database walk its index instead of scanning every step.
+        return and_(by_date, _range_clause(_s.start_datetime, *_datetime_bounds(date_value, "")))
     if time_value:
+        t_low, t_high = parse_range(time_value)
         return _range_clause(
             _s.start_time, _bound(t_low, 6, "0", "time"), _bound(t_high, 6, "9", "time")
         )
@@ -301,13 +313,22 @@ def _attr_clause(
     return _string_match(attr, values, settings)
 
 
-def _ae_title_clause(values: list[str], settings: MatchSettings) -> ColumnElement[bool] | None:
-    """Scheduled Station AE Title is multi-valued: any stored value may match (C.2.2.2.1)."""
+def _ae_title_clause(
+    values: list[str], bounds: tuple[str | None, str | None], settings: MatchSettings
+) -> ColumnElement[bool] | None:
+    """Scheduled Station AE Title is multi-valued: any stored value may match (C.2.2.2.1).
+
+    ``bounds`` is the start_datetime range the date/time keys already impose; repeating it
+    here makes "station + day" one range of the (ae_title, start_datetime) index.
+    """
     if _is_universal(values):
         return None
-    col = step_station_aes.c.ae_title
-    match = or_(*[_text_clause(col, v, False, settings.dialect) for v in values])
-    return _s.id.in_(select(step_station_aes.c.step_pk).where(match))
+    a = step_station_aes.c
+    match = or_(*[_text_clause(a.ae_title, v, False, settings.dialect) for v in values])
+    low, high = bounds
+    window = [a.start_datetime >= low] if low is not None else []
+    window += [a.start_datetime <= high] if high is not None else []
+    return _s.id.in_(select(a.step_pk).where(match, *window))
 
 
 def _code_clauses(ds: Dataset, keyword: str, settings: MatchSettings) -> list[ColumnElement[bool]]:
@@ -337,11 +358,11 @@ def _level_clauses(
 
 def _step_clauses(item: Dataset, settings: MatchSettings) -> list[ColumnElement[bool]]:
     out = _level_clauses(item, STEP_LEVEL, settings)
-    ae = _ae_title_clause(_values(item.get("ScheduledStationAETitle")), settings)
-    dt = _date_time_clause(
-        "".join(_values(item.get("ScheduledProcedureStepStartDate"))[:1]),
-        "".join(_values(item.get("ScheduledProcedureStepStartTime"))[:1]),
-    )
+    date = "".join(_values(item.get("ScheduledProcedureStepStartDate"))[:1])
+    time = "".join(_values(item.get("ScheduledProcedureStepStartTime"))[:1])
+    dt = _date_time_clause(date, time)
+    bounds = _datetime_bounds(date, time)
+    ae = _ae_title_clause(_values(item.get("ScheduledStationAETitle")), bounds, settings)
     out += [c for c in (ae, dt) if c is not None]
     for keyword in _STEP_CODE_SEQUENCES:
         out += _code_clauses(item, keyword, settings)
@@ -470,10 +491,10 @@ def build_response(row: Mapping[Any, Any], keys: Sequence[KeySpec], charset: str
     return ds
 
 
-def response_charset(row: Mapping[Any, Any], site: str) -> str:
+def response_charset(row: Mapping[Any, Any] | Sequence[Any], site: str) -> str:
     """``site`` if it can encode every text value of ``row``, else ISO_IR 192 (PS3.3 C.12.1.1.2)."""
     codec = python_encoding.get(site, "utf-8")
-    for value in row.values():
+    for value in row.values() if isinstance(row, Mapping) else row:
         if isinstance(value, str) and not value.isascii():
             try:
                 value.encode(codec)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
 from ..domain.factories import apply_records, order, patient
-from .conftest import Radbridge, findscu, needs_dcmtk
+from .conftest import Radbridge, dcmtk_env, findscu, needs_dcmtk
 
 KEYS = [
     "AccessionNumber=",
@@ -169,3 +170,18 @@ def test_merge_and_name_change_show_in_next_query(radbridge: Radbridge) -> None:
     second = _pynetdicom_find(radbridge.server.port, query)
     assert [(d.PatientID, str(d.PatientName)) for d in first] == [("REAL1", "REAL^NAME")]
     assert [str(d.PatientName) for d in second] == ["REAL^RENAMED"]
+
+
+@needs_dcmtk
+def test_findscu_cancel_stops_the_responses_with_cancel_status(
+    radbridge: Radbridge, tmp_path: Path
+) -> None:
+    many = [order(f"PL{n}", accession_number=f"ACC{n}") for n in range(200)]
+    apply_records(radbridge.db, radbridge.orders, [patient("P1"), *many])
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["findscu", "-W", "-v", "--cancel", "1", "-aet", "CT1", "-aec", "RADBRIDGE", "-X", "-od", str(out),
+            "127.0.0.1", str(radbridge.server.port), "-k", "AccessionNumber="]  # fmt: skip
+    log = subprocess.run(args, env=dcmtk_env(), check=True, capture_output=True, text=True, timeout=60)
+    assert 1 <= len(list(out.glob("rsp*.dcm"))) < len(many)
+    assert "Final Find Response (Cancel" in log.stdout + log.stderr

@@ -228,3 +228,29 @@ def test_unknown_keys_are_reported_as_unsupported() -> None:
 def test_charset_falls_back_to_utf8_when_the_site_charset_cannot_encode() -> None:
     assert response_charset({"n": "Müller"}, "ISO_IR 100") == "ISO_IR 100"
     assert response_charset({"n": "Дмитрий"}, "ISO_IR 100") == "ISO_IR 192"
+
+
+def test_date_range_alone_walks_the_start_datetime_index(worklist: Database) -> None:
+    stmt = build_select(_query(sps={"ScheduledProcedureStepStartDate": "20261122-20261123"}), MatchSettings())
+    sql = str(stmt.compile(compile_kwargs={"literal_binds": True}))
+    plan = worklist.read(lambda c: [r[3] for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)])
+    assert any(p.startswith("SEARCH") and "start_datetime>" in p for p in plan), plan
+
+
+def test_station_and_date_follow_a_rescheduled_step(
+    worklist: Database, orders_handler: OrdersHandler
+) -> None:
+    moved = {**ENTRIES[1], "order_control": "XO", "scheduled_start": "20261125101500"}
+    apply_records(worklist, orders_handler, [moved])
+    station = {"ScheduledStationAETitle": "CT2"}
+    assert _match(worklist, _query(sps={**station, "ScheduledProcedureStepStartDate": "20261122"})) == []
+    assert _match(worklist, _query(sps={**station, "ScheduledProcedureStepStartDate": "20261125"})) == ["A2"]
+    both = {**station, "ScheduledProcedureStepStartDate": "20261125", "ScheduledProcedureStepStartTime": "1000-1030"}
+    assert _match(worklist, _query(sps=both)) == ["A2"]
+
+
+def test_station_and_date_walk_one_index_range(worklist: Database) -> None:
+    query = _query(sps={"ScheduledStationAETitle": "CT1", "ScheduledProcedureStepStartDate": "20261122"})
+    sql = str(build_select(query, MatchSettings()).compile(compile_kwargs={"literal_binds": True}))
+    plan = worklist.read(lambda c: [r[3] for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)])
+    assert any("ae_title=? AND start_datetime>" in p for p in plan), plan
