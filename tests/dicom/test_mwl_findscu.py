@@ -176,7 +176,7 @@ def test_merge_and_name_change_show_in_next_query(radbridge: Radbridge) -> None:
 def test_findscu_cancel_stops_the_responses_with_cancel_status(
     radbridge: Radbridge, tmp_path: Path
 ) -> None:
-    many = [order(f"PL{n}", accession_number=f"ACC{n}") for n in range(200)]
+    many = [order(f"PL{n}", accession_number=f"ACC{n}") for n in range(900)]  # more than one cancel round trip
     apply_records(radbridge.db, radbridge.orders, [patient("P1"), *many])
     out = tmp_path / "out"
     out.mkdir()
