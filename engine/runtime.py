@@ -201,10 +201,13 @@ async def _reload(runtime: Runtime, config_dir: Path) -> None:
 
 
 def run(config_dir: Path) -> int:
-    """``radbridge run``: serve until SIGTERM/SIGINT (on uvloop when installed)."""
+    """``radbridge run``: serve until SIGTERM/SIGINT (on uvloop when installed, unless
+    ``RADBRIDGE_EVENT_LOOP=asyncio``)."""
     try:
         import uvloop
     except ModuleNotFoundError:
+        return asyncio.run(_serve(config_dir))
+    if os.environ.get("RADBRIDGE_EVENT_LOOP") == "asyncio":
         return asyncio.run(_serve(config_dir))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(config_dir))

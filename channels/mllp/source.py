@@ -77,12 +77,17 @@ class MLLPServer:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         decoder = FrameDecoder(self.config.max_message_bytes)
+        idle = self.config.idle_timeout_seconds
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                data = await asyncio.wait_for(reader.read(_READ_SIZE), self.config.idle_timeout_seconds)
-                if not data:
-                    break
-                await self._handle(decoder, data, writer, peer)
+            async with asyncio.timeout(idle) as deadline:  # one timer per connection, moved on each read
+                while True:
+                    data = await reader.read(_READ_SIZE)
+                    if not data:
+                        break
+                    deadline.reschedule(None)  # processing time does not count as idle
+                    await self._handle(decoder, data, writer, peer)
+                    deadline.reschedule(loop.time() + idle)
         except TimeoutError:
             log.info("channel %s: closing idle connection from %s", self.runner.name, peer)
         except (ConnectionError, OSError) as exc:

@@ -9,6 +9,7 @@ only after the writer reports the commit.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import logging
 import uuid
@@ -33,6 +34,8 @@ __all__ = ["Persister", "Stored"]
 log = logging.getLogger(__name__)
 
 _ACCEPTED = (PROCESSED, FILTERED)
+_ACK_PREFIX = uuid.uuid4().hex[:8]
+_ACK_COUNTER = itertools.count(1)
 
 # Statements are built once: SQLAlchemy then reuses their compiled form, which
 # is most of the per-message SQL cost on the receive path.
@@ -83,8 +86,8 @@ class Persister:
         self.facility = facility
 
     def ack(self, message: Message | None, code: str, error: HL7Error | None = None) -> str:
-        """An ACK from this channel with a fresh control id."""
-        ctx = AckContext(uuid.uuid4().hex[:20], datetime.now(UTC), self.application, self.facility)
+        """An ACK from this channel with a fresh control id (process prefix + counter, ≤ 20 chars)."""
+        ctx = AckContext(f"{_ACK_PREFIX}{next(_ACK_COUNTER)}", datetime.now(UTC), self.application, self.facility)
         return build_ack(message, code, ctx, error)
 
     def persist(self, conn: Connection, p: Prepared, peer: str) -> Stored:

@@ -8,7 +8,6 @@ AE 207 for that message: never AA for something that is not durable.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -86,10 +85,14 @@ class ChannelRunner:
         return ack.encode(decoded.charset, errors="replace")
 
     async def _persist_all(self, prepared: list[Prepared], peer: str) -> list[str]:
-        futures = [self.db.writer.submit(partial(self.persister.persist, p=p, peer=peer)) for p in prepared]
-        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
+        writer = self.db.writer
+        futures = [writer.submit_async(partial(self.persister.persist, p=p, peer=peer)) for p in prepared]
         acks = []
-        for p, result in zip(prepared, results, strict=True):
+        for p, future in zip(prepared, futures, strict=True):
+            try:
+                result: Stored | BaseException = await future
+            except Exception as exc:
+                result = exc
             acks.append(self._answer(p, result))
         return acks
 

@@ -136,7 +136,7 @@ class Message:
     message with CR terminators.
     """
 
-    __slots__ = ("_index", "segments", "seps", "text")
+    __slots__ = ("_index", "_msh_values", "segments", "seps", "text")
 
     def __init__(self, text: str) -> None:
         text = normalize_segment_breaks(text).lstrip("\ufeff")
@@ -151,6 +151,7 @@ class Message:
             self.seps = Separators()
         self.segments = [Segment(line, self.seps) for line in lines]
         self._index: dict[str, list[Segment]] | None = None
+        self._msh_values: dict[tuple[int, int], str] = {}
 
     def all(self, name: str) -> list[Segment]:
         """Every segment named ``name``, in message order."""
@@ -179,8 +180,12 @@ class Message:
         return seg if seg is not None and seg.name == "MSH" else None
 
     def _msh(self, n: int, comp: int = 1) -> str:
-        msh = self.msh
-        return unescape(msh.value(n, 1, comp), self.seps) if msh else ""
+        cached = self._msh_values.get((n, comp))
+        if cached is None:
+            msh = self.msh
+            cached = unescape(msh.value(n, 1, comp), self.seps) if msh else ""
+            self._msh_values[(n, comp)] = cached
+        return cached
 
     @property
     def sending_application(self) -> str:

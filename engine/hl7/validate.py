@@ -22,10 +22,12 @@ import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
 from engine.hl7.er7 import Message, Segment, pick
 from engine.hl7.structure import (
+    FieldDef,
     known_segments,
     reference_version,
     segment_fields,
@@ -183,11 +185,15 @@ def _check_datatypes(message: Message, version: str, key_only: bool) -> None:
         counts[seg.name] = counts.get(seg.name, 0) + 1
         if key_only and seg.name not in KEY_FIELDS:
             continue
-        fields = segment_fields(version, seg.name)
-        if key_only:
-            fields = {n: f for n, f in fields.items() if n in KEY_FIELDS[seg.name]}
+        fields = _key_fields(version, seg.name) if key_only else segment_fields(version, seg.name)
         if fields:
             _check_segment(seg, fields, counts[seg.name])
+
+
+@lru_cache(maxsize=1024)
+def _key_fields(version: str, segment: str) -> dict[int, FieldDef]:
+    wanted = KEY_FIELDS.get(segment, frozenset())
+    return {n: f for n, f in segment_fields(version, segment).items() if n in wanted}
 
 
 def _check_segment(seg: Segment, fields: Mapping[int, tuple[str, str, int, int]], sequence: int) -> None:

@@ -16,6 +16,7 @@ power loss); PostgreSQL is selected by URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -43,7 +44,25 @@ Work = Callable[[Connection], Any]
 @dataclass(slots=True)
 class _Item:
     fn: Work
-    future: Future[Any]
+    future: Future[Any] | asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Complete the caller's future from the writer thread."""
+        if self.loop is None:
+            fut = self.future
+            assert isinstance(fut, Future)
+            fut.set_exception(error) if error is not None else fut.set_result(result)
+        else:
+            fut = self.future
+            assert isinstance(fut, asyncio.Future)
+            self.loop.call_soon_threadsafe(_settle, fut, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    future.set_exception(error) if error is not None else future.set_result(result)
 
 
 _STOP = object()
@@ -57,6 +76,7 @@ class Writer:
         self._max_batch = max_batch
         self._gather_seconds = gather_seconds
         self._last_batch = 1
+        self._conn: Connection | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="radbridge-writer", daemon=True)
         self._thread.start()
@@ -71,14 +91,24 @@ class Writer:
         """Run ``fn`` in a committed transaction, blocking (CLI, DICOM threads)."""
         return self.submit(fn).result()
 
+    def submit_async(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` from the event loop; the asyncio future resolves after the commit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Item(fn, future, loop))
+        return future
+
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a committed transaction from asyncio code."""
-        return await asyncio.wrap_future(self.submit(fn))
+        return await self.submit_async(fn)
 
     def close(self) -> None:
         """Finish queued work, then stop the thread."""
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
 
     def _loop(self) -> None:
         while True:
@@ -115,19 +145,36 @@ class Writer:
             batch.append(nxt)
         return batch, False
 
+    def _connection(self) -> Connection:
+        """The writer's own connection, kept open between batches (no pool round trip per commit)."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None
+
     def _run_batch(self, batch: list[_Item]) -> None:
         try:
-            with self._engine.begin() as conn:
+            conn = self._connection()
+            with conn.begin():
                 results = [item.fn(conn) for item in batch]
         except Exception as exc:
+            translated = self._translate(exc)
+            if isinstance(translated, StoreUnavailable):
+                self._drop_connection()  # reconnect next time (e.g. PostgreSQL restarted)
             if len(batch) > 1:
                 for item in batch:
                     self._run_batch([item])
                 return
-            batch[0].future.set_exception(self._translate(exc))
+            batch[0].resolve(error=translated)
             return
         for item, result in zip(batch, results, strict=True):
-            item.future.set_result(result)
+            item.resolve(result)
 
 
     def _translate(self, exc: Exception) -> Exception:
