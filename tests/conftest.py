@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.store.database import Database
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
 
@@ -154,6 +156,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'radbridge.db'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database(f"rb_{os.getpid()}_{next(_counter)}")
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated :class:`~engine.store.database.Database` on each backend."""
+    database = Database(db_url)
+    database.migrate()
+    yield database
+    database.close()
 
 
 # --------------------------------------------------------------------------- engine process

@@ -3,7 +3,6 @@
 import asyncio
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import func, insert, select, text
 
 from engine.channel.persist import Persister
@@ -13,7 +12,6 @@ from engine.config.models import ChannelConfig
 from engine.errors import ErrorLocation, HL7ApplicationError
 from engine.handlers import Outbound
 from engine.hl7.er7 import Message
-from engine.store.database import Database
 from engine.store.schema import audit_events, messages, outbox
 
 ORM = ("MSH|^~\\&|RIS|HOSP|RB|RAD|20261122083000||ORM^O01|{cid}|P|2.5.1\r"
@@ -38,14 +36,6 @@ class Emit:
 
     def apply(self, conn, ctx):
         return [Outbound("ris", b"MSH|status", "application/hl7-v2", "MRN1")]
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def runner(db, handlers=(), **channel):

@@ -1,25 +1,15 @@
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-import pytest
 from sqlalchemy import select
 
 from engine.config.models import RetryConfig
 from engine.outbox.queue import enqueue
 from engine.outbox.rows import ERROR, backoff, claim, record_failure, record_success, release, replay
-from engine.store.database import Database
 from engine.store.schema import outbox
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 RETRY = RetryConfig(initial_seconds=1, multiplier=2, max_seconds=10, max_attempts=3)
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def put(db, key, n=1):

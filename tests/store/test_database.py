@@ -5,7 +5,6 @@ import pytest
 from sqlalchemy import func, insert, select, text
 
 from engine.errors import StoreUnavailable
-from engine.store.database import Database
 from engine.store.schema import audit_events
 
 
@@ -17,14 +16,6 @@ def add_event(conn, n):
 
 def count(db):
     return db.read(lambda c: c.execute(select(func.count()).select_from(audit_events)).scalar())
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def test_writer_commits_before_resolving(db):
