@@ -8,6 +8,7 @@ pending responses, checking C-CANCEL between them (PS3.4 K.4.1.3.1).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,18 @@ UNABLE_TO_PROCESS = 0xC000
 FindResult = Iterator[tuple[int, Dataset | None]]
 
 
+#: Responses queued for sending before the next one is built. Without this limit the
+#: generator outruns the network, every response is queued at once, and a C-CANCEL
+#: (PS3.4 C.4.1.3.2) arrives after there is nothing left to cancel.
+MAX_QUEUED_RESPONSES = 16
+
+
+def _wait_for_room(backlog: Callable[[], int], is_cancelled: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while backlog() > MAX_QUEUED_RESPONSES and not is_cancelled() and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
 @dataclass(frozen=True, slots=True)
 class WorklistService:
     """Answers worklist C-FINDs from the database."""
@@ -69,7 +82,11 @@ class WorklistService:
         return cls(db, settings, cfg.charset)
 
     def find(
-        self, identifier: Dataset, is_cancelled: Any, transfer_syntax: str | None = None
+        self,
+        identifier: Dataset,
+        is_cancelled: Any,
+        transfer_syntax: str | None = None,
+        backlog: Callable[[], int] | None = None,
     ) -> FindResult:
         """Yield (status, identifier) pairs as pynetdicom's EVT_C_FIND handler expects.
 
@@ -93,6 +110,8 @@ class WorklistService:
                 )
                 yield OUT_OF_RESOURCES, None
                 return
+            if backlog is not None:
+                _wait_for_room(backlog, is_cancelled)
             if is_cancelled():
                 yield CANCEL, None
                 return

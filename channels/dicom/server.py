@@ -93,8 +93,9 @@ def configure_pynetdicom_logging() -> None:
 
 def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
     def on_find(event: Any) -> Any:
+        outgoing = event.assoc.dul.to_provider_queue  # responses not yet on the wire
         yield from worklist.find(
-            event.identifier, lambda: event.is_cancelled, event.context.transfer_syntax
+            event.identifier, lambda: event.is_cancelled, event.context.transfer_syntax, outgoing.qsize
         )
 
     def on_create(event: Any) -> Any:

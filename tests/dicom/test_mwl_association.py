@@ -62,3 +62,4 @@ def test_wrong_called_ae_title_is_rejected(radbridge: Radbridge) -> None:
     ae.add_requested_context(MWL)
     assoc = ae.associate("127.0.0.1", radbridge.server.port, ae_title="NOT_US")
     assert not assoc.is_established
+
