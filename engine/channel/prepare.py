@@ -69,7 +69,9 @@ class Preparer:
         self.config = config
         self.mapping = mapping
         a = config.accept
-        self.policy = AcceptPolicy(a.message_types, a.processing_ids, a.versions, a.structure, a.datatypes)
+        self.policy = AcceptPolicy(
+            tuple(a.message_types), tuple(a.processing_ids), tuple(a.versions), a.structure, a.datatypes
+        )
 
     def prepare(self, text: str, raw: bytes, charset: str) -> Prepared:
         """Tokenize, validate, filter and map ``text``."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -135,8 +135,15 @@ def _check_envelope(message: Message) -> None:
         raise HL7ApplicationError(100, "second MSH inside one message", _loc("MSH", 2))
 
 
+@lru_cache(maxsize=256)
+def _pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One compiled regex for a list of shell-style patterns."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
+
+
 def _matches(value: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+    key = patterns if isinstance(patterns, tuple) else tuple(patterns)
+    return _pattern(key).match(value) is not None
 
 
 def _check_acceptance(message: Message, policy: AcceptPolicy) -> None:
@@ -151,7 +158,7 @@ def _check_acceptance(message: Message, policy: AcceptPolicy) -> None:
         raise HL7Reject(200, "MSH-9 message type is missing", _loc("MSH", 1, 9, 1))
     if _matches(message.message_type, policy.message_types):
         return
-    if any(fnmatch.fnmatchcase(code, p.split("^")[0]) for p in policy.message_types):
+    if _matches(code, [p.split("^")[0] for p in policy.message_types]):
         raise HL7Reject(201, f"unsupported event code {trigger!r} for {code}", _loc("MSH", 1, 9, 2))
     raise HL7Reject(200, f"unsupported message type {code!r}", _loc("MSH", 1, 9, 1))
 
@@ -185,30 +192,32 @@ def _check_datatypes(message: Message, version: str, key_only: bool) -> None:
         counts[seg.name] = counts.get(seg.name, 0) + 1
         if key_only and seg.name not in KEY_FIELDS:
             continue
-        fields = _key_fields(version, seg.name) if key_only else segment_fields(version, seg.name)
-        if fields:
-            _check_segment(seg, fields, counts[seg.name])
+        typed = _typed_fields(version, seg.name, key_only)
+        if typed:
+            _check_segment(seg, typed, counts[seg.name])
 
 
-@lru_cache(maxsize=1024)
-def _key_fields(version: str, segment: str) -> dict[int, FieldDef]:
-    wanted = KEY_FIELDS.get(segment, frozenset())
-    return {n: f for n, f in segment_fields(version, segment).items() if n in wanted}
+@lru_cache(maxsize=4096)
+def _typed_fields(version: str, segment: str, key_only: bool) -> tuple[tuple[int, FieldDef], ...]:
+    """The fields of ``segment`` that have a check, in order (MSH-1/2 are the delimiters)."""
+    wanted = KEY_FIELDS.get(segment, frozenset()) if key_only else None
+    return tuple(
+        (n, f) for n, f in segment_fields(version, segment).items()
+        if f[0] in _CHECKS and (n > 2 or segment != "MSH") and (wanted is None or n in wanted)
+    )  # fmt: skip
 
 
-def _check_segment(seg: Segment, fields: Mapping[int, tuple[str, str, int, int]], sequence: int) -> None:
-    start = 3 if seg.name == "MSH" else 1
-    for number in range(start, min(seg.field_count, max(fields, default=0)) + 1):
-        spec = fields.get(number)
-        check = _CHECKS.get(spec[0]) if spec else None
-        if check is None or not seg.fields[number]:
+def _check_segment(seg: Segment, typed: tuple[tuple[int, FieldDef], ...], sequence: int) -> None:
+    count = seg.field_count
+    for number, spec in typed:
+        if number > count or not seg.fields[number]:
             continue
+        check, is_ts = _CHECKS[spec[0]], spec[0] == "TS"
         for rep in seg.repetitions(number):
-            value = pick(rep, seg.seps, 1) if spec and spec[0] == "TS" else rep
+            value = pick(rep, seg.seps, 1) if is_ts else rep
             if value and value != '""' and not check(value):
-                comp = 1 if spec and spec[0] == "TS" else None
                 raise HL7ApplicationError(
                     102,
-                    f"{seg.name}-{number} ({spec[1] if spec else ''}) is not a valid {spec[0] if spec else ''}",
-                    _loc(seg.name, sequence, number, comp),
+                    f"{seg.name}-{number} ({spec[1]}) is not a valid {spec[0]}",
+                    _loc(seg.name, sequence, number, 1 if is_ts else None),
                 )
