@@ -20,11 +20,16 @@ from channels.dicom.server import DicomServer, start_dicom_server
 from engine.config.models import EngineConfig
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
 from engine.store.database import Database
+from tests.conftest import need
 
 DCMTK = all(shutil.which(t) for t in ("findscu", "wlmscpfs", "dump2dcm"))
-needs_dcmtk = pytest.mark.skipif(
-    not DCMTK, reason="DCMTK (findscu, wlmscpfs, dump2dcm) not installed"
-)
+@pytest.fixture
+def dcmtk() -> None:
+    """Skip (fail under RADBRIDGE_REQUIRE_PEERS=1) without DCMTK."""
+    need(DCMTK, "DCMTK (findscu, wlmscpfs, dump2dcm) not installed")
+
+
+needs_dcmtk = pytest.mark.usefixtures("dcmtk")
 
 
 def free_port() -> int:

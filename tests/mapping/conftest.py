@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import pytest
 
 from engine.hl7.charset import decode
 from engine.hl7.er7 import Message
+from tests.conftest import need
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS_DIR = REPO_ROOT / "mappings"
@@ -20,9 +18,7 @@ def corpus_message(relative: str) -> Message:
     path = CORPUS / "hl7" / relative
     if not path.is_file():
         reason = f"shared corpus not found at {CORPUS} (needs ../shared/corpus beside the repo)"
-        if os.environ.get("RADBRIDGE_REQUIRE_CORPUS"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        need(False, reason)
     return Message(decode(path.read_bytes()).text)
 
 
