@@ -218,7 +218,7 @@ def engine_process(tmp_path: Path) -> Iterator[EngineProcess]:
     (config_dir / "channels").mkdir(parents=True)
     data_dir = tmp_path / "var"
     data_dir.mkdir()
-    (config_dir / "engine.yaml").write_text(f"data_dir: {data_dir}\n")
+    (config_dir / "engine.yaml").write_text(f"data_dir: {data_dir}\ndicom: {{enabled: false}}\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RADBRIDGE_DATA_DIR": str(data_dir)}
     engine = EngineProcess(config_dir, data_dir, env)
     try:

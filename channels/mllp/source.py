@@ -1,8 +1,11 @@
 """The MLLP listener: asyncio, many connections, keep-alive, idle timeout, optional TLS.
 
-Frames on one connection are answered in order. Nothing a peer sends can end
-the listener: bad frames are answered or dropped and kept for inspection,
-and every per-connection failure is contained in that connection.
+Each connection is an :class:`asyncio.Protocol`: bytes are framed as they
+arrive and frames are answered strictly in order by one task per connection
+that lives only while there is work (no stream buffers, no per-read futures:
+this is the receive path's hottest loop). Nothing a peer sends can end the
+listener: bad frames are answered or dropped and kept for inspection, and every
+per-connection failure is contained in that connection.
 """
 
 from __future__ import annotations
@@ -10,17 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from typing import cast
 
 from engine.channel.runner import ChannelRunner
 from engine.config.models import MLLPSourceConfig
-from engine.hl7.framing import FrameDecoder, FrameKind, frame
+from engine.hl7.framing import FrameDecoder, FrameEvent, FrameKind, frame
 from engine.tls import server_context
 
 __all__ = ["MLLPServer"]
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE = 65536
+#: Frames waiting on one connection before reading from it pauses (pipelining senders).
+_MAX_PENDING = 64
 
 
 class MLLPServer:
@@ -30,7 +36,7 @@ class MLLPServer:
         self.config = config
         self.runner = runner
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[_Connection] = set()
 
     @property
     def port(self) -> int:
@@ -41,81 +47,140 @@ class MLLPServer:
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
-        self._server = await asyncio.start_server(
-            self._accept, self.config.host, self.config.port, ssl=server_context(self.config.tls),
-            limit=_READ_SIZE, reuse_address=True,
-        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.config.host, self.config.port,
+            ssl=server_context(self.config.tls), reuse_address=True,
+        )  # fmt: skip
         log.info("channel %s listening for MLLP on %s:%s%s", self.runner.name, self.config.host,
                  self.port, " (TLS)" if self.config.tls else "")
 
     async def stop(self) -> None:
-        """Stop accepting, then close open connections."""
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self._connections) >= self.config.max_connections:
-            log.warning("channel %s: connection refused, %d open", self.runner.name, len(self._connections))
-            writer.close()
+        """Stop accepting, then close open connections (their pending work is finished or cancelled)."""
+        if self._server is None:
             return
-        if task is not None:
-            self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        finally:
-            if task is not None:
-                self._connections.discard(task)
+        self._server.close()
+        for conn in list(self._connections):
+            conn.abort()
+        tasks = [c.task for c in self._connections if c.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 5)
+        self._server = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
-        decoder = FrameDecoder(self.config.max_message_bytes)
-        idle = self.config.idle_timeout_seconds
-        loop = asyncio.get_running_loop()
+
+class _Connection(asyncio.Protocol):
+    """One peer: frames in, answers out, in order."""
+
+    def __init__(self, server: MLLPServer) -> None:
+        self.server = server
+        self.config = server.config
+        self.runner = server.runner
+        self.decoder = FrameDecoder(self.config.max_message_bytes)
+        self.pending: deque[FrameEvent] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.paused = False
+        self.closed = False
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        peername = transport.get_extra_info("peername")
+        self.peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        if len(self.server._connections) >= self.config.max_connections:
+            log.warning("channel %s: connection refused, %d open", self.runner.name, len(self.server._connections))
+            self.transport.abort()
+            self.closed = True
+            return
+        self.server._connections.add(self)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.pending.extend(self.decoder.feed(data))
+        if self.pending:
+            self._disarm_idle()
+            self._schedule()
+        if len(self.pending) > _MAX_PENDING and self.transport is not None and not self.paused:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._disarm_idle()
+        self.server._connections.discard(self)
+        leftovers = self.decoder.close()
+        partial = self.decoder.partial
+        if leftovers or partial.strip():
+            asyncio.get_running_loop().create_task(self._keep(leftovers, partial))
+        if exc is not None:
+            log.info("channel %s: connection from %s ended: %s", self.runner.name, self.peer, type(exc).__name__)
+
+    def abort(self) -> None:
+        """Close at once (listener stopping)."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _schedule(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
         try:
-            async with asyncio.timeout(idle) as deadline:  # one timer per connection, moved on each read
-                while True:
-                    data = await reader.read(_READ_SIZE)
-                    if not data:
-                        break
-                    deadline.reschedule(None)  # processing time does not count as idle
-                    await self._handle(decoder, data, writer, peer)
-                    deadline.reschedule(loop.time() + idle)
-        except TimeoutError:
-            log.info("channel %s: closing idle connection from %s", self.runner.name, peer)
-        except (ConnectionError, OSError) as exc:
-            log.info("channel %s: connection from %s ended: %s", self.runner.name, peer, type(exc).__name__)
+            while self.pending and not self.closed:
+                answer = await self._answer(self.pending.popleft())
+                if answer is not None and self.transport is not None and not self.closed:
+                    self.transport.write(frame(answer))
+                if self.paused and len(self.pending) <= _MAX_PENDING // 2 and self.transport is not None:
+                    self.transport.resume_reading()
+                    self.paused = False
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("channel %s: connection from %s failed", self.runner.name, peer)
+            log.exception("channel %s: connection from %s failed", self.runner.name, self.peer)
+            if self.transport is not None:
+                self.transport.abort()
         finally:
-            await self._close(decoder, writer, peer)
+            if not self.closed:
+                self._arm_idle()
 
-    async def _handle(self, decoder: FrameDecoder, data: bytes, writer: asyncio.StreamWriter, peer: str) -> None:
-        for event in decoder.feed(data):
-            if event.kind is FrameKind.MESSAGE:
-                writer.write(frame(await self.runner.receive(event.payload, peer)))
-            elif event.kind is FrameKind.OVERSIZE:
-                writer.write(frame(await self.runner.reject_oversize(event.payload, peer)))
-            else:
-                await self.runner.keep(event.payload, peer, "bytes outside an MLLP frame")
-        await writer.drain()
+    async def _answer(self, event: FrameEvent) -> bytes | None:
+        if event.kind is FrameKind.MESSAGE:
+            return await self.runner.receive(event.payload, self.peer)
+        if event.kind is FrameKind.OVERSIZE:
+            return await self.runner.reject_oversize(event.payload, self.peer)
+        await self.runner.keep(event.payload, self.peer, "bytes outside an MLLP frame")
+        return None
 
-    async def _close(self, decoder: FrameDecoder, writer: asyncio.StreamWriter, peer: str) -> None:
-        partial = decoder.partial
+    async def _keep(self, leftovers: list[FrameEvent], partial: bytes) -> None:
         with contextlib.suppress(Exception):
-            for event in decoder.close():
-                await self.runner.keep(event.payload, peer, "bytes outside an MLLP frame")
+            if self.task is not None:
+                with contextlib.suppress(BaseException):
+                    await self.task
+            for event in leftovers:
+                await self.runner.keep(event.payload, self.peer, "bytes outside an MLLP frame")
             if partial.strip():
-                await self.runner.keep(partial, peer, "connection closed inside an MLLP frame")
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+                await self.runner.keep(partial, self.peer, "connection closed inside an MLLP frame")
+
+    def _arm_idle(self) -> None:
+        self._disarm_idle()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.config.idle_timeout_seconds, self._on_idle)
+
+    def _disarm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _on_idle(self) -> None:
+        log.info("channel %s: closing idle connection from %s", self.runner.name, self.peer)
+        if self.transport is not None:
+            self.transport.close()

@@ -25,7 +25,9 @@ def write_channel(engine: EngineProcess, name: str, body: str) -> None:
 
 def write_engine_yaml(engine: EngineProcess, extra: str = "") -> None:
     """Rewrite ``engine.yaml`` (data_dir plus ``extra`` YAML)."""
-    text = f"data_dir: {engine.data_dir}\n" + textwrap.dedent(extra)
+    extra = textwrap.dedent(extra)
+    dicom = "" if "dicom:" in extra else "dicom: {enabled: false}\n"  # no fixed port 11112 in tests
+    text = f"data_dir: {engine.data_dir}\n{dicom}" + extra
     (engine.config_dir / "engine.yaml").write_text(text)
 
 
