@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from engine.errors import TABLE_0357, HL7Error
 from engine.hl7.er7 import Message, Separators, escape
@@ -32,8 +33,13 @@ class AckContext:
 
 
 def timestamp(now: datetime) -> str:
-    """HL7 DTM with seconds and UTC offset."""
-    return now.strftime("%Y%m%d%H%M%S%z")
+    """HL7 DTM with seconds and UTC offset (formatted once per second and zone)."""
+    return _timestamp(now.replace(microsecond=0))
+
+
+@lru_cache(maxsize=8)
+def _timestamp(second: datetime) -> str:
+    return second.strftime("%Y%m%d%H%M%S%z")
 
 
 def build_ack(
