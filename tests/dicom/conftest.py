@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,8 @@ from engine.store.database import Database
 from tests.conftest import need
 
 DCMTK = all(shutil.which(t) for t in ("findscu", "wlmscpfs", "dump2dcm"))
+
+
 @pytest.fixture
 def dcmtk() -> None:
     """Skip (fail under RADBRIDGE_REQUIRE_PEERS=1) without DCMTK."""
@@ -30,25 +30,6 @@ def dcmtk() -> None:
 
 
 needs_dcmtk = pytest.mark.usefixtures("dcmtk")
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    """Wait until something accepts connections on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 def dcmtk_env() -> dict[str, str]:

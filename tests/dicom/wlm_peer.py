@@ -9,7 +9,9 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from .conftest import dcmtk_env, free_port, wait_for_port
+from tests.conftest import free_port, wait_for_port
+
+from .conftest import dcmtk_env
 
 
 def dump_text(ds: Dataset, depth: int = 0) -> str:
