@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import deque
 from typing import cast
 
@@ -84,6 +85,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self._idle: asyncio.TimerHandle | None = None
+        self._fd = -1  # plain TCP: answers are written straight to the socket (see _send)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -95,6 +97,9 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             return
         self.server._connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if self.config.tls is None and sock is not None:
+            self._fd = sock.fileno()
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -138,7 +143,7 @@ class _Connection(asyncio.Protocol):
             while self.pending and not self.closed:
                 answer = await self._answer(self.pending.popleft())
                 if answer is not None and self.transport is not None and not self.closed:
-                    self.transport.write(frame(answer))
+                    self._send(frame(answer))
                 if self.paused and len(self.pending) <= _MAX_PENDING // 2 and self.transport is not None:
                     self.transport.resume_reading()
                     self.paused = False
@@ -151,6 +156,31 @@ class _Connection(asyncio.Protocol):
         finally:
             if not self.closed:
                 self._arm_idle()
+
+    def _send(self, data: bytes) -> None:
+        """Write an answer; on plain TCP with nothing queued, straight to the socket.
+
+        ``os.write`` releases the GIL for the system call, which on loopback and
+        on a virtual machine is a large part of a message's cost; the transport's
+        own write (uvloop) holds it, stalling the writer thread's commits. What
+        the socket does not take at once, and everything while the transport
+        still has bytes queued, goes through the transport, so order is kept.
+        """
+        transport = self.transport
+        assert transport is not None
+        # is_closing() is set before the transport lets go of the descriptor (same thread), so
+        # a closed connection's fd, possibly reused by a new one, is never written here.
+        if self._fd >= 0 and not transport.is_closing() and not transport.get_write_buffer_size():
+            try:
+                sent = os.write(self._fd, data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # let the transport see and report the broken connection
+            data = data[sent:]
+            if not data:
+                return
+        transport.write(data)
 
     async def _answer(self, event: FrameEvent) -> bytes | None:
         if event.kind is FrameKind.MESSAGE:

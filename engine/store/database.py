@@ -56,13 +56,32 @@ class _Item:
         else:
             fut = self.future
             assert isinstance(fut, asyncio.Future)
-            self.loop.call_soon_threadsafe(_settle, fut, result, error)
+            with contextlib.suppress(RuntimeError):  # that event loop has closed: nobody is waiting
+                self.loop.call_soon_threadsafe(_settle, fut, result, error)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.cancelled():
         return
     future.set_exception(error) if error is not None else future.set_result(result)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in settled:
+        _settle(future, result, None)
+
+
+def _resolve_all(batch: list[_Item], results: list[Any]) -> None:
+    """Complete a committed batch: one wake-up per event loop, not one per item."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for item, result in zip(batch, results, strict=True):
+        if item.loop is None:
+            item.resolve(result)
+        else:
+            by_loop.setdefault(item.loop, []).append((item.future, result))  # type: ignore[arg-type]
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that event loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle_all, settled)
 
 
 _STOP = object()
@@ -115,35 +134,58 @@ class Writer:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch, stop = self._gather(first)
-            self._last_batch = len(batch)
-            self._run_batch(batch)
-            if stop:
+            if self._run_pipelined(first):
                 return
 
-    def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
-        """Collect what is queued; when the last batch was larger, wait briefly for as many.
+    def _next(self, count: int, deadline: float) -> Any:
+        """The next queued item, waiting until ``deadline`` while the batch is smaller than the last one.
 
         Concurrent senders each wait for their ACK before sending again, so right
         after a commit only one of them may have resubmitted yet. Waiting up to
         ``gather_seconds`` for as many items as the previous batch had keeps the
-        batches, and so the commits, shared; a lone sender never waits.
+        batches, and so the commits, shared; a lone sender never waits. Returns
+        None when nothing more is coming for this batch.
         """
-        batch = [first]
+        if count >= self._max_batch:
+            return None
+        remaining = deadline - time.monotonic()
+        try:
+            if count < self._last_batch and remaining > 0:
+                return self._queue.get(timeout=remaining)
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _run_pipelined(self, first: _Item) -> bool:
+        """Run ``first`` and whatever arrives meanwhile in one transaction; True when told to stop.
+
+        Items are applied as they arrive rather than after gathering: the event
+        loop prepares the next messages while this thread writes the previous
+        ones, and the batch still shares one commit. If any item fails, the whole
+        transaction is rolled back and each item of the batch is run on its own
+        (:meth:`_run_batch`), so a faulty item cannot take its neighbours down.
+        """
         deadline = time.monotonic() + self._gather_seconds
-        while len(batch) < self._max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                if len(batch) < self._last_batch and remaining > 0:
-                    nxt = self._queue.get(timeout=remaining)
-                else:
-                    nxt = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is _STOP:
-                return batch, True
-            batch.append(nxt)
-        return batch, False
+        batch: list[_Item] = [first]
+        results: list[Any] = []
+        stop = False
+        try:
+            conn = self._connection()
+            with conn.begin():
+                results.append(first.fn(conn))
+                while (nxt := self._next(len(batch), deadline)) is not None:
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                    results.append(nxt.fn(conn))
+        except Exception as exc:
+            self._last_batch = len(batch)
+            self._fail_batch(batch, exc)
+            return stop
+        self._last_batch = len(batch)
+        _resolve_all(batch, results)
+        return stop
 
     def _connection(self) -> Connection:
         """The writer's own connection, kept open between batches (no pool round trip per commit)."""
@@ -164,18 +206,20 @@ class Writer:
             with conn.begin():
                 results = [item.fn(conn) for item in batch]
         except Exception as exc:
-            translated = self._translate(exc)
-            if isinstance(translated, StoreUnavailable):
-                self._drop_connection()  # reconnect next time (e.g. PostgreSQL restarted)
-            if len(batch) > 1:
-                for item in batch:
-                    self._run_batch([item])
-                return
-            batch[0].resolve(error=translated)
+            self._fail_batch(batch, exc)
             return
-        for item, result in zip(batch, results, strict=True):
-            item.resolve(result)
+        _resolve_all(batch, results)
 
+    def _fail_batch(self, batch: list[_Item], exc: Exception) -> None:
+        """A rolled-back batch: retry its items one by one, or report the single item's error."""
+        translated = self._translate(exc)
+        if isinstance(translated, StoreUnavailable):
+            self._drop_connection()  # reconnect next time (e.g. PostgreSQL restarted)
+        if len(batch) > 1:
+            for item in batch:
+                self._run_batch([item])
+            return
+        batch[0].resolve(error=translated)
 
     def _translate(self, exc: Exception) -> Exception:
         """Database failures (wrapped by SQLAlchemy or raw from the driver) become StoreUnavailable."""
