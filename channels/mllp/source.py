@@ -26,6 +26,8 @@ __all__ = ["MLLPServer"]
 
 log = logging.getLogger(__name__)
 
+_write = os.write  # module-level so tests can watch the direct path
+
 #: Frames waiting on one connection before reading from it pauses (pipelining senders).
 _MAX_PENDING = 64
 
@@ -172,7 +174,7 @@ class _Connection(asyncio.Protocol):
         # a closed connection's fd, possibly reused by a new one, is never written here.
         if self._fd >= 0 and not transport.is_closing() and not transport.get_write_buffer_size():
             try:
-                sent = os.write(self._fd, data)
+                sent = _write(self._fd, data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:

@@ -111,3 +111,71 @@ def test_idle_connections_are_closed(tmp_path):
             db.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_pipelined_answers_stay_in_order_when_the_peer_reads_slowly(tmp_path, monkeypatch, loop_kind):
+    """A sender that pipelines and reads late: answers that the socket cannot take at once go
+    through the transport's buffer, and every answer arrives once, in order."""
+    import socket
+    import threading
+    import time
+
+    import channels.mllp.source as source
+
+    writes = {"direct": 0, "partial": 0}
+    real_write = source._write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        sent = real_write(fd, data)
+        writes["direct"] += 1
+        writes["partial"] += sent < len(data)
+        return sent
+
+    monkeypatch.setattr(source, "_write", counting_write)
+    count = 1500
+    answers: list[str] = []
+
+    def client(port: int) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(60)
+
+        def send_all() -> None:
+            for n in range(count):
+                sock.sendall(b"\x0b" + MSG.replace(b"{n}", f"P{n}".encode()) + b"\x1c\r")
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        time.sleep(1.0)  # let the server's answers back up
+        buf = b""
+        while len(answers) < count:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed early"
+            buf += chunk
+            while b"\x1c\r" in buf:
+                one, buf = buf.split(b"\x1c\r", 1)
+                answers.append(Message(one.strip(b"\x0b").decode()).segment("MSA").value(2))
+        sender.join()
+        sock.close()
+
+    async def scenario():
+        server, db = make_server(tmp_path)
+        await server.start()
+        for sock in server._server.sockets:  # accepted connections inherit a small send buffer
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, client, server.port)
+        finally:
+            await server.stop()
+            db.close()
+
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())
+    assert answers == [f"CP{n}" for n in range(count)]
+    # both paths were taken: straight to the socket, and through the transport's buffer
+    assert writes["direct"] > 0 and (writes["partial"] or writes["direct"] < count), writes
