@@ -142,12 +142,25 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(int(len(ordered) * q), len(ordered) - 1)] * 1000
 
 
-def measure(port: int, args: argparse.Namespace, tag: str) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, pid: int, args: argparse.Namespace, tag: str) -> dict[str, float]:
+    """Throughput and latency; also the server's CPU time per message (less sensitive to a busy machine)."""
+    cpu0 = cpu_seconds(pid)
     one = [drive(port, 1, args.messages, f"{tag}1r{r}") for r in range(args.runs)]
+    cpu1 = cpu_seconds(pid)
     eight = [drive(port, 8, args.messages // 8, f"{tag}8r{r}")[0] for r in range(args.runs)]
+    cpu8 = cpu_seconds(pid)
     lat = one[len(one) // 2][1]
+    sent_one, sent_eight = args.runs * args.messages, args.runs * (args.messages // 8) * 8
     return {"one": statistics.median(r[0] for r in one), "eight": statistics.median(eight),
-            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
+            "best_one": max(r[0] for r in one), "best_eight": max(eight),
+            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
+            "cpu_one": (cpu1 - cpu0) / sent_one * 1e6, "cpu_eight": (cpu8 - cpu1) / sent_eight * 1e6}
 
 
 def memory_run(port: int, pid: int, total: int) -> list[tuple[int, float]]:
@@ -174,8 +187,8 @@ def main() -> None:
         engine = start_engine(Path(tmp), rb_port, args.workflow)
         try:
             wait_port(bare_port)
-            peer = measure(bare_port, args, "bare")
-            ours = measure(rb_port, args, "rb")
+            peer = measure(bare_port, bare.pid, args, "bare")
+            ours = measure(rb_port, engine.pid, args, "rb")
             samples = memory_run(rb_port, engine.pid, args.memory) if args.memory else []
         finally:
             engine.terminate()
@@ -183,10 +196,14 @@ def main() -> None:
             engine.wait(20)
             bare.wait(20)
     print(f"{'':28}{'radbridge':>12}{'bare ACK':>12}{'ratio':>8}")
+    print(f"(median of {args.runs} runs; best run in brackets; server CPU = user + system time per message)")
     for key, label in (("one", "1 sender msgs/s"), ("eight", "8 senders msgs/s")):
-        print(f"{label:28}{ours[key]:12.0f}{peer[key]:12.0f}{ours[key] / peer[key]:8.2f}")
+        best = f"[{ours['best_' + key]:.0f}]"
+        print(f"{label:28}{ours[key]:12.0f}{peer[key]:12.0f}{ours[key] / peer[key]:8.2f}  {best}")
     for key, label in (("p50", "1 sender p50 ms"), ("p99", "1 sender p99 ms")):
         print(f"{label:28}{ours[key]:12.2f}{peer[key]:12.2f}{ours[key] / max(peer[key], 1e-9):8.1f}")
+    for key, label in (("cpu_one", "1 sender server CPU us/msg"), ("cpu_eight", "8 senders server CPU us/msg")):
+        print(f"{label:28}{ours[key]:12.0f}{peer[key]:12.0f}{ours[key] / max(peer[key], 1e-9):8.1f}")
     for done, mb in samples:
         print(f"rss after {done:>7} messages: {mb:7.1f} MB")
 
