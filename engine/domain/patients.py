@@ -2,7 +2,7 @@
 
 Identity is PatientID + issuer (reference section 7). A patient merged into
 another keeps its row with status ``MERGED`` and ``merged_into_id``; its
-orders (and with them worklist steps) and MPPS move to the survivor. Later HL7
+orders (and with them worklist steps), MPPS and studies move to the survivor. Later HL7
 for a merged id follows :class:`PatientPolicy` (reject with AE 204 by default).
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from engine.domain.records import MergeRecord, OtherPatientId, PatientRecord
+from engine.domain.studies import move_studies
 from engine.domain.tables import (
     mpps,
     orders,
@@ -210,7 +211,11 @@ def _record_link(conn: Connection, kind: str, prior: Any, survivor_pk: int, now:
 def merge_patient(
     conn: Connection, record: MergeRecord, policy: PatientPolicy, now: datetime
 ) -> int:
-    """A40: move orders, steps and MPPS of the prior to the survivor; keep the prior as MERGED."""
+    """A40: move orders (with their steps), MPPS and studies of the prior to the survivor.
+
+    The prior stays as MERGED with ``merged_into_id``; the channel's transaction
+    makes every PID/MRG pair of one message apply together or not at all.
+    """
     survivor_key = (record.patient_id, record.issuer)
     if survivor_key == (record.prior_patient_id, record.prior_issuer):
         raise HL7ApplicationError(205, "a patient cannot be merged into itself", _MRG1)
@@ -225,6 +230,7 @@ def merge_patient(
         update(orders).where(orders.c.patient_pk == prior.id).values(patient_pk=survivor_pk)
     )
     conn.execute(update(mpps).where(mpps.c.patient_pk == prior.id).values(patient_pk=survivor_pk))
+    move_studies(conn, int(prior.id), survivor_pk)
     conn.execute(
         update(patients)
         .where(patients.c.id == prior.id)
