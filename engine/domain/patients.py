@@ -1,4 +1,4 @@
-"""Patients: ADT upsert, merge (A40), change of identifier (A47), A10/A11 (IHE RAD-1, RAD-12).
+"""Patients: ADT upsert, merge (A40), change of identifier (A47), A10-A13 (IHE RAD-1, RAD-12).
 
 Identity is PatientID + issuer (reference section 7). A patient merged into
 another keeps its row with status ``MERGED`` and ``merged_into_id``; its
@@ -25,6 +25,7 @@ from engine.domain.tables import (
     patients,
     procedure_steps,
 )
+from engine.domain.visits import VISIT_EVENTS, apply_visit
 from engine.errors import ErrorLocation, HL7ApplicationError
 from engine.store.fast import FastInsert, FastStatement, first_row
 
@@ -162,7 +163,12 @@ def set_arrival(conn: Connection, pk: int, arrived: bool, now: datetime) -> int:
 
 
 def _cancel_admit(conn: Connection, pk: int, record: PatientRecord, now: datetime) -> None:
-    """A11: the visit did not happen: clear its admission id and undo arrivals."""
+    """A11 (HL7 v2.5.1 3.3.11): the admission or registration did not happen.
+
+    The visit (class, location, status) is cleared, the admission id too when it
+    is the cancelled one (or PV1-19 is not given), and ARRIVED steps go back to SCHEDULED.
+    """
+    apply_visit(conn, pk, record, now)
     stmt = update(patients).where(patients.c.id == pk)
     if record.admission_id:
         stmt = stmt.where(patients.c.admission_id == record.admission_id)
@@ -171,14 +177,17 @@ def _cancel_admit(conn: Connection, pk: int, record: PatientRecord, now: datetim
 
 
 def _arrive(conn: Connection, pk: int, record: PatientRecord, now: datetime) -> None:
-    """A10 patient arriving: the patient's scheduled steps become ARRIVED."""
+    """A10 patient arriving: the patient's scheduled steps become ARRIVED (and PV1-3 is current)."""
+    apply_visit(conn, pk, record, now)
     set_arrival(conn, pk, True, now)
 
 
 _EventAction = Callable[[Connection, int, PatientRecord, datetime], None]
 
-#: Trigger event → what follows the demographic upsert (HL7 v2.5.1 3.3).
+#: Trigger event → what follows the demographic upsert (HL7 v2.5.1 3.3): the visit
+#: (engine.domain.visits: A01-A05, A08, A31, A12, A13), arrival (A10) and its undo (A11).
 EVENT_ACTIONS: dict[str, _EventAction] = {
+    **dict.fromkeys(VISIT_EVENTS, apply_visit),
     "A10": _arrive,
     "A11": _cancel_admit,
 }

@@ -110,6 +110,7 @@ TOP_LEVEL: dict[str, _Attr] = {
         _attr("RequestingPhysician", _o.requesting_physician),
         _attr("ReferringPhysicianName", _o.referring_physician_name),
         _attr("AdmissionID", _o.admission_id),
+        _attr("CurrentPatientLocation", _p.current_patient_location),  # Visit Status, from ADT PV1-3
         _attr("PlacerOrderNumberImagingServiceRequest", _o.placer_order_number),
         _attr("FillerOrderNumberImagingServiceRequest", _o.filler_order_number),
     )
