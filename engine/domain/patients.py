@@ -165,8 +165,8 @@ def set_arrival(conn: Connection, pk: int, arrived: bool, now: datetime) -> int:
 def _cancel_admit(conn: Connection, pk: int, record: PatientRecord, now: datetime) -> None:
     """A11 (HL7 v2.5.1 3.3.11): the admission or registration did not happen.
 
-    The visit (class, location, status) is cleared, the admission id too when it
-    is the cancelled one (or PV1-19 is not given), and ARRIVED steps go back to SCHEDULED.
+    The visit (class, location, status) and the admission id are cleared, and
+    ARRIVED steps go back to SCHEDULED.
     """
     apply_visit(conn, pk, record, now)
     stmt = update(patients).where(patients.c.id == pk)
