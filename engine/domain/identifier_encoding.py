@@ -59,7 +59,8 @@ class _Plan:
 
 def _plan(key: KeySpec, columns: Mapping[str, int], prefix: str) -> _Plan:
     if key.vr == "SQ":
-        inner = tuple(_plan(k, columns, f"{key.keyword}.") for k in key.children or ())
+        children = sorted(key.children or (), key=lambda k: k.tag)  # PS3.5 7.1: ascending tags
+        inner = tuple(_plan(k, columns, f"{key.keyword}.") for k in children)
         return _Plan(key.tag, "SQ", None, inner)
     column = columns.get(prefix + key.keyword)
     if column is None and prefix:
@@ -94,7 +95,7 @@ class ResponsePlan:
     ) -> ResponsePlan:
         """Resolve ``keys`` against the result's column labels (as ``build_response`` reads a row)."""
         index = {name: n for n, name in enumerate(columns)}
-        return cls(tuple(_plan(k, index, "") for k in keys), implicit)
+        return cls(tuple(_plan(k, index, "") for k in sorted(keys, key=lambda k: k.tag)), implicit)
 
     def _value(self, plan: _Plan, row: Sequence[object], codec: str) -> bytes:
         if plan.children is not None:
@@ -118,6 +119,18 @@ class ResponsePlan:
         ds = Dataset(elements)
         ds.set_original_encoding(self.implicit, True, [codec])
         return ds
+
+    def encode_bytes(self, row: Sequence[object], charset: str, codec: str) -> bytes:
+        """The response identifier for ``row`` as encoded bytes, elements in ascending tag order."""
+        charset_value = _pad(charset.encode(), "CS")
+        charset_element = _header(_SPECIFIC_CHARACTER_SET, "CS", len(charset_value), self.implicit) + charset_value
+        parts = [charset_element]
+        for plan in self.keys:
+            if plan.tag < _SPECIFIC_CHARACTER_SET:
+                parts.insert(len(parts) - 1, self._element(plan, row, codec))
+            else:
+                parts.append(self._element(plan, row, codec))
+        return b"".join(parts)
 
     def _raw(self, tag: int, vr: str, value: bytes) -> RawDataElement:
         return RawDataElement(BaseTag(tag), vr, len(value), value, 0, self.implicit, True)
