@@ -117,12 +117,15 @@ def targeted(port: int, aec: str, day: str, runs: int) -> tuple[float, float, in
 
 
 def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU time of this process, or of process ``pid``."""
+    """User + system CPU time of this process, or of process ``pid`` and its reaped children.
+
+    wlmscpfs forks a child per association.
+    """
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def broad(port: int, aec: str, days: str, runs: int, pid: int | None = None) -> tuple[float, int, float]:

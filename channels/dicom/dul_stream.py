@@ -47,6 +47,9 @@ TESTED_VERSIONS = ("3.0.",)
 LOW_WATER = 8
 #: Seconds between looks at the queue while waiting for room.
 POLL_SECONDS = 0.0002
+#: Every this many batches the queue is let run empty, whatever ``select`` said: data
+#: already buffered inside a TLS connection is invisible to ``select``.
+DRAIN_EVERY = 8
 
 
 class ResponseStream:
@@ -54,7 +57,8 @@ class ResponseStream:
 
     The reactor reads from the socket only when its queue is empty, so a C-CANCEL
     (PS3.7 9.3.2.3) or an A-ABORT from the peer would wait behind a stream that keeps the
-    queue full; :meth:`send` lets the queue drain whenever the socket has data to read.
+    queue full; :meth:`send` lets the queue drain whenever the socket has data to read,
+    and every :data:`DRAIN_EVERY` batches in any case.
     """
 
     def __init__(self, assoc: Any, framer: FindResponseFramer, implicit_vr: bool, is_cancelled: Any) -> None:
@@ -67,6 +71,7 @@ class ResponseStream:
         self._is_cancelled = is_cancelled
         self._cancelled = False
         self._commands: dict[int, bytes] = {}
+        self._batches = 0
 
     def cancelled(self) -> bool:
         """True once the peer has cancelled this C-FIND."""
@@ -88,8 +93,12 @@ class ResponseStream:
         return True
 
     def _wait_for_turn(self) -> bool:
+        self._batches += 1
+        room = 0 if self._batches % DRAIN_EVERY == 0 else LOW_WATER
         while self._assoc.is_established and self._dul.is_alive():
-            if self._queue.qsize() <= LOW_WATER and not self._incoming():
+            if self._queue.qsize() <= room and not self._incoming():
+                if room == 0:
+                    time.sleep(POLL_SECONDS)  # the reactor's turn to look at the socket
                 return True
             if self.cancelled():
                 return True

@@ -6,9 +6,11 @@ costs ~0.5 ms a response, most of a broad query's budget. A
 columns once per query; :meth:`ResponsePlan.encode` then writes each
 top-level element's value bytes directly and wraps them in raw data elements
 that carry the negotiated encoding, which pydicom and pynetdicom write as
-they are. The bytes are those pydicom itself writes for the same values
-(odd lengths padded, defined-length sequences and items), which the tests
-check.
+they are; :meth:`ResponsePlan.encode_bytes` returns the whole identifier as
+bytes, for the streamed response path (:mod:`channels.dicom.dul_stream`),
+which needs no ``Dataset`` at all. The bytes are those pydicom itself writes
+for the same values (ascending tags, odd lengths padded, defined-length
+sequences and items), which the tests check.
 
 Only little-endian transfer syntaxes and character sets without code
 extensions (ISO 2022 escape sequences) take this path: :func:`fast_codec`
