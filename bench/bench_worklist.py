@@ -8,8 +8,8 @@
    timed from starting findscu (which prints every response, as it does by default)
    to its exit. Also: the same broad query over ten days, and the broad query from a
    pynetdicom SCU in its own process (association to release). CPU per response is
-   the SCP process's user + system time over the runs divided by the responses; for
-   radbridge that process is this one, so it includes reading findscu's output.
+   the SCP's user + system time over the runs divided by the responses: radbridge's
+   threads in this process, wlmscpfs's process and its children.
 2. The same ``--peer-entries`` entries in radbridge and in DCMTK ``wlmscpfs``
    (``.wl`` files written with pydicom): the same two queries, and the ratios.
 Figures are printed; this is not a pass/fail gate (PERFORMANCE.md).
@@ -117,13 +117,12 @@ def targeted(port: int, aec: str, day: str, runs: int) -> tuple[float, float, in
 
 
 def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU time of this process, or of process ``pid`` and its reaped children.
-
-    wlmscpfs forks a child per association.
+    """CPU time (user + system) of this process's other threads (the SCP's), or of process
+    ``pid`` and its reaped children (wlmscpfs forks a child per association).
     """
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+        return usage.ru_utime + usage.ru_stime - time.thread_time()  # not this thread's findscu output
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 

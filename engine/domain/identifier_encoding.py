@@ -84,6 +84,15 @@ def _header(tag: int, vr: str, length: int, implicit: bool) -> bytes:
     return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length)
 
 
+_CHARSET_TAG = 0x00080005
+
+
+@cache
+def _charset_element(charset: str, implicit: bool) -> bytes:
+    value = _pad(charset.encode(), "CS")
+    return _header(_CHARSET_TAG, "CS", len(value), implicit) + value
+
+
 @dataclass(frozen=True, slots=True)
 class ResponsePlan:
     """The requested keys resolved to result columns, for one query and one transfer syntax."""
@@ -124,14 +133,9 @@ class ResponsePlan:
 
     def encode_bytes(self, row: Sequence[object], charset: str, codec: str) -> bytes:
         """The response identifier for ``row`` as encoded bytes, elements in ascending tag order."""
-        charset_value = _pad(charset.encode(), "CS")
-        charset_element = _header(_SPECIFIC_CHARACTER_SET, "CS", len(charset_value), self.implicit) + charset_value
-        parts = [charset_element]
-        for plan in self.keys:
-            if plan.tag < _SPECIFIC_CHARACTER_SET:
-                parts.insert(len(parts) - 1, self._element(plan, row, codec))
-            else:
-                parts.append(self._element(plan, row, codec))
+        parts = [self._element(plan, row, codec) for plan in self.keys]
+        before = sum(1 for plan in self.keys if plan.tag < _CHARSET_TAG)  # keys sort below (0008,0005)
+        parts.insert(before, _charset_element(charset, self.implicit))
         return b"".join(parts)
 
     def _raw(self, tag: int, vr: str, value: bytes) -> RawDataElement:
