@@ -7,6 +7,7 @@ path kept for Big Endian.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import ssl
 import subprocess
@@ -115,6 +116,13 @@ def test_many_responses_equal_pynetdicoms_path(
 
 
 def test_the_stream_is_used_for_little_endian(scp: DicomServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _spy_streams(monkeypatch)
+    Scu(ExplicitVRLittleEndian).find(scp.port, _query())
+    Scu(ExplicitVRBigEndian).find(scp.port, _query())
+    assert [type(m).__name__ for m in made] == ["ResponseStream", "NoneType"]
+
+
+def _spy_streams(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     made: list[Any] = []
 
     def spy(event: Any) -> Any:
@@ -122,9 +130,27 @@ def test_the_stream_is_used_for_little_endian(scp: DicomServer, monkeypatch: pyt
         return made[-1]
 
     monkeypatch.setattr(server, "response_stream", spy)
-    Scu(ExplicitVRLittleEndian).find(scp.port, _query())
-    Scu(ExplicitVRBigEndian).find(scp.port, _query())
-    assert [type(m).__name__ for m in made] == ["ResponseStream", "NoneType"]
+    return made
+
+
+def test_unknown_pynetdicom_versions_keep_pynetdicoms_path(scp: DicomServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = Scu().find(scp.port, _query())
+    made = _spy_streams(monkeypatch)
+    monkeypatch.setattr(dul_stream.pynetdicom, "__version__", "3.1.0")
+    assert Scu().find(scp.port, _query()) == expected
+    assert made == [None]
+
+
+def test_pynetdicom_logging_at_info_keeps_pynetdicoms_path(scp: DicomServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _spy_streams(monkeypatch)
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        Scu().find(scp.port, _query())
+    finally:
+        logger.setLevel(level)
+    assert made == [None]
 
 
 def test_big_endian_keeps_pynetdicoms_path_with_the_same_answers(scp: DicomServer) -> None:
