@@ -6,8 +6,9 @@
    end to end through ``findscu`` including association (p50/p99), and a broad query
    (every entry of a day) in responses/s, the median of ``--broad-runs`` runs, each
    timed from starting findscu (which prints every response, as it does by default)
-   to its exit. Also: the same broad query over ten days, and the broad query from a
-   pynetdicom SCU in its own process (association to release). CPU per response is
+   to its exit. Also: the same broad query over ten days, and from SCUs in their own
+   processes, timed from association to release: pynetdicom (decodes every response)
+   and :mod:`bench.raw_find` (only counts them: the ceiling of the SCP's stream). CPU per response is
    the SCP's user + system time over the runs divided by the responses: radbridge's
    threads in this process, wlmscpfs's process and its children.
 2. The same ``--peer-entries`` entries in radbridge and in DCMTK ``wlmscpfs``
@@ -140,12 +141,12 @@ def broad(port: int, aec: str, days: str, runs: int, pid: int | None = None) -> 
     return statistics.median(rates), n, (cpu_seconds(pid) - cpu0) / max(total, 1) * 1e6
 
 
-def scu_broad(port: int, days: str, runs: int) -> tuple[float, int]:
-    """Median responses/s of a pynetdicom SCU in its own process (see :func:`scu_main`)."""
+def client_broad(kind: str, port: int, days: str, runs: int) -> tuple[float, int]:
+    """Median responses/s of a ``kind`` SCU ("pynetdicom" or "raw") in its own process (:func:`client_main`)."""
     rates = []
     n = 0
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-m", "bench.bench_worklist", "--scu", str(port), days],
+        out = subprocess.run([sys.executable, "-m", "bench.bench_worklist", "--client", kind, str(port), days],
                              capture_output=True, check=True, text=True)  # fmt: skip
         count, seconds = out.stdout.split()
         n = int(count)
@@ -153,10 +154,8 @@ def scu_broad(port: int, days: str, runs: int) -> tuple[float, int]:
     return statistics.median(rates), n
 
 
-def scu_main(port: int, days: str) -> None:
-    """One broad query from a pynetdicom SCU: print the responses and the seconds, association to release."""
-    from pynetdicom import AE
-
+def broad_query(days: str) -> Dataset:
+    """The broad query's identifier: RETURN_KEYS, SPS start date ``days``."""
     query = Dataset()
     query.PatientName, query.PatientID, query.AccessionNumber, query.StudyInstanceUID = "", "", "", ""
     query.RequestedProcedureID = ""
@@ -164,13 +163,25 @@ def scu_main(port: int, days: str) -> None:
     sps.Modality, sps.ScheduledProcedureStepID, sps.ScheduledProcedureStepStartTime = "", "", ""
     sps.ScheduledProcedureStepStartDate = days
     query.ScheduledProcedureStepSequence = [sps]
-    ae = AE(ae_title="CT000")
-    ae.add_requested_context("1.2.840.10008.5.1.4.31")
+    return query
+
+
+def client_main(kind: str, port: int, days: str) -> None:
+    """One broad query: print the pending responses and the seconds from association to release."""
+    from pynetdicom import AE
+
+    from bench.raw_find import raw_find
+
     t0 = time.perf_counter()
-    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
-    n = sum(1 for status, _ in assoc.send_c_find(query, "1.2.840.10008.5.1.4.31")
-            if status and status.Status in (0xFF00, 0xFF01))  # fmt: skip
-    assoc.release()
+    if kind == "raw":
+        n = raw_find(port, broad_query(days))
+    else:
+        ae = AE(ae_title="CT000")
+        ae.add_requested_context("1.2.840.10008.5.1.4.31")
+        assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+        n = sum(1 for status, _ in assoc.send_c_find(broad_query(days), "1.2.840.10008.5.1.4.31")
+                if status and status.Status in (0xFF00, 0xFF01))  # fmt: skip
+        assoc.release()
     print(n, time.perf_counter() - t0)
 
 
@@ -227,10 +238,10 @@ def main() -> None:
     parser.add_argument("--peer-entries", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--broad-runs", type=int, default=7)
-    parser.add_argument("--scu", nargs=2, metavar=("PORT", "DATES"), help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=3, metavar=("KIND", "PORT", "DATES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.scu:
-        scu_main(int(args.scu[0]), args.scu[1])
+    if args.client:
+        client_main(args.client[0], int(args.client[1]), args.client[2])
         return
     today = date.today()
     day = today.strftime("%Y%m%d")
@@ -247,8 +258,9 @@ def main() -> None:
         print(f"  broad (today, {n} matches) via findscu: {rate:.0f} responses/s, SCP CPU {cpu:.0f} µs/response")
         rate, n, cpu = broad(server.port, "RADBRIDGE", ten_days, max(3, args.broad_runs // 2))
         print(f"  broad (10 days, {n} matches) via findscu: {rate:.0f} responses/s, SCP CPU {cpu:.0f} µs/response")
-        rate, n = scu_broad(server.port, day, max(3, args.broad_runs // 2))
-        print(f"  broad (today, {n} matches) via pynetdicom SCU: {rate:.0f} responses/s")
+        for kind, days, label in (("pynetdicom", day, "today"), ("raw", day, "today"), ("raw", ten_days, "10 days")):
+            rate, n = client_broad(kind, server.port, days, max(3, args.broad_runs // 2))
+            print(f"  broad ({label}, {n} matches) via {kind} SCU, association to release: {rate:.0f} responses/s")
         server.stop()
         db.close()
         print(f"same {args.peer_entries} entries, radbridge vs wlmscpfs:")
