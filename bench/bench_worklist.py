@@ -4,7 +4,13 @@
 
 1. ``--steps`` scheduled steps in SQLite: a targeted query (station AE title + today)
    end to end through ``findscu`` including association (p50/p99), and a broad query
-   (every entry of a day) in responses/s.
+   (every entry of a day) in responses/s, the median of ``--broad-runs`` runs, each
+   timed from starting findscu (which prints every response, as it does by default)
+   to its exit. Also: the same broad query over ten days, and from SCUs in their own
+   processes, timed from association to release: pynetdicom (decodes every response)
+   and :mod:`bench.raw_find` (only counts them: the ceiling of the SCP's stream). CPU per response is
+   the SCP's user + system time over the runs divided by the responses: radbridge's
+   threads in this process, wlmscpfs's process and its children.
 2. The same ``--peer-entries`` entries in radbridge and in DCMTK ``wlmscpfs``
    (``.wl`` files written with pydicom): the same two queries, and the ratios.
 Figures are printed; this is not a pass/fail gate (PERFORMANCE.md).
@@ -13,8 +19,11 @@ Figures are printed; this is not a pass/fail gate (PERFORMANCE.md).
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 from sqlalchemy import insert
 
 from channels.dicom.server import start_dicom_server
@@ -107,14 +117,72 @@ def targeted(port: int, aec: str, day: str, runs: int) -> tuple[float, float, in
     return statistics.median(times) * 1000, times[int(len(times) * 0.99) - 1] * 1000, n
 
 
-def broad(port: int, aec: str, day: str, runs: int) -> tuple[float, int]:
-    keys = [f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={day}"]
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of this process's other threads (the SCP's), or of process
+    ``pid`` and its reaped children (wlmscpfs forks a child per association).
+    """
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime - time.thread_time()  # not this thread's findscu output
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def broad(port: int, aec: str, days: str, runs: int, pid: int | None = None) -> tuple[float, int, float]:
+    """Median responses/s, responses, and the SCP's CPU µs per response over all runs."""
+    keys = [f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={days}"]
     rates = []
-    n = 0
+    n = total = 0
+    cpu0 = cpu_seconds(pid)
     for _ in range(runs):
         t, n = findscu_seconds(port, keys, aec)
         rates.append(n / t)
+        total += n
+    return statistics.median(rates), n, (cpu_seconds(pid) - cpu0) / max(total, 1) * 1e6
+
+
+def client_broad(kind: str, port: int, days: str, runs: int) -> tuple[float, int]:
+    """Median responses/s of a ``kind`` SCU ("pynetdicom" or "raw") in its own process (:func:`client_main`)."""
+    rates = []
+    n = 0
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-m", "bench.bench_worklist", "--client", kind, str(port), days],
+                             capture_output=True, check=True, text=True)  # fmt: skip
+        count, seconds = out.stdout.split()
+        n = int(count)
+        rates.append(n / float(seconds))
     return statistics.median(rates), n
+
+
+def broad_query(days: str) -> Dataset:
+    """The broad query's identifier: RETURN_KEYS, SPS start date ``days``."""
+    query = Dataset()
+    query.PatientName, query.PatientID, query.AccessionNumber, query.StudyInstanceUID = "", "", "", ""
+    query.RequestedProcedureID = ""
+    sps = Dataset()
+    sps.Modality, sps.ScheduledProcedureStepID, sps.ScheduledProcedureStepStartTime = "", "", ""
+    sps.ScheduledProcedureStepStartDate = days
+    query.ScheduledProcedureStepSequence = [sps]
+    return query
+
+
+def client_main(kind: str, port: int, days: str) -> None:
+    """One broad query: print the pending responses and the seconds from association to release."""
+    from pynetdicom import AE
+
+    from bench.raw_find import raw_find
+
+    t0 = time.perf_counter()
+    if kind == "raw":
+        n = raw_find(port, broad_query(days))
+    else:
+        ae = AE(ae_title="CT000")
+        ae.add_requested_context("1.2.840.10008.5.1.4.31")
+        assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+        n = sum(1 for status, _ in assoc.send_c_find(broad_query(days), "1.2.840.10008.5.1.4.31")
+                if status and status.Status in (0xFF00, 0xFF01))  # fmt: skip
+        assoc.release()
+    print(n, time.perf_counter() - t0)
 
 
 def radbridge(tmp: Path, count: int, today: date) -> tuple[Database, Any]:
@@ -157,7 +225,7 @@ def write_wl_files(count: int, today: date, root: Path) -> Path:
         sps.ScheduledProcedureStepStatus = "SCHEDULED"
         ds.ScheduledProcedureStepSequence = [sps]
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+        ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
         ds.save_as(
             folder / f"e{n}.wl", enforce_file_format=False, implicit_vr=False, little_endian=True
         )
@@ -169,9 +237,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--peer-entries", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--broad-runs", type=int, default=7)
+    parser.add_argument("--client", nargs=3, metavar=("KIND", "PORT", "DATES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client:
+        client_main(args.client[0], int(args.client[1]), args.client[2])
+        return
     today = date.today()
     day = today.strftime("%Y%m%d")
+    ten_days = f"{day}-{today + timedelta(days=9):%Y%m%d}"
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         print(f"radbridge, {args.steps} steps:")
@@ -180,8 +254,13 @@ def main() -> None:
         print(
             f"  targeted (AE + today, {n} matches) via findscu: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         )
-        rate, n = broad(server.port, "RADBRIDGE", day, max(3, args.runs // 4))
-        print(f"  broad (today, {n} matches): {rate:.0f} responses/s")
+        rate, n, cpu = broad(server.port, "RADBRIDGE", day, args.broad_runs)
+        print(f"  broad (today, {n} matches) via findscu: {rate:.0f} responses/s, SCP CPU {cpu:.0f} µs/response")
+        rate, n, cpu = broad(server.port, "RADBRIDGE", ten_days, max(3, args.broad_runs // 2))
+        print(f"  broad (10 days, {n} matches) via findscu: {rate:.0f} responses/s, SCP CPU {cpu:.0f} µs/response")
+        for kind, days, label in (("pynetdicom", day, "today"), ("raw", day, "today"), ("raw", ten_days, "10 days")):
+            rate, n = client_broad(kind, server.port, days, max(3, args.broad_runs // 2))
+            print(f"  broad ({label}, {n} matches) via {kind} SCU, association to release: {rate:.0f} responses/s")
         server.stop()
         db.close()
         print(f"same {args.peer_entries} entries, radbridge vs wlmscpfs:")
@@ -190,8 +269,8 @@ def main() -> None:
         try:
             rb_t = targeted(server.port, "RADBRIDGE", day, args.runs)
             wl_t = targeted(port, "RADBRIDGE", day, max(3, args.runs // 4))
-            rb_b = broad(server.port, "RADBRIDGE", day, 3)
-            wl_b = broad(port, "RADBRIDGE", day, 3)
+            rb_b = broad(server.port, "RADBRIDGE", day, args.broad_runs)
+            wl_b = broad(port, "RADBRIDGE", day, args.broad_runs, proc.pid)
         finally:
             stop(proc)
             server.stop()
@@ -200,6 +279,7 @@ def main() -> None:
               f"({wl_t[2]} matches): wlmscpfs/radbridge = {wl_t[0] / rb_t[0]:.1f}x")  # fmt: skip
         print(f"  broad: radbridge {rb_b[0]:.0f}/s ({rb_b[1]}), wlmscpfs {wl_b[0]:.0f}/s ({wl_b[1]}): "
               f"radbridge/wlmscpfs = {rb_b[0] / wl_b[0]:.1f}x")  # fmt: skip
+        print(f"  SCP CPU per broad response: radbridge {rb_b[2]:.0f} µs, wlmscpfs {wl_b[2]:.0f} µs")
 
 
 if __name__ == "__main__":

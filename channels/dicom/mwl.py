@@ -1,8 +1,10 @@
 """Modality Worklist C-FIND SCP (PS3.4 K; SOP class 1.2.840.10008.5.1.4.31).
 
 A thin shell: the matcher (:mod:`engine.domain.worklist`) builds the SQL and
-the responses; this module runs the query on a reader connection and yields
-pending responses, checking C-CANCEL between them (PS3.4 K.4.1.3.1).
+the responses; this module runs the query on a reader connection and either yields
+pending responses to pynetdicom (:meth:`WorklistService.find`) or hands them, encoded,
+in batches to a :class:`ResponseSink` (:meth:`WorklistService.find_encoded`), checking
+C-CANCEL between them (PS3.4 K.4.1.3.1).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from pynetdicom.dsutils import encode
 
 from engine.config.models import WorklistConfig
 from engine.domain.identifier_encoding import ResponsePlan, fast_codec
@@ -36,6 +39,7 @@ __all__ = [
     "PENDING",
     "PENDING_UNSUPPORTED",
     "UNABLE_TO_PROCESS",
+    "ResponseSink",
     "WorklistService",
 ]
 
@@ -48,6 +52,24 @@ OUT_OF_RESOURCES = 0xA700
 UNABLE_TO_PROCESS = 0xC000
 
 FindResult = Iterator[tuple[int, Dataset | None]]
+
+#: Pending responses handed to a :class:`ResponseSink` at a time (C-CANCEL is checked between batches).
+BATCH = 32
+
+
+class ResponseSink(Protocol):
+    """Where :meth:`WorklistService.find_encoded` sends pending responses."""
+
+    #: Identifiers are encoded Implicit VR (else Explicit VR) Little Endian.
+    implicit_vr: bool
+
+    def send(self, responses: Sequence[tuple[int, bytes]]) -> bool:
+        """Send (status, encoded identifier) pairs in order; False if nothing more may be sent."""
+        ...
+
+    def cancelled(self) -> bool:
+        """True once the peer has cancelled the C-FIND."""
+        ...
 
 
 #: Responses queued for sending before the next one is built. Without this limit the
@@ -116,6 +138,51 @@ class WorklistService:
                 yield CANCEL, None
                 return
             yield pending, respond(row)
+
+    def find_encoded(self, identifier: Dataset, sink: ResponseSink) -> FindResult:
+        """Send the pending responses to ``sink`` in batches; yield only a final non-success status.
+
+        Success is what pynetdicom sends when the generator ends without yielding.
+        """
+        try:
+            stmt = build_select(identifier, self.settings)
+            keys = requested_keys(identifier)
+        except (InvalidQuery, ValueError, KeyError) as exc:
+            log.info("worklist query refused: %s", exc)
+            yield UNABLE_TO_PROCESS, None
+            return
+        columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
+        pending = PENDING_UNSUPPORTED if unsupported_keys(keys) else PENDING
+        encoded = self._encoder(keys, columns, sink.implicit_vr)
+        limit = self.settings.max_matches
+        for start in range(0, min(len(rows), limit), BATCH):
+            batch = [(pending, encoded(row)) for row in rows[start : min(start + BATCH, limit)]]
+            if not sink.send(batch):
+                if sink.cancelled():
+                    yield CANCEL, None
+                return
+        if len(rows) > limit:
+            log.warning("worklist query matched more than %d entries", limit)
+            yield OUT_OF_RESOURCES, None
+
+    def _encoder(
+        self, keys: tuple[KeySpec, ...], columns: list[str], implicit_vr: bool
+    ) -> Callable[[Sequence[Any]], bytes]:
+        """Row → encoded response identifier (Little Endian): the plan's bytes where it applies."""
+        plan = ResponsePlan.compile(keys, columns, implicit_vr)
+
+        def encoded(row: Sequence[Any]) -> bytes:
+            charset = response_charset(row, self.charset)
+            codec = fast_codec(charset)
+            if codec is None:
+                ds = build_response(dict(zip(columns, row, strict=True)), keys, charset)
+                data = encode(ds, implicit_vr, True)
+                if data is None:  # pynetdicom's handler wrapper answers 0xC311
+                    raise ValueError("response identifier could not be encoded")
+                return data
+            return plan.encode_bytes(row, charset, codec)
+
+        return encoded
 
     def _responder(
         self, keys: tuple[KeySpec, ...], columns: list[str], transfer_syntax: str | None

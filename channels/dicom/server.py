@@ -20,6 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from engine.config.models import EngineConfig, TLSConfig
 from engine.store.database import Database
 
+from .dul_stream import response_stream
 from .mpps import MppsService, mpps_policy
 from .mwl import WorklistService
 
@@ -93,6 +94,10 @@ def configure_pynetdicom_logging() -> None:
 
 def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
     def on_find(event: Any) -> Any:
+        stream = response_stream(event)
+        if stream is not None:
+            yield from worklist.find_encoded(event.identifier, stream)
+            return
         outgoing = event.assoc.dul.to_provider_queue  # responses not yet on the wire
         yield from worklist.find(
             event.identifier, lambda: event.is_cancelled, event.context.transfer_syntax, outgoing.qsize

@@ -6,9 +6,11 @@ costs ~0.5 ms a response, most of a broad query's budget. A
 columns once per query; :meth:`ResponsePlan.encode` then writes each
 top-level element's value bytes directly and wraps them in raw data elements
 that carry the negotiated encoding, which pydicom and pynetdicom write as
-they are. The bytes are those pydicom itself writes for the same values
-(odd lengths padded, defined-length sequences and items), which the tests
-check.
+they are; :meth:`ResponsePlan.encode_bytes` returns the whole identifier as
+bytes, for the streamed response path (:mod:`channels.dicom.dul_stream`),
+which needs no ``Dataset`` at all. The bytes are those pydicom itself writes
+for the same values (ascending tags, odd lengths padded, defined-length
+sequences and items), which the tests check.
 
 Only little-endian transfer syntaxes and character sets without code
 extensions (ISO 2022 escape sequences) take this path: :func:`fast_codec`
@@ -59,7 +61,8 @@ class _Plan:
 
 def _plan(key: KeySpec, columns: Mapping[str, int], prefix: str) -> _Plan:
     if key.vr == "SQ":
-        inner = tuple(_plan(k, columns, f"{key.keyword}.") for k in key.children or ())
+        children = sorted(key.children or (), key=lambda k: k.tag)  # PS3.5 7.1: ascending tags
+        inner = tuple(_plan(k, columns, f"{key.keyword}.") for k in children)
         return _Plan(key.tag, "SQ", None, inner)
     column = columns.get(prefix + key.keyword)
     if column is None and prefix:
@@ -81,6 +84,15 @@ def _header(tag: int, vr: str, length: int, implicit: bool) -> bytes:
     return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length)
 
 
+_CHARSET_TAG = 0x00080005
+
+
+@cache
+def _charset_element(charset: str, implicit: bool) -> bytes:
+    value = _pad(charset.encode(), "CS")
+    return _header(_CHARSET_TAG, "CS", len(value), implicit) + value
+
+
 @dataclass(frozen=True, slots=True)
 class ResponsePlan:
     """The requested keys resolved to result columns, for one query and one transfer syntax."""
@@ -94,7 +106,7 @@ class ResponsePlan:
     ) -> ResponsePlan:
         """Resolve ``keys`` against the result's column labels (as ``build_response`` reads a row)."""
         index = {name: n for n, name in enumerate(columns)}
-        return cls(tuple(_plan(k, index, "") for k in keys), implicit)
+        return cls(tuple(_plan(k, index, "") for k in sorted(keys, key=lambda k: k.tag)), implicit)
 
     def _value(self, plan: _Plan, row: Sequence[object], codec: str) -> bytes:
         if plan.children is not None:
@@ -118,6 +130,13 @@ class ResponsePlan:
         ds = Dataset(elements)
         ds.set_original_encoding(self.implicit, True, [codec])
         return ds
+
+    def encode_bytes(self, row: Sequence[object], charset: str, codec: str) -> bytes:
+        """The response identifier for ``row`` as encoded bytes, elements in ascending tag order."""
+        parts = [self._element(plan, row, codec) for plan in self.keys]
+        before = sum(1 for plan in self.keys if plan.tag < _CHARSET_TAG)  # keys sort below (0008,0005)
+        parts.insert(before, _charset_element(charset, self.implicit))
+        return b"".join(parts)
 
     def _raw(self, tag: int, vr: str, value: bytes) -> RawDataElement:
         return RawDataElement(BaseTag(tag), vr, len(value), value, 0, self.implicit, True)

@@ -21,6 +21,7 @@ from pydicom.filewriter import write_dataset
 from sqlalchemy import Connection, insert, select, update
 
 from engine.domain.status_message import StatusHeader, StepSummary, build_status_message
+from engine.domain.studies import record_performed, resolve_dicom_patient
 from engine.domain.tables import mpps, mpps_series, mpps_steps, orders, patients, procedure_steps
 from engine.errors import RadbridgeError
 from engine.outbox.queue import enqueue
@@ -181,7 +182,7 @@ def create_mpps(
     step_pks: list[int] = []
     for item in ds.get("ScheduledStepAttributesSequence", None) or []:
         step_pks += [pk for pk in _steps_for(conn, item) if pk not in step_pks]
-    patient_pk = _patient_of(conn, step_pks, str(ds.get("PatientID", "") or ""))
+    patient_pk = _patient_of(conn, step_pks, ds)
     mpps_pk = conn.execute(insert(mpps).values(
         sop_instance_uid=uid, status="IN PROGRESS", patient_pk=patient_pk, modality=str(ds.get("Modality", "") or ""),
         performed_station_ae_title=str(ds.get("PerformedStationAETitle", "") or "")[:16],
@@ -190,18 +191,20 @@ def create_mpps(
     for pk in step_pks:
         conn.execute(insert(mpps_steps).values(mpps_pk=mpps_pk, step_pk=pk))
     _record_series(conn, int(mpps_pk), ds)
+    record_performed(conn, int(mpps_pk), ds, patient_pk, now)
     _transition(conn, int(mpps_pk), "IN PROGRESS", policy, now)
     return ds
 
 
-def _patient_of(conn: Connection, step_pks: list[int], patient_id: str) -> int | None:
-    if step_pks:
-        stmt = select(orders.c.patient_pk).join(
-            procedure_steps, procedure_steps.c.order_pk == orders.c.id
-        )
-        row = conn.execute(stmt.where(procedure_steps.c.id == step_pks[0])).first()
-    else:
-        row = conn.execute(select(patients.c.id).where(patients.c.patient_id == patient_id)).first()
+def _patient_of(conn: Connection, step_pks: list[int], ds: Dataset) -> int | None:
+    """The referenced steps' patient; unscheduled: PatientID (+ issuer), merges followed."""
+    if not step_pks:
+        patient_id = str(ds.get("PatientID", "") or "")
+        return resolve_dicom_patient(conn, patient_id, str(ds.get("IssuerOfPatientID", "") or ""))
+    stmt = select(orders.c.patient_pk).join(
+        procedure_steps, procedure_steps.c.order_pk == orders.c.id
+    )
+    row = conn.execute(stmt.where(procedure_steps.c.id == step_pks[0])).first()
     return int(row[0]) if row else None
 
 
@@ -225,6 +228,8 @@ def set_mpps(
         .values(status=new_status, attributes=_encode(stored), updated_at=now)
     )  # fmt: skip
     _record_series(conn, int(row.id), modification)
+    patient_pk = None if row.patient_pk is None else int(row.patient_pk)
+    record_performed(conn, int(row.id), stored, patient_pk, now)
     if new_status != row.status:
         _transition(conn, int(row.id), new_status, policy, now)
     return stored

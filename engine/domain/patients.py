@@ -1,8 +1,8 @@
-"""Patients: ADT upsert, merge (A40), change of identifier (A47), A10/A11 (IHE RAD-1, RAD-12).
+"""Patients: ADT upsert, merge (A40), change of identifier (A47), A10-A13 (IHE RAD-1, RAD-12).
 
 Identity is PatientID + issuer (reference section 7). A patient merged into
 another keeps its row with status ``MERGED`` and ``merged_into_id``; its
-orders (and with them worklist steps) and MPPS move to the survivor. Later HL7
+orders (and with them worklist steps), MPPS and studies move to the survivor. Later HL7
 for a merged id follows :class:`PatientPolicy` (reject with AE 204 by default).
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from engine.domain.records import MergeRecord, OtherPatientId, PatientRecord
+from engine.domain.studies import move_studies
 from engine.domain.tables import (
     mpps,
     orders,
@@ -24,6 +25,7 @@ from engine.domain.tables import (
     patients,
     procedure_steps,
 )
+from engine.domain.visits import VISIT_EVENTS, apply_visit
 from engine.errors import ErrorLocation, HL7ApplicationError
 from engine.store.fast import FastInsert, FastStatement, first_row
 
@@ -161,7 +163,12 @@ def set_arrival(conn: Connection, pk: int, arrived: bool, now: datetime) -> int:
 
 
 def _cancel_admit(conn: Connection, pk: int, record: PatientRecord, now: datetime) -> None:
-    """A11: the visit did not happen: clear its admission id and undo arrivals."""
+    """A11 (HL7 v2.5.1 3.3.11): the admission or registration did not happen.
+
+    The visit (class, location, status) and the admission id are cleared, and
+    ARRIVED steps go back to SCHEDULED.
+    """
+    apply_visit(conn, pk, record, now)
     stmt = update(patients).where(patients.c.id == pk)
     if record.admission_id:
         stmt = stmt.where(patients.c.admission_id == record.admission_id)
@@ -170,14 +177,17 @@ def _cancel_admit(conn: Connection, pk: int, record: PatientRecord, now: datetim
 
 
 def _arrive(conn: Connection, pk: int, record: PatientRecord, now: datetime) -> None:
-    """A10 patient arriving: the patient's scheduled steps become ARRIVED."""
+    """A10 patient arriving: the patient's scheduled steps become ARRIVED (and PV1-3 is current)."""
+    apply_visit(conn, pk, record, now)
     set_arrival(conn, pk, True, now)
 
 
 _EventAction = Callable[[Connection, int, PatientRecord, datetime], None]
 
-#: Trigger event → what follows the demographic upsert (HL7 v2.5.1 3.3).
+#: Trigger event → what follows the demographic upsert (HL7 v2.5.1 3.3): the visit
+#: (engine.domain.visits: A01-A05, A08, A31, A12, A13), arrival (A10) and its undo (A11).
 EVENT_ACTIONS: dict[str, _EventAction] = {
+    **dict.fromkeys(VISIT_EVENTS, apply_visit),
     "A10": _arrive,
     "A11": _cancel_admit,
 }
@@ -210,7 +220,11 @@ def _record_link(conn: Connection, kind: str, prior: Any, survivor_pk: int, now:
 def merge_patient(
     conn: Connection, record: MergeRecord, policy: PatientPolicy, now: datetime
 ) -> int:
-    """A40: move orders, steps and MPPS of the prior to the survivor; keep the prior as MERGED."""
+    """A40: move orders (with their steps), MPPS and studies of the prior to the survivor.
+
+    The prior stays as MERGED with ``merged_into_id``; the channel's transaction
+    makes every PID/MRG pair of one message apply together or not at all.
+    """
     survivor_key = (record.patient_id, record.issuer)
     if survivor_key == (record.prior_patient_id, record.prior_issuer):
         raise HL7ApplicationError(205, "a patient cannot be merged into itself", _MRG1)
@@ -225,6 +239,7 @@ def merge_patient(
         update(orders).where(orders.c.patient_pk == prior.id).values(patient_pk=survivor_pk)
     )
     conn.execute(update(mpps).where(mpps.c.patient_pk == prior.id).values(patient_pk=survivor_pk))
+    move_studies(conn, int(prior.id), survivor_pk)
     conn.execute(
         update(patients)
         .where(patients.c.id == prior.id)

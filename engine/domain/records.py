@@ -57,6 +57,9 @@ class PatientRecord(_Record):
     sex: str = ""  # M, F, O
     admission_id: str = ""  # PV1-19.1
     referring_physician_name: str = ""  # PV1-8 as PN
+    patient_class: str = ""  # PV1-2 (I, O, E …)
+    assigned_patient_location: str = ""  # PV1-3, the visit's current location
+    prior_patient_location: str = ""  # PV1-6 (A02 transfer)
     event: str = ""  # trigger event (A01, A08 …)
 
 

@@ -1,4 +1,4 @@
-"""Domain tables: patients, orders, scheduled procedure steps, MPPS, accession sequences.
+"""Domain tables: patients, orders, scheduled procedure steps, MPPS, studies, accession sequences.
 
 One ``orders`` row is one requested procedure (one ORC/OBR or IPC group); one
 ``procedure_steps`` row is one Scheduled Procedure Step, the unit a Modality
@@ -8,6 +8,11 @@ SQL over indexed columns. Scheduled Station AE Title is multi-valued (VM 1-n):
 each value is a row of ``step_station_aes`` so ``CT1\\CT2`` matches a query
 for ``CT1`` through an index (PS3.4 C.2.2.2.1, multiple values). Each row repeats its
 step's ``start_datetime`` so "this station, this day" is one range of one index.
+
+``studies`` and ``series`` index what was performed, keyed by Study / Series
+Instance UID: MPPS fills them today (performed series), C-STORE adds to them.
+A study belongs to a patient (moved by A40 like orders and MPPS) and, when its
+UID or accession number is an order's, to that order.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ __all__ = [
     "patient_other_ids",
     "patients",
     "procedure_steps",
+    "series",
     "step_station_aes",
+    "studies",
 ]
 
 patients = Table(
@@ -51,6 +58,11 @@ patients = Table(
     Column("sex", String(16), nullable=False, default=""),
     Column("admission_id", String(64), nullable=False, default=""),
     Column("referring_physician_name", String(324), nullable=False, default=""),
+    # Visit (PV1), kept by engine.domain.visits: PV1-2, PV1-3, PV1-6 and (0038,0008) terms.
+    Column("patient_class", String(16), nullable=False, default=""),
+    Column("current_patient_location", String(64), nullable=False, default=""),
+    Column("prior_patient_location", String(64), nullable=False, default=""),
+    Column("visit_status", String(16), nullable=False, default=""),
     Column("status", String(16), nullable=False, default="ACTIVE"),  # ACTIVE, MERGED, CANCELED
     Column("merged_into_id", Id, ForeignKey("patients.id"), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -195,6 +207,40 @@ mpps_series = Table(
     Column("sop_instance_uids", Text, nullable=False, default=""),  # "\\"-joined
     UniqueConstraint("mpps_pk", "series_instance_uid"),
     Index(None, "series_instance_uid"),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("patient_pk", Id, ForeignKey("patients.id"), nullable=True),
+    Column("order_pk", Id, ForeignKey("orders.id", ondelete="SET NULL"), nullable=True),
+    Column("accession_number", String(16), nullable=False, default=""),
+    Column("modalities_in_study", String(128), nullable=False, default=""),  # "CT\\SR", sorted
+    Column("number_of_series", Integer, nullable=False, default=0),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Index(None, "patient_pk"),
+    Index(None, "order_pk"),
+    Index(None, "accession_number"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("study_pk", Id, ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False, unique=True),
+    Column("modality", String(16), nullable=False, default=""),
+    Column("series_description", String(64), nullable=False, default=""),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+    Column("mpps_pk", Id, ForeignKey("mpps.id", ondelete="SET NULL"), nullable=True),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Index(None, "study_pk"),
+    Index(None, "mpps_pk"),
 )
 
 accession_sequences = Table(

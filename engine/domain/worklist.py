@@ -23,8 +23,10 @@ A non-universal key never matches an entry whose attribute is empty
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from pydicom.charset import python_encoding
@@ -110,6 +112,7 @@ TOP_LEVEL: dict[str, _Attr] = {
         _attr("RequestingPhysician", _o.requesting_physician),
         _attr("ReferringPhysicianName", _o.referring_physician_name),
         _attr("AdmissionID", _o.admission_id),
+        _attr("CurrentPatientLocation", _p.current_patient_location),  # Visit Status, from ADT PV1-3
         _attr("PlacerOrderNumberImagingServiceRequest", _o.placer_order_number),
         _attr("FillerOrderNumberImagingServiceRequest", _o.filler_order_number),
     )
@@ -491,9 +494,16 @@ def build_response(row: Mapping[Any, Any], keys: Sequence[KeySpec], charset: str
     return ds
 
 
+@cache
+def _is_utf8(codec: str) -> bool:
+    return codecs.lookup(codec).name == "utf-8"
+
+
 def response_charset(row: Mapping[Any, Any] | Sequence[Any], site: str) -> str:
     """``site`` if it can encode every text value of ``row``, else ISO_IR 192 (PS3.3 C.12.1.1.2)."""
     codec = python_encoding.get(site, "utf-8")
+    if _is_utf8(codec):  # encodes every value
+        return site
     for value in row.values() if isinstance(row, Mapping) else row:
         if isinstance(value, str) and not value.isascii():
             try:

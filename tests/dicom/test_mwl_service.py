@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
-from channels.dicom.mwl import CANCEL, PENDING, PENDING_UNSUPPORTED, WorklistService
+from bench.bench_worklist import populate
+from channels.dicom.mwl import (
+    BATCH,
+    CANCEL,
+    OUT_OF_RESOURCES,
+    PENDING,
+    PENDING_UNSUPPORTED,
+    UNABLE_TO_PROCESS,
+    WorklistService,
+)
 from engine.config.models import WorklistConfig
 from engine.domain.handlers import OrdersHandler, order_policy
 from engine.store.database import Database
@@ -59,3 +70,62 @@ def test_cancel_between_responses_ends_with_cancel_status(service: WorklistServi
     calls = iter([False, True])
     got = [s for s, _ in service.find(ds, lambda: next(calls), ExplicitVRLittleEndian)]
     assert got == [PENDING, CANCEL]
+
+
+class FakeSink:
+    """Records batches; says "cancelled" after ``cancel_after`` batches."""
+
+    def __init__(self, implicit_vr: bool = False, cancel_after: int | None = None) -> None:
+        self.implicit_vr = implicit_vr
+        self.batches: list[list[tuple[int, bytes]]] = []
+        self.cancel_after = cancel_after
+
+    def cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.batches) >= self.cancel_after
+
+    def send(self, responses: Sequence[tuple[int, bytes]]) -> bool:
+        if self.cancelled():
+            return False
+        self.batches.append(list(responses))
+        return True
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_encoded_responses_are_the_bytes_of_the_dataset_path(service: WorklistService, syntax: str) -> None:
+    implicit = syntax == ImplicitVRLittleEndian
+    sink = FakeSink(implicit)
+    assert list(service.find_encoded(_query(), sink)) == []  # success is pynetdicom's to send
+    plain = [(s, encode(d, implicit, True)) for s, d in service.find(_query(), lambda: False) if d]
+    assert [r for batch in sink.batches for r in batch] == plain
+
+
+def _many(tmp_path: Path, count: int, **worklist: Any) -> WorklistService:
+    db = Database(f"sqlite:///{tmp_path / 'many.db'}", sqlite_synchronous="NORMAL")
+    db.migrate()
+    populate(db, count, date.today())
+    return WorklistService.from_config(db, WorklistConfig(**worklist))
+
+
+def test_encoded_responses_go_out_in_batches(tmp_path: Path) -> None:
+    sink = FakeSink()
+    assert list(_many(tmp_path, 100, max_matches=1000).find_encoded(_query(), sink)) == []
+    assert [len(b) for b in sink.batches] == [BATCH, BATCH, BATCH, 100 - 3 * BATCH]
+
+
+def test_cancel_stops_the_batches_with_cancel_status(tmp_path: Path) -> None:
+    sink = FakeSink(cancel_after=2)
+    assert list(_many(tmp_path, 100, max_matches=1000).find_encoded(_query(), sink)) == [(CANCEL, None)]
+    assert len(sink.batches) == 2
+
+
+def test_more_matches_than_allowed_sends_the_first_then_out_of_resources(tmp_path: Path) -> None:
+    sink = FakeSink()
+    assert list(_many(tmp_path, 100, max_matches=40).find_encoded(_query(), sink)) == [(OUT_OF_RESOURCES, None)]
+    assert [len(b) for b in sink.batches] == [BATCH, 40 - BATCH]
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
+def test_invalid_query_is_unable_to_process(service: WorklistService) -> None:
+    query = _query()
+    query.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate = "not-a-date"
+    assert list(service.find_encoded(query, FakeSink())) == [(UNABLE_TO_PROCESS, None)]

@@ -78,3 +78,30 @@ def test_charsets_with_code_extensions_take_the_dataset_path() -> None:
     assert fast_codec("") == "iso8859"
     assert fast_codec("ISO 2022 IR 6\\ISO 2022 IR 87") is None
     assert fast_codec("ISO 2022 IR 100") is None
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192"])
+def test_identifier_bytes_are_what_pydicom_writes_for_build_response(
+    worklist: Database, implicit: bool, charset: str
+) -> None:
+    ds = _query()
+    columns, row = _row(worklist, ds)
+    keys = requested_keys(ds)
+    codec = fast_codec(charset)
+    assert codec is not None
+    expected = encode(build_response(dict(zip(columns, row, strict=True)), keys, charset), implicit, True)
+    assert ResponsePlan.compile(keys, columns, implicit).encode_bytes(row, charset, codec) == expected
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_whole_item_keys_are_written_in_ascending_tag_order(worklist: Database, implicit: bool) -> None:
+    ds = Dataset()
+    ds.AccessionNumber = ""
+    ds.ScheduledProcedureStepSequence = []  # the whole item, its keys not in tag order
+    columns, row = _row(worklist, ds)
+    keys = requested_keys(ds)
+    expected = encode(build_response(dict(zip(columns, row, strict=True)), keys, "ISO_IR 100"), implicit, True)
+    plan = ResponsePlan.compile(keys, columns, implicit)
+    assert plan.encode_bytes(row, "ISO_IR 100", "latin_1") == expected
+    assert encode(plan.encode(row, "ISO_IR 100", "latin_1"), implicit, True) == expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -308,3 +309,70 @@ def test_mpps_transitions_reach_the_ris_once_each(workflow, ris, tmp_path):
     statuses = [str(hl7.parse(m).segment("ORC")[5]) for m in ris.received]
     assert statuses == ["IP", "CM"]
     assert all(str(hl7.parse(m).segment("ORC")[1]) == "SC" for m in ris.received)
+
+
+def adt_visit(event: str, pid: str, location: str, prior: str = "", n: int = 0) -> str:
+    """An ADT message with a PV1 (class I, PV1-3 ``location``, PV1-6 ``prior``)."""
+    return "\r".join([
+        f"MSH|^~\\&|HIS|NORTH|RADBRIDGE|NORTH|20261122090000||ADT^{event}|V{event}{pid}{n}|P|2.5",
+        f"EVN|{event}|20261122090000", f"PID|1||{pid}^^^NORTH^MR||VISIT^PAT||19800202|F",
+        f"PV1|1|I|{location}|||{prior}",
+    ]) + "\r"  # fmt: skip
+
+
+def mpps_create(port: int, n: int, pid: str, uid: str) -> int:
+    """N-CREATE IN PROGRESS for order ``n`` of ``orm``."""
+    ae = AE(ae_title="CT_SCANNER_1")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    ds, ref = Dataset(), Dataset()
+    ref.AccessionNumber, ref.StudyInstanceUID = f"ACC{n}", f"1.2.826.0.1.3680043.10.999.{n}"
+    ds.ScheduledStepAttributesSequence = [ref]
+    ds.PatientID, ds.Modality, ds.PerformedProcedureStepStatus = pid, "CT", "IN PROGRESS"
+    try:
+        status, _ = assoc.send_n_create(ds, ModalityPerformedProcedureStep, uid)
+        return int(status.Status)
+    finally:
+        assoc.release()
+
+
+def study_patients(engine: EngineProcess) -> dict[str, str]:
+    """Study Instance UID → PatientID of its patient, read from the engine's SQLite file."""
+    with sqlite3.connect(engine.data_dir / "radbridge.db") as conn:
+        rows = conn.execute(
+            "SELECT s.study_instance_uid, p.patient_id FROM studies s JOIN patients p ON p.id = s.patient_pk"
+        ).fetchall()
+    return dict(rows)
+
+
+def test_pir_merge_of_two_trauma_ids_moves_worklist_and_studies(workflow, tmp_path):
+    engine, mllp, dicom = workflow
+    assert send(mllp, orm(7, pid="TRAUMA8", name="UNKNOWN^A"), orm(8, pid="TRAUMA9", name="UNKNOWN^B")) == [
+        "AA", "AA"]  # fmt: skip
+    assert mpps_create(dicom, 7, "TRAUMA8", "1.2.826.0.1.3680043.10.999.707") == 0
+    assert study_patients(engine) == {"1.2.826.0.1.3680043.10.999.7": "TRAUMA8"}
+    a40 = "\r".join([
+        "MSH|^~\\&|HIS|NORTH|RADBRIDGE|NORTH|20261122090000||ADT^A40^ADT_A39|PIR1|P|2.5", "EVN|A40",
+        "PID|1||REAL8^^^NORTH^MR||REAL^EIGHT||19800202|F", "MRG|TRAUMA8^^^NORTH^MR",
+        "PID|2||REAL8^^^NORTH^MR||REAL^EIGHT||19800202|F", "MRG|TRAUMA9^^^NORTH^MR",
+    ]) + "\r"  # fmt: skip
+    assert send(mllp, a40) == ["AA"]
+    assert study_patients(engine) == {"1.2.826.0.1.3680043.10.999.7": "REAL8"}
+    (entry,) = by_accession(dicom, tmp_path / "m", "ACC8")
+    assert (entry["PatientID"], entry["PatientName"]) == ("REAL8", "REAL^EIGHT")
+    assert send(mllp, orm(9, pid="TRAUMA9")) == ["AE"]  # HL7 for a merged id: rejected by default
+
+
+def test_transfer_and_its_cancel_show_as_current_patient_location(workflow, tmp_path):
+    _, mllp, dicom = workflow
+    send(mllp, orm(10, pid="VISIT1"))
+    assert send(mllp, adt_visit("A01", "VISIT1", "W1^101"), adt_visit("A02", "VISIT1", "W2^202", prior="W1^101")) == [
+        "AA", "AA"]  # fmt: skip
+    keys = ("AccessionNumber=ACC10", "CurrentPatientLocation=")
+    assert [d.CurrentPatientLocation for d in findscu(dicom, tmp_path / "t", *keys)] == ["W2^202"]
+    assert send(mllp, adt_visit("A12", "VISIT1", "W1^101")) == ["AA"]
+    assert [d.CurrentPatientLocation for d in findscu(dicom, tmp_path / "u", *keys)] == ["W1^101"]
+    assert send(mllp, adt_visit("A03", "VISIT1", "W1^101"), adt_visit("A13", "VISIT1", "W3^303", n=1)) == [
+        "AA", "AA"]  # fmt: skip
+    assert [d.CurrentPatientLocation for d in findscu(dicom, tmp_path / "v", *keys)] == ["W3^303"]

@@ -1,0 +1,260 @@
+"""The study index: studies and series keyed by their instance UIDs, as far as they are known.
+
+Today MPPS is the source (PS3.4 F.7.2: the Scheduled Step Attributes Sequence
+names the study, the Performed Series Sequence its series and instances); the
+C-STORE issue adds received instances through :func:`upsert_study` and
+:func:`upsert_series`. A study belongs to a patient and, when its Study
+Instance UID or accession number is an order's, to that order. Merges (A40)
+move studies with the patient's orders (:func:`move_studies`).
+
+DICOM for a merged or renamed patient id is accepted and attached to the
+survivor (reference section 7), whatever the HL7 merged-id policy says:
+:func:`resolve_dicom_patient`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.domain.tables import orders, patient_merges, patients, series, studies
+
+__all__ = [
+    "PerformedSeries",
+    "StudyRef",
+    "move_studies",
+    "performed_series",
+    "record_performed",
+    "resolve_dicom_patient",
+    "study_refs",
+    "upsert_series",
+    "upsert_study",
+]
+
+_MAX_MERGE_CHAIN = 32
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRef:
+    """A study named by one Scheduled Step Attributes item (UID, accession)."""
+
+    study_instance_uid: str
+    accession_number: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PerformedSeries:
+    """One Performed Series Sequence item (PS3.3 C.4.15)."""
+
+    series_instance_uid: str
+    modality: str = ""
+    series_description: str = ""
+    number_of_instances: int = 0
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "")
+
+
+def study_refs(ds: Dataset) -> list[StudyRef]:
+    """The distinct studies an MPPS references, in the order of its scheduled step items."""
+    refs: dict[str, StudyRef] = {}
+    for item in ds.get("ScheduledStepAttributesSequence", None) or []:
+        uid = _text(item, "StudyInstanceUID")
+        if uid and uid not in refs:
+            refs[uid] = StudyRef(uid, _text(item, "AccessionNumber")[:16])
+    return list(refs.values())
+
+
+def performed_series(ds: Dataset) -> list[PerformedSeries]:
+    """The series an MPPS reports, with image and non-image references counted together."""
+    modality = _text(ds, "Modality")[:16]
+    found = []
+    for item in ds.get("PerformedSeriesSequence", None) or []:
+        uid = _text(item, "SeriesInstanceUID")
+        if not uid:
+            continue
+        refs = [
+            *(item.get("ReferencedImageSequence", None) or []),
+            *(item.get("ReferencedNonImageCompositeSOPInstanceSequence", None) or []),
+        ]
+        found.append(
+            PerformedSeries(uid, modality, _text(item, "SeriesDescription")[:64], len(refs))
+        )
+    return found
+
+
+def _survivor(conn: Connection, pk: int) -> int:
+    """Follow ``merged_into_id`` to the patient that absorbed ``pk`` (itself if not merged)."""
+    for _ in range(_MAX_MERGE_CHAIN):
+        row = conn.execute(
+            select(patients.c.status, patients.c.merged_into_id).where(patients.c.id == pk)
+        ).one()
+        if row.status != "MERGED" or row.merged_into_id is None:
+            return pk
+        pk = int(row.merged_into_id)
+    return pk
+
+
+def resolve_dicom_patient(conn: Connection, patient_id: str, issuer: str = "") -> int | None:
+    """The patient DICOM with this PatientID (+ issuer) belongs to, following A40 and A47.
+
+    A merged id resolves to its survivor; an id replaced by A47 resolves to the
+    renamed patient. Without an issuer, an id that is unique across issuers matches.
+    """
+    if not patient_id:
+        return None
+    p, m = patients.c, patient_merges.c
+    where = [p.patient_id == patient_id] + ([p.issuer == issuer] if issuer else [])
+    rows = conn.execute(select(p.id).where(*where).limit(2)).all()
+    if len(rows) != 1:
+        where = [m.prior_patient_id == patient_id] + ([m.prior_issuer == issuer] if issuer else [])
+        rows = conn.execute(
+            select(m.survivor_pk).where(*where).order_by(m.id.desc()).limit(1)
+        ).all()
+    return _survivor(conn, int(rows[0][0])) if rows else None
+
+
+def _insert(conn: Connection) -> Any:
+    """The dialect's INSERT, so ``on_conflict_do_nothing`` is available (SQLite, PostgreSQL)."""
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _order_for(conn: Connection, ref: StudyRef) -> Any:
+    o = orders.c
+    stmt = select(o.id, o.patient_pk, o.accession_number).order_by(o.id).limit(1)
+    row = conn.execute(stmt.where(o.study_instance_uid == ref.study_instance_uid)).first()
+    if row is None and ref.accession_number:
+        row = conn.execute(stmt.where(o.accession_number == ref.accession_number)).first()
+    return row
+
+
+def upsert_study(conn: Connection, ref: StudyRef, patient_pk: int | None, now: datetime) -> int:
+    """The pk of the study ``ref`` names, created if new; links it to its order when one matches.
+
+    The order's patient wins over ``patient_pk``; a known study keeps its patient
+    unless it had none.
+    """
+    order = _order_for(conn, ref)
+    if order is not None:
+        patient_pk = int(order.patient_pk)
+    accession = order.accession_number if order is not None else ref.accession_number
+    conn.execute(
+        _insert(conn)(studies)
+        .values(
+            study_instance_uid=ref.study_instance_uid,
+            patient_pk=patient_pk,
+            order_pk=order.id if order is not None else None,
+            accession_number=accession,
+            first_seen_at=now,
+            last_seen_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+    )
+    row = conn.execute(
+        select(studies.c.id, studies.c.patient_pk, studies.c.order_pk).where(
+            studies.c.study_instance_uid == ref.study_instance_uid
+        )
+    ).one()
+    fill: dict[str, Any] = {"last_seen_at": now}
+    if row.patient_pk is None and patient_pk is not None:
+        fill["patient_pk"] = patient_pk
+    if row.order_pk is None and order is not None:
+        fill |= {"order_pk": order.id, "accession_number": accession}
+    conn.execute(update(studies).where(studies.c.id == row.id).values(**fill))
+    return int(row.id)
+
+
+def upsert_series(
+    conn: Connection, study_pk: int, item: PerformedSeries, mpps_pk: int | None, now: datetime
+) -> int:
+    """The pk of the series, created under ``study_pk`` if new; counts only ever grow."""
+    conn.execute(
+        _insert(conn)(series)
+        .values(
+            study_pk=study_pk,
+            series_instance_uid=item.series_instance_uid,
+            modality=item.modality,
+            series_description=item.series_description,
+            number_of_instances=item.number_of_instances,
+            mpps_pk=mpps_pk,
+            first_seen_at=now,
+            last_seen_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+    )
+    s = series.c
+    row = conn.execute(
+        select(s.id, s.number_of_instances, s.modality, s.series_description).where(
+            s.series_instance_uid == item.series_instance_uid
+        )
+    ).one()
+    values: dict[str, Any] = {
+        "last_seen_at": now,
+        "number_of_instances": max(int(row.number_of_instances), item.number_of_instances),
+        "modality": row.modality or item.modality,
+        "series_description": item.series_description or row.series_description,
+    }
+    if mpps_pk is not None:
+        values["mpps_pk"] = mpps_pk
+    conn.execute(update(series).where(s.id == row.id).values(**values))
+    return int(row.id)
+
+
+def _recount(conn: Connection, study_pks: Iterable[int]) -> None:
+    """Number of series and instances and ModalitiesInStudy from the study's series rows."""
+    s = series.c
+    for pk in set(study_pks):
+        counts = conn.execute(
+            select(func.count(s.id), func.coalesce(func.sum(s.number_of_instances), 0)).where(
+                s.study_pk == pk
+            )
+        ).one()
+        modalities = sorted(
+            {str(m) for (m,) in conn.execute(select(s.modality).where(s.study_pk == pk)) if m}
+        )
+        conn.execute(
+            update(studies)
+            .where(studies.c.id == pk)
+            .values(
+                number_of_series=int(counts[0]),
+                number_of_instances=int(counts[1]),
+                modalities_in_study="\\".join(modalities)[:128],
+            )
+        )
+
+
+def record_performed(
+    conn: Connection, mpps_pk: int, ds: Dataset, patient_pk: int | None, now: datetime
+) -> list[int]:
+    """Index the studies an MPPS names and its performed series; return the study pks.
+
+    ``ds`` is the instance's full attribute set (N-CREATE, or as updated by N-SET).
+    In the group case (several studies in one MPPS) the performed series are
+    filed under the first study the instance names (PS3.4 F.7.2.1.1 leaves the
+    choice to the modality; the images say which one they used).
+    """
+    if patient_pk is None:
+        patient_pk = resolve_dicom_patient(
+            conn, _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")
+        )
+    study_pks = [upsert_study(conn, ref, patient_pk, now) for ref in study_refs(ds)]
+    if study_pks:
+        for item in performed_series(ds):
+            upsert_series(conn, study_pks[0], item, mpps_pk, now)
+        _recount(conn, study_pks)
+    return study_pks
+
+
+def move_studies(conn: Connection, prior_pk: int, survivor_pk: int) -> int:
+    """A40: the prior patient's studies become the survivor's; return how many moved."""
+    result = conn.execute(
+        update(studies).where(studies.c.patient_pk == prior_pk).values(patient_pk=survivor_pk)
+    )
+    return int(result.rowcount or 0)
