@@ -33,7 +33,7 @@ ORM = (
     "PID|1||{pid}^^^HOSP^MR||DOE^JANE^Q||19700101|F\r"
     "PV1|1|O|RAD^^^HOSP||||1234^REFERRING^DOC\r"
     "ORC|NW|P{cid}|F{cid}||SC||^^^20261122090000^^R\r"
-    "OBR|1|P{cid}|F{cid}|CT1^CT HEAD^L|||20261122083000||||||||||||A{cid}|RP{cid}|SPS{cid}||||CT\r"
+    "OBR|1|P{cid}|F{cid}|CT1^CT HEAD^L|||20261122083000|||||||||||A{cid}|RP{cid}|SPS{cid}||||CT\r"
 )
 
 BARE_SERVER = r"""
