@@ -8,16 +8,20 @@ with a 5-segment ORM^O01 and a unique MSH-10 per message.
     python bench/bench_mllp.py --messages 5000 --memory 100000   # + RSS over 100,000 more
     python bench/bench_mllp.py --workflow      # ORM -> patient, order, worklist step (issue 4 target)
 
-Prints throughput (median of --runs), p50/p99 latency for one sender, the
-ratio to the bare server, and with --memory the engine's RSS over time.
+Prints throughput (median of --runs), p50/p99 latency and the server process's
+CPU time per message (user + system, all threads) for one sender, the ratio to
+the bare server, and with --memory the engine's RSS over time. With --workflow
+it checks afterwards that every order became a worklist entry.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -33,7 +37,7 @@ ORM = (
     "PID|1||{pid}^^^HOSP^MR||DOE^JANE^Q||19700101|F\r"
     "PV1|1|O|RAD^^^HOSP||||1234^REFERRING^DOC\r"
     "ORC|NW|P{cid}|F{cid}||SC||^^^20261122090000^^R\r"
-    "OBR|1|P{cid}|F{cid}|CT1^CT HEAD^L|||20261122083000||||||||||||A{cid}|RP{cid}|SPS{cid}||||CT\r"
+    "OBR|1|P{cid}|F{cid}|CT1^CT HEAD^L|||20261122083000|||||||||||A{cid}|RP{cid}|SPS{cid}||||CT\r"
 )
 
 BARE_SERVER = r"""
@@ -142,12 +146,28 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(int(len(ordered) * q), len(ordered) - 1)] * 1000
 
 
-def measure(port: int, args: argparse.Namespace, tag: str) -> dict[str, float]:
-    one = [drive(port, 1, args.messages, f"{tag}1r{r}") for r in range(args.runs)]
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, args: argparse.Namespace, tag: str, pid: int) -> dict[str, float]:
+    one, cpu = [], []
+    for r in range(args.runs):
+        before = cpu_seconds(pid)
+        one.append(drive(port, 1, args.messages, f"{tag}1r{r}"))
+        cpu.append((cpu_seconds(pid) - before) / args.messages * 1e6)
     eight = [drive(port, 8, args.messages // 8, f"{tag}8r{r}")[0] for r in range(args.runs)]
     lat = one[len(one) // 2][1]
     return {"one": statistics.median(r[0] for r in one), "eight": statistics.median(eight),
-            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
+            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "cpu": statistics.median(cpu)}
+
+
+def worklist_steps(tmp: Path) -> int:
+    """Scheduled procedure steps in the engine's database (each --workflow ORM should add one)."""
+    with contextlib.closing(sqlite3.connect(tmp / "var" / "radbridge.db")) as db:
+        return int(db.execute("SELECT count(*) FROM procedure_steps").fetchone()[0])
 
 
 def memory_run(port: int, pid: int, total: int) -> list[tuple[int, float]]:
@@ -174,19 +194,28 @@ def main() -> None:
         engine = start_engine(Path(tmp), rb_port, args.workflow)
         try:
             wait_port(bare_port)
-            peer = measure(bare_port, args, "bare")
-            ours = measure(rb_port, args, "rb")
+            peer = measure(bare_port, args, "bare", bare.pid)
+            ours = measure(rb_port, args, "rb", engine.pid)
             samples = memory_run(rb_port, engine.pid, args.memory) if args.memory else []
         finally:
             engine.terminate()
             bare.terminate()
             engine.wait(20)
             bare.wait(20)
+        steps = worklist_steps(Path(tmp)) if args.workflow else 0
+    if args.workflow:  # an order the handlers ignore (e.g. no modality) would make the figures meaningless
+        sent = args.runs * (args.messages + args.messages // 8 * 8) + args.memory
+        print(f"worklist steps created: {steps} for {sent} orders")
+        if steps != sent:
+            raise SystemExit("not every order became a worklist entry")
     print(f"{'':28}{'radbridge':>12}{'bare ACK':>12}{'ratio':>8}")
     for key, label in (("one", "1 sender msgs/s"), ("eight", "8 senders msgs/s")):
         print(f"{label:28}{ours[key]:12.0f}{peer[key]:12.0f}{ours[key] / peer[key]:8.2f}")
     for key, label in (("p50", "1 sender p50 ms"), ("p99", "1 sender p99 ms")):
         print(f"{label:28}{ours[key]:12.2f}{peer[key]:12.2f}{ours[key] / max(peer[key], 1e-9):8.1f}")
+    cpu, peer_cpu = ours["cpu"], peer["cpu"]
+    ratio = f"{cpu / peer_cpu:8.1f}" if peer_cpu else f"{'-':>8}"  # clock ticks: a short bare run may show 0
+    print(f"{'1 sender server CPU µs/msg':28}{cpu:12.0f}{peer_cpu:12.0f}{ratio}")
     for done, mb in samples:
         print(f"rss after {done:>7} messages: {mb:7.1f} MB")
 
