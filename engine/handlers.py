@@ -44,6 +44,9 @@ class InboundContext:
     message: Message
     received_at: datetime
     records: list[dict[str, Any]] = field(default_factory=list)
+    #: Scratch space the handlers of this one message share (e.g. the patient pks the
+    #: ``patients`` handler upserted, so ``orders`` need not look them up again).
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

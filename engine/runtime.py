@@ -77,7 +77,7 @@ def _dispatch(mappings: list[Any]) -> MapFn:
     def apply(message: Message) -> list[dict[str, Any]]:
         for mapping in mappings:
             if mapping.accepts(message):
-                return list(mapping.apply(message).records)
+                return list(mapping.apply(message, provenance=False).records)
         return []
 
     return apply

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from datetime import date
 from typing import Literal
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.domain.tables import accession_sequences
 from engine.errors import ErrorLocation, HL7ApplicationError
+from engine.store.fast import FastStatement, first_row
 
 __all__ = ["AccessionPolicy", "format_accession", "next_sequence_value", "resolve_accession"]
 
@@ -34,15 +35,18 @@ def format_accession(pattern: str, seq: int, today: date) -> str:
     return value
 
 
+# Runs for every order without an accession number: compiled once, run on the raw cursor.
+_ADVANCE = FastStatement(
+    update(accession_sequences)
+    .where(accession_sequences.c.name == bindparam("name"))
+    .values(next_value=accession_sequences.c.next_value + 1)
+    .returning(accession_sequences.c.next_value)
+)
+
+
 def next_sequence_value(conn: Connection, name: str) -> int:
     """Advance sequence ``name`` in the caller's transaction and return its value (from 1)."""
-    stmt = (
-        update(accession_sequences)
-        .where(accession_sequences.c.name == name)
-        .values(next_value=accession_sequences.c.next_value + 1)
-        .returning(accession_sequences.c.next_value)
-    )
-    row = conn.execute(stmt).first()
+    row = first_row(_ADVANCE, conn, {"name": name})
     if row is not None:
         return int(row[0]) - 1
     try:

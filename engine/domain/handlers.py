@@ -71,6 +71,19 @@ def _validate(model: type[Any], data: dict[str, Any], segment: str) -> Any:
         ) from exc
 
 
+_KNOWN = "patient_pks"
+
+
+def _remember(ctx: InboundContext, rec: PatientRecord, policy: PatientPolicy, pk: int) -> None:
+    """Note the live pk of the patient just upserted, under the identity an order looks up.
+
+    With trusted issuers the upsert may pick another PID-3 repetition than the one an
+    order record carries, so nothing is remembered and the order looks it up as before.
+    """
+    if not policy.trusted_issuers:
+        ctx.shared.setdefault(_KNOWN, {})[(rec.patient_id, rec.issuer)] = pk
+
+
 @dataclass(slots=True)
 class PatientsHandler:
     """ADT: patient records (A01/A04/A05/A08/A31/A10/A11 …) and merge records (A40/A47)."""
@@ -84,8 +97,10 @@ class PatientsHandler:
         for data in ctx.records:
             kind = data.get("record")
             if kind == "patient":
-                apply_patient_event(conn, _validate(PatientRecord, data, "PID"), self.policy, now)
+                patient: PatientRecord = _validate(PatientRecord, data, "PID")
+                _remember(ctx, patient, self.policy, apply_patient_event(conn, patient, self.policy, now))
             elif kind == "merge":
+                ctx.shared.pop(_KNOWN, None)  # a merge may move a patient remembered before it
                 rec: MergeRecord = _validate(MergeRecord, data, "MRG")
                 if rec.kind == "change_id":
                     change_identifier(conn, rec, now)
@@ -108,14 +123,13 @@ class OrdersHandler:
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":
                 rec = _validate(PatientRecord, data, "PID")
-                apply_patient_event(
-                    conn, rec.model_copy(update={"event": ""}), self.policy.patients, now
-                )
+                pk = apply_patient_event(conn, rec.model_copy(update={"event": ""}), self.policy.patients, now)
+                _remember(ctx, rec, self.policy.patients, pk)
+        known = ctx.shared.get(_KNOWN)
         for data in ctx.records:
             if data.get("record") == "order":
-                apply_order(
-                    conn, _validate(OrderRecord, data, "ORC"), self.policy, now, ctx.message_id
-                )
+                order = _validate(OrderRecord, data, "ORC")
+                apply_order(conn, order, self.policy, now, ctx.message_id, known)
         return []
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -150,7 +150,7 @@ def split_start(value: str, now: datetime) -> tuple[str, str, str]:
     if not text.isdigit() or len(text) < 8 or len(text) > 14 or len(text) % 2:
         raise HL7ApplicationError(102, f"invalid start date/time {value!r}", _ORC7)
     try:
-        datetime.strptime(text[:8], "%Y%m%d")
+        date(int(text[:4]), int(text[4:6]), int(text[6:8]))  # strptime costs ~10x more
     except ValueError:
         raise HL7ApplicationError(102, f"invalid start date {value!r}", _ORC7) from None
     full = text.ljust(14, "0")
@@ -336,8 +336,13 @@ def apply_order(
     policy: OrderPolicy,
     now: datetime,
     message_id: int | None = None,
+    known_patients: Mapping[tuple[str, str], int] | None = None,
 ) -> int | None:
-    """Apply one order record; return its step pk, or None when a non-imaging order is ignored."""
+    """Apply one order record; return its step pk, or None when a non-imaging order is ignored.
+
+    ``known_patients`` maps (patient_id, issuer) to the live pk of patients this message
+    has already upserted, which spares their lookup.
+    """
     status = step_status(policy.control_table, record.order_control, record.order_status)
     if not is_imaging(record, policy.imaging_modalities):
         if policy.non_imaging == "reject":
@@ -350,7 +355,8 @@ def apply_order(
     if found is None:
         if record.order_control not in _CONTENT_CONTROLS:
             raise HL7ApplicationError(204, f"unknown order {key.split('|')[1]}", _ORC2)
-        patient_pk = ensure_patient(conn, record.patient_id, record.issuer, policy.patients, now)
+        identity = (record.patient_id, record.issuer)
+        patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
         return _create(conn, record, key, status, patient_pk, policy, now, message_id)
     if found.content_hash == _hash(record) and found.status == status:
         return int(found.step_pk)  # a resent identical order changes nothing

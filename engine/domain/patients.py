@@ -57,6 +57,8 @@ def resolve_identity(
     record: PatientRecord, trusted: Sequence[str]
 ) -> tuple[str, str, list[OtherPatientId]]:
     """(patient_id, issuer, other ids): the first PID-3 from a trusted authority is the identity."""
+    if not record.other_ids:  # the common case: one PID-3, nothing to choose or keep
+        return record.patient_id, record.issuer, []
     first = OtherPatientId(patient_id=record.patient_id, issuer=record.issuer)
     candidates = [first, *record.other_ids]
     chosen = next((c for c in candidates if not trusted or c.issuer in trusted), first)

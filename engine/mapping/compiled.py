@@ -17,7 +17,7 @@ from engine.hl7.er7 import Message, Separators
 from engine.mapping.evaluate import SKIP, CompiledCondition, CompiledRule, evaluate_rule, plain_rule
 from engine.mapping.paths import Hl7Path
 from engine.mapping.result import MappingResult, RawProvenance
-from engine.mapping.scope import groups
+from engine.mapping.scope import groups, message_scope
 from engine.mapping.sources import Context
 from engine.mapping.targets import put, render_hl7
 from engine.mapping.transforms import STANDARD_SEPARATORS
@@ -125,21 +125,26 @@ class CompiledMapping:
         """True when MSH-9 (code^trigger) is one this mapping is written for."""
         return not self.accept or message.message_type in self.accept
 
-    def apply(self, message: Message) -> MappingResult:
-        """Map one HL7 v2 message; raises HL7Error (see engine.mapping) on bad data."""
+    def apply(self, message: Message, *, provenance: bool = True) -> MappingResult:
+        """Map one HL7 v2 message; raises HL7Error (see engine.mapping) on bad data.
+
+        With ``provenance=False`` the result's provenance stays empty: the records are
+        the same, without the cost of describing where every value came from.
+        """
         if self.source != "hl7v2":
             raise TypeError(f"mapping {self.name} reads {self.source}; use apply_to")
         self._check_type(message)
         records: list[dict[str, Any]] = []
-        provenance: list[RawProvenance] = []
+        prov: list[RawProvenance] = []
         seps = message.seps
         if seps == STANDARD_SEPARATORS:
             seps = STANDARD_SEPARATORS
+        whole = message_scope(message)
         for output in self.outputs:
-            for scope in groups(message, output.for_each):
-                ctx = Context(seps, message, scope)
-                self._collect(output, ctx, records, provenance)
-        return MappingResult(records, provenance)
+            for scope in groups(message, output.for_each, whole):
+                ctx = Context(seps, message, scope, provenance=provenance)
+                self._collect(output, ctx, records, prov)
+        return MappingResult(records, prov)
 
     def apply_to(self, obj: Any) -> MappingResult:
         """Map a record dict (``{"order": {...}, "patient": {...}}``) or a DICOM dataset."""

@@ -203,16 +203,16 @@ def evaluate_rule(
     value = _transformed(rule, value, ctx, ref)
     if rule.lookup is not None:
         value = rule.lookup.apply(value, ctx, rule.default)
-        source = (
-            f"{source} via table {rule.lookup.table}" if source else f"table {rule.lookup.table}"
-        )
+        if ctx.provenance:
+            table = rule.lookup.table
+            source = f"{source} via table {table}" if source else f"table {table}"
     if not _filled(value) and rule.default is not None:
         value, source = rule.default, "default"
     if rule.required and not _filled(value):
         raise HL7ApplicationError(
             101, f"{rule.target} is required ({rule.describe})", _error_location(rule, ctx)
         )
-    if record:
+    if record and ctx.provenance:
         out.append((prefix + rule.target, source, rule.describe, value, ctx.output))
     return value
 
@@ -236,7 +236,7 @@ def plain_rule(
             raise HL7ApplicationError(
                 101, f"{rule.target} is required ({rule.describe})", _error_location(rule, ctx)
             )
-    if record:
+    if record and ctx.provenance:
         out.append(
             (
                 prefix + rule.target if prefix else rule.target,

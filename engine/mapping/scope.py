@@ -25,9 +25,15 @@ def message_scope(message: Message) -> dict[str, list[Segment]]:
     return index
 
 
-def groups(message: Message, anchor: str | None) -> list[dict[str, list[Segment]]]:
-    """One scope per ``anchor`` occurrence (a single whole-message scope without anchor)."""
-    whole = message_scope(message)
+def groups(
+    message: Message, anchor: str | None, whole: dict[str, list[Segment]] | None = None
+) -> list[dict[str, list[Segment]]]:
+    """One scope per ``anchor`` occurrence (a single whole-message scope without anchor).
+
+    ``whole`` is :func:`message_scope` of ``message`` when the caller already has it.
+    """
+    if whole is None:
+        whole = message_scope(message)
     if anchor is None:
         return [whole]
     segments = message.segments

@@ -38,6 +38,7 @@ class Context:
     current: str | None = None
     current_obj: Any = None
     output: int = -1
+    provenance: bool = True  # False: the caller only wants the records (the channel's receive path)
 
 
 class SourceRef(Protocol):

@@ -265,3 +265,59 @@ def test_housekeeping_expires_old_steps_and_purges_finished(
         == 1
     )
     assert db.read(lambda c: c.execute(select(func.count()).select_from(orders)).scalar_one()) == 1
+
+
+def _both_handlers(db: Database, engine_config: EngineConfig, records: list[dict[str, Any]]) -> list[str]:
+    """Run ``patients`` then ``orders`` on one message as a channel listing both does; return the SQL run."""
+    from engine.domain.handlers import patient_policy
+    from engine.handlers import InboundContext
+    from engine.hl7.er7 import Message
+
+    from .factories import MSH
+
+    handlers = [PatientsHandler(patient_policy(engine_config)),
+                OrdersHandler(order_policy(engine_config), upsert_patients=False)]
+    ctx = InboundContext(1, "test", Message(MSH + "\r"), datetime.now(UTC), records)
+    statements: list[str] = []
+
+    def run(conn: Any) -> None:
+        raw = conn.connection.dbapi_connection
+        raw.set_trace_callback(statements.append)
+        try:
+            for handler in handlers:
+                handler.apply(conn, ctx)
+        finally:
+            raw.set_trace_callback(None)
+
+    db.writer.call(run)
+    return statements
+
+
+def test_orders_reuse_the_patient_the_patients_handler_just_upserted(
+    db: Database, engine_config: EngineConfig
+) -> None:
+    _both_handlers(db, engine_config, [patient(), order("PL0")])
+    statements = _both_handlers(db, engine_config, [patient(), order("PL1")])
+    assert sum("FROM patients" in s for s in statements) == 1
+    (pat,) = _rows(db, patients)
+    assert {o.patient_pk for o in _rows(db, orders)} == {pat.id}
+
+
+def test_orders_look_up_their_own_identity_when_the_patients_handler_trusts_another(
+    db: Database, engine_config: EngineConfig
+) -> None:
+    cfg = EngineConfig.model_validate(
+        {**engine_config.model_dump(), "patients": {"trusted_issuers": ["HOSP"]}}
+    )
+    rec = patient("X9", issuer="OTHER", other_ids=[{"patient_id": "P1", "issuer": "HOSP"}])
+    _both_handlers(db, cfg, [rec, order("PL1", patient_id="X9", issuer="OTHER")])
+    by_pk = {p.id: (p.patient_id, p.issuer) for p in _rows(db, patients)}
+    assert [by_pk[o.patient_pk] for o in _rows(db, orders)] == [("X9", "OTHER")]
+
+
+def test_start_date_must_be_a_calendar_date() -> None:
+    now = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
+    assert split_start("20240229", now)[0] == "20240229"
+    for bad in ("20230229", "20261131", "00001122"):
+        with pytest.raises(HL7ApplicationError):
+            split_start(bad, now)

@@ -31,3 +31,18 @@ def test_a_site_transform_registers_through_the_same_door(tmp_path: object) -> N
         mapping.register_transform("test_site_mrn", _mrn)
     found = get_transform("test_site_mrn")
     assert found is not None and found.doc == "Prefix a site MRN."
+
+
+def test_records_are_the_same_without_provenance() -> None:
+    from pathlib import Path
+
+    from engine.hl7.er7 import Message
+
+    root = Path(__file__).resolve().parents[2] / "mappings"
+    compiled = mapping.load_mappings(root)["order-to-worklist"]
+    text = (root / "tests" / "order-to-worklist" / "orm_o01_two_orders.hl7").read_text()
+    message = Message(text.replace("\n", "\r"))
+    full = compiled.apply(message)
+    bare = compiled.apply(message, provenance=False)
+    assert bare.records == full.records and len(full.records) == 3
+    assert full.provenance and bare.provenance == []
