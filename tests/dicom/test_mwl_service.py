@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
-from channels.dicom.mwl import CANCEL, PENDING, PENDING_UNSUPPORTED, WorklistService
+from channels.dicom.mwl import CANCEL, MAX_QUEUED_RESPONSES, PENDING, PENDING_UNSUPPORTED, WorklistService
 from engine.config.models import WorklistConfig
 from engine.domain.handlers import OrdersHandler, order_policy
 from engine.store.database import Database
@@ -58,4 +58,32 @@ def test_cancel_between_responses_ends_with_cancel_status(service: WorklistServi
     del ds.PatientComments
     calls = iter([False, True])
     got = [s for s, _ in service.find(ds, lambda: next(calls), ExplicitVRLittleEndian)]
+    assert got == [PENDING, CANCEL]
+
+
+class _ConsumingCancel:
+    """Like pynetdicom's ``Event.is_cancelled``: reports a received C-CANCEL once, then forgets it."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self) -> bool:
+        received, self.received = self.received, False
+        return received
+
+
+def test_cancel_received_while_waiting_for_room_ends_with_cancel_status(service: WorklistService) -> None:
+    ds = _query()
+    del ds.PatientComments
+    cancel = _ConsumingCancel()
+    backlogs = iter([0, MAX_QUEUED_RESPONSES + 1])
+
+    def backlog() -> int:
+        # Before the second response the send queue is full and the C-CANCEL arrives meanwhile.
+        size = next(backlogs, 0)
+        if size > MAX_QUEUED_RESPONSES:
+            cancel.received = True
+        return size
+
+    got = [s for s, _ in service.find(ds, cancel, ExplicitVRLittleEndian, backlog)]
     assert got == [PENDING, CANCEL]
