@@ -21,11 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from engine.store.database import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
+
+# Property tests check outcomes, not speed: Hypothesis' default 200 ms deadline per example
+# (and its too-slow health check) turn a scheduler stall on a loaded CI machine into a failure.
+settings.register_profile("radbridge", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("radbridge")
 
 
 def need(condition: bool, reason: str) -> None:
