@@ -58,7 +58,7 @@ def free_port() -> int:
 
 
 def wait_for_port(
-    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+    port: int, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
     """Wait until something accepts connections on ``port``."""
     deadline = time.monotonic() + timeout
