@@ -150,7 +150,7 @@ mapping: [adt-to-patient, order-to-worklist]
 handlers: [patients, orders]
 """)
     engine_process.start(wait_port=mllp)
-    wait_for_port(dicom)
+    wait_for_port(dicom, proc=engine_process.proc)
     yield engine_process, mllp, dicom
 
 
