@@ -289,9 +289,11 @@ def mpps(port: int, status: str, uid: str = "1.2.826.0.1.3680043.10.999.77") -> 
         assoc.release()
 
 
-def wait_for(predicate: Any, timeout: float = 15) -> None:
+def wait_for(predicate: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met in {timeout}s")
         time.sleep(0.1)
 
 
