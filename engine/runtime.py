@@ -168,13 +168,15 @@ class Runtime:
 async def _serve(config_dir: Path) -> int:
     runtime = Runtime(load_config(config_dir))
     await runtime.start()
-    pid_file = runtime.config.engine.data_dir / "radbridge.pid"
-    pid_file.write_text(str(os.getpid()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(runtime, config_dir)))
+    # Only now: whoever reads the pid (``radbridge reload``) may send SIGHUP, whose default
+    # action would end the process.
+    pid_file = runtime.config.engine.data_dir / "radbridge.pid"
+    pid_file.write_text(str(os.getpid()))
     log.info("radbridge running: %d channel(s)", len(runtime.servers))
     await stop.wait()
     log.info("radbridge stopping")
