@@ -105,8 +105,10 @@ class RecordingRIS:
                 self.received.append(str(message))
                 writer.writemessage(message.create_ack())
                 await writer.drain()
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        finally:
+            writer.close()
 
     def start(self) -> None:
         self._thread.start()
@@ -115,17 +117,28 @@ class RecordingRIS:
         wait_for_port(self.port)
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._server.close)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Stop listening and end the open connections' handlers (they close their sockets)."""
+        self._server.close()
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
 
 @pytest.fixture
 def ris() -> Iterator[RecordingRIS]:
     peer = RecordingRIS()
     peer.start()
-    yield peer
-    peer.stop()
+    try:
+        yield peer
+    finally:
+        peer.stop()
 
 
 @pytest.fixture
