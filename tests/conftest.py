@@ -122,13 +122,21 @@ def running_postgres() -> Iterator[PostgresServer]:
     need(os.geteuid() != 0 or shutil.which("runuser") is not None,
          "runuser needed to run PostgreSQL as root")
     datadir = Path(tempfile.mkdtemp(prefix="radbridge-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(datadir, "postgres", "postgres")
-    server = PostgresServer(bindir, datadir, free_port())
-    server._as_postgres(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8")
-    server.start()
     try:
+        if os.geteuid() == 0:
+            shutil.chown(datadir, "postgres", "postgres")
+        server = PostgresServer(bindir, datadir, free_port())
+        server._as_postgres(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
+                            "--auth=trust", "-E", "UTF8")
+        for attempt in range(3):
+            try:
+                server.start()
+                break
+            except subprocess.CalledProcessError:
+                # The port, free when picked, may have been taken since: try another one.
+                if attempt == 2 or (datadir / "postmaster.pid").exists():
+                    raise
+                server.port = free_port()
         yield server
     finally:
         try:
