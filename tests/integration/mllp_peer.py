@@ -86,7 +86,7 @@ class MLLPPeer:
         with self._lock:
             return list(self.received)
 
-    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[Received]:
         """Wait until ``count`` messages have arrived (duplicates included)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
