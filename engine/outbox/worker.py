@@ -55,9 +55,9 @@ class OutboxWorker:
     def wake(self) -> None:
         """New work or a due retry may be waiting: run a round now.
 
-        Safe from any thread: the scheduler runs its poll job in a thread pool, and an
-        ``asyncio.Event`` set from outside its loop neither wakes the loop nor is safe
-        against the loop's own use of it.
+        Safe from any thread (plain scheduler jobs and the DICOM handlers run in threads):
+        an ``asyncio.Event`` set from outside its loop neither wakes the loop nor is safe
+        against the loop's own use of it, so such calls are handed to the loop.
         """
         loop = self._loop
         if loop is None or _running_loop() is loop:
