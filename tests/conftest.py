@@ -202,11 +202,11 @@ class EngineProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_port: int | None = None) -> None:
-        log = open(self.data_dir / "engine.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli.main", "--config", str(self.config_dir), "run"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        with open(self.data_dir / "engine.log", "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli.main", "--config", str(self.config_dir), "run"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
         if wait_port is not None:
             wait_for_port(wait_port, proc=self.proc)
 
