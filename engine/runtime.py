@@ -109,7 +109,8 @@ class Runtime:
         self.worker = OutboxWorker(self.db, self._routes(), cfg.outbox)
         self.worker.start()
         self.scheduler = AsyncIOScheduler(timezone="UTC")
-        self.scheduler.add_job(self.worker.wake, "interval", seconds=cfg.outbox.poll_interval_seconds,
+        # A coroutine job runs on the loop; a plain function would run in the executor's threads.
+        self.scheduler.add_job(self._poll_outbox, "interval", seconds=cfg.outbox.poll_interval_seconds,
                                id="outbox-poll", coalesce=True, max_instances=1)
         self._schedule_housekeeping(self.scheduler)
         self.scheduler.start()
@@ -122,6 +123,10 @@ class Runtime:
         for channel in self.config.channels:
             if channel.enabled:
                 await self._start_channel(channel, mappings.get(channel.name))
+
+    async def _poll_outbox(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
 
     def _schedule_housekeeping(self, scheduler: AsyncIOScheduler) -> None:
         from zoneinfo import ZoneInfo
@@ -169,13 +174,15 @@ class Runtime:
 async def _serve(config_dir: Path) -> int:
     runtime = Runtime(load_config(config_dir))
     await runtime.start()
-    pid_file = runtime.config.engine.data_dir / "radbridge.pid"
-    pid_file.write_text(str(os.getpid()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(runtime, config_dir)))
+    # Only now: whoever reads the pid (``radbridge reload``) may send SIGHUP, whose default
+    # action would end the process.
+    pid_file = runtime.config.engine.data_dir / "radbridge.pid"
+    pid_file.write_text(str(os.getpid()))
     log.info("radbridge running: %d channel(s)", len(runtime.servers))
     await stop.wait()
     log.info("radbridge stopping")

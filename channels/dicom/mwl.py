@@ -78,10 +78,28 @@ class ResponseSink(Protocol):
 MAX_QUEUED_RESPONSES = 16
 
 
-def _wait_for_room(backlog: Callable[[], int], is_cancelled: Any, timeout: float = 30.0) -> None:
+def _wait_for_room(backlog: Callable[[], int], is_cancelled: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while backlog() > MAX_QUEUED_RESPONSES and not is_cancelled() and time.monotonic() < deadline:
         time.sleep(0.0005)
+
+
+def _latched(is_cancelled: Callable[[], bool]) -> Callable[[], bool]:
+    """``is_cancelled`` that stays true once it has been true.
+
+    pynetdicom's ``Event.is_cancelled`` consumes the C-CANCEL it reports (the request is
+    removed from the association's pending cancels), so a second look returns False. Both
+    the wait for room and the check before each response look; without the latch a cancel
+    seen while waiting for room was lost and every remaining match was sent.
+    """
+    seen = False
+
+    def cancelled() -> bool:
+        nonlocal seen
+        seen = seen or bool(is_cancelled())
+        return seen
+
+    return cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +124,7 @@ class WorklistService:
     def find(
         self,
         identifier: Dataset,
-        is_cancelled: Any,
+        is_cancelled: Callable[[], bool],
         transfer_syntax: str | None = None,
         backlog: Callable[[], int] | None = None,
     ) -> FindResult:
@@ -122,6 +140,7 @@ class WorklistService:
             log.info("worklist query refused: %s", exc)
             yield UNABLE_TO_PROCESS, None
             return
+        is_cancelled = _latched(is_cancelled)
         columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
         pending = PENDING_UNSUPPORTED if unsupported_keys(keys) else PENDING
         respond = self._responder(keys, columns, transfer_syntax)

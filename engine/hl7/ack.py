@@ -11,7 +11,7 @@ the older ELD form so that v2.3 receivers see it too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from engine.errors import TABLE_0357, HL7Error
@@ -34,11 +34,13 @@ class AckContext:
 
 def timestamp(now: datetime) -> str:
     """HL7 DTM with seconds and UTC offset (formatted once per second and zone)."""
-    return _timestamp(now.replace(microsecond=0))
+    # The offset is part of the key: aware datetimes of the same instant in different zones
+    # compare (and hash) equal, and would otherwise get whichever offset was cached first.
+    return _timestamp(now.replace(microsecond=0), now.utcoffset())
 
 
 @lru_cache(maxsize=8)
-def _timestamp(second: datetime) -> str:
+def _timestamp(second: datetime, offset: timedelta | None) -> str:
     return second.strftime("%Y%m%d%H%M%S%z")
 
 

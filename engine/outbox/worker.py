@@ -26,6 +26,13 @@ __all__ = ["OutboxWorker", "Route"]
 log = logging.getLogger(__name__)
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """A destination and its retry policy."""
@@ -43,14 +50,29 @@ class OutboxWorker:
         self.config = config
         self._events = {name: asyncio.Event() for name in routes}
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def wake(self) -> None:
-        """New work or a due retry may be waiting: run a round now."""
+        """New work or a due retry may be waiting: run a round now.
+
+        Safe from any thread (plain scheduler jobs and the DICOM handlers run in threads):
+        an ``asyncio.Event`` set from outside its loop neither wakes the loop nor is safe
+        against the loop's own use of it, so such calls are handed to the loop.
+        """
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            self._set_events()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to wake
+            loop.call_soon_threadsafe(self._set_events)
+
+    def _set_events(self) -> None:
         for event in self._events.values():
             event.set()
 
     def start(self) -> None:
         """Start one task per destination."""
+        self._loop = asyncio.get_running_loop()
         for name in self.routes:
             self._tasks.append(asyncio.create_task(self._run(name), name=f"outbox-{name}"))
 

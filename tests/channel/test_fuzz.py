@@ -1,6 +1,6 @@
 """Fuzzing the receive path's pure half: no input may raise, every outcome decides an ACK."""
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.channel.prepare import ERROR, FILTERED, PROCESSED, REJECTED, Preparer
@@ -30,7 +30,7 @@ def check(text: str) -> None:
         assert ack.startswith("MSH") and f"\rMSA{ack[3]}{code}{ack[3]}" in ack
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400)
 @given(st.lists(st.tuples(SEGMENT, st.lists(FIELD, max_size=8)), max_size=8), st.booleans())
 def test_structured_garbage_never_raises(segments, with_header):
     body = "\r".join(name + "|" + "|".join(fields) for name, fields in segments)

@@ -39,10 +39,12 @@ def restricted(tmp_path: Path):  # type: ignore[no-untyped-def]
     db = Database(f"sqlite:///{tmp_path / 'rb.db'}", sqlite_synchronous="NORMAL")
     db.migrate()
     server = start_dicom_server(config, db)
-    _load(db, OrdersHandler(order_policy(config)), 3)
-    yield server
-    server.stop()
-    db.close()
+    try:
+        _load(db, OrdersHandler(order_policy(config)), 3)
+        yield server
+    finally:
+        server.stop()
+        db.close()
 
 
 def test_only_accepted_calling_ae_titles_may_associate(restricted) -> None:  # type: ignore[no-untyped-def]

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+
+from channels.dicom.mwl import WorklistService
 
 from ..domain.factories import apply_records, order, patient
 from .conftest import Radbridge, dcmtk_env, findscu, needs_dcmtk
@@ -174,10 +180,22 @@ def test_merge_and_name_change_show_in_next_query(radbridge: Radbridge) -> None:
 
 @needs_dcmtk
 def test_findscu_cancel_stops_the_responses_with_cancel_status(
-    radbridge: Radbridge, tmp_path: Path
+    radbridge: Radbridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     many = [order(f"PL{n}", accession_number=f"ACC{n}") for n in range(900)]  # more than one cancel round trip
     apply_records(radbridge.db, radbridge.orders, [patient("P1"), *many])
+    # findscu sends its C-CANCEL after the first response; at full speed the SCP may send all
+    # 900 before a descheduled findscu gets to it. Paced, the matches outlast its reaction by
+    # seconds; the SCP still checks for the cancel between responses as it always does.
+    find = WorklistService.find
+
+    def paced(self: WorklistService, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        for n, response in enumerate(find(self, *args, **kwargs)):
+            if n:
+                time.sleep(0.01)
+            yield response
+
+    monkeypatch.setattr(WorklistService, "find", paced)
     out = tmp_path / "out"
     out.mkdir()
     args = ["findscu", "-W", "-v", "--cancel", "1", "-aet", "CT1", "-aec", "RADBRIDGE", "-X", "-od", str(out),

@@ -16,6 +16,7 @@ from bench.bench_worklist import populate
 from channels.dicom.mwl import (
     BATCH,
     CANCEL,
+    MAX_QUEUED_RESPONSES,
     OUT_OF_RESOURCES,
     PENDING,
     PENDING_UNSUPPORTED,
@@ -129,3 +130,31 @@ def test_invalid_query_is_unable_to_process(service: WorklistService) -> None:
     query = _query()
     query.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate = "not-a-date"
     assert list(service.find_encoded(query, FakeSink())) == [(UNABLE_TO_PROCESS, None)]
+
+
+class _ConsumingCancel:
+    """Like pynetdicom's ``Event.is_cancelled``: reports a received C-CANCEL once, then forgets it."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self) -> bool:
+        received, self.received = self.received, False
+        return received
+
+
+def test_cancel_received_while_waiting_for_room_ends_with_cancel_status(service: WorklistService) -> None:
+    ds = _query()
+    del ds.PatientComments
+    cancel = _ConsumingCancel()
+    backlogs = iter([0, MAX_QUEUED_RESPONSES + 1])
+
+    def backlog() -> int:
+        # Before the second response the send queue is full and the C-CANCEL arrives meanwhile.
+        size = next(backlogs, 0)
+        if size > MAX_QUEUED_RESPONSES:
+            cancel.received = True
+        return size
+
+    got = [s for s, _ in service.find(ds, cancel, ExplicitVRLittleEndian, backlog)]
+    assert got == [PENDING, CANCEL]

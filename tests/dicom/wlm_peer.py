@@ -55,7 +55,11 @@ def start_wlmscpfs(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(["wlmscpfs", "-dfr", "-dfp", str(root), str(port)], env=dcmtk_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    wait_for_port(port)
+    try:
+        wait_for_port(port, proc=proc)
+    except BaseException:
+        stop(proc)
+        raise
     return proc, port
 
 

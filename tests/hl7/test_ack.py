@@ -46,3 +46,13 @@ def test_ack_uses_the_message_encoding_characters():
 def test_unparseable_input_gets_an_ack_from_our_identity():
     msh, msa = segments(build_ack(None, "AR", CTX))[:2]
     assert msh[2:4] == ["RADBRIDGE", "RADIOLOGY"] and msa[:2] == ["MSA", "AR"]
+
+
+def test_timestamp_keeps_the_offset_of_each_zone_for_the_same_instant():
+    from datetime import timedelta, timezone
+
+    from engine.hl7.ack import timestamp
+
+    instant = datetime(2026, 11, 22, 8, 0, 5, tzinfo=UTC)
+    assert timestamp(instant) == "20261122080005+0000"
+    assert timestamp(instant.astimezone(timezone(timedelta(hours=1)))) == "20261122090005+0100"

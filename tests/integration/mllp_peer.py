@@ -70,14 +70,23 @@ class MLLPPeer:
 
     def close(self) -> None:
         self.down()
+        asyncio.run_coroutine_threadsafe(self._cancel_handlers(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
+
+    async def _cancel_handlers(self) -> None:
+        """End connection handlers still running (a delayed ACK still sleeping)."""
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     def messages(self) -> list[Received]:
         with self._lock:
             return list(self.received)
 
-    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[Received]:
         """Wait until ``count`` messages have arrived (duplicates included)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -4,6 +4,11 @@ ARCHITECTURE "durable before acknowledged" and "nothing lost on crash": the
 sender records which control ids got AA, the engine is SIGKILLed mid-stream
 and restarted on the same database, the sender resends everything that got
 no AA, and the store must then hold every control id exactly once.
+
+The kill is triggered by progress, not by a clock: once KILL_AFTER_ACCEPTED
+messages got AA, a thread kills the engine while the sender keeps streaming.
+A fixed delay lands after the end of the stream on a fast machine and before
+the first AA on a slow one.
 """
 
 from __future__ import annotations
@@ -27,10 +32,40 @@ from tests.integration.conftest import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 COUNT = 2000
-KILL_AFTER_SECONDS = 1.0
+KILL_AFTER_ACCEPTED = 200
+#: The longest the engine may take to acknowledge KILL_AFTER_ACCEPTED messages.
+PROGRESS_DEADLINE_SECONDS = 60.0
 
 
-async def _one_sender(port: int, control_ids: list[str]) -> list[str]:
+class Killer:
+    """Kills the engine from its own thread once ``after`` messages got AA."""
+
+    def __init__(self, engine: EngineProcess, after: int = KILL_AFTER_ACCEPTED) -> None:
+        self.engine = engine
+        self.after = after
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._reached = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def count(self) -> None:
+        """One more AA (called by the senders)."""
+        with self._lock:
+            self.accepted += 1
+            if self.accepted >= self.after:
+                self._reached.set()
+
+    def _run(self) -> None:
+        self._reached.wait(PROGRESS_DEADLINE_SECONDS)
+        self.engine.kill()
+
+    def join(self) -> None:
+        self._reached.set()  # the stream ended first: kill now (the assertions then fail)
+        self._thread.join(30)
+
+
+async def _one_sender(port: int, control_ids: list[str], killer: Killer | None) -> list[str]:
     sender = Sender(port, timeout=10)
     accepted = []
     try:
@@ -38,6 +73,8 @@ async def _one_sender(port: int, control_ids: list[str]) -> list[str]:
             ack = await sender.send(adt(control_id, patient_id=f"P{control_id}"))
             if ack.code == "AA":
                 accepted.append(control_id)
+                if killer is not None:
+                    killer.count()
     except (asyncio.IncompleteReadError, ConnectionError, OSError, TimeoutError):
         pass
     finally:
@@ -45,7 +82,7 @@ async def _one_sender(port: int, control_ids: list[str]) -> list[str]:
     return accepted
 
 
-def _stream(port: int, control_ids: list[str], senders: int = 1) -> list[str]:
+def _stream(port: int, control_ids: list[str], senders: int = 1, killer: Killer | None = None) -> list[str]:
     """Each sender sends its share one at a time until its connection breaks.
 
     Returns the ids that got AA.
@@ -53,7 +90,7 @@ def _stream(port: int, control_ids: list[str], senders: int = 1) -> list[str]:
 
     async def scenario() -> list[str]:
         shares = [control_ids[n::senders] for n in range(senders)]
-        results = await asyncio.gather(*(_one_sender(port, share) for share in shares))
+        results = await asyncio.gather(*(_one_sender(port, share, killer) for share in shares))
         return [c for accepted in results for c in accepted]
 
     return asyncio.run(scenario())
@@ -83,9 +120,8 @@ def crashed_and_resent(engine_process: EngineProcess, mllp_port: int,
     engine_process.start(wait_port=mllp_port)
     control_ids = [f"CRASH{n:05d}" for n in range(COUNT)]
 
-    killer = threading.Timer(KILL_AFTER_SECONDS, engine_process.kill)
-    killer.start()
-    accepted_before = _stream(mllp_port, control_ids)
+    killer = Killer(engine_process)
+    accepted_before = _stream(mllp_port, control_ids, killer=killer)
     killer.join()
     assert 0 < len(accepted_before) < COUNT, "the kill must land mid-stream"
 
@@ -125,10 +161,9 @@ def test_concurrent_senders_lose_nothing_acknowledged_across_a_kill(
     write_engine_yaml(engine_process, f"database:\n  url: {url}\n")
     write_channel(engine_process, "inbound", inbound_channel(mllp_port))
     engine_process.start(wait_port=mllp_port)
-    control_ids = [f"GROUP{n:05d}" for n in range(COUNT * 10)]  # outlasts the kill even at full speed
-    killer = threading.Timer(KILL_AFTER_SECONDS, engine_process.kill)
-    killer.start()
-    accepted = _stream(mllp_port, control_ids, senders=8)
+    control_ids = [f"GROUP{n:05d}" for n in range(COUNT * 10)]
+    killer = Killer(engine_process)
+    accepted = _stream(mllp_port, control_ids, senders=8, killer=killer)
     killer.join()
     assert 0 < len(accepted) < len(control_ids), "the kill must land mid-stream"
 

@@ -185,6 +185,6 @@ def test_forwarding_resumes_after_postgresql_comes_back(
 
         assert [a.code for a in _send(mllp_port, adt("FWD2"))] == ["AA"]
 
-        assert [r.control_id for r in peer.wait_for(2, timeout=20)] == ["FWD1", "FWD2"]
+        assert [r.control_id for r in peer.wait_for(2)] == ["FWD1", "FWD2"]
     finally:
         peer.close()

@@ -106,8 +106,10 @@ class RecordingRIS:
                 self.received.append(str(message))
                 writer.writemessage(message.create_ack())
                 await writer.drain()
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        finally:
+            writer.close()
 
     def start(self) -> None:
         self._thread.start()
@@ -116,17 +118,28 @@ class RecordingRIS:
         wait_for_port(self.port)
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._server.close)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Stop listening and end the open connections' handlers (they close their sockets)."""
+        self._server.close()
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
 
 @pytest.fixture
 def ris() -> Iterator[RecordingRIS]:
     peer = RecordingRIS()
     peer.start()
-    yield peer
-    peer.stop()
+    try:
+        yield peer
+    finally:
+        peer.stop()
 
 
 @pytest.fixture
@@ -151,7 +164,7 @@ mapping: [adt-to-patient, order-to-worklist]
 handlers: [patients, orders]
 """)
     engine_process.start(wait_port=mllp)
-    wait_for_port(dicom)
+    wait_for_port(dicom, proc=engine_process.proc)
     yield engine_process, mllp, dicom
 
 
@@ -290,9 +303,11 @@ def mpps(port: int, status: str, uid: str = "1.2.826.0.1.3680043.10.999.77") -> 
         assoc.release()
 
 
-def wait_for(predicate: Any, timeout: float = 15) -> None:
+def wait_for(predicate: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met in {timeout}s")
         time.sleep(0.1)
 
 
