@@ -14,7 +14,6 @@ import importlib
 import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -211,9 +210,6 @@ async def _reload(runtime: Runtime, config_dir: Path) -> None:
 def run(config_dir: Path) -> int:
     """``radbridge run``: serve until SIGTERM/SIGINT (on uvloop when installed, unless
     ``RADBRIDGE_EVENT_LOOP=asyncio``)."""
-    switch = os.environ.get("RADBRIDGE_SWITCH_INTERVAL")
-    if switch:
-        sys.setswitchinterval(float(switch))
     try:
         import uvloop
     except ModuleNotFoundError:
