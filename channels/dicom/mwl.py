@@ -121,6 +121,19 @@ class WorklistService:
         )
         return cls(db, settings, cfg.charset)
 
+    def _matches(
+        self, identifier: Dataset
+    ) -> tuple[tuple[KeySpec, ...], list[str], list[Any], int] | None:
+        """Run the query: (requested keys, columns, rows, pending status), or None if it is refused."""
+        try:
+            stmt = build_select(identifier, self.settings)
+            keys = requested_keys(identifier)
+        except (InvalidQuery, ValueError, KeyError) as exc:
+            log.info("worklist query refused: %s", exc)
+            return None
+        columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
+        return keys, columns, rows, PENDING_UNSUPPORTED if unsupported_keys(keys) else PENDING
+
     def find(
         self,
         identifier: Dataset,
@@ -133,16 +146,12 @@ class WorklistService:
         With the negotiated ``transfer_syntax`` the identifiers are encoded from the
         rows directly (:mod:`engine.domain.identifier_encoding`) where it allows.
         """
-        try:
-            stmt = build_select(identifier, self.settings)
-            keys = requested_keys(identifier)
-        except (InvalidQuery, ValueError, KeyError) as exc:
-            log.info("worklist query refused: %s", exc)
+        matches = self._matches(identifier)
+        if matches is None:
             yield UNABLE_TO_PROCESS, None
             return
+        keys, columns, rows, pending = matches
         is_cancelled = _latched(is_cancelled)
-        columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
-        pending = PENDING_UNSUPPORTED if unsupported_keys(keys) else PENDING
         respond = self._responder(keys, columns, transfer_syntax)
         for n, row in enumerate(rows):
             if n >= self.settings.max_matches:
@@ -163,15 +172,11 @@ class WorklistService:
 
         Success is what pynetdicom sends when the generator ends without yielding.
         """
-        try:
-            stmt = build_select(identifier, self.settings)
-            keys = requested_keys(identifier)
-        except (InvalidQuery, ValueError, KeyError) as exc:
-            log.info("worklist query refused: %s", exc)
+        matches = self._matches(identifier)
+        if matches is None:
             yield UNABLE_TO_PROCESS, None
             return
-        columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
-        pending = PENDING_UNSUPPORTED if unsupported_keys(keys) else PENDING
+        keys, columns, rows, pending = matches
         encoded = self._encoder(keys, columns, sink.implicit_vr)
         limit = self.settings.max_matches
         for start in range(0, min(len(rows), limit), BATCH):
