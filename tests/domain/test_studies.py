@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,12 +30,9 @@ NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(db_url: str) -> Iterator[Database]:
-    """A migrated database on SQLite and on PostgreSQL."""
-    database = Database(db_url)
-    database.migrate()
-    yield database
-    database.close()
+def store(db: Database) -> Database:
+    """The suite's migrated database (SQLite and PostgreSQL; tests/conftest.py)."""
+    return db
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sqlite3
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,19 @@ class Sender:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+def send_all(port: int, payloads: Iterable[bytes], timeout: float = 10.0) -> list[Ack]:
+    """Send ``payloads`` in order on one python-hl7 connection; the answers, in order."""
+
+    async def scenario() -> list[Ack]:
+        sender = Sender(port, timeout)
+        try:
+            return [await sender.send(p) for p in payloads]
+        finally:
+            await sender.close()
+
+    return asyncio.run(scenario())
 
 
 def adt(control_id: str, patient_id: str = "P1", event: str = "A08", sender: str = "HIS",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import EngineProcess, free_port
-from tests.integration.conftest import Sender, adt, cli_json, inbound_channel, write_channel
+from tests.integration.conftest import adt, cli_json, inbound_channel, send_all, write_channel
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -32,13 +31,7 @@ def _order(control_id: str) -> bytes:
 
 
 def _send(port: int, *payloads: bytes) -> list[str]:
-    async def scenario() -> list[str]:
-        sender = Sender(port)
-        codes = [(await sender.send(p)).code for p in payloads]
-        await sender.close()
-        return codes
-
-    return asyncio.run(scenario())
+    return [ack.code for ack in send_all(port, payloads)]
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN_CHANNELS))

@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     adt,
     cli_json,
     inbound_channel,
+    send_all,
     sqlite_rows,
     write_channel,
 )
@@ -89,13 +90,7 @@ def test_a_single_message_is_stored_byte_for_byte_as_sent(inbound: EngineProcess
                                                            corpus: Path) -> None:
     files = [p for p in _files(corpus, "valid") + _files(corpus, "edge") if p.name not in BATCHES]
 
-    async def scenario() -> None:
-        sender = Sender(mllp_port)
-        for path in files:
-            await sender.send(path.read_bytes())
-        await sender.close()
-
-    asyncio.run(scenario())
+    send_all(mllp_port, [p.read_bytes() for p in files])
 
     stored = sqlite_rows(inbound.data_dir / "radbridge.db", "SELECT raw FROM messages ORDER BY id")
     assert [row[0] for row in stored] == [p.read_bytes() for p in files]
@@ -129,13 +124,7 @@ def test_malformed_files_are_kept_in_the_store_as_error_or_rejected(
         inbound: EngineProcess, mllp_port: int, corpus: Path) -> None:
     files = _files(corpus, "malformed")
 
-    async def scenario() -> None:
-        sender = Sender(mllp_port)
-        for path in files:
-            await sender.send(path.read_bytes())
-        await sender.close()
-
-    asyncio.run(scenario())
+    send_all(mllp_port, [p.read_bytes() for p in files])
 
     stored = _stored(inbound)
     assert len(stored) == len(files)

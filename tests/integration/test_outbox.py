@@ -6,14 +6,13 @@ patient_id); a receiver's AR ends the row in ERROR until it is replayed.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import EngineProcess, free_port
-from tests.integration.conftest import Sender, adt, cli_json, write_channel, write_engine_yaml
+from tests.integration.conftest import adt, cli_json, send_all, write_channel, write_engine_yaml
 from tests.integration.mllp_peer import MLLPPeer, Received
 
 pytestmark = pytest.mark.timeout(90)
@@ -72,13 +71,7 @@ def _interleaved() -> list[bytes]:
 
 
 def _send(port: int, payloads: list[bytes]) -> list[str]:
-    async def scenario() -> list[str]:
-        sender = Sender(port)
-        codes = [(await sender.send(p)).code for p in payloads]
-        await sender.close()
-        return codes
-
-    return asyncio.run(scenario())
+    return [ack.code for ack in send_all(port, payloads)]
 
 
 def _first_arrivals_per_patient(received: list[Received]) -> dict[str, list[str]]:

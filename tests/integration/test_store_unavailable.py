@@ -16,7 +16,6 @@ PostgreSQL: a cluster of the test's own is stopped and started again.
 
 from __future__ import annotations
 
-import asyncio
 import resource
 import time
 from collections.abc import Iterator
@@ -26,10 +25,10 @@ import pytest
 from tests.conftest import EngineProcess, PostgresServer, free_port
 from tests.integration.conftest import (
     Ack,
-    Sender,
     adt,
     cli_json,
     inbound_channel,
+    send_all,
     write_channel,
     write_engine_yaml,
 )
@@ -39,13 +38,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def _send(port: int, *payloads: bytes) -> list[Ack]:
-    async def scenario() -> list[Ack]:
-        sender = Sender(port, timeout=20)
-        acks = [await sender.send(p) for p in payloads]
-        await sender.close()
-        return acks
-
-    return asyncio.run(scenario())
+    return send_all(port, payloads, timeout=20)
 
 
 def _stored(engine: EngineProcess, control_id: str) -> list[str]:
