@@ -85,9 +85,12 @@ class Persister:
         self.application = application
         self.facility = facility
 
-    def ack(self, message: Message | None, code: str, error: HL7Error | None = None) -> str:
+    def ack(
+        self, message: Message | None, code: str, error: HL7Error | None = None, now: datetime | None = None
+    ) -> str:
         """An ACK from this channel with a fresh control id (process prefix + counter, ≤ 20 chars)."""
-        ctx = AckContext(f"{_ACK_PREFIX}{next(_ACK_COUNTER)}", datetime.now(UTC), self.application, self.facility)
+        at = now or datetime.now(UTC)
+        ctx = AckContext(f"{_ACK_PREFIX}{next(_ACK_COUNTER)}", at, self.application, self.facility)
         return build_ack(message, code, ctx, error)
 
     def persist(self, conn: Connection, p: Prepared, peer: str) -> Stored:
@@ -97,7 +100,7 @@ class Persister:
         if duplicate is not None:
             return duplicate
         code = "AA" if p.error is None else p.error.ack_code
-        ack = self.ack(p.message, code, p.error)
+        ack = self.ack(p.message, code, p.error, now)
         message_id = self._insert(conn, p, peer, now, code, ack)
         if p.status != PROCESSED:
             return Stored(message_id, ack, code)

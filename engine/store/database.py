@@ -180,11 +180,10 @@ class Writer:
                     batch.append(nxt)
                     results.append(nxt.fn(conn))
         except Exception as exc:
-            self._last_batch = len(batch)
             self._fail_batch(batch, exc)
-            return stop
+        else:
+            _resolve_all(batch, results)
         self._last_batch = len(batch)
-        _resolve_all(batch, results)
         return stop
 
     def _connection(self) -> Connection:
