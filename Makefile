@@ -19,11 +19,12 @@ run: install
 	mkdir -p $${RADBRIDGE_DATA_DIR:-./var}
 	$(VENV)/bin/radbridge --config config run
 
-# System peers the integration tests drive (DCMTK, Orthanc, PostgreSQL). Installed when root.
+# System peers the integration tests drive (DCMTK, Orthanc, PostgreSQL; openssl makes their test certificates). Installed when root.
 peers:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
 	  command -v findscu >/dev/null || missing="$$missing dcmtk"; \
+	  command -v openssl >/dev/null || missing="$$missing openssl"; \
 	  command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	  command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \

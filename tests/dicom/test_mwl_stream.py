@@ -8,7 +8,6 @@ path kept for Big Endian.
 from __future__ import annotations
 
 import logging
-import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from bench.bench_worklist import populate
 from channels.dicom import dul_stream, server
 from channels.dicom.server import DicomServer, start_dicom_server
 from engine.store.database import Database
+from tests.pki import make_pki
 
 from .conftest import dcmtk_env, make_config, needs_dcmtk
 
@@ -183,18 +183,10 @@ def test_cancel_mid_stream_ends_with_cancel_status(tmp_path: Path) -> None:
     assert {s for s, _ in got[:-1]} == {0xFF00}
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)  # fmt: skip
-    return cert, key
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 def test_streamed_responses_over_tls(tmp_path: Path, database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    cert, key = _self_signed(tmp_path)
-    srv = _start(tmp_path, database, tls={"cert_file": str(cert), "key_file": str(key)})
-    client = ssl.create_default_context(cafile=str(cert))
+    pki = make_pki(tmp_path / "pki", leaves=("server",))
+    srv = _start(tmp_path, database, tls={"cert_file": str(pki / "server.pem"), "key_file": str(pki / "server.key")})
+    client = ssl.create_default_context(cafile=str(pki / "ca.pem"))
     client.check_hostname = False
     try:
         streamed = Scu(tls=client).find(srv.port, _query())

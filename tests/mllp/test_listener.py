@@ -2,7 +2,6 @@
 
 import asyncio
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,29 +14,14 @@ from engine.channel.runner import ChannelRunner
 from engine.config.models import ChannelConfig
 from engine.hl7.er7 import Message
 from engine.store.database import Database
-from tests.conftest import need
+from tests.pki import make_pki
 
 MSG = b"MSH|^~\\&|RIS|H|RB|R|20261122083000||ADT^A08|C{n}|P|2.5\rPID|1||MRN1^^^H||DOE^JANE\r"
 
 
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
-    need(subprocess.run(["which", "openssl"], capture_output=True).returncode == 0, "openssl not installed")
-    d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    for name in ("server", "client"):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(d / f"{name}.key"),
-                "-out", str(d / f"{name}.csr"))
-        ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-                "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(d / f"{name}.pem"))
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def make_server(tmp_path: Path, **source) -> tuple[MLLPServer, Database]:
