@@ -217,3 +217,19 @@ def test_findscu_gets_the_same_answers_from_both_paths(
     assert len(streamed) == STEPS
     assert [d.AccessionNumber for d in streamed] == [d.AccessionNumber for d in plain]
     assert streamed == plain
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
+def test_a_refused_query_then_a_valid_one_on_the_same_association(scp: DicomServer) -> None:
+    """Bad input gets a DIMSE failure status (C000), and the association goes on serving."""
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(MWL, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    try:
+        bad = [int(s.Status) for s, _ in assoc.send_c_find(_query("not-a-date"), MWL, msg_id=1)]
+        good = [int(s.Status) for s, _ in assoc.send_c_find(_query(), MWL, msg_id=2)]
+    finally:
+        assoc.release()
+    assert bad == [0xC000]
+    assert good == [0xFF00] * STEPS + [0x0000]
