@@ -180,13 +180,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.create_database(f"rb_{os.getpid()}_{next(_counter)}")
 
 
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    """A migrated :class:`~engine.store.database.Database` on each backend."""
-    database = Database(db_url)
+def migrated(url: str) -> Iterator[Database]:
+    """A migrated :class:`~engine.store.database.Database` at ``url``, closed afterwards (fixture body)."""
+    database = Database(url)
     database.migrate()
     yield database
     database.close()
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated :class:`~engine.store.database.Database` on each backend."""
+    yield from migrated(db_url)
 
 
 # --------------------------------------------------------------------------- engine process

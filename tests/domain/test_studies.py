@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from engine.domain.tables import (
 )
 from engine.errors import HL7ApplicationError
 from engine.store.database import Database
+from tests.conftest import migrated
 
 from .factories import apply_records, merge, order, patient
 
@@ -30,9 +32,9 @@ NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(db: Database) -> Database:
-    """The suite's migrated database (SQLite and PostgreSQL; tests/conftest.py)."""
-    return db
+def store(db_url: str) -> Iterator[Database]:
+    """A migrated database on SQLite and on PostgreSQL (this folder's ``db`` is SQLite only)."""
+    yield from migrated(db_url)
 
 
 @pytest.fixture
