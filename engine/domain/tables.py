@@ -127,8 +127,6 @@ orders = Table(
     Index(None, "patient_pk"),
     Index(None, "order_key"),
     Index(None, "accession_number"),
-    Index(None, "placer_order_number"),
-    Index(None, "filler_order_number"),
     Index(None, "study_instance_uid"),
     Index(None, "requested_procedure_id"),
 )
@@ -167,8 +165,8 @@ step_station_aes = Table(
     Column("step_pk", Id, ForeignKey("procedure_steps.id", ondelete="CASCADE"), primary_key=True),
     Column("ae_title", String(16), primary_key=True),
     Column("start_datetime", String(14), nullable=False, default=""),  # copy of the step's
-    Index(None, "ae_title", "step_pk"),
-    Index(None, "ae_title", "start_datetime"),
+    # One index serves "this station (+ this day)" and covers the step_pk it yields.
+    Index(None, "ae_title", "start_datetime", "step_pk"),
 )
 
 mpps = Table(

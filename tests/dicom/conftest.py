@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,14 @@ from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy,
 from engine.store.database import Database
 from tests.conftest import need
 
-DCMTK = all(shutil.which(t) for t in ("findscu", "wlmscpfs", "dump2dcm"))
+def _dcmtk_path() -> str:
+    """PATH without this interpreter's bin directory: pynetdicom installs its own ``findscu``,
+    ``storescu`` … there, and an activated virtualenv would otherwise run those instead of DCMTK."""
+    ours = os.path.dirname(sys.executable)
+    return os.pathsep.join(d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d and d != ours)
+
+
+DCMTK = all(shutil.which(t, path=_dcmtk_path()) for t in ("findscu", "wlmscpfs", "dump2dcm"))
 
 
 @pytest.fixture
@@ -34,7 +42,7 @@ needs_dcmtk = pytest.mark.usefixtures("dcmtk")
 
 def dcmtk_env() -> dict[str, str]:
     """The environment for every DCMTK process (TCP_NODELAY, see PEERS.md)."""
-    return {**os.environ, "TCP_NODELAY": "1"}
+    return {**os.environ, "TCP_NODELAY": "1", "PATH": _dcmtk_path()}
 
 
 def findscu(
@@ -59,7 +67,8 @@ def findscu(
     ]
     for key in keys:
         args += ["-k", key]
-    subprocess.run(args, env=dcmtk_env(), check=True, capture_output=True, timeout=60)
+    done = subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"findscu exited {done.returncode}: {done.stderr[-2000:]}"
     return [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
 
 
