@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from engine.config.models import EngineConfig
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
 from engine.store.database import Database
 from tests.conftest import need
+
 
 def _dcmtk_path() -> str:
     """PATH without this interpreter's bin directory: pynetdicom installs its own ``findscu``,
