@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from engine.channel.prepare import ERROR, FILTERED, PROCESSED, Prepared
@@ -105,7 +106,7 @@ class Persister:
         if p.status != PROCESSED:
             return Stored(message_id, ack, code)
         if p.records:
-            self._stage(conn, message_id, "mapped", json.dumps(p.records, default=str), now)
+            self._stage(conn, message_id, "mapped", _json(p.records), now)
         try:
             outbound = self._run_handlers(conn, p, message_id, now)
         except HL7Error as exc:
@@ -225,6 +226,14 @@ class Persister:
                     media_type=item.media_type, ordering_key=item.ordering_key, message_id=message_id, now=now)
             count += 1
         return count
+
+
+def _json(records: list[dict[str, Any]]) -> str:
+    """The mapped records as JSON text: pydantic-core's encoder (~5x faster), json for what it refuses."""
+    try:
+        return to_json(records, fallback=str).decode()
+    except PydanticSerializationError:  # e.g. a lone surrogate kept from undecodable input
+        return json.dumps(records, default=str)
 
 
 def _ordering_key(p: Prepared, kind: str) -> str:

@@ -10,7 +10,6 @@ with an ERR location); the channel rolls back everything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -93,7 +92,7 @@ class PatientsHandler:
 
     def apply(self, conn: Connection, ctx: InboundContext) -> list[Outbound]:
         """Apply every patient and merge record of ``ctx`` in order."""
-        now = datetime.now(UTC)
+        now = ctx.received_at  # one timestamp for everything this message changes
         for data in ctx.records:
             kind = data.get("record")
             if kind == "patient":
@@ -119,7 +118,7 @@ class OrdersHandler:
 
     def apply(self, conn: Connection, ctx: InboundContext) -> list[Outbound]:
         """Upsert the PID's patient (unless ``patients`` runs too), then apply every order record."""
-        now = datetime.now(UTC)
+        now = ctx.received_at
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":
                 rec = _validate(PatientRecord, data, "PID")

@@ -153,7 +153,6 @@ procedure_steps = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index(None, "order_pk"),
-    Index(None, "sps_id"),
     Index(None, "status", "start_datetime"),
     Index(None, "start_datetime"),
     Index(None, "modality", "start_datetime"),

@@ -108,13 +108,21 @@ def sqlite_utc(value: datetime | None) -> str | None:
     Naive UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``: exactly the text of
     ``UTCDateTime.process_bind_param`` followed by the SQLite dialect's processor.
     """
+    global _last_utc  # swapped whole (one reference): safe for concurrent callers
     if value is None:
         return None
+    last = _last_utc
+    if last[0] is value:  # one message binds its one timestamp several times
+        return last[1]
     if value.tzinfo is None:
         raise ValueError("naive datetime given to a UTCDateTime column")
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    text = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+    _last_utc = (value, text)
+    return text
+
+
+_last_utc: tuple[datetime | None, str] = (None, "")
 
 
 class FastInsert:

@@ -134,3 +134,23 @@ def test_garbage_is_answered_ar_and_kept(db):
     ack = answer(runner(db), b"\x00\x01this is not HL7")
     assert ack.segment("MSA").value(1) == "AR"
     assert rows(db)[0][0] == "REJECTED"
+
+
+def test_mapped_records_are_kept_as_a_stage_even_with_undecodable_text(db):
+    import json
+
+    from engine.store.schema import message_stages
+
+    records = [[{"record": "patient", "patient_name": "MÜLLER^ANNA", "birth": datetime(2026, 1, 1, tzinfo=UTC)}],
+               [{"record": "patient", "patient_name": "bad \udcff byte"}]]
+    cfg = ChannelConfig.model_validate({"name": "c", "source": {"type": "mllp", "port": 0}})
+    feed = iter(records)
+    r = ChannelRunner(cfg, Preparer(cfg, lambda m: next(feed)), Persister(cfg, [], "RB", "RAD"), db)
+    assert answer(r, msg("C1")).segment("MSA").value(1) == "AA"
+    assert answer(r, msg("C2")).segment("MSA").value(1) == "AA"
+    stored = db.read(lambda c: c.execute(select(message_stages.c.stage, message_stages.c.content)
+                                         .order_by(message_stages.c.id)).all())
+    assert [s for s, _ in stored] == ["mapped", "mapped"]
+    first, second = (json.loads(content) for _, content in stored)
+    assert first == [{"record": "patient", "patient_name": "MÜLLER^ANNA", "birth": "2026-01-01T00:00:00Z"}]
+    assert second == [{"record": "patient", "patient_name": "bad \udcff byte"}]

@@ -1,8 +1,9 @@
-"""fewer indexes written per order: placer/filler numbers, one station AE index
+"""fewer indexes written per order: placer/filler numbers, SPS ID, one station AE index
 
 Every index costs each new order a B-tree insert and, on SQLite, a WAL page at
-commit. Placer and filler order numbers are optional worklist keys that no
-lookup depends on; they are matched among the rows the other keys select. The
+commit. Placer and filler order numbers and the SPS ID are optional worklist
+keys that no lookup depends on (MPPS finds its steps by study and accession);
+they are matched among the rows the other keys select. The
 two station AE indexes become one that covers the step pk.
 
 Revision ID: 0006
@@ -23,6 +24,7 @@ depends_on: Sequence[str] | None = None
 def upgrade() -> None:
     op.drop_index('ix_orders_placer_order_number', table_name='orders')
     op.drop_index('ix_orders_filler_order_number', table_name='orders')
+    op.drop_index('ix_procedure_steps_sps_id', table_name='procedure_steps')
     op.create_index('ix_step_station_aes_ae_title_start_datetime_step_pk', 'step_station_aes',
                     ['ae_title', 'start_datetime', 'step_pk'], unique=False)
     op.drop_index('ix_step_station_aes_ae_title_start_datetime', table_name='step_station_aes')
@@ -34,5 +36,6 @@ def downgrade() -> None:
     op.create_index('ix_step_station_aes_ae_title_start_datetime', 'step_station_aes',
                     ['ae_title', 'start_datetime'], unique=False)
     op.drop_index('ix_step_station_aes_ae_title_start_datetime_step_pk', table_name='step_station_aes')
+    op.create_index('ix_procedure_steps_sps_id', 'procedure_steps', ['sps_id'], unique=False)
     op.create_index('ix_orders_filler_order_number', 'orders', ['filler_order_number'], unique=False)
     op.create_index('ix_orders_placer_order_number', 'orders', ['placer_order_number'], unique=False)
