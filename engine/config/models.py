@@ -274,7 +274,7 @@ class PatientsConfig(_Model):
         description="assigning authorities whose PID-3 is the identity; empty: the first PID-3",
     )
     merged_id_policy: Literal["reject", "follow"] = Field(
-        "reject", description="later HL7 for a merged-away id: AE 204, or apply to the survivor"
+        "reject", description="later HL7 for a merged-away or A47-replaced id: AE 204, or apply to the survivor"
     )
 
 

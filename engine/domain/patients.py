@@ -93,6 +93,30 @@ def _live(conn: Connection, row: Any, policy: PatientPolicy, location: ErrorLoca
     return int(row.id)
 
 
+_REPLACED = FastStatement(
+    select(patient_merges.c.survivor_pk)
+    .where(patient_merges.c.kind == "change_id", patient_merges.c.prior_patient_id == bindparam("patient_id"),
+           patient_merges.c.prior_issuer == bindparam("issuer"))
+    .order_by(patient_merges.c.id.desc())
+    .limit(1)
+)  # fmt: skip
+
+
+def _replaced(conn: Connection, patient_id: str, issuer: str, policy: PatientPolicy) -> int | None:
+    """For an identity no patient holds: the patient an A47 gave a new id, per the merged-id policy.
+
+    None when the identity was never replaced (a new patient). With the default
+    policy the old id is retired like a merged one: AE 204 at PID-3.
+    """
+    row = _REPLACED.execute(conn, {"patient_id": patient_id, "issuer": issuer}).fetchone()
+    if row is None:
+        return None
+    if not policy.follow_merged:
+        raise HL7ApplicationError(204, f"patient {patient_id} was replaced by another identifier (A47)", _PID3)
+    renamed = conn.execute(select(patients).where(patients.c.id == row[0])).one()
+    return _live(conn, renamed, policy, _PID3)
+
+
 def _create(conn: Connection, patient_id: str, issuer: str, now: datetime, **values: str) -> int:
     row = {"patient_id": patient_id, "issuer": issuer, "status": "ACTIVE", "created_at": now, "updated_at": now}
     return _INSERT.execute(conn, {**row, **values})
@@ -104,7 +128,7 @@ def ensure_patient(
     """The pk of the patient for an order, created (without demographics) if unknown."""
     row = find_patient(conn, patient_id, issuer)
     if row is None:
-        return _create(conn, patient_id, issuer, now)
+        return _replaced(conn, patient_id, issuer, policy) or _create(conn, patient_id, issuer, now)
     return _live(conn, row, policy, _PID3)
 
 
@@ -137,11 +161,12 @@ def upsert_patient(
     patient_id, issuer, others = resolve_identity(record, policy.trusted_issuers)
     values = {k: getattr(record, k) for k in _DEMOGRAPHICS if getattr(record, k)}
     row = find_patient(conn, patient_id, issuer)
-    if row is None:
+    replaced = _replaced(conn, patient_id, issuer, policy) if row is None else None
+    if row is None and replaced is None:
         pk = _create(conn, patient_id, issuer, now, **values)
     else:
-        pk = _live(conn, row, policy, _PID3)
-        if values and (pk != row.id or any(getattr(row, k) != v for k, v in values.items())):
+        pk = replaced or _live(conn, row, policy, _PID3)
+        if values and (row is None or pk != row.id or any(getattr(row, k) != v for k, v in values.items())):
             conn.execute(
                 update(patients).where(patients.c.id == pk).values(updated_at=now, **values)
             )

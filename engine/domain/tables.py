@@ -96,6 +96,7 @@ patient_merges = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Index(None, "prior_pk"),
     Index(None, "survivor_pk"),
+    Index(None, "prior_patient_id", "prior_issuer"),  # HL7/DICOM for a merged or A47-replaced id
 )
 
 orders = Table(

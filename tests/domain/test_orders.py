@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from engine.config.models import EngineConfig
 from engine.domain.accession import format_accession, next_sequence_value
-from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy
+from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
 from engine.domain.housekeeping import expire_steps, purge_finished
 from engine.domain.orders import load_control_table, map_priority, split_start
 from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps
@@ -242,6 +242,36 @@ def test_several_merge_pairs_in_one_message(
 def test_a47_changes_the_identifier(db: Database, patients_handler: PatientsHandler) -> None:
     apply_records(db, patients_handler, [patient("OLD"), merge("NEW", "OLD", kind="change_id")])
     assert [p.patient_id for p in _rows(db, patients)] == ["NEW"]
+
+
+def test_hl7_for_an_a47_replaced_id_is_refused_like_a_merged_one(
+    db: Database, orders_handler: OrdersHandler, patients_handler: PatientsHandler
+) -> None:
+    apply_records(db, patients_handler, [patient("OLD"), merge("NEW", "OLD", kind="change_id")])
+    for handler, records in ((patients_handler, [patient("OLD")]), (orders_handler, [order("PL1", patient_id="OLD")])):
+        with pytest.raises(HL7ApplicationError) as refused:
+            apply_records(db, handler, records)
+        assert refused.value.code == 204 and str(refused.value.location) == "PID^1^3"
+    assert [p.patient_id for p in _rows(db, patients)] == ["NEW"] and _rows(db, orders) == []
+    apply_records(db, patients_handler, [patient("OTHER"), merge("OLD", "OTHER", kind="change_id")])
+    apply_records(db, orders_handler, [order("PL2", patient_id="OLD")])  # the id is held again: plain HL7
+    assert sorted(p.patient_id for p in _rows(db, patients)) == ["NEW", "OLD"]
+
+
+def test_follow_policy_applies_hl7_for_merged_and_replaced_ids_to_the_survivor(
+    db: Database, engine_config: EngineConfig
+) -> None:
+    followed = engine_config.model_copy(update={"patients": engine_config.patients.model_copy(
+        update={"merged_id_policy": "follow"})})  # fmt: skip
+    orders_h, patients_h = OrdersHandler(order_policy(followed)), PatientsHandler(patient_policy(followed))
+    apply_records(db, patients_h, [patient("A"), patient("B"), merge("B", "A"),
+                                   patient("C"), merge("D", "C", kind="change_id")])  # fmt: skip
+    apply_records(db, orders_h, [order("PL1", patient_id="A"), order("PL2", patient_id="C")])
+    apply_records(db, patients_h, [patient("C", patient_name="RENAMED^BY^OLD^ID")])
+    by_pk = {p.id: p for p in _rows(db, patients)}
+    assert sorted(by_pk[o.patient_pk].patient_id for o in _rows(db, orders)) == ["B", "D"]
+    assert [p.patient_name for p in by_pk.values() if p.patient_id == "D"] == ["RENAMED^BY^OLD^ID"]
+    assert sorted(p.patient_id for p in by_pk.values()) == ["A", "B", "D"]  # no new patient for C
 
 
 def test_a10_marks_steps_arrived_and_a11_undoes(

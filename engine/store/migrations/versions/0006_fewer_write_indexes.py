@@ -6,6 +6,9 @@ keys that no lookup depends on (MPPS finds its steps by study and accession);
 they are matched among the rows the other keys select. The
 two station AE indexes become one that covers the step pk.
 
+One index is added, on a table written only by A40/A47: patient_merges by
+prior identity, so HL7 for an id replaced by A47 follows the merged-id policy.
+
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-22 12:40:00.000000
@@ -29,9 +32,12 @@ def upgrade() -> None:
                     ['ae_title', 'start_datetime', 'step_pk'], unique=False)
     op.drop_index('ix_step_station_aes_ae_title_start_datetime', table_name='step_station_aes')
     op.drop_index('ix_step_station_aes_ae_title_step_pk', table_name='step_station_aes')
+    op.create_index('ix_patient_merges_prior_patient_id_prior_issuer', 'patient_merges',
+                    ['prior_patient_id', 'prior_issuer'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_patient_merges_prior_patient_id_prior_issuer', table_name='patient_merges')
     op.create_index('ix_step_station_aes_ae_title_step_pk', 'step_station_aes', ['ae_title', 'step_pk'], unique=False)
     op.create_index('ix_step_station_aes_ae_title_start_datetime', 'step_station_aes',
                     ['ae_title', 'start_datetime'], unique=False)
