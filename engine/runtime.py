@@ -141,7 +141,7 @@ class Runtime:
         """Every destination, engine-level and per channel (names checked unique at load)."""
         cfg = self.config
         dests = [*cfg.engine.destinations, *(d for c in cfg.channels for d in c.destinations)]
-        return {d.name: Route(create_destination(d), d.retry) for d in dests}
+        return {d.name: Route(create_destination(d), d.retry, d.timeout_seconds) for d in dests}
 
     async def _start_channel(self, channel: ChannelConfig, mapping: MapFn | None) -> None:
         assert self.db is not None and self.worker is not None

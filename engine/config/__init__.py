@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.config.loader import load_yaml, validate_model
-from engine.config.models import ChannelConfig, EngineConfig
+from engine.config.models import LEASE_MARGIN_SECONDS, ChannelConfig, EngineConfig
 from engine.errors import ConfigError
 
 __all__ = ["Config", "load_config"]
@@ -83,6 +83,15 @@ def _destination_problems(
         if name in owners:
             out.append(f"{path}:1: destinations: name {name!r} is also used in {owners[name]}")
         owners.setdefault(name, path)
+    lease = engine.outbox.lease_seconds
+    for d, path in [(d, engine_file) for d in engine.destinations] + [
+        (d, files[c.name]) for c in channels for d in c.destinations
+    ]:
+        if d.timeout_seconds + LEASE_MARGIN_SECONDS > lease:
+            out.append(
+                f"{path}:1: destinations: {d.name!r} timeout_seconds {d.timeout_seconds:g} needs"
+                f" outbox.lease_seconds of at least {d.timeout_seconds + LEASE_MARGIN_SECONDS:g} (now {lease:g})"
+            )
     status = engine.mpps.status_destination
     if status and status not in owners:
         out.append(f"{engine_file}:1: mpps.status_destination: no destination named {status!r}")

@@ -238,12 +238,21 @@ class HTTPConfig(_Model):
     port: int = Field(8080, ge=0, le=65535)
 
 
+#: How much longer than a destination's timeout a lease must last: the send plus recording its
+#: outcome must end while the row is still ours, or another engine could lease it and send again.
+LEASE_MARGIN_SECONDS = 10.0
+
+
 class OutboxConfig(_Model):
     """Delivery workers."""
 
     poll_interval_seconds: float = Field(1.0, gt=0)
     batch_size: int = Field(100, ge=1)
-    lease_seconds: float = Field(120.0, gt=0)
+    lease_seconds: float = Field(
+        120.0, gt=0,
+        description="how long a worker owns the rows it claimed; at least every destination's"
+        " timeout_seconds + 10",
+    )
 
 
 class IdentityConfig(_Model):

@@ -4,6 +4,11 @@ Each round leases due rows, delivers them in id order, and records each
 outcome in its own short transaction. Within a round, once a row of an
 ordering key fails, the later rows of that key are released untouched, so
 order per key holds across retries and restarts (leases expire).
+
+A send never starts unless it can end, timeout included, well inside the
+round's lease: the rest of the round is released and claimed afresh. Otherwise
+a slow destination could let a lease run out mid-send, and another engine on
+the same database would lease the row and deliver it a second time.
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
-from engine.config.models import OutboxConfig, RetryConfig
-from engine.errors import DeliveryError, PermanentDelivery
+from engine.config.models import LEASE_MARGIN_SECONDS, OutboxConfig, RetryConfig
+from engine.errors import DeliveryError, PermanentDelivery, RetryableDelivery
 from engine.outbox.destination import Destination
 from engine.outbox.rows import Claimed, claim, record_failure, record_success, release
 from engine.store.database import Database
@@ -39,6 +45,7 @@ class Route:
 
     destination: Destination
     retry: RetryConfig
+    timeout_seconds: float = 30.0  # the destination's own limit on one send
 
 
 class OutboxWorker:
@@ -105,13 +112,19 @@ class OutboxWorker:
     async def run_round(self, name: str) -> int:
         """Lease and attempt due rows of one destination; return how many were attempted."""
         now = datetime.now(UTC)
+        lease = self.config.lease_seconds
+        leased_until = time.monotonic() + lease  # taken before the claim: errs on the safe side
         rows = await self.db.writer.run(
-            partial(claim, destination=name, limit=self.config.batch_size, now=now,
-                    lease=self.config.lease_seconds)
+            partial(claim, destination=name, limit=self.config.batch_size, now=now, lease=lease)
         )
+        latest_start = leased_until - self.routes[name].timeout_seconds - LEASE_MARGIN_SECONDS
         blocked: set[str] = set()
         skipped: list[int] = []
-        for row in rows:
+        for index, row in enumerate(rows):
+            if time.monotonic() > latest_start:
+                skipped += [r.id for r in rows[index:]]
+                log.info("outbox %s: lease nearly over, %d rows go back to the queue", name, len(rows) - index)
+                break
             if row.ordering_key and row.ordering_key in blocked:
                 skipped.append(row.id)
                 continue
@@ -124,7 +137,11 @@ class OutboxWorker:
     async def _attempt(self, name: str, row: Claimed) -> bool:
         route = self.routes[name]
         try:
-            response = await route.destination.send(row.payload, row.media_type)
+            try:  # a hard bound on the whole send (httpx's timeout is per read/write, not in total)
+                response = await asyncio.wait_for(route.destination.send(row.payload, row.media_type),
+                                                  route.timeout_seconds)
+            except TimeoutError:
+                raise RetryableDelivery(f"no answer within {route.timeout_seconds:g} s") from None
         except Exception as exc:  # a destination bug counts as a retryable failure
             permanent = isinstance(exc, PermanentDelivery)
             if not isinstance(exc, DeliveryError):

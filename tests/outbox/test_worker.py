@@ -68,3 +68,74 @@ def test_a_wake_from_the_loop_runs_a_round_at_once() -> None:
             await worker.stop()
 
     asyncio.run(scenario())
+
+
+class _Slow:
+    """A destination that takes ``seconds`` per send and notes when each send began."""
+
+    name = "d"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started: list[float] = []
+
+    async def send(self, payload: bytes, media_type: str) -> str:
+        self.started.append(time.monotonic())
+        await asyncio.sleep(self.seconds)
+        return "ok"
+
+    async def close(self) -> None:
+        pass
+
+
+def _queue(db, count: int) -> None:
+    from datetime import UTC, datetime
+
+    from engine.outbox.queue import enqueue
+
+    def work(conn):
+        for i in range(count):
+            enqueue(conn, channel="c", destination="d", payload=b"x", media_type="x", ordering_key=f"k{i}",
+                    now=datetime.now(UTC))
+    db.writer.call(work)
+
+
+def _statuses(db) -> list[tuple[str, bool]]:
+    from sqlalchemy import select
+
+    from engine.store.schema import outbox
+
+    return [(r.status, r.claimed_until is not None)
+            for r in db.read(lambda c: c.execute(select(outbox).order_by(outbox.c.id)).all())]
+
+
+def test_no_send_starts_unless_it_ends_inside_the_lease(db, monkeypatch) -> None:
+    """With several engines on one database, a lease that ran out mid-send would let another send again."""
+    monkeypatch.setattr("engine.outbox.worker.LEASE_MARGIN_SECONDS", 0.1)
+    _queue(db, 6)
+    slow = _Slow(0.25)
+    worker = OutboxWorker(db, {"d": Route(slow, RetryConfig(), timeout_seconds=0.3)},
+                          OutboxConfig(poll_interval_seconds=60, lease_seconds=1.0))
+
+    async def one_round() -> tuple[float, int]:
+        before = time.monotonic()
+        return before, await worker.run_round("d")
+
+    before, attempted = asyncio.run(one_round())
+    assert 1 <= attempted < 6 and len(slow.started) == attempted
+    assert all(start - before + 0.3 + 0.1 <= 1.0 for start in slow.started)
+    states = _statuses(db)
+    assert [s for s, _ in states[:attempted]] == ["SENT"] * attempted
+    assert states[attempted:] == [("QUEUED", False)] * (6 - attempted)  # back in the queue, not leased
+    asyncio.run(one_round())  # the next round takes them at once with a fresh lease
+    assert [s for s, _ in _statuses(db)].count("SENT") > attempted
+
+
+def test_a_send_is_cut_at_the_destination_timeout_and_retried_later(db) -> None:
+    _queue(db, 1)
+    worker = OutboxWorker(db, {"d": Route(_Slow(30), RetryConfig(), timeout_seconds=0.2)},
+                          OutboxConfig(poll_interval_seconds=60))
+    began = time.monotonic()
+    assert asyncio.run(worker.run_round("d")) == 1
+    assert time.monotonic() - began < 5
+    assert _statuses(db) == [("QUEUED", False)]  # a retryable failure: due again after its backoff
