@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
-from sqlalchemy import Connection, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 
 from engine.channel.prepare import ERROR, FILTERED, PROCESSED, Prepared
 from engine.config.models import ChannelConfig
@@ -56,11 +56,7 @@ _COUNT_DUPLICATE = (
     .where(messages.c.id == bindparam("row_id"))
     .values(duplicate_count=messages.c.duplicate_count + 1, last_duplicate_at=bindparam("now"))
 )
-_INSERT_MESSAGE = FastStatement(
-    insert(messages)
-    .values({c.name: bindparam(c.name) for c in messages.c if c.name != "id"})
-    .returning(messages.c.id)
-)
+_INSERT_MESSAGE = FastInsert(messages)
 _INSERT_STAGE = FastInsert(message_stages)
 
 
@@ -169,7 +165,7 @@ class Persister:
         for key, value in values.items():
             if isinstance(value, str) and "\x00" in value:
                 values[key] = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; raw keeps it
-        return int(_INSERT_MESSAGE.execute(conn, values).fetchone()[0])
+        return _INSERT_MESSAGE.execute(conn, values)
 
     def _stage(self, conn: Connection, message_id: int, stage: str, content: str, now: datetime) -> None:
         _INSERT_STAGE.execute(conn, {"message_id": message_id, "stage": stage, "status": "OK", "content": content,

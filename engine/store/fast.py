@@ -126,7 +126,11 @@ _last_utc: tuple[datetime | None, str] = (None, "")
 
 
 class FastInsert:
-    """``INSERT`` of every column but the auto-increment key; absent values take the column's default."""
+    """``INSERT`` of every column but the auto-increment key; absent values take the column's default.
+
+    The new row's id comes from ``RETURNING`` on PostgreSQL and from the cursor's
+    ``lastrowid`` on SQLite (no result row to step through and fetch).
+    """
 
     def __init__(self, table: Table) -> None:
         serial = table.autoincrement_column
@@ -135,12 +139,17 @@ class FastInsert:
         values: dict[str, Any] = {c.name: bindparam(c.name) for c in columns}
         statement = insert(table).values(values)
         self._returns_id = serial is not None
-        self._statement = FastStatement(statement.returning(serial) if serial is not None else statement, defaults)
+        self._plain = FastStatement(statement, defaults)
+        self._returning = FastStatement(statement.returning(serial), defaults) if serial is not None else self._plain
 
     def execute(self, conn: Connection, values: Mapping[str, Any]) -> int:
         """Insert one row; return its auto-increment id (0 when the table has none)."""
-        cursor = self._statement.execute(conn, values)
-        return int(cursor.fetchone()[0]) if self._returns_id else 0
+        if not self._returns_id:
+            self._plain.execute(conn, values)
+            return 0
+        if conn.dialect.name == "sqlite":
+            return int(self._plain.execute(conn, values).lastrowid)
+        return int(self._returning.execute(conn, values).fetchone()[0])
 
 
 def _scalar_default(column: Column[Any]) -> Any:
