@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections import deque
 from typing import cast
 
@@ -88,6 +89,10 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._idle: asyncio.TimerHandle | None = None
         self._fd = -1  # plain TCP: answers are written straight to the socket (see _send)
+        # The writer thread's own descriptor for the same socket (see _Early): a duplicate, so
+        # that the transport closing its descriptor can never make ours name another socket.
+        self._early_fd = -1
+        self._early_lock = threading.Lock()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -102,6 +107,8 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if self.config.tls is None and sock is not None:
             self._fd = sock.fileno()
+            with contextlib.suppress(OSError):
+                self._early_fd = os.dup(self._fd)
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -120,6 +127,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._close_early_fd()
         self._disarm_idle()
         self.server._connections.discard(self)
         leftovers = self.decoder.close()
@@ -131,10 +139,18 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Close at once (listener stopping)."""
+        self._close_early_fd()
         if self.task is not None:
             self.task.cancel()
         if self.transport is not None:
             self.transport.abort()
+
+    def _close_early_fd(self) -> None:
+        with self._early_lock:  # never while the writer thread is writing through it
+            if self._early_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._early_fd)
+                self._early_fd = -1
 
     def _schedule(self) -> None:
         if self.task is None or self.task.done():
@@ -143,9 +159,14 @@ class _Connection(asyncio.Protocol):
     async def _work(self) -> None:
         try:
             while self.pending and not self.closed:
-                answer = await self._answer(self.pending.popleft())
+                early = self._early()
+                answer = await self._answer(self.pending.popleft(), early)
                 if answer is not None and self.transport is not None and not self.closed:
-                    self._send(frame(answer))
+                    data = frame(answer)
+                    if early is not None and early.sent:
+                        data = early.rest(data)
+                    if data:
+                        self._send(data)
                 if self.paused and len(self.pending) <= _MAX_PENDING // 2 and self.transport is not None:
                     self.transport.resume_reading()
                     self.paused = False
@@ -184,9 +205,20 @@ class _Connection(asyncio.Protocol):
                 return
         transport.write(data)
 
-    async def _answer(self, event: FrameEvent) -> bytes | None:
+    def _early(self) -> _Early | None:
+        """A way for the writer thread to send the next answer itself, when nothing can overtake it.
+
+        Only on plain TCP with nothing left in the transport's buffer: this task is the
+        only one that writes answers, and it waits for this one before any other.
+        """
+        transport = self.transport
+        if self._early_fd < 0 or transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return None
+        return _Early(self)
+
+    async def _answer(self, event: FrameEvent, early: _Early | None = None) -> bytes | None:
         if event.kind is FrameKind.MESSAGE:
-            return await self.runner.receive(event.payload, self.peer)
+            return await self.runner.receive(event.payload, self.peer, early.deliver if early else None)
         if event.kind is FrameKind.OVERSIZE:
             return await self.runner.reject_oversize(event.payload, self.peer)
         await self.runner.keep(event.payload, self.peer, "bytes outside an MLLP frame")
@@ -216,3 +248,37 @@ class _Connection(asyncio.Protocol):
         log.info("channel %s: closing idle connection from %s", self.runner.name, self.peer)
         if self.transport is not None:
             self.transport.close()
+
+
+class _Early:
+    """One answer the writer thread may send right after its commit (engine.store.database).
+
+    ``deliver`` runs in the writer thread with the answer's bytes; whatever the socket
+    does not take at once is left to the connection's task, which sends the rest.
+    """
+
+    __slots__ = ("conn", "data", "sent")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.data = b""
+        self.sent = 0
+
+    def deliver(self, answer: bytes) -> None:
+        data = frame(answer)
+        conn = self.conn
+        with conn._early_lock:
+            if conn._early_fd < 0:
+                return
+            try:
+                self.sent = _write(conn._early_fd, data)
+            except OSError:  # would block, or the peer is gone: the task finds out and decides
+                self.sent = 0
+        self.data = data
+
+    def rest(self, data: bytes) -> bytes:
+        """What is left to send of ``data`` (the framed answer the task was about to send)."""
+        if data != self.data:  # cannot happen: the runner returns what it delivered
+            log.error("channel %s: early answer differs from the final one", self.conn.runner.name)
+            return b""  # a second, different answer would be worse than a short one
+        return data[self.sent:]

@@ -49,8 +49,15 @@ class ChannelRunner:
     def name(self) -> str:
         return self.config.name
 
-    async def receive(self, payload: bytes, peer: str) -> bytes:
-        """Process one frame's payload; return the encoded answer (ACK or batch of ACKs)."""
+    async def receive(
+        self, payload: bytes, peer: str, deliver: Callable[[bytes], None] | None = None
+    ) -> bytes:
+        """Process one frame's payload; return the encoded answer (ACK or batch of ACKs).
+
+        ``deliver`` (optional) may be called from the writer thread with the very bytes
+        this returns, as soon as the message is committed; the caller then knows the
+        answer has left (or how much of it) before this coroutine resumes.
+        """
         src = self.config.source
         decoded = decode(payload, src.charset_fallback, src.detect_utf8)
         try:
@@ -68,7 +75,15 @@ class ChannelRunner:
                                   decoded.charset)
             for text in split.messages
         ]
-        acks = await self._persist_all(prepared, peer)
+        early = None
+        if single and deliver is not None:
+            charset = decoded.charset
+
+            def early(stored: Stored) -> None:
+                if isinstance(stored, Stored):
+                    deliver(stored.ack.encode(charset, errors="replace"))
+
+        acks = await self._persist_all(prepared, peer, early)
         text = acks[0] if single else self._batch_reply(split.header, acks)
         return text.encode(decoded.charset, errors="replace")
 
@@ -84,9 +99,12 @@ class ChannelRunner:
         ack = await self._store_failed(payload, decoded.text, decoded.charset, peer, error)
         return ack.encode(decoded.charset, errors="replace")
 
-    async def _persist_all(self, prepared: list[Prepared], peer: str) -> list[str]:
+    async def _persist_all(
+        self, prepared: list[Prepared], peer: str, after_commit: Callable[[Stored], None] | None = None
+    ) -> list[str]:
         writer = self.db.writer
-        futures = [writer.submit_async(partial(self.persister.persist, p=p, peer=peer)) for p in prepared]
+        futures = [writer.submit_async(partial(self.persister.persist, p=p, peer=peer), after_commit)
+                   for p in prepared]
         acks = []
         for p, future in zip(prepared, futures, strict=True):
             try:

@@ -46,6 +46,7 @@ class _Item:
     fn: Work
     future: Future[Any] | asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop | None = None
+    after_commit: Callable[[Any], None] | None = None
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
         """Complete the caller's future from the writer thread."""
@@ -72,7 +73,18 @@ def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
 
 
 def _resolve_all(batch: list[_Item], results: list[Any]) -> None:
-    """Complete a committed batch: one wake-up per event loop, not one per item."""
+    """Complete a committed batch: one wake-up per event loop, not one per item.
+
+    A batch of one item first runs its ``after_commit`` here, in the writer thread:
+    a lone sender's ACK then leaves as soon as it is durable, without waiting for
+    the event loop to wake up (about 150 µs on a virtual machine). Shared batches
+    leave that work to the event loop, whose thread is otherwise idle meanwhile.
+    """
+    if len(batch) == 1 and batch[0].after_commit is not None:
+        try:
+            batch[0].after_commit(results[0])
+        except Exception:  # the caller's hook: never the writer's problem
+            log.exception("after-commit hook failed")
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
     for item, result in zip(batch, results, strict=True):
         if item.loop is None:
@@ -110,11 +122,17 @@ class Writer:
         """Run ``fn`` in a committed transaction, blocking (CLI, DICOM threads)."""
         return self.submit(fn).result()
 
-    def submit_async(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
-        """Queue ``fn`` from the event loop; the asyncio future resolves after the commit."""
+    def submit_async(
+        self, fn: Callable[[Connection], T], after_commit: Callable[[T], None] | None = None
+    ) -> asyncio.Future[T]:
+        """Queue ``fn`` from the event loop; the asyncio future resolves after the commit.
+
+        ``after_commit`` (optional) may run in the writer thread with the result, after
+        the commit and before the future resolves (see :func:`_resolve_all`).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Item(fn, future, loop))
+        self._queue.put(_Item(fn, future, loop, after_commit))
         return future
 
     async def run(self, fn: Callable[[Connection], T]) -> T:

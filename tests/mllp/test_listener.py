@@ -108,12 +108,14 @@ def test_pipelined_answers_stay_in_order_when_the_peer_reads_slowly(tmp_path, mo
     import channels.mllp.source as source
 
     writes = {"direct": 0, "partial": 0}
+    threads: set[str] = set()
     real_write = source._write
 
     def counting_write(fd: int, data: bytes) -> int:
         sent = real_write(fd, data)
         writes["direct"] += 1
         writes["partial"] += sent < len(data)
+        threads.add(threading.current_thread().name)
         return sent
 
     monkeypatch.setattr(source, "_write", counting_write)
@@ -163,3 +165,77 @@ def test_pipelined_answers_stay_in_order_when_the_peer_reads_slowly(tmp_path, mo
     assert answers == [f"CP{n}" for n in range(count)]
     # both paths were taken: straight to the socket, and through the transport's buffer
     assert writes["direct"] > 0 and (writes["partial"] or writes["direct"] < count), writes
+    # the writer thread sent answers itself right after their commit, and the loop sent others
+    assert "radbridge-writer" in threads and len(threads) == 2, threads
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_lone_senders_answers_leave_from_the_writer_thread(tmp_path, monkeypatch, loop_kind):
+    """One message at a time: each ACK is written by the writer thread as soon as it committed."""
+    import threading
+
+    import channels.mllp.source as source
+
+    threads: list[str] = []
+    real_write = source._write
+
+    def watching_write(fd: int, data: bytes) -> int:
+        threads.append(threading.current_thread().name)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(source, "_write", watching_write)
+
+    async def scenario() -> list[str]:
+        server, db = make_server(tmp_path)
+        await server.start()
+        try:
+            client = MLLPClient("127.0.0.1", server.port, timeout=10)
+            try:
+                return [code(await client.send(MSG.replace(b"{n}", str(n).encode()))) for n in range(20)]
+            finally:
+                await client.close()
+        finally:
+            await server.stop()
+            db.close()
+
+    run = pytest.importorskip("uvloop").run if loop_kind == "uvloop" else asyncio.run
+    assert run(scenario()) == ["AA"] * 20
+    assert threads == ["radbridge-writer"] * 20
+
+
+def test_a_connection_closed_while_its_message_commits_gets_nothing_and_hurts_nothing(tmp_path):
+    """The peer resets the connection mid-message: the writer's early answer is dropped, the
+    message is still stored, and the listener keeps serving."""
+    import socket
+    import struct
+
+    from sqlalchemy import func, select
+
+    from engine.store.schema import messages
+
+    async def scenario() -> str:
+        server, db = make_server(tmp_path)
+        await server.start()
+        gate = __import__("threading").Event()
+        db.writer.submit(lambda conn: gate.wait(10))  # hold the writer while the peer goes away
+        try:
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(b"\x0b" + MSG.replace(b"{n}", b"gone") + b"\x1c\r")
+            await asyncio.sleep(0.3)
+            sock.close()  # RST
+            await asyncio.sleep(0.3)
+            gate.set()
+            client = MLLPClient("127.0.0.1", server.port, timeout=10)
+            try:
+                answer = code(await client.send(MSG.replace(b"{n}", b"next")))
+            finally:
+                await client.close()
+            stored = db.read(lambda c: c.execute(select(func.count()).select_from(messages)).scalar_one())
+            assert stored == 2
+            return answer
+        finally:
+            await server.stop()
+            db.close()
+
+    assert asyncio.run(scenario()) == "AA"
