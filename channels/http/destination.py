@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from engine.config.models import HTTPDestinationConfig
@@ -35,10 +37,13 @@ class HTTPDestination:
 
     async def send(self, payload: bytes, media_type: str) -> str:
         headers = {"Content-Type": media_type, **self._config.headers}
-        try:
-            response = await self._client.request(
-                self._config.method, self._config.url, content=payload, headers=headers
+        try:  # httpx's timeout is per phase (connect, each read and write): bound the whole request
+            response = await asyncio.wait_for(
+                self._client.request(self._config.method, self._config.url, content=payload, headers=headers),
+                self._config.timeout_seconds,
             )
+        except TimeoutError as exc:
+            raise RetryableDelivery(f"no answer within {self._config.timeout_seconds:g} s") from exc
         except httpx.TransportError as exc:
             raise RetryableDelivery(f"{type(exc).__name__}: {exc}") from exc
         return classify_status(response.status_code, response.text)

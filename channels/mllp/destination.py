@@ -7,6 +7,8 @@ connection is retryable, and the connection is reopened for the next attempt.
 
 from __future__ import annotations
 
+import asyncio
+
 from channels.mllp.client import MLLPClient
 from engine.config.models import MLLPDestinationConfig
 from engine.errors import PermanentDelivery, RetryableDelivery
@@ -48,6 +50,7 @@ class MLLPDestination:
 
     def __init__(self, config: MLLPDestinationConfig) -> None:
         self.name = config.name
+        self._timeout = config.timeout_seconds
         tls = config.tls
         self._client = MLLPClient(
             config.host, config.port, config.timeout_seconds, client_context(tls),
@@ -56,8 +59,8 @@ class MLLPDestination:
 
     async def send(self, payload: bytes, media_type: str) -> str:
         control_id = Message(decode(payload).text).control_id
-        try:
-            answer = await self._client.send(payload)
+        try:  # connect, write and the ACK together within the timeout
+            answer = await asyncio.wait_for(self._client.send(payload), self._timeout)
         except (TimeoutError, OSError, ConnectionError) as exc:
             await self._client.close()
             raise RetryableDelivery(f"{type(exc).__name__}: {exc}") from exc

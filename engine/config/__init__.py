@@ -87,10 +87,11 @@ def _destination_problems(
     for d, path in [(d, engine_file) for d in engine.destinations] + [
         (d, files[c.name]) for c in channels for d in c.destinations
     ]:
-        if d.timeout_seconds + LEASE_MARGIN_SECONDS > lease:
+        least = d.timeout_seconds + 2 * LEASE_MARGIN_SECONDS  # the end margin, and time to start sends in
+        if lease < least:
             out.append(
                 f"{path}:1: destinations: {d.name!r} timeout_seconds {d.timeout_seconds:g} needs"
-                f" outbox.lease_seconds of at least {d.timeout_seconds + LEASE_MARGIN_SECONDS:g} (now {lease:g})"
+                f" outbox.lease_seconds of at least {least:g} (now {lease:g})"
             )
     status = engine.mpps.status_destination
     if status and status not in owners:

@@ -238,9 +238,10 @@ class HTTPConfig(_Model):
     port: int = Field(8080, ge=0, le=65535)
 
 
-#: How much longer than a destination's timeout a lease must last: the send plus recording its
-#: outcome must end while the row is still ours, or another engine could lease it and send again.
-LEASE_MARGIN_SECONDS = 10.0
+#: A send starts only if it can end, its timeout included, this long before its lease does:
+#: recording the outcome must happen while the row is still ours, or another engine could
+#: lease it and send it again. A lease must leave at least as long again to start sends in.
+LEASE_MARGIN_SECONDS = 5.0
 
 
 class OutboxConfig(_Model):

@@ -31,6 +31,9 @@ __all__ = ["OutboxWorker", "Route"]
 
 log = logging.getLogger(__name__)
 
+#: How long past its own timeout a destination's send may run before the worker gives up on it.
+_BACKSTOP_SECONDS = 1.0
+
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
@@ -117,7 +120,7 @@ class OutboxWorker:
         rows = await self.db.writer.run(
             partial(claim, destination=name, limit=self.config.batch_size, now=now, lease=lease)
         )
-        latest_start = leased_until - self.routes[name].timeout_seconds - LEASE_MARGIN_SECONDS
+        latest_start = leased_until - self.routes[name].timeout_seconds - _BACKSTOP_SECONDS - LEASE_MARGIN_SECONDS
         blocked: set[str] = set()
         skipped: list[int] = []
         for index, row in enumerate(rows):
@@ -137,9 +140,9 @@ class OutboxWorker:
     async def _attempt(self, name: str, row: Claimed) -> bool:
         route = self.routes[name]
         try:
-            try:  # a hard bound on the whole send (httpx's timeout is per read/write, not in total)
+            try:  # destinations bound a send by their timeout themselves; this is the backstop
                 response = await asyncio.wait_for(route.destination.send(row.payload, row.media_type),
-                                                  route.timeout_seconds)
+                                                  route.timeout_seconds + _BACKSTOP_SECONDS)
             except TimeoutError:
                 raise RetryableDelivery(f"no answer within {route.timeout_seconds:g} s") from None
         except Exception as exc:  # a destination bug counts as a retryable failure
