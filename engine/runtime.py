@@ -207,9 +207,32 @@ async def _reload(runtime: Runtime, config_dir: Path) -> None:
     await runtime.start()
 
 
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open descriptors to the hard limit; return the limit in force.
+
+    Every plain-TCP MLLP connection holds two descriptors (the transport's and the
+    writer thread's, see channels/mllp/source.py), on top of the database files and DICOM
+    associations; the common soft default of 1,024 would refuse connections early.
+    """
+    try:
+        import resource
+    except ModuleNotFoundError:  # not on POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    return soft
+
+
 def run(config_dir: Path) -> int:
     """``radbridge run``: serve until SIGTERM/SIGINT (on uvloop when installed, unless
     ``RADBRIDGE_EVENT_LOOP=asyncio``)."""
+    limit = raise_open_file_limit()
+    if 0 <= limit < 4096:
+        log.warning("open file limit is %d: each MLLP connection uses two (raise the hard limit)", limit)
     try:
         import uvloop
     except ModuleNotFoundError:

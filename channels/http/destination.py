@@ -38,10 +38,10 @@ class HTTPDestination:
     async def send(self, payload: bytes, media_type: str) -> str:
         headers = {"Content-Type": media_type, **self._config.headers}
         try:  # httpx's timeout is per phase (connect, each read and write): bound the whole request
-            response = await asyncio.wait_for(
-                self._client.request(self._config.method, self._config.url, content=payload, headers=headers),
-                self._config.timeout_seconds,
-            )
+            async with asyncio.timeout(self._config.timeout_seconds):
+                response = await self._client.request(
+                    self._config.method, self._config.url, content=payload, headers=headers
+                )
         except TimeoutError as exc:
             raise RetryableDelivery(f"no answer within {self._config.timeout_seconds:g} s") from exc
         except httpx.TransportError as exc:

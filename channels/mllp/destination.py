@@ -60,7 +60,8 @@ class MLLPDestination:
     async def send(self, payload: bytes, media_type: str) -> str:
         control_id = Message(decode(payload).text).control_id
         try:  # connect, write and the ACK together within the timeout
-            answer = await asyncio.wait_for(self._client.send(payload), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                answer = await self._client.send(payload)
         except (TimeoutError, OSError, ConnectionError) as exc:
             await self._client.close()
             raise RetryableDelivery(f"{type(exc).__name__}: {exc}") from exc

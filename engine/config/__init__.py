@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.config.loader import load_yaml, validate_model
-from engine.config.models import LEASE_MARGIN_SECONDS, ChannelConfig, EngineConfig
+from engine.config.models import LEASE_MARGIN_SECONDS, SEND_BACKSTOP_SECONDS, ChannelConfig, EngineConfig
 from engine.errors import ConfigError
 
 __all__ = ["Config", "load_config"]
@@ -87,7 +87,8 @@ def _destination_problems(
     for d, path in [(d, engine_file) for d in engine.destinations] + [
         (d, files[c.name]) for c in channels for d in c.destinations
     ]:
-        least = d.timeout_seconds + 2 * LEASE_MARGIN_SECONDS  # the end margin, and time to start sends in
+        # the send's backstop and end margin, and as long again to start sends in
+        least = d.timeout_seconds + SEND_BACKSTOP_SECONDS + 2 * LEASE_MARGIN_SECONDS
         if lease < least:
             out.append(
                 f"{path}:1: destinations: {d.name!r} timeout_seconds {d.timeout_seconds:g} needs"

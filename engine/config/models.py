@@ -242,6 +242,8 @@ class HTTPConfig(_Model):
 #: recording the outcome must happen while the row is still ours, or another engine could
 #: lease it and send it again. A lease must leave at least as long again to start sends in.
 LEASE_MARGIN_SECONDS = 5.0
+#: How long past its own timeout a destination's send may run before the outbox gives up on it.
+SEND_BACKSTOP_SECONDS = 1.0
 
 
 class OutboxConfig(_Model):
@@ -252,7 +254,7 @@ class OutboxConfig(_Model):
     lease_seconds: float = Field(
         120.0, gt=0,
         description="how long a worker owns the rows it claimed; at least every destination's"
-        " timeout_seconds + 10",
+        " timeout_seconds + 11",
     )
 
 

@@ -102,7 +102,9 @@ _REPLACED = FastStatement(
 )  # fmt: skip
 
 
-def _replaced(conn: Connection, patient_id: str, issuer: str, policy: PatientPolicy) -> int | None:
+def _replaced(
+    conn: Connection, patient_id: str, issuer: str, policy: PatientPolicy, location: ErrorLocation = _PID3
+) -> int | None:
     """For an identity no patient holds: the patient an A47 gave a new id, per the merged-id policy.
 
     None when the identity was never replaced (a new patient). With the default
@@ -112,9 +114,9 @@ def _replaced(conn: Connection, patient_id: str, issuer: str, policy: PatientPol
     if row is None:
         return None
     if not policy.follow_merged:
-        raise HL7ApplicationError(204, f"patient {patient_id} was replaced by another identifier (A47)", _PID3)
+        raise HL7ApplicationError(204, f"patient {patient_id} was replaced by another identifier (A47)", location)
     renamed = conn.execute(select(patients).where(patients.c.id == row[0])).one()
-    return _live(conn, renamed, policy, _PID3)
+    return _live(conn, renamed, policy, location)
 
 
 def _create(conn: Connection, patient_id: str, issuer: str, now: datetime, **values: str) -> int:
@@ -257,8 +259,12 @@ def merge_patient(
         raise HL7ApplicationError(205, "a patient cannot be merged into itself", _MRG1)
     survivor_pk = ensure_patient(conn, *survivor_key, policy, now)
     prior = find_patient(conn, record.prior_patient_id, record.prior_issuer)
-    if prior is None:
-        pk = _create(conn, record.prior_patient_id, record.prior_issuer, now)
+    if prior is None:  # an id an A47 retired names the renamed patient (or is refused)
+        pk = _replaced(conn, record.prior_patient_id, record.prior_issuer, policy, _MRG1)
+        if pk == survivor_pk:
+            return survivor_pk  # the A47 already made the retired id this patient's: nothing to move
+        if pk is None:
+            pk = _create(conn, record.prior_patient_id, record.prior_issuer, now)
         prior = conn.execute(select(patients).where(patients.c.id == pk)).one()
     elif prior.status == "MERGED" or prior.id == survivor_pk:
         raise HL7ApplicationError(204, f"patient {prior.patient_id} is already merged", _MRG1)

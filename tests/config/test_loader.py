@@ -94,9 +94,9 @@ def test_every_problem_is_reported_at_once(tmp_path):
 def test_a_lease_shorter_than_a_destination_timeout_is_refused(tmp_path):
     dest = "destinations:\n  - {name: ris, type: mllp, host: 127.0.0.1, port: 2576, timeout_seconds: 30}\n"
     with pytest.raises(ConfigError) as exc:
-        load_config(write(tmp_path, CHANNEL + dest, "outbox: {lease_seconds: 39}\n"), {})
+        load_config(write(tmp_path, CHANNEL + dest, "outbox: {lease_seconds: 40}\n"), {})
     assert exc.value.problems == [
         f"{tmp_path / 'channels' / 'c1.yaml'}:1: destinations: 'ris' timeout_seconds 30 needs"
-        " outbox.lease_seconds of at least 40 (now 39)"
+        " outbox.lease_seconds of at least 41 (now 40)"
     ]
-    assert load_config(write(tmp_path, CHANNEL + dest, "outbox: {lease_seconds: 40}\n"), {}).channels
+    assert load_config(write(tmp_path, CHANNEL + dest, "outbox: {lease_seconds: 41}\n"), {}).channels

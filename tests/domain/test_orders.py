@@ -258,6 +258,26 @@ def test_hl7_for_an_a47_replaced_id_is_refused_like_a_merged_one(
     assert sorted(p.patient_id for p in _rows(db, patients)) == ["NEW", "OLD"]
 
 
+def test_a40_naming_an_id_an_a47_retired(db: Database, engine_config: EngineConfig,
+                                         patients_handler: PatientsHandler, orders_handler: OrdersHandler) -> None:
+    """Refused by default (204 at MRG-1); with ``follow`` the renamed patient is the prior."""
+    apply_records(db, orders_handler, [patient("X"), order("PL1", patient_id="X")])
+    apply_records(db, patients_handler, [merge("Y", "X", kind="change_id"), patient("Z")])
+    with pytest.raises(HL7ApplicationError) as refused:
+        apply_records(db, patients_handler, [merge("Z", "X")])
+    assert refused.value.code == 204 and str(refused.value.location) == "MRG^1^1"
+    assert sorted(p.patient_id for p in _rows(db, patients)) == ["Y", "Z"]  # no ghost X
+
+    followed = PatientsHandler(patient_policy(engine_config.model_copy(update={
+        "patients": engine_config.patients.model_copy(update={"merged_id_policy": "follow"})})))  # fmt: skip
+    apply_records(db, followed, [merge("Y", "X")])  # into its own new id: nothing to do
+    assert [p.status for p in _rows(db, patients)] == ["ACTIVE", "ACTIVE"]
+    apply_records(db, followed, [merge("Z", "X")])
+    by_pk = {p.id: p for p in _rows(db, patients)}
+    assert [by_pk[o.patient_pk].patient_id for o in _rows(db, orders)] == ["Z"]
+    assert {p.patient_id: p.status for p in by_pk.values()} == {"Y": "MERGED", "Z": "ACTIVE"}
+
+
 def test_follow_policy_applies_hl7_for_merged_and_replaced_ids_to_the_survivor(
     db: Database, engine_config: EngineConfig
 ) -> None:

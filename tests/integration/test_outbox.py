@@ -43,7 +43,7 @@ def forwarder(engine_process: EngineProcess, peer: MLLPPeer,
           url: {db_url}
         outbox:
           poll_interval_seconds: 0.2
-          lease_seconds: 13  # the ACK timeout (3) + 10: the least the engine accepts
+          lease_seconds: 14  # the ACK timeout (3) + 11: the least the engine accepts
         """)
     write_channel(engine_process, "forward", f"""\
         name: forward

@@ -239,3 +239,52 @@ def test_a_connection_closed_while_its_message_commits_gets_nothing_and_hurts_no
             db.close()
 
     assert asyncio.run(scenario()) == "AA"
+
+
+def test_the_engine_lifts_its_open_file_limit_for_the_second_descriptor_per_connection():
+    """Each plain-TCP connection holds two descriptors; a low soft limit is raised to the hard one."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource\n"
+        "from engine.runtime import raise_open_file_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "print(raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    reported, soft, hard = (int(v) for v in done.stdout.split())
+    assert reported == soft and soft > 256
+    assert soft == hard or hard == -1  # RLIM_INFINITY is -1
+
+
+def test_connections_give_back_both_their_descriptors(tmp_path):
+    """Open and close many connections: the process does not keep their duplicates."""
+    import os
+    import socket
+
+    def count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def client(port: int) -> None:  # in a thread: the server shares this test's event loop
+        for n in range(50):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"\x0b" + MSG.replace(b"{n}", str(n).encode()) + b"\x1c\r")
+                assert b"MSA|AA" in sock.recv(4096)
+
+    async def scenario() -> tuple[int, int]:
+        server, db = make_server(tmp_path)
+        await server.start()
+        try:
+            before = count()
+            await asyncio.get_running_loop().run_in_executor(None, client, server.port)
+            await asyncio.sleep(0.3)  # let the last connection_lost run
+            return before, count()
+        finally:
+            await server.stop()
+            db.close()
+
+    before, after = asyncio.run(scenario())
+    assert after <= before + 2, (before, after)

@@ -112,7 +112,7 @@ def _statuses(db) -> list[tuple[str, bool]]:
 def test_no_send_starts_unless_it_ends_inside_the_lease(db, monkeypatch) -> None:
     """With several engines on one database, a lease that ran out mid-send would let another send again."""
     monkeypatch.setattr("engine.outbox.worker.LEASE_MARGIN_SECONDS", 0.1)
-    monkeypatch.setattr("engine.outbox.worker._BACKSTOP_SECONDS", 0.05)
+    monkeypatch.setattr("engine.outbox.worker.SEND_BACKSTOP_SECONDS", 0.05)
     _queue(db, 6)
     slow = _Slow(0.25)
     worker = OutboxWorker(db, {"d": Route(slow, RetryConfig(), timeout_seconds=0.3)},
