@@ -88,11 +88,11 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self._idle: asyncio.TimerHandle | None = None
-        self._fd = -1  # plain TCP: answers are written straight to the socket (see _send)
-        # The writer thread's own descriptor for the same socket (see _Early): a duplicate, so
-        # that the transport closing its descriptor can never make ours name another socket.
-        self._early_fd = -1
-        self._early_lock = threading.Lock()
+        # Plain TCP: answers are written straight to the socket (see _write_now), from the
+        # event loop or the writer thread, through a duplicate of the transport's descriptor,
+        # so that the transport closing its own can never make ours name another socket.
+        self._direct_fd = -1
+        self._direct_lock = threading.Lock()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -106,9 +106,8 @@ class _Connection(asyncio.Protocol):
         self.server._connections.add(self)
         sock = transport.get_extra_info("socket")
         if self.config.tls is None and sock is not None:
-            self._fd = sock.fileno()
             with contextlib.suppress(OSError):
-                self._early_fd = os.dup(self._fd)
+                self._direct_fd = os.dup(sock.fileno())
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -127,7 +126,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._close_early_fd()
+        self._close_direct_fd()
         self._disarm_idle()
         self.server._connections.discard(self)
         leftovers = self.decoder.close()
@@ -139,18 +138,33 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Close at once (listener stopping)."""
-        self._close_early_fd()
+        self._close_direct_fd()
         if self.task is not None:
             self.task.cancel()
         if self.transport is not None:
             self.transport.abort()
 
-    def _close_early_fd(self) -> None:
-        with self._early_lock:  # never while the writer thread is writing through it
-            if self._early_fd >= 0:
+    def _close_direct_fd(self) -> None:
+        with self._direct_lock:  # never while another thread is writing through it
+            if self._direct_fd >= 0:
                 with contextlib.suppress(OSError):
-                    os.close(self._early_fd)
-                self._early_fd = -1
+                    os.close(self._direct_fd)
+                self._direct_fd = -1
+
+    def _write_now(self, data: bytes) -> int:
+        """Write what the socket takes at once, from any thread; 0 when closed, full or broken.
+
+        ``os.write`` releases the GIL for the system call, which on loopback and on a
+        virtual machine is a large part of a message's cost; uvloop's transport write
+        holds it, stalling the writer thread's commits.
+        """
+        with self._direct_lock:
+            if self._direct_fd < 0:
+                return 0
+            try:
+                return _write(self._direct_fd, data)
+            except OSError:  # would block, or the peer is gone: the transport finds out and reports
+                return 0
 
     def _schedule(self) -> None:
         if self.task is None or self.task.done():
@@ -181,26 +195,15 @@ class _Connection(asyncio.Protocol):
                 self._arm_idle()
 
     def _send(self, data: bytes) -> None:
-        """Write an answer; on plain TCP with nothing queued, straight to the socket.
+        """Write an answer; with nothing queued in the transport, straight to the socket.
 
-        ``os.write`` releases the GIL for the system call, which on loopback and
-        on a virtual machine is a large part of a message's cost; the transport's
-        own write (uvloop) holds it, stalling the writer thread's commits. What
-        the socket does not take at once, and everything while the transport
+        What the socket does not take at once, and everything while the transport
         still has bytes queued, goes through the transport, so order is kept.
         """
         transport = self.transport
         assert transport is not None
-        # is_closing() is set before the transport lets go of the descriptor (same thread), so
-        # a closed connection's fd, possibly reused by a new one, is never written here.
-        if self._fd >= 0 and not transport.is_closing() and not transport.get_write_buffer_size():
-            try:
-                sent = _write(self._fd, data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                sent = 0  # let the transport see and report the broken connection
-            data = data[sent:]
+        if not transport.is_closing() and not transport.get_write_buffer_size():
+            data = data[self._write_now(data):]
             if not data:
                 return
         transport.write(data)
@@ -212,7 +215,7 @@ class _Connection(asyncio.Protocol):
         only one that writes answers, and it waits for this one before any other.
         """
         transport = self.transport
-        if self._early_fd < 0 or transport is None or transport.is_closing() or transport.get_write_buffer_size():
+        if self._direct_fd < 0 or transport is None or transport.is_closing() or transport.get_write_buffer_size():
             return None
         return _Early(self)
 
@@ -265,16 +268,8 @@ class _Early:
         self.sent = 0
 
     def deliver(self, answer: bytes) -> None:
-        data = frame(answer)
-        conn = self.conn
-        with conn._early_lock:
-            if conn._early_fd < 0:
-                return
-            try:
-                self.sent = _write(conn._early_fd, data)
-            except OSError:  # would block, or the peer is gone: the task finds out and decides
-                self.sent = 0
-        self.data = data
+        self.data = frame(answer)
+        self.sent = self.conn._write_now(self.data)
 
     def rest(self, data: bytes) -> bytes:
         """What is left to send of ``data`` (the framed answer the task was about to send)."""

@@ -77,16 +77,13 @@ def _destination_problems(
     """Destination names are unique across engine.yaml and every channel; MPPS names one of them."""
     owners: dict[str, Path] = {}
     out = []
-    owned = [(d.name, engine_file) for d in engine.destinations]
-    owned += [(d.name, files[c.name]) for c in channels for d in c.destinations]
-    for name, path in owned:
-        if name in owners:
-            out.append(f"{path}:1: destinations: name {name!r} is also used in {owners[name]}")
-        owners.setdefault(name, path)
+    located = [(d, engine_file) for d in engine.destinations]
+    located += [(d, files[c.name]) for c in channels for d in c.destinations]
     lease = engine.outbox.lease_seconds
-    for d, path in [(d, engine_file) for d in engine.destinations] + [
-        (d, files[c.name]) for c in channels for d in c.destinations
-    ]:
+    for d, path in located:
+        if d.name in owners:
+            out.append(f"{path}:1: destinations: name {d.name!r} is also used in {owners[d.name]}")
+        owners.setdefault(d.name, path)
         # the send's backstop and end margin, and as long again to start sends in
         least = d.timeout_seconds + SEND_BACKSTOP_SECONDS + 2 * LEASE_MARGIN_SECONDS
         if lease < least:

@@ -138,13 +138,12 @@ class FastInsert:
         defaults = {c.name: _scalar_default(c) for c in columns}
         values: dict[str, Any] = {c.name: bindparam(c.name) for c in columns}
         statement = insert(table).values(values)
-        self._returns_id = serial is not None
         self._plain = FastStatement(statement, defaults)
-        self._returning = FastStatement(statement.returning(serial), defaults) if serial is not None else self._plain
+        self._returning = None if serial is None else FastStatement(statement.returning(serial), defaults)
 
     def execute(self, conn: Connection, values: Mapping[str, Any]) -> int:
         """Insert one row; return its auto-increment id (0 when the table has none)."""
-        if not self._returns_id:
+        if self._returning is None:
             self._plain.execute(conn, values)
             return 0
         if conn.dialect.name == "sqlite":
