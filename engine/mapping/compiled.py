@@ -7,8 +7,8 @@ indexed, transforms bound, targets resolved) was decided by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,6 +21,9 @@ from engine.mapping.scope import groups, message_scope
 from engine.mapping.sources import Context
 from engine.mapping.targets import put, render_hl7
 from engine.mapping.transforms import STANDARD_SEPARATORS
+
+if TYPE_CHECKING:
+    from engine.mapping.codegen import FastBuild
 
 __all__ = ["CompiledMapping", "CompiledOutput"]
 
@@ -41,6 +44,8 @@ class CompiledOutput:
     hl7_targets: dict[str, Hl7Path]
     segment_order: tuple[str, ...] = ()
     fhir_model: type[BaseModel] | None = None
+    #: The same output generated as Python (engine.mapping.codegen); None: interpreted only.
+    fast: FastBuild | None = field(default=None, compare=False, repr=False)
 
     def build(self, ctx: Context, out: list[RawProvenance]) -> dict[str, Any] | None:
         """The output for one scope, or None when its ``when`` does not hold."""
@@ -143,7 +148,16 @@ class CompiledMapping:
         for output in self.outputs:
             for scope in groups(message, output.for_each, whole):
                 ctx = Context(seps, message, scope, provenance=provenance)
-                self._collect(output, ctx, records, prov)
+                if output.fast is None or provenance:
+                    self._collect(output, ctx, records, prov)
+                    continue
+                try:
+                    built = output.fast(ctx)
+                except Exception:  # GiveUp or an error: the interpreter decides, with its own error
+                    self._collect(output, Context(seps, message, scope, provenance=False), records, prov)
+                    continue
+                if built is not None:
+                    records.append(built)
         return MappingResult(records, prov)
 
     def apply_to(self, obj: Any) -> MappingResult:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from engine.config.loader import Located, load_yaml
 from engine.errors import ConfigError
 from engine.mapping.checks import check_dicom_path, check_hl7_path, suggest
+from engine.mapping.codegen import generate
 from engine.mapping.compiled import CompiledMapping, CompiledOutput
 from engine.mapping.evaluate import BoundTransform, CompiledCondition, CompiledRule, Lookup
 from engine.mapping.model import Condition, MappingFile, Output, Rule, RuleSpec, TableRef
@@ -243,7 +244,7 @@ class _Compiler:
         if spec.for_each is not None and self.spec.source == "hl7v2":
             self._hl7_source(f"{spec.for_each}-1", (*loc, "for_each"))
         fields = self.fields(spec.fields, (*loc, "fields"), names)
-        return CompiledOutput(
+        compiled = CompiledOutput(
             kind=self.spec.target, name=spec.record or spec.resource or "",
             for_each=spec.for_each, conditions=conditions,
             vars=tuple(variables), fields=fields,
@@ -251,6 +252,9 @@ class _Compiler:
             segment_order=tuple(spec.segment_order or ()),
             fhir_model=names.model if self.spec.target == "fhir" else None,
         )  # fmt: skip
+        if self.spec.source != "hl7v2" or self.problems:
+            return compiled
+        return replace(compiled, fast=generate(compiled, self.located.path.stem))
 
     def check_accept(self) -> None:
         for i, kind in enumerate(self.spec.accept):

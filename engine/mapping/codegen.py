@@ -1,0 +1,286 @@
+"""Record outputs generated as Python functions: the channel receive path's evaluator.
+
+:mod:`engine.mapping.evaluate` interprets a compiled rule tree. It is the
+reference: it records provenance (``radbridge mapping test``) and knows every
+error and its ERR location. On a channel's receive path nobody reads the
+provenance, and walking the rule tree for every field of every message costs
+more than reading the values. So each ``record`` output is also written out,
+when the file is loaded, as one Python function that reads the message
+directly:
+
+* every segment occurrence and field repetition a path reads is looked up once
+  per output, not once per path;
+* what the interpreter decides per message from the rule (is there a const, a
+  ``first`` list, a transform, a table, a default?) is decided here, once;
+* transforms, tables, conditions and ``each`` lists call the same compiled
+  objects the interpreter calls.
+
+The generated code only takes the paths it is sure of. Where the interpreter
+would raise (a required value missing) it raises :class:`GiveUp`, and any
+exception makes the caller evaluate that output again with the interpreter,
+which then produces the real error with its location. A mapping is pure, so
+running an output twice changes nothing. ``tests/mapping/test_codegen.py``
+runs both on every shipped mapping with generated messages and requires the
+same records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from engine.hl7.er7 import Separators, unescape
+from engine.mapping.evaluate import EMPTY, SKIP, CompiledRule, _filled, _objects
+from engine.mapping.paths import read_repetition
+from engine.mapping.sources import Context, Hl7Ref, SourceRef
+
+if TYPE_CHECKING:
+    from engine.mapping.compiled import CompiledOutput
+
+__all__ = ["FastBuild", "GiveUp", "generate"]
+
+log = logging.getLogger(__name__)
+
+#: A generated output: the record for one scope, None when the output's ``when`` does not hold.
+FastBuild = Callable[[Context], "dict[str, Any] | None"]
+
+#: Nesting of alternatives beyond which an output is left to the interpreter.
+_MAX_DEPTH = 40
+
+
+class GiveUp(Exception):
+    """The generated code met a case it leaves to the interpreter."""
+
+
+class _Unsupported(Exception):
+    """This output cannot be generated; the interpreter evaluates it."""
+
+
+def _rep(fields: list[str] | None, n: int, rep: int, rsep: str) -> str:
+    """Repetition ``rep`` (0-based) of field ``n`` as written ("" when absent)."""
+    if fields is None or n >= len(fields):
+        return ""
+    value = fields[n]
+    if not value:
+        return ""
+    if rsep in value:
+        reps = value.split(rsep)
+        return reps[rep] if rep < len(reps) else ""
+    return "" if rep else value
+
+
+def _leaf(value: str, seps: Separators, comp: int | None, sub: int | None) -> str:
+    """Component/sub-component of a repetition, as :meth:`Hl7Ref.first` reads it."""
+    if not value:
+        return ""
+    if sub is None and seps.component not in value and seps.subcomponent not in value:
+        if (comp or 1) > 1 or value == '""':
+            return ""
+        return unescape(value, seps) if seps.escape in value else value
+    return read_repetition(value, seps, comp, sub)
+
+
+def _direct(source: SourceRef) -> bool:
+    """True for a single-valued path of a segment field that the generated code reads itself.
+
+    Fields 1 and 2 qualify except in MSH/FHS/BHS, whose first two fields are the delimiters.
+    """
+    if not isinstance(source, Hl7Ref) or source.multi or source.path.relative or source._field < 1:
+        return False
+    return source._field > 2 or source._segment not in ("MSH", "FHS", "BHS")
+
+
+def _flat(value: Any) -> Any:
+    if value and all(isinstance(v, str) for v in value):
+        return "\\".join(value)
+    return value
+
+
+_HELPERS: dict[str, Any] = {
+    "SKIP": SKIP,
+    "EMPTY": EMPTY,
+    "GiveUp": GiveUp,
+    "_filled": _filled,
+    "_objects": _objects,
+    "_rep": _rep,
+    "_leaf": _leaf,
+    "_flat": _flat,
+}
+
+
+class _Writer:
+    """Source text of one output's function, with the objects it refers to."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.prologue: list[str] = []
+        self.names: dict[str, Any] = {}
+        self.by_id: dict[int, str] = {}
+        self.segments: dict[tuple[str, int], str] = {}
+        self.repetitions: dict[tuple[str, int, int, int], str] = {}
+        self.count = 0
+
+    def const(self, obj: Any) -> str:
+        """A name bound to ``obj`` in the function's globals."""
+        name = self.by_id.get(id(obj))
+        if name is None:
+            name = f"k{len(self.names)}"
+            self.names[name] = obj
+            self.by_id[id(obj)] = name
+        return name
+
+    def temp(self) -> str:
+        self.count += 1
+        return f"v{self.count}"
+
+    def line(self, depth: int, text: str) -> None:
+        if depth > _MAX_DEPTH:
+            raise _Unsupported("alternatives nested too deeply")
+        self.lines.append("    " * depth + text)
+
+    def repetition(self, ref: Hl7Ref) -> str:
+        """The local holding the repetition ``ref`` reads, computed once in the prologue."""
+        seg_key = (ref._segment, ref._index)
+        seg = self.segments.get(seg_key)
+        if seg is None:
+            seg = f"s{len(self.segments)}"
+            self.segments[seg_key] = seg
+            self.prologue.append(f"_s = scope.get({ref._segment!r})")
+            self.prologue.append(f"{seg} = _s[{ref._index}].fields if _s and {ref._index} < len(_s) else None")
+        key = (ref._segment, ref._index, ref._field, ref._rep)
+        rep = self.repetitions.get(key)
+        if rep is None:
+            rep = f"r{len(self.repetitions)}"
+            self.repetitions[key] = rep
+            self.prologue.append(f"{rep} = _rep({seg}, {ref._field}, {ref._rep}, rsep)")
+        return rep
+
+    def first(self, source: SourceRef) -> str:
+        """An expression for ``source.first(ctx)``."""
+        if _direct(source):
+            assert isinstance(source, Hl7Ref)
+            return f"_leaf({self.repetition(source)}, seps, {source._comp!r}, {source._sub!r})"
+        return f"{self.const(source)}.first(ctx)"
+
+    # Rules: each writes statements that leave the rule's value (or SKIP) in ``out``.
+
+    def rule(self, rule: CompiledRule, out: str, depth: int) -> None:
+        if rule.plain:
+            self.plain(rule, out, depth)
+            return
+        if rule.conditions:
+            tests = " and ".join(f"{self.const(c)}.holds(ctx)" for c in rule.conditions)
+            self.line(depth, f"if not ({tests}):")
+            self.line(depth + 1, f"{out} = SKIP")
+            self.line(depth, "else:")
+            depth += 1
+        if rule.fields is not None:
+            self.objects(rule, out, depth)
+            return
+        self.raw(rule, out, depth)
+        for bound in rule.transforms:
+            self.line(depth, f"{out} = {self.const(bound)}.apply({out}, seps)")
+        if rule.lookup is not None:
+            self.line(depth, f"{out} = {self.const(rule.lookup)}.apply({out}, ctx, {rule.default!r})")
+        if rule.default is not None:
+            self.line(depth, f"if not _filled({out}):")
+            self.line(depth + 1, f"{out} = {rule.default!r}")
+        if rule.required:
+            self.line(depth, f"if not _filled({out}):")
+            self.line(depth + 1, "raise GiveUp")
+
+    def plain(self, rule: CompiledRule, out: str, depth: int) -> None:
+        for source in rule.sources:
+            self.line(depth, f"{out} = {self.first(source)}")
+            self.line(depth, f"if not {out} or {out} == '\"\"':")
+            depth += 1
+        if rule.default is not None:
+            self.line(depth, f"{out} = {rule.default!r}")
+        elif rule.required:
+            self.line(depth, "raise GiveUp")
+        else:
+            self.line(depth, f"{out} = ''")
+
+    def raw(self, rule: CompiledRule, out: str, depth: int) -> None:
+        """The first filled alternative: const, ``first`` rules, then the paths (interpreter ``_raw``)."""
+        if rule.const is not None:
+            self.line(depth, f"{out} = {rule.const!r}")
+            return
+        for sub in rule.first:
+            self.rule(sub, out, depth)
+            self.line(depth, f"if {out} is SKIP or not _filled({out}):")
+            depth += 1
+        for source in rule.sources:
+            if source.multi:
+                self.line(depth, f"{out} = [x for x in {self.const(source)}.read(ctx) if x not in EMPTY]")
+                self.line(depth, f"if not {out}:")
+            else:
+                self.line(depth, f"{out} = {self.first(source)}")
+                self.line(depth, f"if not {out} or {out} == '\"\"':")
+            depth += 1
+        self.line(depth, f"{out} = ''")
+
+    def objects(self, rule: CompiledRule, out: str, depth: int) -> None:
+        """A nested object (``fields`` without ``each``) inline; ``each`` lists by the interpreter."""
+        assert rule.fields is not None
+        if rule.each is not None:
+            self.line(depth, f"{out} = _objects({self.const(rule)}, ctx, [], '')")
+            return
+        obj, filled, value = self.temp(), self.temp(), self.temp()
+        self.line(depth, f"{obj} = {{}}")
+        self.line(depth, f"{filled} = False")
+        for sub in rule.fields:
+            self.rule(sub, value, depth)
+            self.line(depth, f"if {value} is not SKIP:")
+            self.line(depth + 1, f"{obj}[{sub.target!r}] = {value}")
+            self.line(depth + 1, f"{filled} = {filled} or _filled({value})")
+        if rule.required:
+            self.line(depth, f"if not {filled}:")
+            self.line(depth + 1, "raise GiveUp")
+        self.line(depth, f"{out} = {obj} if {filled} else None")
+
+    def output(self, output: CompiledOutput) -> str:
+        if output.conditions:
+            tests = " and ".join(f"{self.const(c)}.holds(ctx)" for c in output.conditions)
+            self.line(1, f"if not ({tests}):")
+            self.line(2, "return None")
+        if output.vars:
+            self.line(1, "variables = ctx.vars")
+        for var in output.vars:
+            value = self.temp()
+            self.rule(var, value, 1)
+            self.line(1, f"variables[{var.target!r}] = None if {value} is SKIP else {value}")
+        self.line(1, f"record = {{'record': {output.name!r}}}")
+        for rule in output.fields:
+            value = self.temp()
+            self.rule(rule, value, 1)
+            if rule.plain:  # a text, never SKIP
+                self.line(1, f"record[{rule.target!r}] = {value}")
+                continue
+            self.line(1, f"if {value} is not SKIP:")
+            self.line(2, f"record[{rule.target!r}] = _flat({value}) if {value}.__class__ is list else {value}")
+        self.line(1, "return record")
+        head = ["def build(ctx):", "    scope = ctx.scope", "    seps = ctx.seps", "    rsep = seps.repetition"]
+        return "\n".join([*head, *("    " + p for p in self.prologue), *self.lines]) + "\n"
+
+
+def generate(output: CompiledOutput, label: str = "") -> FastBuild | None:
+    """The generated function for a ``record`` output, or None to keep the interpreter."""
+    if output.kind != "record":
+        return None
+    writer = _Writer()
+    try:
+        source = writer.output(output)
+    except _Unsupported as exc:
+        log.debug("mapping %s output %s stays interpreted: %s", label, output.name, exc)
+        return None
+    namespace = {**_HELPERS, **writer.names}
+    try:
+        exec(compile(source, f"<mapping {label}: {output.name}>", "exec"), namespace)
+    except (SyntaxError, RecursionError, MemoryError) as exc:  # a generator bug must not stop loading
+        log.warning("mapping %s output %s stays interpreted: %s", label, output.name, exc)
+        return None
+    build: FastBuild = namespace["build"]
+    build.__doc__ = source  # what runs, for whoever debugs a mapping
+    return build
