@@ -1,9 +1,9 @@
 """The transactional half of a channel: one function run by the writer per message.
 
-In one transaction: look for a resent duplicate, write the message row, run
-the handlers (in a savepoint, so an AE undoes their changes but keeps the
-message), enqueue outbound work, and return the ACK. The caller sends the ACK
-only after the writer reports the commit.
+In one transaction: look for a resent duplicate, write the message row (with
+the mapped records), run the handlers (in a savepoint, so an AE undoes their
+changes but keeps the message), enqueue outbound work, and return the ACK.
+The caller sends the ACK only after the writer reports the commit.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from engine.hl7.ack import AckContext, build_ack
 from engine.hl7.er7 import Message
 from engine.outbox.queue import enqueue
 from engine.store.fast import FastInsert, FastStatement, Savepoint
-from engine.store.schema import message_stages, messages
+from engine.store.schema import messages
 
 __all__ = ["Persister", "Stored"]
 
@@ -57,7 +57,6 @@ _COUNT_DUPLICATE = (
     .values(duplicate_count=messages.c.duplicate_count + 1, last_duplicate_at=bindparam("now"))
 )
 _INSERT_MESSAGE = FastInsert(messages)
-_INSERT_STAGE = FastInsert(message_stages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +100,6 @@ class Persister:
         message_id = self._insert(conn, p, peer, now, code, ack)
         if p.status != PROCESSED:
             return Stored(message_id, ack, code)
-        if p.records:
-            self._stage(conn, message_id, "mapped", _json(p.records), now)
         try:
             outbound = self._run_handlers(conn, p, message_id, now)
         except HL7Error as exc:
@@ -161,15 +158,12 @@ class Persister:
             "error": err.text if err else "",
             "duplicate_count": 0,
             "last_duplicate_at": None,
+            "mapped": _json(p.records) if p.records else "",
         }
         for key, value in values.items():
             if isinstance(value, str) and "\x00" in value:
                 values[key] = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; raw keeps it
         return _INSERT_MESSAGE.execute(conn, values)
-
-    def _stage(self, conn: Connection, message_id: int, stage: str, content: str, now: datetime) -> None:
-        _INSERT_STAGE.execute(conn, {"message_id": message_id, "stage": stage, "status": "OK", "content": content,
-                                     "error": "", "created_at": now})
 
     def _run_handlers(self, conn: Connection, p: Prepared, message_id: int, now: datetime) -> list[Outbound]:
         if not self.handlers:

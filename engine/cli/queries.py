@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Select, func, select, text
 
 from engine.outbox.queue import QUEUED
-from engine.store.schema import job_runs, message_stages, messages, outbox
+from engine.store.schema import UNPROCESSED_SQL, job_runs, messages, outbox
 
 __all__ = ["MessageFilter", "channel_status", "engine_status", "list_messages", "message_detail"]
 
@@ -44,6 +44,10 @@ def _jsonable(row: Any) -> dict[str, Any]:
 
 def list_messages(conn: Connection, f: MessageFilter) -> list[dict[str, Any]]:
     """Newest first."""
+    return [_jsonable(r) for r in conn.execute(_query(f))]
+
+
+def _query(f: MessageFilter) -> Select[Any]:
     q = select(*_LIST_COLUMNS).order_by(messages.c.id.desc()).limit(f.limit)
     equal = {
         messages.c.channel: f.channel, messages.c.status: f.status, messages.c.control_id: f.control_id,
@@ -52,25 +56,26 @@ def list_messages(conn: Connection, f: MessageFilter) -> list[dict[str, Any]]:
     for column, value in equal.items():
         if value is not None:
             q = q.where(column == value)
+    if f.status is not None and f.status != "PROCESSED":
+        q = q.where(text(UNPROCESSED_SQL))  # implied, said so that the partial index applies
     if f.message_type is not None:
         q = q.where(messages.c.message_type.like(f.message_type.replace("*", "%")))
     if f.since is not None:
         q = q.where(messages.c.received_at >= f.since)
     if f.until is not None:
         q = q.where(messages.c.received_at < f.until)
-    return [_jsonable(r) for r in conn.execute(q)]
+    return q
 
 
 def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
-    """Everything about one message: row, stages and outbox deliveries."""
+    """Everything about one message: row, stages (the mapped records) and outbox deliveries."""
     row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
     if row is None:
         return None
     detail = _jsonable(row)
     detail["raw"] = row.raw.decode("latin-1")
-    stages = conn.execute(select(message_stages).where(message_stages.c.message_id == message_id)
-                          .order_by(message_stages.c.id))
-    detail["stages"] = [_jsonable(s) for s in stages]
+    mapped = detail.pop("mapped")
+    detail["stages"] = [{"stage": "mapped", "status": "OK", "error": "", "content": mapped}] if mapped else []
     deliveries = conn.execute(
         select(outbox.c.id, outbox.c.destination, outbox.c.status, outbox.c.attempts, outbox.c.next_attempt_at,
                outbox.c.sent_at, outbox.c.last_error, outbox.c.response)

@@ -24,9 +24,13 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 
-__all__ = ["UTCDateTime", "audit_events", "job_runs", "message_stages", "messages", "metadata", "outbox"]
+__all__ = ["UNPROCESSED_SQL", "UTCDateTime", "audit_events", "job_runs", "messages", "metadata", "outbox"]
+
+#: The condition of the partial index over messages that need attention (not PROCESSED).
+UNPROCESSED_SQL = "status <> 'PROCESSED'"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -87,24 +91,16 @@ messages = Table(
     Column("error", Text, nullable=False, default=""),
     Column("duplicate_count", Integer, nullable=False, default=0),
     Column("last_duplicate_at", UTCDateTime(), nullable=True),
+    # The records the channel's mapping produced (JSON), as the handlers received them.
+    Column("mapped", Text, nullable=False, default="", server_default=""),
     Index(None, "sender", "control_id"),
     Index(None, "channel", "received_at"),
-    Index(None, "status", "received_at"),
+    # Only what needs attention (errors, rejects, filtered): processed messages, nearly all
+    # of them, cost no entry. A query uses it when it repeats the condition (list_messages).
+    Index("ix_messages_unprocessed", "status", "id",
+          sqlite_where=text(UNPROCESSED_SQL), postgresql_where=text(UNPROCESSED_SQL)),
     Index(None, "patient_id"),
     Index(None, "accession_number"),
-)
-
-message_stages = Table(
-    "message_stages",
-    metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    Column("message_id", Id, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
-    Column("stage", String(64), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("content", Text, nullable=False, default=""),
-    Column("error", Text, nullable=False, default=""),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Index(None, "message_id"),
 )
 
 outbox = Table(

@@ -123,7 +123,6 @@ def test_batch_is_answered_with_a_batch_of_acks(db):
 
 
 def test_store_failure_is_answered_ae_never_aa(db):
-    db.writer.call(lambda c: c.execute(text("DROP TABLE message_stages")))
     db.writer.call(lambda c: c.execute(text("DROP TABLE outbox")))
     db.writer.call(lambda c: c.execute(text("DROP TABLE messages")))
     ack = answer(runner(db), msg())
@@ -136,10 +135,10 @@ def test_garbage_is_answered_ar_and_kept(db):
     assert rows(db)[0][0] == "REJECTED"
 
 
-def test_mapped_records_are_kept_as_a_stage_even_with_undecodable_text(db):
+def test_mapped_records_are_kept_with_the_message_even_with_undecodable_text(db):
     import json
 
-    from engine.store.schema import message_stages
+    from engine.store.schema import messages
 
     records = [[{"record": "patient", "patient_name": "MÜLLER^ANNA", "birth": datetime(2026, 1, 1, tzinfo=UTC)}],
                [{"record": "patient", "patient_name": "bad \udcff byte"}]]
@@ -148,9 +147,7 @@ def test_mapped_records_are_kept_as_a_stage_even_with_undecodable_text(db):
     r = ChannelRunner(cfg, Preparer(cfg, lambda m: next(feed)), Persister(cfg, [], "RB", "RAD"), db)
     assert answer(r, msg("C1")).segment("MSA").value(1) == "AA"
     assert answer(r, msg("C2")).segment("MSA").value(1) == "AA"
-    stored = db.read(lambda c: c.execute(select(message_stages.c.stage, message_stages.c.content)
-                                         .order_by(message_stages.c.id)).all())
-    assert [s for s, _ in stored] == ["mapped", "mapped"]
-    first, second = (json.loads(content) for _, content in stored)
+    stored = db.read(lambda c: c.execute(select(messages.c.mapped).order_by(messages.c.id)).scalars().all())
+    first, second = (json.loads(content) for content in stored)
     assert first == [{"record": "patient", "patient_name": "MÜLLER^ANNA", "birth": "2026-01-01T00:00:00Z"}]
     assert second == [{"record": "patient", "patient_name": "bad \udcff byte"}]

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import sqlite
 
+from engine.domain.tables import orders
 from engine.store.fast import FastInsert, FastStatement, first_row, sqlite_utc
-from engine.store.schema import UTCDateTime, audit_events, message_stages, messages
+from engine.store.schema import UTCDateTime, audit_events, messages
 
 _CORE = UTCDateTime().dialect_impl(sqlite.dialect()).bind_processor(sqlite.dialect())
 
@@ -58,10 +59,10 @@ def test_insert_then_select_round_trip(db) -> None:
 
 
 def test_fast_insert_fills_column_defaults_and_leaves_the_rest_to_the_database(db) -> None:
-    stage = FastInsert(message_stages)
+    order = FastInsert(orders)
     message = FastInsert(messages)
-    with pytest.raises(Exception, match=r"(?i)not[ -]null"):  # message_id: no default, NOT NULL
-        db.writer.call(lambda conn: stage.execute(conn, {"stage": "s"}))
+    with pytest.raises(Exception, match=r"(?i)not[ -]null"):  # patient_pk: no default, NOT NULL
+        db.writer.call(lambda conn: order.execute(conn, {"order_key": "k"}))
 
     def work(conn):
         mid = message.execute(conn, {

@@ -1,13 +1,15 @@
 """The Alembic migrations build exactly the schema the code's table definitions describe."""
 
+from datetime import UTC, datetime
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import insert, inspect, select, text
 
 import engine.domain.tables  # noqa: F401 - registers the domain tables on the shared metadata
 from engine.store.migrate import alembic_config, upgrade
-from engine.store.schema import metadata
+from engine.store.schema import messages, metadata
 
 
 def test_migrated_schema_matches_the_table_definitions(db) -> None:
@@ -27,3 +29,81 @@ def test_every_migration_downgrades_and_upgrades_again(db) -> None:
     upgrade(db.write_engine)
     with db.write_engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), metadata) == []
+
+
+def _message(mapped: str) -> dict[str, object]:
+    return {
+        "channel": "c", "received_at": datetime(2026, 11, 22, 8, 0, tzinfo=UTC), "peer": "", "status": "PROCESSED",
+        "control_id": "M1", "sender": "", "sending_application": "", "sending_facility": "", "message_type": "ORM^O01",
+        "version": "2.5.1", "patient_id": "", "accession_number": "", "charset": "ascii", "body_hash": "h",
+        "raw": b"MSH", "text": "MSH", "ack_code": "AA", "ack": "", "error_code": None, "error_location": "",
+        "error": "", "duplicate_count": 0, "mapped": mapped,
+    }  # fmt: skip
+
+
+def test_mapped_records_survive_downgrade_and_upgrade(db) -> None:
+    db.writer.call(lambda c: c.execute(insert(messages).values(**_message('[{"record": "order"}]'))))
+    db.writer.call(lambda c: c.execute(insert(messages).values(**{**_message(""), "control_id": "M2"})))
+    with db.write_engine.begin() as conn:
+        cfg = alembic_config(db.url)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    with db.write_engine.connect() as conn:
+        stages = conn.execute(text("SELECT message_id, stage, content FROM message_stages")).all()
+    assert [(s, c) for _, s, c in stages] == [("mapped", '[{"record": "order"}]')]
+    upgrade(db.write_engine)
+    mapped = db.read(lambda c: c.execute(select(messages.c.control_id, messages.c.mapped)
+                                         .order_by(messages.c.id)).all())
+    assert [tuple(r) for r in mapped] == [("M1", '[{"record": "order"}]'), ("M2", "")]
+
+
+def test_station_aes_have_no_rowid_on_sqlite_after_every_path(tmp_path) -> None:
+    db = next(iter(migrated_sqlite(tmp_path)))
+    try:
+        def table_sql() -> str:
+            return db.read(lambda c: c.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'step_station_aes'")).scalar_one())
+
+        assert "WITHOUT ROWID" in table_sql().upper()
+        with db.write_engine.begin() as conn:
+            cfg = alembic_config(db.url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0006")
+        assert "WITHOUT ROWID" not in table_sql().upper()
+        upgrade(db.write_engine)
+        sql = table_sql().upper()
+        assert "WITHOUT ROWID" in sql and "ON DELETE CASCADE" in sql
+        with db.write_engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), metadata) == []
+    finally:
+        db.close()
+
+
+def migrated_sqlite(tmp_path):
+    from tests.conftest import migrated
+
+    yield from migrated(f"sqlite:///{tmp_path / 'rb.db'}")
+
+
+def test_listing_by_error_status_uses_the_partial_index(tmp_path) -> None:
+    from engine.cli.queries import MessageFilter, list_messages
+
+    db = next(iter(migrated_sqlite(tmp_path)))
+    try:
+        for n, status in enumerate(["PROCESSED", "ERROR", "PROCESSED", "REJECTED"]):
+            row = {**_message(""), "control_id": f"S{n}", "status": status}
+            db.writer.call(lambda c, row=row: c.execute(insert(messages).values(**row)))
+        found = db.read(lambda c: list_messages(c, MessageFilter(status="ERROR")))
+        assert [r["control_id"] for r in found] == ["S1"]
+        assert [r["control_id"] for r in db.read(lambda c: list_messages(c, MessageFilter(status="PROCESSED")))] \
+            == ["S2", "S0"]
+
+        def plan(conn):
+            from engine.cli.queries import _query
+
+            stmt = _query(MessageFilter(status="ERROR")).compile(conn, compile_kwargs={"literal_binds": True})
+            return " ".join(str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {stmt}")))
+
+        assert "ix_messages_unprocessed" in db.read(plan)
+    finally:
+        db.close()
