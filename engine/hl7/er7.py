@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = [
     "Message",
@@ -43,8 +44,7 @@ class Separators:
     @property
     def valid(self) -> bool:
         """Distinct, non-alphanumeric delimiters (HL7 v2.5.1 2.5.4): safe to write with."""
-        chars = self.field + self.component + self.repetition + self.escape + self.subcomponent + self.truncation
-        return len(set(chars)) == len(chars) and not any(c.isalnum() or c in "\r\n" for c in chars)
+        return _valid_delimiters(self.field + self.encoding_characters)
 
     @property
     def encoding_characters(self) -> str:
@@ -53,7 +53,11 @@ class Separators:
 
     @classmethod
     def from_msh(cls, field_sep: str, encoding: str) -> Separators:
-        """Build from MSH-1 and MSH-2; missing characters keep their defaults."""
+        """Build from MSH-1 and MSH-2; missing characters keep their defaults (one object per pair)."""
+        return _separators(cls, field_sep, encoding[:5])
+
+    @classmethod
+    def _build(cls, field_sep: str, encoding: str) -> Separators:
         defaults = cls()
         chars = list(encoding[:5])
         names = ["component", "repetition", "escape", "subcomponent", "truncation"]
@@ -61,6 +65,16 @@ class Separators:
         for name, ch in zip(names, chars, strict=False):
             values[name] = ch
         return cls(field=field_sep, **values)
+
+
+@lru_cache(maxsize=64)
+def _separators(cls: type[Separators], field_sep: str, encoding: str) -> Separators:
+    return cls._build(field_sep, encoding)
+
+
+@lru_cache(maxsize=64)
+def _valid_delimiters(chars: str) -> bool:
+    return len(set(chars)) == len(chars) and not any(c.isalnum() or c in "\r\n" for c in chars)
 
 
 def normalize_segment_breaks(text: str) -> str:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -163,7 +164,17 @@ def _uid_from_text(value: str, args: tuple[Any, ...], ctx: TransformContext) -> 
     if not value:
         return ""
     seed = f"{args[0]}|{value}" if args else value
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, seed).int}"
+    return f"2.25.{uuid5_int(seed)}"
+
+
+_OID_NAMESPACE = uuid.NAMESPACE_OID.bytes
+
+
+def uuid5_int(name: str) -> int:
+    """``uuid.uuid5(uuid.NAMESPACE_OID, name).int`` (RFC 4122 4.3) without building UUID objects."""
+    digest = hashlib.sha1(_OID_NAMESPACE + name.encode("utf-8"), usedforsecurity=False).digest()
+    value = int.from_bytes(digest[:16])
+    return (value & ~(0xF000 << 64) & ~(0xC000 << 48)) | (5 << 76) | (0x8000 << 48)
 
 
 register_transform("ts_to_da", _ts_to_da)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import engine.mapping  # noqa: F401  (registers the HL7 data-type transforms)
 from engine.errors import HL7ApplicationError
@@ -129,3 +131,12 @@ def test_uid_from_text_is_deterministic_and_valid() -> None:
     assert str(first).startswith("2.25.") and len(str(first)) <= 64
     validate_value("UI", first, validation_mode=2)
     assert run("uid_from_text", "") == ""
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",))))
+def test_uid_from_text_is_uuid5_as_python_computes_it(name: str) -> None:
+    import uuid
+
+    from engine.mapping.hl7types import uuid5_int
+
+    assert uuid5_int(name) == uuid.uuid5(uuid.NAMESPACE_OID, name).int
