@@ -54,7 +54,7 @@ class Separators:
     @classmethod
     def from_msh(cls, field_sep: str, encoding: str) -> Separators:
         """Build from MSH-1 and MSH-2; missing characters keep their defaults (one object per pair)."""
-        return _separators(cls, field_sep, encoding[:5])
+        return _separators(field_sep, encoding[:5])
 
     @classmethod
     def _build(cls, field_sep: str, encoding: str) -> Separators:
@@ -68,8 +68,8 @@ class Separators:
 
 
 @lru_cache(maxsize=64)
-def _separators(cls: type[Separators], field_sep: str, encoding: str) -> Separators:
-    return cls._build(field_sep, encoding)
+def _separators(field_sep: str, encoding: str) -> Separators:
+    return Separators._build(field_sep, encoding)
 
 
 @lru_cache(maxsize=64)
