@@ -10,7 +10,9 @@ with :class:`~engine.errors.StoreUnavailable`: the caller must not answer
 success (ARCHITECTURE "durable before acknowledged").
 
 SQLite runs in WAL mode with ``synchronous=FULL`` by default (durable across
-power loss); PostgreSQL is selected by URL.
+power loss); PostgreSQL is selected by URL. WAL checkpoints run in a thread of
+their own (:class:`Checkpointer`), so a commit, and the ACK behind it, does not
+wait for one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +36,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from engine.errors import StoreUnavailable
 
-__all__ = ["Database", "Writer"]
+__all__ = ["Checkpointer", "Database", "Writer"]
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +254,66 @@ class Writer:
         return err
 
 
+#: The writer's own automatic checkpoint threshold (WAL pages) while a Checkpointer runs.
+WRITER_AUTOCHECKPOINT = 4000
+
+
+class Checkpointer:
+    """Copies the SQLite WAL back into the database file from a thread of its own.
+
+    SQLite's automatic checkpoint runs inside the COMMIT that crosses its
+    threshold: every few dozen messages one commit also copies hundreds of pages
+    and syncs the database file, and that message's ACK waits for it (most of
+    the receive path's p99). Here a connection of its own runs PASSIVE
+    checkpoints, which never block the writer or readers, every ``interval``
+    seconds, and again at once while the writer appended frames meanwhile.
+    After a pause the WAL is fully copied and the next commit starts it over;
+    under steady load the writer's own threshold (:data:`WRITER_AUTOCHECKPOINT`)
+    does, with a checkpoint that is cheap by then because nearly every frame
+    was copied already. That threshold is also the bound should this thread
+    fall behind or fail.
+    """
+
+    def __init__(self, path: str, interval: float = 0.02) -> None:
+        self._path = path
+        self._interval = interval
+        self._stop = threading.Event()
+        self.runs = 0
+        self._thread = threading.Thread(target=self._loop, name="radbridge-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while not self._stop.wait(self._interval):
+            try:
+                if conn is None:
+                    if not Path(self._path).exists():  # not created yet (before the first migration)
+                        continue
+                    conn = sqlite3.connect(self._path, timeout=1, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA schema_version").fetchone()  # a read: the connection sees WAL mode
+                seen = -1
+                for _ in range(16):  # again while the writer appended frames meanwhile, then rest
+                    busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.runs += 1
+                    if busy or frames <= 0 or frames == seen or self._stop.is_set():
+                        break
+                    seen = frames
+            except sqlite3.Error as exc:  # the writer's own threshold still bounds the WAL
+                log.warning("background checkpoint failed: %s", exc)
+                if conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+                conn = None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def close(self) -> None:
+        """Stop after the checkpoint under way, if any."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 class Database:
     """Engines for one database URL plus the writer and a reader pool."""
 
@@ -259,12 +322,16 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             _ensure_parent(url)
-        self.write_engine = self._create(url, sqlite_synchronous, immediate=True, pool_size=2)
+        path = _sqlite_path(url) if self.is_sqlite else ""
+        self.write_engine = self._create(url, sqlite_synchronous, immediate=True, pool_size=2, background=bool(path))
         self.read_engine = self._create(url, sqlite_synchronous, immediate=False, pool_size=pool_size)
         self.writer = Writer(self.write_engine)
+        self.checkpointer = Checkpointer(path) if path else None
         self._readers = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="radbridge-read")
 
-    def _create(self, url: str, synchronous: str, immediate: bool, pool_size: int) -> Engine:
+    def _create(
+        self, url: str, synchronous: str, immediate: bool, pool_size: int, background: bool = False
+    ) -> Engine:
         if not self.is_sqlite:
             return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -283,6 +350,8 @@ class Database:
                 # INSERT measured); in memory it costs a page copy. Only the writer: big
                 # sorts of read queries keep spilling to disk.
                 cur.execute("PRAGMA temp_store=MEMORY")
+            if background:  # the Checkpointer copies the WAL; this is only the bound
+                cur.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -311,12 +380,20 @@ class Database:
     def close(self) -> None:
         """Drain the writer and dispose of the engines."""
         self.writer.close()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self._readers.shutdown(wait=True)
         self.write_engine.dispose()
         self.read_engine.dispose()
 
 
+def _sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///path`` URL; "" for an in-memory database."""
+    path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+    return "" if path in ("", ":memory:") else str(Path(path).expanduser())
+
+
 def _ensure_parent(url: str) -> None:
-    path = url.split("///", 1)[1] if "///" in url else ""
-    if path and path != ":memory:":
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = _sqlite_path(url)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)

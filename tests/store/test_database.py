@@ -57,3 +57,50 @@ def test_timestamps_come_back_aware_utc(db):
     db.writer.call(lambda c: add_event(c, 1))
     at = db.read(lambda c: c.execute(select(audit_events.c.at)).scalar())
     assert at.tzinfo is not None and abs((at - now).total_seconds()) < 5
+
+
+def _wait(condition, seconds: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_wal_is_copied_by_the_checkpointer_not_inside_commits(tmp_path):
+    from engine.store.database import WRITER_AUTOCHECKPOINT, Database
+
+    path = tmp_path / "rb.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        db.migrate()
+        assert db.checkpointer is not None
+        settled = path.stat().st_size
+        assert _wait(lambda: path.stat().st_size == settled and db.checkpointer.runs > 0)
+        settled = path.stat().st_size
+        pragma = db.writer.call(lambda c: c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+        assert pragma == WRITER_AUTOCHECKPOINT  # far above the ~300 pages written below
+        for batch in range(10):
+            db.writer.call(lambda c, b=batch: [
+                c.execute(insert(audit_events).values(at=datetime.now(UTC), actor="t", action="a", object_type="x",
+                                                      object_id=f"{b}-{i}", detail="d" * 4000))
+                for i in range(30)])
+        # The rows reach the database file only by a checkpoint; the writer's threshold is not reached.
+        assert _wait(lambda: path.stat().st_size > settled + 300 * 4000)
+        assert count(db) == 300
+    finally:
+        db.close()
+    assert db.checkpointer is not None and not db.checkpointer._thread.is_alive()
+
+
+def test_no_checkpointer_without_a_database_file():
+    from engine.store.database import Database
+
+    db = Database("sqlite://")
+    try:
+        assert db.checkpointer is None
+    finally:
+        db.close()
