@@ -274,7 +274,7 @@ class Checkpointer:
     fall behind or fail.
     """
 
-    def __init__(self, path: str, interval: float = 0.02) -> None:
+    def __init__(self, path: str, interval: float = 0.1) -> None:
         self._path = path
         self._interval = interval
         self._stop = threading.Event()
