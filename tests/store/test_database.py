@@ -78,8 +78,7 @@ def test_wal_is_copied_by_the_checkpointer_not_inside_commits(tmp_path):
     try:
         db.migrate()
         assert db.checkpointer is not None
-        settled = path.stat().st_size
-        assert _wait(lambda: path.stat().st_size == settled and db.checkpointer.runs > 0)
+        assert _wait(lambda: db.checkpointer.runs > 2)  # the migration's pages are copied by now
         settled = path.stat().st_size
         pragma = db.writer.call(lambda c: c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
         assert pragma == WRITER_AUTOCHECKPOINT  # far above the ~300 pages written below
