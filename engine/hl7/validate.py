@@ -187,14 +187,20 @@ def _check_structure(message: Message, version: str, strict: bool) -> None:
 
 
 def _check_datatypes(message: Message, version: str, key_only: bool) -> None:
+    checked = _checked_segments(version, key_only)
     counts: dict[str, int] = {}
     for seg in message.segments:
-        counts[seg.name] = counts.get(seg.name, 0) + 1
-        if key_only and seg.name not in KEY_FIELDS:
-            continue
-        typed = _typed_fields(version, seg.name, key_only)
+        name = seg.name
+        counts[name] = counts.get(name, 0) + 1
+        typed = checked.get(name) if key_only else _typed_fields(version, name, key_only)
         if typed:
-            _check_segment(seg, typed, counts[seg.name])
+            _check_segment(seg, typed, counts[name])
+
+
+@lru_cache(maxsize=64)
+def _checked_segments(version: str, key_only: bool) -> dict[str, tuple[tuple[int, FieldDef], ...]]:
+    """With ``key_only``: segment id → its typed key fields (one dict lookup per segment)."""
+    return {name: _typed_fields(version, name, key_only) for name in KEY_FIELDS} if key_only else {}
 
 
 @lru_cache(maxsize=4096)
@@ -208,9 +214,10 @@ def _typed_fields(version: str, segment: str, key_only: bool) -> tuple[tuple[int
 
 
 def _check_segment(seg: Segment, typed: tuple[tuple[int, FieldDef], ...], sequence: int) -> None:
-    count = seg.field_count
+    fields = seg.fields
+    count = len(fields)
     for number, spec in typed:
-        if number > count or not seg.fields[number]:
+        if number >= count or not fields[number]:
             continue
         check, is_ts = _CHECKS[spec[0]], spec[0] == "TS"
         for rep in seg.repetitions(number):
