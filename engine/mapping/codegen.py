@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.hl7.er7 import Separators, unescape
-from engine.mapping.evaluate import EMPTY, SKIP, CompiledRule, _filled, _objects
+from engine.mapping.evaluate import EMPTY, SKIP, BoundTransform, CompiledRule, Lookup, _filled, _objects
 from engine.mapping.paths import read_repetition
 from engine.mapping.sources import Context, Hl7Ref, SourceRef
 
@@ -91,6 +91,15 @@ def _direct(source: SourceRef) -> bool:
     return source._field > 2 or source._segment not in ("MSH", "FHS", "BHS")
 
 
+def _part(value: str, seps: Separators) -> str:
+    """A component already split off (comp >= 1, no sub-component asked): as read_repetition leaves it."""
+    if seps.subcomponent in value:
+        return value
+    if value == '""':
+        return ""
+    return unescape(value, seps) if seps.escape in value else value
+
+
 def _flat(value: Any) -> Any:
     if value and all(isinstance(v, str) for v in value):
         return "\\".join(value)
@@ -105,6 +114,7 @@ _HELPERS: dict[str, Any] = {
     "_objects": _objects,
     "_rep": _rep,
     "_leaf": _leaf,
+    "_part": _part,
     "_flat": _flat,
 }
 
@@ -119,6 +129,7 @@ class _Writer:
         self.by_id: dict[int, str] = {}
         self.segments: dict[tuple[str, int], str] = {}
         self.repetitions: dict[tuple[str, int, int, int], str] = {}
+        self.split: dict[str, str] = {}
         self.count = 0
 
     def const(self, obj: Any) -> str:
@@ -153,15 +164,47 @@ class _Writer:
         if rep is None:
             rep = f"r{len(self.repetitions)}"
             self.repetitions[key] = rep
-            self.prologue.append(f"{rep} = _rep({seg}, {ref._field}, {ref._rep}, rsep)")
+            if ref._rep:
+                self.prologue.append(f"{rep} = _rep({seg}, {ref._field}, {ref._rep}, rsep)")
+            else:  # the first repetition, inline (see _rep)
+                field = ref._field
+                self.prologue.append(f"{rep} = {seg}[{field}] if {seg} is not None and {field} < len({seg}) else ''")
+                self.prologue.append(f"if rsep in {rep}:")
+                self.prologue.append(f"    {rep} = {rep}.split(rsep, 1)[0]")
         return rep
 
+    def components(self, rep: str) -> str:
+        """The local holding ``rep`` split into components (None without a component separator)."""
+        name = self.split.get(rep)
+        if name is None:
+            name = f"c{rep[1:]}"
+            self.split[rep] = name
+            self.prologue.append(f"{name} = {rep}.split(cs) if cs in {rep} else None")
+        return name
+
     def first(self, source: SourceRef) -> str:
-        """An expression for ``source.first(ctx)``."""
-        if _direct(source):
-            assert isinstance(source, Hl7Ref)
-            return f"_leaf({self.repetition(source)}, seps, {source._comp!r}, {source._sub!r})"
-        return f"{self.const(source)}.first(ctx)"
+        """An expression for ``source.first(ctx)`` (what :func:`_leaf` returns, inline when it can)."""
+        if not _direct(source):
+            return f"{self.const(source)}.first(ctx)"
+        assert isinstance(source, Hl7Ref)
+        rep = self.repetition(source)
+        comp, sub = source._comp, source._sub
+        if sub is not None:
+            return f"_leaf({rep}, seps, {comp!r}, {sub!r})"
+        if comp is None or (comp == 1 and not self.multi_component(source)):
+            # Plain text (no delimiter, escape or HL7 null) is the value itself.
+            return (f"({rep} if cs not in {rep} and ss not in {rep} and es not in {rep} and {rep} != '\"\"'"
+                    f" else _leaf({rep}, seps, {comp!r}, None))")
+        parts = self.components(rep)
+        if comp == 1:  # without a component separator: the repetition, as _leaf reads comp 1
+            whole = f"_leaf({rep}, seps, 1, None)"
+            return f"(_part({parts}[0], seps) if {parts} is not None else {whole})"
+        return f"(_part({parts}[{comp - 1}], seps) if {parts} is not None and {comp} <= len({parts}) else '')"
+
+    def multi_component(self, source: Hl7Ref) -> bool:
+        """True when another path already reads a component of the same repetition (worth splitting once)."""
+        key = (source._segment, source._index, source._field, source._rep)
+        return self.repetitions.get(key) in self.split
 
     # Rules: each writes statements that leave the rule's value (or SKIP) in ``out``.
 
@@ -180,15 +223,40 @@ class _Writer:
             return
         self.raw(rule, out, depth)
         for bound in rule.transforms:
-            self.line(depth, f"{out} = {self.const(bound)}.apply({out}, seps)")
+            self.transform(bound, out, depth)
         if rule.lookup is not None:
-            self.line(depth, f"{out} = {self.const(rule.lookup)}.apply({out}, ctx, {rule.default!r})")
+            self.lookup(rule.lookup, rule.default, out, depth)
         if rule.default is not None:
             self.line(depth, f"if not _filled({out}):")
             self.line(depth + 1, f"{out} = {rule.default!r}")
         if rule.required:
             self.line(depth, f"if not _filled({out}):")
             self.line(depth + 1, "raise GiveUp")
+
+    def transform(self, bound: BoundTransform, out: str, depth: int) -> None:
+        """``bound.apply(out, seps)``; a text value under the standard delimiters calls the function itself."""
+        call = f"{self.const(bound)}.apply({out}, seps)"
+        if bound.transform.on_list:
+            self.line(depth, f"{out} = {call}")
+            return
+        fn, args, tctx = self.const(bound.transform.fn), self.const(bound.args), self.const(bound.context)
+        self.line(depth, f"{out} = {fn}({out}, {args}, {tctx}) if {out}.__class__ is str and seps is {tctx}.seps"
+                         f" else {call}")
+
+    def lookup(self, lookup: Lookup, default: str | None, out: str, depth: int) -> None:
+        """``lookup.apply(out, ctx, default)``; a one-column lookup of a text value reads the index itself."""
+        call = f"{self.const(lookup)}.apply({out}, ctx, {default!r})"
+        if lookup.keys or lookup.on_missing == "error":
+            self.line(depth, f"{out} = {call}")
+            return
+        missing = {"keep": out, "default": repr(default or ""), "empty": "''"}[lookup.on_missing]
+        found = self.temp()
+        self.line(depth, f"if {out}.__class__ is str:")
+        self.line(depth + 1, f"if {out}:")
+        self.line(depth + 2, f"{found} = {self.const(lookup.index)}.get(({out},))")
+        self.line(depth + 2, f"{out} = {found} if {found} is not None else {missing}")
+        self.line(depth, "else:")
+        self.line(depth + 1, f"{out} = {call}")
 
     def plain(self, rule: CompiledRule, out: str, depth: int) -> None:
         for source in rule.sources:
@@ -261,7 +329,8 @@ class _Writer:
             self.line(1, f"if {value} is not SKIP:")
             self.line(2, f"record[{rule.target!r}] = _flat({value}) if {value}.__class__ is list else {value}")
         self.line(1, "return record")
-        head = ["def build(ctx):", "    scope = ctx.scope", "    seps = ctx.seps", "    rsep = seps.repetition"]
+        head = ["def build(ctx):", "    scope = ctx.scope", "    seps = ctx.seps", "    rsep = seps.repetition",
+                "    cs = seps.component", "    ss = seps.subcomponent", "    es = seps.escape"]
         return "\n".join([*head, *("    " + p for p in self.prologue), *self.lines]) + "\n"
 
 
