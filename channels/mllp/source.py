@@ -33,6 +33,20 @@ _write = os.write  # module-level so tests can watch the direct path
 _MAX_PENDING = 64
 
 
+class _Load:
+    """Frames received by every MLLP connection of this process and not answered yet.
+
+    When a frame is the only one, nothing would share its commit: the channel may
+    commit it in the event loop's thread (``ChannelRunner.receive(alone=True)``).
+    Only read and written on the event loop.
+    """
+
+    frames = 0
+
+
+_LOAD = _Load()
+
+
 class MLLPServer:
     """Serves one channel on one host:port."""
 
@@ -113,7 +127,9 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self.pending.extend(self.decoder.feed(data))
+        events = self.decoder.feed(data)
+        _LOAD.frames += len(events)
+        self.pending.extend(events)
         if self.pending:
             self._disarm_idle()
             self._schedule()
@@ -126,6 +142,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        _LOAD.frames -= len(self.pending)  # never processed: no ACK went out, the sender resends
+        self.pending.clear()
         self._close_direct_fd()
         self._disarm_idle()
         self.server._connections.discard(self)
@@ -174,7 +192,11 @@ class _Connection(asyncio.Protocol):
         try:
             while self.pending and not self.closed:
                 early = self._early()
-                answer = await self._answer(self.pending.popleft(), early)
+                event = self.pending.popleft()
+                try:
+                    answer = await self._answer(event, early, alone=_LOAD.frames <= 1)
+                finally:
+                    _LOAD.frames -= 1
                 if answer is not None and self.transport is not None and not self.closed:
                     data = frame(answer)
                     if early is not None and early.sent:
@@ -219,9 +241,9 @@ class _Connection(asyncio.Protocol):
             return None
         return _Early(self)
 
-    async def _answer(self, event: FrameEvent, early: _Early | None = None) -> bytes | None:
+    async def _answer(self, event: FrameEvent, early: _Early | None = None, alone: bool = False) -> bytes | None:
         if event.kind is FrameKind.MESSAGE:
-            return await self.runner.receive(event.payload, self.peer, early.deliver if early else None)
+            return await self.runner.receive(event.payload, self.peer, early.deliver if early else None, alone)
         if event.kind is FrameKind.OVERSIZE:
             return await self.runner.reject_oversize(event.payload, self.peer)
         await self.runner.keep(event.payload, self.peer, "bytes outside an MLLP frame")

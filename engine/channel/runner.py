@@ -50,13 +50,17 @@ class ChannelRunner:
         return self.config.name
 
     async def receive(
-        self, payload: bytes, peer: str, deliver: Callable[[bytes], None] | None = None
+        self, payload: bytes, peer: str, deliver: Callable[[bytes], None] | None = None, alone: bool = False
     ) -> bytes:
         """Process one frame's payload; return the encoded answer (ACK or batch of ACKs).
 
         ``deliver`` (optional) may be called from the writer thread with the very bytes
         this returns, as soon as the message is committed; the caller then knows the
         answer has left (or how much of it) before this coroutine resumes.
+
+        ``alone`` says no other frame is waiting anywhere in this process: a single
+        message is then committed in this thread when the writer is idle
+        (:meth:`Writer.run_inline`), saving the hand-over to the writer thread.
         """
         src = self.config.source
         decoded = decode(payload, src.charset_fallback, src.detect_utf8)
@@ -75,6 +79,10 @@ class ChannelRunner:
                                   decoded.charset)
             for text in split.messages
         ]
+        if single and alone:
+            done, result = self.db.writer.run_inline(partial(self.persister.persist, p=prepared[0], peer=peer))
+            if done:
+                return self._answer(prepared[0], result).encode(decoded.charset, errors="replace")
         early = None
         if single and deliver is not None:
             charset = decoded.charset
@@ -114,7 +122,7 @@ class ChannelRunner:
             acks.append(self._answer(p, result))
         return acks
 
-    def _answer(self, p: Prepared, result: Stored | BaseException) -> str:
+    def _answer(self, p: Prepared, result: Stored | BaseException | None) -> str:
         if isinstance(result, Stored):
             if result.enqueued:
                 self.notify()

@@ -112,6 +112,10 @@ class Writer:
         self._last_batch = 1
         self._conn: Connection | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Held while a transaction runs, by this thread or by a caller running one inline.
+        self._busy = threading.Lock()
+        self._closed = False
+        self.inline_commits = 0
         self._thread = threading.Thread(target=self._loop, name="radbridge-writer", daemon=True)
         self._thread.start()
 
@@ -142,21 +146,52 @@ class Writer:
         """Run ``fn`` in a committed transaction from asyncio code."""
         return await self.submit_async(fn)
 
+    def run_inline(self, fn: Callable[[Connection], T]) -> tuple[bool, T | BaseException | None]:
+        """Run ``fn`` in a committed transaction in the calling thread, if the writer is idle.
+
+        For a lone sender: its message then needs no hand-over to this thread and
+        back (two thread wake-ups and GIL hand-overs, 10-15 % of a message's
+        cost on a virtual machine). Returns ``(False, None)`` when anything is
+        queued or a transaction is running: the caller then submits as usual,
+        so concurrent work still shares commits. Otherwise ``(True, result)``,
+        where a failure is returned as the exception the queued path would
+        raise (database errors become StoreUnavailable).
+        """
+        if self._closed or not self._queue.empty() or not self._busy.acquire(blocking=False):
+            return False, None
+        try:
+            conn = self._connection()
+            try:
+                with conn.begin():
+                    result = fn(conn)
+            except Exception as exc:
+                translated = self._translate(exc)
+                if isinstance(translated, StoreUnavailable):
+                    self._drop_connection()
+                return True, translated
+            self.inline_commits += 1
+            return True, result
+        finally:
+            self._busy.release()
+
     def close(self) -> None:
         """Finish queued work, then stop the thread."""
+        self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
+        with self._busy:  # an inline transaction may still be running in another thread
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
 
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
                 return
-            if self._run_pipelined(first):
-                return
+            with self._busy:
+                if self._run_pipelined(first):
+                    return
 
     def _next(self, count: int, deadline: float) -> Any:
         """The next queued item, waiting until ``deadline`` while the batch is smaller than the last one.

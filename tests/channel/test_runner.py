@@ -3,6 +3,7 @@
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, insert, select, text
 
 from engine.channel.persist import Persister
@@ -122,11 +123,24 @@ def test_batch_is_answered_with_a_batch_of_acks(db):
     assert reply.startswith("BHS|") and reply.count("MSA|AA|") == 2 and "BTS|2" in reply
 
 
-def test_store_failure_is_answered_ae_never_aa(db):
+@pytest.mark.parametrize("alone", [False, True], ids=["writer-thread", "inline"])
+def test_store_failure_is_answered_ae_never_aa(db, alone):
     db.writer.call(lambda c: c.execute(text("DROP TABLE outbox")))
     db.writer.call(lambda c: c.execute(text("DROP TABLE messages")))
-    ack = answer(runner(db), msg())
+    ack = Message(asyncio.run(runner(db).receive(msg(), "test", alone=alone)).decode("latin-1"))
     assert ack.segment("MSA").value(1) == "AE" and ack.segment("ERR").value(3) == "207"
+    assert db.writer.inline_commits == 0
+
+
+def test_a_message_alone_is_committed_inline_and_stored_like_any_other(db):
+    r = runner(db)
+    ack = Message(asyncio.run(r.receive(msg("IN1"), "test", alone=True)).decode("latin-1"))
+    assert ack.segment("MSA").value(1) == "AA" and db.writer.inline_commits == 1
+    duplicate = Message(asyncio.run(r.receive(msg("IN1"), "test", alone=True)).decode("latin-1"))
+    assert duplicate.segment("MSA").value(1) == "AA"
+    stored = db.read(lambda c: c.execute(select(messages.c.status, messages.c.control_id,
+                                                messages.c.duplicate_count)).all())
+    assert [tuple(r) for r in stored] == [("PROCESSED", "IN1", 1)]
 
 
 def test_garbage_is_answered_ar_and_kept(db):

@@ -170,8 +170,8 @@ def test_pipelined_answers_stay_in_order_when_the_peer_reads_slowly(tmp_path, mo
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-def test_a_lone_senders_answers_leave_from_the_writer_thread(tmp_path, monkeypatch, loop_kind):
-    """One message at a time: each ACK is written by the writer thread as soon as it committed."""
+def test_a_lone_sender_is_committed_in_the_event_loop_without_the_writer_thread(tmp_path, monkeypatch, loop_kind):
+    """One message at a time and nothing else queued: the event loop commits it itself and writes its ACK."""
     import threading
 
     import channels.mllp.source as source
@@ -185,6 +185,8 @@ def test_a_lone_senders_answers_leave_from_the_writer_thread(tmp_path, monkeypat
 
     monkeypatch.setattr(source, "_write", watching_write)
 
+    inline: list[int] = []
+
     async def scenario() -> list[str]:
         server, db = make_server(tmp_path)
         await server.start()
@@ -194,13 +196,60 @@ def test_a_lone_senders_answers_leave_from_the_writer_thread(tmp_path, monkeypat
                 return [code(await client.send(MSG.replace(b"{n}", str(n).encode()))) for n in range(20)]
             finally:
                 await client.close()
+                inline.append(db.writer.inline_commits)
         finally:
             await server.stop()
             db.close()
 
     run = pytest.importorskip("uvloop").run if loop_kind == "uvloop" else asyncio.run
     assert run(scenario()) == ["AA"] * 20
-    assert threads == ["radbridge-writer"] * 20
+    assert inline == [20]
+    assert threads == [threading.main_thread().name] * 20
+
+
+def test_when_other_frames_wait_the_message_is_queued_and_the_writer_thread_answers(tmp_path, monkeypatch):
+    """Frames wait elsewhere in the process (so the message may share a commit): it goes to the writer
+    thread, which writes its ACK right after the commit; a busy writer is never bypassed."""
+    import threading
+
+    import channels.mllp.source as source
+
+    threads: list[str] = []
+    real_write = source._write
+
+    def watching_write(fd: int, data: bytes) -> int:
+        threads.append(threading.current_thread().name)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(source, "_write", watching_write)
+
+    async def scenario() -> tuple[list[str], int]:
+        server, db = make_server(tmp_path)
+        await server.start()
+        try:
+            client = MLLPClient("127.0.0.1", server.port, timeout=10)
+            try:
+                source._LOAD.frames += 3  # as if three frames waited on other connections
+                try:
+                    answers = [code(await client.send(MSG.replace(b"{n}", f"Q{n}".encode()))) for n in range(5)]
+                finally:
+                    source._LOAD.frames -= 3
+                gate = threading.Event()
+                db.writer.submit(lambda conn: gate.wait(10))  # other work holds the writer
+                sent = asyncio.ensure_future(client.send(MSG.replace(b"{n}", b"busy")))
+                await asyncio.sleep(0.3)
+                assert not sent.done()  # alone, but the writer is busy: queued, not committed beside it
+                gate.set()
+                answers.append(code(await sent))
+                return answers, db.writer.inline_commits
+            finally:
+                await client.close()
+        finally:
+            await server.stop()
+            db.close()
+
+    assert asyncio.run(scenario()) == (["AA"] * 6, 0)
+    assert threads[:5] == ["radbridge-writer"] * 5
 
 
 def test_a_connection_closed_while_its_message_commits_gets_nothing_and_hurts_nothing(tmp_path):
