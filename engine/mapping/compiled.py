@@ -7,13 +7,15 @@ indexed, transforms bound, targets resolved) was decided by
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
+from engine.errors import ErrorLocation, HL7ApplicationError, HL7Error, HL7Reject
 from engine.hl7.er7 import Message, Separators
+from engine.mapping.codegen import GiveUp
 from engine.mapping.evaluate import SKIP, CompiledCondition, CompiledRule, evaluate_rule, plain_rule
 from engine.mapping.paths import Hl7Path
 from engine.mapping.result import MappingResult, RawProvenance
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from engine.mapping.codegen import FastBuild
 
 __all__ = ["CompiledMapping", "CompiledOutput"]
+
+log = logging.getLogger(__name__)
 
 Steps = tuple[tuple[str, int | None], ...]
 
@@ -80,6 +84,19 @@ class CompiledOutput:
         if self.fhir_model is not None:
             _check_fhir(self.fhir_model, obj)
         return obj
+
+
+_REPORTED: set[tuple[str, str, str]] = set()
+
+
+def _unexpected(mapping: str, output: str, exc: Exception) -> None:
+    """A generated function failed where the interpreter may not: said once per kind (a generator bug,
+    or a transform that fails on what the interpreter gives it)."""
+    key = (mapping, output, type(exc).__name__)
+    if key not in _REPORTED:
+        _REPORTED.add(key)
+        log.warning("mapping %s output %s: generated code raised %s; the interpreter evaluated it",
+                    mapping, output, type(exc).__name__)
 
 
 def _check_fhir(model: type[BaseModel], obj: dict[str, Any]) -> None:
@@ -153,7 +170,9 @@ class CompiledMapping:
                     continue
                 try:
                     built = output.fast(ctx)
-                except Exception:  # GiveUp or an error: the interpreter decides, with its own error
+                except Exception as exc:  # GiveUp or an error: the interpreter decides, with its own error
+                    if not isinstance(exc, GiveUp | HL7Error):
+                        _unexpected(self.name, output.name, exc)
                     self._collect(output, Context(seps, message, scope, provenance=False), records, prov)
                     continue
                 if built is not None:

@@ -101,12 +101,25 @@ def _resolve_all(batch: list[_Item], results: list[Any]) -> None:
 
 _STOP = object()
 
+#: SQLite's busy timeout on every connection (the writer thread waits this long for a lock).
+BUSY_TIMEOUT_MS = 30000
+
+
+def _locked(exc: BaseException) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED, raw or wrapped by SQLAlchemy."""
+    raw = getattr(exc, "orig", exc)
+    return isinstance(raw, sqlite3.OperationalError) and (
+        getattr(raw, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        or "locked" in str(raw)
+    )
+
 
 class Writer:
     """One thread that applies work items in group-committed transactions."""
 
     def __init__(self, engine: Engine, max_batch: int = 256, gather_seconds: float = 0.002) -> None:
         self._engine = engine
+        self._inline_ok = engine.dialect.name == "sqlite"
         self._max_batch = max_batch
         self._gather_seconds = gather_seconds
         self._last_batch = 1
@@ -147,28 +160,43 @@ class Writer:
         return await self.submit_async(fn)
 
     def run_inline(self, fn: Callable[[Connection], T]) -> tuple[bool, T | BaseException | None]:
-        """Run ``fn`` in a committed transaction in the calling thread, if the writer is idle.
+        """Run ``fn`` in a committed transaction in the calling thread, if that cannot wait.
 
         For a lone sender: its message then needs no hand-over to this thread and
         back (two thread wake-ups and GIL hand-overs, 10-15 % of a message's
-        cost on a virtual machine). Returns ``(False, None)`` when anything is
-        queued or a transaction is running: the caller then submits as usual,
-        so concurrent work still shares commits. Otherwise ``(True, result)``,
-        where a failure is returned as the exception the queued path would
-        raise (database errors become StoreUnavailable).
+        cost on a virtual machine). The caller is the event loop, which must
+        never wait for a lock, so this runs only on SQLite (no network round
+        trips), only when nothing is queued and no transaction is running here,
+        and with SQLite's busy timeout at zero: if another connection or
+        process holds the write lock, the attempt is rolled back and
+        ``(False, None)`` returned, and the caller submits as usual (the writer
+        thread then waits for the lock). Concurrent work keeps sharing commits.
+        Otherwise ``(True, result)``; a failure is returned as the exception
+        the queued path would raise (database errors become StoreUnavailable).
         """
-        if self._closed or not self._queue.empty() or not self._busy.acquire(blocking=False):
+        if not self._inline_ok or self._closed or not self._queue.empty():
+            return False, None
+        if not self._busy.acquire(blocking=False):
             return False, None
         try:
             conn = self._connection()
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            raw.execute("PRAGMA busy_timeout=0")
             try:
                 with conn.begin():
                     result = fn(conn)
             except Exception as exc:
+                if _locked(exc):  # rolled back, nothing happened: the writer thread will wait instead
+                    return False, None
                 translated = self._translate(exc)
                 if isinstance(translated, StoreUnavailable):
                     self._drop_connection()
                 return True, translated
+            finally:
+                if self._conn is not None and not self._conn.closed:
+                    with contextlib.suppress(Exception):
+                        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self.inline_commits += 1
             return True, result
         finally:
@@ -179,10 +207,14 @@ class Writer:
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
-        with self._busy:  # an inline transaction may still be running in another thread
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
+        # An inline transaction may still be running in another thread; do not wait forever for it.
+        if self._busy.acquire(timeout=5):
+            try:
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+            finally:
+                self._busy.release()
 
     def _loop(self) -> None:
         while True:
@@ -309,8 +341,9 @@ class Checkpointer:
     fall behind or fail.
     """
 
-    def __init__(self, path: str, interval: float = 0.1) -> None:
+    def __init__(self, path: str, synchronous: str = "FULL", interval: float = 0.1) -> None:
         self._path = path
+        self._synchronous = synchronous
         self._interval = interval
         self._stop = threading.Event()
         self.runs = 0
@@ -319,12 +352,15 @@ class Checkpointer:
 
     def _loop(self) -> None:
         conn: sqlite3.Connection | None = None
-        while not self._stop.wait(self._interval):
+        delay = self._interval
+        while not self._stop.wait(delay):
             try:
                 if conn is None:
                     if not Path(self._path).exists():  # not created yet (before the first migration)
                         continue
                     conn = sqlite3.connect(self._path, timeout=1, isolation_level=None, check_same_thread=False)
+                    # The database file is synced after the copy as the writer's setting says.
+                    conn.execute(f"PRAGMA synchronous={self._synchronous}")
                 conn.execute("PRAGMA schema_version").fetchone()  # a read: the connection sees WAL mode
                 seen = -1
                 for _ in range(16):  # again while the writer appended frames meanwhile, then rest
@@ -333,8 +369,11 @@ class Checkpointer:
                     if busy or frames <= 0 or frames == seen or self._stop.is_set():
                         break
                     seen = frames
+                delay = self._interval
             except sqlite3.Error as exc:  # the writer's own threshold still bounds the WAL
-                log.warning("background checkpoint failed: %s", exc)
+                if delay == self._interval:  # once per failure streak, then back off to a minute
+                    log.warning("background checkpoint failed: %s (the writer checkpoints meanwhile)", exc)
+                delay = min(max(delay * 2, 1.0), 60.0)
                 if conn is not None:
                     with contextlib.suppress(sqlite3.Error):
                         conn.close()
@@ -361,7 +400,7 @@ class Database:
         self.write_engine = self._create(url, sqlite_synchronous, immediate=True, pool_size=2, background=bool(path))
         self.read_engine = self._create(url, sqlite_synchronous, immediate=False, pool_size=pool_size)
         self.writer = Writer(self.write_engine)
-        self.checkpointer = Checkpointer(path) if path else None
+        self.checkpointer = Checkpointer(path, sqlite_synchronous) if path else None
         self._readers = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="radbridge-read")
 
     def _create(
@@ -378,7 +417,7 @@ class Database:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if immediate:
                 # The handlers' savepoint makes SQLite keep a statement journal; in a temp
                 # file (the default) every write inside it costs file syscalls (~50 µs per

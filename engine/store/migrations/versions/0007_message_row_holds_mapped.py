@@ -16,6 +16,7 @@ Revises: 0006
 Create Date: 2026-11-22 14:30:00.000000
 """
 
+import sqlite3
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -52,6 +53,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if _sqlite() and sqlite3.sqlite_version_info < (3, 35, 0):
+        # Checked before anything changes: see the DROP COLUMN below.
+        raise RuntimeError(f"downgrading below 0007 needs SQLite 3.35 or later (this is {sqlite3.sqlite_version})")
     if _sqlite():
         with op.batch_alter_table('step_station_aes', recreate='always',
                                   table_kwargs={'sqlite_with_rowid': True}) as batch_op:
