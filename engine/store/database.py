@@ -179,10 +179,14 @@ class Writer:
         if not self._busy.acquire(blocking=False):
             return False, None
         try:
-            conn = self._connection()
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
-            raw.execute("PRAGMA busy_timeout=0")
+            try:
+                conn = self._connection()
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                raw.execute("PRAGMA busy_timeout=0")
+            except Exception:  # cannot even start: the writer thread tries, and reports, as always
+                self._drop_connection()
+                return False, None
             try:
                 with conn.begin():
                     result = fn(conn)

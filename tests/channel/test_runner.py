@@ -205,3 +205,19 @@ def test_mapped_records_are_kept_with_the_message_even_with_undecodable_text(db)
     first, second = (json.loads(content) for content in stored)
     assert first == [{"record": "patient", "patient_name": "MÜLLER^ANNA", "birth": "2026-01-01T00:00:00Z"}]
     assert second == [{"record": "patient", "patient_name": "bad \udcff byte"}]
+
+
+def test_when_the_inline_attempt_cannot_start_the_writer_thread_takes_the_message(db, monkeypatch):
+    import sqlite3
+    import threading
+
+    real = db.writer._connection
+
+    def failing_in_the_loop():
+        if threading.current_thread() is threading.main_thread():
+            raise sqlite3.OperationalError("unable to open database file")
+        return real()
+
+    monkeypatch.setattr(db.writer, "_connection", failing_in_the_loop)
+    ack = Message(asyncio.run(runner(db).receive(msg("FB1"), "test", alone=True)).decode("latin-1"))
+    assert ack.segment("MSA").value(1) == "AA" and db.writer.inline_commits == 0
