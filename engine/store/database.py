@@ -128,6 +128,7 @@ class Writer:
         # Held while a transaction runs, by this thread or by a caller running one inline.
         self._busy = threading.Lock()
         self._closed = False
+        self._waits = True  # the writer connection's busy timeout is BUSY_TIMEOUT_MS (else 0)
         self.inline_commits = 0
         self._thread = threading.Thread(target=self._loop, name="radbridge-writer", daemon=True)
         self._thread.start()
@@ -180,10 +181,7 @@ class Writer:
             return False, None
         try:
             try:
-                conn = self._connection()
-                raw = conn.connection.dbapi_connection
-                assert raw is not None
-                raw.execute("PRAGMA busy_timeout=0")
+                conn = self._connection(wait=False)
             except Exception:  # cannot even start: the writer thread tries, and reports, as always
                 self._drop_connection()
                 return False, None
@@ -197,10 +195,6 @@ class Writer:
                 if isinstance(translated, StoreUnavailable):
                     self._drop_connection()
                 return True, translated
-            finally:
-                if self._conn is not None and not self._conn.closed:
-                    with contextlib.suppress(Exception):
-                        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self.inline_commits += 1
             return True, result
         finally:
@@ -278,10 +272,21 @@ class Writer:
         self._last_batch = len(batch)
         return stop
 
-    def _connection(self) -> Connection:
-        """The writer's own connection, kept open between batches (no pool round trip per commit)."""
+    def _connection(self, wait: bool = True) -> Connection:
+        """The writer's own connection, kept open between batches (no pool round trip per commit).
+
+        ``wait``: whether SQLite may wait for a lock held elsewhere (the writer thread) or
+        must fail at once (the event loop, :meth:`run_inline`). The setting is switched only
+        when it changes, so a lone sender's messages cost no extra statement.
+        """
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = self._engine.connect()
+            self._waits = True  # as the connect hook set it
+        if self._inline_ok and wait != self._waits:
+            raw = self._conn.connection.dbapi_connection
+            assert raw is not None
+            raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS if wait else 0}")
+            self._waits = wait
         return self._conn
 
     def _drop_connection(self) -> None:

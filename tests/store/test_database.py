@@ -103,3 +103,25 @@ def test_no_checkpointer_without_a_database_file():
         assert db.checkpointer is None
     finally:
         db.close()
+
+
+def test_after_an_inline_commit_the_writer_thread_still_waits_for_a_lock(tmp_path):
+    """The inline attempt turns SQLite's busy timeout off; the writer thread's next transaction
+    turns it back on, so it waits for a lock held elsewhere instead of failing."""
+    import sqlite3
+
+    from engine.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
+    other = sqlite3.connect(tmp_path / "rb.db", isolation_level=None, check_same_thread=False)
+    try:
+        db.migrate()
+        assert db.writer.run_inline(lambda c: add_event(c, 1)) == (True, 1)
+        other.execute("BEGIN IMMEDIATE")
+        assert db.writer.run_inline(lambda c: add_event(c, 2)) == (False, None)  # no waiting inline
+        threading.Timer(0.5, lambda: other.execute("COMMIT")).start()
+        assert db.writer.call(lambda c: add_event(c, 3)) == 3  # waited for the lock
+        assert count(db) == 2
+    finally:
+        other.close()
+        db.close()
