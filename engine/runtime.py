@@ -99,7 +99,9 @@ class Runtime:
         cfg = self.config.engine
         mappings = load_channel_mappings(self.config)
         _load_handler_modules()
-        self.db = Database(cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size)
+        self.db = Database(
+            cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size, cfg.database.sqlite_page_size
+        )
         await asyncio.to_thread(self.db.migrate)
         if self.db.is_sqlite:  # one process per SQLite file: leases left by a crash are ours to drop
             released = await self.db.writer.run(release_all)

@@ -29,7 +29,7 @@ def _database(args: argparse.Namespace) -> Any:
     from engine.store.database import Database
 
     cfg = _config(args).engine
-    db = Database(cfg.database_url(), cfg.database.sqlite_synchronous)
+    db = Database(cfg.database_url(), cfg.database.sqlite_synchronous, sqlite_page_size=cfg.database.sqlite_page_size)
     db.migrate()
     return db
 

@@ -216,6 +216,9 @@ class DatabaseConfig(_Model):
 
     url: str = Field("", description="SQLAlchemy URL; empty: SQLite file in data_dir")
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    sqlite_page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = Field(
+        1024, description="page size of a new SQLite database (an existing one keeps its own)"
+    )
     pool_size: int = Field(5, ge=1)
 
 

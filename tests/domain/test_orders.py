@@ -307,8 +307,10 @@ def test_a10_marks_steps_arrived_and_a11_undoes(
 def test_housekeeping_expires_old_steps_and_purges_finished(
     db: Database, orders_handler: OrdersHandler
 ) -> None:
-    apply_records(db, orders_handler, [order("PL1", scheduled_start="202001010800"), order("PL2")])
     now = datetime.now(UTC)
+    soon = (now + timedelta(hours=1)).strftime("%Y%m%d%H%M")  # not a fixed date: it would expire too, one day
+    apply_records(db, orders_handler,
+                  [order("PL1", scheduled_start="202001010800"), order("PL2", scheduled_start=soon)])
     assert db.writer.call(lambda c: expire_steps(c, now, timedelta(hours=72))) == 1
     assert (
         db.writer.call(lambda c: purge_finished(c, now + timedelta(days=31), timedelta(days=30)))

@@ -1,3 +1,4 @@
+import contextlib
 import threading
 from datetime import UTC, datetime
 
@@ -125,3 +126,46 @@ def test_after_an_inline_commit_the_writer_thread_still_waits_for_a_lock(tmp_pat
     finally:
         other.close()
         db.close()
+
+
+def _page_size(path):
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("PRAGMA page_size").fetchone()[0]
+
+
+def test_a_new_database_gets_the_configured_page_size_and_an_old_one_keeps_its_own(tmp_path):
+    from engine.store.database import DEFAULT_PAGE_SIZE, Database
+
+    assert DEFAULT_PAGE_SIZE == 1024
+    for size in (DEFAULT_PAGE_SIZE, 4096):
+        path = tmp_path / f"new-{size}.db"
+        db = Database(f"sqlite:///{path}", sqlite_page_size=size)
+        try:
+            db.migrate()
+            db.writer.call(lambda c: add_event(c, 1))
+        finally:
+            db.close()
+        assert _page_size(path) == size
+    # A database made with 4096-byte pages is opened, written and read with another setting.
+    old = tmp_path / "new-4096.db"
+    db = Database(f"sqlite:///{old}", sqlite_page_size=1024)
+    try:
+        db.migrate()
+        db.writer.call(lambda c: add_event(c, 2))
+        assert count(db) == 2
+    finally:
+        db.close()
+    assert _page_size(old) == 4096
+
+
+def test_the_page_size_setting_is_validated():
+    from pydantic import ValidationError
+
+    from engine.config.models import DatabaseConfig
+
+    assert DatabaseConfig().sqlite_page_size == 1024
+    assert DatabaseConfig(sqlite_page_size=4096).sqlite_page_size == 4096
+    with pytest.raises(ValidationError):
+        DatabaseConfig(sqlite_page_size=1000)
