@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from typing import cast
 
-from engine.channel.runner import ChannelRunner
+from engine.channel.runner import ChannelRunner, Opened
 from engine.config.models import MLLPSourceConfig
 from engine.hl7.framing import FrameDecoder, FrameEvent, FrameKind, frame
 from engine.tls import server_context
@@ -95,13 +95,16 @@ class _Connection(asyncio.Protocol):
         self.config = server.config
         self.runner = server.runner
         self.decoder = FrameDecoder(self.config.max_message_bytes)
-        self.pending: deque[FrameEvent] = deque()
+        # Frames waiting for the connection's task, each with its payload already opened if it was
+        # (a lone frame that could not be committed at once in data_received).
+        self.pending: deque[tuple[FrameEvent, Opened | None]] = deque()
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.paused = False
         self.closed = False
         self._idle: asyncio.TimerHandle | None = None
+        self._active_at = 0.0  # loop time of the last answer (or of the connection): idle timeout counts from it
         # Plain TCP: answers are written straight to the socket (see _write_now), from the
         # event loop or the writer thread, through a duplicate of the transport's descriptor,
         # so that the transport closing its own can never make ours name another socket.
@@ -129,9 +132,17 @@ class _Connection(asyncio.Protocol):
             return
         events = self.decoder.feed(data)
         _LOAD.frames += len(events)
-        self.pending.extend(events)
+        if (len(events) == 1 and _LOAD.frames == 1 and not self.pending and events[0].kind is FrameKind.MESSAGE
+                and (self.task is None or self.task.done())):
+            # The only frame in the process: answered right here when the writer commits it at
+            # once (no task, no loop iteration); otherwise the task takes it, already opened.
+            opened = self._answer_now(events[0])
+            if opened is None:
+                return
+            self.pending.append((events[0], opened))
+        else:
+            self.pending.extend((event, None) for event in events)
         if self.pending:
-            self._disarm_idle()
             self._schedule()
         if len(self.pending) > _MAX_PENDING and self.transport is not None and not self.paused:
             self.transport.pause_reading()
@@ -145,7 +156,9 @@ class _Connection(asyncio.Protocol):
         _LOAD.frames -= len(self.pending)  # never processed: no ACK went out, the sender resends
         self.pending.clear()
         self._close_direct_fd()
-        self._disarm_idle()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         self.server._connections.discard(self)
         leftovers = self.decoder.close()
         partial = self.decoder.partial
@@ -188,13 +201,38 @@ class _Connection(asyncio.Protocol):
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._work())
 
+    def _answer_now(self, event: FrameEvent) -> Opened | None:
+        """Open ``event`` and answer it if the writer commits it in this thread at once.
+
+        None when answered (or the connection failed); else the opened payload for the task.
+        """
+        try:
+            opened = self.runner.open(event.payload)
+            answer = self.runner.commit_now(opened, self.peer)
+        except Exception:
+            _LOAD.frames -= 1
+            self._failed()
+            return None
+        if answer is None:
+            return opened
+        _LOAD.frames -= 1
+        if self.transport is not None and not self.closed:
+            self._send(frame(answer))
+            self._arm_idle()
+        return None
+
+    def _failed(self) -> None:
+        log.exception("channel %s: connection from %s failed", self.runner.name, self.peer)
+        if self.transport is not None:
+            self.transport.abort()
+
     async def _work(self) -> None:
         try:
             while self.pending and not self.closed:
                 early = self._early()
-                event = self.pending.popleft()
+                event, opened = self.pending.popleft()
                 try:
-                    answer = await self._answer(event, early, alone=_LOAD.frames <= 1)
+                    answer = await self._answer(event, early, alone=_LOAD.frames <= 1, opened=opened)
                 finally:
                     _LOAD.frames -= 1
                 if answer is not None and self.transport is not None and not self.closed:
@@ -209,9 +247,7 @@ class _Connection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("channel %s: connection from %s failed", self.runner.name, self.peer)
-            if self.transport is not None:
-                self.transport.abort()
+            self._failed()
         finally:
             if not self.closed:
                 self._arm_idle()
@@ -241,9 +277,12 @@ class _Connection(asyncio.Protocol):
             return None
         return _Early(self)
 
-    async def _answer(self, event: FrameEvent, early: _Early | None = None, alone: bool = False) -> bytes | None:
+    async def _answer(
+        self, event: FrameEvent, early: _Early | None = None, alone: bool = False, opened: Opened | None = None
+    ) -> bytes | None:
         if event.kind is FrameKind.MESSAGE:
-            return await self.runner.receive(event.payload, self.peer, early.deliver if early else None, alone)
+            deliver = early.deliver if early else None
+            return await self.runner.receive(event.payload, self.peer, deliver, alone, opened)
         if event.kind is FrameKind.OVERSIZE:
             return await self.runner.reject_oversize(event.payload, self.peer)
         await self.runner.keep(event.payload, self.peer, "bytes outside an MLLP frame")
@@ -260,16 +299,28 @@ class _Connection(asyncio.Protocol):
                 await self.runner.keep(partial, self.peer, "connection closed inside an MLLP frame")
 
     def _arm_idle(self) -> None:
-        self._disarm_idle()
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self.config.idle_timeout_seconds, self._on_idle)
+        """The connection is idle from now on: the timeout counts from here.
 
-    def _disarm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        One timer a connection, moved on only when it fires (not cancelled and made
+        anew for every answer).
+        """
+        loop = asyncio.get_running_loop()
+        self._active_at = loop.time()
+        if self._idle is None:
+            self._idle = loop.call_at(self._active_at + self.config.idle_timeout_seconds, self._on_idle)
 
     def _on_idle(self) -> None:
+        self._idle = None
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.config.idle_timeout_seconds
+        if self.pending or (self.task is not None and not self.task.done()):  # working: not idle
+            self._idle = loop.call_later(timeout, self._on_idle)
+            return
+        if loop.time() < self._active_at + timeout:
+            self._idle = loop.call_at(self._active_at + timeout, self._on_idle)
+            return
         log.info("channel %s: closing idle connection from %s", self.runner.name, self.peer)
         if self.transport is not None:
             self.transport.close()

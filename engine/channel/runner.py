@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
@@ -18,14 +19,26 @@ from engine.channel.prepare import ERROR, REJECTED, Prepared, Preparer
 from engine.config.models import ChannelConfig
 from engine.errors import ErrorLocation, HL7Error, HL7Reject, StoreUnavailable
 from engine.hl7.ack import timestamp
-from engine.hl7.batch import BatchError, split_messages
-from engine.hl7.charset import decode
+from engine.hl7.batch import BatchError, Split, split_messages
+from engine.hl7.charset import Decoded, decode
 from engine.hl7.er7 import Message
 from engine.store.database import Database
 
-__all__ = ["ChannelRunner"]
+__all__ = ["ChannelRunner", "Opened"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Opened:
+    """One frame's payload decoded, split into messages and prepared (:meth:`ChannelRunner.open`)."""
+
+    payload: bytes
+    decoded: Decoded
+    split: Split | None  # None: the batch envelope is broken (``failure`` says how)
+    failure: HL7Error | None = None  # answered without preparing anything
+    prepared: list[Prepared] = field(default_factory=list)
+    single: bool = False  # one message, not in a batch envelope
 
 
 class ChannelRunner:
@@ -49,8 +62,46 @@ class ChannelRunner:
     def name(self) -> str:
         return self.config.name
 
+    def open(self, payload: bytes) -> Opened:
+        """Decode, split and prepare one frame's payload: the pure part, nothing stored yet."""
+        src = self.config.source
+        decoded = decode(payload, src.charset_fallback, src.detect_utf8)
+        try:
+            split = split_messages(decoded.text)
+        except BatchError as exc:
+            return Opened(payload, decoded, None, exc)
+        if not split.messages:
+            return Opened(payload, decoded, split, HL7Reject(100, "empty message", ErrorLocation("MSH", 1)))
+        single = len(split.messages) == 1 and not split.batch
+        prepared = [
+            self.preparer.prepare(text, payload if single else text.encode(decoded.charset, "replace"),
+                                  decoded.charset)
+            for text in split.messages
+        ]
+        return Opened(payload, decoded, split, None, prepared, single)
+
+    def commit_now(self, opened: Opened, peer: str) -> bytes | None:
+        """The answer to ``opened`` when it is one message the writer commits in this thread at once.
+
+        None (nothing stored) when it is not a single message, or the writer is busy or
+        cannot take the lock without waiting (:meth:`Writer.run_inline`): then
+        :meth:`receive` with ``opened`` does the rest.
+        """
+        if not opened.single:
+            return None
+        p = opened.prepared[0]
+        done, result = self.db.writer.run_inline(partial(self.persister.persist, p=p, peer=peer))
+        if not done:
+            return None
+        return self._answer(p, result).encode(opened.decoded.charset, errors="replace")
+
     async def receive(
-        self, payload: bytes, peer: str, deliver: Callable[[bytes], None] | None = None, alone: bool = False
+        self,
+        payload: bytes,
+        peer: str,
+        deliver: Callable[[bytes], None] | None = None,
+        alone: bool = False,
+        opened: Opened | None = None,
     ) -> bytes:
         """Process one frame's payload; return the encoded answer (ACK or batch of ACKs).
 
@@ -60,40 +111,29 @@ class ChannelRunner:
 
         ``alone`` says no other frame is waiting anywhere in this process: a single
         message is then committed in this thread when the writer is idle
-        (:meth:`Writer.run_inline`), saving the hand-over to the writer thread.
+        (:meth:`commit_now`), saving the hand-over to the writer thread.
+
+        ``opened``: the payload as :meth:`open` returned it, if the caller has it already.
         """
-        src = self.config.source
-        decoded = decode(payload, src.charset_fallback, src.detect_utf8)
-        try:
-            split = split_messages(decoded.text)
-        except BatchError as exc:
-            ack = await self._store_failed(payload, decoded.text, decoded.charset, peer, exc)
-            return ack.encode(decoded.charset, errors="replace")
-        if not split.messages:
-            error = HL7Reject(100, "empty message", ErrorLocation("MSH", 1))
-            ack = await self._store_failed(payload, "", decoded.charset, peer, error)
-            return ack.encode(decoded.charset, errors="replace")
-        single = len(split.messages) == 1 and not split.batch
-        prepared = [
-            self.preparer.prepare(text, payload if single else text.encode(decoded.charset, "replace"),
-                                  decoded.charset)
-            for text in split.messages
-        ]
-        if single and alone:
-            done, result = self.db.writer.run_inline(partial(self.persister.persist, p=prepared[0], peer=peer))
-            if done:
-                return self._answer(prepared[0], result).encode(decoded.charset, errors="replace")
+        o = opened or self.open(payload)
+        charset = o.decoded.charset
+        if o.failure is not None:
+            text = o.decoded.text if o.split is None else ""
+            ack = await self._store_failed(payload, text, charset, peer, o.failure)
+            return ack.encode(charset, errors="replace")
+        if alone and (answer := self.commit_now(o, peer)) is not None:
+            return answer
         early = None
-        if single and deliver is not None:
-            charset = decoded.charset
+        if o.single and deliver is not None:
 
             def early(stored: Stored) -> None:
                 if isinstance(stored, Stored):
                     deliver(stored.ack.encode(charset, errors="replace"))
 
-        acks = await self._persist_all(prepared, peer, early)
-        text = acks[0] if single else self._batch_reply(split.header, acks)
-        return text.encode(decoded.charset, errors="replace")
+        acks = await self._persist_all(o.prepared, peer, early)
+        assert o.split is not None
+        text = acks[0] if o.single else self._batch_reply(o.split.header, acks)
+        return text.encode(charset, errors="replace")
 
     async def keep(self, payload: bytes, peer: str, reason: str) -> None:
         """Store bytes that got no answer (junk between frames, a truncated frame)."""

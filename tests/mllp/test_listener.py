@@ -337,3 +337,158 @@ def test_connections_give_back_both_their_descriptors(tmp_path):
 
     before, after = asyncio.run(scenario())
     assert after <= before + 2, (before, after)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_lone_frame_is_answered_in_data_received_without_a_task(tmp_path, monkeypatch, loop_kind):
+    """The only frame in the process, with an idle writer: opened, committed and answered inside
+    data_received; the connection never starts a task. Stored exactly as the task path stores it."""
+    from sqlalchemy import select
+
+    import channels.mllp.source as source
+    from engine.store.schema import messages
+
+    tasks: list[object] = []
+    real_schedule = source._Connection._schedule
+
+    def watching_schedule(self) -> None:
+        tasks.append(self)
+        real_schedule(self)
+
+    monkeypatch.setattr(source._Connection, "_schedule", watching_schedule)
+
+    async def scenario() -> list[str]:
+        server, db = make_server(tmp_path)
+        await server.start()
+        try:
+            client = MLLPClient("127.0.0.1", server.port, timeout=10)
+            try:
+                answers = [code(await client.send(MSG.replace(b"{n}", f"F{n}".encode()))) for n in range(10)]
+                answers.append(code(await client.send(MSG.replace(b"{n}", b"F3"))))  # a resend: original ACK
+            finally:
+                await client.close()
+            rows = db.read(lambda c: c.execute(
+                select(messages.c.control_id, messages.c.status, messages.c.duplicate_count)
+                .order_by(messages.c.id)).all())
+            assert [tuple(r) for r in rows] == [(f"CF{n}", "PROCESSED", int(n == 3)) for n in range(10)]
+            assert source._LOAD.frames == 0
+            return answers
+        finally:
+            await server.stop()
+            db.close()
+
+    run = pytest.importorskip("uvloop").run if loop_kind == "uvloop" else asyncio.run
+    assert run(scenario()) == ["AA"] * 11
+    assert tasks == []
+
+
+def test_a_lone_frame_the_writer_cannot_take_at_once_goes_to_the_task_opened(tmp_path, monkeypatch):
+    """With the writer busy, the frame opened in data_received is handed to the task, which does not
+    open it again, and answers once the writer is free."""
+    import threading
+
+    from engine.channel.runner import ChannelRunner
+
+    opens: list[bytes] = []
+    real_open = ChannelRunner.open
+
+    def counting_open(self, payload: bytes):
+        opens.append(payload)
+        return real_open(self, payload)
+
+    monkeypatch.setattr(ChannelRunner, "open", counting_open)
+
+    async def scenario() -> str:
+        server, db = make_server(tmp_path)
+        await server.start()
+        try:
+            client = MLLPClient("127.0.0.1", server.port, timeout=10)
+            try:
+                gate = threading.Event()
+                db.writer.submit(lambda conn: gate.wait(10))
+                sent = asyncio.ensure_future(client.send(MSG.replace(b"{n}", b"B1")))
+                await asyncio.sleep(0.3)
+                assert not sent.done()
+                gate.set()
+                return code(await sent)
+            finally:
+                await client.close()
+        finally:
+            await server.stop()
+            db.close()
+
+    assert asyncio.run(scenario()) == "AA"
+    assert len(opens) == 1
+
+
+def test_a_failure_in_data_received_closes_only_that_connection(tmp_path, monkeypatch):
+    """An unexpected exception while answering a lone frame is logged, that connection is aborted,
+    the load count stays right and the listener serves the next connection."""
+    import channels.mllp.source as source
+    from engine.channel.runner import ChannelRunner
+
+    real_open = ChannelRunner.open
+
+    def failing_open(self, payload: bytes):
+        if b"|BOOM|" in payload:
+            raise RuntimeError("bug")
+        return real_open(self, payload)
+
+    monkeypatch.setattr(ChannelRunner, "open", failing_open)
+
+    async def scenario() -> str:
+        server, db = make_server(tmp_path)
+        await server.start()
+        try:
+            bad = MLLPClient("127.0.0.1", server.port, timeout=5)
+            with pytest.raises((ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError)):
+                await bad.send(MSG.replace(b"{n}", b"|BOOM|"))
+            await bad.close()
+            assert source._LOAD.frames == 0
+            good = MLLPClient("127.0.0.1", server.port, timeout=5)
+            try:
+                return code(await good.send(MSG.replace(b"{n}", b"OK1")))
+            finally:
+                await good.close()
+        finally:
+            await server.stop()
+            db.close()
+
+    assert asyncio.run(scenario()) == "AA"
+
+
+def test_the_idle_timeout_counts_from_the_last_answer_and_never_cuts_work_short(tmp_path):
+    """Messages more often than the timeout keep a connection open; a message whose commit takes
+    longer than the timeout still gets its answer; then the connection closes a timeout later."""
+    import threading
+    import time
+
+    async def scenario() -> tuple[list[str], float]:
+        server, db = make_server(tmp_path, idle_timeout_seconds=0.4)
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+
+        async def send(n: str) -> str:
+            writer.write(b"\x0b" + MSG.replace(b"{n}", n.encode()) + b"\x1c\r")
+            return code((await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 5))[1:-2])
+
+        try:
+            answers = []
+            for n in range(6):  # 1.5 s in all, a message every 0.25 s
+                answers.append(await send(f"I{n}"))
+                await asyncio.sleep(0.25)
+            gate = threading.Event()
+            db.writer.submit(lambda conn: gate.wait(10))  # the next commit waits 1 s, more than the timeout
+            threading.Timer(1.0, gate.set).start()
+            answers.append(await send("SLOW"))
+            answered = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            return answers, time.monotonic() - answered
+        finally:
+            writer.close()
+            await server.stop()
+            db.close()
+
+    answers, closed_after = asyncio.run(scenario())
+    assert answers == ["AA"] * 7
+    assert 0.3 < closed_after < 1.5
