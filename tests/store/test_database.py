@@ -169,3 +169,75 @@ def test_the_page_size_setting_is_validated():
     assert DatabaseConfig(sqlite_page_size=4096).sqlite_page_size == 4096
     with pytest.raises(ValidationError):
         DatabaseConfig(sqlite_page_size=1000)
+
+
+def _raw_insert(conn, n):
+    conn.connection.dbapi_connection.execute(
+        "INSERT INTO audit_events (at, actor, action, object_type, object_id, detail) "
+        "VALUES ('2026-01-01 00:00:00.000000', 't', 'a', 'x', ?, '')", (str(n),))
+
+
+def test_an_inline_transaction_on_the_driver_takes_core_statements_too(tmp_path):
+    """run_inline begins and commits on the driver; a Core statement inside joins that transaction
+    (no second BEGIN), and everything commits together."""
+    from engine.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
+    try:
+        db.migrate()
+
+        def both(conn):
+            _raw_insert(conn, 1)
+            add_event(conn, 2)  # through SQLAlchemy Core
+            _raw_insert(conn, 3)
+            return "ok"
+
+        assert db.writer.run_inline(both) == (True, "ok")
+        assert db.writer.run_inline(lambda c: (_raw_insert(c, 4), "raw only")[1]) == (True, "raw only")
+        assert count(db) == 4
+        assert db.writer.call(lambda c: add_event(c, 5)) == 5  # the writer thread's own path is unchanged
+        assert count(db) == 5
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("core", [False, True])
+def test_a_failed_inline_transaction_leaves_nothing_behind(tmp_path, core):
+    from engine.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
+    try:
+        db.migrate()
+
+        def failing(conn):
+            _raw_insert(conn, 1)
+            if core:
+                add_event(conn, 2)
+            raise ValueError("boom")
+
+        done, result = db.writer.run_inline(failing)
+        assert done and isinstance(result, ValueError)
+        assert count(db) == 0
+        # the connection is usable again, inline and from the writer thread
+        assert db.writer.run_inline(lambda c: add_event(c, 3)) == (True, 3)
+        assert db.writer.call(lambda c: add_event(c, 4)) == 4
+        assert count(db) == 2
+    finally:
+        db.close()
+
+
+def test_a_stale_driver_transaction_is_not_joined_by_the_writer(tmp_path):
+    """Only the inline path's own transaction is joined: outside it, SQLAlchemy begins as always,
+    so a transaction somebody left open on the driver is an error, not silently extended."""
+    from engine.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
+    try:
+        db.migrate()
+        conn = db.writer._connection()
+        conn.connection.dbapi_connection.execute("BEGIN")
+        with pytest.raises(Exception, match="within a transaction"), conn.begin():
+            pass
+        conn.connection.dbapi_connection.rollback()
+    finally:
+        db.close()
