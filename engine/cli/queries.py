@@ -88,11 +88,16 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
     """Per channel: received, errors, filtered, queued and the oldest queued age in seconds."""
     now = now or datetime.now(UTC)
     out: dict[str, dict[str, Any]] = {}
-    counts = conn.execute(select(messages.c.channel, messages.c.status, func.count())
-                          .group_by(messages.c.channel, messages.c.status))
-    for channel, status, count in counts:
+    # Two index-only counts, never a pass over the message rows themselves (seconds at a few
+    # hundred thousand messages with a cold cache): received on (channel, received_at), and
+    # whatever is not PROCESSED on the partial index that covers (status, channel).
+    received = conn.execute(select(messages.c.channel, func.count()).group_by(messages.c.channel))
+    for channel, count in received:
+        out.setdefault(channel, _empty())["received"] = count
+    attention = conn.execute(select(messages.c.channel, messages.c.status, func.count())
+                             .where(text(UNPROCESSED_SQL)).group_by(messages.c.channel, messages.c.status))
+    for channel, status, count in attention:
         entry = out.setdefault(channel, _empty())
-        entry["received"] += count
         if status in ("ERROR", "REJECTED"):
             entry["errors"] += count
         if status == "FILTERED":

@@ -1,0 +1,53 @@
+"""``radbridge status`` counts from indexes, on both backends, and never reads the message rows on SQLite."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import insert
+
+from engine.cli.queries import channel_status
+from engine.store.schema import messages
+
+
+def _row(n: int, channel: str, status: str) -> dict[str, object]:
+    return {
+        "channel": channel, "received_at": datetime(2026, 12, 5, 8, 0, tzinfo=UTC), "peer": "", "status": status,
+        "control_id": f"M{n}", "sender": "", "sending_application": "", "sending_facility": "",
+        "message_type": "ORM^O01", "version": "2.5.1", "patient_id": "", "accession_number": "", "charset": "ascii",
+        "body_hash": "h", "raw": b"MSH", "text": "MSH", "ack_code": "AA", "ack": "", "error_code": None,
+        "error_location": "", "error": "", "duplicate_count": 0, "mapped": "",
+    }  # fmt: skip
+
+
+def test_counts_per_channel_and_status(db) -> None:
+    rows = [("a", "PROCESSED")] * 5 + [("a", "ERROR"), ("a", "REJECTED"), ("a", "FILTERED"), ("a", "FILTERED")]
+    rows += [("b", "PROCESSED"), ("b", "REJECTED"), ("c", "FILTERED")]
+    db.writer.call(lambda c: c.execute(insert(messages), [_row(n, ch, st) for n, (ch, st) in enumerate(rows)]))
+    status = db.read(channel_status)
+    assert {ch: (s["received"], s["errors"], s["filtered"]) for ch, s in status.items()} == {
+        "a": (9, 2, 2), "b": (2, 1, 0), "c": (1, 0, 1)}
+
+
+def test_the_counts_use_covering_indexes_on_sqlite(tmp_path) -> None:
+    """A full pass over the message rows took ~10 s with a cold cache at 300,000 messages."""
+    from tests.conftest import migrated
+
+    db = next(iter(migrated(f"sqlite:///{tmp_path / 'rb.db'}")))
+    try:
+        statements: list[str] = []
+
+        def capture(conn):
+            conn.connection.dbapi_connection.set_trace_callback(statements.append)
+            try:
+                return channel_status(conn)
+            finally:
+                conn.connection.dbapi_connection.set_trace_callback(None)
+
+        db.read(capture)
+        counts = [s for s in statements if "FROM messages" in s]
+        assert len(counts) == 2
+        for sql in counts:
+            plan = " ".join(str(r[-1]) for r in db.read(lambda c, sql=sql: c.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + sql).all()))
+            assert "COVERING INDEX" in plan, (sql, plan)
+    finally:
+        db.close()
