@@ -99,6 +99,7 @@ class _Connection(asyncio.Protocol):
         # (a lone frame that could not be committed at once in data_received).
         self.pending: deque[tuple[FrameEvent, Opened | None]] = deque()
         self.task: asyncio.Task[None] | None = None
+        self._starting = False  # a _start is scheduled
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.paused = False
@@ -132,16 +133,7 @@ class _Connection(asyncio.Protocol):
             return
         events = self.decoder.feed(data)
         _LOAD.frames += len(events)
-        if (len(events) == 1 and _LOAD.frames == 1 and not self.pending and events[0].kind is FrameKind.MESSAGE
-                and (self.task is None or self.task.done())):
-            # The only frame in the process: answered right here when the writer commits it at
-            # once (no task, no loop iteration); otherwise the task takes it, already opened.
-            opened = self._answer_now(events[0])
-            if opened is None:
-                return
-            self.pending.append((events[0], opened))
-        else:
-            self.pending.extend((event, None) for event in events)
+        self.pending.extend((event, None) for event in events)
         if self.pending:
             self._schedule()
         if len(self.pending) > _MAX_PENDING and self.transport is not None and not self.paused:
@@ -198,8 +190,31 @@ class _Connection(asyncio.Protocol):
                 return 0
 
     def _schedule(self) -> None:
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._work())
+        """Have the pending frames answered: :meth:`_start` runs once the loop has read every ready socket."""
+        if self._starting or (self.task is not None and not self.task.done()):
+            return  # the running task takes new frames too
+        self._starting = True
+        asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        """Answer a lone frame at once, or start the task that answers the pending frames in order.
+
+        Runs after the loop has called ``data_received`` for every socket that was
+        ready, so the load count knows about frames that arrived together (which
+        then share a commit through the writer thread). When this connection's one
+        frame is the only one in the process, it is opened, committed and answered
+        here (no task); if the writer cannot take it at once, the task gets it opened.
+        """
+        self._starting = False
+        if self.closed or not self.pending:
+            return
+        if len(self.pending) == 1 and _LOAD.frames == 1 and self.pending[0][0].kind is FrameKind.MESSAGE:
+            event, _ = self.pending.popleft()
+            opened = self._answer_now(event)
+            if opened is None:
+                return
+            self.pending.appendleft((event, opened))
+        self.task = asyncio.get_running_loop().create_task(self._work())
 
     def _answer_now(self, event: FrameEvent) -> Opened | None:
         """Open ``event`` and answer it if the writer commits it in this thread at once.

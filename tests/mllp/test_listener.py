@@ -340,22 +340,22 @@ def test_connections_give_back_both_their_descriptors(tmp_path):
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-def test_a_lone_frame_is_answered_in_data_received_without_a_task(tmp_path, monkeypatch, loop_kind):
-    """The only frame in the process, with an idle writer: opened, committed and answered inside
-    data_received; the connection never starts a task. Stored exactly as the task path stores it."""
+def test_a_lone_frame_is_answered_without_a_task(tmp_path, monkeypatch, loop_kind):
+    """The only frame in the process, with an idle writer: opened, committed and answered in one
+    callback; the connection never starts a task. Stored exactly as the task path stores it."""
     from sqlalchemy import select
 
     import channels.mllp.source as source
     from engine.store.schema import messages
 
     tasks: list[object] = []
-    real_schedule = source._Connection._schedule
+    real_work = source._Connection._work
 
-    def watching_schedule(self) -> None:
+    def watching_work(self):
         tasks.append(self)
-        real_schedule(self)
+        return real_work(self)
 
-    monkeypatch.setattr(source._Connection, "_schedule", watching_schedule)
+    monkeypatch.setattr(source._Connection, "_work", watching_work)
 
     async def scenario() -> list[str]:
         server, db = make_server(tmp_path)
@@ -492,3 +492,46 @@ def test_the_idle_timeout_counts_from_the_last_answer_and_never_cuts_work_short(
     answers, closed_after = asyncio.run(scenario())
     assert answers == ["AA"] * 7
     assert 0.3 < closed_after < 1.5
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_frames_that_arrive_together_on_several_connections_share_the_writer_thread(tmp_path, loop_kind):
+    """Frames read in the same loop iteration are counted before any is answered: none is committed
+    alone in the loop (which would make the others wait for its fsync), they go to the writer thread
+    together and share its commits."""
+    import socket
+    import threading
+    import time
+
+    async def scenario() -> tuple[list[str], int]:
+        server, db = make_server(tmp_path)
+        await server.start()
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(8)]
+        try:
+            await asyncio.sleep(0.2)  # every connection accepted
+            sent = threading.Event()
+
+            def send_all() -> None:
+                for n, sock in enumerate(socks):
+                    sock.sendall(b"\x0b" + MSG.replace(b"{n}", f"T{n}".encode()) + b"\x1c\r")
+                sent.set()
+
+            loop = asyncio.get_running_loop()
+            loop.call_soon(lambda: (threading.Thread(target=send_all).start(), sent.wait(5), time.sleep(0.1)))
+            answers = []
+            for sock in socks:
+                data = b""
+                while not data.endswith(b"\x1c\r"):
+                    data += await asyncio.to_thread(sock.recv, 65536)
+                answers.append(code(data[1:-2]))
+            return answers, db.writer.inline_commits
+        finally:
+            for sock in socks:
+                sock.close()
+            await server.stop()
+            db.close()
+
+    run = pytest.importorskip("uvloop").run if loop_kind == "uvloop" else asyncio.run
+    answers, inline = run(scenario())
+    assert answers == ["AA"] * 8
+    assert inline == 0
