@@ -206,8 +206,8 @@ class _Connection(asyncio.Protocol):
         here (no task); if the writer cannot take it at once, the task gets it opened.
         """
         self._starting = False
-        if self.closed or not self.pending:
-            return
+        if self.closed or not self.pending or self.transport is None or self.transport.is_closing():
+            return  # closing (aborted by stop(), say): connection_lost drops what is pending
         if len(self.pending) == 1 and _LOAD.frames == 1 and self.pending[0][0].kind is FrameKind.MESSAGE:
             event, _ = self.pending.popleft()
             opened = self._answer_now(event)
@@ -221,19 +221,20 @@ class _Connection(asyncio.Protocol):
 
         None when answered (or the connection failed); else the opened payload for the task.
         """
+        answer: bytes | None = None
         try:
             opened = self.runner.open(event.payload)
             answer = self.runner.commit_now(opened, self.peer)
-        except Exception:
+            if answer is None:
+                return opened
             _LOAD.frames -= 1
+            if self.transport is not None and not self.closed:
+                self._send(frame(answer))
+                self._arm_idle()
+        except Exception:
+            if answer is None:  # not counted off yet
+                _LOAD.frames -= 1
             self._failed()
-            return None
-        if answer is None:
-            return opened
-        _LOAD.frames -= 1
-        if self.transport is not None and not self.closed:
-            self._send(frame(answer))
-            self._arm_idle()
         return None
 
     def _failed(self) -> None:

@@ -128,14 +128,23 @@ def _in_driver_transaction(conn: Connection, fn: Callable[[Connection], T]) -> T
             else:
                 raw.commit()
         except BaseException:
-            if conn.in_transaction():
+            if conn.get_transaction() is not None:  # active, or left inactive by a failed COMMIT
                 conn.rollback()
-            elif raw.in_transaction:
+            if raw.in_transaction:
                 raw.rollback()
             raise
     finally:
         conn.info[_DRIVER_TXN] = False
     return result
+
+
+def _settled(conn: Connection) -> bool:
+    """No transaction is left open on ``conn``, by SQLAlchemy or on the driver."""
+    try:
+        raw = conn.connection.dbapi_connection
+        return conn.get_transaction() is None and raw is not None and not raw.in_transaction
+    except Exception:
+        return False
 
 #: SQLite's busy timeout on every connection (the writer thread waits this long for a lock).
 BUSY_TIMEOUT_MS = 30000
@@ -224,6 +233,8 @@ class Writer:
             try:
                 result = _in_driver_transaction(conn, fn)
             except Exception as exc:
+                if not _settled(conn):  # the rollback itself failed: start over on a new connection
+                    self._drop_connection()
                 if _locked(exc):  # rolled back, nothing happened: the writer thread will wait instead
                     return False, None
                 translated = self._translate(exc)

@@ -97,7 +97,7 @@ messages = Table(
     Index(None, "channel", "received_at"),
     # Only what needs attention (errors, rejects, filtered): processed messages, nearly all
     # of them, cost no entry. A query uses it when it repeats the condition (list_messages).
-    Index("ix_messages_unprocessed", "status", "channel", "id",
+    Index("ix_messages_unprocessed", "status", "id", "channel",
           sqlite_where=text(UNPROCESSED_SQL), postgresql_where=text(UNPROCESSED_SQL)),
     Index(None, "patient_id"),
     Index(None, "accession_number"),

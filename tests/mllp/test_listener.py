@@ -535,3 +535,38 @@ def test_frames_that_arrive_together_on_several_connections_share_the_writer_thr
     answers, inline = run(scenario())
     assert answers == ["AA"] * 8
     assert inline == 0
+
+
+def test_a_frame_read_just_before_the_listener_stops_is_not_stored(tmp_path, monkeypatch):
+    """stop() aborts every connection; a frame already read but not yet answered gets no answer and
+    is not stored (the sender resends it), and the load count goes back to zero."""
+    import socket
+
+    from sqlalchemy import func, select
+
+    import channels.mllp.source as source
+    from engine.store.schema import messages
+
+    real = source._Connection.data_received
+
+    def read_then_aborted(self, data: bytes) -> None:
+        real(self, data)
+        self.abort()  # as MLLPServer.stop() would, before the loop runs the scheduled answer
+
+    monkeypatch.setattr(source._Connection, "data_received", read_then_aborted)
+
+    async def scenario() -> int:
+        server, db = make_server(tmp_path)
+        await server.start()
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        try:
+            sock.sendall(b"\x0b" + MSG.replace(b"{n}", b"STOP1") + b"\x1c\r")
+            await asyncio.sleep(0.5)
+            assert source._LOAD.frames == 0
+            return db.read(lambda c: c.execute(select(func.count()).select_from(messages)).scalar_one())
+        finally:
+            sock.close()
+            await server.stop()
+            db.close()
+
+    assert asyncio.run(scenario()) == 0

@@ -241,3 +241,40 @@ def test_a_stale_driver_transaction_is_not_joined_by_the_writer(tmp_path):
         conn.connection.dbapi_connection.rollback()
     finally:
         db.close()
+
+
+def _deferred_fk(db):
+    raw = db.writer._connection().connection.dbapi_connection
+    raw.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    raw.execute("CREATE TABLE child (id INTEGER PRIMARY KEY, "
+                "parent_id INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+
+
+@pytest.mark.parametrize("core", [False, True])
+def test_an_inline_commit_that_fails_leaves_the_writer_usable(tmp_path, core):
+    """A COMMIT refused by a deferred foreign key (SQLite keeps the transaction open then), with the
+    statement on the driver or through Core: the item fails, the next ones commit, inline and queued."""
+    from engine.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
+    try:
+        db.migrate()
+        _deferred_fk(db)
+
+        def orphan(conn):
+            sql = "INSERT INTO child (parent_id) VALUES (999)"
+            if core:
+                conn.execute(text(sql))
+            else:
+                conn.connection.dbapi_connection.execute(sql)
+            return "committed"
+
+        done, result = db.writer.run_inline(orphan)
+        assert done and isinstance(result, Exception)
+        for n in range(1, 4):
+            assert db.writer.run_inline(lambda c, n=n: c.execute(text(f"INSERT INTO parent VALUES ({n})")).rowcount) \
+                == (True, 1)
+            assert db.writer.call(lambda c, n=n: c.execute(text(f"INSERT INTO parent VALUES ({n + 10})")).rowcount) == 1
+        assert db.read(lambda c: c.execute(text("SELECT count(*) FROM child")).scalar()) == 0
+    finally:
+        db.close()

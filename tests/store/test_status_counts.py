@@ -51,3 +51,21 @@ def test_the_counts_use_covering_indexes_on_sqlite(tmp_path) -> None:
             assert "COVERING INDEX" in plan, (sql, plan)
     finally:
         db.close()
+
+
+def test_listing_by_status_reads_the_partial_index_in_id_order(tmp_path) -> None:
+    """No sort of every matching message before the LIMIT (with or without a channel)."""
+    from sqlalchemy import text
+
+    from engine.cli.queries import MessageFilter, _query
+    from tests.conftest import migrated
+
+    db = next(iter(migrated(f"sqlite:///{tmp_path / 'rb.db'}")))
+    try:
+        for f in (MessageFilter(status="FILTERED"), MessageFilter(status="ERROR", channel="a")):
+            sql = str(_query(f).compile(db.read_engine, compile_kwargs={"literal_binds": True}))
+            plan = " ".join(str(r[-1]) for r in db.read(lambda c, sql=sql: c.execute(
+                text("EXPLAIN QUERY PLAN " + sql)).all()))
+            assert "ix_messages_unprocessed" in plan and "ORDER BY" not in plan, plan
+    finally:
+        db.close()

@@ -4,8 +4,9 @@
 over the whole messages table: with a few hundred thousand messages, seconds
 with a cold cache. It now counts received messages on the narrow
 (channel, received_at) index and errors and filtered messages on this partial
-index, which covers (status, channel) and so answers without reading a single
-message row. PROCESSED messages are not in it: the receive path writes it only
+index, which now covers the channel too, (status, id, channel), and so answers
+without reading a single message row; listing by status still reads it in id
+order. PROCESSED messages are not in it: the receive path writes it only
 for the few messages that fail or are filtered.
 
 Revision ID: 0008
@@ -33,7 +34,7 @@ def _replace(columns: list[str]) -> None:
 
 
 def upgrade() -> None:
-    _replace(['status', 'channel', 'id'])
+    _replace(['status', 'id', 'channel'])
 
 
 def downgrade() -> None:
