@@ -96,7 +96,7 @@ class _Connection(asyncio.Protocol):
         self.runner = server.runner
         self.decoder = FrameDecoder(self.config.max_message_bytes)
         # Frames waiting for the connection's task, each with its payload already opened if it was
-        # (a lone frame that could not be committed at once in data_received).
+        # (a lone frame that the writer could not take at once in _start).
         self.pending: deque[tuple[FrameEvent, Opened | None]] = deque()
         self.task: asyncio.Task[None] | None = None
         self._starting = False  # a _start is scheduled

@@ -421,7 +421,7 @@ def test_a_lone_frame_the_writer_cannot_take_at_once_goes_to_the_task_opened(tmp
     assert len(opens) == 1
 
 
-def test_a_failure_in_data_received_closes_only_that_connection(tmp_path, monkeypatch):
+def test_a_failure_answering_a_lone_frame_closes_only_that_connection(tmp_path, monkeypatch):
     """An unexpected exception while answering a lone frame is logged, that connection is aborted,
     the load count stays right and the listener serves the next connection."""
     import channels.mllp.source as source
