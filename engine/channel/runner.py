@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 class Opened:
     """One frame's payload decoded, split into messages and prepared (:meth:`ChannelRunner.open`)."""
 
-    payload: bytes
     decoded: Decoded
     split: Split | None  # None: the batch envelope is broken (``failure`` says how)
     failure: HL7Error | None = None  # answered without preparing anything
@@ -69,16 +68,16 @@ class ChannelRunner:
         try:
             split = split_messages(decoded.text)
         except BatchError as exc:
-            return Opened(payload, decoded, None, exc)
+            return Opened(decoded, None, exc)
         if not split.messages:
-            return Opened(payload, decoded, split, HL7Reject(100, "empty message", ErrorLocation("MSH", 1)))
+            return Opened(decoded, split, HL7Reject(100, "empty message", ErrorLocation("MSH", 1)))
         single = len(split.messages) == 1 and not split.batch
         prepared = [
             self.preparer.prepare(text, payload if single else text.encode(decoded.charset, "replace"),
                                   decoded.charset)
             for text in split.messages
         ]
-        return Opened(payload, decoded, split, None, prepared, single)
+        return Opened(decoded, split, None, prepared, single)
 
     def commit_now(self, opened: Opened, peer: str) -> bytes | None:
         """The answer to ``opened`` when it is one message the writer commits in this thread at once.
