@@ -1,7 +1,9 @@
 """The MLLP listener in process: TLS and mutual TLS, idle timeout, garbage then a valid message."""
 
 import asyncio
+import contextlib
 import ssl
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -339,6 +341,35 @@ def test_connections_give_back_both_their_descriptors(tmp_path):
     assert after <= before + 2, (before, after)
 
 
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, **source) -> AsyncIterator[tuple[MLLPServer, Database]]:
+    """A started listener and its store, stopped and closed afterwards."""
+    server, db = make_server(tmp_path, **source)
+    await server.start()
+    try:
+        yield server, db
+    finally:
+        await server.stop()
+        db.close()
+
+
+def watch_open(monkeypatch, before: Callable[[bytes], None]) -> None:
+    """Call ``before(payload)`` ahead of every ``ChannelRunner.open`` (which may raise to fail it)."""
+    from engine.channel.runner import ChannelRunner
+
+    real_open = ChannelRunner.open
+
+    def watched(self, payload: bytes):
+        before(payload)
+        return real_open(self, payload)
+
+    monkeypatch.setattr(ChannelRunner, "open", watched)
+
+
+def send_frame(sock, n: str) -> None:
+    sock.sendall(b"\x0b" + MSG.replace(b"{n}", n.encode()) + b"\x1c\r")
+
+
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
 def test_a_lone_frame_is_answered_without_a_task(tmp_path, monkeypatch, loop_kind):
     """The only frame in the process, with an idle writer: opened, committed and answered in one
@@ -358,9 +389,7 @@ def test_a_lone_frame_is_answered_without_a_task(tmp_path, monkeypatch, loop_kin
     monkeypatch.setattr(source._Connection, "_work", watching_work)
 
     async def scenario() -> list[str]:
-        server, db = make_server(tmp_path)
-        await server.start()
-        try:
+        async with serving(tmp_path) as (server, db):
             client = MLLPClient("127.0.0.1", server.port, timeout=10)
             try:
                 answers = [code(await client.send(MSG.replace(b"{n}", f"F{n}".encode()))) for n in range(10)]
@@ -373,9 +402,6 @@ def test_a_lone_frame_is_answered_without_a_task(tmp_path, monkeypatch, loop_kin
             assert [tuple(r) for r in rows] == [(f"CF{n}", "PROCESSED", int(n == 3)) for n in range(10)]
             assert source._LOAD.frames == 0
             return answers
-        finally:
-            await server.stop()
-            db.close()
 
     run = pytest.importorskip("uvloop").run if loop_kind == "uvloop" else asyncio.run
     assert run(scenario()) == ["AA"] * 11
@@ -383,25 +409,15 @@ def test_a_lone_frame_is_answered_without_a_task(tmp_path, monkeypatch, loop_kin
 
 
 def test_a_lone_frame_the_writer_cannot_take_at_once_goes_to_the_task_opened(tmp_path, monkeypatch):
-    """With the writer busy, the frame opened in data_received is handed to the task, which does not
-    open it again, and answers once the writer is free."""
+    """With the writer busy, the frame opened for the lone-frame path is handed to the task, which
+    does not open it again, and answers once the writer is free."""
     import threading
 
-    from engine.channel.runner import ChannelRunner
-
     opens: list[bytes] = []
-    real_open = ChannelRunner.open
-
-    def counting_open(self, payload: bytes):
-        opens.append(payload)
-        return real_open(self, payload)
-
-    monkeypatch.setattr(ChannelRunner, "open", counting_open)
+    watch_open(monkeypatch, opens.append)
 
     async def scenario() -> str:
-        server, db = make_server(tmp_path)
-        await server.start()
-        try:
+        async with serving(tmp_path) as (server, db):
             client = MLLPClient("127.0.0.1", server.port, timeout=10)
             try:
                 gate = threading.Event()
@@ -413,9 +429,6 @@ def test_a_lone_frame_the_writer_cannot_take_at_once_goes_to_the_task_opened(tmp
                 return code(await sent)
             finally:
                 await client.close()
-        finally:
-            await server.stop()
-            db.close()
 
     assert asyncio.run(scenario()) == "AA"
     assert len(opens) == 1
@@ -425,21 +438,15 @@ def test_a_failure_answering_a_lone_frame_closes_only_that_connection(tmp_path, 
     """An unexpected exception while answering a lone frame is logged, that connection is aborted,
     the load count stays right and the listener serves the next connection."""
     import channels.mllp.source as source
-    from engine.channel.runner import ChannelRunner
 
-    real_open = ChannelRunner.open
-
-    def failing_open(self, payload: bytes):
+    def fail_on_boom(payload: bytes) -> None:
         if b"|BOOM|" in payload:
             raise RuntimeError("bug")
-        return real_open(self, payload)
 
-    monkeypatch.setattr(ChannelRunner, "open", failing_open)
+    watch_open(monkeypatch, fail_on_boom)
 
     async def scenario() -> str:
-        server, db = make_server(tmp_path)
-        await server.start()
-        try:
+        async with serving(tmp_path) as (server, _db):
             bad = MLLPClient("127.0.0.1", server.port, timeout=5)
             with pytest.raises((ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError)):
                 await bad.send(MSG.replace(b"{n}", b"|BOOM|"))
@@ -450,9 +457,6 @@ def test_a_failure_answering_a_lone_frame_closes_only_that_connection(tmp_path, 
                 return code(await good.send(MSG.replace(b"{n}", b"OK1")))
             finally:
                 await good.close()
-        finally:
-            await server.stop()
-            db.close()
 
     assert asyncio.run(scenario()) == "AA"
 
@@ -464,30 +468,27 @@ def test_the_idle_timeout_counts_from_the_last_answer_and_never_cuts_work_short(
     import time
 
     async def scenario() -> tuple[list[str], float]:
-        server, db = make_server(tmp_path, idle_timeout_seconds=0.4)
-        await server.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        async with serving(tmp_path, idle_timeout_seconds=0.4) as (server, db):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
 
-        async def send(n: str) -> str:
-            writer.write(b"\x0b" + MSG.replace(b"{n}", n.encode()) + b"\x1c\r")
-            return code((await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 5))[1:-2])
+            async def send(n: str) -> str:
+                writer.write(b"\x0b" + MSG.replace(b"{n}", n.encode()) + b"\x1c\r")
+                return code((await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 5))[1:-2])
 
-        try:
-            answers = []
-            for n in range(6):  # 1.5 s in all, a message every 0.25 s
-                answers.append(await send(f"I{n}"))
-                await asyncio.sleep(0.25)
-            gate = threading.Event()
-            db.writer.submit(lambda conn: gate.wait(10))  # the next commit waits 1 s, more than the timeout
-            threading.Timer(1.0, gate.set).start()
-            answers.append(await send("SLOW"))
-            answered = time.monotonic()
-            assert await asyncio.wait_for(reader.read(), 5) == b""
-            return answers, time.monotonic() - answered
-        finally:
-            writer.close()
-            await server.stop()
-            db.close()
+            try:
+                answers = []
+                for n in range(6):  # 1.5 s in all, a message every 0.25 s
+                    answers.append(await send(f"I{n}"))
+                    await asyncio.sleep(0.25)
+                gate = threading.Event()
+                db.writer.submit(lambda conn: gate.wait(10))  # the next commit waits 1 s, more than the timeout
+                threading.Timer(1.0, gate.set).start()
+                answers.append(await send("SLOW"))
+                answered = time.monotonic()
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+                return answers, time.monotonic() - answered
+            finally:
+                writer.close()
 
     answers, closed_after = asyncio.run(scenario())
     assert answers == ["AA"] * 7
@@ -504,32 +505,30 @@ def test_frames_that_arrive_together_on_several_connections_share_the_writer_thr
     import time
 
     async def scenario() -> tuple[list[str], int]:
-        server, db = make_server(tmp_path)
-        await server.start()
-        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(8)]
-        try:
-            await asyncio.sleep(0.2)  # every connection accepted
-            sent = threading.Event()
+        async with serving(tmp_path) as (server, db):
+            socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(8)]
+            try:
+                await asyncio.sleep(0.2)  # every connection accepted
+                sent = threading.Event()
 
-            def send_all() -> None:
-                for n, sock in enumerate(socks):
-                    sock.sendall(b"\x0b" + MSG.replace(b"{n}", f"T{n}".encode()) + b"\x1c\r")
-                sent.set()
+                def send_all() -> None:
+                    for n, sock in enumerate(socks):
+                        send_frame(sock, f"T{n}")
+                    sent.set()
 
-            loop = asyncio.get_running_loop()
-            loop.call_soon(lambda: (threading.Thread(target=send_all).start(), sent.wait(5), time.sleep(0.1)))
-            answers = []
-            for sock in socks:
-                data = b""
-                while not data.endswith(b"\x1c\r"):
-                    data += await asyncio.to_thread(sock.recv, 65536)
-                answers.append(code(data[1:-2]))
-            return answers, db.writer.inline_commits
-        finally:
-            for sock in socks:
-                sock.close()
-            await server.stop()
-            db.close()
+                # The loop is held while all eight frames arrive, so it reads them in one iteration.
+                loop = asyncio.get_running_loop()
+                loop.call_soon(lambda: (threading.Thread(target=send_all).start(), sent.wait(5), time.sleep(0.1)))
+                answers = []
+                for sock in socks:
+                    data = b""
+                    while not data.endswith(b"\x1c\r"):
+                        data += await asyncio.to_thread(sock.recv, 65536)
+                    answers.append(code(data[1:-2]))
+                return answers, db.writer.inline_commits
+            finally:
+                for sock in socks:
+                    sock.close()
 
     run = pytest.importorskip("uvloop").run if loop_kind == "uvloop" else asyncio.run
     answers, inline = run(scenario())
@@ -556,17 +555,14 @@ def test_a_frame_read_just_before_the_listener_stops_is_not_stored(tmp_path, mon
     monkeypatch.setattr(source._Connection, "data_received", read_then_aborted)
 
     async def scenario() -> int:
-        server, db = make_server(tmp_path)
-        await server.start()
-        sock = socket.create_connection(("127.0.0.1", server.port))
-        try:
-            sock.sendall(b"\x0b" + MSG.replace(b"{n}", b"STOP1") + b"\x1c\r")
-            await asyncio.sleep(0.5)
-            assert source._LOAD.frames == 0
-            return db.read(lambda c: c.execute(select(func.count()).select_from(messages)).scalar_one())
-        finally:
-            sock.close()
-            await server.stop()
-            db.close()
+        async with serving(tmp_path) as (server, db):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            try:
+                send_frame(sock, "STOP1")
+                await asyncio.sleep(0.5)
+                assert source._LOAD.frames == 0
+                return db.read(lambda c: c.execute(select(func.count()).select_from(messages)).scalar_one())
+            finally:
+                sock.close()
 
     assert asyncio.run(scenario()) == 0

@@ -171,76 +171,66 @@ def test_the_page_size_setting_is_validated():
         DatabaseConfig(sqlite_page_size=1000)
 
 
+@pytest.fixture
+def sqlite_db(tmp_path):
+    """A migrated SQLite database (the inline path is SQLite's only)."""
+    from tests.conftest import migrated
+
+    yield from migrated(f"sqlite:///{tmp_path / 'rb.db'}")
+
+
 def _raw_insert(conn, n):
     conn.connection.dbapi_connection.execute(
         "INSERT INTO audit_events (at, actor, action, object_type, object_id, detail) "
         "VALUES ('2026-01-01 00:00:00.000000', 't', 'a', 'x', ?, '')", (str(n),))
 
 
-def test_an_inline_transaction_on_the_driver_takes_core_statements_too(tmp_path):
+def test_an_inline_transaction_on_the_driver_takes_core_statements_too(sqlite_db):
     """run_inline begins and commits on the driver; a Core statement inside joins that transaction
     (no second BEGIN), and everything commits together."""
-    from engine.store.database import Database
+    db = sqlite_db
 
-    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
-    try:
-        db.migrate()
+    def both(conn):
+        _raw_insert(conn, 1)
+        add_event(conn, 2)  # through SQLAlchemy Core
+        _raw_insert(conn, 3)
+        return "ok"
 
-        def both(conn):
-            _raw_insert(conn, 1)
-            add_event(conn, 2)  # through SQLAlchemy Core
-            _raw_insert(conn, 3)
-            return "ok"
-
-        assert db.writer.run_inline(both) == (True, "ok")
-        assert db.writer.run_inline(lambda c: (_raw_insert(c, 4), "raw only")[1]) == (True, "raw only")
-        assert count(db) == 4
-        assert db.writer.call(lambda c: add_event(c, 5)) == 5  # the writer thread's own path is unchanged
-        assert count(db) == 5
-    finally:
-        db.close()
+    assert db.writer.run_inline(both) == (True, "ok")
+    assert db.writer.run_inline(lambda c: (_raw_insert(c, 4), "raw only")[1]) == (True, "raw only")
+    assert count(db) == 4
+    assert db.writer.call(lambda c: add_event(c, 5)) == 5  # the writer thread's own path is unchanged
+    assert count(db) == 5
 
 
 @pytest.mark.parametrize("core", [False, True])
-def test_a_failed_inline_transaction_leaves_nothing_behind(tmp_path, core):
-    from engine.store.database import Database
+def test_a_failed_inline_transaction_leaves_nothing_behind(sqlite_db, core):
+    db = sqlite_db
 
-    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
-    try:
-        db.migrate()
+    def failing(conn):
+        _raw_insert(conn, 1)
+        if core:
+            add_event(conn, 2)
+        raise ValueError("boom")
 
-        def failing(conn):
-            _raw_insert(conn, 1)
-            if core:
-                add_event(conn, 2)
-            raise ValueError("boom")
-
-        done, result = db.writer.run_inline(failing)
-        assert done and isinstance(result, ValueError)
-        assert count(db) == 0
-        # the connection is usable again, inline and from the writer thread
-        assert db.writer.run_inline(lambda c: add_event(c, 3)) == (True, 3)
-        assert db.writer.call(lambda c: add_event(c, 4)) == 4
-        assert count(db) == 2
-    finally:
-        db.close()
+    done, result = db.writer.run_inline(failing)
+    assert done and isinstance(result, ValueError)
+    assert count(db) == 0
+    # the connection is usable again, inline and from the writer thread
+    assert db.writer.run_inline(lambda c: add_event(c, 3)) == (True, 3)
+    assert db.writer.call(lambda c: add_event(c, 4)) == 4
+    assert count(db) == 2
 
 
-def test_a_stale_driver_transaction_is_not_joined_by_the_writer(tmp_path):
+def test_a_stale_driver_transaction_is_not_joined_by_the_writer(sqlite_db):
     """Only the inline path's own transaction is joined: outside it, SQLAlchemy begins as always,
     so a transaction somebody left open on the driver is an error, not silently extended."""
-    from engine.store.database import Database
-
-    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
-    try:
-        db.migrate()
-        conn = db.writer._connection()
-        conn.connection.dbapi_connection.execute("BEGIN")
-        with pytest.raises(Exception, match="within a transaction"), conn.begin():
-            pass
-        conn.connection.dbapi_connection.rollback()
-    finally:
-        db.close()
+    db = sqlite_db
+    conn = db.writer._connection()
+    conn.connection.dbapi_connection.execute("BEGIN")
+    with pytest.raises(Exception, match="within a transaction"), conn.begin():
+        pass
+    conn.connection.dbapi_connection.rollback()
 
 
 def _deferred_fk(db):
@@ -251,30 +241,24 @@ def _deferred_fk(db):
 
 
 @pytest.mark.parametrize("core", [False, True])
-def test_an_inline_commit_that_fails_leaves_the_writer_usable(tmp_path, core):
+def test_an_inline_commit_that_fails_leaves_the_writer_usable(sqlite_db, core):
     """A COMMIT refused by a deferred foreign key (SQLite keeps the transaction open then), with the
     statement on the driver or through Core: the item fails, the next ones commit, inline and queued."""
-    from engine.store.database import Database
+    db = sqlite_db
+    _deferred_fk(db)
 
-    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
-    try:
-        db.migrate()
-        _deferred_fk(db)
+    def orphan(conn):
+        sql = "INSERT INTO child (parent_id) VALUES (999)"
+        if core:
+            conn.execute(text(sql))
+        else:
+            conn.connection.dbapi_connection.execute(sql)
+        return "committed"
 
-        def orphan(conn):
-            sql = "INSERT INTO child (parent_id) VALUES (999)"
-            if core:
-                conn.execute(text(sql))
-            else:
-                conn.connection.dbapi_connection.execute(sql)
-            return "committed"
-
-        done, result = db.writer.run_inline(orphan)
-        assert done and isinstance(result, Exception)
-        for n in range(1, 4):
-            assert db.writer.run_inline(lambda c, n=n: c.execute(text(f"INSERT INTO parent VALUES ({n})")).rowcount) \
-                == (True, 1)
-            assert db.writer.call(lambda c, n=n: c.execute(text(f"INSERT INTO parent VALUES ({n + 10})")).rowcount) == 1
-        assert db.read(lambda c: c.execute(text("SELECT count(*) FROM child")).scalar()) == 0
-    finally:
-        db.close()
+    done, result = db.writer.run_inline(orphan)
+    assert done and isinstance(result, Exception)
+    for n in range(1, 4):
+        assert db.writer.run_inline(lambda c, n=n: c.execute(text(f"INSERT INTO parent VALUES ({n})")).rowcount) \
+            == (True, 1)
+        assert db.writer.call(lambda c, n=n: c.execute(text(f"INSERT INTO parent VALUES ({n + 10})")).rowcount) == 1
+    assert db.read(lambda c: c.execute(text("SELECT count(*) FROM child")).scalar()) == 0

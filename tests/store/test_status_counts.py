@@ -1,10 +1,13 @@
 """``radbridge status`` counts from indexes, on both backends, and never reads the message rows on SQLite."""
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import insert
 
 from engine.cli.queries import channel_status
+from engine.store.database import Database
 from engine.store.schema import messages
 
 
@@ -18,6 +21,13 @@ def _row(n: int, channel: str, status: str) -> dict[str, object]:
     }  # fmt: skip
 
 
+@pytest.fixture
+def sqlite_db(tmp_path) -> Iterator[Database]:
+    from tests.conftest import migrated
+
+    yield from migrated(f"sqlite:///{tmp_path / 'rb.db'}")
+
+
 def test_counts_per_channel_and_status(db) -> None:
     rows = [("a", "PROCESSED")] * 5 + [("a", "ERROR"), ("a", "REJECTED"), ("a", "FILTERED"), ("a", "FILTERED")]
     rows += [("b", "PROCESSED"), ("b", "REJECTED"), ("c", "FILTERED")]
@@ -27,45 +37,36 @@ def test_counts_per_channel_and_status(db) -> None:
         "a": (9, 2, 2), "b": (2, 1, 0), "c": (1, 0, 1)}
 
 
-def test_the_counts_use_covering_indexes_on_sqlite(tmp_path) -> None:
+def test_the_counts_use_covering_indexes_on_sqlite(sqlite_db: Database) -> None:
     """A full pass over the message rows took ~10 s with a cold cache at 300,000 messages."""
-    from tests.conftest import migrated
+    db = sqlite_db
+    statements: list[str] = []
 
-    db = next(iter(migrated(f"sqlite:///{tmp_path / 'rb.db'}")))
-    try:
-        statements: list[str] = []
+    def capture(conn):
+        conn.connection.dbapi_connection.set_trace_callback(statements.append)
+        try:
+            return channel_status(conn)
+        finally:
+            conn.connection.dbapi_connection.set_trace_callback(None)
 
-        def capture(conn):
-            conn.connection.dbapi_connection.set_trace_callback(statements.append)
-            try:
-                return channel_status(conn)
-            finally:
-                conn.connection.dbapi_connection.set_trace_callback(None)
-
-        db.read(capture)
-        counts = [s for s in statements if "FROM messages" in s]
-        assert len(counts) == 2
-        for sql in counts:
-            plan = " ".join(str(r[-1]) for r in db.read(lambda c, sql=sql: c.exec_driver_sql(
-                "EXPLAIN QUERY PLAN " + sql).all()))
-            assert "COVERING INDEX" in plan, (sql, plan)
-    finally:
-        db.close()
+    db.read(capture)
+    counts = [s for s in statements if "FROM messages" in s]
+    assert len(counts) == 2
+    for sql in counts:
+        plan = " ".join(str(r[-1]) for r in db.read(lambda c, sql=sql: c.exec_driver_sql(
+            "EXPLAIN QUERY PLAN " + sql).all()))
+        assert "COVERING INDEX" in plan, (sql, plan)
 
 
-def test_listing_by_status_reads_the_partial_index_in_id_order(tmp_path) -> None:
+def test_listing_by_status_reads_the_partial_index_in_id_order(sqlite_db: Database) -> None:
     """No sort of every matching message before the LIMIT (with or without a channel)."""
     from sqlalchemy import text
 
     from engine.cli.queries import MessageFilter, _query
-    from tests.conftest import migrated
 
-    db = next(iter(migrated(f"sqlite:///{tmp_path / 'rb.db'}")))
-    try:
-        for f in (MessageFilter(status="FILTERED"), MessageFilter(status="ERROR", channel="a")):
-            sql = str(_query(f).compile(db.read_engine, compile_kwargs={"literal_binds": True}))
-            plan = " ".join(str(r[-1]) for r in db.read(lambda c, sql=sql: c.execute(
-                text("EXPLAIN QUERY PLAN " + sql)).all()))
-            assert "ix_messages_unprocessed" in plan and "ORDER BY" not in plan, plan
-    finally:
-        db.close()
+    db = sqlite_db
+    for f in (MessageFilter(status="FILTERED"), MessageFilter(status="ERROR", channel="a")):
+        sql = str(_query(f).compile(db.read_engine, compile_kwargs={"literal_binds": True}))
+        plan = " ".join(str(r[-1]) for r in db.read(lambda c, sql=sql: c.execute(
+            text("EXPLAIN QUERY PLAN " + sql)).all()))
+        assert "ix_messages_unprocessed" in plan and "ORDER BY" not in plan, plan
