@@ -1,0 +1,96 @@
+"""Finding an order again by its HL7 identity (HL7 v2.5.1 4.5.1.2, 4.5.1.3: EI data type).
+
+An order is identified by its placer order number (ORC-2, or OBR-2) and its
+filler order number (ORC-3, or OBR-3), each with the namespace of the system
+that assigned it (EI.2). Follow-up messages (CA, DC, XO, SC, a resent NW) are
+found by them even when they carry nothing else: real RIS cancels often hold
+only ORC and a minimal OBR, without accession, Requested Procedure ID, SPS ID
+or modality. When the follow-up does give a Requested Procedure ID or an SPS ID,
+only the steps with those ids match (one placer order may have several).
+A namespace the follow-up leaves out matches any; two different namespaces never match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+
+from engine.domain.records import OrderRecord
+from engine.domain.tables import orders, procedure_steps
+from engine.store.fast import FastStatement, all_rows
+
+__all__ = ["find_orders", "identity_text"]
+
+_COLUMNS = (
+    orders.c.id.label("order_pk"),
+    orders.c.content_hash,
+    orders.c.placer_order_namespace,
+    orders.c.filler_order_namespace,
+    orders.c.requested_procedure_id,
+    procedure_steps.c.id.label("step_pk"),
+    procedure_steps.c.sps_id,
+    procedure_steps.c.status,
+)
+
+
+def _by(column: Any) -> FastStatement:
+    return FastStatement(
+        select(*_COLUMNS)
+        .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)
+        .where(column == bindparam("number"))
+        .order_by(procedure_steps.c.id)
+    )
+
+
+_BY_PLACER = _by(orders.c.placer_order_number)
+_BY_FILLER = _by(orders.c.filler_order_number)
+_BY_ACCESSION = _by(orders.c.accession_number)
+
+
+def _same(given: str, stored: str) -> bool:
+    return not given or not stored or given == stored
+
+
+def _narrow(rows: Sequence[Any], record: OrderRecord, namespace_of: str, namespace: str) -> list[Any]:
+    return [
+        r for r in rows
+        if _same(namespace, getattr(r, namespace_of))
+        and _same(record.requested_procedure_id, r.requested_procedure_id)
+        and _same(record.scheduled_procedure_step_id, r.sps_id)
+    ]  # fmt: skip
+
+
+def find_orders(conn: Connection, record: OrderRecord) -> list[Any]:
+    """The stored steps of the order ``record`` names: by placer number, else filler, else accession.
+
+    Each row has order_pk, content_hash, step_pk, status (and the ids it was matched on).
+    """
+    searches = (
+        (_BY_PLACER, record.placer_order_number, "placer_order_namespace", record.placer_order_namespace),
+        (_BY_FILLER, record.filler_order_number, "filler_order_namespace", record.filler_order_namespace),
+    )
+    for statement, number, namespace_of, namespace in searches:
+        if number:
+            found = _narrow(all_rows(statement, conn, {"number": number}), record, namespace_of, namespace)
+            if found:
+                return found
+    if record.placer_order_number or record.filler_order_number or not record.accession_number:
+        return []
+    rows = all_rows(_BY_ACCESSION, conn, {"number": record.accession_number})
+    return _narrow(rows, record, "placer_order_namespace", "")
+
+
+def identity_text(record: OrderRecord) -> str:
+    """The order's identity for messages: ``placer P1^RIS, filler F1`` (numbers are not PHI)."""
+    parts = [
+        f"{label} {number}" + (f"^{namespace}" if namespace else "")
+        for label, number, namespace in (
+            ("placer", record.placer_order_number, record.placer_order_namespace),
+            ("filler", record.filler_order_number, record.filler_order_namespace),
+            ("accession", record.accession_number, ""),
+        )
+        if number
+    ]
+    return ", ".join(parts[:2]) or "(no number)"
