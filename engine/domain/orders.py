@@ -335,20 +335,22 @@ def _update(
 
 
 def _new_order(record: OrderRecord, policy: OrderPolicy, sequence: int) -> Applied | None:
-    """None when the order is imaging and may be created; else the ignored outcome or an AE."""
+    """None when the order is imaging and may be created; else the ignored outcome or an AE.
+
+    A follow-up (CA, DC, SC ...) for an order that is not stored is AE 204 unless the
+    site lists it as non-imaging: its modality is beside the point, the order is missing.
+    """
     kind = classify(record, policy.imaging_modalities, policy.non_imaging_codes)
-    if kind == "imaging":
-        if record.order_control not in _CONTENT_CONTROLS:
-            raise HL7ApplicationError(
-                204, f"unknown order {identity_text(record)}", ErrorLocation("ORC", sequence, 2)
-            )
-        return None
     section = record.diagnostic_service_section or record.modality
     if kind == "non_imaging":
         what = f"not an imaging order (OBR-24 {section!r}, {policy.non_imaging_codes.table})"
         if policy.non_imaging == "reject":
             raise HL7ApplicationError(103, what, ErrorLocation("OBR", sequence, 24))
         return Applied((), False, f"order {identity_text(record)}: {what}, ignored (orders.non_imaging: ignore)")
+    if record.order_control not in _CONTENT_CONTROLS:
+        raise HL7ApplicationError(204, f"unknown order {identity_text(record)}", ErrorLocation("ORC", sequence, 2))
+    if kind == "imaging":
+        return None
     field_no = 24 if section else 4  # an OBR-24 nobody knows, or no OBR-24 and an unknown code
     raise HL7ApplicationError(
         103, f"order {identity_text(record)}: {describe(record, policy.non_imaging_codes)}",
