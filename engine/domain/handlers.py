@@ -31,8 +31,8 @@ from engine.domain.patients import (
 )
 from engine.domain.records import MergeRecord, OrderRecord, PatientRecord
 from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
-from engine.hl7.er7 import Message
 from engine.handlers import InboundContext, Outbound, register_handler
+from engine.hl7.er7 import Message
 
 __all__ = [
     "OrdersHandler",

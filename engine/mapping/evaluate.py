@@ -117,7 +117,8 @@ class Lookup:
         """``ORC-1 'CA' with ORC-5 empty``: each key field by name, an empty one said so."""
         if not self.keys:
             return repr(key[0])
-        parts = [f"{ref.text} {value!r}" if value else f"{ref.text} empty" for ref, value in zip(self.keys, key)]
+        pairs = zip(self.keys, key, strict=True)
+        parts = [f"{ref.text} {value!r}" if value else f"{ref.text} empty" for ref, value in pairs]
         return " with ".join(parts)
 
 

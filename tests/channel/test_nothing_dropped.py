@@ -61,7 +61,8 @@ def test_mr_brain_with_a_loinc_code_is_ae_103_at_obr_2_4_and_nothing_is_stored(d
     assert ack.segment("MSA").value(1) == "AE" and err is not None
     assert (err.value(2, 1, 1), err.value(2, 1, 2), err.value(2, 1, 3), err.value(3)) == ("OBR", "2", "4", "103")
     detail = _last(db)
-    assert detail["status"] == "ERROR" and "'24590-2' (LN)" in detail["error"] and "procedure_codes.csv" in detail["error"]
+    assert detail["status"] == "ERROR"
+    assert "'24590-2' (LN)" in detail["error"] and "procedure_codes.csv" in detail["error"]
     assert _steps(db) == []
 
 
