@@ -30,7 +30,7 @@ from engine.domain.accession import (
     resolve_accession,
 )
 from engine.domain.order_identity import find_orders, identity_text
-from engine.domain.order_kind import NonImaging, classify, describe
+from engine.domain.order_kind import NonImaging, classify, describe, listed_as
 from engine.domain.patients import PatientPolicy, ensure_patient
 from engine.domain.records import OrderRecord
 from engine.domain.tables import orders, procedure_steps, step_station_aes
@@ -343,7 +343,8 @@ def _new_order(record: OrderRecord, policy: OrderPolicy, sequence: int) -> Appli
     kind = classify(record, policy.imaging_modalities, policy.non_imaging_codes)
     section = record.diagnostic_service_section or record.modality
     if kind == "non_imaging":
-        what = f"not an imaging order (OBR-24 {section!r}, {policy.non_imaging_codes.table})"
+        codes = policy.non_imaging_codes
+        what = f"not an imaging order ({listed_as(record, codes)} in {codes.table})"
         if policy.non_imaging == "reject":
             raise HL7ApplicationError(103, what, ErrorLocation("OBR", sequence, 24))
         return Applied((), False, f"order {identity_text(record)}: {what}, ignored (orders.non_imaging: ignore)")

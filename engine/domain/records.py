@@ -110,6 +110,7 @@ class OrderRecord(_Record):
     admission_id: str = ""
     universal_service_id: str = ""  # OBR-4.1, for non-imaging filters
     diagnostic_service_section: str = ""  # OBR-24 raw
+    order_detail_segment: str = ""  # the group's order detail: OBR, RXO, ODS, RQD ... ("" unknown)
 
 
 class ReportRecord(_Record):

@@ -73,8 +73,8 @@ def test_an_ignored_lab_order_is_unchanged_said_and_counted(db) -> None:
     assert _send(runner, lab).segment("MSA").value(1) == "AA"
     detail = _last(db)
     assert detail["status"] == "UNCHANGED"
-    assert detail["note"] == ("order placer PLC-9, filler FIL-9: not an imaging order (OBR-24 'LAB', non_imaging.csv), "
-                              "ignored (orders.non_imaging: ignore)")
+    assert detail["note"] == ("order placer PLC-9, filler FIL-9: not an imaging order "
+                              "(OBR-24 'LAB' in non_imaging.csv), ignored (orders.non_imaging: ignore)")
     assert db.read(channel_status)["ris"]["unchanged"] == 1
     assert _send(runner, lab).segment("MSA").value(1) == "AA"  # resent: the original answer, one row
     counts = db.read(channel_status)["ris"]
@@ -104,3 +104,14 @@ def test_adt_without_pid_and_unimplemented_events_are_refused(db) -> None:
     oru = _send(runner, MSH.format(type="ORU^R01", cid="R1") + PID + "OBR|1\r")
     assert (oru.segment("MSA").value(1), oru.segment("ERR").value(3)) == ("AR", "200")
     assert db.read(channel_status)["ris"]["errors"] == 3
+
+
+def test_pharmacy_and_diet_orders_are_acknowledged_unchanged_with_one_note_each(db) -> None:
+    text = (GOLDEN / "orm_o01_pharmacy_and_diet.hl7").read_text()
+    assert _send(_runner(db), text).segment("MSA").value(1) == "AA"
+    detail = _last(db)
+    assert detail["status"] == "UNCHANGED" and _steps(db) == []
+    assert [line.split(": ", 1)[1] for line in detail["note"].splitlines()] == [
+        "not an imaging order (segment RXO in non_imaging.csv), ignored (orders.non_imaging: ignore)",
+        "not an imaging order (segment ODS in non_imaging.csv), ignored (orders.non_imaging: ignore)",
+    ]

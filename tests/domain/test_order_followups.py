@@ -150,7 +150,7 @@ def test_cancel_of_an_imaging_order_without_modality_is_applied(
 def test_listed_non_imaging_orders_are_ignored_with_a_note(db: Database, orders_handler: OrdersHandler) -> None:
     lab = order("LAB1", modality="LAB", diagnostic_service_section="LAB")
     assert _apply(db, orders_handler, [lab]) == [(False, (
-        "order placer LAB1, filler FLAB1: not an imaging order (OBR-24 'LAB', non_imaging.csv), "
+        "order placer LAB1, filler FLAB1: not an imaging order (OBR-24 'LAB' in non_imaging.csv), "
         "ignored (orders.non_imaging: ignore)"))]
     assert _rows(db, orders) == []
 
@@ -163,7 +163,9 @@ def test_the_site_table_marks_procedure_codes_and_sections_non_imaging(
     (tables / "non_imaging.csv").write_text("field,code,description\nOBR-24,ZLAB,ours\nOBR-4,GLU,glucose\n")
     handler = OrdersHandler(order_policy(engine_config))
     glucose = order("G1", modality="", requested_procedure_code={"code_value": "GLU"})
-    assert _apply(db, handler, [glucose, order("Z1", modality="ZLAB")])[0][0] is False
+    notes = _apply(db, handler, [glucose, order("Z1", modality="ZLAB")])
+    assert [changed for changed, _ in notes] == [False, False]
+    assert "(OBR-4 'GLU' in non_imaging.csv)" in notes[0][1] and "(OBR-24 'ZLAB' in" in notes[1][1]
     assert _rows(db, orders) == []
     with pytest.raises(HL7ApplicationError):  # LAB is not in this site's table: unknown, not non-imaging
         _apply(db, handler, [order("L1", modality="LAB")])
@@ -174,11 +176,20 @@ def test_non_imaging_table_errors_name_the_file_and_line(tmp_path: Path) -> None
     path.write_text("field,code\nOBR-24,LAB\nPV1-2,I\n")
     with pytest.raises(ConfigError) as bad:
         load_non_imaging(path)
-    assert bad.value.problems == [f"{path}:3: field 'PV1-2' is not one of OBR-24, OBR-4"]
+    assert bad.value.problems == [f"{path}:3: field 'PV1-2' is not one of OBR-24, OBR-4, segment"]
     assert load_non_imaging(tmp_path / "missing.csv").sections == DEFAULT_NON_IMAGING_SECTIONS
+
+
+def test_pharmacy_diet_and_supply_order_groups_are_non_imaging(db: Database, orders_handler: OrdersHandler) -> None:
+    groups = [order(f"X{seg}", modality="", requested_procedure_code=None, order_detail_segment=seg)
+              for seg in ("RXO", "ODS", "RQD")]  # fmt: skip
+    notes = _apply(db, orders_handler, groups)
+    assert [changed for changed, _ in notes] == [False] * 3 and "(segment RXO in non_imaging.csv)" in notes[0][1]
+    with pytest.raises(HL7ApplicationError):  # an OBR group of unknown modality stays unknown
+        _apply(db, orders_handler, [order("Y", modality="", requested_procedure_code=None, order_detail_segment="OBR")])
 
 
 def test_shipped_non_imaging_table_loads_and_leaves_dicom_modalities_out() -> None:
     shipped = load_non_imaging(Path(__file__).parents[2] / "mappings" / "tables" / "non_imaging.csv")
-    assert "LAB" in shipped.sections and "2345-7" in shipped.procedure_codes
+    assert "LAB" in shipped.sections and "2345-7" in shipped.procedure_codes and "RXO" in shipped.segments
     assert not shipped.sections & {"CT", "PT", "OT", "MR", "US", "NM", "CR", "DX"}

@@ -59,7 +59,7 @@ def test_unknown_modality_is_refused_and_a_lab_order_is_said_ignored(ris: tuple[
 
     (row,) = cli_json(engine, "messages", "list", "--control-id", "LAB1")
     shown = cli_json(engine, "messages", "show", str(row["id"]))
-    assert shown["status"] == "UNCHANGED" and "not an imaging order (OBR-24 'LAB'" in shown["note"]
+    assert shown["status"] == "UNCHANGED" and "not an imaging order (OBR-24 'LAB' in" in shown["note"]
     text = engine.cli("messages", "show", str(row["id"])).stdout
     assert "note: order placer PLC-9, filler FIL-9: not an imaging order" in text
     status = cli_json(engine, "status")["channels"]["ris-inbound"]
