@@ -3,6 +3,7 @@ client as the RIS/HIS, and the CLI reading back what each message changed (or wh
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +20,11 @@ PID = "PID|1||MRN6210^^^NORTHSIDE^MR||Haddad^Rami||19750214|M\r"
 
 
 @pytest.fixture
-def ris(engine_process: EngineProcess) -> Iterator[tuple[EngineProcess, int]]:
+def ris(engine_process: EngineProcess, tmp_path: Path) -> Iterator[tuple[EngineProcess, int]]:
+    """The shipped channel setup on a copy of the shipped mappings (a test may edit its tables)."""
     port = free_port()
-    write_engine_yaml(engine_process, f"mappings_dir: {ROOT / 'mappings'}\n")
+    shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+    write_engine_yaml(engine_process, f"mappings_dir: {tmp_path / 'mappings'}\n")
     write_channel(engine_process, "ris", f"""\
         name: ris-inbound
         source: {{type: mllp, port: {port}}}
@@ -90,3 +93,18 @@ def test_adt_gaps_on_the_wire(ris: tuple[EngineProcess, int]) -> None:
     db = engine.data_dir / "radbridge.db"
     assert sqlite_rows(db, "SELECT patient_id FROM patients") == [("MRN9300",)]
     assert sqlite_rows(db, "SELECT kind, prior_patient_id FROM patient_merges") == [("change_id", "TMP0042")]
+
+
+def test_a_refused_order_is_applied_by_a_replay_once_the_table_knows_its_code(
+    ris: tuple[EngineProcess, int], tmp_path: Path
+) -> None:
+    engine, port = ris
+    two = _payload(GOLDEN / "order-to-worklist" / "orm_o01_loinc_mr_and_lab.hl7")
+    (refused,) = send_all(port, [two])
+    assert refused.code == "AE"
+    (row,) = cli_json(engine, "messages", "list", "--control-id", "RIS00811")
+    with open(tmp_path / "mappings" / "tables" / "procedure_codes.csv", "a") as table:
+        table.write("24590-2,MR,MR Brain (LOINC)\n")
+    replay = engine.cli("messages", "replay", str(row["id"]))
+    assert replay.returncode == 0 and "reprocessed: AA" in replay.stdout, replay.stdout + replay.stderr
+    assert _steps(engine) == [("PLC-7101", "SCHEDULED"), ("PLC-7102", "SCHEDULED")]  # the lab order: noted
