@@ -209,6 +209,9 @@ class Persister:
         if unchanged:
             values["status"] = UNCHANGED
         conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
+        # Order numbers and codes only, never patient ids or names (notes are built that way).
+        log.info("message %s %s: %s", message_id, "changed nothing" if unchanged else "partly applied",
+                 "; ".join(notes) or "(no reason given by the handlers)")
 
     def _fail(self, conn: Connection, p: Prepared, message_id: int, exc: HL7Error) -> Stored:
         ack = self.ack(p.message, exc.ack_code, exc)
