@@ -25,7 +25,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import Connection, bindparam, or_, select, update
 
-from engine.channel.prepare import ERROR, FILTERED, PROCESSED, Prepared
+from engine.channel.prepare import ERROR, FILTERED, PROCESSED, REJECTED, Prepared
 from engine.config.models import ChannelConfig
 from engine.errors import ErrorLocation, HL7ApplicationError, HL7Error, HL7Reject
 from engine.handlers import Handler, InboundContext, Outbound, Outcome
@@ -219,7 +219,7 @@ class Persister:
             update(messages)
             .where(messages.c.id == message_id)
             .values(
-                status=ERROR,
+                status=REJECTED if exc.ack_code == "AR" else ERROR,  # as prepare marks a refused message
                 ack_code=exc.ack_code,
                 ack=ack,
                 error_code=exc.code,

@@ -104,6 +104,8 @@ def test_adt_without_pid_and_unimplemented_events_are_refused(db) -> None:
     oru = _send(runner, MSH.format(type="ORU^R01", cid="R1") + PID + "OBR|1\r")
     assert (oru.segment("MSA").value(1), oru.segment("ERR").value(3)) == ("AR", "200")
     assert db.read(channel_status)["ris"]["errors"] == 3
+    statuses = db.read(lambda c: list(c.execute(select(messages.c.status).order_by(messages.c.id)).scalars()))
+    assert statuses == ["ERROR", "REJECTED", "REJECTED"]
 
 
 def test_pharmacy_and_diet_orders_are_acknowledged_unchanged_with_one_note_each(db) -> None:
