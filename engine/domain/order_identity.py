@@ -53,12 +53,25 @@ def _same(given: str, stored: str) -> bool:
     return not given or not stored or given == stored
 
 
+def _given_ids(record: OrderRecord) -> tuple[str, str]:
+    """(Requested Procedure ID, SPS ID) as the sender gave them.
+
+    The shipped mapping fills a missing Requested Procedure ID with the accession
+    number and a missing SPS ID with the Requested Procedure ID; such copies are
+    not the sender's ids and must not keep a follow-up from its order.
+    """
+    rp_id = "" if record.requested_procedure_id == record.accession_number else record.requested_procedure_id
+    sps_id = "" if record.scheduled_procedure_step_id == record.requested_procedure_id else \
+        record.scheduled_procedure_step_id
+    return rp_id, sps_id
+
+
 def _narrow(rows: Sequence[Any], record: OrderRecord, namespace_of: str, namespace: str) -> list[Any]:
+    rp_id, sps_id = _given_ids(record)
     return [
         r for r in rows
-        if _same(namespace, getattr(r, namespace_of))
-        and _same(record.requested_procedure_id, r.requested_procedure_id)
-        and _same(record.scheduled_procedure_step_id, r.sps_id)
+        if _same(namespace, getattr(r, namespace_of)) and _same(rp_id, r.requested_procedure_id)
+        and _same(sps_id, r.sps_id)
     ]  # fmt: skip
 
 

@@ -80,6 +80,16 @@ def test_a_given_sps_id_picks_its_step_among_the_placer_orders_steps(
     assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED", "CANCELED"]
 
 
+def test_ids_the_mapping_copied_from_the_accession_do_not_hide_the_order(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    """A cancel with OBR-18 but no OBR-19/20: the mapping copies the accession into both ids."""
+    _stored(db, orders_handler)
+    copied = {"accession_number": "ACC1", "requested_procedure_id": "ACC1", "scheduled_procedure_step_id": "ACC1"}
+    _apply(db, orders_handler, [_bare("CA", **copied)])
+    assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED"]
+
+
 def test_fields_absent_from_a_follow_up_keep_their_stored_values(
     db: Database, orders_handler: OrdersHandler
 ) -> None:
