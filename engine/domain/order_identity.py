@@ -21,7 +21,7 @@ from engine.domain.records import OrderRecord
 from engine.domain.tables import orders, procedure_steps
 from engine.store.fast import FastStatement, all_rows
 
-__all__ = ["find_orders", "identity_text"]
+__all__ = ["find_orders", "given_ids", "identity_text"]
 
 _COLUMNS = (
     orders.c.id.label("order_pk"),
@@ -53,7 +53,7 @@ def _same(given: str, stored: str) -> bool:
     return not given or not stored or given == stored
 
 
-def _given_ids(record: OrderRecord) -> tuple[str, str]:
+def given_ids(record: OrderRecord) -> tuple[str, str]:
     """(Requested Procedure ID, SPS ID) as the sender gave them.
 
     The shipped mapping fills a missing Requested Procedure ID with the accession
@@ -67,7 +67,7 @@ def _given_ids(record: OrderRecord) -> tuple[str, str]:
 
 
 def _narrow(rows: Sequence[Any], record: OrderRecord, namespace_of: str, namespace: str) -> list[Any]:
-    rp_id, sps_id = _given_ids(record)
+    rp_id, sps_id = given_ids(record)
     return [
         r for r in rows
         if _same(namespace, getattr(r, namespace_of)) and _same(rp_id, r.requested_procedure_id)

@@ -29,7 +29,7 @@ from engine.domain.accession import (
     next_sequence_value,
     resolve_accession,
 )
-from engine.domain.order_identity import find_orders, identity_text
+from engine.domain.order_identity import find_orders, given_ids, identity_text
 from engine.domain.order_kind import NonImaging, classify, describe, listed_as
 from engine.domain.patients import PatientPolicy, ensure_patient
 from engine.domain.records import OrderRecord
@@ -297,7 +297,7 @@ def _update_content(
     """NW resent / XO: write the fields the message gives, keep the others."""
     order_values = _given(
         {**_order_values(record), "accession_number": record.accession_number,
-         "requested_procedure_id": record.requested_procedure_id, "study_instance_uid": record.study_instance_uid}
+         "requested_procedure_id": given_ids(record)[0], "study_instance_uid": record.study_instance_uid}
     )  # fmt: skip
     conn.execute(update(orders).where(orders.c.id == found.order_pk).values(updated_at=now, **order_values))
     values, aes = _step_values(record, policy, now)

@@ -86,6 +86,8 @@ def test_ids_the_mapping_copied_from_the_accession_do_not_hide_the_order(
     """A cancel with OBR-18 but no OBR-19/20: the mapping copies the accession into both ids."""
     _stored(db, orders_handler)
     copied = {"accession_number": "ACC1", "requested_procedure_id": "ACC1", "scheduled_procedure_step_id": "ACC1"}
+    _apply(db, orders_handler, [_bare("XO", status="SC", **copied)])
+    assert _rows(db, orders)[0].requested_procedure_id == "RP1"  # not overwritten by the copy
     _apply(db, orders_handler, [_bare("CA", **copied)])
     assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED"]
 
