@@ -95,14 +95,14 @@ def _remember(ctx: InboundContext, rec: PatientRecord, policy: PatientPolicy, pk
 _ORDER_MESSAGES = frozenset({"ORM", "OMI", "OMG"})
 
 
-def _require(message: Message, kind: str, segment: str, records: list[dict[str, Any]]) -> None:
+def _require(message: Message, kinds: tuple[str, ...], segment: str, records: list[dict[str, Any]]) -> None:
     """A message of this handler's kind must yield a record: AE 101 without the segment, else AR 201."""
-    if any(r.get("record") in (kind, "merge") for r in records):
+    if any(r.get("record") in kinds for r in records):
         return
     if message.segment(segment) is None:
         raise HL7ApplicationError(101, f"{message.message_type} has no {segment} segment", ErrorLocation(segment, 1))
     raise HL7Reject(
-        201, f"{message.message_type} is not implemented: the channel's mapping yields no {kind} record for it",
+        201, f"{message.message_type} is not implemented: the channel's mapping yields no {kinds[0]} record for it",
         ErrorLocation("MSH", 1, 9, 2),
     )
 
@@ -131,7 +131,7 @@ class PatientsHandler:
         """Apply every patient and merge record of ``ctx`` in order (an A47's PID after its rename)."""
         adt = ctx.message.message_code == "ADT"
         if adt:
-            _require(ctx.message, "patient", "PID", ctx.records)
+            _require(ctx.message, ("patient", "merge"), "PID", ctx.records)
         now = ctx.received_at  # one timestamp for everything this message changes
         for data in _renames_first(ctx.records):
             kind = data.get("record")
@@ -166,7 +166,7 @@ class OrdersHandler:
     def apply(self, conn: Connection, ctx: InboundContext) -> list[Outbound]:
         """Upsert the PID's patient (unless ``patients`` runs too), then apply every order record."""
         if ctx.message.message_code in _ORDER_MESSAGES:
-            _require(ctx.message, "order", "ORC", ctx.records)
+            _require(ctx.message, ("order",), "ORC", ctx.records)
         now = ctx.received_at
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":
