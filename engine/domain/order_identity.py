@@ -29,6 +29,7 @@ _COLUMNS = (
     orders.c.placer_order_namespace,
     orders.c.filler_order_namespace,
     orders.c.requested_procedure_id,
+    orders.c.accession_number,
     procedure_steps.c.id.label("step_pk"),
     procedure_steps.c.sps_id,
     procedure_steps.c.status,
@@ -66,19 +67,24 @@ def given_ids(record: OrderRecord) -> tuple[str, str]:
     return rp_id, sps_id
 
 
-def _narrow(rows: Sequence[Any], record: OrderRecord, namespace_of: str, namespace: str) -> list[Any]:
+def _narrow(
+    rows: Sequence[Any], record: OrderRecord, namespace_of: str, namespace: str, by_accession: bool
+) -> list[Any]:
     rp_id, sps_id = given_ids(record)
+    accession = record.accession_number if by_accession else ""
     return [
         r for r in rows
         if _same(namespace, getattr(r, namespace_of)) and _same(rp_id, r.requested_procedure_id)
-        and _same(sps_id, r.sps_id)
+        and _same(sps_id, r.sps_id) and _same(accession, r.accession_number)
     ]  # fmt: skip
 
 
-def find_orders(conn: Connection, record: OrderRecord) -> list[Any]:
+def find_orders(conn: Connection, record: OrderRecord, by_accession: bool = True) -> list[Any]:
     """The stored steps of the order ``record`` names: by placer number, else filler, else accession.
 
     Each row has order_pk, content_hash, step_pk, status (and the ids it was matched on).
+    ``by_accession`` False: a differing accession number does not rule a row out (the
+    stored one is the engine's own, not the sender's).
     """
     searches = (
         (_BY_PLACER, record.placer_order_number, "placer_order_namespace", record.placer_order_namespace),
@@ -86,13 +92,14 @@ def find_orders(conn: Connection, record: OrderRecord) -> list[Any]:
     )
     for statement, number, namespace_of, namespace in searches:
         if number:
-            found = _narrow(all_rows(statement, conn, {"number": number}), record, namespace_of, namespace)
+            rows = all_rows(statement, conn, {"number": number})
+            found = _narrow(rows, record, namespace_of, namespace, by_accession)
             if found:
                 return found
     if record.placer_order_number or record.filler_order_number or not record.accession_number:
         return []
     rows = all_rows(_BY_ACCESSION, conn, {"number": record.accession_number})
-    return _narrow(rows, record, "placer_order_namespace", "")
+    return _narrow(rows, record, "placer_order_namespace", "", True)
 
 
 def identity_text(record: OrderRecord) -> str:

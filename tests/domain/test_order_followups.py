@@ -80,6 +80,30 @@ def test_a_given_sps_id_picks_its_step_among_the_placer_orders_steps(
     assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED", "CANCELED"]
 
 
+def test_two_procedures_under_one_placer_number_stay_two_orders(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    """One ORC-2 for two procedures, told apart only by their accession numbers (no OBR-19/20)."""
+    groups = [order("PL1", accession_number=acc, requested_procedure_id=acc, scheduled_procedure_step_id=acc)
+              for acc in ("ACC1", "ACC2")]  # fmt: skip
+    _apply(db, orders_handler, groups)
+    assert sorted(o.accession_number for o in _rows(db, orders)) == ["ACC1", "ACC2"]
+    _apply(db, orders_handler, [_bare("CA", accession_number="ACC2")])
+    assert [s.status for s in _rows(db, procedure_steps)] == ["SCHEDULED", "CANCELED"]
+
+
+def test_with_generated_accessions_a_follow_up_carrying_the_ris_accession_still_matches(
+    db: Database, engine_config: EngineConfig
+) -> None:
+    cfg = engine_config.model_copy(update={"orders": engine_config.orders.model_copy(
+        update={"accession_policy": "always_generate"})})  # fmt: skip
+    handler = OrdersHandler(order_policy(cfg))
+    _apply(db, handler, [order("PL1", accession_number="RIS-ACC")])
+    assert _rows(db, orders)[0].accession_number != "RIS-ACC"
+    _apply(db, handler, [_bare("CA", accession_number="RIS-ACC")])
+    assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED"]
+
+
 def test_ids_the_mapping_copied_from_the_accession_do_not_hide_the_order(
     db: Database, orders_handler: OrdersHandler
 ) -> None:
