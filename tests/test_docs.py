@@ -192,3 +192,29 @@ def test_the_readme_links_the_performance_page_and_keeps_benchmarks_out() -> Non
     readme = README.read_text(encoding="utf-8")
     assert "docs/performance.md" in readme
     assert "msg/s" not in readme and "bench_mllp" not in readme
+
+
+_MAPPING_COMMAND = re.compile(r"^\s*(?:\$ )?(?:\.venv/bin/)?(radbridge mapping (?:check|test|verify)\b[^#\n]*)", re.M)
+
+
+def _mapping_commands() -> list[str]:
+    """Every ``radbridge mapping`` command the documents show, except placeholders and --update."""
+    found = []
+    for path in DOCUMENTS:
+        for command in _MAPPING_COMMAND.findall(path.read_text(encoding="utf-8")):
+            command = command.strip().rstrip("`")
+            if re.search(r"[A-Z]{3,}|\[|\|", command) or "--update" in command:
+                continue
+            found.append(command)
+    return sorted(set(found))
+
+
+def test_the_documents_show_mapping_commands() -> None:
+    assert any(" test " in c for c in _mapping_commands())
+
+
+@pytest.mark.parametrize("command", _mapping_commands())
+def test_every_mapping_command_shown_runs_from_the_repository_root(command: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "engine.cli.main", *command.split()[1:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, f"`{command}` failed: {done.stdout[-500:]} {done.stderr[-500:]}"
