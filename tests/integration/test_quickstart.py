@@ -64,7 +64,8 @@ def start_engine(tmp: Path, config_dir: Path, mappings_dir: Path | None = None) 
     mllp, dicom, http = free_port(), free_port(), free_port()
     env = {**os.environ, "RADBRIDGE_DATA_DIR": str(data), "RADBRIDGE_MLLP_PORT": str(mllp),
            "RADBRIDGE_DICOM_PORT": str(dicom), "RADBRIDGE_HTTP_PORT": str(http), "TCP_NODELAY": "1"}  # fmt: skip
-    for name in ("RADBRIDGE_CONFIG", "RADBRIDGE_DATABASE_URL", "RADBRIDGE_TIMEZONE", "RADBRIDGE_DICOM_AET"):
+    for name in ("RADBRIDGE_CONFIG", "RADBRIDGE_DATABASE_URL", "RADBRIDGE_TIMEZONE", "RADBRIDGE_DICOM_AET",
+                 "RADBRIDGE_MLLP_HOST", "RADBRIDGE_MAPPINGS_DIR"):
         env.pop(name, None)  # the shipped defaults, as on a fresh machine
     if mappings_dir is not None:
         env["RADBRIDGE_MAPPINGS_DIR"] = str(mappings_dir)
@@ -157,6 +158,21 @@ def test_the_log_names_what_listens_and_that_http_does_not(shipped: Engine) -> N
     assert f"listening for MLLP on 127.0.0.1:{shipped.mllp}" in log
     assert f"DICOM worklist/MPPS listening on 127.0.0.1:{shipped.dicom} as RADBRIDGE" in log
     assert "HTTP API" in log and "not served" in log and shipped.env["RADBRIDGE_HTTP_PORT"] in log
+
+
+def test_oru_is_accepted_and_stored_and_makes_no_worklist_entry(shipped: Engine, tmp_path: Path) -> None:
+    """The README: the shipped channel accepts and stores ORU^R01, and nothing else is done with it."""
+    oru = tmp_path / "oru.hl7"
+    oru.write_bytes(
+        b"MSH|^~\\&|REP|NORTHSIDE|RADBRIDGE|RADIOLOGY|20261201120000||ORU^R01^ORU_R01|EX-ORU-0001|P|2.5.1\r"
+        b"PID|1||EX100234^^^NORTHSIDE^MR||Example^Alva^Maria\r"
+        b"OBR|1|EX-PLC-1001^RIS|EX-FIL-1001^RIS|CTHEAD^CT head without contrast^L||||||||||||||EX-ACC-1001\r"
+        b"OBX|1|TX|CTHEAD^CT head^L||No acute findings.||||||F\r"
+    )
+    assert _send(shipped, oru) == ["AA"]
+    listed = shipped.sh(f"{BIN}/radbridge messages list --type ORU^R01")
+    assert [row.split("\t")[3] for row in listed.stdout.splitlines()[1:]] == ["PROCESSED"], listed.stdout
+    assert _find(shipped, "CT_SCANNER_1") == []
 
 
 # --------------------------------------------------------------------------- docs/mapping.md's recipes
