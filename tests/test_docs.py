@@ -137,9 +137,13 @@ def test_the_readme_example_channel_is_valid_and_names_shipped_mappings_and_hand
     assert set(channel.handlers) <= set(handler_names()), f"unknown handlers in README's example: {channel.handlers}"
 
 
+#: Reference lists of commands: (document, section).
+COMMAND_LISTS = ((README, "Operations"), (ROOT / "docs" / "mapping.md", "Reference"))
+
+
 def _operations_commands() -> list[tuple[str, list[str], list[str]]]:
-    """(row text, sub-command words, flags) of each ``radbridge`` command in the operations table."""
-    table = _sections(README.read_text(encoding="utf-8"))["Operations"]
+    """(command, sub-command words, flags of its line) of each ``radbridge`` command listed."""
+    table = "\n".join(_sections(doc.read_text(encoding="utf-8"))[title] for doc, title in COMMAND_LISTS)
     rows = []
     for line in table.splitlines():
         for command in re.findall(r"`(radbridge [^`]+)`", line):
@@ -154,11 +158,11 @@ def _operations_commands() -> list[tuple[str, list[str], list[str]]]:
 
 def test_the_operations_table_lists_commands() -> None:
     commands = _operations_commands()
-    assert len(commands) >= 6
+    assert len(commands) >= 10
     assert all(words for _, words, _ in commands)
 
 
-@pytest.mark.parametrize("command,words,flags", _operations_commands(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("command,words,flags", [pytest.param(*c, id=c[0]) for c in _operations_commands()])
 def test_every_operations_command_parses(command: str, words: list[str], flags: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "engine.cli.main", *words, "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
