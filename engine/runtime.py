@@ -121,6 +121,7 @@ class Runtime:
             self.dicom = await asyncio.to_thread(start_dicom_server, cfg, self.db)
             log.info("DICOM worklist/MPPS listening on %s:%s as %s", cfg.dicom.host, self.dicom.port,
                      cfg.dicom.ae_title)
+        log.info("HTTP API (http: %s:%s) not served in this version: nothing listens", cfg.http.host, cfg.http.port)
         for channel in self.config.channels:
             if channel.enabled:
                 await self._start_channel(channel, mappings.get(channel.name))
