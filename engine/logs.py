@@ -89,7 +89,7 @@ def redacted_traceback(exc: BaseException) -> str:
     chain = _chain(exc)
     for index, (item, _) in enumerate(chain):
         if index:
-            parts.append(f"\n{chain[index - 1][1]}\n\n")
+            parts.append(f"\n\n{chain[index - 1][1]}\n\n")
         if item.__traceback__ is not None:
             parts.append("Traceback (most recent call last):\n")
             parts.extend(traceback.format_tb(item.__traceback__))

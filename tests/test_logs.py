@@ -1,0 +1,136 @@
+"""The log formatter: no exception text below DEBUG, no password in any URL, at any level."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from engine.errors import StoreUnavailable
+from engine.logs import PHISafeFormatter, configure_logging, mask_url_passwords
+
+PHI = "ZZPHINAME^QQSECRET 19230417 PHIID98765"
+
+
+def _raise_chained() -> None:
+    try:
+        raise KeyError(f"inner {PHI}")
+    except KeyError as exc:
+        raise ValueError(f"outer {PHI}") from exc
+
+
+def _emit(formatter: PHISafeFormatter, emit: Callable[[logging.Logger], None], name: str = "engine.test") -> str:
+    """What ``emit`` logs through ``formatter``."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        emit(logger)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    return stream.getvalue()
+
+
+def _logged_exception(formatter: PHISafeFormatter) -> str:
+    def emit(logger: logging.Logger) -> None:
+        try:
+            _raise_chained()
+        except ValueError:
+            logger.exception("handler failed on message %s", 42)
+
+    return _emit(formatter, emit)
+
+
+def test_a_traceback_below_debug_keeps_frames_and_types_but_no_exception_text() -> None:
+    text = _logged_exception(PHISafeFormatter(redact=True))
+
+    assert "handler failed on message 42" in text
+    assert "KeyError" in text and "ValueError" in text and "_raise_chained" in text
+    assert "direct cause" in text
+    assert "ZZPHINAME" not in text and "PHIID98765" not in text
+
+
+def test_a_traceback_at_debug_is_complete() -> None:
+    text = _logged_exception(PHISafeFormatter(redact=False))
+
+    assert f"outer {PHI}" in text and f"inner {PHI}" in text
+
+
+def test_json_lines_withhold_exception_text_too() -> None:
+    text = _logged_exception(PHISafeFormatter(json_lines=True, redact=True))
+
+    entry = json.loads(text)
+    assert "ValueError" in entry["exception"]
+    assert "PHIID98765" not in text
+
+
+def test_an_exception_argument_is_logged_as_its_type() -> None:
+    text = _emit(PHISafeFormatter(redact=True),
+                 lambda lg: lg.warning("refused: %s / %r", ValueError(PHI), KeyError(PHI)))
+
+    assert "refused: ValueError" in text and "KeyError" in text
+    assert "PHIID98765" not in text
+
+
+def test_messages_of_safe_types_are_kept() -> None:
+    text = _emit(PHISafeFormatter(redact=True),
+                 lambda lg: lg.error("%s / %s", StoreUnavailable("database unavailable: OperationalError"),
+                                          sqlite3.OperationalError("disk I/O error")))
+
+    assert "database unavailable: OperationalError / disk I/O error" in text
+
+
+def test_asyncio_keeps_only_the_first_line_below_debug() -> None:
+    message = f"Task exception was never retrieved\nfuture: <Task exception=ValueError('{PHI}')>"
+    text = _emit(PHISafeFormatter(redact=True), lambda lg: lg.error(message), name="asyncio")
+
+    assert "Task exception was never retrieved" in text
+    assert "PHIID98765" not in text
+
+
+@pytest.mark.parametrize("redact", [True, False])
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_passwords_in_urls_are_masked_at_every_level(redact: bool, json_lines: bool) -> None:
+    url = "postgresql+psycopg://radbridge:s3cr3t-Pw@db.example:5432/radbridge"
+    text = _emit(PHISafeFormatter(json_lines=json_lines, redact=redact),
+                 lambda lg: lg.debug("connecting to %s", url))
+
+    assert "s3cr3t" not in text
+    assert "postgresql+psycopg://radbridge:***@db.example:5432/radbridge" in text
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("https://user:pw@host/path", "https://user:***@host/path"),
+    ("redis://:only-password@host", "redis://:***@host"),
+    ("http://host:8080/a@b", "http://host:8080/a@b"),
+    ("postgresql://user@host/db", "postgresql://user@host/db"),
+])
+def test_mask_url_passwords(text: str, masked: str) -> None:
+    assert mask_url_passwords(text) == masked
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("level, redacts", [("INFO", True), ("WARNING", True), ("DEBUG", False)])
+def test_configure_logging_redacts_at_every_level_above_debug(restore_root_logging: None, level: str,
+                                                              redacts: bool) -> None:
+    configure_logging(level)
+
+    formatter = logging.getLogger().handlers[0].formatter
+    assert isinstance(formatter, PHISafeFormatter) and formatter.redact is redacts
