@@ -29,15 +29,15 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from engine.errors import ConfigError, StoreUnavailable
+from engine.errors import AlreadyRunning, ConfigError, StoreUnavailable
 
 __all__ = ["SAFE_MESSAGE_TYPES", "PHISafeFormatter", "configure_logging", "mask_url_passwords"]
 
 #: Exception types whose message is built from no message or patient data, kept in logs.
 #: sqlite3's own errors name tables and columns, never bound values (unlike PostgreSQL's
-#: DETAIL lines); StoreUnavailable and ConfigError are radbridge's own wording.
+#: DETAIL lines); the radbridge errors listed are worded from configuration and paths only.
 SAFE_MESSAGE_TYPES: tuple[type[BaseException], ...] = (
-    ConfigError, StoreUnavailable, sqlite3.Error, ConnectionError, TimeoutError,
+    AlreadyRunning, ConfigError, StoreUnavailable, sqlite3.Error, ConnectionError, TimeoutError,
 )
 
 #: Loggers that put exception reprs into the message text itself; below DEBUG only their
