@@ -45,6 +45,12 @@ SAFE_MESSAGE_TYPES: tuple[type[BaseException], ...] = (
 #: ``exception=ValueError('<the value>')`` on the lines after it).
 FIRST_LINE_ONLY: frozenset[str] = frozenset({"asyncio"})
 
+#: Loggers whose text quotes data values (pydicom: "Invalid value for VR DA: '<birth date>'";
+#: Python warnings, which pydicom also raises with the value, routed here by
+#: configure_logging): below DEBUG only the source location and category are kept.
+VALUE_QUOTING: frozenset[str] = frozenset({"pydicom", "py.warnings"})
+_WARNING_HEAD = re.compile(r"^(?P<head>.*?:\d+: \w+):")
+
 _WITHHELD = "<message withheld below DEBUG: may carry PHI>"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)[^\s@/]+@")
 
@@ -141,8 +147,12 @@ class PHISafeFormatter(logging.Formatter):
         elif isinstance(args, dict):
             args = {k: _arg(v) for k, v in args.items()}
         message = str(record.msg) % args if args else str(record.msg)
-        if record.name.split(".")[0] in FIRST_LINE_ONLY:
+        top = record.name.split(".")[0]
+        if top in FIRST_LINE_ONLY:
             message = message.split("\n", 1)[0]
+        if top in VALUE_QUOTING or record.name in VALUE_QUOTING:
+            head = _WARNING_HEAD.match(message)
+            message = f"{head.group('head') + ': ' if head else ''}{_WITHHELD}"
         return message
 
     def _exception(self, record: logging.LogRecord) -> str:
@@ -166,6 +176,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     numeric = logging.getLevelName(level)
     handler.setFormatter(PHISafeFormatter(json_lines=fmt == "json", redact=numeric > logging.DEBUG))
+    logging.captureWarnings(True)  # else the warnings module prints them to stderr, unformatted
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sqlite3
+import warnings
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -123,6 +124,7 @@ def restore_root_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
+    logging.captureWarnings(False)
     root.handlers[:] = handlers
     root.setLevel(level)
 
@@ -134,3 +136,22 @@ def test_configure_logging_redacts_at_every_level_above_debug(restore_root_loggi
 
     formatter = logging.getLogger().handlers[0].formatter
     assert isinstance(formatter, PHISafeFormatter) and formatter.redact is redacts
+
+
+def test_pydicom_messages_quoting_values_are_withheld_below_debug() -> None:
+    text = _emit(PHISafeFormatter(redact=True), lambda lg: lg.warning("Invalid value for VR DA: '19230417-1'"),
+                 name="pydicom")
+
+    assert "19230417" not in text and "pydicom" in text
+
+
+def test_python_warnings_go_through_the_formatter(restore_root_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO")
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(f"Invalid value for VR PN: '{PHI}'", UserWarning, stacklevel=1)
+
+    assert "UserWarning" in stream.getvalue() and "test_logs.py" in stream.getvalue()
+    assert "PHIID98765" not in stream.getvalue()
