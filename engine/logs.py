@@ -24,6 +24,7 @@ import logging
 import re
 import sqlite3
 import sys
+import threading
 import traceback
 from datetime import UTC, datetime
 from types import TracebackType
@@ -171,12 +172,22 @@ def _arg(value: Any) -> Any:
     return value
 
 
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a thread goes through the formatter (the default prints it raw)."""
+    if args.exc_value is None or isinstance(args.exc_value, SystemExit):
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("engine.threads").error("thread %s ended by an exception", name,
+                                              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Send logs to stderr in the chosen format; exception text only at DEBUG."""
+    """Send logs (warnings and uncaught thread exceptions too) to stderr; exception text only at DEBUG."""
     handler = logging.StreamHandler(sys.stderr)
     numeric = logging.getLevelName(level)
     handler.setFormatter(PHISafeFormatter(json_lines=fmt == "json", redact=numeric > logging.DEBUG))
     logging.captureWarnings(True)  # else the warnings module prints them to stderr, unformatted
+    threading.excepthook = _log_thread_exception
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sqlite3
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -122,8 +123,9 @@ def test_mask_url_passwords(text: str, masked: str) -> None:
 @pytest.fixture
 def restore_root_logging() -> Iterator[None]:
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, hook = root.handlers[:], root.level, threading.excepthook
     yield
+    threading.excepthook = hook
     logging.captureWarnings(False)
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -155,3 +157,19 @@ def test_python_warnings_go_through_the_formatter(restore_root_logging: None) ->
 
     assert "UserWarning" in stream.getvalue() and "test_logs.py" in stream.getvalue()
     assert "PHIID98765" not in stream.getvalue()
+
+
+def test_an_exception_ending_a_thread_goes_through_the_formatter(restore_root_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO")
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+
+    def fail() -> None:
+        raise ValueError(PHI)
+
+    thread = threading.Thread(target=fail, name="radbridge-test")
+    thread.start()
+    thread.join()
+
+    assert "thread radbridge-test ended by an exception" in stream.getvalue()
+    assert "ValueError" in stream.getvalue() and "PHIID98765" not in stream.getvalue()
