@@ -186,6 +186,8 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     numeric = logging.getLevelName(level)
     handler.setFormatter(PHISafeFormatter(json_lines=fmt == "json", redact=numeric > logging.DEBUG))
+    # A log call whose arguments do not fit its format would have logging print both, raw, to stderr.
+    logging.raiseExceptions = numeric <= logging.DEBUG
     logging.captureWarnings(True)  # else the warnings module prints them to stderr, unformatted
     threading.excepthook = _log_thread_exception
     root = logging.getLogger()

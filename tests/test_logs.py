@@ -173,3 +173,14 @@ def test_an_exception_ending_a_thread_goes_through_the_formatter(restore_root_lo
 
     assert "thread radbridge-test ended by an exception" in stream.getvalue()
     assert "ValueError" in stream.getvalue() and "PHIID98765" not in stream.getvalue()
+
+
+def test_a_log_call_with_mismatched_arguments_does_not_print_them(restore_root_logging: None,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO")
+    try:
+        logging.getLogger("engine.test").info("patient %d", PHI)
+    finally:
+        logging.raiseExceptions = True
+
+    assert "PHIID98765" not in capsys.readouterr().err
