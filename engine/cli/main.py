@@ -203,6 +203,9 @@ def _mapping(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radbridge`` console script."""
     args = _parser().parse_args(argv)
+    from engine.logs import configure_logging
+
+    configure_logging("WARNING")  # what a command logs (replay runs a channel) is PHI-safe too; run sets its own
     try:
         fn: Command = args.fn
         return fn(args)

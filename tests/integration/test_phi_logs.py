@@ -32,6 +32,7 @@ PATIENT_ID = "PHIID98765"
 REFUSED_PATIENT_ID = "PHIID55555"
 BIRTH_DATE = "19230417"
 ACCESSION = "ACCPHI4321"
+PASSWORD = "s3cr3tPW"
 PHI = ["ZZPHINAME", "QQSECRET", PATIENT_ID, REFUSED_PATIENT_ID, BIRTH_DATE, ACCESSION, "ACCPHI4322"]
 
 SQLITE_REFUSAL = (f"CREATE TRIGGER phi_refused BEFORE INSERT ON patients WHEN NEW.patient_id = '{REFUSED_PATIENT_ID}'"
@@ -79,7 +80,8 @@ def engine(request: pytest.FixtureRequest, engine_process: EngineProcess) -> Ite
     url = ""
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres")
-        url = server.create_database(f"rb_phi_{mllp}")
+        # trust authentication ignores the password; it is there to be masked in the log
+        url = server.create_database(f"rb_phi_{mllp}").replace("postgres@", f"postgres:{PASSWORD}@")
     (engine_process.config_dir / "engine.yaml").write_text(f"""
 data_dir: {engine_process.data_dir}
 database: {{url: "{url}"}}
@@ -125,6 +127,8 @@ def test_no_phi_reaches_the_log_at_info(engine: tuple[EngineProcess, int, int, s
     ])]
     statuses = [worklist_query(dicom, ""), worklist_query(dicom, f"{BIRTH_DATE}-{BIRTH_DATE}-{BIRTH_DATE}")]
     stored = process.cli("messages", "list", "--patient-id", PATIENT_ID, "--json")
+    refused_id = json.loads(process.cli("messages", "list", "--control-id", "PHI2", "--json").stdout)[0]["id"]
+    replay = process.cli("messages", "replay", str(refused_id))  # the CLI runs the channel: refused again
     process.stop()
 
     assert codes[:4] == ["AA", "AE", "AE", "AE"] and codes[4] in ("AE", "AR")
@@ -136,4 +140,10 @@ def test_no_phi_reaches_the_log_at_info(engine: tuple[EngineProcess, int, int, s
     assert "radbridge stopping" in log
     leaked = [value for value in PHI if value in log]
     assert leaked == [], log
+    assert replay.stdout.strip() == f"{refused_id}: 0 delivery(ies) re-queued; reprocessed: AE"
+    assert "handler failed on message" in replay.stderr
+    assert [value for value in PHI if value in replay.stderr] == [], replay.stderr
+    if url:
+        assert "store: postgresql+psycopg://postgres:***@127.0.0.1" in log
+        assert PASSWORD not in log and PASSWORD not in replay.stderr
 
