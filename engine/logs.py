@@ -12,7 +12,7 @@ site does not control are guarded here, in the formatter, for every logger
   types but withholds every message, and an exception passed as a ``%s``/``%r``
   argument is rendered as its type name. Messages of the types in
   :data:`SAFE_MESSAGE_TYPES`, which radbridge or the driver build from no data,
-  are kept.
+  and of OSErrors that name no file, are kept.
 * **Passwords in URLs.** ``scheme://user:secret@host`` becomes
   ``scheme://user:***@host`` in every line, at every level.
 """
@@ -64,7 +64,11 @@ def mask_url_passwords(text: str) -> str:
 
 
 def _safe(exc: BaseException) -> bool:
-    return isinstance(exc, SAFE_MESSAGE_TYPES)
+    """Known to be worded without data: a listed type, or an OSError naming no file
+    ("[Errno 98] Address already in use"; a file name may be an archive path built from ids)."""
+    if isinstance(exc, SAFE_MESSAGE_TYPES):
+        return True
+    return isinstance(exc, OSError) and exc.filename is None and exc.filename2 is None
 
 
 def _describe(exc: BaseException) -> str:

@@ -248,6 +248,11 @@ def run(config_dir: Path) -> int:
     except AlreadyRunning as exc:
         log.error("refusing to start: %s", exc)
         return 1
+    except ConfigError:
+        raise  # the CLI lists its problems
+    except Exception:  # through the log's formatter, not Python's raw traceback on stderr
+        log.critical("radbridge stopped by an unexpected error", exc_info=True)
+        return 1
 
 
 def _run_loop(config_dir: Path) -> int:

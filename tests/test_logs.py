@@ -184,3 +184,11 @@ def test_a_log_call_with_mismatched_arguments_does_not_print_them(restore_root_l
         logging.raiseExceptions = True
 
     assert "PHIID98765" not in capsys.readouterr().err
+
+
+def test_an_os_error_naming_no_file_keeps_its_message() -> None:
+    text = _emit(PHISafeFormatter(redact=True), lambda lg: lg.error(
+        "%s / %s", OSError(98, "Address already in use"), FileNotFoundError(2, "No such file", f"/a/{PHI}")))
+
+    assert "[Errno 98] Address already in use" in text
+    assert "FileNotFoundError" in text and "PHIID98765" not in text

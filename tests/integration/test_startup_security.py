@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import socket
 import stat
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, EngineProcess
-from tests.integration.conftest import adt, send_all, sqlite_rows
+from tests.integration.conftest import adt, inbound_channel, send_all, sqlite_rows, write_channel
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,3 +101,17 @@ def test_listing_by_patient_or_accession_and_showing_are_audited_as_the_real_use
     assert detail["query"] == {"patient_id": "PAUD7", "limit": 100}
     assert isinstance(detail["pid"], int) and detail["host"] and detail["uid"] == os.geteuid()
     assert events[1][4]["message_ids"] == []
+
+
+def test_a_start_failure_is_logged_through_the_formatter(engine_process: EngineProcess) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        write_channel(engine_process, "inbound", inbound_channel(taken.getsockname()[1]))
+
+        result = run_second(engine_process)
+
+    assert result.returncode == 1
+    assert "CRITICAL engine.runtime: radbridge stopped by an unexpected error" in result.stderr
+    assert "address already in use" in result.stderr
+    assert not (engine_process.data_dir / "radbridge.pid").exists()
