@@ -181,22 +181,26 @@ async def _serve(config_dir: Path) -> int:
     # Before anything listens or opens the store: a live engine on this data directory wins.
     pid_file = PidFile.acquire(config.engine.data_dir / "radbridge.pid")
     try:
-        runtime = Runtime(config)
-        await runtime.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(runtime, config_dir)))
-        # Only now: whoever reads the pid (``radbridge reload``) may send SIGHUP, whose default
-        # action would end the process.
-        pid_file.publish()
-        log.info("radbridge running: %d channel(s)", len(runtime.servers))
-        await stop.wait()
-        log.info("radbridge stopping")
-        await runtime.stop()
+        return await _serve_locked(config, config_dir, pid_file)
     finally:
         pid_file.release()
+
+
+async def _serve_locked(config: Config, config_dir: Path, pid_file: PidFile) -> int:
+    runtime = Runtime(config)
+    await runtime.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(runtime, config_dir)))
+    # Only now: whoever reads the pid (``radbridge reload``) may send SIGHUP, whose default
+    # action would end the process.
+    pid_file.publish()
+    log.info("radbridge running: %d channel(s)", len(runtime.servers))
+    await stop.wait()
+    log.info("radbridge stopping")
+    await runtime.stop()
     return 0
 
 
