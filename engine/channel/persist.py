@@ -209,9 +209,10 @@ class Persister:
         if unchanged:
             values["status"] = UNCHANGED
         conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
-        # Order numbers and codes only, never patient ids or names (notes are built that way).
-        log.info("message %s %s: %s", message_id, "changed nothing" if unchanged else "partly applied",
-                 "; ".join(notes) or "(no reason given by the handlers)")
+        # The notes name order and accession numbers: INFO says only where to read them (engine.logs).
+        log.info("message %s %s: %d record(s) left alone, see `radbridge messages show %s`", message_id,
+                 "changed nothing" if unchanged else "was partly applied", len(notes), message_id)
+        log.debug("message %s notes: %s", message_id, "; ".join(notes))
 
     def _fail(self, conn: Connection, p: Prepared, message_id: int, exc: HL7Error) -> Stored:
         ack = self.ack(p.message, exc.ack_code, exc)
