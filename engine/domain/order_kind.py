@@ -123,8 +123,8 @@ def describe(record: OrderRecord, non_imaging: NonImaging) -> str:
     """Why an order's modality is unknown, naming the values and tables to edit."""
     section = record.diagnostic_service_section or record.modality
     code = record.requested_procedure_code
-    shown = f"{_code(record)!r}" + (f" ({code.coding_scheme_designator})" if code and code.coding_scheme_designator
-                                     else "")
-    where = f"OBR-24 {section!r}" if section else "OBR-24 empty"
-    return (f"cannot tell the modality: {where}, procedure code {shown} is not in procedure_codes.csv "
-            f"(imaging) nor in {non_imaging.table} (non-imaging)")
+    scheme = f" ({code.coding_scheme_designator})" if code and code.coding_scheme_designator else ""
+    where = (f"OBR-24 {section!r} is not a modality (orders.imaging_modalities, modality_aliases.csv)"
+             if section else "OBR-24 empty")
+    return (f"cannot tell the modality: {where}, procedure code {_code(record)!r}{scheme} is not in "
+            f"procedure_codes.csv (imaging) nor in {non_imaging.table} (non-imaging)")

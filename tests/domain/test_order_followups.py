@@ -172,6 +172,7 @@ def test_an_obr_24_nobody_knows_is_ae_103_at_obr_24(db: Database, orders_handler
     with pytest.raises(HL7ApplicationError) as refused:
         _apply(db, orders_handler, [order("PL1", modality="ZZ", diagnostic_service_section="ZZ")])
     assert refused.value.code == 103 and str(refused.value.location) == "OBR^1^24"
+    assert "OBR-24 'ZZ' is not a modality (orders.imaging_modalities, modality_aliases.csv)" in refused.value.text
 
 
 def test_cancel_of_an_imaging_order_without_modality_is_applied(
