@@ -295,8 +295,9 @@ def _update_content(
     conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime
 ) -> None:
     """NW resent / XO: write the fields the message gives, keep the others."""
+    accession = "" if policy.accession_policy == "always_generate" else record.accession_number  # ours stays
     order_values = _given(
-        {**_order_values(record), "accession_number": record.accession_number,
+        {**_order_values(record), "accession_number": accession,
          "requested_procedure_id": given_ids(record)[0], "study_instance_uid": record.study_instance_uid}
     )  # fmt: skip
     conn.execute(update(orders).where(orders.c.id == found.order_pk).values(updated_at=now, **order_values))

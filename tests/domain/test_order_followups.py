@@ -99,7 +99,10 @@ def test_with_generated_accessions_a_follow_up_carrying_the_ris_accession_still_
         update={"accession_policy": "always_generate"})})  # fmt: skip
     handler = OrdersHandler(order_policy(cfg))
     _apply(db, handler, [order("PL1", accession_number="RIS-ACC")])
-    assert _rows(db, orders)[0].accession_number != "RIS-ACC"
+    generated = _rows(db, orders)[0].accession_number
+    assert generated != "RIS-ACC"
+    _apply(db, handler, [_bare("XO", status="SC", accession_number="RIS-ACC", scheduled_start="202611230800")])
+    assert _rows(db, orders)[0].accession_number == generated  # an XO does not put the RIS's number back
     _apply(db, handler, [_bare("CA", accession_number="RIS-ACC")])
     assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED"]
 
