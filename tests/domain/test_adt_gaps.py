@@ -86,3 +86,13 @@ def test_order_message_without_orc_is_ae_101(db: Database, orders_handler: Order
     with pytest.raises(HL7ApplicationError) as refused:
         db.writer.call(lambda conn: orders_handler.apply(conn, ctx))
     assert (refused.value.code, str(refused.value.location)) == (101, "ORC^1")
+
+
+def test_every_event_the_shipped_adt_mapping_accepts_is_implemented() -> None:
+    import yaml
+
+    from engine.domain.patients import IMPLEMENTED_EVENTS
+    from tests.conftest import ROOT
+
+    accepted = yaml.safe_load((ROOT / "mappings" / "adt-to-patient.yaml").read_text())["accept"]
+    assert {t.split("^")[1] for t in accepted} <= IMPLEMENTED_EVENTS
