@@ -379,7 +379,8 @@ def apply_order(
     status = step_status(policy.control_table, record.order_control, record.order_status,
                          policy.control_table_name, sequence)
     key = order_key(record, sequence)
-    found = find_orders(conn, record, by_accession=policy.accession_policy != "always_generate")
+    found = find_orders(conn, record, by_accession=policy.accession_policy != "always_generate",
+                        follow_up=record.order_control not in _CONTENT_CONTROLS)
     if found:
         results = [_update(conn, record, row, status, policy, now) for row in found]
         changed = [r for r in results if r.changed]
