@@ -137,7 +137,8 @@ def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
 
 
 def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, dict[str, Any]]:
-    """Per channel: received, errors, filtered, queued and the oldest queued age in seconds."""
+    """Per channel: received, errors, filtered, unchanged (AA, nothing done: ``messages show`` says
+    why), queued and the oldest queued age in seconds."""
     now = now or datetime.now(UTC)
     out: dict[str, dict[str, Any]] = {}
     # Two index-only counts, never a pass over the message rows themselves (seconds at a few
@@ -155,6 +156,8 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
             entry["errors"] += count
         if status == "FILTERED":
             entry["filtered"] += count
+        if status == "UNCHANGED":
+            entry["unchanged"] += count
     queued = conn.execute(
         select(outbox.c.channel, outbox.c.status, func.count(), func.min(outbox.c.created_at))
         .where(outbox.c.status.in_([QUEUED, "ERROR"])).group_by(outbox.c.channel, outbox.c.status))
@@ -170,7 +173,7 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
 
 
 def _empty() -> dict[str, Any]:
-    return {"received": 0, "errors": 0, "filtered": 0, "queued": 0, "delivery_errors": 0,
+    return {"received": 0, "errors": 0, "filtered": 0, "unchanged": 0, "queued": 0, "delivery_errors": 0,
             "oldest_queued_seconds": None}
 
 
