@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from engine.config.models import ChannelConfig, EngineConfig
+from engine.domain.identity import resolve_identity
 from engine.domain.order_kind import NON_IMAGING_TABLE, load_non_imaging
 from engine.domain.orders import CONTROL_TABLE, OrderPolicy, apply_order, load_control_table
 from engine.domain.patients import (
@@ -85,11 +86,11 @@ _KNOWN = "patient_pks"
 def _remember(ctx: InboundContext, rec: PatientRecord, policy: PatientPolicy, pk: int) -> None:
     """Note the live pk of the patient just upserted, under the identity an order looks up.
 
-    With trusted issuers the upsert may pick another PID-3 repetition than the one an
-    order record carries, so nothing is remembered and the order looks it up as before.
+    That is the identity engine.domain.identity chooses, the same for the PID's patient
+    record and the message's order records.
     """
-    if not policy.trusted_issuers:
-        ctx.shared.setdefault(_KNOWN, {})[(rec.patient_id, rec.issuer)] = pk
+    patient_id, issuer, _ = resolve_identity(rec, policy.trusted_issuers)
+    ctx.shared.setdefault(_KNOWN, {})[(patient_id, issuer)] = pk
 
 
 _ORDER_MESSAGES = frozenset({"ORM", "OMI", "OMG"})

@@ -29,6 +29,7 @@ from engine.domain.accession import (
     next_sequence_value,
     resolve_accession,
 )
+from engine.domain.identity import resolved_order
 from engine.domain.order_identity import find_orders, given_ids, identity_text
 from engine.domain.order_kind import NonImaging, classify, describe, listed_as
 from engine.domain.patients import PatientPolicy, ensure_patient
@@ -374,8 +375,10 @@ def apply_order(
     A follow-up applies to the stored steps its identity names, whatever its modality;
     a new order is created only when it is imaging. ``known_patients`` maps
     (patient_id, issuer) to the live pk of patients this message has already upserted,
-    which spares their lookup.
+    which spares their lookup. The patient is the one the record's PID-3 repetitions name
+    under ``patients.trusted_issuers`` (engine.domain.identity), as for the PID's patient record.
     """
+    record = resolved_order(record, policy.patients.trusted_issuers)
     status = step_status(policy.control_table, record.order_control, record.order_status,
                          policy.control_table_name, sequence)
     key = order_key(record, sequence)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from engine.domain.identity import resolve_identity, resolved_merge
 from engine.domain.records import MergeRecord, OtherPatientId, PatientRecord
 from engine.domain.studies import move_studies
 from engine.domain.tables import (
@@ -53,19 +54,6 @@ class PatientPolicy:
 
     trusted_issuers: tuple[str, ...] = ()
     follow_merged: bool = False
-
-
-def resolve_identity(
-    record: PatientRecord, trusted: Sequence[str]
-) -> tuple[str, str, list[OtherPatientId]]:
-    """(patient_id, issuer, other ids): the first PID-3 from a trusted authority is the identity."""
-    if not record.other_ids:  # the common case: one PID-3, nothing to choose or keep
-        return record.patient_id, record.issuer, []
-    first = OtherPatientId(patient_id=record.patient_id, issuer=record.issuer)
-    candidates = [first, *record.other_ids]
-    chosen = next((c for c in candidates if not trusted or c.issuer in trusted), first)
-    others = [c for c in candidates if c is not chosen]
-    return chosen.patient_id, chosen.issuer, others
 
 
 # Run on every order and ADT message: compiled once, executed on the raw cursor (engine.store.fast).
@@ -261,8 +249,10 @@ def merge_patient(
     """A40: move orders (with their steps), MPPS and studies of the prior to the survivor.
 
     The prior stays as MERGED with ``merged_into_id``; the channel's transaction
-    makes every PID/MRG pair of one message apply together or not at all.
+    makes every PID/MRG pair of one message apply together or not at all. Survivor and
+    prior are each chosen among their repetitions by ``trusted_issuers`` (engine.domain.identity).
     """
+    record = resolved_merge(record, policy.trusted_issuers)
     survivor_key = (record.patient_id, record.issuer)
     if survivor_key == (record.prior_patient_id, record.prior_issuer):
         raise HL7ApplicationError(205, "a patient cannot be merged into itself", _MRG1)
@@ -297,7 +287,9 @@ def change_identifier(conn: Connection, record: MergeRecord, policy: PatientPoli
     A prior radbridge has never seen is not an error (dcm4chee does the same, and A40 treats
     an unknown prior alike): the patient is created or found under the new identifier and
     the old one is recorded as replaced, so later HL7 for it follows the merged-id policy.
+    Both ids are chosen among their repetitions by ``trusted_issuers`` (engine.domain.identity).
     """
+    record = resolved_merge(record, policy.trusted_issuers)
     prior = find_patient(conn, record.prior_patient_id, record.prior_issuer)
     current = find_patient(conn, record.patient_id, record.issuer)
     if prior is None:

@@ -70,8 +70,10 @@ class MergeRecord(_Record):
     kind: Literal["merge", "change_id"] = "merge"
     patient_id: str = Field(min_length=1)  # survivor, PID-3
     issuer: str = ""
+    other_ids: list[OtherPatientId] = Field(default_factory=list)  # the other PID-3 repetitions
     prior_patient_id: str = Field(min_length=1)  # MRG-1
     prior_issuer: str = ""
+    prior_other_ids: list[OtherPatientId] = Field(default_factory=list)  # the other MRG-1 repetitions
 
 
 class OrderRecord(_Record):
@@ -85,6 +87,7 @@ class OrderRecord(_Record):
     order_status: str = ""  # ORC-5
     patient_id: str = Field(min_length=1)
     issuer: str = ""
+    other_ids: list[OtherPatientId] = Field(default_factory=list)  # the other PID-3 repetitions
     placer_order_number: str = ""  # ORC-2.1 (or OBR-2.1)
     placer_order_namespace: str = ""  # ORC-2.2 (or OBR-2.2): the placer's namespace id
     filler_order_number: str = ""  # ORC-3.1 (or OBR-3.1)

@@ -356,16 +356,18 @@ def test_orders_reuse_the_patient_the_patients_handler_just_upserted(
     assert {o.patient_pk for o in _rows(db, orders)} == {pat.id}
 
 
-def test_orders_look_up_their_own_identity_when_the_patients_handler_trusts_another(
+def test_orders_follow_the_trusted_identity_the_patients_handler_chose(
     db: Database, engine_config: EngineConfig
 ) -> None:
     cfg = EngineConfig.model_validate(
         {**engine_config.model_dump(), "patients": {"trusted_issuers": ["HOSP"]}}
     )
-    rec = patient("X9", issuer="OTHER", other_ids=[{"patient_id": "P1", "issuer": "HOSP"}])
-    _both_handlers(db, cfg, [rec, order("PL1", patient_id="X9", issuer="OTHER")])
+    others = [{"patient_id": "P1", "issuer": "HOSP"}]
+    rec = patient("X9", issuer="OTHER", other_ids=others)
+    _both_handlers(db, cfg, [rec, order("PL1", patient_id="X9", issuer="OTHER", other_ids=others)])
     by_pk = {p.id: (p.patient_id, p.issuer) for p in _rows(db, patients)}
-    assert [by_pk[o.patient_pk] for o in _rows(db, orders)] == [("X9", "OTHER")]
+    assert list(by_pk.values()) == [("P1", "HOSP")]  # one patient: no second row for X9/OTHER
+    assert [by_pk[o.patient_pk] for o in _rows(db, orders)] == [("P1", "HOSP")]
 
 
 def test_start_date_must_be_a_calendar_date() -> None:

@@ -235,15 +235,18 @@ def test_the_mapping_recipe_for_the_mrn_keeps_patient_and_orders_together(tmp_pa
     section = _doc_section("Which PID-3 repetition is the MRN")
     recipe = section.split("**Recipe 1", 1)[1].split("**Recipe 2", 1)[0]
     replacements = re.findall(r"`([^`]+)` by\s+`([^`]+)`", recipe)
-    assert len(replacements) == 3, replacements
+    assert len(replacements) == 6, replacements
     config, mappings = _copy_shipped(tmp_path)
     for name in ("adt-to-patient.yaml", "order-to-worklist.yaml"):
         path = mappings / name
         text = path.read_text()
         for old, new in replacements:
-            assert old in text, f"{name}: the recipe replaces {old!r}, which is not there"
+            # PID-3 is read in both files, MRG-1 (the merges) only in adt-to-patient.yaml
+            assert old in text or (old.startswith(("MRG", "each: MRG")) and name == "order-to-worklist.yaml"), (
+                f"{name}: the recipe replaces {old!r}, which is not there")
             text = text.replace(old, new)
         path.write_text(text)
+    assert "MRG-1(4.1=NORTHSIDE).1" in (mappings / "adt-to-patient.yaml").read_text()
     # Both feeds send the national id first, the hospital's MRN second.
     reordered = []
     for name in ("01_adt_a04_register.hl7", "02_orm_o01_ct_head.hl7"):
@@ -262,3 +265,77 @@ def test_the_mapping_recipe_for_the_mrn_keeps_patient_and_orders_together(tmp_pa
         engine.stop()
     with sqlite3.connect(tmp_path / "var" / "radbridge.db") as db:
         assert db.execute("SELECT patient_id, issuer FROM patients").fetchall() == [("EX100234", "NORTHSIDE")]
+
+
+def _national_first(tmp: Path, *names: str) -> list[Path]:
+    """The examples as a feed that sends the national id first and the hospital's MRN second."""
+    out = []
+    for name in names:
+        raw = (EXAMPLES / name).read_bytes().replace(
+            b"|EX100234^^^NORTHSIDE^MR|", b"|19800514-9999^^^NATIONAL^NI~EX100234^^^NORTHSIDE^MR|"
+        )
+        (tmp / name).write_bytes(raw)
+        out.append(tmp / name)
+    return out
+
+
+def test_the_trusted_issuers_recipe_keeps_patient_and_orders_together(tmp_path: Path) -> None:
+    section = _doc_section("Which PID-3 repetition is the MRN")
+    recipe = section.split("**Recipe 2", 1)[1]
+    (block,) = re.findall(r"^```yaml\n(.*?)^```", recipe, flags=re.M | re.S)
+    assert "trusted_issuers: [NORTHSIDE]" in block
+    config, mappings = _copy_shipped(tmp_path)
+    with open(config / "engine.yaml", "a") as out:
+        out.write("\n" + block)
+    engine = start_engine(tmp_path, config, mappings)
+    try:
+        sent = _national_first(tmp_path, "01_adt_a04_register.hl7", "02_orm_o01_ct_head.hl7")
+        assert _send(engine, *sent) == ["AA", "AA"]
+        found = _find(engine, "CT_SCANNER_1")
+        assert len(found) == 1
+        assert "[EX100234]" in found[0] and "[NORTHSIDE" in found[0] and "Example^Alva^Maria" in found[0]
+    finally:
+        engine.stop()
+    with sqlite3.connect(tmp_path / "var" / "radbridge.db") as db:
+        assert db.execute("SELECT patient_id, issuer FROM patients").fetchall() == [("EX100234", "NORTHSIDE")]
+
+
+def test_an_order_with_the_trusted_id_second_is_one_patient_on_the_worklist(tmp_path: Path) -> None:
+    """Issue #11's reproduction over the wire: trusted NATIONAL, an ORM with NORTHSIDE~NATIONAL.
+
+    Before the fix the demographics went to NATIONAL and the order (and the worklist's
+    PatientID) to a second, nameless patient EX100234/NORTHSIDE.
+    """
+    import asyncio
+
+    from tests.integration.conftest import Sender
+
+    config, mappings = _copy_shipped(tmp_path)
+    with open(config / "engine.yaml", "a") as out:
+        out.write("\npatients:\n  trusted_issuers: [NATIONAL]\n")
+    raw = (EXAMPLES / "02_orm_o01_ct_head.hl7").read_bytes().replace(
+        b"|EX100234^^^NORTHSIDE^MR|", b"|EX100234^^^NORTHSIDE^MR~19800514-9999^^^NATIONAL^NI|"
+    )
+    assert b"NATIONAL" in raw
+    engine = start_engine(tmp_path, config, mappings)
+    try:
+        async def send() -> str:
+            sender = Sender(engine.mllp, timeout=60)
+            try:
+                return (await sender.send(raw.replace(b"\n", b"\r"))).code
+            finally:
+                if sender.writer is not None:
+                    sender.writer.close()
+
+        assert asyncio.run(send()) == "AA"
+        found = _find(engine, "CT_SCANNER_1")
+        assert len(found) == 1
+        # PatientID is LO, padded to an even length
+        assert "[19800514-9999 ]" in found[0] and "[NATIONAL" in found[0] and "Example^Alva^Maria" in found[0]
+    finally:
+        engine.stop()
+    with sqlite3.connect(tmp_path / "var" / "radbridge.db") as db:
+        assert db.execute("SELECT patient_id, issuer, patient_name FROM patients").fetchall() == [
+            ("19800514-9999", "NATIONAL", "Example^Alva^Maria")]
+        assert db.execute("SELECT patient_id, issuer FROM patient_other_ids").fetchall() == [
+            ("EX100234", "NORTHSIDE")]
