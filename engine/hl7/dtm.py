@@ -78,10 +78,10 @@ class Timestamp:
     def moment(self) -> datetime:
         """The earliest instant the value names: naive without offset, aware with one."""
         d = self.digits
-        parts = [int(d[i : i + 2]) if len(d) > i else 0 for i in range(8, 14, 2)]
+        hour, minute, second = (int(d[i : i + 2] or 0) for i in (8, 10, 12))
         micro = int(self.fraction[:6].ljust(6, "0")) if self.fraction else 0
         zone = _zone(self.offset) if self.offset else None
-        return datetime(int(d[:4]), int(d[4:6] or 1), int(d[6:8] or 1), *parts, micro, zone)
+        return datetime(int(d[:4]), int(d[4:6] or 1), int(d[6:8] or 1), hour, minute, second, micro, zone)
 
     def iso(self) -> str:
         """ISO 8601 at the precision given, e.g. ``2026-12-05T12:30:45.123+01:00``."""
