@@ -159,6 +159,7 @@ class Persister:
             "duplicate_count": 0,
             "last_duplicate_at": None,
             "mapped": _json(p.records) if p.records else "",
+            "notes": json.dumps(p.notes) if p.notes else "",
         }
         for key, value in values.items():
             if isinstance(value, str) and "\x00" in value:

@@ -46,6 +46,7 @@ class Prepared:
     patient_id: str = ""
     accession_number: str = ""
     body_hash: str = ""
+    notes: list[str] = field(default_factory=list)  # what the reader tolerated, kept with the message
 
     @property
     def sender(self) -> str:
@@ -70,16 +71,21 @@ class Preparer:
         self.mapping = mapping
         a = config.accept
         self.policy = AcceptPolicy(
-            tuple(a.message_types), tuple(a.processing_ids), tuple(a.versions), a.structure, a.datatypes
+            tuple(a.message_types), tuple(a.processing_ids), tuple(a.versions), a.structure, a.datatypes,
+            a.timestamps,
         )
 
-    def prepare(self, text: str, raw: bytes, charset: str) -> Prepared:
-        """Tokenize, validate, filter and map ``text``."""
+    def prepare(self, text: str, raw: bytes, charset: str, notes: tuple[str, ...] = ()) -> Prepared:
+        """Tokenize, validate, filter and map ``text``.
+
+        ``notes``: what was tolerated before the message was cut out of its frame (a stray
+        line before MSH); validation adds what it tolerated in the fields.
+        """
         message = Message(text)
-        prepared = Prepared(message, raw, charset, PROCESSED)
+        prepared = Prepared(message, raw, charset, PROCESSED, notes=list(notes))
         prepared.body_hash = hashlib.sha256(message.text.encode("utf-8", "surrogatepass")).hexdigest()
         try:
-            validate(message, self.policy)
+            prepared.notes += validate(message, self.policy)
         except HL7Error as exc:
             prepared.status = REJECTED if exc.ack_code == "AR" else ERROR
             prepared.error = exc

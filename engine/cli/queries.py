@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -75,7 +76,10 @@ def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
     detail = _jsonable(row)
     detail["raw"] = row.raw.decode("latin-1")
     mapped = detail.pop("mapped")
-    detail["stages"] = [{"stage": "mapped", "status": "OK", "error": "", "content": mapped}] if mapped else []
+    # What the reader tolerated (a timestamp outside the grammar, a stray line before MSH), one per line.
+    notes = "\n".join(json.loads(detail.pop("notes") or "[]"))
+    detail["stages"] = [{"stage": "read", "status": "TOLERATED", "error": "", "content": notes}] if notes else []
+    detail["stages"] += [{"stage": "mapped", "status": "OK", "error": "", "content": mapped}] if mapped else []
     deliveries = conn.execute(
         select(outbox.c.id, outbox.c.destination, outbox.c.status, outbox.c.attempts, outbox.c.next_attempt_at,
                outbox.c.sent_at, outbox.c.last_error, outbox.c.response)

@@ -93,6 +93,8 @@ messages = Table(
     Column("last_duplicate_at", UTCDateTime(), nullable=True),
     # The records the channel's mapping produced (JSON), as the handlers received them.
     Column("mapped", Text, nullable=False, default="", server_default=""),
+    # What the reader tolerated to read the message (JSON list of lines; "" when nothing).
+    Column("notes", Text, nullable=False, default="", server_default=""),
     Index(None, "sender", "control_id"),
     Index(None, "channel", "received_at"),
     # Only what needs attention (errors, rejects, filtered): processed messages, nearly all
