@@ -4,7 +4,12 @@ One MLLP frame may carry a single message, a batch (BHS … BTS), a file of
 batches (FHS … FTS), or several messages back to back with no envelope.
 :func:`split_messages` returns the messages' texts and whether the payload was
 a batch, or raises :class:`BatchError` for envelopes that break the rules
-(a BHS inside a message, segments before the first MSH, unbalanced headers).
+(a BHS inside a batch, segments between BHS and the first MSH, unbalanced headers).
+
+Lines before the frame's first header (MSH, BHS or FHS) cannot belong to any
+message: a segment follows its MSH. They are skipped, and so are spaces and
+control characters before that header on its own line; the split says so in
+``notes``. A frame with no header at all is left whole, for validation to refuse.
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ from engine.hl7.er7 import normalize_segment_breaks
 __all__ = ["BatchError", "Split", "split_messages"]
 
 _ENVELOPE = ("FHS", "BHS", "BTS", "FTS")
+_HEADERS = ("MSH", "BHS", "FHS")
+#: What may stand before the first header on its line: spaces and C0 controls (NUL padding,
+#: a repeated start block), never text.
+_LEADING_JUNK = "".join(map(chr, range(0x20))) + " \x7f"
+#: Characters of a skipped line shown in its note (the whole frame stays in ``raw``).
+_SHOWN = 40
 
 
 class BatchError(HL7ApplicationError):
@@ -33,12 +44,14 @@ class Split:
     messages: list[str] = field(default_factory=list)
     batch: bool = False
     header: str = ""  # the BHS (or FHS) line when batched
+    notes: list[str] = field(default_factory=list)  # what was skipped before the first header
 
 
 def split_messages(text: str) -> Split:
     """Split decoded payload text into message texts (CR-terminated)."""
     lines = [line for line in normalize_segment_breaks(text.lstrip("\ufeff")).split("\r") if line]
     result = Split()
+    lines = _skip_to_first_header(lines, result.notes)
     current: list[str] = []
     open_batch = open_file = 0
     for number, line in enumerate(lines, start=1):
@@ -72,6 +85,22 @@ def split_messages(text: str) -> Split:
     if len(result.messages) > 1:
         result.batch = True
     return result
+
+
+def _skip_to_first_header(lines: list[str], notes: list[str]) -> list[str]:
+    """``lines`` from the first header on, noting what was skipped; unchanged without a header."""
+    for index, line in enumerate(lines):
+        header = line.lstrip(_LEADING_JUNK)
+        if not (header.startswith(_HEADERS) and len(header) > 3 and not header[3].isalnum()):
+            continue
+        skipped = [s for s in lines[:index] if s.strip(_LEADING_JUNK)]
+        if skipped:
+            notes.append(f"skipped {len(skipped)} line(s) before {header[:3]}, the first: {skipped[0][:_SHOWN]!r}")
+        if header != line:
+            notes.append(f"skipped {len(line) - len(header)} character(s) before {header[:3]} on its line: "
+                         f"{line[: len(line) - len(header)][:_SHOWN]!r}")
+        return [header, *lines[index + 1 :]]
+    return lines
 
 
 def _envelope(tag: str, number: int, current: list[str], batches: int, files: int) -> tuple[int, int]:

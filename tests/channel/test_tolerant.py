@@ -1,0 +1,110 @@
+"""A tolerant reader in the channel: what real senders emit is stored, answered once and noted.
+
+Timestamps outside the HL7 grammar (lenient by default, AE 102 when a channel is strict) and
+a stray line before MSH (one ACK for the one message, not a batch reply) — on each backend.
+"""
+
+import asyncio
+import json
+
+import pytest
+from sqlalchemy import select
+
+from engine.channel.persist import Persister
+from engine.channel.prepare import Preparer
+from engine.channel.runner import ChannelRunner
+from engine.cli.queries import message_detail
+from engine.config.models import ChannelConfig
+from engine.hl7.er7 import Message
+from engine.store.schema import messages
+
+ORM = ("MSH|^~\\&|RIS|HOSP|RB|RAD|{msh7}||ORM^O01|{cid}|P|2.3\r"
+       "PID|1||MRN1^^^HOSP||DOE^JANE||{dob}|F\rORC|NW|P1\rOBR|1|P1||CT^CT HEAD" + "|" * 14 + "ACC1\r")
+
+
+def orm(cid="C1", msh7="20261205123045", dob="19700101") -> bytes:
+    return ORM.format(cid=cid, msh7=msh7, dob=dob).encode()
+
+
+def runner(db, **accept):
+    cfg = ChannelConfig.model_validate({"name": "c", "source": {"type": "mllp", "port": 0}, "accept": accept})
+    return ChannelRunner(cfg, Preparer(cfg), Persister(cfg, [], "RB", "RAD"), db)
+
+
+def send(r, payload: bytes) -> Message:
+    return Message(asyncio.run(r.receive(payload, "test")).decode("latin-1"))
+
+
+def stored(db):
+    query = select(messages.c.id, messages.c.status, messages.c.ack_code, messages.c.notes, messages.c.raw)
+    return db.read(lambda c: c.execute(query.order_by(messages.c.id)).all())
+
+
+def test_a_fraction_without_its_point_in_msh7_is_aa_and_noted(db):
+    ack = send(runner(db), orm(msh7="20261205123045123"))
+    assert ack.segment("MSA").value(1) == "AA"
+    [row] = stored(db)
+    assert (row.status, row.ack_code) == ("PROCESSED", "AA")
+    assert json.loads(row.notes) == ["MSH-7 '20261205123045123' read as 2026-12-05T12:30:45.123 (fraction without '.')"]
+
+
+def test_an_unreadable_msh7_is_aa_and_noted_as_ignored(db):
+    ack = send(runner(db), orm(msh7="Sat Dec 5 12:30"))
+    assert ack.segment("MSA").value(1) == "AA"
+    assert "ignored, the field is informational" in json.loads(stored(db)[0].notes)[0]
+
+
+def test_a_strict_channel_answers_ae_102_at_msh7(db):
+    ack = send(runner(db, timestamps="strict"), orm(msh7="20261205123045123"))
+    assert ack.segment("MSA").value(1) == "AE"
+    assert [ack.segment("ERR").value(2, 1, c) for c in (1, 2, 3, 4)] == ["MSH", "1", "7", "1"]
+    assert ack.segment("ERR").value(3) == "102"
+    assert stored(db)[0].status == "ERROR"
+
+
+def test_an_unreadable_birth_date_is_still_ae_102(db):
+    ack = send(runner(db), orm(dob="196203520"))
+    assert ack.segment("MSA").value(1) == "AE" and ack.segment("ERR").value(3) == "102"
+
+
+def test_a_standard_message_has_no_notes(db):
+    send(runner(db), orm())
+    assert stored(db)[0].notes == ""
+
+
+@pytest.mark.parametrize("junk", [b"garbage\r", b"\r\n\r\nhello there\r\n", b"PID|||STALE\r"])
+def test_a_stray_line_before_msh_gets_one_ack_for_the_stored_message(db, junk):
+    raw = junk + orm()
+    ack = send(runner(db), raw)
+    assert [s.name for s in ack.segments] == ["MSH", "MSA"]
+    assert ack.segment("MSA").value(1) == "AA" and ack.segment("MSA").value(2) == "C1"
+    [row] = stored(db)
+    assert (row.status, row.ack_code, row.raw) == ("PROCESSED", "AA", raw)
+    assert json.loads(row.notes)[0].startswith("skipped 1 line(s) before MSH")
+
+
+def test_the_message_after_a_stray_line_is_the_message_without_it(db):
+    r = runner(db)
+    send(r, b"garbage\r" + orm())
+    again = send(r, orm())  # the sender resends it cleanly: a duplicate, not a new message
+    assert again.segment("MSA").value(1) == "AA"
+    assert len(stored(db)) == 1
+
+
+def test_messages_show_lists_what_was_tolerated(db):
+    send(runner(db), b"garbage\r" + orm(msh7="20261205123045 "))
+    detail = db.read(lambda c: message_detail(c, stored(db)[0].id))
+    assert detail["stages"][0]["stage"] == "read" and detail["stages"][0]["status"] == "TOLERATED"
+    assert detail["stages"][0]["content"].splitlines() == [
+        "skipped 1 line(s) before MSH, the first: 'garbage'",
+        "MSH-7 '20261205123045 ' read as 2026-12-05T12:30:45 (spaces around the value)",
+    ]
+    assert "notes" not in detail
+
+
+def test_a_real_batch_after_a_stray_line_is_still_answered_as_a_batch(db):
+    batch = b"junk\rBHS|^~\\&|RIS|HOSP\r" + orm("C1") + orm("C2") + b"BTS|2\r"
+    ack = asyncio.run(runner(db).receive(batch, "test")).decode()
+    assert ack.startswith("BHS|") and ack.count("MSA|AA|") == 2
+    notes = [json.loads(r.notes) if r.notes else [] for r in stored(db)]
+    assert notes == [["skipped 1 line(s) before BHS, the first: 'junk'"], []]
