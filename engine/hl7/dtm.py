@@ -211,8 +211,8 @@ def _check_calendar(stamp: Timestamp, text: str) -> None:
         raise _unreadable(text, f"the offset {stamp.offset} is out of range")
     try:
         stamp.moment()
-    except ValueError as exc:
-        raise _unreadable(text, f"the calendar has no such date/time ({exc})") from None
+    except ValueError as exc:  # e.g. "month must be in 1..12": the form is right, the calendar says no
+        raise HL7ApplicationError(102, f"{text[:40]!r} is not a valid date/time: {exc}") from None
 
 
 @lru_cache(maxsize=128)

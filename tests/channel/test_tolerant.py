@@ -108,3 +108,37 @@ def test_a_real_batch_after_a_stray_line_is_still_answered_as_a_batch(db):
     assert ack.startswith("BHS|") and ack.count("MSA|AA|") == 2
     notes = [json.loads(r.notes) if r.notes else [] for r in stored(db)]
     assert notes == [["skipped 1 line(s) before BHS, the first: 'junk'"], []]
+
+
+# Where the value is used: the shipped order mapping reads what validation tolerated, the same way.
+
+ORM_V23 = ("MSH|^~\\&|RIS|HOSP|RB|RAD|20261205123045123||ORM^O01|C9|P|2.3\r"
+           "PID|1||MRN1^^^HOSP||DOE^JANE||{dob}|F\r"
+           "ORC|NW|P1|||||^^^{start}\r"
+           "OBR|1|P1||CT^CT HEAD" + "|" * 14 + "ACC9\r")
+
+
+def order_preparer():
+    from pathlib import Path
+
+    from engine.mapping import load_mapping
+
+    mapping = load_mapping(Path(__file__).parents[2] / "mappings" / "order-to-worklist.yaml")
+    cfg = ChannelConfig.model_validate({"name": "c", "source": {"type": "mllp", "port": 0}})
+    return Preparer(cfg, lambda m: [dict(r) for r in mapping.apply(m, provenance=False).records])
+
+
+def test_a_tolerated_birth_date_and_scheduled_start_reach_the_order_records():
+    text = ORM_V23.format(dob="1962-03-20", start="20261206083000000")
+    p = order_preparer().prepare(text, text.encode(), "latin-1")
+    assert p.error is None, p.error
+    by_kind = {r["record"]: r for r in p.records}
+    assert by_kind["patient"]["birth_date"] == "19620320"
+    assert by_kind["order"]["scheduled_start"] == "20261206083000.000"
+    assert [n.split(" ", 1)[0] for n in p.notes] == ["MSH-7", "PID-7", "ORC-7.4"]
+
+
+def test_an_unreadable_scheduled_start_is_ae_102_at_orc_7_4():
+    text = ORM_V23.format(dob="19620320", start="12/06/2026 08:30")
+    p = order_preparer().prepare(text, text.encode(), "latin-1")
+    assert (p.status, p.error.code, str(p.error.location)) == ("ERROR", 102, "ORC^1^7^4")
