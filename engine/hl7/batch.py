@@ -8,8 +8,10 @@ a batch, or raises :class:`BatchError` for envelopes that break the rules
 
 Lines before the frame's first header (MSH, BHS or FHS) cannot belong to any
 message: a segment follows its MSH. They are skipped, and so are spaces and
-control characters before that header on its own line; the split says so in
-``notes``. A frame with no header at all is left whole, for validation to refuse.
+control characters before that header on its own line, and lines of nothing
+but control characters anywhere (no segment is made of them); the split says
+so in ``notes``. A frame with no header at all is left whole, for validation
+to refuse.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def split_messages(text: str) -> Split:
     """Split decoded payload text into message texts (CR-terminated)."""
     lines = [line for line in normalize_segment_breaks(text.lstrip("\ufeff")).split("\r") if line]
     result = Split()
-    lines = _skip_to_first_header(lines, result.notes)
+    lines = _skip_to_first_header(_without_blank_lines(lines, result.notes), result.notes)
     current: list[str] = []
     open_batch = open_file = 0
     for number, line in enumerate(lines, start=1):
@@ -87,13 +89,24 @@ def split_messages(text: str) -> Split:
     return result
 
 
+def _without_blank_lines(lines: list[str], notes: list[str]) -> list[str]:
+    """``lines`` without those of spaces and control characters only (NUL padding, a stray Ctrl-Z)."""
+    kept = [line for line in lines if line.strip(_LEADING_JUNK)]
+    if len(kept) < len(lines):
+        controls = [line for line in lines if line.strip() and not line.strip(_LEADING_JUNK)]
+        if controls:
+            notes.append(f"skipped {len(controls)} line(s) of control characters only, the first: "
+                         f"{controls[0][:_SHOWN]!r}")
+    return kept
+
+
 def _skip_to_first_header(lines: list[str], notes: list[str]) -> list[str]:
     """``lines`` from the first header on, noting what was skipped; unchanged without a header."""
     for index, line in enumerate(lines):
         header = line.lstrip(_LEADING_JUNK)
         if not (header.startswith(_HEADERS) and len(header) > 3 and not header[3].isalnum()):
             continue
-        skipped = [s for s in lines[:index] if s.strip(_LEADING_JUNK)]
+        skipped = lines[:index]
         if skipped:
             notes.append(f"skipped {len(skipped)} line(s) before {header[:3]}, the first: {skipped[0][:_SHOWN]!r}")
         if header != line:

@@ -119,12 +119,12 @@ def validate(message: Message, policy: AcceptPolicy) -> list[str]:
 
     Returns the notes on what a lenient policy tolerated (empty for a standard message).
     """
-    _check_envelope(message)
+    notes: list[str] = []
+    _check_envelope(message, notes)
     _check_acceptance(message, policy)
     if not message.control_id:
         raise HL7ApplicationError(101, "MSH-10 message control id is missing", _loc("MSH", 1, 10))
     version = reference_version(message.version)
-    notes: list[str] = []
     if version is None:
         return notes
     if policy.structure != "none":
@@ -139,17 +139,20 @@ def _loc(segment: str, sequence: int, field: int | None = None, comp: int | None
     return ErrorLocation(segment, sequence, field, comp)
 
 
-def _check_envelope(message: Message) -> None:
+def _check_envelope(message: Message, notes: list[str]) -> None:
     msh = message.msh
     if msh is None:
         first = message.segments[0].name[:3] if message.segments else ""
         raise HL7Reject(100, f"message does not start with MSH (found {first!a})", _loc("MSH", 1))
     seps = message.seps
     encoding = msh.field(2)
-    allowed = 5 if encoding[4:5] and (reference_version(message.version) or "0") >= "2.7" else 4
     chars = seps.field + encoding
-    if len(encoding) != allowed or len(set(chars)) != len(chars) or any(c.isalnum() for c in chars):
+    if len(encoding) not in (4, 5) or len(set(chars)) != len(chars) or any(c.isalnum() for c in chars):
         raise HL7Reject(100, f"invalid encoding characters {encoding!a}", _loc("MSH", 1, 2))
+    if len(encoding) == 5 and (reference_version(message.version) or "0") < "2.7":
+        # Senders that write v2.7's MSH-2 whatever MSH-12 says: the fifth character can only be
+        # the truncation character, which changes nothing in how the message is read.
+        notes.append(f"MSH-2 {encoding!r} read with {encoding[4]!r} as the truncation character of v2.7")
     counts: dict[str, int] = {}
     for seg in message.segments:
         counts[seg.name] = counts.get(seg.name, 0) + 1

@@ -8,6 +8,8 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from engine.channel.persist import Persister
@@ -142,3 +144,33 @@ def test_an_unreadable_scheduled_start_is_ae_102_at_orc_7_4():
     text = ORM_V23.format(dob="19620320", start="12/06/2026 08:30")
     p = order_preparer().prepare(text, text.encode(), "latin-1")
     assert (p.status, p.error.code, str(p.error.location)) == ("ERROR", 102, "ORC^1^7^4")
+
+
+def test_nul_padding_after_the_last_segment_is_aa_and_noted(db):
+    ack = send(runner(db), orm() + b"\x00\x00\x00\x00")
+    assert ack.segment("MSA").value(1) == "AA"
+    assert json.loads(stored(db)[0].notes) == ["skipped 1 line(s) of control characters only, the first: "
+                                               "'\\x00\\x00\\x00\\x00'"]
+
+
+def test_a_v27_style_msh2_in_an_older_message_is_aa_and_noted(db):
+    ack = send(runner(db), orm().replace(b"MSH|^~\\&|", b"MSH|^~\\&#|", 1))
+    assert ack.segment("MSA").value(1) == "AA"
+    assert json.loads(stored(db)[0].notes) == ["MSH-2 '^~\\\\&#' read with '#' as the truncation character of v2.7"]
+
+
+# No timestamp a sender writes may escape as anything but an ACK decision.
+
+_TS_TEXT = st.text(alphabet="0123456789+-.:, TZUCGMa/\x00", max_size=26)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TS_TEXT, _TS_TEXT, _TS_TEXT, st.sampled_from(["lenient", "strict"]))
+def test_any_timestamp_text_is_accepted_noted_or_answered_with_102(msh7, dob, start, mode):
+    cfg = ChannelConfig.model_validate({"name": "c", "source": {"type": "mllp", "port": 0},
+                                        "accept": {"timestamps": mode}})
+    text = ORM_V23.format(dob=dob, start=start).replace("20261205123045123", msh7.replace("|", ""), 1)
+    p = Preparer(cfg).prepare(text, text.encode(), "latin-1")
+    assert p.error is None or p.error.code == 102
+    if mode == "strict":
+        assert [n for n in p.notes if " read as " in n or "ignored" in n] == []

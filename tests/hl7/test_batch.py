@@ -45,11 +45,24 @@ def test_bts_without_bhs_is_an_error():
 # A stray line before MSH cannot belong to the message: a segment follows its MSH.
 
 
-@pytest.mark.parametrize("junk", ["garbage\r", "ping\n", "\x00\x00\r", "PID|||OLD\r", "hello\r\r  \r"])
+@pytest.mark.parametrize("junk", ["garbage\r", "ping\n", "PID|||OLD\r", "hello\r\r  \r"])
 def test_a_line_before_msh_is_skipped_with_a_note_and_the_message_is_single(junk):
     split = split_messages(junk + M1)
     assert split.messages == [M1] and not split.batch
-    assert len(split.notes) == (0 if not junk.strip("\x00\r\n ") else 1)
+    assert len(split.notes) == 1 and split.notes[0].startswith("skipped 1 line(s) before MSH")
+
+
+@pytest.mark.parametrize(("where", "text"), [("before", "\x00\x00\r" + M1), ("after", M1 + "\x00\x00\x00\r"),
+                                             ("ctrl-z", M1 + "\x1a"), ("between", M1.replace("\rPID", "\r\x00\rPID"))])
+def test_a_line_of_control_characters_only_is_skipped_with_a_note(where, text):
+    split = split_messages(text)
+    assert split.messages == [M1] and not split.batch
+    assert len(split.notes) == 1 and split.notes[0].startswith("skipped 1 line(s) of control characters only")
+
+
+def test_blank_lines_are_skipped_without_a_note():
+    split = split_messages("\r  \r" + M1.replace("\rPID", "\r \t \rPID") + "\r\r")
+    assert split.messages == [M1] and split.notes == []
 
 
 def test_the_note_says_how_many_lines_and_shows_the_first():
