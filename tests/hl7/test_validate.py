@@ -182,3 +182,15 @@ def test_datatypes_none_reads_no_timestamps():
 def test_the_corpus_msh7_of_hapis_1994_sample_is_read_as_hundredths():
     notes = validate(order(msh7="1994050216163360", ver="2.2"), AcceptPolicy())
     assert notes == ["MSH-7 '1994050216163360' read as 1994-05-02T16:16:33.60 (fraction without '.')"]
+
+
+@pytest.mark.parametrize("evn2", ["20190924143134^YYYYMMDDHHMMSS", "20230211140114.0000+0800", "20250204141403.403+0100"])
+def test_public_feed_timestamps_in_the_grammar_need_no_note(evn2):
+    # hl7-parser #23 (TS with its degree of precision), nHapi #411 (Mindray), hl7-parser #31.
+    assert validate(order(ver="2.5", evn2=evn2), AcceptPolicy()) == []
+
+
+def test_the_public_feed_fraction_without_point_in_pv1_style_20_digits_is_read():
+    # hl7-parser #23: PV1-45 "20190916143134920350"; the same form in EVN-2.
+    notes = validate(order(evn2="20190916143134920350"), AcceptPolicy())
+    assert notes == ["EVN-2 '20190916143134920350' read as 2019-09-16T14:31:34.920350 (fraction without '.')"]
