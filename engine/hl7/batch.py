@@ -51,8 +51,11 @@ class Split:
 
 def split_messages(text: str) -> Split:
     """Split decoded payload text into message texts (CR-terminated)."""
-    lines = [line for line in normalize_segment_breaks(text.lstrip("\ufeff")).split("\r") if line]
+    normalized = normalize_segment_breaks(text.lstrip("\ufeff"))
+    lines = [line for line in normalized.split("\r") if line]
     result = Split()
+    if "\n" in normalized:
+        result.notes.append(f"kept {normalized.count(chr(10))} line feed(s) inside fields: no segment follows them")
     lines = _skip_to_first_header(_without_blank_lines(lines, result.notes), result.notes)
     current: list[str] = []
     open_batch = open_file = 0

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from engine.hl7.structure import defined_segments
+
 __all__ = [
     "Message",
     "Segment",
@@ -28,6 +30,8 @@ __all__ = [
 ]
 
 _SEGMENT_BREAKS = re.compile(r"\r\n|\n\r|\n|\r")
+_BARE_LF = re.compile(r"(?<!\r)\n(?!\r)")
+_FIELD_SEPARATOR = re.compile(r"(?:MSH|BHS|FHS)([^\w\r\n])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +82,37 @@ def _valid_delimiters(chars: str) -> bool:
 
 
 def normalize_segment_breaks(text: str) -> str:
-    """Turn LF, CRLF and LFCR segment terminators into the standard CR."""
+    """Turn LF, CRLF and LFCR segment terminators into the standard CR.
+
+    CR, CRLF and LFCR always end a segment. A lone LF, which the standard does not
+    use as a terminator, ends one only where a segment can follow: the id of a
+    segment some HL7 version defines (or a Z-segment) and the field separator, a
+    blank line, or the end. Anywhere else it is a line break inside a field (a
+    report's text sent without ``\\.br\\``, whose line "NAD|" is not a segment) and is kept.
+    """
     if "\n" not in text:
         return text
-    return _SEGMENT_BREAKS.sub("\r", text)
+    if _BARE_LF.search(text) is None:
+        return _SEGMENT_BREAKS.sub("\r", text)
+    found = _FIELD_SEPARATOR.search(text)
+    starts = _segment_start(found[1] if found else "|")
+    return _SEGMENT_BREAKS.sub(lambda m: _break(m, text, starts), text)
+
+
+@lru_cache(maxsize=16)
+def _segment_start(field_separator: str) -> re.Pattern[str]:
+    """What may follow a lone LF that ends a segment (HL7 v2.5.1 2.5.2: segment id, then separator)."""
+    return re.compile(rf"([A-Z][A-Z0-9]{{2}}){re.escape(field_separator)}|[ \t]*(?:[\r\n]|$)")
+
+
+def _break(m: re.Match[str], text: str, starts: re.Pattern[str]) -> str:
+    if m[0] != "\n":
+        return "\r"
+    follows = starts.match(text, m.end())
+    if follows is None:
+        return "\n"
+    segment = follows[1]
+    return "\r" if segment is None or segment[0] == "Z" or segment in defined_segments() else "\n"
 
 
 class Segment:

@@ -174,3 +174,16 @@ def test_any_timestamp_text_is_accepted_noted_or_answered_with_102(msh7, dob, st
     assert p.error is None or p.error.code == 102
     if mode == "strict":
         assert [n for n in p.notes if " read as " in n or "ignored" in n] == []
+
+
+def test_a_report_with_line_feeds_inside_obx5_is_aa_and_keeps_its_lines(db):
+    # Mirth (nextgenhealthcare/connect #650): plain-text report lines separated by LF in OBX-5.
+    oru = (b"MSH|^~\\&|RIS|HOSP|EHR|HOSP|20261205||ORU^R01|R1|P|2.3\r"
+           b"PID|1||MRN1^^^HOSP||DOE^JANE||19700101|F\r"
+           b"OBX|1|TX|||FINDINGS:\nNo acute disease.\nNAD||||||F\r")
+    ack = send(runner(db), oru)
+    assert ack.segment("MSA").value(1) == "AA"
+    [row] = stored(db)
+    assert json.loads(row.notes) == ["kept 2 line feed(s) inside fields: no segment follows them"]
+    text = db.read(lambda c: c.execute(select(messages.c.text)).scalar_one())
+    assert Message(text).value("OBX", 5) == "FINDINGS:\nNo acute disease.\nNAD"

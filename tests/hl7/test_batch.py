@@ -101,3 +101,10 @@ def test_a_line_before_a_file_header_is_skipped():
 def test_a_segment_name_that_only_starts_like_msh_is_not_a_header():
     split = split_messages("MSHX|1\r" + M1)
     assert split.notes == ["skipped 1 line(s) before MSH, the first: 'MSHX|1'"]
+
+
+def test_line_feeds_kept_inside_fields_are_noted():
+    report = M1.replace("PID|||1", "OBX|1|TX|||line one\nline two\nNAD")
+    split = split_messages(report)
+    assert split.messages == [report]
+    assert split.notes == ["kept 2 line feed(s) inside fields: no segment follows them"]

@@ -184,7 +184,8 @@ def test_the_corpus_msh7_of_hapis_1994_sample_is_read_as_hundredths():
     assert notes == ["MSH-7 '1994050216163360' read as 1994-05-02T16:16:33.60 (fraction without '.')"]
 
 
-@pytest.mark.parametrize("evn2", ["20190924143134^YYYYMMDDHHMMSS", "20230211140114.0000+0800", "20250204141403.403+0100"])
+@pytest.mark.parametrize("evn2", ["20190924143134^YYYYMMDDHHMMSS", "20230211140114.0000+0800",
+                                  "20250204141403.403+0100"])
 def test_public_feed_timestamps_in_the_grammar_need_no_note(evn2):
     # hl7-parser #23 (TS with its degree of precision), nHapi #411 (Mindray), hl7-parser #31.
     assert validate(order(ver="2.5", evn2=evn2), AcceptPolicy()) == []

@@ -89,3 +89,13 @@ def test_a_strict_channel_answers_ae_102_at_msh7(ports: dict[str, int]) -> None:
     assert [a.code for a in acks] == ["AE", "AA"]
     err = acks[0].all("ERR")[0]
     assert err[2] == "MSH^1^7^1" and err[3].startswith("102^")
+
+
+def test_a_report_with_line_feeds_inside_a_field_is_one_message(
+        engine_process: EngineProcess, ports: dict[str, int]) -> None:
+    report = adt("REPORT1").replace(b"PV1|1|O\r", b"OBX|1|TX|||FINDINGS:\nNo acute disease.\nNAD||||||F\r")
+
+    [ack] = send_all(ports["lenient"], [report])
+
+    assert [s[0] for s in ack.segments] == ["MSH", "MSA"] and ack.code == "AA"
+    assert _tolerated(engine_process, "REPORT1") == ["kept 2 line feed(s) inside fields: no segment follows them"]
