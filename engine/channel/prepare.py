@@ -18,6 +18,7 @@ from engine.config.models import ChannelConfig
 from engine.errors import ErrorLocation, HL7Error, HL7Reject
 from engine.filters import accepts
 from engine.hl7.er7 import Message, unescape
+from engine.hl7.structure import defined_segments
 from engine.hl7.validate import AcceptPolicy, validate
 
 __all__ = ["ERROR", "FILTERED", "PROCESSED", "REJECTED", "MapFn", "Prepared", "Preparer"]
@@ -74,6 +75,7 @@ class Preparer:
             tuple(a.message_types), tuple(a.processing_ids), tuple(a.versions), a.structure, a.datatypes,
             a.timestamps,
         )
+        defined_segments()  # loaded now, not on the event loop when the first lone-LF message arrives
 
     def prepare(self, text: str, raw: bytes, charset: str, notes: tuple[str, ...] = ()) -> Prepared:
         """Tokenize, validate, filter and map ``text``.

@@ -29,8 +29,6 @@ __all__ = [
     "unescape",
 ]
 
-_SEGMENT_BREAKS = re.compile(r"\r\n|\n\r|\n|\r")
-_BARE_LF = re.compile(r"(?<!\r)\n(?!\r)")
 _FIELD_SEPARATOR = re.compile(r"(?:MSH|BHS|FHS)([^\w\r\n])")
 
 
@@ -92,11 +90,17 @@ def normalize_segment_breaks(text: str) -> str:
     """
     if "\n" not in text:
         return text
-    if _BARE_LF.search(text) is None:
-        return _SEGMENT_BREAKS.sub("\r", text)
+    text = text.replace("\r\n", "\r").replace("\n\r", "\r")
+    if "\n" not in text:
+        return text
     found = _FIELD_SEPARATOR.search(text)
     starts = _segment_start(found[1] if found else "|")
-    return _SEGMENT_BREAKS.sub(lambda m: _break(m, text, starts), text)
+    pieces = text.split("\n")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        out.append("\r" if _starts_segment(piece, starts) else "\n")
+        out.append(piece)
+    return "".join(out)
 
 
 @lru_cache(maxsize=16)
@@ -105,14 +109,13 @@ def _segment_start(field_separator: str) -> re.Pattern[str]:
     return re.compile(rf"([A-Z][A-Z0-9]{{2}}){re.escape(field_separator)}|[ \t]*(?:[\r\n]|$)")
 
 
-def _break(m: re.Match[str], text: str, starts: re.Pattern[str]) -> str:
-    if m[0] != "\n":
-        return "\r"
-    follows = starts.match(text, m.end())
+def _starts_segment(piece: str, starts: re.Pattern[str]) -> bool:
+    """Whether the text after a lone LF begins a segment (or a blank line)."""
+    follows = starts.match(piece)
     if follows is None:
-        return "\n"
+        return False
     segment = follows[1]
-    return "\r" if segment is None or segment[0] == "Z" or segment in defined_segments() else "\n"
+    return segment is None or segment[0] == "Z" or segment in defined_segments()
 
 
 class Segment:
