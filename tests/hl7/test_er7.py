@@ -112,3 +112,22 @@ def test_a_report_line_that_looks_like_a_segment_but_names_none_stays_in_the_fie
 
 def test_a_lone_lf_before_a_z_segment_ends_the_segment():
     assert normalize_segment_breaks("MSH|A\rOBX|1|x\nZDS|1.2.3") == "MSH|A\rOBX|1|x\rZDS|1.2.3"
+
+
+_SEGMENTS = st.lists(st.sampled_from(["PID|1||X", "PV1|1|O", "ORC|NW|P1", "OBR|1|P1", "NTE|1|text", "ZDS|1.2"]),
+                     min_size=1, max_size=6)
+_TERMINATORS = st.sampled_from(["\r", "\r\n", "\n", "\n\r"])
+
+
+@given(_SEGMENTS, st.data())
+def test_any_mix_of_terminators_between_segments_gives_the_cr_form(segments, data):
+    lines = ["MSH|^~\\&|A|B|C|D|2026||ADT^A08|1|P|2.5", *segments]
+    text = "".join(line + data.draw(_TERMINATORS) for line in lines)
+    assert normalize_segment_breaks(text) == "\r".join(lines) + "\r"
+
+
+@given(st.lists(st.text(alphabet="abcxyz:. 01", min_size=1, max_size=12), min_size=2, max_size=5), _TERMINATORS)
+def test_text_lines_joined_by_lf_inside_a_field_are_kept(report_lines, terminator):
+    body = "\n".join(line.strip() or "x" for line in report_lines)
+    text = f"MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.5{terminator}OBX|1|TX|||{body}|F{terminator}"
+    assert Message(text).value("OBX", 5) == body
