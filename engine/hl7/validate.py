@@ -261,7 +261,7 @@ def _check_segment(
             error = HL7ApplicationError(102, f"{seg.name}-{number} ({spec[1]}) is not a valid {spec[0]}", location)
             if spec[0] not in _TIMESTAMP_TYPES:
                 raise error
-            reader.tolerate(value, seg.name, sequence, number, spec[0] == "DT", error)
+            reader.tolerate(value, error, _Field(seg.name, sequence, number), date_only=spec[0] == "DT")
 
 
 def _check_components(seg: Segment, sequence: int, reader: _Timestamps) -> None:
@@ -271,10 +271,30 @@ def _check_components(seg: Segment, sequence: int, reader: _Timestamps) -> None:
             value = pick(value, seg.seps, 1, 1) if seg.seps.subcomponent in value else value
             if not value or value == '""' or _valid_dtm(value):
                 continue
+            where = _Field(seg.name, sequence, number, component)
             location = _loc(seg.name, sequence, number, component)
-            where = f"{seg.name}-{number}.{component}"
-            error = HL7ApplicationError(102, f"{where} (start date/time) is not a valid TS", location)
-            reader.tolerate(value, seg.name, sequence, number, False, error, where)
+            error = HL7ApplicationError(102, f"{where.path} (start date/time) is not a valid TS", location)
+            reader.tolerate(value, error, where)
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """Where a timestamp stands, named in notes as a field path (``PID-7``, ``ORC(2)-7.4``)."""
+
+    segment: str
+    sequence: int
+    number: int
+    component: int | None = None
+
+    @property
+    def path(self) -> str:
+        occurrence = f"({self.sequence})" if self.sequence > 1 else ""
+        component = f".{self.component}" if self.component else ""
+        return f"{self.segment}{occurrence}-{self.number}{component}"
+
+    @property
+    def informational(self) -> bool:
+        return (self.segment, self.number) in INFORMATIONAL_TIMESTAMPS and self.component is None
 
 
 @dataclass(slots=True)
@@ -284,23 +304,18 @@ class _Timestamps:
     lenient: bool
     notes: list[str]
 
-    def tolerate(
-        self, value: str, segment: str, sequence: int, number: int, date_only: bool, error: HL7Error,
-        where: str = "",
-    ) -> None:
+    def tolerate(self, value: str, error: HL7Error, where: _Field, date_only: bool = False) -> None:
         """Note ``value`` (outside the standard grammar) as read or ignored, or raise ``error``."""
         if not self.lenient:
             raise error
-        where = where or f"{segment}-{number}"
-        where = where if sequence == 1 else where.replace(segment, f"{segment}({sequence})", 1)
         try:
             reading = read_dtm(value)
         except HL7Error as exc:
-            if (segment, number) not in INFORMATIONAL_TIMESTAMPS:
+            if not where.informational:
                 raise HL7ApplicationError(102, f"{error.text}: {exc.text}", error.location) from None
-            self.notes.append(f"{where} {exc.text}; ignored, the field is informational")
+            self.notes.append(f"{where.path} {exc.text}; ignored, the field is informational")
             return
         if date_only and len(reading.value.digits) > 8:
             reading = Reading(reading.value, (*reading.tolerated, "a time in a date (DT) field"))
         if reading.tolerated:
-            self.notes.append(reading.note(where, value))
+            self.notes.append(reading.note(where.path, value))

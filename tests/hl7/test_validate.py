@@ -195,3 +195,16 @@ def test_the_public_feed_fraction_without_point_in_pv1_style_20_digits_is_read()
     # hl7-parser #23: PV1-45 "20190916143134920350"; the same form in EVN-2.
     notes = validate(order(evn2="20190916143134920350"), AcceptPolicy())
     assert notes == ["EVN-2 '20190916143134920350' read as 2019-09-16T14:31:34.920350 (fraction without '.')"]
+
+
+def test_with_all_datatypes_a_time_in_a_date_field_is_read_and_noted():
+    text = order(ver="2.5.1").text + "AL1|1||^PENICILLIN|||20200101120000\r"
+    notes = validate(Message(text), AcceptPolicy(datatypes="all"))
+    assert notes == ["AL1-6 '20200101120000' read as 2020-01-01T12:00:00 (a time in a date (DT) field)"]
+
+
+def test_with_all_datatypes_an_unreadable_date_field_is_ae_102():
+    text = order(ver="2.5.1").text + "AL1|1||^PENICILLIN|||2020/01/01\r"
+    with pytest.raises(HL7Error) as exc:
+        validate(Message(text), AcceptPolicy(datatypes="all"))
+    assert (exc.value.code, str(exc.value.location)) == (102, "AL1^1^6")
