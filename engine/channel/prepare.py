@@ -86,14 +86,15 @@ class Preparer:
         message = Message(text)
         prepared = Prepared(message, raw, charset, PROCESSED, notes=list(notes))
         prepared.body_hash = hashlib.sha256(message.text.encode("utf-8", "surrogatepass")).hexdigest()
+        if message.msh is not None:  # keys first: a message answered AE is still found by patient
+            prepared.patient_id = _first(message, ("PID", 3, 1))[:64]
+            prepared.accession_number = _first(message, ("IPC", 1, 1), ("OBR", 18, 1))[:64]
         try:
             prepared.notes += validate(message, self.policy)
         except HL7Error as exc:
             prepared.status = REJECTED if exc.ack_code == "AR" else ERROR
             prepared.error = exc
             return prepared
-        prepared.patient_id = _first(message, ("PID", 3, 1))[:64]
-        prepared.accession_number = _first(message, ("IPC", 1, 1), ("OBR", 18, 1))[:64]
         if not accepts(message, self.config.filter):
             prepared.status = FILTERED
             if self.config.filter.action == "reject":

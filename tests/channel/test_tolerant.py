@@ -187,3 +187,10 @@ def test_a_report_with_line_feeds_inside_obx5_is_aa_and_keeps_its_lines(db):
     assert json.loads(row.notes) == ["kept 2 line feed(s) inside fields: no segment follows them"]
     text = db.read(lambda c: c.execute(select(messages.c.text)).scalar_one())
     assert Message(text).value("OBX", 5) == "FINDINGS:\nNo acute disease.\nNAD"
+
+
+def test_a_message_refused_for_its_timestamp_is_still_found_by_patient_and_accession(db):
+    send(runner(db), orm(dob="196203520"))
+    keys = db.read(lambda c: c.execute(select(messages.c.status, messages.c.patient_id,
+                                              messages.c.accession_number)).one())
+    assert tuple(keys) == ("ERROR", "MRN1", "ACC1")
