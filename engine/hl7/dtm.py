@@ -77,11 +77,13 @@ class Timestamp:
 
     def moment(self) -> datetime:
         """The earliest instant the value names: naive without offset, aware with one."""
-        d = self.digits
-        hour, minute, second = (int(d[i : i + 2] or 0) for i in (8, 10, 12))
-        micro = int(self.fraction[:6].ljust(6, "0")) if self.fraction else 0
-        zone = _zone(self.offset) if self.offset else None
-        return datetime(int(d[:4]), int(d[4:6] or 1), int(d[6:8] or 1), hour, minute, second, micro, zone)
+        d, n = self.digits, len(self.digits)
+        return datetime(
+            int(d[:4]), int(d[4:6]) if n > 4 else 1, int(d[6:8]) if n > 6 else 1,
+            int(d[8:10]) if n > 8 else 0, int(d[10:12]) if n > 10 else 0, int(d[12:14]) if n > 12 else 0,
+            int(self.fraction[:6].ljust(6, "0")) if self.fraction else 0,
+            _zone(self.offset) if self.offset else None,
+        )
 
     def iso(self) -> str:
         """ISO 8601 at the precision given, e.g. ``2026-12-05T12:30:45.123+01:00``."""
@@ -108,6 +110,7 @@ class Reading:
         return f"{where} {written!r} read as {self.value.iso()} ({'; '.join(self.tolerated)})"
 
 
+@lru_cache(maxsize=4096)  # readings are immutable; birth dates and schedule slots repeat
 def read_dtm(text: str) -> Reading:
     """Read ``text`` as an HL7 date/time; raise HL7ApplicationError 102 when it cannot be read.
 
