@@ -29,10 +29,23 @@ __all__ = [
     "HandlerFactory",
     "InboundContext",
     "Outbound",
+    "Outcome",
     "create_handler",
     "handler_names",
     "register_handler",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a handler did with one record: changed the domain, or not and why.
+
+    The channel stores the notes on the message (``messages show``) and marks a
+    message UNCHANGED when every outcome says nothing changed (``status`` counts it).
+    """
+
+    changed: bool
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +60,12 @@ class InboundContext:
     #: Scratch space the handlers of this one message share (e.g. the patient pks the
     #: ``patients`` handler upserted, so ``orders`` need not look them up again).
     shared: dict[str, Any] = field(default_factory=dict)
+    #: One entry per record a handler applied (or deliberately left alone).
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def note(self, changed: bool, note: str = "") -> None:
+        """Report the outcome of one record."""
+        self.outcomes.append(Outcome(changed, note))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,13 @@ In one transaction: look for a resent duplicate, write the message row (with
 the mapped records), run the handlers (in a savepoint, so an AE undoes their
 changes but keeps the message), enqueue outbound work, and return the ACK.
 The caller sends the ACK only after the writer reports the commit.
+
+What the handlers left alone is said on the row: their notes go to ``note``,
+after what the reader tolerated to read the message (a timestamp outside the
+grammar, a stray line before MSH), and a message whose every outcome changed
+nothing is UNCHANGED (still AA).
+A message the channel's mapping turned into nothing, that no handler reported
+on and no destination takes, is refused with AR 200: nothing would be done.
 """
 
 from __future__ import annotations
@@ -20,21 +27,23 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import Connection, bindparam, or_, select, update
 
-from engine.channel.prepare import ERROR, FILTERED, PROCESSED, Prepared
+from engine.channel.prepare import ERROR, FILTERED, PROCESSED, REJECTED, Prepared
 from engine.config.models import ChannelConfig
-from engine.errors import ErrorLocation, HL7ApplicationError, HL7Error
-from engine.handlers import Handler, InboundContext, Outbound
+from engine.errors import ErrorLocation, HL7ApplicationError, HL7Error, HL7Reject
+from engine.handlers import Handler, InboundContext, Outbound, Outcome
 from engine.hl7.ack import AckContext, build_ack
 from engine.hl7.er7 import Message
 from engine.outbox.queue import enqueue
 from engine.store.fast import FastInsert, FastStatement, Savepoint
 from engine.store.schema import messages
 
-__all__ = ["Persister", "Stored"]
+__all__ = ["UNCHANGED", "Persister", "Stored"]
 
 log = logging.getLogger(__name__)
 
-_ACCEPTED = (PROCESSED, FILTERED)
+#: Accepted (AA), but the handlers changed nothing; ``note`` says why.
+UNCHANGED = "UNCHANGED"
+_ACCEPTED = (PROCESSED, FILTERED, UNCHANGED)
 _ACK_PREFIX = uuid.uuid4().hex[:8]
 _ACK_COUNTER = itertools.count(1)
 
@@ -101,10 +110,14 @@ class Persister:
         if p.status != PROCESSED:
             return Stored(message_id, ack, code)
         try:
-            outbound = self._run_handlers(conn, p, message_id, now)
+            outbound, outcomes = self._run_handlers(conn, p, message_id, now)
+            enqueued = self._enqueue(conn, p, message_id, outbound, now)
+            if not (p.records or outcomes or enqueued) and self.handlers and self.config.mapping_names:
+                raise HL7Reject(200, f"nothing on channel {self.config.name} applies {p.message.message_type}",
+                                ErrorLocation("MSH", 1, 9, 1))
         except HL7Error as exc:
             return self._fail(conn, p, message_id, exc)
-        enqueued = self._enqueue(conn, p, message_id, outbound, now)
+        self._note(conn, message_id, outcomes, p.notes)
         return Stored(message_id, ack, code, enqueued=enqueued)
 
     def _duplicate(self, conn: Connection, p: Prepared, now: datetime) -> Stored | None:
@@ -159,16 +172,19 @@ class Persister:
             "duplicate_count": 0,
             "last_duplicate_at": None,
             "mapped": _json(p.records) if p.records else "",
-            "notes": json.dumps(p.notes) if p.notes else "",
+            "note": "\n".join(p.notes + ([f"{m.message_type} did not pass the channel's filter"]
+                                         if p.status == FILTERED else [])),
         }
         for key, value in values.items():
             if isinstance(value, str) and "\x00" in value:
                 values[key] = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; raw keeps it
         return _INSERT_MESSAGE.execute(conn, values)
 
-    def _run_handlers(self, conn: Connection, p: Prepared, message_id: int, now: datetime) -> list[Outbound]:
+    def _run_handlers(
+        self, conn: Connection, p: Prepared, message_id: int, now: datetime
+    ) -> tuple[list[Outbound], list[Outcome]]:
         if not self.handlers:
-            return []
+            return [], []
         ctx = InboundContext(message_id, self.config.name, p.message, now, p.records)
         out: list[Outbound] = []
         savepoint = Savepoint(conn)
@@ -183,7 +199,26 @@ class Persister:
             log.exception("handler failed on message %s", message_id)
             raise HL7ApplicationError(207, f"application internal error: {type(exc).__name__}") from exc
         savepoint.release()
-        return out
+        return out, ctx.outcomes
+
+    @staticmethod
+    def _note(conn: Connection, message_id: int, outcomes: list[Outcome], read: list[str]) -> None:
+        """Say on the row what changed nothing; UNCHANGED when nothing changed at all.
+
+        ``read``: what the reader tolerated, already on the row; kept before the handlers' notes.
+        """
+        notes = [o.note for o in outcomes if o.note]
+        unchanged = bool(outcomes) and not any(o.changed for o in outcomes)
+        if not (notes or unchanged):
+            return  # the common case costs no statement
+        values: dict[str, Any] = {"note": "\n".join(read + notes)}
+        if unchanged:
+            values["status"] = UNCHANGED
+        conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
+        # The notes name order and accession numbers: INFO says only where to read them (engine.logs).
+        log.info("message %s %s: %d record(s) left alone, see `radbridge messages show %s`", message_id,
+                 "changed nothing" if unchanged else "was partly applied", len(notes), message_id)
+        log.debug("message %s notes: %s", message_id, "; ".join(notes))
 
     def _fail(self, conn: Connection, p: Prepared, message_id: int, exc: HL7Error) -> Stored:
         ack = self.ack(p.message, exc.ack_code, exc)
@@ -191,7 +226,7 @@ class Persister:
             update(messages)
             .where(messages.c.id == message_id)
             .values(
-                status=ERROR,
+                status=REJECTED if exc.ack_code == "AR" else ERROR,  # as prepare marks a refused message
                 ack_code=exc.ack_code,
                 ack=ack,
                 error_code=exc.code,

@@ -140,7 +140,7 @@ def _detail_text(d: dict[str, Any]) -> str:
 
 
 def _status_text(data: dict[str, Any]) -> str:
-    cols = ["received", "errors", "filtered", "queued", "delivery_errors", "oldest_queued_seconds"]
+    cols = ["received", "errors", "filtered", "unchanged", "queued", "delivery_errors", "oldest_queued_seconds"]
     lines = ["channel\t" + "\t".join(cols)]
     lines += [name + "\t" + "\t".join(str(v[c]) for c in cols) for name, v in sorted(data["channels"].items())]
     lines += ["", "job\tlast run\tresult\truns\terror"]

@@ -8,7 +8,6 @@ result leaves without its event.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -128,10 +127,7 @@ def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
     detail = _jsonable(row)
     detail["raw"] = row.raw.decode("latin-1")
     mapped = detail.pop("mapped")
-    # What the reader tolerated (a timestamp outside the grammar, a stray line before MSH), one per line.
-    notes = "\n".join(json.loads(detail.pop("notes") or "[]"))
-    detail["stages"] = [{"stage": "read", "status": "TOLERATED", "error": "", "content": notes}] if notes else []
-    detail["stages"] += [{"stage": "mapped", "status": "OK", "error": "", "content": mapped}] if mapped else []
+    detail["stages"] = [{"stage": "mapped", "status": "OK", "error": "", "content": mapped}] if mapped else []
     deliveries = conn.execute(
         select(outbox.c.id, outbox.c.destination, outbox.c.status, outbox.c.attempts, outbox.c.next_attempt_at,
                outbox.c.sent_at, outbox.c.last_error, outbox.c.response)
@@ -141,7 +137,8 @@ def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
 
 
 def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, dict[str, Any]]:
-    """Per channel: received, errors, filtered, queued and the oldest queued age in seconds."""
+    """Per channel: received, errors, filtered, unchanged (AA, nothing done: ``messages show`` says
+    why), queued and the oldest queued age in seconds."""
     now = now or datetime.now(UTC)
     out: dict[str, dict[str, Any]] = {}
     # Two index-only counts, never a pass over the message rows themselves (seconds at a few
@@ -159,6 +156,8 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
             entry["errors"] += count
         if status == "FILTERED":
             entry["filtered"] += count
+        if status == "UNCHANGED":
+            entry["unchanged"] += count
     queued = conn.execute(
         select(outbox.c.channel, outbox.c.status, func.count(), func.min(outbox.c.created_at))
         .where(outbox.c.status.in_([QUEUED, "ERROR"])).group_by(outbox.c.channel, outbox.c.status))
@@ -174,7 +173,7 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
 
 
 def _empty() -> dict[str, Any]:
-    return {"received": 0, "errors": 0, "filtered": 0, "queued": 0, "delivery_errors": 0,
+    return {"received": 0, "errors": 0, "filtered": 0, "unchanged": 0, "queued": 0, "delivery_errors": 0,
             "oldest_queued_seconds": None}
 
 

@@ -322,8 +322,14 @@ class OrdersConfig(_Model):
     uid_root: str = Field("2.25", pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=40)
     station_rules: list[StationRule] = Field(default_factory=list)
     imaging_modalities: list[str] = Field(default_factory=lambda: list(_IMAGING_MODALITIES))
-    non_imaging: Literal["ignore", "reject"] = "ignore"
+    non_imaging: Literal["ignore", "reject"] = Field(
+        "ignore", description="orders positively listed as non-imaging: AA and ignored (noted), or AE 103"
+    )
     non_imaging_by_channel: dict[str, Literal["ignore", "reject"]] = Field(default_factory=dict)
+    non_imaging_table: Path | None = Field(
+        None, description="field,code CSV of OBR-24 sections and OBR-4 codes that are not imaging; "
+        "None: mappings/tables/non_imaging.csv (missing: HL7 table 0074 lab sections)",
+    )
 
 
 class WorklistConfig(_Model):

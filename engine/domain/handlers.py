@@ -4,7 +4,10 @@ A channel lists them in ``handlers:``; each gets the message's records
 (``InboundContext.records``, dicts validated against engine.domain.records)
 inside the channel's transaction. Records of other types are ignored, so
 both handlers can run on one channel. Errors are HL7ApplicationError (AE
-with an ERR location); the channel rolls back everything.
+with an ERR location) or HL7Reject (AR); the channel rolls back everything.
+Each record's outcome (changed, or not and why) goes to ``ctx.note``; an ADT
+or order message that yields no record of its kind is refused, never AA with
+nothing done: no PID / ORC is AE 101, an event nothing implements is AR 201.
 """
 
 from __future__ import annotations
@@ -17,16 +20,19 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from engine.config.models import ChannelConfig, EngineConfig
-from engine.domain.orders import OrderPolicy, apply_order, load_control_table
+from engine.domain.order_kind import NON_IMAGING_TABLE, load_non_imaging
+from engine.domain.orders import CONTROL_TABLE, OrderPolicy, apply_order, load_control_table
 from engine.domain.patients import (
+    IMPLEMENTED_EVENTS,
     PatientPolicy,
     apply_patient_event,
     change_identifier,
     merge_patient,
 )
 from engine.domain.records import MergeRecord, OrderRecord, PatientRecord
-from engine.errors import ErrorLocation, HL7ApplicationError
+from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
 from engine.handlers import InboundContext, Outbound, register_handler
+from engine.hl7.er7 import Message
 
 __all__ = [
     "OrdersHandler",
@@ -46,9 +52,12 @@ def patient_policy(engine: EngineConfig) -> PatientPolicy:
 def order_policy(engine: EngineConfig, channel: str = "") -> OrderPolicy:
     """The domain's view of ``orders:`` for ``channel`` (non-imaging policy is per channel)."""
     cfg = engine.orders
-    path = cfg.order_control_table or engine.mappings_dir / "tables" / "order_control_status.csv"
+    path = cfg.order_control_table or engine.mappings_dir / "tables" / CONTROL_TABLE
+    non_imaging = cfg.non_imaging_table or engine.mappings_dir / "tables" / NON_IMAGING_TABLE
     return OrderPolicy(
         control_table=load_control_table(path),
+        control_table_name=path.name,
+        non_imaging_codes=load_non_imaging(non_imaging),
         accession_policy=cfg.accession_policy,
         accession_pattern=cfg.accession_pattern,
         accession_sequence=cfg.accession_sequence,
@@ -83,6 +92,34 @@ def _remember(ctx: InboundContext, rec: PatientRecord, policy: PatientPolicy, pk
         ctx.shared.setdefault(_KNOWN, {})[(rec.patient_id, rec.issuer)] = pk
 
 
+_ORDER_MESSAGES = frozenset({"ORM", "OMI", "OMG"})
+
+
+def _require(message: Message, kinds: tuple[str, ...], segment: str, records: list[dict[str, Any]]) -> None:
+    """A message of this handler's kind must yield a record: AE 101 without the segment, else AR 201."""
+    if any(r.get("record") in kinds for r in records):
+        return
+    if message.segment(segment) is None:
+        raise HL7ApplicationError(101, f"{message.message_type} has no {segment} segment", ErrorLocation(segment, 1))
+    raise HL7Reject(
+        201, f"{message.message_type} is not implemented: the channel's mapping yields no {kinds[0]} record for it",
+        ErrorLocation("MSH", 1, 9, 2),
+    )
+
+
+def _renames_first(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An A47's PID already carries the new id: rename first, then refresh its demographics.
+
+    Applied in order, the PID would create the new id and the rename would then find it taken.
+    """
+    renamed = {(r.get("patient_id"), r.get("issuer", "")) for r in records
+               if r.get("record") == "merge" and r.get("kind") == "change_id"}
+    if not renamed:
+        return records
+    return sorted(records, key=lambda r: r.get("record") == "patient"
+                  and (r.get("patient_id"), r.get("issuer", "")) in renamed)
+
+
 @dataclass(slots=True)
 class PatientsHandler:
     """ADT: patient records (A01/A04/A05/A08/A31/A10/A11 …) and merge records (A40/A47)."""
@@ -91,20 +128,30 @@ class PatientsHandler:
     name: str = "patients"
 
     def apply(self, conn: Connection, ctx: InboundContext) -> list[Outbound]:
-        """Apply every patient and merge record of ``ctx`` in order."""
+        """Apply every patient and merge record of ``ctx`` in order (an A47's PID after its rename)."""
+        adt = ctx.message.message_code == "ADT"
+        if adt:
+            _require(ctx.message, ("patient", "merge"), "PID", ctx.records)
         now = ctx.received_at  # one timestamp for everything this message changes
-        for data in ctx.records:
+        for data in _renames_first(ctx.records):
             kind = data.get("record")
             if kind == "patient":
                 patient: PatientRecord = _validate(PatientRecord, data, "PID")
+                if adt and patient.event not in IMPLEMENTED_EVENTS:
+                    raise HL7Reject(201, f"ADT^{patient.event} is not implemented by the patients handler",
+                                    ErrorLocation("MSH", 1, 9, 2))
                 _remember(ctx, patient, self.policy, apply_patient_event(conn, patient, self.policy, now))
             elif kind == "merge":
                 ctx.shared.pop(_KNOWN, None)  # a merge may move a patient remembered before it
                 rec: MergeRecord = _validate(MergeRecord, data, "MRG")
                 if rec.kind == "change_id":
-                    change_identifier(conn, rec, now)
+                    change_identifier(conn, rec, self.policy, now)
                 else:
                     merge_patient(conn, rec, self.policy, now)
+            else:
+                continue
+            if adt:  # for an order's PID, the orders handler reports what the message did
+                ctx.note(True)
         return []
 
 
@@ -118,6 +165,8 @@ class OrdersHandler:
 
     def apply(self, conn: Connection, ctx: InboundContext) -> list[Outbound]:
         """Upsert the PID's patient (unless ``patients`` runs too), then apply every order record."""
+        if ctx.message.message_code in _ORDER_MESSAGES:
+            _require(ctx.message, ("order",), "ORC", ctx.records)
         now = ctx.received_at
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":
@@ -125,10 +174,11 @@ class OrdersHandler:
                 pk = apply_patient_event(conn, rec.model_copy(update={"event": ""}), self.policy.patients, now)
                 _remember(ctx, rec, self.policy.patients, pk)
         known = ctx.shared.get(_KNOWN)
-        for data in ctx.records:
-            if data.get("record") == "order":
-                order = _validate(OrderRecord, data, "ORC")
-                apply_order(conn, order, self.policy, now, ctx.message_id, known)
+        order_records = (data for data in ctx.records if data.get("record") == "order")
+        for sequence, data in enumerate(order_records, start=1):
+            order = _validate(OrderRecord, data, "ORC")
+            applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
+            ctx.note(applied.changed, applied.note)
         return []
 
 

@@ -3,10 +3,12 @@
 Each :class:`~engine.domain.records.OrderRecord` (one ORC/OBR or IPC group) is
 one requested procedure with one Scheduled Procedure Step. ORC-1 + ORC-5 give
 the step status through a site-editable code table (reference section 2);
-an unknown combination is answered AE at ``ORC^1^1`` and changes nothing.
-An order is found again by its key (placer or filler number, or the given
-accession, plus the given Requested Procedure ID and SPS ID), so a resent
-identical order changes nothing and XO/CA/DC act on the same entry.
+an unknown combination is answered AE at ``ORC^n^1`` and changes nothing.
+A follow-up finds its order by placer/filler number (engine.domain.order_identity);
+a new order is imaging, positively non-imaging, or refused with AE 103 when its
+modality cannot be determined (engine.domain.order_kind). What changed nothing
+(a resent order, a cancel of a cancelled order, an ignored non-imaging order)
+comes back as an :class:`Applied` with its reason, for the message's note.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import date, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, delete, select, update
 
 from engine.config.models import StationRule
 from engine.domain.accession import (
@@ -27,19 +29,22 @@ from engine.domain.accession import (
     next_sequence_value,
     resolve_accession,
 )
+from engine.domain.order_identity import find_orders, given_ids, identity_text
+from engine.domain.order_kind import NonImaging, classify, describe, listed_as
 from engine.domain.patients import PatientPolicy, ensure_patient
 from engine.domain.records import OrderRecord
 from engine.domain.tables import orders, procedure_steps, step_station_aes
 from engine.domain.uids import derived_uid
 from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
 from engine.mapping.tables import load_table
-from engine.store.fast import FastInsert, FastStatement, first_row
+from engine.store.fast import FastInsert
 
 __all__ = [
+    "CONTROL_TABLE",
     "DEFAULT_CONTROL_TABLE",
+    "Applied",
     "OrderPolicy",
     "apply_order",
-    "is_imaging",
     "load_control_table",
     "map_priority",
     "order_key",
@@ -49,6 +54,9 @@ __all__ = [
 ]
 
 ControlTable = Mapping[tuple[str, str], str]
+
+#: The shipped control table's file name, as messages name it.
+CONTROL_TABLE = "order_control_status.csv"
 
 #: ORC-1 + ORC-5 → Scheduled Procedure Step Status (0040,0020): the dcm4chee default (reference §2).
 DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
@@ -60,7 +68,9 @@ DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
     ("SC", "CM"): "COMPLETED",
     ("SC", "A"): "COMPLETED",
     ("CA", "CA"): "CANCELED",
+    ("CA", ""): "CANCELED",  # real RIS cancels often leave ORC-5 empty
     ("DC", "CA"): "DISCONTINUED",
+    ("DC", ""): "DISCONTINUED",
 }
 
 #: HL7 priority (ORC-7.6 / TQ1-9) → RequestedProcedurePriority (0040,1003).
@@ -75,10 +85,7 @@ PRIORITIES: dict[str, str] = {
 _DICOM_PRIORITIES = frozenset({"STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW"})
 #: Controls that carry the order's content; the others only change the status.
 _CONTENT_CONTROLS = frozenset({"NW", "XO"})
-_ORC1 = ErrorLocation("ORC", 1, 1)
-_ORC2 = ErrorLocation("ORC", 1, 2)
 _ORC7 = ErrorLocation("ORC", 1, 7)
-_OBR24 = ErrorLocation("OBR", 1, 24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,8 @@ class OrderPolicy:
     station_rules: tuple[StationRule, ...] = ()
     imaging_modalities: frozenset[str] = frozenset()
     non_imaging: Literal["ignore", "reject"] = "ignore"
+    non_imaging_codes: NonImaging = field(default_factory=NonImaging)
+    control_table_name: str = CONTROL_TABLE
     timezone: tzinfo | None = None
     patients: PatientPolicy = field(default_factory=PatientPolicy)
 
@@ -109,21 +118,26 @@ def load_control_table(path: Path | None) -> dict[tuple[str, str], str]:
     return {(k[0].strip(), k[1].strip()): v.strip() for k, v in index.items()}
 
 
-def step_status(table: ControlTable, control: str, status: str) -> str:
-    """The step status for ORC-1/ORC-5; AE 103 at ORC^1^1 when the table has no such row."""
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one order record did: the steps it touched, and why nothing changed if so."""
+
+    step_pks: tuple[int, ...] = ()
+    changed: bool = True
+    note: str = ""
+
+
+def step_status(
+    table: ControlTable, control: str, status: str, table_name: str = CONTROL_TABLE, sequence: int = 1
+) -> str:
+    """The step status for ORC-1/ORC-5; AE 103 at ORC^n^1 naming the fields and table on a miss."""
     try:
         return table[(control, status)]
     except KeyError:
+        shown = f"ORC-5 {status!r}" if status else "ORC-5 empty"
         raise HL7ApplicationError(
-            103, f"unsupported order control {control}/{status or '(empty)'}", _ORC1
+            103, f"ORC-1 {control!r} with {shown} is not in {table_name}", ErrorLocation("ORC", sequence, 1)
         ) from None
-
-
-def is_imaging(record: OrderRecord, modalities: frozenset[str]) -> bool:
-    """An order is for imaging if its modality (OBR-24 / IPC-5) is a DICOM modality listed."""
-    if not modalities:
-        return True
-    return bool({record.modality, record.diagnostic_service_section} & modalities)
 
 
 def station_for(rules: Sequence[StationRule], record: OrderRecord) -> tuple[list[str], str]:
@@ -163,11 +177,13 @@ def map_priority(value: str) -> str:
     return upper if upper in _DICOM_PRIORITIES else PRIORITIES.get(upper, "")
 
 
-def order_key(record: OrderRecord) -> str:
-    """What makes a resent or changed order find the same entry."""
+def order_key(record: OrderRecord, sequence: int = 1) -> str:
+    """The key a new order is stored under (its derived Study Instance UID is made from it)."""
     number = record.placer_order_number or record.filler_order_number or record.accession_number
     if not number:
-        raise HL7ApplicationError(101, "order has no placer, filler or accession number", _ORC2)
+        raise HL7ApplicationError(
+            101, "order has no placer, filler or accession number", ErrorLocation("ORC", sequence, 2)
+        )
     return "|".join(
         (record.issuer, number, record.requested_procedure_id, record.scheduled_procedure_step_id)
     )
@@ -181,7 +197,9 @@ def _order_values(record: OrderRecord) -> dict[str, Any]:
     code = record.requested_procedure_code
     return {
         "placer_order_number": record.placer_order_number,
+        "placer_order_namespace": record.placer_order_namespace,
         "filler_order_number": record.filler_order_number,
+        "filler_order_namespace": record.filler_order_namespace,
         "issuer_of_accession_number": record.issuer_of_accession_number,
         "priority": map_priority(record.priority),
         "requested_procedure_description": record.requested_procedure_description,
@@ -226,20 +244,6 @@ def _step_values(
 _INSERT_ORDER = FastInsert(orders)
 _INSERT_STEP = FastInsert(procedure_steps)
 _INSERT_STATION = FastInsert(step_station_aes)
-_FIND = FastStatement(
-    select(
-        orders.c.id.label("order_pk"),
-        orders.c.content_hash,
-        procedure_steps.c.id.label("step_pk"),
-        procedure_steps.c.status,
-    )
-    .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)
-    .where(orders.c.order_key == bindparam("key"))
-    .order_by(procedure_steps.c.id)
-    .limit(1)
-)
-
-
 def _set_station_aes(conn: Connection, step_pk: int, aes: Sequence[str], start: str, new: bool = False) -> None:
     if not new:
         conn.execute(delete(step_station_aes).where(step_station_aes.c.step_pk == step_pk))
@@ -282,52 +286,78 @@ def _create(
     return step_pk
 
 
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """Only what the follow-up carries: a field it leaves out never erases a stored value."""
+    return {k: v for k, v in values.items() if v not in ("", None)}
+
+
+def _update_content(
+    conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime
+) -> None:
+    """NW resent / XO: write the fields the message gives, keep the others."""
+    accession = "" if policy.accession_policy == "always_generate" else record.accession_number  # ours stays
+    order_values = _given(
+        {**_order_values(record), "accession_number": accession,
+         "requested_procedure_id": given_ids(record)[0], "study_instance_uid": record.study_instance_uid}
+    )  # fmt: skip
+    conn.execute(update(orders).where(orders.c.id == found.order_pk).values(updated_at=now, **order_values))
+    values, aes = _step_values(record, policy, now)
+    if not record.scheduled_start:  # split_start would put "now" in place of the stored start
+        for key in ("start_date", "start_time", "start_datetime"):
+            values.pop(key)
+    conn.execute(update(procedure_steps).where(procedure_steps.c.id == found.step_pk).values(**_given(values)))
+    if aes:
+        start = values.get("start_datetime") or conn.execute(
+            select(procedure_steps.c.start_datetime).where(procedure_steps.c.id == found.step_pk)
+        ).scalar_one()
+        _set_station_aes(conn, int(found.step_pk), aes, start)
+
+
 def _update(
-    conn: Connection,
-    record: OrderRecord,
-    found: Any,
-    status: str,
-    policy: OrderPolicy,
-    now: datetime,
-) -> int:
+    conn: Connection, record: OrderRecord, found: Any, status: str, policy: OrderPolicy, now: datetime
+) -> Applied:
+    """Apply a follow-up to one stored step; unchanged (with the reason) when it changes nothing."""
     step_pk = int(found.step_pk)
-    if record.order_control in _CONTENT_CONTROLS:
-        order_values = _order_values(record)
-        for name, value in (
-            ("accession_number", record.accession_number),
-            ("requested_procedure_id", record.requested_procedure_id),
-            ("study_instance_uid", record.study_instance_uid),
-        ):
-            if value:
-                order_values[name] = value
-        conn.execute(
-            update(orders)
-            .where(orders.c.id == found.order_pk)
-            .values(updated_at=now, **order_values)
-        )
-        values, aes = _step_values(record, policy, now)
-        conn.execute(
-            update(procedure_steps).where(procedure_steps.c.id == step_pk).values(**values)
-        )
-        _set_station_aes(conn, step_pk, aes, values["start_datetime"])
+    content = record.order_control in _CONTENT_CONTROLS
+    if found.status == status and (not content or found.content_hash == _hash(record)):
+        why = "resent, identical to the stored order" if content else f"the step is already {status}"
+        return Applied((step_pk,), False, f"order {identity_text(record)}: {record.order_control} changed nothing "
+                                          f"({why})")
+    if content:
+        _update_content(conn, record, found, policy, now)
     else:
         conn.execute(
             update(orders)
             .where(orders.c.id == found.order_pk)
-            .values(
-                order_control=record.order_control, order_status=record.order_status, updated_at=now
-            )
+            .values(order_control=record.order_control, order_status=record.order_status, updated_at=now)
         )
-    conn.execute(
-        update(procedure_steps)
-        .where(procedure_steps.c.id == step_pk)
-        .values(status=status, updated_at=now)
+    conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(status=status, updated_at=now))
+    return Applied((step_pk,))
+
+
+def _new_order(record: OrderRecord, policy: OrderPolicy, sequence: int) -> Applied | None:
+    """None when the order is imaging and may be created; else the ignored outcome or an AE.
+
+    A follow-up (CA, DC, SC ...) for an order that is not stored is AE 204 unless the
+    site lists it as non-imaging: its modality is beside the point, the order is missing.
+    """
+    kind = classify(record, policy.imaging_modalities, policy.non_imaging_codes)
+    section = record.diagnostic_service_section or record.modality
+    if kind == "non_imaging":
+        codes = policy.non_imaging_codes
+        what = f"not an imaging order ({listed_as(record, codes)} in {codes.table})"
+        if policy.non_imaging == "reject":
+            raise HL7ApplicationError(103, what, ErrorLocation("OBR", sequence, 24))
+        return Applied((), False, f"order {identity_text(record)}: {what}, ignored (orders.non_imaging: ignore)")
+    if record.order_control not in _CONTENT_CONTROLS:
+        raise HL7ApplicationError(204, f"unknown order {identity_text(record)}", ErrorLocation("ORC", sequence, 2))
+    if kind == "imaging":
+        return None
+    field_no = 24 if section else 4  # an OBR-24 nobody knows, or no OBR-24 and an unknown code
+    raise HL7ApplicationError(
+        103, f"order {identity_text(record)}: {describe(record, policy.non_imaging_codes)}",
+        ErrorLocation("OBR", sequence, field_no),
     )
-    return step_pk
-
-
-def _find(conn: Connection, key: str) -> Any:
-    return first_row(_FIND, conn, {"key": key})
 
 
 def apply_order(
@@ -337,27 +367,27 @@ def apply_order(
     now: datetime,
     message_id: int | None = None,
     known_patients: Mapping[tuple[str, str], int] | None = None,
-) -> int | None:
-    """Apply one order record; return its step pk, or None when a non-imaging order is ignored.
+    sequence: int = 1,
+) -> Applied:
+    """Apply one order record (the ``sequence``-th ORC group of its message, for ERR locations).
 
-    ``known_patients`` maps (patient_id, issuer) to the live pk of patients this message
-    has already upserted, which spares their lookup.
+    A follow-up applies to the stored steps its identity names, whatever its modality;
+    a new order is created only when it is imaging. ``known_patients`` maps
+    (patient_id, issuer) to the live pk of patients this message has already upserted,
+    which spares their lookup.
     """
-    status = step_status(policy.control_table, record.order_control, record.order_status)
-    if not is_imaging(record, policy.imaging_modalities):
-        if policy.non_imaging == "reject":
-            raise HL7ApplicationError(
-                103, f"not an imaging order: {record.modality or '(no modality)'}", _OBR24
-            )
-        return None
-    key = order_key(record)
-    found = _find(conn, key)
-    if found is None:
-        if record.order_control not in _CONTENT_CONTROLS:
-            raise HL7ApplicationError(204, f"unknown order {key.split('|')[1]}", _ORC2)
-        identity = (record.patient_id, record.issuer)
-        patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
-        return _create(conn, record, key, status, patient_pk, policy, now, message_id)
-    if found.content_hash == _hash(record) and found.status == status:
-        return int(found.step_pk)  # a resent identical order changes nothing
-    return _update(conn, record, found, status, policy, now)
+    status = step_status(policy.control_table, record.order_control, record.order_status,
+                         policy.control_table_name, sequence)
+    key = order_key(record, sequence)
+    found = find_orders(conn, record, by_accession=policy.accession_policy != "always_generate",
+                        follow_up=record.order_control not in _CONTENT_CONTROLS)
+    if found:
+        results = [_update(conn, record, row, status, policy, now) for row in found]
+        changed = [r for r in results if r.changed]
+        return Applied(tuple(r.step_pks[0] for r in results), bool(changed), "" if changed else results[0].note)
+    refused = _new_order(record, policy, sequence)
+    if refused is not None:
+        return refused
+    identity = (record.patient_id, record.issuer)
+    patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
+    return Applied((_create(conn, record, key, status, patient_pk, policy, now, message_id),))

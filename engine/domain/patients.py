@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
@@ -30,6 +31,7 @@ from engine.errors import ErrorLocation, HL7ApplicationError
 from engine.store.fast import FastInsert, FastStatement, first_row
 
 __all__ = [
+    "IMPLEMENTED_EVENTS",
     "PatientPolicy",
     "apply_patient_event",
     "change_identifier",
@@ -222,6 +224,13 @@ EVENT_ACTIONS: dict[str, _EventAction] = {
 }
 
 
+#: ADT trigger events the patients handler implements: a demographic upsert alone (A01, A04,
+#: A05, A08, A28, A31), with its visit or arrival action, or a merge / change of id. "" is an
+#: order's PID. Any other event (A23 delete visit, A29 delete person ...) is refused with AR 201
+#: rather than acknowledged as if done, should a mapping be edited to accept it.
+IMPLEMENTED_EVENTS = frozenset({"", "A01", "A04", "A05", "A08", "A28", "A31", "A40", "A47", *EVENT_ACTIONS})
+
+
 def apply_patient_event(
     conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime
 ) -> int:
@@ -282,12 +291,22 @@ def merge_patient(
     return survivor_pk
 
 
-def change_identifier(conn: Connection, record: MergeRecord, now: datetime) -> int:
-    """A47: the prior identifier becomes the new one on the same patient (everything follows)."""
+def change_identifier(conn: Connection, record: MergeRecord, policy: PatientPolicy, now: datetime) -> int:
+    """A47: the prior identifier becomes the new one on the same patient (everything follows).
+
+    A prior radbridge has never seen is not an error (dcm4chee does the same, and A40 treats
+    an unknown prior alike): the patient is created or found under the new identifier and
+    the old one is recorded as replaced, so later HL7 for it follows the merged-id policy.
+    """
     prior = find_patient(conn, record.prior_patient_id, record.prior_issuer)
+    current = find_patient(conn, record.patient_id, record.issuer)
     if prior is None:
-        raise HL7ApplicationError(204, f"unknown patient {record.prior_patient_id}", _MRG1)
-    if find_patient(conn, record.patient_id, record.issuer) is not None:
+        pk = _live(conn, current, policy, _PID3) if current is not None else ensure_patient(
+            conn, record.patient_id, record.issuer, policy, now)
+        retired = SimpleNamespace(id=pk, patient_id=record.prior_patient_id, issuer=record.prior_issuer)
+        _record_link(conn, "change_id", retired, pk, now)
+        return pk
+    if current is not None:
         raise HL7ApplicationError(205, f"patient {record.patient_id} already exists", _PID3)
     conn.execute(
         update(patients)

@@ -85,8 +85,10 @@ class OrderRecord(_Record):
     order_status: str = ""  # ORC-5
     patient_id: str = Field(min_length=1)
     issuer: str = ""
-    placer_order_number: str = ""  # ORC-2 (or OBR-2)
-    filler_order_number: str = ""  # ORC-3 (or OBR-3)
+    placer_order_number: str = ""  # ORC-2.1 (or OBR-2.1)
+    placer_order_namespace: str = ""  # ORC-2.2 (or OBR-2.2): the placer's namespace id
+    filler_order_number: str = ""  # ORC-3.1 (or OBR-3.1)
+    filler_order_namespace: str = ""  # ORC-3.2 (or OBR-3.2)
     accession_number: str = ""  # OBR-18 / IPC-1
     issuer_of_accession_number: str = ""
     requested_procedure_id: str = ""  # OBR-19 / IPC-2
@@ -108,6 +110,7 @@ class OrderRecord(_Record):
     admission_id: str = ""
     universal_service_id: str = ""  # OBR-4.1, for non-imaging filters
     diagnostic_service_section: str = ""  # OBR-24 raw
+    order_detail_segment: str = ""  # the group's order detail: OBR, RXO, ODS, RQD ... ("" unknown)
 
 
 class ReportRecord(_Record):

@@ -106,7 +106,9 @@ orders = Table(
     Column("patient_pk", Id, ForeignKey("patients.id"), nullable=False),
     Column("order_key", String(255), nullable=False),  # see engine.domain.orders.order_key
     Column("placer_order_number", String(64), nullable=False, default=""),
+    Column("placer_order_namespace", String(64), nullable=False, default="", server_default=""),
     Column("filler_order_number", String(64), nullable=False, default=""),
+    Column("filler_order_namespace", String(64), nullable=False, default="", server_default=""),
     Column("accession_number", String(16), nullable=False, default=""),
     Column("issuer_of_accession_number", String(64), nullable=False, default=""),
     Column("requested_procedure_id", String(16), nullable=False, default=""),
@@ -126,7 +128,9 @@ orders = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index(None, "patient_pk"),
-    Index(None, "order_key"),
+    # Follow-ups find their order by its HL7 identity (engine.domain.order_identity).
+    Index(None, "placer_order_number"),
+    Index(None, "filler_order_number"),
     Index(None, "accession_number"),
     Index(None, "study_instance_uid"),
     Index(None, "requested_procedure_id"),

@@ -187,7 +187,7 @@ class _Compiler:
             self.problem(loc, f"table {ref.name} has no result column {column!r} "
                               f"(columns: {', '.join(found.columns)})")  # fmt: skip
             return None
-        return Lookup(ref.name, found.index(count, column), keys, ref.on_missing)
+        return Lookup(ref.name, found.index(count, column), keys, ref.on_missing, found.path.name)
 
     def rule(self, spec: RuleSpec, loc: Loc, target: str, names: TargetNames) -> CompiledRule:
         """Compile one rule (a bare string is a path)."""

@@ -88,6 +88,7 @@ class Lookup:
     index: dict[tuple[str, ...], str]
     keys: tuple[SourceRef, ...]  # empty: the rule's value is the key
     on_missing: Literal["error", "default", "keep", "empty"]
+    file: str = ""  # the table's file name, for errors (``order_control_status.csv``)
 
     def apply(self, value: Value, ctx: Context, default: str | None) -> Value:
         """Map ``value`` (or the key paths' values) through the table."""
@@ -104,13 +105,21 @@ class Lookup:
             return found
         if self.on_missing == "error":
             where = self.keys[0].location(ctx) if self.keys else None
-            shown = "+".join(key)
-            raise HL7ApplicationError(103, f"{shown!r} is not in table {self.table}", where)
+            raise HL7ApplicationError(103, f"{self._shown(key)} is not in {self.file or self.table}", where)
         if self.on_missing == "keep":
             return value
         if self.on_missing == "default":
             return default or ""
         return ""
+
+
+    def _shown(self, key: tuple[str, ...]) -> str:
+        """``ORC-1 'CA' with ORC-5 empty``: each key field by name, an empty one said so."""
+        if not self.keys:
+            return repr(key[0])
+        pairs = zip(self.keys, key, strict=True)
+        parts = [f"{ref.text} {value!r}" if value else f"{ref.text} empty" for ref, value in pairs]
+        return " with ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from engine.store.schema import UTCDateTime
 
-__all__ = ["FastInsert", "FastStatement", "Savepoint", "first_row", "sqlite_utc"]
+__all__ = ["FastInsert", "FastStatement", "Savepoint", "all_rows", "first_row", "sqlite_utc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +166,16 @@ def first_row(statement: FastStatement, conn: Connection, params: Mapping[str, A
         return None
     names = tuple(d[0] for d in cursor.description)
     return _row_type(names)(*row)
+
+
+def all_rows(statement: FastStatement, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+    """Every row as a named tuple (column names as attributes)."""
+    cursor = statement.execute(conn, params)
+    rows = cursor.fetchall()
+    if not rows:
+        return []
+    row_type = _row_type(tuple(d[0] for d in cursor.description))
+    return [row_type(*row) for row in rows]
 
 
 @lru_cache(maxsize=64)

@@ -1,7 +1,8 @@
 """The SQL schema (SQLAlchemy Core). Alembic migrations in ``migrations/`` create it.
 
 Message statuses follow the vocabulary interface teams know from Mirth:
-RECEIVED → PROCESSED | FILTERED | ERROR | REJECTED. Outbox rows are
+RECEIVED → PROCESSED | FILTERED | ERROR | REJECTED, plus UNCHANGED: accepted (AA)
+but its handlers changed nothing, the reason in ``note``. Outbox rows are
 QUEUED → SENT, or ERROR once a permanent failure or the retry limit ends them.
 """
 
@@ -93,8 +94,10 @@ messages = Table(
     Column("last_duplicate_at", UTCDateTime(), nullable=True),
     # The records the channel's mapping produced (JSON), as the handlers received them.
     Column("mapped", Text, nullable=False, default="", server_default=""),
-    # What the reader tolerated to read the message (JSON list of lines; "" when nothing).
-    Column("notes", Text, nullable=False, default="", server_default=""),
+    # What the reader tolerated (a timestamp outside the grammar, a stray line before MSH), then
+    # what the handlers left alone and why (ignored non-imaging order, resent order, cancel of
+    # a cancelled order ...): one line each, shown by ``messages show``.
+    Column("note", Text, nullable=False, default="", server_default=""),
     Index(None, "sender", "control_id"),
     Index(None, "channel", "received_at"),
     # Only what needs attention (errors, rejects, filtered): processed messages, nearly all

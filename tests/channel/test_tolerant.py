@@ -5,7 +5,6 @@ a stray line before MSH (one ACK for the one message, not a batch reply) — on 
 """
 
 import asyncio
-import json
 
 import pytest
 from hypothesis import given, settings
@@ -28,8 +27,9 @@ def orm(cid="C1", msh7="20261205123045", dob="19700101") -> bytes:
     return ORM.format(cid=cid, msh7=msh7, dob=dob).encode()
 
 
-def runner(db, **accept):
-    cfg = ChannelConfig.model_validate({"name": "c", "source": {"type": "mllp", "port": 0}, "accept": accept})
+def runner(db, filter=None, **accept):
+    cfg = ChannelConfig.model_validate({"name": "c", "source": {"type": "mllp", "port": 0}, "accept": accept,
+                                        "filter": filter or {}})
     return ChannelRunner(cfg, Preparer(cfg), Persister(cfg, [], "RB", "RAD"), db)
 
 
@@ -38,7 +38,7 @@ def send(r, payload: bytes) -> Message:
 
 
 def stored(db):
-    query = select(messages.c.id, messages.c.status, messages.c.ack_code, messages.c.notes, messages.c.raw)
+    query = select(messages.c.id, messages.c.status, messages.c.ack_code, messages.c.note, messages.c.raw)
     return db.read(lambda c: c.execute(query.order_by(messages.c.id)).all())
 
 
@@ -47,13 +47,13 @@ def test_a_fraction_without_its_point_in_msh7_is_aa_and_noted(db):
     assert ack.segment("MSA").value(1) == "AA"
     [row] = stored(db)
     assert (row.status, row.ack_code) == ("PROCESSED", "AA")
-    assert json.loads(row.notes) == ["MSH-7 '20261205123045123' read as 2026-12-05T12:30:45.123 (fraction without '.')"]
+    assert row.note.splitlines() == ["MSH-7 '20261205123045123' read as 2026-12-05T12:30:45.123 (fraction without '.')"]
 
 
 def test_an_unreadable_msh7_is_aa_and_noted_as_ignored(db):
     ack = send(runner(db), orm(msh7="Sat Dec 5 12:30"))
     assert ack.segment("MSA").value(1) == "AA"
-    assert "ignored, the field is informational" in json.loads(stored(db)[0].notes)[0]
+    assert "ignored, the field is informational" in stored(db)[0].note.splitlines()[0]
 
 
 def test_a_strict_channel_answers_ae_102_at_msh7(db):
@@ -71,7 +71,7 @@ def test_an_unreadable_birth_date_is_still_ae_102(db):
 
 def test_a_standard_message_has_no_notes(db):
     send(runner(db), orm())
-    assert stored(db)[0].notes == ""
+    assert stored(db)[0].note == ""
 
 
 @pytest.mark.parametrize("junk", [b"garbage\r", b"\r\n\r\nhello there\r\n", b"PID|||STALE\r"])
@@ -82,7 +82,7 @@ def test_a_stray_line_before_msh_gets_one_ack_for_the_stored_message(db, junk):
     assert ack.segment("MSA").value(1) == "AA" and ack.segment("MSA").value(2) == "C1"
     [row] = stored(db)
     assert (row.status, row.ack_code, row.raw) == ("PROCESSED", "AA", raw)
-    assert json.loads(row.notes)[0].startswith("skipped 1 line(s) before MSH")
+    assert row.note.splitlines()[0].startswith("skipped 1 line(s) before MSH")
 
 
 def test_the_message_after_a_stray_line_is_the_message_without_it(db):
@@ -96,20 +96,27 @@ def test_the_message_after_a_stray_line_is_the_message_without_it(db):
 def test_messages_show_lists_what_was_tolerated(db):
     send(runner(db), b"garbage\r" + orm(msh7="20261205123045 "))
     detail = db.read(lambda c: message_detail(c, stored(db)[0].id))
-    assert detail["stages"][0]["stage"] == "read" and detail["stages"][0]["status"] == "TOLERATED"
-    assert detail["stages"][0]["content"].splitlines() == [
+    assert detail["note"].splitlines() == [
         "skipped 1 line(s) before MSH, the first: 'garbage'",
         "MSH-7 '20261205123045 ' read as 2026-12-05T12:30:45 (spaces around the value)",
     ]
-    assert "notes" not in detail
+
+
+def test_what_was_tolerated_comes_before_the_filters_note(db):
+    r = runner(db, filter={"message_types": ["ADT^*"]})
+    assert send(r, orm(msh7="20261205123045 ")).segment("MSA").value(1) == "AA"
+    assert stored(db)[0].status == "FILTERED"
+    assert stored(db)[0].note.splitlines() == [
+        "MSH-7 '20261205123045 ' read as 2026-12-05T12:30:45 (spaces around the value)",
+        "ORM^O01 did not pass the channel's filter",
+    ]
 
 
 def test_a_real_batch_after_a_stray_line_is_still_answered_as_a_batch(db):
     batch = b"junk\rBHS|^~\\&|RIS|HOSP\r" + orm("C1") + orm("C2") + b"BTS|2\r"
     ack = asyncio.run(runner(db).receive(batch, "test")).decode()
     assert ack.startswith("BHS|") and ack.count("MSA|AA|") == 2
-    notes = [json.loads(r.notes) if r.notes else [] for r in stored(db)]
-    assert notes == [["skipped 1 line(s) before BHS, the first: 'junk'"], []]
+    assert [r.note for r in stored(db)] == ["skipped 1 line(s) before BHS, the first: 'junk'", ""]
 
 
 # Where the value is used: the shipped order mapping reads what validation tolerated, the same way.
@@ -149,14 +156,14 @@ def test_an_unreadable_scheduled_start_is_ae_102_at_orc_7_4():
 def test_nul_padding_after_the_last_segment_is_aa_and_noted(db):
     ack = send(runner(db), orm() + b"\x00\x00\x00\x00")
     assert ack.segment("MSA").value(1) == "AA"
-    assert json.loads(stored(db)[0].notes) == ["skipped 1 line(s) of control characters only, the first: "
+    assert stored(db)[0].note.splitlines() == ["skipped 1 line(s) of control characters only, the first: "
                                                "'\\x00\\x00\\x00\\x00'"]
 
 
 def test_a_v27_style_msh2_in_an_older_message_is_aa_and_noted(db):
     ack = send(runner(db), orm().replace(b"MSH|^~\\&|", b"MSH|^~\\&#|", 1))
     assert ack.segment("MSA").value(1) == "AA"
-    assert json.loads(stored(db)[0].notes) == ["MSH-2 '^~\\\\&#' read with '#' as the truncation character of v2.7"]
+    assert stored(db)[0].note.splitlines() == ["MSH-2 '^~\\\\&#' read with '#' as the truncation character of v2.7"]
 
 
 # No timestamp a sender writes may escape as anything but an ACK decision.
@@ -184,7 +191,7 @@ def test_a_report_with_line_feeds_inside_obx5_is_aa_and_keeps_its_lines(db):
     ack = send(runner(db), oru)
     assert ack.segment("MSA").value(1) == "AA"
     [row] = stored(db)
-    assert json.loads(row.notes) == ["kept 2 line feed(s) inside fields: no segment follows them"]
+    assert row.note.splitlines() == ["kept 2 line feed(s) inside fields: no segment follows them"]
     text = db.read(lambda c: c.execute(select(messages.c.text)).scalar_one())
     assert Message(text).value("OBX", 5) == "FINDINGS:\nNo acute disease.\nNAD"
 
@@ -194,3 +201,21 @@ def test_a_message_refused_for_its_timestamp_is_still_found_by_patient_and_acces
     keys = db.read(lambda c: c.execute(select(messages.c.status, messages.c.patient_id,
                                               messages.c.accession_number)).one())
     assert tuple(keys) == ("ERROR", "MRN1", "ACC1")
+
+
+class LeavesAlone:
+    name = "leaves-alone"
+
+    def apply(self, conn, ctx):
+        ctx.note(False, "order P1 is already cancelled")
+        return []
+
+
+def test_the_handlers_notes_follow_what_was_tolerated(db):
+    cfg = ChannelConfig.model_validate({"name": "c", "source": {"type": "mllp", "port": 0}})
+    r = ChannelRunner(cfg, Preparer(cfg), Persister(cfg, [LeavesAlone()], "RB", "RAD"), db)
+    assert send(r, b"junk\r" + orm()).segment("MSA").value(1) == "AA"
+    [row] = stored(db)
+    assert row.status == "UNCHANGED"
+    assert row.note.splitlines() == ["skipped 1 line(s) before MSH, the first: 'junk'",
+                                     "order P1 is already cancelled"]

@@ -66,13 +66,19 @@ def merge(survivor: str, prior: str, kind: str = "merge") -> dict[str, Any]:
     }
 
 
-def apply_records(db: Database, handler: Handler, records: list[dict[str, Any]]) -> list[Outbound]:
+def apply_records(
+    db: Database, handler: Handler, records: list[dict[str, Any]], message: str = MSH + "\r"
+) -> list[Outbound]:
     """Run ``handler`` on ``records`` in one committed transaction (as the channel does)."""
-    ctx = InboundContext(
+    return db.writer.call(lambda conn: handler.apply(conn, context(records, message)))
+
+
+def context(records: list[dict[str, Any]], message: str = MSH + "\r") -> InboundContext:
+    """The handlers' view of one message with ``records`` (an ORM^O01 unless ``message`` says)."""
+    return InboundContext(
         message_id=1,
         channel="test",
-        message=Message(MSH + "\r"),
+        message=Message(message),
         received_at=datetime.now(UTC),
         records=records,
     )
-    return db.writer.call(lambda conn: handler.apply(conn, ctx))

@@ -38,14 +38,15 @@ def test_order_for_unknown_patient_creates_the_patient(
     assert [p.patient_id for p in _rows(db, patients)] == ["NEW"]
 
 
-def test_unknown_order_control_is_rejected_at_orc_1_and_changes_nothing(
+def test_unknown_order_control_is_rejected_at_its_orc_1_and_changes_nothing(
     db: Database, orders_handler: OrdersHandler
 ) -> None:
     with pytest.raises(HL7ApplicationError) as err:
         apply_records(
             db, orders_handler, [patient(), order("PL1"), order("PL2", order_control="ZZ")]
         )
-    assert str(err.value.location) == "ORC^1^1"
+    assert str(err.value.location) == "ORC^2^1"  # the second order group's ORC
+    assert err.value.text == "ORC-1 'ZZ' with ORC-5 'SC' is not in order_control_status.csv"
     assert _rows(db, orders) == [] and _rows(db, patients) == []
 
 

@@ -111,7 +111,7 @@ def test_messages_list_filters_by_control_id(three_stored: EngineProcess) -> Non
 def test_status_json_counts_per_channel(three_stored: EngineProcess) -> None:
     status = cli_json(three_stored, "status")
 
-    assert status["channels"] == {"inbound": {"received": 3, "errors": 1, "filtered": 0, "queued": 0,
+    assert status["channels"] == {"inbound": {"received": 3, "errors": 1, "filtered": 0, "unchanged": 0, "queued": 0,
                                               "delivery_errors": 0, "oldest_queued_seconds": None}}
     assert set(status) == {"channels", "jobs", "worklist_steps"}
 

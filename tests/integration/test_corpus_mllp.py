@@ -115,7 +115,7 @@ def test_a_malformed_file_a_tolerant_reader_can_read_is_aa_with_a_note(inbound: 
         assert ack.code == "AA"
         row_id = _stored(inbound)[0]["id"]
         detail = cli_json(inbound, "messages", "show", str(row_id))
-        assert detail["stages"][0]["stage"] == "read" and detail["stages"][0]["content"] == note, number
+        assert detail["note"] == note, number
 
 
 def test_every_malformed_file_is_refused_and_the_connection_keeps_working(

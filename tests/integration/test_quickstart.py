@@ -161,8 +161,8 @@ def test_the_log_names_what_listens_and_that_http_does_not(shipped: Engine) -> N
     assert "HTTP API" in log and "not served" in log and shipped.env["RADBRIDGE_HTTP_PORT"] in log
 
 
-def test_oru_is_accepted_and_stored_and_makes_no_worklist_entry(shipped: Engine, tmp_path: Path) -> None:
-    """The README: the shipped channel accepts and stores ORU^R01, and nothing else is done with it."""
+def test_oru_is_refused_and_kept_and_makes_no_worklist_entry(shipped: Engine, tmp_path: Path) -> None:
+    """The README: nothing on the shipped channel applies ORU^R01: AR 200, kept as REJECTED (issue #11)."""
     oru = tmp_path / "oru.hl7"
     oru.write_bytes(
         b"MSH|^~\\&|REP|NORTHSIDE|RADBRIDGE|RADIOLOGY|20261201120000||ORU^R01^ORU_R01|EX-ORU-0001|P|2.5.1\r"
@@ -170,9 +170,9 @@ def test_oru_is_accepted_and_stored_and_makes_no_worklist_entry(shipped: Engine,
         b"OBR|1|EX-PLC-1001^RIS|EX-FIL-1001^RIS|CTHEAD^CT head without contrast^L||||||||||||||EX-ACC-1001\r"
         b"OBX|1|TX|CTHEAD^CT head^L||No acute findings.||||||F\r"
     )
-    assert _send(shipped, oru) == ["AA"]
+    assert _send(shipped, oru) == ["AR"]
     listed = shipped.sh(f"{BIN}/radbridge messages list --type ORU^R01 --json")
-    assert [(m["control_id"], m["status"]) for m in json.loads(listed.stdout)] == [("EX-ORU-0001", "PROCESSED")]
+    assert [(m["control_id"], m["status"]) for m in json.loads(listed.stdout)] == [("EX-ORU-0001", "REJECTED")]
     assert _find(shipped, "CT_SCANNER_1") == []
 
 

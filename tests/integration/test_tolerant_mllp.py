@@ -33,8 +33,7 @@ def _with_msh7(control_id: str, msh7: str) -> bytes:
 def _tolerated(engine: EngineProcess, control_id: str) -> list[str]:
     [row] = cli_json(engine, "messages", "list", "--control-id", control_id)
     detail = cli_json(engine, "messages", "show", str(row["id"]))
-    stages = [s for s in detail["stages"] if s["stage"] == "read"]
-    return stages[0]["content"].splitlines() if stages else []
+    return list(detail["note"].splitlines())
 
 
 def test_a_stray_line_before_msh_gets_one_ack_for_the_one_message_stored(

@@ -30,11 +30,11 @@ def sqlite_db(tmp_path) -> Iterator[Database]:
 
 def test_counts_per_channel_and_status(db) -> None:
     rows = [("a", "PROCESSED")] * 5 + [("a", "ERROR"), ("a", "REJECTED"), ("a", "FILTERED"), ("a", "FILTERED")]
-    rows += [("b", "PROCESSED"), ("b", "REJECTED"), ("c", "FILTERED")]
+    rows += [("b", "PROCESSED"), ("b", "REJECTED"), ("c", "FILTERED"), ("c", "UNCHANGED")]
     db.writer.call(lambda c: c.execute(insert(messages), [_row(n, ch, st) for n, (ch, st) in enumerate(rows)]))
     status = db.read(channel_status)
-    assert {ch: (s["received"], s["errors"], s["filtered"]) for ch, s in status.items()} == {
-        "a": (9, 2, 2), "b": (2, 1, 0), "c": (1, 0, 1)}
+    assert {ch: (s["received"], s["errors"], s["filtered"], s["unchanged"]) for ch, s in status.items()} == {
+        "a": (9, 2, 2, 0), "b": (2, 1, 0, 0), "c": (2, 0, 1, 1)}
 
 
 def test_the_counts_use_covering_indexes_on_sqlite(sqlite_db: Database) -> None:

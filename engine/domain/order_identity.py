@@ -1,0 +1,121 @@
+"""Finding an order again by its HL7 identity (HL7 v2.5.1 4.5.1.2, 4.5.1.3: EI data type).
+
+An order is identified by its placer order number (ORC-2, or OBR-2) and its
+filler order number (ORC-3, or OBR-3), each with the namespace of the system
+that assigned it (EI.2). Follow-up messages (CA, DC, XO, SC, a resent NW) are
+found by them even when they carry nothing else: real RIS cancels often hold
+only ORC and a minimal OBR, without accession, Requested Procedure ID, SPS ID
+or modality. When the follow-up does give a Requested Procedure ID or an SPS ID,
+only the steps with those ids match (one placer order may have several).
+A namespace the follow-up leaves out matches any; two different namespaces never match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+
+from engine.domain.records import OrderRecord
+from engine.domain.tables import orders, procedure_steps
+from engine.store.fast import FastStatement, all_rows
+
+__all__ = ["find_orders", "given_ids", "identity_text"]
+
+_COLUMNS = (
+    orders.c.id.label("order_pk"),
+    orders.c.content_hash,
+    orders.c.placer_order_namespace,
+    orders.c.filler_order_namespace,
+    orders.c.requested_procedure_id,
+    orders.c.accession_number,
+    procedure_steps.c.id.label("step_pk"),
+    procedure_steps.c.sps_id,
+    procedure_steps.c.status,
+)
+
+
+def _by(column: Any) -> FastStatement:
+    return FastStatement(
+        select(*_COLUMNS)
+        .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)
+        .where(column == bindparam("number"))
+        .order_by(procedure_steps.c.id)
+    )
+
+
+_BY_PLACER = _by(orders.c.placer_order_number)
+_BY_FILLER = _by(orders.c.filler_order_number)
+_BY_ACCESSION = _by(orders.c.accession_number)
+
+
+def _same(given: str, stored: str) -> bool:
+    return not given or not stored or given == stored
+
+
+def given_ids(record: OrderRecord) -> tuple[str, str]:
+    """(Requested Procedure ID, SPS ID) as the sender gave them.
+
+    The shipped mapping fills a missing Requested Procedure ID with the accession
+    number and a missing SPS ID with the Requested Procedure ID; such copies are
+    not the sender's ids and must not keep a follow-up from its order.
+    """
+    rp_id = "" if record.requested_procedure_id == record.accession_number else record.requested_procedure_id
+    sps_id = "" if record.scheduled_procedure_step_id == record.requested_procedure_id else \
+        record.scheduled_procedure_step_id
+    return rp_id, sps_id
+
+
+def _narrow(
+    rows: Sequence[Any], record: OrderRecord, namespace_of: str, namespace: str, by_accession: bool
+) -> list[Any]:
+    rp_id, sps_id = given_ids(record)
+    accession = record.accession_number if by_accession else ""
+    return [
+        r for r in rows
+        if _same(namespace, getattr(r, namespace_of)) and _same(rp_id, r.requested_procedure_id)
+        and _same(sps_id, r.sps_id) and _same(accession, r.accession_number)
+    ]  # fmt: skip
+
+
+def find_orders(
+    conn: Connection, record: OrderRecord, by_accession: bool = True, follow_up: bool = True
+) -> list[Any]:
+    """The stored steps of the order ``record`` names: by placer number, else filler, else accession.
+
+    Each row has order_pk, content_hash, step_pk, status (and the ids it was matched on).
+    ``by_accession`` False: a differing accession number does not rule a row out (the
+    stored one is the engine's own, not the sender's). ``follow_up`` False (NW, XO): an
+    order with a placer number that finds nothing is new, so the filler number is not
+    searched as well, which spares every new order a second query.
+    """
+    searches = [(_BY_PLACER, record.placer_order_number, "placer_order_namespace", record.placer_order_namespace)]
+    if follow_up or not record.placer_order_number:
+        searches.append(
+            (_BY_FILLER, record.filler_order_number, "filler_order_namespace", record.filler_order_namespace)
+        )
+    for statement, number, namespace_of, namespace in searches:
+        if number:
+            rows = all_rows(statement, conn, {"number": number})
+            found = _narrow(rows, record, namespace_of, namespace, by_accession)
+            if found:
+                return found
+    if record.placer_order_number or record.filler_order_number or not record.accession_number:
+        return []
+    rows = all_rows(_BY_ACCESSION, conn, {"number": record.accession_number})
+    return _narrow(rows, record, "placer_order_namespace", "", True)
+
+
+def identity_text(record: OrderRecord) -> str:
+    """The order's identity for messages: ``placer P1^RIS, filler F1`` (numbers are not PHI)."""
+    parts = [
+        f"{label} {number}" + (f"^{namespace}" if namespace else "")
+        for label, number, namespace in (
+            ("placer", record.placer_order_number, record.placer_order_namespace),
+            ("filler", record.filler_order_number, record.filler_order_namespace),
+            ("accession", record.accession_number, ""),
+        )
+        if number
+    ]
+    return ", ".join(parts[:2]) or "(no number)"

@@ -1,0 +1,139 @@
+"""Issue #11 through the channel, with the shipped mappings and handlers, on SQLite and PostgreSQL:
+what the RIS is answered, what is stored, and what ``messages show`` and ``status`` say."""
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import select
+
+from engine.channel.persist import Persister
+from engine.channel.prepare import Preparer
+from engine.channel.runner import ChannelRunner
+from engine.cli.queries import channel_status, message_detail
+from engine.config.models import ChannelConfig, EngineConfig
+from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
+from engine.domain.tables import procedure_steps
+from engine.hl7.er7 import Message
+from engine.mapping import load_mappings
+from engine.store.schema import messages
+from tests.conftest import ROOT
+
+GOLDEN = ROOT / "mappings" / "tests" / "order-to-worklist"
+MSH = "MSH|^~\\&|RIS|NORTHSIDE|RADBRIDGE|NORTHSIDE|20240312101500||{type}|{cid}|P|2.3.1\r"
+PID = "PID|1||MRN6210^^^NORTHSIDE^MR||Haddad^Rami\r"
+
+
+def _runner(db: Any) -> ChannelRunner:
+    engine = EngineConfig(mappings_dir=ROOT / "mappings", timezone="UTC")
+    cfg = ChannelConfig.model_validate({
+        "name": "ris", "source": {"type": "mllp", "port": 0}, "mapping": ["adt-to-patient", "order-to-worklist"],
+        "handlers": ["patients", "orders"], "accept": {"message_types": ["ADT^*", "ORM^O01", "ORU^R01"]}})
+    compiled = load_mappings(ROOT / "mappings", timezone="UTC")
+    chain = [compiled["adt-to-patient"], compiled["order-to-worklist"]]
+
+    def mapping(message: Message) -> list[dict[str, Any]]:
+        return next((list(m.apply(message, provenance=False).records) for m in chain if m.accepts(message)), [])
+
+    handlers = [PatientsHandler(patient_policy(engine)), OrdersHandler(order_policy(engine), upsert_patients=False)]
+    return ChannelRunner(cfg, Preparer(cfg, mapping), Persister(cfg, handlers, "RB", "RAD"), db)  # type: ignore[list-item]
+
+
+def _send(runner: ChannelRunner, text: str) -> Message:
+    return Message(asyncio.run(runner.receive(text.encode(), "test")).decode("latin-1"))
+
+
+def _last(db: Any) -> dict[str, Any]:
+    last = db.read(lambda c: c.execute(select(messages.c.id).order_by(messages.c.id.desc())).scalar())
+    detail = db.read(lambda c: message_detail(c, last))
+    assert detail is not None
+    return detail
+
+
+def _steps(db: Any) -> list[str]:
+    return db.read(lambda c: list(c.execute(select(procedure_steps.c.status).order_by(procedure_steps.c.id))
+                                  .scalars()))
+
+
+def test_mr_brain_with_a_loinc_code_is_ae_103_at_obr_2_4_and_nothing_is_stored(db) -> None:
+    text = (GOLDEN / "orm_o01_loinc_mr_and_lab.hl7").read_text()
+    ack = _send(_runner(db), text)
+    err = ack.segment("ERR")
+    assert ack.segment("MSA").value(1) == "AE" and err is not None
+    assert (err.value(2, 1, 1), err.value(2, 1, 2), err.value(2, 1, 3), err.value(3)) == ("OBR", "2", "4", "103")
+    detail = _last(db)
+    assert detail["status"] == "ERROR"
+    assert "'24590-2' (LN)" in detail["error"] and "procedure_codes.csv" in detail["error"]
+    assert _steps(db) == []
+
+
+def test_an_ignored_lab_order_is_unchanged_said_and_counted(db) -> None:
+    runner = _runner(db)
+    lab = (MSH.format(type="ORM^O01", cid="LAB1") + PID + "ORC|NW|PLC-9|FIL-9||SC\r"
+           "OBR|1|PLC-9|FIL-9|2345-7^Glucose^LN" + "|" * 20 + "LAB\r")
+    assert _send(runner, lab).segment("MSA").value(1) == "AA"
+    detail = _last(db)
+    assert detail["status"] == "UNCHANGED"
+    assert detail["note"] == ("order placer PLC-9, filler FIL-9: not an imaging order "
+                              "(OBR-24 'LAB' in non_imaging.csv), ignored (orders.non_imaging: ignore)")
+    assert db.read(channel_status)["ris"]["unchanged"] == 1
+    assert _send(runner, lab).segment("MSA").value(1) == "AA"  # resent: the original answer, one row
+    counts = db.read(channel_status)["ris"]
+    assert (counts["received"], counts["unchanged"], counts["errors"]) == (1, 1, 0)
+
+
+def test_a_minimal_cancel_finds_the_order_and_a_second_one_says_it_changed_nothing(db) -> None:
+    runner = _runner(db)
+    nw = (GOLDEN.parent / "order-to-worklist" / "orm_o01_two_orders.hl7").read_text()
+    assert _send(runner, nw).segment("MSA").value(1) == "AA"
+    cancel = MSH.format(type="ORM^O01", cid="CA1") + PID + "ORC|CA|PLC-6001|FIL-6001\rOBR|1|PLC-6001|FIL-6001\r"
+    assert _send(runner, cancel).segment("MSA").value(1) == "AA"
+    assert _steps(db) == ["CANCELED", "SCHEDULED"] and _last(db)["status"] == "PROCESSED"
+    again = cancel.replace("|CA1|", "|CA2|")
+    assert _send(runner, again).segment("MSA").value(1) == "AA"
+    detail = _last(db)
+    assert (detail["status"], detail["note"]) == (
+        "UNCHANGED", "order placer PLC-6001, filler FIL-6001: CA changed nothing (the step is already CANCELED)")
+
+
+def test_adt_without_pid_and_unimplemented_events_are_refused(db) -> None:
+    runner = _runner(db)
+    no_pid = _send(runner, MSH.format(type="ADT^A08", cid="A1") + "EVN|A08\rPV1|1|O\r")
+    assert (no_pid.segment("MSA").value(1), no_pid.segment("ERR").value(3)) == ("AE", "101")
+    a09 = _send(runner, MSH.format(type="ADT^A09", cid="A2") + "EVN|A09\r" + PID)
+    assert (a09.segment("MSA").value(1), a09.segment("ERR").value(3)) == ("AR", "201")
+    oru = _send(runner, MSH.format(type="ORU^R01", cid="R1") + PID + "OBR|1\r")
+    assert (oru.segment("MSA").value(1), oru.segment("ERR").value(3)) == ("AR", "200")
+    assert db.read(channel_status)["ris"]["errors"] == 3
+    statuses = db.read(lambda c: list(c.execute(select(messages.c.status).order_by(messages.c.id)).scalars()))
+    assert statuses == ["ERROR", "REJECTED", "REJECTED"]
+
+
+def test_pharmacy_and_diet_orders_are_acknowledged_unchanged_with_one_note_each(db) -> None:
+    text = (GOLDEN / "orm_o01_pharmacy_and_diet.hl7").read_text()
+    assert _send(_runner(db), text).segment("MSA").value(1) == "AA"
+    detail = _last(db)
+    assert detail["status"] == "UNCHANGED" and _steps(db) == []
+    assert [line.split(": ", 1)[1] for line in detail["note"].splitlines()] == [
+        "not an imaging order (segment RXO in non_imaging.csv), ignored (orders.non_imaging: ignore)",
+        "not an imaging order (segment ODS in non_imaging.csv), ignored (orders.non_imaging: ignore)",
+    ]
+
+
+def test_an_unchanged_message_is_logged_without_its_data(db, caplog) -> None:
+    lab = (MSH.format(type="ORM^O01", cid="LAB2") + PID + "ORC|NW|PLC-10|FIL-10||SC\r"
+           "OBR|1|PLC-10|FIL-10|2345-7^Glucose^LN" + "|" * 20 + "LAB\r")
+    with caplog.at_level("INFO", logger="engine.channel.persist"):
+        assert _send(_runner(db), lab).segment("MSA").value(1) == "AA"
+    (line,) = [r.getMessage() for r in caplog.records if "changed nothing" in r.getMessage()]
+    message_id = _last(db)["id"]
+    assert line == (f"message {message_id} changed nothing: 1 record(s) left alone, "
+                    f"see `radbridge messages show {message_id}`")
+
+
+def test_a_filtered_message_says_so(db) -> None:
+    cfg = ChannelConfig.model_validate({"name": "f", "source": {"type": "mllp", "port": 0},
+                                        "filter": {"message_types": ["ADT^*"]}})
+    runner = ChannelRunner(cfg, Preparer(cfg), Persister(cfg, [], "RB", "RAD"), db)
+    assert _send(runner, MSH.format(type="ORM^O01", cid="F1") + PID).segment("MSA").value(1) == "AA"
+    detail = _last(db)
+    assert (detail["status"], detail["note"]) == ("FILTERED", "ORM^O01 did not pass the channel's filter")

@@ -1,0 +1,110 @@
+"""Issue #11 on the wire: a running engine with the shipped channel setup, python-hl7's MLLP
+client as the RIS/HIS, and the CLI reading back what each message changed (or why not)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, EngineProcess, free_port
+from tests.integration.conftest import cli_json, send_all, sqlite_rows, write_channel, write_engine_yaml
+
+pytestmark = pytest.mark.timeout(120)
+
+GOLDEN = ROOT / "mappings" / "tests"
+MSH = "MSH|^~\\&|RIS|NORTHSIDE|RADBRIDGE|NORTHSIDE|20240312101500||{type}|{cid}|P|2.3.1\r"
+PID = "PID|1||MRN6210^^^NORTHSIDE^MR||Haddad^Rami||19750214|M\r"
+
+
+@pytest.fixture
+def ris(engine_process: EngineProcess, tmp_path: Path) -> Iterator[tuple[EngineProcess, int]]:
+    """The shipped channel setup on a copy of the shipped mappings (a test may edit its tables)."""
+    port = free_port()
+    shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+    write_engine_yaml(engine_process, f"mappings_dir: {tmp_path / 'mappings'}\n")
+    write_channel(engine_process, "ris", f"""\
+        name: ris-inbound
+        source: {{type: mllp, port: {port}}}
+        accept: {{message_types: ["ADT^*", "ORM^O01", "OMI^O23", "OMG^O19", "ORU^R01"]}}
+        mapping: [adt-to-patient, order-to-worklist]
+        handlers: [patients, orders]
+        """)
+    engine_process.start(wait_port=port)
+    yield engine_process, port
+
+
+def _payload(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _err(ack: object) -> tuple[str, str]:
+    err = ack.all("ERR")[0]  # type: ignore[attr-defined]
+    return err[2], err[3].split("^")[0]
+
+
+def _steps(engine: EngineProcess) -> list[tuple[str, str]]:
+    return sqlite_rows(engine.data_dir / "radbridge.db", "SELECT o.placer_order_number, s.status FROM orders o "
+                       "JOIN procedure_steps s ON s.order_pk = o.id ORDER BY o.id")
+
+
+def test_unknown_modality_is_refused_and_a_lab_order_is_said_ignored(ris: tuple[EngineProcess, int]) -> None:
+    engine, port = ris
+    two = _payload(GOLDEN / "order-to-worklist" / "orm_o01_loinc_mr_and_lab.hl7")
+    lab = (MSH.format(type="ORM^O01", cid="LAB1") + PID + "ORC|NW|PLC-9|FIL-9||SC\r"
+           "OBR|1|PLC-9|FIL-9|2345-7^Glucose^LN" + "|" * 20 + "LAB\r").encode()
+    refused, ignored = send_all(port, [two, lab])
+    assert refused.code == "AE" and _err(refused) == ("OBR^2^4", "103")
+    assert ignored.code == "AA"
+    assert _steps(engine) == []  # the x-ray of the refused message is not half-applied either
+
+    (row,) = cli_json(engine, "messages", "list", "--control-id", "LAB1")
+    shown = cli_json(engine, "messages", "show", str(row["id"]))
+    assert shown["status"] == "UNCHANGED" and "not an imaging order (OBR-24 'LAB' in" in shown["note"]
+    text = engine.cli("messages", "show", str(row["id"])).stdout
+    assert "note: order placer PLC-9, filler FIL-9: not an imaging order" in text
+    status = cli_json(engine, "status")["channels"]["ris-inbound"]
+    assert (status["received"], status["errors"], status["unchanged"]) == (2, 1, 1)
+
+
+def test_a_ris_cancel_with_only_orc_and_a_minimal_obr_cancels_the_order(ris: tuple[EngineProcess, int]) -> None:
+    engine, port = ris
+    nw = _payload(GOLDEN / "order-to-worklist" / "orm_o01_two_orders.hl7")
+    cancel = (MSH.format(type="ORM^O01", cid="CA1") + PID + "ORC|CA|PLC-6002|FIL-6002\r"
+              "OBR|1|PLC-6002|FIL-6002\r").encode()
+    again = cancel.replace(b"|CA1|", b"|CA2|")
+    assert [a.code for a in send_all(port, [nw, cancel, again])] == ["AA", "AA", "AA"]
+    assert _steps(engine) == [("PLC-6001", "SCHEDULED"), ("PLC-6002", "CANCELED")]
+    (row,) = cli_json(engine, "messages", "list", "--control-id", "CA2")
+    assert cli_json(engine, "messages", "show", str(row["id"]))["note"] == (
+        "order placer PLC-6002, filler FIL-6002: CA changed nothing (the step is already CANCELED)")
+
+
+def test_adt_gaps_on_the_wire(ris: tuple[EngineProcess, int]) -> None:
+    engine, port = ris
+    a47 = _payload(GOLDEN / "adt-to-patient" / "adt_a47_unknown_prior.hl7")
+    no_pid = _payload(GOLDEN / "adt-to-patient" / "adt_a08_no_pid.hl7")
+    a09 = (MSH.format(type="ADT^A09", cid="A09") + "EVN|A09\r" + PID).encode()
+    answers = send_all(port, [a47, no_pid, a09])
+    assert [a.code for a in answers] == ["AA", "AE", "AR"]
+    assert _err(answers[1]) == ("PID^1", "101") and _err(answers[2]) == ("MSH^1^9^2", "201")
+    db = engine.data_dir / "radbridge.db"
+    assert sqlite_rows(db, "SELECT patient_id FROM patients") == [("MRN9300",)]
+    assert sqlite_rows(db, "SELECT kind, prior_patient_id FROM patient_merges") == [("change_id", "TMP0042")]
+
+
+def test_a_refused_order_is_applied_by_a_replay_once_the_table_knows_its_code(
+    ris: tuple[EngineProcess, int], tmp_path: Path
+) -> None:
+    engine, port = ris
+    two = _payload(GOLDEN / "order-to-worklist" / "orm_o01_loinc_mr_and_lab.hl7")
+    (refused,) = send_all(port, [two])
+    assert refused.code == "AE"
+    (row,) = cli_json(engine, "messages", "list", "--control-id", "RIS00811")
+    with open(tmp_path / "mappings" / "tables" / "procedure_codes.csv", "a") as table:
+        table.write("24590-2,MR,MR Brain (LOINC)\n")
+    replay = engine.cli("messages", "replay", str(row["id"]))
+    assert replay.returncode == 0 and "reprocessed: AA" in replay.stdout, replay.stdout + replay.stderr
+    assert _steps(engine) == [("PLC-7101", "SCHEDULED"), ("PLC-7102", "SCHEDULED")]  # the lab order: noted
