@@ -87,7 +87,7 @@ def ts_to_fhir(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     if stamp is None:
         return ""
     if len(stamp.digits) <= 8:
-        return stamp.iso()
+        return Timestamp(stamp.digits).iso()  # a FHIR date carries no offset
     return _local(stamp.moment(), ctx).isoformat(timespec="seconds")
 
 

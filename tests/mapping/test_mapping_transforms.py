@@ -102,6 +102,10 @@ def test_ts_to_fhir_of_an_iso_date_is_the_date() -> None:
     assert run("ts_to_fhir", "2024-07-06") == "2024-07-06"
 
 
+def test_ts_to_fhir_of_a_date_with_an_offset_is_the_date_without_it() -> None:
+    assert run("ts_to_fhir", "20240706+0200") == "2024-07-06"
+
+
 def test_ts_to_fhir_has_the_site_offset_in_summer() -> None:
     assert run("ts_to_fhir", "20240706083000") == "2024-07-06T08:30:00+02:00"
 
