@@ -110,7 +110,10 @@ class Reading:
         return f"{where} {written!r} read as {self.value.iso()} ({'; '.join(self.tolerated)})"
 
 
-@lru_cache(maxsize=4096)  # readings are immutable; birth dates and schedule slots repeat
+#: Longer than any form read here ("2017-04-25 07:31:13.123456789 +01:00" is 36): refused unread.
+_MAX_LENGTH = 40
+
+
 def read_dtm(text: str) -> Reading:
     """Read ``text`` as an HL7 date/time; raise HL7ApplicationError 102 when it cannot be read.
 
@@ -118,6 +121,13 @@ def read_dtm(text: str) -> Reading:
     component and sub-component of a TS (its degree of precision) are the
     caller's to split off.
     """
+    if len(text) > _MAX_LENGTH:  # and so never kept in the cache
+        raise _unreadable(text, f"it is longer than {_MAX_LENGTH} characters")
+    return _read(text)
+
+
+@lru_cache(maxsize=4096)  # readings are immutable; birth dates and schedule slots repeat
+def _read(text: str) -> Reading:
     standard = _STANDARD.fullmatch(text)
     if standard is None or (standard[2] and len(standard[1]) != 14):
         return _read_tolerantly(text)

@@ -94,6 +94,7 @@ def test_unambiguous_variants_are_read_and_say_what_was_tolerated(text, standard
         ("", "blank"),
         ("   ", "blank"),
         ("20261205123045 EST", "form"),
+        ("2" * 41, "longer than 40"),
     ],
 )
 def test_what_cannot_be_read_one_way_is_refused_with_the_reason(text, reason):
