@@ -6,7 +6,9 @@ changes but keeps the message), enqueue outbound work, and return the ACK.
 The caller sends the ACK only after the writer reports the commit.
 
 What the handlers left alone is said on the row: their notes go to ``note``,
-and a message whose every outcome changed nothing is UNCHANGED (still AA).
+after what the reader tolerated to read the message (a timestamp outside the
+grammar, a stray line before MSH), and a message whose every outcome changed
+nothing is UNCHANGED (still AA).
 A message the channel's mapping turned into nothing, that no handler reported
 on and no destination takes, is refused with AR 200: nothing would be done.
 """
@@ -115,7 +117,7 @@ class Persister:
                                 ErrorLocation("MSH", 1, 9, 1))
         except HL7Error as exc:
             return self._fail(conn, p, message_id, exc)
-        self._note(conn, message_id, outcomes)
+        self._note(conn, message_id, outcomes, p.notes)
         return Stored(message_id, ack, code, enqueued=enqueued)
 
     def _duplicate(self, conn: Connection, p: Prepared, now: datetime) -> Stored | None:
@@ -170,7 +172,8 @@ class Persister:
             "duplicate_count": 0,
             "last_duplicate_at": None,
             "mapped": _json(p.records) if p.records else "",
-            "note": f"{m.message_type} did not pass the channel's filter" if p.status == FILTERED else "",
+            "note": "\n".join(p.notes + ([f"{m.message_type} did not pass the channel's filter"]
+                                         if p.status == FILTERED else [])),
         }
         for key, value in values.items():
             if isinstance(value, str) and "\x00" in value:
@@ -199,13 +202,16 @@ class Persister:
         return out, ctx.outcomes
 
     @staticmethod
-    def _note(conn: Connection, message_id: int, outcomes: list[Outcome]) -> None:
-        """Say on the row what changed nothing; UNCHANGED when nothing changed at all."""
+    def _note(conn: Connection, message_id: int, outcomes: list[Outcome], read: list[str]) -> None:
+        """Say on the row what changed nothing; UNCHANGED when nothing changed at all.
+
+        ``read``: what the reader tolerated, already on the row; kept before the handlers' notes.
+        """
         notes = [o.note for o in outcomes if o.note]
         unchanged = bool(outcomes) and not any(o.changed for o in outcomes)
         if not (notes or unchanged):
             return  # the common case costs no statement
-        values: dict[str, Any] = {"note": "\n".join(notes)}
+        values: dict[str, Any] = {"note": "\n".join(read + notes)}
         if unchanged:
             values["status"] = UNCHANGED
         conn.execute(update(messages).where(messages.c.id == message_id).values(**values))

@@ -18,6 +18,7 @@ from engine.config.models import ChannelConfig
 from engine.errors import ErrorLocation, HL7Error, HL7Reject
 from engine.filters import accepts
 from engine.hl7.er7 import Message, unescape
+from engine.hl7.structure import defined_segments
 from engine.hl7.validate import AcceptPolicy, validate
 
 __all__ = ["ERROR", "FILTERED", "PROCESSED", "REJECTED", "MapFn", "Prepared", "Preparer"]
@@ -46,6 +47,7 @@ class Prepared:
     patient_id: str = ""
     accession_number: str = ""
     body_hash: str = ""
+    notes: list[str] = field(default_factory=list)  # what the reader tolerated, kept with the message
 
     @property
     def sender(self) -> str:
@@ -70,22 +72,29 @@ class Preparer:
         self.mapping = mapping
         a = config.accept
         self.policy = AcceptPolicy(
-            tuple(a.message_types), tuple(a.processing_ids), tuple(a.versions), a.structure, a.datatypes
+            tuple(a.message_types), tuple(a.processing_ids), tuple(a.versions), a.structure, a.datatypes,
+            a.timestamps,
         )
+        defined_segments()  # loaded now, not on the event loop when the first lone-LF message arrives
 
-    def prepare(self, text: str, raw: bytes, charset: str) -> Prepared:
-        """Tokenize, validate, filter and map ``text``."""
+    def prepare(self, text: str, raw: bytes, charset: str, notes: tuple[str, ...] = ()) -> Prepared:
+        """Tokenize, validate, filter and map ``text``.
+
+        ``notes``: what was tolerated before the message was cut out of its frame (a stray
+        line before MSH); validation adds what it tolerated in the fields.
+        """
         message = Message(text)
-        prepared = Prepared(message, raw, charset, PROCESSED)
+        prepared = Prepared(message, raw, charset, PROCESSED, notes=list(notes))
         prepared.body_hash = hashlib.sha256(message.text.encode("utf-8", "surrogatepass")).hexdigest()
+        if message.msh is not None:  # keys first: a message answered AE is still found by patient
+            prepared.patient_id = _first(message, ("PID", 3, 1))[:64]
+            prepared.accession_number = _first(message, ("IPC", 1, 1), ("OBR", 18, 1))[:64]
         try:
-            validate(message, self.policy)
+            prepared.notes += validate(message, self.policy)
         except HL7Error as exc:
             prepared.status = REJECTED if exc.ack_code == "AR" else ERROR
             prepared.error = exc
             return prepared
-        prepared.patient_id = _first(message, ("PID", 3, 1))[:64]
-        prepared.accession_number = _first(message, ("IPC", 1, 1), ("OBR", 18, 1))[:64]
         if not accepts(message, self.config.filter):
             prepared.status = FILTERED
             if self.config.filter.action == "reject":

@@ -72,10 +72,11 @@ class ChannelRunner:
         if not split.messages:
             return Opened(decoded, split, HL7Reject(100, "empty message", ErrorLocation("MSH", 1)))
         single = len(split.messages) == 1 and not split.batch
+        # What was skipped before the first header belongs to the message it preceded.
         prepared = [
             self.preparer.prepare(text, payload if single else text.encode(decoded.charset, "replace"),
-                                  decoded.charset)
-            for text in split.messages
+                                  decoded.charset, tuple(split.notes) if n == 0 else ())
+            for n, text in enumerate(split.messages)
         ]
         return Opened(decoded, split, None, prepared, single)
 

@@ -82,6 +82,11 @@ class AcceptConfig(_Model):
     versions: list[str] = Field(default_factory=lambda: ["2.*"], min_length=1)
     structure: Literal["none", "control", "strict"] = "control"
     datatypes: Literal["none", "key", "all"] = "key"
+    timestamps: Literal["lenient", "strict"] = Field(
+        "lenient",
+        description="lenient: read date/times outside the HL7 grammar that can be read one way only (noted"
+        " with the message) and ignore unreadable ones in MSH-7, EVN-2, ORC-9; strict: AE 102 for any",
+    )
 
 
 class FieldCondition(_Model):

@@ -4,7 +4,14 @@ One MLLP frame may carry a single message, a batch (BHS … BTS), a file of
 batches (FHS … FTS), or several messages back to back with no envelope.
 :func:`split_messages` returns the messages' texts and whether the payload was
 a batch, or raises :class:`BatchError` for envelopes that break the rules
-(a BHS inside a message, segments before the first MSH, unbalanced headers).
+(a BHS inside a batch, segments between BHS and the first MSH, unbalanced headers).
+
+Lines before the frame's first header (MSH, BHS or FHS) cannot belong to any
+message: a segment follows its MSH. They are skipped, and so are spaces and
+control characters before that header on its own line, and lines of nothing
+but control characters anywhere (no segment is made of them); the split says
+so in ``notes``. A frame with no header at all is left whole, for validation
+to refuse.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from engine.hl7.er7 import normalize_segment_breaks
 __all__ = ["BatchError", "Split", "split_messages"]
 
 _ENVELOPE = ("FHS", "BHS", "BTS", "FTS")
+_HEADERS = ("MSH", "BHS", "FHS")
+#: What may stand before the first header on its line: spaces and C0 controls (NUL padding,
+#: a repeated start block), never text.
+_LEADING_JUNK = "".join(map(chr, range(0x20))) + " \x7f"
+#: Characters of a skipped line shown in its note (the whole frame stays in ``raw``).
+_SHOWN = 40
 
 
 class BatchError(HL7ApplicationError):
@@ -33,12 +46,17 @@ class Split:
     messages: list[str] = field(default_factory=list)
     batch: bool = False
     header: str = ""  # the BHS (or FHS) line when batched
+    notes: list[str] = field(default_factory=list)  # what was skipped before the first header
 
 
 def split_messages(text: str) -> Split:
     """Split decoded payload text into message texts (CR-terminated)."""
-    lines = [line for line in normalize_segment_breaks(text.lstrip("\ufeff")).split("\r") if line]
+    normalized = normalize_segment_breaks(text.lstrip("\ufeff"))
+    lines = [line for line in normalized.split("\r") if line]
     result = Split()
+    if "\n" in normalized:
+        result.notes.append(f"kept {normalized.count(chr(10))} line feed(s) inside fields: no segment follows them")
+    lines = _skip_to_first_header(_without_blank_lines(lines, result.notes), result.notes)
     current: list[str] = []
     open_batch = open_file = 0
     for number, line in enumerate(lines, start=1):
@@ -72,6 +90,33 @@ def split_messages(text: str) -> Split:
     if len(result.messages) > 1:
         result.batch = True
     return result
+
+
+def _without_blank_lines(lines: list[str], notes: list[str]) -> list[str]:
+    """``lines`` without those of spaces and control characters only (NUL padding, a stray Ctrl-Z)."""
+    kept = [line for line in lines if line.strip(_LEADING_JUNK)]
+    if len(kept) < len(lines):
+        controls = [line for line in lines if line.strip() and not line.strip(_LEADING_JUNK)]
+        if controls:
+            notes.append(f"skipped {len(controls)} line(s) of control characters only, the first: "
+                         f"{controls[0][:_SHOWN]!r}")
+    return kept
+
+
+def _skip_to_first_header(lines: list[str], notes: list[str]) -> list[str]:
+    """``lines`` from the first header on, noting what was skipped; unchanged without a header."""
+    for index, line in enumerate(lines):
+        header = line.lstrip(_LEADING_JUNK)
+        if not (header.startswith(_HEADERS) and len(header) > 3 and not header[3].isalnum()):
+            continue
+        skipped = lines[:index]
+        if skipped:
+            notes.append(f"skipped {len(skipped)} line(s) before {header[:3]}, the first: {skipped[0][:_SHOWN]!r}")
+        if header != line:
+            notes.append(f"skipped {len(line) - len(header)} character(s) before {header[:3]} on its line: "
+                         f"{line[: len(line) - len(header)][:_SHOWN]!r}")
+        return [header, *lines[index + 1 :]]
+    return lines
 
 
 def _envelope(tag: str, number: int, current: list[str], batches: int, files: int) -> tuple[int, int]:

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from engine.hl7.structure import defined_segments
+
 __all__ = [
     "Message",
     "Segment",
@@ -27,7 +29,7 @@ __all__ = [
     "unescape",
 ]
 
-_SEGMENT_BREAKS = re.compile(r"\r\n|\n\r|\n|\r")
+_FIELD_SEPARATOR = re.compile(r"(?:MSH|BHS|FHS)([^\w\r\n])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +80,42 @@ def _valid_delimiters(chars: str) -> bool:
 
 
 def normalize_segment_breaks(text: str) -> str:
-    """Turn LF, CRLF and LFCR segment terminators into the standard CR."""
+    """Turn LF, CRLF and LFCR segment terminators into the standard CR.
+
+    CR, CRLF and LFCR always end a segment. A lone LF, which the standard does not
+    use as a terminator, ends one only where a segment can follow: the id of a
+    segment some HL7 version defines (or a Z-segment) and the field separator, a
+    blank line, or the end. Anywhere else it is a line break inside a field (a
+    report's text sent without ``\\.br\\``, whose line "NAD|" is not a segment) and is kept.
+    """
     if "\n" not in text:
         return text
-    return _SEGMENT_BREAKS.sub("\r", text)
+    text = text.replace("\r\n", "\r").replace("\n\r", "\r")
+    if "\n" not in text:
+        return text
+    found = _FIELD_SEPARATOR.search(text)
+    starts = _segment_start(found[1] if found else "|")
+    pieces = text.split("\n")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        out.append("\r" if _starts_segment(piece, starts) else "\n")
+        out.append(piece)
+    return "".join(out)
+
+
+@lru_cache(maxsize=16)
+def _segment_start(field_separator: str) -> re.Pattern[str]:
+    """What may follow a lone LF that ends a segment (HL7 v2.5.1 2.5.2: segment id, then separator)."""
+    return re.compile(rf"([A-Z][A-Z0-9]{{2}}){re.escape(field_separator)}|[ \t]*(?:[\r\n]|$)")
+
+
+def _starts_segment(piece: str, starts: re.Pattern[str]) -> bool:
+    """Whether the text after a lone LF begins a segment (or a blank line)."""
+    follows = starts.match(piece)
+    if follows is None:
+        return False
+    segment = follows[1]
+    return segment is None or segment[0] == "Z" or segment in defined_segments()
 
 
 class Segment:

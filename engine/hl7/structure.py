@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "FieldDef",
+    "defined_segments",
     "field_def",
     "known_segments",
     "reference_version",
@@ -87,6 +88,12 @@ def known_segments(version: str) -> frozenset[str]:
     """Every segment id the version defines."""
     mod = _module(version, "segments")
     return frozenset(getattr(mod, "SEGMENTS", {})) if mod else frozenset()
+
+
+@lru_cache(maxsize=1)
+def defined_segments() -> frozenset[str]:
+    """Every segment id any supported HL7 v2 version defines (loaded on first use)."""
+    return frozenset().union(*(known_segments(v) for v in _VERSIONS))
 
 
 def _collect(node: Any, into: set[str]) -> None:

@@ -14,6 +14,14 @@ order, and raise the error that decides the ACK:
 
 Segments a version does not define (Z-segments, or later versions' segments
 such as PRT in a 2.5.1 message) are allowed: real feeds carry them.
+
+Timestamps outside the standard grammar are a policy (``timestamps``). A
+"strict" channel answers them AE 102. A "lenient" one (the default) reads
+every form :func:`engine.hl7.dtm.read_dtm` can read one way only and returns
+a note saying so; a value it cannot read is AE 102 where the engine uses it
+(birth date, scheduled start …) and only a note in the informational header
+fields of :data:`INFORMATIONAL_TIMESTAMPS` (MSH-7, EVN-2, ORC-9). The notes
+are kept with the message.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
+from engine.errors import ErrorLocation, HL7ApplicationError, HL7Error, HL7Reject
+from engine.hl7.dtm import Reading, read_dtm
 from engine.hl7.er7 import Message, Segment, pick
 from engine.hl7.structure import (
     FieldDef,
@@ -34,7 +43,7 @@ from engine.hl7.structure import (
     structure_segments,
 )
 
-__all__ = ["AcceptPolicy", "validate"]
+__all__ = ["INFORMATIONAL_TIMESTAMPS", "KEY_COMPONENTS", "AcceptPolicy", "validate"]
 
 #: Message control segments: outside an acknowledgment or batch structure they
 #: mean two messages were glued together ("control" structure checking).
@@ -52,6 +61,16 @@ KEY_FIELDS: dict[str, frozenset[int]] = {
     "TQ1": frozenset({1, 7, 8}),
     "OBX": frozenset({1}),
 }
+
+#: Timestamp components inside composite key fields: TQ-4, the start date/time of ORC-7 and
+#: OBR-27, which feeds before v2.5 (no TQ1) use for the scheduled start.
+KEY_COMPONENTS: dict[str, tuple[tuple[int, int], ...]] = {"ORC": ((7, 4),), "OBR": ((27, 4),)}
+
+#: Timestamps the engine keeps but decides nothing on: a lenient channel notes one it cannot
+#: read instead of refusing a message that is otherwise what the sender meant.
+INFORMATIONAL_TIMESTAMPS = frozenset({("MSH", 7), ("EVN", 2), ("ORC", 9)})
+
+_TIMESTAMP_TYPES = frozenset({"DTM", "TS", "DT"})
 
 _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _DTM = re.compile(r"^\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,4})?)?)?)?)?)?(?:[+-]\d{4})?$")
@@ -92,38 +111,48 @@ class AcceptPolicy:
     versions: Sequence[str] = ("2.*",)
     structure: str = "control"  # "none" | "control" | "strict"
     datatypes: str = "key"  # "none" | "key" | "all"
+    timestamps: str = "lenient"  # "lenient" | "strict"
 
 
-def validate(message: Message, policy: AcceptPolicy) -> None:
-    """Raise ``HL7Reject``/``HL7ApplicationError`` for the first problem found."""
-    _check_envelope(message)
+def validate(message: Message, policy: AcceptPolicy) -> list[str]:
+    """Raise ``HL7Reject``/``HL7ApplicationError`` for the first problem found.
+
+    Returns the notes on what a lenient policy tolerated (empty for a standard message).
+    """
+    notes: list[str] = []
+    _check_envelope(message, notes)
     _check_acceptance(message, policy)
     if not message.control_id:
         raise HL7ApplicationError(101, "MSH-10 message control id is missing", _loc("MSH", 1, 10))
     version = reference_version(message.version)
     if version is None:
-        return
+        return notes
     if policy.structure != "none":
         _check_structure(message, version, strict=policy.structure == "strict")
     if policy.datatypes != "none":
-        _check_datatypes(message, version, key_only=policy.datatypes == "key")
+        reader = _Timestamps(policy.timestamps == "lenient", notes)
+        _check_datatypes(message, version, policy.datatypes == "key", reader)
+    return notes
 
 
 def _loc(segment: str, sequence: int, field: int | None = None, comp: int | None = None) -> ErrorLocation:
     return ErrorLocation(segment, sequence, field, comp)
 
 
-def _check_envelope(message: Message) -> None:
+def _check_envelope(message: Message, notes: list[str]) -> None:
     msh = message.msh
     if msh is None:
         first = message.segments[0].name[:3] if message.segments else ""
         raise HL7Reject(100, f"message does not start with MSH (found {first!a})", _loc("MSH", 1))
     seps = message.seps
     encoding = msh.field(2)
-    allowed = 5 if encoding[4:5] and (reference_version(message.version) or "0") >= "2.7" else 4
     chars = seps.field + encoding
-    if len(encoding) != allowed or len(set(chars)) != len(chars) or any(c.isalnum() for c in chars):
+    if len(encoding) not in (4, 5) or len(set(chars)) != len(chars) or any(c.isalnum() for c in chars):
         raise HL7Reject(100, f"invalid encoding characters {encoding!a}", _loc("MSH", 1, 2))
+    if len(encoding) == 5 and (reference_version(message.version) or "0") < "2.7":
+        # Senders that write v2.7's MSH-2 whatever MSH-12 says: the fifth character can only be
+        # the truncation character, which changes nothing in how the message is read.
+        notes.append(f"MSH-2 {encoding!r} read with {encoding[4]!r} as the truncation character of v2.7")
     counts: dict[str, int] = {}
     for seg in message.segments:
         counts[seg.name] = counts.get(seg.name, 0) + 1
@@ -186,7 +215,7 @@ def _check_structure(message: Message, version: str, strict: bool) -> None:
             )
 
 
-def _check_datatypes(message: Message, version: str, key_only: bool) -> None:
+def _check_datatypes(message: Message, version: str, key_only: bool, reader: _Timestamps) -> None:
     checked = _checked_segments(version, key_only)
     counts: dict[str, int] = {}
     for seg in message.segments:
@@ -194,7 +223,9 @@ def _check_datatypes(message: Message, version: str, key_only: bool) -> None:
         counts[name] = counts.get(name, 0) + 1
         typed = checked.get(name) if key_only else _typed_fields(version, name, key_only)
         if typed:
-            _check_segment(seg, typed, counts[name])
+            _check_segment(seg, typed, counts[name], reader)
+        if name in KEY_COMPONENTS:
+            _check_components(seg, counts[name], reader)
 
 
 @lru_cache(maxsize=64)
@@ -213,7 +244,9 @@ def _typed_fields(version: str, segment: str, key_only: bool) -> tuple[tuple[int
     )  # fmt: skip
 
 
-def _check_segment(seg: Segment, typed: tuple[tuple[int, FieldDef], ...], sequence: int) -> None:
+def _check_segment(
+    seg: Segment, typed: tuple[tuple[int, FieldDef], ...], sequence: int, reader: _Timestamps
+) -> None:
     fields = seg.fields
     count = len(fields)
     for number, spec in typed:
@@ -222,9 +255,67 @@ def _check_segment(seg: Segment, typed: tuple[tuple[int, FieldDef], ...], sequen
         check, is_ts = _CHECKS[spec[0]], spec[0] == "TS"
         for rep in seg.repetitions(number):
             value = pick(rep, seg.seps, 1) if is_ts else rep
-            if value and value != '""' and not check(value):
-                raise HL7ApplicationError(
-                    102,
-                    f"{seg.name}-{number} ({spec[1]}) is not a valid {spec[0]}",
-                    _loc(seg.name, sequence, number, 1 if is_ts else None),
-                )
+            if not value or value == '""' or check(value):
+                continue
+            location = _loc(seg.name, sequence, number, 1 if is_ts else None)
+            error = HL7ApplicationError(102, f"{seg.name}-{number} ({spec[1]}) is not a valid {spec[0]}", location)
+            if spec[0] not in _TIMESTAMP_TYPES:
+                raise error
+            reader.tolerate(value, error, _Field(seg.name, sequence, number), date_only=spec[0] == "DT")
+
+
+def _check_components(seg: Segment, sequence: int, reader: _Timestamps) -> None:
+    for number, component in KEY_COMPONENTS[seg.name]:
+        for rep in seg.repetitions(number):
+            value = pick(rep, seg.seps, component)
+            value = pick(value, seg.seps, 1, 1) if seg.seps.subcomponent in value else value
+            if not value or value == '""' or _valid_dtm(value):
+                continue
+            where = _Field(seg.name, sequence, number, component)
+            location = _loc(seg.name, sequence, number, component)
+            error = HL7ApplicationError(102, f"{where.path} (start date/time) is not a valid TS", location)
+            reader.tolerate(value, error, where)
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """Where a timestamp stands, named in notes as a field path (``PID-7``, ``ORC(2)-7.4``)."""
+
+    segment: str
+    sequence: int
+    number: int
+    component: int | None = None
+
+    @property
+    def path(self) -> str:
+        occurrence = f"({self.sequence})" if self.sequence > 1 else ""
+        component = f".{self.component}" if self.component else ""
+        return f"{self.segment}{occurrence}-{self.number}{component}"
+
+    @property
+    def informational(self) -> bool:
+        return (self.segment, self.number) in INFORMATIONAL_TIMESTAMPS and self.component is None
+
+
+@dataclass(slots=True)
+class _Timestamps:
+    """The timestamp policy of one validation run and the notes it collects."""
+
+    lenient: bool
+    notes: list[str]
+
+    def tolerate(self, value: str, error: HL7Error, where: _Field, date_only: bool = False) -> None:
+        """Note ``value`` (outside the standard grammar) as read or ignored, or raise ``error``."""
+        if not self.lenient:
+            raise error
+        try:
+            reading = read_dtm(value)
+        except HL7Error as exc:
+            if not where.informational:
+                raise HL7ApplicationError(102, f"{error.text}: {exc.text}", error.location) from None
+            self.notes.append(f"{where.path} {exc.text}; ignored, the field is informational")
+            return
+        if date_only and len(reading.value.digits) > 8:
+            reading = Reading(reading.value, (*reading.tolerated, "a time in a date (DT) field"))
+        if reading.tolerated:
+            self.notes.append(reading.note(where.path, value))

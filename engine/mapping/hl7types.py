@@ -3,6 +3,9 @@
 * TS (HL7 v2.5.1 2.A.77): ``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``;
   converted to DICOM DA/TM/DT (PS3.5 6.2) and FHIR ``dateTime``. A value with
   an offset is moved to the site time zone; one without is taken as site time.
+  Values are read by :func:`engine.hl7.dtm.read_dtm`, so the forms outside the
+  grammar that validation lets through (and notes) are read the same way here;
+  what cannot be read one way is 102.
 * XPN (2.A.88) ``family^given^middle^suffix^prefix`` → DICOM PN (PS3.5 6.2.1)
   ``family^given^middle^prefix^suffix``: components 4 and 5 swap
   (../shared/reference/RADIOLOGY_HL7_DICOM.md section 3).
@@ -12,22 +15,16 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
-from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import datetime
 from typing import Any
 
 from engine.errors import HL7ApplicationError
+from engine.hl7.dtm import Timestamp, read_dtm
 from engine.hl7.er7 import Separators, unescape
 from engine.mapping.transforms import TransformContext, register_transform
 
-__all__ = ["parse_ts", "ts_to_dt", "ts_to_fhir", "xpn_to_pn"]
-
-_TS = re.compile(
-    r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?)?)?)?"
-    r"([+-]\d{4})?$"
-)
+__all__ = ["ts_to_dt", "ts_to_fhir", "xpn_to_pn"]
 
 
 def _first_part(value: str, seps: Separators) -> str:
@@ -35,57 +32,23 @@ def _first_part(value: str, seps: Separators) -> str:
     return value.split(seps.component, 1)[0].split(seps.subcomponent, 1)[0].strip()
 
 
-def parse_ts(text: str) -> tuple[datetime, int, str]:
-    """(naive or aware datetime, number of digits given before the fraction, fraction).
-
-    Raises HL7ApplicationError 102 when ``text`` is not a TS.
-    """
-    m = _TS.match(text)
-    if not m:
-        raise HL7ApplicationError(
-            102, f"{text!r} is not an HL7 date/time (YYYYMMDD[HHMM[SS]][+ZZZZ])"
-        )
-    year, month, day, hour, minute, second, frac, offset = m.groups()
-    digits = len(text) - (len(offset) if offset else 0) - (len(frac) + 1 if frac else 0)
-    try:
-        micro = int(frac.ljust(6, "0")) if frac else 0
-        zone = _offset(offset) if offset else None
-        moment = datetime(
-            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
-            int(second or 0), micro, zone,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise HL7ApplicationError(102, f"{text!r} is not a valid date/time: {exc}") from exc
-    return moment, digits, frac or ""
-
-
-@lru_cache(maxsize=128)
-def _offset(text: str) -> timezone:
-    """``+0100`` → a fixed-offset tzinfo (cached: feeds use a handful of offsets)."""
-    sign = -1 if text[0] == "-" else 1
-    return timezone(sign * timedelta(hours=int(text[1:3]), minutes=int(text[3:5])))
-
-
-def _local(moment: datetime, ctx: TransformContext) -> datetime:
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=ctx.timezone)
-    return moment.astimezone(ctx.timezone)
+def _read(value: str, ctx: TransformContext) -> Timestamp | None:
+    """The timestamp in ``value`` (None when empty), read as tolerantly as validation reads it."""
+    text = _first_part(value, ctx.seps)
+    return read_dtm(text).value if text else None
 
 
 def ts_to_dt(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """HL7 TS → DICOM DT in the site time zone, without offset (YYYYMMDD[HHMMSS[.F]])."""
-    text = _first_part(value, ctx.seps)
-    if not text:
+    stamp = _read(value, ctx)
+    if stamp is None:
         return ""
-    moment, digits, frac = parse_ts(text)
-    if digits <= 8:
-        return text[:digits]
-    if moment.tzinfo is None:
-        body = text.split(".", 1)[0]
-        out = body + "0" * (14 - len(body))
-    else:
-        out = _digits(moment.astimezone(ctx.timezone))
-    return f"{out}.{frac}" if frac else out
+    if len(stamp.digits) <= 8:
+        return stamp.digits
+    # With an offset the instant moves to site time; without one it is site time already.
+    out = _digits(stamp.moment().astimezone(ctx.timezone)) if stamp.offset else stamp.digits.ljust(14, "0")
+    fraction = stamp.fraction[:6]  # DICOM DT holds microseconds at most (PS3.5 6.2)
+    return f"{out}.{fraction}" if fraction else out
 
 
 def _digits(moment: datetime) -> str:
@@ -97,14 +60,19 @@ def _digits(moment: datetime) -> str:
 
 
 def _ts_to_da(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
-    """HL7 TS → DICOM DA: the date as written (first 8 characters, checked)."""
-    text = _first_part(value, ctx.seps)
-    if not text:
+    """HL7 TS → DICOM DA: the date as written (first 8 digits, checked)."""
+    stamp = _read(value, ctx)
+    if stamp is None:
         return ""
-    _, digits, _ = parse_ts(text)
-    if digits < 8:
-        raise HL7ApplicationError(102, f"{text!r} has no day; DICOM DA needs YYYYMMDD")
-    return text[:8]
+    if len(stamp.digits) < 8:
+        raise HL7ApplicationError(102, f"{stamp.standard!r} has no day; DICOM DA needs YYYYMMDD")
+    return stamp.digits[:8]
+
+
+def _local(moment: datetime, ctx: TransformContext) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=ctx.timezone)
+    return moment.astimezone(ctx.timezone)
 
 
 def _ts_to_tm(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
@@ -115,14 +83,12 @@ def _ts_to_tm(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
 
 def ts_to_fhir(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """HL7 TS → FHIR R4 dateTime (YYYY, YYYY-MM, YYYY-MM-DD or full with the site offset)."""
-    text = _first_part(value, ctx.seps)
-    if not text:
+    stamp = _read(value, ctx)
+    if stamp is None:
         return ""
-    moment, digits, _ = parse_ts(text)
-    if digits <= 8:
-        return "-".join(p for p in (text[:4], text[4:6], text[6:8]) if p)
-    local = _local(moment, ctx)
-    return local.isoformat(timespec="seconds")
+    if len(stamp.digits) <= 8:
+        return Timestamp(stamp.digits).iso()  # a FHIR date carries no offset
+    return _local(stamp.moment(), ctx).isoformat(timespec="seconds")
 
 
 def xpn_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:

@@ -94,8 +94,9 @@ messages = Table(
     Column("last_duplicate_at", UTCDateTime(), nullable=True),
     # The records the channel's mapping produced (JSON), as the handlers received them.
     Column("mapped", Text, nullable=False, default="", server_default=""),
-    # What the handlers left alone and why (ignored non-imaging order, resent order, cancel of
-    # a cancelled order ...): one line per record, shown by ``messages show``.
+    # What the reader tolerated (a timestamp outside the grammar, a stray line before MSH), then
+    # what the handlers left alone and why (ignored non-imaging order, resent order, cancel of
+    # a cancelled order ...): one line each, shown by ``messages show``.
     Column("note", Text, nullable=False, default="", server_default=""),
     Index(None, "sender", "control_id"),
     Index(None, "channel", "received_at"),

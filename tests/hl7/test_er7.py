@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -41,8 +42,28 @@ def test_missing_parts_are_empty_strings():
 
 
 def test_lf_and_crlf_segment_terminators_are_normalized():
-    assert normalize_segment_breaks("A\r\nB\nC\rD") == "A\rB\rC\rD"
+    assert normalize_segment_breaks("MSH|A\r\nPID|B\nPV1|C\rOBX|D\n\rNTE|E") == "MSH|A\rPID|B\rPV1|C\rOBX|D\rNTE|E"
     assert Message(ORM.replace("\r", "\r\n")).segment("OBR", 2) is not None
+    assert Message(ORM.replace("\r", "\n")).segment("OBR", 2) is not None
+
+
+# Mirth (nextgenhealthcare/connect #650): report text with LF line breaks inside OBX-5.
+REPORT = "MSH|^~\\&|RIS|H|EHR|H|20261205||ORU^R01|R1|P|2.3\rOBX|1|TX|||FINDINGS:\nNo acute disease.\nNAD\rNTE|1\r"
+
+
+@pytest.mark.parametrize("terminator", ["\r", "\r\n", "\n"])
+def test_a_lone_lf_that_no_segment_follows_is_a_line_break_inside_the_field(terminator):
+    m = Message(REPORT.replace("\r", terminator))
+    assert [s.name for s in m.segments] == ["MSH", "OBX", "NTE"]
+    assert m.value("OBX", 5) == "FINDINGS:\nNo acute disease.\nNAD"
+
+
+def test_a_lone_lf_before_a_segment_id_and_the_field_separator_ends_the_segment():
+    assert normalize_segment_breaks("MSH#^~\\&#A\rPID#1\nPV1#2\nABC|x") == "MSH#^~\\&#A\rPID#1\rPV1#2\nABC|x"
+
+
+def test_blank_lines_after_a_lone_lf_are_segment_breaks():
+    assert normalize_segment_breaks("MSH|A\n\n  \nPID|B\n") == "MSH|A\r\r  \rPID|B\r"
 
 
 def test_bom_and_missing_final_cr_are_tolerated():
@@ -81,3 +102,32 @@ def test_tokenizing_arbitrary_text_never_raises(text):
     for seg in m.segments:
         seg.value(3, 2, 2, 2)
     _ = (m.control_id, m.message_type, m.version, m.charset)
+
+
+def test_a_report_line_that_looks_like_a_segment_but_names_none_stays_in_the_field():
+    m = Message("MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.3\rOBX|1|TX|||No acute disease.\nNAD||||||F\r")
+    assert [s.name for s in m.segments] == ["MSH", "OBX"]
+    assert m.value("OBX", 5) == "No acute disease.\nNAD" and m.value("OBX", 11) == "F"
+
+
+def test_a_lone_lf_before_a_z_segment_ends_the_segment():
+    assert normalize_segment_breaks("MSH|A\rOBX|1|x\nZDS|1.2.3") == "MSH|A\rOBX|1|x\rZDS|1.2.3"
+
+
+_SEGMENTS = st.lists(st.sampled_from(["PID|1||X", "PV1|1|O", "ORC|NW|P1", "OBR|1|P1", "NTE|1|text", "ZDS|1.2"]),
+                     min_size=1, max_size=6)
+_TERMINATORS = st.sampled_from(["\r", "\r\n", "\n", "\n\r"])
+
+
+@given(_SEGMENTS, st.data())
+def test_any_mix_of_terminators_between_segments_gives_the_cr_form(segments, data):
+    lines = ["MSH|^~\\&|A|B|C|D|2026||ADT^A08|1|P|2.5", *segments]
+    text = "".join(line + data.draw(_TERMINATORS) for line in lines)
+    assert normalize_segment_breaks(text) == "\r".join(lines) + "\r"
+
+
+@given(st.lists(st.text(alphabet="abcxyz:. 01", min_size=1, max_size=12), min_size=2, max_size=5), _TERMINATORS)
+def test_text_lines_joined_by_lf_inside_a_field_are_kept(report_lines, terminator):
+    body = "\n".join(line.strip() or "x" for line in report_lines)
+    text = f"MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.5{terminator}OBX|1|TX|||{body}|F{terminator}"
+    assert Message(text).value("OBX", 5) == body

@@ -43,6 +43,10 @@ def _files(corpus: Path, kind: str) -> list[Path]:
     return sorted((corpus / "hl7" / kind).glob("*.hl7"))
 
 
+def _malformed(corpus: Path) -> list[Path]:
+    return [p for p in _files(corpus, "malformed") if p.name not in READ_BY_A_TOLERANT_READER]
+
+
 def _stored(engine: EngineProcess, *args: str) -> list[dict[str, object]]:
     return cli_json(engine, "messages", "list", "--limit", "1000", *args)
 
@@ -96,12 +100,30 @@ def test_a_single_message_is_stored_byte_for_byte_as_sent(inbound: EngineProcess
     assert [row[0] for row in stored] == [p.read_bytes() for p in files]
 
 
+#: Malformed by the manifest, yet readable one way only: the tolerant reader (issue #11) accepts
+#: them with a note, on a channel with the default ``accept.timestamps: lenient``.
+READ_BY_A_TOLERANT_READER = {
+    "orthanctools_ORM_O01_NW_badMSH7_latin1.hl7":
+        "MSH-7 '2017-04-25 07:31:13.123456' read as 2017-04-25T07:31:13.123456 (ISO 8601 form; fraction of 6 digits)",
+}
+
+
+def test_a_malformed_file_a_tolerant_reader_can_read_is_aa_with_a_note(inbound: EngineProcess, mllp_port: int,
+                                                                       corpus: Path) -> None:
+    for number, (name, note) in enumerate(sorted(READ_BY_A_TOLERANT_READER.items())):
+        [ack] = send_all(mllp_port, [(corpus / "hl7" / "malformed" / name).read_bytes()])
+        assert ack.code == "AA"
+        row_id = _stored(inbound)[0]["id"]
+        detail = cli_json(inbound, "messages", "show", str(row_id))
+        assert detail["note"] == note, number
+
+
 def test_every_malformed_file_is_refused_and_the_connection_keeps_working(
         inbound: EngineProcess, mllp_port: int, corpus: Path) -> None:
     async def scenario() -> dict[str, tuple[list[str], str]]:
         sender = Sender(mllp_port)
         outcome = {}
-        for number, path in enumerate(_files(corpus, "malformed")):
+        for number, path in enumerate(_malformed(corpus)):
             try:
                 codes = (await sender.send(path.read_bytes())).codes
             except (asyncio.IncompleteReadError, ConnectionError):
@@ -114,7 +136,7 @@ def test_every_malformed_file_is_refused_and_the_connection_keeps_working(
 
     outcome = asyncio.run(scenario())
 
-    assert len(outcome) == 17
+    assert len(outcome) == 17 - len(READ_BY_A_TOLERANT_READER)
     accepted = {name: o for name, o in outcome.items() if "AA" in o[0] or "CA" in o[0]}
     assert accepted == {}
     assert {name: o[1] for name, o in outcome.items() if o[1] != "AA"} == {}
@@ -122,7 +144,7 @@ def test_every_malformed_file_is_refused_and_the_connection_keeps_working(
 
 def test_malformed_files_are_kept_in_the_store_as_error_or_rejected(
         inbound: EngineProcess, mllp_port: int, corpus: Path) -> None:
-    files = _files(corpus, "malformed")
+    files = _malformed(corpus)
 
     send_all(mllp_port, [p.read_bytes() for p in files])
 

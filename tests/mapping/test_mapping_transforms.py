@@ -57,11 +57,53 @@ def test_ts_to_tm_is_the_time_of_day() -> None:
     assert run("ts_to_tm", "20240306083015") == "083015"
 
 
-@pytest.mark.parametrize("bad", ["2024-03-06", "20241345", "2024030625", "abc"])
+@pytest.mark.parametrize("bad", ["20241345", "2024030625", "abc", "196203520", "Aug 15, 1942", "03/06/2024",
+                                 "20240230", "202403060830.5"])
 def test_bad_ts_is_102(bad: str) -> None:
     with pytest.raises(HL7ApplicationError) as info:
         run("ts_to_dt", bad)
     assert info.value.code == 102
+
+
+# What validation tolerates (and notes) the transforms read the same way.
+
+
+@pytest.mark.parametrize(
+    ("value", "dt"),
+    [
+        ("2024-03-06", "20240306"),
+        ("20240306083015123", "20240306083015.123"),
+        ("20190916143134920350", "20190916143134.920350"),
+        ("20240306083015.1234567", "20240306083015.123456"),
+        ("2017-04-25 07:31:13.123456", "20170425073113.123456"),
+        ("20240306T0830", "20240306083000"),
+        ("202403060830+01", "20240306073000"),
+        ("202403060830+01:00", "20240306073000"),
+        ("20240306083000Z", "20240306083000"),
+    ],
+)
+def test_ts_to_dt_reads_the_unambiguous_variants(value: str, dt: str) -> None:
+    assert run("ts_to_dt", value, ctx=UTC) == dt
+
+
+def test_ts_to_da_reads_an_iso_birth_date() -> None:
+    assert run("ts_to_da", "1962-03-20") == "19620320"
+
+
+def test_ts_to_da_reads_a_birth_date_with_trailing_spaces() -> None:
+    assert run("ts_to_da", "19620320  ") == "19620320"
+
+
+def test_ts_to_fhir_reads_a_fraction_without_its_point() -> None:
+    assert run("ts_to_fhir", "20240706083000123") == "2024-07-06T08:30:00+02:00"
+
+
+def test_ts_to_fhir_of_an_iso_date_is_the_date() -> None:
+    assert run("ts_to_fhir", "2024-07-06") == "2024-07-06"
+
+
+def test_ts_to_fhir_of_a_date_with_an_offset_is_the_date_without_it() -> None:
+    assert run("ts_to_fhir", "20240706+0200") == "2024-07-06"
 
 
 def test_ts_to_fhir_has_the_site_offset_in_summer() -> None:
