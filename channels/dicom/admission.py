@@ -1,0 +1,70 @@
+"""Which TCP connections the DICOM listener holds, and for how long (PS3.8 9.1.5, 9.2).
+
+Pure bookkeeping, no sockets: :class:`HostSlots` counts the open connections of each
+calling host against ``dicom.max_associations_per_host``; :class:`ArtimClock` tells,
+from the upper-layer state seen at each look, which connection has sat longer than
+the ARTIM timeout in a state only ARTIM bounds: Sta2 (transport open, waiting for
+the A-ASSOCIATE-RQ) and Sta13 (waiting for the peer to close after a release,
+rejection or abort). :mod:`channels.dicom.listener` drives both.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["ARTIM_STATES", "ArtimClock", "HostSlots"]
+
+#: Upper-layer states (PS3.8 table 9-10) whose only way out, if the peer does nothing, is ARTIM.
+ARTIM_STATES = frozenset({"Sta2", "Sta13"})
+
+
+class HostSlots:
+    """At most ``per_host`` open connections for each calling host (thread-safe)."""
+
+    def __init__(self, per_host: int) -> None:
+        self.per_host = per_host
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, host: str) -> bool:
+        """Take a slot for ``host``; False (nothing taken) if it already holds ``per_host``."""
+        with self._lock:
+            if self._held[host] >= self.per_host:
+                return False
+            self._held[host] += 1
+            return True
+
+    def give_back(self, host: str) -> None:
+        """Return one slot of ``host`` (its connection is gone)."""
+        with self._lock:
+            self._held[host] -= 1
+            if self._held[host] <= 0:
+                del self._held[host]
+
+    def held(self, host: str) -> int:
+        """Slots ``host`` holds now."""
+        with self._lock:
+            return self._held[host]
+
+
+@dataclass(slots=True)
+class ArtimClock:
+    """ARTIM for one connection, read from its upper-layer state at each look.
+
+    pynetdicom runs its own ARTIM timer only while its reactor thread is free to check
+    it; a peer that sends part of a PDU and then nothing keeps that thread blocked in
+    ``recv``, so the listener looks from outside as well.
+    """
+
+    timeout: float
+    state: str = ""
+    since: float = 0.0
+    _seen: bool = field(default=False, repr=False)
+
+    def expired(self, state: str, now: float) -> bool:
+        """True once ``state`` is an :data:`ARTIM_STATES` state held for longer than ``timeout``."""
+        if not self._seen or state != self.state:
+            self.state, self.since, self._seen = state, now, True
+        return state in ARTIM_STATES and now - self.since > self.timeout
