@@ -4,8 +4,11 @@ Pure bookkeeping, no sockets: :class:`HostSlots` counts the open connections of 
 calling host against ``dicom.max_associations_per_host``; :class:`ArtimClock` tells,
 from the upper-layer state seen at each look, which connection has sat longer than
 the ARTIM timeout in a state only ARTIM bounds: Sta2 (transport open, waiting for
-the A-ASSOCIATE-RQ) and Sta13 (waiting for the peer to close after a release,
-rejection or abort). :mod:`channels.dicom.listener` drives both.
+the A-ASSOCIATE-RQ), Sta13 (waiting for the peer to close after a release,
+rejection or abort) and Sta1 as seen from outside (pynetdicom's reactor reads the
+socket before it takes the transport indication, so a peer that sends part of its
+first PDU keeps the state machine in Sta1; after a close, cutting is harmless).
+:mod:`channels.dicom.listener` drives both.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 __all__ = ["ARTIM_STATES", "ArtimClock", "HostSlots"]
 
 #: Upper-layer states (PS3.8 table 9-10) whose only way out, if the peer does nothing, is ARTIM.
-ARTIM_STATES = frozenset({"Sta2", "Sta13"})
+ARTIM_STATES = frozenset({"Sta1", "Sta2", "Sta13"})
 
 
 class HostSlots:
@@ -47,6 +50,11 @@ class HostSlots:
         """Slots ``host`` holds now."""
         with self._lock:
             return self._held[host]
+
+    def total(self) -> int:
+        """Slots all hosts hold now."""
+        with self._lock:
+            return sum(self._held.values())
 
 
 @dataclass(slots=True)

@@ -125,8 +125,7 @@ class ConnectionGuard:
 
     def open_count(self) -> int:
         """Connections admitted and not yet gone."""
-        with self._lock:
-            return len(self._open)
+        return self.slots.total()
 
     def on_close(self, event: Any) -> None:
         """``EVT_CONN_CLOSE``: free the slot; wake the thread still waiting for an A-ASSOCIATE-RQ."""

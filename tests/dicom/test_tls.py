@@ -8,8 +8,10 @@ certificate another CA signed; a client that trusts another CA refuses the serve
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,19 @@ def test_mpps_over_mutual_tls(mutual: Radbridge, pki: Path) -> None:
     assert (created.Status, completed.Status) == (0x0000, 0x0000)
     status = mutual.db.read(lambda c: c.execute(select(procedure_steps.c.status)).scalar_one())
     assert status == "COMPLETED"
+
+
+def test_a_silent_client_does_not_hold_up_the_others(mutual: Radbridge, pki: Path) -> None:
+    """The TLS handshake runs in the connection's own thread, not in the one that accepts."""
+    silent = socket.create_connection(("127.0.0.1", mutual.server.port))
+    try:
+        started = time.monotonic()
+        assoc = _associate(mutual.server.port, _client_context(pki, pki / "client"), MWL)
+        assert assoc.is_established
+        assert _find(assoc) == ["ACC1"]
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
 
 
 def test_client_without_certificate_is_refused(mutual: Radbridge, pki: Path) -> None:
