@@ -352,6 +352,9 @@ class MppsConfig(_Model):
     sending_facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
+    require_type2_attributes: bool = Field(
+        False, description="N-CREATE must also carry every Type 2 attribute of PS3.4 Table F.7.2-1 (may be empty)"
+    )
 
 
 class EngineConfig(_Model):

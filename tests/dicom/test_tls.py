@@ -29,6 +29,7 @@ from tests.pki import make_pki
 
 from ..domain.factories import apply_records, order, patient
 from .conftest import Radbridge, dcmtk_env, make_config, needs_dcmtk
+from .mpps_datasets import n_create_dataset, n_set_dataset
 
 MWL = "1.2.840.10008.5.1.4.31"
 MPPS = "1.2.840.10008.3.1.2.3.3"
@@ -104,15 +105,8 @@ def test_worklist_query_over_mutual_tls(mutual: Radbridge, pki: Path) -> None:
 def test_mpps_over_mutual_tls(mutual: Radbridge, pki: Path) -> None:
     assoc = _associate(mutual.server.port, _client_context(pki, pki / "client"), MPPS)
     assert assoc.is_established
-    ds = Dataset()
-    item = Dataset()
-    item.ScheduledProcedureStepID, item.StudyInstanceUID = "SPS1", "1.2.3.1"
-    ds.ScheduledStepAttributesSequence = [item]
-    ds.PatientID, ds.Modality, ds.PerformedProcedureStepStatus = "P1", "CT", "IN PROGRESS"
-    created, _ = assoc.send_n_create(ds, MPPS, "1.2.826.0.1.3680043.8.498.77")
-    done = Dataset()
-    done.PerformedProcedureStepStatus = "COMPLETED"
-    completed, _ = assoc.send_n_set(done, MPPS, "1.2.826.0.1.3680043.8.498.77")
+    created, _ = assoc.send_n_create(n_create_dataset(), MPPS, "1.2.826.0.1.3680043.8.498.77")
+    completed, _ = assoc.send_n_set(n_set_dataset("COMPLETED"), MPPS, "1.2.826.0.1.3680043.8.498.77")
     assoc.release()
     assert (created.Status, completed.Status) == (0x0000, 0x0000)
     status = mutual.db.read(lambda c: c.execute(select(procedure_steps.c.status)).scalar_one())
