@@ -43,6 +43,7 @@ from pynetdicom import evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from .admission import ArtimClock, HostSlots
+from .sop_class_check import refuse_foreign_sop_classes
 
 __all__ = ["ConnectionGuard", "GuardedServer", "Limits"]
 
@@ -210,6 +211,7 @@ class GuardedServer(ThreadedAssociationServer):
             self.guard.slots.give_back(host)
             self.shutdown_request(request)
             return
+        refuse_foreign_sop_classes(assoc)
         self.guard.attach(host, assoc)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": client_address})
         assoc.start()

@@ -22,9 +22,9 @@ from engine.store.database import Database
 
 from .dul_stream import response_stream
 from .listener import ConnectionGuard, GuardedServer, Limits
+from .log_filters import install_log_filters
 from .mpps import MppsService, mpps_policy
-from .mwl import WorklistService
-from .peer_logs import install_peer_log_filter
+from .mwl import WorklistService, identifier_refusal
 
 #: Verification, Modality Worklist Information Model - FIND, Modality Performed Procedure Step.
 SOP_CLASSES = ("1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31", "1.2.840.10008.3.1.2.3.3")
@@ -100,6 +100,10 @@ def configure_pynetdicom_logging() -> None:
 
 def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
     def on_find(event: Any) -> Any:
+        refused = identifier_refusal(event.request.Identifier, event.context.transfer_syntax)
+        if refused is not None:
+            yield refused, None
+            return
         stream = response_stream(event)
         if stream is not None:
             yield from worklist.find_encoded(event.identifier, stream)
@@ -143,7 +147,7 @@ def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
     """Start the worklist + MPPS listener in its own threads; port 0 picks a free port."""
     services = config.dicom
     configure_pynetdicom_logging()
-    install_peer_log_filter()
+    install_log_filters()
     ae = _application_entity(services)
     guard = ConnectionGuard(
         Limits(services.max_associations_per_host, services.artim_timeout_seconds, services.idle_timeout_seconds)
