@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["ARTIM_STATES", "ArtimClock", "HostSlots"]
+__all__ = ["ARTIM_STATES", "ArtimClock", "HostSlots", "RefusalReport"]
 
 #: Upper-layer states (PS3.8 table 9-10) whose only way out, if the peer does nothing, is ARTIM.
 ARTIM_STATES = frozenset({"Sta1", "Sta2", "Sta13"})
@@ -76,3 +76,26 @@ class ArtimClock:
         if not self._seen or state != self.state:
             self.state, self.since, self._seen = state, now, True
         return state in ARTIM_STATES and now - self.since > self.timeout
+
+
+class RefusalReport:
+    """When to log refused connections: the first from a host, then one line per ``interval`` with a count.
+
+    A host hammering the listener would otherwise write one WARNING per connection.
+    """
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._since: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def note(self, host: str, now: float) -> int | None:
+        """Count one refusal of ``host``; the refusals to report now (this one included), or None."""
+        with self._lock:
+            self._since[host] += 1
+            last = self._last.get(host)
+            if last is not None and now - last < self.interval:
+                return None
+            self._last[host] = now
+            return self._since.pop(host)

@@ -42,7 +42,7 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from .admission import ArtimClock, HostSlots
+from .admission import ArtimClock, HostSlots, RefusalReport
 from .sop_class_check import refuse_foreign_sop_classes
 
 __all__ = ["ConnectionGuard", "GuardedServer", "Limits"]
@@ -96,6 +96,7 @@ class ConnectionGuard:
     def __init__(self, limits: Limits, clock: Any = time.monotonic) -> None:
         self.limits = limits
         self.slots = HostSlots(limits.per_host)
+        self.refusals = RefusalReport()
         self._clock = clock
         self._open: dict[int, _Connection] = {}
         self._lock = threading.Lock()
@@ -190,10 +191,12 @@ class GuardedServer(ThreadedAssociationServer):
         """Admit or refuse the connection; an admitted one is opened in its own thread."""
         host = str(client_address[0])
         if not self.guard.admit(host):
-            log.warning(
-                "DICOM connection from %s refused: it holds %d connections (dicom.max_associations_per_host)",
-                host, self.guard.limits.per_host,
-            )  # fmt: skip
+            count = self.guard.refusals.note(host, time.monotonic())
+            if count is not None:
+                log.warning(
+                    "DICOM connection from %s refused (%d since the last report): it holds %d connections"
+                    " (dicom.max_associations_per_host)", host, count, self.guard.limits.per_host,
+                )  # fmt: skip
             self.shutdown_request(request)
             return
         thread = threading.Thread(target=self._open, args=(request, client_address, host), daemon=True)

@@ -131,12 +131,19 @@ def _echoscu(port: int) -> subprocess.CompletedProcess[str]:
 
 
 @needs_dcmtk
-def test_good_senders_work_while_one_host_holds_twenty_idle_connections(served: Any, tmp_path: Path) -> None:
+def test_good_senders_work_while_one_host_holds_twenty_idle_connections(
+    served: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rb = served(max_associations=6, max_associations_per_host=3, artim_timeout_seconds=60)
+    caplog.set_level(logging.WARNING, logger="channels.dicom.listener")
     held = _attack(rb.server.port, 20)
     try:
         refused = [s for s in held if _closed_by_server(s, 0.5)]
         assert len(refused) == 17  # beyond the host's 3, closed at once
+        assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == [
+            "DICOM connection from 127.0.0.2 refused (1 since the last report): it holds 3 connections"
+            " (dicom.max_associations_per_host)"
+        ]
         started = time.monotonic()
         assert shutil.which("echoscu", path=dcmtk_env()["PATH"])
         echo = _echoscu(rb.server.port)
