@@ -13,6 +13,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,3 +207,42 @@ def test_a_peer_resetting_mid_pdu_is_one_info_line(served: Any, caplog: pytest.L
     assert [r.getMessage() for r in dicom if "before the PDU was complete" in r.getMessage()] == [
         "DICOM peer closed the connection before the PDU was complete"
     ]
+
+
+def _association_request() -> bytes:
+    """The A-ASSOCIATE-RQ PDU pynetdicom sends for Verification, captured on a socket of our own."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    captured: list[bytes] = []
+
+    def capture() -> None:
+        conn, _ = listener.accept()
+        header = conn.recv(6, socket.MSG_WAITALL)
+        captured.append(header + conn.recv(struct.unpack(">I", header[2:])[0], socket.MSG_WAITALL))
+        conn.close()
+
+    thread = threading.Thread(target=capture)
+    thread.start()
+    ae = AE(ae_title="CT1")
+    ae.acse_timeout = 2
+    ae.add_requested_context(VERIFICATION)
+    ae.associate("127.0.0.1", listener.getsockname()[1], ae_title="RADBRIDGE")
+    thread.join()
+    listener.close()
+    return captured[0]
+
+
+def test_a_peer_stalling_mid_pdu_after_association_is_disconnected(served: Any) -> None:
+    rb = served(idle_timeout_seconds=1)
+    (sock,) = _attack(rb.server.port, 1, _association_request())
+    try:
+        sock.settimeout(GOOD_WITHIN)
+        assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
+        sock.recv(65536)
+        sock.sendall(b"\x04\x00" + struct.pack(">I", 100) + b"\x00\x00\x00\x60")  # P-DATA-TF, 4 of 100 bytes
+        started = time.monotonic()
+        assert _closed_by_server(sock, 1 + GOOD_WITHIN)
+        assert time.monotonic() - started < 1 + GOOD_WITHIN
+        _wait_for(lambda: not _holding(rb))
+        assert not _holding(rb)
+    finally:
+        sock.close()
