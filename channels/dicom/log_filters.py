@@ -24,13 +24,13 @@ __all__ = ["DUL_LOGGER", "PYDICOM_LOGGER", "PeerGoneFilter", "ValueRedactFilter"
 #: The logger pynetdicom's upper layer (the reactor that reads PDUs) writes to.
 DUL_LOGGER = "pynetdicom.dul"
 
-#: Messages of pynetdicom 3.0's ``DULServiceProvider._read_pdu_data`` for a connection closed under it.
-_PEER_GONE_PREFIXES = (
-    "Connection closed before the entire PDU was received",
-    "The received PDU is shorter than expected",
-)
+#: Messages of pynetdicom 3.0's ``DULServiceProvider._read_pdu_data`` for a connection gone under it,
+#: and the line each becomes.
+_PEER_GONE = {
+    "Connection closed before the entire PDU was received": "DICOM connection reset or timed out while reading a PDU",
+    "The received PDU is shorter than expected": "DICOM peer closed the connection in the middle of a PDU",
+}
 _READER = "_read_pdu_data"
-_ONE_LINE = "DICOM peer closed the connection before the PDU was complete"
 
 
 class PeerGoneFilter(logging.Filter):
@@ -41,8 +41,9 @@ class PeerGoneFilter(logging.Filter):
             return True
         if record.exc_info and isinstance(record.exc_info[1], OSError):
             return False  # the traceback after the ERROR line: the line already says it
-        if isinstance(record.msg, str) and record.msg.startswith(_PEER_GONE_PREFIXES):
-            record.msg, record.args = _ONE_LINE, ()
+        line = next((v for k, v in _PEER_GONE.items() if str(record.msg).startswith(k)), None)
+        if line is not None:
+            record.msg, record.args = line, ()
             record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
         return True
 
@@ -65,13 +66,13 @@ class ValueRedactFilter(logging.Filter):
         return True
 
 
-_PEER_GONE = PeerGoneFilter()
+_PEER_GONE_FILTER = PeerGoneFilter()
 _REDACT = ValueRedactFilter()
 
 
 def install_log_filters() -> None:
     """Attach both filters (idempotent) and silence pydicom's value-quoting ``UserWarning``s."""
-    for name, flt in ((DUL_LOGGER, _PEER_GONE), (PYDICOM_LOGGER, _REDACT)):
+    for name, flt in ((DUL_LOGGER, _PEER_GONE_FILTER), (PYDICOM_LOGGER, _REDACT)):
         logger = logging.getLogger(name)
         if flt not in logger.filters:
             logger.addFilter(flt)
