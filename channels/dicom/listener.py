@@ -39,10 +39,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import pynetdicom
 from pynetdicom import evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from .admission import ArtimClock, HostSlots, RefusalReport
+from .dul_stream import TESTED_VERSIONS
 from .sop_class_check import refuse_foreign_sop_classes
 
 __all__ = ["ConnectionGuard", "GuardedServer", "Limits"]
@@ -174,9 +176,10 @@ class _Handler(RequestHandler):
 class GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with :class:`ConnectionGuard` admission (see the module docstring)."""
 
-    daemon_threads = True
-
     def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
+        if not pynetdicom.__version__.startswith(TESTED_VERSIONS):
+            log.warning("pynetdicom %s: the DICOM listener was checked against %s only",
+                        pynetdicom.__version__, ", ".join(TESTED_VERSIONS))  # fmt: skip
         self.guard = guard
         kwargs["request_handler"] = _Handler
         super().__init__(*args, **kwargs)
