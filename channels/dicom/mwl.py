@@ -33,14 +33,18 @@ from engine.domain.worklist import (
 )
 from engine.store.database import Database
 
+from .identifier_check import structure_problem
+
 __all__ = [
     "CANCEL",
+    "IDENTIFIER_DOES_NOT_MATCH",
     "OUT_OF_RESOURCES",
     "PENDING",
     "PENDING_UNSUPPORTED",
     "UNABLE_TO_PROCESS",
     "ResponseSink",
     "WorklistService",
+    "identifier_refusal",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ PENDING_UNSUPPORTED = 0xFF01
 CANCEL = 0xFE00
 OUT_OF_RESOURCES = 0xA700
 UNABLE_TO_PROCESS = 0xC000
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
 
 FindResult = Iterator[tuple[int, Dataset | None]]
 
@@ -128,8 +133,12 @@ class WorklistService:
         try:
             stmt = build_select(identifier, self.settings)
             keys = requested_keys(identifier)
-        except (InvalidQuery, ValueError, KeyError) as exc:
+        except InvalidQuery as exc:  # its text names the attribute, never the value
             log.info("worklist query refused: %s", exc)
+            return None
+        except (ValueError, KeyError) as exc:  # pydicom's text may quote a patient's value
+            log.info("worklist query refused: %s", type(exc).__name__)
+            log.debug("worklist query refused: %s", exc)
             return None
         columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
         return keys, columns, rows, PENDING_UNSUPPORTED if unsupported_keys(keys) else PENDING
@@ -230,6 +239,24 @@ class WorklistService:
             return build_response(mapping, keys, response_charset(row, self.charset))
 
         return built
+
+
+def identifier_refusal(identifier: Any, transfer_syntax: str) -> int | None:
+    """0xA900 if the request's encoded identifier is not a well-formed data set, else None.
+
+    PS3.4 K.4.1.1.4 (Table K.4-2): "Identifier does not match SOP Class". Checked on the
+    bytes (:mod:`channels.dicom.identifier_check`) before pydicom reads them, which it
+    would do forgivingly. Big Endian (retired) identifiers are left to pydicom.
+    """
+    syntax = UID(transfer_syntax)
+    data = identifier.getvalue() if identifier is not None else b""
+    if not syntax.is_little_endian or syntax.is_deflated:
+        return None
+    problem = structure_problem(data, bool(syntax.is_implicit_VR)) if data else "no identifier"
+    if problem is None:
+        return None
+    log.info("worklist query refused: the identifier is not a data set (%s)", problem)
+    return IDENTIFIER_DOES_NOT_MATCH
 
 
 def _fetch(result: Any) -> tuple[list[str], list[Any]]:

@@ -2,8 +2,8 @@
 
 :func:`start_dicom_server` binds the listener (non-blocking) and returns a
 :class:`DicomServer`; :meth:`DicomServer.stop` shuts it down. Settings come from
-``dicom`` (AE title, host, port, accepted calling AE titles, TLS), ``worklist``
-and ``mpps``.
+``dicom`` (AE title, host, port, accepted calling AE titles, TLS, connection
+limits and timeouts: :mod:`channels.dicom.listener`), ``worklist`` and ``mpps``.
 """
 
 from __future__ import annotations
@@ -11,18 +11,20 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.transport import ThreadedAssociationServer
 
-from engine.config.models import EngineConfig, TLSConfig
+from engine.config.models import DicomConfig, EngineConfig, TLSConfig
 from engine.store.database import Database
 
 from .dul_stream import response_stream
+from .listener import ConnectionGuard, GuardedServer, Limits
+from .log_filters import install_log_filters
 from .mpps import MppsService, mpps_policy
-from .mwl import WorklistService
+from .mwl import WorklistService, identifier_refusal
 
 #: Verification, Modality Worklist Information Model - FIND, Modality Performed Procedure Step.
 SOP_CLASSES = ("1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31", "1.2.840.10008.3.1.2.3.3")
@@ -41,13 +43,15 @@ class DicomServer:
     """A running DICOM listener."""
 
     ae: Any
-    server: ThreadedAssociationServer
+    server: GuardedServer
+    guard: ConnectionGuard
     host: str
     port: int
     ae_title: str
 
     def stop(self) -> None:
-        """Stop accepting associations and close the socket."""
+        """Stop accepting associations, cut the connections still open and close the socket."""
+        self.guard.stop()
         self.server.shutdown()
         self.ae.shutdown()
 
@@ -80,20 +84,26 @@ def tune_association(assoc: Any) -> None:
 def configure_pynetdicom_logging() -> None:
     """Let pynetdicom build its per-message log text only when its logger would emit it.
 
-    pynetdicom pretty-prints every C-FIND response identifier (``LOG_RESPONSE_IDENTIFIERS``)
-    and describes every DIMSE message and PDU (the "standard" event handlers) whatever its
+    pynetdicom pretty-prints every C-FIND request and response identifier
+    (``LOG_REQUEST_IDENTIFIERS``, ``LOG_RESPONSE_IDENTIFIERS``) at INFO, patient names and
+    birth dates included, so both are on only when its logger is at DEBUG; it also
+    describes every DIMSE message and PDU (the "standard" event handlers) whatever its
     logger's level; at WARNING, the engine's default (:mod:`engine.logs`), that text, about
     a tenth of a response's cost, is thrown away. The handlers are bound when a server
     starts, so this runs before each start.
     """
     logger = logging.getLogger("pynetdicom")
     _config.LOG_RESPONSE_IDENTIFIERS = logger.isEnabledFor(logging.DEBUG)
-    _config.LOG_REQUEST_IDENTIFIERS = logger.isEnabledFor(logging.INFO)
+    _config.LOG_REQUEST_IDENTIFIERS = logger.isEnabledFor(logging.DEBUG)  # patient values: DEBUG only
     _config.LOG_HANDLER_LEVEL = "standard" if logger.isEnabledFor(logging.INFO) else "none"
 
 
 def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
     def on_find(event: Any) -> Any:
+        refused = identifier_refusal(event.request.Identifier, event.context.transfer_syntax)
+        if refused is not None:
+            yield refused, None
+            return
         stream = response_stream(event)
         if stream is not None:
             yield from worklist.find_encoded(event.identifier, stream)
@@ -120,27 +130,39 @@ def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
             (evt.EVT_C_ECHO, on_echo), (evt.EVT_CONN_OPEN, on_open)]  # fmt: skip
 
 
-def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
-    """Start the worklist + MPPS listener in its own threads; port 0 picks a free port."""
-    services = config.dicom
-    ae_title, port = services.ae_title, services.port
-    configure_pynetdicom_logging()
-    ae = AE(ae_title=ae_title)
+def _application_entity(services: DicomConfig) -> Any:
+    ae = AE(ae_title=services.ae_title)
     ae.maximum_associations = services.max_associations
+    ae.acse_timeout = services.artim_timeout_seconds  # pynetdicom's ARTIM timer (PS3.8 9.1.5)
+    ae.network_timeout = services.idle_timeout_seconds
     for sop in SOP_CLASSES:
         ae.add_supported_context(sop)
     ae.require_called_aet = True  # associations addressed to another AE title are rejected
     if services.accepted_calling_ae_titles:
         ae.require_calling_aet = list(services.accepted_calling_ae_titles)
+    return ae
+
+
+def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
+    """Start the worklist + MPPS listener in its own threads; port 0 picks a free port."""
+    services = config.dicom
+    configure_pynetdicom_logging()
+    install_log_filters()
+    ae = _application_entity(services)
+    guard = ConnectionGuard(
+        Limits(services.max_associations_per_host, services.artim_timeout_seconds, services.idle_timeout_seconds)
+    )
     worklist = WorklistService.from_config(db, config.worklist)
     mpps = MppsService(db, mpps_policy(config.mpps))
-    server = ae.start_server(
-        (config.dicom.host, port),
-        block=False,
+    server = ae.make_server(
+        (services.host, services.port),
         evt_handlers=_handlers(worklist, mpps),
         ssl_context=tls_context(services.tls) if services.tls else None,
+        server_class=GuardedServer,
+        guard=guard,
     )
-    if server is None:
-        raise RuntimeError("DICOM server did not start")
+    ae._servers.append(server)  # as AE.start_server does: AE.shutdown and server.shutdown expect it there
+    guard.start()
+    threading.Thread(target=server.serve_forever, name="DicomAcceptor", daemon=True).start()
     bound = int(server.server_address[1])
-    return DicomServer(ae, server, config.dicom.host, bound, ae_title)
+    return DicomServer(ae, server, guard, services.host, bound, services.ae_title)

@@ -237,6 +237,15 @@ class DicomConfig(_Model):
     accepted_calling_ae_titles: list[str] = Field(default_factory=list, description="empty: any")
     tls: TLSConfig | None = None
     max_associations: int = Field(20, ge=1)
+    max_associations_per_host: int = Field(
+        5, ge=1, description="open connections one calling host may hold; behind a load balancer or NAT raise it"
+    )
+    artim_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="ARTIM (PS3.8 9.1.5): time to complete an A-ASSOCIATE-RQ or to close"
+    )
+    idle_timeout_seconds: float = Field(
+        60.0, gt=0, description="an association idle this long is aborted; a PDU stalled this long ends it"
+    )
 
 
 class HTTPConfig(_Model):
@@ -354,6 +363,9 @@ class MppsConfig(_Model):
     sending_facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
+    require_type2_attributes: bool = Field(
+        False, description="N-CREATE must also carry every Type 2 attribute of PS3.4 Table F.7.2-1 (may be empty)"
+    )
 
 
 class EngineConfig(_Model):

@@ -3,6 +3,8 @@
 N-CREATE starts an instance IN PROGRESS (F.7.2.1) and marks the referenced
 scheduled steps STARTED; N-SET (F.7.2.2) may change it to COMPLETED or
 DISCONTINUED, after which it is final and further N-SETs fail with 0x0110.
+What each request must carry and what an N-SET may change is checked against
+PS3.4 Table F.7.2-1 (:mod:`engine.domain.mpps_iod`) before anything is stored.
 Each status change enqueues exactly one status message for the RIS in the
 same transaction (the change and its message commit together, once).
 """
@@ -20,6 +22,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from sqlalchemy import Connection, insert, select, update
 
+from engine.domain.mpps_iod import Problem, n_create_problem, n_set_problem
 from engine.domain.status_message import StatusHeader, StepSummary, build_status_message
 from engine.domain.studies import record_performed, resolve_dicom_patient
 from engine.domain.tables import mpps, mpps_series, mpps_steps, orders, patients, procedure_steps
@@ -30,6 +33,7 @@ __all__ = [
     "DUPLICATE_INSTANCE",
     "INVALID_VALUE",
     "MISSING_ATTRIBUTE",
+    "NO_LONGER_UPDATABLE",
     "NO_SUCH_INSTANCE",
     "PROCESSING_FAILURE",
     "MppsError",
@@ -53,13 +57,28 @@ STEP_STATUS: dict[str, str] = {
 FINAL = frozenset({"COMPLETED", "DISCONTINUED"})
 
 
-class MppsError(RadbridgeError):
-    """An N-CREATE/N-SET refused with a DIMSE failure ``status`` (PS3.4 F.7.2)."""
+#: PS3.4 Table F.7.2-2: the Error ID of an N-SET on a COMPLETED or DISCONTINUED instance.
+NO_LONGER_UPDATABLE = 0xA710
 
-    def __init__(self, status: int, comment: str) -> None:
+
+class MppsError(RadbridgeError):
+    """An N-CREATE/N-SET refused with a DIMSE failure ``status`` (PS3.4 F.7.2).
+
+    ``tags`` go to the response's Attribute Identifier List (0000,1005), ``error_id``
+    to its Error ID (0000,0903); ``comment`` never carries patient values.
+    """
+
+    def __init__(self, status: int, comment: str, tags: tuple[int, ...] = (), error_id: int | None = None) -> None:
         super().__init__(f"0x{status:04X} {comment}")
         self.status = status
         self.comment = comment
+        self.tags = tags
+        self.error_id = error_id
+
+    @classmethod
+    def of(cls, problem: Problem) -> MppsError:
+        """The error for a Table F.7.2-1 ``problem``."""
+        return cls(problem.status, problem.comment, problem.tags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +88,8 @@ class MppsPolicy:
     destination: str = ""
     channel: str = "mpps"
     header: StatusHeader = field(default_factory=lambda: StatusHeader("RADBRIDGE", "", "", ""))
+    #: Type 2 attributes must be present too (PS3.4 F.7.2.1.2); by default only Type 1 ones must.
+    require_type2: bool = False
 
 
 def _encode(ds: Dataset) -> bytes:
@@ -175,6 +196,9 @@ def create_mpps(
     """N-CREATE: store the instance IN PROGRESS and start its steps; return the stored attributes."""
     if not uid:
         raise MppsError(MISSING_ATTRIBUTE, "Affected SOP Instance UID missing")
+    problem = n_create_problem(ds, policy.require_type2)
+    if problem is not None:
+        raise MppsError.of(problem)
     if _status_of(ds, None) != "IN PROGRESS":
         raise MppsError(INVALID_VALUE, "N-CREATE must be IN PROGRESS")
     if conn.execute(select(mpps.c.id).where(mpps.c.sop_instance_uid == uid)).first():
@@ -217,8 +241,12 @@ def set_mpps(
         raise MppsError(NO_SUCH_INSTANCE, f"no MPPS {uid}")
     if row.status in FINAL:
         raise MppsError(
-            PROCESSING_FAILURE, f"MPPS {uid} is {row.status} and can no longer be updated"
-        )
+            PROCESSING_FAILURE, "Performed Procedure Step Object may no longer be updated",
+            error_id=NO_LONGER_UPDATABLE,
+        )  # fmt: skip
+    problem = n_set_problem(modification, policy.require_type2)
+    if problem is not None:
+        raise MppsError.of(problem)
     new_status = _status_of(modification, row.status)
     stored = _decode(row.attributes)
     for elem in modification:

@@ -225,7 +225,7 @@ def _string_match(attr: _Attr, values: list[str], settings: MatchSettings) -> Co
 def parse_range(value: str) -> tuple[str | None, str | None]:
     """``D1-D2`` / ``-D2`` / ``D1-`` / ``D`` → (low, high), None for an open end (C.2.2.2.5)."""
     if value.count("-") > 1:
-        raise InvalidQuery(f"bad range {value!r}")
+        raise InvalidQuery("range with more than one '-'")  # the value stays out: it may be a birth date
     if "-" not in value:
         return value, value
     low, high = value.split("-")
@@ -241,7 +241,7 @@ def _digits(value: str, width: int, what: str) -> str:
         else value.split(".")[0].replace(":", "")
     )
     if not text.isdigit() or len(text) > width or len(text) % 2:
-        raise InvalidQuery(f"bad {what} {value!r}")
+        raise InvalidQuery(f"not a {what} value")
     return text
 
 
@@ -297,10 +297,13 @@ def _date_time_clause(date_value: str, time_value: str) -> ColumnElement[bool] |
 
 def _range_match(attr: _Attr, value: str) -> ColumnElement[bool]:
     width = {"DA": 8, "TM": 6}.get(attr.vr, 14)
-    low, high = parse_range(value)
-    return _range_clause(
-        attr.column, _bound(low, width, "0", attr.vr), _bound(high, width, "9", attr.vr)
-    )
+    try:
+        low, high = parse_range(value)
+        return _range_clause(
+            attr.column, _bound(low, width, "0", attr.vr), _bound(high, width, "9", attr.vr)
+        )
+    except InvalidQuery as exc:
+        raise InvalidQuery(f"{attr.keyword}: {exc}") from exc
 
 
 # --- identifier → conditions ----------------------------------------------------------
@@ -363,8 +366,11 @@ def _step_clauses(item: Dataset, settings: MatchSettings) -> list[ColumnElement[
     out = _level_clauses(item, STEP_LEVEL, settings)
     date = "".join(_values(item.get("ScheduledProcedureStepStartDate"))[:1])
     time = "".join(_values(item.get("ScheduledProcedureStepStartTime"))[:1])
-    dt = _date_time_clause(date, time)
-    bounds = _datetime_bounds(date, time)
+    try:
+        dt = _date_time_clause(date, time)
+        bounds = _datetime_bounds(date, time)
+    except InvalidQuery as exc:
+        raise InvalidQuery(f"ScheduledProcedureStepStartDate/Time: {exc}") from exc
     ae = _ae_title_clause(_values(item.get("ScheduledStationAETitle")), bounds, settings)
     out += [c for c in (ae, dt) if c is not None]
     for keyword in _STEP_CODE_SEQUENCES:

@@ -8,8 +8,10 @@ certificate another CA signed; a client that trusts another CA refuses the serve
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from tests.pki import make_pki
 
 from ..domain.factories import apply_records, order, patient
 from .conftest import Radbridge, dcmtk_env, make_config, needs_dcmtk
+from .mpps_datasets import n_create_dataset, n_set_dataset
 
 MWL = "1.2.840.10008.5.1.4.31"
 MPPS = "1.2.840.10008.3.1.2.3.3"
@@ -102,19 +105,25 @@ def test_worklist_query_over_mutual_tls(mutual: Radbridge, pki: Path) -> None:
 def test_mpps_over_mutual_tls(mutual: Radbridge, pki: Path) -> None:
     assoc = _associate(mutual.server.port, _client_context(pki, pki / "client"), MPPS)
     assert assoc.is_established
-    ds = Dataset()
-    item = Dataset()
-    item.ScheduledProcedureStepID, item.StudyInstanceUID = "SPS1", "1.2.3.1"
-    ds.ScheduledStepAttributesSequence = [item]
-    ds.PatientID, ds.Modality, ds.PerformedProcedureStepStatus = "P1", "CT", "IN PROGRESS"
-    created, _ = assoc.send_n_create(ds, MPPS, "1.2.826.0.1.3680043.8.498.77")
-    done = Dataset()
-    done.PerformedProcedureStepStatus = "COMPLETED"
-    completed, _ = assoc.send_n_set(done, MPPS, "1.2.826.0.1.3680043.8.498.77")
+    created, _ = assoc.send_n_create(n_create_dataset(), MPPS, "1.2.826.0.1.3680043.8.498.77")
+    completed, _ = assoc.send_n_set(n_set_dataset("COMPLETED"), MPPS, "1.2.826.0.1.3680043.8.498.77")
     assoc.release()
     assert (created.Status, completed.Status) == (0x0000, 0x0000)
     status = mutual.db.read(lambda c: c.execute(select(procedure_steps.c.status)).scalar_one())
     assert status == "COMPLETED"
+
+
+def test_a_silent_client_does_not_hold_up_the_others(mutual: Radbridge, pki: Path) -> None:
+    """The TLS handshake runs in the connection's own thread, not in the one that accepts."""
+    silent = socket.create_connection(("127.0.0.1", mutual.server.port))
+    try:
+        started = time.monotonic()
+        assoc = _associate(mutual.server.port, _client_context(pki, pki / "client"), MWL)
+        assert assoc.is_established
+        assert _find(assoc) == ["ACC1"]
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
 
 
 def test_client_without_certificate_is_refused(mutual: Radbridge, pki: Path) -> None:

@@ -60,6 +60,8 @@ def _mpps_ds(pid: str, *studies_: tuple[str, str]) -> Dataset:
     ds.PatientID, ds.IssuerOfPatientID = pid, "HOSP"
     ds.Modality = "CT"
     ds.PerformedProcedureStepStatus = "IN PROGRESS"
+    ds.PerformedProcedureStepID, ds.PerformedStationAETitle = "PPS1", "CT1"  # Type 1 (PS3.4 F.7.2-1)
+    ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = "20261122", "093000"
     return ds
 
 
@@ -71,9 +73,11 @@ def _series_ds(*counts: int) -> Dataset:
         item = Dataset()
         item.SeriesInstanceUID = f"9.9.{n}"
         item.SeriesDescription = f"series {n}"
+        item.ProtocolName = "HEAD"  # Type 1 in a performed series item
         refs = []
         for i in range(count):
             ref = Dataset()
+            ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
             ref.ReferencedSOPInstanceUID = f"9.9.{n}.{i}"
             refs.append(ref)
         item.ReferencedImageSequence = refs

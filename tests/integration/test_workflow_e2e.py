@@ -295,6 +295,7 @@ def mpps(port: int, status: str, uid: str = "1.2.826.0.1.3680043.10.999.77") -> 
             ds.PerformedStationAETitle = "CT_SCANNER_1"
             ds.PerformedProcedureStepStartDate = "20261122"
             ds.PerformedProcedureStepStartTime = "094500"
+            ds.PerformedProcedureStepID = "PPS6"
             status_ds, _ = assoc.send_n_create(ds, ModalityPerformedProcedureStep, uid)
         else:
             status_ds, _ = assoc.send_n_set(ds, ModalityPerformedProcedureStep, uid)
@@ -345,6 +346,8 @@ def mpps_create(port: int, n: int, pid: str, uid: str) -> int:
     ref.AccessionNumber, ref.StudyInstanceUID = f"ACC{n}", f"1.2.826.0.1.3680043.10.999.{n}"
     ds.ScheduledStepAttributesSequence = [ref]
     ds.PatientID, ds.Modality, ds.PerformedProcedureStepStatus = pid, "CT", "IN PROGRESS"
+    ds.PerformedProcedureStepID, ds.PerformedStationAETitle = f"PPS{n}", "CT_SCANNER_1"  # Type 1 (PS3.4 F.7.2-1)
+    ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = "20261122", "094500"
     try:
         status, _ = assoc.send_n_create(ds, ModalityPerformedProcedureStep, uid)
         return int(status.Status)
