@@ -96,7 +96,7 @@ def test_a_lease_shorter_than_a_destination_timeout_is_refused(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, CHANNEL + dest, "outbox: {lease_seconds: 40}\n"), {})
     assert exc.value.problems == [
-        f"{tmp_path / 'channels' / 'c1.yaml'}:1: destinations: 'ris' timeout_seconds 30 needs"
+        f"{tmp_path / 'channels' / 'c1.yaml'}:6: destinations.0.timeout_seconds: 'ris' timeout_seconds 30 needs"
         " outbox.lease_seconds of at least 41 (now 40)"
     ]
     assert load_config(write(tmp_path, CHANNEL + dest, "outbox: {lease_seconds: 41}\n"), {}).channels
