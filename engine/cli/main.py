@@ -188,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
 
 _LIST_FILTERS = {
     "channel": "only this channel",
-    "status": "only this status (RECEIVED, PROCESSED, FILTERED, REJECTED, ERROR ...)",
+    "status": "only this status: PROCESSED, FILTERED, REJECTED or ERROR",
     "since": "received at or after this ISO 8601 time (UTC when no offset)",
     "until": "received before this ISO 8601 time (UTC when no offset)",
     "control-id": "only this message control id (MSH-10)",
