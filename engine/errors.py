@@ -8,6 +8,7 @@ at the boundary where they enter::
     RadbridgeError
     ├── ConfigError                 configuration or mapping file rejected at load
     ├── StoreUnavailable            the database cannot commit; never answer success
+    ├── AlreadyRunning              another engine holds this data directory's pid file
     ├── DeliveryError               one outbound attempt failed
     │   ├── RetryableDelivery       try again later (timeout, AE/CE, 5xx, refused)
     │   └── PermanentDelivery       never retry (AR/CR, 4xx)
@@ -24,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AlreadyRunning",
     "ConfigError",
     "DeliveryError",
     "ErrorLocation",
@@ -47,6 +49,10 @@ class ConfigError(RadbridgeError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class AlreadyRunning(RadbridgeError):
+    """A live ``radbridge run`` holds the data directory; the message names its pid."""
 
 
 class StoreUnavailable(RadbridgeError):

@@ -25,11 +25,13 @@ from engine.channel.prepare import MapFn, Preparer
 from engine.channel.runner import ChannelRunner
 from engine.config import Config, load_config
 from engine.config.models import ChannelConfig
-from engine.errors import ConfigError
+from engine.datadir import PROCESS_UMASK, prepare_data_dir
+from engine.errors import AlreadyRunning, ConfigError
 from engine.jobs import recorded
 from engine.outbox.destination import create_destination
 from engine.outbox.rows import release_all
 from engine.outbox.worker import OutboxWorker, Route
+from engine.pidfile import PidFile
 from engine.plan import HANDLER_MODULES, Plan, build_plan
 from engine.store.database import Database
 
@@ -81,6 +83,7 @@ class Runtime:
         self.db = Database(
             cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size, cfg.database.sqlite_page_size
         )
+        log.info("store: %s", self.db.display_url)
         await asyncio.to_thread(self.db.migrate)
         if self.db.is_sqlite:  # one process per SQLite file: leases left by a crash are ours to drop
             released = await self.db.writer.run(release_all)
@@ -96,6 +99,7 @@ class Runtime:
         self.scheduler.start()
         if cfg.dicom.enabled:
             await self._start_dicom()
+        log.info("HTTP API (http: %s:%s) not served in this version: nothing listens", cfg.http.host, cfg.http.port)
         for channel in self.config.channels:
             if channel.enabled:
                 server = await _listen(self.config, channel, self._runner(plan, channel))
@@ -248,7 +252,18 @@ def _refuse_restart_changes(old: Config, new: Config) -> None:
 
 
 async def _serve(config_dir: Path) -> int:
-    runtime = Runtime(load_config(config_dir))
+    config = load_config(config_dir)
+    prepare_data_dir(config.engine.data_dir)
+    # Before anything listens or opens the store: a live engine on this data directory wins.
+    pid_file = PidFile.acquire(config.engine.data_dir / "radbridge.pid")
+    try:
+        return await _serve_locked(config, config_dir, pid_file)
+    finally:
+        pid_file.release()
+
+
+async def _serve_locked(config: Config, config_dir: Path, pid_file: PidFile) -> int:
+    runtime = Runtime(config)
     await runtime.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -257,14 +272,11 @@ async def _serve(config_dir: Path) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(runtime, config_dir)))
     # Only now: whoever reads the pid (``radbridge reload``) may send SIGHUP, whose default
     # action would end the process.
-    pid_file = runtime.config.engine.data_dir / "radbridge.pid"
-    pid_file.write_text(str(os.getpid()))
+    pid_file.publish()
     log.info("radbridge running: %d channel(s)", len(runtime.servers))
     await stop.wait()
     log.info("radbridge stopping")
     await runtime.stop()
-    with contextlib.suppress(OSError):
-        pid_file.unlink()
     return 0
 
 
@@ -303,7 +315,24 @@ def raise_open_file_limit() -> int:
 
 def run(config_dir: Path) -> int:
     """``radbridge run``: serve until SIGTERM/SIGINT (on uvloop when installed, unless
-    ``RADBRIDGE_EVENT_LOOP=asyncio``)."""
+    ``RADBRIDGE_EVENT_LOOP=asyncio``); 1 if another engine already runs on the data directory.
+
+    The process umask becomes 077 first: every file it creates is owner-only (engine.datadir).
+    """
+    os.umask(PROCESS_UMASK)
+    try:
+        return _run_loop(config_dir)
+    except AlreadyRunning as exc:
+        log.error("refusing to start: %s", exc)
+        return 1
+    except ConfigError:
+        raise  # the CLI lists its problems
+    except Exception:  # through the log's formatter, not Python's raw traceback on stderr
+        log.critical("radbridge stopped by an unexpected error", exc_info=True)
+        return 1
+
+
+def _run_loop(config_dir: Path) -> int:
     limit = raise_open_file_limit()
     if 0 <= limit < 4096:
         log.warning("open file limit is %d: each MLLP connection uses two (raise the hard limit)", limit)

@@ -169,7 +169,8 @@ class ChannelRunner:
         if isinstance(result, StoreUnavailable):
             log.error("channel %s: message not stored (%s); answering AE", self.name, result)
         else:
-            log.error("channel %s: persisting failed: %r", self.name, result)
+            # The type only: an exception's text may carry the statement's values or message content.
+            log.error("channel %s: persisting failed: %s", self.name, type(result).__name__)
         error = HL7Error(207, "application internal error: message not stored, resend later")
         return self.persister.ack(p.message, "AE", error)
 

@@ -9,7 +9,6 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,26 +75,22 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_messages_list(args: argparse.Namespace) -> int:
-    from engine.cli.queries import MessageFilter, list_messages
+    from engine.cli.queries import MessageFilter, audited_list
 
     f = MessageFilter(args.channel, args.status, _time(args.since), _time(args.until), args.control_id,
                       args.patient_id, args.accession, args.type, args.limit)
-    db = _database(args)
-    rows = db.read(partial(list_messages, f=f))
+    rows = audited_list(_database(args), f)
     _print(rows, args.json, _table)
     return 0
 
 
 def cmd_messages_show(args: argparse.Namespace) -> int:
-    from engine.audit import record
-    from engine.cli.queries import message_detail
+    from engine.cli.queries import audited_detail
 
-    db = _database(args)
-    detail = db.read(partial(message_detail, message_id=args.id))
+    detail = audited_detail(_database(args), args.id)
     if detail is None:
         print(f"no message {args.id}", file=sys.stderr)
         return 1
-    db.writer.call(partial(record, action="message.show", object_type="message", object_id=str(args.id)))
     _print(detail, args.json, lambda d: visible(_detail_text(d)))
     return 0
 
@@ -248,6 +243,9 @@ def _mapping(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radbridge`` console script."""
     args = _parser().parse_args(argv)
+    from engine.logs import configure_logging
+
+    configure_logging("WARNING")  # what a command logs (replay runs a channel) is PHI-safe too; run sets its own
     try:
         fn: Command = args.fn
         return fn(args)

@@ -1,17 +1,31 @@
-"""Read-side queries used by the CLI (and later the HTTP API): lists, details, status."""
+"""Read-side queries used by the CLI (and later the HTTP API): lists, details, status.
+
+What shows patient data (a listing, one message) is read through
+:func:`audited_list` / :func:`audited_detail`, which record the access in the
+audit trail (:mod:`engine.audit`) in the same transaction as the read: no
+result leaves without its event.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Select, func, select, text
 
+from engine.audit import Actor, record
 from engine.outbox.queue import QUEUED
 from engine.store.schema import UNPROCESSED_SQL, job_runs, messages, outbox
 
-__all__ = ["MessageFilter", "channel_status", "engine_status", "list_messages", "message_detail"]
+if TYPE_CHECKING:
+    from engine.store.database import Database
+
+__all__ = [
+    "MessageFilter", "audited_detail", "audited_list", "channel_status", "engine_status", "list_messages",
+    "message_detail",
+]
 
 _LIST_COLUMNS = (
     messages.c.id, messages.c.channel, messages.c.received_at, messages.c.status, messages.c.message_type,
@@ -45,6 +59,44 @@ def _jsonable(row: Any) -> dict[str, Any]:
 def list_messages(conn: Connection, f: MessageFilter) -> list[dict[str, Any]]:
     """Newest first."""
     return [_jsonable(r) for r in conn.execute(_query(f))]
+
+
+def audited_list(db: Database, f: MessageFilter, actor: Actor | None = None) -> list[dict[str, Any]]:
+    """:func:`list_messages`, recorded as ``message.list`` with the query and the ids it returned.
+
+    Indexed under ``patient``/id or ``accession``/number when the query names one
+    (so "who looked up this patient" is one lookup), else ``query``/"".
+    """
+    return db.writer.call(partial(_list_and_record, f=f, actor=actor))
+
+
+def _list_and_record(conn: Connection, f: MessageFilter, actor: Actor | None) -> list[dict[str, Any]]:
+    rows = list_messages(conn, f)
+    object_type, object_id = _audit_key(f)
+    terms = {k: v for k, v in asdict(f).items() if v is not None}
+    record(conn, "message.list", object_type, object_id,
+           {"query": terms, "message_ids": [r["id"] for r in rows]}, actor)
+    return rows
+
+
+def _audit_key(f: MessageFilter) -> tuple[str, str]:
+    if f.patient_id is not None:
+        return "patient", f.patient_id
+    if f.accession_number is not None:
+        return "accession", f.accession_number
+    return "query", ""
+
+
+def audited_detail(db: Database, message_id: int, actor: Actor | None = None) -> dict[str, Any] | None:
+    """:func:`message_detail`, recorded as ``message.show`` when the message exists."""
+    return db.writer.call(partial(_detail_and_record, message_id=message_id, actor=actor))
+
+
+def _detail_and_record(conn: Connection, message_id: int, actor: Actor | None) -> dict[str, Any] | None:
+    detail = message_detail(conn, message_id)
+    if detail is not None:
+        record(conn, "message.show", "message", str(message_id), {"message_ids": [message_id]}, actor)
+    return detail
 
 
 def _query(f: MessageFilter) -> Select[Any]:

@@ -153,8 +153,10 @@ class OutboxWorker:
                 partial(record_failure, row=row, error=str(exc), permanent=permanent, retry=route.retry,
                         now=datetime.now(UTC))
             )
+            # The error text (a receiver's MSA-3, an HTTP body) may name the patient: it is kept
+            # in the row's last_error (radbridge messages show), the log gets its type.
             log.warning("outbox %s: row %s attempt %s failed (%s): %s", name, row.id, row.attempts + 1,
-                        status, exc)
+                        status, type(exc).__name__)
             return False
         await self.db.writer.run(partial(record_success, row_id=row.id, response=response,
                                          now=datetime.now(UTC)))

@@ -13,6 +13,15 @@ SQLite runs in WAL mode with ``synchronous=FULL`` by default (durable across
 power loss); PostgreSQL is selected by URL. WAL checkpoints run in a thread of
 their own (:class:`Checkpointer`), so a commit, and the ACK behind it, does not
 wait for one.
+
+PHI and secrets: unless logging is at DEBUG when the database is opened, the
+engines are created with ``hide_parameters=True``, so a refused statement's
+error (and any traceback showing it) names the statement but not its values
+(patient ids, names, message text). A SQLite database file is created 0600 in
+a directory created 0700; SQLite gives its ``-wal`` and ``-shm`` files the
+database file's mode. Existing files with group/other bits are tightened (see
+:mod:`engine.datadir`). :attr:`Database.display_url` is the URL with its
+password masked, the only form of it to log.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -31,12 +42,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from engine.errors import StoreUnavailable
+from engine.datadir import restrict
+from engine.errors import ConfigError, StoreUnavailable
 
-__all__ = ["Checkpointer", "Database", "Writer"]
+__all__ = ["Checkpointer", "Database", "Writer", "masked_url"]
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +430,7 @@ class Checkpointer:
         while not self._stop.wait(delay):
             try:
                 if conn is None:
-                    if not Path(self._path).exists():  # not created yet (before the first migration)
+                    if not _has_content(self._path):  # not created yet (before the first migration)
                         continue
                     conn = sqlite3.connect(self._path, timeout=1, isolation_level=None, check_same_thread=False)
                     # The database file is synced after the copy as the writer's setting says.
@@ -453,14 +466,23 @@ class Database:
     """Engines for one database URL plus the writer and a reader pool."""
 
     def __init__(
-        self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5, sqlite_page_size: int = DEFAULT_PAGE_SIZE
+        self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5, sqlite_page_size: int = DEFAULT_PAGE_SIZE,
+        hide_parameters: bool | None = None,
     ) -> None:
+        """Open engines for ``url``; ``hide_parameters`` None: hidden unless logging is at DEBUG now.
+
+        Raises ConfigError (with the password masked) if ``url`` is not a SQLAlchemy URL.
+        """
         self.url = url
+        self.display_url = masked_url(url)
         self.page_size = sqlite_page_size
         self.is_sqlite = url.startswith("sqlite")
-        if self.is_sqlite:
-            _ensure_parent(url)
+        if hide_parameters is None:
+            hide_parameters = not logging.getLogger("engine").isEnabledFor(logging.DEBUG)
+        self.hide_parameters = hide_parameters
         path = _sqlite_path(url) if self.is_sqlite else ""
+        if path:
+            _owner_only_file(Path(path))
         self.write_engine = self._create(url, sqlite_synchronous, immediate=True, pool_size=2, background=bool(path))
         self.read_engine = self._create(url, sqlite_synchronous, immediate=False, pool_size=pool_size)
         self.writer = Writer(self.write_engine)
@@ -471,8 +493,10 @@ class Database:
         self, url: str, synchronous: str, immediate: bool, pool_size: int, background: bool = False
     ) -> Engine:
         if not self.is_sqlite:
-            return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
+                                 hide_parameters=self.hide_parameters)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               hide_parameters=self.hide_parameters)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
@@ -534,7 +558,34 @@ def _sqlite_path(url: str) -> str:
     return "" if path in ("", ":memory:") else str(Path(path).expanduser())
 
 
-def _ensure_parent(url: str) -> None:
-    path = _sqlite_path(url)
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``; raise ConfigError if it is no SQLAlchemy URL."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        # SQLAlchemy's own message repeats the whole string, password included.
+        scheme = re.match(r"[A-Za-z][A-Za-z0-9+.\-]*(?=://)", url)
+        named = f"scheme {scheme.group(0)!r}" if scheme else "no scheme"
+        raise ConfigError([f"database.url: not a valid SQLAlchemy URL ({named})"]) from None
+
+
+def _has_content(path: str) -> bool:
+    """The SQLite file exists and SQLite has written to it (it is created empty, 0600, first)."""
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
+
+
+def _owner_only_file(path: Path) -> None:
+    """Create the SQLite file 0600 (in a new directory 0700) before SQLite does (0644 less umask).
+
+    SQLite creates ``-wal``, ``-shm`` and journal files with the database file's mode, so
+    they follow. Existing files are tightened, with a warning (engine.datadir.restrict).
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        restrict(candidate)

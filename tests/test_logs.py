@@ -1,0 +1,194 @@
+"""The log formatter: no exception text below DEBUG, no password in any URL, at any level."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sqlite3
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from engine.errors import StoreUnavailable
+from engine.logs import PHISafeFormatter, configure_logging, mask_url_passwords
+
+PHI = "ZZPHINAME^QQSECRET 19230417 PHIID98765"
+
+
+def _raise_chained() -> None:
+    try:
+        raise KeyError(f"inner {PHI}")
+    except KeyError as exc:
+        raise ValueError(f"outer {PHI}") from exc
+
+
+def _emit(formatter: PHISafeFormatter, emit: Callable[[logging.Logger], None], name: str = "engine.test") -> str:
+    """What ``emit`` logs through ``formatter``."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        emit(logger)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    return stream.getvalue()
+
+
+def _logged_exception(formatter: PHISafeFormatter) -> str:
+    def emit(logger: logging.Logger) -> None:
+        try:
+            _raise_chained()
+        except ValueError:
+            logger.exception("handler failed on message %s", 42)
+
+    return _emit(formatter, emit)
+
+
+def test_a_traceback_below_debug_keeps_frames_and_types_but_no_exception_text() -> None:
+    text = _logged_exception(PHISafeFormatter(redact=True))
+
+    assert "handler failed on message 42" in text
+    assert "KeyError" in text and "ValueError" in text and "_raise_chained" in text
+    assert "direct cause" in text
+    assert "ZZPHINAME" not in text and "PHIID98765" not in text
+
+
+def test_a_traceback_at_debug_is_complete() -> None:
+    text = _logged_exception(PHISafeFormatter(redact=False))
+
+    assert f"outer {PHI}" in text and f"inner {PHI}" in text
+
+
+def test_json_lines_withhold_exception_text_too() -> None:
+    text = _logged_exception(PHISafeFormatter(json_lines=True, redact=True))
+
+    entry = json.loads(text)
+    assert "ValueError" in entry["exception"]
+    assert "PHIID98765" not in text
+
+
+def test_an_exception_argument_is_logged_as_its_type() -> None:
+    text = _emit(PHISafeFormatter(redact=True),
+                 lambda lg: lg.warning("refused: %s / %r", ValueError(PHI), KeyError(PHI)))
+
+    assert "refused: ValueError" in text and "KeyError" in text
+    assert "PHIID98765" not in text
+
+
+def test_messages_of_safe_types_are_kept() -> None:
+    text = _emit(PHISafeFormatter(redact=True),
+                 lambda lg: lg.error("%s / %s", StoreUnavailable("database unavailable: OperationalError"),
+                                          sqlite3.OperationalError("disk I/O error")))
+
+    assert "database unavailable: OperationalError / disk I/O error" in text
+
+
+def test_asyncio_keeps_only_the_first_line_below_debug() -> None:
+    message = f"Task exception was never retrieved\nfuture: <Task exception=ValueError('{PHI}')>"
+    text = _emit(PHISafeFormatter(redact=True), lambda lg: lg.error(message), name="asyncio")
+
+    assert "Task exception was never retrieved" in text
+    assert "PHIID98765" not in text
+
+
+@pytest.mark.parametrize("redact", [True, False])
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_passwords_in_urls_are_masked_at_every_level(redact: bool, json_lines: bool) -> None:
+    url = "postgresql+psycopg://radbridge:s3cr3t-Pw@db.example:5432/radbridge"
+    text = _emit(PHISafeFormatter(json_lines=json_lines, redact=redact),
+                 lambda lg: lg.debug("connecting to %s", url))
+
+    assert "s3cr3t" not in text
+    assert "postgresql+psycopg://radbridge:***@db.example:5432/radbridge" in text
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("https://user:pw@host/path", "https://user:***@host/path"),
+    ("redis://:only-password@host", "redis://:***@host"),
+    ("http://host:8080/a@b", "http://host:8080/a@b"),
+    ("postgresql://user@host/db", "postgresql://user@host/db"),
+])
+def test_mask_url_passwords(text: str, masked: str) -> None:
+    assert mask_url_passwords(text) == masked
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level, hook = root.handlers[:], root.level, threading.excepthook
+    yield
+    threading.excepthook = hook
+    logging.captureWarnings(False)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("level, redacts", [("INFO", True), ("WARNING", True), ("DEBUG", False)])
+def test_configure_logging_redacts_at_every_level_above_debug(restore_root_logging: None, level: str,
+                                                              redacts: bool) -> None:
+    configure_logging(level)
+
+    formatter = logging.getLogger().handlers[0].formatter
+    assert isinstance(formatter, PHISafeFormatter) and formatter.redact is redacts
+
+
+def test_pydicom_messages_quoting_values_are_withheld_below_debug() -> None:
+    text = _emit(PHISafeFormatter(redact=True), lambda lg: lg.warning("Invalid value for VR DA: '19230417-1'"),
+                 name="pydicom")
+
+    assert "19230417" not in text and "pydicom" in text
+
+
+def test_python_warnings_go_through_the_formatter(restore_root_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO")
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(f"Invalid value for VR PN: '{PHI}'", UserWarning, stacklevel=1)
+
+    assert "UserWarning" in stream.getvalue() and "test_logs.py" in stream.getvalue()
+    assert "PHIID98765" not in stream.getvalue()
+
+
+def test_an_exception_ending_a_thread_goes_through_the_formatter(restore_root_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO")
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+
+    def fail() -> None:
+        raise ValueError(PHI)
+
+    thread = threading.Thread(target=fail, name="radbridge-test")
+    thread.start()
+    thread.join()
+
+    assert "thread radbridge-test ended by an exception" in stream.getvalue()
+    assert "ValueError" in stream.getvalue() and "PHIID98765" not in stream.getvalue()
+
+
+def test_a_log_call_with_mismatched_arguments_does_not_print_them(restore_root_logging: None,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO")
+    try:
+        logging.getLogger("engine.test").info("patient %d", PHI)
+    finally:
+        logging.raiseExceptions = True
+
+    assert "PHIID98765" not in capsys.readouterr().err
+
+
+def test_an_os_error_naming_no_file_keeps_its_message() -> None:
+    text = _emit(PHISafeFormatter(redact=True), lambda lg: lg.error(
+        "%s / %s", OSError(98, "Address already in use"), FileNotFoundError(2, "No such file", f"/a/{PHI}")))
+
+    assert "[Errno 98] Address already in use" in text
+    assert "FileNotFoundError" in text and "PHIID98765" not in text
