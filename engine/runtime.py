@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -28,60 +27,29 @@ from engine.config import Config, load_config
 from engine.config.models import ChannelConfig
 from engine.datadir import PROCESS_UMASK, prepare_data_dir
 from engine.errors import AlreadyRunning, ConfigError
-from engine.handlers import create_handler
-from engine.hl7.er7 import Message
 from engine.jobs import recorded
 from engine.outbox.destination import create_destination
 from engine.outbox.rows import release_all
 from engine.outbox.worker import OutboxWorker, Route
 from engine.pidfile import PidFile
+from engine.plan import HANDLER_MODULES, Plan, build_plan
 from engine.store.database import Database
 
-__all__ = ["Runtime", "run"]
+__all__ = ["HANDLER_MODULES", "Runtime", "load_channel_mappings", "run"]
 
 log = logging.getLogger(__name__)
 
-#: Modules whose import registers built-in handlers (same door as site plugins).
-HANDLER_MODULES: tuple[str, ...] = ("engine.domain.handlers",)
-
-
-def _load_handler_modules() -> None:
-    for name in HANDLER_MODULES:
-        with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module(name)
+#: engine.yaml sections that the long-lived services (store, DICOM listener, scheduler jobs,
+#: logging) read once at start: a reload that changes one is refused as a whole.
+RESTART_SECTIONS: tuple[str, ...] = ("data_dir", "database", "dicom", "http", "logging", "worklist", "mpps")
 
 
 def load_channel_mappings(config: Config) -> dict[str, MapFn]:
-    """Compile the mappings the channels name; channel name → its mapping function.
+    """The mapping function of each enabled channel that names mappings (every reference checked).
 
-    Raises ConfigError (nothing applied) if any mapping file is invalid or a
-    channel names a mapping that does not exist.
+    Raises ConfigError (nothing applied) listing every problem of the configuration.
     """
-    channels = [c for c in config.channels if c.enabled and c.mapping_names]
-    if not channels:
-        return {}
-    from engine.mapping import load_mappings
-
-    compiled = load_mappings(config.engine.mappings_dir, timezone=config.engine.timezone)
-    problems = [
-        f"{config.channel_files[c.name]}:1: mapping: no mapping named {name!r} in {config.engine.mappings_dir}"
-        for c in channels for name in c.mapping_names if name not in compiled
-    ]
-    if problems:
-        raise ConfigError(problems)
-    return {c.name: _dispatch([compiled[n] for n in c.mapping_names]) for c in channels}
-
-
-def _dispatch(mappings: list[Any]) -> MapFn:
-    """The first mapping whose ``accept`` list takes the message applies; none: no records."""
-
-    def apply(message: Message) -> list[dict[str, Any]]:
-        for mapping in mappings:
-            if mapping.accepts(message):
-                return list(mapping.apply(message, provenance=False).records)
-        return []
-
-    return apply
+    return build_plan(config).mappings
 
 
 @dataclass
@@ -95,12 +63,23 @@ class Runtime:
     worker: OutboxWorker | None = None
     scheduler: AsyncIOScheduler | None = None
     dicom: Any = None
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
-        """Open the store, migrate, then start the worker, scheduler and listeners."""
+        """Check everything, then open the store, migrate, start the worker, scheduler and listeners.
+
+        Raises ConfigError, with whatever had started stopped again, when the configuration
+        has a problem or a port cannot be bound.
+        """
+        plan = build_plan(self.config)
+        try:
+            await self._start(plan)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, plan: Plan) -> None:
         cfg = self.config.engine
-        mappings = load_channel_mappings(self.config)
-        _load_handler_modules()
         self.db = Database(
             cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size, cfg.database.sqlite_page_size
         )
@@ -110,7 +89,7 @@ class Runtime:
             released = await self.db.writer.run(release_all)
             if released:
                 log.info("released %d outbox lease(s) left by the previous run", released)
-        self.worker = OutboxWorker(self.db, self._routes(), cfg.outbox)
+        self.worker = OutboxWorker(self.db, _routes(self.config), cfg.outbox)
         self.worker.start()
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         # A coroutine job runs on the loop; a plain function would run in the executor's threads.
@@ -119,17 +98,33 @@ class Runtime:
         self._schedule_housekeeping(self.scheduler)
         self.scheduler.start()
         if cfg.dicom.enabled:
-            from channels.dicom.server import start_dicom_server
-
-            self.dicom = await asyncio.to_thread(start_dicom_server, cfg, self.db)
-            log.info("DICOM worklist/MPPS listening on %s:%s as %s", cfg.dicom.host, self.dicom.port,
-                     cfg.dicom.ae_title)
+            await self._start_dicom()
         log.info("HTTP API (http: %s:%s) not served in this version: nothing listens", cfg.http.host, cfg.http.port)
         for channel in self.config.channels:
             if channel.enabled:
-                await self._start_channel(channel, mappings.get(channel.name))
+                server = await _listen(self.config, channel, self._runner(plan, channel))
+                self.servers[channel.name] = server
+                self.runners[channel.name] = server.runner
+
+    async def _start_dicom(self) -> None:
+        from channels.dicom.server import start_dicom_server
+
+        cfg = self.config.engine
+        assert self.db is not None
+        try:
+            self.dicom = await asyncio.to_thread(start_dicom_server, cfg, self.db)
+        except OSError as exc:
+            where = self.config.where(self.config.engine_file, ("dicom", "port"))
+            raise ConfigError([f"{where}: cannot listen on {cfg.dicom.host}:{cfg.dicom.port}:"
+                               f" {exc.strerror or exc}"]) from exc
+        log.info("DICOM worklist/MPPS listening on %s:%s as %s", cfg.dicom.host, self.dicom.port,
+                 cfg.dicom.ae_title)
 
     async def _poll_outbox(self) -> None:
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the current worker (a reload may have replaced it)."""
         if self.worker is not None:
             self.worker.wake()
 
@@ -143,23 +138,71 @@ class Runtime:
         jobs = worklist_jobs(self.db, cfg.worklist, ZoneInfo(cfg.timezone))
         schedule_jobs(scheduler, [replace(j, run=recorded(self.db, j.id, j.description, j.run)) for j in jobs])
 
-    def _routes(self) -> dict[str, Route]:
-        """Every destination, engine-level and per channel (names checked unique at load)."""
-        cfg = self.config
-        dests = [*cfg.engine.destinations, *(d for c in cfg.channels for d in c.destinations)]
-        return {d.name: Route(create_destination(d), d.retry, d.timeout_seconds) for d in dests}
+    def _runner(self, plan: Plan, channel: ChannelConfig) -> ChannelRunner:
+        assert self.db is not None
+        ident = plan.config.engine.identity
+        persister = Persister(channel, plan.handlers.get(channel.name, []), ident.application, ident.facility)
+        return ChannelRunner(channel, Preparer(channel, plan.mappings.get(channel.name)), persister, self.db,
+                             self._wake)
 
-    async def _start_channel(self, channel: ChannelConfig, mapping: MapFn | None) -> None:
-        assert self.db is not None and self.worker is not None
-        ident = self.config.engine.identity
-        handlers = [create_handler(h, self.config.engine, channel) for h in channel.handlers]
-        runner = ChannelRunner(channel, Preparer(channel, mapping),
-                               Persister(channel, handlers, ident.application, ident.facility),
-                               self.db, self.worker.wake)
-        server = MLLPServer(channel.source, runner)
-        await server.start()
-        self.runners[channel.name] = runner
-        self.servers[channel.name] = server
+    async def reload(self, new: Config) -> None:
+        """Apply ``new`` all or nothing.
+
+        Everything is checked and every new listener bound before anything running
+        changes; on any problem a ConfigError is raised and the running channels,
+        listeners and worker are exactly as they were. A listener whose settings are
+        unchanged keeps its socket and connections and takes the new pipeline for the
+        next frame.
+        """
+        async with self._reloading:
+            plan = build_plan(new)
+            _refuse_restart_changes(self.config, new)
+            kept, fresh = await self._bind(plan)
+            await self._switch(plan, kept, fresh)
+
+    async def _bind(self, plan: Plan) -> tuple[dict[str, tuple[MLLPServer, ChannelRunner]], dict[str, MLLPServer]]:
+        """Pair each new channel with a running listener of the same settings, or bind a new one."""
+        running = {server.config: server for server in self.servers.values()}
+        kept: dict[str, tuple[MLLPServer, ChannelRunner]] = {}
+        fresh: dict[str, MLLPServer] = {}
+        try:
+            for channel in plan.config.channels:
+                if not channel.enabled:
+                    continue
+                runner = self._runner(plan, channel)
+                server = running.pop(channel.source, None)
+                if server is not None:
+                    kept[channel.name] = (server, runner)
+                else:
+                    fresh[channel.name] = await _listen(plan.config, channel, runner)
+        except BaseException:
+            for server in fresh.values():
+                await server.stop()
+            raise
+        return kept, fresh
+
+    async def _switch(self, plan: Plan, kept: dict[str, tuple[MLLPServer, ChannelRunner]],
+                      fresh: dict[str, MLLPServer]) -> None:
+        """Commit a reload: nothing here can fail on the configuration any more."""
+        for server, runner in kept.values():
+            server.runner = runner
+        staying = {id(server) for server, _ in kept.values()}
+        for server in self.servers.values():
+            if id(server) not in staying:
+                await server.stop()
+        old = self.config
+        self.servers = {**{name: server for name, (server, _) in kept.items()}, **fresh}
+        self.runners = {name: server.runner for name, server in self.servers.items()}
+        self.config = plan.config
+        if _destinations(old) != _destinations(plan.config) or old.engine.outbox != plan.config.engine.outbox:
+            await self._restart_worker()
+
+    async def _restart_worker(self) -> None:
+        assert self.db is not None
+        if self.worker is not None:
+            await self.worker.stop()
+        self.worker = OutboxWorker(self.db, _routes(self.config), self.config.engine.outbox)
+        self.worker.start()
 
     async def stop(self) -> None:
         """Stop listeners, then the scheduler and worker, then the store."""
@@ -169,11 +212,43 @@ class Runtime:
             await asyncio.to_thread(self.dicom.stop)
             self.dicom = None
         if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=False)
+            self.scheduler = None
         if self.worker is not None:
             await self.worker.stop()
+            self.worker = None
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
+            self.db = None
+
+
+async def _listen(config: Config, channel: ChannelConfig, runner: ChannelRunner) -> MLLPServer:
+    """Start ``channel``'s listener; a port that cannot be bound is a ConfigError at ``source.port``."""
+    server = MLLPServer(channel.source, runner)
+    try:
+        await server.start()
+    except OSError as exc:
+        src = channel.source
+        raise ConfigError([f"{config.channel_where(channel, ('source', 'port'))}: cannot listen on"
+                           f" {src.host}:{src.port}: {exc.strerror or exc}"]) from exc
+    return server
+
+
+def _destinations(config: Config) -> list[Any]:
+    return [*config.engine.destinations, *(d for c in config.channels for d in c.destinations)]
+
+
+def _routes(config: Config) -> dict[str, Route]:
+    """Every destination, engine-level and per channel (names checked unique at load)."""
+    return {d.name: Route(create_destination(d), d.retry, d.timeout_seconds) for d in _destinations(config)}
+
+
+def _refuse_restart_changes(old: Config, new: Config) -> None:
+    changed = [name for name in RESTART_SECTIONS if getattr(old.engine, name) != getattr(new.engine, name)]
+    if changed:
+        raise ConfigError([f"{new.where(new.engine_file, (name,))}: changed, but {name} is read at start only:"
+                           " restart radbridge to apply it" for name in changed])
 
 
 async def _serve(config_dir: Path) -> int:
@@ -206,19 +281,16 @@ async def _serve_locked(config: Config, config_dir: Path, pid_file: PidFile) -> 
 
 
 async def _reload(runtime: Runtime, config_dir: Path) -> None:
-    """SIGHUP: validate the new configuration; apply it only if all of it is valid."""
+    """SIGHUP: apply the new configuration if all of it is valid and can be bound; else keep the running one."""
     try:
-        new = load_config(config_dir)
-        load_channel_mappings(new)
+        await runtime.reload(load_config(config_dir))
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration:\n%s", exc)
         return
-    log.info("configuration valid; restarting channels")
-    await runtime.stop()
-    runtime.config = new
-    runtime.runners.clear()
-    runtime.servers.clear()
-    await runtime.start()
+    except Exception:  # never let a reload take the engine down
+        log.exception("reload failed, keeping the running configuration")
+        return
+    log.info("configuration valid; reloaded %d channel(s)", len(runtime.servers))
 
 
 def raise_open_file_limit() -> int:

@@ -90,10 +90,14 @@ class MLLPServer:
 class _Connection(asyncio.Protocol):
     """One peer: frames in, answers out, in order."""
 
+    @property
+    def runner(self) -> ChannelRunner:
+        """The server's current runner: a reload swaps it, and the next frame takes the new one."""
+        return self.server.runner
+
     def __init__(self, server: MLLPServer) -> None:
         self.server = server
         self.config = server.config
-        self.runner = server.runner
         self.decoder = FrameDecoder(self.config.max_message_bytes)
         # Frames waiting for the connection's task, each with its payload already opened if it was
         # (a lone frame that the writer could not take at once in _start).

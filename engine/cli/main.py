@@ -1,4 +1,4 @@
-"""``radbridge``: run the engine, check configuration, send, inspect and replay messages."""
+"""radbridge: run the engine, check configuration, send, inspect and replay messages."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engine.cli.text import visible
 from engine.config import Config, load_config
 from engine.errors import ConfigError
 
@@ -39,18 +40,18 @@ def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.logs import configure_logging
+    from engine.plan import check_directory
     from engine.runtime import run
 
-    cfg = _config(args)
+    cfg = check_directory(Path(args.config)).config  # every problem of every file, before anything starts
     configure_logging(cfg.engine.logging.level, cfg.engine.logging.format)
     return run(Path(args.config))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from engine.runtime import load_channel_mappings
+    from engine.plan import check_directory
 
-    cfg = _config(args)
-    load_channel_mappings(cfg)
+    cfg = check_directory(Path(args.config)).config
     print(f"configuration OK: {len(cfg.channels)} channel(s) in {args.config}")
     return 0
 
@@ -90,7 +91,7 @@ def cmd_messages_show(args: argparse.Namespace) -> int:
     if detail is None:
         print(f"no message {args.id}", file=sys.stderr)
         return 1
-    _print(detail, args.json, _detail_text)
+    _print(detail, args.json, lambda d: visible(_detail_text(d)))
     return 0
 
 
@@ -124,9 +125,10 @@ def _time(value: str | None) -> datetime | None:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    cols = ["id", "channel", "received_at", "status", "message_type", "control_id", "ack_code", "error_location"]
+    cols = ["id", "channel", "received_at", "status", "message_type", "control_id", "patient_id",
+            "accession_number", "ack_code", "error_location"]
     lines = ["\t".join(cols)]
-    lines += ["\t".join(str(r.get(c) or "") for c in cols) for r in rows]
+    lines += ["\t".join(visible(str(r.get(c) or "")) for c in cols) for r in rows]
     return "\n".join(lines)
 
 
@@ -150,46 +152,84 @@ def _status_text(data: dict[str, Any]) -> str:
     return "\n".join([*lines, "", f"worklist steps: {steps}"])
 
 
+_CONFIG_HELP = "configuration directory (default $RADBRIDGE_CONFIG or ./config)"
+_JSON_HELP = "print JSON instead of a table"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radbridge", description=__doc__)
-    p.add_argument("--config", default=os.environ.get("RADBRIDGE_CONFIG", "./config"),
-                   help="configuration directory (default ./config)")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--config", default=os.environ.get("RADBRIDGE_CONFIG", "./config"), help=_CONFIG_HELP)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="run every configured channel").set_defaults(fn=cmd_run)
-    sub.add_parser("check-config", help="validate configuration and mappings").set_defaults(fn=cmd_check_config)
+    sub.add_parser("check-config", help="validate configuration, mappings and every name they refer to"
+                   ).set_defaults(fn=cmd_check_config)
     sub.add_parser("reload", help="ask the running engine to reload (SIGHUP)").set_defaults(fn=cmd_reload)
     send = sub.add_parser("send", help="send HL7 files over MLLP and print each ACK code")
-    send.add_argument("target", metavar="HOST:PORT")
-    send.add_argument("files", nargs="+")
-    send.add_argument("--timeout", type=float, default=30.0)
+    send.add_argument("target", metavar="HOST:PORT", help="the MLLP listener to send to")
+    send.add_argument("files", nargs="+", metavar="FILE", help="one HL7 message per file (CR, LF or CRLF)")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK (default 30)")
     send.set_defaults(fn=cmd_send)
     _messages(sub)
     status = sub.add_parser("status", help="per channel counts and queue age")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.set_defaults(fn=cmd_status)
     schema = sub.add_parser("schema", help="print the JSON Schema of a configuration file")
-    schema.add_argument("kind", choices=["channel", "engine"])
+    schema.add_argument("kind", choices=["channel", "engine"], help="which file: a channel or engine.yaml")
     schema.set_defaults(fn=cmd_schema)
     _mapping(sub)
+    _config_everywhere(p)
     return p
+
+
+_LIST_FILTERS = {
+    "channel": "only this channel",
+    "status": "only this status: PROCESSED, FILTERED, REJECTED or ERROR",
+    "since": "received at or after this ISO 8601 time (UTC when no offset)",
+    "until": "received before this ISO 8601 time (UTC when no offset)",
+    "control-id": "only this message control id (MSH-10)",
+    "patient-id": "only messages about this patient id",
+    "accession": "only messages about this accession number",
+    "type": "only this message type, * as wildcard (ORM^*)",
+}
 
 
 def _messages(sub: Any) -> None:
     msgs = sub.add_parser("messages", help="inspect and replay stored messages").add_subparsers(
-        dest="messages_command", required=True)
+        dest="messages_command", required=True, metavar="ACTION")
     lst = msgs.add_parser("list", help="list messages, newest first")
-    for flag in ("channel", "status", "since", "until", "control-id", "patient-id", "accession", "type"):
-        lst.add_argument(f"--{flag}")
-    lst.add_argument("--limit", type=int, default=100)
-    lst.add_argument("--json", action="store_true")
+    for flag, text in _LIST_FILTERS.items():
+        lst.add_argument(f"--{flag}", help=text)
+    lst.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    lst.add_argument("--json", action="store_true", help=_JSON_HELP)
     lst.set_defaults(fn=cmd_messages_list)
     show = msgs.add_parser("show", help="one message with every stage (audited)")
-    show.add_argument("id", type=int)
-    show.add_argument("--json", action="store_true")
+    show.add_argument("id", type=int, help="message id, as listed by messages list")
+    show.add_argument("--json", action="store_true", help="print JSON, every byte exact")
     show.set_defaults(fn=cmd_messages_show)
     replay = msgs.add_parser("replay", help="re-queue failed deliveries and reprocess failed messages")
-    replay.add_argument("ids", type=int, nargs="+")
+    replay.add_argument("ids", type=int, nargs="+", metavar="ID", help="message ids to replay")
     replay.set_defaults(fn=cmd_messages_replay)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser``, at any depth."""
+    # argparse has no public walk of its tree; the subparsers action is the documented container.
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *_subparsers(child)]
+    return found
+
+
+def _config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--config DIR`` after any subcommand too (``radbridge run --config DIR``).
+
+    SUPPRESS keeps a subcommand from resetting a value given before it.
+    """
+    for child in _subparsers(parser):
+        if "--config" not in child._option_string_actions:
+            child.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
 
 
 def _mapping(sub: Any) -> None:

@@ -23,7 +23,7 @@ from engine.handlers import create_handler
 from engine.hl7.charset import decode
 from engine.hl7.er7 import Message
 from engine.outbox.rows import replay
-from engine.runtime import _load_handler_modules, load_channel_mappings
+from engine.plan import build_plan
 from engine.store.database import Database
 from engine.store.schema import messages
 
@@ -34,9 +34,9 @@ def _runner(config: Config, db: Database, channel_name: str) -> ChannelRunner | 
     channel = next((c for c in config.channels if c.name == channel_name), None)
     if channel is None:
         return None
-    _load_handler_modules()
-    mapping = load_channel_mappings(config).get(channel.name)
-    handlers = [create_handler(h, config.engine, channel) for h in channel.handlers]
+    plan = build_plan(config)
+    mapping = plan.mappings.get(channel.name)
+    handlers = plan.handlers.get(channel.name) or [create_handler(h, config.engine, channel) for h in channel.handlers]
     ident = config.engine.identity
     persister = Persister(channel, handlers, ident.application, ident.facility)
     return ChannelRunner(channel, Preparer(channel, mapping), persister, db)

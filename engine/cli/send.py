@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ async def _send_all(spec: str, files: list[Path], timeout: float) -> int:
     failures = 0
     try:
         for number, path in enumerate(files, start=1):
-            code, detail = await _send_one(client, path)
+            code, detail = await _send_one(client, path, spec)
             print(f"{path}\t{code}\t{detail}")
             failures += code not in _GOOD
             if len(files) > 20 and number % 100 == 0:
@@ -45,16 +46,40 @@ async def _send_all(spec: str, files: list[Path], timeout: float) -> int:
     return 1 if failures else 0
 
 
-async def _send_one(client: MLLPClient, path: Path) -> tuple[str, str]:
+def _reason(exc: BaseException) -> str:
+    """The operating system's words for ``exc``, not its class name."""
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return os.strerror(exc.errno)  # asyncio words a refusal "Connect call failed (...)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # resolver errors carry negative codes of their own
+    return str(exc) or type(exc).__name__
+
+
+async def _send_one(client: MLLPClient, path: Path, spec: str) -> tuple[str, str]:
+    """(ACK code or ERROR/TIMEOUT/NOACK, detail naming the file or the host and the reason)."""
     try:
-        answer = await client.send(_payload(path))
-    except (TimeoutError, OSError) as exc:
+        payload = _payload(path)
+    except OSError as exc:
+        return "ERROR", f"cannot read {path}: {_reason(exc)}"
+    if not client.connected:
+        try:
+            await client.connect()
+        except TimeoutError:
+            return "TIMEOUT", f"cannot connect to {spec}: no answer within {client.timeout:g}s"
+        except OSError as exc:
+            return "ERROR", f"cannot connect to {spec}: {_reason(exc)}"
+    try:
+        answer = await client.send(payload)
+    except TimeoutError:
         await client.close()
-        return "TIMEOUT" if isinstance(exc, TimeoutError) else "ERROR", type(exc).__name__
+        return "TIMEOUT", f"{spec}: no ACK within {client.timeout:g}s"
+    except OSError as exc:
+        await client.close()
+        return "ERROR", f"{spec}: {_reason(exc)}"
     ack = Message(decode(answer).text)
     msa = ack.segment("MSA")
     if msa is None:
-        return "NOACK", "answer has no MSA segment"
+        return "NOACK", f"{spec}: answer has no MSA segment"
     err = ack.segment("ERR")
     detail = msa.value(3) or (err.value(8) if err else "")
     return msa.value(1) or "NOACK", detail

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config.loader import load_yaml, validate_model
+from engine.config.loader import Located, did_you_mean, load_yaml, validate_model
 from engine.config.models import LEASE_MARGIN_SECONDS, SEND_BACKSTOP_SECONDS, ChannelConfig, EngineConfig
 from engine.errors import ConfigError
 
-__all__ = ["Config", "load_config"]
+__all__ = ["Config", "load_config", "read_config"]
 
 
 @dataclass(frozen=True)
@@ -22,76 +22,127 @@ class Config:
     engine: EngineConfig
     channels: list[ChannelConfig] = field(default_factory=list)
     channel_files: dict[str, Path] = field(default_factory=dict)
+    #: Each file as parsed, with the line of every key, for problems found after validation.
+    located: dict[Path, Located] = field(default_factory=dict)
+
+    @property
+    def engine_file(self) -> Path:
+        return self.root / "engine.yaml"
+
+    def where(self, path: Path, loc: tuple[str | int, ...]) -> str:
+        """``file:line: field`` of ``loc`` in ``path`` (line 1 when the file was not parsed)."""
+        located = self.located.get(path)
+        if located is None:
+            return f"{path}:1: {'.'.join(str(p) for p in loc) or '(document)'}"
+        return located.where(loc)
+
+    def channel_where(self, channel: ChannelConfig, loc: tuple[str | int, ...]) -> str:
+        """``file:line: field`` of ``loc`` in the file of ``channel``."""
+        return self.where(self.channel_files[channel.name], loc)
 
 
 def load_config(root: Path, env: Mapping[str, str] | None = None) -> Config:
     """Load ``root/engine.yaml`` and ``root/channels/*.yaml``; raise ConfigError listing every problem."""
+    config, problems = read_config(root, env)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def read_config(root: Path, env: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
+    """Every valid part of ``root`` and every problem found in it, without raising.
+
+    A channel file with a problem is left out of the returned configuration (and an
+    engine.yaml with one is replaced by the defaults), so that checks of the other
+    files can still run and report in the same pass.
+    """
     env = os.environ if env is None else env
+    if not root.is_dir():
+        return Config(root, EngineConfig()), [f"{root}: configuration directory not found"]
     problems: list[str] = []
     engine = EngineConfig()
     engine_file = root / "engine.yaml"
-    if not root.is_dir():
-        raise ConfigError([f"{root}: configuration directory not found"])
+    located: dict[Path, Located] = {}
     if engine_file.exists():
         try:
-            engine = validate_model(EngineConfig, load_yaml(engine_file, env))
+            located[engine_file] = load_yaml(engine_file, env)
+            engine = validate_model(EngineConfig, located[engine_file])
         except ConfigError as exc:
             problems += exc.problems
     channels: list[ChannelConfig] = []
     files: dict[str, Path] = {}
     for path in sorted((root / "channels").glob("*.y*ml")):
         try:
-            located = load_yaml(path, env)
-            channel = validate_model(ChannelConfig, located)
+            located[path] = load_yaml(path, env)
+            channel = validate_model(ChannelConfig, located[path])
         except ConfigError as exc:
             problems += exc.problems
             continue
         if channel.name in files:
-            problems.append(f"{path}:1: name: channel {channel.name!r} is also defined in {files[channel.name]}")
+            problems.append(f"{located[path].where(('name',))}: channel {channel.name!r} is also defined in"
+                            f" {files[channel.name]}")
             continue
         files[channel.name] = path
         channels.append(channel)
-    problems += _port_clashes(channels, files)
-    problems += _destination_problems(engine, engine_file, channels, files)
-    if problems:
-        raise ConfigError(problems)
-    return Config(root, engine, channels, files)
+    config = Config(root, engine, channels, files, located)
+    problems += _port_clashes(config)
+    problems += _destination_problems(config)
+    return config, problems
 
 
-def _port_clashes(channels: list[ChannelConfig], files: dict[str, Path]) -> list[str]:
-    seen: dict[tuple[str, int], str] = {}
+#: Listening on one of these takes the port on every address.
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+def _listeners(config: Config) -> list[tuple[str, str, int, str]]:
+    """(where, host, port, owner) of every fixed listening port."""
     out = []
-    for ch in channels:
-        if not ch.enabled or ch.source.port == 0:
-            continue
-        key = (ch.source.host, ch.source.port)
-        if key in seen:
-            out.append(f"{files[ch.name]}:1: source.port: {key[1]} is already used by channel {seen[key]!r}")
-        seen[key] = ch.name
+    dicom = config.engine.dicom
+    if dicom.enabled and dicom.port:
+        out.append((config.where(config.engine_file, ("dicom", "port")), dicom.host, dicom.port, "the DICOM listener"))
+    for ch in config.channels:
+        if ch.enabled and ch.source.port:
+            out.append((config.channel_where(ch, ("source", "port")), ch.source.host, ch.source.port,
+                        f"channel {ch.name!r}"))
     return out
 
 
-def _destination_problems(
-    engine: EngineConfig, engine_file: Path, channels: list[ChannelConfig], files: dict[str, Path]
-) -> list[str]:
+def _port_clashes(config: Config) -> list[str]:
+    """Two listeners on one port (of one address, or of any when either is a wildcard)."""
+    taken: list[tuple[str, int, str]] = []
+    out = []
+    for where, host, port, owner in _listeners(config):
+        for other_host, other_port, other in taken:
+            wildcard = host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS
+            if port == other_port and (host == other_host or wildcard):
+                out.append(f"{where}: {port} is already used by {other}")
+                break
+        taken.append((host, port, owner))
+    return out
+
+
+def _destination_problems(config: Config) -> list[str]:
     """Destination names are unique across engine.yaml and every channel; MPPS names one of them."""
+    engine = config.engine
     owners: dict[str, Path] = {}
     out = []
-    located = [(d, engine_file) for d in engine.destinations]
-    located += [(d, files[c.name]) for c in channels for d in c.destinations]
+    located = [(d, config.engine_file, ("destinations", i)) for i, d in enumerate(engine.destinations)]
+    located += [(d, config.channel_files[c.name], ("destinations", i))
+                for c in config.channels for i, d in enumerate(c.destinations)]
     lease = engine.outbox.lease_seconds
-    for d, path in located:
+    for d, path, loc in located:
         if d.name in owners:
-            out.append(f"{path}:1: destinations: name {d.name!r} is also used in {owners[d.name]}")
+            out.append(f"{config.where(path, (*loc, 'name'))}: name {d.name!r} is also used in {owners[d.name]}")
         owners.setdefault(d.name, path)
         # the send's backstop and end margin, and as long again to start sends in
         least = d.timeout_seconds + SEND_BACKSTOP_SECONDS + 2 * LEASE_MARGIN_SECONDS
         if lease < least:
             out.append(
-                f"{path}:1: destinations: {d.name!r} timeout_seconds {d.timeout_seconds:g} needs"
-                f" outbox.lease_seconds of at least {least:g} (now {lease:g})"
+                f"{config.where(path, (*loc, 'timeout_seconds'))}: {d.name!r} timeout_seconds"
+                f" {d.timeout_seconds:g} needs outbox.lease_seconds of at least {least:g} (now {lease:g})"
             )
     status = engine.mpps.status_destination
     if status and status not in owners:
-        out.append(f"{engine_file}:1: mpps.status_destination: no destination named {status!r}")
+        out.append(f"{config.where(config.engine_file, ('mpps', 'status_destination'))}: no destination named"
+                   f" {status!r} ({did_you_mean(status, owners)})")
     return out

@@ -7,18 +7,20 @@ analyst can go straight to it; a file with any problem is never applied.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import ConfigError
 
-__all__ = ["Located", "load_yaml", "substitute", "validate_model"]
+__all__ = ["Located", "did_you_mean", "load_yaml", "substitute", "validate_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,12 +37,31 @@ class Located:
         self.lines = lines
 
     def line_of(self, loc: tuple[str | int, ...]) -> int:
-        """The line of the deepest known prefix of ``loc`` (1-based)."""
+        """The line of the deepest known prefix of ``loc`` (1-based).
+
+        A key's line is the line of the key itself, not of its value (a block
+        mapping or list under a key starts on the next line).
+        """
         for end in range(len(loc), -1, -1):
             line = self.lines.get(tuple(loc[:end]))
             if line is not None:
                 return line
         return 1
+
+    def where(self, loc: tuple[str | int, ...]) -> str:
+        """``file:line: field`` for a path into the document."""
+        field = ".".join(str(p) for p in loc) or "(document)"
+        return f"{self.path}:{self.line_of(loc)}: {field}"
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``did you mean 'X'?`` for the closest choice, else a short list of the valid ones."""
+    options = sorted(set(choices))
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    shown = ", ".join(options[:12]) + (" …" if len(options) > 12 else "")
+    return f"known: {shown}" if options else "none are defined"
 
 
 def substitute(value: str, env: Mapping[str, str], missing: list[str]) -> str:
@@ -94,6 +115,7 @@ def _build(
             if key in out:
                 problems.append(f"{path}:{key_node.start_mark.line + 1}: {key}: duplicate key")
             out[key] = _build(value_node, (*loc, key), lines, env, problems, path)
+            lines[(*loc, key)] = key_node.start_mark.line + 1  # the key's line, not its value's
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(v, (*loc, i), lines, env, problems, path) for i, v in enumerate(node.value)]
@@ -117,14 +139,76 @@ def _scalar(
 
 
 def validate_model(model: type[M], located: Located, context: dict[str, Any] | None = None) -> M:
-    """Validate ``located.data`` as ``model``; errors name file, line and field."""
+    """Validate ``located.data`` as ``model``; errors name file, line and field.
+
+    Unknown keys get a did-you-mean among the keys allowed at that place.
+    """
     try:
         return model.model_validate(located.data, context=context)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            field = ".".join(str(p) for p in loc) or "(document)"
-            line = located.line_of(loc)
-            problems.append(f"{located.path}:{line}: {field}: {err['msg']}")
+            message = err["msg"]
+            if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+                allowed = _field_names(model, loc[:-1])
+                message = f"unknown key {loc[-1]!r} ({did_you_mean(loc[-1], allowed)})"
+            problems.append(f"{located.where(_data_loc(located.data, loc))}: {message}")
         raise ConfigError(problems) from exc
+
+
+def _data_loc(data: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """``loc`` as a path into the document: drop the union tags pydantic inserts (``mllp``)."""
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(data, dict) and isinstance(part, str) and part not in data and not last:
+            continue  # a tag of a discriminated union, not a key in the file
+        out.append(part)
+        if isinstance(data, dict):
+            data = data.get(part) if isinstance(part, str) else None
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            data = None
+    return tuple(out)
+
+
+def _members(tp: Any) -> list[Any]:
+    """The types a field annotation allows (Annotated, Optional and unions unwrapped)."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _members(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(tp) for m in _members(arg)]
+    return [tp]
+
+
+def _step(tp: Any, part: str | int) -> list[Any]:
+    """The types one step below ``tp`` along ``part`` of a pydantic error location."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        for name, info in tp.model_fields.items():
+            if part in (name, info.alias):
+                return _members(info.annotation)
+        tag = tp.model_fields.get("type")
+        if tag is not None and part in get_args(tag.annotation):
+            return [tp]  # the union member chosen by its tag
+        return []
+    origin = get_origin(tp)
+    if origin is list and isinstance(part, int):
+        return _members(get_args(tp)[0])
+    if origin is dict:
+        return _members(get_args(tp)[1])
+    return []
+
+
+def _field_names(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The keys allowed in the mapping at ``loc`` (a pydantic error location) of ``model``."""
+    current: list[Any] = [model]
+    for part in loc:
+        current = [nxt for tp in current for member in _members(tp) for nxt in _step(member, part)]
+    names: list[str] = []
+    for tp in current:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            names += [info.alias or name for name, info in tp.model_fields.items()]
+    return names

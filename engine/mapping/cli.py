@@ -22,6 +22,8 @@ from engine.mapping.tables import load_tables
 __all__ = ["add_subcommands", "check", "schema", "test", "verify"]
 
 _DEFAULT_DIR = Path("mappings")
+_DIR_HELP = "directory of mapping files (default ./mappings)"
+_TZ_HELP = "site time zone for HL7 times without an offset (default UTC)"
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,8 +31,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = sub.add_parser("mapping", help="check, test and verify mapping files")
     actions = parser.add_subparsers(dest="mapping_command", required=True)
     p_check = actions.add_parser("check", help="validate every mapping file and code table")
-    p_check.add_argument("--mappings", type=Path, default=_DEFAULT_DIR)
-    p_check.add_argument("--timezone", default="UTC")
+    p_check.add_argument("--mappings", type=Path, default=_DEFAULT_DIR, help=_DIR_HELP)
+    p_check.add_argument("--timezone", default="UTC", help=_TZ_HELP)
     p_check.set_defaults(fn=lambda a: check(a.mappings, a.timezone))
     p_test = actions.add_parser(
         "test", help="apply a mapping to one message and explain each value"
@@ -38,12 +40,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p_test.add_argument("mapping", help="mapping name (file stem) or path to a mapping file")
     p_test.add_argument("message", type=Path, help="an .hl7 file, or .json for record/DICOM inputs")
     p_test.add_argument("--json", action="store_true", help="machine-readable output")
-    p_test.add_argument("--mappings", type=Path, default=_DEFAULT_DIR)
-    p_test.add_argument("--timezone", default="UTC")
+    p_test.add_argument("--mappings", type=Path, default=_DEFAULT_DIR, help=_DIR_HELP)
+    p_test.add_argument("--timezone", default="UTC", help=_TZ_HELP)
     p_test.set_defaults(fn=lambda a: test(a.mapping, a.message, a.mappings, a.json, a.timezone))
     p_verify = actions.add_parser("verify", help="run the golden cases in mappings/tests")
-    p_verify.add_argument("--mappings", type=Path, default=_DEFAULT_DIR)
-    p_verify.add_argument("--timezone", default="UTC")
+    p_verify.add_argument("--mappings", type=Path, default=_DEFAULT_DIR, help=_DIR_HELP)
+    p_verify.add_argument("--timezone", default="UTC", help=_TZ_HELP)
     p_verify.add_argument("--update", action="store_true", help="rewrite expected files")
     p_verify.set_defaults(fn=lambda a: verify(a.mappings, a.timezone, update=a.update))
     p_schema = actions.add_parser("schema", help="print the JSON Schema of mapping files")

@@ -96,7 +96,60 @@ def test_a_lease_shorter_than_a_destination_timeout_is_refused(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, CHANNEL + dest, "outbox: {lease_seconds: 40}\n"), {})
     assert exc.value.problems == [
-        f"{tmp_path / 'channels' / 'c1.yaml'}:1: destinations: 'ris' timeout_seconds 30 needs"
+        f"{tmp_path / 'channels' / 'c1.yaml'}:6: destinations.0.timeout_seconds: 'ris' timeout_seconds 30 needs"
         " outbox.lease_seconds of at least 41 (now 40)"
     ]
     assert load_config(write(tmp_path, CHANNEL + dest, "outbox: {lease_seconds: 41}\n"), {}).channels
+
+
+def test_an_unknown_key_with_a_block_value_is_reported_at_the_key(tmp_path):
+    found = problems(tmp_path, CHANNEL + "  colour:\n    shade: blue\n")
+    assert len(found) == 1 and ":5: source.colour: unknown key 'colour'" in found[0]
+
+
+def test_a_missing_key_is_reported_at_the_line_of_its_parent_key(tmp_path):
+    found = problems(tmp_path, "name: c1\nsource:\n  type: mllp\n")
+    assert found == [f"{tmp_path / 'channels' / 'c1.yaml'}:2: source.port: Field required"]
+
+
+def test_an_unknown_key_gets_a_did_you_mean(tmp_path):
+    found = problems(tmp_path, CHANNEL + "accept:\n  structur: strict\n")
+    assert found == [f"{tmp_path / 'channels' / 'c1.yaml'}:6: accept.structur:"
+                     " unknown key 'structur' (did you mean 'structure'?)"]
+
+
+def test_an_unknown_key_without_a_close_match_lists_the_known_ones(tmp_path):
+    found = problems(tmp_path, "name: c1\nzzz: 1\nsource: {type: mllp, port: 1}\n")
+    assert "c1.yaml:2: zzz: unknown key 'zzz' (known: accept, description," in found[0]
+
+
+def test_a_destination_problem_names_the_key_in_the_file_not_the_union_tag(tmp_path):
+    dest = "destinations:\n  - name: d\n    type: mllp\n    host: h\n    port: 1\n    prot: 2\n"
+    found = problems(tmp_path, CHANNEL + dest)
+    assert found == [f"{tmp_path / 'channels' / 'c1.yaml'}:10: destinations.0.prot:"
+                     " unknown key 'prot' (did you mean 'port'?)"]
+
+
+def test_a_channel_on_the_dicom_port_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, CHANNEL, "dicom:\n  port: 2575\n"), {})
+    assert exc.value.problems == [f"{tmp_path / 'channels' / 'c1.yaml'}:4: source.port: 2575 is already"
+                                  " used by the DICOM listener"]
+
+
+def test_a_wildcard_listener_clashes_with_any_address_on_its_port(tmp_path):
+    write(tmp_path, CHANNEL, "dicom: {enabled: false}\n")
+    (tmp_path / "channels" / "c2.yaml").write_text(CHANNEL.replace("c1", "c2") + "  host: 0.0.0.0\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path, {})
+    assert exc.value.problems == [f"{tmp_path / 'channels' / 'c2.yaml'}:4: source.port: 2575 is already"
+                                  " used by channel 'c1'"]
+
+
+def test_an_unknown_mpps_status_destination_gets_a_did_you_mean(tmp_path):
+    dest = "destinations:\n  - {name: ris-status, type: mllp, host: h, port: 1}\n"
+    engine = "dicom: {enabled: false}\nmpps:\n  status_destination: ris-stats\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, CHANNEL + dest, engine), {})
+    assert exc.value.problems == [f"{tmp_path / 'engine.yaml'}:3: mpps.status_destination: no destination"
+                                  " named 'ris-stats' (did you mean 'ris-status'?)"]

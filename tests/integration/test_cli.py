@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EngineProcess, free_port
+from engine.cli.main import _parser as cli_parser
+from tests.conftest import ROOT, EngineProcess, free_port
 from tests.integration.conftest import adt, cli_json, inbound_channel, send_all, write_channel
 
 pytestmark = pytest.mark.timeout(90)
@@ -130,10 +136,11 @@ def test_send_exits_non_zero_when_nobody_listens(
         engine_process: EngineProcess, tmp_path: Path) -> None:
     (tmp_path / "a.hl7").write_bytes(adt("SEND3"))
 
-    result = engine_process.cli("send", f"127.0.0.1:{free_port()}", str(tmp_path / "a.hl7"))
+    port = free_port()
+    result = engine_process.cli("send", f"127.0.0.1:{port}", str(tmp_path / "a.hl7"))
 
     assert result.returncode != 0
-    assert "\tERROR\t" in result.stdout
+    assert f"\tERROR\tcannot connect to 127.0.0.1:{port}: Connection refused" in result.stdout
 
 
 def test_messages_replay_of_an_unknown_id_exits_non_zero(three_stored: EngineProcess) -> None:
@@ -141,3 +148,108 @@ def test_messages_replay_of_an_unknown_id_exits_non_zero(three_stored: EnginePro
 
     assert result.returncode != 0
     assert "999999: no such message" in result.stdout
+
+
+def _cli_after(engine: EngineProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """``radbridge COMMAND ... --config DIR``: the option after the subcommand, as the issue writes it."""
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args, "--config", str(engine.config_dir)],
+                          cwd=ROOT, env=engine.env, capture_output=True, text=True, timeout=120)
+
+
+def test_config_option_is_accepted_after_the_subcommand(engine_process: EngineProcess) -> None:
+    write_channel(engine_process, "good", inbound_channel(free_port()))
+
+    checked = _cli_after(engine_process, "check-config")
+    listed = _cli_after(engine_process, "messages", "list", "--json")
+
+    assert checked.returncode == 0, checked.stderr
+    assert str(engine_process.config_dir) in checked.stdout
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+
+
+def test_run_with_a_mistyped_handler_prints_the_problem_and_no_traceback(engine_process: EngineProcess) -> None:
+    port = free_port()
+    write_channel(engine_process, "inbound", inbound_channel(port, "handlers: [patiens]\n"))
+
+    result = _cli_after(engine_process, "run")
+
+    path = engine_process.config_dir / "channels" / "inbound.yaml"
+    assert result.returncode == 2
+    assert f"{path}:7: handlers.0: unknown handler 'patiens' (did you mean 'patients'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_reports_every_problem_of_every_file_in_one_pass(engine_process: EngineProcess) -> None:
+    write_channel(engine_process, "a", inbound_channel(free_port(), "handlers: [ordrs]\n").replace("inbound", "a"))
+    write_channel(engine_process, "b", inbound_channel(free_port(), "acept: {}\n").replace("inbound", "b"))
+
+    result = engine_process.cli("check-config")
+
+    channels = engine_process.config_dir / "channels"
+    assert result.returncode == 2
+    assert f"{channels / 'a.yaml'}:7: handlers.0: unknown handler 'ordrs' (did you mean 'orders'?)" in result.stderr
+    assert f"{channels / 'b.yaml'}:7: acept: unknown key 'acept' (did you mean 'accept'?)" in result.stderr
+
+
+def test_run_on_a_port_in_use_says_so_and_exits_non_zero(engine_process: EngineProcess) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        write_channel(engine_process, "inbound", inbound_channel(port))
+
+        result = _cli_after(engine_process, "run")
+
+    assert result.returncode == 2
+    assert f"source.port: cannot listen on 127.0.0.1:{port}: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _all_parsers(child)
+    return found
+
+
+def test_every_option_has_help_text_without_markup() -> None:
+    parsers = _all_parsers(cli_parser())
+    assert len(parsers) > 10
+    for parser in parsers:
+        assert "``" not in (parser.description or ""), parser.prog
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{parser.prog} {action.option_strings or action.dest} has no help"
+            assert "``" not in action.help and ":func:" not in action.help, action.help
+        assert any("--config" in a.option_strings for a in parser._actions), parser.prog
+
+
+def test_send_names_the_file_that_cannot_be_read(engine_process: EngineProcess, tmp_path: Path) -> None:
+    result = engine_process.cli("send", f"127.0.0.1:{free_port()}", str(tmp_path / "missing.hl7"))
+
+    assert result.returncode != 0
+    assert f"\tERROR\tcannot read {tmp_path / 'missing.hl7'}: No such file or directory" in result.stdout
+
+
+def test_messages_list_table_shows_patient_id_and_accession(three_stored: EngineProcess) -> None:
+    result = three_stored.cli("messages", "list", "--control-id", "LIST2")
+
+    header, row = result.stdout.splitlines()
+    cells = dict(zip(header.split("\t"), row.split("\t"), strict=True))
+    assert cells["patient_id"] == "P9" and "accession_number" in cells
+
+
+def test_messages_show_escapes_control_bytes_but_json_stays_exact(inbound: EngineProcess, mllp_port: int) -> None:
+    _send(mllp_port, adt("CTRL1", extra="\x1b[2J\x07"))
+    (row,) = cli_json(inbound, "messages", "list", "--control-id", "CTRL1")
+
+    text = inbound.cli("messages", "show", str(row["id"]))
+    detail = cli_json(inbound, "messages", "show", str(row["id"]))
+
+    assert text.returncode == 0, text.stderr
+    assert "DOE^JANE\\x1b[2J\\x07" in text.stdout
+    assert not set(text.stdout) & {"\x1b", "\x07", "\x0b", "\x1c", "\r"}
+    assert "DOE^JANE\x1b[2J\x07" in detail["text"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, EngineProcess, free_port
+from tests.integration.conftest import Sender
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +93,104 @@ def test_reload_applies_a_valid_change(engine_process, tmp_path):
             pass
         time.sleep(0.2)
     assert "MSA|AR" in reply
+
+
+class Peer:
+    """One python-hl7 MLLP connection kept open across reloads (``tests.integration.conftest.Sender``)."""
+
+    def __init__(self, port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.sender = Sender(port)
+
+    def send(self, cid: str) -> str:
+        return self.loop.run_until_complete(self.sender.send(ORDER.format(cid=cid).encode())).code
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.sender.close())
+        self.loop.close()
+
+
+def _orders_file(engine: EngineProcess, port: int, extra: str = "") -> None:
+    (engine.config_dir / "channels" / "orders.yaml").write_text(
+        f"name: orders\nsource: {{type: mllp, port: {port}}}\nmapping: order-to-worklist\n{extra}")
+
+
+def _hold_port() -> socket.socket:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    return blocker
+
+
+#: name → (what the broken reload writes, a text of the refusal in the log)
+BROKEN_RELOADS = {
+    "mistyped handler": (lambda e, port, mappings, busy: _orders_file(e, port, "handlers: [patiens]\n"),
+                         "handlers.0: unknown handler 'patiens' (did you mean 'patients'?)"),
+    "missing mapping": (lambda e, port, mappings, busy: (mappings / "order-to-worklist.yaml").unlink(),
+                        "mapping: unknown mapping 'order-to-worklist'"),
+    "port in use": (lambda e, port, mappings, busy: _orders_file(e, busy),
+                    "source.port: cannot listen on 127.0.0.1:"),
+    "setting read at start only": (
+        lambda e, port, mappings, busy: (e.config_dir / "engine.yaml").write_text(
+            (e.config_dir / "engine.yaml").read_text() + "database: {pool_size: 7}\n"),
+        "database: changed, but database is read at start only"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_RELOADS))
+def test_a_failed_reload_changes_nothing_and_the_listener_keeps_answering(engine_process, tmp_path, case):
+    port, mappings = setup(engine_process, tmp_path)
+    extra_port = free_port()
+    engine_process.start(wait_port=port)
+    peer = Peer(port)
+    blocker = _hold_port()
+    try:
+        assert peer.send("F1") == "AA"
+        # A valid new channel in the same reload: it must not start when another part is refused.
+        (engine_process.config_dir / "channels" / "extra.yaml").write_text(
+            f"name: extra\nsource: {{type: mllp, port: {extra_port}}}\n")
+        breaks, refusal = BROKEN_RELOADS[case]
+        breaks(engine_process, port, mappings, blocker.getsockname()[1])
+
+        assert engine_process.cli("reload").returncode == 0
+        wait_log(engine_process, "reload refused")
+
+        assert refusal in engine_process.log()
+        assert peer.send("F2") == "AA"  # the connection open across the reload
+        assert "MSA|AA" in exchange(port, ORDER.format(cid="F3"))  # and a new one
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", extra_port), timeout=5).close()
+        assert engine_process.proc.poll() is None
+    finally:
+        peer.close()
+        blocker.close()
+
+
+def test_a_valid_reload_applies_to_the_next_frame_of_an_open_connection(engine_process, tmp_path):
+    port, _ = setup(engine_process, tmp_path)
+    engine_process.start(wait_port=port)
+    peer = Peer(port)
+    try:
+        assert peer.send("V1") == "AA"
+        _orders_file(engine_process, port, "accept: {message_types: ['ADT^*']}\n")
+
+        assert engine_process.cli("reload").returncode == 0
+        wait_log(engine_process, "configuration valid")
+
+        assert peer.send("V2") == "AR"
+    finally:
+        peer.close()
+
+
+def test_a_reload_moves_a_channel_to_a_new_port(engine_process, tmp_path):
+    port, _ = setup(engine_process, tmp_path)
+    new_port = free_port()
+    engine_process.start(wait_port=port)
+    _orders_file(engine_process, new_port)
+
+    assert engine_process.cli("reload").returncode == 0
+    wait_log(engine_process, "configuration valid")
+
+    assert "MSA|AA" in exchange(new_port, ORDER.format(cid="M1"))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

@@ -111,7 +111,8 @@ def test_a_start_failure_is_logged_through_the_formatter(engine_process: EngineP
 
         result = run_second(engine_process)
 
-    assert result.returncode == 1
-    assert "CRITICAL engine.runtime: radbridge stopped by an unexpected error" in result.stderr
-    assert "address already in use" in result.stderr
+    # A port in use is a configuration problem since issue #11: listed at its line, exit 2.
+    assert result.returncode == 2
+    assert "source.port: cannot listen on 127.0.0.1:" in result.stderr
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
     assert not (engine_process.data_dir / "radbridge.pid").exists()
