@@ -46,6 +46,12 @@ class _Load:
 
 _LOAD = _Load()
 
+#: Why bytes that get no answer are stored (the row's error text).
+_KEPT_BECAUSE = {
+    FrameKind.JUNK: "bytes outside an MLLP frame",
+    FrameKind.ABANDONED: "connection closed inside an MLLP frame",
+}
+
 
 class MLLPServer:
     """Serves one channel on one host:port."""
@@ -94,7 +100,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.config = server.config
         self.runner = server.runner
-        self.decoder = FrameDecoder(self.config.max_message_bytes)
+        self.decoder = FrameDecoder(self.config.max_message_bytes, self.config.max_kept_bytes)
         # Frames waiting for the connection's task, each with its payload already opened if it was
         # (a lone frame that the writer could not take at once in _start).
         self.pending: deque[tuple[FrameEvent, Opened | None]] = deque()
@@ -152,10 +158,9 @@ class _Connection(asyncio.Protocol):
             self._idle.cancel()
             self._idle = None
         self.server._connections.discard(self)
-        leftovers = self.decoder.close()
-        partial = self.decoder.partial
-        if leftovers or partial.strip():
-            asyncio.get_running_loop().create_task(self._keep(leftovers, partial))
+        leftovers = [event for event in self.decoder.close() if event.payload.strip()]
+        if leftovers:
+            asyncio.get_running_loop().create_task(self._keep(leftovers))
         if exc is not None:
             log.info("channel %s: connection from %s ended: %s", self.runner.name, self.peer, type(exc).__name__)
 
@@ -301,18 +306,16 @@ class _Connection(asyncio.Protocol):
             return await self.runner.receive(event.payload, self.peer, deliver, alone, opened)
         if event.kind is FrameKind.OVERSIZE:
             return await self.runner.reject_oversize(event.payload, self.peer)
-        await self.runner.keep(event.payload, self.peer, "bytes outside an MLLP frame")
+        await self.runner.keep(event.payload, self.peer, _KEPT_BECAUSE[event.kind])
         return None
 
-    async def _keep(self, leftovers: list[FrameEvent], partial: bytes) -> None:
+    async def _keep(self, leftovers: list[FrameEvent]) -> None:
         with contextlib.suppress(Exception):
             if self.task is not None:
                 with contextlib.suppress(BaseException):
                     await self.task
             for event in leftovers:
-                await self.runner.keep(event.payload, self.peer, "bytes outside an MLLP frame")
-            if partial.strip():
-                await self.runner.keep(partial, self.peer, "connection closed inside an MLLP frame")
+                await self.runner.keep(event.payload, self.peer, _KEPT_BECAUSE[event.kind])
 
     def _arm_idle(self) -> None:
         """The connection is idle from now on: the timeout counts from here.
