@@ -72,6 +72,29 @@ class MLLPSourceConfig(_Model):
     charset_fallback: str = Field("8859/1", description="HL7 table 0211 name used when MSH-18 fails")
     detect_utf8: bool = Field(True, description="read valid UTF-8 as UTF-8 despite a single-byte MSH-18")
     tls: TLSConfig | None = None
+    # Limits against idle, slow and hostile peers (docs/configuration.md, "MLLP listener limits").
+    max_connections_per_peer: int = Field(
+        64, ge=1, description="open connections from one IP address (at most max_connections)"
+    )
+    first_byte_timeout_seconds: float = Field(
+        30.0, gt=0, description="a connection that sends nothing (TLS: no message byte) for this long is closed"
+    )
+    frame_timeout_seconds: float = Field(
+        60.0, gt=0, description="an unfinished frame that receives no byte for this long is abandoned"
+    )
+    max_buffered_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="bytes of unfinished and unanswered frames held by all connections"
+    )
+    max_kept_bytes: int = Field(
+        1024 * 1024, ge=1024, description="bytes stored of an oversize or abandoned frame, or of junk"
+    )
+    backlog: int = Field(1024, ge=1, description="listen queue length (capped by net.core.somaxconn)")
+
+    @model_validator(mode="after")
+    def _limits_fit(self) -> MLLPSourceConfig:
+        if self.max_buffered_bytes < self.max_message_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_message_bytes")
+        return self
 
 
 class AcceptConfig(_Model):
