@@ -333,14 +333,18 @@ class _Connection(asyncio.Protocol):
             if self.transport is not None and not self.closed:
                 self._send(frame(answer))
                 self._settled()
-        except Exception:
+        except Exception as exc:
             if answer is None:  # not counted off yet
                 _LOAD.frames -= 1
-            self._failed()
+            self._failed(exc)
         return None
 
-    def _failed(self) -> None:
-        log.exception("channel %s: connection from %s failed", self.runner.name, self.peer)
+    def _failed(self, exc: Exception) -> None:
+        """Close this connection after an unexpected failure: a traceback, unless the peer just went away."""
+        if isinstance(exc, OSError):
+            log.info("channel %s: connection from %s ended: %s", self.runner.name, self.peer, type(exc).__name__)
+        else:
+            log.error("channel %s: connection from %s failed", self.runner.name, self.peer, exc_info=exc)
         if self.transport is not None:
             self.transport.abort()
 
@@ -366,8 +370,8 @@ class _Connection(asyncio.Protocol):
                     self._set_reading()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            self._failed()
+        except Exception as exc:
+            self._failed(exc)
         finally:
             if not self.closed:
                 self._settled()
@@ -388,7 +392,9 @@ class _Connection(asyncio.Protocol):
         """
         transport = self.transport
         assert transport is not None
-        if not transport.is_closing() and not transport.get_write_buffer_size():
+        if transport.is_closing():
+            return  # the peer is gone (uvloop raises on a write to a closed transport)
+        if not transport.get_write_buffer_size():
             data = data[self._write_now(data):]
             if not data:
                 return
