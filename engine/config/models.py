@@ -26,6 +26,7 @@ __all__ = [
     "HTTPDestinationConfig",
     "MLLPDestinationConfig",
     "MLLPSourceConfig",
+    "MessagesConfig",
     "MppsConfig",
     "OrdersConfig",
     "PatientsConfig",
@@ -356,6 +357,14 @@ class WorklistConfig(_Model):
     housekeeping_interval_seconds: float = Field(3600.0, gt=0)
 
 
+class MessagesConfig(_Model):
+    """Stored messages."""
+
+    rejected_retention_days: float = Field(
+        30.0, gt=0, description="REJECTED messages (and kept junk, oversize, unfinished frames) older are deleted"
+    )
+
+
 class MppsConfig(_Model):
     """MPPS SCP (PS3.4 F) and the status message to the RIS."""
 
@@ -384,6 +393,7 @@ class EngineConfig(_Model):
     orders: OrdersConfig = Field(default_factory=OrdersConfig)
     worklist: WorklistConfig = Field(default_factory=WorklistConfig)
     mpps: MppsConfig = Field(default_factory=MppsConfig)
+    messages: MessagesConfig = Field(default_factory=MessagesConfig)
     destinations: list[DestinationConfig] = Field(
         default_factory=list, description="destinations not tied to a channel (e.g. MPPS status to the RIS)"
     )
