@@ -195,9 +195,12 @@ class _Connection(asyncio.Protocol):
         self._set_reading()
 
     def eof_received(self) -> bool:
-        """The peer will send nothing more: keep the connection open until what it sent is answered."""
+        """The peer will send nothing more: keep the connection open until what it sent is answered.
+
+        TLS has no half-close (asyncio ends the session on the peer's close_notify whatever this returns).
+        """
         self.eof = True
-        return self._working()
+        return self.config.tls is None and self._working()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
