@@ -459,8 +459,9 @@ class _Connection(asyncio.Protocol):
         cfg = self.config
         if not self._heard:
             return self._active_at + min(cfg.first_byte_timeout_seconds, cfg.idle_timeout_seconds), "sent nothing"
-        if self.decoder.in_frame:
-            return self._frame_at + cfg.frame_timeout_seconds, "left a frame unfinished"
+        if self.decoder.in_frame:  # too long in all, or idle in the middle
+            done_by = min(self._frame_at + cfg.frame_timeout_seconds, self._active_at + cfg.idle_timeout_seconds)
+            return done_by, "left a frame unfinished"
         return self._active_at + cfg.idle_timeout_seconds, "idle"
 
     def _on_timer(self) -> None:
