@@ -131,11 +131,12 @@ class Runtime:
     def _schedule_housekeeping(self, scheduler: AsyncIOScheduler) -> None:
         from zoneinfo import ZoneInfo
 
-        from engine.domain.housekeeping import schedule_jobs, worklist_jobs
+        from engine.domain.housekeeping import message_jobs, schedule_jobs, worklist_jobs
 
         assert self.db is not None
         cfg = self.config.engine
         jobs = worklist_jobs(self.db, cfg.worklist, ZoneInfo(cfg.timezone))
+        jobs += message_jobs(self.db, cfg.messages, cfg.worklist.housekeeping_interval_seconds)
         schedule_jobs(scheduler, [replace(j, run=recorded(self.db, j.id, j.description, j.run)) for j in jobs])
 
     def _runner(self, plan: Plan, channel: ChannelConfig) -> ChannelRunner:

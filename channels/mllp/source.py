@@ -6,6 +6,15 @@ that lives only while there is work (no stream buffers, no per-read futures:
 this is the receive path's hottest loop). Nothing a peer sends can end the
 listener: bad frames are answered or dropped and kept for inspection, and every
 per-connection failure is contained in that connection.
+
+A peer that half-closes (``shutdown(SHUT_WR)``) after sending still gets every
+frame answered, in order; the connection closes after the last answer. What
+peers may hold is bounded (channels.mllp.limits): connections per address and
+in all, bytes of unfinished and unanswered frames, and time: a connection that
+sends nothing is closed after ``first_byte_timeout_seconds``, an unfinished
+frame after ``frame_timeout_seconds``, an idle one after ``idle_timeout_seconds``.
+One timer a connection covers all three; it is moved only when it fires, or when
+a frame that spans reads starts, so an ordinary message costs no timer work.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import threading
 from collections import deque
 from typing import cast
 
+from channels.mllp.limits import Admission, Throttled
 from engine.channel.runner import ChannelRunner, Opened
 from engine.config.models import MLLPSourceConfig
 from engine.hl7.framing import FrameDecoder, FrameEvent, FrameKind, frame
@@ -46,6 +56,12 @@ class _Load:
 
 _LOAD = _Load()
 
+#: Why bytes that get no answer are stored (the row's error text).
+_KEPT_BECAUSE = {
+    FrameKind.JUNK: "bytes outside an MLLP frame",
+    FrameKind.ABANDONED: "connection closed inside an MLLP frame",
+}
+
 
 class MLLPServer:
     """Serves one channel on one host:port."""
@@ -54,7 +70,13 @@ class MLLPServer:
         self.config = config
         self.runner = runner
         self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
+        self.admission: Admission[_Connection] = Admission(
+            config.max_connections, config.max_connections_per_peer, config.max_buffered_bytes
+        )
+        # Under a flood these would be a line per connection: at most one line per 10 s each.
+        self.refused = Throttled(log, logging.WARNING)
+        self.evicted = Throttled(log, logging.INFO)
+        self.timed_out = Throttled(log, logging.INFO)
 
     @property
     def port(self) -> int:
@@ -66,9 +88,11 @@ class MLLPServer:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         loop = asyncio.get_running_loop()
+        tls = server_context(self.config.tls)
         self._server = await loop.create_server(
-            lambda: _Connection(self), self.config.host, self.config.port,
-            ssl=server_context(self.config.tls), reuse_address=True,
+            lambda: _Connection(self), self.config.host, self.config.port, ssl=tls, reuse_address=True,
+            backlog=self.config.backlog,
+            ssl_handshake_timeout=self.config.first_byte_timeout_seconds if tls is not None else None,
         )  # fmt: skip
         log.info("channel %s listening for MLLP on %s:%s%s", self.runner.name, self.config.host,
                  self.port, " (TLS)" if self.config.tls else "")
@@ -78,9 +102,10 @@ class MLLPServer:
         if self._server is None:
             return
         self._server.close()
-        for conn in list(self._connections):
+        connections = list(self.admission.connections)
+        for conn in connections:
             conn.abort()
-        tasks = [c.task for c in self._connections if c.task is not None]
+        tasks = [c.task for c in connections if c.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -98,7 +123,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: MLLPServer) -> None:
         self.server = server
         self.config = server.config
-        self.decoder = FrameDecoder(self.config.max_message_bytes)
+        self.decoder = FrameDecoder(self.config.max_message_bytes, self.config.max_kept_bytes)
         # Frames waiting for the connection's task, each with its payload already opened if it was
         # (a lone frame that the writer could not take at once in _start).
         self.pending: deque[tuple[FrameEvent, Opened | None]] = deque()
@@ -106,10 +131,19 @@ class _Connection(asyncio.Protocol):
         self._starting = False  # a _start is scheduled
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.paused = False
+        self.host = "?"  # the peer's address: connections are counted per address
+        self.paused = False  # too many frames pending: reading waits for the task to catch up
+        self.starved = False  # the listener holds too many bytes: reading waits (Admission.change)
+        self._reading = True
         self.closed = False
-        self._idle: asyncio.TimerHandle | None = None
-        self._active_at = 0.0  # loop time of the last answer (or of the connection): idle timeout counts from it
+        self.eof = False  # the peer half-closed: close once everything received is answered
+        self._time = asyncio.get_running_loop().time
+        self._timer: asyncio.TimerHandle | None = None
+        self._active_at = 0.0  # loop time of the last byte or answer (or of the connection)
+        self._heard = False  # any byte received
+        self._frame_at = 0.0  # loop time an unfinished frame that spans reads started
+        self._pending_bytes = 0  # payload bytes in ``pending``
+        self._held = 0  # bytes this connection has counted in the admission
         # Plain TCP: answers are written straight to the socket (see _write_now), from the
         # event loop or the writer thread, through a duplicate of the transport's descriptor,
         # so that the transport closing its own can never make ours name another socket.
@@ -120,48 +154,91 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         peername = transport.get_extra_info("peername")
         self.peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
-        if len(self.server._connections) >= self.config.max_connections:
-            log.warning("channel %s: connection refused, %d open", self.runner.name, len(self.server._connections))
-            self.transport.abort()
+        self.host = str(peername[0]) if isinstance(peername, tuple) else self.peer
+        admission = self.server.admission
+        admitted, victim = admission.admit(self)
+        if victim is not None:
+            self.server.evicted("channel %s: closed the longest-idle connection (from %s) to make room",
+                                self.runner.name, victim.peer)
+        if not admitted:
+            self.server.refused("channel %s: connection from %s refused: %d open, %d from %s, none idle",
+                                self.runner.name, self.peer, len(admission.connections),
+                                admission.per_peer.get(self.host, 0), self.host)
             self.closed = True
+            self.transport.abort()
             return
-        self.server._connections.add(self)
         sock = transport.get_extra_info("socket")
         if self.config.tls is None and sock is not None:
             with contextlib.suppress(OSError):
                 self._direct_fd = os.dup(sock.fileno())
-        self._arm_idle()
+        self._active_at = self._time()
+        first = min(self.config.first_byte_timeout_seconds, self.config.idle_timeout_seconds)
+        self._timer = asyncio.get_running_loop().call_at(self._active_at + first, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        events = self.decoder.feed(data)
-        _LOAD.frames += len(events)
-        self.pending.extend((event, None) for event in events)
-        if self.pending:
+        self._active_at = now = self._time()
+        self._heard = True
+        decoder = self.decoder
+        was_in_frame = decoder.in_frame
+        events = decoder.feed(data)
+        if events:
+            _LOAD.frames += len(events)
+            self._pending_bytes += sum(len(event.payload) for event in events)
+            self.pending.extend((event, None) for event in events)
             self._schedule()
-        if len(self.pending) > _MAX_PENDING and self.transport is not None and not self.paused:
-            self.transport.pause_reading()
+        if decoder.in_frame and (events or not was_in_frame):
+            self._frame_started(now)
+        self._account()
+        if len(self.pending) > _MAX_PENDING or self._pending_bytes > self.config.max_message_bytes:
             self.paused = True
+        elif not self.starved and self.server.admission.over(decoder.buffered if decoder.in_frame else 0):
+            self.starved = True
+            self.server.admission.starved.append(self)
+        self._set_reading()
 
     def eof_received(self) -> bool:
-        return False  # close our side too
+        """The peer will send nothing more: keep the connection open until what it sent is answered.
+
+        TLS has no half-close (asyncio ends the session on the peer's close_notify whatever this returns).
+        """
+        self.eof = True
+        return self.config.tls is None and self._working()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         _LOAD.frames -= len(self.pending)  # never processed: no ACK went out, the sender resends
         self.pending.clear()
+        self._pending_bytes = 0
         self._close_direct_fd()
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        self.server._connections.discard(self)
-        leftovers = self.decoder.close()
-        partial = self.decoder.partial
-        if leftovers or partial.strip():
-            asyncio.get_running_loop().create_task(self._keep(leftovers, partial))
-        if exc is not None:
-            log.info("channel %s: connection from %s ended: %s", self.runner.name, self.peer, type(exc).__name__)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.server.admission.forget(self)
+        leftovers = [event for event in self.decoder.close() if event.payload.strip()]
+        self._account()
+        if leftovers:
+            asyncio.get_running_loop().create_task(self._keep(leftovers))
+        if exc is not None:  # one line: a peer going away is no error of ours
+            log.info("channel %s: connection from %s ended: %s", self.runner.name, self.peer,
+                     type(exc).__name__)
+
+    # Admission's view (channels.mllp.limits.Held)
+
+    def idle_since(self) -> float | None:
+        """Loop time of the last byte or answer; None while working (never evicted then)."""
+        return None if self.closed or self._working() else self._active_at
+
+    def evict(self) -> None:
+        """Close to make room for a new connection (an unfinished frame is kept as abandoned)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def resume(self) -> None:
+        """The listener's bytes are back under the limit: read again."""
+        self.starved = False
+        self._set_reading()
 
     def abort(self) -> None:
         """Close at once (listener stopping)."""
@@ -170,6 +247,32 @@ class _Connection(asyncio.Protocol):
             self.task.cancel()
         if self.transport is not None:
             self.transport.abort()
+
+    def _working(self) -> bool:
+        return bool(self.pending) or self._starting or (self.task is not None and not self.task.done())
+
+    def _account(self) -> None:
+        """Report a change of the bytes this connection holds (unfinished frame and pending frames)."""
+        held = self.decoder.buffered + self._pending_bytes
+        if held != self._held:
+            delta, self._held = held - self._held, held
+            self.server.admission.change(delta)
+
+    def _set_reading(self) -> None:
+        want = not (self.paused or self.starved)
+        if want is self._reading or self.closed or self.transport is None:
+            return
+        self._reading = want
+        if want:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    def _pop(self) -> tuple[FrameEvent, Opened | None]:
+        item = self.pending.popleft()
+        self._pending_bytes -= len(item[0].payload)
+        self._account()
+        return item
 
     def _close_direct_fd(self) -> None:
         with self._direct_lock:  # never while another thread is writing through it
@@ -213,11 +316,13 @@ class _Connection(asyncio.Protocol):
         if self.closed or not self.pending or self.transport is None or self.transport.is_closing():
             return  # closing (aborted by stop(), say): connection_lost drops what is pending
         if len(self.pending) == 1 and _LOAD.frames == 1 and self.pending[0][0].kind is FrameKind.MESSAGE:
-            event, _ = self.pending.popleft()
+            event, _ = self._pop()
             opened = self._answer_now(event)
             if opened is None:
                 return
             self.pending.appendleft((event, opened))
+            self._pending_bytes += len(event.payload)
+            self._account()
         self.task = asyncio.get_running_loop().create_task(self._work())
 
     def _answer_now(self, event: FrameEvent) -> Opened | None:
@@ -234,15 +339,19 @@ class _Connection(asyncio.Protocol):
             _LOAD.frames -= 1
             if self.transport is not None and not self.closed:
                 self._send(frame(answer))
-                self._arm_idle()
-        except Exception:
+                self._settled()
+        except Exception as exc:
             if answer is None:  # not counted off yet
                 _LOAD.frames -= 1
-            self._failed()
+            self._failed(exc)
         return None
 
-    def _failed(self) -> None:
-        log.exception("channel %s: connection from %s failed", self.runner.name, self.peer)
+    def _failed(self, exc: Exception) -> None:
+        """Close this connection after an unexpected failure: a traceback, unless the peer just went away."""
+        if isinstance(exc, OSError):
+            log.info("channel %s: connection from %s ended: %s", self.runner.name, self.peer, type(exc).__name__)
+        else:
+            log.error("channel %s: connection from %s failed", self.runner.name, self.peer, exc_info=exc)
         if self.transport is not None:
             self.transport.abort()
 
@@ -250,7 +359,7 @@ class _Connection(asyncio.Protocol):
         try:
             while self.pending and not self.closed:
                 early = self._early()
-                event, opened = self.pending.popleft()
+                event, opened = self._pop()
                 try:
                     answer = await self._answer(event, early, alone=_LOAD.frames <= 1, opened=opened)
                 finally:
@@ -261,16 +370,26 @@ class _Connection(asyncio.Protocol):
                         data = early.rest(data)
                     if data:
                         self._send(data)
-                if self.paused and len(self.pending) <= _MAX_PENDING // 2 and self.transport is not None:
-                    self.transport.resume_reading()
+                if self.paused and len(self.pending) <= _MAX_PENDING // 2 and (
+                    self._pending_bytes <= self.config.max_message_bytes // 2
+                ):
                     self.paused = False
+                    self._set_reading()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            self._failed()
+        except Exception as exc:
+            self._failed(exc)
         finally:
             if not self.closed:
-                self._arm_idle()
+                self._settled()
+
+    def _settled(self) -> None:
+        """Everything received is answered: after a half-close the connection closes, else it is idle from now."""
+        if self.eof and not self.pending:
+            if self.transport is not None:
+                self.transport.close()  # after what the transport still has to send
+            return
+        self._arm_idle()
 
     def _send(self, data: bytes) -> None:
         """Write an answer; with nothing queued in the transport, straight to the socket.
@@ -280,7 +399,9 @@ class _Connection(asyncio.Protocol):
         """
         transport = self.transport
         assert transport is not None
-        if not transport.is_closing() and not transport.get_write_buffer_size():
+        if transport.is_closing():
+            return  # the peer is gone (uvloop raises on a write to a closed transport)
+        if not transport.get_write_buffer_size():
             data = data[self._write_now(data):]
             if not data:
                 return
@@ -305,43 +426,65 @@ class _Connection(asyncio.Protocol):
             return await self.runner.receive(event.payload, self.peer, deliver, alone, opened)
         if event.kind is FrameKind.OVERSIZE:
             return await self.runner.reject_oversize(event.payload, self.peer)
-        await self.runner.keep(event.payload, self.peer, "bytes outside an MLLP frame")
+        await self.runner.keep(event.payload, self.peer, _KEPT_BECAUSE[event.kind])
         return None
 
-    async def _keep(self, leftovers: list[FrameEvent], partial: bytes) -> None:
+    async def _keep(self, leftovers: list[FrameEvent]) -> None:
         with contextlib.suppress(Exception):
             if self.task is not None:
                 with contextlib.suppress(BaseException):
                     await self.task
             for event in leftovers:
-                await self.runner.keep(event.payload, self.peer, "bytes outside an MLLP frame")
-            if partial.strip():
-                await self.runner.keep(partial, self.peer, "connection closed inside an MLLP frame")
+                await self.runner.keep(event.payload, self.peer, _KEPT_BECAUSE[event.kind])
 
     def _arm_idle(self) -> None:
         """The connection is idle from now on: the timeout counts from here.
 
-        One timer a connection, moved on only when it fires (not cancelled and made
-        anew for every answer).
+        The timer is not moved here (not cancelled and made anew for every answer):
+        when it fires it finds the deadline that applies then.
         """
-        loop = asyncio.get_running_loop()
-        self._active_at = loop.time()
-        if self._idle is None:
-            self._idle = loop.call_at(self._active_at + self.config.idle_timeout_seconds, self._on_idle)
+        self._active_at = self._time()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(
+                self._active_at + self.config.idle_timeout_seconds, self._on_timer
+            )
 
-    def _on_idle(self) -> None:
-        self._idle = None
+    def _frame_started(self, now: float) -> None:
+        """A frame spans reads: make sure the timer fires by its deadline."""
+        self._frame_at = now
+        deadline = now + self.config.frame_timeout_seconds
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _deadline(self) -> tuple[float, str]:
+        """When this connection, as it is now, is to be closed, and why."""
+        cfg = self.config
+        if not self._heard:
+            return self._active_at + min(cfg.first_byte_timeout_seconds, cfg.idle_timeout_seconds), "sent nothing"
+        if self.decoder.in_frame:  # too long in all, or idle in the middle
+            done_by = min(self._frame_at + cfg.frame_timeout_seconds, self._active_at + cfg.idle_timeout_seconds)
+            return done_by, "left a frame unfinished"
+        return self._active_at + cfg.idle_timeout_seconds, "idle"
+
+    def _on_timer(self) -> None:
+        self._timer = None
         if self.closed:
             return
         loop = asyncio.get_running_loop()
-        timeout = self.config.idle_timeout_seconds
-        if self.pending or (self.task is not None and not self.task.done()):  # working: not idle
-            self._idle = loop.call_later(timeout, self._on_idle)
+        if self._working():  # never cut work short: look again a timeout later
+            self._timer = loop.call_later(self.config.idle_timeout_seconds, self._on_timer)
             return
-        if loop.time() < self._active_at + timeout:
-            self._idle = loop.call_at(self._active_at + timeout, self._on_idle)
+        deadline, why = self._deadline()
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._on_timer)
             return
-        log.info("channel %s: closing idle connection from %s", self.runner.name, self.peer)
+        if why == "idle":
+            log.info("channel %s: closing idle connection from %s", self.runner.name, self.peer)
+        else:
+            self.server.timed_out("channel %s: closed a connection from %s that %s (timeout)",
+                                  self.runner.name, self.peer, why)
         if self.transport is not None:
             self.transport.close()
 

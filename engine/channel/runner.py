@@ -28,6 +28,9 @@ __all__ = ["ChannelRunner", "Opened"]
 
 log = logging.getLogger(__name__)
 
+#: What is read of an oversize frame to answer it: its first segment, up to this many bytes.
+_HEADER_BYTES = 4096
+
 
 @dataclass(slots=True)
 class Opened:
@@ -140,10 +143,15 @@ class ChannelRunner:
         await self._store_failed(payload, "", "latin-1", peer, HL7Reject(100, reason))
 
     async def reject_oversize(self, payload: bytes, peer: str) -> bytes:
-        """Store the first bytes of an oversized frame and answer AR."""
+        """Store the first bytes of an oversized frame and answer AR.
+
+        ``payload`` (what the listener kept) is stored once, as the raw bytes; the
+        text column holds only its first segment, which the AR answers (MSA-2).
+        """
         limit = self.config.source.max_message_bytes
         error = HL7Reject(207, f"message exceeds the maximum size of {limit} bytes")
-        decoded = decode(payload, self.config.source.charset_fallback, False)
+        head = payload[:_HEADER_BYTES].replace(b"\n", b"\r").split(b"\r", 1)[0]
+        decoded = decode(head, self.config.source.charset_fallback, False)
         ack = await self._store_failed(payload, decoded.text, decoded.charset, peer, error)
         return ack.encode(decoded.charset, errors="replace")
 

@@ -26,6 +26,7 @@ __all__ = [
     "HTTPDestinationConfig",
     "MLLPDestinationConfig",
     "MLLPSourceConfig",
+    "MessagesConfig",
     "MppsConfig",
     "OrdersConfig",
     "PatientsConfig",
@@ -68,10 +69,37 @@ class MLLPSourceConfig(_Model):
     port: int = Field(ge=0, le=65535)
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     idle_timeout_seconds: float = Field(600.0, gt=0)
-    max_connections: int = Field(256, ge=1)
+    max_connections: int = Field(
+        256, ge=1, description="open connections; a new one takes the place of the longest-idle connection"
+    )
     charset_fallback: str = Field("8859/1", description="HL7 table 0211 name used when MSH-18 fails")
     detect_utf8: bool = Field(True, description="read valid UTF-8 as UTF-8 despite a single-byte MSH-18")
     tls: TLSConfig | None = None
+    # Limits against idle, slow and hostile peers (docs/configuration.md, "MLLP listener limits").
+    max_connections_per_peer: int = Field(
+        64, ge=1, description="connections from one IP address (capped by max_connections); behind NAT or a "
+        "load balancer raise it to max_connections"
+    )
+    first_byte_timeout_seconds: float = Field(
+        30.0, gt=0, description="a connection that sends nothing for this long is closed (TLS: also the handshake)"
+    )
+    frame_timeout_seconds: float = Field(
+        120.0, gt=0, description="a frame still unfinished this long after its first byte is abandoned and kept"
+    )
+    max_buffered_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="bytes of unfinished and unanswered frames all connections may hold; "
+        "over it, connections holding a large unfinished frame stop being read"
+    )
+    max_kept_bytes: int = Field(
+        1024 * 1024, ge=1024, description="bytes stored of an oversize or unfinished frame, or of junk"
+    )
+    backlog: int = Field(1024, ge=1, description="listen queue length (capped by net.core.somaxconn)")
+
+    @model_validator(mode="after")
+    def _limits_fit(self) -> MLLPSourceConfig:
+        if self.max_buffered_bytes < self.max_message_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_message_bytes")
+        return self
 
 
 class AcceptConfig(_Model):
@@ -353,6 +381,14 @@ class WorklistConfig(_Model):
     housekeeping_interval_seconds: float = Field(3600.0, gt=0)
 
 
+class MessagesConfig(_Model):
+    """Stored messages."""
+
+    rejected_retention_days: float = Field(
+        30.0, gt=0, description="REJECTED messages (and kept junk, oversize, unfinished frames) older are deleted"
+    )
+
+
 class MppsConfig(_Model):
     """MPPS SCP (PS3.4 F) and the status message to the RIS."""
 
@@ -384,6 +420,7 @@ class EngineConfig(_Model):
     orders: OrdersConfig = Field(default_factory=OrdersConfig)
     worklist: WorklistConfig = Field(default_factory=WorklistConfig)
     mpps: MppsConfig = Field(default_factory=MppsConfig)
+    messages: MessagesConfig = Field(default_factory=MessagesConfig)
     destinations: list[DestinationConfig] = Field(
         default_factory=list, description="destinations not tied to a channel (e.g. MPPS status to the RIS)"
     )

@@ -1,10 +1,13 @@
-"""Worklist housekeeping jobs (run by apscheduler; listed by ``radbridge status``).
+"""Housekeeping jobs (run by apscheduler; listed by ``radbridge status``).
 
 * ``worklist-expire``: SCHEDULED/ARRIVED steps whose start lies more than
   ``worklist.expire_after_hours`` in the past leave the worklist (status EXPIRED).
 * ``worklist-retention``: finished steps (COMPLETED, DISCONTINUED, CANCELED,
   EXPIRED) unchanged for ``worklist.retention_days`` are deleted, with orders left
   without steps. Started steps are kept: an MPPS may still complete them.
+* ``rejected-retention``: REJECTED messages (refused input, and what a listener
+  kept of junk, oversize and unfinished frames) received more than
+  ``messages.rejected_retention_days`` ago are deleted, in short transactions.
 """
 
 from __future__ import annotations
@@ -16,11 +19,18 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, exists, select, update
 
-from engine.config.models import WorklistConfig
+from engine.config.models import MessagesConfig, WorklistConfig
 from engine.domain.tables import orders, procedure_steps
 from engine.store.database import Database
+from engine.store.schema import messages
 
-__all__ = ["FINISHED", "Job", "expire_steps", "purge_finished", "schedule_jobs", "worklist_jobs"]
+__all__ = [
+    "FINISHED", "Job", "expire_steps", "message_jobs", "purge_finished", "purge_rejected", "schedule_jobs",
+    "worklist_jobs",
+]  # fmt: skip
+
+#: Rows deleted per transaction by purge_rejected (the writer is not held long).
+PURGE_BATCH = 1000
 
 FINISHED = ("COMPLETED", "DISCONTINUED", "CANCELED", "EXPIRED")
 _OPEN = ("SCHEDULED", "ARRIVED")
@@ -43,6 +53,13 @@ def purge_finished(conn: Connection, now: datetime, retention: timedelta) -> int
     has_steps = exists(select(s.id).where(s.order_pk == orders.c.id))
     conn.execute(delete(orders).where(~has_steps))
     return int(result.rowcount or 0)
+
+
+def purge_rejected(conn: Connection, now: datetime, retention: timedelta, limit: int = PURGE_BATCH) -> int:
+    """Delete up to ``limit`` REJECTED messages received before ``now - retention``, oldest first."""
+    m = messages.c
+    old = select(m.id).where(m.status == "REJECTED", m.received_at < now - retention).order_by(m.id).limit(limit)
+    return int(conn.execute(delete(messages).where(m.id.in_(old.scalar_subquery()))).rowcount or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +89,22 @@ def worklist_jobs(db: Database, cfg: WorklistConfig, site_tz: tzinfo = UTC) -> l
         Job("worklist-retention", f"finished steps older than {cfg.retention_days} days are deleted",
             every, purge),
     ]  # fmt: skip
+
+
+def message_jobs(db: Database, cfg: MessagesConfig, every: float) -> list[Job]:
+    """The retention job for REJECTED messages: batches of PURGE_BATCH rows, one writer transaction each."""
+    keep = timedelta(days=cfg.rejected_retention_days)
+
+    def purge() -> int:
+        total = 0
+        while (done := db.writer.call(lambda conn: purge_rejected(conn, datetime.now(UTC), keep))) > 0:
+            total += done
+            if done < PURGE_BATCH:
+                break
+        return total
+
+    return [Job("rejected-retention", f"rejected messages older than {cfg.rejected_retention_days:g} days are deleted",
+                every, purge)]  # fmt: skip
 
 
 def schedule_jobs(scheduler: Any, jobs: list[Job]) -> None:

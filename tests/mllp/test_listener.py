@@ -16,14 +16,8 @@ from engine.channel.runner import ChannelRunner
 from engine.config.models import ChannelConfig
 from engine.hl7.er7 import Message
 from engine.store.database import Database
-from tests.pki import make_pki
 
 MSG = b"MSH|^~\\&|RIS|H|RB|R|20261122083000||ADT^A08|C{n}|P|2.5\rPID|1||MRN1^^^H||DOE^JANE\r"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Path:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def make_server(tmp_path: Path, **source) -> tuple[MLLPServer, Database]:
