@@ -1,0 +1,343 @@
+"""Two engine processes on one PostgreSQL behind a real HAProxy (ARCHITECTURE "Scale").
+
+The deployment of docs/deployment.md, on loopback: two ``radbridge run``
+processes with their own data directories and ports share one database and one
+channel configuration (orders forwarded over MLLP to a recording peer, in order
+per patient); HAProxy in ``mode tcp`` balances their MLLP and DICOM listeners.
+python-hl7's MLLP client sends orders through HAProxy, opening new connections
+as it goes so that both processes receive some, and resends on a connection
+error as a real sender does; DCMTK ``findscu`` reads the worklist through
+HAProxy and from each process directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import Engine, create_engine, func, select
+
+from engine.domain.tables import orders, procedure_steps
+from engine.store.schema import messages, outbox
+from tests.conftest import ROOT, PostgresServer, free_port, need
+from tests.integration.conftest import Ack, Sender
+from tests.integration.mllp_peer import MLLPPeer
+from tests.integration.scaleout import HAProxy, Node, cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+PATIENTS_PER_SENDER = 3
+SENDERS = 4
+#: Orders per sender; each sender owns its patients and sends their orders one after the other.
+ORDERS_PER_SENDER = 40
+#: A sender opens a new connection after this many messages (HAProxy balances connections).
+MESSAGES_PER_CONNECTION = 4
+#: Outbox lease of the kill test: as short as the destination's 1 s timeout allows.
+LEASE_SECONDS = 12.0
+
+
+def order(control_id: str, patient_id: str, placer: str, start: str) -> bytes:
+    """An ORM^O01 new order without an accession number (the engine's sequence gives one)."""
+    obr = f"OBR|1|{placer}||CTHEAD^CT head^L" + "|" * 14 + f"|RP{placer[-10:]}|SPS{placer[-10:]}" + "|" * 4 + "CT"
+    segments = [
+        f"MSH|^~\\&|RIS|NORTH|RADBRIDGE|NORTH|{start}||ORM^O01|{control_id}|P|2.5.1",
+        f"PID|1||{patient_id}^^^NORTH^MR||DOE^{patient_id}||19800202|F",
+        "PV1|1|O|RAD",
+        f"ORC|NW|{placer}|||SC||^^^{start}^^R",
+        obr,
+    ]
+    return ("\r".join(segments) + "\r").encode("ascii")
+
+
+def workload(tag: str) -> list[list[tuple[str, str, bytes]]]:
+    """Per sender: (control id, patient id, message), patients interleaved."""
+    start = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    plans = []
+    for s in range(SENDERS):
+        patients = [f"{tag}{s}P{p}" for p in range(PATIENTS_PER_SENDER)]
+        plan = []
+        for n in range(ORDERS_PER_SENDER):
+            cid, pid = f"{tag}{s}-{n:03d}", patients[n % PATIENTS_PER_SENDER]
+            plan.append((cid, pid, order(cid, pid, f"PL{tag}{s}{n:03d}", start)))
+        plans.append(plan)
+    return plans
+
+
+class Stream:
+    """Senders through the balancer: what got AA, and which process answered (ACK MSH-10 prefix)."""
+
+    def __init__(self, port: int, on_accept: Callable[[], None] = lambda: None) -> None:
+        self.port = port
+        self.on_accept = on_accept
+        self.accepted: dict[str, str] = {}  # control id -> answering process (its ACK id prefix)
+        self.not_aa: list[tuple[str, str]] = []
+        self.reconnects = 0
+
+    async def _send(self, sender: Sender, payload: bytes, deadline: float) -> Ack:
+        """Send until answered; on a connection error reconnect (through HAProxy) and resend."""
+        while True:
+            try:
+                return await sender.send(payload)
+            except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError):
+                await sender.close()
+                self.reconnects += 1
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def _run_one(self, plan: list[tuple[str, str, bytes]], deadline: float) -> None:
+        sender = Sender(self.port, timeout=10)
+        try:
+            for n, (cid, _pid, payload) in enumerate(plan):
+                if n % MESSAGES_PER_CONNECTION == 0:
+                    await sender.close()
+                ack = await self._send(sender, payload, deadline)
+                if ack.code != "AA":
+                    self.not_aa.append((cid, ack.code))
+                    continue
+                self.accepted[cid] = ack.field("MSH", 10)[:8]
+                self.on_accept()
+        finally:
+            await sender.close()
+
+    def run(self, plans: list[list[tuple[str, str, bytes]]], timeout: float = 90.0) -> None:
+        async def all_senders() -> None:
+            deadline = time.monotonic() + timeout
+            await asyncio.gather(*(self._run_one(plan, deadline) for plan in plans))
+
+        asyncio.run(all_senders())
+
+
+class SlowPeer(MLLPPeer):
+    """The recording MLLP peer, holding each ACK back ``ack_delay`` seconds (a busy receiver)."""
+
+    ack_delay = 0.0
+
+    async def _reply(self, payload: bytes, writer: asyncio.StreamWriter) -> None:
+        if self.ack_delay:
+            await asyncio.sleep(self.ack_delay)
+        await super()._reply(payload, writer)
+
+
+@pytest.fixture
+def peer() -> Iterator[SlowPeer]:
+    receiver = SlowPeer(free_port())
+    receiver.up()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+@pytest.fixture
+def shared_db(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterator[tuple[str, Engine]]:
+    need(HAProxy.available(), "haproxy not installed (apt-get install haproxy)")
+    need(shutil.which("findscu") is not None, "DCMTK findscu not installed")
+    url = postgres.create_database(f"scaleout_{request.node.name[5:20].lower()}_{os.getpid()}")
+    engine = create_engine(url)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+
+
+def engine_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def stored_counts(db: Engine) -> dict[str, int]:
+    """Control id -> number of message rows (PROCESSED only: what the engine applied)."""
+    query = (select(messages.c.control_id, func.count()).where(messages.c.status == "PROCESSED")
+             .group_by(messages.c.control_id))
+    with db.connect() as conn:
+        return {cid: n for cid, n in conn.execute(query)}
+
+
+def accession_numbers(db: Engine) -> list[str]:
+    with db.connect() as conn:
+        return [a for (a,) in conn.execute(select(orders.c.accession_number))]
+
+
+def wait_all_sent(db: Engine, timeout: float) -> None:
+    """Wait until no outbox row is QUEUED any more; fail if any ended in ERROR."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.connect() as conn:
+            statuses = dict(conn.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status)).all())
+        assert "ERROR" not in statuses, statuses
+        if statuses and set(statuses) == {"SENT"}:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"outbox not delivered after {timeout}s: {statuses}")
+
+
+def per_patient(peer: MLLPPeer) -> dict[str, list[str]]:
+    """The control ids the peer received, per patient, in arrival order."""
+    got: dict[str, list[str]] = defaultdict(list)
+    for received in peer.messages():
+        got[received.patient_id].append(received.control_id)
+    return got
+
+
+def sent_order(plans: list[list[tuple[str, str, bytes]]]) -> dict[str, list[str]]:
+    want: dict[str, list[str]] = defaultdict(list)
+    for plan in plans:
+        for cid, pid, _ in plan:
+            want[pid].append(cid)
+    return want
+
+
+def worklist(port: int, out: Path) -> set[tuple[str, str, str]]:
+    """(AccessionNumber, PatientID, SPS ID) of every entry, read with DCMTK findscu."""
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["findscu", "-W", "-aet", "CT1", "-aec", "RADBRIDGE", "-X", "-od", str(out), "127.0.0.1", str(port),
+            "-k", "AccessionNumber=", "-k", "PatientID=", "-k", "ScheduledProcedureStepSequence[0].Modality=CT",
+            "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID="]
+    subprocess.run(args, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True,
+                   timeout=60)
+    found = set()
+    for path in out.glob("rsp*.dcm"):
+        ds = dcmread(path)
+        found.add((ds.AccessionNumber, ds.PatientID, ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID))
+    return found
+
+
+def test_two_processes_behind_haproxy_share_orders_outbox_and_worklist(
+        tmp_path: Path, shared_db: tuple[str, Engine], peer: SlowPeer) -> None:
+    url, db = shared_db
+    plans = workload("N")
+    total = SENDERS * ORDERS_PER_SENDER
+    with cluster(tmp_path, engine_env(), url, peer.port) as (nodes, balancer):
+        stream = Stream(balancer.ports["mllp"])
+        stream.run(plans)
+        assert stream.not_aa == []
+        assert len(stream.accepted) == total
+        assert len(set(stream.accepted.values())) == 2, "both processes must have answered some orders"
+        stats = balancer.stats()
+        assert all(int(stats[("mllp", f"rb{i}")]["stot"]) > 0 for i in (1, 2))
+
+        counts = stored_counts(db)
+        assert counts == {cid: 1 for cid in stream.accepted}
+        accessions = accession_numbers(db)
+        assert len(accessions) == total and all(accessions)
+        assert len(set(accessions)) == total, "accession numbers from the shared sequence must be unique"
+
+        wait_all_sent(db, timeout=60)
+        peer.wait_for(total)
+        time.sleep(0.5)  # anything extra (a second delivery) would arrive now
+        assert sorted(r.control_id for r in peer.messages()) == sorted(stream.accepted)
+        assert per_patient(peer) == sent_order(plans)
+
+        through_balancer = worklist(balancer.ports["dicom"], tmp_path / "wl-haproxy")
+        direct = [worklist(n.dicom_port, tmp_path / f"wl-{i}") for i, n in enumerate(nodes)]
+        with db.connect() as conn:
+            steps = conn.execute(select(func.count()).select_from(procedure_steps)).scalar()
+        assert steps == total
+        assert len(through_balancer) == total
+        assert {a for a, _, _ in through_balancer} == set(accessions)
+        assert direct == [through_balancer, through_balancer]
+
+
+class Killer:
+    """SIGKILLs one node from its own thread once ``after`` orders got AA (progress, not a clock)."""
+
+    def __init__(self, node: Node, after: int, then: Callable[[], None]) -> None:
+        self.node, self.after, self.then = node, after, then
+        self.accepted = 0
+        self.killed_at = 0.0
+        self._lock = threading.Lock()
+        self._reached = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def count(self) -> None:
+        with self._lock:
+            self.accepted += 1
+            if self.accepted >= self.after:
+                self._reached.set()
+
+    def _run(self) -> None:
+        self._reached.wait(60)
+        self.node.engine.kill()
+        self.killed_at = time.monotonic()
+        self.then()
+
+    def join(self) -> None:
+        self._reached.set()
+        self._thread.join(30)
+
+
+def leases(db: Engine) -> dict[int, datetime]:
+    """QUEUED rows whose lease has not run out: row id -> leased until."""
+    now = datetime.now(UTC)
+    with db.connect() as conn:
+        rows = conn.execute(select(outbox.c.id, outbox.c.claimed_until)
+                            .where(outbox.c.status == "QUEUED", outbox.c.claimed_until.is_not(None)))
+        return {i: until for i, until in rows if until > now}
+
+
+def collapse_repeats(ids: list[str]) -> list[str]:
+    return [cid for n, cid in enumerate(ids) if n == 0 or ids[n - 1] != cid]
+
+
+def test_killing_one_process_mid_stream_loses_nothing_and_the_other_delivers_its_claims(
+        tmp_path: Path, shared_db: tuple[str, Engine], peer: SlowPeer) -> None:
+    url, db = shared_db
+    plans = workload("K")
+    total = SENDERS * ORDERS_PER_SENDER
+    # A slow receiver until the kill: both processes' outbox workers are mid-batch, holding leases.
+    peer.ack_delay = 0.2
+
+    def after_kill() -> None:
+        peer.ack_delay = 0.0
+
+    with cluster(tmp_path, engine_env(), url, peer.port, lease_seconds=LEASE_SECONDS) as (nodes, balancer):
+        victim, survivor = nodes
+        killer = Killer(victim, after=total // 4, then=after_kill)
+        stream = Stream(balancer.ports["mllp"], on_accept=killer.count)
+        try:
+            stream.run(plans)
+        finally:
+            killer.join()
+        assert victim.engine.proc is not None and victim.engine.proc.returncode == -9
+        assert stream.not_aa == []
+        assert len(stream.accepted) == total, "the surviving process takes every order through HAProxy"
+        assert stream.reconnects > 0, "the kill broke connections the senders were using"
+
+        # Leases the dead process left: still held, unchanged, once the survivor finished its own.
+        time.sleep(max(0.0, killer.killed_at + 3 - time.monotonic()))
+        first = leases(db)
+        time.sleep(2)
+        orphaned = {i: until for i, until in leases(db).items() if first.get(i) == until}
+        assert orphaned, "the killed process held no lease: the scenario did not happen"
+
+        counts = stored_counts(db)
+        assert counts == {cid: 1 for cid in stream.accepted}, "every AA'd order stored exactly once"
+        accessions = accession_numbers(db)
+        assert len(accessions) == total and len(set(accessions)) == total
+
+        wait_all_sent(db, timeout=LEASE_SECONDS + 30)
+        with db.connect() as conn:
+            statuses = set(conn.execute(select(outbox.c.status).where(outbox.c.id.in_(list(orphaned)))).scalars())
+        assert statuses == {"SENT"}, "the survivor delivered what the dead process had claimed"
+        time.sleep(0.5)
+        received = [r.control_id for r in peer.messages()]
+        assert set(received) == set(stream.accepted)
+        # At-least-once: the one send the dead process had under way may arrive again, nothing else.
+        assert len(received) - len(set(received)) <= 1
+        assert {pid: collapse_repeats(ids) for pid, ids in per_patient(peer).items()} == sent_order(plans)
+        assert survivor.engine.proc is not None and survivor.engine.proc.poll() is None
+        # Modalities keep their worklist through the balancer: HAProxy sends them to the survivor.
+        balancer.wait_until("dicom", "rb1", "DOWN")
+        entries = worklist(balancer.ports["dicom"], tmp_path / "wl-after-kill")
+        assert {a for a, _, _ in entries} == set(accessions)
