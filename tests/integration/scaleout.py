@@ -135,12 +135,13 @@ class Node:
         return self.engine.proc.pid
 
 
-def node_config(data_dir: Path, database_url: str, mllp: int, dicom: int, http: int, destination_port: int,
-                lease_seconds: float, log_level: str = "INFO") -> tuple[str, str]:
+def node_config(data_dir: Path, database_url: str, mllp: int, dicom: int, http: int,
+                destination_port: int | None, lease_seconds: float, log_level: str = "INFO") -> tuple[str, str]:
     """engine.yaml and the channel file: the same for every node but for data dir and ports.
 
-    The channel forwards every order to one MLLP destination (``reporting``), in
-    order per patient, with a short timeout so that a lease may be short too.
+    With ``destination_port`` the channel forwards every order to one MLLP
+    destination (``reporting``), in order per patient, with a short timeout so
+    that a lease may be short too.
     """
     engine_yaml = textwrap.dedent(f"""\
         data_dir: {data_dir}
@@ -158,6 +159,10 @@ def node_config(data_dir: Path, database_url: str, mllp: int, dicom: int, http: 
         duplicates: {{window_hours: 72}}
         mapping: [adt-to-patient, order-to-worklist]
         handlers: [patients, orders]
+        """)
+    if destination_port is None:
+        return engine_yaml, channel_yaml
+    channel_yaml += textwrap.dedent(f"""\
         destinations:
           - name: reporting
             type: mllp
@@ -171,7 +176,7 @@ def node_config(data_dir: Path, database_url: str, mllp: int, dicom: int, http: 
     return engine_yaml, channel_yaml
 
 
-def make_node(base: Path, env: dict[str, str], database_url: str, destination_port: int,
+def make_node(base: Path, env: dict[str, str], database_url: str, destination_port: int | None,
               lease_seconds: float, log_level: str = "INFO") -> Node:
     """Write one node's configuration under ``base`` (not started)."""
     config_dir, data_dir = base / "config", base / "var"
@@ -196,7 +201,7 @@ def start_nodes(nodes: list[Node]) -> None:
 
 
 @contextlib.contextmanager
-def cluster(base: Path, env: dict[str, str], database_url: str, destination_port: int, count: int = 2,
+def cluster(base: Path, env: dict[str, str], database_url: str, destination_port: int | None, count: int = 2,
             lease_seconds: float = 12.0, log_level: str = "INFO") -> Iterator[tuple[list[Node], HAProxy]]:
     """``count`` running nodes on ``database_url`` and HAProxy (frontends ``mllp`` and ``dicom``)."""
     nodes = [make_node(base / f"node{i}", env, database_url, destination_port, lease_seconds, log_level)

@@ -296,7 +296,7 @@ def test_killing_one_process_mid_stream_loses_nothing_and_the_other_delivers_its
     plans = workload("K")
     total = SENDERS * ORDERS_PER_SENDER
     # A slow receiver until the kill: both processes' outbox workers are mid-batch, holding leases.
-    peer.ack_delay = 0.2
+    peer.ack_delay = 0.5
 
     def after_kill() -> None:
         peer.ack_delay = 0.0
