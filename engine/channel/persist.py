@@ -4,6 +4,13 @@ In one transaction: look for a resent duplicate, write the message row (with
 the mapped records), run the handlers (in a savepoint, so an AE undoes their
 changes but keeps the message), enqueue outbound work, and return the ACK.
 The caller sends the ACK only after the writer reports the commit.
+
+Several engine processes may share one PostgreSQL database: two of them can
+create the same new row at once (the same new patient in an ADT on one and an
+order on the other). The second insert waits for the first transaction and
+then fails on the unique key; the handlers then run again from their
+savepoint and find the committed row, instead of answering AE for a message
+that has nothing wrong with it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.channel.prepare import ERROR, FILTERED, PROCESSED, Prepared
 from engine.config.models import ChannelConfig
@@ -57,6 +65,9 @@ _COUNT_DUPLICATE = (
     .values(duplicate_count=messages.c.duplicate_count + 1, last_duplicate_at=bindparam("now"))
 )
 _INSERT_MESSAGE = FastInsert(messages)
+#: How often the handlers of one message may run when another process inserted a row they
+#: were inserting (each run after the first finds the rows committed before it started).
+CONFLICT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,20 +179,30 @@ class Persister:
     def _run_handlers(self, conn: Connection, p: Prepared, message_id: int, now: datetime) -> list[Outbound]:
         if not self.handlers:
             return []
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            savepoint = Savepoint(conn)
+            try:
+                out = self._apply_handlers(conn, p, message_id, now)
+            except HL7Error:
+                savepoint.rollback()
+                raise
+            except Exception as exc:
+                savepoint.rollback()
+                if attempt < CONFLICT_ATTEMPTS and _unique_conflict(conn, exc):
+                    log.info("message %s met a row another process inserted meanwhile: applying it again",
+                             message_id)
+                    continue
+                log.exception("handler failed on message %s", message_id)
+                raise HL7ApplicationError(207, f"application internal error: {type(exc).__name__}") from exc
+            savepoint.release()
+            return out
+        raise AssertionError("the last attempt returns or raises")
+
+    def _apply_handlers(self, conn: Connection, p: Prepared, message_id: int, now: datetime) -> list[Outbound]:
         ctx = InboundContext(message_id, self.config.name, p.message, now, p.records)
         out: list[Outbound] = []
-        savepoint = Savepoint(conn)
-        try:
-            for handler in self.handlers:
-                out += handler.apply(conn, ctx)
-        except HL7Error:
-            savepoint.rollback()
-            raise
-        except Exception as exc:
-            savepoint.rollback()
-            log.exception("handler failed on message %s", message_id)
-            raise HL7ApplicationError(207, f"application internal error: {type(exc).__name__}") from exc
-        savepoint.release()
+        for handler in self.handlers:
+            out += handler.apply(conn, ctx)
         return out
 
     def _fail(self, conn: Connection, p: Prepared, message_id: int, exc: HL7Error) -> Stored:
@@ -216,6 +237,17 @@ class Persister:
                     media_type=item.media_type, ordering_key=item.ordering_key, message_id=message_id, now=now)
             count += 1
         return count
+
+
+def _unique_conflict(conn: Connection, exc: Exception) -> bool:
+    """An integrity error from PostgreSQL: raised by SQLAlchemy or, on the fast path, by the driver.
+
+    SQLite has one writer (no other process can insert meanwhile): there it is a bug, not a race.
+    """
+    if conn.dialect.name != "postgresql":
+        return False
+    dbapi = conn.dialect.dbapi
+    return isinstance(exc, IntegrityError) or (dbapi is not None and isinstance(exc, dbapi.IntegrityError))
 
 
 def _json(records: list[dict[str, Any]]) -> str:
