@@ -86,6 +86,11 @@ class HAProxy:
             self.proc = subprocess.Popen([binary, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
         for port in self.ports.values():
             wait_for_port(port, timeout=30, proc=self.proc)
+        deadline = time.monotonic() + 30
+        while not (self.workdir / "haproxy.sock").exists():  # the stats socket may come a moment later
+            if time.monotonic() > deadline:
+                raise TimeoutError("haproxy stats socket missing")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -114,8 +119,9 @@ class HAProxy:
         """Wait until HAProxy's health checks put ``server`` in ``status`` (UP, DOWN)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.stats()[(proxy, server)]["status"].startswith(status):
-                return
+            with contextlib.suppress(OSError):  # the socket is busy or not there yet: ask again
+                if self.stats()[(proxy, server)]["status"].startswith(status):
+                    return
             time.sleep(0.1)
         raise TimeoutError(f"{proxy}/{server} not {status} after {timeout}s")
 

@@ -27,7 +27,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import Engine, create_engine, func, select
 
-from engine.domain.tables import orders, procedure_steps
+from engine.domain.tables import orders, patients, procedure_steps
 from engine.store.schema import messages, outbox
 from tests.conftest import ROOT, PostgresServer, free_port, need
 from tests.integration.conftest import Ack, Sender
@@ -341,3 +341,45 @@ def test_killing_one_process_mid_stream_loses_nothing_and_the_other_delivers_its
         balancer.wait_until("dicom", "rb1", "DOWN")
         entries = worklist(balancer.ports["dicom"], tmp_path / "wl-after-kill")
         assert {a for a, _, _ in entries} == set(accessions)
+
+
+def test_the_same_new_patient_arriving_on_both_processes_at_once_is_accepted_by_both(
+        tmp_path: Path, shared_db: tuple[str, Engine]) -> None:
+    """An order per process for one new patient, sent to both at the same moment (say ADT on one
+    connection, the order on another): both AA, one patient, both orders."""
+    url, db = shared_db
+    start = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    pairs = 20
+
+    async def race(ports: list[int]) -> list[str]:
+        codes = []
+        for n in range(pairs):
+            senders = [Sender(port) for port in ports]
+            try:
+                acks = await asyncio.gather(*(
+                    s.send(order(f"R{n}-{k}", f"RACE{n}", f"PLR{n}x{k}", start)) for k, s in enumerate(senders)))
+            finally:
+                for s in senders:
+                    await s.close()
+            codes += [a.code for a in acks]
+        return codes
+
+    with cluster(tmp_path, engine_env(), url, None) as (nodes, _balancer):
+        codes = asyncio.run(race([n.mllp_port for n in nodes]))
+    assert codes == ["AA"] * 2 * pairs
+    with db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(patients)).scalar() == pairs
+        assert conn.execute(select(func.count()).select_from(orders)).scalar() == 2 * pairs
+
+
+def test_the_haproxy_configuration_in_docs_is_valid(tmp_path: Path) -> None:
+    need(HAProxy.available(), "haproxy not installed (apt-get install haproxy)")
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    block = text.split("```haproxy\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "haproxy.cfg").write_text(block)
+    binary = HAProxy.binary()
+    assert binary is not None
+    result = subprocess.run([binary, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mode tcp" in block and "check" in block
