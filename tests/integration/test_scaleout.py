@@ -156,11 +156,13 @@ def engine_env() -> dict[str, str]:
 
 
 def stored_counts(db: Engine) -> dict[str, int]:
-    """Control id -> number of message rows (PROCESSED only: what the engine applied)."""
-    query = (select(messages.c.control_id, func.count()).where(messages.c.status == "PROCESSED")
-             .group_by(messages.c.control_id))
+    """Control id -> number of message rows, whatever their status; every row must be PROCESSED."""
+    query = (select(messages.c.control_id, messages.c.status, func.count())
+             .group_by(messages.c.control_id, messages.c.status))
     with db.connect() as conn:
-        return {cid: n for cid, n in conn.execute(query)}
+        rows = conn.execute(query).all()
+    assert {status for _, status, _ in rows} <= {"PROCESSED"}, rows
+    return {cid: n for cid, _, n in rows}
 
 
 def accession_numbers(db: Engine) -> list[str]:
