@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -38,6 +39,13 @@ class HAProxy:
     balance: str = "roundrobin"
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    #: The stats socket lives in a short directory of its own: a UNIX socket path has at most
+    #: 107 bytes, which a deep pytest tmp_path may exceed.
+    socket_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rb-haproxy-")))
+
+    @property
+    def stats_socket(self) -> Path:
+        return self.socket_dir / "stats.sock"
 
     @staticmethod
     def binary() -> str | None:
@@ -54,7 +62,7 @@ class HAProxy:
         parts = [textwrap.dedent(f"""\
             global
                 maxconn 4096
-                stats socket {self.workdir / 'haproxy.sock'} mode 600 level operator
+                stats socket {self.stats_socket} mode 600 level operator
             defaults
                 mode tcp
                 balance {self.balance}
@@ -87,7 +95,7 @@ class HAProxy:
         for port in self.ports.values():
             wait_for_port(port, timeout=30, proc=self.proc)
         deadline = time.monotonic() + 30
-        while not (self.workdir / "haproxy.sock").exists():  # the stats socket may come a moment later
+        while not self.stats_socket.exists():  # the stats socket may come a moment later
             if time.monotonic() > deadline:
                 raise TimeoutError("haproxy stats socket missing")
             time.sleep(0.05)
@@ -100,12 +108,13 @@ class HAProxy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def stats(self) -> dict[tuple[str, str], dict[str, str]]:
         """``show stat`` from the stats socket: (proxy, server) -> its CSV fields."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(5)
-            sock.connect(str(self.workdir / "haproxy.sock"))
+            sock.connect(str(self.stats_socket))
             sock.sendall(b"show stat\n")
             data = b""
             while chunk := sock.recv(65536):
