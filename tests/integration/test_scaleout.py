@@ -25,6 +25,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityPerformedProcedureStep
 from sqlalchemy import Engine, create_engine, func, select
 
 from engine.domain.tables import orders, patients, procedure_steps
@@ -345,11 +348,25 @@ def test_killing_one_process_mid_stream_loses_nothing_and_the_other_delivers_its
         assert {a for a, _, _ in entries} == set(accessions)
 
 
+@pytest.fixture(scope="module")
+def plain_cluster(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[list[Node], HAProxy, Engine]]:
+    """Two processes behind HAProxy without an outbound destination, shared by the tests below."""
+    need(HAProxy.available(), "haproxy not installed (apt-get install haproxy)")
+    url = postgres.create_database(f"scaleout_plain_{os.getpid()}")
+    db = create_engine(url)
+    try:
+        with cluster(tmp_path_factory.mktemp("plain"), engine_env(), url, None) as (nodes, balancer):
+            yield nodes, balancer, db
+    finally:
+        db.dispose()
+
+
 def test_the_same_new_patient_arriving_on_both_processes_at_once_is_accepted_by_both(
-        tmp_path: Path, shared_db: tuple[str, Engine]) -> None:
+        plain_cluster: tuple[list[Node], HAProxy, Engine]) -> None:
     """An order per process for one new patient, sent to both at the same moment (say ADT on one
     connection, the order on another): both AA, one patient, both orders."""
-    url, db = shared_db
+    nodes, _balancer, db = plain_cluster
     start = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     pairs = 20
 
@@ -366,12 +383,59 @@ def test_the_same_new_patient_arriving_on_both_processes_at_once_is_accepted_by_
             codes += [a.code for a in acks]
         return codes
 
-    with cluster(tmp_path, engine_env(), url, None) as (nodes, _balancer):
-        codes = asyncio.run(race([n.mllp_port for n in nodes]))
+    codes = asyncio.run(race([n.mllp_port for n in nodes]))
     assert codes == ["AA"] * 2 * pairs
+    race_patients = select(patients.c.id).where(patients.c.patient_id.like("RACE%"))
     with db.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(patients)).scalar() == pairs
-        assert conn.execute(select(func.count()).select_from(orders)).scalar() == 2 * pairs
+        assert conn.execute(select(func.count()).select_from(race_patients.subquery())).scalar() == pairs
+        assert conn.execute(select(func.count()).select_from(orders)
+                            .where(orders.c.patient_pk.in_(race_patients))).scalar() == 2 * pairs
+
+
+def mpps(port: int, uid: str, status: str, step: dict[str, str] | None = None) -> int:
+    """N-CREATE (with the scheduled step's references) or N-SET through pynetdicom; the DIMSE status."""
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    try:
+        ds = Dataset()
+        ds.PerformedProcedureStepStatus = status
+        if step is None:
+            answer, _ = assoc.send_n_set(ds, ModalityPerformedProcedureStep, uid)
+            return int(answer.Status)
+        ref = Dataset()
+        ref.AccessionNumber, ref.ScheduledProcedureStepID = step["accession"], step["sps_id"]
+        ref.StudyInstanceUID = step["study_uid"]
+        ds.ScheduledStepAttributesSequence = [ref]
+        ds.PatientID, ds.Modality, ds.PerformedStationAETitle = step["patient_id"], "CT", "CT1"
+        ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = step["date"], "094500"
+        answer, _ = assoc.send_n_create(ds, ModalityPerformedProcedureStep, uid)
+        return int(answer.Status)
+    finally:
+        assoc.release()
+
+
+def test_mpps_begun_on_one_process_is_completed_on_the_other(
+        plain_cluster: tuple[list[Node], HAProxy, Engine], tmp_path: Path) -> None:
+    nodes, balancer, db = plain_cluster
+    today = datetime.now(UTC).strftime("%Y%m%d")
+    payload = order("MPPS1", "MPPSPAT", "PLMPPS1", today + "093000")
+    assert asyncio.run(Sender(balancer.ports["mllp"]).send(payload)).code == "AA"
+    with db.connect() as conn:
+        row = conn.execute(select(orders.c.accession_number, orders.c.study_instance_uid, procedure_steps.c.sps_id)
+                           .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)
+                           .where(orders.c.placer_order_number == "PLMPPS1")).one()
+    step = {"accession": row.accession_number, "study_uid": row.study_instance_uid, "sps_id": row.sps_id,
+            "patient_id": "MPPSPAT", "date": today}
+    uid = "1.2.826.0.1.3680043.10.999.4242"
+    first, second = nodes[0].dicom_port, nodes[1].dicom_port
+    assert row.accession_number in {a for a, _, _ in worklist(second, tmp_path / "before")}
+    assert mpps(first, uid, "IN PROGRESS", step) == 0
+    assert mpps(second, uid, "COMPLETED") == 0
+    assert mpps(first, uid, "COMPLETED") == 0x0110  # the first process sees the second's final state
+    entries = worklist(balancer.ports["dicom"], tmp_path / "after")
+    assert row.accession_number not in {a for a, _, _ in entries}  # performed steps leave the worklist
 
 
 def test_the_haproxy_configuration_in_docs_is_valid(tmp_path: Path) -> None:
