@@ -67,10 +67,10 @@ def workload(tag: str) -> list[list[tuple[str, str, bytes]]]:
     start = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     plans = []
     for s in range(SENDERS):
-        patients = [f"{tag}{s}P{p}" for p in range(PATIENTS_PER_SENDER)]
+        patient_ids = [f"{tag}{s}P{p}" for p in range(PATIENTS_PER_SENDER)]
         plan = []
         for n in range(ORDERS_PER_SENDER):
-            cid, pid = f"{tag}{s}-{n:03d}", patients[n % PATIENTS_PER_SENDER]
+            cid, pid = f"{tag}{s}-{n:03d}", patient_ids[n % PATIENTS_PER_SENDER]
             plan.append((cid, pid, order(cid, pid, f"PL{tag}{s}{n:03d}", start)))
         plans.append(plan)
     return plans
