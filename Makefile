@@ -19,7 +19,8 @@ run: install
 	mkdir -p $${RADBRIDGE_DATA_DIR:-./var}
 	$(VENV)/bin/radbridge --config config run
 
-# System peers the integration tests drive (DCMTK, Orthanc, PostgreSQL; openssl makes their test certificates). Installed when root.
+# System peers the integration tests drive (DCMTK, Orthanc, PostgreSQL, HAProxy for the scale-out test; openssl makes
+# their test certificates). Installed when root. The tests run their own HAProxy; Debian's service is stopped if it started.
 peers:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
@@ -28,11 +29,13 @@ peers:
 	  command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	  command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing system peers:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    case "$$missing" in *haproxy*) service haproxy stop >/dev/null 2>&1 || true;; esac; \
 	  fi; \
-	else echo "not root: system peers (dcmtk, orthanc, postgresql) must already be installed"; fi
+	else echo "not root: system peers (dcmtk, orthanc, postgresql, haproxy) must already be installed"; fi
 
 lint: install
 	$(VENV)/bin/ruff check engine channels tests bench

@@ -11,6 +11,13 @@ grammar, a stray line before MSH), and a message whose every outcome changed
 nothing is UNCHANGED (still AA).
 A message the channel's mapping turned into nothing, that no handler reported
 on and no destination takes, is refused with AR 200: nothing would be done.
+
+Several engine processes may share one PostgreSQL database: two of them can
+create the same new row at once (the same new patient in an ADT on one and an
+order on the other). The second insert waits for the first transaction and
+then fails on the unique key; the handlers then run again from their
+savepoint and find the committed row, instead of answering AE for a message
+that has nothing wrong with it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.channel.prepare import ERROR, FILTERED, PROCESSED, REJECTED, Prepared
 from engine.config.models import ChannelConfig
@@ -66,6 +74,9 @@ _COUNT_DUPLICATE = (
     .values(duplicate_count=messages.c.duplicate_count + 1, last_duplicate_at=bindparam("now"))
 )
 _INSERT_MESSAGE = FastInsert(messages)
+#: How often the handlers of one message may run when another process inserted a row they
+#: were inserting (each run after the first finds the rows committed before it started).
+CONFLICT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,20 +196,32 @@ class Persister:
     ) -> tuple[list[Outbound], list[Outcome]]:
         if not self.handlers:
             return [], []
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            savepoint = Savepoint(conn)
+            try:
+                out, outcomes = self._apply_handlers(conn, p, message_id, now)
+            except HL7Error:
+                savepoint.rollback()
+                raise
+            except Exception as exc:
+                savepoint.rollback()
+                if attempt < CONFLICT_ATTEMPTS and _unique_conflict(conn, exc):
+                    log.info("message %s met a row another process inserted meanwhile: applying it again",
+                             message_id)
+                    continue
+                log.exception("handler failed on message %s", message_id)
+                raise HL7ApplicationError(207, f"application internal error: {type(exc).__name__}") from exc
+            savepoint.release()
+            return out, outcomes
+        raise AssertionError("the last attempt returns or raises")
+
+    def _apply_handlers(
+        self, conn: Connection, p: Prepared, message_id: int, now: datetime
+    ) -> tuple[list[Outbound], list[Outcome]]:
         ctx = InboundContext(message_id, self.config.name, p.message, now, p.records)
         out: list[Outbound] = []
-        savepoint = Savepoint(conn)
-        try:
-            for handler in self.handlers:
-                out += handler.apply(conn, ctx)
-        except HL7Error:
-            savepoint.rollback()
-            raise
-        except Exception as exc:
-            savepoint.rollback()
-            log.exception("handler failed on message %s", message_id)
-            raise HL7ApplicationError(207, f"application internal error: {type(exc).__name__}") from exc
-        savepoint.release()
+        for handler in self.handlers:
+            out += handler.apply(conn, ctx)
         return out, ctx.outcomes
 
     @staticmethod
@@ -252,6 +275,17 @@ class Persister:
                     media_type=item.media_type, ordering_key=item.ordering_key, message_id=message_id, now=now)
             count += 1
         return count
+
+
+def _unique_conflict(conn: Connection, exc: Exception) -> bool:
+    """An integrity error from PostgreSQL: raised by SQLAlchemy or, on the fast path, by the driver.
+
+    SQLite has one writer (no other process can insert meanwhile): there it is a bug, not a race.
+    """
+    if conn.dialect.name != "postgresql":
+        return False
+    dbapi = conn.dialect.dbapi
+    return isinstance(exc, IntegrityError) or (dbapi is not None and isinstance(exc, dbapi.IntegrityError))
 
 
 def _json(records: list[dict[str, Any]]) -> str:

@@ -5,16 +5,26 @@ its lease, and no earlier QUEUED row with the same ordering key is waiting
 (scheduled later or leased by another worker). So one patient's messages
 leave in order while other patients' proceed. Rows that end in ERROR (dead
 letters) no longer hold back the key; ``replay`` puts them back in the queue.
-On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` so several processes
-can share the work.
+
+Several processes on one PostgreSQL database share the work. The "no earlier
+row of the key is leased" test reads committed leases only, so two claims of
+one destination must not overlap: the second would skip the rows the first is
+leasing (``FOR UPDATE SKIP LOCKED``), see their leases not yet committed, and
+take the key's later rows, which would then leave before the earlier ones. A
+claim therefore first takes a transaction-scoped advisory lock for its
+destination; a process that finds it taken claims nothing this round (the
+holder is leasing the due rows; the next wake or poll tries again). It never
+waits for it: the claim may share a group-committed transaction with other
+work whose row locks the other process could be waiting for.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, exists, not_, or_, select, update
+from sqlalchemy import Connection, and_, exists, func, not_, or_, select, update
 from sqlalchemy.orm import aliased
 
 from engine.config.models import RetryConfig
@@ -41,8 +51,35 @@ class Claimed:
     attempts: int
 
 
+#: First key of the outbox's advisory locks (PostgreSQL ``pg_try_advisory_xact_lock(int, int)``);
+#: the second is the destination name's CRC-32. "rbox" in ASCII.
+CLAIM_LOCK_SPACE = 0x72626F78
+
+
+def _claim_lock(destination: str) -> tuple[int, int]:
+    """The advisory lock key pair of ``destination`` (both signed 32-bit, as PostgreSQL wants)."""
+    crc = zlib.crc32(destination.encode("utf-8"))
+    return CLAIM_LOCK_SPACE, crc - (1 << 32) if crc >= 1 << 31 else crc
+
+
+def _may_claim(conn: Connection, destination: str) -> bool:
+    """True unless another transaction is claiming rows of ``destination`` (PostgreSQL only).
+
+    The lock is held until the caller's transaction ends, so the claim's leases are
+    committed before anyone else may claim the destination.
+    """
+    if conn.dialect.name != "postgresql":  # SQLite: one process, one writer thread
+        return True
+    return bool(conn.execute(select(func.pg_try_advisory_xact_lock(*_claim_lock(destination)))).scalar())
+
+
 def claim(conn: Connection, destination: str, limit: int, now: datetime, lease: float) -> list[Claimed]:
-    """Lease up to ``limit`` due rows of ``destination`` in id order."""
+    """Lease up to ``limit`` due rows of ``destination`` in id order.
+
+    Returns nothing while another process's claim of ``destination`` is under way.
+    """
+    if not _may_claim(conn, destination):
+        return []
     earlier = aliased(outbox)
     waiting = exists().where(
         earlier.c.destination == outbox.c.destination,

@@ -6,11 +6,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 
 __all__ = ["alembic_config", "upgrade"]
 
 _HERE = Path(__file__).parent
+#: PostgreSQL advisory lock key of schema migrations ("rbmigrat" in ASCII).
+MIGRATION_LOCK = 0x72626D6967726174
 
 
 def alembic_config(url: str) -> Config:
@@ -22,8 +24,16 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Upgrade the database behind ``engine`` to ``revision``."""
+    """Upgrade the database behind ``engine`` to ``revision``.
+
+    On PostgreSQL the upgrade holds an advisory lock until it commits: engine
+    processes started together on one database migrate one after the other, and
+    the later ones find the schema current (without it, all but one failed on
+    ``CREATE TABLE alembic_version``).
+    """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
