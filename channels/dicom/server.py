@@ -23,6 +23,7 @@ from engine.store.database import Database
 from .dul_stream import response_stream
 from .mpps import MppsService, mpps_policy
 from .mwl import WorklistService
+from .storage import start_storage
 
 #: Verification, Modality Worklist Information Model - FIND, Modality Performed Procedure Step.
 SOP_CLASSES = ("1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31", "1.2.840.10008.3.1.2.3.3")
@@ -134,10 +135,13 @@ def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
         ae.require_calling_aet = list(services.accepted_calling_ae_titles)
     worklist = WorklistService.from_config(db, config.worklist)
     mpps = MppsService(db, mpps_policy(config.mpps))
+    handlers = _handlers(worklist, mpps)
+    if config.archive.enabled:  # C-STORE: every storage SOP class (channels.dicom.storage)
+        handlers.append((evt.EVT_C_STORE, start_storage(ae, config, db).on_store))
     server = ae.start_server(
         (config.dicom.host, port),
         block=False,
-        evt_handlers=_handlers(worklist, mpps),
+        evt_handlers=handlers,
         ssl_context=tls_context(services.tls) if services.tls else None,
     )
     if server is None:
