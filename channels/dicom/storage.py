@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
-from pydicom.uid import UID
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pydicom.uid import UID, UID_dictionary
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.archive.location import ArchiveLocation
@@ -62,6 +62,7 @@ from .spool import enable_streamed_receive, spool_failure
 
 __all__ = [
     "REFUSALS",
+    "RETIRED_STORAGE_SOP_CLASSES",
     "STORAGE_SOP_CLASSES",
     "StorageService",
     "StoreRequest",
@@ -70,8 +71,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Every storage SOP class pynetdicom knows (PS3.4 B.5), each accepted in any transfer syntax offered.
-STORAGE_SOP_CLASSES = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+#: Retired storage SOP classes old modalities still send (PS3.4 B.5 lists them as retired), from
+#: pydicom's UID dictionary; not print, media directory or storage commitment classes.
+_NOT_INSTANCE_STORAGE = ("Print", "Hardcopy", "MediaStorage", "StorageCommitment")
+RETIRED_STORAGE_SOP_CLASSES = tuple(
+    uid for uid, (_, kind, _, retired, keyword) in UID_dictionary.items()
+    if kind == "SOP Class" and retired == "Retired" and "Storage" in keyword
+    and not any(word in keyword for word in _NOT_INSTANCE_STORAGE)
+)  # fmt: skip
+
+#: Every storage SOP class pynetdicom knows (PS3.4 B.5) and the retired ones, each accepted in
+#: any transfer syntax offered.
+STORAGE_SOP_CLASSES = tuple(
+    dict.fromkeys([*(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts), *RETIRED_STORAGE_SOP_CLASSES])
+)
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3 Refused: Out of Resources
@@ -258,7 +271,13 @@ class StorageService:
 
 
 def add_storage_contexts(ae: Any) -> None:
-    """Accept every storage SOP class in every transfer syntax pynetdicom knows (the SCU's choice wins)."""
+    """Accept every storage SOP class in every transfer syntax pynetdicom knows (the SCU's choice wins).
+
+    pynetdicom routes a SOP class it has no service class for (the retired ones) to the
+    Storage service only with ``UNRESTRICTED_STORAGE_SERVICE`` (process-wide; the AE
+    supports no other unknown class, so nothing else changes).
+    """
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
 
