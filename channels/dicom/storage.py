@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
-from pydicom.uid import UID, UID_dictionary
+from pydicom._uid_dict import UID_dictionary
+from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
 from sqlalchemy.exc import SQLAlchemyError
 
