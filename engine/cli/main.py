@@ -164,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=30.0)
     send.set_defaults(fn=cmd_send)
     _messages(sub)
+    _studies(sub)
     status = sub.add_parser("status", help="per channel counts and queue age")
     status.add_argument("--json", action="store_true")
     status.set_defaults(fn=cmd_status)
@@ -190,6 +191,12 @@ def _messages(sub: Any) -> None:
     replay = msgs.add_parser("replay", help="re-queue failed deliveries and reprocess failed messages")
     replay.add_argument("ids", type=int, nargs="+")
     replay.set_defaults(fn=cmd_messages_replay)
+
+
+def _studies(sub: Any) -> None:
+    from engine.cli.studies import add_subcommands
+
+    add_subcommands(sub, _database)
 
 
 def _mapping(sub: Any) -> None:
