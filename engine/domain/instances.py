@@ -160,18 +160,36 @@ def index_instance(conn: Connection, attrs: InstanceAttributes, stored: StoredFi
         return IndexOutcome.UNCHANGED
     if existing is not None and policy == "reject":
         return IndexOutcome.REJECTED
-    study_pk, series_pk = _file_under(conn, attrs, stored.received_at)
+    now = stored.received_at
+    known = _known_series(conn, attrs)
+    study_pk, series_pk = known or _file_under(conn, attrs, now)
     row = _instance_values(attrs, stored, study_pk, series_pk)
     if existing is None:
         conn.execute(insert(instances).values(**row, versions=1))
     else:
-        _keep_version(conn, existing, stored.received_at)
+        _keep_version(conn, existing, now)
         conn.execute(update(instances).where(instances.c.id == existing.id)
                      .values(**row, versions=int(existing.versions) + 1))
-    touched = {series_pk} | ({int(existing.series_pk)} if existing is not None else set())
-    _count_series(conn, touched)
-    recount(conn, {study_pk} | ({int(existing.study_pk)} if existing is not None else set()))
+    before = (int(existing.study_pk), int(existing.series_pk)) if existing is not None else None
+    moved = before is not None and before[1] != series_pk
+    for pk in {series_pk} | ({before[1]} if before is not None and moved else set()):
+        _count_series(conn, pk, now)
+    if known is not None and not moved:
+        _count_study(conn, study_pk, now)  # same series set, same modalities: only the count changes
+    else:
+        recount(conn, {study_pk} | ({before[0]} if before is not None and moved else set()))
     return IndexOutcome.STORED if existing is None else IndexOutcome.REPLACED
+
+
+def _known_series(conn: Connection, attrs: InstanceAttributes) -> tuple[int, int] | None:
+    """(study pk, series pk) when the series is indexed already under this study: the common case,
+    every instance after a series' first, which needs no study or series upsert."""
+    row = conn.execute(
+        select(series.c.study_pk, series.c.id).join(studies, studies.c.id == series.c.study_pk)
+        .where(series.c.series_instance_uid == attrs.series_instance_uid,
+               studies.c.study_instance_uid == attrs.study_instance_uid)
+    ).first()
+    return (int(row.study_pk), int(row.id)) if row is not None else None
 
 
 def _instance_values(attrs: InstanceAttributes, stored: StoredFile, study_pk: int, series_pk: int) -> dict[str, Any]:
@@ -215,10 +233,20 @@ def _fill_empty(conn: Connection, table: Any, pk: int, values: dict[str, Any]) -
         conn.execute(update(table).where(table.c.id == pk).values(**fill))
 
 
-def _count_series(conn: Connection, series_pks: set[int]) -> None:
+def _greater(conn: Connection, a: Any, b: Any) -> Any:
+    """The larger of two SQL values (SQLite's two-argument ``max``, PostgreSQL's ``greatest``)."""
+    return func.max(a, b) if conn.dialect.name == "sqlite" else func.greatest(a, b)
+
+
+def _count_series(conn: Connection, pk: int, now: datetime) -> None:
     """A series counts at least its stored instances (MPPS may have announced more)."""
-    for pk in series_pks:
-        stored = conn.execute(select(func.count()).where(instances.c.series_pk == pk)).scalar_one()
-        conn.execute(update(series).where(series.c.id == pk).values(
-            number_of_instances=func.max(series.c.number_of_instances, stored)
-            if conn.dialect.name == "sqlite" else func.greatest(series.c.number_of_instances, stored)))
+    stored = select(func.count()).where(instances.c.series_pk == pk).scalar_subquery()
+    conn.execute(update(series).where(series.c.id == pk).values(
+        number_of_instances=_greater(conn, series.c.number_of_instances, stored), last_seen_at=now))
+
+
+def _count_study(conn: Connection, pk: int, now: datetime) -> None:
+    """The study's instance count from its series rows."""
+    total = select(func.coalesce(func.sum(series.c.number_of_instances), 0)).where(
+        series.c.study_pk == pk).scalar_subquery()
+    conn.execute(update(studies).where(studies.c.id == pk).values(number_of_instances=total, last_seen_at=now))

@@ -127,3 +127,14 @@ def test_attributes_read_tolerantly() -> None:
 ])  # fmt: skip
 def test_uid_validity(uid: str, valid: bool) -> None:
     assert is_valid_uid(uid) is valid
+
+
+def test_replacement_filed_under_another_series_moves_the_instance(store: Database) -> None:
+    _index(store, _attrs(), _file())
+    _index(store, _attrs(sop="1.2.9.2"), _file("c" * 64, "x/y/2.dcm"))
+    assert _index(store, _attrs(series_uid="1.2.9.5"), _file("b" * 64, "x/z/1.dcm")) is IndexOutcome.REPLACED
+    moved = next(i for i in _rows(store, instances) if i.sop_instance_uid == "1.2.9.1")
+    (new_series,) = [s for s in _rows(store, series) if s.series_instance_uid == "1.2.9.5"]
+    assert moved.series_pk == new_series.id and new_series.number_of_instances == 1
+    (study,) = _rows(store, studies)
+    assert study.number_of_series == 2
