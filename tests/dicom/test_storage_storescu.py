@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from engine.domain.tables import series, studies
+from tests.conftest import need
 from tests.dicom.conftest import dcmtk_env, needs_dcmtk
 from tests.dicom.store_peer import dataset_bytes, pixel_data, raw_sender, running_scp, send_raw, storescu
 
@@ -108,3 +110,24 @@ def test_raw_dataset_bytes_are_stored_byte_for_byte(tmp_path: Path, name: str) -
             assert send_raw(assoc, src) == 0x0000
         (row,) = scp.instances()
         assert dataset_bytes(scp.archive / row.path) == dataset_bytes(src)
+
+
+def _dciodvfy_errors(path: Path) -> set[str]:
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return {line.strip() for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["study_dcm4che_MR_DOE_J1/MR01.dcm", "single/CT_small.dcm", "single/US_multiframe_ybr_30f.dcm",
+     "single/SR_comprehensive_test-SR.dcm", "single/MR_enhanced_multiframe_10f.dcm", "single/CR_RG3_J2KI.dcm"],
+)
+def test_dciodvfy_finds_no_new_error_in_the_stored_file(tmp_path: Path, corpus: Path, name: str) -> None:
+    need(shutil.which("dciodvfy") is not None, "dicom3tools (dciodvfy) not installed")
+    src = corpus / "dicom" / name
+    syntax = str(dcmread(src, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    with running_scp(tmp_path) as scp:
+        done = storescu(scp.port, [src], *([PROPOSE[syntax]] if syntax in PROPOSE else []))
+        assert done.returncode == 0, done.stderr[-2000:]
+        (row,) = scp.instances()
+        assert _dciodvfy_errors(scp.archive / row.path) <= _dciodvfy_errors(src)
