@@ -29,6 +29,7 @@ import errno
 import functools
 import logging
 import mmap
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,10 @@ REFUSALS: dict[str, tuple[int, str]] = {
 }
 
 _HEAD = 1 << 16
+#: A spool file not written to for this long belongs to an association that died mid-transfer
+#: (pynetdicom's network timeout is far shorter); swept at most every SWEEP_EVERY_SECONDS.
+ABANDONED_AFTER_SECONDS = 600.0
+SWEEP_EVERY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,7 @@ class StorageService:
     quarantine: ArchiveLocation
     policy: DuplicatePolicy
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _next_sweep: float = 0.0
 
     @classmethod
     def from_config(cls, db: Database, config: EngineConfig) -> StorageService:
@@ -198,6 +204,7 @@ class StorageService:
     def store(self, request: StoreRequest) -> int:
         """Store one request durably and index it; the DIMSE status to answer."""
         now = self.clock()
+        self._sweep(time.time())
         failed = spool_failure(request.spool)
         if failed is not None:
             log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s",
@@ -244,6 +251,14 @@ class StorageService:
                      attrs.sop_instance_uid, request.calling_ae)
             return DUPLICATE_REJECTED
         return SUCCESS
+
+    def _sweep(self, wall: float) -> None:
+        """Remove abandoned spool files, at most once every SWEEP_EVERY_SECONDS."""
+        if wall < self._next_sweep:
+            return
+        self._next_sweep = wall + SWEEP_EVERY_SECONDS
+        self.primary.sweep(ABANDONED_AFTER_SECONDS, wall)
+        self.quarantine.sweep(ABANDONED_AFTER_SECONDS, wall)
 
     def _quarantine(self, request: StoreRequest, refused: _Refused, now: datetime) -> int:
         """Keep what arrived (if anything) with an index row; the refusal's status in any case."""

@@ -85,6 +85,25 @@ class ArchiveLocation:
                         self.name, len(leftovers))
         return len(leftovers)
 
+    def sweep(self, older_than_seconds: float, now: float) -> int:
+        """Remove ``.incoming`` files not written to for ``older_than_seconds`` (an association that
+        died mid-transfer leaves its spool file there); return how many. Never raises."""
+        removed = 0
+        try:
+            entries = list(os.scandir(self.incoming))
+        except OSError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file() and now - entry.stat().st_mtime > older_than_seconds:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove: the next sweep or start sees it
+        if removed:
+            log.warning("archive location %s: removed %d abandoned temporary file(s)", self.name, removed)
+        return removed
+
     def path(self, relative: str) -> Path:
         """The absolute path of a file the index names by ``relative``."""
         return self.root / relative

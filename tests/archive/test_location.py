@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 from io import BytesIO
 from pathlib import Path
@@ -72,3 +73,13 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     with pytest.raises(ArchiveUnavailable, match="ENOSPC"):
         loc.stage(b"HEAD", _Failing())
     assert list(loc.incoming.iterdir()) == []
+
+
+def test_sweep_removes_only_files_abandoned_long_enough(tmp_path: Path) -> None:
+    loc = _location(tmp_path)
+    old, fresh = loc.incoming / "rx-old.dcm", loc.incoming / "rx-fresh.dcm"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"being written")
+    os.utime(old, (1000.0, 1000.0))
+    assert loc.sweep(600, now=fresh.stat().st_mtime + 1) == 1
+    assert not old.exists() and fresh.exists()

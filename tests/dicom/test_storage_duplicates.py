@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydicom import dcmread
@@ -69,3 +70,12 @@ def test_new_content_is_refused_under_the_reject_policy(tmp_path: Path, corpus: 
         assert _send(scp.port, ds) == [0x0111]
         assert scp.instances() == before
         assert _files(scp) == files
+
+
+def test_spool_files_an_aborted_transfer_left_are_swept(tmp_path: Path, corpus: Path) -> None:
+    with running_scp(tmp_path) as scp:
+        abandoned = scp.archive / ".incoming" / "rx-aborted.dcm"
+        abandoned.write_bytes(b"\0" * 132)
+        os.utime(abandoned, (1000.0, 1000.0))
+        assert _send(scp.port, _ct(corpus)) == [0x0000]
+        assert not abandoned.exists()
