@@ -87,7 +87,9 @@ def spool_failure(path: Path) -> OSError | None:
 
 def _factory(directory: Path) -> Any:
     def make(*args: Any, **kwargs: Any) -> SpoolFile:  # pynetdicom passes delete=False, mode="wb"
-        spool = SpoolFile(directory)
+        # The setting is process-wide: another pynetdicom SCP in this process (a test's peer) may
+        # receive after this location was removed; it then spools to the system's directory.
+        spool = SpoolFile(directory if directory.is_dir() else Path(tempfile.gettempdir()))
         spool.flush()  # nothing yet; a spool that cannot even be created raises here, as before
         return spool
 

@@ -127,7 +127,7 @@ def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
         return "missing_uid"
     if attrs.sop_instance_uid != request.sop_instance_uid:
         return "instance_mismatch"
-    if attrs.sop_class_uid not in (request.sop_class_uid,) or request.sop_class_uid != request.abstract_syntax:
+    if attrs.sop_class_uid != request.sop_class_uid or request.sop_class_uid != request.abstract_syntax:
         return "class_mismatch"
     return None
 
