@@ -182,12 +182,14 @@ def index_instance(conn: Connection, attrs: InstanceAttributes, stored: StoredFi
 
 
 def _known_series(conn: Connection, attrs: InstanceAttributes) -> tuple[int, int] | None:
-    """(study pk, series pk) when the series is indexed already under this study: the common case,
-    every instance after a series' first, which needs no study or series upsert."""
+    """(study pk, series pk) when an instance of the series is stored already under this study: the
+    common case, every instance after a series' first, whose study and series rows need no upsert and
+    no filling (a series only MPPS announced still takes the full path, which fills its attributes)."""
     row = conn.execute(
         select(series.c.study_pk, series.c.id).join(studies, studies.c.id == series.c.study_pk)
         .where(series.c.series_instance_uid == attrs.series_instance_uid,
-               studies.c.study_instance_uid == attrs.study_instance_uid)
+               studies.c.study_instance_uid == attrs.study_instance_uid,
+               select(instances.c.id).where(instances.c.series_pk == series.c.id).exists())
     ).first()
     return (int(row.study_pk), int(row.id)) if row is not None else None
 

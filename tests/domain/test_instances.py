@@ -138,3 +138,19 @@ def test_replacement_filed_under_another_series_moves_the_instance(store: Databa
     assert moved.series_pk == new_series.id and new_series.number_of_instances == 1
     (study,) = _rows(store, studies)
     assert study.number_of_series == 2
+
+
+def test_images_complete_the_study_and_series_mpps_announced(store: Database) -> None:
+    from engine.domain.studies import PerformedSeries, StudyRef, upsert_series, upsert_study
+
+    def announce(conn: Any) -> None:  # what an MPPS N-SET COMPLETED leaves: the series with 5 images
+        study_pk = upsert_study(conn, StudyRef("1.2.9"), None, NOW)
+        upsert_series(conn, study_pk, PerformedSeries("1.2.9.0", "CT", "AXIAL", 5), None, NOW)
+
+    store.writer.call(announce)
+    _index(store, _attrs(), _file())
+    (study,) = _rows(store, studies)
+    (ser,) = _rows(store, series)
+    assert (ser.number_of_instances, ser.series_number, ser.series_description) == (5, 3, "AXIAL")
+    assert (study.patient_id, study.number_of_instances) == ("P77", 5)
+    assert len(_rows(store, instances)) == 1
