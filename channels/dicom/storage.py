@@ -237,13 +237,10 @@ class StorageService:
         path, created = self.primary.place(staged, names)
         stored = StoredFile(self.primary.name, path, staged.size, staged.sha256, request.transfer_syntax_uid,
                             request.calling_ae, now)
-        try:
-            outcome = self.db.writer.call(
-                functools.partial(index_instance, attrs=attrs, stored=stored, policy=self.policy))
-        except BaseException:
-            if created:  # never indexed: the sender gets a failure and may send it again
-                self.primary.discard(self.primary.path(path))
-            raise
+        # A failed commit leaves the placed file where it is, complete but unindexed: whether a
+        # commit whose acknowledgement was lost took effect is unknown, and removing a file an
+        # index row names would lose an image. A resend links the next free name.
+        outcome = self.db.writer.call(functools.partial(index_instance, attrs=attrs, stored=stored, policy=self.policy))
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
             self.primary.discard(self.primary.path(path))
         if outcome is IndexOutcome.REJECTED:

@@ -51,9 +51,9 @@ class StoreSCP:
 
 
 @contextmanager
-def running_scp(tmp_path: Path, **sections: Any) -> Iterator[StoreSCP]:
+def running_scp(tmp_path: Path, db_url: str | None = None, **sections: Any) -> Iterator[StoreSCP]:
     config = make_config(tmp_path, **sections)
-    db = Database(f"sqlite:///{tmp_path / 'rb.db'}", sqlite_synchronous="NORMAL")
+    db = Database(db_url or f"sqlite:///{tmp_path / 'rb.db'}", sqlite_synchronous="NORMAL")
     db.migrate()
     server = start_dicom_server(config, db)
     try:
