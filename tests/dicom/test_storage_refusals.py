@@ -28,25 +28,16 @@ BROKEN = {
 
 
 def _dataset_of(path: Path) -> bytes:
-    """The dataset bytes of a corpus file, whatever its (possibly broken) File Meta Information."""
-    try:
-        return dataset_bytes(path)
-    except Exception:
-        ds = dcmread(path, force=True)
-        return path.read_bytes()[len(path.read_bytes()) - _length_after_meta(ds, path):]
-
-
-def _length_after_meta(ds: object, path: Path) -> int:
+    """The dataset bytes of a corpus file, whatever its (possibly broken or absent) File Meta Information."""
     data = path.read_bytes()
-    start = 132 if data[128:132] == b"DICM" else 0
-    pos = start
-    while data[pos:pos + 2] == b"\x02\x00":  # file meta elements: explicit VR LE
+    pos = 132 if data[128:132] == b"DICM" else 0
+    while data[pos:pos + 2] == b"\x02\x00":  # File Meta elements: group 0002, explicit VR little endian
         vr = data[pos + 4:pos + 6]
         if vr in (b"OB", b"UN", b"SQ", b"UT", b"OW"):
             pos += 12 + int.from_bytes(data[pos + 8:pos + 12], "little")
         else:
             pos += 8 + int.from_bytes(data[pos + 6:pos + 8], "little")
-    return len(data) - pos
+    return data[pos:]
 
 
 def _good(corpus: Path) -> Path:
