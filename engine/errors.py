@@ -9,6 +9,8 @@ at the boundary where they enter::
     ├── ConfigError                 configuration or mapping file rejected at load
     ├── StoreUnavailable            the database cannot commit; never answer success
     ├── AlreadyRunning              another engine holds this data directory's pid file
+    ├── ArchiveUnavailable          a storage location cannot take a file (full, unwritable)
+    ├── MalformedDataset            a received DICOM dataset cannot be parsed
     ├── DeliveryError               one outbound attempt failed
     │   ├── RetryableDelivery       try again later (timeout, AE/CE, 5xx, refused)
     │   └── PermanentDelivery       never retry (AR/CR, 4xx)
@@ -26,12 +28,14 @@ from dataclasses import dataclass
 
 __all__ = [
     "AlreadyRunning",
+    "ArchiveUnavailable",
     "ConfigError",
     "DeliveryError",
     "ErrorLocation",
     "HL7ApplicationError",
     "HL7Error",
     "HL7Reject",
+    "MalformedDataset",
     "PermanentDelivery",
     "RadbridgeError",
     "RetryableDelivery",
@@ -53,6 +57,14 @@ class ConfigError(RadbridgeError):
 
 class AlreadyRunning(RadbridgeError):
     """A live ``radbridge run`` holds the data directory; the message names its pid."""
+
+
+class ArchiveUnavailable(RadbridgeError):
+    """A storage location could not take a file (disk full, unwritable); never answer success."""
+
+
+class MalformedDataset(RadbridgeError):
+    """A received DICOM dataset cannot be parsed; the message says where it broke."""
 
 
 class StoreUnavailable(RadbridgeError):

@@ -25,6 +25,7 @@ from .listener import ConnectionGuard, GuardedServer, Limits
 from .log_filters import install_log_filters
 from .mpps import MppsService, mpps_policy
 from .mwl import WorklistService, identifier_refusal
+from .storage import start_storage
 
 #: Verification, Modality Worklist Information Model - FIND, Modality Performed Procedure Step.
 SOP_CLASSES = ("1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31", "1.2.840.10008.3.1.2.3.3")
@@ -154,9 +155,12 @@ def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
     )
     worklist = WorklistService.from_config(db, config.worklist)
     mpps = MppsService(db, mpps_policy(config.mpps))
+    handlers = _handlers(worklist, mpps)
+    if config.archive.enabled:  # C-STORE: every storage SOP class (channels.dicom.storage)
+        handlers.append((evt.EVT_C_STORE, start_storage(ae, config, db).on_store))
     server = ae.make_server(
         (services.host, services.port),
-        evt_handlers=_handlers(worklist, mpps),
+        evt_handlers=handlers,
         ssl_context=tls_context(services.tls) if services.tls else None,
         server_class=GuardedServer,
         guard=guard,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -276,6 +276,26 @@ class DicomConfig(_Model):
     )
 
 
+class ArchiveConfig(_Model):
+    """Images received by C-STORE: where their files go and what a resend with new content does."""
+
+    enabled: bool = Field(True, description="accept C-STORE (every storage SOP class) on the DICOM AE")
+    primary: Path | None = Field(None, description="primary storage location; empty: <data_dir>/archive")
+    quarantine: Path | None = Field(
+        None, description="refused datasets kept for inspection; empty: <primary>/.quarantine"
+    )
+    duplicate_policy: Literal["replace", "reject"] = Field(
+        "replace",
+        description="same SOP Instance UID, different content: index the new version and keep the old"
+        " one as history, or refuse it (0x0111)",
+    )
+
+    @field_validator("primary", "quarantine", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class HTTPConfig(_Model):
     """The HTTP API (FHIR facade, health)."""
 
@@ -411,6 +431,7 @@ class EngineConfig(_Model):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     dicom: DicomConfig = Field(default_factory=DicomConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -424,6 +445,14 @@ class EngineConfig(_Model):
     destinations: list[DestinationConfig] = Field(
         default_factory=list, description="destinations not tied to a channel (e.g. MPPS status to the RIS)"
     )
+
+    def archive_dir(self) -> Path:
+        """The primary storage location: ``archive.primary`` or ``<data_dir>/archive``."""
+        return self.archive.primary or self.data_dir / "archive"
+
+    def quarantine_dir(self) -> Path:
+        """Where refused datasets are kept: ``archive.quarantine`` or ``<primary>/.quarantine``."""
+        return self.archive.quarantine or self.archive_dir() / ".quarantine"
 
     def database_url(self) -> str:
         """The configured URL, or the embedded SQLite file under ``data_dir``."""

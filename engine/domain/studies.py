@@ -31,6 +31,7 @@ __all__ = [
     "move_studies",
     "performed_series",
     "record_performed",
+    "recount",
     "resolve_dicom_patient",
     "study_refs",
     "upsert_series",
@@ -228,6 +229,11 @@ def _recount(conn: Connection, study_pks: Iterable[int]) -> None:
                 modalities_in_study="\\".join(modalities)[:128],
             )
         )
+
+
+def recount(conn: Connection, study_pks: Iterable[int]) -> None:
+    """Refresh the studies' series and instance counts and ModalitiesInStudy from their series rows."""
+    _recount(conn, study_pks)
 
 
 def record_performed(

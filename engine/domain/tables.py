@@ -226,6 +226,14 @@ studies = Table(
     Column("number_of_instances", Integer, nullable=False, default=0),
     Column("first_seen_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime(), nullable=False),
+    # As the first stored instance had them (C-STORE); reconciliation comes later.
+    Column("patient_id", String(64), nullable=False, default="", server_default=""),
+    Column("issuer_of_patient_id", String(64), nullable=False, default="", server_default=""),
+    Column("patient_name", String(324), nullable=False, default="", server_default=""),
+    Column("study_date", String(8), nullable=False, default="", server_default=""),
+    Column("study_time", String(16), nullable=False, default="", server_default=""),
+    Column("study_description", String(64), nullable=False, default="", server_default=""),
+    Column("study_id", String(16), nullable=False, default="", server_default=""),
     Index(None, "patient_pk"),
     Index(None, "order_pk"),
     Index(None, "accession_number"),
@@ -243,6 +251,8 @@ series = Table(
     Column("mpps_pk", Id, ForeignKey("mpps.id", ondelete="SET NULL"), nullable=True),
     Column("first_seen_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("series_number", Integer, nullable=True),
+    Column("series_date", String(8), nullable=False, default="", server_default=""),
     Index(None, "study_pk"),
     Index(None, "mpps_pk"),
 )

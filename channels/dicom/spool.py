@@ -1,0 +1,109 @@
+"""Where pynetdicom streams a received C-STORE dataset: a spool file that survives a full disk.
+
+With ``_config.STORE_RECV_CHUNKED_DATASET`` pynetdicom writes each dataset, as
+its P-DATA fragments arrive, to a file it creates with
+``pynetdicom.dimse_messages.NamedTemporaryFile`` (in the system's temporary
+directory). :func:`enable_streamed_receive` replaces that factory with
+:class:`SpoolFile`, created in the primary location's ``.incoming`` directory
+(emptied at start, so a crash leaves nothing behind), and whose writes never
+raise: a write that fails (disk full) is remembered instead, because an
+``OSError`` inside pynetdicom's receive path would end the association rather
+than let the SCP answer 0xA700. :func:`spool_failure` tells the C-STORE handler.
+
+**pynetdicom internals**: the factory's name and the calls made on the file
+(``write``, ``file.flush``, ``close``, ``name``), checked against pynetdicom 3.0
+(:data:`TESTED_VERSIONS`); with another version the system default stays and
+:func:`enable_streamed_receive` returns False.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pynetdicom
+from pynetdicom import _config, dimse_messages
+
+__all__ = ["TESTED_VERSIONS", "SpoolFile", "enable_streamed_receive", "spool_failure"]
+
+TESTED_VERSIONS = ("3.0.",)
+
+_failures: dict[str, OSError] = {}
+_lock = threading.Lock()
+
+
+class SpoolFile:
+    """A write-only temporary file (``delete=False``) whose write errors are recorded, not raised."""
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(suffix=".dcm", prefix="rx-", dir=directory)
+        self.name = name
+        self._out = os.fdopen(fd, "wb")
+        self.error: OSError | None = None
+
+    @property
+    def file(self) -> SpoolFile:
+        """pynetdicom flushes through ``.file`` (the attribute of a ``NamedTemporaryFile``)."""
+        return self
+
+    def write(self, data: bytes) -> int:
+        """Write ``data``; after a failure, drop it (the dataset is lost anyway)."""
+        if self.error is None:
+            try:
+                self._out.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        """Hand buffered data to the kernel (no fsync: the archive's copy is the durable one)."""
+        if self.error is None:
+            try:
+                self._out.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        """Close the file; a failing final flush is recorded like a failing write."""
+        try:
+            self._out.close()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc
+        with _lock:
+            _failures[self.name] = exc
+
+
+def spool_failure(path: Path) -> OSError | None:
+    """The write error of the spool file at ``path``, if there was one (forgotten once asked)."""
+    with _lock:
+        return _failures.pop(str(path), None)
+
+
+def _factory(directory: Path) -> Any:
+    def make(*args: Any, **kwargs: Any) -> SpoolFile:  # pynetdicom passes delete=False, mode="wb"
+        # The setting is process-wide: another pynetdicom SCP in this process (a test's peer) may
+        # receive after this location was removed; it then spools to the system's directory.
+        spool = SpoolFile(directory if directory.is_dir() else Path(tempfile.gettempdir()))
+        spool.flush()  # nothing yet; a spool that cannot even be created raises here, as before
+        return spool
+
+    return make
+
+
+def enable_streamed_receive(spool_dir: Path) -> bool:
+    """Stream every received C-STORE dataset into a :class:`SpoolFile` in ``spool_dir`` (process-wide).
+
+    False when pynetdicom is not a tested version: datasets are still streamed to a file,
+    in the system's temporary directory, and a full disk there ends the association.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    if not pynetdicom.__version__.startswith(TESTED_VERSIONS) or not hasattr(dimse_messages, "NamedTemporaryFile"):
+        return False
+    dimse_messages.NamedTemporaryFile = _factory(spool_dir)
+    return True

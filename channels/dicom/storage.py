@@ -1,0 +1,304 @@
+"""Storage SCP: C-STORE for every storage SOP class, durable before success (PS3.4 B.2).
+
+pynetdicom receives each dataset straight into a spool file in the primary
+location's ``.incoming`` directory (``_config.STORE_RECV_CHUNKED_DATASET``), so
+an instance of any size is streamed to disk, never held in memory. For each
+request :meth:`StorageService.store`:
+
+1. checks the received bytes: a well-formed encoding (:mod:`engine.archive.structure`),
+   a readable header, valid Study/Series/SOP Instance UIDs matching the command,
+   a SOP class matching the command and the presentation context. A refusal
+   keeps whatever arrived in the quarantine location (with an index row) and
+   answers its failure status (:data:`REFUSALS`);
+2. writes the DICOM Part 10 file (File Meta Information for the received
+   dataset, then the dataset bytes as received, pixel data never decoded) to a
+   temporary name, fsyncs it, links it into place and fsyncs the directory
+   (:class:`~engine.archive.location.ArchiveLocation`);
+3. indexes it (study, series, instance) in one committed transaction
+   (:func:`~engine.domain.instances.index_instance`), and only then answers
+   0x0000. A location that cannot take the file, or a commit that fails,
+   answers 0xA700 (out of resources), never success.
+
+The spool file, and what happens when the disk fills while it is written, is
+:mod:`channels.dicom.spool`'s business.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import mmap
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom._uid_dict import UID_dictionary
+from pydicom.uid import UID
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.archive.location import ArchiveLocation
+from engine.archive.part10 import dataset_offset, encode_file_meta
+from engine.archive.structure import Encoding, check_structure
+from engine.config.models import EngineConfig
+from engine.domain.instances import (
+    DuplicatePolicy,
+    IndexOutcome,
+    InstanceAttributes,
+    QuarantineRecord,
+    StoredFile,
+    index_instance,
+    is_valid_uid,
+    record_quarantine,
+)
+from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
+from engine.store.database import Database
+
+from .spool import enable_streamed_receive, spool_failure
+
+__all__ = [
+    "REFUSALS",
+    "RETIRED_STORAGE_SOP_CLASSES",
+    "STORAGE_SOP_CLASSES",
+    "StorageService",
+    "StoreRequest",
+    "refusal",
+]
+
+log = logging.getLogger(__name__)
+
+#: Retired storage SOP classes old modalities still send (PS3.4 B.5 lists them as retired), from
+#: pydicom's UID dictionary; not print, media directory or storage commitment classes.
+_NOT_INSTANCE_STORAGE = ("Print", "Hardcopy", "MediaStorage", "StorageCommitment")
+RETIRED_STORAGE_SOP_CLASSES = tuple(
+    uid for uid, (_, kind, _, retired, keyword) in UID_dictionary.items()
+    if kind == "SOP Class" and retired == "Retired" and "Storage" in keyword
+    and not any(word in keyword for word in _NOT_INSTANCE_STORAGE)
+)  # fmt: skip
+
+#: Every storage SOP class pynetdicom knows (PS3.4 B.5) and the retired ones, each accepted in
+#: any transfer syntax offered.
+STORAGE_SOP_CLASSES = tuple(
+    dict.fromkeys([*(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts), *RETIRED_STORAGE_SOP_CLASSES])
+)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3 Refused: Out of Resources
+DUPLICATE_REJECTED = 0x0111  # PS3.7 C.4 Duplicate SOP Instance (archive.duplicate_policy: reject)
+
+#: Why a dataset is refused -> (status, meaning). PS3.4 B.2.3: A9xx data set does not match the
+#: SOP class, Cxxx cannot understand.
+REFUSALS: dict[str, tuple[int, str]] = {
+    "unparsable": (0xC210, "the dataset cannot be parsed"),
+    "missing_uid": (0xC220, "SOP Instance, Study or Series Instance UID missing or invalid"),
+    "instance_mismatch": (0xC221, "SOPInstanceUID differs from the command's Affected SOP Instance UID"),
+    "class_mismatch": (0xA900, "SOPClassUID differs from the command's or the presentation context's"),
+}
+
+_HEAD = 1 << 16
+#: A spool file not written to for this long belongs to an association that died mid-transfer
+#: (pynetdicom's network timeout is far shorter); swept at most every SWEEP_EVERY_SECONDS.
+ABANDONED_AFTER_SECONDS = 600.0
+SWEEP_EVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """One C-STORE as received: the spool file and what the command and context said."""
+
+    spool: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    abstract_syntax: str
+    transfer_syntax_uid: str
+    calling_ae: str
+
+
+def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
+    """The :data:`REFUSALS` key for a parsed header that cannot be stored as sent, else None."""
+    uids = (attrs.sop_instance_uid, attrs.study_instance_uid, attrs.series_instance_uid)
+    if not all(is_valid_uid(uid) for uid in uids):
+        return "missing_uid"
+    if attrs.sop_instance_uid != request.sop_instance_uid:
+        return "instance_mismatch"
+    if attrs.sop_class_uid != request.sop_class_uid or request.sop_class_uid != request.abstract_syntax:
+        return "class_mismatch"
+    return None
+
+
+class _Refused(Exception):
+    def __init__(self, key: str, detail: str = "") -> None:
+        super().__init__(key)
+        self.key = key
+        self.detail = detail
+
+
+def _encoding(transfer_syntax_uid: str) -> Encoding | None:
+    """How to walk the dataset, or None where it cannot be walked as bytes (deflate)."""
+    ts = UID(transfer_syntax_uid)
+    if ts.is_deflated:
+        return None
+    try:
+        return Encoding(bool(ts.is_implicit_VR), bool(ts.is_little_endian))
+    except ValueError:  # a transfer syntax pydicom does not know: encapsulated, explicit VR LE
+        return Encoding(False, True)
+
+
+def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> InstanceAttributes:
+    """Structure, header and identity checks; raise :class:`_Refused` with the reason."""
+    enc = _encoding(request.transfer_syntax_uid)
+    try:
+        if enc is not None:
+            with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                check_structure(buf, offset, len(buf), enc)
+        spool.seek(0)
+        ds = dcmread(spool, stop_before_pixels=True, defer_size=1024)
+        attrs = InstanceAttributes.from_dataset(ds)
+    except MalformedDataset as exc:
+        raise _Refused("unparsable", str(exc)) from exc
+    except Exception as exc:  # pydicom raises many types on bad bytes; all mean "cannot be parsed"
+        raise _Refused("unparsable", type(exc).__name__) from exc
+    key = refusal(attrs, request)
+    if key is not None:
+        raise _Refused(key)
+    return attrs
+
+
+@dataclass(slots=True)
+class StorageService:
+    """Stores C-STORE requests into ``primary``, refusals into ``quarantine``, and indexes them."""
+
+    db: Database
+    primary: ArchiveLocation
+    quarantine: ArchiveLocation
+    policy: DuplicatePolicy
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _next_sweep: float = 0.0
+
+    @classmethod
+    def from_config(cls, db: Database, config: EngineConfig) -> StorageService:
+        """The service for ``archive:``; :meth:`prepare` must run before the first request."""
+        return cls(db, ArchiveLocation("primary", config.archive_dir()),
+                   ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy)
+
+    def prepare(self) -> None:
+        """Create both locations and remove temporary files an interrupted store left behind."""
+        self.primary.prepare()
+        self.quarantine.prepare()
+
+    def on_store(self, event: Any) -> int:
+        """``EVT_C_STORE`` handler: the response status."""
+        request = StoreRequest(
+            Path(event.dataset_path), str(event.request.AffectedSOPClassUID or ""),
+            str(event.request.AffectedSOPInstanceUID or ""), str(event.context.abstract_syntax),
+            str(event.context.transfer_syntax), str(event.assoc.requestor.ae_title).strip(),
+        )  # fmt: skip
+        return self.store(request)
+
+    def store(self, request: StoreRequest) -> int:
+        """Store one request durably and index it; the DIMSE status to answer."""
+        now = self.clock()
+        self._sweep(time.time())
+        failed = spool_failure(request.spool)
+        if failed is not None:
+            log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s",
+                      request.sop_instance_uid, request.calling_ae, errno.errorcode.get(failed.errno or 0, failed))
+            return OUT_OF_RESOURCES
+        try:
+            with open(request.spool, "rb") as spool:
+                return self._store(spool, request, now)
+        except _Refused as refused:
+            return self._quarantine(request, refused, now)
+        except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
+            log.error("C-STORE %s from %s refused, out of resources: %s",
+                      request.sop_instance_uid, request.calling_ae, exc)
+            return OUT_OF_RESOURCES
+
+    def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime) -> int:
+        try:
+            offset = dataset_offset(spool.read(_HEAD))
+        except MalformedDataset as exc:
+            raise _Refused("unparsable", str(exc)) from exc
+        attrs = _check(spool, offset, request)
+        spool.seek(offset)
+        meta = encode_file_meta(attrs.sop_class_uid, attrs.sop_instance_uid, request.transfer_syntax_uid,
+                                request.calling_ae)
+        staged = self.primary.stage(meta, spool)
+        # UIDs are checked (digits and dots): safe as names. The second name, with the content
+        # hash, is for a resend whose first name is taken (replace policy, or a crash's orphan).
+        stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
+        names = [f"{stem}.dcm", f"{stem}.{staged.sha256[:16]}.dcm"]
+        path, created = self.primary.place(staged, names)
+        stored = StoredFile(self.primary.name, path, staged.size, staged.sha256, request.transfer_syntax_uid,
+                            request.calling_ae, now)
+        # A failed commit leaves the placed file where it is, complete but unindexed: whether a
+        # commit whose acknowledgement was lost took effect is unknown, and removing a file an
+        # index row names would lose an image. A resend links the next free name.
+        outcome = self.db.writer.call(functools.partial(index_instance, attrs=attrs, stored=stored, policy=self.policy))
+        if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
+            self.primary.discard(self.primary.path(path))
+        if outcome is IndexOutcome.REJECTED:
+            log.info("C-STORE %s from %s: different content for a stored instance, rejected by policy",
+                     attrs.sop_instance_uid, request.calling_ae)
+            return DUPLICATE_REJECTED
+        return SUCCESS
+
+    def _sweep(self, wall: float) -> None:
+        """Remove abandoned spool files, at most once every SWEEP_EVERY_SECONDS."""
+        if wall < self._next_sweep:
+            return
+        self._next_sweep = wall + SWEEP_EVERY_SECONDS
+        self.primary.sweep(ABANDONED_AFTER_SECONDS, wall)
+        self.quarantine.sweep(ABANDONED_AFTER_SECONDS, wall)
+
+    def _quarantine(self, request: StoreRequest, refused: _Refused, now: datetime) -> int:
+        """Keep what arrived (if anything) with an index row; the refusal's status in any case."""
+        status, meaning = REFUSALS[refused.key]
+        reason = f"{meaning}: {refused.detail}" if refused.detail else meaning
+        log.info("C-STORE %s from %s refused (0x%04X): %s", request.sop_instance_uid, request.calling_ae,
+                 status, reason)
+        try:
+            self._keep(request, status, reason, now)
+        except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
+            log.error("C-STORE %s: the refused dataset could not be quarantined: %s", request.sop_instance_uid, exc)
+        return status
+
+    def _keep(self, request: StoreRequest, status: int, reason: str, now: datetime) -> None:
+        with open(request.spool, "rb") as spool:
+            staged = self.quarantine.stage(b"", spool)
+        if staged.size == 0:
+            self.quarantine.discard(staged.path)
+            return
+        name = f"{now:%Y%m%d}/{now:%H%M%S}-{uuid.uuid4().hex[:12]}.dcm"
+        path, _ = self.quarantine.place(staged, [name])
+        record = QuarantineRecord(now, request.calling_ae[:16], request.sop_class_uid, request.sop_instance_uid,
+                                  request.transfer_syntax_uid, status, reason, self.quarantine.name, path,
+                                  staged.size, staged.sha256)
+        self.db.writer.call(functools.partial(record_quarantine, record=record))
+
+
+def add_storage_contexts(ae: Any) -> None:
+    """Accept every storage SOP class in every transfer syntax pynetdicom knows (the SCU's choice wins).
+
+    pynetdicom routes a SOP class it has no service class for (the retired ones) to the
+    Storage service only with ``UNRESTRICTED_STORAGE_SERVICE`` (process-wide; the AE
+    supports no other unknown class, so nothing else changes).
+    """
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+
+
+def start_storage(ae: Any, config: EngineConfig, db: Database) -> StorageService:
+    """Prepare the locations, stream receives into the primary's spool, register the contexts."""
+    service = StorageService.from_config(db, config)
+    service.prepare()
+    enable_streamed_receive(service.primary.incoming)
+    add_storage_contexts(ae)
+    return service

@@ -1,0 +1,173 @@
+"""A storage location on a file system, and how a file gets into it durably.
+
+A file enters in two steps, so that nothing half-written ever carries a final name:
+
+1. :meth:`ArchiveLocation.stage` writes it under a temporary name in the
+   location's ``.incoming`` directory (same file system), hashing as it goes,
+   and fsyncs it. Any ``OSError`` (disk full, unwritable) removes the temporary
+   file and raises :class:`~engine.errors.ArchiveUnavailable`.
+2. :meth:`ArchiveLocation.place` gives it its final name with ``link(2)``, which
+   never replaces an existing file (an indexed file is never overwritten, even
+   by a racing sender), then fsyncs the directory (and any directory it had to
+   create) and drops the temporary name.
+
+:meth:`ArchiveLocation.prepare` (at start) removes whatever a crash left in
+``.incoming``. Files are created 0600 and directories 0700 whatever the umask:
+they hold PHI.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from engine.errors import ArchiveUnavailable
+
+__all__ = ["ArchiveLocation", "StagedFile"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+INCOMING = ".incoming"
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    """A complete, fsynced file under a temporary name; ``size``/``sha256`` cover the copied body."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unavailable(what: str, exc: OSError) -> ArchiveUnavailable:
+    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return ArchiveUnavailable(f"{what}: {name}")
+
+
+class ArchiveLocation:
+    """One directory tree that holds files; ``name`` is how the index refers to it."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = root
+        self.incoming = root / INCOMING
+
+    def prepare(self) -> int:
+        """Create the location (0700) and empty ``.incoming``; return how many leftovers were removed."""
+        try:
+            self._makedirs(self.incoming)
+            leftovers = list(self.incoming.iterdir())
+            for path in leftovers:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        except OSError as exc:
+            raise _unavailable(f"archive location {self.name} cannot be prepared", exc) from exc
+        if leftovers:
+            log.warning("archive location %s: removed %d temporary file(s) left by an interrupted store",
+                        self.name, len(leftovers))
+        return len(leftovers)
+
+    def sweep(self, older_than_seconds: float, now: float) -> int:
+        """Remove ``.incoming`` files not written to for ``older_than_seconds`` (an association that
+        died mid-transfer leaves its spool file there); return how many. Never raises."""
+        removed = 0
+        try:
+            entries = list(os.scandir(self.incoming))
+        except OSError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file() and now - entry.stat().st_mtime > older_than_seconds:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove: the next sweep or start sees it
+        if removed:
+            log.warning("archive location %s: removed %d abandoned temporary file(s)", self.name, removed)
+        return removed
+
+    def path(self, relative: str) -> Path:
+        """The absolute path of a file the index names by ``relative``."""
+        return self.root / relative
+
+    def stage(self, head: bytes, body: BinaryIO) -> StagedFile:
+        """Write ``head`` then the rest of ``body`` (streamed) to a new temporary file, fsynced."""
+        path = self.incoming / f"{uuid.uuid4().hex}.part"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                out.write(head)
+                while chunk := body.read(_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                os.fsync(out.fileno())
+        except OSError as exc:
+            self.discard(path)
+            raise _unavailable(f"archive location {self.name} cannot take a file", exc) from exc
+        return StagedFile(path, size, digest.hexdigest())
+
+    def place(self, staged: StagedFile, names: Sequence[str]) -> tuple[str, bool]:
+        """Give ``staged`` the first of ``names`` (relative paths) not taken; return (name, created).
+
+        When every name is taken, returns (last name, False) and nothing changed: callers
+        put the content hash in the last name, so that file holds the same content. The
+        temporary name is removed in every case.
+        """
+        try:
+            for name in names:
+                final = self.root / name
+                self._makedirs(final.parent)
+                try:
+                    os.link(staged.path, final)
+                except FileExistsError:
+                    continue
+                _fsync_dir(final.parent)
+                return name, True
+            return names[-1], False
+        except OSError as exc:
+            raise _unavailable(f"archive location {self.name} cannot name a file", exc) from exc
+        finally:
+            self.discard(staged.path)
+
+    def discard(self, path: Path) -> None:
+        """Remove ``path`` if it exists (cleanup: never raises)."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("archive location %s: cannot remove %s: %s", self.name, path.name, type(exc).__name__)
+
+    def _makedirs(self, path: Path) -> None:
+        """Create ``path`` and missing parents 0700, fsyncing each parent that gained an entry."""
+        missing: list[Path] = []
+        probe = path
+        while not probe.is_dir():
+            missing.append(probe)
+            probe = probe.parent
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, _DIR_MODE)
+            except FileExistsError:
+                continue
+            os.chmod(directory, _DIR_MODE)  # exactly 0700 whatever the umask made of it
+            _fsync_dir(directory.parent)

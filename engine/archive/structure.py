@@ -1,0 +1,158 @@
+"""Is an encoded dataset well-formed? A walk over element headers that never reads a value.
+
+PS3.5 7.1 (data elements), 7.5 (nested data sets: items and delimiters) and A.4
+(encapsulated pixel data: fragments). Every element's length must fit inside its
+parent (the file, a sequence item of defined length); undefined lengths must end in
+their delimiter; explicit VRs must be two upper-case letters. Values are skipped by
+their length, so a multi-gigabyte file costs only its element headers, and ``buf``
+may be an ``mmap`` of the file.
+
+Deflated datasets (PS3.5 A.5) are not walked here: their bytes are compressed.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from pydicom.datadict import dictionary_VR
+
+from engine.errors import MalformedDataset
+
+__all__ = ["Encoding", "check_structure"]
+
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED = 0xFFFFFFFF
+#: VRs with a reserved 2 bytes and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_MAX_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """How a dataset is encoded: implicit or explicit VR, little or big endian."""
+
+    implicit: bool
+    little: bool
+
+    @property
+    def order(self) -> str:
+        """The ``struct`` byte-order prefix."""
+        return "<" if self.little else ">"
+
+
+_IMPLICIT_LE = Encoding(True, True)
+
+
+def check_structure(buf: bytes | memoryview | object, start: int, end: int, enc: Encoding) -> None:
+    """Raise :class:`MalformedDataset` unless ``buf[start:end]`` is a well-formed dataset."""
+    _Walker(buf, enc).dataset(start, end, 0, nested=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    tag: int
+    vr: bytes
+    length: int
+    value_at: int
+
+
+class _Walker:
+    def __init__(self, buf: object, enc: Encoding) -> None:
+        self.buf = buf
+        self.enc = enc
+
+    def header(self, pos: int, end: int, enc: Encoding) -> _Header:
+        if pos + 8 > end:
+            raise MalformedDataset(f"element header at byte {pos} runs past the end")
+        group, element = struct.unpack_from(enc.order + "HH", self.buf, pos)  # type: ignore[arg-type]
+        tag = group << 16 | element
+        if enc.implicit or group == 0xFFFE:
+            (length,) = struct.unpack_from(enc.order + "I", self.buf, pos + 4)  # type: ignore[arg-type]
+            return _Header(tag, b"", length, pos + 8)
+        vr = bytes(self.buf[pos + 4:pos + 6])  # type: ignore[index]
+        if not (vr.isalpha() and vr.isupper()):
+            raise MalformedDataset(f"element ({group:04X},{element:04X}) at byte {pos} has no valid VR")
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                raise MalformedDataset(f"element header at byte {pos} runs past the end")
+            (length,) = struct.unpack_from(enc.order + "I", self.buf, pos + 8)  # type: ignore[arg-type]
+            return _Header(tag, vr, length, pos + 12)
+        (length,) = struct.unpack_from(enc.order + "H", self.buf, pos + 6)  # type: ignore[arg-type]
+        return _Header(tag, vr, length, pos + 8)
+
+    def dataset(self, pos: int, end: int, depth: int, nested: bool, enc: Encoding | None = None) -> int:
+        """Walk elements from ``pos``; a ``nested`` item of undefined length ends at its delimiter."""
+        enc = enc or self.enc
+        if depth > _MAX_DEPTH:
+            raise MalformedDataset("sequences nested too deep")
+        while pos < end:
+            h = self.header(pos, end, enc)
+            if h.tag == _ITEM_END and nested:
+                return h.value_at
+            if h.tag >> 16 == 0xFFFE:
+                raise MalformedDataset(f"item or delimiter outside a sequence at byte {pos}")
+            pos = self.value(h, end, depth, enc)
+        if nested:
+            raise MalformedDataset("item of undefined length without its delimiter")
+        return pos
+
+    def value(self, h: _Header, end: int, depth: int, enc: Encoding) -> int:
+        if h.length == _UNDEFINED:
+            if h.tag == _PIXEL_DATA or h.vr in (b"OB", b"OW"):
+                return self.fragments(h.value_at, end)
+            return self.items(h.value_at, end, depth + 1, _IMPLICIT_LE if h.vr == b"UN" else enc)
+        stop = h.value_at + h.length
+        if stop > end:
+            raise MalformedDataset(f"element ({h.tag >> 16:04X},{h.tag & 0xFFFF:04X}) runs past the end")
+        if self.is_sequence(h, stop, enc):
+            self.items(h.value_at, stop, depth + 1, enc, defined=True)
+        return stop
+
+    def is_sequence(self, h: _Header, stop: int, enc: Encoding) -> bool:
+        """Explicit VR says so; in implicit VR the dictionary does, if the value starts with an item.
+
+        Senders do encode a dictionary SQ as another VR (a CS in (0040,A170)); such a value,
+        bounded by its length, is skipped rather than refused.
+        """
+        if not enc.implicit:
+            return h.vr == b"SQ"
+        try:
+            in_dictionary = dictionary_VR(h.tag) == "SQ"
+        except KeyError:  # private or unknown: skipped by its length
+            return False
+        if not in_dictionary or h.length == 0 or h.value_at + 4 > stop:
+            return in_dictionary
+        group, element = struct.unpack_from(enc.order + "HH", self.buf, h.value_at)  # type: ignore[arg-type]
+        return bool(group << 16 | element == _ITEM)
+
+    def items(self, pos: int, end: int, depth: int, enc: Encoding, defined: bool = False) -> int:
+        """Sequence items up to the sequence delimiter (or ``end`` for a defined length)."""
+        while pos < end:
+            h = self.header(pos, end, enc)
+            if h.tag == _SEQUENCE_END and not defined:
+                return h.value_at
+            if h.tag != _ITEM:
+                raise MalformedDataset(f"expected a sequence item at byte {pos}")
+            if h.length == _UNDEFINED:
+                pos = self.dataset(h.value_at, end, depth, nested=True, enc=enc)
+                continue
+            stop = h.value_at + h.length
+            if stop > end:
+                raise MalformedDataset(f"sequence item at byte {pos} runs past the end")
+            self.dataset(h.value_at, stop, depth, nested=False, enc=enc)
+            pos = stop
+        if not defined:
+            raise MalformedDataset("sequence of undefined length without its delimiter")
+        return pos
+
+    def fragments(self, pos: int, end: int) -> int:
+        """Encapsulated pixel data: the offset table and fragments, then the delimiter (PS3.5 A.4)."""
+        while True:
+            h = self.header(pos, end, self.enc)
+            if h.tag == _SEQUENCE_END:
+                return h.value_at
+            if h.tag != _ITEM or h.length == _UNDEFINED or h.value_at + h.length > end:
+                raise MalformedDataset(f"bad pixel data fragment at byte {pos}")
+            pos = h.value_at + h.length

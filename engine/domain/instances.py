@@ -1,0 +1,254 @@
+"""The instance level of the study index: what a C-STORE adds, in the caller's transaction.
+
+:func:`index_instance` files one stored instance under its study and series
+(created or completed through :mod:`engine.domain.studies`) and applies the
+duplicate policy to a SOP Instance UID seen before: the same content changes
+nothing; different content replaces the indexed version and keeps the old one
+as history (``replace``) or is refused (``reject``). A study whose Study
+Instance UID or accession number is an order's is linked to that order
+(:func:`~engine.domain.studies.upsert_study`); otherwise its ``order_pk`` stays
+empty: an *unscheduled* study, reconciled later. Patient id and name are
+recorded as received.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+from sqlalchemy import Connection, func, insert, select, update
+
+from engine.domain.instance_tables import instance_versions, instances, quarantined_instances
+from engine.domain.studies import PerformedSeries, StudyRef, recount, resolve_dicom_patient, upsert_series, upsert_study
+from engine.domain.tables import series, studies
+
+__all__ = [
+    "DuplicatePolicy",
+    "IndexOutcome",
+    "InstanceAttributes",
+    "QuarantineRecord",
+    "StoredFile",
+    "index_instance",
+    "is_valid_uid",
+    "record_quarantine",
+]
+
+DuplicatePolicy = Literal["replace", "reject"]
+
+#: PS3.5 9.1: digits and dots, components without leading zeros, at most 64 characters.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """True for a UID that PS3.5 9.1 allows (and that is therefore safe in a file name)."""
+    return 0 < len(value) <= 64 and _UID.match(value) is not None
+
+
+class IndexOutcome(Enum):
+    """What :func:`index_instance` did."""
+
+    STORED = "stored"  # a new SOP Instance UID
+    UNCHANGED = "unchanged"  # same UID, same content: nothing changed
+    REPLACED = "replaced"  # same UID, new content: indexed, the old version kept as history
+    REJECTED = "rejected"  # same UID, new content, policy ``reject``: nothing changed
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    """A header value as text, or "" when absent or undecodable (never raises: values are as sent)."""
+    try:
+        value = ds.get(keyword, "")
+    except Exception:  # a bad value in one attribute must not refuse the instance
+        return ""
+    return str(value or "").strip()[:limit]
+
+
+def _number(ds: Dataset, keyword: str) -> int | None:
+    try:
+        return int(str(ds.get(keyword, "") or "").strip())
+    except Exception:  # IS values arrive malformed ("1A"); the index leaves them empty
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceAttributes:
+    """What the index takes from one instance's header (PS3.3 C.7.1-C.7.3, C.12.1)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+    study_id: str = ""
+    modality: str = ""
+    series_number: int | None = None
+    series_date: str = ""
+    series_description: str = ""
+    instance_number: int | None = None
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> InstanceAttributes:
+        """Read tolerantly: a missing or malformed attribute becomes "" (or None for numbers)."""
+        return cls(
+            _text(ds, "SOPClassUID", 64), _text(ds, "SOPInstanceUID", 65), _text(ds, "StudyInstanceUID", 65),
+            _text(ds, "SeriesInstanceUID", 65), _text(ds, "PatientID", 64), _text(ds, "IssuerOfPatientID", 64),
+            _text(ds, "PatientName", 324), _text(ds, "AccessionNumber", 16), _text(ds, "StudyDate", 8),
+            _text(ds, "StudyTime", 16), _text(ds, "StudyDescription", 64), _text(ds, "StudyID", 16),
+            _text(ds, "Modality", 16), _number(ds, "SeriesNumber"), _text(ds, "SeriesDate", 8),
+            _text(ds, "SeriesDescription", 64), _number(ds, "InstanceNumber"),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file durably in place in a storage location, about to be indexed."""
+
+    location: str
+    path: str
+    size: int
+    sha256: str
+    transfer_syntax_uid: str
+    received_from_ae: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRecord:
+    """A refused dataset kept for inspection: what the command said and why it was refused."""
+
+    received_at: datetime
+    received_from_ae: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    status: int
+    reason: str
+    location: str
+    path: str
+    size: int
+    sha256: str
+
+
+def record_quarantine(conn: Connection, record: QuarantineRecord) -> int:
+    """Index a quarantined file; return its row id."""
+    values = {k: getattr(record, k) for k in QuarantineRecord.__slots__}
+    values["sop_instance_uid"] = record.sop_instance_uid[:64]
+    values["sop_class_uid"] = record.sop_class_uid[:64]
+    result = conn.execute(insert(quarantined_instances).values(**values))
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+def index_instance(conn: Connection, attrs: InstanceAttributes, stored: StoredFile,
+                   policy: DuplicatePolicy) -> IndexOutcome:
+    """Index ``stored`` (already durable) as ``attrs``; the caller commits.
+
+    UNCHANGED and REJECTED change nothing: the caller removes ``stored`` if it created it.
+    """
+    existing = conn.execute(
+        select(instances).where(instances.c.sop_instance_uid == attrs.sop_instance_uid)
+    ).first()
+    if existing is not None and existing.sha256 == stored.sha256:
+        return IndexOutcome.UNCHANGED
+    if existing is not None and policy == "reject":
+        return IndexOutcome.REJECTED
+    now = stored.received_at
+    known = _known_series(conn, attrs)
+    study_pk, series_pk = known or _file_under(conn, attrs, now)
+    row = _instance_values(attrs, stored, study_pk, series_pk)
+    if existing is None:
+        conn.execute(insert(instances).values(**row, versions=1))
+    else:
+        _keep_version(conn, existing, now)
+        conn.execute(update(instances).where(instances.c.id == existing.id)
+                     .values(**row, versions=int(existing.versions) + 1))
+    before = (int(existing.study_pk), int(existing.series_pk)) if existing is not None else None
+    moved = before is not None and before[1] != series_pk
+    for pk in {series_pk} | ({before[1]} if before is not None and moved else set()):
+        _count_series(conn, pk, now)
+    if known is not None and not moved:
+        _count_study(conn, study_pk, now)  # same series set, same modalities: only the count changes
+    else:
+        recount(conn, {study_pk} | ({before[0]} if before is not None and moved else set()))
+    return IndexOutcome.STORED if existing is None else IndexOutcome.REPLACED
+
+
+def _known_series(conn: Connection, attrs: InstanceAttributes) -> tuple[int, int] | None:
+    """(study pk, series pk) when an instance of the series is stored already under this study: the
+    common case, every instance after a series' first, whose study and series rows need no upsert and
+    no filling (a series only MPPS announced still takes the full path, which fills its attributes)."""
+    row = conn.execute(
+        select(series.c.study_pk, series.c.id).join(studies, studies.c.id == series.c.study_pk)
+        .where(series.c.series_instance_uid == attrs.series_instance_uid,
+               studies.c.study_instance_uid == attrs.study_instance_uid,
+               select(instances.c.id).where(instances.c.series_pk == series.c.id).exists())
+    ).first()
+    return (int(row.study_pk), int(row.id)) if row is not None else None
+
+
+def _instance_values(attrs: InstanceAttributes, stored: StoredFile, study_pk: int, series_pk: int) -> dict[str, Any]:
+    return {
+        "study_pk": study_pk, "series_pk": series_pk, "sop_instance_uid": attrs.sop_instance_uid,
+        "sop_class_uid": attrs.sop_class_uid, "instance_number": attrs.instance_number,
+        "transfer_syntax_uid": stored.transfer_syntax_uid, "size": stored.size, "sha256": stored.sha256,
+        "location": stored.location, "path": stored.path, "received_from_ae": stored.received_from_ae[:16],
+        "received_at": stored.received_at,
+    }  # fmt: skip
+
+
+def _keep_version(conn: Connection, old: Any, now: datetime) -> None:
+    conn.execute(insert(instance_versions).values(
+        instance_pk=old.id, sha256=old.sha256, size=old.size, location=old.location, path=old.path,
+        received_from_ae=old.received_from_ae, received_at=old.received_at, replaced_at=now,
+    ))
+
+
+def _file_under(conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple[int, int]:
+    """The (study pk, series pk) of the instance, created or completed from its header."""
+    patient_pk = resolve_dicom_patient(conn, attrs.patient_id, attrs.issuer_of_patient_id)
+    study_pk = upsert_study(conn, StudyRef(attrs.study_instance_uid, attrs.accession_number), patient_pk, now)
+    _fill_empty(conn, studies, study_pk, {
+        "patient_id": attrs.patient_id, "issuer_of_patient_id": attrs.issuer_of_patient_id,
+        "patient_name": attrs.patient_name, "study_date": attrs.study_date, "study_time": attrs.study_time,
+        "study_description": attrs.study_description, "study_id": attrs.study_id,
+        "accession_number": attrs.accession_number,
+    })  # fmt: skip
+    item = PerformedSeries(attrs.series_instance_uid, attrs.modality, attrs.series_description)
+    series_pk = upsert_series(conn, study_pk, item, None, now)
+    _fill_empty(conn, series, series_pk, {"series_number": attrs.series_number, "series_date": attrs.series_date})
+    return study_pk, series_pk
+
+
+def _fill_empty(conn: Connection, table: Any, pk: int, values: dict[str, Any]) -> None:
+    """Set the columns that are still empty (the first instance's values win; later ones never erase)."""
+    row = conn.execute(select(*(table.c[k] for k in values)).where(table.c.id == pk)).one()
+    fill = {k: v for k, v in values.items() if v not in ("", None) and row._mapping[k] in ("", None)}
+    if fill:
+        conn.execute(update(table).where(table.c.id == pk).values(**fill))
+
+
+def _greater(conn: Connection, a: Any, b: Any) -> Any:
+    """The larger of two SQL values (SQLite's two-argument ``max``, PostgreSQL's ``greatest``)."""
+    return func.max(a, b) if conn.dialect.name == "sqlite" else func.greatest(a, b)
+
+
+def _count_series(conn: Connection, pk: int, now: datetime) -> None:
+    """A series counts at least its stored instances (MPPS may have announced more)."""
+    stored = select(func.count()).where(instances.c.series_pk == pk).scalar_subquery()
+    conn.execute(update(series).where(series.c.id == pk).values(
+        number_of_instances=_greater(conn, series.c.number_of_instances, stored), last_seen_at=now))
+
+
+def _count_study(conn: Connection, pk: int, now: datetime) -> None:
+    """The study's instance count from its series rows."""
+    total = select(func.coalesce(func.sum(series.c.number_of_instances), 0)).where(
+        series.c.study_pk == pk).scalar_subquery()
+    conn.execute(update(studies).where(studies.c.id == pk).values(number_of_instances=total, last_seen_at=now))

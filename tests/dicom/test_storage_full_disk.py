@@ -1,0 +1,70 @@
+"""A full storage location: 0xA700, no partial file anywhere, and the association carries on.
+
+The primary location is a 2 MB tmpfs (needs root to mount; skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+
+from tests.conftest import need
+from tests.dicom.store_peer import running_scp
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    need(os.geteuid() == 0, "mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    need(done.returncode == 0, f"cannot mount a tmpfs: {done.stderr!r}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)  # lazy: even if a failed test left a file open
+
+
+def _ct(corpus: Path, pixel_bytes: int) -> Dataset:
+    ds = dcmread(corpus / "dicom" / "single" / "CT_small.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = pixel_bytes // 2048, 1024
+    ds.PixelData = os.urandom(pixel_bytes)
+    return ds
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    "size",
+    [3 << 20, 1200 << 10],  # larger than the disk (the spool fills it); fits once, not twice (the copy fails)
+    ids=["spool-fills-the-disk", "archive-copy-fills-the-disk"],
+)
+def test_full_location_answers_out_of_resources_and_leaves_nothing(
+    tmp_path: Path, corpus: Path, small_disk: Path, size: int
+) -> None:
+    with running_scp(tmp_path / "rb", archive={"primary": str(small_disk)}) as scp:
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")
+        assert assoc.is_established
+        try:
+            assert int(assoc.send_c_store(_ct(corpus, size)).Status) == 0xA700
+            assert scp.instances() == [] and scp.quarantined() == []
+            assert _files(small_disk) == []  # no partial file, no temporary file
+            small = dcmread(corpus / "dicom" / "single" / "CT_small.dcm")
+            assert int(assoc.send_c_store(small).Status) == 0x0000  # same association, room again
+        finally:
+            assoc.release()
+        (row,) = scp.instances()
+        assert (small_disk / row.path).is_file()
