@@ -410,6 +410,7 @@ def mpps(port: int, uid: str, status: str, step: dict[str, str] | None = None) -
         ds.ScheduledStepAttributesSequence = [ref]
         ds.PatientID, ds.Modality, ds.PerformedStationAETitle = step["patient_id"], "CT", "CT1"
         ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = step["date"], "094500"
+        ds.PerformedProcedureStepID = "PPS-" + step["sps_id"]  # Type 1 (PS3.4 F.7.2-1)
         answer, _ = assoc.send_n_create(ds, ModalityPerformedProcedureStep, uid)
         return int(answer.Status)
     finally:
