@@ -73,9 +73,15 @@ def check(mappings_dir: Path, timezone: str = "UTC", out: TextIO = sys.stdout) -
 
 
 def _resolve(name: str, mappings_dir: Path, timezone: str) -> CompiledMapping:
+    """A mapping given as a file path, or by name (file stem) in ``mappings_dir``."""
     path = Path(name)
     if not path.is_file():
-        path = mappings_dir / f"{name}.yaml"
+        by_name = mappings_dir / f"{name}.yaml"
+        if path.suffix in (".yaml", ".yml"):
+            raise ConfigError([f"{name}: no such mapping file"])
+        if not by_name.is_file():
+            raise ConfigError([f"{name}: no such mapping file, nor a mapping named so in {mappings_dir}"])
+        path = by_name
     return load_mapping(path, tables_dir=mappings_dir / "tables", timezone=timezone)
 
 
@@ -93,7 +99,11 @@ def test(
     except ConfigError as exc:
         print("\n".join(exc.problems), file=out)
         return 1
-    source = read_input(message)
+    try:
+        source = read_input(message)
+    except OSError as exc:
+        print(f"{message}: cannot read: {exc.strerror or exc}", file=out)
+        return 1
     output = run_output(mapping, source)
     provenance = [] if "error" in output else _provenance(mapping, source)
     if as_json:

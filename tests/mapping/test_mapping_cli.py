@@ -83,3 +83,23 @@ def test_schema_prints_the_shipped_schema() -> None:
     assert cli.schema(out=out) == 0
     shipped = (MAPPINGS_DIR.parent / "docs" / "mapping.schema.json").read_text(encoding="utf-8")
     assert json.loads(out.getvalue()) == json.loads(shipped)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("/nonexistent/x.yaml", "/nonexistent/x.yaml: no such mapping file"),
+        ("no-such-mapping", "no-such-mapping: no such mapping file, nor a mapping named so in"),
+    ],
+)
+def test_test_names_a_missing_mapping_without_a_traceback(name: str, expected: str) -> None:
+    out = StringIO()
+    assert cli.test(name, CASE, MAPPINGS_DIR, out=out) == 1
+    assert out.getvalue().startswith(expected)
+
+
+def test_test_names_a_missing_message_file_without_a_traceback(tmp_path: Path) -> None:
+    out = StringIO()
+    missing = tmp_path / "absent.hl7"
+    assert cli.test("order-to-worklist", missing, MAPPINGS_DIR, out=out) == 1
+    assert out.getvalue() == f"{missing}: cannot read: No such file or directory\n"
