@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,26 +196,6 @@ def memory_run(port: int, pid: int, total: int) -> list[tuple[int, float]]:
     return samples
 
 
-def measure_tree(root: Path, args: argparse.Namespace, tag: str) -> dict[str, float]:
-    """One fresh engine of ``root``: warm-up, then 1 sender and 8 senders (``args.messages`` each)."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = start_engine(Path(tmp), port, args.workflow, root)
-        try:
-            drive(port, 1, 500, f"{tag}w")  # imports, caches, the first 500 patients
-            one = measure_once(port, engine.pid, 1, args.messages, f"{tag}1")
-            eight = measure_once(port, engine.pid, 8, args.messages // 8, f"{tag}8")
-        finally:
-            engine.terminate()
-            engine.wait(20)
-        if args.workflow:
-            sent = 500 + args.messages + args.messages // 8 * 8
-            steps = worklist_steps(Path(tmp))
-            if steps != sent:
-                raise SystemExit(f"{root}: {steps} worklist steps for {sent} orders")
-    return {"one": one[0], "cpu_one": one[1], "eight": eight[0], "cpu_eight": eight[1]}
-
-
 def measure_once(port: int, pid: int, senders: int, per_sender: int, tag: str) -> tuple[float, float]:
     """(messages/s, engine CPU µs a message) of one run."""
     cpu0 = cpu_seconds(pid)
@@ -223,26 +204,56 @@ def measure_once(port: int, pid: int, senders: int, per_sender: int, tag: str) -
 
 
 def compare(args: argparse.Namespace) -> None:
-    """Interleaved A/B rounds: this tree against ``args.compare``; prints medians, ranges and pair ratios."""
-    other = Path(args.compare).resolve()
-    trees = {"before": other, "after": ROOT}
-    results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
-    for r in range(args.rounds):
-        order = ("before", "after") if r % 2 == 0 else ("after", "before")
-        for name in order:
-            results[name].append(measure_tree(trees[name], args, f"{name}{r}"))
-        b, a = results["before"][-1], results["after"][-1]
-        print(f"round {r + 1}: " + "  ".join(f"{k} {b[k]:.0f}->{a[k]:.0f}" for k in b), flush=True)
-    print(f"\nbefore = {other}, after = {ROOT}; {args.rounds} interleaved pairs, {args.messages} messages per "
-          f"configuration{' (--workflow)' if args.workflow else ''}; median [min-max]")
+    """Interleaved A/B: this tree against ``args.compare``; prints medians, ranges and pair ratios.
+
+    Both engines run side by side for the whole comparison (each on a fresh data directory,
+    warmed up with 500 messages); each round measures 1 sender on one engine, then on the
+    other, then 8 senders likewise, the order alternating from round to round, so a pair's
+    two runs are seconds apart and a slow spell of a shared machine hits both sides alike.
+    """
+    trees = {"before": Path(args.compare).resolve(), "after": ROOT}
+    results: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
+    with contextlib.ExitStack() as stack:
+        engines = {name: stack.enter_context(_running(root, args.workflow)) for name, root in trees.items()}
+        for name, (port, _, _) in engines.items():
+            drive(port, 1, 500, f"{name}w")  # imports, caches, the first 500 patients
+        for r in range(args.rounds):
+            order = ("before", "after") if r % 2 == 0 else ("after", "before")
+            for senders, key in ((1, "one"), (8, "eight")):
+                for name in order:
+                    port, pid, _ = engines[name]
+                    rate, cpu = measure_once(port, pid, senders, args.messages // senders, f"{name}{r}s{senders}")
+                    results[name].setdefault(key, []).append(rate)
+                    results[name].setdefault(f"cpu_{key}", []).append(cpu)
+            b, a = results["before"], results["after"]
+            print(f"round {r + 1}: " + "  ".join(f"{k} {b[k][-1]:.0f}->{a[k][-1]:.0f}" for k in b), flush=True)
+        if args.workflow:  # every order became a worklist step on both sides (else the figures mean nothing)
+            sent = 500 + args.rounds * (args.messages + args.messages // 8 * 8)
+            for name, (_, _, tmp) in engines.items():
+                if (steps := worklist_steps(tmp)) != sent:
+                    raise SystemExit(f"{trees[name]}: {steps} worklist steps for {sent} orders")
+    print(f"\nbefore = {trees['before']}, after = {ROOT}; {args.rounds} interleaved pairs, {args.messages} messages"
+          f" per configuration{' (--workflow)' if args.workflow else ''}; median [min-max]")
     print(f"{'':28}{'before':>22}{'after':>22}{'after/before':>22}")
     labels = {"one": "1 sender msgs/s", "eight": "8 senders msgs/s", "cpu_one": "1 sender CPU µs/msg",
               "cpu_eight": "8 senders CPU µs/msg"}
     for key, label in labels.items():
-        before = [x[key] for x in results["before"]]
-        after = [x[key] for x in results["after"]]
+        before, after = results["before"][key], results["after"][key]
         ratios = [a / b for a, b in zip(after, before, strict=True) if b]
         print(f"{label:28}{spread(before, '.0f'):>22}{spread(after, '.0f'):>22}{spread(ratios, '.3f'):>22}")
+
+
+@contextlib.contextmanager
+def _running(root: Path, workflow: bool) -> Iterator[tuple[int, int, Path]]:
+    """(port, pid, data directory) of an engine of ``root`` on a fresh data directory, stopped afterwards."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = start_engine(Path(tmp), port, workflow, root)
+        try:
+            yield port, engine.pid, Path(tmp)
+        finally:
+            engine.terminate()
+            engine.wait(20)
 
 
 def spread(values: list[float], fmt: str) -> str:
