@@ -7,11 +7,20 @@ with a 5-segment ORM^O01 and a unique MSH-10 per message.
     python bench/bench_mllp.py                 # quick: 5,000 msgs/sender config
     python bench/bench_mllp.py --messages 5000 --memory 100000   # + RSS over 100,000 more
     python bench/bench_mllp.py --workflow      # ORM -> patient, order, worklist step (issue 4 target)
+    python bench/bench_mllp.py --compare ../wt-before --rounds 7 [--workflow]   # A/B against another tree
 
 Prints throughput (median of --runs), p50/p99 latency and the server process's
 CPU time per message (user + system, all threads) for one sender, the ratio to
 the bare server, and with --memory the engine's RSS over time. With --workflow
 it checks afterwards that every order became a worklist entry.
+
+With ``--compare DIR`` it measures this tree's engine against the engine of the
+checkout DIR (run with DIR's own ``.venv`` and mappings), interleaved: each of
+``--rounds`` pairs starts a fresh engine of each tree in turn (which goes first
+alternates), warms it up, measures 1 and 8 senders and stops it. It prints the
+median and range of each side and of the per-pair ratios (this tree / DIR), for
+throughput and for the engine's CPU time per message; on a shared machine the
+CPU time per message and the within-pair ratios are the robust figures.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,18 +127,21 @@ def drive(port: int, senders: int, per_sender: int, tag: str) -> tuple[float, li
     return senders * per_sender / elapsed, latencies
 
 
-def start_engine(tmp: Path, port: int, workflow: bool) -> subprocess.Popen[bytes]:
+def start_engine(tmp: Path, port: int, workflow: bool, root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """``radbridge run`` of the checkout ``root`` (its .venv's Python if it has one) on a fresh data dir."""
     cfg = tmp / "config"
     (cfg / "channels").mkdir(parents=True)
     sync = os.environ.get("RB_SYNC", "FULL")
     (cfg / "engine.yaml").write_text(
         f"data_dir: {tmp / 'var'}\nlogging: {{level: WARNING}}\ndatabase: {{sqlite_synchronous: {sync}}}\n"
-        f"mappings_dir: {ROOT / 'mappings'}\ndicom: {{enabled: false}}\n")
+        f"mappings_dir: {root / 'mappings'}\ndicom: {{enabled: false}}\n")
     domain = "mapping: [adt-to-patient, order-to-worklist]\nhandlers: [patients, orders]\n" if workflow else ""
     (cfg / "channels" / "bench.yaml").write_text(
         f"name: bench\nsource: {{type: mllp, port: {port}}}\nduplicates: {{window_hours: 72}}\n{domain}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(cfg), "run"],
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    venv = root / ".venv" / "bin" / "python"
+    python = str(venv) if root != ROOT and venv.exists() else sys.executable
+    proc = subprocess.Popen([python, "-m", "engine.cli.main", "--config", str(cfg), "run"], cwd=root,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc
@@ -183,6 +196,70 @@ def memory_run(port: int, pid: int, total: int) -> list[tuple[int, float]]:
     return samples
 
 
+def measure_once(port: int, pid: int, senders: int, per_sender: int, tag: str) -> tuple[float, float]:
+    """(messages/s, engine CPU µs a message) of one run."""
+    cpu0 = cpu_seconds(pid)
+    rate, _ = drive(port, senders, per_sender, tag)
+    return rate, (cpu_seconds(pid) - cpu0) / (senders * per_sender) * 1e6
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Interleaved A/B: this tree against ``args.compare``; prints medians, ranges and pair ratios.
+
+    Both engines run side by side for the whole comparison (each on a fresh data directory,
+    warmed up with 500 messages); each round measures 1 sender on one engine, then on the
+    other, then 8 senders likewise, the order alternating from round to round, so a pair's
+    two runs are seconds apart and a slow spell of a shared machine hits both sides alike.
+    """
+    trees = {"before": Path(args.compare).resolve(), "after": ROOT}
+    results: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
+    with contextlib.ExitStack() as stack:
+        engines = {name: stack.enter_context(_running(root, args.workflow)) for name, root in trees.items()}
+        for name, (port, _, _) in engines.items():
+            drive(port, 1, 500, f"{name}w")  # imports, caches, the first 500 patients
+        for r in range(args.rounds):
+            order = ("before", "after") if r % 2 == 0 else ("after", "before")
+            for senders, key in ((1, "one"), (8, "eight")):
+                for name in order:
+                    port, pid, _ = engines[name]
+                    rate, cpu = measure_once(port, pid, senders, args.messages // senders, f"{name}{r}s{senders}")
+                    results[name].setdefault(key, []).append(rate)
+                    results[name].setdefault(f"cpu_{key}", []).append(cpu)
+            b, a = results["before"], results["after"]
+            print(f"round {r + 1}: " + "  ".join(f"{k} {b[k][-1]:.0f}->{a[k][-1]:.0f}" for k in b), flush=True)
+        if args.workflow:  # every order became a worklist step on both sides (else the figures mean nothing)
+            sent = 500 + args.rounds * (args.messages + args.messages // 8 * 8)
+            for name, (_, _, tmp) in engines.items():
+                if (steps := worklist_steps(tmp)) != sent:
+                    raise SystemExit(f"{trees[name]}: {steps} worklist steps for {sent} orders")
+    print(f"\nbefore = {trees['before']}, after = {ROOT}; {args.rounds} interleaved pairs, {args.messages} messages"
+          f" per configuration{' (--workflow)' if args.workflow else ''}; median [min-max]")
+    print(f"{'':28}{'before':>22}{'after':>22}{'after/before':>22}")
+    labels = {"one": "1 sender msgs/s", "eight": "8 senders msgs/s", "cpu_one": "1 sender CPU µs/msg",
+              "cpu_eight": "8 senders CPU µs/msg"}
+    for key, label in labels.items():
+        before, after = results["before"][key], results["after"][key]
+        ratios = [a / b for a, b in zip(after, before, strict=True) if b]
+        print(f"{label:28}{spread(before, '.0f'):>22}{spread(after, '.0f'):>22}{spread(ratios, '.3f'):>22}")
+
+
+@contextlib.contextmanager
+def _running(root: Path, workflow: bool) -> Iterator[tuple[int, int, Path]]:
+    """(port, pid, data directory) of an engine of ``root`` on a fresh data directory, stopped afterwards."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = start_engine(Path(tmp), port, workflow, root)
+        try:
+            yield port, engine.pid, Path(tmp)
+        finally:
+            engine.terminate()
+            engine.wait(20)
+
+
+def spread(values: list[float], fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=5000, help="messages per configuration and run")
@@ -191,7 +268,13 @@ def main() -> None:
                         help="the shipped mappings and the patients/orders handlers: each ORM becomes a worklist entry")
     parser.add_argument("--memory", type=int, default=0, metavar="N",
                         help="afterwards send N more messages and sample the engine's RSS every 10,000")
+    parser.add_argument("--compare", metavar="DIR",
+                        help="A/B: interleave this tree's engine with the checkout DIR's (no bare server)")
+    parser.add_argument("--rounds", type=int, default=5, help="with --compare: pairs of runs")
     args = parser.parse_args()
+    if args.compare:
+        compare(args)
+        return
     bare_port, rb_port = free_port(), free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
     with tempfile.TemporaryDirectory() as tmp:

@@ -185,18 +185,23 @@ class _Connection(asyncio.Protocol):
         events = decoder.feed(data)
         if events:
             _LOAD.frames += len(events)
-            self._pending_bytes += sum(len(event.payload) for event in events)
-            self.pending.extend((event, None) for event in events)
+            pending = self.pending
+            for event in events:  # usually one: a loop costs less than sum() and extend() over generators
+                self._pending_bytes += len(event.payload)
+                pending.append((event, None))
             self._schedule()
-        if decoder.in_frame and (events or not was_in_frame):
+        in_frame = decoder.in_frame
+        if in_frame and (events or not was_in_frame):
             self._frame_started(now)
         self._account()
         if len(self.pending) > _MAX_PENDING or self._pending_bytes > self.config.max_message_bytes:
             self.paused = True
-        elif not self.starved and self.server.admission.over(decoder.buffered if decoder.in_frame else 0):
+        elif in_frame and not self.starved and self.server.admission.over(decoder.buffered):
+            # (no unfinished frame: never held back for memory, see Admission.over)
             self.starved = True
             self.server.admission.starved.append(self)
-        self._set_reading()
+        if self.paused or self.starved or not self._reading:  # else reading goes on: nothing to change
+            self._set_reading()
 
     def eof_received(self) -> bool:
         """The peer will send nothing more: keep the connection open until what it sent is answered.

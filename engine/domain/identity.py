@@ -38,6 +38,8 @@ def resolve_identity(
     record: PatientRecord | OrderRecord, trusted: Sequence[str]
 ) -> tuple[str, str, list[OtherPatientId]]:
     """(patient_id, issuer, other ids) of a patient or order record under ``trusted``."""
+    if not record.other_ids or not trusted:  # nothing to choose (choose_identity's answer), no model built
+        return record.patient_id, record.issuer, list(record.other_ids)
     proposed = OtherPatientId(patient_id=record.patient_id, issuer=record.issuer)
     chosen, others = choose_identity(proposed, record.other_ids, trusted)
     return chosen.patient_id, chosen.issuer, others

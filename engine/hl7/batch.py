@@ -105,6 +105,9 @@ def _without_blank_lines(lines: list[str], notes: list[str]) -> list[str]:
 
 def _skip_to_first_header(lines: list[str], notes: list[str]) -> list[str]:
     """``lines`` from the first header on, noting what was skipped; unchanged without a header."""
+    first = lines[0] if lines else ""
+    if first[:3] in _HEADERS and len(first) > 3 and not first[3].isalnum():
+        return lines  # the common case, a frame that starts with its header: no copy
     for index, line in enumerate(lines):
         header = line.lstrip(_LEADING_JUNK)
         if not (header.startswith(_HEADERS) and len(header) > 3 and not header[3].isalnum()):

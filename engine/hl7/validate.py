@@ -266,7 +266,10 @@ def _check_segment(
 
 def _check_components(seg: Segment, sequence: int, reader: _Timestamps) -> None:
     for number, component in KEY_COMPONENTS[seg.name]:
-        for rep in seg.repetitions(number):
+        written = seg.field(number)
+        if not written:  # the common case for OBR-27 (v2.5 senders use TQ1): nothing to split
+            continue
+        for rep in written.split(seg.seps.repetition):
             value = pick(rep, seg.seps, component)
             value = pick(value, seg.seps, 1, 1) if seg.seps.subcomponent in value else value
             if not value or value == '""' or _valid_dtm(value):
