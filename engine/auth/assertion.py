@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 from jwt import PyJWK
-from jwt.exceptions import InvalidTokenError, PyJWKError
+from jwt.exceptions import InvalidTokenError, PyJWTError
 
 from engine.auth.clients import ASSERTION_ALGORITHMS, Client
 from engine.auth.oauth import OAuthError
@@ -73,7 +73,7 @@ def _keys(client: Client, alg: str, kid: str | None) -> list[Any]:
             continue
         try:
             keys.append(PyJWK(jwk, alg).key)
-        except PyJWKError:
+        except PyJWTError:
             continue  # checked at registration; a key this PyJWT cannot read simply does not match
     return keys
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 from sqlalchemy import Connection, delete, insert, select
 
 from engine.auth import scopes
@@ -98,7 +98,7 @@ def _check_key(jwk: Any) -> None:
                                   "(an RSA key, or an EC key on P-384)")
     try:
         key = PyJWK(jwk, algs[0]).key
-    except PyJWKError as exc:
+    except PyJWTError as exc:
         raise InvalidRegistration(f"key {jwk.get('kid', '')!r} is not a valid JWK: {exc}") from exc
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
         raise InvalidRegistration(f"key {jwk.get('kid', '')!r} is an RSA key of {key.key_size} bits (at least 2048)")

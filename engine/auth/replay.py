@@ -24,9 +24,10 @@ def use_jti(conn: Connection, client_id: str, jti: str, expires_at: datetime, no
     now = now or datetime.now(UTC)
     conn.execute(delete(auth_used_jtis).where(auth_used_jtis.c.expires_at < now))
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    result = conn.execute(insert(auth_used_jtis).values(client_id=client_id, jti=jti, expires_at=expires_at)
-                          .on_conflict_do_nothing(index_elements=["client_id", "jti"]))
-    return bool(result.rowcount == 1)
+    added = conn.execute(insert(auth_used_jtis).values(client_id=client_id, jti=jti, expires_at=expires_at)
+                         .on_conflict_do_nothing(index_elements=["client_id", "jti"])
+                         .returning(auth_used_jtis.c.jti)).first()
+    return added is not None
 
 
 def keep_until(exp: int, leeway: float) -> datetime:

@@ -64,13 +64,13 @@ class Scope:
 @lru_cache(maxsize=4096)
 def parse(text: str) -> Scope:
     """The scope ``text`` names; InvalidScope if it is not a SMART system scope."""
-    match = _SCOPE.match(text)
+    match = _SCOPE.fullmatch(text)
     if match is None:
         raise InvalidScope(f"not a SMART system scope (system/<type or *>.<permissions>): {text[:80]!r}")
     resource, permissions = match["resource"], match["permissions"]
     if permissions in V1_PERMISSIONS:
         return Scope(resource, V1_PERMISSIONS[permissions], v1=True)
-    if not _V2.match(permissions):
+    if not _V2.fullmatch(permissions):
         raise InvalidScope(f"permissions must be read, write, * or letters of c r u d s in that order: {text[:80]!r}")
     return Scope(resource, frozenset(permissions))
 
