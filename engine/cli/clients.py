@@ -79,7 +79,7 @@ def cmd_add(args: argparse.Namespace, db: Database) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print("\n".join(f"{k}: {' '.join(v) if isinstance(v, list) else v}" for k, v in out.items()))
+    print("\n".join(f"{k}: {' '.join(v) if isinstance(v, list) else v}" for k, v in out.items() if v))
     if registered.secret is not None:
         print("the client secret is shown only now: give it to the client's operator over a secure channel",
               file=sys.stderr)

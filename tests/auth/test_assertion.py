@@ -138,5 +138,5 @@ def test_a_secret_client_cannot_use_an_assertion(rsa: ClientKey) -> None:
 
 @pytest.mark.parametrize("junk", ["", "abc", "a.b.c", "eyJhbGciOiJSUzM4NCJ9.e30.", "...."])
 def test_junk_is_not_a_jwt(junk: str) -> None:
-    with pytest.raises(OAuthError, match="not a JWT|no iss"):
+    with pytest.raises(OAuthError, match=r"not a JWT|no iss"):
         claimed_client_id(junk)

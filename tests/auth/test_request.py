@@ -87,7 +87,8 @@ def test_a_repeated_parameter_is_refused() -> None:
     _refused("invalid_request", b"grant_type=client_credentials&client_id=c1&client_secret=s&scope=a&scope=b")
 
 
-@pytest.mark.parametrize("body", [b"\xff\xfe", b"grant_type", b"a=1&&b=2", b"&".join([b"x%d=1" % n for n in range(40)])])
+@pytest.mark.parametrize("body", [b"\xff\xfe", b"grant_type", b"a=1&&b=2",
+                                  b"&".join([b"x%d=1" % n for n in range(40)])])
 def test_a_malformed_body_is_invalid_request(body: bytes) -> None:
     _refused("invalid_request", body)
 

@@ -134,6 +134,17 @@ def test_authlib_private_key_jwt_gets_a_token_that_opens_the_api(server: AuthSer
     assert _get(server, "/fhir/Patient/p1", token["access_token"]).status_code == 403
 
 
+def test_authlib_default_assertion_living_an_hour_is_refused(server: AuthServer, keys: dict[str, ClientKey]) -> None:
+    key = keys["ES384"]
+    client_id = server.register("ehr", ["system/*.rs"], jwks(key)).client.client_id
+    with OAuth2Client(client_id, key.jwk, token_endpoint_auth_method=PrivateKeyJWT(server.token_url, alg="ES384")
+                      ) as client, pytest.raises(ClientOAuthError) as caught:
+        client.fetch_token(server.token_url, grant_type="client_credentials", scope="system/*.rs")
+
+    assert caught.value.error == "invalid_client"
+    assert "more than 300 s ahead" in str(caught.value.description)
+
+
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
 def test_authlib_client_secret_gets_a_token(server: AuthServer, method: str) -> None:
     registered = server.register("ris", ["system/*.read"])
