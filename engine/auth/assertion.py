@@ -84,9 +84,9 @@ def _header(assertion: str) -> tuple[str, str | None]:
     except InvalidTokenError as exc:
         raise _invalid("client_assertion is not a JWT") from exc
     alg, kid = header.get("alg"), header.get("kid")
-    if alg not in ASSERTION_ALGORITHMS:
+    if not isinstance(alg, str) or alg not in ASSERTION_ALGORITHMS:
         raise _invalid(f"assertion alg {str(alg)[:16]!r} is not accepted (RS384, ES384)")
-    return str(alg), kid if isinstance(kid, str) else None
+    return alg, kid if isinstance(kid, str) else None
 
 
 def _decode(assertion: str, key: Any, alg: str, client_id: str, audience: str, leeway: float) -> dict[str, Any]:

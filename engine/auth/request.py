@@ -15,7 +15,6 @@ A request that uses more than one method, repeats a parameter, or is not
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, unquote_plus
@@ -85,7 +84,7 @@ def _basic(authorization: str) -> SecretCredentials:
         raise OAuthError("invalid_client", "the Authorization header must be Basic (client_secret_basic)")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # binascii.Error, UnicodeDecodeError, non-ASCII text
         raise OAuthError("invalid_client", "the Basic credentials are not base64 of id:secret") from exc
     client_id, colon, secret = decoded.partition(":")
     if not colon:

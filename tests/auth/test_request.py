@@ -109,3 +109,24 @@ def test_a_client_id_that_contradicts_the_assertion_is_refused() -> None:
 @pytest.mark.parametrize("header", ["Bearer abc", "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode()])
 def test_a_malformed_authorization_header_is_invalid_client(header: str) -> None:
     _refused("invalid_client", b"grant_type=client_credentials", authorization=header)
+
+
+def test_a_non_ascii_basic_header_is_invalid_client() -> None:
+    _refused("invalid_client", b"grant_type=client_credentials", authorization="Basic Zm9v\u00e9YmFy")
+
+
+def test_an_assertion_whose_alg_is_not_a_string_is_invalid_client() -> None:
+    import base64 as b64
+    import json
+
+    def part(obj: object) -> str:
+        return b64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    token = part({"alg": ["RS384"]}) + "." + part({"iss": "c1", "sub": "c1"}) + ".c2ln"
+    from engine.auth.assertion import verify_assertion
+    from engine.auth.clients import Client
+
+    with pytest.raises(OAuthError) as caught:
+        verify_assertion(token, Client("c1", "n", "private_key_jwt", ("system/*.rs",), '{"keys": []}'),
+                         "https://x/auth/token", lambda: 0.0, 300, 0)
+    assert caught.value.error == "invalid_client"
