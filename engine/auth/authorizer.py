@@ -11,7 +11,10 @@ from engine.auth import scopes
 from engine.auth.interface import AuthFailure, Interaction, Principal
 from engine.auth.tokens import TokenSigner
 
-__all__ = ["SmartAuthorizer", "www_authenticate"]
+__all__ = ["DEVELOPMENT_CLIENT", "DevelopmentAuthorizer", "SmartAuthorizer", "www_authenticate"]
+
+#: The client a request without a token is served as in ``unauthenticated_development_mode``.
+DEVELOPMENT_CLIENT = "development"
 
 
 class SmartAuthorizer:
@@ -38,6 +41,27 @@ class SmartAuthorizer:
         raise AuthFailure(403, "insufficient_scope",
                           f"{interaction} on {resource_type} needs scope system/{resource_type}.{letter} "
                           f"(or .read, or system/*)")
+
+
+class DevelopmentAuthorizer:
+    """``auth.unauthenticated_development_mode``: no token needed; a token sent is still checked.
+
+    A request without ``Authorization`` is the client ``development`` with ``system/*.rs``,
+    so the audit trail still says who read what (nobody in particular).
+    """
+
+    def __init__(self, real: SmartAuthorizer) -> None:
+        self._real = real
+
+    def authenticate(self, authorization_header: str | None) -> Principal:
+        """The development client without a header; the token's client with one (or AuthFailure 401)."""
+        if not authorization_header or not authorization_header.strip():
+            return Principal(DEVELOPMENT_CLIENT, frozenset({"system/*.rs"}))
+        return self._real.authenticate(authorization_header)
+
+    def require(self, principal: Principal, resource_type: str, interaction: Interaction) -> None:
+        """Scopes are checked as always (the development client's cover every read and search)."""
+        self._real.require(principal, resource_type, interaction)
 
 
 def _quoted(text: str) -> str:

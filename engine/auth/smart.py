@@ -10,13 +10,15 @@ The HTTP server (channels/fhir) builds one :class:`SmartAuth` at start::
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 from starlette.routing import Route
 
-from engine.auth.authorizer import SmartAuthorizer
+from engine.auth.authorizer import DEVELOPMENT_CLIENT, DevelopmentAuthorizer, SmartAuthorizer
 from engine.auth.endpoint import TokenService
+from engine.auth.interface import Authorizer
 from engine.auth.routes import RESOURCE_TYPES, auth_routes
 from engine.auth.tokens import TokenSigner, load_key
 from engine.config.models import AuthConfig, EngineConfig
@@ -24,13 +26,19 @@ from engine.store.database import Database
 
 __all__ = ["SmartAuth"]
 
+log = logging.getLogger(__name__)
+
 
 class SmartAuth:
     """The token endpoint and the matching :class:`~engine.auth.interface.Authorizer`."""
 
     def __init__(self, config: AuthConfig, db: Database, key: bytes, clock: Callable[[], float] = time.time) -> None:
         signer = TokenSigner(key, leeway=config.clock_skew_seconds)
-        self.authorizer = SmartAuthorizer(signer)
+        self.authorizer: Authorizer = SmartAuthorizer(signer)
+        if config.unauthenticated_development_mode:
+            log.warning("auth.unauthenticated_development_mode is on: the HTTP API serves requests without a token"
+                        " (as client %r); never use this with real patient data", DEVELOPMENT_CLIENT)
+            self.authorizer = DevelopmentAuthorizer(SmartAuthorizer(signer))
         self.service = TokenService(config, db, signer, clock)
 
     @classmethod

@@ -322,6 +322,10 @@ class AuthConfig(_Model):
         10, ge=1, description="failed token requests for one client id from one IP address per window"
     )
     max_failures_per_ip: int = Field(50, ge=1, description="failed token requests from one IP address per window")
+    unauthenticated_development_mode: bool = Field(
+        False, description="DEVELOPMENT ONLY: requests without a token are served as client 'development' with"
+        " scope system/*.rs (a WARNING at start); never on a system holding real patient data",
+    )
 
     @field_validator("token_url", mode="before")
     @classmethod

@@ -411,3 +411,28 @@ def test_issued_and_refused_tokens_are_audited_without_secrets_or_tokens(
     stored = json.dumps(events) + caplog.text
     for secret_text in [secret, secret + "x", signed, *access_tokens, signed.split(".")[2]]:
         assert secret_text not in stored
+
+
+# ------------------------------------------------------------------ development mode
+
+
+def test_development_mode_serves_requests_without_a_token_and_still_checks_tokens_sent(
+        db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), serving(db, AuthConfig(unauthenticated_development_mode=True)) as server:
+        anonymous = _get(server, "/fhir/ImagingStudy", None)
+        narrow = _get(server, "/fhir/Patient", _secret_token(server, ["system/ImagingStudy.rs"], "system/*.rs"))
+        forged = _get(server, "/fhir/Patient", "not-a-token")
+
+    assert anonymous.status_code == 200 and anonymous.json()["client_id"] == "development"
+    assert narrow.status_code == 403 and forged.status_code == 401
+    assert "unauthenticated_development_mode is on" in caplog.text
+
+
+def test_the_shipped_configuration_requires_tokens() -> None:
+    from pathlib import Path
+
+    from engine.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "config")
+
+    assert config.engine.auth.unauthenticated_development_mode is False
