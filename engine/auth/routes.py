@@ -4,7 +4,9 @@
   ``200 {"access_token", "token_type": "bearer", "expires_in", "scope"}``; a refusal
   is ``{"error", "error_description"}`` with 400, or 401 for ``invalid_client``
   (with ``WWW-Authenticate: Basic`` when the client tried Basic), and 429 with
-  ``Retry-After`` after too many failures. Never cached (``Cache-Control: no-store``).
+  ``Retry-After`` after too many failures. If the database cannot record the answer
+  (the assertion's ``jti``, the audit event), no token is issued: 503
+  ``temporarily_unavailable``. Never cached (``Cache-Control: no-store``).
 * ``GET /fhir/.well-known/smart-configuration``: the SMART discovery document
   (public, no token needed).
 """
@@ -15,6 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,6 +25,7 @@ from starlette.routing import Route
 from engine.auth.endpoint import TokenService
 from engine.auth.oauth import OAuthError
 from engine.auth.request import MAX_BODY_BYTES, parse_token_request
+from engine.errors import StoreUnavailable
 
 __all__ = ["RESOURCE_TYPES", "auth_routes", "smart_configuration"]
 
@@ -70,6 +74,11 @@ def _too_many(wait: float) -> JSONResponse:
     return JSONResponse(body, status_code=429, headers={**_NO_STORE, "Retry-After": str(max(1, math.ceil(wait)))})
 
 
+def _unavailable() -> JSONResponse:
+    body = {"error": "temporarily_unavailable", "error_description": "the store is unavailable; retry later"}
+    return JSONResponse(body, status_code=503, headers={**_NO_STORE, "Retry-After": "5"})
+
+
 def auth_routes(service: TokenService, fhir_base: str = "/fhir", token_path: str = "/auth/token",
                 resource_types: Sequence[str] = RESOURCE_TYPES) -> list[Route]:
     """The token endpoint at ``token_path`` and the SMART configuration under ``fhir_base``."""
@@ -78,6 +87,12 @@ def auth_routes(service: TokenService, fhir_base: str = "/fhir", token_path: str
         return service.config.token_url or f"{request.url.scheme}://{request.url.netloc}{token_path}"
 
     async def token(request: Request) -> Response:
+        try:
+            return await answer(request)
+        except (StoreUnavailable, DBAPIError):  # nothing is issued that was not recorded
+            return _unavailable()
+
+    async def answer(request: Request) -> Response:
         ip = request.client.host if request.client else ""
         authorization = request.headers.get("authorization")
         if wait := service.retry_after(ip):

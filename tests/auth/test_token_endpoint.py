@@ -436,3 +436,16 @@ def test_the_shipped_configuration_requires_tokens() -> None:
     config = load_config(Path(__file__).resolve().parents[2] / "config")
 
     assert config.engine.auth.unauthenticated_development_mode is False
+
+
+def test_no_token_is_issued_when_the_store_cannot_record_it(server: AuthServer, keys: dict[str, ClientKey]) -> None:
+    from sqlalchemy import text
+
+    client_id = server.register("ehr", ["system/*.rs"], jwks(keys["ES384"])).client.client_id
+    server.db.writer.call(lambda c: c.execute(text("DROP TABLE auth_used_jtis")))
+
+    response = _token(server, _jwt_form(assertion(keys["ES384"], client_id, server.token_url)))
+
+    assert response.status_code == 503
+    assert response.json()["error"] == "temporarily_unavailable" and "access_token" not in response.text
+    assert response.headers["retry-after"] == "5"
