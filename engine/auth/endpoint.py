@@ -55,6 +55,11 @@ class Issued:
                 "scope": self.scope}
 
 
+def _pair(client_id: str, ip: str) -> str:
+    """The limiter key of a client id (as claimed, so cut short: it bounds the memory) and an address."""
+    return f"{client_id[:128]}\n{ip}"
+
+
 def api_actor(client_id: str) -> Actor:
     """The audit actor for an API caller: the client, on this engine's host and process."""
     return Actor(client_id or "(none)", os.geteuid(), socket.gethostname(), os.getpid(), None, None)
@@ -83,7 +88,7 @@ class TokenService:
         """Seconds this caller must wait after too many failures; 0 if it may try now."""
         waits = [self.per_ip.retry_after(ip)]
         if client_id:
-            waits.append(self.per_client_ip.retry_after(f"{client_id}\n{ip}"))
+            waits.append(self.per_client_ip.retry_after(_pair(client_id, ip)))
         return max(waits)
 
     async def issue(self, request: TokenRequest, ip: str, token_url: str) -> Issued:
@@ -112,7 +117,7 @@ class TokenService:
         log.info("token request refused (client %r from %s): %s", client_id[:64], ip, error.error)
         blocked = self.per_ip.fail(ip)
         if client_id:
-            blocked = self.per_client_ip.fail(f"{client_id}\n{ip}") or blocked
+            blocked = self.per_client_ip.fail(_pair(client_id, ip)) or blocked
         if blocked:
             log.warning("token requests from %s (client %r) blocked for up to %.0f s after repeated failures", ip,
                         client_id[:64], self.config.failure_window_seconds)

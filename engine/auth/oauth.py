@@ -27,11 +27,10 @@ class OAuthError(RadbridgeError):
     what is wrong, never a secret, an assertion or a token.
     """
 
-    def __init__(self, error: str, description: str, client_id: str = "") -> None:
+    def __init__(self, error: str, description: str) -> None:
         super().__init__(f"{error}: {description}")
         self.error = error
         self.description = description
-        self.client_id = client_id
 
     @property
     def status(self) -> int:

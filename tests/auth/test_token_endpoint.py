@@ -449,3 +449,11 @@ def test_no_token_is_issued_when_the_store_cannot_record_it(server: AuthServer, 
     assert response.status_code == 503
     assert response.json()["error"] == "temporarily_unavailable" and "access_token" not in response.text
     assert response.headers["retry-after"] == "5"
+
+
+def test_the_failure_counters_hold_a_claimed_client_id_cut_short(server: AuthServer) -> None:
+    response = _token(server, {"grant_type": "client_credentials", "client_id": "x" * 10_000, "client_secret": "s"})
+
+    assert response.status_code == 401
+    (key,) = server.auth.service.per_client_ip._keys
+    assert len(key) < 200
