@@ -457,3 +457,25 @@ def test_the_failure_counters_hold_a_claimed_client_id_cut_short(server: AuthSer
     assert response.status_code == 401
     (key,) = server.auth.service.per_client_ip._keys
     assert len(key) < 200
+
+
+def test_two_engines_on_one_database_refuse_each_others_replays_and_accept_each_others_tokens(
+        db_url: str, keys: dict[str, ClientKey]) -> None:
+    url = "https://rb.example/auth/token"  # both behind one load balancer
+    first_db, second_db = Database(db_url), Database(db_url)
+    first_db.migrate()
+    try:
+        with serving(first_db, AuthConfig(token_url=url)) as first, \
+                serving(second_db, AuthConfig(token_url=url)) as second:
+            client_id = first.register("ehr", ["system/*.rs"], jwks(keys["RS384"])).client.client_id
+            form = _jwt_form(assertion(keys["RS384"], client_id, url))
+            issued = _token(first, form)
+            replayed = _token(second, form)
+            study = _get(second, "/fhir/ImagingStudy", issued.json()["access_token"])
+    finally:
+        first_db.close()
+        second_db.close()
+
+    assert issued.status_code == 200
+    assert replayed.status_code == 401 and replayed.json()["error_description"].endswith("(replay)")
+    assert study.status_code == 200
