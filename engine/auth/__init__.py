@@ -7,7 +7,10 @@ This package's public contract is what the FHIR API depends on; the implementati
     authorizer.require(principal, "ImagingStudy", "search")        (AuthFailure 403)
 
 The API turns an ``AuthFailure`` into its ``status`` with an OperationOutcome and a
-``WWW-Authenticate`` header; it never answers PHI before ``require`` has passed.
+``WWW-Authenticate`` header (:func:`engine.auth.authorizer.www_authenticate`); it never
+answers PHI before ``require`` has passed. The implementation, with the token endpoint
+and SMART configuration routes to mount, is :class:`engine.auth.smart.SmartAuth`
+(docs/fhir-auth.md).
 """
 
 from engine.auth.interface import (

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "AcceptConfig",
+    "AuthConfig",
     "ChannelConfig",
     "DatabaseConfig",
     "DestinationConfig",
@@ -303,6 +304,35 @@ class HTTPConfig(_Model):
     port: int = Field(8080, ge=0, le=65535)
 
 
+class AuthConfig(_Model):
+    """Authorization of the HTTP API: SMART Backend Services token endpoint (docs/fhir-auth.md)."""
+
+    token_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/?#]+/[^\s?#]*$",
+        description="the token endpoint's absolute URL as clients reach it (the aud of their assertions);"
+        " empty: taken from each request's Host header, which is only right without a proxy in front",
+    )
+    token_lifetime_seconds: int = Field(300, ge=1, le=3600, description="how long an access token is valid")
+    max_assertion_lifetime_seconds: int = Field(
+        300, ge=1, le=300, description="a client assertion's exp may be at most this far ahead (SMART: 5 minutes)"
+    )
+    clock_skew_seconds: int = Field(30, ge=0, le=300, description="tolerated clock difference in every time check")
+    failure_window_seconds: float = Field(60.0, gt=0, description="failed token requests are counted per window")
+    max_failures_per_client_ip: int = Field(
+        10, ge=1, description="failed token requests for one client id from one IP address per window"
+    )
+    max_failures_per_ip: int = Field(50, ge=1, description="failed token requests from one IP address per window")
+    unauthenticated_development_mode: bool = Field(
+        False, description="DEVELOPMENT ONLY: requests without a token are served as client 'development' with"
+        " scope system/*.rs (a WARNING at start); never on a system holding real patient data",
+    )
+
+    @field_validator("token_url", mode="before")
+    @classmethod
+    def _empty_is_request(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 #: A send starts only if it can end, its timeout included, this long before its lease does:
 #: recording the outcome must happen while the row is still ours, or another engine could
 #: lease it and send it again. A lease must leave at least as long again to start sends in.
@@ -433,6 +463,7 @@ class EngineConfig(_Model):
     dicom: DicomConfig = Field(default_factory=DicomConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     timezone: str = Field("UTC", description="site time zone for HL7 times without an offset")
