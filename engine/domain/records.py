@@ -21,6 +21,7 @@ __all__ = [
     "OrderRecord",
     "OtherPatientId",
     "PatientRecord",
+    "ReportLine",
     "ReportRecord",
 ]
 
@@ -116,17 +117,40 @@ class OrderRecord(_Record):
     order_detail_segment: str = ""  # the group's order detail: OBR, RXO, ODS, RQD ... ("" unknown)
 
 
+class ReportLine(_Record):
+    """One OBX of a report: a line (or paragraph) of its text, escapes already decoded."""
+
+    value_type: str = ""  # OBX-2: TX, FT, ST (other types are not report text)
+    observation_id: str = ""  # OBX-3.1, e.g. GDT (body), IMP (impression), ADT (addendum)
+    section: str = ""  # body | impression | addendum (tables/report_sections.csv)
+    text: str = ""  # OBX-5, repetitions joined by line breaks
+
+
 class ReportRecord(_Record):
-    """ORU^R01: a report for a study (used by the results issue)."""
+    """One OBR group of ORU^R01: a radiology report (one version of it) for one order.
+
+    The order is named by the same EI numbers as orders (engine.domain.order_identity),
+    else by accession number or Study Instance UID. ``status`` is OBR-25 as the
+    reporting system sent it ("F", "Final", "Wet Read"); the site table
+    ``tables/report_status.csv`` says what it means.
+    """
 
     record: Literal["report"] = "report"
     patient_id: str = Field(min_length=1)
     issuer: str = ""
-    accession_number: str = ""
-    study_instance_uid: str = ""
-    status: str = ""  # OBR-25
-    observation_datetime: str = ""
-    text: str = ""
+    placer_order_number: str = ""  # OBR-2.1 (or ORC-2.1)
+    placer_order_namespace: str = ""
+    filler_order_number: str = ""  # OBR-3.1 (or ORC-3.1)
+    filler_order_namespace: str = ""
+    accession_number: str = ""  # OBR-18 / ZDS / OBR-3 by the mapping's choice
+    study_instance_uid: str = ""  # ZDS-1
+    procedure_code: CodedValue | None = None  # OBR-4
+    status: str = Field(min_length=1)  # OBR-25 as sent
+    observation_datetime: str = ""  # OBR-7 (DT)
+    status_datetime: str = ""  # OBR-22 (DT)
+    interpreter: str = ""  # OBR-32 as PN
+    interpreter_id: str = ""  # OBR-32.1.1
+    lines: list[ReportLine] = Field(default_factory=list)
 
 
 RECORD_TYPES: dict[str, type[_Record]] = {
