@@ -136,7 +136,18 @@ class Hl7Ref:
         return read_repetition(value, seps, self._comp, self._sub)
 
     def items(self, ctx: Context) -> list[Any]:
-        """The values an ``each`` iterates over."""
+        """The values an ``each`` iterates over: a segment path (``OBX(*)``) gives the segments.
+
+        Inside an ``each`` over segments, paths of that segment read the current one
+        (``OBX-5`` is the current OBX's field 5), so one item can take several fields.
+        """
+        path = self.path
+        if path.field is None and not path.relative:
+            segments = ctx.scope.get(path.segment, [])
+            if path.occurrence == 0:
+                return list(segments)
+            index = (path.occurrence or 1) - 1
+            return segments[index : index + 1]
         return self.read(ctx)
 
     def location(self, ctx: Context) -> ErrorLocation | None:

@@ -3,7 +3,7 @@
 * record: a field of ``engine.domain.records.RECORD_TYPES[record]``;
 * dicom: a keyword path (PS3.6) — ``ScheduledProcedureStepSequence[0].Modality``;
 * fhir: an element path of the R4 resource — ``name[0].family``;
-* hl7v2: an HL7 path — ``PID-5.1``.
+* hl7v2: an HL7 path — ``PID-5.1``; a bare segment (``OBX``) with ``each`` is one segment per item.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class TargetNames:
         self.version = version
         self.steps: dict[str, Steps] = {}
         self.hl7_paths: dict[str, Hl7Path] = {}
+        self.segment = ""  # hl7v2-segment: the repeated segment whose fields are named
 
     @classmethod
     def free(cls) -> TargetNames:
@@ -117,9 +118,11 @@ class TargetNames:
             return (
                 None if first in names else f"{first!r} is not an element ({suggest(first, names)})"
             )
-        if self.kind == "hl7v2":
+        if self.kind in ("hl7v2", "hl7v2-segment"):
             path = parse_hl7_path(target)
             self.hl7_paths[target] = path
+            if self.kind == "hl7v2-segment" and (path.segment != self.segment or path.field is None):
+                return f"{target!r}: inside {self.segment} write fields of {self.segment}, e.g. {self.segment}-5"
             return check_hl7_path(path, self.version)
         return None
 
@@ -139,6 +142,10 @@ class TargetNames:
             return TargetNames("record", sub) if sub else TargetNames("free")
         if self.kind == "dicom":
             return TargetNames("dicom-item")
+        if self.kind == "hl7v2" and "-" not in target:  # a repeated segment: one per item
+            inner = TargetNames("hl7v2-segment", None, self.version)
+            inner.segment = target.split("(")[0]
+            return inner
         return TargetNames("free")
 
     def missing_required(self, specs: dict[str, Any]) -> list[str]:

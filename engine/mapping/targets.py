@@ -62,23 +62,45 @@ def to_dataset(description: dict[str, Any]) -> Dataset:
     return ds
 
 
-def render_hl7(
-    values: list[tuple[Hl7Path, str]], segment_order: list[str], seps: Separators
-) -> str:
-    """ER7 text for an hl7v2-target output: each value escaped into its place."""
-    grid: dict[str, dict[int, dict[int, dict[int, str]]]] = {}
+Grid = dict[int, dict[int, dict[int, str]]]
+
+
+def _grid(values: list[tuple[Hl7Path, str]], seps: Separators) -> dict[str, Grid]:
+    grid: dict[str, Grid] = {}
     for path, value in values:
         fields = grid.setdefault(path.segment, {})
         comps = fields.setdefault(path.field or 1, {}).setdefault(path.repetition or 1, {})
         comps[path.component or 1] = escape(value, seps)
+    return grid
+
+
+def _segment_text(name: str, fields: Grid, seps: Separators) -> str:
+    top = max(fields, default=0)
+    cells = [_field_text(fields.get(n, {}), seps) for n in range(1, top + 1)]
+    if name == "MSH":
+        cells = [seps.encoding_characters, *cells[2:]]
+    return seps.field.join([name, *cells])
+
+
+def render_hl7(
+    values: list[tuple[Hl7Path, str]],
+    segment_order: list[str],
+    seps: Separators,
+    repeated: dict[str, list[list[tuple[Hl7Path, str]]]] | None = None,
+) -> str:
+    """ER7 text for an hl7v2-target output: each value escaped into its place.
+
+    ``repeated``: segments written once per item (one OBX per report line), in
+    the place ``segment_order`` gives their name; none when the list is empty.
+    """
+    grid = _grid(values, seps)
+    repeated = repeated or {}
     lines = []
-    for name in segment_order or list(grid):
-        fields = grid.get(name, {})
-        top = max(fields, default=0)
-        cells = [_field_text(fields.get(n, {}), seps) for n in range(1, top + 1)]
-        if name == "MSH":
-            cells = [seps.encoding_characters, *cells[2:]]
-        lines.append(seps.field.join([name, *cells]))
+    for name in segment_order or [*grid, *(n for n in repeated if n not in grid)]:
+        if name in repeated:
+            lines += [_segment_text(name, _grid(item, seps).get(name, {}), seps) for item in repeated[name]]
+        else:
+            lines.append(_segment_text(name, grid.get(name, {}), seps))
     return "\r".join(lines) + "\r"
 
 
