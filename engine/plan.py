@@ -30,7 +30,7 @@ from engine.tls import client_context, server_context
 __all__ = ["HANDLER_MODULES", "Plan", "build_plan", "check_directory", "load_handler_modules"]
 
 #: Modules whose import registers built-in handlers (same door as site plugins).
-HANDLER_MODULES: tuple[str, ...] = ("engine.domain.handlers",)
+HANDLER_MODULES: tuple[str, ...] = ("engine.domain.handlers", "engine.domain.report_handler")
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,19 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "INPUT_TYPES",
     "RECORD_TYPES",
     "CodedValue",
     "MergeRecord",
     "OrderRecord",
+    "OruHeader",
     "OtherPatientId",
     "PatientRecord",
     "ReportLine",
     "ReportRecord",
+    "ReportResult",
+    "RequestLine",
+    "ResultLine",
 ]
 
 
@@ -159,3 +164,60 @@ RECORD_TYPES: dict[str, type[_Record]] = {
     "order": OrderRecord,
     "report": ReportRecord,
 }
+
+
+# Inputs of report -> HL7 v2 mappings (mappings/report-to-oru.yaml): what the engine hands
+# the mapping for one report version and one receiver (engine.domain.report_out).
+
+
+class OruHeader(_Record):
+    """The message being built: its control id (the same for every resend of one version) and time."""
+
+    control_id: str
+    datetime: str  # HL7 DTM with offset, e.g. 20261205120000+0000
+
+
+class RequestLine(_Record):
+    """The order as the EHR sent it: EI components exactly as received, and what was ordered."""
+
+    placer_order_number: str = ""
+    placer_order_namespace: str = ""
+    placer_universal_id: str = ""
+    placer_universal_id_type: str = ""
+    filler_order_number: str = ""
+    filler_order_namespace: str = ""
+    filler_universal_id: str = ""
+    filler_universal_id_type: str = ""
+    accession_number: str = ""
+    study_instance_uid: str = ""
+    requested_procedure_description: str = ""
+    procedure_code: CodedValue | None = None
+    modality: str = ""
+    scheduled_start: str = ""  # DT
+    requesting_physician: str = ""  # PN
+
+
+class ResultLine(_Record):
+    """One line of the report text: one OBX."""
+
+    set_id: str
+    text: str = ""
+
+
+class ReportResult(_Record):
+    """One version of a report as the EHR receives it."""
+
+    version: str
+    result_status: str  # P, F, C, X (OBR-25 and OBX-11)
+    fhir_status: str
+    observation_datetime: str = ""  # DT
+    status_datetime: str = ""  # DT
+    interpreter: str = ""  # PN
+    interpreter_id: str = ""
+    conclusion: str = ""
+    text: str = ""
+    lines: list[ResultLine] = Field(default_factory=list)
+
+
+#: Record-source mapping inputs besides the records themselves (``header.control_id`` …).
+INPUT_TYPES: dict[str, type[_Record]] = {"header": OruHeader, "request": RequestLine, "result": ReportResult}

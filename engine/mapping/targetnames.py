@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from pydantic import BaseModel
 
-from engine.domain.records import RECORD_TYPES
+from engine.domain.records import INPUT_TYPES, RECORD_TYPES
 from engine.mapping.checks import check_dicom_path, check_hl7_path, suggest
 from engine.mapping.paths import Hl7Path, PathSyntaxError, parse_hl7_path
 from engine.mapping.sources import parse_object_path
@@ -159,9 +159,9 @@ class TargetNames:
     def record_source_problem(steps: Steps) -> str | None:
         """For record sources: ``<record type>.<field>[...]``."""
         kind = steps[0][0]
-        model = RECORD_TYPES.get(kind)
+        model = RECORD_TYPES.get(kind) or INPUT_TYPES.get(kind)
         if model is None:
-            return f"{kind!r} is not a record type ({suggest(kind, RECORD_TYPES)})"
+            return f"{kind!r} is not a record type ({suggest(kind, [*RECORD_TYPES, *INPUT_TYPES])})"
         if len(steps) > 1 and steps[1][0] not in model.model_fields:
             return (
                 f"{kind} has no field {steps[1][0]!r} ({suggest(steps[1][0], model.model_fields)})"

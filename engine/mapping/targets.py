@@ -62,7 +62,8 @@ def to_dataset(description: dict[str, Any]) -> Dataset:
     return ds
 
 
-Grid = dict[int, dict[int, dict[int, str]]]
+#: field → repetition → component → sub-component → escaped text
+Grid = dict[int, dict[int, dict[int, dict[int, str]]]]
 
 
 def _grid(values: list[tuple[Hl7Path, str]], seps: Separators) -> dict[str, Grid]:
@@ -70,7 +71,7 @@ def _grid(values: list[tuple[Hl7Path, str]], seps: Separators) -> dict[str, Grid
     for path, value in values:
         fields = grid.setdefault(path.segment, {})
         comps = fields.setdefault(path.field or 1, {}).setdefault(path.repetition or 1, {})
-        comps[path.component or 1] = escape(value, seps)
+        comps.setdefault(path.component or 1, {})[path.subcomponent or 1] = escape(value, seps)
     return grid
 
 
@@ -104,11 +105,14 @@ def render_hl7(
     return "\r".join(lines) + "\r"
 
 
-def _field_text(reps: dict[int, dict[int, str]], seps: Separators) -> str:
+def _field_text(reps: dict[int, dict[int, dict[int, str]]], seps: Separators) -> str:
     out = []
     for r in range(1, max(reps, default=0) + 1):
         comps = reps.get(r, {})
-        out.append(
-            seps.component.join(comps.get(c, "") for c in range(1, max(comps, default=0) + 1))
-        )
+        out.append(seps.component.join(
+            _joined(comps.get(c, {}), seps.subcomponent) for c in range(1, max(comps, default=0) + 1)))
     return seps.repetition.join(out)
+
+
+def _joined(subs: dict[int, str], separator: str) -> str:
+    return separator.join(subs.get(n, "") for n in range(1, max(subs, default=0) + 1))
