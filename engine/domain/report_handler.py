@@ -6,7 +6,7 @@ On a reports channel it applies every ``report`` record of an ORU^R01
 known. On an orders channel, listed after ``orders``, it attaches the reports
 that were waiting for the orders the message carries and sends them on. An
 ORU^R01 without OBR is AE 101; one that the channel's mapping turns into no
-report record is AR 201. Notes (resent unchanged, kept for an unknown order,
+report record is refused AR 200 by the channel (nothing applies it). Notes (resent unchanged, kept for an unknown order,
 attached) go to the message (``radbridge messages show``).
 """
 
@@ -24,7 +24,7 @@ from engine.domain.records import OrderRecord, ReportRecord
 from engine.domain.report_out import Receiver, oru_messages
 from engine.domain.report_status import STATUS_TABLE, load_status_table
 from engine.domain.reports import ReportPolicy, apply_report, attach_pending, report_identity
-from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError, HL7Reject
+from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
 from engine.handlers import InboundContext, Outbound, register_handler
 
 __all__ = ["ReportsHandler", "receivers", "register", "report_policy"]
@@ -103,12 +103,9 @@ class ReportsHandler:
 
     @staticmethod
     def _require(ctx: InboundContext) -> None:
-        if any(r.get("record") == "report" for r in ctx.records):
-            return
+        """An ORU without OBR carries no report: AE 101 (one the mapping ignores is the channel's AR 200)."""
         if ctx.message.segment("OBR") is None:
-            raise HL7ApplicationError(101, "ORU^R01 has no OBR segment", ErrorLocation("OBR", 1))
-        raise HL7Reject(201, f"{ctx.message.message_type} is not implemented: the channel's mapping yields no report"
-                        " record for it", ErrorLocation("MSH", 1, 9, 2))
+            raise HL7ApplicationError(101, f"{ctx.message.message_type} has no OBR segment", ErrorLocation("OBR", 1))
 
 
 def _reports(engine: EngineConfig, channel: ChannelConfig) -> ReportsHandler:
