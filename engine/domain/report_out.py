@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from engine.domain.records import (
     CodedValue,
@@ -35,9 +35,32 @@ from engine.hl7.ack import timestamp
 from engine.hl7.charset import HL7_CHARSETS
 from engine.hl7.er7 import Message, unescape
 from engine.mapping.compiled import CompiledMapping
+from engine.store.fast import FastStatement, first_row
 from engine.store.schema import messages
 
 __all__ = ["Receiver", "control_id", "encode_message", "oru_messages", "report_input"]
+
+
+# One ORU^R01 runs these: compiled once, executed on the raw cursor (engine.store.fast).
+_REPORT = FastStatement(select(
+    reports.c.order_pk, reports.c.patient_pk, reports.c.patient_id, reports.c.version, reports.c.status,
+    reports.c.result_status, reports.c.conclusion, reports.c.text).where(reports.c.id == bindparam("report_pk")))
+_VERSION = FastStatement(select(
+    report_versions.c.observation_datetime, report_versions.c.status_datetime, report_versions.c.interpreter,
+    report_versions.c.interpreter_id).where(report_versions.c.report_pk == bindparam("report_pk"),
+                                            report_versions.c.version == bindparam("version")))
+_ORDER = FastStatement(select(
+    orders.c.id, orders.c.patient_pk, orders.c.message_id, orders.c.placer_order_number,
+    orders.c.placer_order_namespace, orders.c.filler_order_number, orders.c.filler_order_namespace,
+    orders.c.accession_number, orders.c.study_instance_uid, orders.c.requested_procedure_description,
+    orders.c.procedure_code_value, orders.c.procedure_coding_scheme, orders.c.procedure_code_meaning,
+    orders.c.requesting_physician).where(orders.c.id == bindparam("order_pk")))
+_STEP = FastStatement(select(procedure_steps.c.modality, procedure_steps.c.start_datetime)
+                      .where(procedure_steps.c.order_pk == bindparam("order_pk")).order_by(procedure_steps.c.id)
+                      .limit(1))
+_PATIENT = FastStatement(select(patients.c.patient_id, patients.c.issuer, patients.c.patient_name,
+                                patients.c.birth_date, patients.c.sex).where(patients.c.id == bindparam("patient_pk")))
+_MESSAGE_TEXT = FastStatement(select(messages.c.text).where(messages.c.id == bindparam("message_id")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,31 +77,30 @@ def control_id(report_pk: int, version: int) -> str:
     return f"RB{report_pk}V{version}"
 
 
-def _placer_as_sent(conn: Connection, message_id: int | None, number: str, field: int) -> list[str]:
-    """EI components of ORC-2/ORC-3 (else OBR-2/OBR-3) as the order message carried them.
+def _as_sent(conn: Connection, order: Any) -> tuple[list[str], list[str]]:
+    """EI components of the placer and filler numbers as the order message carried them.
 
     The number and namespace are stored; the universal id and its type are read again
-    from the stored order message so the EHR gets its own identifier back unchanged.
+    from the stored order message (ORC-2/ORC-3, else OBR-2/OBR-3) so the EHR gets its
+    own identifiers back unchanged.
     """
-    if message_id is None or not number:
-        return []
-    text = conn.execute(select(messages.c.text).where(messages.c.id == message_id)).scalar_one_or_none()
-    if not text:
-        return []
-    message = Message(text)
-    for name in ("ORC", "OBR"):
-        for seg in message.all(name):
-            ei = seg.value(field, 1, 1)
-            if ei and unescape(ei, message.seps) == number:
-                return [unescape(seg.value(field, 1, c), message.seps) for c in range(1, 5)]
-    return []
+    row = first_row(_MESSAGE_TEXT, conn, {"message_id": order.message_id}) if order.message_id else None
+    if row is None or not row.text:
+        return [], []
+    message = Message(row.text)
+    found: list[list[str]] = []
+    for field, number in ((2, order.placer_order_number), (3, order.filler_order_number)):
+        found.append(next((
+            [unescape(seg.value(field, 1, c), message.seps) for c in range(1, 5)]
+            for name in ("ORC", "OBR") for seg in message.all(name)
+            if number and unescape(seg.value(field, 1, 1), message.seps) == number), []))  # fmt: skip
+    return found[0], found[1]
 
 
 def _request(conn: Connection, order: Any) -> dict[str, Any]:
-    placer = _placer_as_sent(conn, order.message_id, order.placer_order_number, 2) + [""] * 4
-    filler = _placer_as_sent(conn, order.message_id, order.filler_order_number, 3) + [""] * 4
-    step = conn.execute(select(procedure_steps.c.modality, procedure_steps.c.start_datetime)
-                        .where(procedure_steps.c.order_pk == order.id).order_by(procedure_steps.c.id)).first()
+    placer, filler = _as_sent(conn, order)
+    placer, filler = placer + [""] * 4, filler + [""] * 4
+    step = first_row(_STEP, conn, {"order_pk": order.id})
     code = CodedValue(code_value=order.procedure_code_value, coding_scheme_designator=order.procedure_coding_scheme,
                       code_meaning=order.procedure_code_meaning)
     return RequestLine(
@@ -94,7 +116,7 @@ def _request(conn: Connection, order: Any) -> dict[str, Any]:
 
 
 def _patient(conn: Connection, patient_pk: int | None) -> dict[str, Any]:
-    row = conn.execute(select(patients).where(patients.c.id == patient_pk)).first() if patient_pk else None
+    row = first_row(_PATIENT, conn, {"patient_pk": patient_pk}) if patient_pk else None
     if row is None:
         return {}
     return PatientRecord(patient_id=row.patient_id, issuer=row.issuer, patient_name=row.patient_name,
@@ -116,12 +138,11 @@ def report_input(conn: Connection, report_pk: int, now: datetime) -> tuple[dict[
 
     None when the report has no order yet (nothing goes to the EHR before its order is known).
     """
-    report = conn.execute(select(reports).where(reports.c.id == report_pk)).first()
+    report = first_row(_REPORT, conn, {"report_pk": report_pk})
     if report is None or report.order_pk is None:
         return None
-    order = conn.execute(select(orders).where(orders.c.id == report.order_pk)).one()
-    version = conn.execute(select(report_versions).where(
-        report_versions.c.report_pk == report_pk, report_versions.c.version == report.version)).one()
+    order = first_row(_ORDER, conn, {"order_pk": report.order_pk})
+    version = first_row(_VERSION, conn, {"report_pk": report_pk, "version": report.version})
     patient = _patient(conn, report.patient_pk or order.patient_pk)
     header = OruHeader(control_id=control_id(report_pk, report.version), datetime=timestamp(now)).model_dump()
     data = {"header": header, "patient": patient, "request": _request(conn, order), "result": _result(report, version)}
@@ -152,7 +173,7 @@ def oru_messages(conn: Connection, report_pk: int, receivers: Sequence[Receiver]
     out = []
     for receiver in receivers:
         try:
-            built = receiver.mapping.apply_to(data).records
+            built = receiver.mapping.apply_to(data, provenance=False).records
         except HL7Error as exc:
             exc.text = f"ORU^R01 for receiver {receiver.name} (mapping {receiver.mapping.name}): {exc.text}"
             raise

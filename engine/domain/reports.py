@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from engine.domain.order_identity import find_orders
 from engine.domain.records import OrderRecord, ReportRecord
@@ -30,6 +30,7 @@ from engine.domain.report_status import DEFAULT_STATUS_TABLE, StatusTable, read_
 from engine.domain.report_tables import report_versions, reports
 from engine.domain.tables import orders
 from engine.errors import ErrorLocation, HL7ApplicationError
+from engine.store.fast import FastInsert, FastStatement, all_rows, first_row
 
 __all__ = ["TEXT_TYPES", "ReportApplied", "ReportPolicy", "apply_report", "attach_pending", "report_identity",
            "waiting_count"]
@@ -37,6 +38,41 @@ __all__ = ["TEXT_TYPES", "ReportApplied", "ReportPolicy", "apply_report", "attac
 #: OBX-2 value types whose OBX-5 is report text (HL7 v2.5.1 2.A: TX, FT, ST).
 TEXT_TYPES = frozenset({"TX", "FT", "ST"})
 _FINAL = frozenset({"F", "C"})
+
+# Every report runs these: compiled once, executed on the raw cursor (engine.store.fast).
+_REPORT_COLUMNS = (reports.c.id, reports.c.order_pk, reports.c.version, reports.c.result_status,
+                   reports.c.placer_order_namespace, reports.c.filler_order_namespace)
+_ORDER_BY_UID = FastStatement(select(orders.c.id.label("order_pk"), orders.c.accession_number)
+                              .where(orders.c.study_instance_uid == bindparam("number")))
+_ORDER_PATIENT = FastStatement(select(orders.c.patient_pk).where(orders.c.id == bindparam("order_pk")))
+_BY_ORDER = FastStatement(select(*_REPORT_COLUMNS).where(reports.c.order_pk == bindparam("order_pk"))
+                          .order_by(reports.c.id).limit(1))
+_ANY_WAITING = FastStatement(select(reports.c.id).where(reports.c.order_pk.is_(None)).limit(1))
+
+
+def _waiting_by(column: Any) -> FastStatement:
+    return FastStatement(select(*_REPORT_COLUMNS).where(reports.c.order_pk.is_(None), column == bindparam("number"))
+                         .order_by(reports.c.id))
+
+
+_WAITING = {
+    "placer": _waiting_by(reports.c.placer_order_number),
+    "filler": _waiting_by(reports.c.filler_order_number),
+    "accession": _waiting_by(reports.c.accession_number),
+    "study": _waiting_by(reports.c.study_instance_uid),
+}
+_VERSIONS = FastStatement(
+    select(report_versions.c.version, report_versions.c.content_hash, report_versions.c.result_status)
+    .where(report_versions.c.report_pk == bindparam("report_pk"))
+)
+_CURRENT = ("version", "status", "result_status", "interpreter", "observation_datetime", "conclusion", "text",
+            "issued", "updated_at")
+_SET_CURRENT = FastStatement(
+    update(reports).where(reports.c.id == bindparam("report_pk"))
+    .values({name: bindparam(f"new_{name}") for name in _CURRENT})
+)
+_INSERT_REPORT = FastInsert(reports)
+_INSERT_VERSION = FastInsert(report_versions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +143,9 @@ def _find_order(conn: Connection, record: ReportRecord, sequence: int) -> int | 
         rows = find_orders(conn, _probe(record))
     if not rows and record.accession_number:
         rows = find_orders(conn, _probe(record, record.accession_number))
+    if not rows and record.study_instance_uid:
+        rows = all_rows(_ORDER_BY_UID, conn, {"number": record.study_instance_uid})
     pks = sorted({int(r.order_pk) for r in rows})
-    if not pks and record.study_instance_uid:
-        found = conn.execute(select(orders.c.id).where(orders.c.study_instance_uid == record.study_instance_uid))
-        pks = sorted(int(pk) for (pk,) in found)
     if len(pks) > 1 and record.accession_number:
         same = {int(r.order_pk) for r in rows if r.accession_number == record.accession_number}
         pks = sorted(same) or pks
@@ -120,34 +155,34 @@ def _find_order(conn: Connection, record: ReportRecord, sequence: int) -> int | 
     return pks[0] if pks else None
 
 
-def _identity_match(record: ReportRecord | Any) -> Any:
-    """SQL: a waiting report with the same placer, filler, accession number or study UID."""
-    tests = []
-    for number, column, namespace, ns_column in (
-        (record.placer_order_number, reports.c.placer_order_number, record.placer_order_namespace,
-         reports.c.placer_order_namespace),
-        (record.filler_order_number, reports.c.filler_order_number, record.filler_order_namespace,
-         reports.c.filler_order_namespace),
-    ):
-        if number:
-            test = column == number
-            tests.append(and_(test, or_(ns_column == "", ns_column == namespace)) if namespace else test)
-    if record.accession_number:
-        tests.append(reports.c.accession_number == record.accession_number)
-    if record.study_instance_uid:
-        tests.append(reports.c.study_instance_uid == record.study_instance_uid)
-    return or_(*tests) if tests else None
+def _waiting(conn: Connection, record: ReportRecord | OrderRecord) -> list[Any]:
+    """Reports waiting for their order that share the placer (namespace allowing), filler, accession or UID.
+
+    Costs one indexed probe when nothing waits at all, the usual case.
+    """
+    if first_row(_ANY_WAITING, conn, {}) is None:
+        return []
+    found: dict[int, Any] = {}
+    keys = (("placer", record.placer_order_number, "placer_order_namespace", record.placer_order_namespace),
+            ("filler", record.filler_order_number, "filler_order_namespace", record.filler_order_namespace),
+            ("accession", record.accession_number, "", ""), ("study", record.study_instance_uid, "", ""))
+    for key, number, ns_column, namespace in keys:
+        if not number:
+            continue
+        for row in all_rows(_WAITING[key], conn, {"number": number}):
+            stored = getattr(row, ns_column) if ns_column else ""
+            if not namespace or not stored or stored == namespace:
+                found.setdefault(int(row.id), row)
+    return [found[pk] for pk in sorted(found)]
 
 
 def _existing(conn: Connection, record: ReportRecord, order_pk: int | None) -> Any:
     if order_pk is not None:
-        row = conn.execute(select(reports).where(reports.c.order_pk == order_pk).order_by(reports.c.id)).first()
+        row = first_row(_BY_ORDER, conn, {"order_pk": order_pk})
         if row is not None:
             return row
-    match = _identity_match(record)
-    if match is None:
-        return None
-    return conn.execute(select(reports).where(reports.c.order_pk.is_(None), match).order_by(reports.c.id)).first()
+    waiting = _waiting(conn, record)
+    return waiting[0] if waiting else None
 
 
 def _hash(record: ReportRecord, content: _Content) -> str:
@@ -159,7 +194,8 @@ def _hash(record: ReportRecord, content: _Content) -> str:
 def _order_patient(conn: Connection, order_pk: int | None) -> int | None:
     if order_pk is None:
         return None
-    return conn.execute(select(orders.c.patient_pk).where(orders.c.id == order_pk)).scalar_one_or_none()
+    row = first_row(_ORDER_PATIENT, conn, {"order_pk": order_pk})
+    return None if row is None else int(row.patient_pk)
 
 
 def _version_values(record: ReportRecord, content: _Content, result: str, fhir: str, digest: str,
@@ -194,8 +230,8 @@ def _create(conn: Connection, record: ReportRecord, order_pk: int | None, values
         "procedure_code_meaning": code.code_meaning[:64] if code else "", "created_at": now,
         **_current(values, 1, now),
     }  # fmt: skip
-    report_pk = int(conn.execute(insert(reports).values(row).returning(reports.c.id)).scalar_one())
-    conn.execute(insert(report_versions).values(report_pk=report_pk, version=1, **values))
+    report_pk = _INSERT_REPORT.execute(conn, row)
+    _INSERT_VERSION.execute(conn, {"report_pk": report_pk, "version": 1, **values})
     return report_pk
 
 
@@ -240,9 +276,7 @@ def _waiting_note(who: str, order_pk: int | None) -> str:
 def _new_version(conn: Connection, record: ReportRecord, content: _Content, digest: str, existing: Any,
                  order_pk: int | None, message_id: int | None, now: datetime, sequence: int) -> ReportApplied:
     pk = int(existing.id)
-    earlier = {(v.version, v.content_hash, v.result_status) for v in conn.execute(
-        select(report_versions.c.version, report_versions.c.content_hash, report_versions.c.result_status)
-        .where(report_versions.c.report_pk == pk))}  # fmt: skip
+    earlier = {(v.version, v.content_hash, v.result_status) for v in all_rows(_VERSIONS, conn, {"report_pk": pk})}
     who = f"report {report_identity(record)}"
     same = [v for v, h, _ in earlier if h == digest]
     if same:
@@ -255,33 +289,32 @@ def _new_version(conn: Connection, record: ReportRecord, content: _Content, dige
     result, fhir = _outgoing(content, {r for _, _, r in earlier})
     version = int(existing.version) + 1
     values = _version_values(record, content, result, fhir, digest, message_id, now)
-    conn.execute(insert(report_versions).values(report_pk=pk, version=version, **values))
-    attach = {} if existing.order_pk is not None or order_pk is None else {
-        "order_pk": order_pk, "patient_pk": _order_patient(conn, order_pk)}
-    conn.execute(update(reports).where(reports.c.id == pk).values(**_current(values, version, now), **attach))
+    _INSERT_VERSION.execute(conn, {"report_pk": pk, "version": version, **values})
+    _SET_CURRENT.execute(conn, {"report_pk": pk, **{f"new_{k}": v for k, v in _current(values, version, now).items()}})
+    if existing.order_pk is None and order_pk is not None:  # its order arrived meanwhile
+        _attach(conn, [pk], order_pk, now)
     attached = existing.order_pk is not None or order_pk is not None
     return ReportApplied(pk, version, True, attached, _waiting_note(who, None if attached else order_pk))
+
+
+def _attach(conn: Connection, report_pks: list[int], order_pk: int, now: datetime) -> None:
+    conn.execute(update(reports).where(reports.c.id.in_(report_pks))
+                 .values(order_pk=order_pk, patient_pk=_order_patient(conn, order_pk), updated_at=now))
 
 
 def attach_pending(conn: Connection, record: OrderRecord, now: datetime) -> list[int]:
     """Attach the waiting reports an order (just applied) is the order of; their pks.
 
-    One indexed query when nothing waits (the common case on the order path).
+    One indexed probe when nothing waits (the common case on the order path).
     """
-    match = _identity_match(record)
-    if match is None:
-        return []
-    waiting = conn.execute(select(reports.c.id).where(reports.c.order_pk.is_(None), match)).scalars().all()
+    waiting = [int(r.id) for r in _waiting(conn, record)]
     if not waiting:
         return []
-    rows = find_orders(conn, record, by_accession=False)
-    pks = sorted({int(r.order_pk) for r in rows})
+    pks = sorted({int(r.order_pk) for r in find_orders(conn, record, by_accession=False)})
     if len(pks) != 1:
         return []
-    patient_pk = _order_patient(conn, pks[0])
-    conn.execute(update(reports).where(reports.c.id.in_(waiting))
-                 .values(order_pk=pks[0], patient_pk=patient_pk, updated_at=now))
-    return [int(pk) for pk in waiting]
+    _attach(conn, waiting, pks[0], now)
+    return waiting
 
 
 def waiting_count(conn: Connection) -> int:

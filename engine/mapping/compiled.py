@@ -194,17 +194,20 @@ class CompiledMapping:
                     records.append(built)
         return MappingResult(records, prov)
 
-    def apply_to(self, obj: Any) -> MappingResult:
-        """Map a record dict (``{"order": {...}, "patient": {...}}``) or a DICOM dataset."""
+    def apply_to(self, obj: Any, *, provenance: bool = True) -> MappingResult:
+        """Map a record dict (``{"order": {...}, "patient": {...}}``) or a DICOM dataset.
+
+        ``provenance=False``: the same outputs without describing where each value came from.
+        """
         if self.source == "hl7v2":
             if isinstance(obj, Message):
-                return self.apply(obj)
+                return self.apply(obj, provenance=provenance)
             raise TypeError(f"mapping {self.name} reads HL7 v2 messages; use apply")
         records: list[dict[str, Any]] = []
-        provenance: list[RawProvenance] = []
+        prov: list[RawProvenance] = []
         for output in self.outputs:
-            self._collect(output, Context(Separators(), obj=obj), records, provenance)
-        return MappingResult(records, provenance)
+            self._collect(output, Context(Separators(), obj=obj, provenance=provenance), records, prov)
+        return MappingResult(records, prov)
 
     @staticmethod
     def _collect(

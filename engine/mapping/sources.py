@@ -264,6 +264,8 @@ class ObjectRef:
 
 
 def _text(value: Any) -> str:
+    if value.__class__ is str:  # the usual value, without the ABC check below
+        return str(value)
     if value is None:
         return ""
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):

@@ -71,8 +71,23 @@ def _grid(values: list[tuple[Hl7Path, str]], seps: Separators) -> dict[str, Grid
     for path, value in values:
         fields = grid.setdefault(path.segment, {})
         comps = fields.setdefault(path.field or 1, {}).setdefault(path.repetition or 1, {})
-        comps.setdefault(path.component or 1, {})[path.subcomponent or 1] = escape(value, seps)
+        comps.setdefault(path.component or 1, {})[path.subcomponent or 1] = _escaped(value, seps)
     return grid
+
+
+def _escaped(value: str, seps: Separators) -> str:
+    """``escape`` only when needed: most values hold no delimiter, line break or escape character."""
+    specials = _SPECIALS.get(seps.field + seps.encoding_characters) or _specials(seps)
+    return escape(value, seps) if any(c in value for c in specials) else value
+
+
+_SPECIALS: dict[str, str] = {}
+
+
+def _specials(seps: Separators) -> str:
+    key = seps.field + seps.encoding_characters
+    found = _SPECIALS[key] = key + "\r\n"
+    return found
 
 
 def _segment_text(name: str, fields: Grid, seps: Separators) -> str:
@@ -106,6 +121,12 @@ def render_hl7(
 
 
 def _field_text(reps: dict[int, dict[int, dict[int, str]]], seps: Separators) -> str:
+    if len(reps) == 1 and 1 in reps:  # the usual field: one repetition, a plain value
+        comps = reps[1]
+        if len(comps) == 1 and 1 in comps and len(comps[1]) == 1 and 1 in comps[1]:
+            return comps[1][1]
+    elif not reps:
+        return ""
     out = []
     for r in range(1, max(reps, default=0) + 1):
         comps = reps.get(r, {})
