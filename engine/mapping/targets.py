@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -77,16 +78,15 @@ def _grid(values: list[tuple[Hl7Path, str]], seps: Separators) -> dict[str, Grid
 
 def _escaped(value: str, seps: Separators) -> str:
     """``escape`` only when needed: most values hold no delimiter, line break or escape character."""
-    specials = _SPECIALS.get(seps.field + seps.encoding_characters) or _specials(seps)
-    return escape(value, seps) if any(c in value for c in specials) else value
+    specials = _SPECIALS.get(seps) or _specials(seps)
+    return escape(value, seps) if specials.search(value) else value
 
 
-_SPECIALS: dict[str, str] = {}
+_SPECIALS: dict[Separators, re.Pattern[str]] = {}
 
 
-def _specials(seps: Separators) -> str:
-    key = seps.field + seps.encoding_characters
-    found = _SPECIALS[key] = key + "\r\n"
+def _specials(seps: Separators) -> re.Pattern[str]:
+    found = _SPECIALS[seps] = re.compile(f"[{re.escape(seps.field + seps.encoding_characters)}\r\n]")
     return found
 
 
