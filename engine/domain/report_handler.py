@@ -38,15 +38,18 @@ def report_policy(engine: EngineConfig) -> ReportPolicy:
 
 
 def receivers(engine: EngineConfig) -> tuple[Receiver, ...]:
-    """The enabled receivers with their compiled mappings; ConfigError for a mapping of the wrong kind."""
-    enabled = [r for r in engine.reports.receivers if r.enabled]
-    if not enabled:
+    """The enabled receivers with their compiled mappings; ConfigError for a mapping of the wrong kind.
+
+    Every receiver's mapping is checked, also of a receiver that is off: turning it on must
+    not be a surprise.
+    """
+    if not engine.reports.receivers:
         return ()
     from engine.mapping import load_mappings
 
     compiled = load_mappings(engine.mappings_dir, timezone=engine.timezone)
     out, problems = [], []
-    for r in enabled:
+    for r in engine.reports.receivers:
         mapping = compiled.get(r.mapping)
         if mapping is None:
             continue  # reported with its line by engine.config.references
@@ -54,7 +57,8 @@ def receivers(engine: EngineConfig) -> tuple[Receiver, ...]:
             problems.append(f"{mapping.path}: reports.receivers {r.name}: mapping {r.mapping} must read records"
                             f" and write hl7v2 (it reads {mapping.source}, writes {mapping.target})")
             continue
-        out.append(Receiver(r.name, r.target, mapping))
+        if r.enabled:
+            out.append(Receiver(r.name, r.target, mapping))
     if problems:
         raise ConfigError(problems)
     return tuple(out)
