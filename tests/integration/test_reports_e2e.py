@@ -233,6 +233,22 @@ def test_bad_reports_get_an_error_ack_with_its_location_and_are_kept(site: Site,
     assert site.versions(placer) == []
 
 
+def test_versions_queued_while_the_ehr_is_down_arrive_in_order_when_it_is_back(site: Site) -> None:
+    placer, accession = ids()
+    site.order(placer, accession)
+    site.ehr.down()
+    try:
+        assert site.report(oru(f"R{placer}a", placer, "F", ["First."])).code == "AA"
+        assert site.report(oru(f"R{placer}b", placer, "C", ["Second."])).code == "AA"
+        time.sleep(1.0)
+    finally:
+        site.ehr.up()
+    sent = site.wait_ehr(placer, 2)
+    first_seen = list(dict.fromkeys(m.control_id for m in sent))  # an unanswered send may arrive twice
+    assert [c[-2:] for c in first_seen] == ["V1", "V2"]
+    assert [segments(m)["OBR"][0][25] for m in sent][-1] == "C"
+
+
 def test_status_says_where_oru_goes(site: Site) -> None:
     status = cli_json(site.engine, "status")
     assert status["reports"]["receivers"] == {"ehr": f"127.0.0.1:{site.ehr.port}"}
