@@ -251,8 +251,15 @@ class ObjectRef:
         return [_text(v) for v in _walk(root, self.steps) if _text(v)]
 
     def first(self, ctx: Context) -> str:
-        values = self.read(ctx)
-        return values[0] if values else ""
+        node = ctx.current_obj if self.relative else ctx.obj
+        for name, index in self.steps:  # the usual path, dicts by name only, without building lists
+            if index is not None or node.__class__ is not dict:
+                values = self.read(ctx)
+                return values[0] if values else ""
+            node = node.get(name)
+            if node is None:
+                return ""
+        return _text(node)
 
     def items(self, ctx: Context) -> list[Any]:
         """The objects an ``each`` iterates over."""
