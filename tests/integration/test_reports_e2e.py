@@ -252,3 +252,47 @@ def test_versions_queued_while_the_ehr_is_down_arrive_in_order_when_it_is_back(s
 def test_status_says_where_oru_goes(site: Site) -> None:
     status = cli_json(site.engine, "status")
     assert status["reports"]["receivers"] == {"ehr": f"127.0.0.1:{site.ehr.port}"}
+
+
+def test_kill_9_after_the_aa_loses_neither_the_report_nor_its_oru_to_the_ehr(
+    engine_process: EngineProcess, tmp_path: Path
+) -> None:
+    """Durable before acknowledged: the version and its queued ORU^R01 survive a kill -9 (EHR down meanwhile)."""
+    ehr = MLLPPeer(free_port())  # not listening yet: the ORU^R01 can only wait in the outbox
+    orders_port, reports_port = free_port(), free_port()
+    (engine_process.config_dir / "engine.yaml").write_text(textwrap.dedent(f"""\
+        data_dir: {engine_process.data_dir}
+        dicom: {{enabled: false}}
+        mappings_dir: {ROOT / 'mappings'}
+        outbox: {{poll_interval_seconds: 0.2, lease_seconds: 14}}
+        reports:
+          receivers:
+            - {{name: ehr, mllp: "127.0.0.1:{ehr.port}", timeout_seconds: 3, retry: {{initial_seconds: 0.2,
+                max_seconds: 0.5}}}}
+        """))
+    write_channel(engine_process, "ris", f"""\
+        name: ris-inbound
+        source: {{type: mllp, port: {orders_port}}}
+        mapping: [adt-to-patient, order-to-worklist]
+        handlers: [patients, orders, reports]
+        """)
+    write_channel(engine_process, "reports", f"""\
+        name: reports-inbound
+        source: {{type: mllp, port: {reports_port}}}
+        mapping: [oru-to-report]
+        handlers: [reports]
+        """)
+    try:
+        engine_process.start(wait_port=reports_port)
+        assert send_all(orders_port, [orm("PLK1", "ACCK1")])[0].code == "AA"
+        assert send_all(reports_port, [oru("RPLK1", "PLK1", "F", ["Survives."])])[0].code == "AA"
+        engine_process.kill()
+        ehr.up()
+        engine_process.start(wait_port=reports_port)
+        (received,) = [m for m in ehr.wait_for(1) if b"|PLK1^" in m.payload]
+        assert segments(received)["OBX"][0][5] == "Survives."
+        rows = sqlite_rows(engine_process.data_dir / "radbridge.db", "SELECT version, result_status FROM report_versions")
+        assert rows == [(1, "F")]
+    finally:
+        engine_process.stop()
+        ehr.close()
