@@ -255,7 +255,7 @@ def test_status_says_where_oru_goes(site: Site) -> None:
 
 
 def test_kill_9_after_the_aa_loses_neither_the_report_nor_its_oru_to_the_ehr(
-    engine_process: EngineProcess, tmp_path: Path
+    engine_process: EngineProcess,
 ) -> None:
     """Durable before acknowledged: the version and its queued ORU^R01 survive a kill -9 (EHR down meanwhile)."""
     ehr = MLLPPeer(free_port())  # not listening yet: the ORU^R01 can only wait in the outbox
@@ -291,7 +291,8 @@ def test_kill_9_after_the_aa_loses_neither_the_report_nor_its_oru_to_the_ehr(
         engine_process.start(wait_port=reports_port)
         (received,) = [m for m in ehr.wait_for(1) if b"|PLK1^" in m.payload]
         assert segments(received)["OBX"][0][5] == "Survives."
-        rows = sqlite_rows(engine_process.data_dir / "radbridge.db", "SELECT version, result_status FROM report_versions")
+        rows = sqlite_rows(engine_process.data_dir / "radbridge.db",
+                           "SELECT version, result_status FROM report_versions")
         assert rows == [(1, "F")]
     finally:
         engine_process.stop()
