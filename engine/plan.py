@@ -30,7 +30,7 @@ from engine.tls import client_context, server_context
 __all__ = ["HANDLER_MODULES", "Plan", "build_plan", "check_directory", "load_handler_modules"]
 
 #: Modules whose import registers built-in handlers (same door as site plugins).
-HANDLER_MODULES: tuple[str, ...] = ("engine.domain.handlers",)
+HANDLER_MODULES: tuple[str, ...] = ("engine.domain.handlers", "engine.domain.report_handler")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ def build_plan(config: Config) -> Plan:
     problems += _tls_problems(config)
     mappings = _compile(config, problems)
     handlers = _handlers(config, problems)
+    _receiver_problems(config, problems)
     if problems:
         raise ConfigError(problems)
     return Plan(config, mappings, handlers)
@@ -118,6 +119,18 @@ def _dispatch(mappings: list[Any]) -> MapFn:
         return []
 
     return apply
+
+
+def _receiver_problems(config: Config, problems: list[str]) -> None:
+    """``reports.receivers`` mappings must write HL7 v2, whichever channels run the ``reports`` handler."""
+    if not config.engine.reports.receivers or not config.engine.mappings_dir.is_dir():
+        return
+    from engine.domain.report_handler import receivers
+
+    try:
+        receivers(config.engine)
+    except ConfigError as exc:
+        problems += [p for p in exc.problems if p not in problems]
 
 
 def _handlers(config: Config, problems: list[str]) -> dict[str, list[Handler]]:

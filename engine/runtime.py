@@ -100,6 +100,7 @@ class Runtime:
         if cfg.dicom.enabled:
             await self._start_dicom()
         log.info("HTTP API (http: %s:%s) not served in this version: nothing listens", cfg.http.host, cfg.http.port)
+        _log_report_receivers(self.config)
         for channel in self.config.channels:
             if channel.enabled:
                 server = await _listen(self.config, channel, self._runner(plan, channel))
@@ -237,12 +238,26 @@ async def _listen(config: Config, channel: ChannelConfig, runner: ChannelRunner)
 
 
 def _destinations(config: Config) -> list[Any]:
-    return [*config.engine.destinations, *(d for c in config.channels for d in c.destinations)]
+    receivers = (r.mllp_destination() for r in config.engine.reports.receivers)  # ORU^R01 to the EHR(s)
+    return [*config.engine.destinations, *(d for c in config.channels for d in c.destinations),
+            *(d for d in receivers if d is not None)]
 
 
 def _routes(config: Config) -> dict[str, Route]:
     """Every destination, engine-level and per channel (names checked unique at load)."""
     return {d.name: Route(create_destination(d), d.retry, d.timeout_seconds) for d in _destinations(config)}
+
+
+def _log_report_receivers(config: Config) -> None:
+    """Say where ORU^R01 goes, and that nothing is sent when no receiver is on."""
+    for i, r in enumerate(config.engine.reports.receivers):
+        if r.enabled:
+            log.info("ORU^R01 out: receiver %s (mapping %s) to %s", r.name, r.mapping, r.mllp or r.destination)
+        else:
+            log.info("ORU^R01 out: receiver %s is off (reports.receivers[%d]: no mllp address, e.g."
+                     " RADBRIDGE_EHR_MLLP unset); reports are kept but not sent", r.name, i)
+    if not config.engine.reports.receivers:
+        log.info("ORU^R01 out: no receivers configured (reports.receivers); reports are kept but not sent")
 
 
 def _refuse_restart_changes(old: Config, new: Config) -> None:

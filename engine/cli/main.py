@@ -105,6 +105,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from engine.cli.queries import engine_status
 
     data = _database(args).read(engine_status)
+    data["reports"]["receivers"] = {r.name: r.mllp or r.destination or "off"
+                                    for r in _config(args).engine.reports.receivers}
     _print(data, args.json, _status_text)
     return 0
 
@@ -149,7 +151,11 @@ def _status_text(data: dict[str, Any]) -> str:
     lines += [f"{j}\t{v['last_run_at']}\t{v['last_result']}\t{v['runs']}\t{v['last_error']}"
               for j, v in sorted(data["jobs"].items())]
     steps = ", ".join(f"{k} {v}" for k, v in sorted(data["worklist_steps"].items())) or "none"
-    return "\n".join([*lines, "", f"worklist steps: {steps}"])
+    reports = data["reports"]
+    receivers = ", ".join(f"{k} {v}" for k, v in reports["receivers"].items()) or "none configured"
+    return "\n".join([*lines, "", f"worklist steps: {steps}",
+                      f"reports waiting for their order: {reports['waiting_for_order']}",
+                      f"ORU^R01 out: {receivers}"])
 
 
 _CONFIG_HELP = "configuration directory (default $RADBRIDGE_CONFIG or ./config)"

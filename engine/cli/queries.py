@@ -178,7 +178,7 @@ def _empty() -> dict[str, Any]:
 
 
 def engine_status(conn: Connection) -> dict[str, Any]:
-    """Channels, scheduled jobs (last run) and worklist steps by status."""
+    """Channels, scheduled jobs (last run), worklist steps by status, reports waiting for their order."""
     from engine.domain.tables import procedure_steps
 
     jobs = {r.job_id: {"description": r.description, "last_run_at": r.last_run_at.isoformat(),
@@ -186,4 +186,7 @@ def engine_status(conn: Connection) -> dict[str, Any]:
             for r in conn.execute(select(job_runs))}
     steps = {status: count for status, count in conn.execute(
         select(procedure_steps.c.status, func.count()).group_by(procedure_steps.c.status))}
-    return {"channels": channel_status(conn), "jobs": jobs, "worklist_steps": steps}
+    from engine.domain.reports import waiting_count
+
+    reports = {"waiting_for_order": waiting_count(conn)}
+    return {"channels": channel_status(conn), "jobs": jobs, "worklist_steps": steps, "reports": reports}

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.config.loader import Located, did_you_mean, load_yaml, validate_model
 from engine.config.models import LEASE_MARGIN_SECONDS, SEND_BACKSTOP_SECONDS, ChannelConfig, EngineConfig
@@ -126,9 +127,12 @@ def _destination_problems(config: Config) -> list[str]:
     engine = config.engine
     owners: dict[str, Path] = {}
     out = []
+    located: list[tuple[Any, Path, tuple[str | int, ...]]]
     located = [(d, config.engine_file, ("destinations", i)) for i, d in enumerate(engine.destinations)]
     located += [(d, config.channel_files[c.name], ("destinations", i))
                 for c in config.channels for i, d in enumerate(c.destinations)]
+    located += [(r.mllp_destination(), config.engine_file, ("reports", "receivers", i))
+                for i, r in enumerate(engine.reports.receivers) if r.mllp]
     lease = engine.outbox.lease_seconds
     for d, path, loc in located:
         if d.name in owners:
@@ -141,6 +145,10 @@ def _destination_problems(config: Config) -> list[str]:
                 f"{config.where(path, (*loc, 'timeout_seconds'))}: {d.name!r} timeout_seconds"
                 f" {d.timeout_seconds:g} needs outbox.lease_seconds of at least {least:g} (now {lease:g})"
             )
+    for i, r in enumerate(engine.reports.receivers):
+        if r.destination and r.destination not in owners:
+            out.append(f"{config.where(config.engine_file, ('reports', 'receivers', i, 'destination'))}: no destination"
+                       f" named {r.destination!r} ({did_you_mean(r.destination, owners)})")
     status = engine.mpps.status_destination
     if status and status not in owners:
         out.append(f"{config.where(config.engine_file, ('mpps', 'status_destination'))}: no destination named"

@@ -31,10 +31,13 @@ __all__ = [
     "MppsConfig",
     "OrdersConfig",
     "PatientsConfig",
+    "ReportReceiver",
+    "ReportsConfig",
     "RetryConfig",
     "StationRule",
     "TLSConfig",
     "WorklistConfig",
+    "split_address",
 ]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -454,6 +457,80 @@ class MppsConfig(_Model):
     )
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) → (host, port); ValueError naming what is wrong."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{address!r} is not host:port (a port 1-65535)")
+    return host, int(port)
+
+
+class ReportReceiver(_Model):
+    """One EHR that gets every report as ORU^R01, built by its own mapping file (docs/reports.md)."""
+
+    name: str = Field(pattern=_NAME, description="outbox destination name of this receiver (status, messages show)")
+    mapping: str = Field("report-to-oru", description="mapping file (report -> HL7 v2) under mappings_dir")
+    mllp: str = Field(
+        "", description="host:port of the EHR's MLLP listener; empty (and no destination): this receiver is off"
+    )
+    destination: str = Field("", description="instead of mllp: a destination configured in engine.yaml")
+    tls: TLSConfig | None = Field(None, description="mllp: TLS toward the EHR")
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    timeout_seconds: float = Field(30.0, gt=0, description="mllp: seconds to wait for the EHR's ACK")
+
+    @field_validator("mllp")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value.strip():
+            split_address(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ReportReceiver:
+        if self.mllp and self.destination:
+            raise ValueError("give mllp or destination, not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """False when neither ``mllp`` nor ``destination`` is set (e.g. RADBRIDGE_EHR_MLLP unset)."""
+        return bool(self.mllp or self.destination)
+
+    @property
+    def target(self) -> str:
+        """The outbox destination its ORU^R01 messages go to."""
+        return self.destination or self.name
+
+    def mllp_destination(self) -> MLLPDestinationConfig | None:
+        """The MLLP destination ``mllp`` describes (None with ``destination`` or when off)."""
+        if not self.mllp:
+            return None
+        host, port = split_address(self.mllp)
+        return MLLPDestinationConfig(type="mllp", name=self.name, host=host, port=port, tls=self.tls,
+                                     retry=self.retry, timeout_seconds=self.timeout_seconds, message_types=[])
+
+
+class ReportsConfig(_Model):
+    """Reports in (ORU^R01 from the reporting system) and ORU^R01 out to the EHR(s)."""
+
+    unknown_order: Literal["keep", "reject"] = Field(
+        "keep", description="a report whose order is unknown: keep it (attached when the order arrives) or AE 204"
+    )
+    status_table: Path | None = Field(
+        None, description="OBR-25 -> result and FHIR status CSV; None: mappings/tables/report_status.csv"
+    )
+    receivers: list[ReportReceiver] = Field(default_factory=list, description="EHRs that get ORU^R01")
+
+    @model_validator(mode="after")
+    def _unique(self) -> ReportsConfig:
+        names = [r.name for r in self.receivers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"receiver names must be unique: {', '.join(dupes)}")
+        return self
+
+
 class EngineConfig(_Model):
     """``config/engine.yaml``."""
 
@@ -476,6 +553,7 @@ class EngineConfig(_Model):
     destinations: list[DestinationConfig] = Field(
         default_factory=list, description="destinations not tied to a channel (e.g. MPPS status to the RIS)"
     )
+    reports: ReportsConfig = Field(default_factory=ReportsConfig)
 
     def archive_dir(self) -> Path:
         """The primary storage location: ``archive.primary`` or ``<data_dir>/archive``."""

@@ -36,8 +36,20 @@ def reference_problems(config: Config, handlers: Iterable[str], mappings: Iterab
         problems += _unknown(config, channel, field or "mapping", names, "mapping", mapping_names,
                              single=field is not None,
                              where_to_look=f" in {config.engine.mappings_dir}")
+    problems += _receiver_mappings(config, mapping_names)
     problems += _missing_files(config)
     return problems
+
+
+def _receiver_mappings(config: Config, known: list[str]) -> list[str]:
+    """Each ``reports.receivers[].mapping`` names a mapping file (checked even while the receiver is off)."""
+    out = []
+    for i, receiver in enumerate(config.engine.reports.receivers):
+        if receiver.mapping not in known:
+            where = config.where(config.engine_file, ("reports", "receivers", i, "mapping"))
+            out.append(f"{where}: unknown mapping {receiver.mapping!r} in {config.engine.mappings_dir}"
+                       f" ({did_you_mean(receiver.mapping, known)})")
+    return out
 
 
 def _unknown(
@@ -80,6 +92,9 @@ def _missing_files(config: Config) -> list[str]:
     table = config.engine.orders.order_control_table
     if table is not None and not table.is_file():
         out.append(f"{config.where(config.engine_file, ('orders', 'order_control_table'))}: file not found: {table}")
+    status_table = config.engine.reports.status_table
+    if status_table is not None and not status_table.is_file():
+        out.append(f"{config.where(config.engine_file, ('reports', 'status_table'))}: file not found: {status_table}")
     if any(c.mapping_names for c in config.channels) and not config.engine.mappings_dir.is_dir():
         out.append(f"{config.where(config.engine_file, ('mappings_dir',))}: directory not found:"
                    f" {config.engine.mappings_dir}")

@@ -15,13 +15,19 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "INPUT_TYPES",
     "RECORD_TYPES",
     "CodedValue",
     "MergeRecord",
     "OrderRecord",
+    "OruHeader",
     "OtherPatientId",
     "PatientRecord",
+    "ReportLine",
     "ReportRecord",
+    "ReportResult",
+    "RequestLine",
+    "ResultLine",
 ]
 
 
@@ -116,17 +122,40 @@ class OrderRecord(_Record):
     order_detail_segment: str = ""  # the group's order detail: OBR, RXO, ODS, RQD ... ("" unknown)
 
 
+class ReportLine(_Record):
+    """One OBX of a report: a line (or paragraph) of its text, escapes already decoded."""
+
+    value_type: str = ""  # OBX-2: TX, FT, ST (other types are not report text)
+    observation_id: str = ""  # OBX-3.1, e.g. GDT (body), IMP (impression), ADT (addendum)
+    section: str = ""  # body | impression | addendum (tables/report_sections.csv)
+    text: str = ""  # OBX-5, repetitions joined by line breaks
+
+
 class ReportRecord(_Record):
-    """ORU^R01: a report for a study (used by the results issue)."""
+    """One OBR group of ORU^R01: a radiology report (one version of it) for one order.
+
+    The order is named by the same EI numbers as orders (engine.domain.order_identity),
+    else by accession number or Study Instance UID. ``status`` is OBR-25 as the
+    reporting system sent it ("F", "Final", "Wet Read"); the site table
+    ``tables/report_status.csv`` says what it means.
+    """
 
     record: Literal["report"] = "report"
     patient_id: str = Field(min_length=1)
     issuer: str = ""
-    accession_number: str = ""
-    study_instance_uid: str = ""
-    status: str = ""  # OBR-25
-    observation_datetime: str = ""
-    text: str = ""
+    placer_order_number: str = ""  # OBR-2.1 (or ORC-2.1)
+    placer_order_namespace: str = ""
+    filler_order_number: str = ""  # OBR-3.1 (or ORC-3.1)
+    filler_order_namespace: str = ""
+    accession_number: str = ""  # OBR-18 / ZDS / OBR-3 by the mapping's choice
+    study_instance_uid: str = ""  # ZDS-1
+    procedure_code: CodedValue | None = None  # OBR-4
+    status: str = Field(min_length=1)  # OBR-25 as sent
+    observation_datetime: str = ""  # OBR-7 (DT)
+    status_datetime: str = ""  # OBR-22 (DT)
+    interpreter: str = ""  # OBR-32 as PN
+    interpreter_id: str = ""  # OBR-32.1.1
+    lines: list[ReportLine] = Field(default_factory=list)
 
 
 RECORD_TYPES: dict[str, type[_Record]] = {
@@ -135,3 +164,60 @@ RECORD_TYPES: dict[str, type[_Record]] = {
     "order": OrderRecord,
     "report": ReportRecord,
 }
+
+
+# Inputs of report -> HL7 v2 mappings (mappings/report-to-oru.yaml): what the engine hands
+# the mapping for one report version and one receiver (engine.domain.report_out).
+
+
+class OruHeader(_Record):
+    """The message being built: its control id (the same for every resend of one version) and time."""
+
+    control_id: str
+    datetime: str  # HL7 DTM with offset, e.g. 20261205120000+0000
+
+
+class RequestLine(_Record):
+    """The order as the EHR sent it: EI components exactly as received, and what was ordered."""
+
+    placer_order_number: str = ""
+    placer_order_namespace: str = ""
+    placer_universal_id: str = ""
+    placer_universal_id_type: str = ""
+    filler_order_number: str = ""
+    filler_order_namespace: str = ""
+    filler_universal_id: str = ""
+    filler_universal_id_type: str = ""
+    accession_number: str = ""
+    study_instance_uid: str = ""
+    requested_procedure_description: str = ""
+    procedure_code: CodedValue | None = None
+    modality: str = ""
+    scheduled_start: str = ""  # DT
+    requesting_physician: str = ""  # PN
+
+
+class ResultLine(_Record):
+    """One line of the report text: one OBX."""
+
+    set_id: str
+    text: str = ""
+
+
+class ReportResult(_Record):
+    """One version of a report as the EHR receives it."""
+
+    version: str
+    result_status: str  # P, F, C, X (OBR-25 and OBX-11)
+    fhir_status: str
+    observation_datetime: str = ""  # DT
+    status_datetime: str = ""  # DT
+    interpreter: str = ""  # PN
+    interpreter_id: str = ""
+    conclusion: str = ""
+    text: str = ""
+    lines: list[ResultLine] = Field(default_factory=list)
+
+
+#: Record-source mapping inputs besides the records themselves (``header.control_id`` …).
+INPUT_TYPES: dict[str, type[_Record]] = {"header": OruHeader, "request": RequestLine, "result": ReportResult}

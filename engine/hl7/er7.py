@@ -297,10 +297,12 @@ _ESCAPE_NAMES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repe
 
 
 def unescape(value: str, seps: Separators) -> str:
-    """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\).
+    """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\ \\.sp n\\ \\.sk n\\).
 
-    Formatting commands other than ``.br`` and character-set switches are
-    dropped; unknown or unterminated sequences are kept as written.
+    ``\\Xhh…\\`` is read as UTF-8 when its bytes are UTF-8, else one Latin-1
+    character a byte. Other formatting commands (``.in``, ``.ti``, ``.fi``, ``.ce``),
+    highlighting (``\\H\\``/``\\N\\``) and character-set switches are dropped;
+    unknown or unterminated sequences are kept as written (HL7 v2.5.1 2.7).
     """
     esc = seps.escape
     if not esc or esc not in value:
@@ -325,11 +327,19 @@ def _escape_sequence(body: str, seps: Separators, raw: str) -> str:
         return str(getattr(seps, _ESCAPE_NAMES[body]))
     if body == ".br":
         return "\n"
+    if body.startswith((".sp", ".sk")):  # 2.7.6: end the line and skip n lines / skip n spaces
+        count = body[3:].strip().lstrip("+")
+        n = int(count) if count.isdigit() else 1
+        return ("\n" if body[1] == "s" and body[2] == "p" else " ") * max(n, 1)
     if body.startswith("X") and len(body) > 1 and len(body) % 2 == 1:
         try:
-            return bytes.fromhex(body[1:]).decode("latin-1")
+            data = bytes.fromhex(body[1:])
         except ValueError:
             return raw
+        try:  # several bytes are usually one UTF-8 character; else one character a byte
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
     if body.startswith((".", "H", "N", "C", "M", "Z")):
         return ""
     return raw

@@ -17,7 +17,7 @@ from engine.errors import ErrorLocation, HL7ApplicationError, HL7Error, HL7Rejec
 from engine.hl7.er7 import Message, Separators
 from engine.mapping.codegen import GiveUp
 from engine.mapping.evaluate import SKIP, CompiledCondition, CompiledRule, evaluate_rule, plain_rule
-from engine.mapping.paths import Hl7Path
+from engine.mapping.paths import Hl7Path, target_path
 from engine.mapping.result import MappingResult, RawProvenance
 from engine.mapping.scope import groups, message_scope
 from engine.mapping.sources import Context
@@ -73,8 +73,7 @@ class CompiledOutput:
         if self.kind == "record":
             return {"record": self.name, **{rule.target: value for rule, value in values}}
         if self.kind == "hl7v2":
-            pairs = [(self.hl7_targets[r.target], str(v)) for r, v in values if v]
-            return {"message": render_hl7(pairs, list(self.segment_order), ctx.seps)}
+            return {"message": self._hl7(values, ctx.seps)}
         obj: dict[str, Any] = {"resourceType": self.name} if self.kind == "fhir" else {}
         for rule, value in values:
             if self.kind == "dicom":
@@ -84,6 +83,22 @@ class CompiledOutput:
         if self.fhir_model is not None:
             _check_fhir(self.fhir_model, obj)
         return obj
+
+
+    def _hl7(self, values: list[tuple[CompiledRule, Any]], seps: Separators) -> str:
+        """ER7 text: single values into their places, ``each`` items as one segment each."""
+        pairs: list[tuple[Hl7Path, str]] = []
+        repeated: dict[str, list[list[tuple[Hl7Path, str]]]] = {}
+        for rule, value in values:
+            if rule.each is not None and isinstance(value, list):
+                segment = self.hl7_targets[rule.target].segment
+                repeated[segment] = [
+                    [(target_path(k), str(v)) for k, v in item.items() if v not in ("", None)]
+                    for item in value if isinstance(item, dict)
+                ]  # fmt: skip
+            elif value:
+                pairs.append((self.hl7_targets[rule.target], str(value)))
+        return render_hl7(pairs, list(self.segment_order), seps, repeated)
 
 
 _REPORTED: set[tuple[str, str, str]] = set()
@@ -179,17 +194,20 @@ class CompiledMapping:
                     records.append(built)
         return MappingResult(records, prov)
 
-    def apply_to(self, obj: Any) -> MappingResult:
-        """Map a record dict (``{"order": {...}, "patient": {...}}``) or a DICOM dataset."""
+    def apply_to(self, obj: Any, *, provenance: bool = True) -> MappingResult:
+        """Map a record dict (``{"order": {...}, "patient": {...}}``) or a DICOM dataset.
+
+        ``provenance=False``: the same outputs without describing where each value came from.
+        """
         if self.source == "hl7v2":
             if isinstance(obj, Message):
-                return self.apply(obj)
+                return self.apply(obj, provenance=provenance)
             raise TypeError(f"mapping {self.name} reads HL7 v2 messages; use apply")
         records: list[dict[str, Any]] = []
-        provenance: list[RawProvenance] = []
+        prov: list[RawProvenance] = []
         for output in self.outputs:
-            self._collect(output, Context(Separators(), obj=obj), records, provenance)
-        return MappingResult(records, provenance)
+            self._collect(output, Context(Separators(), obj=obj, provenance=provenance), records, prov)
+        return MappingResult(records, prov)
 
     @staticmethod
     def _collect(

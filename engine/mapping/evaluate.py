@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from engine.errors import ErrorLocation, HL7ApplicationError
-from engine.hl7.er7 import Separators
+from engine.hl7.er7 import Segment, Separators
 from engine.mapping.result import RawProvenance
 from engine.mapping.sources import Context, SourceRef
 from engine.mapping.transforms import Transform, TransformContext
@@ -267,7 +267,10 @@ def _objects(rule: CompiledRule, ctx: Context, out: list[RawProvenance], prefix:
         return obj or None
     items: list[dict[str, Any]] = []
     for index, item in enumerate(rule.each.items(ctx)):
-        inner = replace(ctx, current=item if isinstance(item, str) else None, current_obj=item)
+        if isinstance(item, Segment):  # each over segments: its paths read the current one
+            inner = replace(ctx, scope={**ctx.scope, item.name: [item]}, current=None, current_obj=None)
+        else:
+            inner = replace(ctx, current=item if isinstance(item, str) else None, current_obj=item)
         obj = _object(rule.fields, inner, out, f"{prefix}{rule.target}[{index}].")
         if obj:
             items.append(obj)

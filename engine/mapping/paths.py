@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from engine.hl7.er7 import Segment, Separators, pick, unescape
 
-__all__ = ["Hl7Path", "PathSyntaxError", "RepSelector", "parse_hl7_path", "read_repetition"]
+__all__ = ["Hl7Path", "PathSyntaxError", "RepSelector", "parse_hl7_path", "read_repetition", "target_path"]
 
 _PATH = re.compile(
     r"^(?P<seg>[A-Z][A-Z0-9]{2})(?:\((?P<occ>\d+|\*)\))?"
@@ -192,6 +193,12 @@ def _repetition(text: str, rep: str | None) -> tuple[int | None, RepSelector | N
         RepSelector(int(sel["comp"]), int(sel["sub"] or 1), sel["value"], sel["op"] == "!="),
         1,
     )
+
+
+@lru_cache(maxsize=1024)
+def target_path(text: str) -> Hl7Path:
+    """:func:`parse_hl7_path` of a target name already checked by the compiler (cached)."""
+    return parse_hl7_path(text)
 
 
 def _int(value: str | None) -> int | None:

@@ -136,7 +136,18 @@ class Hl7Ref:
         return read_repetition(value, seps, self._comp, self._sub)
 
     def items(self, ctx: Context) -> list[Any]:
-        """The values an ``each`` iterates over."""
+        """The values an ``each`` iterates over: a segment path (``OBX(*)``) gives the segments.
+
+        Inside an ``each`` over segments, paths of that segment read the current one
+        (``OBX-5`` is the current OBX's field 5), so one item can take several fields.
+        """
+        path = self.path
+        if path.field is None and not path.relative:
+            segments = ctx.scope.get(path.segment, [])
+            if path.occurrence == 0:
+                return list(segments)
+            index = (path.occurrence or 1) - 1
+            return segments[index : index + 1]
         return self.read(ctx)
 
     def location(self, ctx: Context) -> ErrorLocation | None:
@@ -240,8 +251,15 @@ class ObjectRef:
         return [_text(v) for v in _walk(root, self.steps) if _text(v)]
 
     def first(self, ctx: Context) -> str:
-        values = self.read(ctx)
-        return values[0] if values else ""
+        node = ctx.current_obj if self.relative else ctx.obj
+        for name, index in self.steps:  # the usual path, dicts by name only, without building lists
+            if index is not None or node.__class__ is not dict:
+                values = self.read(ctx)
+                return values[0] if values else ""
+            node = node.get(name)
+            if node is None:
+                return ""
+        return _text(node)
 
     def items(self, ctx: Context) -> list[Any]:
         """The objects an ``each`` iterates over."""
@@ -253,6 +271,8 @@ class ObjectRef:
 
 
 def _text(value: Any) -> str:
+    if value.__class__ is str:  # the usual value, without the ABC check below
+        return str(value)
     if value is None:
         return ""
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):

@@ -3,7 +3,7 @@
 * record: a field of ``engine.domain.records.RECORD_TYPES[record]``;
 * dicom: a keyword path (PS3.6) — ``ScheduledProcedureStepSequence[0].Modality``;
 * fhir: an element path of the R4 resource — ``name[0].family``;
-* hl7v2: an HL7 path — ``PID-5.1``.
+* hl7v2: an HL7 path — ``PID-5.1``; a bare segment (``OBX``) with ``each`` is one segment per item.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from pydantic import BaseModel
 
-from engine.domain.records import RECORD_TYPES
+from engine.domain.records import INPUT_TYPES, RECORD_TYPES
 from engine.mapping.checks import check_dicom_path, check_hl7_path, suggest
 from engine.mapping.paths import Hl7Path, PathSyntaxError, parse_hl7_path
 from engine.mapping.sources import parse_object_path
@@ -61,6 +61,7 @@ class TargetNames:
         self.version = version
         self.steps: dict[str, Steps] = {}
         self.hl7_paths: dict[str, Hl7Path] = {}
+        self.segment = ""  # hl7v2-segment: the repeated segment whose fields are named
 
     @classmethod
     def free(cls) -> TargetNames:
@@ -117,9 +118,11 @@ class TargetNames:
             return (
                 None if first in names else f"{first!r} is not an element ({suggest(first, names)})"
             )
-        if self.kind == "hl7v2":
+        if self.kind in ("hl7v2", "hl7v2-segment"):
             path = parse_hl7_path(target)
             self.hl7_paths[target] = path
+            if self.kind == "hl7v2-segment" and (path.segment != self.segment or path.field is None):
+                return f"{target!r}: inside {self.segment} write fields of {self.segment}, e.g. {self.segment}-5"
             return check_hl7_path(path, self.version)
         return None
 
@@ -139,6 +142,10 @@ class TargetNames:
             return TargetNames("record", sub) if sub else TargetNames("free")
         if self.kind == "dicom":
             return TargetNames("dicom-item")
+        if self.kind == "hl7v2" and "-" not in target:  # a repeated segment: one per item
+            inner = TargetNames("hl7v2-segment", None, self.version)
+            inner.segment = target.split("(")[0]
+            return inner
         return TargetNames("free")
 
     def missing_required(self, specs: dict[str, Any]) -> list[str]:
@@ -152,9 +159,9 @@ class TargetNames:
     def record_source_problem(steps: Steps) -> str | None:
         """For record sources: ``<record type>.<field>[...]``."""
         kind = steps[0][0]
-        model = RECORD_TYPES.get(kind)
+        model = RECORD_TYPES.get(kind) or INPUT_TYPES.get(kind)
         if model is None:
-            return f"{kind!r} is not a record type ({suggest(kind, RECORD_TYPES)})"
+            return f"{kind!r} is not a record type ({suggest(kind, [*RECORD_TYPES, *INPUT_TYPES])})"
         if len(steps) > 1 and steps[1][0] not in model.model_fields:
             return (
                 f"{kind} has no field {steps[1][0]!r} ({suggest(steps[1][0], model.model_fields)})"

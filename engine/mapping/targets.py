@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -62,31 +63,77 @@ def to_dataset(description: dict[str, Any]) -> Dataset:
     return ds
 
 
-def render_hl7(
-    values: list[tuple[Hl7Path, str]], segment_order: list[str], seps: Separators
-) -> str:
-    """ER7 text for an hl7v2-target output: each value escaped into its place."""
-    grid: dict[str, dict[int, dict[int, dict[int, str]]]] = {}
+#: field → repetition → component → sub-component → escaped text
+Grid = dict[int, dict[int, dict[int, dict[int, str]]]]
+
+
+def _grid(values: list[tuple[Hl7Path, str]], seps: Separators) -> dict[str, Grid]:
+    grid: dict[str, Grid] = {}
     for path, value in values:
         fields = grid.setdefault(path.segment, {})
         comps = fields.setdefault(path.field or 1, {}).setdefault(path.repetition or 1, {})
-        comps[path.component or 1] = escape(value, seps)
+        comps.setdefault(path.component or 1, {})[path.subcomponent or 1] = _escaped(value, seps)
+    return grid
+
+
+def _escaped(value: str, seps: Separators) -> str:
+    """``escape`` only when needed: most values hold no delimiter, line break or escape character."""
+    specials = _SPECIALS.get(seps) or _specials(seps)
+    return escape(value, seps) if specials.search(value) else value
+
+
+_SPECIALS: dict[Separators, re.Pattern[str]] = {}
+
+
+def _specials(seps: Separators) -> re.Pattern[str]:
+    found = _SPECIALS[seps] = re.compile(f"[{re.escape(seps.field + seps.encoding_characters)}\r\n]")
+    return found
+
+
+def _segment_text(name: str, fields: Grid, seps: Separators) -> str:
+    top = max(fields, default=0)
+    cells = [_field_text(fields.get(n, {}), seps) for n in range(1, top + 1)]
+    if name == "MSH":
+        cells = [seps.encoding_characters, *cells[2:]]
+    return seps.field.join([name, *cells])
+
+
+def render_hl7(
+    values: list[tuple[Hl7Path, str]],
+    segment_order: list[str],
+    seps: Separators,
+    repeated: dict[str, list[list[tuple[Hl7Path, str]]]] | None = None,
+) -> str:
+    """ER7 text for an hl7v2-target output: each value escaped into its place.
+
+    ``repeated``: segments written once per item (one OBX per report line), in
+    the place ``segment_order`` gives their name; none when the list is empty.
+    """
+    grid = _grid(values, seps)
+    repeated = repeated or {}
     lines = []
-    for name in segment_order or list(grid):
-        fields = grid.get(name, {})
-        top = max(fields, default=0)
-        cells = [_field_text(fields.get(n, {}), seps) for n in range(1, top + 1)]
-        if name == "MSH":
-            cells = [seps.encoding_characters, *cells[2:]]
-        lines.append(seps.field.join([name, *cells]))
+    for name in segment_order or [*grid, *(n for n in repeated if n not in grid)]:
+        if name in repeated:
+            lines += [_segment_text(name, _grid(item, seps).get(name, {}), seps) for item in repeated[name]]
+        else:
+            lines.append(_segment_text(name, grid.get(name, {}), seps))
     return "\r".join(lines) + "\r"
 
 
-def _field_text(reps: dict[int, dict[int, str]], seps: Separators) -> str:
+def _field_text(reps: dict[int, dict[int, dict[int, str]]], seps: Separators) -> str:
+    if len(reps) == 1 and 1 in reps:  # the usual field: one repetition, a plain value
+        comps = reps[1]
+        if len(comps) == 1 and 1 in comps and len(comps[1]) == 1 and 1 in comps[1]:
+            return comps[1][1]
+    elif not reps:
+        return ""
     out = []
     for r in range(1, max(reps, default=0) + 1):
         comps = reps.get(r, {})
-        out.append(
-            seps.component.join(comps.get(c, "") for c in range(1, max(comps, default=0) + 1))
-        )
+        out.append(seps.component.join(
+            _joined(comps.get(c, {}), seps.subcomponent) for c in range(1, max(comps, default=0) + 1)))
     return seps.repetition.join(out)
+
+
+def _joined(subs: dict[int, str], separator: str) -> str:
+    return separator.join(subs.get(n, "") for n in range(1, max(subs, default=0) + 1))

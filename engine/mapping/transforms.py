@@ -132,6 +132,11 @@ def _join(value: list[str], args: tuple[Any, ...], ctx: TransformContext) -> str
     return sep.join(v for v in value if v)
 
 
+def _lines(value: list[str], args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """Repetitions of a text field as lines of one text, empty lines kept (a paragraph break)."""
+    return "\n".join(value).rstrip("\n") if isinstance(value, list) else value
+
+
 def _component(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """Component N of a composite value (HL7 v2.5.1 2.5.3)."""
     parts = value.split(ctx.seps.component)
@@ -151,5 +156,6 @@ register_transform("truncate", _truncate, max_args=1)
 register_transform("replace", _replace, min_args=2)
 register_transform("split", _split, max_args=1)
 register_transform("join", _join, max_args=1, on_list=True)
+register_transform("lines", _lines, on_list=True)
 register_transform("component", _component, min_args=1)
 register_transform("prefix", _prefix, min_args=1)

@@ -34,17 +34,36 @@ def test_substitution_with_and_without_default():
     assert substitute("${C}", {}, missing) == "" and missing == ["C"]
 
 
+def _channel(cfg, name):
+    return next(c for c in cfg.channels if c.name == name)
+
+
 def test_shipped_configuration_is_valid():
     cfg = load_config(ROOT / "config", {})
-    assert cfg.channels and cfg.channels[0].source.port == 2575
+    assert _channel(cfg, "ris-inbound").source.port == 2575
     assert cfg.engine.dicom.ae_title == "RADBRIDGE" and cfg.engine.http.port == 8080
 
 
 def test_environment_overrides_the_shipped_defaults():
     env = {"RADBRIDGE_MLLP_PORT": "3000", "RADBRIDGE_DICOM_AET": "RB2", "RADBRIDGE_DATABASE_URL": "sqlite:///x.db"}
     cfg = load_config(ROOT / "config", env)
-    assert cfg.channels[0].source.port == 3000
+    assert _channel(cfg, "ris-inbound").source.port == 3000
     assert cfg.engine.dicom.ae_title == "RB2" and cfg.engine.database_url() == "sqlite:///x.db"
+
+
+def test_shipped_reports_channel_listens_on_2576_and_sends_nothing_without_an_ehr():
+    cfg = load_config(ROOT / "config", {})
+    assert _channel(cfg, "reports-inbound").source.port == 2576
+    assert [r.enabled for r in cfg.engine.reports.receivers] == [False]
+    assert cfg.engine.reports.receivers[0].mllp_destination() is None
+
+
+def test_shipped_reports_settings_read_the_environment():
+    env = {"RADBRIDGE_REPORTS_MLLP_PORT": "3001", "RADBRIDGE_EHR_MLLP": "ehr.example.org:6661"}
+    cfg = load_config(ROOT / "config", env)
+    assert _channel(cfg, "reports-inbound").source.port == 3001
+    dest = cfg.engine.reports.receivers[0].mllp_destination()
+    assert dest is not None and (dest.name, dest.host, dest.port) == ("ehr", "ehr.example.org", 6661)
 
 
 def test_port_is_an_int(tmp_path):

@@ -110,3 +110,46 @@ def test_problems_of_every_file_come_in_one_pass(tmp_path):
     found = problems(tmp_path)
     assert [p.split(": ")[1] for p in found] == ["source_port", "handlers.0"]
     assert "c1.yaml:5" in found[0] and "c2.yaml:5" in found[1]
+
+
+def _reports(receivers: str, extra: str = "") -> str:
+    return f"reports:\n{extra}  receivers:\n{receivers}"
+
+
+def test_a_receiver_with_an_unknown_mapping_is_named_at_its_line(tmp_path):
+    write(tmp_path, channel(), _reports("    - {name: ehr, mapping: report-to-oruu, mllp: 'ehr:2575'}\n"))
+    (found,) = problems(tmp_path)
+    assert found.startswith(f"{tmp_path / 'engine.yaml'}:5: reports.receivers.0.mapping: unknown mapping"
+                            " 'report-to-oruu'") and "did you mean 'report-to-oru'?" in found
+
+
+def test_a_receiver_naming_an_unknown_destination_is_refused(tmp_path):
+    write(tmp_path, channel(), _reports("    - {name: ehr, destination: ehr-http}\n"))
+    (found,) = problems(tmp_path)
+    assert found.startswith(f"{tmp_path / 'engine.yaml'}:5: reports.receivers.0.destination: no destination"
+                            " named 'ehr-http'")
+
+
+def test_a_receiver_address_that_is_not_host_port_is_refused_at_load(tmp_path):
+    write(tmp_path, channel(), _reports("    - {name: ehr, mllp: 'ehr.example.org'}\n"))
+    (found,) = problems(tmp_path)
+    assert "engine.yaml:5: reports.receivers.0.mllp" in found and "is not host:port" in found
+
+
+def test_a_receiver_mapping_that_does_not_write_hl7_is_refused(tmp_path):
+    write(tmp_path, channel(), _reports("    - {name: ehr, mapping: order-to-mwl, mllp: '127.0.0.1:2599'}\n"))
+    (found,) = problems(tmp_path)
+    assert "mapping order-to-mwl must read records and write hl7v2 (it reads record, writes dicom)" in found
+
+
+def test_a_missing_report_status_table_is_named(tmp_path):
+    write(tmp_path, channel(), "reports:\n  status_table: /nonexistent/report_status.csv\n")
+    assert problems(tmp_path) == [f"{tmp_path / 'engine.yaml'}:4: reports.status_table: file not found:"
+                                  " /nonexistent/report_status.csv"]
+
+
+def test_a_receiver_and_a_destination_of_one_name_clash(tmp_path):
+    write(tmp_path, channel(extra="destinations:\n  - {name: ehr, type: mllp, host: h, port: 1}\n"),
+          _reports("    - {name: ehr, mllp: '127.0.0.1:2599'}\n"))
+    (found,) = problems(tmp_path)
+    assert "name 'ehr' is also used in" in found

@@ -87,6 +87,19 @@ def test_unescape_resolves_standard_sequences():
     assert unescape("\\unterminated", seps) == "\\unterminated"
 
 
+@pytest.mark.parametrize(("written", "text"), [
+    ("a\\.sp\\b", "a\nb"),  # .sp: end the line (skip one)
+    ("a\\.sp 2\\b", "a\n\nb"),
+    ("a\\.sk 3\\b", "a   b"),  # .sk n: skip n spaces
+    ("caf\\XC3A9\\", "caf\u00e9"),  # several bytes: one UTF-8 character
+    ("caf\\XE9\\", "caf\u00e9"),  # not UTF-8: one Latin-1 character a byte
+    ("\\H\\bold\\N\\ \\.in+4\\x\\.ce\\", "bold x"),  # highlighting and layout dropped
+])
+def test_unescape_reads_report_text_formatting(written, text):
+    """FT report text (HL7 v2.5.1 2.7.6): line and space commands, hex data in the message's sense."""
+    assert unescape(written, Separators()) == text
+
+
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=50))
 def test_escape_then_unescape_round_trips(text):
     seps = Separators()

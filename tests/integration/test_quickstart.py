@@ -62,11 +62,12 @@ def start_engine(tmp: Path, config_dir: Path, mappings_dir: Path | None = None) 
     need((BIN / "radbridge").exists(), f"radbridge entry point not installed in {BIN}")
     data = tmp / "var"
     data.mkdir()
-    mllp, dicom, http = free_port(), free_port(), free_port()
+    mllp, dicom, http, reports = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "RADBRIDGE_DATA_DIR": str(data), "RADBRIDGE_MLLP_PORT": str(mllp),
-           "RADBRIDGE_DICOM_PORT": str(dicom), "RADBRIDGE_HTTP_PORT": str(http), "TCP_NODELAY": "1"}  # fmt: skip
+           "RADBRIDGE_DICOM_PORT": str(dicom), "RADBRIDGE_HTTP_PORT": str(http),
+           "RADBRIDGE_REPORTS_MLLP_PORT": str(reports), "TCP_NODELAY": "1"}  # fmt: skip
     for name in ("RADBRIDGE_CONFIG", "RADBRIDGE_DATABASE_URL", "RADBRIDGE_TIMEZONE", "RADBRIDGE_DICOM_AET",
-                 "RADBRIDGE_MLLP_HOST", "RADBRIDGE_MAPPINGS_DIR"):
+                 "RADBRIDGE_MLLP_HOST", "RADBRIDGE_MAPPINGS_DIR", "RADBRIDGE_EHR_MLLP"):
         env.pop(name, None)  # the shipped defaults, as on a fresh machine
     if mappings_dir is not None:
         env["RADBRIDGE_MAPPINGS_DIR"] = str(mappings_dir)

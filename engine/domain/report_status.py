@@ -1,0 +1,91 @@
+"""OBR-25 result status through the site code table ``tables/report_status.csv``.
+
+Reporting systems send HL7 table 0123 codes (P, F, C, X) and also their own
+words ("Final", "Prelim", "Wet Read"); the table says what each means: the
+HL7 code the engine works with (and sends on) and the FHIR DiagnosticReport
+status. Codes are compared without case and surrounding spaces. A code that
+is not listed is refused with AE 103 at ``OBR^n^25``, naming the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
+from engine.mapping.tables import load_table
+
+__all__ = ["DEFAULT_STATUS_TABLE", "STATUS_TABLE", "ReportStatus", "StatusTable", "load_status_table", "read_status"]
+
+ResultStatus = Literal["P", "F", "C", "X"]
+#: The shipped table's file name, as error texts name it.
+STATUS_TABLE = "report_status.csv"
+_RESULT = frozenset({"P", "F", "C", "X"})
+_FHIR = frozenset({"registered", "partial", "preliminary", "final", "amended", "corrected", "appended",
+                   "cancelled", "entered-in-error", "unknown"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReportStatus:
+    """What one OBR-25 code means."""
+
+    result_status: str  # P, F, C or X
+    fhir_status: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTable:
+    """Normalised code → meaning, and the file it came from (for error texts)."""
+
+    rows: MappingProxyType[str, ReportStatus]
+    name: str = STATUS_TABLE
+
+
+#: HL7 table 0123 itself, used when the site has no table file.
+DEFAULT_STATUS_TABLE = StatusTable(MappingProxyType({
+    "P": ReportStatus("P", "preliminary"), "F": ReportStatus("F", "final"),
+    "C": ReportStatus("C", "corrected"), "X": ReportStatus("X", "cancelled"),
+}))  # fmt: skip
+
+
+def _key(code: str) -> str:
+    return " ".join(code.split()).casefold()
+
+
+def load_status_table(path: Path | None) -> StatusTable:
+    """Read ``code,result_status,fhir_status``; None or a missing file: HL7 table 0123.
+
+    Raises ConfigError naming the file and the row for a result status other than
+    P/F/C/X or a FHIR status outside the R4 value set.
+    """
+    if path is None or not path.exists():
+        return DEFAULT_STATUS_TABLE
+    table = load_table(path)
+    missing = {"code", "result_status", "fhir_status"} - set(table.columns)
+    if missing:
+        raise ConfigError([f"{path}:1: need columns code, result_status, fhir_status (missing {sorted(missing)})"])
+    result = table.index(1, "result_status")
+    fhir = table.index(1, "fhir_status")
+    rows: dict[str, ReportStatus] = {}
+    problems = []
+    for (code,), value in result.items():
+        status = ReportStatus(value.strip().upper(), fhir[(code,)].strip())
+        if status.result_status not in _RESULT or status.fhir_status not in _FHIR:
+            problems.append(f"{path}: code {code!r}: result_status must be P, F, C or X and fhir_status a"
+                            f" DiagnosticReport status (got {value!r}, {status.fhir_status!r})")
+        rows.setdefault(_key(code), status)
+    if problems:
+        raise ConfigError(problems)
+    return StatusTable(MappingProxyType(rows), path.name)
+
+
+def read_status(table: StatusTable, code: str, sequence: int = 1) -> ReportStatus:
+    """The meaning of OBR-25 ``code`` (the ``sequence``-th OBR); AE 103 at OBR^n^25 when unlisted."""
+    found = table.rows.get(_key(code))
+    if found is None:
+        shown = repr(code) if code.strip() else "empty"
+        raise HL7ApplicationError(103, f"OBR-25 result status {shown} is not in {table.name}",
+                                  ErrorLocation("OBR", sequence, 25))
+    return found

@@ -1,0 +1,52 @@
+"""OBR-25 through the site table (engine.domain.report_status)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.domain.report_status import DEFAULT_STATUS_TABLE, load_status_table, read_status
+from engine.errors import ConfigError, HL7ApplicationError
+from tests.conftest import ROOT
+
+SHIPPED = load_status_table(ROOT / "mappings" / "tables" / "report_status.csv")
+
+
+@pytest.mark.parametrize(("code", "result", "fhir"), [
+    ("F", "F", "final"), ("Final", "F", "final"), (" FINAL ", "F", "final"), ("Prelim", "P", "preliminary"),
+    ("Wet Read", "P", "preliminary"), ("wet  read", "P", "preliminary"), ("C", "C", "corrected"),
+    ("X", "X", "cancelled"), ("Addendum", "C", "appended"),
+])
+def test_what_reporting_systems_send_is_read_through_the_shipped_table(code: str, result: str, fhir: str):
+    status = read_status(SHIPPED, code)
+    assert (status.result_status, status.fhir_status) == (result, fhir)
+
+
+@pytest.mark.parametrize("code", ["", "Z", "Draft"])
+def test_a_code_not_in_the_table_is_ae_103_at_obr_25_of_its_obr(code: str):
+    with pytest.raises(HL7ApplicationError) as err:
+        read_status(SHIPPED, code, sequence=2)
+    assert err.value.code == 103 and str(err.value.location) == "OBR^2^25"
+    assert "report_status.csv" in err.value.text
+
+
+def test_no_table_file_means_hl7_table_0123():
+    assert load_status_table(Path("/nonexistent.csv")) is DEFAULT_STATUS_TABLE
+    with pytest.raises(HL7ApplicationError):
+        read_status(DEFAULT_STATUS_TABLE, "Final")
+
+
+def test_a_table_with_an_unknown_result_status_is_refused_naming_the_file(tmp_path: Path):
+    path = tmp_path / "report_status.csv"
+    path.write_text("code,result_status,fhir_status\nFinal,Q,final\n")
+    with pytest.raises(ConfigError) as err:
+        load_status_table(path)
+    assert str(path) in err.value.problems[0] and "'Final'" in err.value.problems[0]
+
+
+def test_a_table_without_the_columns_is_refused(tmp_path: Path):
+    path = tmp_path / "report_status.csv"
+    path.write_text("code,status\nF,final\n")
+    with pytest.raises(ConfigError):
+        load_status_table(path)

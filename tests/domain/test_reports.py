@@ -1,0 +1,170 @@
+"""Reports: versions, order matching, waiting reports, and the ORU^R01 they make (engine.domain.reports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from engine.config.models import EngineConfig
+from engine.domain.handlers import OrdersHandler
+from engine.domain.report_handler import ReportsHandler, receivers, report_policy
+from engine.domain.report_tables import report_versions, reports
+from engine.errors import HL7ApplicationError
+from engine.handlers import Outbound
+from engine.hl7.er7 import Message
+from engine.store.database import Database
+from tests.conftest import ROOT
+from tests.domain.factories import apply_records, order, patient
+
+ORU = "MSH|^~\\&|REP|HOSP|RADBRIDGE|HOSP|20261122100000||ORU^R01|R1|P|2.5.1\rPID|1||P1^^^HOSP\rOBR|1|PL1\r"
+
+
+def report(status: str = "F", text: str = "No acute finding.", **fields: Any) -> dict[str, Any]:
+    """A ``report`` record for order PL1 (filler FPL1) of patient P1."""
+    base: dict[str, Any] = {
+        "record": "report", "patient_id": "P1", "issuer": "HOSP", "placer_order_number": "PL1",
+        "filler_order_number": "FPL1", "status": status, "observation_datetime": "20261122093000",
+        "interpreter": "Radiologist^Rita", "interpreter_id": "RR1",
+        "lines": [{"value_type": "TX", "observation_id": "GDT", "section": "body", "text": line}
+                  for line in text.split("\n")],
+    }  # fmt: skip
+    return base | fields
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> EngineConfig:
+    """The shipped mappings and tables, one receiver ``ehr`` on a (never contacted) MLLP address."""
+    return EngineConfig.model_validate({
+        "mappings_dir": ROOT / "mappings", "timezone": "UTC",
+        "reports": {"receivers": [{"name": "ehr", "mllp": "127.0.0.1:1"}]},
+    })  # fmt: skip
+
+
+@pytest.fixture
+def handler(config: EngineConfig) -> ReportsHandler:
+    return ReportsHandler(report_policy(config), receivers(config))
+
+
+@pytest.fixture
+def ordered(db: Database, orders_handler: OrdersHandler) -> Database:
+    apply_records(db, orders_handler, [patient(), order("PL1", accession_number="ACC1",
+                                                        study_instance_uid="1.2.3.4")])
+    return db
+
+
+def send(db: Database, handler: ReportsHandler, *records: dict[str, Any]) -> list[Outbound]:
+    return apply_records(db, handler, list(records), ORU)
+
+
+def fields(out: Outbound, segment: str) -> list[list[str]]:
+    message = Message(out.payload.decode("utf-8"))
+    return [seg.fields for seg in message.all(segment)]
+
+
+def versions(db: Database) -> list[tuple[int, str, str]]:
+    return db.writer.call(lambda c: [tuple(r) for r in c.execute(
+        select(report_versions.c.version, report_versions.c.result_status, report_versions.c.text)
+        .order_by(report_versions.c.id))])  # fmt: skip
+
+
+def test_a_final_report_for_a_known_order_is_version_1_and_goes_to_the_ehr(ordered: Database, handler: ReportsHandler):
+    out = send(ordered, handler, report("Final", "Line one.\nLine two."))
+    assert versions(ordered) == [(1, "F", "Line one.\nLine two.")]
+    assert [o.destination for o in out] == ["ehr"] and out[0].ordering_key == "P1"
+    obr = fields(out[0], "OBR")[0]
+    assert obr[2] == "PL1" and obr[18] == "ACC1" and obr[25] == "F"
+    assert [(f[1], f[5], f[11]) for f in fields(out[0], "OBX")] == [("1", "Line one.", "F"), ("2", "Line two.", "F")]
+    assert fields(out[0], "ORC")[0][1] == "RE"
+
+
+def test_a_resent_identical_report_changes_nothing_and_sends_nothing(ordered: Database, handler: ReportsHandler):
+    send(ordered, handler, report())
+    ctx_out = send(ordered, handler, report())
+    assert ctx_out == [] and versions(ordered) == [(1, "F", "No acute finding.")]
+
+
+def test_a_correction_is_version_2_sent_whole_as_c_and_version_1_is_kept(ordered: Database, handler: ReportsHandler):
+    send(ordered, handler, report("F", "First text."))
+    out = send(ordered, handler, report("C", "Corrected text.\nSecond line."))
+    assert versions(ordered) == [(1, "F", "First text."), (2, "C", "Corrected text.\nSecond line.")]
+    assert fields(out[0], "OBR")[0][25] == "C"
+    assert [f[5] for f in fields(out[0], "OBX")] == ["Corrected text.", "Second line."]
+    row = ordered.writer.call(lambda c: c.execute(select(reports)).one())
+    assert (row.version, row.status, row.result_status) == (2, "corrected", "C")
+
+
+def test_a_final_after_a_final_is_sent_as_a_correction(ordered: Database, handler: ReportsHandler):
+    send(ordered, handler, report("F", "Text."))
+    out = send(ordered, handler, report("F", "Text.\nAddendum: compared with prior."))
+    assert fields(out[0], "OBR")[0][25] == "C" and versions(ordered)[-1][:2] == (2, "C")
+
+
+def test_preliminary_then_final_is_final(ordered: Database, handler: ReportsHandler):
+    send(ordered, handler, report("Wet Read", "Prelim."))
+    out = send(ordered, handler, report("Final", "Final text."))
+    assert [v[:2] for v in versions(ordered)] == [(1, "P"), (2, "F")] and fields(out[0], "OBR")[0][25] == "F"
+
+
+def test_a_preliminary_cannot_replace_a_final(ordered: Database, handler: ReportsHandler):
+    send(ordered, handler, report("F", "Final."))
+    with pytest.raises(HL7ApplicationError) as err:
+        send(ordered, handler, report("P", "Late prelim."))
+    assert err.value.code == 206 and str(err.value.location) == "OBR^1^25"
+
+
+def test_a_cancelled_report_is_sent_as_x(ordered: Database, handler: ReportsHandler):
+    send(ordered, handler, report("F", "Final."))
+    out = send(ordered, handler, report("X", "", lines=[]))
+    assert fields(out[0], "OBR")[0][25] == "X" and fields(out[0], "ORC")[0][5] == "CA"
+    assert fields(out[0], "OBX") == []
+
+
+def test_an_unlisted_status_is_refused_at_obr_25(ordered: Database, handler: ReportsHandler):
+    with pytest.raises(HL7ApplicationError) as err:
+        send(ordered, handler, report("Maybe"))
+    assert err.value.code == 103 and str(err.value.location) == "OBR^1^25" and "report_status.csv" in err.value.text
+
+
+def test_a_report_without_text_is_refused(ordered: Database, handler: ReportsHandler):
+    with pytest.raises(HL7ApplicationError) as err:
+        send(ordered, handler, report("F", lines=[{"value_type": "NM", "text": "12"}]))
+    assert err.value.code == 101
+
+
+@pytest.mark.parametrize("identity", [
+    {"placer_order_number": "", "filler_order_number": "", "accession_number": "ACC1"},
+    {"placer_order_number": "", "filler_order_number": "", "study_instance_uid": "1.2.3.4"},
+    {"placer_order_number": "OTHER", "filler_order_number": "", "accession_number": "ACC1"},
+])
+def test_the_order_is_found_by_accession_or_study_uid(ordered: Database, handler: ReportsHandler, identity):
+    out = send(ordered, handler, report(**identity))
+    assert len(out) == 1 and fields(out[0], "OBR")[0][2] == "PL1"
+
+
+def test_a_report_for_an_unknown_order_waits_and_is_sent_when_the_order_arrives(
+    db: Database, handler: ReportsHandler, orders_handler: OrdersHandler
+):
+    assert send(db, handler, report(placer_order_number="PL9", filler_order_number="")) == []
+    row = db.writer.call(lambda c: c.execute(select(reports)).one())
+    assert row.order_pk is None
+    out = apply_records(db, orders_handler, [patient(), order("PL9")])
+    assert out == []
+    out = apply_records(db, handler, [patient(), order("PL9")])
+    assert [o.destination for o in out] == ["ehr"] and fields(out[0], "OBR")[0][2] == "PL9"
+    assert db.writer.call(lambda c: c.execute(select(reports.c.order_pk)).scalar_one()) is not None
+
+
+def test_a_report_for_an_unknown_order_is_refused_by_policy(db: Database, config: EngineConfig):
+    strict = config.model_copy(update={"reports": config.reports.model_copy(update={"unknown_order": "reject"})})
+    handler = ReportsHandler(report_policy(strict), receivers(strict))
+    with pytest.raises(HL7ApplicationError) as err:
+        send(db, handler, report(placer_order_number="PL9"))
+    assert err.value.code == 204 and str(err.value.location) == "OBR^1^2"
+
+
+def test_without_receivers_reports_are_kept_and_nothing_is_sent(ordered: Database, config: EngineConfig):
+    handler = ReportsHandler(report_policy(config))
+    assert send(ordered, handler, report()) == [] and versions(ordered) == [(1, "F", "No acute finding.")]
