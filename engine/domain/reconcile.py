@@ -1,0 +1,185 @@
+"""Reconciliation in the database: which order an image belongs to, and linking its study to it.
+
+Matching (reference section 6): the Scheduled Procedure Step IDs of the image's
+RequestAttributesSequence, then its Study Instance UID, then its Accession Number
+together with its Patient ID (which resolves through A40 merges and A47 id changes
+to the surviving patient, :func:`~engine.domain.studies.resolve_dicom_patient`).
+Only steps SCHEDULED, ARRIVED or STARTED are candidates, and steps COMPLETED no
+longer ago than the configured window. A key that names more than one order is
+not a match (which one is unknown): the image stays unscheduled.
+
+The order, its step and its patient become the input of the order-to-image
+mapping (:func:`order_input`) in the record shapes of :mod:`engine.domain.records`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+
+from engine.domain.reconcile_tables import reconcile_requests
+from engine.domain.studies import resolve_dicom_patient
+from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps, studies
+from engine.reconcile.keys import MatchKeys
+
+__all__ = [
+    "OPEN_STEPS",
+    "MatchPolicy",
+    "OrderMatch",
+    "PatientMismatchPolicy",
+    "find_order",
+    "link_study",
+    "order_input",
+    "patient_conflict",
+    "request_reconciliation",
+]
+
+#: Step statuses an image may still belong to, whatever their age (PS3.4 K, reference section 6).
+OPEN_STEPS = ("SCHEDULED", "ARRIVED", "STARTED")
+PatientMismatchPolicy = Literal["reject", "accept"]
+
+
+@dataclass(frozen=True, slots=True)
+class MatchPolicy:
+    """How far back a COMPLETED step is still a candidate."""
+
+    completed_window: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderMatch:
+    """The order (and step, and patient) an image belongs to; ``matched_by`` names the key used."""
+
+    order_pk: int
+    step_pk: int
+    patient_pk: int
+    matched_by: str
+
+
+def _candidates(policy: MatchPolicy, now: datetime) -> Any:
+    s, o = procedure_steps.c, orders.c
+    fresh = and_(s.status == "COMPLETED", s.updated_at >= now - policy.completed_window)
+    return (select(s.id, s.order_pk, o.patient_pk).join(orders, s.order_pk == o.id)
+            .where(or_(s.status.in_(OPEN_STEPS), fresh)).order_by(s.id))
+
+
+def _single(rows: Sequence[Any], by: str) -> OrderMatch | None:
+    """The match when every row is the same order (its first step), else None (ambiguous or none)."""
+    if not rows or len({int(r.order_pk) for r in rows}) != 1:
+        return None
+    return OrderMatch(int(rows[0].order_pk), int(rows[0].id), int(rows[0].patient_pk), by)
+
+
+def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPolicy) -> OrderMatch | None:
+    """The order ``keys`` name, by SPS ID, then Study Instance UID, then accession + patient."""
+    s, o = procedure_steps.c, orders.c
+    base = _candidates(policy, now)
+    if keys.sps_ids:
+        found = _single(conn.execute(base.where(s.sps_id.in_(keys.sps_ids))).all(), "sps_id")
+        if found is not None:
+            return found
+    if keys.study_instance_uid:
+        found = _single(conn.execute(base.where(o.study_instance_uid == keys.study_instance_uid)).all(),
+                        "study_instance_uid")
+        if found is not None:
+            return found
+    if keys.accession_number and keys.patient_id:
+        patient_pk = resolve_dicom_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
+        if patient_pk is not None:
+            rows = conn.execute(base.where(o.accession_number == keys.accession_number,
+                                           o.patient_pk == patient_pk)).all()
+            return _single(rows, "accession_number")
+    return None
+
+
+def _code(value: str, scheme: str, meaning: str) -> dict[str, str] | None:
+    if not (value or scheme or meaning):
+        return None
+    return {"code_value": value, "coding_scheme_designator": scheme, "code_meaning": meaning}
+
+
+def order_input(conn: Connection, match: OrderMatch) -> dict[str, Any]:
+    """``{"order": ..., "patient": ...}`` for the order-to-image mapping, from the stored rows.
+
+    The patient is the order's as stored now (a merge moved the order to the survivor),
+    so the image gets the surviving identity.
+    """
+    o = conn.execute(select(orders).where(orders.c.id == match.order_pk)).one()
+    s = conn.execute(select(procedure_steps).where(procedure_steps.c.id == match.step_pk)).one()
+    p = conn.execute(select(patients).where(patients.c.id == o.patient_pk)).one()
+    others = conn.execute(select(patient_other_ids).where(patient_other_ids.c.patient_pk == p.id)
+                          .order_by(patient_other_ids.c.id)).all()
+    order = {
+        "record": "order", "order_control": o.order_control or "NW", "order_status": o.order_status,
+        "patient_id": p.patient_id, "issuer": p.issuer, "placer_order_number": o.placer_order_number,
+        "filler_order_number": o.filler_order_number, "accession_number": o.accession_number,
+        "issuer_of_accession_number": o.issuer_of_accession_number,
+        "requested_procedure_id": o.requested_procedure_id, "study_instance_uid": o.study_instance_uid,
+        "scheduled_procedure_step_id": s.sps_id, "modality": s.modality, "priority": o.priority,
+        "requested_procedure_description": o.requested_procedure_description,
+        "requested_procedure_code": _code(o.procedure_code_value, o.procedure_coding_scheme,
+                                          o.procedure_code_meaning),
+        "scheduled_procedure_step_description": s.description,
+        "scheduled_protocol_code": _code(s.protocol_code_value, s.protocol_coding_scheme, s.protocol_code_meaning),
+        "requesting_physician": o.requesting_physician, "referring_physician_name": o.referring_physician_name,
+        "admission_id": o.admission_id,
+    }  # fmt: skip
+    patient = {
+        "record": "patient", "patient_id": p.patient_id, "issuer": p.issuer, "patient_name": p.patient_name,
+        "birth_date": p.birth_date, "sex": p.sex, "admission_id": p.admission_id,
+        "referring_physician_name": p.referring_physician_name,
+        "other_ids": [{"patient_id": r.patient_id, "issuer": r.issuer, "type_of_id": r.type_of_id} for r in others],
+    }  # fmt: skip
+    return {"order": order, "patient": patient}
+
+
+def patient_conflict(conn: Connection, keys: MatchKeys, match: OrderMatch | None) -> str | None:
+    """Why an image may not join its (already stored) study under another patient, else None.
+
+    The image's Patient ID (+ issuer) agrees when it is the study's as received, or the
+    matched order's patient's, or resolves (merges, id changes followed) to the study's patient.
+    """
+    st = conn.execute(select(studies.c.patient_pk, studies.c.patient_id, studies.c.issuer_of_patient_id,
+                             studies.c.number_of_instances)
+                      .where(studies.c.study_instance_uid == keys.study_instance_uid)).first()
+    if st is None or not st.number_of_instances or not st.patient_id:
+        return None
+    if (keys.patient_id, keys.issuer_of_patient_id or st.issuer_of_patient_id) == (
+            st.patient_id, st.issuer_of_patient_id):
+        return None
+    resolved = resolve_dicom_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
+    study_patient = st.patient_pk if st.patient_pk is not None else (match.patient_pk if match else None)
+    if resolved is not None and resolved == study_patient:
+        return None
+    if match is not None and study_patient == match.patient_pk and resolved == match.patient_pk:
+        return None
+    return "the study's instances belong to another patient"
+
+
+def link_study(conn: Connection, study_pk: int, match: OrderMatch) -> None:
+    """Link a study to its order and step (and the order's patient), in the caller's transaction."""
+    accession = conn.execute(select(orders.c.accession_number).where(orders.c.id == match.order_pk)).scalar_one()
+    conn.execute(update(studies).where(studies.c.id == study_pk).values(
+        order_pk=match.order_pk, step_pk=match.step_pk, patient_pk=match.patient_pk, accession_number=accession))
+
+
+def request_reconciliation(conn: Connection, order_pks: list[int], now: datetime) -> None:
+    """Ask the background job to look for unscheduled studies of these orders (caller's transaction)."""
+    for pk in dict.fromkeys(order_pks):
+        conn.execute(insert(reconcile_requests).values(order_pk=pk, created_at=now))
+
+
+def take_requests(conn: Connection, limit: int = 50) -> list[tuple[int, int]]:
+    """The oldest pending (request id, order pk) pairs."""
+    rr = reconcile_requests.c
+    return [(int(r.id), int(r.order_pk)) for r in
+            conn.execute(select(rr.id, rr.order_pk).order_by(rr.id).limit(limit))]
+
+
+def finish_request(conn: Connection, request_id: int) -> None:
+    """Drop a handled request."""
+    conn.execute(delete(reconcile_requests).where(reconcile_requests.c.id == request_id))
