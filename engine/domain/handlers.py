@@ -30,6 +30,7 @@ from engine.domain.patients import (
     change_identifier,
     merge_patient,
 )
+from engine.domain.reconcile import request_for_orders
 from engine.domain.records import MergeRecord, OrderRecord, PatientRecord
 from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
 from engine.handlers import InboundContext, Outbound, register_handler
@@ -180,6 +181,8 @@ class OrdersHandler:
             order = _validate(OrderRecord, data, "ORC")
             applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
             ctx.note(applied.changed, applied.note)
+            if applied.changed:  # reconciliation (#13): unscheduled studies this order may own, in the background
+                request_for_orders(conn, applied.step_pks, now)
         return []
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, exists, insert, or_, select, update
 
 from engine.domain.reconcile_tables import reconcile_requests
 from engine.domain.studies import resolve_dicom_patient
@@ -35,6 +35,7 @@ __all__ = [
     "link_study",
     "order_input",
     "patient_conflict",
+    "request_for_orders",
     "request_reconciliation",
 ]
 
@@ -183,3 +184,12 @@ def take_requests(conn: Connection, limit: int = 50) -> list[tuple[int, int]]:
 def finish_request(conn: Connection, request_id: int) -> None:
     """Drop a handled request."""
     conn.execute(delete(reconcile_requests).where(reconcile_requests.c.id == request_id))
+
+
+def request_for_orders(conn: Connection, step_pks: Sequence[int], now: datetime) -> None:
+    """Order handler hook: when unscheduled studies exist, ask the job to look at these steps' orders."""
+    if not step_pks or conn.execute(select(exists().where(studies.c.order_pk.is_(None)))).scalar() is not True:
+        return
+    order_pks = [int(r[0]) for r in conn.execute(
+        select(procedure_steps.c.order_pk).where(procedure_steps.c.id.in_(step_pks)))]
+    request_reconciliation(conn, order_pks, now)

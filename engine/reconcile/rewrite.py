@@ -21,13 +21,25 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
 
 from engine.archive.structure import Encoding, offset_of_tag
 
-__all__ = ["BULK_TAG", "CoercedStream", "Header", "encode_header", "read_header"]
+__all__ = ["BULK_TAG", "CoercedStream", "Header", "encode_header", "encoding_of", "read_header"]
 
 #: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
 BULK_TAG = 0x7FE00000
+
+
+def encoding_of(transfer_syntax_uid: str) -> Encoding | None:
+    """How a dataset in this transfer syntax is encoded; None for deflate (not splittable)."""
+    ts = UID(transfer_syntax_uid)
+    if ts.is_deflated:
+        return None
+    try:
+        return Encoding(bool(ts.is_implicit_VR), bool(ts.is_little_endian))
+    except ValueError:  # a transfer syntax pydicom does not know: encapsulated, explicit VR LE
+        return Encoding(False, True)
 
 
 @dataclass(frozen=True, slots=True)
