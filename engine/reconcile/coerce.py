@@ -115,7 +115,8 @@ def _absent(keyword: str) -> DataElement:
 
 def _set(ds: Dataset, keyword: str, value: Any, modified: Dataset) -> bool:
     """Write one mapped value; keep the previous one in ``modified`` if it changed. True if it did."""
-    old = ds.data_element(keyword)
+    current = ds[keyword] if keyword in ds else None  # noqa: SIM401 - the element, not its value
+    old = copy.deepcopy(current) if current is not None else None  # setattr changes the element in place
     before = _canon(old.value) if old is not None else None
     if isinstance(value, Mapping):
         value = [value]
@@ -124,7 +125,7 @@ def _set(ds: Dataset, keyword: str, value: Any, modified: Dataset) -> bool:
     if old is not None and _canon(ds[keyword].value) == before:
         ds[keyword] = old
         return False
-    modified[keyword] = copy.deepcopy(old) if old is not None else _absent(keyword)
+    modified[keyword] = old if old is not None else _absent(keyword)
     return True
 
 
@@ -132,7 +133,7 @@ def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
     """Decode every text value with the header's own character set, then declare ``charset``."""
     for _ in ds.iterall():  # converts each raw element with the character set it was read in
         pass
-    old = ds.data_element("SpecificCharacterSet")
+    old = ds["SpecificCharacterSet"] if "SpecificCharacterSet" in ds else None  # noqa: SIM401 - the element
     modified["SpecificCharacterSet"] = copy.deepcopy(old) if old is not None else _absent("SpecificCharacterSet")
     ds.SpecificCharacterSet = charset
 
