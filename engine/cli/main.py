@@ -149,7 +149,9 @@ def _status_text(data: dict[str, Any]) -> str:
     lines += [f"{j}\t{v['last_run_at']}\t{v['last_result']}\t{v['runs']}\t{v['last_error']}"
               for j, v in sorted(data["jobs"].items())]
     steps = ", ".join(f"{k} {v}" for k, v in sorted(data["worklist_steps"].items())) or "none"
-    return "\n".join([*lines, "", f"worklist steps: {steps}"])
+    st = data.get("studies", {})
+    studies = f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled"
+    return "\n".join([*lines, "", f"worklist steps: {steps}", studies])
 
 
 _CONFIG_HELP = "configuration directory (default $RADBRIDGE_CONFIG or ./config)"

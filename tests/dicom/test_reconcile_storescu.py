@@ -127,3 +127,14 @@ def test_an_image_of_a_stored_study_under_another_patient_id_is_refused(tmp_path
         assert storescu(scp.port, [changed]).returncode == 0
         assert len(scp.instances()) == 2
 
+
+
+def test_status_counts_unscheduled_and_scheduled_studies(tmp_path: Path, corpus: Path) -> None:
+    from engine.cli.queries import study_counts
+
+    with running_scp(tmp_path, mappings_dir=ROOT / "mappings") as scp:
+        assert storescu(scp.port, _study(corpus)[:1]).returncode == 0
+        assert scp.db.read(study_counts) == {"scheduled": 0, "unscheduled": 1}
+        _order_for_corpus(scp)
+        late_jobs(scp.db, scp.config)[0].run()
+        assert scp.db.read(study_counts) == {"scheduled": 1, "unscheduled": 0}
