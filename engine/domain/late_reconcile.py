@@ -40,7 +40,15 @@ from engine.domain.reconciler import Reconciler
 from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import orders, procedure_steps, studies
 from engine.reconcile.coerce import COERCE, Modification, coerce
-from engine.reconcile.rewrite import CoercedStream, encode_header, encoding_of, read_header
+from engine.reconcile.rewrite import (
+    CoercedStream,
+    WholeStream,
+    encode_header,
+    encode_whole,
+    encoding_of,
+    read_header,
+    read_whole,
+)
 from engine.store.database import Database
 
 __all__ = ["Rewritten", "late_jobs", "match_for_order", "reconcile_job", "reconcile_study", "unscheduled_for_order"]
@@ -83,20 +91,20 @@ def unscheduled_for_order(conn: Connection, order_pk: int) -> list[str]:
 
 
 def _rewrite(location: ArchiveLocation, row: Any, target: dict[str, Any], mod: Modification) -> Rewritten | None:
-    """Coerce one stored file into a new one; None when nothing changes or it cannot be split (deflate)."""
+    """Coerce one stored file into a new one; None when nothing changes."""
     enc = encoding_of(row.transfer_syntax_uid)
-    if enc is None:
-        return None
     with open(location.path(row.path), "rb") as f:
         offset = dataset_offset(f.read(_HEAD))
         f.seek(0)
         meta = f.read(offset)
-        header = read_header(f, offset, enc)
-        if not coerce(header.dataset, target, mod):
+        header = read_header(f, offset, enc) if enc is not None else None
+        ds = header.dataset if header is not None else read_whole(f)
+        if not coerce(ds, target, mod):
             return None
-        stream = CoercedStream(encode_header(header.dataset, enc), header.raw, f, header.bulk_at)
+        stream = (CoercedStream(encode_header(ds, header.enc), header.raw, f, header.bulk_at)
+                  if header is not None else WholeStream(encode_whole(ds), f, offset))
         staged = location.stage(meta, cast(BinaryIO, stream))
-    attrs = InstanceAttributes.from_dataset(header.dataset)
+    attrs = InstanceAttributes.from_dataset(ds)
     stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
     path, _ = location.place(staged, [f"{stem}.{staged.sha256[:16]}.dcm"])
     return Rewritten(int(row.id), path, staged.size, staged.sha256, attrs)

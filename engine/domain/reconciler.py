@@ -35,7 +35,14 @@ from engine.errors import RadbridgeError
 from engine.mapping import CompiledMapping, load_mapping
 from engine.reconcile.coerce import COERCE, Modification, coerce
 from engine.reconcile.keys import MatchKeys
-from engine.reconcile.rewrite import CoercedStream, encode_header, read_header
+from engine.reconcile.rewrite import (
+    CoercedStream,
+    WholeStream,
+    encode_header,
+    encode_whole,
+    read_header,
+    read_whole,
+)
 from engine.store.database import Database
 
 __all__ = ["PatientMismatch", "Prepared", "Reconciler", "index_reconciled"]
@@ -51,7 +58,7 @@ class PatientMismatch(RadbridgeError):
 class Prepared:
     """What to store for one received image: the dataset stream, its index attributes, its order."""
 
-    body: BinaryIO | CoercedStream
+    body: BinaryIO | CoercedStream | WholeStream
     attrs: InstanceAttributes
     match: OrderMatch | None = None
     changed: tuple[str, ...] = ()
@@ -63,7 +70,7 @@ class Prepared:
 
     def received_sha256(self) -> str:
         """The received dataset's hash when the stored one was coerced ("" when stored as received)."""
-        return self.body.received_sha256 if isinstance(self.body, CoercedStream) else ""
+        return self.body.received_sha256 if isinstance(self.body, CoercedStream | WholeStream) else ""
 
 
 @dataclass(slots=True)
@@ -108,25 +115,25 @@ class Reconciler:
         """Match and coerce the dataset at ``offset`` of ``spool``; leaves ``spool`` at the body to copy.
 
         Raises :class:`PatientMismatch` when policy refuses the image. A deflated dataset
-        (``enc`` None) is matched and linked but stored as received.
+        (``enc`` None) is read and coerced whole.
         """
-        header = read_header(spool, offset, enc) if enc is not None else None
-        keys = MatchKeys.from_dataset(header.dataset) if header is not None else MatchKeys(
-            (), attrs.study_instance_uid, attrs.accession_number, attrs.patient_id, attrs.issuer_of_patient_id)
-        match, conflict, target = self.db.read(functools.partial(self._decide, keys=keys, now=now))
+        parsed = read_header(spool, offset, enc) if enc is not None else None
+        header = parsed.dataset if parsed is not None else read_whole(spool)
+        match, conflict, target = self.db.read(functools.partial(
+            self._decide, keys=MatchKeys.from_dataset(header), now=now))
         if conflict is not None and self.patient_mismatch == "reject":
             raise PatientMismatch(conflict)
         spool.seek(offset)
-        if match is None or header is None or not target:
+        if match is None or not target:
             return Prepared(spool, attrs, match)
-        changed = coerce(header.dataset, target, Modification(now, self.modifying_system, calling_ae, COERCE))
+        changed = coerce(header, target, Modification(now, self.modifying_system, calling_ae, COERCE))
         if not changed:
             return Prepared(spool, attrs, match)
-        assert enc is not None
-        body = CoercedStream(encode_header(header.dataset, enc), header.raw, spool, header.bulk_at)
         log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
                  match.matched_by, ",".join(changed))
-        return Prepared(body, InstanceAttributes.from_dataset(header.dataset), match, changed)
+        body = (CoercedStream(encode_header(header, parsed.enc), parsed.raw, spool, parsed.bulk_at)
+                if parsed is not None else WholeStream(encode_whole(header), spool, offset))
+        return Prepared(body, InstanceAttributes.from_dataset(header), match, changed)
 
 
 def index_reconciled(conn: Connection, attrs: InstanceAttributes, stored: StoredFile, policy: DuplicatePolicy,

@@ -6,7 +6,10 @@ touches, and every text value the character set governs) is read with pydicom
 and written back in the same transfer syntax; everything from the split on is
 copied byte for byte, never decoded and never held in memory.
 
-Deflated datasets (PS3.5 A.5) cannot be split: they are not coerced here.
+Deflated datasets (PS3.5 A.5) cannot be split: their bytes are compressed as a
+whole. They are read and written whole instead (:func:`read_whole`,
+:func:`encode_whole`); they are rare and small (deflate suits structured reports,
+not images).
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import UID
 
+from engine.archive.part10 import dataset_offset
 from engine.archive.structure import Encoding, offset_of_tag
 
-__all__ = ["BULK_TAG", "CoercedStream", "Header", "encode_header", "encoding_of", "read_header"]
+__all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "encode_header", "encode_whole", "encoding_of",
+           "read_header", "read_whole"]
 
 #: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
 BULK_TAG = 0x7FE00000
@@ -49,6 +55,7 @@ class Header:
     dataset: Dataset
     raw: bytes
     bulk_at: int
+    enc: Encoding
 
 
 def read_header(spool: BinaryIO, offset: int, enc: Encoding) -> Header:
@@ -57,7 +64,7 @@ def read_header(spool: BinaryIO, offset: int, enc: Encoding) -> Header:
         bulk_at = offset_of_tag(buf, offset, len(buf), enc, BULK_TAG)
         raw = bytes(buf[offset:bulk_at])
     ds = read_dataset(BytesIO(raw), enc.implicit, enc.little)
-    return Header(ds, raw, bulk_at)
+    return Header(ds, raw, bulk_at, enc)
 
 
 def encode_header(ds: Dataset, enc: Encoding) -> bytes:
@@ -97,3 +104,33 @@ class CoercedStream:
     def received_sha256(self) -> str:
         """SHA-256 of the dataset as received (valid once the stream has been read to the end)."""
         return self._received.hexdigest()
+
+
+def read_whole(spool: BinaryIO) -> Dataset:
+    """The whole Part 10 file in ``spool`` as a dataset (a deflated one is inflated by pydicom)."""
+    spool.seek(0)
+    return dcmread(spool)
+
+
+def encode_whole(ds: Dataset) -> bytes:
+    """The dataset bytes (after the File Meta Information) of ``ds`` in its file's transfer syntax."""
+    out = BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    data = out.getvalue()
+    return data[dataset_offset(data[:1 << 16]):]
+
+
+class WholeStream:
+    """A readable stream over a dataset encoded whole, with the received dataset's hash."""
+
+    def __init__(self, data: bytes, spool: BinaryIO, offset: int) -> None:
+        self._data = BytesIO(data)
+        received = hashlib.sha256()
+        spool.seek(offset)
+        while chunk := spool.read(1 << 20):
+            received.update(chunk)
+        self.received_sha256 = received.hexdigest()
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes; b"" at the end."""
+        return self._data.read(size)

@@ -138,3 +138,25 @@ def test_status_counts_unscheduled_and_scheduled_studies(tmp_path: Path, corpus:
         _order_for_corpus(scp)
         late_jobs(scp.db, scp.config)[0].run()
         assert scp.db.read(study_counts) == {"scheduled": 1, "unscheduled": 0}
+
+
+def test_a_deflated_image_is_coerced_whole(tmp_path: Path, corpus: Path) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from tests.dicom.store_peer import raw_sender, send_raw
+
+    src = dcmread(corpus / "dicom" / "single" / "CT_small.dcm")
+    src.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated = tmp_path / "deflated.dcm"
+    src.save_as(deflated, enforce_file_format=True)
+    with running_scp(tmp_path / "scp", mappings_dir=ROOT / "mappings") as scp:
+        handler = OrdersHandler(order_policy(scp.config))
+        apply_records(scp.db, handler, [patient("P7", patient_name="ÅSTRÖM^JÖNS"),
+                                        order("PL7", patient_id="P7", study_instance_uid=str(src.StudyInstanceUID))])
+        with raw_sender(scp.port, [(str(src.SOPClassUID), DeflatedExplicitVRLittleEndian)]) as assoc:
+            assert send_raw(assoc, deflated) == 0
+        stored = dcmread(scp.stored_path(str(src.SOPInstanceUID)))
+        assert stored.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+        assert (str(stored.PatientName), stored.PatientID) == ("ÅSTRÖM^JÖNS", "P7")
+        assert str(stored.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientID) == src.PatientID
+        assert stored.PixelData == src.PixelData
