@@ -244,8 +244,9 @@ class StorageService:
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
-        outcome = self.db.writer.call(functools.partial(index_reconciled, attrs=attrs, stored=stored,
-                                                        policy=self.policy, match=prepared.match))
+        index = functools.partial(index_reconciled, attrs=attrs, stored=stored, policy=self.policy,
+                                  match=prepared.match, strict=self.reconciling)
+        outcome = self.db.writer.call(index)
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
             self.primary.discard(self.primary.path(path))
         if outcome is IndexOutcome.REJECTED:
@@ -253,6 +254,11 @@ class StorageService:
                      attrs.sop_instance_uid, request.calling_ae)
             return DUPLICATE_REJECTED
         return SUCCESS
+
+    @property
+    def reconciling(self) -> bool:
+        """True when images are matched and coerced (``reconcile.enabled`` and its mapping loaded)."""
+        return self.reconciler is not None and self.reconciler.mapping is not None
 
     def _reconcile(self, spool: BinaryIO, offset: int, request: StoreRequest, attrs: InstanceAttributes,
                    now: datetime) -> Prepared:

@@ -1,12 +1,13 @@
 """Reconciliation in the database: which order an image belongs to, and linking its study to it.
 
 Matching (reference section 6): the Scheduled Procedure Step IDs of the image's
-RequestAttributesSequence, then its Study Instance UID, then its Accession Number
-together with its Patient ID (which resolves through A40 merges and A47 id changes
-to the surviving patient, :func:`~engine.domain.studies.resolve_dicom_patient`).
-Only steps SCHEDULED, ARRIVED or STARTED are candidates, and steps COMPLETED no
-longer ago than the configured window. A key that names more than one order is
-not a match (which one is unknown): the image stays unscheduled.
+RequestAttributesSequence, then its Study Instance UID (an order's, or a stored study's
+that is already linked to an order), then its Accession Number together with its Patient ID
+(which resolves through A40 merges and A47 id changes to the surviving patient,
+:func:`~engine.domain.studies.resolve_dicom_patient`). Only steps SCHEDULED, ARRIVED or
+STARTED are candidates, and steps COMPLETED no longer ago than the configured window.
+A key that names more than one order is not a match (which one is unknown): the image
+stays unscheduled.
 
 The order, its step and its patient become the input of the order-to-image
 mapping (:func:`order_input`) in the record shapes of :mod:`engine.domain.records`.
@@ -88,6 +89,10 @@ def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPo
                         "study_instance_uid")
         if found is not None:
             return found
+    if keys.study_instance_uid:
+        found = _linked_study(conn, keys.study_instance_uid)
+        if found is not None:
+            return found
     if keys.accession_number and keys.patient_id:
         patient_pk = resolve_dicom_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
         if patient_pk is not None:
@@ -95,6 +100,17 @@ def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPo
                                            o.patient_pk == patient_pk)).all()
             return _single(rows, "accession_number")
     return None
+
+
+def _linked_study(conn: Connection, study_instance_uid: str) -> OrderMatch | None:
+    """The order a stored study was already linked to (by an earlier image, a late order or an operator):
+    later images of the study follow it, whatever its step's status now."""
+    st, o = studies.c, orders.c
+    row = conn.execute(select(st.order_pk, st.step_pk, o.patient_pk).join(orders, o.id == st.order_pk)
+                       .where(st.study_instance_uid == study_instance_uid, st.step_pk.is_not(None))).first()
+    if row is None:
+        return None
+    return OrderMatch(int(row.order_pk), int(row.step_pk), int(row.patient_pk), "study_link")
 
 
 def _code(value: str, scheme: str, meaning: str) -> dict[str, str] | None:
@@ -141,8 +157,9 @@ def order_input(conn: Connection, match: OrderMatch) -> dict[str, Any]:
 def patient_conflict(conn: Connection, keys: MatchKeys, match: OrderMatch | None) -> str | None:
     """Why an image may not join its (already stored) study under another patient, else None.
 
-    The image's Patient ID (+ issuer) agrees when it is the study's as received, or the
-    matched order's patient's, or resolves (merges, id changes followed) to the study's patient.
+    No conflict when the image matched the order of the study's patient (it is coerced to
+    that patient), when its Patient ID (+ issuer) is the study's, or when it resolves (A40
+    merges, A47 id changes followed) to the study's patient.
     """
     st = conn.execute(select(studies.c.patient_pk, studies.c.patient_id, studies.c.issuer_of_patient_id,
                              studies.c.number_of_instances)
@@ -152,11 +169,11 @@ def patient_conflict(conn: Connection, keys: MatchKeys, match: OrderMatch | None
     if (keys.patient_id, keys.issuer_of_patient_id or st.issuer_of_patient_id) == (
             st.patient_id, st.issuer_of_patient_id):
         return None
-    resolved = resolve_dicom_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
     study_patient = st.patient_pk if st.patient_pk is not None else (match.patient_pk if match else None)
+    if match is not None and match.patient_pk == study_patient:
+        return None  # the study's own order: the image is coerced to the study's patient
+    resolved = resolve_dicom_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
     if resolved is not None and resolved == study_patient:
-        return None
-    if match is not None and study_patient == match.patient_pk and resolved == match.patient_pk:
         return None
     return "the study's instances belong to another patient"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO, cast
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from engine.archive.structure import Encoding
 from engine.config.models import EngineConfig
@@ -30,6 +30,7 @@ from engine.domain.reconcile import (
     order_input,
     patient_conflict,
 )
+from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import studies
 from engine.errors import RadbridgeError
 from engine.mapping import CompiledMapping, load_mapping
@@ -137,11 +138,24 @@ class Reconciler:
 
 
 def index_reconciled(conn: Connection, attrs: InstanceAttributes, stored: StoredFile, policy: DuplicatePolicy,
-                     match: OrderMatch | None) -> IndexOutcome:
-    """:func:`index_instance`, then the study linked to ``match`` in the same transaction."""
+                     match: OrderMatch | None, strict: bool = True) -> IndexOutcome:
+    """:func:`index_instance`, then the study linked to ``match`` in the same transaction.
+
+    With ``strict`` (reconciliation on), only the matcher links a study: a study this
+    image created, or found unlinked, is not left linked by the index's plain lookup of
+    an order by Study Instance UID or accession alone (which ignores the step's status
+    and the patient), so it shows as unscheduled until a real match.
+    """
+    st = studies.c
+    before = conn.execute(select(st.order_pk).where(st.study_instance_uid == attrs.study_instance_uid)).first()
     outcome = index_instance(conn, attrs, stored, policy)
-    if match is not None and outcome in (IndexOutcome.STORED, IndexOutcome.REPLACED):
-        study_pk = conn.execute(select(studies.c.id).where(
-            studies.c.study_instance_uid == attrs.study_instance_uid)).scalar_one()
-        link_study(conn, int(study_pk), match)
+    if outcome not in (IndexOutcome.STORED, IndexOutcome.REPLACED):
+        return outcome
+    study_pk = int(conn.execute(select(st.id).where(st.study_instance_uid == attrs.study_instance_uid)).scalar_one())
+    if match is not None:
+        link_study(conn, study_pk, match)
+    elif strict and (before is None or before.order_pk is None):
+        patient_pk = resolve_dicom_patient(conn, attrs.patient_id, attrs.issuer_of_patient_id)
+        conn.execute(update(studies).where(st.id == study_pk, st.order_pk.is_not(None)).values(
+            order_pk=None, step_pk=None, patient_pk=patient_pk, accession_number=attrs.accession_number))
     return outcome

@@ -160,3 +160,15 @@ def test_a_deflated_image_is_coerced_whole(tmp_path: Path, corpus: Path) -> None
         assert (str(stored.PatientName), stored.PatientID) == ("ÅSTRÖM^JÖNS", "P7")
         assert str(stored.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientID) == src.PatientID
         assert stored.PixelData == src.PixelData
+
+
+def test_an_accession_alone_of_another_patient_does_not_link_the_study(tmp_path: Path, corpus: Path) -> None:
+    with running_scp(tmp_path, mappings_dir=ROOT / "mappings") as scp:
+        handler = OrdersHandler(order_policy(scp.config))
+        apply_records(scp.db, handler, [patient("SOMEONE"), order("PL1", patient_id="SOMEONE",
+                                                                  accession_number="MOF5026")])
+        files = _study(corpus)
+        assert storescu(scp.port, files).returncode == 0
+        row = _study_row(scp)
+        assert (row.order_pk, row.patient_name) == (None, "DOE^J1")  # type: ignore[attr-defined]
+        assert all(str(dcmread(scp.archive / r.path).PatientName) == "DOE^J1" for r in scp.instances())

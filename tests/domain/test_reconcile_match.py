@@ -134,3 +134,17 @@ def test_a_changed_order_asks_for_reconciliation_only_when_unscheduled_studies_e
     _study(db, "1.2.3.9", "X", None)
     o = _order(db, orders_handler, "PL2")
     assert [r.order_pk for r in db.read(lambda c: c.execute(select(reconcile_requests)).all())] == [o.id]
+
+
+def test_a_stored_study_linked_to_an_order_keeps_its_later_images(db: Database, orders_handler: OrdersHandler) -> None:
+    o = _order(db, orders_handler, "PL1", study_instance_uid="1.2.3.1")
+    step = db.read(lambda c: c.execute(select(procedure_steps.c.id).where(procedure_steps.c.order_pk == o.id))
+                   .scalar_one())
+    _study(db, "5.5.5", "MODALITY-ID", o.patient_pk)
+    db.writer.call(lambda c: c.execute(update(studies).where(studies.c.study_instance_uid == "5.5.5")
+                                       .values(order_pk=o.id, step_pk=step)))
+    _set_status(db, o.id, "COMPLETED", NOW - timedelta(days=30))  # long done: no step candidate any more
+    found = _find(db, MatchKeys((), "5.5.5", "", "MODALITY-ID"))
+    assert found is not None and (found.order_pk, found.step_pk, found.matched_by) == (o.id, step, "study_link")
+    keys = MatchKeys((), "5.5.5", "", "TYPED-WRONG", "HOSP")
+    assert db.read(lambda c: patient_conflict(c, keys, found)) is None  # the study's own order decides
