@@ -1,7 +1,8 @@
-"""Reconciling a study that is already stored: after a late order, or by an operator's ``studies link``.
+"""Rewriting a study that is already stored: a late order, an operator's ``studies link``, an ADT correction.
 
 Each instance's file is read (header only; the bulk is streamed), coerced to the
-order's values with a new OriginalAttributesSequence item (COERCE), and written as
+order's values with a new OriginalAttributesSequence item (COERCE; CORRECT after an
+ADT update or merge, :func:`correct_study`), and written as
 a new file beside the old one (``<SOPInstanceUID>.<hash>.dcm``, durable before it is
 indexed). Then one transaction points every instance at its new file (the old
 file stays, with an ``instance_versions`` row), updates the study's attributes and
@@ -10,7 +11,8 @@ an unscheduled study: the next run does it again. A study already linked to an
 order is left alone (idempotent).
 
 The background job (:func:`reconcile_job`) handles the ``reconcile_requests`` the
-order handler writes (:func:`engine.domain.reconcile.request_for_orders`).
+order handler (:func:`engine.domain.reconcile.request_for_orders`) and the patients
+handler (:func:`engine.domain.reconcile.request_for_patient`) write.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from engine.domain.instances import InstanceAttributes
 from engine.domain.reconcile import (
     OPEN_STEPS,
     OrderMatch,
+    Request,
     finish_request,
     link_study,
     take_requests,
@@ -39,7 +42,7 @@ from engine.domain.reconcile import (
 from engine.domain.reconciler import Reconciler
 from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import orders, procedure_steps, studies
-from engine.reconcile.coerce import COERCE, Modification, coerce
+from engine.reconcile.coerce import CORRECT, Modification, coerce
 from engine.reconcile.rewrite import (
     CoercedStream,
     WholeStream,
@@ -51,7 +54,8 @@ from engine.reconcile.rewrite import (
 )
 from engine.store.database import Database
 
-__all__ = ["Rewritten", "late_jobs", "match_for_order", "reconcile_job", "reconcile_study", "unscheduled_for_order"]
+__all__ = ["Rewritten", "correct_study", "late_jobs", "match_for_order", "reconcile_job", "reconcile_study",
+           "unscheduled_for_order"]
 
 log = logging.getLogger(__name__)
 _HEAD = 1 << 16
@@ -110,8 +114,10 @@ def _rewrite(location: ArchiveLocation, row: Any, target: dict[str, Any], mod: M
     return Rewritten(int(row.id), path, staged.size, staged.sha256, attrs)
 
 
-def _index(conn: Connection, study_uid: str, match: OrderMatch, done: list[Rewritten], now: datetime) -> None:
-    """Point the instances at their coerced files, refresh the study's attributes, link it: one transaction."""
+def _index(conn: Connection, study_uid: str, match: OrderMatch | None, done: list[Rewritten],
+           now: datetime) -> None:
+    """Point the instances at their coerced files, refresh the study's attributes, link it (with ``match``):
+    one transaction."""
     study_pk = conn.execute(select(studies.c.id).where(studies.c.study_instance_uid == study_uid)).scalar_one()
     for new in done:
         old = conn.execute(select(instances).where(instances.c.id == new.instance_pk)).one()
@@ -126,17 +132,55 @@ def _index(conn: Connection, study_uid: str, match: OrderMatch, done: list[Rewri
         conn.execute(update(studies).where(studies.c.id == study_pk).values(
             patient_id=a.patient_id, issuer_of_patient_id=a.issuer_of_patient_id, patient_name=a.patient_name,
             study_description=a.study_description, study_id=a.study_id, last_seen_at=now))
-    link_study(conn, int(study_pk), match)
+    if match is not None:
+        link_study(conn, int(study_pk), match)
 
 
 def reconcile_study(db: Database, location: ArchiveLocation, reconciler: Reconciler, study_uid: str,
                     match: OrderMatch, now: datetime) -> int:
     """Coerce every stored instance of ``study_uid`` to ``match``'s order and link the study; how many changed."""
     target = db.read(functools.partial(reconciler.target, match=match))
+    done = _rewrite_study(db, location, study_uid, target, Modification(now, reconciler.modifying_system))
+    db.writer.call(functools.partial(_index, study_uid=study_uid, match=match, done=done, now=now))
+    log.info("study reconciled with order %d (%s): %d instance(s) coerced", match.order_pk, match.matched_by,
+             len(done))
+    return len(done)
+
+
+def correct_study(db: Database, location: ArchiveLocation, reconciler: Reconciler, study_uid: str,
+                  now: datetime) -> int:
+    """PIR: bring a stored study's images in line with its order and patient as they are now (reason CORRECT).
+
+    A linked study is corrected from its order (whose patient a merge may have changed),
+    an unscheduled one from its patient alone. Idempotent: an image that already holds
+    every value is left as it is. Returns how many instances changed.
+    """
+    linked = db.read(lambda conn: conn.execute(
+        select(studies.c.order_pk, studies.c.step_pk, studies.c.patient_pk, orders.c.patient_pk.label("owner"))
+        .outerjoin(orders, orders.c.id == studies.c.order_pk)
+        .where(studies.c.study_instance_uid == study_uid)).one())
+    match = None
+    if linked.order_pk is not None and linked.step_pk is not None:
+        match = OrderMatch(int(linked.order_pk), int(linked.step_pk), int(linked.owner), "correction")
+        target = db.read(functools.partial(reconciler.target, match=match))
+    elif linked.patient_pk is not None:
+        target = db.read(functools.partial(reconciler.patient_target, patient_pk=int(linked.patient_pk)))
+    else:
+        return 0
+    done = _rewrite_study(db, location, study_uid, target, Modification(now, reconciler.modifying_system,
+                                                                        reason=CORRECT))
+    if done:
+        db.writer.call(functools.partial(_index, study_uid=study_uid, match=match, done=done, now=now))
+        log.info("study corrected after an ADT update: %d instance(s) rewritten", len(done))
+    return len(done)
+
+
+def _rewrite_study(db: Database, location: ArchiveLocation, study_uid: str, target: dict[str, Any],
+                   mod: Modification) -> list[Rewritten]:
+    """Rewrite every instance of the study that ``target`` changes (files durable, not yet indexed)."""
     rows = db.read(lambda conn: conn.execute(
         select(instances).join(studies, studies.c.id == instances.c.study_pk)
         .where(studies.c.study_instance_uid == study_uid).order_by(instances.c.id)).all())
-    mod = Modification(now, reconciler.modifying_system, "", COERCE)
     done = []
     for row in rows:
         if row.location != location.name:
@@ -146,26 +190,32 @@ def reconcile_study(db: Database, location: ArchiveLocation, reconciler: Reconci
         rewritten = _rewrite(location, row, target, mod)
         if rewritten is not None:
             done.append(rewritten)
-    db.writer.call(functools.partial(_index, study_uid=study_uid, match=match, done=done, now=now))
-    log.info("study reconciled with order %d (%s): %d instance(s) coerced", match.order_pk, match.matched_by,
-             len(done))
-    return len(done)
+    return done
 
 
-def _handle(db: Database, location: ArchiveLocation, reconciler: Reconciler, request: tuple[int, int]) -> int:
-    request_id, order_pk = request
+def _studies_of(conn: Connection, patient_pk: int) -> list[str]:
+    st = studies.c
+    return [str(r[0]) for r in conn.execute(select(st.study_instance_uid).where(
+        st.patient_pk == patient_pk, st.number_of_instances > 0).order_by(st.id))]
+
+
+def _handle(db: Database, location: ArchiveLocation, reconciler: Reconciler, request: Request) -> int:
     now = datetime.now(UTC)
-    match = db.read(functools.partial(match_for_order, order_pk=order_pk, by="late_order"))
     count = 0
-    if match is not None:
-        for uid in db.read(functools.partial(unscheduled_for_order, order_pk=order_pk)):
-            count += reconcile_study(db, location, reconciler, uid, match, now)
-    db.writer.call(functools.partial(finish_request, request_id=request_id))
+    if request.order_pk is not None:
+        match = db.read(functools.partial(match_for_order, order_pk=int(request.order_pk), by="late_order"))
+        if match is not None:
+            for uid in db.read(functools.partial(unscheduled_for_order, order_pk=int(request.order_pk))):
+                count += reconcile_study(db, location, reconciler, uid, match, now)
+    if request.patient_pk is not None:
+        for uid in db.read(functools.partial(_studies_of, patient_pk=int(request.patient_pk))):
+            count += correct_study(db, location, reconciler, uid, now)
+    db.writer.call(functools.partial(finish_request, request_id=request.id))
     return count
 
 
 def reconcile_job(db: Database, location: ArchiveLocation, reconciler: Reconciler, every: float) -> Job:
-    """The background job: handle pending requests (late orders); the number of instances coerced."""
+    """The background job: late orders and ADT corrections; the number of instances rewritten."""
 
     def run() -> int:
         total = 0
@@ -174,7 +224,7 @@ def reconcile_job(db: Database, location: ArchiveLocation, reconciler: Reconcile
                 total += _handle(db, location, reconciler, request)
         return total
 
-    return Job("reconcile-late-orders", "unscheduled studies are reconciled when their order arrives", every, run)
+    return Job("reconcile-images", "stored images follow late orders and ADT corrections", every, run)
 
 
 def late_jobs(db: Database, config: EngineConfig) -> list[Job]:

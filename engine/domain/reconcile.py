@@ -32,11 +32,14 @@ __all__ = [
     "MatchPolicy",
     "OrderMatch",
     "PatientMismatchPolicy",
+    "Request",
     "find_order",
     "link_study",
     "order_input",
     "patient_conflict",
+    "patient_input",
     "request_for_orders",
+    "request_for_patient",
     "request_reconciliation",
 ]
 
@@ -191,11 +194,39 @@ def request_reconciliation(conn: Connection, order_pks: list[int], now: datetime
         conn.execute(insert(reconcile_requests).values(order_pk=pk, created_at=now))
 
 
-def take_requests(conn: Connection, limit: int = 50) -> list[tuple[int, int]]:
-    """The oldest pending (request id, order pk) pairs."""
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One pending ``reconcile_requests`` row: a late order, or a patient to correct."""
+
+    id: int
+    order_pk: int | None
+    patient_pk: int | None
+
+
+def take_requests(conn: Connection, limit: int = 50) -> list[Request]:
+    """The oldest pending requests."""
     rr = reconcile_requests.c
-    return [(int(r.id), int(r.order_pk)) for r in
-            conn.execute(select(rr.id, rr.order_pk).order_by(rr.id).limit(limit))]
+    rows = conn.execute(select(rr.id, rr.order_pk, rr.patient_pk).order_by(rr.id).limit(limit))
+    return [Request(int(r.id), r.order_pk, r.patient_pk) for r in rows]
+
+
+def request_for_patient(conn: Connection, patient_pk: int, now: datetime) -> None:
+    """ADT hook (A08/A31, A40, A47): when the patient has stored images, ask the job to correct them."""
+    st = studies.c
+    if conn.execute(select(exists().where(st.patient_pk == patient_pk, st.number_of_instances > 0))).scalar():
+        conn.execute(insert(reconcile_requests).values(patient_pk=patient_pk, created_at=now))
+
+
+def patient_input(conn: Connection, patient_pk: int) -> dict[str, Any]:
+    """The order-to-image mapping input for a study without an order: the patient alone (the order
+    fields are empty, which the coercion reads as "the order does not say")."""
+    p = conn.execute(select(patients).where(patients.c.id == patient_pk)).one()
+    patient = {
+        "record": "patient", "patient_id": p.patient_id, "issuer": p.issuer, "patient_name": p.patient_name,
+        "birth_date": p.birth_date, "sex": p.sex, "referring_physician_name": p.referring_physician_name,
+    }  # fmt: skip
+    return {"order": {"record": "order", "order_control": "NW", "patient_id": p.patient_id, "issuer": p.issuer},
+            "patient": patient}
 
 
 def finish_request(conn: Connection, request_id: int) -> None:

@@ -29,6 +29,7 @@ from engine.domain.reconcile import (
     link_study,
     order_input,
     patient_conflict,
+    patient_input,
 )
 from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import studies
@@ -103,6 +104,12 @@ class Reconciler:
         """The header values the mapping derives from the matched order (keyword -> value)."""
         assert self.mapping is not None
         records = self.mapping.apply_to(order_input(conn, match)).records
+        return records[0] if records else {}
+
+    def patient_target(self, conn: Connection, patient_pk: int) -> dict[str, Any]:
+        """The header values for a study without an order: the mapping over the patient alone."""
+        assert self.mapping is not None
+        records = self.mapping.apply_to(patient_input(conn, patient_pk)).records
         return records[0] if records else {}
 
     def _decide(self, conn: Connection, keys: MatchKeys, now: datetime) -> tuple[OrderMatch | None, str | None,

@@ -148,3 +148,38 @@ def test_studies_link_reconciles_with_the_operators_choice(engine, corpus: Path)
         assert order_pk is not None and (ds.PatientID, str(ds.PatientName)) == ("REAL42", "REAL^PATIENT")
     unknown = proc.cli("studies", "link", study_uid, "NO-SUCH-ACCESSION")
     assert unknown.returncode == 1 and "NO-SUCH-ACCESSION" in unknown.stderr
+
+
+def adt_a40(survivor: str, name: str, prior: str) -> str:
+    return "\r".join([
+        "MSH|^~\\&|HIS|NORTH|RADBRIDGE|NORTH|20261205100000||ADT^A40^ADT_A39|M40|P|2.5.1",
+        "EVN|A40|20261205100000",
+        f"PID|1||{survivor}^^^NORTH^MR||{name}||19500505|F",
+        f"MRG|{prior}^^^NORTH^MR",
+    ]) + "\r"  # fmt: skip
+
+
+def test_trauma_images_follow_an_a40_to_the_real_patient(engine, corpus: Path, tmp_path: Path) -> None:
+    proc, mllp, dicom = engine
+    assert send(mllp, orm(4, "TRAUMA4", "MOF5026", name="UNKNOWN^TRAUMA")) == "AA"
+    files = []
+    for src in _corpus_study(corpus)[:2]:  # the modality took the trauma identity from the worklist
+        ds = dcmread(src)
+        ds.PatientID = "TRAUMA4"
+        ds.PatientName = "UNKNOWN^TRAUMA"
+        files.append(tmp_path / src.name)
+        ds.save_as(files[-1])
+    storescu(dicom, files)
+    assert all(order_pk is not None for _, _, order_pk in stored(proc))
+    assert send(mllp, adt_a40("REAL4", "REAL^PERSON", "TRAUMA4")) == "AA"
+
+    def corrected() -> bool:
+        return all(dcmread(path, stop_before_pixels=True).PatientID == "REAL4" for _, path, _ in stored(proc))
+
+    wait_for(corrected)
+    for _, path, _ in stored(proc):
+        ds = dcmread(path)
+        assert str(ds.PatientName) == "REAL^PERSON"
+        reasons = [i.ReasonForTheAttributeModification for i in ds.OriginalAttributesSequence]
+        assert reasons == ["COERCE", "CORRECT"]  # the order's values on receipt, then the merge
+        assert ds.OriginalAttributesSequence[1].ModifiedAttributesSequence[0].PatientID == "TRAUMA4"

@@ -1,4 +1,5 @@
-"""reconciliation: the study's matched step, the received checksum of coerced instances, late-order requests
+"""reconciliation: the study's matched step, the received checksum of coerced instances, late-order and
+correction requests
 
 Revision ID: 0011
 Revises: 0010
@@ -29,9 +30,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('received_sha256', sa.String(length=64), nullable=False, server_default=''))
     op.create_table('reconcile_requests',
     sa.Column('id', _ID, autoincrement=True, nullable=False),
-    sa.Column('order_pk', _ID, nullable=False),
+    sa.Column('order_pk', _ID, nullable=True),
+    sa.Column('patient_pk', _ID, nullable=True),
     sa.Column('created_at', engine.store.schema.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['order_pk'], ['orders.id'], name=op.f('fk_reconcile_requests_order_pk_orders'),
+                            ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['patient_pk'], ['patients.id'], name=op.f('fk_reconcile_requests_patient_pk_patients'),
                             ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_reconcile_requests')),
     )
