@@ -138,6 +138,9 @@ class Runtime:
         cfg = self.config.engine
         jobs = worklist_jobs(self.db, cfg.worklist, ZoneInfo(cfg.timezone))
         jobs += message_jobs(self.db, cfg.messages, cfg.worklist.housekeeping_interval_seconds)
+        from engine.domain.late_reconcile import late_jobs  # reconciliation (#13): late orders
+
+        jobs += late_jobs(self.db, cfg)
         schedule_jobs(scheduler, [replace(j, run=recorded(self.db, j.id, j.description, j.run)) for j in jobs])
 
     def _runner(self, plan: Plan, channel: ChannelConfig) -> ChannelRunner:

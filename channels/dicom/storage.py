@@ -53,10 +53,10 @@ from engine.domain.instances import (
     InstanceAttributes,
     QuarantineRecord,
     StoredFile,
-    index_instance,
     is_valid_uid,
     record_quarantine,
 )
+from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler, index_reconciled
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
 from engine.store.database import Database
 
@@ -99,6 +99,7 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "missing_uid": (0xC220, "SOP Instance, Study or Series Instance UID missing or invalid"),
     "instance_mismatch": (0xC221, "SOPInstanceUID differs from the command's Affected SOP Instance UID"),
     "class_mismatch": (0xA900, "SOPClassUID differs from the command's or the presentation context's"),
+    "patient_mismatch": (0xC230, "the Patient ID is not the study's patient's (reconcile.patient_id_mismatch)"),
 }
 
 _HEAD = 1 << 16
@@ -178,6 +179,7 @@ class StorageService:
     primary: ArchiveLocation
     quarantine: ArchiveLocation
     policy: DuplicatePolicy
+    reconciler: Reconciler | None = None  # None: stored as received, never matched (reconcile.enabled off)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _next_sweep: float = 0.0
 
@@ -185,7 +187,8 @@ class StorageService:
     def from_config(cls, db: Database, config: EngineConfig) -> StorageService:
         """The service for ``archive:``; :meth:`prepare` must run before the first request."""
         return cls(db, ArchiveLocation("primary", config.archive_dir()),
-                   ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy)
+                   ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy,
+                   Reconciler.from_config(db, config))
 
     def prepare(self) -> None:
         """Create both locations and remove temporary files an interrupted store left behind."""
@@ -226,21 +229,24 @@ class StorageService:
         except MalformedDataset as exc:
             raise _Refused("unparsable", str(exc)) from exc
         attrs = _check(spool, offset, request)
-        spool.seek(offset)
+        prepared = self._reconcile(spool, offset, request, attrs, now)  # reconciliation (#13): match + coerce
+        attrs = prepared.attrs
         meta = encode_file_meta(attrs.sop_class_uid, attrs.sop_instance_uid, request.transfer_syntax_uid,
                                 request.calling_ae)
-        staged = self.primary.stage(meta, spool)
+        staged = self.primary.stage(meta, prepared.stream())
         # UIDs are checked (digits and dots): safe as names. The second name, with the content
         # hash, is for a resend whose first name is taken (replace policy, or a crash's orphan).
         stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
         names = [f"{stem}.dcm", f"{stem}.{staged.sha256[:16]}.dcm"]
         path, created = self.primary.place(staged, names)
         stored = StoredFile(self.primary.name, path, staged.size, staged.sha256, request.transfer_syntax_uid,
-                            request.calling_ae, now)
+                            request.calling_ae, now, prepared.received_sha256())
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
-        outcome = self.db.writer.call(functools.partial(index_instance, attrs=attrs, stored=stored, policy=self.policy))
+        index = functools.partial(index_reconciled, attrs=attrs, stored=stored, policy=self.policy,
+                                  match=prepared.match, strict=self.reconciling)
+        outcome = self.db.writer.call(index)
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
             self.primary.discard(self.primary.path(path))
         if outcome is IndexOutcome.REJECTED:
@@ -248,6 +254,23 @@ class StorageService:
                      attrs.sop_instance_uid, request.calling_ae)
             return DUPLICATE_REJECTED
         return SUCCESS
+
+    @property
+    def reconciling(self) -> bool:
+        """True when images are matched and coerced (``reconcile.enabled`` and its mapping loaded)."""
+        return self.reconciler is not None and self.reconciler.mapping is not None
+
+    def _reconcile(self, spool: BinaryIO, offset: int, request: StoreRequest, attrs: InstanceAttributes,
+                   now: datetime) -> Prepared:
+        """The order's values in the header (engine.domain.reconciler); the spool positioned to copy."""
+        if self.reconciler is None:
+            spool.seek(offset)
+            return Prepared(spool, attrs)
+        try:
+            return self.reconciler.prepare(spool, offset, _encoding(request.transfer_syntax_uid), attrs,
+                                           request.calling_ae, now)
+        except PatientMismatch as exc:
+            raise _Refused("patient_mismatch", str(exc)) from exc
 
     def _sweep(self, wall: float) -> None:
         """Remove abandoned spool files, at most once every SWEEP_EVERY_SECONDS."""

@@ -19,7 +19,7 @@ from pydicom.datadict import dictionary_VR
 
 from engine.errors import MalformedDataset
 
-__all__ = ["Encoding", "check_structure"]
+__all__ = ["Encoding", "check_structure", "offset_of_tag"]
 
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
@@ -48,6 +48,22 @@ _IMPLICIT_LE = Encoding(True, True)
 def check_structure(buf: bytes | memoryview | object, start: int, end: int, enc: Encoding) -> None:
     """Raise :class:`MalformedDataset` unless ``buf[start:end]`` is a well-formed dataset."""
     _Walker(buf, enc).dataset(start, end, 0, nested=False)
+
+
+def offset_of_tag(buf: bytes | memoryview | object, start: int, end: int, enc: Encoding, tag: int) -> int:
+    """Where the first top-level element whose tag is ``tag`` or above begins (``end`` if none).
+
+    Used to split a header from the bulk that follows it (pixel data) without reading
+    values; ``buf[start:end]`` must be well-formed (:func:`check_structure` first).
+    """
+    walker = _Walker(buf, enc)
+    pos = start
+    while pos < end:
+        h = walker.header(pos, end, enc)
+        if h.tag >= tag:
+            return pos
+        pos = walker.value(h, end, 1, enc)
+    return end
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,7 +153,9 @@ def _status_text(data: dict[str, Any]) -> str:
     steps = ", ".join(f"{k} {v}" for k, v in sorted(data["worklist_steps"].items())) or "none"
     reports = data["reports"]
     receivers = ", ".join(f"{k} {v}" for k, v in reports["receivers"].items()) or "none configured"
-    return "\n".join([*lines, "", f"worklist steps: {steps}",
+    st = data.get("studies", {})
+    studies = f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled"
+    return "\n".join([*lines, "", f"worklist steps: {steps}", studies,
                       f"reports waiting for their order: {reports['waiting_for_order']}",
                       f"ORU^R01 out: {receivers}"])
 

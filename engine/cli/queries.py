@@ -178,7 +178,7 @@ def _empty() -> dict[str, Any]:
 
 
 def engine_status(conn: Connection) -> dict[str, Any]:
-    """Channels, scheduled jobs (last run), worklist steps by status, reports waiting for their order."""
+    """Channels, scheduled jobs (last run), worklist steps, studies scheduled or not, reports waiting."""
     from engine.domain.tables import procedure_steps
 
     jobs = {r.job_id: {"description": r.description, "last_run_at": r.last_run_at.isoformat(),
@@ -189,4 +189,17 @@ def engine_status(conn: Connection) -> dict[str, Any]:
     from engine.domain.reports import waiting_count
 
     reports = {"waiting_for_order": waiting_count(conn)}
-    return {"channels": channel_status(conn), "jobs": jobs, "worklist_steps": steps, "reports": reports}
+    return {"channels": channel_status(conn), "jobs": jobs, "worklist_steps": steps, "reports": reports,
+            "studies": study_counts(conn)}
+
+
+def study_counts(conn: Connection) -> dict[str, int]:
+    """Studies with stored images: linked to an order (scheduled) or not (unscheduled); reconciliation (#13)."""
+    from engine.domain.tables import studies
+
+    rows = conn.execute(select(studies.c.order_pk.is_not(None), func.count())
+                        .where(studies.c.number_of_instances > 0).group_by(studies.c.order_pk.is_not(None))).all()
+    counts = {"scheduled": 0, "unscheduled": 0}
+    for linked, count in rows:
+        counts["scheduled" if linked else "unscheduled"] += int(count)
+    return counts

@@ -1,4 +1,4 @@
-"""``radbridge studies list|show``: the study index (C-STORE and MPPS), read with an audit event.
+"""``radbridge studies list|show|link``: the study index (C-STORE and MPPS), read with an audit event.
 
 A listing shows patient ids and names as received, so every read is recorded
 (:mod:`engine.audit`) in the transaction that reads: ``study.list`` (indexed by
@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +23,11 @@ from engine.domain.instance_tables import instance_versions, instances
 from engine.domain.tables import series, studies
 
 if TYPE_CHECKING:
+    from engine.config.models import EngineConfig
     from engine.store.database import Database
 
-__all__ = ["StudyFilter", "add_subcommands", "audited_studies", "audited_study", "list_studies", "study_detail"]
+__all__ = ["StudyFilter", "add_subcommands", "audited_studies", "audited_study", "link_to_accession", "list_studies",
+           "study_detail"]
 
 _STUDY_COLUMNS = (
     studies.c.study_instance_uid, studies.c.patient_id, studies.c.patient_name, studies.c.accession_number,
@@ -183,3 +185,59 @@ def add_subcommands(sub: Any, database: Any) -> None:
     show.add_argument("study_instance_uid", metavar="STUDY_UID", help="the Study Instance UID")
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
     show.set_defaults(fn=lambda args: cmd_show(args, database(args)))
+    from engine.cli.main import _config  # the engine configuration (archive location, mapping) for ``link``
+
+    add_link_subcommand(studies_cmd, database, lambda args: _config(args).engine)
+
+
+def link_to_accession(db: Database, config: EngineConfig, study_instance_uid: str, accession: str,
+                      actor: Actor | None = None) -> int:
+    """``studies link``: reconcile a stored study with the order of ``accession`` (audited as ``study.link``).
+
+    Returns how many instances were coerced. Raises LookupError when the study or the order is unknown.
+    """
+    from engine.archive.location import ArchiveLocation
+    from engine.domain.late_reconcile import match_for_order, reconcile_study
+    from engine.domain.reconciler import Reconciler
+    from engine.domain.tables import orders
+
+    def find(conn: Connection) -> tuple[Any, Any]:
+        study = conn.execute(select(studies.c.id).where(studies.c.study_instance_uid == study_instance_uid)).first()
+        order = conn.execute(select(orders.c.id).where(orders.c.accession_number == accession)
+                             .order_by(orders.c.id.desc())).first()
+        match = match_for_order(conn, int(order.id), "operator", any_status=True) if order is not None else None
+        return study, match
+
+    study, match = db.read(find)
+    if study is None:
+        raise LookupError(f"no study {study_instance_uid}")
+    if match is None:
+        raise LookupError(f"no order with accession number {accession}")
+    reconciler = Reconciler.from_config(db, config)
+    if reconciler.mapping is None:
+        raise LookupError(f"reconciliation is off or its mapping is missing ({config.reconcile.mapping})")
+    count = reconcile_study(db, ArchiveLocation("primary", config.archive_dir()), reconciler, study_instance_uid,
+                            match, datetime.now(UTC))
+    db.writer.call(lambda conn: record(conn, "study.link", "study", study_instance_uid,
+                                       {"accession_number": accession, "order_pk": match.order_pk,
+                                        "instances_coerced": count}, actor))
+    return count
+
+
+def cmd_link(args: argparse.Namespace, db: Database, config: EngineConfig) -> int:
+    """``studies link STUDY_UID ACCESSION``; 1 if either is unknown."""
+    try:
+        count = link_to_accession(db, config, args.study_instance_uid, args.accession)
+    except LookupError as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return 1
+    print(f"study {args.study_instance_uid} linked to accession {args.accession}: {count} instance(s) coerced")
+    return 0
+
+
+def add_link_subcommand(studies_cmd: Any, database: Any, engine_config: Any) -> None:
+    """Register ``studies link``; ``engine_config(args)`` loads the engine configuration."""
+    link = studies_cmd.add_parser("link", help="reconcile an unscheduled study with an order (audited)")
+    link.add_argument("study_instance_uid", metavar="STUDY_UID", help="the Study Instance UID")
+    link.add_argument("accession", metavar="ACCESSION", help="the accession number of the order")
+    link.set_defaults(fn=lambda args: cmd_link(args, database(args), engine_config(args)))

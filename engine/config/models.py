@@ -300,6 +300,27 @@ class ArchiveConfig(_Model):
         return None if value == "" else value
 
 
+class ReconcileConfig(_Model):
+    """Reconciliation of stored images with their order (docs/images.md "Reconciliation")."""
+
+    enabled: bool = Field(True, description="match each stored image to its order and coerce its header")
+    mapping: str = Field("order-to-image", description="the mapping file (in mappings_dir) giving the coerced values")
+    completed_window_hours: float = Field(
+        24.0, ge=0, description="a COMPLETED step is still a candidate this long after it completed"
+    )
+    patient_id_mismatch: Literal["reject", "accept"] = Field(
+        "reject",
+        description="an image whose Patient ID is not its stored study's patient's (nor merged into it):"
+        " refuse it (0xC230) or store it",
+    )
+    modifying_system: str = Field(
+        "", max_length=64, description="ModifyingSystem in OriginalAttributesSequence; empty: the DICOM AE title"
+    )
+    poll_interval_seconds: float = Field(
+        5.0, gt=0, description="how often the background job looks for orders that match unscheduled studies"
+    )
+
+
 class HTTPConfig(_Model):
     """The HTTP API (FHIR facade, health)."""
 
@@ -539,6 +560,7 @@ class EngineConfig(_Model):
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     dicom: DicomConfig = Field(default_factory=DicomConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)

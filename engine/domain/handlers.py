@@ -30,6 +30,7 @@ from engine.domain.patients import (
     change_identifier,
     merge_patient,
 )
+from engine.domain.reconcile import request_for_orders, request_for_patient
 from engine.domain.records import MergeRecord, OrderRecord, PatientRecord
 from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
 from engine.handlers import InboundContext, Outbound, register_handler
@@ -134,6 +135,7 @@ class PatientsHandler:
         if adt:
             _require(ctx.message, ("patient", "merge"), "PID", ctx.records)
         now = ctx.received_at  # one timestamp for everything this message changes
+        corrected: dict[int, None] = {}
         for data in _renames_first(ctx.records):
             kind = data.get("record")
             if kind == "patient":
@@ -141,18 +143,22 @@ class PatientsHandler:
                 if adt and patient.event not in IMPLEMENTED_EVENTS:
                     raise HL7Reject(201, f"ADT^{patient.event} is not implemented by the patients handler",
                                     ErrorLocation("MSH", 1, 9, 2))
-                _remember(ctx, patient, self.policy, apply_patient_event(conn, patient, self.policy, now))
+                pk = apply_patient_event(conn, patient, self.policy, now)
+                _remember(ctx, patient, self.policy, pk)
             elif kind == "merge":
                 ctx.shared.pop(_KNOWN, None)  # a merge may move a patient remembered before it
                 rec: MergeRecord = _validate(MergeRecord, data, "MRG")
                 if rec.kind == "change_id":
-                    change_identifier(conn, rec, self.policy, now)
+                    pk = change_identifier(conn, rec, self.policy, now)
                 else:
-                    merge_patient(conn, rec, self.policy, now)
+                    pk = merge_patient(conn, rec, self.policy, now)
             else:
                 continue
             if adt:  # for an order's PID, the orders handler reports what the message did
                 ctx.note(True)
+                corrected.setdefault(pk)
+        for pk in corrected:  # PIR (#13): the patient's stored images follow, in the background
+            request_for_patient(conn, pk, now)
         return []
 
 
@@ -180,6 +186,8 @@ class OrdersHandler:
             order = _validate(OrderRecord, data, "ORC")
             applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
             ctx.note(applied.changed, applied.note)
+            if applied.changed:  # reconciliation (#13): unscheduled studies this order may own, in the background
+                request_for_orders(conn, applied.step_pks, now)
         return []
 
 

@@ -35,6 +35,8 @@ instances = Table(
     Column("received_from_ae", String(16), nullable=False, default=""),
     Column("received_at", UTCDateTime(), nullable=False),
     Column("versions", Integer, nullable=False, default=1),
+    # the dataset as received, when reconciliation stored a coerced one ("": the same as sha256)
+    Column("received_sha256", String(64), nullable=False, default="", server_default=""),
     Index(None, "series_pk"),
     Index(None, "study_pk"),
 )

@@ -119,6 +119,12 @@ class StoredFile:
     transfer_syntax_uid: str
     received_from_ae: str
     received_at: datetime
+    received_sha256: str = ""  # the dataset as received, when a coerced one is stored ("": sha256)
+
+    @property
+    def identity(self) -> str:
+        """The hash a resend is recognised by: the dataset as received."""
+        return self.received_sha256 or self.sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +162,7 @@ def index_instance(conn: Connection, attrs: InstanceAttributes, stored: StoredFi
     existing = conn.execute(
         select(instances).where(instances.c.sop_instance_uid == attrs.sop_instance_uid)
     ).first()
-    if existing is not None and existing.sha256 == stored.sha256:
+    if existing is not None and (existing.received_sha256 or existing.sha256) == stored.identity:
         return IndexOutcome.UNCHANGED
     if existing is not None and policy == "reject":
         return IndexOutcome.REJECTED
@@ -200,7 +206,7 @@ def _instance_values(attrs: InstanceAttributes, stored: StoredFile, study_pk: in
         "sop_class_uid": attrs.sop_class_uid, "instance_number": attrs.instance_number,
         "transfer_syntax_uid": stored.transfer_syntax_uid, "size": stored.size, "sha256": stored.sha256,
         "location": stored.location, "path": stored.path, "received_from_ae": stored.received_from_ae[:16],
-        "received_at": stored.received_at,
+        "received_at": stored.received_at, "received_sha256": stored.received_sha256,
     }  # fmt: skip
 
 

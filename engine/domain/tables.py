@@ -234,6 +234,8 @@ studies = Table(
     Column("study_time", String(16), nullable=False, default="", server_default=""),
     Column("study_description", String(64), nullable=False, default="", server_default=""),
     Column("study_id", String(16), nullable=False, default="", server_default=""),
+    # reconciliation (#13): the scheduled step the study was matched to (with order_pk)
+    Column("step_pk", Id, ForeignKey("procedure_steps.id", ondelete="SET NULL"), nullable=True),
     Index(None, "patient_pk"),
     Index(None, "order_pk"),
     Index(None, "accession_number"),

@@ -42,7 +42,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p_test.add_argument("--json", action="store_true", help="machine-readable output")
     p_test.add_argument("--mappings", type=Path, default=_DEFAULT_DIR, help=_DIR_HELP)
     p_test.add_argument("--timezone", default="UTC", help=_TZ_HELP)
-    p_test.set_defaults(fn=lambda a: test(a.mapping, a.message, a.mappings, a.json, a.timezone))
+    p_test.add_argument("--image", type=Path, help="dicom targets: a DICOM file to show what coercing it would change")
+    p_test.set_defaults(fn=lambda a: test(a.mapping, a.message, a.mappings, a.json, a.timezone, image=a.image))
     p_verify = actions.add_parser("verify", help="run the golden cases in mappings/tests")
     p_verify.add_argument("--mappings", type=Path, default=_DEFAULT_DIR, help=_DIR_HELP)
     p_verify.add_argument("--timezone", default="UTC", help=_TZ_HELP)
@@ -92,8 +93,13 @@ def test(
     as_json: bool = False,
     timezone: str = "UTC",
     out: TextIO = sys.stdout,
+    image: Path | None = None,
 ) -> int:
-    """Apply one mapping to one input and show, per target field, the source and rule."""
+    """Apply one mapping to one input and show, per target field, the source and rule.
+
+    With ``image`` (a dicom-target mapping such as order-to-image), also what coercing
+    that DICOM file to the output would change (engine.reconcile.preview).
+    """
     try:
         mapping = _resolve(name, mappings_dir, timezone)
     except ConfigError as exc:
@@ -106,13 +112,29 @@ def test(
         return 1
     output = run_output(mapping, source)
     provenance = [] if "error" in output else _provenance(mapping, source)
+    changes = _coercion(mapping, output, image)
     if as_json:
+        extra = {"coercion": changes} if changes is not None else {}
         print(
-            json.dumps({**output, "provenance": provenance}, indent=2, ensure_ascii=False), file=out
+            json.dumps({**output, "provenance": provenance, **extra}, indent=2, ensure_ascii=False), file=out
         )
     else:
         _print_text(output, provenance, out)
+        if changes is not None:
+            print(f"coercing {image}: {len(changes)} change(s)", file=out)
+            for c in changes:
+                print(f"  {c['keyword']:<32} {c['before']!r} -> {c['after']!r}", file=out)
     return 1 if "error" in output else 0
+
+
+def _coercion(mapping: CompiledMapping, output: dict[str, Any], image: Path | None) -> list[dict[str, str]] | None:
+    """What coercing ``image`` to the first output would change; None without an image or output."""
+    if image is None or mapping.target != "dicom" or not output.get("records"):
+        return None
+    from engine.reconcile.preview import preview
+
+    return [{"keyword": c.keyword, "before": c.before, "after": c.after}
+            for c in preview(image, output["records"][0])]
 
 
 def _provenance(mapping: CompiledMapping, source: Any) -> list[dict[str, Any]]:

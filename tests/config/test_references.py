@@ -54,7 +54,7 @@ def test_each_mapping_of_a_list_is_checked(tmp_path):
     write(tmp_path, channel(extra="mapping:\n  - adt-to-patient\n  - nothing-like-it\n"))
     (found,) = problems(tmp_path)
     assert found.startswith(f"{tmp_path / 'channels' / 'c1.yaml'}:7: mapping.1: unknown mapping 'nothing-like-it'")
-    assert "known: adt-to-patient, order-to-mwl, order-to-worklist" in found
+    assert "known: adt-to-patient, order-to-image, order-to-mwl, order-to-worklist" in found
 
 
 def test_a_disabled_channel_is_checked_too(tmp_path):

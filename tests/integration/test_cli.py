@@ -119,7 +119,8 @@ def test_status_json_counts_per_channel(three_stored: EngineProcess) -> None:
 
     assert status["channels"] == {"inbound": {"received": 3, "errors": 1, "filtered": 0, "unchanged": 0, "queued": 0,
                                               "delivery_errors": 0, "oldest_queued_seconds": None}}
-    assert set(status) == {"channels", "jobs", "worklist_steps", "reports"}
+    assert set(status) == {"channels", "jobs", "worklist_steps", "reports", "studies"}
+    assert status["studies"] == {"scheduled": 0, "unscheduled": 0}
 
 
 def test_messages_list_json_rows_have_the_documented_fields(three_stored: EngineProcess) -> None:

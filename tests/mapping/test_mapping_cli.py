@@ -30,7 +30,7 @@ def test_subcommands_are_wired() -> None:
 def test_check_accepts_the_shipped_mappings() -> None:
     out = StringIO()
     assert cli.check(MAPPINGS_DIR, out=out) == 0
-    assert "5 mapping(s)" in out.getvalue()
+    assert "6 mapping(s)" in out.getvalue()
 
 
 def test_check_reports_file_line_and_suggestion(tmp_path: Path) -> None:

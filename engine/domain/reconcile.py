@@ -1,0 +1,243 @@
+"""Reconciliation in the database: which order an image belongs to, and linking its study to it.
+
+Matching (reference section 6): the Scheduled Procedure Step IDs of the image's
+RequestAttributesSequence, then its Study Instance UID (an order's, or a stored study's
+that is already linked to an order), then its Accession Number together with its Patient ID
+(which resolves through A40 merges and A47 id changes to the surviving patient,
+:func:`~engine.domain.studies.resolve_dicom_patient`). Only steps SCHEDULED, ARRIVED or
+STARTED are candidates, and steps COMPLETED no longer ago than the configured window.
+A key that names more than one order is not a match (which one is unknown): the image
+stays unscheduled.
+
+The order, its step and its patient become the input of the order-to-image
+mapping (:func:`order_input`) in the record shapes of :mod:`engine.domain.records`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Connection, and_, delete, exists, insert, or_, select, update
+
+from engine.domain.reconcile_tables import reconcile_requests
+from engine.domain.studies import resolve_dicom_patient
+from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps, studies
+from engine.reconcile.keys import MatchKeys
+
+__all__ = [
+    "OPEN_STEPS",
+    "MatchPolicy",
+    "OrderMatch",
+    "PatientMismatchPolicy",
+    "Request",
+    "find_order",
+    "link_study",
+    "order_input",
+    "patient_conflict",
+    "patient_input",
+    "request_for_orders",
+    "request_for_patient",
+    "request_reconciliation",
+]
+
+#: Step statuses an image may still belong to, whatever their age (PS3.4 K, reference section 6).
+OPEN_STEPS = ("SCHEDULED", "ARRIVED", "STARTED")
+PatientMismatchPolicy = Literal["reject", "accept"]
+
+
+@dataclass(frozen=True, slots=True)
+class MatchPolicy:
+    """How far back a COMPLETED step is still a candidate."""
+
+    completed_window: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderMatch:
+    """The order (and step, and patient) an image belongs to; ``matched_by`` names the key used."""
+
+    order_pk: int
+    step_pk: int
+    patient_pk: int
+    matched_by: str
+
+
+def _candidates(policy: MatchPolicy, now: datetime) -> Any:
+    s, o = procedure_steps.c, orders.c
+    fresh = and_(s.status == "COMPLETED", s.updated_at >= now - policy.completed_window)
+    return (select(s.id, s.order_pk, o.patient_pk).join(orders, s.order_pk == o.id)
+            .where(or_(s.status.in_(OPEN_STEPS), fresh)).order_by(s.id))
+
+
+def _single(rows: Sequence[Any], by: str) -> OrderMatch | None:
+    """The match when every row is the same order (its first step), else None (ambiguous or none)."""
+    if not rows or len({int(r.order_pk) for r in rows}) != 1:
+        return None
+    return OrderMatch(int(rows[0].order_pk), int(rows[0].id), int(rows[0].patient_pk), by)
+
+
+def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPolicy) -> OrderMatch | None:
+    """The order ``keys`` name, by SPS ID, then Study Instance UID, then accession + patient."""
+    s, o = procedure_steps.c, orders.c
+    base = _candidates(policy, now)
+    if keys.sps_ids:
+        found = _single(conn.execute(base.where(s.sps_id.in_(keys.sps_ids))).all(), "sps_id")
+        if found is not None:
+            return found
+    if keys.study_instance_uid:
+        found = _single(conn.execute(base.where(o.study_instance_uid == keys.study_instance_uid)).all(),
+                        "study_instance_uid")
+        if found is not None:
+            return found
+    if keys.study_instance_uid:
+        found = _linked_study(conn, keys.study_instance_uid)
+        if found is not None:
+            return found
+    if keys.accession_number and keys.patient_id:
+        patient_pk = resolve_dicom_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
+        if patient_pk is not None:
+            rows = conn.execute(base.where(o.accession_number == keys.accession_number,
+                                           o.patient_pk == patient_pk)).all()
+            return _single(rows, "accession_number")
+    return None
+
+
+def _linked_study(conn: Connection, study_instance_uid: str) -> OrderMatch | None:
+    """The order a stored study was already linked to (by an earlier image, a late order or an operator):
+    later images of the study follow it, whatever its step's status now."""
+    st, o = studies.c, orders.c
+    row = conn.execute(select(st.order_pk, st.step_pk, o.patient_pk).join(orders, o.id == st.order_pk)
+                       .where(st.study_instance_uid == study_instance_uid, st.step_pk.is_not(None))).first()
+    if row is None:
+        return None
+    return OrderMatch(int(row.order_pk), int(row.step_pk), int(row.patient_pk), "study_link")
+
+
+def _code(value: str, scheme: str, meaning: str) -> dict[str, str] | None:
+    if not (value or scheme or meaning):
+        return None
+    return {"code_value": value, "coding_scheme_designator": scheme, "code_meaning": meaning}
+
+
+def order_input(conn: Connection, match: OrderMatch) -> dict[str, Any]:
+    """``{"order": ..., "patient": ...}`` for the order-to-image mapping, from the stored rows.
+
+    The patient is the order's as stored now (a merge moved the order to the survivor),
+    so the image gets the surviving identity.
+    """
+    o = conn.execute(select(orders).where(orders.c.id == match.order_pk)).one()
+    s = conn.execute(select(procedure_steps).where(procedure_steps.c.id == match.step_pk)).one()
+    p = conn.execute(select(patients).where(patients.c.id == o.patient_pk)).one()
+    others = conn.execute(select(patient_other_ids).where(patient_other_ids.c.patient_pk == p.id)
+                          .order_by(patient_other_ids.c.id)).all()
+    order = {
+        "record": "order", "order_control": o.order_control or "NW", "order_status": o.order_status,
+        "patient_id": p.patient_id, "issuer": p.issuer, "placer_order_number": o.placer_order_number,
+        "filler_order_number": o.filler_order_number, "accession_number": o.accession_number,
+        "issuer_of_accession_number": o.issuer_of_accession_number,
+        "requested_procedure_id": o.requested_procedure_id, "study_instance_uid": o.study_instance_uid,
+        "scheduled_procedure_step_id": s.sps_id, "modality": s.modality, "priority": o.priority,
+        "requested_procedure_description": o.requested_procedure_description,
+        "requested_procedure_code": _code(o.procedure_code_value, o.procedure_coding_scheme,
+                                          o.procedure_code_meaning),
+        "scheduled_procedure_step_description": s.description,
+        "scheduled_protocol_code": _code(s.protocol_code_value, s.protocol_coding_scheme, s.protocol_code_meaning),
+        "requesting_physician": o.requesting_physician, "referring_physician_name": o.referring_physician_name,
+        "admission_id": o.admission_id,
+    }  # fmt: skip
+    patient = {
+        "record": "patient", "patient_id": p.patient_id, "issuer": p.issuer, "patient_name": p.patient_name,
+        "birth_date": p.birth_date, "sex": p.sex, "admission_id": p.admission_id,
+        "referring_physician_name": p.referring_physician_name,
+        "other_ids": [{"patient_id": r.patient_id, "issuer": r.issuer, "type_of_id": r.type_of_id} for r in others],
+    }  # fmt: skip
+    return {"order": order, "patient": patient}
+
+
+def patient_conflict(conn: Connection, keys: MatchKeys, match: OrderMatch | None) -> str | None:
+    """Why an image may not join its (already stored) study under another patient, else None.
+
+    No conflict when the image matched the order of the study's patient (it is coerced to
+    that patient), when its Patient ID (+ issuer) is the study's, or when it resolves (A40
+    merges, A47 id changes followed) to the study's patient.
+    """
+    st = conn.execute(select(studies.c.patient_pk, studies.c.patient_id, studies.c.issuer_of_patient_id,
+                             studies.c.number_of_instances)
+                      .where(studies.c.study_instance_uid == keys.study_instance_uid)).first()
+    if st is None or not st.number_of_instances or not st.patient_id:
+        return None
+    if (keys.patient_id, keys.issuer_of_patient_id or st.issuer_of_patient_id) == (
+            st.patient_id, st.issuer_of_patient_id):
+        return None
+    study_patient = st.patient_pk if st.patient_pk is not None else (match.patient_pk if match else None)
+    if match is not None and match.patient_pk == study_patient:
+        return None  # the study's own order: the image is coerced to the study's patient
+    resolved = resolve_dicom_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
+    if resolved is not None and resolved == study_patient:
+        return None
+    return "the study's instances belong to another patient"
+
+
+def link_study(conn: Connection, study_pk: int, match: OrderMatch) -> None:
+    """Link a study to its order and step (and the order's patient), in the caller's transaction."""
+    accession = conn.execute(select(orders.c.accession_number).where(orders.c.id == match.order_pk)).scalar_one()
+    conn.execute(update(studies).where(studies.c.id == study_pk).values(
+        order_pk=match.order_pk, step_pk=match.step_pk, patient_pk=match.patient_pk, accession_number=accession))
+
+
+def request_reconciliation(conn: Connection, order_pks: list[int], now: datetime) -> None:
+    """Ask the background job to look for unscheduled studies of these orders (caller's transaction)."""
+    for pk in dict.fromkeys(order_pks):
+        conn.execute(insert(reconcile_requests).values(order_pk=pk, created_at=now))
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One pending ``reconcile_requests`` row: a late order, or a patient to correct."""
+
+    id: int
+    order_pk: int | None
+    patient_pk: int | None
+
+
+def take_requests(conn: Connection, limit: int = 50) -> list[Request]:
+    """The oldest pending requests."""
+    rr = reconcile_requests.c
+    rows = conn.execute(select(rr.id, rr.order_pk, rr.patient_pk).order_by(rr.id).limit(limit))
+    return [Request(int(r.id), r.order_pk, r.patient_pk) for r in rows]
+
+
+def request_for_patient(conn: Connection, patient_pk: int, now: datetime) -> None:
+    """ADT hook (A08/A31, A40, A47): when the patient has stored images, ask the job to correct them."""
+    st = studies.c
+    if conn.execute(select(exists().where(st.patient_pk == patient_pk, st.number_of_instances > 0))).scalar():
+        conn.execute(insert(reconcile_requests).values(patient_pk=patient_pk, created_at=now))
+
+
+def patient_input(conn: Connection, patient_pk: int) -> dict[str, Any]:
+    """The order-to-image mapping input for a study without an order: the patient alone (the order
+    fields are empty, which the coercion reads as "the order does not say")."""
+    p = conn.execute(select(patients).where(patients.c.id == patient_pk)).one()
+    patient = {
+        "record": "patient", "patient_id": p.patient_id, "issuer": p.issuer, "patient_name": p.patient_name,
+        "birth_date": p.birth_date, "sex": p.sex, "referring_physician_name": p.referring_physician_name,
+    }  # fmt: skip
+    return {"order": {"record": "order", "order_control": "NW", "patient_id": p.patient_id, "issuer": p.issuer},
+            "patient": patient}
+
+
+def finish_request(conn: Connection, request_id: int) -> None:
+    """Drop a handled request."""
+    conn.execute(delete(reconcile_requests).where(reconcile_requests.c.id == request_id))
+
+
+def request_for_orders(conn: Connection, step_pks: Sequence[int], now: datetime) -> None:
+    """Order handler hook: when unscheduled studies exist, ask the job to look at these steps' orders."""
+    if not step_pks or conn.execute(select(exists().where(studies.c.order_pk.is_(None)))).scalar() is not True:
+        return
+    order_pks = [int(r[0]) for r in conn.execute(
+        select(procedure_steps.c.order_pk).where(procedure_steps.c.id.in_(step_pks)))]
+    request_reconciliation(conn, order_pks, now)

@@ -1,0 +1,168 @@
+"""Reconciliation as the storage SCP and the background job use it: match, map, coerce, link.
+
+:class:`Reconciler` holds the compiled order-to-image mapping and the policies.
+On C-STORE, :meth:`Reconciler.prepare` finds the image's order (one read
+transaction), refuses it when its Patient ID conflicts with its study's (policy),
+and coerces the header; :func:`index_reconciled` then indexes the stored file and
+links its study to the order in one transaction. An image no order matches is
+stored as received and its study stays unscheduled.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, BinaryIO, cast
+
+from sqlalchemy import Connection, select, update
+
+from engine.archive.structure import Encoding
+from engine.config.models import EngineConfig
+from engine.domain.instances import DuplicatePolicy, IndexOutcome, InstanceAttributes, StoredFile, index_instance
+from engine.domain.reconcile import (
+    MatchPolicy,
+    OrderMatch,
+    PatientMismatchPolicy,
+    find_order,
+    link_study,
+    order_input,
+    patient_conflict,
+    patient_input,
+)
+from engine.domain.studies import resolve_dicom_patient
+from engine.domain.tables import studies
+from engine.errors import RadbridgeError
+from engine.mapping import CompiledMapping, load_mapping
+from engine.reconcile.coerce import COERCE, Modification, coerce
+from engine.reconcile.keys import MatchKeys
+from engine.reconcile.rewrite import (
+    CoercedStream,
+    WholeStream,
+    encode_header,
+    encode_whole,
+    read_header,
+    read_whole,
+)
+from engine.store.database import Database
+
+__all__ = ["PatientMismatch", "Prepared", "Reconciler", "index_reconciled"]
+
+log = logging.getLogger(__name__)
+
+
+class PatientMismatch(RadbridgeError):
+    """An image whose Patient ID is not its (stored) study's patient's, refused by policy."""
+
+
+@dataclass(slots=True)
+class Prepared:
+    """What to store for one received image: the dataset stream, its index attributes, its order."""
+
+    body: BinaryIO | CoercedStream | WholeStream
+    attrs: InstanceAttributes
+    match: OrderMatch | None = None
+    changed: tuple[str, ...] = ()
+
+    def stream(self) -> BinaryIO:
+        """The dataset bytes to store, for :meth:`~engine.archive.location.ArchiveLocation.stage`
+        (which only calls ``read``)."""
+        return cast(BinaryIO, self.body)
+
+    def received_sha256(self) -> str:
+        """The received dataset's hash when the stored one was coerced ("" when stored as received)."""
+        return self.body.received_sha256 if isinstance(self.body, CoercedStream | WholeStream) else ""
+
+
+@dataclass(slots=True)
+class Reconciler:
+    """Match, map and coerce with one compiled mapping and the ``reconcile:`` policies."""
+
+    db: Database
+    mapping: CompiledMapping | None
+    policy: MatchPolicy = field(default_factory=MatchPolicy)
+    patient_mismatch: PatientMismatchPolicy = "reject"
+    modifying_system: str = "RADBRIDGE"
+
+    @classmethod
+    def from_config(cls, db: Database, config: EngineConfig) -> Reconciler:
+        """The reconciler of ``reconcile:``; with ``enabled: false`` (or its mapping file missing, logged as
+        an error) it matches nothing and images are stored as received."""
+        cfg = config.reconcile
+        mapping = None
+        path = config.mappings_dir / f"{cfg.mapping}.yaml"
+        if cfg.enabled and path.is_file():
+            mapping = load_mapping(path, timezone=config.timezone)  # a broken file is a ConfigError at start
+        elif cfg.enabled:
+            log.error("reconciliation is off: reconcile.mapping %s not found in %s; images are stored as received"
+                      " and their studies stay unscheduled", cfg.mapping, config.mappings_dir)
+        return cls(db, mapping, MatchPolicy(timedelta(hours=cfg.completed_window_hours)), cfg.patient_id_mismatch,
+                   cfg.modifying_system or config.dicom.ae_title)
+
+    def target(self, conn: Connection, match: OrderMatch) -> dict[str, Any]:
+        """The header values the mapping derives from the matched order (keyword -> value)."""
+        assert self.mapping is not None
+        records = self.mapping.apply_to(order_input(conn, match)).records
+        return records[0] if records else {}
+
+    def patient_target(self, conn: Connection, patient_pk: int) -> dict[str, Any]:
+        """The header values for a study without an order: the mapping over the patient alone."""
+        assert self.mapping is not None
+        records = self.mapping.apply_to(patient_input(conn, patient_pk)).records
+        return records[0] if records else {}
+
+    def _decide(self, conn: Connection, keys: MatchKeys, now: datetime) -> tuple[OrderMatch | None, str | None,
+                                                                                 dict[str, Any]]:
+        match = find_order(conn, keys, now, self.policy) if self.mapping is not None else None
+        conflict = patient_conflict(conn, keys, match)
+        return match, conflict, (self.target(conn, match) if match is not None else {})
+
+    def prepare(self, spool: BinaryIO, offset: int, enc: Encoding | None, attrs: InstanceAttributes,
+                calling_ae: str, now: datetime) -> Prepared:
+        """Match and coerce the dataset at ``offset`` of ``spool``; leaves ``spool`` at the body to copy.
+
+        Raises :class:`PatientMismatch` when policy refuses the image. A deflated dataset
+        (``enc`` None) is read and coerced whole.
+        """
+        parsed = read_header(spool, offset, enc) if enc is not None else None
+        header = parsed.dataset if parsed is not None else read_whole(spool)
+        match, conflict, target = self.db.read(functools.partial(
+            self._decide, keys=MatchKeys.from_dataset(header), now=now))
+        if conflict is not None and self.patient_mismatch == "reject":
+            raise PatientMismatch(conflict)
+        spool.seek(offset)
+        if match is None or not target:
+            return Prepared(spool, attrs, match)
+        changed = coerce(header, target, Modification(now, self.modifying_system, calling_ae, COERCE))
+        if not changed:
+            return Prepared(spool, attrs, match)
+        log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
+                 match.matched_by, ",".join(changed))
+        body = (CoercedStream(encode_header(header, parsed.enc), parsed.raw, spool, parsed.bulk_at)
+                if parsed is not None else WholeStream(encode_whole(header), spool, offset))
+        return Prepared(body, InstanceAttributes.from_dataset(header), match, changed)
+
+
+def index_reconciled(conn: Connection, attrs: InstanceAttributes, stored: StoredFile, policy: DuplicatePolicy,
+                     match: OrderMatch | None, strict: bool = True) -> IndexOutcome:
+    """:func:`index_instance`, then the study linked to ``match`` in the same transaction.
+
+    With ``strict`` (reconciliation on), only the matcher links a study: a study this
+    image created, or found unlinked, is not left linked by the index's plain lookup of
+    an order by Study Instance UID or accession alone (which ignores the step's status
+    and the patient), so it shows as unscheduled until a real match.
+    """
+    st = studies.c
+    before = conn.execute(select(st.order_pk).where(st.study_instance_uid == attrs.study_instance_uid)).first()
+    outcome = index_instance(conn, attrs, stored, policy)
+    if outcome not in (IndexOutcome.STORED, IndexOutcome.REPLACED):
+        return outcome
+    study_pk = int(conn.execute(select(st.id).where(st.study_instance_uid == attrs.study_instance_uid)).scalar_one())
+    if match is not None:
+        link_study(conn, study_pk, match)
+    elif strict and (before is None or before.order_pk is None):
+        patient_pk = resolve_dicom_patient(conn, attrs.patient_id, attrs.issuer_of_patient_id)
+        conn.execute(update(studies).where(st.id == study_pk, st.order_pk.is_not(None)).values(
+            order_pk=None, step_pk=None, patient_pk=patient_pk, accession_number=attrs.accession_number))
+    return outcome

@@ -1,0 +1,169 @@
+"""Coercing an image header to its order's values, every change recorded (PS3.3 C.12.1.1.9).
+
+:func:`coerce` takes the values a mapping (``mappings/order-to-image.yaml``) says
+the header should hold and writes those that differ. What it writes:
+
+* a text value replaces the header's value; an empty mapped value means "the order
+  does not say" and leaves the header alone (the modality's value is kept);
+* a sequence (a list of item dicts) is merged item by item into the header's
+  items: the mapped attributes are set, the item's other attributes stay;
+* every previous value goes into one new OriginalAttributesSequence (0400,0561)
+  item's ModifiedAttributesSequence, an attribute that was absent as an empty
+  element; the item carries AttributeModificationDateTime, ModifyingSystem,
+  SourceOfPreviousValues and ReasonForTheAttributeModification. Earlier items
+  stay as they are: the new one is appended;
+* SpecificCharacterSet becomes ISO_IR 192 when a written value does not fit the
+  header's character set (:mod:`engine.reconcile.charset`); the previous value is
+  recorded like any other, and every text value is decoded first so that it is
+  re-encoded in UTF-8 when written.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from engine.reconcile.charset import needed_charset
+
+__all__ = ["COERCE", "CORRECT", "Modification", "coerce", "is_empty"]
+
+COERCE = "COERCE"  # PS3.3 C.12.1.1.9.2: values changed on receipt
+CORRECT = "CORRECT"  # values corrected later (ADT update, merge)
+
+
+@dataclass(frozen=True, slots=True)
+class Modification:
+    """Who changed the header, when, why, and where the previous values came from."""
+
+    when: datetime
+    modifying_system: str
+    source_of_previous_values: str = ""
+    reason: str = COERCE
+
+
+def is_empty(value: Any) -> bool:
+    """True for a mapped value that says nothing: "", None, or items that are all empty."""
+    if value is None or value == "":
+        return True
+    if isinstance(value, Mapping):
+        return all(is_empty(v) for v in value.values())
+    if isinstance(value, list):
+        return all(is_empty(v) for v in value)
+    return False
+
+
+def _canon(value: Any) -> Any:
+    """A comparable form of an element value (sequences recursively, padding ignored)."""
+    if isinstance(value, Dataset):
+        return {int(elem.tag): _canon(elem.value) for elem in value}
+    if isinstance(value, list | MultiValue) and value and isinstance(value[0], Dataset):
+        return [_canon(item) for item in value]
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    if isinstance(value, bytes):
+        return value
+    return "" if value is None else str(value).rstrip(" \x00")
+
+
+def _merged_items(existing: Any, wanted: list[Any]) -> list[Dataset]:
+    old = list(existing or [])
+    kept = [w for w in wanted if not is_empty(w)]
+    return [_merged_item(old[i] if i < len(old) else None, w) for i, w in enumerate(kept)]
+
+
+def _merged_item(existing: Dataset | None, wanted: Mapping[str, Any]) -> Dataset:
+    item = copy.deepcopy(existing) if existing is not None else Dataset()
+    for keyword, value in wanted.items():
+        if is_empty(value):
+            continue
+        if isinstance(value, Mapping):
+            value = [value]
+        if isinstance(value, list):
+            setattr(item, keyword, _merged_items(item.get(keyword), value))
+        else:
+            setattr(item, keyword, value)
+    return item
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every text value in a mapped value (what the character set must be able to hold)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _texts(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _texts(v)
+
+
+def _absent(keyword: str) -> DataElement:
+    """The empty element that records "this attribute was not there" (PS3.3 C.12.1.1.9.2)."""
+    tag = tag_for_keyword(keyword)
+    assert tag is not None  # mapping targets are checked against the dictionary at load
+    vr = dictionary_VR(tag)
+    return DataElement(tag, vr, [] if vr == "SQ" else None)
+
+
+def _set(ds: Dataset, keyword: str, value: Any, modified: Dataset) -> bool:
+    """Write one mapped value; keep the previous one in ``modified`` if it changed. True if it did."""
+    current = ds[keyword] if keyword in ds else None  # noqa: SIM401 - the element, not its value
+    old = copy.deepcopy(current) if current is not None else None  # setattr changes the element in place
+    before = _canon(old.value) if old is not None else None
+    if isinstance(value, Mapping):
+        value = [value]
+    setattr(ds, keyword, _merged_items(old.value if old is not None else None, value)
+            if isinstance(value, list) else value)
+    if old is not None and _canon(ds[keyword].value) == before:
+        ds[keyword] = old
+        return False
+    modified[keyword] = old if old is not None else _absent(keyword)
+    return True
+
+
+def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
+    """Decode every text value with the header's own character set, then declare ``charset``."""
+    for _ in ds.iterall():  # converts each raw element with the character set it was read in
+        pass
+    old = ds["SpecificCharacterSet"] if "SpecificCharacterSet" in ds else None  # noqa: SIM401 - the element
+    modified["SpecificCharacterSet"] = copy.deepcopy(old) if old is not None else _absent("SpecificCharacterSet")
+    ds.SpecificCharacterSet = charset
+
+
+def _stamp(mod: Modification, modified: Dataset) -> Dataset:
+    item = Dataset()
+    item.ModifiedAttributesSequence = [modified]
+    item.AttributeModificationDateTime = mod.when.strftime("%Y%m%d%H%M%S.%f%z")
+    item.ModifyingSystem = mod.modifying_system[:64]
+    item.SourceOfPreviousValues = mod.source_of_previous_values[:64]
+    item.ReasonForTheAttributeModification = mod.reason
+    return item
+
+
+def coerce(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> tuple[str, ...]:
+    """Write ``target`` (keyword -> text or list of item dicts) into ``ds``; return the changed keywords.
+
+    ``ds`` is changed in place only when something differs; then one item is appended to its
+    OriginalAttributesSequence. Returns () when the header already holds every mapped value.
+    """
+    wanted = {k: v for k, v in target.items() if not is_empty(v) and k != "SpecificCharacterSet"}
+    modified = Dataset()
+    current = ds.get("SpecificCharacterSet", None)
+    charset = needed_charset(current, (t for v in wanted.values() for t in _texts(v)))
+    probe = copy.deepcopy(ds)
+    if not any(_set(probe, k, v, Dataset()) for k, v in wanted.items()):
+        return ()
+    if charset != current:
+        _switch_charset(ds, str(charset), modified)
+    changed = [k for k, v in wanted.items() if _set(ds, k, v, modified)]
+    history = list(ds.get("OriginalAttributesSequence", None) or [])
+    ds.OriginalAttributesSequence = [*history, _stamp(mod, modified)]
+    return tuple(changed)

@@ -1,0 +1,136 @@
+"""A received Part 10 file with a coerced header: the header re-encoded, the rest streamed as is.
+
+The dataset is split at the first top-level element of group 7FE0 (pixel data,
+float pixel data) or beyond: everything before it (the attributes reconciliation
+touches, and every text value the character set governs) is read with pydicom
+and written back in the same transfer syntax; everything from the split on is
+copied byte for byte, never decoded and never held in memory.
+
+Deflated datasets (PS3.5 A.5) cannot be split: their bytes are compressed as a
+whole. They are read and written whole instead (:func:`read_whole`,
+:func:`encode_whole`); they are rare and small (deflate suits structured reports,
+not images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+from dataclasses import dataclass
+from io import BytesIO
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.uid import UID
+
+from engine.archive.part10 import dataset_offset
+from engine.archive.structure import Encoding, offset_of_tag
+
+__all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "encode_header", "encode_whole", "encoding_of",
+           "read_header", "read_whole"]
+
+#: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
+BULK_TAG = 0x7FE00000
+
+
+def encoding_of(transfer_syntax_uid: str) -> Encoding | None:
+    """How a dataset in this transfer syntax is encoded; None for deflate (not splittable)."""
+    ts = UID(transfer_syntax_uid)
+    if ts.is_deflated:
+        return None
+    try:
+        return Encoding(bool(ts.is_implicit_VR), bool(ts.is_little_endian))
+    except ValueError:  # a transfer syntax pydicom does not know: encapsulated, explicit VR LE
+        return Encoding(False, True)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The header part of a dataset: its parsed form, its bytes as received and where the bulk starts."""
+
+    dataset: Dataset
+    raw: bytes
+    bulk_at: int
+    enc: Encoding
+
+
+def read_header(spool: BinaryIO, offset: int, enc: Encoding) -> Header:
+    """Parse the header of the dataset that starts at ``offset`` of ``spool`` (structure already checked)."""
+    with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        bulk_at = offset_of_tag(buf, offset, len(buf), enc, BULK_TAG)
+        raw = bytes(buf[offset:bulk_at])
+    ds = read_dataset(BytesIO(raw), enc.implicit, enc.little)
+    return Header(ds, raw, bulk_at, enc)
+
+
+def encode_header(ds: Dataset, enc: Encoding) -> bytes:
+    """``ds`` encoded in ``enc`` (the received transfer syntax), ready to precede the bulk."""
+    out = DicomBytesIO()
+    out.is_implicit_VR = enc.implicit
+    out.is_little_endian = enc.little
+    ds.set_original_encoding(enc.implicit, enc.little, ds.original_character_set)
+    write_dataset(out, ds)
+    return out.getvalue()
+
+
+class CoercedStream:
+    """A readable stream: the new header bytes, then the spool from the bulk on.
+
+    While it is read it also hashes the dataset *as received* (the old header bytes,
+    then the same bulk), so a resend of the same image is still recognised
+    (:attr:`received_sha256` once fully read).
+    """
+
+    def __init__(self, head: bytes, old_head: bytes, spool: BinaryIO, bulk_at: int) -> None:
+        self._head = BytesIO(head)
+        self._spool = spool
+        self._received = hashlib.sha256(old_head)
+        spool.seek(bulk_at)
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (the header first); b"" at the end."""
+        chunk = self._head.read(size)
+        if chunk:
+            return chunk
+        chunk = self._spool.read(size)
+        self._received.update(chunk)
+        return chunk
+
+    @property
+    def received_sha256(self) -> str:
+        """SHA-256 of the dataset as received (valid once the stream has been read to the end)."""
+        return self._received.hexdigest()
+
+
+def read_whole(spool: BinaryIO) -> Dataset:
+    """The whole Part 10 file in ``spool`` as a dataset (a deflated one is inflated by pydicom)."""
+    spool.seek(0)
+    return dcmread(spool)
+
+
+def encode_whole(ds: Dataset) -> bytes:
+    """The dataset bytes (after the File Meta Information) of ``ds`` in its file's transfer syntax."""
+    out = BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    data = out.getvalue()
+    return data[dataset_offset(data[:1 << 16]):]
+
+
+class WholeStream:
+    """A readable stream over a dataset encoded whole, with the received dataset's hash."""
+
+    def __init__(self, data: bytes, spool: BinaryIO, offset: int) -> None:
+        self._data = BytesIO(data)
+        received = hashlib.sha256()
+        spool.seek(offset)
+        while chunk := spool.read(1 << 20):
+            received.update(chunk)
+        self.received_sha256 = received.hexdigest()
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes; b"" at the end."""
+        return self._data.read(size)

@@ -1,0 +1,150 @@
+"""Matching an image to its order (reference section 6): keys in order of trust, candidates, merges."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from engine.domain.handlers import OrdersHandler, PatientsHandler
+from engine.domain.reconcile import MatchPolicy, OrderMatch, find_order, order_input, patient_conflict
+from engine.domain.reconcile_tables import reconcile_requests
+from engine.domain.tables import orders, patients, procedure_steps, studies
+from engine.reconcile.keys import MatchKeys
+from engine.store.database import Database
+
+from .factories import apply_records, merge, order, patient
+
+NOW = datetime.now(UTC)
+POLICY = MatchPolicy(timedelta(hours=24))
+
+
+def _order(db: Database, handler: OrdersHandler, placer: str, **fields: Any) -> Any:
+    apply_records(db, handler, [patient(fields.get("patient_id", "P1")), order(placer, **fields)])
+    return db.read(lambda c: c.execute(select(orders).where(orders.c.placer_order_number == placer)).one())
+
+
+def _find(db: Database, keys: MatchKeys, now: datetime = NOW) -> OrderMatch | None:
+    return db.read(lambda c: find_order(c, keys, now, POLICY))
+
+
+def _set_status(db: Database, order_pk: int, status: str, at: datetime = NOW) -> None:
+    db.writer.call(lambda c: c.execute(update(procedure_steps).where(procedure_steps.c.order_pk == order_pk)
+                                       .values(status=status, updated_at=at)))
+
+
+def test_the_sps_id_wins_over_the_study_uid(db: Database, orders_handler: OrdersHandler) -> None:
+    a = _order(db, orders_handler, "PL1", scheduled_procedure_step_id="SPS-A", study_instance_uid="1.2.3.1")
+    b = _order(db, orders_handler, "PL2", scheduled_procedure_step_id="SPS-B", study_instance_uid="1.2.3.2")
+    found = _find(db, MatchKeys(("SPS-B",), "1.2.3.1"))
+    assert found is not None and (found.order_pk, found.matched_by) == (b.id, "sps_id")
+    found = _find(db, MatchKeys(("UNKNOWN",), "1.2.3.1"))
+    assert found is not None and (found.order_pk, found.matched_by) == (a.id, "study_instance_uid")
+
+
+def test_accession_needs_the_patient_id(db: Database, orders_handler: OrdersHandler) -> None:
+    o = _order(db, orders_handler, "PL1", accession_number="ACC1")
+    assert _find(db, MatchKeys((), "9.9", "ACC1", "")) is None
+    assert _find(db, MatchKeys((), "9.9", "ACC1", "SOMEONE")) is None
+    found = _find(db, MatchKeys((), "9.9", "ACC1", "P1", "HOSP"))
+    assert found is not None and (found.order_pk, found.matched_by) == (o.id, "accession_number")
+
+
+def test_only_open_and_recently_completed_steps_are_candidates(db: Database, orders_handler: OrdersHandler) -> None:
+    o = _order(db, orders_handler, "PL1", study_instance_uid="1.2.3.1")
+    keys = MatchKeys((), "1.2.3.1")
+    for status in ("SCHEDULED", "ARRIVED", "STARTED"):
+        _set_status(db, o.id, status)
+        assert _find(db, keys) is not None, status
+    _set_status(db, o.id, "COMPLETED", NOW - timedelta(hours=2))
+    assert _find(db, keys) is not None
+    _set_status(db, o.id, "COMPLETED", NOW - timedelta(hours=25))
+    assert _find(db, keys) is None
+    for status in ("DISCONTINUED", "CANCELED", "EXPIRED"):
+        _set_status(db, o.id, status)
+        assert _find(db, keys) is None, status
+
+
+def test_a_key_naming_two_orders_matches_none(db: Database, orders_handler: OrdersHandler) -> None:
+    _order(db, orders_handler, "PL1", scheduled_procedure_step_id="SAME")
+    _order(db, orders_handler, "PL2", scheduled_procedure_step_id="SAME")
+    assert _find(db, MatchKeys(("SAME",))) is None
+
+
+def test_a_merged_away_patient_id_resolves_to_the_survivor(
+    db: Database, orders_handler: OrdersHandler, patients_handler: PatientsHandler
+) -> None:
+    o = _order(db, orders_handler, "PL1", patient_id="TMP", accession_number="ACC1")
+    apply_records(db, patients_handler, [patient("REAL"), merge("REAL", "TMP")])
+    found = _find(db, MatchKeys((), "", "ACC1", "TMP", "HOSP"))
+    assert found is not None and found.order_pk == o.id
+    data = db.read(lambda c: order_input(c, found))
+    assert (data["order"]["patient_id"], data["patient"]["patient_id"]) == ("REAL", "REAL")
+
+
+def test_an_a47_replaced_patient_id_resolves_to_the_renamed_patient(
+    db: Database, orders_handler: OrdersHandler, patients_handler: PatientsHandler
+) -> None:
+    o = _order(db, orders_handler, "PL1", patient_id="OLD", accession_number="ACC1")
+    apply_records(db, patients_handler, [patient("NEW", event="A47"), merge("NEW", "OLD", kind="change_id")])
+    found = _find(db, MatchKeys((), "", "ACC1", "OLD", "HOSP"))
+    assert found is not None and found.order_pk == o.id
+
+
+def test_order_input_carries_order_step_and_patient(db: Database, orders_handler: OrdersHandler) -> None:
+    _order(db, orders_handler, "PL1", study_instance_uid="1.2.3.1", scheduled_procedure_step_id="SPS1")
+    found = _find(db, MatchKeys((), "1.2.3.1"))
+    assert found is not None
+    data = db.read(lambda c: order_input(c, found))
+    assert data["order"]["scheduled_procedure_step_id"] == "SPS1"
+    assert data["order"]["requested_procedure_code"] == {
+        "code_value": "CTHEAD", "coding_scheme_designator": "L", "code_meaning": "CT head"}
+    assert (data["patient"]["patient_name"], data["patient"]["birth_date"]) == ("DOE^JANE", "19700101")
+
+
+def _study(db: Database, uid: str, patient_id: str, patient_pk: int | None) -> None:
+    db.writer.call(lambda c: c.execute(studies.insert().values(
+        study_instance_uid=uid, patient_pk=patient_pk, patient_id=patient_id, issuer_of_patient_id="HOSP",
+        number_of_instances=1, first_seen_at=NOW, last_seen_at=NOW)))
+
+
+def test_patient_conflict_unless_the_id_was_merged_into_the_study_patient(
+    db: Database, orders_handler: OrdersHandler, patients_handler: PatientsHandler
+) -> None:
+    apply_records(db, patients_handler, [patient("REAL"), patient("TMP"), patient("OTHER"), merge("REAL", "TMP")])
+    real_pk = db.read(lambda c: c.execute(select(patients.c.id).where(patients.c.patient_id == "REAL")).scalar_one())
+    _study(db, "1.2.3.9", "REAL", real_pk)
+
+    def conflict(patient_id: str) -> str | None:
+        return db.read(lambda c: patient_conflict(c, MatchKeys((), "1.2.3.9", "", patient_id, "HOSP"), None))
+
+    assert conflict("REAL") is None
+    assert conflict("TMP") is None  # merged into the study's patient
+    assert conflict("OTHER") is not None
+    assert conflict("UNKNOWN") is not None
+    assert db.read(lambda c: patient_conflict(c, MatchKeys((), "7.7.7", "", "OTHER"), None)) is None  # new study
+
+
+def test_a_changed_order_asks_for_reconciliation_only_when_unscheduled_studies_exist(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    _order(db, orders_handler, "PL1")
+    assert db.read(lambda c: c.execute(select(reconcile_requests)).all()) == []
+    _study(db, "1.2.3.9", "X", None)
+    o = _order(db, orders_handler, "PL2")
+    assert [r.order_pk for r in db.read(lambda c: c.execute(select(reconcile_requests)).all())] == [o.id]
+
+
+def test_a_stored_study_linked_to_an_order_keeps_its_later_images(db: Database, orders_handler: OrdersHandler) -> None:
+    o = _order(db, orders_handler, "PL1", study_instance_uid="1.2.3.1")
+    step = db.read(lambda c: c.execute(select(procedure_steps.c.id).where(procedure_steps.c.order_pk == o.id))
+                   .scalar_one())
+    _study(db, "5.5.5", "MODALITY-ID", o.patient_pk)
+    db.writer.call(lambda c: c.execute(update(studies).where(studies.c.study_instance_uid == "5.5.5")
+                                       .values(order_pk=o.id, step_pk=step)))
+    _set_status(db, o.id, "COMPLETED", NOW - timedelta(days=30))  # long done: no step candidate any more
+    found = _find(db, MatchKeys((), "5.5.5", "", "MODALITY-ID"))
+    assert found is not None and (found.order_pk, found.step_pk, found.matched_by) == (o.id, step, "study_link")
+    keys = MatchKeys((), "5.5.5", "", "TYPED-WRONG", "HOSP")
+    assert db.read(lambda c: patient_conflict(c, keys, found)) is None  # the study's own order decides

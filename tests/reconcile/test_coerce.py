@@ -1,0 +1,143 @@
+"""Coercion of a header to its order's values: pure code over pydicom datasets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from engine.archive.structure import Encoding
+from engine.reconcile.charset import UTF8, fits, needed_charset
+from engine.reconcile.coerce import Modification, coerce
+from engine.reconcile.keys import MatchKeys
+from engine.reconcile.rewrite import encode_header
+
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+MOD = Modification(NOW, "RADBRIDGE", "CT1")
+
+
+def header(**values: str) -> Dataset:
+    ds = Dataset()
+    ds.PatientName = "SMITH^J"
+    ds.PatientID = "P1"
+    ds.AccessionNumber = "A1"
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_a_changed_value_is_written_and_its_previous_value_recorded() -> None:
+    ds = header()
+    assert coerce(ds, {"PatientName": "SMITH^JOHN", "PatientID": "P1"}, MOD) == ("PatientName",)
+    assert str(ds.PatientName) == "SMITH^JOHN"
+    (item,) = ds.OriginalAttributesSequence
+    assert str(item.ModifiedAttributesSequence[0].PatientName) == "SMITH^J"
+    assert "PatientID" not in item.ModifiedAttributesSequence[0]
+    assert (item.ReasonForTheAttributeModification, item.ModifyingSystem, item.SourceOfPreviousValues) == (
+        "COERCE", "RADBRIDGE", "CT1")
+    assert item.AttributeModificationDateTime.startswith("20261205120000")
+
+
+def test_nothing_differs_nothing_changes() -> None:
+    ds = header()
+    assert coerce(ds, {"PatientName": "SMITH^J", "AccessionNumber": "A1"}, MOD) == ()
+    assert "OriginalAttributesSequence" not in ds
+
+
+def test_an_empty_mapped_value_keeps_the_modality_value() -> None:
+    ds = header(PatientBirthDate="19700101")
+    assert coerce(ds, {"PatientBirthDate": "", "IssuerOfAccessionNumberSequence": []}, MOD) == ()
+    assert ds.PatientBirthDate == "19700101"
+
+
+def test_an_added_attribute_is_recorded_as_absent_with_an_empty_value() -> None:
+    ds = header()
+    assert coerce(ds, {"StudyDescription": "CT HEAD"}, MOD) == ("StudyDescription",)
+    modified = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert "StudyDescription" in modified and modified.StudyDescription in (None, "")
+
+
+def test_earlier_items_are_kept_and_the_new_one_appended() -> None:
+    ds = header()
+    coerce(ds, {"PatientName": "SMITH^JOHN"}, MOD)
+    coerce(ds, {"PatientName": "SMITH^JOHN^Q"}, Modification(NOW, "RADBRIDGE", "", "CORRECT"))
+    first, second = ds.OriginalAttributesSequence
+    assert str(first.ModifiedAttributesSequence[0].PatientName) == "SMITH^J"
+    assert str(second.ModifiedAttributesSequence[0].PatientName) == "SMITH^JOHN"
+    assert second.ReasonForTheAttributeModification == "CORRECT"
+
+
+def test_a_sequence_item_is_merged_keeping_the_modality_attributes() -> None:
+    ds = header()
+    item = Dataset()
+    item.ScheduledProcedureStepID = "OLD"
+    item.ScheduledProcedureStepDescription = "by the modality"
+    ds.RequestAttributesSequence = [item]
+    wanted = {"RequestAttributesSequence": [{"ScheduledProcedureStepID": "SPS1", "AccessionNumber": "A1",
+                                             "RequestedProcedureCodeSequence": []}]}
+    assert coerce(ds, wanted, MOD) == ("RequestAttributesSequence",)
+    (new,) = ds.RequestAttributesSequence
+    assert (new.ScheduledProcedureStepID, new.AccessionNumber) == ("SPS1", "A1")
+    assert new.ScheduledProcedureStepDescription == "by the modality"
+    assert "RequestedProcedureCodeSequence" not in new
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].RequestAttributesSequence[0]
+    assert old.ScheduledProcedureStepID == "OLD"
+
+
+def test_a_non_ascii_name_in_an_ascii_header_switches_to_utf8_and_is_encoded_so() -> None:
+    ds = header()
+    coerce(ds, {"PatientName": "Åström^Jöns"}, MOD)
+    assert ds.SpecificCharacterSet == UTF8
+    assert "SpecificCharacterSet" in ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    out = dcmread(BytesIO(encode_header(ds, Encoding(False, True))), force=True)
+    assert "Åström^Jöns".encode() in encode_header(ds, Encoding(False, True))
+    assert str(out.PatientName) == "Åström^Jöns"
+
+
+def test_a_latin1_header_keeps_its_charset_for_a_latin1_name() -> None:
+    ds = header(SpecificCharacterSet="ISO_IR 100")
+    coerce(ds, {"PatientName": "Buc^Jérôme"}, MOD)
+    assert ds.SpecificCharacterSet == "ISO_IR 100"
+    assert "Buc^Jérôme".encode("latin-1") in encode_header(ds, Encoding(False, True))
+
+
+def test_existing_text_is_reencoded_when_the_charset_changes(corpus: Path) -> None:
+    src = corpus / "dicom" / "charset" / "chrH31_ISO2022_IR87_japanese.dcm"
+    ds = dcmread(src, stop_before_pixels=True)
+    ds.StudyDescription = "検査"
+    name = str(ds.PatientName)
+    coerce(ds, {"ReferringPhysicianName": "Åström^Jöns"}, MOD)
+    out = dcmread(BytesIO(encode_header(ds, Encoding(False, True))), force=True)
+    assert out.SpecificCharacterSet == UTF8
+    assert str(out.ReferringPhysicianName) == "Åström^Jöns"
+    assert (str(out.PatientName), out.StudyDescription) == (name, "検査")
+    assert "SpecificCharacterSet" in out.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+
+
+@pytest.mark.parametrize(("text", "charset", "ok"), [
+    ("SMITH", None, True), ("Jöns", None, False), ("Jöns", "ISO_IR 100", True), ("Jöns", "ISO_IR 192", True),
+    ("Люк", "ISO_IR 100", False), ("Люк", "ISO_IR 144", True), ("Jöns", ["", "ISO 2022 IR 87"], False),
+    ("Jöns", "NOT A CHARSET", False),
+])
+def test_fits(text: str, charset: object, ok: bool) -> None:
+    assert fits(text, charset) is ok
+
+
+def test_needed_charset_keeps_the_current_one_when_everything_fits() -> None:
+    assert needed_charset("ISO_IR 100", ["Jérôme", "ABC"]) == "ISO_IR 100"
+    assert needed_charset("ISO_IR 100", ["Люк"]) == UTF8
+
+
+def test_match_keys_read_sps_ids_and_identity() -> None:
+    ds = header(StudyInstanceUID="1.2.3", IssuerOfPatientID="HOSP")
+    items = []
+    for sps in ("S1", "S2", "S1", ""):
+        item = Dataset()
+        item.ScheduledProcedureStepID = sps
+        items.append(item)
+    ds.RequestAttributesSequence = items
+    assert MatchKeys.from_dataset(ds) == MatchKeys(("S1", "S2"), "1.2.3", "A1", "P1", "HOSP")
