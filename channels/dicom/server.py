@@ -25,7 +25,8 @@ from .listener import ConnectionGuard, GuardedServer, Limits
 from .log_filters import install_log_filters
 from .mpps import MppsService, mpps_policy
 from .mwl import WorklistService, identifier_refusal
-from .storage import start_storage
+from .storage import STORAGE_SOP_CLASSES, StorageService, start_storage
+from .store_stream import install_store_stream
 
 #: Verification, Modality Worklist Information Model - FIND, Modality Performed Procedure Step.
 SOP_CLASSES = ("1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31", "1.2.840.10008.3.1.2.3.3")
@@ -99,7 +100,7 @@ def configure_pynetdicom_logging() -> None:
     _config.LOG_HANDLER_LEVEL = "standard" if logger.isEnabledFor(logging.INFO) else "none"
 
 
-def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
+def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageService | None) -> list[Any]:
     def on_find(event: Any) -> Any:
         refused = identifier_refusal(event.request.Identifier, event.context.transfer_syntax)
         if refused is not None:
@@ -124,8 +125,12 @@ def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
     def on_echo(event: Any) -> int:
         return 0x0000
 
+    storage_classes = frozenset(STORAGE_SOP_CLASSES)
+
     def on_open(event: Any) -> None:
         tune_association(event.assoc)
+        if storage is not None:  # C-STORE data sets straight into the archive's spool
+            install_store_stream(event.assoc, storage.store, storage.primary.incoming, storage_classes)
 
     return [(evt.EVT_C_FIND, on_find), (evt.EVT_N_CREATE, on_create), (evt.EVT_N_SET, on_set),
             (evt.EVT_C_ECHO, on_echo), (evt.EVT_CONN_OPEN, on_open)]  # fmt: skip
@@ -155,9 +160,10 @@ def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
     )
     worklist = WorklistService.from_config(db, config.worklist)
     mpps = MppsService(db, mpps_policy(config.mpps))
-    handlers = _handlers(worklist, mpps)
-    if config.archive.enabled:  # C-STORE: every storage SOP class (channels.dicom.storage)
-        handlers.append((evt.EVT_C_STORE, start_storage(ae, config, db).on_store))
+    storage = start_storage(ae, config, db) if config.archive.enabled else None
+    handlers = _handlers(worklist, mpps, storage)
+    if storage is not None:  # C-STORE: every storage SOP class (channels.dicom.storage)
+        handlers.append((evt.EVT_C_STORE, storage.on_store))
     server = ae.make_server(
         (services.host, services.port),
         evt_handlers=handlers,

@@ -49,7 +49,7 @@ class SpoolFile:
         """pynetdicom flushes through ``.file`` (the attribute of a ``NamedTemporaryFile``)."""
         return self
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write ``data``; after a failure, drop it (the dataset is lost anyway)."""
         if self.error is None:
             try:

@@ -43,7 +43,7 @@ from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.archive.location import ArchiveLocation
+from engine.archive.location import ArchiveLocation, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.structure import Encoding, check_structure
 from engine.config.models import EngineConfig
@@ -68,6 +68,7 @@ __all__ = [
     "STORAGE_SOP_CLASSES",
     "StorageService",
     "StoreRequest",
+    "StreamedFile",
     "refusal",
 ]
 
@@ -109,8 +110,22 @@ SWEEP_EVERY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
+class StreamedFile:
+    """What the streamed receive (:mod:`channels.dicom.store_stream`) computed as it wrote the spool:
+    the size and SHA-256 of the data set bytes after the File Meta Information it wrote."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoreRequest:
-    """One C-STORE as received: the spool file and what the command and context said."""
+    """One C-STORE as received: the spool file and what the command and context said.
+
+    ``streamed`` is set when the spool was written by the streamed receive: then, if its
+    File Meta Information is the one this service would write, the spool itself is the
+    file to archive (fsynced and linked, not copied).
+    """
 
     spool: Path
     sop_class_uid: str
@@ -118,6 +133,7 @@ class StoreRequest:
     abstract_syntax: str
     transfer_syntax_uid: str
     calling_ae: str
+    streamed: StreamedFile | None = None
 
 
 def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
@@ -221,15 +237,16 @@ class StorageService:
             return OUT_OF_RESOURCES
 
     def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime) -> int:
+        head = spool.read(_HEAD)
         try:
-            offset = dataset_offset(spool.read(_HEAD))
+            offset = dataset_offset(head)
         except MalformedDataset as exc:
             raise _Refused("unparsable", str(exc)) from exc
         attrs = _check(spool, offset, request)
         spool.seek(offset)
         meta = encode_file_meta(attrs.sop_class_uid, attrs.sop_instance_uid, request.transfer_syntax_uid,
                                 request.calling_ae)
-        staged = self.primary.stage(meta, spool)
+        staged = self._stage(request, head, meta, spool)
         # UIDs are checked (digits and dots): safe as names. The second name, with the content
         # hash, is for a resend whose first name is taken (replace policy, or a crash's orphan).
         stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
@@ -248,6 +265,14 @@ class StorageService:
                      attrs.sop_instance_uid, request.calling_ae)
             return DUPLICATE_REJECTED
         return SUCCESS
+
+    def _stage(self, request: StoreRequest, head: bytes, meta: bytes, dataset: BinaryIO) -> StagedFile:
+        """The file to place: the streamed spool itself when it starts with ``meta`` (then it holds exactly
+        ``meta`` + the data set as received, hashed as it was written), else a fsynced copy."""
+        streamed = request.streamed
+        if streamed is not None and request.spool.parent == self.primary.incoming and head.startswith(meta):
+            return self.primary.adopt(request.spool, streamed.size, streamed.sha256)
+        return self.primary.stage(meta, dataset)
 
     def _sweep(self, wall: float) -> None:
         """Remove abandoned spool files, at most once every SWEEP_EVERY_SECONDS."""
