@@ -117,21 +117,32 @@ class StoreStream:
     # -- the DUL's reader --------------------------------------------------------------------------
 
     def read_pdu(self) -> None:
-        """Read one PDU from the socket (the DUL reactor calls this when the socket is readable)."""
+        """Read PDUs from the socket (the DUL reactor calls this when the socket is readable).
+
+        While a C-STORE data set is arriving its next PDU is read at once: the reactor
+        would otherwise take an idle turn (it sleeps when no event was queued) between PDUs.
+        """
+        while self._read_one() and self._current is not None:
+            pass
+
+    def _read_one(self) -> bool:
+        """One PDU; True when it was a P-DATA-TF read here without error."""
         head = self._exactly(6)
         if head is None:
-            return
+            return False
         pdu_type, _, length = struct.unpack(">BBL", head)
         if pdu_type not in _PDU_TYPES:
             log.error("Unknown PDU type received '0x%02X'", pdu_type)
+            self._abandon()
             self._dul.event_queue.put("Evt19")
-            return
+            return False
         if pdu_type != _P_DATA_TF or self._dul.state_machine.current_state != "Sta6":
+            self._abandon()  # a release or abort (or a protocol error) ends any data set in progress
             body = self._exactly(length)
             if body is not None:
                 self._hand_over_pdu(head + body)
-            return
-        self._read_data(length)
+            return False
+        return self._read_data(length)
 
     def _exactly(self, count: int) -> bytes | None:
         """``count`` bytes from the socket, or None (Evt17 queued) when the connection ends first."""
@@ -160,7 +171,7 @@ class StoreStream:
         self._dul._recv_pdu.put(pdu)
         self._dul.event_queue.put(event)
 
-    def _read_data(self, length: int) -> None:
+    def _read_data(self, length: int) -> bool:
         """A P-DATA-TF PDU in Sta6: stream owned data sets, hand the other PDVs to pynetdicom."""
         splitter, others = PdvSplitter(), list[tuple[int, bytes]]()
         left = length
@@ -177,17 +188,18 @@ class StoreStream:
             log.error("Connection closed before the entire PDU was received: %s", type(exc).__name__)
             self._abandon()
             self._dul.event_queue.put("Evt17")
-            return
+            return False
         except MalformedDataset as exc:
             log.error("Invalid P-DATA-TF PDU: %s", exc)
             self._abandon()
             self._dul.event_queue.put("Evt19")
-            return
+            return False
         if others:
             primitive = P_DATA()
             primitive.presentation_data_value_list.extend(others)  # as pynetdicom fills it
             self._dul._recv_pdu.put(P_DATA_TF(primitive))
             self._dul.event_queue.put("Evt10")
+        return True
 
     # -- PDVs --------------------------------------------------------------------------------------
 
@@ -268,6 +280,11 @@ class StoreStream:
             primitive = P_DATA()
             primitive.presentation_data_value_list.append((context_id, bytes([control]) + part))  # no setter check
             self._dul.send_pdu(primitive)
+        if len(parts) == 1:
+            # Evt9 ("P-DATA request primitive") now, as the reactor would queue it on its next turn after an
+            # idle sleep: the response then leaves in this turn. One event for one queued primitive; a
+            # fragmented response is left to the reactor, which queues one Evt9 per primitive it finds.
+            self._dul.event_queue.put("Evt9")
 
     def _abandon(self) -> None:
         """The association is ending mid-data-set: close the spool (swept later, as an abandoned one)."""
