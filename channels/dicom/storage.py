@@ -41,6 +41,7 @@ from pydicom import dcmread
 from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.archive.location import ArchiveLocation, StagedFile
@@ -257,7 +258,7 @@ class StorageService:
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
-        outcome = self.db.writer.call(functools.partial(index_instance, attrs=attrs, stored=stored, policy=self.policy))
+        outcome = self._commit(functools.partial(index_instance, attrs=attrs, stored=stored, policy=self.policy))
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
             self.primary.discard(self.primary.path(path))
         if outcome is IndexOutcome.REJECTED:
@@ -273,6 +274,28 @@ class StorageService:
         if streamed is not None and request.spool.parent == self.primary.incoming and head.startswith(meta):
             return self.primary.adopt(request.spool, streamed.size, streamed.sha256)
         return self.primary.stage(meta, dataset)
+
+    def _commit(self, work: Callable[[Connection], IndexOutcome]) -> IndexOutcome:
+        """Run ``work`` in a committed (durable) transaction; :class:`StoreUnavailable` if it cannot commit.
+
+        A lone store commits in this thread when the writer is idle (no hand-over to the writer
+        thread and back); concurrent stores queue and share the writer's group commits, whose
+        failure reaches every one of them. Driver errors raised by the receive path's raw
+        statements (:mod:`engine.store.fast`) are database failures like SQLAlchemy's.
+        """
+        writer = self.db.writer
+        try:
+            done, result = writer.run_inline(work)
+            if not done:
+                return writer.call(work)
+            if isinstance(result, BaseException):
+                raise result
+        except Exception as exc:
+            dbapi = self.db.write_engine.dialect.dbapi
+            if isinstance(exc, SQLAlchemyError) or (dbapi is not None and isinstance(exc, dbapi.Error)):
+                raise StoreUnavailable(f"the index cannot commit: {type(exc).__name__}") from exc
+            raise
+        return result  # type: ignore[return-value]
 
     def _sweep(self, wall: float) -> None:
         """Remove abandoned spool files, at most once every SWEEP_EVERY_SECONDS."""
