@@ -39,6 +39,8 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom._uid_dict import UID_dictionary
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
 from sqlalchemy import Connection
@@ -167,6 +169,20 @@ def _encoding(transfer_syntax_uid: str) -> Encoding | None:
         return Encoding(False, True)
 
 
+def _before_pixels(tag: Any, vr: Any, length: int) -> bool:
+    return int(tag) >= 0x7FE00008  # Float/Double/Pixel Data (PS3.3 C.7.6.3) and anything after them
+
+
+def _header(spool: BinaryIO, offset: int, enc: Encoding | None) -> Dataset:
+    """The data set's elements before the pixel data, read from ``offset`` (the File Meta Information,
+    written by this process or pynetdicom, is not parsed again); deflated data sets through ``dcmread``."""
+    if enc is None:
+        spool.seek(0)
+        return dcmread(spool, stop_before_pixels=True, defer_size=1024)
+    spool.seek(offset)
+    return read_dataset(spool, enc.implicit, enc.little, stop_when=_before_pixels, defer_size=1024)
+
+
 def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> InstanceAttributes:
     """Structure, header and identity checks; raise :class:`_Refused` with the reason."""
     enc = _encoding(request.transfer_syntax_uid)
@@ -174,9 +190,7 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> InstanceAttri
         if enc is not None:
             with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 check_structure(buf, offset, len(buf), enc)
-        spool.seek(0)
-        ds = dcmread(spool, stop_before_pixels=True, defer_size=1024)
-        attrs = InstanceAttributes.from_dataset(ds)
+        attrs = InstanceAttributes.from_dataset(_header(spool, offset, enc))
     except MalformedDataset as exc:
         raise _Refused("unparsable", str(exc)) from exc
     except Exception as exc:  # pydicom raises many types on bad bytes; all mean "cannot be parsed"

@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 #: The most bytes read from the socket at once (one buffer per association).
 BUFFER_BYTES = 1 << 18
+#: Every this many data set bytes the spool's writeback is started (SpoolFile.start_writeback).
+WRITEBACK_BYTES = 1 << 18
 _P_DATA_TF = 0x04
 _PDU_TYPES = range(0x01, 0x08)
 _COMMAND_LAST, _COMMAND_MORE = 0x03, 0x01
@@ -86,11 +88,16 @@ class _Receiving:
         self.spool = spool
         self.digest = hashlib.sha256()
         self.size = 0
+        self._unsynced = 0
 
     def add(self, data: memoryview) -> None:
         self.spool.write(data)
         self.digest.update(data)
         self.size += len(data)
+        self._unsynced += len(data)
+        if self._unsynced >= WRITEBACK_BYTES:
+            self._unsynced = 0
+            self.spool.start_writeback()
 
 
 #: Stores one received C-STORE: the DIMSE status (:meth:`~channels.dicom.storage.StorageService.store`).
