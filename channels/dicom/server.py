@@ -26,6 +26,7 @@ from .log_filters import install_log_filters
 from .mpps import MppsService, mpps_policy
 from .mwl import WorklistService, identifier_refusal
 from .storage import STORAGE_SOP_CLASSES, StorageService, start_storage
+from .store_stream import BUFFER_BYTES as STORE_BUFFER_BYTES
 from .store_stream import install_store_stream
 
 #: Verification, Modality Worklist Information Model - FIND, Modality Performed Procedure Step.
@@ -136,9 +137,17 @@ def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageServ
             (evt.EVT_C_ECHO, on_echo), (evt.EVT_CONN_OPEN, on_open)]  # fmt: skip
 
 
+#: The Maximum Length Received this AE announces (PS3.8 D.1.1). pynetdicom's default (16,382) cuts a
+#: 512 KB image into 32 PDUs, each a few reads, writes and GIL hand-overs on the storage path
+#: (channels.dicom.store_stream, which reads any PDU in pieces of at most its buffer, so the figure
+#: does not bound its memory); other messages are small whatever the limit.
+MAXIMUM_PDU_BYTES = STORE_BUFFER_BYTES
+
+
 def _application_entity(services: DicomConfig) -> Any:
     ae = AE(ae_title=services.ae_title)
     ae.maximum_associations = services.max_associations
+    ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
     ae.acse_timeout = services.artim_timeout_seconds  # pynetdicom's ARTIM timer (PS3.8 9.1.5)
     ae.network_timeout = services.idle_timeout_seconds
     for sop in SOP_CLASSES:

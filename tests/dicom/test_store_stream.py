@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode
 
+from channels.dicom.store_stream import BUFFER_BYTES
 from engine.archive.location import ArchiveLocation
 from tests.dicom.store_peer import StoreSCP, dataset_bytes, running_scp
 
@@ -170,4 +171,12 @@ def test_pynetdicom_logging_at_info_keeps_its_own_receive_path(
     finally:
         logger.setLevel(level)
     assert len(copies) == 1  # pynetdicom spooled it: the archive file is a copy
+    assert _stored_dataset(scp, ds.SOPInstanceUID) == _sent_dataset(ds, tmp_path)
+
+
+def test_the_ae_announces_the_store_buffer_as_maximum_pdu_and_large_pdus_store(tmp_path: Path, corpus: Path) -> None:
+    ds = _ct(corpus)
+    with running_scp(tmp_path / "rb") as scp, _association(scp.port, CT) as assoc:
+        assert assoc.acceptor.maximum_length == BUFFER_BYTES  # a 512 KB image in 2-3 PDUs, not 32
+        assert int(assoc.send_c_store(ds).Status) == 0x0000
     assert _stored_dataset(scp, ds.SOPInstanceUID) == _sent_dataset(ds, tmp_path)
