@@ -1,6 +1,7 @@
 """C-STORE benchmark: 512 KB CT instances into radbridge, DCMTK storescp and Orthanc, in one run.
 
-    .venv/bin/python -m bench.bench_store [--count 200] [--concurrency 4] [--no-orthanc]
+    .venv/bin/python -m bench.bench_store [--count 300] [--concurrency 4] [--runs 3] [--no-orthanc]
+                                          [--big-mb 1024]
 
 The whole benchmark re-executes itself in a private network namespace (``unshare --net``,
 then ``ip link set lo up``): Orthanc binds every interface and has no bind option, so it
@@ -8,7 +9,16 @@ and every SCU run where only this process can reach them. Each SCP gets the same
 ``--count`` generated CT instances (pydicom, 512 x 512 x 16 bit, explicit VR little
 endian) from DCMTK ``storescu`` (TCP_NODELAY=1): once on one association, once split over
 ``--concurrency`` storescu processes at the same time. Each figure is images/s from the
-first storescu's start to the last one's exit (association set-up included).
+first storescu's start to the last one's exit (association set-up included), after a
+few warm-up instances on the same SCP; with it, the SCP process's CPU time per image
+(user + system, children included, from ``/proc/PID/stat``). ``--runs`` repeats the
+whole comparison, the SCPs interleaved (the order rotates each run) so that the load of
+a shared machine falls on all of them alike; the summary gives the median of each figure
+and the median of the per-run ratios, against the targets of issue #13.
+
+``--big-mb`` (0 to skip) then sends one multi-frame CT of that size (default 1 GB) to a
+fresh radbridge and reports the engine's resident memory before (idle, after a warm-up
+store) and its peak during the transfer (``VmHWM``): the data set must stream to disk.
 
 - radbridge: ``radbridge run`` (a subprocess) with the shipped defaults: SQLite
   ``synchronous=FULL``; every image fsynced and its directory fsynced, then indexed with a
@@ -25,12 +35,15 @@ import argparse
 import json
 import os
 import shutil
+import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -83,6 +96,41 @@ def storescu_rate(port: int, aec: str, paths: list[Path], senders: int) -> float
     return len(paths) / elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its reaped children (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kb(pid: int, key: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (peak) of ``pid`` in KB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def write_big_instance(megabytes: int, out: Path) -> Path:
+    """One multi-frame CT of ``megabytes`` MB of pixel data, written in pieces (never held in memory)."""
+    frames = max(1, megabytes * 2)  # 512 x 512 x 16 bit = 512 KB a frame
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality, ds.NumberOfFrames, ds.Rows, ds.Columns = "BENCH2", "CT", frames, 512, 512
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.save_as(out, enforce_file_format=True)
+    block = os.urandom(512 * 512 * 2)
+    with out.open("ab") as f:
+        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frames * len(block)))
+        for _ in range(frames):
+            f.write(block)
+    return out
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -93,8 +141,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def radbridge(tmp: Path) -> Iterator[tuple[int, str]]:
-    """``radbridge run`` with only its DICOM listener, on a fresh data directory."""
+def radbridge(tmp: Path) -> Iterator[tuple[int, str, int]]:
+    """``radbridge run`` with only its DICOM listener, on a fresh data directory: (port, AE, pid)."""
     port, config = free_port(), tmp / "rb-config"
     (config / "channels").mkdir(parents=True)
     data = tmp / "rb-data"
@@ -105,26 +153,26 @@ def radbridge(tmp: Path) -> Iterator[tuple[int, str]]:
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for_port(port, proc=proc)
-        yield port, "RADBRIDGE"
+        yield port, "RADBRIDGE", proc.pid
     finally:
         _stop(proc)
 
 
 @contextmanager
-def storescp(tmp: Path) -> Iterator[tuple[int, str]]:
+def storescp(tmp: Path) -> Iterator[tuple[int, str, int]]:
     port, out = free_port(), tmp / "storescp"
     out.mkdir()
     proc = subprocess.Popen(["storescp", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)], env=dcmtk_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for_port(port, proc=proc)
-        yield port, "STORESCP"
+        yield port, "STORESCP", proc.pid
     finally:
         _stop(proc)
 
 
 @contextmanager
-def orthanc(tmp: Path) -> Iterator[tuple[int, str]]:
+def orthanc(tmp: Path) -> Iterator[tuple[int, str, int]]:
     port, http, store = free_port(), free_port(), tmp / "orthanc"
     store.mkdir()
     config = {"Name": "PACS", "StorageDirectory": str(store), "IndexDirectory": str(store), "HttpPort": http,
@@ -135,44 +183,116 @@ def orthanc(tmp: Path) -> Iterator[tuple[int, str]]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for_port(port, proc=proc, timeout=30)
-        yield port, "PACS"
+        yield port, "PACS", proc.pid
     finally:
         _stop(proc)
 
 
-def measure(name: str, scp: Callable[[Path], object], paths: list[Path], concurrency: int, tmp: Path) -> list[float]:
-    """[one association, ``concurrency`` associations] images/s, each on a fresh SCP."""
-    rates = []
-    for senders in (1, concurrency):
-        run_dir = tmp / f"{name}-{senders}"
-        run_dir.mkdir()
-        with scp(run_dir) as (port, aec):  # type: ignore[attr-defined]
-            rates.append(storescu_rate(port, aec, paths, senders))
-        shutil.rmtree(run_dir, ignore_errors=True)
-    print(f"  {name:10s} 1 association {rates[0]:7.1f} images/s   {concurrency} associations {rates[1]:7.1f} images/s",
-          flush=True)
-    return rates
+Scp = Callable[[Path], AbstractContextManager[tuple[int, str, int]]]
+SCPS: dict[str, Scp] = {"radbridge": radbridge, "storescp": storescp, "orthanc": orthanc}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measurement: images/s and the SCP's CPU milliseconds per image."""
+
+    rate: float
+    cpu_ms: float
+
+
+def measure(scp: Scp, paths: list[Path], warmup: list[Path], senders: int, tmp: Path) -> Figure:
+    """``paths`` sent by ``senders`` storescu processes to a fresh SCP, after ``warmup`` on one association."""
+    run_dir = Path(tempfile.mkdtemp(dir=tmp))
+    with scp(run_dir) as (port, aec, pid):
+        storescu_rate(port, aec, warmup, 1)
+        before = cpu_seconds(pid)
+        rate = storescu_rate(port, aec, paths, senders)
+        cpu_ms = (cpu_seconds(pid) - before) * 1000 / len(paths)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return Figure(rate, cpu_ms)
+
+
+def one_run(names: list[str], paths: list[Path], warmup: list[Path], concurrency: int,
+            tmp: Path) -> dict[tuple[str, int], Figure]:
+    """Every SCP in ``names`` (in that order), one association then ``concurrency``."""
+    figures = {}
+    for name in names:
+        for senders in (1, concurrency):
+            figures[name, senders] = fig = measure(SCPS[name], paths, warmup, senders, tmp)
+            print(f"  {name:10s} {senders} association(s) {fig.rate:7.1f} images/s  CPU {fig.cpu_ms:6.2f} ms/image",
+                  flush=True)  # fmt: skip
+    return figures
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summary(runs: list[dict[tuple[str, int], Figure]], names: list[str], concurrency: int) -> None:
+    """Medians over the runs, the medians of the per-run ratios, and the #13 targets."""
+    print(f"\nmedians of {len(runs)} run(s):")
+    for name in names:
+        for senders in (1, concurrency):
+            figs = [run[name, senders] for run in runs]
+            print(f"  {name:10s} {senders} association(s) {_median([f.rate for f in figs]):7.1f} images/s  "
+                  f"CPU {_median([f.cpu_ms for f in figs]):6.2f} ms/image")
+    ratio = {}
+    for peer in names[1:]:
+        for senders in (1, concurrency):
+            ratio[peer, senders] = _median([run["radbridge", senders].rate / run[peer, senders].rate for run in runs])
+            print(f"  radbridge/{peer} {senders} association(s): {ratio[peer, senders]:.2f}x "
+                  "(median of per-run ratios)")
+    scaling = _median([run["radbridge", concurrency].rate / run["radbridge", 1].rate for run in runs])
+    print(f"  radbridge {concurrency} associations / 1: {scaling:.2f}x")
+    print("targets (#13): radbridge/orthanc >= 1.0 and radbridge/storescp >= 0.5 on one association; "
+          f"{concurrency} associations >= 1.5x one")
+    targets = (("orthanc", ratio.get(("orthanc", 1)), 1.0), ("storescp", ratio.get(("storescp", 1)), 0.5),
+               ("scaling", scaling, 1.5))  # fmt: skip
+    for label, value, target in targets:
+        if value is not None:
+            print(f"  {label:9s} {value:5.2f} {'met' if value >= target else 'NOT met'} (target {target})")
+
+
+def big_instance(megabytes: int, tmp: Path, warmup: list[Path]) -> None:
+    """Peak vs idle resident memory of radbridge while it receives one ``megabytes`` MB instance."""
+    path = write_big_instance(megabytes, tmp / "big.dcm")
+    size_mb = path.stat().st_size / 2**20
+    with radbridge(Path(tempfile.mkdtemp(dir=tmp))) as (port, aec, pid):
+        storescu_rate(port, aec, warmup, 1)
+        idle = memory_kb(pid, "VmRSS")
+        start = time.perf_counter()
+        storescu_rate(port, aec, [path], 1)
+        elapsed = time.perf_counter() - start
+        peak = memory_kb(pid, "VmHWM")
+    print(f"\none {size_mb:.0f} MB multi-frame instance into radbridge: {elapsed:.1f} s "
+          f"({size_mb / elapsed:.0f} MB/s); RSS idle {idle / 1024:.0f} MB, peak {peak / 1024:.0f} MB "
+          f"(+{(peak - idle) / 1024:.0f} MB)")
+    path.unlink()
 
 
 def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp_name:
         tmp = Path(tmp_name)
         paths = write_instances(args.count, tmp / "images")
-        print(f"{args.count} CT instances of {paths[0].stat().st_size // 1024} KB each, storescu (TCP_NODELAY=1):")
-        results = {"radbridge": measure("radbridge", radbridge, paths, args.concurrency, tmp),
-                   "storescp": measure("storescp", storescp, paths, args.concurrency, tmp)}
-        if not args.no_orthanc:
-            results["orthanc"] = measure("orthanc", orthanc, paths, args.concurrency, tmp)
-        ours = results["radbridge"]
-        for peer, rates in results.items():
-            if peer != "radbridge":
-                print(f"  radbridge/{peer}: 1 association {ours[0] / rates[0]:.2f}x, "
-                      f"{args.concurrency} associations {ours[1] / rates[1]:.2f}x")
+        warmup = write_instances(5, tmp / "warmup")
+        names = ["radbridge", "storescp"] + ([] if args.no_orthanc else ["orthanc"])
+        print(f"{args.count} CT instances of {paths[0].stat().st_size // 1024} KB each, storescu (TCP_NODELAY=1), "
+              f"{args.runs} run(s), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}:")
+        runs = []
+        for n in range(args.runs):
+            order = names[n % len(names):] + names[:n % len(names)]  # interleaved: each SCP goes first in turn
+            print(f"run {n + 1}:")
+            runs.append(one_run(order, paths, warmup, args.concurrency, tmp))
+        summary(runs, names, args.concurrency)
+        if args.big_mb:
+            big_instance(args.big_mb, tmp, write_instances(2, tmp / "warmup-big"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--big-mb", type=int, default=1024, help="size of the multi-frame instance; 0 skips it")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--no-orthanc", action="store_true")
     args = parser.parse_args()

@@ -25,7 +25,9 @@ from .listener import ConnectionGuard, GuardedServer, Limits
 from .log_filters import install_log_filters
 from .mpps import MppsService, mpps_policy
 from .mwl import WorklistService, identifier_refusal
-from .storage import start_storage
+from .storage import STORAGE_SOP_CLASSES, StorageService, start_storage
+from .store_stream import BUFFER_BYTES as STORE_BUFFER_BYTES
+from .store_stream import install_store_stream
 
 #: Verification, Modality Worklist Information Model - FIND, Modality Performed Procedure Step.
 SOP_CLASSES = ("1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31", "1.2.840.10008.3.1.2.3.3")
@@ -99,7 +101,7 @@ def configure_pynetdicom_logging() -> None:
     _config.LOG_HANDLER_LEVEL = "standard" if logger.isEnabledFor(logging.INFO) else "none"
 
 
-def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
+def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageService | None) -> list[Any]:
     def on_find(event: Any) -> Any:
         refused = identifier_refusal(event.request.Identifier, event.context.transfer_syntax)
         if refused is not None:
@@ -124,16 +126,28 @@ def _handlers(worklist: WorklistService, mpps: MppsService) -> list[Any]:
     def on_echo(event: Any) -> int:
         return 0x0000
 
+    storage_classes = frozenset(STORAGE_SOP_CLASSES)
+
     def on_open(event: Any) -> None:
         tune_association(event.assoc)
+        if storage is not None:  # C-STORE data sets straight into the archive's spool
+            install_store_stream(event.assoc, storage.store, storage.primary.incoming, storage_classes)
 
     return [(evt.EVT_C_FIND, on_find), (evt.EVT_N_CREATE, on_create), (evt.EVT_N_SET, on_set),
             (evt.EVT_C_ECHO, on_echo), (evt.EVT_CONN_OPEN, on_open)]  # fmt: skip
 
 
+#: The Maximum Length Received this AE announces (PS3.8 D.1.1). pynetdicom's default (16,382) cuts a
+#: 512 KB image into 32 PDUs, each a few reads, writes and GIL hand-overs on the storage path
+#: (channels.dicom.store_stream, which reads any PDU in pieces of at most its buffer, so the figure
+#: does not bound its memory); other messages are small whatever the limit.
+MAXIMUM_PDU_BYTES = STORE_BUFFER_BYTES
+
+
 def _application_entity(services: DicomConfig) -> Any:
     ae = AE(ae_title=services.ae_title)
     ae.maximum_associations = services.max_associations
+    ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
     ae.acse_timeout = services.artim_timeout_seconds  # pynetdicom's ARTIM timer (PS3.8 9.1.5)
     ae.network_timeout = services.idle_timeout_seconds
     for sop in SOP_CLASSES:
@@ -155,9 +169,10 @@ def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
     )
     worklist = WorklistService.from_config(db, config.worklist)
     mpps = MppsService(db, mpps_policy(config.mpps))
-    handlers = _handlers(worklist, mpps)
-    if config.archive.enabled:  # C-STORE: every storage SOP class (channels.dicom.storage)
-        handlers.append((evt.EVT_C_STORE, start_storage(ae, config, db).on_store))
+    storage = start_storage(ae, config, db) if config.archive.enabled else None
+    handlers = _handlers(worklist, mpps, storage)
+    if storage is not None:  # C-STORE: every storage SOP class (channels.dicom.storage)
+        handlers.append((evt.EVT_C_STORE, storage.on_store))
     server = ae.make_server(
         (services.host, services.port),
         evt_handlers=handlers,

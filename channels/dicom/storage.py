@@ -39,11 +39,14 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom._uid_dict import UID_dictionary
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.archive.location import ArchiveLocation
+from engine.archive.location import ArchiveLocation, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.structure import Encoding, check_structure
 from engine.config.models import EngineConfig
@@ -68,6 +71,7 @@ __all__ = [
     "STORAGE_SOP_CLASSES",
     "StorageService",
     "StoreRequest",
+    "StreamedFile",
     "refusal",
 ]
 
@@ -110,8 +114,22 @@ SWEEP_EVERY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
+class StreamedFile:
+    """What the streamed receive (:mod:`channels.dicom.store_stream`) computed as it wrote the spool:
+    the size and SHA-256 of the data set bytes after the File Meta Information it wrote."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoreRequest:
-    """One C-STORE as received: the spool file and what the command and context said."""
+    """One C-STORE as received: the spool file and what the command and context said.
+
+    ``streamed`` is set when the spool was written by the streamed receive: then, if its
+    File Meta Information is the one this service would write, the spool itself is the
+    file to archive (fsynced and linked, not copied).
+    """
 
     spool: Path
     sop_class_uid: str
@@ -119,6 +137,7 @@ class StoreRequest:
     abstract_syntax: str
     transfer_syntax_uid: str
     calling_ae: str
+    streamed: StreamedFile | None = None
 
 
 def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
@@ -151,6 +170,20 @@ def _encoding(transfer_syntax_uid: str) -> Encoding | None:
         return Encoding(False, True)
 
 
+def _before_pixels(tag: Any, vr: Any, length: int) -> bool:
+    return int(tag) >= 0x7FE00008  # Float/Double/Pixel Data (PS3.3 C.7.6.3) and anything after them
+
+
+def _header(spool: BinaryIO, offset: int, enc: Encoding | None) -> Dataset:
+    """The data set's elements before the pixel data, read from ``offset`` (the File Meta Information,
+    written by this process or pynetdicom, is not parsed again); deflated data sets through ``dcmread``."""
+    if enc is None:
+        spool.seek(0)
+        return dcmread(spool, stop_before_pixels=True, defer_size=1024)
+    spool.seek(offset)
+    return read_dataset(spool, enc.implicit, enc.little, stop_when=_before_pixels, defer_size=1024)
+
+
 def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> InstanceAttributes:
     """Structure, header and identity checks; raise :class:`_Refused` with the reason."""
     enc = _encoding(request.transfer_syntax_uid)
@@ -158,9 +191,7 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> InstanceAttri
         if enc is not None:
             with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 check_structure(buf, offset, len(buf), enc)
-        spool.seek(0)
-        ds = dcmread(spool, stop_before_pixels=True, defer_size=1024)
-        attrs = InstanceAttributes.from_dataset(ds)
+        attrs = InstanceAttributes.from_dataset(_header(spool, offset, enc))
     except MalformedDataset as exc:
         raise _Refused("unparsable", str(exc)) from exc
     except Exception as exc:  # pydicom raises many types on bad bytes; all mean "cannot be parsed"
@@ -224,8 +255,9 @@ class StorageService:
             return OUT_OF_RESOURCES
 
     def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime) -> int:
+        head = spool.read(_HEAD)
         try:
-            offset = dataset_offset(spool.read(_HEAD))
+            offset = dataset_offset(head)
         except MalformedDataset as exc:
             raise _Refused("unparsable", str(exc)) from exc
         attrs = _check(spool, offset, request)
@@ -233,7 +265,10 @@ class StorageService:
         attrs = prepared.attrs
         meta = encode_file_meta(attrs.sop_class_uid, attrs.sop_instance_uid, request.transfer_syntax_uid,
                                 request.calling_ae)
-        staged = self.primary.stage(meta, prepared.stream())
+        if prepared.received_sha256():  # coerced: the stored bytes are new, written out and fsynced
+            staged = self.primary.stage(meta, prepared.stream())
+        else:  # as received: the streamed spool itself when it can be adopted
+            staged = self._stage(request, head, meta, prepared.stream())
         # UIDs are checked (digits and dots): safe as names. The second name, with the content
         # hash, is for a resend whose first name is taken (replace policy, or a crash's orphan).
         stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
@@ -246,7 +281,7 @@ class StorageService:
         # index row names would lose an image. A resend links the next free name.
         index = functools.partial(index_reconciled, attrs=attrs, stored=stored, policy=self.policy,
                                   match=prepared.match, strict=self.reconciling)
-        outcome = self.db.writer.call(index)
+        outcome = self._commit(index)
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
             self.primary.discard(self.primary.path(path))
         if outcome is IndexOutcome.REJECTED:
@@ -271,6 +306,36 @@ class StorageService:
                                            request.calling_ae, now)
         except PatientMismatch as exc:
             raise _Refused("patient_mismatch", str(exc)) from exc
+
+    def _stage(self, request: StoreRequest, head: bytes, meta: bytes, dataset: BinaryIO) -> StagedFile:
+        """The file to place: the streamed spool itself when it starts with ``meta`` (then it holds exactly
+        ``meta`` + the data set as received, hashed as it was written), else a fsynced copy."""
+        streamed = request.streamed
+        if streamed is not None and request.spool.parent == self.primary.incoming and head.startswith(meta):
+            return self.primary.adopt(request.spool, streamed.size, streamed.sha256)
+        return self.primary.stage(meta, dataset)
+
+    def _commit(self, work: Callable[[Connection], IndexOutcome]) -> IndexOutcome:
+        """Run ``work`` in a committed (durable) transaction; :class:`StoreUnavailable` if it cannot commit.
+
+        A lone store commits in this thread when the writer is idle (no hand-over to the writer
+        thread and back); concurrent stores queue and share the writer's group commits, whose
+        failure reaches every one of them. Driver errors raised by the receive path's raw
+        statements (:mod:`engine.store.fast`) are database failures like SQLAlchemy's.
+        """
+        writer = self.db.writer
+        try:
+            done, result = writer.run_inline(work)
+            if not done:
+                return writer.call(work)
+            if isinstance(result, BaseException):
+                raise result
+        except Exception as exc:
+            dbapi = self.db.write_engine.dialect.dbapi
+            if isinstance(exc, SQLAlchemyError) or (dbapi is not None and isinstance(exc, dbapi.Error)):
+                raise StoreUnavailable(f"the index cannot commit: {type(exc).__name__}") from exc
+            raise
+        return result  # type: ignore[return-value]
 
     def _sweep(self, wall: float) -> None:
         """Remove abandoned spool files, at most once every SWEEP_EVERY_SECONDS."""

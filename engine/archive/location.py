@@ -6,6 +6,8 @@ A file enters in two steps, so that nothing half-written ever carries a final na
    location's ``.incoming`` directory (same file system), hashing as it goes,
    and fsyncs it. Any ``OSError`` (disk full, unwritable) removes the temporary
    file and raises :class:`~engine.errors.ArchiveUnavailable`.
+   :meth:`ArchiveLocation.adopt` instead takes a file a receiver already wrote
+   completely in ``.incoming`` (hashing as it wrote) and fsyncs it: no copy.
 2. :meth:`ArchiveLocation.place` gives it its final name with ``link(2)``, which
    never replaces an existing file (an indexed file is never overwritten, even
    by a racing sender), then fsyncs the directory (and any directory it had to
@@ -126,6 +128,25 @@ class ArchiveLocation:
             self.discard(path)
             raise _unavailable(f"archive location {self.name} cannot take a file", exc) from exc
         return StagedFile(path, size, digest.hexdigest())
+
+    def adopt(self, path: Path, size: int, sha256: str) -> StagedFile:
+        """Stage ``path``, a complete file its writer has closed in ``.incoming``, by fsyncing it.
+
+        ``size`` and ``sha256`` are the writer's, over the same bytes :meth:`stage` would
+        hash (the body after the head). The file is not removed on failure: its writer owns it
+        until :meth:`place`.
+        """
+        if path.parent != self.incoming:
+            raise ValueError(f"{path.name} is not in {self.name}'s {INCOMING}")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _unavailable(f"archive location {self.name} cannot take a file", exc) from exc
+        return StagedFile(path, size, sha256)
 
     def place(self, staged: StagedFile, names: Sequence[str]) -> tuple[str, bool]:
         """Give ``staged`` the first of ``names`` (relative paths) not taken; return (name, created).

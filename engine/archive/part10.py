@@ -8,11 +8,6 @@ exactly as received on the wire.
 from __future__ import annotations
 
 import struct
-from io import BytesIO
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 
 from engine.errors import MalformedDataset
 
@@ -27,26 +22,37 @@ _PREAMBLE = b"\x00" * 128 + b"DICM"
 _GROUP_LENGTH_HEADER = b"\x02\x00\x00\x00UL\x04\x00"
 
 
+def _element(element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+    """One group 0002 element, explicit VR little endian (PS3.5 7.1.2), padded to even length."""
+    if len(value) % 2:
+        value += pad
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 2, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+
+
 def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
                      source_ae_title: str) -> bytes:
     """Preamble, ``DICM`` and the File Meta Information group for one received instance.
 
     ``source_ae_title`` (the calling AE, PS3.10 7.1 Source Application Entity Title)
-    records where the instance came from.
+    records where the instance came from. Encoded directly, byte for byte as pydicom's
+    ``write_file_meta_info`` would (a test compares them): it runs once per received
+    instance, where pydicom's element machinery costs ~0.2 ms.
     """
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source_ae_title:
-        meta.SourceApplicationEntityTitle = source_ae_title[:16]
-    out = BytesIO()
-    out.write(_PREAMBLE)
-    write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return out.getvalue()
+    def ui(value: str) -> bytes:
+        return value.encode("ascii", "replace")
+
+    body = b"".join((
+        _element(0x0001, b"OB", b"\x00\x01", b"\0"),
+        _element(0x0002, b"UI", ui(sop_class_uid), b"\0"),
+        _element(0x0003, b"UI", ui(sop_instance_uid), b"\0"),
+        _element(0x0010, b"UI", ui(transfer_syntax_uid), b"\0"),
+        _element(0x0012, b"UI", ui(IMPLEMENTATION_CLASS_UID), b"\0"),
+        _element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" "),
+        _element(0x0016, b"AE", source_ae_title[:16].encode("ascii", "replace"), b" ") if source_ae_title else b"",
+    ))  # fmt: skip
+    return _PREAMBLE + _GROUP_LENGTH_HEADER + struct.pack("<I", len(body)) + body
 
 
 def dataset_offset(head: bytes) -> int:

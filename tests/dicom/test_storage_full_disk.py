@@ -9,6 +9,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -45,13 +46,22 @@ def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
+def _send_until_full(assoc: Any, corpus: Path, sizes: list[int]) -> None:
+    """All but the last of ``sizes`` fit on the disk and are stored; the last does not: 0xA700."""
+    for size in sizes[:-1]:
+        assert int(assoc.send_c_store(_ct(corpus, size)).Status) == 0x0000
+    assert int(assoc.send_c_store(_ct(corpus, sizes[-1])).Status) == 0xA700
+
+
 @pytest.mark.parametrize(
-    "size",
-    [3 << 20, 1200 << 10],  # larger than the disk (the spool fills it); fits once, not twice (the copy fails)
-    ids=["spool-fills-the-disk", "archive-copy-fills-the-disk"],
+    "sizes",
+    # larger than the disk (the spool fills it); fits once, not twice (the second instance's spool fails, as the
+    # copy of one did before the streamed receive wrote the archive file in place: a fitting instance is stored)
+    [[3 << 20], [1200 << 10, 1200 << 10]],
+    ids=["spool-fills-the-disk", "second-instance-fills-the-disk"],
 )
 def test_full_location_answers_out_of_resources_and_leaves_nothing(
-    tmp_path: Path, corpus: Path, small_disk: Path, size: int
+    tmp_path: Path, corpus: Path, small_disk: Path, sizes: list[int]
 ) -> None:
     with running_scp(tmp_path / "rb", archive={"primary": str(small_disk)}) as scp:
         ae = AE(ae_title="CT1")
@@ -59,12 +69,15 @@ def test_full_location_answers_out_of_resources_and_leaves_nothing(
         assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")
         assert assoc.is_established
         try:
-            assert int(assoc.send_c_store(_ct(corpus, size)).Status) == 0xA700
-            assert scp.instances() == [] and scp.quarantined() == []
-            assert _files(small_disk) == []  # no partial file, no temporary file
+            _send_until_full(assoc, corpus, sizes)
+            stored = {row.path for row in scp.instances()}
+            assert len(stored) == len(sizes) - 1 and scp.quarantined() == []
+            assert {str(p.relative_to(small_disk)) for p in _files(small_disk)} == stored  # no partial, no temporary
+            for row in scp.instances():
+                (small_disk / row.path).unlink()  # room again
             small = dcmread(corpus / "dicom" / "single" / "CT_small.dcm")
-            assert int(assoc.send_c_store(small).Status) == 0x0000  # same association, room again
+            assert int(assoc.send_c_store(small).Status) == 0x0000  # same association
         finally:
             assoc.release()
-        (row,) = scp.instances()
-        assert (small_disk / row.path).is_file()
+        row = scp.instances()[-1]
+        assert row.sop_instance_uid == small.SOPInstanceUID and (small_disk / row.path).is_file()

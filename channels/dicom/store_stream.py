@@ -1,0 +1,373 @@
+"""C-STORE data sets read from the socket straight into the spool file, beside pynetdicom's DUL.
+
+pynetdicom receives a 512 KB C-STORE as ~32 P-DATA-TF PDUs, and for each one reads
+the socket 4 KB at a time, copies the PDU three times (bytes, PDU object,
+primitive), runs the state machine, and writes and flushes the fragment; the
+association's own thread then polls for the finished message every millisecond
+before the handler runs. That is ~5 ms an image, more than the durable store
+itself. :class:`StoreStream` replaces the DUL's PDU reader on one association:
+
+* a P-DATA-TF PDU received in Sta6 (association established) is read into a
+  reusable buffer, never beyond its own end (so the reactor's ``select`` still
+  sees whatever follows), and split into PDVs (:mod:`channels.dicom.pdv`);
+* a complete C-STORE-RQ command (:mod:`channels.dicom.dimse_command`) on an
+  accepted storage context starts a spool file in the primary location's
+  ``.incoming`` holding the File Meta Information radbridge stores
+  (:func:`~engine.archive.part10.encode_file_meta`); its data set fragments are
+  appended as they arrive and hashed (SHA-256) in the same pass, so the spool
+  *is* the archive file and :meth:`~channels.dicom.storage.StorageService.store`
+  only has to fsync and link it (:attr:`~channels.dicom.storage.StoreRequest.received`);
+* the last fragment runs that store in this thread, and the C-STORE-RSP is queued
+  as a ready-made P-DATA primitive on the DUL's own queue (as
+  :mod:`channels.dicom.dul_stream` does for C-FIND), so the state machine still
+  sends it;
+* everything else (association PDUs, other states, every other command and its
+  data set) is handed to pynetdicom exactly as its own reader would.
+
+Write errors on the spool (disk full) are recorded, never raised
+(:class:`~channels.dicom.spool.SpoolFile`), and answered 0xA700. A PDV that
+overruns its PDU, or a command arriving before the previous data set ended,
+is a protocol error: the association is aborted (Evt19), as pynetdicom does for
+an undecodable PDU.
+
+**pynetdicom internals** (checked by :func:`install_store_stream` against
+:data:`~channels.dicom.dul_stream.TESTED_VERSIONS`): the DUL's ``_read_pdu_data``
+(replaced on the instance), ``_decode_pdu``, ``_recv_pdu``, ``event_queue``,
+``state_machine.current_state``, ``send_pdu``, ``socket.socket``; the
+association's ``_accepted_cx`` and ``dimse.maximum_pdu_size``. Not installed while
+pynetdicom logs at INFO or a handler is bound to an event this path does not
+trigger (``EVT_DATA_RECV``, ``EVT_PDU_RECV``, ``EVT_DIMSE_RECV``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import select
+import struct
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pynetdicom
+from pynetdicom import evt
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
+
+from engine.archive.part10 import encode_file_meta
+from engine.errors import MalformedDataset
+
+from .dimse_command import StoreCommand, read_command, store_response
+from .dul_stream import TESTED_VERSIONS
+from .pdv import PdvSplitter, Piece
+from .spool import SpoolFile
+from .storage import StoreRequest, StreamedFile
+
+__all__ = ["BUFFER_BYTES", "PROCESSING_FAILURE", "StoreStream", "install_store_stream"]
+
+log = logging.getLogger(__name__)
+
+#: The most bytes read from the socket at once (one buffer per association).
+BUFFER_BYTES = 1 << 18
+#: The longest an idle storage association's reactor waits in ``select`` (StoreStream.transport_event).
+IDLE_WAIT_SECONDS = 0.005
+_VERIFICATION = "1.2.840.10008.1.1"
+#: Every this many data set bytes the spool's writeback is started (SpoolFile.start_writeback).
+WRITEBACK_BYTES = 1 << 18
+_P_DATA_TF = 0x04
+_PDU_TYPES = range(0x01, 0x08)
+_COMMAND_LAST, _COMMAND_MORE = 0x03, 0x01
+#: PS3.7 C.5.2 "Processing failure": what pynetdicom answers when its C-STORE handler raises.
+PROCESSING_FAILURE = 0xC211
+
+
+class _Receiving:
+    """One C-STORE whose data set is arriving: the spool, and the size and SHA-256 of what it holds."""
+
+    def __init__(self, command: StoreCommand, context: Any, spool: SpoolFile) -> None:
+        self.command = command
+        self.context = context
+        self.spool = spool
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._unsynced = 0
+
+    def add(self, data: memoryview) -> None:
+        self.spool.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+        self._unsynced += len(data)
+        if self._unsynced >= WRITEBACK_BYTES:
+            self._unsynced = 0
+            self.spool.start_writeback()
+
+
+#: Stores one received C-STORE: the DIMSE status (:meth:`~channels.dicom.storage.StorageService.store`).
+StoreRunner = Callable[[StoreRequest], int]
+
+
+class StoreStream:
+    """The PDU reader of one association (see the module docstring)."""
+
+    def __init__(self, assoc: Any, run: StoreRunner, spool_dir: Path,
+                 storage_classes: frozenset[str]) -> None:
+        self._assoc = assoc
+        self._dul = assoc.dul
+        self._sock = assoc.dul.socket.socket
+        self._run = run
+        self._spool_dir = spool_dir
+        self._storage_classes = storage_classes
+        self._buffer = bytearray(BUFFER_BYTES)
+        self._view = memoryview(self._buffer)
+        self._command = bytearray()
+        self._other = bytearray()
+        self._current: _Receiving | None = None
+        self._transport_event = assoc.dul._is_transport_event
+        self._idle_wait: bool | None = None  # decided once the association is established
+
+    # -- the DUL's reader --------------------------------------------------------------------------
+
+    def transport_event(self) -> bool:
+        """The reactor's look at the socket; on a storage association, a wait for data when idle.
+
+        pynetdicom's reactor polls: between a response and the peer's next request it loops
+        every ``_run_loop_delay`` (0.1 ms, :func:`~channels.dicom.server.tune_association`), each
+        turn a ``select`` and some Python under the GIL. Four storing associations spent more
+        CPU polling than storing, and 4 associations stored slower than one. When every accepted
+        context is a storage (or Verification) context and nothing waits to be sent, the reactor
+        instead blocks in ``select`` (GIL released) for at most :data:`IDLE_WAIT_SECONDS`: data
+        from the peer ends the wait at once; something pynetdicom's own thread queues meanwhile (a
+        C-ECHO response, a release) leaves at most that much later. Associations with other
+        contexts (C-FIND's response stream needs the fast turns) keep pynetdicom's polling.
+        """
+        if self._waits_idle() and self._dul.to_provider_queue.empty() and self._dul.event_queue.empty():
+            try:
+                pending = getattr(self._sock, "pending", None)  # TLS data already decrypted: no wait
+                if not (pending is not None and pending()):
+                    select.select([self._sock], [], [], IDLE_WAIT_SECONDS)
+            except (OSError, ValueError):  # closed under us: pynetdicom's own look reports it
+                pass
+        return bool(self._transport_event())
+
+    def _waits_idle(self) -> bool:
+        if self._idle_wait is None:
+            if self._dul.state_machine.current_state != "Sta6":
+                return False
+            classes = {str(cx.abstract_syntax) for cx in self._assoc._accepted_cx.values()}
+            self._idle_wait = classes <= self._storage_classes | {_VERIFICATION}
+        return self._idle_wait
+
+    def read_pdu(self) -> None:
+        """Read PDUs from the socket (the DUL reactor calls this when the socket is readable).
+
+        While a C-STORE data set is arriving its next PDU is read at once: the reactor
+        would otherwise take an idle turn (it sleeps when no event was queued) between PDUs.
+        """
+        while self._read_one() and self._current is not None:
+            pass
+
+    def _read_one(self) -> bool:
+        """One PDU; True when it was a P-DATA-TF read here without error."""
+        head = self._exactly(6)
+        if head is None:
+            return False
+        pdu_type, _, length = struct.unpack(">BBL", head)
+        if pdu_type not in _PDU_TYPES:
+            log.error("Unknown PDU type received '0x%02X'", pdu_type)
+            self._abandon()
+            self._dul.event_queue.put("Evt19")
+            return False
+        if pdu_type != _P_DATA_TF or self._dul.state_machine.current_state != "Sta6":
+            self._abandon()  # a release or abort (or a protocol error) ends any data set in progress
+            body = self._exactly(length)
+            if body is not None:
+                self._hand_over_pdu(head + body)
+            return False
+        return self._read_data(length)
+
+    def _exactly(self, count: int) -> bytes | None:
+        """``count`` bytes from the socket, or None (Evt17 queued) when the connection ends first."""
+        data = bytearray()
+        try:
+            while len(data) < count:
+                chunk = self._sock.recv(min(count - len(data), BUFFER_BYTES))
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as exc:  # reset, or the stall timeout (TimeoutError is an OSError)
+            log.error("Connection closed before the entire PDU was received: %s", type(exc).__name__)
+        if len(data) < count:
+            self._dul.event_queue.put("Evt17")
+            return None
+        return bytes(data)
+
+    def _hand_over_pdu(self, data: bytes) -> None:
+        """What pynetdicom's own reader does with a complete PDU."""
+        try:
+            pdu, event = self._dul._decode_pdu(bytearray(data))
+        except Exception:  # pynetdicom's reader treats any decoding failure so
+            log.exception("Unable to decode the received PDU data")
+            self._dul.event_queue.put("Evt19")
+            return
+        self._dul._recv_pdu.put(pdu)
+        self._dul.event_queue.put(event)
+
+    def _read_data(self, length: int) -> bool:
+        """A P-DATA-TF PDU in Sta6: stream owned data sets, hand the other PDVs to pynetdicom."""
+        splitter, others = PdvSplitter(), list[tuple[int, bytes]]()
+        left = length
+        try:
+            while left:
+                got = self._sock.recv_into(self._view[: min(left, BUFFER_BYTES)])
+                if not got:
+                    raise ConnectionError("closed mid-PDU")
+                left -= got
+                for piece in splitter.feed(self._view[:got]):
+                    self._piece(piece, others)
+            splitter.finish()
+        except OSError as exc:
+            log.error("Connection closed before the entire PDU was received: %s", type(exc).__name__)
+            self._abandon()
+            self._dul.event_queue.put("Evt17")
+            return False
+        except MalformedDataset as exc:
+            log.error("Invalid P-DATA-TF PDU: %s", exc)
+            self._abandon()
+            self._dul.event_queue.put("Evt19")
+            return False
+        if others:
+            primitive = P_DATA()
+            primitive.presentation_data_value_list.extend(others)  # as pynetdicom fills it
+            self._dul._recv_pdu.put(P_DATA_TF(primitive))
+            self._dul.event_queue.put("Evt10")
+        return True
+
+    # -- PDVs --------------------------------------------------------------------------------------
+
+    def _piece(self, piece: Piece, others: list[tuple[int, bytes]]) -> None:
+        current = self._current
+        if piece.is_command:
+            if current is not None:
+                raise MalformedDataset("a command arrived before the previous data set ended")
+            self._command += piece.data
+            if piece.ends and piece.is_last:
+                self._command_complete(piece.context_id, others)
+            return
+        if current is None:  # a data set of pynetdicom's message: handed over whole, PDV by PDV
+            self._other += piece.data
+            if piece.ends:
+                others.append((piece.context_id, bytes([piece.control]) + bytes(self._other)))
+                self._other.clear()
+            return
+        current.add(piece.data)
+        if piece.ends and piece.is_last:
+            self._current = None
+            self._finish(current)
+
+    def _command_complete(self, context_id: int, others: list[tuple[int, bytes]]) -> None:
+        raw = bytes(self._command)
+        self._command.clear()
+        context = self._assoc._accepted_cx.get(context_id)
+        command = self._owned(raw, context)
+        if command is None:
+            others.append((context_id, bytes([_COMMAND_LAST]) + raw))
+            return
+        spool = self._spool()
+        spool.write(encode_file_meta(command.sop_class_uid, command.sop_instance_uid,
+                                     str(context.transfer_syntax[0]), self._calling_ae()))  # fmt: skip
+        self._current = _Receiving(command, context, spool)
+
+    def _spool(self) -> SpoolFile:
+        try:
+            return SpoolFile(self._spool_dir)
+        except OSError:  # the location is gone or full: spool elsewhere, the store answers for the location
+            return SpoolFile(Path(tempfile.gettempdir()))
+
+    def _owned(self, raw: bytes, context: Any) -> StoreCommand | None:
+        """The C-STORE-RQ this reader streams, or None for anything pynetdicom should see."""
+        if context is None or str(context.abstract_syntax) not in self._storage_classes:
+            return None
+        try:
+            return StoreCommand.from_elements(read_command(raw))
+        except MalformedDataset:
+            return None  # pynetdicom decodes it and answers as it always has
+
+    def _calling_ae(self) -> str:
+        return str(self._assoc.requestor.ae_title).strip()
+
+    def _finish(self, rx: _Receiving) -> None:
+        """Store the complete data set and queue the response."""
+        rx.spool.close()
+        path = Path(rx.spool.name)
+        request = StoreRequest(
+            path, rx.command.sop_class_uid, rx.command.sop_instance_uid, str(rx.context.abstract_syntax),
+            str(rx.context.transfer_syntax[0]), self._calling_ae(), StreamedFile(rx.size, rx.digest.hexdigest()),
+        )  # fmt: skip
+        try:
+            status = self._run(request)
+        except Exception:  # the service answers every failure it knows; anything else is as pynetdicom's
+            log.exception("C-STORE %s: the storage service failed", rx.command.sop_instance_uid)
+            status = PROCESSING_FAILURE
+        finally:
+            path.unlink(missing_ok=True)  # linked into the archive, copied to quarantine, or refused
+        self._respond(int(rx.context.context_id), store_response(rx.command, status))
+
+    def _respond(self, context_id: int, command: bytes) -> None:
+        peer_max = int(self._assoc.dimse.maximum_pdu_size or 0)
+        room = peer_max - 6 if peer_max > 6 else len(command)
+        parts = [command[i : i + room] for i in range(0, len(command), room)]
+        for n, part in enumerate(parts):
+            control = _COMMAND_LAST if n == len(parts) - 1 else _COMMAND_MORE
+            primitive = P_DATA()
+            primitive.presentation_data_value_list.append((context_id, bytes([control]) + part))  # no setter check
+            self._dul.send_pdu(primitive)
+        if len(parts) == 1:
+            # Evt9 ("P-DATA request primitive") now, as the reactor would queue it on its next turn after an
+            # idle sleep: the response then leaves in this turn. One event for one queued primitive; a
+            # fragmented response is left to the reactor, which queues one Evt9 per primitive it finds.
+            self._dul.event_queue.put("Evt9")
+
+    def _abandon(self) -> None:
+        """The association is ending mid-data-set: close the spool (swept later, as an abandoned one)."""
+        if self._current is not None:
+            self._current.spool.close()
+            self._current = None
+        self._command.clear()
+        self._other.clear()
+
+
+#: Events whose handlers this path would skip: with one bound, pynetdicom's own path stays.
+_SKIPPED_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DIMSE_RECV)
+
+
+def _internals_as_expected(assoc: Any) -> bool:
+    dul = getattr(assoc, "dul", None)
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
+    return (
+        pynetdicom.__version__.startswith(TESTED_VERSIONS)
+        and callable(getattr(dul, "_read_pdu_data", None))
+        and callable(getattr(dul, "_is_transport_event", None))
+        and isinstance(getattr(dul, "to_provider_queue", None), queue.Queue)
+        and callable(getattr(dul, "_decode_pdu", None))
+        and isinstance(getattr(dul, "_recv_pdu", None), queue.Queue)
+        and isinstance(getattr(dul, "event_queue", None), queue.Queue)
+        and isinstance(getattr(getattr(dul, "state_machine", None), "current_state", None), str)
+        and callable(getattr(dul, "send_pdu", None))
+        and isinstance(getattr(assoc, "_accepted_cx", None), dict)
+        and callable(getattr(sock, "recv_into", None))
+    )
+
+
+def install_store_stream(assoc: Any, run: StoreRunner, spool_dir: Path,
+                         storage_classes: frozenset[str]) -> StoreStream | None:
+    """Put a :class:`StoreStream` in ``assoc``'s DUL, or None where pynetdicom's own path must stay."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return None
+    if any(assoc.get_handlers(event) for event in _SKIPPED_EVENTS) or not _internals_as_expected(assoc):
+        return None
+    stream = StoreStream(assoc, run, spool_dir, storage_classes)
+    assoc.dul._read_pdu_data = stream.read_pdu
+    assoc.dul._is_transport_event = stream.transport_event
+    return stream

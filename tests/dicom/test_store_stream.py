@@ -1,0 +1,182 @@
+"""The streamed C-STORE receive (channels/dicom/store_stream.py) on the wire, with pynetdicom as SCU.
+
+Data sets go from the socket into the archive's spool and the spool is linked into place;
+every other message on the same association is still pynetdicom's; odd but valid PDU
+layouts store byte-identical data sets; a broken PDU aborts only its association.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode
+
+from channels.dicom.store_stream import BUFFER_BYTES
+from engine.archive.location import ArchiveLocation
+from tests.dicom.store_peer import StoreSCP, dataset_bytes, running_scp
+
+pytestmark = pytest.mark.timeout(120)
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MWL_FIND = "1.2.840.10008.5.1.4.31"
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def _ct(corpus: Path) -> Dataset:
+    ds = dcmread(corpus / "dicom" / "single" / "CT_small.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return ds
+
+
+@contextmanager
+def _association(port: int, *contexts: str) -> Iterator[Any]:
+    ae = AE(ae_title="CT1")
+    for sop_class in contexts:
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _stored_dataset(scp: StoreSCP, uid: str) -> bytes:
+    return dataset_bytes(scp.stored_path(uid))
+
+
+def _sent_dataset(ds: Dataset, tmp_path: Path) -> bytes:
+    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return dataset_bytes(path)
+
+
+def test_streamed_receive_archives_the_spool_without_a_copy(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_copy(*args: object) -> None:
+        raise AssertionError("the streamed spool was copied")
+
+    monkeypatch.setattr(ArchiveLocation, "stage", no_copy)
+    ds = _ct(corpus)
+    with running_scp(tmp_path / "rb") as scp, _association(scp.port, CT) as assoc:
+        assert int(assoc.send_c_store(ds).Status) == 0x0000
+    assert _stored_dataset(scp, ds.SOPInstanceUID) == _sent_dataset(ds, tmp_path)
+    meta = dcmread(scp.stored_path(ds.SOPInstanceUID)).file_meta
+    assert (meta.SourceApplicationEntityTitle, meta.MediaStorageSOPInstanceUID) == ("CT1", ds.SOPInstanceUID)
+    assert list((scp.archive / ".incoming").iterdir()) == []
+
+
+def test_echo_find_and_store_share_one_association(tmp_path: Path, corpus: Path) -> None:
+    first, second = _ct(corpus), _ct(corpus)
+    query = Dataset()
+    query.PatientName = ""
+    with running_scp(tmp_path / "rb") as scp, _association(scp.port, VERIFICATION, MWL_FIND, CT) as assoc:
+        assert int(assoc.send_c_echo().Status) == 0x0000
+        assert int(assoc.send_c_store(first).Status) == 0x0000
+        statuses = [int(status.Status) for status, _ in assoc.send_c_find(query, MWL_FIND)]
+        assert statuses == [0x0000]  # no worklist items: only the final response
+        assert int(assoc.send_c_store(second).Status) == 0x0000
+        assert int(assoc.send_c_echo().Status) == 0x0000
+    assert {row.sop_instance_uid for row in scp.instances()} == {first.SOPInstanceUID, second.SOPInstanceUID}
+
+
+def _pdu(*pdvs: tuple[int, int, bytes]) -> bytes:
+    body = b"".join(struct.pack(">IBB", len(data) + 2, cx, control) + data for cx, control, data in pdvs)
+    return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+
+def _store_command(message_id: int, sop_instance: str) -> bytes:
+    command = Dataset()
+    command.AffectedSOPClassUID = CT
+    command.CommandField = 0x0001
+    command.MessageID = message_id
+    command.Priority = 0
+    command.CommandDataSetType = 0x0000
+    command.AffectedSOPInstanceUID = sop_instance
+    body = encode(command, True, True)
+    assert body is not None
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+
+
+def test_a_command_split_over_pdus_and_odd_fragments_store_byte_identical(tmp_path: Path, corpus: Path) -> None:
+    ds = _ct(corpus)
+    data = _sent_dataset(ds, tmp_path)
+    command = _store_command(9, ds.SOPInstanceUID)
+    with running_scp(tmp_path / "rb") as scp, _association(scp.port, CT) as assoc:
+        cx = assoc.accepted_contexts[0].context_id
+        pdus = [
+            _pdu((cx, 0x01, command[:10])),  # command, not the last fragment
+            _pdu((cx, 0x03, command[10:]), (cx, 0x00, data[:1])),  # its end and one byte of the data set
+            _pdu((cx, 0x00, b""), (cx, 0x00, data[1:777]), (cx, 0x00, data[777:-3])),
+            _pdu((cx, 0x02, data[-3:])),
+        ]
+        received: queue.Queue[Any] = queue.Queue()
+        assoc.bind(evt.EVT_DIMSE_RECV, lambda event: received.put(event.message.command_set))
+        assoc.dul.socket.socket.sendall(b"".join(pdus))  # as one stream: PDUs straddle reads
+        rsp = received.get(timeout=30)
+        assert (int(rsp.CommandField), int(rsp.Status), int(rsp.MessageIDBeingRespondedTo)) == (0x8001, 0x0000, 9)
+    assert _stored_dataset(scp, ds.SOPInstanceUID) == data
+
+
+def test_a_pdv_overrunning_its_pdu_aborts_that_association_only(tmp_path: Path, corpus: Path) -> None:
+    ds = _ct(corpus)
+    with running_scp(tmp_path / "rb") as scp:
+        with _association(scp.port, CT) as assoc:
+            cx = assoc.accepted_contexts[0].context_id
+            broken = _pdu((cx, 0x03, _store_command(1, ds.SOPInstanceUID)))[:-4] + struct.pack(">I", 1 << 20)
+            body = broken[6:]
+            assoc.dul.socket.socket.sendall(struct.pack(">BBI", 0x04, 0, len(body) + 6) + body
+                                            + struct.pack(">IBB", 1000, cx, 0x00))
+            deadline = time.monotonic() + 10
+            while assoc.is_established and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert assoc.is_aborted
+        with _association(scp.port, CT) as assoc:
+            assert int(assoc.send_c_store(ds).Status) == 0x0000
+    assert [row.sop_instance_uid for row in scp.instances()] == [ds.SOPInstanceUID]
+
+
+def test_pynetdicom_logging_at_info_keeps_its_own_receive_path(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies: list[object] = []
+    stage = ArchiveLocation.stage
+
+    def counted(self: ArchiveLocation, head: bytes, body: Any) -> Any:
+        copies.append(head)
+        return stage(self, head, body)
+
+    monkeypatch.setattr(ArchiveLocation, "stage", counted)
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    ds = _ct(corpus)
+    try:
+        with running_scp(tmp_path / "rb") as scp, _association(scp.port, CT) as assoc:
+            assert int(assoc.send_c_store(ds).Status) == 0x0000
+    finally:
+        logger.setLevel(level)
+    assert len(copies) == 1  # pynetdicom spooled it: the archive file is a copy
+    assert _stored_dataset(scp, ds.SOPInstanceUID) == _sent_dataset(ds, tmp_path)
+
+
+def test_the_ae_announces_the_store_buffer_as_maximum_pdu_and_large_pdus_store(tmp_path: Path, corpus: Path) -> None:
+    ds = _ct(corpus)
+    with running_scp(tmp_path / "rb") as scp, _association(scp.port, CT) as assoc:
+        assert assoc.acceptor.maximum_length == BUFFER_BYTES  # a 512 KB image in 2-3 PDUs, not 32
+        assert int(assoc.send_c_store(ds).Status) == 0x0000
+    assert _stored_dataset(scp, ds.SOPInstanceUID) == _sent_dataset(ds, tmp_path)
