@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import logging
 import mmap
 import time
@@ -45,6 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.archive.location import ArchiveLocation
 from engine.archive.part10 import dataset_offset, encode_file_meta
+from engine.archive.replication import index_and_replicate
 from engine.archive.structure import Encoding, check_structure
 from engine.config.models import EngineConfig
 from engine.domain.instances import (
@@ -53,7 +55,6 @@ from engine.domain.instances import (
     InstanceAttributes,
     QuarantineRecord,
     StoredFile,
-    index_instance,
     is_valid_uid,
     record_quarantine,
 )
@@ -179,13 +180,15 @@ class StorageService:
     quarantine: ArchiveLocation
     policy: DuplicatePolicy
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    replicate: bool = False  # archive.secondary: each stored instance owes a copy (engine.archive.replication)
     _next_sweep: float = 0.0
 
     @classmethod
     def from_config(cls, db: Database, config: EngineConfig) -> StorageService:
         """The service for ``archive:``; :meth:`prepare` must run before the first request."""
         return cls(db, ArchiveLocation("primary", config.archive_dir()),
-                   ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy)
+                   ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy,
+                   replicate=config.archive.secondary is not None)
 
     def prepare(self) -> None:
         """Create both locations and remove temporary files an interrupted store left behind."""
@@ -240,7 +243,10 @@ class StorageService:
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
-        outcome = self.db.writer.call(functools.partial(index_instance, attrs=attrs, stored=stored, policy=self.policy))
+        # Indexed with its copies' record and, with a secondary, the copy owed to it (one transaction).
+        outcome = self.db.writer.call(functools.partial(
+            index_and_replicate, attrs=attrs, stored=stored, policy=self.policy,
+            meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate))
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
             self.primary.discard(self.primary.path(path))
         if outcome is IndexOutcome.REJECTED:

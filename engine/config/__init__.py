@@ -141,6 +141,10 @@ def _destination_problems(config: Config) -> list[str]:
                 f"{config.where(path, (*loc, 'timeout_seconds'))}: {d.name!r} timeout_seconds"
                 f" {d.timeout_seconds:g} needs outbox.lease_seconds of at least {least:g} (now {lease:g})"
             )
+    least = engine.archive.replication_timeout_seconds + SEND_BACKSTOP_SECONDS + 2 * LEASE_MARGIN_SECONDS
+    if engine.archive.secondary and lease < least:  # the copy to the secondary is an outbox delivery too
+        out.append(f"{config.where(config.engine_file, ('archive', 'replication_timeout_seconds'))}:"
+                   f" needs outbox.lease_seconds of at least {least:g} (now {lease:g})")
     status = engine.mpps.status_destination
     if status and status not in owners:
         out.append(f"{config.where(config.engine_file, ('mpps', 'status_destination'))}: no destination named"
