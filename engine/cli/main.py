@@ -171,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     send.set_defaults(fn=cmd_send)
     _messages(sub)
     _studies(sub)
+    _archive(sub)
     status = sub.add_parser("status", help="per channel counts and queue age")
     status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.set_defaults(fn=cmd_status)
@@ -235,6 +236,12 @@ def _config_everywhere(parser: argparse.ArgumentParser) -> None:
 
 def _studies(sub: Any) -> None:
     from engine.cli.studies import add_subcommands
+
+    add_subcommands(sub, _database)
+
+
+def _archive(sub: Any) -> None:
+    from engine.cli.archive import add_subcommands
 
     add_subcommands(sub, _database)
 

@@ -183,3 +183,6 @@ def add_subcommands(sub: Any, database: Any) -> None:
     show.add_argument("study_instance_uid", metavar="STUDY_UID", help="the Study Instance UID")
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
     show.set_defaults(fn=lambda args: cmd_show(args, database(args)))
+    from engine.cli.export import add_export  # studies export (engine.archive)
+
+    add_export(studies_cmd, database)

@@ -8,7 +8,6 @@ missing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -38,6 +37,7 @@ class Seaweed:
     root: Path
     s3_port: int
     proc: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] | None = None  # chosen at the first start, kept for a restart
 
     @property
     def endpoint(self) -> str:
@@ -62,7 +62,7 @@ class Seaweed:
         config.write_text(json.dumps({"identities": [{
             "name": "radbridge-test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        ports = {name: free_port() for name in (
+        ports = self.ports = self.ports or {name: free_port() for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
             "filer.port.grpc", "s3.port.grpc")}
         args = [binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
@@ -82,8 +82,10 @@ class Seaweed:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited {self.proc.returncode}: {self.log()[-2000:]}")
             try:
-                name = f"probe{os.getpid()}"
-                client.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+                name = "probe"
+                buckets = client.list_buckets().get("Buckets", [])  # type: ignore[attr-defined]
+                if name not in {b["Name"] for b in buckets}:
+                    client.create_bucket(Bucket=name)  # type: ignore[attr-defined]
                 client.put_object(Bucket=name, Key="p", Body=b"p")  # type: ignore[attr-defined]
                 return
             except Exception as exc:  # not up yet: connection refused, 503 while volumes grow
@@ -92,12 +94,12 @@ class Seaweed:
         raise RuntimeError(f"SeaweedFS S3 not ready after {timeout} s: {last!r}")
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 30 s; by pid only."""
+        """SIGTERM, then SIGKILL after 5 s (its directory is thrown away; SeaweedFS takes 15-30 s to stop); by pid."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
