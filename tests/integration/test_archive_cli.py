@@ -17,7 +17,6 @@ import yaml
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from engine.archive.part10 import dataset_offset
 from tests.archive.replica_peer import ct, send
 from tests.conftest import EngineProcess, free_port
 from tests.integration.conftest import sqlite_rows, write_engine_yaml
