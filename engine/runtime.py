@@ -91,9 +91,11 @@ class Runtime:
             if released:
                 log.info("released %d outbox lease(s) left by the previous run", released)
         if cfg.dicom.enabled and cfg.archive.enabled:  # both locations checked before anything listens
-            from engine.archive.service import checked_archive
+            from engine.archive.service import backfill_copies, checked_archive
 
             self.archive = await asyncio.to_thread(checked_archive, self.config)
+            if self.archive.secondary is not None:
+                await asyncio.to_thread(backfill_copies, self.db)
         self.worker = OutboxWorker(self.db, self._routes(), cfg.outbox)
         self.worker.start()
         self.scheduler = AsyncIOScheduler(timezone="UTC")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.archive.archive import Archive, CurrentInstance, current_instance
@@ -37,7 +37,9 @@ from engine.errors import ArchiveUnavailable, MalformedDataset, RetryableDeliver
 from engine.outbox.queue import enqueue
 from engine.store.database import Database
 
-__all__ = ["DESTINATION", "MEDIA_TYPE", "ReplicationDestination", "index_and_replicate", "mark_copies"]
+__all__ = [
+    "DESTINATION", "MEDIA_TYPE", "ReplicationDestination", "index_and_replicate", "mark_copies", "owe_missing_copies",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +67,40 @@ def index_and_replicate(conn: Connection, attrs: InstanceAttributes, stored: Sto
         instances.c.sop_instance_uid == attrs.sop_instance_uid)).scalar_one())
     mark_copies(conn, pk, meta_sha256, "PENDING" if replicate else "NONE")
     if replicate:
-        payload = json.dumps({"instance_pk": pk, "sha256": stored.sha256, "path": stored.path}).encode()
-        enqueue(conn, channel="archive", destination=DESTINATION, payload=payload, media_type=MEDIA_TYPE,
-                ordering_key=attrs.sop_instance_uid, now=stored.received_at)
+        _owe_copy(conn, pk, attrs.sop_instance_uid, stored.sha256, stored.path, stored.received_at)
     return outcome
 
 
-def _set_secondary(conn: Connection, instance_pk: int, state: str, now: datetime) -> None:
-    values: dict[str, object] = {"secondary_state": state}
-    if state == "VERIFIED":
-        values["secondary_verified_at"] = now
-    conn.execute(update(instance_copies).where(instance_copies.c.instance_pk == instance_pk).values(**values))
+def _owe_copy(conn: Connection, pk: int, sop_instance_uid: str, sha256: str, path: str, now: datetime) -> None:
+    payload = json.dumps({"instance_pk": pk, "sha256": sha256, "path": path}).encode()
+    enqueue(conn, channel="archive", destination=DESTINATION, payload=payload, media_type=MEDIA_TYPE,
+            ordering_key=sop_instance_uid, now=now)
+
+
+def owe_missing_copies(conn: Connection, now: datetime, limit: int = 1000) -> int:
+    """Queue copies for up to ``limit`` instances that have none owed (stored before a secondary was
+    configured, or before copies were recorded); return how many. Their File Meta checksum is unknown
+    (empty): their copies are checked against the dataset checksum."""
+    c = instance_copies.c
+    rows = conn.execute(
+        select(instances.c.id, instances.c.sop_instance_uid, instances.c.sha256, instances.c.path, c.instance_pk)
+        .outerjoin(instance_copies, c.instance_pk == instances.c.id)
+        .where(or_(c.instance_pk.is_(None), c.secondary_state == "NONE")).order_by(instances.c.id).limit(limit)
+    ).all()
+    for row in rows:
+        if row.instance_pk is None:
+            mark_copies(conn, int(row.id), "", "PENDING")
+        else:
+            conn.execute(update(instance_copies).where(c.instance_pk == row.id).values(secondary_state="PENDING"))
+        _owe_copy(conn, int(row.id), row.sop_instance_uid, row.sha256, row.path, now)
+    return len(rows)
+
+
+def _mark_verified(conn: Connection, instance_pk: int, sha256: str, now: datetime) -> None:
+    """VERIFIED, unless a newer version was indexed meanwhile (its own copy is owed and pending)."""
+    still_current = exists().where(instances.c.id == instance_pk, instances.c.sha256 == sha256)
+    conn.execute(update(instance_copies).where(instance_copies.c.instance_pk == instance_pk, still_current)
+                 .values(secondary_state="VERIFIED", secondary_verified_at=now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +147,7 @@ class ReplicationDestination:
         if found.sha256 != inst.sha256 or inst.meta_sha256 not in (None, found.meta_sha256):
             raise RetryableDelivery(f"copy in {secondary.name} does not match the checksums recorded at ingest"
                                     " (is the primary copy intact? radbridge archive verify)")
-        self.db.writer.call(partial(_set_secondary, instance_pk=inst.instance_pk, state="VERIFIED",
+        self.db.writer.call(partial(_mark_verified, instance_pk=inst.instance_pk, sha256=inst.sha256,
                                     now=datetime.now(UTC)))
         return f"copied to {secondary.describe()} and verified"
 

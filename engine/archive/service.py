@@ -4,7 +4,9 @@
   location can be written, or raises a :class:`~engine.errors.ConfigError`
   naming the setting (an unreachable object store, a missing bucket, an
   unwritable directory stop the start, loudly).
-* :func:`replication_routes` is the outbox route of copies to the secondary.
+* :func:`replication_routes` is the outbox route of copies to the secondary;
+  :func:`backfill_copies` (at start) owes a copy for instances stored before the
+  secondary was configured.
 * :func:`archive_jobs`: ``archive-fixity`` re-reads a sample of copies every
   ``archive.verify_interval_seconds``; ``archive-tiering`` moves old instances
   out of the primary (``archive.tier_after_days``).
@@ -13,11 +15,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from engine.archive.archive import Archive, archive_from_config
 from engine.archive.fixity import verify
-from engine.archive.replication import DESTINATION, ReplicationDestination
+from engine.archive.replication import DESTINATION, ReplicationDestination, owe_missing_copies
 from engine.archive.tiering import tier
 from engine.config import Config
 from engine.config.models import ArchiveConfig
@@ -26,7 +28,7 @@ from engine.errors import ArchiveUnavailable, ConfigError
 from engine.outbox.worker import Route
 from engine.store.database import Database
 
-__all__ = ["archive_jobs", "checked_archive", "replication_routes"]
+__all__ = ["archive_jobs", "backfill_copies", "checked_archive", "replication_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,18 @@ def checked_archive(config: Config) -> Archive:
     if problems:
         raise ConfigError(problems)
     return archive
+
+
+def backfill_copies(db: Database) -> int:
+    """Queue a copy for every instance that owes none yet (a secondary configured after images were
+    stored), one short transaction per batch; return how many."""
+    total = 0
+    while done := db.writer.call(lambda conn: owe_missing_copies(conn, datetime.now(UTC))):
+        total += done
+    if total:
+        log.info("archive: %d instance(s) stored before the secondary location was configured queued for copying",
+                 total)
+    return total
 
 
 def replication_routes(cfg: ArchiveConfig, archive: Archive | None, db: Database) -> dict[str, Route]:

@@ -14,7 +14,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, exists, select, update
 
 from engine.archive.archive import Archive, CurrentInstance, current_instance
 from engine.archive.copy_tables import instance_copies
@@ -42,9 +42,15 @@ def candidates(conn: Connection, cutoff: datetime, limit: int = BATCH) -> list[C
     return [inst for inst in found if inst is not None]
 
 
-def _mark_tiered(conn: Connection, pk: int, now: datetime) -> None:
-    conn.execute(update(instance_copies).where(instance_copies.c.instance_pk == pk)
-                 .values(primary_state="TIERED", primary_removed_at=now))
+def _mark_tiered(conn: Connection, inst: CurrentInstance, now: datetime) -> bool:
+    """TIERED, unless the instance changed since it was picked (a new version, a failed check): False then."""
+    c = instance_copies.c
+    unchanged = exists().where(instances.c.id == inst.instance_pk, instances.c.sha256 == inst.sha256,
+                               instances.c.path == inst.path)
+    done = conn.execute(update(instance_copies).where(
+        c.instance_pk == inst.instance_pk, c.primary_state == "PRESENT", c.secondary_state == "VERIFIED", unchanged,
+    ).values(primary_state="TIERED", primary_removed_at=now))
+    return bool(done.rowcount)
 
 
 def tier(archive: Archive, db: Database, age: timedelta, now: datetime | None = None) -> int:
@@ -59,7 +65,8 @@ def tier(archive: Archive, db: Database, age: timedelta, now: datetime | None = 
             log.warning("tiering: instance %s kept in the primary: its secondary copy is %s", inst.sop_instance_uid,
                         problem[0])
             continue
-        db.writer.call(partial(_mark_tiered, pk=inst.instance_pk, now=now))
+        if not db.writer.call(partial(_mark_tiered, inst=inst, now=now)):
+            continue
         try:
             archive.primary.delete(inst.path)
         except ArchiveUnavailable as exc:

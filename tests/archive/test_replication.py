@@ -132,3 +132,65 @@ def test_stores_succeed_while_the_secondary_directory_is_unwritable_and_copies_c
         subprocess.run(["mount", "-o", "remount,rw", str(read_only_mount)], check=True)
         replicate_until_sent(scp, archive)
         _assert_replicated(scp, lambda path: (read_only_mount / path).read_bytes())
+
+
+def _replaced(corpus: Path, scp) -> tuple:  # type: ignore[no-untyped-def]
+    """Store an instance, then a new version of it (same SOP Instance UID, other content)."""
+    ds = ct(corpus, generate_uid())
+    assert send(scp.port, [ds]) == [0]
+    (first,) = scp.instances()
+    ds.InstanceNumber = 99
+    assert send(scp.port, [ds]) == [0]
+    (second,) = scp.instances()
+    assert first.sha256 != second.sha256
+    return first, second
+
+
+def test_a_copy_of_a_replaced_version_never_marks_the_new_version_verified(tmp_path: Path, corpus: Path) -> None:
+    from datetime import UTC, datetime
+
+    from engine.archive.replication import _mark_verified
+
+    with scp_with_secondary(tmp_path, str(tmp_path / "second")) as (scp, archive):
+        first, second = _replaced(corpus, scp)
+        assert [r.ordering_key for r in copy_rows(scp)] == [first.sop_instance_uid] * 2
+        scp.db.writer.call(lambda c: _mark_verified(c, first.id, first.sha256, datetime.now(UTC)))
+        assert copies(scp)[second.id].secondary_state == "PENDING"
+        replicate_until_sent(scp, archive)  # the first row is superseded, the second copies the new version
+        assert copy_rows(scp)[0].response == "superseded"
+        assert copies(scp)[second.id].secondary_state == "VERIFIED"
+        assert (tmp_path / "second" / second.path).read_bytes() == (scp.archive / second.path).read_bytes()
+
+
+def test_tiering_leaves_an_instance_replaced_since_it_was_picked(tmp_path: Path, corpus: Path) -> None:
+    from datetime import UTC, datetime
+
+    from engine.archive.archive import current_instance
+    from engine.archive.tiering import _mark_tiered
+
+    with scp_with_secondary(tmp_path, str(tmp_path / "second")) as (scp, archive):
+        ds = ct(corpus, generate_uid())
+        assert send(scp.port, [ds]) == [0]
+        replicate_until_sent(scp, archive)
+        (row,) = scp.instances()
+        picked = scp.db.read(lambda c: current_instance(c, row.sop_instance_uid))
+        ds.InstanceNumber = 99
+        assert send(scp.port, [ds]) == [0]  # a new version arrives between the pick and the marking,
+        replicate_until_sent(scp, archive)  # and its copy is verified too
+        assert copies(scp)[row.id].secondary_state == "VERIFIED"
+        assert scp.db.writer.call(lambda c: _mark_tiered(c, picked, datetime.now(UTC))) is False
+        assert copies(scp)[row.id].primary_state == "PRESENT"
+
+
+def test_instances_stored_without_a_secondary_are_owed_one_copy_each_once_one_is_configured(
+        tmp_path: Path, corpus: Path) -> None:
+    from engine.archive.service import backfill_copies
+    from tests.dicom.store_peer import running_scp
+
+    with running_scp(tmp_path / "plain") as scp:
+        assert send(scp.port, [ct(corpus, generate_uid()) for _ in range(2)]) == [0, 0]
+        assert copy_rows(scp) == [] and {c.secondary_state for c in copies(scp).values()} == {"NONE"}
+        assert backfill_copies(scp.db) == 2
+        assert backfill_copies(scp.db) == 0  # owed once
+        assert [r.ordering_key for r in copy_rows(scp)] == [r.sop_instance_uid for r in scp.instances()]
+        assert {c.secondary_state for c in copies(scp).values()} == {"PENDING"}

@@ -173,3 +173,24 @@ def test_the_engine_refuses_to_start_with_an_unreachable_secondary(engine_proces
     result = engine_process.cli("run")
     assert result.returncode != 0
     assert "archive.secondary" in result.stderr and "s3://archive/" in result.stderr, result.stderr
+
+
+def test_a_secondary_configured_later_receives_the_instances_stored_before(
+        engine_process: EngineProcess, corpus: Path) -> None:
+    port = free_port()
+    write_engine_yaml(engine_process, yaml.safe_dump({"dicom": {"port": port, "ae_title": "RADBRIDGE"}}))
+    engine_process.start(wait_port=port)
+    assert send(port, [ct(corpus, generate_uid()) for _ in range(2)]) == [0, 0]
+    engine_process.stop()
+    secondary = engine_process.data_dir.parent / "second"
+    write_engine_yaml(engine_process, yaml.safe_dump({
+        "dicom": {"port": port, "ae_title": "RADBRIDGE"}, "outbox": {"poll_interval_seconds": 0.2},
+        "archive": {"secondary": str(secondary)}}))
+    engine_process.start(wait_port=port)
+    db = engine_process.data_dir / "radbridge.db"
+    _wait(lambda: sqlite_rows(db, "SELECT secondary_state FROM instance_copies") == [("VERIFIED",)] * 2,
+          "the earlier instances copied")
+    engine_process.stop()
+    for (path,) in sqlite_rows(db, "SELECT path FROM instances"):
+        assert (secondary / path).read_bytes() == (engine_process.data_dir / "archive" / path).read_bytes()
+    assert "2 instance(s) stored before the secondary location was configured" in engine_process.log()
