@@ -47,6 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from engine.archive.location import ArchiveLocation
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.replication import index_and_replicate
+from engine.archive.s3_primary import primary_location
 from engine.archive.structure import Encoding, check_structure
 from engine.config.models import EngineConfig
 from engine.domain.instances import (
@@ -186,7 +187,7 @@ class StorageService:
     @classmethod
     def from_config(cls, db: Database, config: EngineConfig) -> StorageService:
         """The service for ``archive:``; :meth:`prepare` must run before the first request."""
-        return cls(db, ArchiveLocation("primary", config.archive_dir()),
+        return cls(db, primary_location(config),  # a directory, or an object store (engine.archive.s3_primary)
                    ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy,
                    replicate=config.archive.secondary is not None)
 

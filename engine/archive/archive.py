@@ -1,6 +1,7 @@
 """The two storage locations of the archive, built from ``archive:``, and how an instance is read back.
 
-:func:`archive_from_config` builds the primary (``archive.primary``, a directory)
+:func:`archive_from_config` builds the primary (``archive.primary``, a directory,
+or ``archive.primary_s3``, an object store)
 and the optional secondary (``archive.secondary``: a directory or
 ``s3://bucket[/prefix]``). :func:`current_instance` says where the current
 version of an instance is and what its checksums are; :func:`open_current`
@@ -63,9 +64,9 @@ def location_from_spec(name: str, spec: str, s3: ArchiveS3Config) -> Location:
 
 def archive_from_config(config: EngineConfig) -> Archive:
     """The archive ``config`` describes (nothing is touched: :meth:`Location.check` does that)."""
-    primary = FileLocation("primary", config.archive_dir())
-    spec = config.archive.secondary
-    return Archive(primary, location_from_spec("secondary", spec, config.archive.s3) if spec else None)
+    s3, spec = config.archive.s3, config.archive.secondary
+    primary = location_from_spec("primary", config.archive.primary_s3 or str(config.archive_dir()), s3)
+    return Archive(primary, location_from_spec("secondary", spec, s3) if spec else None)
 
 
 @dataclass(frozen=True, slots=True)

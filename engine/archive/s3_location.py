@@ -96,6 +96,8 @@ class S3Location:
             if replace:
                 self.client.upload_fileobj(_Chain(head, body), self.bucket, self.prefix + key)
                 return True
+            if not head and body.seekable():  # a local file: PUT it as it is, its length is known
+                return self._put_if_absent(key, body)
             return self._put_new(key, _Chain(head, body))
         except ArchiveUnavailable:
             raise
@@ -107,12 +109,15 @@ class S3Location:
         with tempfile.TemporaryFile() as spooled:
             shutil.copyfileobj(stream, spooled, CHUNK)
             spooled.seek(0)
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=spooled, IfNoneMatch="*")
-            except Exception as exc:
-                if _code(exc) in _EXISTS:
-                    return False
-                raise
+            return self._put_if_absent(key, cast(BinaryIO, spooled))
+
+    def _put_if_absent(self, key: str, body: BinaryIO) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body, IfNoneMatch="*")
+        except Exception as exc:
+            if _code(exc) in _EXISTS:
+                return False
+            raise
         return True
 
     def open(self, key: str) -> BinaryIO:

@@ -41,7 +41,8 @@ def checked_archive(config: Config) -> Archive:
         try:
             location.check()
         except ArchiveUnavailable as exc:
-            problems.append(f"{config.where(config.engine_file, ('archive', name))}: {exc}")
+            key = "primary_s3" if name == "primary" and config.engine.archive.primary_s3 else name
+            problems.append(f"{config.where(config.engine_file, ('archive', key))}: {exc}")
     if problems:
         raise ConfigError(problems)
     return archive

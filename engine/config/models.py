@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = [
     "AcceptConfig",
@@ -308,6 +308,10 @@ class ArchiveConfig(_Model):
         None, description="second storage location: a directory, or s3://bucket[/prefix] (credentials from"
         " the environment); empty: none"
     )
+    primary_s3: str | None = Field(
+        None, description="keep the primary copies in this object store, s3://bucket[/prefix] (engines can share"
+        " it); archive.primary then holds only the spool and the quarantine; empty: in archive.primary"
+    )
     s3: ArchiveS3Config = Field(default_factory=lambda: ArchiveS3Config())
     replication_retry: RetryConfig = Field(
         default_factory=lambda: RetryConfig(initial_seconds=2.0, max_seconds=300.0, max_attempts=1_000_000),
@@ -326,15 +330,19 @@ class ArchiveConfig(_Model):
     )
     tier_interval_seconds: float = Field(3600.0, gt=0, description="how often the tiering job runs")
 
-    @field_validator("primary", "quarantine", "secondary", "tier_after_days", mode="before")
+    @field_validator("primary", "quarantine", "secondary", "primary_s3", "tier_after_days", mode="before")
     @classmethod
     def _empty_is_default(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("secondary")
+    @field_validator("secondary", "primary_s3")
     @classmethod
-    def _known_kind(cls, value: str | None) -> str | None:
-        if value is None or "://" not in value:
+    def _known_kind(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if "://" not in value:
+            if info.field_name == "primary_s3":
+                raise ValueError("not an object store: s3://bucket[/prefix] (a directory goes in archive.primary)")
             return value
         scheme, rest = value.split("://", 1)
         if scheme != "s3":

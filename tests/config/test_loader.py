@@ -179,3 +179,10 @@ def test_a_replication_timeout_longer_than_the_outbox_lease_is_refused(tmp_path)
         load_config(write(tmp_path, CHANNEL, engine), {})
     assert exc.value.problems == [f"{tmp_path / 'engine.yaml'}:5: archive.replication_timeout_seconds: needs"
                                   " outbox.lease_seconds of at least 71 (now 30)"]
+
+
+def test_an_s3_primary_must_be_an_object_store(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, CHANNEL, "archive:\n  primary_s3: /srv/archive\n"), {})
+    (problem,) = exc.value.problems
+    assert problem.startswith(f"{tmp_path / 'engine.yaml'}:2: archive.primary_s3:") and "s3://bucket" in problem
