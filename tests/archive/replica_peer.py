@@ -51,10 +51,11 @@ def send(port: int, datasets: list[Dataset]) -> list[int]:
 
 
 @contextmanager
-def scp_with_secondary(tmp_path: Path, secondary: str, **archive: Any) -> Iterator[tuple[StoreSCP, Archive]]:
+def scp_with_secondary(tmp_path: Path, secondary: str, db_url: str | None = None,
+                       **archive: Any) -> Iterator[tuple[StoreSCP, Archive]]:
     """The storage SCP with ``archive.secondary`` set, and the archive the engine would build."""
     settings = {"secondary": secondary, "replication_retry": FAST_RETRY, **archive}
-    with running_scp(tmp_path, archive=settings) as scp:
+    with running_scp(tmp_path, db_url, archive=settings) as scp:
         yield scp, archive_from_config(scp.config)
 
 

@@ -39,8 +39,9 @@ def _assert_replicated(scp, read_secondary) -> None:  # type: ignore[no-untyped-
     assert [r.status for r in copy_rows(scp)] == ["SENT"] * len(rows)
 
 
-def test_each_stored_instance_owes_one_copy_queued_with_its_index_row(tmp_path: Path, corpus: Path) -> None:
-    with scp_with_secondary(tmp_path, str(tmp_path / "second")) as (scp, _):
+def test_each_stored_instance_owes_one_copy_queued_with_its_index_row(
+        tmp_path: Path, corpus: Path, db_url: str) -> None:
+    with scp_with_secondary(tmp_path, str(tmp_path / "second"), db_url) as (scp, _):
         study = generate_uid()
         assert send(scp.port, [ct(corpus, study) for _ in range(3)]) == [0, 0, 0]
         rows, queued, state = scp.instances(), copy_rows(scp), copies(scp)
@@ -61,9 +62,10 @@ def test_an_identical_resend_owes_no_second_copy(tmp_path: Path, corpus: Path) -
         assert len(copy_rows(scp)) == 1
 
 
-def test_copies_reach_a_directory_secondary_byte_identical_and_verified(tmp_path: Path, corpus: Path) -> None:
+def test_copies_reach_a_directory_secondary_byte_identical_and_verified(
+        tmp_path: Path, corpus: Path, db_url: str) -> None:
     second = tmp_path / "second"
-    with scp_with_secondary(tmp_path, str(second)) as (scp, archive):
+    with scp_with_secondary(tmp_path, str(second), db_url) as (scp, archive):
         assert send(scp.port, [ct(corpus, generate_uid()) for _ in range(3)]) == [0, 0, 0]
         archive.secondary.check()  # type: ignore[union-attr]
         assert replicate(scp, archive) == 3
@@ -146,12 +148,13 @@ def _replaced(corpus: Path, scp) -> tuple:  # type: ignore[no-untyped-def]
     return first, second
 
 
-def test_a_copy_of_a_replaced_version_never_marks_the_new_version_verified(tmp_path: Path, corpus: Path) -> None:
+def test_a_copy_of_a_replaced_version_never_marks_the_new_version_verified(
+        tmp_path: Path, corpus: Path, db_url: str) -> None:
     from datetime import UTC, datetime
 
     from engine.archive.replication import _mark_verified
 
-    with scp_with_secondary(tmp_path, str(tmp_path / "second")) as (scp, archive):
+    with scp_with_secondary(tmp_path, str(tmp_path / "second"), db_url) as (scp, archive):
         first, second = _replaced(corpus, scp)
         assert [r.ordering_key for r in copy_rows(scp)] == [first.sop_instance_uid] * 2
         scp.db.writer.call(lambda c: _mark_verified(c, first.id, first.sha256, datetime.now(UTC)))
@@ -162,13 +165,14 @@ def test_a_copy_of_a_replaced_version_never_marks_the_new_version_verified(tmp_p
         assert (tmp_path / "second" / second.path).read_bytes() == (scp.archive / second.path).read_bytes()
 
 
-def test_tiering_leaves_an_instance_replaced_since_it_was_picked(tmp_path: Path, corpus: Path) -> None:
+def test_tiering_leaves_an_instance_replaced_since_it_was_picked(
+        tmp_path: Path, corpus: Path, db_url: str) -> None:
     from datetime import UTC, datetime
 
     from engine.archive.archive import current_instance
     from engine.archive.tiering import _mark_tiered
 
-    with scp_with_secondary(tmp_path, str(tmp_path / "second")) as (scp, archive):
+    with scp_with_secondary(tmp_path, str(tmp_path / "second"), db_url) as (scp, archive):
         ds = ct(corpus, generate_uid())
         assert send(scp.port, [ds]) == [0]
         replicate_until_sent(scp, archive)
@@ -183,11 +187,11 @@ def test_tiering_leaves_an_instance_replaced_since_it_was_picked(tmp_path: Path,
 
 
 def test_instances_stored_without_a_secondary_are_owed_one_copy_each_once_one_is_configured(
-        tmp_path: Path, corpus: Path) -> None:
+        tmp_path: Path, corpus: Path, db_url: str) -> None:
     from engine.archive.service import backfill_copies
     from tests.dicom.store_peer import running_scp
 
-    with running_scp(tmp_path / "plain") as scp:
+    with running_scp(tmp_path / "plain", db_url) as scp:
         assert send(scp.port, [ct(corpus, generate_uid()) for _ in range(2)]) == [0, 0]
         assert copy_rows(scp) == [] and {c.secondary_state for c in copies(scp).values()} == {"NONE"}
         assert backfill_copies(scp.db) == 2
