@@ -7,6 +7,7 @@ have landed. After a restart every instance is in both locations exactly once, i
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -64,6 +65,8 @@ def test_kill_during_replication_loses_and_duplicates_nothing(
     engine_process.kill()
     landed = len(_copies(secondary_mount))
     assert landed < COUNT, "every copy finished before the kill: the test proved nothing"
+    status = engine_process.cli("status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["channels"]["archive"]["queued"] > 0
 
     engine_process.start(wait_port=port)
     db = engine_process.data_dir / "radbridge.db"
