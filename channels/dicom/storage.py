@@ -18,7 +18,8 @@ request :meth:`StorageService.store`:
    (:func:`~engine.domain.instances.index_instance`; with a secondary location
    the copy owed to it is queued in the same transaction,
    :mod:`engine.archive.replication`), and only then answers 0x0000. A
-   location that cannot take the file, or a commit that fails, answers 0xA700 (out of resources), never success.
+   location that cannot take the file, or a commit that fails, answers 0xA700
+   (out of resources), never success.
 
 The spool file, and what happens when the disk fills while it is written, is
 :mod:`channels.dicom.spool`'s business.
