@@ -10,6 +10,7 @@ at the boundary where they enter::
     ├── StoreUnavailable            the database cannot commit; never answer success
     ├── AlreadyRunning              another engine holds this data directory's pid file
     ├── ArchiveUnavailable          a storage location cannot take a file (full, unwritable)
+    │   └── CopyMissing             a copy the index names is not in its location
     ├── MalformedDataset            a received DICOM dataset cannot be parsed
     ├── DeliveryError               one outbound attempt failed
     │   ├── RetryableDelivery       try again later (timeout, AE/CE, 5xx, refused)
@@ -30,6 +31,7 @@ __all__ = [
     "AlreadyRunning",
     "ArchiveUnavailable",
     "ConfigError",
+    "CopyMissing",
     "DeliveryError",
     "ErrorLocation",
     "HL7ApplicationError",
@@ -61,6 +63,10 @@ class AlreadyRunning(RadbridgeError):
 
 class ArchiveUnavailable(RadbridgeError):
     """A storage location could not take a file (disk full, unwritable); never answer success."""
+
+
+class CopyMissing(ArchiveUnavailable):
+    """A stored copy the index names is not in its storage location (lost, or tiered away)."""
 
 
 class MalformedDataset(RadbridgeError):

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: engine.yaml sections that the long-lived services (store, DICOM listener, scheduler jobs,
 #: logging) read once at start: a reload that changes one is refused as a whole.
-RESTART_SECTIONS: tuple[str, ...] = ("data_dir", "database", "dicom", "http", "logging", "worklist", "mpps")
+RESTART_SECTIONS: tuple[str, ...] = ("data_dir", "database", "dicom", "archive", "http", "logging", "worklist", "mpps")
 
 
 def load_channel_mappings(config: Config) -> dict[str, MapFn]:
@@ -63,6 +63,7 @@ class Runtime:
     worker: OutboxWorker | None = None
     scheduler: AsyncIOScheduler | None = None
     dicom: Any = None
+    archive: Any = None  # engine.archive.archive.Archive when C-STORE is on
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
@@ -89,7 +90,13 @@ class Runtime:
             released = await self.db.writer.run(release_all)
             if released:
                 log.info("released %d outbox lease(s) left by the previous run", released)
-        self.worker = OutboxWorker(self.db, _routes(self.config), cfg.outbox)
+        if cfg.dicom.enabled and cfg.archive.enabled:  # both locations checked before anything listens
+            from engine.archive.service import backfill_copies, checked_archive
+
+            self.archive = await asyncio.to_thread(checked_archive, self.config)
+            if self.archive.secondary is not None:
+                await asyncio.to_thread(backfill_copies, self.db)
+        self.worker = OutboxWorker(self.db, self._routes(), cfg.outbox)
         self.worker.start()
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         # A coroutine job runs on the loop; a plain function would run in the executor's threads.
@@ -141,7 +148,18 @@ class Runtime:
         from engine.domain.late_reconcile import late_jobs  # reconciliation (#13): late orders
 
         jobs += late_jobs(self.db, cfg)
+        if self.archive is not None:
+            from engine.archive.service import archive_jobs
+
+            jobs += archive_jobs(cfg.archive, self.archive, self.db)
         schedule_jobs(scheduler, [replace(j, run=recorded(self.db, j.id, j.description, j.run)) for j in jobs])
+
+    def _routes(self) -> dict[str, Route]:
+        """Every configured destination, and the copies to the archive's secondary location."""
+        from engine.archive.service import replication_routes
+
+        assert self.db is not None
+        return {**_routes(self.config), **replication_routes(self.config.engine.archive, self.archive, self.db)}
 
     def _runner(self, plan: Plan, channel: ChannelConfig) -> ChannelRunner:
         assert self.db is not None
@@ -206,7 +224,7 @@ class Runtime:
         assert self.db is not None
         if self.worker is not None:
             await self.worker.stop()
-        self.worker = OutboxWorker(self.db, _routes(self.config), self.config.engine.outbox)
+        self.worker = OutboxWorker(self.db, self._routes(), self.config.engine.outbox)
         self.worker.start()
 
     async def stop(self) -> None:

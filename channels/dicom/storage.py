@@ -15,9 +15,11 @@ request :meth:`StorageService.store`:
    temporary name, fsyncs it, links it into place and fsyncs the directory
    (:class:`~engine.archive.location.ArchiveLocation`);
 3. indexes it (study, series, instance) in one committed transaction
-   (:func:`~engine.domain.instances.index_instance`), and only then answers
-   0x0000. A location that cannot take the file, or a commit that fails,
-   answers 0xA700 (out of resources), never success.
+   (:func:`~engine.domain.instances.index_instance`; with a secondary location
+   the copy owed to it is queued in the same transaction,
+   :mod:`engine.archive.replication`), and only then answers 0x0000. A
+   location that cannot take the file, or a commit that fails, answers 0xA700
+   (out of resources), never success.
 
 The spool file, and what happens when the disk fills while it is written, is
 :mod:`channels.dicom.spool`'s business.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import logging
 import mmap
 import time
@@ -48,6 +51,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.archive.location import ArchiveLocation, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
+from engine.archive.replication import index_and_replicate
+from engine.archive.s3_primary import primary_location
 from engine.archive.structure import Encoding, check_structure
 from engine.config.models import EngineConfig
 from engine.domain.instances import (
@@ -212,14 +217,15 @@ class StorageService:
     policy: DuplicatePolicy
     reconciler: Reconciler | None = None  # None: stored as received, never matched (reconcile.enabled off)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    replicate: bool = False  # archive.secondary: each stored instance owes a copy (engine.archive.replication)
     _next_sweep: float = 0.0
 
     @classmethod
     def from_config(cls, db: Database, config: EngineConfig) -> StorageService:
         """The service for ``archive:``; :meth:`prepare` must run before the first request."""
-        return cls(db, ArchiveLocation("primary", config.archive_dir()),
+        return cls(db, primary_location(config),  # a directory, or an object store (engine.archive.s3_primary)
                    ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy,
-                   Reconciler.from_config(db, config))
+                   Reconciler.from_config(db, config), replicate=config.archive.secondary is not None)
 
     def prepare(self) -> None:
         """Create both locations and remove temporary files an interrupted store left behind."""
@@ -279,9 +285,12 @@ class StorageService:
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
-        index = functools.partial(index_reconciled, attrs=attrs, stored=stored, policy=self.policy,
-                                  match=prepared.match, strict=self.reconciling)
-        outcome = self._commit(index)
+        # Indexed and linked to its order, with its copies' record and, with a secondary, the copy
+        # owed to it (one transaction).
+        index = functools.partial(index_reconciled, match=prepared.match, strict=self.reconciling)
+        outcome = self._commit(functools.partial(
+            index_and_replicate, attrs=attrs, stored=stored, policy=self.policy,
+            meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate, index=index))
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
             self.primary.discard(self.primary.path(path))
         if outcome is IndexOutcome.REJECTED:

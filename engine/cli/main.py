@@ -180,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     _messages(sub)
     _studies(sub)
     _clients(sub)
+    _archive(sub)
     status = sub.add_parser("status", help="per channel counts and queue age")
     status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.set_defaults(fn=cmd_status)
@@ -250,6 +251,12 @@ def _studies(sub: Any) -> None:
 
 def _clients(sub: Any) -> None:
     from engine.cli.clients import add_subcommands
+
+    add_subcommands(sub, _database)
+
+
+def _archive(sub: Any) -> None:
+    from engine.cli.archive import add_subcommands
 
     add_subcommands(sub, _database)
 

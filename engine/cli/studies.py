@@ -185,6 +185,9 @@ def add_subcommands(sub: Any, database: Any) -> None:
     show.add_argument("study_instance_uid", metavar="STUDY_UID", help="the Study Instance UID")
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
     show.set_defaults(fn=lambda args: cmd_show(args, database(args)))
+    from engine.cli.export import add_export  # studies export (engine.archive)
+
+    add_export(studies_cmd, database)
     from engine.cli.main import _config  # the engine configuration (archive location, mapping) for ``link``
 
     add_link_subcommand(studies_cmd, database, lambda args: _config(args).engine)

@@ -149,6 +149,10 @@ def _destination_problems(config: Config) -> list[str]:
         if r.destination and r.destination not in owners:
             out.append(f"{config.where(config.engine_file, ('reports', 'receivers', i, 'destination'))}: no destination"
                        f" named {r.destination!r} ({did_you_mean(r.destination, owners)})")
+    least = engine.archive.replication_timeout_seconds + SEND_BACKSTOP_SECONDS + 2 * LEASE_MARGIN_SECONDS
+    if engine.archive.secondary and lease < least:  # the copy to the secondary is an outbox delivery too
+        out.append(f"{config.where(config.engine_file, ('archive', 'replication_timeout_seconds'))}:"
+                   f" needs outbox.lease_seconds of at least {least:g} (now {lease:g})")
     status = engine.mpps.status_destination
     if status and status not in owners:
         out.append(f"{config.where(config.engine_file, ('mpps', 'status_destination'))}: no destination named"

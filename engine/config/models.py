@@ -11,10 +11,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = [
     "AcceptConfig",
+    "ArchiveS3Config",
     "AuthConfig",
     "ChannelConfig",
     "DatabaseConfig",
@@ -280,6 +281,18 @@ class DicomConfig(_Model):
     )
 
 
+class ArchiveS3Config(_Model):
+    """How to reach an S3-compatible object store named by an ``s3://`` location (credentials: environment)."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:8333; empty: AWS or $AWS_ENDPOINT_URL")
+    region: str | None = Field(None, description="empty: $AWS_DEFAULT_REGION or the SDK's default")
+
+    @field_validator("endpoint_url", "region", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class ArchiveConfig(_Model):
     """Images received by C-STORE: where their files go and what a resend with new content does."""
 
@@ -294,10 +307,53 @@ class ArchiveConfig(_Model):
         " one as history, or refuse it (0x0111)",
     )
 
-    @field_validator("primary", "quarantine", mode="before")
+    # --- second location, fixity, tiering (engine.archive.replication, fixity, tiering) ---
+    secondary: str | None = Field(
+        None, description="second storage location: a directory, or s3://bucket[/prefix] (credentials from"
+        " the environment); empty: none"
+    )
+    primary_s3: str | None = Field(
+        None, description="keep the primary copies in this object store, s3://bucket[/prefix] (engines can share"
+        " it); archive.primary then holds only the spool and the quarantine; empty: in archive.primary"
+    )
+    s3: ArchiveS3Config = Field(default_factory=lambda: ArchiveS3Config())
+    replication_retry: RetryConfig = Field(
+        default_factory=lambda: RetryConfig(initial_seconds=2.0, max_seconds=300.0, max_attempts=1_000_000),
+        description="copies to the secondary are retried until it is back (never dead-lettered in practice)",
+    )
+    replication_timeout_seconds: float = Field(
+        60.0, gt=0, description="one copy (read, write, read back); at most outbox.lease_seconds - 11"
+    )
+    verify_interval_seconds: float = Field(3600.0, gt=0, description="how often the fixity job runs")
+    verify_sample: int = Field(
+        100, ge=0, description="instances the fixity job re-reads per run, least recently checked first; 0: off"
+    )
+    tier_after_days: float | None = Field(
+        None, gt=0, description="remove the primary copy of instances received this long ago once their"
+        " secondary copy is verified; empty: never"
+    )
+    tier_interval_seconds: float = Field(3600.0, gt=0, description="how often the tiering job runs")
+
+    @field_validator("primary", "quarantine", "secondary", "primary_s3", "tier_after_days", mode="before")
     @classmethod
     def _empty_is_default(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("secondary", "primary_s3")
+    @classmethod
+    def _known_kind(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if "://" not in value:
+            if info.field_name == "primary_s3":
+                raise ValueError("not an object store: s3://bucket[/prefix] (a directory goes in archive.primary)")
+            return value
+        scheme, rest = value.split("://", 1)
+        if scheme != "s3":
+            raise ValueError(f"unknown storage location kind {scheme!r}: a directory or s3://bucket[/prefix]")
+        if not rest.split("/", 1)[0]:
+            raise ValueError("s3:// location without a bucket: s3://bucket[/prefix]")
+        return value
 
 
 class ReconcileConfig(_Model):

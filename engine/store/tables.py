@@ -1,5 +1,6 @@
 """Imports every module that defines tables, so the metadata is complete for Alembic."""
 
+import engine.archive.copy_tables
 import engine.auth.tables
 import engine.domain.instance_tables
 import engine.domain.reconcile_tables

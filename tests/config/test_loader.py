@@ -172,3 +172,36 @@ def test_an_unknown_mpps_status_destination_gets_a_did_you_mean(tmp_path):
         load_config(write(tmp_path, CHANNEL + dest, engine), {})
     assert exc.value.problems == [f"{tmp_path / 'engine.yaml'}:3: mpps.status_destination: no destination"
                                   " named 'ris-stats' (did you mean 'ris-status'?)"]
+
+
+def test_the_shipped_archive_reads_its_secondary_and_s3_endpoint_from_the_environment():
+    env = {"RADBRIDGE_ARCHIVE_SECONDARY": "s3://images/site-a", "RADBRIDGE_ARCHIVE_ENDPOINT_URL": "http://s3:8333"}
+    archive = load_config(ROOT / "config", env).engine.archive
+    assert (archive.secondary, archive.s3.endpoint_url) == ("s3://images/site-a", "http://s3:8333")
+    assert load_config(ROOT / "config", {}).engine.archive.secondary is None
+
+
+@pytest.mark.parametrize(("secondary", "message"), [
+    ("gs://bucket/x", "unknown storage location kind 'gs'"),
+    ("s3:///prefix", "s3:// location without a bucket"),
+])
+def test_an_archive_secondary_of_unknown_kind_or_without_bucket_is_refused(tmp_path, secondary, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, CHANNEL, f"archive:\n  secondary: {secondary}\n"), {})
+    (problem,) = exc.value.problems
+    assert problem.startswith(f"{tmp_path / 'engine.yaml'}:2: archive.secondary:") and message in problem
+
+
+def test_a_replication_timeout_longer_than_the_outbox_lease_is_refused(tmp_path):
+    engine = "outbox:\n  lease_seconds: 30\narchive:\n  secondary: /x\n  replication_timeout_seconds: 60\n"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, CHANNEL, engine), {})
+    assert exc.value.problems == [f"{tmp_path / 'engine.yaml'}:5: archive.replication_timeout_seconds: needs"
+                                  " outbox.lease_seconds of at least 71 (now 30)"]
+
+
+def test_an_s3_primary_must_be_an_object_store(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, CHANNEL, "archive:\n  primary_s3: /srv/archive\n"), {})
+    (problem,) = exc.value.problems
+    assert problem.startswith(f"{tmp_path / 'engine.yaml'}:2: archive.primary_s3:") and "s3://bucket" in problem

@@ -81,3 +81,32 @@ def test_full_location_answers_out_of_resources_and_leaves_nothing(
             assoc.release()
         row = scp.instances()[-1]
         assert row.sop_instance_uid == small.SOPInstanceUID and (small_disk / row.path).is_file()
+
+
+def test_full_primary_with_a_secondary_owes_no_copy_until_a_store_succeeds(
+    tmp_path: Path, corpus: Path, small_disk: Path
+) -> None:
+    from tests.archive.replica_peer import copies, copy_rows, replicate
+
+    second = tmp_path / "second"
+    with running_scp(tmp_path / "rb", archive={"primary": str(small_disk), "secondary": str(second)}) as scp:
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")
+        assert assoc.is_established
+        try:
+            assert int(assoc.send_c_store(_ct(corpus, 1200 << 10)).Status) == 0xA700
+            assert scp.instances() == [] and copy_rows(scp) == [] and copies(scp) == {}
+            assert _files(small_disk) == []
+            small = dcmread(corpus / "dicom" / "single" / "CT_small.dcm")
+            assert int(assoc.send_c_store(small).Status) == 0x0000
+        finally:
+            assoc.release()
+        (row,) = scp.instances()
+        assert [r.ordering_key for r in copy_rows(scp)] == [row.sop_instance_uid]
+        from engine.archive.archive import archive_from_config
+
+        archive = archive_from_config(scp.config)
+        archive.secondary.check()  # type: ignore[union-attr]
+        assert replicate(scp, archive) == 1
+        assert (second / row.path).read_bytes() == (small_disk / row.path).read_bytes()

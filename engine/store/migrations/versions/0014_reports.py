@@ -16,7 +16,7 @@ from alembic import op
 import engine.store.schema
 
 revision: str = '0014'
-down_revision: str | None = '0011'
+down_revision: str | None = '0012'
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
