@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,8 +145,11 @@ def _application_entity(services: DicomConfig) -> Any:
     return ae
 
 
-def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
-    """Start the worklist + MPPS listener in its own threads; port 0 picks a free port."""
+def start_dicom_server(config: EngineConfig, db: Database, on_queued: Callable[[], None] | None = None) -> DicomServer:
+    """Start the worklist + MPPS listener in its own threads; port 0 picks a free port.
+
+    ``on_queued`` is called (from an association's thread) when a stored image was queued for forwarding.
+    """
     services = config.dicom
     configure_pynetdicom_logging()
     install_log_filters()
@@ -157,7 +161,7 @@ def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
     mpps = MppsService(db, mpps_policy(config.mpps))
     handlers = _handlers(worklist, mpps)
     if config.archive.enabled:  # C-STORE: every storage SOP class (channels.dicom.storage)
-        handlers.append((evt.EVT_C_STORE, start_storage(ae, config, db).on_store))
+        handlers.append((evt.EVT_C_STORE, start_storage(ae, config, db, on_queued).on_store))
     server = ae.make_server(
         (services.host, services.port),
         evt_handlers=handlers,

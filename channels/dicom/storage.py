@@ -46,17 +46,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from engine.archive.location import ArchiveLocation
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.structure import Encoding, check_structure
-from engine.config.models import EngineConfig
+from engine.config.models import DicomDestinationConfig, EngineConfig
 from engine.domain.instances import (
     DuplicatePolicy,
     IndexOutcome,
     InstanceAttributes,
     QuarantineRecord,
     StoredFile,
-    index_instance,
     is_valid_uid,
     record_quarantine,
 )
+from engine.domain.routing import forwarding_destinations, index_and_route
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
 from engine.store.database import Database
 
@@ -180,12 +180,18 @@ class StorageService:
     policy: DuplicatePolicy
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _next_sweep: float = 0.0
+    #: DICOM destinations a stored image may be queued for (engine.domain.routing), and what to
+    #: call once rows were queued (the outbox worker's wake-up; any thread).
+    forwards: tuple[DicomDestinationConfig, ...] = ()
+    on_queued: Callable[[], None] | None = None
 
     @classmethod
-    def from_config(cls, db: Database, config: EngineConfig) -> StorageService:
+    def from_config(cls, db: Database, config: EngineConfig,
+                    on_queued: Callable[[], None] | None = None) -> StorageService:
         """The service for ``archive:``; :meth:`prepare` must run before the first request."""
         return cls(db, ArchiveLocation("primary", config.archive_dir()),
-                   ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy)
+                   ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy,
+                   forwards=forwarding_destinations(config.destinations), on_queued=on_queued)
 
     def prepare(self) -> None:
         """Create both locations and remove temporary files an interrupted store left behind."""
@@ -240,7 +246,10 @@ class StorageService:
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
-        outcome = self.db.writer.call(functools.partial(index_instance, attrs=attrs, stored=stored, policy=self.policy))
+        outcome, queued = self.db.writer.call(functools.partial(
+            index_and_route, attrs=attrs, stored=stored, policy=self.policy, destinations=self.forwards, now=now))
+        if queued and self.on_queued is not None:
+            self.on_queued()
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
             self.primary.discard(self.primary.path(path))
         if outcome is IndexOutcome.REJECTED:
@@ -295,9 +304,10 @@ def add_storage_contexts(ae: Any) -> None:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
 
 
-def start_storage(ae: Any, config: EngineConfig, db: Database) -> StorageService:
+def start_storage(ae: Any, config: EngineConfig, db: Database,
+                  on_queued: Callable[[], None] | None = None) -> StorageService:
     """Prepare the locations, stream receives into the primary's spool, register the contexts."""
-    service = StorageService.from_config(db, config)
+    service = StorageService.from_config(db, config, on_queued)
     service.prepare()
     enable_streamed_receive(service.primary.incoming)
     add_storage_contexts(ae)

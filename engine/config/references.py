@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from engine.config import Config
+from engine.config.forwarding import forwarding_problems
 from engine.config.loader import did_you_mean
 from engine.config.models import ChannelConfig, TLSConfig
 
@@ -37,6 +38,7 @@ def reference_problems(config: Config, handlers: Iterable[str], mappings: Iterab
                              single=field is not None,
                              where_to_look=f" in {config.engine.mappings_dir}")
     problems += _missing_files(config)
+    problems += forwarding_problems(config)  # DICOM destinations (engine.config.forwarding)
     return problems
 
 
