@@ -70,6 +70,12 @@ class PooledAssociation:
     assoc: Any
     proposed: frozenset[Pair]
     last_used: float = field(default_factory=time.monotonic)
+    _message_id: int = 0
+
+    def next_message_id(self) -> int:
+        """A Message ID not used before on this association (PS3.7 9.1.1.1: 1-65535)."""
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
 
     @property
     def alive(self) -> bool:

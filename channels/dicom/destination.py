@@ -93,32 +93,32 @@ def _syntax_name(uid: str) -> str:
     return f"{name} ({uid})" if name != uid else uid
 
 
-def _refusal(assoc: Any, file: InstanceFile, convert: bool) -> str:
-    """Why ``file`` cannot go on ``assoc`` (the peer accepts none of the syntaxes it may be sent in)."""
-    accepted = [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
-                if cx.abstract_syntax == file.sop_class_uid]
-    what = f"SOP class {file.sop_class_uid}"
-    if not accepted:
-        return f"the peer accepts {what} in none of the transfer syntaxes offered"
+def _refusal(accepted: list[str], file: InstanceFile, convert: bool) -> str:
+    """Why ``file`` cannot be sent: the peer accepts its SOP class only in ``accepted`` syntaxes (maybe none)."""
     stored = _syntax_name(file.transfer_syntax_uid)
     if file.transfer_syntax_uid in CONVERTIBLE_SYNTAXES and not convert:
         why = "uncompressed_conversion is off"
     elif file.transfer_syntax_uid in CONVERTIBLE_SYNTAXES:
-        why = "no uncompressed syntax accepted"
+        why = "and no uncompressed syntax is accepted either"
     else:
         why = "radbridge never decompresses pixel data"
-    return (f"the peer refuses {what} in the stored transfer syntax {stored} and accepts only"
-            f" {', '.join(sorted(set(accepted)))}; {why}")
+    accepts = f"accepts only {', '.join(sorted(set(accepted)))}" if accepted else "accepts no transfer syntax offered"
+    return (f"the peer refuses SOP class {file.sop_class_uid} in the stored transfer syntax {stored}"
+            f" ({accepts}); {why}")
 
 
-def _association_failure(assoc: Any, where: str) -> RetryableDelivery | PermanentDelivery:
+def _accepted_syntaxes(assoc: Any, sop_class: str) -> list[str]:
+    return [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class]
+
+
+def _association_failure(assoc: Any, where: str, file: InstanceFile,
+                         convert: bool) -> RetryableDelivery | PermanentDelivery:
     """The error for an association that did not get established."""
     if assoc is not None and assoc.is_rejected:
         return RetryableDelivery(f"association rejected by {where}")
     refused = list(getattr(assoc, "rejected_contexts", []) or [])
     if refused and not list(getattr(assoc, "accepted_contexts", []) or []):
-        syntaxes = sorted({f"{cx.abstract_syntax} in {', '.join(map(str, cx.transfer_syntax))}" for cx in refused})
-        return PermanentDelivery(f"{where} accepted none of the presentation contexts proposed: {'; '.join(syntaxes)}")
+        return PermanentDelivery(f"{where}: {_refusal([], file, convert)}")
     return RetryableDelivery(f"no association with {where} (connection refused, timed out or aborted)")
 
 
@@ -193,7 +193,7 @@ class DicomDestination:
             raise RetryableDelivery(f"file of instance {file.sop_instance_uid} missing: {file.path}")
         pooled, failed = self._pool.acquire(file.pair, timeout=self._config.timeout_seconds)
         if pooled is None:
-            raise _association_failure(failed, self._where)
+            raise _association_failure(failed, self._where, file, self._config.uncompressed_conversion)
         keep = False
         try:
             status = self._store(pooled, file)
@@ -214,11 +214,12 @@ class DicomDestination:
         exact = any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax
                     for cx in assoc.accepted_contexts)
         if exact:
-            return assoc.send_c_store(file.path)
+            return assoc.send_c_store(file.path, msg_id=pooled.next_message_id())
         if self._config.uncompressed_conversion and syntax in CONVERTIBLE_SYNTAXES and self._accepts_uncompressed(
                 assoc, sop_class):
-            return assoc.send_c_store(_converted(file))
-        raise PermanentDelivery(_refusal(assoc, file, self._config.uncompressed_conversion))
+            return assoc.send_c_store(_converted(file), msg_id=pooled.next_message_id())
+        accepted = _accepted_syntaxes(assoc, sop_class)
+        raise PermanentDelivery(f"{self._where}: {_refusal(accepted, file, self._config.uncompressed_conversion)}")
 
     @staticmethod
     def _accepts_uncompressed(assoc: Any, sop_class: str) -> bool:
