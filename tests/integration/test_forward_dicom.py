@@ -7,14 +7,16 @@ outbox rows say (SENT, ERROR with the reason, attempts).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
-from tests.conftest import EngineProcess, free_port, need
+from tests.conftest import ROOT, EngineProcess, free_port, need
 from tests.dicom.conftest import DCMTK
 from tests.dicom.store_peer import storescu
+from tests.integration.conftest import sqlite_rows
 from tests.integration.forward_peer import (
     all_sent,
     deliveries,
@@ -105,3 +107,21 @@ def test_an_uncompressed_instance_is_converted_only_when_its_syntax_is_refused(
         (got,) = peer.received().values()
     assert got.file_meta.TransferSyntaxUID == IMPLICIT
     assert got.PixelData == dcmread(mr).PixelData
+
+
+def test_without_a_pacs_host_nothing_is_queued_and_the_log_says_so(tmp_path: Path, corpus: Path) -> None:
+    """The shipped configuration with RADBRIDGE_PACS_HOST unset: images are stored, not forwarded."""
+    data, port = tmp_path / "var", free_port()
+    data.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RADBRIDGE_DATA_DIR": str(data), "RADBRIDGE_DICOM_PORT": str(port),
+           "RADBRIDGE_MLLP_PORT": str(free_port())}
+    env.pop("RADBRIDGE_PACS_HOST", None)
+    engine = EngineProcess(ROOT / "config", data, env)
+    engine.start(wait_port=port)
+    try:
+        assert storescu(port, [corpus / "dicom" / "single" / "MR_small.dcm"]).returncode == 0
+        assert sqlite_rows(data / "radbridge.db", "SELECT count(*) FROM instances") == [(1,)]
+        assert deliveries(engine) == []
+        assert "DICOM destination pacs is off: no host (RADBRIDGE_PACS_HOST unset" in engine.log()
+    finally:
+        engine.stop()
