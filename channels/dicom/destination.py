@@ -6,8 +6,10 @@ An outbox row names an instance (:class:`~engine.domain.routing.InstanceRef`);
 destination's :class:`~channels.dicom.associations.AssociationPool`:
 
 - in its stored transfer syntax whenever the peer accepts it, streamed from the
-  file (``STORE_SEND_CHUNKED_DATASET``: never loaded whole, pixel data never
-  decoded);
+  file in 1 MB reads, pixel data never decoded (on the association pynetdicom
+  negotiated, driven by :class:`~channels.dicom.store_link.StoreLink`; with a
+  pynetdicom it was not checked against, by ``send_c_store`` with
+  ``STORE_SEND_CHUNKED_DATASET``);
 - otherwise, for an uncompressed little-endian instance (and
   ``uncompressed_conversion``), re-encoded in an uncompressed syntax the peer
   accepted (the header is decoded; pixel values are untouched);
@@ -32,6 +34,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
+from pynetdicom.dsutils import encode
 from sqlalchemy import Connection, select
 
 from engine.config.models import DicomDestinationConfig
@@ -41,8 +44,9 @@ from engine.errors import PermanentDelivery, RetryableDelivery
 from engine.outbox.destination import DestinationContext, register_destination
 from engine.tls import client_context
 
-from .associations import CONVERTIBLE_SYNTAXES, AssociationPool, Pair, PooledAssociation
+from .associations import CONVERTIBLE_SYNTAXES, FALLBACK_SYNTAXES, AssociationPool, Pair, PooledAssociation
 from .server import tune_association
+from .store_link import StoreLink, detachable
 from .store_status import Outcome, classify_store_status
 
 __all__ = ["DicomDestination", "InstanceFile", "current_instance_file"]
@@ -181,9 +185,10 @@ class DicomDestination:
         cfg = self._config
         assoc = self._ae.associate(cfg.host, cfg.port, contexts=contexts, ae_title=cfg.called_ae_title,
                                    tls_args=self._tls)
-        if assoc.is_established:
-            tune_association(assoc)
-        return assoc
+        if not assoc.is_established:
+            return assoc
+        tune_association(assoc)
+        return StoreLink.detach(assoc, cfg.timeout_seconds) if detachable(assoc) else assoc
 
     def _send(self, ref: InstanceRef) -> str:
         file = current_instance_file(self._db, self._archive_root, ref.instance_pk)
@@ -211,20 +216,34 @@ class DicomDestination:
         """Send ``file`` as stored, or converted where allowed; PermanentDelivery when neither can go."""
         assoc = pooled.assoc
         sop_class, syntax = file.pair
-        exact = any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax
-                    for cx in assoc.accepted_contexts)
-        if exact:
+        exact = next((cx for cx in assoc.accepted_contexts
+                      if cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax), None)
+        if exact is not None and isinstance(assoc, StoreLink):
+            return assoc.send_file(file.path, sop_class, file.sop_instance_uid, int(exact.context_id),
+                                   pooled.next_message_id())
+        if exact is not None:
             return assoc.send_c_store(file.path, msg_id=pooled.next_message_id())
-        if self._config.uncompressed_conversion and syntax in CONVERTIBLE_SYNTAXES and self._accepts_uncompressed(
-                assoc, sop_class):
+        target = self._uncompressed_context(assoc, file) if self._config.uncompressed_conversion else None
+        if target is not None and isinstance(assoc, StoreLink):
+            ts = UID(target.transfer_syntax[0])
+            encoded = encode(_converted(file), ts.is_implicit_VR, ts.is_little_endian, False)
+            if encoded is None:
+                raise PermanentDelivery(f"instance {file.sop_instance_uid} cannot be encoded in {ts.name}")
+            return assoc.send_bytes(encoded, sop_class, file.sop_instance_uid, int(target.context_id),
+                                    pooled.next_message_id())
+        if target is not None:
             return assoc.send_c_store(_converted(file), msg_id=pooled.next_message_id())
         accepted = _accepted_syntaxes(assoc, sop_class)
         raise PermanentDelivery(f"{self._where}: {_refusal(accepted, file, self._config.uncompressed_conversion)}")
 
     @staticmethod
-    def _accepts_uncompressed(assoc: Any, sop_class: str) -> bool:
-        return any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] in CONVERTIBLE_SYNTAXES
-                   and cx.transfer_syntax[0] != DeflatedExplicitVRLittleEndian for cx in assoc.accepted_contexts)
+    def _uncompressed_context(assoc: Any, file: InstanceFile) -> Any:
+        """An accepted context to send the little-endian uncompressed ``file`` in after conversion, or None."""
+        if file.transfer_syntax_uid not in CONVERTIBLE_SYNTAXES:
+            return None
+        contexts = [cx for cx in assoc.accepted_contexts if cx.abstract_syntax == file.sop_class_uid
+                    and cx.transfer_syntax[0] in FALLBACK_SYNTAXES]
+        return min(contexts, key=lambda cx: FALLBACK_SYNTAXES.index(cx.transfer_syntax[0]), default=None)
 
 
 def _converted(file: InstanceFile) -> Any:

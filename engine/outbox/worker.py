@@ -9,6 +9,13 @@ A send never starts unless it can end, timeout included, well inside the
 round's lease: the rest of the round is released and claimed afresh. Otherwise
 a slow destination could let a lease run out mid-send, and another engine on
 the same database would lease the row and deliver it a second time.
+
+A success is recorded without waiting for its commit: the next row's send
+starts while the writer commits (and successes of consecutive rows share
+commits). Every such record is settled before the round ends, so while its row
+is still leased. A crash in between leaves a delivered row QUEUED, and it is
+sent again: deliveries are at-least-once, as they always were (a crash between
+the peer's answer and the commit has the same effect).
 """
 
 from __future__ import annotations
@@ -121,6 +128,17 @@ class OutboxWorker:
         latest_start = leased_until - self.routes[name].timeout_seconds - SEND_BACKSTOP_SECONDS - LEASE_MARGIN_SECONDS
         blocked: set[str] = set()
         skipped: list[int] = []
+        recording: list[asyncio.Future[None]] = []  # successes being committed (see the module docstring)
+        try:
+            await self._attempt_rows(name, rows, latest_start, blocked, skipped, recording)
+        finally:
+            await asyncio.gather(*recording)
+        if skipped:
+            await self.db.writer.run(partial(release, ids=skipped))
+        return len(rows) - len(skipped)
+
+    async def _attempt_rows(self, name: str, rows: list[Claimed], latest_start: float, blocked: set[str],
+                            skipped: list[int], recording: list[asyncio.Future[None]]) -> None:
         for index, row in enumerate(rows):
             if time.monotonic() > latest_start:
                 skipped += [r.id for r in rows[index:]]
@@ -131,13 +149,10 @@ class OutboxWorker:
             if row.ordering_key and row.ordering_key in blocked:
                 skipped.append(row.id)
                 continue
-            if not await self._attempt(name, row):
+            if not await self._attempt(name, row, recording):
                 blocked.add(row.ordering_key)
-        if skipped:
-            await self.db.writer.run(partial(release, ids=skipped))
-        return len(rows) - len(skipped)
 
-    async def _attempt(self, name: str, row: Claimed) -> bool:
+    async def _attempt(self, name: str, row: Claimed, recording: list[asyncio.Future[None]]) -> bool:
         route = self.routes[name]
         try:
             try:  # destinations bound a send by their timeout themselves; this is the backstop
@@ -158,6 +173,6 @@ class OutboxWorker:
             log.warning("outbox %s: row %s attempt %s failed (%s): %s", name, row.id, row.attempts + 1,
                         status, type(exc).__name__)
             return False
-        await self.db.writer.run(partial(record_success, row_id=row.id, response=response,
-                                         now=datetime.now(UTC)))
+        recording.append(self.db.writer.submit_async(partial(record_success, row_id=row.id, response=response,
+                                                             now=datetime.now(UTC))))
         return True
