@@ -15,8 +15,9 @@ generated CT instances (bench_store.write_instances, explicit VR little endian,
 
 Both rates are measured the same way, on Orthanc's side: its instance count is
 polled every 20 ms, and the rate is (count - 1) / (time of the last arrival -
-time of the first). Figures are printed with the ratio forwarded/direct; not a
-pass/fail gate.
+time of the first). The two alternate for ``--rounds`` rounds (the machine's
+other load changes from one minute to the next); each round's ratio
+forwarded/direct is printed, then the median. Not a pass/fail gate.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -154,17 +156,21 @@ def run(args: argparse.Namespace) -> None:
         tmp = Path(tmp_name)
         paths = write_instances(args.count, tmp / "images")
         size = paths[0].stat().st_size // 1024
-        print(f"{args.count} CT instances of {size} KB each, one association, TCP_NODELAY=1:")
-        ours = forwarded(tmp, paths)
-        theirs = direct(tmp, paths)
-        print(f"  storescu  -> Orthanc            {theirs:7.1f} images/s")
-        print(f"  radbridge -> Orthanc (forward)  {ours:7.1f} images/s")
-        print(f"  forwarded/direct: {ours / theirs:.2f}x")
+        print(f"{args.count} CT instances of {size} KB each, one association, TCP_NODELAY=1:", flush=True)
+        ratios = []
+        for n in range(args.rounds):
+            ours = forwarded(tmp / f"forward-{n}", paths)
+            theirs = direct(tmp / f"direct-{n}", paths)
+            ratios.append(ours / theirs)
+            print(f"  round {n + 1}: storescu -> Orthanc {theirs:6.1f} images/s, radbridge -> Orthanc (forward)"
+                  f" {ours:6.1f} images/s, forwarded/direct {ours / theirs:.2f}x", flush=True)
+        print(f"  median forwarded/direct: {statistics.median(ratios):.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if os.environ.get(_IN_NAMESPACE) != "1" and shutil.which("unshare"):
         env = {**os.environ, _IN_NAMESPACE: "1"}

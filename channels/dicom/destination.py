@@ -35,13 +35,14 @@ from pydicom import dcmread
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import encode
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from engine.config.models import DicomDestinationConfig
 from engine.domain.instance_tables import instances
 from engine.domain.routing import InstanceRef
 from engine.errors import PermanentDelivery, RetryableDelivery
 from engine.outbox.destination import DestinationContext, register_destination
+from engine.store.fast import FastStatement, first_row
 from engine.tls import client_context
 
 from .associations import CONVERTIBLE_SYNTAXES, FALLBACK_SYNTAXES, AssociationPool, Pair, PooledAssociation
@@ -72,10 +73,15 @@ class InstanceFile:
         return self.sop_class_uid, self.transfer_syntax_uid
 
 
+# On the raw cursor: this runs once an image on the forwarding path.
+_INSTANCE_ROW = FastStatement(
+    select(instances.c.location, instances.c.path, instances.c.sop_class_uid, instances.c.sop_instance_uid,
+           instances.c.transfer_syntax_uid).where(instances.c.id == bindparam("pk"))
+)
+
+
 def _instance_row(conn: Connection, pk: int) -> Any:
-    c = instances.c
-    query = select(c.location, c.path, c.sop_class_uid, c.sop_instance_uid, c.transfer_syntax_uid)
-    return conn.execute(query.where(c.id == pk)).first()
+    return first_row(_INSTANCE_ROW, conn, {"pk": pk})
 
 
 def current_instance_file(db: Any, archive_root: Path, instance_pk: int) -> InstanceFile | None:
