@@ -17,6 +17,7 @@ from tests.conftest import ROOT, EngineProcess, free_port, need
 from tests.dicom.conftest import DCMTK
 from tests.dicom.store_peer import storescu
 from tests.integration.conftest import sqlite_rows
+from tests.pki import make_pki
 from tests.integration.forward_peer import (
     all_sent,
     deliveries,
@@ -125,3 +126,19 @@ def test_without_a_pacs_host_nothing_is_queued_and_the_log_says_so(tmp_path: Pat
         assert "DICOM destination pacs is off: no host (RADBRIDGE_PACS_HOST unset" in engine.log()
     finally:
         engine.stop()
+
+
+def test_forwarding_over_mutual_tls(engine_process: EngineProcess, corpus: Path, tmp_path: Path) -> None:
+    """storescp requires a client certificate; radbridge presents one and verifies the server's."""
+    pki = make_pki(tmp_path / "pki")
+    files = _files(corpus)[:4]
+    tls = (f"    tls:\n      ca_file: {pki / 'ca.pem'}\n      cert_file: {pki / 'client.pem'}\n"
+           f"      key_file: {pki / 'client.key'}\n      server_hostname: localhost\n")
+    with storescp(tmp_path, "+tls", str(pki / "server.key"), str(pki / "server.pem"), "+cf",
+                  str(pki / "ca.pem")) as peer:
+        port = start_forwarding_engine(engine_process, peer.port, extra=tls)
+        assert storescu(port, files).returncode == 0
+        wait_until(all_sent(engine_process, len(files)), what="delivery over TLS")
+        received = peer.received()
+        assert {str(dcmread(p).SOPInstanceUID) for p in files} == set(received)
+        assert peer.associations() == 1
