@@ -17,7 +17,6 @@ from tests.conftest import ROOT, EngineProcess, free_port, need
 from tests.dicom.conftest import DCMTK
 from tests.dicom.store_peer import storescu
 from tests.integration.conftest import sqlite_rows
-from tests.pki import make_pki
 from tests.integration.forward_peer import (
     all_sent,
     deliveries,
@@ -25,6 +24,7 @@ from tests.integration.forward_peer import (
     storescp,
     wait_until,
 )
+from tests.pki import make_pki
 
 pytestmark = [pytest.mark.timeout(180)]
 
