@@ -28,7 +28,7 @@ from engine.config.models import ChannelConfig
 from engine.datadir import PROCESS_UMASK, prepare_data_dir
 from engine.errors import AlreadyRunning, ConfigError
 from engine.jobs import recorded
-from engine.outbox.destination import create_destination
+from engine.outbox.destination import DestinationContext, create_destination
 from engine.outbox.rows import release_all
 from engine.outbox.worker import OutboxWorker, Route
 from engine.pidfile import PidFile
@@ -98,6 +98,7 @@ class Runtime:
                 await asyncio.to_thread(backfill_copies, self.db)
         self.worker = OutboxWorker(self.db, self._routes(), cfg.outbox)
         self.worker.start()
+        _log_forwarding(self.config)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         # A coroutine job runs on the loop; a plain function would run in the executor's threads.
         self.scheduler.add_job(self._poll_outbox, "interval", seconds=cfg.outbox.poll_interval_seconds,
@@ -120,7 +121,7 @@ class Runtime:
         cfg = self.config.engine
         assert self.db is not None
         try:
-            self.dicom = await asyncio.to_thread(start_dicom_server, cfg, self.db)
+            self.dicom = await asyncio.to_thread(start_dicom_server, cfg, self.db, self._wake)
         except OSError as exc:
             where = self.config.where(self.config.engine_file, ("dicom", "port"))
             raise ConfigError([f"{where}: cannot listen on {cfg.dicom.host}:{cfg.dicom.port}:"
@@ -159,7 +160,8 @@ class Runtime:
         from engine.archive.service import replication_routes
 
         assert self.db is not None
-        return {**_routes(self.config), **replication_routes(self.config.engine.archive, self.archive, self.db)}
+        archive = self.config.engine.archive
+        return {**_routes(self.config, self.db), **replication_routes(archive, self.archive, self.db)}
 
     def _runner(self, plan: Plan, channel: ChannelConfig) -> ChannelRunner:
         assert self.db is not None
@@ -264,9 +266,25 @@ def _destinations(config: Config) -> list[Any]:
             *(d for d in receivers if d is not None)]
 
 
-def _routes(config: Config) -> dict[str, Route]:
-    """Every destination, engine-level and per channel (names checked unique at load)."""
-    return {d.name: Route(create_destination(d), d.retry, d.timeout_seconds) for d in _destinations(config)}
+def _routes(config: Config, db: Database) -> dict[str, Route]:
+    """Every destination, engine-level and per channel (names checked unique at load); a DICOM
+    destination without a host is off and gets no worker."""
+    context = DestinationContext(db, config.engine)
+    return {d.name: Route(create_destination(d, context), d.retry, d.timeout_seconds)
+            for d in _destinations(config) if getattr(d, "host", None) != ""}
+
+
+def _log_forwarding(config: Config) -> None:
+    """Say at start where stored images go, and which DICOM destinations are off."""
+    dicom = [d for d in config.engine.destinations if d.type == "dicom"]
+    for d in dicom:
+        if d.host:
+            log.info("images forwarded to %s (%s@%s:%s)", d.name, d.called_ae_title, d.host, d.port)
+        else:
+            log.info("DICOM destination %s is off: no host (RADBRIDGE_PACS_HOST unset in the shipped"
+                     " configuration); stored images are not forwarded to it", d.name)
+    if not any(d.host for d in dicom):
+        log.info("images are not forwarded: no DICOM destination with a host")
 
 
 def _log_report_receivers(config: Config) -> None:
@@ -283,6 +301,10 @@ def _log_report_receivers(config: Config) -> None:
 
 def _refuse_restart_changes(old: Config, new: Config) -> None:
     changed = [name for name in RESTART_SECTIONS if getattr(old.engine, name) != getattr(new.engine, name)]
+    # The storage service reads its DICOM destinations (and their routes) once, at start.
+    if [d for d in old.engine.destinations if d.type == "dicom"] != [
+            d for d in new.engine.destinations if d.type == "dicom"]:
+        changed.append("destinations")
     if changed:
         raise ConfigError([f"{new.where(new.engine_file, (name,))}: changed, but {name} is read at start only:"
                            " restart radbridge to apply it" for name in changed])

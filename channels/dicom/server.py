@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,8 +159,11 @@ def _application_entity(services: DicomConfig) -> Any:
     return ae
 
 
-def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
-    """Start the worklist + MPPS listener in its own threads; port 0 picks a free port."""
+def start_dicom_server(config: EngineConfig, db: Database, on_queued: Callable[[], None] | None = None) -> DicomServer:
+    """Start the worklist + MPPS listener in its own threads; port 0 picks a free port.
+
+    ``on_queued`` is called (from an association's thread) when a stored image was queued for forwarding.
+    """
     services = config.dicom
     configure_pynetdicom_logging()
     install_log_filters()
@@ -169,7 +173,7 @@ def start_dicom_server(config: EngineConfig, db: Database) -> DicomServer:
     )
     worklist = WorklistService.from_config(db, config.worklist)
     mpps = MppsService(db, mpps_policy(config.mpps))
-    storage = start_storage(ae, config, db) if config.archive.enabled else None
+    storage = start_storage(ae, config, db, on_queued) if config.archive.enabled else None
     handlers = _handlers(worklist, mpps, storage)
     if storage is not None:  # C-STORE: every storage SOP class (channels.dicom.storage)
         handlers.append((evt.EVT_C_STORE, storage.on_store))

@@ -54,7 +54,7 @@ from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.replication import index_and_replicate
 from engine.archive.s3_primary import primary_location
 from engine.archive.structure import Encoding, check_structure
-from engine.config.models import EngineConfig
+from engine.config.models import DicomDestinationConfig, EngineConfig
 from engine.domain.instances import (
     DuplicatePolicy,
     IndexOutcome,
@@ -65,6 +65,7 @@ from engine.domain.instances import (
     record_quarantine,
 )
 from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler, index_reconciled
+from engine.domain.routing import forwarding_destinations, index_and_route
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
 from engine.store.database import Database
 
@@ -219,13 +220,19 @@ class StorageService:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     replicate: bool = False  # archive.secondary: each stored instance owes a copy (engine.archive.replication)
     _next_sweep: float = 0.0
+    #: DICOM destinations a stored image may be queued for (engine.domain.routing), and what to
+    #: call once rows were queued (the outbox worker's wake-up; any thread).
+    forwards: tuple[DicomDestinationConfig, ...] = ()
+    on_queued: Callable[[], None] | None = None
 
     @classmethod
-    def from_config(cls, db: Database, config: EngineConfig) -> StorageService:
+    def from_config(cls, db: Database, config: EngineConfig,
+                    on_queued: Callable[[], None] | None = None) -> StorageService:
         """The service for ``archive:``; :meth:`prepare` must run before the first request."""
         return cls(db, primary_location(config),  # a directory, or an object store (engine.archive.s3_primary)
                    ArchiveLocation("quarantine", config.quarantine_dir()), config.archive.duplicate_policy,
-                   Reconciler.from_config(db, config), replicate=config.archive.secondary is not None)
+                   Reconciler.from_config(db, config), replicate=config.archive.secondary is not None,
+                   forwards=forwarding_destinations(config.destinations), on_queued=on_queued)
 
     def prepare(self) -> None:
         """Create both locations and remove temporary files an interrupted store left behind."""
@@ -285,12 +292,16 @@ class StorageService:
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
-        # Indexed and linked to its order, with its copies' record and, with a secondary, the copy
-        # owed to it (one transaction).
+        # Indexed and linked to its order, with its copies' record, the copy owed to a secondary and
+        # one outbox row per forwarding destination (one transaction).
         index = functools.partial(index_reconciled, match=prepared.match, strict=self.reconciling)
-        outcome = self._commit(functools.partial(
-            index_and_replicate, attrs=attrs, stored=stored, policy=self.policy,
-            meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate, index=index))
+        replicated = functools.partial(index_and_replicate, meta_sha256=hashlib.sha256(meta).hexdigest(),
+                                       replicate=self.replicate, index=index)
+        outcome, queued = self._commit(functools.partial(
+            index_and_route, attrs=attrs, stored=stored, policy=self.policy, destinations=self.forwards, now=now,
+            index=replicated))
+        if queued and self.on_queued is not None:
+            self.on_queued()
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
             self.primary.discard(self.primary.path(path))
         if outcome is IndexOutcome.REJECTED:
@@ -324,7 +335,7 @@ class StorageService:
             return self.primary.adopt(request.spool, streamed.size, streamed.sha256)
         return self.primary.stage(meta, dataset)
 
-    def _commit(self, work: Callable[[Connection], IndexOutcome]) -> IndexOutcome:
+    def _commit(self, work: Callable[[Connection], tuple[IndexOutcome, int]]) -> tuple[IndexOutcome, int]:
         """Run ``work`` in a committed (durable) transaction; :class:`StoreUnavailable` if it cannot commit.
 
         A lone store commits in this thread when the writer is idle (no hand-over to the writer
@@ -392,9 +403,10 @@ def add_storage_contexts(ae: Any) -> None:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
 
 
-def start_storage(ae: Any, config: EngineConfig, db: Database) -> StorageService:
+def start_storage(ae: Any, config: EngineConfig, db: Database,
+                  on_queued: Callable[[], None] | None = None) -> StorageService:
     """Prepare the locations, stream receives into the primary's spool, register the contexts."""
-    service = StorageService.from_config(db, config)
+    service = StorageService.from_config(db, config, on_queued)
     service.prepare()
     enable_streamed_receive(service.primary.incoming)
     add_storage_contexts(ae)

@@ -181,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     _studies(sub)
     _clients(sub)
     _archive(sub)
+    _outbox(sub)
     status = sub.add_parser("status", help="per channel counts and queue age")
     status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.set_defaults(fn=cmd_status)
@@ -241,6 +242,12 @@ def _config_everywhere(parser: argparse.ArgumentParser) -> None:
     for child in _subparsers(parser):
         if "--config" not in child._option_string_actions:
             child.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+
+
+def _outbox(sub: Any) -> None:
+    from engine.cli.outbox import add_subcommands
+
+    add_subcommands(sub, _database)
 
 
 def _studies(sub: Any) -> None:

@@ -21,11 +21,13 @@ __all__ = [
     "DatabaseConfig",
     "DestinationConfig",
     "DicomConfig",
+    "DicomDestinationConfig",
     "DuplicatesConfig",
     "EngineConfig",
     "FieldCondition",
     "FilterConfig",
     "HTTPDestinationConfig",
+    "ImageRouteRule",
     "MLLPDestinationConfig",
     "MLLPSourceConfig",
     "MessagesConfig",
@@ -215,6 +217,64 @@ class HTTPDestinationConfig(_DestinationBase):
 DestinationConfig = Annotated[
     MLLPDestinationConfig | HTTPDestinationConfig, Field(discriminator="type")
 ]
+
+
+# --- DICOM C-STORE destination (forwarding stored images, docs/images.md "Forwarding") ---
+
+
+class ImageRouteRule(_Model):
+    """Which stored images a DICOM destination takes: every listed criterion must match (empty: any)."""
+
+    modalities: list[str] = Field(default_factory=list, description="Modality (0008,0060) of the series")
+    calling_ae_titles: list[str] = Field(default_factory=list, description="AE title of the sender (the source)")
+    sop_classes: list[str] = Field(default_factory=list, description="SOP Class UIDs")
+
+
+class DicomDestinationConfig(_Model):
+    """Forward stored images with C-STORE (pynetdicom SCU); the outbox row names the instance.
+
+    Only in ``engine.yaml``'s ``destinations``: every image stored by the DICOM listener that
+    matches ``routes`` is queued for it, in the transaction that indexes the image.
+    """
+
+    type: Literal["dicom"]
+    name: str = Field(pattern=_NAME)
+    host: str = Field(description="peer address; empty: the destination is off (said at start), nothing is queued")
+    port: int = Field(104, ge=1, le=65535)
+    called_ae_title: str = Field(min_length=1, max_length=16, description="the peer's AE title")
+    calling_ae_title: str = Field("", max_length=16, description="ours; empty: dicom.ae_title")
+    routes: list[ImageRouteRule] = Field(
+        default_factory=list, description="empty: every stored image; else the images matching any rule"
+    )
+    ordering_key: Literal["study_instance_uid", "none"] = Field(
+        "study_instance_uid", description="instances of one study leave in the order they were stored"
+    )
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    timeout_seconds: float = Field(
+        60.0, gt=0, description="one C-STORE, association set-up included (raise it for very large instances)"
+    )
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="TCP connect and A-ASSOCIATE answer")
+    idle_seconds: float = Field(30.0, ge=0, description="an unused association stays open this long for the next")
+    max_associations: int = Field(2, ge=1, le=64, description="open associations to this peer at most")
+    uncompressed_conversion: bool = Field(
+        True, description="an uncompressed instance whose transfer syntax the peer refuses is sent in an"
+        " uncompressed one it accepts; compressed instances are never decoded",
+    )
+    tls: TLSConfig | None = None
+
+    @field_validator("called_ae_title", "calling_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if value != value.strip() or "\\" in value or any(ord(ch) < 32 for ch in value):
+            raise ValueError("an AE title has no leading/trailing spaces, backslash or control characters")
+        return value
+
+
+EngineDestinationConfig = Annotated[
+    MLLPDestinationConfig | HTTPDestinationConfig | DicomDestinationConfig, Field(discriminator="type")
+]
+
+# --- end DICOM C-STORE destination ---
 
 
 class ChannelConfig(_Model):
@@ -628,8 +688,9 @@ class EngineConfig(_Model):
     worklist: WorklistConfig = Field(default_factory=WorklistConfig)
     mpps: MppsConfig = Field(default_factory=MppsConfig)
     messages: MessagesConfig = Field(default_factory=MessagesConfig)
-    destinations: list[DestinationConfig] = Field(
-        default_factory=list, description="destinations not tied to a channel (e.g. MPPS status to the RIS)"
+    destinations: list[EngineDestinationConfig] = Field(
+        default_factory=list,
+        description="destinations not tied to a channel (MPPS status to the RIS, DICOM forwarding of images)",
     )
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
 

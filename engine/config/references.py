@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from engine.config import Config
+from engine.config.forwarding import forwarding_problems
 from engine.config.loader import did_you_mean
 from engine.config.models import ChannelConfig, TLSConfig
 
@@ -38,6 +39,7 @@ def reference_problems(config: Config, handlers: Iterable[str], mappings: Iterab
                              where_to_look=f" in {config.engine.mappings_dir}")
     problems += _receiver_mappings(config, mapping_names)
     problems += _missing_files(config)
+    problems += forwarding_problems(config)  # DICOM destinations (engine.config.forwarding)
     return problems
 
 

@@ -9,6 +9,13 @@ A send never starts unless it can end, timeout included, well inside the
 round's lease: the rest of the round is released and claimed afresh. Otherwise
 a slow destination could let a lease run out mid-send, and another engine on
 the same database would lease the row and deliver it a second time.
+
+A success is recorded without waiting for its commit: the next row's send
+starts while the writer commits (and successes of consecutive rows share
+commits). Every such record is settled before the round ends, so while its row
+is still leased. A crash in between leaves a delivered row QUEUED, and it is
+sent again: deliveries are at-least-once, as they always were (a crash between
+the peer's answer and the commit has the same effect).
 """
 
 from __future__ import annotations
@@ -121,7 +128,17 @@ class OutboxWorker:
         latest_start = leased_until - self.routes[name].timeout_seconds - SEND_BACKSTOP_SECONDS - LEASE_MARGIN_SECONDS
         blocked: set[str] = set()
         skipped: list[int] = []
-        recording: list[asyncio.Future[None]] = []
+        recording: list[asyncio.Future[None]] = []  # successes being committed (see the module docstring)
+        try:
+            await self._attempt_rows(name, rows, latest_start, blocked, skipped, recording)
+        finally:
+            await asyncio.gather(*recording)
+        if skipped:
+            await self.db.writer.run(partial(release, ids=skipped))
+        return len(rows) - len(skipped)
+
+    async def _attempt_rows(self, name: str, rows: list[Claimed], latest_start: float, blocked: set[str],
+                            skipped: list[int], recording: list[asyncio.Future[None]]) -> None:
         for index, row in enumerate(rows):
             if time.monotonic() > latest_start:
                 skipped += [r.id for r in rows[index:]]
@@ -134,10 +151,6 @@ class OutboxWorker:
                 continue
             if not await self._attempt(name, row, recording):
                 blocked.add(row.ordering_key)
-        if skipped:
-            await self.db.writer.run(partial(release, ids=skipped))
-        await asyncio.gather(*recording)
-        return len(rows) - len(skipped)
 
     async def _attempt(self, name: str, row: Claimed, recording: list[asyncio.Future[None]]) -> bool:
         """Send one row; a failure is recorded before the next send, a success joins ``recording``.

@@ -1,0 +1,135 @@
+"""Pure parts of forwarding: the C-STORE status table, proposed contexts, the association pool's bookkeeping."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+
+from channels.dicom.associations import MAX_CONTEXTS, AssociationPool, contexts_for
+from channels.dicom.store_status import Outcome, classify_store_status
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize(("status", "outcome"), [
+    (0x0000, Outcome.DELIVERED), (0xB000, Outcome.DELIVERED), (0xB007, Outcome.DELIVERED),
+    (0x0001, Outcome.DELIVERED), (0xA700, Outcome.RETRYABLE), (0xA7FF, Outcome.RETRYABLE),
+    (0xA900, Outcome.PERMANENT), (0xA9FF, Outcome.PERMANENT), (0xC000, Outcome.PERMANENT),
+    (0xC221, Outcome.PERMANENT), (0x0122, Outcome.PERMANENT), (0x0111, Outcome.PERMANENT),
+    (0x0110, Outcome.RETRYABLE), (0xFE00, Outcome.RETRYABLE), (0x0456, Outcome.RETRYABLE),
+])  # fmt: skip
+def test_status_table(status: int, outcome: Outcome) -> None:
+    assert classify_store_status(status).outcome is outcome
+
+
+def test_an_uncompressed_syntax_gets_a_fallback_context_and_a_compressed_one_does_not() -> None:
+    explicit = contexts_for((CT, ExplicitVRLittleEndian), convert=True)
+    assert [list(cx.transfer_syntax) for cx in explicit] == [[ExplicitVRLittleEndian], [ImplicitVRLittleEndian]]
+    assert [list(cx.transfer_syntax) for cx in contexts_for((CT, JPEGBaseline8Bit), convert=True)] == [
+        [JPEGBaseline8Bit]]
+    assert len(contexts_for((CT, ExplicitVRLittleEndian), convert=False)) == 1
+
+
+class _Assoc:
+    def __init__(self, contexts: list[Any]) -> None:
+        self.contexts = contexts
+        self.is_established = True
+        self.released = False
+
+    def release(self) -> None:
+        self.is_established = False
+        self.released = True
+
+
+class _Opener:
+    def __init__(self) -> None:
+        self.opened: list[_Assoc] = []
+
+    def __call__(self, contexts: list[Any]) -> _Assoc:
+        assoc = _Assoc(contexts)
+        self.opened.append(assoc)
+        return assoc
+
+
+def _pool(opener: _Opener, max_associations: int = 2, idle: float = 30.0) -> AssociationPool:
+    return AssociationPool(opener, max_associations, idle, convert=True)
+
+
+def test_an_idle_association_is_reused_for_the_same_pair() -> None:
+    opener = _Opener()
+    pool = _pool(opener)
+    for _ in range(5):
+        pooled, _ = pool.acquire((CT, ExplicitVRLittleEndian), timeout=1)
+        assert pooled is not None
+        pool.give_back(pooled, keep=True)
+    assert len(opener.opened) == 1
+    pool.close()
+    assert opener.opened[0].released
+
+
+def test_a_new_pair_opens_an_association_proposing_the_recent_pairs_too() -> None:
+    opener = _Opener()
+    pool = _pool(opener, max_associations=1)
+    first, _ = pool.acquire((CT, ExplicitVRLittleEndian), timeout=1)
+    assert first is not None
+    pool.give_back(first, keep=True)
+    second, _ = pool.acquire((CT, JPEGBaseline8Bit), timeout=1)
+    assert second is not None
+    assert opener.opened[0].released  # the limit is one: the idle one gave way
+    assert {(CT, ExplicitVRLittleEndian), (CT, JPEGBaseline8Bit)} == set(second.proposed)
+    pool.give_back(second, keep=True)
+    third, _ = pool.acquire((CT, ExplicitVRLittleEndian), timeout=1)  # now covered: reused
+    assert third is second
+    pool.give_back(third, keep=True)
+    pool.close()
+
+
+def test_proposals_stay_within_the_context_id_limit() -> None:
+    opener = _Opener()
+    pool = _pool(opener, max_associations=1)
+    for n in range(200):
+        pooled, _ = pool.acquire((f"1.2.3.{n}", ExplicitVRLittleEndian), timeout=1)
+        assert pooled is not None
+        pool.give_back(pooled, keep=True)
+    assert all(len(a.contexts) <= MAX_CONTEXTS for a in opener.opened)
+    pool.close()
+
+
+def test_idle_associations_are_released_after_idle_seconds() -> None:
+    opener = _Opener()
+    pool = _pool(opener, idle=0.2)
+    pooled, _ = pool.acquire((CT, ExplicitVRLittleEndian), timeout=1)
+    assert pooled is not None
+    pool.give_back(pooled, keep=True)
+    deadline = time.monotonic() + 5
+    while not opener.opened[0].released and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert opener.opened[0].released
+    pool.close()
+
+
+def test_a_broken_association_is_not_kept() -> None:
+    opener = _Opener()
+    pool = _pool(opener)
+    pooled, _ = pool.acquire((CT, ExplicitVRLittleEndian), timeout=1)
+    assert pooled is not None
+    pool.give_back(pooled, keep=False)
+    again, _ = pool.acquire((CT, ExplicitVRLittleEndian), timeout=1)
+    assert again is not None and again is not pooled
+    assert len(opener.opened) == 2
+    pool.give_back(again, keep=True)
+    pool.close()
+
+
+def test_no_more_than_max_associations_are_in_use() -> None:
+    opener = _Opener()
+    pool = _pool(opener, max_associations=1)
+    held, _ = pool.acquire((CT, ExplicitVRLittleEndian), timeout=1)
+    with pytest.raises(TimeoutError):
+        pool.acquire((CT, ExplicitVRLittleEndian), timeout=0.1)
+    assert held is not None
+    pool.give_back(held, keep=True)
+    pool.close()
