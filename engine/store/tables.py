@@ -1,5 +1,6 @@
 """Imports every module that defines tables, so the metadata is complete for Alembic."""
 
 import engine.domain.instance_tables
-import engine.domain.tables  # noqa: F401
+import engine.domain.tables
+import engine.fhir.tables  # noqa: F401
 from engine.store import schema  # noqa: F401
