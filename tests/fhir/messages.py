@@ -11,7 +11,8 @@ from tests.dicom.mpps_datasets import n_create_dataset, n_set_dataset, performed
 def orm(n: int, pid: str, name: str = "PARKER^ANN", modality: str = "CT", control: str = "NW",
         status: str = "SC", study_uid: str = "") -> str:
     """An ORM^O01 with placer PL<n>, filler FL<n>, accession ACC<n> and (when given) its Study Instance UID."""
-    obr = f"OBR|1|PL{n}|FL{n}|CTHEAD^CT head^L" + "|" * 14 + f"ACC{n}|RP{n}|SPS{n}" + "|" * 4 + modality
+    code = {"CT": "CTHEAD^CT head^L", "MR": "MRBRAIN^MR brain^L"}[modality]
+    obr = f"OBR|1|PL{n}|FL{n}|{code}" + "|" * 14 + f"ACC{n}|RP{n}|SPS{n}" + "|" * 4 + modality
     segments = [
         f"MSH|^~\\&|RIS|NORTH|RADBRIDGE|NORTH|20261122080000||ORM^O01|O{n}{control}|P|2.3.1",
         f"PID|1||{pid}^^^NORTH^MR||{name}||19800202|F",
