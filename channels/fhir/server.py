@@ -39,6 +39,18 @@ def _bind(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def _silence_access_log() -> None:
+    """No uvicorn access log: request lines carry query strings, and those carry PHI (identifier=MRN).
+
+    uvicorn only drops it itself when it configures logging, which the engine does instead;
+    its protocol logs whenever the logger has a handler anywhere up the tree.
+    """
+    access = logging.getLogger("uvicorn.access")
+    access.handlers = []
+    access.propagate = False
+    access.disabled = True
+
+
 @dataclass
 class HttpServer:
     """One uvicorn server on one bound socket; ``start`` then ``stop``."""
@@ -53,6 +65,7 @@ class HttpServer:
     async def start(self) -> None:
         """Bind and serve; OSError if the address cannot be bound."""
         cfg = self.config
+        _silence_access_log()
         self._socket = _bind(cfg.host, cfg.port, 1024)
         self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False, server_header=False,
