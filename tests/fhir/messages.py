@@ -27,7 +27,8 @@ def orm(n: int, pid: str, name: str = "PARKER^ANN", modality: str = "CT", contro
 
 def adt(event: str, pid: str, name: str, mrg: str = "", control: str = "") -> str:
     """An ADT message (A04, A08, A40 with MRG …)."""
-    segments = [f"MSH|^~\\&|HIS|NORTH|RADBRIDGE|NORTH|20261122090000||ADT^{event}|{control or f'A{event}{pid}{mrg}'}|P|2.5",
+    control = control or f"A{event}{pid}{mrg}"
+    segments = [f"MSH|^~\\&|HIS|NORTH|RADBRIDGE|NORTH|20261122090000||ADT^{event}|{control}|P|2.5",
                 f"EVN|{event}|20261122090000", f"PID|1||{pid}^^^NORTH^MR||{name}||19800202|F"]
     if mrg:
         segments.append(f"MRG|{mrg}^^^NORTH^MR")

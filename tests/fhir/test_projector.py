@@ -24,7 +24,8 @@ UID = "1.2.826.0.1.3680043.10.995.1"
 
 def _seed(conn: Connection) -> None:
     pk = conn.execute(insert(patients).values(patient_id="P1", issuer="HOSP", patient_name="DOE^JANE", sex="F",
-                                              birth_date="19800102", created_at=NOW, updated_at=NOW)).inserted_primary_key[0]
+                                              birth_date="19800102", created_at=NOW,
+                                              updated_at=NOW)).inserted_primary_key[0]
     order = conn.execute(insert(orders).values(patient_pk=pk, order_key="k1", placer_order_number="PL1",
                                                accession_number="ACC1", study_instance_uid=UID, created_at=NOW,
                                                updated_at=NOW)).inserted_primary_key[0]
