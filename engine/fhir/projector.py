@@ -70,9 +70,11 @@ def collect(conn: Connection, settings: FhirSettings, batch: int = 500) -> Proje
 def apply(conn: Connection, projection: Projection, now: datetime | None = None) -> int:
     """Write the projection and delete its pending rows; return how many resources changed."""
     stamp = instant(now or datetime.now(UTC))
-    changed = 0
-    for res_type, res_id, built in projection.resources:
-        changed += store.write(conn, built, stamp) if built is not None else store.remove(conn, res_type, res_id)
+    built = [b for _, _, b in projection.resources if b is not None]
+    changed = store.write_all(conn, built, stamp)
+    for res_type, res_id, found in projection.resources:
+        if found is None:
+            changed += store.remove(conn, res_type, res_id)
     if projection.pending_ids:
         conn.execute(delete(fhir_pending).where(fhir_pending.c.id.in_(projection.pending_ids)))
     return changed

@@ -83,7 +83,10 @@ class _Rows:
 
     def __init__(self, conn: Connection, uids: list[str]) -> None:
         self.orders: dict[str, list[Any]] = {}
-        for row in conn.execute(select(orders).where(orders.c.study_instance_uid.in_(uids)).order_by(orders.c.id)):
+        o = orders.c
+        wanted = (o.id, o.patient_pk, o.study_instance_uid, o.accession_number, o.issuer_of_accession_number,
+                  o.requested_procedure_description)
+        for row in conn.execute(select(*wanted).where(o.study_instance_uid.in_(uids)).order_by(o.id)):
             self.orders.setdefault(row.study_instance_uid, []).append(row)
         order_pks = [o.id for rows in self.orders.values() for o in rows]
         s = procedure_steps.c
@@ -91,12 +94,16 @@ class _Rows:
         for step in conn.execute(select(s.order_pk, s.status, s.modality, s.start_datetime)
                                  .where(s.order_pk.in_(order_pks)).order_by(s.id)):
             self.steps.setdefault(int(step.order_pk), []).append(step)
-        self.studies = {r.study_instance_uid: r for r in conn.execute(select(studies).where(
-            studies.c.study_instance_uid.in_(uids)))}
+        t = studies.c
+        self.studies = {r.study_instance_uid: r for r in conn.execute(select(
+            t.id, t.study_instance_uid, t.patient_pk, t.patient_id, t.accession_number, t.study_date, t.study_time,
+            t.study_description).where(t.study_instance_uid.in_(uids)))}
         study_pks = [r.id for r in self.studies.values()]
         self.series: dict[int, list[Any]] = {}
-        for row in conn.execute(select(series).where(series.c.study_pk.in_(study_pks))
-                                .order_by(series.c.series_number, series.c.id)):
+        e = series.c
+        for row in conn.execute(select(e.id, e.study_pk, e.series_instance_uid, e.series_number, e.modality,
+                                       e.series_description, e.number_of_instances, e.series_date)
+                                .where(e.study_pk.in_(study_pks)).order_by(e.series_number, e.id)):
             self.series.setdefault(int(row.study_pk), []).append(row)
         i = instances.c
         self.instances: dict[int, list[Any]] = {}
