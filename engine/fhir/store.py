@@ -74,9 +74,10 @@ def write_all(conn: Connection, resources: Sequence[Built], now: str) -> int:
         stale = [pk for pk, _, _ in changed]
         for table in _INDEX_TABLES:
             conn.execute(delete(table).where(table.c.resource_pk.in_(stale)))
-        conn.execute(update(fhir_resources).where(r.id == bindparam("pk")).values(
-            version_id=bindparam("v"), last_updated=now, content_hash=bindparam("h"), json=bindparam("j")),
-            [{"pk": pk, "v": v, "h": digests[(b.res_type, b.res_id)], "j": _document(b, v, now)} for pk, v, b in changed])
+        statement = update(fhir_resources).where(r.id == bindparam("pk")).values(
+            version_id=bindparam("v"), last_updated=now, content_hash=bindparam("h"), json=bindparam("j"))
+        conn.execute(statement, [{"pk": pk, "v": v, "h": digests[(b.res_type, b.res_id)], "j": _document(b, v, now)}
+                                 for pk, v, b in changed])
     everything = [*changed_new, *changed]
     if not everything:
         return 0

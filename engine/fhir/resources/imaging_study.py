@@ -86,8 +86,8 @@ class _Rows:
         o = orders.c
         wanted = (o.id, o.patient_pk, o.study_instance_uid, o.accession_number, o.issuer_of_accession_number,
                   o.requested_procedure_description)
-        for row in conn.execute(select(*wanted).where(o.study_instance_uid.in_(uids)).order_by(o.id)):
-            self.orders.setdefault(row.study_instance_uid, []).append(row)
+        for order in conn.execute(select(*wanted).where(o.study_instance_uid.in_(uids)).order_by(o.id)):
+            self.orders.setdefault(order.study_instance_uid, []).append(order)
         order_pks = [o.id for rows in self.orders.values() for o in rows]
         s = procedure_steps.c
         self.steps: dict[int, list[Any]] = {}
@@ -101,15 +101,15 @@ class _Rows:
         study_pks = [r.id for r in self.studies.values()]
         self.series: dict[int, list[Any]] = {}
         e = series.c
-        for row in conn.execute(select(e.id, e.study_pk, e.series_instance_uid, e.series_number, e.modality,
+        for item in conn.execute(select(e.id, e.study_pk, e.series_instance_uid, e.series_number, e.modality,
                                        e.series_description, e.number_of_instances, e.series_date)
                                 .where(e.study_pk.in_(study_pks)).order_by(e.series_number, e.id)):
-            self.series.setdefault(int(row.study_pk), []).append(row)
+            self.series.setdefault(int(item.study_pk), []).append(item)
         i = instances.c
         self.instances: dict[int, list[Any]] = {}
-        for row in conn.execute(select(i.series_pk, i.sop_instance_uid, i.sop_class_uid, i.instance_number)
+        for instance in conn.execute(select(i.series_pk, i.sop_instance_uid, i.sop_class_uid, i.instance_number)
                                 .where(i.study_pk.in_(study_pks)).order_by(i.instance_number, i.id)):
-            self.instances.setdefault(int(row.series_pk), []).append(row)
+            self.instances.setdefault(int(instance.series_pk), []).append(instance)
 
 
 def _status(study: Any, order_rows: list[Any], steps: list[Any], instance_count: int) -> str:
