@@ -175,7 +175,7 @@ def start_engine(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     (config / "channels").mkdir(parents=True, exist_ok=True)
     (config / "engine.yaml").write_text(
         f"data_dir: {workdir / 'var'}\ndicom: {{enabled: false}}\nlogging: {{level: WARNING}}\n"
-        f"http: {{port: {port}, auth: development-no-auth, max_connections: 512,"
+        f"http: {{enabled: true, port: {port}, auth: development-no-auth, max_connections: 512,"
         " fhir: {dicomweb_base: 'https://pacs.example/dicom-web'}}\n")
     log = open(workdir / "engine.log", "ab")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(config), "run"], cwd=ROOT,

@@ -316,7 +316,7 @@ class HTTPConfig(_Model):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    enabled: bool = Field(True, description="serve the FHIR API on host:port")
+    enabled: bool = Field(False, description="serve the FHIR API on host:port (the shipped engine.yaml turns it on)")
     auth: Literal["smart", "development-no-auth"] = Field(
         "smart", description="smart: OAuth2 bearer tokens (engine.auth); development-no-auth: anybody may read "
         "everything, for development and tests only")

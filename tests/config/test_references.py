@@ -110,3 +110,12 @@ def test_problems_of_every_file_come_in_one_pass(tmp_path):
     found = problems(tmp_path)
     assert [p.split(": ")[1] for p in found] == ["source_port", "handlers.0"]
     assert "c1.yaml:5" in found[0] and "c2.yaml:5" in found[1]
+
+
+def test_the_fhir_api_port_and_tls_files_are_checked(tmp_path):
+    engine = (f"http:\n  enabled: true\n  port: 2575\n  tls:\n    cert_file: {tmp_path}/no.pem\n"
+              f"    key_file: {tmp_path}/no.key\n")
+    write(tmp_path, channel(), engine)
+    found = problems(tmp_path)
+    assert any(p.endswith("http.tls.cert_file: file not found: " + f"{tmp_path}/no.pem") for p in found), found
+    assert any("2575 is already used by" in p for p in found), found

@@ -142,7 +142,7 @@ class InProcessEngine:
         (config_dir / "engine.yaml").write_text(
             f"data_dir: {data}\nmappings_dir: {ROOT / 'mappings'}\n"
             f"dicom: {{port: {self.dicom_port}, ae_title: RADBRIDGE}}\n"
-            f"http: {{port: {self.http_port}, auth: development-no-auth{extra_http},"
+            f"http: {{enabled: true, port: {self.http_port}, auth: development-no-auth{extra_http},"
             " fhir: {dicomweb_base: 'http://127.0.0.1:8042/dicom-web'}}\n")
         shipped = (ROOT / "config" / "channels" / "ris-inbound.yaml").read_text()
         (config_dir / "channels" / "ris-inbound.yaml").write_text(
