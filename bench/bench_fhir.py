@@ -185,11 +185,14 @@ def start_engine(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def run_radbridge(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    (workdir / "var").mkdir(mode=0o700, parents=True)
-    db = Database(f"sqlite:///{workdir / 'var' / 'radbridge.db'}", "NORMAL")
-    db.migrate()
-    built = build(db, args.studies, args.patients)
-    db.close()
+    if args.reuse is not None:  # a data directory an earlier run built (same --studies/--patients)
+        workdir, built = args.reuse, {"domain_rows_s": 0.0, "projection_s": 0.0}
+    else:
+        (workdir / "var").mkdir(mode=0o700, parents=True)
+        db = Database(f"sqlite:///{workdir / 'var' / 'radbridge.db'}", "NORMAL")
+        db.migrate()
+        built = build(db, args.studies, args.patients)
+        db.close()
     port = free_port()
     proc = start_engine(workdir, port)
     try:
@@ -199,8 +202,8 @@ def run_radbridge(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     resources = 2 * args.studies + args.patients
-    return {**figures, "build": {**{k: round(v, 1) for k, v in built.items()},
-                                 "projected_resources_per_s": round(resources / built["projection_s"])}}
+    rate = round(resources / built["projection_s"]) if built["projection_s"] else None
+    return {**figures, "build": {**{k: round(v, 1) for k, v in built.items()}, "projected_resources_per_s": rate}}
 
 
 def main() -> None:
@@ -210,6 +213,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--reuse", type=Path, help="a directory whose var/ an earlier run built: measure only")
     parser.add_argument("--sekmet", type=int, default=0, help="also load N studies into sekmet-fhir and compare")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-fhir-") as tmp:

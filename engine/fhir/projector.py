@@ -128,16 +128,42 @@ class Projector:
         self._task = asyncio.create_task(self._run(), name="fhir-projector")
 
     async def _run(self) -> None:
+        batch, narrow = self.batch, 0
         while not self._stop.is_set():
             try:
                 if await self.db.read_async(_any_pending):
-                    consumed, _ = await asyncio.to_thread(_cycle, self.db, self.settings, self.batch)
-                    if consumed == self.batch:
+                    consumed, _ = await asyncio.to_thread(_cycle, self.db, self.settings, batch)
+                    narrow = max(0, narrow - consumed)
+                    batch = 1 if narrow else self.batch
+                    if consumed == batch:
                         continue  # more waiting: no pause
-            except Exception:  # a failed cycle leaves its rows pending; try again next time
-                log.exception("FHIR projector cycle failed; will retry")
+            except Exception:
+                if batch > 1:  # find the row that fails: the next rows one at a time
+                    log.warning("FHIR projector cycle failed; retrying its changes one at a time", exc_info=True)
+                    batch, narrow = 1, self.batch
+                    continue
+                await self._skip_failing()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.interval)
+
+    async def _skip_failing(self) -> None:
+        """Drop the first pending row, which fails alone, so one bad row cannot stop every resource."""
+        def drop(conn: Connection) -> tuple[str, str] | None:
+            row = conn.execute(select(fhir_pending.c.id, fhir_pending.c.kind, fhir_pending.c.key)
+                               .order_by(fhir_pending.c.id).limit(1)).first()
+            if row is None:
+                return None
+            conn.execute(delete(fhir_pending).where(fhir_pending.c.id == row.id))
+            return str(row.kind), str(row.key)
+
+        try:
+            dropped = await self.db.writer.run(drop)
+        except Exception:  # the store itself is failing: try again after the interval
+            log.exception("FHIR projector could not skip a failing change")
+            return
+        if dropped is not None:
+            log.error("FHIR projector skipped a change it cannot project (%s %s): its resources stay as they"
+                      " were until the next change", *dropped, exc_info=True)
 
     async def stop(self) -> None:
         """Finish the cycle under way, then stop."""

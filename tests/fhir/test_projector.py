@@ -117,3 +117,41 @@ def test_the_migration_backfills_existing_rows(db: Database) -> None:
     project_all(db, SETTINGS)
     assert _json(db, "ImagingStudy", UID)["subject"] == {"reference": "Patient/1"}
     assert db.read(lambda c: c.execute(text("SELECT count(*) FROM fhir_resources")).scalar_one()) == 3
+
+
+def test_one_change_that_cannot_be_projected_does_not_stop_the_others(db: Database, monkeypatch, caplog) -> None:
+    import asyncio
+
+    from engine.fhir.projector import Projector
+    from engine.fhir.resources import patient
+
+    real = patient.build
+
+    def failing(conn: Connection, keys: set[str], settings: FhirSettings) -> dict:
+        if "2" in keys:
+            raise RuntimeError("a builder bug")
+        return real(conn, keys, settings)
+
+    monkeypatch.setattr(patient, "build", failing)
+
+    def two_patients(conn: Connection) -> None:
+        for pid in ("A", "B", "C"):
+            conn.execute(insert(patients).values(patient_id=pid, created_at=NOW, updated_at=NOW))
+
+    db.writer.call(two_patients)
+
+    async def run() -> None:
+        projector = Projector(db, SETTINGS, interval=0.05)
+        await projector.start()
+        for _ in range(200):
+            if not _pending(db):
+                break
+            await asyncio.sleep(0.05)
+        await projector.stop()
+
+    asyncio.run(run())
+    assert _pending(db) == 0
+    stored = db.read(lambda c: sorted(c.execute(select(fhir_resources.c.res_id)
+                                                .where(fhir_resources.c.res_type == "Patient")).scalars()))
+    assert stored == ["1", "3"]
+    assert "skipped a change it cannot project (Patient 2)" in caplog.text
