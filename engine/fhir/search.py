@@ -84,31 +84,54 @@ def _string_condition(modifier: str, text: str) -> ColumnElement[bool]:
     return column.like(pattern, escape="\\")
 
 
-def _condition(res_type: str, cond: Condition) -> ColumnElement[bool]:
-    name = f"{res_type}.{cond.param.name}"
-    if cond.param.name == "_id":
-        return r.res_id.in_([v.code for v in cond.values if isinstance(v, TokenValue) and v.code])
-    if cond.param.name == "_lastUpdated":
-        return or_(*(_date_condition(r.last_updated, r.last_updated, v) for v in cond.values
-                     if isinstance(v, DateValue)))
+_INDEXES = {"token": fhir_tokens, "reference": fhir_refs, "date": fhir_dates, "string": fhir_strings}
+#: Which indexed condition drives a search: the likely most selective first.
+_DRIVER_RANK = {"identifier": 0, "_id": 0, "patient": 1, "subject": 1, "basedon": 1, "series": 1, "instance": 1}
+
+
+def _matches(cond: Condition) -> ColumnElement[bool]:
+    """The index-table rows of ``cond``'s values (any of them)."""
     if cond.param.type == "token":
-        t = fhir_tokens.c
-        matches = or_(*(_token_condition(v) for v in cond.values if isinstance(v, TokenValue)))
-        return r.id.in_(select(t.resource_pk).where(t.param == name, matches))
+        return or_(*(_token_condition(v) for v in cond.values if isinstance(v, TokenValue)))
     if cond.param.type == "reference":
-        f = fhir_refs.c
-        return r.id.in_(select(f.resource_pk).where(f.param == name, f.target.in_([str(v) for v in cond.values])))
+        return fhir_refs.c.target.in_([str(v) for v in cond.values])
     if cond.param.type == "date":
         d = fhir_dates.c
-        matches = or_(*(_date_condition(d.low, d.high, v) for v in cond.values if isinstance(v, DateValue)))
-        return r.id.in_(select(d.resource_pk).where(d.param == name, matches))
-    s = fhir_strings.c
-    matches = or_(*(_string_condition(cond.modifier, str(v)) for v in cond.values))
-    return r.id.in_(select(s.resource_pk).where(s.param == name, matches))
+        return or_(*(_date_condition(d.low, d.high, v) for v in cond.values if isinstance(v, DateValue)))
+    return or_(*(_string_condition(cond.modifier, str(v)) for v in cond.values))
 
 
-def _where(plan: Plan) -> list[ColumnElement[bool]]:
-    return [r.res_type == plan.res_type, *(_condition(plan.res_type, c) for c in plan.conditions)]
+def _indexed(res_type: str, cond: Condition) -> Any:
+    """``SELECT resource_pk FROM <index> WHERE param = … AND (values)``: the resources ``cond`` matches."""
+    table = _INDEXES[cond.param.type]
+    return select(table.c.resource_pk).where(table.c.param == f"{res_type}.{cond.param.name}", _matches(cond))
+
+
+def _on_resources(cond: Condition) -> ColumnElement[bool]:
+    """A condition on ``fhir_resources`` itself (``_id``, ``_lastUpdated``)."""
+    if cond.param.name == "_id":
+        return r.res_id.in_([v.code for v in cond.values if isinstance(v, TokenValue) and v.code])
+    return or_(*(_date_condition(r.last_updated, r.last_updated, v) for v in cond.values
+                 if isinstance(v, DateValue)))
+
+
+def _ids(plan: Plan) -> tuple[Any, Any]:
+    """(the matching resource pks as a selectable column, the query's filters), driven by an index when one applies.
+
+    With an indexed condition the resources table is not scanned at all: the first index
+    subquery yields candidates in key order and every other condition filters them.
+    """
+    direct = [c for c in plan.conditions if c.param.name in ("_id", "_lastUpdated")]
+    indexed = sorted((c for c in plan.conditions if c not in direct),
+                     key=lambda c: (_DRIVER_RANK.get(c.param.name, 2), c.param.type != "token"))
+    if not indexed:
+        return r.id, [r.res_type == plan.res_type, *(_on_resources(c) for c in direct)]
+    driver = _indexed(plan.res_type, indexed[0]).subquery()
+    key = driver.c.resource_pk
+    filters = [key.in_(_indexed(plan.res_type, c)) for c in indexed[1:]]
+    if direct:
+        filters.append(key.in_(select(r.id).where(r.res_type == plan.res_type, *(_on_resources(c) for c in direct))))
+    return key, filters
 
 
 def _stored(row: Any) -> Stored:
@@ -142,14 +165,15 @@ def _included(conn: Connection, plan: Plan, matches: list[Stored]) -> list[Store
 
 def run(conn: Connection, plan: Plan) -> Page:
     """The page of ``plan`` after its cursor, with the total number of matches."""
-    where = _where(plan)
-    total = int(conn.execute(select(func.count()).select_from(fhir_resources).where(*where)).scalar_one())
+    key, filters = _ids(plan)
+    total = int(conn.execute(select(func.count(func.distinct(key))).where(*filters)).scalar_one())
     if plan.summary_count or plan.count == 0:
         return Page([], [], total, None)
-    rows = conn.execute(select(*_COLUMNS).where(*where, r.id > plan.cursor).order_by(r.id)
-                        .limit(plan.count + 1)).all()
-    matches = [_stored(row) for row in rows[:plan.count]]
-    next_cursor = matches[-1].pk if len(rows) > plan.count else None
+    pks = conn.execute(select(key).distinct().where(*filters, key > plan.cursor).order_by(key)
+                       .limit(plan.count + 1)).scalars().all()
+    rows = conn.execute(select(*_COLUMNS).where(r.id.in_(pks[:plan.count])).order_by(r.id)).all()
+    matches = [_stored(row) for row in rows]
+    next_cursor = int(pks[plan.count - 1]) if len(pks) > plan.count else None
     return Page(matches, _included(conn, plan, matches), total, next_cursor)
 
 
