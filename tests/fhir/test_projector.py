@@ -155,3 +155,33 @@ def test_one_change_that_cannot_be_projected_does_not_stop_the_others(db: Databa
                                                 .where(fhir_resources.c.res_type == "Patient")).scalars()))
     assert stored == ["1", "3"]
     assert "skipped a change it cannot project (Patient 2)" in caplog.text
+
+
+def test_searches_run_in_sql_on_both_backends(db: Database) -> None:
+    from engine.fhir.query import parse
+    from engine.fhir.search import run
+
+    def many(conn: Connection) -> None:
+        _seed(conn)
+        for n in range(2, 8):
+            conn.execute(insert(orders).values(patient_pk=1, order_key=f"k{n}", accession_number=f"ACC{n}",
+                                               study_instance_uid=f"{UID}.{n}", created_at=NOW, updated_at=NOW))
+            conn.execute(insert(procedure_steps).values(order_pk=n, status="SCHEDULED",
+                                                        modality="MR" if n % 2 else "CT",
+                                                        start_datetime="20261205093000", created_at=NOW,
+                                                        updated_at=NOW))
+
+    db.writer.call(many)
+    project_all(db, SETTINGS)
+
+    def search(*pairs: tuple[str, str]) -> tuple[list[str], int, int | None]:
+        page = db.read(lambda c: run(c, parse("ImagingStudy", list(pairs), UTC)))
+        return [m.res_id for m in page.matches], page.total, page.next_cursor
+
+    assert search(("patient", "Patient/1"))[1] == 7
+    assert search(("patient", "Patient/1"), ("modality", "MR"), ("_lastUpdated", "gt2000"))[1] == 3
+    first, total, cursor = search(("patient", "Patient/1"), ("_count", "4"))
+    rest, _, end = search(("patient", "Patient/1"), ("_count", "4"), ("_cursor", str(cursor)))
+    assert total == 7 and len(first) == 4 and len(rest) == 3 and end is None and not set(first) & set(rest)
+    assert search(("_id", UID))[0] == [UID] and search(("identifier", "ACC3"))[0] == [f"{UID}.3"]
+    assert search(("started", "2026-12-05"), ("status", "registered"))[1] == 7
