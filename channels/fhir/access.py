@@ -12,9 +12,11 @@ unaudited disclosure.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
+from sqlalchemy import Connection
 from starlette.requests import Request
 
 from channels.fhir.outcome import ApiError
@@ -25,6 +27,7 @@ from engine.store.database import Database
 __all__ = ["Gate"]
 
 _OUTCOME_CODES = {401: "login", 403: "forbidden"}
+T = TypeVar("T")
 
 
 def _quoted(text: str) -> str:
@@ -55,6 +58,17 @@ class Gate:
     async def admit(self, request: Request, wanted: Sequence[tuple[str, Interaction]]) -> Principal:
         """:meth:`check` off the event loop (an authorizer may look a token up)."""
         return await asyncio.to_thread(self.check, request.headers.get("authorization"), wanted)
+
+    async def then_read(self, request: Request, wanted: Sequence[tuple[str, Interaction]],
+                        fn: Callable[[Connection], T]) -> tuple[Principal, T]:
+        """:meth:`check`, then (only if it passed) ``fn`` in a read transaction, in one worker thread."""
+        authorization = request.headers.get("authorization")
+
+        def work() -> tuple[Principal, T]:
+            principal = self.check(authorization, wanted)
+            return principal, self.db.read(fn)
+
+        return await asyncio.get_running_loop().run_in_executor(None, work)
 
     async def audit(self, principal: Principal, request: Request, action: str, res_type: str, object_id: str,
                     served: list[str], query: str = "") -> None:

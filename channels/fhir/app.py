@@ -9,6 +9,7 @@ unexpected is a 500 OperationOutcome without a traceback (the log has it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -27,9 +28,10 @@ from channels.fhir.access import Gate
 from channels.fhir.bundle import history_bundle, search_bundle
 from channels.fhir.capability import capability_statement
 from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
+from engine.auth import Principal
 from engine.errors import StoreUnavailable
 from engine.fhir import search
-from engine.fhir.query import MAX_COUNT, SearchError, parse
+from engine.fhir.query import MAX_COUNT, Plan, SearchError, parse
 from engine.fhir.registry import by_type
 from engine.store.database import Database
 
@@ -128,9 +130,9 @@ def _version_headers(stored: search.Stored) -> dict[str, str]:
 
 async def _read(api: _Api, request: Request) -> Response:
     res_type, res_id = _res_type(request), _res_id(request)
-    principal = await api.gate.admit(request, [(res_type, "read")])
     _read_params(request, _READ_PARAMS)
-    stored = await api.db.read_async(lambda c: search.read(c, res_type, res_id))
+    principal, stored = await api.gate.then_read(request, [(res_type, "read")],
+                                                 lambda c: search.read(c, res_type, res_id))
     if stored is None:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
     headers = _version_headers(stored)
@@ -186,18 +188,34 @@ def _patient_of(pairs: list[tuple[str, str]]) -> str:
     return next((v for k, v in pairs if k.split(":")[0] in ("patient", "subject")), "")
 
 
-async def _search(api: _Api, request: Request) -> Response:
-    res_type = _res_type(request)
-    principal = await api.gate.admit(request, [(res_type, "search")])
-    pairs = await _pairs(request)
+def _plan(api: _Api, request: Request, res_type: str, pairs: list[tuple[str, str]]) -> Plan:
     try:
-        plan = parse(res_type, pairs, api.settings.site_zone, _lenient(request))
+        return parse(res_type, pairs, api.settings.site_zone, _lenient(request))
     except SearchError as exc:
         raise ApiError(400, exc.code, str(exc)) from exc
-    included = sorted({t for _, _, t in plan.includes} | {s for s, _ in plan.revincludes})
-    if included:
-        await api.gate.admit(request, [(t, "read") for t in included])
-    page = await api.db.read_async(lambda c: search.run(c, plan))
+
+
+async def _search(api: _Api, request: Request) -> Response:
+    res_type = _res_type(request)
+    refused: ApiError | None = None
+    try:
+        pairs = await _pairs(request)
+    except ApiError as exc:  # answered after the caller is admitted: 401/403 come first
+        pairs, refused = [], exc
+    authorization = request.headers.get("authorization")
+
+    def work() -> tuple[Principal, Plan, search.Page]:
+        """In one worker thread: admit, parse, admit the included types, then (only then) search."""
+        principal = api.gate.check(authorization, [(res_type, "search")])
+        if refused is not None:
+            raise refused
+        plan = _plan(api, request, res_type, pairs)
+        included = sorted({t for _, _, t in plan.includes} | {s for s, _ in plan.revincludes})
+        if included:
+            api.gate.check(authorization, [(t, "read") for t in included])
+        return principal, plan, api.db.read(lambda c: search.run(c, plan))
+
+    principal, plan, page = await asyncio.get_running_loop().run_in_executor(None, work)
     served = [f"{s.res_type}/{s.res_id}" for s in (*page.matches, *page.included)]
     query = "&".join(f"{k}={v}" for k, v in pairs)
     await api.gate.audit(principal, request, "fhir.search", res_type, _patient_of(pairs)[:128], served, query)
