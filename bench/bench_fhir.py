@@ -170,11 +170,12 @@ def measure(base: str, study_count: int, patient_count: int, requests: int, clie
             "reads_per_s": reads_per_second(base, ids, clients, seconds, study_path)}
 
 
-def start_engine(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_engine(workdir: Path, port: int, synchronous: str = "FULL") -> subprocess.Popen[bytes]:
     config = workdir / "config"
     (config / "channels").mkdir(parents=True, exist_ok=True)
     (config / "engine.yaml").write_text(
         f"data_dir: {workdir / 'var'}\ndicom: {{enabled: false}}\nlogging: {{level: WARNING}}\n"
+        f"database: {{sqlite_synchronous: {synchronous}}}\n"
         f"http: {{enabled: true, port: {port}, auth: development-no-auth, max_connections: 512,"
         " fhir: {dicomweb_base: 'https://pacs.example/dicom-web'}}\n")
     log = open(workdir / "engine.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -194,7 +195,7 @@ def run_radbridge(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         built = build(db, args.studies, args.patients)
         db.close()
     port = free_port()
-    proc = start_engine(workdir, port)
+    proc = start_engine(workdir, port, args.synchronous)
     try:
         figures = measure(f"http://127.0.0.1:{port}/fhir", args.studies, args.patients, args.requests, args.clients,
                           args.seconds, lambda p: f"Patient/{p}", lambda u: f"ImagingStudy/{u}")
@@ -213,6 +214,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
+                        help="the engine's database.sqlite_synchronous (audit rows are committed before each answer)")
     parser.add_argument("--reuse", type=Path, help="a directory whose var/ an earlier run built: measure only")
     parser.add_argument("--sekmet", type=int, default=0, help="also load N studies into sekmet-fhir and compare")
     args = parser.parse_args()

@@ -12,9 +12,8 @@ unaudited disclosure.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from sqlalchemy import Connection
 from starlette.requests import Request
@@ -24,10 +23,9 @@ from engine.audit import Actor, record
 from engine.auth import AuthFailure, Authorizer, Interaction, Principal
 from engine.store.database import Database
 
-__all__ = ["Gate"]
+__all__ = ["Gate", "peer_of"]
 
 _OUTCOME_CODES = {401: "login", 403: "forbidden"}
-T = TypeVar("T")
 
 
 def _quoted(text: str) -> str:
@@ -59,22 +57,32 @@ class Gate:
         """:meth:`check` off the event loop (an authorizer may look a token up)."""
         return await asyncio.to_thread(self.check, request.headers.get("authorization"), wanted)
 
-    async def then_read(self, request: Request, wanted: Sequence[tuple[str, Interaction]],
-                        fn: Callable[[Connection], T]) -> tuple[Principal, T]:
-        """:meth:`check`, then (only if it passed) ``fn`` in a read transaction, in one worker thread."""
-        authorization = request.headers.get("authorization")
+    def record(self, principal: Principal, peer: str, action: str, res_type: str, object_id: str,
+               served: list[str], query: str = "") -> None:
+        """Commit the audit row of one disclosure, blocking (a worker thread), before the response leaves.
 
-        def work() -> tuple[Principal, T]:
-            principal = self.check(authorization, wanted)
-            return principal, self.db.read(fn)
+        Committed in this thread when the writer is idle (no hand-over to its thread and back),
+        else through the writer's group commit; a failure raises (StoreUnavailable: 503).
+        """
+        detail = {"client_id": principal.client_id, "token_id": principal.token_id, "remote": peer,
+                  "resources": served, "query": query}
+        actor = replace(self.actor, user=principal.client_id)
 
-        return await asyncio.get_running_loop().run_in_executor(None, work)
+        def write(conn: Connection) -> None:
+            record(conn, action, res_type, object_id, detail, actor)
+
+        done, outcome = self.db.writer.run_inline(write)
+        if not done:
+            self.db.writer.call(write)
+        elif isinstance(outcome, BaseException):
+            raise outcome
 
     async def audit(self, principal: Principal, request: Request, action: str, res_type: str, object_id: str,
                     served: list[str], query: str = "") -> None:
-        """Commit the audit row of one disclosure (blocking the response until durable)."""
-        peer = request.client
-        detail = {"client_id": principal.client_id, "token_id": principal.token_id,
-                  "remote": f"{peer.host}:{peer.port}" if peer else "", "resources": served, "query": query}
-        actor = replace(self.actor, user=principal.client_id)
-        await self.db.writer.run(lambda c: record(c, action, res_type, object_id, detail, actor))
+        """:meth:`record` from the event loop (off it, in a worker thread)."""
+        await asyncio.to_thread(self.record, principal, peer_of(request), action, res_type, object_id, served, query)
+
+
+def peer_of(request: Request) -> str:
+    """``host:port`` of the caller, for the audit trail."""
+    return f"{request.client.host}:{request.client.port}" if request.client else ""

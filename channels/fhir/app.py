@@ -24,11 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from channels.fhir.access import Gate
+from channels.fhir.access import Gate, peer_of
 from channels.fhir.bundle import history_bundle, search_bundle
 from channels.fhir.capability import capability_statement
 from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
-from engine.auth import Principal
 from engine.errors import StoreUnavailable
 from engine.fhir import search
 from engine.fhir.query import MAX_COUNT, Plan, SearchError, parse
@@ -131,14 +130,23 @@ def _version_headers(stored: search.Stored) -> dict[str, str]:
 async def _read(api: _Api, request: Request) -> Response:
     res_type, res_id = _res_type(request), _res_id(request)
     _read_params(request, _READ_PARAMS)
-    principal, stored = await api.gate.then_read(request, [(res_type, "read")],
-                                                 lambda c: search.read(c, res_type, res_id))
-    if stored is None:
-        raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
+    authorization, peer = request.headers.get("authorization"), peer_of(request)
+
+    def work() -> tuple[search.Stored, bool]:
+        """In one worker thread: admit, then (only then) read, then audit what is disclosed."""
+        principal = api.gate.check(authorization, [(res_type, "read")])
+        stored = api.db.read(lambda c: search.read(c, res_type, res_id))
+        if stored is None:
+            raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
+        if _not_modified(request, stored):
+            return stored, True
+        api.gate.record(principal, peer, "fhir.read", res_type, res_id, [f"{res_type}/{res_id}"])
+        return stored, False
+
+    stored, unchanged = await asyncio.get_running_loop().run_in_executor(None, work)
     headers = _version_headers(stored)
-    if _not_modified(request, stored):
+    if unchanged:
         return Response(status_code=304, headers=headers)
-    await api.gate.audit(principal, request, "fhir.read", res_type, res_id, [f"{res_type}/{res_id}"])
     return fhir_response(stored.json, headers=headers)
 
 
@@ -204,8 +212,10 @@ async def _search(api: _Api, request: Request) -> Response:
         pairs, refused = [], exc
     authorization = request.headers.get("authorization")
 
-    def work() -> tuple[Principal, Plan, search.Page]:
-        """In one worker thread: admit, parse, admit the included types, then (only then) search."""
+    peer = peer_of(request)
+
+    def work() -> tuple[Plan, search.Page]:
+        """In one worker thread: admit, parse, admit the included types, then (only then) search, then audit."""
         principal = api.gate.check(authorization, [(res_type, "search")])
         if refused is not None:
             raise refused
@@ -213,12 +223,13 @@ async def _search(api: _Api, request: Request) -> Response:
         included = sorted({t for _, _, t in plan.includes} | {s for s, _ in plan.revincludes})
         if included:
             api.gate.check(authorization, [(t, "read") for t in included])
-        return principal, plan, api.db.read(lambda c: search.run(c, plan))
+        page = api.db.read(lambda c: search.run(c, plan))
+        served = [f"{s.res_type}/{s.res_id}" for s in (*page.matches, *page.included)]
+        query = "&".join(f"{k}={v}" for k, v in pairs)
+        api.gate.record(principal, peer, "fhir.search", res_type, _patient_of(pairs)[:128], served, query)
+        return plan, page
 
-    principal, plan, page = await asyncio.get_running_loop().run_in_executor(None, work)
-    served = [f"{s.res_type}/{s.res_id}" for s in (*page.matches, *page.included)]
-    query = "&".join(f"{k}={v}" for k, v in pairs)
-    await api.gate.audit(principal, request, "fhir.search", res_type, _patient_of(pairs)[:128], served, query)
+    plan, page = await asyncio.get_running_loop().run_in_executor(None, work)
     return fhir_response(search_bundle(api.base(request), plan, page))
 
 
