@@ -155,19 +155,23 @@ def reads_per_second(base: str, ids: list[str], clients: int, seconds: float, pa
     return round(sum(done) / (time.perf_counter() - started), 1)
 
 
-def measure(base: str, study_count: int, patient_count: int, requests: int, clients: int, seconds: float,
+def measure(base: str, uids: list[str], patient_count: int, requests: int, clients: int, seconds: float,
             patient_ref: Callable[[int], str], study_path: Callable[[str], str]) -> dict[str, Any]:
+    """p50/p99 of the two searches and of 100-entry pages, reads/s; ``uids``: the studies served."""
     rng = random.Random(1)
     client = Client(base)
     timed(client, ["ImagingStudy?_count=1"] * 20)  # warm-up
     by_patient = timed(client, [f"ImagingStudy?patient={patient_ref(rng.randrange(1, patient_count + 1))}"
                                 for _ in range(requests)])
-    by_uid = timed(client, [f"ImagingStudy?identifier=urn:oid:{uid(rng.randrange(study_count))}"
-                            for _ in range(requests)])
+    by_uid = timed(client, [f"ImagingStudy?identifier=urn:oid:{rng.choice(uids)}" for _ in range(requests)])
     page = pages(client, "ImagingStudy?modality=CT&_count=100", max(20, requests // 20))
-    ids = [uid(rng.randrange(study_count)) for _ in range(2000)]
+    ids = [rng.choice(uids) for _ in range(2000)]
+    sample = rng.choice(uids)
+    found = {"patient": len(json.loads(client.get(f"ImagingStudy?patient={patient_ref(1)}")[1]).get("entry", [])),
+             "identifier": len(json.loads(client.get(f"ImagingStudy?identifier=urn:oid:{sample}")[1])
+                               .get("entry", []))}
     return {"patient": percentiles(by_patient), "identifier": percentiles(by_uid), "page100": percentiles(page),
-            "reads_per_s": reads_per_second(base, ids, clients, seconds, study_path)}
+            "reads_per_s": reads_per_second(base, ids, clients, seconds, study_path), "entries_found": found}
 
 
 def start_engine(workdir: Path, port: int, synchronous: str = "FULL") -> subprocess.Popen[bytes]:
@@ -197,8 +201,9 @@ def run_radbridge(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     port = free_port()
     proc = start_engine(workdir, port, args.synchronous)
     try:
-        figures = measure(f"http://127.0.0.1:{port}/fhir", args.studies, args.patients, args.requests, args.clients,
-                          args.seconds, lambda p: f"Patient/{p}", lambda u: f"ImagingStudy/{u}")
+        figures = measure(f"http://127.0.0.1:{port}/fhir", [uid(n) for n in range(args.studies)], args.patients,
+                          args.requests, args.clients, args.seconds, lambda p: f"Patient/{p}",
+                          lambda u: f"ImagingStudy/{u}")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -224,7 +229,7 @@ def main() -> None:
         if args.sekmet:
             from bench.sekmet_peer import run_sekmet
 
-            results["sekmet"] = run_sekmet(args, Path(tmp) / "sekmet", measure, uid)
+            results["sekmet"] = run_sekmet(args, Path(tmp) / "sekmet", measure)
             results["ratios"] = {k: round(results["sekmet"][k]["p50_ms"] / results["radbridge"][k]["p50_ms"], 1)
                                  for k in ("patient", "identifier", "page100")}
             results["ratios"]["reads_per_s"] = round(results["radbridge"]["reads_per_s"]
