@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,8 +114,12 @@ def _any_pending(conn: Connection) -> bool:
 class Projector:
     """The engine's projector task: polls for pending rows and projects them until stopped."""
 
-    def __init__(self, db: Database, settings: FhirSettings, interval: float = 0.2, batch: int = 500) -> None:
+    def __init__(self, db: Database, settings: FhirSettings, interval: float = 0.5, batch: int = 1000,
+                 yield_ratio: float = 3.0) -> None:
+        """``yield_ratio``: after a cycle that leaves more work, pause that many times its duration, so that
+        the projector takes at most 1/(1+ratio) of the process while messages arrive (they come first)."""
         self.db, self.settings, self.interval, self.batch = db, settings, interval, batch
+        self.yield_ratio = yield_ratio
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -130,13 +135,15 @@ class Projector:
     async def _run(self) -> None:
         batch, narrow = self.batch, 0
         while not self._stop.is_set():
+            pause = self.interval
             try:
                 if await self.db.read_async(_any_pending):
+                    started = time.monotonic()
                     consumed, _ = await asyncio.to_thread(_cycle, self.db, self.settings, batch)
                     narrow = max(0, narrow - consumed)
                     batch = 1 if narrow else self.batch
-                    if consumed == batch:
-                        continue  # more waiting: no pause
+                    if consumed == batch:  # more waiting: go on, but leave the receive path its share
+                        pause = (time.monotonic() - started) * self.yield_ratio
             except Exception:
                 if batch > 1:  # find the row that fails: the next rows one at a time
                     log.warning("FHIR projector cycle failed; retrying its changes one at a time", exc_info=True)
@@ -144,7 +151,7 @@ class Projector:
                     continue
                 await self._skip_failing()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval)
+                await asyncio.wait_for(self._stop.wait(), pause)
 
     async def _skip_failing(self) -> None:
         """Drop the first pending row, which fails alone, so one bad row cannot stop every resource."""
