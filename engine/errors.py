@@ -12,6 +12,10 @@ at the boundary where they enter::
     ├── ArchiveUnavailable          a storage location cannot take a file (full, unwritable)
     │   └── CopyMissing             a copy the index names is not in its location
     ├── MalformedDataset            a received DICOM dataset cannot be parsed
+    ├── SearchError                 a FHIR search the server cannot run (engine.fhir.query; 400)
+    ├── ApiError                    a FHIR request answered with a status and an OperationOutcome
+    │                               (channels.fhir.outcome)
+    ├── AuthFailure                 401/403 from an Authorizer (engine.auth)
     ├── DeliveryError               one outbound attempt failed
     │   ├── RetryableDelivery       try again later (timeout, AE/CE, 5xx, refused)
     │   └── PermanentDelivery       never retry (AR/CR, 4xx)

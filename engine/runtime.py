@@ -64,6 +64,9 @@ class Runtime:
     scheduler: AsyncIOScheduler | None = None
     dicom: Any = None
     archive: Any = None  # engine.archive.archive.Archive when C-STORE is on
+    http: Any = None  # channels.fhir.server.HttpServer
+    projector: Any = None  # engine.fhir.projector.Projector
+    authorizer: Any = None  # an engine.auth.Authorizer; None: chosen by http.auth
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
@@ -107,7 +110,7 @@ class Runtime:
         self.scheduler.start()
         if cfg.dicom.enabled:
             await self._start_dicom()
-        log.info("HTTP API (http: %s:%s) not served in this version: nothing listens", cfg.http.host, cfg.http.port)
+        await self._start_fhir()
         _log_report_receivers(self.config)
         for channel in self.config.channels:
             if channel.enabled:
@@ -128,6 +131,20 @@ class Runtime:
                                f" {exc.strerror or exc}"]) from exc
         log.info("DICOM worklist/MPPS listening on %s:%s as %s", cfg.dicom.host, self.dicom.port,
                  cfg.dicom.ae_title)
+
+    async def _start_fhir(self) -> None:
+        from channels.fhir.wiring import start_http, start_projector
+
+        assert self.db is not None
+        self.projector = await start_projector(self.config.engine, self.db)
+        if self.config.engine.http.enabled:
+            try:
+                self.http = await start_http(self.config.engine, self.db, self.authorizer)
+            except OSError as exc:
+                where = self.config.where(self.config.engine_file, ("http", "port"))
+                http = self.config.engine.http
+                raise ConfigError([f"{where}: cannot listen on {http.host}:{http.port}:"
+                                   f" {exc.strerror or exc}"]) from exc
 
     async def _poll_outbox(self) -> None:
         self._wake()
@@ -233,6 +250,12 @@ class Runtime:
         """Stop listeners, then the scheduler and worker, then the store."""
         for server in self.servers.values():
             await server.stop()
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
+        if self.projector is not None:
+            await self.projector.stop()
+            self.projector = None
         if self.dicom is not None:
             await asyncio.to_thread(self.dicom.stop)
             self.dicom = None

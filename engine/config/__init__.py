@@ -101,6 +101,9 @@ def _listeners(config: Config) -> list[tuple[str, str, int, str]]:
     dicom = config.engine.dicom
     if dicom.enabled and dicom.port:
         out.append((config.where(config.engine_file, ("dicom", "port")), dicom.host, dicom.port, "the DICOM listener"))
+    http = config.engine.http
+    if http.enabled and http.port:
+        out.append((config.where(config.engine_file, ("http", "port")), http.host, http.port, "the FHIR API"))
     for ch in config.channels:
         if ch.enabled and ch.source.port:
             out.append((config.channel_where(ch, ("source", "port")), ch.source.host, ch.source.port,

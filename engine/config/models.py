@@ -24,6 +24,7 @@ __all__ = [
     "DicomDestinationConfig",
     "DuplicatesConfig",
     "EngineConfig",
+    "FhirConfig",
     "FieldCondition",
     "FilterConfig",
     "HTTPDestinationConfig",
@@ -437,11 +438,35 @@ class ReconcileConfig(_Model):
     )
 
 
+class FhirConfig(_Model):
+    """What the FHIR resources say beyond the domain data (docs/fhir.md)."""
+
+    dicomweb_base: str | None = Field(
+        None, pattern=r"^https?://\S+$",
+        description="DICOMweb (WADO-RS) base URL: served as Endpoint/dicomweb and ImagingStudy.endpoint")
+    identifier_systems: dict[str, str] = Field(
+        default_factory=dict, description="HL7/DICOM assigning authority or namespace -> FHIR identifier system URI")
+    accession_system: str = Field("urn:radbridge:accession", description="identifier system of accession numbers "
+                                  "without an issuer")
+    patient_id_system: str = Field("urn:radbridge:patient-id", description="identifier system of patient ids "
+                                   "without an issuer")
+
+
 class HTTPConfig(_Model):
-    """The HTTP API (FHIR facade, health)."""
+    """The HTTP API (FHIR facade)."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    enabled: bool = Field(False, description="serve the FHIR API on host:port (the shipped engine.yaml turns it on)")
+    auth: Literal["smart", "development-no-auth"] = Field(
+        "smart", description="smart: OAuth2 bearer tokens (engine.auth); development-no-auth: anybody may read "
+        "everything, for development and tests only")
+    tls: TLSConfig | None = None
+    max_connections: int = Field(256, ge=1, description="open connections and requests; beyond it 503")
+    keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
+    public_base_url: str | None = Field(
+        None, pattern=r"^https?://\S+$", description="base URL in links (fullUrl, next); default: from the request")
+    fhir: FhirConfig = Field(default_factory=FhirConfig)
 
 
 class AuthConfig(_Model):

@@ -72,6 +72,8 @@ def tls_settings(config: Config) -> Iterator[tuple[Path, Loc, TLSConfig, bool]]:
     engine = config.engine
     if engine.dicom.tls is not None:
         yield config.engine_file, ("dicom", "tls"), engine.dicom.tls, True
+    if engine.http.tls is not None:
+        yield config.engine_file, ("http", "tls"), engine.http.tls, True
     for i, d in enumerate(engine.destinations):
         if d.tls is not None:
             yield config.engine_file, ("destinations", i, "tls"), d.tls, False

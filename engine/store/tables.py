@@ -5,5 +5,6 @@ import engine.auth.tables
 import engine.domain.instance_tables
 import engine.domain.reconcile_tables
 import engine.domain.report_tables
-import engine.domain.tables  # noqa: F401
+import engine.domain.tables
+import engine.fhir.tables  # noqa: F401
 from engine.store import schema  # noqa: F401

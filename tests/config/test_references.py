@@ -153,3 +153,12 @@ def test_a_receiver_and_a_destination_of_one_name_clash(tmp_path):
           _reports("    - {name: ehr, mllp: '127.0.0.1:2599'}\n"))
     (found,) = problems(tmp_path)
     assert "name 'ehr' is also used in" in found
+
+
+def test_the_fhir_api_port_and_tls_files_are_checked(tmp_path):
+    engine = (f"http:\n  enabled: true\n  port: 2575\n  tls:\n    cert_file: {tmp_path}/no.pem\n"
+              f"    key_file: {tmp_path}/no.key\n")
+    write(tmp_path, channel(), engine)
+    found = problems(tmp_path)
+    assert any(p.endswith("http.tls.cert_file: file not found: " + f"{tmp_path}/no.pem") for p in found), found
+    assert any("2575 is already used by" in p for p in found), found

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port, need, wait_for_port
@@ -155,11 +156,16 @@ def test_the_readme_quick_start_works_as_written(shipped: Engine) -> None:
     assert status.returncode == 0 and "ris-inbound" in status.stdout, status.stdout
 
 
-def test_the_log_names_what_listens_and_that_http_does_not(shipped: Engine) -> None:
+def test_the_log_names_what_listens_and_the_fhir_api_refuses_phi_without_a_token(shipped: Engine) -> None:
     log = shipped.log.read_text()
     assert f"listening for MLLP on 127.0.0.1:{shipped.mllp}" in log
     assert f"DICOM worklist/MPPS listening on 127.0.0.1:{shipped.dicom} as RADBRIDGE" in log
-    assert "HTTP API" in log and "not served" in log and shipped.env["RADBRIDGE_HTTP_PORT"] in log
+    port = shipped.env["RADBRIDGE_HTTP_PORT"]
+    assert f"FHIR R4 API listening on 127.0.0.1:{port} at /fhir (auth: smart)" in log
+    base = f"http://127.0.0.1:{port}/fhir"
+    assert httpx.get(f"{base}/metadata", timeout=10).json()["fhirVersion"] == "4.0.1"
+    refused = httpx.get(f"{base}/ImagingStudy", timeout=10)
+    assert refused.status_code == 401 and refused.json()["resourceType"] == "OperationOutcome"
 
 
 def test_oru_is_refused_and_kept_and_makes_no_worklist_entry(shipped: Engine, tmp_path: Path) -> None:

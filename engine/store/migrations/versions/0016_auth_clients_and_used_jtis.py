@@ -17,7 +17,7 @@ from alembic import op
 import engine.store.schema
 
 revision: str = '0016'
-down_revision: str | None = '0014'
+down_revision: str | None = '0015'
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 

@@ -1,0 +1,241 @@
+"""FHIR API benchmark: ImagingStudy searches and reads over HTTP against a running engine.
+
+    .venv/bin/python -m bench.bench_fhir [--studies 100000] [--patients 20000] [--requests 1000]
+                                          [--clients 4] [--seconds 10] [--sekmet N]
+
+1. ``--studies`` studies with two series each (and their patients, orders and steps) are
+   written to the domain tables of a fresh SQLite database; the FHIR projector builds every
+   resource (its rate is printed), then ``radbridge run`` serves them (``development-no-auth``:
+   the real authorizer is not on this branch; every request still writes its audit row).
+2. Over HTTP/1.1 keep-alive (``http.client``, one connection per client thread):
+   ``ImagingStudy?patient=`` and ``?identifier=urn:oid:`` p50/p99 (sequential), a 100-entry
+   page (``_count=100``, following ``next`` links), and reads/s from ``--clients`` threads.
+3. ``--sekmet N``: the same searches on N of the studies in sekmet-fhir (a FastAPI FHIR server,
+   installed into ``.peers/sekmet`` on first use), side by side, with the ratios.
+Figures are printed; this is not a pass/fail gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import insert
+
+from engine.domain.tables import orders, patients, procedure_steps, series, studies
+from engine.fhir.model import FhirSettings
+from engine.fhir.projector import project_all
+from engine.store.database import Database
+from tests.conftest import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime.now(UTC)
+MODALITIES = ("CT", "MR", "US", "CR", "DX")
+
+
+def uid(n: int) -> str:
+    return f"1.2.826.0.1.3680043.10.54.{n}"
+
+
+def _rows(start: int, end: int, patient_count: int) -> dict[Any, list[dict[str, Any]]]:
+    rows: dict[Any, list[dict[str, Any]]] = {orders: [], procedure_steps: [], studies: [], series: []}
+    for n in range(start, end):
+        patient = n % patient_count + 1
+        modality = MODALITIES[n % len(MODALITIES)]
+        day = f"2026{1 + n % 12:02d}{1 + n % 28:02d}"
+        rows[orders].append({"id": n + 1, "patient_pk": patient, "order_key": f"k{n}", "placer_order_number": f"PL{n}",
+                             "accession_number": f"A{n}", "study_instance_uid": uid(n),
+                             "requested_procedure_description": f"{modality} exam", "created_at": NOW,
+                             "updated_at": NOW})
+        rows[procedure_steps].append({"order_pk": n + 1, "status": "COMPLETED", "modality": modality,
+                                      "start_datetime": f"{day}093000", "created_at": NOW, "updated_at": NOW})
+        rows[studies].append({"id": n + 1, "study_instance_uid": uid(n), "patient_pk": patient, "order_pk": n + 1,
+                              "accession_number": f"A{n}", "number_of_series": 2, "number_of_instances": 60,
+                              "modalities_in_study": modality, "study_date": day, "study_time": "093000",
+                              "first_seen_at": NOW, "last_seen_at": NOW})
+        for s in (1, 2):
+            rows[series].append({"study_pk": n + 1, "series_instance_uid": f"{uid(n)}.{s}", "modality": modality,
+                                 "series_number": s, "number_of_instances": 30, "first_seen_at": NOW,
+                                 "last_seen_at": NOW})
+    return rows
+
+
+def build(db: Database, study_count: int, patient_count: int) -> dict[str, float]:
+    """Write the domain rows, then project them; seconds for each."""
+    started = time.perf_counter()
+    people = [{"id": p, "patient_id": f"MRN{p}", "issuer": "HOSP", "patient_name": f"PATIENT^{p}", "sex": "F",
+               "birth_date": "19700101", "created_at": NOW, "updated_at": NOW} for p in range(1, patient_count + 1)]
+    db.writer.call(lambda c: c.execute(insert(patients), people))
+    for start in range(0, study_count, 5000):
+        chunk = _rows(start, min(start + 5000, study_count), patient_count)
+        db.writer.call(lambda c, chunk=chunk: [c.execute(insert(t), r) for t, r in chunk.items()])
+    written = time.perf_counter()
+    project_all(db, FhirSettings(UTC, dicomweb_base="https://pacs.example/dicom-web"), batch=20000)
+    return {"domain_rows_s": written - started, "projection_s": time.perf_counter() - written}
+
+
+class Client:
+    """One keep-alive HTTP connection."""
+
+    def __init__(self, base: str) -> None:
+        parts = urlsplit(base)
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+        self.prefix = parts.path
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.conn.request("GET", path if path.startswith("/") else f"{self.prefix}/{path}",
+                          headers={"Accept": "application/fhir+json"})
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+
+def timed(client: Client, paths: list[str]) -> list[float]:
+    """Milliseconds per request, sequentially."""
+    found = []
+    for path in paths:
+        started = time.perf_counter()
+        status, body = client.get(path)
+        found.append((time.perf_counter() - started) * 1000)
+        assert status == 200, (path, status, body[:200])
+    return found
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    ordered = sorted(ms)
+    return {"p50_ms": round(statistics.median(ordered), 2),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2), "n": len(ordered)}
+
+
+def pages(client: Client, first: str, count: int) -> list[float]:
+    """Milliseconds per 100-entry page, following next links."""
+    found, path = [], first
+    while path and len(found) < count:
+        started = time.perf_counter()
+        status, body = client.get(path)
+        found.append((time.perf_counter() - started) * 1000)
+        bundle = json.loads(body)
+        assert status == 200 and len(bundle.get("entry", [])) == 100, (status, body[:200])
+        path = next((urlsplit(link["url"]).path + "?" + urlsplit(link["url"]).query for link in bundle["link"]
+                     if link["relation"] == "next"), "")
+    return found
+
+
+def reads_per_second(base: str, ids: list[str], clients: int, seconds: float, path: Callable[[str], str]) -> float:
+    done = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def work(k: int) -> None:
+        client, rng = Client(base), random.Random(k)
+        while time.perf_counter() < stop:
+            status, _ = client.get(path(rng.choice(ids)))
+            assert status == 200
+            done[k] += 1
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return round(sum(done) / (time.perf_counter() - started), 1)
+
+
+def measure(base: str, uids: list[str], patient_count: int, requests: int, clients: int, seconds: float,
+            patient_ref: Callable[[int], str], study_path: Callable[[str], str]) -> dict[str, Any]:
+    """p50/p99 of the two searches and of 100-entry pages, reads/s; ``uids``: the studies served."""
+    rng = random.Random(1)
+    client = Client(base)
+    timed(client, ["ImagingStudy?_count=1"] * 20)  # warm-up
+    by_patient = timed(client, [f"ImagingStudy?patient={patient_ref(rng.randrange(1, patient_count + 1))}"
+                                for _ in range(requests)])
+    by_uid = timed(client, [f"ImagingStudy?identifier=urn:oid:{rng.choice(uids)}" for _ in range(requests)])
+    page = pages(client, "ImagingStudy?modality=CT&_count=100", max(20, requests // 20))
+    ids = [rng.choice(uids) for _ in range(2000)]
+    sample = rng.choice(uids)
+    found = {"patient": len(json.loads(client.get(f"ImagingStudy?patient={patient_ref(1)}")[1]).get("entry", [])),
+             "identifier": len(json.loads(client.get(f"ImagingStudy?identifier=urn:oid:{sample}")[1])
+                               .get("entry", []))}
+    return {"patient": percentiles(by_patient), "identifier": percentiles(by_uid), "page100": percentiles(page),
+            "reads_per_s": reads_per_second(base, ids, clients, seconds, study_path), "entries_found": found}
+
+
+def start_engine(workdir: Path, port: int, synchronous: str = "FULL") -> subprocess.Popen[bytes]:
+    config = workdir / "config"
+    (config / "channels").mkdir(parents=True, exist_ok=True)
+    (config / "engine.yaml").write_text(
+        f"data_dir: {workdir / 'var'}\ndicom: {{enabled: false}}\nlogging: {{level: WARNING}}\n"
+        f"database: {{sqlite_synchronous: {synchronous}}}\n"
+        f"http: {{enabled: true, port: {port}, auth: development-no-auth, max_connections: 512,"
+        " fhir: {dicomweb_base: 'https://pacs.example/dicom-web'}}\n")
+    log = open(workdir / "engine.log", "ab")  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(config), "run"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port, proc=proc, timeout=120)
+    return proc
+
+
+def run_radbridge(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    if args.reuse is not None:  # a data directory an earlier run built (same --studies/--patients)
+        workdir, built = args.reuse, {"domain_rows_s": 0.0, "projection_s": 0.0}
+    else:
+        (workdir / "var").mkdir(mode=0o700, parents=True)
+        db = Database(f"sqlite:///{workdir / 'var' / 'radbridge.db'}", "NORMAL")
+        db.migrate()
+        built = build(db, args.studies, args.patients)
+        db.close()
+    port = free_port()
+    proc = start_engine(workdir, port, args.synchronous)
+    try:
+        figures = measure(f"http://127.0.0.1:{port}/fhir", [uid(n) for n in range(args.studies)], args.patients,
+                          args.requests, args.clients, args.seconds, lambda p: f"Patient/{p}",
+                          lambda u: f"ImagingStudy/{u}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    resources = 2 * args.studies + args.patients
+    rate = round(resources / built["projection_s"]) if built["projection_s"] else None
+    return {**figures, "build": {**{k: round(v, 1) for k, v in built.items()}, "projected_resources_per_s": rate}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studies", type=int, default=100_000)
+    parser.add_argument("--patients", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
+                        help="the engine's database.sqlite_synchronous (audit rows are committed before each answer)")
+    parser.add_argument("--reuse", type=Path, help="a directory whose var/ an earlier run built: measure only")
+    parser.add_argument("--sekmet", type=int, default=0, help="also load N studies into sekmet-fhir and compare")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-fhir-") as tmp:
+        results: dict[str, Any] = {"radbridge": run_radbridge(args, Path(tmp) / "radbridge")}
+        if args.sekmet:
+            from bench.sekmet_peer import run_sekmet
+
+            results["sekmet"] = run_sekmet(args, Path(tmp) / "sekmet", measure)
+            results["ratios"] = {k: round(results["sekmet"][k]["p50_ms"] / results["radbridge"][k]["p50_ms"], 1)
+                                 for k in ("patient", "identifier", "page100")}
+            results["ratios"]["reads_per_s"] = round(results["radbridge"]["reads_per_s"]
+                                                     / results["sekmet"]["reads_per_s"], 1)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

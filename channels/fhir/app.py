@@ -1,0 +1,281 @@
+"""The starlette application: ``/fhir`` metadata, read, vread, history and search (GET and POST).
+
+Every handler of PHI runs in this order: the type is one we serve → the caller is
+admitted for it (:class:`~channels.fhir.access.Gate`) → the request is parsed → the
+data is read → the disclosure is audited → the stored JSON is sent. Every error is an
+OperationOutcome with its status (400, 401, 403, 404, 406, 415, 503); anything
+unexpected is a 500 OperationOutcome without a traceback (the log has it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from channels.fhir.access import Gate, peer_of
+from channels.fhir.bundle import history_bundle, search_bundle
+from channels.fhir.capability import capability_statement
+from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
+from engine.errors import StoreUnavailable
+from engine.fhir import search
+from engine.fhir.query import MAX_COUNT, Plan, SearchError, parse
+from engine.fhir.registry import by_type
+from engine.store.database import Database
+
+__all__ = ["ApiSettings", "create_app"]
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_READ_PARAMS = {"_format", "_pretty"}
+_JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
+_FORM = "application/x-www-form-urlencoded"
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """What the API needs besides the store and the gate."""
+
+    site_zone: tzinfo
+    public_base_url: str | None = None
+    auth_description: str = "SMART Backend Services (OAuth2 client credentials)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Api:
+    db: Database
+    gate: Gate
+    settings: ApiSettings
+    started: datetime
+
+    def base(self, request: Request) -> str:
+        if self.settings.public_base_url:
+            return self.settings.public_base_url.rstrip("/")
+        return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def _lenient(request: Request) -> bool:
+    prefer = request.headers.get("prefer", "")
+    return any(p.strip().replace(" ", "") == "handling=lenient" for p in prefer.split(","))
+
+
+def _check_accept(request: Request) -> None:
+    accept = request.headers.get("accept", "")
+    wanted = {a.split(";")[0].strip().lower() for a in accept.split(",") if a.strip()}
+    if wanted and not wanted & {"*/*", "application/*", "application/json", "application/fhir+json", "json"}:
+        raise ApiError(406, "not-supported", f"this server answers only FHIR JSON, not {accept}")
+
+
+def _res_type(request: Request) -> str:
+    res_type = str(request.path_params["res_type"])
+    if by_type(res_type) is None:
+        raise ApiError(404, "not-supported", f"resource type {res_type!r} is not served here")
+    return res_type
+
+
+def _res_id(request: Request) -> str:
+    res_id = str(request.path_params["res_id"])
+    if not _ID.match(res_id):
+        raise ApiError(404, "not-found", "no resource has this id (ids are 1-64 of A-Z a-z 0-9 - .)")
+    return res_id
+
+
+def _read_params(request: Request, allowed: set[str]) -> dict[str, str]:
+    params = dict(request.query_params)
+    unknown = sorted(set(params) - allowed)
+    if unknown and not _lenient(request):
+        raise ApiError(400, "not-supported", f"parameter(s) not supported here: {', '.join(unknown)}")
+    if params.get("_format", "json") not in _JSON_FORMATS:
+        raise ApiError(406, "not-supported", "this server answers only FHIR JSON")
+    return params
+
+
+def _http_date(last_updated: str) -> str:
+    return format_datetime(datetime.fromisoformat(last_updated.replace("Z", "+00:00")), usegmt=True)
+
+
+def _not_modified(request: Request, stored: search.Stored) -> bool:
+    etag = f'W/"{stored.version_id}"'
+    match = request.headers.get("if-none-match")
+    if match is not None:
+        return any(m.strip() in (etag, f'"{stored.version_id}"', "*") for m in match.split(","))
+    since = request.headers.get("if-modified-since")
+    if since is None:
+        return False
+    try:
+        when = parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False
+    changed = datetime.fromisoformat(stored.last_updated.replace("Z", "+00:00")).replace(microsecond=0)
+    return when.tzinfo is not None and changed <= when
+
+
+def _version_headers(stored: search.Stored) -> dict[str, str]:
+    return {"ETag": f'W/"{stored.version_id}"', "Last-Modified": _http_date(stored.last_updated)}
+
+
+async def _read(api: _Api, request: Request) -> Response:
+    res_type, res_id = _res_type(request), _res_id(request)
+    _read_params(request, _READ_PARAMS)
+    authorization, peer = request.headers.get("authorization"), peer_of(request)
+
+    def work() -> tuple[search.Stored, bool]:
+        """In one worker thread: admit, then (only then) read, then audit what is disclosed."""
+        principal = api.gate.check(authorization, [(res_type, "read")])
+        stored = api.db.read(lambda c: search.read(c, res_type, res_id))
+        if stored is None:
+            raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
+        if _not_modified(request, stored):
+            return stored, True
+        api.gate.record(principal, peer, "fhir.read", res_type, res_id, [f"{res_type}/{res_id}"])
+        return stored, False
+
+    stored, unchanged = await asyncio.get_running_loop().run_in_executor(None, work)
+    headers = _version_headers(stored)
+    if unchanged:
+        return Response(status_code=304, headers=headers)
+    return fhir_response(stored.json, headers=headers)
+
+
+async def _vread(api: _Api, request: Request) -> Response:
+    res_type, res_id = _res_type(request), _res_id(request)
+    principal = await api.gate.admit(request, [(res_type, "read")])
+    _read_params(request, _READ_PARAMS)
+    text = str(request.path_params["version"])
+    version = int(text) if text.isdigit() and len(text) < 10 else -1
+    stored = await api.db.read_async(lambda c: search.vread(c, res_type, res_id, version))
+    if stored is None:
+        raise ApiError(404, "not-found", f"{res_type}/{res_id} has no version {text!r}")
+    await api.gate.audit(principal, request, "fhir.vread", res_type, res_id,
+                         [f"{res_type}/{res_id}/_history/{version}"])
+    return fhir_response(stored.json, headers=_version_headers(stored))
+
+
+async def _history(api: _Api, request: Request) -> Response:
+    res_type, res_id = _res_type(request), _res_id(request)
+    principal = await api.gate.admit(request, [(res_type, "read")])
+    params = _read_params(request, {*_READ_PARAMS, "_count"})
+    count = params.get("_count", str(MAX_COUNT))
+    if not count.isdigit():
+        raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
+    limit = max(1, min(int(count[:9]), MAX_COUNT))
+    versions = await api.db.read_async(lambda c: search.history(c, res_type, res_id, limit))
+    if versions is None:
+        raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
+    await api.gate.audit(principal, request, "fhir.history", res_type, res_id,
+                         [f"{res_type}/{res_id}/_history/{v.version_id}" for v in versions])
+    return fhir_response(history_bundle(api.base(request), versions, str(request.url)))
+
+
+async def _pairs(request: Request) -> list[tuple[str, str]]:
+    pairs = list(request.query_params.multi_items())
+    if request.method == "POST":
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != _FORM:
+            raise ApiError(415, "not-supported", f"POST _search takes {_FORM}, not {kind or 'no body type'}")
+        form = await request.form(max_files=0, max_fields=1000)
+        pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    return pairs
+
+
+def _patient_of(pairs: list[tuple[str, str]]) -> str:
+    """The patient a search is about, for the audit index (first patient/subject value)."""
+    return next((v for k, v in pairs if k.split(":")[0] in ("patient", "subject")), "")
+
+
+def _plan(api: _Api, request: Request, res_type: str, pairs: list[tuple[str, str]]) -> Plan:
+    try:
+        return parse(res_type, pairs, api.settings.site_zone, _lenient(request))
+    except SearchError as exc:
+        raise ApiError(400, exc.code, str(exc)) from exc
+
+
+async def _search(api: _Api, request: Request) -> Response:
+    res_type = _res_type(request)
+    refused: ApiError | None = None
+    try:
+        pairs = await _pairs(request)
+    except ApiError as exc:  # answered after the caller is admitted: 401/403 come first
+        pairs, refused = [], exc
+    authorization = request.headers.get("authorization")
+
+    peer = peer_of(request)
+
+    def work() -> tuple[Plan, search.Page]:
+        """In one worker thread: admit, parse, admit the included types, then (only then) search, then audit."""
+        principal = api.gate.check(authorization, [(res_type, "search")])
+        if refused is not None:
+            raise refused
+        plan = _plan(api, request, res_type, pairs)
+        included = sorted({t for _, _, t in plan.includes} | {s for s, _ in plan.revincludes})
+        if included:
+            api.gate.check(authorization, [(t, "read") for t in included])
+        page = api.db.read(lambda c: search.run(c, plan))
+        served = [f"{s.res_type}/{s.res_id}" for s in (*page.matches, *page.included)]
+        query = "&".join(f"{k}={v}" for k, v in pairs)
+        api.gate.record(principal, peer, "fhir.search", res_type, _patient_of(pairs)[:128], served, query)
+        return plan, page
+
+    plan, page = await asyncio.get_running_loop().run_in_executor(None, work)
+    return fhir_response(search_bundle(api.base(request), plan, page))
+
+
+async def _metadata(api: _Api, request: Request) -> Response:
+    _read_params(request, {*_READ_PARAMS, "mode"})
+    return fhir_response(capability_statement(api.base(request), api.started, api.settings.auth_description))
+
+
+def _guarded(api: _Api, handler: Callable[[_Api, Request], Awaitable[Response]]) -> Handler:
+    async def endpoint(request: Request) -> Response:
+        try:
+            _check_accept(request)
+            return await handler(api, request)
+        except ApiError as exc:
+            return outcome_response(exc)
+        except StoreUnavailable:
+            log.error("FHIR request failed: the store is unavailable")
+            return fhir_response(outcome("transient", "the store is unavailable; try again"), 503,
+                                 {"Retry-After": "5"})
+    return endpoint
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = {404: "not-found", 405: "not-supported"}.get(status, "exception")
+    text = {404: f"nothing is served at {request.url.path}", 405: f"{request.method} is not supported here"}
+    return fhir_response(outcome(code, text.get(status, "request failed")), status)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("FHIR request failed unexpectedly (%s)", type(exc).__name__, exc_info=exc)
+    return fhir_response(outcome("exception", "internal error; the server log has the details"), 500)
+
+
+def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Sequence[Route] = ()) -> Starlette:
+    """The ASGI application, with every route under ``/fhir``; ``auth_routes`` (the token endpoint and
+    the SMART configuration) come first, before ``/fhir/{type}/{id}`` could take them."""
+    api = _Api(db, gate, settings, datetime.now(UTC).replace(microsecond=0))
+    routes = [
+        *auth_routes,
+        Route("/fhir/metadata", _guarded(api, _metadata), methods=["GET"]),
+        Route("/fhir/{res_type}", _guarded(api, _search), methods=["GET"]),
+        Route("/fhir/{res_type}/_search", _guarded(api, _search), methods=["POST"]),
+        Route("/fhir/{res_type}/{res_id}", _guarded(api, _read), methods=["GET"]),
+        Route("/fhir/{res_type}/{res_id}/_history", _guarded(api, _history), methods=["GET"]),
+        Route("/fhir/{res_type}/{res_id}/_history/{version}", _guarded(api, _vread), methods=["GET"]),
+    ]
+    handlers: dict[Any, Any] = {HTTPException: _http_error, Exception: _unexpected}
+    return Starlette(routes=routes, exception_handlers=handlers)

@@ -1,0 +1,72 @@
+"""Starting the FHIR facade inside the engine: the projector, the authorizer and the HTTP listener."""
+
+from __future__ import annotations
+
+import logging
+from zoneinfo import ZoneInfo
+
+from starlette.routing import Route
+
+from channels.fhir.access import Gate
+from channels.fhir.app import ApiSettings, create_app
+from channels.fhir.authorizers import DevelopmentNoAuth, NoAuthorizer
+from channels.fhir.server import HttpServer
+from engine.audit import current_actor
+from engine.auth import Authorizer
+from engine.config.models import EngineConfig
+from engine.fhir.model import FhirSettings
+from engine.fhir.projector import Projector
+from engine.store.database import Database
+
+__all__ = ["authorizer_for", "fhir_settings", "start_http", "start_projector"]
+
+log = logging.getLogger(__name__)
+
+
+def fhir_settings(cfg: EngineConfig) -> FhirSettings:
+    """The resources' settings from engine.yaml."""
+    fhir = cfg.http.fhir
+    return FhirSettings(ZoneInfo(cfg.timezone), fhir.dicomweb_base, dict(fhir.identifier_systems),
+                        fhir.accession_system, fhir.patient_id_system)
+
+
+def authorizer_for(mode: str) -> Authorizer:
+    """The authorizer of ``http.auth`` when no token service is running: ``development-no-auth``
+    serves everybody; anything else refuses every PHI request (401), never serves it unchecked."""
+    if mode == "development-no-auth":
+        log.warning("http.auth is development-no-auth: the FHIR API serves PHI to anybody; never in production")
+        return DevelopmentNoAuth()
+    return NoAuthorizer()
+
+
+def _auth(cfg: EngineConfig, db: Database, authorizer: Authorizer | None) -> tuple[Authorizer, list[Route]]:
+    """The authorizer and the extra routes: with ``http.auth: smart``, engine.auth's token endpoint
+    (``/auth/token``), ``/fhir/.well-known/smart-configuration`` and the matching bearer-token checks."""
+    if authorizer is not None:
+        return authorizer, []
+    if cfg.http.auth == "smart":
+        from engine.auth.smart import SmartAuth
+
+        smart = SmartAuth.from_engine_config(cfg, db)
+        return smart.authorizer, smart.routes()
+    return authorizer_for(cfg.http.auth), []
+
+
+async def start_projector(cfg: EngineConfig, db: Database) -> Projector:
+    """Start keeping the stored resources up to date with the domain tables."""
+    projector = Projector(db, fhir_settings(cfg))
+    await projector.start()
+    return projector
+
+
+async def start_http(cfg: EngineConfig, db: Database, authorizer: Authorizer | None) -> HttpServer:
+    """Bind and serve the FHIR API on ``http.host:http.port``; OSError if the port cannot be bound."""
+    http = cfg.http
+    chosen, auth_routes = _auth(cfg, db, authorizer)
+    gate = Gate(chosen, db, current_actor())
+    settings = ApiSettings(ZoneInfo(cfg.timezone), http.public_base_url)
+    server = HttpServer(http, create_app(db, gate, settings, auth_routes))
+    await server.start()
+    log.info("FHIR R4 API listening on %s:%s%s at /fhir (auth: %s)", http.host, server.port,
+             " with TLS" if http.tls else "", http.auth)
+    return server

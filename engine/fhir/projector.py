@@ -1,0 +1,180 @@
+"""The projector: turns pending changes (``fhir_pending``) into stored resources, durably.
+
+One cycle reads up to ``batch`` pending rows, works out which resources they touch
+(each module's ``kinds()``), builds those resources in bulk from the domain tables,
+writes the changed ones (:mod:`engine.fhir.store`) and deletes exactly the pending
+rows it read, in one write transaction. A change committed while a cycle builds
+leaves a newer pending row, so the next cycle builds it again: the stored
+resources always converge on the domain tables, and a crash between the two
+phases only repeats work.
+
+On SQLite the build runs on a read connection and only the write holds the single
+writer; on PostgreSQL a cycle runs in one transaction under an advisory lock, so
+several engine processes never project the same rows at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, delete, func, insert, select
+
+from engine.fhir import store, triggers
+from engine.fhir.instant import instant
+from engine.fhir.model import Built, FhirSettings
+from engine.fhir.registry import MODULES
+from engine.fhir.resources.imaging_study import ENDPOINT_ID
+from engine.fhir.tables import fhir_pending
+from engine.store.database import Database
+
+__all__ = ["Projection", "Projector", "apply", "collect", "project_all"]
+
+log = logging.getLogger(__name__)
+
+#: PostgreSQL advisory lock key of the projector ("rbfhirpj" in ASCII).
+PROJECTOR_LOCK = 0x7262666869727069
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """One cycle's work: the pending rows consumed and the resources (None: to remove) they produce."""
+
+    pending_ids: list[int]
+    resources: list[tuple[str, str, Built | None]]
+
+
+def collect(conn: Connection, settings: FhirSettings, batch: int = 500) -> Projection:
+    """Read up to ``batch`` pending rows and build every resource they touch (reads only)."""
+    rows = conn.execute(select(fhir_pending.c.id, fhir_pending.c.kind, fhir_pending.c.key)
+                        .order_by(fhir_pending.c.id).limit(batch)).all()
+    keys: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        keys[row.kind].add(row.key)
+    resources: list[tuple[str, str, Built | None]] = []
+    for module in MODULES:
+        wanted: set[str] = set()
+        for kind, resolve in module.kinds().items():
+            if keys.get(kind):
+                wanted |= resolve(conn, keys[kind])
+        if wanted:
+            built = module.build(conn, wanted, settings)
+            resources += [(module.TYPE, res_id, built[res_id]) for res_id in sorted(built)]
+    return Projection([int(r.id) for r in rows], resources)
+
+
+def apply(conn: Connection, projection: Projection, now: datetime | None = None) -> int:
+    """Write the projection and delete its pending rows; return how many resources changed."""
+    stamp = instant(now or datetime.now(UTC))
+    built = [b for _, _, b in projection.resources if b is not None]
+    changed = store.write_all(conn, built, stamp)
+    for res_type, res_id, found in projection.resources:
+        if found is None:
+            changed += store.remove(conn, res_type, res_id)
+    if projection.pending_ids:
+        conn.execute(delete(fhir_pending).where(fhir_pending.c.id.in_(projection.pending_ids)))
+    return changed
+
+
+def _locked_cycle(conn: Connection, settings: FhirSettings, batch: int) -> tuple[int, int]:
+    if not conn.execute(select(func.pg_try_advisory_xact_lock(PROJECTOR_LOCK))).scalar():
+        return 0, 0  # another engine process is projecting
+    projection = collect(conn, settings, batch)
+    return len(projection.pending_ids), apply(conn, projection)
+
+
+def project_all(db: Database, settings: FhirSettings, batch: int = 500) -> int:
+    """Run cycles until nothing is pending (blocking; tests, backfill); return resources changed."""
+    changed = 0
+    while True:
+        consumed, written = _cycle(db, settings, batch)
+        changed += written
+        if consumed == 0:
+            return changed
+
+
+def _cycle(db: Database, settings: FhirSettings, batch: int) -> tuple[int, int]:
+    if not db.is_sqlite:
+        return db.writer.call(lambda c: _locked_cycle(c, settings, batch))
+    projection = db.read(lambda c: collect(c, settings, batch))
+    if not projection.pending_ids:
+        return 0, 0
+    return len(projection.pending_ids), db.writer.call(lambda c: apply(c, projection))
+
+
+def _any_pending(conn: Connection) -> bool:
+    return conn.execute(select(fhir_pending.c.id).limit(1)).first() is not None
+
+
+class Projector:
+    """The engine's projector task: polls for pending rows and projects them until stopped."""
+
+    def __init__(self, db: Database, settings: FhirSettings, interval: float = 0.5, batch: int = 1000,
+                 yield_ratio: float = 3.0) -> None:
+        """``yield_ratio``: after a cycle that leaves more work, pause that many times its duration, so that
+        the projector takes at most 1/(1+ratio) of the process while messages arrive (they come first)."""
+        self.db, self.settings, self.interval, self.batch = db, settings, interval, batch
+        self.yield_ratio = yield_ratio
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        """Restore the change-feed triggers (a table rebuild drops them), sync the Endpoint, start polling."""
+        def prepare(conn: Connection) -> None:
+            triggers.install(conn)
+            conn.execute(insert(fhir_pending).values(kind="Endpoint", key=ENDPOINT_ID))
+
+        await self.db.writer.run(prepare)
+        self._task = asyncio.create_task(self._run(), name="fhir-projector")
+
+    async def _run(self) -> None:
+        batch, narrow = self.batch, 0
+        while not self._stop.is_set():
+            pause = self.interval
+            try:
+                if await self.db.read_async(_any_pending):
+                    started = time.monotonic()
+                    consumed, _ = await asyncio.to_thread(_cycle, self.db, self.settings, batch)
+                    narrow = max(0, narrow - consumed)
+                    batch = 1 if narrow else self.batch
+                    if consumed == batch:  # more waiting: go on, but leave the receive path its share
+                        pause = (time.monotonic() - started) * self.yield_ratio
+            except Exception:
+                if batch > 1:  # find the row that fails: the next rows one at a time
+                    log.warning("FHIR projector cycle failed; retrying its changes one at a time", exc_info=True)
+                    batch, narrow = 1, self.batch
+                    continue
+                await self._skip_failing()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause)
+
+    async def _skip_failing(self) -> None:
+        """Drop the first pending row, which fails alone, so one bad row cannot stop every resource."""
+        def drop(conn: Connection) -> tuple[str, str] | None:
+            row = conn.execute(select(fhir_pending.c.id, fhir_pending.c.kind, fhir_pending.c.key)
+                               .order_by(fhir_pending.c.id).limit(1)).first()
+            if row is None:
+                return None
+            conn.execute(delete(fhir_pending).where(fhir_pending.c.id == row.id))
+            return str(row.kind), str(row.key)
+
+        try:
+            dropped = await self.db.writer.run(drop)
+        except Exception:  # the store itself is failing: try again after the interval
+            log.exception("FHIR projector could not skip a failing change")
+            return
+        if dropped is not None:
+            log.error("FHIR projector skipped a change it cannot project (%s %s): its resources stay as they"
+                      " were until the next change", *dropped, exc_info=True)
+
+    async def stop(self) -> None:
+        """Finish the cycle under way, then stop."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None

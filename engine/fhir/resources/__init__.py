@@ -1,0 +1,1 @@
+"""One module per FHIR resource type; each builds its resources from the domain tables in bulk."""

@@ -1,0 +1,112 @@
+"""Change feed of the FHIR projector: triggers on the domain tables that append ``fhir_pending`` rows.
+
+A trigger runs inside the transaction of the change it records, so a committed
+change always has its pending row and a rolled-back one never does, whatever
+code path made it (handlers, MPPS, C-STORE, A40, the fast store path). The
+``UPDATE`` triggers fire only when a column the resources show has changed, so
+the receive path pays for an extra row only when a resource really changes.
+
+:func:`install` is idempotent; the engine calls it after migrating, because on
+SQLite a migration that rebuilds a table (Alembic batch mode) drops its triggers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import Connection, text
+
+__all__ = ["SOURCES", "Source", "install", "uninstall"]
+
+Event = Literal["INSERT", "UPDATE", "DELETE"]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One domain table event that changes resources: pending ``kind`` keyed by ``key_column``.
+
+    ``columns`` (UPDATE only): fire only when one of them changed; empty means any update.
+    """
+
+    table: str
+    event: Event
+    kind: str
+    key_column: str
+    columns: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The trigger's (and on PostgreSQL its function's) name."""
+        return f"fhir_{self.table}_{self.event.lower()}"
+
+
+_STUDY_COLUMNS = ("patient_pk", "order_pk", "accession_number", "modalities_in_study", "number_of_series",
+                  "number_of_instances", "patient_id", "issuer_of_patient_id", "study_date", "study_time",
+                  "study_description")
+_SERIES_COLUMNS = ("study_pk", "modality", "series_description", "number_of_instances", "series_number",
+                   "series_date")
+
+#: Every domain event the resources of the registry depend on.
+SOURCES: tuple[Source, ...] = (
+    Source("patients", "INSERT", "Patient", "id"),
+    Source("patients", "UPDATE", "Patient", "id"),
+    Source("patient_other_ids", "INSERT", "Patient", "patient_pk"),
+    Source("patient_other_ids", "DELETE", "Patient", "patient_pk"),
+    Source("orders", "INSERT", "ServiceRequest", "id"),
+    Source("orders", "UPDATE", "ServiceRequest", "id"),
+    Source("procedure_steps", "INSERT", "ServiceRequest", "order_pk"),
+    Source("procedure_steps", "UPDATE", "ServiceRequest", "order_pk",
+           ("status", "modality", "start_datetime", "description")),
+    Source("studies", "INSERT", "study", "id"),
+    Source("studies", "UPDATE", "study", "id", _STUDY_COLUMNS),
+    Source("series", "INSERT", "study", "study_pk"),
+    Source("series", "UPDATE", "study", "study_pk", _SERIES_COLUMNS),
+    Source("instances", "INSERT", "study", "study_pk"),
+    Source("instances", "DELETE", "study", "study_pk"),
+)
+
+
+def _row(source: Source) -> str:
+    return "OLD" if source.event == "DELETE" else "NEW"
+
+
+def _sqlite(source: Source) -> str:
+    when = ""
+    if source.columns:
+        when = "WHEN " + " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in source.columns)
+    key = f"CAST({_row(source)}.{source.key_column} AS TEXT)"
+    return (f"CREATE TRIGGER IF NOT EXISTS {source.name} AFTER {source.event} ON {source.table} {when} "
+            f"BEGIN INSERT INTO fhir_pending (kind, key) VALUES ('{source.kind}', {key}); END")
+
+
+def _postgresql(source: Source) -> list[str]:
+    when = ""
+    if source.columns:
+        when = "WHEN (" + " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in source.columns) + ")"
+    key = f"{_row(source)}.{source.key_column}::text"
+    return [
+        f"CREATE OR REPLACE FUNCTION {source.name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"INSERT INTO fhir_pending (kind, key) VALUES ('{source.kind}', {key}); RETURN NULL; END $$",
+        f"DROP TRIGGER IF EXISTS {source.name} ON {source.table}",
+        f"CREATE TRIGGER {source.name} AFTER {source.event} ON {source.table} FOR EACH ROW {when} "
+        f"EXECUTE FUNCTION {source.name}()",
+    ]
+
+
+def install(conn: Connection, sources: tuple[Source, ...] = SOURCES) -> None:
+    """Create the triggers that are missing (SQLite) or replace them (PostgreSQL), in ``conn``'s transaction."""
+    for source in sources:
+        statements = [_sqlite(source)] if conn.dialect.name == "sqlite" else _postgresql(source)
+        for statement in statements:
+            conn.execute(text(statement))
+
+
+def uninstall(conn: Connection, sources: tuple[Source, ...] = SOURCES) -> None:
+    """Drop the triggers (and their functions on PostgreSQL)."""
+    for source in sources:
+        if conn.dialect.name == "sqlite":
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {source.name}"))
+        else:
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {source.name} ON {source.table}"))
+            conn.execute(text(f"DROP FUNCTION IF EXISTS {source.name}()"))

@@ -1,0 +1,137 @@
+"""Authorization through the engine.auth contract, and the audit trail, over HTTP.
+
+A small test Authorizer with fixed tokens enforces SMART v2 (``.rs``) and v1 (``.read``)
+scopes, so every 401/403 path of the API is exercised without the real token service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from engine.auth import Principal
+from engine.store.schema import audit_events
+from tests.fhir.conftest import FhirHttp, InProcessEngine, R4Schema, ScopedAuthorizer
+from tests.fhir.messages import orm
+
+TYPES = ["ImagingStudy", "Patient", "ServiceRequest", "Endpoint"]
+TOKENS = {
+    "all-v2": Principal("pacs-viewer", frozenset({"system/*.rs"})),
+    "all-v1": Principal("ehr-v1", frozenset({"system/*.read"})),
+    "study-read-only": Principal("reader", frozenset({"system/ImagingStudy.r"})),
+    "study-search-only": Principal("searcher", frozenset({"system/ImagingStudy.s"})),
+    "study-only": Principal("studies", frozenset({"system/ImagingStudy.rs"})),
+    "patient-only": Principal("demographics", frozenset({"system/Patient.rs"})),
+}
+UID = "1.2.826.0.1.3680043.10.996.1"
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessEngine]:
+    running = InProcessEngine(tmp_path_factory.mktemp("auth"), authorizer=ScopedAuthorizer(TOKENS))
+    running.start()
+    assert running.send(orm(401, "AUTH1", "SECRET^SALLY", study_uid=UID)) == ["AA"]
+    running.settle()
+    yield running
+    running.stop()
+
+
+def _client(engine: InProcessEngine, schema: R4Schema, token: str | None) -> FhirHttp:
+    return FhirHttp(engine.base, schema, {"Authorization": f"Bearer {token}"} if token else {})
+
+
+def _ids(engine: InProcessEngine) -> dict[str, str]:
+    """An existing id of each type."""
+    return {"ImagingStudy": UID, "Patient": "1", "ServiceRequest": "1", "Endpoint": "dicomweb"}
+
+
+def _audit(engine: InProcessEngine) -> list[tuple[str, str, str, str, dict]]:
+    assert engine.runtime is not None and engine.runtime.db is not None
+    rows = engine.runtime.db.read(lambda c: c.execute(select(audit_events).order_by(audit_events.c.id)).all())
+    return [(r.actor, r.action, r.object_type, r.object_id, json.loads(r.detail)) for r in rows]
+
+
+def test_metadata_is_public(secured: InProcessEngine, r4_schema: R4Schema) -> None:
+    assert _client(secured, r4_schema, None).get("metadata").status_code == 200
+
+
+@pytest.mark.parametrize("res_type", TYPES)
+@pytest.mark.parametrize("token", [None, "not-a-token"])
+def test_no_or_unknown_token_is_401_for_read_and_search(secured: InProcessEngine, r4_schema: R4Schema,
+                                                        res_type: str, token: str | None) -> None:
+    client = _client(secured, r4_schema, token)
+    for path in (f"{res_type}/{_ids(secured)[res_type]}", res_type, f"{res_type}/does-not-exist"):
+        response = client.get(path)
+        assert response.status_code == 401, path
+        assert response.json()["issue"][0]["code"] == "login"
+        assert response.headers["www-authenticate"].startswith('Bearer realm="radbridge", error="invalid_token"')
+
+
+@pytest.mark.parametrize("res_type", TYPES)
+def test_a_scope_for_another_type_is_403(secured: InProcessEngine, r4_schema: R4Schema, res_type: str) -> None:
+    token = "patient-only" if res_type != "Patient" else "study-only"
+    client = _client(secured, r4_schema, token)
+    for response in (client.get(f"{res_type}/{_ids(secured)[res_type]}"), client.get(res_type),
+                     client.request("POST", f"{res_type}/_search", data={})):
+        assert response.status_code == 403
+        assert response.json()["issue"][0]["code"] == "forbidden"
+        assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+
+
+def test_v2_read_and_search_letters_are_enforced_separately(secured: InProcessEngine, r4_schema: R4Schema) -> None:
+    reader, searcher = _client(secured, r4_schema, "study-read-only"), _client(secured, r4_schema, "study-search-only")
+    assert reader.get(f"ImagingStudy/{UID}").status_code == 200
+    assert reader.get(f"ImagingStudy/{UID}/_history").status_code == 200
+    assert reader.get("ImagingStudy").status_code == 403
+    assert searcher.get("ImagingStudy").status_code == 200
+    assert searcher.get(f"ImagingStudy/{UID}").status_code == 403
+    assert searcher.get(f"ImagingStudy/{UID}/_history/1").status_code == 403
+
+
+@pytest.mark.parametrize("token", ["all-v2", "all-v1"])
+def test_v1_and_v2_wildcards_read_and_search_every_type(secured: InProcessEngine, r4_schema: R4Schema,
+                                                        token: str) -> None:
+    client = _client(secured, r4_schema, token)
+    for res_type, res_id in _ids(secured).items():
+        assert client.get(f"{res_type}/{res_id}").status_code == 200
+        assert client.get(res_type).json()["total"] >= 1
+
+
+def test_including_a_type_the_scope_lacks_is_403(secured: InProcessEngine, r4_schema: R4Schema) -> None:
+    client = _client(secured, r4_schema, "study-only")
+    assert client.get("ImagingStudy", params={"_include": "ImagingStudy:basedon"}).status_code == 403
+    assert client.get("ImagingStudy", params={"_id": UID}).status_code == 200
+
+
+def test_every_disclosure_is_audited_with_client_resources_and_peer(secured: InProcessEngine,
+                                                                    r4_schema: R4Schema) -> None:
+    before = len(_audit(secured))
+    client = _client(secured, r4_schema, "all-v2")
+    client.get(f"ImagingStudy/{UID}")
+    client.get("ImagingStudy", params={"patient": "Patient/1", "_include": "ImagingStudy:patient"})
+    _client(secured, r4_schema, "patient-only").get(f"ImagingStudy/{UID}")  # refused: nothing disclosed
+    _client(secured, r4_schema, None).get("Patient/1")
+    rows = _audit(secured)[before:]
+    assert [(actor, action, kind, oid) for actor, action, kind, oid, _ in rows] == [
+        ("pacs-viewer", "fhir.read", "ImagingStudy", UID),
+        ("pacs-viewer", "fhir.search", "ImagingStudy", "Patient/1"),
+    ]
+    assert rows[0][4]["resources"] == [f"ImagingStudy/{UID}"] and rows[0][4]["client_id"] == "pacs-viewer"
+    assert rows[0][4]["remote"].startswith("127.0.0.1:")
+    assert rows[1][4]["resources"] == [f"ImagingStudy/{UID}", "Patient/1"]
+    assert rows[1][4]["query"] == "patient=Patient/1&_include=ImagingStudy:patient"
+
+
+def test_no_phi_in_info_logs(secured: InProcessEngine, r4_schema: R4Schema, caplog: pytest.LogCaptureFixture) -> None:
+    client = _client(secured, r4_schema, "all-v2")
+    with caplog.at_level(logging.INFO):
+        client.get("Patient", params={"identifier": "AUTH1", "name": "SECRET"})
+        client.get("Patient", params={"identifier": "AUTH1", "birthdate": "not-a-date-AUTH1"})
+        client.get("Patient/1")
+        _client(secured, r4_schema, None).get("Patient", params={"identifier": "AUTH1"})
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("httpx"))  # the client's
+    assert "AUTH1" not in logged and "SECRET" not in logged.upper() and "SALLY" not in logged.upper()

@@ -1,0 +1,187 @@
+"""The change feed and the projector on SQLite and PostgreSQL: triggers, versions, backfill, removal."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from alembic import command
+from sqlalchemy import Connection, func, insert, select, text, update
+
+from engine.domain.tables import orders, patients, procedure_steps, series, studies
+from engine.fhir import triggers
+from engine.fhir.model import FhirSettings
+from engine.fhir.projector import project_all
+from engine.fhir.search import read
+from engine.fhir.tables import fhir_pending, fhir_refs, fhir_resources, fhir_versions
+from engine.store.database import Database
+from engine.store.migrate import alembic_config, upgrade
+
+NOW = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+SETTINGS = FhirSettings(UTC, dicomweb_base="https://pacs.example/dicom-web")
+UID = "1.2.826.0.1.3680043.10.995.1"
+
+
+def _seed(conn: Connection) -> None:
+    pk = conn.execute(insert(patients).values(patient_id="P1", issuer="HOSP", patient_name="DOE^JANE", sex="F",
+                                              birth_date="19800102", created_at=NOW,
+                                              updated_at=NOW)).inserted_primary_key[0]
+    order = conn.execute(insert(orders).values(patient_pk=pk, order_key="k1", placer_order_number="PL1",
+                                               accession_number="ACC1", study_instance_uid=UID, created_at=NOW,
+                                               updated_at=NOW)).inserted_primary_key[0]
+    conn.execute(insert(procedure_steps).values(order_pk=order, status="SCHEDULED", modality="CT",
+                                                start_datetime="20261205093000", created_at=NOW, updated_at=NOW))
+
+
+def _json(db: Database, res_type: str, res_id: str) -> dict:
+    stored = db.read(lambda c: read(c, res_type, res_id))
+    assert stored is not None
+    return dict(json.loads(stored.json))
+
+
+def _pending(db: Database) -> int:
+    return int(db.read(lambda c: c.execute(select(func.count()).select_from(fhir_pending)).scalar_one()))
+
+
+def test_domain_changes_become_resources_and_versions_only_on_change(db: Database) -> None:
+    db.writer.call(_seed)
+    assert _pending(db) == 3  # patient, order, step: all in the seeding transaction
+    project_all(db, SETTINGS)
+    assert _pending(db) == 0
+    assert _json(db, "ImagingStudy", UID)["status"] == "registered"
+    assert _json(db, "ServiceRequest", "1")["identifier"][1]["value"] == "ACC1"
+    db.writer.call(lambda c: c.execute(update(orders).values(updated_at=datetime.now(UTC))))
+    project_all(db, SETTINGS)
+    assert _json(db, "ServiceRequest", "1")["meta"]["versionId"] == "1"  # nothing shown changed
+    db.writer.call(lambda c: c.execute(update(procedure_steps).values(status="CANCELED")))
+    project_all(db, SETTINGS)
+    assert _json(db, "ImagingStudy", UID)["status"] == "cancelled"
+    assert _json(db, "ServiceRequest", "1")["status"] == "revoked"
+    versions = db.read(lambda c: c.execute(select(fhir_versions.c.version_id).order_by(fhir_versions.c.version_id)
+                                           .join(fhir_resources).where(fhir_resources.c.res_id == UID)).scalars().all())
+    assert versions == [1, 2]
+
+
+def test_series_and_stored_instances_make_the_study_available(db: Database) -> None:
+    db.writer.call(_seed)
+    project_all(db, SETTINGS)
+
+    def performed(conn: Connection) -> None:
+        study = conn.execute(insert(studies).values(study_instance_uid=UID, patient_pk=1, order_pk=1,
+                                                    first_seen_at=NOW, last_seen_at=NOW)).inserted_primary_key[0]
+        conn.execute(insert(series).values(study_pk=study, series_instance_uid=f"{UID}.1", modality="CT",
+                                           number_of_instances=4, series_number=2, first_seen_at=NOW,
+                                           last_seen_at=NOW))
+
+    db.writer.call(performed)
+    assert _pending(db) >= 1
+    project_all(db, SETTINGS)
+    study = _json(db, "ImagingStudy", UID)
+    assert study["status"] == "available" and study["numberOfInstances"] == 4
+    assert study["series"][0] == {"uid": f"{UID}.1", "number": 2, "modality": {
+        "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}, "numberOfInstances": 4,
+        "endpoint": [{"reference": "Endpoint/dicomweb"}]}
+
+
+def test_a_study_whose_rows_are_gone_is_removed_with_its_index(db: Database) -> None:
+    db.writer.call(_seed)
+    project_all(db, SETTINGS)
+    db.writer.call(lambda c: c.execute(update(orders).values(study_instance_uid="1.2.3.999")))
+    project_all(db, SETTINGS)
+    assert db.read(lambda c: read(c, "ImagingStudy", UID)) is None
+    assert _json(db, "ImagingStudy", "1.2.3.999")["basedOn"] == [{"reference": "ServiceRequest/1"}]
+    refs = db.read(lambda c: c.execute(select(func.count()).select_from(fhir_refs)
+                                       .where(fhir_refs.c.param == "ImagingStudy.basedon")).scalar_one())
+    assert refs == 1
+
+
+def test_triggers_are_reinstalled_after_a_table_rebuild(db: Database) -> None:
+    db.writer.call(lambda c: triggers.uninstall(c))
+    db.writer.call(_seed)
+    assert _pending(db) == 0  # without triggers a change is invisible: why the engine reinstalls them
+    db.writer.call(triggers.install)
+    db.writer.call(triggers.install)  # idempotent
+    db.writer.call(lambda c: c.execute(update(patients).values(patient_name="DOE^JOAN")))
+    assert _pending(db) == 1
+
+
+def test_the_migration_backfills_existing_rows(db: Database) -> None:
+    with db.write_engine.begin() as conn:
+        cfg = alembic_config(db.url)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0010")
+    db.writer.call(_seed)
+    upgrade(db.write_engine)
+    kinds = db.read(lambda c: sorted(r[0] for r in c.execute(select(fhir_pending.c.kind))))
+    assert kinds == ["Patient", "ServiceRequest"]
+    project_all(db, SETTINGS)
+    assert _json(db, "ImagingStudy", UID)["subject"] == {"reference": "Patient/1"}
+    assert db.read(lambda c: c.execute(text("SELECT count(*) FROM fhir_resources")).scalar_one()) == 3
+
+
+def test_one_change_that_cannot_be_projected_does_not_stop_the_others(db: Database, monkeypatch, caplog) -> None:
+    import asyncio
+
+    from engine.fhir.projector import Projector
+    from engine.fhir.resources import patient
+
+    real = patient.build
+
+    def failing(conn: Connection, keys: set[str], settings: FhirSettings) -> dict:
+        if "2" in keys:
+            raise RuntimeError("a builder bug")
+        return real(conn, keys, settings)
+
+    monkeypatch.setattr(patient, "build", failing)
+
+    def two_patients(conn: Connection) -> None:
+        for pid in ("A", "B", "C"):
+            conn.execute(insert(patients).values(patient_id=pid, created_at=NOW, updated_at=NOW))
+
+    db.writer.call(two_patients)
+
+    async def run() -> None:
+        projector = Projector(db, SETTINGS, interval=0.05)
+        await projector.start()
+        for _ in range(200):
+            if not _pending(db):
+                break
+            await asyncio.sleep(0.05)
+        await projector.stop()
+
+    asyncio.run(run())
+    assert _pending(db) == 0
+    stored = db.read(lambda c: sorted(c.execute(select(fhir_resources.c.res_id)
+                                                .where(fhir_resources.c.res_type == "Patient")).scalars()))
+    assert stored == ["1", "3"]
+    assert "skipped a change it cannot project (Patient 2)" in caplog.text
+
+
+def test_searches_run_in_sql_on_both_backends(db: Database) -> None:
+    from engine.fhir.query import parse
+    from engine.fhir.search import run
+
+    def many(conn: Connection) -> None:
+        _seed(conn)
+        for n in range(2, 8):
+            conn.execute(insert(orders).values(patient_pk=1, order_key=f"k{n}", accession_number=f"ACC{n}",
+                                               study_instance_uid=f"{UID}.{n}", created_at=NOW, updated_at=NOW))
+            conn.execute(insert(procedure_steps).values(order_pk=n, status="SCHEDULED",
+                                                        modality="MR" if n % 2 else "CT",
+                                                        start_datetime="20261205093000", created_at=NOW,
+                                                        updated_at=NOW))
+
+    db.writer.call(many)
+    project_all(db, SETTINGS)
+
+    def search(*pairs: tuple[str, str]) -> tuple[list[str], int, int | None]:
+        page = db.read(lambda c: run(c, parse("ImagingStudy", list(pairs), UTC)))
+        return [m.res_id for m in page.matches], page.total, page.next_cursor
+
+    assert search(("patient", "Patient/1"))[1] == 7
+    assert search(("patient", "Patient/1"), ("modality", "MR"), ("_lastUpdated", "gt2000"))[1] == 3
+    first, total, cursor = search(("patient", "Patient/1"), ("_count", "4"))
+    rest, _, end = search(("patient", "Patient/1"), ("_count", "4"), ("_cursor", str(cursor)))
+    assert total == 7 and len(first) == 4 and len(rest) == 3 and end is None and not set(first) & set(rest)
+    assert search(("_id", UID))[0] == [UID] and search(("identifier", "ACC3"))[0] == [f"{UID}.3"]
+    assert search(("started", "2026-12-05"), ("status", "registered"))[1] == 7
