@@ -86,7 +86,7 @@ def test_full_location_answers_out_of_resources_and_leaves_nothing(
 def test_full_primary_with_a_secondary_owes_no_copy_until_a_store_succeeds(
     tmp_path: Path, corpus: Path, small_disk: Path
 ) -> None:
-    from tests.archive.replica_peer import copies, copy_rows, replicate
+    from tests.archive.replica_peer import copy_rows, replicate
 
     second = tmp_path / "second"
     with running_scp(tmp_path / "rb", archive={"primary": str(small_disk), "secondary": str(second)}) as scp:
