@@ -51,10 +51,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.archive.location import ArchiveLocation, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
-from engine.archive.replication import index_and_replicate
 from engine.archive.s3_primary import primary_location
 from engine.archive.structure import Encoding, check_structure
 from engine.config.models import DicomDestinationConfig, EngineConfig
+from engine.domain.ingest import index_received
 from engine.domain.instances import (
     DuplicatePolicy,
     IndexOutcome,
@@ -64,8 +64,8 @@ from engine.domain.instances import (
     is_valid_uid,
     record_quarantine,
 )
-from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler, index_reconciled
-from engine.domain.routing import forwarding_destinations, index_and_route
+from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler
+from engine.domain.routing import forwarding_destinations
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
 from engine.store.database import Database
 
@@ -292,14 +292,12 @@ class StorageService:
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
-        # Indexed and linked to its order, with its copies' record, the copy owed to a secondary and
-        # one outbox row per forwarding destination (one transaction).
-        index = functools.partial(index_reconciled, match=prepared.match, strict=self.reconciling)
-        replicated = functools.partial(index_and_replicate, meta_sha256=hashlib.sha256(meta).hexdigest(),
-                                       replicate=self.replicate, index=index)
+        # One transaction (engine.domain.ingest): indexed, linked to its order, its copies recorded
+        # and owed, and queued for each forwarding destination.
         outcome, queued = self._commit(functools.partial(
-            index_and_route, attrs=attrs, stored=stored, policy=self.policy, destinations=self.forwards, now=now,
-            index=replicated))
+            index_received, attrs=attrs, stored=stored, policy=self.policy, match=prepared.match,
+            strict=self.reconciling, meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate,
+            destinations=self.forwards, now=now))
         if queued and self.on_queued is not None:
             self.on_queued()
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
