@@ -17,6 +17,8 @@ from typing import Literal
 
 from sqlalchemy import Connection, text
 
+from engine.store.migrate import lock_schema
+
 __all__ = ["SOURCES", "Source", "install", "uninstall"]
 
 Event = Literal["INSERT", "UPDATE", "DELETE"]
@@ -95,7 +97,12 @@ def _postgresql(source: Source) -> list[str]:
 
 
 def install(conn: Connection, sources: tuple[Source, ...] = SOURCES) -> None:
-    """Create the triggers that are missing (SQLite) or replace them (PostgreSQL), in ``conn``'s transaction."""
+    """Create the triggers that are missing (SQLite) or replace them (PostgreSQL), in ``conn``'s transaction.
+
+    On PostgreSQL under the schema lock: engine processes starting together on one
+    database replace the triggers one after the other.
+    """
+    lock_schema(conn)
     for source in sources:
         statements = [_sqlite(source)] if conn.dialect.name == "sqlite" else _postgresql(source)
         for statement in statements:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
-__all__ = ["alembic_config", "upgrade"]
+__all__ = ["alembic_config", "lock_schema", "upgrade"]
 
 _HERE = Path(__file__).parent
 #: PostgreSQL advisory lock key of schema migrations ("rbmigrat" in ASCII).
@@ -23,6 +23,17 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+def lock_schema(conn: Connection) -> None:
+    """On PostgreSQL, hold the schema lock until ``conn``'s transaction ends (nothing on SQLite).
+
+    Every schema change made at start-up (migrations, the FHIR change-feed
+    triggers) takes it: two processes replacing the same function or trigger at
+    once fail with "tuple concurrently updated".
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database behind ``engine`` to ``revision``.
 
@@ -33,7 +44,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+        lock_schema(conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)

@@ -185,3 +185,35 @@ def test_searches_run_in_sql_on_both_backends(db: Database) -> None:
     assert total == 7 and len(first) == 4 and len(rest) == 3 and end is None and not set(first) & set(rest)
     assert search(("_id", UID))[0] == [UID] and search(("identifier", "ACC3"))[0] == [f"{UID}.3"]
     assert search(("started", "2026-12-05"), ("status", "registered"))[1] == 7
+
+
+def test_processes_starting_together_replace_the_triggers_one_after_the_other(postgres) -> None:
+    """Two engine processes on one PostgreSQL database install the triggers at start-up at once; without the
+    schema lock one of them failed with "tuple concurrently updated" and the process exited (seen in CI)."""
+    import threading
+
+    from sqlalchemy import create_engine
+
+    url = postgres.create_database("triggers_together")
+    Database(url).migrate()
+    engine = create_engine(url, pool_size=8)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def install() -> None:
+        try:
+            for _ in range(5):
+                with engine.begin() as conn:
+                    barrier.wait(timeout=30)
+                    triggers.install(conn)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    workers = [threading.Thread(target=install) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    engine.dispose()
+    assert errors == []

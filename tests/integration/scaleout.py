@@ -211,8 +211,11 @@ def start_nodes(nodes: list[Node]) -> None:
     for node in nodes:
         node.engine.start()
     for node in nodes:
-        wait_for_port(node.mllp_port, proc=node.engine.proc)
-        wait_for_port(node.dicom_port, proc=node.engine.proc)
+        try:
+            wait_for_port(node.mllp_port, proc=node.engine.proc)
+            wait_for_port(node.dicom_port, proc=node.engine.proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; its log ends:\n{node.engine.log()[-4000:]}") from exc
 
 
 @contextlib.contextmanager
