@@ -206,7 +206,7 @@ def test_processes_starting_together_replace_the_triggers_one_after_the_other(po
                 with engine.begin() as conn:
                     barrier.wait(timeout=30)
                     triggers.install(conn)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
             barrier.abort()
 
