@@ -63,11 +63,13 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    from engine.pidfile import running_pid
+
     pid_file = _config(args).engine.data_dir / "radbridge.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        print(f"radbridge reload: no running engine ({pid_file} not found)", file=sys.stderr)
+    pid = running_pid(pid_file)
+    if pid is None:  # the lock says so: a pid left in the file may now be another process's
+        print(f"radbridge reload: no running engine for {pid_file.parent} (no engine holds {pid_file})",
+              file=sys.stderr)
         return 1
     os.kill(pid, signal.SIGHUP)
     print(f"sent SIGHUP to {pid}; the engine logs whether the new configuration was applied")
@@ -102,11 +104,21 @@ def cmd_messages_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from engine.cli.queries import engine_status
+    from engine.cli.queries import empty_counts, engine_status
+    from engine.cli.status_view import attention, configured, destination_backlog
 
+    config = _config(args)
     data = _database(args).read(engine_status)
     data["reports"]["receivers"] = {r.name: r.mllp or r.destination or "off"
-                                    for r in _config(args).engine.reports.receivers}
+                                    for r in config.engine.reports.receivers}
+    data |= configured(config)
+    data["destinations"] = {name: {"target": target, "queued": 0, "oldest_queued_seconds": None, "dead_letters": 0}
+                            for name, target in data.pop("destination_targets").items()}
+    for name, backlog in _database(args).read(destination_backlog).items():
+        data["destinations"].setdefault(name, {"target": _UNLISTED_TARGETS.get(name, "not configured")}).update(backlog)
+    for name, listener in data.pop("listeners").items():  # every configured channel, even one with no message yet
+        data["channels"].setdefault(name, empty_counts()).update(listener)
+    data["attention"] = attention(data)
     _print(data, args.json, _status_text)
     return 0
 
@@ -143,10 +155,22 @@ def _detail_text(d: dict[str, Any]) -> str:
     return "\n".join(head + body + stages + deliveries)
 
 
+#: Outbox destinations of the engine's own making (not named in a configuration file).
+_UNLISTED_TARGETS = {"archive:secondary": "the second archive copy (archive.secondary)"}
+
+
 def _status_text(data: dict[str, Any]) -> str:
-    cols = ["received", "errors", "filtered", "unchanged", "queued", "delivery_errors", "oldest_queued_seconds"]
-    lines = ["channel\t" + "\t".join(cols)]
-    lines += [name + "\t" + "\t".join(str(v[c]) for c in cols) for name, v in sorted(data["channels"].items())]
+    from engine.cli.status_view import endpoints_text
+
+    cols = ["listen", "received", "errors", "filtered", "unchanged", "queued", "delivery_errors",
+            "oldest_queued_seconds"]
+    lines = [*endpoints_text(data), "", "channel\t" + "\t".join(cols)]
+    lines += [name + "\t" + "\t".join(str(v.get(c, "not configured")) for c in cols)
+              for name, v in sorted(data["channels"].items())]
+    dcols = ["target", "queued", "oldest_queued_seconds", "dead_letters"]
+    lines += ["", "destination\t" + "\t".join(dcols)]
+    lines += [name + "\t" + "\t".join(str(v.get(c, "")) for c in dcols)
+              for name, v in sorted(data["destinations"].items())]
     lines += ["", "job\tlast run\tresult\truns\terror"]
     lines += [f"{j}\t{v['last_run_at']}\t{v['last_result']}\t{v['runs']}\t{v['last_error']}"
               for j, v in sorted(data["jobs"].items())]
@@ -157,7 +181,8 @@ def _status_text(data: dict[str, Any]) -> str:
     studies = f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled"
     return "\n".join([*lines, "", f"worklist steps: {steps}", studies,
                       f"reports waiting for their order: {reports['waiting_for_order']}",
-                      f"ORU^R01 out: {receivers}"])
+                      f"ORU^R01 out: {receivers}", "",
+                      "needs attention:" + ("" if data["attention"] else " nothing"), *data["attention"]])
 
 
 _CONFIG_HELP = "configuration directory (default $RADBRIDGE_CONFIG or ./config)"
