@@ -131,11 +131,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _time(value: str | None) -> datetime | None:
+def _time(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso_time(value: str) -> datetime:
+    """argparse type of ``--since``/``--until``: a usage error (one line), not a traceback."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-22T08:00") from None
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -218,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_TYPED_FILTERS = {"since": _iso_time, "until": _iso_time}
 _LIST_FILTERS = {
     "channel": "only this channel",
     "status": "only this status: PROCESSED, FILTERED, REJECTED or ERROR",
@@ -235,7 +243,7 @@ def _messages(sub: Any) -> None:
         dest="messages_command", required=True, metavar="ACTION")
     lst = msgs.add_parser("list", help="list messages, newest first")
     for flag, text in _LIST_FILTERS.items():
-        lst.add_argument(f"--{flag}", help=text)
+        lst.add_argument(f"--{flag}", help=text, type=_TYPED_FILTERS.get(flag, str))
     lst.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
     lst.add_argument("--json", action="store_true", help=_JSON_HELP)
     lst.set_defaults(fn=cmd_messages_list)
@@ -304,6 +312,8 @@ def _mapping(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radbridge`` console script."""
     args = _parser().parse_args(argv)
+    from sqlalchemy.exc import OperationalError
+
     from engine.logs import configure_logging
 
     configure_logging("WARNING")  # what a command logs (replay runs a channel) is PHI-safe too; run sets its own
@@ -315,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    except OperationalError as exc:  # the database is not reachable: say so in one line
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"radbridge {args.command}: cannot use the database: {first}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
