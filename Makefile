@@ -25,7 +25,7 @@ $(NODE_STAMP):
 install: $(STAMP) $(NODE_STAMP)
 
 run: install
-	mkdir -p $${RADBRIDGE_DATA_DIR:-./var}
+	mkdir -p -m 700 $${RADBRIDGE_DATA_DIR:-./var}  # owner-only, as the engine requires (else it warns and fixes it)
 	$(VENV)/bin/radbridge --config config run
 
 # System peers the integration tests drive (DCMTK, Orthanc, PostgreSQL, HAProxy for the scale-out test; openssl makes

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from engine.errors import AlreadyRunning
 
-__all__ = ["PidFile", "describe_stale"]
+__all__ = ["PidFile", "describe_stale", "running_pid"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,27 @@ def describe_stale(pid: int | None) -> str:
     if pid == os.getpid() or not _running(pid):
         return f"names pid {pid}, which is not running"
     return f"names pid {pid}, which is running but is not a radbridge engine for this data directory"
+
+
+def running_pid(path: Path) -> int | None:
+    """The pid of the engine that holds ``path`` locked now; None when no engine runs.
+
+    Asks the lock, not the file's text: a pid left by an engine that died (kill -9, a
+    crash) may by now be some other process's, which must never get a signal meant for
+    radbridge. A holder still starting (no pid written yet) is None too.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_pid(fd)
+    else:
+        return None  # we got the lock: nobody holds it
+    finally:
+        os.close(fd)  # also drops a lock taken here
 
 
 class PidFile:

@@ -4,7 +4,8 @@ A thin shell: the matcher (:mod:`engine.domain.worklist`) builds the SQL and
 the responses; this module runs the query on a reader connection and either yields
 pending responses to pynetdicom (:meth:`WorklistService.find`) or hands them, encoded,
 in batches to a :class:`ResponseSink` (:meth:`WorklistService.find_encoded`), checking
-C-CANCEL between them (PS3.4 K.4.1.3.1).
+C-CANCEL between them (PS3.4 K.4.1.3.1). Every answered query is audited before its
+first response (:mod:`channels.dicom.mwl_audit`); when that fails it is answered C000.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.dsutils import encode
 
+from engine.audit import current_actor
 from engine.config.models import WorklistConfig
 from engine.domain.identifier_encoding import ResponsePlan, fast_codec
 from engine.domain.worklist import (
@@ -34,6 +36,7 @@ from engine.domain.worklist import (
 from engine.store.database import Database
 
 from .identifier_check import structure_problem
+from .mwl_audit import Caller, WorklistAuditor
 
 __all__ = [
     "CANCEL",
@@ -57,6 +60,9 @@ UNABLE_TO_PROCESS = 0xC000
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 
 FindResult = Iterator[tuple[int, Dataset | None]]
+
+#: The caller of a query made without an association (tests, benchmarks).
+UNKNOWN_CALLER = Caller("")
 
 #: Pending responses handed to a :class:`ResponseSink` at a time (C-CANCEL is checked between batches).
 BATCH = 32
@@ -114,22 +120,23 @@ class WorklistService:
     db: Database
     settings: MatchSettings
     charset: str
+    auditor: WorklistAuditor
 
     @classmethod
-    def from_config(cls, db: Database, cfg: WorklistConfig) -> WorklistService:
-        """Build from the ``worklist:`` settings."""
+    def from_config(cls, db: Database, cfg: WorklistConfig, called_ae: str = "") -> WorklistService:
+        """Build from the ``worklist:`` settings; ``called_ae`` (our AE title) goes into each audit row."""
         settings = MatchSettings(
             case_sensitive_names=cfg.person_name_case_sensitive,
             hidden_statuses=tuple(cfg.hidden_statuses),
             max_matches=cfg.max_matches,
             dialect="sqlite" if db.is_sqlite else "postgresql",
         )
-        return cls(db, settings, cfg.charset)
+        return cls(db, settings, cfg.charset, WorklistAuditor(db, current_actor(), called_ae))
 
     def _matches(
-        self, identifier: Dataset
+        self, identifier: Dataset, caller: Caller
     ) -> tuple[tuple[KeySpec, ...], list[str], list[Any], int] | None:
-        """Run the query: (requested keys, columns, rows, pending status), or None if it is refused."""
+        """Run and audit the query: (requested keys, columns, rows, pending status), or None if it is refused."""
         try:
             stmt = build_select(identifier, self.settings)
             keys = requested_keys(identifier)
@@ -141,6 +148,12 @@ class WorklistService:
             log.debug("worklist query refused: %s", exc)
             return None
         columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
+        try:
+            self.auditor.record(caller, identifier, columns, rows[: self.settings.max_matches])
+        except Exception as exc:  # nothing is disclosed that the audit trail does not show
+            log.error("worklist query from %s refused: its audit event could not be written (%s)",
+                      caller.ae_title, type(exc).__name__)
+            return None
         return keys, columns, rows, PENDING_UNSUPPORTED if unsupported_keys(keys) else PENDING
 
     def find(
@@ -149,13 +162,14 @@ class WorklistService:
         is_cancelled: Callable[[], bool],
         transfer_syntax: str | None = None,
         backlog: Callable[[], int] | None = None,
+        caller: Caller = UNKNOWN_CALLER,
     ) -> FindResult:
         """Yield (status, identifier) pairs as pynetdicom's EVT_C_FIND handler expects.
 
         With the negotiated ``transfer_syntax`` the identifiers are encoded from the
         rows directly (:mod:`engine.domain.identifier_encoding`) where it allows.
         """
-        matches = self._matches(identifier)
+        matches = self._matches(identifier, caller)
         if matches is None:
             yield UNABLE_TO_PROCESS, None
             return
@@ -176,12 +190,12 @@ class WorklistService:
                 return
             yield pending, respond(row)
 
-    def find_encoded(self, identifier: Dataset, sink: ResponseSink) -> FindResult:
+    def find_encoded(self, identifier: Dataset, sink: ResponseSink, caller: Caller = UNKNOWN_CALLER) -> FindResult:
         """Send the pending responses to ``sink`` in batches; yield only a final non-success status.
 
         Success is what pynetdicom sends when the generator ends without yielding.
         """
-        matches = self._matches(identifier)
+        matches = self._matches(identifier, caller)
         if matches is None:
             yield UNABLE_TO_PROCESS, None
             return

@@ -26,6 +26,7 @@ from .listener import ConnectionGuard, GuardedServer, Limits
 from .log_filters import install_log_filters
 from .mpps import MppsService, mpps_policy
 from .mwl import WorklistService, identifier_refusal
+from .mwl_audit import Caller
 from .storage import STORAGE_SOP_CLASSES, StorageService, start_storage
 from .store_stream import BUFFER_BYTES as STORE_BUFFER_BYTES
 from .store_stream import install_store_stream
@@ -108,13 +109,15 @@ def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageServ
         if refused is not None:
             yield refused, None
             return
+        requestor = event.assoc.requestor
+        caller = Caller(str(requestor.ae_title), str(requestor.address), int(requestor.port or 0))
         stream = response_stream(event)
         if stream is not None:
-            yield from worklist.find_encoded(event.identifier, stream)
+            yield from worklist.find_encoded(event.identifier, stream, caller)
             return
         outgoing = event.assoc.dul.to_provider_queue  # responses not yet on the wire
         yield from worklist.find(
-            event.identifier, lambda: event.is_cancelled, event.context.transfer_syntax, outgoing.qsize
+            event.identifier, lambda: event.is_cancelled, event.context.transfer_syntax, outgoing.qsize, caller
         )
 
     def on_create(event: Any) -> Any:
@@ -171,7 +174,7 @@ def start_dicom_server(config: EngineConfig, db: Database, on_queued: Callable[[
     guard = ConnectionGuard(
         Limits(services.max_associations_per_host, services.artim_timeout_seconds, services.idle_timeout_seconds)
     )
-    worklist = WorklistService.from_config(db, config.worklist)
+    worklist = WorklistService.from_config(db, config.worklist, services.ae_title)
     mpps = MppsService(db, mpps_policy(config.mpps))
     storage = start_storage(ae, config, db, on_queued) if config.archive.enabled else None
     handlers = _handlers(worklist, mpps, storage)

@@ -63,11 +63,13 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    from engine.pidfile import running_pid
+
     pid_file = _config(args).engine.data_dir / "radbridge.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        print(f"radbridge reload: no running engine ({pid_file} not found)", file=sys.stderr)
+    pid = running_pid(pid_file)
+    if pid is None:  # the lock says so: a pid left in the file may now be another process's
+        print(f"radbridge reload: no running engine for {pid_file.parent} (no engine holds {pid_file})",
+              file=sys.stderr)
         return 1
     os.kill(pid, signal.SIGHUP)
     print(f"sent SIGHUP to {pid}; the engine logs whether the new configuration was applied")
@@ -102,11 +104,21 @@ def cmd_messages_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from engine.cli.queries import engine_status
+    from engine.cli.queries import empty_counts, engine_status
+    from engine.cli.status_view import attention, configured, destination_backlog
 
+    config = _config(args)
     data = _database(args).read(engine_status)
     data["reports"]["receivers"] = {r.name: r.mllp or r.destination or "off"
-                                    for r in _config(args).engine.reports.receivers}
+                                    for r in config.engine.reports.receivers}
+    data |= configured(config)
+    data["destinations"] = {name: {"target": target, "queued": 0, "oldest_queued_seconds": None, "dead_letters": 0}
+                            for name, target in data.pop("destination_targets").items()}
+    for name, backlog in _database(args).read(destination_backlog).items():
+        data["destinations"].setdefault(name, {"target": _UNLISTED_TARGETS.get(name, "not configured")}).update(backlog)
+    for name, listener in data.pop("listeners").items():  # every configured channel, even one with no message yet
+        data["channels"].setdefault(name, empty_counts()).update(listener)
+    data["attention"] = attention(data)
     _print(data, args.json, _status_text)
     return 0
 
@@ -119,11 +131,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _time(value: str | None) -> datetime | None:
+def _time(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso_time(value: str) -> datetime:
+    """argparse type of ``--since``/``--until``: a usage error (one line), not a traceback."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-22T08:00") from None
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -143,10 +162,22 @@ def _detail_text(d: dict[str, Any]) -> str:
     return "\n".join(head + body + stages + deliveries)
 
 
+#: Outbox destinations of the engine's own making (not named in a configuration file).
+_UNLISTED_TARGETS = {"archive:secondary": "the second archive copy (archive.secondary)"}
+
+
 def _status_text(data: dict[str, Any]) -> str:
-    cols = ["received", "errors", "filtered", "unchanged", "queued", "delivery_errors", "oldest_queued_seconds"]
-    lines = ["channel\t" + "\t".join(cols)]
-    lines += [name + "\t" + "\t".join(str(v[c]) for c in cols) for name, v in sorted(data["channels"].items())]
+    from engine.cli.status_view import endpoints_text
+
+    cols = ["listen", "received", "errors", "filtered", "unchanged", "queued", "delivery_errors",
+            "oldest_queued_seconds"]
+    lines = [*endpoints_text(data), "", "channel\t" + "\t".join(cols)]
+    lines += [name + "\t" + "\t".join(str(v.get(c, "not configured")) for c in cols)
+              for name, v in sorted(data["channels"].items())]
+    dcols = ["target", "queued", "oldest_queued_seconds", "dead_letters"]
+    lines += ["", "destination\t" + "\t".join(dcols)]
+    lines += [name + "\t" + "\t".join(str(v.get(c, "")) for c in dcols)
+              for name, v in sorted(data["destinations"].items())]
     lines += ["", "job\tlast run\tresult\truns\terror"]
     lines += [f"{j}\t{v['last_run_at']}\t{v['last_result']}\t{v['runs']}\t{v['last_error']}"
               for j, v in sorted(data["jobs"].items())]
@@ -157,7 +188,8 @@ def _status_text(data: dict[str, Any]) -> str:
     studies = f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled"
     return "\n".join([*lines, "", f"worklist steps: {steps}", studies,
                       f"reports waiting for their order: {reports['waiting_for_order']}",
-                      f"ORU^R01 out: {receivers}"])
+                      f"ORU^R01 out: {receivers}", "",
+                      "needs attention:" + ("" if data["attention"] else " nothing"), *data["attention"]])
 
 
 _CONFIG_HELP = "configuration directory (default $RADBRIDGE_CONFIG or ./config)"
@@ -193,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_TYPED_FILTERS = {"since": _iso_time, "until": _iso_time}
 _LIST_FILTERS = {
     "channel": "only this channel",
     "status": "only this status: PROCESSED, FILTERED, REJECTED or ERROR",
@@ -210,7 +243,7 @@ def _messages(sub: Any) -> None:
         dest="messages_command", required=True, metavar="ACTION")
     lst = msgs.add_parser("list", help="list messages, newest first")
     for flag, text in _LIST_FILTERS.items():
-        lst.add_argument(f"--{flag}", help=text)
+        lst.add_argument(f"--{flag}", help=text, type=_TYPED_FILTERS.get(flag, str))
     lst.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
     lst.add_argument("--json", action="store_true", help=_JSON_HELP)
     lst.set_defaults(fn=cmd_messages_list)
@@ -279,6 +312,8 @@ def _mapping(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radbridge`` console script."""
     args = _parser().parse_args(argv)
+    from sqlalchemy.exc import OperationalError
+
     from engine.logs import configure_logging
 
     configure_logging("WARNING")  # what a command logs (replay runs a channel) is PHI-safe too; run sets its own
@@ -290,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    except OperationalError as exc:  # the database is not reachable: say so in one line
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"radbridge {args.command}: cannot use the database: {first}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

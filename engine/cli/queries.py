@@ -147,11 +147,11 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
     # first: SQLite then keeps to that covering index.
     received = conn.execute(select(messages.c.channel, func.count()).group_by(messages.c.channel))
     for channel, count in received:
-        out.setdefault(channel, _empty())["received"] = count
+        out.setdefault(channel, empty_counts())["received"] = count
     attention = conn.execute(select(messages.c.channel, messages.c.status, func.count())
                              .where(text(UNPROCESSED_SQL)).group_by(messages.c.status, messages.c.channel))
     for channel, status, count in attention:
-        entry = out.setdefault(channel, _empty())
+        entry = out.setdefault(channel, empty_counts())
         if status in ("ERROR", "REJECTED"):
             entry["errors"] += count
         if status == "FILTERED":
@@ -162,7 +162,7 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
         select(outbox.c.channel, outbox.c.status, func.count(), func.min(outbox.c.created_at))
         .where(outbox.c.status.in_([QUEUED, "ERROR"])).group_by(outbox.c.channel, outbox.c.status))
     for channel, status, count, oldest in queued:
-        entry = out.setdefault(channel, _empty())
+        entry = out.setdefault(channel, empty_counts())
         if status == QUEUED:
             entry["queued"] = count
             oldest_at = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
@@ -172,7 +172,7 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
     return out
 
 
-def _empty() -> dict[str, Any]:
+def empty_counts() -> dict[str, Any]:
     return {"received": 0, "errors": 0, "filtered": 0, "unchanged": 0, "queued": 0, "delivery_errors": 0,
             "oldest_queued_seconds": None}
 

@@ -113,16 +113,22 @@ def _listeners(config: Config) -> list[tuple[str, str, int, str]]:
 
 def _port_clashes(config: Config) -> list[str]:
     """Two listeners on one port (of one address, or of any when either is a wildcard)."""
-    taken: list[tuple[str, int, str]] = []
+    taken: list[tuple[str, str, int, str]] = []
     out = []
     for where, host, port, owner in _listeners(config):
-        for other_host, other_port, other in taken:
+        for other_where, other_host, other_port, other in taken:
             wildcard = host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS
             if port == other_port and (host == other_host or wildcard):
-                out.append(f"{where}: {port} is already used by {other}")
+                # both places: the user must see which two files to reconcile
+                out.append(f"{where}: {port} is already used by {other} ({_file_line(other_where)})")
                 break
-        taken.append((host, port, owner))
+        taken.append((where, host, port, owner))
     return out
+
+
+def _file_line(where: str) -> str:
+    """``file:line`` of a ``file:line: field`` location."""
+    return where.rsplit(": ", 1)[0]
 
 
 def _destination_problems(config: Config) -> list[str]:

@@ -153,7 +153,8 @@ def test_a_channel_on_the_dicom_port_is_refused(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, CHANNEL, "dicom:\n  port: 2575\n"), {})
     assert exc.value.problems == [f"{tmp_path / 'channels' / 'c1.yaml'}:4: source.port: 2575 is already"
-                                  " used by the DICOM listener"]
+                                  " used by the DICOM listener"
+                                  f" ({tmp_path / 'engine.yaml'}:2)"]
 
 
 def test_a_wildcard_listener_clashes_with_any_address_on_its_port(tmp_path):
@@ -162,7 +163,8 @@ def test_a_wildcard_listener_clashes_with_any_address_on_its_port(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(tmp_path, {})
     assert exc.value.problems == [f"{tmp_path / 'channels' / 'c2.yaml'}:4: source.port: 2575 is already"
-                                  " used by channel 'c1'"]
+                                  " used by channel 'c1'"
+                                  f" ({tmp_path / 'channels' / 'c1.yaml'}:4)"]
 
 
 def test_an_unknown_mpps_status_destination_gets_a_did_you_mean(tmp_path):

@@ -117,9 +117,12 @@ def test_messages_list_filters_by_control_id(three_stored: EngineProcess) -> Non
 def test_status_json_counts_per_channel(three_stored: EngineProcess) -> None:
     status = cli_json(three_stored, "status")
 
-    assert status["channels"] == {"inbound": {"received": 3, "errors": 1, "filtered": 0, "unchanged": 0, "queued": 0,
-                                              "delivery_errors": 0, "oldest_queued_seconds": None}}
-    assert set(status) == {"channels", "jobs", "worklist_steps", "reports", "studies"}
+    (inbound,) = status["channels"].values()
+    assert {k: inbound[k] for k in inbound if k not in ("listen", "file")} == {
+        "received": 3, "errors": 1, "filtered": 0, "unchanged": 0, "queued": 0, "delivery_errors": 0,
+        "oldest_queued_seconds": None}
+    assert set(status) == {"channels", "jobs", "worklist_steps", "reports", "studies", "engine", "dicom", "fhir",
+                           "destinations", "attention"}
     assert status["studies"] == {"scheduled": 0, "unscheduled": 0}
 
 

@@ -1,0 +1,108 @@
+"""What ``radbridge status`` adds to the database counts: where things listen, the backlog per
+destination, whether the engine runs, and a plain list of what needs attention.
+
+The listening addresses are the configuration's (what ``radbridge run`` binds with this
+configuration and environment); port 0 (a free port chosen at start) is shown as such.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from engine.config import Config
+from engine.outbox.queue import QUEUED
+from engine.pidfile import running_pid
+from engine.store.schema import outbox
+
+__all__ = ["attention", "configured", "destination_backlog", "endpoints_text"]
+
+
+def _address(host: str, port: int) -> str:
+    return f"{host}:{port}" if port else f"{host}:(a free port chosen at start)"
+
+
+def _listen(config: Config) -> dict[str, dict[str, Any]]:
+    """Each configured channel's listener (disabled ones say so)."""
+    return {ch.name: {"listen": _address(ch.source.host, ch.source.port) if ch.enabled else "disabled",
+                      "file": str(config.channel_files[ch.name])} for ch in config.channels}
+
+
+def _destinations(config: Config) -> dict[str, str]:
+    """Every configured destination name → where it sends ("off" when it has no address)."""
+    eng = config.engine
+    found = [*eng.destinations, *(d for ch in config.channels for d in ch.destinations)]
+    out = {d.name: _target(d) for d in found}
+    out |= {r.name: r.mllp or r.destination or "off" for r in eng.reports.receivers}
+    return out
+
+
+def _target(dest: Any) -> str:
+    url = getattr(dest, "url", None)
+    if url:
+        return str(url)
+    host = getattr(dest, "host", "") or ""
+    return f"{host}:{getattr(dest, 'port', '')}" if host else "off"
+
+
+def configured(config: Config) -> dict[str, Any]:
+    """The engine, DICOM listener, FHIR API, channel listeners and destinations of ``config``."""
+    eng = config.engine
+    dicom = ({"ae_title": eng.dicom.ae_title, "listen": _address(eng.dicom.host, eng.dicom.port),
+              "tls": eng.dicom.tls is not None} if eng.dicom.enabled else None)
+    http = eng.http
+    scheme = "https" if http.tls else "http"
+    fhir = ({"url": f"{scheme}://{_address(http.host, http.port)}/fhir", "auth": http.auth}
+            if http.enabled else None)
+    pid = running_pid(Path(eng.data_dir) / "radbridge.pid")
+    return {"engine": {"running": pid is not None, "pid": pid, "data_dir": str(eng.data_dir)},
+            "dicom": dicom, "fhir": fhir, "listeners": _listen(config), "destination_targets": _destinations(config)}
+
+
+def destination_backlog(conn: Connection, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """Per destination: deliveries queued, the oldest one's age in seconds, and dead letters (ERROR)."""
+    now = now or datetime.now(UTC)
+    out: dict[str, dict[str, Any]] = {}
+    rows = conn.execute(select(outbox.c.destination, outbox.c.status, func.count(), func.min(outbox.c.created_at))
+                        .where(outbox.c.status.in_([QUEUED, "ERROR"]))
+                        .group_by(outbox.c.destination, outbox.c.status))
+    for name, status, count, oldest in rows:
+        entry = out.setdefault(name, {"queued": 0, "oldest_queued_seconds": None, "dead_letters": 0})
+        if status == QUEUED:
+            at = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
+            entry["queued"], entry["oldest_queued_seconds"] = count, round((now - at).total_seconds(), 1)
+        else:
+            entry["dead_letters"] = count
+    return out
+
+
+def attention(data: dict[str, Any]) -> list[str]:
+    """One line per thing an analyst should look at, each with the command that shows it."""
+    out = []
+    for name, ch in sorted(data["channels"].items()):
+        if ch["errors"]:
+            out.append(f"channel {name}: {ch['errors']} message(s) answered AE/AR:"
+                       f" radbridge messages list --channel {name} --status ERROR (or REJECTED)")
+    for name, d in sorted(data.get("destinations", {}).items()):
+        if d["dead_letters"]:
+            out.append(f"destination {name}: {d['dead_letters']} dead letter(s):"
+                       f" radbridge outbox list --destination {name} --status ERROR")
+    for job, j in sorted(data["jobs"].items()):
+        if j["last_error"]:
+            out.append(f"job {job}: last run failed: {j['last_error']}")
+    return out
+
+
+def endpoints_text(data: dict[str, Any]) -> list[str]:
+    """The lines above the tables: engine, DICOM AE, FHIR API."""
+    eng = data["engine"]
+    running = f"running (pid {eng['pid']})" if eng["running"] else "not running"
+    dicom = data["dicom"]
+    dicom_line = (f"DICOM: AE title {dicom['ae_title']} on {dicom['listen']}{' (TLS)' if dicom['tls'] else ''}"
+                  if dicom else "DICOM: off")
+    fhir = data["fhir"]
+    fhir_line = f"FHIR API: {fhir['url']} (auth: {fhir['auth']})" if fhir else "FHIR API: off"
+    return [f"engine: {running}, data directory {eng['data_dir']}", dicom_line, fhir_line]

@@ -1,0 +1,36 @@
+"""Mistakes a new user makes on the command line get one clear line, not a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.cli.main import main
+from tests.conftest import free_port
+
+
+def _config(tmp: Path, database: str = "") -> Path:
+    (tmp / "config" / "channels").mkdir(parents=True)
+    (tmp / "config" / "engine.yaml").write_text(
+        f"data_dir: {tmp / 'var'}\ndicom: {{enabled: false}}\ndatabase: {{url: '{database}'}}\n")
+    return tmp / "config"
+
+
+def test_a_time_that_is_not_iso_8601_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(_config(tmp_path)), "messages", "list", "--since", "yesterday"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == ("radbridge messages list: error: argument --since: 'yesterday' is not an"
+                                    " ISO 8601 time, e.g. 2026-11-22T08:00")
+
+
+def test_an_unreachable_database_is_one_line(tmp_path, capsys):
+    port = free_port()  # nobody listens there
+    config = _config(tmp_path, f"postgresql+psycopg://radbridge@127.0.0.1:{port}/radbridge")
+    assert main(["--config", str(config), "status"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("radbridge status: cannot use the database: connection failed:")
+    assert f"port {port} failed" in err
