@@ -31,7 +31,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.hl7.er7 import Separators, unescape
-from engine.mapping.evaluate import EMPTY, SKIP, BoundTransform, CompiledRule, Lookup, _filled, _objects
+from engine.mapping.evaluate import (
+    EMPTY,
+    SKIP,
+    BoundTransform,
+    CompiledCondition,
+    CompiledRule,
+    Lookup,
+    _filled,
+    _objects,
+)
 from engine.mapping.paths import read_repetition
 from engine.mapping.sources import Context, Hl7Ref, SourceRef
 
@@ -206,6 +215,36 @@ class _Writer:
         key = (source._segment, source._index, source._field, source._rep)
         return self.repetitions.get(key) in self.split
 
+    def conditions(self, conditions: tuple[CompiledCondition, ...]) -> str:
+        """An expression true when every condition holds, each tested in order as ``holds`` does."""
+        return " and ".join(self.condition(c) for c in conditions)
+
+    def condition(self, cond: CompiledCondition) -> str:
+        """``cond.holds(ctx)`` as an expression; inline for an HL7 path (read once, tests in place).
+
+        ``holds`` tests the source's first value, which for an HL7 path is what
+        :meth:`first` reads (``Hl7Ref.first`` is the fast path of ``read()[0]``). Other
+        sources (a variable joins its values in ``first``) keep calling ``holds``.
+        """
+        if not isinstance(cond.source, Hl7Ref):
+            return f"{self.const(cond)}.holds(ctx)"
+        tests = []  # each with "@" where the value goes (consts are names, never "@")
+        if cond.equals is not None:
+            tests.append(f"@ == {self.const(cond.equals)}")
+        if cond.in_ is not None:
+            tests.append(f"@ in {self.const(cond.in_)}")
+        if cond.not_in is not None:
+            tests.append(f"@ not in {self.const(cond.not_in)}")
+        if cond.matches is not None:
+            tests.append(f"{self.const(cond.matches)}.fullmatch(@) is not None")
+        if cond.present is not None:
+            tests.append("@" if cond.present else "not @")
+        read = f"({self.first(cond.source)})"
+        if len(tests) == 1:  # the usual condition: one test of the value, read in place
+            return f"({tests[0].replace('@', read)})"
+        value = self.temp()  # several tests of one value: read it once (the first test always passes)
+        return f"((({value} := {read}) or True) and {' and '.join(t.replace('@', value) for t in tests)})"
+
     # Rules: each writes statements that leave the rule's value (or SKIP) in ``out``.
 
     def rule(self, rule: CompiledRule, out: str, depth: int) -> None:
@@ -213,8 +252,7 @@ class _Writer:
             self.plain(rule, out, depth)
             return
         if rule.conditions:
-            tests = " and ".join(f"{self.const(c)}.holds(ctx)" for c in rule.conditions)
-            self.line(depth, f"if not ({tests}):")
+            self.line(depth, f"if not ({self.conditions(rule.conditions)}):")
             self.line(depth + 1, f"{out} = SKIP")
             self.line(depth, "else:")
             depth += 1
@@ -310,8 +348,7 @@ class _Writer:
 
     def output(self, output: CompiledOutput) -> str:
         if output.conditions:
-            tests = " and ".join(f"{self.const(c)}.holds(ctx)" for c in output.conditions)
-            self.line(1, f"if not ({tests}):")
+            self.line(1, f"if not ({self.conditions(output.conditions)}):")
             self.line(2, "return None")
         if output.vars:
             self.line(1, "variables = ctx.vars")

@@ -77,6 +77,14 @@ outputs:
       study_instance_uid: {first: [ZDS-1.1, {path: OBR-18, transform: [uid_from_text]}]}
       universal_service_id: {path: OBR(2)-4.1}
       diagnostic_service_section: {path: OBR-24, required: true}
+      scheduled_procedure_step_location: {path: IPC-8, when: {field: ORC-5, in: [SC, IP, CM], present: true}}
+      placer_order_namespace: {path: ORC-2.2, when: {field: ZDS-1.1, present: false}}
+      filler_order_namespace: {const: V, when: {field: $rp, matches: "[A-Z].*"}}
+      order_detail_segment:
+        first:
+          - {const: RXO, when: {field: OBR-4(*).1, equals: CT1}}
+          - {const: ODS, when: {field: IPC-2, not_in: [RP], equals: A, present: true}}
+          - {const: OBR, when: {field: OBR-4, present: true}}
 """
 
 
@@ -130,6 +138,13 @@ def test_every_record_output_is_generated(features: CompiledMapping) -> None:
     for mapping in [*SHIPPED.values(), features]:
         for output in mapping.outputs:
             assert output.fast is not None, (mapping.name, output.name)
+
+
+def test_conditions_on_hl7_paths_are_tested_inline(features: CompiledMapping) -> None:
+    """Only the condition on a variable calls ``holds``: the others read their path in place."""
+    (output,) = features.outputs
+    assert output.fast is not None and output.fast.__doc__ is not None
+    assert output.fast.__doc__.count(".holds(ctx)") == 1
 
 
 def corpus_files() -> list[Path]:
