@@ -92,7 +92,7 @@ def _specials(seps: Separators) -> re.Pattern[str]:
 
 def _segment_text(name: str, fields: Grid, seps: Separators) -> str:
     top = max(fields, default=0)
-    cells = [_field_text(fields.get(n, {}), seps) for n in range(1, top + 1)]
+    cells = [_field_text(reps, seps) if (reps := fields.get(n)) else "" for n in range(1, top + 1)]
     if name == "MSH":
         cells = [seps.encoding_characters, *cells[2:]]
     return seps.field.join([name, *cells])
