@@ -193,7 +193,10 @@ class _Connection(asyncio.Protocol):
         in_frame = decoder.in_frame
         if in_frame and (events or not was_in_frame):
             self._frame_started(now)
-        self._account()
+        held = decoder.buffered + self._pending_bytes
+        if held != self._held:  # inline _account: once per read that completes or grows a frame
+            self._hold(held - self._held)
+            self._held = held
         if len(self.pending) > _MAX_PENDING or self._pending_bytes > self.config.max_message_bytes:
             self.paused = True
         elif in_frame and not self.starved and self.server.admission.over(decoder.buffered):
@@ -263,6 +266,14 @@ class _Connection(asyncio.Protocol):
             delta, self._held = held - self._held, held
             self.server.admission.change(delta)
 
+    def _hold(self, delta: int) -> None:
+        """Count ``delta`` more bytes held; through ``Admission.change`` only when connections wait on it."""
+        admission = self.server.admission
+        if admission.starved:
+            admission.change(delta)
+        else:  # nobody to wake: the same count, without the call
+            admission.buffered += delta
+
     def _set_reading(self) -> None:
         want = not (self.paused or self.starved)
         if want is self._reading or self.closed or self.transport is None:
@@ -275,8 +286,12 @@ class _Connection(asyncio.Protocol):
 
     def _pop(self) -> tuple[FrameEvent, Opened | None]:
         item = self.pending.popleft()
-        self._pending_bytes -= len(item[0].payload)
-        self._account()
+        size = len(item[0].payload)
+        self._pending_bytes -= size
+        # What is held was counted after the last change (data_received, _start, connection_lost all
+        # account), and only the popped frame left: the count goes down by its size.
+        self._held -= size
+        self._hold(-size)
         return item
 
     def _close_direct_fd(self) -> None:

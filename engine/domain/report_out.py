@@ -87,7 +87,7 @@ def _as_sent(conn: Connection, order: Any) -> tuple[list[str], list[str]]:
     row = first_row(_MESSAGE_TEXT, conn, {"message_id": order.message_id}) if order.message_id else None
     if row is None or not row.text:
         return [], []
-    message = Message(row.text)
+    message = Message(_header_and_orders(row.text))
     found: list[list[str]] = []
     for field, number in ((2, order.placer_order_number), (3, order.filler_order_number)):
         found.append(next((
@@ -95,6 +95,18 @@ def _as_sent(conn: Connection, order: Any) -> tuple[list[str], list[str]]:
             for name in ("ORC", "OBR") for seg in message.all(name)
             if number and unescape(seg.value(field, 1, 1), message.seps) == number), []))  # fmt: skip
     return found[0], found[1]
+
+
+def _header_and_orders(text: str) -> str:
+    """The stored message's MSH (its delimiters), ORC and OBR lines: all that :func:`_as_sent` reads.
+
+    A stored message's segments end with CR (engine.hl7.er7.normalize_segment_breaks ran before it was
+    stored); its other segments (patient, visit, notes) are not parsed for every report sent.
+    """
+    return "\r".join(line for line in text.split("\r") if line[:3] in _SENT_SEGMENTS)
+
+
+_SENT_SEGMENTS = frozenset({"MSH", "ORC", "OBR"})
 
 
 def _request(conn: Connection, order: Any) -> dict[str, Any]:
@@ -151,7 +163,7 @@ def report_input(conn: Connection, report_pk: int, now: datetime) -> tuple[dict[
 
 def encode_message(text: str) -> bytes:
     """The message's bytes in the charset its MSH-18 names (none: ASCII); unknown names: UTF-8."""
-    msh = Message(text).msh
+    msh = Message(text.split("\r", 1)[0]).msh  # only MSH-18 is read: the other segments are not parsed
     declared = msh.field(18).split("~")[0].strip().upper() if msh is not None else ""
     codec = HL7_CHARSETS.get(declared, "utf-8") if declared else "ascii"
     return text.encode(codec, errors="replace")

@@ -52,11 +52,15 @@ class Split:
 def split_messages(text: str) -> Split:
     """Split decoded payload text into message texts (CR-terminated)."""
     normalized = normalize_segment_breaks(text.lstrip("\ufeff"))
-    lines = [line for line in normalized.split("\r") if line]
+    written = normalized.split("\r")
+    # One pass drops empty lines and lines of controls only; the latter (rare) are noted below.
+    lines = [line for line in written if line.strip(_LEADING_JUNK)]
     result = Split()
     if "\n" in normalized:
         result.notes.append(f"kept {normalized.count(chr(10))} line feed(s) inside fields: no segment follows them")
-    lines = _skip_to_first_header(_without_blank_lines(lines, result.notes), result.notes)
+    if len(lines) + written.count("") < len(written):
+        _note_control_lines(written, result.notes)
+    lines = _skip_to_first_header(lines, result.notes)
     current: list[str] = []
     open_batch = open_file = 0
     for number, line in enumerate(lines, start=1):
@@ -92,15 +96,15 @@ def split_messages(text: str) -> Split:
     return result
 
 
-def _without_blank_lines(lines: list[str], notes: list[str]) -> list[str]:
-    """``lines`` without those of spaces and control characters only (NUL padding, a stray Ctrl-Z)."""
-    kept = [line for line in lines if line.strip(_LEADING_JUNK)]
-    if len(kept) < len(lines):
-        controls = [line for line in lines if line.strip() and not line.strip(_LEADING_JUNK)]
-        if controls:
-            notes.append(f"skipped {len(controls)} line(s) of control characters only, the first: "
-                         f"{controls[0][:_SHOWN]!r}")
-    return kept
+def _note_control_lines(lines: list[str], notes: list[str]) -> None:
+    """Note the lines of control characters only (NUL padding, a stray Ctrl-Z) that the split skips.
+
+    Lines of spaces only are skipped without a note, as empty lines are.
+    """
+    controls = [line for line in lines if line.strip() and not line.strip(_LEADING_JUNK)]
+    if controls:
+        notes.append(f"skipped {len(controls)} line(s) of control characters only, the first: "
+                     f"{controls[0][:_SHOWN]!r}")
 
 
 def _skip_to_first_header(lines: list[str], notes: list[str]) -> list[str]:

@@ -1,12 +1,14 @@
-"""Record outputs generated as Python functions: the channel receive path's evaluator.
+"""Record and HL7 v2 outputs generated as Python functions: the evaluator of the hot paths.
 
 :mod:`engine.mapping.evaluate` interprets a compiled rule tree. It is the
 reference: it records provenance (``radbridge mapping test``) and knows every
 error and its ERR location. On a channel's receive path nobody reads the
 provenance, and walking the rule tree for every field of every message costs
-more than reading the values. So each ``record`` output is also written out,
-when the file is loaded, as one Python function that reads the message
-directly:
+more than reading the values. So each ``record`` output of an HL7 v2 mapping
+(every inbound message) and each ``hl7v2`` output of a record mapping (every
+ORU^R01 out) is also written out, when the file is loaded, as one Python
+function that reads its source directly (an HL7 output's values are then laid
+out and escaped by the output's own ``_shape``, as the interpreter's are):
 
 * every segment occurrence and field repetition a path reads is looked up once
   per output, not once per path;
@@ -31,7 +33,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.hl7.er7 import Separators, unescape
-from engine.mapping.evaluate import EMPTY, SKIP, BoundTransform, CompiledRule, Lookup, _filled, _objects
+from engine.mapping.evaluate import (
+    EMPTY,
+    SKIP,
+    BoundTransform,
+    CompiledCondition,
+    CompiledRule,
+    Lookup,
+    _filled,
+    _objects,
+)
 from engine.mapping.paths import read_repetition
 from engine.mapping.sources import Context, Hl7Ref, SourceRef
 
@@ -206,6 +217,36 @@ class _Writer:
         key = (source._segment, source._index, source._field, source._rep)
         return self.repetitions.get(key) in self.split
 
+    def conditions(self, conditions: tuple[CompiledCondition, ...]) -> str:
+        """An expression true when every condition holds, each tested in order as ``holds`` does."""
+        return " and ".join(self.condition(c) for c in conditions)
+
+    def condition(self, cond: CompiledCondition) -> str:
+        """``cond.holds(ctx)`` as an expression; inline for an HL7 path (read once, tests in place).
+
+        ``holds`` tests the source's first value, which for an HL7 path is what
+        :meth:`first` reads (``Hl7Ref.first`` is the fast path of ``read()[0]``). Other
+        sources (a variable joins its values in ``first``) keep calling ``holds``.
+        """
+        if not isinstance(cond.source, Hl7Ref):
+            return f"{self.const(cond)}.holds(ctx)"
+        tests = []  # each with "@" where the value goes (consts are names, never "@")
+        if cond.equals is not None:
+            tests.append(f"@ == {self.const(cond.equals)}")
+        if cond.in_ is not None:
+            tests.append(f"@ in {self.const(cond.in_)}")
+        if cond.not_in is not None:
+            tests.append(f"@ not in {self.const(cond.not_in)}")
+        if cond.matches is not None:
+            tests.append(f"{self.const(cond.matches)}.fullmatch(@) is not None")
+        if cond.present is not None:
+            tests.append("@" if cond.present else "not @")
+        read = f"({self.first(cond.source)})"
+        if len(tests) == 1:  # the usual condition: one test of the value, read in place
+            return f"({tests[0].replace('@', read)})"
+        value = self.temp()  # several tests of one value: read it once (the first test always passes)
+        return f"((({value} := {read}) or True) and {' and '.join(t.replace('@', value) for t in tests)})"
+
     # Rules: each writes statements that leave the rule's value (or SKIP) in ``out``.
 
     def rule(self, rule: CompiledRule, out: str, depth: int) -> None:
@@ -213,8 +254,7 @@ class _Writer:
             self.plain(rule, out, depth)
             return
         if rule.conditions:
-            tests = " and ".join(f"{self.const(c)}.holds(ctx)" for c in rule.conditions)
-            self.line(depth, f"if not ({tests}):")
+            self.line(depth, f"if not ({self.conditions(rule.conditions)}):")
             self.line(depth + 1, f"{out} = SKIP")
             self.line(depth, "else:")
             depth += 1
@@ -308,17 +348,8 @@ class _Writer:
             self.line(depth + 1, "raise GiveUp")
         self.line(depth, f"{out} = {obj} if {filled} else None")
 
-    def output(self, output: CompiledOutput) -> str:
-        if output.conditions:
-            tests = " and ".join(f"{self.const(c)}.holds(ctx)" for c in output.conditions)
-            self.line(1, f"if not ({tests}):")
-            self.line(2, "return None")
-        if output.vars:
-            self.line(1, "variables = ctx.vars")
-        for var in output.vars:
-            value = self.temp()
-            self.rule(var, value, 1)
-            self.line(1, f"variables[{var.target!r}] = None if {value} is SKIP else {value}")
+    def record_fields(self, output: CompiledOutput) -> None:
+        """A record output: its fields into a dict, as ``CompiledOutput._shape`` makes one."""
         self.line(1, f"record = {{'record': {output.name!r}}}")
         for rule in output.fields:
             value = self.temp()
@@ -329,14 +360,44 @@ class _Writer:
             self.line(1, f"if {value} is not SKIP:")
             self.line(2, f"record[{rule.target!r}] = _flat({value}) if {value}.__class__ is list else {value}")
         self.line(1, "return record")
+
+    def hl7_fields(self, output: CompiledOutput) -> None:
+        """An hl7v2 output: the (rule, value) pairs ``CompiledOutput.build`` collects, rendered by the
+        output's own ``_shape`` (escaping and segment layout stay in one place)."""
+        self.line(1, "values = []")
+        for rule in output.fields:
+            value = self.temp()
+            self.rule(rule, value, 1)
+            pair = f"({self.const(rule)}, _flat({value}) if {value}.__class__ is list else {value})"
+            if rule.plain:
+                self.line(1, f"values.append({pair})")
+                continue
+            self.line(1, f"if {value} is not SKIP:")
+            self.line(2, f"values.append({pair})")
+        self.line(1, f"return {self.const(output._shape)}(values, ctx)")
+
+    def output(self, output: CompiledOutput) -> str:
+        if output.conditions:
+            self.line(1, f"if not ({self.conditions(output.conditions)}):")
+            self.line(2, "return None")
+        if output.vars:
+            self.line(1, "variables = ctx.vars")
+        for var in output.vars:
+            value = self.temp()
+            self.rule(var, value, 1)
+            self.line(1, f"variables[{var.target!r}] = None if {value} is SKIP else {value}")
+        if output.kind == "record":
+            self.record_fields(output)
+        else:
+            self.hl7_fields(output)
         head = ["def build(ctx):", "    scope = ctx.scope", "    seps = ctx.seps", "    rsep = seps.repetition",
                 "    cs = seps.component", "    ss = seps.subcomponent", "    es = seps.escape"]
         return "\n".join([*head, *("    " + p for p in self.prologue), *self.lines]) + "\n"
 
 
 def generate(output: CompiledOutput, label: str = "") -> FastBuild | None:
-    """The generated function for a ``record`` output, or None to keep the interpreter."""
-    if output.kind != "record":
+    """The generated function for a ``record`` or ``hl7v2`` output, or None to keep the interpreter."""
+    if output.kind not in ("record", "hl7v2"):
         return None
     writer = _Writer()
     try:

@@ -206,7 +206,19 @@ class CompiledMapping:
         records: list[dict[str, Any]] = []
         prov: list[RawProvenance] = []
         for output in self.outputs:
-            self._collect(output, Context(Separators(), obj=obj, provenance=provenance), records, prov)
+            ctx = Context(STANDARD_SEPARATORS, obj=obj, provenance=provenance)
+            if output.fast is None or provenance:
+                self._collect(output, ctx, records, prov)
+                continue
+            try:
+                built = output.fast(ctx)
+            except Exception as exc:  # GiveUp or an error: the interpreter decides, with its own error
+                if not isinstance(exc, GiveUp | HL7Error):
+                    _unexpected(self.name, output.name, exc)
+                self._collect(output, Context(STANDARD_SEPARATORS, obj=obj, provenance=False), records, prov)
+                continue
+            if built is not None:
+                records.append(built)
         return MappingResult(records, prov)
 
     @staticmethod

@@ -252,7 +252,9 @@ class _Compiler:
             segment_order=tuple(spec.segment_order or ()),
             fhir_model=names.model if self.spec.target == "fhir" else None,
         )  # fmt: skip
-        if self.spec.source != "hl7v2" or self.problems:
+        # HL7 v2 -> records (every inbound message) and records -> HL7 v2 (every ORU^R01 out).
+        generated = (self.spec.source, compiled.kind) in (("hl7v2", "record"), ("record", "hl7v2"))
+        if not generated or self.problems:
             return compiled
         return replace(compiled, fast=generate(compiled, self.located.path.stem))
 

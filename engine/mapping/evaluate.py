@@ -268,9 +268,9 @@ def _objects(rule: CompiledRule, ctx: Context, out: list[RawProvenance], prefix:
     items: list[dict[str, Any]] = []
     for index, item in enumerate(rule.each.items(ctx)):
         if isinstance(item, Segment):  # each over segments: its paths read the current one
-            inner = replace(ctx, scope={**ctx.scope, item.name: [item]}, current=None, current_obj=None)
+            inner = ctx.for_item({**ctx.scope, item.name: [item]}, None, None)
         else:
-            inner = replace(ctx, current=item if isinstance(item, str) else None, current_obj=item)
+            inner = ctx.for_item(ctx.scope, item if isinstance(item, str) else None, item)
         obj = _object(rule.fields, inner, out, f"{prefix}{rule.target}[{index}].")
         if obj:
             items.append(obj)

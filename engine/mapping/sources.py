@@ -40,6 +40,15 @@ class Context:
     output: int = -1
     provenance: bool = True  # False: the caller only wants the records (the channel's receive path)
 
+    def for_item(self, scope: Mapping[str, list[Segment]], current: str | None, current_obj: Any) -> Context:
+        """This context for one item of an ``each``: the same but for ``scope`` and the current item.
+
+        Spelled out rather than ``dataclasses.replace``, which looks the fields up for every item
+        (a new field must be copied here too).
+        """
+        return Context(seps=self.seps, message=self.message, scope=scope, obj=self.obj, vars=self.vars,
+                       current=current, current_obj=current_obj, output=self.output, provenance=self.provenance)
+
 
 class SourceRef(Protocol):
     """A readable source path."""

@@ -92,7 +92,7 @@ def _specials(seps: Separators) -> re.Pattern[str]:
 
 def _segment_text(name: str, fields: Grid, seps: Separators) -> str:
     top = max(fields, default=0)
-    cells = [_field_text(fields.get(n, {}), seps) for n in range(1, top + 1)]
+    cells = [_field_text(reps, seps) if (reps := fields.get(n)) else "" for n in range(1, top + 1)]
     if name == "MSH":
         cells = [seps.encoding_characters, *cells[2:]]
     return seps.field.join([name, *cells])
@@ -121,18 +121,26 @@ def render_hl7(
 
 
 def _field_text(reps: dict[int, dict[int, dict[int, str]]], seps: Separators) -> str:
-    if len(reps) == 1 and 1 in reps:  # the usual field: one repetition, a plain value
-        comps = reps[1]
-        if len(comps) == 1 and 1 in comps and len(comps[1]) == 1 and 1 in comps[1]:
-            return comps[1][1]
-    elif not reps:
+    if len(reps) == 1 and 1 in reps:  # the usual field: one repetition
+        return _repetition_text(reps[1], seps)
+    if not reps:
         return ""
-    out = []
-    for r in range(1, max(reps, default=0) + 1):
-        comps = reps.get(r, {})
-        out.append(seps.component.join(
-            _joined(comps.get(c, {}), seps.subcomponent) for c in range(1, max(comps, default=0) + 1)))
-    return seps.repetition.join(out)
+    return seps.repetition.join(_repetition_text(reps.get(r, {}), seps) for r in range(1, max(reps) + 1))
+
+
+def _repetition_text(comps: dict[int, dict[int, str]], seps: Separators) -> str:
+    if len(comps) == 1 and 1 in comps and len(first := comps[1]) == 1 and 1 in first:
+        return first[1]  # a plain value
+    parts = []
+    for c in range(1, max(comps, default=0) + 1):
+        subs = comps.get(c)
+        if not subs:
+            parts.append("")
+        elif len(subs) == 1 and 1 in subs:  # a component without sub-components
+            parts.append(subs[1])
+        else:
+            parts.append(_joined(subs, seps.subcomponent))
+    return seps.component.join(parts)
 
 
 def _joined(subs: dict[int, str], separator: str) -> str:

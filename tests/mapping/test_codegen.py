@@ -9,6 +9,7 @@ the receive path (``apply(provenance=False)``) must raise the same HL7 error.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,14 @@ outputs:
       study_instance_uid: {first: [ZDS-1.1, {path: OBR-18, transform: [uid_from_text]}]}
       universal_service_id: {path: OBR(2)-4.1}
       diagnostic_service_section: {path: OBR-24, required: true}
+      scheduled_procedure_step_location: {path: IPC-8, when: {field: ORC-5, in: [SC, IP, CM], present: true}}
+      placer_order_namespace: {path: ORC-2.2, when: {field: ZDS-1.1, present: false}}
+      filler_order_namespace: {const: V, when: {field: $rp, matches: "[A-Z].*"}}
+      order_detail_segment:
+        first:
+          - {const: RXO, when: {field: OBR-4(*).1, equals: CT1}}
+          - {const: ODS, when: {field: IPC-2, not_in: [RP], equals: A, present: true}}
+          - {const: OBR, when: {field: OBR-4, present: true}}
 """
 
 
@@ -130,6 +139,13 @@ def test_every_record_output_is_generated(features: CompiledMapping) -> None:
     for mapping in [*SHIPPED.values(), features]:
         for output in mapping.outputs:
             assert output.fast is not None, (mapping.name, output.name)
+
+
+def test_conditions_on_hl7_paths_are_tested_inline(features: CompiledMapping) -> None:
+    """Only the condition on a variable calls ``holds``: the others read their path in place."""
+    (output,) = features.outputs
+    assert output.fast is not None and output.fast.__doc__ is not None
+    assert output.fast.__doc__.count(".holds(ctx)") == 1
 
 
 def corpus_files() -> list[Path]:
@@ -217,3 +233,76 @@ def test_alternatives_nested_too_deeply_stay_interpreted(tmp_path: Path) -> None
     assert mapping.outputs[0].fast is None
     message = Message("MSH|^~\\&|RIS|F|RB|F|20240101||ORM^O01|1|P|2.5.1\rPID|||7\rORC|NW|P1\rOBR|1|P1\r")
     assert mapping.apply(message, provenance=False).records[0]["accession_number"] == "1"
+
+
+# Record -> HL7 v2 (ORU^R01 out): the shipped mappings that write HL7 from records.
+WRITERS = {name: m for name, m in load_mappings(MAPPINGS_DIR).items()
+           if m.source == "record" and m.target == "hl7v2"}
+REPORT_INPUT = json.loads((MAPPINGS_DIR / "tests" / "report-to-oru" / "final_v1.input.json").read_text())
+TEXTS = st.sampled_from(["", '""', "X", "F", "P", "C", "1", "A|B", "a^b", "x&y", "back\\slash", "r~r", "Müller",
+                         "Doe^Jane^Q^Dr^Jr", "20241203093000", "line\nbreak"])
+
+
+def generated_writer(mapping: CompiledMapping, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages from the generated functions alone."""
+    records = []
+    for output in mapping.outputs:
+        assert output.fast is not None
+        built = output.fast(Context(STANDARD_SEPARATORS, obj=data, provenance=False))
+        if built is not None:
+            records.append(built)
+    return records
+
+
+def same_writer(mapping: CompiledMapping, data: dict[str, Any]) -> None:
+    try:
+        expected: list[dict[str, Any]] | HL7Error = mapping.apply_to(data).records
+    except HL7Error as exc:
+        expected = exc
+    if isinstance(expected, HL7Error):
+        with pytest.raises(Exception):  # noqa: B017 - GiveUp or the error itself
+            generated_writer(mapping, data)
+        with pytest.raises(HL7Error) as raised:
+            mapping.apply_to(data, provenance=False)
+        assert (raised.value.code, raised.value.text) == (expected.code, expected.text)
+        return
+    assert generated_writer(mapping, data) == expected
+    assert mapping.apply_to(data, provenance=False).records == expected
+
+
+def test_every_hl7_output_of_a_record_mapping_is_generated() -> None:
+    assert WRITERS
+    for mapping in WRITERS.values():
+        for output in mapping.outputs:
+            assert output.fast is not None, (mapping.name, output.name)
+
+
+def test_golden_record_inputs_write_the_same_hl7() -> None:
+    inputs = sorted((MAPPINGS_DIR / "tests").rglob("*.input.json"))
+    for mapping in WRITERS.values():
+        for path in inputs:
+            same_writer(mapping, json.loads(path.read_text()))
+
+
+@st.composite
+def report_inputs(draw: st.DrawFn) -> dict[str, Any]:
+    """The golden report input with every text value redrawn or left out, and 0-4 report lines."""
+    data: dict[str, Any] = {}
+    for key, part in REPORT_INPUT.items():
+        data[key] = {}
+        for name, value in part.items():
+            if draw(st.booleans()) and name != "lines":
+                continue  # left out
+            if isinstance(value, dict):
+                data[key][name] = {k: draw(TEXTS) for k in value if draw(st.booleans())}
+            elif isinstance(value, list):
+                data[key][name] = [{"set_id": str(n), "text": draw(TEXTS)} for n in range(draw(st.integers(0, 4)))]
+            else:
+                data[key][name] = draw(TEXTS)
+    return data
+
+
+@given(report_inputs())
+def test_generated_record_inputs_write_the_same_hl7(data: dict[str, Any]) -> None:
+    for mapping in WRITERS.values():
+        same_writer(mapping, data)

@@ -296,3 +296,18 @@ def test_dicom_source_reads_keywords_and_sequences(tmp_path: Path) -> None:
     (record,) = m.apply_to(ds).records
     assert (record["patient_id"], record["modality"]) == ("A1", "CT")
     assert record["scheduled_station_ae_title"] == "CT1\\MR1"
+
+
+def test_an_each_item_context_copies_every_field_but_scope_and_the_item() -> None:
+    """Context.for_item spells out the fields: a field added to Context must be copied there too."""
+    import dataclasses
+
+    from engine.hl7.er7 import Separators
+    from engine.mapping.sources import Context
+
+    ctx = Context(Separators(), None, {"PID": []}, {"a": 1}, {"v": 2}, "cur", {"o": 3}, 7, False)
+    item = ctx.for_item({"OBX": []}, "x", {"i": 1})
+    for f in dataclasses.fields(Context):
+        expected = {"scope": {"OBX": []}, "current": "x", "current_obj": {"i": 1}}.get(f.name, getattr(ctx, f.name))
+        assert getattr(item, f.name) == expected, f.name
+    assert item.vars is ctx.vars  # variables are shared with the output, as before

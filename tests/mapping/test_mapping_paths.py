@@ -132,3 +132,15 @@ def test_parse_round_trips_the_numbers(
 def test_parser_never_fails_with_anything_but_path_syntax_error(text: str) -> None:
     with contextlib.suppress(PathSyntaxError):
         parse_hl7_path(text)
+
+
+def test_hl7_values_are_laid_out_by_repetition_component_and_sub_component() -> None:
+    """Gaps stay empty, the highest index given sets the count, delimiters in values are escaped."""
+    from engine.hl7.er7 import Separators
+    from engine.mapping.paths import target_path
+    from engine.mapping.targets import render_hl7
+
+    values = [("ZZZ-2", "plain"), ("ZZZ-3.2", "b"), ("ZZZ-3.4.1", "d1"), ("ZZZ-3.4.3", "d3"),
+              ("ZZZ-5(2).1", "r2"), ("ZZZ-5(3)", "r3"), ("ZZZ-6.1", "a|b^c"), ("MSH-3", "APP")]
+    text = render_hl7([(target_path(p), v) for p, v in values], ["MSH", "ZZZ"], Separators())
+    assert text == "MSH|^~\\&|APP\rZZZ||plain|^b^^d1&&d3||~r2~r3|a\\F\\b\\S\\c\r"

@@ -341,3 +341,35 @@ def test_a_peer_resetting_connections_is_logged_in_one_line_without_a_traceback(
         assert run(scenario()) == "AA"
     noisy = [r.getMessage() for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
     assert noisy == []
+
+
+def test_bytes_of_pipelined_frames_are_released_as_they_are_answered(tmp_path):
+    """Three connections each pipeline 30 frames in one write (one more split across two writes): once
+    every frame is answered, and while the connections are still open, the listener holds no bytes."""
+
+    def pipeline(port: int, tag: str) -> tuple[socket.socket, list[str]]:
+        sock = connect(port)
+        frames = [b"\x0b" + MSG.replace(b"{n}", f"{tag}{i}".encode()) + b"\x1c\r" for i in range(31)]
+        sock.sendall(b"".join(frames[:30]) + frames[30][:40])
+        time.sleep(0.05)
+        sock.sendall(frames[30][40:])
+        data = b""
+        sock.settimeout(10)
+        while data.count(b"\x1c\r") < 31:
+            data += sock.recv(65536)
+        return sock, [code(f.strip(b"\x0b")) for f in data.split(b"\x1c\r") if f.strip()]
+
+    async def scenario():
+        async with serving(tmp_path) as (server, db):
+            results = await asyncio.gather(*(asyncio.to_thread(pipeline, server.port, t) for t in "ABC"))
+            try:
+                await asyncio.sleep(0.1)
+                held_now = server.admission.buffered, [c._held for c in server.admission.connections]
+            finally:
+                for sock, _ in results:
+                    sock.close()
+            return [answers for _, answers in results], held_now, count_rows(db)
+
+    answers, (buffered, per_connection), rows = asyncio.run(scenario())
+    assert answers == [["AA"] * 31] * 3 and rows == 93
+    assert buffered == 0 and per_connection == [0, 0, 0]
