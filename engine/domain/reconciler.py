@@ -39,6 +39,7 @@ from engine.reconcile.coerce import COERCE, Modification, coerce
 from engine.reconcile.keys import MatchKeys
 from engine.reconcile.rewrite import (
     CoercedStream,
+    Header,
     WholeStream,
     encode_header,
     encode_whole,
@@ -119,13 +120,15 @@ class Reconciler:
         return match, conflict, (self.target(conn, match) if match is not None else {})
 
     def prepare(self, spool: BinaryIO, offset: int, enc: Encoding | None, attrs: InstanceAttributes,
-                calling_ae: str, now: datetime) -> Prepared:
+                calling_ae: str, now: datetime, parsed: Header | None = None) -> Prepared:
         """Match and coerce the dataset at ``offset`` of ``spool``; leaves ``spool`` at the body to copy.
 
-        Raises :class:`PatientMismatch` when policy refuses the image. A deflated dataset
-        (``enc`` None) is read and coerced whole.
+        ``parsed``: the header the caller parsed already (:func:`read_header`; it may be
+        coerced in place). Raises :class:`PatientMismatch` when policy refuses the image. A
+        deflated dataset (``enc`` None) is read and coerced whole.
         """
-        parsed = read_header(spool, offset, enc) if enc is not None else None
+        if parsed is None and enc is not None:
+            parsed = read_header(spool, offset, enc)
         header = parsed.dataset if parsed is not None else read_whole(spool)
         match, conflict, target = self.db.read(functools.partial(
             self._decide, keys=MatchKeys.from_dataset(header), now=now))
