@@ -315,8 +315,9 @@ class StorageService:
             spool.seek(offset)
             return Prepared(spool, attrs)
         try:
+            known = request.streamed.sha256 if request.streamed is not None else ""  # hashed as received
             return self.reconciler.prepare(spool, offset, _encoding(request.transfer_syntax_uid), attrs,
-                                           request.calling_ae, now, header)
+                                           request.calling_ae, now, header, known)
         except PatientMismatch as exc:
             raise _Refused("patient_mismatch", str(exc)) from exc
 

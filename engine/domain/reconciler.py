@@ -120,11 +120,12 @@ class Reconciler:
         return match, conflict, (self.target(conn, match) if match is not None else {})
 
     def prepare(self, spool: BinaryIO, offset: int, enc: Encoding | None, attrs: InstanceAttributes,
-                calling_ae: str, now: datetime, parsed: Header | None = None) -> Prepared:
+                calling_ae: str, now: datetime, parsed: Header | None = None, received_sha256: str = "") -> Prepared:
         """Match and coerce the dataset at ``offset`` of ``spool``; leaves ``spool`` at the body to copy.
 
         ``parsed``: the header the caller parsed already (:func:`read_header`; it may be
-        coerced in place). Raises :class:`PatientMismatch` when policy refuses the image. A
+        coerced in place); ``received_sha256``: the received data set's hash, when the caller has
+        it (not computed again for a coerced image). Raises :class:`PatientMismatch` when policy refuses the image. A
         deflated dataset (``enc`` None) is read and coerced whole.
         """
         if parsed is None and enc is not None:
@@ -142,7 +143,7 @@ class Reconciler:
             return Prepared(spool, attrs, match)
         log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
                  match.matched_by, ",".join(changed))
-        body = (CoercedStream(encode_header(header, parsed.enc), parsed.raw, spool, parsed.bulk_at)
+        body = (CoercedStream(encode_header(header, parsed.enc), parsed.raw, spool, parsed.bulk_at, received_sha256)
                 if parsed is not None else WholeStream(encode_whole(header), spool, offset))
         return Prepared(body, InstanceAttributes.from_dataset(header), match, changed)
 
