@@ -1,7 +1,8 @@
 """C-STORE benchmark: 512 KB CT instances into radbridge, DCMTK storescp and Orthanc, in one run.
 
     .venv/bin/python -m bench.bench_store [--count 300] [--concurrency 4] [--runs 3] [--no-orthanc]
-                                          [--big-mb 1024]
+                                          [--big-mb 1024] [--orders unscheduled|matched|both]
+                                          [--baseline DIR]
 
 The whole benchmark re-executes itself in a private network namespace (``unshare --net``,
 then ``ip link set lo up``): Orthanc binds every interface and has no bind option, so it
@@ -22,7 +23,16 @@ store) and its peak during the transfer (``VmHWM``): the data set must stream to
 
 - radbridge: ``radbridge run`` (a subprocess) with the shipped defaults: SQLite
   ``synchronous=FULL``; every image fsynced and its directory fsynced, then indexed with a
-  durable commit, before its success.
+  durable commit, before its success. Reconciliation is on (the shipped ``order-to-image``
+  mapping): ``--orders unscheduled`` (the default) sends images no order matches (each is
+  looked up, stored as received, its study left unscheduled); ``matched`` creates, before
+  the engine starts, the order the images belong to (accession BENCHACC of patient BENCH1),
+  so each image is matched, coerced (another Patient's Name, OriginalAttributesSequence),
+  staged as a new file and its study linked; ``both`` measures the two as separate SCPs
+  (``radbridge`` and ``radbridge+order``) in the same run.
+- ``--baseline DIR``: the same radbridge configurations run a second time from the source
+  tree ``DIR`` (e.g. ``git archive`` of an older commit, same venv), interleaved with the
+  others, for an A/B in one run (``base:radbridge`` ...).
 - storescp: ``storescp --fork -od DIR`` (writes each file; no fsync).
 - Orthanc: the Debian package with a SQLite index (its defaults).
 
@@ -32,6 +42,7 @@ Figures are printed with the ratios radbridge/peer; not a pass/fail gate (PERFOR
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -140,16 +151,39 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def create_order(data: Path, root: Path) -> None:
+    """The order the bench images belong to (patient BENCH1, accession BENCHACC, CT), in a new database
+    under ``data``, as an ORM^O01 would have created it."""
+    from engine.config.models import EngineConfig
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from engine.store.database import Database
+    from tests.domain.factories import apply_records, order, patient
+
+    config = EngineConfig.model_validate({"data_dir": data, "mappings_dir": root / "mappings"})
+    db = Database(config.database_url())
+    try:
+        db.migrate()
+        apply_records(db, OrdersHandler(order_policy(config)), [
+            patient("BENCH1", patient_name="BENCH^ORDERED"),
+            order("BENCHPL1", patient_id="BENCH1", accession_number="BENCHACC", modality="CT"),
+        ])  # fmt: skip
+    finally:
+        db.close()
+
+
 @contextmanager
-def radbridge(tmp: Path) -> Iterator[tuple[int, str, int]]:
-    """``radbridge run`` with only its DICOM listener, on a fresh data directory: (port, AE, pid)."""
+def radbridge(tmp: Path, root: Path = ROOT, with_order: bool = False) -> Iterator[tuple[int, str, int]]:
+    """``radbridge run`` from the source tree ``root`` with only its DICOM listener, on a fresh data
+    directory (holding the bench images' order when ``with_order``): (port, AE, pid)."""
     port, config = free_port(), tmp / "rb-config"
     (config / "channels").mkdir(parents=True)
     data = tmp / "rb-data"
+    if with_order:
+        create_order(data, root)
     (config / "engine.yaml").write_text(f"data_dir: {data}\ndicom:\n  port: {port}\n  ae_title: RADBRIDGE\n"
                                         "logging:\n  level: WARNING\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(config), "run"], cwd=ROOT,
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(config), "run"], cwd=root,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for_port(port, proc=proc)
@@ -190,6 +224,19 @@ def orthanc(tmp: Path) -> Iterator[tuple[int, str, int]]:
 
 Scp = Callable[[Path], AbstractContextManager[tuple[int, str, int]]]
 SCPS: dict[str, Scp] = {"radbridge": radbridge, "storescp": storescp, "orthanc": orthanc}
+#: --orders: the radbridge SCPs measured (name -> with the images' order).
+ORDERS: dict[str, dict[str, bool]] = {"unscheduled": {"radbridge": False}, "matched": {"radbridge+order": True},
+                                      "both": {"radbridge": False, "radbridge+order": True}}
+
+
+def radbridge_scps(orders: str, baseline: Path | None) -> dict[str, Scp]:
+    """The radbridge configurations of ``--orders``, and the same from ``baseline`` (prefixed ``base:``)."""
+    scps: dict[str, Scp] = {}
+    for name, with_order in ORDERS[orders].items():
+        scps[name] = functools.partial(radbridge, with_order=with_order)
+        if baseline is not None:
+            scps[f"base:{name}"] = functools.partial(radbridge, root=baseline, with_order=with_order)
+    return scps
 
 
 @dataclass(frozen=True)
@@ -212,14 +259,14 @@ def measure(scp: Scp, paths: list[Path], warmup: list[Path], senders: int, tmp: 
     return Figure(rate, cpu_ms)
 
 
-def one_run(names: list[str], paths: list[Path], warmup: list[Path], concurrency: int,
+def one_run(scps: dict[str, Scp], names: list[str], paths: list[Path], warmup: list[Path], concurrency: int,
             tmp: Path) -> dict[tuple[str, int], Figure]:
     """Every SCP in ``names`` (in that order), one association then ``concurrency``."""
     figures = {}
     for name in names:
         for senders in (1, concurrency):
-            figures[name, senders] = fig = measure(SCPS[name], paths, warmup, senders, tmp)
-            print(f"  {name:10s} {senders} association(s) {fig.rate:7.1f} images/s  CPU {fig.cpu_ms:6.2f} ms/image",
+            figures[name, senders] = fig = measure(scps[name], paths, warmup, senders, tmp)
+            print(f"  {name:15s} {senders} association(s) {fig.rate:7.1f} images/s  CPU {fig.cpu_ms:6.2f} ms/image",
                   flush=True)  # fmt: skip
     return figures
 
@@ -228,29 +275,32 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def summary(runs: list[dict[tuple[str, int], Figure]], names: list[str], concurrency: int) -> None:
-    """Medians over the runs, the medians of the per-run ratios, and the #13 targets."""
-    print(f"\nmedians of {len(runs)} run(s):")
-    for name in names:
+def summary(runs: list[dict[tuple[str, int], Figure]], ours: list[str], peers: list[str], concurrency: int) -> None:
+    """Medians over the runs, the medians of the per-run ratios, and the #13 targets, for each of ``ours``."""
+    print(f"\nmedians of {len(runs)} run(s) (min-max in brackets):")
+    for name in ours + peers:
         for senders in (1, concurrency):
             figs = [run[name, senders] for run in runs]
-            print(f"  {name:10s} {senders} association(s) {_median([f.rate for f in figs]):7.1f} images/s  "
-                  f"CPU {_median([f.cpu_ms for f in figs]):6.2f} ms/image")
-    ratio = {}
-    for peer in names[1:]:
+            rates = [f.rate for f in figs]
+            print(f"  {name:15s} {senders} association(s) {_median(rates):7.1f} images/s "
+                  f"[{min(rates):.0f}-{max(rates):.0f}]  CPU {_median([f.cpu_ms for f in figs]):6.2f} ms/image")
+    print(f"targets (#13): /orthanc >= 1.0 and /storescp >= 0.5 on one association; {concurrency} associations"
+          " >= 1.5x one")
+    for name in ours:
+        _targets(runs, name, peers, concurrency)
+
+
+def _ratio(runs: list[dict[tuple[str, int], Figure]], a: tuple[str, int], b: tuple[str, int]) -> str:
+    values = [run[a].rate / run[b].rate for run in runs]
+    return f"{_median(values):.2f}x [{min(values):.2f}-{max(values):.2f}]"
+
+
+def _targets(runs: list[dict[tuple[str, int], Figure]], name: str, peers: list[str], concurrency: int) -> None:
+    """One radbridge configuration against each peer (median of the per-run ratios, and their spread)."""
+    for peer in peers:
         for senders in (1, concurrency):
-            ratio[peer, senders] = _median([run["radbridge", senders].rate / run[peer, senders].rate for run in runs])
-            print(f"  radbridge/{peer} {senders} association(s): {ratio[peer, senders]:.2f}x "
-                  "(median of per-run ratios)")
-    scaling = _median([run["radbridge", concurrency].rate / run["radbridge", 1].rate for run in runs])
-    print(f"  radbridge {concurrency} associations / 1: {scaling:.2f}x")
-    print("targets (#13): radbridge/orthanc >= 1.0 and radbridge/storescp >= 0.5 on one association; "
-          f"{concurrency} associations >= 1.5x one")
-    targets = (("orthanc", ratio.get(("orthanc", 1)), 1.0), ("storescp", ratio.get(("storescp", 1)), 0.5),
-               ("scaling", scaling, 1.5))  # fmt: skip
-    for label, value, target in targets:
-        if value is not None:
-            print(f"  {label:9s} {value:5.2f} {'met' if value >= target else 'NOT met'} (target {target})")
+            print(f"  {name}/{peer} {senders} association(s): {_ratio(runs, (name, senders), (peer, senders))}")
+    print(f"  {name} {concurrency} associations / 1: {_ratio(runs, (name, concurrency), (name, 1))}")
 
 
 def big_instance(megabytes: int, tmp: Path, warmup: list[Path]) -> None:
@@ -275,15 +325,18 @@ def run(args: argparse.Namespace) -> None:
         tmp = Path(tmp_name)
         paths = write_instances(args.count, tmp / "images")
         warmup = write_instances(5, tmp / "warmup")
-        names = ["radbridge", "storescp"] + ([] if args.no_orthanc else ["orthanc"])
+        scps = {**radbridge_scps(args.orders, args.baseline), **SCPS}
+        ours = [name for name in scps if name.startswith(("radbridge", "base:"))]
+        peers = ["storescp"] + ([] if args.no_orthanc else ["orthanc"])
+        names = ours + peers
         print(f"{args.count} CT instances of {paths[0].stat().st_size // 1024} KB each, storescu (TCP_NODELAY=1), "
               f"{args.runs} run(s), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}:")
         runs = []
         for n in range(args.runs):
             order = names[n % len(names):] + names[:n % len(names)]  # interleaved: each SCP goes first in turn
             print(f"run {n + 1}:")
-            runs.append(one_run(order, paths, warmup, args.concurrency, tmp))
-        summary(runs, names, args.concurrency)
+            runs.append(one_run(scps, order, paths, warmup, args.concurrency, tmp))
+        summary(runs, ours, peers, args.concurrency)
         if args.big_mb:
             big_instance(args.big_mb, tmp, write_instances(2, tmp / "warmup-big"))
 
@@ -295,6 +348,9 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=1024, help="size of the multi-frame instance; 0 skips it")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--orders", choices=sorted(ORDERS), default="unscheduled",
+                        help="images no order matches, images of an order (matched and coerced), or both")
+    parser.add_argument("--baseline", type=Path, help="a source tree to run as well (A/B in the same run)")
     args = parser.parse_args()
     if os.environ.get(_IN_NAMESPACE) != "1" and shutil.which("unshare"):
         env = {**os.environ, _IN_NAMESPACE: "1"}

@@ -42,8 +42,6 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom._uid_dict import UID_dictionary
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
 from sqlalchemy import Connection
@@ -67,6 +65,7 @@ from engine.domain.instances import (
 from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler
 from engine.domain.routing import forwarding_destinations
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
+from engine.reconcile.rewrite import Header, read_header
 from engine.store.database import Database
 
 from .spool import enable_streamed_receive, spool_failure
@@ -176,28 +175,24 @@ def _encoding(transfer_syntax_uid: str) -> Encoding | None:
         return Encoding(False, True)
 
 
-def _before_pixels(tag: Any, vr: Any, length: int) -> bool:
-    return int(tag) >= 0x7FE00008  # Float/Double/Pixel Data (PS3.3 C.7.6.3) and anything after them
+def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[InstanceAttributes, Header | None]:
+    """Structure, header and identity checks; raise :class:`_Refused` with the reason.
 
-
-def _header(spool: BinaryIO, offset: int, enc: Encoding | None) -> Dataset:
-    """The data set's elements before the pixel data, read from ``offset`` (the File Meta Information,
-    written by this process or pynetdicom, is not parsed again); deflated data sets through ``dcmread``."""
-    if enc is None:
-        spool.seek(0)
-        return dcmread(spool, stop_before_pixels=True, defer_size=1024)
-    spool.seek(offset)
-    return read_dataset(spool, enc.implicit, enc.little, stop_when=_before_pixels, defer_size=1024)
-
-
-def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> InstanceAttributes:
-    """Structure, header and identity checks; raise :class:`_Refused` with the reason."""
+    Returns the index attributes and the parsed header (the elements before the pixel data,
+    kept for reconciliation so the header is parsed once), or None for a deflated data set,
+    read whole through ``dcmread`` (the File Meta Information is not parsed again otherwise).
+    """
     enc = _encoding(request.transfer_syntax_uid)
     try:
         if enc is not None:
             with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 check_structure(buf, offset, len(buf), enc)
-        attrs = InstanceAttributes.from_dataset(_header(spool, offset, enc))
+            header: Header | None = read_header(spool, offset, enc)
+            ds = header.dataset  # type: ignore[union-attr]
+        else:
+            spool.seek(0)
+            header, ds = None, dcmread(spool, stop_before_pixels=True, defer_size=1024)
+        attrs = InstanceAttributes.from_dataset(ds)
     except MalformedDataset as exc:
         raise _Refused("unparsable", str(exc)) from exc
     except Exception as exc:  # pydicom raises many types on bad bytes; all mean "cannot be parsed"
@@ -205,7 +200,7 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> InstanceAttri
     key = refusal(attrs, request)
     if key is not None:
         raise _Refused(key)
-    return attrs
+    return attrs, header
 
 
 @dataclass(slots=True)
@@ -273,8 +268,8 @@ class StorageService:
             offset = dataset_offset(head)
         except MalformedDataset as exc:
             raise _Refused("unparsable", str(exc)) from exc
-        attrs = _check(spool, offset, request)
-        prepared = self._reconcile(spool, offset, request, attrs, now)  # reconciliation (#13): match + coerce
+        attrs, header = _check(spool, offset, request)
+        prepared = self._reconcile(spool, offset, request, attrs, header, now)  # reconciliation (#13): match + coerce
         attrs = prepared.attrs
         meta = encode_file_meta(attrs.sop_class_uid, attrs.sop_instance_uid, request.transfer_syntax_uid,
                                 request.calling_ae)
@@ -314,14 +309,15 @@ class StorageService:
         return self.reconciler is not None and self.reconciler.mapping is not None
 
     def _reconcile(self, spool: BinaryIO, offset: int, request: StoreRequest, attrs: InstanceAttributes,
-                   now: datetime) -> Prepared:
+                   header: Header | None, now: datetime) -> Prepared:
         """The order's values in the header (engine.domain.reconciler); the spool positioned to copy."""
         if self.reconciler is None:
             spool.seek(offset)
             return Prepared(spool, attrs)
         try:
+            known = request.streamed.sha256 if request.streamed is not None else ""  # hashed as received
             return self.reconciler.prepare(spool, offset, _encoding(request.transfer_syntax_uid), attrs,
-                                           request.calling_ae, now)
+                                           request.calling_ae, now, header, known)
         except PatientMismatch as exc:
             raise _Refused("patient_mismatch", str(exc)) from exc
 

@@ -22,7 +22,10 @@ itself. :class:`StoreStream` replaces the DUL's PDU reader on one association:
   :mod:`channels.dicom.dul_stream` does for C-FIND), so the state machine still
   sends it;
 * everything else (association PDUs, other states, every other command and its
-  data set) is handed to pynetdicom exactly as its own reader would.
+  data set) is handed to pynetdicom exactly as its own reader would;
+* on an association with only storage (and Verification) contexts, the association's
+  own thread, which then has next to nothing to do, turns every 5 ms instead of every
+  millisecond (:class:`_AssociationClock`).
 
 Write errors on the spool (disk full) are recorded, never raised
 (:class:`~channels.dicom.spool.SpoolFile`), and answered 0xA700. A PDV that
@@ -34,7 +37,8 @@ an undecodable PDU.
 :data:`~channels.dicom.dul_stream.TESTED_VERSIONS`): the DUL's ``_read_pdu_data``
 (replaced on the instance), ``_decode_pdu``, ``_recv_pdu``, ``event_queue``,
 ``state_machine.current_state``, ``send_pdu``, ``socket.socket``; the
-association's ``_accepted_cx`` and ``dimse.maximum_pdu_size``. Not installed while
+association's ``_accepted_cx`` and ``dimse.maximum_pdu_size``; the association module's
+``time.sleep`` in the association thread's reactor. Not installed while
 pynetdicom logs at INFO or a handler is bound to an event this path does not
 trigger (``EVT_DATA_RECV``, ``EVT_PDU_RECV``, ``EVT_DIMSE_RECV``).
 """
@@ -47,11 +51,15 @@ import queue
 import select
 import struct
 import tempfile
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pynetdicom
+import pynetdicom.association
 from pynetdicom import evt
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
@@ -74,6 +82,8 @@ BUFFER_BYTES = 1 << 18
 #: The longest an idle storage association's reactor waits in ``select`` (StoreStream.transport_event).
 IDLE_WAIT_SECONDS = 0.005
 _VERIFICATION = "1.2.840.10008.1.1"
+#: The shortest turn of the association thread's reactor on an idle-waiting storage association (pynetdicom: 1 ms).
+ASSOCIATION_TURN_SECONDS = 0.005
 #: Every this many data set bytes the spool's writeback is started (SpoolFile.start_writeback).
 WRITEBACK_BYTES = 1 << 18
 _P_DATA_TF = 0x04
@@ -150,6 +160,10 @@ class StoreStream:
             except (OSError, ValueError):  # closed under us: pynetdicom's own look reports it
                 pass
         return bool(self._transport_event())
+
+    def idle_waiting(self) -> bool:
+        """True once the association is known to carry only storage (and Verification) contexts."""
+        return self._idle_wait is True
 
     def _waits_idle(self) -> bool:
         if self._idle_wait is None:
@@ -338,6 +352,52 @@ class StoreStream:
         self._other.clear()
 
 
+class _AssociationClock:
+    """``time`` as pynetdicom's association module sees it, with a slower reactor turn on storage associations.
+
+    The association's own thread (pynetdicom's ``Association._run_reactor``) sleeps 1 ms, then
+    looks for a decoded DIMSE message, a release or an abort, whatever the association does. On
+    an association this stream reads, every C-STORE is stored and answered in the DUL's thread,
+    so that thread's turns only find the rare C-ECHO or the release; four storing associations
+    still woke it 4,000 times a second, each turn a GIL hand-over that interrupts the thread
+    that is storing. On an association that is idle-waiting (storage and Verification
+    contexts only, :meth:`StoreStream.idle_waiting`) a sleep of that thread lasts at least
+    :data:`ASSOCIATION_TURN_SECONDS` instead: a C-ECHO response or the release answer leaves at
+    most that much later. Every other thread, and every other association, sleeps as asked.
+    """
+
+    def __init__(self) -> None:
+        self._streams: weakref.WeakKeyDictionary[Any, StoreStream] = weakref.WeakKeyDictionary()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def register(self, assoc: Any, stream: StoreStream) -> None:
+        """Slow the reactor turns of ``assoc``'s thread while ``stream`` is idle-waiting."""
+        self._streams[assoc] = stream
+
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep``; at least :data:`ASSOCIATION_TURN_SECONDS` in an idle-waiting association's thread."""
+        stream = self._streams.get(threading.current_thread())
+        if stream is not None and stream.idle_waiting():
+            seconds = max(seconds, ASSOCIATION_TURN_SECONDS)
+        time.sleep(seconds)
+
+
+_CLOCK = _AssociationClock()
+
+
+def _install_clock() -> bool:
+    """Put :data:`_CLOCK` in place of ``time`` in pynetdicom's association module (once); False when that
+    module no longer uses ``time`` as expected (the association thread then keeps its 1 ms turns)."""
+    module: Any = pynetdicom.association
+    if module.time is not _CLOCK:
+        if module.time is not time:
+            return False
+        module.time = _CLOCK
+    return True
+
+
 #: Events whose handlers this path would skip: with one bound, pynetdicom's own path stays.
 _SKIPPED_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DIMSE_RECV)
 
@@ -370,4 +430,6 @@ def install_store_stream(assoc: Any, run: StoreRunner, spool_dir: Path,
     stream = StoreStream(assoc, run, spool_dir, storage_classes)
     assoc.dul._read_pdu_data = stream.read_pdu
     assoc.dul._is_transport_event = stream.transport_event
+    if _install_clock():
+        _CLOCK.register(assoc, stream)
     return stream

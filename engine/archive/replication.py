@@ -1,7 +1,7 @@
 """The copy to the secondary location: durable work in the outbox, verified by checksum.
 
-At ingest, :func:`index_and_replicate` runs in the C-STORE's transaction: it
-indexes the instance (:func:`~engine.domain.instances.index_instance`), records
+At ingest, :func:`record_copies` runs in the C-STORE's transaction, after the
+instance was indexed (:func:`~engine.domain.ingest.index_received`): it records
 its copies (``instance_copies``: the File Meta checksum, primary PRESENT,
 secondary PENDING) and enqueues one outbox row for :data:`DESTINATION`, so the
 copy is owed exactly when the instance is indexed: a crash either loses both
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -33,13 +32,13 @@ from engine.archive.archive import Archive, CurrentInstance, current_instance
 from engine.archive.copy_tables import instance_copies
 from engine.archive.objects import fixity
 from engine.domain.instance_tables import instances
-from engine.domain.instances import DuplicatePolicy, IndexOutcome, InstanceAttributes, StoredFile, index_instance
+from engine.domain.instances import StoredFile
 from engine.errors import ArchiveUnavailable, MalformedDataset, RetryableDelivery
 from engine.outbox.queue import enqueue
 from engine.store.database import Database
 
 __all__ = [
-    "DESTINATION", "MEDIA_TYPE", "ReplicationDestination", "index_and_replicate", "mark_copies", "owe_missing_copies",
+    "DESTINATION", "MEDIA_TYPE", "ReplicationDestination", "mark_copies", "owe_missing_copies", "record_copies",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -58,20 +57,13 @@ def mark_copies(conn: Connection, instance_pk: int, meta_sha256: str, secondary_
     conn.execute(stmt.on_conflict_do_update(index_elements=["instance_pk"], set_=values))
 
 
-def index_and_replicate(conn: Connection, attrs: InstanceAttributes, stored: StoredFile, policy: DuplicatePolicy,
-                        meta_sha256: str, replicate: bool,
-                        index: Callable[..., IndexOutcome] = index_instance) -> IndexOutcome:
-    """``index`` (:func:`index_instance`, or reconciliation's wrapper of it), plus the copies' record and
-    (``replicate``) the outbox row; the caller commits."""
-    outcome = index(conn, attrs=attrs, stored=stored, policy=policy)
-    if outcome not in (IndexOutcome.STORED, IndexOutcome.REPLACED):
-        return outcome
-    pk = int(conn.execute(select(instances.c.id).where(
-        instances.c.sop_instance_uid == attrs.sop_instance_uid)).scalar_one())
-    mark_copies(conn, pk, meta_sha256, "PENDING" if replicate else "NONE")
+def record_copies(conn: Connection, instance_pk: int, sop_instance_uid: str, stored: StoredFile, meta_sha256: str,
+                  replicate: bool) -> None:
+    """For an instance (or version) just indexed: its copies' record and (``replicate``) the outbox row;
+    the caller commits."""
+    mark_copies(conn, instance_pk, meta_sha256, "PENDING" if replicate else "NONE")
     if replicate:
-        _owe_copy(conn, pk, attrs.sop_instance_uid, stored.sha256, stored.path, stored.received_at)
-    return outcome
+        _owe_copy(conn, instance_pk, sop_instance_uid, stored.sha256, stored.path, stored.received_at)
 
 
 def _owe_copy(conn: Connection, pk: int, sop_instance_uid: str, sha256: str, path: str, now: datetime) -> None:

@@ -24,16 +24,19 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from engine.domain.instance_tables import instance_versions, instances, quarantined_instances
 from engine.domain.studies import PerformedSeries, StudyRef, recount, resolve_dicom_patient, upsert_series, upsert_study
-from engine.domain.tables import series, studies
+from engine.domain.tables import orders, series, studies
 from engine.store.fast import FastInsert, FastStatement, first_row
 
 __all__ = [
     "DuplicatePolicy",
     "IndexOutcome",
+    "Indexed",
     "InstanceAttributes",
     "QuarantineRecord",
     "StoredFile",
+    "StudyLink",
     "index_instance",
+    "index_instance_row",
     "is_valid_uid",
     "record_quarantine",
 ]
@@ -110,6 +113,44 @@ class InstanceAttributes:
 
 
 @dataclass(frozen=True, slots=True)
+class StudyLink:
+    """A study's link to its order as the index found it: order, step, patient, the study's accession
+    and its order's (None without an order)."""
+
+    order_pk: int | None
+    step_pk: int | None
+    patient_pk: int | None
+    accession_number: str
+    order_accession: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Indexed:
+    """What :func:`index_instance_row` did, with what the steps after it in the same transaction
+    (reconciliation, copies, forwarding) need, so that none of them reads the rows again.
+
+    ``instance_pk``, ``study_pk`` and ``version`` are set when something was indexed
+    (:attr:`changed`). ``link`` is the study's order link when the instance joined a known
+    series, which leaves the study's link as it was; None when the study was created or
+    completed from this header (:func:`~engine.domain.studies.upsert_study`), which may
+    have linked it to an order by Study Instance UID or accession, and then
+    ``linkable`` says whether it had no order before (absent or unlinked).
+    """
+
+    outcome: IndexOutcome
+    instance_pk: int = 0
+    study_pk: int = 0
+    version: int = 0
+    link: StudyLink | None = None
+    linkable: bool = False
+
+    @property
+    def changed(self) -> bool:
+        """True when a new instance or a new version was indexed."""
+        return self.outcome in (IndexOutcome.STORED, IndexOutcome.REPLACED)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredFile:
     """A file durably in place in a storage location, about to be indexed."""
 
@@ -163,7 +204,9 @@ _EXISTING = FastStatement(
     .where(instances.c.sop_instance_uid == bindparam("uid"))
 )
 _KNOWN_SERIES = FastStatement(
-    select(series.c.study_pk, series.c.id).join(studies, studies.c.id == series.c.study_pk)
+    select(series.c.study_pk, series.c.id, studies.c.order_pk, studies.c.step_pk, studies.c.patient_pk,
+           studies.c.accession_number, orders.c.accession_number.label("order_accession"))
+    .join(studies, studies.c.id == series.c.study_pk).outerjoin(orders, orders.c.id == studies.c.order_pk)
     .where(series.c.series_instance_uid == bindparam("series_uid"),
            studies.c.study_instance_uid == bindparam("study_uid"),
            select(instances.c.id).where(instances.c.series_pk == series.c.id).exists())
@@ -186,39 +229,61 @@ def index_instance(conn: Connection, attrs: InstanceAttributes, stored: StoredFi
 
     UNCHANGED and REJECTED change nothing: the caller removes ``stored`` if it created it.
     """
+    return index_instance_row(conn, attrs, stored, policy).outcome
+
+
+def index_instance_row(conn: Connection, attrs: InstanceAttributes, stored: StoredFile,
+                       policy: DuplicatePolicy) -> Indexed:
+    """:func:`index_instance`, returning the rows it wrote (:class:`Indexed`) for the steps after it.
+
+    An instance of a known series costs five statements: the duplicate check, the series
+    lookup (which also reads the study's order link), the insert and the two counts.
+    """
     existing = first_row(_EXISTING, conn, {"uid": attrs.sop_instance_uid})
     if existing is not None and (existing.received_sha256 or existing.sha256) == stored.identity:
-        return IndexOutcome.UNCHANGED
+        return Indexed(IndexOutcome.UNCHANGED)
     if existing is not None and policy == "reject":
-        return IndexOutcome.REJECTED
+        return Indexed(IndexOutcome.REJECTED)
     now = stored.received_at
-    known = _known_series(conn, attrs)
-    study_pk, series_pk = known or _file_under(conn, attrs, now)
+    study_pk, series_pk, link, linkable = _locate(conn, attrs, now)
     row = _instance_values(attrs, stored, study_pk, series_pk)
     if existing is None:
-        _INSERT.execute(conn, {**row, "versions": 1})
+        instance_pk, version = _INSERT.execute(conn, {**row, "versions": 1}), 1
     else:
+        instance_pk, version = int(existing.id), int(existing.versions) + 1
         _keep_version(conn, conn.execute(select(instances).where(instances.c.id == existing.id)).one(), now)
-        conn.execute(update(instances).where(instances.c.id == existing.id)
-                     .values(**row, versions=int(existing.versions) + 1))
+        conn.execute(update(instances).where(instances.c.id == existing.id).values(**row, versions=version))
     before = (int(existing.study_pk), int(existing.series_pk)) if existing is not None else None
     moved = before is not None and before[1] != series_pk
     for pk in {series_pk} | ({before[1]} if before is not None and moved else set()):
         _count_series(conn, pk, now)
-    if known is not None and not moved:
+    if link is not None and not moved:
         _count_study(conn, study_pk, now)  # same series set, same modalities: only the count changes
     else:
         recount(conn, {study_pk} | ({before[0]} if before is not None and moved else set()))
-    return IndexOutcome.STORED if existing is None else IndexOutcome.REPLACED
+    outcome = IndexOutcome.STORED if existing is None else IndexOutcome.REPLACED
+    return Indexed(outcome, instance_pk, study_pk, version, link, linkable)
 
 
-def _known_series(conn: Connection, attrs: InstanceAttributes) -> tuple[int, int] | None:
-    """(study pk, series pk) when an instance of the series is stored already under this study: the
-    common case, every instance after a series' first, whose study and series rows need no upsert and
-    no filling (a series only MPPS announced still takes the full path, which fills its attributes)."""
+def _locate(conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple[int, int, StudyLink | None, bool]:
+    """(study pk, series pk, link, linkable) of :class:`Indexed`. The common case, every instance after a
+    series' first, is a known series whose study and series rows need no upsert and no filling (a series
+    only MPPS announced still takes the full path, which fills its attributes)."""
     params = {"series_uid": attrs.series_instance_uid, "study_uid": attrs.study_instance_uid}
-    row = first_row(_KNOWN_SERIES, conn, params)
-    return (int(row.study_pk), int(row.id)) if row is not None else None
+    known = first_row(_KNOWN_SERIES, conn, params)
+    if known is not None:
+        link = StudyLink(known.order_pk, known.step_pk, known.patient_pk, known.accession_number,
+                         known.order_accession)
+        return int(known.study_pk), int(known.id), link, False
+    linkable = _unlinked(conn, attrs.study_instance_uid)
+    return (*_file_under(conn, attrs, now), None, linkable)
+
+
+def _unlinked(conn: Connection, study_instance_uid: str) -> bool:
+    """True when the study is not stored yet or has no order (before :func:`_file_under` may link it)."""
+    order_pk = conn.execute(select(studies.c.order_pk).where(studies.c.study_instance_uid == study_instance_uid))
+    row = order_pk.first()
+    return row is None or row.order_pk is None
 
 
 def _instance_values(attrs: InstanceAttributes, stored: StoredFile, study_pk: int, series_pk: int) -> dict[str, Any]:

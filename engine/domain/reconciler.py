@@ -3,8 +3,8 @@
 :class:`Reconciler` holds the compiled order-to-image mapping and the policies.
 On C-STORE, :meth:`Reconciler.prepare` finds the image's order (one read
 transaction), refuses it when its Patient ID conflicts with its study's (policy),
-and coerces the header; :func:`index_reconciled` then indexes the stored file and
-links its study to the order in one transaction. An image no order matches is
+and coerces the header; once the stored file is indexed, :func:`reconcile_indexed`
+links its study to the order in the same transaction. An image no order matches is
 stored as received and its study stays unscheduled.
 """
 
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO, cast
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, update
 
 from engine.archive.structure import Encoding
 from engine.config.models import EngineConfig
-from engine.domain.instances import DuplicatePolicy, IndexOutcome, InstanceAttributes, StoredFile, index_instance
+from engine.domain.instances import Indexed, InstanceAttributes, StudyLink
 from engine.domain.reconcile import (
     MatchPolicy,
     OrderMatch,
@@ -39,6 +39,7 @@ from engine.reconcile.coerce import COERCE, Modification, coerce
 from engine.reconcile.keys import MatchKeys
 from engine.reconcile.rewrite import (
     CoercedStream,
+    Header,
     WholeStream,
     encode_header,
     encode_whole,
@@ -47,7 +48,7 @@ from engine.reconcile.rewrite import (
 )
 from engine.store.database import Database
 
-__all__ = ["PatientMismatch", "Prepared", "Reconciler", "index_reconciled"]
+__all__ = ["PatientMismatch", "Prepared", "Reconciler", "reconcile_indexed"]
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,16 @@ class Reconciler:
         return match, conflict, (self.target(conn, match) if match is not None else {})
 
     def prepare(self, spool: BinaryIO, offset: int, enc: Encoding | None, attrs: InstanceAttributes,
-                calling_ae: str, now: datetime) -> Prepared:
+                calling_ae: str, now: datetime, parsed: Header | None = None, received_sha256: str = "") -> Prepared:
         """Match and coerce the dataset at ``offset`` of ``spool``; leaves ``spool`` at the body to copy.
 
-        Raises :class:`PatientMismatch` when policy refuses the image. A deflated dataset
-        (``enc`` None) is read and coerced whole.
+        ``parsed``: the header the caller parsed already (:func:`read_header`; it may be
+        coerced in place); ``received_sha256``: the received data set's hash, when the caller has
+        it (not computed again for a coerced image). Raises :class:`PatientMismatch` when policy refuses the image. A
+        deflated dataset (``enc`` None) is read and coerced whole.
         """
-        parsed = read_header(spool, offset, enc) if enc is not None else None
+        if parsed is None and enc is not None:
+            parsed = read_header(spool, offset, enc)
         header = parsed.dataset if parsed is not None else read_whole(spool)
         match, conflict, target = self.db.read(functools.partial(
             self._decide, keys=MatchKeys.from_dataset(header), now=now))
@@ -139,30 +143,35 @@ class Reconciler:
             return Prepared(spool, attrs, match)
         log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
                  match.matched_by, ",".join(changed))
-        body = (CoercedStream(encode_header(header, parsed.enc), parsed.raw, spool, parsed.bulk_at)
+        body = (CoercedStream(encode_header(header, parsed.enc), parsed.raw, spool, parsed.bulk_at, received_sha256)
                 if parsed is not None else WholeStream(encode_whole(header), spool, offset))
         return Prepared(body, InstanceAttributes.from_dataset(header), match, changed)
 
 
-def index_reconciled(conn: Connection, attrs: InstanceAttributes, stored: StoredFile, policy: DuplicatePolicy,
-                     match: OrderMatch | None, strict: bool = True) -> IndexOutcome:
-    """:func:`index_instance`, then the study linked to ``match`` in the same transaction.
+def reconcile_indexed(conn: Connection, attrs: InstanceAttributes, indexed: Indexed, match: OrderMatch | None,
+                      strict: bool = True) -> None:
+    """After :func:`~engine.domain.instances.index_instance_row` indexed something (``indexed.changed``),
+    in the same transaction: the study linked to ``match``.
 
     With ``strict`` (reconciliation on), only the matcher links a study: a study this
     image created, or found unlinked, is not left linked by the index's plain lookup of
     an order by Study Instance UID or accession alone (which ignores the step's status
-    and the patient), so it shows as unscheduled until a real match.
+    and the patient), so it shows as unscheduled until a real match. An image joining a
+    known series leaves the study's link as it was (:attr:`Indexed.link`): then nothing
+    is written when the study is already linked to ``match`` as :func:`link_study` would
+    link it, and there is nothing to undo.
     """
-    st = studies.c
-    before = conn.execute(select(st.order_pk).where(st.study_instance_uid == attrs.study_instance_uid)).first()
-    outcome = index_instance(conn, attrs, stored, policy)
-    if outcome not in (IndexOutcome.STORED, IndexOutcome.REPLACED):
-        return outcome
-    study_pk = int(conn.execute(select(st.id).where(st.study_instance_uid == attrs.study_instance_uid)).scalar_one())
     if match is not None:
-        link_study(conn, study_pk, match)
-    elif strict and (before is None or before.order_pk is None):
+        if not _linked_to(indexed.link, match):
+            link_study(conn, indexed.study_pk, match)
+    elif strict and indexed.linkable:
+        st = studies.c
         patient_pk = resolve_dicom_patient(conn, attrs.patient_id, attrs.issuer_of_patient_id)
-        conn.execute(update(studies).where(st.id == study_pk, st.order_pk.is_not(None)).values(
+        conn.execute(update(studies).where(st.id == indexed.study_pk, st.order_pk.is_not(None)).values(
             order_pk=None, step_pk=None, patient_pk=patient_pk, accession_number=attrs.accession_number))
-    return outcome
+
+
+def _linked_to(link: StudyLink | None, match: OrderMatch) -> bool:
+    """True when the study's link is already what :func:`link_study` would write for ``match``."""
+    return link is not None and (link.order_pk, link.step_pk, link.patient_pk, link.accession_number) == (
+        match.order_pk, match.step_pk, match.patient_pk, link.order_accession)

@@ -21,11 +21,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from engine.config.models import DicomDestinationConfig, ImageRouteRule
-from engine.domain.instance_tables import instances
-from engine.domain.instances import DuplicatePolicy, IndexOutcome, InstanceAttributes, StoredFile, index_instance
+from engine.domain.instances import (
+    DuplicatePolicy,
+    Indexed,
+    IndexOutcome,
+    InstanceAttributes,
+    StoredFile,
+    index_instance_row,
+)
 from engine.outbox.queue import enqueue
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "destinations_for",
     "forwarding_destinations",
     "index_and_route",
+    "route_indexed",
     "rule_matches",
 ]
 
@@ -42,7 +49,6 @@ __all__ = [
 INSTANCE_REF_MEDIA_TYPE = "application/vnd.radbridge.instance-ref+json"
 #: the outbox ``channel`` of forwarded images: they come from the DICOM listener, not a channel.
 FORWARD_CHANNEL = "dicom"
-_QUEUED_OUTCOMES = (IndexOutcome.STORED, IndexOutcome.REPLACED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,18 +106,23 @@ def destinations_for(destinations: Sequence[DicomDestinationConfig], attrs: Inst
 
 def index_and_route(conn: Connection, attrs: InstanceAttributes, stored: StoredFile, policy: DuplicatePolicy,
                     destinations: Sequence[DicomDestinationConfig], now: datetime,
-                    index: Callable[..., IndexOutcome] = index_instance) -> tuple[IndexOutcome, int]:
-    """Index ``stored`` (``index``: :func:`index_instance` or a wrapper of it that also reconciles and
-    replicates) and queue it for its destinations; (outcome, rows queued). The caller commits."""
-    outcome = index(conn, attrs=attrs, stored=stored, policy=policy)
-    chosen = destinations_for(destinations, attrs, StoreOrigin(stored.received_from_ae))
-    if outcome not in _QUEUED_OUTCOMES or not chosen:
-        return outcome, 0
-    row = conn.execute(select(instances.c.id, instances.c.versions)
-                       .where(instances.c.sop_instance_uid == attrs.sop_instance_uid)).one()
-    payload = InstanceRef(int(row.id), int(row.versions), attrs.sop_instance_uid).encode()
+                    index: Callable[..., Indexed] = index_instance_row) -> tuple[IndexOutcome, int]:
+    """Index ``stored`` (``index``: :func:`index_instance_row`) and queue it for its destinations
+    (:func:`route_indexed`); (outcome, rows queued). The caller commits."""
+    indexed = index(conn, attrs, stored, policy)
+    return indexed.outcome, route_indexed(conn, attrs, indexed, stored.received_from_ae, destinations, now)
+
+
+def route_indexed(conn: Connection, attrs: InstanceAttributes, indexed: Indexed, calling_ae: str,
+                  destinations: Sequence[DicomDestinationConfig], now: datetime) -> int:
+    """For an instance just indexed (``indexed``): one outbox row per destination it goes to; how many.
+    Nothing when nothing was indexed (a resend, a refused duplicate). The caller commits."""
+    chosen = destinations_for(destinations, attrs, StoreOrigin(calling_ae))
+    if not indexed.changed or not chosen:
+        return 0
+    payload = InstanceRef(indexed.instance_pk, indexed.version, attrs.sop_instance_uid).encode()
     for destination in chosen:
         key = attrs.study_instance_uid if destination.ordering_key == "study_instance_uid" else ""
         enqueue(conn, channel=FORWARD_CHANNEL, destination=destination.name, payload=payload,
                 media_type=INSTANCE_REF_MEDIA_TYPE, ordering_key=key, now=now)
-    return outcome, len(chosen)
+    return len(chosen)

@@ -20,10 +20,11 @@ from datetime import datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.domain.tables import orders, patient_merges, patients, series, studies
+from engine.store.fast import FastStatement, all_rows
 
 __all__ = [
     "PerformedSeries",
@@ -103,6 +104,19 @@ def _survivor(conn: Connection, pk: int) -> int:
     return pk
 
 
+def _patient_lookups(with_issuer: bool) -> tuple[FastStatement, FastStatement]:
+    """The two lookups of :func:`resolve_dicom_patient` (by current id, then by a merged or replaced
+    one), compiled once: every received image resolves its Patient ID."""
+    p, m = patients.c, patient_merges.c
+    current = [p.patient_id == bindparam("pid")] + ([p.issuer == bindparam("issuer")] if with_issuer else [])
+    prior = [m.prior_patient_id == bindparam("pid")] + ([m.prior_issuer == bindparam("issuer")] if with_issuer else [])
+    return (FastStatement(select(p.id).where(*current).limit(2)),
+            FastStatement(select(m.survivor_pk).where(*prior).order_by(m.id.desc()).limit(1)))
+
+
+_PATIENT_LOOKUPS = {with_issuer: _patient_lookups(with_issuer) for with_issuer in (False, True)}
+
+
 def resolve_dicom_patient(conn: Connection, patient_id: str, issuer: str = "") -> int | None:
     """The patient DICOM with this PatientID (+ issuer) belongs to, following A40 and A47.
 
@@ -111,14 +125,11 @@ def resolve_dicom_patient(conn: Connection, patient_id: str, issuer: str = "") -
     """
     if not patient_id:
         return None
-    p, m = patients.c, patient_merges.c
-    where = [p.patient_id == patient_id] + ([p.issuer == issuer] if issuer else [])
-    rows = conn.execute(select(p.id).where(*where).limit(2)).all()
+    by_current, by_prior = _PATIENT_LOOKUPS[bool(issuer)]
+    params = {"pid": patient_id, "issuer": issuer}
+    rows = all_rows(by_current, conn, params)
     if len(rows) != 1:
-        where = [m.prior_patient_id == patient_id] + ([m.prior_issuer == issuer] if issuer else [])
-        rows = conn.execute(
-            select(m.survivor_pk).where(*where).order_by(m.id.desc()).limit(1)
-        ).all()
+        rows = all_rows(by_prior, conn, params)
     return _survivor(conn, int(rows[0][0])) if rows else None
 
 

@@ -82,13 +82,17 @@ class CoercedStream:
 
     While it is read it also hashes the dataset *as received* (the old header bytes,
     then the same bulk), so a resend of the same image is still recognised
-    (:attr:`received_sha256` once fully read).
+    (:attr:`received_sha256` once fully read). ``received_sha256``, when the caller knows it
+    already (the streamed receive hashed the data set as it wrote the spool), is taken
+    as is and the bulk is not hashed a second time.
     """
 
-    def __init__(self, head: bytes, old_head: bytes, spool: BinaryIO, bulk_at: int) -> None:
+    def __init__(self, head: bytes, old_head: bytes, spool: BinaryIO, bulk_at: int,
+                 received_sha256: str = "") -> None:
         self._head = BytesIO(head)
         self._spool = spool
-        self._received = hashlib.sha256(old_head)
+        self._known = received_sha256
+        self._received = None if received_sha256 else hashlib.sha256(old_head)
         spool.seek(bulk_at)
 
     def read(self, size: int = -1) -> bytes:
@@ -97,13 +101,14 @@ class CoercedStream:
         if chunk:
             return chunk
         chunk = self._spool.read(size)
-        self._received.update(chunk)
+        if self._received is not None:
+            self._received.update(chunk)
         return chunk
 
     @property
     def received_sha256(self) -> str:
         """SHA-256 of the dataset as received (valid once the stream has been read to the end)."""
-        return self._received.hexdigest()
+        return self._known or self._received.hexdigest()  # type: ignore[union-attr]
 
 
 def read_whole(spool: BinaryIO) -> Dataset:

@@ -23,7 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode
 
-from channels.dicom.store_stream import BUFFER_BYTES
+from channels.dicom.store_stream import _CLOCK, ASSOCIATION_TURN_SECONDS, BUFFER_BYTES
 from engine.archive.location import ArchiveLocation
 from tests.dicom.store_peer import StoreSCP, dataset_bytes, running_scp
 
@@ -78,6 +78,43 @@ def test_streamed_receive_archives_the_spool_without_a_copy(
     meta = dcmread(scp.stored_path(ds.SOPInstanceUID)).file_meta
     assert (meta.SourceApplicationEntityTitle, meta.MediaStorageSOPInstanceUID) == ("CT1", ds.SOPInstanceUID)
     assert list((scp.archive / ".incoming").iterdir()) == []
+
+
+def _reactor_turns(scp: StoreSCP, seconds: float) -> int:
+    """How often the (only) server-side association's own thread looked for a DIMSE message in ``seconds``."""
+    (assoc,) = scp.server.server.active_associations
+    get_msg, turns = assoc.dimse.get_msg, [0]
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        turns[0] += 1
+        return get_msg(*args, **kwargs)
+
+    assoc.dimse.get_msg = counted
+    time.sleep(seconds)
+    assoc.dimse.get_msg = get_msg
+    return turns[0]
+
+
+def test_a_storing_associations_own_thread_turns_every_5_ms_and_still_answers_echo_and_release(
+        tmp_path: Path, corpus: Path) -> None:
+    with running_scp(tmp_path / "rb") as scp:
+        with _association(scp.port, VERIFICATION, CT) as assoc:
+            assert int(assoc.send_c_store(_ct(corpus)).Status) == 0x0000
+            assert _slowed(scp) is True
+            turns = _reactor_turns(scp, 1.0)
+            assert int(assoc.send_c_echo().Status) == 0x0000
+        assert assoc.is_released
+        assert turns <= 1.1 / ASSOCIATION_TURN_SECONDS  # pynetdicom's 1 ms: ~900 a second on a quiet machine
+        with _association(scp.port, MWL_FIND, CT) as assoc:  # C-FIND's responses need the fast turns
+            assert int(assoc.send_c_store(_ct(corpus)).Status) == 0x0000
+            assert _slowed(scp) is False
+
+
+def _slowed(scp: StoreSCP) -> bool | None:
+    """Whether the server-side association's own thread takes the slower turns (None: not registered)."""
+    (assoc,) = scp.server.server.active_associations
+    stream = _CLOCK._streams.get(assoc)
+    return stream.idle_waiting() if stream is not None else None
 
 
 def test_echo_find_and_store_share_one_association(tmp_path: Path, corpus: Path) -> None:
