@@ -36,8 +36,14 @@ def _destination_problems(config: Config, index: int, d: DicomDestinationConfig)
         return config.where(config.engine_file, ("destinations", index, *loc))
 
     out = []
-    if d.on_correction == "hl7":
+    if d.on_correction == "hl7" and not d.correction_hl7_destination:
+        out.append(f"{where('on_correction')}: hl7 needs correction_hl7_destination (the mllp destination that"
+                   " gets the ADT)")
+    elif d.on_correction == "hl7":
         out += _hl7_target_problems(engine, d.correction_hl7_destination, where("correction_hl7_destination"))
+    elif d.correction_hl7_destination:
+        out.append(f"{where('correction_hl7_destination')}: used only with on_correction: hl7"
+                   f" (now {d.on_correction})")
     if d.host and not (engine.dicom.enabled and engine.archive.enabled):
         out.append(f"{where('type')}: {d.name!r} forwards stored images, but images are not received"
                    " (dicom.enabled and archive.enabled must be true)")

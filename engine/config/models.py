@@ -271,12 +271,6 @@ class DicomDestinationConfig(_Model):
         "", description="on_correction hl7: the mllp (or http) destination in engine.yaml that gets the ADT"
     )
 
-    @model_validator(mode="after")
-    def _correction_target(self) -> DicomDestinationConfig:
-        if (self.on_correction == "hl7") != bool(self.correction_hl7_destination):
-            raise ValueError("correction_hl7_destination is required with on_correction: hl7, and only then")
-        return self
-
     @field_validator("called_ae_title", "calling_ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:
