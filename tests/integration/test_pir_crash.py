@@ -1,4 +1,5 @@
-"""kill -9 in the middle of an ADT correction: after the restart every image is corrected and resent exactly once."""
+"""PIR on the wire: kill -9 in the middle of a correction (completed exactly once after the restart), and
+``on_correction: hl7`` (an ADT to a real MLLP peer instead of the images)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from tests.conftest import ROOT, EngineProcess, free_port, need, wait_for_port
 from tests.dicom.conftest import DCMTK
 from tests.integration.conftest import sqlite_rows
 from tests.integration.forward_peer import storescp, wait_until
+from tests.integration.mllp_peer import MLLPPeer
 from tests.integration.test_pir_orthanc import adt_a08
-from tests.integration.test_reconcile_e2e import orm, send, storescu
+from tests.integration.test_reconcile_e2e import adt_a40, orm, send, storescu
 
 pytestmark = pytest.mark.slow
 COUNT = 120
@@ -98,3 +100,49 @@ handlers: [patients, orders]
                 "COERCE", "CORRECT"]
         wait_until(lambda: all(str(ds.PatientName) == "DOE^JONATHAN" for ds in pacs.received().values()),
                    timeout=120, what="the peer's copies corrected")
+
+
+@pytest.mark.timeout(600)
+def test_on_correction_hl7_sends_an_a40_over_mllp_instead_of_the_images(
+        engine_process: EngineProcess, corpus: Path, tmp_path: Path) -> None:
+    need(DCMTK, "DCMTK not installed")
+    files = sorted((corpus / "dicom" / "study_dcm4che_MR_DOE_J1").glob("*.dcm"))[:2]
+    mllp, dicom = free_port(), free_port()
+    adt_peer = MLLPPeer(free_port())
+    adt_peer.up()
+    try:
+        with storescp(tmp_path) as pacs:
+            (engine_process.config_dir / "engine.yaml").write_text(f"""
+data_dir: {engine_process.data_dir}
+mappings_dir: {ROOT / 'mappings'}
+dicom: {{port: {dicom}}}
+reconcile: {{poll_interval_seconds: 0.2}}
+outbox: {{poll_interval_seconds: 0.2}}
+destinations:
+  - {{name: pacs-adt, type: mllp, host: 127.0.0.1, port: {adt_peer.port}}}
+  - {{name: pacs, type: dicom, host: 127.0.0.1, port: {pacs.port}, called_ae_title: STORESCP,
+      on_correction: hl7, correction_hl7_destination: pacs-adt}}
+""")
+            (engine_process.config_dir / "channels" / "ris.yaml").write_text(f"""
+name: ris-inbound
+source: {{type: mllp, port: {mllp}}}
+accept: {{message_types: ["ADT^*", "ORM^O01"]}}
+mapping: [adt-to-patient, order-to-worklist]
+handlers: [patients, orders]
+""")
+            engine_process.start(wait_port=mllp)
+            wait_for_port(dicom, proc=engine_process.proc)
+            assert send(mllp, orm(1, "583295", "MOF5026", name="DOE^JOHN")) == "AA"
+            storescu(dicom, files)
+            wait_until(lambda: len(pacs.received()) == len(files), timeout=120, what="the images forwarded")
+            assert send(mllp, adt_a40("REAL4", "REAL^PERSON", "583295")) == "AA"
+            (got,) = adt_peer.wait_for(1, timeout=120)
+            segments = got.payload.decode().split("\r")
+            assert "|ADT^A40^ADT_A39|" in segments[0]
+            assert segments[2].startswith("PID|1||REAL4^^^NORTH||REAL^PERSON||19500505|F")
+            assert segments[3] == "MRG|583295^^^NORTH"
+            time.sleep(1.0)  # nothing else follows: no resend of the images, no second ADT
+            assert len(adt_peer.messages()) == 1
+            assert _rows(engine_process, "SELECT count(*) FROM outbox WHERE destination = 'pacs'")[0][0] == len(files)
+    finally:
+        adt_peer.close()
