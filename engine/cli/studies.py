@@ -202,6 +202,7 @@ def link_to_accession(db: Database, config: EngineConfig, study_instance_uid: st
     from engine.archive.location import ArchiveLocation
     from engine.domain.late_reconcile import match_for_order, reconcile_study
     from engine.domain.reconciler import Reconciler
+    from engine.domain.reforward import CorrectionPolicy
     from engine.domain.tables import orders
 
     def find(conn: Connection) -> tuple[Any, Any]:
@@ -220,7 +221,7 @@ def link_to_accession(db: Database, config: EngineConfig, study_instance_uid: st
     if reconciler.mapping is None:
         raise LookupError(f"reconciliation is off or its mapping is missing ({config.reconcile.mapping})")
     count = reconcile_study(db, ArchiveLocation("primary", config.archive_dir()), reconciler, study_instance_uid,
-                            match, datetime.now(UTC))
+                            match, datetime.now(UTC), CorrectionPolicy.from_config(config))
     db.writer.call(lambda conn: record(conn, "study.link", "study", study_instance_uid,
                                        {"accession_number": accession, "order_pk": match.order_pk,
                                         "instances_coerced": count}, actor))

@@ -262,6 +262,14 @@ class DicomDestinationConfig(_Model):
         " uncompressed one it accepts; compressed instances are never decoded",
     )
     tls: TLSConfig | None = None
+    on_correction: Literal["resend", "hl7", "none"] = Field(
+        "resend", description="after a stored image is corrected (ADT A08/A31/A40/A47, order update, late order):"
+        " resend the corrected copy; hl7: send an ADT (A08, or A40 when the patient id changed) to"
+        " correction_hl7_destination instead; none: nothing"
+    )
+    correction_hl7_destination: str = Field(
+        "", description="on_correction hl7: the mllp (or http) destination in engine.yaml that gets the ADT"
+    )
 
     @field_validator("called_ae_title", "calling_ae_title")
     @classmethod

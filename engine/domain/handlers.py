@@ -95,6 +95,8 @@ def _remember(ctx: InboundContext, rec: PatientRecord, policy: PatientPolicy, pk
 
 
 _ORDER_MESSAGES = frozenset({"ORM", "OMI", "OMG"})
+#: ORC-1 values that carry the order's content: a change may reach values coerced into stored images.
+_CONTENT_UPDATES = frozenset({"NW", "XO"})
 
 
 def _require(message: Message, kinds: tuple[str, ...], segment: str, records: list[dict[str, Any]]) -> None:
@@ -186,8 +188,9 @@ class OrdersHandler:
             order = _validate(OrderRecord, data, "ORC")
             applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
             ctx.note(applied.changed, applied.note)
-            if applied.changed:  # reconciliation (#13): unscheduled studies this order may own, in the background
-                request_for_orders(conn, applied.step_pks, now)
+            if applied.changed:  # reconciliation (#13): unscheduled studies this order may own, or its stored
+                # studies to correct after a content update (XO), in the background
+                request_for_orders(conn, applied.step_pks, now, content=order.order_control in _CONTENT_UPDATES)
         return []
 
 

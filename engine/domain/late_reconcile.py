@@ -2,7 +2,7 @@
 
 Each instance's file is read (header only; the bulk is streamed), coerced to the
 order's values with a new OriginalAttributesSequence item (COERCE; CORRECT after an
-ADT update or merge, :func:`correct_study`), and written as
+ADT update or merge or an order update, :func:`correct_study`), and written as
 a new file beside the old one (``<SOPInstanceUID>.<hash>.dcm``, durable before it is
 indexed). Then one transaction points every instance at its new file (the old
 file stays, with an ``instance_versions`` row), updates the study's attributes and
@@ -11,8 +11,11 @@ an unscheduled study: the next run does it again. A study already linked to an
 order is left alone (idempotent).
 
 The background job (:func:`reconcile_job`) handles the ``reconcile_requests`` the
-order handler (:func:`engine.domain.reconcile.request_for_orders`) and the patients
-handler (:func:`engine.domain.reconcile.request_for_patient`) write.
+order handler (:func:`engine.domain.reconcile.request_for_orders`: a late order, or an
+order update such as XO that may change coerced values) and the patients handler
+(:func:`engine.domain.reconcile.request_for_patient`) write. The transaction that
+indexes rewritten instances also queues them again for the DICOM destinations, per
+destination's ``on_correction`` (:mod:`engine.domain.reforward`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sqlalchemy import Connection, select, update
 from engine.archive.location import ArchiveLocation
 from engine.archive.part10 import dataset_offset
 from engine.config.models import EngineConfig
+from engine.domain.correction_message import CorrectedPatient
 from engine.domain.housekeeping import Job
 from engine.domain.instance_tables import instance_versions, instances
 from engine.domain.instances import InstanceAttributes
@@ -40,6 +44,7 @@ from engine.domain.reconcile import (
     take_requests,
 )
 from engine.domain.reconciler import Reconciler
+from engine.domain.reforward import Correction, CorrectionPolicy, queue_correction
 from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import orders, procedure_steps, studies
 from engine.reconcile.coerce import CORRECT, Modification, coerce
@@ -70,6 +75,13 @@ class Rewritten:
     size: int
     sha256: str
     attrs: InstanceAttributes
+    changed: tuple[str, ...] = ()
+    patient: CorrectedPatient | None = None
+
+    def correction(self) -> Correction:
+        """What :func:`~engine.domain.reforward.queue_correction` needs to know."""
+        assert self.patient is not None
+        return Correction(self.instance_pk, self.attrs, self.changed, self.patient)
 
 
 def match_for_order(conn: Connection, order_pk: int, by: str, any_status: bool = False) -> OrderMatch | None:
@@ -103,7 +115,9 @@ def _rewrite(location: ArchiveLocation, row: Any, target: dict[str, Any], mod: M
         meta = f.read(offset)
         header = read_header(f, offset, enc) if enc is not None else None
         ds = header.dataset if header is not None else read_whole(f)
-        if not coerce(ds, target, mod):
+        prior = (str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or ""))
+        changed = coerce(ds, target, mod)
+        if not changed:
             return None
         stream = (CoercedStream(encode_header(ds, header.enc), header.raw, f, header.bulk_at)
                   if header is not None else WholeStream(encode_whole(ds), f, offset))
@@ -111,16 +125,19 @@ def _rewrite(location: ArchiveLocation, row: Any, target: dict[str, Any], mod: M
     attrs = InstanceAttributes.from_dataset(ds)
     stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
     path, _ = location.place(staged, [f"{stem}.{staged.sha256[:16]}.dcm"])
-    return Rewritten(int(row.id), path, staged.size, staged.sha256, attrs)
+    return Rewritten(int(row.id), path, staged.size, staged.sha256, attrs, changed,
+                     CorrectedPatient.from_dataset(ds, *prior))
 
 
 def _index(conn: Connection, study_uid: str, match: OrderMatch | None, done: list[Rewritten],
-           now: datetime) -> None:
-    """Point the instances at their coerced files, refresh the study's attributes, link it (with ``match``):
-    one transaction."""
+           now: datetime, policy: CorrectionPolicy | None = None) -> None:
+    """Point the instances at their coerced files, refresh the study's attributes, link it (with ``match``),
+    and queue what the destinations' ``on_correction`` asks for (with ``policy``): one transaction."""
     study_pk = conn.execute(select(studies.c.id).where(studies.c.study_instance_uid == study_uid)).scalar_one()
+    received_from: dict[int, str] = {}
     for new in done:
         old = conn.execute(select(instances).where(instances.c.id == new.instance_pk)).one()
+        received_from[int(old.id)] = str(old.received_from_ae or "")
         conn.execute(instance_versions.insert().values(
             instance_pk=old.id, sha256=old.sha256, size=old.size, location=old.location, path=old.path,
             received_from_ae=old.received_from_ae, received_at=old.received_at, replaced_at=now))
@@ -134,26 +151,33 @@ def _index(conn: Connection, study_uid: str, match: OrderMatch | None, done: lis
             study_description=a.study_description, study_id=a.study_id, last_seen_at=now))
     if match is not None:
         link_study(conn, int(study_pk), match)
+    if policy is not None:
+        queue_correction(conn, [new.correction() for new in done], received_from, policy, now)
 
 
 def reconcile_study(db: Database, location: ArchiveLocation, reconciler: Reconciler, study_uid: str,
-                    match: OrderMatch, now: datetime) -> int:
-    """Coerce every stored instance of ``study_uid`` to ``match``'s order and link the study; how many changed."""
+                    match: OrderMatch, now: datetime, policy: CorrectionPolicy | None = None) -> int:
+    """Coerce every stored instance of ``study_uid`` to ``match``'s order and link the study; how many changed.
+
+    With ``policy``, the rewritten instances are queued again per destination (:mod:`engine.domain.reforward`)
+    in the transaction that indexes them.
+    """
     target = db.read(functools.partial(reconciler.target, match=match))
     done = _rewrite_study(db, location, study_uid, target, Modification(now, reconciler.modifying_system))
-    db.writer.call(functools.partial(_index, study_uid=study_uid, match=match, done=done, now=now))
+    db.writer.call(functools.partial(_index, study_uid=study_uid, match=match, done=done, now=now, policy=policy))
     log.info("study reconciled with order %d (%s): %d instance(s) coerced", match.order_pk, match.matched_by,
              len(done))
     return len(done)
 
 
 def correct_study(db: Database, location: ArchiveLocation, reconciler: Reconciler, study_uid: str,
-                  now: datetime) -> int:
+                  now: datetime, policy: CorrectionPolicy | None = None) -> int:
     """PIR: bring a stored study's images in line with its order and patient as they are now (reason CORRECT).
 
-    A linked study is corrected from its order (whose patient a merge may have changed),
-    an unscheduled one from its patient alone. Idempotent: an image that already holds
-    every value is left as it is. Returns how many instances changed.
+    A linked study is corrected from its order (whose patient a merge may have changed,
+    whose values an order update may have changed), an unscheduled one from its patient
+    alone. Idempotent: an image that already holds every value is left as it is (and not
+    queued again). Returns how many instances changed.
     """
     linked = db.read(lambda conn: conn.execute(
         select(studies.c.order_pk, studies.c.step_pk, studies.c.patient_pk, orders.c.patient_pk.label("owner"))
@@ -170,8 +194,9 @@ def correct_study(db: Database, location: ArchiveLocation, reconciler: Reconcile
     done = _rewrite_study(db, location, study_uid, target, Modification(now, reconciler.modifying_system,
                                                                         reason=CORRECT))
     if done:
-        db.writer.call(functools.partial(_index, study_uid=study_uid, match=match, done=done, now=now))
-        log.info("study corrected after an ADT update: %d instance(s) rewritten", len(done))
+        db.writer.call(functools.partial(_index, study_uid=study_uid, match=match, done=done, now=now,
+                                         policy=policy))
+        log.info("study corrected: %d instance(s) rewritten", len(done))
     return len(done)
 
 
@@ -199,40 +224,67 @@ def _studies_of(conn: Connection, patient_pk: int) -> list[str]:
         st.patient_pk == patient_pk, st.number_of_instances > 0).order_by(st.id))]
 
 
-def _handle(db: Database, location: ArchiveLocation, reconciler: Reconciler, request: Request) -> int:
-    now = datetime.now(UTC)
+def _studies_of_order(conn: Connection, order_pk: int) -> list[str]:
+    """The stored studies linked to the order (an order update corrects them: XO)."""
+    st = studies.c
+    return [str(r[0]) for r in conn.execute(select(st.study_instance_uid).where(
+        st.order_pk == order_pk, st.number_of_instances > 0).order_by(st.id))]
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    db: Database
+    location: ArchiveLocation
+    reconciler: Reconciler
+    policy: CorrectionPolicy
+
+
+def _handle(ctx: _Context, request: Request) -> int:
+    db, now = ctx.db, datetime.now(UTC)
     count = 0
     if request.order_pk is not None:
-        match = db.read(functools.partial(match_for_order, order_pk=int(request.order_pk), by="late_order"))
+        order_pk = int(request.order_pk)
+        match = db.read(functools.partial(match_for_order, order_pk=order_pk, by="late_order"))
         if match is not None:
-            for uid in db.read(functools.partial(unscheduled_for_order, order_pk=int(request.order_pk))):
-                count += reconcile_study(db, location, reconciler, uid, match, now)
+            for uid in db.read(functools.partial(unscheduled_for_order, order_pk=order_pk)):
+                count += reconcile_study(db, ctx.location, ctx.reconciler, uid, match, now, ctx.policy)
+        for uid in db.read(functools.partial(_studies_of_order, order_pk=order_pk)):
+            count += correct_study(db, ctx.location, ctx.reconciler, uid, now, ctx.policy)
     if request.patient_pk is not None:
         for uid in db.read(functools.partial(_studies_of, patient_pk=int(request.patient_pk))):
-            count += correct_study(db, location, reconciler, uid, now)
+            count += correct_study(db, ctx.location, ctx.reconciler, uid, now, ctx.policy)
     db.writer.call(functools.partial(finish_request, request_id=request.id))
     return count
 
 
-def reconcile_job(db: Database, location: ArchiveLocation, reconciler: Reconciler, every: float) -> Job:
-    """The background job: late orders and ADT corrections; the number of instances rewritten."""
+def reconcile_job(db: Database, location: ArchiveLocation, reconciler: Reconciler, every: float,
+                  policy: CorrectionPolicy | None = None) -> Job:
+    """The background job: late orders, order updates and ADT corrections; the number of instances rewritten.
+
+    A request is dropped only after every study it names is done; a crash in between
+    runs it again, which finds the images already corrected (nothing rewritten or queued twice).
+    """
+    ctx = _Context(db, location, reconciler, policy or CorrectionPolicy(()))
 
     def run() -> int:
+        ctx.policy.adts_queued.clear()
         total = 0
         while pending := db.read(take_requests):
             for request in pending:
-                total += _handle(db, location, reconciler, request)
+                total += _handle(ctx, request)
         return total
 
-    return Job("reconcile-images", "stored images follow late orders and ADT corrections", every, run)
+    return Job("reconcile-images", "stored images follow late orders, order updates and ADT corrections", every,
+               run)
 
 
 def late_jobs(db: Database, config: EngineConfig) -> list[Job]:
-    """The late-order job when images are stored and reconciled (``archive`` and ``reconcile`` enabled)."""
+    """The reconciliation job when images are stored and reconciled (``archive`` and ``reconcile`` enabled)."""
     if not (config.dicom.enabled and config.archive.enabled and config.reconcile.enabled):
         return []
     reconciler = Reconciler.from_config(db, config)
     if reconciler.mapping is None:
         return []
     location = ArchiveLocation("primary", config.archive_dir())
-    return [reconcile_job(db, location, reconciler, config.reconcile.poll_interval_seconds)]
+    return [reconcile_job(db, location, reconciler, config.reconcile.poll_interval_seconds,
+                          CorrectionPolicy.from_config(config))]

@@ -262,10 +262,23 @@ def finish_request(conn: Connection, request_id: int) -> None:
 _ANY_UNSCHEDULED = FastStatement(select(exists().where(studies.c.order_pk.is_(None))))
 
 
-def request_for_orders(conn: Connection, step_pks: Sequence[int], now: datetime) -> None:
-    """Order handler hook: when unscheduled studies exist, ask the job to look at these steps' orders."""
-    if not step_pks or not _ANY_UNSCHEDULED.execute(conn, {}).fetchone()[0]:
+def request_for_orders(conn: Connection, step_pks: Sequence[int], now: datetime, content: bool = False) -> None:
+    """Order handler hook: ask the job to look at these steps' orders when it has work there.
+
+    Work is an unscheduled study the order may own (a late order), or, when the message
+    changed the order's content (``content``: NW resent with changes, XO), a stored study
+    already linked to the order, whose images the job corrects (PIR). One insert at most
+    per order, in the order message's transaction.
+    """
+    if not step_pks:
+        return
+    st = studies.c
+    unscheduled = bool(_ANY_UNSCHEDULED.execute(conn, {}).fetchone()[0])
+    if not (unscheduled or content):
         return
     order_pks = [int(r[0]) for r in conn.execute(
         select(procedure_steps.c.order_pk).where(procedure_steps.c.id.in_(step_pks)))]
+    if not unscheduled and conn.execute(select(exists().where(
+            st.order_pk.in_(order_pks), st.number_of_instances > 0))).scalar() is not True:
+        return
     request_reconciliation(conn, order_pks, now)

@@ -73,3 +73,24 @@ def test_the_shipped_pacs_destination_is_off_without_a_host_and_on_with_one() ->
                                             "RADBRIDGE_PACS_AET": "MAINPACS"})
     (pacs,) = [d for d in on.engine.destinations if d.name == "pacs"]
     assert (pacs.host, pacs.port, pacs.called_ae_title) == ("pacs.example", 4242, "MAINPACS")
+
+
+def test_on_correction_hl7_needs_an_hl7_destination(tmp_path: Path) -> None:
+    adt = "  - name: pacs-adt\n    type: mllp\n    host: 127.0.0.1\n    port: 2575\n"
+    check_directory(_write(tmp_path, PACS + "    on_correction: hl7\n    correction_hl7_destination: pacs-adt\n"
+                           + adt), {})
+    (found,) = _problems(_write(tmp_path / "a", PACS + "    on_correction: hl7\n"))
+    assert found == (f"{tmp_path / 'a' / 'engine.yaml'}:8: destinations.0.on_correction: hl7 needs"
+                     " correction_hl7_destination (the mllp destination that gets the ADT)")
+    (found,) = _problems(_write(tmp_path / "e", PACS + "    correction_hl7_destination: pacs\n"))
+    assert found == (f"{tmp_path / 'e' / 'engine.yaml'}:8: destinations.0.correction_hl7_destination: used only"
+                     " with on_correction: hl7 (now resend)")
+    (found,) = _problems(_write(tmp_path / "b", PACS + "    on_correction: hl7\n"
+                                "    correction_hl7_destination: pacs-adt\n"))
+    assert found.startswith(f"{tmp_path / 'b' / 'engine.yaml'}:9: destinations.0.correction_hl7_destination:"
+                            " no destination named 'pacs-adt'")
+    (found,) = _problems(_write(tmp_path / "c", PACS + "    on_correction: hl7\n"
+                                "    correction_hl7_destination: pacs\n"))
+    assert "'pacs' is a DICOM destination; the correction ADT is HL7" in found
+    (found,) = _problems(_write(tmp_path / "d", PACS + "    on_correction: always\n"))
+    assert found.startswith(f"{tmp_path / 'd' / 'engine.yaml'}:8: destinations.0.on_correction:")

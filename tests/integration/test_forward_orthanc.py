@@ -16,7 +16,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -63,12 +63,13 @@ class Orthanc:
     dicom_port: int
     http_port: int
     proc: subprocess.Popen[bytes] | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # more orthanc.json settings
 
     def start(self) -> None:
         config = {"Name": "PACS", "StorageDirectory": str(self.root), "IndexDirectory": str(self.root),
                   "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "PACS",
                   "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True,
-                  "DicomAlwaysAllowEcho": True, "DicomCheckCalledAet": True, "StableAge": 2}
+                  "DicomAlwaysAllowEcho": True, "DicomCheckCalledAet": True, "StableAge": 2, **self.options}
         (self.root / "orthanc.json").write_text(json.dumps(config))
         with open(self.root / "orthanc.log", "ab") as log:
             self.proc = subprocess.Popen(["Orthanc", str(self.root / "orthanc.json")], env=dcmtk_env(),
