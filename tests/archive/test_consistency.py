@@ -1,4 +1,5 @@
-"""Archive consistency: tiering survives a crash between its steps (in process, real locations)."""
+"""Archive consistency: tiering survives a crash between its steps, old versions reach the secondary
+(in process, real locations)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
 from engine.archive.fixity import verify
 from engine.archive.fs_location import FileLocation
+from engine.archive.objects import fixity
 from engine.archive.tiering import tier
+from engine.domain.instance_tables import instance_versions
 from tests.archive.replica_peer import copies, ct, replicate_until_sent, scp_with_secondary, send
 
 
@@ -40,3 +44,23 @@ def test_a_crash_between_marking_and_removing_leaves_no_orphan_primary_file(tmp_
         assert copies(scp)[inst.id].primary_state == "TIERED"
         assert verify(archive, scp.db)[1] == []
 
+
+
+def test_a_version_replaced_before_its_copy_was_made_still_reaches_the_secondary(
+        tmp_path: Path, corpus: Path) -> None:
+    """History (``instance_versions``) kept on the primary only would be a disaster-recovery gap."""
+    second = tmp_path / "second"
+    with scp_with_secondary(tmp_path, str(second)) as (scp, archive):
+        first = ct(corpus, generate_uid())
+        changed = ct(corpus, first.StudyInstanceUID)
+        changed.SOPInstanceUID = changed.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+        changed.SeriesInstanceUID = first.SeriesInstanceUID
+        changed.StudyDescription = "resent with other content"
+        assert send(scp.port, [first, changed]) == [0, 0]  # replace: the first becomes an old version
+        replicate_until_sent(scp, archive)
+        old_path, old_sha = scp.db.read(lambda c: c.execute(
+            select(instance_versions.c.path, instance_versions.c.sha256)).one())
+        (current,) = scp.instances()
+        assert (second / old_path).read_bytes() == (scp.archive / old_path).read_bytes()
+        assert fixity(archive.secondary, old_path).sha256 == old_sha
+        assert (second / current.path).read_bytes() == (scp.archive / current.path).read_bytes()
