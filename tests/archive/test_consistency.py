@@ -14,9 +14,10 @@ from sqlalchemy import select
 from engine.archive.fixity import verify
 from engine.archive.fs_location import FileLocation
 from engine.archive.objects import fixity
+from engine.archive.service import drop_copies_owed_to_a_removed_secondary
 from engine.archive.tiering import tier
 from engine.domain.instance_tables import instance_versions
-from tests.archive.replica_peer import copies, ct, replicate_until_sent, scp_with_secondary, send
+from tests.archive.replica_peer import copies, copy_rows, ct, replicate_until_sent, scp_with_secondary, send
 
 
 class _Crash(BaseException):
@@ -64,3 +65,14 @@ def test_a_version_replaced_before_its_copy_was_made_still_reaches_the_secondary
         assert (second / old_path).read_bytes() == (scp.archive / old_path).read_bytes()
         assert fixity(archive.secondary, old_path).sha256 == old_sha
         assert (second / current.path).read_bytes() == (scp.archive / current.path).read_bytes()
+
+
+def test_copies_owed_to_a_secondary_that_was_removed_end_as_dead_letters_saying_why(
+        tmp_path: Path, corpus: Path) -> None:
+    with scp_with_secondary(tmp_path, str(tmp_path / "second")) as (scp, _archive):
+        assert send(scp.port, [ct(corpus, generate_uid()) for _ in range(2)]) == [0, 0]
+        # the engine restarts without archive.secondary: nothing will ever deliver these rows
+        assert drop_copies_owed_to_a_removed_secondary(scp.db) == 2
+        assert {(r.status, "no longer configured" in r.last_error) for r in copy_rows(scp)} == {("ERROR", True)}
+        assert {c.secondary_state for c in copies(scp).values()} == {"NONE"}
+        assert drop_copies_owed_to_a_removed_secondary(scp.db) == 0
