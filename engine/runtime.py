@@ -94,11 +94,17 @@ class Runtime:
             if released:
                 log.info("released %d outbox lease(s) left by the previous run", released)
         if cfg.dicom.enabled and cfg.archive.enabled:  # both locations checked before anything listens
-            from engine.archive.service import backfill_copies, checked_archive
+            from engine.archive.service import (
+                backfill_copies,
+                checked_archive,
+                drop_copies_owed_to_a_removed_secondary,
+            )
 
             self.archive = await asyncio.to_thread(checked_archive, self.config)
             if self.archive.secondary is not None:
                 await asyncio.to_thread(backfill_copies, self.db)
+            else:
+                await asyncio.to_thread(drop_copies_owed_to_a_removed_secondary, self.db)
         self.worker = OutboxWorker(self.db, self._routes(), cfg.outbox)
         self.worker.start()
         _log_forwarding(self.config)

@@ -1,9 +1,12 @@
 """DICOM C-STORE destination: forward a stored instance to a peer (pynetdicom SCU, PS3.4 B.2).
 
 An outbox row names an instance (:class:`~engine.domain.routing.InstanceRef`);
-:meth:`DicomDestination.send` looks up the instance's *current* file
-(:func:`current_instance_file`) and sends it on an association from the
-destination's :class:`~channels.dicom.associations.AssociationPool`:
+:meth:`DicomDestination.send` reads the instance's *current* version through
+the archive (:class:`~channels.dicom.forward_source.ForwardSource`: the primary
+file, its checksum verified while it is sent, else a verified copy from the
+secondary when the primary copy was tiered away, is missing or damaged) and
+sends it on an association from the destination's
+:class:`~channels.dicom.associations.AssociationPool`:
 
 - in its stored transfer syntax whenever the peer accepts it, streamed from the
   file in 1 MB reads, pixel data never decoded (on the association pynetdicom
@@ -18,7 +21,8 @@ destination's :class:`~channels.dicom.associations.AssociationPool`:
 
 Outcomes: the response status per :mod:`channels.dicom.store_status`; an
 association that cannot be opened, is rejected or aborted, or a response that
-does not come in time is retryable. Ordering, retries and dead letters are the
+does not come in time is retryable; no intact copy in any location is permanent
+(a dead letter naming what each location holds). Ordering, retries and dead letters are the
 outbox's.
 """
 
@@ -26,76 +30,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import encode
-from sqlalchemy import Connection, bindparam, select
 
+from engine.archive.archive import archive_from_config
+from engine.archive.location import INCOMING
 from engine.config.models import DicomDestinationConfig
-from engine.domain.instance_tables import instances
 from engine.domain.routing import InstanceRef
 from engine.errors import PermanentDelivery, RetryableDelivery
 from engine.outbox.destination import DestinationContext, register_destination
-from engine.store.fast import FastStatement, first_row
 from engine.tls import client_context
 
-from .associations import CONVERTIBLE_SYNTAXES, FALLBACK_SYNTAXES, AssociationPool, Pair, PooledAssociation
+from .associations import CONVERTIBLE_SYNTAXES, FALLBACK_SYNTAXES, AssociationPool, PooledAssociation
+from .forward_source import ForwardSource, InstanceFile, check_file
 from .server import tune_association
-from .store_link import StoreLink, detachable
+from .store_link import SourceDamaged, StoreLink, detachable
 from .store_status import Outcome, classify_store_status
 
-__all__ = ["DicomDestination", "InstanceFile", "current_instance_file"]
+__all__ = ["DicomDestination"]
 
 log = logging.getLogger(__name__)
 
 # Files are sent from disk in chunks, not read into a Dataset (process-wide; radbridge sends no
 # other file by path).
 _config.STORE_SEND_CHUNKED_DATASET = True
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceFile:
-    """The current file of a stored instance and what the index says about it."""
-
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-
-    @property
-    def pair(self) -> Pair:
-        return self.sop_class_uid, self.transfer_syntax_uid
-
-
-# On the raw cursor: this runs once an image on the forwarding path.
-_INSTANCE_ROW = FastStatement(
-    select(instances.c.location, instances.c.path, instances.c.sop_class_uid, instances.c.sop_instance_uid,
-           instances.c.transfer_syntax_uid).where(instances.c.id == bindparam("pk"))
-)
-
-
-def _instance_row(conn: Connection, pk: int) -> Any:
-    return first_row(_INSTANCE_ROW, conn, {"pk": pk})
-
-
-def current_instance_file(db: Any, archive_root: Path, instance_pk: int) -> InstanceFile | None:
-    """The file the index names for ``instance_pk`` now, or None when the instance is gone.
-
-    The one place forwarding reads the archive: it will read through the archive's own
-    API (with its fallback to the secondary location) when that exists.
-    """
-    row = db.read(partial(_instance_row, pk=instance_pk))
-    if row is None:
-        return None
-    if row.location != "primary":
-        raise RetryableDelivery(f"instance {instance_pk} is in location {row.location!r}, not readable here")
-    return InstanceFile(archive_root / row.path, row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax_uid)
 
 
 def _syntax_name(uid: str) -> str:
@@ -153,8 +115,8 @@ class DicomDestination:
     def __init__(self, config: DicomDestinationConfig, context: DestinationContext) -> None:
         self.name = config.name
         self._config = config
-        self._db = context.db
-        self._archive_root: Path = context.engine.archive_dir()
+        self._source = ForwardSource(archive_from_config(context.engine), context.db,
+                                     context.engine.archive_dir() / INCOMING)
         self._where = f"{config.called_ae_title}@{config.host}:{config.port}"
         ae = AE(ae_title=config.calling_ae_title or context.engine.dicom.ae_title)
         ae.connection_timeout = config.connect_timeout_seconds
@@ -197,11 +159,21 @@ class DicomDestination:
         return StoreLink.detach(assoc, cfg.timeout_seconds) if detachable(assoc) else assoc
 
     def _send(self, ref: InstanceRef) -> str:
-        file = current_instance_file(self._db, self._archive_root, ref.instance_pk)
-        if file is None:
+        """Send the primary file, checked while sent; else (gone, tiered, damaged) a verified copy."""
+        found = self._source.locate(ref.instance_pk)
+        if found is None:
             raise PermanentDelivery(f"instance {ref.sop_instance_uid} is no longer in the archive")
-        if not file.path.is_file():
-            raise RetryableDelivery(f"file of instance {file.sop_instance_uid} missing: {file.path}")
+        direct = self._source.primary_file(found)
+        if direct is not None:
+            try:
+                return self._send_file(direct)
+            except SourceDamaged as exc:
+                log.warning("forwarding: the primary copy of instance %s is damaged (%s); reading the archive's"
+                            " other copy", direct.sop_instance_uid, exc)
+        with self._source.verified_copy(found) as copy:
+            return self._send_file(copy)
+
+    def _send_file(self, file: InstanceFile) -> str:
         pooled, failed = self._pool.acquire(file.pair, timeout=self._config.timeout_seconds)
         if pooled is None:
             raise _association_failure(failed, self._where, file, self._config.uncompressed_conversion)
@@ -226,7 +198,9 @@ class DicomDestination:
                       if cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax), None)
         if exact is not None and isinstance(assoc, StoreLink):
             return assoc.send_file(file.path, sop_class, file.sop_instance_uid, int(exact.context_id),
-                                   pooled.next_message_id())
+                                   pooled.next_message_id(), file.fixity)
+        if file.fixity is not None:  # pynetdicom (or conversion) reads the file itself: check it first
+            check_file(file.path, file.fixity)
         if exact is not None:
             return assoc.send_c_store(file.path, msg_id=pooled.next_message_id())
         target = self._uncompressed_context(assoc, file) if self._config.uncompressed_conversion else None

@@ -27,10 +27,12 @@ pynetdicom's own ``send_c_store`` is used.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import select
 import socket
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,12 @@ import pynetdicom
 from pydicom.dataset import Dataset
 
 from engine.archive.part10 import dataset_offset
+from engine.errors import MalformedDataset
 
-__all__ = ["TESTED_VERSIONS", "StoreLink", "detachable", "encode_store_command", "parse_command", "pdus"]
+__all__ = [
+    "TESTED_VERSIONS", "Fixity", "SourceDamaged", "StoreLink", "detachable", "encode_store_command",
+    "parse_command", "pdus",
+]  # fmt: skip
 
 TESTED_VERSIONS = ("3.0.",)
 C_STORE_RQ = 0x0001
@@ -55,6 +61,19 @@ _MAX_RESPONSE_BYTES = 1 << 20  # a C-STORE-RSP is a few hundred bytes
 
 class LinkBroken(Exception):
     """The association ended or the peer answered something that is not a C-STORE-RSP."""
+
+
+class SourceDamaged(Exception):
+    """The file being sent does not match its recorded checksum; the association was aborted
+    before the dataset's last fragment, so the peer stored nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fixity:
+    """The size and SHA-256 of a stored dataset (the bytes after the File Meta Information)."""
+
+    size: int
+    sha256: str
 
 
 def _element(group: int, element: int, value: bytes) -> bytes:
@@ -157,10 +176,14 @@ class StoreLink:
         return True
 
     def send_file(self, path: Path, sop_class_uid: str, sop_instance_uid: str, context_id: int,
-                  message_id: int) -> Dataset:
-        """C-STORE the dataset of the Part 10 file ``path``; the response status (see :meth:`_exchange`)."""
+                  message_id: int, fixity: Fixity | None = None) -> Dataset:
+        """C-STORE the dataset of the Part 10 file ``path``; the response status (see :meth:`_exchange`).
+
+        With ``fixity`` the bytes are hashed as they are read and the last fragment leaves only
+        when they match; otherwise the association is aborted and :class:`SourceDamaged` raised.
+        """
         return self._exchange(sop_class_uid, sop_instance_uid, context_id, message_id,
-                              lambda sock: self._write_file(sock, path, context_id))
+                              lambda sock: self._write_file(sock, path, context_id, fixity))
 
     def send_bytes(self, dataset: bytes, sop_class_uid: str, sop_instance_uid: str, context_id: int,
                    message_id: int) -> Dataset:
@@ -200,6 +223,9 @@ class StoreLink:
             sock.sendall(b"".join(pdus(context_id, command, True, True, self._size)))
             write_dataset(sock)
             fields = self._read_response(sock)
+        except SourceDamaged:
+            self.abort()
+            raise
         except (OSError, LinkBroken):
             self.abort()
             return Dataset()
@@ -214,18 +240,25 @@ class StoreLink:
             status.ErrorComment = comment
         return status
 
-    def _write_file(self, sock: socket.socket, path: Path, context_id: int) -> None:
+    def _write_file(self, sock: socket.socket, path: Path, context_id: int, fixity: Fixity | None) -> None:
         with open(path, "rb") as f:
             total = os.fstat(f.fileno()).st_size
-            offset = dataset_offset(f.read(1 << 16))
+            offset = _dataset_offset(f.read(1 << 16), fixity)
             f.seek(offset)
             remaining = total - offset
+            if fixity is not None and remaining != fixity.size:
+                raise SourceDamaged(f"{remaining} dataset bytes instead of {fixity.size}")
+            digest = hashlib.sha256() if fixity is not None else None
             batch = max(self._size, BATCH_BYTES - BATCH_BYTES % self._size)  # whole fragments per read
             while remaining > 0:
                 chunk = f.read(min(batch, remaining))
                 if not chunk:
                     raise OSError(f"{path} ended {remaining} bytes early")
                 remaining -= len(chunk)
+                if digest is not None and fixity is not None:
+                    digest.update(chunk)
+                    if remaining == 0 and digest.hexdigest() != fixity.sha256:
+                        raise SourceDamaged("the dataset does not match the checksum recorded at ingest")
                 sock.sendall(b"".join(pdus(context_id, chunk, False, remaining == 0, self._size)))
 
     def _read_response(self, sock: socket.socket) -> dict[int, bytes]:
@@ -267,6 +300,16 @@ class StoreLink:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def _dataset_offset(head: bytes, fixity: Fixity | None) -> int:
+    """Where the dataset starts; an unreadable File Meta is damage when the file is being checked."""
+    try:
+        return dataset_offset(head)
+    except MalformedDataset as exc:
+        if fixity is None:
+            raise
+        raise SourceDamaged(f"File Meta Information unreadable: {exc}") from exc
 
 
 def _pdvs(body: bytes) -> list[tuple[int, bytes]]:

@@ -168,10 +168,12 @@ def copy_current(archive: Archive, inst: CurrentInstance, out: BinaryIO) -> str:
     """Write the verified Part 10 bytes of ``inst`` to ``out``; the name of the location read.
 
     ``out`` must be seekable: a copy that turns out damaged is truncated and the next
-    location tried. Raises :class:`CopyMissing`/:class:`ArchiveUnavailable` when no
-    location has an intact copy.
+    location tried. Raises :class:`CopyMissing` when every location was read and none holds
+    an intact copy (missing or damaged everywhere), :class:`ArchiveUnavailable` when some
+    location could not be read at all (a later attempt may succeed).
     """
     problems = []
+    unreachable = False
     for location in reading_order(archive, inst):
         out.seek(0)
         out.truncate()
@@ -181,7 +183,9 @@ def copy_current(archive: Archive, inst: CurrentInstance, out: BinaryIO) -> str:
                     out.write(chunk)
             return location.name
         except (ArchiveUnavailable, MalformedDataset) as exc:
+            unreachable = unreachable or type(exc) is ArchiveUnavailable
             problems.append(f"{location.name}: {exc}")
     out.seek(0)
     out.truncate()
-    raise CopyMissing(f"{inst.sop_instance_uid}: no intact copy ({'; '.join(problems) or 'no location'})")
+    error = ArchiveUnavailable if unreachable else CopyMissing
+    raise error(f"{inst.sop_instance_uid}: no intact copy ({'; '.join(problems) or 'no location'})")

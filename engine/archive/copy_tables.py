@@ -5,7 +5,8 @@ that indexes it (:mod:`engine.archive.replication`). ``meta_sha256`` is the
 SHA-256 of the File Meta Information written at ingest (the dataset's SHA-256
 is ``instances.sha256``): together they cover every byte of the stored file.
 
-``primary_state``: PRESENT, TIERED (removed on purpose once the secondary copy
+``primary_state``: PRESENT, TIERING (being removed: marked before the file is
+deleted, TIERED after), TIERED (removed on purpose once the secondary copy
 was verified), MISSING or DAMAGED (found so by a check). ``secondary_state``:
 NONE (no secondary configured), PENDING (copy queued in the outbox), VERIFIED,
 MISSING or DAMAGED.
@@ -19,7 +20,7 @@ from engine.store.schema import Id, UTCDateTime, metadata
 
 __all__ = ["PRIMARY_STATES", "SECONDARY_STATES", "instance_copies"]
 
-PRIMARY_STATES = ("PRESENT", "TIERED", "MISSING", "DAMAGED")
+PRIMARY_STATES = ("PRESENT", "TIERING", "TIERED", "MISSING", "DAMAGED")
 SECONDARY_STATES = ("NONE", "PENDING", "VERIFIED", "MISSING", "DAMAGED")
 
 instance_copies = Table(

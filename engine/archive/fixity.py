@@ -77,7 +77,7 @@ def check_copy(location: Location, inst: CurrentInstance) -> tuple[str, str] | N
 
 def expected(archive: Archive, inst: CurrentInstance) -> list[Location]:
     """The locations that should hold an intact copy of ``inst`` now."""
-    out = [] if inst.primary_state == "TIERED" else [archive.primary]
+    out = [] if inst.primary_state in ("TIERING", "TIERED") else [archive.primary]
     if archive.secondary is not None and inst.secondary_state not in ("NONE", "PENDING"):
         out.append(archive.secondary)
     return out

@@ -31,14 +31,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.archive.archive import Archive, CurrentInstance, current_instance
 from engine.archive.copy_tables import instance_copies
 from engine.archive.objects import fixity
-from engine.domain.instance_tables import instances
+from engine.domain.instance_tables import instance_versions, instances
 from engine.domain.instances import StoredFile
-from engine.errors import ArchiveUnavailable, MalformedDataset, RetryableDelivery
+from engine.errors import ArchiveUnavailable, CopyMissing, MalformedDataset, RetryableDelivery
 from engine.outbox.queue import enqueue
 from engine.store.database import Database
 
 __all__ = [
-    "DESTINATION", "MEDIA_TYPE", "ReplicationDestination", "mark_copies", "owe_missing_copies", "record_copies",
+    "DESTINATION", "MEDIA_TYPE", "ReplicationDestination", "mark_copies", "owe_missing_copies", "owe_rewritten_copy",
+    "record_copies",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,29 @@ def _owe_copy(conn: Connection, pk: int, sop_instance_uid: str, sha256: str, pat
     payload = json.dumps({"instance_pk": pk, "sha256": sha256, "path": path}).encode()
     enqueue(conn, channel="archive", destination=DESTINATION, payload=payload, media_type=MEDIA_TYPE,
             ordering_key=sop_instance_uid, now=now)
+
+
+def owe_rewritten_copy(conn: Connection, instance_pk: int, now: datetime) -> bool:
+    """After a rewrite (reconciliation, ``studies link``, a PIR correction) pointed ``instance_pk`` at a
+    new file in the primary: its primary copy is PRESENT again and, when copies go to a secondary, a
+    copy of the new version is owed (PENDING, queued in the same transaction as the repointing).
+    True when a copy was queued. The File Meta checksum stays: a rewrite keeps the File Meta bytes.
+    """
+    c = instance_copies.c
+    row = conn.execute(
+        select(instances.c.sop_instance_uid, instances.c.sha256, instances.c.path, c.secondary_state)
+        .join(instance_copies, c.instance_pk == instances.c.id).where(instances.c.id == instance_pk)
+    ).first()
+    if row is None:  # indexed before copies were recorded: fixity starts its record, backfill owes the copy
+        return False
+    owed = bool(row.secondary_state != "NONE")
+    values: dict[str, object] = {"primary_state": "PRESENT", "primary_removed_at": None, "checked_at": None}
+    if owed:
+        values.update(secondary_state="PENDING", secondary_verified_at=None)
+    conn.execute(update(instance_copies).where(c.instance_pk == instance_pk).values(**values))
+    if owed:
+        _owe_copy(conn, instance_pk, row.sop_instance_uid, row.sha256, row.path, now)
+    return owed
 
 
 def owe_missing_copies(conn: Connection, now: datetime, limit: int = 1000) -> int:
@@ -122,6 +146,25 @@ class ReplicationDestination:
     async def close(self) -> None:
         """Nothing to release (boto3 clients close with the process)."""
 
+    def _copy_old_version(self, job: _Job) -> str:
+        """Copy a version replaced before its copy was made (``instance_versions`` keeps it): the
+        history the primary holds is in the secondary too. Checked against its dataset checksum."""
+        secondary = self.archive.secondary
+        assert secondary is not None
+        if not self.db.read(partial(_is_old_version, job=job)):
+            return "superseded (no such version kept)"
+        try:
+            with self.archive.primary.open(job.path) as source:
+                secondary.put(job.path, source, replace=True)
+            found = fixity(secondary, job.path)
+        except CopyMissing:
+            return "superseded (the old version's file is not in the primary)"
+        except (ArchiveUnavailable, MalformedDataset) as exc:
+            raise RetryableDelivery(f"copy of an old version to {secondary.name}: {exc}") from exc
+        if found.sha256 != job.sha256:
+            raise RetryableDelivery(f"copy of an old version in {secondary.name} does not match its checksum")
+        return f"old version copied to {secondary.describe()} and verified"
+
     def _current(self, job: _Job) -> CurrentInstance | None:
         inst = self.db.read(lambda conn: current_instance_by_pk(conn, job.instance_pk))
         return inst if inst is not None and inst.sha256 == job.sha256 and inst.path == job.path else None
@@ -131,8 +174,8 @@ class ReplicationDestination:
         secondary = self.archive.secondary
         assert secondary is not None
         inst = self._current(job)
-        if inst is None:  # replaced or deleted since: the newer version has its own row
-            return "superseded"
+        if inst is None:  # replaced since: the newer version has its own row; this one is history
+            return self._copy_old_version(job)
         try:
             with self.archive.primary.open(inst.path) as source:
                 secondary.put(inst.path, source, replace=True)
@@ -145,6 +188,13 @@ class ReplicationDestination:
         self.db.writer.call(partial(_mark_verified, instance_pk=inst.instance_pk, sha256=inst.sha256,
                                     now=datetime.now(UTC)))
         return f"copied to {secondary.describe()} and verified"
+
+
+def _is_old_version(conn: Connection, job: _Job) -> bool:
+    v = instance_versions.c
+    found = conn.execute(select(v.id).where(v.instance_pk == job.instance_pk, v.path == job.path,
+                                            v.sha256 == job.sha256).limit(1)).first()
+    return found is not None
 
 
 def current_instance_by_pk(conn: Connection, instance_pk: int) -> CurrentInstance | None:

@@ -17,7 +17,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import Connection, update
+
 from engine.archive.archive import Archive, archive_from_config
+from engine.archive.copy_tables import instance_copies
 from engine.archive.fixity import verify
 from engine.archive.replication import DESTINATION, ReplicationDestination, owe_missing_copies
 from engine.archive.tiering import tier
@@ -25,10 +28,14 @@ from engine.config import Config
 from engine.config.models import ArchiveConfig
 from engine.domain.housekeeping import Job
 from engine.errors import ArchiveUnavailable, ConfigError
+from engine.outbox.queue import QUEUED
+from engine.outbox.rows import ERROR
 from engine.outbox.worker import Route
 from engine.store.database import Database
+from engine.store.schema import outbox
 
-__all__ = ["archive_jobs", "backfill_copies", "checked_archive", "replication_routes"]
+__all__ = ["archive_jobs", "backfill_copies", "checked_archive", "drop_copies_owed_to_a_removed_secondary",
+           "replication_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,30 @@ def backfill_copies(db: Database) -> int:
         log.info("archive: %d instance(s) stored before the secondary location was configured queued for copying",
                  total)
     return total
+
+
+_REMOVED = "the secondary location is no longer configured (archive.secondary); replay after configuring it again"
+
+
+def _drop_owed(conn: Connection) -> int:
+    """ERROR (with the reason) every copy still QUEUED for the secondary; their copies back to NONE."""
+    dropped = conn.execute(update(outbox).where(outbox.c.destination == DESTINATION, outbox.c.status == QUEUED)
+                           .values(status=ERROR, last_error=_REMOVED)).rowcount
+    conn.execute(update(instance_copies).where(instance_copies.c.secondary_state == "PENDING")
+                 .values(secondary_state="NONE"))
+    return int(dropped or 0)
+
+
+def drop_copies_owed_to_a_removed_secondary(db: Database) -> int:
+    """At start without a secondary: copies still owed to one configured before would stay QUEUED forever
+    (no route delivers them). They end as dead letters saying why (``outbox list --status ERROR``), and
+    the instances owe nothing (NONE): configuring a secondary again owes every instance a copy at the
+    next start (:func:`backfill_copies`). Returns how many; logged as a warning."""
+    dropped: int = db.writer.call(_drop_owed)
+    if dropped:
+        log.warning("archive: %d copy(ies) owed to a secondary location that is no longer configured were"
+                    " dropped (outbox ERROR, destination %s)", dropped, DESTINATION)
+    return dropped
 
 
 def replication_routes(cfg: ArchiveConfig, archive: Archive | None, db: Database) -> dict[str, Route]:

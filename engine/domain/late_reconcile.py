@@ -30,6 +30,7 @@ from sqlalchemy import Connection, select, update
 
 from engine.archive.location import ArchiveLocation
 from engine.archive.part10 import dataset_offset
+from engine.archive.replication import owe_rewritten_copy
 from engine.config.models import EngineConfig
 from engine.domain.correction_message import CorrectedPatient
 from engine.domain.housekeeping import Job
@@ -144,6 +145,7 @@ def _index(conn: Connection, study_uid: str, match: OrderMatch | None, done: lis
         conn.execute(update(instances).where(instances.c.id == old.id).values(
             path=new.path, size=new.size, sha256=new.sha256, received_sha256=old.received_sha256 or old.sha256,
             versions=int(old.versions) + 1))
+        owe_rewritten_copy(conn, int(old.id), now)  # the new version reaches the secondary too
     if done:
         a = done[0].attrs
         conn.execute(update(studies).where(studies.c.id == study_pk).values(

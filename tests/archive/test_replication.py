@@ -159,8 +159,8 @@ def test_a_copy_of_a_replaced_version_never_marks_the_new_version_verified(
         assert [r.ordering_key for r in copy_rows(scp)] == [first.sop_instance_uid] * 2
         scp.db.writer.call(lambda c: _mark_verified(c, first.id, first.sha256, datetime.now(UTC)))
         assert copies(scp)[second.id].secondary_state == "PENDING"
-        replicate_until_sent(scp, archive)  # the first row is superseded, the second copies the new version
-        assert copy_rows(scp)[0].response == "superseded"
+        replicate_until_sent(scp, archive)  # row 1: the replaced version; row 2: the new one
+        assert copy_rows(scp)[0].response.startswith("old version copied")  # history is replicated too
         assert copies(scp)[second.id].secondary_state == "VERIFIED"
         assert (tmp_path / "second" / second.path).read_bytes() == (scp.archive / second.path).read_bytes()
 
@@ -170,7 +170,7 @@ def test_tiering_leaves_an_instance_replaced_since_it_was_picked(
     from datetime import UTC, datetime
 
     from engine.archive.archive import current_instance
-    from engine.archive.tiering import _mark_tiered
+    from engine.archive.tiering import _mark
 
     with scp_with_secondary(tmp_path, str(tmp_path / "second"), db_url) as (scp, archive):
         ds = ct(corpus, generate_uid())
@@ -182,7 +182,7 @@ def test_tiering_leaves_an_instance_replaced_since_it_was_picked(
         assert send(scp.port, [ds]) == [0]  # a new version arrives between the pick and the marking,
         replicate_until_sent(scp, archive)  # and its copy is verified too
         assert copies(scp)[row.id].secondary_state == "VERIFIED"
-        assert scp.db.writer.call(lambda c: _mark_tiered(c, picked, datetime.now(UTC))) is False
+        assert scp.db.writer.call(lambda c: _mark(c, picked, datetime.now(UTC))) is False
         assert copies(scp)[row.id].primary_state == "PRESENT"
 
 
