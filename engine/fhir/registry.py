@@ -1,6 +1,6 @@
 """The resource types the facade serves: one module each, registered here and nowhere else.
 
-Adding a type (DiagnosticReport from the reports tables) is one module with
+Adding a type is one module with
 ``TYPE``, ``PARAMS``, ``INCLUDES``, ``kinds()`` and ``build()`` (the
 :class:`~engine.fhir.model.ResourceModule` contract), its name in ``MODULES``,
 and the triggers of its source tables in :data:`engine.fhir.triggers.SOURCES`.
@@ -9,11 +9,11 @@ and the triggers of its source tables in :data:`engine.fhir.triggers.SOURCES`.
 from __future__ import annotations
 
 from engine.fhir.model import Param, ResourceModule
-from engine.fhir.resources import endpoint, imaging_study, patient, service_request
+from engine.fhir.resources import diagnostic_report, endpoint, imaging_study, patient, service_request
 
 __all__ = ["MODULES", "by_type", "param"]
 
-MODULES: tuple[ResourceModule, ...] = (imaging_study, patient, service_request, endpoint)
+MODULES: tuple[ResourceModule, ...] = (imaging_study, patient, service_request, endpoint, diagnostic_report)
 
 _BY_TYPE = {m.TYPE: m for m in MODULES}
 
