@@ -10,8 +10,8 @@ from alembic import command
 from sqlalchemy import Connection, insert, select, text, update
 
 from engine.domain.records import CodedValue, ReportLine, ReportRecord
-from engine.domain.report_tables import reports
 from engine.domain.report_status import load_status_table
+from engine.domain.report_tables import reports
 from engine.domain.reports import ReportPolicy, apply_report
 from engine.domain.tables import orders, patients, procedure_steps
 from engine.fhir.model import FhirSettings
