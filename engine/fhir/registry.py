@@ -11,9 +11,13 @@ from __future__ import annotations
 from engine.fhir.model import Param, ResourceModule
 from engine.fhir.resources import diagnostic_report, endpoint, imaging_study, patient, service_request
 
-__all__ = ["MODULES", "by_type", "param"]
+__all__ = ["FULL_HISTORY", "MODULES", "by_type", "param"]
 
 MODULES: tuple[ResourceModule, ...] = (imaging_study, patient, service_request, endpoint, diagnostic_report)
+
+#: Types whose every version is kept and served by vread and ``_history`` (a report's versions are
+#: clinically meaningful). The other types keep what ``http.fhir.history`` says (engine.fhir.retention).
+FULL_HISTORY: frozenset[str] = frozenset({diagnostic_report.TYPE})
 
 _BY_TYPE = {m.TYPE: m for m in MODULES}
 
