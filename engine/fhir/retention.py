@@ -69,15 +69,11 @@ def prune_versions(conn: Connection, now: datetime, retention: Retention, after:
     return len(keys), last
 
 
-def _prune(conn: Connection, moment: datetime, retention: Retention, after: int, limit: int) -> tuple[int, int | None]:
-    return prune_versions(conn, moment, retention, after, limit)
-
-
 def prune_all(db: Database, retention: Retention, now: datetime | None = None, batch: int = PRUNE_BATCH) -> int:
     """One pass over ``fhir_versions``, one writer transaction per batch; how many versions were deleted."""
     moment, total, after = now or datetime.now(UTC), 0, 0
     while True:
-        done, last = db.writer.call(partial(_prune, moment=moment, retention=retention, after=after, limit=batch))
+        done, last = db.writer.call(partial(prune_versions, now=moment, retention=retention, after=after, limit=batch))
         total += done
         if last is None or done < batch:
             return total
