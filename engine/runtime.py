@@ -172,6 +172,9 @@ class Runtime:
         from engine.domain.late_reconcile import late_jobs  # reconciliation (#13): late orders
 
         jobs += late_jobs(self.db, cfg)
+        from engine.fhir.retention import history_jobs  # bounds fhir_versions
+
+        jobs += history_jobs(self.db, cfg.http.fhir.history)
         if self.archive is not None:
             from engine.archive.service import archive_jobs
 

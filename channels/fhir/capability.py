@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from engine.fhir.model import Param
-from engine.fhir.registry import MODULES
+from engine.fhir.registry import FULL_HISTORY, MODULES
 from engine.fhir.store import dumps
 
 __all__ = ["capability_statement"]
@@ -30,12 +30,23 @@ def _search_param(param: Param) -> dict[str, Any]:
     return item
 
 
+_KEPT = "the current version, and earlier ones only while http.fhir.history keeps them (default: none)"
+
+
+def _interactions(res_type: str) -> list[dict[str, Any]]:
+    """read, vread, history-instance, search-type; vread and history say what they serve."""
+    history = [{"code": "vread"}, {"code": "history-instance"}]
+    if res_type not in FULL_HISTORY:
+        history = [{**h, "documentation": _KEPT} for h in history]
+    return [{"code": "read"}, *history, {"code": "search-type"}]
+
+
 def _resource(module: Any) -> dict[str, Any]:
     revincludes = sorted(i for m in MODULES for i in m.INCLUDES
                          if module.TYPE in next(p for p in m.PARAMS if p.name == i.split(":")[1]).targets)
     item: dict[str, Any] = {
         "type": module.TYPE,
-        "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "search-type"}],
+        "interaction": _interactions(module.TYPE),
         "versioning": "versioned", "readHistory": True, "conditionalRead": "full-support",
         "searchParam": [_search_param(p) for p in (*_COMMON, *module.PARAMS)],
     }

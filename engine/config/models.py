@@ -25,6 +25,7 @@ __all__ = [
     "DuplicatesConfig",
     "EngineConfig",
     "FhirConfig",
+    "FhirHistoryConfig",
     "FieldCondition",
     "FilterConfig",
     "HTTPDestinationConfig",
@@ -446,6 +447,18 @@ class ReconcileConfig(_Model):
     )
 
 
+class FhirHistoryConfig(_Model):
+    """How many earlier versions of resources whose history is not kept in full are kept (docs/fhir.md).
+
+    DiagnosticReport versions (the report's versions) are always all kept.
+    """
+
+    keep_versions: int = Field(1, ge=1, description="versions kept per ImagingStudy, Patient, ServiceRequest and "
+                               "Endpoint, the current one included (1: only the current version)")
+    keep_days: float = Field(0.0, ge=0, description="earlier versions younger than this are kept as well")
+    interval_seconds: float = Field(3600.0, gt=0, description="how often the fhir-history-retention job runs")
+
+
 class FhirConfig(_Model):
     """What the FHIR resources say beyond the domain data (docs/fhir.md)."""
 
@@ -458,6 +471,7 @@ class FhirConfig(_Model):
                                   "without an issuer")
     patient_id_system: str = Field("urn:radbridge:patient-id", description="identifier system of patient ids "
                                    "without an issuer")
+    history: FhirHistoryConfig = Field(default_factory=FhirHistoryConfig)
 
 
 class HTTPConfig(_Model):

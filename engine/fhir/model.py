@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy import Connection
 
-__all__ = ["Built", "FhirSettings", "Param", "ParamType", "ResourceModule", "identifier_system"]
+__all__ = ["Built", "FhirSettings", "Param", "ParamType", "ResourceModule", "Version", "identifier_system"]
 
 ParamType = Literal["token", "reference", "date", "string"]
 
@@ -23,6 +23,18 @@ class Param:
     type: ParamType
     targets: tuple[str, ...] = ()
     documentation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One earlier version of a resource whose versions come from the domain (a report's versions).
+
+    ``last_updated`` is when radbridge stored it (a FHIR instant); ``body`` as :attr:`Built.body`.
+    """
+
+    version_id: int
+    last_updated: str
+    body: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -40,6 +52,11 @@ class Built:
     refs: list[tuple[str, str]] = field(default_factory=list)  # (param, "Type/id")
     dates: list[tuple[str, str, str]] = field(default_factory=list)  # (param, low, high)
     strings: list[tuple[str, str]] = field(default_factory=list)  # (param, value)
+    #: Set for a type whose versions are the domain's own (DiagnosticReport: the report versions):
+    #: ``version_id`` is the current body's version and ``earlier`` every version before it. None for
+    #: the other types, numbered by the store (a new version whenever the content changes).
+    version_id: int | None = None
+    earlier: tuple[Version, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The resource types the facade serves: one module each, registered here and nowhere else.
 
-Adding a type (DiagnosticReport from the reports tables) is one module with
+Adding a type is one module with
 ``TYPE``, ``PARAMS``, ``INCLUDES``, ``kinds()`` and ``build()`` (the
 :class:`~engine.fhir.model.ResourceModule` contract), its name in ``MODULES``,
 and the triggers of its source tables in :data:`engine.fhir.triggers.SOURCES`.
@@ -9,11 +9,15 @@ and the triggers of its source tables in :data:`engine.fhir.triggers.SOURCES`.
 from __future__ import annotations
 
 from engine.fhir.model import Param, ResourceModule
-from engine.fhir.resources import endpoint, imaging_study, patient, service_request
+from engine.fhir.resources import diagnostic_report, endpoint, imaging_study, patient, service_request
 
-__all__ = ["MODULES", "by_type", "param"]
+__all__ = ["FULL_HISTORY", "MODULES", "by_type", "param"]
 
-MODULES: tuple[ResourceModule, ...] = (imaging_study, patient, service_request, endpoint)
+MODULES: tuple[ResourceModule, ...] = (imaging_study, patient, service_request, endpoint, diagnostic_report)
+
+#: Types whose every version is kept and served by vread and ``_history`` (a report's versions are
+#: clinically meaningful). The other types keep what ``http.fhir.history`` says (engine.fhir.retention).
+FULL_HISTORY: frozenset[str] = frozenset({diagnostic_report.TYPE})
 
 _BY_TYPE = {m.TYPE: m for m in MODULES}
 

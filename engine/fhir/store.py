@@ -37,10 +37,14 @@ def _index_rows(pk: int, built: Built, into: dict[Any, list[dict[str, Any]]]) ->
     into[fhir_strings] += [{"resource_pk": pk, "param": prefix + p, "value": v[:324]} for p, v in built.strings]
 
 
-def _document(built: Built, version: int, now: str) -> str:
-    rest = {k: v for k, v in built.body.items() if k not in ("resourceType", "id", "meta")}
+def _document(built: Built, version: int, now: str, body: dict[str, Any] | None = None) -> str:
+    rest = {k: v for k, v in (built.body if body is None else body).items() if k not in ("resourceType", "id", "meta")}
     return dumps({"resourceType": built.res_type, "id": built.res_id,
                   "meta": {"versionId": str(version), "lastUpdated": now}, **rest})
+
+
+def _digest(built: Built) -> str:
+    return hashlib.sha256(dumps(built.body).encode()).hexdigest()
 
 
 def _existing(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
@@ -53,7 +57,12 @@ def _existing(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, 
 
 
 def write_all(conn: Connection, resources: Sequence[Built], now: str) -> int:
-    """Store each changed resource as its next version; return how many changed."""
+    """Store each changed resource as its next version (its own version for a domain-versioned one);
+    return how many changed."""
+    versioned = [b for b in resources if b.version_id is not None]
+    if versioned:
+        rest = [b for b in resources if b.version_id is None]
+        return _write_versioned(conn, versioned, now) + (write_all(conn, rest, now) if rest else 0)
     digests = {(b.res_type, b.res_id): hashlib.sha256(dumps(b.body).encode()).hexdigest() for b in resources}
     existing = _existing(conn, list(digests))
     new, changed = [], []
@@ -90,6 +99,58 @@ def write_all(conn: Connection, resources: Sequence[Built], now: str) -> int:
         if values:
             conn.execute(insert(table), values)
     return len(everything)
+
+
+def _kept(conn: Connection, pks: list[int]) -> set[tuple[int, int]]:
+    v = fhir_versions.c
+    return {(int(row.resource_pk), int(row.version_id))
+            for row in conn.execute(select(v.resource_pk, v.version_id).where(v.resource_pk.in_(pks)))}
+
+
+def _write_one_versioned(conn: Connection, built: Built, row: Any, kept: set[tuple[int, int]], now: str) -> bool:
+    """Store one domain-versioned resource; False if its current version is stored as it is.
+
+    The current version is written with ``now`` as its ``lastUpdated`` (so ``_lastUpdated``
+    searches see it when it appears here); an earlier version the store has not got yet
+    (several arrived between two projector cycles) with the time radbridge stored it. Earlier
+    versions already stored are never rewritten; the current one is when its content changes
+    without a new version (references after a merge).
+    """
+    assert built.version_id is not None
+    version, digest = built.version_id, _digest(built)
+    document = _document(built, version, now)
+    if row is None:
+        pk = int(conn.execute(insert(fhir_resources).returning(r.id), {
+            "res_type": built.res_type, "res_id": built.res_id, "version_id": version, "last_updated": now,
+            "content_hash": digest, "json": document}).scalar_one())
+    elif int(row.version_id) == version and row.content_hash == digest:
+        return False
+    else:
+        pk = int(row.id)
+        for table in _INDEX_TABLES:
+            conn.execute(delete(table).where(table.c.resource_pk == pk))
+        conn.execute(update(fhir_resources).where(r.id == pk).values(
+            version_id=version, last_updated=now, content_hash=digest, json=document))
+        conn.execute(delete(fhir_versions).where(fhir_versions.c.resource_pk == pk,
+                                                 fhir_versions.c.version_id == version))
+    rows = [{"resource_pk": pk, "version_id": v.version_id, "last_updated": v.last_updated,
+             "json": _document(built, v.version_id, v.last_updated, v.body)}
+            for v in built.earlier if (pk, v.version_id) not in kept and v.version_id != version]
+    rows.append({"resource_pk": pk, "version_id": version, "last_updated": now, "json": document})
+    conn.execute(insert(fhir_versions), rows)
+    index: dict[Any, list[dict[str, Any]]] = {table: [] for table in _INDEX_TABLES}
+    _index_rows(pk, built, index)
+    for table, values in index.items():
+        if values:
+            conn.execute(insert(table), values)
+    return True
+
+
+def _write_versioned(conn: Connection, resources: Sequence[Built], now: str) -> int:
+    """Store resources whose versions the domain numbers (:attr:`Built.version_id`); how many changed."""
+    existing = _existing(conn, [(b.res_type, b.res_id) for b in resources])
+    kept = _kept(conn, [int(row.id) for row in existing.values()])
+    return sum(_write_one_versioned(conn, b, existing.get((b.res_type, b.res_id)), kept, now) for b in resources)
 
 
 def write(conn: Connection, built: Built, now: str) -> bool:

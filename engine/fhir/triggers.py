@@ -49,6 +49,11 @@ _STUDY_COLUMNS = ("patient_pk", "order_pk", "accession_number", "modalities_in_s
 _SERIES_COLUMNS = ("study_pk", "modality", "series_description", "number_of_instances", "series_number",
                    "series_date")
 
+# A new version, a correction or a cancel changes ``version``; attaching to an order ``order_pk``.
+_REPORT_COLUMNS = ("order_pk", "patient_pk", "version", "status", "interpreter", "observation_datetime",
+                   "conclusion", "text", "issued", "accession_number", "study_instance_uid",
+                   "procedure_code_value")
+
 #: Every domain event the resources of the registry depend on.
 SOURCES: tuple[Source, ...] = (
     Source("patients", "INSERT", "Patient", "id"),
@@ -66,6 +71,8 @@ SOURCES: tuple[Source, ...] = (
     Source("series", "UPDATE", "study", "study_pk", _SERIES_COLUMNS),
     Source("instances", "INSERT", "study", "study_pk"),
     Source("instances", "DELETE", "study", "study_pk"),
+    Source("reports", "INSERT", "DiagnosticReport", "id"),
+    Source("reports", "UPDATE", "DiagnosticReport", "id", _REPORT_COLUMNS),
 )
 
 

@@ -125,6 +125,7 @@ class InProcessEngine:
     root: Path
     authorizer: Authorizer | None = None
     mllp_port: int = field(default_factory=free_port)
+    reports_port: int = field(default_factory=free_port)  # the shipped reports-inbound (ORU^R01)
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
@@ -147,6 +148,9 @@ class InProcessEngine:
         shipped = (ROOT / "config" / "channels" / "ris-inbound.yaml").read_text()
         (config_dir / "channels" / "ris-inbound.yaml").write_text(
             shipped.replace("${RADBRIDGE_MLLP_PORT:-2575}", str(self.mllp_port)))
+        reports = (ROOT / "config" / "channels" / "reports-inbound.yaml").read_text()
+        (config_dir / "channels" / "reports-inbound.yaml").write_text(
+            reports.replace("${RADBRIDGE_REPORTS_MLLP_PORT:-2576}", str(self.reports_port)))
         return config_dir
 
     def start(self, extra_http: str = "") -> None:
@@ -169,13 +173,13 @@ class InProcessEngine:
             assert time.monotonic() < deadline, "the projector did not catch up"
             time.sleep(0.05)
 
-    def send(self, *messages: str) -> list[str]:
-        """Send HL7 messages over MLLP (python-hl7's client); the MSA-1 of each ACK."""
+    def send(self, *messages: str, port: int | None = None) -> list[str]:
+        """Send HL7 messages over MLLP (python-hl7's client) to ris-inbound (or ``port``); the MSA-1 of each ACK."""
         import hl7
         from hl7.mllp import open_hl7_connection
 
         async def run() -> list[str]:
-            reader, writer = await open_hl7_connection("127.0.0.1", self.mllp_port, encoding="utf-8")
+            reader, writer = await open_hl7_connection("127.0.0.1", port or self.mllp_port, encoding="utf-8")
             codes = []
             try:
                 for text in messages:
@@ -188,6 +192,10 @@ class InProcessEngine:
             return codes
 
         return asyncio.run(run())
+
+    def report(self, *messages: str) -> list[str]:
+        """Send ORU^R01 messages to reports-inbound; the MSA-1 of each ACK."""
+        return self.send(*messages, port=self.reports_port)
 
 
 @pytest.fixture(scope="module")

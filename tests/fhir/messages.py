@@ -35,6 +35,20 @@ def adt(event: str, pid: str, name: str, mrg: str = "", control: str = "") -> st
     return "\r".join(segments) + "\r"
 
 
+def oru(n: int, control: str, status: str, *lines: str, impression: str = "") -> str:
+    """An ORU^R01 from the reporting system for the order of :func:`orm` ``n`` (placer PL<n>), one OBX per line."""
+    obx = [f"OBX|{i}|TX|GDT^Findings||{line}||||||{status[:1]}" for i, line in enumerate(lines, 1)]
+    if impression:
+        obx.append(f"OBX|{len(obx) + 1}|TX|IMP^Impression||{impression}||||||{status[:1]}")
+    return "\r".join([
+        f"MSH|^~\\&|REPORTING|NORTH|RADBRIDGE|NORTH|20261122110000||ORU^R01|{control}|P|2.5.1|||||UNICODE UTF-8",
+        f"PID|1||X{n}^^^NORTH^MR||REPORTED^RAY",
+        f"OBR|1|PL{n}|FL{n}|CTHEAD^CT head^L|||20261122093000" + "|" * 15 + f"20261122110000|||{status}|||||||"
+        "RR1&Radiologist&Rita",
+        *obx,
+    ]) + "\r"
+
+
 def mpps_performed(port: int, study_uid: str, accession: str, patient_id: str, mpps_uid: str,
                    series_uid: str, image_uids: tuple[str, ...]) -> tuple[int, int]:
     """N-CREATE (IN PROGRESS) then N-SET (COMPLETED with one performed series) with pynetdicom; both statuses."""

@@ -185,7 +185,7 @@ def test_only_fhir_json_is_served(api: FhirHttp) -> None:
 def test_the_capability_statement_lists_every_imaging_study_parameter(api: FhirHttp) -> None:
     statement = api.get("metadata").json()
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(resources) == {"ImagingStudy", "Patient", "ServiceRequest", "Endpoint"}
+    assert set(resources) == {"ImagingStudy", "Patient", "ServiceRequest", "Endpoint", "DiagnosticReport"}
     names = {p["name"] for p in resources["ImagingStudy"]["searchParam"]}
     assert {"identifier", "patient", "subject", "started", "status", "modality", "basedon", "endpoint", "_id",
             "_lastUpdated"} <= names
@@ -193,6 +193,22 @@ def test_the_capability_statement_lists_every_imaging_study_parameter(api: FhirH
                                                           "ImagingStudy:basedon", "ImagingStudy:endpoint"]
     assert "ImagingStudy:patient" in resources["Patient"]["searchRevInclude"]
     assert statement["fhirVersion"] == "4.0.1" and statement["date"]
+
+
+def test_the_capability_statement_lists_diagnostic_report_and_what_history_serves(api: FhirHttp) -> None:
+    resources = {r["type"]: r for r in api.get("metadata").json()["rest"][0]["resource"]}
+    report = resources["DiagnosticReport"]
+    assert {p["name"] for p in report["searchParam"]} == {
+        "_id", "_lastUpdated", "identifier", "patient", "subject", "based-on", "imagingStudy", "status", "category",
+        "code", "date", "issued"}
+    assert report["searchInclude"] == ["DiagnosticReport:patient", "DiagnosticReport:subject",
+                                       "DiagnosticReport:based-on", "DiagnosticReport:imagingStudy"]
+    assert "DiagnosticReport:imagingStudy" in resources["ImagingStudy"]["searchRevInclude"]
+    assert {"DiagnosticReport:patient", "DiagnosticReport:subject"} <= set(resources["Patient"]["searchRevInclude"])
+    assert "DiagnosticReport:based-on" in resources["ServiceRequest"]["searchRevInclude"]
+    assert [i for i in report["interaction"] if "documentation" in i] == []  # every version served
+    kept = {i["code"]: i.get("documentation", "") for i in resources["ImagingStudy"]["interaction"]}
+    assert "http.fhir.history" in kept["vread"] and "http.fhir.history" in kept["history-instance"]
 
 
 def test_the_schema_check_fails_an_r5_imaging_study(api: FhirHttp) -> None:

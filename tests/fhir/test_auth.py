@@ -16,9 +16,9 @@ from sqlalchemy import select
 from engine.auth import Principal
 from engine.store.schema import audit_events
 from tests.fhir.conftest import FhirHttp, InProcessEngine, R4Schema, ScopedAuthorizer
-from tests.fhir.messages import orm
+from tests.fhir.messages import orm, oru
 
-TYPES = ["ImagingStudy", "Patient", "ServiceRequest", "Endpoint"]
+TYPES = ["ImagingStudy", "Patient", "ServiceRequest", "Endpoint", "DiagnosticReport"]
 TOKENS = {
     "all-v2": Principal("pacs-viewer", frozenset({"system/*.rs"})),
     "all-v1": Principal("ehr-v1", frozenset({"system/*.read"})),
@@ -26,6 +26,9 @@ TOKENS = {
     "study-search-only": Principal("searcher", frozenset({"system/ImagingStudy.s"})),
     "study-only": Principal("studies", frozenset({"system/ImagingStudy.rs"})),
     "patient-only": Principal("demographics", frozenset({"system/Patient.rs"})),
+    "reports-v2": Principal("results", frozenset({"system/DiagnosticReport.rs"})),
+    "reports-v1": Principal("results-v1", frozenset({"system/DiagnosticReport.read"})),
+    "report-search-only": Principal("report-searcher", frozenset({"system/DiagnosticReport.s"})),
 }
 UID = "1.2.826.0.1.3680043.10.996.1"
 
@@ -35,6 +38,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessEngin
     running = InProcessEngine(tmp_path_factory.mktemp("auth"), authorizer=ScopedAuthorizer(TOKENS))
     running.start()
     assert running.send(orm(401, "AUTH1", "SECRET^SALLY", study_uid=UID)) == ["AA"]
+    assert running.report(oru(401, "AUTHR1", "F", "Secret finding."), oru(401, "AUTHR2", "C", "Corrected.")) == [
+        "AA", "AA"]
     running.settle()
     yield running
     running.stop()
@@ -46,7 +51,8 @@ def _client(engine: InProcessEngine, schema: R4Schema, token: str | None) -> Fhi
 
 def _ids(engine: InProcessEngine) -> dict[str, str]:
     """An existing id of each type."""
-    return {"ImagingStudy": UID, "Patient": "1", "ServiceRequest": "1", "Endpoint": "dicomweb"}
+    return {"ImagingStudy": UID, "Patient": "1", "ServiceRequest": "1", "Endpoint": "dicomweb",
+            "DiagnosticReport": "1"}
 
 
 def _audit(engine: InProcessEngine) -> list[tuple[str, str, str, str, dict]]:
@@ -124,6 +130,45 @@ def test_every_disclosure_is_audited_with_client_resources_and_peer(secured: InP
     assert rows[0][4]["remote"].startswith("127.0.0.1:")
     assert rows[1][4]["resources"] == [f"ImagingStudy/{UID}", "Patient/1"]
     assert rows[1][4]["query"] == "patient=Patient/1&_include=ImagingStudy:patient"
+
+
+@pytest.mark.parametrize("token", ["reports-v2", "reports-v1"])
+def test_diagnostic_report_scopes_allow_reports_and_nothing_else(secured: InProcessEngine, r4_schema: R4Schema,
+                                                                 token: str) -> None:
+    client = _client(secured, r4_schema, token)
+    for path in ("DiagnosticReport/1", "DiagnosticReport/1/_history/1", "DiagnosticReport/1/_history",
+                 "DiagnosticReport"):
+        assert client.get(path).status_code == 200, path
+    assert client.get("DiagnosticReport", params={"_include": "DiagnosticReport:patient"}).status_code == 403
+    assert client.get(f"ImagingStudy/{UID}").status_code == 403
+    only_studies = _client(secured, r4_schema, "study-only")
+    for path in ("DiagnosticReport/1/_history/1", "DiagnosticReport/1/_history"):
+        assert only_studies.get(path).status_code == 403, path
+    refused = only_studies.get("ImagingStudy", params={"_revinclude": "DiagnosticReport:imagingStudy"})
+    assert refused.status_code == 403 and 'error="insufficient_scope"' in refused.headers["www-authenticate"]
+
+
+def test_v2_search_letter_alone_does_not_read_reports(secured: InProcessEngine, r4_schema: R4Schema) -> None:
+    searcher = _client(secured, r4_schema, "report-search-only")
+    assert searcher.get("DiagnosticReport").status_code == 200
+    for path in ("DiagnosticReport/1", "DiagnosticReport/1/_history/1", "DiagnosticReport/1/_history"):
+        assert searcher.get(path).status_code == 403, path
+
+
+def test_report_reads_vreads_and_histories_are_audited(secured: InProcessEngine, r4_schema: R4Schema) -> None:
+    before = len(_audit(secured))
+    client = _client(secured, r4_schema, "all-v2")
+    client.get("DiagnosticReport/1")
+    client.get("DiagnosticReport/1/_history/1")
+    client.get("DiagnosticReport/1/_history")
+    client.get("ImagingStudy", params={"_id": UID, "_revinclude": "DiagnosticReport:imagingStudy"})
+    rows = _audit(secured)[before:]
+    assert [(action, kind, oid, detail["resources"]) for _, action, kind, oid, detail in rows] == [
+        ("fhir.read", "DiagnosticReport", "1", ["DiagnosticReport/1"]),
+        ("fhir.vread", "DiagnosticReport", "1", ["DiagnosticReport/1/_history/1"]),
+        ("fhir.history", "DiagnosticReport", "1", ["DiagnosticReport/1/_history/2", "DiagnosticReport/1/_history/1"]),
+        ("fhir.search", "ImagingStudy", "", [f"ImagingStudy/{UID}", "DiagnosticReport/1"]),
+    ]
 
 
 def test_no_phi_in_info_logs(secured: InProcessEngine, r4_schema: R4Schema, caplog: pytest.LogCaptureFixture) -> None:

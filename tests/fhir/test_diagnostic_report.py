@@ -1,0 +1,155 @@
+"""DiagnosticReport from the report tables: built by the projector, one FHIR version per report version."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+from alembic import command
+from sqlalchemy import Connection, insert, select, text, update
+
+from engine.domain.records import CodedValue, ReportLine, ReportRecord
+from engine.domain.report_status import load_status_table
+from engine.domain.report_tables import reports
+from engine.domain.reports import ReportPolicy, apply_report
+from engine.domain.tables import orders, patients, procedure_steps
+from engine.fhir.model import FhirSettings
+from engine.fhir.projector import project_all
+from engine.fhir.search import history, read, vread
+from engine.fhir.tables import fhir_pending
+from engine.store.database import Database
+from engine.store.migrate import alembic_config, upgrade
+from tests.conftest import ROOT
+
+NOW = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+SETTINGS = FhirSettings(UTC)
+UID = "1.2.826.0.1.3680043.10.994.1"
+POLICY = ReportPolicy(load_status_table(ROOT / "mappings" / "tables" / "report_status.csv"))
+
+
+def _seed(conn: Connection, placer: str = "PL1", pid: str = "P1") -> int:
+    pk = conn.execute(insert(patients).values(patient_id=pid, issuer="HOSP", patient_name="DOE^JANE", sex="F",
+                                              birth_date="19800102", created_at=NOW,
+                                              updated_at=NOW)).inserted_primary_key[0]
+    order = int(conn.execute(insert(orders).values(
+        patient_pk=pk, order_key=placer, placer_order_number=placer, accession_number=f"ACC{placer}",
+        study_instance_uid=UID if placer == "PL1" else "", procedure_code_value="CTHEAD", procedure_coding_scheme="L",
+        procedure_code_meaning="CT head", created_at=NOW, updated_at=NOW)).inserted_primary_key[0])
+    conn.execute(insert(procedure_steps).values(order_pk=order, status="SCHEDULED", modality="CT",
+                                                start_datetime="20261205093000", created_at=NOW, updated_at=NOW))
+    return order
+
+
+def _report(status: str, *lines: str, placer: str = "PL1", impression: str = "") -> ReportRecord:
+    body = [ReportLine(value_type="TX", section="body", text=line) for line in lines]
+    if impression:
+        body.append(ReportLine(value_type="TX", section="impression", text=impression))
+    return ReportRecord(patient_id="P1", placer_order_number=placer, status=status,
+                        observation_datetime="20261205093000", interpreter="Radiologist^Rita",
+                        interpreter_id="RR1", procedure_code=CodedValue(code_value="CTHEAD", code_meaning="CT head"),
+                        lines=body)
+
+
+def _apply(db: Database, record: ReportRecord, minutes: int = 0) -> None:
+    db.writer.call(lambda c: apply_report(c, record, POLICY, NOW + timedelta(minutes=minutes)))
+
+
+def _json(db: Database, res_id: str = "1") -> dict:
+    stored = db.read(lambda c: read(c, "DiagnosticReport", res_id))
+    assert stored is not None
+    return dict(json.loads(stored.json))
+
+
+def _text(resource: dict) -> str:
+    return base64.b64decode(resource["presentedForm"][0]["data"]).decode()
+
+
+def test_a_final_report_becomes_a_diagnostic_report(db: Database) -> None:
+    db.writer.call(_seed)
+    _apply(db, _report("F", "No bleed.", "Ventricles normal.", impression="Normal CT head."))
+    project_all(db, SETTINGS)
+    found = _json(db)
+    assert found["status"] == "final" and found["meta"]["versionId"] == "1"
+    assert found["subject"] == {"reference": "Patient/1"}
+    assert found["basedOn"] == [{"reference": "ServiceRequest/1"}]
+    assert found["imagingStudy"] == [{"reference": f"ImagingStudy/{UID}"}]
+    assert found["category"][0]["coding"][0]["code"] == "LP29684-5"
+    assert found["code"]["coding"][0]["code"] == "CTHEAD"
+    assert [i["value"] for i in found["identifier"]] == ["ACCPL1", "1"]
+    assert found["effectiveDateTime"] == "2026-12-05T09:30:00+00:00"
+    assert found["issued"].startswith("2026-12-05T10:00:00")
+    assert found["resultsInterpreter"] == [{"identifier": {"value": "RR1"}, "display": "Rita Radiologist"}]
+    assert found["conclusion"] == "Normal CT head."
+    assert _text(found) == "No bleed.\nVentricles normal.\nNormal CT head."
+    assert found["presentedForm"][0]["contentType"] == "text/plain; charset=utf-8"
+
+
+def test_every_report_version_is_a_fhir_version_even_when_projected_together(db: Database) -> None:
+    db.writer.call(_seed)
+    _apply(db, _report("P", "Wet read: no bleed."))
+    _apply(db, _report("F", "No bleed."), 1)
+    _apply(db, _report("C", "Small bleed left."), 2)  # three versions before the projector runs
+    project_all(db, SETTINGS)
+    assert _json(db)["meta"]["versionId"] == "3" and _json(db)["status"] == "corrected"
+    first = db.read(lambda c: vread(c, "DiagnosticReport", "1", 1))
+    assert first is not None
+    assert json.loads(first.json)["status"] == "preliminary" and _text(json.loads(first.json)) == "Wet read: no bleed."
+    kept = db.read(lambda c: history(c, "DiagnosticReport", "1", 50))
+    assert kept is not None
+    assert [s.version_id for s in kept] == [3, 2, 1]
+    assert [json.loads(s.json)["status"] for s in kept] == ["corrected", "final", "preliminary"]
+    _apply(db, _report("X"), 3)
+    project_all(db, SETTINGS)
+    cancelled = _json(db)
+    assert cancelled["status"] == "cancelled" and cancelled["meta"]["versionId"] == "4"
+    assert "presentedForm" not in cancelled
+    old = db.read(lambda c: vread(c, "DiagnosticReport", "1", 2))
+    assert old is not None and _text(json.loads(old.json)) == "No bleed."  # earlier versions never rewritten
+
+
+def test_a_report_waits_unpublished_until_its_order_arrives(db: Database) -> None:
+    _apply(db, _report("F", "No bleed.", placer="PL9"))
+    project_all(db, SETTINGS)
+    assert db.read(lambda c: read(c, "DiagnosticReport", "1")) is None
+
+    def order_arrives(conn: Connection) -> None:
+        order = _seed(conn, "PL9", "P9")
+        conn.execute(update(reports).values(order_pk=order, patient_pk=1))
+
+    db.writer.call(order_arrives)
+    project_all(db, SETTINGS)
+    assert _json(db)["basedOn"] == [{"reference": "ServiceRequest/1"}]
+
+
+def test_a_merge_rewrites_the_current_version_and_keeps_its_number(db: Database) -> None:
+    db.writer.call(_seed)
+    _apply(db, _report("F", "No bleed."))
+    project_all(db, SETTINGS)
+    survivor = db.writer.call(lambda c: _seed(c, "PL2", "P2"))
+    db.writer.call(lambda c: c.execute(update(orders).where(orders.c.id == 1).values(patient_pk=2)))
+    project_all(db, SETTINGS)
+    moved = _json(db)
+    assert moved["subject"] == {"reference": "Patient/2"} and moved["meta"]["versionId"] == "1"
+    assert survivor == 2
+    again = db.read(lambda c: vread(c, "DiagnosticReport", "1", 1))
+    assert again is not None and json.loads(again.json)["subject"] == {"reference": "Patient/2"}
+
+
+def test_the_migration_backfills_attached_reports(db: Database) -> None:
+    with db.write_engine.begin() as conn:
+        cfg = alembic_config(db.url)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0016")
+    db.writer.call(_seed)
+    _apply(db, _report("F", "No bleed."))
+    _apply(db, _report("F", "Waiting.", placer="PL7"))
+    db.writer.call(lambda c: c.execute(text("DELETE FROM fhir_pending")))
+    upgrade(db.write_engine)
+    keys = db.read(lambda c: c.execute(select(fhir_pending.c.kind, fhir_pending.c.key)).all())
+    assert [tuple(k) for k in keys] == [("DiagnosticReport", "1")]
+    project_all(db, SETTINGS)
+    assert _json(db)["status"] == "final"
+    _apply(db, _report("C", "Bleed."), 1)  # the triggers are back
+    project_all(db, SETTINGS)
+    assert _json(db)["meta"]["versionId"] == "2"
