@@ -62,6 +62,12 @@ def _auth(cfg: EngineConfig, db: Database, authorizer: Authorizer | None) -> tup
 async def start_projector(cfg: EngineConfig, db: Database) -> Projector:
     """Start keeping the stored resources up to date with the domain tables."""
     projector = Projector(db, fhir_settings(cfg))
+    for d in (d for d in cfg.destinations if d.type == "fhir"):
+        if d.base_url:
+            log.info("FHIR push: %s to %s (%s)", d.name, d.base_url, ", ".join(d.resource_types))
+        else:
+            log.info("FHIR push destination %s is off: no base_url (RADBRIDGE_EHR_FHIR_BASE unset in the shipped"
+                     " configuration); nothing is queued for it", d.name)
     await projector.start()
     return projector
 
