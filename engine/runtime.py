@@ -303,7 +303,7 @@ def _routes(config: Config, db: Database) -> dict[str, Route]:
     destination without a host is off and gets no worker."""
     context = DestinationContext(db, config.engine)
     return {d.name: Route(create_destination(d, context), d.retry, d.timeout_seconds)
-            for d in _destinations(config) if getattr(d, "host", None) != ""}
+            for d in _destinations(config) if "" not in (getattr(d, "host", None), getattr(d, "base_url", None))}
 
 
 def _log_forwarding(config: Config) -> None:

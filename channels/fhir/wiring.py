@@ -16,9 +16,10 @@ from engine.auth import Authorizer
 from engine.config.models import EngineConfig
 from engine.fhir.model import FhirSettings
 from engine.fhir.projector import Projector
+from engine.fhir.push import PushSubscription
 from engine.store.database import Database
 
-__all__ = ["authorizer_for", "fhir_settings", "start_http", "start_projector"]
+__all__ = ["authorizer_for", "fhir_settings", "push_subscriptions", "start_http", "start_projector"]
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,13 @@ def fhir_settings(cfg: EngineConfig) -> FhirSettings:
     """The resources' settings from engine.yaml."""
     fhir = cfg.http.fhir
     return FhirSettings(ZoneInfo(cfg.timezone), fhir.dicomweb_base, dict(fhir.identifier_systems),
-                        fhir.accession_system, fhir.patient_id_system)
+                        fhir.accession_system, fhir.patient_id_system, push_subscriptions(cfg))
+
+
+def push_subscriptions(cfg: EngineConfig) -> tuple[PushSubscription, ...]:
+    """The FHIR push destinations that are on (a ``base_url``): what the projector queues for."""
+    return tuple(PushSubscription(d.name, frozenset(d.resource_types), d.ordering_key)
+                 for d in cfg.destinations if d.type == "fhir" and d.base_url)
 
 
 def authorizer_for(mode: str) -> Authorizer:
@@ -55,6 +62,12 @@ def _auth(cfg: EngineConfig, db: Database, authorizer: Authorizer | None) -> tup
 async def start_projector(cfg: EngineConfig, db: Database) -> Projector:
     """Start keeping the stored resources up to date with the domain tables."""
     projector = Projector(db, fhir_settings(cfg))
+    for d in (d for d in cfg.destinations if d.type == "fhir"):
+        if d.base_url:
+            log.info("FHIR push: %s to %s (%s)", d.name, d.base_url, ", ".join(d.resource_types))
+        else:
+            log.info("FHIR push destination %s is off: no base_url (RADBRIDGE_EHR_FHIR_BASE unset in the shipped"
+                     " configuration); nothing is queued for it", d.name)
     await projector.start()
     return projector
 

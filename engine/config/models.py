@@ -24,8 +24,13 @@ __all__ = [
     "DicomDestinationConfig",
     "DuplicatesConfig",
     "EngineConfig",
+    "FhirAuthConfig",
+    "FhirBearerAuthConfig",
+    "FhirClientCredentialsConfig",
     "FhirConfig",
+    "FhirDestinationConfig",
     "FhirHistoryConfig",
+    "FhirNoAuthConfig",
     "FieldCondition",
     "FilterConfig",
     "HTTPDestinationConfig",
@@ -280,8 +285,83 @@ class DicomDestinationConfig(_Model):
         return value
 
 
+
+# --- FHIR push destination (docs/fhir.md "Push to the EHR's FHIR server") ---
+
+
+class FhirNoAuthConfig(_Model):
+    """No Authorization header (a server on a trusted network, tests)."""
+
+    type: Literal["none"] = "none"
+
+
+class FhirBearerAuthConfig(_Model):
+    """A static bearer token, read from an environment variable at start."""
+
+    type: Literal["bearer"]
+    token_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="environment variable holding the token")
+
+
+class FhirClientCredentialsConfig(_Model):
+    """OAuth 2.0 client credentials grant (RFC 6749 4.4): the token is cached until it expires, renewed on 401."""
+
+    type: Literal["client_credentials"]
+    token_url: str = Field(pattern=r"^https?://\S+$", description="the EHR's token endpoint")
+    client_id: str = Field(min_length=1)
+    client_secret_env: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="environment variable holding the client secret"
+    )
+    scope: str = Field("", description="space-separated scopes to ask for (e.g. system/ImagingStudy.write)")
+    method: Literal["client_secret_basic", "client_secret_post"] = Field(
+        "client_secret_basic", description="how the secret is sent to the token endpoint (RFC 6749 2.3.1)"
+    )
+
+
+FhirAuthConfig = Annotated[
+    FhirNoAuthConfig | FhirBearerAuthConfig | FhirClientCredentialsConfig, Field(discriminator="type")
+]
+
+
+#: Resource types a FHIR destination can upsert (each has a conditional-update rule, channels/fhir/push/rules.py).
+PushableType = Literal["ImagingStudy", "DiagnosticReport", "Patient", "ServiceRequest"]
+
+
+class FhirDestinationConfig(_Model):
+    """Push stored FHIR resources to a remote FHIR R4 server by conditional update.
+
+    Only in ``engine.yaml``'s ``destinations``: each new version the projector stores of a
+    resource of ``resource_types`` is queued for it, in the transaction that stores it.
+    """
+
+    type: Literal["fhir"]
+    name: str = Field(pattern=_NAME)
+    base_url: str = Field(
+        pattern=r"^(https?://\S+)?$",
+        description="the server's FHIR base; empty: the destination is off, nothing is queued",
+    )
+    resource_types: list[PushableType] = Field(
+        default_factory=lambda: list[PushableType](["ImagingStudy", "DiagnosticReport"]), min_length=1,
+        description="which resource types are pushed when they change",
+    )
+    references: Literal["push", "identifier"] = Field(
+        "push", description="push: a referenced Patient/ServiceRequest is upserted first and the reference"
+        " points at the server's id; identifier: references become logical (Reference.identifier only)",
+    )
+    ordering_key: Literal["patient", "resource", "none"] = Field(
+        "patient", description="deliveries of one patient (or one resource) leave in the order stored"
+    )
+    auth: FhirAuthConfig = Field(default_factory=FhirNoAuthConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    timeout_seconds: float = Field(30.0, gt=0, description="one delivery, referenced resources and token included")
+    tls: TLSConfig | None = None
+
+
+# --- end FHIR push destination ---
+
+
 EngineDestinationConfig = Annotated[
-    MLLPDestinationConfig | HTTPDestinationConfig | DicomDestinationConfig, Field(discriminator="type")
+    MLLPDestinationConfig | HTTPDestinationConfig | DicomDestinationConfig | FhirDestinationConfig,
+    Field(discriminator="type"),
 ]
 
 # --- end DICOM C-STORE destination ---

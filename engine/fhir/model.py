@@ -6,9 +6,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy import Connection
+
+if TYPE_CHECKING:
+    from engine.fhir.push import PushSubscription
 
 __all__ = ["Built", "FhirSettings", "Param", "ParamType", "ResourceModule", "Version", "identifier_system"]
 
@@ -68,6 +71,7 @@ class FhirSettings:
     identifier_systems: Mapping[str, str] = field(default_factory=dict)
     accession_system: str = "urn:radbridge:accession"
     patient_id_system: str = "urn:radbridge:patient-id"
+    push: tuple[PushSubscription, ...] = ()  # FHIR push destinations fed by the projector (engine.fhir.push)
 
 
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")

@@ -28,6 +28,7 @@ from sqlalchemy import Connection, delete, func, insert, select
 from engine.fhir import store, triggers
 from engine.fhir.instant import instant
 from engine.fhir.model import Built, FhirSettings
+from engine.fhir.push import PushSubscription, enqueue_stored
 from engine.fhir.registry import MODULES
 from engine.fhir.resources.imaging_study import ENDPOINT_ID
 from engine.fhir.tables import fhir_pending
@@ -47,6 +48,7 @@ class Projection:
 
     pending_ids: list[int]
     resources: list[tuple[str, str, Built | None]]
+    push: tuple[PushSubscription, ...] = ()  # destinations to queue the new versions for
 
 
 def collect(conn: Connection, settings: FhirSettings, batch: int = 500) -> Projection:
@@ -65,7 +67,7 @@ def collect(conn: Connection, settings: FhirSettings, batch: int = 500) -> Proje
         if wanted:
             built = module.build(conn, wanted, settings)
             resources += [(module.TYPE, res_id, built[res_id]) for res_id in sorted(built)]
-    return Projection([int(r.id) for r in rows], resources)
+    return Projection([int(r.id) for r in rows], resources, settings.push)
 
 
 def apply(conn: Connection, projection: Projection, now: datetime | None = None) -> int:
@@ -73,6 +75,8 @@ def apply(conn: Connection, projection: Projection, now: datetime | None = None)
     stamp = instant(now or datetime.now(UTC))
     built = [b for _, _, b in projection.resources if b is not None]
     changed = store.write_all(conn, built, stamp)
+    if changed and projection.push:
+        enqueue_stored(conn, built, stamp, projection.push)
     for res_type, res_id, found in projection.resources:
         if found is None:
             changed += store.remove(conn, res_type, res_id)

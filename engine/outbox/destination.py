@@ -57,6 +57,7 @@ def create_destination(config: Any, context: DestinationContext | None = None) -
     """
     if not _REGISTRY:
         import channels.dicom.destination
+        import channels.fhir.push.destination
         import channels.http.destination
         import channels.mllp.destination  # noqa: F401
     try:
