@@ -5,8 +5,9 @@
 
 1. ``--studies`` studies with two series each (and their patients, orders and steps) are
    written to the domain tables of a fresh SQLite database; the FHIR projector builds every
-   resource (its rate is printed), then ``radbridge run`` serves them (``development-no-auth``:
-   the real authorizer is not on this branch; every request still writes its audit row).
+   resource (its rate is printed), then ``radbridge run`` serves them with ``--auth smart`` (the
+   default): a client registered with ``radbridge clients add`` gets a token from ``/auth/token``
+   and sends it with every request; every read and search commits its audit row before its answer.
 2. Over HTTP/1.1 keep-alive (``http.client``, one connection per client thread):
    ``ImagingStudy?patient=`` and ``?identifier=urn:oid:`` p50/p99 (sequential), a 100-entry
    page (``_count=100``, following ``next`` links), and reads/s from ``--clients`` threads.
@@ -18,6 +19,7 @@ Figures are printed; this is not a pass/fail gate.
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -89,6 +91,10 @@ def build(db: Database, study_count: int, patient_count: int) -> dict[str, float
     return {"domain_rows_s": written - started, "projection_s": time.perf_counter() - written}
 
 
+#: Sent with every request of a run (the bearer token when the engine runs with ``http.auth: smart``).
+HEADERS: dict[str, str] = {"Accept": "application/fhir+json"}
+
+
 class Client:
     """One keep-alive HTTP connection."""
 
@@ -98,8 +104,7 @@ class Client:
         self.prefix = parts.path
 
     def get(self, path: str) -> tuple[int, bytes]:
-        self.conn.request("GET", path if path.startswith("/") else f"{self.prefix}/{path}",
-                          headers={"Accept": "application/fhir+json"})
+        self.conn.request("GET", path if path.startswith("/") else f"{self.prefix}/{path}", headers=HEADERS)
         response = self.conn.getresponse()
         return response.status, response.read()
 
@@ -122,20 +127,30 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 
 def pages(client: Client, first: str, count: int) -> list[float]:
-    """Milliseconds per 100-entry page, following next links."""
+    """Milliseconds per 100-entry page, following next links (from the first page again after the last)."""
     found, path = [], first
-    while path and len(found) < count:
+    while len(found) < count:
         started = time.perf_counter()
         status, body = client.get(path)
-        found.append((time.perf_counter() - started) * 1000)
+        elapsed = (time.perf_counter() - started) * 1000
         bundle = json.loads(body)
-        assert status == 200 and len(bundle.get("entry", [])) == 100, (status, body[:200])
+        assert status == 200, (status, body[:200])
         path = next((urlsplit(link["url"]).path + "?" + urlsplit(link["url"]).query for link in bundle["link"]
-                     if link["relation"] == "next"), "")
+                     if link["relation"] == "next"), "") or first
+        if len(bundle.get("entry", [])) == 100:  # a short last page is not a 100-entry page
+            found.append(elapsed)
     return found
 
 
-def reads_per_second(base: str, ids: list[str], clients: int, seconds: float, path: Callable[[str], str]) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reads_per_second(base: str, ids: list[str], clients: int, seconds: float, path: Callable[[str], str],
+                     pid: int | None = None) -> dict[str, float]:
+    """Reads/s from ``clients`` threads, and the server's CPU µs per read when its ``pid`` is given."""
     done = [0] * clients
     stop = time.perf_counter() + seconds
 
@@ -147,16 +162,21 @@ def reads_per_second(base: str, ids: list[str], clients: int, seconds: float, pa
             done[k] += 1
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
+    cpu = cpu_seconds(pid) if pid else 0.0
     started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return round(sum(done) / (time.perf_counter() - started), 1)
+    found = {"reads_per_s": round(sum(done) / (time.perf_counter() - started), 1)}
+    if pid:
+        found["server_cpu_us_per_read"] = round((cpu_seconds(pid) - cpu) / sum(done) * 1e6)
+    return found
 
 
 def measure(base: str, uids: list[str], patient_count: int, requests: int, clients: int, seconds: float,
-            patient_ref: Callable[[int], str], study_path: Callable[[str], str]) -> dict[str, Any]:
+            patient_ref: Callable[[int], str], study_path: Callable[[str], str], pid: int | None = None
+            ) -> dict[str, Any]:
     """p50/p99 of the two searches and of 100-entry pages, reads/s; ``uids``: the studies served."""
     rng = random.Random(1)
     client = Client(base)
@@ -171,21 +191,54 @@ def measure(base: str, uids: list[str], patient_count: int, requests: int, clien
              "identifier": len(json.loads(client.get(f"ImagingStudy?identifier=urn:oid:{sample}")[1])
                                .get("entry", []))}
     return {"patient": percentiles(by_patient), "identifier": percentiles(by_uid), "page100": percentiles(page),
-            "reads_per_s": reads_per_second(base, ids, clients, seconds, study_path), "entries_found": found}
+            **reads_per_second(base, ids, clients, seconds, study_path, pid), "entries_found": found}
 
 
-def start_engine(workdir: Path, port: int, synchronous: str = "FULL") -> subprocess.Popen[bytes]:
+#: The source tree the engine under test runs from (``--engine-root``: e.g. an export of an older commit).
+ENGINE_ROOT = [ROOT]
+
+
+def _cli(config: Path, *args: str) -> str:
+    root = ENGINE_ROOT[0]
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", "--config", str(config), *args], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)}, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def bearer_token(config: Path, port: int) -> str:
+    """Register a client (once per data directory) and get an access token (client_secret_basic)."""
+    secret_file = config.parent / "bench-client.json"
+    if not secret_file.exists():
+        secret_file.write_text(_cli(config, "clients", "add", "bench", "--scope", "system/*.rs", "--secret", "--json"))
+    client = json.loads(secret_file.read_text())
+    basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/auth/token", body="grant_type=client_credentials&scope=system%2F*.rs",
+                 headers={"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"})
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 200, body[:300]
+    return str(json.loads(body)["access_token"])
+
+
+def start_engine(workdir: Path, port: int, synchronous: str = "FULL", auth: str = "smart",
+                 extra: str = "") -> subprocess.Popen[bytes]:
+    """``radbridge run`` on ``workdir`` serving HTTP on ``port``; with ``smart``, HEADERS gets a bearer token."""
     config = workdir / "config"
     (config / "channels").mkdir(parents=True, exist_ok=True)
     (config / "engine.yaml").write_text(
         f"data_dir: {workdir / 'var'}\ndicom: {{enabled: false}}\nlogging: {{level: WARNING}}\n"
-        f"database: {{sqlite_synchronous: {synchronous}}}\n"
-        f"http: {{enabled: true, port: {port}, auth: development-no-auth, max_connections: 512,"
+        f"database: {{sqlite_synchronous: {synchronous}}}\nauth: {{token_lifetime_seconds: 3600}}\n{extra}"
+        f"http: {{enabled: true, port: {port}, auth: {auth}, max_connections: 512,"
         " fhir: {dicomweb_base: 'https://pacs.example/dicom-web'}}\n")
+    HEADERS.pop("Authorization", None)
     log = open(workdir / "engine.log", "ab")  # noqa: SIM115 - the child keeps it
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(config), "run"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+    root = ENGINE_ROOT[0]
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(config), "run"], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)}, stdout=log, stderr=subprocess.STDOUT)
     wait_for_port(port, proc=proc, timeout=120)
+    if auth == "smart":
+        HEADERS["Authorization"] = f"Bearer {bearer_token(config, port)}"
     return proc
 
 
@@ -199,14 +252,15 @@ def run_radbridge(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         built = build(db, args.studies, args.patients)
         db.close()
     port = free_port()
-    proc = start_engine(workdir, port, args.synchronous)
+    proc = start_engine(workdir, port, args.synchronous, args.auth)
     try:
         figures = measure(f"http://127.0.0.1:{port}/fhir", [uid(n) for n in range(args.studies)], args.patients,
                           args.requests, args.clients, args.seconds, lambda p: f"Patient/{p}",
-                          lambda u: f"ImagingStudy/{u}")
+                          lambda u: f"ImagingStudy/{u}", proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+        HEADERS.pop("Authorization", None)
     resources = 2 * args.studies + args.patients
     rate = round(resources / built["projection_s"]) if built["projection_s"] else None
     return {**figures, "build": {**{k: round(v, 1) for k, v in built.items()}, "projected_resources_per_s": rate}}
@@ -221,9 +275,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
                         help="the engine's database.sqlite_synchronous (audit rows are committed before each answer)")
+    parser.add_argument("--auth", choices=("smart", "development-no-auth"), default="smart",
+                        help="the engine's http.auth (smart: a registered client's bearer token on every request)")
     parser.add_argument("--reuse", type=Path, help="a directory whose var/ an earlier run built: measure only")
     parser.add_argument("--sekmet", type=int, default=0, help="also load N studies into sekmet-fhir and compare")
+    parser.add_argument("--engine-root", type=Path, help="run the engine from this source tree (A/B against"
+                        " an older commit: git archive COMMIT | tar -x -C DIR)")
     args = parser.parse_args()
+    if args.engine_root is not None:
+        ENGINE_ROOT[0] = args.engine_root.resolve()
     with tempfile.TemporaryDirectory(prefix="bench-fhir-") as tmp:
         results: dict[str, Any] = {"radbridge": run_radbridge(args, Path(tmp) / "radbridge")}
         if args.sekmet:

@@ -90,7 +90,7 @@ def run_sekmet(args: argparse.Namespace, workdir: Path, measure: Callable[..., d
         keys = sorted(patients)
         their = {i + 1: patients[k] for i, k in enumerate(keys)}
         figures = measure(base, sorted(uids), len(their), args.requests, args.clients, args.seconds,
-                          lambda p: f"Patient/{their[p]}", lambda u: f"ImagingStudy/{uids[u]}")
+                          lambda p: f"Patient/{their[p]}", lambda u: f"ImagingStudy/{uids[u]}", proc.pid)
         return {**figures, "loaded_studies": len(uids), "load_s": round(loaded, 1)}
     finally:
         proc.terminate()

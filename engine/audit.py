@@ -31,7 +31,10 @@ from sqlalchemy import Connection, insert
 
 from engine.store.schema import audit_events
 
-__all__ = ["Actor", "current_actor", "record"]
+__all__ = ["Actor", "current_actor", "event_row", "record"]
+
+#: Built once: one statement for a row or for a group of rows (executemany).
+INSERT_EVENT = insert(audit_events)
 
 #: ``/proc/self/loginuid`` of a process that no login session started (daemons, containers).
 _NO_LOGIN_UID = 4294967295
@@ -84,6 +87,16 @@ def current_actor() -> Actor:
     return Actor(_user_name(uid), uid, socket.gethostname(), os.getpid(), _tty(), _login_user())
 
 
+def event_row(action: str, object_type: str, object_id: str, accessed: Mapping[str, Any] | None = None,
+              actor: Actor | None = None) -> dict[str, Any]:
+    """The ``audit_events`` row of one access, stamped now (see :func:`record` for ``accessed``)."""
+    who = actor or current_actor()
+    detail = {**who.where(), **(accessed or {})}
+    return {"at": datetime.now(UTC), "actor": who.user[:128], "action": action[:64],
+            "object_type": object_type[:32], "object_id": object_id[:128],
+            "detail": json.dumps(detail, default=str, sort_keys=True)}
+
+
 def record(conn: Connection, action: str, object_type: str, object_id: str,
            accessed: Mapping[str, Any] | None = None, actor: Actor | None = None) -> None:
     """Append one audit event in the caller's transaction.
@@ -91,9 +104,4 @@ def record(conn: Connection, action: str, object_type: str, object_id: str,
     ``accessed`` (e.g. the query and the message ids it returned) joins the actor's
     host/pid/tty in the event's JSON ``detail``.
     """
-    who = actor or current_actor()
-    detail = {**who.where(), **(accessed or {})}
-    conn.execute(insert(audit_events).values(
-        at=datetime.now(UTC), actor=who.user[:128], action=action[:64], object_type=object_type[:32],
-        object_id=object_id[:128], detail=json.dumps(detail, default=str, sort_keys=True),
-    ))
+    conn.execute(INSERT_EVENT, [event_row(action, object_type, object_id, accessed, actor)])

@@ -6,20 +6,21 @@ on the type (engine.auth's contract) before the handler touches any data; an
 ``WWW-Authenticate`` header. ``audit`` commits one ``audit_events`` row per read or
 search (who: the client id; what: the resource ids served; when; from where: the
 peer address) before the response leaves: a failed audit is a 503, never an
-unaudited disclosure.
+unaudited disclosure. The rows of concurrent requests share one transaction
+(:class:`engine.audit_commit.AuditCommitter`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from sqlalchemy import Connection
 from starlette.requests import Request
 
 from channels.fhir.outcome import ApiError
-from engine.audit import Actor, record
+from engine.audit import Actor, event_row
+from engine.audit_commit import AuditCommitter
 from engine.auth import AuthFailure, Authorizer, Interaction, Principal
 from engine.store.database import Database
 
@@ -39,6 +40,10 @@ class Gate:
     authorizer: Authorizer
     db: Database
     actor: Actor  # the engine process (host, pid); ``user`` becomes the client id
+    committer: AuditCommitter = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "committer", AuditCommitter(self.db.writer))
 
     def check(self, authorization: str | None, wanted: Sequence[tuple[str, Interaction]]) -> Principal:
         """The caller, allowed every (type, interaction) of ``wanted``; ApiError 401/403 otherwise (blocking)."""
@@ -61,21 +66,13 @@ class Gate:
                served: list[str], query: str = "") -> None:
         """Commit the audit row of one disclosure, blocking (a worker thread), before the response leaves.
 
-        Committed in this thread when the writer is idle (no hand-over to its thread and back),
-        else through the writer's group commit; a failure raises (StoreUnavailable: 503).
+        The rows of concurrent requests are committed together (group commit through the
+        writer); this returns when this row is durable. A failure raises (StoreUnavailable: 503).
         """
         detail = {"client_id": principal.client_id, "token_id": principal.token_id, "remote": peer,
                   "resources": served, "query": query}
         actor = replace(self.actor, user=principal.client_id)
-
-        def write(conn: Connection) -> None:
-            record(conn, action, res_type, object_id, detail, actor)
-
-        done, outcome = self.db.writer.run_inline(write)
-        if not done:
-            self.db.writer.call(write)
-        elif isinstance(outcome, BaseException):
-            raise outcome
+        self.committer.commit(event_row(action, res_type, object_id, detail, actor))
 
     async def audit(self, principal: Principal, request: Request, action: str, res_type: str, object_id: str,
                     served: list[str], query: str = "") -> None:

@@ -1,7 +1,8 @@
 """The :class:`~engine.auth.interface.Authorizer` for radbridge's own access tokens.
 
 ``authenticate`` verifies the Bearer token's signature and expiry (no database
-access: it runs on every request); ``require`` checks the token's SMART scopes for
+access: it runs on every request; a token verified once is remembered until it expires,
+:mod:`engine.auth.token_cache`); ``require`` checks the token's SMART scopes for
 the resource type and interaction (:mod:`engine.auth.scopes`).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from engine.auth import scopes
 from engine.auth.interface import AuthFailure, Interaction, Principal
+from engine.auth.token_cache import VerifiedTokens
 from engine.auth.tokens import TokenSigner
 
 __all__ = ["DEVELOPMENT_CLIENT", "DevelopmentAuthorizer", "SmartAuthorizer", "www_authenticate"]
@@ -22,6 +24,7 @@ class SmartAuthorizer:
 
     def __init__(self, signer: TokenSigner) -> None:
         self._signer = signer
+        self._tokens = VerifiedTokens(signer.verify)  # a client reuses its token: verify its signature once
 
     def authenticate(self, authorization_header: str | None) -> Principal:
         """The caller of a request with this ``Authorization`` header, or AuthFailure(401, invalid_token)."""
@@ -30,7 +33,7 @@ class SmartAuthorizer:
         scheme, _, token = authorization_header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthFailure(401, "invalid_token", "the Authorization header is not a Bearer token")
-        claims = self._signer.verify(token.strip())
+        claims = self._tokens.verify(token.strip())
         return Principal(claims.client_id, claims.scopes, claims.token_id)
 
     def require(self, principal: Principal, resource_type: str, interaction: Interaction) -> None:

@@ -180,3 +180,41 @@ def test_no_phi_in_info_logs(secured: InProcessEngine, r4_schema: R4Schema, capl
         _client(secured, r4_schema, None).get("Patient", params={"identifier": "AUTH1"})
     logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("httpx"))  # the client's
     assert "AUTH1" not in logged and "SECRET" not in logged.upper() and "SALLY" not in logged.upper()
+
+
+def test_every_concurrent_read_has_its_audit_row_before_its_answer(secured: InProcessEngine) -> None:
+    """Reads on 8 connections at once (their audit rows are group-committed): when the k-th answer on a
+    connection arrives, k rows name that connection's address."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    before = len(_audit(secured))
+    statuses: list[int] = []
+    late: list[str] = []
+    url = urlsplit(secured.base)
+
+    def reads() -> None:
+        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+        conn.connect()
+        remote = f"127.0.0.1:{conn.sock.getsockname()[1]}"
+        for k in range(1, 7):
+            conn.request("GET", f"{url.path}/ImagingStudy/{UID}", headers={"Authorization": "Bearer all-v2"})
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+            if sum(r[4].get("remote") == remote for r in _audit(secured)[before:]) < k:
+                late.append(f"{remote} answer {k}")
+        conn.close()
+
+    threads = [threading.Thread(target=reads) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    rows = _audit(secured)[before:]
+    assert statuses == [200] * 48 and late == []
+    assert len(rows) == 48 and len({r[4]["remote"] for r in rows}) == 8
+    assert {(r[0], r[1], r[2], r[3]) for r in rows} == {("pacs-viewer", "fhir.read", "ImagingStudy", UID)}
+    assert all(r[4]["resources"] == [f"ImagingStudy/{UID}"] for r in rows)
