@@ -44,9 +44,10 @@ class StatusTable:
 
 
 #: HL7 table 0123 itself, used when the site has no table file.
+#: Keys are normalised like every lookup (``_key``): with upper-case keys even "F" was refused.
 DEFAULT_STATUS_TABLE = StatusTable(MappingProxyType({
-    "P": ReportStatus("P", "preliminary"), "F": ReportStatus("F", "final"),
-    "C": ReportStatus("C", "corrected"), "X": ReportStatus("X", "cancelled"),
+    "p": ReportStatus("P", "preliminary"), "f": ReportStatus("F", "final"),
+    "c": ReportStatus("C", "corrected"), "x": ReportStatus("X", "cancelled"),
 }))  # fmt: skip
 
 

@@ -35,6 +35,9 @@ def test_no_table_file_means_hl7_table_0123():
     assert load_status_table(Path("/nonexistent.csv")) is DEFAULT_STATUS_TABLE
     with pytest.raises(HL7ApplicationError):
         read_status(DEFAULT_STATUS_TABLE, "Final")
+    for code, fhir in (("P", "preliminary"), ("F", "final"), ("C", "corrected"), ("X", "cancelled")):
+        assert read_status(DEFAULT_STATUS_TABLE, code).fhir_status == fhir
+        assert read_status(DEFAULT_STATUS_TABLE, f" {code.lower()} ").result_status == code
 
 
 def test_a_table_with_an_unknown_result_status_is_refused_naming_the_file(tmp_path: Path):
