@@ -23,7 +23,7 @@ from sqlalchemy import select
 from engine.store.schema import outbox
 from tests.conftest import ROOT
 from tests.fhir.conftest import InProcessEngine
-from tests.fhir.messages import mpps_performed, orm
+from tests.fhir.messages import mpps_performed, orm, oru
 from tests.fhir.sekmet import CLIENT_ID, CLIENT_SECRET, Sekmet
 
 DESTINATION = "ehr-fhir"
@@ -46,7 +46,7 @@ destinations:
   - name: {DESTINATION}
     type: fhir
     base_url: {self.sekmet.base}
-    resource_types: [ImagingStudy]
+    resource_types: [ImagingStudy, DiagnosticReport]
     auth:
       type: client_credentials
       token_url: {self.sekmet.token_url}
@@ -200,3 +200,30 @@ def test_the_token_is_cached_and_renewed_when_the_server_refuses_it(pusher: Push
     assert row.status == "SENT" and row.attempts == 1  # the 401 got a new token within the same attempt
     assert pusher.token_requests() == before + 1
     assert len(_study(sekmet, uid)) == 1
+
+
+def _accession(resource: dict[str, Any]) -> tuple[str, str]:
+    [found] = [i for i in resource["identifier"] if i.get("type", {}).get("coding", [{}])[0].get("code") == "ACSN"]
+    return found["system"], found["value"]
+
+
+def test_a_report_and_its_correction_update_one_diagnostic_report_on_the_ehr(
+        pusher: PushEngine, sekmet: Sekmet) -> None:
+    uid = "1.2.826.0.1.3680043.10.998.205"
+    assert pusher.send(orm(205, "PUSH205", study_uid=uid)) == ["AA"]
+    assert pusher.report(oru(205, "R205F", "F", "No acute findings.", impression="Normal head CT.")) == ["AA"]
+    pusher.delivered()
+    [study] = _study(sekmet, uid)
+    order = sekmet.read(study["basedOn"][0]["reference"])
+    system, value = _accession(order)
+    assert value == "ACC205"
+    [report] = sekmet.search("DiagnosticReport", system, value)
+    assert report["status"] == "final" and report["conclusion"] == "Normal head CT."
+    assert sekmet.read(report["basedOn"][0]["reference"])["id"] == order["id"]
+    assert report["imagingStudy"][0]["reference"].endswith(f"ImagingStudy/{study['id']}")
+
+    assert pusher.report(oru(205, "R205C", "C", "Small chronic infarct.", impression="Old infarct.")) == ["AA"]
+    pusher.delivered()
+    [now] = sekmet.search("DiagnosticReport", system, value)  # the same remote report, updated
+    assert now["id"] == report["id"] and now["status"] == "corrected" and now["conclusion"] == "Old infarct."
+
