@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import Connection, Select, func, or_, select
 
 from engine.audit import Actor, record
 from engine.domain.instance_tables import instance_versions, instances
-from engine.domain.tables import series, studies
+from engine.domain.tables import patients, series, studies
 
 if TYPE_CHECKING:
     from engine.config.models import EngineConfig
@@ -29,8 +29,13 @@ if TYPE_CHECKING:
 __all__ = ["StudyFilter", "add_subcommands", "audited_studies", "audited_study", "link_to_accession", "list_studies",
            "study_detail"]
 
+#: A study known only from MPPS has no header values yet: its patient's are shown (and matched) instead.
+_PATIENT_ID = func.coalesce(func.nullif(studies.c.patient_id, ""), patients.c.patient_id, "").label("patient_id")
+_PATIENT_NAME = func.coalesce(func.nullif(studies.c.patient_name, ""), patients.c.patient_name, "").label(
+    "patient_name")
+_WITH_PATIENT = studies.outerjoin(patients, patients.c.id == studies.c.patient_pk)
 _STUDY_COLUMNS = (
-    studies.c.study_instance_uid, studies.c.patient_id, studies.c.patient_name, studies.c.accession_number,
+    studies.c.study_instance_uid, _PATIENT_ID, _PATIENT_NAME, studies.c.accession_number,
     studies.c.study_date, studies.c.study_description, studies.c.modalities_in_study, studies.c.number_of_series,
     studies.c.number_of_instances, studies.c.order_pk, studies.c.first_seen_at, studies.c.last_seen_at,
 )
@@ -63,9 +68,10 @@ def _jsonable(row: Any) -> dict[str, Any]:
 
 
 def _query(f: StudyFilter) -> Select[Any]:
-    q = select(*_STUDY_COLUMNS).order_by(studies.c.last_seen_at.desc(), studies.c.id.desc()).limit(f.limit)
+    q = select(*_STUDY_COLUMNS).select_from(_WITH_PATIENT).order_by(
+        studies.c.last_seen_at.desc(), studies.c.id.desc()).limit(f.limit)
     if f.patient_id is not None:
-        q = q.where(studies.c.patient_id == f.patient_id)
+        q = q.where(or_(studies.c.patient_id == f.patient_id, patients.c.patient_id == f.patient_id))
     if f.accession_number is not None:
         q = q.where(studies.c.accession_number == f.accession_number)
     if f.unscheduled:
@@ -80,7 +86,7 @@ def list_studies(conn: Connection, f: StudyFilter) -> list[dict[str, Any]]:
 
 def study_detail(conn: Connection, study_instance_uid: str) -> dict[str, Any] | None:
     """The study with its series, each with its instances (file, checksum, sender); None if unknown."""
-    row = conn.execute(select(studies.c.id, *_STUDY_COLUMNS).where(
+    row = conn.execute(select(studies.c.id, *_STUDY_COLUMNS).select_from(_WITH_PATIENT).where(
         studies.c.study_instance_uid == study_instance_uid)).first()
     if row is None:
         return None
