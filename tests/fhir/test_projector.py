@@ -285,3 +285,20 @@ def test_changes_committed_by_another_process_are_projected_by_the_fallback_poll
         asyncio.run(run())
     finally:
         other.close()
+
+
+def test_a_scheduled_start_is_read_in_the_site_zone_and_an_impossible_one_is_none() -> None:
+    from zoneinfo import ZoneInfo
+
+    from engine.fhir.instant import search_range
+    from engine.fhir.resources.service_request import scheduled_start
+
+    vienna = FhirSettings(ZoneInfo("Europe/Vienna"))
+    found = scheduled_start("20261205093000", vienna)
+    assert found is not None and found[0] == "2026-12-05T09:30:00+01:00"
+    summer = scheduled_start("20260705093000", vienna)
+    assert summer is not None and summer[0] == "2026-07-05T09:30:00+02:00"
+    assert found[1] == search_range("2026-12-05T09:30:00+01:00", vienna.site_zone)
+    for impossible in ("20261305093000", "20260230093000", "20261205253000", "20261205093060", "2026120509300",
+                       "2026120509300x", ""):
+        assert scheduled_start(impossible, vienna) is None, impossible
