@@ -164,10 +164,11 @@ class Projector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _until_woken(self, last_start: float) -> None:
+    async def _until_woken(self, last_end: float) -> None:
         """Wait for a commit's signal, the fallback poll or stop; then let the changes gather.
 
-        After a signal: ``debounce``, and at least ``interval`` since the previous cycle began.
+        After a signal: ``debounce``, and at least ``interval`` since the previous cycle ended
+        (under steady load cycles are as far apart as when the projector polled every ``interval``).
         """
         wake, stop = asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stop.wait())
         try:
@@ -176,13 +177,13 @@ class Projector:
             wake.cancel()
             stop.cancel()
         if self._wake.is_set():
-            await self._sleep(max(self.debounce, last_start + self.interval - time.monotonic()))
+            await self._sleep(max(self.debounce, last_end + self.interval - time.monotonic()))
 
     async def _run(self) -> None:
-        batch, narrow, last_start, more = self.batch, 0, 0.0, True  # at start: whatever is pending already
+        batch, narrow, last_end, more = self.batch, 0, 0.0, True  # at start: whatever is pending already
         while not self._stop.is_set():
             if not more:
-                await self._until_woken(last_start)
+                await self._until_woken(last_end)
                 if self._stop.is_set():
                     return
             # Cleared before looking, so a commit from now on wakes the next round.
@@ -191,12 +192,13 @@ class Projector:
             try:
                 self.checks += 1
                 if await self.db.read_async(_any_pending):
-                    started = last_start = time.monotonic()
+                    started = time.monotonic()
                     consumed, _ = await asyncio.to_thread(_cycle, self.db, self.settings, batch)
+                    last_end = time.monotonic()
                     narrow = max(0, narrow - consumed)
                     batch = 1 if narrow else self.batch
                     if consumed == batch:  # more waiting: go on, but leave the receive path its share
-                        more, pause = True, (time.monotonic() - started) * self.yield_ratio
+                        more, pause = True, (last_end - started) * self.yield_ratio
             except Exception:
                 more = True
                 if batch > 1:  # find the row that fails: the next rows one at a time
