@@ -116,46 +116,98 @@ def _any_pending(conn: Connection) -> bool:
 
 
 class Projector:
-    """The engine's projector task: polls for pending rows and projects them until stopped."""
+    """The engine's projector task: projects pending rows, woken by the engine's commits, until stopped.
+
+    Idle, it issues no query until the writer commits (any commit may have added pending
+    rows through the triggers) or ``idle_interval`` passes (the fallback for changes other
+    processes commit: the CLI, another engine on PostgreSQL). Woken, it waits ``debounce``
+    so a burst's changes are projected together, and under steady load it starts a cycle
+    at most every ``interval``: each resource is built once per cycle however many of its
+    changes are pending, so fewer, larger cycles cost less per message. Pending rows stay
+    in the database until the cycle that read them commits, so waiting loses nothing.
+    """
 
     def __init__(self, db: Database, settings: FhirSettings, interval: float = 0.5, batch: int = 1000,
-                 yield_ratio: float = 3.0) -> None:
+                 yield_ratio: float = 3.0, debounce: float = 0.2, idle_interval: float = 5.0) -> None:
         """``yield_ratio``: after a cycle that leaves more work, pause that many times its duration, so that
         the projector takes at most 1/(1+ratio) of the process while messages arrive (they come first)."""
         self.db, self.settings, self.interval, self.batch = db, settings, interval, batch
-        self.yield_ratio = yield_ratio
+        self.yield_ratio, self.debounce, self.idle_interval = yield_ratio, debounce, idle_interval
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._signalled = False  # a wake-up is on its way (one per cycle, not one per commit)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.checks = 0  # queries for pending rows so far (tests, diagnostics)
 
     async def start(self) -> None:
-        """Restore the change-feed triggers (a table rebuild drops them), sync the Endpoint, start polling."""
+        """Restore the change-feed triggers (a table rebuild drops them), sync the Endpoint, start projecting."""
         def prepare(conn: Connection) -> None:
             triggers.install(conn)
             conn.execute(insert(fhir_pending).values(kind="Endpoint", key=ENDPOINT_ID))
 
         await self.db.writer.run(prepare)
+        self._loop = asyncio.get_running_loop()
+        self.db.writer.add_commit_listener(self._notify)
         self._task = asyncio.create_task(self._run(), name="fhir-projector")
 
+    def _notify(self) -> None:
+        """Commit listener (writer thread or event loop): wake the projector, once until it looks."""
+        if self._signalled or self._loop is None:
+            return
+        self._signalled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closing: the projector is stopping too
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _until_woken(self, last_end: float) -> None:
+        """Wait for a commit's signal, the fallback poll or stop; then let the changes gather.
+
+        After a signal: ``debounce``, and at least ``interval`` since the previous cycle ended
+        (under steady load cycles are as far apart as when the projector polled every ``interval``).
+        """
+        wake, stop = asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((wake, stop), timeout=self.idle_interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            stop.cancel()
+        if self._wake.is_set():
+            await self._sleep(max(self.debounce, last_end + self.interval - time.monotonic()))
+
     async def _run(self) -> None:
-        batch, narrow = self.batch, 0
+        batch, narrow, last_end, more = self.batch, 0, 0.0, True  # at start: whatever is pending already
         while not self._stop.is_set():
-            pause = self.interval
+            if not more:
+                await self._until_woken(last_end)
+                if self._stop.is_set():
+                    return
+            # Cleared before looking, so a commit from now on wakes the next round.
+            self._wake.clear()
+            self._signalled, more, pause = False, False, 0.0
             try:
+                self.checks += 1
                 if await self.db.read_async(_any_pending):
                     started = time.monotonic()
                     consumed, _ = await asyncio.to_thread(_cycle, self.db, self.settings, batch)
+                    last_end = time.monotonic()
                     narrow = max(0, narrow - consumed)
                     batch = 1 if narrow else self.batch
                     if consumed == batch:  # more waiting: go on, but leave the receive path its share
-                        pause = (time.monotonic() - started) * self.yield_ratio
+                        more, pause = True, (last_end - started) * self.yield_ratio
             except Exception:
+                more = True
                 if batch > 1:  # find the row that fails: the next rows one at a time
                     log.warning("FHIR projector cycle failed; retrying its changes one at a time", exc_info=True)
                     batch, narrow = 1, self.batch
                     continue
                 await self._skip_failing()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), pause)
+                pause = self.interval
+            await self._sleep(pause)
 
     async def _skip_failing(self) -> None:
         """Drop the first pending row, which fails alone, so one bad row cannot stop every resource."""
@@ -178,6 +230,7 @@ class Projector:
 
     async def stop(self) -> None:
         """Finish the cycle under way, then stop."""
+        self.db.writer.remove_commit_listener(self._notify)
         self._stop.set()
         if self._task is not None:
             await self._task

@@ -63,7 +63,7 @@ def write_all(conn: Connection, resources: Sequence[Built], now: str) -> int:
     if versioned:
         rest = [b for b in resources if b.version_id is None]
         return _write_versioned(conn, versioned, now) + (write_all(conn, rest, now) if rest else 0)
-    digests = {(b.res_type, b.res_id): hashlib.sha256(dumps(b.body).encode()).hexdigest() for b in resources}
+    digests = {(b.res_type, b.res_id): _digest(b) for b in resources}
     existing = _existing(conn, list(digests))
     new, changed = [], []
     for built in resources:
@@ -72,9 +72,11 @@ def write_all(conn: Connection, resources: Sequence[Built], now: str) -> int:
             new.append(built)
         elif row.content_hash != digests[(built.res_type, built.res_id)]:
             changed.append((int(row.id), int(row.version_id) + 1, built))
+    # Each document is serialised once: the current row and its version row store the same text.
+    documents = {id(b): _document(b, 1, now) for b in new} | {id(b): _document(b, v, now) for _, v, b in changed}
     if new:
         values = [{"res_type": b.res_type, "res_id": b.res_id, "version_id": 1, "last_updated": now,
-                   "content_hash": digests[(b.res_type, b.res_id)], "json": _document(b, 1, now)} for b in new]
+                   "content_hash": digests[(b.res_type, b.res_id)], "json": documents[id(b)]} for b in new]
         pks = conn.execute(insert(fhir_resources).returning(r.id, sort_by_parameter_order=True), values).scalars().all()
         changed_new = [(int(pk), 1, b) for pk, b in zip(pks, new, strict=True)]
     else:
@@ -85,13 +87,13 @@ def write_all(conn: Connection, resources: Sequence[Built], now: str) -> int:
             conn.execute(delete(table).where(table.c.resource_pk.in_(stale)))
         statement = update(fhir_resources).where(r.id == bindparam("pk")).values(
             version_id=bindparam("v"), last_updated=now, content_hash=bindparam("h"), json=bindparam("j"))
-        conn.execute(statement, [{"pk": pk, "v": v, "h": digests[(b.res_type, b.res_id)], "j": _document(b, v, now)}
+        conn.execute(statement, [{"pk": pk, "v": v, "h": digests[(b.res_type, b.res_id)], "j": documents[id(b)]}
                                  for pk, v, b in changed])
     everything = [*changed_new, *changed]
     if not everything:
         return 0
     conn.execute(insert(fhir_versions), [{"resource_pk": pk, "version_id": v, "last_updated": now,
-                                          "json": _document(b, v, now)} for pk, v, b in everything])
+                                          "json": documents[id(b)]} for pk, v, b in everything])
     rows: dict[Any, list[dict[str, Any]]] = {table: [] for table in _INDEX_TABLES}
     for pk, _, built in everything:
         _index_rows(pk, built, rows)

@@ -188,8 +188,28 @@ class Writer:
         self._closed = False
         self._waits = True  # the writer connection's busy timeout is BUSY_TIMEOUT_MS (else 0)
         self.inline_commits = 0
+        self._listeners: tuple[Callable[[], None], ...] = ()
         self._thread = threading.Thread(target=self._loop, name="radbridge-writer", daemon=True)
         self._thread.start()
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every commit (in the committing thread: the writer's or the event loop's).
+
+        It must be cheap and must not block or raise: it runs on the receive path (the FHIR
+        projector uses it to wake up instead of polling an idle database).
+        """
+        self._listeners = (*self._listeners, listener)
+
+    def remove_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (no error if it was not registered)."""
+        self._listeners = tuple(known for known in self._listeners if known is not listener)
+
+    def _committed(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a listener's bug must not fail a committed transaction
+                log.exception("commit listener failed")
 
     def submit(self, fn: Callable[[Connection], T]) -> Future[T]:
         """Queue ``fn``; the future resolves after its transaction committed."""
@@ -255,6 +275,7 @@ class Writer:
                     self._drop_connection()
                 return True, translated
             self.inline_commits += 1
+            self._committed()
             return True, result
         finally:
             self._busy.release()
@@ -327,6 +348,7 @@ class Writer:
         except Exception as exc:
             self._fail_batch(batch, exc)
         else:
+            self._committed()
             _resolve_all(batch, results)
         self._last_batch = len(batch)
         return stop
@@ -363,6 +385,7 @@ class Writer:
         except Exception as exc:
             self._fail_batch(batch, exc)
             return
+        self._committed()
         _resolve_all(batch, results)
 
     def _fail_batch(self, batch: list[_Item], exc: Exception) -> None:

@@ -217,3 +217,88 @@ def test_processes_starting_together_replace_the_triggers_one_after_the_other(po
         worker.join(timeout=120)
     engine.dispose()
     assert errors == []
+
+
+def _statements(db: Database) -> list[str]:
+    """Every SQL statement either engine of ``db`` runs from now on (a list that grows)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    for engine in (db.read_engine, db.write_engine):
+        event.listen(engine, "before_cursor_execute", lambda *args: seen.append(str(args[2])))
+    return seen
+
+
+async def _until(condition, seconds: float) -> float:
+    """Seconds until ``condition()`` held (polled every 20 ms); fails after ``seconds``."""
+    import asyncio
+    import time
+
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < seconds, "timed out"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_an_idle_projector_queries_nothing_and_a_commit_wakes_it_at_once(db: Database) -> None:
+    """Idle (nothing committed), the projector runs no statement at all until its fallback poll; a commit
+    whose triggers add pending rows wakes it within its debounce, not after the fallback interval."""
+    import asyncio
+
+    from engine.fhir.projector import Projector
+
+    async def run() -> None:
+        projector = Projector(db, SETTINGS, debounce=0.05, idle_interval=60.0)
+        await projector.start()
+        await _until(lambda: _pending(db) == 0, 10)  # the Endpoint row of the start
+        await asyncio.sleep(0.5)  # the cycle's own commit wakes it once more: it looks, finds nothing
+        seen = _statements(db)
+        await asyncio.sleep(1.5)
+        assert seen == []  # idle: not even "is anything pending?"
+        await asyncio.get_running_loop().run_in_executor(None, db.writer.call, _seed)
+        waited = await _until(lambda: db.read(lambda c: read(c, "ImagingStudy", UID)) is not None, 10)
+        assert waited < 3  # far below the 60 s fallback poll
+        await projector.stop()
+
+    asyncio.run(run())
+    assert _json(db, "Patient", "1")["name"][0]["family"] == "DOE"
+
+
+def test_changes_committed_by_another_process_are_projected_by_the_fallback_poll(db: Database) -> None:
+    """Another process's commits (the CLI, a second engine) do not reach the commit listener: the slow poll
+    still projects them."""
+    import asyncio
+
+    from engine.fhir.projector import Projector
+
+    other = Database(db.url)
+    try:
+        async def run() -> None:
+            projector = Projector(db, SETTINGS, debounce=0.05, idle_interval=0.5)
+            await projector.start()
+            await _until(lambda: _pending(db) == 0, 10)
+            other.writer.call(_seed)
+            await _until(lambda: db.read(lambda c: read(c, "ImagingStudy", UID)) is not None, 10)
+            await projector.stop()
+
+        asyncio.run(run())
+    finally:
+        other.close()
+
+
+def test_a_scheduled_start_is_read_in_the_site_zone_and_an_impossible_one_is_none() -> None:
+    from zoneinfo import ZoneInfo
+
+    from engine.fhir.instant import search_range
+    from engine.fhir.resources.service_request import scheduled_start
+
+    vienna = FhirSettings(ZoneInfo("Europe/Vienna"))
+    found = scheduled_start("20261205093000", vienna)
+    assert found is not None and found[0] == "2026-12-05T09:30:00+01:00"
+    summer = scheduled_start("20260705093000", vienna)
+    assert summer is not None and summer[0] == "2026-07-05T09:30:00+02:00"
+    assert found[1] == search_range("2026-12-05T09:30:00+01:00", vienna.site_zone)
+    for impossible in ("20261305093000", "20260230093000", "20261205253000", "20261205093060", "2026120509300",
+                       "2026120509300x", ""):
+        assert scheduled_start(impossible, vienna) is None, impossible

@@ -262,3 +262,34 @@ def test_an_inline_commit_that_fails_leaves_the_writer_usable(sqlite_db, core):
             == (True, 1)
         assert db.writer.call(lambda c, n=n: c.execute(text(f"INSERT INTO parent VALUES ({n + 10})")).rowcount) == 1
     assert db.read(lambda c: c.execute(text("SELECT count(*) FROM child")).scalar()) == 0
+
+
+def test_commit_listeners_hear_every_commit_and_no_rollback(sqlite_db, caplog):
+    """The FHIR projector sleeps until the writer commits: queued and inline commits call the listeners
+    (after the data is visible), a rolled-back transaction does not, and a failing listener is logged
+    without failing the commit or the other listeners."""
+    db = sqlite_db
+    heard: list[int] = []
+    db.writer.add_commit_listener(lambda: heard.append(count(db)))
+
+    def broken() -> None:
+        raise RuntimeError("listener bug")
+
+    db.writer.add_commit_listener(broken)
+    assert db.writer.call(lambda c: add_event(c, 1)) == 1
+    assert heard == [1]
+    assert db.writer.run_inline(lambda c: add_event(c, 2)) == (True, 2)
+    assert heard == [1, 2]
+
+    def failing(conn):
+        add_event(conn, 3)
+        raise ValueError("rolled back")
+
+    with pytest.raises(ValueError):
+        db.writer.call(failing)
+    assert heard == [1, 2] and count(db) == 2
+    assert "commit listener failed" in caplog.text
+    db.writer.remove_commit_listener(broken)
+    caplog.clear()
+    db.writer.call(lambda c: add_event(c, 4))
+    assert heard == [1, 2, 3] and "commit listener failed" not in caplog.text

@@ -55,8 +55,9 @@ def scheduled_start(value: str, settings: FhirSettings) -> tuple[str, tuple[str,
     """A step's ``start_datetime`` (YYYYMMDDHHMMSS, site time) as a FHIR dateTime and its range."""
     if len(value) != 14 or not value.isdigit():
         return None
-    try:
-        moment = datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=settings.site_zone)
+    try:  # slicing, not strptime: ~10x cheaper, and each projected order and study parses one
+        moment = datetime(int(value[:4]), int(value[4:6]), int(value[6:8]), int(value[8:10]), int(value[10:12]),
+                          int(value[12:]), tzinfo=settings.site_zone)
     except ValueError:
         return None
     text = moment.isoformat(timespec="seconds")
