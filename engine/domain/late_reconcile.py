@@ -343,5 +343,6 @@ def late_jobs(db: Database, config: EngineConfig) -> list[Job]:
     if reconciler.mapping is None:
         return []
     location = ArchiveLocation("primary", config.archive_dir())
-    return [reconcile_job(db, location, reconciler, config.reconcile.poll_interval_seconds,
-                          CorrectionPolicy.from_config(config))]
+    cfg = config.reconcile
+    return [reconcile_job(db, location, reconciler, cfg.poll_interval_seconds, CorrectionPolicy.from_config(config),
+                          Pace(cfg.correction_batch, cfg.correction_yield_ratio))]
