@@ -14,6 +14,8 @@ from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy,
 from engine.domain.instance_tables import instances
 from engine.domain.late_reconcile import Pace, reconcile_job
 from engine.domain.reconciler import Reconciler
+from engine.errors import ConfigError
+from engine.plan import check_directory
 from tests.dicom.conftest import needs_dcmtk
 from tests.dicom.store_peer import running_scp, storescu
 from tests.domain.factories import apply_records, order, patient
@@ -67,3 +69,13 @@ def test_a_pace_needs_a_positive_batch_and_a_non_negative_ratio() -> None:
         Pace(batch=0)
     with pytest.raises(ValueError, match="batch >= 1"):
         Pace(yield_ratio=-1.0)
+
+
+def test_engine_yaml_refuses_an_empty_correction_batch(tmp_path: Path) -> None:
+    (tmp_path / "channels").mkdir()
+    (tmp_path / "engine.yaml").write_text(f"mappings_dir: {ROOT / 'mappings'}\n"
+                                          "reconcile: {correction_batch: 0, correction_yield_ratio: -1}\n")
+    with pytest.raises(ConfigError) as exc:
+        check_directory(tmp_path, {})
+    text = "\n".join(exc.value.problems)
+    assert "reconcile.correction_batch" in text and "reconcile.correction_yield_ratio" in text
