@@ -526,10 +526,10 @@ class ReconcileConfig(_Model):
         5.0, gt=0, description="how often the background job looks for orders that match unscheduled studies"
     )
     correction_batch: int = Field(
-        20, ge=1, description="stored instances the background job rewrites and indexes per transaction"
+        10, ge=1, description="stored instances the background job rewrites and indexes per transaction"
     )
     correction_yield_ratio: float = Field(
-        1.0, ge=0, description="after each batch the job pauses this many times the batch's duration (receivers first)"
+        3.0, ge=0, description="after each batch the job pauses this many times the batch's duration (receivers first)"
     )
 
 

@@ -80,8 +80,8 @@ class Pace:
     writer to the receivers. Total time grows by about that ratio.
     """
 
-    batch: int = 20
-    yield_ratio: float = 1.0
+    batch: int = 10
+    yield_ratio: float = 3.0
     sleep: Callable[[float], None] = time.sleep
 
     def __post_init__(self) -> None:
