@@ -1,6 +1,6 @@
 """PIR benchmark: does an A08 correcting 1,000 stored instances slow C-STORE and MLLP ACKs?
 
-    .venv/bin/python -m bench.bench_pir [--stored 1000] [--probes 150]
+    .venv/bin/python -m bench.bench_pir [--stored 1000] [--probes 150] [--batch N] [--yield-ratio R]
 
 ``radbridge run`` (no destination) stores ``--stored`` instances of one patient
 (bench_store.write_instances, 512 KB each) matched to an order. Then two phases, each
@@ -112,10 +112,20 @@ def _pending(db: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM reconcile_requests").fetchone()[0])
 
 
+def _pace(args: argparse.Namespace) -> str:
+    """The reconcile settings the command line overrides, as more flow-mapping entries."""
+    return "".join(f", {key}: {value}" for key, value in (("correction_batch", args.batch),
+                                                          ("correction_yield_ratio", args.yield_ratio))
+                   if value is not None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stored", type=int, default=1000)
     parser.add_argument("--probes", type=int, default=150)
+    parser.add_argument("--batch", type=int, default=None, help="reconcile.correction_batch (default: the engine's)")
+    parser.add_argument("--yield-ratio", type=float, default=None,
+                        help="reconcile.correction_yield_ratio (default: the engine's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -126,7 +136,8 @@ def main() -> int:
         data.mkdir()
         mllp, dicom = free_port(), free_port()
         (config / "engine.yaml").write_text(f"data_dir: {data}\nmappings_dir: {ROOT / 'mappings'}\n"
-                                            f"dicom: {{port: {dicom}}}\nreconcile: {{poll_interval_seconds: 0.2}}\n")
+                                            f"dicom: {{port: {dicom}}}\n"
+                                            f"reconcile: {{poll_interval_seconds: 0.2{_pace(args)}}}\n")
         (config / "channels" / "ris.yaml").write_text(
             f"name: ris\nsource: {{type: mllp, port: {mllp}}}\naccept: {{message_types: ['ADT^*', 'ORM^O01']}}\n"
             "mapping: [adt-to-patient, order-to-worklist]\nhandlers: [patients, orders]\n")

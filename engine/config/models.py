@@ -525,6 +525,12 @@ class ReconcileConfig(_Model):
     poll_interval_seconds: float = Field(
         5.0, gt=0, description="how often the background job looks for orders that match unscheduled studies"
     )
+    correction_batch: int = Field(
+        10, ge=1, description="stored instances the background job rewrites and indexes per transaction"
+    )
+    correction_yield_ratio: float = Field(
+        3.0, ge=0, description="after each batch the job pauses this many times the batch's duration (receivers first)"
+    )
 
 
 class FhirHistoryConfig(_Model):

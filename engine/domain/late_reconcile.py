@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, cast
@@ -60,11 +62,36 @@ from engine.reconcile.rewrite import (
 )
 from engine.store.database import Database
 
-__all__ = ["Rewritten", "correct_study", "late_jobs", "match_for_order", "reconcile_job", "reconcile_study",
+__all__ = ["Pace", "Rewritten", "correct_study", "late_jobs", "match_for_order", "reconcile_job", "reconcile_study",
            "unscheduled_for_order"]
 
 log = logging.getLogger(__name__)
 _HEAD = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How a correction yields to receive traffic (issue #13: C-STORE and MLLP ACK p99 within 1.2x).
+
+    A study is rewritten ``batch`` instances at a time, each batch indexed in its own writer
+    transaction, so C-STORE's group commit never queues behind one big correction
+    transaction; after a batch (when more follow) the job sleeps ``yield_ratio`` times the
+    batch's duration, leaving the disk (each rewritten file is fsynced), the CPU and the
+    writer to the receivers. Total time grows by about that ratio.
+    """
+
+    batch: int = 10
+    yield_ratio: float = 3.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.yield_ratio < 0:
+            raise ValueError(f"Pace needs batch >= 1 and yield_ratio >= 0, not {self.batch}, {self.yield_ratio}")
+
+    def rest(self, started: float) -> None:
+        """Sleep in proportion to the work done since ``started`` (a ``time.monotonic()``)."""
+        if self.yield_ratio > 0:
+            self.sleep((time.monotonic() - started) * self.yield_ratio)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,28 +185,30 @@ def _index(conn: Connection, study_uid: str, match: OrderMatch | None, done: lis
 
 
 def reconcile_study(db: Database, location: ArchiveLocation, reconciler: Reconciler, study_uid: str,
-                    match: OrderMatch, now: datetime, policy: CorrectionPolicy | None = None) -> int:
+                    match: OrderMatch, now: datetime, policy: CorrectionPolicy | None = None,
+                    pace: Pace = Pace()) -> int:
     """Coerce every stored instance of ``study_uid`` to ``match``'s order and link the study; how many changed.
 
     With ``policy``, the rewritten instances are queued again per destination (:mod:`engine.domain.reforward`)
-    in the transaction that indexes them.
+    in the transactions that index them (one per ``pace.batch`` instances); the study is linked in the last.
     """
     target = db.read(functools.partial(reconciler.target, match=match))
-    done = _rewrite_study(db, location, study_uid, target, Modification(now, reconciler.modifying_system))
-    db.writer.call(functools.partial(_index, study_uid=study_uid, match=match, done=done, now=now, policy=policy))
+    count = _rewrite_study(db, location, study_uid, target, Modification(now, reconciler.modifying_system),
+                           _Indexing(match, now, policy, always_link=True), pace)
     log.info("study reconciled with order %d (%s): %d instance(s) coerced", match.order_pk, match.matched_by,
-             len(done))
-    return len(done)
+             count)
+    return count
 
 
 def correct_study(db: Database, location: ArchiveLocation, reconciler: Reconciler, study_uid: str,
-                  now: datetime, policy: CorrectionPolicy | None = None) -> int:
+                  now: datetime, policy: CorrectionPolicy | None = None, pace: Pace = Pace()) -> int:
     """PIR: bring a stored study's images in line with its order and patient as they are now (reason CORRECT).
 
     A linked study is corrected from its order (whose patient a merge may have changed,
     whose values an order update may have changed), an unscheduled one from its patient
     alone. Idempotent: an image that already holds every value is left as it is (and not
-    queued again). Returns how many instances changed.
+    queued again), so a crash between two batches (``pace``) only redoes the unindexed
+    ones. Returns how many instances changed.
     """
     linked = db.read(lambda conn: conn.execute(
         select(studies.c.order_pk, studies.c.step_pk, studies.c.patient_pk, orders.c.patient_pk.label("owner"))
@@ -193,31 +222,55 @@ def correct_study(db: Database, location: ArchiveLocation, reconciler: Reconcile
         target = db.read(functools.partial(reconciler.patient_target, patient_pk=int(linked.patient_pk)))
     else:
         return 0
-    done = _rewrite_study(db, location, study_uid, target, Modification(now, reconciler.modifying_system,
-                                                                        reason=CORRECT))
-    if done:
-        db.writer.call(functools.partial(_index, study_uid=study_uid, match=match, done=done, now=now,
-                                         policy=policy))
-        log.info("study corrected: %d instance(s) rewritten", len(done))
-    return len(done)
+    count = _rewrite_study(db, location, study_uid, target,
+                           Modification(now, reconciler.modifying_system, reason=CORRECT),
+                           _Indexing(match, now, policy, always_link=False), pace)
+    if count:
+        log.info("study corrected: %d instance(s) rewritten", count)
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class _Indexing:
+    """What each batch's :func:`_index` transaction does besides pointing instances at their new files."""
+
+    match: OrderMatch | None
+    now: datetime
+    policy: CorrectionPolicy | None
+    always_link: bool  # a late order links the study even when no image changes
 
 
 def _rewrite_study(db: Database, location: ArchiveLocation, study_uid: str, target: dict[str, Any],
-                   mod: Modification) -> list[Rewritten]:
-    """Rewrite every instance of the study that ``target`` changes (files durable, not yet indexed)."""
-    rows = db.read(lambda conn: conn.execute(
+                   mod: Modification, indexing: _Indexing, pace: Pace) -> int:
+    """Rewrite every instance of the study that ``target`` changes, ``pace.batch`` at a time, each batch's
+    files durable and then indexed in one transaction; the study is linked (``indexing.match``) in the last,
+    when anything changed or ``indexing.always_link``. Returns how many instances changed."""
+    rows = [row for row in db.read(lambda conn: conn.execute(
         select(instances).join(studies, studies.c.id == instances.c.study_pk)
         .where(studies.c.study_instance_uid == study_uid).order_by(instances.c.id)).all())
-    done = []
-    for row in rows:
-        if row.location != location.name:
-            log.warning("study reconciliation: instance %s is in location %s, not %s: left as stored",
-                        row.sop_instance_uid, row.location, location.name)
-            continue
-        rewritten = _rewrite(location, row, target, mod)
-        if rewritten is not None:
-            done.append(rewritten)
-    return done
+        if _here(row, location)]
+    count = 0
+    for start in range(0, max(len(rows), 1), pace.batch):
+        started = time.monotonic()
+        done = [new for row in rows[start:start + pace.batch]
+                if (new := _rewrite(location, row, target, mod)) is not None]
+        count += len(done)
+        last = start + pace.batch >= len(rows)
+        link = last and (count > 0 or indexing.always_link)
+        if done or link:
+            db.writer.call(functools.partial(_index, study_uid=study_uid, match=indexing.match if link else None,
+                                             done=done, now=indexing.now, policy=indexing.policy))
+        if not last:
+            pace.rest(started)
+    return count
+
+
+def _here(row: Any, location: ArchiveLocation) -> bool:
+    if row.location != location.name:
+        log.warning("study reconciliation: instance %s is in location %s, not %s: left as stored",
+                    row.sop_instance_uid, row.location, location.name)
+        return False
+    return True
 
 
 def _studies_of(conn: Connection, patient_pk: int) -> list[str]:
@@ -239,6 +292,7 @@ class _Context:
     location: ArchiveLocation
     reconciler: Reconciler
     policy: CorrectionPolicy
+    pace: Pace
 
 
 def _handle(ctx: _Context, request: Request) -> int:
@@ -249,24 +303,25 @@ def _handle(ctx: _Context, request: Request) -> int:
         match = db.read(functools.partial(match_for_order, order_pk=order_pk, by="late_order"))
         if match is not None:
             for uid in db.read(functools.partial(unscheduled_for_order, order_pk=order_pk)):
-                count += reconcile_study(db, ctx.location, ctx.reconciler, uid, match, now, ctx.policy)
+                count += reconcile_study(db, ctx.location, ctx.reconciler, uid, match, now, ctx.policy, ctx.pace)
         for uid in db.read(functools.partial(_studies_of_order, order_pk=order_pk)):
-            count += correct_study(db, ctx.location, ctx.reconciler, uid, now, ctx.policy)
+            count += correct_study(db, ctx.location, ctx.reconciler, uid, now, ctx.policy, ctx.pace)
     if request.patient_pk is not None:
         for uid in db.read(functools.partial(_studies_of, patient_pk=int(request.patient_pk))):
-            count += correct_study(db, ctx.location, ctx.reconciler, uid, now, ctx.policy)
+            count += correct_study(db, ctx.location, ctx.reconciler, uid, now, ctx.policy, ctx.pace)
     db.writer.call(functools.partial(finish_request, request_id=request.id))
     return count
 
 
 def reconcile_job(db: Database, location: ArchiveLocation, reconciler: Reconciler, every: float,
-                  policy: CorrectionPolicy | None = None) -> Job:
+                  policy: CorrectionPolicy | None = None, pace: Pace = Pace()) -> Job:
     """The background job: late orders, order updates and ADT corrections; the number of instances rewritten.
 
     A request is dropped only after every study it names is done; a crash in between
     runs it again, which finds the images already corrected (nothing rewritten or queued twice).
+    ``pace`` bounds each index transaction and yields to receive traffic between batches.
     """
-    ctx = _Context(db, location, reconciler, policy or CorrectionPolicy(()))
+    ctx = _Context(db, location, reconciler, policy or CorrectionPolicy(()), pace)
 
     def run() -> int:
         ctx.policy.adts_queued.clear()
@@ -288,5 +343,6 @@ def late_jobs(db: Database, config: EngineConfig) -> list[Job]:
     if reconciler.mapping is None:
         return []
     location = ArchiveLocation("primary", config.archive_dir())
-    return [reconcile_job(db, location, reconciler, config.reconcile.poll_interval_seconds,
-                          CorrectionPolicy.from_config(config))]
+    cfg = config.reconcile
+    return [reconcile_job(db, location, reconciler, cfg.poll_interval_seconds, CorrectionPolicy.from_config(config),
+                          Pace(cfg.correction_batch, cfg.correction_yield_ratio))]
