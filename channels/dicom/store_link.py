@@ -12,7 +12,7 @@ storescu does:
 
 - a C-STORE-RQ: the command set (implicit VR little endian) and the dataset, in
   P-DATA-TF PDUs of at most the peer's Maximum Length (PS3.8 9.3.5, E.2), the
-  dataset streamed from the archive file in 1 MB reads;
+  dataset read straight into a reused framed buffer and sent in batches of 64 KB;
 - the C-STORE-RSP read back (its Status, Error Comment, Message ID Being
   Responded To, PS3.7 9.3.1.2) within the DIMSE timeout;
 - A-RELEASE-RQ/RP at the end, A-ABORT on anything unexpected (PS3.8 9.3.6-9.3.8).
@@ -53,8 +53,11 @@ C_STORE_RSP = 0x8001
 NO_DATASET = 0x0101  # (0000,0800) Command Data Set Type: no data set follows
 #: Message bytes per PDV when the peer sets no limit (Maximum Length 0).
 UNLIMITED_FRAGMENT = 1 << 20
-#: Bytes read from the file and written per ``sendall``.
-BATCH_BYTES = 1 << 20
+#: Bytes read from the file and written per ``sendall``. Small enough that the peer is already
+#: receiving and parsing the first fragments while the rest is read and hashed (the whole image
+#: hashed before its first byte left used to idle the PACS for that long, once per image); only
+#: the batch with the last fragment waits for the digest.
+BATCH_BYTES = 1 << 16
 _P_DATA_TF, _A_RELEASE_RQ, _A_RELEASE_RP, _A_ABORT = 0x04, 0x05, 0x06, 0x07
 _MAX_RESPONSE_BYTES = 1 << 20  # a C-STORE-RSP is a few hundred bytes
 _META_HEAD = 144  # preamble, DICM and the (0002,0000) element: enough to find the dataset
