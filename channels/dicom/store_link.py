@@ -61,7 +61,6 @@ BATCH_BYTES = 1 << 16
 _P_DATA_TF, _A_RELEASE_RQ, _A_RELEASE_RP, _A_ABORT = 0x04, 0x05, 0x06, 0x07
 _MAX_RESPONSE_BYTES = 1 << 20  # a C-STORE-RSP is a few hundred bytes
 _META_HEAD = 144  # preamble, DICM and the (0002,0000) element: enough to find the dataset
-_COMMAND_ROOM = 1024  # a C-STORE-RQ command set is 150-300 bytes (two UIDs of at most 64)
 _PDU_HEADER = struct.Struct(">BBIIBB")  # PDU type, reserved, PDU length, PDV length, context, control
 
 
@@ -190,14 +189,13 @@ class StoreLink:
         when they match; otherwise the association is aborted and :class:`SourceDamaged` raised.
         """
         return self._exchange(sop_class_uid, sop_instance_uid, context_id, message_id,
-                              lambda sock, command: self._write_file(sock, path, context_id, fixity, command))
+                              lambda sock: self._write_file(sock, path, context_id, fixity))
 
     def send_bytes(self, dataset: bytes, sop_class_uid: str, sop_instance_uid: str, context_id: int,
                    message_id: int) -> Dataset:
         """C-STORE ``dataset`` (already encoded in the context's transfer syntax)."""
         return self._exchange(sop_class_uid, sop_instance_uid, context_id, message_id,
-                              lambda sock, command: sock.sendall(
-                                  command + b"".join(pdus(context_id, dataset, False, True, self._size))))
+                              lambda sock: sock.sendall(b"".join(pdus(context_id, dataset, False, True, self._size))))
 
     def release(self) -> None:
         """A-RELEASE-RQ, wait for the RP (or anything) within the timeout, close."""
@@ -221,17 +219,15 @@ class StoreLink:
         self._close()
 
     def _exchange(self, sop_class_uid: str, sop_instance_uid: str, context_id: int, message_id: int,
-                  write_request: Any) -> Dataset:
-        """Send one request and read its response; an empty Dataset (link closed) when none came.
-
-        ``write_request(sock, command)`` sends the command's PDUs and then the dataset's.
-        """
+                  write_dataset: Any) -> Dataset:
+        """Send one request and read its response; an empty Dataset (link closed) when none came."""
         sock = self._sock
         if sock is None:
             return Dataset()
         try:
             command = encode_store_command(sop_class_uid, sop_instance_uid, message_id)
-            write_request(sock, b"".join(pdus(context_id, command, True, True, self._size)))
+            sock.sendall(b"".join(pdus(context_id, command, True, True, self._size)))
+            write_dataset(sock)
             fields = self._read_response(sock)
         except SourceDamaged:
             self.abort()
@@ -250,16 +246,13 @@ class StoreLink:
             status.ErrorComment = comment
         return status
 
-    def _write_file(self, sock: socket.socket, path: Path, context_id: int, fixity: Fixity | None,
-                    command: bytes = b"") -> None:
+    def _write_file(self, sock: socket.socket, path: Path, context_id: int, fixity: Fixity | None) -> None:
         """Stream the dataset of ``path`` as P-DATA-TF PDUs, read straight into a reused framed buffer.
 
         Why this shape: every byte is copied once, from the page cache into the buffer's
         fragment slots (``readinto``), then hashed and sent from there as memoryviews;
-        no per-fragment ``bytes`` or joined batch is built. The command's PDUs (``command``)
-        go in the same write as the first batch (one segment fewer per image for the peer to
-        wake up for). The batch holding the dataset's last fragment leaves only once the
-        digest matches ``fixity``.
+        no per-fragment ``bytes`` or joined batch is built. The batch holding the
+        dataset's last fragment leaves only once the digest matches ``fixity``.
         """
         with open(path, "rb", buffering=0) as f:
             total = os.fstat(f.fileno()).st_size
@@ -270,17 +263,12 @@ class StoreLink:
                 raise SourceDamaged(f"{remaining} dataset bytes instead of {fixity.size}")
             digest = hashlib.sha256() if fixity is not None else None
             frames = self._frames()
-            start = frames.put_before(command)
-            if start is None or remaining == 0:
-                sock.sendall(command)
-                start = frames.head
             while remaining > 0:
                 used, remaining = frames.fill(f, remaining, context_id, digest, path)
                 if remaining == 0 and digest is not None and fixity is not None \
                         and digest.hexdigest() != fixity.sha256:
                     raise SourceDamaged("the dataset does not match the checksum recorded at ingest")
-                sock.sendall(frames.view[start:frames.head + used])
-                start = frames.head
+                sock.sendall(frames.view[:used])
 
     def _frames(self) -> _Frames:
         if self._framed is None:
@@ -329,24 +317,13 @@ class StoreLink:
 
 
 class _Frames:
-    """A buffer of ``count`` P-DATA-TF PDUs of ``size`` message bytes each, refilled from a file per batch,
-    after ``head`` bytes of room for the command's PDUs."""
-
-    head = _COMMAND_ROOM
+    """A buffer of ``count`` P-DATA-TF PDUs of ``size`` message bytes each, refilled from a file per batch."""
 
     def __init__(self, size: int, count: int) -> None:
         self.size = size
         self.count = count
-        self.buffer = bytearray(self.head + (_PDU_HEADER.size + size) * count)
+        self.buffer = bytearray((_PDU_HEADER.size + size) * count)
         self.view = memoryview(self.buffer)
-
-    def put_before(self, data: bytes) -> int | None:
-        """Copy ``data`` to end where the frames start; its start, or None when it does not fit."""
-        if len(data) > self.head:
-            return None
-        start = self.head - len(data)
-        self.buffer[start:self.head] = data
-        return start
 
     def fill(self, f: Any, remaining: int, context_id: int, digest: Any, path: Path) -> tuple[int, int]:
         """Read up to ``count`` fragments of the ``remaining`` bytes of ``f`` into place, framed and hashed.
@@ -359,12 +336,12 @@ class _Frames:
             if remaining == 0:
                 break
             length = min(self.size, remaining)
-            slot = self.view[self.head + pos + _PDU_HEADER.size:self.head + pos + _PDU_HEADER.size + length]
+            slot = self.view[pos + _PDU_HEADER.size:pos + _PDU_HEADER.size + length]
             _read_into(f, slot, path)
             if digest is not None:
                 digest.update(slot)
             remaining -= length
-            _PDU_HEADER.pack_into(self.buffer, self.head + pos, _P_DATA_TF, 0, length + 6, length + 2, context_id,
+            _PDU_HEADER.pack_into(self.buffer, pos, _P_DATA_TF, 0, length + 6, length + 2, context_id,
                                   0x02 if remaining == 0 else 0x00)
             pos += _PDU_HEADER.size + length
         return pos, remaining

@@ -16,15 +16,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from channels.dicom.associations import MAX_CONTEXTS, AssociationPool, contexts_for
-from channels.dicom.store_link import (
-    BATCH_BYTES,
-    UNLIMITED_FRAGMENT,
-    Fixity,
-    SourceDamaged,
-    StoreLink,
-    encode_store_command,
-    pdus,
-)
+from channels.dicom.store_link import UNLIMITED_FRAGMENT, Fixity, SourceDamaged, StoreLink
 from channels.dicom.store_status import Outcome, classify_store_status
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -226,31 +218,3 @@ def test_a_file_of_another_size_than_recorded_sends_nothing(tmp_path: Path) -> N
     sent, error = _write(path, Fixity(len(dataset) + 1, hashlib.sha256(dataset).hexdigest()), 16384)
     assert isinstance(error, SourceDamaged)
     assert sent == []
-
-
-class _Writes:
-    """A socket stand-in that records each ``sendall`` (what the kernel is handed in one call)."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def sendall(self, data: Any) -> None:
-        self.writes.append(bytes(data))
-
-
-def test_the_command_goes_in_the_same_write_as_the_first_batch(tmp_path: Path) -> None:
-    dataset = os.urandom(200_000)
-    path = _part10(tmp_path, dataset)
-    command = b"".join(pdus(3, encode_store_command(CT, "1.2.3.4", 7), True, True, 16384 - 6))
-    sock = _Writes()
-    ours, other = socket.socketpair()
-    try:
-        StoreLink(ours, [], 16384, 5.0)._write_file(
-            sock, path, 3, Fixity(len(dataset), hashlib.sha256(dataset).hexdigest()), command)  # type: ignore[arg-type]
-    finally:
-        ours.close()
-        other.close()
-    assert sock.writes[0].startswith(command) and len(sock.writes[0]) > len(command)
-    assert len(sock.writes) == -(-len(dataset) // BATCH_BYTES)  # one write per batch, none for the command
-    framed = b"".join(sock.writes)[len(command):]
-    assert framed[:1] == b"\x04" and framed[11] == 0x00  # a dataset fragment follows the command
