@@ -12,7 +12,7 @@ storescu does:
 
 - a C-STORE-RQ: the command set (implicit VR little endian) and the dataset, in
   P-DATA-TF PDUs of at most the peer's Maximum Length (PS3.8 9.3.5, E.2), the
-  dataset streamed from the archive file in 1 MB reads;
+  dataset read straight into a reused framed buffer and sent in batches of 64 KB;
 - the C-STORE-RSP read back (its Status, Error Comment, Message ID Being
   Responded To, PS3.7 9.3.1.2) within the DIMSE timeout;
 - A-RELEASE-RQ/RP at the end, A-ABORT on anything unexpected (PS3.8 9.3.6-9.3.8).
@@ -53,10 +53,15 @@ C_STORE_RSP = 0x8001
 NO_DATASET = 0x0101  # (0000,0800) Command Data Set Type: no data set follows
 #: Message bytes per PDV when the peer sets no limit (Maximum Length 0).
 UNLIMITED_FRAGMENT = 1 << 20
-#: Bytes read from the file and written per ``sendall``.
-BATCH_BYTES = 1 << 20
+#: Bytes read from the file and written per ``sendall``. Small enough that the peer is already
+#: receiving and parsing the first fragments while the rest is read and hashed (the whole image
+#: hashed before its first byte left used to idle the PACS for that long, once per image); only
+#: the batch with the last fragment waits for the digest.
+BATCH_BYTES = 1 << 16
 _P_DATA_TF, _A_RELEASE_RQ, _A_RELEASE_RP, _A_ABORT = 0x04, 0x05, 0x06, 0x07
 _MAX_RESPONSE_BYTES = 1 << 20  # a C-STORE-RSP is a few hundred bytes
+_META_HEAD = 144  # preamble, DICM and the (0002,0000) element: enough to find the dataset
+_PDU_HEADER = struct.Struct(">BBIIBB")  # PDU type, reserved, PDU length, PDV length, context, control
 
 
 class LinkBroken(Exception):
@@ -146,6 +151,7 @@ class StoreLink:
         self._size = max_length - 6 if max_length else UNLIMITED_FRAGMENT
         self._timeout = dimse_timeout
         self.is_rejected = False
+        self._framed: _Frames | None = None
 
     @classmethod
     def detach(cls, assoc: Any, dimse_timeout: float, join_seconds: float = 5.0) -> StoreLink:
@@ -241,25 +247,33 @@ class StoreLink:
         return status
 
     def _write_file(self, sock: socket.socket, path: Path, context_id: int, fixity: Fixity | None) -> None:
-        with open(path, "rb") as f:
+        """Stream the dataset of ``path`` as P-DATA-TF PDUs, read straight into a reused framed buffer.
+
+        Why this shape: every byte is copied once, from the page cache into the buffer's
+        fragment slots (``readinto``), then hashed and sent from there as memoryviews;
+        no per-fragment ``bytes`` or joined batch is built. The batch holding the
+        dataset's last fragment leaves only once the digest matches ``fixity``.
+        """
+        with open(path, "rb", buffering=0) as f:
             total = os.fstat(f.fileno()).st_size
-            offset = _dataset_offset(f.read(1 << 16), fixity)
+            offset = _dataset_offset(f.read(_META_HEAD), fixity)
             f.seek(offset)
             remaining = total - offset
             if fixity is not None and remaining != fixity.size:
                 raise SourceDamaged(f"{remaining} dataset bytes instead of {fixity.size}")
             digest = hashlib.sha256() if fixity is not None else None
-            batch = max(self._size, BATCH_BYTES - BATCH_BYTES % self._size)  # whole fragments per read
+            frames = self._frames()
             while remaining > 0:
-                chunk = f.read(min(batch, remaining))
-                if not chunk:
-                    raise OSError(f"{path} ended {remaining} bytes early")
-                remaining -= len(chunk)
-                if digest is not None and fixity is not None:
-                    digest.update(chunk)
-                    if remaining == 0 and digest.hexdigest() != fixity.sha256:
-                        raise SourceDamaged("the dataset does not match the checksum recorded at ingest")
-                sock.sendall(b"".join(pdus(context_id, chunk, False, remaining == 0, self._size)))
+                used, remaining = frames.fill(f, remaining, context_id, digest, path)
+                if remaining == 0 and digest is not None and fixity is not None \
+                        and digest.hexdigest() != fixity.sha256:
+                    raise SourceDamaged("the dataset does not match the checksum recorded at ingest")
+                sock.sendall(frames.view[:used])
+
+    def _frames(self) -> _Frames:
+        if self._framed is None:
+            self._framed = _Frames(self._size, max(1, BATCH_BYTES // self._size))
+        return self._framed
 
     def _read_response(self, sock: socket.socket) -> dict[int, bytes]:
         """The command set of the next complete response (a data set after it is read and dropped)."""
@@ -300,6 +314,47 @@ class StoreLink:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+class _Frames:
+    """A buffer of ``count`` P-DATA-TF PDUs of ``size`` message bytes each, refilled from a file per batch."""
+
+    def __init__(self, size: int, count: int) -> None:
+        self.size = size
+        self.count = count
+        self.buffer = bytearray((_PDU_HEADER.size + size) * count)
+        self.view = memoryview(self.buffer)
+
+    def fill(self, f: Any, remaining: int, context_id: int, digest: Any, path: Path) -> tuple[int, int]:
+        """Read up to ``count`` fragments of the ``remaining`` bytes of ``f`` into place, framed and hashed.
+
+        Returns (bytes of PDUs to send, bytes still left in the file). The last fragment of the
+        dataset carries the last-fragment bit.
+        """
+        pos = 0
+        for _ in range(self.count):
+            if remaining == 0:
+                break
+            length = min(self.size, remaining)
+            slot = self.view[pos + _PDU_HEADER.size:pos + _PDU_HEADER.size + length]
+            _read_into(f, slot, path)
+            if digest is not None:
+                digest.update(slot)
+            remaining -= length
+            _PDU_HEADER.pack_into(self.buffer, pos, _P_DATA_TF, 0, length + 6, length + 2, context_id,
+                                  0x02 if remaining == 0 else 0x00)
+            pos += _PDU_HEADER.size + length
+        return pos, remaining
+
+
+def _read_into(f: Any, slot: memoryview, path: Path) -> None:
+    """Fill ``slot`` from ``f`` (a raw file: ``readinto`` may return short)."""
+    done = 0
+    while done < len(slot):
+        n = f.readinto(slot[done:])
+        if not n:
+            raise OSError(f"{path} ended early")
+        done += n
 
 
 def _dataset_offset(head: bytes, fixity: Fixity | None) -> int:

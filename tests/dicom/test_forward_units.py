@@ -1,14 +1,22 @@
-"""Pure parts of forwarding: the C-STORE status table, proposed contexts, the association pool's bookkeeping."""
+"""Pure parts of forwarding: the C-STORE status table, proposed contexts, the association pool's bookkeeping,
+StoreLink's framing of a file (over a socket pair)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
+import struct
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from channels.dicom.associations import MAX_CONTEXTS, AssociationPool, contexts_for
+from channels.dicom.store_link import UNLIMITED_FRAGMENT, Fixity, SourceDamaged, StoreLink
 from channels.dicom.store_status import Outcome, classify_store_status
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -133,3 +141,80 @@ def test_no_more_than_max_associations_are_in_use() -> None:
     assert held is not None
     pool.give_back(held, keep=True)
     pool.close()
+
+
+# --- StoreLink's framing of a file's dataset (channels/dicom/store_link.py) -------------------------
+
+def _part10(tmp_path: Path, dataset: bytes) -> Path:
+    """A file with a minimal File Meta group (only the group length) before ``dataset``."""
+    meta = b""
+    head = b"\0" * 128 + b"DICM" + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(meta)) + meta
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(head + dataset)
+    return path
+
+
+def _write(path: Path, fixity: Fixity | None, max_length: int) -> tuple[list[tuple[int, int, bytes]], Exception | None]:
+    """Run StoreLink._write_file over a socket pair; the PDUs the peer received (context, control, data)."""
+    ours, peer = socket.socketpair()
+    received = bytearray()
+
+    def drain() -> None:
+        while part := peer.recv(1 << 16):
+            received.extend(part)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    error: Exception | None = None
+    try:
+        StoreLink(ours, [], max_length, 5.0)._write_file(ours, path, 3, fixity)
+    except SourceDamaged as exc:
+        error = exc
+    finally:
+        ours.close()
+        reader.join(10)
+        peer.close()
+    out, pos = [], 0
+    while pos < len(received):
+        kind, _, length = struct.unpack_from(">BBI", received, pos)
+        assert kind == 0x04
+        (pdv_length,) = struct.unpack_from(">I", received, pos + 6)
+        assert pdv_length == length - 4
+        out.append((received[pos + 10], received[pos + 11], bytes(received[pos + 12:pos + 6 + length])))
+        pos += 6 + length
+    return out, error
+
+
+@pytest.mark.parametrize("max_length", [16384, 4096 + 6, 0])
+def test_the_dataset_is_sent_in_fragments_of_the_peer_maximum_with_the_last_one_marked(
+        tmp_path: Path, max_length: int) -> None:
+    dataset = os.urandom(300_001)
+    path = _part10(tmp_path, dataset)
+    fixity = Fixity(len(dataset), hashlib.sha256(dataset).hexdigest())
+    sent, error = _write(path, fixity, max_length)
+    assert error is None
+    assert b"".join(data for _, _, data in sent) == dataset
+    assert {context for context, _, _ in sent} == {3}
+    assert [control for _, control, _ in sent] == [0x00] * (len(sent) - 1) + [0x02]
+    limit = max_length - 6 if max_length else UNLIMITED_FRAGMENT
+    assert all(len(data) <= limit for _, _, data in sent)
+
+
+def test_a_damaged_file_streams_its_first_batches_but_never_its_last_fragment(tmp_path: Path) -> None:
+    """The peer is receiving while the rest is hashed; what does not match never completes."""
+    dataset = os.urandom(512 * 1024)
+    path = _part10(tmp_path, dataset)
+    recorded = Fixity(len(dataset), hashlib.sha256(dataset[:-1] + bytes([dataset[-1] ^ 0xFF])).hexdigest())
+    sent, error = _write(path, recorded, 16384)
+    assert isinstance(error, SourceDamaged)
+    assert sent, "nothing left before the whole image was hashed"
+    assert all(control == 0x00 for _, control, _ in sent)
+    assert sum(len(data) for _, _, data in sent) < len(dataset)
+
+
+def test_a_file_of_another_size_than_recorded_sends_nothing(tmp_path: Path) -> None:
+    dataset = os.urandom(70_000)
+    path = _part10(tmp_path, dataset)
+    sent, error = _write(path, Fixity(len(dataset) + 1, hashlib.sha256(dataset).hexdigest()), 16384)
+    assert isinstance(error, SourceDamaged)
+    assert sent == []
