@@ -34,3 +34,13 @@ def test_an_unreachable_database_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1, err
     assert err.startswith("radbridge status: cannot use the database: connection failed:")
     assert f"port {port} failed" in err
+
+
+def test_send_shows_the_ack_text_unescaped() -> None:
+    """The ERR/MSA text is HL7-escaped on the wire; `radbridge send` prints it for a person."""
+    from engine.cli.send import ack_result
+
+    ack = ("MSH|^~\\&|RB|NORTH|RIS|NORTH|20261205||ACK^O01^ACK|A1|P|2.5.1\r"
+           "MSA|AR|M1\rERR|||200^Unsupported message type^HL70357|E||||message type ORU\\S\\R01 is not accepted\r")
+    assert ack_result(ack.encode(), "h:1") == ("AR", "message type ORU^R01 is not accepted")
+    assert ack_result(b"MSH|^~\\&|RB\r", "h:1") == ("NOACK", "h:1: answer has no MSA segment")

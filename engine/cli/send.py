@@ -9,7 +9,7 @@ from pathlib import Path
 
 from channels.mllp.client import MLLPClient
 from engine.hl7.charset import decode
-from engine.hl7.er7 import Message
+from engine.hl7.er7 import Message, unescape
 
 __all__ = ["send_files"]
 
@@ -76,13 +76,17 @@ async def _send_one(client: MLLPClient, path: Path, spec: str) -> tuple[str, str
     except OSError as exc:
         await client.close()
         return "ERROR", f"{spec}: {_reason(exc)}"
+    return ack_result(answer, spec)
+
+
+def ack_result(answer: bytes, spec: str) -> tuple[str, str]:
+    """MSA-1 and the text for a person (MSA-3, else ERR-8), unescaped: "ORU^R01", not "ORU\\S\\R01"."""
     ack = Message(decode(answer).text)
     msa = ack.segment("MSA")
     if msa is None:
         return "NOACK", f"{spec}: answer has no MSA segment"
     err = ack.segment("ERR")
-    detail = msa.value(3) or (err.value(8) if err else "")
-    return msa.value(1) or "NOACK", detail
+    return msa.value(1) or "NOACK", unescape(msa.value(3) or (err.value(8) if err else ""), ack.seps)
 
 
 def send_files(spec: str, files: list[Path], timeout: float) -> int:
