@@ -50,7 +50,12 @@ RETURN_KEYS = ["PatientName=", "PatientID=", "AccessionNumber=", "StudyInstanceU
 
 
 def _entry(n: int, today: date) -> dict[str, Any]:
-    day = today + timedelta(days=(n // STATIONS) % DAYS - DAYS // 2)
+    """Entry ``n``: STATIONS entries a day, the first ones today, then over DAYS days around it.
+
+    The first STATIONS entries fall on today whatever ``count`` is, so a small run still has
+    entries to match (DAYS // 2 days before today, the earlier arrangement, left none).
+    """
+    day = today + timedelta(days=(n // STATIONS + DAYS // 2) % DAYS - DAYS // 2)
     return {
         "n": n,
         "ae": f"CT{n % STATIONS:03d}",
@@ -232,6 +237,11 @@ def write_wl_files(count: int, today: date, root: Path) -> Path:
     return root
 
 
+def ratio(numerator: float, denominator: float) -> str:
+    """``numerator / denominator`` as ``1.2x``; ``n/a`` when either is zero (nothing matched: no rate)."""
+    return f"{numerator / denominator:.1f}x" if numerator and denominator else "n/a (no responses)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=100_000)
@@ -276,9 +286,9 @@ def main() -> None:
             server.stop()
             db.close()
         print(f"  targeted p50: radbridge {rb_t[0]:.1f} ms ({rb_t[2]} matches), wlmscpfs {wl_t[0]:.1f} ms "
-              f"({wl_t[2]} matches): wlmscpfs/radbridge = {wl_t[0] / rb_t[0]:.1f}x")  # fmt: skip
+              f"({wl_t[2]} matches): wlmscpfs/radbridge = {ratio(wl_t[0], rb_t[0])}")  # fmt: skip
         print(f"  broad: radbridge {rb_b[0]:.0f}/s ({rb_b[1]}), wlmscpfs {wl_b[0]:.0f}/s ({wl_b[1]}): "
-              f"radbridge/wlmscpfs = {rb_b[0] / wl_b[0]:.1f}x")  # fmt: skip
+              f"radbridge/wlmscpfs = {ratio(rb_b[0], wl_b[0])}")  # fmt: skip
         print(f"  SCP CPU per broad response: radbridge {rb_b[2]:.0f} µs, wlmscpfs {wl_b[2]:.0f} µs")
 
 

@@ -8,6 +8,7 @@ at the boundary where they enter::
     RadbridgeError
     ├── ConfigError                 configuration or mapping file rejected at load
     ├── StoreUnavailable            the database cannot commit; never answer success
+    ├── StoreMissing                a command that must not create the store found none
     ├── AlreadyRunning              another engine holds this data directory's pid file
     ├── ArchiveUnavailable          a storage location cannot take a file (full, unwritable)
     │   └── CopyMissing             a copy the index names is not in its location
@@ -45,6 +46,7 @@ __all__ = [
     "PermanentDelivery",
     "RadbridgeError",
     "RetryableDelivery",
+    "StoreMissing",
     "StoreUnavailable",
 ]
 
@@ -79,6 +81,14 @@ class MalformedDataset(RadbridgeError):
 
 class StoreUnavailable(RadbridgeError):
     """The database could not commit; the sender must not get a success answer."""
+
+
+class StoreMissing(RadbridgeError):
+    """The SQLite database (or its directory) does not exist and this command must not create it.
+
+    Only ``radbridge run`` (and registering an API client) creates the store; the message
+    names the missing path and how to create it.
+    """
 
 
 class DeliveryError(RadbridgeError):

@@ -142,7 +142,7 @@ class Runtime:
         from channels.fhir.wiring import start_http, start_projector
 
         assert self.db is not None
-        self.projector = await start_projector(self.config.engine, self.db)
+        self.projector = await start_projector(self.config.engine, self.db, self._wake)
         if self.config.engine.http.enabled:
             try:
                 self.http = await start_http(self.config.engine, self.db, self.authorizer)

@@ -44,3 +44,35 @@ def test_send_shows_the_ack_text_unescaped() -> None:
            "MSA|AR|M1\rERR|||200^Unsupported message type^HL70357|E||||message type ORU\\S\\R01 is not accepted\r")
     assert ack_result(ack.encode(), "h:1") == ("AR", "message type ORU^R01 is not accepted")
     assert ack_result(b"MSH|^~\\&|RB\r", "h:1") == ("NOACK", "h:1: answer has no MSA segment")
+
+
+@pytest.mark.parametrize("command", [["status"], ["messages", "list"], ["messages", "show", "1"],
+                                     ["messages", "replay", "1"], ["studies", "list"], ["outbox", "list"],
+                                     ["clients", "list"], ["archive", "verify"]])
+def test_a_command_other_than_run_creates_no_data_directory(tmp_path, capsys, command):
+    config = _config(tmp_path)
+    assert main(["--config", str(config), *command]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"radbridge {' '.join(command[:2]).removesuffix(' 1')}: the data directory"
+                                f" {tmp_path / 'var'} does not exist: `radbridge run` (or `make run`) creates it,"
+                                " mode 0700, with its database"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "config"]
+
+
+def test_a_data_directory_without_a_database_stays_empty(tmp_path, capsys):
+    config = _config(tmp_path)
+    (tmp_path / "var").mkdir()
+    assert main(["--config", str(config), "status"]) == 1
+    assert capsys.readouterr().err == (f"radbridge status: no database radbridge.db in {tmp_path / 'var'}:"
+                                       " `radbridge run` (or `make run`) creates it\n")
+    assert list((tmp_path / "var").iterdir()) == []
+
+
+def test_registering_a_client_before_the_first_run_creates_the_store_owner_only(tmp_path, capsys):
+    config = _config(tmp_path)
+    assert main(["--config", str(config), "clients", "add", "ehr", "--scope", "system/*.rs", "--secret"]) == 0
+    assert (tmp_path / "var").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "var" / "radbridge.db").stat().st_mode & 0o777 == 0o600
+    capsys.readouterr()
+    assert main(["--config", str(config), "clients", "list"]) == 0
+    assert "ehr" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from starlette.routing import Route
@@ -59,9 +60,10 @@ def _auth(cfg: EngineConfig, db: Database, authorizer: Authorizer | None) -> tup
     return authorizer_for(cfg.http.auth), []
 
 
-async def start_projector(cfg: EngineConfig, db: Database) -> Projector:
-    """Start keeping the stored resources up to date with the domain tables."""
-    projector = Projector(db, fhir_settings(cfg))
+async def start_projector(cfg: EngineConfig, db: Database,
+                          wake_outbox: Callable[[], None] = lambda: None) -> Projector:
+    """Start keeping the stored resources up to date with the domain tables; ``wake_outbox`` after queueing pushes."""
+    projector = Projector(db, fhir_settings(cfg), wake_outbox=wake_outbox)
     for d in (d for d in cfg.destinations if d.type == "fhir"):
         if d.base_url:
             log.info("FHIR push: %s to %s (%s)", d.name, d.base_url, ", ".join(d.resource_types))

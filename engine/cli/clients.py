@@ -120,7 +120,8 @@ def add_subcommands(sub: Any, database: Any) -> None:
     how.add_argument("--jwks", metavar="FILE", help="its public JWKS (private_key_jwt with RS384 or ES384)")
     how.add_argument("--secret", action="store_true", help="generate a client secret (shown once)")
     add.add_argument("--json", action="store_true", help="print JSON")
-    add.set_defaults(fn=lambda args: cmd_add(args, database(args)))
+    # A client may be registered before the first `radbridge run`: the one command besides run that creates the store.
+    add.set_defaults(fn=lambda args: cmd_add(args, database(args)), creates_store=True)
     lst = cmds.add_parser("list", help="registered clients (no secrets)")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     lst.set_defaults(fn=lambda args: cmd_list(args, database(args)))

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.cli.text import visible
 from engine.config import Config, load_config
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StoreMissing
 
 __all__ = ["main"]
 
@@ -26,12 +26,39 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _database(args: argparse.Namespace) -> Any:
+    """The configured database, migrated.
+
+    Only commands whose parser sets ``creates_store`` (``clients add``) may create a missing
+    SQLite database and its directory; every other command raises StoreMissing instead, so
+    looking never leaves a data directory behind (``radbridge run`` creates it, 0700).
+    """
     from engine.store.database import Database
 
     cfg = _config(args).engine
+    if not getattr(args, "creates_store", False):
+        _require_store(cfg.database_url(), Path(cfg.data_dir))
     db = Database(cfg.database_url(), cfg.database.sqlite_synchronous, sqlite_page_size=cfg.database.sqlite_page_size)
     db.migrate()
     return db
+
+
+def _require_store(url: str, data_dir: Path) -> None:
+    """Raise StoreMissing when ``url`` is a SQLite file that does not exist (or its directory does not)."""
+    from sqlalchemy.engine import make_url
+
+    from engine.store.database import masked_url
+
+    masked_url(url)  # a URL that is none: the ConfigError Database would raise
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database).expanduser()
+    create = "`radbridge run` (or `make run`) creates it, mode 0700, with its database"
+    if not path.parent.is_dir():
+        what = "the data directory" if path.parent == data_dir else "the database's directory"
+        raise StoreMissing(f"{what} {path.parent} does not exist: {create}")
+    if not path.exists():
+        raise StoreMissing(f"no database {path.name} in {path.parent}: `radbridge run` (or `make run`) creates it")
 
 
 def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
@@ -309,6 +336,12 @@ def _mapping(sub: Any) -> None:
     add_subcommands(sub)
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """``status``, ``messages list``: the command as typed (each group's action is ``<group>_command``)."""
+    action = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {action}" if action else str(args.command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radbridge`` console script."""
     args = _parser().parse_args(argv)
@@ -325,9 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    except StoreMissing as exc:
+        print(f"radbridge {_command_name(args)}: {exc}", file=sys.stderr)
+        return 1
     except OperationalError as exc:  # the database is not reachable: say so in one line
         first = str(exc.orig or exc).strip().splitlines()[0]
-        print(f"radbridge {args.command}: cannot use the database: {first}", file=sys.stderr)
+        print(f"radbridge {_command_name(args)}: cannot use the database: {first}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

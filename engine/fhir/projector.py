@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -70,45 +71,45 @@ def collect(conn: Connection, settings: FhirSettings, batch: int = 500) -> Proje
     return Projection([int(r.id) for r in rows], resources, settings.push)
 
 
-def apply(conn: Connection, projection: Projection, now: datetime | None = None) -> int:
-    """Write the projection and delete its pending rows; return how many resources changed."""
+def apply(conn: Connection, projection: Projection, now: datetime | None = None) -> tuple[int, int]:
+    """Write the projection and delete its pending rows; return (resources changed, push rows queued)."""
     stamp = instant(now or datetime.now(UTC))
     built = [b for _, _, b in projection.resources if b is not None]
     changed = store.write_all(conn, built, stamp)
-    if changed and projection.push:
-        enqueue_stored(conn, built, stamp, projection.push)
+    queued = enqueue_stored(conn, built, stamp, projection.push) if changed and projection.push else 0
     for res_type, res_id, found in projection.resources:
         if found is None:
             changed += store.remove(conn, res_type, res_id)
     if projection.pending_ids:
         conn.execute(delete(fhir_pending).where(fhir_pending.c.id.in_(projection.pending_ids)))
-    return changed
+    return changed, queued
 
 
-def _locked_cycle(conn: Connection, settings: FhirSettings, batch: int) -> tuple[int, int]:
+def _locked_cycle(conn: Connection, settings: FhirSettings, batch: int) -> tuple[int, int, int]:
     if not conn.execute(select(func.pg_try_advisory_xact_lock(PROJECTOR_LOCK))).scalar():
-        return 0, 0  # another engine process is projecting
+        return 0, 0, 0  # another engine process is projecting
     projection = collect(conn, settings, batch)
-    return len(projection.pending_ids), apply(conn, projection)
+    return len(projection.pending_ids), *apply(conn, projection)
 
 
 def project_all(db: Database, settings: FhirSettings, batch: int = 500) -> int:
     """Run cycles until nothing is pending (blocking; tests, backfill); return resources changed."""
     changed = 0
     while True:
-        consumed, written = _cycle(db, settings, batch)
+        consumed, written, _ = _cycle(db, settings, batch)
         changed += written
         if consumed == 0:
             return changed
 
 
-def _cycle(db: Database, settings: FhirSettings, batch: int) -> tuple[int, int]:
+def _cycle(db: Database, settings: FhirSettings, batch: int) -> tuple[int, int, int]:
+    """One committed cycle: (pending rows consumed, resources changed, push rows queued)."""
     if not db.is_sqlite:
         return db.writer.call(lambda c: _locked_cycle(c, settings, batch))
     projection = db.read(lambda c: collect(c, settings, batch))
     if not projection.pending_ids:
-        return 0, 0
-    return len(projection.pending_ids), db.writer.call(lambda c: apply(c, projection))
+        return 0, 0, 0
+    return len(projection.pending_ids), *db.writer.call(lambda c: apply(c, projection))
 
 
 def _any_pending(conn: Connection) -> bool:
@@ -128,10 +129,15 @@ class Projector:
     """
 
     def __init__(self, db: Database, settings: FhirSettings, interval: float = 0.5, batch: int = 1000,
-                 yield_ratio: float = 3.0, debounce: float = 0.2, idle_interval: float = 5.0) -> None:
+                 yield_ratio: float = 3.0, debounce: float = 0.2, idle_interval: float = 5.0,
+                 wake_outbox: Callable[[], None] = lambda: None) -> None:
         """``yield_ratio``: after a cycle that leaves more work, pause that many times its duration, so that
-        the projector takes at most 1/(1+ratio) of the process while messages arrive (they come first)."""
+        the projector takes at most 1/(1+ratio) of the process while messages arrive (they come first).
+
+        ``wake_outbox``: called after a cycle that queued push rows has committed, as the channels do
+        after enqueueing, so a push leaves at once instead of at the outbox's next poll."""
         self.db, self.settings, self.interval, self.batch = db, settings, interval, batch
+        self.wake_outbox = wake_outbox
         self.yield_ratio, self.debounce, self.idle_interval = yield_ratio, debounce, idle_interval
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -193,8 +199,10 @@ class Projector:
                 self.checks += 1
                 if await self.db.read_async(_any_pending):
                     started = time.monotonic()
-                    consumed, _ = await asyncio.to_thread(_cycle, self.db, self.settings, batch)
+                    consumed, _, queued = await asyncio.to_thread(_cycle, self.db, self.settings, batch)
                     last_end = time.monotonic()
+                    if queued:
+                        self.wake_outbox()
                     narrow = max(0, narrow - consumed)
                     batch = 1 if narrow else self.batch
                     if consumed == batch:  # more waiting: go on, but leave the receive path its share

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -479,3 +481,11 @@ def test_two_engines_on_one_database_refuse_each_others_replays_and_accept_each_
     assert issued.status_code == 200
     assert replayed.status_code == 401 and replayed.json()["error_description"].endswith("(replay)")
     assert study.status_code == 200
+
+
+def test_authlibs_httpx_client_loads_without_a_deprecation_warning() -> None:
+    """authlib runs its httpx integration on httpx2; the fallback to httpx is deprecated (a warning per run)."""
+    # authlib sets its own warnings to "always" when imported, overriding -W error: read what it printed.
+    loaded = subprocess.run([sys.executable, "-c", "import authlib.integrations.httpx_client"],
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0 and "DeprecationWarning" not in loaded.stderr, loaded.stderr

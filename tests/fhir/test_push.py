@@ -36,12 +36,13 @@ class PushEngine(InProcessEngine):
     """The FHIR tests' engine with a ``fhir`` destination toward ``sekmet``."""
 
     sekmet: Sekmet | None = None
+    poll_interval: float = 0.2  # the outbox's fallback poll
 
     def write_config(self, extra_http: str = "") -> Path:
         config_dir = super().write_config(extra_http)
         assert self.sekmet is not None
         path = config_dir / "engine.yaml"
-        path.write_text(path.read_text() + f"""outbox: {{poll_interval_seconds: 0.2}}
+        path.write_text(path.read_text() + f"""outbox: {{poll_interval_seconds: {self.poll_interval}}}
 destinations:
   - name: {DESTINATION}
     type: fhir
@@ -227,3 +228,22 @@ def test_a_report_and_its_correction_update_one_diagnostic_report_on_the_ehr(
     [now] = sekmet.search("DiagnosticReport", system, value)  # the same remote report, updated
     assert now["id"] == report["id"] and now["status"] == "corrected" and now["conclusion"] == "Old infarct."
 
+
+
+def test_a_push_leaves_when_the_projector_queues_it_not_at_the_next_outbox_poll(
+        tmp_path: Path, sekmet: Sekmet) -> None:
+    os.environ[SECRET_ENV] = CLIENT_SECRET
+    slow_poll = PushEngine(tmp_path, sekmet=sekmet, poll_interval=120.0)
+    try:
+        slow_poll.start()
+        uid = "1.2.826.0.1.3680043.10.998.207"
+        started = time.monotonic()
+        assert slow_poll.send(orm(207, "PUSH207", study_uid=uid)) == ["AA"]
+        while not _study(sekmet, uid):
+            # Before the projector woke the outbox, the push waited for the poll (120 s here).
+            assert time.monotonic() - started < 30, [(r.id, r.status, r.last_error) for r in slow_poll.rows()]
+            time.sleep(0.1)
+        assert all(r.status == "SENT" for r in slow_poll.delivered(timeout=30))
+    finally:
+        slow_poll.stop()
+        os.environ.pop(SECRET_ENV, None)

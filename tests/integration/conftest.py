@@ -15,6 +15,7 @@ from typing import Any
 import hl7.mllp
 import pytest
 
+from engine.store.database import Database
 from tests.conftest import EngineProcess, free_port
 
 
@@ -137,6 +138,14 @@ def adt(control_id: str, patient_id: str = "P1", event: str = "A08", sender: str
         "PV1|1|O",
     ]
     return ("\r".join(segments) + "\r").encode("ascii")
+
+
+def create_store(engine: EngineProcess) -> None:
+    """The migrated SQLite store `radbridge run` would create, for CLI tests that never start the engine
+    (the other commands refuse to create it)."""
+    store = Database(f"sqlite:///{engine.data_dir / 'radbridge.db'}")
+    store.migrate()
+    store.close()
 
 
 def cli_json(engine: EngineProcess, *args: str) -> Any:

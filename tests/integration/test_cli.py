@@ -14,7 +14,7 @@ import pytest
 
 from engine.cli.main import _parser as cli_parser
 from tests.conftest import ROOT, EngineProcess, free_port
-from tests.integration.conftest import adt, cli_json, inbound_channel, send_all, write_channel
+from tests.integration.conftest import adt, cli_json, create_store, inbound_channel, send_all, write_channel
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -162,6 +162,7 @@ def _cli_after(engine: EngineProcess, *args: str) -> subprocess.CompletedProcess
 
 def test_config_option_is_accepted_after_the_subcommand(engine_process: EngineProcess) -> None:
     write_channel(engine_process, "good", inbound_channel(free_port()))
+    create_store(engine_process)
 
     checked = _cli_after(engine_process, "check-config")
     listed = _cli_after(engine_process, "messages", "list", "--json")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EngineProcess, free_port
-from tests.integration.conftest import adt, send_all, write_channel, write_engine_yaml
+from tests.integration.conftest import adt, create_store, send_all, write_channel, write_engine_yaml
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,6 +81,7 @@ def test_status_shows_listeners_dicom_fhir_backlog_per_destination_and_what_need
 
 def test_a_stopped_engine_is_not_running_and_reload_signals_no_stranger(engine_process: EngineProcess) -> None:
     """A pid file left by an engine that died names a pid that may now be any process's."""
+    create_store(engine_process)
     stranger = subprocess.Popen(["sleep", "60"])
     try:
         (engine_process.data_dir / "radbridge.pid").write_text(f"{stranger.pid}\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.conftest import EngineProcess, free_port, need
 from tests.dicom.conftest import DCMTK
 from tests.dicom.store_peer import storescu
-from tests.integration.conftest import cli_json, sqlite_rows, write_engine_yaml
+from tests.integration.conftest import cli_json, create_store, sqlite_rows, write_engine_yaml
 
 
 def _stored_study(engine: EngineProcess, corpus: Path) -> None:
@@ -39,6 +39,7 @@ def test_studies_list_and_show_read_the_index_and_are_audited(engine_process: En
 
 
 def test_studies_show_of_an_unknown_study_fails_without_an_audit_event(engine_process: EngineProcess) -> None:
+    create_store(engine_process)
     result = engine_process.cli("studies", "show", "1.2.3")
     assert result.returncode == 1 and "no study 1.2.3" in result.stderr
     db = engine_process.data_dir / "radbridge.db"
