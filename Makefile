@@ -35,8 +35,8 @@ run: install
 	mkdir -p -m 700 $${RADBRIDGE_DATA_DIR:-./var}  # owner-only, as the engine requires (else it warns and fixes it)
 	$(VENV)/bin/radbridge --config config run
 
-# System peers the integration tests drive (DCMTK, Orthanc, PostgreSQL, HAProxy for the scale-out test; openssl makes
-# their test certificates). Installed when root. The tests run their own HAProxy; Debian's service is stopped if it started.
+# System peers the integration tests drive (DCMTK, Orthanc and its DICOMweb plugin, PostgreSQL, HAProxy for the scale-out
+# test; openssl makes their test certificates). Installed when root. The tests run their own HAProxy; Debian's service is stopped if it started.
 peers: $(NODE_STAMP) $(SEKMET_STAMP)
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
@@ -44,6 +44,7 @@ peers: $(NODE_STAMP) $(SEKMET_STAMP)
 	  command -v openssl >/dev/null || missing="$$missing openssl"; \
 	  command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	  command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	  if [ -n "$$missing" ]; then \
@@ -51,7 +52,7 @@ peers: $(NODE_STAMP) $(SEKMET_STAMP)
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	    case "$$missing" in *haproxy*) service haproxy stop >/dev/null 2>&1 || true;; esac; \
 	  fi; \
-	else echo "not root: system peers (dcmtk, orthanc, postgresql, haproxy) must already be installed"; fi
+	else echo "not root: system peers (dcmtk, orthanc, orthanc-dicomweb, postgresql, haproxy) must already be installed"; fi
 
 lint: install
 	$(VENV)/bin/ruff check engine channels tests bench

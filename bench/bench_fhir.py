@@ -1,7 +1,7 @@
 """FHIR API benchmark: ImagingStudy searches and reads over HTTP against a running engine.
 
     .venv/bin/python -m bench.bench_fhir [--studies 100000] [--patients 20000] [--requests 1000]
-                                          [--clients 4] [--seconds 10] [--sekmet N]
+                                          [--clients 4] [--seconds 10] [--sekmet N] [--orthanc N]
 
 1. ``--studies`` studies with two series each (and their patients, orders and steps) are
    written to the domain tables of a fresh SQLite database; the FHIR projector builds every
@@ -13,6 +13,12 @@
    page (``_count=100``, following ``next`` links), and reads/s from ``--clients`` threads.
 3. ``--sekmet N``: the same searches on N of the studies in sekmet-fhir (a FastAPI FHIR server,
    installed into ``.peers/sekmet`` on first use), side by side, with the ratios.
+4. ``--orthanc N``: the same N studies (patient ids, UIDs, accession numbers, dates, modalities,
+   series) sent to Orthanc with its DICOMweb plugin (C++) over C-STORE, and the equivalent QIDO-RS
+   searches measured with the same client (bench/orthanc_peer.py says which query matches which).
+   Orthanc binds every interface, so the whole run re-executes itself in a private network
+   namespace (``unshare --net``, loopback only; root). With ``--reuse DIR`` Orthanc's index and
+   storage are kept in DIR/orthanc and the next run with the same N skips the load.
 Figures are printed; this is not a pass/fail gate.
 """
 
@@ -24,6 +30,8 @@ import http.client
 import json
 import os
 import random
+import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -96,15 +104,16 @@ HEADERS: dict[str, str] = {"Accept": "application/fhir+json"}
 
 
 class Client:
-    """One keep-alive HTTP connection."""
+    """One keep-alive HTTP connection; ``headers`` on every request (default: the FHIR run's HEADERS)."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(base)
         self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
         self.prefix = parts.path
+        self.headers = HEADERS if headers is None else headers
 
     def get(self, path: str) -> tuple[int, bytes]:
-        self.conn.request("GET", path if path.startswith("/") else f"{self.prefix}/{path}", headers=HEADERS)
+        self.conn.request("GET", path if path.startswith("/") else f"{self.prefix}/{path}", headers=self.headers)
         response = self.conn.getresponse()
         return response.status, response.read()
 
@@ -149,13 +158,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def reads_per_second(base: str, ids: list[str], clients: int, seconds: float, path: Callable[[str], str],
-                     pid: int | None = None) -> dict[str, float]:
+                     pid: int | None = None, headers: dict[str, str] | None = None) -> dict[str, float]:
     """Reads/s from ``clients`` threads, and the server's CPU µs per read when its ``pid`` is given."""
     done = [0] * clients
     stop = time.perf_counter() + seconds
 
     def work(k: int) -> None:
-        client, rng = Client(base), random.Random(k)
+        client, rng = Client(base, headers), random.Random(k)
         while time.perf_counter() < stop:
             status, _ = client.get(path(rng.choice(ids)))
             assert status == 200
@@ -243,14 +252,20 @@ def start_engine(workdir: Path, port: int, synchronous: str = "FULL", auth: str 
 
 
 def run_radbridge(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    if args.reuse is not None:  # a data directory an earlier run built (same --studies/--patients)
+    counts = {"studies": args.studies, "patients": args.patients}
+    if args.reuse is not None and (args.reuse / "var" / "radbridge.db").exists():  # built by an earlier run
+        mark = args.reuse / "bench-built.json"
+        if mark.exists() and json.loads(mark.read_text()) != counts:
+            sys.exit(f"{args.reuse} was built with {mark.read_text()}, not {counts}")
         workdir, built = args.reuse, {"domain_rows_s": 0.0, "projection_s": 0.0}
     else:
+        workdir = args.reuse or workdir  # a new --reuse directory: built here and kept
         (workdir / "var").mkdir(mode=0o700, parents=True)
         db = Database(f"sqlite:///{workdir / 'var' / 'radbridge.db'}", "NORMAL")
         db.migrate()
         built = build(db, args.studies, args.patients)
         db.close()
+        (workdir / "bench-built.json").write_text(json.dumps(counts))
     port = free_port()
     proc = start_engine(workdir, port, args.synchronous, args.auth)
     try:
@@ -277,24 +292,78 @@ def main() -> None:
                         help="the engine's database.sqlite_synchronous (audit rows are committed before each answer)")
     parser.add_argument("--auth", choices=("smart", "development-no-auth"), default="smart",
                         help="the engine's http.auth (smart: a registered client's bearer token on every request)")
-    parser.add_argument("--reuse", type=Path, help="a directory whose var/ an earlier run built: measure only")
+    parser.add_argument("--reuse", type=Path, help="a directory whose var/ an earlier run built: measure only"
+                        " (a directory without var/radbridge.db is built and kept for the next run)")
     parser.add_argument("--sekmet", type=int, default=0, help="also load N studies into sekmet-fhir and compare")
+    parser.add_argument("--orthanc", type=int, default=0, help="also load N studies into Orthanc (DICOMweb plugin)"
+                        " and compare its QIDO-RS; with --reuse, kept in REUSE/orthanc for the next run")
     parser.add_argument("--engine-root", type=Path, help="run the engine from this source tree (A/B against"
                         " an older commit: git archive COMMIT | tar -x -C DIR)")
     args = parser.parse_args()
     if args.engine_root is not None:
         ENGINE_ROOT[0] = args.engine_root.resolve()
+    if args.orthanc and os.environ.get(_IN_NAMESPACE) != "1":
+        in_namespace(args)
+    load = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="bench-fhir-") as tmp:
         results: dict[str, Any] = {"radbridge": run_radbridge(args, Path(tmp) / "radbridge")}
         if args.sekmet:
             from bench.sekmet_peer import run_sekmet
 
             results["sekmet"] = run_sekmet(args, Path(tmp) / "sekmet", measure)
-            results["ratios"] = {k: round(results["sekmet"][k]["p50_ms"] / results["radbridge"][k]["p50_ms"], 1)
-                                 for k in ("patient", "identifier", "page100")}
-            results["ratios"]["reads_per_s"] = round(results["radbridge"]["reads_per_s"]
-                                                     / results["sekmet"]["reads_per_s"], 1)
+        if args.orthanc:
+            from bench.orthanc_peer import run_orthanc
+
+            results["orthanc"] = run_orthanc(args, Path(tmp) / "orthanc")
+    results["ratios"] = peer_ratios(results)
+    results["load_average"] = {"start": load, "end": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(results, indent=2))
+    print(table(results))
+
+
+#: Set in the environment of the copy of this benchmark that runs inside its private network namespace.
+_IN_NAMESPACE = "RADBRIDGE_BENCH_IN_NETNS"
+
+
+def in_namespace(args: argparse.Namespace) -> None:
+    """Re-run this benchmark in a private network namespace (loopback only) and exit with its status:
+    Orthanc binds every interface and has no bind option (PEERS.md)."""
+    from bench.orthanc_peer import PLUGIN
+
+    if not (shutil.which("unshare") and shutil.which("Orthanc") and PLUGIN.exists()):
+        sys.exit("--orthanc needs unshare, Orthanc and its DICOMweb plugin (make peers installs them, as root)")
+    if args.sekmet:  # no network in the namespace: install sekmet-fhir first
+        from bench.sekmet_peer import _install
+
+        _install()
+    inner = f"ip link set lo up && exec {shlex.join([sys.executable, '-m', 'bench.bench_fhir', *sys.argv[1:]])}"
+    sys.exit(subprocess.call(["unshare", "--net", "sh", "-c", inner], cwd=ROOT,
+                             env={**os.environ, _IN_NAMESPACE: "1"}))
+
+
+def peer_ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """For each peer run: its p50 ÷ radbridge's per search, radbridge's reads/s ÷ its (above 1: radbridge
+    faster); and Orthanc against sekmet when both ran."""
+    from bench.orthanc_peer import ratios
+
+    found = {peer: ratios(results["radbridge"], results[peer]) for peer in ("sekmet", "orthanc") if peer in results}
+    if "sekmet" in results and "orthanc" in results:
+        found["orthanc_vs_sekmet"] = ratios(results["sekmet"], results["orthanc"])
+    return found
+
+
+def table(results: dict[str, Any]) -> str:
+    """The figures side by side, in Markdown."""
+    servers = [s for s in ("radbridge", "sekmet", "orthanc") if s in results]
+    rows = [f"| measure | {' | '.join(servers)} |", "|---" * (len(servers) + 1) + "|"]
+    for key, label in (("patient", "by patient p50 / p99 ms"), ("identifier", "by study UID p50 / p99 ms"),
+                       ("page100", "100-entry page p50 / p99 ms")):
+        rows.append(f"| {label} | " + " | ".join(f"{results[s][key]['p50_ms']} / {results[s][key]['p99_ms']}"
+                                                 for s in servers) + " |")
+    rows.append("| reads/s | " + " | ".join(str(results[s]["reads_per_s"]) for s in servers) + " |")
+    rows.append("| server CPU µs a read | " + " | ".join(str(results[s].get("server_cpu_us_per_read"))
+                                                         for s in servers) + " |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
