@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,6 +29,7 @@ from channels.fhir.access import Gate, peer_of
 from channels.fhir.bundle import history_bundle, search_bundle
 from channels.fhir.capability import capability_statement
 from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
+from engine.auth import Principal
 from engine.errors import StoreUnavailable
 from engine.fhir import search
 from engine.fhir.query import MAX_COUNT, Plan, SearchError, parse
@@ -43,6 +45,7 @@ _READ_PARAMS = {"_format", "_pretty"}
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 _FORM = "application/x-www-form-urlencoded"
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,26 +130,30 @@ def _version_headers(stored: search.Stored) -> dict[str, str]:
     return {"ETag": f'W/"{stored.version_id}"', "Last-Modified": _http_date(stored.last_updated)}
 
 
+def _single(db: Database, fn: Callable[[Connection], T]) -> T:
+    """``fn``'s one statement on a read connection, without transaction objects: one statement is its own
+    consistent snapshot (SQLite autocommit; PostgreSQL's implicit transaction, rolled back on return)."""
+    with db.read_engine.connect() as conn:
+        return fn(conn)
+
+
 async def _read(api: _Api, request: Request) -> Response:
     res_type, res_id = _res_type(request), _res_id(request)
     _read_params(request, _READ_PARAMS)
-    authorization, peer = request.headers.get("authorization"), peer_of(request)
+    authorization = request.headers.get("authorization")
 
-    def work() -> tuple[search.Stored, bool]:
-        """In one worker thread: admit, then (only then) read, then audit what is disclosed."""
+    def work() -> tuple[Principal, search.Stored | None]:
+        """In one worker thread: admit, then (only then) read."""
         principal = api.gate.check(authorization, [(res_type, "read")])
-        stored = api.db.read(lambda c: search.read(c, res_type, res_id))
-        if stored is None:
-            raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
-        if _not_modified(request, stored):
-            return stored, True
-        api.gate.record(principal, peer, "fhir.read", res_type, res_id, [f"{res_type}/{res_id}"])
-        return stored, False
+        return principal, _single(api.db, lambda c: search.read(c, res_type, res_id))
 
-    stored, unchanged = await asyncio.get_running_loop().run_in_executor(None, work)
+    principal, stored = await asyncio.get_running_loop().run_in_executor(None, work)
+    if stored is None:
+        raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
     headers = _version_headers(stored)
-    if unchanged:
+    if _not_modified(request, stored):
         return Response(status_code=304, headers=headers)
+    await api.gate.audit(principal, peer_of(request), "fhir.read", res_type, res_id, [f"{res_type}/{res_id}"])
     return fhir_response(stored.json, headers=headers)
 
 
@@ -159,7 +166,7 @@ async def _vread(api: _Api, request: Request) -> Response:
     stored = await api.db.read_async(lambda c: search.vread(c, res_type, res_id, version))
     if stored is None:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} has no version {text!r}")
-    await api.gate.audit(principal, request, "fhir.vread", res_type, res_id,
+    await api.gate.audit(principal, peer_of(request), "fhir.vread", res_type, res_id,
                          [f"{res_type}/{res_id}/_history/{version}"])
     return fhir_response(stored.json, headers=_version_headers(stored))
 
@@ -175,7 +182,7 @@ async def _history(api: _Api, request: Request) -> Response:
     versions = await api.db.read_async(lambda c: search.history(c, res_type, res_id, limit))
     if versions is None:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
-    await api.gate.audit(principal, request, "fhir.history", res_type, res_id,
+    await api.gate.audit(principal, peer_of(request), "fhir.history", res_type, res_id,
                          [f"{res_type}/{res_id}/_history/{v.version_id}" for v in versions])
     return fhir_response(history_bundle(api.base(request), versions, str(request.url)))
 
@@ -212,10 +219,8 @@ async def _search(api: _Api, request: Request) -> Response:
         pairs, refused = [], exc
     authorization = request.headers.get("authorization")
 
-    peer = peer_of(request)
-
-    def work() -> tuple[Plan, search.Page]:
-        """In one worker thread: admit, parse, admit the included types, then (only then) search, then audit."""
+    def work() -> tuple[Principal, search.Page, str]:
+        """In one worker thread: admit, parse, admit the included types, then (only then) search and bundle."""
         principal = api.gate.check(authorization, [(res_type, "search")])
         if refused is not None:
             raise refused
@@ -224,13 +229,14 @@ async def _search(api: _Api, request: Request) -> Response:
         if included:
             api.gate.check(authorization, [(t, "read") for t in included])
         page = api.db.read(lambda c: search.run(c, plan))
-        served = [f"{s.res_type}/{s.res_id}" for s in (*page.matches, *page.included)]
-        query = "&".join(f"{k}={v}" for k, v in pairs)
-        api.gate.record(principal, peer, "fhir.search", res_type, _patient_of(pairs)[:128], served, query)
-        return plan, page
+        return principal, page, search_bundle(base, plan, page)
 
-    plan, page = await asyncio.get_running_loop().run_in_executor(None, work)
-    return fhir_response(search_bundle(api.base(request), plan, page))
+    base = api.base(request)
+    principal, page, bundle = await asyncio.get_running_loop().run_in_executor(None, work)
+    served = [f"{s.res_type}/{s.res_id}" for s in (*page.matches, *page.included)]
+    query = "&".join(f"{k}={v}" for k, v in pairs)
+    await api.gate.audit(principal, peer_of(request), "fhir.search", res_type, _patient_of(pairs)[:128], served, query)
+    return fhir_response(bundle)
 
 
 async def _metadata(api: _Api, request: Request) -> Response:
