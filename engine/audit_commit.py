@@ -28,8 +28,18 @@ from typing import Any, Protocol
 from sqlalchemy import Connection
 
 from engine.audit import INSERT_EVENT
+from engine.store.fast import FastInsert
+from engine.store.schema import audit_events
 
-__all__ = ["AsyncRowWriter", "AuditCommitter", "LoopAuditCommitter", "RowWriter"]
+#: The audit INSERT compiled once, on the driver's cursor (a group's rows in one executemany).
+_INSERT_EVENTS = FastInsert(audit_events)
+
+
+def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert ``audit_events`` rows in the caller's transaction."""
+    _INSERT_EVENTS.execute_many(conn, rows)
+
+__all__ = ["AsyncRowWriter", "AuditCommitter", "LoopAuditCommitter", "RowWriter", "insert_events"]
 
 
 class RowWriter(Protocol):
@@ -128,8 +138,9 @@ class _Group:
 class LoopAuditCommitter:
     """Commits the audit rows of concurrent requests of an event loop together (await :meth:`commit`)."""
 
-    def __init__(self, writer: AsyncRowWriter, max_rows: int = 256) -> None:
-        self._writer, self._max_rows = writer, max_rows
+    def __init__(self, writer: AsyncRowWriter, max_rows: int = 256,
+                 insert: Callable[[Connection, list[dict[str, Any]]], None] = insert_events) -> None:
+        self._writer, self._max_rows, self._insert = writer, max_rows, insert
         self._lock = threading.Lock()  # the loop adds rows, the writer thread seals the group it takes
         self._open: _Group | None = None
         self.commits = 0  # groups committed
@@ -156,5 +167,5 @@ class LoopAuditCommitter:
             if self._open is group:
                 self._open = None
             rows = list(group.rows)
-        conn.execute(INSERT_EVENT, rows)
+        self._insert(conn, rows)
         self.commits += 1

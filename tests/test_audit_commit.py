@@ -138,12 +138,7 @@ class SlowLoopWriter:
         async def run() -> None:
             async with self.busy:
                 rows: list[dict[str, Any]] = []
-
-                class Conn:
-                    def execute(self, _stmt: Any, params: list[dict[str, Any]]) -> None:
-                        rows.extend(params)
-
-                fn(Conn())  # the group is sealed when its transaction starts
+                fn(rows)  # the group is sealed when its transaction starts (the "connection" collects its rows)
                 await asyncio.sleep(self.seconds)
                 if self.fail:
                     future.set_exception(StoreUnavailable("disk full"))
@@ -154,6 +149,10 @@ class SlowLoopWriter:
 
         asyncio.get_running_loop().create_task(run())
         return future
+
+
+def _collect(conn: Any, rows: list[dict[str, Any]]) -> None:
+    conn.extend(rows)
 
 
 async def _many_async(committer: LoopAuditCommitter, count: int, check: Callable[[str], None] = lambda _: None,
@@ -172,7 +171,7 @@ async def _many_async(committer: LoopAuditCommitter, count: int, check: Callable
 
 def test_loop_rows_share_commits_and_each_caller_returns_after_its_own() -> None:
     writer = SlowLoopWriter()
-    committer = LoopAuditCommitter(writer)
+    committer = LoopAuditCommitter(writer, insert=_collect)
 
     def committed_before_return(object_id: str) -> None:
         assert object_id in writer.committed
@@ -185,7 +184,7 @@ def test_loop_rows_share_commits_and_each_caller_returns_after_its_own() -> None
 
 
 def test_loop_a_failed_commit_is_raised_to_every_caller_of_its_group() -> None:
-    outcomes = asyncio.run(_many_async(LoopAuditCommitter(SlowLoopWriter(fail=True)), 8))
+    outcomes = asyncio.run(_many_async(LoopAuditCommitter(SlowLoopWriter(fail=True), insert=_collect), 8))
 
     assert all(isinstance(o, StoreUnavailable) for o in outcomes)
 
@@ -193,14 +192,14 @@ def test_loop_a_failed_commit_is_raised_to_every_caller_of_its_group() -> None:
 def test_loop_groups_are_bounded() -> None:
     writer = SlowLoopWriter()
 
-    asyncio.run(_many_async(LoopAuditCommitter(writer, max_rows=3), 12))
+    asyncio.run(_many_async(LoopAuditCommitter(writer, max_rows=3, insert=_collect), 12))
 
     assert max(len(g) for g in writer.groups) <= 3 and len([x for g in writer.groups for x in g]) == 12
 
 
 def test_loop_a_cancelled_caller_does_not_cancel_its_group() -> None:
     writer = SlowLoopWriter(seconds=0.05)
-    committer = LoopAuditCommitter(writer)
+    committer = LoopAuditCommitter(writer, insert=_collect)
 
     async def scenario() -> None:
         first = asyncio.create_task(committer.commit(event_row("fhir.read", "Patient", "a", {}, ACTOR)))

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
@@ -24,10 +25,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from channels.fhir.access import Gate, peer_of
 from channels.fhir.bundle import history_bundle, search_bundle
 from channels.fhir.capability import capability_statement
+from channels.fhir.front import ReadFront
 from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
 from engine.auth import Principal
 from engine.errors import StoreUnavailable
@@ -106,6 +109,7 @@ def _read_params(request: Request, allowed: set[str]) -> dict[str, str]:
     return params
 
 
+@lru_cache(maxsize=4096)
 def _http_date(last_updated: str) -> str:
     return format_datetime(datetime.fromisoformat(last_updated.replace("Z", "+00:00")), usegmt=True)
 
@@ -270,9 +274,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return fhir_response(outcome("exception", "internal error; the server log has the details"), 500)
 
 
-def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Sequence[Route] = ()) -> Starlette:
+def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Sequence[Route] = ()) -> ASGIApp:
     """The ASGI application, with every route under ``/fhir``; ``auth_routes`` (the token endpoint and
-    the SMART configuration) come first, before ``/fhir/{type}/{id}`` could take them."""
+    the SMART configuration) come first, before ``/fhir/{type}/{id}`` could take them. Reads enter
+    through :class:`~channels.fhir.front.ReadFront`, to the same handler as their route's."""
     api = _Api(db, gate, settings, datetime.now(UTC).replace(microsecond=0))
     routes = [
         *auth_routes,
@@ -284,4 +289,4 @@ def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Seq
         Route("/fhir/{res_type}/{res_id}/_history/{version}", _guarded(api, _vread), methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {HTTPException: _http_error, Exception: _unexpected}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    return ReadFront(Starlette(routes=routes, exception_handlers=handlers), _guarded(api, _read), _unexpected)
