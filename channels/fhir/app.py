@@ -18,6 +18,7 @@ from datetime import UTC, datetime, tzinfo
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from sqlalchemy import Connection
 from starlette.applications import Starlette
@@ -35,8 +36,10 @@ from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_resp
 from engine.auth import Principal
 from engine.errors import StoreUnavailable
 from engine.fhir import search
-from engine.fhir.query import MAX_COUNT, Plan, SearchError, parse
-from engine.fhir.registry import by_type
+from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
+from engine.fhir.instant import search_range
+from engine.fhir.query import DEFAULT_COUNT, MAX_COUNT, Plan, SearchError, parse
+from engine.fhir.registry import MODULES, by_type
 from engine.store.database import Database
 
 __all__ = ["ApiSettings", "create_app"]
@@ -188,7 +191,55 @@ async def _history(api: _Api, request: Request) -> Response:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
     await api.gate.audit(principal, peer_of(request), "fhir.history", res_type, res_id,
                          [f"{res_type}/{res_id}/_history/{v.version_id}" for v in versions])
-    return fhir_response(history_bundle(api.base(request), versions, str(request.url)))
+    return fhir_response(history_bundle(api.base(request), versions, [("self", str(request.url))], len(versions)))
+
+
+_HISTORY_PARAMS = {*_READ_PARAMS, "_count", "_since", "_cursor"}
+
+
+def _history_query(api: _Api, request: Request) -> tuple[int, str | None, Cursor | None, list[tuple[str, str]]]:
+    """``_count`` (clamped), ``_since`` (as a stored instant), ``_cursor``, and the parameters the links echo."""
+    params = _read_params(request, _HISTORY_PARAMS)
+    count = params.get("_count", str(DEFAULT_COUNT))
+    if not count.isdigit():
+        raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
+    since = params.get("_since")
+    try:
+        since_at = search_range(since, api.settings.site_zone)[0] if since is not None else None
+    except ValueError as exc:
+        raise ApiError(400, "invalid", f"_since must be a FHIR instant, not {since!r}") from exc
+    cursor = params.get("_cursor")
+    if cursor is not None and bad_cursor(cursor):
+        raise ApiError(400, "invalid", "_cursor is not a page position of this server")
+    echoed: list[tuple[str, str]] = [(k, params[k]) for k in ("_count", "_since") if k in params]
+    return max(1, min(int(count[:9]), MAX_COUNT)), since_at, parse_cursor(cursor) if cursor else None, echoed
+
+
+async def _history_list(api: _Api, request: Request, res_type: str | None, principal: Principal) -> Response:
+    """One page of type-level (``res_type``) or system-level (None) history, audited."""
+    count, since, cursor, echoed = _history_query(api, request)
+    page = await api.db.read_async(lambda c: history_page(c, res_type, count, since, cursor))
+    base = api.base(request)
+    url = f"{base}/{res_type}/_history" if res_type else f"{base}/_history"
+    links = [("self", f"{url}?{urlencode(echoed)}" if echoed else url)]
+    if page.next_cursor is not None:
+        links.append(("next", f"{url}?{urlencode([*echoed, ('_cursor', str(page.next_cursor))])}"))
+    served = [f"{s.res_type}/{s.res_id}/_history/{s.version_id}" for s in page.versions]
+    await api.gate.audit(principal, peer_of(request), "fhir.history", res_type or "*", "", served,
+                         str(request.url.query))
+    return fhir_response(history_bundle(base, page.versions, links, None))
+
+
+async def _type_history(api: _Api, request: Request) -> Response:
+    res_type = _res_type(request)
+    principal = await api.gate.admit(request, [(res_type, "read")])
+    return await _history_list(api, request, res_type, principal)
+
+
+async def _system_history(api: _Api, request: Request) -> Response:
+    """Every type's versions: the caller must be allowed to read every type served."""
+    principal = await api.gate.admit(request, [(m.TYPE, "read") for m in MODULES])
+    return await _history_list(api, request, None, principal)
 
 
 async def _pairs(request: Request) -> list[tuple[str, str]]:
@@ -282,7 +333,9 @@ def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Seq
     routes = [
         *auth_routes,
         Route("/fhir/metadata", _guarded(api, _metadata), methods=["GET"]),
+        Route("/fhir/_history", _guarded(api, _system_history), methods=["GET"]),
         Route("/fhir/{res_type}", _guarded(api, _search), methods=["GET"]),
+        Route("/fhir/{res_type}/_history", _guarded(api, _type_history), methods=["GET"]),
         Route("/fhir/{res_type}/_search", _guarded(api, _search), methods=["POST"]),
         Route("/fhir/{res_type}/{res_id}", _guarded(api, _read), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}/_history", _guarded(api, _history), methods=["GET"]),
