@@ -101,13 +101,6 @@ def _matches(cond: Condition, t: Any) -> ColumnElement[bool]:
     return or_(*(_string_condition(cond.modifier, str(v), t.value) for v in cond.values))
 
 
-def _indexed(res_type: str, cond: Condition) -> Any:
-    """``SELECT resource_pk FROM <index> WHERE param = … AND (values)``: the resources ``cond`` matches."""
-    table = _INDEXES[cond.param.type]
-    return select(table.c.resource_pk).where(table.c.param == f"{res_type}.{cond.param.name}",
-                                             _matches(cond, table.c))
-
-
 def _holds(res_type: str, cond: Condition, key: Any) -> ColumnElement[bool]:
     """``EXISTS`` an index row of resource ``key`` matching ``cond``: one index seek per candidate
     (``param``, value, ``resource_pk`` lead the index), never a scan of every match of ``cond``."""
@@ -128,18 +121,21 @@ def _on_resources(cond: Condition, res: Any) -> ColumnElement[bool]:
 def _ids(plan: Plan) -> tuple[Any, Any]:
     """(the matching resource pks as a selectable column, the query's filters), driven by an index when one applies.
 
-    With an indexed condition the resources table is not scanned at all: the first index
-    subquery yields candidates in key order and every other condition checks each candidate
-    (a correlated ``EXISTS``, one index seek).
+    With an indexed condition the resources table is not scanned at all: the driving index
+    table itself (no subquery around it, so SQLite walks the index directly) yields candidates
+    in key order and every other condition checks each candidate (a correlated ``EXISTS``,
+    one index seek).
     """
     direct = [c for c in plan.conditions if c.param.name in ("_id", "_lastUpdated")]
     indexed = sorted((c for c in plan.conditions if c not in direct),
                      key=lambda c: (_DRIVER_RANK.get(c.param.name, 2), c.param.type != "token"))
     if not indexed:
         return r.id, [r.res_type == plan.res_type, *(_on_resources(c, r) for c in direct)]
-    driver = _indexed(plan.res_type, indexed[0]).subquery()
+    first = indexed[0]
+    driver = _INDEXES[first.param.type]
     key = driver.c.resource_pk
-    filters = [_holds(plan.res_type, c, key) for c in indexed[1:]]
+    filters = [driver.c.param == f"{plan.res_type}.{first.param.name}", _matches(first, driver.c),
+               *(_holds(plan.res_type, c, key) for c in indexed[1:])]
     if direct:
         res = fhir_resources.alias().c
         filters.append(exists().where(res.id == key, res.res_type == plan.res_type,
