@@ -101,10 +101,22 @@ def _matches(cond: Condition, t: Any) -> ColumnElement[bool]:
     return or_(*(_string_condition(cond.modifier, str(v), t.value) for v in cond.values))
 
 
-def _holds(res_type: str, cond: Condition, key: Any) -> ColumnElement[bool]:
-    """``EXISTS`` an index row of resource ``key`` matching ``cond``: one index seek per candidate
-    (``param``, value, ``resource_pk`` lead the index), never a scan of every match of ``cond``."""
-    table = _INDEXES[cond.param.type].alias()
+#: Aliases of the index tables for the conditions after the driver, made once: the same alias objects
+#: every request keep SQLAlchemy's statement cache warm (a fresh alias is a new cache key and new columns).
+_ALIASES = {kind: tuple(table.alias(f"{table.name}_{n}") for n in range(1, 9)) for kind, table in _INDEXES.items()}
+_RESOURCES = fhir_resources.alias("fhir_resources_1")
+
+
+def _alias(kind: str, n: int) -> Any:
+    """The ``n``-th alias of the index table of ``kind`` (made on the spot beyond the prepared ones)."""
+    prepared = _ALIASES[kind]
+    return prepared[n] if n < len(prepared) else _INDEXES[kind].alias()
+
+
+def _holds(res_type: str, cond: Condition, key: Any, n: int) -> ColumnElement[bool]:
+    """``EXISTS`` an index row of resource ``key`` matching ``cond`` (the ``n``-th such check): one index seek
+    per candidate (``param``, value, ``resource_pk`` lead the index), never a scan of every match of ``cond``."""
+    table = _alias(cond.param.type, n)
     return exists().where(table.c.resource_pk == key, table.c.param == f"{res_type}.{cond.param.name}",
                           _matches(cond, table.c))
 
@@ -135,9 +147,9 @@ def _ids(plan: Plan) -> tuple[Any, Any]:
     driver = _INDEXES[first.param.type]
     key = driver.c.resource_pk
     filters = [driver.c.param == f"{plan.res_type}.{first.param.name}", _matches(first, driver.c),
-               *(_holds(plan.res_type, c, key) for c in indexed[1:])]
+               *(_holds(plan.res_type, c, key, n) for n, c in enumerate(indexed[1:]))]
     if direct:
-        res = fhir_resources.alias().c
+        res = _RESOURCES.c
         filters.append(exists().where(res.id == key, res.res_type == plan.res_type,
                                       *(_on_resources(c, res) for c in direct)))
     return key, filters
