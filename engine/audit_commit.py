@@ -1,6 +1,7 @@
 """Group commit of audit rows: concurrent API requests share one transaction, each still durable first.
 
-Every request that disclosed PHI calls :meth:`AuditCommitter.commit` with its row and
+Every request that disclosed PHI calls :meth:`AuditCommitter.commit` (a worker thread) or
+awaits :meth:`LoopAuditCommitter.commit` (the event loop) with its row and
 returns only once that row is committed (the response is sent after it), so no
 answer ever leaves unaudited and a crash loses no audit row of an answer sent. What
 makes it cheaper than one transaction per request is the hand-over: one caller at a
@@ -9,19 +10,37 @@ INSERT executemany, one commit) through the engine's writer; the callers who que
 meanwhile wait, and when the leader's commit is done the first of the rows queued
 since then is handed the lead. Under load, N concurrent requests cost about one
 commit; a lone request costs one as before.
+
+:class:`LoopAuditCommitter` does the same for requests served on an event loop without
+holding a thread while they wait: the rows queued while the writer is busy form the next
+group, one writer work item, sealed when the writer takes it; every request of the group
+awaits that item's commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
 from engine.audit import INSERT_EVENT
+from engine.store.fast import FastInsert
+from engine.store.schema import audit_events
 
-__all__ = ["AuditCommitter", "RowWriter"]
+#: The audit INSERT compiled once, on the driver's cursor (a group's rows in one executemany).
+_INSERT_EVENTS = FastInsert(audit_events)
+
+
+def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert ``audit_events`` rows in the caller's transaction."""
+    _INSERT_EVENTS.execute_many(conn, rows)
+
+__all__ = ["AsyncRowWriter", "AuditCommitter", "LoopAuditCommitter", "RowWriter", "insert_events"]
+
 
 class RowWriter(Protocol):
     """The part of :class:`engine.store.database.Writer` used here."""
@@ -100,3 +119,53 @@ class AuditCommitter:
             return exc
         self.commits += 1
         return None
+
+
+class AsyncRowWriter(Protocol):
+    """The part of :class:`engine.store.database.Writer` used by :class:`LoopAuditCommitter`."""
+
+    def submit_async(self, fn: Callable[[Connection], None]) -> asyncio.Future[None]:
+        """Queue ``fn`` from the event loop; the future resolves after its transaction committed."""
+        ...
+
+
+@dataclass(eq=False)
+class _Group:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    committed: asyncio.Future[None] | None = None
+
+
+class LoopAuditCommitter:
+    """Commits the audit rows of concurrent requests of an event loop together (await :meth:`commit`)."""
+
+    def __init__(self, writer: AsyncRowWriter, max_rows: int = 256,
+                 insert: Callable[[Connection, list[dict[str, Any]]], None] = insert_events) -> None:
+        self._writer, self._max_rows, self._insert = writer, max_rows, insert
+        self._lock = threading.Lock()  # the loop adds rows, the writer thread seals the group it takes
+        self._open: _Group | None = None
+        self.commits = 0  # groups committed
+
+    async def commit(self, row: dict[str, Any]) -> None:
+        """Return once ``row`` is committed; raise the store's error if it was not.
+
+        Cancelling one caller (its client went away) never cancels the group's commit.
+        """
+        with self._lock:
+            group, fresh = self._open, False
+            if group is None or len(group.rows) >= self._max_rows:
+                group, fresh = _Group(), True
+                self._open = group
+            group.rows.append(row)
+        if fresh:
+            group.committed = self._writer.submit_async(lambda conn: self._write(group, conn))
+        assert group.committed is not None
+        await asyncio.shield(group.committed)
+
+    def _write(self, group: _Group, conn: Connection) -> None:
+        """In the writer's transaction: seal ``group`` (later rows start the next one) and insert its rows."""
+        with self._lock:
+            if self._open is group:
+                self._open = None
+            rows = list(group.rows)
+        self._insert(conn, rows)
+        self.commits += 1

@@ -7,20 +7,21 @@ on the type (engine.auth's contract) before the handler touches any data; an
 search (who: the client id; what: the resource ids served; when; from where: the
 peer address) before the response leaves: a failed audit is a 503, never an
 unaudited disclosure. The rows of concurrent requests share one transaction
-(:class:`engine.audit_commit.AuditCommitter`).
+(:class:`engine.audit_commit.LoopAuditCommitter`), and a request waiting for its
+commit holds no thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
 from channels.fhir.outcome import ApiError
 from engine.audit import Actor, event_row
-from engine.audit_commit import AuditCommitter
+from engine.audit_commit import LoopAuditCommitter
 from engine.auth import AuthFailure, Authorizer, Interaction, Principal
 from engine.store.database import Database
 
@@ -40,10 +41,12 @@ class Gate:
     authorizer: Authorizer
     db: Database
     actor: Actor  # the engine process (host, pid); ``user`` becomes the client id
-    committer: AuditCommitter = field(init=False)
+    committer: LoopAuditCommitter = field(init=False)
+    _actors: dict[str, Actor] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "committer", AuditCommitter(self.db.writer))
+        object.__setattr__(self, "committer", LoopAuditCommitter(self.db.writer))
+        object.__setattr__(self, "_actors", {})
 
     def check(self, authorization: str | None, wanted: Sequence[tuple[str, Interaction]]) -> Principal:
         """The caller, allowed every (type, interaction) of ``wanted``; ApiError 401/403 otherwise (blocking)."""
@@ -62,22 +65,26 @@ class Gate:
         """:meth:`check` off the event loop (an authorizer may look a token up)."""
         return await asyncio.to_thread(self.check, request.headers.get("authorization"), wanted)
 
-    def record(self, principal: Principal, peer: str, action: str, res_type: str, object_id: str,
-               served: list[str], query: str = "") -> None:
-        """Commit the audit row of one disclosure, blocking (a worker thread), before the response leaves.
+    def _actor(self, client_id: str) -> Actor:
+        """The engine process's actor with ``user`` = the client (one per client, built once)."""
+        actor = self._actors.get(client_id)
+        if actor is None:
+            if len(self._actors) >= 1024:
+                self._actors.clear()
+            actor = self._actors[client_id] = Actor(client_id, self.actor.uid, self.actor.host, self.actor.pid,
+                                                    self.actor.tty, self.actor.login_user)
+        return actor
+
+    async def audit(self, principal: Principal, peer: str, action: str, res_type: str, object_id: str,
+                    served: list[str], query: str = "") -> None:
+        """Return once the audit row of one disclosure is committed, before the response leaves.
 
         The rows of concurrent requests are committed together (group commit through the
-        writer); this returns when this row is durable. A failure raises (StoreUnavailable: 503).
+        writer); no thread waits meanwhile. A failure raises (StoreUnavailable: 503).
         """
         detail = {"client_id": principal.client_id, "token_id": principal.token_id, "remote": peer,
                   "resources": served, "query": query}
-        actor = replace(self.actor, user=principal.client_id)
-        self.committer.commit(event_row(action, res_type, object_id, detail, actor))
-
-    async def audit(self, principal: Principal, request: Request, action: str, res_type: str, object_id: str,
-                    served: list[str], query: str = "") -> None:
-        """:meth:`record` from the event loop (off it, in a worker thread)."""
-        await asyncio.to_thread(self.record, principal, peer_of(request), action, res_type, object_id, served, query)
+        await self.committer.commit(event_row(action, res_type, object_id, detail, self._actor(principal.client_id)))
 
 
 def peer_of(request: Request) -> str:

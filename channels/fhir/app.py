@@ -16,22 +16,30 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, TypeVar
+from urllib.parse import urlencode
 
+from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from channels.fhir.access import Gate, peer_of
 from channels.fhir.bundle import history_bundle, search_bundle
 from channels.fhir.capability import capability_statement
+from channels.fhir.front import ReadFront
 from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
+from engine.auth import Principal
 from engine.errors import StoreUnavailable
 from engine.fhir import search
-from engine.fhir.query import MAX_COUNT, Plan, SearchError, parse
-from engine.fhir.registry import by_type
+from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
+from engine.fhir.instant import search_range
+from engine.fhir.query import DEFAULT_COUNT, MAX_COUNT, Plan, SearchError, parse
+from engine.fhir.registry import MODULES, by_type
 from engine.store.database import Database
 
 __all__ = ["ApiSettings", "create_app"]
@@ -43,6 +51,7 @@ _READ_PARAMS = {"_format", "_pretty"}
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 _FORM = "application/x-www-form-urlencoded"
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +112,7 @@ def _read_params(request: Request, allowed: set[str]) -> dict[str, str]:
     return params
 
 
+@lru_cache(maxsize=4096)
 def _http_date(last_updated: str) -> str:
     return format_datetime(datetime.fromisoformat(last_updated.replace("Z", "+00:00")), usegmt=True)
 
@@ -127,26 +137,30 @@ def _version_headers(stored: search.Stored) -> dict[str, str]:
     return {"ETag": f'W/"{stored.version_id}"', "Last-Modified": _http_date(stored.last_updated)}
 
 
+def _single(db: Database, fn: Callable[[Connection], T]) -> T:
+    """``fn``'s one statement on a read connection, without transaction objects: one statement is its own
+    consistent snapshot (SQLite autocommit; PostgreSQL's implicit transaction, rolled back on return)."""
+    with db.read_engine.connect() as conn:
+        return fn(conn)
+
+
 async def _read(api: _Api, request: Request) -> Response:
     res_type, res_id = _res_type(request), _res_id(request)
     _read_params(request, _READ_PARAMS)
-    authorization, peer = request.headers.get("authorization"), peer_of(request)
+    authorization = request.headers.get("authorization")
 
-    def work() -> tuple[search.Stored, bool]:
-        """In one worker thread: admit, then (only then) read, then audit what is disclosed."""
+    def work() -> tuple[Principal, search.Stored | None]:
+        """In one worker thread: admit, then (only then) read."""
         principal = api.gate.check(authorization, [(res_type, "read")])
-        stored = api.db.read(lambda c: search.read(c, res_type, res_id))
-        if stored is None:
-            raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
-        if _not_modified(request, stored):
-            return stored, True
-        api.gate.record(principal, peer, "fhir.read", res_type, res_id, [f"{res_type}/{res_id}"])
-        return stored, False
+        return principal, _single(api.db, lambda c: search.read(c, res_type, res_id))
 
-    stored, unchanged = await asyncio.get_running_loop().run_in_executor(None, work)
+    principal, stored = await asyncio.get_running_loop().run_in_executor(None, work)
+    if stored is None:
+        raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
     headers = _version_headers(stored)
-    if unchanged:
+    if _not_modified(request, stored):
         return Response(status_code=304, headers=headers)
+    await api.gate.audit(principal, peer_of(request), "fhir.read", res_type, res_id, [f"{res_type}/{res_id}"])
     return fhir_response(stored.json, headers=headers)
 
 
@@ -159,7 +173,7 @@ async def _vread(api: _Api, request: Request) -> Response:
     stored = await api.db.read_async(lambda c: search.vread(c, res_type, res_id, version))
     if stored is None:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} has no version {text!r}")
-    await api.gate.audit(principal, request, "fhir.vread", res_type, res_id,
+    await api.gate.audit(principal, peer_of(request), "fhir.vread", res_type, res_id,
                          [f"{res_type}/{res_id}/_history/{version}"])
     return fhir_response(stored.json, headers=_version_headers(stored))
 
@@ -175,9 +189,57 @@ async def _history(api: _Api, request: Request) -> Response:
     versions = await api.db.read_async(lambda c: search.history(c, res_type, res_id, limit))
     if versions is None:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} is not known")
-    await api.gate.audit(principal, request, "fhir.history", res_type, res_id,
+    await api.gate.audit(principal, peer_of(request), "fhir.history", res_type, res_id,
                          [f"{res_type}/{res_id}/_history/{v.version_id}" for v in versions])
-    return fhir_response(history_bundle(api.base(request), versions, str(request.url)))
+    return fhir_response(history_bundle(api.base(request), versions, [("self", str(request.url))], len(versions)))
+
+
+_HISTORY_PARAMS = {*_READ_PARAMS, "_count", "_since", "_cursor"}
+
+
+def _history_query(api: _Api, request: Request) -> tuple[int, str | None, Cursor | None, list[tuple[str, str]]]:
+    """``_count`` (clamped), ``_since`` (as a stored instant), ``_cursor``, and the parameters the links echo."""
+    params = _read_params(request, _HISTORY_PARAMS)
+    count = params.get("_count", str(DEFAULT_COUNT))
+    if not count.isdigit():
+        raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
+    since = params.get("_since")
+    try:
+        since_at = search_range(since, api.settings.site_zone)[0] if since is not None else None
+    except ValueError as exc:
+        raise ApiError(400, "invalid", f"_since must be a FHIR instant, not {since!r}") from exc
+    cursor = params.get("_cursor")
+    if cursor is not None and bad_cursor(cursor):
+        raise ApiError(400, "invalid", "_cursor is not a page position of this server")
+    echoed: list[tuple[str, str]] = [(k, params[k]) for k in ("_count", "_since") if k in params]
+    return max(1, min(int(count[:9]), MAX_COUNT)), since_at, parse_cursor(cursor) if cursor else None, echoed
+
+
+async def _history_list(api: _Api, request: Request, res_type: str | None, principal: Principal) -> Response:
+    """One page of type-level (``res_type``) or system-level (None) history, audited."""
+    count, since, cursor, echoed = _history_query(api, request)
+    page = await api.db.read_async(lambda c: history_page(c, res_type, count, since, cursor))
+    base = api.base(request)
+    url = f"{base}/{res_type}/_history" if res_type else f"{base}/_history"
+    links = [("self", f"{url}?{urlencode(echoed)}" if echoed else url)]
+    if page.next_cursor is not None:
+        links.append(("next", f"{url}?{urlencode([*echoed, ('_cursor', str(page.next_cursor))])}"))
+    served = [f"{s.res_type}/{s.res_id}/_history/{s.version_id}" for s in page.versions]
+    await api.gate.audit(principal, peer_of(request), "fhir.history", res_type or "*", "", served,
+                         str(request.url.query))
+    return fhir_response(history_bundle(base, page.versions, links, None))
+
+
+async def _type_history(api: _Api, request: Request) -> Response:
+    res_type = _res_type(request)
+    principal = await api.gate.admit(request, [(res_type, "read")])
+    return await _history_list(api, request, res_type, principal)
+
+
+async def _system_history(api: _Api, request: Request) -> Response:
+    """Every type's versions: the caller must be allowed to read every type served."""
+    principal = await api.gate.admit(request, [(m.TYPE, "read") for m in MODULES])
+    return await _history_list(api, request, None, principal)
 
 
 async def _pairs(request: Request) -> list[tuple[str, str]]:
@@ -212,10 +274,8 @@ async def _search(api: _Api, request: Request) -> Response:
         pairs, refused = [], exc
     authorization = request.headers.get("authorization")
 
-    peer = peer_of(request)
-
-    def work() -> tuple[Plan, search.Page]:
-        """In one worker thread: admit, parse, admit the included types, then (only then) search, then audit."""
+    def work() -> tuple[Principal, search.Page, str]:
+        """In one worker thread: admit, parse, admit the included types, then (only then) search and bundle."""
         principal = api.gate.check(authorization, [(res_type, "search")])
         if refused is not None:
             raise refused
@@ -224,13 +284,14 @@ async def _search(api: _Api, request: Request) -> Response:
         if included:
             api.gate.check(authorization, [(t, "read") for t in included])
         page = api.db.read(lambda c: search.run(c, plan))
-        served = [f"{s.res_type}/{s.res_id}" for s in (*page.matches, *page.included)]
-        query = "&".join(f"{k}={v}" for k, v in pairs)
-        api.gate.record(principal, peer, "fhir.search", res_type, _patient_of(pairs)[:128], served, query)
-        return plan, page
+        return principal, page, search_bundle(base, plan, page)
 
-    plan, page = await asyncio.get_running_loop().run_in_executor(None, work)
-    return fhir_response(search_bundle(api.base(request), plan, page))
+    base = api.base(request)
+    principal, page, bundle = await asyncio.get_running_loop().run_in_executor(None, work)
+    served = [f"{s.res_type}/{s.res_id}" for s in (*page.matches, *page.included)]
+    query = "&".join(f"{k}={v}" for k, v in pairs)
+    await api.gate.audit(principal, peer_of(request), "fhir.search", res_type, _patient_of(pairs)[:128], served, query)
+    return fhir_response(bundle)
 
 
 async def _metadata(api: _Api, request: Request) -> Response:
@@ -264,18 +325,21 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return fhir_response(outcome("exception", "internal error; the server log has the details"), 500)
 
 
-def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Sequence[Route] = ()) -> Starlette:
+def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Sequence[Route] = ()) -> ASGIApp:
     """The ASGI application, with every route under ``/fhir``; ``auth_routes`` (the token endpoint and
-    the SMART configuration) come first, before ``/fhir/{type}/{id}`` could take them."""
+    the SMART configuration) come first, before ``/fhir/{type}/{id}`` could take them. Reads enter
+    through :class:`~channels.fhir.front.ReadFront`, to the same handler as their route's."""
     api = _Api(db, gate, settings, datetime.now(UTC).replace(microsecond=0))
     routes = [
         *auth_routes,
         Route("/fhir/metadata", _guarded(api, _metadata), methods=["GET"]),
+        Route("/fhir/_history", _guarded(api, _system_history), methods=["GET"]),
         Route("/fhir/{res_type}", _guarded(api, _search), methods=["GET"]),
+        Route("/fhir/{res_type}/_history", _guarded(api, _type_history), methods=["GET"]),
         Route("/fhir/{res_type}/_search", _guarded(api, _search), methods=["POST"]),
         Route("/fhir/{res_type}/{res_id}", _guarded(api, _read), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}/_history", _guarded(api, _history), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}/_history/{version}", _guarded(api, _vread), methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {HTTPException: _http_error, Exception: _unexpected}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    return ReadFront(Starlette(routes=routes, exception_handlers=handlers), _guarded(api, _read), _unexpected)

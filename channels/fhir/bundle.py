@@ -76,7 +76,7 @@ def _history_entry(base: str, stored: Stored) -> str:
     return f'{{"fullUrl":{full_url},"resource":{stored.json},"request":{dumps(request)},"response":{dumps(response)}}}'
 
 
-def history_bundle(base: str, versions: list[Stored], self_url: str) -> str:
-    """The history Bundle of one resource, newest version first."""
+def history_bundle(base: str, versions: list[Stored], links: list[tuple[str, str]], total: int | None) -> str:
+    """A history Bundle, newest version first (``total`` only where it is known without counting)."""
     entries = ",".join(_history_entry(base, s) for s in versions)
-    return _head("history", len(versions), [("self", self_url)]) + f',"entry":[{entries}]}}'
+    return _head("history", total, links) + (f',"entry":[{entries}]}}' if entries else "}")

@@ -30,12 +30,14 @@ def _search_param(param: Param) -> dict[str, Any]:
     return item
 
 
+_SYSTEM_HISTORY = ("every type's stored versions, newest first, with _count, _since and next links; needs read "
+                   "on every type (system/*.rs)")
 _KEPT = "the current version, and earlier ones only while http.fhir.history keeps them (default: none)"
 
 
 def _interactions(res_type: str) -> list[dict[str, Any]]:
-    """read, vread, history-instance, search-type; vread and history say what they serve."""
-    history = [{"code": "vread"}, {"code": "history-instance"}]
+    """read, vread, history-instance, history-type, search-type; vread and history say what they serve."""
+    history = [{"code": "vread"}, {"code": "history-instance"}, {"code": "history-type"}]
     if res_type not in FULL_HISTORY:
         history = [{**h, "documentation": _KEPT} for h in history]
     return [{"code": "read"}, *history, {"code": "search-type"}]
@@ -77,5 +79,6 @@ def capability_statement(base_url: str, started: datetime, auth_description: str
                 "description": auth_description,
             },
             "resource": [_resource(m) for m in sorted(MODULES, key=lambda m: m.TYPE)],
+            "interaction": [{"code": "history-system", "documentation": _SYSTEM_HISTORY}],
         }],
     })

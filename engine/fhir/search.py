@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, not_, or_, select, tuple_
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, func, not_, or_, select, tuple_
 
 from engine.fhir.query import Condition, DateValue, Plan, TokenValue
 from engine.fhir.resources.common import normalise
 from engine.fhir.tables import fhir_dates, fhir_refs, fhir_resources, fhir_strings, fhir_tokens, fhir_versions
+from engine.store.fast import FastStatement
 
 __all__ = ["Page", "Stored", "history", "read", "run", "vread"]
 
@@ -62,8 +63,7 @@ def _date_condition(low: Any, high: Any, value: DateValue) -> ColumnElement[bool
     return _DATE[value.prefix](low, high, *value.range)
 
 
-def _token_condition(value: TokenValue) -> ColumnElement[bool]:
-    t = fhir_tokens.c
+def _token_condition(value: TokenValue, t: Any) -> ColumnElement[bool]:
     parts = []
     if value.system is not None:
         parts.append(t.system == value.system)
@@ -76,8 +76,8 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _string_condition(modifier: str, text: str) -> ColumnElement[bool]:
-    value, column = normalise(text), fhir_strings.c.value
+def _string_condition(modifier: str, text: str, column: ColumnElement[str]) -> ColumnElement[bool]:
+    value = normalise(text)
     if modifier == "exact":
         return column == value
     pattern = f"%{_like(value)}%" if modifier == "contains" else f"{_like(value)}%"
@@ -89,53 +89,75 @@ _INDEXES = {"token": fhir_tokens, "reference": fhir_refs, "date": fhir_dates, "s
 _DRIVER_RANK = {"identifier": 0, "_id": 0, "patient": 1, "subject": 1, "basedon": 1, "series": 1, "instance": 1}
 
 
-def _matches(cond: Condition) -> ColumnElement[bool]:
-    """The index-table rows of ``cond``'s values (any of them)."""
+def _matches(cond: Condition, t: Any) -> ColumnElement[bool]:
+    """The rows of index table ``t`` (columns) holding one of ``cond``'s values."""
     if cond.param.type == "token":
-        return or_(*(_token_condition(v) for v in cond.values if isinstance(v, TokenValue)))
+        return or_(*(_token_condition(v, t) for v in cond.values if isinstance(v, TokenValue)))
     if cond.param.type == "reference":
-        return fhir_refs.c.target.in_([str(v) for v in cond.values])
+        target: ColumnElement[str] = t.target
+        return target.in_([str(v) for v in cond.values])
     if cond.param.type == "date":
-        d = fhir_dates.c
-        return or_(*(_date_condition(d.low, d.high, v) for v in cond.values if isinstance(v, DateValue)))
-    return or_(*(_string_condition(cond.modifier, str(v)) for v in cond.values))
+        return or_(*(_date_condition(t.low, t.high, v) for v in cond.values if isinstance(v, DateValue)))
+    return or_(*(_string_condition(cond.modifier, str(v), t.value) for v in cond.values))
 
 
-def _indexed(res_type: str, cond: Condition) -> Any:
-    """``SELECT resource_pk FROM <index> WHERE param = … AND (values)``: the resources ``cond`` matches."""
-    table = _INDEXES[cond.param.type]
-    return select(table.c.resource_pk).where(table.c.param == f"{res_type}.{cond.param.name}", _matches(cond))
+#: Aliases of the index tables for the conditions after the driver, made once: the same alias objects
+#: every request keep SQLAlchemy's statement cache warm (a fresh alias is a new cache key and new columns).
+_ALIASES = {kind: tuple(table.alias(f"{table.name}_{n}") for n in range(1, 9)) for kind, table in _INDEXES.items()}
+_RESOURCES = fhir_resources.alias("fhir_resources_1")
 
 
-def _on_resources(cond: Condition) -> ColumnElement[bool]:
+def _alias(kind: str, n: int) -> Any:
+    """The ``n``-th alias of the index table of ``kind`` (made on the spot beyond the prepared ones)."""
+    prepared = _ALIASES[kind]
+    return prepared[n] if n < len(prepared) else _INDEXES[kind].alias()
+
+
+def _holds(res_type: str, cond: Condition, key: Any, n: int) -> ColumnElement[bool]:
+    """``EXISTS`` an index row of resource ``key`` matching ``cond`` (the ``n``-th such check): one index seek
+    per candidate (``param``, value, ``resource_pk`` lead the index), never a scan of every match of ``cond``."""
+    table = _alias(cond.param.type, n)
+    return exists().where(table.c.resource_pk == key, table.c.param == f"{res_type}.{cond.param.name}",
+                          _matches(cond, table.c))
+
+
+def _on_resources(cond: Condition, res: Any) -> ColumnElement[bool]:
     """A condition on ``fhir_resources`` itself (``_id``, ``_lastUpdated``)."""
     if cond.param.name == "_id":
-        return r.res_id.in_([v.code for v in cond.values if isinstance(v, TokenValue) and v.code])
-    return or_(*(_date_condition(r.last_updated, r.last_updated, v) for v in cond.values
+        res_id: ColumnElement[str] = res.res_id
+        return res_id.in_([v.code for v in cond.values if isinstance(v, TokenValue) and v.code])
+    return or_(*(_date_condition(res.last_updated, res.last_updated, v) for v in cond.values
                  if isinstance(v, DateValue)))
 
 
 def _ids(plan: Plan) -> tuple[Any, Any]:
     """(the matching resource pks as a selectable column, the query's filters), driven by an index when one applies.
 
-    With an indexed condition the resources table is not scanned at all: the first index
-    subquery yields candidates in key order and every other condition filters them.
+    With an indexed condition the resources table is not scanned at all: the driving index
+    table itself (no subquery around it, so SQLite walks the index directly) yields candidates
+    in key order and every other condition checks each candidate (a correlated ``EXISTS``,
+    one index seek).
     """
     direct = [c for c in plan.conditions if c.param.name in ("_id", "_lastUpdated")]
     indexed = sorted((c for c in plan.conditions if c not in direct),
                      key=lambda c: (_DRIVER_RANK.get(c.param.name, 2), c.param.type != "token"))
     if not indexed:
-        return r.id, [r.res_type == plan.res_type, *(_on_resources(c) for c in direct)]
-    driver = _indexed(plan.res_type, indexed[0]).subquery()
+        return r.id, [r.res_type == plan.res_type, *(_on_resources(c, r) for c in direct)]
+    first = indexed[0]
+    driver = _INDEXES[first.param.type]
     key = driver.c.resource_pk
-    filters = [key.in_(_indexed(plan.res_type, c)) for c in indexed[1:]]
+    filters = [driver.c.param == f"{plan.res_type}.{first.param.name}", _matches(first, driver.c),
+               *(_holds(plan.res_type, c, key, n) for n, c in enumerate(indexed[1:]))]
     if direct:
-        filters.append(key.in_(select(r.id).where(r.res_type == plan.res_type, *(_on_resources(c) for c in direct))))
+        res = _RESOURCES.c
+        filters.append(exists().where(res.id == key, res.res_type == plan.res_type,
+                                      *(_on_resources(c, res) for c in direct)))
     return key, filters
 
 
 def _stored(row: Any) -> Stored:
-    return Stored(int(row.id), row.res_type, row.res_id, int(row.version_id), row.last_updated, row.json)
+    """A row of (id, res_type, res_id, version_id, last_updated, json), by position."""
+    return Stored(int(row[0]), row[1], row[2], int(row[3]), row[4], row[5])
 
 
 _COLUMNS = (r.id, r.res_type, r.res_id, r.version_id, r.last_updated, r.json)
@@ -164,31 +186,43 @@ def _included(conn: Connection, plan: Plan, matches: list[Stored]) -> list[Store
 
 
 def run(conn: Connection, plan: Plan) -> Page:
-    """The page of ``plan`` after its cursor, with the total number of matches."""
+    """The page of ``plan`` after its cursor, with the total number of matches.
+
+    The page's keys and its rows come in one statement: ``count + 1`` keys after the
+    cursor (one more than the page says whether there is a next page), joined to their
+    resources.
+    """
     key, filters = _ids(plan)
     total = int(conn.execute(select(func.count(func.distinct(key))).where(*filters)).scalar_one())
     if plan.summary_count or plan.count == 0:
         return Page([], [], total, None)
-    pks = conn.execute(select(key).distinct().where(*filters, key > plan.cursor).order_by(key)
-                       .limit(plan.count + 1)).scalars().all()
-    rows = conn.execute(select(*_COLUMNS).where(r.id.in_(pks[:plan.count])).order_by(r.id)).all()
-    matches = [_stored(row) for row in rows]
-    next_cursor = int(pks[plan.count - 1]) if len(pks) > plan.count else None
+    keys = (select(key.label("pk")).distinct().where(*filters, key > plan.cursor).order_by(key)
+            .limit(plan.count + 1).subquery())
+    rows = conn.execute(select(*_COLUMNS).join(keys, r.id == keys.c.pk).order_by(r.id)).all()
+    matches = [_stored(row) for row in rows[:plan.count]]
+    next_cursor = matches[-1].pk if len(rows) > plan.count else None
     return Page(matches, _included(conn, plan, matches), total, next_cursor)
 
 
+_READ = FastStatement(select(*_COLUMNS).where(r.res_type == bindparam("t"), r.res_id == bindparam("i")))
+_V = fhir_versions.c
+_VERSION_COLUMNS = (r.id, r.res_type, r.res_id, _V.version_id, _V.last_updated, _V.json)
+_VREAD = FastStatement(select(*_VERSION_COLUMNS).join(fhir_versions, _V.resource_pk == r.id)
+                       .where(r.res_type == bindparam("t"), r.res_id == bindparam("i"),
+                              _V.version_id == bindparam("v")))
+_HISTORY = FastStatement(select(*_VERSION_COLUMNS).join(fhir_versions, _V.resource_pk == r.id)
+                         .where(r.id == bindparam("pk")).order_by(_V.version_id.desc()).limit(bindparam("n")))
+
+
 def read(conn: Connection, res_type: str, res_id: str) -> Stored | None:
-    """The current version of a resource, or None."""
-    row = conn.execute(select(*_COLUMNS).where(r.res_type == res_type, r.res_id == res_id)).first()
+    """The current version of a resource, or None (one precompiled statement on the driver's cursor)."""
+    row = _READ.execute(conn, {"t": res_type, "i": res_id}).fetchone()
     return _stored(row) if row is not None else None
 
 
 def vread(conn: Connection, res_type: str, res_id: str, version: int) -> Stored | None:
     """One version of a resource, or None."""
-    v = fhir_versions.c
-    row = conn.execute(select(r.id, r.res_type, r.res_id, v.version_id, v.last_updated, v.json)
-                       .join(fhir_versions, v.resource_pk == r.id)
-                       .where(r.res_type == res_type, r.res_id == res_id, v.version_id == version)).first()
+    row = _VREAD.execute(conn, {"t": res_type, "i": res_id, "v": version}).fetchone()
     return _stored(row) if row is not None else None
 
 
@@ -197,10 +231,4 @@ def history(conn: Connection, res_type: str, res_id: str, limit: int) -> list[St
     current = read(conn, res_type, res_id)
     if current is None:
         return None
-    v = fhir_versions.c
-    rows = conn.execute(select(r.id, r.res_type, r.res_id, v.version_id, v.last_updated, v.json)
-                        .join(fhir_versions, v.resource_pk == r.id).where(r.id == current.pk)
-                        .order_by(v.version_id.desc()).limit(limit))
-    return [_stored(row) for row in rows]
-
-
+    return [_stored(row) for row in _HISTORY.execute(conn, {"pk": current.pk, "n": limit}).fetchall()]

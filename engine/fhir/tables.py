@@ -53,6 +53,7 @@ fhir_versions = Table(
     Column("version_id", Integer, primary_key=True),
     Column("last_updated", String(INSTANT_LENGTH), nullable=False),
     Column("json", Text, nullable=False),
+    Index(None, "last_updated", "resource_pk", "version_id"),  # type- and system-level _history, newest first
 )
 
 fhir_pending = Table(
@@ -70,7 +71,8 @@ fhir_tokens = Table(
     Column("param", String(64), nullable=False),  # "ImagingStudy.identifier"
     Column("system", String(255), nullable=False, default=""),
     Column("code", String(255), nullable=False),
-    Index(None, "param", "code", "system", "resource_pk"),
+    # The key before the system: matches of (param, code) come in key order (keyset pages, one-seek checks).
+    Index(None, "param", "code", "resource_pk", "system"),
     Index(None, "resource_pk"),
 )
 

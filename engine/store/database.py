@@ -418,6 +418,9 @@ class Writer:
 #: measured on the receive path; worklist queries unchanged).
 DEFAULT_PAGE_SIZE = 1024
 
+#: Page cache of each SQLite reader connection, KiB (SQLite's default is 2,000).
+READER_CACHE_KIB = 8192
+
 #: The writer's own automatic checkpoint threshold (WAL pages) while a Checkpointer runs.
 WRITER_AUTOCHECKPOINT = 4000
 
@@ -537,6 +540,10 @@ class Database:
                 # INSERT measured); in memory it costs a page copy. Only the writer: big
                 # sorts of read queries keep spilling to disk.
                 cur.execute("PRAGMA temp_store=MEMORY")
+            if not immediate:
+                # Readers: a FHIR page walks thousands of index entries (its total) and reads a hundred
+                # documents; with SQLite's default 2 MB cache each page's documents evicted the index.
+                cur.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
             if background:  # the Checkpointer copies the WAL; this is only the bound
                 cur.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
             cur.close()

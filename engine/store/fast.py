@@ -72,6 +72,12 @@ class FastStatement:
         cursor.execute(entry.sql, entry.bind(params))
         return cursor
 
+    def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run once per parameter mapping of ``rows`` (the driver's ``executemany``)."""
+        entry = self._compiled.get(conn.dialect.name) or self._compile(conn)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.executemany(entry.sql, [entry.bind(row) for row in rows])
+
 
 def _binder(
     names: Sequence[str],
@@ -149,6 +155,10 @@ class FastInsert:
         if conn.dialect.name == "sqlite":
             return int(self._plain.execute(conn, values).lastrowid)
         return int(self._returning.execute(conn, values).fetchone()[0])
+
+    def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert every row of ``rows`` (one ``executemany``; no ids returned)."""
+        self._plain.execute_many(conn, rows)
 
 
 def _scalar_default(column: Column[Any]) -> Any:

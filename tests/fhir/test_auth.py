@@ -218,3 +218,24 @@ def test_every_concurrent_read_has_its_audit_row_before_its_answer(secured: InPr
     assert len(rows) == 48 and len({r[4]["remote"] for r in rows}) == 8
     assert {(r[0], r[1], r[2], r[3]) for r in rows} == {("pacs-viewer", "fhir.read", "ImagingStudy", UID)}
     assert all(r[4]["resources"] == [f"ImagingStudy/{UID}"] for r in rows)
+
+
+@pytest.mark.parametrize("res_type", TYPES)
+def test_type_history_needs_a_token_and_the_read_scope_of_its_type(secured: InProcessEngine, r4_schema: R4Schema,
+                                                                    res_type: str) -> None:
+    assert _client(secured, r4_schema, None).get(f"{res_type}/_history").status_code == 401
+    other = "patient-only" if res_type != "Patient" else "study-only"
+    refused = _client(secured, r4_schema, other).get(f"{res_type}/_history")
+    assert refused.status_code == 403 and refused.json()["issue"][0]["code"] == "forbidden"
+    assert _client(secured, r4_schema, "all-v1").get(f"{res_type}/_history").status_code == 200
+
+
+def test_system_history_needs_read_on_every_type(secured: InProcessEngine, r4_schema: R4Schema) -> None:
+    assert _client(secured, r4_schema, None).get("_history").status_code == 401
+    for token in ("study-only", "reports-v2", "study-search-only"):
+        assert _client(secured, r4_schema, token).get("_history").status_code == 403, token
+    for token in ("all-v2", "all-v1"):
+        bundle = _client(secured, r4_schema, token).get("_history")
+        assert bundle.status_code == 200 and bundle.json()["type"] == "history"
+    assert _client(secured, r4_schema, "study-read-only").get("ImagingStudy/_history").status_code == 200
+    assert _client(secured, r4_schema, "study-search-only").get("ImagingStudy/_history").status_code == 403

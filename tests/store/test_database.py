@@ -293,3 +293,16 @@ def test_commit_listeners_hear_every_commit_and_no_rollback(sqlite_db, caplog):
     caplog.clear()
     db.writer.call(lambda c: add_event(c, 4))
     assert heard == [1, 2, 3] and "commit listener failed" not in caplog.text
+
+
+def test_sqlite_readers_get_a_larger_page_cache_than_the_writer(tmp_path) -> None:
+    from engine.store.database import READER_CACHE_KIB, Database
+
+    db = Database(f"sqlite:///{tmp_path / 'cache.db'}")
+    try:
+        db.migrate()
+        reader = db.read(lambda c: c.connection.dbapi_connection.execute("PRAGMA cache_size").fetchone()[0])
+        writer = db.writer.call(lambda c: c.connection.dbapi_connection.execute("PRAGMA cache_size").fetchone()[0])
+    finally:
+        db.close()
+    assert reader == -READER_CACHE_KIB and writer == -2000

@@ -1,0 +1,72 @@
+"""The SQL of a page: keyset paging seeks to its cursor and checks other conditions by index seeks (EXPLAIN)."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert
+
+from engine.fhir import search
+from engine.fhir.query import parse
+from engine.fhir.tables import fhir_refs, fhir_resources, fhir_tokens
+from engine.store.database import Database
+
+STUDIES = 300
+
+
+def _seed(db: Database) -> None:
+    """STUDIES studies: modality CT for even numbers, MR for odd; patient n % 3 + 1."""
+    def write(conn: Any) -> None:
+        conn.execute(insert(fhir_resources), [
+            {"id": n, "res_type": "ImagingStudy", "res_id": f"s{n}", "version_id": 1,
+             "last_updated": "2026-12-06T00:00:00.000000Z", "content_hash": "h", "json": f'{{"id":"s{n}"}}'}
+            for n in range(1, STUDIES + 1)])
+        conn.execute(insert(fhir_tokens), [
+            {"resource_pk": n, "param": "ImagingStudy.modality", "system": "http://dicom.nema.org/resources/ontology/DCM",
+             "code": "CT" if n % 2 == 0 else "MR"} for n in range(1, STUDIES + 1)])
+        conn.execute(insert(fhir_refs), [{"resource_pk": n, "param": "ImagingStudy.patient",
+                                          "target": f"Patient/{n % 3 + 1}"} for n in range(1, STUDIES + 1)])
+    db.writer.call(write)
+
+
+def _explained(db: Database, pairs: list[tuple[str, str]]) -> tuple[search.Page, list[str]]:
+    """The page, and the query plan lines of every statement the search ran."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(db.read_engine, "before_cursor_execute", record)
+    try:
+        page = db.read(lambda c: search.run(c, parse("ImagingStudy", pairs, UTC)))
+    finally:
+        event.remove(db.read_engine, "before_cursor_execute", record)
+    raw = db.read_engine.raw_connection()
+    try:
+        plans = [" | ".join(str(row[-1]) for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+                 for sql, params in seen if sql.lstrip().upper().startswith("SELECT")]
+    finally:
+        raw.close()
+    return page, plans
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_token_page_after_a_cursor_seeks_to_it_without_sorting(db: Database) -> None:
+    _seed(db)
+    page, plans = _explained(db, [("modality", "CT"), ("_count", "10"), ("_cursor", "100")])
+    assert [m.pk for m in page.matches] == list(range(102, 122, 2)) and page.total == STUDIES // 2
+    assert page.next_cursor == 120
+    keyed = [p for p in plans if "resource_pk>?" in p]
+    assert len(keyed) == 1 and "TEMP B-TREE FOR DISTINCT" not in keyed[0]
+    assert not any("TEMP B-TREE FOR count(DISTINCT)" in p for p in plans)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_second_condition_is_one_index_seek_per_candidate(db: Database) -> None:
+    _seed(db)
+    page, plans = _explained(db, [("patient", "Patient/2"), ("modality", "CT"), ("_count", "500")])
+    assert [m.pk for m in page.matches] == [n for n in range(1, STUDIES + 1) if n % 3 == 1 and n % 2 == 0]
+    assert all("CORRELATED" in p and "resource_pk=?" in p for p in plans)
+    assert not any("LIST SUBQUERY" in p or "USING EPHEMERAL" in p for p in plans)
