@@ -91,7 +91,7 @@ def test_a_tiered_study_is_corrected_from_the_secondary_and_leaves_the_primary_a
 
 def test_a_damaged_or_lost_primary_copy_is_corrected_from_the_verified_secondary_copy(
         scp: StoreSCP, corpus: Path, caplog: pytest.LogCaptureFixture) -> None:
-    archive, pixels = _stored(scp, corpus)
+    _archive, pixels = _stored(scp, corpus)
     damaged, lost, _intact = scp.instances()
     data = bytearray((scp.archive / damaged.path).read_bytes())
     data[-100] ^= 0x01  # in the pixel data: the header still parses
