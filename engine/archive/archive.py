@@ -83,13 +83,15 @@ class CurrentInstance:
     meta_sha256: str | None  # None for instances indexed before copies were recorded
     primary_state: str
     secondary_state: str
+    version: int = 1  # its number: 1 as received, then one more per replacement or rewrite
 
 
 def _select() -> Select[Any]:
     return (
         select(instances.c.id, instances.c.sop_instance_uid, studies.c.study_instance_uid,
                series.c.series_instance_uid, instances.c.path, instances.c.size, instances.c.sha256,
-               instance_copies.c.meta_sha256, instance_copies.c.primary_state, instance_copies.c.secondary_state)
+               instance_copies.c.meta_sha256, instance_copies.c.primary_state, instance_copies.c.secondary_state,
+               instances.c.versions)
         .join(studies, studies.c.id == instances.c.study_pk)
         .join(series, series.c.id == instances.c.series_pk)
         .outerjoin(instance_copies, instance_copies.c.instance_pk == instances.c.id)
@@ -101,7 +103,7 @@ def _current(row: Row[Any]) -> CurrentInstance:
     return CurrentInstance(
         int(r["id"]), r["sop_instance_uid"], r["study_instance_uid"], r["series_instance_uid"], r["path"],
         int(r["size"]), r["sha256"], r["meta_sha256"] or None, r["primary_state"] or "PRESENT",
-        r["secondary_state"] or "NONE",
+        r["secondary_state"] or "NONE", int(r["versions"]),
     )  # fmt: skip
 
 

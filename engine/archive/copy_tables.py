@@ -10,15 +10,20 @@ deleted, TIERED after), TIERED (removed on purpose once the secondary copy
 was verified), MISSING or DAMAGED (found so by a check). ``secondary_state``:
 NONE (no secondary configured), PENDING (copy queued in the outbox), VERIFIED,
 MISSING or DAMAGED.
+
+A replaced version keeps its copies: :func:`replaced_version_copies` gives its
+``instance_versions`` row the states its copies had when it was replaced.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Index, String, Table
+from typing import Any
+
+from sqlalchemy import Column, Connection, ForeignKey, Index, String, Table, select
 
 from engine.store.schema import Id, UTCDateTime, metadata
 
-__all__ = ["PRIMARY_STATES", "SECONDARY_STATES", "instance_copies"]
+__all__ = ["PRIMARY_STATES", "SECONDARY_STATES", "instance_copies", "replaced_version_copies"]
 
 PRIMARY_STATES = ("PRESENT", "TIERING", "TIERED", "MISSING", "DAMAGED")
 SECONDARY_STATES = ("NONE", "PENDING", "VERIFIED", "MISSING", "DAMAGED")
@@ -36,3 +41,20 @@ instance_copies = Table(
     Index(None, "secondary_state"),
     Index(None, "checked_at"),
 )
+
+
+#: A current copy's state -> the state of that copy once its version is replaced (a removal from the
+#: primary that was under way completes or leaves an orphan: either way it is no longer expected there).
+_REPLACED_PRIMARY = {"TIERING": "TIERED"}
+
+
+def replaced_version_copies(conn: Connection, instance_pk: int) -> dict[str, Any]:
+    """The ``primary_state``/``secondary_state`` of the ``instance_versions`` row of the version of
+    ``instance_pk`` being replaced now (call before its ``instance_copies`` row is reset); empty when its
+    copies were never recorded (NULL states: checked as if in both locations)."""
+    c = instance_copies.c
+    row = conn.execute(select(c.primary_state, c.secondary_state).where(c.instance_pk == instance_pk)).first()
+    if row is None:
+        return {}
+    return {"primary_state": _REPLACED_PRIMARY.get(row.primary_state, row.primary_state),
+            "secondary_state": row.secondary_state}

@@ -28,7 +28,7 @@ from engine.archive.replication import mark_copies
 from engine.errors import ArchiveUnavailable, CopyMissing, MalformedDataset
 from engine.store.database import Database
 
-__all__ = ["Finding", "Repair", "check_copy", "restore", "verify"]
+__all__ = ["Finding", "Repair", "check_copy", "expected", "restore", "restore_copies", "verify", "verify_copies"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class Finding:
     location: str
     problem: str
     detail: str
+    version: int = 1  # the version's number (1 as received)
+    replaced: bool = False  # an old version kept as history (:mod:`engine.archive.history`), not the current
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,8 @@ class Repair:
     source: str
     ok: bool
     detail: str
+    version: int = 1
+    replaced: bool = False
 
 
 def check_copy(location: Location, inst: CurrentInstance) -> tuple[str, str] | None:
@@ -95,14 +99,18 @@ def _record(conn: Connection, pk: int, states: dict[str, str], now: datetime) ->
     conn.execute(update(instance_copies).where(instance_copies.c.instance_pk == pk).values(**values))
 
 
-def _verify_one(archive: Archive, inst: CurrentInstance) -> tuple[list[Finding], dict[str, str]]:
+def verify_copies(inst: CurrentInstance, locations: list[Location],
+                  replaced: bool = False) -> tuple[list[Finding], dict[str, str]]:
+    """Check ``locations``' copies of ``inst`` (a current or, ``replaced``, an old version); (the problems,
+    the state of each copy found by location name: none for a location that could not be read)."""
     findings, states = [], {}
-    for location in expected(archive, inst):
+    for location in locations:
         problem = check_copy(location, inst)
         if problem is None:
             states[location.name] = _GOOD[location.name]
             continue
-        findings.append(Finding(inst.sop_instance_uid, inst.study_instance_uid, location.name, *problem))
+        findings.append(Finding(inst.sop_instance_uid, inst.study_instance_uid, location.name, *problem,
+                                version=inst.version, replaced=replaced))
         if problem[0] != "UNREADABLE":  # an outage says nothing about the copy itself
             states[location.name] = problem[0]
     return findings, states
@@ -115,7 +123,7 @@ def verify(archive: Archive, db: Database, study_instance_uid: str | None = None
                             order_by_checked=sample is not None))
     findings: list[Finding] = []
     for inst in scope:
-        found, states = _verify_one(archive, inst)
+        found, states = verify_copies(inst, expected(archive, inst))
         findings += found
         db.writer.call(partial(_record, pk=inst.instance_pk, states=states, now=datetime.now(UTC)))
         for f in found:
@@ -124,28 +132,34 @@ def verify(archive: Archive, db: Database, study_instance_uid: str | None = None
     return len(scope), findings
 
 
-def _rebuild(target: Location, source: Location, inst: CurrentInstance) -> Repair:
+def _rebuild(target: Location, source: Location, inst: CurrentInstance, replaced: bool) -> Repair:
+    def repair(ok: bool, detail: str) -> Repair:
+        return Repair(inst.sop_instance_uid, target.name, source.name, ok, detail, inst.version, replaced)
+
     try:
         with source.open(inst.path) as reader:
             target.put(inst.path, reader, replace=True)
     except ArchiveUnavailable as exc:
-        return Repair(inst.sop_instance_uid, target.name, source.name, False, str(exc))
+        return repair(False, str(exc))
     problem = check_copy(target, inst)
-    detail = "rebuilt and verified" if problem is None else f"rebuilt copy is {problem[0]}: {problem[1]}"
-    return Repair(inst.sop_instance_uid, target.name, source.name, problem is None, detail)
+    return repair(problem is None, "rebuilt and verified" if problem is None
+                  else f"rebuilt copy is {problem[0]}: {problem[1]}")
 
 
-def _restore_one(archive: Archive, inst: CurrentInstance) -> tuple[list[Repair], dict[str, str]]:
-    locations = expected(archive, inst)
+def restore_copies(inst: CurrentInstance, locations: list[Location],
+                   replaced: bool = False) -> tuple[list[Repair], dict[str, str]]:
+    """Rebuild each of ``locations``' copies of ``inst`` (a current or, ``replaced``, an old version) that
+    is not intact from one that is; (every attempt, the state of each copy now by location name)."""
     bad = {loc.name: check_copy(loc, inst) for loc in locations}
     intact = [loc for loc in locations if bad[loc.name] is None]
     repairs: list[Repair] = []
     states = {name: _GOOD[name] for name, problem in bad.items() if problem is None}
     for target in (loc for loc in locations if bad[loc.name] is not None):
         if not intact:
-            repairs.append(Repair(inst.sop_instance_uid, target.name, "", False, "no intact copy to restore from"))
+            repairs.append(Repair(inst.sop_instance_uid, target.name, "", False, "no intact copy to restore from",
+                                  inst.version, replaced))
             continue
-        repair = _rebuild(target, intact[0], inst)
+        repair = _rebuild(target, intact[0], inst, replaced)
         repairs.append(repair)
         if repair.ok:
             states[target.name] = _GOOD[target.name]
@@ -156,7 +170,7 @@ def restore(archive: Archive, db: Database, study_instance_uid: str | None = Non
     """Rebuild every missing or damaged copy in scope from the other location; every attempt, ok or not."""
     repairs: list[Repair] = []
     for inst in db.read(partial(instances_of, study_instance_uid=study_instance_uid)):
-        done, states = _restore_one(archive, inst)
+        done, states = restore_copies(inst, expected(archive, inst))
         repairs += done
         db.writer.call(partial(_record, pk=inst.instance_pk, states=states, now=datetime.now(UTC)))
         for r in done:

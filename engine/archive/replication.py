@@ -163,6 +163,7 @@ class ReplicationDestination:
             raise RetryableDelivery(f"copy of an old version to {secondary.name}: {exc}") from exc
         if found.sha256 != job.sha256:
             raise RetryableDelivery(f"copy of an old version in {secondary.name} does not match its checksum")
+        self.db.writer.call(partial(_mark_old_verified, job=job))
         return f"old version copied to {secondary.describe()} and verified"
 
     def _current(self, job: _Job) -> CurrentInstance | None:
@@ -188,6 +189,13 @@ class ReplicationDestination:
         self.db.writer.call(partial(_mark_verified, instance_pk=inst.instance_pk, sha256=inst.sha256,
                                     now=datetime.now(UTC)))
         return f"copied to {secondary.describe()} and verified"
+
+
+def _mark_old_verified(conn: Connection, job: _Job) -> None:
+    """The replaced version's secondary copy is made and checked (fixity expects it from now on)."""
+    v = instance_versions.c
+    conn.execute(update(instance_versions).where(v.instance_pk == job.instance_pk, v.path == job.path,
+                                                 v.sha256 == job.sha256).values(secondary_state="VERIFIED"))
 
 
 def _is_old_version(conn: Connection, job: _Job) -> bool:

@@ -8,7 +8,8 @@
   :func:`backfill_copies` (at start) owes a copy for instances stored before the
   secondary was configured.
 * :func:`archive_jobs`: ``archive-fixity`` re-reads a sample of copies every
-  ``archive.verify_interval_seconds``; ``archive-tiering`` moves old instances
+  ``archive.verify_interval_seconds`` (as many current instances and as many old
+  versions, least recently checked first); ``archive-tiering`` moves old instances
   out of the primary (``archive.tier_after_days``).
 """
 
@@ -22,6 +23,7 @@ from sqlalchemy import Connection, update
 from engine.archive.archive import Archive, archive_from_config
 from engine.archive.copy_tables import instance_copies
 from engine.archive.fixity import verify
+from engine.archive.history import verify_history
 from engine.archive.replication import DESTINATION, ReplicationDestination, owe_missing_copies
 from engine.archive.tiering import tier
 from engine.config import Config
@@ -105,8 +107,10 @@ def archive_jobs(cfg: ArchiveConfig, archive: Archive, db: Database) -> list[Job
     if cfg.verify_sample > 0:
         def check() -> int:
             checked, findings = verify(archive, db, sample=cfg.verify_sample)
-            log.info("fixity: %d instance(s) checked, %d problem(s)", checked, len(findings))
-            return len(findings)
+            old, history = verify_history(archive, db, sample=cfg.verify_sample)
+            log.info("fixity: %d instance(s) and %d old version(s) checked, %d problem(s)", checked, old,
+                     len(findings) + len(history))
+            return len(findings) + len(history)
 
         jobs.append(Job("archive-fixity", f"re-read {cfg.verify_sample} archived instances, report mismatches",
                         cfg.verify_interval_seconds, check))

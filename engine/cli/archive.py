@@ -1,9 +1,11 @@
 """``radbridge archive verify|restore``: fixity of both storage locations, and repair.
 
-``verify`` re-reads every copy in scope and prints each problem (exit 1 when
-there is any, 0 when every copy is intact). ``restore`` rebuilds each missing or
-damaged copy from the other location, verifying it (exit 1 when a copy could not
-be rebuilt). Both print SOP Instance UIDs and locations only: no patient data.
+``verify`` re-reads every copy in scope, of the current versions and of the old
+versions kept as history, and prints each problem with the version's number (exit 1
+when there is any, 0 when every copy is intact). ``restore`` rebuilds each missing or
+damaged copy, current or old, from the other location, verifying it (exit 1 when a
+copy could not be rebuilt). Both print SOP Instance UIDs and locations only: no
+patient data.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.archive.archive import Archive, archive_from_config
-from engine.archive.fixity import restore, verify
+from engine.archive.fixity import Finding, Repair, restore, verify
+from engine.archive.history import restore_history, verify_history
 from engine.config import load_config
 
 __all__ = ["add_subcommands", "cmd_restore", "cmd_verify"]
@@ -25,27 +28,38 @@ def _archive(args: argparse.Namespace) -> Archive:
     return archive_from_config(load_config(Path(args.config)).engine)
 
 
+def _version(item: Finding | Repair) -> str:
+    """``v2`` for a current version, ``v1 (replaced)`` for an old one."""
+    return f"v{item.version}" + (" (replaced)" if item.replaced else "")
+
+
 def cmd_verify(args: argparse.Namespace, db: Any) -> int:
     """``archive verify [--study UID]``: 1 when any copy is missing, damaged or unreadable."""
-    checked, findings = verify(_archive(args), db, args.study)
+    archive = _archive(args)
+    checked, findings = verify(archive, db, args.study)
+    old, history = verify_history(archive, db, args.study)
+    findings += history
     if args.json:
-        print(json.dumps({"checked": checked, "problems": [asdict(f) for f in findings]}, indent=2))
+        print(json.dumps({"checked": checked, "old_versions_checked": old,
+                          "problems": [asdict(f) for f in findings]}, indent=2))
     else:
         for f in findings:
-            print(f"{f.problem}\t{f.location}\t{f.study_instance_uid}\t{f.sop_instance_uid}\t{f.detail}")
-        print(f"{checked} instance(s) checked, {len(findings)} problem(s)")
+            print(f"{f.problem}\t{f.location}\t{f.study_instance_uid}\t{f.sop_instance_uid}\t{_version(f)}"
+                  f"\t{f.detail}")
+        print(f"{checked} instance(s) checked, {len(findings)} problem(s) ({old} old version(s) checked too)")
     return 1 if findings else 0
 
 
 def cmd_restore(args: argparse.Namespace, db: Any) -> int:
     """``archive restore [--study UID]``: 1 when a copy could not be rebuilt."""
-    repairs = restore(_archive(args), db, args.study)
+    archive = _archive(args)
+    repairs = restore(archive, db, args.study) + restore_history(archive, db, args.study)
     if args.json:
         print(json.dumps([asdict(r) for r in repairs], indent=2))
     else:
         for r in repairs:
-            print(f"{'RESTORED' if r.ok else 'FAILED'}\t{r.location}\t{r.sop_instance_uid}\tfrom {r.source or '-'}"
-                  f"\t{r.detail}")
+            print(f"{'RESTORED' if r.ok else 'FAILED'}\t{r.location}\t{r.sop_instance_uid}\t{_version(r)}"
+                  f"\tfrom {r.source or '-'}\t{r.detail}")
         print(f"{sum(r.ok for r in repairs)} copy(ies) restored, {sum(not r.ok for r in repairs)} failed")
     return 0 if all(r.ok for r in repairs) else 1
 

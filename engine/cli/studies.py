@@ -205,7 +205,7 @@ def link_to_accession(db: Database, config: EngineConfig, study_instance_uid: st
 
     Returns how many instances were coerced. Raises LookupError when the study or the order is unknown.
     """
-    from engine.archive.location import ArchiveLocation
+    from engine.archive.rewriting import RewriteIO
     from engine.domain.late_reconcile import Pace, match_for_order, reconcile_study
     from engine.domain.reconciler import Reconciler
     from engine.domain.reforward import CorrectionPolicy
@@ -226,7 +226,7 @@ def link_to_accession(db: Database, config: EngineConfig, study_instance_uid: st
     reconciler = Reconciler.from_config(db, config)
     if reconciler.mapping is None:
         raise LookupError(f"reconciliation is off or its mapping is missing ({config.reconcile.mapping})")
-    count = reconcile_study(db, ArchiveLocation("primary", config.archive_dir()), reconciler, study_instance_uid,
+    count = reconcile_study(db, RewriteIO.from_config(config), reconciler, study_instance_uid,
                             match, datetime.now(UTC), CorrectionPolicy.from_config(config),
                             Pace(config.reconcile.correction_batch, config.reconcile.correction_yield_ratio))
     db.writer.call(lambda conn: record(conn, "study.link", "study", study_instance_uid,

@@ -1,11 +1,13 @@
 """The HL7 ADT a PACS gets instead of corrected images (``on_correction: hl7``; IHE RAD-12 / RAD-8 style).
 
-Pure. A correction that changed the patient's identifier (Patient ID or its issuer:
-an A40 merge or an A47 id change upstream) becomes an ADT^A40 whose MRG-1 names the
-identifier the PACS holds the images under; any other change of the patient's
-attributes becomes an ADT^A08. The values are those the corrected images now carry,
-so the PACS ends up agreeing with radbridge's archive. The control id is derived
-from the content: a redelivery carries the same MSH-10.
+Pure. A correction that changed the patient's identifier (Patient ID or its issuer)
+tells the PACS the same kind of change radbridge was told: after an A47 (change of
+identifier) an ADT^A47^ADT_A30, otherwise (an A40 merge, or an order that moved the
+study) an ADT^A40^ADT_A39; in both PID-3 is the new identifier and MRG-1 the one the
+PACS holds the images under. Any other change of the patient's attributes becomes an
+ADT^A08. The values are those the corrected images now carry, so the PACS ends up
+agreeing with radbridge's archive. The control id is derived from the correction
+event and the content: a redelivery carries the same MSH-10, another event its own.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pydicom import Dataset
 
 from engine.hl7.er7 import Separators, escape
 
-__all__ = ["IDENTITY_KEYWORDS", "PATIENT_KEYWORDS", "CorrectedPatient", "build_correction_adt", "control_id"]
+__all__ = ["IDENTITY_KEYWORDS", "PATIENT_KEYWORDS", "CorrectedPatient", "build_correction_adt", "control_id",
+           "event_of"]
 
 _SEPS = Separators()
 #: header attributes whose change is a new patient identifier (A40).
@@ -49,8 +52,13 @@ class CorrectedPatient:
 
     @property
     def merged(self) -> bool:
-        """True when the identifier changed (the PACS must move the images: A40)."""
+        """True when the identifier changed (the PACS must move the images: A40 or A47)."""
         return (self.patient_id, self.issuer) != (self.prior_patient_id, self.prior_issuer)
+
+    @property
+    def key(self) -> str:
+        """SHA-256 (hex) of every value: two corrections to the same identity have the same key."""
+        return hashlib.sha256(repr(self).encode("utf-8")).hexdigest()
 
 
 def _e(value: str) -> str:
@@ -67,20 +75,36 @@ def _cx(patient_id: str, issuer: str) -> str:
     return f"{_e(patient_id)}^^^{_e(issuer)}" if issuer else _e(patient_id)
 
 
-def control_id(patient: CorrectedPatient) -> str:
-    """MSH-10 (20 characters at most) from the content: the same correction, the same id."""
-    digest = hashlib.sha256(repr(patient).encode("utf-8")).hexdigest()
+#: (identifier changed, the upstream event) -> (event, message structure) told to the PACS.
+_EVENTS = {
+    (True, "A47"): ("A47", "ADT_A30"),
+    (True, ""): ("A40", "ADT_A39"),
+    (False, ""): ("A08", "ADT_A01"),
+}
+
+
+def event_of(patient: CorrectedPatient, trigger: str = "") -> tuple[str, str]:
+    """The ADT event and structure for ``patient`` corrected after upstream event ``trigger``."""
+    return _EVENTS.get((patient.merged, trigger)) or _EVENTS[(patient.merged, "")]
+
+
+def control_id(patient: CorrectedPatient, event_key: str = "") -> str:
+    """MSH-10 (20 characters at most) from the correction event and the content: the same correction,
+    the same id; another correction event, another id."""
+    digest = hashlib.sha256(f"{event_key}|{patient.key}".encode()).hexdigest()
     return f"RBC{digest[:17]}"
 
 
-def build_correction_adt(patient: CorrectedPatient, sending_application: str, now: datetime) -> bytes:
-    """ADT^A40^ADT_A39 when the identifier changed, else ADT^A08^ADT_A01; UTF-8 (MSH-18 UNICODE UTF-8)."""
+def build_correction_adt(patient: CorrectedPatient, sending_application: str, now: datetime, trigger: str = "",
+                         event_key: str = "") -> bytes:
+    """ADT^A47^ADT_A30 (after an A47) or ADT^A40^ADT_A39 when the identifier changed, else ADT^A08^ADT_A01;
+    UTF-8 (MSH-18 UNICODE UTF-8). ``event_key`` names the correction event (MSH-10 derives from it)."""
     when = now.strftime("%Y%m%d%H%M%S")
-    event, structure = ("A40", "ADT_A39") if patient.merged else ("A08", "ADT_A01")
+    event, structure = event_of(patient, trigger)
     pid = (f"PID|1||{_cx(patient.patient_id, patient.issuer)}||{_xpn(patient.patient_name)}||"
            f"{_e(patient.birth_date)}|{_e(patient.sex)}")
     segments = [
-        f"MSH|^~\\&|{_e(sending_application)}||||{when}||ADT^{event}^{structure}|{control_id(patient)}"
+        f"MSH|^~\\&|{_e(sending_application)}||||{when}||ADT^{event}^{structure}|{control_id(patient, event_key)}"
         "|P|2.5.1|||||UNICODE UTF-8",
         f"EVN|{event}|{when}",
         pid,

@@ -124,6 +124,10 @@ def _renames_first(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   and (r.get("patient_id"), r.get("issuer", "")) in renamed)
 
 
+#: A merge record's kind -> the ADT event it comes from (PIR tells the PACS the same kind of change).
+_MERGE_EVENTS = {"merge": "A40", "change_id": "A47"}
+
+
 @dataclass(slots=True)
 class PatientsHandler:
     """ADT: patient records (A01/A04/A05/A08/A31/A10/A11 …) and merge records (A40/A47)."""
@@ -137,7 +141,7 @@ class PatientsHandler:
         if adt:
             _require(ctx.message, ("patient", "merge"), "PID", ctx.records)
         now = ctx.received_at  # one timestamp for everything this message changes
-        corrected: dict[int, None] = {}
+        corrected: dict[int, str] = {}  # patient pk -> the event that changed it (a merge's wins)
         for data in _renames_first(ctx.records):
             kind = data.get("record")
             if kind == "patient":
@@ -147,6 +151,7 @@ class PatientsHandler:
                                     ErrorLocation("MSH", 1, 9, 2))
                 pk = apply_patient_event(conn, patient, self.policy, now)
                 _remember(ctx, patient, self.policy, pk)
+                event = patient.event
             elif kind == "merge":
                 ctx.shared.pop(_KNOWN, None)  # a merge may move a patient remembered before it
                 rec: MergeRecord = _validate(MergeRecord, data, "MRG")
@@ -154,13 +159,15 @@ class PatientsHandler:
                     pk = change_identifier(conn, rec, self.policy, now)
                 else:
                     pk = merge_patient(conn, rec, self.policy, now)
+                event = _MERGE_EVENTS[rec.kind]
             else:
                 continue
             if adt:  # for an order's PID, the orders handler reports what the message did
                 ctx.note(True)
-                corrected.setdefault(pk)
-        for pk in corrected:  # PIR (#13): the patient's stored images follow, in the background
-            request_for_patient(conn, pk, now)
+                if corrected.get(pk) not in _MERGE_EVENTS.values():
+                    corrected[pk] = event
+        for pk, trigger in corrected.items():  # PIR (#13): the patient's stored images follow, in the background
+            request_for_patient(conn, pk, now, trigger)
         return []
 
 

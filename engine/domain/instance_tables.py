@@ -6,7 +6,8 @@ the row was committed. ``location`` names the storage location and ``path``
 the file inside it. ``sha256``/``size`` cover the dataset as received (the file
 after its File Meta Information), so an identical resend from another AE is
 recognised. A replaced version keeps its file and gets an
-``instance_versions`` row. ``quarantined_instances`` indexes what was refused
+``instance_versions`` row, which also records where that version's copies are
+(the archive's history, checked by fixity). ``quarantined_instances`` indexes what was refused
 and kept for inspection.
 """
 
@@ -53,6 +54,11 @@ instance_versions = Table(
     Column("received_from_ae", String(16), nullable=False, default=""),
     Column("received_at", UTCDateTime(), nullable=False),
     Column("replaced_at", UTCDateTime(), nullable=False),
+    # where the version's copies stood when it was replaced, then as fixity found them (the states of
+    # engine.archive.copy_tables; NULL: replaced before 0019 recorded them, checked as if PRESENT/VERIFIED)
+    Column("primary_state", String(16), nullable=True),
+    Column("secondary_state", String(16), nullable=True),
+    Column("checked_at", UTCDateTime(), nullable=True),
     Index(None, "instance_pk"),
 )
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
+from engine.archive.copy_tables import replaced_version_copies
 from engine.domain.instance_tables import instance_versions, instances, quarantined_instances
 from engine.domain.studies import PerformedSeries, StudyRef, recount, resolve_dicom_patient, upsert_series, upsert_study
 from engine.domain.tables import orders, series, studies
@@ -300,6 +301,7 @@ def _keep_version(conn: Connection, old: Any, now: datetime) -> None:
     conn.execute(insert(instance_versions).values(
         instance_pk=old.id, sha256=old.sha256, size=old.size, location=old.location, path=old.path,
         received_from_ae=old.received_from_ae, received_at=old.received_at, replaced_at=now,
+        **replaced_version_copies(conn, int(old.id)),  # its copies stay history (checked by fixity)
     ))
 
 

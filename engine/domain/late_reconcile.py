@@ -1,12 +1,16 @@
 """Rewriting a study that is already stored: a late order, an operator's ``studies link``, an ADT correction.
 
-Each instance's file is read (header only; the bulk is streamed), coerced to the
-order's values with a new OriginalAttributesSequence item (COERCE; CORRECT after an
-ADT update or merge or an order update, :func:`correct_study`), and written as
-a new file beside the old one (``<SOPInstanceUID>.<hash>.dcm``, durable before it is
-indexed). Then one transaction points every instance at its new file (the old
-file stays, with an ``instance_versions`` row), updates the study's attributes and
-links the study to its order. A crash before that commit leaves unindexed files and
+Each instance's current version is read through the archive (the primary file checked
+against its checksums, else a verified copy from either location: a tiered, missing or
+damaged primary copy, or an object-store primary; :mod:`engine.domain.rewrite_instance`),
+coerced to the order's values with a new OriginalAttributesSequence item (COERCE;
+CORRECT after an ADT update or merge or an order update, :func:`correct_study`), and
+written as a new file in the primary (``<SOPInstanceUID>.<hash>.dcm``, durable before it
+is indexed; its copy to the secondary is owed in the index transaction, and a tiered
+instance leaves the primary again at the next tiering run). Then one transaction points
+every instance at its new file (the old file stays, with an ``instance_versions`` row
+recording where its copies are), updates the study's attributes and links the study to
+its order. A crash before that commit leaves unindexed files and
 an unscheduled study: the next run does it again. A study already linked to an
 order is left alone (idempotent).
 
@@ -26,18 +30,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from engine.archive.location import ArchiveLocation
-from engine.archive.part10 import dataset_offset
+from engine.archive.copy_tables import instance_copies, replaced_version_copies
 from engine.archive.replication import owe_rewritten_copy
+from engine.archive.rewriting import RewriteIO
 from engine.config.models import EngineConfig
-from engine.domain.correction_message import CorrectedPatient
 from engine.domain.housekeeping import Job
 from engine.domain.instance_tables import instance_versions, instances
-from engine.domain.instances import InstanceAttributes
 from engine.domain.reconcile import (
     OPEN_STEPS,
     OrderMatch,
@@ -47,26 +49,17 @@ from engine.domain.reconcile import (
     take_requests,
 )
 from engine.domain.reconciler import Reconciler
-from engine.domain.reforward import Correction, CorrectionPolicy, queue_correction
+from engine.domain.reforward import CorrectionEvent, CorrectionPolicy, queue_correction
+from engine.domain.rewrite_instance import Rewritten, rewrite_instance
 from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import orders, procedure_steps, studies
-from engine.reconcile.coerce import CORRECT, Modification, coerce
-from engine.reconcile.rewrite import (
-    CoercedStream,
-    WholeStream,
-    encode_header,
-    encode_whole,
-    encoding_of,
-    read_header,
-    read_whole,
-)
+from engine.reconcile.coerce import CORRECT, Modification
 from engine.store.database import Database
 
-__all__ = ["Pace", "Rewritten", "correct_study", "late_jobs", "match_for_order", "reconcile_job", "reconcile_study",
+__all__ = ["Pace", "correct_study", "late_jobs", "match_for_order", "reconcile_job", "reconcile_study",
            "unscheduled_for_order"]
 
 log = logging.getLogger(__name__)
-_HEAD = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,24 +87,6 @@ class Pace:
             self.sleep((time.monotonic() - started) * self.yield_ratio)
 
 
-@dataclass(frozen=True, slots=True)
-class Rewritten:
-    """One instance's coerced file, durable, about to be indexed."""
-
-    instance_pk: int
-    path: str
-    size: int
-    sha256: str
-    attrs: InstanceAttributes
-    changed: tuple[str, ...] = ()
-    patient: CorrectedPatient | None = None
-
-    def correction(self) -> Correction:
-        """What :func:`~engine.domain.reforward.queue_correction` needs to know."""
-        assert self.patient is not None
-        return Correction(self.instance_pk, self.attrs, self.changed, self.patient)
-
-
 def match_for_order(conn: Connection, order_pk: int, by: str, any_status: bool = False) -> OrderMatch | None:
     """The order as a match: its first candidate step (any step with ``any_status``) and its patient."""
     s, o = procedure_steps.c, orders.c
@@ -134,31 +109,8 @@ def unscheduled_for_order(conn: Connection, order_pk: int) -> list[str]:
             or resolve_dicom_patient(conn, r.patient_id, r.issuer_of_patient_id) == o.patient_pk]
 
 
-def _rewrite(location: ArchiveLocation, row: Any, target: dict[str, Any], mod: Modification) -> Rewritten | None:
-    """Coerce one stored file into a new one; None when nothing changes."""
-    enc = encoding_of(row.transfer_syntax_uid)
-    with open(location.path(row.path), "rb") as f:
-        offset = dataset_offset(f.read(_HEAD))
-        f.seek(0)
-        meta = f.read(offset)
-        header = read_header(f, offset, enc) if enc is not None else None
-        ds = header.dataset if header is not None else read_whole(f)
-        prior = (str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or ""))
-        changed = coerce(ds, target, mod)
-        if not changed:
-            return None
-        stream = (CoercedStream(encode_header(ds, header.enc), header.raw, f, header.bulk_at)
-                  if header is not None else WholeStream(encode_whole(ds), f, offset))
-        staged = location.stage(meta, cast(BinaryIO, stream))
-    attrs = InstanceAttributes.from_dataset(ds)
-    stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
-    path, _ = location.place(staged, [f"{stem}.{staged.sha256[:16]}.dcm"])
-    return Rewritten(int(row.id), path, staged.size, staged.sha256, attrs, changed,
-                     CorrectedPatient.from_dataset(ds, *prior))
-
-
 def _index(conn: Connection, study_uid: str, match: OrderMatch | None, done: list[Rewritten],
-           now: datetime, policy: CorrectionPolicy | None = None) -> None:
+           now: datetime, policy: CorrectionPolicy | None = None, event: CorrectionEvent | None = None) -> None:
     """Point the instances at their coerced files, refresh the study's attributes, link it (with ``match``),
     and queue what the destinations' ``on_correction`` asks for (with ``policy``): one transaction."""
     study_pk = conn.execute(select(studies.c.id).where(studies.c.study_instance_uid == study_uid)).scalar_one()
@@ -168,7 +120,8 @@ def _index(conn: Connection, study_uid: str, match: OrderMatch | None, done: lis
         received_from[int(old.id)] = str(old.received_from_ae or "")
         conn.execute(instance_versions.insert().values(
             instance_pk=old.id, sha256=old.sha256, size=old.size, location=old.location, path=old.path,
-            received_from_ae=old.received_from_ae, received_at=old.received_at, replaced_at=now))
+            received_from_ae=old.received_from_ae, received_at=old.received_at, replaced_at=now,
+            **replaced_version_copies(conn, int(old.id))))
         conn.execute(update(instances).where(instances.c.id == old.id).values(
             path=new.path, size=new.size, sha256=new.sha256, received_sha256=old.received_sha256 or old.sha256,
             versions=int(old.versions) + 1))
@@ -181,34 +134,36 @@ def _index(conn: Connection, study_uid: str, match: OrderMatch | None, done: lis
     if match is not None:
         link_study(conn, int(study_pk), match)
     if policy is not None:
-        queue_correction(conn, [new.correction() for new in done], received_from, policy, now)
+        queue_correction(conn, [new.correction() for new in done], received_from, policy, now, event)
 
 
-def reconcile_study(db: Database, location: ArchiveLocation, reconciler: Reconciler, study_uid: str,
+def reconcile_study(db: Database, io: RewriteIO, reconciler: Reconciler, study_uid: str,
                     match: OrderMatch, now: datetime, policy: CorrectionPolicy | None = None,
-                    pace: Pace = Pace()) -> int:
+                    pace: Pace = Pace(), event: CorrectionEvent | None = None) -> int:
     """Coerce every stored instance of ``study_uid`` to ``match``'s order and link the study; how many changed.
 
     With ``policy``, the rewritten instances are queued again per destination (:mod:`engine.domain.reforward`)
     in the transactions that index them (one per ``pace.batch`` instances); the study is linked in the last.
     """
     target = db.read(functools.partial(reconciler.target, match=match))
-    count = _rewrite_study(db, location, study_uid, target, Modification(now, reconciler.modifying_system),
-                           _Indexing(match, now, policy, always_link=True), pace)
+    count = _rewrite_study(db, io, study_uid, target, Modification(now, reconciler.modifying_system),
+                           _Indexing(match, now, policy, event, always_link=True), pace)
     log.info("study reconciled with order %d (%s): %d instance(s) coerced", match.order_pk, match.matched_by,
              count)
     return count
 
 
-def correct_study(db: Database, location: ArchiveLocation, reconciler: Reconciler, study_uid: str,
-                  now: datetime, policy: CorrectionPolicy | None = None, pace: Pace = Pace()) -> int:
+def correct_study(db: Database, io: RewriteIO, reconciler: Reconciler, study_uid: str,
+                  now: datetime, policy: CorrectionPolicy | None = None, pace: Pace = Pace(),
+                  event: CorrectionEvent | None = None) -> int:
     """PIR: bring a stored study's images in line with its order and patient as they are now (reason CORRECT).
 
     A linked study is corrected from its order (whose patient a merge may have changed,
     whose values an order update may have changed), an unscheduled one from its patient
     alone. Idempotent: an image that already holds every value is left as it is (and not
     queued again), so a crash between two batches (``pace``) only redoes the unindexed
-    ones. Returns how many instances changed.
+    ones; ``event`` (the request's) keys what is queued for ``policy`` so that a rerun queues
+    no second ADT. Returns how many instances changed.
     """
     linked = db.read(lambda conn: conn.execute(
         select(studies.c.order_pk, studies.c.step_pk, studies.c.patient_pk, orders.c.patient_pk.label("owner"))
@@ -222,9 +177,8 @@ def correct_study(db: Database, location: ArchiveLocation, reconciler: Reconcile
         target = db.read(functools.partial(reconciler.patient_target, patient_pk=int(linked.patient_pk)))
     else:
         return 0
-    count = _rewrite_study(db, location, study_uid, target,
-                           Modification(now, reconciler.modifying_system, reason=CORRECT),
-                           _Indexing(match, now, policy, always_link=False), pace)
+    count = _rewrite_study(db, io, study_uid, target, Modification(now, reconciler.modifying_system, reason=CORRECT),
+                           _Indexing(match, now, policy, event, always_link=False), pace)
     if count:
         log.info("study corrected: %d instance(s) rewritten", count)
     return count
@@ -237,38 +191,43 @@ class _Indexing:
     match: OrderMatch | None
     now: datetime
     policy: CorrectionPolicy | None
+    event: CorrectionEvent | None
     always_link: bool  # a late order links the study even when no image changes
 
 
-def _rewrite_study(db: Database, location: ArchiveLocation, study_uid: str, target: dict[str, Any],
+def _rewrite_study(db: Database, io: RewriteIO, study_uid: str, target: dict[str, Any],
                    mod: Modification, indexing: _Indexing, pace: Pace) -> int:
     """Rewrite every instance of the study that ``target`` changes, ``pace.batch`` at a time, each batch's
     files durable and then indexed in one transaction; the study is linked (``indexing.match``) in the last,
     when anything changed or ``indexing.always_link``. Returns how many instances changed."""
+    c = instance_copies.c
     rows = [row for row in db.read(lambda conn: conn.execute(
-        select(instances).join(studies, studies.c.id == instances.c.study_pk)
+        select(instances, c.meta_sha256, c.primary_state, c.secondary_state)
+        .join(studies, studies.c.id == instances.c.study_pk)
+        .outerjoin(instance_copies, c.instance_pk == instances.c.id)
         .where(studies.c.study_instance_uid == study_uid).order_by(instances.c.id)).all())
-        if _here(row, location)]
+        if _here(row, io)]
     count = 0
     for start in range(0, max(len(rows), 1), pace.batch):
         started = time.monotonic()
         done = [new for row in rows[start:start + pace.batch]
-                if (new := _rewrite(location, row, target, mod)) is not None]
+                if (new := rewrite_instance(io, row, target, mod)) is not None]
         count += len(done)
         last = start + pace.batch >= len(rows)
         link = last and (count > 0 or indexing.always_link)
         if done or link:
             db.writer.call(functools.partial(_index, study_uid=study_uid, match=indexing.match if link else None,
-                                             done=done, now=indexing.now, policy=indexing.policy))
+                                             done=done, now=indexing.now, policy=indexing.policy,
+                                             event=indexing.event))
         if not last:
             pace.rest(started)
     return count
 
 
-def _here(row: Any, location: ArchiveLocation) -> bool:
-    if row.location != location.name:
+def _here(row: Any, io: RewriteIO) -> bool:
+    if row.location != io.primary.name:
         log.warning("study reconciliation: instance %s is in location %s, not %s: left as stored",
-                    row.sop_instance_uid, row.location, location.name)
+                    row.sop_instance_uid, row.location, io.primary.name)
         return False
     return True
 
@@ -289,7 +248,7 @@ def _studies_of_order(conn: Connection, order_pk: int) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class _Context:
     db: Database
-    location: ArchiveLocation
+    io: RewriteIO
     reconciler: Reconciler
     policy: CorrectionPolicy
     pace: Pace
@@ -297,34 +256,36 @@ class _Context:
 
 def _handle(ctx: _Context, request: Request) -> int:
     db, now = ctx.db, datetime.now(UTC)
+    event = CorrectionEvent(request.event_key, request.trigger)
     count = 0
     if request.order_pk is not None:
         order_pk = int(request.order_pk)
         match = db.read(functools.partial(match_for_order, order_pk=order_pk, by="late_order"))
         if match is not None:
             for uid in db.read(functools.partial(unscheduled_for_order, order_pk=order_pk)):
-                count += reconcile_study(db, ctx.location, ctx.reconciler, uid, match, now, ctx.policy, ctx.pace)
+                count += reconcile_study(db, ctx.io, ctx.reconciler, uid, match, now, ctx.policy, ctx.pace, event)
         for uid in db.read(functools.partial(_studies_of_order, order_pk=order_pk)):
-            count += correct_study(db, ctx.location, ctx.reconciler, uid, now, ctx.policy, ctx.pace)
+            count += correct_study(db, ctx.io, ctx.reconciler, uid, now, ctx.policy, ctx.pace, event)
     if request.patient_pk is not None:
         for uid in db.read(functools.partial(_studies_of, patient_pk=int(request.patient_pk))):
-            count += correct_study(db, ctx.location, ctx.reconciler, uid, now, ctx.policy, ctx.pace)
-    db.writer.call(functools.partial(finish_request, request_id=request.id))
+            count += correct_study(db, ctx.io, ctx.reconciler, uid, now, ctx.policy, ctx.pace, event)
+    db.writer.call(functools.partial(finish_request, request=request))
     return count
 
 
-def reconcile_job(db: Database, location: ArchiveLocation, reconciler: Reconciler, every: float,
+def reconcile_job(db: Database, io: RewriteIO, reconciler: Reconciler, every: float,
                   policy: CorrectionPolicy | None = None, pace: Pace = Pace()) -> Job:
     """The background job: late orders, order updates and ADT corrections; the number of instances rewritten.
 
     A request is dropped only after every study it names is done; a crash in between
-    runs it again, which finds the images already corrected (nothing rewritten or queued twice).
+    runs it again, which finds the images already corrected (nothing rewritten or queued twice:
+    an ``on_correction: hl7`` ADT is keyed by the request's event key, :mod:`engine.domain.reforward`).
+    A location that cannot be read fails the run and leaves the request for the next.
     ``pace`` bounds each index transaction and yields to receive traffic between batches.
     """
-    ctx = _Context(db, location, reconciler, policy or CorrectionPolicy(()), pace)
+    ctx = _Context(db, io, reconciler, policy or CorrectionPolicy(()), pace)
 
     def run() -> int:
-        ctx.policy.adts_queued.clear()
         total = 0
         while pending := db.read(take_requests):
             for request in pending:
@@ -342,7 +303,6 @@ def late_jobs(db: Database, config: EngineConfig) -> list[Job]:
     reconciler = Reconciler.from_config(db, config)
     if reconciler.mapping is None:
         return []
-    location = ArchiveLocation("primary", config.archive_dir())
     cfg = config.reconcile
-    return [reconcile_job(db, location, reconciler, cfg.poll_interval_seconds, CorrectionPolicy.from_config(config),
-                          Pace(cfg.correction_batch, cfg.correction_yield_ratio))]
+    return [reconcile_job(db, RewriteIO.from_config(config), reconciler, cfg.poll_interval_seconds,
+                          CorrectionPolicy.from_config(config), Pace(cfg.correction_batch, cfg.correction_yield_ratio))]

@@ -15,6 +15,7 @@ mapping (:func:`order_input`) in the record shapes of :mod:`engine.domain.record
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, and_, bindparam, delete, exists, insert, or_, select, update
 
-from engine.domain.reconcile_tables import reconcile_requests
+from engine.domain.reconcile_tables import correction_adts, reconcile_requests
 from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps, studies
 from engine.reconcile.keys import MatchKeys
@@ -213,30 +214,39 @@ def link_study(conn: Connection, study_pk: int, match: OrderMatch) -> None:
 def request_reconciliation(conn: Connection, order_pks: list[int], now: datetime) -> None:
     """Ask the background job to look for unscheduled studies of these orders (caller's transaction)."""
     for pk in dict.fromkeys(order_pks):
-        conn.execute(insert(reconcile_requests).values(order_pk=pk, created_at=now))
+        conn.execute(insert(reconcile_requests).values(order_pk=pk, created_at=now, event_key=uuid.uuid4().hex))
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One pending ``reconcile_requests`` row: a late order, or a patient to correct."""
+    """One pending ``reconcile_requests`` row: a late order, or a patient to correct.
+
+    ``event_key`` names the correction event for good (idempotency keys derive from it);
+    ``trigger`` is the ADT event that asked (A47, A40, A08 …), "" for an order.
+    """
 
     id: int
     order_pk: int | None
     patient_pk: int | None
+    event_key: str = ""
+    trigger: str = ""
 
 
 def take_requests(conn: Connection, limit: int = 50) -> list[Request]:
     """The oldest pending requests."""
     rr = reconcile_requests.c
-    rows = conn.execute(select(rr.id, rr.order_pk, rr.patient_pk).order_by(rr.id).limit(limit))
-    return [Request(int(r.id), r.order_pk, r.patient_pk) for r in rows]
+    rows = conn.execute(select(rr.id, rr.order_pk, rr.patient_pk, rr.event_key, rr.trigger).order_by(rr.id)
+                        .limit(limit))
+    return [Request(int(r.id), r.order_pk, r.patient_pk, r.event_key or f"legacy{r.id}", r.trigger) for r in rows]
 
 
-def request_for_patient(conn: Connection, patient_pk: int, now: datetime) -> None:
-    """ADT hook (A08/A31, A40, A47): when the patient has stored images, ask the job to correct them."""
+def request_for_patient(conn: Connection, patient_pk: int, now: datetime, trigger: str = "") -> None:
+    """ADT hook (A08/A31, A40, A47: ``trigger``): when the patient has stored images, ask the job to
+    correct them."""
     st = studies.c
     if conn.execute(select(exists().where(st.patient_pk == patient_pk, st.number_of_instances > 0))).scalar():
-        conn.execute(insert(reconcile_requests).values(patient_pk=patient_pk, created_at=now))
+        conn.execute(insert(reconcile_requests).values(patient_pk=patient_pk, created_at=now,
+                                                       event_key=uuid.uuid4().hex, trigger=trigger[:8]))
 
 
 def patient_input(conn: Connection, patient_pk: int) -> dict[str, Any]:
@@ -251,9 +261,10 @@ def patient_input(conn: Connection, patient_pk: int) -> dict[str, Any]:
             "patient": patient}
 
 
-def finish_request(conn: Connection, request_id: int) -> None:
-    """Drop a handled request."""
-    conn.execute(delete(reconcile_requests).where(reconcile_requests.c.id == request_id))
+def finish_request(conn: Connection, request: Request) -> None:
+    """Drop a handled request and the keys of the ADTs it queued (no run of it can follow)."""
+    conn.execute(delete(reconcile_requests).where(reconcile_requests.c.id == request.id))
+    conn.execute(delete(correction_adts).where(correction_adts.c.event_key == request.event_key))
 
 
 #: Is any study unscheduled? Asked for every order that changes (the order path's hot loop), so it

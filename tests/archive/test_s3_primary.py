@@ -11,12 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
+from pynetdicom import AE
 
 from engine.archive.archive import archive_from_config, copy_current, current_instance
+from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
+from engine.domain.late_reconcile import late_jobs
 from tests.archive.replica_peer import copies, ct, replicate_until_sent, send
 from tests.archive.seaweed import Seaweed, running_seaweed
 from tests.dicom.store_peer import dataset_bytes, running_scp
+from tests.domain.factories import apply_records, order, patient
 
 
 @pytest.fixture
@@ -80,3 +85,46 @@ def test_an_s3_primary_replicates_to_a_directory_secondary(tmp_path: Path, corpu
             body = seaweed.client().get_object(Bucket="radbridge", Key=f"pacs/{row.path}")["Body"].read()  # type: ignore
             assert (second / row.path).read_bytes() == body
             assert copies(scp)[row.id].secondary_state == "VERIFIED"
+
+
+def test_a_correction_of_a_study_in_an_s3_primary_reads_and_writes_objects(
+        tmp_path: Path, corpus: Path, seaweed: Seaweed) -> None:
+    """PIR (#13) on an object-store primary: the stored object is read (checked), the corrected version is
+    a new object beside it, and nothing is left in the local spool."""
+    mappings = Path(__file__).resolve().parents[2] / "mappings"
+    with running_scp(tmp_path, mappings_dir=mappings, archive=_settings(seaweed, tmp_path)) as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("583295", patient_name="DOE^JOHN"),
+            order("PL1", patient_id="583295", accession_number="MOF5026", modality="MR")])
+        ds = dcmread(sorted((corpus / "dicom" / "study_dcm4che_MR_DOE_J1").glob("*.dcm"))[0])
+        assert send_any(scp.port, ds) == 0
+        (before,) = scp.instances()
+        adt = "MSH|^~\\&|HIS|HOSP|RADBRIDGE|HOSP|20261205080000||ADT^A08|A08|P|2.5.1\rPID|1||X^^^HOSP^MR||X\r"
+        apply_records(scp.db, PatientsHandler(patient_policy(scp.config)),
+                      [patient("583295", patient_name="DOE^JONATHAN", event="A08")], adt)
+        (job,) = late_jobs(scp.db, scp.config)
+        assert job.run() == 1
+        (after,) = scp.instances()
+        assert after.versions == 2 and after.path != before.path
+        assert _keys(seaweed, "pacs/") == sorted([f"pacs/{before.path}", f"pacs/{after.path}"])
+        body = seaweed.client().get_object(Bucket="radbridge", Key=f"pacs/{after.path}")["Body"].read()  # type: ignore
+        local = tmp_path / "corrected.dcm"
+        local.write_bytes(body)
+        corrected = dcmread(local)
+        assert str(corrected.PatientName) == "DOE^JONATHAN"
+        assert corrected.OriginalAttributesSequence[-1].ReasonForTheAttributeModification == "CORRECT"
+        assert corrected.PixelData == ds.PixelData
+        assert hashlib.sha256(dataset_bytes(local)).hexdigest() == after.sha256
+        assert [p for p in (tmp_path / "spool").rglob("*") if p.is_file()] == []
+
+
+def send_any(port: int, ds: Dataset) -> int:
+    """C-STORE one dataset of whatever SOP class and transfer syntax it has."""
+    ae = AE(ae_title="MR1")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()

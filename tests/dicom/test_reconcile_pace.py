@@ -10,6 +10,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from engine.archive.location import ArchiveLocation
+from engine.archive.rewriting import RewriteIO
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
 from engine.domain.instance_tables import instances
 from engine.domain.late_reconcile import Pace, reconcile_job
@@ -53,7 +54,7 @@ def test_a_correction_commits_in_batches_and_pauses_between_them(tmp_path: Path,
                 select(func.count()).select_from(instances).where(instances.c.versions == 2)).scalar_one()))
 
         pauses: list[tuple[float, int]] = []  # (seconds, instances indexed when the job paused)
-        job = reconcile_job(scp.db, ArchiveLocation("primary", scp.config.archive_dir()),
+        job = reconcile_job(scp.db, RewriteIO.local(ArchiveLocation("primary", scp.config.archive_dir())),
                             Reconciler.from_config(scp.db, scp.config), 1.0,
                             pace=Pace(batch=2, yield_ratio=0.5, sleep=lambda s: pauses.append((s, indexed()))))
         assert job.run() == COUNT

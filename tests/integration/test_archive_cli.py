@@ -118,6 +118,38 @@ def test_restore_fails_loudly_when_no_intact_copy_is_left(stored: Stored) -> Non
     assert result.returncode == 1 and "no intact copy" in result.stdout
 
 
+def test_verify_and_restore_cover_the_old_versions_kept_as_history(
+        engine_process: EngineProcess, corpus: Path) -> None:
+    """A resend with other content replaces an instance: its first version stays, in both locations, and
+    ``archive verify`` / ``restore`` check and rebuild it like a current one, reporting it by number."""
+    stored = _start(engine_process, corpus, verify_sample=0)
+    uid = next(u for u in stored.paths if stored.paths[u].startswith(stored.study))
+    changed = dcmread(stored.primary / stored.paths[uid])
+    changed.StudyDescription = "resent with other content"
+    port = yaml.safe_load((engine_process.config_dir / "engine.yaml").read_text())["dicom"]["port"]
+    assert send(port, [changed]) == [0]
+    old = "SELECT path, secondary_state FROM instance_versions"
+    _wait(lambda: [r[1] for r in sqlite_rows(stored.db(), old)] == ["VERIFIED"]
+          and set(stored.states().values()) == {("PRESENT", "VERIFIED")}, "both versions copied")
+    engine_process.stop()
+    ((old_path, _),) = sqlite_rows(stored.db(), old)
+    assert old_path == stored.paths[uid]
+    _flip(stored.secondary / old_path, len(stored.originals[uid]) - 100)
+    result = engine_process.cli("archive", "verify", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["old_versions_checked"] == 1
+    assert [(p["sop_instance_uid"], p["location"], p["problem"], p["version"], p["replaced"])
+            for p in report["problems"]] == [(uid, "secondary", "DAMAGED", 1, True)]
+    assert "v1 (replaced)" in engine_process.cli("archive", "verify").stdout
+    restored = engine_process.cli("archive", "restore", "--json")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert [(r["sop_instance_uid"], r["location"], r["source"], r["ok"], r["version"], r["replaced"])
+            for r in json.loads(restored.stdout)] == [(uid, "secondary", "primary", True, 1, True)]
+    assert (stored.secondary / old_path).read_bytes() == stored.originals[uid]
+    assert engine_process.cli("archive", "verify").returncode == 0
+
+
 def test_export_writes_the_current_instances_as_part10_files_and_is_audited(stored: Stored, tmp_path: Path) -> None:
     out = tmp_path / "export"
     result = stored.engine.cli("studies", "export", stored.study, str(out))

@@ -147,3 +147,99 @@ handlers: [patients, orders]
             assert _rows(engine_process, "SELECT count(*) FROM outbox WHERE destination = 'pacs'")[0][0] == len(files)
     finally:
         adt_peer.close()
+
+
+def _adt_a47(new: str, prior: str) -> str:
+    return "\r".join([
+        "MSH|^~\\&|HIS|NORTH|RADBRIDGE|NORTH|20261205120000||ADT^A47^ADT_A30|M47|P|2.5.1",
+        "EVN|A47|20261205120000",
+        f"PID|1||{new}^^^NORTH^MR||DOE^JOHN||19500505|F",
+        f"MRG|{prior}^^^NORTH^MR",
+    ]) + "\r"  # fmt: skip
+
+
+def _hl7_engine(engine_process: EngineProcess, pacs_port: int, adt_port: int, reconcile: str) -> tuple[int, int]:
+    """``radbridge run``: a DICOM destination whose corrections go as HL7 ADTs to the MLLP peer."""
+    mllp, dicom = free_port(), free_port()
+    (engine_process.config_dir / "engine.yaml").write_text(f"""
+data_dir: {engine_process.data_dir}
+mappings_dir: {ROOT / 'mappings'}
+dicom: {{port: {dicom}}}
+reconcile: {{poll_interval_seconds: 0.2{reconcile}}}
+outbox: {{poll_interval_seconds: 0.2}}
+destinations:
+  - {{name: pacs-adt, type: mllp, host: 127.0.0.1, port: {adt_port}}}
+  - {{name: pacs, type: dicom, host: 127.0.0.1, port: {pacs_port}, called_ae_title: STORESCP,
+      on_correction: hl7, correction_hl7_destination: pacs-adt}}
+""")
+    (engine_process.config_dir / "channels" / "ris.yaml").write_text(f"""
+name: ris-inbound
+source: {{type: mllp, port: {mllp}}}
+accept: {{message_types: ["ADT^*", "ORM^O01"]}}
+mapping: [adt-to-patient, order-to-worklist]
+handlers: [patients, orders]
+""")
+    engine_process.start(wait_port=mllp)
+    wait_for_port(dicom, proc=engine_process.proc)
+    return mllp, dicom
+
+
+@pytest.mark.timeout(600)
+def test_on_correction_hl7_sends_an_a47_over_mllp_after_an_identifier_change(
+        engine_process: EngineProcess, corpus: Path, tmp_path: Path) -> None:
+    need(DCMTK, "DCMTK not installed")
+    files = sorted((corpus / "dicom" / "study_dcm4che_MR_DOE_J1").glob("*.dcm"))[:2]
+    adt_peer = MLLPPeer(free_port())
+    adt_peer.up()
+    try:
+        with storescp(tmp_path) as pacs:
+            mllp, dicom = _hl7_engine(engine_process, pacs.port, adt_peer.port, "")
+            assert send(mllp, orm(1, "583295", "MOF5026", name="DOE^JOHN")) == "AA"
+            storescu(dicom, files)
+            wait_until(lambda: len(pacs.received()) == len(files), timeout=120, what="the images forwarded")
+            assert send(mllp, _adt_a47("NEW47", "583295")) == "AA"
+            (got,) = adt_peer.wait_for(1, timeout=120)
+            segments = got.payload.decode().split("\r")
+            assert "|ADT^A47^ADT_A30|" in segments[0]
+            assert segments[2].startswith("PID|1||NEW47^^^NORTH||DOE^JOHN||19500505|F")
+            assert segments[3] == "MRG|583295^^^NORTH"
+    finally:
+        adt_peer.close()
+
+
+@pytest.mark.timeout(600)
+def test_a_correction_killed_between_batches_sends_its_adt_once(
+        engine_process: EngineProcess, corpus: Path, tmp_path: Path) -> None:
+    """kill -9 after the first batches were indexed (their ADT queued, perhaps delivered): the restart
+    finishes the correction and the PACS still gets one ADT."""
+    need(DCMTK, "DCMTK not installed")
+    (tmp_path / "src").mkdir()
+    files = _study(corpus, tmp_path / "src")[:40]
+    adt_peer = MLLPPeer(free_port())
+    adt_peer.up()
+    try:
+        with storescp(tmp_path) as pacs:
+            pace = ", correction_batch: 2, correction_yield_ratio: 4"
+            mllp, dicom = _hl7_engine(engine_process, pacs.port, adt_peer.port, pace)
+            assert send(mllp, orm(1, "583295", "MOF5026", name="DOE^JOHN")) == "AA"
+            storescu(dicom, files)
+            wait_until(lambda: len(pacs.received()) == len(files), timeout=300, what="the images forwarded")
+            assert send(mllp, adt_a08("583295", "DOE^JONATHAN")) == "AA"
+            versions = "SELECT count(*) FROM instances WHERE versions = 2"
+            wait_until(lambda: _rows(engine_process, versions)[0][0] >= 4, timeout=120, what="two batches indexed")
+            assert engine_process.proc is not None
+            os.kill(engine_process.proc.pid, signal.SIGKILL)
+            engine_process.proc.wait(timeout=30)
+            assert _rows(engine_process, versions)[0][0] < len(files), "the correction was not interrupted"
+            engine_process.proc = None
+            engine_process.start(wait_port=mllp)
+            wait_until(lambda: _rows(engine_process, "SELECT count(*) FROM reconcile_requests")[0][0] == 0,
+                       timeout=300, what="the correction done after the restart")
+            assert _rows(engine_process, versions)[0][0] == len(files)
+            (got,) = adt_peer.wait_for(1, timeout=120)
+            assert "|ADT^A08^ADT_A01|" in got.payload.decode()
+            time.sleep(2.0)  # a second ADT, if one were queued, would arrive meanwhile
+            assert len(adt_peer.messages()) == 1
+            assert _rows(engine_process, "SELECT count(*) FROM outbox WHERE destination = 'pacs-adt'")[0][0] == 1
+    finally:
+        adt_peer.close()
