@@ -19,7 +19,7 @@ from alembic import op
 import engine.store.schema
 
 revision: str = '0019'
-down_revision: str | None = '0017'
+down_revision: str | None = '0018'
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
