@@ -342,4 +342,8 @@ def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Seq
         Route("/fhir/{res_type}/{res_id}/_history/{version}", _guarded(api, _vread), methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {HTTPException: _http_error, Exception: _unexpected}
-    return ReadFront(Starlette(routes=routes, exception_handlers=handlers), _guarded(api, _read), _unexpected)
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    # A trailing slash is a path we do not serve: answered 404 with an OperationOutcome, not a bare
+    # 307 to a URL built from the Host header (wrong behind a proxy, and no body a client can read).
+    app.router.redirect_slashes = False
+    return ReadFront(app, _guarded(api, _read), _unexpected)

@@ -54,3 +54,11 @@ def test_fuzzed_paths_and_raw_query_bytes_never_fail_with_500(engine: InProcessE
     _check(httpx.get(f"{engine.base}/{path}", timeout=30))
     url = httpx.URL(f"{engine.base}/ImagingStudy").copy_with(query=quote(raw, safe="=&%").encode())
     _check(httpx.get(url, timeout=30))
+
+
+def test_a_trailing_slash_is_an_operation_outcome_not_a_bare_redirect(engine: InProcessEngine) -> None:
+    # Found by the fuzz test above (segments=['0/']): Starlette answered 307 with no body.
+    for path in ("0%2F", "Patient/", "ImagingStudy/", "ImagingStudy/x/"):
+        response = httpx.get(f"{engine.base}/{path}", timeout=30)
+        assert response.status_code == 404, (path, response.status_code)
+        assert response.json()["resourceType"] == "OperationOutcome"
