@@ -189,8 +189,10 @@ class OrdersHandler:
             applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
             ctx.note(applied.changed, applied.note)
             if applied.changed:  # reconciliation (#13): unscheduled studies this order may own, or its stored
-                # studies to correct after a content update (XO), in the background
-                request_for_orders(conn, applied.step_pks, now, content=order.order_control in _CONTENT_UPDATES)
+                # studies to correct after a content update (XO), in the background. A new order has no
+                # stored study yet (its pk is new, a deleted order's studies were unlinked): only the former.
+                content = not applied.created and order.order_control in _CONTENT_UPDATES
+                request_for_orders(conn, applied.step_pks, now, content=content)
         return []
 
 
