@@ -8,6 +8,7 @@ with a 5-segment ORM^O01 and a unique MSH-10 per message.
     python bench/bench_mllp.py --messages 5000 --memory 100000   # + RSS over 100,000 more
     python bench/bench_mllp.py --workflow      # ORM -> patient, order, worklist step (issue 4 target)
     python bench/bench_mllp.py --compare ../wt-before --rounds 7 [--workflow]   # A/B against another tree
+    python bench/bench_mllp.py --compare ../wt-before --workflow --without-projector   # the order path alone
 
 Prints throughput (median of --runs), p50/p99 latency and the server process's
 CPU time per message (user + system, all threads) for one sender, the ratio to
@@ -21,6 +22,11 @@ alternates), warms it up, measures 1 and 8 senders and stops it. It prints the
 median and range of each side and of the per-pair ratios (this tree / DIR), for
 throughput and for the engine's CPU time per message; on a shared machine the
 CPU time per message and the within-pair ratios are the robust figures.
+
+``--without-projector`` runs the engines without the FHIR projector (#14), which otherwise turns
+every order of ``--workflow`` into stored FHIR resources in the same process and so counts in
+its CPU a message: the order path is then measured alone (the change-feed triggers still fire).
+A tree without the projector runs as it is.
 """
 
 from __future__ import annotations
@@ -90,6 +96,25 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise TimeoutError(port)
 
 
+#: ``radbridge run`` with the FHIR projector replaced by one that does nothing (``--without-projector``).
+NO_PROJECTOR = """
+import sys
+try:
+    import channels.fhir.wiring as wiring
+except ImportError:  # a tree from before the FHIR API
+    wiring = None
+if wiring is not None:
+    class _Off:
+        async def stop(self) -> None:
+            pass
+    async def _off(*args):
+        return _Off()
+    wiring.start_projector = _off
+from engine.cli.main import main
+sys.exit(main())
+"""
+
+
 def sender(port: int, prefix: str, count: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -127,7 +152,9 @@ def drive(port: int, senders: int, per_sender: int, tag: str) -> tuple[float, li
     return senders * per_sender / elapsed, latencies
 
 
-def start_engine(tmp: Path, port: int, workflow: bool, root: Path = ROOT) -> subprocess.Popen[bytes]:
+def start_engine(
+    tmp: Path, port: int, workflow: bool, root: Path = ROOT, projector: bool = True
+) -> subprocess.Popen[bytes]:
     """``radbridge run`` of the checkout ``root`` (its .venv's Python if it has one) on a fresh data dir."""
     cfg = tmp / "config"
     (cfg / "channels").mkdir(parents=True)
@@ -141,7 +168,8 @@ def start_engine(tmp: Path, port: int, workflow: bool, root: Path = ROOT) -> sub
     env = {**os.environ, "PYTHONPATH": str(root)}
     venv = root / ".venv" / "bin" / "python"
     python = str(venv) if root != ROOT and venv.exists() else sys.executable
-    proc = subprocess.Popen([python, "-m", "engine.cli.main", "--config", str(cfg), "run"], cwd=root,
+    entry = ["-m", "engine.cli.main"] if projector else ["-c", NO_PROJECTOR]
+    proc = subprocess.Popen([python, *entry, "--config", str(cfg), "run"], cwd=root,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc
@@ -214,7 +242,8 @@ def compare(args: argparse.Namespace) -> None:
     trees = {"before": Path(args.compare).resolve(), "after": ROOT}
     results: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     with contextlib.ExitStack() as stack:
-        engines = {name: stack.enter_context(_running(root, args.workflow)) for name, root in trees.items()}
+        projector = not args.without_projector
+        engines = {name: stack.enter_context(_running(root, args.workflow, projector)) for name, root in trees.items()}
         for name, (port, _, _) in engines.items():
             drive(port, 1, 500, f"{name}w")  # imports, caches, the first 500 patients
         for r in range(args.rounds):
@@ -233,7 +262,8 @@ def compare(args: argparse.Namespace) -> None:
                 if (steps := worklist_steps(tmp)) != sent:
                     raise SystemExit(f"{trees[name]}: {steps} worklist steps for {sent} orders")
     print(f"\nbefore = {trees['before']}, after = {ROOT}; {args.rounds} interleaved pairs, {args.messages} messages"
-          f" per configuration{' (--workflow)' if args.workflow else ''}; median [min-max]")
+          f" per configuration{' (--workflow)' if args.workflow else ''}"
+          f"{' without the projector' if args.without_projector else ''}; median [min-max]")
     print(f"{'':28}{'before':>22}{'after':>22}{'after/before':>22}")
     labels = {"one": "1 sender msgs/s", "eight": "8 senders msgs/s", "cpu_one": "1 sender CPU µs/msg",
               "cpu_eight": "8 senders CPU µs/msg"}
@@ -244,11 +274,11 @@ def compare(args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def _running(root: Path, workflow: bool) -> Iterator[tuple[int, int, Path]]:
+def _running(root: Path, workflow: bool, projector: bool = True) -> Iterator[tuple[int, int, Path]]:
     """(port, pid, data directory) of an engine of ``root`` on a fresh data directory, stopped afterwards."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        engine = start_engine(Path(tmp), port, workflow, root)
+        engine = start_engine(Path(tmp), port, workflow, root, projector)
         try:
             yield port, engine.pid, Path(tmp)
         finally:
@@ -270,6 +300,8 @@ def main() -> None:
                         help="afterwards send N more messages and sample the engine's RSS every 10,000")
     parser.add_argument("--compare", metavar="DIR",
                         help="A/B: interleave this tree's engine with the checkout DIR's (no bare server)")
+    parser.add_argument("--without-projector", action="store_true",
+                        help="run the engines without the FHIR projector: the order path alone (see above)")
     parser.add_argument("--rounds", type=int, default=5, help="with --compare: pairs of runs")
     args = parser.parse_args()
     if args.compare:
@@ -278,7 +310,7 @@ def main() -> None:
     bare_port, rb_port = free_port(), free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
     with tempfile.TemporaryDirectory() as tmp:
-        engine = start_engine(Path(tmp), rb_port, args.workflow)
+        engine = start_engine(Path(tmp), rb_port, args.workflow, projector=not args.without_projector)
         try:
             wait_port(bare_port)
             peer = measure(bare_port, bare.pid, args, "bare")

@@ -230,8 +230,12 @@ class Persister:
 
         ``read``: what the reader tolerated, already on the row; kept before the handlers' notes.
         """
-        notes = [o.note for o in outcomes if o.note]
-        unchanged = bool(outcomes) and not any(o.changed for o in outcomes)
+        notes: list[str] = []
+        unchanged = bool(outcomes)
+        for o in outcomes:  # one loop: every message with handlers passes here
+            if o.note:
+                notes.append(o.note)
+            unchanged = unchanged and not o.changed
         if not (notes or unchanged):
             return  # the common case costs no statement
         values: dict[str, Any] = {"note": "\n".join(read + notes)}

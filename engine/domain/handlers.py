@@ -101,8 +101,9 @@ _CONTENT_UPDATES = frozenset({"NW", "XO"})
 
 def _require(message: Message, kinds: tuple[str, ...], segment: str, records: list[dict[str, Any]]) -> None:
     """A message of this handler's kind must yield a record: AE 101 without the segment, else AR 201."""
-    if any(r.get("record") in kinds for r in records):
-        return
+    for r in records:
+        if r.get("record") in kinds:
+            return
     if message.segment(segment) is None:
         raise HL7ApplicationError(101, f"{message.message_type} has no {segment} segment", ErrorLocation(segment, 1))
     raise HL7Reject(
@@ -117,8 +118,8 @@ def _renames_first(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Applied in order, the PID would create the new id and the rename would then find it taken.
     """
     renamed = {(r.get("patient_id"), r.get("issuer", "")) for r in records
-               if r.get("record") == "merge" and r.get("kind") == "change_id"}
-    if not renamed:
+               if r.get("record") == "merge" and r.get("kind") == "change_id"} if len(records) > 1 else None
+    if not renamed:  # an A47 has a merge record and a PID: a lone record has nothing to reorder
         return records
     return sorted(records, key=lambda r: r.get("record") == "patient"
                   and (r.get("patient_id"), r.get("issuer", "")) in renamed)
@@ -190,14 +191,19 @@ class OrdersHandler:
                 pk = apply_patient_event(conn, rec.model_copy(update={"event": ""}), self.policy.patients, now)
                 _remember(ctx, rec, self.policy.patients, pk)
         known = ctx.shared.get(_KNOWN)
-        order_records = (data for data in ctx.records if data.get("record") == "order")
-        for sequence, data in enumerate(order_records, start=1):
+        sequence = 0
+        for data in ctx.records:
+            if data.get("record") != "order":
+                continue
+            sequence += 1
             order = _validate(OrderRecord, data, "ORC")
             applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
             ctx.note(applied.changed, applied.note)
             if applied.changed:  # reconciliation (#13): unscheduled studies this order may own, or its stored
-                # studies to correct after a content update (XO), in the background
-                request_for_orders(conn, applied.step_pks, now, content=order.order_control in _CONTENT_UPDATES)
+                # studies to correct after a content update (XO), in the background. A new order has no
+                # stored study yet (its pk is new, a deleted order's studies were unlinked): only the former.
+                content = not applied.created and order.order_control in _CONTENT_UPDATES
+                request_for_orders(conn, applied.step_pks, now, content=content)
         return []
 
 

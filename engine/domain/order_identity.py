@@ -41,8 +41,7 @@ def _by(column: Any) -> FastStatement:
         select(*_COLUMNS)
         .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)
         .where(column == bindparam("number"))
-        .order_by(procedure_steps.c.id)
-    )
+    )  # in step order: sorted here (no ORDER BY, whose sorter SQLite sets up even when nothing matches)
 
 
 _BY_PLACER = _by(orders.c.placer_order_number)
@@ -67,9 +66,15 @@ def given_ids(record: OrderRecord) -> tuple[str, str]:
     return rp_id, sps_id
 
 
+def _step_pk(row: Any) -> int:
+    return int(row.step_pk)
+
+
 def _narrow(
     rows: Sequence[Any], record: OrderRecord, namespace_of: str, namespace: str, by_accession: bool
 ) -> list[Any]:
+    if len(rows) > 1:
+        rows = sorted(rows, key=_step_pk)
     rp_id, sps_id = given_ids(record)
     accession = record.accession_number if by_accession else ""
     return [
@@ -98,7 +103,7 @@ def find_orders(
     for statement, number, namespace_of, namespace in searches:
         if number:
             rows = all_rows(statement, conn, {"number": number})
-            found = _narrow(rows, record, namespace_of, namespace, by_accession)
+            found = _narrow(rows, record, namespace_of, namespace, by_accession) if rows else rows
             if found:
                 return found
     if record.placer_order_number or record.filler_order_number or not record.accession_number:

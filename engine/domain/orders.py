@@ -126,6 +126,7 @@ class Applied:
     step_pks: tuple[int, ...] = ()
     changed: bool = True
     note: str = ""
+    created: bool = False  # a new order: nothing stored (no study, no report) can refer to it yet
 
 
 def step_status(
@@ -393,4 +394,4 @@ def apply_order(
         return refused
     identity = (record.patient_id, record.issuer)
     patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
-    return Applied((_create(conn, record, key, status, patient_pk, policy, now, message_id),))
+    return Applied((_create(conn, record, key, status, patient_pk, policy, now, message_id),), created=True)

@@ -73,6 +73,8 @@ INFORMATIONAL_TIMESTAMPS = frozenset({("MSH", 7), ("EVN", 2), ("ORC", 9)})
 _TIMESTAMP_TYPES = frozenset({"DTM", "TS", "DT"})
 
 _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+#: Every segment id of a message at once, joined with CR (the ids themselves hold no CR).
+_SEGMENT_IDS = re.compile(r"[A-Z][A-Z0-9]{2}(?:\r[A-Z][A-Z0-9]{2})*")
 _DTM = re.compile(r"^\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,4})?)?)?)?)?)?(?:[+-]\d{4})?$")
 _DT = re.compile(r"^\d{4}(?:\d{2}(?:\d{2})?)?$")
 _TM = re.compile(r"^\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,4})?)?)?(?:[+-]\d{4})?$")
@@ -147,21 +149,29 @@ def _check_envelope(message: Message, notes: list[str]) -> None:
     seps = message.seps
     encoding = msh.field(2)
     chars = seps.field + encoding
-    if len(encoding) not in (4, 5) or len(set(chars)) != len(chars) or any(c.isalnum() for c in chars):
+    if not _sane_delimiters(chars):
         raise HL7Reject(100, f"invalid encoding characters {encoding!a}", _loc("MSH", 1, 2))
     if len(encoding) == 5 and (reference_version(message.version) or "0") < "2.7":
         # Senders that write v2.7's MSH-2 whatever MSH-12 says: the fifth character can only be
         # the truncation character, which changes nothing in how the message is read.
         notes.append(f"MSH-2 {encoding!r} read with {encoding[4]!r} as the truncation character of v2.7")
-    counts: dict[str, int] = {}
-    for seg in message.segments:
-        counts[seg.name] = counts.get(seg.name, 0) + 1
-        if not _SEGMENT_ID.match(seg.name):
-            raise HL7ApplicationError(
-                100, f"invalid segment id {seg.name[:12]!a}", _loc(seg.name[:3] or "?", counts[seg.name])
-            )
-    if counts.get("MSH", 0) > 1:
+    names = [seg.name for seg in message.segments]
+    if not _SEGMENT_IDS.fullmatch("\r".join(names)):  # one scan; the loop below only says where
+        counts: dict[str, int] = {}
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+            if not _SEGMENT_ID.match(name):
+                raise HL7ApplicationError(
+                    100, f"invalid segment id {name[:12]!a}", _loc(name[:3] or "?", counts[name])
+                )
+    if "MSH" in names[1:]:
         raise HL7ApplicationError(100, "second MSH inside one message", _loc("MSH", 2))
+
+
+@lru_cache(maxsize=256)
+def _sane_delimiters(chars: str) -> bool:
+    """MSH-1 + MSH-2: 5 or 6 distinct characters, none alphanumeric (one sender sends the same ones)."""
+    return len(chars) in (5, 6) and len(set(chars)) == len(chars) and not any(c.isalnum() for c in chars)
 
 
 @lru_cache(maxsize=256)
@@ -216,22 +226,40 @@ def _check_structure(message: Message, version: str, strict: bool) -> None:
 
 
 def _check_datatypes(message: Message, version: str, key_only: bool, reader: _Timestamps) -> None:
-    checked = _checked_segments(version, key_only)
+    checked = _checked_segments(version) if key_only else None
     counts: dict[str, int] = {}
     for seg in message.segments:
         name = seg.name
-        counts[name] = counts.get(name, 0) + 1
-        typed = checked.get(name) if key_only else _typed_fields(version, name, key_only)
+        typed, components = checked.get(name, _NOTHING) if checked is not None else _all_checks(version, name)
+        if not (typed or components):
+            continue  # counted only where a location may be reported: segments of the same name agree
+        sequence = counts[name] = counts.get(name, 0) + 1
         if typed:
-            _check_segment(seg, typed, counts[name], reader)
-        if name in KEY_COMPONENTS:
-            _check_components(seg, counts[name], reader)
+            _check_segment(seg, typed, sequence, reader)
+        if components:
+            _check_components(seg, components, sequence, reader)
+
+
+#: A field to check: its number, the check, whether it is a TS (read from its first component), its definition.
+_Check = tuple[int, Callable[[str], bool], bool, FieldDef]
+_NOTHING: tuple[tuple[_Check, ...], tuple[tuple[int, int], ...]] = ((), ())
+
+
+def _checks(typed: tuple[tuple[int, FieldDef], ...]) -> tuple[_Check, ...]:
+    return tuple((n, _CHECKS[spec[0]], spec[0] == "TS", spec) for n, spec in typed)
 
 
 @lru_cache(maxsize=64)
-def _checked_segments(version: str, key_only: bool) -> dict[str, tuple[tuple[int, FieldDef], ...]]:
-    """With ``key_only``: segment id → its typed key fields (one dict lookup per segment)."""
-    return {name: _typed_fields(version, name, key_only) for name in KEY_FIELDS} if key_only else {}
+def _checked_segments(version: str) -> dict[str, tuple[tuple[_Check, ...], tuple[tuple[int, int], ...]]]:
+    """Key checks: segment id → its typed key fields and its timestamp components (one dict lookup a segment)."""
+    names = set(KEY_FIELDS) | set(KEY_COMPONENTS)
+    return {name: (_checks(_typed_fields(version, name, True)), KEY_COMPONENTS.get(name, ())) for name in names}
+
+
+@lru_cache(maxsize=4096)
+def _all_checks(version: str, name: str) -> tuple[tuple[_Check, ...], tuple[tuple[int, int], ...]]:
+    """Every typed field of segment ``name`` and its timestamp components ("all" data types)."""
+    return _checks(_typed_fields(version, name, False)), KEY_COMPONENTS.get(name, ())
 
 
 @lru_cache(maxsize=4096)
@@ -244,17 +272,18 @@ def _typed_fields(version: str, segment: str, key_only: bool) -> tuple[tuple[int
     )  # fmt: skip
 
 
-def _check_segment(
-    seg: Segment, typed: tuple[tuple[int, FieldDef], ...], sequence: int, reader: _Timestamps
-) -> None:
+def _check_segment(seg: Segment, typed: tuple[_Check, ...], sequence: int, reader: _Timestamps) -> None:
     fields = seg.fields
     count = len(fields)
-    for number, spec in typed:
-        if number >= count or not fields[number]:
+    seps = seg.seps
+    for number, check, is_ts, spec in typed:
+        if number >= count:
             continue
-        check, is_ts = _CHECKS[spec[0]], spec[0] == "TS"
-        for rep in seg.repetitions(number):
-            value = pick(rep, seg.seps, 1) if is_ts else rep
+        written = fields[number]
+        if not written:
+            continue
+        for rep in written.split(seps.repetition) if seps.repetition in written else (written,):
+            value = pick(rep, seps, 1) if is_ts else rep
             if not value or value == '""' or check(value):
                 continue
             location = _loc(seg.name, sequence, number, 1 if is_ts else None)
@@ -264,14 +293,17 @@ def _check_segment(
             reader.tolerate(value, error, _Field(seg.name, sequence, number), date_only=spec[0] == "DT")
 
 
-def _check_components(seg: Segment, sequence: int, reader: _Timestamps) -> None:
-    for number, component in KEY_COMPONENTS[seg.name]:
+def _check_components(
+    seg: Segment, components: tuple[tuple[int, int], ...], sequence: int, reader: _Timestamps
+) -> None:
+    seps = seg.seps
+    for number, component in components:
         written = seg.field(number)
         if not written:  # the common case for OBR-27 (v2.5 senders use TQ1): nothing to split
             continue
-        for rep in written.split(seg.seps.repetition):
-            value = pick(rep, seg.seps, component)
-            value = pick(value, seg.seps, 1, 1) if seg.seps.subcomponent in value else value
+        for rep in written.split(seps.repetition) if seps.repetition in written else (written,):
+            value = pick(rep, seps, component)
+            value = pick(value, seps, 1, 1) if seps.subcomponent in value else value
             if not value or value == '""' or _valid_dtm(value):
                 continue
             where = _Field(seg.name, sequence, number, component)

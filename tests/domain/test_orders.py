@@ -356,6 +356,21 @@ def test_orders_reuse_the_patient_the_patients_handler_just_upserted(
     assert {o.patient_pk for o in _rows(db, orders)} == {pat.id}
 
 
+def test_a_new_order_looks_for_no_stored_study_of_its_own(db: Database, engine_config: EngineConfig) -> None:
+    # Only the unscheduled-studies probe: a new order's pk is new, so no stored study can name it.
+    statements = _both_handlers(db, engine_config, [patient(), order("PL1")])
+    (probe,) = [s for s in statements if "studies" in s]
+    assert "order_pk IS NULL" in probe
+
+
+def test_a_changed_resent_order_still_looks_for_its_stored_studies(
+    db: Database, engine_config: EngineConfig
+) -> None:
+    _both_handlers(db, engine_config, [patient(), order("PL1")])
+    statements = _both_handlers(db, engine_config, [patient(), order("PL1", priority="S")])
+    assert sum("studies" in s for s in statements) == 2  # the probe, then this order's stored studies
+
+
 def test_orders_follow_the_trusted_identity_the_patients_handler_chose(
     db: Database, engine_config: EngineConfig
 ) -> None:
