@@ -35,13 +35,13 @@ from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import studies
 from engine.errors import RadbridgeError
 from engine.mapping import CompiledMapping, load_mapping
-from engine.reconcile.coerce import COERCE, Modification, coerce
+from engine.reconcile.coerce import COERCE, Modification, coerce_header
 from engine.reconcile.keys import MatchKeys
 from engine.reconcile.rewrite import (
     CoercedStream,
     Header,
     WholeStream,
-    encode_header,
+    encode_coerced,
     encode_whole,
     read_header,
     read_whole,
@@ -138,12 +138,13 @@ class Reconciler:
         spool.seek(offset)
         if match is None or not target:
             return Prepared(spool, attrs, match)
-        changed = coerce(header, target, Modification(now, self.modifying_system, calling_ae, COERCE))
+        coercion = coerce_header(header, target, Modification(now, self.modifying_system, calling_ae, COERCE))
+        changed = coercion.changed
         if not changed:
             return Prepared(spool, attrs, match)
         log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
                  match.matched_by, ",".join(changed))
-        body = (CoercedStream(encode_header(header, parsed.enc), parsed.raw, spool, parsed.bulk_at, received_sha256)
+        body = (CoercedStream(encode_coerced(parsed, coercion), parsed.raw, spool, parsed.bulk_at, received_sha256)
                 if parsed is not None else WholeStream(encode_whole(header), spool, offset))
         return Prepared(body, InstanceAttributes.from_dataset(header), match, changed)
 

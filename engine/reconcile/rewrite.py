@@ -6,6 +6,16 @@ touches, and every text value the character set governs) is read with pydicom
 and written back in the same transfer syntax; everything from the split on is
 copied byte for byte, never decoded and never held in memory.
 
+Writing the header back (:func:`splice_header`) re-encodes only the top-level
+elements the coercion changed (and the OriginalAttributesSequence it appended
+to), each exactly as pydicom encodes it, and copies every other element's bytes
+as received. pydicom's whole-header encoding (:func:`encode_header`) differs only
+where it would itself alter an element nobody changed: a value it had decoded is
+re-encoded from the decoded value (padding normalised), a sequence it had parsed
+gets its item lengths recomputed. Retired group lengths (gggg,0000) are dropped by
+both, as they would be stale. A header whose SpecificCharacterSet changed has
+every text value re-encoded, and is encoded whole.
+
 Deflated datasets (PS3.5 A.5) cannot be split: their bytes are compressed as a
 whole. They are read and written whole instead (:func:`read_whole`,
 :func:`encode_whole`); they are rare and small (deflate suits structured reports,
@@ -21,17 +31,19 @@ from io import BytesIO
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.charset import default_encoding
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.filewriter import dcmwrite, write_data_element, write_dataset
 from pydicom.uid import UID
 
 from engine.archive.part10 import dataset_offset
-from engine.archive.structure import Encoding, offset_of_tag
+from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
+from engine.reconcile.coerce import Coercion
 
-__all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "encode_header", "encode_whole", "encoding_of",
-           "read_header", "read_whole"]
+__all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "encode_coerced", "encode_header", "encode_whole",
+           "encoding_of", "read_header", "read_whole", "splice_header"]
 
 #: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
 BULK_TAG = 0x7FE00000
@@ -75,6 +87,45 @@ def encode_header(ds: Dataset, enc: Encoding) -> bytes:
     ds.set_original_encoding(enc.implicit, enc.little, ds.original_character_set)
     write_dataset(out, ds)
     return out.getvalue()
+
+
+def _is_group_length(tag: int) -> bool:
+    """A retired group length (PS3.5 7.2), which pydicom never writes either."""
+    return tag & 0xFFFF == 0 and tag >> 16 > 6
+
+
+def splice_header(header: Header, tags: frozenset[int]) -> bytes:
+    """``header.dataset``, changed in place only at ``tags``, encoded in ``header.enc`` by splicing.
+
+    The elements ``tags`` names that the dataset holds are encoded by pydicom (as
+    :func:`encode_header` would encode them) at their place in tag order; every other
+    top-level element is copied from ``header.raw`` (its bytes as received). The caller
+    must not have changed the dataset anywhere else, nor its SpecificCharacterSet.
+    """
+    ds, enc = header.dataset, header.enc
+    out = DicomBytesIO()
+    out.is_implicit_VR, out.is_little_endian = enc.implicit, enc.little
+    charset = ds.get("SpecificCharacterSet", default_encoding)
+    pending = sorted(tag for tag in tags if tag in ds)
+    raw = memoryview(header.raw)
+    for tag, start, stop in top_level_elements(raw, 0, len(raw), enc):
+        while pending and pending[0] < tag:
+            write_data_element(out, ds.get_item(pending.pop(0)), charset)
+        if pending and pending[0] == tag:
+            write_data_element(out, ds.get_item(pending.pop(0)), charset)
+        elif not _is_group_length(tag):
+            out.write(raw[start:stop])
+    for tag in pending:
+        write_data_element(out, ds.get_item(tag), charset)
+    return out.getvalue()
+
+
+def encode_coerced(header: Header, coercion: Coercion) -> bytes:
+    """``header.dataset`` after :func:`~engine.reconcile.coerce.coerce_header` returned ``coercion``: spliced
+    (:func:`splice_header`), or encoded whole when its character set changed (every text value re-encoded)."""
+    if coercion.charset_changed:
+        return encode_header(header.dataset, header.enc)
+    return splice_header(header, coercion.tags())
 
 
 class CoercedStream:
