@@ -41,7 +41,8 @@ _TS = {Encoding(False, True): "1.2.840.10008.1.2.1", Encoding(True, True): "1.2.
 #: What the shipped order-to-image mapping writes, with values an order would carry (ASCII: no charset change).
 ORDER_TARGET: dict[str, Any] = {
     "PatientName": "DOE^JOHN", "PatientID": "583295", "IssuerOfPatientID": "HOSP", "PatientBirthDate": "19600101",
-    "PatientSex": "M", "AccessionNumber": "ACC1", "IssuerOfAccessionNumberSequence": [{"LocalNamespaceEntityID": "RIS"}],
+    "PatientSex": "M", "AccessionNumber": "ACC1",
+    "IssuerOfAccessionNumberSequence": [{"LocalNamespaceEntityID": "RIS"}],
     "ReferringPhysicianName": "", "StudyDescription": "MR LEFT WRIST", "StudyID": "RP1",
     "ProcedureCodeSequence": [{"CodeValue": "MRWR", "CodingSchemeDesignator": "L", "CodeMeaning": "MR wrist"}],
     "RequestAttributesSequence": [{
@@ -131,7 +132,7 @@ def test_a_header_coerced_twice_keeps_the_first_item_and_appends_the_second() ->
     assert_spliced_as_pydicom_encodes(once, enc, {"PatientName": "TWO"})
     before, after = _header(once, enc).dataset, _header(twice, enc).dataset
     (item,) = before.OriginalAttributesSequence
-    assert list(after.OriginalAttributesSequence)[0] == item
+    assert after.OriginalAttributesSequence[0] == item
     assert str(after.OriginalAttributesSequence[1].ModifiedAttributesSequence[0].PatientName) == "ONE"
     assert after.OriginalAttributesSequence[1].ReasonForTheAttributeModification == "CORRECT"
     assert str(after.PatientName) == "TWO"
@@ -184,7 +185,8 @@ def _value(rng: random.Random, vr: str, charset: str | None) -> str:
     if vr in ("DA", "TM"):
         return {"DA": f"{rng.randint(1900, 2026)}0101", "TM": f"{rng.randint(0, 23):02d}1010"}[vr]
     if vr in ("CS", "SH"):
-        return "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ") for _ in range(rng.randint(1, 16))).strip() or "X"
+        code = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ") for _ in range(rng.randint(1, 16)))
+        return code.strip() or "X"
     return _word(rng, charset)
 
 
