@@ -21,11 +21,13 @@ the header should hold and writes those that differ. What it writes:
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -85,15 +87,38 @@ def _merged_items(existing: Any, wanted: list[Any]) -> list[Dataset]:
 def _merged_item(existing: Dataset | None, wanted: Mapping[str, Any]) -> Dataset:
     item = copy.deepcopy(existing) if existing is not None else Dataset()
     for keyword, value in wanted.items():
-        if is_empty(value):
-            continue
-        if isinstance(value, Mapping):
-            value = [value]
-        if isinstance(value, list):
-            setattr(item, keyword, _merged_items(item.get(keyword), value))
-        else:
-            setattr(item, keyword, value)
+        if not is_empty(value):
+            _put(item, _replacement(_current(item, keyword), keyword, value))
     return item
+
+
+@functools.lru_cache(maxsize=1024)
+def _definition(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None  # mapping targets are checked against the dictionary at load
+    return tag, str(dictionary_VR(tag))
+
+
+def _element(current: DataElement | None, keyword: str, value: Any) -> DataElement:
+    """The element ``keyword`` becomes with ``value``, as ``setattr(ds, keyword, value)`` would make it,
+    without changing ``current``: an existing element keeps its VR (and undefined length), a new one takes
+    the dictionary's. pydicom's value check is skipped: it only warns, quoting the value (PHI) in the log."""
+    if current is None:
+        tag, vr = _definition(keyword)
+        return DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    new = copy.copy(current)  # shares nothing it changes: ``value`` is replaced, not mutated
+    new.validation_mode = config.IGNORE
+    new.value = value
+    return new
+
+
+def _current(ds: Dataset, keyword: str) -> DataElement | None:
+    """The element (decoded), or None when absent."""
+    return ds[keyword] if keyword in ds else None  # noqa: SIM401 - the element, not its value
+
+
+def _put(ds: Dataset, elem: DataElement) -> None:
+    ds[elem.tag] = elem
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -110,9 +135,7 @@ def _texts(value: Any) -> Iterator[str]:
 
 def _absent(keyword: str) -> DataElement:
     """The empty element that records "this attribute was not there" (PS3.3 C.12.1.1.9.2)."""
-    tag = tag_for_keyword(keyword)
-    assert tag is not None  # mapping targets are checked against the dictionary at load
-    vr = dictionary_VR(tag)
+    tag, vr = _definition(keyword)
     return DataElement(tag, vr, [] if vr == "SQ" else None)
 
 
@@ -126,20 +149,13 @@ class _Change:
 
 
 def _replacement(current: DataElement | None, keyword: str, value: Any) -> DataElement:
-    """The element ``keyword`` would become, as ``setattr(ds, keyword, value)`` would make it, without
-    changing ``current``: an existing element keeps its VR (and undefined length), a new one takes the
-    dictionary's; a list of item dicts is merged into copies of the current items."""
+    """:func:`_element` for a mapped value: a list of item dicts (or one) is merged into copies of the
+    current items."""
     if isinstance(value, Mapping):
         value = [value]
     if isinstance(value, list):
         value = _merged_items(current.value if current is not None else None, value)
-    if current is None:
-        tag = tag_for_keyword(keyword)
-        assert tag is not None  # mapping targets are checked against the dictionary at load
-        return DataElement(tag, dictionary_VR(tag), value)
-    new = copy.copy(current)  # shares nothing it changes: ``value`` is replaced, not mutated
-    new.value = value
-    return new
+    return _element(current, keyword, value)
 
 
 def _changes(ds: Dataset, wanted: Mapping[str, Any]) -> list[_Change]:
@@ -150,7 +166,7 @@ def _changes(ds: Dataset, wanted: Mapping[str, Any]) -> list[_Change]:
     """
     found = []
     for keyword, value in wanted.items():
-        current = ds[keyword] if keyword in ds else None  # noqa: SIM401 - the element, not its value
+        current = _current(ds, keyword)
         new = _replacement(current, keyword, value)
         if current is None or _canon(new.value) != _canon(current.value):
             found.append(_Change(keyword, current, new))
@@ -168,11 +184,14 @@ def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
 
 def _stamp(mod: Modification, modified: Dataset) -> Dataset:
     item = Dataset()
-    item.ModifiedAttributesSequence = [modified]
-    item.AttributeModificationDateTime = mod.when.strftime("%Y%m%d%H%M%S.%f%z")
-    item.ModifyingSystem = mod.modifying_system[:64]
-    item.SourceOfPreviousValues = mod.source_of_previous_values[:64]
-    item.ReasonForTheAttributeModification = mod.reason
+    for keyword, value in (
+        ("ModifiedAttributesSequence", [modified]),
+        ("AttributeModificationDateTime", mod.when.strftime("%Y%m%d%H%M%S.%f%z")),
+        ("ModifyingSystem", mod.modifying_system[:64]),
+        ("SourceOfPreviousValues", mod.source_of_previous_values[:64]),
+        ("ReasonForTheAttributeModification", mod.reason),
+    ):
+        _put(item, _element(None, keyword, value))
     return item
 
 
@@ -211,10 +230,11 @@ def coerce_header(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> 
         _switch_charset(ds, str(charset), modified)
         changes = _changes(ds, wanted)  # again over the decoded header, as it will be encoded
     for change in changes:
-        ds[change.new.tag] = change.new
-        modified[change.keyword] = change.old if change.old is not None else _absent(change.keyword)
-    history = list(ds.get("OriginalAttributesSequence", None) or [])
-    ds.OriginalAttributesSequence = [*history, _stamp(mod, modified)]
+        _put(ds, change.new)
+        _put(modified, change.old if change.old is not None else _absent(change.keyword))
+    history = _current(ds, "OriginalAttributesSequence")
+    items = [*(history.value if history is not None else []), _stamp(mod, modified)]  # earlier items kept
+    _put(ds, _element(history, "OriginalAttributesSequence", items))
     return Coercion(tuple(c.keyword for c in changes), charset != current)
 
 
