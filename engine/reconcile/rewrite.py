@@ -35,12 +35,13 @@ from pydicom.charset import default_encoding
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import dcmwrite, write_data_element, write_dataset
+from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import UID
 
 from engine.archive.part10 import dataset_offset
 from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
 from engine.reconcile.coerce import Coercion
+from engine.reconcile.encode import ElementWriter
 
 __all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "encode_coerced", "encode_header", "encode_whole",
            "encoding_of", "read_header", "read_whole", "splice_header"]
@@ -97,27 +98,26 @@ def _is_group_length(tag: int) -> bool:
 def splice_header(header: Header, tags: frozenset[int]) -> bytes:
     """``header.dataset``, changed in place only at ``tags``, encoded in ``header.enc`` by splicing.
 
-    The elements ``tags`` names that the dataset holds are encoded by pydicom (as
-    :func:`encode_header` would encode them) at their place in tag order; every other
-    top-level element is copied from ``header.raw`` (its bytes as received). The caller
+    The elements ``tags`` names that the dataset holds are encoded as pydicom encodes them
+    (:class:`~engine.reconcile.encode.ElementWriter`, as :func:`encode_header` would) at their
+    place in tag order; every other top-level element is copied from ``header.raw`` (its bytes as received). The caller
     must not have changed the dataset anywhere else, nor its SpecificCharacterSet.
     """
     ds, enc = header.dataset, header.enc
-    out = DicomBytesIO()
-    out.is_implicit_VR, out.is_little_endian = enc.implicit, enc.little
+    writer = ElementWriter(enc)
     charset = ds.get("SpecificCharacterSet", default_encoding)
     pending = sorted(tag for tag in tags if tag in ds)
     raw = memoryview(header.raw)
+    out: list[bytes | memoryview] = []
     for tag, start, stop in top_level_elements(raw, 0, len(raw), enc):
         while pending and pending[0] < tag:
-            write_data_element(out, ds.get_item(pending.pop(0)), charset)
+            out.append(writer.element(ds.get_item(pending.pop(0)), charset))
         if pending and pending[0] == tag:
-            write_data_element(out, ds.get_item(pending.pop(0)), charset)
+            out.append(writer.element(ds.get_item(pending.pop(0)), charset))
         elif not _is_group_length(tag):
-            out.write(raw[start:stop])
-    for tag in pending:
-        write_data_element(out, ds.get_item(tag), charset)
-    return out.getvalue()
+            out.append(raw[start:stop])
+    out.extend(writer.element(ds.get_item(tag), charset) for tag in pending)
+    return b"".join(out)
 
 
 def encode_coerced(header: Header, coercion: Coercion) -> bytes:
