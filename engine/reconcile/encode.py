@@ -79,17 +79,17 @@ class ElementWriter:
         if not self.enc.implicit and (vr is None or len(vr) != 2):
             return None
         if isinstance(elem, RawDataElement):
-            value = elem.value if elem.value is not None else b""
-            return self._frame(elem.tag, vr, value, elem.length == _UNDEFINED)
+            raw = elem.value if elem.value is not None else b""
+            return self._frame(elem.tag, vr, raw, elem.length == _UNDEFINED)
         if vr == "SQ":
             body = b"".join(self._sequence_item(item, encodings) for item in elem.value)
             return self._frame(elem.tag, vr, body, elem.is_undefined_length)
-        value = self._text(vr, elem.value, encodings)
-        if value is None or elem.is_undefined_length:
+        text = self._text(vr, elem.value, encodings)
+        if text is None or elem.is_undefined_length:
             return None
-        return self._frame(elem.tag, vr, value, False)
+        return self._frame(elem.tag, vr, text, False)
 
-    def _text(self, vr: str, value: Any, encodings: list[str]) -> bytes | None:
+    def _text(self, vr: str | None, value: Any, encodings: list[str]) -> bytes | None:
         """A single text value as pydicom's writer for ``vr`` encodes it, else None."""
         if value is None or (isinstance(value, str) and not value):
             return b""  # empty: not written, length 0
