@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
@@ -38,6 +39,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import UID
 
+from engine.archive.location import FileTail
 from engine.archive.part10 import dataset_offset
 from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
 from engine.reconcile.coerce import Coercion
@@ -128,38 +130,42 @@ def encode_coerced(header: Header, coercion: Coercion) -> bytes:
     return splice_header(header, coercion.tags())
 
 
-class CoercedStream:
-    """A readable stream: the new header bytes, then the spool from the bulk on.
+class CoercedStream(FileTail):
+    """The coerced data set: the new header bytes, then the spool from the bulk on.
 
-    While it is read it also hashes the dataset *as received* (the old header bytes,
-    then the same bulk), so a resend of the same image is still recognised
-    (:attr:`received_sha256` once fully read). ``received_sha256``, when the caller knows it
-    already (the streamed receive hashed the data set as it wrote the spool), is taken
-    as is and the bulk is not hashed a second time.
+    :meth:`~engine.archive.location.ArchiveLocation.stage` copies it as a
+    :class:`~engine.archive.location.FileTail`; it can also be read as a stream (:meth:`read`).
+    :attr:`received_sha256` is the hash of the dataset *as received* (the old header bytes,
+    then the same bulk), so that a resend of the same image is still recognised; when the
+    caller knows it already (the streamed receive hashed the data set as it wrote the
+    spool), it is taken as is, else computed from the spool when first asked for.
     """
 
     def __init__(self, head: bytes, old_head: bytes, spool: BinaryIO, bulk_at: int,
                  received_sha256: str = "") -> None:
-        self._head = BytesIO(head)
-        self._spool = spool
+        super().__init__(head, spool, bulk_at)
+        self._old_head = old_head
         self._known = received_sha256
-        self._received = None if received_sha256 else hashlib.sha256(old_head)
+        self._stream: BytesIO | None = None
         spool.seek(bulk_at)
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (the header first); b"" at the end."""
-        chunk = self._head.read(size)
-        if chunk:
-            return chunk
-        chunk = self._spool.read(size)
-        if self._received is not None:
-            self._received.update(chunk)
-        return chunk
+        if self._stream is None:
+            self._stream = BytesIO(self.head)
+        return self._stream.read(size) or self.source.read(size)
 
     @property
     def received_sha256(self) -> str:
-        """SHA-256 of the dataset as received (valid once the stream has been read to the end)."""
-        return self._known or self._received.hexdigest()  # type: ignore[union-attr]
+        """SHA-256 of the dataset as received."""
+        if not self._known:
+            digest = hashlib.sha256(self._old_head)
+            at = self.offset
+            while chunk := os.pread(self.source.fileno(), 1 << 20, at):
+                digest.update(chunk)
+                at += len(chunk)
+            self._known = digest.hexdigest()
+        return self._known
 
 
 def read_whole(spool: BinaryIO) -> Dataset:
