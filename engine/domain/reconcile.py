@@ -36,8 +36,10 @@ __all__ = [
     "PatientMismatchPolicy",
     "Request",
     "find_order",
+    "input_from_rows",
     "link_study",
     "order_input",
+    "order_rows",
     "patient_conflict",
     "patient_input",
     "request_for_orders",
@@ -172,15 +174,25 @@ _ORDER_INPUT = FastStatement(
 )
 
 
+def order_rows(conn: Connection, match: OrderMatch) -> tuple[Any, ...]:
+    """The stored rows :func:`order_input` is built from (hashable: equal rows give an equal input)."""
+    rows = all_rows(_ORDER_INPUT, conn, {"order_pk": match.order_pk, "step_pk": match.step_pk})
+    if not rows:
+        raise NoResultFound(f"order {match.order_pk} with step {match.step_pk} is gone")  # as Core's .one()
+    return tuple(rows)
+
+
 def order_input(conn: Connection, match: OrderMatch) -> dict[str, Any]:
     """``{"order": ..., "patient": ...}`` for the order-to-image mapping, from the stored rows.
 
     The patient is the order's as stored now (a merge moved the order to the survivor),
     so the image gets the surviving identity.
     """
-    rows = all_rows(_ORDER_INPUT, conn, {"order_pk": match.order_pk, "step_pk": match.step_pk})
-    if not rows:
-        raise NoResultFound(f"order {match.order_pk} with step {match.step_pk} is gone")  # as Core's .one()
+    return input_from_rows(order_rows(conn, match))
+
+
+def input_from_rows(rows: Sequence[Any]) -> dict[str, Any]:
+    """:func:`order_input` of the rows :func:`order_rows` read."""
     r = rows[0]
     order = {
         "record": "order", "order_control": r.o_order_control or "NW", "order_status": r.o_order_status,
