@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 
 from engine.errors import ArchiveUnavailable
 
-__all__ = ["ArchiveLocation", "FileTail", "StagedFile"]
+__all__ = ["ArchiveLocation", "FileTail", "StagedFile", "hash_range"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,17 @@ def _copy_tail(source: int, out: int, offset: int, digest: Any) -> int:
                 kernel = False
         if not kernel:
             _write_all(out, view[:n].tobytes())
+        at += n
+    return at - offset
+
+
+def hash_range(fd: int, offset: int, digest: Any) -> int:
+    """Hash ``fd`` from ``offset`` to its end into ``digest`` (a reused buffer); how many bytes."""
+    buf = _buffer()
+    view = memoryview(buf)
+    at = offset
+    while n := os.preadv(fd, [buf], at):
+        digest.update(view[:n])
         at += n
     return at - offset
 
