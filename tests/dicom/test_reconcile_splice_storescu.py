@@ -4,15 +4,19 @@ from what was received, everything else is byte for byte as sent, and dciodvfy f
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
 
 from pydicom import dcmread
+from sqlalchemy import select
 
+from engine.archive.copy_tables import instance_copies
 from engine.archive.part10 import dataset_offset
 from engine.archive.structure import top_level_elements
 from engine.domain.handlers import OrdersHandler, order_policy
+from engine.domain.instance_tables import instances
 from engine.reconcile.rewrite import encoding_of
 from tests.conftest import need
 from tests.dicom.conftest import needs_dcmtk
@@ -63,6 +67,9 @@ def test_a_spliced_image_differs_from_the_received_one_only_where_it_was_coerced
         ])  # fmt: skip
         done = storescu(scp.port, files)
         assert done.returncode == 0, done.stderr[-2000:]
+        copies = scp.db.read(lambda c: c.execute(select(instances.c.sop_instance_uid, instance_copies.c.meta_sha256)
+                                                 .join(instance_copies)).all())
+        meta_sha256 = dict(copies)
         for uid, src in as_received.items():
             stored = scp.stored_path(uid)
             ds = dcmread(stored)
@@ -73,6 +80,9 @@ def test_a_spliced_image_differs_from_the_received_one_only_where_it_was_coerced
             assert {t: written[t] for t in untouched} == {t: received[t] for t in untouched}  # pixels included
             assert set(written) - untouched <= COERCED
             assert _dciodvfy_errors(stored) <= _dciodvfy_errors(src)
+            data = stored.read_bytes()
+            meta = data[:dataset_offset(data[:1 << 16])]  # padded when the spool was given its new head in place
+            assert meta_sha256[uid] == hashlib.sha256(meta).hexdigest()  # what fixity and replication check
         again = storescu(scp.port, files[:2])  # resent: recognised as the same content, nothing changes
         assert again.returncode == 0 and len(scp.instances()) == len(files)
         assert all(r.versions == 1 for r in scp.instances())
