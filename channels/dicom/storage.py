@@ -47,8 +47,9 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _c
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.archive.location import ArchiveLocation, StagedFile
+from engine.archive.location import ArchiveLocation, FileTail, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
+from engine.archive.rehead import rehead
 from engine.archive.s3_primary import primary_location
 from engine.archive.structure import Encoding, check_structure
 from engine.config.models import DicomDestinationConfig, EngineConfig
@@ -273,8 +274,8 @@ class StorageService:
         attrs = prepared.attrs
         meta = encode_file_meta(attrs.sop_class_uid, attrs.sop_instance_uid, request.transfer_syntax_uid,
                                 request.calling_ae)
-        if prepared.received_sha256():  # coerced: the stored bytes are new, written out and fsynced
-            staged = self.primary.stage(meta, prepared.stream())
+        if prepared.received_sha256():  # coerced: the spool given its new head in place, or a copy
+            staged, meta = self._stage_coerced(request, meta, prepared)
         else:  # as received: the streamed spool itself when it can be adopted
             staged = self._stage(request, head, meta, prepared.stream())
         # UIDs are checked (digits and dots): safe as names. The second name, with the content
@@ -328,6 +329,17 @@ class StorageService:
         if streamed is not None and request.spool.parent == self.primary.incoming and head.startswith(meta):
             return self.primary.adopt(request.spool, streamed.size, streamed.sha256)
         return self.primary.stage(meta, dataset)
+
+    def _stage_coerced(self, request: StoreRequest, meta: bytes, prepared: Prepared) -> tuple[StagedFile, bytes]:
+        """The coerced file and the File Meta Information it starts with: the streamed spool given its new
+        head in place (:mod:`engine.archive.rehead`; its pixel data stays where the receiver wrote it, the
+        meta padded), else a fsynced copy."""
+        body = prepared.body
+        if request.streamed is not None and isinstance(body, FileTail):
+            done = rehead(self.primary, request.spool, meta, body)
+            if done is not None:
+                return done.staged, done.meta
+        return self.primary.stage(meta, prepared.stream()), meta
 
     def _commit(self, work: Callable[[Connection], tuple[IndexOutcome, int]]) -> tuple[IndexOutcome, int]:
         """Run ``work`` in a committed (durable) transaction; :class:`StoreUnavailable` if it cannot commit.

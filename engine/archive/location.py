@@ -4,8 +4,11 @@ A file enters in two steps, so that nothing half-written ever carries a final na
 
 1. :meth:`ArchiveLocation.stage` writes it under a temporary name in the
    location's ``.incoming`` directory (same file system), hashing as it goes,
-   and fsyncs it. Any ``OSError`` (disk full, unwritable) removes the temporary
-   file and raises :class:`~engine.errors.ArchiveUnavailable`.
+   and fsyncs it. A body given as a :class:`FileTail` (new leading bytes, then
+   another file from an offset on: a coerced image's new header and its pixel
+   data as received) is copied by the kernel (``copy_file_range``) and hashed
+   from a reused buffer. Any ``OSError`` (disk full, unwritable) removes the
+   temporary file and raises :class:`~engine.errors.ArchiveUnavailable`.
    :meth:`ArchiveLocation.adopt` instead takes a file a receiver already wrote
    completely in ``.incoming`` (hashing as it wrote) and fsyncs it: no copy.
 2. :meth:`ArchiveLocation.place` gives it its final name with ``link(2)``, which
@@ -25,15 +28,16 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from engine.errors import ArchiveUnavailable
 
-__all__ = ["ArchiveLocation", "StagedFile"]
+__all__ = ["ArchiveLocation", "FileTail", "StagedFile", "hash_range"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,83 @@ class StagedFile:
     path: Path
     size: int
     sha256: str
+
+
+class FileTail:
+    """A body made of ``head`` followed by ``source`` from byte ``offset`` to its end (``source`` is a
+    complete file, opened for reading, that nobody writes any more)."""
+
+    def __init__(self, head: bytes, source: BinaryIO, offset: int) -> None:
+        self.head = head
+        self.source = source
+        self.offset = offset
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_tail(source: int, out: int, offset: int, digest: Any) -> int:
+    """Append ``source`` from ``offset`` on to ``out``, hashing it into ``digest``; how many bytes.
+
+    The kernel copies (``copy_file_range``, no user-space copy) while the bytes are hashed from
+    a reused buffer; where the kernel cannot copy between these files, the buffer is written.
+    """
+    buf = _buffer()
+    view = memoryview(buf)
+    at = offset
+    kernel = True
+    while n := os.preadv(source, [buf], at):
+        digest.update(view[:n])
+        if kernel:
+            try:
+                kernel = _copy_range(source, out, at, n)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                kernel = False
+        if not kernel:
+            _write_all(out, view[:n].tobytes())
+        at += n
+    return at - offset
+
+
+def hash_range(fd: int, offset: int, digest: Any) -> int:
+    """Hash ``fd`` from ``offset`` to its end into ``digest`` (a reused buffer); how many bytes."""
+    buf = _buffer()
+    view = memoryview(buf)
+    at = offset
+    while n := os.preadv(fd, [buf], at):
+        digest.update(view[:n])
+        at += n
+    return at - offset
+
+
+def _buffer() -> bytearray:
+    """This thread's copy buffer (one per thread, reused: a fresh one costs a page fault a page)."""
+    buf: bytearray | None = getattr(_local, "buffer", None)
+    if buf is None:
+        buf = _local.buffer = bytearray(_CHUNK)
+    return buf
+
+
+_local = threading.local()
+
+
+def _copy_range(source: int, out: int, at: int, count: int) -> bool:
+    """Copy ``count`` bytes of ``source`` at ``at`` to the end of ``out`` in the kernel; False when it
+    copied nothing (the caller writes them itself)."""
+    done = 0
+    while done < count:
+        n = os.copy_file_range(source, out, count - done, at + done)
+        if n == 0:
+            if done:
+                raise OSError(errno.EIO, "the source file ended while it was copied")
+            return False
+        done += n
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -110,24 +191,39 @@ class ArchiveLocation:
         """The absolute path of a file the index names by ``relative``."""
         return self.root / relative
 
-    def stage(self, head: bytes, body: BinaryIO) -> StagedFile:
+    def stage(self, head: bytes, body: BinaryIO | FileTail) -> StagedFile:
         """Write ``head`` then the rest of ``body`` (streamed) to a new temporary file, fsynced."""
         path = self.incoming / f"{uuid.uuid4().hex}.part"
-        digest = hashlib.sha256()
-        size = 0
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-            with os.fdopen(fd, "wb", buffering=0) as out:
-                out.write(head)
-                while chunk := body.read(_CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-                os.fsync(out.fileno())
+            try:
+                size, sha256 = (self._write_tail(fd, head, body) if isinstance(body, FileTail)
+                                else self._write_stream(fd, head, body))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             self.discard(path)
             raise _unavailable(f"archive location {self.name} cannot take a file", exc) from exc
-        return StagedFile(path, size, digest.hexdigest())
+        return StagedFile(path, size, sha256)
+
+    @staticmethod
+    def _write_stream(fd: int, head: bytes, body: BinaryIO) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        size = 0
+        _write_all(fd, head)
+        while chunk := body.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            _write_all(fd, chunk)
+        return size, digest.hexdigest()
+
+    @staticmethod
+    def _write_tail(fd: int, head: bytes, body: FileTail) -> tuple[int, str]:
+        digest = hashlib.sha256(body.head)
+        _write_all(fd, head + body.head)
+        size = len(body.head) + _copy_tail(body.source.fileno(), fd, body.offset, digest)
+        return size, digest.hexdigest()
 
     def adopt(self, path: Path, size: int, sha256: str) -> StagedFile:
         """Stage ``path``, a complete file its writer has closed in ``.incoming``, by fsyncing it.

@@ -11,11 +11,15 @@ import struct
 
 from engine.errors import MalformedDataset
 
-__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "dataset_offset", "encode_file_meta"]
+__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "PADDING_CREATOR_UID", "dataset_offset",
+           "encode_file_meta", "min_padding", "pad_file_meta"]
 
 #: radbridge's Implementation Class UID (a UUID-derived UID under 2.25, PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = "2.25.204587617513361960318215003916339741337"
 IMPLEMENTATION_VERSION_NAME = "RADBRIDGE_1"
+
+#: (0002,0100) Private Information Creator UID of the padding :func:`pad_file_meta` adds.
+PADDING_CREATOR_UID = IMPLEMENTATION_CLASS_UID + ".1"
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 #: (0002,0000) UL, explicit VR little endian: tag, "UL", length 4.
@@ -66,3 +70,37 @@ def dataset_offset(head: bytes) -> int:
         raise MalformedDataset("not a DICOM Part 10 file with a File Meta group length")
     (length,) = struct.unpack_from("<I", head, 140)
     return 144 + int(length)
+
+
+def _padding_elements(size: int) -> bytes:
+    """(0002,0100) with :data:`PADDING_CREATOR_UID` and (0002,0102) Private Information of zeros,
+    ``size`` bytes together (``size`` >= :func:`min_padding`, even)."""
+    creator = _creator()
+    zeros = size - len(creator) - 12
+    if zeros < 0 or zeros % 2:
+        raise ValueError(f"no padding of {size} bytes")
+    return creator + struct.pack("<HH2sHI", 2, 0x0102, b"OB", 0, zeros) + b"\0" * zeros
+
+
+def _creator() -> bytes:
+    return _element(0x0100, b"UI", PADDING_CREATOR_UID.encode("ascii"), b"\0")
+
+
+def min_padding() -> int:
+    """The fewest bytes :func:`pad_file_meta` can add (the two elements, no zeros)."""
+    return len(_creator()) + 12
+
+
+def pad_file_meta(meta: bytes, length: int) -> bytes:
+    """``meta`` (from :func:`encode_file_meta`) made exactly ``length`` bytes long.
+
+    The File Meta Information gains a Private Information Creator UID (0002,0100) and a
+    Private Information (0002,0102) of zeros (PS3.10 7.1), its group length updated; the
+    dataset that follows is not touched. Lets a file's head grow by whole file-system blocks
+    (:mod:`engine.archive.rehead`). ``length - len(meta)`` must be 0 or at least
+    :func:`min_padding`, and even.
+    """
+    if length == len(meta):
+        return meta
+    body = meta[144:] + _padding_elements(length - len(meta))
+    return _PREAMBLE + _GROUP_LENGTH_HEADER + struct.pack("<I", len(body)) + body

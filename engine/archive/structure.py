@@ -13,13 +13,14 @@ Deflated datasets (PS3.5 A.5) are not walked here: their bytes are compressed.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydicom.datadict import dictionary_VR
 
 from engine.errors import MalformedDataset
 
-__all__ = ["Encoding", "check_structure", "offset_of_tag"]
+__all__ = ["Encoding", "check_structure", "offset_of_tag", "top_level_elements"]
 
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
@@ -64,6 +65,22 @@ def offset_of_tag(buf: bytes | memoryview | object, start: int, end: int, enc: E
             return pos
         pos = walker.value(h, end, 1, enc)
     return end
+
+
+def top_level_elements(buf: bytes | memoryview | object, start: int, end: int,
+                       enc: Encoding) -> Iterator[tuple[int, int, int]]:
+    """(tag, first byte, byte after its value) of each top-level element of ``buf[start:end]``.
+
+    ``buf[start:end]`` must be well-formed (:func:`check_structure` first): a value of defined
+    length is skipped by its length, one of undefined length walked to its delimiter.
+    """
+    walker = _Walker(buf, enc)
+    pos = start
+    while pos < end:
+        h = walker.header(pos, end, enc)
+        stop = h.value_at + h.length if h.length != _UNDEFINED else walker.value(h, end, 1, enc)
+        yield h.tag, pos, stop
+        pos = stop
 
 
 @dataclass(frozen=True, slots=True)

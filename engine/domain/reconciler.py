@@ -26,8 +26,9 @@ from engine.domain.reconcile import (
     OrderMatch,
     PatientMismatchPolicy,
     find_order,
+    input_from_rows,
     link_study,
-    order_input,
+    order_rows,
     patient_conflict,
     patient_input,
 )
@@ -35,13 +36,13 @@ from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import studies
 from engine.errors import RadbridgeError
 from engine.mapping import CompiledMapping, load_mapping
-from engine.reconcile.coerce import COERCE, Modification, coerce
+from engine.reconcile.coerce import COERCE, Modification, coerce_header
 from engine.reconcile.keys import MatchKeys
 from engine.reconcile.rewrite import (
     CoercedStream,
     Header,
     WholeStream,
-    encode_header,
+    encode_coerced,
     encode_whole,
     read_header,
     read_whole,
@@ -51,6 +52,9 @@ from engine.store.database import Database
 __all__ = ["PatientMismatch", "Prepared", "Reconciler", "reconcile_indexed"]
 
 log = logging.getLogger(__name__)
+
+#: Mapping outputs kept by :meth:`Reconciler.target` (orders whose images arrive at the same time).
+_TARGETS_KEPT = 64
 
 
 class PatientMismatch(RadbridgeError):
@@ -85,6 +89,7 @@ class Reconciler:
     policy: MatchPolicy = field(default_factory=MatchPolicy)
     patient_mismatch: PatientMismatchPolicy = "reject"
     modifying_system: str = "RADBRIDGE"
+    _targets: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_config(cls, db: Database, config: EngineConfig) -> Reconciler:
@@ -102,10 +107,22 @@ class Reconciler:
                    cfg.modifying_system or config.dicom.ae_title)
 
     def target(self, conn: Connection, match: OrderMatch) -> dict[str, Any]:
-        """The header values the mapping derives from the matched order (keyword -> value)."""
+        """The header values the mapping derives from the matched order (keyword -> value); read-only.
+
+        The images of one study are matched to the same order one after the other: the mapping
+        (a pure function of its input) runs again only when the order's stored rows changed.
+        """
         assert self.mapping is not None
-        records = self.mapping.apply_to(order_input(conn, match)).records
-        return records[0] if records else {}
+        rows = order_rows(conn, match)
+        cached = self._targets.get(rows)
+        if cached is not None:
+            return cached
+        records = self.mapping.apply_to(input_from_rows(rows)).records
+        found = records[0] if records else {}
+        if len(self._targets) >= _TARGETS_KEPT:
+            self._targets.clear()
+        self._targets[rows] = found
+        return found
 
     def patient_target(self, conn: Connection, patient_pk: int) -> dict[str, Any]:
         """The header values for a study without an order: the mapping over the patient alone."""
@@ -138,12 +155,13 @@ class Reconciler:
         spool.seek(offset)
         if match is None or not target:
             return Prepared(spool, attrs, match)
-        changed = coerce(header, target, Modification(now, self.modifying_system, calling_ae, COERCE))
+        coercion = coerce_header(header, target, Modification(now, self.modifying_system, calling_ae, COERCE))
+        changed = coercion.changed
         if not changed:
             return Prepared(spool, attrs, match)
         log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
                  match.matched_by, ",".join(changed))
-        body = (CoercedStream(encode_header(header, parsed.enc), parsed.raw, spool, parsed.bulk_at, received_sha256)
+        body = (CoercedStream(encode_coerced(parsed, coercion), parsed.raw, spool, parsed.bulk_at, received_sha256)
                 if parsed is not None else WholeStream(encode_whole(header), spool, offset))
         return Prepared(body, InstanceAttributes.from_dataset(header), match, changed)
 

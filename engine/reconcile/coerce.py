@@ -21,11 +21,13 @@ the header should hold and writes those that differ. What it writes:
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -33,10 +35,13 @@ from pydicom.multival import MultiValue
 
 from engine.reconcile.charset import needed_charset
 
-__all__ = ["COERCE", "CORRECT", "Modification", "coerce", "is_empty"]
+__all__ = ["COERCE", "CORRECT", "ORIGINAL_ATTRIBUTES_SEQUENCE", "SPECIFIC_CHARACTER_SET", "Coercion", "Modification",
+           "coerce", "coerce_header", "is_empty"]
 
 COERCE = "COERCE"  # PS3.3 C.12.1.1.9.2: values changed on receipt
 CORRECT = "CORRECT"  # values corrected later (ADT update, merge)
+ORIGINAL_ATTRIBUTES_SEQUENCE = 0x04000561
+SPECIFIC_CHARACTER_SET = 0x00080005
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +87,38 @@ def _merged_items(existing: Any, wanted: list[Any]) -> list[Dataset]:
 def _merged_item(existing: Dataset | None, wanted: Mapping[str, Any]) -> Dataset:
     item = copy.deepcopy(existing) if existing is not None else Dataset()
     for keyword, value in wanted.items():
-        if is_empty(value):
-            continue
-        if isinstance(value, Mapping):
-            value = [value]
-        if isinstance(value, list):
-            setattr(item, keyword, _merged_items(item.get(keyword), value))
-        else:
-            setattr(item, keyword, value)
+        if not is_empty(value):
+            _put(item, _replacement(_current(item, keyword), keyword, value))
     return item
+
+
+@functools.lru_cache(maxsize=1024)
+def _definition(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None  # mapping targets are checked against the dictionary at load
+    return tag, str(dictionary_VR(tag))
+
+
+def _element(current: DataElement | None, keyword: str, value: Any) -> DataElement:
+    """The element ``keyword`` becomes with ``value``, as ``setattr(ds, keyword, value)`` would make it,
+    without changing ``current``: an existing element keeps its VR (and undefined length), a new one takes
+    the dictionary's. pydicom's value check is skipped: it only warns, quoting the value (PHI) in the log."""
+    if current is None:
+        tag, vr = _definition(keyword)
+        return DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    new = copy.copy(current)  # shares nothing it changes: ``value`` is replaced, not mutated
+    new.validation_mode = config.IGNORE
+    new.value = value
+    return new
+
+
+def _current(ds: Dataset, keyword: str) -> DataElement | None:
+    """The element (decoded), or None when absent."""
+    return ds[keyword] if keyword in ds else None  # noqa: SIM401 - the element, not its value
+
+
+def _put(ds: Dataset, elem: DataElement) -> None:
+    ds[elem.tag] = elem
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -107,26 +135,42 @@ def _texts(value: Any) -> Iterator[str]:
 
 def _absent(keyword: str) -> DataElement:
     """The empty element that records "this attribute was not there" (PS3.3 C.12.1.1.9.2)."""
-    tag = tag_for_keyword(keyword)
-    assert tag is not None  # mapping targets are checked against the dictionary at load
-    vr = dictionary_VR(tag)
+    tag, vr = _definition(keyword)
     return DataElement(tag, vr, [] if vr == "SQ" else None)
 
 
-def _set(ds: Dataset, keyword: str, value: Any, modified: Dataset) -> bool:
-    """Write one mapped value; keep the previous one in ``modified`` if it changed. True if it did."""
-    current = ds[keyword] if keyword in ds else None  # noqa: SIM401 - the element, not its value
-    old = copy.deepcopy(current) if current is not None else None  # setattr changes the element in place
-    before = _canon(old.value) if old is not None else None
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One mapped value that differs: the header's element (None: absent) and its replacement."""
+
+    keyword: str
+    old: DataElement | None
+    new: DataElement
+
+
+def _replacement(current: DataElement | None, keyword: str, value: Any) -> DataElement:
+    """:func:`_element` for a mapped value: a list of item dicts (or one) is merged into copies of the
+    current items."""
     if isinstance(value, Mapping):
         value = [value]
-    setattr(ds, keyword, _merged_items(old.value if old is not None else None, value)
-            if isinstance(value, list) else value)
-    if old is not None and _canon(ds[keyword].value) == before:
-        ds[keyword] = old
-        return False
-    modified[keyword] = old if old is not None else _absent(keyword)
-    return True
+    if isinstance(value, list):
+        value = _merged_items(current.value if current is not None else None, value)
+    return _element(current, keyword, value)
+
+
+def _changes(ds: Dataset, wanted: Mapping[str, Any]) -> list[_Change]:
+    """The mapped values that differ from the header's, in mapping order; ``ds`` is not changed.
+
+    Reading an element converts it in place (pydicom decodes raw elements on access), which
+    changes no value and no encoding.
+    """
+    found = []
+    for keyword, value in wanted.items():
+        current = _current(ds, keyword)
+        new = _replacement(current, keyword, value)
+        if current is None or _canon(new.value) != _canon(current.value):
+            found.append(_Change(keyword, current, new))
+    return found
 
 
 def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
@@ -140,30 +184,61 @@ def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
 
 def _stamp(mod: Modification, modified: Dataset) -> Dataset:
     item = Dataset()
-    item.ModifiedAttributesSequence = [modified]
-    item.AttributeModificationDateTime = mod.when.strftime("%Y%m%d%H%M%S.%f%z")
-    item.ModifyingSystem = mod.modifying_system[:64]
-    item.SourceOfPreviousValues = mod.source_of_previous_values[:64]
-    item.ReasonForTheAttributeModification = mod.reason
+    for keyword, value in (
+        ("ModifiedAttributesSequence", [modified]),
+        ("AttributeModificationDateTime", mod.when.strftime("%Y%m%d%H%M%S.%f%z")),
+        ("ModifyingSystem", mod.modifying_system[:64]),
+        ("SourceOfPreviousValues", mod.source_of_previous_values[:64]),
+        ("ReasonForTheAttributeModification", mod.reason),
+    ):
+        _put(item, _element(None, keyword, value))
     return item
 
 
-def coerce(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> tuple[str, ...]:
-    """Write ``target`` (keyword -> text or list of item dicts) into ``ds``; return the changed keywords.
+@dataclass(frozen=True, slots=True)
+class Coercion:
+    """What :func:`coerce_header` changed: the keywords written (mapping order), and whether the header's
+    SpecificCharacterSet changed (then every text value of the header is re-encoded in it)."""
+
+    changed: tuple[str, ...] = ()
+    charset_changed: bool = False
+
+    def tags(self) -> frozenset[int]:
+        """The top-level elements whose encoding changed (all text elements too when ``charset_changed``)."""
+        tags = {tag_for_keyword(k) for k in self.changed}
+        tags.add(ORIGINAL_ATTRIBUTES_SEQUENCE)
+        if self.charset_changed:
+            tags.add(SPECIFIC_CHARACTER_SET)
+        return frozenset(t for t in tags if t is not None)
+
+
+def coerce_header(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> Coercion:
+    """Write ``target`` (keyword -> text or list of item dicts) into ``ds``; say what changed.
 
     ``ds`` is changed in place only when something differs; then one item is appended to its
-    OriginalAttributesSequence. Returns () when the header already holds every mapped value.
+    OriginalAttributesSequence (earlier items are kept). Nothing is copied to find out whether
+    something differs: each mapped value is compared with the header's.
     """
     wanted = {k: v for k, v in target.items() if not is_empty(v) and k != "SpecificCharacterSet"}
+    changes = _changes(ds, wanted)
+    if not changes:
+        return Coercion()
     modified = Dataset()
     current = ds.get("SpecificCharacterSet", None)
     charset = needed_charset(current, (t for v in wanted.values() for t in _texts(v)))
-    probe = copy.deepcopy(ds)
-    if not any(_set(probe, k, v, Dataset()) for k, v in wanted.items()):
-        return ()
     if charset != current:
         _switch_charset(ds, str(charset), modified)
-    changed = [k for k, v in wanted.items() if _set(ds, k, v, modified)]
-    history = list(ds.get("OriginalAttributesSequence", None) or [])
-    ds.OriginalAttributesSequence = [*history, _stamp(mod, modified)]
-    return tuple(changed)
+        changes = _changes(ds, wanted)  # again over the decoded header, as it will be encoded
+    for change in changes:
+        _put(ds, change.new)
+        _put(modified, change.old if change.old is not None else _absent(change.keyword))
+    history = _current(ds, "OriginalAttributesSequence")
+    items = [*(history.value if history is not None else []), _stamp(mod, modified)]  # earlier items kept
+    _put(ds, _element(history, "OriginalAttributesSequence", items))
+    return Coercion(tuple(c.keyword for c in changes), charset != current)
+
+
+def coerce(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> tuple[str, ...]:
+    """:func:`coerce_header`, returning only the changed keywords (() when the header already holds
+    every mapped value)."""
+    return coerce_header(ds, target, mod).changed

@@ -6,6 +6,16 @@ touches, and every text value the character set governs) is read with pydicom
 and written back in the same transfer syntax; everything from the split on is
 copied byte for byte, never decoded and never held in memory.
 
+Writing the header back (:func:`splice_header`) re-encodes only the top-level
+elements the coercion changed (and the OriginalAttributesSequence it appended
+to), each exactly as pydicom encodes it, and copies every other element's bytes
+as received. pydicom's whole-header encoding (:func:`encode_header`) differs only
+where it would itself alter an element nobody changed: a value it had decoded is
+re-encoded from the decoded value (padding normalised), a sequence it had parsed
+gets its item lengths recomputed. Retired group lengths (gggg,0000) are dropped by
+both, as they would be stale. A header whose SpecificCharacterSet changed has
+every text value re-encoded, and is encoded whole.
+
 Deflated datasets (PS3.5 A.5) cannot be split: their bytes are compressed as a
 whole. They are read and written whole instead (:func:`read_whole`,
 :func:`encode_whole`); they are rare and small (deflate suits structured reports,
@@ -16,22 +26,27 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.charset import default_encoding
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import UID
 
+from engine.archive.location import FileTail
 from engine.archive.part10 import dataset_offset
-from engine.archive.structure import Encoding, offset_of_tag
+from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
+from engine.reconcile.coerce import Coercion
+from engine.reconcile.encode import ElementWriter
 
-__all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "encode_header", "encode_whole", "encoding_of",
-           "read_header", "read_whole"]
+__all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "encode_coerced", "encode_header", "encode_whole",
+           "encoding_of", "read_header", "read_whole", "splice_header"]
 
 #: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
 BULK_TAG = 0x7FE00000
@@ -77,38 +92,80 @@ def encode_header(ds: Dataset, enc: Encoding) -> bytes:
     return out.getvalue()
 
 
-class CoercedStream:
-    """A readable stream: the new header bytes, then the spool from the bulk on.
+def _is_group_length(tag: int) -> bool:
+    """A retired group length (PS3.5 7.2), which pydicom never writes either."""
+    return tag & 0xFFFF == 0 and tag >> 16 > 6
 
-    While it is read it also hashes the dataset *as received* (the old header bytes,
-    then the same bulk), so a resend of the same image is still recognised
-    (:attr:`received_sha256` once fully read). ``received_sha256``, when the caller knows it
-    already (the streamed receive hashed the data set as it wrote the spool), is taken
-    as is and the bulk is not hashed a second time.
+
+def splice_header(header: Header, tags: frozenset[int]) -> bytes:
+    """``header.dataset``, changed in place only at ``tags``, encoded in ``header.enc`` by splicing.
+
+    The elements ``tags`` names that the dataset holds are encoded as pydicom encodes them
+    (:class:`~engine.reconcile.encode.ElementWriter`, as :func:`encode_header` would) at their
+    place in tag order; every other top-level element is copied from ``header.raw`` (its bytes as received). The caller
+    must not have changed the dataset anywhere else, nor its SpecificCharacterSet.
+    """
+    ds, enc = header.dataset, header.enc
+    writer = ElementWriter(enc)
+    charset = ds.get("SpecificCharacterSet", default_encoding)
+    pending = sorted(tag for tag in tags if tag in ds)
+    raw = memoryview(header.raw)
+    out: list[bytes | memoryview] = []
+    for tag, start, stop in top_level_elements(raw, 0, len(raw), enc):
+        while pending and pending[0] < tag:
+            out.append(writer.element(ds.get_item(pending.pop(0)), charset))
+        if pending and pending[0] == tag:
+            out.append(writer.element(ds.get_item(pending.pop(0)), charset))
+        elif not _is_group_length(tag):
+            out.append(raw[start:stop])
+    out.extend(writer.element(ds.get_item(tag), charset) for tag in pending)
+    return b"".join(out)
+
+
+def encode_coerced(header: Header, coercion: Coercion) -> bytes:
+    """``header.dataset`` after :func:`~engine.reconcile.coerce.coerce_header` returned ``coercion``: spliced
+    (:func:`splice_header`), or encoded whole when its character set changed (every text value re-encoded)."""
+    if coercion.charset_changed:
+        return encode_header(header.dataset, header.enc)
+    return splice_header(header, coercion.tags())
+
+
+class CoercedStream(FileTail):
+    """The coerced data set: the new header bytes, then the spool from the bulk on.
+
+    :meth:`~engine.archive.location.ArchiveLocation.stage` copies it as a
+    :class:`~engine.archive.location.FileTail`; it can also be read as a stream (:meth:`read`).
+    :attr:`received_sha256` is the hash of the dataset *as received* (the old header bytes,
+    then the same bulk), so that a resend of the same image is still recognised; when the
+    caller knows it already (the streamed receive hashed the data set as it wrote the
+    spool), it is taken as is, else computed from the spool when first asked for.
     """
 
     def __init__(self, head: bytes, old_head: bytes, spool: BinaryIO, bulk_at: int,
                  received_sha256: str = "") -> None:
-        self._head = BytesIO(head)
-        self._spool = spool
+        super().__init__(head, spool, bulk_at)
+        self._old_head = old_head
         self._known = received_sha256
-        self._received = None if received_sha256 else hashlib.sha256(old_head)
+        self._stream: BytesIO | None = None
         spool.seek(bulk_at)
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (the header first); b"" at the end."""
-        chunk = self._head.read(size)
-        if chunk:
-            return chunk
-        chunk = self._spool.read(size)
-        if self._received is not None:
-            self._received.update(chunk)
-        return chunk
+        if self._stream is None:
+            self._stream = BytesIO(self.head)
+        return self._stream.read(size) or self.source.read(size)
 
     @property
     def received_sha256(self) -> str:
-        """SHA-256 of the dataset as received (valid once the stream has been read to the end)."""
-        return self._known or self._received.hexdigest()  # type: ignore[union-attr]
+        """SHA-256 of the dataset as received."""
+        if not self._known:
+            digest = hashlib.sha256(self._old_head)
+            at = self.offset
+            while chunk := os.pread(self.source.fileno(), 1 << 20, at):
+                digest.update(chunk)
+                at += len(chunk)
+            self._known = digest.hexdigest()
+        return self._known
 
 
 def read_whole(spool: BinaryIO) -> Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -10,7 +11,9 @@ from sqlalchemy import select, update
 from engine.domain.handlers import OrdersHandler, PatientsHandler
 from engine.domain.reconcile import MatchPolicy, OrderMatch, find_order, order_input, patient_conflict
 from engine.domain.reconcile_tables import reconcile_requests
-from engine.domain.tables import orders, patients, procedure_steps, studies
+from engine.domain.reconciler import Reconciler
+from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps, studies
+from engine.mapping import load_mapping
 from engine.reconcile.keys import MatchKeys
 from engine.store.database import Database
 
@@ -18,6 +21,7 @@ from .factories import apply_records, merge, order, patient
 
 NOW = datetime.now(UTC)
 POLICY = MatchPolicy(timedelta(hours=24))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _order(db: Database, handler: OrdersHandler, placer: str, **fields: Any) -> Any:
@@ -148,3 +152,31 @@ def test_a_stored_study_linked_to_an_order_keeps_its_later_images(db: Database, 
     assert found is not None and (found.order_pk, found.step_pk, found.matched_by) == (o.id, step, "study_link")
     keys = MatchKeys((), "5.5.5", "", "TYPED-WRONG", "HOSP")
     assert db.read(lambda c: patient_conflict(c, keys, found)) is None  # the study's own order decides
+
+
+def test_order_input_lists_the_patients_other_ids_in_order(db: Database, orders_handler: OrdersHandler) -> None:
+    _order(db, orders_handler, "PL1", study_instance_uid="1.2.3.1")
+    pk = db.read(lambda c: c.execute(select(patients.c.id).where(patients.c.patient_id == "P1")).scalar_one())
+    db.writer.call(lambda c: c.execute(patient_other_ids.insert(), [
+        {"patient_pk": pk, "patient_id": "NHS1", "issuer": "NHS", "type_of_id": "NH"},
+        {"patient_pk": pk, "patient_id": "MRN9", "issuer": "HOSP2", "type_of_id": "MR"}]))
+    found = _find(db, MatchKeys((), "1.2.3.1"))
+    assert found is not None
+    data = db.read(lambda c: order_input(c, found))
+    assert data["patient"]["other_ids"] == [{"patient_id": "NHS1", "issuer": "NHS", "type_of_id": "NH"},
+                                           {"patient_id": "MRN9", "issuer": "HOSP2", "type_of_id": "MR"}]
+    assert data["order"]["patient_id"] == "P1" and data["order"]["order_control"] == "NW"
+
+
+def test_the_mapping_runs_again_when_the_order_or_its_patient_changed(
+    db: Database, orders_handler: OrdersHandler, patients_handler: PatientsHandler
+) -> None:
+    _order(db, orders_handler, "PL1", study_instance_uid="1.2.3.1")
+    reconciler = Reconciler(db, load_mapping(ROOT / "mappings" / "order-to-image.yaml"))
+    found = _find(db, MatchKeys((), "1.2.3.1"))
+    assert found is not None
+    first = db.read(lambda c: reconciler.target(c, found))
+    assert db.read(lambda c: reconciler.target(c, found)) is first  # same rows: the same output, not mapped again
+    apply_records(db, patients_handler, [patient("P1", patient_name="DOE^JANE^RENAMED", event="A08")])
+    again = db.read(lambda c: reconciler.target(c, found))
+    assert (str(first["PatientName"]), str(again["PatientName"])) == ("DOE^JANE", "DOE^JANE^RENAMED")

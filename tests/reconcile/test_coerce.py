@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
@@ -141,3 +142,14 @@ def test_match_keys_read_sps_ids_and_identity() -> None:
         items.append(item)
     ds.RequestAttributesSequence = items
     assert MatchKeys.from_dataset(ds) == MatchKeys(("S1", "S2"), "1.2.3", "A1", "P1", "HOSP")
+
+
+def test_the_target_is_only_read_so_one_mapping_output_serves_every_image_of_the_order() -> None:
+    target = {"PatientName": "SMITH^JOHN", "RequestAttributesSequence": {"ScheduledProcedureStepID": "S1",
+              "RequestedProcedureCodeSequence": [{"CodeValue": "C", "CodingSchemeDesignator": "L"}]}}
+    before = copy.deepcopy(target)
+    for _ in range(2):
+        ds = header()
+        assert coerce(ds, target, MOD) == ("PatientName", "RequestAttributesSequence")
+        ds.RequestAttributesSequence[0].ScheduledProcedureStepID = "CHANGED AFTERWARDS"
+    assert target == before

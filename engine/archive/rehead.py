@@ -1,0 +1,109 @@
+"""Giving a received file a new head in place: its pixel data is neither copied nor written again.
+
+A coerced image differs from the file the receiver spooled only in its head (File Meta
+Information and the header elements before the pixel data). Copying the rest into a new
+file costs a copy of every byte and a second flush of data the receiver's writeback has
+already sent to the disk. Instead, :func:`rehead` shifts the spool's tail by whole
+file-system blocks (``fallocate(FALLOC_FL_INSERT_RANGE)``: the file's extents move, no data
+does), writes the new head over the front, pads the File Meta Information to make the
+lengths meet (a Private Information element, :func:`~engine.archive.part10.pad_file_meta`;
+the dataset is exactly the coerced one), hashes the dataset, and fsyncs: only the new
+head's blocks are written.
+
+Where the file system cannot insert a range (not ext4 or XFS, not Linux) nothing has been
+changed and the caller stages a copy (:meth:`~engine.archive.location.ArchiveLocation.stage`).
+A failure after the insertion leaves the spool unusable: the caller answers 0xA700 and the
+receiver drops the spool, as for any staging failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.archive.location import ArchiveLocation, FileTail, StagedFile, hash_range
+from engine.archive.part10 import min_padding, pad_file_meta
+from engine.errors import ArchiveUnavailable
+
+__all__ = ["Reheaded", "rehead"]
+
+_FALLOC_FL_INSERT_RANGE = 0x20  # linux/falloc.h
+#: Errors that mean "this file system (or kernel) cannot insert a range": nothing was changed.
+_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV, errno.EPERM})
+
+
+def _libc_fallocate() -> Any:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    call.restype = ctypes.c_int
+    return call
+
+
+_fallocate = _libc_fallocate()
+
+
+@dataclass(frozen=True, slots=True)
+class Reheaded:
+    """A staged file and the File Meta Information it starts with (padded)."""
+
+    staged: StagedFile
+    meta: bytes
+
+
+def _shift(old_head: int, new_head: int, block: int) -> tuple[int, int]:
+    """(bytes to insert at the front, padding for the meta) so that ``new_head`` + padding ends where
+    ``old_head`` + the inserted bytes does; the padding is 0 or at least :func:`min_padding`."""
+    shift = max(0, -(-(new_head - old_head) // block) * block)
+    pad = old_head + shift - new_head
+    if pad and pad < min_padding():
+        shift += block
+        pad += block
+    return shift, pad
+
+
+def rehead(location: ArchiveLocation, path: Path, meta: bytes, tail: FileTail) -> Reheaded | None:
+    """Stage ``path`` (a complete spool in ``location``'s ``.incoming``, the file ``tail.source`` is open on)
+    as ``meta`` (padded: :func:`~engine.archive.part10.pad_file_meta`) + ``tail.head`` + its bytes from
+    ``tail.offset`` on.
+
+    Returns None, with nothing changed, when the file system cannot insert a range; raises
+    :class:`~engine.errors.ArchiveUnavailable` on any other failure (the spool is then unusable).
+    """
+    if _fallocate is None or path.parent != location.incoming:
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            shift, pad = _shift(tail.offset, len(meta) + len(tail.head), os.fstat(fd).st_blksize or 4096)
+            if shift and _fallocate(fd, _FALLOC_FL_INSERT_RANGE, 0, shift) != 0:
+                err = ctypes.get_errno()
+                if err in _UNSUPPORTED:
+                    return None
+                raise OSError(err, os.strerror(err))
+            padded = pad_file_meta(meta, len(meta) + pad)
+            return Reheaded(_finish(fd, path, padded, tail.head), padded)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise ArchiveUnavailable(f"archive location {location.name} cannot take a file: {name}") from exc
+
+
+def _finish(fd: int, path: Path, meta: bytes, head: bytes) -> StagedFile:
+    """Write ``meta`` + ``head`` over the front, hash the dataset (``head`` and what follows), fsync."""
+    front = memoryview(meta + head)
+    at = 0
+    while at < len(front):
+        at += os.pwrite(fd, front[at:], at)
+    digest = hashlib.sha256(head)
+    size = len(head) + hash_range(fd, len(front), digest)
+    os.fsync(fd)
+    return StagedFile(path, size, digest.hexdigest())

@@ -1,0 +1,98 @@
+"""A spooled file given a new head in place (FALLOC_FL_INSERT_RANGE), its tail neither copied nor rewritten."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.filereader import read_file_meta_info
+
+from engine.archive import rehead as rehead_module
+from engine.archive.location import ArchiveLocation, FileTail
+from engine.archive.part10 import PADDING_CREATOR_UID, dataset_offset, encode_file_meta, min_padding, pad_file_meta
+from engine.archive.rehead import rehead
+
+META = encode_file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1", "CT1")
+
+
+def _spool(loc: ArchiveLocation, old_head: bytes, tail: bytes) -> Path:
+    path = loc.incoming / "rx-1.dcm"
+    path.write_bytes(META + old_head + tail)
+    return path
+
+
+def _location(tmp_path: Path) -> ArchiveLocation:
+    loc = ArchiveLocation("primary", tmp_path / "archive")
+    loc.prepare()
+    return loc
+
+
+def _supported(tmp_path: Path) -> bool:
+    """Can this file system insert a range? (ext4 and XFS can; tmpfs cannot.)"""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"\0" * 8192)
+    fd = os.open(probe, os.O_RDWR)
+    try:
+        return rehead_module._fallocate is not None and rehead_module._fallocate(fd, 0x20, 0, 4096) == 0
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("old", "new"), [(200, 900), (900, 200), (1000, 1000 + min_padding() - 2),
+                                           (1000, 1000 + 8192 + 10), (300, 300), (100, 4096 * 3)])
+def test_the_new_head_is_written_over_the_front_and_the_tail_kept(tmp_path: Path, old: int, new: int) -> None:
+    if not _supported(tmp_path):
+        pytest.skip("this file system cannot insert a range (not ext4/XFS): the copy path is tested instead")
+    loc = _location(tmp_path)
+    tail = os.urandom(300_001 + old)
+    path = _spool(loc, b"o" * old, tail)
+    new_head = b"n" * new
+    with path.open("rb") as f:
+        done = rehead(loc, path, META, FileTail(new_head, f, len(META) + old))
+    assert done is not None
+    data = path.read_bytes()
+    offset = dataset_offset(data[:1 << 16])
+    assert data[:offset] == done.meta and data[offset:] == new_head + tail
+    assert (done.staged.size, done.staged.sha256) == (len(new_head + tail), hashlib.sha256(new_head + tail).hexdigest())
+    assert done.staged.path == path
+
+
+def test_the_padded_meta_is_the_same_meta_with_private_information(tmp_path: Path) -> None:
+    padded = pad_file_meta(META, len(META) + 4000)
+    assert len(padded) == len(META) + 4000 and dataset_offset(padded) == len(padded)
+    path = tmp_path / "meta.dcm"
+    path.write_bytes(padded)
+    meta = read_file_meta_info(path)
+    assert meta.PrivateInformationCreatorUID == PADDING_CREATOR_UID
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3.4" and meta.SourceApplicationEntityTitle == "CT1"
+    assert pad_file_meta(META, len(META)) == META
+    with pytest.raises(ValueError):
+        pad_file_meta(META, len(META) + min_padding() - 2)
+
+
+def test_a_file_system_that_cannot_insert_a_range_leaves_the_file_unchanged(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def unsupported(*args: Any) -> int:
+        ctypes.set_errno(errno.EOPNOTSUPP)
+        return -1
+
+    monkeypatch.setattr(rehead_module, "_fallocate", unsupported)
+    loc = _location(tmp_path)
+    path = _spool(loc, b"o" * 100, b"pixels" * 1000)
+    before = path.read_bytes()
+    with path.open("rb") as f:
+        assert rehead(loc, path, META, FileTail(b"n" * 5000, f, len(META) + 100)) is None
+    assert path.read_bytes() == before
+
+
+def test_only_a_spool_of_the_location_is_reheaded(tmp_path: Path) -> None:
+    loc = _location(tmp_path)
+    path = tmp_path / "elsewhere.dcm"
+    path.write_bytes(META + b"o" * 100 + b"t" * 100)
+    with path.open("rb") as f:
+        assert rehead(loc, path, META, FileTail(b"n" * 50, f, len(META) + 100)) is None

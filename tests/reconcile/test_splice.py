@@ -1,0 +1,289 @@
+"""The spliced header of a coerced image against pydicom's whole-header encoding (the path it replaces).
+
+:func:`~engine.reconcile.rewrite.splice_header` re-encodes only the elements a coercion changed and copies
+every other element as received. Over every corpus file (each transfer syntax the corpus has) and over
+generated headers (random elements, sequences of defined and undefined length, private blocks, group
+lengths, earlier OriginalAttributesSequence items, three encodings), the spliced header must be
+byte-identical to :func:`~engine.reconcile.rewrite.encode_header` of the same coerced dataset, except in
+elements nobody changed that pydicom itself would not write back as received; those keep their received
+bytes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, generate_uid
+
+from engine.archive.part10 import dataset_offset, encode_file_meta
+from engine.archive.structure import Encoding, check_structure, top_level_elements
+from engine.errors import MalformedDataset
+from engine.reconcile.coerce import Coercion, Modification, coerce_header
+from engine.reconcile.rewrite import Header, encode_coerced, encode_header, encoding_of, read_header, splice_header
+
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+MOD = Modification(NOW, "RADBRIDGE", "CT1")
+ENCODINGS = (Encoding(False, True), Encoding(True, True), Encoding(False, False))
+_TS = {Encoding(False, True): "1.2.840.10008.1.2.1", Encoding(True, True): "1.2.840.10008.1.2",
+       Encoding(False, False): "1.2.840.10008.1.2.2"}
+
+#: What the shipped order-to-image mapping writes, with values an order would carry (ASCII: no charset change).
+ORDER_TARGET: dict[str, Any] = {
+    "PatientName": "DOE^JOHN", "PatientID": "583295", "IssuerOfPatientID": "HOSP", "PatientBirthDate": "19600101",
+    "PatientSex": "M", "AccessionNumber": "ACC1",
+    "IssuerOfAccessionNumberSequence": [{"LocalNamespaceEntityID": "RIS"}],
+    "ReferringPhysicianName": "", "StudyDescription": "MR LEFT WRIST", "StudyID": "RP1",
+    "ProcedureCodeSequence": [{"CodeValue": "MRWR", "CodingSchemeDesignator": "L", "CodeMeaning": "MR wrist"}],
+    "RequestAttributesSequence": [{
+        "RequestedProcedureID": "RP1", "ScheduledProcedureStepID": "SPS1", "AccessionNumber": "ACC1",
+        "StudyInstanceUID": "1.2.3.4", "RequestedProcedureDescription": "MR LEFT WRIST",
+        "RequestedProcedureCodeSequence": [{"CodeValue": "MRWR", "CodingSchemeDesignator": "L", "CodeMeaning": ""}],
+        "ScheduledProtocolCodeSequence": [{"CodeValue": "", "CodingSchemeDesignator": "", "CodeMeaning": ""}]}],
+}  # fmt: skip
+
+
+def _elements(data: bytes, enc: Encoding) -> dict[int, bytes]:
+    return {tag: data[start:stop] for tag, start, stop in top_level_elements(data, 0, len(data), enc)}
+
+
+def _no_group_lengths(elements: dict[int, bytes]) -> dict[int, bytes]:
+    return {tag: raw for tag, raw in elements.items() if not (tag & 0xFFFF == 0 and tag >> 16 > 6)}
+
+
+def _header(raw: bytes, enc: Encoding) -> Header:
+    return Header(read_dataset(BytesIO(raw), enc.implicit, enc.little), raw, len(raw), enc)
+
+
+def assert_spliced_as_pydicom_encodes(raw: bytes, enc: Encoding, target: dict[str, Any]) -> Coercion:
+    """Coerce two parses of ``raw``; the spliced one must match the whole re-encode of the other."""
+    whole, spliced = _header(raw, enc), _header(raw, enc)
+    coercion = coerce_header(whole.dataset, target, MOD)
+    assert coerce_header(spliced.dataset, target, MOD) == coercion
+    if not coercion.changed or coercion.charset_changed:
+        return coercion  # nothing to write, or encoded whole (every text value re-encoded)
+    reference = encode_header(whole.dataset, enc)
+    out = splice_header(spliced, coercion.tags())
+    untouched_as_pydicom_writes = _elements(encode_header(_header(raw, enc).dataset, enc), enc)
+    received = _no_group_lengths(_elements(raw, enc))
+    if untouched_as_pydicom_writes == received:
+        assert out == reference  # pydicom writes every untouched element as received: byte for byte
+    got, want = _elements(out, enc), _elements(reference, enc)
+    assert list(got) == list(want)
+    for tag, element in got.items():
+        if tag in coercion.tags():
+            assert element == want[tag], f"({tag >> 16:04X},{tag & 0xFFFF:04X}) re-encoded differently"
+        else:
+            assert element == received[tag], f"({tag >> 16:04X},{tag & 0xFFFF:04X}) not as received"
+            if untouched_as_pydicom_writes.get(tag) == received[tag]:
+                assert element == want[tag]
+    return coercion
+
+
+def _corpus_headers(corpus: Path) -> Iterator[tuple[str, bytes, Encoding]]:
+    for path in sorted((corpus / "dicom").rglob("*.dcm")):
+        data = path.read_bytes()
+        try:
+            offset = dataset_offset(data[:1 << 16])
+            enc = encoding_of(str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID))
+            if enc is None:
+                continue  # deflated: read and written whole, never spliced
+            check_structure(data, offset, len(data), enc)
+            with path.open("rb") as f:
+                header = read_header(f, offset, enc)
+        except (MalformedDataset, ValueError, AttributeError, KeyError):
+            continue  # refused on receipt (unparsable), never coerced
+        yield path.name, header.raw, enc
+
+
+def test_every_corpus_header_splices_as_pydicom_encodes(corpus: Path) -> None:
+    syntaxes: set[tuple[bool, bool]] = set()
+    spliced = 0
+    for name, raw, enc in _corpus_headers(corpus):
+        for target in (ORDER_TARGET, {"PatientName": "Buc^Jérôme", "StudyID": "7"}, {"PatientID": "X" * 64}):
+            try:
+                coercion = assert_spliced_as_pydicom_encodes(raw, enc, target)
+            except AssertionError as exc:
+                raise AssertionError(f"{name}: {exc}") from exc
+            spliced += bool(coercion.changed and not coercion.charset_changed)
+        syntaxes.add((enc.implicit, enc.little))
+    assert syntaxes == {(False, True), (True, True), (False, False)}  # every splittable encoding was tried
+    assert spliced > 60
+
+
+def test_a_header_coerced_twice_keeps_the_first_item_and_appends_the_second() -> None:
+    enc = Encoding(False, True)
+    raw = _encode(_base(random.Random(1)), enc)
+    first = _header(raw, enc)
+    once = splice_header(first, coerce_header(first.dataset, {"PatientName": "ONE"}, MOD).tags())
+    second = _header(once, enc)
+    later = Modification(NOW, "RADBRIDGE", "", "CORRECT")
+    twice = splice_header(second, coerce_header(second.dataset, {"PatientName": "TWO"}, later).tags())
+    assert_spliced_as_pydicom_encodes(once, enc, {"PatientName": "TWO"})
+    before, after = _header(once, enc).dataset, _header(twice, enc).dataset
+    (item,) = before.OriginalAttributesSequence
+    assert after.OriginalAttributesSequence[0] == item
+    assert str(after.OriginalAttributesSequence[1].ModifiedAttributesSequence[0].PatientName) == "ONE"
+    assert after.OriginalAttributesSequence[1].ReasonForTheAttributeModification == "CORRECT"
+    assert str(after.PatientName) == "TWO"
+
+
+def test_a_charset_change_encodes_the_header_whole() -> None:
+    enc = Encoding(False, True)
+    header = _header(_encode(_base(random.Random(2)), enc), enc)
+    coercion = coerce_header(header.dataset, {"PatientName": "Åström^Jöns"}, MOD)
+    assert coercion.charset_changed
+    assert encode_coerced(header, coercion) == encode_header(header.dataset, enc)
+    assert "Åström^Jöns".encode() in encode_coerced(header, coercion)
+
+
+def test_the_spliced_file_reads_back_with_the_coerced_values_and_the_pixels_as_received(tmp_path: Path) -> None:
+    enc = Encoding(False, True)
+    ds = _base(random.Random(3))
+    pixels = b"\x01\x02" * 1000
+    raw = _encode(ds, enc)
+    header = _header(raw, enc)
+    coercion = coerce_header(header.dataset, ORDER_TARGET, MOD)
+    meta = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), _TS[enc], "CT1")
+    bulk = b"\xe0\x7f\x10\x00OW\x00\x00" + len(pixels).to_bytes(4, "little") + pixels
+    path = tmp_path / "coerced.dcm"
+    path.write_bytes(meta + splice_header(header, coercion.tags()) + bulk)
+    stored = dcmread(path)
+    assert (str(stored.PatientName), stored.StudyID, stored.RequestAttributesSequence[0].ScheduledProcedureStepID) == (
+        "DOE^JOHN", "RP1", "SPS1")
+    assert stored.PixelData == pixels
+    assert stored.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].PatientName == ds.PatientName
+
+
+# Generated headers -----------------------------------------------------------------------------------------
+
+_TEXT = {"PatientName": "PN", "PatientID": "LO", "AccessionNumber": "SH", "StudyDescription": "LO",
+         "StudyID": "SH", "PatientSex": "CS", "PatientBirthDate": "DA", "ReferringPhysicianName": "PN",
+         "IssuerOfPatientID": "LO", "InstitutionName": "LO", "StationName": "SH", "StudyDate": "DA",
+         "StudyTime": "TM", "SeriesDescription": "LO", "BodyPartExamined": "CS", "ProtocolName": "LO"}
+
+
+def _word(rng: random.Random, charset: str | None) -> str:
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ^ 0123456789"
+    if charset in ("ISO_IR 100", "ISO_IR 192") and rng.random() < 0.3:
+        letters += "ÉÖÅçñ"
+    return "".join(rng.choice(letters) for _ in range(rng.randint(0, 20))).strip() or "X"
+
+
+def _value(rng: random.Random, vr: str, charset: str | None) -> str:
+    """A valid value of ``vr`` (random text; a date, a time or a code string where the VR says so)."""
+    if vr in ("DA", "TM"):
+        return {"DA": f"{rng.randint(1900, 2026)}0101", "TM": f"{rng.randint(0, 23):02d}1010"}[vr]
+    if vr in ("CS", "SH"):
+        code = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ") for _ in range(rng.randint(1, 16)))
+        return code.strip() or "X"
+    return _word(rng, charset)
+
+
+def _item(rng: random.Random, charset: str | None, depth: int = 0) -> Dataset:
+    item = Dataset()
+    item.ScheduledProcedureStepID = _word(rng, None)[:16]
+    if rng.random() < 0.5:
+        item.RequestedProcedureID = _word(rng, None)[:16]
+    if rng.random() < 0.5:
+        item.ScheduledProcedureStepDescription = _word(rng, charset)[:64]
+    if depth < 2 and rng.random() < 0.4:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "C1", "L", _word(rng, charset)
+        item.RequestedProcedureCodeSequence = [code]
+        item["RequestedProcedureCodeSequence"].is_undefined_length = rng.random() < 0.5
+    item.is_undefined_length_sequence_item = rng.random() < 0.5
+    return item
+
+
+def _base(rng: random.Random) -> Dataset:
+    ds = Dataset()
+    charset = rng.choice([None, None, "ISO_IR 100", "ISO_IR 192"])
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    for keyword in ["PatientName", *rng.sample(sorted(_TEXT), rng.randint(3, len(_TEXT)))]:
+        setattr(ds, keyword, _value(rng, _TEXT[keyword], charset))
+    ds.Rows, ds.Columns, ds.InstanceNumber, ds.SliceThickness = rng.randint(1, 512), 512, rng.randint(1, 99), "1.25"
+    ds.ImagePositionPatient = ["-1.5", "2", "3.25"]
+    if rng.random() < 0.6:
+        ds.RequestAttributesSequence = [_item(rng, charset) for _ in range(rng.randint(1, 2))]
+        ds["RequestAttributesSequence"].is_undefined_length = rng.random() < 0.5
+    if rng.random() < 0.5:
+        ds.add_new(0x00090010, "LO", "ACME 1.0")  # a private block the coercion never touches
+        ds.add_new(0x00091001, "OB", rng.randbytes(rng.randint(0, 40) * 2))
+        ds.add_new(0x00091002, "SQ", [_item(rng, charset, 2)])
+    if rng.random() < 0.3:
+        ds.add_new(0x00080000, "UL", 0)  # retired group lengths: dropped (they would be stale)
+        ds.add_new(0x00100000, "UL", 0)
+    if rng.random() < 0.3:
+        earlier = Dataset()
+        modified = Dataset()
+        modified.PatientName = "EARLIER^NAME"
+        earlier.ModifiedAttributesSequence = [modified]
+        earlier.AttributeModificationDateTime, earlier.ModifyingSystem = "20200101120000.000000+0000", "PACS"
+        earlier.SourceOfPreviousValues, earlier.ReasonForTheAttributeModification = "", "CORRECT"
+        ds.OriginalAttributesSequence = [earlier]
+    return ds
+
+
+def _encode(ds: Dataset, enc: Encoding) -> bytes:
+    out = DicomBytesIO()
+    out.is_implicit_VR, out.is_little_endian = enc.implicit, enc.little
+    write_dataset(out, ds)
+    raw = out.getvalue()
+    if any(tag & 0xFFFF == 0 for tag in (0x00080000, 0x00100000) if tag in ds):
+        raw = _with_group_lengths(raw, enc)
+    return raw
+
+
+def _with_group_lengths(raw: bytes, enc: Encoding) -> bytes:
+    """pydicom never writes group lengths: put (0008,0000) and (0010,0000) back, as old modalities send them."""
+    elements = list(top_level_elements(raw, 0, len(raw), enc))
+    order = "little" if enc.little else "big"
+    out = b""
+    for group in sorted({tag >> 16 for tag, _, _ in elements}):
+        body = b"".join(raw[s:e] for tag, s, e in elements if tag >> 16 == group)
+        if group in (0x0008, 0x0010):
+            head = group.to_bytes(2, order) + b"\x00\x00" + (b"" if enc.implicit else b"UL")
+            out += head + (4).to_bytes(4 if enc.implicit else 2, order) + len(body).to_bytes(4, order)
+        out += body
+    return out
+
+
+def _target(rng: random.Random, ds: Dataset) -> dict[str, Any]:
+    target: dict[str, Any] = {}
+    for keyword in rng.sample(sorted(_TEXT), rng.randint(1, 6)):
+        current = str(ds.get(keyword, "") or "")
+        keep = current and rng.random() < 0.3
+        target[keyword] = current if keep else _value(rng, _TEXT[keyword], ds.get("SpecificCharacterSet"))
+    if rng.random() < 0.6:
+        target["RequestAttributesSequence"] = [{"ScheduledProcedureStepID": "SPS" + str(rng.randint(1, 3)),
+                                                "AccessionNumber": "A" + str(rng.randint(1, 3))}]
+    if rng.random() < 0.3:
+        target["IssuerOfAccessionNumberSequence"] = [{"LocalNamespaceEntityID": _word(rng, None)}]
+    return target
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_generated_headers_splice_as_pydicom_encodes(seed: int) -> None:
+    rng = random.Random(seed)
+    enc = ENCODINGS[seed % 3]
+    ds = _base(rng)
+    raw = _encode(ds, enc)
+    assert_spliced_as_pydicom_encodes(raw, enc, _target(rng, ds))
+
+
+def test_a_big_endian_transfer_syntax_is_known() -> None:
+    assert encoding_of(str(UID("1.2.840.10008.1.2.2"))) == Encoding(False, False)
