@@ -204,6 +204,11 @@ class Writer:
         """Stop calling ``listener`` (no error if it was not registered)."""
         self._listeners = tuple(known for known in self._listeners if known is not listener)
 
+    def notify_commit_listeners(self) -> None:
+        """Call the commit listeners as if this writer had committed: for a commit made by another
+        process on the same database (a DICOM receive worker, :mod:`channels.dicom.receive_pool`)."""
+        self._committed()
+
     def _committed(self) -> None:
         for listener in self._listeners:
             try:
@@ -490,9 +495,12 @@ class Database:
 
     def __init__(
         self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5, sqlite_page_size: int = DEFAULT_PAGE_SIZE,
-        hide_parameters: bool | None = None,
+        hide_parameters: bool | None = None, checkpoint: bool = True,
     ) -> None:
         """Open engines for ``url``; ``hide_parameters`` None: hidden unless logging is at DEBUG now.
+
+        ``checkpoint``: run a :class:`Checkpointer` for a SQLite file (one process per database
+        does: the engine process, not its receive workers).
 
         Raises ConfigError (with the password masked) if ``url`` is not a SQLAlchemy URL.
         """
@@ -509,7 +517,7 @@ class Database:
         self.write_engine = self._create(url, sqlite_synchronous, immediate=True, pool_size=2, background=bool(path))
         self.read_engine = self._create(url, sqlite_synchronous, immediate=False, pool_size=pool_size)
         self.writer = Writer(self.write_engine)
-        self.checkpointer = Checkpointer(path, sqlite_synchronous) if path else None
+        self.checkpointer = Checkpointer(path, sqlite_synchronous) if path and checkpoint else None
         self._readers = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="radbridge-read")
 
     def _create(
