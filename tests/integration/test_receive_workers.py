@@ -26,11 +26,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from tests.conftest import EngineProcess, free_port, need
+from tests.conftest import EngineProcess, PostgresServer, free_port, need
 from tests.dicom.conftest import DCMTK
 from tests.dicom.store_peer import storescu
 from tests.integration.conftest import sqlite_rows, write_engine_yaml
 from tests.integration.forward_peer import all_sent, forwarding_yaml, storescp, wait_until
+from tests.pki import make_pki
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -307,3 +308,47 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_mutual_tls_is_negotiated_in_the_worker_process(engine_process: EngineProcess, corpus: Path,
+                                                        tmp_path: Path) -> None:
+    need(DCMTK, "DCMTK (storescu) not installed")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_pki(pki)
+    tls = (f"  tls:\n    cert_file: {pki / 'server.pem'}\n    key_file: {pki / 'server.key'}\n"
+           f"    ca_file: {pki / 'ca.pem'}\n    require_client_cert: true\n")
+    port = _start(engine_process, tls)
+    src = corpus / "dicom" / "single" / "CT_small.dcm"
+    anonymous = storescu(port, [src], "+tla", "+cf", str(pki / "ca.pem"), "-to", "10")
+    assert anonymous.returncode != 0 and not _indexed(engine_process)
+    with_cert = storescu(port, [src], "+tls", str(pki / "client.key"), str(pki / "client.pem"),
+                         "+cf", str(pki / "ca.pem"))
+    assert with_cert.returncode == 0, with_cert.stderr[-2000:]
+    assert _indexed(engine_process) == Counter([str(dcmread(src, stop_before_pixels=True).SOPInstanceUID)])
+
+
+def test_on_postgresql_the_first_images_of_new_studies_on_both_workers_at_once_all_succeed(
+        engine_process: EngineProcess, corpus: Path, postgres: PostgresServer) -> None:
+    url = postgres.create_database(f"workers{os.getpid()}")
+    port = _start(engine_process, f'database: {{url: "{url}"}}\n')
+    assert engine_process.proc is not None
+    studies = [_instances(corpus, 4) for _ in range(8)]  # each study's 4 images go out at the same instant
+    assocs = [_associate(port) for _ in range(4)]
+    assert len({serving_pid(port, a, children(engine_process.proc.pid)) for a in assocs}) == 2
+    statuses: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def send(i: int) -> None:
+        for study in studies:
+            barrier.wait()
+            statuses.append(int(assocs[i].send_c_store(study[i]).Status))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for assoc in assocs:
+        assoc.release()
+    assert statuses == [0] * 32  # a lost unique-key race is run again, never 0xA700
