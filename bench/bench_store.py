@@ -362,7 +362,8 @@ def run(args: argparse.Namespace) -> None:
         tmp = Path(tmp_name)
         paths = write_instances(args.count, tmp / "images")
         warmup = write_instances(5, tmp / "warmup")
-        scps = {**radbridge_scps(args.orders, args.baseline, args.receive_processes), **SCPS}
+        peer_scps = {name: scp for name, scp in SCPS.items() if name != "radbridge"}
+        scps = {**radbridge_scps(args.orders, args.baseline, args.receive_processes), **peer_scps}
         ours = [name for name in scps if name.startswith(("radbridge", "base:"))]
         peers = ["storescp"] + ([] if args.no_orthanc else ["orthanc"])
         names = ours + peers

@@ -86,7 +86,8 @@ class Runtime:
     async def _start(self, plan: Plan) -> None:
         cfg = self.config.engine
         self.db = Database(
-            cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size, cfg.database.sqlite_page_size
+            cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size, cfg.database.sqlite_page_size,
+            write_lock=cfg.dicom.enabled and cfg.dicom.receive_processes > 0,  # the receive workers write it too
         )
         log.info("store: %s", self.db.display_url)
         await asyncio.to_thread(self.db.migrate)
