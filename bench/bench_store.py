@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_store [--count 300] [--concurrency 4] [--runs 3] [--no-orthanc]
                                           [--big-mb 1024] [--orders unscheduled|matched|both]
-                                          [--baseline DIR]
+                                          [--baseline DIR] [--receive-processes 0,2]
 
 The whole benchmark re-executes itself in a private network namespace (``unshare --net``,
 then ``ip link set lo up``): Orthanc binds every interface and has no bind option, so it
@@ -33,6 +33,9 @@ store) and its peak during the transfer (``VmHWM``): the data set must stream to
 - ``--baseline DIR``: the same radbridge configurations run a second time from the source
   tree ``DIR`` (e.g. ``git archive`` of an older commit, same venv), interleaved with the
   others, for an A/B in one run (``base:radbridge`` ...).
+- ``--receive-processes 0,2``: this tree's radbridge once per value of ``dicom.receive_processes``
+  (``radbridge/p0`` in one process, ``radbridge/p2`` with two receive workers), same rounds. CPU
+  time and memory are those of the engine process and its receive workers together.
 - storescp: ``storescp --fork -od DIR`` (writes each file; no fsync).
 - Orthanc: the Debian package with a SQLite index (its defaults).
 
@@ -107,18 +110,46 @@ def storescu_rate(port: int, aec: str, paths: list[Path], senders: int) -> float
     return len(paths) / elapsed
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (radbridge's receive workers, storescp's forks)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                continue
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += parents.get(tree[-1], [])
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and its reaped children (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of ``pid``, its live descendants and their reaped children (``/proc/PID/stat``)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            total += sum(int(v) for v in _stat(member)[11:15])
+        except OSError:  # ended meanwhile: its parent's reaped-children figures count it
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kb(pid: int, key: str) -> int:
-    """``VmRSS`` or ``VmHWM`` (peak) of ``pid`` in KB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
+    """``VmRSS`` or ``VmHWM`` (peak) in KB, summed over ``pid`` and its live descendants."""
+    total = 0
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                total += int(line.split()[1])
+    return total
 
 
 def write_big_instance(megabytes: int, out: Path) -> Path:
@@ -172,16 +203,19 @@ def create_order(data: Path, root: Path) -> None:
 
 
 @contextmanager
-def radbridge(tmp: Path, root: Path = ROOT, with_order: bool = False) -> Iterator[tuple[int, str, int]]:
+def radbridge(tmp: Path, root: Path = ROOT, with_order: bool = False,
+              processes: int | None = None) -> Iterator[tuple[int, str, int]]:
     """``radbridge run`` from the source tree ``root`` with only its DICOM listener, on a fresh data
-    directory (holding the bench images' order when ``with_order``): (port, AE, pid)."""
+    directory (holding the bench images' order when ``with_order``), with ``dicom.receive_processes``
+    set when ``processes`` is not None: (port, AE, pid)."""
     port, config = free_port(), tmp / "rb-config"
     (config / "channels").mkdir(parents=True)
     data = tmp / "rb-data"
     if with_order:
         create_order(data, root)
+    workers = "" if processes is None else f"  receive_processes: {processes}\n"
     (config / "engine.yaml").write_text(f"data_dir: {data}\ndicom:\n  port: {port}\n  ae_title: RADBRIDGE\n"
-                                        "logging:\n  level: WARNING\n")
+                                        f"{workers}logging:\n  level: WARNING\n")
     env = {**os.environ, "PYTHONPATH": str(root)}
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "--config", str(config), "run"], cwd=root,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -229,11 +263,14 @@ ORDERS: dict[str, dict[str, bool]] = {"unscheduled": {"radbridge": False}, "matc
                                       "both": {"radbridge": False, "radbridge+order": True}}
 
 
-def radbridge_scps(orders: str, baseline: Path | None) -> dict[str, Scp]:
-    """The radbridge configurations of ``--orders``, and the same from ``baseline`` (prefixed ``base:``)."""
+def radbridge_scps(orders: str, baseline: Path | None, processes: list[int] | None = None) -> dict[str, Scp]:
+    """The radbridge configurations of ``--orders`` (one per ``processes`` value, suffixed ``/pN``, when
+    given), and the same from ``baseline`` (prefixed ``base:``, its own default)."""
     scps: dict[str, Scp] = {}
     for name, with_order in ORDERS[orders].items():
-        scps[name] = functools.partial(radbridge, with_order=with_order)
+        for count in processes or [None]:
+            suffix = "" if count is None else f"/p{count}"
+            scps[name + suffix] = functools.partial(radbridge, with_order=with_order, processes=count)
         if baseline is not None:
             scps[f"base:{name}"] = functools.partial(radbridge, root=baseline, with_order=with_order)
     return scps
@@ -325,7 +362,8 @@ def run(args: argparse.Namespace) -> None:
         tmp = Path(tmp_name)
         paths = write_instances(args.count, tmp / "images")
         warmup = write_instances(5, tmp / "warmup")
-        scps = {**radbridge_scps(args.orders, args.baseline), **SCPS}
+        peer_scps = {name: scp for name, scp in SCPS.items() if name != "radbridge"}
+        scps = {**radbridge_scps(args.orders, args.baseline, args.receive_processes), **peer_scps}
         ours = [name for name in scps if name.startswith(("radbridge", "base:"))]
         peers = ["storescp"] + ([] if args.no_orthanc else ["orthanc"])
         names = ours + peers
@@ -351,6 +389,9 @@ def main() -> None:
     parser.add_argument("--orders", choices=sorted(ORDERS), default="unscheduled",
                         help="images no order matches, images of an order (matched and coerced), or both")
     parser.add_argument("--baseline", type=Path, help="a source tree to run as well (A/B in the same run)")
+    parser.add_argument("--receive-processes", type=lambda v: [int(n) for n in v.split(",")],
+                        help="dicom.receive_processes of this tree's radbridge, e.g. 0,2 (each one an SCP of its"
+                        " own); default: the shipped default")
     args = parser.parse_args()
     if os.environ.get(_IN_NAMESPACE) != "1" and shutil.which("unshare"):
         env = {**os.environ, _IN_NAMESPACE: "1"}

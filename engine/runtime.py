@@ -63,6 +63,7 @@ class Runtime:
     worker: OutboxWorker | None = None
     scheduler: AsyncIOScheduler | None = None
     dicom: Any = None
+    receive_pool: Any = None  # channels.dicom.receive_pool.ReceivePool when dicom.receive_processes > 0
     archive: Any = None  # engine.archive.archive.Archive when C-STORE is on
     http: Any = None  # channels.fhir.server.HttpServer
     projector: Any = None  # engine.fhir.projector.Projector
@@ -85,7 +86,8 @@ class Runtime:
     async def _start(self, plan: Plan) -> None:
         cfg = self.config.engine
         self.db = Database(
-            cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size, cfg.database.sqlite_page_size
+            cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size, cfg.database.sqlite_page_size,
+            write_lock=cfg.dicom.enabled and cfg.dicom.receive_processes > 0,  # the receive workers write it too
         )
         log.info("store: %s", self.db.display_url)
         await asyncio.to_thread(self.db.migrate)
@@ -125,18 +127,31 @@ class Runtime:
                 self.runners[channel.name] = server.runner
 
     async def _start_dicom(self) -> None:
-        from channels.dicom.server import start_dicom_server
-
         cfg = self.config.engine
         assert self.db is not None
         try:
-            self.dicom = await asyncio.to_thread(start_dicom_server, cfg, self.db, self._wake)
+            self.dicom = await asyncio.to_thread(self._dicom_listener)
         except OSError as exc:
             where = self.config.where(self.config.engine_file, ("dicom", "port"))
             raise ConfigError([f"{where}: cannot listen on {cfg.dicom.host}:{cfg.dicom.port}:"
                                f" {exc.strerror or exc}"]) from exc
         log.info("DICOM worklist/MPPS listening on %s:%s as %s", cfg.dicom.host, self.dicom.port,
                  cfg.dicom.ae_title)
+
+    def _dicom_listener(self) -> Any:
+        """The DICOM listener: associations in this process, or in ``dicom.receive_processes`` workers
+        (channels.dicom.receive_pool) that a worker's commit wakes the outbox and the projector from."""
+        from channels.dicom.server import start_dicom_listener, start_dicom_server
+
+        cfg = self.config.engine
+        assert self.db is not None
+        if cfg.dicom.receive_processes == 0:
+            return start_dicom_server(cfg, self.db, self._wake)
+        from channels.dicom.receive_pool import ReceivePool
+
+        self.receive_pool = ReceivePool(cfg, cfg.dicom.receive_processes, self._wake,
+                                        self.db.writer.notify_commit_listeners)
+        return start_dicom_listener(cfg, self.receive_pool.hand_off, self.receive_pool.start)
 
     async def _start_fhir(self) -> None:
         from channels.fhir.wiring import start_http, start_projector
@@ -268,6 +283,9 @@ class Runtime:
         if self.dicom is not None:
             await asyncio.to_thread(self.dicom.stop)
             self.dicom = None
+        if self.receive_pool is not None:  # after the listener: nothing new is handed to them
+            await asyncio.to_thread(self.receive_pool.stop)
+            self.receive_pool = None
         if self.scheduler is not None:
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=False)

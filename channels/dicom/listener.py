@@ -36,6 +36,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ from .admission import ArtimClock, HostSlots, RefusalReport
 from .dul_stream import TESTED_VERSIONS
 from .sop_class_check import refuse_foreign_sop_classes
 
-__all__ = ["ConnectionGuard", "GuardedServer", "Limits"]
+__all__ = ["ConnectionGuard", "GuardedServer", "HandOff", "Limits"]
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,9 @@ def cut(sock: socket.socket | None) -> None:
 class ConnectionGuard:
     """Every admitted connection from admission until its peer is gone."""
 
-    def __init__(self, limits: Limits, clock: Any = time.monotonic) -> None:
+    def __init__(self, limits: Limits, clock: Any = time.monotonic, slots: HostSlots | None = None) -> None:
         self.limits = limits
-        self.slots = HostSlots(limits.per_host)
+        self.slots = slots if slots is not None else HostSlots(limits.per_host)
         self.refusals = RefusalReport()
         self._clock = clock
         self._open: dict[int, _Connection] = {}
@@ -165,7 +166,7 @@ class ConnectionGuard:
 
 
 class _Handler(RequestHandler):
-    """Builds the association but leaves starting it to :meth:`GuardedServer._open`."""
+    """Builds the association but leaves starting it to :meth:`GuardedServer.serve_connection`."""
 
     assoc: Any = None
 
@@ -173,14 +174,25 @@ class _Handler(RequestHandler):
         self.assoc = self._create_association()
 
 
-class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with :class:`ConnectionGuard` admission (see the module docstring)."""
+#: Takes an admitted connection to another process: (socket, client address, host, over the total
+#: limit). It owns the socket from then on, and gives the host's slot back when the connection is gone.
+HandOff = Callable[[socket.socket, Any, str, bool], None]
 
-    def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with :class:`ConnectionGuard` admission (see the module docstring).
+
+    With ``handoff`` every admitted connection goes to it (:mod:`channels.dicom.receive_pool`) instead
+    of a thread of this process; one over ``maximum_associations`` in all is flagged so that the
+    process serving it answers A-ASSOCIATE-RJ (local limit exceeded), as pynetdicom does here.
+    """
+
+    def __init__(self, *args: Any, guard: ConnectionGuard, handoff: HandOff | None = None, **kwargs: Any) -> None:
         if not pynetdicom.__version__.startswith(TESTED_VERSIONS):
             log.warning("pynetdicom %s: the DICOM listener was checked against %s only",
                         pynetdicom.__version__, ", ".join(TESTED_VERSIONS))  # fmt: skip
         self.guard = guard
+        self.handoff = handoff
         kwargs["request_handler"] = _Handler
         super().__init__(*args, **kwargs)
         self.bind(evt.EVT_CONN_CLOSE, guard.on_close)
@@ -202,10 +214,14 @@ class GuardedServer(ThreadedAssociationServer):
                 )  # fmt: skip
             self.shutdown_request(request)
             return
-        thread = threading.Thread(target=self._open, args=(request, client_address, host), daemon=True)
+        if self.handoff is not None:
+            self.handoff(request, client_address, host, self.guard.open_count() > self.ae.maximum_associations)
+            return
+        thread = threading.Thread(target=self.serve_connection, args=(request, client_address, host), daemon=True)
         thread.start()
 
-    def _open(self, request: socket.socket, client_address: Any, host: str) -> None:
+    def serve_connection(self, request: socket.socket, client_address: Any, host: str) -> None:
+        """Run an admitted connection (its slot taken) in this thread: TLS handshake, then its association."""
         limits = self.guard.limits
         try:
             if self.ssl_context is not None:

@@ -21,13 +21,14 @@ from pynetdicom import AE, _config, evt
 from engine.config.models import DicomConfig, EngineConfig, TLSConfig
 from engine.store.database import Database
 
+from .admission import HostSlots
 from .dul_stream import response_stream
-from .listener import ConnectionGuard, GuardedServer, Limits
+from .listener import ConnectionGuard, GuardedServer, HandOff, Limits
 from .log_filters import install_log_filters
 from .mpps import MppsService, mpps_policy
 from .mwl import WorklistService, identifier_refusal
 from .mwl_audit import Caller
-from .storage import STORAGE_SOP_CLASSES, StorageService, start_storage
+from .storage import STORAGE_SOP_CLASSES, StorageService, prepare_locations, start_storage
 from .store_stream import BUFFER_BYTES as STORE_BUFFER_BYTES
 from .store_stream import install_store_stream
 
@@ -36,11 +37,18 @@ SOP_CLASSES = ("1.2.840.10008.1.1", "1.2.840.10008.5.1.4.31", "1.2.840.10008.3.1
 
 __all__ = [
     "DicomServer",
+    "HandedOffServer",
     "configure_pynetdicom_logging",
+    "serve_handed_off",
+    "start_dicom_listener",
     "start_dicom_server",
     "tls_context",
     "tune_association",
 ]
+
+
+#: Runs once the listener is bound, before it accepts: (bound port, the listener's per-host slots).
+BeforeAccepting = Callable[[int, HostSlots], None]
 
 
 @dataclass(slots=True)
@@ -162,33 +170,128 @@ def _application_entity(services: DicomConfig) -> Any:
     return ae
 
 
-def start_dicom_server(config: EngineConfig, db: Database, on_queued: Callable[[], None] | None = None) -> DicomServer:
-    """Start the worklist + MPPS listener in its own threads; port 0 picks a free port.
+def _services(config: EngineConfig, db: Database, on_queued: Callable[[], None] | None,
+              prepare: bool) -> tuple[Any, list[Any]]:
+    """The AE with every supported context and its event handlers (worklist, MPPS, C-STORE if on).
 
-    ``on_queued`` is called (from an association's thread) when a stored image was queued for forwarding.
+    ``prepare``: empty the archive's spool first (only the process that owns the archive at start:
+    a worker started later would remove what the others are receiving).
     """
-    services = config.dicom
-    configure_pynetdicom_logging()
-    install_log_filters()
-    ae = _application_entity(services)
-    guard = ConnectionGuard(
-        Limits(services.max_associations_per_host, services.artim_timeout_seconds, services.idle_timeout_seconds)
-    )
-    worklist = WorklistService.from_config(db, config.worklist, services.ae_title)
+    ae = _application_entity(config.dicom)
+    worklist = WorklistService.from_config(db, config.worklist, config.dicom.ae_title)
     mpps = MppsService(db, mpps_policy(config.mpps))
-    storage = start_storage(ae, config, db, on_queued) if config.archive.enabled else None
+    storage = start_storage(ae, config, db, on_queued, prepare) if config.archive.enabled else None
     handlers = _handlers(worklist, mpps, storage)
     if storage is not None:  # C-STORE: every storage SOP class (channels.dicom.storage)
         handlers.append((evt.EVT_C_STORE, storage.on_store))
+    return ae, handlers
+
+
+def _guard(services: DicomConfig, slots: HostSlots | None = None) -> ConnectionGuard:
+    limits = Limits(services.max_associations_per_host, services.artim_timeout_seconds, services.idle_timeout_seconds)
+    return ConnectionGuard(limits, slots=slots)
+
+
+def _serve(ae: Any, services: DicomConfig, handlers: list[Any], guard: ConnectionGuard,
+           handoff: HandOff | None = None, before_accepting: BeforeAccepting | None = None) -> DicomServer:
     server = ae.make_server(
         (services.host, services.port),
         evt_handlers=handlers,
         ssl_context=tls_context(services.tls) if services.tls else None,
         server_class=GuardedServer,
         guard=guard,
+        handoff=handoff,
     )
+    bound = int(server.server_address[1])
+    if before_accepting is not None:
+        try:
+            before_accepting(bound, guard.slots)
+        except BaseException:
+            server.server_close()
+            raise
     ae._servers.append(server)  # as AE.start_server does: AE.shutdown and server.shutdown expect it there
     guard.start()
     threading.Thread(target=server.serve_forever, name="DicomAcceptor", daemon=True).start()
-    bound = int(server.server_address[1])
     return DicomServer(ae, server, guard, services.host, bound, services.ae_title)
+
+
+def start_dicom_server(config: EngineConfig, db: Database, on_queued: Callable[[], None] | None = None) -> DicomServer:
+    """Start the worklist + MPPS (+ C-STORE) listener in its own threads; port 0 picks a free port.
+
+    ``on_queued`` is called (from an association's thread) when a stored image was queued for forwarding.
+    """
+    configure_pynetdicom_logging()
+    install_log_filters()
+    ae, handlers = _services(config, db, on_queued, prepare=True)
+    return _serve(ae, config.dicom, handlers, _guard(config.dicom))
+
+
+def start_dicom_listener(config: EngineConfig, handoff: HandOff, before_accepting: BeforeAccepting) -> DicomServer:
+    """The listening socket and admission only: each admitted connection goes to ``handoff``
+    (:mod:`channels.dicom.receive_pool`). The archive's spool is emptied first; then the socket is
+    bound and ``before_accepting(port, slots)`` runs (the workers start) before the first accept."""
+    configure_pynetdicom_logging()
+    install_log_filters()
+    if config.archive.enabled:
+        prepare_locations(config)
+    ae = _application_entity(config.dicom)
+    return _serve(ae, config.dicom, [], _guard(config.dicom), handoff, before_accepting)
+
+
+@dataclass(slots=True)
+class HandedOffServer:
+    """A worker process's AE: serves connections accepted and admitted by the engine process.
+
+    No socket listens here. ``slots`` reports each connection's end to the engine process
+    (:class:`~channels.dicom.admission.HostSlots` ``give_back``).
+    """
+
+    server: GuardedServer
+    refuser: GuardedServer
+    guard: ConnectionGuard
+
+    def serve(self, sock: socket.socket, client_address: Any, host: str, over_limit: bool) -> None:
+        """Run one connection in a thread of its own (its slot already taken by the engine process)."""
+        self.guard.admit(host)
+        server = self.refuser if over_limit else self.server
+        threading.Thread(target=server.serve_connection, args=(sock, client_address, host), daemon=True).start()
+
+    def stop(self) -> None:
+        """Cut every connection, abort the associations still running, close the servers."""
+        self.guard.stop()
+        for server in (self.server, self.refuser):
+            for assoc in server.ae.active_associations:
+                assoc.abort()
+            server.server_close()
+
+
+def _unbound(ae: Any, config: DicomConfig, handlers: list[Any], guard: ConnectionGuard, port: int) -> GuardedServer:
+    """A GuardedServer whose own listening socket is closed at once (pynetdicom's server always binds one)."""
+    server: GuardedServer = ae.make_server(
+        (config.host, 0), evt_handlers=handlers, server_class=GuardedServer, guard=guard,
+        ssl_context=tls_context(config.tls) if config.tls else None,
+    )  # fmt: skip
+    server.server_close()
+    server.server_address = (config.host, port)  # the acceptor's address as peers see it
+    return server
+
+
+def serve_handed_off(config: EngineConfig, db: Database, on_queued: Callable[[], None] | None,
+                     slots: HostSlots, port: int) -> HandedOffServer:
+    """The AE of a receive worker: every service, on connections handed over by the engine process.
+
+    A connection flagged over the total limit goes to an AE that rejects every association
+    (A-ASSOCIATE-RJ transient, local limit exceeded: pynetdicom's answer, PS3.8 7.1.1.8), set
+    through pynetdicom's private ``_maximum_associations`` because its setter refuses 0.
+    """
+    configure_pynetdicom_logging()
+    install_log_filters()
+    services = config.dicom
+    guard = _guard(services, slots)
+    ae, handlers = _services(config, db, on_queued, prepare=False)
+    refusing = _application_entity(services)
+    refusing._maximum_associations = 0
+    served = HandedOffServer(_unbound(ae, services, handlers, guard, port),
+                             _unbound(refusing, services, [], guard, port), guard)
+    guard.start()
+    return served

@@ -78,6 +78,7 @@ __all__ = [
     "StorageService",
     "StoreRequest",
     "StreamedFile",
+    "prepare_locations",
     "refusal",
 ]
 
@@ -409,11 +410,20 @@ def add_storage_contexts(ae: Any) -> None:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
 
 
+def prepare_locations(config: EngineConfig) -> None:
+    """Create the primary and quarantine locations and empty their spools (once, before any receive)."""
+    primary_location(config).prepare()
+    ArchiveLocation("quarantine", config.quarantine_dir()).prepare()
+
+
 def start_storage(ae: Any, config: EngineConfig, db: Database,
-                  on_queued: Callable[[], None] | None = None) -> StorageService:
-    """Prepare the locations, stream receives into the primary's spool, register the contexts."""
+                  on_queued: Callable[[], None] | None = None, prepare: bool = True) -> StorageService:
+    """Prepare the locations (``prepare``: the receive worker processes leave that to the engine
+    process, see :func:`prepare_locations`), stream receives into the primary's spool, register
+    the contexts."""
     service = StorageService.from_config(db, config, on_queued)
-    service.prepare()
+    if prepare:
+        service.prepare()
     enable_streamed_receive(service.primary.incoming)
     add_storage_contexts(ae)
     return service

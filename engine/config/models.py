@@ -429,6 +429,10 @@ class DicomConfig(_Model):
     idle_timeout_seconds: float = Field(
         60.0, gt=0, description="an association idle this long is aborted; a PDU stalled this long ends it"
     )
+    receive_processes: int = Field(
+        2, ge=0, le=32, description="worker processes that run the associations (C-STORE receive, C-ECHO,"
+        " C-FIND, MPPS) while this process keeps the listening socket and the limits; 0: all in this process"
+    )
 
 
 class ArchiveS3Config(_Model):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import queue
@@ -35,7 +36,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from engine.datadir import restrict
 from engine.errors import ConfigError, StoreUnavailable
 
-__all__ = ["Checkpointer", "Database", "Writer", "masked_url"]
+__all__ = ["Checkpointer", "Database", "WriteLock", "Writer", "masked_url"]
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +173,52 @@ def _locked(exc: BaseException) -> bool:
     )
 
 
+class WriteLock:
+    """An exclusive ``flock`` on a file beside a SQLite database, taken around every write transaction
+    by each process that opts in (the engine and its DICOM receive workers).
+
+    SQLite alone would be enough for correctness: a writer that finds the database locked waits in
+    its busy handler, which sleeps 1, 2, 5, 10 … ms between looks, so a commit of another process
+    that holds the lock for a millisecond costs the waiter several. A waiter blocked in ``flock``
+    is woken by the kernel the moment the holder releases it. Threads of one process share the
+    lock (the :class:`Writer`'s own lock orders them); SQLite's locking still guards every writer
+    that does not take this one (the CLI).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (waiting for another process's release unless ``blocking`` is False)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
 class Writer:
     """One thread that applies work items in group-committed transactions."""
 
-    def __init__(self, engine: Engine, max_batch: int = 256, gather_seconds: float = 0.002) -> None:
+    def __init__(self, engine: Engine, max_batch: int = 256, gather_seconds: float = 0.002,
+                 write_lock: WriteLock | None = None) -> None:
         self._engine = engine
+        self._write_lock = write_lock
         self._inline_ok = engine.dialect.name == "sqlite"
         self._max_batch = max_batch
         self._gather_seconds = gather_seconds
@@ -203,6 +245,11 @@ class Writer:
     def remove_commit_listener(self, listener: Callable[[], None]) -> None:
         """Stop calling ``listener`` (no error if it was not registered)."""
         self._listeners = tuple(known for known in self._listeners if known is not listener)
+
+    def notify_commit_listeners(self) -> None:
+        """Call the commit listeners as if this writer had committed: for a commit made by another
+        process on the same database (a DICOM receive worker, :mod:`channels.dicom.receive_pool`)."""
+        self._committed()
 
     def _committed(self) -> None:
         for listener in self._listeners:
@@ -257,6 +304,9 @@ class Writer:
             return False, None
         if not self._busy.acquire(blocking=False):
             return False, None
+        if self._write_lock is not None and not self._write_lock.acquire(blocking=False):
+            self._busy.release()  # another process is writing: the writer thread waits for it instead
+            return False, None
         try:
             try:
                 conn = self._connection(wait=False)
@@ -278,6 +328,8 @@ class Writer:
             self._committed()
             return True, result
         finally:
+            if self._write_lock is not None:
+                self._write_lock.release()
             self._busy.release()
 
     def close(self) -> None:
@@ -337,7 +389,7 @@ class Writer:
         stop = False
         try:
             conn = self._connection()
-            with conn.begin():
+            with self._locked(), conn.begin():
                 results.append(first.fn(conn))
                 while (nxt := self._next(len(batch), deadline)) is not None:
                     if nxt is _STOP:
@@ -352,6 +404,10 @@ class Writer:
             _resolve_all(batch, results)
         self._last_batch = len(batch)
         return stop
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """The cross-process write lock around a transaction, when this database has one."""
+        return self._write_lock.held() if self._write_lock is not None else contextlib.nullcontext()
 
     def _connection(self, wait: bool = True) -> Connection:
         """The writer's own connection, kept open between batches (no pool round trip per commit).
@@ -380,7 +436,7 @@ class Writer:
     def _run_batch(self, batch: list[_Item]) -> None:
         try:
             conn = self._connection()
-            with conn.begin():
+            with self._locked(), conn.begin():
                 results = [item.fn(conn) for item in batch]
         except Exception as exc:
             self._fail_batch(batch, exc)
@@ -493,9 +549,13 @@ class Database:
 
     def __init__(
         self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5, sqlite_page_size: int = DEFAULT_PAGE_SIZE,
-        hide_parameters: bool | None = None,
+        hide_parameters: bool | None = None, checkpoint: bool = True, write_lock: bool = False,
     ) -> None:
         """Open engines for ``url``; ``hide_parameters`` None: hidden unless logging is at DEBUG now.
+
+        ``checkpoint``: run a :class:`Checkpointer` for a SQLite file (one process per database
+        does: the engine process, not its receive workers). ``write_lock``: several processes write
+        this SQLite file; take a :class:`WriteLock` (``<file>.write-lock``) around each transaction.
 
         Raises ConfigError (with the password masked) if ``url`` is not a SQLAlchemy URL.
         """
@@ -511,8 +571,9 @@ class Database:
             _owner_only_file(Path(path))
         self.write_engine = self._create(url, sqlite_synchronous, immediate=True, pool_size=2, background=bool(path))
         self.read_engine = self._create(url, sqlite_synchronous, immediate=False, pool_size=pool_size)
-        self.writer = Writer(self.write_engine)
-        self.checkpointer = Checkpointer(path, sqlite_synchronous) if path else None
+        self.write_lock = WriteLock(Path(f"{path}.write-lock")) if path and write_lock else None
+        self.writer = Writer(self.write_engine, write_lock=self.write_lock)
+        self.checkpointer = Checkpointer(path, sqlite_synchronous) if path and checkpoint else None
         self._readers = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="radbridge-read")
 
     def _create(
@@ -580,6 +641,8 @@ class Database:
         self._readers.shutdown(wait=True)
         self.write_engine.dispose()
         self.read_engine.dispose()
+        if self.write_lock is not None:
+            self.write_lock.close()
 
 
 def _sqlite_path(url: str) -> str:

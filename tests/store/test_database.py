@@ -306,3 +306,33 @@ def test_sqlite_readers_get_a_larger_page_cache_than_the_writer(tmp_path) -> Non
     finally:
         db.close()
     assert reader == -READER_CACHE_KIB and writer == -2000
+
+
+def test_with_a_write_lock_another_process_s_transaction_is_waited_for_and_no_write_is_lost(tmp_path):
+    """Another process holding the write lock (a second open of the lock file: flock conflicts
+    between open file descriptions, as between processes): the inline commit does not wait, the
+    writer thread waits, and is woken by the release at once, not by a busy handler's next look."""
+    import time
+
+    from engine.store.database import Database, WriteLock
+
+    db = Database(f"sqlite:///{tmp_path / 'rb.db'}", write_lock=True)
+    other = WriteLock(tmp_path / "rb.db.write-lock")
+    try:
+        db.migrate()
+        assert db.writer.run_inline(lambda c: add_event(c, 1)) == (True, 1)
+        assert other.acquire(blocking=False) is True
+        assert db.writer.run_inline(lambda c: add_event(c, 2)) == (False, None)  # no waiting inline
+        pending = db.writer.submit(lambda c: add_event(c, 3))
+        time.sleep(0.3)
+        assert not pending.done()  # waits for the other process's transaction
+        released = time.monotonic()
+        other.release()
+        assert pending.result(timeout=5) == 3
+        assert time.monotonic() - released < 0.1
+        assert count(db) == 2
+        assert other.acquire(blocking=False) is True  # the writer let go after its commit
+        other.release()
+    finally:
+        other.close()
+        db.close()
