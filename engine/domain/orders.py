@@ -68,6 +68,13 @@ DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
     ("XO", "CM"): "COMPLETED",
     ("SC", "CM"): "COMPLETED",
     ("SC", "A"): "COMPLETED",
+    ("SC", "IP"): "STARTED",  # status changes and filler cancels real RIS feeds send (tables 0119/0038)
+    ("XO", "IP"): "STARTED",
+    ("SC", "SC"): "SCHEDULED",
+    ("SC", "CA"): "CANCELED",
+    ("SC", "DC"): "DISCONTINUED",
+    ("OC", "CA"): "CANCELED",
+    ("OC", ""): "CANCELED",
     ("CA", "CA"): "CANCELED",
     ("CA", ""): "CANCELED",  # real RIS cancels often leave ORC-5 empty
     ("DC", "CA"): "DISCONTINUED",
