@@ -9,6 +9,7 @@ BOMs, Z-segments, batch files). Each checks the ACK and what the store holds aft
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.integration.conftest import Ack, Sender
-from tests.integration.test_quickstart import Engine, start_engine
+from tests.integration.test_quickstart import BIN, Engine, start_engine
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -160,7 +161,7 @@ SHAPES = {
         PV1|1|I|STAT1^12^3
         """, encoding="latin-1"), "SH-102", "Müller^Jürgen"),
     "a UTF-8 byte order mark before MSH, MSH-18 UNICODE UTF-8": (b"\xef\xbb\xbf" + _er7("""
-        MSH|^~\\&|HIS|KLINIK|RADBRIDGE|RADIOLOGY|20240315083100||ADT^A31^ADT_A05|SH0004|P|2.5|||||||UNICODE UTF-8
+        MSH|^~\\&|HIS|KLINIK|RADBRIDGE|RADIOLOGY|20240315083100||ADT^A31^ADT_A05|SH0004|P|2.5||||||UNICODE UTF-8
         EVN|A31|20240315083100
         PID|1||SH-103^^^KLINIK^PI||Øberg^Åsa||19650202|F
         """), "SH-103", "Øberg^Åsa"),
@@ -195,3 +196,26 @@ def test_a_batch_file_with_fhs_and_bhs_gets_one_aa_per_message(shipped: Engine) 
 
     assert ack.codes == ["AA", "AA"]
     assert _patient(shipped, "BT-2")[0] == "NOWAK^EWA"
+
+
+def _shown(engine: Engine, control_id: str) -> dict[str, Any]:
+    [(row_id,)] = _rows(engine, "SELECT id FROM messages WHERE control_id = ?", control_id)
+    shown = engine.sh(f"{BIN}/radbridge --config {ROOT / 'config'} messages show {row_id} --json")
+    assert shown.returncode == 0, shown.stderr
+    return dict(json.loads(shown.stdout))
+
+
+def test_a_message_whose_msh18_does_not_fit_its_bytes_is_read_and_says_so(shipped: Engine) -> None:
+    """A sender declaring UTF-8 and sending Latin-1: read by the channel's fallback, noted on the message."""
+    message = _er7("""
+        MSH|^~\\&|PAS|GENHOSP|RADBRIDGE|RADIOLOGY|20240402090400||ADT^A08|CS0001|P|2.5||||||UNICODE UTF-8
+        EVN|A08|20240402090400
+        PID|1||CS-600^^^GENHOSP^MR||GÓMEZ^JOSÉ||19800808|M
+        """, encoding="latin-1")
+
+    [ack] = _send(shipped, message)
+
+    assert ack.code == "AA", ack.raw
+    assert _patient(shipped, "CS-600")[0] == "GÓMEZ^JOSÉ"
+    assert _shown(shipped, "CS0001")["note"] == (
+        "MSH-18 'UNICODE UTF-8' does not decode these bytes: read as latin-1 (source.charset_fallback)")
