@@ -114,6 +114,14 @@ def _create(conn: Connection, patient_id: str, issuer: str, now: datetime, **val
     return _INSERT.execute(conn, {**row, **values})
 
 
+def existing_patient(conn: Connection, patient_id: str, issuer: str, policy: PatientPolicy) -> int | None:
+    """The live pk of the patient an identity names (following merges and A47 renames), None if unknown."""
+    row = find_patient(conn, patient_id, issuer)
+    if row is None:
+        return _replaced(conn, patient_id, issuer, policy)
+    return _live(conn, row, policy, _PID3)
+
+
 def ensure_patient(
     conn: Connection, patient_id: str, issuer: str, policy: PatientPolicy, now: datetime
 ) -> int:

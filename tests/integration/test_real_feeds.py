@@ -219,3 +219,27 @@ def test_a_message_whose_msh18_does_not_fit_its_bytes_is_read_and_says_so(shippe
     assert _patient(shipped, "CS-600")[0] == "GÓMEZ^JOSÉ"
     assert _shown(shipped, "CS0001")["note"] == (
         "MSH-18 'UNICODE UTF-8' does not decode these bytes: read as latin-1 (source.charset_fallback)")
+
+
+def _nw(control_id: str, patient_id: str, name: str, number: str) -> bytes:
+    return _er7(f"""
+        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520090000||ORM^O01|{control_id}|P|2.3.1
+        PID|1||{patient_id}^^^WESTSIDE^MR||{name}||19700101|M
+        ORC|NW|PL-{number}^RIS|FL-{number}^RIS||SC
+        OBR|1|PL-{number}^RIS|FL-{number}^RIS|CTABD^CT abdomen^L{NEW_CT.format(n=number)}
+        """)
+
+
+def test_an_order_number_of_another_patient_is_refused_and_the_order_stays_with_its_patient(shipped: Engine) -> None:
+    [first] = _send(shipped, _nw("OWN1", "W-61001", "Lund^Erik", "OWN1"))
+    assert first.code == "AA", first.raw
+
+    [ack] = _send(shipped, _nw("OWN2", "W-61002", "Berg^Nils", "OWN1"))
+
+    assert ack.code == "AE", ack.raw
+    assert ack.all("ERR")[0][2] == "ORC^1^2"
+    [(owner,)] = _rows(shipped, "SELECT p.patient_id FROM orders o JOIN patients p ON p.id = o.patient_pk "
+                                "WHERE o.placer_order_number = 'PL-OWN1'")
+    assert owner == "W-61001"
+    assert _shown(shipped, "OWN2")["status"] == "ERROR"
+
