@@ -3,7 +3,8 @@
 The socket is bound here (so a port in use is the engine's located configuration
 error, and port 0 picks a free one); uvicorn's ``serve()`` is not used because it
 installs its own signal handlers, which belong to the engine. Connections are
-bounded by ``limit_concurrency`` (uvicorn answers 503 beyond it); TLS uses the
+bounded by ``limit_concurrency`` (uvicorn answers 503 beyond it), request heads and connections
+per peer by :mod:`channels.fhir.request_head`; TLS uses the
 same contexts as the other listeners (:mod:`engine.tls`). Each response leaves in one
 write (:mod:`channels.fhir.one_write`).
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from starlette.types import ASGIApp
 
-from channels.fhir.one_write import OneWriteProtocol
+from channels.fhir.request_head import guarded_protocol
 from engine.config.models import HTTPConfig
 from engine.tls import server_context
 
@@ -70,7 +71,7 @@ class HttpServer:
         _silence_access_log()
         self._socket = _bind(cfg.host, cfg.port, 1024)
         self.port = int(self._socket.getsockname()[1])
-        config = uvicorn.Config(self.app, http=OneWriteProtocol, lifespan="off",
+        config = uvicorn.Config(self.app, http=guarded_protocol(cfg), lifespan="off",
                                 log_config=None, access_log=False, server_header=False,
                                 proxy_headers=False, limit_concurrency=cfg.max_connections,
                                 timeout_keep_alive=int(cfg.keep_alive_seconds), timeout_graceful_shutdown=5)

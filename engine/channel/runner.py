@@ -20,7 +20,7 @@ from engine.config.models import ChannelConfig
 from engine.errors import ErrorLocation, HL7Error, HL7Reject, StoreUnavailable
 from engine.hl7.ack import timestamp
 from engine.hl7.batch import BatchError, Split, split_messages
-from engine.hl7.charset import Decoded, decode
+from engine.hl7.charset import Decoded, charset_note, decode
 from engine.hl7.er7 import Message
 from engine.store.database import Database
 
@@ -75,10 +75,12 @@ class ChannelRunner:
         if not split.messages:
             return Opened(decoded, split, HL7Reject(100, "empty message", ErrorLocation("MSH", 1)))
         single = len(split.messages) == 1 and not split.batch
-        # What was skipped before the first header belongs to the message it preceded.
+        # What was skipped before the first header belongs to the message it preceded; how the
+        # bytes were read (when not as MSH-18 said) to every message of the frame.
+        read_as = (note,) if (note := charset_note(decoded)) else ()
         prepared = [
             self.preparer.prepare(text, payload if single else text.encode(decoded.charset, "replace"),
-                                  decoded.charset, tuple(split.notes) if n == 0 else ())
+                                  decoded.charset, (tuple(split.notes) if n == 0 else ()) + read_as)
             for n, text in enumerate(split.messages)
         ]
         return Opened(decoded, split, None, prepared, single)

@@ -576,6 +576,15 @@ class HTTPConfig(_Model):
     tls: TLSConfig | None = None
     max_connections: int = Field(256, ge=1, description="open connections and requests; beyond it 503")
     keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
+    # Limits against slow and hostile peers (channels/fhir/request_head.py).
+    max_request_head_bytes: int = Field(
+        65536, ge=1024, description="request line and headers; a larger head is answered 431 and closed")
+    request_head_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request line and headers not complete this long after the connection or their "
+        "first byte are answered 408 and closed")
+    max_connections_per_peer: int = Field(
+        64, ge=1, description="connections from one IP address; more are answered 503 and closed (behind a proxy "
+        "raise it to max_connections)")
     public_base_url: str | None = Field(
         None, pattern=r"^https?://\S+$", description="base URL in links (fullUrl, next); default: from the request")
     fhir: FhirConfig = Field(default_factory=FhirConfig)

@@ -25,6 +25,7 @@ __all__ = ["find_orders", "given_ids", "identity_text"]
 
 _COLUMNS = (
     orders.c.id.label("order_pk"),
+    orders.c.patient_pk,
     orders.c.content_hash,
     orders.c.placer_order_namespace,
     orders.c.filler_order_namespace,
@@ -89,7 +90,7 @@ def find_orders(
 ) -> list[Any]:
     """The stored steps of the order ``record`` names: by placer number, else filler, else accession.
 
-    Each row has order_pk, content_hash, step_pk, status (and the ids it was matched on).
+    Each row has order_pk, patient_pk, content_hash, step_pk, status (and the ids it was matched on).
     ``by_accession`` False: a differing accession number does not rule a row out (the
     stored one is the engine's own, not the sender's). ``follow_up`` False (NW, XO): an
     order with a placer number that finds nothing is new, so the filler number is not

@@ -32,7 +32,7 @@ from engine.domain.accession import (
 from engine.domain.identity import resolved_order
 from engine.domain.order_identity import find_orders, given_ids, identity_text
 from engine.domain.order_kind import NonImaging, classify, describe, listed_as
-from engine.domain.patients import PatientPolicy, ensure_patient
+from engine.domain.patients import PatientPolicy, ensure_patient, existing_patient
 from engine.domain.records import OrderRecord
 from engine.domain.tables import orders, procedure_steps, step_station_aes
 from engine.domain.uids import derived_uid
@@ -68,6 +68,13 @@ DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
     ("XO", "CM"): "COMPLETED",
     ("SC", "CM"): "COMPLETED",
     ("SC", "A"): "COMPLETED",
+    ("SC", "IP"): "STARTED",  # status changes and filler cancels real RIS feeds send (tables 0119/0038)
+    ("XO", "IP"): "STARTED",
+    ("SC", "SC"): "SCHEDULED",
+    ("SC", "CA"): "CANCELED",
+    ("SC", "DC"): "DISCONTINUED",
+    ("OC", "CA"): "CANCELED",
+    ("OC", ""): "CANCELED",
     ("CA", "CA"): "CANCELED",
     ("CA", ""): "CANCELED",  # real RIS cancels often leave ORC-5 empty
     ("DC", "CA"): "DISCONTINUED",
@@ -337,6 +344,30 @@ def _update(
     return Applied((step_pk,))
 
 
+def _same_patient(
+    conn: Connection, record: OrderRecord, found: Sequence[Any], policy: OrderPolicy,
+    known: Mapping[tuple[str, str], int] | None, sequence: int,
+) -> None:
+    """An NW or XO finds its order by number; its PID must name that order's patient (or one merged into it).
+
+    Otherwise AE 205 at ORC^n^2, nothing changed: an NW reusing another patient's order number
+    was answered AA while the worklist kept the first patient (found by the hl7corpus campaign).
+    Status follow-ups (CA, DC, SC ...) are found by their order number alone, whatever PID they
+    carry (issue #11: real RIS cancels carry little more than ORC).
+    """
+    if not record.patient_id or record.order_control not in _CONTENT_CONTROLS:
+        return
+    identity = (record.patient_id, record.issuer)
+    pk = (known or {}).get(identity) or existing_patient(conn, *identity, policy.patients)
+    if any(row.patient_pk == pk for row in found):
+        return
+    raise HL7ApplicationError(
+        205, f"order {identity_text(record)} is stored for another patient than the one PID-3 names: a "
+        "follow-up cannot move it (merge the patients with A40, or cancel and order again)",
+        ErrorLocation("ORC", sequence, 2),
+    )
+
+
 def _new_order(record: OrderRecord, policy: OrderPolicy, sequence: int) -> Applied | None:
     """None when the order is imaging and may be created; else the ignored outcome or an AE.
 
@@ -386,6 +417,7 @@ def apply_order(
     found = find_orders(conn, record, by_accession=policy.accession_policy != "always_generate",
                         follow_up=record.order_control not in _CONTENT_CONTROLS)
     if found:
+        _same_patient(conn, record, found, policy, known_patients, sequence)
         results = [_update(conn, record, row, status, policy, now) for row in found]
         changed = [r for r in results if r.changed]
         return Applied(tuple(r.step_pks[0] for r in results), bool(changed), "" if changed else results[0].note)

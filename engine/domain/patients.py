@@ -114,6 +114,14 @@ def _create(conn: Connection, patient_id: str, issuer: str, now: datetime, **val
     return _INSERT.execute(conn, {**row, **values})
 
 
+def existing_patient(conn: Connection, patient_id: str, issuer: str, policy: PatientPolicy) -> int | None:
+    """The live pk of the patient an identity names (following merges and A47 renames), None if unknown."""
+    row = find_patient(conn, patient_id, issuer)
+    if row is None:
+        return _replaced(conn, patient_id, issuer, policy)
+    return _live(conn, row, policy, _PID3)
+
+
 def ensure_patient(
     conn: Connection, patient_id: str, issuer: str, policy: PatientPolicy, now: datetime
 ) -> int:
@@ -213,10 +221,12 @@ EVENT_ACTIONS: dict[str, _EventAction] = {
 
 
 #: ADT trigger events the patients handler implements: a demographic upsert alone (A01, A04,
-#: A05, A08, A28, A31), with its visit or arrival action, or a merge / change of id. "" is an
-#: order's PID. Any other event (A23 delete visit, A29 delete person ...) is refused with AR 201
-#: rather than acknowledged as if done, should a mapping be edited to accept it.
-IMPLEMENTED_EVENTS = frozenset({"", "A01", "A04", "A05", "A08", "A28", "A31", "A40", "A47", *EVENT_ACTIONS})
+#: A05, A08, A28, A31), with its visit or arrival action, or a merge (A40 and the events it
+#: replaced: A18, A34, A36, A39) / change of id. "" is an order's PID. Any other event (A23 delete
+#: visit, A29 delete person ...) is refused with AR 201 rather than acknowledged as if done,
+#: should a mapping be edited to accept it.
+IMPLEMENTED_EVENTS = frozenset({"", "A01", "A04", "A05", "A08", "A28", "A31", "A18", "A34", "A36", "A39", "A40", "A47",
+                                *EVENT_ACTIONS})
 
 
 def apply_patient_event(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass
 
-__all__ = ["DICOM_CHARSETS", "HL7_CHARSETS", "Decoded", "declared_charset", "decode"]
+__all__ = ["DICOM_CHARSETS", "HL7_CHARSETS", "Decoded", "charset_note", "declared_charset", "decode"]
 
 #: HL7 table 0211 character set names → Python codecs.
 HL7_CHARSETS: dict[str, str] = {
@@ -70,6 +70,7 @@ class Decoded:
     charset: str  # the Python codec actually used
     declared: str  # MSH-18 as written ("" when absent)
     fallback_used: bool
+    replaced: bool = False  # bytes the fallback could not decode became U+FFFD
 
 
 def declared_charset(raw: bytes) -> str:
@@ -129,4 +130,24 @@ def decode(raw: bytes, fallback: str = "latin-1", detect_utf8: bool = True) -> D
         text = raw.decode(fallback_codec)
     except UnicodeDecodeError:
         text = raw.decode(fallback_codec, errors="replace")
+        return Decoded(text, fallback_codec, declared, True, True)
     return Decoded(text, fallback_codec, declared, codec is not None or bool(declared))
+
+
+def charset_note(decoded: Decoded) -> str:
+    """What the reader did that MSH-18 did not say, for the message's note ("" when it read as declared).
+
+    A tolerant read is kept visible (issue #11): an analyst seeing a wrong name finds here
+    that the sender's MSH-18 was not what it sent.
+    """
+    if not decoded.fallback_used:
+        return ""
+    said = f"MSH-18 {decoded.declared!r}" if decoded.declared else "MSH-18 empty"
+    if decoded.replaced:
+        return f"{said}: bytes that {decoded.charset} cannot decode were replaced by U+FFFD (source.charset_fallback)"
+    declared = _codec(decoded.declared) if decoded.declared else None
+    if decoded.charset == "utf-8" and declared not in (None, "utf-8"):
+        return f"{said}, but the bytes are UTF-8: read as UTF-8 (source.detect_utf8)"
+    if declared is None:
+        return f"{said} is not a character set radbridge knows: read as {decoded.charset} (source.charset_fallback)"
+    return f"{said} does not decode these bytes: read as {decoded.charset} (source.charset_fallback)"
