@@ -181,12 +181,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _detail_text(d: dict[str, Any]) -> str:
-    head = [f"{k}: {d[k]}" for k in d if k not in ("raw", "text", "ack", "stages", "deliveries")]
+    head = [f"{k}: {d[k]}" for k in d if k not in ("raw", "text", "ack", "stages", "deliveries", "attempts")]
     body = ["", "message:", d["text"].replace("\r", "\n"), "ack:", d["ack"].replace("\r", "\n")]
     stages = [f"stage {s['stage']} {s['status']} {s['error']}\n{s['content']}" for s in d["stages"]]
     deliveries = [f"delivery {x['id']} -> {x['destination']}: {x['status']} attempts={x['attempts']} "
                   f"{x['last_error']}" for x in d["deliveries"]]
-    return "\n".join(head + body + stages + deliveries)
+    tried = [f"attempt {a['attempt']} {a['at']} {a['via']} by {a['actor']}: {a['status']} {a['ack_code']}"
+             + "".join(f" {v}" for v in (a["error_code"], a["error_location"], a["error"]) if v)
+             for a in d["attempts"]]
+    return "\n".join(head + body + stages + deliveries + tried)
 
 
 #: Outbox destinations of the engine's own making (not named in a configuration file).
@@ -278,7 +281,8 @@ def _messages(sub: Any) -> None:
     show.add_argument("id", type=int, help="message id, as listed by messages list")
     show.add_argument("--json", action="store_true", help="print JSON, every byte exact")
     show.set_defaults(fn=cmd_messages_show)
-    replay = msgs.add_parser("replay", help="re-queue failed deliveries and reprocess failed messages")
+    replay = msgs.add_parser("replay", help="reprocess ERROR/REJECTED messages in place (same id, audited) "
+                             "with the current configuration; re-queue failed deliveries")
     replay.add_argument("ids", type=int, nargs="+", metavar="ID", help="message ids to replay")
     replay.set_defaults(fn=cmd_messages_replay)
 
