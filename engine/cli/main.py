@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -346,8 +347,37 @@ def _command_name(args: argparse.Namespace) -> str:
     return f"{args.command} {action}" if action else str(args.command)
 
 
+#: The exit status when the reader of the output went away: what a shell reports for a Unix tool that
+#: SIGPIPE ended (``radbridge`` keeps Python's ignored SIGPIPE: it must not kill ``send`` or ``run``).
+CLOSED_PIPE = 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``radbridge`` console script."""
+    """Entry point of the ``radbridge`` console script.
+
+    A reader that stops early (``radbridge status | head -3``) ends the command quietly with
+    :data:`CLOSED_PIPE`, like a Unix tool: no traceback, no "Exception ignored" at exit.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # now, not at interpreter exit, where a closed pipe cannot be caught
+    except BrokenPipeError:
+        _discard_output()
+        return CLOSED_PIPE
+
+
+def _discard_output() -> None:
+    """Point stdout and stderr at /dev/null: what is still buffered for a gone reader is dropped."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     from sqlalchemy.exc import OperationalError
 
