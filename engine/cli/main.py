@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.cli.text import visible
 from engine.config import Config, load_config
-from engine.errors import ConfigError, StoreMissing
+from engine.errors import ConfigError, SchemaMismatch, StoreMissing
 
 __all__ = ["main"]
 
@@ -27,20 +27,39 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _database(args: argparse.Namespace) -> Any:
-    """The configured database, migrated.
+    """The configured database, its schema at this code's revision; never migrated here.
 
-    Only commands whose parser sets ``creates_store`` (``clients add``) may create a missing
-    SQLite database and its directory; every other command raises StoreMissing instead, so
-    looking never leaves a data directory behind (``radbridge run`` creates it, 0700).
+    Only commands whose parser sets ``creates_store`` (``clients add``, ``db upgrade``) may
+    create a missing SQLite database and its directory; every other command raises
+    StoreMissing instead, so looking never leaves a data directory behind (``radbridge run``
+    creates it, 0700). A new, empty store is created at this code's revision by such a
+    command; any other schema not at it raises SchemaMismatch: only ``radbridge run`` and
+    ``radbridge db upgrade`` upgrade a schema.
     """
+    from engine.store.migrate import require_current, schema_state
+
+    db = _open_database(args)
+    try:
+        state = db.read(schema_state)
+        if state.current is None and getattr(args, "creates_store", False):
+            db.migrate()
+        else:
+            require_current(state)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _open_database(args: argparse.Namespace) -> Any:
+    """The configured database as it is (no schema check): StoreMissing unless the command creates it."""
     from engine.store.database import Database
 
     cfg = _config(args).engine
     if not getattr(args, "creates_store", False):
         _require_store(cfg.database_url(), Path(cfg.data_dir))
-    db = Database(cfg.database_url(), cfg.database.sqlite_synchronous, sqlite_page_size=cfg.database.sqlite_page_size)
-    db.migrate()
-    return db
+    return Database(cfg.database_url(), cfg.database.sqlite_synchronous,
+                    sqlite_page_size=cfg.database.sqlite_page_size)
 
 
 def _require_store(url: str, data_dir: Path) -> None:
@@ -136,13 +155,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from engine.cli.status_view import attention, configured, destination_backlog
 
     config = _config(args)
-    data = _database(args).read(engine_status)
+    db = _database(args)
+    data = db.read(engine_status)
     data["reports"]["receivers"] = {r.name: r.mllp or r.destination or "off"
                                     for r in config.engine.reports.receivers}
     data |= configured(config)
     data["destinations"] = {name: {"target": target, "queued": 0, "oldest_queued_seconds": None, "dead_letters": 0}
                             for name, target in data.pop("destination_targets").items()}
-    for name, backlog in _database(args).read(destination_backlog).items():
+    for name, backlog in db.read(destination_backlog).items():
         data["destinations"].setdefault(name, {"target": _UNLISTED_TARGETS.get(name, "not configured")}).update(backlog)
     for name, listener in data.pop("listeners").items():  # every configured channel, even one with no message yet
         data["channels"].setdefault(name, empty_counts()).update(listener)
@@ -245,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     _clients(sub)
     _archive(sub)
     _outbox(sub)
+    _db(sub)
     status = sub.add_parser("status", help="per channel counts and queue age")
     status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.set_defaults(fn=cmd_status)
@@ -333,6 +354,12 @@ def _archive(sub: Any) -> None:
     add_subcommands(sub, _database)
 
 
+def _db(sub: Any) -> None:
+    from engine.cli.db import add_subcommands
+
+    add_subcommands(sub, _open_database, _config)
+
+
 def _mapping(sub: Any) -> None:
     try:
         from engine.mapping.cli import add_subcommands
@@ -392,7 +419,7 @@ def _main(argv: Sequence[str] | None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    except StoreMissing as exc:
+    except (StoreMissing, SchemaMismatch) as exc:
         print(f"radbridge {_command_name(args)}: {exc}", file=sys.stderr)
         return 1
     except OperationalError as exc:  # the database is not reachable: say so in one line
