@@ -159,7 +159,7 @@ def test_the_readme_quick_start_works_as_written(shipped: Engine) -> None:
 def test_the_log_names_what_listens_and_the_fhir_api_refuses_phi_without_a_token(shipped: Engine) -> None:
     log = shipped.log.read_text()
     assert f"listening for MLLP on 127.0.0.1:{shipped.mllp}" in log
-    assert f"DICOM worklist/MPPS listening on 127.0.0.1:{shipped.dicom} as RADBRIDGE" in log
+    assert f"DICOM (worklist, MPPS, C-STORE, C-ECHO) listening on 127.0.0.1:{shipped.dicom} as RADBRIDGE" in log
     port = shipped.env["RADBRIDGE_HTTP_PORT"]
     assert f"FHIR R4 API listening on 127.0.0.1:{port} at /fhir (auth: smart)" in log
     base = f"http://127.0.0.1:{port}/fhir"
