@@ -142,6 +142,16 @@ def test_the_readme_quick_start_works_as_written(shipped: Engine) -> None:
     for value in ("EX-ACC-1001", "Example^Alva^Maria", "EX100234", "[CT]", "CT_SCANNER_1"):
         assert value in responses[0]
 
+    (store,) = [c for c in commands if c.startswith("storescu ")]
+    stored = shipped.sh(store)
+    assert stored.returncode == 0, stored.stderr
+    studies = shipped.sh(next(c for c in commands if c.endswith("radbridge studies list")))
+    (study,) = [line.split("\t") for line in studies.stdout.splitlines()[1:]]
+    assert (study[0], study[1], study[2], study[4], study[7]) == (
+        "2.25.207364417093781209387511049871602031001", "EX100234", "EX-ACC-1001", "CT", "True"), studies.stdout
+    archived = list((Path(shipped.env["RADBRIDGE_DATA_DIR"]) / "archive").rglob("*.dcm"))
+    assert len(archived) == 1 and b"Example^Alva^Maria" in archived[0].read_bytes()
+
     cancel = shipped.sh(sends[1])
     assert cancel.returncode == 0 and cancel.stdout.split("\t")[1].strip() == "AA", cancel.stdout
     again = shipped.sh(finds[0])
