@@ -31,7 +31,7 @@ $(SEKMET_STAMP):
 
 install: $(STAMP) $(NODE_STAMP)
 
-run: install
+run: $(STAMP)  # the engine only: the npm test peers come with `make install` / `make test`
 	mkdir -p -m 700 $${RADBRIDGE_DATA_DIR:-./var}  # owner-only, as the engine requires (else it warns and fixes it)
 	$(VENV)/bin/radbridge --config config run
 

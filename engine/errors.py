@@ -9,6 +9,7 @@ at the boundary where they enter::
     ├── ConfigError                 configuration or mapping file rejected at load
     ├── StoreUnavailable            the database cannot commit; never answer success
     ├── StoreMissing                a command that must not create the store found none
+    ├── SchemaMismatch              the database's schema is not at this code's revision
     ├── AlreadyRunning              another engine holds this data directory's pid file
     ├── ArchiveUnavailable          a storage location cannot take a file (full, unwritable)
     │   └── CopyMissing             a copy the index names is not in its location
@@ -46,6 +47,7 @@ __all__ = [
     "PermanentDelivery",
     "RadbridgeError",
     "RetryableDelivery",
+    "SchemaMismatch",
     "StoreMissing",
     "StoreUnavailable",
 ]
@@ -88,6 +90,14 @@ class StoreMissing(RadbridgeError):
 
     Only ``radbridge run`` (and registering an API client) creates the store; the message
     names the missing path and how to create it.
+    """
+
+
+class SchemaMismatch(RadbridgeError):
+    """The database's schema revision is not the one this code needs (behind, missing or unknown).
+
+    Only ``radbridge run`` and ``radbridge db upgrade`` migrate; every other command says which
+    revision it found and which it needs, in one line, and changes nothing.
     """
 
 

@@ -135,7 +135,7 @@ class Runtime:
             where = self.config.where(self.config.engine_file, ("dicom", "port"))
             raise ConfigError([f"{where}: cannot listen on {cfg.dicom.host}:{cfg.dicom.port}:"
                                f" {exc.strerror or exc}"]) from exc
-        log.info("DICOM worklist/MPPS listening on %s:%s as %s", cfg.dicom.host, self.dicom.port,
+        log.info("DICOM (worklist, MPPS, C-STORE, C-ECHO) listening on %s:%s as %s", cfg.dicom.host, self.dicom.port,
                  cfg.dicom.ae_title)
 
     def _dicom_listener(self) -> Any:
@@ -386,6 +386,7 @@ async def _serve_locked(config: Config, config_dir: Path, pid_file: PidFile) -> 
     await stop.wait()
     log.info("radbridge stopping")
     await runtime.stop()
+    log.info("radbridge stopped")  # listeners closed, receive workers ended, queued writes committed
     return 0
 
 

@@ -112,12 +112,19 @@ class Persister:
     def persist(self, conn: Connection, p: Prepared, peer: str) -> Stored:
         """Store ``p`` and apply it; return the ACK to send once committed."""
         now = datetime.now(UTC)
-        duplicate = self._duplicate(conn, p, now)
+        duplicate = self.duplicate(conn, p, now)
         if duplicate is not None:
             return duplicate
         code = "AA" if p.error is None else p.error.ack_code
         ack = self.ack(p.message, code, p.error, now)
-        message_id = self._insert(conn, p, peer, now, code, ack)
+        message_id = _INSERT_MESSAGE.execute(conn, self.values(p, peer, now, code, ack))
+        return self.apply(conn, p, message_id, now, ack, code)
+
+    def apply(self, conn: Connection, p: Prepared, message_id: int, now: datetime, ack: str, code: str) -> Stored:
+        """Run the handlers and enqueue for ``p``, whose row ``message_id`` holds :meth:`values`.
+
+        The second half of :meth:`persist`, shared with an in-place replay (engine.channel.replay).
+        """
         if p.status != PROCESSED:
             return Stored(message_id, ack, code)
         try:
@@ -131,7 +138,12 @@ class Persister:
         self._note(conn, message_id, outcomes, p.notes)
         return Stored(message_id, ack, code, enqueued=enqueued)
 
-    def _duplicate(self, conn: Connection, p: Prepared, now: datetime) -> Stored | None:
+    def duplicate(self, conn: Connection, p: Prepared, now: datetime) -> Stored | None:
+        """The accepted original of ``p`` when ``p`` is a resend of it (its duplicate count goes up).
+
+        A reused control id with other content marks ``p`` ERROR (AE 205) when the channel says
+        ``on_conflict: reject``; None then, as when there is no original.
+        """
         window = self.config.duplicates.window_hours
         control_id = p.message.control_id
         if not control_id or window <= 0 or p.error is not None:
@@ -155,7 +167,8 @@ class Persister:
             )
         return None
 
-    def _insert(self, conn: Connection, p: Prepared, peer: str, now: datetime, code: str, ack: str) -> int:
+    def values(self, p: Prepared, peer: str, now: datetime, code: str, ack: str) -> dict[str, Any]:
+        """The ``messages`` row of ``p`` as received from ``peer`` at ``now``, answered ``ack``."""
         m = p.message
         err = p.error
         values: dict[str, Any] = {
@@ -189,7 +202,7 @@ class Persister:
         for key, value in values.items():
             if isinstance(value, str) and "\x00" in value:
                 values[key] = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; raw keeps it
-        return _INSERT_MESSAGE.execute(conn, values)
+        return values
 
     def _run_handlers(
         self, conn: Connection, p: Prepared, message_id: int, now: datetime

@@ -24,12 +24,14 @@ from engine.hl7.charset import Decoded, charset_note, decode
 from engine.hl7.er7 import Message
 from engine.store.database import Database
 
-__all__ = ["ChannelRunner", "Opened"]
+__all__ = ["OVERSIZE_TEXT", "ChannelRunner", "Opened"]
 
 log = logging.getLogger(__name__)
 
 #: What is read of an oversize frame to answer it: its first segment, up to this many bytes.
 _HEADER_BYTES = 4096
+#: How the error of an oversize frame begins (its stored bytes are a fragment: engine.channel.replay).
+OVERSIZE_TEXT = "message exceeds the maximum size"
 
 
 @dataclass(slots=True)
@@ -151,7 +153,7 @@ class ChannelRunner:
         text column holds only its first segment, which the AR answers (MSA-2).
         """
         limit = self.config.source.max_message_bytes
-        error = HL7Reject(207, f"message exceeds the maximum size of {limit} bytes")
+        error = HL7Reject(207, f"{OVERSIZE_TEXT} of {limit} bytes")
         head = payload[:_HEADER_BYTES].replace(b"\n", b"\r").split(b"\r", 1)[0]
         decoded = decode(head, self.config.source.charset_fallback, False)
         ack = await self._store_failed(payload, decoded.text, decoded.charset, peer, error)

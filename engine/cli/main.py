@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from typing import Any
 
 from engine.cli.text import visible
 from engine.config import Config, load_config
-from engine.errors import ConfigError, StoreMissing
+from engine.errors import ConfigError, SchemaMismatch, StoreMissing
 
 __all__ = ["main"]
 
@@ -26,20 +27,39 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _database(args: argparse.Namespace) -> Any:
-    """The configured database, migrated.
+    """The configured database, its schema at this code's revision; never migrated here.
 
-    Only commands whose parser sets ``creates_store`` (``clients add``) may create a missing
-    SQLite database and its directory; every other command raises StoreMissing instead, so
-    looking never leaves a data directory behind (``radbridge run`` creates it, 0700).
+    Only commands whose parser sets ``creates_store`` (``clients add``, ``db upgrade``) may
+    create a missing SQLite database and its directory; every other command raises
+    StoreMissing instead, so looking never leaves a data directory behind (``radbridge run``
+    creates it, 0700). A new, empty store is created at this code's revision by such a
+    command; any other schema not at it raises SchemaMismatch: only ``radbridge run`` and
+    ``radbridge db upgrade`` upgrade a schema.
     """
+    from engine.store.migrate import require_current, schema_state
+
+    db = _open_database(args)
+    try:
+        state = db.read(schema_state)
+        if state.current is None and getattr(args, "creates_store", False):
+            db.migrate()
+        else:
+            require_current(state)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _open_database(args: argparse.Namespace) -> Any:
+    """The configured database as it is (no schema check): StoreMissing unless the command creates it."""
     from engine.store.database import Database
 
     cfg = _config(args).engine
     if not getattr(args, "creates_store", False):
         _require_store(cfg.database_url(), Path(cfg.data_dir))
-    db = Database(cfg.database_url(), cfg.database.sqlite_synchronous, sqlite_page_size=cfg.database.sqlite_page_size)
-    db.migrate()
-    return db
+    return Database(cfg.database_url(), cfg.database.sqlite_synchronous,
+                    sqlite_page_size=cfg.database.sqlite_page_size)
 
 
 def _require_store(url: str, data_dir: Path) -> None:
@@ -135,13 +155,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from engine.cli.status_view import attention, configured, destination_backlog
 
     config = _config(args)
-    data = _database(args).read(engine_status)
+    db = _database(args)
+    data = db.read(engine_status)
     data["reports"]["receivers"] = {r.name: r.mllp or r.destination or "off"
                                     for r in config.engine.reports.receivers}
     data |= configured(config)
     data["destinations"] = {name: {"target": target, "queued": 0, "oldest_queued_seconds": None, "dead_letters": 0}
                             for name, target in data.pop("destination_targets").items()}
-    for name, backlog in _database(args).read(destination_backlog).items():
+    for name, backlog in db.read(destination_backlog).items():
         data["destinations"].setdefault(name, {"target": _UNLISTED_TARGETS.get(name, "not configured")}).update(backlog)
     for name, listener in data.pop("listeners").items():  # every configured channel, even one with no message yet
         data["channels"].setdefault(name, empty_counts()).update(listener)
@@ -181,12 +202,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _detail_text(d: dict[str, Any]) -> str:
-    head = [f"{k}: {d[k]}" for k in d if k not in ("raw", "text", "ack", "stages", "deliveries")]
+    head = [f"{k}: {d[k]}" for k in d if k not in ("raw", "text", "ack", "stages", "deliveries", "attempts")]
     body = ["", "message:", d["text"].replace("\r", "\n"), "ack:", d["ack"].replace("\r", "\n")]
     stages = [f"stage {s['stage']} {s['status']} {s['error']}\n{s['content']}" for s in d["stages"]]
     deliveries = [f"delivery {x['id']} -> {x['destination']}: {x['status']} attempts={x['attempts']} "
                   f"{x['last_error']}" for x in d["deliveries"]]
-    return "\n".join(head + body + stages + deliveries)
+    tried = [f"attempt {a['attempt']} {a['at']} {a['via']} by {a['actor']}: {a['status']} {a['ack_code']}"
+             + "".join(f" {v}" for v in (a["error_code"], a["error_location"], a["error"]) if v)
+             for a in d["attempts"]]
+    return "\n".join(head + body + stages + deliveries + tried)
 
 
 #: Outbox destinations of the engine's own making (not named in a configuration file).
@@ -241,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     _clients(sub)
     _archive(sub)
     _outbox(sub)
+    _db(sub)
     status = sub.add_parser("status", help="per channel counts and queue age")
     status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.set_defaults(fn=cmd_status)
@@ -278,7 +303,8 @@ def _messages(sub: Any) -> None:
     show.add_argument("id", type=int, help="message id, as listed by messages list")
     show.add_argument("--json", action="store_true", help="print JSON, every byte exact")
     show.set_defaults(fn=cmd_messages_show)
-    replay = msgs.add_parser("replay", help="re-queue failed deliveries and reprocess failed messages")
+    replay = msgs.add_parser("replay", help="reprocess ERROR/REJECTED messages in place (same id, audited) "
+                             "with the current configuration; re-queue failed deliveries")
     replay.add_argument("ids", type=int, nargs="+", metavar="ID", help="message ids to replay")
     replay.set_defaults(fn=cmd_messages_replay)
 
@@ -328,6 +354,12 @@ def _archive(sub: Any) -> None:
     add_subcommands(sub, _database)
 
 
+def _db(sub: Any) -> None:
+    from engine.cli.db import add_subcommands
+
+    add_subcommands(sub, _open_database, _config)
+
+
 def _mapping(sub: Any) -> None:
     try:
         from engine.mapping.cli import add_subcommands
@@ -342,8 +374,37 @@ def _command_name(args: argparse.Namespace) -> str:
     return f"{args.command} {action}" if action else str(args.command)
 
 
+#: The exit status when the reader of the output went away: what a shell reports for a Unix tool that
+#: SIGPIPE ended (``radbridge`` keeps Python's ignored SIGPIPE: it must not kill ``send`` or ``run``).
+CLOSED_PIPE = 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``radbridge`` console script."""
+    """Entry point of the ``radbridge`` console script.
+
+    A reader that stops early (``radbridge status | head -3``) ends the command quietly with
+    :data:`CLOSED_PIPE`, like a Unix tool: no traceback, no "Exception ignored" at exit.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # now, not at interpreter exit, where a closed pipe cannot be caught
+    except BrokenPipeError:
+        _discard_output()
+        return CLOSED_PIPE
+
+
+def _discard_output() -> None:
+    """Point stdout and stderr at /dev/null: what is still buffered for a gone reader is dropped."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     from sqlalchemy.exc import OperationalError
 
@@ -358,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    except StoreMissing as exc:
+    except (StoreMissing, SchemaMismatch) as exc:
         print(f"radbridge {_command_name(args)}: {exc}", file=sys.stderr)
         return 1
     except OperationalError as exc:  # the database is not reachable: say so in one line

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Select, func, select, text
 
 from engine.audit import Actor, record
+from engine.channel.replay import attempts
 from engine.outbox.queue import QUEUED
 from engine.store.schema import UNPROCESSED_SQL, job_runs, messages, outbox
 
@@ -120,7 +121,8 @@ def _query(f: MessageFilter) -> Select[Any]:
 
 
 def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
-    """Everything about one message: row, stages (the mapped records) and outbox deliveries."""
+    """Everything about one message: row, stages (the mapped records), outbox deliveries and the
+    attempts at processing it (its receipt, then each ``messages replay``)."""
     row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
     if row is None:
         return None
@@ -133,6 +135,8 @@ def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
                outbox.c.sent_at, outbox.c.last_error, outbox.c.response)
         .where(outbox.c.message_id == message_id).order_by(outbox.c.id))
     detail["deliveries"] = [_jsonable(d) for d in deliveries]
+    detail["attempts"] = [{k: v.isoformat() if isinstance(v, datetime) else v for k, v in a.items()}
+                          for a in attempts(conn, row)]
     return detail
 
 

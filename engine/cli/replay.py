@@ -1,74 +1,89 @@
-"""``radbridge messages replay``: re-queue failed deliveries, reprocess failed messages.
+"""``radbridge messages replay``: reprocess failed messages in place, re-queue failed deliveries.
 
-A message that ended in ERROR or REJECTED is run through its channel again
-(current configuration and mapping), as a new stored message; its failed
-outbox deliveries, if any, go back in the queue with their attempts reset.
+A message that ended in ERROR or REJECTED is run through its channel again with
+the current configuration, mappings and code tables, and keeps its id: ``messages
+show`` lists each attempt (engine.channel.replay). Its failed outbox deliveries,
+if any, go back in the queue with their attempts reset. Each id is one
+transaction, audited as ``message.replay`` with the OS account running the command.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, select
 
-from engine.audit import record
+from engine.audit import current_actor
 from engine.channel.persist import Persister
 from engine.channel.prepare import Preparer
+from engine.channel.replay import Replayed, replay_message
 from engine.channel.runner import ChannelRunner
 from engine.config import Config
 from engine.handlers import create_handler
-from engine.hl7.charset import decode
-from engine.hl7.er7 import Message
-from engine.outbox.rows import replay
-from engine.plan import build_plan
+from engine.plan import Plan, build_plan
 from engine.store.database import Database
 from engine.store.schema import messages
 
 __all__ = ["replay_messages"]
 
 
-def _runner(config: Config, db: Database, channel_name: str) -> ChannelRunner | None:
-    channel = next((c for c in config.channels if c.name == channel_name), None)
-    if channel is None:
-        return None
-    plan = build_plan(config)
-    mapping = plan.mappings.get(channel.name)
-    handlers = plan.handlers.get(channel.name) or [create_handler(h, config.engine, channel) for h in channel.handlers]
-    ident = config.engine.identity
-    persister = Persister(channel, handlers, ident.application, ident.facility)
-    return ChannelRunner(channel, Preparer(channel, mapping), persister, db)
+class _Runners:
+    """Each channel's runner built from the current configuration, once (the plan compiles every mapping)."""
+
+    def __init__(self, config: Config, db: Database) -> None:
+        self.config = config
+        self.db = db
+        self._plan: Plan | None = None
+        self._built: dict[str, ChannelRunner | None] = {}
+
+    def __call__(self, channel_name: str) -> ChannelRunner | None:
+        if channel_name not in self._built:
+            self._built[channel_name] = self._build(channel_name)
+        return self._built[channel_name]
+
+    def _build(self, channel_name: str) -> ChannelRunner | None:
+        channel = next((c for c in self.config.channels if c.name == channel_name), None)
+        if channel is None:
+            return None
+        plan = self._plan = self._plan or build_plan(self.config)
+        handlers = plan.handlers.get(channel.name) or [create_handler(h, self.config.engine, channel)
+                                                       for h in channel.handlers]
+        ident = self.config.engine.identity
+        persister = Persister(channel, handlers, ident.application, ident.facility)
+        return ChannelRunner(channel, Preparer(channel, plan.mappings.get(channel.name)), persister, self.db)
 
 
-def _original(conn: Connection, message_id: int) -> Row[Any, Any, Any] | None:
-    query = select(messages.c.channel, messages.c.status, messages.c.raw).where(messages.c.id == message_id)
-    return conn.execute(query).first()
+def _channel(conn: Connection, message_id: int) -> str | None:
+    return conn.execute(select(messages.c.channel).where(messages.c.id == message_id)).scalar()
+
+
+def describe(done: Replayed) -> str:
+    """One line of output for one replayed id (ids and statuses only: no message content)."""
+    requeued = f"{done.requeued} delivery(ies) re-queued"
+    if done.refused:
+        return f"{done.message_id}: not reprocessed: {done.refused}; {requeued}"
+    if not done.attempt:
+        return f"{done.message_id}: {done.before}, not reprocessed (only ERROR and REJECTED are); {requeued}"
+    return (f"{done.message_id}: reprocessed: {done.ack_code}, {done.before} -> {done.after}"
+            f" (attempt {done.attempt}); {requeued}")
 
 
 def replay_messages(config: Config, db: Database, ids: list[int]) -> int:
-    """Replay each id; return 1 if any id was unknown or its reprocessing was not accepted."""
+    """Replay each id; return 1 if any id was unknown, refused or its reprocessing not accepted."""
+    runners = _Runners(config, db)
+    actor = current_actor()
     failures = 0
     for message_id in ids:
-        row = db.read(partial(_original, message_id=message_id))
-        if row is None:
+        channel = db.read(partial(_channel, message_id=message_id))
+        if channel is not None:
+            runners(channel)  # built (mappings compiled) before the transaction, not while it holds the lock
+        done = db.writer.call(partial(replay_message, message_id=message_id, runner_of=runners, actor=actor,
+                                      now=datetime.now(UTC)))
+        if done is None:
             print(f"{message_id}: no such message")
             failures += 1
             continue
-        requeued = db.writer.call(partial(replay, message_ids=[message_id], now=datetime.now(UTC)))
-        db.writer.call(partial(record, action="message.replay", object_type="message", object_id=str(message_id)))
-        line = f"{message_id}: {requeued} delivery(ies) re-queued"
-        if row.status in ("ERROR", "REJECTED"):
-            runner = _runner(config, db, row.channel)
-            if runner is None:
-                line += f"; channel {row.channel!r} is no longer configured, not reprocessed"
-                failures += 1
-            else:
-                answer = asyncio.run(runner.receive(row.raw, "replay"))
-                msa = Message(decode(answer).text).segment("MSA")
-                code = msa.value(1) if msa else "?"
-                line += f"; reprocessed: {code}"
-                failures += code not in ("AA", "CA")
-        print(line)
+        print(describe(done))
+        failures += not done.accepted
     return 1 if failures else 0

@@ -37,7 +37,7 @@ async def _send_all(spec: str, files: list[Path], timeout: float) -> int:
     try:
         for number, path in enumerate(files, start=1):
             code, detail = await _send_one(client, path, spec)
-            print(f"{path}\t{code}\t{detail}")
+            print(f"{path}\t{code}" + (f"\t{detail}" if detail else ""))  # no trailing tab after a plain AA
             failures += code not in _GOOD
             if len(files) > 20 and number % 100 == 0:
                 print(f"... {number}/{len(files)} sent", file=sys.stderr)

@@ -52,7 +52,8 @@ def configured(config: Config) -> dict[str, Any]:
     """The engine, DICOM listener, FHIR API, channel listeners and destinations of ``config``."""
     eng = config.engine
     dicom = ({"ae_title": eng.dicom.ae_title, "listen": _address(eng.dicom.host, eng.dicom.port),
-              "tls": eng.dicom.tls is not None} if eng.dicom.enabled else None)
+              "tls": eng.dicom.tls is not None, "receive_processes": eng.dicom.receive_processes}
+             if eng.dicom.enabled else None)
     http = eng.http
     scheme = "https" if http.tls else "http"
     fhir = ({"url": f"{scheme}://{_address(http.host, http.port)}/fhir", "auth": http.auth}
@@ -102,7 +103,12 @@ def endpoints_text(data: dict[str, Any]) -> list[str]:
     running = f"running (pid {eng['pid']})" if eng["running"] else "not running"
     dicom = data["dicom"]
     dicom_line = (f"DICOM: AE title {dicom['ae_title']} on {dicom['listen']}{' (TLS)' if dicom['tls'] else ''}"
-                  if dicom else "DICOM: off")
+                  f"; {_workers(dicom['receive_processes'])}" if dicom else "DICOM: off")
     fhir = data["fhir"]
     fhir_line = f"FHIR API: {fhir['url']} (auth: {fhir['auth']})" if fhir else "FHIR API: off"
     return [f"engine: {running}, data directory {eng['data_dir']}", dicom_line, fhir_line]
+
+
+def _workers(count: int) -> str:
+    """Where DICOM associations run (dicom.receive_processes), as ``ps`` will show it while running."""
+    return f"associations in {count} receive worker process(es)" if count else "associations in the engine process"

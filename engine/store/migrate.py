@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, func, select
 
-__all__ = ["alembic_config", "lock_schema", "upgrade"]
+from engine.errors import SchemaMismatch
+
+__all__ = ["SchemaState", "alembic_config", "lock_schema", "require_current", "schema_state", "upgrade"]
 
 _HERE = Path(__file__).parent
 #: PostgreSQL advisory lock key of schema migrations ("rbmigrat" in ASCII).
@@ -47,3 +53,42 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         lock_schema(conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """The database's schema revision (None: no radbridge schema) and the one this code needs."""
+
+    current: str | None
+    head: str
+    known: bool  # ``current`` is None or one of this code's revisions
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def schema_state(conn: Connection) -> SchemaState:
+    """Read the revision stamped in ``conn``'s database (reads only; migrates nothing)."""
+    script = ScriptDirectory.from_config(alembic_config(conn.engine.url.render_as_string(hide_password=False)))
+    head = script.get_current_head()
+    assert head is not None, "the packaged migrations have one head"
+    current = MigrationContext.configure(conn).get_current_revision()
+    try:
+        known = current is None or script.get_revision(current) is not None
+    except CommandError:  # a revision a newer radbridge added
+        known = False
+    return SchemaState(current, head, known)
+
+
+def require_current(state: SchemaState) -> None:
+    """Raise SchemaMismatch, saying what to do, unless the schema is at this code's revision."""
+    if state.up_to_date:
+        return
+    upgrade = "run `radbridge db upgrade` (`radbridge run` also upgrades it when it starts)"
+    if state.current is None:
+        raise SchemaMismatch(f"the database has no radbridge schema yet: {upgrade}")
+    if not state.known:
+        raise SchemaMismatch(f"database at revision {state.current}, which this radbridge does not know (it needs"
+                             f" {state.head}): a newer radbridge upgraded it; use that version")
+    raise SchemaMismatch(f"database at revision {state.current}, this radbridge needs {state.head}: {upgrade}")

@@ -25,10 +25,13 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 
-__all__ = ["UNPROCESSED_SQL", "UTCDateTime", "audit_events", "job_runs", "messages", "metadata", "outbox"]
+__all__ = [
+    "UNPROCESSED_SQL", "UTCDateTime", "audit_events", "job_runs", "message_attempts", "messages", "metadata", "outbox",
+]
 
 #: The condition of the partial index over messages that need attention (not PROCESSED).
 UNPROCESSED_SQL = "status <> 'PROCESSED'"
@@ -106,6 +109,29 @@ messages = Table(
           sqlite_where=text(UNPROCESSED_SQL), postgresql_where=text(UNPROCESSED_SQL)),
     Index(None, "patient_id"),
     Index(None, "accession_number"),
+)
+
+#: Each time a message was processed: on receipt (attempt 1) and by every ``messages replay``,
+#: which reprocesses the message in place. Attempt 1 is written by the first replay, from the
+#: row as the receipt left it (receiving a message costs no extra row); until then ``messages
+#: show`` derives it from the row. ``actor`` is the peer (receipt) or the OS account (replay).
+message_attempts = Table(
+    "message_attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("via", String(16), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("ack_code", String(2), nullable=False, default=""),
+    Column("error_code", Integer, nullable=True),
+    Column("error_location", String(64), nullable=False, default=""),
+    Column("error", Text, nullable=False, default=""),
+    Column("note", Text, nullable=False, default=""),
+    Column("ack", Text, nullable=False, default=""),
+    UniqueConstraint("message_id", "attempt"),
 )
 
 outbox = Table(

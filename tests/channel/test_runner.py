@@ -125,8 +125,8 @@ def test_batch_is_answered_with_a_batch_of_acks(db):
 
 @pytest.mark.parametrize("alone", [False, True], ids=["writer-thread", "inline"])
 def test_store_failure_is_answered_ae_never_aa(db, alone):
-    db.writer.call(lambda c: c.execute(text("DROP TABLE outbox")))
-    db.writer.call(lambda c: c.execute(text("DROP TABLE messages")))
+    for table in ("outbox", "message_attempts", "messages"):  # the tables that refer to messages first
+        db.writer.call(lambda c, table=table: c.execute(text(f"DROP TABLE {table}")))
     ack = Message(asyncio.run(runner(db).receive(msg(), "test", alone=alone)).decode("latin-1"))
     assert ack.segment("MSA").value(1) == "AE" and ack.segment("ERR").value(3) == "207"
     assert db.writer.inline_commits == 0

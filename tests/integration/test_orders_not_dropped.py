@@ -3,6 +3,8 @@ client as the RIS/HIS, and the CLI reading back what each message changed (or wh
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,5 +108,39 @@ def test_a_refused_order_is_applied_by_a_replay_once_the_table_knows_its_code(
     with open(tmp_path / "mappings" / "tables" / "procedure_codes.csv", "a") as table:
         table.write("24590-2,MR,MR Brain (LOINC)\n")
     replay = engine.cli("messages", "replay", str(row["id"]))
-    assert replay.returncode == 0 and "reprocessed: AA" in replay.stdout, replay.stdout + replay.stderr
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert replay.stdout == f"{row['id']}: reprocessed: AA, ERROR -> PROCESSED (attempt 2); 0 delivery(ies) re-queued\n"
     assert _steps(engine) == [("PLC-7101", "SCHEDULED"), ("PLC-7102", "SCHEDULED")]  # the lab order: noted
+
+
+def test_a_replay_reprocesses_the_same_message_once_and_shows_its_attempts(
+    ris: tuple[EngineProcess, int], tmp_path: Path
+) -> None:
+    """The operator's loop: AE, fix the table, replay; the same id moves on, a second replay changes nothing."""
+    engine, port = ris
+    (refused,) = send_all(port, [_payload(GOLDEN / "order-to-worklist" / "orm_o01_loinc_mr_and_lab.hl7")])
+    assert refused.code == "AE" and cli_json(engine, "status")["channels"]["ris-inbound"]["errors"] == 1
+    with open(tmp_path / "mappings" / "tables" / "procedure_codes.csv", "a") as table:
+        table.write("24590-2,MR,MR Brain (LOINC)\n")
+    (row,) = cli_json(engine, "messages", "list")
+
+    first, second = (engine.cli("messages", "replay", str(row["id"])) for _ in range(2))
+
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert second.stdout == (f"{row['id']}: PROCESSED, not reprocessed (only ERROR and REJECTED are);"
+                             " 0 delivery(ies) re-queued\n")
+    assert [(r["id"], r["status"]) for r in cli_json(engine, "messages", "list")] == [(row["id"], "PROCESSED")]
+    assert _steps(engine) == [("PLC-7101", "SCHEDULED"), ("PLC-7102", "SCHEDULED")]
+    status = cli_json(engine, "status")["channels"]["ris-inbound"]
+    assert (status["received"], status["errors"]) == (1, 0)
+    shown = cli_json(engine, "messages", "show", str(row["id"]))
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert [(a["attempt"], a["via"], a["actor"].split(" ")[0], a["status"], a["ack_code"], a["error_code"])
+            for a in shown["attempts"]] == [(1, "receive", "peer", "ERROR", "AE", 103),
+                                            (2, "replay", user, "PROCESSED", "AA", None)]
+    assert "OBR" in shown["attempts"][0]["error_location"] and shown["attempts"][0]["error"]
+    text = engine.cli("messages", "show", str(row["id"])).stdout
+    assert f"attempt 2 {shown['attempts'][1]['at']} replay by {user}: PROCESSED AA" in text
+    replays = sqlite_rows(engine.data_dir / "radbridge.db",
+                          "SELECT actor, object_id FROM audit_events WHERE action = 'message.replay'")
+    assert replays == [(user, str(row["id"]))] * 2

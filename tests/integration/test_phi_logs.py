@@ -140,7 +140,8 @@ def test_no_phi_reaches_the_log_at_info(engine: tuple[EngineProcess, int, int, s
     assert "radbridge stopping" in log
     leaked = [value for value in PHI if value in log]
     assert leaked == [], log
-    assert replay.stdout.strip() == f"{refused_id}: 0 delivery(ies) re-queued; reprocessed: AE"
+    assert replay.stdout.strip() == (f"{refused_id}: reprocessed: AE, ERROR -> ERROR (attempt 2);"
+                                     " 0 delivery(ies) re-queued")
     assert "handler failed on message" in replay.stderr
     assert [value for value in PHI if value in replay.stderr] == [], replay.stderr
     if url:

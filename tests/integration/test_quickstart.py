@@ -132,8 +132,8 @@ def test_the_readme_quick_start_works_as_written(shipped: Engine) -> None:
 
     sent = shipped.sh(sends[0])
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    codes = [line.split("\t")[1] for line in sent.stdout.splitlines()]
-    assert codes == ["AA", "AA", "AA"], sent.stdout
+    files = [word for word in sends[0].split() if word.startswith("examples/")]
+    assert sent.stdout.splitlines() == [f"{name}\tAA" for name in files], sent.stdout  # as examples/README.md shows
 
     found = shipped.sh(finds[0])
     assert found.returncode == 0, found.stderr
@@ -141,6 +141,16 @@ def test_the_readme_quick_start_works_as_written(shipped: Engine) -> None:
     assert len(responses) == 1, found.stdout + found.stderr
     for value in ("EX-ACC-1001", "Example^Alva^Maria", "EX100234", "[CT]", "CT_SCANNER_1"):
         assert value in responses[0]
+
+    (store,) = [c for c in commands if c.startswith("storescu ")]
+    stored = shipped.sh(store)
+    assert stored.returncode == 0, stored.stderr
+    studies = shipped.sh(next(c for c in commands if c.endswith("radbridge studies list")))
+    (study,) = [line.split("\t") for line in studies.stdout.splitlines()[1:]]
+    assert (study[0], study[1], study[2], study[4], study[7]) == (
+        "2.25.207364417093781209387511049871602031001", "EX100234", "EX-ACC-1001", "CT", "True"), studies.stdout
+    archived = list((Path(shipped.env["RADBRIDGE_DATA_DIR"]) / "archive").rglob("*.dcm"))
+    assert len(archived) == 1 and b"Example^Alva^Maria" in archived[0].read_bytes()
 
     cancel = shipped.sh(sends[1])
     assert cancel.returncode == 0 and cancel.stdout.split("\t")[1].strip() == "AA", cancel.stdout
@@ -159,7 +169,7 @@ def test_the_readme_quick_start_works_as_written(shipped: Engine) -> None:
 def test_the_log_names_what_listens_and_the_fhir_api_refuses_phi_without_a_token(shipped: Engine) -> None:
     log = shipped.log.read_text()
     assert f"listening for MLLP on 127.0.0.1:{shipped.mllp}" in log
-    assert f"DICOM worklist/MPPS listening on 127.0.0.1:{shipped.dicom} as RADBRIDGE" in log
+    assert f"DICOM (worklist, MPPS, C-STORE, C-ECHO) listening on 127.0.0.1:{shipped.dicom} as RADBRIDGE" in log
     port = shipped.env["RADBRIDGE_HTTP_PORT"]
     assert f"FHIR R4 API listening on 127.0.0.1:{port} at /fhir (auth: smart)" in log
     base = f"http://127.0.0.1:{port}/fhir"

@@ -61,7 +61,8 @@ def test_status_shows_listeners_dicom_fhir_backlog_per_destination_and_what_need
         engine_process.stop()
 
     assert data["engine"]["running"] is True and data["engine"]["pid"] == engine_process.proc.pid
-    assert data["dicom"] == {"ae_title": "RB_TEST", "listen": f"127.0.0.1:{dicom}", "tls": False}
+    assert data["dicom"] == {"ae_title": "RB_TEST", "listen": f"127.0.0.1:{dicom}", "tls": False,
+                             "receive_processes": 2}
     assert data["fhir"] == {"url": f"http://127.0.0.1:{http}/fhir", "auth": "smart"}
     assert data["channels"]["quiet"]["listen"] == f"127.0.0.1:{idle}"  # configured, nothing received yet
     assert data["channels"]["quiet"]["received"] == 0
