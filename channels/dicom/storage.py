@@ -237,7 +237,12 @@ class StorageService:
         self.quarantine.prepare()
 
     def on_store(self, event: Any) -> int:
-        """``EVT_C_STORE`` handler: the response status."""
+        """``EVT_C_STORE`` handler: the response status (0xC210 for a request that carried no data set)."""
+        if event.dataset_path is None:  # CommandDataSetType 0x0101: nothing arrived, nothing to keep
+            log.info("C-STORE %s from %s refused (0x%04X): the request carries no data set",
+                     event.request.AffectedSOPInstanceUID, str(event.assoc.requestor.ae_title).strip(),
+                     REFUSALS["unparsable"][0])
+            return REFUSALS["unparsable"][0]
         request = StoreRequest(
             Path(event.dataset_path), str(event.request.AffectedSOPClassUID or ""),
             str(event.request.AffectedSOPInstanceUID or ""), str(event.context.abstract_syntax),

@@ -8,7 +8,10 @@ protocol error (the association is aborted, nothing stored) and neither leaves a
 
 from __future__ import annotations
 
+import logging
+import queue
 import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,8 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode
 
 from tests.dicom.store_peer import StoreSCP, running_scp
 from tests.dicom.test_store_stream import _pdu, _sent_dataset, _store_command
@@ -108,3 +112,35 @@ def test_an_association_ending_mid_data_set_leaves_no_file_and_the_next_store_su
             time.sleep(0.02)
         assert _spooled(scp) == [] and scp.instances() == []
         _next_store_succeeds(scp)
+
+
+def _command_without_data_set(message_id: int, sop_instance: str) -> bytes:
+    command = Dataset()
+    command.AffectedSOPClassUID = CT
+    command.CommandField = 0x0001
+    command.MessageID = message_id
+    command.Priority = 0
+    command.CommandDataSetType = 0x0101  # "no data set": a C-STORE-RQ must have one
+    command.AffectedSOPInstanceUID = sop_instance
+    body = encode(command, True, True)
+    assert body is not None
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+
+
+def test_a_c_store_request_without_a_data_set_gets_cannot_understand_and_no_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with running_scp(tmp_path / "rb") as scp:
+        assoc = _associate(scp.port, CT)
+        responses: queue.Queue[Any] = queue.Queue()
+        assoc.bind(evt.EVT_DIMSE_RECV, lambda event: responses.put(event.message.command_set))
+        cx = sorted(assoc._accepted_cx)[0]
+        with caplog.at_level(logging.INFO):
+            assoc.dul.socket.socket.sendall(_pdu((cx, 0x03, _command_without_data_set(7, generate_uid()))))
+            rsp = responses.get(timeout=30)
+        assert (int(rsp.CommandField), int(rsp.Status), int(rsp.MessageIDBeingRespondedTo)) == (0x8001, 0xC210, 7)
+        assert "Traceback" not in caplog.text and "no data set" in caplog.text
+        assert assoc.is_established  # the association stays usable
+        ds = _ct()
+        assert int(assoc.send_c_store(ds).Status) == 0x0000
+        assoc.release()
+        assert scp.instances()[0].sop_instance_uid == ds.SOPInstanceUID
