@@ -32,6 +32,7 @@ import functools
 import hashlib
 import logging
 import mmap
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -202,6 +203,9 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
     key = refusal(attrs, request)
     if key is not None:
         raise _Refused(key)
+    size = os.fstat(spool.fileno()).st_size - offset
+    if enc is not None and size % 2:  # PS3.8 E.1: every PDV fragment even, so no PACS could be sent it
+        raise _Refused("unparsable", f"odd data set length {size} (an odd-length value, PS3.5 7.1.1)")
     return attrs, header
 
 
