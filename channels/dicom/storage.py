@@ -32,6 +32,7 @@ import functools
 import hashlib
 import logging
 import mmap
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -202,6 +203,9 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
     key = refusal(attrs, request)
     if key is not None:
         raise _Refused(key)
+    size = os.fstat(spool.fileno()).st_size - offset
+    if enc is not None and size % 2:  # PS3.8 E.1: every PDV fragment even, so no PACS could be sent it
+        raise _Refused("unparsable", f"odd data set length {size} (an odd-length value, PS3.5 7.1.1)")
     return attrs, header
 
 
@@ -237,7 +241,12 @@ class StorageService:
         self.quarantine.prepare()
 
     def on_store(self, event: Any) -> int:
-        """``EVT_C_STORE`` handler: the response status."""
+        """``EVT_C_STORE`` handler: the response status (0xC210 for a request that carried no data set)."""
+        if event.dataset_path is None:  # CommandDataSetType 0x0101: nothing arrived, nothing to keep
+            log.info("C-STORE %s from %s refused (0x%04X): the request carries no data set",
+                     event.request.AffectedSOPInstanceUID, str(event.assoc.requestor.ae_title).strip(),
+                     REFUSALS["unparsable"][0])
+            return REFUSALS["unparsable"][0]
         request = StoreRequest(
             Path(event.dataset_path), str(event.request.AffectedSOPClassUID or ""),
             str(event.request.AffectedSOPInstanceUID or ""), str(event.context.abstract_syntax),

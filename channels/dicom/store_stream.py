@@ -30,8 +30,10 @@ itself. :class:`StoreStream` replaces the DUL's PDU reader on one association:
 Write errors on the spool (disk full) are recorded, never raised
 (:class:`~channels.dicom.spool.SpoolFile`), and answered 0xA700. A PDV that
 overruns its PDU, or a command arriving before the previous data set ended,
-is a protocol error: the association is aborted (Evt19), as pynetdicom does for
-an undecodable PDU.
+or a data set fragment on another presentation context than its command's (PS3.8
+9.3.5.1), is a protocol error: the association is aborted (Evt19), as pynetdicom
+does for an undecodable PDU. An association that ends mid-data-set (abort, closed
+connection, protocol error) leaves no spool file behind.
 
 **pynetdicom internals** (checked by :func:`install_store_stream` against
 :data:`~channels.dicom.dul_stream.TESTED_VERSIONS`): the DUL's ``_read_pdu_data``
@@ -70,7 +72,7 @@ from engine.errors import MalformedDataset
 from .dimse_command import StoreCommand, read_command, store_response
 from .dul_stream import TESTED_VERSIONS
 from .pdv import PdvSplitter, Piece
-from .spool import SpoolFile
+from .spool import SpoolFile, spool_failure
 from .storage import StoreRequest, StreamedFile
 
 __all__ = ["BUFFER_BYTES", "PROCESSING_FAILURE", "StoreStream", "install_store_stream"]
@@ -213,6 +215,7 @@ class StoreStream:
         except OSError as exc:  # reset, or the stall timeout (TimeoutError is an OSError)
             log.error("Connection closed before the entire PDU was received: %s", type(exc).__name__)
         if len(data) < count:
+            self._abandon()
             self._dul.event_queue.put("Evt17")
             return None
         return bytes(data)
@@ -275,6 +278,9 @@ class StoreStream:
                 others.append((piece.context_id, bytes([piece.control]) + bytes(self._other)))
                 self._other.clear()
             return
+        if piece.context_id != current.context.context_id:  # PS3.8 9.3.5.1: a message uses one context
+            raise MalformedDataset(f"a data set fragment on presentation context {piece.context_id}, "
+                                   f"its command's is {current.context.context_id}")
         current.add(piece.data)
         if piece.ends and piece.is_last:
             self._current = None
@@ -344,9 +350,12 @@ class StoreStream:
             self._dul.event_queue.put("Evt9")
 
     def _abandon(self) -> None:
-        """The association is ending mid-data-set: close the spool (swept later, as an abandoned one)."""
+        """The association is ending mid-data-set: close and remove the spool (nothing of it is stored;
+        only a process killed mid-data-set leaves one behind, for the sweep)."""
         if self._current is not None:
             self._current.spool.close()
+            spool_failure(Path(self._current.spool.name))  # a failed write of it is of no interest now
+            Path(self._current.spool.name).unlink(missing_ok=True)
             self._current = None
         self._command.clear()
         self._other.clear()

@@ -1,0 +1,130 @@
+"""Held-out DICOM files (pydicom's installed test data and files generated here) through the C-STORE SCP.
+
+Regression tests of the dicomcorpus campaign: each sends a file the other tests never
+used, exactly as encoded (pynetdicom, STORE_SEND_CHUNKED_DATASET), with and without a
+matching order, and checks the answer and the stored file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from tests.dicom.store_peer import dataset_bytes, raw_sender, running_scp, send_raw
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _ct() -> Dataset:
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return ds
+
+
+def test_a_data_set_of_odd_length_is_refused_and_kept_and_the_next_store_succeeds(tmp_path: Path) -> None:
+    """An odd-length value makes the data set odd: no conformant PDV split exists to forward it
+    (PS3.8 E.1: every fragment even; DCMTK storescp aborts the association on the last fragment),
+    so it was stored with success and then retried against the PACS until dead-lettered."""
+    odd = _ct()
+    odd.private_block(0x0029, "ACME 1.1", create=True).add_new(0x10, "UN", b"\x01\x02\x03")
+    path = tmp_path / "odd.dcm"
+    odd.save_as(path, enforce_file_format=True)
+    assert len(dataset_bytes(path)) % 2 == 1  # what pydicom wrote: the 3-byte value unpadded
+    good = _ct()
+    good_path = tmp_path / "good.dcm"
+    good.save_as(good_path, enforce_file_format=True)
+    syntax = str(odd.file_meta.TransferSyntaxUID)
+    with running_scp(tmp_path / "rb") as scp, raw_sender(scp.port, [(str(odd.SOPClassUID), syntax)]) as assoc:
+        assert send_raw(assoc, path) == 0xC210
+        assert [(q.status, q.sop_instance_uid) for q in scp.quarantined()] == [(0xC210, odd.SOPInstanceUID)]
+        assert "odd data set length" in scp.quarantined()[0].reason
+        assert scp.instances() == []
+        assert send_raw(assoc, good_path) == 0x0000
+        assert [r.sop_instance_uid for r in scp.instances()] == [good.SOPInstanceUID]
+
+
+# --- coercion of held-out encodings -----------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+#: What reconciliation may change (mappings/order-to-image.yaml's targets) and what it adds.
+COERCED = {"PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+           "IssuerOfAccessionNumberSequence", "ReferringPhysicianName", "StudyDescription", "ProcedureCodeSequence",
+           "StudyID", "RequestAttributesSequence", "OriginalAttributesSequence", "SpecificCharacterSet"}
+EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
+
+#: name -> (transfer syntax, SpecificCharacterSet, a name in it, the character set after coercing to "MÜLLER^JÖRG")
+CHARSETS: dict[str, tuple[str, object, str, object]] = {
+    "ISO 2022 IR 87 (Japanese, three components)": (
+        EXPLICIT_LE, ["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", "ISO_IR 192"),
+    "ISO 2022 IR 13 + IR 87 (katakana)": (
+        IMPLICIT_LE, ["ISO 2022 IR 13", "ISO 2022 IR 87"], "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう", "ISO_IR 192"),
+    "ISO 2022 IR 149 (Korean)": (EXPLICIT_LE, ["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", "ISO_IR 192"),
+    "ISO_IR 100 (Latin-1, keeps it)": (EXPLICIT_BE, "ISO_IR 100", "Buc^Jérôme", "ISO_IR 100"),
+    "ISO_IR 126 (Greek)": (EXPLICIT_LE, "ISO_IR 126", "Διονυσιος", "ISO_IR 192"),
+    "ISO_IR 144 (Cyrillic)": (IMPLICIT_LE, "ISO_IR 144", "Люксембург", "ISO_IR 192"),
+    "GB18030 (all of Unicode: keeps it)": (EXPLICIT_LE, "GB18030", "Wang^XiaoDong=王^小东", "GB18030"),
+    "ISO_IR 192 (keeps it)": (EXPLICIT_BE, "ISO_IR 192", "Wang^XiaoDong=王^小東", "ISO_IR 192"),
+}
+
+
+def _with_private_oddities(ds: Dataset) -> None:
+    """Private elements of rarely seen VRs, and sequences of undefined length (items too)."""
+    block = ds.private_block(0x0029, "ACME 1.1", create=True)
+    block.add_new(0x10, "UN", b"\x01\x02\x03\x04")
+    block.add_new(0x11, "UT", "x" * 70001 + "y")
+    block.add_new(0x12, "OD", b"\0" * 16)
+    block.add_new(0x13, "UV", 2**63)
+    block.add_new(0x14, "SV", -(2**62))
+    block.add_new(0x15, "UR", "http://example.org/x")
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "X", "L", "Äpfel"
+    item.is_undefined_length_sequence_item = True
+    ds.ProcedureCodeSequence = [item]
+    ds.ProcedureCodeSequence.is_undefined_length = True
+
+
+def _decoded(ds: Dataset) -> dict[int, str]:
+    return {int(e.tag): repr(e.value) for e in ds if not (e.tag.element == 0 and e.tag.group > 6)}
+
+
+@pytest.mark.parametrize("case", sorted(CHARSETS))
+def test_held_out_encodings_change_only_the_coerced_attributes(tmp_path: Path, case: str) -> None:
+    from pydicom import dcmwrite
+    from pydicom.datadict import tag_for_keyword
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.domain.factories import apply_records, order, patient
+
+    syntax, charset, name, expected_charset = CHARSETS[case]
+    src = _ct()
+    src.StudyInstanceUID = generate_uid()
+    src.file_meta.TransferSyntaxUID = syntax
+    src.SpecificCharacterSet = charset
+    src.PatientName = name
+    src.InstitutionName = src.StudyDescription = name.replace("^", " ")
+    _with_private_oddities(src)
+    path = tmp_path / "in.dcm"
+    dcmwrite(path, src, implicit_vr=syntax == IMPLICIT_LE, little_endian=syntax != EXPLICIT_BE, force_encoding=True)
+    sent = dcmread(path)
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name="MÜLLER^JÖRG", birth_date="19500505", sex="M"),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID)),
+        ])
+        with raw_sender(scp.port, [(str(src.SOPClassUID), syntax)]) as assoc:
+            assert send_raw(assoc, path) == 0x0000
+        stored = dcmread(scp.stored_path(str(src.SOPInstanceUID)))
+    assert (str(stored.PatientName), stored.SpecificCharacterSet) == ("MÜLLER^JÖRG", expected_charset)
+    assert stored.file_meta.TransferSyntaxUID == syntax
+    assert stored.PixelData == sent.PixelData
+    coerced = {tag_for_keyword(k) for k in COERCED}
+    before = {t: v for t, v in _decoded(sent).items() if t not in coerced}
+    after = {t: v for t, v in _decoded(stored).items() if t not in coerced}
+    assert after == before  # every other value, private ones and other text in the old character set, intact
+    (item,) = stored.OriginalAttributesSequence
+    assert str(item.ModifiedAttributesSequence[0].PatientName) == name
