@@ -24,7 +24,6 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, exists, or_, select, update
