@@ -54,7 +54,7 @@ MEDIA_TYPE = "application/x.radbridge-archive-copy+json"
 def _copies_upsert(insert: Any) -> FastStatement:
     """``INSERT ... ON CONFLICT (instance_pk) DO UPDATE`` of a copies record just stored, in ``insert``'s
     dialect: compiled once (it runs in every C-STORE's transaction)."""
-    values = {"meta_sha256": bindparam("meta_sha256"), "primary_state": "PRESENT",
+    values: dict[str, Any] = {"meta_sha256": bindparam("meta_sha256"), "primary_state": "PRESENT",
               "secondary_state": bindparam("secondary_state"), "secondary_verified_at": None,
               "primary_removed_at": None, "checked_at": None}
     stmt = insert(instance_copies).values(instance_pk=bindparam("instance_pk"), **values)
