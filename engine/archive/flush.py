@@ -18,29 +18,80 @@ The same pool overlaps a reheaded file's flush with the hash of its data set
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["FlushAhead", "fsync_file", "fsync_in_background"]
+__all__ = ["Flush", "FlushAhead", "fsync_file", "fsync_in_background"]
 
 #: Flushes running at once in one process (each waits on the disk, not on the CPU).
 _THREADS = 4
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="radbridge-fsync")
-        return _pool
+class Flush:
+    """One flush handed to the pool: :meth:`wait` returns when it has run, raising its ``OSError``.
+
+    A lock held until the flush has run, rather than a ``concurrent.futures`` Future: handing a
+    flush over costs one queue put and no Condition (this runs for every received image).
+    """
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        self._run = run
+        self._error: Exception | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def execute(self) -> None:
+        """Run the flush (in a pool thread) and release the waiters."""
+        try:
+            self._run()
+        except Exception as exc:  # raised to the waiter; the pool's thread lives on
+            self._error = exc
+        finally:
+            self._done.release()
+
+    def wait(self) -> None:
+        """Return once the flush has run; raise its error (an ``OSError``) if it failed."""
+        with self._done:
+            pass
+        if self._error is not None:
+            raise self._error
 
 
-def fsync_in_background(fd: int) -> Future[None]:
-    """``os.fsync(fd)`` in the pool; the caller keeps ``fd`` open until the future is done."""
-    return _executor().submit(os.fsync, fd)
+class _Pool:
+    """A few daemon threads running flushes in the order they were handed over (started on first use)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Flush] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def submit(self, run: Callable[[], None]) -> Flush:
+        if not self._started:
+            self._start()
+        flush = Flush(run)
+        self._jobs.put(flush)
+        return flush
+
+    def _start(self) -> None:
+        with self._lock:
+            if not self._started:
+                for n in range(_THREADS):
+                    threading.Thread(target=self._loop, name=f"radbridge-fsync_{n}", daemon=True).start()
+                self._started = True
+
+    def _loop(self) -> None:
+        while True:
+            self._jobs.get().execute()
+
+
+_POOL = _Pool()
+
+
+def fsync_in_background(fd: int) -> Flush:
+    """``os.fsync(fd)`` in the pool; the caller keeps ``fd`` open until :meth:`Flush.wait` returned."""
+    return _POOL.submit(lambda: os.fsync(fd))
 
 
 def fsync_file(path: Path) -> None:
@@ -61,8 +112,8 @@ class FlushAhead:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._future = _executor().submit(fsync_file, path)
+        self._flush = _POOL.submit(lambda: fsync_file(path))
 
     def wait(self) -> None:
         """Return once the flush has completed; raise its ``OSError`` if it failed."""
-        self._future.result()
+        self._flush.wait()

@@ -110,5 +110,5 @@ def _finish(fd: int, path: Path, meta: bytes, head: bytes) -> StagedFile:
         digest = hashlib.sha256(head)
         size = len(head) + hash_range(fd, len(front), digest)
     finally:
-        flushed.result()  # the caller closes fd: never before the flush has ended (its error raised here)
+        flushed.wait()  # the caller closes fd: never before the flush has ended (its error raised here)
     return StagedFile(path, size, digest.hexdigest())
