@@ -126,7 +126,9 @@ def _rewrite_file(io: RewriteIO, source: Path, row: Any, target: dict[str, Any],
         stream = (CoercedStream(encode_header(ds, header.enc), header.raw, f, header.bulk_at)
                   if header is not None else WholeStream(encode_whole(ds), f, offset))
         staged = io.primary.stage(meta, cast(BinaryIO, stream))
-    if check is not None and not io.intact(check, meta, stream.received_sha256):
+        # Asked while the source is open: a coerced stream hashes the data set as received from it.
+        received = stream.received_sha256 if check is not None else ""
+    if check is not None and not io.intact(check, meta, received):
         io.primary.discard(staged.path)
         raise _Unusable("it does not match the checksums recorded at ingest")
     attrs = InstanceAttributes.from_dataset(ds)
