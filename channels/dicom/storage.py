@@ -48,6 +48,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _c
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from engine.archive.flush import FlushAhead
 from engine.archive.location import ArchiveLocation, FileTail, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.rehead import rehead
@@ -263,9 +264,11 @@ class StorageService:
             log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s",
                       request.sop_instance_uid, request.calling_ae, errno.errorcode.get(failed.errno or 0, failed))
             return OUT_OF_RESOURCES
+        # The spool's fsync runs while it is checked and matched; it must end before the file is named.
+        ahead = self.primary.flush_ahead(request.spool) if request.streamed is not None else None
         try:
             with open(request.spool, "rb") as spool:
-                return self._store(spool, request, now)
+                return self._store(spool, request, now, ahead)
         except _Refused as refused:
             return self._quarantine(request, refused, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
@@ -273,7 +276,7 @@ class StorageService:
                       request.sop_instance_uid, request.calling_ae, exc)
             return OUT_OF_RESOURCES
 
-    def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime) -> int:
+    def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime, ahead: FlushAhead | None) -> int:
         head = spool.read(_HEAD)
         try:
             offset = dataset_offset(head)
@@ -287,7 +290,7 @@ class StorageService:
         if prepared.received_sha256():  # coerced: the spool given its new head in place, or a copy
             staged, meta = self._stage_coerced(request, meta, prepared)
         else:  # as received: the streamed spool itself when it can be adopted
-            staged = self._stage(request, head, meta, prepared.stream())
+            staged = self._stage(request, head, meta, prepared.stream(), ahead)
         # UIDs are checked (digits and dots): safe as names. The second name, with the content
         # hash, is for a resend whose first name is taken (replace policy, or a crash's orphan).
         stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
@@ -332,12 +335,14 @@ class StorageService:
         except PatientMismatch as exc:
             raise _Refused("patient_mismatch", str(exc)) from exc
 
-    def _stage(self, request: StoreRequest, head: bytes, meta: bytes, dataset: BinaryIO) -> StagedFile:
+    def _stage(self, request: StoreRequest, head: bytes, meta: bytes, dataset: BinaryIO,
+               ahead: FlushAhead | None) -> StagedFile:
         """The file to place: the streamed spool itself when it starts with ``meta`` (then it holds exactly
-        ``meta`` + the data set as received, hashed as it was written), else a fsynced copy."""
+        ``meta`` + the data set as received, hashed as it was written; its fsync is ``ahead``'s, started
+        when the store began), else a fsynced copy."""
         streamed = request.streamed
         if streamed is not None and request.spool.parent == self.primary.incoming and head.startswith(meta):
-            return self.primary.adopt(request.spool, streamed.size, streamed.sha256)
+            return self.primary.adopt(request.spool, streamed.size, streamed.sha256, ahead)
         return self.primary.stage(meta, dataset)
 
     def _stage_coerced(self, request: StoreRequest, meta: bytes, prepared: Prepared) -> tuple[StagedFile, bytes]:

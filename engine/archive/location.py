@@ -10,7 +10,8 @@ A file enters in two steps, so that nothing half-written ever carries a final na
    from a reused buffer. Any ``OSError`` (disk full, unwritable) removes the
    temporary file and raises :class:`~engine.errors.ArchiveUnavailable`.
    :meth:`ArchiveLocation.adopt` instead takes a file a receiver already wrote
-   completely in ``.incoming`` (hashing as it wrote) and fsyncs it: no copy.
+   completely in ``.incoming`` (hashing as it wrote) and fsyncs it: no copy
+   (or waits for the fsync :meth:`ArchiveLocation.flush_ahead` started).
 2. :meth:`ArchiveLocation.place` gives it its final name with ``link(2)``, which
    never replaces an existing file (an indexed file is never overwritten, even
    by a racing sender), then fsyncs the directory (and any directory it had to
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from engine.archive.flush import FlushAhead, fsync_file
 from engine.errors import ArchiveUnavailable
 
 __all__ = ["ArchiveLocation", "FileTail", "StagedFile", "hash_range"]
@@ -225,24 +227,30 @@ class ArchiveLocation:
         size = len(body.head) + _copy_tail(body.source.fileno(), fd, body.offset, digest)
         return size, digest.hexdigest()
 
-    def adopt(self, path: Path, size: int, sha256: str) -> StagedFile:
+    def adopt(self, path: Path, size: int, sha256: str, ahead: FlushAhead | None = None) -> StagedFile:
         """Stage ``path``, a complete file its writer has closed in ``.incoming``, by fsyncing it.
 
         ``size`` and ``sha256`` are the writer's, over the same bytes :meth:`stage` would
-        hash (the body after the head). The file is not removed on failure: its writer owns it
+        hash (the body after the head). ``ahead``: the fsync of ``path`` already started
+        (:class:`~engine.archive.flush.FlushAhead`, after its writer closed it); this waits for
+        it instead of flushing again. The file is not removed on failure: its writer owns it
         until :meth:`place`.
         """
         if path.parent != self.incoming:
             raise ValueError(f"{path.name} is not in {self.name}'s {INCOMING}")
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if ahead is not None and ahead.path == path:
+                ahead.wait()
+            else:
+                fsync_file(path)
         except OSError as exc:
             raise _unavailable(f"archive location {self.name} cannot take a file", exc) from exc
         return StagedFile(path, size, sha256)
+
+    def flush_ahead(self, path: Path) -> FlushAhead | None:
+        """Start the fsync of ``path`` (a complete spool in ``.incoming`` nobody writes any more) for a
+        later :meth:`adopt`; None for a file elsewhere (it is copied, not adopted)."""
+        return FlushAhead(path) if path.parent == self.incoming else None
 
     def place(self, staged: StagedFile, names: Sequence[str]) -> tuple[str, bool]:
         """Give ``staged`` the first of ``names`` (relative paths) not taken; return (name, created).

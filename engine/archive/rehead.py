@@ -7,7 +7,7 @@ already sent to the disk. Instead, :func:`rehead` shifts the spool's tail by who
 file-system blocks (``fallocate(FALLOC_FL_INSERT_RANGE)``: the file's extents move, no data
 does), writes the new head over the front, pads the File Meta Information to make the
 lengths meet (a Private Information element, :func:`~engine.archive.part10.pad_file_meta`;
-the dataset is exactly the coerced one), hashes the dataset, and fsyncs: only the new
+the dataset is exactly the coerced one), hashes the dataset while it fsyncs: only the new
 head's blocks are written.
 
 Where the file system cannot insert a range (not ext4 or XFS, not Linux) nothing has been
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.archive.flush import fsync_in_background
 from engine.archive.location import ArchiveLocation, FileTail, StagedFile, hash_range
 from engine.archive.part10 import min_padding, pad_file_meta
 from engine.errors import ArchiveUnavailable
@@ -103,7 +104,11 @@ def _finish(fd: int, path: Path, meta: bytes, head: bytes) -> StagedFile:
     at = 0
     while at < len(front):
         at += os.pwrite(fd, front[at:], at)
-    digest = hashlib.sha256(head)
-    size = len(head) + hash_range(fd, len(front), digest)
-    os.fsync(fd)
+    # Everything is written: the flush runs while the data set is hashed (both only read it back).
+    flushed = fsync_in_background(fd)
+    try:
+        digest = hashlib.sha256(head)
+        size = len(head) + hash_range(fd, len(front), digest)
+    finally:
+        flushed.wait()  # the caller closes fd: never before the flush has ended (its error raised here)
     return StagedFile(path, size, digest.hexdigest())

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from engine.archive import rehead as rehead_module
 from engine.archive.location import ArchiveLocation, FileTail
 from engine.archive.part10 import PADDING_CREATOR_UID, dataset_offset, encode_file_meta, min_padding, pad_file_meta
 from engine.archive.rehead import rehead
+from engine.errors import ArchiveUnavailable
 
 META = encode_file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1", "CT1")
 
@@ -96,3 +98,37 @@ def test_only_a_spool_of_the_location_is_reheaded(tmp_path: Path) -> None:
     path.write_bytes(META + b"o" * 100 + b"t" * 100)
     with path.open("rb") as f:
         assert rehead(loc, path, META, FileTail(b"n" * 50, f, len(META) + 100)) is None
+
+
+def test_the_flush_runs_beside_the_hash_and_ends_before_rehead_returns(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _supported(tmp_path):
+        pytest.skip("this file system cannot insert a range (not ext4/XFS): the copy path is tested instead")
+    loc = _location(tmp_path)
+    path = _spool(loc, b"o" * 200, os.urandom(300_000))
+    flushes: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def recorded(fd: int) -> None:
+        real_fsync(fd)
+        flushes.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    with path.open("rb") as f:
+        done = rehead(loc, path, META, FileTail(b"n" * 900, f, len(META) + 200))
+    assert done is not None
+    assert flushes == [(str(path), flushes[0][1])] and flushes[0][1].startswith("radbridge-fsync")
+
+
+def test_a_failed_flush_of_the_new_head_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _supported(tmp_path):
+        pytest.skip("this file system cannot insert a range (not ext4/XFS): the copy path is tested instead")
+    loc = _location(tmp_path)
+    path = _spool(loc, b"o" * 200, os.urandom(300_000))
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "simulated write-back failure")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with path.open("rb") as f, pytest.raises(ArchiveUnavailable):
+        rehead(loc, path, META, FileTail(b"n" * 900, f, len(META) + 200))

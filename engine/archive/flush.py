@@ -1,0 +1,119 @@
+"""An fsync started ahead of the step that needs it, in a background thread.
+
+A received image's file must be durable before it is given its name
+(:meth:`~engine.archive.location.ArchiveLocation.place`), and its name durable before the
+index commit: three ordered flushes, on one association the disk's latency three times an
+image. The first one need not wait for the checks that decide whether the file is stored at
+all (structure walk, header, order lookup: a millisecond or more of CPU): :class:`FlushAhead`
+starts the file's ``fsync`` as soon as the receiver has closed it, in a thread of a small
+shared pool (``fsync`` releases the GIL), and :meth:`FlushAhead.wait` is where the file's
+durability is required, before it is named. Nothing is named earlier than before and no flush
+is skipped: a file whose flush failed is never adopted (its error is raised where the
+synchronous ``fsync`` raised it).
+
+The same pool overlaps a reheaded file's flush with the hash of its data set
+(:func:`~engine.archive.rehead.rehead`): both read what was already written.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["Flush", "FlushAhead", "fsync_file", "fsync_in_background"]
+
+#: Flushes running at once in one process (each waits on the disk, not on the CPU).
+_THREADS = 4
+
+
+class Flush:
+    """One flush handed to the pool: :meth:`wait` returns when it has run, raising its ``OSError``.
+
+    A lock held until the flush has run, rather than a ``concurrent.futures`` Future: handing a
+    flush over costs one queue put and no Condition (this runs for every received image).
+    """
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        self._run = run
+        self._error: Exception | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def execute(self) -> None:
+        """Run the flush (in a pool thread) and release the waiters."""
+        try:
+            self._run()
+        except Exception as exc:  # raised to the waiter; the pool's thread lives on
+            self._error = exc
+        finally:
+            self._done.release()
+
+    def wait(self) -> None:
+        """Return once the flush has run; raise its error (an ``OSError``) if it failed."""
+        with self._done:
+            pass
+        if self._error is not None:
+            raise self._error
+
+
+class _Pool:
+    """A few daemon threads running flushes in the order they were handed over (started on first use)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Flush] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def submit(self, run: Callable[[], None]) -> Flush:
+        if not self._started:
+            self._start()
+        flush = Flush(run)
+        self._jobs.put(flush)
+        return flush
+
+    def _start(self) -> None:
+        with self._lock:
+            if not self._started:
+                for n in range(_THREADS):
+                    threading.Thread(target=self._loop, name=f"radbridge-fsync_{n}", daemon=True).start()
+                self._started = True
+
+    def _loop(self) -> None:
+        while True:
+            self._jobs.get().execute()
+
+
+_POOL = _Pool()
+
+
+def fsync_in_background(fd: int) -> Flush:
+    """``os.fsync(fd)`` in the pool; the caller keeps ``fd`` open until :meth:`Flush.wait` returned."""
+    return _POOL.submit(lambda: os.fsync(fd))
+
+
+def fsync_file(path: Path) -> None:
+    """Open ``path`` read-only and fsync it (a read-only descriptor flushes the file as well)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FlushAhead:
+    """The ``fsync`` of ``path``, a complete file nobody writes any more, started now.
+
+    The file is opened in the pool's thread: a file renamed or removed meanwhile (a refused
+    image moved to quarantine) fails that flush, which only matters to a caller that waits.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._flush = _POOL.submit(lambda: fsync_file(path))
+
+    def wait(self) -> None:
+        """Return once the flush has completed; raise its ``OSError`` if it failed."""
+        self._flush.wait()
