@@ -198,8 +198,18 @@ def order_key(record: OrderRecord, sequence: int = 1) -> str:
     )
 
 
+#: The record's JSON as ``model_dump_json`` writes it, without that method's keyword plumbing
+#: (~3x its cost on pydantic 2.14 for the same bytes): every new order hashes its record.
+_TO_JSON = OrderRecord.__pydantic_serializer__.to_json
+
+
 def _hash(record: OrderRecord) -> str:
-    return hashlib.sha256(record.model_dump_json().encode()).hexdigest()
+    """SHA-256 of the record's JSON: stored with the order, compared when the order comes again.
+
+    The bytes must stay those of ``record.model_dump_json()``: the hashes of stored orders
+    were made from them, and a resent identical order must still change nothing.
+    """
+    return hashlib.sha256(_TO_JSON(record)).hexdigest()
 
 
 def _order_values(record: OrderRecord) -> dict[str, Any]:

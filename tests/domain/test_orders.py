@@ -391,3 +391,41 @@ def test_start_date_must_be_a_calendar_date() -> None:
     for bad in ("20230229", "20261131", "00001122"):
         with pytest.raises(HL7ApplicationError):
             split_start(bad, now)
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"requested_procedure_code": {"code_value": "CTHEAD", "coding_scheme_designator": "L", "code_meaning": "CT Kopf ü"},
+     "other_ids": [{"patient_id": "X9", "issuer": "OTHER"}], "placer_order_namespace": "RIS"},
+    {"requested_procedure_description": "Thorax \\ \"quoted\" \u00e9\u4e2d", "priority": "S"},
+])  # fmt: skip
+def test_a_stored_content_hash_is_the_sha256_of_the_records_model_dump_json(
+    db: Database, orders_handler: OrdersHandler, fields: dict[str, Any]
+) -> None:
+    """Orders stored by earlier versions were hashed from ``model_dump_json``: the hash must not move,
+    or a resent identical order would be taken for a change after an upgrade."""
+    import hashlib
+
+    from engine.domain.records import OrderRecord
+
+    record = order("PLH", **fields)
+    apply_records(db, orders_handler, [patient(), record])
+    expected = hashlib.sha256(OrderRecord.model_validate(record).model_dump_json().encode()).hexdigest()
+    assert [o.content_hash for o in _rows(db, orders)] == [expected]
+    apply_records(db, orders_handler, [patient(), record])  # resent: still recognised as identical
+    assert [o.content_hash for o in _rows(db, orders)] == [expected]
+
+
+@pytest.mark.parametrize(("records", "segment"), [
+    ([patient(), order("PLV", unknown_field="x")], "ORC"),
+    ([patient(sex=["F"]), order("PLV")], "PID"),
+])  # fmt: skip
+def test_an_invalid_record_is_ae_101_at_its_segment_and_changes_nothing(
+    db: Database, orders_handler: OrdersHandler, records: list[dict[str, Any]], segment: str
+) -> None:
+    with pytest.raises(HL7ApplicationError) as caught:
+        apply_records(db, orders_handler, records)
+    assert caught.value.code == 101
+    assert str(caught.value.location).startswith(segment)
+    assert f"{segment} record invalid" in caught.value.text
+    assert _rows(db, orders) == []
