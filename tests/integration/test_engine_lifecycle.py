@@ -32,6 +32,9 @@ def test_a_signal_to_the_process_group_stops_the_engine_and_every_worker(
     try:
         wait_for_port(port, proc=proc)
         wait_until(lambda: len(children(proc.pid)) == 2, what="the receive workers")
+        # The signal handlers are installed once every listener has started (the log says "running"):
+        # before that a signal ends the process as Python's defaults do (130, or killed by SIGTERM).
+        wait_until(lambda: b"radbridge running" in log.read_bytes(), timeout=60, what="the engine to be running")
         workers = children(proc.pid)
         status = engine_process.cli("status")
         assert f"DICOM: AE title RADBRIDGE on 127.0.0.1:{port}; associations in 2 receive worker process(es)" \
