@@ -28,21 +28,13 @@ from typing import Any
 import pynetdicom
 from pynetdicom import _config, dimse_messages
 
+from engine.libc import libc_function
+
 __all__ = ["TESTED_VERSIONS", "SpoolFile", "enable_streamed_receive", "spool_failure"]
 
 TESTED_VERSIONS = ("3.0.",)
 
-def _libc_sync_file_range() -> Any:
-    try:
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    call.restype = ctypes.c_int
-    return call
-
-
-_sync_file_range = _libc_sync_file_range()
+_sync_file_range = libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
 
 _failures: dict[str, OSError] = {}

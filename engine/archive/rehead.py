@@ -24,12 +24,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from engine.archive.flush import fsync_in_background
 from engine.archive.location import ArchiveLocation, FileTail, StagedFile, hash_range
 from engine.archive.part10 import min_padding, pad_file_meta
 from engine.errors import ArchiveUnavailable
+from engine.libc import libc_function
 
 __all__ = ["Reheaded", "rehead"]
 
@@ -38,17 +38,7 @@ _FALLOC_FL_INSERT_RANGE = 0x20  # linux/falloc.h
 _UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV, errno.EPERM})
 
 
-def _libc_fallocate() -> Any:
-    try:
-        call = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-    call.restype = ctypes.c_int
-    return call
-
-
-_fallocate = _libc_fallocate()
+_fallocate = libc_function("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 
 
 @dataclass(frozen=True, slots=True)
