@@ -123,7 +123,23 @@ def _associate(port: int, aet: str = "CT1") -> Any:
 
 @contextmanager
 def _held(port: int, count: int) -> Iterator[list[Any]]:
-    assocs = [_associate(port) for _ in range(count)]
+    """``count`` associations held open. A slot comes back when a worker has seen its connection close
+    (``engine.start``'s port probe, an earlier test step), which can lag under load: an attempt the
+    engine refuses is retried for a while, so a refusal later in a test is the limit, not that lag."""
+    assocs: list[Any] = []
+    try:
+        for _ in range(count):
+            def one() -> bool:
+                assocs.append(_associate(port))
+                if assocs[-1].is_established:
+                    return True
+                assocs.pop()
+                return False
+            wait_until(one, timeout=20, what="an association slot")
+    except BaseException:
+        for assoc in assocs:
+            assoc.release()
+        raise
     try:
         yield assocs
     finally:
