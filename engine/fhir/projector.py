@@ -29,7 +29,7 @@ from sqlalchemy import Connection, delete, func, insert, select
 from engine.fhir import store, triggers
 from engine.fhir.instant import instant
 from engine.fhir.model import Built, FhirSettings
-from engine.fhir.push import PushSubscription, enqueue_stored
+from engine.fhir.push import PushSubscription, enqueue_removed, enqueue_stored
 from engine.fhir.registry import MODULES
 from engine.fhir.resources.imaging_study import ENDPOINT_ID
 from engine.fhir.tables import fhir_pending
@@ -79,6 +79,7 @@ def apply(conn: Connection, projection: Projection, now: datetime | None = None)
     queued = enqueue_stored(conn, built, stamp, projection.push) if changed and projection.push else 0
     for res_type, res_id, found in projection.resources:
         if found is None:
+            queued += enqueue_removed(conn, res_type, res_id, projection.push)
             changed += store.remove(conn, res_type, res_id)
     if projection.pending_ids:
         conn.execute(delete(fhir_pending).where(fhir_pending.c.id.in_(projection.pending_ids)))

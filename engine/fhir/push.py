@@ -7,6 +7,12 @@ the destination reads the current version when it sends, so a row whose resource
 moved on is settled without a request (the newer version has its own row, later in the
 queue). Several queued versions therefore cost one push, and an older version never
 reaches the server after a newer one.
+
+A resource the projector removes (its domain rows no longer make it: a scheduled
+ImagingStudy superseded by the study the modality sent under its own UID) gets a
+removal row, :func:`enqueue_removed`, in the same transaction and under the same
+ordering key: it carries the identifiers the resource had, since nothing of it is
+stored any more when the row is sent (a conditional delete on the server).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from engine.fhir.model import Built
 from engine.fhir.tables import fhir_resources
 from engine.outbox.queue import enqueue
 
-__all__ = ["CHANNEL", "MEDIA_TYPE", "PushRef", "PushSubscription", "enqueue_stored", "ordering_key"]
+__all__ = ["CHANNEL", "MEDIA_TYPE", "PushRef", "PushSubscription", "enqueue_removed", "enqueue_stored",
+           "ordering_key"]
 
 #: Media type of a push row's payload: ``{"type": …, "id": …, "version": …}``.
 MEDIA_TYPE = "application/x-radbridge-fhir-version+json"
@@ -43,24 +50,32 @@ class PushSubscription:
 
 @dataclass(frozen=True, slots=True)
 class PushRef:
-    """What a push row names: a stored resource's type, id and version."""
+    """What a push row names: a stored resource's type, id and version; or (``removed``) a resource that is
+    gone, with the identifiers it had (``version`` 0)."""
 
     res_type: str
     res_id: str
     version: int
+    removed: bool = False
+    identifiers: tuple[dict[str, Any], ...] = ()
 
     def encode(self) -> bytes:
         """The row's payload."""
-        return json.dumps({"type": self.res_type, "id": self.res_id, "version": self.version}).encode()
+        value: dict[str, Any] = {"type": self.res_type, "id": self.res_id, "version": self.version}
+        if self.removed:
+            value |= {"removed": True, "identifier": list(self.identifiers)}
+        return json.dumps(value).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> PushRef:
         """Read a payload written by :meth:`encode`; ValueError if it is not one."""
         try:
             value = json.loads(payload)
-            return cls(str(value["type"]), str(value["id"]), int(value["version"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            found = cls(str(value["type"]), str(value["id"]), int(value["version"]), bool(value.get("removed")),
+                        tuple(dict(i) for i in value.get("identifier", [])))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a FHIR push row: {exc}") from exc
+        return found
 
 
 def _patient_of(body: dict[str, Any]) -> str:
@@ -123,3 +138,28 @@ def enqueue_stored(conn: Connection, built: Sequence[Built], stamp: str,
                         ordering_key=ordering_key(item, sub.ordering))
                 added += 1
     return added
+
+
+def enqueue_removed(conn: Connection, res_type: str, res_id: str,
+                    subscriptions: Sequence[PushSubscription]) -> int:
+    """Queue a removal of the stored ``res_type/res_id`` for each subscription to its type; return rows added.
+
+    Call it in the projector's write transaction before the resource is deleted: the row keeps the
+    identifiers the server knows the resource by and its last ordering key (after the pushes of its
+    earlier versions).
+    """
+    wanted = [sub for sub in subscriptions if res_type in sub.resource_types]
+    if not wanted:
+        return 0
+    r = fhir_resources.c
+    stored = conn.execute(select(r.json).where(r.res_type == res_type, r.res_id == res_id)).scalar()
+    if stored is None:
+        return 0
+    body = json.loads(stored)
+    identifiers = tuple(i for i in body.get("identifier", []) if isinstance(i, dict))
+    payload = PushRef(res_type, res_id, 0, True, identifiers).encode()
+    last = Built(res_type, res_id, body)
+    for sub in wanted:
+        enqueue(conn, channel=CHANNEL, destination=sub.destination, payload=payload, media_type=MEDIA_TYPE,
+                ordering_key=ordering_key(last, sub.ordering))
+    return len(wanted)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
@@ -64,3 +67,19 @@ def mpps_performed(port: int, study_uid: str, accession: str, patient_id: str, m
     finally:
         assoc.release()
     return int(status.Status), int(status2.Status)
+
+
+def c_store(port: int, corpus: Path, study_uid: str, accession: str, patient_id: str) -> int:
+    """One CT image (pynetdicom SCU, as a modality would) under the modality's own Study Instance UID."""
+    ds = dcmread(corpus / "dicom" / "single" / "CT_small.dcm")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, f"{study_uid}.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{study_uid}.1.1"
+    ds.AccessionNumber, ds.PatientID = accession, patient_id
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from engine.store.schema import outbox
 from tests.conftest import ROOT
 from tests.fhir.conftest import InProcessEngine
-from tests.fhir.messages import mpps_performed, orm, oru
+from tests.fhir.messages import c_store, mpps_performed, orm, oru
 from tests.fhir.sekmet import CLIENT_ID, CLIENT_SECRET, Sekmet
 
 DESTINATION = "ehr-fhir"
@@ -140,6 +140,28 @@ def test_an_update_updates_the_same_remote_study(pusher: PushEngine, sekmet: Sek
     assert now["status"] == "available"
     assert [(s["uid"], s["numberOfInstances"]) for s in now["series"]] == [(series, 2)]
     assert now["subject"] == first["subject"]
+
+
+def test_images_under_the_modalitys_own_uid_replace_the_scheduled_study_on_the_ehr(
+        pusher: PushEngine, sekmet: Sekmet, corpus: Path) -> None:
+    """The scheduled ImagingStudy was pushed while the order waited; the modality then sent its images under
+    its own Study Instance UID: the EHR gets the acquired study and loses the scheduled one (conditional
+    delete), so it shows one study for the order, as radbridge does."""
+    scheduled, acquired = "1.2.826.0.1.3680043.10.998.207", "1.2.826.0.1.3680043.10.998.907"
+    assert pusher.send(orm(207, "PUSH207", "OWN^UID", study_uid=scheduled)) == ["AA"]
+    pusher.delivered()
+    [placeholder] = _study(sekmet, scheduled)
+    assert placeholder["status"] == "registered"
+    assert c_store(pusher.dicom_port, corpus, acquired, "ACC207", "PUSH207") == 0
+    rows = pusher.delivered()
+    assert _study(sekmet, scheduled) == []
+    [study] = _study(sekmet, acquired)
+    assert study["status"] == "available" and study["basedOn"] == placeholder["basedOn"]
+    mine = [(json.loads(r.payload), r) for r in rows if json.loads(r.payload)["id"] == scheduled]
+    removal = [r for value, r in mine if value.get("removed")]
+    earlier = {r.ordering_key for value, r in mine if not value.get("removed")}
+    assert [(r.status, r.ordering_key) for r in removal] == [("SENT", earlier.pop())]  # after its pushes
+    assert "conditional delete" in removal[0].response
 
 
 def test_while_the_ehr_is_down_pushes_retry_then_only_the_newest_version_is_sent(

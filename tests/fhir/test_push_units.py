@@ -68,8 +68,12 @@ def test_pushes_are_ordered_by_patient_resource_or_not_at_all() -> None:
     assert [ordering_key(study, "patient"), ordering_key(patient, "patient")] == ["Patient/4", "Patient/4"]
     assert ordering_key(study, "resource") == "ImagingStudy/1.2" and ordering_key(study, "none") == ""
     assert PushRef.decode(PushRef("ImagingStudy", "1.2", 3).encode()) == PushRef("ImagingStudy", "1.2", 3)
-    with pytest.raises(ValueError):
-        PushRef.decode(b"MSH|^~\\&|")
+    removed = PushRef("ImagingStudy", "1.2", 0, True, ({"system": "urn:dicom:uid", "value": "urn:oid:1.2"},))
+    assert PushRef.decode(removed.encode()) == removed
+    assert b"removed" not in PushRef("ImagingStudy", "1.2", 3).encode()  # rows of older engines read the same
+    for bad in (b"MSH|^~\\&|", b'{"type": "ImagingStudy", "id": "1", "version": 0, "identifier": [1]}'):
+        with pytest.raises(ValueError):
+            PushRef.decode(bad)
 
 
 def test_the_operation_outcome_is_the_dead_letters_reason() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.fhir.conftest import FhirHttp, InProcessEngine
-from tests.fhir.messages import adt, mpps_performed, orm
+from tests.fhir.messages import adt, c_store, mpps_performed, orm, oru
 
 ACSN = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
@@ -73,3 +75,55 @@ def test_a40_finds_the_merged_patients_studies_under_the_survivor(engine: InProc
     new = api.get(survivor).json()
     assert {"other": {"reference": prior}, "type": "replaces"} in new["link"]
     assert api.get("ImagingStudy", params={"patient": prior}).json()["total"] == 0
+
+
+def test_images_under_the_modalitys_own_study_uid_replace_the_scheduled_imaging_study(
+        engine: InProcessEngine, api: FhirHttp, corpus: Path) -> None:
+    """A modality that makes its own Study Instance UID instead of the worklist's: the images match the order
+    (accession + patient), and the EHR sees one ImagingStudy for the order, the acquired one, based on the
+    order; the scheduled placeholder goes (a study that never comes is not left "registered"), and the
+    report points at the acquired study."""
+    scheduled, acquired = "1.2.826.0.1.3680043.10.999.105", "1.2.826.0.1.3680043.10.999.905"
+    assert engine.send(orm(105, "OWN1", "OWN^UID", study_uid=scheduled)) == ["AA"]
+    engine.settle()
+    request_ref = api.get(f"ImagingStudy/{scheduled}").json()["basedOn"][0]["reference"]
+    assert c_store(engine.dicom_port, corpus, acquired, "ACC105", "OWN1") == 0
+    engine.settle()
+    bundle = api.get("ImagingStudy", params={"basedon": request_ref}).json()
+    studies = _only(bundle, "ImagingStudy")
+    assert [(s["id"], s["status"]) for s in studies] == [(acquired, "available")]
+    assert studies[0]["basedOn"] == [{"reference": request_ref}]
+    acsn = [i["value"] for i in studies[0]["identifier"] if i.get("type", {}).get("coding", [{}])[0].get("code")
+            == "ACSN"]
+    assert acsn == ["ACC105"]
+    assert api.get(f"ImagingStudy/{scheduled}").status_code in (404, 410)
+    assert api.get("ImagingStudy", params={"identifier": f"urn:oid:{scheduled}"}).json()["total"] == 0
+    assert engine.report(oru(105, "R105", "F", "No acute findings.")) == ["AA"]
+    engine.settle()
+    reports = api.get("DiagnosticReport", params={"based-on": request_ref}).json()
+    assert [r["imagingStudy"] for r in _only(reports, "DiagnosticReport")] == [
+        [{"reference": f"ImagingStudy/{acquired}"}]]
+
+
+def test_a_study_linked_to_another_order_moves_its_imaging_study_and_the_first_order_waits_again(
+        engine: InProcessEngine, api: FhirHttp, corpus: Path) -> None:
+    """``studies link`` moves an acquired study from the order reconciliation chose to the operator's: the
+    acquired ImagingStudy is based on the new order, whose scheduled placeholder goes, and the first order's
+    placeholder comes back (it is waiting for images again)."""
+    from engine.cli.studies import link_to_accession
+
+    first, second = "1.2.826.0.1.3680043.10.999.106", "1.2.826.0.1.3680043.10.999.107"
+    acquired = "1.2.826.0.1.3680043.10.999.906"
+    assert engine.send(orm(106, "MOVE1", study_uid=first), orm(107, "MOVE1", study_uid=second)) == ["AA", "AA"]
+    assert c_store(engine.dicom_port, corpus, acquired, "ACC106", "MOVE1") == 0
+    engine.settle()
+    assert api.get(f"ImagingStudy/{first}").status_code in (404, 410)
+    based_on_first = api.get(f"ImagingStudy/{acquired}").json()["basedOn"]
+    assert engine.runtime is not None and engine.runtime.db is not None
+    link_to_accession(engine.runtime.db, engine.runtime.config.engine, acquired, "ACC107")
+    engine.settle()
+    moved = api.get(f"ImagingStudy/{acquired}").json()
+    assert moved["basedOn"] != based_on_first and len(moved["basedOn"]) == 1
+    assert api.get(f"ImagingStudy/{second}").status_code in (404, 410)
+    back = api.get(f"ImagingStudy/{first}").json()
+    assert back["status"] == "registered" and back["basedOn"] == based_on_first

@@ -12,10 +12,15 @@ overwrites a newer one. Otherwise the resource is upserted by conditional update
 * ``references: identifier``: references become logical (``Reference.identifier``).
 
 Either way a reference to a type without an upsert rule (our DICOMweb Endpoint) is
-dropped. Outcomes (FHIR R4 http.html): 200/201 sent; 401 → new token, one retry in
-the same attempt, then retry later; 408, 429 and 5xx and transport errors → retry
-later; any other 4xx (400 invalid, 412 several matches, 422) → permanent, the
-OperationOutcome's text is the dead letter's reason.
+dropped. A removal row (the projector removed the resource) is a conditional delete by the
+identifier the resource was upserted by, ``DELETE [base]/Type?identifier=system|value``
+(200/202/204, or 404: nothing there; settled without a request if the resource is stored
+again meanwhile: its new version's row follows).
+
+Outcomes (FHIR R4 http.html): 200/201 sent; 401 → new token, one retry in the same
+attempt, then retry later; 408, 429 and 5xx and transport errors → retry later; any
+other 4xx (400 invalid, 412 several matches, 422) → permanent, the OperationOutcome's
+text is the dead letter's reason.
 """
 
 from __future__ import annotations
@@ -107,6 +112,8 @@ class FhirPushDestination:
         except ValueError as exc:
             raise PermanentDelivery(str(exc)) from exc
         row = await self._db.read_async(_current(ref.res_type, ref.res_id))
+        if ref.removed:
+            return await self._remove(ref, row)
         if row is None:
             return f"not pushed: {ref.res_type}/{ref.res_id} is no longer stored"
         if int(row.version_id) > ref.version:
@@ -118,6 +125,24 @@ class FhirPushDestination:
         except TimeoutError as exc:
             raise RetryableDelivery(f"no answer within {self._config.timeout_seconds:g} s") from exc
         return f"HTTP {status} {ref.res_type}/{remote} (version {ref.version})"
+
+    async def _remove(self, ref: PushRef, row: Any) -> str:
+        """The conditional delete of a removed resource (see the module docstring)."""
+        if row is not None:
+            return f"not deleted: {ref.res_type}/{ref.res_id} is stored again (version {row.version_id})"
+        key = conditional_key({"resourceType": ref.res_type, "identifier": list(ref.identifiers)})
+        if key is None:
+            return f"not deleted: {ref.res_type}/{ref.res_id} had no identifier the server knows it by"
+        path = f"{self._base}/{conditional_path(ref.res_type, key)}"
+        try:
+            async with asyncio.timeout(self._config.timeout_seconds):
+                response = await self._request("DELETE", path, None)
+        except TimeoutError as exc:
+            raise RetryableDelivery(f"no answer within {self._config.timeout_seconds:g} s") from exc
+        if response.status_code == 404:
+            return f"HTTP 404 {ref.res_type}/{ref.res_id} removed: nothing to delete on the server"
+        _classify(response)
+        return f"HTTP {response.status_code} {ref.res_type}/{ref.res_id} removed (conditional delete)"
 
     async def _upsert(self, resource: dict[str, Any], push: _Push, chain: frozenset[str]) -> tuple[int, str]:
         """Conditional update of ``resource`` after resolving its references; (status, the server's id)."""
@@ -154,17 +179,22 @@ class FhirPushDestination:
 
     async def _put(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """One PUT; a 401 renews the token and tries once more."""
-        content = dumps(body).encode()
+        return _classify(await self._request("PUT", f"{self._base}/{path}", dumps(body).encode()))
+
+    async def _request(self, method: str, url: str, content: bytes | None) -> httpx.Response:
+        """One request (a 401 renews the token and tries once more); the response, whatever its status."""
         for first in (True, False):
-            headers = {"Content-Type": _FHIR_JSON, "Accept": _FHIR_JSON, **await self._auth.headers(self._client)}
+            headers = {"Accept": _FHIR_JSON, **await self._auth.headers(self._client)}
+            if content is not None:
+                headers["Content-Type"] = _FHIR_JSON
             try:
-                response = await self._client.put(f"{self._base}/{path}", content=content, headers=headers)
+                response = await self._client.request(method, url, content=content, headers=headers)
             except httpx.TransportError as exc:
                 raise RetryableDelivery(f"{type(exc).__name__}: {exc}") from exc
             if response.status_code != 401 or not first:
                 break
             self._auth.invalidate()
-        return _classify(response)
+        return response
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -15,7 +15,8 @@ What each element comes from:
 * ``category``: LOINC LP29684-5 and HL7 v2 table 0074 ``RAD`` (Radiology);
 * ``code``: the order's procedure code (else the report's OBR-4), else LOINC 18748-4;
 * ``subject`` the order's Patient, ``basedOn`` its ServiceRequest, ``imagingStudy``
-  the ImagingStudy of its Study Instance UID;
+  the studies acquired for the order (reconciliation linked them, whatever their UID),
+  else the ImagingStudy of the order's (or the report's) Study Instance UID;
 * ``identifier``: the accession number (type ACSN) and the report number;
 * ``effectiveDateTime`` OBR-7 (site zone), ``issued`` when radbridge stored the version;
 * ``performer`` / ``resultsInterpreter``: OBR-32 (display and identifier; radbridge
@@ -32,11 +33,12 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from engine.domain.report_tables import report_versions, reports
-from engine.domain.tables import orders
+from engine.domain.tables import orders, studies
 from engine.fhir.instant import dicom_datetime, instant, search_range
 from engine.fhir.model import Built, FhirSettings, Param, Version, identifier_system
 from engine.fhir.resources.common import human_name, ids, reference, type_coding
 from engine.fhir.resources.service_request import CODE_SYSTEMS
+from engine.fhir.tables import fhir_refs, fhir_resources
 
 __all__ = ["INCLUDES", "PARAMS", "REPORT_SYSTEM", "STATUSES", "TYPE", "build", "kinds"]
 
@@ -74,9 +76,23 @@ def _from_orders(conn: Connection, keys: set[str]) -> set[str]:
     return {str(r[0]) for r in conn.execute(select(reports.c.id).where(reports.c.order_pk.in_(ids(keys))))}
 
 
+def _from_studies(conn: Connection, keys: set[str]) -> set[str]:
+    """The reports of the orders these studies are linked to, and those whose stored resource names them (a
+    study linked to its order, or to another one)."""
+    rows = list(conn.execute(select(studies.c.study_instance_uid, studies.c.order_pk)
+                             .where(studies.c.id.in_(ids(keys)))))
+    found = _from_orders(conn, {str(r.order_pk) for r in rows if r.order_pk is not None})
+    targets = [f"ImagingStudy/{r.study_instance_uid}" for r in rows]
+    f, r = fhir_refs.c, fhir_resources.c
+    found |= {row[0] for row in conn.execute(select(r.res_id).join(fhir_refs, f.resource_pk == r.id).where(
+        r.res_type == TYPE, f.param == f"{TYPE}.imagingStudy", f.target.in_(targets)))}
+    return found
+
+
 def kinds() -> Mapping[str, Callable[[Connection, set[str]], set[str]]]:
-    """Pending kinds that change DiagnosticReports: report rows, and their orders."""
-    return {"DiagnosticReport": lambda conn, keys: {str(pk) for pk in ids(keys)}, "ServiceRequest": _from_orders}
+    """Pending kinds that change DiagnosticReports: report rows, their orders, and the studies acquired."""
+    return {"DiagnosticReport": lambda conn, keys: {str(pk) for pk in ids(keys)}, "ServiceRequest": _from_orders,
+            "study": _from_studies}
 
 
 def _code(order: Any, report: Any) -> dict[str, Any]:
@@ -113,7 +129,7 @@ def _identifiers(order: Any, report: Any, settings: FhirSettings) -> list[dict[s
     return found
 
 
-def _body(order: Any, report: Any, version: Any, settings: FhirSettings) -> Built:
+def _body(order: Any, report: Any, version: Any, settings: FhirSettings, acquired: list[str]) -> Built:
     """The resource as of ``version`` (a report_versions row), with its index entries."""
     status = version.status if version.status in STATUSES else "unknown"
     body: dict[str, Any] = {"resourceType": TYPE, "id": str(report.id),
@@ -133,10 +149,10 @@ def _body(order: Any, report: Any, version: Any, settings: FhirSettings) -> Buil
     if interpreter:
         body["performer"] = interpreter
         body["resultsInterpreter"] = interpreter
-    uid = order.study_instance_uid or report.study_instance_uid
-    if uid:
-        body["imagingStudy"] = [reference("ImagingStudy", uid)]
-        built.refs.append(("imagingStudy", f"ImagingStudy/{uid}"))
+    uids = acquired or [uid for uid in (order.study_instance_uid or report.study_instance_uid,) if uid]
+    if uids:
+        body["imagingStudy"] = [reference("ImagingStudy", uid) for uid in uids]
+        built.refs += [("imagingStudy", f"ImagingStudy/{uid}") for uid in uids]
     if version.conclusion.strip():
         body["conclusion"] = version.conclusion
     if version.text.strip():
@@ -176,13 +192,18 @@ def build(conn: Connection, keys: set[str], settings: FhirSettings) -> dict[str,
     """The DiagnosticReports with these ids, every version (None for an id with no attached report)."""
     built: dict[str, Built | None] = dict.fromkeys(keys)
     found, order_rows, versions = _rows(conn, ids(keys))
+    acquired: dict[int, list[str]] = {}
+    for row in conn.execute(select(studies.c.order_pk, studies.c.study_instance_uid)
+                            .where(studies.c.order_pk.in_(list(order_rows))).order_by(studies.c.id)):
+        acquired.setdefault(int(row.order_pk), []).append(row.study_instance_uid)
     for pk, report in found.items():
         order, history = order_rows.get(int(report.order_pk)), versions.get(pk, [])
         if order is None or not history:
             continue
-        current = _body(order, report, history[-1], settings)
-        current.earlier = tuple(Version(int(v.version), instant(v.issued), _body(order, report, v, settings).body)
-                                for v in history[:-1])
+        uids = acquired.get(int(order.id), [])
+        current = _body(order, report, history[-1], settings, uids)
+        current.earlier = tuple(Version(int(v.version), instant(v.issued),
+                                        _body(order, report, v, settings, uids).body) for v in history[:-1])
         built[str(pk)] = current
     return built
 

@@ -11,6 +11,12 @@ and C-STORE fill it in. Status (R4 ImagingStudy.status, reference "ImagingStudy"
 Series and instances come from ``series``/``instances``; ``numberOfSeries`` and
 ``numberOfInstances`` agree with the series listed. ``started`` is the study's date
 and time (site zone) or, while only scheduled, the scheduled start.
+
+A modality that makes its own Study Instance UID instead of the worklist's sends a
+study that reconciliation links to the order (``studies.order_pk``) under another UID:
+that acquired study is the order's ImagingStudy (``basedOn`` the order, its accession),
+and the scheduled one is removed once none of its orders is still waiting for images
+under it, so that the EHR never sees a study that will not come left ``registered``.
 """
 
 from __future__ import annotations
@@ -53,15 +59,32 @@ _CANCELLED_STEPS = {"CANCELED", "DISCONTINUED"}
 _STATUS_SYSTEM = "http://hl7.org/fhir/imagingstudy-status"
 
 
+def _stored_refs(conn: Connection, param: str, res_ids: list[str]) -> set[str]:
+    """The targets ``param`` of the stored ImagingStudies ``res_ids`` (what they said before this change)."""
+    f, r = fhir_refs.c, fhir_resources.c
+    return {row[0] for row in conn.execute(
+        select(f.target).join(fhir_resources, f.resource_pk == r.id)
+        .where(r.res_type == TYPE, r.res_id.in_(res_ids), f.param == f"{TYPE}.{param}"))}
+
+
 def _from_studies(conn: Connection, keys: set[str]) -> set[str]:
-    rows = conn.execute(select(studies.c.study_instance_uid).where(studies.c.id.in_(ids(keys))))
-    return {r[0] for r in rows}
+    """These studies, and the scheduled studies of the orders they are linked to now or were before (their
+    placeholder goes, or comes back when a study is linked to another order)."""
+    rows = list(conn.execute(select(studies.c.study_instance_uid, studies.c.order_pk)
+                             .where(studies.c.id.in_(ids(keys)))))
+    uids = {r.study_instance_uid for r in rows}
+    before = {target.removeprefix("ServiceRequest/") for target in _stored_refs(conn, "basedon", sorted(uids))}
+    order_pks = {int(r.order_pk) for r in rows if r.order_pk is not None} | set(ids(before))
+    scheduled = {r[0] for r in conn.execute(select(orders.c.study_instance_uid).where(orders.c.id.in_(order_pks)))}
+    return (uids | scheduled) - {""}
 
 
 def _from_orders(conn: Connection, keys: set[str]) -> set[str]:
-    """The studies of these orders now, and those whose stored resource still names them (a moved UID)."""
+    """The studies of these orders now (scheduled and acquired), and those whose stored resource still names
+    them (a moved UID)."""
     pks = ids(keys)
     found = {r[0] for r in conn.execute(select(orders.c.study_instance_uid).where(orders.c.id.in_(pks)))}
+    found |= {r[0] for r in conn.execute(select(studies.c.study_instance_uid).where(studies.c.order_pk.in_(pks)))}
     targets = [f"ServiceRequest/{pk}" for pk in pks]
     f = fhir_refs.c
     stored = conn.execute(select(fhir_resources.c.res_id).join(fhir_refs, f.resource_pk == fhir_resources.c.id)
@@ -82,22 +105,29 @@ class _Rows:
     """Everything one batch of UIDs needs, read in a handful of queries."""
 
     def __init__(self, conn: Connection, uids: list[str]) -> None:
+        t = studies.c
+        self.studies = {r.study_instance_uid: r for r in conn.execute(select(
+            t.id, t.study_instance_uid, t.patient_pk, t.patient_id, t.accession_number, t.study_date, t.study_time,
+            t.study_description, t.order_pk).where(t.study_instance_uid.in_(uids)))}
+        linked = {int(r.order_pk): uid for uid, r in self.studies.items() if r.order_pk is not None}
         self.orders: dict[str, list[Any]] = {}
         o = orders.c
         wanted = (o.id, o.patient_pk, o.study_instance_uid, o.accession_number, o.issuer_of_accession_number,
                   o.requested_procedure_description)
-        for order in conn.execute(select(*wanted).where(o.study_instance_uid.in_(uids)).order_by(o.id)):
-            self.orders.setdefault(order.study_instance_uid, []).append(order)
+        for order in conn.execute(select(*wanted).where(o.study_instance_uid.in_(uids) | o.id.in_(linked))
+                                  .order_by(o.id)):
+            for uid in {order.study_instance_uid, linked.get(int(order.id), "")} & set(uids):
+                self.orders.setdefault(uid, []).append(order)
         order_pks = [o.id for rows in self.orders.values() for o in rows]
+        #: order pk -> the Study Instance UIDs of the studies reconciliation linked to it
+        self.acquired: dict[int, set[str]] = {}
+        for row in conn.execute(select(t.order_pk, t.study_instance_uid).where(t.order_pk.in_(order_pks))):
+            self.acquired.setdefault(int(row.order_pk), set()).add(row.study_instance_uid)
         s = procedure_steps.c
         self.steps: dict[int, list[Any]] = {}
         for step in conn.execute(select(s.order_pk, s.status, s.modality, s.start_datetime)
                                  .where(s.order_pk.in_(order_pks)).order_by(s.id)):
             self.steps.setdefault(int(step.order_pk), []).append(step)
-        t = studies.c
-        self.studies = {r.study_instance_uid: r for r in conn.execute(select(
-            t.id, t.study_instance_uid, t.patient_pk, t.patient_id, t.accession_number, t.study_date, t.study_time,
-            t.study_description).where(t.study_instance_uid.in_(uids)))}
         study_pks = [r.id for r in self.studies.values()]
         self.series: dict[int, list[Any]] = {}
         e = series.c
@@ -185,6 +215,8 @@ def _identifiers(uid: str, study: Any, order_rows: list[Any], settings: FhirSett
 
 def _build_one(uid: str, rows: _Rows, settings: FhirSettings) -> Built | None:
     study, order_rows = rows.studies.get(uid), rows.orders.get(uid, [])
+    if study is None:  # scheduled only: for the orders still waiting for images under this UID
+        order_rows = [o for o in order_rows if not rows.acquired.get(int(o.id), set()) - {uid}]
     steps = [step for o in order_rows for step in rows.steps.get(int(o.id), [])]
     subject = _subject(study, order_rows)
     if subject is None or (study is None and not order_rows):
