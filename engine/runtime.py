@@ -113,7 +113,7 @@ class Runtime:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         # A coroutine job runs on the loop; a plain function would run in the executor's threads.
         self.scheduler.add_job(self._poll_outbox, "interval", seconds=cfg.outbox.poll_interval_seconds,
-                               id="outbox-poll", coalesce=True, max_instances=1)
+                               id="outbox-poll", coalesce=True, max_instances=1, misfire_grace_time=None)
         self._schedule_housekeeping(self.scheduler)
         self.scheduler.start()
         if cfg.dicom.enabled:

@@ -108,7 +108,11 @@ def message_jobs(db: Database, cfg: MessagesConfig, every: float) -> list[Job]:
 
 
 def schedule_jobs(scheduler: Any, jobs: list[Job]) -> None:
-    """Add ``jobs`` to an apscheduler 3 scheduler as interval jobs (replacing same ids)."""
+    """Add ``jobs`` to an apscheduler 3 scheduler as interval jobs (replacing same ids).
+
+    Late runs (the loop or the executor was busy) run once as soon as they can (``coalesce``, no grace
+    limit): apscheduler's default would skip a run more than 1 s late and log a WARNING for it.
+    """
     for job in jobs:
         scheduler.add_job(job.run, "interval", seconds=job.interval_seconds, id=job.id, name=job.description,
-                          replace_existing=True, coalesce=True, max_instances=1)  # fmt: skip
+                          replace_existing=True, coalesce=True, max_instances=1, misfire_grace_time=None)
