@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 
 from engine.archive.archive import archive_from_config, copy_current, current_instance
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
 from engine.domain.late_reconcile import late_jobs
 from tests.archive.replica_peer import copies, ct, replicate_until_sent, send
 from tests.archive.seaweed import Seaweed, running_seaweed
-from tests.dicom.store_peer import dataset_bytes, running_scp
+from tests.dicom.store_peer import dataset_bytes, running_scp, store_one
 from tests.domain.factories import apply_records, order, patient
 
 
@@ -120,11 +119,4 @@ def test_a_correction_of_a_study_in_an_s3_primary_reads_and_writes_objects(
 
 def send_any(port: int, ds: Dataset) -> int:
     """C-STORE one dataset of whatever SOP class and transfer syntax it has."""
-    ae = AE(ae_title="MR1")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(ds).Status)
-    finally:
-        assoc.release()
+    return store_one(port, ds, aet="MR1")

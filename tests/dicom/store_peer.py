@@ -108,3 +108,15 @@ def send_raw(assoc: Any, path: Path) -> int:
 def pixel_data(path: Path) -> bytes:
     ds: Dataset = dcmread(path)
     return bytes(ds.PixelData)
+
+
+def store_one(port: int, ds: Dataset, aet: str = "CT1") -> int:
+    """C-STORE ``ds`` (whatever SOP class and transfer syntax it has) on a new pynetdicom association; its status."""
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()

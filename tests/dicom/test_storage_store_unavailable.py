@@ -10,25 +10,12 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 
 from tests.conftest import PostgresServer
-from tests.dicom.store_peer import running_scp
+from tests.dicom.store_peer import running_scp, store_one
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _store(port: int, ds: Dataset) -> int:
-    ae = AE(ae_title="CT1")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(ds).Status)
-    finally:
-        assoc.release()
 
 
 def test_failed_commit_answers_out_of_resources_then_success_when_back(
@@ -39,10 +26,10 @@ def test_failed_commit_answers_out_of_resources_then_success_when_back(
     with running_scp(tmp_path, db_url=own_postgres.create_database("storage")) as scp:
         own_postgres.stop()
         try:
-            assert _store(scp.port, ds) == 0xA700
+            assert store_one(scp.port, ds) == 0xA700
         finally:
             own_postgres.start()
         assert scp.instances() == []
-        assert _store(scp.port, ds) == 0x0000
+        assert store_one(scp.port, ds) == 0x0000
         (row,) = scp.instances()
         assert dcmread(scp.archive / row.path).SOPInstanceUID == ds.SOPInstanceUID

@@ -9,6 +9,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from tests.dicom.mpps_datasets import n_create_dataset, n_set_dataset, performed_series, scheduled_step
+from tests.dicom.store_peer import store_one
 
 
 def orm(n: int, pid: str, name: str = "PARKER^ANN", modality: str = "CT", control: str = "NW",
@@ -75,11 +76,4 @@ def c_store(port: int, corpus: Path, study_uid: str, accession: str, patient_id:
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, f"{study_uid}.1"
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{study_uid}.1.1"
     ds.AccessionNumber, ds.PatientID = accession, patient_id
-    ae = AE(ae_title="CT1")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(ds).Status)
-    finally:
-        assoc.release()
+    return store_one(port, ds)
