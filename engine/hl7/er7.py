@@ -184,7 +184,8 @@ class Message:
     message with CR terminators.
     """
 
-    __slots__ = ("_index", "_msh_values", "segments", "seps", "text")
+    __slots__ = ("_index", "_msh_values", "control_id", "message_code", "message_type", "segments", "seps", "text",
+                 "trigger_event", "version")
 
     def __init__(self, text: str) -> None:
         text = normalize_segment_breaks(text).lstrip("\ufeff")
@@ -200,6 +201,19 @@ class Message:
         self.segments = [Segment(line, self.seps) for line in lines]
         self._index: dict[str, list[Segment]] | None = None
         self._msh_values: dict[tuple[int, int], str] = {}
+        # The header fields every stage asks for (filters, validation, handlers, the store, the ACK),
+        # read once: attributes, not properties, on the receive path's hot loop.
+        self.message_code: str = self._msh(9, 1).strip()
+        """MSH-9.1, e.g. ``ORM``."""
+        self.trigger_event: str = self._msh(9, 2).strip()
+        """MSH-9.2, e.g. ``O01``."""
+        self.message_type: str = (f"{self.message_code}^{self.trigger_event}" if self.trigger_event
+                                  else self.message_code)
+        """``CODE^TRIGGER`` as used in filters and the store."""
+        self.control_id: str = self._msh(10).strip()
+        """MSH-10."""
+        self.version: str = self._msh(12, 1).strip()
+        """MSH-12.1."""
 
     def all(self, name: str) -> list[Segment]:
         """Every segment named ``name``, in message order."""
@@ -252,40 +266,14 @@ class Message:
         return self._msh(6)
 
     @property
-    def message_code(self) -> str:
-        """MSH-9.1, e.g. ``ORM``."""
-        return self._msh(9, 1).strip()
-
-    @property
-    def trigger_event(self) -> str:
-        """MSH-9.2, e.g. ``O01``."""
-        return self._msh(9, 2).strip()
-
-    @property
     def message_structure(self) -> str:
         """MSH-9.3, e.g. ``ORM_O01`` (often absent before v2.4)."""
         return self._msh(9, 3).strip()
 
     @property
-    def message_type(self) -> str:
-        """``CODE^TRIGGER`` as used in filters and the store."""
-        trigger = self.trigger_event
-        return f"{self.message_code}^{trigger}" if trigger else self.message_code
-
-    @property
-    def control_id(self) -> str:
-        """MSH-10."""
-        return self._msh(10).strip()
-
-    @property
     def processing_id(self) -> str:
         """MSH-11.1."""
         return self._msh(11, 1).strip()
-
-    @property
-    def version(self) -> str:
-        """MSH-12.1."""
-        return self._msh(12, 1).strip()
 
     @property
     def charset(self) -> str:
