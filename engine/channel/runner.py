@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
-from engine.channel.persist import Persister, Stored
+from engine.channel.persist import HandlersFailed, Persister, Stored
 from engine.channel.prepare import ERROR, REJECTED, Prepared, Preparer
 from engine.config.models import ChannelConfig
 from engine.errors import ErrorLocation, HL7Error, HL7Reject, StoreUnavailable
@@ -97,7 +97,11 @@ class ChannelRunner:
         if not opened.single:
             return None
         p = opened.prepared[0]
-        done, result = self.db.writer.run_inline(partial(self.persister.persist, p=p, peer=peer))
+        # Alone in its transaction: the handlers need no savepoint of their own. If they fail, the
+        # writer has rolled everything back and the message is persisted again the usual way.
+        done, result = self.db.writer.run_inline(partial(self.persister.persist, p=p, peer=peer, sole=True))
+        if done and isinstance(result, HandlersFailed):
+            done, result = self.db.writer.run_inline(partial(self.persister.persist, p=p, peer=peer))
         if not done:
             return None
         return self._answer(p, result).encode(opened.decoded.charset, errors="replace")

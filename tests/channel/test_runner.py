@@ -72,12 +72,52 @@ def test_filtered_message_is_answered_aa_and_marked(db):
     assert rows(db)[0][0] == "FILTERED"
 
 
-def test_handler_error_rolls_back_its_changes_but_keeps_the_message(db):
-    ack = answer(runner(db, [AuditThenFail()]), msg())
-    assert ack.segment("MSA").value(1) == "AE"
-    assert ack.segment("ERR").value(2) == "PID" and ack.segment("ERR").value(3) == "204"
-    assert rows(db)[0][:3] == ("ERROR", "AE", 204)
+class Boom:
+    name = "boom"
+
+    def apply(self, conn, ctx):
+        conn.execute(insert(audit_events).values(at=datetime.now(UTC), actor="h", action="x", object_type="m",
+                                                 object_id=str(ctx.message_id), detail=""))
+        raise RuntimeError("a bug in a handler")
+
+
+@pytest.mark.parametrize("alone", [False, True], ids=["writer-thread", "inline"])
+@pytest.mark.parametrize(("handler", "code", "error"), [(AuditThenFail, "AE", 204), (Boom, "AE", 207)],
+                         ids=["hl7-error", "exception"])
+def test_handler_error_rolls_back_its_changes_but_keeps_the_message(db, alone, handler, code, error):
+    """Inline, the handlers run without their savepoint; a failure rolls the whole attempt back and
+    the message is persisted again under the savepoint: the same row, ACK and (no) changes."""
+    r = runner(db, [handler()])
+    ack = Message(asyncio.run(r.receive(msg(), "test", alone=alone)).decode("latin-1"))
+    assert ack.segment("MSA").value(1) == code and ack.segment("ERR").value(3) == str(error)
+    if error == 204:
+        assert ack.segment("ERR").value(2) == "PID"
+    assert [r[:3] for r in rows(db)] == [("ERROR", code, error)]  # one row: the rolled-back attempt left none
     assert db.read(lambda c: c.execute(select(func.count()).select_from(audit_events)).scalar()) == 0
+    if alone and db.is_sqlite:
+        assert db.writer.inline_commits == 1  # the first attempt rolled back, the second committed
+
+
+def test_a_message_alone_runs_its_handlers_without_a_savepoint(tmp_path):
+    """The inline transaction (SQLite) holds one message, so it is the handlers' savepoint; queued
+    messages share a transaction and keep theirs."""
+    from tests.conftest import migrated
+
+    gen = migrated(f"sqlite:///{tmp_path / 'rb.db'}")
+    db = next(gen)
+    seen: list[str] = []
+    raw = db.writer._connection().connection.dbapi_connection  # the writer's one connection
+    raw.set_trace_callback(seen.append)
+    try:
+        asyncio.run(runner(db, [Emit()]).receive(msg("S1"), "test", alone=True))
+        inline = [s for s in seen if "SAVEPOINT" in s]
+        seen.clear()
+        asyncio.run(runner(db, [Emit()]).receive(msg("S2"), "test"))
+        queued = [s for s in seen if "SAVEPOINT" in s]
+    finally:
+        raw.set_trace_callback(None)
+        gen.close()
+    assert inline == [] and len(queued) == 2  # SAVEPOINT, RELEASE
 
 
 def test_handler_outbound_work_commits_with_the_message(db):
