@@ -185,7 +185,7 @@ class Message:
     """
 
     __slots__ = ("_index", "_msh_values", "control_id", "message_code", "message_type", "segments", "seps", "text",
-                 "trigger_event", "version")
+                 "trigger_event", "trigger_from_evn", "version")
 
     def __init__(self, text: str) -> None:
         text = normalize_segment_breaks(text).lstrip("\ufeff")
@@ -201,6 +201,7 @@ class Message:
         self.segments = [Segment(line, self.seps) for line in lines]
         self._index: dict[str, list[Segment]] | None = None
         self._msh_values: dict[tuple[int, int], str] = {}
+        self.trigger_from_evn = self._evn_trigger()
         # The header fields every stage asks for (filters, validation, handlers, the store, the ACK),
         # read once: attributes, not properties, on the receive path's hot loop.
         self.message_code: str = self._msh(9, 1).strip()
@@ -214,6 +215,24 @@ class Message:
         """MSH-10."""
         self.version: str = self._msh(12, 1).strip()
         """MSH-12.1."""
+
+    def _evn_trigger(self) -> str:
+        """Before v2.3 MSH-9 was the message code alone (``ADT``) and EVN-1 named the event, which
+        older senders still do. With MSH-9.1 given, MSH-9.2 empty and EVN-1 an event code, the parsed
+        MSH-9.2 takes EVN-1 (the text stays as received); returns that code, else ""."""
+        msh = self.segments[0] if self.segments and self.segments[0].name == "MSH" else None
+        if msh is None or len(msh.fields) < 10:
+            return ""
+        cs = self.seps.component
+        comps = msh.fields[9].split(cs)
+        if not comps[0].strip() or (len(comps) > 1 and comps[1].strip()):
+            return ""
+        evn = next((seg for seg in self.segments if seg.name == "EVN"), None)
+        event = evn.field(1).strip() if evn is not None else ""
+        if not _EVENT_CODE.fullmatch(event):
+            return ""
+        msh.fields[9] = cs.join([comps[0], event, *comps[2:]])
+        return event
 
     def all(self, name: str) -> list[Segment]:
         """Every segment named ``name``, in message order."""
@@ -280,6 +299,9 @@ class Message:
         """MSH-18 (first repetition)."""
         return self._msh(18).strip()
 
+
+#: An HL7 trigger event code (table 0003): A01, O01, R01 ...
+_EVENT_CODE = re.compile(r"[A-Z][0-9A-Z]{2}")
 
 _ESCAPE_NAMES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}
 

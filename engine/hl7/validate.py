@@ -155,6 +155,8 @@ def _check_envelope(message: Message, notes: list[str]) -> None:
         # Senders that write v2.7's MSH-2 whatever MSH-12 says: the fifth character can only be
         # the truncation character, which changes nothing in how the message is read.
         notes.append(f"MSH-2 {encoding!r} read with {encoding[4]!r} as the truncation character of v2.7")
+    if message.trigger_from_evn:
+        notes.append(f"MSH-9.2 empty: trigger event {message.trigger_from_evn!r} read from EVN-1")
     names = [seg.name for seg in message.segments]
     if not _SEGMENT_IDS.fullmatch("\r".join(names)):  # one scan; the loop below only says where
         counts: dict[str, int] = {}

@@ -137,3 +137,31 @@ def test_a_filtered_message_says_so(db) -> None:
     assert _send(runner, MSH.format(type="ORM^O01", cid="F1") + PID).segment("MSA").value(1) == "AA"
     detail = _last(db)
     assert (detail["status"], detail["note"]) == ("FILTERED", "ORM^O01 did not pass the channel's filter")
+
+
+V22_ADT = ("MSH|^~\\&|PAS|NORTHSIDE|RADBRIDGE|NORTHSIDE|199801011200||ADT|{cid}|P|2.2\r"
+           "EVN|{event}|199801011200\rPID|1||MRN2201^^^NORTHSIDE^MR||{name}||19600101|M\r")
+
+
+def test_a_v22_adt_with_its_event_only_in_evn_1_is_applied_and_noted(db) -> None:
+    """Before v2.3 MSH-9 was the code alone and EVN-1 the event; older PAS feeds still send that."""
+    from engine.domain.tables import patients
+
+    runner = _runner(db)
+    assert _send(runner, V22_ADT.format(cid="V1", event="A04", name="Okafor^Ada")).segment("MSA").value(1) == "AA"
+    ack = _send(runner, V22_ADT.format(cid="V2", event="A08", name="Okafor^Adaeze"))
+    assert ack.segment("MSA").value(1) == "AA"
+    names = db.read(lambda c: c.execute(select(patients.c.patient_name).where(patients.c.patient_id == "MRN2201"))
+                    .scalars().all())
+    assert names == ["Okafor^Adaeze"]
+    detail = _last(db)
+    assert "MSH-9.2 empty: trigger event 'A08' read from EVN-1" in detail["note"]
+    stored = db.read(lambda c: c.execute(select(messages.c.message_type, messages.c.text)
+                                         .order_by(messages.c.id.desc())).first())
+    assert stored.message_type == "ADT^A08" and "|ADT|V2|" in stored.text  # the text as received
+
+
+def test_an_adt_with_no_event_anywhere_is_still_ar_201(db) -> None:
+    text = V22_ADT.format(cid="V3", event="", name="Okafor^Ada")
+    ack = _send(_runner(db), text)
+    assert ack.segment("MSA").value(1) == "AR" and ack.segment("ERR").value(3) == "201"
