@@ -70,6 +70,7 @@ DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
     ("SC", "A"): "COMPLETED",
     ("SC", "IP"): "STARTED",  # status changes and filler cancels real RIS feeds send (tables 0119/0038)
     ("XO", "IP"): "STARTED",
+    ("XO", ""): "",  # a change of content alone: the step keeps its status (an XO that creates: SCHEDULED)
     ("SC", "SC"): "SCHEDULED",
     ("SC", "CA"): "CANCELED",
     ("SC", "DC"): "DISCONTINUED",
@@ -338,6 +339,7 @@ def _update(
     """Apply a follow-up to one stored step; unchanged (with the reason) when it changes nothing."""
     step_pk = int(found.step_pk)
     content = record.order_control in _CONTENT_CONTROLS
+    status = status or found.status  # "": the table keeps the step's status (XO with ORC-5 empty)
     if found.status == status and (not content or found.content_hash == _hash(record)):
         why = "resent, identical to the stored order" if content else f"the step is already {status}"
         return Applied((step_pk,), False, f"order {identity_text(record)}: {record.order_control} changed nothing "
@@ -436,4 +438,5 @@ def apply_order(
         return refused
     identity = (record.patient_id, record.issuer)
     patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
-    return Applied((_create(conn, record, key, status, patient_pk, policy, now, message_id),), created=True)
+    return Applied((_create(conn, record, key, status or "SCHEDULED", patient_pk, policy, now, message_id),),
+                   created=True)

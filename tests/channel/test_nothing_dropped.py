@@ -165,3 +165,23 @@ def test_an_adt_with_no_event_anywhere_is_still_ar_201(db) -> None:
     text = V22_ADT.format(cid="V3", event="", name="Okafor^Ada")
     ack = _send(_runner(db), text)
     assert ack.segment("MSA").value(1) == "AR" and ack.segment("ERR").value(3) == "201"
+
+
+def test_an_xo_with_orc5_empty_changes_the_content_and_keeps_the_steps_status(db) -> None:
+    """XO alone is a change of the order's content: a started exam stays started (AE 103 before)."""
+    from engine.domain.tables import orders
+
+    runner = _runner(db)
+    nw = (GOLDEN.parent / "order-to-worklist" / "orm_o01_two_orders.hl7").read_text()
+    assert _send(runner, nw).segment("MSA").value(1) == "AA"
+    started = MSH.format(type="ORM^O01", cid="SC1") + PID + "ORC|SC|PLC-6001|FIL-6001||IP\rOBR|1|PLC-6001|FIL-6001\r"
+    assert _send(runner, started).segment("MSA").value(1) == "AA"
+    assert _steps(db)[0] == "STARTED"
+    xo = (MSH.format(type="ORM^O01", cid="XO1") + "PID|1||MRN5120^^^NORTHSIDE^MR||Okafor^Chidi\r"
+          "ORC|XO|PLC-6001|FIL-6001\rOBR|1|PLC-6001|FIL-6001|CXR2^Chest two views, portable^L\r")
+    ack = _send(runner, xo)
+    assert ack.segment("MSA").value(1) == "AA", ack.text
+    assert _steps(db)[0] == "STARTED" and _last(db)["status"] == "PROCESSED"
+    described = db.read(lambda c: c.execute(select(orders.c.requested_procedure_description)
+                                            .where(orders.c.placer_order_number == "PLC-6001")).scalar_one())
+    assert described == "Chest two views, portable"
