@@ -11,6 +11,9 @@ answers such peers and closes their connection (RFC 9110 15.5.9, RFC 6585 5):
 * a request head not complete ``request_head_timeout_seconds`` after the connection opened
   or after the head's first byte: 408 Request Timeout (idle keep-alive connections are
   uvicorn's to close, after ``keep_alive_seconds``);
+* a request body not complete ``request_body_timeout_seconds`` after its head (a client
+  that announces a body and sends it a byte at a time, or never): 408, unless the
+  application has already begun answering;
 * more than ``max_connections_per_peer`` connections from one IP address: 503 at once.
 
 Each answer is an OperationOutcome; nothing reaches the application.
@@ -44,6 +47,7 @@ class GuardedProtocol(OneWriteProtocol):
     max_request_head_bytes: ClassVar[int] = 64 * 1024
     request_head_timeout_seconds: ClassVar[float] = 10.0
     max_connections_per_peer: ClassVar[int] = 64
+    request_body_timeout_seconds: ClassVar[float] = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,6 +55,7 @@ class GuardedProtocol(OneWriteProtocol):
         self._began = False  # a request head began during the current data_received
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -61,6 +66,7 @@ class GuardedProtocol(OneWriteProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -86,6 +92,24 @@ class GuardedProtocol(OneWriteProtocol):
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
+        self._cancel_body_timer()
+        self._body_timer = self.loop.call_later(self.request_body_timeout_seconds, self._body_timed_out)
+
+    def on_message_complete(self) -> None:
+        self._cancel_body_timer()
+        super().on_message_complete()
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.cycle is not None and self.cycle.response_started:
+            return  # the application answers without waiting for the rest
+        self._refuse(408, f"the request body was not complete within {self.request_body_timeout_seconds:g} s"
+                          " of its headers")
 
     def _peer_connections(self) -> int:
         host = self.client[0] if self.client else None
@@ -108,6 +132,7 @@ class GuardedProtocol(OneWriteProtocol):
     def _refuse(self, status: int, text: str) -> None:
         """Answer ``status`` with an OperationOutcome and close the connection."""
         self._cancel_head_timer()
+        self._cancel_body_timer()
         if self.transport.is_closing():
             return
         reason, code = _ANSWERS[status]
@@ -124,5 +149,6 @@ def guarded_protocol(config: HTTPConfig) -> type[GuardedProtocol]:
         "max_request_head_bytes": config.max_request_head_bytes,
         "request_head_timeout_seconds": config.request_head_timeout_seconds,
         "max_connections_per_peer": config.max_connections_per_peer,
+        "request_body_timeout_seconds": config.request_body_timeout_seconds,
     }
     return type("ConfiguredGuardedProtocol", (GuardedProtocol,), limits)

@@ -585,6 +585,9 @@ class HTTPConfig(_Model):
     max_connections_per_peer: int = Field(
         64, ge=1, description="connections from one IP address; more are answered 503 and closed (behind a proxy "
         "raise it to max_connections)")
+    request_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="a request body not complete this long after its headers is answered 408 and "
+        "closed (unless the answer has begun)")
     public_base_url: str | None = Field(
         None, pattern=r"^https?://\S+$", description="base URL in links (fullUrl, next); default: from the request")
     fhir: FhirConfig = Field(default_factory=FhirConfig)

@@ -27,7 +27,11 @@ async def _answer(request: Request) -> Response:
     return Response(BODY, media_type="application/fhir+json")
 
 
-APP = Starlette(routes=[Route("/fhir/Patient/1", _answer)])
+async def _read_body(request: Request) -> Response:
+    return Response(await request.body(), media_type="application/fhir+json")
+
+
+APP = Starlette(routes=[Route("/fhir/Patient/1", _answer), Route("/fhir/echo", _read_body, methods=["POST"])])
 
 
 def _serve(config: HTTPConfig) -> Iterator[int]:
@@ -133,3 +137,30 @@ def test_keep_alive_requests_after_the_head_timeout_are_still_served(port: int) 
             while not data.endswith(BODY):
                 data += sock.recv(65536)
             time.sleep(0.6)  # 1.8 s in all: past the 1 s head timeout, within keep-alive (5 s)
+
+
+def test_a_body_dripping_after_its_headers_is_408_after_the_body_timeout() -> None:
+    config = HTTPConfig(port=0, request_head_timeout_seconds=1.0, request_body_timeout_seconds=1.0)
+    for port in _serve(config):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(b"POST /fhir/echo HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{")
+            time.sleep(0.3)
+            sock.sendall(b" ")  # a byte now and then: no read ever waits long
+            status, body = _answer_of(_read_all(sock))
+        assert status == 408 and body["issue"][0]["code"] == "timeout"  # type: ignore[index]
+        assert time.monotonic() - started < 5
+        assert _served(port)  # the next client is answered
+
+
+def test_a_body_sent_in_time_is_served() -> None:
+    config = HTTPConfig(port=0, request_body_timeout_seconds=2.0)
+    for port in _serve(config):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /fhir/echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                         b"Content-Length: 2\r\n\r\n{")
+            time.sleep(0.5)
+            sock.sendall(b"}")
+            data = _read_all(sock)
+        assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"{}")
