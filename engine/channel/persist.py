@@ -26,6 +26,7 @@ import fnmatch
 import itertools
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,10 +43,11 @@ from engine.handlers import Handler, InboundContext, Outbound, Outcome
 from engine.hl7.ack import AckContext, build_ack
 from engine.hl7.er7 import Message
 from engine.outbox.queue import enqueue
+from engine.store.database import RunAgain
 from engine.store.fast import FastInsert, FastStatement, Savepoint
 from engine.store.schema import messages
 
-__all__ = ["UNCHANGED", "HandlersFailed", "Persister", "Stored"]
+__all__ = ["UNCHANGED", "Attempt", "HandlersFailed", "Persister", "Stored"]
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +81,44 @@ _INSERT_MESSAGE = FastInsert(messages)
 CONFLICT_ATTEMPTS = 3
 
 
-class HandlersFailed(Exception):
-    """A ``sole`` attempt's handlers failed: roll the transaction back and persist again without ``sole``.
+class HandlersFailed(RunAgain):
+    """A ``sole`` attempt's handlers failed: the writer rolls the transaction back and runs the
+    :class:`Attempt` once more, alone and before anything queued after it, now with the savepoint,
+    which records the failure (AE/AR, the message kept as ERROR/REJECTED) exactly as a first
+    attempt with the savepoint would."""
 
-    The second attempt runs them under their savepoint and records the failure (AE/AR, the
-    message kept as ERROR/REJECTED) exactly as a first attempt without ``sole`` would.
+
+#: After a failed optimistic attempt, a channel's messages keep their savepoint this long: a feed
+#: of failing messages must not make every shared transaction run twice.
+CAREFUL_SECONDS = 5.0
+
+
+class Attempt:
+    """:meth:`Persister.persist` of one message as the writer's unit of work, optimistic first.
+
+    Without the handlers' savepoint (``sole``), on SQLite, when the channel has had no handler
+    failure for :data:`CAREFUL_SECONDS`: if the handlers fail, the whole transaction (the writer's group
+    commit, or the inline one) rolls back and the writer runs this again alone, with the
+    savepoint. A group whose transaction rolls back is retried item by item in order, so
+    no message overtakes another; what commits is what the careful path commits.
     """
+
+    __slots__ = ("peer", "persister", "prepared", "sole")
+
+    def __init__(self, persister: Persister, prepared: Prepared, peer: str) -> None:
+        self.persister, self.prepared, self.peer = persister, prepared, peer
+        self.sole = time.monotonic() >= persister.careful_until
+
+    def __call__(self, conn: Connection) -> Stored:
+        # SQLite only: there the savepoint costs a statement journal, and a rolled-back attempt
+        # leaves no trace (PostgreSQL's sequences would skip the ids it drew).
+        sole = self.sole and conn.dialect.name == "sqlite"
+        try:
+            return self.persister.persist(conn, self.prepared, self.peer, sole=sole)
+        except HandlersFailed:
+            self.sole = False
+            self.persister.careful_until = time.monotonic() + CAREFUL_SECONDS
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +142,7 @@ class Persister:
         self.handlers = handlers
         self.application = application
         self.facility = facility
+        self.careful_until = 0.0  # monotonic time until which Attempt keeps the handlers' savepoint
 
     def ack(
         self, message: Message | None, code: str, error: HL7Error | None = None, now: datetime | None = None
@@ -120,11 +155,10 @@ class Persister:
     def persist(self, conn: Connection, p: Prepared, peer: str, sole: bool = False) -> Stored:
         """Store ``p`` and apply it; return the ACK to send once committed.
 
-        ``sole``: the caller's transaction holds nothing but this call, and the caller rolls it
-        all back on :class:`HandlersFailed` and calls again without ``sole``. The handlers then
-        run without their savepoint (which makes SQLite copy every page they change into a
-        statement journal: ~1.5 % of an order's cost), since the whole transaction is the
-        savepoint; what is committed is the same either way.
+        ``sole``: the handlers run without their savepoint (which makes SQLite copy every page
+        they change into a statement journal: ~1.5 % of an order's cost) and a failure of theirs
+        raises :class:`HandlersFailed` for the caller to roll the whole transaction back and call
+        again without ``sole`` (:class:`Attempt` with the writer); what commits is the same.
         """
         now = datetime.now(UTC)
         duplicate = self.duplicate(conn, p, now)

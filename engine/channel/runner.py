@@ -12,9 +12,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 
-from engine.channel.persist import HandlersFailed, Persister, Stored
+from engine.channel.persist import Attempt, Persister, Stored
 from engine.channel.prepare import ERROR, REJECTED, Prepared, Preparer
 from engine.config.models import ChannelConfig
 from engine.errors import ErrorLocation, HL7Error, HL7Reject, StoreUnavailable
@@ -97,11 +96,7 @@ class ChannelRunner:
         if not opened.single:
             return None
         p = opened.prepared[0]
-        # Alone in its transaction: the handlers need no savepoint of their own. If they fail, the
-        # writer has rolled everything back and the message is persisted again the usual way.
-        done, result = self.db.writer.run_inline(partial(self.persister.persist, p=p, peer=peer, sole=True))
-        if done and isinstance(result, HandlersFailed):
-            done, result = self.db.writer.run_inline(partial(self.persister.persist, p=p, peer=peer))
+        done, result = self.db.writer.run_inline(Attempt(self.persister, p, peer))
         if not done:
             return None
         return self._answer(p, result).encode(opened.decoded.charset, errors="replace")
@@ -167,8 +162,7 @@ class ChannelRunner:
         self, prepared: list[Prepared], peer: str, after_commit: Callable[[Stored], None] | None = None
     ) -> list[str]:
         writer = self.db.writer
-        futures = [writer.submit_async(partial(self.persister.persist, p=p, peer=peer), after_commit)
-                   for p in prepared]
+        futures = [writer.submit_async(Attempt(self.persister, p, peer), after_commit) for p in prepared]
         acks = []
         for p, future in zip(prepared, futures, strict=True):
             try:

@@ -50,12 +50,18 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from engine.datadir import restrict
 from engine.errors import ConfigError, StoreUnavailable
 
-__all__ = ["Checkpointer", "Database", "WriteLock", "Writer", "masked_url"]
+__all__ = ["Checkpointer", "Database", "RunAgain", "WriteLock", "Writer", "masked_url"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Work = Callable[[Connection], Any]
+
+
+class RunAgain(Exception):
+    """Raised by a unit of work to have its transaction rolled back and the work run once more, alone,
+    before anything queued after it: an optimistic first attempt asking for its careful form
+    (``engine.channel.persist``: the handlers without, then with, their savepoint)."""
 
 
 @dataclass(slots=True)
@@ -64,6 +70,7 @@ class _Item:
     future: Future[Any] | asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop | None = None
     after_commit: Callable[[Any], None] | None = None
+    again: bool = False  # already run once more for a RunAgain
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
         """Complete the caller's future from the writer thread."""
@@ -314,7 +321,10 @@ class Writer:
                 self._drop_connection()
                 return False, None
             try:
-                result = _in_driver_transaction(conn, fn)
+                try:
+                    result = _in_driver_transaction(conn, fn)
+                except RunAgain:  # rolled back; once more, still holding the lock: nothing came between
+                    result = _in_driver_transaction(conn, fn)
             except Exception as exc:
                 if not _settled(conn):  # the rollback itself failed: start over on a new connection
                     self._drop_connection()
@@ -445,13 +455,18 @@ class Writer:
         _resolve_all(batch, results)
 
     def _fail_batch(self, batch: list[_Item], exc: Exception) -> None:
-        """A rolled-back batch: retry its items one by one, or report the single item's error."""
+        """A rolled-back batch: retry its items one by one, in order; run a single item that asked for it
+        (:class:`RunAgain`) once more; else report the single item's error."""
         translated = self._translate(exc)
         if isinstance(translated, StoreUnavailable):
             self._drop_connection()  # reconnect next time (e.g. PostgreSQL restarted)
         if len(batch) > 1:
             for item in batch:
                 self._run_batch([item])
+            return
+        if isinstance(exc, RunAgain) and not batch[0].again:
+            batch[0].again = True
+            self._run_batch(batch)
             return
         batch[0].resolve(error=translated)
 

@@ -98,9 +98,26 @@ def test_handler_error_rolls_back_its_changes_but_keeps_the_message(db, alone, h
         assert db.writer.inline_commits == 1  # the first attempt rolled back, the second committed
 
 
-def test_a_message_alone_runs_its_handlers_without_a_savepoint(tmp_path):
-    """The inline transaction (SQLite) holds one message, so it is the handlers' savepoint; queued
-    messages share a transaction and keep theirs."""
+class FailOn:
+    """Writes an audit row for every message; fails (AE 204) the ones whose control id is in ``bad``."""
+
+    name = "fail-on"
+
+    def __init__(self, *bad: str) -> None:
+        self.bad = bad
+
+    def apply(self, conn, ctx):
+        conn.execute(insert(audit_events).values(at=datetime.now(UTC), actor="h", action="x", object_type="m",
+                                                 object_id=ctx.message.control_id, detail=""))
+        if ctx.message.control_id in self.bad:
+            raise HL7ApplicationError(204, "unknown patient", ErrorLocation("PID", 1, 3))
+        return []
+
+
+def test_handlers_run_without_a_savepoint_until_one_fails_then_with_it_for_a_while(tmp_path, monkeypatch):
+    """Optimistic: a message's transaction is rolled back and run again with the savepoint only when
+    its handlers fail; after a failure the channel keeps the savepoint (CAREFUL_SECONDS)."""
+    import engine.channel.persist as persist
     from tests.conftest import migrated
 
     gen = migrated(f"sqlite:///{tmp_path / 'rb.db'}")
@@ -108,16 +125,45 @@ def test_a_message_alone_runs_its_handlers_without_a_savepoint(tmp_path):
     seen: list[str] = []
     raw = db.writer._connection().connection.dbapi_connection  # the writer's one connection
     raw.set_trace_callback(seen.append)
-    try:
-        asyncio.run(runner(db, [Emit()]).receive(msg("S1"), "test", alone=True))
-        inline = [s for s in seen if "SAVEPOINT" in s]
+    r = runner(db, [FailOn("BAD")])
+    clock = [1000.0]
+    monkeypatch.setattr(persist.time, "monotonic", lambda: clock[0])
+
+    def savepoints(cid: str, alone: bool) -> int:
         seen.clear()
-        asyncio.run(runner(db, [Emit()]).receive(msg("S2"), "test"))
-        queued = [s for s in seen if "SAVEPOINT" in s]
+        asyncio.run(r.receive(msg(cid), "test", alone=alone))
+        return sum("SAVEPOINT" in s for s in seen)
+
+    try:
+        assert savepoints("S1", alone=True) == 0  # inline
+        assert savepoints("S2", alone=False) == 0  # the writer thread's group commit
+        assert savepoints("BAD", alone=False) == 3  # rolled back, then SAVEPOINT, ROLLBACK TO, RELEASE
+        assert savepoints("S3", alone=False) == 2  # careful now: SAVEPOINT, RELEASE
+        clock[0] += persist.CAREFUL_SECONDS + 1
+        assert savepoints("S4", alone=True) == 0
     finally:
         raw.set_trace_callback(None)
         gen.close()
-    assert inline == [] and len(queued) == 2  # SAVEPOINT, RELEASE
+    statuses = [tuple(row[:3]) for row in rows(db)]
+    assert statuses == [("PROCESSED", "AA", None)] * 2 + [("ERROR", "AE", 204)] + [("PROCESSED", "AA", None)] * 2
+
+
+@pytest.mark.parametrize("careful", [False, True], ids=["optimistic", "careful"])
+def test_a_failing_message_in_a_group_commit_changes_nothing_and_overtakes_nobody(db, careful):
+    """Messages submitted together share one transaction; one of them failing rolls the optimistic
+    group back, and its messages are committed again one by one in their order."""
+    r = runner(db, [FailOn("G2")])
+    if careful:
+        r.persister.careful_until = float("inf")
+    batch = b"BHS|^~\\&|RIS\r" + msg("G1") + msg("G2", pid="2") + msg("G3", pid="3") + b"BTS|3\r"
+    reply = asyncio.run(r.receive(batch, "t")).decode()
+    assert [line.split("|")[1:3] for line in reply.split("\r") if line.startswith("MSA")] == [
+        ["AA", "G1"], ["AE", "G2"], ["AA", "G3"]]
+    stored = db.read(lambda c: c.execute(select(messages.c.control_id, messages.c.status)
+                                         .order_by(messages.c.id)).all())
+    assert [tuple(s) for s in stored] == [("G1", "PROCESSED"), ("G2", "ERROR"), ("G3", "PROCESSED")]
+    audited = db.read(lambda c: c.execute(select(audit_events.c.object_id).order_by(audit_events.c.id)).scalars().all())
+    assert audited == ["G1", "G3"]  # G2's handler work rolled back, the others' kept once
 
 
 def test_handler_outbound_work_commits_with_the_message(db):

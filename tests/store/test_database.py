@@ -48,6 +48,66 @@ def test_a_failing_item_does_not_take_its_batch_down(db):
     assert count(db) == 5
 
 
+def test_an_item_asking_to_run_again_runs_alone_once_more_before_the_items_queued_after_it(db):
+    """RunAgain (an optimistic attempt asking for its careful form): its batch rolls back, every item
+    runs alone in order, and the asking one once more, before the ones after it."""
+    from engine.store.database import RunAgain
+
+    order: list[str] = []
+    barrier = threading.Event()
+    blocker = db.writer.submit(lambda c: barrier.wait(5))
+
+    class Careful:
+        tries = 0
+
+        def __call__(self, conn):
+            self.tries += 1
+            if self.tries == 1:
+                add_event(conn, 50)
+                raise RunAgain()
+            order.append("careful")
+            return add_event(conn, 51)
+
+    def plain(n):
+        def work(conn):
+            order.append(str(n))
+            return add_event(conn, n)
+        return work
+
+    careful = Careful()
+    first = db.writer.submit(plain(1))
+    asking = db.writer.submit(careful)
+    after = db.writer.submit(plain(2))
+    barrier.set()
+    blocker.result()
+    assert (first.result(), asking.result(), after.result()) == (1, 51, 2)
+    ids = db.read(lambda c: c.execute(select(audit_events.c.object_id).order_by(audit_events.c.id)).scalars().all())
+    assert ids == ["1", "51", "2"]  # nothing of the rolled-back attempt, nobody overtaken
+    assert order[-3:] == ["1", "careful", "2"]
+
+
+def test_a_lone_item_asking_to_run_again_is_run_once_more_and_a_second_request_is_its_error(db):
+    from engine.store.database import RunAgain
+
+    tries = []
+
+    def once(conn):
+        tries.append(1)
+        if len(tries) == 1:
+            add_event(conn, 7)
+            raise RunAgain()
+        return add_event(conn, 8)
+
+    assert db.writer.call(once) == 8 and len(tries) == 2
+    assert count(db) == 1
+
+    def always(conn):
+        raise RunAgain()
+
+    with pytest.raises(RunAgain):
+        db.writer.call(always)
+
+
 def test_database_errors_become_store_unavailable(db):
     with pytest.raises(StoreUnavailable):
         db.writer.call(lambda c: c.execute(text("INSERT INTO no_such_table VALUES (1)")))
