@@ -132,3 +132,35 @@ def test_a_failed_flush_of_the_new_head_is_unavailable(tmp_path: Path, monkeypat
     monkeypatch.setattr(os, "fsync", failing)
     with path.open("rb") as f, pytest.raises(ArchiveUnavailable):
         rehead(loc, path, META, FileTail(b"n" * 900, f, len(META) + 200))
+
+
+@pytest.mark.parametrize("tail_size", [300_000, 3 << 20])  # held in the thread's buffer, or hashed streamed
+def test_the_tail_is_read_before_the_range_is_inserted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tail_size: int) -> None:
+    """Inserting a range drops the file's cached pages: a tail read afterwards came from the disk again."""
+    if not _supported(tmp_path):
+        pytest.skip("this file system cannot insert a range (not ext4/XFS): the copy path is tested instead")
+    loc = _location(tmp_path)
+    tail = os.urandom(tail_size)
+    path = _spool(loc, b"o" * 200, tail)
+    calls: list[str] = []
+    real_fallocate, real_preadv = rehead_module._fallocate, os.preadv
+
+    def fallocate(*args: Any) -> int:
+        calls.append("insert")
+        return real_fallocate(*args)  # type: ignore[misc]
+
+    def preadv(fd: int, buffers: Any, offset: int) -> int:
+        calls.append("read")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(rehead_module, "_fallocate", fallocate)
+    monkeypatch.setattr(os, "preadv", preadv)
+    new_head = b"n" * 900
+    with path.open("rb") as f:
+        done = rehead(loc, path, META, FileTail(new_head, f, len(META) + 200))
+    assert done is not None
+    assert "read" in calls and calls[calls.index("insert"):] == ["insert"]  # nothing read after the insertion
+    data = path.read_bytes()
+    assert data[len(done.meta):] == new_head + tail
+    assert (done.staged.size, done.staged.sha256) == (len(new_head + tail), hashlib.sha256(new_head + tail).hexdigest())
