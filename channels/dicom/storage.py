@@ -168,8 +168,10 @@ class _Refused(Exception):
         self.detail = detail
 
 
+@functools.lru_cache(maxsize=64)
 def _encoding(transfer_syntax_uid: str) -> Encoding | None:
-    """How to walk the dataset, or None where it cannot be walked as bytes (deflate)."""
+    """How to walk the dataset, or None where it cannot be walked as bytes (deflate); kept per transfer
+    syntax (a pydicom ``UID`` is validated each time it is made)."""
     ts = UID(transfer_syntax_uid)
     if ts.is_deflated:
         return None

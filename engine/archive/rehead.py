@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from engine.libc import libc_function
 __all__ = ["Reheaded", "rehead"]
 
 _FALLOC_FL_INSERT_RANGE = 0x20  # linux/falloc.h
+_PAGE = mmap.PAGESIZE
 #: Errors that mean "this file system (or kernel) cannot insert a range": nothing was changed.
 _UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV, errno.EPERM})
 
@@ -87,13 +89,18 @@ def rehead(location: ArchiveLocation, path: Path, meta: bytes, tail: FileTail) -
             held = read_tail(fd, tail.offset)
             digest = hashlib.sha256(tail.head)
             size = len(tail.head) + (len(held) if held is not None else hash_range(fd, tail.offset, digest))
+            # The front is written in whole pages: the last page of a shorter front, no longer cached, would
+            # be read back from the disk before being written. It ends with the tail's first bytes, as they are.
+            end = len(meta) + pad + len(tail.head)
+            fill = min(-end % _PAGE, size - len(tail.head))
+            follow = bytes(held[:fill]) if held is not None else os.pread(fd, fill, tail.offset)
             if shift and _fallocate(fd, _FALLOC_FL_INSERT_RANGE, 0, shift) != 0:
                 err = ctypes.get_errno()
                 if err in _UNSUPPORTED:
                     return None
                 raise OSError(err, os.strerror(err))
             padded = pad_file_meta(meta, len(meta) + pad)
-            _finish(fd, padded, tail.head, held, digest)
+            _finish(fd, padded + tail.head + follow, held, digest)
             return Reheaded(StagedFile(path, size, digest.hexdigest()), padded)
         finally:
             os.close(fd)
@@ -102,10 +109,10 @@ def rehead(location: ArchiveLocation, path: Path, meta: bytes, tail: FileTail) -
         raise ArchiveUnavailable(f"archive location {location.name} cannot take a file: {name}") from exc
 
 
-def _finish(fd: int, meta: bytes, head: bytes, held: memoryview | None, digest: Any) -> None:
-    """Write ``meta`` + ``head`` over the front and fsync; ``held`` (the tail, read before the insertion)
-    is hashed into ``digest`` while the flush runs. ``digest`` already covers the tail when ``held`` is None."""
-    front = memoryview(meta + head)
+def _finish(fd: int, front_bytes: bytes, held: memoryview | None, digest: Any) -> None:
+    """Write ``front_bytes`` over the front and fsync; ``held`` (the tail, read before the insertion) is
+    hashed into ``digest`` while the flush runs. ``digest`` already covers the tail when ``held`` is None."""
+    front = memoryview(front_bytes)
     at = 0
     while at < len(front):
         at += os.pwrite(fd, front[at:], at)
