@@ -80,7 +80,7 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
 def _number(ds: Dataset, keyword: str) -> int | None:
     raw = _plain(ds, keyword)
     if raw is not None and _DIGITS.fullmatch(raw.strip()):
-        return int(raw)
+        return int(raw) or None  # as below: pydicom's IS 0 is falsy, read as "" (so None) since the start
     try:
         return int(str(ds.get(keyword, "") or "").strip())
     except Exception:  # IS values arrive malformed ("1A"); the index leaves them empty

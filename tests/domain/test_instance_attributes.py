@@ -9,6 +9,7 @@ decoded every value (which takes the pydicom path).
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import astuple
 
 from hypothesis import given, settings
@@ -33,12 +34,12 @@ def _raw(tag: int, vr: str | None, value: bytes, implicit: bool) -> RawDataEleme
 
 values = st.one_of(
     st.binary(max_size=12).map(lambda b: bytes(ALPHABET[x % len(ALPHABET)] for x in b)),
-    st.sampled_from([b"1.2.840.10008.5.1.4.1.1.2\x00", b" 107", b"+5 ", b"007", b"1.0", b"1A", b"-3",
+    st.sampled_from([b"1.2.840.10008.5.1.4.1.1.2\x00", b" 107", b"+5 ", b"007", b"1.0", b"1A", b"-3", b"0", b"-00 ",
                      b"DOE^JOHN ", b"Y\xe9^A", b"A\\B", b"  ", b"\x00", b"20261206", b"120000.5 "]),
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=int(os.environ.get("RB_EXAMPLES", "400")), deadline=None)
 @given(st.dictionaries(st.sampled_from(KEYWORDS), st.tuples(values, st.sampled_from([None, "UN", "SH", "LO"])),
                        max_size=len(KEYWORDS)),
        st.sampled_from(CHARSETS), st.booleans())
@@ -64,6 +65,7 @@ def test_a_plain_value_is_read_without_decoding_the_element() -> None:
     ds = Dataset()
     ds[0x00100020] = _raw(0x00100020, "LO", b"PID1 ", False)
     ds[0x00200013] = _raw(0x00200013, "IS", b" 107", False)
+    ds[0x00200011] = _raw(0x00200011, "IS", b"0 ", False)  # pydicom's IS 0 is falsy: indexed empty, as always
     attrs = InstanceAttributes.from_dataset(ds)
-    assert (attrs.patient_id, attrs.instance_number) == ("PID1", 107)
+    assert (attrs.patient_id, attrs.instance_number, attrs.series_number) == ("PID1", 107, None)
     assert all(isinstance(ds.get_item(tag), RawDataElement) for tag in (0x00100020, 0x00200013))
