@@ -68,7 +68,7 @@ def test_a_received_data_set_is_hashed_in_the_pool_and_its_hash_indexed(
     assert len(rows) == 3
     assert all(sha == hashlib.sha256(stored[uid]).hexdigest() for uid, sha in rows)
     hashed = [e for e in recorder.events if e[0] == "hashed"]
-    assert len(hashed) == 3 and all(thread.startswith("radbridge-fsync") for _, thread, _ in hashed)
+    assert len(hashed) == 3 and all(thread.startswith("radbridge-hash") for _, thread, _ in hashed)
 
 
 def test_a_coerced_spool_gets_its_new_head_only_after_its_received_hash(
