@@ -27,6 +27,7 @@ The spool file, and what happens when the disk fills while it is written, is
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -48,7 +49,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _c
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.archive.flush import FlushAhead
+from engine.archive.flush import FlushAhead, HashAhead
 from engine.archive.location import ArchiveLocation, FileTail, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.rehead import rehead
@@ -124,11 +125,12 @@ SWEEP_EVERY_SECONDS = 60.0
 
 @dataclass(frozen=True, slots=True)
 class StreamedFile:
-    """What the streamed receive (:mod:`channels.dicom.store_stream`) computed as it wrote the spool:
-    the size and SHA-256 of the data set bytes after the File Meta Information it wrote."""
+    """What the streamed receive (:mod:`channels.dicom.store_stream`) knows of the spool it wrote: the
+    size of the data set bytes after the File Meta Information it wrote, and their SHA-256 when it
+    computed it ("": :meth:`StorageService.store` computes it, :class:`~engine.archive.flush.HashAhead`)."""
 
     size: int
-    sha256: str
+    sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +170,10 @@ class _Refused(Exception):
         self.detail = detail
 
 
+@functools.lru_cache(maxsize=64)
 def _encoding(transfer_syntax_uid: str) -> Encoding | None:
-    """How to walk the dataset, or None where it cannot be walked as bytes (deflate)."""
+    """How to walk the dataset, or None where it cannot be walked as bytes (deflate); kept per transfer
+    syntax (a pydicom ``UID`` is validated each time it is made)."""
     ts = UID(transfer_syntax_uid)
     if ts.is_deflated:
         return None
@@ -264,11 +268,14 @@ class StorageService:
             log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s",
                       request.sop_instance_uid, request.calling_ae, errno.errorcode.get(failed.errno or 0, failed))
             return OUT_OF_RESOURCES
-        # The spool's fsync runs while it is checked and matched; it must end before the file is named.
-        ahead = self.primary.flush_ahead(request.spool) if request.streamed is not None else None
+        # The data set's hash and the spool's fsync run while it is checked and matched; the hash is
+        # waited for before the spool is staged (or changed), the fsync before the file is named.
+        streamed = request.streamed
+        hashing = HashAhead(request.spool, streamed.size) if streamed is not None and not streamed.sha256 else None
+        ahead = self.primary.flush_ahead(request.spool) if streamed is not None else None
         try:
             with open(request.spool, "rb") as spool:
-                return self._store(spool, request, now, ahead)
+                return self._store(spool, request, now, ahead, hashing)
         except _Refused as refused:
             return self._quarantine(request, refused, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
@@ -276,7 +283,8 @@ class StorageService:
                       request.sop_instance_uid, request.calling_ae, exc)
             return OUT_OF_RESOURCES
 
-    def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime, ahead: FlushAhead | None) -> int:
+    def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime, ahead: FlushAhead | None,
+               hashing: HashAhead | None = None) -> int:
         head = spool.read(_HEAD)
         try:
             offset = dataset_offset(head)
@@ -284,6 +292,9 @@ class StorageService:
             raise _Refused("unparsable", str(exc)) from exc
         attrs, header = _check(spool, offset, request)
         prepared = self._reconcile(spool, offset, request, attrs, header, now)  # reconciliation (#13): match + coerce
+        if hashing is not None:  # before anything reads the hash or changes the spool
+            request = dataclasses.replace(request, streamed=StreamedFile(hashing.size, hashing.wait()))
+            prepared.received(request.streamed.sha256)  # type: ignore[union-attr]
         attrs = prepared.attrs
         meta = encode_file_meta(attrs.sop_class_uid, attrs.sop_instance_uid, request.transfer_syntax_uid,
                                 request.calling_ae)

@@ -14,9 +14,11 @@ itself. :class:`StoreStream` replaces the DUL's PDU reader on one association:
   accepted storage context starts a spool file in the primary location's
   ``.incoming`` holding the File Meta Information radbridge stores
   (:func:`~engine.archive.part10.encode_file_meta`); its data set fragments are
-  appended as they arrive and hashed (SHA-256) in the same pass, so the spool
-  *is* the archive file and :meth:`~channels.dicom.storage.StorageService.store`
-  only has to fsync and link it (:attr:`~channels.dicom.storage.StoreRequest.received`);
+  appended as they arrive (and counted), so the spool *is* the archive file and
+  :meth:`~channels.dicom.storage.StorageService.store` only has to hash, fsync and
+  link it (:attr:`~channels.dicom.storage.StoreRequest.streamed`; the hash runs
+  beside the store's checks, :class:`~engine.archive.flush.HashAhead`, not here
+  between PDU reads);
 * the last fragment runs that store in this thread, and the C-STORE-RSP is queued
   as a ready-made P-DATA primitive on the DUL's own queue (as
   :mod:`channels.dicom.dul_stream` does for C-FIND), so the state machine still
@@ -47,7 +49,6 @@ trigger (``EVT_DATA_RECV``, ``EVT_PDU_RECV``, ``EVT_DIMSE_RECV``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import select
@@ -96,19 +97,17 @@ PROCESSING_FAILURE = 0xC211
 
 
 class _Receiving:
-    """One C-STORE whose data set is arriving: the spool, and the size and SHA-256 of what it holds."""
+    """One C-STORE whose data set is arriving: the spool, and the size of what it holds."""
 
     def __init__(self, command: StoreCommand, context: Any, spool: SpoolFile) -> None:
         self.command = command
         self.context = context
         self.spool = spool
-        self.digest = hashlib.sha256()
         self.size = 0
         self._unsynced = 0
 
     def add(self, data: memoryview) -> None:
         self.spool.write(data)
-        self.digest.update(data)
         self.size += len(data)
         self._unsynced += len(data)
         if self._unsynced >= WRITEBACK_BYTES:
@@ -323,7 +322,7 @@ class StoreStream:
         path = Path(rx.spool.name)
         request = StoreRequest(
             path, rx.command.sop_class_uid, rx.command.sop_instance_uid, str(rx.context.abstract_syntax),
-            str(rx.context.transfer_syntax[0]), self._calling_ae(), StreamedFile(rx.size, rx.digest.hexdigest()),
+            str(rx.context.transfer_syntax[0]), self._calling_ae(), StreamedFile(rx.size),
         )  # fmt: skip
         try:
             status = self._run(request)

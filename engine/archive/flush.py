@@ -12,18 +12,24 @@ is skipped: a file whose flush failed is never adopted (its error is raised wher
 synchronous ``fsync`` raised it).
 
 The same pool overlaps a reheaded file's flush with the hash of its data set
-(:func:`~engine.archive.rehead.rehead`): both read what was already written.
+(:func:`~engine.archive.rehead.rehead`): both read what was already written. A pool of its
+own hashes a received data set (:class:`HashAhead`, SHA-256 of the spool's bytes after its File Meta
+Information) while the image is checked and matched, instead of on the thread that receives
+it, between the reads of its PDUs: the hash is recorded in the index, so it is waited for
+before the file is staged (and before a coerced spool is changed in place), never skipped.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["Flush", "FlushAhead", "fsync_file", "fsync_in_background"]
+__all__ = ["Flush", "FlushAhead", "HashAhead", "fsync_file", "fsync_in_background"]
 
 #: Flushes running at once in one process (each waits on the disk, not on the CPU).
 _THREADS = 4
@@ -62,7 +68,9 @@ class Flush:
 class _Pool:
     """A few daemon threads running flushes in the order they were handed over (started on first use)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "radbridge-fsync", threads: int = _THREADS) -> None:
+        self._name = name
+        self._threads = threads
         self._jobs: queue.SimpleQueue[Flush] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._started = False
@@ -77,8 +85,8 @@ class _Pool:
     def _start(self) -> None:
         with self._lock:
             if not self._started:
-                for n in range(_THREADS):
-                    threading.Thread(target=self._loop, name=f"radbridge-fsync_{n}", daemon=True).start()
+                for n in range(self._threads):
+                    threading.Thread(target=self._loop, name=f"{self._name}_{n}", daemon=True).start()
                 self._started = True
 
     def _loop(self) -> None:
@@ -87,6 +95,9 @@ class _Pool:
 
 
 _POOL = _Pool()
+#: Hashes run in their own threads: CPU work (the GIL released) must not queue behind flushes
+#: blocked on the disk (with several associations, every flush thread may be waiting).
+_HASH_POOL = _Pool("radbridge-hash")
 
 
 def fsync_in_background(fd: int) -> Flush:
@@ -117,3 +128,51 @@ class FlushAhead:
     def wait(self) -> None:
         """Return once the flush has completed; raise its ``OSError`` if it failed."""
         self._flush.wait()
+
+
+#: The pool threads' read buffer for :class:`HashAhead` (one per thread, reused).
+_HASH_CHUNK = 1 << 20
+_local = threading.local()
+
+
+class HashAhead:
+    """SHA-256 of the last ``size`` bytes of ``path`` (a complete file nobody writes any more: a received
+    data set after the File Meta Information its receiver wrote first), computed now in a thread of
+    the hash pool (not the flush pool: a hash must not wait behind flushes blocked on the disk).
+
+    :meth:`wait` returns the hex digest, or raises the ``OSError`` that reading it met. The caller
+    must not change the file before :meth:`wait` returned.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._sha256 = ""
+        self._job = _HASH_POOL.submit(self._run)
+
+    def _run(self) -> None:
+        buf: bytearray | None = getattr(_local, "buffer", None)
+        if buf is None:
+            buf = _local.buffer = bytearray(_HASH_CHUNK)
+        view = memoryview(buf)
+        digest = hashlib.sha256()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            end = os.fstat(fd).st_size
+            at = end - self.size
+            if at < 0:
+                raise OSError(errno.EIO, "the received file is shorter than its data set")
+            while at < end:
+                n = os.preadv(fd, [view[: min(len(view), end - at)]], at)
+                if n == 0:
+                    raise OSError(errno.EIO, "the received file ended while it was hashed")
+                digest.update(view[:n])
+                at += n
+        finally:
+            os.close(fd)
+        self._sha256 = digest.hexdigest()
+
+    def wait(self) -> str:
+        """The data set's SHA-256 (hex) once computed; raise its ``OSError`` if it could not be read."""
+        self._job.wait()
+        return self._sha256

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 from engine.archive.flush import FlushAhead, fsync_file
 from engine.errors import ArchiveUnavailable
 
-__all__ = ["ArchiveLocation", "FileTail", "StagedFile", "hash_range"]
+__all__ = ["ArchiveLocation", "FileTail", "StagedFile", "hash_range", "read_tail"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,22 @@ def hash_range(fd: int, offset: int, digest: Any) -> int:
         digest.update(view[:n])
         at += n
     return at - offset
+
+
+def read_tail(fd: int, offset: int) -> memoryview | None:
+    """``fd`` from ``offset`` to its end, read into this thread's copy buffer (valid until the buffer's
+    next use in this thread); None when it does not fit the buffer (nothing read)."""
+    size = os.fstat(fd).st_size - offset
+    if size < 0 or size > _CHUNK:
+        return None
+    view = memoryview(_buffer())[:size]
+    at = 0
+    while at < size:
+        n = os.preadv(fd, [view[at:]], offset + at)
+        if n == 0:
+            raise OSError(errno.EIO, "the file ended while it was read")
+        at += n
+    return view
 
 
 def _buffer() -> bytearray:

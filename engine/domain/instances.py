@@ -19,7 +19,10 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from engine.archive.copy_tables import replaced_version_copies
@@ -64,6 +67,9 @@ class IndexOutcome(Enum):
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str:
     """A header value as text, or "" when absent or undecodable (never raises: values are as sent)."""
+    raw = _plain(ds, keyword)
+    if raw is not None:
+        return raw.decode("ascii").strip()[:limit]
     try:
         value = ds.get(keyword, "")
     except Exception:  # a bad value in one attribute must not refuse the instance
@@ -72,10 +78,47 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
 
 
 def _number(ds: Dataset, keyword: str) -> int | None:
+    raw = _plain(ds, keyword)
+    if raw is not None and _DIGITS.fullmatch(raw.strip()):
+        return int(raw) or None  # as below: pydicom's IS 0 is falsy, read as "" (so None) since the start
     try:
         return int(str(ds.get(keyword, "") or "").strip())
     except Exception:  # IS values arrive malformed ("1A"); the index leaves them empty
         return None
+
+
+#: The indexed attributes: their tag and VR (PS3.6), and whether the header's character set applies.
+_INDEXED = {keyword: (Tag(keyword), dictionary_VR(Tag(keyword))) for keyword in (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "IssuerOfPatientID",
+    "PatientName", "AccessionNumber", "StudyDate", "StudyTime", "StudyDescription", "StudyID", "Modality",
+    "SeriesNumber", "SeriesDate", "SeriesDescription", "InstanceNumber")}  # fmt: skip
+_CHARSET_VRS = frozenset({"SH", "LO", "PN"})
+_CHARSET = Tag("SpecificCharacterSet")
+#: Character sets in which printable ASCII bytes decode to themselves (pydicom's encodings).
+_ASCII_CHARSETS = frozenset({b"", b"ISO_IR 6", b"ISO_IR 100", b"ISO_IR 192"})
+#: One value of printable ASCII without a backslash (so a single value), trailing NUL or space padding aside.
+_PRINTABLE = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+_DIGITS = re.compile(rb"[+-]?[0-9]+")
+
+
+def _plain(ds: Dataset, keyword: str) -> bytes | None:
+    """The value of an indexed attribute still as received (not decoded yet), when it is one plain ASCII
+    value in its dictionary VR: the bytes without their padding, which are the text pydicom would decode
+    (``str(value).strip()`` of the decoded value is ``bytes.decode().strip()``). None when pydicom has
+    to decode it (absent, decoded already, several values, another VR, non-ASCII, a character set)."""
+    tag, vr = _INDEXED[keyword]
+    elem = ds.get_item(tag)
+    if not isinstance(elem, RawDataElement) or (elem.VR is not None and vr != elem.VR) or elem.value is None:
+        return None
+    value = elem.value.rstrip(b"\0 ")
+    if not _PRINTABLE.fullmatch(value):
+        return None
+    if vr in _CHARSET_VRS:
+        charset = ds.get_item(_CHARSET)
+        if charset is not None and (not isinstance(charset, RawDataElement) or charset.value is None
+                                    or charset.value.strip(b"\0 ") not in _ASCII_CHARSETS):
+            return None
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,12 @@ class Prepared:
         (which only calls ``read``)."""
         return cast(BinaryIO, self.body)
 
+    def received(self, sha256: str) -> None:
+        """The received data set's hash, computed after :meth:`Reconciler.prepare` (beside it, in another
+        thread): taken by a coerced body instead of hashing the spool again."""
+        if isinstance(self.body, CoercedStream):
+            self.body.received(sha256)
+
     def received_sha256(self) -> str:
         """The received dataset's hash when the stored one was coerced ("" when stored as received)."""
         return self.body.received_sha256 if isinstance(self.body, CoercedStream | WholeStream) else ""

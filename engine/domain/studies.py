@@ -22,9 +22,10 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import NoResultFound
 
 from engine.domain.tables import orders, patient_merges, patients, series, studies
-from engine.store.fast import FastStatement, all_rows
+from engine.store.fast import FastStatement, all_rows, first_row
 
 __all__ = [
     "PerformedSeries",
@@ -92,12 +93,20 @@ def performed_series(ds: Dataset) -> list[PerformedSeries]:
     return found
 
 
+_SURVIVOR_STEP = FastStatement(
+    select(patients.c.status, patients.c.merged_into_id).where(patients.c.id == bindparam("pk")))
+
+
 def _survivor(conn: Connection, pk: int) -> int:
-    """Follow ``merged_into_id`` to the patient that absorbed ``pk`` (itself if not merged)."""
+    """Follow ``merged_into_id`` to the patient that absorbed ``pk`` (itself if not merged).
+
+    Compiled once (:class:`~engine.store.fast.FastStatement`): every matched image resolves its
+    Patient ID, and Core's per-call statement construction cost more than the lookup itself.
+    """
     for _ in range(_MAX_MERGE_CHAIN):
-        row = conn.execute(
-            select(patients.c.status, patients.c.merged_into_id).where(patients.c.id == pk)
-        ).one()
+        row = first_row(_SURVIVOR_STEP, conn, {"pk": pk})
+        if row is None:
+            raise NoResultFound(f"patient {pk} not found")
         if row.status != "MERGED" or row.merged_into_id is None:
             return pk
         pk = int(row.merged_into_id)

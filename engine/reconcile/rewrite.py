@@ -149,6 +149,10 @@ class CoercedStream(FileTail):
         self._stream: BytesIO | None = None
         spool.seek(bulk_at)
 
+    def received(self, sha256: str) -> None:
+        """The received data set's hash, when the caller learnt it after this stream was made."""
+        self._known = sha256
+
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (the header first); b"" at the end."""
         if self._stream is None:

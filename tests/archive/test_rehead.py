@@ -132,3 +132,51 @@ def test_a_failed_flush_of_the_new_head_is_unavailable(tmp_path: Path, monkeypat
     monkeypatch.setattr(os, "fsync", failing)
     with path.open("rb") as f, pytest.raises(ArchiveUnavailable):
         rehead(loc, path, META, FileTail(b"n" * 900, f, len(META) + 200))
+
+
+@pytest.mark.parametrize("tail_size", [300_000, 3 << 20])  # held in the thread's buffer, or hashed streamed
+def test_the_tail_is_read_before_the_range_is_inserted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tail_size: int) -> None:
+    """Inserting a range drops the file's cached pages: a tail read afterwards came from the disk again, and
+    so did the last page of a front that ended inside one (read back to be written)."""
+    if not _supported(tmp_path):
+        pytest.skip("this file system cannot insert a range (not ext4/XFS): the copy path is tested instead")
+    loc = _location(tmp_path)
+    tail = os.urandom(tail_size)
+    path = _spool(loc, b"o" * 200, tail)
+    calls: list[str] = []
+    real_fallocate, real_preadv = rehead_module._fallocate, os.preadv
+
+    def fallocate(*args: Any) -> int:
+        calls.append("insert")
+        return real_fallocate(*args)  # type: ignore[misc]
+
+    def preadv(fd: int, buffers: Any, offset: int) -> int:
+        calls.append("read")
+        return real_preadv(fd, buffers, offset)
+
+    def pread(fd: int, count: int, offset: int) -> bytes:
+        calls.append("read")
+        return real_pread(fd, count, offset)
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        written = real_pwrite(fd, data, offset)
+        calls.append("write")
+        ends.append(offset + written)
+        return written
+
+    real_pread, real_pwrite = os.pread, os.pwrite
+    ends: list[int] = []
+    monkeypatch.setattr(rehead_module, "_fallocate", fallocate)
+    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    new_head = b"n" * 900
+    with path.open("rb") as f:
+        done = rehead(loc, path, META, FileTail(new_head, f, len(META) + 200))
+    assert done is not None
+    assert "read" in calls and "read" not in calls[calls.index("insert"):]  # nothing read after the insertion
+    assert ends and ends[-1] % 4096 == 0  # the front written in whole pages
+    data = path.read_bytes()
+    assert data[len(done.meta):] == new_head + tail
+    assert (done.staged.size, done.staged.sha256) == (len(new_head + tail), hashlib.sha256(new_head + tail).hexdigest())
