@@ -12,6 +12,7 @@ import contextlib
 import os
 from dataclasses import astuple
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.datadict import dictionary_VR
@@ -39,6 +40,8 @@ values = st.one_of(
 )
 
 
+# Generated values are invalid on purpose; pydicom warns about each one it decodes.
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @settings(max_examples=int(os.environ.get("RB_EXAMPLES", "400")), deadline=None)
 @given(st.dictionaries(st.sampled_from(KEYWORDS), st.tuples(values, st.sampled_from([None, "UN", "SH", "LO"])),
                        max_size=len(KEYWORDS)),
