@@ -4,6 +4,8 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, insert, select, text
 
 from engine.channel.persist import Persister
@@ -307,3 +309,29 @@ def test_when_the_inline_attempt_cannot_start_the_writer_thread_takes_the_messag
     monkeypatch.setattr(db.writer, "_connection", failing_in_the_loop)
     ack = Message(asyncio.run(runner(db).receive(msg("FB1"), "test", alone=True)).decode("latin-1"))
     assert ack.segment("MSA").value(1) == "AA" and db.writer.inline_commits == 0
+
+
+_EXAMPLE = iter(range(10**9))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.booleans(), min_size=1, max_size=8), st.booleans())
+def test_any_mix_of_failing_messages_in_one_frame_stores_what_the_careful_path_stores(db, fails, careful):
+    """Whatever fails where in a batch frame (its messages share group commits), each message is stored
+    once, in order, with its own outcome, and only the succeeding ones' handler work is kept."""
+    n = next(_EXAMPLE)
+    cids = [f"X{n}-{i}" for i in range(len(fails))]
+    r = runner(db, [FailOn(*(c for c, bad in zip(cids, fails, strict=True) if bad))])
+    if careful:
+        r.persister.careful_until = float("inf")
+    frame = b"BHS|^~\\&|RIS\r" + b"".join(msg(c, pid=str(i)) for i, c in enumerate(cids)) + b"BTS|%d\r" % len(cids)
+    reply = asyncio.run(r.receive(frame, "t")).decode()
+    assert [line.split("|")[1:3] for line in reply.split("\r") if line.startswith("MSA")] == [
+        ["AE" if bad else "AA", c] for c, bad in zip(cids, fails, strict=True)]
+    stored = db.read(lambda c: c.execute(select(messages.c.control_id, messages.c.status)
+                                         .where(messages.c.control_id.in_(cids)).order_by(messages.c.id)).all())
+    expected = [(c, "ERROR" if bad else "PROCESSED") for c, bad in zip(cids, fails, strict=True)]
+    assert [tuple(s) for s in stored] == expected
+    audited = db.read(lambda c: c.execute(select(audit_events.c.object_id).where(audit_events.c.object_id.in_(cids))
+                                          .order_by(audit_events.c.id)).scalars().all())
+    assert audited == [c for c, bad in zip(cids, fails, strict=True) if not bad]
