@@ -91,6 +91,7 @@ class HandlersFailed(RunAgain):
 #: After a failed optimistic attempt, a channel's messages keep their savepoint this long: a feed
 #: of failing messages must not make every shared transaction run twice.
 CAREFUL_SECONDS = 5.0
+_clock = time.monotonic  # the clock of that window (tests replace it, not the time module's)
 
 
 class Attempt:
@@ -107,7 +108,7 @@ class Attempt:
 
     def __init__(self, persister: Persister, prepared: Prepared, peer: str) -> None:
         self.persister, self.prepared, self.peer = persister, prepared, peer
-        self.sole = time.monotonic() >= persister.careful_until
+        self.sole = _clock() >= persister.careful_until
 
     def __call__(self, conn: Connection) -> Stored:
         # SQLite only: there the savepoint costs a statement journal, and a rolled-back attempt
@@ -117,7 +118,7 @@ class Attempt:
             return self.persister.persist(conn, self.prepared, self.peer, sole=sole)
         except HandlersFailed:
             self.sole = False
-            self.persister.careful_until = time.monotonic() + CAREFUL_SECONDS
+            self.persister.careful_until = _clock() + CAREFUL_SECONDS
             raise
 
 

@@ -129,7 +129,7 @@ def test_handlers_run_without_a_savepoint_until_one_fails_then_with_it_for_a_whi
     raw.set_trace_callback(seen.append)
     r = runner(db, [FailOn("BAD")])
     clock = [1000.0]
-    monkeypatch.setattr(persist.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(persist, "_clock", lambda: clock[0])
 
     def savepoints(cid: str, alone: bool) -> int:
         seen.clear()
