@@ -23,7 +23,6 @@ counted: ``bench_mllp.py --compare`` measures those. The FHIR projector is off u
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess
@@ -31,25 +30,11 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from bench import bench_mllp
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_UP = 40  # messages a sender before counting starts
-
-
-def _valgrind_popen(out: Path) -> Any:
-    """subprocess.Popen that starts ``radbridge run`` under callgrind (other commands unchanged)."""
-    real = subprocess.Popen
-
-    def popen(cmd: list[str], *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
-        if "run" in cmd:
-            cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
-                   f"--callgrind-out-file={out}/cg.out", *cmd]
-        return real(cmd, *args, **kwargs)
-
-    return popen
 
 
 def _control(pid: int, on: bool) -> None:
@@ -62,7 +47,10 @@ def measure(root: Path, out: Path, args: argparse.Namespace) -> dict[str, int]:
     out.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
         port = bench_mllp.free_port()
-        engine = _start(root, Path(tmp), port, out, args)
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+                    f"--callgrind-out-file={out}/cg.out"]
+        engine = bench_mllp.start_engine(Path(tmp), port, args.workflow, root, args.with_projector,
+                                         prefix=valgrind, start_timeout=300)  # valgrind starts slowly
         try:
             bench_mllp.drive(port, args.senders, WARM_UP, "warm")
             _control(engine.pid, True)
@@ -79,25 +67,6 @@ def measure(root: Path, out: Path, args: argparse.Namespace) -> dict[str, int]:
             counts[f"thread {path.name.rsplit('-', 1)[1]}"] = total // sent
     counts["all"] = sum(counts.values())
     return counts
-
-
-def _start(root: Path, tmp: Path, port: int, out: Path, args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    cfg = tmp / "config"
-    (cfg / "channels").mkdir(parents=True)
-    (cfg / "engine.yaml").write_text(
-        f"data_dir: {tmp / 'var'}\nlogging: {{level: WARNING}}\ndatabase: {{sqlite_synchronous: FULL}}\n"
-        f"mappings_dir: {root / 'mappings'}\ndicom: {{enabled: false}}\n")
-    domain = "mapping: [adt-to-patient, order-to-worklist]\nhandlers: [patients, orders]\n" if args.workflow else ""
-    (cfg / "channels" / "bench.yaml").write_text(
-        f"name: bench\nsource: {{type: mllp, port: {port}}}\nduplicates: {{window_hours: 72}}\n{domain}")
-    venv = root / ".venv" / "bin" / "python"
-    python = str(venv) if venv.exists() else sys.executable
-    entry = ["-m", "engine.cli.main"] if args.with_projector else ["-c", bench_mllp.NO_PROJECTOR]
-    proc = _valgrind_popen(out)([python, *entry, "--config", str(cfg), "run"], cwd=root,
-                                env={**os.environ, "PYTHONPATH": str(root)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bench_mllp.wait_port(port, timeout=300)  # valgrind starts slowly
-    return proc
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,9 +153,13 @@ def drive(port: int, senders: int, per_sender: int, tag: str) -> tuple[float, li
 
 
 def start_engine(
-    tmp: Path, port: int, workflow: bool, root: Path = ROOT, projector: bool = True
+    tmp: Path, port: int, workflow: bool, root: Path = ROOT, projector: bool = True,
+    prefix: Sequence[str] = (), start_timeout: float = 30,
 ) -> subprocess.Popen[bytes]:
-    """``radbridge run`` of the checkout ``root`` (its .venv's Python if it has one) on a fresh data dir."""
+    """``radbridge run`` of the checkout ``root`` (its .venv's Python if it has one) on a fresh data dir.
+
+    ``prefix``: a command to run it under (``bench_instructions``: valgrind).
+    """
     cfg = tmp / "config"
     (cfg / "channels").mkdir(parents=True)
     sync = os.environ.get("RB_SYNC", "FULL")
@@ -169,9 +173,9 @@ def start_engine(
     venv = root / ".venv" / "bin" / "python"
     python = str(venv) if root != ROOT and venv.exists() else sys.executable
     entry = ["-m", "engine.cli.main"] if projector else ["-c", NO_PROJECTOR]
-    proc = subprocess.Popen([python, *entry, "--config", str(cfg), "run"], cwd=root,
+    proc = subprocess.Popen([*prefix, python, *entry, "--config", str(cfg), "run"], cwd=root,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    wait_port(port, start_timeout)
     return proc
 
 

@@ -179,8 +179,7 @@ class Persister:
         if p.status != PROCESSED:
             return Stored(message_id, ack, code)
         try:
-            outbound, outcomes = (self._run_handlers(conn, p, message_id, now) if not sole
-                                  else self._run_handlers_sole(conn, p, message_id, now))
+            outbound, outcomes = self._run_handlers(conn, p, message_id, now, sole)
             enqueued = self._enqueue(conn, p, message_id, outbound, now)
             if not (p.records or outcomes or enqueued) and self.handlers and self.config.mapping_names:
                 raise HL7Reject(200, f"nothing on channel {self.config.name} applies {p.message.message_type}",
@@ -260,22 +259,16 @@ class Persister:
                     values[key] = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; raw keeps it
         return values
 
-    def _run_handlers_sole(
-        self, conn: Connection, p: Prepared, message_id: int, now: datetime
-    ) -> tuple[list[Outbound], list[Outcome]]:
-        """The handlers with no savepoint: any failure is the caller's to roll back and redo (``sole``)."""
-        if not self.handlers:
-            return [], []
-        try:
-            return self._apply_handlers(conn, p, message_id, now)
-        except Exception as exc:
-            raise HandlersFailed(message_id) from exc
-
     def _run_handlers(
-        self, conn: Connection, p: Prepared, message_id: int, now: datetime
+        self, conn: Connection, p: Prepared, message_id: int, now: datetime, sole: bool = False
     ) -> tuple[list[Outbound], list[Outcome]]:
         if not self.handlers:
             return [], []
+        if sole:  # no savepoint: any failure is the caller's to roll back and redo (persist's ``sole``)
+            try:
+                return self._apply_handlers(conn, p, message_id, now)
+            except Exception as exc:
+                raise HandlersFailed(message_id) from exc
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             savepoint = Savepoint(conn)
             try:
