@@ -71,7 +71,11 @@ def test_kill_during_replication_loses_and_duplicates_nothing(
     engine_process.start(wait_port=port)
     db = engine_process.data_dir / "radbridge.db"
     deadline = time.monotonic() + 120
-    while sqlite_rows(db, "SELECT COUNT(*) FROM instance_copies WHERE secondary_state = 'VERIFIED'") != [(COUNT,)]:
+    # The copy is marked VERIFIED in its own commit and its outbox row SENT in the next one: stopping
+    # between the two leaves the row QUEUED (copied again, idempotently, at the next start). Wait for both.
+    while (sqlite_rows(db, "SELECT COUNT(*) FROM instance_copies WHERE secondary_state = 'VERIFIED'") != [(COUNT,)]
+           or sqlite_rows(db, "SELECT COUNT(*) FROM outbox WHERE destination = 'archive:secondary'"
+                              " AND status = 'SENT'") != [(COUNT,)]):
         assert time.monotonic() < deadline, "copies did not catch up after the restart"
         time.sleep(0.2)
     engine_process.stop()
