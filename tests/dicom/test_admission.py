@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from channels.dicom.admission import ArtimClock, HostSlots, RefusalReport
+from channels.dicom.listener import Contexts
 
 
 def test_each_host_has_its_own_slots() -> None:
@@ -37,3 +45,59 @@ def test_refusals_are_reported_once_per_interval_with_a_count() -> None:
     assert seen == [1, None, None, None]
     assert report.note("10.0.0.8", 31.0) == 1
     assert report.note("10.0.0.9", 61.0) == 4
+
+
+def _storage_ae() -> Any:
+    from pynetdicom import AE
+
+    from channels.dicom.storage import add_storage_contexts
+
+    ae = AE()
+    add_storage_contexts(ae)
+    return ae
+
+
+def test_each_association_gets_its_own_copy_of_the_contexts_as_deepcopy_would_make_it() -> None:
+    contexts = Contexts(_storage_ae().supported_contexts)
+    copied, reference = copy.deepcopy(contexts), copy.deepcopy(list(contexts))
+    assert isinstance(copied, Contexts) and len(copied) == len(reference) > 100
+    for original, new, ref in zip(contexts, copied, reference, strict=True):
+        assert type(new) is type(original) and new is not original
+        assert vars(new) == vars(ref)  # same abstract syntax, transfer syntaxes, id, roles, result
+        assert new.transfer_syntax == original.transfer_syntax
+        new.transfer_syntax.append("1.2.3")  # what one association changes, the server's contexts never see
+        new.context_id = 7
+        new.scp_role = True
+        assert "1.2.3" not in original.transfer_syntax
+        assert (original.context_id, original.scp_role) == (ref.context_id, ref.scp_role)
+
+
+def test_the_listener_hands_each_association_the_cheap_copy(tmp_path: Path) -> None:
+    from pynetdicom.transport import RequestHandler
+
+    from channels.dicom.listener import ConnectionGuard, GuardedServer, Limits
+
+    ae = _storage_ae()
+    guard = ConnectionGuard(Limits(per_host=2, artim_seconds=5, idle_seconds=5))
+    server = GuardedServer(ae, ("127.0.0.1", 0), "RADBRIDGE", ae.supported_contexts, guard=guard)
+    try:
+        assert isinstance(server.contexts, Contexts)
+        before = copy.deepcopy
+        calls: list[Any] = []
+
+        def spying(obj: Any, memo: Any = None) -> Any:
+            calls.append(type(obj))
+            return before(obj, memo)
+
+        handler = RequestHandler.__new__(RequestHandler)
+        handler.server, handler.request, handler.client_address = server, socket.socket(), ("127.0.0.1", 1)
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr("pynetdicom.transport.deepcopy", spying)
+                assoc = handler._create_association()
+        finally:
+            handler.request.close()
+        assert calls == [Contexts]
+        assert len(assoc.acceptor.supported_contexts) == len(server.contexts)
+    finally:
+        server.server_close()
