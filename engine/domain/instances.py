@@ -14,6 +14,7 @@ recorded as received.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -154,6 +155,22 @@ class InstanceAttributes:
             _text(ds, "Modality", 16), _number(ds, "SeriesNumber"), _text(ds, "SeriesDate", 8),
             _text(ds, "SeriesDescription", 64), _number(ds, "InstanceNumber"),
         )  # fmt: skip
+
+
+    def values_at(self, tags: Collection[int]) -> dict[str, Any]:
+        """The fields read from the header elements ``tags`` (field name -> value)."""
+        return {name: getattr(self, name) for name, keyword in FIELD_KEYWORDS.items() if _INDEXED[keyword][0] in tags}
+
+
+#: The header attribute each field of :class:`InstanceAttributes` is read from.
+FIELD_KEYWORDS = {
+    "sop_class_uid": "SOPClassUID", "sop_instance_uid": "SOPInstanceUID", "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID", "patient_id": "PatientID", "issuer_of_patient_id": "IssuerOfPatientID",
+    "patient_name": "PatientName", "accession_number": "AccessionNumber", "study_date": "StudyDate",
+    "study_time": "StudyTime", "study_description": "StudyDescription", "study_id": "StudyID", "modality": "Modality",
+    "series_number": "SeriesNumber", "series_date": "SeriesDate", "series_description": "SeriesDescription",
+    "instance_number": "InstanceNumber",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

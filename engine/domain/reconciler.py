@@ -10,6 +10,7 @@ stored as received and its study stays unscheduled.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -38,14 +39,18 @@ from engine.errors import RadbridgeError
 from engine.mapping import CompiledMapping, load_mapping
 from engine.reconcile.coerce import COERCE, Modification, coerce_header
 from engine.reconcile.keys import MatchKeys
+from engine.reconcile.memo import CoercionMemo
 from engine.reconcile.rewrite import (
     CoercedStream,
     Header,
     WholeStream,
-    encode_coerced,
+    element_spans,
+    encode_header,
     encode_whole,
+    encoded_elements,
     read_header,
     read_whole,
+    splice,
 )
 from engine.store.database import Database
 
@@ -96,6 +101,7 @@ class Reconciler:
     patient_mismatch: PatientMismatchPolicy = "reject"
     modifying_system: str = "RADBRIDGE"
     _targets: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
+    _memo: CoercionMemo = field(default_factory=CoercionMemo, init=False, repr=False)
 
     @classmethod
     def from_config(cls, db: Database, config: EngineConfig) -> Reconciler:
@@ -161,15 +167,50 @@ class Reconciler:
         spool.seek(offset)
         if match is None or not target:
             return Prepared(spool, attrs, match)
-        coercion = coerce_header(header, target, Modification(now, self.modifying_system, calling_ae, COERCE))
-        changed = coercion.changed
-        if not changed:
-            return Prepared(spool, attrs, match)
+        mod = Modification(now, self.modifying_system, calling_ae, COERCE)
+        if parsed is None:  # deflated: read, coerced and encoded whole
+            changed = coerce_header(header, target, mod).changed
+            if not changed:
+                return Prepared(spool, attrs, match)
+            self._log(attrs, match, changed)
+            return Prepared(WholeStream(encode_whole(header), spool, offset), InstanceAttributes.from_dataset(header),
+                            match, changed)
+        return self._coerce(spool, parsed, attrs, match, target, mod, received_sha256)
+
+    def _coerce(self, spool: BinaryIO, parsed: Header, attrs: InstanceAttributes, match: OrderMatch,
+                target: dict[str, Any], mod: Modification, received_sha256: str) -> Prepared:
+        """The header coerced to ``target`` and spliced (:mod:`engine.reconcile.rewrite`), or as an earlier
+        header with the same inputs was (:mod:`engine.reconcile.memo`: same bytes, without pydicom)."""
+        spans = element_spans(parsed)
+        key = self._memo.key(parsed, spans, target, mod)
+        recalled = self._memo.recall(key, target, mod.when)
+        if recalled is not None:
+            if not recalled.changed:
+                return Prepared(spool, attrs, match)
+            head = splice(parsed.raw, spans, recalled.elements)
+            after = dataclasses.replace(attrs, **recalled.extra)
+            changed = recalled.changed
+        else:
+            coercion = coerce_header(parsed.dataset, target, mod)
+            changed = coercion.changed
+            if not changed:
+                self._memo.remember(key, target, coercion, {}, mod.when)
+                return Prepared(spool, attrs, match)
+            after = InstanceAttributes.from_dataset(parsed.dataset)
+            if coercion.charset_changed:  # every text value re-encoded: the header encoded whole
+                head = encode_header(parsed.dataset, parsed.enc)
+            else:
+                tags = coercion.tags()
+                elements = encoded_elements(parsed, tags)
+                head = splice(parsed.raw, spans, elements)
+                self._memo.remember(key, target, coercion, elements, mod.when, after.values_at(tags))
+        self._log(attrs, match, changed)
+        return Prepared(CoercedStream(head, parsed.raw, spool, parsed.bulk_at, received_sha256), after, match, changed)
+
+    @staticmethod
+    def _log(attrs: InstanceAttributes, match: OrderMatch, changed: tuple[str, ...]) -> None:
         log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
                  match.matched_by, ",".join(changed))
-        body = (CoercedStream(encode_coerced(parsed, coercion), parsed.raw, spool, parsed.bulk_at, received_sha256)
-                if parsed is not None else WholeStream(encode_whole(header), spool, offset))
-        return Prepared(body, InstanceAttributes.from_dataset(header), match, changed)
 
 
 def reconcile_indexed(conn: Connection, attrs: InstanceAttributes, indexed: Indexed, match: OrderMatch | None,

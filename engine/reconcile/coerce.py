@@ -36,7 +36,7 @@ from pydicom.multival import MultiValue
 from engine.reconcile.charset import needed_charset
 
 __all__ = ["COERCE", "CORRECT", "ORIGINAL_ATTRIBUTES_SEQUENCE", "SPECIFIC_CHARACTER_SET", "Coercion", "Modification",
-           "coerce", "coerce_header", "is_empty"]
+           "coerce", "coerce_header", "definition", "is_empty", "stamp_text"]
 
 COERCE = "COERCE"  # PS3.3 C.12.1.1.9.2: values changed on receipt
 CORRECT = "CORRECT"  # values corrected later (ADT update, merge)
@@ -93,7 +93,8 @@ def _merged_item(existing: Dataset | None, wanted: Mapping[str, Any]) -> Dataset
 
 
 @functools.lru_cache(maxsize=1024)
-def _definition(keyword: str) -> tuple[int, str]:
+def definition(keyword: str) -> tuple[int, str]:
+    """A dictionary keyword's tag and VR."""
     tag = tag_for_keyword(keyword)
     assert tag is not None  # mapping targets are checked against the dictionary at load
     return tag, str(dictionary_VR(tag))
@@ -104,7 +105,7 @@ def _element(current: DataElement | None, keyword: str, value: Any) -> DataEleme
     without changing ``current``: an existing element keeps its VR (and undefined length), a new one takes
     the dictionary's. pydicom's value check is skipped: it only warns, quoting the value (PHI) in the log."""
     if current is None:
-        tag, vr = _definition(keyword)
+        tag, vr = definition(keyword)
         return DataElement(tag, vr, value, validation_mode=config.IGNORE)
     new = copy.copy(current)  # shares nothing it changes: ``value`` is replaced, not mutated
     new.validation_mode = config.IGNORE
@@ -135,7 +136,7 @@ def _texts(value: Any) -> Iterator[str]:
 
 def _absent(keyword: str) -> DataElement:
     """The empty element that records "this attribute was not there" (PS3.3 C.12.1.1.9.2)."""
-    tag, vr = _definition(keyword)
+    tag, vr = definition(keyword)
     return DataElement(tag, vr, [] if vr == "SQ" else None)
 
 
@@ -182,11 +183,16 @@ def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
     ds.SpecificCharacterSet = charset
 
 
+def stamp_text(when: datetime) -> str:
+    """The AttributeModificationDateTime (DT) value of a modification at ``when``."""
+    return when.strftime("%Y%m%d%H%M%S.%f%z")
+
+
 def _stamp(mod: Modification, modified: Dataset) -> Dataset:
     item = Dataset()
     for keyword, value in (
         ("ModifiedAttributesSequence", [modified]),
-        ("AttributeModificationDateTime", mod.when.strftime("%Y%m%d%H%M%S.%f%z")),
+        ("AttributeModificationDateTime", stamp_text(mod.when)),
         ("ModifyingSystem", mod.modifying_system[:64]),
         ("SourceOfPreviousValues", mod.source_of_previous_values[:64]),
         ("ReasonForTheAttributeModification", mod.reason),

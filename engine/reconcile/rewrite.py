@@ -45,8 +45,8 @@ from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
 from engine.reconcile.coerce import Coercion
 from engine.reconcile.encode import ElementWriter
 
-__all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "encode_coerced", "encode_header", "encode_whole",
-           "encoding_of", "read_header", "read_whole", "splice_header"]
+__all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "element_spans", "encode_coerced", "encode_header",
+           "encode_whole", "encoded_elements", "encoding_of", "read_header", "read_whole", "splice", "splice_header"]
 
 #: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
 BULK_TAG = 0x7FE00000
@@ -97,29 +97,46 @@ def _is_group_length(tag: int) -> bool:
     return tag & 0xFFFF == 0 and tag >> 16 > 6
 
 
+def element_spans(header: Header) -> list[tuple[int, int, int]]:
+    """(tag, first byte, byte after its value) of each top-level element of ``header.raw``."""
+    return list(top_level_elements(header.raw, 0, len(header.raw), header.enc))
+
+
+def encoded_elements(header: Header, tags: frozenset[int]) -> dict[int, bytes]:
+    """The elements ``tags`` names that ``header.dataset`` holds, encoded as pydicom encodes them
+    (:class:`~engine.reconcile.encode.ElementWriter`, as :func:`encode_header` would)."""
+    ds = header.dataset
+    writer = ElementWriter(header.enc)
+    charset = ds.get("SpecificCharacterSet", default_encoding)
+    return {tag: writer.element(ds.get_item(tag), charset) for tag in sorted(tags) if tag in ds}
+
+
+def splice(raw: bytes, spans: list[tuple[int, int, int]], replacements: dict[int, bytes]) -> bytes:
+    """``raw`` (its top-level elements at ``spans``) with the element of each tag of ``replacements``
+    replaced by (or, when absent, inserted in tag order as) its bytes; retired group lengths left out."""
+    pending = sorted(replacements)
+    view = memoryview(raw)
+    out: list[bytes | memoryview] = []
+    for tag, start, stop in spans:
+        while pending and pending[0] < tag:
+            out.append(replacements[pending.pop(0)])
+        if pending and pending[0] == tag:
+            out.append(replacements[pending.pop(0)])
+        elif not _is_group_length(tag):
+            out.append(view[start:stop])
+    out.extend(replacements[tag] for tag in pending)
+    return b"".join(out)
+
+
 def splice_header(header: Header, tags: frozenset[int]) -> bytes:
     """``header.dataset``, changed in place only at ``tags``, encoded in ``header.enc`` by splicing.
 
     The elements ``tags`` names that the dataset holds are encoded as pydicom encodes them
-    (:class:`~engine.reconcile.encode.ElementWriter`, as :func:`encode_header` would) at their
-    place in tag order; every other top-level element is copied from ``header.raw`` (its bytes as received). The caller
-    must not have changed the dataset anywhere else, nor its SpecificCharacterSet.
+    (:func:`encoded_elements`) at their place in tag order; every other top-level element is copied
+    from ``header.raw`` (its bytes as received). The caller must not have changed the dataset
+    anywhere else, nor its SpecificCharacterSet.
     """
-    ds, enc = header.dataset, header.enc
-    writer = ElementWriter(enc)
-    charset = ds.get("SpecificCharacterSet", default_encoding)
-    pending = sorted(tag for tag in tags if tag in ds)
-    raw = memoryview(header.raw)
-    out: list[bytes | memoryview] = []
-    for tag, start, stop in top_level_elements(raw, 0, len(raw), enc):
-        while pending and pending[0] < tag:
-            out.append(writer.element(ds.get_item(pending.pop(0)), charset))
-        if pending and pending[0] == tag:
-            out.append(writer.element(ds.get_item(pending.pop(0)), charset))
-        elif not _is_group_length(tag):
-            out.append(raw[start:stop])
-    out.extend(writer.element(ds.get_item(tag), charset) for tag in pending)
-    return b"".join(out)
+    return splice(header.raw, element_spans(header), encoded_elements(header, tags))
 
 
 def encode_coerced(header: Header, coercion: Coercion) -> bytes:

@@ -9,6 +9,7 @@ decoded every value (which takes the pydicom path).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from dataclasses import astuple
 
@@ -72,3 +73,18 @@ def test_a_plain_value_is_read_without_decoding_the_element() -> None:
     attrs = InstanceAttributes.from_dataset(ds)
     assert (attrs.patient_id, attrs.instance_number, attrs.series_number) == ("PID1", 107, None)
     assert all(isinstance(ds.get_item(tag), RawDataElement) for tag in (0x00100020, 0x00200013))
+
+
+def test_each_field_is_read_from_the_attribute_field_keywords_names_and_no_other() -> None:
+    base = Dataset()
+    for keyword in instances.FIELD_KEYWORDS.values():
+        setattr(base, keyword, "1")
+    before = InstanceAttributes.from_dataset(base)
+    assert list(instances.FIELD_KEYWORDS) == list(InstanceAttributes.__dataclass_fields__)
+    for name, keyword in instances.FIELD_KEYWORDS.items():
+        other = copy.deepcopy(base)
+        setattr(other, keyword, "2")
+        after = InstanceAttributes.from_dataset(other)
+        differs = {f for f in instances.FIELD_KEYWORDS if getattr(after, f) != getattr(before, f)}
+        assert differs == {name}, keyword
+        assert after.values_at({Tag(keyword)}) == {name: getattr(after, name)}

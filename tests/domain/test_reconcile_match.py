@@ -6,15 +6,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select, update
 
+import engine.domain.reconciler as reconciler_module
+from engine.archive.part10 import dataset_offset
+from engine.archive.structure import Encoding
 from engine.domain.handlers import OrdersHandler, PatientsHandler
+from engine.domain.instances import InstanceAttributes
 from engine.domain.reconcile import MatchPolicy, OrderMatch, find_order, order_input, patient_conflict
 from engine.domain.reconcile_tables import reconcile_requests
-from engine.domain.reconciler import Reconciler
+from engine.domain.reconciler import Prepared, Reconciler
 from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps, studies
 from engine.mapping import load_mapping
 from engine.reconcile.keys import MatchKeys
+from engine.reconcile.rewrite import CoercedStream, read_header
 from engine.store.database import Database
 
 from .factories import apply_records, merge, order, patient
@@ -180,3 +188,49 @@ def test_the_mapping_runs_again_when_the_order_or_its_patient_changed(
     apply_records(db, patients_handler, [patient("P1", patient_name="DOE^JANE^RENAMED", event="A08")])
     again = db.read(lambda c: reconciler.target(c, found))
     assert (str(first["PatientName"]), str(again["PatientName"])) == ("DOE^JANE", "DOE^JANE^RENAMED")
+
+
+def _image(path: Path, study_uid: str, n: int) -> Path:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, "1.2.3.1.1"
+    ds.PatientID, ds.PatientName, ds.Modality, ds.InstanceNumber = "P1", "DOE^J", "CT", n
+    ds.StudyDescription = "as typed at the console"
+    ds.BitsAllocated = 8
+    ds.PixelData = bytes(range(256)) * 8
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _prepare(reconciler: Reconciler, path: Path, now: datetime) -> Prepared:
+    enc = Encoding(False, True)
+    with path.open("rb") as spool:
+        offset = dataset_offset(spool.read(4096))
+        header = read_header(spool, offset, enc)
+        return reconciler.prepare(spool, offset, enc, InstanceAttributes.from_dataset(header.dataset), "CT1", now,
+                                  header, "f" * 64)
+
+
+def test_the_images_of_a_series_are_coerced_once_and_the_rest_from_memory_alike(
+    db: Database, orders_handler: OrdersHandler, tmp_path: Path, monkeypatch: Any
+) -> None:
+    _order(db, orders_handler, "PL1", study_instance_uid="1.2.3.9")
+    mapping = load_mapping(ROOT / "mappings" / "order-to-image.yaml")
+    shared = Reconciler(db, mapping)
+    coerced: list[int] = []
+    real = reconciler_module.coerce_header
+    monkeypatch.setattr(reconciler_module, "coerce_header",
+                        lambda ds, target, mod: coerced.append(1) or real(ds, target, mod))
+    for n in range(4):
+        path = _image(tmp_path / f"{n}.dcm", "1.2.3.9", n + 1)
+        now = NOW + timedelta(seconds=n, microseconds=n)
+        got, want = _prepare(shared, path, now), _prepare(Reconciler(db, mapping), path, now)
+        assert isinstance(got.body, CoercedStream) and isinstance(want.body, CoercedStream)
+        assert got.body.head == want.body.head  # the same bytes, this image's own UIDs and modification time
+        assert (got.attrs, got.changed, got.match) == (want.attrs, want.changed, want.match)
+        assert got.attrs.sop_instance_uid == InstanceAttributes.from_dataset(dcmread(path)).sop_instance_uid
+        assert "PatientName" in got.changed and got.attrs.patient_name == "DOE^JANE"
+    assert len(coerced) == 1 + 4  # the shared reconciler coerced the first image only; each fresh one its own
