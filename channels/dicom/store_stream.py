@@ -87,6 +87,9 @@ IDLE_WAIT_SECONDS = 0.005
 _VERIFICATION = "1.2.840.10008.1.1"
 #: The shortest turn of the association thread's reactor on an idle-waiting storage association (pynetdicom: 1 ms).
 ASSOCIATION_TURN_SECONDS = 0.005
+#: After the DUL handed the association's thread something (a C-ECHO, a release, an abort), the DUL's
+#: reactor polls for this long instead of waiting idle, so that the answer leaves at once.
+ANSWER_POLL_SECONDS = 0.05
 #: Every this many data set bytes the spool's writeback is started (SpoolFile.start_writeback).
 WRITEBACK_BYTES = 1 << 18
 _P_DATA_TF = 0x04
@@ -137,6 +140,21 @@ class StoreStream:
         self._current: _Receiving | None = None
         self._transport_event = assoc.dul._is_transport_event
         self._idle_wait: bool | None = None  # decided once the association is established
+        # Something queued for the association's own thread (a DIMSE message pynetdicom serves, a
+        # release or abort indication): it is woken, and the reactor polls until its answer leaves.
+        self._queued = threading.Event()
+        self._answer_until = 0.0
+        for q in (assoc.dimse.msg_queue, assoc.dul.to_user_queue):
+            _after_put(q, self._queued_for_association)
+
+    def _queued_for_association(self) -> None:
+        self._answer_until = time.monotonic() + ANSWER_POLL_SECONDS
+        self._queued.set()
+
+    def wait_for_work(self, seconds: float) -> None:
+        """The association thread's idle turn: at most ``seconds``, ended by anything queued for it."""
+        self._queued.wait(seconds)
+        self._queued.clear()
 
     # -- the DUL's reader --------------------------------------------------------------------------
 
@@ -150,10 +168,12 @@ class StoreStream:
         context is a storage (or Verification) context and nothing waits to be sent, the reactor
         instead blocks in ``select`` (GIL released) for at most :data:`IDLE_WAIT_SECONDS`: data
         from the peer ends the wait at once; something pynetdicom's own thread queues meanwhile (a
-        C-ECHO response, a release) leaves at most that much later. Associations with other
+        C-ECHO response, a release) is not waited for: after the DUL hands the association's thread
+        anything, the reactor polls for :data:`ANSWER_POLL_SECONDS`. Associations with other
         contexts (C-FIND's response stream needs the fast turns) keep pynetdicom's polling.
         """
-        if self._waits_idle() and self._dul.to_provider_queue.empty() and self._dul.event_queue.empty():
+        if (self._waits_idle() and self._dul.to_provider_queue.empty() and self._dul.event_queue.empty()
+                and time.monotonic() >= self._answer_until):
             try:
                 pending = getattr(self._sock, "pending", None)  # TLS data already decrypted: no wait
                 if not (pending is not None and pending()):
@@ -369,9 +389,12 @@ class _AssociationClock:
     so that thread's turns only find the rare C-ECHO or the release; four storing associations
     still woke it 4,000 times a second, each turn a GIL hand-over that interrupts the thread
     that is storing. On an association that is idle-waiting (storage and Verification
-    contexts only, :meth:`StoreStream.idle_waiting`) a sleep of that thread lasts at least
-    :data:`ASSOCIATION_TURN_SECONDS` instead: a C-ECHO response or the release answer leaves at
-    most that much later. Every other thread, and every other association, sleeps as asked.
+    contexts only, :meth:`StoreStream.idle_waiting`) a sleep of that thread lasts up to
+    :data:`ASSOCIATION_TURN_SECONDS` instead, and ends as soon as the DUL queues something for it
+    (a DIMSE message pynetdicom serves, such as a C-ECHO, or a release or abort indication:
+    :meth:`StoreStream.wait_for_work`); the DUL's reactor then polls until the answer has left
+    (:data:`ANSWER_POLL_SECONDS`) instead of waiting idle. Every other thread, and every other
+    association, sleeps as asked.
     """
 
     def __init__(self) -> None:
@@ -388,11 +411,23 @@ class _AssociationClock:
         """``time.sleep``; at least :data:`ASSOCIATION_TURN_SECONDS` in an idle-waiting association's thread."""
         stream = self._streams.get(threading.current_thread())
         if stream is not None and stream.idle_waiting():
-            seconds = max(seconds, ASSOCIATION_TURN_SECONDS)
-        time.sleep(seconds)
+            stream.wait_for_work(max(seconds, ASSOCIATION_TURN_SECONDS))
+        else:
+            time.sleep(seconds)
 
 
 _CLOCK = _AssociationClock()
+
+
+def _after_put(q: queue.Queue[Any], then: Callable[[], None]) -> None:
+    """Call ``then`` after each ``q.put`` (the instance's method replaced)."""
+    put = q.put
+
+    def put_then(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        put(item, block, timeout)
+        then()
+
+    q.put = put_then  # type: ignore[method-assign]
 
 
 def _install_clock() -> bool:
@@ -424,6 +459,8 @@ def _internals_as_expected(assoc: Any) -> bool:
         and isinstance(getattr(getattr(dul, "state_machine", None), "current_state", None), str)
         and callable(getattr(dul, "send_pdu", None))
         and isinstance(getattr(assoc, "_accepted_cx", None), dict)
+        and isinstance(getattr(dul, "to_user_queue", None), queue.Queue)
+        and isinstance(getattr(getattr(assoc, "dimse", None), "msg_queue", None), queue.Queue)
         and callable(getattr(sock, "recv_into", None))
     )
 

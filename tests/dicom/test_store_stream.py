@@ -110,6 +110,26 @@ def test_a_storing_associations_own_thread_turns_every_5_ms_and_still_answers_ec
             assert _slowed(scp) is False
 
 
+def test_an_echo_and_the_release_are_answered_without_waiting_for_a_turn(
+        tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Turns and idle waits of 3 s: an answer that waited for either would take seconds, not milliseconds.
+    monkeypatch.setattr("channels.dicom.store_stream.ASSOCIATION_TURN_SECONDS", 3.0)
+    monkeypatch.setattr("channels.dicom.store_stream.IDLE_WAIT_SECONDS", 3.0)
+    with running_scp(tmp_path / "rb") as scp:
+        with _association(scp.port, VERIFICATION, CT) as assoc:
+            assert int(assoc.send_c_store(_ct(corpus)).Status) == 0x0000
+            assert _slowed(scp) is True
+            time.sleep(0.2)  # both server threads idle: the association's in its turn, the DUL's in its wait
+            started = time.monotonic()
+            assert int(assoc.send_c_echo().Status) == 0x0000
+            echoed = time.monotonic()
+            time.sleep(0.2)
+            assoc.release()
+            released = time.monotonic()
+        assert assoc.is_released
+        assert echoed - started < 1.0 and released - echoed - 0.2 < 1.0
+
+
 def _slowed(scp: StoreSCP) -> bool | None:
     """Whether the server-side association's own thread takes the slower turns (None: not registered)."""
     (assoc,) = scp.server.server.active_associations
