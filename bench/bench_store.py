@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_store [--count 300] [--concurrency 4] [--runs 3] [--no-orthanc]
                                           [--big-mb 1024] [--orders unscheduled|matched|both]
-                                          [--baseline DIR] [--receive-processes 0,2]
+                                          [--baseline DIR] [--receive-processes 0,2] [--image-associations 100]
 
 The whole benchmark re-executes itself in a private network namespace (``unshare --net``,
 then ``ip link set lo up``): Orthanc binds every interface and has no bind option, so it
@@ -16,6 +16,9 @@ few warm-up instances on the same SCP; with it, the SCP process's CPU time per i
 whole comparison, the SCPs interleaved (the order rotates each run) so that the load of
 a shared machine falls on all of them alike; the summary gives the median of each figure
 and the median of the per-run ratios, against the targets of issue #13.
+
+``--image-associations N`` then sends N images on an association each (a ``storescu`` process per
+image, one after the other) to every SCP, as modalities that associate for each image do.
 
 ``--big-mb`` (0 to skip) then sends one multi-frame CT of that size (default 1 GB) to a
 fresh radbridge and reports the engine's resident memory before (idle, after a warm-up
@@ -340,6 +343,30 @@ def _targets(runs: list[dict[tuple[str, int], Figure]], name: str, peers: list[s
     print(f"  {name} {concurrency} associations / 1: {_ratio(runs, (name, concurrency), (name, 1))}")
 
 
+def one_association_each(scps: dict[str, Scp], names: list[str], paths: list[Path], warmup: list[Path],
+                         runs: int, tmp: Path) -> None:
+    """images/s when every image comes on its own association (a storescu process per image, one after the
+    other), as modalities that associate for each image send: association set-up and release dominate."""
+    print(f"\none association per image ({len(paths)} images, a storescu process each, one after the other):")
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for n in range(runs):
+        for name in names[n % len(names):] + names[:n % len(names)]:
+            run_dir = Path(tempfile.mkdtemp(dir=tmp))
+            with scps[name](run_dir) as (port, aec, _pid):
+                storescu_rate(port, aec, warmup, 1)
+                start = time.perf_counter()
+                for path in paths:
+                    storescu_rate(port, aec, [path], 1)
+                rates[name].append(len(paths) / (time.perf_counter() - start))
+            shutil.rmtree(run_dir, ignore_errors=True)
+    for name in names:
+        print(f"  {name:15s} {_median(rates[name]):7.1f} images/s [{min(rates[name]):.0f}-{max(rates[name]):.0f}]")
+    for name in (n for n in names if n.startswith(("radbridge", "base:"))):
+        for peer in (p for p in names if not p.startswith(("radbridge", "base:"))):
+            ratios = [a / b for a, b in zip(rates[name], rates[peer], strict=True)]
+            print(f"  {name}/{peer}: {_median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]")
+
+
 def big_instance(megabytes: int, tmp: Path, warmup: list[Path]) -> None:
     """Peak vs idle resident memory of radbridge while it receives one ``megabytes`` MB instance."""
     path = write_big_instance(megabytes, tmp / "big.dcm")
@@ -375,6 +402,8 @@ def run(args: argparse.Namespace) -> None:
             print(f"run {n + 1}:")
             runs.append(one_run(scps, order, paths, warmup, args.concurrency, tmp))
         summary(runs, ours, peers, args.concurrency)
+        if args.image_associations:
+            one_association_each(scps, names, paths[:args.image_associations], warmup, args.runs, tmp)
         if args.big_mb:
             big_instance(args.big_mb, tmp, write_instances(2, tmp / "warmup-big"))
 
@@ -385,6 +414,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--big-mb", type=int, default=1024, help="size of the multi-frame instance; 0 skips it")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--image-associations", type=int, default=0,
+                        help="then send this many images on an association each (0 skips it)")
     parser.add_argument("--no-orthanc", action="store_true")
     parser.add_argument("--orders", choices=sorted(ORDERS), default="unscheduled",
                         help="images no order matches, images of an order (matched and coerced), or both")
