@@ -20,7 +20,8 @@ The inputs of a coercion, all in the key of what is remembered:
 * the transfer syntax's encoding, and who changes what why (ModifyingSystem,
   SourceOfPreviousValues, reason).
 
-Not remembered: a coercion that changed the header's character set (every text value
+Not remembered: a coercion of an attribute whose VR depends on another element (US or SS...),
+a coercion that changed the header's character set (every text value
 of the header is re-encoded then), one whose modification time does not occur exactly
 once in its OriginalAttributesSequence element or has an odd length (padding).
 """
@@ -80,18 +81,24 @@ class CoercionMemo:
         self._lock = threading.Lock()
 
     def key(self, header: Header, spans: list[tuple[int, int, int]], target: Mapping[str, Any],
-            mod: Modification) -> Hashable:
+            mod: Modification) -> Hashable | None:
         """What a coercion of ``header`` (its top-level elements at ``spans``) to ``target`` by ``mod``
-        depends on, ``mod.when`` aside."""
-        tags = {definition(keyword)[0] for keyword in target}
+        depends on, ``mod.when`` aside; None when that is more (an attribute whose VR depends on another
+        element, such as US or SS on PixelRepresentation): then nothing is remembered."""
+        found_definitions = [definition(keyword) for keyword in target]
+        if any(" or " in vr for _, vr in found_definitions):
+            return None
+        tags = {tag for tag, _ in found_definitions}
         tags.update((SPECIFIC_CHARACTER_SET, ORIGINAL_ATTRIBUTES_SEQUENCE))
         raw = header.raw
         found = {tag: raw[start:stop] for tag, start, stop in spans if tag in tags}
         return (id(target), header.enc, mod.modifying_system, mod.source_of_previous_values, mod.reason,
                 tuple((tag, found.get(tag)) for tag in sorted(tags)))
 
-    def recall(self, key: Hashable, target: Mapping[str, Any], when: datetime) -> Recalled | None:
+    def recall(self, key: Hashable | None, target: Mapping[str, Any], when: datetime) -> Recalled | None:
         """The coercion remembered under ``key``, its modification time ``when``; None if there is none."""
+        if key is None:
+            return None
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.target is not target:
@@ -106,11 +113,13 @@ class CoercionMemo:
         return Recalled(entry.changed, {**entry.elements, ORIGINAL_ATTRIBUTES_SEQUENCE: before + stamp + after},
                         entry.extra)
 
-    def remember(self, key: Hashable, target: Mapping[str, Any], coercion: Coercion, elements: dict[int, bytes],
-                 when: datetime, extra: Any = None) -> bool:
+    def remember(self, key: Hashable | None, target: Mapping[str, Any], coercion: Coercion,
+                 elements: dict[int, bytes], when: datetime, extra: Any = None) -> bool:
         """Keep ``coercion`` (``elements``: what :func:`~engine.reconcile.rewrite.encoded_elements` gave for
         its tags; none when it changed nothing) under ``key``; False when it cannot be replayed (see the module
         docstring)."""
+        if key is None:
+            return False
         if not coercion.changed:
             entry = _Entry(target, (), {}, None, 0, extra)
         else:

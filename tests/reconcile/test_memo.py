@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from engine.archive.structure import Encoding
 from engine.domain.instances import FIELD_KEYWORDS, InstanceAttributes
-from engine.reconcile.coerce import Modification, coerce_header
+from engine.reconcile.coerce import Coercion, Modification, coerce_header
 from engine.reconcile.memo import CoercionMemo
 from engine.reconcile.rewrite import element_spans, encode_coerced, encoded_elements, splice
 
@@ -205,3 +205,14 @@ def test_the_memo_keeps_a_bounded_number_of_entries() -> None:
         raws.append(_encode(ds, enc))
         assert _learn(memo, raws[-1], enc, target, T1)
     assert [_recalled(memo, raw, enc, target, T2) is not None for raw in raws] == [False, False, True, True, True]
+
+
+def test_an_attribute_whose_vr_depends_on_another_element_is_never_remembered() -> None:
+    enc = ENCODINGS[1]  # implicit VR: the VR of (0028,0106) follows PixelRepresentation
+    ds = _base(random.Random(14))
+    target: dict[str, Any] = {"PatientName": "DOE^JOHN", "SmallestImagePixelValue": "0"}
+    header = _header(_encode(ds, enc), enc)
+    memo = CoercionMemo()
+    assert memo.key(header, element_spans(header), target, _mod(T1)) is None
+    assert not memo.remember(None, target, Coercion(("PatientName",)), {}, T1)
+    assert memo.recall(None, target, T2) is None
