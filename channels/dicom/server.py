@@ -8,6 +8,7 @@ limits and timeouts: :mod:`channels.dicom.listener`), ``worklist`` and ``mpps``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
@@ -109,6 +110,27 @@ def configure_pynetdicom_logging() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = logger.isEnabledFor(logging.DEBUG)
     _config.LOG_REQUEST_IDENTIFIERS = logger.isEnabledFor(logging.DEBUG)  # patient values: DEBUG only
     _config.LOG_HANDLER_LEVEL = "standard" if logger.isEnabledFor(logging.INFO) else "none"
+
+
+#: UIDs whose validation is remembered (pynetdicom's ``VALIDATORS["UI"]``): the SOP classes and transfer
+#: syntaxes peers propose, and the UIDs of the messages.
+UID_VALIDATIONS_KEPT = 4096
+
+
+def cache_uid_validation() -> None:
+    """Remember pynetdicom's UID validation (a pure function of the UID's text) through its documented
+    ``_config.VALIDATORS`` hook.
+
+    An A-ASSOCIATE-RQ proposing 128 contexts (``storescu``) names ~500 UIDs, and pynetdicom
+    validates each when it decodes the PDU and again when it negotiates: ~15 ms of CPU before
+    the A-ASSOCIATE-AC, half of it this validator. Peers propose the same UIDs each time. Once per
+    process; a validator put there by someone else is wrapped too.
+    """
+    current = _config.VALIDATORS["UI"]
+    if not getattr(current, "_radbridge_cached", False):
+        cached: Any = functools.lru_cache(maxsize=UID_VALIDATIONS_KEPT)(current)
+        cached._radbridge_cached = True
+        _config.VALIDATORS["UI"] = cached
 
 
 def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageService | None) -> list[Any]:
@@ -221,6 +243,7 @@ def start_dicom_server(config: EngineConfig, db: Database, on_queued: Callable[[
     ``on_queued`` is called (from an association's thread) when a stored image was queued for forwarding.
     """
     configure_pynetdicom_logging()
+    cache_uid_validation()
     install_log_filters()
     ae, handlers = _services(config, db, on_queued, prepare=True)
     return _serve(ae, config.dicom, handlers, _guard(config.dicom))
@@ -231,6 +254,7 @@ def start_dicom_listener(config: EngineConfig, handoff: HandOff, before_acceptin
     (:mod:`channels.dicom.receive_pool`). The archive's spool is emptied first; then the socket is
     bound and ``before_accepting(port, slots)`` runs (the workers start) before the first accept."""
     configure_pynetdicom_logging()
+    cache_uid_validation()
     install_log_filters()
     if config.archive.enabled:
         prepare_locations(config)
@@ -285,6 +309,7 @@ def serve_handed_off(config: EngineConfig, db: Database, on_queued: Callable[[],
     through pynetdicom's private ``_maximum_associations`` because its setter refuses 0.
     """
     configure_pynetdicom_logging()
+    cache_uid_validation()
     install_log_filters()
     services = config.dicom
     guard = _guard(services, slots)

@@ -101,3 +101,26 @@ def test_the_listener_hands_each_association_the_cheap_copy(tmp_path: Path) -> N
         assert len(assoc.acceptor.supported_contexts) == len(server.contexts)
     finally:
         server.server_close()
+
+
+def test_uid_validation_is_remembered_with_the_same_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pynetdicom import _config
+
+    from channels.dicom.server import cache_uid_validation
+
+    original = _config.VALIDATORS["UI"]
+    seen: list[str] = []
+
+    def counting(value: Any) -> tuple[bool, str]:
+        seen.append(str(value))
+        return original(value)  # type: ignore[no-any-return]
+
+    monkeypatch.setitem(_config.VALIDATORS, "UI", counting)
+    cache_uid_validation()
+    cache_uid_validation()  # once: not wrapped twice
+    cached = _config.VALIDATORS["UI"]
+    samples = ["1.2.840.10008.1.2.1", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.04", "1.2.a", "9" * 65, ""]
+    assert [cached(v) for v in samples] == [original(v) for v in samples]
+    assert [cached(v) for v in samples] == [original(v) for v in samples]
+    assert seen == samples  # each validated once
+    assert cached.__wrapped__ is counting
