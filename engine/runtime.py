@@ -373,11 +373,16 @@ async def _serve(config_dir: Path) -> int:
 
 async def _serve_locked(config: Config, config_dir: Path, pid_file: PidFile) -> int:
     runtime = Runtime(config)
-    await runtime.start()
+    # Before the first listener opens: a SIGTERM while the engine starts (its DICOM listener and receive
+    # workers are up before the rest) is a stop once the start is complete, not the signal's default
+    # action, which would end the process without closing anything.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await runtime.start()
+    if stop.is_set():
+        log.info("radbridge asked to stop while it started")
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(runtime, config_dir)))
     # Only now: whoever reads the pid (``radbridge reload``) may send SIGHUP, whose default
     # action would end the process.

@@ -318,6 +318,17 @@ def test_stopping_the_engine_stops_every_worker(engine_process: EngineProcess) -
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
 
 
+def test_a_sigterm_while_the_engine_starts_stops_it_cleanly(engine_process: EngineProcess) -> None:
+    port = free_port()
+    write_engine_yaml(engine_process, f"dicom:\n  port: {port}\n  ae_title: RADBRIDGE\n  receive_processes: 2\n")
+    engine_process.start(wait_port=port)  # the DICOM listener is up before the rest of the engine
+    assert engine_process.proc is not None
+    engine_process.proc.send_signal(signal.SIGTERM)
+    assert engine_process.proc.wait(timeout=30) == 0  # not killed by the signal's default action
+    log = (engine_process.data_dir / "engine.log").read_text()
+    assert "radbridge stopped" in log
+
+
 def test_workers_of_a_killed_engine_stop_on_their_own(engine_process: EngineProcess) -> None:
     _start(engine_process)
     assert engine_process.proc is not None
