@@ -147,29 +147,26 @@ class InstanceAttributes:
     @classmethod
     def from_dataset(cls, ds: Dataset) -> InstanceAttributes:
         """Read tolerantly: a missing or malformed attribute becomes "" (or None for numbers)."""
-        return cls(
-            _text(ds, "SOPClassUID", 64), _text(ds, "SOPInstanceUID", 65), _text(ds, "StudyInstanceUID", 65),
-            _text(ds, "SeriesInstanceUID", 65), _text(ds, "PatientID", 64), _text(ds, "IssuerOfPatientID", 64),
-            _text(ds, "PatientName", 324), _text(ds, "AccessionNumber", 16), _text(ds, "StudyDate", 8),
-            _text(ds, "StudyTime", 16), _text(ds, "StudyDescription", 64), _text(ds, "StudyID", 16),
-            _text(ds, "Modality", 16), _number(ds, "SeriesNumber"), _text(ds, "SeriesDate", 8),
-            _text(ds, "SeriesDescription", 64), _number(ds, "InstanceNumber"),
-        )  # fmt: skip
-
+        values: list[Any] = [_text(ds, keyword, limit) if limit else _number(ds, keyword)
+                             for keyword, limit in FIELDS.values()]
+        return cls(*values)
 
     def values_at(self, tags: Collection[int]) -> dict[str, Any]:
         """The fields read from the header elements ``tags`` (field name -> value)."""
-        return {name: getattr(self, name) for name, keyword in FIELD_KEYWORDS.items() if _INDEXED[keyword][0] in tags}
+        return {name: getattr(self, name) for name, (keyword, _) in FIELDS.items() if _INDEXED[keyword][0] in tags}
 
 
-#: The header attribute each field of :class:`InstanceAttributes` is read from.
-FIELD_KEYWORDS = {
-    "sop_class_uid": "SOPClassUID", "sop_instance_uid": "SOPInstanceUID", "study_instance_uid": "StudyInstanceUID",
-    "series_instance_uid": "SeriesInstanceUID", "patient_id": "PatientID", "issuer_of_patient_id": "IssuerOfPatientID",
-    "patient_name": "PatientName", "accession_number": "AccessionNumber", "study_date": "StudyDate",
-    "study_time": "StudyTime", "study_description": "StudyDescription", "study_id": "StudyID", "modality": "Modality",
-    "series_number": "SeriesNumber", "series_date": "SeriesDate", "series_description": "SeriesDescription",
-    "instance_number": "InstanceNumber",
+#: Each field of :class:`InstanceAttributes`, in order: the header attribute it is read from, and the length
+#: its text is cut to (0: read as a number).
+FIELDS: dict[str, tuple[str, int]] = {
+    "sop_class_uid": ("SOPClassUID", 64), "sop_instance_uid": ("SOPInstanceUID", 65),
+    "study_instance_uid": ("StudyInstanceUID", 65), "series_instance_uid": ("SeriesInstanceUID", 65),
+    "patient_id": ("PatientID", 64), "issuer_of_patient_id": ("IssuerOfPatientID", 64),
+    "patient_name": ("PatientName", 324), "accession_number": ("AccessionNumber", 16),
+    "study_date": ("StudyDate", 8), "study_time": ("StudyTime", 16), "study_description": ("StudyDescription", 64),
+    "study_id": ("StudyID", 16), "modality": ("Modality", 16), "series_number": ("SeriesNumber", 0),
+    "series_date": ("SeriesDate", 8), "series_description": ("SeriesDescription", 64),
+    "instance_number": ("InstanceNumber", 0),
 }  # fmt: skip
 
 

@@ -45,9 +45,8 @@ from engine.reconcile.rewrite import (
     Header,
     WholeStream,
     element_spans,
-    encode_header,
+    encode_coerced,
     encode_whole,
-    encoded_elements,
     read_header,
     read_whole,
     splice,
@@ -197,13 +196,10 @@ class Reconciler:
                 self._memo.remember(key, target, coercion, {}, mod.when)
                 return Prepared(spool, attrs, match)
             after = InstanceAttributes.from_dataset(parsed.dataset)
-            if coercion.charset_changed:  # every text value re-encoded: the header encoded whole
-                head = encode_header(parsed.dataset, parsed.enc)
-            else:
-                tags = coercion.tags()
-                elements = encoded_elements(parsed, tags)
-                head = splice(parsed.raw, spans, elements)
-                self._memo.remember(key, target, coercion, elements, mod.when, after.values_at(tags))
+            coerced = encode_coerced(parsed, coercion, spans)
+            head = coerced.head
+            if coerced.elements is not None:  # spliced (not encoded whole after a character set change)
+                self._memo.remember(key, target, coercion, coerced.elements, mod.when, after.values_at(coercion.tags()))
         self._log(attrs, match, changed)
         return Prepared(CoercedStream(head, parsed.raw, spool, parsed.bulk_at, received_sha256), after, match, changed)
 

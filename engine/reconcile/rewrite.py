@@ -6,7 +6,7 @@ touches, and every text value the character set governs) is read with pydicom
 and written back in the same transfer syntax; everything from the split on is
 copied byte for byte, never decoded and never held in memory.
 
-Writing the header back (:func:`splice_header`) re-encodes only the top-level
+Writing the header back (:func:`encode_coerced`) re-encodes only the top-level
 elements the coercion changed (and the OriginalAttributesSequence it appended
 to), each exactly as pydicom encodes it, and copies every other element's bytes
 as received. pydicom's whole-header encoding (:func:`encode_header`) differs only
@@ -45,8 +45,8 @@ from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
 from engine.reconcile.coerce import Coercion
 from engine.reconcile.encode import ElementWriter
 
-__all__ = ["BULK_TAG", "CoercedStream", "Header", "WholeStream", "element_spans", "encode_coerced", "encode_header",
-           "encode_whole", "encoded_elements", "encoding_of", "read_header", "read_whole", "splice", "splice_header"]
+__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "element_spans", "encode_coerced",
+           "encode_header", "encode_whole", "encoded_elements", "encoding_of", "read_header", "read_whole", "splice"]
 
 #: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
 BULK_TAG = 0x7FE00000
@@ -128,23 +128,30 @@ def splice(raw: bytes, spans: list[tuple[int, int, int]], replacements: dict[int
     return b"".join(out)
 
 
-def splice_header(header: Header, tags: frozenset[int]) -> bytes:
-    """``header.dataset``, changed in place only at ``tags``, encoded in ``header.enc`` by splicing.
+@dataclass(frozen=True, slots=True)
+class CoercedHeader:
+    """A coerced header's bytes, and the re-encoded top-level elements spliced into them (None when the
+    header was encoded whole)."""
 
-    The elements ``tags`` names that the dataset holds are encoded as pydicom encodes them
-    (:func:`encoded_elements`) at their place in tag order; every other top-level element is copied
-    from ``header.raw`` (its bytes as received). The caller must not have changed the dataset
-    anywhere else, nor its SpecificCharacterSet.
+    head: bytes
+    elements: dict[int, bytes] | None
+
+
+def encode_coerced(header: Header, coercion: Coercion,
+                   spans: list[tuple[int, int, int]] | None = None) -> CoercedHeader:
+    """``header.dataset`` after :func:`~engine.reconcile.coerce.coerce_header` returned ``coercion``, encoded
+    in ``header.enc``.
+
+    Spliced: the elements the coercion wrote (and the OriginalAttributesSequence it appended to) are
+    encoded as pydicom encodes them (:func:`encoded_elements`) at their place in tag order, every other
+    top-level element (at ``spans``, found when not given) is copied from ``header.raw`` as received.
+    Encoded whole when its character set changed (every text value re-encoded).
     """
-    return splice(header.raw, element_spans(header), encoded_elements(header, tags))
-
-
-def encode_coerced(header: Header, coercion: Coercion) -> bytes:
-    """``header.dataset`` after :func:`~engine.reconcile.coerce.coerce_header` returned ``coercion``: spliced
-    (:func:`splice_header`), or encoded whole when its character set changed (every text value re-encoded)."""
     if coercion.charset_changed:
-        return encode_header(header.dataset, header.enc)
-    return splice_header(header, coercion.tags())
+        return CoercedHeader(encode_header(header.dataset, header.enc), None)
+    elements = encoded_elements(header, coercion.tags())
+    return CoercedHeader(splice(header.raw, spans if spans is not None else element_spans(header), elements),
+                         elements)
 
 
 class CoercedStream(FileTail):

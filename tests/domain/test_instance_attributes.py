@@ -77,14 +77,14 @@ def test_a_plain_value_is_read_without_decoding_the_element() -> None:
 
 def test_each_field_is_read_from_the_attribute_field_keywords_names_and_no_other() -> None:
     base = Dataset()
-    for keyword in instances.FIELD_KEYWORDS.values():
+    for keyword, _ in instances.FIELDS.values():
         setattr(base, keyword, "1")
     before = InstanceAttributes.from_dataset(base)
-    assert list(instances.FIELD_KEYWORDS) == list(InstanceAttributes.__dataclass_fields__)
-    for name, keyword in instances.FIELD_KEYWORDS.items():
+    assert list(instances.FIELDS) == list(InstanceAttributes.__dataclass_fields__)
+    for name, (keyword, _) in instances.FIELDS.items():
         other = copy.deepcopy(base)
         setattr(other, keyword, "2")
         after = InstanceAttributes.from_dataset(other)
-        differs = {f for f in instances.FIELD_KEYWORDS if getattr(after, f) != getattr(before, f)}
+        differs = {f for f in instances.FIELDS if getattr(after, f) != getattr(before, f)}
         assert differs == {name}, keyword
         assert after.values_at({Tag(keyword)}) == {name: getattr(after, name)}

@@ -20,12 +20,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from engine.archive.structure import Encoding
-from engine.domain.instances import FIELD_KEYWORDS, InstanceAttributes
+from engine.domain.instances import FIELDS, InstanceAttributes
 from engine.reconcile.coerce import Coercion, Modification, coerce_header
 from engine.reconcile.memo import CoercionMemo
 from engine.reconcile.rewrite import element_spans, encode_coerced, encoded_elements, splice
 
-from .test_splice import ENCODINGS, ORDER_TARGET, _base, _corpus_headers, _encode, _header, _target
+from .test_splice import ENCODINGS, ORDER_TARGET, _base, _corpus_headers, _encode, _header, generated
 
 T1 = datetime(2026, 12, 6, 9, 0, 0, 123456, tzinfo=UTC)
 T2 = T1 + timedelta(seconds=1, microseconds=7)
@@ -43,7 +43,7 @@ def _afresh(raw: bytes, enc: Encoding, target: dict[str, Any], when: datetime) -
     coercion = coerce_header(header.dataset, target, _mod(when))
     if not coercion.changed:
         return (), raw, before
-    return coercion.changed, encode_coerced(header, coercion), InstanceAttributes.from_dataset(header.dataset)
+    return coercion.changed, encode_coerced(header, coercion).head, InstanceAttributes.from_dataset(header.dataset)
 
 
 def _learn(memo: CoercionMemo, raw: bytes, enc: Encoding, target: dict[str, Any], when: datetime) -> bool:
@@ -68,7 +68,7 @@ def _recalled(memo: CoercionMemo, raw: bytes, enc: Encoding, target: dict[str, A
     before = InstanceAttributes.from_dataset(header.dataset)
     if not recalled.changed:
         return (), raw, before
-    after = InstanceAttributes(**{**{f: getattr(before, f) for f in FIELD_KEYWORDS}, **recalled.extra})
+    after = InstanceAttributes(**{**{f: getattr(before, f) for f in FIELDS}, **recalled.extra})
     return recalled.changed, splice(raw, spans, recalled.elements), after
 
 
@@ -83,10 +83,7 @@ def _sibling(raw_ds: Any, rng: random.Random) -> Any:
 
 @pytest.mark.parametrize("seed", range(240))
 def test_a_sibling_coerced_from_memory_is_byte_identical_to_one_coerced_afresh(seed: int) -> None:
-    rng = random.Random(seed)
-    enc = ENCODINGS[seed % 3]
-    ds = _base(rng)
-    target = _target(rng, ds)
+    rng, enc, ds, target = generated(seed)
     memo = CoercionMemo()
     remembered = _learn(memo, _encode(ds, enc), enc, target, T1)
     raw = _encode(_sibling(ds, rng), enc)
@@ -102,10 +99,7 @@ def test_a_sibling_coerced_from_memory_is_byte_identical_to_one_coerced_afresh(s
 def test_most_generated_coercions_are_remembered() -> None:
     remembered = changed = 0
     for seed in range(200):
-        rng = random.Random(seed)
-        enc = ENCODINGS[seed % 3]
-        ds = _base(rng)
-        target = _target(rng, ds)
+        _, enc, ds, target = generated(seed)
         remembered += _learn(CoercionMemo(), _encode(ds, enc), enc, target, T1)
         changed += bool(_afresh(_encode(ds, enc), enc, target, T1)[0])
     assert remembered >= 150 and changed >= 150  # the test above compares real coercions, not misses
