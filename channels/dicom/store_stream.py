@@ -42,7 +42,8 @@ connection, protocol error) leaves no spool file behind.
 (replaced on the instance), ``_decode_pdu``, ``_recv_pdu``, ``event_queue``,
 ``state_machine.current_state``, ``send_pdu``, ``socket.socket``; the
 association's ``_accepted_cx`` and ``dimse.maximum_pdu_size``; the association module's
-``time.sleep`` in the association thread's reactor. Not installed while
+``time.sleep`` in the association thread's reactor; the ``put`` of the association's
+``dimse.msg_queue`` and the DUL's ``to_user_queue`` (wrapped on the instances, to wake that thread). Not installed while
 pynetdicom logs at INFO or a handler is bound to an event this path does not
 trigger (``EVT_DATA_RECV``, ``EVT_PDU_RECV``, ``EVT_DIMSE_RECV``).
 """
