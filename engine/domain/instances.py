@@ -112,7 +112,7 @@ def _plain(ds: Dataset, keyword: str) -> bytes | None:
     if not isinstance(elem, RawDataElement) or (elem.VR is not None and vr != elem.VR) or elem.value is None:
         return None
     value = elem.value.rstrip(b"\0 ")
-    if not _PRINTABLE.fullmatch(value):
+    if not _PRINTABLE.fullmatch(value) or (vr == "PN" and b"=" in value):  # PN groups: pydicom drops empty ones
         return None
     if vr in _CHARSET_VRS:
         charset = ds.get_item(_CHARSET)

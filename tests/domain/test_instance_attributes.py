@@ -14,7 +14,7 @@ import os
 from dataclasses import astuple
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
@@ -47,6 +47,8 @@ values = st.one_of(
 @given(st.dictionaries(st.sampled_from(KEYWORDS), st.tuples(values, st.sampled_from([None, "UN", "SH", "LO"])),
                        max_size=len(KEYWORDS)),
        st.sampled_from(CHARSETS), st.booleans())
+@example({"PatientName": (b"=", None)}, None, False)  # pydicom drops empty PN component groups: "=" reads as ""
+@example({"PatientName": (b"DOE^J==", None)}, None, True)
 def test_read_raw_as_pydicom_reads_it(elements: dict[str, tuple[bytes, str | None]], charset: bytes | None,
                                       implicit: bool) -> None:
     def header() -> Dataset:
