@@ -68,6 +68,7 @@ from pynetdicom import evt
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
+from engine.archive.flush import IN_FLIGHT
 from engine.archive.part10 import encode_file_meta
 from engine.errors import MalformedDataset
 
@@ -318,6 +319,7 @@ class StoreStream:
         spool.write(encode_file_meta(command.sop_class_uid, command.sop_instance_uid,
                                      str(context.transfer_syntax[0]), self._calling_ae()))  # fmt: skip
         self._current = _Receiving(command, context, spool)
+        IN_FLIGHT.started(self._current)  # until answered: the store hands work to other threads only when alone
 
     def _spool(self) -> SpoolFile:
         try:
@@ -352,7 +354,10 @@ class StoreStream:
             status = PROCESSING_FAILURE
         finally:
             path.unlink(missing_ok=True)  # linked into the archive, copied to quarantine, or refused
-        self._respond(int(rx.context.context_id), store_response(rx.command, status))
+        try:
+            self._respond(int(rx.context.context_id), store_response(rx.command, status))
+        finally:
+            IN_FLIGHT.ended(rx)
 
     def _respond(self, context_id: int, command: bytes) -> None:
         peer_max = int(self._assoc.dimse.maximum_pdu_size or 0)
@@ -373,6 +378,7 @@ class StoreStream:
         """The association is ending mid-data-set: close and remove the spool (nothing of it is stored;
         only a process killed mid-data-set leaves one behind, for the sweep)."""
         if self._current is not None:
+            IN_FLIGHT.ended(self._current)
             self._current.spool.close()
             spool_failure(Path(self._current.spool.name))  # a failed write of it is of no interest now
             Path(self._current.spool.name).unlink(missing_ok=True)

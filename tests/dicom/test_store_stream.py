@@ -24,6 +24,7 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode
 
 from channels.dicom.store_stream import _CLOCK, ASSOCIATION_TURN_SECONDS, BUFFER_BYTES
+from engine.archive.flush import IN_FLIGHT
 from engine.archive.location import ArchiveLocation
 from tests.dicom.store_peer import StoreSCP, dataset_bytes, running_scp
 
@@ -237,3 +238,36 @@ def test_the_ae_announces_the_store_buffer_as_maximum_pdu_and_large_pdus_store(t
         assert assoc.acceptor.maximum_length == BUFFER_BYTES  # a 512 KB image in 2-3 PDUs, not 32
         assert int(assoc.send_c_store(ds).Status) == 0x0000
     assert _stored_dataset(scp, ds.SOPInstanceUID) == _sent_dataset(ds, tmp_path)
+
+
+def _until(condition: Any, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
+
+
+def test_an_image_is_in_flight_from_its_command_until_answered_or_abandoned(tmp_path: Path, corpus: Path) -> None:
+    """What decides whether a store hands its flushes and hashes to other threads (engine.archive.flush)."""
+    first, second = _ct(corpus), _ct(corpus)
+    with running_scp(tmp_path / "rb") as scp:
+        assert IN_FLIGHT.count() == 0
+        with _association(scp.port, CT) as assoc:
+            cx = assoc.accepted_contexts[0].context_id
+            data = _sent_dataset(first, tmp_path)
+            received: queue.Queue[Any] = queue.Queue()
+            assoc.bind(evt.EVT_DIMSE_RECV, lambda event: received.put(event.message.command_set))
+            sock = assoc.dul.socket.socket
+            sock.sendall(_pdu((cx, 0x03, _store_command(1, first.SOPInstanceUID)), (cx, 0x00, data[:100])))
+            assert _until(lambda: IN_FLIGHT.count() == 1)
+            sock.sendall(_pdu((cx, 0x02, data[100:])))
+            assert int(received.get(timeout=30).Status) == 0x0000
+            assert _until(lambda: IN_FLIGHT.count() == 0)
+        with _association(scp.port, CT) as assoc:  # aborted mid-data-set
+            cx = assoc.accepted_contexts[0].context_id
+            assoc.dul.socket.socket.sendall(_pdu((cx, 0x03, _store_command(1, second.SOPInstanceUID)),
+                                                 (cx, 0x00, b"\x08\x00")))
+            assert _until(lambda: IN_FLIGHT.count() == 1)
+            assoc.abort()
+        assert _until(lambda: IN_FLIGHT.count() == 0)
+    assert [row.sop_instance_uid for row in scp.instances()] == [first.SOPInstanceUID]
