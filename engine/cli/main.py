@@ -236,7 +236,8 @@ def _status_text(data: dict[str, Any]) -> str:
     reports = data["reports"]
     receivers = ", ".join(f"{k} {v}" for k, v in reports["receivers"].items()) or "none configured"
     st = data.get("studies", {})
-    studies = f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled"
+    studies = (f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled;"
+               f" images refused and quarantined: {data.get('images', {}).get('quarantined', 0)}")
     return "\n".join([*lines, "", f"worklist steps: {steps}", studies,
                       f"reports waiting for their order: {reports['waiting_for_order']}",
                       f"ORU^R01 out: {receivers}", "",

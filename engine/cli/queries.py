@@ -194,7 +194,14 @@ def engine_status(conn: Connection) -> dict[str, Any]:
 
     reports = {"waiting_for_order": waiting_count(conn)}
     return {"channels": channel_status(conn), "jobs": jobs, "worklist_steps": steps, "reports": reports,
-            "studies": study_counts(conn)}
+            "studies": study_counts(conn), "images": image_counts(conn)}
+
+
+def image_counts(conn: Connection) -> dict[str, int]:
+    """C-STORE requests refused with a failure status and kept in quarantine (0xA900, 0xC2xx: docs/images.md)."""
+    from engine.domain.instance_tables import quarantined_instances
+
+    return {"quarantined": int(conn.execute(select(func.count()).select_from(quarantined_instances)).scalar_one())}
 
 
 def study_counts(conn: Connection) -> dict[str, int]:

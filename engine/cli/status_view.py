@@ -91,6 +91,10 @@ def attention(data: dict[str, Any]) -> list[str]:
         if d["dead_letters"]:
             out.append(f"destination {name}: {d['dead_letters']} dead letter(s):"
                        f" radbridge outbox list --destination {name} --status ERROR")
+    quarantined = data.get("images", {}).get("quarantined", 0)
+    if quarantined:
+        out.append(f"images: {quarantined} C-STORE(s) refused and kept in quarantine (archive.quarantine;"
+                   " sender, UIDs, status and reason in the table quarantined_instances)")
     for job, j in sorted(data["jobs"].items()):
         if j["last_error"]:
             out.append(f"job {job}: last run failed: {j['last_error']}")

@@ -26,11 +26,11 @@ from engine.domain.correction_message import CorrectedPatient
 from engine.domain.instances import InstanceAttributes
 from engine.domain.reforward import Correction
 from engine.errors import CopyMissing, MalformedDataset
-from engine.reconcile.coerce import Modification, coerce
+from engine.reconcile.coerce import Modification, coerce_header
 from engine.reconcile.rewrite import (
     CoercedStream,
     WholeStream,
-    encode_header,
+    encode_coerced,
     encode_whole,
     encoding_of,
     read_header,
@@ -120,10 +120,11 @@ def _rewrite_file(io: RewriteIO, source: Path, row: Any, target: dict[str, Any],
                 raise
             raise _Unusable(f"unreadable: {type(exc).__name__}") from exc
         prior = (str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or ""))
-        changed = coerce(ds, target, mod)
+        coercion = coerce_header(ds, target, mod)
+        changed = coercion.changed
         if not changed:
             return None
-        stream = (CoercedStream(encode_header(ds, header.enc), header.raw, f, header.bulk_at)
+        stream = (CoercedStream(encode_coerced(header, coercion).head, header.raw, f, header.bulk_at)
                   if header is not None else WholeStream(encode_whole(ds), f, offset))
         staged = io.primary.stage(meta, cast(BinaryIO, stream))
         # The received hash may be computed from the source when first asked for: while it is open.

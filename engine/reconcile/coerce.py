@@ -31,6 +31,7 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 
 from engine.reconcile.charset import needed_charset
@@ -174,10 +175,26 @@ def _changes(ds: Dataset, wanted: Mapping[str, Any]) -> list[_Change]:
     return found
 
 
+def _decode(ds: Dataset) -> None:
+    """Convert each raw element of ``ds`` and of its items with the character set it was read in.
+
+    An element pydicom cannot convert (a value length its VR does not allow, say an FD of 6 bytes, or
+    an unknown VR) stays raw: it holds no text, and it is written back as received
+    (:func:`~engine.reconcile.rewrite.encode_coerced`) instead of failing the whole image.
+    """
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+        except (BytesLengthException, NotImplementedError):
+            continue
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _decode(item)
+
+
 def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
     """Decode every text value with the header's own character set, then declare ``charset``."""
-    for _ in ds.iterall():  # converts each raw element with the character set it was read in
-        pass
+    _decode(ds)
     old = ds["SpecificCharacterSet"] if "SpecificCharacterSet" in ds else None  # noqa: SIM401 - the element
     modified["SpecificCharacterSet"] = copy.deepcopy(old) if old is not None else _absent("SpecificCharacterSet")
     ds.SpecificCharacterSet = charset

@@ -14,7 +14,9 @@ where it would itself alter an element nobody changed: a value it had decoded is
 re-encoded from the decoded value (padding normalised), a sequence it had parsed
 gets its item lengths recomputed. Retired group lengths (gggg,0000) are dropped by
 both, as they would be stale. A header whose SpecificCharacterSet changed has
-every text value re-encoded, and is encoded whole.
+every text element (and every sequence, whose items may hold text) re-encoded too;
+its other elements are still copied as received, so that one pydicom cannot
+decode (an FD of 6 bytes, an unknown VR) does not stop the header being written.
 
 Deflated datasets (PS3.5 A.5) cannot be split: their bytes are compressed as a
 whole. They are read and written whole instead (:func:`read_whole`,
@@ -46,10 +48,13 @@ from engine.reconcile.coerce import Coercion
 from engine.reconcile.encode import ElementWriter
 
 __all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "element_spans", "encode_coerced",
-           "encode_header", "encode_whole", "encoded_elements", "encoding_of", "read_header", "read_whole", "splice"]
+           "encode_header", "encode_whole", "encoded_elements", "encoding_of", "read_header", "read_whole",
+           "reencoded_tags", "splice"]
 
 #: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
 BULK_TAG = 0x7FE00000
+#: The VRs whose values SpecificCharacterSet governs (PS3.5 6.1.2.3), and sequences, whose items may hold them.
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN", "SQ"})
 
 
 def encoding_of(transfer_syntax_uid: str) -> Encoding | None:
@@ -130,11 +135,20 @@ def splice(raw: bytes, spans: list[tuple[int, int, int]], replacements: dict[int
 
 @dataclass(frozen=True, slots=True)
 class CoercedHeader:
-    """A coerced header's bytes, and the re-encoded top-level elements spliced into them (None when the
-    header was encoded whole)."""
+    """A coerced header's bytes, and the re-encoded top-level elements spliced into them (None after a
+    character set change: every text element was re-encoded, which is never remembered)."""
 
     head: bytes
     elements: dict[int, bytes] | None
+
+
+def reencoded_tags(ds: Dataset, coercion: Coercion) -> frozenset[int]:
+    """The top-level elements of the coerced ``ds`` that :func:`encode_coerced` re-encodes: those the
+    coercion wrote, and after a character set change every decoded text element and sequence."""
+    if not coercion.charset_changed:
+        return coercion.tags()
+    text = {int(tag) for tag, elem in ds.items() if not elem.is_raw and elem.VR in _TEXT_VRS}  # raw: not decoded
+    return coercion.tags() | text
 
 
 def encode_coerced(header: Header, coercion: Coercion,
@@ -142,16 +156,14 @@ def encode_coerced(header: Header, coercion: Coercion,
     """``header.dataset`` after :func:`~engine.reconcile.coerce.coerce_header` returned ``coercion``, encoded
     in ``header.enc``.
 
-    Spliced: the elements the coercion wrote (and the OriginalAttributesSequence it appended to) are
-    encoded as pydicom encodes them (:func:`encoded_elements`) at their place in tag order, every other
-    top-level element (at ``spans``, found when not given) is copied from ``header.raw`` as received.
-    Encoded whole when its character set changed (every text value re-encoded).
+    Spliced: the elements the coercion wrote (and the OriginalAttributesSequence it appended to; after a
+    character set change every text element and sequence too, :func:`reencoded_tags`) are encoded as
+    pydicom encodes them (:func:`encoded_elements`) at their place in tag order, every other top-level
+    element (at ``spans``, found when not given) is copied from ``header.raw`` as received.
     """
-    if coercion.charset_changed:
-        return CoercedHeader(encode_header(header.dataset, header.enc), None)
-    elements = encoded_elements(header, coercion.tags())
-    return CoercedHeader(splice(header.raw, spans if spans is not None else element_spans(header), elements),
-                         elements)
+    elements = encoded_elements(header, reencoded_tags(header.dataset, coercion))
+    head = splice(header.raw, spans if spans is not None else element_spans(header), elements)
+    return CoercedHeader(head, None if coercion.charset_changed else elements)
 
 
 class CoercedStream(FileTail):

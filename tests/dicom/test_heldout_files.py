@@ -128,3 +128,75 @@ def test_held_out_encodings_change_only_the_coerced_attributes(tmp_path: Path, c
     assert after == before  # every other value, private ones and other text in the old character set, intact
     (item,) = stored.OriginalAttributesSequence
     assert str(item.ModifiedAttributesSequence[0].PatientName) == name
+
+
+# --- elements pydicom cannot decode, when the character set changes -----------------------------------------
+
+#: A modality's mistakes that are stored as sent: an FD of 6 bytes and an unknown VR (explicit VR).
+UNDECODABLE = [(0x00189306, "FD", b"\0" * 6), (0x00191001, "XY", b"ABCD")]
+CZECH = "Dvořák^Antonín"  # not in ISO_IR 100 (ř): the coerced header becomes ISO_IR 192
+
+
+def _undecodable(tmp_path: Path) -> tuple[Dataset, Path]:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = _ct()  # ISO_IR 100
+    ds.StudyInstanceUID = generate_uid()
+    ds.add_new(0x00190010, "LO", "ACME 1.0")
+    for tag, vr, value in UNDECODABLE:
+        ds._dict[Tag(tag)] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+    path = tmp_path / "undecodable.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return ds, path
+
+
+def _raw_element(tag: int, vr: str, value: bytes) -> bytes:
+    """The element as received (explicit VR little endian)."""
+    return (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + vr.encode() + len(
+        value).to_bytes(2, "little") + value
+
+
+def test_an_element_pydicom_cannot_decode_does_not_fail_a_coercion_to_utf8(tmp_path: Path) -> None:
+    """It did: the whole header was decoded for the character set change, 0xC211 for every resend."""
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.domain.factories import apply_records, order, patient
+
+    src, path = _undecodable(tmp_path)
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name=CZECH),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
+        with raw_sender(scp.port, [(str(src.SOPClassUID), EXPLICIT_LE)]) as assoc:
+            assert send_raw(assoc, path) == 0x0000
+        stored = scp.stored_path(str(src.SOPInstanceUID))
+    ds = dcmread(stored, stop_before_pixels=True)
+    assert (str(ds.PatientName), ds.SpecificCharacterSet) == (CZECH, "ISO_IR 192")
+    data = stored.read_bytes()
+    assert all(_raw_element(tag, vr, value) in data for tag, vr, value in UNDECODABLE)
+
+
+def test_an_element_pydicom_cannot_decode_does_not_stop_a_correction_to_utf8(tmp_path: Path) -> None:
+    """It did: the reconcile-images job failed on the image at every run, and every request after it waited."""
+    from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
+    from engine.domain.late_reconcile import late_jobs
+    from tests.domain.factories import apply_records, order, patient
+
+    src, path = _undecodable(tmp_path)
+    adt = "MSH|^~\\&|HIS|HOSP|RADBRIDGE|HOSP|20261205080000||ADT^A08|A08|P|2.5.1\rPID|1||X^^^HOSP^MR||X\r"
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name="DOE^JOHN"),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
+        with raw_sender(scp.port, [(str(src.SOPClassUID), EXPLICIT_LE)]) as assoc:
+            assert send_raw(assoc, path) == 0x0000  # coerced to DOE^JOHN: Latin-1 is enough
+        apply_records(scp.db, PatientsHandler(patient_policy(scp.config)),
+                      [patient("PX1", patient_name=CZECH, event="A08")], adt)
+        (job,) = late_jobs(scp.db, scp.config)
+        assert job.run() == 1
+        stored = scp.stored_path(str(src.SOPInstanceUID))
+    ds = dcmread(stored, stop_before_pixels=True)
+    assert (str(ds.PatientName), ds.SpecificCharacterSet) == (CZECH, "ISO_IR 192")
+    assert [i.ReasonForTheAttributeModification for i in ds.OriginalAttributesSequence] == ["COERCE", "CORRECT"]
+    data = stored.read_bytes()
+    assert all(_raw_element(tag, vr, value) in data for tag, vr, value in UNDECODABLE)

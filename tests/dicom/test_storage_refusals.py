@@ -88,6 +88,23 @@ def test_dataset_of_another_sop_class_than_its_context_gets_a900(tmp_path: Path,
         assert [q.status for q in scp.quarantined()] == [0xA900]
 
 
+def test_radbridge_status_counts_the_refused_images_and_says_where_they_are(tmp_path: Path, corpus: Path) -> None:
+    """A refused image was in no line of ``radbridge status``: "needs attention: nothing" after any refusal."""
+    from engine.cli.queries import engine_status
+    from engine.cli.status_view import attention
+
+    sent = raw_file(dataset_bytes(_good(corpus)), CT, "1.2.3.4.5", EXPLICIT, tmp_path / "x.dcm")
+    with running_scp(tmp_path / "rb") as scp:
+        assert scp.db.read(engine_status)["images"] == {"quarantined": 0}
+        with raw_sender(scp.port, [(CT, EXPLICIT)]) as assoc:
+            assert send_raw(assoc, sent) == 0xC221
+        data = scp.db.read(engine_status)
+    assert data["images"] == {"quarantined": 1}
+    assert [line for line in attention({"channels": {}, "jobs": {}, **data}) if line.startswith("images:")] == [
+        "images: 1 C-STORE(s) refused and kept in quarantine (archive.quarantine;"
+        " sender, UIDs, status and reason in the table quarantined_instances)"]
+
+
 def test_dataset_whose_instance_uid_differs_from_the_command_is_refused(tmp_path: Path, corpus: Path) -> None:
     sent = raw_file(dataset_bytes(_good(corpus)), CT, "1.2.3.4.5", EXPLICIT, tmp_path / "x.dcm")
     with running_scp(tmp_path / "rb") as scp, raw_sender(scp.port, [(CT, EXPLICIT)]) as assoc:

@@ -6,7 +6,8 @@ generated headers (random elements, sequences of defined and undefined length, p
 lengths, earlier OriginalAttributesSequence items, three encodings), the spliced header must be
 byte-identical to :func:`~engine.reconcile.rewrite.encode_header` of the same coerced dataset, except in
 elements nobody changed that pydicom itself would not write back as received; those keep their received
-bytes.
+bytes. After a character set change every text element (and sequence) is re-encoded too, and every
+other element still keeps its received bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.structure import Encoding, check_structure, top_level_elements
 from engine.errors import MalformedDataset
 from engine.reconcile.coerce import Coercion, Modification, coerce_header
-from engine.reconcile.rewrite import Header, encode_coerced, encode_header, encoding_of, read_header
+from engine.reconcile.rewrite import Header, encode_coerced, encode_header, encoding_of, read_header, reencoded_tags
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 MOD = Modification(NOW, "RADBRIDGE", "CT1")
@@ -70,18 +71,22 @@ def assert_spliced_as_pydicom_encodes(raw: bytes, enc: Encoding, target: dict[st
     whole, spliced = _header(raw, enc), _header(raw, enc)
     coercion = coerce_header(whole.dataset, target, MOD)
     assert coerce_header(spliced.dataset, target, MOD) == coercion
-    if not coercion.changed or coercion.charset_changed:
-        return coercion  # nothing to write, or encoded whole (every text value re-encoded)
+    if not coercion.changed:
+        return coercion  # nothing to write
     reference = encode_header(whole.dataset, enc)
     out = encode_coerced(spliced, coercion).head
-    untouched_as_pydicom_writes = _elements(encode_header(_header(raw, enc).dataset, enc), enc)
+    reencoded = reencoded_tags(spliced.dataset, coercion)
+    # After a character set change pydicom's whole encoding decodes and re-encodes every element (normalising
+    # " 107" to "107 "), so only the re-encoded elements can be compared with it.
+    untouched_as_pydicom_writes = {} if coercion.charset_changed else _elements(
+        encode_header(_header(raw, enc).dataset, enc), enc)
     received = _no_group_lengths(_elements(raw, enc))
     if untouched_as_pydicom_writes == received:
         assert out == reference  # pydicom writes every untouched element as received: byte for byte
     got, want = _elements(out, enc), _elements(reference, enc)
     assert list(got) == list(want)
     for tag, element in got.items():
-        if tag in coercion.tags():
+        if tag in reencoded:
             assert element == want[tag], f"({tag >> 16:04X},{tag & 0xFFFF:04X}) re-encoded differently"
         else:
             assert element == received[tag], f"({tag >> 16:04X},{tag & 0xFFFF:04X}) not as received"
@@ -138,13 +143,50 @@ def test_a_header_coerced_twice_keeps_the_first_item_and_appends_the_second() ->
     assert str(after.PatientName) == "TWO"
 
 
-def test_a_charset_change_encodes_the_header_whole() -> None:
+def _explicit(*elements: tuple[int, str, bytes]) -> bytes:
+    """Top-level elements (tag, VR, value) in explicit VR little endian, framed by hand: as received."""
+    out = b""
+    for tag, vr, value in elements:
+        long = vr in ("SQ", "OB", "UN", "UT")
+        length = len(value).to_bytes(4 if long else 2, "little")
+        out += (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+        out += vr.encode() + (b"\0\0" if long else b"") + length + value
+    return out
+
+
+def _item_bytes(body: bytes) -> bytes:
+    return b"\xfe\xff\x00\xe0" + len(body).to_bytes(4, "little") + body
+
+
+def test_a_charset_change_re_encodes_the_text_and_keeps_every_other_element_as_received() -> None:
     enc = Encoding(False, True)
-    header = _header(_encode(_base(random.Random(2)), enc), enc)
-    coercion = coerce_header(header.dataset, {"PatientName": "Åström^Jöns"}, MOD)
+    untouched = [(0x00080018, "UI", b"1.2.3.4 "), (0x00200011, "IS", b" 107"), (0x00209165, "AT", b"\x10\x00")]
+    raw = _explicit((0x00080005, "CS", b"ISO_IR 100"), *untouched[:1], (0x00080080, "LO", b"Universit\xe4t "),
+                    (0x00100010, "PN", b"OLD^NAME"), *untouched[1:])
+    header = _header(raw, enc)
+    coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
     assert coercion.charset_changed
-    assert encode_coerced(header, coercion).head == encode_header(header.dataset, enc)
-    assert "Åström^Jöns".encode() in encode_coerced(header, coercion).head
+    out = _elements(encode_coerced(header, coercion).head, enc)
+    assert [out[tag] for tag, _, _ in untouched] == [_elements(raw, enc)[tag] for tag, _, _ in untouched]
+    assert out[0x00080080].endswith("Universität".encode())
+    assert out[0x00100010].endswith("Dvořák^Antonín".encode() + b" ")
+
+
+def test_a_charset_change_keeps_elements_pydicom_cannot_decode_as_received() -> None:
+    """An FD of 6 bytes or an unknown VR (a modality's mistakes, stored as sent without a coercion) made the
+    whole header's decoding fail when an order's name needed UTF-8: 0xC211 for every resend."""
+    enc = Encoding(False, True)
+    broken = [(0x00189306, "FD", b"\0" * 6), (0x00191001, "XY", b"ABCD")]
+    item = _item_bytes(_explicit((0x00189306, "FD", b"\0" * 6), (0x00400007, "LO", b"Sch\xe4del ")))
+    raw = _explicit((0x00080005, "CS", b"ISO_IR 100"), (0x00100010, "PN", b"OLD^NAME"), broken[0],
+                    (0x00190010, "LO", b"ACME"), broken[1], (0x00400275, "SQ", item))
+    header = _header(raw, enc)
+    coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
+    head = encode_coerced(header, coercion).head
+    out = _elements(head, enc)
+    assert [out[tag] for tag, _, _ in broken] == [_elements(raw, enc)[tag] for tag, _, _ in broken]
+    assert "Schädel".encode() in out[0x00400275] and b"\0" * 6 in out[0x00400275]
+    assert str(read_dataset(BytesIO(head), False, True).PatientName) == "Dvořák^Antonín"
 
 
 def test_the_spliced_file_reads_back_with_the_coerced_values_and_the_pixels_as_received(tmp_path: Path) -> None:
