@@ -185,3 +185,17 @@ def test_an_xo_with_orc5_empty_changes_the_content_and_keeps_the_steps_status(db
     described = db.read(lambda c: c.execute(select(orders.c.requested_procedure_description)
                                             .where(orders.c.placer_order_number == "PLC-6001")).scalar_one())
     assert described == "Chest two views, portable"
+
+
+def test_messages_show_prints_the_bytes_of_a_frame_it_could_not_read(db) -> None:
+    """A frame cut off by a closed connection is kept REJECTED with no decoded text: the text view
+    shows the bytes as received (``--json`` has them as ``raw``), so the operator can see what was lost."""
+    from engine.cli.main import _detail_text
+
+    cut_off = (MSH.format(type="ADT^A08", cid="CUT1") + "EVN|A08\r" + PID).encode()
+    asyncio.run(_runner(db).keep(cut_off, "test", "connection closed inside an MLLP frame"))
+    detail = _last(db)
+    assert (detail["status"], detail["text"]) == ("REJECTED", "")
+    shown = _detail_text(detail)
+    assert "message (bytes as received, not read as HL7):\nMSH|^~\\&|RIS|NORTHSIDE" in shown
+    assert "|ADT^A08|CUT1|" in shown and "PID|1||MRN6210" in shown
