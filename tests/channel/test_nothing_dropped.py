@@ -233,3 +233,18 @@ def test_a_procedure_description_longer_than_64_characters_is_cut_on_every_datab
     stored = db.read(lambda c: c.execute(select(orders.c.requested_procedure_description,
                                                 orders.c.procedure_code_meaning)).one())
     assert tuple(stored) == (description[:64], description[:64])
+
+
+def test_a_note_on_a_change_is_not_logged_as_a_record_left_alone(db, caplog) -> None:
+    """An order that attaches a waiting report changed everything it carries; its note says so. It was
+    logged "was partly applied: 1 record(s) left alone"."""
+    from engine.handlers import Outcome
+
+    attached = [Outcome(True), Outcome(True, "report 2 for order placer PL1 was waiting: attached and sent on")]
+    mixed = [Outcome(True), Outcome(False, "order placer PL2: not an imaging order")]
+    with caplog.at_level("INFO", logger="engine.channel.persist"):
+        for message_id, outcomes in ((7, attached), (8, mixed)):
+            db.writer.call(lambda c, i=message_id, o=outcomes: Persister._note(c, i, o, []))
+    assert [r.getMessage() for r in caplog.records] == [
+        "message 7 was applied with 1 note(s), see `radbridge messages show 7`",
+        "message 8 was partly applied: 1 record(s) left alone, see `radbridge messages show 8`"]
