@@ -304,10 +304,12 @@ class Persister:
         ``read``: what the reader tolerated, already on the row; kept before the handlers' notes.
         """
         notes: list[str] = []
+        left_alone = 0  # a note may also explain a change (a waiting report attached): not counted
         unchanged = bool(outcomes)
         for o in outcomes:  # one loop: every message with handlers passes here
             if o.note:
                 notes.append(o.note)
+                left_alone += not o.changed
             unchanged = unchanged and not o.changed
         if not (notes or unchanged):
             return  # the common case costs no statement
@@ -316,8 +318,12 @@ class Persister:
             values["status"] = UNCHANGED
         conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
         # The notes name order and accession numbers: INFO says only where to read them (engine.logs).
-        log.info("message %s %s: %d record(s) left alone, see `radbridge messages show %s`", message_id,
-                 "changed nothing" if unchanged else "was partly applied", len(notes), message_id)
+        if unchanged or left_alone:
+            log.info("message %s %s: %d record(s) left alone, see `radbridge messages show %s`", message_id,
+                     "changed nothing" if unchanged else "was partly applied", left_alone, message_id)
+        else:
+            log.info("message %s was applied with %d note(s), see `radbridge messages show %s`", message_id,
+                     len(notes), message_id)
         log.debug("message %s notes: %s", message_id, "; ".join(notes))
 
     def _fail(self, conn: Connection, p: Prepared, message_id: int, exc: HL7Error) -> Stored:

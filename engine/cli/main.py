@@ -203,7 +203,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _detail_text(d: dict[str, Any]) -> str:
     head = [f"{k}: {d[k]}" for k in d if k not in ("raw", "text", "ack", "stages", "deliveries", "attempts")]
-    body = ["", "message:", d["text"].replace("\r", "\n"), "ack:", d["ack"].replace("\r", "\n")]
+    # A frame never read as HL7 (bytes between frames, a frame cut off by a closed connection) has
+    # no decoded text: its bytes as received are what there is to inspect.
+    unread = not d["text"] and d["raw"]
+    message = ["message (bytes as received, not read as HL7):", d["raw"]] if unread else ["message:", d["text"]]
+    body = ["", message[0], message[1].replace("\r", "\n"), "ack:", d["ack"].replace("\r", "\n")]
     stages = [f"stage {s['stage']} {s['status']} {s['error']}\n{s['content']}" for s in d["stages"]]
     deliveries = [f"delivery {x['id']} -> {x['destination']}: {x['status']} attempts={x['attempts']} "
                   f"{x['last_error']}" for x in d["deliveries"]]

@@ -72,8 +72,22 @@ def order_policy(engine: EngineConfig, channel: str = "") -> OrderPolicy:
     )
 
 
-def _validate(model: type[Any], data: dict[str, Any], segment: str) -> Any:
-    """``model.model_validate(data)`` (same checks, same model), AE 101 at ``segment`` if invalid.
+#: Where the shipped mappings read each identifier (its first source), for the ERR-2 of one that is
+#: too long: (segment, field, component); the record's own segment when not listed here.
+_SOURCES: dict[str, tuple[str, int, int | None]] = {
+    "patient_id": ("PID", 3, 1), "issuer": ("PID", 3, 4), "other_ids": ("PID", 3, None),
+    "admission_id": ("PV1", 19, 1), "prior_patient_id": ("MRG", 1, 1), "prior_issuer": ("MRG", 1, 4),
+    "prior_other_ids": ("MRG", 1, None), "placer_order_number": ("ORC", 2, 1),
+    "placer_order_namespace": ("ORC", 2, 2), "filler_order_number": ("ORC", 3, 1),
+    "filler_order_namespace": ("ORC", 3, 2), "accession_number": ("OBR", 18, None),
+    "issuer_of_accession_number": ("IPC", 1, 2), "study_instance_uid": ("ZDS", 1, 1),
+}  # fmt: skip
+_GROUP_SEGMENTS = frozenset({"ORC", "OBR", "IPC"})  # repeat per order: the order's sequence
+
+
+def _validate(model: type[Any], data: dict[str, Any], segment: str, sequence: int = 1) -> Any:
+    """``model.model_validate(data)`` (same checks, same model), AE 101 at ``segment`` if invalid;
+    an identifier longer than its DICOM VR allows (engine.domain.records) is AE 102 at its field.
 
     Called on the model's validator directly: ``model_validate`` only passes its default
     options on, and that costs ~10 % of a record's validation, twice an order message.
@@ -81,9 +95,17 @@ def _validate(model: type[Any], data: dict[str, Any], segment: str) -> Any:
     try:
         return model.__pydantic_validator__.validate_python(data)
     except ValidationError as exc:
-        raise HL7ApplicationError(
-            101, f"{segment} record invalid: {exc.errors()[0]['msg']}", ErrorLocation(segment, 1)
-        ) from exc
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if error["type"] == "string_too_long" and name in _SOURCES:
+            seg, field, component = _SOURCES[name]
+            location = ErrorLocation(seg, sequence if seg in _GROUP_SEGMENTS else 1, field, component)
+            limit = error["ctx"]["max_length"]
+            raise HL7ApplicationError(
+                102, f"{name} ({seg}-{field}) is {len(error['input'])} characters; a DICOM "
+                f"{'SH' if limit == 16 else 'LO'} holds at most {limit} (shorten it at the sender, or in the mapping"
+                f" with {{truncate: {limit}}})", location) from exc
+        raise HL7ApplicationError(101, f"{segment} record invalid: {error['msg']}", ErrorLocation(segment, 1)) from exc
 
 
 _KNOWN = "patient_pks"
@@ -201,7 +223,7 @@ class OrdersHandler:
             if data.get("record") != "order":
                 continue
             sequence += 1
-            order = _validate(OrderRecord, data, "ORC")
+            order = _validate(OrderRecord, data, "ORC", sequence)
             applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
             ctx.note(applied.changed, applied.note)
             if applied.changed:  # reconciliation (#13): unscheduled studies this order may own, or its stored

@@ -213,6 +213,11 @@ def _hash(record: OrderRecord) -> str:
     return hashlib.sha256(_TO_JSON(record)).hexdigest()
 
 
+#: Descriptions and code meanings (LO) are cut to 64 characters, as the worklist can carry no more;
+#: identifiers are never cut (too long: AE 102, engine.domain.handlers).
+_LO = 64
+
+
 def _order_values(record: OrderRecord) -> dict[str, Any]:
     code = record.requested_procedure_code
     return {
@@ -222,10 +227,10 @@ def _order_values(record: OrderRecord) -> dict[str, Any]:
         "filler_order_namespace": record.filler_order_namespace,
         "issuer_of_accession_number": record.issuer_of_accession_number,
         "priority": map_priority(record.priority),
-        "requested_procedure_description": record.requested_procedure_description,
+        "requested_procedure_description": record.requested_procedure_description[:_LO],
         "procedure_code_value": code.code_value if code else "",
         "procedure_coding_scheme": code.coding_scheme_designator if code else "",
-        "procedure_code_meaning": code.code_meaning if code else "",
+        "procedure_code_meaning": code.code_meaning[:_LO] if code else "",
         "requesting_physician": record.requesting_physician,
         "referring_physician_name": record.referring_physician_name,
         "admission_id": record.admission_id,
@@ -250,10 +255,10 @@ def _step_values(
         "start_date": date,
         "start_time": time,
         "start_datetime": full,
-        "description": record.scheduled_procedure_step_description,
+        "description": record.scheduled_procedure_step_description[:_LO],
         "protocol_code_value": code.code_value if code else "",
         "protocol_coding_scheme": code.coding_scheme_designator if code else "",
-        "protocol_code_meaning": code.code_meaning if code else "",
+        "protocol_code_meaning": code.code_meaning[:_LO] if code else "",
         "performing_physician_name": record.scheduled_performing_physician_name,
         "updated_at": now,
     }

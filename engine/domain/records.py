@@ -35,12 +35,18 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: The most an identifier may hold: its DICOM VR's maximum (PS3.5 6.2: LO and UI 64, SH 16),
+#: which is also its column's length. Longer is AE 102 at its field (engine.domain.handlers),
+#: on every database alike, never a cut identifier.
+LO, SH = 64, 16
+
+
 class OtherPatientId(_Record):
     """A PID-3 repetition from an authority other than the primary one."""
 
-    patient_id: str
-    issuer: str = ""
-    type_of_id: str = ""  # PID-3.5 identifier type code (MR, PI, SS …)
+    patient_id: str = Field(max_length=LO)
+    issuer: str = Field("", max_length=LO)
+    type_of_id: str = Field("", max_length=SH)  # PID-3.5 identifier type code (MR, PI, SS …)
 
 
 class CodedValue(_Record):
@@ -55,13 +61,13 @@ class PatientRecord(_Record):
     """ADT A01/A04/A05/A08/A31 and the PID of every order. Identity = patient_id + issuer."""
 
     record: Literal["patient"] = "patient"
-    patient_id: str = Field(min_length=1)
-    issuer: str = ""  # IssuerOfPatientID, from PID-3.4.1
+    patient_id: str = Field(min_length=1, max_length=LO)
+    issuer: str = Field("", max_length=LO)  # IssuerOfPatientID, from PID-3.4.1
     other_ids: list[OtherPatientId] = Field(default_factory=list)
     patient_name: str = ""  # DICOM PN
     birth_date: str = ""  # DA
     sex: str = ""  # M, F, O
-    admission_id: str = ""  # PV1-19.1
+    admission_id: str = Field("", max_length=LO)  # PV1-19.1
     referring_physician_name: str = ""  # PV1-8 as PN
     patient_class: str = ""  # PV1-2 (I, O, E …)
     assigned_patient_location: str = ""  # PV1-3, the visit's current location
@@ -74,11 +80,11 @@ class MergeRecord(_Record):
 
     record: Literal["merge"] = "merge"
     kind: Literal["merge", "change_id"] = "merge"
-    patient_id: str = Field(min_length=1)  # survivor, PID-3
-    issuer: str = ""
+    patient_id: str = Field(min_length=1, max_length=LO)  # survivor, PID-3
+    issuer: str = Field("", max_length=LO)
     other_ids: list[OtherPatientId] = Field(default_factory=list)  # the other PID-3 repetitions
-    prior_patient_id: str = Field(min_length=1)  # MRG-1
-    prior_issuer: str = ""
+    prior_patient_id: str = Field(min_length=1, max_length=LO)  # MRG-1
+    prior_issuer: str = Field("", max_length=LO)
     prior_other_ids: list[OtherPatientId] = Field(default_factory=list)  # the other MRG-1 repetitions
 
 
@@ -91,17 +97,17 @@ class OrderRecord(_Record):
     record: Literal["order"] = "order"
     order_control: str = Field(min_length=1)  # ORC-1
     order_status: str = ""  # ORC-5
-    patient_id: str = Field(min_length=1)
-    issuer: str = ""
+    patient_id: str = Field(min_length=1, max_length=LO)
+    issuer: str = Field("", max_length=LO)
     other_ids: list[OtherPatientId] = Field(default_factory=list)  # the other PID-3 repetitions
-    placer_order_number: str = ""  # ORC-2.1 (or OBR-2.1)
-    placer_order_namespace: str = ""  # ORC-2.2 (or OBR-2.2): the placer's namespace id
-    filler_order_number: str = ""  # ORC-3.1 (or OBR-3.1)
-    filler_order_namespace: str = ""  # ORC-3.2 (or OBR-3.2)
-    accession_number: str = ""  # OBR-18 / IPC-1
-    issuer_of_accession_number: str = ""
+    placer_order_number: str = Field("", max_length=LO)  # ORC-2.1 (or OBR-2.1)
+    placer_order_namespace: str = Field("", max_length=LO)  # ORC-2.2 (or OBR-2.2): the placer's namespace id
+    filler_order_number: str = Field("", max_length=LO)  # ORC-3.1 (or OBR-3.1)
+    filler_order_namespace: str = Field("", max_length=LO)  # ORC-3.2 (or OBR-3.2)
+    accession_number: str = Field("", max_length=SH)  # OBR-18 / IPC-1
+    issuer_of_accession_number: str = Field("", max_length=LO)
     requested_procedure_id: str = ""  # OBR-19 / IPC-2
-    study_instance_uid: str = ""  # ZDS-1 / IPC-3
+    study_instance_uid: str = Field("", max_length=LO)  # ZDS-1 / IPC-3
     scheduled_procedure_step_id: str = ""  # OBR-20 / IPC-4
     modality: str = ""  # OBR-24 / IPC-5
     scheduled_station_ae_title: str = ""  # IPC-9 or a site rule table; several joined by "\\"
@@ -116,7 +122,7 @@ class OrderRecord(_Record):
     requesting_physician: str = ""  # PN
     referring_physician_name: str = ""  # PN
     scheduled_performing_physician_name: str = ""  # PN
-    admission_id: str = ""
+    admission_id: str = Field("", max_length=LO)
     universal_service_id: str = ""  # OBR-4.1, for non-imaging filters
     diagnostic_service_section: str = ""  # OBR-24 raw
     order_detail_segment: str = ""  # the group's order detail: OBR, RXO, ODS, RQD ... ("" unknown)

@@ -294,7 +294,7 @@ def _new_version(conn: Connection, record: ReportRecord, content: _Content, dige
     if existing.order_pk is None and order_pk is not None:  # its order arrived meanwhile
         _attach(conn, [pk], order_pk, now)
     attached = existing.order_pk is not None or order_pk is not None
-    return ReportApplied(pk, version, True, attached, _waiting_note(who, None if attached else order_pk))
+    return ReportApplied(pk, version, True, attached, "" if attached else _waiting_note(who, None))
 
 
 def _attach(conn: Connection, report_pks: list[int], order_pk: int, now: datetime) -> None:

@@ -12,7 +12,7 @@ from engine.channel.runner import ChannelRunner
 from engine.cli.queries import channel_status, message_detail
 from engine.config.models import ChannelConfig, EngineConfig
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
-from engine.domain.tables import procedure_steps
+from engine.domain.tables import orders, procedure_steps
 from engine.hl7.er7 import Message
 from engine.mapping import load_mappings
 from engine.store.schema import messages
@@ -42,8 +42,11 @@ def _send(runner: ChannelRunner, text: str) -> Message:
     return Message(asyncio.run(runner.receive(text.encode(), "test")).decode("latin-1"))
 
 
-def _last(db: Any) -> dict[str, Any]:
-    last = db.read(lambda c: c.execute(select(messages.c.id).order_by(messages.c.id.desc())).scalar())
+def _last(db: Any, control_id: str | None = None) -> dict[str, Any]:
+    query = select(messages.c.id).order_by(messages.c.id.desc())
+    if control_id is not None:
+        query = query.where(messages.c.control_id == control_id)
+    last = db.read(lambda c: c.execute(query).scalar())
     detail = db.read(lambda c: message_detail(c, last))
     assert detail is not None
     return detail
@@ -185,3 +188,63 @@ def test_an_xo_with_orc5_empty_changes_the_content_and_keeps_the_steps_status(db
     described = db.read(lambda c: c.execute(select(orders.c.requested_procedure_description)
                                             .where(orders.c.placer_order_number == "PLC-6001")).scalar_one())
     assert described == "Chest two views, portable"
+
+
+def test_messages_show_prints_the_bytes_of_a_frame_it_could_not_read(db) -> None:
+    """A frame cut off by a closed connection is kept REJECTED with no decoded text: the text view
+    shows the bytes as received (``--json`` has them as ``raw``), so the operator can see what was lost."""
+    from engine.cli.main import _detail_text
+
+    cut_off = (MSH.format(type="ADT^A08", cid="CUT1") + "EVN|A08\r" + PID).encode()
+    asyncio.run(_runner(db).keep(cut_off, "test", "connection closed inside an MLLP frame"))
+    detail = _last(db)
+    assert (detail["status"], detail["text"]) == ("REJECTED", "")
+    shown = _detail_text(detail)
+    assert "message (bytes as received, not read as HL7):\nMSH|^~\\&|RIS|NORTHSIDE" in shown
+    assert "|ADT^A08|CUT1|" in shown and "PID|1||MRN6210" in shown
+
+
+def _order(cid: str, accession: str = "ACC-L1", description: str = "CT head", placer: str = "PLC-L1") -> str:
+    return (MSH.format(type="ORM^O01", cid=cid) + PID + f"ORC|NW|{placer}|FIL-L1||SC\r"
+            f"OBR|1|{placer}|FIL-L1|CTHEAD^{description}^L" + "|" * 14 + f"{accession}|||||CT\r")
+
+
+def test_an_identifier_too_long_for_dicom_is_ae_102_at_its_field_on_every_database(db) -> None:
+    """An 18-character accession number (DICOM SH holds 16) was AA on SQLite, stored whole, and
+    AE 207 "application internal error: StringDataRightTruncation" without a location on PostgreSQL."""
+    runner = _runner(db)
+    for cid, text, where in (("LONG1", _order("LONG1", accession="ACC-2026-000012345"), ("OBR", "1", "18")),
+                             ("LONG2", _order("LONG2", placer="P" * 65), ("ORC", "1", "2")),
+                             ("LONG3", (MSH.format(type="ADT^A08", cid="LONG3") + "EVN|A08\r"
+                                        "PID|1||" + "9" * 65 + "^^^NORTHSIDE^MR||Haddad^Rami\r"), ("PID", "1", "3"))):
+        ack = _send(runner, text)
+        err = ack.segment("ERR")
+        assert ack.segment("MSA").value(1) == "AE" and err is not None, cid
+        assert (err.value(2, 1, 1), err.value(2, 1, 2), err.value(2, 1, 3), err.value(3)) == (*where, "102"), cid
+        assert _last(db)["status"] == "ERROR"
+    assert "accession_number (OBR-18) is 18 characters; a DICOM SH holds at most 16" in _last(db, "LONG1")["error"]
+    assert _steps(db) == []
+
+
+def test_a_procedure_description_longer_than_64_characters_is_cut_on_every_database(db) -> None:
+    """It was AE 207 (StringDataRightTruncation) on PostgreSQL: real OBR-4.2 texts run past 64."""
+    description = "CT HEAD WITHOUT CONTRAST WITH 3D RECONSTRUCTIONS AND VOLUME RENDERING, ANGIO"
+    assert _send(_runner(db), _order("DESC1", description=description)).segment("MSA").value(1) == "AA"
+    stored = db.read(lambda c: c.execute(select(orders.c.requested_procedure_description,
+                                                orders.c.procedure_code_meaning)).one())
+    assert tuple(stored) == (description[:64], description[:64])
+
+
+def test_a_note_on_a_change_is_not_logged_as_a_record_left_alone(db, caplog) -> None:
+    """An order that attaches a waiting report changed everything it carries; its note says so. It was
+    logged "was partly applied: 1 record(s) left alone"."""
+    from engine.handlers import Outcome
+
+    attached = [Outcome(True), Outcome(True, "report 2 for order placer PL1 was waiting: attached and sent on")]
+    mixed = [Outcome(True), Outcome(False, "order placer PL2: not an imaging order")]
+    with caplog.at_level("INFO", logger="engine.channel.persist"):
+        for message_id, outcomes in ((7, attached), (8, mixed)):
+            db.writer.call(lambda c, i=message_id, o=outcomes: Persister._note(c, i, o, []))
+    assert [r.getMessage() for r in caplog.records] == [
+        "message 7 was applied with 1 note(s), see `radbridge messages show 7`",
+        "message 8 was partly applied: 1 record(s) left alone, see `radbridge messages show 8`"]

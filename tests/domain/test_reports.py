@@ -17,7 +17,7 @@ from engine.handlers import Outbound
 from engine.hl7.er7 import Message
 from engine.store.database import Database
 from tests.conftest import ROOT
-from tests.domain.factories import apply_records, order, patient
+from tests.domain.factories import apply_records, context, order, patient
 
 ORU = "MSH|^~\\&|REP|HOSP|RADBRIDGE|HOSP|20261122100000||ORU^R01|R1|P|2.5.1\rPID|1||P1^^^HOSP\rOBR|1|PL1\r"
 
@@ -155,6 +155,26 @@ def test_a_report_for_an_unknown_order_waits_and_is_sent_when_the_order_arrives(
     out = apply_records(db, handler, [patient(), order("PL9")])
     assert [o.destination for o in out] == ["ehr"] and fields(out[0], "OBR")[0][2] == "PL9"
     assert db.writer.call(lambda c: c.execute(select(reports.c.order_pk)).scalar_one()) is not None
+
+
+def notes(db: Database, handler: ReportsHandler, *records: dict[str, Any]) -> list[str]:
+    """The notes the handler leaves on one message (``messages show``) for ``records``."""
+    ctx = context(list(records), ORU)
+    db.writer.call(lambda conn: handler.apply(conn, ctx))
+    return [o.note for o in ctx.outcomes]
+
+
+def test_a_later_version_says_it_waits_only_while_its_order_is_unknown(
+    db: Database, handler: ReportsHandler, orders_handler: OrdersHandler
+):
+    waiting = "no such order yet"
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    assert notes(db, handler, report("P", "Prelim.")) == [""]
+    assert notes(db, handler, report("F", "Final.")) == [""]  # version 2 of a known order's report
+    assert notes(db, handler, report("C", "Corrected.")) == [""]
+    first, second = (notes(db, handler, report(s, t, placer_order_number="PL9", filler_order_number=""))
+                     for s, t in (("P", "Prelim."), ("F", "Final.")))
+    assert waiting in first[0] and waiting in second[0]  # still no order PL9
 
 
 def test_a_report_for_an_unknown_order_is_refused_by_policy(db: Database, config: EngineConfig):
