@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR
 
@@ -83,12 +84,18 @@ def top_level_elements(buf: bytes | memoryview | object, start: int, end: int,
         pos = stop
 
 
-@dataclass(frozen=True, slots=True)
-class _Header:
+class _Header(NamedTuple):
+    """An element's header (a tuple: one is made for every element walked)."""
+
     tag: int
     vr: bytes
     length: int
     value_at: int
+
+
+#: Per byte order (``Encoding.little``): the tag's two halves, a 4-byte length, a 2-byte length (compiled once).
+_STRUCTS = {little: (struct.Struct(order + "HH"), struct.Struct(order + "I"), struct.Struct(order + "H"))
+            for little, order in ((True, "<"), (False, ">"))}
 
 
 class _Walker:
@@ -99,21 +106,20 @@ class _Walker:
     def header(self, pos: int, end: int, enc: Encoding) -> _Header:
         if pos + 8 > end:
             raise MalformedDataset(f"element header at byte {pos} runs past the end")
-        group, element = struct.unpack_from(enc.order + "HH", self.buf, pos)  # type: ignore[arg-type]
+        tag_struct, long_struct, short_struct = _STRUCTS[enc.little]
+        buf = self.buf
+        group, element = tag_struct.unpack_from(buf, pos)  # type: ignore[arg-type]
         tag = group << 16 | element
         if enc.implicit or group == 0xFFFE:
-            (length,) = struct.unpack_from(enc.order + "I", self.buf, pos + 4)  # type: ignore[arg-type]
-            return _Header(tag, b"", length, pos + 8)
-        vr = bytes(self.buf[pos + 4:pos + 6])  # type: ignore[index]
-        if not (vr.isalpha() and vr.isupper()):
-            raise MalformedDataset(f"element ({group:04X},{element:04X}) at byte {pos} has no valid VR")
+            return _Header(tag, b"", long_struct.unpack_from(buf, pos + 4)[0], pos + 8)  # type: ignore[arg-type]
+        vr = bytes(buf[pos + 4:pos + 6])  # type: ignore[index]
         if vr in _LONG_VRS:
             if pos + 12 > end:
                 raise MalformedDataset(f"element header at byte {pos} runs past the end")
-            (length,) = struct.unpack_from(enc.order + "I", self.buf, pos + 8)  # type: ignore[arg-type]
-            return _Header(tag, vr, length, pos + 12)
-        (length,) = struct.unpack_from(enc.order + "H", self.buf, pos + 6)  # type: ignore[arg-type]
-        return _Header(tag, vr, length, pos + 8)
+            return _Header(tag, vr, long_struct.unpack_from(buf, pos + 8)[0], pos + 12)  # type: ignore[arg-type]
+        if not (vr.isalpha() and vr.isupper()):
+            raise MalformedDataset(f"element ({group:04X},{element:04X}) at byte {pos} has no valid VR")
+        return _Header(tag, vr, short_struct.unpack_from(buf, pos + 6)[0], pos + 8)  # type: ignore[arg-type]
 
     def dataset(self, pos: int, end: int, depth: int, nested: bool, enc: Encoding | None = None) -> int:
         """Walk elements from ``pos``; a ``nested`` item of undefined length ends at its delimiter."""
