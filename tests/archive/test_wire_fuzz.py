@@ -5,6 +5,7 @@ another exception, and what is read is consistent however the bytes arrive."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -92,7 +93,7 @@ def _split(body: bytes, cuts: list[int]) -> list[tuple[int, int, bytes, bool]]:
     splitter, out, current = PdvSplitter(), [], bytearray()
     view = memoryview(body)
     bounds = [0, *sorted({c for c in cuts if 0 < c < len(body)}), len(body)]
-    for start, stop in zip(bounds, bounds[1:], strict=False):
+    for start, stop in itertools.pairwise(bounds):
         for piece in splitter.feed(view[start:stop]):
             current += piece.data
             if piece.ends:
