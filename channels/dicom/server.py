@@ -24,6 +24,7 @@ from engine.store.database import Database
 
 from .admission import HostSlots
 from .dul_stream import response_stream
+from .invalid_store import serve_invalid_stores
 from .listener import ConnectionGuard, GuardedServer, HandOff, Limits
 from .log_filters import install_log_filters
 from .mpps import MppsService, mpps_policy
@@ -166,6 +167,7 @@ def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageServ
         tune_association(event.assoc)
         if storage is not None:  # C-STORE data sets straight into the archive's spool
             install_store_stream(event.assoc, storage.store, storage.primary.incoming, storage_classes)
+            serve_invalid_stores(event.assoc)  # and those pynetdicom decodes answered even without their UIDs
 
     return [(evt.EVT_C_FIND, on_find), (evt.EVT_N_CREATE, on_create), (evt.EVT_N_SET, on_set),
             (evt.EVT_C_ECHO, on_echo), (evt.EVT_CONN_OPEN, on_open)]  # fmt: skip

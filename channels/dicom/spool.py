@@ -10,8 +10,18 @@ raise: a write that fails (disk full) is remembered instead, because an
 ``OSError`` inside pynetdicom's receive path would end the association rather
 than let the SCP answer 0xA700. :func:`spool_failure` tells the C-STORE handler.
 
-**pynetdicom internals**: the factory's name and the calls made on the file
-(``write``, ``file.flush``, ``close``, ``name``), checked against pynetdicom 3.0
+pynetdicom writes the spool's File Meta Information with pydicom's
+``write_file_meta_info``, which raises on an empty Media Storage SOP Class or
+Instance UID: a C-STORE-RQ whose Affected SOP Class or Instance UID is empty
+(PS3.7 9.3.1.1 makes both mandatory, yet senders leave them empty) would end the
+DUL's thread mid-message, the sender would get no answer and the spool would stay.
+:func:`enable_streamed_receive` has it written by
+:func:`~engine.archive.part10.encode_file_meta` instead, which takes any value, so
+the request reaches the C-STORE handler, which refuses it with a status.
+
+**pynetdicom internals**: the factory's name, ``write_file_meta_info`` as
+``dimse_messages`` calls it (the file, a ``FileMetaDataset``), and the calls made
+on the file (``write``, ``file.flush``, ``close``, ``name``), checked against pynetdicom 3.0
 (:data:`TESTED_VERSIONS`); with another version the system default stays and
 :func:`enable_streamed_receive` returns False.
 """
@@ -28,6 +38,7 @@ from typing import Any
 import pynetdicom
 from pynetdicom import _config, dimse_messages
 
+from engine.archive.part10 import encode_file_meta
 from engine.libc import libc_function
 
 __all__ = ["TESTED_VERSIONS", "SpoolFile", "enable_streamed_receive", "spool_failure"]
@@ -113,6 +124,19 @@ def _factory(directory: Path) -> Any:
     return make
 
 
+_PREAMBLE_BYTES = 132  # 128 zeros and "DICM": pynetdicom writes them before the File Meta Information
+
+
+def _write_file_meta(fp: Any, file_meta: Any, enforce_standard: bool = True) -> None:
+    """``write_file_meta_info`` for pynetdicom's spool: the group as radbridge encodes it, empty UIDs included."""
+    def value(keyword: str) -> str:
+        return str(file_meta.get(keyword, "") or "")
+
+    meta = encode_file_meta(value("MediaStorageSOPClassUID"), value("MediaStorageSOPInstanceUID"),
+                            value("TransferSyntaxUID"), "")
+    fp.write(meta[_PREAMBLE_BYTES:])
+
+
 def enable_streamed_receive(spool_dir: Path) -> bool:
     """Stream every received C-STORE dataset into a :class:`SpoolFile` in ``spool_dir`` (process-wide).
 
@@ -120,7 +144,10 @@ def enable_streamed_receive(spool_dir: Path) -> bool:
     in the system's temporary directory, and a full disk there ends the association.
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
-    if not pynetdicom.__version__.startswith(TESTED_VERSIONS) or not hasattr(dimse_messages, "NamedTemporaryFile"):
+    if not pynetdicom.__version__.startswith(TESTED_VERSIONS) or not all(
+            hasattr(dimse_messages, name) for name in ("NamedTemporaryFile", "write_file_meta_info")):
         return False
-    dimse_messages.NamedTemporaryFile = _factory(spool_dir)
+    module: Any = dimse_messages
+    module.NamedTemporaryFile = _factory(spool_dir)
+    module.write_file_meta_info = _write_file_meta
     return True

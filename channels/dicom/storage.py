@@ -19,7 +19,9 @@ request :meth:`StorageService.store`:
    the copy owed to it is queued in the same transaction,
    :mod:`engine.archive.replication`), and only then answers 0x0000. A
    location that cannot take the file, or a commit that fails, answers 0xA700
-   (out of resources), never success.
+   (out of resources), never success; any other error answers 0xC211
+   (processing failure) and quarantines what arrived, with the exception's type
+   as the reason (the traceback is logged).
 
 The spool file, and what happens when the disk fills while it is written, is
 :mod:`channels.dicom.spool`'s business.
@@ -58,6 +60,7 @@ from engine.archive.structure import Encoding, check_structure
 from engine.config.models import DicomDestinationConfig, EngineConfig
 from engine.domain.ingest import index_received
 from engine.domain.instances import (
+    PROCESSING_FAILURE,
     DuplicatePolicy,
     IndexOutcome,
     InstanceAttributes,
@@ -75,6 +78,7 @@ from engine.store.database import Database
 from .spool import enable_streamed_receive, spool_failure
 
 __all__ = [
+    "PROCESSING_FAILURE",
     "REFUSALS",
     "RETIRED_STORAGE_SOP_CLASSES",
     "STORAGE_SOP_CLASSES",
@@ -114,6 +118,10 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "instance_mismatch": (0xC221, "SOPInstanceUID differs from the command's Affected SOP Instance UID"),
     "class_mismatch": (0xA900, "SOPClassUID differs from the command's or the presentation context's"),
     "patient_mismatch": (0xC230, "the Patient ID is not the study's patient's (reconcile.patient_id_mismatch)"),
+    # Not a fault of the data set: an error the service did not foresee (a defect). Answered and kept
+    # like a refusal, so that the image is not lost and `radbridge status` shows it.
+    "processing_failure": (PROCESSING_FAILURE, "processing failure: an unexpected error in the storage service"
+                                               " (the log has it)"),
 }
 
 _HEAD = 1 << 16
@@ -282,6 +290,10 @@ class StorageService:
             log.error("C-STORE %s from %s refused, out of resources: %s",
                       request.sop_instance_uid, request.calling_ae, exc)
             return OUT_OF_RESOURCES
+        except Exception as exc:  # unforeseen: the traceback in the log, what arrived in quarantine
+            log.exception("C-STORE %s from %s: the storage service failed", request.sop_instance_uid,
+                          request.calling_ae)
+            return self._quarantine(request, _Refused("processing_failure", type(exc).__name__), now)
 
     def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime, ahead: FlushAhead | None,
                hashing: HashAhead | None = None) -> int:

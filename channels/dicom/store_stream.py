@@ -76,7 +76,7 @@ from .dimse_command import StoreCommand, read_command, store_response
 from .dul_stream import TESTED_VERSIONS
 from .pdv import PdvSplitter, Piece
 from .spool import SpoolFile, spool_failure
-from .storage import StoreRequest, StreamedFile
+from .storage import PROCESSING_FAILURE, StoreRequest, StreamedFile
 
 __all__ = ["BUFFER_BYTES", "PROCESSING_FAILURE", "StoreStream", "install_store_stream"]
 
@@ -97,8 +97,6 @@ WRITEBACK_BYTES = 1 << 18
 _P_DATA_TF = 0x04
 _PDU_TYPES = range(0x01, 0x08)
 _COMMAND_LAST, _COMMAND_MORE = 0x03, 0x01
-#: PS3.7 C.5.2 "Processing failure": what pynetdicom answers when its C-STORE handler raises.
-PROCESSING_FAILURE = 0xC211
 
 
 class _Receiving:
@@ -349,7 +347,7 @@ class StoreStream:
         )  # fmt: skip
         try:
             status = self._run(request)
-        except Exception:  # the service answers every failure it knows; anything else is as pynetdicom's
+        except Exception:  # the service answers (and keeps) every failure; one that escapes it is as pynetdicom's
             log.exception("C-STORE %s: the storage service failed", rx.command.sop_instance_uid)
             status = PROCESSING_FAILURE
         finally:

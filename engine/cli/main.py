@@ -241,11 +241,18 @@ def _status_text(data: dict[str, Any]) -> str:
     receivers = ", ".join(f"{k} {v}" for k, v in reports["receivers"].items()) or "none configured"
     st = data.get("studies", {})
     studies = (f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled;"
-               f" images refused and quarantined: {data.get('images', {}).get('quarantined', 0)}")
+               f" images refused and quarantined: {_quarantined_text(data.get('images', {}))}")
     return "\n".join([*lines, "", f"worklist steps: {steps}", studies,
                       f"reports waiting for their order: {reports['waiting_for_order']}",
                       f"ORU^R01 out: {receivers}", "",
                       "needs attention:" + ("" if data["attention"] else " nothing"), *data["attention"]])
+
+
+def _quarantined_text(images: dict[str, int]) -> str:
+    """All quarantined C-STORE requests, and those of the last 24 hours (the ones under "needs attention")."""
+    text = f"{images.get('quarantined', 0)} ({images.get('quarantined_last_24h', 0)} in the last 24 hours"
+    failed = images.get("failed_last_24h", 0)
+    return text + (f", {failed} of them processing failures)" if failed else ")")
 
 
 _CONFIG_HELP = "configuration directory (default $RADBRIDGE_CONFIG or ./config)"

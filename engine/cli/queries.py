@@ -9,7 +9,7 @@ result leaves without its event.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,9 @@ __all__ = [
     "MessageFilter", "audited_detail", "audited_list", "channel_status", "engine_status", "list_messages",
     "message_detail",
 ]
+
+#: How far back ``radbridge status`` looks for refused images that need attention (the total is shown too).
+RECENT_REFUSALS = timedelta(hours=24)
 
 _LIST_COLUMNS = (
     messages.c.id, messages.c.channel, messages.c.received_at, messages.c.status, messages.c.message_type,
@@ -197,11 +200,19 @@ def engine_status(conn: Connection) -> dict[str, Any]:
             "studies": study_counts(conn), "images": image_counts(conn)}
 
 
-def image_counts(conn: Connection) -> dict[str, int]:
-    """C-STORE requests refused with a failure status and kept in quarantine (0xA900, 0xC2xx: docs/images.md)."""
-    from engine.domain.instance_tables import quarantined_instances
+def image_counts(conn: Connection, now: datetime | None = None) -> dict[str, int]:
+    """C-STORE requests answered with a failure status and kept in quarantine (docs/images.md): all of them,
+    those of the last :data:`RECENT_REFUSALS`, and of these the processing failures (0xC211: a defect,
+    not the sender's data set)."""
+    from engine.domain.instance_tables import quarantined_instances as q
+    from engine.domain.instances import PROCESSING_FAILURE
 
-    return {"quarantined": int(conn.execute(select(func.count()).select_from(quarantined_instances)).scalar_one())}
+    since = (now or datetime.now(UTC)) - RECENT_REFUSALS
+    total = conn.execute(select(func.count()).select_from(q)).scalar_one()
+    recent = dict(conn.execute(select(q.c.status == PROCESSING_FAILURE, func.count())
+                               .where(q.c.received_at >= since).group_by(q.c.status == PROCESSING_FAILURE)).all())
+    return {"quarantined": int(total), "quarantined_last_24h": int(sum(recent.values())),
+            "failed_last_24h": int(recent.get(True, 0))}
 
 
 def study_counts(conn: Connection) -> dict[str, int]:

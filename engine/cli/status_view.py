@@ -91,13 +91,25 @@ def attention(data: dict[str, Any]) -> list[str]:
         if d["dead_letters"]:
             out.append(f"destination {name}: {d['dead_letters']} dead letter(s):"
                        f" radbridge outbox list --destination {name} --status ERROR")
-    quarantined = data.get("images", {}).get("quarantined", 0)
-    if quarantined:
-        out.append(f"images: {quarantined} C-STORE(s) refused and kept in quarantine (archive.quarantine;"
-                   " sender, UIDs, status and reason in the table quarantined_instances)")
+    out += _image_attention(data.get("images", {}))
     for job, j in sorted(data["jobs"].items()):
         if j["last_error"]:
             out.append(f"job {job}: last run failed: {j['last_error']}")
+    return out
+
+
+def _image_attention(images: dict[str, int]) -> list[str]:
+    """C-STORE requests quarantined in the last 24 hours (engine.cli.queries.RECENT_REFUSALS): the sender's
+    refusals, and the processing failures (0xC211), which are radbridge's own. Older ones are only counted."""
+    failed = images.get("failed_last_24h", 0)
+    refused = images.get("quarantined_last_24h", 0) - failed
+    where = "archive.quarantine; sender, UIDs, status and reason in the table quarantined_instances"
+    out = []
+    if refused:
+        out.append(f"images: {refused} C-STORE(s) refused in the last 24 hours and kept in quarantine ({where})")
+    if failed:
+        out.append(f"images: {failed} C-STORE(s) failed in the storage service (0xC211) in the last 24 hours"
+                   f" and kept in quarantine; the log has the error ({where})")
     return out
 
 

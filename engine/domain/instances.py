@@ -33,6 +33,7 @@ from engine.domain.tables import orders, series, studies
 from engine.store.fast import FastInsert, FastStatement, first_row
 
 __all__ = [
+    "PROCESSING_FAILURE",
     "DuplicatePolicy",
     "IndexOutcome",
     "Indexed",
@@ -225,6 +226,11 @@ class StoredFile:
     def identity(self) -> str:
         """The hash a resend is recognised by: the dataset as received."""
         return self.received_sha256 or self.sha256
+
+
+#: PS3.7 C.5.2 "Processing failure": the status of a request the storage service failed on (not the data
+#: set's fault), kept in quarantine like a refusal (channels.dicom.storage).
+PROCESSING_FAILURE = 0xC211
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
+from sqlalchemy import update
 
+from channels.dicom.storage import StorageService
+from engine.cli.queries import engine_status
+from engine.cli.status_view import attention
+from engine.domain.instance_tables import quarantined_instances
 from tests.dicom.store_peer import StoreSCP, dataset_bytes, raw_file, raw_sender, running_scp, send_raw
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -90,19 +98,79 @@ def test_dataset_of_another_sop_class_than_its_context_gets_a900(tmp_path: Path,
 
 def test_radbridge_status_counts_the_refused_images_and_says_where_they_are(tmp_path: Path, corpus: Path) -> None:
     """A refused image was in no line of ``radbridge status``: "needs attention: nothing" after any refusal."""
-    from engine.cli.queries import engine_status
-    from engine.cli.status_view import attention
-
     sent = raw_file(dataset_bytes(_good(corpus)), CT, "1.2.3.4.5", EXPLICIT, tmp_path / "x.dcm")
     with running_scp(tmp_path / "rb") as scp:
-        assert scp.db.read(engine_status)["images"] == {"quarantined": 0}
+        assert scp.db.read(engine_status)["images"] == _counts(0, 0)
         with raw_sender(scp.port, [(CT, EXPLICIT)]) as assoc:
             assert send_raw(assoc, sent) == 0xC221
         data = scp.db.read(engine_status)
-    assert data["images"] == {"quarantined": 1}
-    assert [line for line in attention({"channels": {}, "jobs": {}, **data}) if line.startswith("images:")] == [
-        "images: 1 C-STORE(s) refused and kept in quarantine (archive.quarantine;"
+    assert data["images"] == _counts(1, 1)
+    assert _image_attention(data) == [
+        "images: 1 C-STORE(s) refused in the last 24 hours and kept in quarantine (archive.quarantine;"
         " sender, UIDs, status and reason in the table quarantined_instances)"]
+
+
+def test_needs_attention_clears_a_day_after_the_last_refusal_and_the_total_stays(
+        tmp_path: Path, corpus: Path) -> None:
+    """Counting every refusal ever, "needs attention" never cleared once one image had been refused."""
+    sent = raw_file(dataset_bytes(_good(corpus)), CT, "1.2.3.4.5", EXPLICIT, tmp_path / "x.dcm")
+    with running_scp(tmp_path / "rb") as scp:
+        with raw_sender(scp.port, [(CT, EXPLICIT)]) as assoc:
+            assert send_raw(assoc, sent) == 0xC221
+            assert send_raw(assoc, sent) == 0xC221
+        q = quarantined_instances
+        first = min(row.id for row in scp.quarantined())
+        scp.db.writer.call(lambda c: c.execute(update(q).where(q.c.id == first)
+                                               .values(received_at=datetime.now(UTC) - timedelta(hours=25))))
+        data = scp.db.read(engine_status)
+        assert data["images"] == _counts(2, 1)
+        assert [line.split(" C-STORE")[0] for line in _image_attention(data)] == ["images: 1"]
+        scp.db.writer.call(lambda c: c.execute(update(q).values(received_at=datetime.now(UTC) - timedelta(days=2))))
+        data = scp.db.read(engine_status)
+    assert data["images"] == _counts(2, 0)
+    assert _image_attention(data) == []
+
+
+@pytest.mark.parametrize("pynetdicom_path", [False, True], ids=["streamed", "pynetdicom-at-info"])
+def test_a_processing_failure_is_answered_c211_kept_in_quarantine_and_shown_by_status(
+        tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+        pynetdicom_path: bool) -> None:
+    """An unexpected exception in the storage service was answered 0xC211 and only logged; the image was gone."""
+    reconcile, failures = StorageService._reconcile, [RuntimeError("injected")]
+
+    def fails_once(self: StorageService, *args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return reconcile(self, *args)
+
+    monkeypatch.setattr(StorageService, "_reconcile", fails_once)
+    logger = logging.getLogger("pynetdicom")
+    if pynetdicom_path:  # the streamed receive is not installed (channels.dicom.store_stream)
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        request.addfinalizer(lambda: logger.setLevel(level))
+    with running_scp(tmp_path / "rb") as scp:
+        with raw_sender(scp.port, [(CT, EXPLICIT)]) as assoc:
+            assert send_raw(assoc, _good(corpus)) == 0xC211
+            _ok_after(scp, assoc, corpus)
+        (kept,) = scp.quarantined()
+        assert (kept.status, kept.received_from_ae) == (0xC211, "CT1")
+        assert kept.reason.startswith("processing failure") and kept.reason.endswith(": RuntimeError")
+        assert dataset_bytes(scp.config.quarantine_dir() / kept.path) == dataset_bytes(_good(corpus))
+        data = scp.db.read(engine_status)
+    assert data["images"] == _counts(1, 1, failed=1)
+    assert _image_attention(data) == [
+        "images: 1 C-STORE(s) failed in the storage service (0xC211) in the last 24 hours and kept in quarantine;"
+        " the log has the error (archive.quarantine; sender, UIDs, status and reason in the table"
+        " quarantined_instances)"]
+
+
+def _counts(total: int, recent: int, failed: int = 0) -> dict[str, int]:
+    return {"quarantined": total, "quarantined_last_24h": recent, "failed_last_24h": failed}
+
+
+def _image_attention(data: dict[str, Any]) -> list[str]:
+    return [line for line in attention({"channels": {}, "jobs": {}, **data}) if line.startswith("images:")]
 
 
 def test_dataset_whose_instance_uid_differs_from_the_command_is_refused(tmp_path: Path, corpus: Path) -> None:

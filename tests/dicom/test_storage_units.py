@@ -33,7 +33,7 @@ def test_refusal(attrs: InstanceAttributes, request_: StoreRequest, key: str | N
 
 
 def test_refusal_statuses_are_failures_of_ps3_4_b_2_3() -> None:
-    assert {status for status, _ in REFUSALS.values()} == {0xC210, 0xC220, 0xC221, 0xA900, 0xC230}
+    assert {status for status, _ in REFUSALS.values()} == {0xC210, 0xC211, 0xC220, 0xC221, 0xA900, 0xC230}
 
 
 def test_retired_storage_classes_are_accepted_and_print_classes_are_not() -> None:
