@@ -324,3 +324,14 @@ def test_a_step_identifier_of_64_characters_is_kept_whole_and_matched_again_by_a
     cancel = _omi("K2", ipc).replace("ORC|NW|", "ORC|CA|").replace("||SC\r", "||CA\r")
     assert _send(runner, cancel).segment("MSA").value(1) == "AA"
     assert _steps(db) == ["CANCELED"]
+
+
+def test_the_ack_of_a_missing_required_value_is_plain_ascii_without_msh_18(db) -> None:
+    """Without MSH-18 the ACK goes out in 8859/1, where the rule description's '→' became '?'
+    ("PID-3.1 ? required"): the engine's own texts are ASCII."""
+    text = MSH.format(type="ORM^O01", cid="ASCII1") + "PID|1||^^^NORTHSIDE^MR||Haddad^Rami\rORC|NW|PLC-A1\r"
+    raw = asyncio.run(_runner(db).receive(text.encode(), "test"))
+    assert raw.isascii(), raw
+    err = Message(raw.decode("ascii")).segment("ERR")
+    assert err is not None and err.value(3) == "101"
+    assert err.value(8) == "patient_id is required (PID-3.1 -> required)"
