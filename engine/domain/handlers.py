@@ -36,6 +36,7 @@ from engine.domain.reconcile import request_for_orders, request_for_patient
 from engine.domain.records import MergeRecord, OrderRecord, PatientRecord
 from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
 from engine.handlers import InboundContext, Outbound, register_handler
+from engine.hl7.dicom_text import safe_value
 from engine.hl7.er7 import Message
 
 __all__ = [
@@ -101,6 +102,22 @@ _PN_NAMES = frozenset({"patient_name", "referring_physician_name", "requesting_p
                        "scheduled_performing_physician_name"})
 
 
+#: The one multi-valued field: its backslashes separate the station AE titles (IPC-9 repetitions).
+_MULTI_VALUED = "scheduled_station_ae_title"
+
+
+def _dicom_safe(data: Any) -> Any:
+    """``data`` with a backslash in any text value replaced by '/' (engine.hl7.dicom_text): every
+    field of these records is a DICOM value of a VR whose values a backslash separates."""
+    if isinstance(data, str):
+        return safe_value(data)
+    if isinstance(data, dict):
+        return {k: v if k == _MULTI_VALUED else _dicom_safe(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_dicom_safe(v) for v in data]
+    return data
+
+
 def _limit_text(name: str, limit: int) -> str:
     """What holds at most ``limit`` characters of field ``name``, for the AE 102 text."""
     if name in KEPT_WHOLE:
@@ -120,7 +137,7 @@ def _validate(model: type[Any], data: dict[str, Any], segment: str, sequence: in
     options on, and that costs ~10 % of a record's validation, twice an order message.
     """
     try:
-        return model.__pydantic_validator__.validate_python(data)
+        return model.__pydantic_validator__.validate_python(_dicom_safe(data))
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else ""

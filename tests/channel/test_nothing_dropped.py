@@ -2,6 +2,7 @@
 what the RIS is answered, what is stored, and what ``messages show`` and ``status`` say."""
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -335,3 +336,25 @@ def test_the_ack_of_a_missing_required_value_is_plain_ascii_without_msh_18(db) -
     err = Message(raw.decode("ascii")).segment("ERR")
     assert err is not None and err.value(3) == "101"
     assert err.value(8) == "patient_id is required (PID-3.1 -> required)"
+
+
+def test_dicom_delimiters_inside_hl7_values_reach_a_coerced_image_header_as_one_value(db) -> None:
+    """Image coercion reads the stored order: a name or description with an escaped backslash or
+    component separator must be one DICOM value there too, on every database."""
+    from pydicom.dataset import Dataset
+
+    from engine.domain.reconcile import OrderMatch, order_input
+    from engine.reconcile.coerce import Modification, coerce
+
+    text = (MSH.format(type="ORM^O01", cid="DLM1") + "PID|1||MRN6210^^^NORTHSIDE^MR||Smith\\E\\Jones^Ann\\S\\Marie\r"
+            "ORC|NW|PLC-D1|FIL-D1||SC\rOBR|1|PLC-D1|FIL-D1|CTHEAD^CT HEAD\\E\\NECK^L" + "|" * 14 + "ACC-D1|||||CT\r")
+    assert _send(_runner(db), text).segment("MSA").value(1) == "AA"
+    row = db.read(lambda c: c.execute(select(orders.c.id, orders.c.patient_pk, procedure_steps.c.id.label("step"))
+                                      .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)).one())
+    record = db.read(lambda c: order_input(c, OrderMatch(row.id, row.step, row.patient_pk, "accession")))
+    (values,) = load_mappings(ROOT / "mappings", timezone="UTC")["order-to-image"].apply_to(record).records
+    header = Dataset()
+    header.PatientName, header.PatientID, header.AccessionNumber = "SMITH^J", "MRN6210", "ACC-D1"
+    coerce(header, values, Modification(datetime(2026, 12, 5, tzinfo=UTC), "RADBRIDGE", "CT1"))
+    assert header["PatientName"].VM == 1 and str(header.PatientName) == "Smith Jones^Ann Marie"
+    assert header["StudyDescription"].VM == 1 and header.StudyDescription == "CT HEAD/NECK"

@@ -244,3 +244,27 @@ def test_findscu_reads_step_identifiers_longer_than_dicom_sh_whole(radbridge: Ra
             "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=CT1"]  # fmt: skip
     (got,) = findscu(radbridge.server.port, keys, tmp_path / "out")
     assert _long_values(got) == _LONG_EXPECTED
+
+
+#: PID-5 and OBR-4.2 with DICOM's delimiters escaped inside HL7 values: \E\ a backslash, \S\ a '^'.
+DELIMITED = ("MSH|^~\\&|RIS|HOSP|RB|RAD|20261122083000||ORM^O01|D1|P|2.5.1\r"
+             "PID|1||P9^^^HOSP||Smith\\E\\Jones^Ann\\S\\Marie=Lou||19700101|F\r"
+             "ORC|NW|PL9|FPL9||SC\rOBR|1|PL9|FPL9|CTHN^CT HEAD\\E\\NECK^L" + "|" * 14 + "ACC9||||||CT\r")
+
+
+def test_dicom_delimiters_inside_hl7_values_reach_the_worklist_as_one_value(radbridge: Radbridge) -> None:
+    """The PACS showed "Smith": `Smith\\E\\Jones^Ann` became the PN `Smith\\Jones^Ann`, two values."""
+    from engine.hl7.er7 import Message
+    from engine.mapping import load_mappings
+    from tests.conftest import ROOT
+
+    mapping = load_mappings(ROOT / "mappings", timezone="UTC")["order-to-worklist"]
+    apply_records(radbridge.db, radbridge.orders, list(mapping.apply(Message(DELIMITED)).records), DELIMITED)
+    query = Dataset()
+    query.PatientName = ""
+    query.RequestedProcedureDescription = ""
+    query.AccessionNumber = "ACC9"
+    (got,) = _pynetdicom_find(radbridge.server.port, query)
+    assert (got["PatientName"].VM, got["RequestedProcedureDescription"].VM) == (1, 1)
+    assert str(got.PatientName) == "Smith Jones^Ann Marie Lou"
+    assert got.RequestedProcedureDescription == "CT HEAD/NECK"
