@@ -21,6 +21,8 @@ from sqlalchemy import Connection
 
 from engine.config.models import ChannelConfig, EngineConfig
 from engine.domain.identity import resolve_identity
+from engine.domain.lengths import KEPT_WHOLE, over_dicom
+from engine.domain.order_identity import identity_text
 from engine.domain.order_kind import NON_IMAGING_TABLE, load_non_imaging
 from engine.domain.orders import CONTROL_TABLE, OrderPolicy, apply_order, load_control_table
 from engine.domain.patients import (
@@ -34,6 +36,7 @@ from engine.domain.reconcile import request_for_orders, request_for_patient
 from engine.domain.records import MergeRecord, OrderRecord, PatientRecord
 from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
 from engine.handlers import InboundContext, Outbound, register_handler
+from engine.hl7.dicom_text import safe_value
 from engine.hl7.er7 import Message
 
 __all__ = [
@@ -81,30 +84,71 @@ _SOURCES: dict[str, tuple[str, int, int | None]] = {
     "placer_order_namespace": ("ORC", 2, 2), "filler_order_number": ("ORC", 3, 1),
     "filler_order_namespace": ("ORC", 3, 2), "accession_number": ("OBR", 18, None),
     "issuer_of_accession_number": ("IPC", 1, 2), "study_instance_uid": ("ZDS", 1, 1),
+    "requested_procedure_id": ("OBR", 19, None), "scheduled_procedure_step_id": ("OBR", 20, None),
+    "modality": ("OBR", 24, None), "scheduled_station_name": ("IPC", 7, None),
+    "scheduled_procedure_step_location": ("IPC", 8, None), "requested_procedure_code": ("OBR", 4, None),
+    "scheduled_protocol_code": ("OBR", 4, None), "patient_name": ("PID", 5, None),
+    "referring_physician_name": ("PV1", 8, None), "requesting_physician": ("OBR", 16, None),
+    "scheduled_performing_physician_name": ("OBR", 34, None),
+}  # fmt: skip
+#: An OMI^O23 carries these in IPC (the shipped mapping reads IPC first).
+_IPC_SOURCES: dict[str, tuple[str, int, int | None]] = {
+    "accession_number": ("IPC", 1, 1), "requested_procedure_id": ("IPC", 2, None),
+    "study_instance_uid": ("IPC", 3, None), "scheduled_procedure_step_id": ("IPC", 4, None),
+    "modality": ("IPC", 5, None), "scheduled_protocol_code": ("IPC", 6, None),
 }  # fmt: skip
 _GROUP_SEGMENTS = frozenset({"ORC", "OBR", "IPC"})  # repeat per order: the order's sequence
+_PN_NAMES = frozenset({"patient_name", "referring_physician_name", "requesting_physician",
+                       "scheduled_performing_physician_name"})
 
 
-def _validate(model: type[Any], data: dict[str, Any], segment: str, sequence: int = 1) -> Any:
+#: The one multi-valued field: its backslashes separate the station AE titles (IPC-9 repetitions).
+_MULTI_VALUED = "scheduled_station_ae_title"
+
+
+def _dicom_safe(data: Any) -> Any:
+    """``data`` with a backslash in any text value replaced by '/' (engine.hl7.dicom_text): every
+    field of these records is a DICOM value of a VR whose values a backslash separates."""
+    if isinstance(data, str):
+        return safe_value(data)
+    if isinstance(data, dict):
+        return {k: v if k == _MULTI_VALUED else _dicom_safe(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_dicom_safe(v) for v in data]
+    return data
+
+
+def _limit_text(name: str, limit: int) -> str:
+    """What holds at most ``limit`` characters of field ``name``, for the AE 102 text."""
+    if name in KEPT_WHOLE:
+        return f"radbridge keeps at most {limit} (a DICOM SH holds 16)"
+    if name in _PN_NAMES:
+        return f"radbridge keeps at most {limit} (a DICOM PN holds 64 per component group)"
+    vr = "CS" if name == "modality" else "SH" if limit == 16 else "LO"
+    return f"a DICOM {vr} holds at most {limit}"
+
+
+def _validate(model: type[Any], data: dict[str, Any], segment: str, sequence: int = 1, ipc: bool = False) -> Any:
     """``model.model_validate(data)`` (same checks, same model), AE 101 at ``segment`` if invalid;
-    an identifier longer than its DICOM VR allows (engine.domain.records) is AE 102 at its field.
+    a value longer than its column allows (engine.domain.records, engine.domain.lengths) is AE 102
+    at its field, in IPC for an order message with IPC segments (``ipc``).
 
     Called on the model's validator directly: ``model_validate`` only passes its default
     options on, and that costs ~10 % of a record's validation, twice an order message.
     """
     try:
-        return model.__pydantic_validator__.validate_python(data)
+        return model.__pydantic_validator__.validate_python(_dicom_safe(data))
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else ""
         if error["type"] == "string_too_long" and name in _SOURCES:
-            seg, field, component = _SOURCES[name]
+            seg, field, component = (_IPC_SOURCES if ipc else {}).get(name) or _SOURCES[name]
             location = ErrorLocation(seg, sequence if seg in _GROUP_SEGMENTS else 1, field, component)
             limit = error["ctx"]["max_length"]
+            shown = ".".join(str(part) for part in error["loc"] if isinstance(part, str))
             raise HL7ApplicationError(
-                102, f"{name} ({seg}-{field}) is {len(error['input'])} characters; a DICOM "
-                f"{'SH' if limit == 16 else 'LO'} holds at most {limit} (shorten it at the sender, or in the mapping"
-                f" with {{truncate: {limit}}})", location) from exc
+                102, f"{shown} ({seg}-{field}) is {len(error['input'])} characters; {_limit_text(name, limit)} "
+                f"(shorten it at the sender, or in the mapping with {{truncate: {limit}}})", location) from exc
         raise HL7ApplicationError(101, f"{segment} record invalid: {error['msg']}", ErrorLocation(segment, 1)) from exc
 
 
@@ -219,13 +263,17 @@ class OrdersHandler:
                 _remember(ctx, rec, self.policy.patients, pk)
         known = ctx.shared.get(_KNOWN)
         sequence = 0
+        ipc = ctx.message.segment("IPC") is not None
         for data in ctx.records:
             if data.get("record") != "order":
                 continue
             sequence += 1
-            order = _validate(OrderRecord, data, "ORC", sequence)
+            order = _validate(OrderRecord, data, "ORC", sequence, ipc)
+            long_ids = over_dicom(order, sequence)
             applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
-            ctx.note(applied.changed, applied.note)
+            if long_ids:  # kept whole: said on the message, whatever else the order did
+                long_ids = [f"order {identity_text(order)}: {n}" for n in long_ids]
+            ctx.note(applied.changed, "\n".join(filter(None, (applied.note, *long_ids))))
             if applied.changed:  # reconciliation (#13): unscheduled studies this order may own, or its stored
                 # studies to correct after a content update (XO), in the background. A new order has no
                 # stored study yet (its pk is new, a deleted order's studies were unlinked): only the former.

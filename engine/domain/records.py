@@ -19,6 +19,7 @@ __all__ = [
     "RECORD_TYPES",
     "CodedValue",
     "MergeRecord",
+    "OrderCode",
     "OrderRecord",
     "OruHeader",
     "OtherPatientId",
@@ -35,10 +36,12 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-#: The most an identifier may hold: its DICOM VR's maximum (PS3.5 6.2: LO and UI 64, SH 16),
+#: The most an identifier may hold: its DICOM VR's maximum (PS3.5 6.2: LO and UI 64, SH and CS 16),
 #: which is also its column's length. Longer is AE 102 at its field (engine.domain.handlers),
-#: on every database alike, never a cut identifier.
-LO, SH = 64, 16
+#: on every database alike, never a cut identifier. The step's own identifiers (Requested Procedure
+#: and SPS IDs, station name and AE titles, location) are SH/AE in DICOM but kept whole up to LO:
+#: see engine.domain.lengths. A PN column holds PN (324: five components of 64 and four '^').
+LO, SH, PN = 64, 16, 324
 
 
 class OtherPatientId(_Record):
@@ -57,6 +60,14 @@ class CodedValue(_Record):
     code_meaning: str = ""
 
 
+class OrderCode(CodedValue):
+    """An order's procedure or protocol code: value and scheme are looked up and matched, so longer
+    than their LO columns is AE 102 (a report's code is cut where stored); a meaning is cut to LO."""
+
+    code_value: str = Field("", max_length=LO)
+    coding_scheme_designator: str = Field("", max_length=LO)
+
+
 class PatientRecord(_Record):
     """ADT A01/A04/A05/A08/A31 and the PID of every order. Identity = patient_id + issuer."""
 
@@ -64,11 +75,11 @@ class PatientRecord(_Record):
     patient_id: str = Field(min_length=1, max_length=LO)
     issuer: str = Field("", max_length=LO)  # IssuerOfPatientID, from PID-3.4.1
     other_ids: list[OtherPatientId] = Field(default_factory=list)
-    patient_name: str = ""  # DICOM PN
+    patient_name: str = Field("", max_length=PN)  # DICOM PN
     birth_date: str = ""  # DA
     sex: str = ""  # M, F, O
     admission_id: str = Field("", max_length=LO)  # PV1-19.1
-    referring_physician_name: str = ""  # PV1-8 as PN
+    referring_physician_name: str = Field("", max_length=PN)  # PV1-8 as PN
     patient_class: str = ""  # PV1-2 (I, O, E …)
     assigned_patient_location: str = ""  # PV1-3, the visit's current location
     prior_patient_location: str = ""  # PV1-6 (A02 transfer)
@@ -106,22 +117,22 @@ class OrderRecord(_Record):
     filler_order_namespace: str = Field("", max_length=LO)  # ORC-3.2 (or OBR-3.2)
     accession_number: str = Field("", max_length=SH)  # OBR-18 / IPC-1
     issuer_of_accession_number: str = Field("", max_length=LO)
-    requested_procedure_id: str = ""  # OBR-19 / IPC-2
+    requested_procedure_id: str = Field("", max_length=LO)  # OBR-19 / IPC-2 (SH, kept whole up to LO)
     study_instance_uid: str = Field("", max_length=LO)  # ZDS-1 / IPC-3
-    scheduled_procedure_step_id: str = ""  # OBR-20 / IPC-4
-    modality: str = ""  # OBR-24 / IPC-5
-    scheduled_station_ae_title: str = ""  # IPC-9 or a site rule table; several joined by "\\"
-    scheduled_station_name: str = ""
-    scheduled_procedure_step_location: str = ""
+    scheduled_procedure_step_id: str = Field("", max_length=LO)  # OBR-20 / IPC-4 (SH, kept whole up to LO)
+    modality: str = Field("", max_length=SH)  # OBR-24 / IPC-5 (CS)
+    scheduled_station_ae_title: str = ""  # IPC-9 or a site rule table; several joined by "\\", each up to LO
+    scheduled_station_name: str = Field("", max_length=LO)  # IPC-7 (SH, kept whole up to LO)
+    scheduled_procedure_step_location: str = Field("", max_length=LO)  # IPC-8 (SH, kept whole up to LO)
     scheduled_start: str = ""  # DT from TQ1-7 / ORC-7.4 / OBR-27.4 / OBR-7
     priority: str = ""  # RequestedProcedurePriority: STAT, HIGH, ROUTINE, MEDIUM, LOW
     requested_procedure_description: str = ""
-    requested_procedure_code: CodedValue | None = None
+    requested_procedure_code: OrderCode | None = None
     scheduled_procedure_step_description: str = ""
-    scheduled_protocol_code: CodedValue | None = None
-    requesting_physician: str = ""  # PN
-    referring_physician_name: str = ""  # PN
-    scheduled_performing_physician_name: str = ""  # PN
+    scheduled_protocol_code: OrderCode | None = None
+    requesting_physician: str = Field("", max_length=PN)  # PN
+    referring_physician_name: str = Field("", max_length=PN)  # PN
+    scheduled_performing_physician_name: str = Field("", max_length=PN)  # PN
     admission_id: str = Field("", max_length=LO)
     universal_service_id: str = ""  # OBR-4.1, for non-imaging filters
     diagnostic_service_section: str = ""  # OBR-24 raw

@@ -104,14 +104,15 @@ orders = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("patient_pk", Id, ForeignKey("patients.id"), nullable=False),
-    Column("order_key", String(255), nullable=False),  # see engine.domain.orders.order_key
+    Column("order_key", String(512), nullable=False),  # see engine.domain.orders.order_key
     Column("placer_order_number", String(64), nullable=False, default=""),
     Column("placer_order_namespace", String(64), nullable=False, default="", server_default=""),
     Column("filler_order_number", String(64), nullable=False, default=""),
     Column("filler_order_namespace", String(64), nullable=False, default="", server_default=""),
     Column("accession_number", String(16), nullable=False, default=""),
     Column("issuer_of_accession_number", String(64), nullable=False, default=""),
-    Column("requested_procedure_id", String(16), nullable=False, default=""),
+    # SH in DICOM (16), kept whole up to 64 (engine.domain.lengths): it is how MPPS and images find the step.
+    Column("requested_procedure_id", String(64), nullable=False, default=""),
     Column("study_instance_uid", String(64), nullable=False, default=""),
     Column("priority", String(16), nullable=False, default=""),
     Column("requested_procedure_description", String(64), nullable=False, default=""),
@@ -141,12 +142,12 @@ procedure_steps = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("order_pk", Id, ForeignKey("orders.id", ondelete="CASCADE"), nullable=False),
-    Column("sps_id", String(16), nullable=False, default=""),
+    Column("sps_id", String(64), nullable=False, default=""),  # SH, kept whole up to 64 as the RP ID
     Column("status", String(16), nullable=False),  # (0040,0020) plus EXPIRED (housekeeping)
     Column("modality", String(16), nullable=False, default=""),
-    Column("scheduled_station_ae_title", String(340), nullable=False, default=""),  # "A\B"
-    Column("scheduled_station_name", String(16), nullable=False, default=""),
-    Column("location", String(16), nullable=False, default=""),
+    Column("scheduled_station_ae_title", Text, nullable=False, default=""),  # "A\B"
+    Column("scheduled_station_name", String(64), nullable=False, default=""),  # SH, kept whole up to 64
+    Column("location", String(64), nullable=False, default=""),  # SH, kept whole up to 64
     Column("start_date", String(8), nullable=False, default=""),  # DA
     Column("start_time", String(6), nullable=False, default=""),  # TM, HHMMSS
     Column("start_datetime", String(14), nullable=False, default=""),  # date + time, for ranges
@@ -167,7 +168,7 @@ step_station_aes = Table(
     "step_station_aes",
     metadata,
     Column("step_pk", Id, ForeignKey("procedure_steps.id", ondelete="CASCADE"), primary_key=True),
-    Column("ae_title", String(16), primary_key=True),
+    Column("ae_title", String(64), primary_key=True),  # AE (16), kept whole up to 64 as IPC-9 gave it
     Column("start_datetime", String(14), nullable=False, default=""),  # copy of the step's
     # One index serves "this station (+ this day)" and covers the step_pk it yields.
     Index(None, "ae_title", "start_datetime", "step_pk"),

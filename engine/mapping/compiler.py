@@ -273,7 +273,7 @@ def _is_plain(rule: CompiledRule) -> bool:
 
 
 def describe(rule: Rule) -> str:
-    """A one-line description of a rule for provenance and ``mapping test``."""
+    """A one-line description of a rule for provenance, ``mapping test`` and the ACK of a missing value."""
     parts: list[str] = []
     if rule.path is not None:
         paths = [rule.path] if isinstance(rule.path, str) else rule.path
@@ -293,7 +293,7 @@ def describe(rule: Rule) -> str:
         parts.append(f"default {rule.default!r}")
     if rule.required:
         parts.append("required")
-    text = " → ".join(parts)
+    text = " -> ".join(parts)  # ASCII: it is in the error text of an ACK, which may be 8859/1 (MSH-18 absent)
     return f"{text} ({rule.note})" if rule.note else text
 
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.errors import HL7ApplicationError
+from engine.hl7.dicom_text import pn_component
 from engine.hl7.dtm import Timestamp, read_dtm
 from engine.hl7.er7 import Separators, unescape
 from engine.mapping.transforms import TransformContext, register_transform
@@ -92,9 +93,10 @@ def ts_to_fhir(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
 
 
 def xpn_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
-    """HL7 XPN → DICOM PN, swapping suffix and prefix (components 4 and 5)."""
+    """HL7 XPN → DICOM PN, swapping suffix and prefix (components 4 and 5); DICOM's delimiters
+    inside a component become spaces (engine.hl7.dicom_text)."""
     seps = ctx.seps
-    comps = [unescape(c.split(seps.subcomponent, 1)[0], seps) for c in value.split(seps.component)]
+    comps = [pn_component(unescape(c.split(seps.subcomponent, 1)[0], seps)) for c in value.split(seps.component)]
     comps = (comps + [""] * 5)[:5]
     family, given, middle, suffix, prefix = comps
     return "^".join([family, given, middle, prefix, suffix]).rstrip("^")

@@ -2,6 +2,7 @@
 what the RIS is answered, what is stored, and what ``messages show`` and ``status`` say."""
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -12,7 +13,7 @@ from engine.channel.runner import ChannelRunner
 from engine.cli.queries import channel_status, message_detail
 from engine.config.models import ChannelConfig, EngineConfig
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
-from engine.domain.tables import orders, procedure_steps
+from engine.domain.tables import orders, procedure_steps, step_station_aes
 from engine.hl7.er7 import Message
 from engine.mapping import load_mappings
 from engine.store.schema import messages
@@ -27,7 +28,7 @@ def _runner(db: Any) -> ChannelRunner:
     engine = EngineConfig(mappings_dir=ROOT / "mappings", timezone="UTC")
     cfg = ChannelConfig.model_validate({
         "name": "ris", "source": {"type": "mllp", "port": 0}, "mapping": ["adt-to-patient", "order-to-worklist"],
-        "handlers": ["patients", "orders"], "accept": {"message_types": ["ADT^*", "ORM^O01", "ORU^R01"]}})
+        "handlers": ["patients", "orders"], "accept": {"message_types": ["ADT^*", "ORM^O01", "ORU^R01", "OMI^O23"]}})
     compiled = load_mappings(ROOT / "mappings", timezone="UTC")
     chain = [compiled["adt-to-patient"], compiled["order-to-worklist"]]
 
@@ -248,3 +249,112 @@ def test_a_note_on_a_change_is_not_logged_as_a_record_left_alone(db, caplog) -> 
     assert [r.getMessage() for r in caplog.records] == [
         "message 7 was applied with 1 note(s), see `radbridge messages show 7`",
         "message 8 was partly applied: 1 record(s) left alone, see `radbridge messages show 8`"]
+
+
+def test_the_dcm4che_omi_with_a_19_character_sps_id_is_aa_and_kept_whole_on_every_database(db, corpus) -> None:
+    """Its IPC-4 "ScheduledProcStepID" (19), IPC-7, IPC-8 and IPC-9 overrun DICOM's SH/AE 16: AA on SQLite
+    and stored whole, AE 207 "StringDataRightTruncation" without a location on PostgreSQL. Now AA on both,
+    whole (MPPS and images name the step by them), and the note says which ones overran."""
+    raw = (corpus / "hl7" / "edge" / "dcm4che_OMI_O23-ImagingOrder.hl7").read_bytes()
+    ack = Message(asyncio.run(_runner(db).receive(raw, "test")).decode("latin-1"))
+    assert ack.segment("MSA").value(1) == "AA" and ack.segment("ERR") is None
+    step = db.read(lambda c: c.execute(select(
+        procedure_steps.c.sps_id, procedure_steps.c.scheduled_station_name, procedure_steps.c.location,
+        procedure_steps.c.scheduled_station_ae_title, orders.c.requested_procedure_id,
+    ).join(orders, orders.c.id == procedure_steps.c.order_pk)).one())
+    assert tuple(step) == ("ScheduledProcStepID", "ScheduledStationName", "ScheduledProcStepLocation",
+                           "ScheduledStationAET1\\ScheduledStationAET2", "RequestedProcID")
+    stations = db.read(lambda c: sorted(c.execute(select(step_station_aes.c.ae_title)).scalars()))
+    assert stations == ["ScheduledStationAET1", "ScheduledStationAET2"]
+    detail = _last(db)
+    assert detail["status"] == "PROCESSED"
+    notes = detail["note"].splitlines()
+    assert ("order placer PlacerOrderNumberImagingServiceRequest, filler FillerOrderNumberImagingServiceRequest: "
+            "Scheduled Procedure Step ID (IPC-4/OBR-20) is 19 characters, longer than a DICOM SH (16): kept whole"
+            ) in notes
+    assert sum("Scheduled Station Name (IPC-7) is 20 characters" in n for n in notes) == 1
+    assert sum("Scheduled Procedure Step Location (IPC-8) is 25 characters" in n for n in notes) == 1
+    assert sum("Scheduled Station AE Title (IPC-9) is 20 characters" in n and "no modality can ask" in n
+               for n in notes) == 2
+    assert not any("Requested Procedure ID" in n for n in notes)  # 15 characters: fits
+
+
+def _omi(cid: str, ipc: str) -> str:
+    return (MSH.format(type="OMI^O23", cid=cid) + PID + "ORC|NW|PLC-O1|FIL-O1||SC\r"
+            "OBR|1|PLC-O1|FIL-O1|CTHEAD^CT head^L\r" + ipc + "\r")
+
+
+def test_values_longer_than_their_columns_are_ae_102_at_their_field_on_every_database(db) -> None:
+    """The same class of bug elsewhere on the order and patient paths (AA on SQLite, AE 207 on PostgreSQL):
+    a step identifier over 64, a modality over 16 (CS), a code value over 64, a name over 324 (PN)."""
+    runner = _runner(db)
+    obr = "OBR|1|PLC-L9|FIL-L9|{code}^CT head^L" + "|" * 12 + "{name}" + "|" * 2 + "ACC-L9|{rp}|||||CT\r"
+    order = MSH.format(type="ORM^O01", cid="{cid}") + PID + "ORC|NW|PLC-L9|FIL-L9||SC\r" + obr
+    cases = (
+        (order.format(cid="L1", code="CTHEAD", name="", rp="R" * 65), ("OBR", "1", "19"),
+         "requested_procedure_id (OBR-19) is 65 characters; radbridge keeps at most 64 (a DICOM SH holds 16)"),
+        (_omi("L2", "IPC|ACC-O1|RP-O1|1.2.3.4|SPS-" + "9" * 61 + "|CT"), ("IPC", "1", "4"),
+         "scheduled_procedure_step_id (IPC-4) is 65 characters"),
+        (_omi("L3", "IPC|ACC-O1|RP-O1|1.2.3.4|SPS-O1|COMPUTED TOMOGRAPHY"), ("IPC", "1", "5"),
+         "modality (IPC-5) is 19 characters; a DICOM CS holds at most 16"),
+        (_omi("L4", "IPC|ACC-O1|RP-O1|1.2.3.4|SPS-O1|CT||||" + "S" * 65), ("IPC", "1", "9"),
+         "scheduled_station_ae_title (IPC-9) has a value of 65 characters"),
+        (order.format(cid="L5", code="C" * 65, name="", rp="RP-L9"), ("OBR", "1", "4"),
+         "requested_procedure_code.code_value (OBR-4) is 65 characters; a DICOM LO holds at most 64"),
+        (order.format(cid="L6", code="CTHEAD", name="1^" + "Long" * 82, rp="RP-L9"), ("OBR", "1", "16"),
+         "requesting_physician (OBR-16) is 328 characters; radbridge keeps at most 324"),
+        (MSH.format(type="ADT^A08", cid="L7") + "EVN|A08\rPID|1||MRN6210^^^NORTHSIDE^MR||" + "Haddad" * 55
+         + "^Rami\r", ("PID", "1", "5"), "patient_name (PID-5) is 335 characters"),
+    )
+    for text, where, why in cases:
+        ack = _send(runner, text)
+        err = ack.segment("ERR")
+        assert ack.segment("MSA").value(1) == "AE" and err is not None, why
+        assert (err.value(2, 1, 1), err.value(2, 1, 2), err.value(2, 1, 3), err.value(3)) == (*where, "102"), why
+        detail = _last(db)
+        assert detail["status"] == "ERROR" and why in detail["error"], detail["error"]
+    assert _steps(db) == []
+
+
+def test_a_step_identifier_of_64_characters_is_kept_whole_and_matched_again_by_a_cancel(db) -> None:
+    """64 fits the widened columns on PostgreSQL (migration 0021): the cancel names the step by them."""
+    runner = _runner(db)
+    ipc = "IPC|ACC-O1|" + "R" * 64 + "|1.2.3.4|" + "S" * 64 + "|CT||" + "N" * 64 + "|" + "L" * 64 + "|" + "A" * 64
+    assert _send(runner, _omi("K1", ipc)).segment("MSA").value(1) == "AA"
+    assert _steps(db) == ["SCHEDULED"] and len(_last(db)["note"].splitlines()) == 5
+    cancel = _omi("K2", ipc).replace("ORC|NW|", "ORC|CA|").replace("||SC\r", "||CA\r")
+    assert _send(runner, cancel).segment("MSA").value(1) == "AA"
+    assert _steps(db) == ["CANCELED"]
+
+
+def test_the_ack_of_a_missing_required_value_is_plain_ascii_without_msh_18(db) -> None:
+    """Without MSH-18 the ACK goes out in 8859/1, where the rule description's '→' became '?'
+    ("PID-3.1 ? required"): the engine's own texts are ASCII."""
+    text = MSH.format(type="ORM^O01", cid="ASCII1") + "PID|1||^^^NORTHSIDE^MR||Haddad^Rami\rORC|NW|PLC-A1\r"
+    raw = asyncio.run(_runner(db).receive(text.encode(), "test"))
+    assert raw.isascii(), raw
+    err = Message(raw.decode("ascii")).segment("ERR")
+    assert err is not None and err.value(3) == "101"
+    assert err.value(8) == "patient_id is required (PID-3.1 -> required)"
+
+
+def test_dicom_delimiters_inside_hl7_values_reach_a_coerced_image_header_as_one_value(db) -> None:
+    """Image coercion reads the stored order: a name or description with an escaped backslash or
+    component separator must be one DICOM value there too, on every database."""
+    from pydicom.dataset import Dataset
+
+    from engine.domain.reconcile import OrderMatch, order_input
+    from engine.reconcile.coerce import Modification, coerce
+
+    text = (MSH.format(type="ORM^O01", cid="DLM1") + "PID|1||MRN6210^^^NORTHSIDE^MR||Smith\\E\\Jones^Ann\\S\\Marie\r"
+            "ORC|NW|PLC-D1|FIL-D1||SC\rOBR|1|PLC-D1|FIL-D1|CTHEAD^CT HEAD\\E\\NECK^L" + "|" * 14 + "ACC-D1|||||CT\r")
+    assert _send(_runner(db), text).segment("MSA").value(1) == "AA"
+    row = db.read(lambda c: c.execute(select(orders.c.id, orders.c.patient_pk, procedure_steps.c.id.label("step"))
+                                      .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)).one())
+    record = db.read(lambda c: order_input(c, OrderMatch(row.id, row.step, row.patient_pk, "accession")))
+    (values,) = load_mappings(ROOT / "mappings", timezone="UTC")["order-to-image"].apply_to(record).records
+    header = Dataset()
+    header.PatientName, header.PatientID, header.AccessionNumber = "SMITH^J", "MRN6210", "ACC-D1"
+    coerce(header, values, Modification(datetime(2026, 12, 5, tzinfo=UTC), "RADBRIDGE", "CT1"))
+    assert header["PatientName"].VM == 1 and str(header.PatientName) == "Smith Jones^Ann Marie"
+    assert header["StudyDescription"].VM == 1 and header.StudyDescription == "CT HEAD/NECK"

@@ -203,3 +203,68 @@ def test_findscu_cancel_stops_the_responses_with_cancel_status(
     log = subprocess.run(args, env=dcmtk_env(), check=True, capture_output=True, text=True, timeout=60)
     assert 1 <= len(list(out.glob("rsp*.dcm"))) < len(many)
     assert "Final Find Response (Cancel" in log.stdout + log.stderr
+
+
+LONG = order("PL3", accession_number="ACC3", requested_procedure_id="RequestedProcID-0017",
+             scheduled_procedure_step_id="ScheduledProcStepID", scheduled_station_name="ScheduledStationName",
+             scheduled_procedure_step_location="ScheduledProcStepLocation",
+             scheduled_station_ae_title="CT1\\ScheduledStationAET2", study_instance_uid="1.2.3.3")  # fmt: skip
+LONG_KEYS = ("RequestedProcedureID", "ScheduledProcedureStepID", "ScheduledStationName",
+             "ScheduledProcedureStepLocation", "ScheduledStationAETitle")  # fmt: skip
+
+
+def _long_values(ds: Dataset) -> tuple[Any, ...]:
+    sps = ds.ScheduledProcedureStepSequence[0]
+    return (ds.RequestedProcedureID, *(sps[k].value for k in LONG_KEYS[1:4]), list(sps.ScheduledStationAETitle))
+
+
+_LONG_EXPECTED = ("RequestedProcID-0017", "ScheduledProcStepID", "ScheduledStationName", "ScheduledProcStepLocation",
+                  ["CT1", "ScheduledStationAET2"])  # fmt: skip
+
+
+def test_step_identifiers_longer_than_dicom_sh_are_returned_whole_and_match_whole(radbridge: Radbridge) -> None:
+    """SH/AE values over 16 (the dcm4che OMI^O23 sample's IPC-4 has 19) are kept whole (engine.domain.lengths):
+    the worklist returns them whole, a query for the whole SPS ID finds the step, and pydicom encodes them."""
+    apply_records(radbridge.db, radbridge.orders, [patient("P1"), LONG])
+    query = Dataset()
+    query.RequestedProcedureID = ""
+    sps = Dataset()
+    for key in LONG_KEYS[1:]:
+        setattr(sps, key, "")
+    sps.ScheduledProcedureStepID = "ScheduledProcStepID"
+    query.ScheduledProcedureStepSequence = [sps]
+    (got,) = _pynetdicom_find(radbridge.server.port, query)
+    assert _long_values(got) == _LONG_EXPECTED
+
+
+@needs_dcmtk
+def test_findscu_reads_step_identifiers_longer_than_dicom_sh_whole(radbridge: Radbridge, tmp_path: Path) -> None:
+    apply_records(radbridge.db, radbridge.orders, [patient("P1"), LONG])
+    keys = ["RequestedProcedureID=", *(f"ScheduledProcedureStepSequence[0].{k}=" for k in LONG_KEYS[1:]),
+            "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=CT1"]  # fmt: skip
+    (got,) = findscu(radbridge.server.port, keys, tmp_path / "out")
+    assert _long_values(got) == _LONG_EXPECTED
+
+
+#: PID-5 and OBR-4.2 with DICOM's delimiters escaped inside HL7 values: \E\ a backslash, \S\ a '^'.
+DELIMITED = ("MSH|^~\\&|RIS|HOSP|RB|RAD|20261122083000||ORM^O01|D1|P|2.5.1\r"
+             "PID|1||P9^^^HOSP||Smith\\E\\Jones^Ann\\S\\Marie=Lou||19700101|F\r"
+             "ORC|NW|PL9|FPL9||SC\rOBR|1|PL9|FPL9|CTHN^CT HEAD\\E\\NECK^L" + "|" * 14 + "ACC9||||||CT\r")
+
+
+def test_dicom_delimiters_inside_hl7_values_reach_the_worklist_as_one_value(radbridge: Radbridge) -> None:
+    """The PACS showed "Smith": `Smith\\E\\Jones^Ann` became the PN `Smith\\Jones^Ann`, two values."""
+    from engine.hl7.er7 import Message
+    from engine.mapping import load_mappings
+    from tests.conftest import ROOT
+
+    mapping = load_mappings(ROOT / "mappings", timezone="UTC")["order-to-worklist"]
+    apply_records(radbridge.db, radbridge.orders, list(mapping.apply(Message(DELIMITED)).records), DELIMITED)
+    query = Dataset()
+    query.PatientName = ""
+    query.RequestedProcedureDescription = ""
+    query.AccessionNumber = "ACC9"
+    (got,) = _pynetdicom_find(radbridge.server.port, query)
+    assert (got["PatientName"].VM, got["RequestedProcedureDescription"].VM) == (1, 1)
+    assert str(got.PatientName) == "Smith Jones^Ann Marie Lou"
+    assert got.RequestedProcedureDescription == "CT HEAD/NECK"

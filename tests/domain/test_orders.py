@@ -410,7 +410,10 @@ def test_a_stored_content_hash_is_the_sha256_of_the_records_model_dump_json(
 
     record = order("PLH", **fields)
     apply_records(db, orders_handler, [patient(), record])
-    expected = hashlib.sha256(OrderRecord.model_validate(record).model_dump_json().encode()).hexdigest()
+    # A backslash (DICOM's value delimiter) is stored as '/' (engine.hl7.dicom_text): the record hashed is
+    # the one stored, so an order stored before with a backslash is updated once when resent.
+    stored = {k: v.replace("\\", "/") if isinstance(v, str) else v for k, v in record.items()}
+    expected = hashlib.sha256(OrderRecord.model_validate(stored).model_dump_json().encode()).hexdigest()
     assert [o.content_hash for o in _rows(db, orders)] == [expected]
     apply_records(db, orders_handler, [patient(), record])  # resent: still recognised as identical
     assert [o.content_hash for o in _rows(db, orders)] == [expected]

@@ -56,3 +56,29 @@ def test_timestamp_keeps_the_offset_of_each_zone_for_the_same_instant():
     instant = datetime(2026, 11, 22, 8, 0, 5, tzinfo=UTC)
     assert timestamp(instant) == "20261122080005+0000"
     assert timestamp(instant.astimezone(timezone(timedelta(hours=1)))) == "20261122090005+0100"
+
+
+def test_the_engine_writes_no_non_ascii_text_of_its_own_outside_these_known_places():
+    """An ACK's text goes out in the message's MSH-18, 8859/1 when it has none: a character of the
+    engine's own outside ASCII ('→' in a rule's description) arrived as '?'. The only non-ASCII
+    string constants in engine/ and channels/ (docstrings aside) are these, none of which reach an ACK."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    found = set()
+    for path in sorted([*(root / "engine").rglob("*.py"), *(root / "channels").rglob("*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        found |= {(path.relative_to(root).as_posix(), node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and not node.value.isascii()
+                  and id(node) not in docstrings}
+    assert found == {
+        ("engine/channel/persist.py", "\ufffd"),  # a NUL stored as U+FFFD (PostgreSQL text), never sent
+        ("engine/config/loader.py", " \u2026"),  # configuration errors, printed by the CLI
+        ("engine/mapping/checks.py", " \u2026"),
+        ("engine/hl7/batch.py", "\ufeff"),  # a byte order mark read, not written
+        ("engine/hl7/er7.py", "\ufeff"),
+    }
