@@ -239,7 +239,11 @@ class PatientsHandler:
                 if corrected.get(pk) not in _MERGE_EVENTS.values():
                     corrected[pk] = event
         for pk, trigger in corrected.items():  # PIR (#13): the patient's stored images follow, in the background
-            request_for_patient(conn, pk, now, trigger)
+            studies_with_images = request_for_patient(conn, pk, now, trigger)
+            if studies_with_images:  # said on the message (`messages show`): the ACK alone said nothing of it
+                ctx.note(True, f"{trigger}: the stored images of {studies_with_images} study(ies) of the patient are "
+                               "queued for correction (job reconcile-images; only instances whose header no "
+                               "longer agrees are rewritten, reason CORRECT)")
         return []
 
 

@@ -77,7 +77,10 @@ def _narrow(
     if len(rows) > 1:
         rows = sorted(rows, key=_step_pk)
     rp_id, sps_id = given_ids(record)
-    accession = record.accession_number if by_accession else ""
+    # The accession number tells procedures apart only when the sender named none of its own: with its
+    # Requested Procedure ID or SPS ID given, a different accession is that procedure's new one (an XO
+    # correcting it), not another procedure (PIR campaign: a second order was created beside it).
+    accession = record.accession_number if by_accession and not (rp_id or sps_id) else ""
     return [
         r for r in rows
         if _same(namespace, getattr(r, namespace_of)) and _same(rp_id, r.requested_procedure_id)
@@ -92,9 +95,10 @@ def find_orders(
 
     Each row has order_pk, patient_pk, content_hash, step_pk, status (and the ids it was matched on).
     ``by_accession`` False: a differing accession number does not rule a row out (the
-    stored one is the engine's own, not the sender's). ``follow_up`` False (NW, XO): an
-    order with a placer number that finds nothing is new, so the filler number is not
-    searched as well, which spares every new order a second query.
+    stored one is the engine's own, not the sender's); nor does it when the record gives
+    its own Requested Procedure ID or SPS ID (:func:`given_ids`), which name the procedure.
+    ``follow_up`` False (NW, XO): an order with a placer number that finds nothing is new, so the
+    filler number is not searched as well, which spares every new order a second query.
     """
     searches = [(_BY_PLACER, record.placer_order_number, "placer_order_namespace", record.placer_order_namespace)]
     if follow_up or not record.placer_order_number:

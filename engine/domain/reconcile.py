@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import NoResultFound
 
 from engine.domain.reconcile_tables import correction_adts, reconcile_requests
@@ -279,13 +279,16 @@ def take_requests(conn: Connection, limit: int = 50) -> list[Request]:
     return [Request(int(r.id), r.order_pk, r.patient_pk, r.event_key or f"legacy{r.id}", r.trigger) for r in rows]
 
 
-def request_for_patient(conn: Connection, patient_pk: int, now: datetime, trigger: str = "") -> None:
+def request_for_patient(conn: Connection, patient_pk: int, now: datetime, trigger: str = "") -> int:
     """ADT hook (A08/A31, A40, A47: ``trigger``): when the patient has stored images, ask the job to
-    correct them."""
+    correct them. Returns how many of the patient's studies hold images (0: nothing was asked)."""
     st = studies.c
-    if conn.execute(select(exists().where(st.patient_pk == patient_pk, st.number_of_instances > 0))).scalar():
+    count = int(conn.execute(select(func.count()).where(st.patient_pk == patient_pk, st.number_of_instances > 0))
+                .scalar_one())
+    if count:
         conn.execute(insert(reconcile_requests).values(patient_pk=patient_pk, created_at=now,
                                                        event_key=uuid.uuid4().hex, trigger=trigger[:8]))
+    return count
 
 
 def patient_input(conn: Connection, patient_pk: int) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from engine.domain.reconcile_tables import reconcile_requests
 from engine.domain.tables import studies
 from tests.dicom.conftest import needs_dcmtk
 from tests.dicom.store_peer import StoreSCP, running_scp, storescu
-from tests.domain.factories import apply_records, merge, order, patient
+from tests.domain.factories import apply_records, context, merge, order, patient
 
 pytestmark = needs_dcmtk
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,3 +98,20 @@ def test_an_unscheduled_study_of_a_known_patient_is_corrected_from_the_patient(t
             assert (str(ds.PatientName), ds.PatientSex, ds.AccessionNumber) == ("DOE^JANE", "F", "MOF5026")
             assert ds.OriginalAttributesSequence[-1].ReasonForTheAttributeModification == "CORRECT"
         assert scp.db.read(lambda c: c.execute(select(studies.c.order_pk)).scalar_one()) is None
+
+
+def test_an_adt_that_queues_a_correction_says_so_on_the_message(tmp_path: Path, corpus: Path) -> None:
+    """PIR campaign: the ACK is AA either way; `messages show` must say what the ADT asked of the images."""
+    with running_scp(tmp_path, mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("583295", patient_name="DOE^JOHN"), patient("NOIMAGES"),
+            order("PL1", patient_id="583295", accession_number="MOF5026", modality="MR")])
+        assert storescu(scp.port, _files(corpus)).returncode == 0
+        handler = PatientsHandler(patient_policy(scp.config))
+        ctx = context([patient("583295", patient_name="DOE^JONATHAN", event="A08")], ADT.format(event="A08"))
+        scp.db.writer.call(lambda conn: handler.apply(conn, ctx))
+        notes = [o.note for o in ctx.outcomes if o.note]
+        assert len(notes) == 1 and notes[0].startswith("A08: the stored images of 1 study(ies)")
+        ctx = context([patient("NOIMAGES", event="A08")], ADT.format(event="A08"))
+        scp.db.writer.call(lambda conn: handler.apply(conn, ctx))
+        assert [o.note for o in ctx.outcomes] == [""]  # no stored images: nothing asked, nothing said

@@ -92,6 +92,21 @@ def test_two_procedures_under_one_placer_number_stay_two_orders(
     assert [s.status for s in _rows(db, procedure_steps)] == ["SCHEDULED", "CANCELED"]
 
 
+def test_an_xo_that_changes_the_accession_updates_its_order_named_by_the_senders_ids(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    """PIR campaign: an XO with the order's placer number, Requested Procedure ID and SPS ID but a new
+    accession number (the RIS corrected it) is that order's update, not a second order beside it (the
+    worklist kept both and the stored images were never corrected)."""
+    _stored(db, orders_handler)
+    xo = order("PL1", order_control="XO", accession_number="ACC1X", requested_procedure_id="RP1",
+               scheduled_procedure_step_id="SPS1", requested_procedure_description="CT NECK", **NS)
+    assert _apply(db, orders_handler, [xo]) == [(True, "")]
+    assert [(o.accession_number, o.requested_procedure_description) for o in _rows(db, orders)] == [
+        ("ACC1X", "CT NECK")]
+    assert len(_rows(db, procedure_steps)) == 1
+
+
 def test_with_generated_accessions_a_follow_up_carrying_the_ris_accession_still_matches(
     db: Database, engine_config: EngineConfig
 ) -> None:
