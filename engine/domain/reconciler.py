@@ -33,7 +33,7 @@ from engine.domain.reconcile import (
     patient_conflict,
     patient_input,
 )
-from engine.domain.studies import resolve_dicom_patient
+from engine.domain.studies import renamed_patient, resolve_dicom_patient
 from engine.domain.tables import studies
 from engine.errors import RadbridgeError
 from engine.mapping import CompiledMapping, load_mapping
@@ -143,9 +143,16 @@ class Reconciler:
 
     def _decide(self, conn: Connection, keys: MatchKeys, now: datetime) -> tuple[OrderMatch | None, str | None,
                                                                                  dict[str, Any]]:
+        """The order, a patient conflict, and the values to write: the order's, or, for an image no order
+        matches whose Patient ID an A40 merged away or an A47 replaced, its surviving patient's (the
+        same values a correction of its study would write: a late image of a trauma case shows the
+        real patient at once, not after the next ADT)."""
         match = find_order(conn, keys, now, self.policy) if self.mapping is not None else None
         conflict = patient_conflict(conn, keys, match)
-        return match, conflict, (self.target(conn, match) if match is not None else {})
+        if match is not None:
+            return match, conflict, self.target(conn, match)
+        survivor = renamed_patient(conn, keys.patient_id, keys.issuer_of_patient_id) if self.mapping else None
+        return None, conflict, (self.patient_target(conn, survivor) if survivor is not None else {})
 
     def prepare(self, spool: BinaryIO, offset: int, enc: Encoding | None, attrs: InstanceAttributes,
                 calling_ae: str, now: datetime, parsed: Header | None = None, received_sha256: str = "") -> Prepared:
@@ -164,7 +171,7 @@ class Reconciler:
         if conflict is not None and self.patient_mismatch == "reject":
             raise PatientMismatch(conflict)
         spool.seek(offset)
-        if match is None or not target:
+        if not target:  # no order, or an order the mapping writes nothing from
             return Prepared(spool, attrs, match)
         mod = Modification(now, self.modifying_system, calling_ae, COERCE)
         if parsed is None:  # deflated: read, coerced and encoded whole
@@ -176,7 +183,7 @@ class Reconciler:
                             match, changed)
         return self._coerce(spool, parsed, attrs, match, target, mod, received_sha256)
 
-    def _coerce(self, spool: BinaryIO, parsed: Header, attrs: InstanceAttributes, match: OrderMatch,
+    def _coerce(self, spool: BinaryIO, parsed: Header, attrs: InstanceAttributes, match: OrderMatch | None,
                 target: dict[str, Any], mod: Modification, received_sha256: str) -> Prepared:
         """The header coerced to ``target`` and spliced (:mod:`engine.reconcile.rewrite`), or as an earlier
         header with the same inputs was (:mod:`engine.reconcile.memo`: same bytes, without pydicom)."""
@@ -204,7 +211,11 @@ class Reconciler:
         return Prepared(CoercedStream(head, parsed.raw, spool, parsed.bulk_at, received_sha256), after, match, changed)
 
     @staticmethod
-    def _log(attrs: InstanceAttributes, match: OrderMatch, changed: tuple[str, ...]) -> None:
+    def _log(attrs: InstanceAttributes, match: OrderMatch | None, changed: tuple[str, ...]) -> None:
+        if match is None:
+            log.info("C-STORE %s: no order matched; its Patient ID was merged or replaced: coerced %s to the"
+                     " surviving patient", attrs.sop_instance_uid, ",".join(changed))
+            return
         log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
                  match.matched_by, ",".join(changed))
 

@@ -34,6 +34,7 @@ __all__ = [
     "performed_series",
     "record_performed",
     "recount",
+    "renamed_patient",
     "resolve_dicom_patient",
     "study_refs",
     "upsert_series",
@@ -140,6 +141,21 @@ def resolve_dicom_patient(conn: Connection, patient_id: str, issuer: str = "") -
     if len(rows) != 1:
         rows = all_rows(by_prior, conn, params)
     return _survivor(conn, int(rows[0][0])) if rows else None
+
+
+_CURRENT_ID = FastStatement(select(patients.c.patient_id, patients.c.issuer).where(patients.c.id == bindparam("pk")))
+
+
+def renamed_patient(conn: Connection, patient_id: str, issuer: str = "") -> int | None:
+    """The patient now known under another id, when this PatientID (+ issuer) is one an A40 merged away
+    or an A47 replaced (:func:`resolve_dicom_patient`); None for a current id or an unknown one."""
+    resolved = resolve_dicom_patient(conn, patient_id, issuer)
+    if resolved is None:
+        return None
+    row = first_row(_CURRENT_ID, conn, {"pk": resolved})
+    if row is None or (row.patient_id == patient_id and (not issuer or row.issuer == issuer)):
+        return None
+    return resolved
 
 
 def _insert(conn: Connection) -> Any:

@@ -234,3 +234,31 @@ def test_the_images_of_a_series_are_coerced_once_and_the_rest_from_memory_alike(
         assert got.attrs.sop_instance_uid == InstanceAttributes.from_dataset(dcmread(path)).sop_instance_uid
         assert "PatientName" in got.changed and got.attrs.patient_name == "DOE^JANE"
     assert len(coerced) == 1 + 4  # the shared reconciler coerced the first image only; each fresh one its own
+
+
+def test_an_image_no_order_matches_under_a_merged_away_id_is_coerced_to_the_survivor(
+    db: Database, patients_handler: PatientsHandler, tmp_path: Path
+) -> None:
+    """The trauma case's late image: acquired under the temporary id, sent after the A40 with no order to
+    match (an unscheduled acquisition); it shows the real patient at once, as a correction would."""
+    apply_records(db, patients_handler, [patient("P1", patient_name="DOE^TRAUMA"),
+                                         patient("REAL9", patient_name="SMITH^JOHN", birth_date="19600202", sex="M"),
+                                         merge("REAL9", "P1")])
+    reconciler = Reconciler(db, load_mapping(ROOT / "mappings" / "order-to-image.yaml"))
+    got = _prepare(reconciler, _image(tmp_path / "late.dcm", "1.2.3.77", 1), NOW)
+    assert got.match is None and isinstance(got.body, CoercedStream)
+    assert (got.attrs.patient_id, got.attrs.patient_name) == ("REAL9", "SMITH^JOHN")
+    assert {"PatientID", "PatientName"} <= set(got.changed)
+    assert got.attrs.study_instance_uid == "1.2.3.77"  # study-level values stay as received: there is no order
+
+
+def test_an_image_no_order_matches_under_a_current_or_unknown_id_is_stored_as_received(
+    db: Database, patients_handler: PatientsHandler, tmp_path: Path
+) -> None:
+    reconciler = Reconciler(db, load_mapping(ROOT / "mappings" / "order-to-image.yaml"))
+    unknown = _prepare(reconciler, _image(tmp_path / "unknown.dcm", "1.2.3.78", 1), NOW)
+    apply_records(db, patients_handler, [patient("P1", patient_name="DOE^REGISTERED")])
+    current = _prepare(reconciler, _image(tmp_path / "current.dcm", "1.2.3.79", 1), NOW)
+    for got in (unknown, current):
+        assert got.match is None and not isinstance(got.body, CoercedStream) and got.changed == ()
+        assert (got.attrs.patient_id, got.attrs.patient_name) == ("P1", "DOE^J")
