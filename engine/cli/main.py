@@ -242,10 +242,17 @@ def _status_text(data: dict[str, Any]) -> str:
     st = data.get("studies", {})
     studies = (f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled;"
                f" images refused and quarantined: {_quarantined_text(data.get('images', {}))}")
+    studies += "; " + _reconcile_text(data.get("reconcile", {}))
     return "\n".join([*lines, "", f"worklist steps: {steps}", studies,
                       f"reports waiting for their order: {reports['waiting_for_order']}",
                       f"ORU^R01 out: {receivers}", "",
                       "needs attention:" + ("" if data["attention"] else " nothing"), *data["attention"]])
+
+
+def _reconcile_text(pending: dict[str, Any]) -> str:
+    """The job reconcile-images's backlog: late orders' unscheduled studies and patients' images to correct."""
+    oldest = pending.get("oldest_pending_seconds")
+    return f"image reconciliations pending: {pending.get('pending', 0)}" + (f" (oldest {oldest} s)" if oldest else "")
 
 
 def _quarantined_text(images: dict[str, int]) -> str:

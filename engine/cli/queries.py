@@ -197,7 +197,20 @@ def engine_status(conn: Connection) -> dict[str, Any]:
 
     reports = {"waiting_for_order": waiting_count(conn)}
     return {"channels": channel_status(conn), "jobs": jobs, "worklist_steps": steps, "reports": reports,
-            "studies": study_counts(conn), "images": image_counts(conn)}
+            "studies": study_counts(conn), "images": image_counts(conn), "reconcile": reconcile_backlog(conn)}
+
+
+def reconcile_backlog(conn: Connection, now: datetime | None = None) -> dict[str, Any]:
+    """Requests the job ``reconcile-images`` has not finished (a late order's unscheduled studies, a patient's
+    stored images to correct after A08/A31/A40/A47): how many, and the oldest one's age in seconds."""
+    from engine.domain.reconcile_tables import reconcile_requests as r
+
+    count, oldest = conn.execute(select(func.count(), func.min(r.c.created_at))).one()
+    age = None
+    if oldest is not None:
+        at = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
+        age = round(((now or datetime.now(UTC)) - at).total_seconds(), 1)
+    return {"pending": int(count), "oldest_pending_seconds": age}
 
 
 def image_counts(conn: Connection, now: datetime | None = None) -> dict[str, int]:

@@ -80,6 +80,10 @@ def destination_backlog(conn: Connection, now: datetime | None = None) -> dict[s
     return out
 
 
+#: A request of the job reconcile-images older than this (it runs every few seconds) needs a look.
+RECONCILE_LATE_SECONDS = 3600
+
+
 def attention(data: dict[str, Any]) -> list[str]:
     """One line per thing an analyst should look at, each with the command that shows it."""
     out = []
@@ -92,6 +96,10 @@ def attention(data: dict[str, Any]) -> list[str]:
             out.append(f"destination {name}: {d['dead_letters']} dead letter(s):"
                        f" radbridge outbox list --destination {name} --status ERROR")
     out += _image_attention(data.get("images", {}))
+    pending = data.get("reconcile", {})
+    if (pending.get("oldest_pending_seconds") or 0) > RECONCILE_LATE_SECONDS:
+        out.append(f"images: {pending['pending']} reconciliation/correction request(s) pending, the oldest for"
+                   f" {pending['oldest_pending_seconds'] / 3600:.1f} h: see the job reconcile-images below and the log")
     for job, j in sorted(data["jobs"].items()):
         if j["last_error"]:
             out.append(f"job {job}: last run failed: {j['last_error']}")

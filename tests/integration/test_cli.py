@@ -121,9 +121,10 @@ def test_status_json_counts_per_channel(three_stored: EngineProcess) -> None:
     assert {k: inbound[k] for k in inbound if k not in ("listen", "file")} == {
         "received": 3, "errors": 1, "filtered": 0, "unchanged": 0, "queued": 0, "delivery_errors": 0,
         "oldest_queued_seconds": None}
-    assert set(status) == {"channels", "jobs", "worklist_steps", "reports", "studies", "engine", "dicom", "fhir",
-                           "destinations", "attention"}
+    assert set(status) == {"channels", "jobs", "worklist_steps", "reports", "studies", "images", "reconcile",
+                           "engine", "dicom", "fhir", "destinations", "attention"}
     assert status["studies"] == {"scheduled": 0, "unscheduled": 0}
+    assert status["reconcile"] == {"pending": 0, "oldest_pending_seconds": None}
 
 
 def test_messages_list_json_rows_have_the_documented_fields(three_stored: EngineProcess) -> None:
