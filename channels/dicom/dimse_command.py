@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from engine.errors import MalformedDataset
 
-__all__ = ["C_STORE_RQ", "NO_DATASET", "StoreCommand", "read_command", "store_response"]
+__all__ = ["C_STORE_RQ", "NO_DATASET", "StoreCommand", "read_command", "store_response", "unanswerable_store"]
 
 C_STORE_RQ = 0x0001
 _C_STORE_RSP = 0x8001
@@ -73,6 +73,16 @@ class StoreCommand:
             return None
         return cls(message_id, _ui(elements.get(_AFFECTED_SOP_CLASS, b"")),
                    _ui(elements.get(_AFFECTED_SOP_INSTANCE, b"")))  # fmt: skip
+
+
+def unanswerable_store(elements: dict[int, bytes]) -> str | None:
+    """Why a C-STORE-RQ cannot be served at all (no Message ID to answer, or no Command Data Set Type to
+    say whether a data set follows: both mandatory, PS3.7 9.3.1.1), else None (any other command too)."""
+    if _us(elements.get(_COMMAND_FIELD, b"")) != C_STORE_RQ:
+        return None
+    missing = [name for name, element in (("Message ID", _MESSAGE_ID), ("Command Data Set Type", _DATASET_TYPE))
+               if _us(elements.get(element, b"")) is None]
+    return f"a C-STORE-RQ without {' or '.join(missing)}" if missing else None
 
 
 def _element(element: int, value: bytes) -> bytes:

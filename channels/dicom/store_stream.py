@@ -72,7 +72,7 @@ from engine.archive.flush import IN_FLIGHT
 from engine.archive.part10 import encode_file_meta
 from engine.errors import MalformedDataset
 
-from .dimse_command import StoreCommand, read_command, store_response
+from .dimse_command import StoreCommand, read_command, store_response, unanswerable_store
 from .dul_stream import TESTED_VERSIONS
 from .pdv import PdvSplitter, Piece
 from .spool import SpoolFile, spool_failure
@@ -326,13 +326,22 @@ class StoreStream:
             return SpoolFile(Path(tempfile.gettempdir()))
 
     def _owned(self, raw: bytes, context: Any) -> StoreCommand | None:
-        """The C-STORE-RQ this reader streams, or None for anything pynetdicom should see."""
+        """The C-STORE-RQ this reader streams, or None for anything pynetdicom should see.
+
+        Raises :class:`MalformedDataset` (the association is aborted) for a C-STORE-RQ that cannot be
+        served at all: pynetdicom's decoding of it raises in the DUL's thread, which then ends with a
+        traceback instead of an A-ABORT.
+        """
         if context is None or str(context.abstract_syntax) not in self._storage_classes:
             return None
         try:
-            return StoreCommand.from_elements(read_command(raw))
+            elements = read_command(raw)
         except MalformedDataset:
             return None  # pynetdicom decodes it and answers as it always has
+        why = unanswerable_store(elements)
+        if why is not None:
+            raise MalformedDataset(why)
+        return StoreCommand.from_elements(elements)
 
     def _calling_ae(self) -> str:
         return str(self._assoc.requestor.ae_title).strip()

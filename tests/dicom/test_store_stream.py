@@ -271,3 +271,26 @@ def test_an_image_is_in_flight_from_its_command_until_answered_or_abandoned(tmp_
             assoc.abort()
         assert _until(lambda: IN_FLIGHT.count() == 0)
     assert [row.sop_instance_uid for row in scp.instances()] == [first.SOPInstanceUID]
+
+
+def test_a_store_command_without_its_data_set_type_aborts_the_association_cleanly(
+    tmp_path: Path, corpus: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pynetdicom's decoding of such a command raised in the DUL's thread, which ended with a traceback."""
+    command = Dataset()
+    command.AffectedSOPClassUID, command.CommandField, command.MessageID = CT, 0x0001, 1
+    command.Priority, command.AffectedSOPInstanceUID = 0, "1.2.3.4"  # no CommandDataSetType (PS3.7: mandatory)
+    body = encode(command, True, True)
+    assert body is not None
+    raw = struct.pack("<HHII", 0, 0, 4, len(body)) + body
+    ds = _ct(corpus)
+    with running_scp(tmp_path / "rb") as scp:
+        with _association(scp.port, CT) as assoc:
+            cx = assoc.accepted_contexts[0].context_id
+            assoc.dul.socket.socket.sendall(_pdu((cx, 0x03, raw), (cx, 0x02, b"\x08\x00\x18\x00UI\x08\x001.2.3.4\x00")))
+            assert _until(lambda: assoc.is_aborted)
+        with _association(scp.port, CT) as assoc:
+            assert int(assoc.send_c_store(ds).Status) == 0x0000
+        assert list((scp.archive / ".incoming").iterdir()) == []
+    assert "without Command Data Set Type" in caplog.text
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
