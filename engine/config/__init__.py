@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config.loader import Located, did_you_mean, load_yaml, validate_model
+from pydantic import ValidationError
+
+from engine.config.loader import Located, UnresolvedYamlError, did_you_mean, load_yaml, validate_model
 from engine.config.models import LEASE_MARGIN_SECONDS, SEND_BACKSTOP_SECONDS, ChannelConfig, EngineConfig
 from engine.errors import ConfigError
 
@@ -68,8 +70,14 @@ def read_config(root: Path, env: Mapping[str, str] | None = None) -> tuple[Confi
         try:
             located[engine_file] = load_yaml(engine_file, env)
             engine = validate_model(EngineConfig, located[engine_file])
+        except UnresolvedYamlError as exc:
+            problems += exc.problems
+            located[engine_file] = exc.located
+            engine = _valid_part(exc.located, exc.unresolved)
         except ConfigError as exc:
             problems += exc.problems
+            if engine_file in located:
+                engine = _valid_part(located[engine_file], set())
     channels: list[ChannelConfig] = []
     files: dict[str, Path] = {}
     for path in sorted((root / "channels").glob("*.y*ml")):
@@ -89,6 +97,25 @@ def read_config(root: Path, env: Mapping[str, str] | None = None) -> tuple[Confi
     problems += _port_clashes(config)
     problems += _destination_problems(config)
     return config, problems
+
+
+def _valid_part(located: Located, unresolved: set[str]) -> EngineConfig:
+    """engine.yaml without its invalid top-level settings (those take their defaults).
+
+    The checks of the channels depend on engine settings (``mappings_dir`` above all):
+    a typo in one engine setting must not make every mapping name look unknown.
+    """
+    data = located.data if isinstance(located.data, dict) else {}
+    data = {k: v for k, v in data.items() if k not in unresolved}
+    for _ in range(len(data) + 1):
+        try:
+            return EngineConfig.model_validate(data)
+        except ValidationError as exc:
+            bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
+            if not bad & data.keys():
+                break
+            data = {k: v for k, v in data.items() if k not in bad}
+    return EngineConfig()
 
 
 #: Listening on one of these takes the port on every address.
