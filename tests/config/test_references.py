@@ -181,3 +181,10 @@ def test_an_unset_variable_in_engine_yaml_does_not_make_the_channels_mappings_lo
     assert problems(tmp_path) == [
         f"{tmp_path / 'engine.yaml'}:4: identity.facility: environment variable SITE_FACILITY is not set"
     ]
+
+
+def test_an_unknown_time_zone_is_one_problem_at_its_line(tmp_path):
+    write(tmp_path, channel(extra="mapping: [adt-to-patient, order-to-worklist]\n"), engine="timezone: Mars/Base\n")
+    (found,) = problems(tmp_path)
+    assert found.startswith(f"{tmp_path / 'engine.yaml'}:3: timezone:")
+    assert "'Mars/Base' is not an IANA time zone" in found
