@@ -14,7 +14,7 @@ from engine.config.loader import Located, UnresolvedYamlError, did_you_mean, loa
 from engine.config.models import LEASE_MARGIN_SECONDS, SEND_BACKSTOP_SECONDS, ChannelConfig, EngineConfig
 from engine.errors import ConfigError
 
-__all__ = ["Config", "load_config", "read_config"]
+__all__ = ["Config", "listeners", "load_config", "read_config"]
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _valid_part(located: Located, unresolved: set[str]) -> EngineConfig:
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
-def _listeners(config: Config) -> list[tuple[str, str, int, str]]:
+def listeners(config: Config) -> list[tuple[str, str, int, str]]:
     """(where, host, port, owner) of every fixed listening port."""
     out = []
     dicom = config.engine.dicom
@@ -142,7 +142,7 @@ def _port_clashes(config: Config) -> list[str]:
     """Two listeners on one port (of one address, or of any when either is a wildcard)."""
     taken: list[tuple[str, str, int, str]] = []
     out = []
-    for where, host, port, owner in _listeners(config):
+    for where, host, port, owner in listeners(config):
         for other_where, other_host, other_port, other in taken:
             wildcard = host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS
             if port == other_port and (host == other_host or wildcard):
