@@ -388,9 +388,14 @@ def _refuse_restart_changes(old: Config, new: Config) -> None:
 
 async def _serve(config_dir: Path) -> int:
     config = load_config(config_dir)
-    prepare_data_dir(config.engine.data_dir)
-    # Before anything listens or opens the store: a live engine on this data directory wins.
-    pid_file = PidFile.acquire(config.engine.data_dir / "radbridge.pid")
+    data_dir = config.engine.data_dir
+    try:
+        prepare_data_dir(data_dir)
+        # Before anything listens or opens the store: a live engine on this data directory wins.
+        pid_file = PidFile.acquire(data_dir / "radbridge.pid")
+    except OSError as exc:  # one located line: the path and the system's reason, not a traceback
+        where = config.where(config.engine_file, ("data_dir",))
+        raise ConfigError([f"{where}: cannot use {data_dir}: {exc.strerror or type(exc).__name__}"]) from None
     try:
         return await _serve_locked(config, config_dir, pid_file)
     finally:
