@@ -23,7 +23,7 @@ from channels.mllp.source import MLLPServer
 from engine.channel.persist import Persister
 from engine.channel.prepare import MapFn, Preparer
 from engine.channel.runner import ChannelRunner
-from engine.config import Config, load_config
+from engine.config import Config, listeners, load_config
 from engine.config.models import ChannelConfig
 from engine.datadir import PROCESS_UMASK, prepare_data_dir
 from engine.errors import AlreadyRunning, ConfigError
@@ -77,6 +77,9 @@ class Runtime:
         has a problem or a port cannot be bound.
         """
         plan = build_plan(self.config)
+        busy = await asyncio.to_thread(unbindable_ports, self.config)
+        if busy:  # every one of them, before the store is opened or anything listens
+            raise ConfigError(busy)
         try:
             await self._start(plan)
         except BaseException:
@@ -298,6 +301,29 @@ class Runtime:
             self.db = None
 
 
+def unbindable_ports(config: Config) -> list[str]:
+    """``file:line: field: cannot listen on host:port: reason`` for each fixed port that cannot be bound now.
+
+    A trial bind of every listener's address (as the listeners bind them, with SO_REUSEADDR), so that
+    a port taken by another program is reported with all the others before anything starts.
+    """
+    import socket
+
+    out = []
+    for where, host, port, _owner in listeners(config):
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            for family, kind, proto, _name, address in infos:
+                with socket.socket(family, kind, proto) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind(address)
+        except OSError as exc:
+            out.append(f"{where}: cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}")
+    return out
+
+
 async def _listen(config: Config, channel: ChannelConfig, runner: ChannelRunner) -> MLLPServer:
     """Start ``channel``'s listener; a port that cannot be bound is a ConfigError at ``source.port``."""
     server = MLLPServer(channel.source, runner)
@@ -362,9 +388,14 @@ def _refuse_restart_changes(old: Config, new: Config) -> None:
 
 async def _serve(config_dir: Path) -> int:
     config = load_config(config_dir)
-    prepare_data_dir(config.engine.data_dir)
-    # Before anything listens or opens the store: a live engine on this data directory wins.
-    pid_file = PidFile.acquire(config.engine.data_dir / "radbridge.pid")
+    data_dir = config.engine.data_dir
+    try:
+        prepare_data_dir(data_dir)
+        # Before anything listens or opens the store: a live engine on this data directory wins.
+        pid_file = PidFile.acquire(data_dir / "radbridge.pid")
+    except OSError as exc:  # one located line: the path and the system's reason, not a traceback
+        where = config.where(config.engine_file, ("data_dir",))
+        raise ConfigError([f"{where}: cannot use {data_dir}: {exc.strerror or type(exc).__name__}"]) from None
     try:
         return await _serve_locked(config, config_dir, pid_file)
     finally:

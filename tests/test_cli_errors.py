@@ -26,6 +26,15 @@ def test_a_time_that_is_not_iso_8601_is_a_usage_error(tmp_path, capsys):
                                     " ISO 8601 time, e.g. 2026-11-22T08:00")
 
 
+def test_a_mistyped_message_status_is_a_usage_error_not_an_empty_listing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(_config(tmp_path)), "messages", "list", "--status", "EROR"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert "argument --status: invalid choice: 'EROR'" in err.splitlines()[-1]
+    assert "'UNCHANGED'" in err.splitlines()[-1]
+
+
 def test_an_unreachable_database_is_one_line(tmp_path, capsys):
     port = free_port()  # nobody listens there
     config = _config(tmp_path, f"postgresql+psycopg://radbridge@127.0.0.1:{port}/radbridge")

@@ -297,9 +297,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _TYPED_FILTERS = {"since": _iso_time, "until": _iso_time}
+#: The statuses a stored message can have (README, "Message statuses").
+_MESSAGE_STATUSES = ("PROCESSED", "FILTERED", "UNCHANGED", "ERROR", "REJECTED")
 _LIST_FILTERS = {
     "channel": "only this channel",
-    "status": "only this status: PROCESSED, FILTERED, REJECTED or ERROR",
+    "status": "only this status (any case)",
     "since": "received at or after this ISO 8601 time (UTC when no offset)",
     "until": "received before this ISO 8601 time (UTC when no offset)",
     "control-id": "only this message control id (MSH-10)",
@@ -314,6 +316,9 @@ def _messages(sub: Any) -> None:
         dest="messages_command", required=True, metavar="ACTION")
     lst = msgs.add_parser("list", help="list messages, newest first")
     for flag, text in _LIST_FILTERS.items():
+        if flag == "status":  # a mistyped status must not read as "none of those"
+            lst.add_argument("--status", help=text, type=str.upper, choices=_MESSAGE_STATUSES)
+            continue
         lst.add_argument(f"--{flag}", help=text, type=_TYPED_FILTERS.get(flag, str))
     lst.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
     lst.add_argument("--json", action="store_true", help=_JSON_HELP)

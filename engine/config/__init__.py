@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config.loader import Located, did_you_mean, load_yaml, validate_model
+from pydantic import ValidationError
+
+from engine.config.loader import Located, UnresolvedYamlError, did_you_mean, load_yaml, validate_model
 from engine.config.models import LEASE_MARGIN_SECONDS, SEND_BACKSTOP_SECONDS, ChannelConfig, EngineConfig
 from engine.errors import ConfigError
 
-__all__ = ["Config", "load_config", "read_config"]
+__all__ = ["Config", "listeners", "load_config", "read_config"]
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,14 @@ def read_config(root: Path, env: Mapping[str, str] | None = None) -> tuple[Confi
         try:
             located[engine_file] = load_yaml(engine_file, env)
             engine = validate_model(EngineConfig, located[engine_file])
+        except UnresolvedYamlError as exc:
+            problems += exc.problems
+            located[engine_file] = exc.located
+            engine = _valid_part(exc.located, exc.unresolved)
         except ConfigError as exc:
             problems += exc.problems
+            if engine_file in located:
+                engine = _valid_part(located[engine_file], set())
     channels: list[ChannelConfig] = []
     files: dict[str, Path] = {}
     for path in sorted((root / "channels").glob("*.y*ml")):
@@ -91,11 +99,30 @@ def read_config(root: Path, env: Mapping[str, str] | None = None) -> tuple[Confi
     return config, problems
 
 
+def _valid_part(located: Located, unresolved: set[str]) -> EngineConfig:
+    """engine.yaml without its invalid top-level settings (those take their defaults).
+
+    The checks of the channels depend on engine settings (``mappings_dir`` above all):
+    a typo in one engine setting must not make every mapping name look unknown.
+    """
+    data = located.data if isinstance(located.data, dict) else {}
+    data = {k: v for k, v in data.items() if k not in unresolved}
+    for _ in range(len(data) + 1):
+        try:
+            return EngineConfig.model_validate(data)
+        except ValidationError as exc:
+            bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
+            if not bad & data.keys():
+                break
+            data = {k: v for k, v in data.items() if k not in bad}
+    return EngineConfig()
+
+
 #: Listening on one of these takes the port on every address.
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
-def _listeners(config: Config) -> list[tuple[str, str, int, str]]:
+def listeners(config: Config) -> list[tuple[str, str, int, str]]:
     """(where, host, port, owner) of every fixed listening port."""
     out = []
     dicom = config.engine.dicom
@@ -115,7 +142,7 @@ def _port_clashes(config: Config) -> list[str]:
     """Two listeners on one port (of one address, or of any when either is a wildcard)."""
     taken: list[tuple[str, str, int, str]] = []
     out = []
-    for where, host, port, owner in _listeners(config):
+    for where, host, port, owner in listeners(config):
         for other_where, other_host, other_port, other in taken:
             wildcard = host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS
             if port == other_port and (host == other_host or wildcard):

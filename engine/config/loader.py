@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.errors import ConfigError
 
-__all__ = ["Located", "did_you_mean", "load_yaml", "substitute", "validate_model"]
+__all__ = ["Located", "UnresolvedYamlError", "did_you_mean", "load_yaml", "substitute", "validate_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -52,6 +52,20 @@ class Located:
         """``file:line: field`` for a path into the document."""
         field = ".".join(str(p) for p in loc) or "(document)"
         return f"{self.path}:{self.line_of(loc)}: {field}"
+
+
+class UnresolvedYamlError(ConfigError):
+    """A well-formed file with ``${NAME}`` references that are not set.
+
+    ``located`` is the document with those values empty, and ``unresolved`` the
+    top-level keys holding them, so that the rest of the file can still be used
+    for the checks of other files.
+    """
+
+    def __init__(self, problems: list[str], located: Located, unresolved: set[str]) -> None:
+        super().__init__(problems)
+        self.located = located
+        self.unresolved = unresolved
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -93,9 +107,10 @@ def load_yaml(path: Path, env: Mapping[str, str] | None = None) -> Located:
         raise ConfigError([f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
     lines: dict[tuple[str | int, ...], int] = {}
     problems: list[str] = []
-    data = _build(node, (), lines, env, problems, path) if node is not None else {}
+    unresolved: set[str] = set()
+    data = _build(node, (), lines, env, problems, path, unresolved) if node is not None else {}
     if problems:
-        raise ConfigError(problems)
+        raise UnresolvedYamlError(problems, Located(path, data, lines), unresolved)
     return Located(path, data, lines)
 
 
@@ -106,6 +121,7 @@ def _build(
     env: Mapping[str, str],
     problems: list[str],
     path: Path,
+    unresolved: set[str],
 ) -> Any:
     lines[loc] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
@@ -114,21 +130,24 @@ def _build(
             key = str(key_node.value)
             if key in out:
                 problems.append(f"{path}:{key_node.start_mark.line + 1}: {key}: duplicate key")
-            out[key] = _build(value_node, (*loc, key), lines, env, problems, path)
+            out[key] = _build(value_node, (*loc, key), lines, env, problems, path, unresolved)
             lines[(*loc, key)] = key_node.start_mark.line + 1  # the key's line, not its value's
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(v, (*loc, i), lines, env, problems, path) for i, v in enumerate(node.value)]
-    return _scalar(node, loc, env, problems, path)
+        return [_build(v, (*loc, i), lines, env, problems, path, unresolved) for i, v in enumerate(node.value)]
+    return _scalar(node, loc, env, problems, path, unresolved)
 
 
 def _scalar(
-    node: yaml.Node, loc: tuple[str | int, ...], env: Mapping[str, str], problems: list[str], path: Path
+    node: yaml.Node, loc: tuple[str | int, ...], env: Mapping[str, str], problems: list[str], path: Path,
+    unresolved: set[str],
 ) -> Any:
     value = node.value
     if isinstance(value, str) and "${" in value:
         missing: list[str] = []
         value = substitute(value, env, missing)
+        if missing and loc:
+            unresolved.add(str(loc[0]))
         for name in missing:
             field = ".".join(str(p) for p in loc)
             problems.append(

@@ -843,6 +843,17 @@ class EngineConfig(_Model):
     )
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
 
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Paris)") from None
+        return value
+
     def archive_dir(self) -> Path:
         """The primary storage location: ``archive.primary`` or ``<data_dir>/archive``."""
         return self.archive.primary or self.data_dir / "archive"

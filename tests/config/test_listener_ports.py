@@ -56,3 +56,27 @@ def test_the_forwarding_example_copied_next_to_the_shipped_channels_is_valid_and
     (forward,) = [ch for ch in config.channels if ch.name == "adt-forward"]
     assert len(config.channels) == 3
     assert [d.port for d in forward.destinations if d.port in ours] == []
+
+
+def test_every_port_in_use_is_reported_before_the_store_is_opened(tmp_path):
+    import asyncio
+    import socket
+
+    from engine.runtime import Runtime
+
+    with socket.socket() as one, socket.socket() as two:
+        for holder in (one, two):
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+        ports = [one.getsockname()[1], two.getsockname()[1]]
+        root = _config_dir(tmp_path / "config", ("a.yaml", _mllp_channel("a", ports[0])),
+                           ("b.yaml", _mllp_channel("b", ports[1])))
+        with (root / "engine.yaml").open("a") as engine:
+            engine.write(f"data_dir: {tmp_path / 'var'}\n")
+        with pytest.raises(ConfigError) as exc:
+            asyncio.run(Runtime(load_config(root, {})).start())
+    assert exc.value.problems == [
+        f"{root / 'channels' / name}:5: source.port: cannot listen on 127.0.0.1:{port}: address already in use"
+        for name, port in zip(("a.yaml", "b.yaml"), ports, strict=True)
+    ]
+    assert not (tmp_path / "var" / "radbridge.db").exists()

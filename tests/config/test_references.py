@@ -162,3 +162,29 @@ def test_the_fhir_api_port_and_tls_files_are_checked(tmp_path):
     found = problems(tmp_path)
     assert any(p.endswith("http.tls.cert_file: file not found: " + f"{tmp_path}/no.pem") for p in found), found
     assert any("2575 is already used by" in p for p in found), found
+
+
+def test_an_invalid_engine_setting_does_not_make_the_channels_mappings_look_unknown(tmp_path, monkeypatch):
+    # mappings_dir is valid: a mistake elsewhere in engine.yaml must not reset it to ./mappings
+    monkeypatch.chdir(tmp_path)  # where ./mappings does not exist
+    write(tmp_path, channel(extra="mapping: [adt-to-patient, order-to-worklst]\n"),
+          engine="outbox:\n  poll_interval_seconds: fast\n")
+    found = problems(tmp_path)
+    assert len(found) == 2, found
+    assert "outbox.poll_interval_seconds" in found[0]
+    assert "unknown mapping 'order-to-worklst'" in found[1] and "did you mean 'order-to-worklist'" in found[1]
+
+
+def test_an_unset_variable_in_engine_yaml_does_not_make_the_channels_mappings_look_unknown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, channel(extra="mapping: [adt-to-patient]\n"), engine="identity:\n  facility: ${SITE_FACILITY}\n")
+    assert problems(tmp_path) == [
+        f"{tmp_path / 'engine.yaml'}:4: identity.facility: environment variable SITE_FACILITY is not set"
+    ]
+
+
+def test_an_unknown_time_zone_is_one_problem_at_its_line(tmp_path):
+    write(tmp_path, channel(extra="mapping: [adt-to-patient, order-to-worklist]\n"), engine="timezone: Mars/Base\n")
+    (found,) = problems(tmp_path)
+    assert found.startswith(f"{tmp_path / 'engine.yaml'}:3: timezone:")
+    assert "'Mars/Base' is not an IANA time zone" in found

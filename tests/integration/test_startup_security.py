@@ -116,3 +116,15 @@ def test_a_start_failure_is_logged_through_the_formatter(engine_process: EngineP
     assert "source.port: cannot listen on 127.0.0.1:" in result.stderr
     assert "address already in use" in result.stderr and "Traceback" not in result.stderr
     assert not (engine_process.data_dir / "radbridge.pid").exists()
+
+
+def test_a_data_dir_that_cannot_be_created_is_one_located_line(engine_process: EngineProcess, tmp_path) -> None:
+    (tmp_path / "a-file").write_text("")
+    engine_yaml = engine_process.config_dir / "engine.yaml"
+    engine_yaml.write_text(f"data_dir: {tmp_path / 'a-file' / 'var'}\ndicom: {{enabled: false}}\n")
+
+    result = run_second(engine_process)
+
+    assert result.returncode == 2
+    assert f"{engine_yaml}:1: data_dir: cannot use {tmp_path / 'a-file' / 'var'}: Not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
