@@ -578,7 +578,8 @@ class HTTPConfig(_Model):
     keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
     # Limits against slow and hostile peers (channels/fhir/request_head.py).
     max_request_head_bytes: int = Field(
-        65536, ge=1024, description="request line and headers; a larger head is answered 431 and closed")
+        65536, ge=1024, description="request line and headers; a head that grows past it is answered 431 and closed"
+        " (counted from the read after the one it began in: it may exceed the limit by one read, 256 KiB)")
     request_head_timeout_seconds: float = Field(
         10.0, gt=0, description="a request line and headers not complete this long after the connection or their "
         "first byte are answered 408 and closed")
