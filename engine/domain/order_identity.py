@@ -77,15 +77,21 @@ def _narrow(
     if len(rows) > 1:
         rows = sorted(rows, key=_step_pk)
     rp_id, sps_id = given_ids(record)
-    # The accession number tells procedures apart only when the sender named none of its own: with its
-    # Requested Procedure ID or SPS ID given, a different accession is that procedure's new one (an XO
-    # correcting it), not another procedure (PIR campaign: a second order was created beside it).
-    accession = record.accession_number if by_accession and not (rp_id or sps_id) else ""
-    return [
+    named = [
         r for r in rows
         if _same(namespace, getattr(r, namespace_of)) and _same(rp_id, r.requested_procedure_id)
-        and _same(sps_id, r.sps_id) and _same(accession, r.accession_number)
+        and _same(sps_id, r.sps_id)
     ]  # fmt: skip
+    if not by_accession:
+        return named
+    found = [r for r in named if _same(record.accession_number, r.accession_number)]
+    if found or record.order_control != "XO" or not (rp_id or sps_id) or len({r.order_pk for r in named}) != 1:
+        return found
+    # An XO naming one order by the sender's own Requested Procedure ID or SPS ID, with another accession
+    # number: the RIS corrected that procedure's accession (PIR campaign: a second order was created beside
+    # it). Only then: SPS ids are unique within a procedure only ("1" in each), so a new order (NW) with
+    # another accession, or ids that name steps of several orders, is another procedure.
+    return named
 
 
 def find_orders(

@@ -248,3 +248,19 @@ def test_shipped_non_imaging_table_loads_and_leaves_dicom_modalities_out() -> No
     shipped = load_non_imaging(Path(__file__).parents[2] / "mappings" / "tables" / "non_imaging.csv")
     assert "LAB" in shipped.sections and "2345-7" in shipped.procedure_codes and "RXO" in shipped.segments
     assert not shipped.sections & {"CT", "PT", "OT", "MR", "US", "NM", "CR", "DX"}
+
+
+def test_procedures_of_one_placer_number_each_with_sps_id_1_stay_apart(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    """SPS IDs are unique within a Requested Procedure only: an order whose OBRs each give SPS ID "1" (and
+    their own accessions) is two procedures, not one updated by the other (review of the XO change)."""
+    groups = [order("PL1", accession_number=acc, requested_procedure_id=acc, scheduled_procedure_step_id="1", **NS)
+              for acc in ("ACC1", "ACC2")]
+    _apply(db, orders_handler, groups)
+    assert sorted((o.accession_number, o.requested_procedure_id) for o in _rows(db, orders)) == [
+        ("ACC1", "ACC1"), ("ACC2", "ACC2")]
+    xo = order("PL1", order_control="XO", accession_number="ACC2X", requested_procedure_id="ACC2",
+               scheduled_procedure_step_id="1", **NS)
+    _apply(db, orders_handler, [xo])  # names its procedure by RP ID: that order's accession is corrected
+    assert sorted(o.accession_number for o in _rows(db, orders)) == ["ACC1", "ACC2X"]
