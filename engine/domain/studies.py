@@ -143,19 +143,43 @@ def resolve_dicom_patient(conn: Connection, patient_id: str, issuer: str = "") -
     return _survivor(conn, int(rows[0][0])) if rows else None
 
 
-_CURRENT_ID = FastStatement(select(patients.c.patient_id, patients.c.issuer).where(patients.c.id == bindparam("pk")))
+def _renamed_lookups(with_issuer: bool) -> tuple[FastStatement, FastStatement]:
+    """The two lookups of :func:`renamed_patient`: every patient row holding the id (merged ones too),
+    then the merges and id changes that retired it (with the issuer each retired it under)."""
+    p, m = patients.c, patient_merges.c
+    holders = [p.patient_id == bindparam("pid")] + ([p.issuer == bindparam("issuer")] if with_issuer else [])
+    prior = [m.prior_patient_id == bindparam("pid")] + ([m.prior_issuer == bindparam("issuer")] if with_issuer else [])
+    return (FastStatement(select(p.id, p.status).where(*holders).limit(3)),
+            FastStatement(select(m.survivor_pk, m.prior_issuer).where(*prior).order_by(m.id.desc()).limit(8)))
+
+
+_RENAMED_LOOKUPS = {with_issuer: _renamed_lookups(with_issuer) for with_issuer in (False, True)}
 
 
 def renamed_patient(conn: Connection, patient_id: str, issuer: str = "") -> int | None:
-    """The patient now known under another id, when this PatientID (+ issuer) is one an A40 merged away
-    or an A47 replaced (:func:`resolve_dicom_patient`); None for a current id or an unknown one."""
-    resolved = resolve_dicom_patient(conn, patient_id, issuer)
-    if resolved is None:
+    """The patient now known under another id, when this PatientID (+ issuer) can only be one an A40 merged
+    away or an A47 replaced; else None (a current id, an unknown one, or an ambiguous one).
+
+    Its answer rewrites an image's patient, so it is stricter than :func:`resolve_dicom_patient`: without
+    an issuer, an id that a current patient holds under any issuer, or that was retired under two issuers,
+    resolves to nobody. One query for the usual image (its id is a current patient's).
+    """
+    if not patient_id:
         return None
-    row = first_row(_CURRENT_ID, conn, {"pk": resolved})
-    if row is None or (row.patient_id == patient_id and (not issuer or row.issuer == issuer)):
+    holders, retired = _RENAMED_LOOKUPS[bool(issuer)]
+    params = {"pid": patient_id, "issuer": issuer}
+    rows = all_rows(holders, conn, params)
+    if any(row.status != "MERGED" for row in rows):
         return None
-    return resolved
+    if rows:  # merged-away patients only: an A40 retired the id
+        if len(rows) != 1:
+            return None
+        survivor = _survivor(conn, int(rows[0].id))
+        return survivor if survivor != int(rows[0].id) else None
+    merges = all_rows(retired, conn, params)  # an A47 changed it (the old id is on no patient any more)
+    if not merges or len({row.prior_issuer for row in merges}) != 1:
+        return None
+    return _survivor(conn, int(merges[0].survivor_pk))
 
 
 def _insert(conn: Connection) -> Any:

@@ -262,3 +262,26 @@ def test_an_image_no_order_matches_under_a_current_or_unknown_id_is_stored_as_re
     for got in (unknown, current):
         assert got.match is None and not isinstance(got.body, CoercedStream) and got.changed == ()
         assert (got.attrs.patient_id, got.attrs.patient_name) == ("P1", "DOE^J")
+
+
+def test_an_id_held_under_two_issuers_is_not_taken_for_a_merged_away_one(
+    db: Database, patients_handler: PatientsHandler, tmp_path: Path
+) -> None:
+    """Review: P1@HOSP is current, P1@CLINIC was merged into REAL9; an image of P1 without an issuer must not
+    be rewritten to REAL9 (it may well be HOSP's patient)."""
+    apply_records(db, patients_handler, [patient("P1"), patient("P1", issuer="CLINIC"),
+                                         patient("REAL9", issuer="CLINIC", patient_name="SMITH^JOHN"),
+                                         {**merge("REAL9", "P1"), "issuer": "CLINIC", "prior_issuer": "CLINIC"}])
+    reconciler = Reconciler(db, load_mapping(ROOT / "mappings" / "order-to-image.yaml"))
+    got = _prepare(reconciler, _image(tmp_path / "p1.dcm", "1.2.3.80", 1), NOW)
+    assert got.changed == () and (got.attrs.patient_id, got.attrs.patient_name) == ("P1", "DOE^J")
+
+
+def test_an_a47_replaced_id_without_an_order_is_coerced_to_the_renamed_patient(
+    db: Database, patients_handler: PatientsHandler, tmp_path: Path
+) -> None:
+    apply_records(db, patients_handler, [patient("P1"), patient("NEW", event="A47", patient_name="DOE^RENAMED"),
+                                         merge("NEW", "P1", kind="change_id")])
+    reconciler = Reconciler(db, load_mapping(ROOT / "mappings" / "order-to-image.yaml"))
+    got = _prepare(reconciler, _image(tmp_path / "p1.dcm", "1.2.3.81", 1), NOW)
+    assert got.match is None and (got.attrs.patient_id, got.attrs.patient_name) == ("NEW", "DOE^RENAMED")
