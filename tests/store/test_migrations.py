@@ -107,3 +107,30 @@ def test_listing_by_error_status_uses_the_partial_index(tmp_path) -> None:
         assert "ix_messages_unprocessed" in db.read(plan)
     finally:
         db.close()
+
+
+def test_a_downgrade_below_0021_refuses_to_cut_step_identifiers(db, tmp_path) -> None:
+    """Review: on PostgreSQL the downgrade cut the widened identifiers (and two station AE titles cut alike
+    collided in the primary key); it now refuses while any is longer than the old column. SQLite does not
+    enforce VARCHAR lengths: there the downgrade changes nothing and keeps the value."""
+    import pytest
+
+    from engine.config.models import EngineConfig
+    from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
+    from engine.domain.tables import procedure_steps
+    from tests.domain.factories import apply_records, order, patient
+
+    config = EngineConfig(mappings_dir=tmp_path / "mappings", timezone="UTC")
+    apply_records(db, PatientsHandler(patient_policy(config)), [patient("P1")])
+    apply_records(db, OrdersHandler(order_policy(config)),
+                  [order("PL1", scheduled_procedure_step_id="SPS-1234567890-LONG")])
+    with db.write_engine.begin() as conn:
+        cfg = alembic_config(db.url)
+        cfg.attributes["connection"] = conn
+        if db.write_engine.dialect.name == "postgresql":
+            with pytest.raises(RuntimeError, match=r"procedure_steps\.sps_id: 1 value\(s\) longer than 16"):
+                command.downgrade(cfg, "0020")
+        else:
+            command.downgrade(cfg, "0020")
+    upgrade(db.write_engine)
+    assert db.read(lambda c: c.execute(select(procedure_steps.c.sps_id)).scalar_one()) == "SPS-1234567890-LONG"

@@ -45,9 +45,21 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Refused while any value is longer than the old column: these are identities (MPPS and images find
+    their steps by them; two station AE titles cut alike would collide in a primary key), and cutting them
+    would lose the link silently. Shorten or remove those orders first."""
     if not _postgresql():
         return
-    for table, column, before, after in reversed(_WIDENED):  # longer values are cut, as the old columns held no more
-        length = before.length  # type: ignore[attr-defined]
-        op.alter_column(table, column, existing_type=after, type_=before, existing_nullable=False,
-                        postgresql_using=f'left({column}, {length})')
+    bind = op.get_bind()
+    too_long = []
+    for table, column, before, _after in _WIDENED:
+        length = getattr(before, 'length', None)
+        if length is None:
+            continue
+        count = bind.execute(sa.text(f'SELECT count(*) FROM {table} WHERE length({column}) > {int(length)}')).scalar()
+        if count:
+            too_long.append(f'{table}.{column}: {count} value(s) longer than {length}')
+    if too_long:
+        raise RuntimeError('cannot downgrade below 0021 without cutting identifiers: ' + '; '.join(too_long))
+    for table, column, before, after in reversed(_WIDENED):
+        op.alter_column(table, column, existing_type=after, type_=before, existing_nullable=False)
