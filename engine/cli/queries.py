@@ -197,7 +197,28 @@ def engine_status(conn: Connection) -> dict[str, Any]:
 
     reports = {"waiting_for_order": waiting_count(conn)}
     return {"channels": channel_status(conn), "jobs": jobs, "worklist_steps": steps, "reports": reports,
-            "studies": study_counts(conn), "images": image_counts(conn), "reconcile": reconcile_backlog(conn)}
+            "studies": study_counts(conn), "images": image_counts(conn), "reconcile": reconcile_backlog(conn),
+            "archive_copies": copy_problems(conn)}
+
+
+#: Copy states the fixity job, ``archive verify`` or ``archive restore`` record for a copy that is not intact.
+_BAD_COPY = ("MISSING", "DAMAGED")
+
+
+def copy_problems(conn: Connection) -> dict[str, int]:
+    """Stored copies last found MISSING or DAMAGED (by the ``archive-fixity`` job, ``archive verify`` or
+    ``archive restore``), current instances and old versions: how many of each (an instance whose two copies
+    are both bad counts twice)."""
+    from engine.archive.copy_tables import instance_copies as c
+    from engine.domain.instance_tables import instance_versions as v
+
+    counts = {state.lower(): 0 for state in _BAD_COPY}
+    for table in (c, v):
+        for column in (table.c.primary_state, table.c.secondary_state):
+            for state, count in conn.execute(select(column, func.count()).where(column.in_(_BAD_COPY))
+                                             .group_by(column)):
+                counts[str(state).lower()] += int(count)
+    return counts
 
 
 def reconcile_backlog(conn: Connection, now: datetime | None = None) -> dict[str, Any]:

@@ -96,6 +96,10 @@ def attention(data: dict[str, Any]) -> list[str]:
             out.append(f"destination {name}: {d['dead_letters']} dead letter(s):"
                        f" radbridge outbox list --destination {name} --status ERROR")
     out += _image_attention(data.get("images", {}))
+    bad = data.get("archive_copies", {})
+    if bad.get("missing") or bad.get("damaged"):
+        out.append(f"archive: {bad.get('missing', 0)} stored copy(ies) missing and {bad.get('damaged', 0)} damaged"
+                   " when last checked: radbridge archive verify, then radbridge archive restore")
     pending = data.get("reconcile", {})
     if (pending.get("oldest_pending_seconds") or 0) > RECONCILE_LATE_SECONDS:
         out.append(f"images: {pending['pending']} reconciliation/correction request(s) pending, the oldest for"

@@ -235,6 +235,7 @@ class Writer:
         # Held while a transaction runs, by this thread or by a caller running one inline.
         self._busy = threading.Lock()
         self._closed = False
+        self._closing = threading.Lock()  # orders close()'s stop marker and every later submit
         self._waits = True  # the writer connection's busy timeout is BUSY_TIMEOUT_MS (else 0)
         self.inline_commits = 0
         self._listeners: tuple[Callable[[], None], ...] = ()
@@ -266,10 +267,20 @@ class Writer:
                 log.exception("commit listener failed")
 
     def submit(self, fn: Callable[[Connection], T]) -> Future[T]:
-        """Queue ``fn``; the future resolves after its transaction committed."""
+        """Queue ``fn``; the future resolves after its transaction committed (or fails at once, with
+        StoreUnavailable, once the writer is closed)."""
         future: Future[T] = Future()
-        self._queue.put(_Item(fn, future))
+        self._enqueue(_Item(fn, future))
         return future
+
+    def _enqueue(self, item: _Item) -> None:
+        """Queue ``item``, unless :meth:`close` was called: work queued behind the stop marker would
+        never run and its caller (a job still running in a thread at shutdown) would wait forever."""
+        with self._closing:
+            if not self._closed:
+                self._queue.put(item)
+                return
+        item.resolve(error=StoreUnavailable("the database writer is closed (radbridge is stopping)"))
 
     def call(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a committed transaction, blocking (CLI, DICOM threads)."""
@@ -285,7 +296,7 @@ class Writer:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Item(fn, future, loop, after_commit))
+        self._enqueue(_Item(fn, future, loop, after_commit))
         return future
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
@@ -344,8 +355,9 @@ class Writer:
 
     def close(self) -> None:
         """Finish queued work, then stop the thread."""
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._closing:
+            self._closed = True
+            self._queue.put(_STOP)
         self._thread.join(timeout=30)
         # An inline transaction may still be running in another thread; do not wait forever for it.
         if self._busy.acquire(timeout=5):

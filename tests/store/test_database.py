@@ -113,6 +113,37 @@ def test_database_errors_become_store_unavailable(db):
         db.writer.call(lambda c: c.execute(text("INSERT INTO no_such_table VALUES (1)")))
 
 
+def test_work_submitted_after_close_fails_at_once_instead_of_waiting_forever(tmp_path):
+    """At shutdown a job still running in a thread (archive-fixity re-reading copies) submits its record
+    after the writer closed: it gets StoreUnavailable, so the thread ends and the process can exit."""
+    import asyncio
+
+    from engine.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'w.db'}")
+    db.migrate()
+    db.close()
+    done: list[BaseException] = []
+
+    def late() -> None:
+        try:
+            db.writer.call(lambda conn: add_event(conn, 1))
+        except BaseException as exc:  # what the thread ended with
+            done.append(exc)
+
+    thread = threading.Thread(target=late, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "a submit after close() waits forever"
+    assert len(done) == 1 and isinstance(done[0], StoreUnavailable)
+
+    async def late_async() -> None:
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(db.writer.run(lambda conn: add_event(conn, 2)), 5)
+
+    asyncio.run(late_async())
+
+
 def test_timestamps_come_back_aware_utc(db):
     now = datetime.now(UTC)
     db.writer.call(lambda c: add_event(c, 1))
