@@ -243,10 +243,12 @@ def image_counts(conn: Connection, now: datetime | None = None) -> dict[str, int
 
     since = (now or datetime.now(UTC)) - RECENT_REFUSALS
     total = conn.execute(select(func.count()).select_from(q)).scalar_one()
-    recent = dict(conn.execute(select(q.c.status == PROCESSING_FAILURE, func.count())
-                               .where(q.c.received_at >= since).group_by(q.c.status == PROCESSING_FAILURE)).all())
+    # Grouped by the status itself: PostgreSQL does not take ``status = $1`` in the select list and
+    # ``status = $2`` in GROUP BY for the same expression.
+    recent = dict(conn.execute(select(q.c.status, func.count()).where(q.c.received_at >= since)
+                               .group_by(q.c.status)).all())
     return {"quarantined": int(total), "quarantined_last_24h": int(sum(recent.values())),
-            "failed_last_24h": int(recent.get(True, 0))}
+            "failed_last_24h": int(recent.get(PROCESSING_FAILURE, 0))}
 
 
 def study_counts(conn: Connection) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,3 +121,11 @@ def store_one(port: int, ds: Dataset, aet: str = "CT1") -> int:
         return int(assoc.send_c_store(ds).Status)
     finally:
         assoc.release()
+
+
+def drain_unsolicited(assoc: Any, seconds: float = 10) -> None:
+    """Wait until pynetdicom's reactor has dropped the responses to hand-made requests (sent raw on the
+    socket): still on its queue, the next ``send_c_store`` would take one for its own (seen under load)."""
+    deadline = time.monotonic() + seconds
+    while not assoc.dimse.msg_queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.01)

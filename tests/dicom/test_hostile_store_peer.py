@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode
 
-from tests.dicom.store_peer import StoreSCP, running_scp
+from tests.dicom.store_peer import StoreSCP, drain_unsolicited, running_scp
 from tests.dicom.test_store_stream import _pdu, _sent_dataset, _store_command
 
 pytestmark = pytest.mark.timeout(120)
@@ -140,6 +140,7 @@ def test_a_c_store_request_without_a_data_set_gets_cannot_understand_and_no_trac
         assert (int(rsp.CommandField), int(rsp.Status), int(rsp.MessageIDBeingRespondedTo)) == (0x8001, 0xC210, 7)
         assert "Traceback" not in caplog.text and "no data set" in caplog.text
         assert assoc.is_established  # the association stays usable
+        drain_unsolicited(assoc)
         ds = _ct()
         assert int(assoc.send_c_store(ds).Status) == 0x0000
         assoc.release()

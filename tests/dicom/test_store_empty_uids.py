@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode
 
-from tests.dicom.store_peer import StoreSCP, dataset_bytes, running_scp
+from tests.dicom.store_peer import StoreSCP, dataset_bytes, drain_unsolicited, running_scp
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,6 +88,7 @@ def _send(assoc: Any, abstract_syntax: str, command: bytes, wait: float = 10) ->
         return None
     finally:
         assoc.unbind(evt.EVT_DIMSE_RECV, assoc.get_handlers(evt.EVT_DIMSE_RECV)[-1][0])
+        drain_unsolicited(assoc)
 
 
 def _spooled(scp: StoreSCP) -> list[Path]:
