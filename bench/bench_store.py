@@ -187,7 +187,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def create_order(data: Path, root: Path) -> None:
     """The order the bench images belong to (patient BENCH1, accession BENCHACC, CT), in a new database
-    under ``data``, as an ORM^O01 would have created it."""
+    under ``data``, as an ORM^O01 would have created it, by the code of the tree ``root`` (another tree,
+    such as ``--baseline``, in a process of its own: its engine must find the schema it migrates to)."""
+    if root.resolve() != ROOT.resolve():
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from bench.bench_store import"
+                        " create_order; create_order(Path(sys.argv[1]), Path(sys.argv[2]))", str(data), str(root)],
+                       cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+        return
     from engine.config.models import EngineConfig
     from engine.domain.handlers import OrdersHandler, order_policy
     from engine.store.database import Database
