@@ -245,8 +245,8 @@ def image_counts(conn: Connection, now: datetime | None = None) -> dict[str, int
     total = conn.execute(select(func.count()).select_from(q)).scalar_one()
     # Grouped by the status itself: PostgreSQL does not take ``status = $1`` in the select list and
     # ``status = $2`` in GROUP BY for the same expression.
-    recent = dict(conn.execute(select(q.c.status, func.count()).where(q.c.received_at >= since)
-                               .group_by(q.c.status)).all())
+    recent: dict[int, int] = {int(status): int(count) for status, count in conn.execute(
+        select(q.c.status, func.count()).where(q.c.received_at >= since).group_by(q.c.status))}
     return {"quarantined": int(total), "quarantined_last_24h": int(sum(recent.values())),
             "failed_last_24h": int(recent.get(PROCESSING_FAILURE, 0))}
 
