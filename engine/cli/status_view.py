@@ -82,6 +82,8 @@ def destination_backlog(conn: Connection, now: datetime | None = None) -> dict[s
 
 #: A request of the job reconcile-images older than this (it runs every few seconds) needs a look.
 RECONCILE_LATE_SECONDS = 3600
+#: A delivery still queued this long after it was queued (its destination down or refusing) needs a look.
+BACKLOG_LATE_SECONDS = 3600
 
 
 def attention(data: dict[str, Any]) -> list[str]:
@@ -95,6 +97,10 @@ def attention(data: dict[str, Any]) -> list[str]:
         if d["dead_letters"]:
             out.append(f"destination {name}: {d['dead_letters']} dead letter(s):"
                        f" radbridge outbox list --destination {name} --status ERROR")
+        oldest = d.get("oldest_queued_seconds") or 0
+        if oldest > BACKLOG_LATE_SECONDS:  # a peer down or refusing for long (the PACS, the second archive copy)
+            out.append(f"destination {name}: {d['queued']} delivery(ies) waiting, the oldest for {oldest / 3600:.1f} h"
+                       f" (the last error says why): radbridge outbox list --destination {name} --status QUEUED")
     out += _image_attention(data.get("images", {}))
     bad = data.get("archive_copies", {})
     if bad.get("missing") or bad.get("damaged"):

@@ -1,0 +1,33 @@
+"""``radbridge status``'s "needs attention" lines from its data (engine.cli.status_view.attention)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.cli.status_view import BACKLOG_LATE_SECONDS, attention
+
+
+def _data(**destinations: dict[str, Any]) -> dict[str, Any]:
+    return {"channels": {}, "jobs": {}, "destinations": destinations}
+
+
+def _queued(queued: int, oldest: float | None, dead: int = 0) -> dict[str, Any]:
+    return {"queued": queued, "oldest_queued_seconds": oldest, "dead_letters": dead}
+
+
+def test_a_destination_whose_oldest_delivery_waits_over_an_hour_needs_attention() -> None:
+    """A PACS down all night, or the second archive copy unreachable, showed only as a number in a table."""
+    assert attention(_data(pacs=_queued(3, 120.0), **{"archive:secondary": _queued(0, None)})) == []
+    lines = attention(_data(pacs=_queued(40, BACKLOG_LATE_SECONDS + 3600.0),
+                            **{"archive:secondary": _queued(7, 2.5 * 3600)}))
+    assert lines == [
+        "destination archive:secondary: 7 delivery(ies) waiting, the oldest for 2.5 h (the last error says why):"
+        " radbridge outbox list --destination archive:secondary --status QUEUED",
+        "destination pacs: 40 delivery(ies) waiting, the oldest for 2.0 h (the last error says why):"
+        " radbridge outbox list --destination pacs --status QUEUED"]
+
+
+def test_dead_letters_and_an_old_backlog_are_two_lines() -> None:
+    lines = attention(_data(pacs=_queued(1, 2 * 3600.0, dead=2)))
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "2 dead letter(s)", "1 delivery(ies) waiting, the oldest for 2.0 h (the last error says why)"]
