@@ -171,6 +171,17 @@ def _settled(conn: Connection) -> bool:
 BUSY_TIMEOUT_MS = 30000
 
 
+#: PostgreSQL's SQLSTATEs for a transaction it rolled back to break a deadlock or a serialization
+#: conflict: nothing of it happened, and running it again is how such a victim is meant to go on.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A deadlock or serialization failure (PostgreSQL), raw or wrapped by SQLAlchemy."""
+    raw = getattr(exc, "orig", exc)
+    return getattr(raw, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
 def _locked(exc: BaseException) -> bool:
     """SQLITE_BUSY / SQLITE_LOCKED, raw or wrapped by SQLAlchemy."""
     raw = getattr(exc, "orig", exc)
@@ -468,7 +479,8 @@ class Writer:
 
     def _fail_batch(self, batch: list[_Item], exc: Exception) -> None:
         """A rolled-back batch: retry its items one by one, in order; run a single item that asked for it
-        (:class:`RunAgain`) once more; else report the single item's error."""
+        (:class:`RunAgain`), or that PostgreSQL rolled back to break a deadlock (or a serialization
+        conflict), once more; else report the single item's error."""
         translated = self._translate(exc)
         if isinstance(translated, StoreUnavailable):
             self._drop_connection()  # reconnect next time (e.g. PostgreSQL restarted)
@@ -476,7 +488,7 @@ class Writer:
             for item in batch:
                 self._run_batch([item])
             return
-        if isinstance(exc, RunAgain) and not batch[0].again:
+        if (isinstance(exc, RunAgain) or _retryable(exc)) and not batch[0].again:
             batch[0].again = True
             self._run_batch(batch)
             return
@@ -651,7 +663,14 @@ class Database:
         upgrade(self.write_engine)
 
     def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in a read transaction (blocking)."""
+        """Run ``fn`` in a read transaction (blocking); once more if PostgreSQL chose it as a deadlock's
+        victim (rolled back: nothing of it happened)."""
+        try:
+            with self.read_engine.connect() as conn, conn.begin():
+                return fn(conn)
+        except Exception as exc:
+            if not _retryable(exc):
+                raise
         with self.read_engine.connect() as conn, conn.begin():
             return fn(conn)
 
