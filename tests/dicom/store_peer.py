@@ -12,6 +12,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from sqlalchemy import select
 
@@ -129,3 +130,18 @@ def drain_unsolicited(assoc: Any, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while not assoc.dimse.msg_queue.empty() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+@contextmanager
+def associated(port: int, *contexts: str, transfer_syntax: str = ExplicitVRLittleEndian) -> Iterator[Any]:
+    """An association of pynetdicom as CT1 with ``contexts`` in ``transfer_syntax``, released at the end."""
+    ae = AE(ae_title="CT1")
+    for sop_class in contexts:
+        ae.add_requested_context(sop_class, transfer_syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()

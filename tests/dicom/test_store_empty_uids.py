@@ -13,8 +13,7 @@ import logging
 import queue
 import struct
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.dsutils import encode
 
-from tests.dicom.store_peer import StoreSCP, dataset_bytes, drain_unsolicited, running_scp
+from tests.dicom.store_peer import StoreSCP, associated, dataset_bytes, drain_unsolicited, running_scp
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,18 +61,8 @@ def _nested_priv_sq() -> bytes:
     return dataset_bytes(Path(path))
 
 
-@contextmanager
-def _association(port: int) -> Iterator[Any]:
-    ae = AE(ae_title="CT1")
-    ae.add_requested_context(CT, IMPLICIT)
-    ae.add_requested_context(VERIFICATION, IMPLICIT)
-    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
-    assert assoc.is_established
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
+def _association(port: int) -> AbstractContextManager[Any]:
+    return associated(port, CT, VERIFICATION, transfer_syntax=IMPLICIT)
 
 
 def _send(assoc: Any, abstract_syntax: str, command: bytes, wait: float = 10) -> int | None:

@@ -11,22 +11,20 @@ import logging
 import queue
 import struct
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pydicom.uid import generate_uid
+from pynetdicom import evt
 from pynetdicom.dsutils import encode
 
 from channels.dicom.store_stream import _CLOCK, ASSOCIATION_TURN_SECONDS, BUFFER_BYTES
 from engine.archive.flush import IN_FLIGHT
 from engine.archive.location import ArchiveLocation
-from tests.dicom.store_peer import StoreSCP, dataset_bytes, running_scp
+from tests.dicom.store_peer import StoreSCP, associated, dataset_bytes, running_scp
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,18 +39,7 @@ def _ct(corpus: Path) -> Dataset:
     return ds
 
 
-@contextmanager
-def _association(port: int, *contexts: str) -> Iterator[Any]:
-    ae = AE(ae_title="CT1")
-    for sop_class in contexts:
-        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
-    assert assoc.is_established
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
+_association = associated
 
 
 def _stored_dataset(scp: StoreSCP, uid: str) -> bytes:
