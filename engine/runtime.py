@@ -27,6 +27,7 @@ from engine.config import Config, listeners, load_config
 from engine.config.models import ChannelConfig
 from engine.datadir import PROCESS_UMASK, prepare_data_dir
 from engine.errors import AlreadyRunning, ConfigError
+from engine.fhir.triggers import install as install_triggers
 from engine.jobs import recorded
 from engine.outbox.destination import DestinationContext, create_destination
 from engine.outbox.rows import release_all
@@ -94,6 +95,9 @@ class Runtime:
         )
         log.info("store: %s", self.db.display_url)
         await asyncio.to_thread(self.db.migrate)
+        # The FHIR change feed's triggers, before anything listens: replacing one locks its table, which
+        # deadlocks with a receive worker's first writes on PostgreSQL (the projector's start finds them in place).
+        await self.db.writer.run(install_triggers)
         if self.db.is_sqlite:  # one process per SQLite file: leases left by a crash are ours to drop
             released = await self.db.writer.run(release_all)
             if released:

@@ -12,6 +12,7 @@ SQLite a migration that rebuilds a table (Alembic batch mode) drops its triggers
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -103,17 +104,38 @@ def _postgresql(source: Source) -> list[str]:
     ]
 
 
+def _mark(statements: list[str]) -> str:
+    """The comment a PostgreSQL trigger carries: a digest of the statements that made it and its function."""
+    return "radbridge " + hashlib.sha256("\n".join(statements).encode()).hexdigest()[:32]
+
+
 def install(conn: Connection, sources: tuple[Source, ...] = SOURCES) -> None:
-    """Create the triggers that are missing (SQLite) or replace them (PostgreSQL), in ``conn``'s transaction.
+    """Create the triggers that are missing (SQLite), or missing or different (PostgreSQL), in ``conn``'s transaction.
 
     On PostgreSQL under the schema lock: engine processes starting together on one
-    database replace the triggers one after the other.
+    database change the triggers one after the other. A trigger that is already as
+    it should be (its comment holds the digest of its statements) is left alone:
+    replacing it takes an ACCESS EXCLUSIVE lock on its table, which deadlocks with
+    a receive worker or another engine that is writing that table and one it read
+    before (PostgreSQL then rolls one of them back).
     """
     lock_schema(conn)
+    if conn.dialect.name == "sqlite":
+        for source in sources:
+            conn.execute(text(_sqlite(source)))
+        return
+    current = {(row.table, row.name): row.mark for row in conn.execute(text(
+        "SELECT c.relname AS table, t.tgname AS name, obj_description(t.oid, 'pg_trigger') AS mark"
+        " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+        " WHERE NOT t.tgisinternal AND t.tgname LIKE 'fhir\\_%' AND pg_table_is_visible(c.oid)"))}
     for source in sources:
-        statements = [_sqlite(source)] if conn.dialect.name == "sqlite" else _postgresql(source)
+        statements = _postgresql(source)
+        mark = _mark(statements)
+        if current.get((source.table, source.name)) == mark:
+            continue
         for statement in statements:
             conn.execute(text(statement))
+        conn.execute(text(f"COMMENT ON TRIGGER {source.name} ON {source.table} IS '{mark}'"))
 
 
 def uninstall(conn: Connection, sources: tuple[Source, ...] = SOURCES) -> None:

@@ -219,6 +219,43 @@ def test_processes_starting_together_replace_the_triggers_one_after_the_other(po
     assert errors == []
 
 
+def _trigger_oids(conn: Connection) -> dict[str, int]:
+    return dict(conn.execute(text("SELECT tgname, oid FROM pg_trigger WHERE tgname LIKE 'fhir\\_%'")).all())
+
+
+def test_triggers_in_place_are_not_replaced_while_other_transactions_use_their_tables(postgres) -> None:
+    """Replacing a trigger takes an ACCESS EXCLUSIVE lock on its table. An engine's start-up did that while
+    its receive workers (or another engine) were writing, and PostgreSQL broke the deadlock by rolling a
+    C-STORE's transaction back (0xA700/0xC211, seen in CI). Triggers already as they should be are left alone."""
+    from sqlalchemy import create_engine
+
+    url = postgres.create_database("triggers_in_place")
+    Database(url).migrate()
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            before = _trigger_oids(conn)
+        assert len(before) == len(triggers.SOURCES)
+        with engine.connect() as reader, reader.begin():
+            for table in ("patients", "orders", "studies", "series", "instances", "reports"):
+                reader.execute(text(f"SELECT count(*) FROM {table}"))  # holds ACCESS SHARE until it ends
+            with engine.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+                triggers.install(conn)  # before: waited for the reader, then "canceling statement due to lock timeout"
+                assert _trigger_oids(conn) == before
+        with engine.begin() as conn:  # one that differs (another version's, or changed by hand) is replaced
+            conn.execute(text("COMMENT ON TRIGGER fhir_orders_update ON orders IS 'radbridge 0'"))
+            conn.execute(text("DROP TRIGGER fhir_series_insert ON series"))
+        with engine.begin() as conn:
+            triggers.install(conn)
+            after = _trigger_oids(conn)
+            assert set(after) == set(before)
+            assert {name for name in before if after[name] != before[name]} == {"fhir_orders_update",
+                                                                                 "fhir_series_insert"}
+    finally:
+        engine.dispose()
+
+
 def _statements(db: Database) -> list[str]:
     """Every SQL statement either engine of ``db`` runs from now on (a list that grows)."""
     from sqlalchemy import event
