@@ -75,8 +75,7 @@ class FileLocation:
             _, created = self._files.place(staged, [key])
             return created
         try:
-            self._files._makedirs(final.parent)
-            os.replace(staged.path, final)
+            self._files._into_place(final, lambda: os.replace(staged.path, final))
             _fsync_dir(final.parent)
         except OSError as exc:
             self._files.discard(staged.path)
@@ -102,7 +101,8 @@ class FileLocation:
             raise _error(f"archive location {self.name} cannot be read", exc) from exc
 
     def delete(self, key: str) -> None:
-        """Unlink it and fsync its directory, so the removal survives a crash as the index says."""
+        """Unlink it and fsync its directory, so the removal survives a crash as the index says; then
+        remove its series and study directories if that emptied them."""
         path = self._path(key)
         try:
             path.unlink(missing_ok=True)
@@ -111,6 +111,7 @@ class FileLocation:
             return
         except OSError as exc:
             raise _error(f"archive location {self.name} cannot remove a file", exc) from exc
+        self._files.prune(path.parent)
 
     def iterate(self, prefix: str = "") -> Iterator[str]:
         """Every file under ``prefix``, as keys, skipping ``.incoming`` and the quarantine."""

@@ -31,8 +31,9 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -149,6 +150,10 @@ def _copy_range(source: int, out: int, at: int, count: int) -> bool:
             return False
         done += n
     return True
+
+
+#: Tries to name a file whose directory another process removes meanwhile (it emptied out).
+_PLACE_ATTEMPTS = 3
 
 
 def _fsync_dir(path: Path) -> None:
@@ -278,10 +283,7 @@ class ArchiveLocation:
         try:
             for name in names:
                 final = self.root / name
-                self._makedirs(final.parent)
-                try:
-                    os.link(staged.path, final)
-                except FileExistsError:
+                if not self._into_place(final, partial(os.link, staged.path, final)):
                     continue
                 _fsync_dir(final.parent)
                 return name, True
@@ -290,6 +292,34 @@ class ArchiveLocation:
             raise _unavailable(f"archive location {self.name} cannot name a file", exc) from exc
         finally:
             self.discard(staged.path)
+
+    def _into_place(self, final: Path, name_it: Callable[[], None]) -> bool:
+        """Create ``final``'s directories and run ``name_it`` (a link or rename to ``final``); False if
+        ``final`` exists (a link). A directory that emptied out and was removed meanwhile (tiering, in
+        another process: :meth:`prune`) is made again, a few times, instead of failing the store."""
+        for attempt in range(_PLACE_ATTEMPTS):
+            try:
+                self._makedirs(final.parent)
+                name_it()
+                return True
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                if attempt == _PLACE_ATTEMPTS - 1 or final.parent.is_dir():  # not a directory removed meanwhile
+                    raise
+        raise AssertionError("unreachable")
+
+    def prune(self, directory: Path) -> None:
+        """Remove ``directory`` and its parents below the root while they are empty (after a file left
+        them: a study tiered off the primary leaves no empty study and series directories behind).
+        Never raises: an empty directory left behind costs nothing but a look."""
+        while directory != self.root and self.root in directory.parents and directory.name != INCOMING:
+            try:
+                directory.rmdir()
+                _fsync_dir(directory.parent)
+            except OSError:  # not empty (a new image arrived), already gone, or not ours to remove
+                return
+            directory = directory.parent
 
     def discard(self, path: Path) -> None:
         """Remove ``path`` if it exists (cleanup: never raises)."""

@@ -83,3 +83,49 @@ def test_sweep_removes_only_files_abandoned_long_enough(tmp_path: Path) -> None:
     os.utime(old, (1000.0, 1000.0))
     assert loc.sweep(600, now=fresh.stat().st_mtime + 1) == 1
     assert not old.exists() and fresh.exists()
+
+
+def test_a_directory_removed_while_a_file_is_named_into_it_is_made_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiering (in the engine's process) removes a series directory it emptied while a receive worker
+    names a new image into it: between the worker's mkdir and its link. The store must not fail for it."""
+    import engine.archive.location as location_module
+
+    loc = _location(tmp_path)
+    real_link, removed = os.link, []
+
+    def link_after_removal(src: object, dst: object) -> None:
+        if not removed:
+            parent = Path(str(dst)).parent
+            parent.rmdir()
+            parent.parent.rmdir()
+            removed.append(parent)
+        real_link(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(location_module.os, "link", link_after_removal)
+    staged = loc.stage(b"", BytesIO(b"x"))
+    assert loc.place(staged, ["1.2/1.2.3/1.2.3.4.dcm"]) == ("1.2/1.2.3/1.2.3.4.dcm", True)
+    assert removed and loc.path("1.2/1.2.3/1.2.3.4.dcm").read_bytes() == b"x"
+    assert list(loc.incoming.iterdir()) == []
+
+
+def test_a_missing_temporary_file_is_still_an_error(tmp_path: Path) -> None:
+    loc = _location(tmp_path)
+    staged = loc.stage(b"", BytesIO(b"x"))
+    staged.path.unlink()
+    with pytest.raises(ArchiveUnavailable, match="ENOENT"):
+        loc.place(staged, ["1.2/1.2.3/1.2.3.4.dcm"])
+
+
+def test_prune_removes_empty_directories_up_to_the_root_only(tmp_path: Path) -> None:
+    loc = _location(tmp_path)
+    loc.place(loc.stage(b"", BytesIO(b"a")), ["1.2/1.2.3/a.dcm"])
+    loc.place(loc.stage(b"", BytesIO(b"b")), ["1.2/1.2.4/b.dcm"])
+    loc.path("1.2/1.2.3/a.dcm").unlink()
+    loc.prune(loc.path("1.2/1.2.3"))
+    assert not loc.path("1.2/1.2.3").exists() and loc.path("1.2/1.2.4/b.dcm").exists()  # the study keeps a series
+    loc.path("1.2/1.2.4/b.dcm").unlink()
+    loc.prune(loc.path("1.2/1.2.4"))
+    assert sorted(p.name for p in loc.root.iterdir()) == [".incoming"]  # study gone; root and .incoming kept
+    loc.prune(loc.incoming)
+    assert loc.incoming.is_dir()

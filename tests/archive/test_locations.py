@@ -57,6 +57,8 @@ def test_put_then_open_stat_iterate_and_delete(location: Location) -> None:
     location.delete("1.2/3.4/5.6.dcm")
     assert location.stat("1.2/3.4/5.6.dcm") is None and list(location.iterate()) == []
     location.delete("1.2/3.4/5.6.dcm")  # absent: not an error
+    if isinstance(location, FileLocation):  # no empty study and series directories are left behind
+        assert sorted(p.name for p in location.root.iterdir()) == [".incoming"]
 
 
 def test_put_without_replace_never_overwrites(location: Location) -> None:
