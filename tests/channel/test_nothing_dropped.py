@@ -358,3 +358,49 @@ def test_dicom_delimiters_inside_hl7_values_reach_a_coerced_image_header_as_one_
     coerce(header, values, Modification(datetime(2026, 12, 5, tzinfo=UTC), "RADBRIDGE", "CT1"))
     assert header["PatientName"].VM == 1 and str(header.PatientName) == "Smith Jones^Ann Marie"
     assert header["StudyDescription"].VM == 1 and header.StudyDescription == "CT HEAD/NECK"
+
+
+def _steps_by_sps(db: Any) -> list[tuple[str, str, str, str]]:
+    query = (select(orders.c.accession_number, orders.c.requested_procedure_id, procedure_steps.c.sps_id,
+                    procedure_steps.c.status)
+             .join(orders, orders.c.id == procedure_steps.c.order_pk).order_by(procedure_steps.c.id))
+    return db.read(lambda c: [tuple(r) for r in c.execute(query).all()])
+
+
+def test_an_omi_with_several_ipc_segments_schedules_one_step_per_ipc_on_every_database(db) -> None:
+    """RAD TF-2 4.4.4: an OMI^O23 OBR may be followed by one IPC per requested procedure or scheduled step.
+    Only the first IPC reached the worklist (AA: the second step went nowhere)."""
+    runner = _runner(db)
+    ipcs = ("IPC|ACC-M1|RP-M1|1.2.3.41|SPS-M1|CT|P1^Plain^L\r"
+            "IPC|ACC-M1|RP-M1|1.2.3.41|SPS-M2|CT|P2^Angio^L\r"
+            "IPC|ACC-M2|RP-M2|1.2.3.42|SPS-M3|CT|P3^Neck^L")
+    ack = _send(runner, _omi("M1", ipcs))
+    assert ack.segment("MSA").value(1) == "AA", ack.segment("ERR")
+    assert _steps_by_sps(db) == [("ACC-M1", "RP-M1", "SPS-M1", "SCHEDULED"), ("ACC-M1", "RP-M1", "SPS-M2", "SCHEDULED"),
+                                 ("ACC-M2", "RP-M2", "SPS-M3", "SCHEDULED")]
+    # A resend changes nothing; an XO naming one step by its IPC changes that one only.
+    assert _send(runner, _omi("M2", ipcs)).segment("MSA").value(1) == "AA"
+    assert len(_steps_by_sps(db)) == 3
+    xo = _omi("M4", "IPC|ACC-M1|RP-M1|1.2.3.41|SPS-M2|CT|P2B^Angio late^L").replace("ORC|NW|", "ORC|XO|")
+    assert _send(runner, xo).segment("MSA").value(1) == "AA"
+    codes = db.read(lambda c: list(c.execute(select(procedure_steps.c.protocol_code_value)
+                                             .order_by(procedure_steps.c.id)).scalars()))
+    assert codes == ["P1", "P2B", "P3"] and len(_steps_by_sps(db)) == 3
+    # A cancel that names only the order numbers (no IPC) reaches every step of the order.
+    cancel = (MSH.format(type="OMI^O23", cid="M3") + PID + "ORC|CA|PLC-O1|FIL-O1||CA\r"
+              "OBR|1|PLC-O1|FIL-O1|CTHEAD^CT head^L\r")
+    assert _send(runner, cancel).segment("MSA").value(1) == "AA"
+    assert [s[3] for s in _steps_by_sps(db)] == ["CANCELED"] * 3
+
+
+def test_a_bad_value_in_the_second_ipc_is_reported_at_that_ipc(db) -> None:
+    runner = _runner(db)
+    two = MSH.format(type="OMI^O23", cid="N1") + PID + (
+        "ORC|NW|PLC-N1|FIL-N1||SC\rOBR|1|PLC-N1|FIL-N1|CTHEAD^CT head^L\rIPC|ACC-N1|RP-N1|1.2.3.5|SPS-N1|CT\r"
+        "ORC|NW|PLC-N2|FIL-N2||SC\rOBR|2|PLC-N2|FIL-N2|CTHEAD^CT head^L\rIPC|ACC-N2|RP-N2|1.2.3.6|SPS-N2|CT\r"
+        "IPC|ACC-N2|RP-N2|1.2.3.6|SPS-" + "9" * 61 + "|CT\r")
+    ack = _send(runner, two)
+    err = ack.segment("ERR")
+    assert ack.segment("MSA").value(1) == "AE" and err is not None
+    assert (err.value(2, 1, 1), err.value(2, 1, 2), err.value(2, 1, 3)) == ("IPC", "3", "4")  # the message's third IPC
+    assert _steps(db) == []
