@@ -45,6 +45,7 @@ from engine.reconcile.rewrite import (
     Header,
     WholeStream,
     element_spans,
+    elements_after_bulk,
     encode_coerced,
     encode_whole,
     read_header,
@@ -202,6 +203,10 @@ class Reconciler:
             if not changed:
                 self._memo.remember(key, target, coercion, {}, mod.when)
                 return Prepared(spool, attrs, match)
+            if coercion.charset_changed and elements_after_bulk(spool, parsed):  # their text re-encoded too
+                parsed = read_header(spool, parsed.bulk_at - len(parsed.raw), parsed.enc, whole=True)
+                coercion = coerce_header(parsed.dataset, target, mod)
+                spans = element_spans(parsed)
             after = InstanceAttributes.from_dataset(parsed.dataset)
             coerced = encode_coerced(parsed, coercion, spans)
             head = coerced.head

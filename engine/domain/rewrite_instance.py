@@ -30,6 +30,7 @@ from engine.reconcile.coerce import Modification, coerce_header
 from engine.reconcile.rewrite import (
     CoercedStream,
     WholeStream,
+    elements_after_bulk,
     encode_coerced,
     encode_whole,
     encoding_of,
@@ -124,6 +125,9 @@ def _rewrite_file(io: RewriteIO, source: Path, row: Any, target: dict[str, Any],
         changed = coercion.changed
         if not changed:
             return None
+        if header is not None and coercion.charset_changed and elements_after_bulk(f, header):
+            header = read_header(f, offset, header.enc, whole=True)  # their text re-encoded too
+            coercion = coerce_header(header.dataset, target, mod)
         stream = (CoercedStream(encode_coerced(header, coercion).head, header.raw, f, header.bulk_at)
                   if header is not None else WholeStream(encode_whole(ds), f, offset))
         staged = io.primary.stage(meta, cast(BinaryIO, stream))

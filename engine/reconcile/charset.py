@@ -16,6 +16,10 @@ from pydicom.charset import python_encoding
 __all__ = ["UTF8", "fits", "needed_charset"]
 
 UTF8 = "ISO_IR 192"
+#: The single-value character sets of more than one byte a character (PS3.3 C.12.1.1.2); every other one
+#: is one byte a character. pydicom names Python's shift_jis codec for ISO_IR 13 (JIS X 0201), which also
+#: encodes kanji, in two bytes: those do not fit ISO_IR 13.
+_MULTI_BYTE = frozenset({UTF8, "GB18030", "GBK"})
 
 
 def _terms(value: object) -> list[str]:
@@ -37,10 +41,10 @@ def fits(text: str, charset: object) -> bool:
     if codec is None:
         return False
     try:
-        text.encode(codec)
+        encoded = text.encode(codec)
     except (UnicodeError, LookupError):
         return False
-    return True
+    return terms[0] in _MULTI_BYTE or len(encoded) == len(text)
 
 
 def needed_charset(current: object, written: Iterable[str]) -> object:

@@ -16,7 +16,10 @@ gets its item lengths recomputed. Retired group lengths (gggg,0000) are dropped 
 both, as they would be stale. A header whose SpecificCharacterSet changed has
 every text element (and every sequence, whose items may hold text) re-encoded too;
 its other elements are still copied as received, so that one pydicom cannot
-decode (an FD of 6 bytes, an unknown VR) does not stop the header being written.
+decode (an FD of 6 bytes, an unknown VR) does not stop the header being written;
+when the dataset has elements after its pixel data (a private group (7FE1,xxxx) with
+text), the "header" is then the whole dataset (:func:`elements_after_bulk`), so that
+their text is re-encoded too instead of being read in the new character set.
 
 Deflated datasets (PS3.5 A.5) cannot be split: their bytes are compressed as a
 whole. They are read and written whole instead (:func:`read_whole`,
@@ -47,12 +50,14 @@ from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
 from engine.reconcile.coerce import Coercion
 from engine.reconcile.encode import ElementWriter
 
-__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "element_spans", "encode_coerced",
-           "encode_header", "encode_whole", "encoded_elements", "encoding_of", "read_header", "read_whole",
-           "reencoded_tags", "splice"]
+__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "element_spans",
+           "elements_after_bulk", "encode_coerced", "encode_header", "encode_whole", "encoded_elements", "encoding_of",
+           "read_header", "read_whole", "reencoded_tags", "splice"]
 
 #: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
 BULK_TAG = 0x7FE00000
+#: Data Set Trailing Padding (FFFC,FFFC), PS3.10 7.2: the one element after the pixel data that holds no text.
+_TRAILING_PADDING = 0xFFFCFFFC
 #: The VRs whose values SpecificCharacterSet governs (PS3.5 6.1.2.3), and sequences, whose items may hold them.
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN", "SQ"})
 
@@ -78,13 +83,24 @@ class Header:
     enc: Encoding
 
 
-def read_header(spool: BinaryIO, offset: int, enc: Encoding) -> Header:
-    """Parse the header of the dataset that starts at ``offset`` of ``spool`` (structure already checked)."""
+def read_header(spool: BinaryIO, offset: int, enc: Encoding, whole: bool = False) -> Header:
+    """Parse the header of the dataset that starts at ``offset`` of ``spool`` (structure already checked);
+    with ``whole``, the whole dataset, pixel data included (:func:`elements_after_bulk`)."""
     with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        bulk_at = offset_of_tag(buf, offset, len(buf), enc, BULK_TAG)
+        bulk_at = len(buf) if whole else offset_of_tag(buf, offset, len(buf), enc, BULK_TAG)
         raw = bytes(buf[offset:bulk_at])
     ds = read_dataset(BytesIO(raw), enc.implicit, enc.little)
     return Header(ds, raw, bulk_at, enc)
+
+
+def elements_after_bulk(spool: BinaryIO, header: Header) -> bool:
+    """True when the dataset holds top-level elements after its pixel data group (other than trailing
+    padding), such as a private group (7FE1,xxxx) with text or sequences. A character set change must
+    re-encode their text too, so such a header is read :func:`whole <read_header>`: copied as received,
+    they would be read in the new character set."""
+    with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        return any(tag >> 16 != BULK_TAG >> 16 and tag != _TRAILING_PADDING
+                   for tag, _, _ in top_level_elements(buf, header.bulk_at, len(buf), header.enc))
 
 
 def encode_header(ds: Dataset, enc: Encoding) -> bytes:

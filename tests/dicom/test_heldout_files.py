@@ -200,3 +200,70 @@ def test_an_element_pydicom_cannot_decode_does_not_stop_a_correction_to_utf8(tmp
     assert [i.ReasonForTheAttributeModification for i in ds.OriginalAttributesSequence] == ["COERCE", "CORRECT"]
     data = stored.read_bytes()
     assert all(_raw_element(tag, vr, value) in data for tag, vr, value in UNDECODABLE)
+
+
+# --- text after the pixel data, when the character set changes ------------------------------------------
+
+LATIN1_TEXT = "Jérôme Müller"
+
+
+def _text_after_pixel_data(tmp_path: Path) -> tuple[Dataset, Path]:
+    """CT_small (ISO_IR 100) with a private group after the pixel data, as GE's (7FE1,xxxx) movie group is:
+    an LO and a sequence whose item holds an LO, both with Latin-1 text, then trailing padding."""
+    ds = _ct()
+    ds.StudyInstanceUID = generate_uid()
+    block = ds.private_block(0x7FE1, "ACME MOVIE 1.0", create=True)
+    block.add_new(0x01, "LO", LATIN1_TEXT)
+    item = Dataset()
+    item.add_new(0x00091010, "LO", LATIN1_TEXT)
+    block.add_new(0x02, "SQ", [item])
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 8)
+    path = tmp_path / "after.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return ds, path
+
+
+def _assert_text_after_pixel_data_reencoded(stored: Path, sent: Path) -> None:
+    ds, before = dcmread(stored), dcmread(sent)
+    assert (str(ds.PatientName), ds.SpecificCharacterSet) == (CZECH, "ISO_IR 192")
+    assert ds[0x7FE11001].value == LATIN1_TEXT
+    assert ds[0x7FE11002].value[0][0x00091010].value == LATIN1_TEXT
+    assert ds.PixelData == before.PixelData
+    assert ds.InstitutionName == before.InstitutionName
+
+
+def test_text_after_the_pixel_data_is_reencoded_when_a_coercion_changes_the_character_set(tmp_path: Path) -> None:
+    """It was copied as received with the bulk: Latin-1 bytes in a header declared ISO_IR 192 ('J�r�me')."""
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.domain.factories import apply_records, order, patient
+
+    src, path = _text_after_pixel_data(tmp_path)
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name=CZECH),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
+        with raw_sender(scp.port, [(str(src.SOPClassUID), EXPLICIT_LE)]) as assoc:
+            assert send_raw(assoc, path) == 0x0000
+        stored = scp.stored_path(str(src.SOPInstanceUID))
+        _assert_text_after_pixel_data_reencoded(stored, path)
+
+
+def test_text_after_the_pixel_data_is_reencoded_when_a_correction_changes_the_character_set(tmp_path: Path) -> None:
+    """The same for a correction after an ADT update (the reconcile-images job)."""
+    from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
+    from engine.domain.late_reconcile import late_jobs
+    from tests.domain.factories import apply_records, order, patient
+
+    src, path = _text_after_pixel_data(tmp_path)
+    adt = "MSH|^~\\&|HIS|HOSP|RADBRIDGE|HOSP|20261205080000||ADT^A08|A08|P|2.5.1\rPID|1||X^^^HOSP^MR||X\r"
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name="MÜLLER^JÖRG"),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
+        with raw_sender(scp.port, [(str(src.SOPClassUID), EXPLICIT_LE)]) as assoc:
+            assert send_raw(assoc, path) == 0x0000  # Latin-1 is enough: the bytes after the pixel data kept
+        apply_records(scp.db, PatientsHandler(patient_policy(scp.config)),
+                      [patient("PX1", patient_name=CZECH, event="A08")], adt)
+        (job,) = late_jobs(scp.db, scp.config)
+        assert job.run() == 1
+        _assert_text_after_pixel_data_reencoded(scp.stored_path(str(src.SOPInstanceUID)), path)

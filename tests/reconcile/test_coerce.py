@@ -123,9 +123,25 @@ def test_existing_text_is_reencoded_when_the_charset_changes(corpus: Path) -> No
     ("SMITH", None, True), ("Jöns", None, False), ("Jöns", "ISO_IR 100", True), ("Jöns", "ISO_IR 192", True),
     ("Люк", "ISO_IR 100", False), ("Люк", "ISO_IR 144", True), ("Jöns", ["", "ISO 2022 IR 87"], False),
     ("Jöns", "NOT A CHARSET", False),
+    ("ﾔﾏﾀﾞ^ﾀﾛｳ", "ISO_IR 13", True), ("山田^太郎", "ISO_IR 13", False), ("王^小东", "GB18030", True),
+    ("王^小东", "GBK", True),
 ])
 def test_fits(text: str, charset: object, ok: bool) -> None:
     assert fits(text, charset) is ok
+
+
+def test_a_kanji_name_in_a_jis_x_0201_header_switches_to_utf8() -> None:
+    """ISO_IR 13 is JIS X 0201, one byte a character (romaji and half-width katakana). Kanji were taken to
+    fit it (pydicom names Python's shift_jis codec for it, which encodes kanji in two bytes): the header
+    kept ISO_IR 13 and pydicom wrote the name as '??^??'."""
+    ds = header(SpecificCharacterSet="ISO_IR 13", PatientName="ﾔﾏﾀﾞ^ﾀﾛｳ")
+    coerce(ds, {"PatientName": "山田^太郎"}, MOD)
+    assert ds.SpecificCharacterSet == UTF8
+    raw = encode_header(ds, Encoding(False, True))
+    assert "山田^太郎".encode() in raw
+    out = dcmread(BytesIO(raw), force=True)
+    assert str(out.PatientName) == "山田^太郎"
+    assert str(out.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientName) == "ﾔﾏﾀﾞ^ﾀﾛｳ"
 
 
 def test_needed_charset_keeps_the_current_one_when_everything_fits() -> None:
