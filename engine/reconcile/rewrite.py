@@ -30,6 +30,7 @@ not images).
 from __future__ import annotations
 
 import hashlib
+import logging
 import mmap
 import os
 from dataclasses import dataclass
@@ -54,8 +55,12 @@ __all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream"
            "elements_after_bulk", "encode_coerced", "encode_header", "encode_whole", "encoded_elements", "encoding_of",
            "read_header", "read_whole", "reencoded_tags", "splice"]
 
+log = logging.getLogger(__name__)
+
 #: (7FE0,0000): the pixel data group and everything after it is bulk, copied as received.
 BULK_TAG = 0x7FE00000
+#: The largest dataset read whole to re-encode the elements after its pixel data (:func:`elements_after_bulk`).
+WHOLE_LIMIT = 64 << 20
 #: Data Set Trailing Padding (FFFC,FFFC), PS3.10 7.2: the one element after the pixel data that holds no text.
 _TRAILING_PADDING = 0xFFFCFFFC
 #: The VRs whose values SpecificCharacterSet governs (PS3.5 6.1.2.3), and sequences, whose items may hold them.
@@ -95,12 +100,20 @@ def read_header(spool: BinaryIO, offset: int, enc: Encoding, whole: bool = False
 
 def elements_after_bulk(spool: BinaryIO, header: Header) -> bool:
     """True when the dataset holds top-level elements after its pixel data group (other than trailing
-    padding), such as a private group (7FE1,xxxx) with text or sequences. A character set change must
-    re-encode their text too, so such a header is read :func:`whole <read_header>`: copied as received,
-    they would be read in the new character set."""
+    padding), such as a private group (7FE1,xxxx) with text or sequences, and the whole dataset is at
+    most :data:`WHOLE_LIMIT` bytes. A character set change must re-encode their text too, so such a
+    header is read :func:`whole <read_header>`: copied as received, they would be read in the new
+    character set. A larger dataset (a multiframe of hundreds of MB) keeps them as received, with a
+    warning: receiving and correcting it must not hold the pixel data in memory."""
     with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        return any(tag >> 16 != BULK_TAG >> 16 and tag != _TRAILING_PADDING
-                   for tag, _, _ in top_level_elements(buf, header.bulk_at, len(buf), header.enc))
+        after = any(tag >> 16 != BULK_TAG >> 16 and tag != _TRAILING_PADDING
+                    for tag, _, _ in top_level_elements(buf, header.bulk_at, len(buf), header.enc))
+        if after and len(buf) - header.bulk_at > WHOLE_LIMIT:
+            log.warning("the elements after the pixel data of a %d MB dataset are kept as received (not re-encoded"
+                        " in the new character set): over the %d MB it may be read whole for",
+                        len(buf) >> 20, WHOLE_LIMIT >> 20)
+            return False
+        return after
 
 
 def encode_header(ds: Dataset, enc: Encoding) -> bytes:

@@ -7,6 +7,7 @@ matching order, and checks the answer and the stored file.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,29 @@ def test_text_after_the_pixel_data_is_reencoded_when_a_correction_changes_the_ch
         (job,) = late_jobs(scp.db, scp.config)
         assert job.run() == 1
         _assert_text_after_pixel_data_reencoded(scp.stored_path(str(src.SOPInstanceUID)), path)
+
+
+def test_over_the_whole_read_limit_the_elements_after_the_pixel_data_are_kept_as_received(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Reading the dataset whole holds its pixel data in memory: a multiframe of hundreds of MB is not
+    read so (memory stays flat); its trailing elements are copied as received, and the log says so."""
+    import engine.reconcile.rewrite as rewrite
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.domain.factories import apply_records, order, patient
+
+    monkeypatch.setattr(rewrite, "WHOLE_LIMIT", 1024)
+    src, path = _text_after_pixel_data(tmp_path)
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name=CZECH),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
+        with caplog.at_level(logging.WARNING), raw_sender(scp.port, [(str(src.SOPClassUID), EXPLICIT_LE)]) as assoc:
+            assert send_raw(assoc, path) == 0x0000
+        stored = scp.stored_path(str(src.SOPInstanceUID))
+    ds, before = dcmread(stored), dcmread(path)
+    assert (str(ds.PatientName), ds.SpecificCharacterSet) == (CZECH, "ISO_IR 192")
+    assert ds.PixelData == before.PixelData
+    sent, kept = path.read_bytes(), stored.read_bytes()
+    tail = sent[sent.index(b"\xe1\x7f\x10\x00"):]  # (7FE1,0010) on: the private block after the pixel data
+    assert kept.endswith(tail)
+    assert "kept as received" in caplog.text
