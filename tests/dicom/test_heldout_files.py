@@ -294,3 +294,33 @@ def test_over_the_whole_read_limit_the_elements_after_the_pixel_data_are_kept_as
     tail = sent[sent.index(b"\xe1\x7f\x10\x00"):]  # (7FE1,0010) on: the private block after the pixel data
     assert kept.endswith(tail)
     assert "kept as received" in caplog.text
+
+
+def test_encapsulated_uncompressed_explicit_vr_little_endian_is_accepted_and_stored_as_received(
+        tmp_path: Path) -> None:
+    """PS3.5 A.4.11 (1.2.840.10008.1.2.1.98) is missing from pynetdicom's list of transfer syntaxes; the
+    storage contexts accept any proposed one (UNRESTRICTED_STORAGE_SERVICE), and the file is kept as received."""
+    from pydicom.encaps import encapsulate
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from tests.dicom.store_peer import raw_file
+
+    ts = "1.2.840.10008.1.2.1.98"
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    frame = ds.PixelData
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    path = raw_file(buf.getvalue(), str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, tmp_path / "encaps.dcm")
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        with raw_sender(scp.port, [(str(ds.SOPClassUID), ts)]) as assoc:
+            assert assoc.accepted_contexts and assoc.accepted_contexts[0].transfer_syntax[0] == ts
+            assert send_raw(assoc, path) == 0x0000
+        stored = scp.stored_path(str(ds.SOPInstanceUID))
+    assert dataset_bytes(stored) == dataset_bytes(path)  # unmatched: exactly as received
+    assert dcmread(stored).file_meta.TransferSyntaxUID == ts
