@@ -37,6 +37,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select
 
 from engine.domain.tables import orders, patients, procedure_steps, step_station_aes
 from engine.errors import RadbridgeError
+from engine.reconcile.charset import single_byte
 
 __all__ = [
     "SPS_SEQUENCE",
@@ -510,10 +511,13 @@ def response_charset(row: Mapping[Any, Any] | Sequence[Any], site: str) -> str:
     codec = python_encoding.get(site, "utf-8")
     if _is_utf8(codec):  # encodes every value
         return site
+    one_byte = single_byte(site)
     for value in row.values() if isinstance(row, Mapping) else row:
         if isinstance(value, str) and not value.isascii():
             try:
-                value.encode(codec)
+                encoded = value.encode(codec)
             except UnicodeEncodeError:
+                return "ISO_IR 192"
+            if one_byte and len(encoded) != len(value):  # pydicom's codec for ISO_IR 13 also writes kanji
                 return "ISO_IR 192"
     return site

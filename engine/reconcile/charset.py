@@ -13,13 +13,22 @@ from collections.abc import Iterable
 
 from pydicom.charset import python_encoding
 
-__all__ = ["UTF8", "fits", "needed_charset"]
+__all__ = ["UTF8", "fits", "needed_charset", "single_byte"]
 
 UTF8 = "ISO_IR 192"
 #: The single-value character sets of more than one byte a character (PS3.3 C.12.1.1.2); every other one
 #: is one byte a character. pydicom names Python's shift_jis codec for ISO_IR 13 (JIS X 0201), which also
 #: encodes kanji, in two bytes: those do not fit ISO_IR 13.
 _MULTI_BYTE = frozenset({UTF8, "GB18030", "GBK"})
+
+
+#: Code extension terms whose characters take two bytes (PS3.3 C.12.1.1.2, Table C.12-4).
+_MULTI_BYTE_EXTENSIONS = frozenset({"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"})
+
+
+def single_byte(term: str) -> bool:
+    """True when every character of the character set ``term`` (one SpecificCharacterSet value) is one byte."""
+    return term not in _MULTI_BYTE and term not in _MULTI_BYTE_EXTENSIONS
 
 
 def _terms(value: object) -> list[str]:
@@ -44,7 +53,7 @@ def fits(text: str, charset: object) -> bool:
         encoded = text.encode(codec)
     except (UnicodeError, LookupError):
         return False
-    return terms[0] in _MULTI_BYTE or len(encoded) == len(text)
+    return not single_byte(terms[0]) or len(encoded) == len(text)
 
 
 def needed_charset(current: object, written: Iterable[str]) -> object:

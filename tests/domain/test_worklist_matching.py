@@ -254,3 +254,11 @@ def test_station_and_date_walk_one_index_range(worklist: Database) -> None:
     sql = str(build_select(query, MatchSettings()).compile(compile_kwargs={"literal_binds": True}))
     plan = worklist.read(lambda c: [r[3] for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)])
     assert any("ae_title=? AND start_datetime>" in p for p in plan), plan
+
+
+def test_a_kanji_value_does_not_fit_an_iso_ir_13_worklist_and_half_width_katakana_does() -> None:
+    """pydicom encodes ISO_IR 13 (JIS X 0201, one byte a character) with shift_jis, which also writes kanji in
+    two bytes: a response declared ISO_IR 13 carried bytes no JIS X 0201 reader can show."""
+    assert response_charset({"n": "山田^太郎"}, "ISO_IR 13") == "ISO_IR 192"
+    assert response_charset({"n": "ﾔﾏﾀﾞ^ﾀﾛｳ"}, "ISO_IR 13") == "ISO_IR 13"
+    assert response_charset({"n": "Ελένη"}, "ISO_IR 126") == "ISO_IR 126"
