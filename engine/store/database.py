@@ -44,13 +44,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from engine.datadir import restrict
 from engine.errors import ConfigError, StoreUnavailable
 
-__all__ = ["Checkpointer", "Database", "RunAgain", "WriteLock", "Writer", "masked_url"]
+__all__ = ["Checkpointer", "Database", "RunAgain", "WriteLock", "Writer", "masked_url", "unavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,10 @@ def _settled(conn: Connection) -> bool:
     except Exception:
         return False
 
+#: Seconds the writer's kept PostgreSQL connection may sit idle before it is checked (through the
+#: pool's pre-ping) before its next transaction. Under load it is reused as is.
+KEPT_CONNECTION_IDLE_SECONDS = 1.0
+
 #: SQLite's busy timeout on every connection (the writer thread waits this long for a lock).
 BUSY_TIMEOUT_MS = 30000
 
@@ -180,6 +185,17 @@ def _retryable(exc: BaseException) -> bool:
     """A deadlock or serialization failure (PostgreSQL), raw or wrapped by SQLAlchemy."""
     raw = getattr(exc, "orig", exc)
     return getattr(raw, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+def unavailable(exc: BaseException) -> bool:
+    """The store itself is failing (not this piece of work): the writer's StoreUnavailable, or a read that
+    could not reach the database (server gone, connection lost or refused, pool exhausted).
+
+    Background loops use it to wait for the database to come back, with one log line, instead of
+    treating every round's failure as a fault of the work they were doing."""
+    if isinstance(exc, StoreUnavailable | OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _locked(exc: BaseException) -> bool:
@@ -242,6 +258,7 @@ class Writer:
         self._gather_seconds = gather_seconds
         self._last_batch = 1
         self._conn: Connection | None = None
+        self._conn_used = 0.0  # time.monotonic() when the kept connection was last handed to a transaction
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Held while a transaction runs, by this thread or by a caller running one inline.
         self._busy = threading.Lock()
@@ -449,15 +466,32 @@ class Writer:
         must fail at once (the event loop, :meth:`run_inline`). The setting is switched only
         when it changes, so a lone sender's messages cost no extra statement.
         """
+        if (self._conn is not None and not self._inline_ok and not self._conn.closed
+                and time.monotonic() - self._conn_used > KEPT_CONNECTION_IDLE_SECONDS):
+            # A server connection idle this long may have died meanwhile (PostgreSQL restarted at 3 a.m.):
+            # back to the pool, whose pre-ping hands out a live one, so the first message after a quiet
+            # outage is not refused for a dead connection nobody used while the server was away.
+            self._release_connection()
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = self._engine.connect()
             self._waits = True  # as the connect hook set it
+        self._conn_used = time.monotonic()
         if self._inline_ok and wait != self._waits:
             raw = self._conn.connection.dbapi_connection
             assert raw is not None
             raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS if wait else 0}")
             self._waits = wait
         return self._conn
+
+    def _release_connection(self) -> None:
+        """Give the kept connection back to the pool (to be pinged before its next use)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # its reset (a rollback) failed: the connection is dead anyway
+                with contextlib.suppress(Exception):
+                    conn.invalidate()
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

@@ -1,0 +1,82 @@
+"""PostgreSQL stopped and started again under a running engine (MLLP, FHIR API, two receive workers).
+
+ARCHITECTURE "durable before acknowledged" and recovery without a restart: a message or image that
+arrives after the database is back succeeds, even when nothing arrived while it was away (its first
+transaction must not run on a connection that died with the old server), and the outage is told in
+the log once per background task, not as a traceback every poll.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EngineProcess, PostgresServer, free_port, wait_for_port
+from tests.integration.conftest import adt, inbound_channel, send_all, write_channel
+from tests.integration.test_receive_workers import _associate, _instances, _start, children, serving_pid
+
+pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def _engine(engine: EngineProcess, server: PostgresServer, mllp: int) -> int:
+    """The engine on its own cluster with a channel on ``mllp``, the FHIR API and two receive workers;
+    returns the DICOM port."""
+    url = server.create_database("radbridge")
+    write_channel(engine, "inbound", inbound_channel(mllp))
+    port = _start(engine, f'database: {{url: "{url}"}}\nhttp: {{enabled: true, port: {free_port()}}}\n')
+    wait_for_port(mllp)
+    return port
+
+
+def _outage(server: PostgresServer, seconds: float) -> None:
+    server.stop()
+    time.sleep(seconds)
+    server.start()
+
+
+def test_after_a_quiet_outage_the_first_order_and_the_first_image_on_each_worker_succeed(
+        engine_process: EngineProcess, own_postgres: PostgresServer, corpus: Path) -> None:
+    mllp = free_port()
+    port = _engine(engine_process, own_postgres, mllp)
+    assert engine_process.proc is not None
+    images = _instances(corpus, 4)
+    assocs: list[Any] = [_associate(port) for _ in range(2)]
+    try:
+        assert len({serving_pid(port, a, children(engine_process.proc.pid)) for a in assocs}) == 2
+        assert [int(a.send_c_store(images[n]).Status) for n, a in enumerate(assocs)] == [0, 0]
+        assert [a.code for a in send_all(mllp, [adt("BEFORE")])] == ["AA"]
+
+        _outage(own_postgres, 3.0)  # nothing arrives meanwhile: 3 a.m.
+
+        after = [int(a.send_c_store(images[2 + n]).Status) for n, a in enumerate(assocs)]
+        (ack,) = send_all(mllp, [adt("AFTER")])
+    finally:
+        for assoc in assocs:
+            if assoc.is_established:
+                assoc.release()
+
+    assert after == [0, 0]  # not 0xA700 for a connection that died with the old server
+    assert ack.code == "AA"
+
+
+def test_an_outage_is_logged_once_per_background_task_without_tracebacks(
+        engine_process: EngineProcess, own_postgres: PostgresServer) -> None:
+    mllp = free_port()
+    _engine(engine_process, own_postgres, mllp)
+    assert [a.code for a in send_all(mllp, [adt(f"WARM{n}") for n in range(3)])] == ["AA"] * 3
+    time.sleep(1.0)  # the projector has projected them
+    before = len(engine_process.log())
+
+    _outage(own_postgres, 12.0)  # two runs of the 5-second jobs, a dozen projector rounds
+    assert [a.code for a in send_all(mllp, [adt("BACK")], timeout=20)] == ["AA"]
+    time.sleep(6.0)  # the projector and the jobs have found it back
+
+    during = engine_process.log()[before:]
+    assert "Traceback" not in during
+    assert "could not skip" not in during and "skipped a change" not in during  # an outage is no bad row
+    assert len(re.findall(r"FHIR projector: store unavailable", during)) <= 2
+    assert len(re.findall(r"job reconcile-images: store unavailable", during)) == 1
