@@ -436,7 +436,7 @@ class Writer:
         deadline = time.monotonic() + self._gather_seconds
         batch: list[_Item] = [first]
         results: list[Any] = []
-        stop = False
+        stop = committing = False
         try:
             conn = self._connection()
             with self._locked(), conn.begin():
@@ -447,8 +447,9 @@ class Writer:
                         break
                     batch.append(nxt)
                     results.append(nxt.fn(conn))
+                committing = True
         except Exception as exc:
-            self._fail_batch(batch, exc)
+            self._fail_batch(batch, exc, committing)
         else:
             self._committed()
             _resolve_all(batch, results)
@@ -501,20 +502,35 @@ class Writer:
             self._conn = None
 
     def _run_batch(self, batch: list[_Item]) -> None:
+        committing = False
         try:
             conn = self._connection()
             with self._locked(), conn.begin():
                 results = [item.fn(conn) for item in batch]
+                committing = True
         except Exception as exc:
-            self._fail_batch(batch, exc)
+            self._fail_batch(batch, exc, committing)
             return
         self._committed()
         _resolve_all(batch, results)
 
-    def _fail_batch(self, batch: list[_Item], exc: Exception) -> None:
+    def _fail_batch(self, batch: list[_Item], exc: Exception, committing: bool = False) -> None:
         """A rolled-back batch: retry its items one by one, in order; run a single item that asked for it
         (:class:`RunAgain`), or that PostgreSQL rolled back to break a deadlock (or a serialization
-        conflict), once more; else report the single item's error."""
+        conflict), or whose connection turned out dead before its commit was sent (the server restarted
+        since it was last used), once more; else report the single item's error.
+
+        ``committing``: the failure came from the COMMIT itself. Its outcome is then unknown (the
+        server may have committed before the connection broke), so that item is not run again here:
+        its caller answers failure and the sender's resend meets the committed copy, if any."""
+        if (len(batch) == 1 and not batch[0].again and not committing and isinstance(exc, DBAPIError)
+                and exc.connection_invalidated):
+            self._drop_connection()
+            batch[0].again = True
+            log.warning("database connection lost before the commit (%s); running the transaction again on a"
+                        " new connection", type(exc).__name__)
+            self._run_batch(batch)
+            return
         translated = self._translate(exc)
         if isinstance(translated, StoreUnavailable):
             self._drop_connection()  # reconnect next time (e.g. PostgreSQL restarted)

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import EngineProcess, PostgresServer, free_port, wait_for_port
-from tests.integration.conftest import adt, inbound_channel, send_all, write_channel
+from tests.integration.conftest import adt, inbound_channel, send_all, write_channel, write_engine_yaml
 from tests.integration.test_receive_workers import _associate, _instances, _start, children, serving_pid
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -80,3 +81,27 @@ def test_an_outage_is_logged_once_per_background_task_without_tracebacks(
     assert "could not skip" not in during and "skipped a change" not in during  # an outage is no bad row
     assert len(re.findall(r"FHIR projector: store unavailable", during)) <= 2
     assert len(re.findall(r"job reconcile-images: store unavailable", during)) == 1
+
+
+def test_the_fhir_api_answers_503_while_the_database_is_away_and_200_when_it_is_back(
+        engine_process: EngineProcess, own_postgres: PostgresServer) -> None:
+    url = own_postgres.create_database("radbridge")
+    http = free_port()
+    write_engine_yaml(engine_process, f'database: {{url: "{url}"}}\n'
+                                      f"http: {{enabled: true, port: {http}, auth: development-no-auth}}\n")
+    engine_process.start(wait_port=http)
+    search = f"http://127.0.0.1:{http}/fhir/Patient"
+    assert httpx.get(search, timeout=20).status_code == 200
+    before = len(engine_process.log())
+
+    own_postgres.stop()
+    try:
+        away = httpx.get(search, timeout=20)
+    finally:
+        own_postgres.start()
+    back = httpx.get(search, timeout=20)
+
+    assert away.status_code == 503, away.text  # not 500 "internal error"
+    assert away.headers["Retry-After"] and away.json()["issue"][0]["code"] == "transient"
+    assert back.status_code == 200
+    assert "Traceback" not in engine_process.log()[before:]
