@@ -639,6 +639,7 @@ class Database:
     def __init__(
         self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5, sqlite_page_size: int = DEFAULT_PAGE_SIZE,
         hide_parameters: bool | None = None, checkpoint: bool = True, write_lock: bool = False,
+        application_name: str = "radbridge",
     ) -> None:
         """Open engines for ``url``; ``hide_parameters`` None: hidden unless logging is at DEBUG now.
 
@@ -646,12 +647,16 @@ class Database:
         does: the engine process, not its receive workers). ``write_lock``: several processes write
         this SQLite file; take a :class:`WriteLock` (``<file>.write-lock``) around each transaction.
 
+        ``application_name``: how this process's PostgreSQL sessions are named in ``pg_stat_activity``
+        (unless the URL names them), so that a DBA who meets "too many clients" sees whose they are.
+
         Raises ConfigError (with the password masked) if ``url`` is not a SQLAlchemy URL.
         """
         self.url = url
         self.display_url = masked_url(url)
         self.page_size = sqlite_page_size
         self.is_sqlite = url.startswith("sqlite")
+        self.application_name = application_name
         if hide_parameters is None:
             hide_parameters = not logging.getLogger("engine").isEnabledFor(logging.DEBUG)
         self.hide_parameters = hide_parameters
@@ -669,8 +674,9 @@ class Database:
         self, url: str, synchronous: str, immediate: bool, pool_size: int, background: bool = False
     ) -> Engine:
         if not self.is_sqlite:
+            named = {} if "application_name" in make_url(url).query else {"application_name": self.application_name}
             return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                                 hide_parameters=self.hide_parameters)
+                                 hide_parameters=self.hide_parameters, connect_args=named)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                hide_parameters=self.hide_parameters)
 

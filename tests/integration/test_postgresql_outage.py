@@ -105,3 +105,25 @@ def test_the_fhir_api_answers_503_while_the_database_is_away_and_200_when_it_is_
     assert away.headers["Retry-After"] and away.json()["issue"][0]["code"] == "transient"
     assert back.status_code == 200
     assert "Traceback" not in engine_process.log()[before:]
+
+
+def test_every_session_of_the_engine_and_its_workers_is_named_in_pg_stat_activity(
+        engine_process: EngineProcess, own_postgres: PostgresServer, corpus: Path) -> None:
+    """A DBA who meets "too many clients" at 3 a.m. sees whose the sessions are (docs/deployment.md)."""
+    mllp = free_port()
+    port = _engine(engine_process, own_postgres, mllp)
+    assert engine_process.proc is not None
+    assocs: list[Any] = [_associate(port) for _ in range(2)]
+    try:
+        assert len({serving_pid(port, a, children(engine_process.proc.pid)) for a in assocs}) == 2
+        images = _instances(corpus, 2)
+        assert [int(a.send_c_store(images[n]).Status) for n, a in enumerate(assocs)] == [0, 0]
+        assert [a.code for a in send_all(mllp, [adt("NAMED")])] == ["AA"]
+        sessions = own_postgres.query("radbridge", "SELECT application_name FROM pg_stat_activity"
+                                                   " WHERE datname = 'radbridge' AND pid <> pg_backend_pid()")
+    finally:
+        for assoc in assocs:
+            assoc.release()
+
+    assert {"radbridge", "radbridge receive worker 0", "radbridge receive worker 1"} <= set(sessions)
+    assert set(sessions) <= {"radbridge", "radbridge receive worker 0", "radbridge receive worker 1"}
