@@ -8,6 +8,7 @@ the log once per background task, not as a traceback every poll.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -127,3 +128,30 @@ def test_every_session_of_the_engine_and_its_workers_is_named_in_pg_stat_activit
 
     assert {"radbridge", "radbridge receive worker 0", "radbridge receive worker 1"} <= set(sessions)
     assert set(sessions) <= {"radbridge", "radbridge receive worker 0", "radbridge receive worker 1"}
+
+
+def test_status_while_the_database_is_away_says_the_engine_runs_and_the_database_cannot_be_reached(
+        engine_process: EngineProcess, own_postgres: PostgresServer) -> None:
+    mllp = free_port()
+    url = own_postgres.create_database("radbridge")
+    write_engine_yaml(engine_process, f'database: {{url: "{url}"}}\n')
+    write_channel(engine_process, "inbound", inbound_channel(mllp))
+    engine_process.start(wait_port=mllp)
+    assert engine_process.proc is not None
+
+    own_postgres.stop()
+    try:
+        away_json = engine_process.cli("status", "--json")
+        away_text = engine_process.cli("status")
+    finally:
+        own_postgres.start()
+    back = engine_process.cli("status", "--json")
+
+    assert away_json.returncode == 1
+    data = json.loads(away_json.stdout)  # a monitoring script still gets JSON
+    assert data["engine"] == {"running": True, "pid": engine_process.proc.pid, "data_dir": str(engine_process.data_dir)}
+    assert data["database"]["reachable"] is False and "Connection refused" in data["database"]["error"]
+    assert any(line.startswith("database: cannot be reached") for line in data["attention"])
+    assert f"engine: running (pid {engine_process.proc.pid})" in away_text.stdout
+    assert "database: cannot be reached" in away_text.stdout
+    assert back.returncode == 0, back.stderr
