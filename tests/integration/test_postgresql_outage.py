@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import httpx
 import pytest
 
 from tests.conftest import EngineProcess, PostgresServer, free_port, wait_for_port
+from tests.dicom.conftest import dcmtk_env
 from tests.integration.conftest import adt, inbound_channel, send_all, write_channel, write_engine_yaml
+from tests.integration.mllp_peer import MLLPPeer
 from tests.integration.test_receive_workers import _associate, _instances, _start, children, serving_pid
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -155,3 +158,52 @@ def test_status_while_the_database_is_away_says_the_engine_runs_and_the_database
     assert f"engine: running (pid {engine_process.proc.pid})" in away_text.stdout
     assert "database: cannot be reached" in away_text.stdout
     assert back.returncode == 0, back.stderr
+
+
+def test_worklist_queries_and_the_outbox_say_the_store_is_away_in_one_line_not_a_traceback_each(
+        engine_process: EngineProcess, own_postgres: PostgresServer, tmp_path: Path) -> None:
+    peer = MLLPPeer(free_port())
+    try:
+        peer.up()
+        mllp, dicom = free_port(), free_port()
+        url = own_postgres.create_database("radbridge")
+        write_engine_yaml(engine_process, f'database: {{url: "{url}"}}\n'
+                                          f"dicom: {{port: {dicom}, ae_title: RADBRIDGE, receive_processes: 0}}\n"
+                                          "outbox: {poll_interval_seconds: 0.2}\n")
+        write_channel(engine_process, "inbound", inbound_channel(mllp, f"""\
+            destinations:
+              - name: downstream
+                type: mllp
+                host: 127.0.0.1
+                port: {peer.port}
+            """))
+        engine_process.start(wait_port=mllp)
+        wait_for_port(dicom)
+        assert [a.code for a in send_all(mllp, [adt("FWD1")])] == ["AA"]
+        peer.wait_for(1)
+        before = len(engine_process.log())
+
+        own_postgres.stop()
+        try:
+            queries = [_worklist_query(dicom) for _ in range(3)]
+            time.sleep(3.0)  # 15 outbox polls
+        finally:
+            own_postgres.start()
+        assert [a.code for a in send_all(mllp, [adt("FWD2")], timeout=20)] == ["AA"]
+        assert [r.control_id for r in peer.wait_for(2)] == ["FWD1", "FWD2"]
+    finally:
+        peer.close()
+
+    assert all("Failed: UnableToProcess" in q for q in queries), queries  # a failure status, as before
+    during = engine_process.log()[before:]
+    assert "Traceback" not in during
+    assert during.count("worklist query from CT1 refused: the store is unavailable") == 3
+    assert during.count("outbox downstream: store unavailable") == 1
+
+
+def _worklist_query(port: int) -> str:
+    """findscu -W's verbose output for a query on one key."""
+    done = subprocess.run(["findscu", "-v", "-W", "-aet", "CT1", "-aec", "RADBRIDGE", "127.0.0.1", str(port),
+                           "-k", "PatientName=", "-k", "AccessionNumber=ACC1"],
+                          env=dcmtk_env(), capture_output=True, text=True, timeout=60)
+    return done.stdout + done.stderr
