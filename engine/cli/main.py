@@ -185,7 +185,8 @@ def _status_without_database(args: argparse.Namespace, known: dict[str, Any], ex
     error = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     data = {key: known[key] for key in ("engine", "dicom", "fhir")}
     data["database"] = {"reachable": False, "error": error}
-    effect = ("; messages are answered AE and images 0xA700 until it is back, then the engine goes on by itself"
+    effect = ("; no message or image can be stored (they are refused: AE, 0xA700) until it is back, then the"
+              " engine goes on by itself"
               if data["engine"]["running"] else "")
     data["attention"] = [f"database: cannot be reached ({error}){effect}"]
     _print(data, args.json, lambda d: "\n".join([*endpoints_text(d), "", "needs attention:", *d["attention"]]))

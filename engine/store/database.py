@@ -172,6 +172,10 @@ def _settled(conn: Connection) -> bool:
 #: pool's pre-ping) before its next transaction. Under load it is reused as is.
 KEPT_CONNECTION_IDLE_SECONDS = 1.0
 
+#: Seconds a new PostgreSQL connection may take (libpq ``connect_timeout``) unless the URL sets it: a hung
+#: server (a frozen host, a stopped postmaster) then fails a connection instead of blocking it for ever.
+CONNECT_TIMEOUT_SECONDS = 10
+
 #: SQLite's busy timeout on every connection (the writer thread waits this long for a lock).
 BUSY_TIMEOUT_MS = 30000
 
@@ -674,9 +678,13 @@ class Database:
         self, url: str, synchronous: str, immediate: bool, pool_size: int, background: bool = False
     ) -> Engine:
         if not self.is_sqlite:
-            named = {} if "application_name" in make_url(url).query else {"application_name": self.application_name}
+            # What the URL does not set: the sessions' name, and how long a connection attempt may take
+            # (libpq waits forever for a server that accepts the TCP connection but never answers).
+            given = make_url(url).query
+            defaults = {"application_name": self.application_name, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            connect_args = {key: value for key, value in defaults.items() if key not in given}
             return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                                 hide_parameters=self.hide_parameters, connect_args=named)
+                                 hide_parameters=self.hide_parameters, connect_args=connect_args)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                hide_parameters=self.hide_parameters)
 

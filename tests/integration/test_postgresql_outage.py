@@ -9,8 +9,11 @@ the log once per background task, not as a traceback every poll.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import EngineProcess, PostgresServer, free_port, wait_for_port
+from tests.conftest import ROOT, EngineProcess, PostgresServer, free_port, wait_for_port
 from tests.dicom.conftest import dcmtk_env
 from tests.integration.conftest import adt, inbound_channel, send_all, write_channel, write_engine_yaml
 from tests.integration.mllp_peer import MLLPPeer
@@ -207,3 +210,24 @@ def _worklist_query(port: int) -> str:
                            "-k", "PatientName=", "-k", "AccessionNumber=ACC1"],
                           env=dcmtk_env(), capture_output=True, text=True, timeout=60)
     return done.stdout + done.stderr
+
+
+def test_status_against_a_hung_server_fails_within_seconds_instead_of_waiting_for_ever(
+        engine_process: EngineProcess, own_postgres: PostgresServer) -> None:
+    """A postmaster that accepts TCP connections but never answers (a frozen host at 3 a.m.)."""
+    url = own_postgres.create_database("radbridge")
+    write_engine_yaml(engine_process, f'database: {{url: "{url}"}}\n')
+    postmaster = int((own_postgres.datadir / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "engine.cli.main", "--config", str(engine_process.config_dir),
+                               "status"], cwd=ROOT, env=engine_process.env, capture_output=True, text=True,
+                              timeout=60)
+        took = time.monotonic() - started
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+
+    assert done.returncode == 1, done.stderr
+    assert "database: cannot be reached" in done.stdout and "engine: not running" in done.stdout
+    assert took < 30
