@@ -108,6 +108,12 @@ class PostgresServer:
         self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w",
                           "-t", str(PG_CTL_TIMEOUT), "-m", "fast", "stop")
 
+    def query(self, database: str, sql: str) -> list[str]:
+        """The first column of ``sql``'s rows, read with psql (a session of its own, named psql)."""
+        out = self._as_postgres(str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
+                                "-U", "postgres", "-d", database, "-At", "-c", sql)
+        return out.stdout.decode().splitlines()
+
     def create_database(self, name: str) -> str:
         self._as_postgres(str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
                           "-U", "postgres", "-c", f"CREATE DATABASE {name}")

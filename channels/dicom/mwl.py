@@ -33,7 +33,7 @@ from engine.domain.worklist import (
     response_charset,
     unsupported_keys,
 )
-from engine.store.database import Database
+from engine.store.database import Database, unavailable
 
 from .identifier_check import structure_problem
 from .mwl_audit import Caller, WorklistAuditor
@@ -147,7 +147,14 @@ class WorklistService:
             log.info("worklist query refused: %s", type(exc).__name__)
             log.debug("worklist query refused: %s", exc)
             return None
-        columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
+        try:
+            columns, rows = self.db.read(lambda conn: _fetch(conn.execute(stmt)))
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            log.error("worklist query from %s refused: the store is unavailable (%s)", caller.ae_title,
+                      type(exc).__name__)
+            return None
         try:
             self.auditor.record(caller, identifier, columns, rows[: self.settings.max_matches])
         except Exception as exc:  # nothing is disclosed that the audit trail does not show

@@ -34,13 +34,12 @@ from channels.fhir.capability import capability_statement
 from channels.fhir.front import ReadFront
 from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
 from engine.auth import Principal
-from engine.errors import StoreUnavailable
 from engine.fhir import search
 from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
 from engine.fhir.instant import search_range
 from engine.fhir.query import DEFAULT_COUNT, MAX_COUNT, Plan, SearchError, parse
 from engine.fhir.registry import MODULES, by_type
-from engine.store.database import Database
+from engine.store.database import Database, unavailable
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -306,8 +305,12 @@ def _guarded(api: _Api, handler: Callable[[_Api, Request], Awaitable[Response]])
             return await handler(api, request)
         except ApiError as exc:
             return outcome_response(exc)
-        except StoreUnavailable:
-            log.error("FHIR request failed: the store is unavailable")
+        except Exception as exc:
+            # A write that could not commit (StoreUnavailable), or a read that could not reach the database
+            # (server down or restarting, too many connections, pool exhausted): the client may try again.
+            if not unavailable(exc):
+                raise
+            log.error("FHIR request failed: the store is unavailable (%s)", type(exc).__name__)
             return fhir_response(outcome("transient", "the store is unavailable; try again"), 503,
                                  {"Retry-After": "5"})
     return endpoint

@@ -59,7 +59,7 @@ def _open_database(args: argparse.Namespace) -> Any:
     if not getattr(args, "creates_store", False):
         _require_store(cfg.database_url(), Path(cfg.data_dir))
     return Database(cfg.database_url(), cfg.database.sqlite_synchronous,
-                    sqlite_page_size=cfg.database.sqlite_page_size)
+                    sqlite_page_size=cfg.database.sqlite_page_size, application_name="radbridge cli")
 
 
 def _require_store(url: str, data_dir: Path) -> None:
@@ -151,12 +151,17 @@ def cmd_messages_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from engine.cli.queries import empty_counts, engine_status
     from engine.cli.status_view import attention, configured, destination_backlog
 
     config = _config(args)
-    db = _database(args)
-    data = db.read(engine_status)
+    try:
+        db = _database(args)
+        data = db.read(engine_status)
+    except OperationalError as exc:  # the database is away: what is known without it, and that it is away
+        return _status_without_database(args, configured(config), exc)
     data["reports"]["receivers"] = {r.name: r.mllp or r.destination or "off"
                                     for r in config.engine.reports.receivers}
     data |= configured(config)
@@ -169,6 +174,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     data["attention"] = attention(data)
     _print(data, args.json, _status_text)
     return 0
+
+
+def _status_without_database(args: argparse.Namespace, known: dict[str, Any], exc: Exception) -> int:
+    """``status`` when the database cannot be reached: the engine process, its listeners, and the
+    database's error in "needs attention" (and on stderr, in the one line every command gives); exit
+    status 1 (a script checking the engine sees the outage)."""
+    from engine.cli.status_view import endpoints_text
+
+    error = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    data = {key: known[key] for key in ("engine", "dicom", "fhir")}
+    data["database"] = {"reachable": False, "error": error}
+    effect = ("; no message or image can be stored (they are refused: AE, 0xA700) until it is back, then the"
+              " engine goes on by itself"
+              if data["engine"]["running"] else "")
+    data["attention"] = [f"database: cannot be reached ({error}){effect}"]
+    _print(data, args.json, lambda d: "\n".join([*endpoints_text(d), "", "needs attention:", *d["attention"]]))
+    print(f"radbridge status: cannot use the database: {error}", file=sys.stderr)  # as every other command
+    return 1
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from engine.fhir.push import PushSubscription, enqueue_removed, enqueue_stored
 from engine.fhir.registry import MODULES
 from engine.fhir.resources.imaging_study import ENDPOINT_ID
 from engine.fhir.tables import fhir_pending
-from engine.store.database import Database
+from engine.store.database import Database, unavailable
 
 __all__ = ["Projection", "Projector", "apply", "collect", "project_all"]
 
@@ -146,6 +146,7 @@ class Projector:
         self._signalled = False  # a wake-up is on its way (one per cycle, not one per commit)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.checks = 0  # queries for pending rows so far (tests, diagnostics)
+        self._store_down = False  # the last round found the database unavailable (said once per outage)
 
     async def start(self) -> None:
         """Restore the change-feed triggers (a table rebuild drops them), sync the Endpoint, start projecting."""
@@ -198,7 +199,11 @@ class Projector:
             self._signalled, more, pause = False, False, 0.0
             try:
                 self.checks += 1
-                if await self.db.read_async(_any_pending):
+                pending = await self.db.read_async(_any_pending)
+                if self._store_down:
+                    log.info("FHIR projector: store available again")
+                    self._store_down = False
+                if pending:
                     started = time.monotonic()
                     consumed, _, queued = await asyncio.to_thread(_cycle, self.db, self.settings, batch)
                     last_end = time.monotonic()
@@ -208,8 +213,15 @@ class Projector:
                     batch = 1 if narrow else self.batch
                     if consumed == batch:  # more waiting: go on, but leave the receive path its share
                         more, pause = True, (last_end - started) * self.yield_ratio
-            except Exception:
+            except Exception as exc:
                 more = True
+                if unavailable(exc):  # the database, not a change: wait for it, say so once, skip nothing
+                    if not self._store_down:
+                        log.error("FHIR projector: store unavailable (%s); pending changes wait, retrying every"
+                                  " %.0f s", type(exc).__name__, self.idle_interval)
+                        self._store_down = True
+                    await self._sleep(self.idle_interval)
+                    continue
                 if batch > 1:  # find the row that fails: the next rows one at a time
                     log.warning("FHIR projector cycle failed; retrying its changes one at a time", exc_info=True)
                     batch, narrow = 1, self.batch

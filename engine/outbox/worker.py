@@ -32,7 +32,7 @@ from engine.config.models import LEASE_MARGIN_SECONDS, SEND_BACKSTOP_SECONDS, Ou
 from engine.errors import DeliveryError, PermanentDelivery, RetryableDelivery
 from engine.outbox.destination import Destination
 from engine.outbox.rows import Claimed, claim, record_failure, record_success, release
-from engine.store.database import Database
+from engine.store.database import Database, unavailable
 
 __all__ = ["OutboxWorker", "Route"]
 
@@ -102,13 +102,22 @@ class OutboxWorker:
 
     async def _run(self, name: str) -> None:
         event = self._events[name]
+        store_down = False  # the last round found the database unavailable (said once per outage)
         while True:
             try:
                 delivered = await self.run_round(name)
+                if store_down:
+                    log.info("outbox %s: store available again", name)
+                    store_down = False
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("outbox %s: round failed", name)
+            except Exception as exc:
+                if not unavailable(exc):
+                    log.exception("outbox %s: round failed", name)
+                elif not store_down:  # not a traceback every poll while the database is away
+                    log.error("outbox %s: store unavailable (%s); deliveries wait, retrying every poll", name,
+                              type(exc).__name__)
+                    store_down = True
                 delivered = 0
             if delivered:
                 continue

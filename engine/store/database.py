@@ -44,13 +44,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from engine.datadir import restrict
 from engine.errors import ConfigError, StoreUnavailable
 
-__all__ = ["Checkpointer", "Database", "RunAgain", "WriteLock", "Writer", "masked_url"]
+__all__ = ["Checkpointer", "Database", "RunAgain", "WriteLock", "Writer", "masked_url", "unavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,14 @@ def _settled(conn: Connection) -> bool:
     except Exception:
         return False
 
+#: Seconds the writer's kept PostgreSQL connection may sit idle before it is checked (through the
+#: pool's pre-ping) before its next transaction. Under load it is reused as is.
+KEPT_CONNECTION_IDLE_SECONDS = 1.0
+
+#: Seconds a new PostgreSQL connection may take (libpq ``connect_timeout``) unless the URL sets it: a hung
+#: server (a frozen host, a stopped postmaster) then fails a connection instead of blocking it for ever.
+CONNECT_TIMEOUT_SECONDS = 10
+
 #: SQLite's busy timeout on every connection (the writer thread waits this long for a lock).
 BUSY_TIMEOUT_MS = 30000
 
@@ -180,6 +189,17 @@ def _retryable(exc: BaseException) -> bool:
     """A deadlock or serialization failure (PostgreSQL), raw or wrapped by SQLAlchemy."""
     raw = getattr(exc, "orig", exc)
     return getattr(raw, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+def unavailable(exc: BaseException) -> bool:
+    """The store itself is failing (not this piece of work): the writer's StoreUnavailable, or a read that
+    could not reach the database (server gone, connection lost or refused, pool exhausted).
+
+    Background loops use it to wait for the database to come back, with one log line, instead of
+    treating every round's failure as a fault of the work they were doing."""
+    if isinstance(exc, StoreUnavailable | OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _locked(exc: BaseException) -> bool:
@@ -242,6 +262,7 @@ class Writer:
         self._gather_seconds = gather_seconds
         self._last_batch = 1
         self._conn: Connection | None = None
+        self._conn_used = 0.0  # time.monotonic() when the kept connection was last handed to a transaction
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Held while a transaction runs, by this thread or by a caller running one inline.
         self._busy = threading.Lock()
@@ -419,7 +440,7 @@ class Writer:
         deadline = time.monotonic() + self._gather_seconds
         batch: list[_Item] = [first]
         results: list[Any] = []
-        stop = False
+        stop = committing = False
         try:
             conn = self._connection()
             with self._locked(), conn.begin():
@@ -430,8 +451,9 @@ class Writer:
                         break
                     batch.append(nxt)
                     results.append(nxt.fn(conn))
+                committing = True
         except Exception as exc:
-            self._fail_batch(batch, exc)
+            self._fail_batch(batch, exc, committing)
         else:
             self._committed()
             _resolve_all(batch, results)
@@ -449,15 +471,32 @@ class Writer:
         must fail at once (the event loop, :meth:`run_inline`). The setting is switched only
         when it changes, so a lone sender's messages cost no extra statement.
         """
+        if (self._conn is not None and not self._inline_ok and not self._conn.closed
+                and time.monotonic() - self._conn_used > KEPT_CONNECTION_IDLE_SECONDS):
+            # A server connection idle this long may have died meanwhile (PostgreSQL restarted at 3 a.m.):
+            # back to the pool, whose pre-ping hands out a live one, so the first message after a quiet
+            # outage is not refused for a dead connection nobody used while the server was away.
+            self._release_connection()
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = self._engine.connect()
             self._waits = True  # as the connect hook set it
+        self._conn_used = time.monotonic()
         if self._inline_ok and wait != self._waits:
             raw = self._conn.connection.dbapi_connection
             assert raw is not None
             raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS if wait else 0}")
             self._waits = wait
         return self._conn
+
+    def _release_connection(self) -> None:
+        """Give the kept connection back to the pool (to be pinged before its next use)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # its reset (a rollback) failed: the connection is dead anyway
+                with contextlib.suppress(Exception):
+                    conn.invalidate()
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -467,20 +506,35 @@ class Writer:
             self._conn = None
 
     def _run_batch(self, batch: list[_Item]) -> None:
+        committing = False
         try:
             conn = self._connection()
             with self._locked(), conn.begin():
                 results = [item.fn(conn) for item in batch]
+                committing = True
         except Exception as exc:
-            self._fail_batch(batch, exc)
+            self._fail_batch(batch, exc, committing)
             return
         self._committed()
         _resolve_all(batch, results)
 
-    def _fail_batch(self, batch: list[_Item], exc: Exception) -> None:
+    def _fail_batch(self, batch: list[_Item], exc: Exception, committing: bool = False) -> None:
         """A rolled-back batch: retry its items one by one, in order; run a single item that asked for it
         (:class:`RunAgain`), or that PostgreSQL rolled back to break a deadlock (or a serialization
-        conflict), once more; else report the single item's error."""
+        conflict), or whose connection turned out dead before its commit was sent (the server restarted
+        since it was last used), once more; else report the single item's error.
+
+        ``committing``: the failure came from the COMMIT itself. Its outcome is then unknown (the
+        server may have committed before the connection broke), so that item is not run again here:
+        its caller answers failure and the sender's resend meets the committed copy, if any."""
+        if (len(batch) == 1 and not batch[0].again and not committing and isinstance(exc, DBAPIError)
+                and exc.connection_invalidated):
+            self._drop_connection()
+            batch[0].again = True
+            log.warning("database connection lost before the commit (%s); running the transaction again on a"
+                        " new connection", type(exc).__name__)
+            self._run_batch(batch)
+            return
         translated = self._translate(exc)
         if isinstance(translated, StoreUnavailable):
             self._drop_connection()  # reconnect next time (e.g. PostgreSQL restarted)
@@ -589,6 +643,7 @@ class Database:
     def __init__(
         self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5, sqlite_page_size: int = DEFAULT_PAGE_SIZE,
         hide_parameters: bool | None = None, checkpoint: bool = True, write_lock: bool = False,
+        application_name: str = "radbridge",
     ) -> None:
         """Open engines for ``url``; ``hide_parameters`` None: hidden unless logging is at DEBUG now.
 
@@ -596,12 +651,16 @@ class Database:
         does: the engine process, not its receive workers). ``write_lock``: several processes write
         this SQLite file; take a :class:`WriteLock` (``<file>.write-lock``) around each transaction.
 
+        ``application_name``: how this process's PostgreSQL sessions are named in ``pg_stat_activity``
+        (unless the URL names them), so that a DBA who meets "too many clients" sees whose they are.
+
         Raises ConfigError (with the password masked) if ``url`` is not a SQLAlchemy URL.
         """
         self.url = url
         self.display_url = masked_url(url)
         self.page_size = sqlite_page_size
         self.is_sqlite = url.startswith("sqlite")
+        self.application_name = application_name
         if hide_parameters is None:
             hide_parameters = not logging.getLogger("engine").isEnabledFor(logging.DEBUG)
         self.hide_parameters = hide_parameters
@@ -619,8 +678,13 @@ class Database:
         self, url: str, synchronous: str, immediate: bool, pool_size: int, background: bool = False
     ) -> Engine:
         if not self.is_sqlite:
+            # What the URL does not set: the sessions' name, and how long a connection attempt may take
+            # (libpq waits forever for a server that accepts the TCP connection but never answers).
+            given = make_url(url).query
+            defaults = {"application_name": self.application_name, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            connect_args = {key: value for key, value in defaults.items() if key not in given}
             return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                                 hide_parameters=self.hide_parameters)
+                                 hide_parameters=self.hide_parameters, connect_args=connect_args)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                hide_parameters=self.hide_parameters)
 
