@@ -441,6 +441,9 @@ def apply_order(
     refused = _new_order(record, policy, sequence)
     if refused is not None:
         return refused
+    if not record.patient_id:  # ORM^O01 without PID: a follow-up is found above; a new order needs its patient
+        raise HL7ApplicationError(101, f"order {identity_text(record)} is new and names no patient (PID-3.1 empty "
+                                  "or no PID segment)", ErrorLocation("PID", 1, 3, 1))
     identity = (record.patient_id, record.issuer)
     patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
     return Applied((_create(conn, record, key, status or "SCHEDULED", patient_pk, policy, now, message_id),),

@@ -432,3 +432,36 @@ def test_an_invalid_record_is_ae_101_at_its_segment_and_changes_nothing(
     assert str(caught.value.location).startswith(segment)
     assert f"{segment} record invalid" in caught.value.text
     assert _rows(db, orders) == []
+
+
+def _without_patient(**fields: Any) -> dict[str, Any]:
+    """An order record from an ORM^O01 without PID (its patient group is optional): no patient id."""
+    return {**order("PL1", **fields), "patient_id": "", "issuer": ""}
+
+
+def test_a_cancel_without_pid_finds_its_order_by_number(db: Database, orders_handler: OrdersHandler) -> None:
+    """A Polish HIS's cancel (CLININET, in public sample collections) is MSH, ORC, OBR and NTE: no PID.
+    It was AE 101 'patient_id is required'; the order stayed on the worklist."""
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+
+    apply_records(db, orders_handler, [_without_patient(order_control="CA", order_status="")])
+
+    assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED"]
+    assert [p.patient_id for p in _rows(db, patients)] == ["P1"]
+
+
+def test_a_new_order_without_pid_is_refused_at_pid_3(db: Database, orders_handler: OrdersHandler) -> None:
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [_without_patient()])
+
+    assert (err.value.code, str(err.value.location)) == (101, "PID^1^3^1")
+    assert _rows(db, orders) == [] and _rows(db, patients) == []
+
+
+def test_a_cancel_without_pid_of_an_unknown_order_is_refused_at_orc_2(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [_without_patient(order_control="CA", order_status="")])
+
+    assert (err.value.code, str(err.value.location)) == (204, "ORC^1^2")

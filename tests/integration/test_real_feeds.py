@@ -243,3 +243,30 @@ def test_an_order_number_of_another_patient_is_refused_and_the_order_stays_with_
     assert owner == "W-61001"
     assert _shown(shipped, "OWN2")["status"] == "ERROR"
 
+
+
+def test_a_cancel_without_pid_cancels_the_order_its_orc_2_names(shipped: Engine) -> None:
+    """ORM^O01's patient group is optional; a Polish HIS (CLININET, seen in a public collection of KS-SOMED
+    sample messages) cancels with MSH, ORC, OBR and NTE alone. It was AE 101 at PID-3.1 and the step stayed
+    SCHEDULED on the worklist; an order without PID that is new is still refused, at PID-3.1."""
+    [created] = _send(shipped, _nw("NOPID1", "W-62001", "Konieczna^Franciszka", "NOPID1"))
+    assert created.code == "AA", created.raw
+    cancel = _er7("""
+        MSH|^~\\&|CLININET|UHC|RADBRIDGE|RADIOLOGY|20240520091000||ORM^O01|NOPID2|P|2.3|||AL|NE|POL||PL|
+        ORC|CA|PL-NOPID1^RIS|||||||||||
+        OBR||PL-NOPID1^RIS||CTABD^CT abdomen^L|||||||||||||||||||||||||||
+        NTE|1|P|*** anulowanie ***
+        """)
+    new = _er7("""
+        MSH|^~\\&|CLININET|UHC|RADBRIDGE|RADIOLOGY|20240520091100||ORM^O01|NOPID3|P|2.3
+        ORC|NW|PL-NOPID3^RIS|||SC
+        OBR|1|PL-NOPID3^RIS||CTABD^CT abdomen^L||||||||||||||ACC-NOPID3||||||CT
+        """)
+
+    [ack, refused] = _send(shipped, cancel, new)
+
+    assert ack.code == "AA", ack.raw
+    assert _step_status(shipped, "NOPID1") == "CANCELED"
+    assert refused.code == "AE", refused.raw
+    assert refused.all("ERR")[0][2] == "PID^1^3^1"
+    assert _rows(shipped, "SELECT count(*) FROM orders WHERE placer_order_number = 'PL-NOPID3'") == [(0,)]
