@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.integration.conftest import Ack, Sender
 from tests.integration.test_quickstart import BIN, Engine, start_engine
+from tests.integration.test_workflow_e2e import findscu
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -270,3 +271,35 @@ def test_a_cancel_without_pid_cancels_the_order_its_orc_2_names(shipped: Engine)
     assert refused.code == "AE", refused.raw
     assert refused.all("ERR")[0][2] == "PID^1^3^1"
     assert _rows(shipped, "SELECT count(*) FROM orders WHERE placer_order_number = 'PL-NOPID3'") == [(0,)]
+
+
+def test_escapes_line_breaks_and_a_time_zone_reach_the_worklist_as_dicom_values(
+        shipped: Engine, tmp_path: Path) -> None:
+    """A German RIS's Latin-1 order: \\X..\\ in the name, \\T\\ and \\.br\\ in the procedure text, a tab in the
+    protocol text, ORC-7.4 with +0100. The worklist returned the line break and the tab inside LO values
+    (DICOM allows no control character there); the rest was already right and stays so."""
+    obr = "|".join(["OBR", "1", "PL-ESC1^KIS", "FL-ESC1^RIS",
+                    "CTTHX^CT Thorax\\T\\Abdomen\\.br\\mit KM^L^P1^Protokoll\t1^L", *[""] * 13,
+                    "ACC-ESC1", "RP-ESC1", "SPS-ESC1", "", "", "", "CT"])
+    message = _er7(f"""
+        MSH|^~\\&|RIS|KLINIK|RADBRIDGE|RADIOLOGY|20240315083000+0100||ORM^O01^ORM_O01|ESC0001|P|2.5|||AL|NE|DEU|8859/1
+        PID|1||ESC-1^^^KLINIK^PI~998877^^^GKV^NI||M\\XFC\\ller-L\\XFC\\denscheid^J\\XFC\\rgen^^^Dr.||19650202|M
+        PV1|1|O|RAD^^^KLINIK
+        ORC|NW|PL-ESC1^KIS|FL-ESC1^RIS||SC||^^^20240316093000+0100^^S||20240315083000+0100
+        {obr}
+        """, encoding="latin-1")
+
+    [ack] = _send(shipped, message)
+
+    assert ack.code == "AA", ack.raw
+    [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-ESC1", "PatientName=",
+                      "RequestedProcedureDescription=", "RequestedProcedureCodeSequence[0].CodeMeaning=",
+                      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepDescription=",
+                      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=",
+                      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=")
+    step = found.ScheduledProcedureStepSequence[0]
+    assert str(found.PatientName) == "Müller-Lüdenscheid^Jürgen^^Dr."
+    assert found.RequestedProcedureDescription == "CT Thorax&Abdomen mit KM"
+    assert found.RequestedProcedureCodeSequence[0].CodeMeaning == "CT Thorax&Abdomen mit KM"
+    assert step.ScheduledProcedureStepDescription == "Protokoll 1"
+    assert (step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) == ("20240316", "083000")
