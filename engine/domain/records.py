@@ -160,7 +160,9 @@ class ReportRecord(_Record):
     """
 
     record: Literal["report"] = "report"
-    patient_id: str = Field(min_length=1)
+    # empty only when the ORU has no PID (its patient group is optional): the report must then find its
+    # order, whose patient it takes (engine.domain.reports); still a mapping's to map
+    patient_id: str = Field("", json_schema_extra={"mapped": True})
     issuer: str = ""
     placer_order_number: str = ""  # OBR-2.1 (or ORC-2.1)
     placer_order_namespace: str = ""

@@ -303,3 +303,36 @@ def test_escapes_line_breaks_and_a_time_zone_reach_the_worklist_as_dicom_values(
     assert found.RequestedProcedureCodeSequence[0].CodeMeaning == "CT Thorax&Abdomen mit KM"
     assert step.ScheduledProcedureStepDescription == "Protokoll 1"
     assert (step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) == ("20240316", "083000")
+
+
+def test_a_report_without_pid_is_kept_with_its_order(shipped: Engine) -> None:
+    """Polish KS-SOMED reporting feeds send ORU^R01 as MSH, ORC, OBR, OBX (FT with \\.br\\), in CP1250:
+    no PID. It was AE 101 at PID-3.1; now the report finds its order by ORC-2/OBR-2 and takes its patient.
+    A report without PID whose order is unknown is still refused, at PID-3.1: nothing to keep it under."""
+    [created] = _send(shipped, _nw("RPID1", "W-63001", "Filipiak^Elżbieta", "RPID1"))
+    assert created.code == "AA", created.raw
+
+    def oru(control_id: str, number: str) -> bytes:
+        return _er7(f"""
+            MSH|^~\\&|SYZ1||SZPM||20240520100000||ORU^R01|{control_id}|P|2.3|||||PL|CP1250|PL
+            ORC|RE|PL-{number}^RIS|
+            OBR|1|PL-{number}^RIS||CTABD|||20240520093300||||||||||||||||||F|
+            OBX|1|FT|||Wątroba prawidłowa.\\.br\\Wniosek: obraz prawidłowy.||||||F|||20240520093800|
+            """, encoding="cp1250")
+
+    async def go() -> list[Ack]:
+        sender = Sender(int(shipped.env["RADBRIDGE_REPORTS_MLLP_PORT"]), timeout=30)
+        try:
+            return [await sender.send(oru("RPID2", "RPID1")), await sender.send(oru("RPID3", "RPID9"))]
+        finally:
+            await sender.close()
+
+    [kept, refused] = asyncio.run(go())
+
+    assert kept.code == "AA", kept.raw
+    [(patient_id, text)] = _rows(shipped, "SELECT p.patient_id, r.text FROM reports r JOIN orders o ON o.id = "
+                                          "r.order_pk JOIN patients p ON p.id = r.patient_pk "
+                                          "WHERE o.placer_order_number = 'PL-RPID1'")
+    assert (patient_id, text) == ("W-63001", "Wątroba prawidłowa.\nWniosek: obraz prawidłowy.")
+    assert refused.code == "AE", refused.raw
+    assert refused.all("ERR")[0][2] == "PID^1^3^1"
