@@ -170,6 +170,39 @@ _ORDER_MESSAGES = frozenset({"ORM", "OMI", "OMG"})
 _CONTENT_UPDATES = frozenset({"NW", "XO"})
 
 
+def _one_procedure_per_orc(message: Message) -> None:
+    """Each ORC group of an order message is one requested procedure with one step: its OBR (and IPC).
+
+    One ORC followed by two OBRs (a RIS ordering CT head and CT neck under one placer number), or an
+    OMI^O23 OBR with two IPCs, was answered AA with only the first procedure or step on the worklist: the
+    order mapping reads one group per ORC. Such a message is AE 100 at the first segment not read, and
+    changes nothing; the sender must give each procedure its own ORC.
+    """
+    seen: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    group = 0
+    for seg in message.segments:
+        if seg.name == "ORC":
+            group += 1
+            counts = {}
+            continue
+        if seg.name not in _ONE_PER_GROUP:
+            continue
+        seen[seg.name] = seen.get(seg.name, 0) + 1
+        if group == 0:
+            continue
+        counts[seg.name] = counts.get(seg.name, 0) + 1
+        if counts[seg.name] > 1:
+            raise HL7ApplicationError(
+                100, f"ORC group {group} has a second {seg.name} ({seg.name} {seen[seg.name]} of the message): only"
+                " one requested procedure and one step per ORC are scheduled, so this one would be dropped; send"
+                " each procedure with its own ORC", ErrorLocation(seg.name, seen[seg.name]))
+
+
+#: The segments an order message's ORC group holds once (engine.mapping.scope reads the first).
+_ONE_PER_GROUP = frozenset({"OBR", "IPC"})
+
+
 def _require(message: Message, kinds: tuple[str, ...], segment: str, records: list[dict[str, Any]]) -> None:
     """A message of this handler's kind must yield a record: AE 101 without the segment, else AR 201."""
     for r in records:
@@ -259,6 +292,7 @@ class OrdersHandler:
         """Upsert the PID's patient (unless ``patients`` runs too), then apply every order record."""
         if ctx.message.message_code in _ORDER_MESSAGES:
             _require(ctx.message, ("order",), "ORC", ctx.records)
+            _one_procedure_per_orc(ctx.message)
         now = ctx.received_at
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":

@@ -465,3 +465,33 @@ def test_a_cancel_without_pid_of_an_unknown_order_is_refused_at_orc_2(
         apply_records(db, orders_handler, [_without_patient(order_control="CA", order_status="")])
 
     assert (err.value.code, str(err.value.location)) == (204, "ORC^1^2")
+
+
+_TWO_OBR = "\r".join([
+    "MSH|^~\\&|RIS|HOSP|RADBRIDGE|HOSP|20261122090000||ORM^O01|M1|P|2.3.1",
+    "PID|1||P1^^^HOSP", "ORC|NW|PL1|FPL1||SC", "OBR|1|PL1|FPL1|CTHEAD^CT head^L", "OBR|2|PL1|FPL2|CTNECK^CT neck^L",
+]) + "\r"
+
+
+def test_a_second_obr_under_one_orc_is_refused_not_dropped(db: Database, orders_handler: OrdersHandler) -> None:
+    """One ORC, two OBRs: the mapping reads one procedure per ORC, so the CT neck was dropped under an AA."""
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [patient(), order("PL1")], _TWO_OBR)
+
+    assert (err.value.code, str(err.value.location)) == (100, "OBR^2")
+    assert _rows(db, orders) == []
+
+
+def test_a_second_ipc_under_one_orc_is_refused(db: Database, orders_handler: OrdersHandler) -> None:
+    two_steps = "IPC|ACC1|RP1|1.2.3|SPS1|CT\rIPC|ACC1|RP1|1.2.3|SPS2|CT"
+    message = _TWO_OBR.replace("OBR|2|PL1|FPL2|CTNECK^CT neck^L", two_steps)
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [patient(), order("PL1")], message.replace("ORM^O01", "OMI^O23"))
+
+    assert (err.value.code, str(err.value.location)) == (100, "IPC^2")
+
+
+def test_one_obr_in_each_of_two_orc_groups_is_two_procedures(db: Database, orders_handler: OrdersHandler) -> None:
+    message = _TWO_OBR.replace("OBR|2|", "ORC|NW|PL2|FPL2||SC\rOBR|2|")
+    apply_records(db, orders_handler, [patient(), order("PL1"), order("PL2")], message)
+    assert len(_rows(db, procedure_steps)) == 2

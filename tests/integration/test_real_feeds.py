@@ -336,3 +336,24 @@ def test_a_report_without_pid_is_kept_with_its_order(shipped: Engine) -> None:
     assert (patient_id, text) == ("W-63001", "Wątroba prawidłowa.\nWniosek: obraz prawidłowy.")
     assert refused.code == "AE", refused.raw
     assert refused.all("ERR")[0][2] == "PID^1^3^1"
+
+
+def test_one_orc_with_two_obrs_is_refused_at_the_second_obr_instead_of_dropping_it(shipped: Engine) -> None:
+    """A RIS ordering CT head and CT neck under one ORC (one placer number, two filler numbers and accessions)
+    was answered AA with only CT head on the worklist: the CT neck went nowhere."""
+    obr = "|".join(["OBR", "{n}", "PL-MULTI^RIS", "FL-MULTI{n}^RIS", "{code}", *[""] * 13, "ACC-MULTI{n}",
+                    "", "", "", "", "", "CT"])
+    message = _er7(f"""
+        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520080000||ORM^O01|MULTI1|P|2.3.1
+        PID|1||W-70001^^^WESTSIDE^MR||Lund^Erik||19700101|M
+        ORC|NW|PL-MULTI^RIS|FL-MULTI1^RIS||SC
+        {obr.format(n=1, code="CTHEAD^CT head^L")}
+        {obr.format(n=2, code="CTNECK^CT neck^L")}
+        """)
+
+    [ack] = _send(shipped, message)
+
+    assert ack.code == "AE", ack.raw
+    assert ack.all("ERR")[0][2] == "OBR^2"
+    assert _rows(shipped, "SELECT count(*) FROM orders WHERE placer_order_number = 'PL-MULTI'") == [(0,)]
+    assert _shown(shipped, "MULTI1")["status"] == "ERROR"
