@@ -495,3 +495,50 @@ def test_one_obr_in_each_of_two_orc_groups_is_two_procedures(db: Database, order
     message = _TWO_OBR.replace("OBR|2|", "ORC|NW|PL2|FPL2||SC\rOBR|2|")
     apply_records(db, orders_handler, [patient(), order("PL1"), order("PL2")], message)
     assert len(_rows(db, procedure_steps)) == 2
+
+
+def _outcomes(db: Database, handler: OrdersHandler, records: list[dict[str, Any]]) -> list[tuple[bool, str]]:
+    from tests.domain.factories import context
+
+    ctx = context(records)
+    db.writer.call(lambda conn: handler.apply(conn, ctx))
+    return [(o.changed, o.note) for o in ctx.outcomes]
+
+
+@pytest.mark.parametrize("done", [("SC", "IP", "STARTED"), ("SC", "CM", "COMPLETED")])
+def test_an_nw_replayed_after_the_exam_does_not_put_it_back_on_the_worklist(
+    db: Database, orders_handler: OrdersHandler, done: tuple[str, str, str]
+) -> None:
+    """An interface engine replaying its queue resends the NW after MPPS or the RIS completed the exam: the step
+    went back to SCHEDULED (AA, no note) and the modality was offered the exam again."""
+    control, ris_status, status = done
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    apply_records(db, orders_handler, [order("PL1", order_control=control, order_status=ris_status)])
+
+    outcomes = _outcomes(db, orders_handler, [order("PL1")])
+
+    assert [s.status for s in _rows(db, procedure_steps)] == [status]
+    assert outcomes == [(False, f"order placer PL1, filler FPL1: NW with ORC-5 'SC' left the step {status} "
+                                "(an exam started or done is not scheduled again)")]
+
+
+def test_an_xo_after_the_exam_corrects_the_order_and_keeps_the_step_completed(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    apply_records(db, orders_handler, [order("PL1", order_control="SC", order_status="CM")])
+
+    xo = order("PL1", order_control="XO", requested_procedure_description="CT HEAD WO")
+    outcomes = _outcomes(db, orders_handler, [xo])
+
+    assert [s.status for s in _rows(db, procedure_steps)] == ["COMPLETED"]
+    assert [o.requested_procedure_description for o in _rows(db, orders)] == ["CT HEAD WO"]
+    assert outcomes == [(True, "order placer PL1, filler FPL1: XO with ORC-5 'SC' left the step COMPLETED "
+                                "(an exam started or done is not scheduled again)")]
+
+
+def test_an_nw_after_a_cancel_still_schedules_the_order_again(db: Database, orders_handler: OrdersHandler) -> None:
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    apply_records(db, orders_handler, [order("PL1", order_control="CA", order_status="CA")])
+    apply_records(db, orders_handler, [order("PL1")])
+    assert [s.status for s in _rows(db, procedure_steps)] == ["SCHEDULED"]

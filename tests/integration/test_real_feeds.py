@@ -357,3 +357,17 @@ def test_one_orc_with_two_obrs_is_refused_at_the_second_obr_instead_of_dropping_
     assert ack.all("ERR")[0][2] == "OBR^2"
     assert _rows(shipped, "SELECT count(*) FROM orders WHERE placer_order_number = 'PL-MULTI'") == [(0,)]
     assert _shown(shipped, "MULTI1")["status"] == "ERROR"
+
+
+def test_an_nw_replayed_after_the_exam_is_completed_stays_off_the_worklist(shipped: Engine, tmp_path: Path) -> None:
+    """An interface engine replaying its queue after an outage resends the NW (new control id) once the RIS has
+    said the exam is complete: it was AA and the step SCHEDULED again, so the CT was offered for a second scan."""
+    nw = _order("RPL1", "NW", "SC", "RPL9", NEW_CT.format(n="RPL9"))
+    [created, completed, replayed] = _send(shipped, nw, _order("RPL2", "SC", "CM", "RPL9"),
+                                           nw.replace(b"|RPL1|", b"|RPL3|"))
+
+    assert [created.code, completed.code, replayed.code] == ["AA", "AA", "AA"]
+    assert _step_status(shipped, "RPL9") == "COMPLETED"
+    assert findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-RPL9") == []
+    assert _shown(shipped, "RPL3")["status"] == "UNCHANGED"
+    assert "left the step COMPLETED" in _shown(shipped, "RPL3")["note"]
