@@ -161,6 +161,11 @@ SHAPES = {
         PID|1||SH-102^^^KLINIK^PI||Müller^Jürgen||19650202|M
         PV1|1|I|STAT1^12^3
         """, encoding="latin-1"), "SH-102", "Müller^Jürgen"),
+    "MSH-18 8859/2, a hex escape for a Polish letter (\\XB3\\ is 'ł' there, '³' in Latin-1)": (_er7("""
+        MSH|^~\\&|HIS|SZPITAL|RADBRIDGE|RADIOLOGY|20240520070000||ADT^A08|SH0005|P|2.5||||||8859/2
+        EVN|A08|20240520070000
+        PID|1||SH-104^^^SZPITAL^MR||Kowalska^Ma\\XB3\\gorzata||19700101|F
+        """, encoding="iso8859-2"), "SH-104", "Kowalska^Małgorzata"),
     "a UTF-8 byte order mark before MSH, MSH-18 UNICODE UTF-8": (b"\xef\xbb\xbf" + _er7("""
         MSH|^~\\&|HIS|KLINIK|RADBRIDGE|RADIOLOGY|20240315083100||ADT^A31^ADT_A05|SH0004|P|2.5||||||UNICODE UTF-8
         EVN|A31|20240315083100
