@@ -292,7 +292,8 @@ class OrdersHandler:
         """Upsert the PID's patient (unless ``patients`` runs too), then apply every order record."""
         if ctx.message.message_code in _ORDER_MESSAGES:
             _require(ctx.message, ("order",), "ORC", ctx.records)
-            _one_procedure_per_orc(ctx.message)
+            if ctx.message.message_code != "OMG":  # OMG^O19 may carry prior results: OBRs of earlier orders
+                _one_procedure_per_orc(ctx.message)
         now = ctx.received_at
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":

@@ -542,3 +542,10 @@ def test_an_nw_after_a_cancel_still_schedules_the_order_again(db: Database, orde
     apply_records(db, orders_handler, [order("PL1", order_control="CA", order_status="CA")])
     apply_records(db, orders_handler, [order("PL1")])
     assert [s.status for s in _rows(db, procedure_steps)] == ["SCHEDULED"]
+
+
+def test_an_omg_with_a_prior_result_obr_is_not_refused(db: Database, orders_handler: OrdersHandler) -> None:
+    """OMG^O19's ORDER group may hold PRIOR_RESULT (PID, ORC, OBR of an earlier order): not a second procedure."""
+    message = _TWO_OBR.replace("ORM^O01", "OMG^O19").replace("OBR|2|PL1|FPL2", "PID|1||P1^^^HOSP\rOBR|2|OLD1|FOLD1")
+    apply_records(db, orders_handler, [patient(), order("PL1")], message)
+    assert len(_rows(db, procedure_steps)) == 1
