@@ -188,6 +188,39 @@ def _positions(message: Message, count: int) -> list[tuple[int, int]]:
     return [(n, n) for n in range(1, count + 1)]
 
 
+def _one_procedure_per_orc(message: Message) -> None:
+    """Each ORC group of an order message is one requested procedure: its OBR (PS3 v2.5.1 4.4.1).
+
+    One ORC followed by two OBRs (a RIS ordering CT head and CT neck under one placer number) was
+    answered AA with only the first procedure on the worklist: the order mapping reads one OBR per ORC.
+    Such a message is AE 100 at the first OBR not read, and changes nothing; the sender must give each
+    procedure its own ORC. (Several IPCs after one OBR are several steps: the mapping's ``repeat: IPC``.)
+    """
+    seen: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    group = 0
+    for seg in message.segments:
+        if seg.name == "ORC":
+            group += 1
+            counts = {}
+            continue
+        if seg.name not in _ONE_PER_GROUP:
+            continue
+        seen[seg.name] = seen.get(seg.name, 0) + 1
+        if group == 0:
+            continue
+        counts[seg.name] = counts.get(seg.name, 0) + 1
+        if counts[seg.name] > 1:
+            raise HL7ApplicationError(
+                100, f"ORC group {group} has a second {seg.name} ({seg.name} {seen[seg.name]} of the message): only"
+                " one requested procedure and one step per ORC are scheduled, so this one would be dropped; send"
+                " each procedure with its own ORC", ErrorLocation(seg.name, seen[seg.name]))
+
+
+#: The segments an order message's ORC group holds once (engine.mapping.scope reads the first).
+_ONE_PER_GROUP = frozenset({"OBR"})
+
+
 def _require(message: Message, kinds: tuple[str, ...], segment: str, records: list[dict[str, Any]]) -> None:
     """A message of this handler's kind must yield a record: AE 101 without the segment, else AR 201."""
     for r in records:
@@ -277,6 +310,8 @@ class OrdersHandler:
         """Upsert the PID's patient (unless ``patients`` runs too), then apply every order record."""
         if ctx.message.message_code in _ORDER_MESSAGES:
             _require(ctx.message, ("order",), "ORC", ctx.records)
+            if ctx.message.message_code != "OMG":  # OMG^O19 may carry prior results: OBRs of earlier orders
+                _one_procedure_per_orc(ctx.message)
         now = ctx.received_at
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":

@@ -94,6 +94,8 @@ PRIORITIES: dict[str, str] = {
 _DICOM_PRIORITIES = frozenset({"STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW"})
 #: Controls that carry the order's content; the others only change the status.
 _CONTENT_CONTROLS = frozenset({"NW", "XO"})
+#: Step statuses an NW or XO whose ORC-5 says scheduled leaves as they are (engine.domain.orders._update).
+_UNDERWAY = frozenset({"STARTED", "COMPLETED"})
 _ORC7 = ErrorLocation("ORC", 1, 7)
 
 
@@ -345,10 +347,17 @@ def _update(
     step_pk = int(found.step_pk)
     content = record.order_control in _CONTENT_CONTROLS
     status = status or found.status  # "": the table keeps the step's status (XO with ORC-5 empty)
+    kept = ""
+    if content and status == "SCHEDULED" and found.status in _UNDERWAY:
+        # An NW replayed by an interface engine after the exam (or an XO still saying SC) put a COMPLETED
+        # step back on the modality's worklist: an exam done, offered again. Content may change; status not.
+        kept = (f"order {identity_text(record)}: {record.order_control} with ORC-5 '{record.order_status}' left the "
+                f"step {found.status} (an exam started or done is not scheduled again)")
+        status = found.status
     if found.status == status and (not content or found.content_hash == _hash(record)):
         why = "resent, identical to the stored order" if content else f"the step is already {status}"
-        return Applied((step_pk,), False, f"order {identity_text(record)}: {record.order_control} changed nothing "
-                                          f"({why})")
+        return Applied((step_pk,), False, kept or f"order {identity_text(record)}: {record.order_control} changed "
+                                                  f"nothing ({why})")
     if content:
         _update_content(conn, record, found, policy, now)
     else:
@@ -358,7 +367,7 @@ def _update(
             .values(order_control=record.order_control, order_status=record.order_status, updated_at=now)
         )
     conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(status=status, updated_at=now))
-    return Applied((step_pk,))
+    return Applied((step_pk,), note=kept)
 
 
 def _same_patient(
@@ -437,10 +446,14 @@ def apply_order(
         _same_patient(conn, record, found, policy, known_patients, sequence)
         results = [_update(conn, record, row, status, policy, now) for row in found]
         changed = [r for r in results if r.changed]
-        return Applied(tuple(r.step_pks[0] for r in results), bool(changed), "" if changed else results[0].note)
+        note = "\n".join(dict.fromkeys(r.note for r in changed if r.note)) if changed else results[0].note
+        return Applied(tuple(r.step_pks[0] for r in results), bool(changed), note)
     refused = _new_order(record, policy, sequence)
     if refused is not None:
         return refused
+    if not record.patient_id:  # ORM^O01 without PID: a follow-up is found above; a new order needs its patient
+        raise HL7ApplicationError(101, f"order {identity_text(record)} is new and names no patient (PID-3.1 empty "
+                                  "or no PID segment)", ErrorLocation("PID", 1, 3, 1))
     identity = (record.patient_id, record.issuer)
     patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
     return Applied((_create(conn, record, key, status or "SCHEDULED", patient_pk, policy, now, message_id),),

@@ -108,7 +108,9 @@ class OrderRecord(_Record):
     record: Literal["order"] = "order"
     order_control: str = Field(min_length=1)  # ORC-1
     order_status: str = ""  # ORC-5
-    patient_id: str = Field(min_length=1, max_length=LO)
+    # empty only when the message has no PID (ORM^O01's patient group is optional): a follow-up (CA,
+    # DC, SC ...) is found by its order number; a new order without one is AE 101 (engine.domain.orders)
+    patient_id: str = Field("", max_length=LO, json_schema_extra={"mapped": True})  # still a mapping's to map
     issuer: str = Field("", max_length=LO)
     other_ids: list[OtherPatientId] = Field(default_factory=list)  # the other PID-3 repetitions
     placer_order_number: str = Field("", max_length=LO)  # ORC-2.1 (or OBR-2.1)
@@ -158,7 +160,9 @@ class ReportRecord(_Record):
     """
 
     record: Literal["report"] = "report"
-    patient_id: str = Field(min_length=1)
+    # empty only when the ORU has no PID (its patient group is optional): the report must then find its
+    # order, whose patient it takes (engine.domain.reports); still a mapping's to map
+    patient_id: str = Field("", json_schema_extra={"mapped": True})
     issuer: str = ""
     placer_order_number: str = ""  # OBR-2.1 (or ORC-2.1)
     placer_order_namespace: str = ""

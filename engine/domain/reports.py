@@ -258,6 +258,9 @@ def apply_report(
     if existing is None and order_pk is None and policy.unknown_order == "reject":
         raise HL7ApplicationError(204, f"{who}: unknown order (reports.unknown_order: reject)",
                                   ErrorLocation("OBR", sequence, 2))
+    if existing is None and order_pk is None and not record.patient_id:  # nothing to keep it under
+        raise HL7ApplicationError(101, f"{who}: no such order, and no patient to keep the report for until it "
+                                  "arrives (PID-3.1 empty or no PID segment)", ErrorLocation("PID", 1, 3, 1))
     digest = _hash(record, content)
     if existing is None:
         result, fhir = _outgoing(content, set())

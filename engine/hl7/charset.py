@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass
 
-__all__ = ["DICOM_CHARSETS", "HL7_CHARSETS", "Decoded", "charset_note", "declared_charset", "decode"]
+__all__ = ["DICOM_CHARSETS", "HL7_CHARSETS", "Decoded", "charset_note", "codec_for", "declared_charset", "decode"]
 
 #: HL7 table 0211 character set names → Python codecs.
 HL7_CHARSETS: dict[str, str] = {
@@ -89,6 +89,11 @@ def declared_charset(raw: bytes) -> str:
         return ""
     rep_sep = fields[1][1:2] or b"~"
     return fields[17].split(rep_sep)[0].decode("latin-1").strip()
+
+
+def codec_for(name: str) -> str | None:
+    """The Python codec an MSH-18 value names (table 0211, else a codec name such as CP1250); None if none."""
+    return _codec(name)
 
 
 def _codec(name: str) -> str | None:

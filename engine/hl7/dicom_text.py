@@ -14,21 +14,41 @@ value escaped (``\\E\\`` a backslash, ``\\S\\`` a component separator) or as is 
   one multi-valued field, the Scheduled Station AE Titles, is left as it is: the mapping joins
   the IPC-9 repetitions with backslashes.
 
+No value of these VRs may hold a control character (PS3.5 6.2: only ESC, for ISO 2022, which
+radbridge's Unicode text never needs), yet HL7 brings them: ``\\.br\\`` and ``\\.sp\\`` in a
+procedure description become line breaks, a Latin-1 feed's tab or a lone LF kept inside a field
+(engine.hl7.er7) arrives as is. Each run of them becomes one space and the value is trimmed
+(``CT Thorax\\.br\\mit KM`` is ``CT Thorax mit KM``, where the worklist returned the line break),
+in a person name's component too.
+
 Reports (ORU^R01 OBX text) keep their backslashes: their text is not a DICOM value.
 """
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["pn_component", "safe_value"]
 
 _PN = str.maketrans({"\\": " ", "^": " ", "=": " "})
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def pn_component(text: str) -> str:
-    """One component of a person name, unescaped: DICOM's PN delimiters become spaces."""
-    return text.translate(_PN) if ("\\" in text or "^" in text or "=" in text) else text
+    """One component of a person name, unescaped: DICOM's PN delimiters become spaces, and control
+    characters too (trimmed, as :func:`safe_value`)."""
+    if "\\" in text or "^" in text or "=" in text:
+        text = text.translate(_PN)
+    if _CONTROLS.search(text) is None:
+        return text
+    return _CONTROLS.sub(" ", text).strip(" ")
 
 
 def safe_value(text: str) -> str:
-    """A value of a DICOM text VR other than LT/ST/UT: a backslash (value delimiter) becomes '/'."""
-    return text.replace("\\", "/") if "\\" in text else text
+    """A value of a DICOM text VR other than LT/ST/UT: a backslash (value delimiter) becomes '/',
+    each run of control characters (line breaks, tabs) one space, trimmed."""
+    if "\\" in text:
+        text = text.replace("\\", "/")
+    if _CONTROLS.search(text) is None:
+        return text
+    return _CONTROLS.sub(" ", text).strip(" ")

@@ -15,9 +15,10 @@ characters.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from engine.hl7.charset import codec_for
 from engine.hl7.structure import defined_segments
 
 __all__ = [
@@ -42,6 +43,8 @@ class Separators:
     escape: str = "\\"
     subcomponent: str = "&"
     truncation: str = ""
+    #: MSH-18's codec (Message): how ``\\Xhh\\`` bytes that are not UTF-8 are read ("": Latin-1)
+    hex_charset: str = ""
 
     @property
     def valid(self) -> bool:
@@ -72,6 +75,14 @@ class Separators:
 @lru_cache(maxsize=64)
 def _separators(field_sep: str, encoding: str) -> Separators:
     return Separators._build(field_sep, encoding)
+
+
+def _with_hex_charset(seps: Separators, msh: str) -> Separators:
+    """``seps`` knowing the codec MSH-18 (its first repetition) names, when it names one."""
+    fields = msh.split(seps.field)
+    name = fields[17].split(seps.repetition)[0].strip() if len(fields) > 17 else ""
+    codec = codec_for(name) if name else None
+    return replace(seps, hex_charset=codec) if codec else seps
 
 
 @lru_cache(maxsize=64)
@@ -196,6 +207,8 @@ class Message:
             fsep = first[3]
             enc = first[4:].split(fsep, 1)[0]
             self.seps = Separators.from_msh(fsep, enc)
+            if self.seps.escape + "X" in text:  # hex data: read in the message's character set
+                self.seps = _with_hex_charset(self.seps, first)
         else:
             self.seps = Separators()
         self.segments = [Segment(line, self.seps) for line in lines]
@@ -309,8 +322,9 @@ _ESCAPE_NAMES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repe
 def unescape(value: str, seps: Separators) -> str:
     """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\ \\.sp n\\ \\.sk n\\).
 
-    ``\\Xhh…\\`` is read as UTF-8 when its bytes are UTF-8, else one Latin-1
-    character a byte. Other formatting commands (``.in``, ``.ti``, ``.fi``, ``.ce``),
+    ``\\Xhh…\\`` is read as UTF-8 when its bytes are UTF-8, else in the character set
+    MSH-18 names (``seps.hex_charset``: ``\\XB1\\`` is "ą" in an 8859/2 message), else one
+    Latin-1 character a byte. Other formatting commands (``.in``, ``.ti``, ``.fi``, ``.ce``),
     highlighting (``\\H\\``/``\\N\\``) and character-set switches are dropped;
     unknown or unterminated sequences are kept as written (HL7 v2.5.1 2.7).
     """
@@ -346,10 +360,16 @@ def _escape_sequence(body: str, seps: Separators, raw: str) -> str:
             data = bytes.fromhex(body[1:])
         except ValueError:
             return raw
-        try:  # several bytes are usually one UTF-8 character; else one character a byte
+        try:  # several bytes are usually one UTF-8 character; else characters of MSH-18's set, else Latin-1
             return data.decode("utf-8")
         except UnicodeDecodeError:
-            return data.decode("latin-1")
+            pass
+        if seps.hex_charset:
+            try:
+                return data.decode(seps.hex_charset)
+            except UnicodeDecodeError:
+                pass
+        return data.decode("latin-1")
     if body.startswith((".", "H", "N", "C", "M", "Z")):
         return ""
     return raw

@@ -153,7 +153,7 @@ class TargetNames:
         if self.kind != "record" or self.model is None:
             return []
         fields = self.model.model_fields
-        return [n for n, f in fields.items() if f.is_required() and n not in specs]
+        return [n for n, f in fields.items() if (f.is_required() or _must_map(f)) and n not in specs]
 
     @staticmethod
     def record_source_problem(steps: Steps) -> str | None:
@@ -167,3 +167,9 @@ class TargetNames:
                 f"{kind} has no field {steps[1][0]!r} ({suggest(steps[1][0], model.model_fields)})"
             )
         return None
+
+
+def _must_map(field: Any) -> bool:
+    """A field a mapping must map though a record may leave it empty (``json_schema_extra={"mapped": True}``)."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("mapped") is True

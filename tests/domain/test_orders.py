@@ -432,3 +432,121 @@ def test_an_invalid_record_is_ae_101_at_its_segment_and_changes_nothing(
     assert str(caught.value.location).startswith(segment)
     assert f"{segment} record invalid" in caught.value.text
     assert _rows(db, orders) == []
+
+
+def _without_patient(**fields: Any) -> dict[str, Any]:
+    """An order record from an ORM^O01 without PID (its patient group is optional): no patient id."""
+    return {**order("PL1", **fields), "patient_id": "", "issuer": ""}
+
+
+def test_a_cancel_without_pid_finds_its_order_by_number(db: Database, orders_handler: OrdersHandler) -> None:
+    """A Polish HIS's cancel (CLININET, in public sample collections) is MSH, ORC, OBR and NTE: no PID.
+    It was AE 101 'patient_id is required'; the order stayed on the worklist."""
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+
+    apply_records(db, orders_handler, [_without_patient(order_control="CA", order_status="")])
+
+    assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED"]
+    assert [p.patient_id for p in _rows(db, patients)] == ["P1"]
+
+
+def test_a_new_order_without_pid_is_refused_at_pid_3(db: Database, orders_handler: OrdersHandler) -> None:
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [_without_patient()])
+
+    assert (err.value.code, str(err.value.location)) == (101, "PID^1^3^1")
+    assert _rows(db, orders) == [] and _rows(db, patients) == []
+
+
+def test_a_cancel_without_pid_of_an_unknown_order_is_refused_at_orc_2(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [_without_patient(order_control="CA", order_status="")])
+
+    assert (err.value.code, str(err.value.location)) == (204, "ORC^1^2")
+
+
+_TWO_OBR = "\r".join([
+    "MSH|^~\\&|RIS|HOSP|RADBRIDGE|HOSP|20261122090000||ORM^O01|M1|P|2.3.1",
+    "PID|1||P1^^^HOSP", "ORC|NW|PL1|FPL1||SC", "OBR|1|PL1|FPL1|CTHEAD^CT head^L", "OBR|2|PL1|FPL2|CTNECK^CT neck^L",
+]) + "\r"
+
+
+def test_a_second_obr_under_one_orc_is_refused_not_dropped(db: Database, orders_handler: OrdersHandler) -> None:
+    """One ORC, two OBRs: the mapping reads one procedure per ORC, so the CT neck was dropped under an AA."""
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [patient(), order("PL1")], _TWO_OBR)
+
+    assert (err.value.code, str(err.value.location)) == (100, "OBR^2")
+    assert _rows(db, orders) == []
+
+
+def test_a_second_ipc_under_one_orc_is_a_second_step_not_refused(db: Database, orders_handler: OrdersHandler) -> None:
+    """Several IPCs after one OBR are several steps (RAD TF-2 4.4.4; the mapping's repeat: IPC makes a record each)."""
+    two_steps = "IPC|ACC1|RP1|1.2.3|SPS1|CT\rIPC|ACC1|RP1|1.2.3|SPS2|CT"
+    message = _TWO_OBR.replace("OBR|2|PL1|FPL2|CTNECK^CT neck^L", two_steps).replace("ORM^O01", "OMI^O23")
+    steps = [order("PL1", accession_number="ACC1", requested_procedure_id="RP1", scheduled_procedure_step_id=sps)
+             for sps in ("SPS1", "SPS2")]
+    apply_records(db, orders_handler, [patient(), *steps], message)
+    assert sorted(r.sps_id for r in _rows(db, procedure_steps)) == ["SPS1", "SPS2"]
+
+
+def test_one_obr_in_each_of_two_orc_groups_is_two_procedures(db: Database, orders_handler: OrdersHandler) -> None:
+    message = _TWO_OBR.replace("OBR|2|", "ORC|NW|PL2|FPL2||SC\rOBR|2|")
+    apply_records(db, orders_handler, [patient(), order("PL1"), order("PL2")], message)
+    assert len(_rows(db, procedure_steps)) == 2
+
+
+def _outcomes(db: Database, handler: OrdersHandler, records: list[dict[str, Any]]) -> list[tuple[bool, str]]:
+    from tests.domain.factories import context
+
+    ctx = context(records)
+    db.writer.call(lambda conn: handler.apply(conn, ctx))
+    return [(o.changed, o.note) for o in ctx.outcomes]
+
+
+@pytest.mark.parametrize("done", [("SC", "IP", "STARTED"), ("SC", "CM", "COMPLETED")])
+def test_an_nw_replayed_after_the_exam_does_not_put_it_back_on_the_worklist(
+    db: Database, orders_handler: OrdersHandler, done: tuple[str, str, str]
+) -> None:
+    """An interface engine replaying its queue resends the NW after MPPS or the RIS completed the exam: the step
+    went back to SCHEDULED (AA, no note) and the modality was offered the exam again."""
+    control, ris_status, status = done
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    apply_records(db, orders_handler, [order("PL1", order_control=control, order_status=ris_status)])
+
+    outcomes = _outcomes(db, orders_handler, [order("PL1")])
+
+    assert [s.status for s in _rows(db, procedure_steps)] == [status]
+    assert outcomes == [(False, f"order placer PL1, filler FPL1: NW with ORC-5 'SC' left the step {status} "
+                                "(an exam started or done is not scheduled again)")]
+
+
+def test_an_xo_after_the_exam_corrects_the_order_and_keeps_the_step_completed(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    apply_records(db, orders_handler, [order("PL1", order_control="SC", order_status="CM")])
+
+    xo = order("PL1", order_control="XO", requested_procedure_description="CT HEAD WO")
+    outcomes = _outcomes(db, orders_handler, [xo])
+
+    assert [s.status for s in _rows(db, procedure_steps)] == ["COMPLETED"]
+    assert [o.requested_procedure_description for o in _rows(db, orders)] == ["CT HEAD WO"]
+    assert outcomes == [(True, "order placer PL1, filler FPL1: XO with ORC-5 'SC' left the step COMPLETED "
+                                "(an exam started or done is not scheduled again)")]
+
+
+def test_an_nw_after_a_cancel_still_schedules_the_order_again(db: Database, orders_handler: OrdersHandler) -> None:
+    apply_records(db, orders_handler, [patient(), order("PL1")])
+    apply_records(db, orders_handler, [order("PL1", order_control="CA", order_status="CA")])
+    apply_records(db, orders_handler, [order("PL1")])
+    assert [s.status for s in _rows(db, procedure_steps)] == ["SCHEDULED"]
+
+
+def test_an_omg_with_a_prior_result_obr_is_not_refused(db: Database, orders_handler: OrdersHandler) -> None:
+    """OMG^O19's ORDER group may hold PRIOR_RESULT (PID, ORC, OBR of an earlier order): not a second procedure."""
+    message = _TWO_OBR.replace("ORM^O01", "OMG^O19").replace("OBR|2|PL1|FPL2", "PID|1||P1^^^HOSP\rOBR|2|OLD1|FOLD1")
+    apply_records(db, orders_handler, [patient(), order("PL1")], message)
+    assert len(_rows(db, procedure_steps)) == 1

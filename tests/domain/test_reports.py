@@ -188,3 +188,22 @@ def test_a_report_for_an_unknown_order_is_refused_by_policy(db: Database, config
 def test_without_receivers_reports_are_kept_and_nothing_is_sent(ordered: Database, config: EngineConfig):
     handler = ReportsHandler(report_policy(config))
     assert send(ordered, handler, report()) == [] and versions(ordered) == [(1, "F", "No acute finding.")]
+
+
+def test_a_report_without_pid_takes_its_orders_patient(ordered: Database, handler: ReportsHandler) -> None:
+    """Polish KS-SOMED reporting feeds (public sample collections) send ORU^R01 as MSH, ORC, OBR, OBX: no PID.
+    It was AE 101 at PID-3.1 and the report was lost to the EHR."""
+    [out] = send(ordered, handler, report(patient_id="", issuer=""))
+
+    assert versions(ordered) == [(1, "F", "No acute finding.")]
+    assert fields(out, "PID")[0][3].startswith("P1^")  # the order's patient, sent on to the EHR
+
+
+def test_a_report_without_pid_for_an_unknown_order_is_refused_at_pid_3(
+    db: Database, handler: ReportsHandler
+) -> None:
+    with pytest.raises(HL7ApplicationError) as err:
+        send(db, handler, report(patient_id="", issuer=""))
+
+    assert (err.value.code, str(err.value.location)) == (101, "PID^1^3^1")
+    assert versions(db) == []

@@ -144,3 +144,20 @@ def test_text_lines_joined_by_lf_inside_a_field_are_kept(report_lines, terminato
     body = "\n".join(line.strip() or "x" for line in report_lines)
     text = f"MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.5{terminator}OBX|1|TX|||{body}|F{terminator}"
     assert Message(text).value("OBX", 5) == body
+
+
+@pytest.mark.parametrize(("msh18", "expected"), [
+    ("8859/2", "Małgorzata"),  # \XB3\ is "ł" in ISO 8859-2
+    ("CP1250", "Małgorzata"),  # and in Windows-1250, which Polish HIS name in MSH-18
+    ("8859/1", "Ma³gorzata"),
+    ("", "Ma³gorzata"),  # no MSH-18: Latin-1, as before
+])  # fmt: skip
+def test_hex_data_is_read_in_the_character_set_msh_18_names(msh18: str, expected: str) -> None:
+    message = Message(f"MSH|^~\\&|HIS|H|RB|R|20240520070000||ADT^A08|1|P|2.5||||||{msh18}\r"
+                      "PID|1||P1||Kowalska^Ma\\XB3\\gorzata\r")
+    assert unescape(message.segments[1].fields[5].split("^")[1], message.seps) == expected
+
+
+def test_hex_data_that_is_utf8_is_read_as_utf8_whatever_msh_18_says() -> None:
+    message = Message("MSH|^~\\&|HIS|H|RB|R|20240520070000||ADT^A08|1|P|2.5||||||8859/2\rPID|1||P1||M\\XC3BC\\ller\r")
+    assert unescape(message.segments[1].fields[5], message.seps) == "Müller"

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.integration.conftest import Ack, Sender
 from tests.integration.test_quickstart import BIN, Engine, start_engine
+from tests.integration.test_workflow_e2e import findscu
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -160,6 +161,11 @@ SHAPES = {
         PID|1||SH-102^^^KLINIK^PI||Müller^Jürgen||19650202|M
         PV1|1|I|STAT1^12^3
         """, encoding="latin-1"), "SH-102", "Müller^Jürgen"),
+    "MSH-18 8859/2, a hex escape for a Polish letter (\\XB3\\ is 'ł' there, '³' in Latin-1)": (_er7("""
+        MSH|^~\\&|HIS|SZPITAL|RADBRIDGE|RADIOLOGY|20240520070000||ADT^A08|SH0005|P|2.5||||||8859/2
+        EVN|A08|20240520070000
+        PID|1||SH-104^^^SZPITAL^MR||Kowalska^Ma\\XB3\\gorzata||19700101|F
+        """, encoding="iso8859-2"), "SH-104", "Kowalska^Małgorzata"),
     "a UTF-8 byte order mark before MSH, MSH-18 UNICODE UTF-8": (b"\xef\xbb\xbf" + _er7("""
         MSH|^~\\&|HIS|KLINIK|RADBRIDGE|RADIOLOGY|20240315083100||ADT^A31^ADT_A05|SH0004|P|2.5||||||UNICODE UTF-8
         EVN|A31|20240315083100
@@ -243,3 +249,130 @@ def test_an_order_number_of_another_patient_is_refused_and_the_order_stays_with_
     assert owner == "W-61001"
     assert _shown(shipped, "OWN2")["status"] == "ERROR"
 
+
+
+def test_a_cancel_without_pid_cancels_the_order_its_orc_2_names(shipped: Engine) -> None:
+    """ORM^O01's patient group is optional; a Polish HIS (CLININET, seen in a public collection of KS-SOMED
+    sample messages) cancels with MSH, ORC, OBR and NTE alone. It was AE 101 at PID-3.1 and the step stayed
+    SCHEDULED on the worklist; an order without PID that is new is still refused, at PID-3.1."""
+    [created] = _send(shipped, _nw("NOPID1", "W-62001", "Konieczna^Franciszka", "NOPID1"))
+    assert created.code == "AA", created.raw
+    cancel = _er7("""
+        MSH|^~\\&|CLININET|UHC|RADBRIDGE|RADIOLOGY|20240520091000||ORM^O01|NOPID2|P|2.3|||AL|NE|POL||PL|
+        ORC|CA|PL-NOPID1^RIS|||||||||||
+        OBR||PL-NOPID1^RIS||CTABD^CT abdomen^L|||||||||||||||||||||||||||
+        NTE|1|P|*** anulowanie ***
+        """)
+    new = _er7("""
+        MSH|^~\\&|CLININET|UHC|RADBRIDGE|RADIOLOGY|20240520091100||ORM^O01|NOPID3|P|2.3
+        ORC|NW|PL-NOPID3^RIS|||SC
+        OBR|1|PL-NOPID3^RIS||CTABD^CT abdomen^L||||||||||||||ACC-NOPID3||||||CT
+        """)
+
+    [ack, refused] = _send(shipped, cancel, new)
+
+    assert ack.code == "AA", ack.raw
+    assert _step_status(shipped, "NOPID1") == "CANCELED"
+    assert refused.code == "AE", refused.raw
+    assert refused.all("ERR")[0][2] == "PID^1^3^1"
+    assert _rows(shipped, "SELECT count(*) FROM orders WHERE placer_order_number = 'PL-NOPID3'") == [(0,)]
+
+
+def test_escapes_line_breaks_and_a_time_zone_reach_the_worklist_as_dicom_values(
+        shipped: Engine, tmp_path: Path) -> None:
+    """A German RIS's Latin-1 order: \\X..\\ in the name, \\T\\ and \\.br\\ in the procedure text, a tab in the
+    protocol text, ORC-7.4 with +0100. The worklist returned the line break and the tab inside LO values
+    (DICOM allows no control character there); the rest was already right and stays so."""
+    obr = "|".join(["OBR", "1", "PL-ESC1^KIS", "FL-ESC1^RIS",
+                    "CTTHX^CT Thorax\\T\\Abdomen\\.br\\mit KM^L^P1^Protokoll\t1^L", *[""] * 13,
+                    "ACC-ESC1", "RP-ESC1", "SPS-ESC1", "", "", "", "CT"])
+    message = _er7(f"""
+        MSH|^~\\&|RIS|KLINIK|RADBRIDGE|RADIOLOGY|20240315083000+0100||ORM^O01^ORM_O01|ESC0001|P|2.5|||AL|NE|DEU|8859/1
+        PID|1||ESC-1^^^KLINIK^PI~998877^^^GKV^NI||M\\XFC\\ller-L\\XFC\\denscheid^J\\XFC\\rgen^^^Dr.||19650202|M
+        PV1|1|O|RAD^^^KLINIK
+        ORC|NW|PL-ESC1^KIS|FL-ESC1^RIS||SC||^^^20240316093000+0100^^S||20240315083000+0100
+        {obr}
+        """, encoding="latin-1")
+
+    [ack] = _send(shipped, message)
+
+    assert ack.code == "AA", ack.raw
+    [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-ESC1", "PatientName=",
+                      "RequestedProcedureDescription=", "RequestedProcedureCodeSequence[0].CodeMeaning=",
+                      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepDescription=",
+                      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=",
+                      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=")
+    step = found.ScheduledProcedureStepSequence[0]
+    assert str(found.PatientName) == "Müller-Lüdenscheid^Jürgen^^Dr."
+    assert found.RequestedProcedureDescription == "CT Thorax&Abdomen mit KM"
+    assert found.RequestedProcedureCodeSequence[0].CodeMeaning == "CT Thorax&Abdomen mit KM"
+    assert step.ScheduledProcedureStepDescription == "Protokoll 1"
+    assert (step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) == ("20240316", "083000")
+
+
+def test_a_report_without_pid_is_kept_with_its_order(shipped: Engine) -> None:
+    """Polish KS-SOMED reporting feeds send ORU^R01 as MSH, ORC, OBR, OBX (FT with \\.br\\), in CP1250:
+    no PID. It was AE 101 at PID-3.1; now the report finds its order by ORC-2/OBR-2 and takes its patient.
+    A report without PID whose order is unknown is still refused, at PID-3.1: nothing to keep it under."""
+    [created] = _send(shipped, _nw("RPID1", "W-63001", "Filipiak^Elżbieta", "RPID1"))
+    assert created.code == "AA", created.raw
+
+    def oru(control_id: str, number: str) -> bytes:
+        return _er7(f"""
+            MSH|^~\\&|SYZ1||SZPM||20240520100000||ORU^R01|{control_id}|P|2.3|||||PL|CP1250|PL
+            ORC|RE|PL-{number}^RIS|
+            OBR|1|PL-{number}^RIS||CTABD|||20240520093300||||||||||||||||||F|
+            OBX|1|FT|||Wątroba prawidłowa.\\.br\\Wniosek: obraz prawidłowy.||||||F|||20240520093800|
+            """, encoding="cp1250")
+
+    async def go() -> list[Ack]:
+        sender = Sender(int(shipped.env["RADBRIDGE_REPORTS_MLLP_PORT"]), timeout=30)
+        try:
+            return [await sender.send(oru("RPID2", "RPID1")), await sender.send(oru("RPID3", "RPID9"))]
+        finally:
+            await sender.close()
+
+    [kept, refused] = asyncio.run(go())
+
+    assert kept.code == "AA", kept.raw
+    [(patient_id, text)] = _rows(shipped, "SELECT p.patient_id, r.text FROM reports r JOIN orders o ON o.id = "
+                                          "r.order_pk JOIN patients p ON p.id = r.patient_pk "
+                                          "WHERE o.placer_order_number = 'PL-RPID1'")
+    assert (patient_id, text) == ("W-63001", "Wątroba prawidłowa.\nWniosek: obraz prawidłowy.")
+    assert refused.code == "AE", refused.raw
+    assert refused.all("ERR")[0][2] == "PID^1^3^1"
+
+
+def test_one_orc_with_two_obrs_is_refused_at_the_second_obr_instead_of_dropping_it(shipped: Engine) -> None:
+    """A RIS ordering CT head and CT neck under one ORC (one placer number, two filler numbers and accessions)
+    was answered AA with only CT head on the worklist: the CT neck went nowhere."""
+    obr = "|".join(["OBR", "{n}", "PL-MULTI^RIS", "FL-MULTI{n}^RIS", "{code}", *[""] * 13, "ACC-MULTI{n}",
+                    "", "", "", "", "", "CT"])
+    message = _er7(f"""
+        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520080000||ORM^O01|MULTI1|P|2.3.1
+        PID|1||W-70001^^^WESTSIDE^MR||Lund^Erik||19700101|M
+        ORC|NW|PL-MULTI^RIS|FL-MULTI1^RIS||SC
+        {obr.format(n=1, code="CTHEAD^CT head^L")}
+        {obr.format(n=2, code="CTNECK^CT neck^L")}
+        """)
+
+    [ack] = _send(shipped, message)
+
+    assert ack.code == "AE", ack.raw
+    assert ack.all("ERR")[0][2] == "OBR^2"
+    assert _rows(shipped, "SELECT count(*) FROM orders WHERE placer_order_number = 'PL-MULTI'") == [(0,)]
+    assert _shown(shipped, "MULTI1")["status"] == "ERROR"
+
+
+def test_an_nw_replayed_after_the_exam_is_completed_stays_off_the_worklist(shipped: Engine, tmp_path: Path) -> None:
+    """An interface engine replaying its queue after an outage resends the NW (new control id) once the RIS has
+    said the exam is complete: it was AA and the step SCHEDULED again, so the CT was offered for a second scan."""
+    nw = _order("RPL1", "NW", "SC", "RPL9", NEW_CT.format(n="RPL9"))
+    [created, completed, replayed] = _send(shipped, nw, _order("RPL2", "SC", "CM", "RPL9"),
+                                           nw.replace(b"|RPL1|", b"|RPL3|"))
+
+    assert [created.code, completed.code, replayed.code] == ["AA", "AA", "AA"]
+    assert _step_status(shipped, "RPL9") == "COMPLETED"
+    assert findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-RPL9") == []
+    assert _shown(shipped, "RPL3")["status"] == "UNCHANGED"
+    assert "left the step COMPLETED" in _shown(shipped, "RPL3")["note"]

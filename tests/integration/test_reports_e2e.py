@@ -218,7 +218,8 @@ def test_a_resent_oru_gets_its_original_ack_and_changes_nothing(site: Site) -> N
     (lambda p: oru(f"B{p}1", p, "Maybe", ["x"]), "AE", "OBR^1^25"),  # status not in the site table
     (lambda p: oru(f"B{p}2", p, "F", ["x"]).replace(b"|F" + p.encode() + b"^RIS|CTHEAD", b"|F|CTHEAD")
      .split(b"\rOBR")[0] + b"\r", "AE", "OBR^1"),  # no OBR at all
-    (lambda p: oru(f"B{p}3", p, "F", ["x"]).replace(b"PID|1||MRN1^^^HOSP^MR", b"PID|1||"), "AE", "PID^1^3^1"),
+    # no PID-3 and an order nobody knows: no patient to keep it for (one whose order is known takes its patient)
+    (lambda p: oru(f"B{p}3", "X" + p, "F", ["x"]).replace(b"PID|1||MRN1^^^HOSP^MR", b"PID|1||"), "AE", "PID^1^3^1"),
     (lambda p: oru(f"B{p}4", p, "F", ["x"], obx_type="NM"), "AE", "OBR^1"),  # no text line
     (lambda p: oru(f"B{p}5", p, "F", ["x"]).replace(b"20261205093000", b"20261345"), "AE", "OBR^1^7^1"),
     (lambda p: orm(p, "A").replace(b"EHR|HOSP", b"RIS|HOSP", 1), "AR", "MSH^1^9^1"),  # an order on the reports port
