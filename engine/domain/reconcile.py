@@ -73,7 +73,7 @@ class OrderMatch:
 def _candidates(policy: MatchPolicy, now: datetime) -> Any:
     s, o = procedure_steps.c, orders.c
     fresh = and_(s.status == "COMPLETED", s.updated_at >= now - policy.completed_window)
-    return (select(s.id, s.order_pk, o.patient_pk, o.accession_number).join(orders, s.order_pk == o.id)
+    return (select(s.id, s.order_pk, o.patient_pk).join(orders, s.order_pk == o.id)
             .where(or_(s.status.in_(OPEN_STEPS), fresh)).order_by(s.id))
 
 
@@ -85,7 +85,7 @@ def _fast_candidates(criterion: Any) -> FastStatement:
     """
     s, o = procedure_steps.c, orders.c
     fresh = and_(s.status == "COMPLETED", s.updated_at >= bindparam("since", type_=s.updated_at.type))
-    return FastStatement(select(s.id, s.order_pk, o.patient_pk, o.accession_number).join(orders, s.order_pk == o.id)
+    return FastStatement(select(s.id, s.order_pk, o.patient_pk).join(orders, s.order_pk == o.id)
                          .where(or_(*(s.status == status for status in OPEN_STEPS), fresh), criterion)
                          .order_by(s.id))
 
@@ -104,16 +104,8 @@ _STUDY_PATIENT = FastStatement(
 
 
 def _single(rows: Sequence[Any], by: str) -> OrderMatch | None:
-    """The match when every row is the same order (its first step), else None (ambiguous or none).
-
-    By Study Instance UID, rows of several orders of one patient with one accession number are the steps
-    of one requested procedure (an OMI^O23 with an IPC per scheduled step stores an order per IPC): the
-    first one is the match, as it was when only the first IPC was kept. Any other mix is ambiguous.
-    """
-    if not rows:
-        return None
-    if len({int(r.order_pk) for r in rows}) != 1 and (
-            by != "study_instance_uid" or len({(int(r.patient_pk), r.accession_number) for r in rows}) != 1):
+    """The match when every row is the same order (its first step), else None (ambiguous or none)."""
+    if not rows or len({int(r.order_pk) for r in rows}) != 1:
         return None
     return OrderMatch(int(rows[0].order_pk), int(rows[0].id), int(rows[0].patient_pk), by)
 

@@ -285,26 +285,3 @@ def test_an_a47_replaced_id_without_an_order_is_coerced_to_the_renamed_patient(
     reconciler = Reconciler(db, load_mapping(ROOT / "mappings" / "order-to-image.yaml"))
     got = _prepare(reconciler, _image(tmp_path / "p1.dcm", "1.2.3.81", 1), NOW)
     assert got.match is None and (got.attrs.patient_id, got.attrs.patient_name) == ("NEW", "DOE^RENAMED")
-
-
-def test_the_steps_of_one_requested_procedure_match_by_study_uid(db: Database, orders_handler: OrdersHandler) -> None:
-    """An OMI^O23 with an IPC per scheduled step stores an order per IPC, all with one Study Instance UID,
-    accession and patient: an image without an SPS ID matches the first step (ambiguous: no match at all)."""
-    steps = [order("PL1", accession_number="ACC1", requested_procedure_id="RP1", study_instance_uid="1.2.3.9",
-                   scheduled_procedure_step_id=sps) for sps in ("SPS1", "SPS2")]
-    apply_records(db, orders_handler, [patient(), *steps])
-    first, second = db.read(lambda c: c.execute(select(procedure_steps.c.id, procedure_steps.c.order_pk)
-                                                 .order_by(procedure_steps.c.id)).all())
-    assert first.order_pk != second.order_pk
-    found = _find(db, MatchKeys((), "1.2.3.9"))
-    assert found is not None and (found.order_pk, found.step_pk, found.matched_by) == (
-        first.order_pk, first.id, "study_instance_uid")
-    found = _find(db, MatchKeys(("SPS2",), "1.2.3.9"))
-    assert found is not None and (found.step_pk, found.matched_by) == (second.id, "sps_id")
-
-
-def test_two_orders_of_other_accessions_with_one_study_uid_match_none(
-        db: Database, orders_handler: OrdersHandler) -> None:
-    _order(db, orders_handler, "PL1", accession_number="ACC1", study_instance_uid="1.2.3.8")
-    _order(db, orders_handler, "PL2", accession_number="ACC2", study_instance_uid="1.2.3.8")
-    assert _find(db, MatchKeys((), "1.2.3.8")) is None
