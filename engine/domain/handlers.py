@@ -38,7 +38,6 @@ from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
 from engine.handlers import InboundContext, Outbound, register_handler
 from engine.hl7.dicom_text import safe_value
 from engine.hl7.er7 import Message
-from engine.mapping.scope import group_positions
 
 __all__ = [
     "OrdersHandler",
@@ -129,12 +128,10 @@ def _limit_text(name: str, limit: int) -> str:
     return f"a DICOM {vr} holds at most {limit}"
 
 
-def _validate(model: type[Any], data: dict[str, Any], segment: str, sequence: int = 1, ipc: bool = False,
-              ipc_sequence: int | None = None) -> Any:
+def _validate(model: type[Any], data: dict[str, Any], segment: str, sequence: int = 1, ipc: bool = False) -> Any:
     """``model.model_validate(data)`` (same checks, same model), AE 101 at ``segment`` if invalid;
     a value longer than its column allows (engine.domain.records, engine.domain.lengths) is AE 102
-    at its field, in IPC for an order message with IPC segments (``ipc``): ORC/OBR ``sequence``,
-    IPC ``ipc_sequence`` (``sequence`` when not given).
+    at its field, in IPC for an order message with IPC segments (``ipc``).
 
     Called on the model's validator directly: ``model_validate`` only passes its default
     options on, and that costs ~10 % of a record's validation, twice an order message.
@@ -146,8 +143,7 @@ def _validate(model: type[Any], data: dict[str, Any], segment: str, sequence: in
         name = str(error["loc"][0]) if error["loc"] else ""
         if error["type"] == "string_too_long" and name in _SOURCES:
             seg, field, component = (_IPC_SOURCES if ipc else {}).get(name) or _SOURCES[name]
-            at = (ipc_sequence or sequence) if seg == "IPC" else sequence if seg in _GROUP_SEGMENTS else 1
-            location = ErrorLocation(seg, at, field, component)
+            location = ErrorLocation(seg, sequence if seg in _GROUP_SEGMENTS else 1, field, component)
             limit = error["ctx"]["max_length"]
             shown = ".".join(str(part) for part in error["loc"] if isinstance(part, str))
             raise HL7ApplicationError(
@@ -174,27 +170,14 @@ _ORDER_MESSAGES = frozenset({"ORM", "OMI", "OMG"})
 _CONTENT_UPDATES = frozenset({"NW", "XO"})
 
 
-def _positions(message: Message, count: int) -> list[tuple[int, int]]:
-    """(ORC ordinal, IPC ordinal) of each of the message's ``count`` order records, for ERR locations.
-
-    The shipped mapping makes one record per IPC of each ORC group (``repeat: IPC``, an OMI^O23 with one
-    IPC per requested procedure or step), else one per ORC group; a mapping whose records match neither
-    (a ``when`` that skips a group) gets the records' own ordinals.
-    """
-    for repeat in ("IPC", None):
-        positions = group_positions(message, "ORC", repeat)
-        if len(positions) == count:
-            return positions
-    return [(n, n) for n in range(1, count + 1)]
-
-
 def _one_procedure_per_orc(message: Message) -> None:
-    """Each ORC group of an order message is one requested procedure: its OBR (PS3 v2.5.1 4.4.1).
+    """Each ORC group of an order message is one requested procedure with one step: its OBR (and IPC).
 
-    One ORC followed by two OBRs (a RIS ordering CT head and CT neck under one placer number) was
-    answered AA with only the first procedure on the worklist: the order mapping reads one OBR per ORC.
-    Such a message is AE 100 at the first OBR not read, and changes nothing; the sender must give each
-    procedure its own ORC. (Several IPCs after one OBR are several steps: the mapping's ``repeat: IPC``.)
+    One ORC followed by two OBRs (a RIS ordering CT head and CT neck under one placer number), or an
+    OMI^O23 OBR with two IPCs (RAD TF-2 allows one per scheduled step), was answered AA with only the
+    first procedure or step on the worklist: the order mapping reads one group per ORC, and an order is
+    stored with one step. Such a message is AE 100 at the first segment not read, and changes nothing;
+    the sender must give each procedure or step its own ORC.
     """
     seen: dict[str, int] = {}
     counts: dict[str, int] = {}
@@ -218,7 +201,7 @@ def _one_procedure_per_orc(message: Message) -> None:
 
 
 #: The segments an order message's ORC group holds once (engine.mapping.scope reads the first).
-_ONE_PER_GROUP = frozenset({"OBR"})
+_ONE_PER_GROUP = frozenset({"OBR", "IPC"})
 
 
 def _require(message: Message, kinds: tuple[str, ...], segment: str, records: list[dict[str, Any]]) -> None:
@@ -319,10 +302,13 @@ class OrdersHandler:
                 pk = apply_patient_event(conn, rec.model_copy(update={"event": ""}), self.policy.patients, now)
                 _remember(ctx, rec, self.policy.patients, pk)
         known = ctx.shared.get(_KNOWN)
+        sequence = 0
         ipc = ctx.message.segment("IPC") is not None
-        records = [data for data in ctx.records if data.get("record") == "order"]
-        for data, (sequence, ipc_sequence) in zip(records, _positions(ctx.message, len(records)), strict=True):
-            order = _validate(OrderRecord, data, "ORC", sequence, ipc, ipc_sequence)
+        for data in ctx.records:
+            if data.get("record") != "order":
+                continue
+            sequence += 1
+            order = _validate(OrderRecord, data, "ORC", sequence, ipc)
             long_ids = over_dicom(order, sequence)
             applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
             if long_ids:  # kept whole: said on the message, whatever else the order did

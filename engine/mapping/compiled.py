@@ -47,7 +47,6 @@ class CompiledOutput:
     steps: dict[str, Steps]  # dicom/fhir target path of each field
     hl7_targets: dict[str, Hl7Path]
     segment_order: tuple[str, ...] = ()
-    repeat: str | None = None  # engine.mapping.scope.groups
     fhir_model: type[BaseModel] | None = None
     #: The same output generated as Python (engine.mapping.codegen); None: interpreted only.
     fast: FastBuild | None = field(default=None, compare=False, repr=False)
@@ -179,7 +178,7 @@ class CompiledMapping:
             seps = STANDARD_SEPARATORS
         whole = message_scope(message)
         for output in self.outputs:
-            for scope in groups(message, output.for_each, whole, output.repeat):
+            for scope in groups(message, output.for_each, whole):
                 ctx = Context(seps, message, scope, provenance=provenance)
                 if output.fast is None or provenance:
                     self._collect(output, ctx, records, prov)

@@ -243,20 +243,13 @@ class _Compiler:
             self.var_names.add(name)
         if spec.for_each is not None and self.spec.source == "hl7v2":
             self._hl7_source(f"{spec.for_each}-1", (*loc, "for_each"))
-        if spec.repeat is not None:
-            if spec.for_each is None or self.spec.source != "hl7v2":
-                self.problem((*loc, "repeat"), "repeat needs for_each, in a mapping that reads HL7 v2")
-            elif spec.repeat == spec.for_each:
-                self.problem((*loc, "repeat"), f"repeat {spec.repeat} is the for_each segment itself")
-            else:
-                self._hl7_source(f"{spec.repeat}-1", (*loc, "repeat"))
         fields = self.fields(spec.fields, (*loc, "fields"), names)
         compiled = CompiledOutput(
             kind=self.spec.target, name=spec.record or spec.resource or "",
             for_each=spec.for_each, conditions=conditions,
             vars=tuple(variables), fields=fields,
             steps=names.steps, hl7_targets=names.hl7_paths,
-            segment_order=tuple(spec.segment_order or ()), repeat=spec.repeat,
+            segment_order=tuple(spec.segment_order or ()),
             fhir_model=names.model if self.spec.target == "fhir" else None,
         )  # fmt: skip
         # HL7 v2 -> records (every inbound message) and records -> HL7 v2 (every ORU^R01 out).

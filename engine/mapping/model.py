@@ -86,9 +86,6 @@ class Output(_Model):
     resource: str | None = Field(None, description="fhir targets: the R4 resource type")
     segment_order: list[str] | None = Field(None, description="hl7v2 targets: segment order")
     for_each: str | None = Field(None, description="segment that starts each group, e.g. ORC")
-    repeat: str | None = Field(
-        None, description="segment that may occur several times in each for_each group, e.g. IPC: one output per"
-        " occurrence, each seeing that one and the group's other segments (a group without it: one output)")
     when: Condition | list[Condition] | None = None
     vars: dict[str, RuleSpec] = Field(default_factory=dict)
     fields: dict[str, RuleSpec]

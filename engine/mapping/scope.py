@@ -6,10 +6,6 @@ at or after the first anchor (OBR, TQ1, IPC, ZDS …) is read from the group
 only, so the second order never borrows the first order's accession number;
 segments only found before the first anchor (MSH, PID, PV1) are read from the
 whole message. ADT^A40 uses ``for_each: PID`` for its PID/MRG pairs.
-
-``repeat: IPC`` splits a group further: an OMI^O23 OBR followed by several IPC
-segments (one per requested procedure or scheduled step, RAD TF-2 4.4.4) gives
-one scope per IPC, each with the group's other segments and that one IPC.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ import itertools
 
 from engine.hl7.er7 import Message, Segment
 
-__all__ = ["group_positions", "groups", "message_scope"]
+__all__ = ["groups", "message_scope"]
 
 
 def message_scope(message: Message) -> dict[str, list[Segment]]:
@@ -30,11 +26,9 @@ def message_scope(message: Message) -> dict[str, list[Segment]]:
 
 
 def groups(
-    message: Message, anchor: str | None, whole: dict[str, list[Segment]] | None = None,
-    repeat: str | None = None,
+    message: Message, anchor: str | None, whole: dict[str, list[Segment]] | None = None
 ) -> list[dict[str, list[Segment]]]:
-    """One scope per ``anchor`` occurrence (a single whole-message scope without anchor), and within
-    each, one per occurrence of ``repeat`` when it occurs more than once there.
+    """One scope per ``anchor`` occurrence (a single whole-message scope without anchor).
 
     ``whole`` is :func:`message_scope` of ``message`` when the caller already has it.
     """
@@ -53,29 +47,5 @@ def groups(
         scope = {name: segs for name, segs in whole.items() if name not in scoped}
         for seg in segments[start:end]:
             scope.setdefault(seg.name, []).append(seg)
-        if repeat is not None and len(scope.get(repeat, ())) > 1:
-            name: str = repeat
-            out.extend({**scope, name: [seg]} for seg in scope[name])
-        else:
-            out.append(scope)
+        out.append(scope)
     return out
-
-
-def group_positions(message: Message, anchor: str, repeat: str | None = None) -> list[tuple[int, int]]:
-    """For each scope :func:`groups` makes, (ordinal of its ``anchor``, ordinal of its ``repeat`` segment)
-    in the message, both from 1 (the repeat's is the anchor's when the group has none): where an error
-    in that scope's values is (an ERR location)."""
-    out: list[tuple[int, int]] = []
-    anchors = seen = 0
-    for seg in message.segments:
-        if seg.name == anchor:
-            anchors += 1
-            out.append((anchors, 0))
-        elif seg.name == repeat and anchors:
-            seen += 1
-            n, first = out[-1]
-            if first == 0:
-                out[-1] = (n, seen)
-            else:
-                out.append((n, seen))
-    return [(n, r or n) for n, r in out]

@@ -482,14 +482,16 @@ def test_a_second_obr_under_one_orc_is_refused_not_dropped(db: Database, orders_
     assert _rows(db, orders) == []
 
 
-def test_a_second_ipc_under_one_orc_is_a_second_step_not_refused(db: Database, orders_handler: OrdersHandler) -> None:
-    """Several IPCs after one OBR are several steps (RAD TF-2 4.4.4; the mapping's repeat: IPC makes a record each)."""
+def test_a_second_ipc_under_one_orc_is_refused(db: Database, orders_handler: OrdersHandler) -> None:
+    """RAD TF-2 allows an IPC per scheduled step; an order is stored with one step, so the second would be
+    dropped under an AA: AE 100 at it instead, nothing changed."""
     two_steps = "IPC|ACC1|RP1|1.2.3|SPS1|CT\rIPC|ACC1|RP1|1.2.3|SPS2|CT"
-    message = _TWO_OBR.replace("OBR|2|PL1|FPL2|CTNECK^CT neck^L", two_steps).replace("ORM^O01", "OMI^O23")
-    steps = [order("PL1", accession_number="ACC1", requested_procedure_id="RP1", scheduled_procedure_step_id=sps)
-             for sps in ("SPS1", "SPS2")]
-    apply_records(db, orders_handler, [patient(), *steps], message)
-    assert sorted(r.sps_id for r in _rows(db, procedure_steps)) == ["SPS1", "SPS2"]
+    message = _TWO_OBR.replace("OBR|2|PL1|FPL2|CTNECK^CT neck^L", two_steps)
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [patient(), order("PL1")], message.replace("ORM^O01", "OMI^O23"))
+
+    assert (err.value.code, str(err.value.location)) == (100, "IPC^2")
+    assert _rows(db, orders) == []
 
 
 def test_one_obr_in_each_of_two_orc_groups_is_two_procedures(db: Database, orders_handler: OrdersHandler) -> None:

@@ -110,7 +110,7 @@ def generated(mapping: CompiledMapping, message: Message) -> list[dict[str, Any]
     whole = message_scope(message)
     records = []
     for output in mapping.outputs:
-        for scope in groups(message, output.for_each, whole, output.repeat):
+        for scope in groups(message, output.for_each, whole):
             ctx = Context(seps, message, scope, provenance=False)
             built = output.fast(ctx) if output.fast is not None else output.build(ctx, [])
             if built is not None:
@@ -306,17 +306,3 @@ def report_inputs(draw: st.DrawFn) -> dict[str, Any]:
 def test_generated_record_inputs_write_the_same_hl7(data: dict[str, Any]) -> None:
     for mapping in WRITERS.values():
         same_writer(mapping, data)
-
-
-def test_repeat_splits_a_group_per_occurrence_and_positions_name_each_one() -> None:
-    from engine.mapping.scope import group_positions
-
-    message = Message("MSH|^~\\&|A|B|C|D|20240101||OMI^O23|1|P|2.5.1\rPID|||P1\rORC|NW|O1\rOBR||O1\rIPC|A1|R1\r"
-                      "IPC|A1|R1||S2\rORC|NW|O2\rOBR||O2\rORC|NW|O3\rOBR||O3\rIPC|A3|R3\r")
-    scopes = groups(message, "ORC", repeat="IPC")
-    assert [(s["ORC"][0].value(2), [i.value(1) + i.value(4) for i in s.get("IPC", [])]) for s in scopes] == [
-        ("O1", ["A1"]), ("O1", ["A1S2"]), ("O2", []), ("O3", ["A3"])]
-    assert all(s["PID"][0].value(3) == "P1" for s in scopes)
-    assert len(groups(message, "ORC")) == 3
-    assert group_positions(message, "ORC", "IPC") == [(1, 1), (1, 2), (2, 2), (3, 3)]
-    assert group_positions(message, "ORC") == [(1, 1), (2, 2), (3, 3)]

@@ -201,16 +201,3 @@ def test_output_when_cannot_use_vars(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"unknown variable \$m"):
         load_mapping(write(tmp_path, "m.yaml", text))
-
-
-@pytest.mark.parametrize(("lines", "expected"), [
-    ("    repeat: IPC\n", "repeat needs for_each"),
-    ("    for_each: ORC\n    repeat: ORC\n", "repeat ORC is the for_each segment itself"),
-    ("    for_each: ORC\n    repeat: IPQ\n", "IPQ"),
-])
-def test_repeat_needs_for_each_and_a_known_segment(tmp_path: Path, lines: str, expected: str) -> None:
-    text = HEAD.replace("  - record: order\n", "  - record: order\n" + lines)
-    path = write(tmp_path, "m.yaml", text)
-    with pytest.raises(ConfigError) as info:
-        load_mapping(path)
-    assert any(expected in p and "repeat" in p for p in info.value.problems), info.value.problems
