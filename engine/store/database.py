@@ -538,6 +538,13 @@ class Writer:
         translated = self._translate(exc)
         if isinstance(translated, StoreUnavailable):
             self._drop_connection()  # reconnect next time (e.g. PostgreSQL restarted)
+        if committing and isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            # The connection broke during the COMMIT: the server may have committed the whole batch. Running
+            # its items again could apply them twice (a message stored twice, an ORU sent twice); each one
+            # is answered failure instead, and a resend meets the committed copy if there is one.
+            for item in batch:
+                item.resolve(error=translated)
+            return
         if len(batch) > 1:
             for item in batch:
                 self._run_batch([item])

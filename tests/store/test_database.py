@@ -427,3 +427,37 @@ def test_with_a_write_lock_another_process_s_transaction_is_waited_for_and_no_wr
     finally:
         other.close()
         db.close()
+
+
+def test_a_batch_whose_connection_breaks_during_its_commit_is_not_run_again(db, monkeypatch):
+    """The server may have committed it before the connection broke (PostgreSQL restarted, network cut):
+    running its items again could apply them twice. Each is answered StoreUnavailable, none runs again."""
+    from sqlalchemy.engine.base import RootTransaction
+    from sqlalchemy.exc import OperationalError
+
+    runs: list[int] = []
+    barrier = threading.Event()
+    real_commit = RootTransaction._do_commit
+    broken = []
+
+    def commit_breaks_once(self):
+        if not broken and runs:
+            broken.append(True)
+            real_commit(self)  # committed on the server, then the acknowledgement is lost
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"),
+                                   connection_invalidated=True)
+        return real_commit(self)
+
+    def item(conn, n):
+        runs.append(n)
+        return add_event(conn, n)
+
+    monkeypatch.setattr(RootTransaction, "_do_commit", commit_breaks_once)
+    first = db.writer.submit(lambda c: (barrier.wait(5), item(c, 1))[1])
+    second = db.writer.submit(lambda c: item(c, 2))
+    barrier.set()
+    for future in (first, second):
+        with pytest.raises(StoreUnavailable):
+            future.result(timeout=10)
+    assert sorted(runs) == [1, 2]  # each ran once
+    assert count(db) == 2  # as the server committed them: a resend finds them
