@@ -192,14 +192,25 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def unavailable(exc: BaseException) -> bool:
-    """The store itself is failing (not this piece of work): the writer's StoreUnavailable, or a read that
-    could not reach the database (server gone, connection lost or refused, pool exhausted).
+    """The store itself is failing (not this piece of work): the database could not be reached or could not
+    run the transaction (server gone, connection lost or refused, pool exhausted, locked, out of space, a
+    deadlock or timeout), whether raised by a read or by the writer (a StoreUnavailable whose cause says so).
 
     Background loops use it to wait for the database to come back, with one log line, instead of
-    treating every round's failure as a fault of the work they were doing."""
-    if isinstance(exc, StoreUnavailable | OperationalError | InterfaceError | PoolTimeout):
+    treating every round's failure as a fault of the work they were doing. A failure of the work itself
+    (a value the database refuses: DataError, a ProgrammingError, an integrity error) is not: retried
+    for ever, it would stall what comes after it."""
+    if isinstance(exc, StoreUnavailable):
+        cause = exc.__cause__
+        if cause is None or not isinstance(cause, Exception):
+            return True  # the writer closed, or a failure with no driver error behind it
+        exc = cause
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    # A driver's own exception (the receive path's raw statements): by its class name, as PEP 249 names them.
+    return any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__)
 
 
 def _locked(exc: BaseException) -> bool:

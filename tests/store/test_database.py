@@ -461,3 +461,30 @@ def test_a_batch_whose_connection_breaks_during_its_commit_is_not_run_again(db, 
             future.result(timeout=10)
     assert sorted(runs) == [1, 2]  # each ran once
     assert count(db) == 2  # as the server committed them: a resend finds them
+
+
+def test_unavailable_tells_the_store_failing_from_the_work_failing():
+    """A value the database refuses is the work's fault: a projector or job that took it for an outage
+    waited for ever instead of skipping it (review finding)."""
+    import sqlite3
+
+    from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from engine.store.database import unavailable
+
+    def wrapped(error: Exception) -> StoreUnavailable:
+        outer = StoreUnavailable("database unavailable")
+        outer.__cause__ = error
+        return outer
+
+    lost = OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    refused = DataError("INSERT", {}, Exception("value too long for type character varying(64)"))
+    assert unavailable(lost) and unavailable(wrapped(lost)) and unavailable(PoolTimeout())
+    assert unavailable(StoreUnavailable("the writer is closed"))
+    assert unavailable(sqlite3.OperationalError("database is locked"))
+    assert unavailable(wrapped(sqlite3.OperationalError("disk I/O error")))
+    assert not unavailable(refused) and not unavailable(wrapped(refused))
+    assert not unavailable(wrapped(ProgrammingError("SELECT", {}, Exception("no such column"))))
+    assert not unavailable(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not unavailable(ValueError("a bad change")) and not unavailable(sqlite3.DataError("bad"))
