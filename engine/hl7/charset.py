@@ -100,9 +100,12 @@ def _codec(name: str) -> str | None:
     codec = HL7_CHARSETS.get(name.upper())
     if codec is None and name:
         try:
-            codec = codecs.lookup(name).name
+            info = codecs.lookup(name)
         except LookupError:
             return None
+        if not getattr(info, "_is_text_encoding", True):  # hex, base64, zlib, rot13: not a character set
+            return None
+        codec = info.name
     return codec
 
 

@@ -358,3 +358,10 @@ def test_dicom_delimiters_inside_hl7_values_reach_a_coerced_image_header_as_one_
     coerce(header, values, Modification(datetime(2026, 12, 5, tzinfo=UTC), "RADBRIDGE", "CT1"))
     assert header["PatientName"].VM == 1 and str(header.PatientName) == "Smith Jones^Ann Marie"
     assert header["StudyDescription"].VM == 1 and header.StudyDescription == "CT HEAD/NECK"
+
+
+def test_an_msh_18_naming_a_binary_codec_is_answered_not_dropped(db) -> None:
+    runner = _runner(db)
+    msh = MSH.format(type="ADT^A08", cid="H1").replace("|P|2.3.1\r", "|P|2.5|||||base64\r")
+    ack = _send(runner, msh + "EVN|A08\rPID|1||MRN6210^^^NORTHSIDE^MR||Ma\\XB3\\gorzata^Rami\r")
+    assert ack.segment("MSA").value(1) == "AA" and ack.segment("MSA").value(2) == "H1"

@@ -73,3 +73,15 @@ def test_the_note_says_undecodable_bytes_were_replaced():
     raw = msg("UNICODE UTF-8", "latin-1") + b"\xff"
     note = charset_note(decode(raw, fallback="UNICODE UTF-8", detect_utf8=False))
     assert note.startswith("MSH-18 'UNICODE UTF-8': bytes that utf-8 cannot decode were replaced")
+
+
+def test_an_msh_18_naming_a_codec_that_is_not_a_character_set_is_not_used():
+    """'hex', 'base64', 'zlib', 'rot13' pass codecs.lookup but are no text encodings: str.decode raised
+    LookupError and the MLLP connection was dropped without an ACK (the sender resent it for ever)."""
+    from engine.hl7.charset import codec_for
+
+    for name in ("hex", "base64", "zlib", "rot13", "bz2"):
+        assert codec_for(name) is None, name
+        d = decode(msg(name, "latin-1"), fallback="8859/1")
+        assert "M\u00dcLLER" in d.text and d.fallback_used, name
+    assert codec_for("CP1250") == "cp1250"
