@@ -31,7 +31,7 @@ import re
 __all__ = ["pn_component", "safe_value"]
 
 _PN = str.maketrans({"\\": " ", "^": " ", "=": " "})
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")  # C0, DEL and C1 (U+0085 from a CP1252 "…" read as Latin-1)
 
 
 def pn_component(text: str) -> str:

@@ -32,3 +32,10 @@ def test_a_line_break_escape_in_a_procedure_description_becomes_a_space() -> Non
 ])  # fmt: skip
 def test_a_person_name_component_has_no_delimiter_and_no_control_character(text: str, expected: str) -> None:
     assert pn_component(text) == expected
+
+
+def test_c1_control_characters_are_spaces_too() -> None:
+    """U+0080-U+009F are no DICOM characters: a CP1252 '…' (0x85) read as Latin-1 is U+0085, NEL."""
+    assert safe_value("CT Thorax\x85mit KM") == "CT Thorax mit KM"
+    assert pn_component("M\x9aller") == "M ller"
+    assert safe_value("Müller ÿ") == "Müller ÿ"  # Latin-1 letters are kept
