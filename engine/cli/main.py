@@ -151,16 +151,19 @@ def cmd_messages_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import OperationalError
-
     from engine.cli.queries import empty_counts, engine_status
     from engine.cli.status_view import attention, configured, destination_backlog
+    from engine.store.database import unavailable
 
     config = _config(args)
     try:
         db = _database(args)
         data = db.read(engine_status)
-    except OperationalError as exc:  # the database is away: what is known without it, and that it is away
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        # The database is away (refused, lost, hung past connect_timeout, pool exhausted): what is known
+        # without it, and that it is away.
         return _status_without_database(args, configured(config), exc)
     data["reports"]["receivers"] = {r.name: r.mllp or r.destination or "off"
                                     for r in config.engine.reports.receivers}
