@@ -182,15 +182,18 @@ def _one_procedure_per_orc(message: Message) -> None:
     seen: dict[str, int] = {}
     counts: dict[str, int] = {}
     group = 0
+    prior = False  # in an OMG^O19 PRIOR_RESULT (a PID inside the ORDER group): OBRs of earlier orders
     for seg in message.segments:
         if seg.name == "ORC":
             group += 1
             counts = {}
             continue
+        if seg.name == "PID" and group:
+            prior = True
         if seg.name not in _ONE_PER_GROUP:
             continue
         seen[seg.name] = seen.get(seg.name, 0) + 1
-        if group == 0:
+        if group == 0 or prior:
             continue
         counts[seg.name] = counts.get(seg.name, 0) + 1
         if counts[seg.name] > 1:
@@ -293,8 +296,7 @@ class OrdersHandler:
         """Upsert the PID's patient (unless ``patients`` runs too), then apply every order record."""
         if ctx.message.message_code in _ORDER_MESSAGES:
             _require(ctx.message, ("order",), "ORC", ctx.records)
-            if ctx.message.message_code != "OMG":  # OMG^O19 may carry prior results: OBRs of earlier orders
-                _one_procedure_per_orc(ctx.message)
+            _one_procedure_per_orc(ctx.message)
         now = ctx.received_at
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":

@@ -552,3 +552,12 @@ def test_an_omg_with_a_prior_result_obr_is_not_refused(db: Database, orders_hand
     message = _TWO_OBR.replace("ORM^O01", "OMG^O19").replace("OBR|2|PL1|FPL2", "PID|1||P1^^^HOSP\rOBR|2|OLD1|FOLD1")
     apply_records(db, orders_handler, [patient(), order("PL1")], message)
     assert len(_rows(db, procedure_steps)) == 1
+
+
+def test_an_omg_with_a_second_obr_outside_a_prior_result_is_refused(
+        db: Database, orders_handler: OrdersHandler) -> None:
+    """Only a PRIOR_RESULT (which starts with its PID) holds OBRs of other orders; a second OBR before one is
+    a second procedure the mapping would drop, as in ORM^O01 (review finding on the OMG exemption)."""
+    with pytest.raises(HL7ApplicationError) as err:
+        apply_records(db, orders_handler, [patient(), order("PL1")], _TWO_OBR.replace("ORM^O01", "OMG^O19"))
+    assert (err.value.code, str(err.value.location)) == (100, "OBR^2")
