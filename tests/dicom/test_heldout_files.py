@@ -158,19 +158,25 @@ def _raw_element(tag: int, vr: str, value: bytes) -> bytes:
         value).to_bytes(2, "little") + value
 
 
-def test_an_element_pydicom_cannot_decode_does_not_fail_a_coercion_to_utf8(tmp_path: Path) -> None:
-    """It did: the whole header was decoded for the character set change, 0xC211 for every resend."""
+def _store_matched(tmp_path: Path, src: Dataset, path: Path) -> Path:
+    """Send ``path`` as received to an engine holding an order for it whose patient is named :data:`CZECH`
+    (a coercion to ISO_IR 192); the stored file."""
     from engine.domain.handlers import OrdersHandler, order_policy
     from tests.domain.factories import apply_records, order, patient
 
-    src, path = _undecodable(tmp_path)
     with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
         apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
             patient("PX1", patient_name=CZECH),
             order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
         with raw_sender(scp.port, [(str(src.SOPClassUID), EXPLICIT_LE)]) as assoc:
             assert send_raw(assoc, path) == 0x0000
-        stored = scp.stored_path(str(src.SOPInstanceUID))
+        return scp.stored_path(str(src.SOPInstanceUID))
+
+
+def test_an_element_pydicom_cannot_decode_does_not_fail_a_coercion_to_utf8(tmp_path: Path) -> None:
+    """It did: the whole header was decoded for the character set change, 0xC211 for every resend."""
+    src, path = _undecodable(tmp_path)
+    stored = _store_matched(tmp_path, src, path)
     ds = dcmread(stored, stop_before_pixels=True)
     assert (str(ds.PatientName), ds.SpecificCharacterSet) == (CZECH, "ISO_IR 192")
     data = stored.read_bytes()
@@ -235,18 +241,8 @@ def _assert_text_after_pixel_data_reencoded(stored: Path, sent: Path) -> None:
 
 def test_text_after_the_pixel_data_is_reencoded_when_a_coercion_changes_the_character_set(tmp_path: Path) -> None:
     """It was copied as received with the bulk: Latin-1 bytes in a header declared ISO_IR 192 ('J�r�me')."""
-    from engine.domain.handlers import OrdersHandler, order_policy
-    from tests.domain.factories import apply_records, order, patient
-
     src, path = _text_after_pixel_data(tmp_path)
-    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
-        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
-            patient("PX1", patient_name=CZECH),
-            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
-        with raw_sender(scp.port, [(str(src.SOPClassUID), EXPLICIT_LE)]) as assoc:
-            assert send_raw(assoc, path) == 0x0000
-        stored = scp.stored_path(str(src.SOPInstanceUID))
-        _assert_text_after_pixel_data_reencoded(stored, path)
+    _assert_text_after_pixel_data_reencoded(_store_matched(tmp_path, src, path), path)
 
 
 def test_text_after_the_pixel_data_is_reencoded_when_a_correction_changes_the_character_set(tmp_path: Path) -> None:
@@ -275,18 +271,11 @@ def test_over_the_whole_read_limit_the_elements_after_the_pixel_data_are_kept_as
     """Reading the dataset whole holds its pixel data in memory: a multiframe of hundreds of MB is not
     read so (memory stays flat); its trailing elements are copied as received, and the log says so."""
     import engine.reconcile.rewrite as rewrite
-    from engine.domain.handlers import OrdersHandler, order_policy
-    from tests.domain.factories import apply_records, order, patient
 
     monkeypatch.setattr(rewrite, "WHOLE_LIMIT", 1024)
     src, path = _text_after_pixel_data(tmp_path)
-    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
-        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
-            patient("PX1", patient_name=CZECH),
-            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
-        with caplog.at_level(logging.WARNING), raw_sender(scp.port, [(str(src.SOPClassUID), EXPLICIT_LE)]) as assoc:
-            assert send_raw(assoc, path) == 0x0000
-        stored = scp.stored_path(str(src.SOPInstanceUID))
+    with caplog.at_level(logging.WARNING):
+        stored = _store_matched(tmp_path, src, path)
     ds, before = dcmread(stored), dcmread(path)
     assert (str(ds.PatientName), ds.SpecificCharacterSet) == (CZECH, "ISO_IR 192")
     assert ds.PixelData == before.PixelData
