@@ -16,19 +16,16 @@ from pydicom.charset import python_encoding
 __all__ = ["UTF8", "fits", "needed_charset", "single_byte"]
 
 UTF8 = "ISO_IR 192"
-#: The single-value character sets of more than one byte a character (PS3.3 C.12.1.1.2); every other one
-#: is one byte a character. pydicom names Python's shift_jis codec for ISO_IR 13 (JIS X 0201), which also
-#: encodes kanji, in two bytes: those do not fit ISO_IR 13.
-_MULTI_BYTE = frozenset({UTF8, "GB18030", "GBK"})
-
-
-#: Code extension terms whose characters take two bytes (PS3.3 C.12.1.1.2, Table C.12-4).
-_MULTI_BYTE_EXTENSIONS = frozenset({"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"})
+#: The character sets of more than one byte a character (PS3.3 C.12.1.1.2): the single-value ones and the
+#: code extension terms of Table C.12-4. Every other one is one byte a character. pydicom names Python's
+#: shift_jis codec for ISO_IR 13 (JIS X 0201), which also encodes kanji, in two bytes: those do not fit.
+_MULTI_BYTE = frozenset({UTF8, "GB18030", "GBK", "ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149",
+                         "ISO 2022 IR 58"})
 
 
 def single_byte(term: str) -> bool:
     """True when every character of the character set ``term`` (one SpecificCharacterSet value) is one byte."""
-    return term not in _MULTI_BYTE and term not in _MULTI_BYTE_EXTENSIONS
+    return term not in _MULTI_BYTE
 
 
 def _terms(value: object) -> list[str]:
