@@ -476,6 +476,11 @@ def unsupported_keys(keys: Sequence[KeySpec]) -> list[str]:
 
 def _fill(ds: Dataset, keys: Sequence[KeySpec], row: Mapping[Any, Any], prefix: str) -> None:
     for key in keys:
+        if key.vr == "SQ" and key.keyword in CODE_SEQUENCES and not row.get(f"{key.keyword}.CodeValue"):
+            # No code: an empty sequence (a type 2 return key, PS3.4 K.6-1), never an item whose
+            # type 1 CodeValue and CodingSchemeDesignator are empty (PS3.3 8.8).
+            ds.add_new(key.tag, "SQ", [])
+            continue
         if key.vr == "SQ":
             item = Dataset()
             _fill(item, key.children or (), row, f"{key.keyword}.")
