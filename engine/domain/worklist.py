@@ -217,6 +217,11 @@ def _string_match(attr: _Attr, values: list[str], settings: MatchSettings) -> Co
         return attr.column.in_(values)  # list of UID matching, C.2.2.2.2
     fold = attr.vr in _NAME_VRS and not settings.case_sensitive_names
     clauses = [_text_clause(attr.column, v, fold, settings.dialect) for v in values]
+    if attr.vr in _NAME_VRS:
+        # A name given in one component group (``Yamada^Tarou``) also matches a stored name that
+        # has ideographic or phonetic groups after it (``Yamada^Tarou=山田^太郎``).
+        clauses += [_text_clause(attr.column, f"{v}=*", fold, settings.dialect)
+                    for v in values if v and "=" not in v and not v.endswith("*")]
     return and_(attr.column != "", or_(*clauses))
 
 

@@ -213,6 +213,21 @@ def test_empty_sequence_key_returns_the_whole_item(worklist: Database) -> None:
     assert rsp.RequestedProcedureCodeSequence[0].CodeValue == "CTHEAD"
 
 
+def test_a_name_in_one_group_matches_a_stored_name_with_ideographic_and_phonetic_groups(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    apply_records(db, orders_handler, [
+        patient("P8", patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        order("PL8", patient_id="P8", accession_number="A8"),
+    ])  # fmt: skip
+    for key, found in [("Yamada^Tarou", ["A8"]), ("YAMADA^TAROU", ["A8"]), ("Yamada*", ["A8"]),
+                       ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["A8"]), ("Yamada", []), ("Yamada^Taro", []),
+                       ("Yamada^Tarou=*", ["A8"])]:  # fmt: skip
+        assert _match(db, _query({"PatientName": key})) == found, key
+    assert _match(db, _query({"PatientName": "Yamada^Tarou"}), case_sensitive_names=True) == ["A8"]
+    assert _match(db, _query({"PatientName": "YAMADA^TAROU"}), case_sensitive_names=True) == []
+
+
 def test_an_order_without_codes_gets_empty_code_sequences_not_items_with_empty_code_values(
     db: Database, orders_handler: OrdersHandler
 ) -> None:
