@@ -34,6 +34,7 @@ from engine.domain.order_identity import find_orders, given_ids, identity_text
 from engine.domain.order_kind import NonImaging, classify, describe, listed_as
 from engine.domain.patients import PatientPolicy, ensure_patient, existing_patient
 from engine.domain.records import OrderRecord
+from engine.domain.steps import NOT_STARTED, assign_sps_ids, check_distinct, step_views
 from engine.domain.tables import orders, procedure_steps, step_station_aes
 from engine.domain.uids import derived_uid
 from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
@@ -206,13 +207,17 @@ def order_key(record: OrderRecord, sequence: int = 1) -> str:
 _TO_JSON = OrderRecord.__pydantic_serializer__.to_json
 
 
+_NO_STEPS = {"steps"}
+
+
 def _hash(record: OrderRecord) -> str:
     """SHA-256 of the record's JSON: stored with the order, compared when the order comes again.
 
-    The bytes must stay those of ``record.model_dump_json()``: the hashes of stored orders
-    were made from them, and a resent identical order must still change nothing.
+    The bytes must stay those of ``record.model_dump_json()`` as earlier versions wrote it, which
+    had no ``steps``: the hashes of stored orders were made from them, and a resent identical order
+    must still change nothing. An order without ``steps`` is hashed without the key.
     """
-    return hashlib.sha256(_TO_JSON(record)).hexdigest()
+    return hashlib.sha256(_TO_JSON(record) if record.steps else _TO_JSON(record, exclude=_NO_STEPS)).hexdigest()
 
 
 #: Descriptions and code meanings (LO) are cut to 64 characters, as the worklist can carry no more;
@@ -293,7 +298,8 @@ def _create(
     policy: OrderPolicy,
     now: datetime,
     message_id: int | None,
-) -> int:
+) -> tuple[tuple[int, ...], str]:
+    """Store a new order and its steps (one, or one per IPC); their pks, and a note listing several."""
     accession = resolve_accession(
         policy.accession_policy, record.accession_number, lambda: _new_accession(conn, policy, now)
     )
@@ -304,11 +310,23 @@ def _create(
         "study_instance_uid": study_uid, "message_id": message_id, "created_at": now, "updated_at": now,
         **_order_values(record),
     })  # fmt: skip
-    values, aes = _step_values(record, policy, now)
-    step_pk = _INSERT_STEP.execute(conn, {
-        "order_pk": order_pk, "sps_id": record.scheduled_procedure_step_id or rp_id, "status": status,
-        "created_at": now, **values,
-    })  # fmt: skip
+    views = step_views(record)
+    ids = assign_sps_ids(views, rp_id)
+    pairs = list(zip(views, ids, strict=True))
+    pks = tuple(_insert_step(conn, order_pk, view, sps_id, status, policy, now) for view, sps_id in pairs)
+    if len(pks) < 2:
+        return pks, ""
+    listed = ", ".join(f"{sps_id} {view.modality or '(no modality)'}" for view, sps_id in pairs)
+    return pks, f"order {identity_text(record)}: requested procedure {rp_id} scheduled as {len(pks)} steps: {listed}"
+
+
+def _insert_step(
+    conn: Connection, order_pk: int, view: OrderRecord, sps_id: str, status: str, policy: OrderPolicy, now: datetime
+) -> int:
+    values, aes = _step_values(view, policy, now)
+    step_pk = _INSERT_STEP.execute(
+        conn, {"order_pk": order_pk, "sps_id": sps_id, "status": status, "created_at": now, **values}
+    )
     _set_station_aes(conn, step_pk, aes, values["start_datetime"], new=True)
     return step_pk
 
@@ -322,22 +340,32 @@ def _update_content(
     conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime
 ) -> None:
     """NW resent / XO: write the fields the message gives, keep the others."""
+    _update_order_row(conn, record, int(found.order_pk), policy, now)
+    _update_step(conn, record, int(found.step_pk), policy, now)
+
+
+def _update_order_row(conn: Connection, record: OrderRecord, order_pk: int, policy: OrderPolicy, now: datetime) -> None:
+    """The order-level fields an NW resent or an XO gives; the others are kept."""
     accession = "" if policy.accession_policy == "always_generate" else record.accession_number  # ours stays
     order_values = _given(
         {**_order_values(record), "accession_number": accession,
          "requested_procedure_id": given_ids(record)[0], "study_instance_uid": record.study_instance_uid}
     )  # fmt: skip
-    conn.execute(update(orders).where(orders.c.id == found.order_pk).values(updated_at=now, **order_values))
-    values, aes = _step_values(record, policy, now)
-    if not record.scheduled_start:  # split_start would put "now" in place of the stored start
+    conn.execute(update(orders).where(orders.c.id == order_pk).values(updated_at=now, **order_values))
+
+
+def _update_step(conn: Connection, view: OrderRecord, step_pk: int, policy: OrderPolicy, now: datetime) -> None:
+    """Write the step fields ``view`` gives to stored step ``step_pk``, keep the others."""
+    values, aes = _step_values(view, policy, now)
+    if not view.scheduled_start:  # split_start would put "now" in place of the stored start
         for key in ("start_date", "start_time", "start_datetime"):
             values.pop(key)
-    conn.execute(update(procedure_steps).where(procedure_steps.c.id == found.step_pk).values(**_given(values)))
+    conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(**_given(values)))
     if aes:
         start = values.get("start_datetime") or conn.execute(
-            select(procedure_steps.c.start_datetime).where(procedure_steps.c.id == found.step_pk)
+            select(procedure_steps.c.start_datetime).where(procedure_steps.c.id == step_pk)
         ).scalar_one()
-        _set_station_aes(conn, int(found.step_pk), aes, start)
+        _set_station_aes(conn, step_pk, aes, start)
 
 
 def _update(
@@ -368,6 +396,81 @@ def _update(
         )
     conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(status=status, updated_at=now))
     return Applied((step_pk,), note=kept)
+
+
+def _set_status(conn: Connection, step_pk: int, status: str, now: datetime) -> None:
+    conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(status=status, updated_at=now))
+
+
+def _one_order(found: Sequence[Any], record: OrderRecord, sequence: int) -> list[Any]:
+    """The stored steps of the one order an NW/XO with a step list names.
+
+    Several orders under one placer number (several requested procedures) are told apart by the
+    Requested Procedure ID (find_orders), else by an SPS ID the message gives; still several is AE 205
+    at ORC^n^2: the step list of one procedure cannot replace the steps of several.
+    """
+    by_order: dict[int, list[Any]] = {}
+    for row in found:
+        by_order.setdefault(int(row.order_pk), []).append(row)
+    if len(by_order) == 1:
+        return list(found)
+    named = {s.scheduled_procedure_step_id for s in record.steps if s.scheduled_procedure_step_id}
+    hits = [rows for rows in by_order.values() if any(r.sps_id in named for r in rows)]
+    if len(hits) == 1:
+        return hits[0]
+    raise HL7ApplicationError(
+        205, f"order {identity_text(record)} names {len(by_order)} stored requested procedures: give the "
+        "Requested Procedure ID (IPC-2) of the one whose steps this message lists", ErrorLocation("ORC", sequence, 2))
+
+
+def _update_steps(
+    conn: Connection, record: OrderRecord, rows: Sequence[Any], status: str, policy: OrderPolicy, now: datetime
+) -> Applied:
+    """NW resent or XO with a step list (OMI^O23 IPCs): each listed step is matched by its SPS ID.
+
+    A listed step found is updated (a started or completed one keeps its status, as in :func:`_update`);
+    one not found is added. An XO replaces the order's scheduled steps (RAD TF-2 4.13): a stored step
+    it no longer lists is DISCONTINUED when not started (engine.domain.steps.NOT_STARTED) and kept
+    as it is when started or done. An NW resent adds and updates, and discontinues nothing.
+    """
+    order_pk = int(rows[0].order_pk)
+    stored = {r.sps_id: r for r in rows}
+    same = rows[0].content_hash == _hash(record)
+    views = step_views(record)
+    touched: list[int] = []
+    notes: list[str] = []
+    who = f"order {identity_text(record)}"
+    for view, sps_id in zip(views, assign_sps_ids(views, rows[0].requested_procedure_id), strict=True):
+        row = stored.pop(sps_id, None)
+        if row is None:
+            touched.append(_insert_step(conn, order_pk, view, sps_id, status or "SCHEDULED", policy, now))
+            notes.append(f"{who}: step {sps_id} added")
+            continue
+        step_pk = int(row.step_pk)
+        target = status or row.status
+        if target == "SCHEDULED" and row.status in _UNDERWAY:
+            notes.append(f"{who}: {record.order_control} with ORC-5 '{record.order_status}' left the step {sps_id} "
+                         f"{row.status} (an exam started or done is not scheduled again)")
+            target = row.status
+        if not same:
+            _update_step(conn, view, step_pk, policy, now)
+        if target != row.status:
+            _set_status(conn, step_pk, target, now)
+        if not same or target != row.status:
+            touched.append(step_pk)
+    for sps_id, row in stored.items() if record.order_control == "XO" else ():
+        if row.status in NOT_STARTED:
+            _set_status(conn, int(row.step_pk), "DISCONTINUED", now)
+            touched.append(int(row.step_pk))
+            notes.append(f"{who}: XO no longer lists step {sps_id}: DISCONTINUED (it had not started)")
+        elif row.status in _UNDERWAY:
+            notes.append(f"{who}: XO no longer lists step {sps_id}: kept {row.status} (the exam has started)")
+    if not touched:
+        why = "resent, identical to the stored order"
+        return Applied((), False, "\n".join(notes) or f"{who}: {record.order_control} changed nothing ({why})")
+    if not same:
+        _update_order_row(conn, record, order_pk, policy, now)
+    return Applied(tuple(touched), note="\n".join(notes))
 
 
 def _same_patient(
@@ -427,8 +530,14 @@ def apply_order(
     message_id: int | None = None,
     known_patients: Mapping[tuple[str, str], int] | None = None,
     sequence: int = 1,
+    ipc_sequences: Sequence[int] = (),
 ) -> Applied:
     """Apply one order record (the ``sequence``-th ORC group of its message, for ERR locations).
+
+    A record with ``steps`` (one per IPC, whose sequences in the message are ``ipc_sequences``)
+    is one requested procedure with those steps: found by its order identity whatever its SPS IDs,
+    its steps matched by SPS ID (:func:`_update_steps`); a status change (CA, DC, SC ...) applies
+    to every step of the order.
 
     A follow-up applies to the stored steps its identity names, whatever its modality;
     a new order is created only when it is imaging. ``known_patients`` maps
@@ -440,10 +549,16 @@ def apply_order(
     status = step_status(policy.control_table, record.order_control, record.order_status,
                          policy.control_table_name, sequence)
     key = order_key(record, sequence)
-    found = find_orders(conn, record, by_accession=policy.accession_policy != "always_generate",
+    probe = record
+    if record.steps:  # the order is found by its identity; its steps are told apart by SPS ID below
+        check_distinct(record, ipc_sequences, sequence)
+        probe = record.model_copy(update={"scheduled_procedure_step_id": ""})
+    found = find_orders(conn, probe, by_accession=policy.accession_policy != "always_generate",
                         follow_up=record.order_control not in _CONTENT_CONTROLS)
     if found:
         _same_patient(conn, record, found, policy, known_patients, sequence)
+        if record.steps and record.order_control in _CONTENT_CONTROLS:
+            return _update_steps(conn, record, _one_order(found, record, sequence), status, policy, now)
         results = [_update(conn, record, row, status, policy, now) for row in found]
         changed = [r for r in results if r.changed]
         note = "\n".join(dict.fromkeys(r.note for r in changed if r.note)) if changed else results[0].note
@@ -456,5 +571,5 @@ def apply_order(
                                   "or no PID segment)", ErrorLocation("PID", 1, 3, 1))
     identity = (record.patient_id, record.issuer)
     patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
-    return Applied((_create(conn, record, key, status or "SCHEDULED", patient_pk, policy, now, message_id),),
-                   created=True)
+    step_pks, note = _create(conn, record, key, status or "SCHEDULED", patient_pk, policy, now, message_id)
+    return Applied(step_pks, note=note, created=True)
