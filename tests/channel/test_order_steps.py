@@ -188,3 +188,22 @@ def test_a_second_obr_under_one_orc_of_an_omi_is_still_ae_100(db) -> None:
     text = _omi("S1", "NW", CT).replace("IPC|", "OBR||PLC-S1|FIL-PLC-S1|NECK^Neck^L\rIPC|", 1)
     assert _ack(_send(_runner(db), text)) == ("AE", "OBR", "2", "", "100")
     assert _steps(db) == []
+
+
+def test_an_image_without_sps_id_goes_to_the_step_of_its_modality(db) -> None:
+    """CT and MR steps of one procedure share its Study Instance UID: an MR image names no SPS ID, so the
+    Study UID finds the order and its modality the MR step (not the first open step, the CT's)."""
+    from datetime import UTC, datetime
+
+    _send(_runner(db), _omi("S1", "NW", CT, MR))
+    pks = {s: pk for pk, s in db.read(lambda c: c.execute(select(procedure_steps.c.id, procedure_steps.c.sps_id))
+                                      .all())}
+    uid = "1.2.826.0.1.3680043.10.999.61"
+    image = Dataset()
+    image.StudyInstanceUID, image.Modality, image.AccessionNumber, image.PatientID = uid, "MR", "ACC-S1", "MRN6300"
+    now = datetime.now(UTC)
+    found = db.read(lambda c: find_order(c, MatchKeys.from_dataset(image), now, MatchPolicy()))
+    assert found is not None and (found.step_pk, found.matched_by) == (pks["SPS-MR"], "study_instance_uid")
+    image.Modality = "US"  # no step of its modality: the order's first open step
+    found = db.read(lambda c: find_order(c, MatchKeys.from_dataset(image), now, MatchPolicy()))
+    assert found is not None and found.step_pk == pks["SPS-CT"]
