@@ -1,7 +1,8 @@
 """Orders: the lifecycle of requested procedures and their worklist steps (IHE RAD-2/3/4/13).
 
-Each :class:`~engine.domain.records.OrderRecord` (one ORC/OBR or IPC group) is
-one requested procedure with one Scheduled Procedure Step. ORC-1 + ORC-5 give
+Each :class:`~engine.domain.records.OrderRecord` (one ORC/OBR group) is one
+requested procedure with its Scheduled Procedure Steps: one, or one per IPC of an
+OMI^O23 (engine.domain.steps; the rows are written by engine.domain.order_rows). ORC-1 + ORC-5 give
 the step status through a site-editable code table (reference section 2);
 an unknown combination is answered AE at ``ORC^n^1`` and changes nothing.
 A follow-up finds its order by placer/filler number (engine.domain.order_identity);
@@ -13,14 +14,13 @@ comes back as an :class:`Applied` with its reason, for the message's note.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, tzinfo
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, update
 
 from engine.config.models import StationRule
 from engine.domain.accession import (
@@ -30,12 +30,24 @@ from engine.domain.accession import (
     resolve_accession,
 )
 from engine.domain.identity import resolved_order
-from engine.domain.order_identity import find_orders, given_ids, identity_text
+from engine.domain.order_identity import find_orders, identity_text
 from engine.domain.order_kind import NonImaging, classify, describe, listed_as
+from engine.domain.order_rows import (
+    PRIORITIES,
+    content_hash,
+    insert_step,
+    map_priority,
+    order_values,
+    set_status,
+    split_start,
+    station_for,
+    update_order_row,
+    update_step,
+)
 from engine.domain.patients import PatientPolicy, ensure_patient, existing_patient
 from engine.domain.records import OrderRecord
 from engine.domain.steps import NOT_STARTED, assign_sps_ids, check_distinct, step_views
-from engine.domain.tables import orders, procedure_steps, step_station_aes
+from engine.domain.tables import orders, procedure_steps
 from engine.domain.uids import derived_uid
 from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
 from engine.mapping.tables import load_table
@@ -44,6 +56,7 @@ from engine.store.fast import FastInsert
 __all__ = [
     "CONTROL_TABLE",
     "DEFAULT_CONTROL_TABLE",
+    "PRIORITIES",
     "Applied",
     "OrderPolicy",
     "apply_order",
@@ -83,21 +96,10 @@ DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
     ("DC", ""): "DISCONTINUED",
 }
 
-#: HL7 priority (ORC-7.6 / TQ1-9) → RequestedProcedurePriority (0040,1003).
-PRIORITIES: dict[str, str] = {
-    "S": "STAT",
-    "A": "HIGH",
-    "P": "HIGH",
-    "C": "HIGH",
-    "R": "ROUTINE",
-    "T": "MEDIUM",
-}
-_DICOM_PRIORITIES = frozenset({"STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW"})
 #: Controls that carry the order's content; the others only change the status.
 _CONTENT_CONTROLS = frozenset({"NW", "XO"})
 #: Step statuses an NW or XO whose ORC-5 says scheduled leaves as they are (engine.domain.orders._update).
 _UNDERWAY = frozenset({"STARTED", "COMPLETED"})
-_ORC7 = ErrorLocation("ORC", 1, 7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,43 +155,6 @@ def step_status(
         ) from None
 
 
-def station_for(rules: Sequence[StationRule], record: OrderRecord) -> tuple[list[str], str]:
-    """(AE titles, station name): IPC-9 if given, else the first matching site rule."""
-    if record.scheduled_station_ae_title:
-        return record.scheduled_station_ae_title.split("\\"), record.scheduled_station_name
-    code = record.requested_procedure_code.code_value if record.requested_procedure_code else ""
-    wanted = {
-        "modality": record.modality,
-        "procedure_code": code,
-        "location": record.scheduled_procedure_step_location,
-    }
-    for rule in rules:
-        if all(getattr(rule, k) in (None, v) for k, v in wanted.items()):
-            return list(rule.ae_titles), rule.station_name or record.scheduled_station_name
-    return [], record.scheduled_station_name
-
-
-def split_start(value: str, now: datetime) -> tuple[str, str, str]:
-    """DT ``YYYYMMDD[HHMM[SS]]`` (or empty: ``now``) → (DA, TM, 14-digit datetime)."""
-    text = (
-        value.split(".")[0].split("+")[0].split("-")[0] if value else now.strftime("%Y%m%d%H%M%S")
-    )
-    if not text.isdigit() or len(text) < 8 or len(text) > 14 or len(text) % 2:
-        raise HL7ApplicationError(102, f"invalid start date/time {value!r}", _ORC7)
-    try:
-        date(int(text[:4]), int(text[4:6]), int(text[6:8]))  # strptime costs ~10x more
-    except ValueError:
-        raise HL7ApplicationError(102, f"invalid start date {value!r}", _ORC7) from None
-    full = text.ljust(14, "0")
-    return full[:8], full[8:], full
-
-
-def map_priority(value: str) -> str:
-    """An HL7 priority code or a DICOM priority → RequestedProcedurePriority."""
-    upper = value.strip().upper()
-    return upper if upper in _DICOM_PRIORITIES else PRIORITIES.get(upper, "")
-
-
 def order_key(record: OrderRecord, sequence: int = 1) -> str:
     """The key a new order is stored under (its derived Study Instance UID is made from it)."""
     number = record.placer_order_number or record.filler_order_number or record.accession_number
@@ -202,85 +167,8 @@ def order_key(record: OrderRecord, sequence: int = 1) -> str:
     )
 
 
-#: The record's JSON as ``model_dump_json`` writes it, without that method's keyword plumbing
-#: (~3x its cost on pydantic 2.14 for the same bytes): every new order hashes its record.
-_TO_JSON = OrderRecord.__pydantic_serializer__.to_json
-
-
-_NO_STEPS = {"steps"}
-
-
-def _hash(record: OrderRecord) -> str:
-    """SHA-256 of the record's JSON: stored with the order, compared when the order comes again.
-
-    The bytes must stay those of ``record.model_dump_json()`` as earlier versions wrote it, which
-    had no ``steps``: the hashes of stored orders were made from them, and a resent identical order
-    must still change nothing. An order without ``steps`` is hashed without the key.
-    """
-    return hashlib.sha256(_TO_JSON(record) if record.steps else _TO_JSON(record, exclude=_NO_STEPS)).hexdigest()
-
-
-#: Descriptions and code meanings (LO) are cut to 64 characters, as the worklist can carry no more;
-#: identifiers are never cut (too long: AE 102, engine.domain.handlers).
-_LO = 64
-
-
-def _order_values(record: OrderRecord) -> dict[str, Any]:
-    code = record.requested_procedure_code
-    return {
-        "placer_order_number": record.placer_order_number,
-        "placer_order_namespace": record.placer_order_namespace,
-        "filler_order_number": record.filler_order_number,
-        "filler_order_namespace": record.filler_order_namespace,
-        "issuer_of_accession_number": record.issuer_of_accession_number,
-        "priority": map_priority(record.priority),
-        "requested_procedure_description": record.requested_procedure_description[:_LO],
-        "procedure_code_value": code.code_value if code else "",
-        "procedure_coding_scheme": code.coding_scheme_designator if code else "",
-        "procedure_code_meaning": code.code_meaning[:_LO] if code else "",
-        "requesting_physician": record.requesting_physician,
-        "referring_physician_name": record.referring_physician_name,
-        "admission_id": record.admission_id,
-        "order_control": record.order_control,
-        "order_status": record.order_status,
-        "content_hash": _hash(record),
-    }
-
-
-def _step_values(
-    record: OrderRecord, policy: OrderPolicy, now: datetime
-) -> tuple[dict[str, Any], list[str]]:
-    aes, station_name = station_for(policy.station_rules, record)
-    local_now = now.astimezone(policy.timezone) if policy.timezone else now
-    date, time, full = split_start(record.scheduled_start, local_now)
-    code = record.scheduled_protocol_code
-    values = {
-        "modality": record.modality,
-        "scheduled_station_ae_title": "\\".join(aes),
-        "scheduled_station_name": station_name,
-        "location": record.scheduled_procedure_step_location,
-        "start_date": date,
-        "start_time": time,
-        "start_datetime": full,
-        "description": record.scheduled_procedure_step_description[:_LO],
-        "protocol_code_value": code.code_value if code else "",
-        "protocol_coding_scheme": code.coding_scheme_designator if code else "",
-        "protocol_code_meaning": code.code_meaning[:_LO] if code else "",
-        "performing_physician_name": record.scheduled_performing_physician_name,
-        "updated_at": now,
-    }
-    return values, aes
-
-
-# The statements every new order runs: compiled once, executed on the raw cursor (engine.store.fast).
+# The statement every new order runs: compiled once, executed on the raw cursor (engine.store.fast).
 _INSERT_ORDER = FastInsert(orders)
-_INSERT_STEP = FastInsert(procedure_steps)
-_INSERT_STATION = FastInsert(step_station_aes)
-def _set_station_aes(conn: Connection, step_pk: int, aes: Sequence[str], start: str, new: bool = False) -> None:
-    if not new:
-        conn.execute(delete(step_station_aes).where(step_station_aes.c.step_pk == step_pk))
-    for ae in dict.fromkeys(a.strip() for a in aes if a.strip()):
-        _INSERT_STATION.execute(conn, {"step_pk": step_pk, "ae_title": ae, "start_datetime": start})
 
 
 def _new_accession(conn: Connection, policy: OrderPolicy, now: datetime) -> str:
@@ -308,64 +196,24 @@ def _create(
     order_pk = _INSERT_ORDER.execute(conn, {
         "patient_pk": patient_pk, "order_key": key, "accession_number": accession, "requested_procedure_id": rp_id,
         "study_instance_uid": study_uid, "message_id": message_id, "created_at": now, "updated_at": now,
-        **_order_values(record),
+        **order_values(record),
     })  # fmt: skip
     views = step_views(record)
     ids = assign_sps_ids(views, rp_id)
     pairs = list(zip(views, ids, strict=True))
-    pks = tuple(_insert_step(conn, order_pk, view, sps_id, status, policy, now) for view, sps_id in pairs)
+    pks = tuple(insert_step(conn, order_pk, view, sps_id, status, policy, now) for view, sps_id in pairs)
     if len(pks) < 2:
         return pks, ""
     listed = ", ".join(f"{sps_id} {view.modality or '(no modality)'}" for view, sps_id in pairs)
     return pks, f"order {identity_text(record)}: requested procedure {rp_id} scheduled as {len(pks)} steps: {listed}"
 
 
-def _insert_step(
-    conn: Connection, order_pk: int, view: OrderRecord, sps_id: str, status: str, policy: OrderPolicy, now: datetime
-) -> int:
-    values, aes = _step_values(view, policy, now)
-    step_pk = _INSERT_STEP.execute(
-        conn, {"order_pk": order_pk, "sps_id": sps_id, "status": status, "created_at": now, **values}
-    )
-    _set_station_aes(conn, step_pk, aes, values["start_datetime"], new=True)
-    return step_pk
-
-
-def _given(values: dict[str, Any]) -> dict[str, Any]:
-    """Only what the follow-up carries: a field it leaves out never erases a stored value."""
-    return {k: v for k, v in values.items() if v not in ("", None)}
-
-
 def _update_content(
     conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime
 ) -> None:
     """NW resent / XO: write the fields the message gives, keep the others."""
-    _update_order_row(conn, record, int(found.order_pk), policy, now)
-    _update_step(conn, record, int(found.step_pk), policy, now)
-
-
-def _update_order_row(conn: Connection, record: OrderRecord, order_pk: int, policy: OrderPolicy, now: datetime) -> None:
-    """The order-level fields an NW resent or an XO gives; the others are kept."""
-    accession = "" if policy.accession_policy == "always_generate" else record.accession_number  # ours stays
-    order_values = _given(
-        {**_order_values(record), "accession_number": accession,
-         "requested_procedure_id": given_ids(record)[0], "study_instance_uid": record.study_instance_uid}
-    )  # fmt: skip
-    conn.execute(update(orders).where(orders.c.id == order_pk).values(updated_at=now, **order_values))
-
-
-def _update_step(conn: Connection, view: OrderRecord, step_pk: int, policy: OrderPolicy, now: datetime) -> None:
-    """Write the step fields ``view`` gives to stored step ``step_pk``, keep the others."""
-    values, aes = _step_values(view, policy, now)
-    if not view.scheduled_start:  # split_start would put "now" in place of the stored start
-        for key in ("start_date", "start_time", "start_datetime"):
-            values.pop(key)
-    conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(**_given(values)))
-    if aes:
-        start = values.get("start_datetime") or conn.execute(
-            select(procedure_steps.c.start_datetime).where(procedure_steps.c.id == step_pk)
-        ).scalar_one()
-        _set_station_aes(conn, step_pk, aes, start)
+    update_order_row(conn, record, int(found.order_pk), policy, now)
+    update_step(conn, record, int(found.step_pk), policy, now)
 
 
 def _update(
@@ -382,7 +230,7 @@ def _update(
         kept = (f"order {identity_text(record)}: {record.order_control} with ORC-5 '{record.order_status}' left the "
                 f"step {found.status} (an exam started or done is not scheduled again)")
         status = found.status
-    if found.status == status and (not content or found.content_hash == _hash(record)):
+    if found.status == status and (not content or found.content_hash == content_hash(record)):
         why = "resent, identical to the stored order" if content else f"the step is already {status}"
         return Applied((step_pk,), False, kept or f"order {identity_text(record)}: {record.order_control} changed "
                                                   f"nothing ({why})")
@@ -396,10 +244,6 @@ def _update(
         )
     conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(status=status, updated_at=now))
     return Applied((step_pk,), note=kept)
-
-
-def _set_status(conn: Connection, step_pk: int, status: str, now: datetime) -> None:
-    conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(status=status, updated_at=now))
 
 
 def _one_order(found: Sequence[Any], record: OrderRecord, sequence: int) -> list[Any]:
@@ -435,7 +279,7 @@ def _update_steps(
     """
     order_pk = int(rows[0].order_pk)
     stored = {r.sps_id: r for r in rows}
-    same = rows[0].content_hash == _hash(record)
+    same = rows[0].content_hash == content_hash(record)
     views = step_views(record)
     touched: list[int] = []
     notes: list[str] = []
@@ -443,7 +287,7 @@ def _update_steps(
     for view, sps_id in zip(views, assign_sps_ids(views, rows[0].requested_procedure_id), strict=True):
         row = stored.pop(sps_id, None)
         if row is None:
-            touched.append(_insert_step(conn, order_pk, view, sps_id, status or "SCHEDULED", policy, now))
+            touched.append(insert_step(conn, order_pk, view, sps_id, status or "SCHEDULED", policy, now))
             notes.append(f"{who}: step {sps_id} added")
             continue
         step_pk = int(row.step_pk)
@@ -453,14 +297,14 @@ def _update_steps(
                          f"{row.status} (an exam started or done is not scheduled again)")
             target = row.status
         if not same:
-            _update_step(conn, view, step_pk, policy, now)
+            update_step(conn, view, step_pk, policy, now)
         if target != row.status:
-            _set_status(conn, step_pk, target, now)
+            set_status(conn, step_pk, target, now)
         if not same or target != row.status:
             touched.append(step_pk)
     for sps_id, row in stored.items() if record.order_control == "XO" else ():
         if row.status in NOT_STARTED:
-            _set_status(conn, int(row.step_pk), "DISCONTINUED", now)
+            set_status(conn, int(row.step_pk), "DISCONTINUED", now)
             touched.append(int(row.step_pk))
             notes.append(f"{who}: XO no longer lists step {sps_id}: DISCONTINUED (it had not started)")
         elif row.status in _UNDERWAY:
@@ -469,7 +313,7 @@ def _update_steps(
         why = "resent, identical to the stored order"
         return Applied((), False, "\n".join(notes) or f"{who}: {record.order_control} changed nothing ({why})")
     if not same:
-        _update_order_row(conn, record, order_pk, policy, now)
+        update_order_row(conn, record, order_pk, policy, now)
     return Applied(tuple(touched), note="\n".join(notes))
 
 
