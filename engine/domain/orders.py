@@ -14,6 +14,7 @@ comes back as an :class:`Applied` with its reason, for the message's note.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -209,17 +210,24 @@ def _create(
 
 
 def _update_content(
-    conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime
+    conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime, shared: bool = False
 ) -> None:
-    """NW resent / XO: write the fields the message gives, keep the others."""
+    """NW resent / XO: write the fields the message gives, keep the others (the step's too when ``shared``)."""
     update_order_row(conn, record, int(found.order_pk), policy, now)
-    update_step(conn, record, int(found.step_pk), policy, now)
+    if not shared:
+        update_step(conn, record, int(found.step_pk), policy, now)
 
 
 def _update(
-    conn: Connection, record: OrderRecord, found: Any, status: str, policy: OrderPolicy, now: datetime
+    conn: Connection, record: OrderRecord, found: Any, status: str, policy: OrderPolicy, now: datetime,
+    shared: bool = False,
 ) -> Applied:
-    """Apply a follow-up to one stored step; unchanged (with the reason) when it changes nothing."""
+    """Apply a follow-up to one stored step; unchanged (with the reason) when it changes nothing.
+
+    ``shared``: the step is one of several of its order (one per IPC) and the record, without IPCs,
+    names none of them: its step fields (one OBR's modality, station ...) are not any one step's, so
+    an NW or XO changes the order's fields and the step's status only.
+    """
     step_pk = int(found.step_pk)
     content = record.order_control in _CONTENT_CONTROLS
     status = status or found.status  # "": the table keeps the step's status (XO with ORC-5 empty)
@@ -235,7 +243,7 @@ def _update(
         return Applied((step_pk,), False, kept or f"order {identity_text(record)}: {record.order_control} changed "
                                                   f"nothing ({why})")
     if content:
-        _update_content(conn, record, found, policy, now)
+        _update_content(conn, record, found, policy, now, shared)
     else:
         conn.execute(
             update(orders)
@@ -403,9 +411,14 @@ def apply_order(
         _same_patient(conn, record, found, policy, known_patients, sequence)
         if record.steps and record.order_control in _CONTENT_CONTROLS:
             return _update_steps(conn, record, _one_order(found, record, sequence), status, policy, now)
-        results = [_update(conn, record, row, status, policy, now) for row in found]
+        per_order = Counter(int(row.order_pk) for row in found)
+        results = [_update(conn, record, row, status, policy, now, per_order[int(row.order_pk)] > 1)
+                   for row in found]
         changed = [r for r in results if r.changed]
         note = "\n".join(dict.fromkeys(r.note for r in changed if r.note)) if changed else results[0].note
+        if changed and record.order_control in _CONTENT_CONTROLS and max(per_order.values()) > 1:
+            note = "\n".join(filter(None, (note, f"order {identity_text(record)}: {record.order_control} without IPC "
+                                                  "names none of the order's steps: their step fields are kept")))
         return Applied(tuple(r.step_pks[0] for r in results), bool(changed), note)
     refused = _new_order(record, policy, sequence)
     if refused is not None:

@@ -207,3 +207,19 @@ def test_an_image_without_sps_id_goes_to_the_step_of_its_modality(db) -> None:
     image.Modality = "US"  # no step of its modality: the order's first open step
     found = db.read(lambda c: find_order(c, MatchKeys.from_dataset(image), now, MatchPolicy()))
     assert found is not None and found.step_pk == pks["SPS-CT"]
+
+
+def test_an_xo_without_ipc_keeps_the_step_fields_of_an_order_of_several_steps(db) -> None:
+    """An XO with only ORC/OBR (an ORM-style change) names none of the steps: its OBR modality is not the CT's
+    nor the MR's, so the order's fields change and each step keeps its own."""
+    runner = _runner(db)
+    _send(runner, _omi("S1", "NW", CT, MR))
+
+    xo = _omi("S2", "XO").replace("CHEST^Chest imaging^L", "CHEST^Chest imaging, both^L" + "|" * 20 + "CT")
+    assert _ack(_send(runner, xo)) == ("AA",)
+
+    assert _steps(db) == [("SPS-CT", "CT", "SCHEDULED", "CT2_AE", "P-CT"),
+                          ("SPS-MR", "MR", "SCHEDULED", "MR1_AE\\MR1_BACKUP", "P-MR")]
+    descriptions = db.read(lambda c: list(c.execute(select(orders.c.requested_procedure_description)).scalars()))
+    assert descriptions == ["Chest imaging, both"]
+    assert "XO without IPC names none of the order's steps" in _last(db)["note"]
