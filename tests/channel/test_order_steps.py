@@ -223,3 +223,18 @@ def test_an_xo_without_ipc_keeps_the_step_fields_of_an_order_of_several_steps(db
     descriptions = db.read(lambda c: list(c.execute(select(orders.c.requested_procedure_description)).scalars()))
     assert descriptions == ["Chest imaging, both"]
     assert "XO without IPC names none of the order's steps" in _last(db)["note"]
+
+
+def test_a_report_for_the_procedure_matches_its_one_order(db) -> None:
+    """The ORU names the procedure by placer number (and accession): one order, whatever its steps (the order per
+    IPC of f88f17e made it AE 204 'matches 2 orders')."""
+    from engine.domain.records import ReportRecord
+    from engine.domain.reports import _find_order
+
+    _send(_runner(db), _omi("S1", "NW", CT, MR))
+    order_pks = db.read(lambda c: list(c.execute(select(orders.c.id)).scalars()))
+    for report in (ReportRecord(status="F", placer_order_number="PLC-S1"),
+                   ReportRecord(status="F", accession_number="ACC-S1"),
+                   ReportRecord(status="F", study_instance_uid="1.2.826.0.1.3680043.10.999.61")):
+        assert db.read(lambda c, r=report: _find_order(c, r, 1)) == order_pks[0]
+    assert len(order_pks) == 1
