@@ -238,3 +238,10 @@ def test_a_report_for_the_procedure_matches_its_one_order(db) -> None:
                    ReportRecord(status="F", study_instance_uid="1.2.826.0.1.3680043.10.999.61")):
         assert db.read(lambda c, r=report: _find_order(c, r, 1)) == order_pks[0]
     assert len(order_pks) == 1
+
+
+def test_a_17_character_sps_id_of_the_second_ipc_is_kept_whole_and_said_at_that_ipc(db) -> None:
+    assert _ack(_send(_runner(db), _omi("S1", "NW", CT, "SPS-MR-0123456789|MR"))) == ("AA",)
+    assert [s[0] for s in _steps(db)] == ["SPS-CT", "SPS-MR-0123456789"]
+    assert ("IPC 2: Scheduled Procedure Step ID (IPC-4/OBR-20) is 17 characters, longer than a DICOM SH (16): "
+            "kept whole") in _last(db)["note"]
