@@ -306,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK (default 30)")
     send.set_defaults(fn=cmd_send)
     _messages(sub)
+    _orders(sub)
     _studies(sub)
     _clients(sub)
     _archive(sub)
@@ -382,6 +383,12 @@ def _config_everywhere(parser: argparse.ArgumentParser) -> None:
 
 def _outbox(sub: Any) -> None:
     from engine.cli.outbox import add_subcommands
+
+    add_subcommands(sub, _database)
+
+
+def _orders(sub: Any) -> None:
+    from engine.cli.orders import add_subcommands
 
     add_subcommands(sub, _database)
 
