@@ -45,6 +45,17 @@ def test_an_unreachable_database_is_one_line(tmp_path, capsys):
     assert f"port {port} failed" in err
 
 
+def test_run_from_another_directory_says_where_it_looked_and_how_to_point_at_the_configuration(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./config here: a new user in the wrong directory
+    monkeypatch.delenv("RADBRIDGE_CONFIG", raising=False)
+    code = main(["status"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"looked for {tmp_path / 'config'}" in err
+    assert "--config DIR" in err and "RADBRIDGE_CONFIG" in err
+
+
 def test_send_shows_the_ack_text_unescaped() -> None:
     """The ERR/MSA text is HL7-escaped on the wire; `radbridge send` prints it for a person."""
     from engine.cli.send import ack_result
