@@ -187,12 +187,15 @@ def _status_without_database(args: argparse.Namespace, known: dict[str, Any], ex
 
     error = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     data = {key: known[key] for key in ("engine", "dicom", "fhir")}
+    data["channels"] = {name: {"listen": listener["listen"]} for name, listener in sorted(known["listeners"].items())}
     data["database"] = {"reachable": False, "error": error}
     effect = ("; no message or image can be stored (they are refused: AE, 0xA700) until it is back, then the"
               " engine goes on by itself"
               if data["engine"]["running"] else "")
     data["attention"] = [f"database: cannot be reached ({error}){effect}"]
-    _print(data, args.json, lambda d: "\n".join([*endpoints_text(d), "", "needs attention:", *d["attention"]]))
+    listeners = ["channel\tlisten", *(f"{name}\t{c['listen']}" for name, c in data["channels"].items())]
+    _print(data, args.json, lambda d: "\n".join([*endpoints_text(d), "", *listeners, "", "needs attention:",
+                                                  *d["attention"]]))
     print(f"radbridge status: cannot use the database: {error}", file=sys.stderr)  # as every other command
     return 1
 
