@@ -703,6 +703,10 @@ class OrdersConfig(_Model):
         "ignore", description="orders positively listed as non-imaging: AA and ignored (noted), or AE 103"
     )
     non_imaging_by_channel: dict[str, Literal["ignore", "reject"]] = Field(default_factory=dict)
+    reopen_cancelled: bool = Field(
+        False, description="an NW/XO saying scheduled for a CANCELED or DISCONTINUED step schedules it again "
+        "(a RIS that reinstates orders by resending them); false: the step stays cancelled and the message says so",
+    )
     non_imaging_table: Path | None = Field(
         None, description="field,code CSV of OBR-24 sections and OBR-4 codes that are not imaging; "
         "None: mappings/tables/non_imaging.csv (missing: HL7 table 0074 lab sections)",

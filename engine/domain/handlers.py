@@ -73,6 +73,7 @@ def order_policy(engine: EngineConfig, channel: str = "") -> OrderPolicy:
         non_imaging=cfg.non_imaging_by_channel.get(channel, cfg.non_imaging),
         timezone=ZoneInfo(engine.timezone),
         patients=patient_policy(engine),
+        reopen_cancelled=cfg.reopen_cancelled,
     )
 
 

@@ -101,6 +101,8 @@ DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
 _CONTENT_CONTROLS = frozenset({"NW", "XO"})
 #: Step statuses an NW or XO whose ORC-5 says scheduled leaves as they are (engine.domain.orders._update).
 _UNDERWAY = frozenset({"STARTED", "COMPLETED"})
+#: Step statuses of an order the placer ended; kept by an NW/XO unless ``OrderPolicy.reopen_cancelled``.
+_ENDED = frozenset({"CANCELED", "DISCONTINUED"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,8 @@ class OrderPolicy:
     control_table_name: str = CONTROL_TABLE
     timezone: tzinfo | None = None
     patients: PatientPolicy = field(default_factory=PatientPolicy)
+    #: An NW/XO saying scheduled reschedules a CANCELED/DISCONTINUED step (``orders.reopen_cancelled``).
+    reopen_cancelled: bool = False
 
 
 def load_control_table(path: Path | None) -> dict[tuple[str, str], str]:
@@ -232,12 +236,15 @@ def _update(
     content = record.order_control in _CONTENT_CONTROLS
     status = status or found.status  # "": the table keeps the step's status (XO with ORC-5 empty)
     kept = ""
-    if content and status == "SCHEDULED" and found.status in _UNDERWAY:
-        # An NW replayed by an interface engine after the exam (or an XO still saying SC) put a COMPLETED
-        # step back on the modality's worklist: an exam done, offered again. Content may change; status not.
-        kept = (f"order {identity_text(record)}: {record.order_control} with ORC-5 '{record.order_status}' left the "
-                f"step {found.status} (an exam started or done is not scheduled again)")
-        status = found.status
+    if content and status == "SCHEDULED":
+        why = _kept_because(found.status, policy)
+        if why:
+            # An NW replayed by an interface engine after the exam (or an XO still saying SC) put a COMPLETED
+            # step back on the modality's worklist: an exam done, offered again; a cancelled one likewise.
+            # Content may change; status not.
+            kept = (f"order {identity_text(record)}: {record.order_control} with ORC-5 '{record.order_status}' left "
+                    f"the step {found.status} ({why})")
+            status = found.status
     if found.status == status and (not content or found.content_hash == content_hash(record)):
         why = "resent, identical to the stored order" if content else f"the step is already {status}"
         return Applied((step_pk,), False, kept or f"order {identity_text(record)}: {record.order_control} changed "
@@ -252,6 +259,19 @@ def _update(
         )
     conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(status=status, updated_at=now))
     return Applied((step_pk,), note=kept)
+
+
+def _kept_because(current: str, policy: OrderPolicy) -> str:
+    """Why a step in ``current`` is not scheduled again by an NW/XO saying so ("": it is)."""
+    if current in _UNDERWAY:
+        return "an exam started or done is not scheduled again"
+    if current in _ENDED and not policy.reopen_cancelled:
+        # The placer order number names one order for good (HL7 v2.5.1 4.5.1.2): an NW under the number of
+        # a cancelled order is a replay (an interface engine's queue after an outage), and putting the exam
+        # back in front of the modality would have it done anyway. orders.reopen_cancelled allows it.
+        return "a cancelled order is not scheduled again; a new order has a new placer order number " \
+               "(orders.reopen_cancelled: true allows it)"
+    return ""
 
 
 def _one_order(found: Sequence[Any], record: OrderRecord, sequence: int) -> list[Any]:
@@ -300,9 +320,10 @@ def _update_steps(
             continue
         step_pk = int(row.step_pk)
         target = status or row.status
-        if target == "SCHEDULED" and row.status in _UNDERWAY:
+        why = _kept_because(row.status, policy) if target == "SCHEDULED" else ""
+        if why:
             notes.append(f"{who}: {record.order_control} with ORC-5 '{record.order_status}' left the step {sps_id} "
-                         f"{row.status} (an exam started or done is not scheduled again)")
+                         f"{row.status} ({why})")
             target = row.status
         if not same:
             update_step(conn, view, step_pk, policy, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -544,10 +545,29 @@ def test_an_xo_after_the_exam_corrects_the_order_and_keeps_the_step_completed(
                                 "(an exam started or done is not scheduled again)")]
 
 
-def test_an_nw_after_a_cancel_still_schedules_the_order_again(db: Database, orders_handler: OrdersHandler) -> None:
+@pytest.mark.parametrize(("control", "ended"), [("CA", "CANCELED"), ("DC", "DISCONTINUED")])
+def test_an_nw_replayed_after_a_cancel_leaves_the_step_cancelled_and_says_so(
+        db: Database, orders_handler: OrdersHandler, control: str, ended: str) -> None:
+    """A placer order number names one order for good: an NW under a cancelled one is a replayed queue,
+    and the worklist offered the cancelled exam to the modality again (new-user campaign)."""
     apply_records(db, orders_handler, [patient(), order("PL1")])
-    apply_records(db, orders_handler, [order("PL1", order_control="CA", order_status="CA")])
-    apply_records(db, orders_handler, [order("PL1")])
+    apply_records(db, orders_handler, [order("PL1", order_control=control, order_status="")])
+    outcomes = _outcomes(db, orders_handler, [order("PL1", requested_procedure_description="CT HEAD WO")])
+
+    assert [s.status for s in _rows(db, procedure_steps)] == [ended]
+    assert [o.requested_procedure_description for o in _rows(db, orders)] == ["CT HEAD WO"]  # content still applied
+    assert outcomes == [(True, f"order placer PL1, filler FPL1: NW with ORC-5 'SC' left the step {ended} (a "
+                               "cancelled order is not scheduled again; a new order has a new placer order "
+                               "number (orders.reopen_cancelled: true allows it))")]
+    assert _outcomes(db, orders_handler, [order("PL1", requested_procedure_description="CT HEAD WO")])[0][0] is False
+
+
+def test_a_site_that_reinstates_orders_by_resending_them_can_reopen_a_cancelled_step(
+        db: Database, engine_config: EngineConfig) -> None:
+    handler = OrdersHandler(dataclasses.replace(order_policy(engine_config), reopen_cancelled=True))
+    apply_records(db, handler, [patient(), order("PL1")])
+    apply_records(db, handler, [order("PL1", order_control="CA", order_status="CA")])
+    apply_records(db, handler, [order("PL1")])
     assert [s.status for s in _rows(db, procedure_steps)] == ["SCHEDULED"]
 
 
