@@ -102,7 +102,16 @@ class SchemaMismatch(RadbridgeError):
 
 
 class DeliveryError(RadbridgeError):
-    """One delivery attempt to a destination failed."""
+    """One delivery attempt to a destination failed.
+
+    The text (kept in the outbox row's ``last_error``) may quote the receiver (an MSA-3, an HTTP body)
+    and so the patient; ``public`` is the reason worded from no message data (a status, a host, a
+    timeout), which the log line of a failed attempt gives. "": only the exception's type is logged.
+    """
+
+    def __init__(self, text: str, public: str = "") -> None:
+        super().__init__(text)
+        self.public = public
 
 
 class RetryableDelivery(DeliveryError):

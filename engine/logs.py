@@ -185,20 +185,35 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
                                               exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
-class _SkippedRunFilter(logging.Filter):
-    """apscheduler's WARNING 'Execution of job ... skipped: maximum number of running instances' is
-    kept for DEBUG: radbridge's jobs run one at a time on purpose (``max_instances=1``), so a run still
-    going at its next tick (a correction of 1,000 images, a fixity pass over S3) is expected, and was a
-    warning every few seconds for as long as it ran. A job that fails still logs its error."""
+class _Expected(logging.Filter):
+    """Third-party lines for events radbridge expects and reports itself are kept for DEBUG:
+
+    * apscheduler's WARNING 'Execution of job ... skipped: maximum number of running instances':
+      radbridge's jobs run one at a time on purpose (``max_instances=1``), so a run still going at its
+      next tick (a correction of 1,000 images, a fixity pass over S3) is expected, and was a warning
+      every few seconds for as long as it ran. A job that fails still logs its error.
+    * pynetdicom's two ERROR lines for an outgoing connection refused or timed out ('Association
+      request failed: unable to connect to remote', 'TCP Initialisation Error: ...'): the outbox
+      retries, and logs each attempt once with its reason (a PACS down all night was three lines a
+      retry, two of them ERRORs).
+    """
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith('Execution of job "%s" skipped: maximum number of running'):
+        if not str(record.msg).startswith(self.prefixes):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
-_SKIPPED_RUNS = _SkippedRunFilter()
+_EXPECTED = {
+    "apscheduler.scheduler": _Expected('Execution of job "%s" skipped: maximum number of running'),
+    "pynetdicom.transport": _Expected("Association request failed: unable to connect to remote",
+                                      "TCP Initialisation Error"),
+}
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
@@ -215,6 +230,6 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     for noisy in ("pynetdicom", "apscheduler", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
-    scheduler_log = logging.getLogger("apscheduler.scheduler")
-    if _SKIPPED_RUNS not in scheduler_log.filters:
-        scheduler_log.addFilter(_SKIPPED_RUNS)
+    for name, expected in _EXPECTED.items():
+        if expected not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(expected)

@@ -227,3 +227,28 @@ def test_a_job_run_skipped_because_the_last_one_still_runs_is_not_a_warning(rest
     else:  # still there for whoever debugs the scheduler, as DEBUG
         assert skipped and all("DEBUG" in line for line in skipped)
     assert "WARNING" not in stream.getvalue()
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_an_outgoing_connection_refused_is_not_two_pynetdicom_errors(restore_root_logging: None,
+                                                                     level: str) -> None:
+    """The outbox retries a PACS that is down and logs each attempt with its reason; pynetdicom's own two
+    ERROR lines for every retry (new-user campaign) are kept for DEBUG."""
+    from pynetdicom import AE
+
+    from tests.conftest import free_port
+
+    stream = io.StringIO()
+    configure_logging(level)
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    ae = AE()
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = ae.network_timeout = 5
+    assert not ae.associate("127.0.0.1", free_port(), ae_title="PACS").is_established
+
+    lines = [line for line in stream.getvalue().splitlines() if "pynetdicom" in line]
+    assert "ERROR" not in stream.getvalue()
+    if level == "DEBUG":
+        assert any("unable to connect to remote" in line and "DEBUG" in line for line in lines)
+    else:
+        assert lines == []

@@ -87,26 +87,28 @@ def _association_failure(assoc: Any, where: str, file: InstanceFile,
                          convert: bool) -> RetryableDelivery | PermanentDelivery:
     """The error for an association that did not get established."""
     if assoc is not None and assoc.is_rejected:
-        return RetryableDelivery(f"association rejected by {where}")
+        return RetryableDelivery(f"association rejected by {where}", f"association rejected by {where}")
     refused = list(getattr(assoc, "rejected_contexts", []) or [])
     if refused and not list(getattr(assoc, "accepted_contexts", []) or []):
         return PermanentDelivery(f"{where}: {_refusal([], file, convert)}")
-    return RetryableDelivery(f"no association with {where} (connection refused, timed out or aborted)")
+    text = f"no association with {where} (connection refused, timed out or aborted)"
+    return RetryableDelivery(text, text)
 
 
 def _response(status: Any) -> str:
     """The outbox response text for a C-STORE response, or a DeliveryError."""
     if status is None or "Status" not in status:
-        raise RetryableDelivery("no C-STORE response (association aborted or DIMSE timeout)")
+        raise RetryableDelivery(*["no C-STORE response (association aborted or DIMSE timeout)"] * 2)
     code = int(status.Status)
     meaning = classify_store_status(code)
     comment = str(status.get("ErrorComment", "") or "").strip()
-    text = f"0x{code:04X} {meaning.meaning}" + (f": {comment}" if comment else "")
+    public = f"0x{code:04X} {meaning.meaning}"
+    text = public + (f": {comment}" if comment else "")  # the peer's comment may quote the data set
     if meaning.outcome is Outcome.DELIVERED:
         return text
     if meaning.outcome is Outcome.PERMANENT:
-        raise PermanentDelivery(text)
-    raise RetryableDelivery(text)
+        raise PermanentDelivery(text, public)
+    raise RetryableDelivery(text, public)
 
 
 class DicomDestination:
@@ -186,7 +188,8 @@ class DicomDestination:
             keep = True  # refused by the negotiation or the status: the association itself is fine
             raise
         except (RuntimeError, ValueError, OSError) as exc:  # the association went away under the send
-            raise RetryableDelivery(f"C-STORE to {self._where} failed: {type(exc).__name__}: {exc}") from exc
+            raise RetryableDelivery(f"C-STORE to {self._where} failed: {type(exc).__name__}: {exc}",
+                                    f"C-STORE to {self._where} failed: {type(exc).__name__}") from exc
         finally:
             self._pool.give_back(pooled, keep)
 

@@ -149,7 +149,7 @@ class ForwardSource:
             try:
                 fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             except OSError as exc:
-                raise RetryableDelivery(f"no scratch file for forwarding: {exc.strerror}") from exc
+                raise RetryableDelivery(*[f"no scratch file for forwarding: {exc.strerror}"] * 2) from exc
             with os.fdopen(fd, "w+b") as out:
                 self._copy(found.current, out)
             yield found.file(scratch, None)
@@ -161,8 +161,10 @@ class ForwardSource:
             copy_current(self._archive, inst, out)
         except CopyMissing as exc:
             raise PermanentDelivery(f"instance {inst.sop_instance_uid}: no intact copy in the archive ({exc});"
-                                    " radbridge archive verify/restore, then outbox replay") from exc
+                                    " radbridge archive verify/restore, then outbox replay",
+                                    "no intact copy in the archive") from exc
         except ArchiveUnavailable as exc:
-            raise RetryableDelivery(f"instance {inst.sop_instance_uid}: archive unavailable: {exc}") from exc
+            raise RetryableDelivery(f"instance {inst.sop_instance_uid}: archive unavailable: {exc}",
+                                    "archive unavailable") from exc
         except OSError as exc:  # the scratch file could not be written (the local disk is full)
-            raise RetryableDelivery(f"no scratch copy for forwarding: {exc.strerror}") from exc
+            raise RetryableDelivery(*[f"no scratch copy for forwarding: {exc.strerror}"] * 2) from exc

@@ -22,8 +22,8 @@ def classify_status(status: int, body: str) -> str:
         return body
     detail = f"HTTP {status}: {body[:200]}"
     if status >= 500 or status in _RETRY_STATUS:
-        raise RetryableDelivery(detail)
-    raise PermanentDelivery(detail)
+        raise RetryableDelivery(detail, f"HTTP {status}")
+    raise PermanentDelivery(detail, f"HTTP {status}")
 
 
 class HTTPDestination:
@@ -43,9 +43,9 @@ class HTTPDestination:
                     self._config.method, self._config.url, content=payload, headers=headers
                 )
         except TimeoutError as exc:
-            raise RetryableDelivery(f"no answer within {self._config.timeout_seconds:g} s") from exc
+            raise RetryableDelivery(*[f"no answer within {self._config.timeout_seconds:g} s"] * 2) from exc
         except httpx.TransportError as exc:
-            raise RetryableDelivery(f"{type(exc).__name__}: {exc}") from exc
+            raise RetryableDelivery(f"{type(exc).__name__}: {exc}", type(exc).__name__) from exc
         return classify_status(response.status_code, response.text)
 
     async def close(self) -> None:

@@ -30,18 +30,19 @@ def classify_ack(sent_control_id: str, answer: bytes) -> str:
     ack = Message(text)
     msa = ack.segment("MSA")
     if ack.msh is None or msa is None:
-        raise RetryableDelivery("answer is not an HL7 acknowledgment")
+        raise RetryableDelivery(*["answer is not an HL7 acknowledgment"] * 2)
     code = msa.value(1).strip().upper()
     echoed = msa.value(2).strip()
     if echoed != sent_control_id:
-        raise RetryableDelivery(f"MSA-2 {echoed!r} does not match MSH-10 {sent_control_id!r}")
+        raise RetryableDelivery(f"MSA-2 {echoed!r} does not match MSH-10 {sent_control_id!r}",
+                                "MSA-2 does not match the MSH-10 sent")
     detail = f"{code} {msa.value(3)}".strip()
     if code in _OK:
         return text
     if code in _PERMANENT:
-        raise PermanentDelivery(f"receiver rejected the message: {detail}")
+        raise PermanentDelivery(f"receiver rejected the message: {detail}", f"receiver answered {code}")
     if code in _RETRY:
-        raise RetryableDelivery(f"receiver reported an error: {detail}")
+        raise RetryableDelivery(f"receiver reported an error: {detail}", f"receiver answered {code}")
     raise RetryableDelivery(f"unknown acknowledgment code {code!r}")
 
 

@@ -173,9 +173,10 @@ class ReplicationDestination:
         except CopyMissing:
             return "superseded (the old version's file is not in the primary)"
         except (ArchiveUnavailable, MalformedDataset) as exc:
-            raise RetryableDelivery(f"copy of an old version to {secondary.name}: {exc}") from exc
+            raise RetryableDelivery(f"copy of an old version to {secondary.name}: {exc}",
+                                    f"copy of an old version to {secondary.name}: {type(exc).__name__}") from exc
         if found.sha256 != job.sha256:
-            raise RetryableDelivery(f"copy of an old version in {secondary.name} does not match its checksum")
+            raise RetryableDelivery(*[f"copy of an old version in {secondary.name} does not match its checksum"] * 2)
         self.db.writer.call(partial(_mark_old_verified, job=job))
         return f"old version copied to {secondary.describe()} and verified"
 
@@ -195,10 +196,11 @@ class ReplicationDestination:
                 secondary.put(inst.path, source, replace=True)
             found = fixity(secondary, inst.path)
         except (ArchiveUnavailable, MalformedDataset) as exc:
-            raise RetryableDelivery(f"copy to {secondary.name}: {exc}") from exc
+            raise RetryableDelivery(f"copy to {secondary.name}: {exc}",
+                                    f"copy to {secondary.name}: {type(exc).__name__}") from exc
         if found.sha256 != inst.sha256 or inst.meta_sha256 not in (None, found.meta_sha256):
-            raise RetryableDelivery(f"copy in {secondary.name} does not match the checksums recorded at ingest"
-                                    " (is the primary copy intact? radbridge archive verify)")
+            raise RetryableDelivery(*[f"copy in {secondary.name} does not match the checksums recorded at ingest"
+                                      " (is the primary copy intact? radbridge archive verify)"] * 2)
         self.db.writer.call(partial(_mark_verified, instance_pk=inst.instance_pk, sha256=inst.sha256,
                                     now=datetime.now(UTC)))
         return f"copied to {secondary.describe()} and verified"

@@ -176,7 +176,7 @@ class OutboxWorker:
                 async with asyncio.timeout(route.timeout_seconds + SEND_BACKSTOP_SECONDS):
                     response = await route.destination.send(row.payload, row.media_type)
             except TimeoutError:
-                raise RetryableDelivery(f"no answer within {route.timeout_seconds:g} s") from None
+                raise RetryableDelivery(*[f"no answer within {route.timeout_seconds:g} s"] * 2) from None
         except Exception as exc:  # a destination bug counts as a retryable failure
             permanent = isinstance(exc, PermanentDelivery)
             if not isinstance(exc, DeliveryError):
@@ -186,9 +186,11 @@ class OutboxWorker:
                         now=datetime.now(UTC))
             )
             # The error text (a receiver's MSA-3, an HTTP body) may name the patient: it is kept
-            # in the row's last_error (radbridge messages show), the log gets its type.
+            # in the row's last_error (radbridge outbox list), the log gets the reason worded from no
+            # message data (DeliveryError.public), else the type.
+            reason = (exc.public if isinstance(exc, DeliveryError) else "") or type(exc).__name__
             log.warning("outbox %s: row %s attempt %s failed (%s): %s", name, row.id, row.attempts + 1,
-                        status, type(exc).__name__)
+                        status, reason)
             return False
         recording.append(self.db.writer.submit_async(partial(record_success, row_id=row.id, response=response,
                                                              now=datetime.now(UTC))))

@@ -140,3 +140,30 @@ def test_a_send_that_overruns_its_destination_timeout_is_cut_and_retried_later(d
     assert asyncio.run(worker.run_round("d")) == 1
     assert time.monotonic() - began < 5
     assert _statuses(db) == [("QUEUED", False)]  # a retryable failure: due again after its backoff
+
+
+class _Refusing:
+    """A destination whose receiver refuses with a body quoting the patient."""
+
+    name = "d"
+
+    async def send(self, payload: bytes, media_type: str) -> str:
+        from engine.errors import RetryableDelivery
+
+        raise RetryableDelivery("HTTP 503: patient PHIID98765 DOE^JANE is locked", "HTTP 503")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_failed_attempt_is_logged_with_its_reason_worded_from_no_message_data(db, caplog) -> None:
+    """The log said only 'RetryableDelivery': the reason was in `outbox list` alone (new-user campaign)."""
+    import logging
+
+    _queue(db, 1)
+    worker = OutboxWorker(db, {"d": Route(_Refusing(), RetryConfig())}, OutboxConfig(poll_interval_seconds=60))
+    with caplog.at_level(logging.WARNING, logger="engine.outbox.worker"):
+        asyncio.run(worker.run_round("d"))
+    [line] = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
+    assert line.endswith("failed (QUEUED): HTTP 503"), line
+    assert "PHIID98765" not in caplog.text

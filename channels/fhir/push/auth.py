@@ -111,11 +111,12 @@ class ClientCredentials:
             response = await client.post(self._config.token_url, data=form, auth=basic or httpx.USE_CLIENT_DEFAULT,
                                          headers={"Accept": "application/json"})
         except httpx.TransportError as exc:
-            raise RetryableDelivery(f"token endpoint: {type(exc).__name__}: {exc}") from exc
+            raise RetryableDelivery(f"token endpoint: {type(exc).__name__}: {exc}",
+                                    f"token endpoint: {type(exc).__name__}") from exc
         if response.status_code >= 500 or response.status_code == 429:
-            raise RetryableDelivery(_token_error(response))
+            raise RetryableDelivery(_token_error(response), f"token endpoint: HTTP {response.status_code}")
         if response.status_code != 200:  # invalid_client, invalid_scope …: no retry fixes the configuration
-            raise PermanentDelivery(_token_error(response))
+            raise PermanentDelivery(_token_error(response), f"token endpoint: HTTP {response.status_code}")
         try:
             body = response.json()
             token = str(body["access_token"])

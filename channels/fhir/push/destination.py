@@ -123,7 +123,7 @@ class FhirPushDestination:
                 own = frozenset({f"{ref.res_type}/{ref.res_id}"})
                 status, remote = await self._upsert(_loads(row.json), _Push(), own)
         except TimeoutError as exc:
-            raise RetryableDelivery(f"no answer within {self._config.timeout_seconds:g} s") from exc
+            raise RetryableDelivery(*[f"no answer within {self._config.timeout_seconds:g} s"] * 2) from exc
         return f"HTTP {status} {ref.res_type}/{remote} (version {ref.version})"
 
     async def _remove(self, ref: PushRef, row: Any) -> str:
@@ -138,7 +138,7 @@ class FhirPushDestination:
             async with asyncio.timeout(self._config.timeout_seconds):
                 response = await self._request("DELETE", path, None)
         except TimeoutError as exc:
-            raise RetryableDelivery(f"no answer within {self._config.timeout_seconds:g} s") from exc
+            raise RetryableDelivery(*[f"no answer within {self._config.timeout_seconds:g} s"] * 2) from exc
         if response.status_code == 404:
             return f"HTTP 404 {ref.res_type}/{ref.res_id} removed: nothing to delete on the server"
         _classify(response)
@@ -190,7 +190,7 @@ class FhirPushDestination:
             try:
                 response = await self._client.request(method, url, content=content, headers=headers)
             except httpx.TransportError as exc:
-                raise RetryableDelivery(f"{type(exc).__name__}: {exc}") from exc
+                raise RetryableDelivery(f"{type(exc).__name__}: {exc}", type(exc).__name__) from exc
             if response.status_code != 401 or not first:
                 break
             self._auth.invalidate()
@@ -206,8 +206,8 @@ def _classify(response: httpx.Response) -> httpx.Response:
     if 200 <= status < 300:
         return response
     if status >= 500 or status in _RETRY_STATUS or status == 401:
-        raise RetryableDelivery(outcome_text(response))
-    raise PermanentDelivery(outcome_text(response))
+        raise RetryableDelivery(outcome_text(response), f"HTTP {status}")
+    raise PermanentDelivery(outcome_text(response), f"HTTP {status}")
 
 
 def _loads(text: str) -> dict[str, Any]:
