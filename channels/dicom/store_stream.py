@@ -34,8 +34,11 @@ Write errors on the spool (disk full) are recorded, never raised
 overruns its PDU, or a command arriving before the previous data set ended,
 or a data set fragment on another presentation context than its command's (PS3.8
 9.3.5.1), is a protocol error: the association is aborted (Evt19), as pynetdicom
-does for an undecodable PDU. An association that ends mid-data-set (abort, closed
-connection, protocol error) leaves no spool file behind.
+does for an undecodable PDU, as is an unknown PDU type (a peer that speaks HTTP or TLS to
+this port). After a protocol error whatever else the peer sends is read and dropped unparsed
+until the connection closes: one A-ABORT and one log line, naming the peer, per connection.
+An association that ends mid-data-set (abort, closed connection, protocol error) leaves no
+spool file behind.
 
 **pynetdicom internals** (checked by :func:`install_store_stream` against
 :data:`~channels.dicom.dul_stream.TESTED_VERSIONS`): the DUL's ``_read_pdu_data``
@@ -138,6 +141,9 @@ class StoreStream:
         self._command = bytearray()
         self._other = bytearray()
         self._current: _Receiving | None = None
+        # After a protocol error (A-ABORT queued) whatever else the peer sends is read and dropped, unparsed:
+        # one log line for a peer that sends junk, not one (and an A-ABORT) per 6 bytes of it.
+        self._discarding = False
         self._transport_event = assoc.dul._is_transport_event
         self._idle_wait: bool | None = None  # decided once the association is established
         # Something queued for the association's own thread (a DIMSE message pynetdicom serves, a
@@ -200,8 +206,31 @@ class StoreStream:
         While a C-STORE data set is arriving its next PDU is read at once: the reactor
         would otherwise take an idle turn (it sleeps when no event was queued) between PDUs.
         """
+        if self._discarding:
+            self._discard()
+            return
         while self._read_one() and self._current is not None:
             pass
+
+    def _peer(self) -> str:
+        requestor = getattr(self._assoc, "requestor", None)
+        return f"{getattr(requestor, 'address', '?')}:{getattr(requestor, 'port', '?')}"
+
+    def _protocol_error(self, why: str, *args: object) -> None:
+        """Abort the association (Evt19: A-ABORT) and drop whatever else arrives on it, logged once."""
+        log.error("DICOM connection from %s: " + why + "; association aborted", self._peer(), *args)
+        self._abandon()
+        self._discarding = True
+        self._dul.event_queue.put("Evt19")
+
+    def _discard(self) -> None:
+        """Read what the socket holds and drop it (after a protocol error); Evt17 when the peer is gone."""
+        try:
+            got = self._sock.recv_into(self._view)
+        except OSError:
+            got = 0
+        if not got:
+            self._dul.event_queue.put("Evt17")
 
     def _read_one(self) -> bool:
         """One PDU; True when it was a P-DATA-TF read here without error."""
@@ -210,9 +239,7 @@ class StoreStream:
             return False
         pdu_type, _, length = struct.unpack(">BBL", head)
         if pdu_type not in _PDU_TYPES:
-            log.error("Unknown PDU type received '0x%02X'", pdu_type)
-            self._abandon()
-            self._dul.event_queue.put("Evt19")
+            self._protocol_error("unknown PDU type 0x%02X (not DICOM, or out of step)", pdu_type)
             return False
         if pdu_type != _P_DATA_TF or self._dul.state_machine.current_state != "Sta6":
             self._abandon()  # a release or abort (or a protocol error) ends any data set in progress
@@ -243,9 +270,8 @@ class StoreStream:
         """What pynetdicom's own reader does with a complete PDU."""
         try:
             pdu, event = self._dul._decode_pdu(bytearray(data))
-        except Exception:  # pynetdicom's reader treats any decoding failure so
-            log.exception("Unable to decode the received PDU data")
-            self._dul.event_queue.put("Evt19")
+        except Exception as exc:  # pynetdicom's reader treats any decoding failure so
+            self._protocol_error("a PDU of type 0x%02X could not be decoded (%s)", data[0], type(exc).__name__)
             return
         self._dul._recv_pdu.put(pdu)
         self._dul.event_queue.put(event)
@@ -269,9 +295,7 @@ class StoreStream:
             self._dul.event_queue.put("Evt17")
             return False
         except MalformedDataset as exc:
-            log.error("Invalid P-DATA-TF PDU: %s", exc)
-            self._abandon()
-            self._dul.event_queue.put("Evt19")
+            self._protocol_error("invalid P-DATA-TF PDU: %s", exc)
             return False
         if others:
             primitive = P_DATA()
