@@ -97,6 +97,11 @@ ASSOCIATION_TURN_SECONDS = 0.005
 ANSWER_POLL_SECONDS = 0.05
 #: Every this many data set bytes the spool's writeback is started (SpoolFile.start_writeback).
 WRITEBACK_BYTES = 1 << 18
+#: The longest PDU read whole (every PDU but a P-DATA-TF in Sta6, which is read in pieces): an
+#: A-ASSOCIATE-RQ of 128 presentation contexts with many transfer syntaxes each and a 2 x 64 KiB user
+#: identity stays well below it. A longer one (a header announcing 4 GB) is a protocol error: held in
+#: memory it would let one connection take gigabytes of the process within the ARTIM time.
+MAX_WHOLE_PDU_BYTES = 1 << 20
 _P_DATA_TF = 0x04
 _PDU_TYPES = range(0x01, 0x08)
 _COMMAND_LAST, _COMMAND_MORE = 0x03, 0x01
@@ -243,6 +248,10 @@ class StoreStream:
             return False
         if pdu_type != _P_DATA_TF or self._dul.state_machine.current_state != "Sta6":
             self._abandon()  # a release or abort (or a protocol error) ends any data set in progress
+            if length > MAX_WHOLE_PDU_BYTES:
+                self._protocol_error("a PDU of type 0x%02X announces %d bytes, over the %d read whole",
+                                     pdu_type, length, MAX_WHOLE_PDU_BYTES)  # fmt: skip
+                return False
             body = self._exactly(length)
             if body is not None:
                 self._hand_over_pdu(head + body)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 
+from channels.dicom.store_stream import MAX_WHOLE_PDU_BYTES
 from tests.dicom.store_peer import running_scp
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,6 +28,11 @@ pytestmark = pytest.mark.timeout(120)
 VERIFICATION = "1.2.840.10008.1.1"
 MWL_FIND = "1.2.840.10008.5.1.4.31"
 A_ABORT = 0x07
+
+
+def _pdu(cx: int, control: int, data: bytes) -> bytes:
+    body = struct.pack(">IBB", len(data) + 2, cx, control) + data
+    return struct.pack(">BBI", 0x04, 0, len(body)) + body
 
 
 def _pdus_until_closed(sock: socket.socket, seconds: float = 15.0) -> list[int]:
@@ -66,6 +72,21 @@ def _send_while_read(sock: socket.socket, data: bytes) -> None:
     """Send ``data``; the listener may abort and close before it has all of it."""
     with contextlib.suppress(OSError):
         sock.sendall(data)
+
+
+def test_a_pdu_header_announcing_4_gb_is_aborted_at_once_not_read(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    with running_scp(tmp_path / "rb", dicom={"port": 0, "ae_title": "RADBRIDGE", "artim_timeout_seconds": 30}) as scp:
+        sock = socket.create_connection(("127.0.0.1", scp.port))
+        with caplog.at_level(logging.INFO, logger="channels.dicom"):  # pynetdicom below INFO: the engine's own reader
+            # An A-ASSOCIATE-RQ "of 4 GB", then 2 MiB of it: read whole, it would be held until ARTIM (30 s).
+            _send_while_read(sock, struct.pack(">BBI", 0x01, 0, 0xFFFFFFFF) + bytes(2 * MAX_WHOLE_PDU_BYTES))
+            types = _pdus_until_closed(sock, seconds=20)
+            assert types[:1] == [A_ABORT]
+            assert _echo_works(scp.port)
+        sock.close()
+        lines = [r for r in caplog.records if "announces 4294967295 bytes" in r.getMessage()]
+        assert len(lines) == 1 and "127.0.0.1" in lines[0].getMessage()
 
 
 def test_non_dicom_bytes_get_one_abort_and_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
