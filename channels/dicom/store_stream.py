@@ -102,6 +102,11 @@ WRITEBACK_BYTES = 1 << 18
 #: identity stays well below it. A longer one (a header announcing 4 GB) is a protocol error: held in
 #: memory it would let one connection take gigabytes of the process within the ARTIM time.
 MAX_WHOLE_PDU_BYTES = 1 << 20
+#: The longest command set (PS3.7's are a few hundred bytes): its fragments are gathered in memory.
+MAX_COMMAND_BYTES = 1 << 16
+#: The longest data set of a message this reader does not stream to a spool (a C-FIND identifier, an
+#: MPPS N-CREATE/N-SET data set): pynetdicom gathers those in memory.
+MAX_UNSPOOLED_DATASET_BYTES = 16 << 20
 _P_DATA_TF = 0x04
 _PDU_TYPES = range(0x01, 0x08)
 _COMMAND_LAST, _COMMAND_MORE = 0x03, 0x01
@@ -145,6 +150,7 @@ class StoreStream:
         self._view = memoryview(self._buffer)
         self._command = bytearray()
         self._other = bytearray()
+        self._unspooled = 0  # bytes so far of the data set being handed to pynetdicom
         self._current: _Receiving | None = None
         # After a protocol error (A-ABORT queued) whatever else the peer sends is read and dropped, unparsed:
         # one log line for a peer that sends junk, not one (and an A-ABORT) per 6 bytes of it.
@@ -304,7 +310,7 @@ class StoreStream:
             self._dul.event_queue.put("Evt17")
             return False
         except MalformedDataset as exc:
-            self._protocol_error("invalid P-DATA-TF PDU: %s", exc)
+            self._protocol_error("invalid P-DATA-TF PDU: %s", str(exc))  # lengths, context ids, limits: no values
             return False
         if others:
             primitive = P_DATA()
@@ -321,10 +327,17 @@ class StoreStream:
             if current is not None:
                 raise MalformedDataset("a command arrived before the previous data set ended")
             self._command += piece.data
+            if len(self._command) > MAX_COMMAND_BYTES:
+                raise MalformedDataset(f"a command set longer than {MAX_COMMAND_BYTES} bytes")
             if piece.ends and piece.is_last:
                 self._command_complete(piece.context_id, others)
             return
         if current is None:  # a data set of pynetdicom's message: handed over whole, PDV by PDV
+            self._unspooled += len(piece.data)
+            if self._unspooled > MAX_UNSPOOLED_DATASET_BYTES:
+                raise MalformedDataset(f"a data set held in memory longer than {MAX_UNSPOOLED_DATASET_BYTES} bytes")
+            if piece.ends and piece.is_last:
+                self._unspooled = 0
             self._other += piece.data
             if piece.ends:
                 others.append((piece.context_id, bytes([piece.control]) + bytes(self._other)))
@@ -425,6 +438,7 @@ class StoreStream:
             self._current = None
         self._command.clear()
         self._other.clear()
+        self._unspooled = 0
 
 
 class _AssociationClock:

@@ -16,11 +16,15 @@ import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.dsutils import encode
 
-from channels.dicom.store_stream import MAX_WHOLE_PDU_BYTES
+from channels.dicom.store_stream import MAX_COMMAND_BYTES, MAX_UNSPOOLED_DATASET_BYTES, MAX_WHOLE_PDU_BYTES
 from tests.dicom.store_peer import running_scp
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,6 +37,22 @@ A_ABORT = 0x07
 def _pdu(cx: int, control: int, data: bytes) -> bytes:
     body = struct.pack(">IBB", len(data) + 2, cx, control) + data
     return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+
+def _associate(port: int) -> Any:
+    ae = AE(ae_title="HOSTILE")
+    ae.add_requested_context(VERIFICATION, ExplicitVRLittleEndian)
+    ae.add_requested_context(MWL_FIND, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    return assoc
+
+
+def _take_socket(assoc: Any) -> socket.socket:
+    """The association's socket, with pynetdicom's reactor kept off it (the test reads the answers)."""
+    sock: socket.socket = assoc.dul.socket.socket
+    assoc.dul.socket.socket = None
+    return sock
 
 
 def _pdus_until_closed(sock: socket.socket, seconds: float = 15.0) -> list[int]:
@@ -66,6 +86,18 @@ def _echo_works(port: int) -> bool:
         return assoc.is_established and int(assoc.send_c_echo().Status) == 0
     finally:
         assoc.release()
+
+
+def _find_command() -> bytes:
+    command = Dataset()
+    command.AffectedSOPClassUID = MWL_FIND
+    command.CommandField = 0x0020
+    command.MessageID = 1
+    command.Priority = 0
+    command.CommandDataSetType = 0x0001
+    body = encode(command, True, True)
+    assert body is not None
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 
 def _send_while_read(sock: socket.socket, data: bytes) -> None:
@@ -104,3 +136,32 @@ def test_non_dicom_bytes_get_one_abort_and_one_log_line(tmp_path: Path, caplog: 
                   and r.levelno >= logging.ERROR]
         assert len(errors) == 1, [r.getMessage() for r in errors]
         assert "unknown PDU type 0x47" in errors[0].getMessage()
+
+
+def test_a_command_set_that_never_ends_is_aborted_past_its_limit(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    with running_scp(tmp_path / "rb") as scp, caplog.at_level(logging.INFO, logger="channels.dicom"):
+        assoc = _associate(scp.port)
+        sock = _take_socket(assoc)
+        cx = sorted(assoc._accepted_cx)[0]
+        fragment = _pdu(cx, 0x01, bytes(16384))  # command, not last
+        _send_while_read(sock, fragment * (MAX_COMMAND_BYTES // 16384 + 4))
+        types = _pdus_until_closed(sock)
+        assert A_ABORT in types
+        assert _echo_works(scp.port)
+        sock.close()
+    assert any(f"a command set longer than {MAX_COMMAND_BYTES} bytes" in r.getMessage() for r in caplog.records)
+
+
+def test_a_c_find_identifier_that_never_ends_is_aborted_past_its_limit(tmp_path: Path) -> None:
+    with running_scp(tmp_path / "rb") as scp:
+        assoc = _associate(scp.port)
+        sock = _take_socket(assoc)
+        cx = next(c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == MWL_FIND)
+        fragment = _pdu(cx, 0x00, bytes(65536))  # data set, not last
+        _send_while_read(sock, _pdu(cx, 0x03, _find_command())
+                         + fragment * (MAX_UNSPOOLED_DATASET_BYTES // 65536 + 4))  # fmt: skip
+        types = _pdus_until_closed(sock)
+        assert A_ABORT in types
+        assert _echo_works(scp.port)
+        sock.close()
