@@ -134,6 +134,9 @@ class _Connection(asyncio.Protocol):
         self.host = "?"  # the peer's address: connections are counted per address
         self.paused = False  # too many frames pending: reading waits for the task to catch up
         self.starved = False  # the listener holds too many bytes: reading waits (Admission.change)
+        # The transport holds more unsent answers than its high-water mark (the peer does not read them):
+        # reading waits until they drain, so a peer that never reads cannot make answers pile up here.
+        self.write_full = False
         self._reading = True
         self.closed = False
         self.eof = False  # the peer half-closed: close once everything received is answered
@@ -274,8 +277,18 @@ class _Connection(asyncio.Protocol):
         else:  # nobody to wake: the same count, without the call
             admission.buffered += delta
 
+    def pause_writing(self) -> None:
+        """The transport's write buffer passed its high-water mark: stop taking new frames."""
+        self.write_full = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        """The write buffer drained under its low-water mark: read again."""
+        self.write_full = False
+        self._set_reading()
+
     def _set_reading(self) -> None:
-        want = not (self.paused or self.starved)
+        want = not (self.paused or self.starved or self.write_full)
         if want is self._reading or self.closed or self.transport is None:
             return
         self._reading = want
