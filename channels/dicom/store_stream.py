@@ -234,6 +234,12 @@ class StoreStream:
         self._discarding = True
         self._dul.event_queue.put("Evt19")
 
+    def _peer_gone(self, exc: OSError) -> None:
+        """One INFO line: a peer that resets, or stalls past the idle timeout, mid-PDU is no error of ours
+        (as :class:`~channels.dicom.log_filters.PeerGoneFilter` makes of pynetdicom's own reader's)."""
+        log.info("DICOM connection from %s reset or timed out while reading a PDU (%s)", self._peer(),
+                 type(exc).__name__)
+
     def _discard(self) -> None:
         """Read what the socket holds and drop it (after a protocol error); Evt17 when the peer is gone."""
         try:
@@ -274,7 +280,7 @@ class StoreStream:
                     break
                 data += chunk
         except OSError as exc:  # reset, or the stall timeout (TimeoutError is an OSError)
-            log.error("Connection closed before the entire PDU was received: %s", type(exc).__name__)
+            self._peer_gone(exc)
         if len(data) < count:
             self._abandon()
             self._dul.event_queue.put("Evt17")
@@ -305,7 +311,7 @@ class StoreStream:
                     self._piece(piece, others)
             splitter.finish()
         except OSError as exc:
-            log.error("Connection closed before the entire PDU was received: %s", type(exc).__name__)
+            self._peer_gone(exc)
             self._abandon()
             self._dul.event_queue.put("Evt17")
             return False

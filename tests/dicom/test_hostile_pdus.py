@@ -165,3 +165,21 @@ def test_a_c_find_identifier_that_never_ends_is_aborted_past_its_limit(tmp_path:
         assert A_ABORT in types
         assert _echo_works(scp.port)
         sock.close()
+
+
+def test_a_peer_resetting_mid_pdu_is_one_info_line_naming_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The engine's own reader (pynetdicom below INFO, as in production); pynetdicom's: test_connection_limits."""
+    with running_scp(tmp_path / "rb") as scp, caplog.at_level(logging.INFO, logger="channels.dicom"):
+        sock = socket.create_connection(("127.0.0.1", scp.port))
+        sock.sendall(struct.pack(">BBI", 0x01, 0, 200) + bytes(50))  # an A-ASSOCIATE-RQ cut short
+        time.sleep(0.5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("reset" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        assert _echo_works(scp.port)
+    dicom = [r for r in caplog.records if r.name.startswith(("pynetdicom", "channels.dicom"))]
+    assert [r.getMessage() for r in dicom if r.levelno >= logging.WARNING or r.exc_info] == []
+    gone = [r.getMessage() for r in dicom if "reset or timed out" in r.getMessage()]
+    assert len(gone) == 1 and "DICOM connection from 127.0.0.1:" in gone[0], gone
