@@ -108,6 +108,12 @@ MAX_COMMAND_BYTES = 1 << 16
 #: MPPS N-CREATE/N-SET data set): pynetdicom gathers those in memory.
 MAX_UNSPOOLED_DATASET_BYTES = 16 << 20
 _P_DATA_TF = 0x04
+_A_ASSOCIATE_RQ = 0x01
+#: Presentation context IDs are the odd numbers 1-255 (PS3.8 9.3.2.2): an A-ASSOCIATE-RQ proposing more is
+#: refused before pynetdicom negotiates it (10,000 contexts, within MAX_WHOLE_PDU_BYTES, cost 1.5 s of CPU).
+MAX_PRESENTATION_CONTEXTS = 128
+#: The A-ASSOCIATE-RQ's fixed fields before its variable items (PS3.8 9.3.2).
+_RQ_FIXED = 68
 _PDU_TYPES = range(0x01, 0x08)
 _COMMAND_LAST, _COMMAND_MORE = 0x03, 0x01
 
@@ -265,8 +271,14 @@ class StoreStream:
                                      pdu_type, length, MAX_WHOLE_PDU_BYTES)  # fmt: skip
                 return False
             body = self._exactly(length)
-            if body is not None:
-                self._hand_over_pdu(head + body)
+            if body is None:
+                return False
+            proposed = _presentation_contexts(body) if pdu_type == _A_ASSOCIATE_RQ else 0
+            if proposed > MAX_PRESENTATION_CONTEXTS:
+                self._protocol_error("an A-ASSOCIATE-RQ proposes %d presentation contexts, more than the %d"
+                                     " PS3.8 allows", proposed, MAX_PRESENTATION_CONTEXTS)  # fmt: skip
+                return False
+            self._hand_over_pdu(head + body)
             return False
         return self._read_data(length)
 
@@ -445,6 +457,17 @@ class StoreStream:
         self._command.clear()
         self._other.clear()
         self._unspooled = 0
+
+
+def _presentation_contexts(body: bytes) -> int:
+    """How many presentation context items (0x20) an A-ASSOCIATE-RQ's body carries (items: type, reserved,
+    2-byte length); a truncated item ends the count (pynetdicom's decoding then refuses the PDU)."""
+    count, pos = 0, _RQ_FIXED
+    while pos + 4 <= len(body):
+        kind, length = body[pos], struct.unpack_from(">H", body, pos + 2)[0]
+        count += kind == 0x20
+        pos += 4 + length
+    return count
 
 
 class _AssociationClock:

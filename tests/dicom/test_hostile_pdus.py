@@ -24,7 +24,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dsutils import encode
 
-from channels.dicom.store_stream import MAX_COMMAND_BYTES, MAX_UNSPOOLED_DATASET_BYTES, MAX_WHOLE_PDU_BYTES
+from channels.dicom.store_stream import (
+    MAX_COMMAND_BYTES,
+    MAX_PRESENTATION_CONTEXTS,
+    MAX_UNSPOOLED_DATASET_BYTES,
+    MAX_WHOLE_PDU_BYTES,
+)
 from tests.dicom.store_peer import running_scp
 
 pytestmark = pytest.mark.timeout(120)
@@ -183,3 +188,33 @@ def test_a_peer_resetting_mid_pdu_is_one_info_line_naming_it(tmp_path: Path, cap
     assert [r.getMessage() for r in dicom if r.levelno >= logging.WARNING or r.exc_info] == []
     gone = [r.getMessage() for r in dicom if "reset or timed out" in r.getMessage()]
     assert len(gone) == 1 and "DICOM connection from 127.0.0.1:" in gone[0], gone
+
+
+def _association_rq(contexts: int) -> bytes:
+    """An A-ASSOCIATE-RQ proposing CT Image Storage ``contexts`` times (ids cycling through the odd numbers)."""
+    def item(kind: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", kind, 0, len(body)) + body
+
+    proposed = b"".join(
+        item(0x20, bytes([(2 * n + 1) % 256, 0, 0, 0]) + item(0x30, b"1.2.840.10008.5.1.4.1.1.2")
+             + item(0x40, b"1.2.840.10008.1.2"))
+        for n in range(contexts)
+    )
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
+    body = (struct.pack(">HH", 1, 0) + b"RADBRIDGE".ljust(16) + b"MANY".ljust(16) + bytes(32)
+            + item(0x10, b"1.2.840.10008.3.1.1.1") + proposed + user)
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+@pytest.mark.parametrize(("contexts", "answer"), [(MAX_PRESENTATION_CONTEXTS, 0x02), (5000, A_ABORT)])
+def test_an_association_request_with_more_presentation_contexts_than_ps3_8_allows_is_aborted(
+        tmp_path: Path, contexts: int, answer: int) -> None:
+    with running_scp(tmp_path / "rb") as scp:
+        sock = socket.create_connection(("127.0.0.1", scp.port))
+        sock.settimeout(10)
+        started = time.monotonic()
+        sock.sendall(_association_rq(contexts))
+        assert sock.recv(1) == bytes([answer])
+        assert time.monotonic() - started < 1.0  # 5,000 negotiated took 2 s of CPU
+        sock.close()
+        assert _echo_works(scp.port)
