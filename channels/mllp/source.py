@@ -61,6 +61,12 @@ _KEPT_BECAUSE = {
     FrameKind.JUNK: "bytes outside an MLLP frame",
     FrameKind.ABANDONED: "connection closed inside an MLLP frame",
 }
+#: How the log names what was refused and kept (MLLPServer.dropped).
+_REPORTED = {
+    FrameKind.OVERSIZE: "a frame over max_message_bytes (answered AR)",
+    FrameKind.JUNK: "bytes outside an MLLP frame",
+    FrameKind.ABANDONED: "a frame its connection ended inside",
+}
 
 
 class MLLPServer:
@@ -77,6 +83,8 @@ class MLLPServer:
         self.refused = Throttled(log, logging.WARNING)
         self.evicted = Throttled(log, logging.INFO)
         self.timed_out = Throttled(log, logging.INFO)
+        # Oversize frames, junk and abandoned frames: stored REJECTED (radbridge messages list), said here too.
+        self.dropped = Throttled(log, logging.WARNING)
 
     @property
     def port(self) -> int:
@@ -457,10 +465,16 @@ class _Connection(asyncio.Protocol):
         if event.kind is FrameKind.MESSAGE:
             deliver = early.deliver if early else None
             return await self.runner.receive(event.payload, self.peer, deliver, alone, opened)
+        self._report(event)
         if event.kind is FrameKind.OVERSIZE:
             return await self.runner.reject_oversize(event.payload, self.peer)
         await self.runner.keep(event.payload, self.peer, _KEPT_BECAUSE[event.kind])
         return None
+
+    def _report(self, event: FrameEvent) -> None:
+        self.server.dropped("channel %s: %s from %s: %d bytes received, the first %d stored (REJECTED)",
+                            self.runner.name, _REPORTED[event.kind], self.peer, max(event.size, len(event.payload)),
+                            len(event.payload))  # fmt: skip
 
     async def _keep(self, leftovers: list[FrameEvent]) -> None:
         with contextlib.suppress(Exception):
@@ -468,6 +482,7 @@ class _Connection(asyncio.Protocol):
                 with contextlib.suppress(BaseException):
                     await self.task
             for event in leftovers:
+                self._report(event)
                 await self.runner.keep(event.payload, self.peer, _KEPT_BECAUSE[event.kind])
 
     def _arm_idle(self) -> None:
