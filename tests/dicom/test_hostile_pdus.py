@@ -218,3 +218,29 @@ def test_an_association_request_with_more_presentation_contexts_than_ps3_8_allow
         assert time.monotonic() - started < 1.0  # 5,000 negotiated took 2 s of CPU
         sock.close()
         assert _echo_works(scp.port)
+
+
+def test_a_connection_refused_because_every_slot_is_taken_is_said_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Idle connections from other hosts hold every dicom.max_associations slot (until ARTIM): the modality
+    refused meanwhile was answered A-ASSOCIATE-RJ without a word in the log; now one WARNING per host and minute."""
+    dicom = {"port": 0, "ae_title": "RADBRIDGE", "max_associations": 2, "artim_timeout_seconds": 30}
+    with running_scp(tmp_path / "rb", dicom=dicom) as scp, caplog.at_level(logging.INFO, logger="channels.dicom"):
+        idle = []
+        for n in (10, 11):
+            sock = socket.socket()
+            sock.bind((f"127.0.0.{n}", 0))
+            sock.connect(("127.0.0.1", scp.port))
+            idle.append(sock)
+        time.sleep(0.5)
+        ae = AE(ae_title="GOOD")
+        ae.add_requested_context(VERIFICATION)
+        for _ in range(2):
+            assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")
+            assert assoc.is_rejected
+        for sock in idle:
+            sock.close()
+    lines = [r.getMessage() for r in caplog.records if "A-ASSOCIATE-RJ" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("DICOM connection from 127.0.0.1 answered A-ASSOCIATE-RJ (1 since the last report)")
+    assert "dicom.max_associations 2" in lines[0]
