@@ -101,6 +101,7 @@ class ConnectionGuard:
         self.limits = limits
         self.slots = slots if slots is not None else HostSlots(limits.per_host)
         self.refusals = RefusalReport()
+        self.over_limit = RefusalReport()  # connections answered A-ASSOCIATE-RJ: every slot in all taken
         self._clock = clock
         self._open: dict[int, _Connection] = {}
         self._lock = threading.Lock()
@@ -238,8 +239,17 @@ class GuardedServer(ThreadedAssociationServer):
                 )  # fmt: skip
             self.shutdown_request(request)
             return
+        over = self.guard.open_count() > self.ae.maximum_associations
+        if over:
+            count = self.guard.over_limit.note(host, time.monotonic())
+            if count is not None:
+                log.warning(
+                    "DICOM connection from %s answered A-ASSOCIATE-RJ (%d since the last report): %d connections"
+                    " open in all (dicom.max_associations %d)", host, count, self.guard.open_count() - 1,
+                    self.ae.maximum_associations,
+                )  # fmt: skip
         if self.handoff is not None:
-            self.handoff(request, client_address, host, self.guard.open_count() > self.ae.maximum_associations)
+            self.handoff(request, client_address, host, over)
             return
         thread = threading.Thread(target=self.serve_connection, args=(request, client_address, host), daemon=True)
         thread.start()

@@ -34,8 +34,11 @@ Write errors on the spool (disk full) are recorded, never raised
 overruns its PDU, or a command arriving before the previous data set ended,
 or a data set fragment on another presentation context than its command's (PS3.8
 9.3.5.1), is a protocol error: the association is aborted (Evt19), as pynetdicom
-does for an undecodable PDU. An association that ends mid-data-set (abort, closed
-connection, protocol error) leaves no spool file behind.
+does for an undecodable PDU, as is an unknown PDU type (a peer that speaks HTTP or TLS to
+this port). After a protocol error whatever else the peer sends is read and dropped unparsed
+until the connection closes: one A-ABORT and one log line, naming the peer, per connection.
+An association that ends mid-data-set (abort, closed connection, protocol error) leaves no
+spool file behind.
 
 **pynetdicom internals** (checked by :func:`install_store_stream` against
 :data:`~channels.dicom.dul_stream.TESTED_VERSIONS`): the DUL's ``_read_pdu_data``
@@ -94,7 +97,23 @@ ASSOCIATION_TURN_SECONDS = 0.005
 ANSWER_POLL_SECONDS = 0.05
 #: Every this many data set bytes the spool's writeback is started (SpoolFile.start_writeback).
 WRITEBACK_BYTES = 1 << 18
+#: The longest PDU read whole (every PDU but a P-DATA-TF in Sta6, which is read in pieces): an
+#: A-ASSOCIATE-RQ of 128 presentation contexts with many transfer syntaxes each and a 2 x 64 KiB user
+#: identity stays well below it. A longer one (a header announcing 4 GB) is a protocol error: held in
+#: memory it would let one connection take gigabytes of the process within the ARTIM time.
+MAX_WHOLE_PDU_BYTES = 1 << 20
+#: The longest command set (PS3.7's are a few hundred bytes): its fragments are gathered in memory.
+MAX_COMMAND_BYTES = 1 << 16
+#: The longest data set of a message this reader does not stream to a spool (a C-FIND identifier, an
+#: MPPS N-CREATE/N-SET data set): pynetdicom gathers those in memory.
+MAX_UNSPOOLED_DATASET_BYTES = 16 << 20
 _P_DATA_TF = 0x04
+_A_ASSOCIATE_RQ = 0x01
+#: Presentation context IDs are the odd numbers 1-255 (PS3.8 9.3.2.2): an A-ASSOCIATE-RQ proposing more is
+#: refused before pynetdicom negotiates it (10,000 contexts, within MAX_WHOLE_PDU_BYTES, cost 1.5 s of CPU).
+MAX_PRESENTATION_CONTEXTS = 128
+#: The A-ASSOCIATE-RQ's fixed fields before its variable items (PS3.8 9.3.2).
+_RQ_FIXED = 68
 _PDU_TYPES = range(0x01, 0x08)
 _COMMAND_LAST, _COMMAND_MORE = 0x03, 0x01
 
@@ -137,7 +156,11 @@ class StoreStream:
         self._view = memoryview(self._buffer)
         self._command = bytearray()
         self._other = bytearray()
+        self._unspooled = 0  # bytes so far of the data set being handed to pynetdicom
         self._current: _Receiving | None = None
+        # After a protocol error (A-ABORT queued) whatever else the peer sends is read and dropped, unparsed:
+        # one log line for a peer that sends junk, not one (and an A-ABORT) per 6 bytes of it.
+        self._discarding = False
         self._transport_event = assoc.dul._is_transport_event
         self._idle_wait: bool | None = None  # decided once the association is established
         # Something queued for the association's own thread (a DIMSE message pynetdicom serves, a
@@ -200,8 +223,37 @@ class StoreStream:
         While a C-STORE data set is arriving its next PDU is read at once: the reactor
         would otherwise take an idle turn (it sleeps when no event was queued) between PDUs.
         """
+        if self._discarding:
+            self._discard()
+            return
         while self._read_one() and self._current is not None:
             pass
+
+    def _peer(self) -> str:
+        requestor = getattr(self._assoc, "requestor", None)
+        return f"{getattr(requestor, 'address', '?')}:{getattr(requestor, 'port', '?')}"
+
+    def _protocol_error(self, why: str, *args: object) -> None:
+        """Abort the association (Evt19: A-ABORT) and drop whatever else arrives on it, logged once."""
+        log.error("DICOM connection from %s: " + why + "; association aborted", self._peer(), *args)
+        self._abandon()
+        self._discarding = True
+        self._dul.event_queue.put("Evt19")
+
+    def _peer_gone(self, exc: OSError) -> None:
+        """One INFO line: a peer that resets, or stalls past the idle timeout, mid-PDU is no error of ours
+        (as :class:`~channels.dicom.log_filters.PeerGoneFilter` makes of pynetdicom's own reader's)."""
+        log.info("DICOM connection from %s reset or timed out while reading a PDU (%s)", self._peer(),
+                 type(exc).__name__)
+
+    def _discard(self) -> None:
+        """Read what the socket holds and drop it (after a protocol error); Evt17 when the peer is gone."""
+        try:
+            got = self._sock.recv_into(self._view)
+        except OSError:
+            got = 0
+        if not got:
+            self._dul.event_queue.put("Evt17")
 
     def _read_one(self) -> bool:
         """One PDU; True when it was a P-DATA-TF read here without error."""
@@ -210,15 +262,23 @@ class StoreStream:
             return False
         pdu_type, _, length = struct.unpack(">BBL", head)
         if pdu_type not in _PDU_TYPES:
-            log.error("Unknown PDU type received '0x%02X'", pdu_type)
-            self._abandon()
-            self._dul.event_queue.put("Evt19")
+            self._protocol_error("unknown PDU type 0x%02X (not DICOM, or out of step)", pdu_type)
             return False
         if pdu_type != _P_DATA_TF or self._dul.state_machine.current_state != "Sta6":
             self._abandon()  # a release or abort (or a protocol error) ends any data set in progress
+            if length > MAX_WHOLE_PDU_BYTES:
+                self._protocol_error("a PDU of type 0x%02X announces %d bytes, over the %d read whole",
+                                     pdu_type, length, MAX_WHOLE_PDU_BYTES)  # fmt: skip
+                return False
             body = self._exactly(length)
-            if body is not None:
-                self._hand_over_pdu(head + body)
+            if body is None:
+                return False
+            proposed = _presentation_contexts(body) if pdu_type == _A_ASSOCIATE_RQ else 0
+            if proposed > MAX_PRESENTATION_CONTEXTS:
+                self._protocol_error("an A-ASSOCIATE-RQ proposes %d presentation contexts, more than the %d"
+                                     " PS3.8 allows", proposed, MAX_PRESENTATION_CONTEXTS)  # fmt: skip
+                return False
+            self._hand_over_pdu(head + body)
             return False
         return self._read_data(length)
 
@@ -232,7 +292,7 @@ class StoreStream:
                     break
                 data += chunk
         except OSError as exc:  # reset, or the stall timeout (TimeoutError is an OSError)
-            log.error("Connection closed before the entire PDU was received: %s", type(exc).__name__)
+            self._peer_gone(exc)
         if len(data) < count:
             self._abandon()
             self._dul.event_queue.put("Evt17")
@@ -243,9 +303,8 @@ class StoreStream:
         """What pynetdicom's own reader does with a complete PDU."""
         try:
             pdu, event = self._dul._decode_pdu(bytearray(data))
-        except Exception:  # pynetdicom's reader treats any decoding failure so
-            log.exception("Unable to decode the received PDU data")
-            self._dul.event_queue.put("Evt19")
+        except Exception as exc:  # pynetdicom's reader treats any decoding failure so
+            self._protocol_error("a PDU of type 0x%02X could not be decoded (%s)", data[0], type(exc).__name__)
             return
         self._dul._recv_pdu.put(pdu)
         self._dul.event_queue.put(event)
@@ -264,14 +323,12 @@ class StoreStream:
                     self._piece(piece, others)
             splitter.finish()
         except OSError as exc:
-            log.error("Connection closed before the entire PDU was received: %s", type(exc).__name__)
+            self._peer_gone(exc)
             self._abandon()
             self._dul.event_queue.put("Evt17")
             return False
         except MalformedDataset as exc:
-            log.error("Invalid P-DATA-TF PDU: %s", exc)
-            self._abandon()
-            self._dul.event_queue.put("Evt19")
+            self._protocol_error("invalid P-DATA-TF PDU: %s", str(exc))  # lengths, context ids, limits: no values
             return False
         if others:
             primitive = P_DATA()
@@ -288,10 +345,17 @@ class StoreStream:
             if current is not None:
                 raise MalformedDataset("a command arrived before the previous data set ended")
             self._command += piece.data
+            if len(self._command) > MAX_COMMAND_BYTES:
+                raise MalformedDataset(f"a command set longer than {MAX_COMMAND_BYTES} bytes")
             if piece.ends and piece.is_last:
                 self._command_complete(piece.context_id, others)
             return
         if current is None:  # a data set of pynetdicom's message: handed over whole, PDV by PDV
+            self._unspooled += len(piece.data)
+            if self._unspooled > MAX_UNSPOOLED_DATASET_BYTES:
+                raise MalformedDataset(f"a data set held in memory longer than {MAX_UNSPOOLED_DATASET_BYTES} bytes")
+            if piece.ends and piece.is_last:
+                self._unspooled = 0
             self._other += piece.data
             if piece.ends:
                 others.append((piece.context_id, bytes([piece.control]) + bytes(self._other)))
@@ -392,6 +456,18 @@ class StoreStream:
             self._current = None
         self._command.clear()
         self._other.clear()
+        self._unspooled = 0
+
+
+def _presentation_contexts(body: bytes) -> int:
+    """How many presentation context items (0x20) an A-ASSOCIATE-RQ's body carries (items: type, reserved,
+    2-byte length); a truncated item ends the count (pynetdicom's decoding then refuses the PDU)."""
+    count, pos = 0, _RQ_FIXED
+    while pos + 4 <= len(body):
+        kind, length = body[pos], struct.unpack_from(">H", body, pos + 2)[0]
+        count += kind == 0x20
+        pos += 4 + length
+    return count
 
 
 class _AssociationClock:

@@ -61,6 +61,12 @@ _KEPT_BECAUSE = {
     FrameKind.JUNK: "bytes outside an MLLP frame",
     FrameKind.ABANDONED: "connection closed inside an MLLP frame",
 }
+#: How the log names what was refused and kept (MLLPServer.dropped).
+_REPORTED = {
+    FrameKind.OVERSIZE: "a frame over max_message_bytes (answered AR)",
+    FrameKind.JUNK: "bytes outside an MLLP frame",
+    FrameKind.ABANDONED: "a frame its connection ended inside",
+}
 
 
 class MLLPServer:
@@ -77,6 +83,8 @@ class MLLPServer:
         self.refused = Throttled(log, logging.WARNING)
         self.evicted = Throttled(log, logging.INFO)
         self.timed_out = Throttled(log, logging.INFO)
+        # Oversize frames, junk and abandoned frames: stored REJECTED (radbridge messages list), said here too.
+        self.dropped = Throttled(log, logging.WARNING)
 
     @property
     def port(self) -> int:
@@ -134,6 +142,9 @@ class _Connection(asyncio.Protocol):
         self.host = "?"  # the peer's address: connections are counted per address
         self.paused = False  # too many frames pending: reading waits for the task to catch up
         self.starved = False  # the listener holds too many bytes: reading waits (Admission.change)
+        # The transport holds more unsent answers than its high-water mark (the peer does not read them):
+        # reading waits until they drain, so a peer that never reads cannot make answers pile up here.
+        self.write_full = False
         self._reading = True
         self.closed = False
         self.eof = False  # the peer half-closed: close once everything received is answered
@@ -274,8 +285,18 @@ class _Connection(asyncio.Protocol):
         else:  # nobody to wake: the same count, without the call
             admission.buffered += delta
 
+    def pause_writing(self) -> None:
+        """The transport's write buffer passed its high-water mark: stop taking new frames."""
+        self.write_full = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        """The write buffer drained under its low-water mark: read again."""
+        self.write_full = False
+        self._set_reading()
+
     def _set_reading(self) -> None:
-        want = not (self.paused or self.starved)
+        want = not (self.paused or self.starved or self.write_full)
         if want is self._reading or self.closed or self.transport is None:
             return
         self._reading = want
@@ -444,10 +465,16 @@ class _Connection(asyncio.Protocol):
         if event.kind is FrameKind.MESSAGE:
             deliver = early.deliver if early else None
             return await self.runner.receive(event.payload, self.peer, deliver, alone, opened)
+        self._report(event)
         if event.kind is FrameKind.OVERSIZE:
             return await self.runner.reject_oversize(event.payload, self.peer)
         await self.runner.keep(event.payload, self.peer, _KEPT_BECAUSE[event.kind])
         return None
+
+    def _report(self, event: FrameEvent) -> None:
+        self.server.dropped("channel %s: %s from %s: %d bytes received, the first %d stored (REJECTED)",
+                            self.runner.name, _REPORTED[event.kind], self.peer, max(event.size, len(event.payload)),
+                            len(event.payload))  # fmt: skip
 
     async def _keep(self, leftovers: list[FrameEvent]) -> None:
         with contextlib.suppress(Exception):
@@ -455,6 +482,7 @@ class _Connection(asyncio.Protocol):
                 with contextlib.suppress(BaseException):
                     await self.task
             for event in leftovers:
+                self._report(event)
                 await self.runner.keep(event.payload, self.peer, _KEPT_BECAUSE[event.kind])
 
     def _arm_idle(self) -> None:

@@ -6,6 +6,7 @@ two peers; the good sender is python-hl7's MLLP client, or a raw socket.
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import time
@@ -373,3 +374,26 @@ def test_bytes_of_pipelined_frames_are_released_as_they_are_answered(tmp_path):
     answers, (buffered, per_connection), rows = asyncio.run(scenario())
     assert answers == [["AA"] * 31] * 3 and rows == 93
     assert buffered == 0 and per_connection == [0, 0, 0]
+
+
+def test_oversize_and_abandoned_frames_are_said_in_the_log_once_with_their_size(tmp_path, caplog):
+    """A frame that never ends, far past max_message_bytes, then a close: one WARNING (throttled) naming the
+    peer and the size, not silence (the row is REJECTED in the store either way)."""
+    async def scenario():
+        async with serving(tmp_path, max_message_bytes=4096, max_kept_bytes=2048) as (server, db):
+            sock = connect(server.port)
+            sock.sendall(b"\x0b" + MSG.replace(b"{n}", b"ENDLESS") + b"NTE|1||" + b"y" * 3_000_000)
+            sock.close()
+            for _ in range(100):
+                if db.read(lambda c: c.execute(select(messages.c.status)).all()):
+                    break
+                await asyncio.sleep(0.05)
+
+    with caplog.at_level(logging.INFO, logger="channels.mllp"):
+        asyncio.run(scenario())
+    lines = [r for r in caplog.records if "stored (REJECTED)" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    text = lines[0].getMessage()
+    assert "a frame its connection ended inside from 127.0.0.1:" in text and "the first 2048 stored" in text
+    assert int(text.split(": ")[2].split(" bytes")[0]) > 3_000_000
+    assert "ENDLESS" not in text and "yyyy" not in text
