@@ -36,6 +36,7 @@ __all__ = [
     "PatientPolicy",
     "apply_patient_event",
     "change_identifier",
+    "demographic_values",
     "ensure_patient",
     "find_patient",
     "merge_patient",
@@ -151,27 +152,56 @@ def _store_other_ids(conn: Connection, pk: int, others: Sequence[OtherPatientId]
             )
 
 
+def demographic_values(record: PatientRecord) -> dict[str, str]:
+    """The demographics an upsert writes: those the record gives, and "" for those it clears.
+
+    An empty field never blanks a stored value; one sent as the HL7 null ``""`` does (HL7 v2.5.1
+    2.5.3, the record's ``cleared``). Identifiers are never cleared: a null PID-3.1 is AE 101
+    (the mapping's ``required``), a null issuer reads as no issuer.
+    """
+    values = {k: getattr(record, k) for k in _DEMOGRAPHICS if getattr(record, k)}
+    for name in record.cleared:
+        if name in _DEMOGRAPHICS and name not in values:
+            values[name] = ""
+    return values
+
+
 def upsert_patient(
-    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime
+    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime,
+    cleared: list[str] | None = None,
 ) -> int:
     """Create or update the patient (A01/A04/A05/A08/A31 and order PIDs); return its pk.
 
-    Only fields the record gives are written: an empty field never blanks a stored value.
+    Only fields the record gives or clears are written (:func:`demographic_values`). The
+    names of stored values the record blanked are appended to ``cleared`` when given.
     """
     patient_id, issuer, others = resolve_identity(record, policy.trusted_issuers)
-    values = {k: getattr(record, k) for k in _DEMOGRAPHICS if getattr(record, k)}
+    values = demographic_values(record)
     row = find_patient(conn, patient_id, issuer)
     replaced = _replaced(conn, patient_id, issuer, policy) if row is None else None
     if row is None and replaced is None:
         pk = _create(conn, patient_id, issuer, now, **values)
     else:
         pk = replaced or _live(conn, row, policy, _PID3)
-        if values and (row is None or pk != row.id or any(getattr(row, k) != v for k, v in values.items())):
+        stored = row if row is not None and pk == row.id else None
+        if values and (stored is None or any(getattr(stored, k) != v for k, v in values.items())):
+            if cleared is not None:
+                cleared.extend(_blanked(conn, pk, stored, values))
             conn.execute(
                 update(patients).where(patients.c.id == pk).values(updated_at=now, **values)
             )
     _store_other_ids(conn, pk, others)
     return pk
+
+
+def _blanked(conn: Connection, pk: int, stored: Any, values: dict[str, str]) -> list[str]:
+    """The demographics ``values`` blanks that the patient ``pk`` holds (``stored``: its row, if read)."""
+    names = [k for k, v in values.items() if not v]
+    if not names:
+        return []
+    if stored is None:  # a merged or renamed patient: its survivor's row
+        stored = conn.execute(select(*(patients.c[k] for k in names)).where(patients.c.id == pk)).one()
+    return [k for k in names if getattr(stored, k)]
 
 
 def _steps_of(pk: int) -> Any:
@@ -230,10 +260,14 @@ IMPLEMENTED_EVENTS = frozenset({"", "A01", "A04", "A05", "A08", "A28", "A31", "A
 
 
 def apply_patient_event(
-    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime
+    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime,
+    cleared: list[str] | None = None,
 ) -> int:
-    """Apply one ADT patient record: upsert, then the event's own action (A10, A11)."""
-    pk = upsert_patient(conn, record, policy, now)
+    """Apply one ADT patient record: upsert, then the event's own action (A10, A11).
+
+    ``cleared`` (when given) receives the names of stored demographics the record blanked.
+    """
+    pk = upsert_patient(conn, record, policy, now, cleared)
     action = EVENT_ACTIONS.get(record.event)
     if action is not None:
         action(conn, pk, record, now)
