@@ -218,7 +218,8 @@ class _Writer:
             whole = f"_leaf({rep}, seps, 1, None)"
             return f"(_part({parts}[0], seps) if {parts} is not None else {whole})"
         # Past the last component: absent, or null when the whole repetition is ``""``.
-        return f"(_part({parts}[{comp - 1}], seps) if {parts} is not None and {comp} <= len({parts}) else _absent({rep}))"
+        found = f"{parts} is not None and {comp} <= len({parts})"
+        return f"(_part({parts}[{comp - 1}], seps) if {found} else _absent({rep}))"
 
     def multi_component(self, source: Hl7Ref) -> bool:
         """True when another path already reads a component of the same repetition (worth splitting once)."""
