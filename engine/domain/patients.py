@@ -58,16 +58,17 @@ class PatientPolicy:
 
 
 # Run on every order and ADT message: compiled once, executed on the raw cursor (engine.store.fast).
+_STORED = (*(patients.c[k] for k in _DEMOGRAPHICS), patients.c.cleared)
 _FIND = FastStatement(
     select(patients.c.id, patients.c.patient_id, patients.c.issuer, patients.c.status, patients.c.merged_into_id,
-           *(patients.c[k] for k in _DEMOGRAPHICS))
+           *_STORED)
     .where(patients.c.patient_id == bindparam("patient_id"), patients.c.issuer == bindparam("issuer"))
 )  # fmt: skip
 _INSERT = FastInsert(patients)
 
 
 def find_patient(conn: Connection, patient_id: str, issuer: str) -> Any:
-    """The patient row (id, identity, status, merged_into_id, demographics) for an identity, or None."""
+    """The patient row (id, identity, status, merged_into_id, demographics, cleared) for an identity, or None."""
     return first_row(_FIND, conn, {"patient_id": patient_id, "issuer": issuer})
 
 
@@ -172,36 +173,37 @@ def upsert_patient(
 ) -> int:
     """Create or update the patient (A01/A04/A05/A08/A31 and order PIDs); return its pk.
 
-    Only fields the record gives or clears are written (:func:`demographic_values`). The
-    names of stored values the record blanked are appended to ``cleared`` when given.
+    Only fields the record gives or clears are written (:func:`demographic_values`); the
+    ``cleared`` column remembers which were deleted (engine.domain.reconcile blanks them in
+    the images). The names of stored values the record blanked are appended to ``cleared``.
     """
     patient_id, issuer, others = resolve_identity(record, policy.trusted_issuers)
-    values = demographic_values(record)
+    values: dict[str, str] = demographic_values(record)
     row = find_patient(conn, patient_id, issuer)
     replaced = _replaced(conn, patient_id, issuer, policy) if row is None else None
     if row is None and replaced is None:
-        pk = _create(conn, patient_id, issuer, now, **values)
+        deleted = _deleted("", values)
+        pk = _create(conn, patient_id, issuer, now, **values, **({"cleared": deleted} if deleted else {}))
     else:
         pk = replaced or _live(conn, row, policy, _PID3)
-        stored = row if row is not None and pk == row.id else None
-        if values and (stored is None or any(getattr(stored, k) != v for k, v in values.items())):
-            if cleared is not None:
-                cleared.extend(_blanked(conn, pk, stored, values))
-            conn.execute(
-                update(patients).where(patients.c.id == pk).values(updated_at=now, **values)
-            )
+        if values:
+            stored = row if row is not None and pk == row.id else conn.execute(
+                select(*_STORED).where(patients.c.id == pk)).one()  # a merged or renamed patient's survivor
+            values["cleared"] = _deleted(stored.cleared, values)
+            if any(getattr(stored, k) != v for k, v in values.items()):
+                if cleared is not None:
+                    cleared.extend(k for k in _DEMOGRAPHICS if values.get(k) == "" and getattr(stored, k))
+                conn.execute(update(patients).where(patients.c.id == pk).values(updated_at=now, **values))
     _store_other_ids(conn, pk, others)
     return pk
 
 
-def _blanked(conn: Connection, pk: int, stored: Any, values: dict[str, str]) -> list[str]:
-    """The demographics ``values`` blanks that the patient ``pk`` holds (``stored``: its row, if read)."""
-    names = [k for k, v in values.items() if not v]
-    if not names:
-        return []
-    if stored is None:  # a merged or renamed patient: its survivor's row
-        stored = conn.execute(select(*(patients.c[k] for k in names)).where(patients.c.id == pk)).one()
-    return [k for k in names if getattr(stored, k)]
+def _deleted(before: str, values: dict[str, str]) -> str:
+    """The ``cleared`` column after writing ``values``: deleted ones added, given ones removed."""
+    names = set(before.split())
+    names.difference_update(k for k, v in values.items() if v)
+    names.update(k for k, v in values.items() if not v)
+    return " ".join(k for k in _DEMOGRAPHICS if k in names)
 
 
 def _steps_of(pk: int) -> Any:

@@ -58,6 +58,9 @@ patients = Table(
     Column("sex", String(16), nullable=False, default=""),
     Column("admission_id", String(64), nullable=False, default=""),
     Column("referring_physician_name", String(324), nullable=False, default=""),
+    # Demographics the PAS deleted (sent as HL7 null "", engine.mapping.null) and not given since, space-
+    # separated: the images' values are blanked too (engine.domain.reconcile), not left as the modality's.
+    Column("cleared", String(255), nullable=False, default="", server_default=""),
     # Visit (PV1), kept by engine.domain.visits: PV1-2, PV1-3, PV1-6 and (0038,0008) terms.
     Column("patient_class", String(16), nullable=False, default=""),
     Column("current_patient_location", String(64), nullable=False, default=""),

@@ -153,8 +153,6 @@ def _flat(value: Any) -> Any:
 
 def _sequence(value: Any) -> Any:
     """A nested object written to a DICOM sequence becomes its single item (PS3.5 7.5)."""
-    if value is NULL:
-        return ""
     if isinstance(value, dict):
         return [_sequence_item(value)]
     if value is None:

@@ -261,7 +261,7 @@ class ObjectRef:
 
     def read(self, ctx: Context) -> list[str]:
         root = ctx.current_obj if self.relative else ctx.obj
-        return [_text(v) for v in _walk(root, self.steps) if _text(v)]
+        return [text for text in map(_text, _walk(root, self.steps)) if text or text is NULL]
 
     def first(self, ctx: Context) -> str:
         node = ctx.current_obj if self.relative else ctx.obj
@@ -284,10 +284,11 @@ class ObjectRef:
 
 
 def _text(value: Any) -> str:
+    """A value of a record or dataset as text; a NULL in a record input stays NULL (engine.mapping.null)."""
     if value.__class__ is str:  # the usual value, without the ABC check below
         return str(value)
-    if value is None:
-        return ""
+    if value is None or value is NULL:
+        return "" if value is None else NULL
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         return "\\".join(_text(v) for v in value)
     return str(value)

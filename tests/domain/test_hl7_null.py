@@ -16,12 +16,14 @@ from sqlalchemy import select
 
 from engine.config.models import EngineConfig
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
+from engine.domain.reconcile import patient_input
 from engine.domain.tables import patients
 from engine.domain.worklist import MatchSettings, build_select
 from engine.errors import HL7ApplicationError
 from engine.handlers import InboundContext
 from engine.hl7.er7 import Message
 from engine.mapping import CompiledMapping, load_mappings
+from engine.mapping.null import NULL
 from engine.store.database import Database
 from tests.conftest import migrated
 
@@ -128,3 +130,23 @@ def test_order_pid_null_clears_and_the_worklist_shows_it(store: Database, config
     query.PatientID = "MRN1"
     rows = store.read(lambda c: c.execute(build_select(query, MatchSettings())).mappings().all())
     assert [r["PatientBirthDate"] for r in rows] == [""]
+
+
+def test_a_delete_is_remembered_until_a_value_comes(store: Database, config: EngineConfig) -> None:
+    _adt(store, config, "A01")
+    _adt(store, config, birth='""', sex='""', control="2")
+    _adt(store, config, control="3", birth="", sex="")  # empty: no change, the deletes stand
+    assert store.read(lambda c: c.execute(select(patients.c.cleared)).scalar_one()) == "birth_date sex"
+    _adt(store, config, control="4", birth="19800202", sex="")
+    row = store.read(lambda c: c.execute(select(patients)).one())
+    assert (row.birth_date, row.sex, row.cleared) == ("19800202", "", "sex")
+
+
+def test_the_image_input_carries_a_deleted_value_as_null(store: Database, config: EngineConfig) -> None:
+    _adt(store, config, "A01")
+    _adt(store, config, birth='""', control="2")
+    pk = store.read(lambda c: c.execute(select(patients.c.id)).scalar_one())
+    given = store.read(lambda c: patient_input(c, pk))["patient"]
+    assert given["birth_date"] is NULL and given["sex"] == "F"
+    image = MAPPINGS["order-to-image"].apply_to({"order": {"patient_id": "MRN1"}, "patient": given})
+    assert image.records[0]["PatientBirthDate"] is NULL
