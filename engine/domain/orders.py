@@ -220,6 +220,30 @@ def _hash(record: OrderRecord) -> str:
 _LO = 64
 
 
+#: Order fields a message may delete with the HL7 null ``""`` (HL7 v2.5.1 2.5.3) -> (table, column).
+#: Identifiers, codes, modality, start and status are never cleared: a null there is an empty field.
+_CLEARABLE: dict[str, tuple[str, str]] = {
+    "requested_procedure_description": ("orders", "requested_procedure_description"),
+    "requesting_physician": ("orders", "requesting_physician"),
+    "referring_physician_name": ("orders", "referring_physician_name"),
+    "admission_id": ("orders", "admission_id"),
+    "scheduled_procedure_step_description": ("procedure_steps", "description"),
+    "scheduled_performing_physician_name": ("procedure_steps", "performing_physician_name"),
+    "scheduled_procedure_step_location": ("procedure_steps", "location"),
+}
+
+
+def _nulls(record: OrderRecord) -> list[str]:
+    """The clearable fields ``record`` sent as HL7 null (and gave no value)."""
+    return [name for name in _CLEARABLE if name in record.cleared and not getattr(record, name)]
+
+
+def _deleted(before: str, record: OrderRecord) -> str:
+    """The order's ``cleared`` column after ``record``: its nulls added, the fields it gives removed."""
+    names = {n for n in before.split() if not getattr(record, n, "")} | set(_nulls(record))
+    return " ".join(n for n in _CLEARABLE if n in names)
+
+
 def _order_values(record: OrderRecord) -> dict[str, Any]:
     code = record.requested_procedure_code
     return {
@@ -239,6 +263,7 @@ def _order_values(record: OrderRecord) -> dict[str, Any]:
         "order_control": record.order_control,
         "order_status": record.order_status,
         "content_hash": _hash(record),
+        "cleared": _deleted("", record),
     }
 
 
@@ -318,26 +343,50 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v not in ("", None)}
 
 
+def _blanked(conn: Connection, record: OrderRecord, found: Any) -> list[str]:
+    """The clearable fields ``record`` nulls that the stored order or step holds (for the note)."""
+    names = _nulls(record)
+    if not names:
+        return []
+    tables = {"orders": orders, "procedure_steps": procedure_steps}
+    columns = [tables[_CLEARABLE[n][0]].c[_CLEARABLE[n][1]].label(n) for n in names]
+    joined = orders.join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)
+    row = conn.execute(select(*columns).select_from(joined).where(procedure_steps.c.id == found.step_pk)).one()
+    return [n for n in names if getattr(row, n)]
+
+
+def _cleared_columns(record: OrderRecord, table: str) -> dict[str, str]:
+    """"" for each column of ``table`` the record deletes."""
+    return {_CLEARABLE[n][1]: "" for n in _nulls(record) if _CLEARABLE[n][0] == table}
+
+
 def _update_content(
     conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime
-) -> None:
-    """NW resent / XO: write the fields the message gives, keep the others."""
+) -> list[str]:
+    """NW resent / XO: write the fields the message gives, blank those it sends as HL7 null, keep the others.
+
+    Returns the fields it blanked that held a value (for the message's note).
+    """
+    blanked = _blanked(conn, record, found)
     accession = "" if policy.accession_policy == "always_generate" else record.accession_number  # ours stays
     order_values = _given(
         {**_order_values(record), "accession_number": accession,
          "requested_procedure_id": given_ids(record)[0], "study_instance_uid": record.study_instance_uid}
     )  # fmt: skip
+    order_values.update(_cleared_columns(record, "orders"), cleared=_deleted(found.cleared, record))
     conn.execute(update(orders).where(orders.c.id == found.order_pk).values(updated_at=now, **order_values))
     values, aes = _step_values(record, policy, now)
     if not record.scheduled_start:  # split_start would put "now" in place of the stored start
         for key in ("start_date", "start_time", "start_datetime"):
             values.pop(key)
-    conn.execute(update(procedure_steps).where(procedure_steps.c.id == found.step_pk).values(**_given(values)))
+    step_values = {**_given(values), **_cleared_columns(record, "procedure_steps")}
+    conn.execute(update(procedure_steps).where(procedure_steps.c.id == found.step_pk).values(**step_values))
     if aes:
         start = values.get("start_datetime") or conn.execute(
             select(procedure_steps.c.start_datetime).where(procedure_steps.c.id == found.step_pk)
         ).scalar_one()
         _set_station_aes(conn, int(found.step_pk), aes, start)
+    return blanked
 
 
 def _update(
@@ -359,7 +408,10 @@ def _update(
         return Applied((step_pk,), False, kept or f"order {identity_text(record)}: {record.order_control} changed "
                                                   f"nothing ({why})")
     if content:
-        _update_content(conn, record, found, policy, now)
+        blanked = _update_content(conn, record, found, policy, now)
+        if blanked:
+            cleared = (f"order {identity_text(record)}: {', '.join(blanked)} cleared (sent as HL7 null \"\")")
+            kept = "\n".join(filter(None, (kept, cleared)))
     else:
         conn.execute(
             update(orders)

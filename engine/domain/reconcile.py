@@ -162,7 +162,7 @@ _ORDER_INPUT = FastStatement(
     select(*_labelled(orders, "o_", "order_control order_status placer_order_number filler_order_number "
                       "accession_number issuer_of_accession_number requested_procedure_id study_instance_uid "
                       "priority requested_procedure_description procedure_code_value procedure_coding_scheme "
-                      "procedure_code_meaning requesting_physician referring_physician_name admission_id"),
+                      "procedure_code_meaning requesting_physician referring_physician_name admission_id cleared"),
            *_labelled(procedure_steps, "s_", "sps_id modality description protocol_code_value "
                       "protocol_coding_scheme protocol_code_meaning"),
            *_labelled(patients, "p_", "patient_id issuer patient_name birth_date sex admission_id "
@@ -219,17 +219,17 @@ def input_from_rows(rows: Sequence[Any]) -> dict[str, Any]:
         "other_ids": [{"patient_id": x.x_patient_id, "issuer": x.x_issuer, "type_of_id": x.x_type_of_id}
                       for x in rows if x.x_id is not None],
     }  # fmt: skip
-    return {"order": order, "patient": with_nulls(patient, r.p_cleared)}
+    return {"order": with_nulls(order, r.o_cleared), "patient": with_nulls(patient, r.p_cleared)}
 
 
-def with_nulls(patient: dict[str, Any], cleared: str) -> dict[str, Any]:
-    """The patient input with each demographic the PAS deleted (``patients.cleared``) as the mapping's
-    NULL: the order-to-image mapping passes it on and the coercion blanks the image's value, where an
-    empty value ("never given") leaves the modality's (engine.reconcile.coerce)."""
+def with_nulls(record: dict[str, Any], cleared: str) -> dict[str, Any]:
+    """The record input with each value a message deleted (``patients.cleared``, ``orders.cleared``) as
+    the mapping's NULL: the order-to-image mapping passes it on and the coercion blanks the image's value,
+    where an empty value ("never given") leaves the modality's (engine.reconcile.coerce)."""
     for name in cleared.split():
-        if name in patient and not patient[name]:
-            patient[name] = NULL
-    return patient
+        if name in record and not record[name]:
+            record[name] = NULL
+    return record
 
 
 def patient_conflict(conn: Connection, keys: MatchKeys, match: OrderMatch | None) -> str | None:

@@ -128,6 +128,8 @@ orders = Table(
     Column("order_control", String(2), nullable=False, default=""),
     Column("order_status", String(2), nullable=False, default=""),
     Column("content_hash", String(64), nullable=False, default=""),
+    # Fields a message deleted with the HL7 null "" (engine.domain.orders._CLEARABLE), space-separated.
+    Column("cleared", String(255), nullable=False, default="", server_default=""),
     Column("message_id", Id, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),

@@ -59,16 +59,18 @@ class Modification:
 
 
 def is_empty(value: Any) -> bool:
-    """True for a mapped value that says nothing: "", None, or items that are all empty (NULL says
-    "no value": it is not empty)."""
-    if value is NULL:
-        return False
+    """True for a mapped value that says nothing: "", None, or items that are all empty. NULL says
+    "no value" and is not empty; inside items it counts as empty (it never makes an item)."""
+    return value is not NULL and _says_nothing(value)
+
+
+def _says_nothing(value: Any) -> bool:
     if value is None or value == "":
         return True
     if isinstance(value, Mapping):
-        return all(is_empty(v) for v in value.values())
+        return all(_says_nothing(v) for v in value.values())
     if isinstance(value, list):
-        return all(is_empty(v) for v in value)
+        return all(_says_nothing(v) for v in value)
     return False
 
 
@@ -94,7 +96,11 @@ def _merged_items(existing: Any, wanted: list[Any]) -> list[Dataset]:
 def _merged_item(existing: Dataset | None, wanted: Mapping[str, Any]) -> Dataset:
     item = copy.deepcopy(existing) if existing is not None else Dataset()
     for keyword, value in wanted.items():
-        if not is_empty(value):
+        if value is NULL:  # empties a value the item holds, adds nothing
+            current = _current(item, keyword)
+            if current is not None and _canon(current.value) != "":
+                _put(item, _replacement(current, keyword, ""))
+        elif not is_empty(value):
             _put(item, _replacement(_current(item, keyword), keyword, value))
     return item
 

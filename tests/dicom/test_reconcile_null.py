@@ -1,4 +1,5 @@
-"""PIR of an HL7 null: an A08 that deletes the birth date (PID-7 ``""``) empties the stored images' value."""
+"""PIR of an HL7 null: an A08 that deletes the birth date (PID-7 ``""``), or an XO that deletes the
+study description, empties the stored images' value."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from sqlalchemy import select
 
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
 from engine.domain.late_reconcile import late_jobs
+from engine.domain.tables import studies
 from tests.dicom.conftest import needs_dcmtk
 from tests.dicom.store_peer import StoreSCP, running_scp, storescu
 from tests.domain.factories import apply_records, order, patient
 
 pytestmark = needs_dcmtk
 ROOT = Path(__file__).resolve().parents[2]
+ORM = "MSH|^~\\&|RIS|HOSP|RADBRIDGE|HOSP|20261205080000||ORM^O01|O{n}|P|2.5.1\rPID|1||X^^^HOSP^MR||X\r"
 ADT = "MSH|^~\\&|HIS|HOSP|RADBRIDGE|HOSP|20261205080000||ADT^{event}|A{event}|P|2.5.1\rPID|1||X^^^HOSP^MR||X\r"
 
 
@@ -67,3 +71,21 @@ def test_an_unscheduled_study_follows_a_null_sex_from_the_patient(tmp_path: Path
         assert {ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].PatientSex
                 for ds in _headers(scp)} == {"M"}
 
+
+
+def test_an_xo_that_deletes_the_description_empties_it_in_the_images(tmp_path: Path, corpus: Path) -> None:
+    with running_scp(tmp_path, mappings_dir=ROOT / "mappings") as scp:
+        mr = {"patient_id": "583295", "accession_number": "MOF5026", "modality": "MR"}
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)),
+                      [patient("583295", patient_name="DOE^JOHN"), order("PL1", **mr)], ORM.format(n=1))
+        assert storescu(scp.port, _files(corpus)).returncode == 0
+        assert {ds.StudyDescription for ds in _headers(scp)} == {"CT HEAD"}
+        xo = order("PL1", order_control="XO", requested_procedure_description="",
+                   cleared=["requested_procedure_description"], **mr)
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [xo], ORM.format(n=2))
+        assert _run_job(scp) == 2
+        for ds in _headers(scp):
+            assert ds.StudyDescription == "" and ds.RequestAttributesSequence[0].RequestedProcedureDescription == ""
+            last = ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0]
+            assert last.StudyDescription == "CT HEAD"
+        assert scp.db.read(lambda c: c.execute(select(studies.c.study_description)).scalar_one()) == ""

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from engine.config.models import EngineConfig
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
 from engine.domain.reconcile import patient_input
-from engine.domain.tables import patients
+from engine.domain.tables import orders, patients, procedure_steps
 from engine.domain.worklist import MatchSettings, build_select
 from engine.errors import HL7ApplicationError
 from engine.handlers import InboundContext
@@ -150,3 +150,46 @@ def test_the_image_input_carries_a_deleted_value_as_null(store: Database, config
     assert given["birth_date"] is NULL and given["sex"] == "F"
     image = MAPPINGS["order-to-image"].apply_to({"order": {"patient_id": "MRN1"}, "patient": given})
     assert image.records[0]["PatientBirthDate"] is NULL
+
+
+def _order_rows(db: Database) -> Any:
+    return db.read(lambda c: c.execute(
+        select(orders.c.requested_procedure_description, orders.c.referring_physician_name, orders.c.cleared,
+               procedure_steps.c.description).join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)).one())
+
+
+def _orm(config: EngineConfig, db: Database, control: str, code: str, referring: str) -> list[str]:
+    obr = f"OBR|1|PL1||{code}" + "|" * 20 + "CT"
+    orc = "ORC|NW|PL1||||SC" if control == "1" else "ORC|XO|PL1"
+    text = ORM.format(control=control) + PID.format(**(FULL | {"referring": referring})) + f"{orc}\r{obr}\r"
+    return [n for _, n in _send(db, OrdersHandler(order_policy(config)), MAPPINGS["order-to-worklist"], text) if n]
+
+
+def test_an_xo_with_null_fields_clears_them_on_the_order_and_step(store: Database, config: EngineConfig) -> None:
+    _orm(config, store, "1", "CTHEAD^CT head^L^^CT head plain", "77^House^Greg")
+    assert tuple(_order_rows(store)) == ("CT head", "House^Greg", "", "CT head plain")
+    notes = _orm(config, store, "2", 'CTHEAD^""^L^^""', '""')
+    assert tuple(_order_rows(store)) == ("", "", "requested_procedure_description referring_physician_name "
+                                         "scheduled_procedure_step_description", "")
+    assert 'order placer PL1: requested_procedure_description, referring_physician_name, ' \
+           'scheduled_procedure_step_description cleared (sent as HL7 null "")' in notes
+    query = Dataset()
+    query.RequestedProcedureDescription = ""
+    query.PatientID = "MRN1"
+    rows = store.read(lambda c: c.execute(build_select(query, MatchSettings())).mappings().all())
+    assert [r["RequestedProcedureDescription"] for r in rows] == [""]
+
+
+def test_an_xo_with_empty_fields_keeps_them(store: Database, config: EngineConfig) -> None:
+    _orm(config, store, "1", "CTHEAD^CT head^L^^CT head plain", "77^House^Greg")
+    _orm(config, store, "2", "CTHEAD^^L", "")
+    assert tuple(_order_rows(store)) == ("CT head", "House^Greg", "", "CT head plain")
+
+
+def test_a_value_after_a_null_leaves_the_cleared_list(store: Database, config: EngineConfig) -> None:
+    _orm(config, store, "1", "CTHEAD^CT head^L", "77^House^Greg")
+    _orm(config, store, "2", 'CTHEAD^""^L', '""')
+    _orm(config, store, "3", "CTHEAD^CT head again^L", "")
+    row = _order_rows(store)
+    assert (row.requested_procedure_description, row.referring_physician_name, row.cleared) == (
+        "CT head again", "", "referring_physician_name")
