@@ -201,7 +201,24 @@ def test_every_registered_transform_passes_a_null(name: str) -> None:
     assert bound.apply(NULL, SEPS) is NULL
 
 
-def test_a_dicom_output_writes_a_null_as_empty(tmp_path: Path) -> None:
+def test_a_dicom_output_passes_a_null_on_for_the_coercion(tmp_path: Path) -> None:
     text = "source: hl7v2\ntarget: dicom\noutputs:\n  - fields:\n      PatientBirthDate: PID-7\n"
     out = load_mapping(write(tmp_path, "d.yaml", text)).apply(Message(MSH + 'PID|||||||""\r')).records[0]
-    assert out["PatientBirthDate"] == "" and out["PatientBirthDate"].__class__ is str
+    assert out["PatientBirthDate"] is NULL
+
+
+def test_a_record_source_reads_a_null_it_is_given(tmp_path: Path) -> None:
+    text = ("source: record\ntarget: dicom\noutputs:\n  - fields:\n"
+            "      PatientBirthDate: patient.birth_date\n      PatientSex: {path: patient.sex, transform: [upper]}\n"
+            "      PatientName: [order.referring_physician_name, patient.patient_name]\n")
+    out = load_mapping(write(tmp_path, "r.yaml", text)).apply_to(
+        {"patient": {"birth_date": NULL, "sex": NULL, "patient_name": "DOE^J"},
+         "order": {"referring_physician_name": NULL}}).records[0]
+    assert out["PatientBirthDate"] is NULL and out["PatientSex"] is NULL
+    assert out["PatientName"] == "DOE^J"  # a value wins over a null
+
+
+def test_a_fhir_output_leaves_a_null_out(tmp_path: Path) -> None:
+    text = "source: hl7v2\ntarget: fhir\noutputs:\n  - resource: Patient\n    fields:\n      birthDate: PID-7\n"
+    out = load_mapping(write(tmp_path, "f.yaml", text)).apply(Message(MSH + 'PID|||||||""\r')).records[0]
+    assert out == {"resourceType": "Patient"}
