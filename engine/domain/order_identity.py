@@ -27,7 +27,6 @@ _COLUMNS = (
     orders.c.id.label("order_pk"),
     orders.c.patient_pk,
     orders.c.content_hash,
-    orders.c.cleared,
     orders.c.placer_order_namespace,
     orders.c.filler_order_namespace,
     orders.c.requested_procedure_id,

@@ -343,16 +343,16 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v not in ("", None)}
 
 
-def _blanked(conn: Connection, record: OrderRecord, found: Any) -> list[str]:
-    """The clearable fields ``record`` nulls that the stored order or step holds (for the note)."""
-    names = _nulls(record)
-    if not names:
-        return []
-    tables = {"orders": orders, "procedure_steps": procedure_steps}
-    columns = [tables[_CLEARABLE[n][0]].c[_CLEARABLE[n][1]].label(n) for n in names]
-    joined = orders.join(procedure_steps, procedure_steps.c.order_pk == orders.c.id)
-    row = conn.execute(select(*columns).select_from(joined).where(procedure_steps.c.id == found.step_pk)).one()
-    return [n for n in names if getattr(row, n)]
+_TABLES = {"orders": orders, "procedure_steps": procedure_steps}
+_STORED = select(orders.c.cleared, *(_TABLES[t].c[c].label(n) for n, (t, c) in _CLEARABLE.items())).select_from(
+    orders.join(procedure_steps, procedure_steps.c.order_pk == orders.c.id))
+
+
+def _stored_nulls(conn: Connection, record: OrderRecord, found: Any) -> tuple[str, list[str]]:
+    """The order's ``cleared`` column, and the fields ``record`` nulls that the order or step holds (for
+    the note). Read on a content update only (not by find_orders: the reports handler shares it)."""
+    row = conn.execute(_STORED.where(procedure_steps.c.id == found.step_pk)).one()
+    return str(row.cleared), [n for n in _nulls(record) if getattr(row, n)]
 
 
 def _cleared_columns(record: OrderRecord, table: str) -> dict[str, str]:
@@ -367,13 +367,13 @@ def _update_content(
 
     Returns the fields it blanked that held a value (for the message's note).
     """
-    blanked = _blanked(conn, record, found)
+    before, blanked = _stored_nulls(conn, record, found)
     accession = "" if policy.accession_policy == "always_generate" else record.accession_number  # ours stays
     order_values = _given(
         {**_order_values(record), "accession_number": accession,
          "requested_procedure_id": given_ids(record)[0], "study_instance_uid": record.study_instance_uid}
     )  # fmt: skip
-    order_values.update(_cleared_columns(record, "orders"), cleared=_deleted(found.cleared, record))
+    order_values.update(_cleared_columns(record, "orders"), cleared=_deleted(before, record))
     conn.execute(update(orders).where(orders.c.id == found.order_pk).values(updated_at=now, **order_values))
     values, aes = _step_values(record, policy, now)
     if not record.scheduled_start:  # split_start would put "now" in place of the stored start

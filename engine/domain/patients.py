@@ -112,7 +112,8 @@ def _replaced(
 
 
 def _create(conn: Connection, patient_id: str, issuer: str, now: datetime, **values: str) -> int:
-    row = {"patient_id": patient_id, "issuer": issuer, "status": "ACTIVE", "created_at": now, "updated_at": now}
+    row = {"patient_id": patient_id, "issuer": issuer, "status": "ACTIVE", "cleared": "", "created_at": now,
+           "updated_at": now}
     return _INSERT.execute(conn, {**row, **values})
 
 
@@ -182,8 +183,7 @@ def upsert_patient(
     row = find_patient(conn, patient_id, issuer)
     replaced = _replaced(conn, patient_id, issuer, policy) if row is None else None
     if row is None and replaced is None:
-        deleted = _deleted("", values)
-        pk = _create(conn, patient_id, issuer, now, **values, **({"cleared": deleted} if deleted else {}))
+        pk = _create(conn, patient_id, issuer, now, **values, cleared=_deleted("", values))
     else:
         pk = replaced or _live(conn, row, policy, _PID3)
         if values:
