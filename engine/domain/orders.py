@@ -210,9 +210,13 @@ def _hash(record: OrderRecord) -> str:
     """SHA-256 of the record's JSON: stored with the order, compared when the order comes again.
 
     The bytes must stay those of ``record.model_dump_json()``: the hashes of stored orders
-    were made from them, and a resent identical order must still change nothing.
+    were made from them, and a resent identical order must still change nothing. So ``cleared``
+    (newer than those hashes) is left out unless the order nulls something.
     """
-    return hashlib.sha256(_TO_JSON(record)).hexdigest()
+    return hashlib.sha256(_TO_JSON(record, exclude=None if record.cleared else _NO_NULLS)).hexdigest()
+
+
+_NO_NULLS = {"cleared"}
 
 
 #: Descriptions and code meanings (LO) are cut to 64 characters, as the worklist can carry no more;

@@ -193,3 +193,11 @@ def test_a_value_after_a_null_leaves_the_cleared_list(store: Database, config: E
     row = _order_rows(store)
     assert (row.requested_procedure_description, row.referring_physician_name, row.cleared) == (
         "CT head again", "", "referring_physician_name")
+
+
+def test_an_order_that_nulls_something_hashes_its_nulls(store: Database, config: EngineConfig) -> None:
+    """A resent XO with the same nulls changes nothing; the same XO without them is a change."""
+    _orm(config, store, "1", "CTHEAD^CT head^L", "77^House^Greg")
+    assert _orm(config, store, "2", 'CTHEAD^""^L', "77^House^Greg")
+    assert any("changed nothing" in n for n in _orm(config, store, "3", 'CTHEAD^""^L', "77^House^Greg"))
+    assert not any("changed nothing" in n for n in _orm(config, store, "4", "CTHEAD^^L", "77^House^Greg"))
