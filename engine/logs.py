@@ -185,6 +185,22 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
                                               exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
+class _SkippedRunFilter(logging.Filter):
+    """apscheduler's WARNING 'Execution of job ... skipped: maximum number of running instances' is
+    kept for DEBUG: radbridge's jobs run one at a time on purpose (``max_instances=1``), so a run still
+    going at its next tick (a correction of 1,000 images, a fixity pass over S3) is expected, and was a
+    warning every few seconds for as long as it ran. A job that fails still logs its error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith('Execution of job "%s" skipped: maximum number of running'):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+_SKIPPED_RUNS = _SkippedRunFilter()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Send logs (warnings and uncaught thread exceptions too) to stderr; exception text only at DEBUG."""
     handler = logging.StreamHandler(sys.stderr)
@@ -199,3 +215,6 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     for noisy in ("pynetdicom", "apscheduler", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    scheduler_log = logging.getLogger("apscheduler.scheduler")
+    if _SKIPPED_RUNS not in scheduler_log.filters:
+        scheduler_log.addFilter(_SKIPPED_RUNS)

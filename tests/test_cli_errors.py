@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,28 @@ def test_an_unreachable_database_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1, err
     assert err.startswith("radbridge status: cannot use the database: connection failed:")
     assert f"port {port} failed" in err
+
+
+def test_status_without_the_database_still_names_each_channel_s_listener(tmp_path, capsys):
+    """README: with the database unreachable, status shows the engine and its listeners."""
+    port = free_port()  # nobody listens there
+    config = _config(tmp_path, f"postgresql+psycopg://radbridge@127.0.0.1:{port}/radbridge")
+    (config / "channels" / "orders.yaml").write_text("name: orders\nsource: {type: mllp, port: 12575}\n")
+    assert main(["--config", str(config), "status"]) == 1
+    assert "orders\t127.0.0.1:12575" in capsys.readouterr().out.splitlines()
+    assert main(["--config", str(config), "status", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["channels"] == {"orders": {"listen": "127.0.0.1:12575"}}
+
+
+def test_run_from_another_directory_says_where_it_looked_and_how_to_point_at_the_configuration(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./config here: a new user in the wrong directory
+    monkeypatch.delenv("RADBRIDGE_CONFIG", raising=False)
+    code = main(["status"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"looked for {tmp_path / 'config'}" in err
+    assert "--config DIR" in err and "RADBRIDGE_CONFIG" in err
 
 
 def test_send_shows_the_ack_text_unescaped() -> None:

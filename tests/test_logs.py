@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -192,3 +193,37 @@ def test_an_os_error_naming_no_file_keeps_its_message() -> None:
 
     assert "[Errno 98] Address already in use" in text
     assert "FileNotFoundError" in text and "PHIID98765" not in text
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_a_job_run_skipped_because_the_last_one_still_runs_is_not_a_warning(restore_root_logging: None,
+                                                                           level: str) -> None:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from engine.domain.housekeeping import Job, schedule_jobs
+
+    stream = io.StringIO()
+    configure_logging(level)
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    running = threading.Event()
+
+    def slow() -> int:  # a run that outlasts its interval (a correction of many images)
+        running.set()
+        time.sleep(1.0)
+        return 0
+
+    scheduler = BackgroundScheduler()
+    schedule_jobs(scheduler, [Job("slow-job", "a slow job", 0.1, slow)])
+    scheduler.start()
+    try:
+        assert running.wait(5)
+        time.sleep(0.6)
+    finally:
+        scheduler.shutdown(wait=True)
+
+    skipped = [line for line in stream.getvalue().splitlines() if "maximum number of running instances" in line]
+    if level == "INFO":
+        assert skipped == []
+    else:  # still there for whoever debugs the scheduler, as DEBUG
+        assert skipped and all("DEBUG" in line for line in skipped)
+    assert "WARNING" not in stream.getvalue()

@@ -62,6 +62,7 @@ _ACK_COUNTER = itertools.count(1)
 _FIND_ORIGINAL = FastStatement(
     select(messages.c.id, messages.c.body_hash, messages.c.ack, messages.c.ack_code)
     .where(
+        messages.c.channel == bindparam("channel"),  # a resend comes back to its own channel
         messages.c.sender == bindparam("sender"),
         messages.c.control_id == bindparam("control_id"),
         or_(*(messages.c.status == status for status in _ACCEPTED)),
@@ -192,6 +193,9 @@ class Persister:
     def duplicate(self, conn: Connection, p: Prepared, now: datetime) -> Stored | None:
         """The accepted original of ``p`` when ``p`` is a resend of it (its duplicate count goes up).
 
+        Only this channel's messages count: the same message sent to two channels (ADT for the
+        worklist and for a forwarding channel) is applied by each.
+
         A reused control id with other content marks ``p`` ERROR (AE 205) when the channel says
         ``on_conflict: reject``; None then, as when there is no original.
         """
@@ -200,7 +204,8 @@ class Persister:
         if not control_id or window <= 0 or p.error is not None:
             return None
         since = now - timedelta(hours=window)
-        found = _FIND_ORIGINAL.execute(conn, {"sender": p.sender, "control_id": control_id, "since": since})
+        found = _FIND_ORIGINAL.execute(conn, {"channel": self.config.name, "sender": p.sender,
+                                               "control_id": control_id, "since": since})
         row = found.fetchone()
         if row is None:
             return None

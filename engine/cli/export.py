@@ -3,9 +3,10 @@
 Each file is read from the primary location, or the secondary when the primary
 copy is gone (:func:`engine.archive.archive.copy_current`), checked against the
 checksums recorded at ingest while it is copied, and written as
-``DIR/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` through a temporary name. The
-export is audited (``study.export``, the OS user as actor) like ``studies show``:
-the files carry patient data.
+``DIR/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` through a temporary name, each file
+``0600`` and each directory it creates ``0700`` whatever the umask. The export is
+audited (``study.export``, the OS user as actor) like ``studies show``: the files carry
+patient data.
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ __all__ = ["add_export", "export_study"]
 
 
 def _write(archive: Archive, inst: Any, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # The files carry patient data: owner-only whatever the umask, like the data directory
+    # (docs/security.md). A directory that exists already is the operator's and is left alone.
+    target.parent.parent.parent.mkdir(parents=True, exist_ok=True)  # above DIR: no patient data
+    for directory in (target.parent.parent, target.parent):  # DIR, DIR/<SeriesInstanceUID>
+        directory.mkdir(mode=0o700, exist_ok=True)
     temporary = target.with_name(f".{target.name}.part")
-    with open(temporary, "w+b") as out:
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a .part left by an earlier export keeps its old mode through O_TRUNC
+    with open(fd, "w+b") as out:
         copy_current(archive, inst, out)
         out.flush()
         os.fsync(out.fileno())

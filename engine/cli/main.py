@@ -187,12 +187,15 @@ def _status_without_database(args: argparse.Namespace, known: dict[str, Any], ex
 
     error = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     data = {key: known[key] for key in ("engine", "dicom", "fhir")}
+    data["channels"] = {name: {"listen": listener["listen"]} for name, listener in sorted(known["listeners"].items())}
     data["database"] = {"reachable": False, "error": error}
     effect = ("; no message or image can be stored (they are refused: AE, 0xA700) until it is back, then the"
               " engine goes on by itself"
               if data["engine"]["running"] else "")
     data["attention"] = [f"database: cannot be reached ({error}){effect}"]
-    _print(data, args.json, lambda d: "\n".join([*endpoints_text(d), "", "needs attention:", *d["attention"]]))
+    listeners = ["channel\tlisten", *(f"{name}\t{c['listen']}" for name, c in data["channels"].items())]
+    _print(data, args.json, lambda d: "\n".join([*endpoints_text(d), "", *listeners, "", "needs attention:",
+                                                  *d["attention"]]))
     print(f"radbridge status: cannot use the database: {error}", file=sys.stderr)  # as every other command
     return 1
 
@@ -306,6 +309,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK (default 30)")
     send.set_defaults(fn=cmd_send)
     _messages(sub)
+    _orders(sub)
     _studies(sub)
     _clients(sub)
     _archive(sub)
@@ -382,6 +386,12 @@ def _config_everywhere(parser: argparse.ArgumentParser) -> None:
 
 def _outbox(sub: Any) -> None:
     from engine.cli.outbox import add_subcommands
+
+    add_subcommands(sub, _database)
+
+
+def _orders(sub: Any) -> None:
+    from engine.cli.orders import add_subcommands
 
     add_subcommands(sub, _database)
 

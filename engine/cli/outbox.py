@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -71,12 +72,32 @@ def _cmd_list(args: argparse.Namespace, db: Database) -> int:
     return 0
 
 
+def not_replayable(conn: Connection, ids: list[int], destination: str | None) -> list[str]:
+    """Why each of ``ids`` would not be re-queued: unknown, not a dead letter, or another destination's."""
+    found = {row.id: row for row in conn.execute(
+        select(outbox.c.id, outbox.c.status, outbox.c.destination).where(outbox.c.id.in_(ids)))}
+    reasons = []
+    for row_id in dict.fromkeys(ids):
+        row = found.get(row_id)
+        if row is None:
+            reasons.append(f"{row_id}: no such delivery")
+        elif row.status != ERROR:
+            reasons.append(f"{row_id}: not a dead letter ({row.status}); only ERROR rows are put back in the queue")
+        elif destination is not None and row.destination != destination:
+            reasons.append(f"{row_id}: a delivery to {row.destination}, not {destination}")
+    return reasons
+
+
 def _cmd_replay(args: argparse.Namespace, db: Database) -> int:
     if not args.ids and args.destination is None:
-        print("name row ids or --destination")
+        print("radbridge outbox replay: name the row ids (radbridge outbox list --status ERROR) or --destination NAME",
+              file=sys.stderr)
         return 2
+    reasons = db.read(partial(not_replayable, ids=args.ids, destination=args.destination)) if args.ids else []
     count = db.writer.call(partial(replay_deliveries, ids=args.ids, destination=args.destination,
                                    now=datetime.now(UTC)))
+    for reason in reasons:
+        print(reason, file=sys.stderr)
     print(f"{count} delivery(ies) re-queued")
     return 0 if count else 1
 

@@ -61,7 +61,9 @@ def read_config(root: Path, env: Mapping[str, str] | None = None) -> tuple[Confi
     """
     env = os.environ if env is None else env
     if not root.is_dir():
-        return Config(root, EngineConfig()), [f"{root}: configuration directory not found"]
+        return Config(root, EngineConfig()), [
+            f"{root}: configuration directory not found (looked for {root.absolute()}; run radbridge from the"
+            " directory that holds it, e.g. the repository root, or give --config DIR or RADBRIDGE_CONFIG)"]
     problems: list[str] = []
     engine = EngineConfig()
     engine_file = root / "engine.yaml"

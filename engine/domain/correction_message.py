@@ -66,9 +66,17 @@ def _e(value: str) -> str:
 
 
 def _xpn(pn: str) -> str:
-    """DICOM PN family^given^middle^prefix^suffix → XPN family^given^middle^suffix^prefix."""
-    parts = (pn.split("=")[0].split("^") + [""] * 5)[:5]
-    return "^".join(_e(p) for p in (parts[0], parts[1], parts[2], parts[4], parts[3])).rstrip("^")
+    """DICOM PN family^given^middle^prefix^suffix → XPN family^given^middle^suffix^prefix; the
+    ideographic and phonetic groups of a PN (``Yamada^Tarou=山田^太郎``) are further repetitions
+    marked by XPN-8 (table 0465: I, P), as a Japanese HIS sends them."""
+    reps = []
+    for code, group in zip(("", "I", "P"), pn.split("="), strict=False):
+        if not group:
+            continue
+        parts = (group.split("^") + [""] * 5)[:5]
+        rep = "^".join(_e(p) for p in (parts[0], parts[1], parts[2], parts[4], parts[3]))
+        reps.append(f"{rep}^^^{code}" if code else rep.rstrip("^"))
+    return "~".join(reps)
 
 
 def _cx(patient_id: str, issuer: str) -> str:

@@ -34,6 +34,7 @@ from engine.domain.patients import (
 )
 from engine.domain.reconcile import request_for_orders, request_for_patient
 from engine.domain.records import MergeRecord, OrderRecord, PatientRecord
+from engine.domain.steps import ipc_location, step_views
 from engine.errors import ErrorLocation, HL7ApplicationError, HL7Reject
 from engine.handlers import InboundContext, Outbound, register_handler
 from engine.hl7.dicom_text import safe_value
@@ -129,10 +130,14 @@ def _limit_text(name: str, limit: int) -> str:
     return f"a DICOM {vr} holds at most {limit}"
 
 
-def _validate(model: type[Any], data: dict[str, Any], segment: str, sequence: int = 1, ipc: bool = False) -> Any:
+def _validate(
+    model: type[Any], data: dict[str, Any], segment: str, sequence: int = 1, ipc: bool = False,
+    ipc_sequences: tuple[int, ...] = (),
+) -> Any:
     """``model.model_validate(data)`` (same checks, same model), AE 101 at ``segment`` if invalid;
     a value longer than its column allows (engine.domain.records, engine.domain.lengths) is AE 102
-    at its field, in IPC for an order message with IPC segments (``ipc``).
+    at its field, in IPC for an order message with IPC segments (``ipc``): a step's, at its own
+    IPC (``ipc_sequences``: the message sequences of the order's IPCs).
 
     Called on the model's validator directly: ``model_validate`` only passes its default
     options on, and that costs ~10 % of a record's validation, twice an order message.
@@ -141,16 +146,37 @@ def _validate(model: type[Any], data: dict[str, Any], segment: str, sequence: in
         return model.__pydantic_validator__.validate_python(_dicom_safe(data))
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = str(error["loc"][0]) if error["loc"] else ""
+        loc = error["loc"]
+        step = loc[1] if len(loc) > 2 and loc[0] == "steps" and isinstance(loc[1], int) else None
+        name = str(loc[2] if step is not None else loc[0]) if loc else ""
         if error["type"] == "string_too_long" and name in _SOURCES:
             seg, field, component = (_IPC_SOURCES if ipc else {}).get(name) or _SOURCES[name]
-            location = ErrorLocation(seg, sequence if seg in _GROUP_SEGMENTS else 1, field, component)
+            ordinal = sequence if seg in _GROUP_SEGMENTS else 1
+            if seg == "IPC" and ipc_sequences:  # the order's own step fields are its first IPC's
+                ordinal = ipc_location(ipc_sequences, step or 0, field, sequence).sequence
+            location = ErrorLocation(seg, ordinal, field, component)
             limit = error["ctx"]["max_length"]
             shown = ".".join(str(part) for part in error["loc"] if isinstance(part, str))
             raise HL7ApplicationError(
                 102, f"{shown} ({seg}-{field}) is {len(error['input'])} characters; {_limit_text(name, limit)} "
                 f"(shorten it at the sender, or in the mapping with {{truncate: {limit}}})", location) from exc
         raise HL7ApplicationError(101, f"{segment} record invalid: {error['msg']}", ErrorLocation(segment, 1)) from exc
+
+
+def _over_dicom(order: OrderRecord, sequence: int, ipc_sequences: tuple[int, ...]) -> list[str]:
+    """engine.domain.lengths.over_dicom for the order's one step, or for each of its steps at its IPC."""
+    if not order.steps:
+        return over_dicom(order, sequence)
+    notes: list[str] = []
+    for index, view in enumerate(step_views(order)):
+        where = ipc_location(ipc_sequences, index, 9, sequence).sequence
+        found = over_dicom(view, where)
+        notes += found if not index else [f"IPC {where}: {n}" for n in found if not n.startswith(_ORDER_LEVEL)]
+    return notes
+
+
+#: The one identifier over_dicom checks that is the order's, not the step's: said once.
+_ORDER_LEVEL = KEPT_WHOLE["requested_procedure_id"][0]
 
 
 _KNOWN = "patient_pks"
@@ -171,41 +197,43 @@ _ORDER_MESSAGES = frozenset({"ORM", "OMI", "OMG"})
 _CONTENT_UPDATES = frozenset({"NW", "XO"})
 
 
-def _one_procedure_per_orc(message: Message) -> None:
-    """Each ORC group of an order message is one requested procedure with one step: its OBR (and IPC).
+def _one_procedure_per_orc(message: Message) -> list[tuple[int, ...]]:
+    """Each ORC group of an order message is one requested procedure: its OBR. The IPC sequences of each group.
 
-    One ORC followed by two OBRs (a RIS ordering CT head and CT neck under one placer number), or an
-    OMI^O23 OBR with two IPCs (RAD TF-2 allows one per scheduled step), was answered AA with only the
-    first procedure or step on the worklist: the order mapping reads one group per ORC, and an order is
-    stored with one step. Such a message is AE 100 at the first segment not read, and changes nothing;
-    the sender must give each procedure or step its own ORC.
+    One ORC followed by two OBRs (a RIS ordering CT head and CT neck under one placer number) was
+    answered AA with only the first procedure on the worklist: the order mapping reads one group per
+    ORC. Such a message is AE 100 at the second OBR, and changes nothing; the sender must give each
+    procedure its own ORC. Several IPCs in one group are the procedure's steps (RAD TF-2 4.4.4): their
+    sequences in the message, per group, place the ERR of a step's field.
     """
-    seen: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    group = 0
+    obrs = 0
+    ipcs = 0
+    in_group = 0
+    groups: list[list[int]] = []
     prior = False  # in an OMG^O19 PRIOR_RESULT (a PID inside the ORDER group): OBRs of earlier orders
     for seg in message.segments:
         if seg.name == "ORC":
-            group += 1
-            counts = {}
+            groups.append([])
+            in_group = 0
             continue
-        if seg.name == "PID" and group:
+        if seg.name == "PID" and groups:
             prior = True
-        if seg.name not in _ONE_PER_GROUP:
+        if seg.name == "IPC":
+            ipcs += 1
+            if groups and not prior:
+                groups[-1].append(ipcs)
+        if seg.name != "OBR":
             continue
-        seen[seg.name] = seen.get(seg.name, 0) + 1
-        if group == 0 or prior:
+        obrs += 1
+        if not groups or prior:
             continue
-        counts[seg.name] = counts.get(seg.name, 0) + 1
-        if counts[seg.name] > 1:
+        in_group += 1
+        if in_group > 1:
             raise HL7ApplicationError(
-                100, f"ORC group {group} has a second {seg.name} ({seg.name} {seen[seg.name]} of the message): only"
-                " one requested procedure and one step per ORC are scheduled, so this one would be dropped; send"
-                " each procedure with its own ORC", ErrorLocation(seg.name, seen[seg.name]))
-
-
-#: The segments an order message's ORC group holds once (engine.mapping.scope reads the first).
-_ONE_PER_GROUP = frozenset({"OBR", "IPC"})
+                100, f"ORC group {len(groups)} has a second OBR (OBR {obrs} of the message): only one requested "
+                "procedure per ORC is scheduled, so this one would be dropped; send each procedure with its own ORC",
+                ErrorLocation("OBR", obrs))
+    return [tuple(g) for g in groups]
 
 
 def _require(message: Message, kinds: tuple[str, ...], segment: str, records: list[dict[str, Any]]) -> None:
@@ -303,9 +331,10 @@ class OrdersHandler:
 
     def apply(self, conn: Connection, ctx: InboundContext) -> list[Outbound]:
         """Upsert the PID's patient (unless ``patients`` runs too), then apply every order record."""
+        ipc_groups: list[tuple[int, ...]] = []
         if ctx.message.message_code in _ORDER_MESSAGES:
             _require(ctx.message, ("order",), "ORC", ctx.records)
-            _one_procedure_per_orc(ctx.message)
+            ipc_groups = _one_procedure_per_orc(ctx.message)
         now = ctx.received_at
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":
@@ -322,9 +351,10 @@ class OrdersHandler:
             if data.get("record") != "order":
                 continue
             sequence += 1
-            order = _validate(OrderRecord, data, "ORC", sequence, ipc)
-            long_ids = over_dicom(order, sequence)
-            applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence)
+            ipcs = ipc_groups[sequence - 1] if sequence <= len(ipc_groups) else ()
+            order = _validate(OrderRecord, data, "ORC", sequence, ipc, ipcs)
+            long_ids = _over_dicom(order, sequence, ipcs)
+            applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence, ipcs)
             if long_ids:  # kept whole: said on the message, whatever else the order did
                 long_ids = [f"order {identity_text(order)}: {n}" for n in long_ids]
             ctx.note(applied.changed, "\n".join(filter(None, (applied.note, *long_ids))))

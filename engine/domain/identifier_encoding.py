@@ -29,7 +29,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from engine.domain.worklist import KeySpec
+from engine.domain.worklist import CODE_SEQUENCES, KeySpec
 
 __all__ = ["ResponsePlan", "fast_codec"]
 
@@ -57,13 +57,16 @@ class _Plan:
     vr: str
     column: int | None
     children: tuple[_Plan, ...] | None
+    #: A code sequence: the column of its CodeValue; empty, the sequence has no item (``build_response``).
+    code: int | None = None
 
 
 def _plan(key: KeySpec, columns: Mapping[str, int], prefix: str) -> _Plan:
     if key.vr == "SQ":
         children = sorted(key.children or (), key=lambda k: k.tag)  # PS3.5 7.1: ascending tags
         inner = tuple(_plan(k, columns, f"{key.keyword}.") for k in children)
-        return _Plan(key.tag, "SQ", None, inner)
+        code = columns.get(f"{key.keyword}.CodeValue") if key.keyword in CODE_SEQUENCES else None
+        return _Plan(key.tag, "SQ", None, inner, code)
     column = columns.get(prefix + key.keyword)
     if column is None and prefix:
         column = columns.get(key.keyword)
@@ -110,6 +113,8 @@ class ResponsePlan:
 
     def _value(self, plan: _Plan, row: Sequence[object], codec: str) -> bytes:
         if plan.children is not None:
+            if plan.code is not None and not row[plan.code]:
+                return b""
             body = b"".join(self._element(p, row, codec) for p in plan.children)
             return _ITEM + struct.pack("<I", len(body)) + body
         value = row[plan.column] if plan.column is not None else None

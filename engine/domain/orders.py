@@ -1,7 +1,8 @@
 """Orders: the lifecycle of requested procedures and their worklist steps (IHE RAD-2/3/4/13).
 
-Each :class:`~engine.domain.records.OrderRecord` (one ORC/OBR or IPC group) is
-one requested procedure with one Scheduled Procedure Step. ORC-1 + ORC-5 give
+Each :class:`~engine.domain.records.OrderRecord` (one ORC/OBR group) is one
+requested procedure with its Scheduled Procedure Steps: one, or one per IPC of an
+OMI^O23 (engine.domain.steps; the rows are written by engine.domain.order_rows). ORC-1 + ORC-5 give
 the step status through a site-editable code table (reference section 2);
 an unknown combination is answered AE at ``ORC^n^1`` and changes nothing.
 A follow-up finds its order by placer/filler number (engine.domain.order_identity);
@@ -13,14 +14,14 @@ comes back as an :class:`Applied` with its reason, for the message's note.
 
 from __future__ import annotations
 
-import hashlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, tzinfo
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, update
 
 from engine.config.models import StationRule
 from engine.domain.accession import (
@@ -30,11 +31,24 @@ from engine.domain.accession import (
     resolve_accession,
 )
 from engine.domain.identity import resolved_order
-from engine.domain.order_identity import find_orders, given_ids, identity_text
+from engine.domain.order_identity import find_orders, identity_text
 from engine.domain.order_kind import NonImaging, classify, describe, listed_as
+from engine.domain.order_rows import (
+    PRIORITIES,
+    content_hash,
+    insert_step,
+    map_priority,
+    order_values,
+    set_status,
+    split_start,
+    station_for,
+    update_order_row,
+    update_step,
+)
 from engine.domain.patients import PatientPolicy, ensure_patient, existing_patient
 from engine.domain.records import OrderRecord
-from engine.domain.tables import orders, procedure_steps, step_station_aes
+from engine.domain.steps import NOT_STARTED, assign_sps_ids, check_distinct, step_views
+from engine.domain.tables import orders, procedure_steps
 from engine.domain.uids import derived_uid
 from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
 from engine.mapping.tables import load_table
@@ -43,6 +57,7 @@ from engine.store.fast import FastInsert
 __all__ = [
     "CONTROL_TABLE",
     "DEFAULT_CONTROL_TABLE",
+    "PRIORITIES",
     "Applied",
     "OrderPolicy",
     "apply_order",
@@ -82,21 +97,10 @@ DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
     ("DC", ""): "DISCONTINUED",
 }
 
-#: HL7 priority (ORC-7.6 / TQ1-9) → RequestedProcedurePriority (0040,1003).
-PRIORITIES: dict[str, str] = {
-    "S": "STAT",
-    "A": "HIGH",
-    "P": "HIGH",
-    "C": "HIGH",
-    "R": "ROUTINE",
-    "T": "MEDIUM",
-}
-_DICOM_PRIORITIES = frozenset({"STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW"})
 #: Controls that carry the order's content; the others only change the status.
 _CONTENT_CONTROLS = frozenset({"NW", "XO"})
 #: Step statuses an NW or XO whose ORC-5 says scheduled leaves as they are (engine.domain.orders._update).
 _UNDERWAY = frozenset({"STARTED", "COMPLETED"})
-_ORC7 = ErrorLocation("ORC", 1, 7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,43 +156,6 @@ def step_status(
         ) from None
 
 
-def station_for(rules: Sequence[StationRule], record: OrderRecord) -> tuple[list[str], str]:
-    """(AE titles, station name): IPC-9 if given, else the first matching site rule."""
-    if record.scheduled_station_ae_title:
-        return record.scheduled_station_ae_title.split("\\"), record.scheduled_station_name
-    code = record.requested_procedure_code.code_value if record.requested_procedure_code else ""
-    wanted = {
-        "modality": record.modality,
-        "procedure_code": code,
-        "location": record.scheduled_procedure_step_location,
-    }
-    for rule in rules:
-        if all(getattr(rule, k) in (None, v) for k, v in wanted.items()):
-            return list(rule.ae_titles), rule.station_name or record.scheduled_station_name
-    return [], record.scheduled_station_name
-
-
-def split_start(value: str, now: datetime) -> tuple[str, str, str]:
-    """DT ``YYYYMMDD[HHMM[SS]]`` (or empty: ``now``) → (DA, TM, 14-digit datetime)."""
-    text = (
-        value.split(".")[0].split("+")[0].split("-")[0] if value else now.strftime("%Y%m%d%H%M%S")
-    )
-    if not text.isdigit() or len(text) < 8 or len(text) > 14 or len(text) % 2:
-        raise HL7ApplicationError(102, f"invalid start date/time {value!r}", _ORC7)
-    try:
-        date(int(text[:4]), int(text[4:6]), int(text[6:8]))  # strptime costs ~10x more
-    except ValueError:
-        raise HL7ApplicationError(102, f"invalid start date {value!r}", _ORC7) from None
-    full = text.ljust(14, "0")
-    return full[:8], full[8:], full
-
-
-def map_priority(value: str) -> str:
-    """An HL7 priority code or a DICOM priority → RequestedProcedurePriority."""
-    upper = value.strip().upper()
-    return upper if upper in _DICOM_PRIORITIES else PRIORITIES.get(upper, "")
-
-
 def order_key(record: OrderRecord, sequence: int = 1) -> str:
     """The key a new order is stored under (its derived Study Instance UID is made from it)."""
     number = record.placer_order_number or record.filler_order_number or record.accession_number
@@ -201,110 +168,8 @@ def order_key(record: OrderRecord, sequence: int = 1) -> str:
     )
 
 
-#: The record's JSON as ``model_dump_json`` writes it, without that method's keyword plumbing
-#: (~3x its cost on pydantic 2.14 for the same bytes): every new order hashes its record.
-_TO_JSON = OrderRecord.__pydantic_serializer__.to_json
-
-
-def _hash(record: OrderRecord) -> str:
-    """SHA-256 of the record's JSON: stored with the order, compared when the order comes again.
-
-    The bytes must stay those of ``record.model_dump_json()``: the hashes of stored orders
-    were made from them, and a resent identical order must still change nothing. So ``cleared``
-    (newer than those hashes) is left out unless the order nulls something.
-    """
-    return hashlib.sha256(_TO_JSON(record, exclude=None if record.cleared else _NO_NULLS)).hexdigest()
-
-
-_NO_NULLS = {"cleared"}
-
-
-#: Descriptions and code meanings (LO) are cut to 64 characters, as the worklist can carry no more;
-#: identifiers are never cut (too long: AE 102, engine.domain.handlers).
-_LO = 64
-
-
-#: Order fields a message may delete with the HL7 null ``""`` (HL7 v2.5.1 2.5.3) -> (table, column).
-#: Identifiers, codes, modality, start and status are never cleared: a null there is an empty field.
-_CLEARABLE: dict[str, tuple[str, str]] = {
-    "requested_procedure_description": ("orders", "requested_procedure_description"),
-    "requesting_physician": ("orders", "requesting_physician"),
-    "referring_physician_name": ("orders", "referring_physician_name"),
-    "admission_id": ("orders", "admission_id"),
-    "scheduled_procedure_step_description": ("procedure_steps", "description"),
-    "scheduled_performing_physician_name": ("procedure_steps", "performing_physician_name"),
-    "scheduled_procedure_step_location": ("procedure_steps", "location"),
-}
-
-
-def _nulls(record: OrderRecord) -> list[str]:
-    """The clearable fields ``record`` sent as HL7 null (and gave no value)."""
-    return [name for name in _CLEARABLE if name in record.cleared and not getattr(record, name)]
-
-
-def _deleted(before: str, record: OrderRecord) -> str:
-    """The order's ``cleared`` column after ``record``: its nulls added, the fields it gives removed."""
-    names = {n for n in before.split() if not getattr(record, n, "")} | set(_nulls(record))
-    return " ".join(n for n in _CLEARABLE if n in names)
-
-
-def _order_values(record: OrderRecord) -> dict[str, Any]:
-    code = record.requested_procedure_code
-    return {
-        "placer_order_number": record.placer_order_number,
-        "placer_order_namespace": record.placer_order_namespace,
-        "filler_order_number": record.filler_order_number,
-        "filler_order_namespace": record.filler_order_namespace,
-        "issuer_of_accession_number": record.issuer_of_accession_number,
-        "priority": map_priority(record.priority),
-        "requested_procedure_description": record.requested_procedure_description[:_LO],
-        "procedure_code_value": code.code_value if code else "",
-        "procedure_coding_scheme": code.coding_scheme_designator if code else "",
-        "procedure_code_meaning": code.code_meaning[:_LO] if code else "",
-        "requesting_physician": record.requesting_physician,
-        "referring_physician_name": record.referring_physician_name,
-        "admission_id": record.admission_id,
-        "order_control": record.order_control,
-        "order_status": record.order_status,
-        "content_hash": _hash(record),
-        "cleared": _deleted("", record),
-    }
-
-
-def _step_values(
-    record: OrderRecord, policy: OrderPolicy, now: datetime
-) -> tuple[dict[str, Any], list[str]]:
-    aes, station_name = station_for(policy.station_rules, record)
-    local_now = now.astimezone(policy.timezone) if policy.timezone else now
-    date, time, full = split_start(record.scheduled_start, local_now)
-    code = record.scheduled_protocol_code
-    values = {
-        "modality": record.modality,
-        "scheduled_station_ae_title": "\\".join(aes),
-        "scheduled_station_name": station_name,
-        "location": record.scheduled_procedure_step_location,
-        "start_date": date,
-        "start_time": time,
-        "start_datetime": full,
-        "description": record.scheduled_procedure_step_description[:_LO],
-        "protocol_code_value": code.code_value if code else "",
-        "protocol_coding_scheme": code.coding_scheme_designator if code else "",
-        "protocol_code_meaning": code.code_meaning[:_LO] if code else "",
-        "performing_physician_name": record.scheduled_performing_physician_name,
-        "updated_at": now,
-    }
-    return values, aes
-
-
-# The statements every new order runs: compiled once, executed on the raw cursor (engine.store.fast).
+# The statement every new order runs: compiled once, executed on the raw cursor (engine.store.fast).
 _INSERT_ORDER = FastInsert(orders)
-_INSERT_STEP = FastInsert(procedure_steps)
-_INSERT_STATION = FastInsert(step_station_aes)
-def _set_station_aes(conn: Connection, step_pk: int, aes: Sequence[str], start: str, new: bool = False) -> None:
-    if not new:
-        conn.execute(delete(step_station_aes).where(step_station_aes.c.step_pk == step_pk))
-    for ae in dict.fromkeys(a.strip() for a in aes if a.strip()):
-        _INSERT_STATION.execute(conn, {"step_pk": step_pk, "ae_title": ae, "start_datetime": start})
 
 
 def _new_accession(conn: Connection, policy: OrderPolicy, now: datetime) -> str:
@@ -322,7 +187,8 @@ def _create(
     policy: OrderPolicy,
     now: datetime,
     message_id: int | None,
-) -> int:
+) -> tuple[tuple[int, ...], str]:
+    """Store a new order and its steps (one, or one per IPC); their pks, and a note listing several."""
     accession = resolve_accession(
         policy.accession_policy, record.accession_number, lambda: _new_accession(conn, policy, now)
     )
@@ -331,72 +197,44 @@ def _create(
     order_pk = _INSERT_ORDER.execute(conn, {
         "patient_pk": patient_pk, "order_key": key, "accession_number": accession, "requested_procedure_id": rp_id,
         "study_instance_uid": study_uid, "message_id": message_id, "created_at": now, "updated_at": now,
-        **_order_values(record),
+        **order_values(record),
     })  # fmt: skip
-    values, aes = _step_values(record, policy, now)
-    step_pk = _INSERT_STEP.execute(conn, {
-        "order_pk": order_pk, "sps_id": record.scheduled_procedure_step_id or rp_id, "status": status,
-        "created_at": now, **values,
-    })  # fmt: skip
-    _set_station_aes(conn, step_pk, aes, values["start_datetime"], new=True)
-    return step_pk
-
-
-def _given(values: dict[str, Any]) -> dict[str, Any]:
-    """Only what the follow-up carries: a field it leaves out never erases a stored value."""
-    return {k: v for k, v in values.items() if v not in ("", None)}
-
-
-_TABLES = {"orders": orders, "procedure_steps": procedure_steps}
-_STORED = select(orders.c.cleared, *(_TABLES[t].c[c].label(n) for n, (t, c) in _CLEARABLE.items())).select_from(
-    orders.join(procedure_steps, procedure_steps.c.order_pk == orders.c.id))
-
-
-def _stored_nulls(conn: Connection, record: OrderRecord, found: Any) -> tuple[str, list[str]]:
-    """The order's ``cleared`` column, and the fields ``record`` nulls that the order or step holds (for
-    the note). Read on a content update only (not by find_orders: the reports handler shares it)."""
-    row = conn.execute(_STORED.where(procedure_steps.c.id == found.step_pk)).one()
-    return str(row.cleared), [n for n in _nulls(record) if getattr(row, n)]
-
-
-def _cleared_columns(record: OrderRecord, table: str) -> dict[str, str]:
-    """"" for each column of ``table`` the record deletes."""
-    return {_CLEARABLE[n][1]: "" for n in _nulls(record) if _CLEARABLE[n][0] == table}
+    views = step_views(record)
+    ids = assign_sps_ids(views, rp_id)
+    pairs = list(zip(views, ids, strict=True))
+    pks = tuple(insert_step(conn, order_pk, view, sps_id, status, policy, now) for view, sps_id in pairs)
+    if len(pks) < 2:
+        return pks, ""
+    listed = ", ".join(f"{sps_id} {view.modality or '(no modality)'}" for view, sps_id in pairs)
+    return pks, f"order {identity_text(record)}: requested procedure {rp_id} scheduled as {len(pks)} steps: {listed}"
 
 
 def _update_content(
-    conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime
+    conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime, shared: bool = False
 ) -> list[str]:
-    """NW resent / XO: write the fields the message gives, blank those it sends as HL7 null, keep the others.
-
-    Returns the fields it blanked that held a value (for the message's note).
-    """
-    before, blanked = _stored_nulls(conn, record, found)
-    accession = "" if policy.accession_policy == "always_generate" else record.accession_number  # ours stays
-    order_values = _given(
-        {**_order_values(record), "accession_number": accession,
-         "requested_procedure_id": given_ids(record)[0], "study_instance_uid": record.study_instance_uid}
-    )  # fmt: skip
-    order_values.update(_cleared_columns(record, "orders"), cleared=_deleted(before, record))
-    conn.execute(update(orders).where(orders.c.id == found.order_pk).values(updated_at=now, **order_values))
-    values, aes = _step_values(record, policy, now)
-    if not record.scheduled_start:  # split_start would put "now" in place of the stored start
-        for key in ("start_date", "start_time", "start_datetime"):
-            values.pop(key)
-    step_values = {**_given(values), **_cleared_columns(record, "procedure_steps")}
-    conn.execute(update(procedure_steps).where(procedure_steps.c.id == found.step_pk).values(**step_values))
-    if aes:
-        start = values.get("start_datetime") or conn.execute(
-            select(procedure_steps.c.start_datetime).where(procedure_steps.c.id == found.step_pk)
-        ).scalar_one()
-        _set_station_aes(conn, int(found.step_pk), aes, start)
+    """NW resent / XO: write the fields the message gives, blank those it sends as HL7 null, keep the
+    others (the step's too when ``shared``). Returns the fields blanked that held a value."""
+    blanked = update_order_row(conn, record, int(found.order_pk), policy, now)
+    if not shared:
+        blanked += update_step(conn, record, int(found.step_pk), policy, now)
     return blanked
 
 
+def cleared_note(record: OrderRecord, blanked: Sequence[str]) -> str:
+    """The message's note for stored order values an explicit HL7 null blanked (field names, no values)."""
+    return f"order {identity_text(record)}: {', '.join(blanked)} cleared (sent as HL7 null \"\")" if blanked else ""
+
+
 def _update(
-    conn: Connection, record: OrderRecord, found: Any, status: str, policy: OrderPolicy, now: datetime
+    conn: Connection, record: OrderRecord, found: Any, status: str, policy: OrderPolicy, now: datetime,
+    shared: bool = False,
 ) -> Applied:
-    """Apply a follow-up to one stored step; unchanged (with the reason) when it changes nothing."""
+    """Apply a follow-up to one stored step; unchanged (with the reason) when it changes nothing.
+
+    ``shared``: the step is one of several of its order (one per IPC) and the record, without IPCs,
+    names none of them: its step fields (one OBR's modality, station ...) are not any one step's, so
+    an NW or XO changes the order's fields and the step's status only.
+    """
     step_pk = int(found.step_pk)
     content = record.order_control in _CONTENT_CONTROLS
     status = status or found.status  # "": the table keeps the step's status (XO with ORC-5 empty)
@@ -407,15 +245,13 @@ def _update(
         kept = (f"order {identity_text(record)}: {record.order_control} with ORC-5 '{record.order_status}' left the "
                 f"step {found.status} (an exam started or done is not scheduled again)")
         status = found.status
-    if found.status == status and (not content or found.content_hash == _hash(record)):
+    if found.status == status and (not content or found.content_hash == content_hash(record)):
         why = "resent, identical to the stored order" if content else f"the step is already {status}"
         return Applied((step_pk,), False, kept or f"order {identity_text(record)}: {record.order_control} changed "
                                                   f"nothing ({why})")
     if content:
-        blanked = _update_content(conn, record, found, policy, now)
-        if blanked:
-            cleared = (f"order {identity_text(record)}: {', '.join(blanked)} cleared (sent as HL7 null \"\")")
-            kept = "\n".join(filter(None, (kept, cleared)))
+        kept = "\n".join(filter(None, (kept, cleared_note(record, _update_content(conn, record, found, policy, now,
+                                                                                   shared)))))
     else:
         conn.execute(
             update(orders)
@@ -424,6 +260,78 @@ def _update(
         )
     conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(status=status, updated_at=now))
     return Applied((step_pk,), note=kept)
+
+
+def _one_order(found: Sequence[Any], record: OrderRecord, sequence: int) -> list[Any]:
+    """The stored steps of the one order an NW/XO with a step list names.
+
+    Several orders under one placer number (several requested procedures) are told apart by the
+    Requested Procedure ID (find_orders), else by an SPS ID the message gives; still several is AE 205
+    at ORC^n^2: the step list of one procedure cannot replace the steps of several.
+    """
+    by_order: dict[int, list[Any]] = {}
+    for row in found:
+        by_order.setdefault(int(row.order_pk), []).append(row)
+    if len(by_order) == 1:
+        return list(found)
+    named = {s.scheduled_procedure_step_id for s in record.steps if s.scheduled_procedure_step_id}
+    hits = [rows for rows in by_order.values() if any(r.sps_id in named for r in rows)]
+    if len(hits) == 1:
+        return hits[0]
+    raise HL7ApplicationError(
+        205, f"order {identity_text(record)} names {len(by_order)} stored requested procedures: give the "
+        "Requested Procedure ID (IPC-2) of the one whose steps this message lists", ErrorLocation("ORC", sequence, 2))
+
+
+def _update_steps(
+    conn: Connection, record: OrderRecord, rows: Sequence[Any], status: str, policy: OrderPolicy, now: datetime
+) -> Applied:
+    """NW resent or XO with a step list (OMI^O23 IPCs): each listed step is matched by its SPS ID.
+
+    A listed step found is updated (a started or completed one keeps its status, as in :func:`_update`);
+    one not found is added. An XO replaces the order's scheduled steps (RAD TF-2 4.13): a stored step
+    it no longer lists is DISCONTINUED when not started (engine.domain.steps.NOT_STARTED) and kept
+    as it is when started or done. An NW resent adds and updates, and discontinues nothing.
+    """
+    order_pk = int(rows[0].order_pk)
+    stored = {r.sps_id: r for r in rows}
+    same = rows[0].content_hash == content_hash(record)
+    views = step_views(record)
+    touched: list[int] = []
+    notes: list[str] = []
+    blanked: list[str] = []
+    who = f"order {identity_text(record)}"
+    for view, sps_id in zip(views, assign_sps_ids(views, rows[0].requested_procedure_id), strict=True):
+        row = stored.pop(sps_id, None)
+        if row is None:
+            touched.append(insert_step(conn, order_pk, view, sps_id, status or "SCHEDULED", policy, now))
+            notes.append(f"{who}: step {sps_id} added")
+            continue
+        step_pk = int(row.step_pk)
+        target = status or row.status
+        if target == "SCHEDULED" and row.status in _UNDERWAY:
+            notes.append(f"{who}: {record.order_control} with ORC-5 '{record.order_status}' left the step {sps_id} "
+                         f"{row.status} (an exam started or done is not scheduled again)")
+            target = row.status
+        if not same:
+            blanked += update_step(conn, view, step_pk, policy, now)
+        if target != row.status:
+            set_status(conn, step_pk, target, now)
+        if not same or target != row.status:
+            touched.append(step_pk)
+    for sps_id, row in stored.items() if record.order_control == "XO" else ():
+        if row.status in NOT_STARTED:
+            set_status(conn, int(row.step_pk), "DISCONTINUED", now)
+            touched.append(int(row.step_pk))
+            notes.append(f"{who}: XO no longer lists step {sps_id}: DISCONTINUED (it had not started)")
+        elif row.status in _UNDERWAY:
+            notes.append(f"{who}: XO no longer lists step {sps_id}: kept {row.status} (the exam has started)")
+    if not touched:
+        why = "resent, identical to the stored order"
+        return Applied((), False, "\n".join(notes) or f"{who}: {record.order_control} changed nothing ({why})")
+    if not same:
+        blanked[:0] = update_order_row(conn, record, order_pk, policy, now)
+    return Applied(tuple(touched), note="\n".join(filter(None, (*notes, cleared_note(record, blanked)))))
 
 
 def _same_patient(
@@ -483,8 +391,14 @@ def apply_order(
     message_id: int | None = None,
     known_patients: Mapping[tuple[str, str], int] | None = None,
     sequence: int = 1,
+    ipc_sequences: Sequence[int] = (),
 ) -> Applied:
     """Apply one order record (the ``sequence``-th ORC group of its message, for ERR locations).
+
+    A record with ``steps`` (one per IPC, whose sequences in the message are ``ipc_sequences``)
+    is one requested procedure with those steps: found by its order identity whatever its SPS IDs,
+    its steps matched by SPS ID (:func:`_update_steps`); a status change (CA, DC, SC ...) applies
+    to every step of the order.
 
     A follow-up applies to the stored steps its identity names, whatever its modality;
     a new order is created only when it is imaging. ``known_patients`` maps
@@ -496,13 +410,24 @@ def apply_order(
     status = step_status(policy.control_table, record.order_control, record.order_status,
                          policy.control_table_name, sequence)
     key = order_key(record, sequence)
-    found = find_orders(conn, record, by_accession=policy.accession_policy != "always_generate",
+    probe = record
+    if record.steps:  # the order is found by its identity; its steps are told apart by SPS ID below
+        check_distinct(record, ipc_sequences, sequence)
+        probe = record.model_copy(update={"scheduled_procedure_step_id": ""})
+    found = find_orders(conn, probe, by_accession=policy.accession_policy != "always_generate",
                         follow_up=record.order_control not in _CONTENT_CONTROLS)
     if found:
         _same_patient(conn, record, found, policy, known_patients, sequence)
-        results = [_update(conn, record, row, status, policy, now) for row in found]
+        if record.steps and record.order_control in _CONTENT_CONTROLS:
+            return _update_steps(conn, record, _one_order(found, record, sequence), status, policy, now)
+        per_order = Counter(int(row.order_pk) for row in found)
+        results = [_update(conn, record, row, status, policy, now, per_order[int(row.order_pk)] > 1)
+                   for row in found]
         changed = [r for r in results if r.changed]
         note = "\n".join(dict.fromkeys(r.note for r in changed if r.note)) if changed else results[0].note
+        if changed and record.order_control in _CONTENT_CONTROLS and max(per_order.values()) > 1:
+            note = "\n".join(filter(None, (note, f"order {identity_text(record)}: {record.order_control} without IPC "
+                                                  "names none of the order's steps: their step fields are kept")))
         return Applied(tuple(r.step_pks[0] for r in results), bool(changed), note)
     refused = _new_order(record, policy, sequence)
     if refused is not None:
@@ -512,5 +437,5 @@ def apply_order(
                                   "or no PID segment)", ErrorLocation("PID", 1, 3, 1))
     identity = (record.patient_id, record.issuer)
     patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
-    return Applied((_create(conn, record, key, status or "SCHEDULED", patient_pk, policy, now, message_id),),
-                   created=True)
+    step_pks, note = _create(conn, record, key, status or "SCHEDULED", patient_pk, policy, now, message_id)
+    return Applied(step_pks, note=note, created=True)

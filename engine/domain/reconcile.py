@@ -74,7 +74,7 @@ class OrderMatch:
 def _candidates(policy: MatchPolicy, now: datetime) -> Any:
     s, o = procedure_steps.c, orders.c
     fresh = and_(s.status == "COMPLETED", s.updated_at >= now - policy.completed_window)
-    return (select(s.id, s.order_pk, o.patient_pk).join(orders, s.order_pk == o.id)
+    return (select(s.id, s.order_pk, o.patient_pk, s.modality).join(orders, s.order_pk == o.id)
             .where(or_(s.status.in_(OPEN_STEPS), fresh)).order_by(s.id))
 
 
@@ -86,7 +86,7 @@ def _fast_candidates(criterion: Any) -> FastStatement:
     """
     s, o = procedure_steps.c, orders.c
     fresh = and_(s.status == "COMPLETED", s.updated_at >= bindparam("since", type_=s.updated_at.type))
-    return FastStatement(select(s.id, s.order_pk, o.patient_pk).join(orders, s.order_pk == o.id)
+    return FastStatement(select(s.id, s.order_pk, o.patient_pk, s.modality).join(orders, s.order_pk == o.id)
                          .where(or_(*(s.status == status for status in OPEN_STEPS), fresh), criterion)
                          .order_by(s.id))
 
@@ -104,11 +104,16 @@ _STUDY_PATIENT = FastStatement(
 )
 
 
-def _single(rows: Sequence[Any], by: str) -> OrderMatch | None:
-    """The match when every row is the same order (its first step), else None (ambiguous or none)."""
+def _single(rows: Sequence[Any], by: str, modality: str = "") -> OrderMatch | None:
+    """The match when every row is the same order, else None (ambiguous or none).
+
+    The step is the first of the image's ``modality`` among them (an order with an IPC per step:
+    CT and MR steps of one procedure share its Study Instance UID and accession), else the first.
+    """
     if not rows or len({int(r.order_pk) for r in rows}) != 1:
         return None
-    return OrderMatch(int(rows[0].order_pk), int(rows[0].id), int(rows[0].patient_pk), by)
+    row = next((r for r in rows if modality and r.modality == modality), rows[0])
+    return OrderMatch(int(row.order_pk), int(row.id), int(row.patient_pk), by)
 
 
 def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPolicy) -> OrderMatch | None:
@@ -121,7 +126,7 @@ def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPo
             return found
     if keys.study_instance_uid:
         rows = all_rows(_BY_STUDY_UID, conn, {"since": since, "study_uid": keys.study_instance_uid})
-        found = _single(rows, "study_instance_uid")
+        found = _single(rows, "study_instance_uid", keys.modality)
         if found is not None:
             return found
     if keys.study_instance_uid:
@@ -132,7 +137,7 @@ def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPo
         patient_pk = resolve_dicom_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
         if patient_pk is not None:
             params = {"since": since, "accession": keys.accession_number, "patient_pk": patient_pk}
-            return _single(all_rows(_BY_ACCESSION, conn, params), "accession_number")
+            return _single(all_rows(_BY_ACCESSION, conn, params), "accession_number", keys.modality)
     return None
 
 

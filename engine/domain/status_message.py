@@ -57,7 +57,8 @@ def _e(value: str) -> str:
 
 def _name(pn: str) -> str:
     """DICOM PN family^given^middle^prefix^suffix → XPN family^given^middle^suffix^prefix."""
-    parts = (pn.split("=")[0].split("^") + [""] * 5)[:5]
+    group = next((g for g in pn.split("=") if g), "")  # alphabetic, else the first group there is
+    parts = (group.split("^") + [""] * 5)[:5]
     return "^".join(_e(p) for p in (parts[0], parts[1], parts[2], parts[4], parts[3])).rstrip("^")
 
 

@@ -217,6 +217,11 @@ def _string_match(attr: _Attr, values: list[str], settings: MatchSettings) -> Co
         return attr.column.in_(values)  # list of UID matching, C.2.2.2.2
     fold = attr.vr in _NAME_VRS and not settings.case_sensitive_names
     clauses = [_text_clause(attr.column, v, fold, settings.dialect) for v in values]
+    if attr.vr in _NAME_VRS:
+        # A name given in one component group (``Yamada^Tarou``) also matches a stored name that
+        # has ideographic or phonetic groups after it (``Yamada^Tarou=山田^太郎``).
+        clauses += [_text_clause(attr.column, f"{v}=*", fold, settings.dialect)
+                    for v in values if v and "=" not in v and not v.endswith("*")]
     return and_(attr.column != "", or_(*clauses))
 
 
@@ -476,6 +481,11 @@ def unsupported_keys(keys: Sequence[KeySpec]) -> list[str]:
 
 def _fill(ds: Dataset, keys: Sequence[KeySpec], row: Mapping[Any, Any], prefix: str) -> None:
     for key in keys:
+        if key.vr == "SQ" and key.keyword in CODE_SEQUENCES and not row.get(f"{key.keyword}.CodeValue"):
+            # No code: an empty sequence (a type 2 return key, PS3.4 K.6-1), never an item whose
+            # type 1 CodeValue and CodingSchemeDesignator are empty (PS3.3 8.8).
+            ds.add_new(key.tag, "SQ", [])
+            continue
         if key.vr == "SQ":
             item = Dataset()
             _fill(item, key.children or (), row, f"{key.keyword}.")

@@ -59,8 +59,9 @@ def build_ack(
     if msh is not None:
         sender = [msh.field(5) or escape(context.application, seps), msh.field(6)]
         receiver = [msh.field(3), msh.field(4)]
-        processing = msh.field(11) or "P"
-        version = msh.field(12) or context.default_version
+        # Padded fields (a fixed-width sender's "2.3 ") are echoed as the values they stand for.
+        processing = msh.field(11).strip() or "P"
+        version = msh.field(12).strip() or context.default_version
         trigger = msh.value(9, 1, 2)
         charset = msh.field(18)
         echoed = msh.value(10)

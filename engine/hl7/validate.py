@@ -199,9 +199,10 @@ def _check_acceptance(message: Message, policy: AcceptPolicy) -> None:
         raise HL7Reject(200, "MSH-9 message type is missing", _loc("MSH", 1, 9, 1))
     if _matches(message.message_type, policy.message_types):
         return
+    accepted = f" (accepted here: {', '.join(policy.message_types)})"  # wrong port or channel? says which types
     if _matches(code, [p.split("^")[0] for p in policy.message_types]):
-        raise HL7Reject(201, f"unsupported event code {trigger!r} for {code}", _loc("MSH", 1, 9, 2))
-    raise HL7Reject(200, f"unsupported message type {code!r}", _loc("MSH", 1, 9, 1))
+        raise HL7Reject(201, f"unsupported event code {trigger!r} for {code}{accepted}", _loc("MSH", 1, 9, 2))
+    raise HL7Reject(200, f"unsupported message type {code!r}{accepted}", _loc("MSH", 1, 9, 1))
 
 
 def _structure_name(message: Message, version: str) -> str:

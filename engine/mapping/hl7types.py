@@ -114,6 +114,45 @@ def _name_part(component: str, seps: Separators) -> str:
     return "" if text == HL7_NULL else pn_component(unescape(text, seps))
 
 
+#: XPN-8 name representation code (HL7 table 0465) -> the DICOM PN component group (PS3.5 6.2.1.2).
+_GROUPS = {"": 0, "A": 0, "I": 1, "P": 2}
+
+
+def _xpn_groups_to_pn(value: list[str] | str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """Every XPN repetition (``PID-5(*)``) -> one DICOM PN with its component groups.
+
+    XPN-8 (table 0465) says which group a repetition is: A (or empty) alphabetic, I ideographic,
+    P phonetic (``Yamada^Tarou=山田^太郎=やまだ^たろう``). Of several for one group the first is
+    taken, whatever its XPN-7 name type: HL7 sends the legal name first (v2.5.1 2.A.88), and real
+    feeds that send a display name first mean it as the name to show. One repetition gives what
+    ``xpn_to_pn`` gives.
+    """
+    reps = value if isinstance(value, list) else [value]
+    chosen: list[str | None] = [None, None, None]
+    c = ctx.seps.component
+    for rep in reps:
+        if not rep:
+            continue
+        comps = rep.split(c, 8)
+        group = _GROUPS.get(comps[7].strip().upper() if len(comps) > 7 else "")
+        if group is None:  # an unknown representation: not a name group DICOM knows
+            continue
+        if chosen[group] is None:
+            chosen[group] = rep
+    groups = [xpn_to_pn(rep, args, ctx) if rep is not None else "" for rep in chosen]
+    return "=".join(groups).rstrip("=")
+
+
+def _pn_group(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
+    """Component group N of a DICOM PN (1 alphabetic, 2 ideographic, 3 phonetic); group 1 of a
+    name that has only other groups is the first group it has (an HL7 name needs one)."""
+    groups = value.split("=")
+    n = int(args[0])
+    if n == 1 and not groups[0]:
+        return next((g for g in groups if g), "")
+    return groups[n - 1] if 0 < n <= len(groups) else ""
+
+
 def _xcn_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """HL7 XCN (id^family^given^middle^suffix^prefix) → DICOM PN; the id is dropped."""
     rest = value.split(ctx.seps.component, 1)
@@ -162,6 +201,8 @@ register_transform("ts_to_tm", _ts_to_tm)
 register_transform("ts_to_dt", ts_to_dt)
 register_transform("ts_to_fhir", ts_to_fhir)
 register_transform("xpn_to_pn", xpn_to_pn)
+register_transform("xpn_groups_to_pn", _xpn_groups_to_pn, on_list=True)
+register_transform("pn_group", _pn_group, min_args=1)
 register_transform("xcn_to_pn", _xcn_to_pn)
 register_transform("ndl_to_pn", _ndl_to_pn)
 register_transform("uid_from_text", _uid_from_text, max_args=1)

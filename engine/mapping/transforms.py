@@ -114,6 +114,8 @@ def _truncate(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     limit = VR_MAX_LENGTH.get(ctx.target_vr or "")
     if limit is None:
         return value
+    if ctx.target_vr == "PN":  # 64 characters per component group (PS3.5 6.2), not per name
+        return "\\".join("=".join(g[:limit] for g in v.split("=")) for v in value.split("\\"))
     return "\\".join(v[:limit] for v in value.split("\\"))
 
 

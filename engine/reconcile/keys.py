@@ -31,6 +31,9 @@ class MatchKeys:
     accession_number: str = ""
     patient_id: str = ""
     issuer_of_patient_id: str = ""
+    #: Not a key: among the steps of the one order the keys name (an OMI^O23 with an IPC per step), an image
+    #: without SPS ID goes to the step of its own modality (else the first open one).
+    modality: str = ""
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> MatchKeys:
@@ -41,4 +44,4 @@ class MatchKeys:
             items = []
         sps = dict.fromkeys(v for v in (_text(item, "ScheduledProcedureStepID") for item in items) if v)
         return cls(tuple(sps), _text(ds, "StudyInstanceUID"), _text(ds, "AccessionNumber"),
-                   _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID"))
+                   _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID"), _text(ds, "Modality"))

@@ -176,6 +176,15 @@ KEPT_CONNECTION_IDLE_SECONDS = 1.0
 #: server (a frozen host, a stopped postmaster) then fails a connection instead of blocking it for ever.
 CONNECT_TIMEOUT_SECONDS = 10
 
+#: libpq's TCP settings unless the URL sets them: a server whose host froze or whose network went away
+#: without closing the connection (no RST: a partition, a failed-over VM) is noticed on connections
+#: already open, not only on new ones. Keepalive probes after 15 s of silence, every 5 s, 3 unanswered
+#: end the connection (a statement waiting for an answer included); data unacknowledged for 30 s too
+#: (``tcp_user_timeout``, milliseconds). The statement then fails as for a dropped connection: the
+#: sender gets its AE or 0xA700 and resends, instead of every receive thread waiting for ever.
+TCP_DEFAULTS: dict[str, int] = {"keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5,
+                                "keepalives_count": 3, "tcp_user_timeout": 30000}
+
 #: SQLite's busy timeout on every connection (the writer thread waits this long for a lock).
 BUSY_TIMEOUT_MS = 30000
 
@@ -696,10 +705,12 @@ class Database:
         self, url: str, synchronous: str, immediate: bool, pool_size: int, background: bool = False
     ) -> Engine:
         if not self.is_sqlite:
-            # What the URL does not set: the sessions' name, and how long a connection attempt may take
-            # (libpq waits forever for a server that accepts the TCP connection but never answers).
+            # What the URL does not set: the sessions' name, how long a connection attempt may take
+            # (libpq waits forever for a server that accepts the TCP connection but never answers), and
+            # how long an open connection may go unanswered (TCP_DEFAULTS).
             given = make_url(url).query
-            defaults = {"application_name": self.application_name, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            defaults = {"application_name": self.application_name, "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                        **TCP_DEFAULTS}
             connect_args = {key: value for key, value in defaults.items() if key not in given}
             return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
                                  hide_parameters=self.hide_parameters, connect_args=connect_args)

@@ -205,6 +205,19 @@ def test_reused_control_id_may_be_accepted_by_policy(db):
     assert answer(r, msg(pid="2")).segment("MSA").value(1) == "AA"
 
 
+def test_the_same_message_sent_to_two_channels_is_applied_by_each(db):
+    """An HIS sending one ADT/order to two interfaces (e.g. ris-inbound and a forwarding channel):
+    the second channel is not answered with the first one's ACK while doing nothing."""
+    first, second = runner(db, [Emit()]), runner(db, [Emit()], name="other")
+    assert answer(first, msg()).segment("MSA").value(1) == "AA"
+    assert answer(second, msg()).segment("MSA").value(1) == "AA"
+    assert answer(second, msg(pid="2")).segment("ERR").value(3) == "205"  # its own original still counts
+    stored = db.read(lambda c: c.execute(select(messages.c.channel, messages.c.status, messages.c.duplicate_count)
+                                         .order_by(messages.c.id)).all())
+    assert [tuple(r) for r in stored] == [("c", "PROCESSED", 0), ("other", "PROCESSED", 0), ("other", "ERROR", 0)]
+    assert db.read(lambda c: c.execute(select(func.count()).select_from(outbox)).scalar()) == 2
+
+
 def test_batch_is_answered_with_a_batch_of_acks(db):
     batch = b"BHS|^~\\&|RIS\r" + msg("B1") + msg("B2") + b"BTS|2\r"
     reply = asyncio.run(runner(db).receive(batch, "t")).decode()

@@ -42,3 +42,13 @@ def test_the_control_id_is_stable_per_event_and_differs_between_events() -> None
     assert len(control_id(UPDATED, "event-1")) <= 20
     msh = build_correction_adt(UPDATED, "RADBRIDGE", NOW, "A08", "event-1").decode().split("\r")[0]
     assert msh.split("|")[9] == control_id(UPDATED, "event-1")
+
+
+def test_a_name_s_ideographic_and_phonetic_groups_are_pid5_repetitions_marked_by_xpn8() -> None:
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    patient = CorrectedPatient("583295", "HOSP", name, "19700101", "M", "583295", "HOSP")
+    pid = build_correction_adt(patient, "RADBRIDGE", NOW, "A08", "k1").decode().split("\r")[2]
+    assert pid.split("|")[5] == "Yamada^Tarou~山田^太郎^^^^^^I~やまだ^たろう^^^^^^P"
+    kanji_only = CorrectedPatient("583295", "HOSP", "=山田^太郎", "19700101", "M", "583295", "HOSP")
+    pid = build_correction_adt(kanji_only, "RADBRIDGE", NOW, "A08", "k1").decode().split("\r")[2]
+    assert pid.split("|")[5] == "山田^太郎^^^^^^I"

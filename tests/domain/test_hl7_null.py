@@ -201,3 +201,25 @@ def test_an_order_that_nulls_something_hashes_its_nulls(store: Database, config:
     assert _orm(config, store, "2", 'CTHEAD^""^L', "77^House^Greg")
     assert any("changed nothing" in n for n in _orm(config, store, "3", 'CTHEAD^""^L', "77^House^Greg"))
     assert not any("changed nothing" in n for n in _orm(config, store, "4", "CTHEAD^^L", "77^House^Greg"))
+
+
+OMI = "MSH|^~\\&|RIS|HOSP|RADBRIDGE|HOSP|20261122080000||OMI^O23|{control}|P|2.5.1\r"
+
+
+def test_an_xo_of_a_two_step_order_clears_the_order_fields_and_leaves_the_steps(
+    store: Database, config: EngineConfig
+) -> None:
+    ipcs = "IPC|ACC1|RP1|1.2.3|SPS1|CT|^CT plain|||CT1\rIPC|ACC1|RP1|1.2.3|SPS2|CT|^CT contrast|||CT1\r"
+
+    def omi(control: str, orc: str, code: str) -> list[str]:
+        text = OMI.format(control=control) + PID.format(**FULL) + f"{orc}\rOBR|1|PL1||{code}\r{ipcs}"
+        return [n for _, n in _send(store, OrdersHandler(order_policy(config)), MAPPINGS["order-to-worklist"], text)
+                if n]
+
+    omi("1", "ORC|NW|PL1||||SC", "CTHEAD^CT head^L")
+    notes = omi("2", "ORC|XO|PL1", 'CTHEAD^""^L')
+    rows = store.read(lambda c: c.execute(
+        select(orders.c.requested_procedure_description, procedure_steps.c.description)
+        .join(procedure_steps, procedure_steps.c.order_pk == orders.c.id).order_by(procedure_steps.c.id)).all())
+    assert [tuple(r) for r in rows] == [("", "CT plain"), ("", "CT contrast")]
+    assert notes == ['order placer PL1, accession ACC1: requested_procedure_description cleared (sent as HL7 null "")']

@@ -16,12 +16,19 @@ from engine.store.database import Database
 from .factories import apply_records, order, patient
 
 
-@pytest.fixture
-def worklist(db: Database, orders_handler: OrdersHandler) -> Database:
+@pytest.fixture(params=["protocol code", "no codes"])
+def worklist(request: pytest.FixtureRequest, db: Database, orders_handler: OrdersHandler) -> Database:
+    # With codes each code sequence has its item; without, both are empty sequences (no item with an
+    # empty CodeValue): the raw encoding must write both shapes as build_response does.
+    codes: dict[str, Any] = (
+        {"scheduled_protocol_code": {"code_value": "P1", "coding_scheme_designator": "L", "code_meaning": "Plain"}}
+        if request.param == "protocol code"
+        else {"requested_procedure_code": None}
+    )
     apply_records(db, orders_handler, [
         patient("P1", patient_name="Müller^Jürgen"),
         order("PL1", accession_number="A1", study_instance_uid="1.2.31", scheduled_station_ae_title="CT1\\CT22",
-              scheduled_start="20261122080000", scheduled_performing_physician_name="House^Greg"),
+              scheduled_start="20261122080000", scheduled_performing_physician_name="House^Greg", **codes),
     ])  # fmt: skip
     return db
 

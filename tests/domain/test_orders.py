@@ -403,8 +403,7 @@ def test_a_stored_content_hash_is_the_sha256_of_the_records_model_dump_json(
     db: Database, orders_handler: OrdersHandler, fields: dict[str, Any]
 ) -> None:
     """Orders stored by earlier versions were hashed from ``model_dump_json``: the hash must not move,
-    or a resent identical order would be taken for a change after an upgrade. Those versions had no
-    ``cleared`` (HL7 nulls): an order without nulls hashes without it."""
+    or a resent identical order would be taken for a change after an upgrade."""
     import hashlib
 
     from engine.domain.records import OrderRecord
@@ -414,8 +413,10 @@ def test_a_stored_content_hash_is_the_sha256_of_the_records_model_dump_json(
     # A backslash (DICOM's value delimiter) is stored as '/' (engine.hl7.dicom_text): the record hashed is
     # the one stored, so an order stored before with a backslash is updated once when resent.
     stored = {k: v.replace("\\", "/") if isinstance(v, str) else v for k, v in record.items()}
-    earlier = OrderRecord.model_validate(stored).model_dump_json(exclude={"cleared"})
-    assert '"cleared"' not in earlier
+    # Earlier versions had no ``steps`` and no ``cleared`` (HL7 nulls): an order without them is hashed
+    # without the keys.
+    earlier = OrderRecord.model_validate(stored).model_dump_json(exclude={"steps", "cleared"})
+    assert '"cleared"' not in earlier and '"steps"' not in earlier
     expected = hashlib.sha256(earlier.encode()).hexdigest()
     assert [o.content_hash for o in _rows(db, orders)] == [expected]
     apply_records(db, orders_handler, [patient(), record])  # resent: still recognised as identical
@@ -485,16 +486,18 @@ def test_a_second_obr_under_one_orc_is_refused_not_dropped(db: Database, orders_
     assert _rows(db, orders) == []
 
 
-def test_a_second_ipc_under_one_orc_is_refused(db: Database, orders_handler: OrdersHandler) -> None:
-    """RAD TF-2 allows an IPC per scheduled step; an order is stored with one step, so the second would be
-    dropped under an AA: AE 100 at it instead, nothing changed."""
-    two_steps = "IPC|ACC1|RP1|1.2.3|SPS1|CT\rIPC|ACC1|RP1|1.2.3|SPS2|CT"
-    message = _TWO_OBR.replace("OBR|2|PL1|FPL2|CTNECK^CT neck^L", two_steps)
-    with pytest.raises(HL7ApplicationError) as err:
-        apply_records(db, orders_handler, [patient(), order("PL1")], message.replace("ORM^O01", "OMI^O23"))
+def test_a_second_ipc_under_one_orc_is_a_second_step_of_the_one_order(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    """RAD TF-2 4.4.4: an IPC per Scheduled Procedure Step of one requested procedure (was AE 100 at IPC^2)."""
+    two_steps = "IPC|ACC1|RP1|1.2.3|SPS1|CT\rIPC|ACC1|RP1|1.2.3|SPS2|MR"
+    message = _TWO_OBR.replace("OBR|2|PL1|FPL2|CTNECK^CT neck^L", two_steps).replace("ORM^O01", "OMI^O23")
+    steps = [{"scheduled_procedure_step_id": "SPS1", "modality": "CT"},
+             {"scheduled_procedure_step_id": "SPS2", "modality": "MR"}]
+    apply_records(db, orders_handler, [patient(), order("PL1", accession_number="ACC1", steps=steps)], message)
 
-    assert (err.value.code, str(err.value.location)) == (100, "IPC^2")
-    assert _rows(db, orders) == []
+    assert [o.accession_number for o in _rows(db, orders)] == ["ACC1"]
+    assert [(s.sps_id, s.modality) for s in _rows(db, procedure_steps)] == [("SPS1", "CT"), ("SPS2", "MR")]
 
 
 def test_one_obr_in_each_of_two_orc_groups_is_two_procedures(db: Database, orders_handler: OrdersHandler) -> None:

@@ -213,6 +213,40 @@ def test_empty_sequence_key_returns_the_whole_item(worklist: Database) -> None:
     assert rsp.RequestedProcedureCodeSequence[0].CodeValue == "CTHEAD"
 
 
+def test_a_name_in_one_group_matches_a_stored_name_with_ideographic_and_phonetic_groups(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    apply_records(db, orders_handler, [
+        patient("P8", patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        order("PL8", patient_id="P8", accession_number="A8"),
+    ])  # fmt: skip
+    for key, found in [("Yamada^Tarou", ["A8"]), ("YAMADA^TAROU", ["A8"]), ("Yamada*", ["A8"]),
+                       ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["A8"]), ("Yamada", []), ("Yamada^Taro", []),
+                       ("Yamada^Tarou=*", ["A8"])]:  # fmt: skip
+        assert _match(db, _query({"PatientName": key})) == found, key
+    assert _match(db, _query({"PatientName": "Yamada^Tarou"}), case_sensitive_names=True) == ["A8"]
+    assert _match(db, _query({"PatientName": "YAMADA^TAROU"}), case_sensitive_names=True) == []
+
+
+def test_an_order_without_codes_gets_empty_code_sequences_not_items_with_empty_code_values(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    # An OBR-4 without a code (and no IPC-6 protocol): an item would need CodeValue and
+    # CodingSchemeDesignator (type 1, PS3.3 8.8); the type 2 return key is answered empty instead.
+    apply_records(db, orders_handler, [
+        patient("P9", patient_name="Doe^Jo"),
+        order("PL9", patient_id="P9", accession_number="A9", requested_procedure_code=None),
+    ])  # fmt: skip
+    ds = _query({"PatientID": "P9", "RequestedProcedureCodeSequence": []},
+                sps={"ScheduledProtocolCodeSequence": [], "Modality": ""})  # fmt: skip
+    rows = db.read(lambda c: c.execute(build_select(ds, MatchSettings())).mappings().all())
+    rsp = build_response(rows[0], requested_keys(ds), "ISO_IR 192")
+    assert "RequestedProcedureCodeSequence" in rsp and len(rsp.RequestedProcedureCodeSequence) == 0
+    step = rsp.ScheduledProcedureStepSequence[0]
+    assert "ScheduledProtocolCodeSequence" in step and len(step.ScheduledProtocolCodeSequence) == 0
+    assert step.Modality == "CT"
+
+
 def test_multi_valued_ae_title_is_returned_as_two_values(worklist: Database) -> None:
     ds = _query({"AccessionNumber": "A2"}, sps={"ScheduledStationAETitle": ""})
     rows = worklist.read(lambda c: c.execute(build_select(ds, MatchSettings())).mappings().all())

@@ -341,3 +341,19 @@ def test_a_scheduled_start_is_read_in_the_site_zone_and_an_impossible_one_is_non
     for impossible in ("20261305093000", "20260230093000", "20261205253000", "20261205093060", "2026120509300",
                        "2026120509300x", ""):
         assert scheduled_start(impossible, vienna) is None, impossible
+
+
+def test_a_service_request_of_several_steps_is_active_while_one_is(db: Database) -> None:
+    """One requested procedure, a step per IPC: the first (CT) dropped by an XO, the MR still scheduled."""
+    db.writer.call(_seed)
+    db.writer.call(lambda c: c.execute(insert(procedure_steps).values(
+        order_pk=1, status="SCHEDULED", modality="MR", start_datetime="20261205110000", created_at=NOW,
+        updated_at=NOW)))
+    db.writer.call(lambda c: c.execute(update(procedure_steps).where(procedure_steps.c.modality == "CT")
+                                       .values(status="DISCONTINUED")))
+    project_all(db, SETTINGS)
+    request = _json(db, "ServiceRequest", "1")
+    assert (request["status"], request["occurrenceDateTime"]) == ("active", "2026-12-05T11:00:00+00:00")
+    db.writer.call(lambda c: c.execute(update(procedure_steps).values(status="DISCONTINUED")))
+    project_all(db, SETTINGS)
+    assert _json(db, "ServiceRequest", "1")["status"] == "revoked"

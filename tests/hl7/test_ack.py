@@ -20,6 +20,14 @@ def test_aa_swaps_sender_and_receiver_and_echoes_control_id():
     assert msa == ["MSA", "AA", "C123"]
 
 
+def test_padded_processing_id_and_version_are_echoed_without_their_spaces():
+    msg = MSG.replace("|P|2.5.1|", "|P |2.3 |")
+    err = HL7ApplicationError(101, "missing", ErrorLocation("PID", 1, 3))
+    msh, _, err_seg = segments(build_ack(Message(msg), "AE", CTX, err))
+    assert msh[10:12] == ["P", "2.3"]
+    assert err_seg[1] == "PID^1^3^101&Required field missing&HL70357"  # read as 2.3: ERR-1 as well
+
+
 def test_error_ack_has_err_with_location_code_and_severity():
     err = HL7ApplicationError(102, "PID-7 is not a valid TS", ErrorLocation("PID", 1, 7, 1))
     _, msa, err_seg = segments(build_ack(Message(MSG), "AE", CTX, err))

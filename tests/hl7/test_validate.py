@@ -46,6 +46,13 @@ def test_unaccepted_type_is_200_and_unaccepted_event_is_201():
     assert error_of(policy, type="ADT^A08").code == 201
 
 
+def test_an_unaccepted_type_or_event_names_what_the_channel_accepts():
+    """An order sent to the reports port: the ACK says what that port takes."""
+    policy = AcceptPolicy(message_types=["ORU^R01"])
+    assert error_of(policy, type="ORM^O01").text == "unsupported message type 'ORM' (accepted here: ORU^R01)"
+    assert error_of(policy, type="ORU^R03").text == "unsupported event code 'R03' for ORU (accepted here: ORU^R01)"
+
+
 def test_version_with_trailing_zero_is_accepted():
     check(ver="2.5.0")
 

@@ -376,3 +376,30 @@ def test_an_nw_replayed_after_the_exam_is_completed_stays_off_the_worklist(shipp
     assert findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-RPL9") == []
     assert _shown(shipped, "RPL3")["status"] == "UNCHANGED"
     assert "left the step COMPLETED" in _shown(shipped, "RPL3")["note"]
+
+
+def test_a_japanese_order_s_name_repetitions_reach_the_worklist_as_pn_component_groups(
+        shipped: Engine, tmp_path: Path) -> None:
+    """A Japanese HIS sends the patient's name three times in PID-5 (XPN-8 A, I and P: alphabetic,
+    kanji, kana), in UTF-8. Only the first repetition was read: the kanji and kana names were lost.
+    DICOM holds all three in one PN (PS3.5 6.2.1.2), and findscu reads them back; a query by the
+    alphabetic name alone still finds the step."""
+    obr = "|".join(["OBR", "1", "PL-JP1^HIS", "FL-JP1^RIS", "CTHEAD^CT head^L", *[""] * 13,
+                    "ACC-JP1", "RP-JP1", "SPS-JP1", "", "", "", "CT"])
+    message = _er7(f"""
+        MSH|^~\\&|HIS|KYOTO|RADBRIDGE|RADIOLOGY|20261201090000||ORM^O01|JP0001|P|2.5|||AL|NE|JPN|UNICODE UTF-8
+        PID|1||JP-1^^^KYOTO^PI||Yamada^Tarou^^^^^L^A~山田^太郎^^^^^L^I~やまだ^たろう^^^^^L^P||19700101|M
+        PV1|1|O
+        ORC|NW|PL-JP1^HIS|FL-JP1^RIS||SC||^^^20261202093000+0900
+        {obr}
+        """)
+
+    [ack] = _send(shipped, message)
+
+    assert ack.code == "AA", ack.raw
+    assert _patient(shipped, "JP-1")[0] == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    [found] = findscu(shipped.dicom, tmp_path, "PatientName=Yamada^Tarou", "AccessionNumber=")
+    assert found.AccessionNumber == "ACC-JP1"
+    assert found.SpecificCharacterSet == "ISO_IR 192"
+    assert str(found.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert (found.PatientName.ideographic, found.PatientName.phonetic) == ("山田^太郎", "やまだ^たろう")

@@ -394,3 +394,59 @@ def test_transfer_and_its_cancel_show_as_current_patient_location(workflow, tmp_
     assert send(mllp, adt_visit("A03", "VISIT1", "W1^101"), adt_visit("A13", "VISIT1", "W3^303", n=1)) == [
         "AA", "AA"]  # fmt: skip
     assert [d.CurrentPatientLocation for d in findscu(dicom, tmp_path / "v", *keys)] == ["W3^303"]
+
+
+def omi_steps(control: str = "NW", status: str = "SC", *, steps: tuple[str, ...] = ("CT", "MR"), cid: str = "") -> str:
+    """An OMI^O23 for one requested procedure (ACC20) with one IPC per step: SPS20-CT, SPS20-MR ..."""
+    stations = {"CT": "CT_SCANNER_1", "MR": "MR_A", "DX": "DX_1"}
+    ipcs = [f"IPC|ACC20|RP20|1.2.826.0.1.3680043.10.999.20|SPS20-{m}|{m}|P-{m}^{m} protocol^L|||{stations[m]}"
+            for m in steps]
+    return "\r".join([
+        f"MSH|^~\\&|RIS|NORTH|RADBRIDGE|NORTH|20261122080000||OMI^O23^OMI_O23|{cid or f'S20{control}'}|P|2.5.1",
+        "PID|1||MRN300^^^NORTH^MR||STEPS^ANNA||19700101|F", f"ORC|{control}|PL20|FL20||{status}",
+        "TQ1|1||||||20261122150000|||R", "OBR|1|PL20|FL20|CHEST^Chest CT and MR^L", *ipcs,
+    ]) + "\r"  # fmt: skip
+
+
+def steps_of_acc20(port: int, out: Path) -> list[tuple[str, str, str, str, str]]:
+    found = findscu(port, out, "AccessionNumber=ACC20", "StudyInstanceUID=", "RequestedProcedureID=",
+                    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID=",
+                    "ScheduledProcedureStepSequence[0].Modality=",
+                    "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=")
+    return sorted((ds.AccessionNumber, ds.StudyInstanceUID, ds.RequestedProcedureID,
+                   ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID,
+                   ds.ScheduledProcedureStepSequence[0].Modality) for ds in found)
+
+
+def test_an_omi_with_two_ipcs_is_two_worklist_items_of_one_order(workflow, tmp_path):
+    """RAD-4 OMI^O23: one requested procedure, an IPC per step: findscu reads one item per step, with the
+    order's accession and Study Instance UID; MPPS by SPS ID starts only its own step; an XO that drops the
+    other (not started) step discontinues it; a cancel ends the rest."""
+    _, mllp, dicom = workflow
+    assert send(mllp, omi_steps()) == ["AA"]
+    uid = "1.2.826.0.1.3680043.10.999.20"
+    assert steps_of_acc20(dicom, tmp_path / "a") == [("ACC20", uid, "RP20", "SPS20-CT", "CT"),
+                                                      ("ACC20", uid, "RP20", "SPS20-MR", "MR")]
+
+    ae = AE(ae_title="MR_A")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", dicom, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    ds, ref = Dataset(), Dataset()
+    ref.AccessionNumber, ref.StudyInstanceUID, ref.ScheduledProcedureStepID = "ACC20", uid, "SPS20-MR"
+    ds.ScheduledStepAttributesSequence = [ref]
+    ds.PatientID, ds.Modality, ds.PerformedProcedureStepStatus = "MRN300", "MR", "IN PROGRESS"
+    ds.PerformedProcedureStepID, ds.PerformedStationAETitle = "PPS20", "MR_A"
+    ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = "20261122", "150500"
+    try:
+        status, _ = assoc.send_n_create(ds, ModalityPerformedProcedureStep, "1.2.826.0.1.3680043.10.999.2001")
+    finally:
+        assoc.release()
+    assert int(status.Status) == 0
+    assert steps_of_acc20(dicom, tmp_path / "b") == [("ACC20", uid, "RP20", "SPS20-CT", "CT")]  # MR started
+
+    assert send(mllp, omi_steps("XO", steps=("DX",))) == ["AA"]  # CT not started: discontinued; MR kept
+    assert steps_of_acc20(dicom, tmp_path / "c") == [("ACC20", uid, "RP20", "SPS20-DX", "DX")]
+
+    assert send(mllp, omi_steps("CA", "CA", steps=())) == ["AA"]
+    assert steps_of_acc20(dicom, tmp_path / "d") == []

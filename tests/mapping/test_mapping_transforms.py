@@ -126,6 +126,38 @@ def test_xpn_family_subcomponents_keep_the_surname() -> None:
     assert run("xpn_to_pn", "Everyman&&&&Aniston^Adam") == "Everyman^Adam"
 
 
+def test_xpn_repetitions_become_pn_component_groups_by_their_representation_code() -> None:
+    reps = ["Yamada^Tarou^^^^^L^A", "山田^太郎^^^^^L^I", "やまだ^たろう^^^^^L^P"]
+    assert run("xpn_groups_to_pn", reps) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert run("xpn_groups_to_pn", [reps[0], reps[2]]) == "Yamada^Tarou==やまだ^たろう"
+    assert run("xpn_groups_to_pn", [reps[1]]) == "=山田^太郎"  # an ideographic name alone
+    assert run("xpn_groups_to_pn", ["Wang^Xiaodong^^^^^L", "王^小東^^^^^L^I"]) == "Wang^Xiaodong=王^小東"
+
+
+def test_xpn_repetitions_of_one_group_give_the_first() -> None:
+    # HL7 sends the legal name first; a feed that sends its display name (D) first means that one
+    assert run("xpn_groups_to_pn", ["Everyman^Adam^^^^^D", "Bing^Josh^^^^^L"]) == "Everyman^Adam"
+    assert run("xpn_groups_to_pn", ["Smith^Mary", "Jones^Mary"]) == "Smith^Mary"  # no types: the first
+    assert run("xpn_groups_to_pn", ["", "Jones^Mary"]) == "Jones^Mary"  # an empty first repetition
+    assert run("xpn_groups_to_pn", ["Smith^Mary^^^^^L^X"]) == ""  # a representation DICOM has no group for
+    assert run("xpn_groups_to_pn", []) == ""
+
+
+_XPN = st.lists(st.text(alphabet="abcXYZ &\\=é", max_size=6), min_size=1, max_size=7).map("^".join)
+
+
+@given(_XPN)
+def test_one_xpn_repetition_gives_what_xpn_to_pn_gives(xpn: str) -> None:
+    assert run("xpn_groups_to_pn", [xpn]) == run("xpn_to_pn", xpn)
+
+
+def test_pn_group_reads_one_component_group() -> None:
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert [run("pn_group", name, n) for n in (1, 2, 3, 4)] == ["Yamada^Tarou", "山田^太郎", "やまだ^たろう", ""]
+    assert run("pn_group", "=山田^太郎", 1) == "山田^太郎"  # an HL7 name needs one: the first there is
+    assert run("pn_group", "Doe^Jane", 1) == "Doe^Jane"
+
+
 def test_xcn_to_pn_drops_the_id() -> None:
     assert run("xcn_to_pn", "1234^Berg^Anders^^^Dr") == "Berg^Anders^^Dr"
 
@@ -137,6 +169,13 @@ def test_ndl_reads_cnn_subcomponents() -> None:
 def test_truncate_to_target_vr_applies_per_value() -> None:
     ctx = TransformContext(Separators(), ZoneInfo("UTC"), "AE")
     assert run("truncate", "A" * 20 + "\\B", ctx=ctx) == "A" * 16 + "\\B"
+
+
+def test_truncate_to_pn_applies_per_component_group() -> None:
+    ctx = TransformContext(Separators(), ZoneInfo("UTC"), "PN")
+    name = "A" * 70 + "=" + "山" * 70 + "=" + "や"
+    assert run("truncate", name, ctx=ctx) == "A" * 64 + "=" + "山" * 64 + "=" + "や"
+    assert run("truncate", "Yamada^Tarou=山田^太郎", ctx=ctx) == "Yamada^Tarou=山田^太郎"
 
 
 def test_truncate_to_given_length() -> None:

@@ -31,9 +31,11 @@ def normalise(text: str) -> str:
 def human_name(pn: str) -> dict[str, Any] | None:
     """A HumanName from a DICOM PN / HL7 XPN in ``Family^Given^Middle^Prefix^Suffix`` form.
 
-    Only the first (alphabetic) component group is used. None when every part is empty.
+    Only the first component group is used (the alphabetic one, or for a name written only in
+    ideographic or phonetic characters the first it has). None when every part is empty.
     """
-    parts = [p.strip() for p in pn.split("=", 1)[0].split("^")] + [""] * 5
+    group = next((g for g in pn.split("=") if g), "")  # alphabetic, else the first group there is
+    parts = [p.strip() for p in group.split("^")] + [""] * 5
     family, given, middle, prefix, suffix = parts[:5]
     name: dict[str, Any] = {}
     if family:

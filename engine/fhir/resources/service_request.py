@@ -91,6 +91,16 @@ def _code(row: Any) -> dict[str, Any] | None:
     return concept or None
 
 
+#: Which step of an order (one per IPC of an OMI^O23) gives the request its status and occurrence: an active
+#: one, else a completed one, else any. CT done and MR still scheduled is an active request; CT dropped by an
+#: XO (DISCONTINUED) and MR scheduled is not a revoked one.
+_RANK = {"active": 0, "completed": 1}
+
+
+def _rank(step: Any) -> int:
+    return _RANK.get(STATUS.get(step.status, "unknown"), 2)
+
+
 def _body(row: Any, step: Any, settings: FhirSettings) -> Built:
     status = STATUS.get(step.status, "unknown") if step is not None else "unknown"
     body: dict[str, Any] = {"resourceType": TYPE, "id": str(row.id), "identifier": _identifiers(row, settings),
@@ -124,7 +134,9 @@ def build(conn: Connection, keys: set[str], settings: FhirSettings) -> dict[str,
     s = procedure_steps.c
     for step in conn.execute(select(s.order_pk, s.status, s.start_datetime, s.modality)
                              .where(s.order_pk.in_(pks)).order_by(s.id.desc())):
-        steps[int(step.order_pk)] = step  # descending: the first step of each order wins
+        order_pk = int(step.order_pk)
+        if order_pk not in steps or _rank(step) <= _rank(steps[order_pk]):  # descending: the first wins a tie
+            steps[order_pk] = step
     for row in conn.execute(select(orders).where(orders.c.id.in_(pks))):
         built[str(row.id)] = _body(row, steps.get(int(row.id)), settings)
     return built
