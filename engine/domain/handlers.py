@@ -43,6 +43,7 @@ from engine.hl7.er7 import Message
 __all__ = [
     "OrdersHandler",
     "PatientsHandler",
+    "cleared_note",
     "order_policy",
     "patient_policy",
     "register",
@@ -262,6 +263,11 @@ def _renames_first(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   and (r.get("patient_id"), r.get("issuer", "")) in renamed)
 
 
+def cleared_note(patient_id: str, names: list[str]) -> str:
+    """The message's note for stored demographics an explicit HL7 null blanked (field names, no values)."""
+    return f"patient {patient_id}: {', '.join(names)} cleared (sent as HL7 null \"\")"
+
+
 #: A merge record's kind -> the ADT event it comes from (PIR tells the PACS the same kind of change).
 _MERGE_EVENTS = {"merge": "A40", "change_id": "A47"}
 
@@ -287,9 +293,12 @@ class PatientsHandler:
                 if adt and patient.event not in IMPLEMENTED_EVENTS:
                     raise HL7Reject(201, f"ADT^{patient.event} is not implemented by the patients handler",
                                     ErrorLocation("MSH", 1, 9, 2))
-                pk = apply_patient_event(conn, patient, self.policy, now)
+                blanked: list[str] = []
+                pk = apply_patient_event(conn, patient, self.policy, now, blanked)
                 _remember(ctx, patient, self.policy, pk)
                 event = patient.event
+                if blanked:
+                    ctx.note(True, cleared_note(patient.patient_id, blanked))
             elif kind == "merge":
                 ctx.shared.pop(_KNOWN, None)  # a merge may move a patient remembered before it
                 rec: MergeRecord = _validate(MergeRecord, data, "MRG")
@@ -331,8 +340,11 @@ class OrdersHandler:
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":
                 rec = _validate(PatientRecord, data, "PID")
-                pk = apply_patient_event(conn, rec.model_copy(update={"event": ""}), self.policy.patients, now)
+                blanked: list[str] = []
+                pk = apply_patient_event(conn, rec.model_copy(update={"event": ""}), self.policy.patients, now, blanked)
                 _remember(ctx, rec, self.policy.patients, pk)
+                if blanked:
+                    ctx.note(True, cleared_note(rec.patient_id, blanked))
         known = ctx.shared.get(_KNOWN)
         sequence = 0
         ipc = ctx.message.segment("IPC") is not None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import ColumnElement, Connection, delete, select, update
 
 from engine.config.models import StationRule
 from engine.domain.order_identity import given_ids
@@ -26,11 +26,14 @@ if TYPE_CHECKING:
     from engine.domain.orders import OrderPolicy
 
 __all__ = [
+    "CLEARABLE",
     "PRIORITIES",
+    "cleared_after",
     "content_hash",
     "given",
     "insert_step",
     "map_priority",
+    "null_fields",
     "order_values",
     "set_station_aes",
     "set_status",
@@ -95,22 +98,61 @@ def map_priority(value: str) -> str:
 _TO_JSON = OrderRecord.__pydantic_serializer__.to_json
 
 
-_NO_STEPS = {"steps"}
-
-
 def content_hash(record: OrderRecord) -> str:
     """SHA-256 of the record's JSON: stored with the order, compared when the order comes again.
 
     The bytes must stay those of ``record.model_dump_json()`` as earlier versions wrote it, which
-    had no ``steps``: the hashes of stored orders were made from them, and a resent identical order
-    must still change nothing. An order without ``steps`` is hashed without the key.
+    had no ``steps`` and no ``cleared``: the hashes of stored orders were made from them, and a resent
+    identical order must still change nothing. An order without either is hashed without its key.
     """
-    return hashlib.sha256(_TO_JSON(record) if record.steps else _TO_JSON(record, exclude=_NO_STEPS)).hexdigest()
+    left_out = {name for name in ("steps", "cleared") if not getattr(record, name)}
+    return hashlib.sha256(_TO_JSON(record, exclude=left_out or None)).hexdigest()
 
 
 #: Descriptions and code meanings (LO) are cut to 64 characters, as the worklist can carry no more;
 #: identifiers are never cut (too long: AE 102, engine.domain.handlers).
 _LO = 64
+
+
+#: Order fields a message may delete with the HL7 null ``""`` (HL7 v2.5.1 2.5.3) -> (table, column).
+#: Identifiers, codes, modality, start and status are never cleared: a null there is an empty field.
+CLEARABLE: dict[str, tuple[str, str]] = {
+    "requested_procedure_description": ("orders", "requested_procedure_description"),
+    "requesting_physician": ("orders", "requesting_physician"),
+    "referring_physician_name": ("orders", "referring_physician_name"),
+    "admission_id": ("orders", "admission_id"),
+    "scheduled_procedure_step_description": ("procedure_steps", "description"),
+    "scheduled_performing_physician_name": ("procedure_steps", "performing_physician_name"),
+    "scheduled_procedure_step_location": ("procedure_steps", "location"),
+}
+_TABLES = {"orders": orders, "procedure_steps": procedure_steps}
+
+
+def null_fields(record: OrderRecord, table: str) -> list[str]:
+    """The clearable fields of ``table`` that ``record`` sent as HL7 null (and gave no value)."""
+    return [n for n, (t, _) in CLEARABLE.items() if t == table and n in record.cleared and not getattr(record, n)]
+
+
+def cleared_after(before: str, record: OrderRecord) -> str:
+    """The order's ``cleared`` column after ``record``: its nulls added, the fields it gives removed."""
+    names = {n for n in before.split() if not getattr(record, n, "")}
+    names.update(n for n in CLEARABLE if n in record.cleared and not getattr(record, n))
+    return " ".join(n for n in CLEARABLE if n in names)
+
+
+def _blank(conn: Connection, record: OrderRecord, table: str, pk: int) -> tuple[dict[str, str], list[str], str]:
+    """The columns of row ``pk`` of ``table`` that ``record`` deletes ("" each), the fields among them that
+    held a value (for the message's note) and, for ``orders``, the row's ``cleared`` column as stored."""
+    names = null_fields(record, table)
+    stored = _TABLES[table]
+    columns: list[ColumnElement[Any]] = [stored.c[CLEARABLE[n][1]].label(n) for n in names]
+    if table == "orders":
+        columns.append(orders.c.cleared)
+    if not columns:
+        return {}, [], ""
+    row = conn.execute(select(*columns).where(stored.c.id == pk)).one()
+    before = str(row.cleared) if table == "orders" else ""
+    return {CLEARABLE[n][1]: "" for n in names}, [n for n in names if getattr(row, n)], before
 
 
 def order_values(record: OrderRecord) -> dict[str, Any]:
@@ -133,6 +175,7 @@ def order_values(record: OrderRecord) -> dict[str, Any]:
         "order_control": record.order_control,
         "order_status": record.order_status,
         "content_hash": content_hash(record),
+        "cleared": cleared_after("", record),
     }
 
 
@@ -193,28 +236,37 @@ def given(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v not in ("", None)}
 
 
-def update_order_row(conn: Connection, record: OrderRecord, order_pk: int, policy: OrderPolicy, now: datetime) -> None:
-    """The order-level fields an NW resent or an XO gives; the others are kept."""
+def update_order_row(
+    conn: Connection, record: OrderRecord, order_pk: int, policy: OrderPolicy, now: datetime
+) -> list[str]:
+    """The order-level fields an NW resent or an XO gives, blanking those it sends as HL7 null; the others
+    are kept. Returns the fields it blanked that held a value (for the message's note)."""
     accession = "" if policy.accession_policy == "always_generate" else record.accession_number  # ours stays
     values = given(
         {**order_values(record), "accession_number": accession,
          "requested_procedure_id": given_ids(record)[0], "study_instance_uid": record.study_instance_uid}
     )  # fmt: skip
+    blanks, blanked, before = _blank(conn, record, "orders", order_pk)
+    values.update(blanks, cleared=cleared_after(before, record))
     conn.execute(update(orders).where(orders.c.id == order_pk).values(updated_at=now, **values))
+    return blanked
 
 
-def update_step(conn: Connection, view: OrderRecord, step_pk: int, policy: OrderPolicy, now: datetime) -> None:
-    """Write the step fields ``view`` gives to stored step ``step_pk``, keep the others."""
+def update_step(conn: Connection, view: OrderRecord, step_pk: int, policy: OrderPolicy, now: datetime) -> list[str]:
+    """Write the step fields ``view`` gives to stored step ``step_pk``, blank those it sends as HL7 null,
+    keep the others. Returns the fields it blanked that held a value (for the message's note)."""
     values, aes = step_values(view, policy, now)
     if not view.scheduled_start:  # split_start would put "now" in place of the stored start
         for key in ("start_date", "start_time", "start_datetime"):
             values.pop(key)
-    conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(**given(values)))
+    blanks, blanked, _ = _blank(conn, view, "procedure_steps", step_pk)
+    conn.execute(update(procedure_steps).where(procedure_steps.c.id == step_pk).values(**given(values), **blanks))
     if aes:
         start = values.get("start_datetime") or conn.execute(
             select(procedure_steps.c.start_datetime).where(procedure_steps.c.id == step_pk)
         ).scalar_one()
         set_station_aes(conn, step_pk, aes, start)
+    return blanked
 
 
 def set_status(conn: Connection, step_pk: int, status: str, now: datetime) -> None:

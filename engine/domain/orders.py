@@ -215,11 +215,18 @@ def _create(
 
 def _update_content(
     conn: Connection, record: OrderRecord, found: Any, policy: OrderPolicy, now: datetime, shared: bool = False
-) -> None:
-    """NW resent / XO: write the fields the message gives, keep the others (the step's too when ``shared``)."""
-    update_order_row(conn, record, int(found.order_pk), policy, now)
+) -> list[str]:
+    """NW resent / XO: write the fields the message gives, blank those it sends as HL7 null, keep the
+    others (the step's too when ``shared``). Returns the fields blanked that held a value."""
+    blanked = update_order_row(conn, record, int(found.order_pk), policy, now)
     if not shared:
-        update_step(conn, record, int(found.step_pk), policy, now)
+        blanked += update_step(conn, record, int(found.step_pk), policy, now)
+    return blanked
+
+
+def cleared_note(record: OrderRecord, blanked: Sequence[str]) -> str:
+    """The message's note for stored order values an explicit HL7 null blanked (field names, no values)."""
+    return f"order {identity_text(record)}: {', '.join(blanked)} cleared (sent as HL7 null \"\")" if blanked else ""
 
 
 def _update(
@@ -250,7 +257,8 @@ def _update(
         return Applied((step_pk,), False, kept or f"order {identity_text(record)}: {record.order_control} changed "
                                                   f"nothing ({why})")
     if content:
-        _update_content(conn, record, found, policy, now, shared)
+        kept = "\n".join(filter(None, (kept, cleared_note(record, _update_content(conn, record, found, policy, now,
+                                                                                   shared)))))
     else:
         conn.execute(
             update(orders)
@@ -311,6 +319,7 @@ def _update_steps(
     views = step_views(record)
     touched: list[int] = []
     notes: list[str] = []
+    blanked: list[str] = []
     who = f"order {identity_text(record)}"
     for view, sps_id in zip(views, assign_sps_ids(views, rows[0].requested_procedure_id), strict=True):
         row = stored.pop(sps_id, None)
@@ -326,7 +335,7 @@ def _update_steps(
                          f"{row.status} ({why})")
             target = row.status
         if not same:
-            update_step(conn, view, step_pk, policy, now)
+            blanked += update_step(conn, view, step_pk, policy, now)
         if target != row.status:
             set_status(conn, step_pk, target, now)
         if not same or target != row.status:
@@ -342,8 +351,8 @@ def _update_steps(
         why = "resent, identical to the stored order"
         return Applied((), False, "\n".join(notes) or f"{who}: {record.order_control} changed nothing ({why})")
     if not same:
-        update_order_row(conn, record, order_pk, policy, now)
-    return Applied(tuple(touched), note="\n".join(notes))
+        blanked[:0] = update_order_row(conn, record, order_pk, policy, now)
+    return Applied(tuple(touched), note="\n".join(filter(None, (*notes, cleared_note(record, blanked)))))
 
 
 def _same_patient(

@@ -36,6 +36,7 @@ __all__ = [
     "PatientPolicy",
     "apply_patient_event",
     "change_identifier",
+    "demographic_values",
     "ensure_patient",
     "find_patient",
     "merge_patient",
@@ -57,16 +58,17 @@ class PatientPolicy:
 
 
 # Run on every order and ADT message: compiled once, executed on the raw cursor (engine.store.fast).
+_STORED = (*(patients.c[k] for k in _DEMOGRAPHICS), patients.c.cleared)
 _FIND = FastStatement(
     select(patients.c.id, patients.c.patient_id, patients.c.issuer, patients.c.status, patients.c.merged_into_id,
-           *(patients.c[k] for k in _DEMOGRAPHICS))
+           *_STORED)
     .where(patients.c.patient_id == bindparam("patient_id"), patients.c.issuer == bindparam("issuer"))
 )  # fmt: skip
 _INSERT = FastInsert(patients)
 
 
 def find_patient(conn: Connection, patient_id: str, issuer: str) -> Any:
-    """The patient row (id, identity, status, merged_into_id, demographics) for an identity, or None."""
+    """The patient row (id, identity, status, merged_into_id, demographics, cleared) for an identity, or None."""
     return first_row(_FIND, conn, {"patient_id": patient_id, "issuer": issuer})
 
 
@@ -110,7 +112,8 @@ def _replaced(
 
 
 def _create(conn: Connection, patient_id: str, issuer: str, now: datetime, **values: str) -> int:
-    row = {"patient_id": patient_id, "issuer": issuer, "status": "ACTIVE", "created_at": now, "updated_at": now}
+    row = {"patient_id": patient_id, "issuer": issuer, "status": "ACTIVE", "cleared": "", "created_at": now,
+           "updated_at": now}
     return _INSERT.execute(conn, {**row, **values})
 
 
@@ -151,27 +154,56 @@ def _store_other_ids(conn: Connection, pk: int, others: Sequence[OtherPatientId]
             )
 
 
+def demographic_values(record: PatientRecord) -> dict[str, str]:
+    """The demographics an upsert writes: those the record gives, and "" for those it clears.
+
+    An empty field never blanks a stored value; one sent as the HL7 null ``""`` does (HL7 v2.5.1
+    2.5.3, the record's ``cleared``). Identifiers are never cleared: a null PID-3.1 is AE 101
+    (the mapping's ``required``), a null issuer reads as no issuer.
+    """
+    values = {k: getattr(record, k) for k in _DEMOGRAPHICS if getattr(record, k)}
+    for name in record.cleared:
+        if name in _DEMOGRAPHICS and name not in values:
+            values[name] = ""
+    return values
+
+
 def upsert_patient(
-    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime
+    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime,
+    cleared: list[str] | None = None,
 ) -> int:
     """Create or update the patient (A01/A04/A05/A08/A31 and order PIDs); return its pk.
 
-    Only fields the record gives are written: an empty field never blanks a stored value.
+    Only fields the record gives or clears are written (:func:`demographic_values`); the
+    ``cleared`` column remembers which were deleted (engine.domain.reconcile blanks them in
+    the images). The names of stored values the record blanked are appended to ``cleared``.
     """
     patient_id, issuer, others = resolve_identity(record, policy.trusted_issuers)
-    values = {k: getattr(record, k) for k in _DEMOGRAPHICS if getattr(record, k)}
+    values: dict[str, str] = demographic_values(record)
     row = find_patient(conn, patient_id, issuer)
     replaced = _replaced(conn, patient_id, issuer, policy) if row is None else None
     if row is None and replaced is None:
-        pk = _create(conn, patient_id, issuer, now, **values)
+        pk = _create(conn, patient_id, issuer, now, **values, cleared=_deleted("", values))
     else:
         pk = replaced or _live(conn, row, policy, _PID3)
-        if values and (row is None or pk != row.id or any(getattr(row, k) != v for k, v in values.items())):
-            conn.execute(
-                update(patients).where(patients.c.id == pk).values(updated_at=now, **values)
-            )
+        if values:
+            stored = row if row is not None and pk == row.id else conn.execute(
+                select(*_STORED).where(patients.c.id == pk)).one()  # a merged or renamed patient's survivor
+            values["cleared"] = _deleted(stored.cleared, values)
+            if any(getattr(stored, k) != v for k, v in values.items()):
+                if cleared is not None:
+                    cleared.extend(k for k in _DEMOGRAPHICS if values.get(k) == "" and getattr(stored, k))
+                conn.execute(update(patients).where(patients.c.id == pk).values(updated_at=now, **values))
     _store_other_ids(conn, pk, others)
     return pk
+
+
+def _deleted(before: str, values: dict[str, str]) -> str:
+    """The ``cleared`` column after writing ``values``: deleted ones added, given ones removed."""
+    names = set(before.split())
+    names.difference_update(k for k, v in values.items() if v)
+    names.update(k for k, v in values.items() if not v)
+    return " ".join(k for k in _DEMOGRAPHICS if k in names)
 
 
 def _steps_of(pk: int) -> Any:
@@ -230,10 +262,14 @@ IMPLEMENTED_EVENTS = frozenset({"", "A01", "A04", "A05", "A08", "A28", "A31", "A
 
 
 def apply_patient_event(
-    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime
+    conn: Connection, record: PatientRecord, policy: PatientPolicy, now: datetime,
+    cleared: list[str] | None = None,
 ) -> int:
-    """Apply one ADT patient record: upsert, then the event's own action (A10, A11)."""
-    pk = upsert_patient(conn, record, policy, now)
+    """Apply one ADT patient record: upsert, then the event's own action (A10, A11).
+
+    ``cleared`` (when given) receives the names of stored demographics the record blanked.
+    """
+    pk = upsert_patient(conn, record, policy, now, cleared)
     action = EVENT_ACTIONS.get(record.event)
     if action is not None:
         action(conn, pk, record, now)

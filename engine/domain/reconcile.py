@@ -27,6 +27,7 @@ from sqlalchemy.exc import NoResultFound
 from engine.domain.reconcile_tables import correction_adts, reconcile_requests
 from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps, studies
+from engine.mapping.null import NULL
 from engine.reconcile.keys import MatchKeys
 from engine.store.fast import FastStatement, all_rows, first_row
 
@@ -166,11 +167,11 @@ _ORDER_INPUT = FastStatement(
     select(*_labelled(orders, "o_", "order_control order_status placer_order_number filler_order_number "
                       "accession_number issuer_of_accession_number requested_procedure_id study_instance_uid "
                       "priority requested_procedure_description procedure_code_value procedure_coding_scheme "
-                      "procedure_code_meaning requesting_physician referring_physician_name admission_id"),
+                      "procedure_code_meaning requesting_physician referring_physician_name admission_id cleared"),
            *_labelled(procedure_steps, "s_", "sps_id modality description protocol_code_value "
                       "protocol_coding_scheme protocol_code_meaning"),
            *_labelled(patients, "p_", "patient_id issuer patient_name birth_date sex admission_id "
-                      "referring_physician_name"),
+                      "referring_physician_name cleared"),
            *_labelled(patient_other_ids, "x_", "id patient_id issuer type_of_id"))
     .select_from(orders.join(patients, patients.c.id == orders.c.patient_pk)
                  .outerjoin(patient_other_ids, patient_other_ids.c.patient_pk == patients.c.id))
@@ -223,7 +224,17 @@ def input_from_rows(rows: Sequence[Any]) -> dict[str, Any]:
         "other_ids": [{"patient_id": x.x_patient_id, "issuer": x.x_issuer, "type_of_id": x.x_type_of_id}
                       for x in rows if x.x_id is not None],
     }  # fmt: skip
-    return {"order": order, "patient": patient}
+    return {"order": with_nulls(order, r.o_cleared), "patient": with_nulls(patient, r.p_cleared)}
+
+
+def with_nulls(record: dict[str, Any], cleared: str) -> dict[str, Any]:
+    """The record input with each value a message deleted (``patients.cleared``, ``orders.cleared``) as
+    the mapping's NULL: the order-to-image mapping passes it on and the coercion blanks the image's value,
+    where an empty value ("never given") leaves the modality's (engine.reconcile.coerce)."""
+    for name in cleared.split():
+        if name in record and not record[name]:
+            record[name] = NULL
+    return record
 
 
 def patient_conflict(conn: Connection, keys: MatchKeys, match: OrderMatch | None) -> str | None:
@@ -305,7 +316,7 @@ def patient_input(conn: Connection, patient_pk: int) -> dict[str, Any]:
         "birth_date": p.birth_date, "sex": p.sex, "referring_physician_name": p.referring_physician_name,
     }  # fmt: skip
     return {"order": {"record": "order", "order_control": "NW", "patient_id": p.patient_id, "issuer": p.issuer},
-            "patient": patient}
+            "patient": with_nulls(patient, p.cleared)}
 
 
 def finish_request(conn: Connection, request: Request) -> None:

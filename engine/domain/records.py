@@ -6,6 +6,11 @@ one of these models. Field names use the standards' words (DICOM keywords in
 snake case, HL7 field meanings) so an analyst recognises them. Values are
 plain strings in DICOM value formats (PN ``Family^Given^Middle^Prefix^Suffix``,
 DA ``YYYYMMDD``, DT ``YYYYMMDDHHMMSS``); empty means "not given".
+
+A field the message sent as the HL7 explicit null ``""`` (HL7 v2.5.1 2.5.3:
+delete the value the receiver holds) is empty too, and named in the record's
+``cleared`` (engine.mapping.null): the domain blanks the stored value of the
+fields it lets a message clear and ignores the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ __all__ = [
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Mapped(_Record):
+    """A record a mapping outputs: it may name fields the message explicitly nulled."""
+
+    #: Fields sent as ``""``: set by the mapping layer, never mapped by a file (engine.mapping.targetnames).
+    cleared: tuple[str, ...] = ()
 
 
 #: The most an identifier may hold: its DICOM VR's maximum (PS3.5 6.2: LO and UI 64, SH and CS 16),
@@ -69,7 +81,7 @@ class OrderCode(CodedValue):
     coding_scheme_designator: str = Field("", max_length=LO)
 
 
-class PatientRecord(_Record):
+class PatientRecord(_Mapped):
     """ADT A01/A04/A05/A08/A31 and the PID of every order. Identity = patient_id + issuer."""
 
     record: Literal["patient"] = "patient"
@@ -87,7 +99,7 @@ class PatientRecord(_Record):
     event: str = ""  # trigger event (A01, A08 …)
 
 
-class MergeRecord(_Record):
+class MergeRecord(_Mapped):
     """ADT A40 (one per PID/MRG pair) and A47: ``prior`` merged into / renamed to ``survivor``."""
 
     record: Literal["merge"] = "merge"
@@ -124,7 +136,7 @@ class StepRecord(_Record):
         return "\\".join(str(v) for v in value) if isinstance(value, list) else value
 
 
-class OrderRecord(_Record):
+class OrderRecord(_Mapped):
     """One ORC/OBR (or IPC) group of ORM^O01, OMI^O23, OMG^O19: a requested procedure and its steps.
 
     The step fields (SPS ID, modality, station, start, protocol ...) describe the order's one step;
@@ -179,7 +191,7 @@ class ReportLine(_Record):
     text: str = ""  # OBX-5, repetitions joined by line breaks
 
 
-class ReportRecord(_Record):
+class ReportRecord(_Mapped):
     """One OBR group of ORU^R01: a radiology report (one version of it) for one order.
 
     The order is named by the same EI numbers as orders (engine.domain.order_identity),

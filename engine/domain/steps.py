@@ -37,8 +37,11 @@ def step_views(record: OrderRecord) -> list[OrderRecord]:
     """
     if not record.steps:
         return [record]
+    # The order's HL7 nulls of step fields are not any listed step's (nulls are only read at the top level).
+    cleared = tuple(n for n in record.cleared if n not in _STEP_FIELDS)
     return [
-        record.model_copy(update={**{name: getattr(step, name) for name in _STEP_FIELDS}, "steps": []})
+        record.model_copy(update={**{name: getattr(step, name) for name in _STEP_FIELDS}, "steps": [],
+                                  "cleared": cleared})
         for step in record.steps
     ]
 

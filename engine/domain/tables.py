@@ -58,6 +58,10 @@ patients = Table(
     Column("sex", String(16), nullable=False, default=""),
     Column("admission_id", String(64), nullable=False, default=""),
     Column("referring_physician_name", String(324), nullable=False, default=""),
+    # Demographics the PAS deleted (sent as HL7 null "", engine.mapping.null) and not given since, space-
+    # separated: the images' values are blanked too (engine.domain.reconcile), not left as the modality's.
+    # A server default only: rows written by code that predates the column (a migration's data) get "".
+    Column("cleared", String(255), nullable=False, server_default=""),
     # Visit (PV1), kept by engine.domain.visits: PV1-2, PV1-3, PV1-6 and (0038,0008) terms.
     Column("patient_class", String(16), nullable=False, default=""),
     Column("current_patient_location", String(64), nullable=False, default=""),
@@ -125,6 +129,9 @@ orders = Table(
     Column("order_control", String(2), nullable=False, default=""),
     Column("order_status", String(2), nullable=False, default=""),
     Column("content_hash", String(64), nullable=False, default=""),
+    # Fields a message deleted with the HL7 null "" (engine.domain.orders._CLEARABLE), space-separated;
+    # a server default only, as patients.cleared.
+    Column("cleared", String(255), nullable=False, server_default=""),
     Column("message_id", Id, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),

@@ -42,7 +42,9 @@ from engine.mapping.evaluate import (
     Lookup,
     _filled,
     _objects,
+    kept_values,
 )
+from engine.mapping.null import CLEARED, HL7_NULL, NULL, null_or_empty
 from engine.mapping.paths import read_repetition
 from engine.mapping.sources import Context, Hl7Ref, SourceRef
 
@@ -86,7 +88,9 @@ def _leaf(value: str, seps: Separators, comp: int | None, sub: int | None) -> st
     if not value:
         return ""
     if sub is None and seps.component not in value and seps.subcomponent not in value:
-        if (comp or 1) > 1 or value == '""':
+        if value == HL7_NULL:
+            return NULL
+        if (comp or 1) > 1:
             return ""
         return unescape(value, seps) if seps.escape in value else value
     return read_repetition(value, seps, comp, sub)
@@ -106,8 +110,8 @@ def _part(value: str, seps: Separators) -> str:
     """A component already split off (comp >= 1, no sub-component asked): as read_repetition leaves it."""
     if seps.subcomponent in value:
         return value
-    if value == '""':
-        return ""
+    if value == HL7_NULL:
+        return NULL
     return unescape(value, seps) if seps.escape in value else value
 
 
@@ -120,6 +124,9 @@ def _flat(value: Any) -> Any:
 _HELPERS: dict[str, Any] = {
     "SKIP": SKIP,
     "EMPTY": EMPTY,
+    "NULL": NULL,
+    "_kept": kept_values,
+    "_absent": null_or_empty,
     "GiveUp": GiveUp,
     "_filled": _filled,
     "_objects": _objects,
@@ -210,7 +217,9 @@ class _Writer:
         if comp == 1:  # without a component separator: the repetition, as _leaf reads comp 1
             whole = f"_leaf({rep}, seps, 1, None)"
             return f"(_part({parts}[0], seps) if {parts} is not None else {whole})"
-        return f"(_part({parts}[{comp - 1}], seps) if {parts} is not None and {comp} <= len({parts}) else '')"
+        # Past the last component: absent, or null when the whole repetition is ``""``.
+        found = f"{parts} is not None and {comp} <= len({parts})"
+        return f"(_part({parts}[{comp - 1}], seps) if {found} else _absent({rep}))"
 
     def multi_component(self, source: Hl7Ref) -> bool:
         """True when another path already reads a component of the same repetition (worth splitting once)."""
@@ -299,14 +308,27 @@ class _Writer:
         self.line(depth + 1, f"{out} = {call}")
 
     def plain(self, rule: CompiledRule, out: str, depth: int) -> None:
-        for source in rule.sources:
+        """The first filled path; else the default, GiveUp, or NULL when a path was null ("" when none).
+
+        Whether a path was null is only tracked once a path is empty (``null`` is first
+        bound then), so a filled first path costs what it did before nulls were kept.
+        """
+        null = self.temp()
+        for index, source in enumerate(rule.sources):
+            if index > 1:  # the first path's value is already in ``null``
+                self.line(depth, f"if {out} is NULL: {null} = NULL")
             self.line(depth, f"{out} = {self.first(source)}")
             self.line(depth, f"if not {out} or {out} == '\"\"':")
             depth += 1
+            if not index:
+                self.line(depth, f"{null} = {out}")
         if rule.default is not None:
             self.line(depth, f"{out} = {rule.default!r}")
         elif rule.required:
             self.line(depth, "raise GiveUp")
+        elif rule.sources:
+            self.line(depth, f"if {out} is NULL: {null} = NULL")
+            self.line(depth, f"{out} = NULL if {null} is NULL else ''")
         else:
             self.line(depth, f"{out} = ''")
 
@@ -315,19 +337,23 @@ class _Writer:
         if rule.const is not None:
             self.line(depth, f"{out} = {rule.const!r}")
             return
+        null = self.temp()  # NULL once an alternative was null; the value when none is filled
+        self.line(depth, f"{null} = ''")
         for sub in rule.first:
             self.rule(sub, out, depth)
             self.line(depth, f"if {out} is SKIP or not _filled({out}):")
             depth += 1
+            self.line(depth, f"if {out} is NULL: {null} = NULL")
         for source in rule.sources:
             if source.multi:
-                self.line(depth, f"{out} = [x for x in {self.const(source)}.read(ctx) if x not in EMPTY]")
+                self.line(depth, f"{out} = _kept({self.const(source)}.read(ctx))")
                 self.line(depth, f"if not {out}:")
             else:
                 self.line(depth, f"{out} = {self.first(source)}")
                 self.line(depth, f"if not {out} or {out} == '\"\"':")
             depth += 1
-        self.line(depth, f"{out} = ''")
+            self.line(depth, f"if {out} is NULL: {null} = NULL")
+        self.line(depth, f"{out} = {null}")
 
     def objects(self, rule: CompiledRule, out: str, depth: int) -> None:
         """A nested object (``fields`` without ``each``) inline; ``each`` lists by the interpreter."""
@@ -351,14 +377,18 @@ class _Writer:
     def record_fields(self, output: CompiledOutput) -> None:
         """A record output: its fields into a dict, as ``CompiledOutput._shape`` makes one."""
         self.line(1, f"record = {{'record': {output.name!r}}}")
+        self.line(1, "cleared = []  # the fields sent as HL7 null (engine.mapping.compiled.record_of)")
         for rule in output.fields:
             value = self.temp()
             self.rule(rule, value, 1)
             if rule.plain:  # a text, never SKIP
                 self.line(1, f"record[{rule.target!r}] = {value}")
+                self.line(1, f"if {value} is NULL: record[{rule.target!r}] = ''; cleared.append({rule.target!r})")
                 continue
             self.line(1, f"if {value} is not SKIP:")
             self.line(2, f"record[{rule.target!r}] = _flat({value}) if {value}.__class__ is list else {value}")
+            self.line(2, f"if {value} is NULL: record[{rule.target!r}] = ''; cleared.append({rule.target!r})")
+        self.line(1, f"if cleared: record[{CLEARED!r}] = cleared")
         self.line(1, "return record")
 
     def hl7_fields(self, output: CompiledOutput) -> None:

@@ -17,6 +17,7 @@ from engine.errors import ErrorLocation, HL7ApplicationError, HL7Error, HL7Rejec
 from engine.hl7.er7 import Message, Separators
 from engine.mapping.codegen import GiveUp
 from engine.mapping.evaluate import SKIP, CompiledCondition, CompiledRule, evaluate_rule, plain_rule
+from engine.mapping.null import CLEARED, NULL
 from engine.mapping.paths import Hl7Path, target_path
 from engine.mapping.result import MappingResult, RawProvenance
 from engine.mapping.scope import groups, message_scope
@@ -71,7 +72,7 @@ class CompiledOutput:
 
     def _shape(self, values: list[tuple[CompiledRule, Any]], ctx: Context) -> dict[str, Any]:
         if self.kind == "record":
-            return {"record": self.name, **{rule.target: value for rule, value in values}}
+            return record_of(self.name, values)
         if self.kind == "hl7v2":
             return {"message": self._hl7(values, ctx.seps)}
         obj: dict[str, Any] = {"resourceType": self.name} if self.kind == "fhir" else {}
@@ -99,6 +100,24 @@ class CompiledOutput:
             elif value:
                 pairs.append((self.hl7_targets[rule.target], str(value)))
         return render_hl7(pairs, list(self.segment_order), seps, repeated)
+
+
+def record_of(name: str, values: list[tuple[CompiledRule, Any]]) -> dict[str, Any]:
+    """A record output: its fields, and under ``cleared`` those that came out null (HL7 ``""``).
+
+    A null field holds "" (it has no value); ``cleared`` is what tells the domain that the
+    sender asked to delete the stored value rather than said nothing (engine.mapping.null).
+    """
+    record: dict[str, Any] = {"record": name}
+    cleared: list[str] = []
+    for rule, value in values:
+        if value is NULL:
+            value = ""
+            cleared.append(rule.target)
+        record[rule.target] = value
+    if cleared:
+        record[CLEARED] = cleared
+    return record
 
 
 _REPORTED: set[tuple[str, str, str]] = set()

@@ -5,6 +5,11 @@ the first non-empty source value is taken, transforms run left to right, a
 code-table lookup maps the result, ``default`` fills an empty value, and a
 ``required`` rule that is still empty raises HL7 error 101 at the source's
 ERR location (HL7 v2.5.1 2.15.5, table 0357).
+
+The explicit null ``""`` (engine.mapping.null) is weaker than a value and
+stronger than nothing: the first filled source wins, and only when none is
+filled does a null one make the rule's value :data:`NULL`. Transforms and
+tables pass a null through; ``default`` fills it like an empty value.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Literal
 
 from engine.errors import ErrorLocation, HL7ApplicationError
 from engine.hl7.er7 import Segment, Separators
+from engine.mapping.null import NULL
 from engine.mapping.result import RawProvenance
 from engine.mapping.sources import Context, SourceRef
 from engine.mapping.transforms import Transform, TransformContext
@@ -25,6 +31,7 @@ __all__ = [
     "CompiledRule",
     "Lookup",
     "evaluate_rule",
+    "kept_values",
     "plain_rule",
 ]
 
@@ -65,7 +72,9 @@ class BoundTransform:
     context: TransformContext
 
     def apply(self, value: Value, seps: Separators) -> Value:
-        """Run on ``value``; element-wise on lists unless the transform takes lists."""
+        """Run on ``value``; element-wise on lists unless the transform takes lists. A null passes."""
+        if value is NULL:
+            return NULL
         fn, args, tctx = self.transform.fn, self.args, self.context
         if seps is not tctx.seps and seps != tctx.seps:
             tctx = replace(tctx, seps=seps)
@@ -91,7 +100,9 @@ class Lookup:
     file: str = ""  # the table's file name, for errors (``order_control_status.csv``)
 
     def apply(self, value: Value, ctx: Context, default: str | None) -> Value:
-        """Map ``value`` (or the key paths' values) through the table."""
+        """Map ``value`` (or the key paths' values) through the table; a null value passes."""
+        if value is NULL and not self.keys:
+            return NULL
         if self.keys:
             key = tuple([k.first(ctx) for k in self.keys])
             return self._one(key, "", default, ctx)
@@ -153,6 +164,7 @@ def _raw(
 ) -> tuple[Value, str, SourceRef | None]:
     if rule.const is not None:
         return rule.const, "const", None
+    null: tuple[str, SourceRef | None] | None = None
     for sub in rule.first:
         if sub.plain:
             value = plain_rule(sub, ctx, out, prefix, False)
@@ -160,16 +172,25 @@ def _raw(
             value = evaluate_rule(sub, ctx, out, prefix, record=False)
         if not isinstance(value, _Skip) and _filled(value):
             return value, sub.describe, sub.sources[0] if sub.sources else None
+        if value is NULL and null is None:
+            null = (sub.describe, sub.sources[0] if sub.sources else None)
     for source in rule.sources:
-        if source.multi:
-            kept = [v for v in source.read(ctx) if v not in EMPTY]
-            if kept:
-                return kept, source.text, source
-            continue
-        value = source.first(ctx)
-        if value and value != '""':
+        value = kept_values(source.read(ctx)) if source.multi else source.first(ctx)
+        if _filled(value):
             return value, source.text, source
+        if value is NULL and null is None:
+            null = (source.text, source)
+    if null is not None:
+        return NULL, f"{null[0]} (null)", null[1]
     return "", rule.sources[0].text if rule.sources else "", None
+
+
+def kept_values(values: list[str]) -> Value:
+    """The filled values a multi-valued path reads; NULL when there are none and one was null."""
+    kept = [v for v in values if v not in EMPTY]
+    if kept or not any(v is NULL for v in values):
+        return kept
+    return NULL
 
 
 def _filled(value: Value) -> bool:
@@ -232,13 +253,16 @@ def plain_rule(
     """Paths (single-valued), default and required only: the common rule, kept cheap."""
     value = ""
     source = ""
+    null = ""
     for ref in rule.sources:
         value = ref.first(ctx)
         if value and value != '""':
             source = ref.text
             break
+        if value is NULL and not null:
+            null = ref.text
     else:
-        value = ""
+        value, source = (NULL, f"{null} (null)") if null else ("", "")
         if rule.default is not None:
             value, source = rule.default, "default"
         elif rule.required:

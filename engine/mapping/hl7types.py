@@ -10,6 +10,9 @@
   ``family^given^middle^prefix^suffix``: components 4 and 5 swap
   (../shared/reference/RADIOLOGY_HL7_DICOM.md section 3).
 * XCN (2.A.89) is an id followed by an XPN: ``id^family^given^…``.
+
+A whole field sent as ``""`` never reaches a transform (engine.mapping.null);
+a ``""`` component inside a composite reads as an empty component.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from engine.errors import HL7ApplicationError
 from engine.hl7.dicom_text import pn_component
 from engine.hl7.dtm import Timestamp, read_dtm
 from engine.hl7.er7 import Separators, unescape
+from engine.mapping.null import HL7_NULL
 from engine.mapping.transforms import TransformContext, register_transform
 
 __all__ = ["ts_to_dt", "ts_to_fhir", "xpn_to_pn"]
@@ -34,9 +38,10 @@ def _first_part(value: str, seps: Separators) -> str:
 
 
 def _read(value: str, ctx: TransformContext) -> Timestamp | None:
-    """The timestamp in ``value`` (None when empty), read as tolerantly as validation reads it."""
+    """The timestamp in ``value`` (None when empty or a null component), read as tolerantly as
+    validation reads it."""
     text = _first_part(value, ctx.seps)
-    return read_dtm(text).value if text else None
+    return read_dtm(text).value if text and text != HL7_NULL else None
 
 
 def ts_to_dt(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
@@ -96,10 +101,17 @@ def xpn_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """HL7 XPN → DICOM PN, swapping suffix and prefix (components 4 and 5); DICOM's delimiters
     inside a component become spaces (engine.hl7.dicom_text)."""
     seps = ctx.seps
-    comps = [pn_component(unescape(c.split(seps.subcomponent, 1)[0], seps)) for c in value.split(seps.component)]
+    comps = [_name_part(c, seps) for c in value.split(seps.component)]
     comps = (comps + [""] * 5)[:5]
     family, given, middle, suffix, prefix = comps
     return "^".join([family, given, middle, prefix, suffix]).rstrip("^")
+
+
+def _name_part(component: str, seps: Separators) -> str:
+    """One XPN component as a PN component; a null component (``""``) is empty: the name is
+    rebuilt from the components given (docs/mapping.md "Explicit null")."""
+    text = component.split(seps.subcomponent, 1)[0]
+    return "" if text == HL7_NULL else pn_component(unescape(text, seps))
 
 
 #: XPN-8 name representation code (HL7 table 0465) -> the DICOM PN component group (PS3.5 6.2.1.2).

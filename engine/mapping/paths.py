@@ -14,7 +14,8 @@ Syntax (the channel files' ``PID-3.4``/``OBR(2)-24`` notation, extended)::
 
 Numbering follows HL7 v2.5.1 2.5 (MSH-1 is the field separator). Leaf values
 are unescaped (HL7 v2.5.1 2.7); a value that still has components is kept as
-written so that data-type transforms (XPN, XCN, TS) can split it.
+written so that data-type transforms (XPN, XCN, TS) can split it. A leaf that
+is exactly ``""`` is the explicit null (engine.mapping.null), never the text.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from engine.hl7.er7 import Segment, Separators, pick, unescape
+from engine.mapping.null import HL7_NULL, NULL
 
 __all__ = ["Hl7Path", "PathSyntaxError", "RepSelector", "parse_hl7_path", "read_repetition", "target_path"]
 
@@ -127,15 +129,24 @@ class Hl7Path:
 
 
 def read_repetition(rep: str, seps: Separators, comp: int | None, sub: int | None) -> str:
-    """Component/sub-component of one repetition; unescaped when it is a leaf."""
+    """Component/sub-component of one repetition; unescaped when it is a leaf.
+
+    ``""`` as the whole repetition, or as the whole component a sub-component is read
+    from, is the explicit null (:data:`~engine.mapping.null.NULL`), and so is every
+    part of it (HL7 v2.5.1 2.5.3: a null field has null components).
+    """
+    if rep == HL7_NULL:
+        return NULL
     if sub is not None:
+        if ((comp or 1) > 1 or seps.component in rep) and _component(rep, seps, comp or 1) == HL7_NULL:
+            return NULL
         rep = pick(rep, seps, comp or 1, sub)
     elif comp is not None and (comp > 1 or seps.component in rep):
         rep = _component(rep, seps, comp)
     if seps.component in rep or (comp is not None and sub is None and seps.subcomponent in rep):
         return rep
-    if rep == '""':
-        return ""
+    if rep == HL7_NULL:
+        return NULL
     return unescape(rep, seps) if seps.escape in rep else rep
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from engine.errors import ErrorLocation
 from engine.hl7.er7 import Message, Segment, Separators, unescape
+from engine.mapping.null import HL7_NULL, NULL
 from engine.mapping.paths import Hl7Path, PathSyntaxError, read_repetition
 
 __all__ = [
@@ -116,7 +117,7 @@ class Hl7Ref:
         return path.read(ctx.scope.get(path.segment, []))
 
     def first(self, ctx: Context) -> str:
-        """The first value ("" when none); the per-message fast path."""
+        """The first value ("" when none, NULL for ``""``); the per-message fast path."""
         if not self._fast:
             values = self.read(ctx)
             return values[0] if values else ""
@@ -137,9 +138,9 @@ class Hl7Ref:
         elif self._rep:
             return ""
         if self._sub is None and seps.component not in value and seps.subcomponent not in value:
+            if value == HL7_NULL:
+                return NULL
             if (self._comp or 1) > 1:
-                return ""
-            if value == '""':
                 return ""
             return unescape(value, seps) if seps.escape in value else value
         return read_repetition(value, seps, self._comp, self._sub)
@@ -188,13 +189,16 @@ class VarRef:
         return self.read(ctx)
 
     def first(self, ctx: Context) -> str:
-        """A variable holding several values reads as one, joined with ``\\``."""
-        return "\\".join(self.read(ctx))
+        """A variable holding several values reads as one, joined with ``\\``; a null stays null."""
+        values = self.read(ctx)
+        return values[0] if len(values) == 1 else "\\".join(values)
 
     def read(self, ctx: Context) -> list[str]:
         value = ctx.vars.get(self.name)
         if value is None:
             return []
+        if value is NULL:
+            return [NULL]
         return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
     def location(self, ctx: Context) -> ErrorLocation | None:
@@ -257,7 +261,7 @@ class ObjectRef:
 
     def read(self, ctx: Context) -> list[str]:
         root = ctx.current_obj if self.relative else ctx.obj
-        return [_text(v) for v in _walk(root, self.steps) if _text(v)]
+        return [text for text in map(_text, _walk(root, self.steps)) if text or text is NULL]
 
     def first(self, ctx: Context) -> str:
         node = ctx.current_obj if self.relative else ctx.obj
@@ -280,10 +284,11 @@ class ObjectRef:
 
 
 def _text(value: Any) -> str:
+    """A value of a record or dataset as text; a NULL in a record input stays NULL (engine.mapping.null)."""
     if value.__class__ is str:  # the usual value, without the ABC check below
         return str(value)
-    if value is None:
-        return ""
+    if value is None or value is NULL:
+        return "" if value is None else NULL
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         return "\\".join(_text(v) for v in value)
     return str(value)

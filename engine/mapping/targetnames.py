@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from engine.domain.records import INPUT_TYPES, RECORD_TYPES
 from engine.mapping.checks import check_dicom_path, check_hl7_path, suggest
+from engine.mapping.null import CLEARED
 from engine.mapping.paths import Hl7Path, PathSyntaxError, parse_hl7_path
 from engine.mapping.sources import parse_object_path
 from engine.mapping.targets import dicom_vr
@@ -102,7 +103,7 @@ class TargetNames:
 
     def _check(self, target: str) -> str | None:
         if self.kind == "record" and self.model is not None:
-            names = [n for n in self.model.model_fields if n != "record"]
+            names = [n for n in self.model.model_fields if n not in ("record", CLEARED)]
             return (
                 None if target in names else f"unknown field {target!r} ({suggest(target, names)})"
             )

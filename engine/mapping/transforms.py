@@ -6,7 +6,8 @@ whole list of values), its arguments from the mapping file, and a
 :class:`~engine.errors.HL7ApplicationError` with code 102 when the data cannot
 be converted; the evaluator adds the ERR location of the source path.
 Built-ins register below through :func:`register_transform`, exactly like a
-site's ``register_transform("my_rule", fn)``.
+site's ``register_transform("my_rule", fn)``. A transform never sees the
+explicit null ``""`` of a whole value (engine.mapping.null): it passes through.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from engine.hl7.er7 import Separators
+from engine.mapping.null import HL7_NULL
 
 __all__ = [
     "STANDARD_SEPARATORS",
@@ -143,7 +145,8 @@ def _component(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """Component N of a composite value (HL7 v2.5.1 2.5.3)."""
     parts = value.split(ctx.seps.component)
     n = int(args[0])
-    return parts[n - 1] if 0 < n <= len(parts) else ""
+    part = parts[n - 1] if 0 < n <= len(parts) else ""
+    return "" if part == HL7_NULL else part
 
 
 def _prefix(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:

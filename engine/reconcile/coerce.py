@@ -4,7 +4,9 @@
 the header should hold and writes those that differ. What it writes:
 
 * a text value replaces the header's value; an empty mapped value means "the order
-  does not say" and leaves the header alone (the modality's value is kept);
+  does not say" and leaves the header alone (the modality's value is kept); the
+  mapping's NULL (a value the PAS deleted with the HL7 null ``""``, engine.mapping.null)
+  empties a header value (an absent attribute stays absent);
 * a sequence (a list of item dicts) is merged item by item into the header's
   items: the mapped attributes are set, the item's other attributes stay;
 * every previous value goes into one new OriginalAttributesSequence (0400,0561)
@@ -34,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 
+from engine.mapping.null import NULL
 from engine.reconcile.charset import needed_charset
 
 __all__ = ["COERCE", "CORRECT", "ORIGINAL_ATTRIBUTES_SEQUENCE", "SPECIFIC_CHARACTER_SET", "Coercion", "Modification",
@@ -56,13 +59,18 @@ class Modification:
 
 
 def is_empty(value: Any) -> bool:
-    """True for a mapped value that says nothing: "", None, or items that are all empty."""
+    """True for a mapped value that says nothing: "", None, or items that are all empty. NULL says
+    "no value" and is not empty; inside items it counts as empty (it never makes an item)."""
+    return value is not NULL and _says_nothing(value)
+
+
+def _says_nothing(value: Any) -> bool:
     if value is None or value == "":
         return True
     if isinstance(value, Mapping):
-        return all(is_empty(v) for v in value.values())
+        return all(_says_nothing(v) for v in value.values())
     if isinstance(value, list):
-        return all(is_empty(v) for v in value)
+        return all(_says_nothing(v) for v in value)
     return False
 
 
@@ -88,7 +96,11 @@ def _merged_items(existing: Any, wanted: list[Any]) -> list[Dataset]:
 def _merged_item(existing: Dataset | None, wanted: Mapping[str, Any]) -> Dataset:
     item = copy.deepcopy(existing) if existing is not None else Dataset()
     for keyword, value in wanted.items():
-        if not is_empty(value):
+        if value is NULL:  # empties a value the item holds, adds nothing
+            current = _current(item, keyword)
+            if current is not None and _canon(current.value) != "":
+                _put(item, _replacement(current, keyword, ""))
+        elif not is_empty(value):
             _put(item, _replacement(_current(item, keyword), keyword, value))
     return item
 
@@ -169,6 +181,10 @@ def _changes(ds: Dataset, wanted: Mapping[str, Any]) -> list[_Change]:
     found = []
     for keyword, value in wanted.items():
         current = _current(ds, keyword)
+        if value is NULL:
+            if current is None or _canon(current.value) == "":
+                continue  # nothing to delete
+            value = ""
         new = _replacement(current, keyword, value)
         if current is None or _canon(new.value) != _canon(current.value):
             found.append(_Change(keyword, current, new))

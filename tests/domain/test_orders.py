@@ -414,9 +414,11 @@ def test_a_stored_content_hash_is_the_sha256_of_the_records_model_dump_json(
     # A backslash (DICOM's value delimiter) is stored as '/' (engine.hl7.dicom_text): the record hashed is
     # the one stored, so an order stored before with a backslash is updated once when resent.
     stored = {k: v.replace("\\", "/") if isinstance(v, str) else v for k, v in record.items()}
-    # Earlier versions had no ``steps``: an order without them is hashed without the key.
-    expected = hashlib.sha256(
-        OrderRecord.model_validate(stored).model_dump_json(exclude={"steps"}).encode()).hexdigest()
+    # Earlier versions had no ``steps`` and no ``cleared`` (HL7 nulls): an order without them is hashed
+    # without the keys.
+    earlier = OrderRecord.model_validate(stored).model_dump_json(exclude={"steps", "cleared"})
+    assert '"cleared"' not in earlier and '"steps"' not in earlier
+    expected = hashlib.sha256(earlier.encode()).hexdigest()
     assert [o.content_hash for o in _rows(db, orders)] == [expected]
     apply_records(db, orders_handler, [patient(), record])  # resent: still recognised as identical
     assert [o.content_hash for o in _rows(db, orders)] == [expected]

@@ -12,6 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from engine.archive.structure import Encoding
+from engine.mapping.null import NULL
 from engine.reconcile.charset import UTF8, fits, needed_charset
 from engine.reconcile.coerce import Modification, coerce
 from engine.reconcile.keys import MatchKeys
@@ -53,6 +54,19 @@ def test_an_empty_mapped_value_keeps_the_modality_value() -> None:
     ds = header(PatientBirthDate="19700101")
     assert coerce(ds, {"PatientBirthDate": "", "IssuerOfAccessionNumberSequence": []}, MOD) == ()
     assert ds.PatientBirthDate == "19700101"
+
+
+def test_a_null_mapped_value_empties_the_header_value_and_records_it() -> None:
+    ds = header(PatientBirthDate="19700101")
+    assert coerce(ds, {"PatientBirthDate": NULL, "PatientName": "SMITH^J"}, MOD) == ("PatientBirthDate",)
+    assert "PatientBirthDate" in ds and ds.PatientBirthDate == ""
+    assert ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientBirthDate == "19700101"
+
+
+def test_a_null_mapped_value_adds_no_attribute_and_leaves_an_empty_one_alone() -> None:
+    ds = header(PatientSex="")
+    assert coerce(ds, {"PatientBirthDate": NULL, "PatientSex": NULL}, MOD) == ()
+    assert "PatientBirthDate" not in ds and "OriginalAttributesSequence" not in ds
 
 
 def test_an_added_attribute_is_recorded_as_absent_with_an_empty_value() -> None:
