@@ -34,6 +34,7 @@ from engine.outbox.rows import release_all
 from engine.outbox.worker import OutboxWorker, Route
 from engine.pidfile import PidFile
 from engine.plan import HANDLER_MODULES, Plan, build_plan
+from engine.serving import SERVING_FILE, endpoints, remove_serving, write_serving
 from engine.store.database import Database
 
 __all__ = ["HANDLER_MODULES", "Runtime", "load_channel_mappings", "run"]
@@ -132,6 +133,16 @@ class Runtime:
                 server = await _listen(self.config, channel, self._runner(plan, channel))
                 self.servers[channel.name] = server
                 self.runners[channel.name] = server.runner
+
+    def publish_serving(self) -> None:
+        """Write what this engine serves, with the ports as bound, for ``radbridge status`` (engine.serving)."""
+        dicom_port = int(self.dicom.port) if self.dicom is not None else None
+        http_port = int(self.http.port) if self.http is not None else None
+        mllp = {name: server.port for name, server in self.servers.items()}
+        try:
+            write_serving(Path(self.config.engine.data_dir), endpoints(self.config, dicom_port, http_port, mllp))
+        except OSError as exc:  # status then shows the configuration's addresses, and says so
+            log.warning("cannot write %s for radbridge status: %s", SERVING_FILE, exc.strerror or exc)
 
     async def _start_dicom(self) -> None:
         cfg = self.config.engine
@@ -232,6 +243,7 @@ class Runtime:
             _refuse_restart_changes(self.config, new)
             kept, fresh = await self._bind(plan)
             await self._switch(plan, kept, fresh)
+            self.publish_serving()
 
     async def _bind(self, plan: Plan) -> tuple[dict[str, tuple[MLLPServer, ChannelRunner]], dict[str, MLLPServer]]:
         """Pair each new channel with a running listener of the same settings, or bind a new one."""
@@ -421,11 +433,13 @@ async def _serve_locked(config: Config, config_dir: Path, pid_file: PidFile) -> 
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(runtime, config_dir)))
     # Only now: whoever reads the pid (``radbridge reload``) may send SIGHUP, whose default
     # action would end the process.
+    runtime.publish_serving()
     pid_file.publish()
     log.info("radbridge running: %d channel(s)", len(runtime.servers))
     await stop.wait()
     log.info("radbridge stopping")
     await runtime.stop()
+    remove_serving(Path(config.engine.data_dir))
     log.info("radbridge stopped")  # listeners closed, receive workers ended, queued writes committed
     return 0
 

@@ -1,8 +1,9 @@
 """What ``radbridge status`` adds to the database counts: where things listen, the backlog per
 destination, whether the engine runs, and a plain list of what needs attention.
 
-The listening addresses are the configuration's (what ``radbridge run`` binds with this
-configuration and environment); port 0 (a free port chosen at start) is shown as such.
+The listening addresses are those the running engine reported (engine.serving), else the
+configuration's (what ``radbridge run`` would bind with this shell's configuration and environment;
+port 0, a free port chosen at start, is shown as such).
 """
 
 from __future__ import annotations
@@ -16,51 +17,23 @@ from sqlalchemy import Connection, func, select
 from engine.config import Config
 from engine.outbox.queue import QUEUED
 from engine.pidfile import running_pid
+from engine.serving import endpoints, read_serving
 from engine.store.schema import outbox
 
 __all__ = ["attention", "configured", "destination_backlog", "endpoints_text"]
 
 
-def _address(host: str, port: int) -> str:
-    return f"{host}:{port}" if port else f"{host}:(a free port chosen at start)"
-
-
-def _listen(config: Config) -> dict[str, dict[str, Any]]:
-    """Each configured channel's listener (disabled ones say so)."""
-    return {ch.name: {"listen": _address(ch.source.host, ch.source.port) if ch.enabled else "disabled",
-                      "file": str(config.channel_files[ch.name])} for ch in config.channels}
-
-
-def _destinations(config: Config) -> dict[str, str]:
-    """Every configured destination name → where it sends ("off" when it has no address)."""
-    eng = config.engine
-    found = [*eng.destinations, *(d for ch in config.channels for d in ch.destinations)]
-    out = {d.name: _target(d) for d in found}
-    out |= {r.name: r.mllp or r.destination or "off" for r in eng.reports.receivers}
-    return out
-
-
-def _target(dest: Any) -> str:
-    url = getattr(dest, "url", None)
-    if url:
-        return str(url)
-    host = getattr(dest, "host", "") or ""
-    return f"{host}:{getattr(dest, 'port', '')}" if host else "off"
-
-
 def configured(config: Config) -> dict[str, Any]:
-    """The engine, DICOM listener, FHIR API, channel listeners and destinations of ``config``."""
+    """The engine, DICOM listener, FHIR API, channel listeners and destinations: as the running engine
+    reported them (engine.serving: its environment and bound ports, which this shell may not share),
+    else as ``config`` says (``source`` tells which)."""
     eng = config.engine
-    dicom = ({"ae_title": eng.dicom.ae_title, "listen": _address(eng.dicom.host, eng.dicom.port),
-              "tls": eng.dicom.tls is not None, "receive_processes": eng.dicom.receive_processes}
-             if eng.dicom.enabled else None)
-    http = eng.http
-    scheme = "https" if http.tls else "http"
-    fhir = ({"url": f"{scheme}://{_address(http.host, http.port)}/fhir", "auth": http.auth}
-            if http.enabled else None)
     pid = running_pid(Path(eng.data_dir) / "radbridge.pid")
-    return {"engine": {"running": pid is not None, "pid": pid, "data_dir": str(eng.data_dir)},
-            "dicom": dicom, "fhir": fhir, "listeners": _listen(config), "destination_targets": _destinations(config)}
+    served = read_serving(Path(eng.data_dir), pid)
+    shown = {k: served[k] for k in ("dicom", "fhir", "listeners", "destination_targets")} if served else None
+    return {"engine": {"running": pid is not None, "pid": pid, "data_dir": str(eng.data_dir),
+                       "source": "running engine" if shown else "configuration"},
+            **(shown or endpoints(config))}
 
 
 def destination_backlog(conn: Connection, now: datetime | None = None) -> dict[str, dict[str, Any]]:
@@ -135,6 +108,8 @@ def endpoints_text(data: dict[str, Any]) -> list[str]:
     """The lines above the tables: engine, DICOM AE, FHIR API."""
     eng = data["engine"]
     running = f"running (pid {eng['pid']})" if eng["running"] else "not running"
+    if eng["running"] and eng.get("source") == "configuration":  # an engine older than the serving file
+        running += "; the addresses below are this shell's configuration, not what the engine bound"
     dicom = data["dicom"]
     dicom_line = (f"DICOM: AE title {dicom['ae_title']} on {dicom['listen']}{' (TLS)' if dicom['tls'] else ''}"
                   f"; {_workers(dicom['receive_processes'])}" if dicom else "DICOM: off")

@@ -155,7 +155,8 @@ def test_status_while_the_database_is_away_says_the_engine_runs_and_the_database
 
     assert away_json.returncode == 1
     data = json.loads(away_json.stdout)  # a monitoring script still gets JSON
-    assert data["engine"] == {"running": True, "pid": engine_process.proc.pid, "data_dir": str(engine_process.data_dir)}
+    assert data["engine"] == {"running": True, "pid": engine_process.proc.pid, "data_dir": str(engine_process.data_dir),
+                              "source": "running engine"}
     assert data["database"]["reachable"] is False and "Connection refused" in data["database"]["error"]
     assert any(line.startswith("database: cannot be reached") for line in data["attention"])
     assert f"engine: running (pid {engine_process.proc.pid})" in away_text.stdout

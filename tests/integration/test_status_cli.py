@@ -87,7 +87,8 @@ def test_a_stopped_engine_is_not_running_and_reload_signals_no_stranger(engine_p
     try:
         (engine_process.data_dir / "radbridge.pid").write_text(f"{stranger.pid}\n")
         assert _status(engine_process)["engine"] == {"running": False, "pid": None,
-                                                     "data_dir": str(engine_process.data_dir)}
+                                                     "data_dir": str(engine_process.data_dir),
+                                                     "source": "configuration"}
         done = engine_process.cli("reload")
         time.sleep(0.2)
         assert stranger.poll() is None  # not hung up
@@ -97,3 +98,37 @@ def test_a_stopped_engine_is_not_running_and_reload_signals_no_stranger(engine_p
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_status_in_a_shell_without_the_engine_s_environment_shows_what_the_engine_bound(
+        engine_process: EngineProcess) -> None:
+    """The engine started by a service manager with its own RADBRIDGE_* ports; the operator's shell has none
+    (sudo drops them). status said "running" beside the shell's ports (new-user campaign). A channel on port
+    0 shows the port it got, not "a free port chosen at start"."""
+    mllp, dicom = free_port(), free_port()
+    write_engine_yaml(engine_process, 'dicom: {ae_title: RB_TEST, port: "${RADBRIDGE_TEST_DICOM_PORT:-11112}"}\n')
+    write_channel(engine_process, "adt-in", f"name: adt-in\nsource: {{type: mllp, port: {mllp}}}\n")
+    write_channel(engine_process, "any-port", "name: any-port\nsource: {type: mllp, port: 0}\n")
+    engine_process.env["RADBRIDGE_TEST_DICOM_PORT"] = str(dicom)
+    engine_process.start(wait_port=dicom)
+    try:
+        del engine_process.env["RADBRIDGE_TEST_DICOM_PORT"]  # the operator's shell
+        deadline = time.monotonic() + 30  # the DICOM port opens before the channels: until all listen
+        while (data := _status(engine_process))["engine"]["source"] != "running engine":
+            assert time.monotonic() < deadline, data
+            time.sleep(0.2)
+        text = engine_process.cli("status").stdout
+    finally:
+        engine_process.stop()
+    after = _status(engine_process)
+
+    assert data["engine"]["source"] == "running engine"
+    assert data["dicom"]["listen"] == f"127.0.0.1:{dicom}"  # not 11112
+    bound = data["channels"]["any-port"]["listen"]
+    assert bound.startswith("127.0.0.1:") and bound.split(":")[1].isdigit() and bound != "127.0.0.1:0", bound
+    assert data["channels"]["adt-in"]["listen"] == f"127.0.0.1:{mllp}"
+    assert f"on 127.0.0.1:{dicom}" in text
+    assert after["engine"] == {"running": False, "pid": None, "data_dir": str(engine_process.data_dir),
+                               "source": "configuration"}
+    assert after["dicom"]["listen"] == "127.0.0.1:11112"  # stopped: the shell's configuration
+    assert not (engine_process.data_dir / "radbridge.serving.json").exists()
