@@ -49,6 +49,8 @@ class CompiledOutput:
     hl7_targets: dict[str, Hl7Path]
     segment_order: tuple[str, ...] = ()
     fhir_model: type[BaseModel] | None = None
+    #: Segments that end the ``for_each`` groups (engine.mapping.scope.groups).
+    until: tuple[str, ...] = ()
     #: The same output generated as Python (engine.mapping.codegen); None: interpreted only.
     fast: FastBuild | None = field(default=None, compare=False, repr=False)
 
@@ -197,7 +199,7 @@ class CompiledMapping:
             seps = STANDARD_SEPARATORS
         whole = message_scope(message)
         for output in self.outputs:
-            for scope in groups(message, output.for_each, whole):
+            for scope in groups(message, output.for_each, whole, output.until):
                 ctx = Context(seps, message, scope, provenance=provenance)
                 if output.fast is None or provenance:
                     self._collect(output, ctx, records, prov)

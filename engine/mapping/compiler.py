@@ -243,6 +243,11 @@ class _Compiler:
             self.var_names.add(name)
         if spec.for_each is not None and self.spec.source == "hl7v2":
             self._hl7_source(f"{spec.for_each}-1", (*loc, "for_each"))
+        for n, name in enumerate(spec.until or ()):
+            if spec.for_each is None or self.spec.source != "hl7v2":
+                self.problem((*loc, "until"), "until needs for_each over an HL7 v2 source")
+                break
+            self.source(f"{name}-1", (*loc, "until", n))
         fields = self.fields(spec.fields, (*loc, "fields"), names)
         compiled = CompiledOutput(
             kind=self.spec.target, name=spec.record or spec.resource or "",
@@ -251,6 +256,7 @@ class _Compiler:
             steps=names.steps, hl7_targets=names.hl7_paths,
             segment_order=tuple(spec.segment_order or ()),
             fhir_model=names.model if self.spec.target == "fhir" else None,
+            until=tuple(spec.until or ()),
         )  # fmt: skip
         # HL7 v2 -> records (every inbound message) and records -> HL7 v2 (every ORU^R01 out).
         generated = (self.spec.source, compiled.kind) in (("hl7v2", "record"), ("record", "hl7v2"))

@@ -86,6 +86,10 @@ class Output(_Model):
     resource: str | None = Field(None, description="fhir targets: the R4 resource type")
     segment_order: list[str] | None = Field(None, description="hl7v2 targets: segment order")
     for_each: str | None = Field(None, description="segment that starts each group, e.g. ORC")
+    until: list[str] | None = Field(
+        None, description="with for_each: segments that end the groups where one follows the first for_each "
+        "segment; what comes after is not read (OMG^O19: a PID there starts a PRIOR_RESULT, an earlier order)",
+    )
     when: Condition | list[Condition] | None = None
     vars: dict[str, RuleSpec] = Field(default_factory=dict)
     fields: dict[str, RuleSpec]

@@ -403,3 +403,31 @@ def test_a_japanese_order_s_name_repetitions_reach_the_worklist_as_pn_component_
     assert found.SpecificCharacterSet == "ISO_IR 192"
     assert str(found.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
     assert (found.PatientName.ideographic, found.PatientName.phonetic) == ("山田^太郎", "やまだ^たろう")
+
+
+def test_an_omg_with_a_prior_result_schedules_its_order_and_leaves_the_earlier_one_alone(
+        shipped: Engine, tmp_path: Path) -> None:
+    """OMG^O19 may carry a PRIOR_RESULT: a PID, then an earlier order's ORC/OBR and its OBX. Its ORC was
+    mapped as an order: ORC-1 RE with ORC-5 CM was AE 103 for the whole message (the new order lost), and
+    a prior NW would have put the old exam back on the worklist."""
+    obr = "|".join(["OBR", "1", "PL-OMG1^RIS", "FL-OMG1^RIS", "CTHEAD^CT head^L", *[""] * 13,
+                    "ACC-OMG1", "RP-OMG1", "SPS-OMG1", "", "", "", "CT"])
+    message = _er7(f"""
+        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20261201090000||OMG^O19^OMG_O19|OMG0001|P|2.5.1
+        PID|1||OMG-1^^^WESTSIDE^MR||Prior^Paula||19700101|F
+        PV1|1|O
+        ORC|NW|PL-OMG1^RIS|FL-OMG1^RIS||SC
+        {obr}
+        PID|1||OMG-1^^^WESTSIDE^MR||Prior^Paula||19700101|F
+        ORC|RE|PL-OLD1^RIS|FL-OLD1^RIS||CM
+        OBR|1|PL-OLD1^RIS|FL-OLD1^RIS|CTHEAD^CT head^L|||20250101
+        OBX|1|TX|CT^CT head||no acute findings||||||F
+        """)
+
+    [ack] = _send(shipped, message)
+
+    assert ack.code == "AA", ack.raw
+    placed = "SELECT placer_order_number FROM orders WHERE placer_order_number IN ('PL-OMG1', 'PL-OLD1')"
+    assert _rows(shipped, placed) == [("PL-OMG1",)]
+    [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-OMG1", "PatientName=")
+    assert str(found.PatientName) == "Prior^Paula"

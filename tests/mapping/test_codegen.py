@@ -110,7 +110,7 @@ def generated(mapping: CompiledMapping, message: Message) -> list[dict[str, Any]
     whole = message_scope(message)
     records = []
     for output in mapping.outputs:
-        for scope in groups(message, output.for_each, whole):
+        for scope in groups(message, output.for_each, whole, output.until):
             ctx = Context(seps, message, scope, provenance=False)
             built = output.fast(ctx) if output.fast is not None else output.build(ctx, [])
             if built is not None:

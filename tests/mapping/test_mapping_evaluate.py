@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import HL7ApplicationError, HL7Reject
+from engine.errors import ConfigError, HL7ApplicationError, HL7Reject
 from engine.hl7.er7 import Message
 from engine.mapping import CompiledMapping, load_mapping
 
@@ -52,6 +52,27 @@ def test_each_orc_group_is_one_record(tmp_path: Path) -> None:
 def test_group_segments_are_never_borrowed_from_another_group(tmp_path: Path) -> None:
     records = apply(mapping(tmp_path, "      accession_number: OBR-18\n"))
     assert [r["accession_number"] for r in records] == ["ACC1", ""]
+
+
+#: MSG with an OMG^O19-style PRIOR_RESULT after its orders: a PID, then an earlier order and its result.
+PRIOR = MSG + "PID|1||OLD9\rPV1|1|O\rORC|RE|OLD1\rOBR|1|OLD1\rOBX|1|TX|CT^CT||no acute findings\r"
+
+
+def test_until_ends_the_groups_at_a_segment_after_the_first_anchor(tmp_path: Path) -> None:
+    fields = "      placer_order_number: ORC-2\n      requested_procedure_description: OBX-5\n"
+    cut = mapping(tmp_path, fields, extra="    until: [PID]\n")
+    assert [(r["placer_order_number"], r["patient_id"], r["requested_procedure_description"])
+            for r in apply(cut, PRIOR)] == [("P1", "A1", ""), ("P2", "A1", "")]  # the prior's ORC, OBX, PID unread
+    assert apply(cut) == apply(cut, MSG)  # a PID before the first ORC only: nothing changes
+    whole = mapping(tmp_path, fields)
+    assert [r["placer_order_number"] for r in apply(whole, PRIOR)] == ["P1", "P2", "OLD1"]
+
+
+def test_until_needs_for_each(tmp_path: Path) -> None:
+    text = ("source: hl7v2\ntarget: record\naccept: [ORM^O01]\noutputs:\n  - record: order\n"
+            "    until: [PID]\n    fields:\n      order_control: ORC-1\n")
+    with pytest.raises(ConfigError, match="until needs for_each"):
+        load_mapping(write(tmp_path, "m.yaml", text))
 
 
 def test_first_non_empty_path_wins(tmp_path: Path) -> None:
