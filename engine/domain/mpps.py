@@ -23,7 +23,7 @@ from pydicom.filewriter import write_dataset
 from sqlalchemy import Connection, insert, select, update
 
 from engine.domain.mpps_iod import Problem, n_create_problem, n_set_problem
-from engine.domain.status_message import StatusHeader, StepSummary, build_status_message
+from engine.domain.status_message import StatusHeader, StepSummary, build_status_message, order_status
 from engine.domain.studies import record_performed, resolve_dicom_patient
 from engine.domain.tables import mpps, mpps_series, mpps_steps, orders, patients, procedure_steps
 from engine.errors import RadbridgeError
@@ -156,16 +156,27 @@ def _record_series(conn: Connection, mpps_pk: int, ds: Dataset) -> None:
 
 
 def _summaries(conn: Connection, step_pks: list[int]) -> list[StepSummary]:
+    """The steps as the RIS knows them, each with its order's ORC-5 from all of the order's steps (after the
+    transition: a step not referenced by this MPPS keeps the order IP until it ends)."""
     s, o, p = procedure_steps.c, orders.c, patients.c
+    of_order: dict[int, list[str]] = {}
+    of_orders = select(s.order_pk, s.status).where(s.order_pk.in_(select(s.order_pk).where(s.id.in_(step_pks))))
+    for order_pk, step_status in conn.execute(of_orders):
+        of_order.setdefault(int(order_pk), []).append(str(step_status))
     stmt = (
-        select(p.patient_id, p.issuer, p.patient_name, o.placer_order_number, o.filler_order_number,
+        select(s.order_pk, p.patient_id, p.issuer, p.patient_name, o.placer_order_number, o.filler_order_number,
                o.accession_number, o.requested_procedure_id, o.study_instance_uid, s.sps_id, s.modality,
                o.procedure_code_value.label("procedure_code"),
                o.requested_procedure_description.label("procedure_text"))
         .join(orders, s.order_pk == o.id).join(patients, o.patient_pk == p.id)
         .where(s.id.in_(step_pks)).order_by(s.id)
     )  # fmt: skip
-    return [StepSummary(**dict(row._mapping)) for row in conn.execute(stmt)]
+    summaries = []
+    for row in conn.execute(stmt):
+        values = dict(row._mapping)
+        statuses = of_order[int(values.pop("order_pk"))]
+        summaries.append(StepSummary(**values, order_status=order_status(statuses)))
+    return summaries
 
 
 def _transition(

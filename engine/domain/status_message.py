@@ -1,25 +1,46 @@
 """Procedure status messages to the RIS (IHE RAD-6/7 → ORM^O01 SC / OMI^O23).
 
 Pure: given the steps an MPPS performed and the new status, build one ER7
-message with one ORC group per step: ORC-1 ``SC`` and ORC-5 ``IP``/``CM``/``DC``
-(HL7 v2.5.1 4.5.1, table 0038). The control id is derived from the MPPS and the
+message with one ORC group per step: ORC-1 ``SC`` and ORC-5 the status of the
+step's *order* (HL7 v2.5.1 4.5.1, table 0038): ``IP`` while another step of the
+order is still to be done, ``CM`` once all have ended and one was completed,
+``DC`` once all have ended and none was. An order is what the RIS tracks; a
+multi-step order (OMI^O23, one IPC per step) is not complete when its first
+step's MPPS is, and IPC-4 / OBR-20 name the step the message is about. The control id is derived from the MPPS and the
 status, so a redelivery carries the same MSH-10 (idempotent at the receiver).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from engine.hl7.er7 import Separators, escape
 
-__all__ = ["ORDER_STATUS", "StatusHeader", "StepSummary", "build_status_message"]
+__all__ = ["ORDER_STATUS", "StatusHeader", "StepSummary", "build_status_message", "order_status"]
 
 #: PerformedProcedureStepStatus → ORC-5 order status (HL7 table 0038).
 ORDER_STATUS: dict[str, str] = {"IN PROGRESS": "IP", "COMPLETED": "CM", "DISCONTINUED": "DC"}
 _SEPS = Separators()
+#: Scheduled Procedure Step statuses after which the step will not be performed.
+_ENDED = frozenset({"COMPLETED", "DISCONTINUED", "CANCELED", "EXPIRED"})
+#: Statuses of a step that was or is being performed.
+_PERFORMED = frozenset({"STARTED", "COMPLETED"})
+
+
+def order_status(step_statuses: Iterable[str]) -> str:
+    """ORC-5 (table 0038) of an order from the statuses of all its steps.
+
+    ``CM`` when every step has ended and at least one was completed, ``DC`` when every step has ended and
+    none was, ``IP`` while one was performed or is being performed and another has not ended, ``SC``
+    while none was (a step discontinued before any other started).
+    """
+    statuses = set(step_statuses)
+    if statuses and statuses <= _ENDED:
+        return "CM" if "COMPLETED" in statuses else "DC"
+    return "IP" if statuses & _PERFORMED else "SC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +59,8 @@ class StepSummary:
     modality: str
     procedure_code: str
     procedure_text: str
+    #: ORC-5 of the step's order (``order_status``); empty: the PPS status's own code (a lone step).
+    order_status: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +86,7 @@ def _name(pn: str) -> str:
 
 
 def _group(n: int, step: StepSummary, orc5: str, kind: str, when: str) -> list[str]:
+    orc5 = step.order_status or orc5
     service = f"{_e(step.procedure_code)}^{_e(step.procedure_text)}"
     orc = f"ORC|SC|{_e(step.placer_order_number)}|{_e(step.filler_order_number)}||{orc5}||||{when}"
     obr = (

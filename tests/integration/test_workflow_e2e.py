@@ -450,3 +450,47 @@ def test_an_omi_with_two_ipcs_is_two_worklist_items_of_one_order(workflow, tmp_p
 
     assert send(mllp, omi_steps("CA", "CA", steps=())) == ["AA"]
     assert steps_of_acc20(dicom, tmp_path / "d") == []
+
+
+def step_mpps(port: int, modality: str, status: str, uid: str) -> int:
+    """One MPPS of the ACC20 order's ``modality`` step: N-CREATE IN PROGRESS, or N-SET to ``status``."""
+    ae = AE(ae_title=f"{modality}_A")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    ds = Dataset()
+    ds.PerformedProcedureStepStatus = status
+    try:
+        if status != "IN PROGRESS":
+            return int(assoc.send_n_set(ds, ModalityPerformedProcedureStep, uid)[0].Status)
+        ref = Dataset()
+        ref.AccessionNumber, ref.StudyInstanceUID = "ACC20", "1.2.826.0.1.3680043.10.999.20"
+        ref.ScheduledProcedureStepID = f"SPS20-{modality}"
+        ds.ScheduledStepAttributesSequence = [ref]
+        ds.PatientID, ds.Modality, ds.PerformedStationAETitle = "MRN300", modality, f"{modality}_A"
+        ds.PerformedProcedureStepID = f"PPS20-{modality}"
+        ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = "20261122", "150500"
+        return int(assoc.send_n_create(ds, ModalityPerformedProcedureStep, uid)[0].Status)
+    finally:
+        assoc.release()
+
+
+def test_a_multi_step_order_is_reported_complete_to_the_ris_only_when_its_last_step_is(workflow, ris):
+    """ORC-5 is the order's status (table 0038): the MR step's MPPS COMPLETED leaves the order IP while its CT
+    step is still scheduled (IPC-4 names the step each message is about); the CT's completion makes it CM.
+    Before, the first step's completion sent ORC-5 CM and a RIS closed the whole procedure early."""
+    _, mllp, dicom = workflow
+    assert send(mllp, omi_steps(cid="MSTEP1")) == ["AA"]
+    mr, ct = "1.2.826.0.1.3680043.10.999.2101", "1.2.826.0.1.3680043.10.999.2102"
+    assert step_mpps(dicom, "MR", "IN PROGRESS", mr) == 0
+    assert step_mpps(dicom, "MR", "COMPLETED", mr) == 0
+    assert step_mpps(dicom, "CT", "IN PROGRESS", ct) == 0
+    assert step_mpps(dicom, "CT", "COMPLETED", ct) == 0
+    wait_for(lambda: len(ris.received) >= 4)
+
+    def said(message: str) -> tuple[str, str, str]:
+        parsed = hl7.parse(message)
+        return (str(parsed.segment("ORC")[1]), str(parsed.segment("ORC")[5]), str(parsed.segment("OBR")[20]))
+
+    assert [said(m) for m in ris.received] == [
+        ("SC", "IP", "SPS20-MR"), ("SC", "IP", "SPS20-MR"), ("SC", "IP", "SPS20-CT"), ("SC", "CM", "SPS20-CT")]
