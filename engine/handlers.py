@@ -46,6 +46,11 @@ class Outcome:
 
     changed: bool
     note: str = ""
+    #: The patient id and accession number of what the record applied to, when the handler knows them:
+    #: a message that did not carry them (an ORC-only cancel, an ORU without PID) is then listed under
+    #: them (``messages list --patient-id``) and ordered with them in the outbox.
+    patient_id: str = ""
+    accession_number: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +68,9 @@ class InboundContext:
     #: One entry per record a handler applied (or deliberately left alone).
     outcomes: list[Outcome] = field(default_factory=list)
 
-    def note(self, changed: bool, note: str = "") -> None:
-        """Report the outcome of one record."""
-        self.outcomes.append(Outcome(changed, note))
+    def note(self, changed: bool, note: str = "", *, patient_id: str = "", accession_number: str = "") -> None:
+        """Report the outcome of one record (and, when known, whose and which order it was)."""
+        self.outcomes.append(Outcome(changed, note, patient_id, accession_number))
 
 
 @dataclass(frozen=True, slots=True)

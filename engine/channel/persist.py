@@ -181,13 +181,14 @@ class Persister:
             return Stored(message_id, ack, code)
         try:
             outbound, outcomes = self._run_handlers(conn, p, message_id, now, sole)
+            learned = _learn_keys(p, outcomes)
             enqueued = self._enqueue(conn, p, message_id, outbound, now)
             if not (p.records or outcomes or enqueued) and self.handlers and self.config.mapping_names:
                 raise HL7Reject(200, f"nothing on channel {self.config.name} applies {p.message.message_type}",
                                 ErrorLocation("MSH", 1, 9, 1))
         except HL7Error as exc:
             return self._fail(conn, p, message_id, exc)
-        self._note(conn, message_id, outcomes, p.notes)
+        self._note(conn, message_id, outcomes, p.notes, learned)
         return Stored(message_id, ack, code, enqueued=enqueued)
 
     def duplicate(self, conn: Connection, p: Prepared, now: datetime) -> Stored | None:
@@ -303,10 +304,12 @@ class Persister:
         return out, ctx.outcomes
 
     @staticmethod
-    def _note(conn: Connection, message_id: int, outcomes: list[Outcome], read: list[str]) -> None:
+    def _note(conn: Connection, message_id: int, outcomes: list[Outcome], read: list[str],
+              learned: dict[str, str] | None = None) -> None:
         """Say on the row what changed nothing; UNCHANGED when nothing changed at all.
 
         ``read``: what the reader tolerated, already on the row; kept before the handlers' notes.
+        ``learned``: the row's patient id / accession number the message lacked and its handlers found.
         """
         notes: list[str] = []
         left_alone = 0  # a note may also explain a change (a waiting report attached): not counted
@@ -316,12 +319,16 @@ class Persister:
                 notes.append(o.note)
                 left_alone += not o.changed
             unchanged = unchanged and not o.changed
-        if not (notes or unchanged):
+        if not (notes or unchanged or learned):
             return  # the common case costs no statement
-        values: dict[str, Any] = {"note": "\n".join(read + notes)}
+        values: dict[str, Any] = dict(learned or {})
+        if notes or unchanged:
+            values["note"] = "\n".join(read + notes)
         if unchanged:
             values["status"] = UNCHANGED
         conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
+        if not (notes or unchanged):
+            return
         # The notes name order and accession numbers: INFO says only where to read them (engine.logs).
         if unchanged or left_alone:
             log.info("message %s %s: %d record(s) left alone, see `radbridge messages show %s`", message_id,
@@ -374,6 +381,23 @@ def _unique_conflict(conn: Connection, exc: Exception) -> bool:
         return False
     dbapi = conn.dialect.dbapi
     return isinstance(exc, IntegrityError) or (dbapi is not None and isinstance(exc, dbapi.IntegrityError))
+
+
+def _learn_keys(p: Prepared, outcomes: list[Outcome]) -> dict[str, str]:
+    """The patient id and accession number ``p`` did not carry and its handlers found (the first given).
+
+    Set on ``p`` as well, so outbox ordering keys use them: an ORC-only cancel is ordered behind its
+    patient's order, not on a key of its own.
+    """
+    learned: dict[str, str] = {}
+    if p.patient_id and p.accession_number:
+        return learned  # the common case: the message named both
+    for o in outcomes:
+        if not p.patient_id and o.patient_id:
+            p.patient_id = learned["patient_id"] = o.patient_id[:64]
+        if not p.accession_number and o.accession_number:
+            p.accession_number = learned["accession_number"] = o.accession_number[:64]
+    return learned
 
 
 def _json(records: list[dict[str, Any]]) -> str:

@@ -24,7 +24,7 @@ from engine.domain.identity import resolve_identity
 from engine.domain.lengths import KEPT_WHOLE, over_dicom
 from engine.domain.order_identity import identity_text
 from engine.domain.order_kind import NON_IMAGING_TABLE, load_non_imaging
-from engine.domain.orders import CONTROL_TABLE, OrderPolicy, apply_order, load_control_table
+from engine.domain.orders import CONTROL_TABLE, OrderPolicy, apply_order, load_control_table, step_keys
 from engine.domain.patients import (
     IMPLEMENTED_EVENTS,
     PatientPolicy,
@@ -358,7 +358,12 @@ class OrdersHandler:
             applied = apply_order(conn, order, self.policy, now, ctx.message_id, known, sequence, ipcs)
             if long_ids:  # kept whole: said on the message, whatever else the order did
                 long_ids = [f"order {identity_text(order)}: {n}" for n in long_ids]
-            ctx.note(applied.changed, "\n".join(filter(None, (applied.note, *long_ids))))
+            patient_id, accession = order.patient_id, order.accession_number
+            if not patient_id and applied.step_pks:  # an ORC-only follow-up: listed under the order's
+                found_id, found_accession = step_keys(conn, applied.step_pks[0])
+                patient_id, accession = patient_id or found_id, accession or found_accession
+            ctx.note(applied.changed, "\n".join(filter(None, (applied.note, *long_ids))), patient_id=patient_id,
+                     accession_number=accession)
             if applied.changed:  # reconciliation (#13): unscheduled studies this order may own, or its stored
                 # studies to correct after a content update (XO), in the background. A new order has no
                 # stored study yet (its pk is new, a deleted order's studies were unlinked): only the former.

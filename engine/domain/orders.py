@@ -21,7 +21,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, select, update
 
 from engine.config.models import StationRule
 from engine.domain.accession import (
@@ -48,7 +48,7 @@ from engine.domain.order_rows import (
 from engine.domain.patients import PatientPolicy, ensure_patient, existing_patient
 from engine.domain.records import OrderRecord
 from engine.domain.steps import NOT_STARTED, assign_sps_ids, check_distinct, step_views
-from engine.domain.tables import orders, procedure_steps
+from engine.domain.tables import orders, patients, procedure_steps
 from engine.domain.uids import derived_uid
 from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
 from engine.mapping.tables import load_table
@@ -460,3 +460,12 @@ def apply_order(
     patient_pk = (known_patients or {}).get(identity) or ensure_patient(conn, *identity, policy.patients, now)
     step_pks, note = _create(conn, record, key, status or "SCHEDULED", patient_pk, policy, now, message_id)
     return Applied(step_pks, note=note, created=True)
+
+
+def step_keys(conn: Connection, step_pk: int) -> tuple[str, str]:
+    """The patient id and accession number of the order a step belongs to (``("", "")`` if none)."""
+    s, o, p = procedure_steps.c, orders.c, patients.c
+    row = conn.execute(select(p.patient_id, o.accession_number).select_from(procedure_steps)
+                       .join(orders, s.order_pk == o.id).join(patients, o.patient_pk == p.id)
+                       .where(s.id == step_pk)).first()  # fmt: skip
+    return (str(row[0]), str(row[1])) if row else ("", "")

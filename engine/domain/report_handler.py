@@ -23,7 +23,7 @@ from engine.config.models import ChannelConfig, EngineConfig
 from engine.domain.records import OrderRecord, ReportRecord
 from engine.domain.report_out import Receiver, oru_messages
 from engine.domain.report_status import STATUS_TABLE, load_status_table
-from engine.domain.reports import ReportPolicy, apply_report, attach_pending, report_identity
+from engine.domain.reports import ReportPolicy, apply_report, attach_pending, report_identity, report_keys
 from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
 from engine.handlers import InboundContext, Outbound, register_handler
 
@@ -90,7 +90,11 @@ class ReportsHandler:
         for sequence, data in enumerate(reports, start=1):
             record: ReportRecord = _validate(ReportRecord, data, "OBR", sequence)
             applied = apply_report(conn, record, self.policy, now, ctx.message_id, sequence)
-            ctx.note(applied.changed, applied.note)
+            patient_id, accession = record.patient_id, record.accession_number
+            if not patient_id and applied.report_pk is not None:  # an ORU without PID: listed under its order's
+                found_id, found_accession = report_keys(conn, applied.report_pk)
+                patient_id, accession = patient_id or found_id, accession or found_accession
+            ctx.note(applied.changed, applied.note, patient_id=patient_id, accession_number=accession)
             if applied.changed and applied.attached and applied.report_pk is not None:
                 out += oru_messages(conn, applied.report_pk, self.receivers, now)
         for data in ctx.records:

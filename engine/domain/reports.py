@@ -28,7 +28,7 @@ from engine.domain.order_identity import find_orders
 from engine.domain.records import OrderRecord, ReportRecord
 from engine.domain.report_status import DEFAULT_STATUS_TABLE, StatusTable, read_status
 from engine.domain.report_tables import report_versions, reports
-from engine.domain.tables import orders
+from engine.domain.tables import orders, patients
 from engine.errors import ErrorLocation, HL7ApplicationError
 from engine.store.fast import FastInsert, FastStatement, all_rows, first_row
 
@@ -324,3 +324,14 @@ def waiting_count(conn: Connection) -> int:
     """Reports kept for an order the engine does not know yet."""
     return int(conn.execute(select(func.count()).select_from(reports).where(reports.c.order_pk.is_(None)))
                .scalar_one())
+
+
+def report_keys(conn: Connection, report_pk: int) -> tuple[str, str]:
+    """The patient id and accession number of a report: its order's patient and accession when it has one,
+    else what the report named."""
+    r, o, p = reports.c, orders.c, patients.c
+    row = conn.execute(select(func.coalesce(p.patient_id, r.patient_id), func.coalesce(o.accession_number,
+                                                                                        r.accession_number))
+                       .select_from(reports).outerjoin(orders, r.order_pk == o.id)
+                       .outerjoin(patients, r.patient_pk == p.id).where(r.id == report_pk)).first()  # fmt: skip
+    return (str(row[0] or ""), str(row[1] or "")) if row else ("", "")

@@ -273,6 +273,12 @@ def test_a_cancel_without_pid_cancels_the_order_its_orc_2_names(shipped: Engine)
 
     assert ack.code == "AA", ack.raw
     assert _step_status(shipped, "NOPID1") == "CANCELED"
+    # listed under the order's patient and accession, which the message did not carry
+    [accession] = _rows(shipped, "SELECT accession_number FROM orders WHERE placer_order_number = 'PL-NOPID1'")[0]
+    assert (_shown(shipped, "NOPID2")["patient_id"], _shown(shipped, "NOPID2")["accession_number"]) == (
+        "W-62001", accession)
+    listed = shipped.sh(f"{BIN}/radbridge --config {ROOT / 'config'} messages list --patient-id W-62001 --json")
+    assert "NOPID2" in [row["control_id"] for row in json.loads(listed.stdout)], listed.stderr
     assert refused.code == "AE", refused.raw
     assert refused.all("ERR")[0][2] == "PID^1^3^1"
     assert _rows(shipped, "SELECT count(*) FROM orders WHERE placer_order_number = 'PL-NOPID3'") == [(0,)]
@@ -339,6 +345,7 @@ def test_a_report_without_pid_is_kept_with_its_order(shipped: Engine) -> None:
                                           "r.order_pk JOIN patients p ON p.id = r.patient_pk "
                                           "WHERE o.placer_order_number = 'PL-RPID1'")
     assert (patient_id, text) == ("W-63001", "Wątroba prawidłowa.\nWniosek: obraz prawidłowy.")
+    assert _shown(shipped, "RPID2")["patient_id"] == "W-63001"  # listed under its order's patient
     assert refused.code == "AE", refused.raw
     assert refused.all("ERR")[0][2] == "PID^1^3^1"
 
