@@ -93,6 +93,7 @@ class Runtime:
         self.db = Database(
             cfg.database_url(), cfg.database.sqlite_synchronous, cfg.database.pool_size, cfg.database.sqlite_page_size,
             write_lock=cfg.dicom.enabled and cfg.dicom.receive_processes > 0,  # the receive workers write it too
+            answer_timeout=cfg.database.answer_timeout_seconds,
         )
         log.info("store: %s", self.db.display_url)
         await asyncio.to_thread(self.db.migrate)

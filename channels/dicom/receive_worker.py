@@ -127,7 +127,8 @@ def run(fd: int) -> int:
     link = EngineLink(socket.socket(fileno=fd))
     db = Database(config.database_url(), config.database.sqlite_synchronous, config.database.pool_size,
                   config.database.sqlite_page_size, checkpoint=False, write_lock=True,
-                  application_name=f"radbridge receive worker {index}")
+                  application_name=f"radbridge receive worker {index}",
+                  answer_timeout=config.database.answer_timeout_seconds)
     served = serve_handed_off(config, db, link.queued, ReportedSlots(link), port)
     db.writer.add_commit_listener(link.committed)
     log.debug("receive worker %d ready (pid %d)", index, os.getpid())

@@ -59,7 +59,8 @@ def _open_database(args: argparse.Namespace) -> Any:
     if not getattr(args, "creates_store", False):
         _require_store(cfg.database_url(), Path(cfg.data_dir))
     return Database(cfg.database_url(), cfg.database.sqlite_synchronous,
-                    sqlite_page_size=cfg.database.sqlite_page_size, application_name="radbridge cli")
+                    sqlite_page_size=cfg.database.sqlite_page_size, application_name="radbridge cli",
+                    answer_timeout=cfg.database.answer_timeout_seconds)
 
 
 def _require_store(url: str, data_dir: Path) -> None:

@@ -408,6 +408,11 @@ class DatabaseConfig(_Model):
         1024, description="page size of a new SQLite database (an existing one keeps its own)"
     )
     pool_size: int = Field(5, ge=1)
+    answer_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, description="PostgreSQL: longest wait for the server's answer to one request (a "
+        "statement, a fetch, a commit); past it the connection is closed and the work fails (AE, 0xA700, retried) "
+        "instead of waiting for ever on a server that accepts but does not answer. Migrations are not bounded"
+    )
 
 
 class DicomConfig(_Model):

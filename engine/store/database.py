@@ -670,7 +670,7 @@ class Database:
     def __init__(
         self, url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5, sqlite_page_size: int = DEFAULT_PAGE_SIZE,
         hide_parameters: bool | None = None, checkpoint: bool = True, write_lock: bool = False,
-        application_name: str = "radbridge",
+        application_name: str = "radbridge", answer_timeout: float | None = None,
     ) -> None:
         """Open engines for ``url``; ``hide_parameters`` None: hidden unless logging is at DEBUG now.
 
@@ -680,6 +680,8 @@ class Database:
 
         ``application_name``: how this process's PostgreSQL sessions are named in ``pg_stat_activity``
         (unless the URL names them), so that a DBA who meets "too many clients" sees whose they are.
+        ``answer_timeout``: seconds one PostgreSQL request may go unanswered (engine.store.answer_timeout;
+        None: its default).
 
         Raises ConfigError (with the password masked) if ``url`` is not a SQLAlchemy URL.
         """
@@ -688,6 +690,7 @@ class Database:
         self.page_size = sqlite_page_size
         self.is_sqlite = url.startswith("sqlite")
         self.application_name = application_name
+        self.answer_timeout = answer_timeout
         if hide_parameters is None:
             hide_parameters = not logging.getLogger("engine").isEnabledFor(logging.DEBUG)
         self.hide_parameters = hide_parameters
@@ -712,8 +715,18 @@ class Database:
             defaults = {"application_name": self.application_name, "connect_timeout": CONNECT_TIMEOUT_SECONDS,
                         **TCP_DEFAULTS}
             connect_args = {key: value for key, value in defaults.items() if key not in given}
-            return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                                 hide_parameters=self.hide_parameters, connect_args=connect_args)
+            pg = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
+                               hide_parameters=self.hide_parameters, connect_args=connect_args)
+            if pg.dialect.driver == "psycopg":  # a server that accepts and never answers: engine.store.answer_timeout
+                from engine.store.answer_timeout import DEFAULT_ANSWER_TIMEOUT_SECONDS, bounded_class
+
+                bounded = bounded_class(self.answer_timeout or DEFAULT_ANSWER_TIMEOUT_SECONDS)
+
+                @event.listens_for(pg, "do_connect")
+                def _bounded(dialect: Any, record: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
+                    return bounded.connect(*cargs, **cparams)
+
+            return pg
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                hide_parameters=self.hide_parameters)
 
@@ -753,7 +766,13 @@ class Database:
         """Bring the schema to the newest Alembic revision."""
         from engine.store.migrate import upgrade
 
-        upgrade(self.write_engine)
+        if self.is_sqlite:
+            upgrade(self.write_engine)
+            return
+        from engine.store.answer_timeout import unbounded
+
+        with unbounded():  # an index built on a large table may take longer than any one answer
+            upgrade(self.write_engine)
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a read transaction (blocking); once more if PostgreSQL chose it as a deadlock's

@@ -232,3 +232,48 @@ def test_status_against_a_hung_server_fails_within_seconds_instead_of_waiting_fo
     assert done.returncode == 1, done.stderr
     assert "database: cannot be reached" in done.stdout and "engine: not running" in done.stdout
     assert took < 30
+
+
+def _cluster_pids(server: PostgresServer) -> list[int]:
+    """The postmaster of ``server`` and its children (the backends serving open connections)."""
+    postmaster = int((server.datadir / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True)
+    return [postmaster, *(int(pid) for pid in children.stdout.split())]
+
+
+def test_a_server_that_stops_answering_an_open_connection_fails_the_work_and_the_engine_recovers(
+        engine_process: EngineProcess, own_postgres: PostgresServer, corpus: Path) -> None:
+    """The whole cluster stopped (SIGSTOP: a frozen host whose kernel still answers TCP): the engine's open
+    connections get no answer, and neither keepalives nor tcp_user_timeout end them (the data and the probes
+    are acknowledged). Before, the order and the image behind them waited for ever; now each request is
+    bounded (database.answer_timeout_seconds, here 3 s): AE and 0xA700, then AA and success once the server
+    runs again, without restarting the engine."""
+    mllp = free_port()
+    url = own_postgres.create_database("radbridge")
+    write_channel(engine_process, "inbound", inbound_channel(mllp))
+    port = _start(engine_process, f'database: {{url: "{url}", answer_timeout_seconds: 3}}\n')
+    wait_for_port(mllp)
+    images = _instances(corpus, 2)
+    assoc = _associate(port)
+    try:
+        assert [a.code for a in send_all(mllp, [adt("HUNG1")])] == ["AA"]
+        frozen = _cluster_pids(own_postgres)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status = int(assoc.send_c_store(images[0]).Status)
+            (ack,) = send_all(mllp, [adt("HUNG2")], timeout=90)
+            took = time.monotonic() - started
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        assert status == 0xA700
+        assert ack.code == "AE", ack.raw
+        assert took < 60
+        assert int(assoc.send_c_store(images[1]).Status) == 0
+        assert [a.code for a in send_all(mllp, [adt("HUNG3")], timeout=60)] == ["AA"]
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    assert engine_process.proc is not None and engine_process.proc.poll() is None
