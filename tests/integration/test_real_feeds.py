@@ -127,6 +127,12 @@ NEW_CT = "|" * 14 + "ACC-{n}" + "|" * 6 + "CT"  # OBR-18 accession, OBR-24 CT
     ("SC", "DC", "DISCONTINUED"),
     ("OC", "", "CANCELED"),  # the filler cancelled the order
     ("OC", "CA", "CANCELED"),
+    # Refused AE 103 at ORC-1 before, the step left on the worklist: a discontinue whose ORC-5 says
+    # discontinued too, and the filler's "order discontinued" (table 0119 OD), alone or with a status.
+    ("DC", "DC", "DISCONTINUED"),
+    ("OD", "", "DISCONTINUED"),
+    ("OD", "DC", "DISCONTINUED"),
+    ("OD", "CA", "DISCONTINUED"),
 ])
 def test_a_ris_status_change_with_only_orc_and_a_minimal_obr_moves_the_step(
         shipped: Engine, control: str, status: str, expected: str) -> None:
