@@ -437,3 +437,35 @@ def test_an_omg_with_a_prior_result_schedules_its_order_and_leaves_the_earlier_o
     assert _rows(shipped, placed) == [("PL-OMG1",)]
     [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-OMG1", "PatientName=")
     assert str(found.PatientName) == "Prior^Paula"
+
+
+def test_an_order_with_its_timing_only_in_obr_reaches_the_worklist_at_its_time_and_priority(
+        shipped: Engine, tmp_path: Path) -> None:
+    """OpenMRS's radiology module sends ``ORC|NW`` bare, the priority as a word in OBR-27.6 and the exam's
+    time in OBR-36 (Scheduled Date/Time); Bahmni sends ``ROUTINE`` in ORC-7.6. The STAT order was ROUTINE
+    on the worklist (OBR-27.6 was not read, and the word not in priority.csv) and scheduled at arrival."""
+    obr = ["OBR", "", "", "HS-ACC-2042", "36554-4^Chest 1 view (XRay)", *[""] * 32]
+    obr[24], obr[27], obr[31], obr[36] = "CR", "^^^^^STAT", "^Fall from ladder", "20240521143000"
+    stat = _er7(f"""
+        MSH|^~\\&|OpenMRS|HILLSIDE|RADBRIDGE|RADIOLOGY|20240520080000||ORM^O01|OMRS0002|P|2.3
+        PID|||HS-2042||Amadi^Chidi||19800323|M
+        ORC|NW
+        {"|".join(obr)}
+        """)
+    routine = _er7(f"""
+        MSH|^~\\&|BahmniEMR|BahmniEMR|||2024052011||ORM^O01|BAH0001|P|2.5
+        PID|||HS-2043||^HS-2043||19991230000000+0000|M
+        ORC|NW|ORD-2043|ORD-2043||||^^^^^ROUTINE
+        {"|".join(["OBR", "1", "", "", "1234^Abdomen AP", *[""] * 19, "CR"])}
+        """)
+
+    assert [a.code for a in _send(shipped, stat, routine)] == ["AA", "AA"]
+
+    keys = ("RequestedProcedurePriority=", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=")
+    [found] = findscu(shipped.dicom, tmp_path, "PatientID=HS-2042", *keys)
+    step = found.ScheduledProcedureStepSequence[0]
+    assert found.RequestedProcedurePriority == "STAT"
+    assert (step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) == ("20240521", "143000")
+    [found] = findscu(shipped.dicom, tmp_path, "PatientID=HS-2043", *keys)
+    assert found.RequestedProcedurePriority == "ROUTINE"
