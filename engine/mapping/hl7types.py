@@ -163,11 +163,16 @@ def _ndl_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """HL7 NDL (OBR-32/34, 2.A.50) → DICOM PN.
 
     Component 1 is a CNN ``id&family&given&middle&suffix&prefix``; feeds that
-    send a plain XPN in its place (as IHE test data does) are read as XPN.
+    send a plain XPN in its place (as IHE test data does) are read as XPN, and
+    feeds that send an XCN (``D1458838^Long^Lata^T.``, as reporting systems
+    often do) as XCN: a first component with a digit in it, followed by a
+    name, is an id, never a family name.
     """
     seps = ctx.seps
-    first = value.split(seps.component, 1)[0]
+    first, _, rest = value.partition(seps.component)
     if seps.subcomponent not in first:
+        if rest and not rest.startswith(seps.component) and any(c.isdigit() for c in first):
+            return _xcn_to_pn(value, args, ctx)
         return xpn_to_pn(value, args, ctx)
     subs = first.split(seps.subcomponent)[1:]
     return xpn_to_pn(seps.component.join(subs), args, ctx)

@@ -469,3 +469,33 @@ def test_an_order_with_its_timing_only_in_obr_reaches_the_worklist_at_its_time_a
     assert (step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) == ("20240521", "143000")
     [found] = findscu(shipped.dicom, tmp_path, "PatientID=HS-2043", *keys)
     assert found.RequestedProcedurePriority == "ROUTINE"
+
+
+def test_a_report_whose_interpreter_is_sent_as_an_xcn_keeps_the_radiologist_s_name(shipped: Engine) -> None:
+    """A US radiology reporting feed (v2.4-2.7) sends OBR-32 as an XCN, ``id^family^given^middle^^^degree``,
+    not as NDL subcomponents: the radiologist was stored as 'D1458838^Quill^Nora^T.' (the id as the family
+    name) and went so to the EHR. The id stays interpreter_id."""
+    [created] = _send(shipped, _nw("XCN1", "W-64001", "Report^Ivo", "XCN1"))
+    assert created.code == "AA", created.raw
+    obr = ["OBR", "1", "PL-XCN1^RIS", "FL-XCN1^RIS", "CTABD^CT abdomen^L", "", "", "20240520093000",
+           *[""] * 17, "F", *[""] * 6, "D1458838^Quill^Nora^T.^^^M.D."]
+    oru = _er7(f"""
+        MSH|^~\\&|RPT|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520100000||ORU^R01|XCNR1|P|2.7
+        PID|1||W-64001^^^WESTSIDE^MR||Report^Ivo||19700101|M
+        ORC|RE|PL-XCN1^RIS|FL-XCN1^RIS||CM
+        {"|".join(obr)}
+        OBX|1|TX|GDT^Report||No acute findings.||||||F
+        """)
+
+    async def go() -> Ack:
+        sender = Sender(int(shipped.env["RADBRIDGE_REPORTS_MLLP_PORT"]), timeout=30)
+        try:
+            return await sender.send(oru)
+        finally:
+            await sender.close()
+
+    ack = asyncio.run(go())
+
+    assert ack.code == "AA", ack.raw
+    assert _rows(shipped, "SELECT interpreter FROM reports WHERE placer_order_number = 'PL-XCN1'") == [
+        ("Quill^Nora^T.",)]

@@ -166,6 +166,17 @@ def test_ndl_reads_cnn_subcomponents() -> None:
     assert run("ndl_to_pn", "77&Nyberg&Karin") == "Nyberg^Karin"
 
 
+def test_ndl_sent_as_an_xcn_drops_the_id_instead_of_reading_it_as_the_family_name() -> None:
+    assert run("ndl_to_pn", "D1458838^Long^Lata^T.^^^M.D.") == "Long^Lata^T."
+    assert run("ndl_to_pn", "77^Nyberg^Karin") == "Nyberg^Karin"
+
+
+def test_ndl_sent_as_an_xpn_is_read_as_a_name() -> None:
+    assert run("ndl_to_pn", "Nyberg^Karin") == "Nyberg^Karin"
+    assert run("ndl_to_pn", "D1458838") == "D1458838"  # an id alone: nothing says it is not a name
+    assert run("ndl_to_pn", "Nyberg 2^^Karin") == "Nyberg 2^^Karin"  # no name in component 2: XPN
+
+
 def test_truncate_to_target_vr_applies_per_value() -> None:
     ctx = TransformContext(Separators(), ZoneInfo("UTC"), "AE")
     assert run("truncate", "A" * 20 + "\\B", ctx=ctx) == "A" * 16 + "\\B"
