@@ -499,3 +499,35 @@ def test_a_report_whose_interpreter_is_sent_as_an_xcn_keeps_the_radiologist_s_na
     assert ack.code == "AA", ack.raw
     assert _rows(shipped, "SELECT interpreter FROM reports WHERE placer_order_number = 'PL-XCN1'") == [
         ("Quill^Nora^T.",)]
+
+
+def test_a_patient_whose_day_of_birth_is_unknown_is_registered_and_scheduled(shipped: Engine, tmp_path: Path) -> None:
+    """HL7 dates may stop at the year or month (DT ``YYYY[MM[DD]]``), and registration systems send a birth
+    date so for people whose day of birth is not known. The A04 and every order for the patient were AE 102
+    at PID-7 ('has no day; DICOM DA needs YYYYMMDD'): the patient could never reach the worklist. Now the
+    patient is kept without a birth date (DICOM cannot hold a partial one), and the message's note says so
+    without the value; a stored full birth date is not blanked by a later partial one."""
+    register = _er7("""
+        MSH|^~\\&|PAS|EASTSIDE|RADBRIDGE|RADIOLOGY|20240520070000||ADT^A04^ADT_A01|DOBY1|P|2.5
+        EVN|A04|20240520070000
+        PID|1||E-60022^^^WESTSIDE^MR||Haidari^Farid||1983|M
+        PV1|1|O
+        """)
+    order = _nw("DOBY2", "E-60022", "Haidari^Farid", "DOBY2").replace(b"|19700101|", b"|198305|")
+
+    assert [a.code for a in _send(shipped, register, order)] == ["AA", "AA"]
+
+    assert _rows(shipped, "SELECT patient_name, birth_date FROM patients WHERE patient_id = 'E-60022'") == [
+        ("Haidari^Farid", "")]
+    note = _shown(shipped, "DOBY1")["note"]
+    assert note == ("patient E-60022: the birth date is a year without a day; DICOM needs YYYYMMDD, "
+                    "so none was taken from this message")
+    assert "year and month" in _shown(shipped, "DOBY2")["note"]
+    [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-DOBY2", "PatientName=", "PatientBirthDate=")
+    assert (str(found.PatientName), found.PatientBirthDate) == ("Haidari^Farid", "")
+
+    [update] = _send(shipped, _a04("DOBY3", "W-60023", "Haidari^Lina"))
+    assert update.code == "AA"
+    [partial] = _send(shipped, _a04("DOBY4", "W-60023", "Haidari^Lina").replace(b"|19590611|", b"|1959|"))
+    assert partial.code == "AA", partial.raw
+    assert _rows(shipped, "SELECT birth_date FROM patients WHERE patient_id = 'W-60023'") == [("19590611",)]

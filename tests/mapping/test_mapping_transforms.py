@@ -53,6 +53,11 @@ def test_ts_to_da_without_day_is_a_data_type_error() -> None:
     assert info.value.code == 102
 
 
+def test_ts_to_da_keep_gives_a_date_without_day_back_as_written() -> None:
+    assert (run("ts_to_da", "1972", "keep"), run("ts_to_da", "197205", "keep")) == ("1972", "197205")
+    assert run("ts_to_da", "19720214000000", "keep") == "19720214"
+
+
 def test_ts_to_tm_is_the_time_of_day() -> None:
     assert run("ts_to_tm", "20240306083015") == "083015"
 
