@@ -531,3 +531,23 @@ def test_a_patient_whose_day_of_birth_is_unknown_is_registered_and_scheduled(shi
     [partial] = _send(shipped, _a04("DOBY4", "W-60023", "Haidari^Lina").replace(b"|19590611|", b"|1959|"))
     assert partial.code == "AA", partial.raw
     assert _rows(shipped, "SELECT birth_date FROM patients WHERE patient_id = 'W-60023'") == [("19590611",)]
+
+
+@pytest.mark.parametrize("event", ["A40", "A18"])
+def test_a_merge_whose_mrg_1_names_no_authority_merges_the_registered_patient(shipped: Engine, event: str) -> None:
+    """Older PAS feeds write MRG-1 as the bare number (``MRG|W-4409``) while PID-3 carries the authority.
+    The prior was looked up as (W-4409, no issuer): a new patient was created and marked MERGED, AA, while the
+    registered W-4409^WESTSIDE stayed ACTIVE with its orders. MRG-1 without authority is now the survivor's."""
+    survivor, prior = f"W-{event}-71", f"W-{event}-72"
+    _send(shipped, _a04(f"BARE{event}1", survivor, "Dahl^Ingrid"), _a04(f"BARE{event}2", prior, "Dahl^Ingrid"))
+    merge = _er7(f"""
+        MSH|^~\\&|PAS|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520071500||ADT^{event}|BARE{event}3|P|2.3
+        EVN|{event}|20240520071500
+        PID|1||{survivor}^^^WESTSIDE^MR||Dahl^Ingrid||19590611|F
+        MRG|{prior}
+        """)
+
+    [ack] = _send(shipped, merge)
+
+    assert ack.code == "AA", ack.raw
+    assert _rows(shipped, "SELECT issuer, status FROM patients WHERE patient_id = ?", prior) == [("WESTSIDE", "MERGED")]
