@@ -263,6 +263,21 @@ def _renames_first(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   and (r.get("patient_id"), r.get("issuer", "")) in renamed)
 
 
+def _full_birth_date(rec: PatientRecord) -> tuple[PatientRecord, str]:
+    """``rec`` without a birth date of a year or a year and month, and the note that says so.
+
+    HL7 allows a date without its day (DT ``YYYY[MM]``: a patient whose day of birth is unknown);
+    DICOM's DA does not. The patient is kept with no birth date from this message (a stored one
+    stays, as for an empty field). The note names the field, never its value (PHI).
+    """
+    if not rec.birth_date or len(rec.birth_date) == 8:
+        return rec, ""
+    precision = "a year" if len(rec.birth_date) == 4 else "a year and month"
+    note = (f"patient {rec.patient_id}: the birth date is {precision} without a day; DICOM needs YYYYMMDD, "
+            "so none was taken from this message")
+    return rec.model_copy(update={"birth_date": ""}), note
+
+
 def cleared_note(patient_id: str, names: list[str]) -> str:
     """The message's note for stored demographics an explicit HL7 null blanked (field names, no values)."""
     return f"patient {patient_id}: {', '.join(names)} cleared (sent as HL7 null \"\")"
@@ -289,7 +304,9 @@ class PatientsHandler:
         for data in _renames_first(ctx.records):
             kind = data.get("record")
             if kind == "patient":
-                patient: PatientRecord = _validate(PatientRecord, data, "PID")
+                patient, partial = _full_birth_date(_validate(PatientRecord, data, "PID"))
+                if partial:
+                    ctx.note(False, partial)
                 if adt and patient.event not in IMPLEMENTED_EVENTS:
                     raise HL7Reject(201, f"ADT^{patient.event} is not implemented by the patients handler",
                                     ErrorLocation("MSH", 1, 9, 2))
@@ -339,7 +356,9 @@ class OrdersHandler:
         now = ctx.received_at
         for data in ctx.records:
             if self.upsert_patients and data.get("record") == "patient":
-                rec = _validate(PatientRecord, data, "PID")
+                rec, partial = _full_birth_date(_validate(PatientRecord, data, "PID"))
+                if partial:
+                    ctx.note(False, partial)
                 blanked: list[str] = []
                 pk = apply_patient_event(conn, rec.model_copy(update={"event": ""}), self.policy.patients, now, blanked)
                 _remember(ctx, rec, self.policy.patients, pk)

@@ -94,7 +94,11 @@ DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
     ("CA", "CA"): "CANCELED",
     ("CA", ""): "CANCELED",  # real RIS cancels often leave ORC-5 empty
     ("DC", "CA"): "DISCONTINUED",
+    ("DC", "DC"): "DISCONTINUED",
     ("DC", ""): "DISCONTINUED",
+    ("OD", ""): "DISCONTINUED",  # the filler's "order discontinued", as OC is its cancel
+    ("OD", "DC"): "DISCONTINUED",
+    ("OD", "CA"): "DISCONTINUED",
 }
 
 #: Controls that carry the order's content; the others only change the status.

@@ -89,7 +89,7 @@ class PatientRecord(_Mapped):
     issuer: str = Field("", max_length=LO)  # IssuerOfPatientID, from PID-3.4.1
     other_ids: list[OtherPatientId] = Field(default_factory=list)
     patient_name: str = Field("", max_length=PN)  # DICOM PN
-    birth_date: str = ""  # DA
+    birth_date: str = ""  # DA; YYYY or YYYYMM (a day unknown) is not stored: the handler notes it
     sex: str = ""  # M, F, O
     admission_id: str = Field("", max_length=LO)  # PV1-19.1
     referring_physician_name: str = Field("", max_length=PN)  # PV1-8 as PN

@@ -66,11 +66,18 @@ def _digits(moment: datetime) -> str:
 
 
 def _ts_to_da(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
-    """HL7 TS → DICOM DA: the date as written (first 8 digits, checked)."""
+    """HL7 TS → DICOM DA: the date as written (first 8 digits, checked).
+
+    A year or a year and month (HL7 DT/DTM reduced precision, a birth date whose day is unknown)
+    is error 102, or with the argument ``keep`` given back as written (``YYYY``, ``YYYYMM``) for a
+    handler to decide on (the patients handler keeps no birth date from it and says so).
+    """
     stamp = _read(value, ctx)
     if stamp is None:
         return ""
     if len(stamp.digits) < 8:
+        if args and args[0] == "keep":
+            return stamp.digits
         raise HL7ApplicationError(102, f"{stamp.standard!r} has no day; DICOM DA needs YYYYMMDD")
     return stamp.digits[:8]
 
@@ -163,11 +170,16 @@ def _ndl_to_pn(value: str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """HL7 NDL (OBR-32/34, 2.A.50) → DICOM PN.
 
     Component 1 is a CNN ``id&family&given&middle&suffix&prefix``; feeds that
-    send a plain XPN in its place (as IHE test data does) are read as XPN.
+    send a plain XPN in its place (as IHE test data does) are read as XPN, and
+    feeds that send an XCN (``D1458838^Long^Lata^T.``, as reporting systems
+    often do) as XCN: a first component with a digit in it, followed by a
+    name, is an id, never a family name.
     """
     seps = ctx.seps
-    first = value.split(seps.component, 1)[0]
+    first, _, rest = value.partition(seps.component)
     if seps.subcomponent not in first:
+        if rest and not rest.startswith(seps.component) and any(c.isdigit() for c in first):
+            return _xcn_to_pn(value, args, ctx)
         return xpn_to_pn(value, args, ctx)
     subs = first.split(seps.subcomponent)[1:]
     return xpn_to_pn(seps.component.join(subs), args, ctx)
@@ -196,7 +208,7 @@ def uuid5_int(name: str) -> int:
     return (value & ~(0xF000 << 64) & ~(0xC000 << 48)) | (5 << 76) | (0x8000 << 48)
 
 
-register_transform("ts_to_da", _ts_to_da)
+register_transform("ts_to_da", _ts_to_da, max_args=1)
 register_transform("ts_to_tm", _ts_to_tm)
 register_transform("ts_to_dt", ts_to_dt)
 register_transform("ts_to_fhir", ts_to_fhir)

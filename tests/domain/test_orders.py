@@ -14,7 +14,7 @@ from engine.config.models import EngineConfig
 from engine.domain.accession import format_accession, next_sequence_value
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
 from engine.domain.housekeeping import expire_steps, purge_finished
-from engine.domain.orders import load_control_table, map_priority, split_start
+from engine.domain.orders import DEFAULT_CONTROL_TABLE, load_control_table, map_priority, split_start
 from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps
 from engine.domain.uids import derived_uid
 from engine.errors import HL7ApplicationError
@@ -177,6 +177,12 @@ def test_control_table_is_loaded_from_the_site_file(tmp_path: Path) -> None:
         "order_control,order_status,sps_status\nNW,,SCHEDULED\nXR,,SCHEDULED\n", encoding="utf-8"
     )
     assert load_control_table(path) == {("NW", ""): "SCHEDULED", ("XR", ""): "SCHEDULED"}
+
+
+def test_the_built_in_control_table_is_the_shipped_one() -> None:
+    """A site without the file gets the same statuses as the shipped ``mappings/tables`` file."""
+    shipped = Path(__file__).resolve().parents[2] / "mappings" / "tables" / "order_control_status.csv"
+    assert load_control_table(shipped) == DEFAULT_CONTROL_TABLE
 
 
 def test_start_time_and_priority_mapping() -> None:

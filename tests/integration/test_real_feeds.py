@@ -127,6 +127,12 @@ NEW_CT = "|" * 14 + "ACC-{n}" + "|" * 6 + "CT"  # OBR-18 accession, OBR-24 CT
     ("SC", "DC", "DISCONTINUED"),
     ("OC", "", "CANCELED"),  # the filler cancelled the order
     ("OC", "CA", "CANCELED"),
+    # Refused AE 103 at ORC-1 before, the step left on the worklist: a discontinue whose ORC-5 says
+    # discontinued too, and the filler's "order discontinued" (table 0119 OD), alone or with a status.
+    ("DC", "DC", "DISCONTINUED"),
+    ("OD", "", "DISCONTINUED"),
+    ("OD", "DC", "DISCONTINUED"),
+    ("OD", "CA", "DISCONTINUED"),
 ])
 def test_a_ris_status_change_with_only_orc_and_a_minimal_obr_moves_the_step(
         shipped: Engine, control: str, status: str, expected: str) -> None:
@@ -438,3 +444,117 @@ def test_an_omg_with_a_prior_result_schedules_its_order_and_leaves_the_earlier_o
     assert _rows(shipped, placed) == [("PL-OMG1",)]
     [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-OMG1", "PatientName=")
     assert str(found.PatientName) == "Prior^Paula"
+
+
+def test_an_order_with_its_timing_only_in_obr_reaches_the_worklist_at_its_time_and_priority(
+        shipped: Engine, tmp_path: Path) -> None:
+    """OpenMRS's radiology module sends ``ORC|NW`` bare, the priority as a word in OBR-27.6 and the exam's
+    time in OBR-36 (Scheduled Date/Time); Bahmni sends ``ROUTINE`` in ORC-7.6. The STAT order was ROUTINE
+    on the worklist (OBR-27.6 was not read, and the word not in priority.csv) and scheduled at arrival."""
+    obr = ["OBR", "", "", "HS-ACC-2042", "36554-4^Chest 1 view (XRay)", *[""] * 32]
+    obr[24], obr[27], obr[31], obr[36] = "CR", "^^^^^STAT", "^Fall from ladder", "20240521143000"
+    stat = _er7(f"""
+        MSH|^~\\&|OpenMRS|HILLSIDE|RADBRIDGE|RADIOLOGY|20240520080000||ORM^O01|OMRS0002|P|2.3
+        PID|||HS-2042||Amadi^Chidi||19800323|M
+        ORC|NW
+        {"|".join(obr)}
+        """)
+    routine = _er7(f"""
+        MSH|^~\\&|BahmniEMR|BahmniEMR|||2024052011||ORM^O01|BAH0001|P|2.5
+        PID|||HS-2043||^HS-2043||19991230000000+0000|M
+        ORC|NW|ORD-2043|ORD-2043||||^^^^^ROUTINE
+        {"|".join(["OBR", "1", "", "", "1234^Abdomen AP", *[""] * 19, "CR"])}
+        """)
+
+    assert [a.code for a in _send(shipped, stat, routine)] == ["AA", "AA"]
+
+    keys = ("RequestedProcedurePriority=", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=")
+    [found] = findscu(shipped.dicom, tmp_path, "PatientID=HS-2042", *keys)
+    step = found.ScheduledProcedureStepSequence[0]
+    assert found.RequestedProcedurePriority == "STAT"
+    assert (step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) == ("20240521", "143000")
+    [found] = findscu(shipped.dicom, tmp_path, "PatientID=HS-2043", *keys)
+    assert found.RequestedProcedurePriority == "ROUTINE"
+
+
+def test_a_report_whose_interpreter_is_sent_as_an_xcn_keeps_the_radiologist_s_name(shipped: Engine) -> None:
+    """A US radiology reporting feed (v2.4-2.7) sends OBR-32 as an XCN, ``id^family^given^middle^^^degree``,
+    not as NDL subcomponents: the radiologist was stored as 'D1458838^Quill^Nora^T.' (the id as the family
+    name) and went so to the EHR. The id stays interpreter_id."""
+    [created] = _send(shipped, _nw("XCN1", "W-64001", "Report^Ivo", "XCN1"))
+    assert created.code == "AA", created.raw
+    obr = ["OBR", "1", "PL-XCN1^RIS", "FL-XCN1^RIS", "CTABD^CT abdomen^L", "", "", "20240520093000",
+           *[""] * 17, "F", *[""] * 6, "D1458838^Quill^Nora^T.^^^M.D."]
+    oru = _er7(f"""
+        MSH|^~\\&|RPT|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520100000||ORU^R01|XCNR1|P|2.7
+        PID|1||W-64001^^^WESTSIDE^MR||Report^Ivo||19700101|M
+        ORC|RE|PL-XCN1^RIS|FL-XCN1^RIS||CM
+        {"|".join(obr)}
+        OBX|1|TX|GDT^Report||No acute findings.||||||F
+        """)
+
+    async def go() -> Ack:
+        sender = Sender(int(shipped.env["RADBRIDGE_REPORTS_MLLP_PORT"]), timeout=30)
+        try:
+            return await sender.send(oru)
+        finally:
+            await sender.close()
+
+    ack = asyncio.run(go())
+
+    assert ack.code == "AA", ack.raw
+    assert _rows(shipped, "SELECT interpreter FROM reports WHERE placer_order_number = 'PL-XCN1'") == [
+        ("Quill^Nora^T.",)]
+
+
+def test_a_patient_whose_day_of_birth_is_unknown_is_registered_and_scheduled(shipped: Engine, tmp_path: Path) -> None:
+    """HL7 dates may stop at the year or month (DT ``YYYY[MM[DD]]``), and registration systems send a birth
+    date so for people whose day of birth is not known. The A04 and every order for the patient were AE 102
+    at PID-7 ('has no day; DICOM DA needs YYYYMMDD'): the patient could never reach the worklist. Now the
+    patient is kept without a birth date (DICOM cannot hold a partial one), and the message's note says so
+    without the value; a stored full birth date is not blanked by a later partial one."""
+    register = _er7("""
+        MSH|^~\\&|PAS|EASTSIDE|RADBRIDGE|RADIOLOGY|20240520070000||ADT^A04^ADT_A01|DOBY1|P|2.5
+        EVN|A04|20240520070000
+        PID|1||E-60022^^^WESTSIDE^MR||Haidari^Farid||1983|M
+        PV1|1|O
+        """)
+    order = _nw("DOBY2", "E-60022", "Haidari^Farid", "DOBY2").replace(b"|19700101|", b"|198305|")
+
+    assert [a.code for a in _send(shipped, register, order)] == ["AA", "AA"]
+
+    assert _rows(shipped, "SELECT patient_name, birth_date FROM patients WHERE patient_id = 'E-60022'") == [
+        ("Haidari^Farid", "")]
+    note = _shown(shipped, "DOBY1")["note"]
+    assert note == ("patient E-60022: the birth date is a year without a day; DICOM needs YYYYMMDD, "
+                    "so none was taken from this message")
+    assert "year and month" in _shown(shipped, "DOBY2")["note"]
+    [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-DOBY2", "PatientName=", "PatientBirthDate=")
+    assert (str(found.PatientName), found.PatientBirthDate) == ("Haidari^Farid", "")
+
+    [update] = _send(shipped, _a04("DOBY3", "W-60023", "Haidari^Lina"))
+    assert update.code == "AA"
+    [partial] = _send(shipped, _a04("DOBY4", "W-60023", "Haidari^Lina").replace(b"|19590611|", b"|1959|"))
+    assert partial.code == "AA", partial.raw
+    assert _rows(shipped, "SELECT birth_date FROM patients WHERE patient_id = 'W-60023'") == [("19590611",)]
+
+
+@pytest.mark.parametrize("event", ["A40", "A18"])
+def test_a_merge_whose_mrg_1_names_no_authority_merges_the_registered_patient(shipped: Engine, event: str) -> None:
+    """Older PAS feeds write MRG-1 as the bare number (``MRG|W-4409``) while PID-3 carries the authority.
+    The prior was looked up as (W-4409, no issuer): a new patient was created and marked MERGED, AA, while the
+    registered W-4409^WESTSIDE stayed ACTIVE with its orders. MRG-1 without authority is now the survivor's."""
+    survivor, prior = f"W-{event}-71", f"W-{event}-72"
+    _send(shipped, _a04(f"BARE{event}1", survivor, "Dahl^Ingrid"), _a04(f"BARE{event}2", prior, "Dahl^Ingrid"))
+    merge = _er7(f"""
+        MSH|^~\\&|PAS|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520071500||ADT^{event}|BARE{event}3|P|2.3
+        EVN|{event}|20240520071500
+        PID|1||{survivor}^^^WESTSIDE^MR||Dahl^Ingrid||19590611|F
+        MRG|{prior}
+        """)
+
+    [ack] = _send(shipped, merge)
+
+    assert ack.code == "AA", ack.raw
+    assert _rows(shipped, "SELECT issuer, status FROM patients WHERE patient_id = ?", prior) == [("WESTSIDE", "MERGED")]

@@ -53,6 +53,11 @@ def test_ts_to_da_without_day_is_a_data_type_error() -> None:
     assert info.value.code == 102
 
 
+def test_ts_to_da_keep_gives_a_date_without_day_back_as_written() -> None:
+    assert (run("ts_to_da", "1972", "keep"), run("ts_to_da", "197205", "keep")) == ("1972", "197205")
+    assert run("ts_to_da", "19720214000000", "keep") == "19720214"
+
+
 def test_ts_to_tm_is_the_time_of_day() -> None:
     assert run("ts_to_tm", "20240306083015") == "083015"
 
@@ -164,6 +169,17 @@ def test_xcn_to_pn_drops_the_id() -> None:
 
 def test_ndl_reads_cnn_subcomponents() -> None:
     assert run("ndl_to_pn", "77&Nyberg&Karin") == "Nyberg^Karin"
+
+
+def test_ndl_sent_as_an_xcn_drops_the_id_instead_of_reading_it_as_the_family_name() -> None:
+    assert run("ndl_to_pn", "D1458838^Long^Lata^T.^^^M.D.") == "Long^Lata^T."
+    assert run("ndl_to_pn", "77^Nyberg^Karin") == "Nyberg^Karin"
+
+
+def test_ndl_sent_as_an_xpn_is_read_as_a_name() -> None:
+    assert run("ndl_to_pn", "Nyberg^Karin") == "Nyberg^Karin"
+    assert run("ndl_to_pn", "D1458838") == "D1458838"  # an id alone: nothing says it is not a name
+    assert run("ndl_to_pn", "Nyberg 2^^Karin") == "Nyberg 2^^Karin"  # no name in component 2: XPN
 
 
 def test_truncate_to_target_vr_applies_per_value() -> None:
