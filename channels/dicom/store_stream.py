@@ -73,13 +73,15 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from engine.archive.flush import IN_FLIGHT
 from engine.archive.part10 import encode_file_meta
+from engine.archive.spool_budget import SpoolBounds, below_reserve
 from engine.errors import MalformedDataset
 
+from .admission import RefusalReport
 from .dimse_command import StoreCommand, read_command, store_response, unanswerable_store
 from .dul_stream import TESTED_VERSIONS
 from .pdv import PdvSplitter, Piece
 from .spool import SpoolFile, spool_failure
-from .storage import PROCESSING_FAILURE, StoreRequest, StreamedFile
+from .storage import OUT_OF_RESOURCES, PROCESSING_FAILURE, StoreRequest, StreamedFile
 
 __all__ = ["BUFFER_BYTES", "PROCESSING_FAILURE", "StoreStream", "install_store_stream"]
 
@@ -116,21 +118,36 @@ MAX_PRESENTATION_CONTEXTS = 128
 _RQ_FIXED = 68
 _PDU_TYPES = range(0x01, 0x08)
 _COMMAND_LAST, _COMMAND_MORE = 0x03, 0x01
+#: Spool bytes are taken from the calling host's share (dicom.max_spool_bytes_per_host) this many at a time.
+RESERVE_STEP_BYTES = 4 << 20
+#: A data set being received looks at the spool's free space (archive.min_free_bytes) every this many bytes.
+FREE_CHECK_BYTES = 64 << 20
+
+#: Stores refused for want of spool (the host's share, the free-space reserve): logged once per host a minute.
+_SHORT_OF_SPOOL = RefusalReport()
+
+
+class _Oversize(Exception):
+    """A data set grew past ``dicom.max_instance_bytes``."""
 
 
 class _Receiving:
-    """One C-STORE whose data set is arriving: the spool, and the size of what it holds."""
+    """One C-STORE whose data set is arriving: the spool (None once refused: the rest is read and dropped),
+    the size of what arrived, and the spool bytes taken from the calling host's share."""
 
-    def __init__(self, command: StoreCommand, context: Any, spool: SpoolFile) -> None:
+    def __init__(self, command: StoreCommand, context: Any, spool: SpoolFile | None) -> None:
         self.command = command
         self.context = context
         self.spool = spool
         self.size = 0
+        self.reserved = 0
+        self.refused = OUT_OF_RESOURCES
+        self.next_free_check = FREE_CHECK_BYTES
         self._unsynced = 0
 
     def add(self, data: memoryview) -> None:
+        assert self.spool is not None
         self.spool.write(data)
-        self.size += len(data)
         self._unsynced += len(data)
         if self._unsynced >= WRITEBACK_BYTES:
             self._unsynced = 0
@@ -145,8 +162,10 @@ class StoreStream:
     """The PDU reader of one association (see the module docstring)."""
 
     def __init__(self, assoc: Any, run: StoreRunner, spool_dir: Path,
-                 storage_classes: frozenset[str]) -> None:
+                 storage_classes: frozenset[str], bounds: SpoolBounds) -> None:
         self._assoc = assoc
+        self._bounds = bounds
+        self._host = str(getattr(getattr(assoc, "requestor", None), "address", "") or "")
         self._dul = assoc.dul
         self._sock = assoc.dul.socket.socket
         self._run = run
@@ -233,9 +252,9 @@ class StoreStream:
         requestor = getattr(self._assoc, "requestor", None)
         return f"{getattr(requestor, 'address', '?')}:{getattr(requestor, 'port', '?')}"
 
-    def _protocol_error(self, why: str, *args: object) -> None:
+    def _protocol_error(self, why: str, *args: object, level: int = logging.ERROR) -> None:
         """Abort the association (Evt19: A-ABORT) and drop whatever else arrives on it, logged once."""
-        log.error("DICOM connection from %s: " + why + "; association aborted", self._peer(), *args)
+        log.log(level, "DICOM connection from %s: " + why + "; association aborted", self._peer(), *args)
         self._abandon()
         self._discarding = True
         self._dul.event_queue.put("Evt19")
@@ -330,6 +349,10 @@ class StoreStream:
         except MalformedDataset as exc:
             self._protocol_error("invalid P-DATA-TF PDU: %s", str(exc))  # lengths, context ids, limits: no values
             return False
+        except _Oversize:
+            self._protocol_error("a C-STORE data set passed %d bytes (dicom.max_instance_bytes)",
+                                 self._bounds.max_instance_bytes, level=logging.WARNING)  # fmt: skip
+            return False
         if others:
             primitive = P_DATA()
             primitive.presentation_data_value_list.extend(others)  # as pynetdicom fills it
@@ -364,7 +387,7 @@ class StoreStream:
         if piece.context_id != current.context.context_id:  # PS3.8 9.3.5.1: a message uses one context
             raise MalformedDataset(f"a data set fragment on presentation context {piece.context_id}, "
                                    f"its command's is {current.context.context_id}")
-        current.add(piece.data)
+        self._add(current, piece.data)
         if piece.ends and piece.is_last:
             self._current = None
             self._finish(current)
@@ -377,11 +400,65 @@ class StoreStream:
         if command is None:
             others.append((context_id, bytes([_COMMAND_LAST]) + raw))
             return
-        spool = self._spool()
-        spool.write(encode_file_meta(command.sop_class_uid, command.sop_instance_uid,
-                                     str(context.transfer_syntax[0]), self._calling_ae()))  # fmt: skip
-        self._current = _Receiving(command, context, spool)
-        IN_FLIGHT.started(self._current)  # until answered: the store hands work to other threads only when alone
+        rx = self._current = _Receiving(command, context, None)
+        IN_FLIGHT.started(rx)  # until answered: the store hands work to other threads only when alone
+        if below_reserve(self._spool_dir, self._bounds.min_free_bytes):
+            self._short_of_spool(rx, "the spool's file system has less than archive.min_free_bytes free")
+            return
+        if not self._reserve(rx, min(RESERVE_STEP_BYTES, self._bounds.max_instance_bytes)):
+            return
+        rx.spool = self._spool()
+        rx.spool.write(encode_file_meta(command.sop_class_uid, command.sop_instance_uid,
+                                        str(context.transfer_syntax[0]), self._calling_ae()))  # fmt: skip
+
+    # -- spool bounds (engine.archive.spool_budget) --------------------------------------------------
+
+    def _add(self, rx: _Receiving, data: memoryview) -> None:
+        """Count a data set fragment and spool it, within the instance, host and free-space bounds."""
+        rx.size += len(data)
+        if rx.size > self._bounds.max_instance_bytes:
+            raise _Oversize
+        if rx.spool is None:  # refused: read to its end and dropped, then answered
+            return
+        if rx.size > rx.reserved:  # a step more, never past the largest instance (its size is within it)
+            step = min(rx.size - rx.reserved + RESERVE_STEP_BYTES, self._bounds.max_instance_bytes - rx.reserved)
+            if not self._reserve(rx, step):
+                return
+        if rx.size >= rx.next_free_check:
+            rx.next_free_check = rx.size + FREE_CHECK_BYTES
+            if below_reserve(self._spool_dir, self._bounds.min_free_bytes):
+                self._short_of_spool(rx, "the spool's file system fell under archive.min_free_bytes free")
+                return
+        rx.add(data)
+
+    def _reserve(self, rx: _Receiving, count: int) -> bool:
+        """Take ``count`` more spool bytes from the calling host's share; refuse the store when it has none."""
+        if self._bounds.budget.reserve(self._host, count):
+            rx.reserved += count
+            return True
+        self._short_of_spool(rx, "the calling host has dicom.max_spool_bytes_per_host in flight")
+        return False
+
+    def _short_of_spool(self, rx: _Receiving, why: str) -> None:
+        """Refuse ``rx`` (0xA700 once its data set has arrived): drop its spool, give its bytes back."""
+        count = _SHORT_OF_SPOOL.note(self._host, time.monotonic())
+        if count is not None:
+            log.warning("C-STORE from %s refused, out of resources (%d since the last report): %s",
+                        self._peer(), count, why)  # fmt: skip
+        self._drop_spool(rx)
+
+    def _drop_spool(self, rx: _Receiving) -> None:
+        if rx.spool is not None:
+            rx.spool.close()
+            spool_failure(Path(rx.spool.name))  # a failed write of it is of no interest now
+            Path(rx.spool.name).unlink(missing_ok=True)
+            rx.spool = None
+        self._give_back(rx)
+
+    def _give_back(self, rx: _Receiving) -> None:
+        if rx.reserved:
+            self._bounds.budget.release(self._host, rx.reserved)
+            rx.reserved = 0
 
     def _spool(self) -> SpoolFile:
         try:
@@ -412,6 +489,12 @@ class StoreStream:
 
     def _finish(self, rx: _Receiving) -> None:
         """Store the complete data set and queue the response."""
+        if rx.spool is None:  # refused while it arrived
+            try:
+                self._respond(int(rx.context.context_id), store_response(rx.command, rx.refused))
+            finally:
+                IN_FLIGHT.ended(rx)
+            return
         rx.spool.close()
         path = Path(rx.spool.name)
         request = StoreRequest(
@@ -425,6 +508,7 @@ class StoreStream:
             status = PROCESSING_FAILURE
         finally:
             path.unlink(missing_ok=True)  # linked into the archive, copied to quarantine, or refused
+            self._give_back(rx)
         try:
             self._respond(int(rx.context.context_id), store_response(rx.command, status))
         finally:
@@ -450,9 +534,7 @@ class StoreStream:
         only a process killed mid-data-set leaves one behind, for the sweep)."""
         if self._current is not None:
             IN_FLIGHT.ended(self._current)
-            self._current.spool.close()
-            spool_failure(Path(self._current.spool.name))  # a failed write of it is of no interest now
-            Path(self._current.spool.name).unlink(missing_ok=True)
+            self._drop_spool(self._current)
             self._current = None
         self._command.clear()
         self._other.clear()
@@ -556,13 +638,13 @@ def _internals_as_expected(assoc: Any) -> bool:
 
 
 def install_store_stream(assoc: Any, run: StoreRunner, spool_dir: Path,
-                         storage_classes: frozenset[str]) -> StoreStream | None:
+                         storage_classes: frozenset[str], bounds: SpoolBounds) -> StoreStream | None:
     """Put a :class:`StoreStream` in ``assoc``'s DUL, or None where pynetdicom's own path must stay."""
     if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         return None
     if any(assoc.get_handlers(event) for event in _SKIPPED_EVENTS) or not _internals_as_expected(assoc):
         return None
-    stream = StoreStream(assoc, run, spool_dir, storage_classes)
+    stream = StoreStream(assoc, run, spool_dir, storage_classes, bounds)
     assoc.dul._read_pdu_data = stream.read_pdu
     assoc.dul._is_transport_event = stream.transport_event
     if _install_clock():
