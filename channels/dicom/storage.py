@@ -461,6 +461,6 @@ def start_storage(ae: Any, config: EngineConfig, db: Database,
     service = StorageService.from_config(db, config, on_queued)
     if prepare:
         service.prepare()
-    enable_streamed_receive(service.primary.incoming)
+    enable_streamed_receive(service.primary.incoming, config.dicom.max_instance_bytes, config.archive.min_free_bytes)
     add_storage_contexts(ae)
     return service

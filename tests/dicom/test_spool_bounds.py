@@ -144,3 +144,27 @@ def test_under_the_free_space_reserve_a_store_is_refused_before_it_writes(
         assert spooled(scp.archive / ".incoming") == []
         lines = [r for r in caplog.records if "min_free_bytes" in r.getMessage()]
         assert len(lines) == 1 and lines[0].levelno == logging.WARNING  # once, not once per store
+
+
+@contextmanager
+def pynetdicoms_own_receive() -> Iterator[None]:
+    """pynetdicom logging at INFO: the streamed receive is not installed (store_stream.install_store_stream)."""
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def test_pynetdicoms_own_receive_path_keeps_the_instance_limit_and_the_reserve(
+        tmp_path: Path, corpus: Path) -> None:
+    with pynetdicoms_own_receive(), bounded_scp(tmp_path) as scp:
+        assert store(scp.port, ct(corpus, 10 * MIB)) == 0xA700  # past max_instance_bytes: spooled to nothing
+        assert store(scp.port, ct(corpus, 2 * MIB)) == 0x0000
+        assert len(scp.instances()) == 1 and spooled(scp.archive / ".incoming") == []
+    reserve = free_bytes(tmp_path) + (1 << 40)
+    with pynetdicoms_own_receive(), bounded_scp(tmp_path / "full", min_free_bytes=reserve) as scp:
+        assert store(scp.port, ct(corpus, MIB)) == 0xA700
+        assert scp.instances() == [] and spooled(scp.archive / ".incoming") == []
