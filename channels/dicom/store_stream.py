@@ -43,7 +43,7 @@ spool file behind.
 **pynetdicom internals** (checked by :func:`install_store_stream` against
 :data:`~channels.dicom.dul_stream.TESTED_VERSIONS`): the DUL's ``_read_pdu_data``
 (replaced on the instance), ``_decode_pdu``, ``_recv_pdu``, ``event_queue``,
-``state_machine.current_state``, ``send_pdu``, ``socket.socket``; the
+``state_machine.current_state``, ``send_pdu``, ``socket.socket``, ``_idle_timer``; the
 association's ``_accepted_cx`` and ``dimse.maximum_pdu_size``; the association module's
 ``time.sleep`` in the association thread's reactor; the ``put`` of the association's
 ``dimse.msg_queue`` and the DUL's ``to_user_queue`` (wrapped on the instances, to wake that thread). Not installed while
@@ -245,8 +245,12 @@ class StoreStream:
         if self._discarding:
             self._discard()
             return
-        while self._read_one() and self._current is not None:
-            pass
+        while self._read_one():
+            # dicom.idle_timeout_seconds counts from the last PDU: pynetdicom restarts its idle timer only
+            # when this call returns, which for a whole data set (read here PDU after PDU) can be minutes.
+            self._dul._idle_timer.restart()
+            if self._current is None:
+                break
 
     def _peer(self) -> str:
         requestor = getattr(self._assoc, "requestor", None)
@@ -632,6 +636,7 @@ def _internals_as_expected(assoc: Any) -> bool:
         and callable(getattr(dul, "send_pdu", None))
         and isinstance(getattr(assoc, "_accepted_cx", None), dict)
         and isinstance(getattr(dul, "to_user_queue", None), queue.Queue)
+        and callable(getattr(getattr(dul, "_idle_timer", None), "restart", None))
         and isinstance(getattr(getattr(assoc, "dimse", None), "msg_queue", None), queue.Queue)
         and callable(getattr(sock, "recv_into", None))
     )

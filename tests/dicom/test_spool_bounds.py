@@ -168,3 +168,20 @@ def test_pynetdicoms_own_receive_path_keeps_the_instance_limit_and_the_reserve(
     with pynetdicoms_own_receive(), bounded_scp(tmp_path / "full", min_free_bytes=reserve) as scp:
         assert store(scp.port, ct(corpus, MIB)) == 0xA700
         assert scp.instances() == [] and spooled(scp.archive / ".incoming") == []
+
+
+def test_a_data_set_arriving_for_longer_than_the_idle_timeout_is_stored(tmp_path: Path, corpus: Path) -> None:
+    """PDUs keep coming: the association is not idle. pynetdicom restarted its idle timer only between whole
+    data sets, so the association was aborted mid-data-set (after the instance was stored, before its answer)."""
+    ds = ct(corpus, 6 * MIB)
+    data = _sent_dataset(ds, tmp_path)
+    with running_scp(tmp_path / "rb", dicom={"port": 0, "ae_title": "RADBRIDGE", "idle_timeout_seconds": 1}) as scp:
+        assoc = associate(scp.port)
+        send_part(assoc, ds.SOPInstanceUID, data[:MIB])
+        for start in range(MIB, len(data), MIB):
+            time.sleep(0.4)  # 3 s in all, a PDU every 0.4 s
+            send_part(assoc, "", data[start : start + MIB], last=start + MIB >= len(data))
+        assert wait_for(lambda: ds.SOPInstanceUID in {r.sop_instance_uid for r in scp.instances()})
+        time.sleep(0.5)
+        assert assoc.is_established and not assoc.is_aborted
+        assoc.release()
