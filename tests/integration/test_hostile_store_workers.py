@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -106,3 +107,41 @@ def test_with_receive_workers_one_hosts_spool_share_holds_across_the_workers(
     assert _wait(lambda: not endless.is_established) and endless.is_aborted
     assert _wait(lambda: list(incoming.glob("rx-*")) == [])
     assert "passed 8388608 bytes (dicom.max_instance_bytes)" in engine_process.log()
+
+
+def test_with_receive_workers_idle_associations_give_their_slots_back_after_the_idle_timeout(
+        engine_process: EngineProcess) -> None:
+    """Both slots held by idle associations (one on each worker): a modality is rejected, then served once the
+    idle timeout ended them; the engine log says so once per association."""
+    from tests.dicom.test_connection_limits import _idle_association
+
+    port = _start(engine_process, "  max_associations: 2\n  idle_timeout_seconds: 2\n")
+    idle = [_idle_association(port, host) for host in ("127.0.0.2", "127.0.0.3")]
+    good = _associate_verification(port)
+    assert good.is_rejected
+    assert _wait(lambda: all(not a.is_established for a in idle)) and all(a.is_aborted for a in idle)
+    served, deadline = False, time.monotonic() + 15
+    while not served and time.monotonic() < deadline:
+        served = _echo_served(port)
+        time.sleep(0.1)
+    assert served
+    log = engine_process.log()
+    for host in ("127.0.0.2", "127.0.0.3"):
+        assert log.count(f"DICOM association with {host}:") == 1, log
+    assert "Network timeout reached" not in log
+
+
+def _associate_verification(port: int) -> Any:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    return ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+
+
+def _echo_served(port: int) -> bool:
+    assoc = _associate_verification(port)
+    if not assoc.is_established:
+        return False
+    assoc.release()
+    return True
