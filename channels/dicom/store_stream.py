@@ -29,6 +29,15 @@ itself. :class:`StoreStream` replaces the DUL's PDU reader on one association:
   own thread, which then has next to nothing to do, turns every 5 ms instead of every
   millisecond (:class:`_AssociationClock`).
 
+The spool is bounded (:mod:`engine.archive.spool_budget`): a data set past
+``dicom.max_instance_bytes`` aborts the association; its bytes are taken from the calling host's
+``dicom.max_spool_bytes_per_host`` share in :data:`RESERVE_STEP_BYTES` steps, and under
+``archive.min_free_bytes`` free (looked at when the command arrives and every
+:data:`FREE_CHECK_BYTES`) the store is refused: its spool removed, the rest of its data set read and
+dropped, 0xA700 answered once it ends. The DUL's idle timer (``dicom.idle_timeout_seconds``) is
+restarted after each PDU read here: pynetdicom restarts it only when this reader returns, which
+for a whole data set can be minutes.
+
 Write errors on the spool (disk full) are recorded, never raised
 (:class:`~channels.dicom.spool.SpoolFile`), and answered 0xA700. A PDV that
 overruns its PDU, or a command arriving before the previous data set ended,

@@ -419,7 +419,10 @@ class DicomConfig(_Model):
     port: int = Field(11112, ge=0, le=65535)
     accepted_calling_ae_titles: list[str] = Field(default_factory=list, description="empty: any")
     tls: TLSConfig | None = None
-    max_associations: int = Field(20, ge=1)
+    max_associations: int = Field(
+        50, ge=1, description="associations (and connections still negotiating) served at once; 50 lets ten hosts"
+        " each hold max_associations_per_host and still leaves room"
+    )
     max_associations_per_host: int = Field(
         5, ge=1, description="open connections one calling host may hold; behind a load balancer or NAT raise it"
     )
@@ -427,7 +430,8 @@ class DicomConfig(_Model):
         10.0, gt=0, le=300, description="ARTIM (PS3.8 9.1.5): time to complete an A-ASSOCIATE-RQ or to close"
     )
     idle_timeout_seconds: float = Field(
-        60.0, gt=0, description="an association idle this long is aborted; a PDU stalled this long ends it"
+        60.0, gt=0, description="an association without a PDU for this long is aborted (its slot given back);"
+        " a PDU stalled this long ends it"
     )
     receive_processes: int = Field(
         2, ge=0, le=32, description="worker processes that run the associations (C-STORE receive, C-ECHO,"

@@ -231,3 +231,10 @@ def test_the_default_instance_limit_takes_a_one_gigabyte_multiframe():
     dicom = DicomConfig()
     assert dicom.max_instance_bytes >= 1 << 30 and dicom.max_spool_bytes_per_host >= dicom.max_instance_bytes
     assert ArchiveConfig().min_free_bytes == 1 << 30
+
+
+def test_by_default_ten_hosts_at_their_per_host_limit_do_not_take_every_association_slot():
+    from engine.config.models import DicomConfig
+
+    dicom = DicomConfig()
+    assert dicom.max_associations >= 10 * dicom.max_associations_per_host
