@@ -17,7 +17,10 @@ TLS handshake in the connection's own thread under the ARTIM timeout, gives the
 socket a stall timeout (``idle_timeout_seconds`` per ``recv``/``send``), and hands
 it to pynetdicom. :class:`ConnectionGuard` then watches every connection until its
 peer is gone: it cuts (``shutdown``) a connection that outstays ARTIM in Sta2 or
-Sta13 (:class:`~channels.dicom.admission.ArtimClock`), and when a connection closes
+Sta13 (:class:`~channels.dicom.admission.ArtimClock`), or that is still open
+:data:`IDLE_GRACE_SECONDS` after ``idle_timeout_seconds`` without a complete PDU
+(pynetdicom's own abort then is stuck behind a reader blocked on a PDU that trickles
+in a byte at a time), and when a connection closes
 before its A-ASSOCIATE-RQ it wakes the association thread waiting for that request,
 so the slot is free at once.
 
@@ -25,7 +28,8 @@ so the slot is free at once.
 :mod:`channels.dicom.dul_stream`): ``RequestHandler._create_association``,
 ``assoc.dul.state_machine.current_state``, ``assoc.dul.socket.socket``,
 ``assoc.dul.to_user_queue`` (a ``None`` there is what the acceptor thread's wait
-for the A-ASSOCIATE-RQ returns on timeout), ``AE._servers``.
+for the A-ASSOCIATE-RQ returns on timeout), ``assoc.dul._idle_timer`` (its
+``remaining`` and ``timeout``), ``AE._servers``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between the watchdog's looks at the open connections.
 SWEEP_SECONDS = 0.2
+#: An association still open this long after its idle timer expired (pynetdicom aborts it at once unless its
+#: reader is blocked on a PDU that trickles in) is cut by the watchdog.
+IDLE_GRACE_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,13 @@ class _Connection:
 
 def _state(assoc: Any) -> str:
     return str(assoc.dul.state_machine.current_state)
+
+
+def _idle_for(assoc: Any) -> float:
+    """Seconds since the association's idle timer (``dicom.idle_timeout_seconds``, no PDU) expired; <= 0 if not."""
+    timer: Any = getattr(assoc.dul, "_idle_timer", None)
+    remaining = getattr(timer, "remaining", None)
+    return -float(remaining) if isinstance(remaining, int | float) and getattr(timer, "timeout", None) else 0.0
 
 
 def _raw_socket(assoc: Any) -> socket.socket | None:
@@ -148,7 +162,8 @@ class ConnectionGuard:
             self.slots.give_back(conn.host)
 
     def sweep(self) -> None:
-        """One look at every connection: cut those past ARTIM, release those whose thread ended."""
+        """One look at every connection: cut those past ARTIM or idle past the grace, release those whose
+        thread ended."""
         now = self._clock()
         with self._lock:
             conns = list(self._open.values())
@@ -157,6 +172,11 @@ class ConnectionGuard:
                 self._release(conn.assoc)
             elif conn.artim.expired(_state(conn.assoc), now):
                 log.info("DICOM connection from %s closed: ARTIM expired in %s", conn.host, conn.artim.state)
+                cut(_raw_socket(conn.assoc))
+            elif _idle_for(conn.assoc) > IDLE_GRACE_SECONDS:
+                # pynetdicom's abort at dicom.idle_timeout_seconds (logged then) did not end it: its reader
+                # is blocked on a PDU that never completes (a peer sending a byte now and then).
+                log.debug("DICOM connection from %s cut: idle past dicom.idle_timeout_seconds", conn.host)
                 cut(_raw_socket(conn.assoc))
 
     def _watch(self) -> None:

@@ -4,6 +4,10 @@
   or a connection the listener cuts (:mod:`channels.dicom.listener`), makes
   pynetdicom's DUL log an ERROR and then the ``OSError`` with its traceback. Neither is
   an error of this engine: the first becomes one INFO line, the traceback is dropped.
+* :class:`IdleTimeoutFilter`: pynetdicom's association thread logs "Network timeout reached"
+  at ERROR, without the peer, when ``dicom.idle_timeout_seconds`` pass without a PDU and it
+  aborts the association. That is the listener's own limit working, not an error: it becomes
+  one INFO line naming the peer and the setting (once per association; never per PDU).
 * :class:`ValueRedactFilter`: pydicom reports a value it cannot read for its VR with
   the value quoted ("Invalid value for VR DA: '19700101x'"), at WARNING; in a query or
   an MPPS request that value is a patient's birth date or name. The quoted value is
@@ -17,9 +21,19 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import warnings
+from typing import Any
 
-__all__ = ["DUL_LOGGER", "PYDICOM_LOGGER", "PeerGoneFilter", "ValueRedactFilter", "install_log_filters"]
+__all__ = [
+    "ASSOCIATION_LOGGER",
+    "DUL_LOGGER",
+    "PYDICOM_LOGGER",
+    "IdleTimeoutFilter",
+    "PeerGoneFilter",
+    "ValueRedactFilter",
+    "install_log_filters",
+]
 
 #: The logger pynetdicom's upper layer (the reactor that reads PDUs) writes to.
 DUL_LOGGER = "pynetdicom.dul"
@@ -48,6 +62,31 @@ class PeerGoneFilter(logging.Filter):
         return True
 
 
+#: The logger of pynetdicom's association thread (``Association._run_reactor``).
+ASSOCIATION_LOGGER = "pynetdicom.association"
+_NETWORK_TIMEOUT = "Network timeout reached"
+
+
+class IdleTimeoutFilter(logging.Filter):
+    """Turns pynetdicom's "Network timeout reached" into one INFO line naming the peer (a logger filter).
+
+    The record is written by the association's own thread (a ``threading.Thread``): the peer and
+    the timeout are read from it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != _NETWORK_TIMEOUT:
+            return True
+        assoc: Any = threading.current_thread()
+        peer = getattr(assoc, "requestor" if getattr(assoc, "is_acceptor", False) else "acceptor", None)
+        address = f"{getattr(peer, 'address', '?')}:{getattr(peer, 'port', '?')}"
+        title = str(getattr(peer, "ae_title", "") or "").strip()
+        record.msg = "DICOM association with %s (%s): no PDU for %s s (dicom.idle_timeout_seconds); aborted"
+        record.args = (address, title or "?", getattr(assoc, "network_timeout", "?"))
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
 #: pydicom's logger (``pydicom.misc.warn_and_log``).
 PYDICOM_LOGGER = "pydicom"
 #: pydicom 3.0's messages that quote a value it could not read, and the quoted part.
@@ -67,12 +106,13 @@ class ValueRedactFilter(logging.Filter):
 
 
 _PEER_GONE_FILTER = PeerGoneFilter()
+_IDLE_TIMEOUT = IdleTimeoutFilter()
 _REDACT = ValueRedactFilter()
 
 
 def install_log_filters() -> None:
-    """Attach both filters (idempotent) and silence pydicom's value-quoting ``UserWarning``s."""
-    for name, flt in ((DUL_LOGGER, _PEER_GONE_FILTER), (PYDICOM_LOGGER, _REDACT)):
+    """Attach the filters (idempotent) and silence pydicom's value-quoting ``UserWarning``s."""
+    for name, flt in ((DUL_LOGGER, _PEER_GONE_FILTER), (ASSOCIATION_LOGGER, _IDLE_TIMEOUT), (PYDICOM_LOGGER, _REDACT)):
         logger = logging.getLogger(name)
         if flt not in logger.filters:
             logger.addFilter(flt)

@@ -15,7 +15,11 @@ Messages on each pair, one datagram each:
 * engine -> worker: ``{"host", "address", "over"}`` (JSON) with the connection's descriptor;
   ``over``: the connection is over ``max_associations`` in all, the worker answers A-ASSOCIATE-RJ.
   End of stream: stop (finish nothing new, cut the connections, close the store, exit).
+* engine -> worker: ``granted <id> <host> <bytes> 1|0``, the answer to a spool grant request.
 * worker -> engine: ``ready``; ``closed <host>`` (a connection is gone: the host's slot is free);
+  ``grant <id> <host> <bytes>`` (spool bytes for a C-STORE being received, from the host's
+  ``dicom.max_spool_bytes_per_host``, answered ``granted``) and ``return <host> <bytes>``
+  (:mod:`channels.dicom.spool_grants`);
   ``notify <kinds>`` (``Q``: rows were queued for forwarding, wake the outbox worker; ``K``: the
   worker committed, wake the commit listeners such as the FHIR projector).
 
@@ -42,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.archive.spool_budget import HostBytes
 from engine.config.models import EngineConfig
 from engine.errors import ConfigError
 
@@ -69,6 +74,7 @@ class WorkerHandle:
     proc: subprocess.Popen[bytes]
     link: socket.socket
     held: Counter[str] = field(default_factory=Counter)  # open connections per calling host
+    granted: Counter[str] = field(default_factory=Counter)  # spool bytes granted per calling host
     ready: threading.Event = field(default_factory=threading.Event)
     reader: threading.Thread | None = None
 
@@ -99,6 +105,7 @@ class ReceivePool:
         self._port = 0
         self._stopping = threading.Event()
         self._failures = [0] * count
+        self.spool_bytes = HostBytes(config.dicom.max_spool_bytes_per_host)  # every worker's grants
         self.restarts = 0  # workers started again after one ended (status, tests)
 
     def start(self, port: int, slots: HostSlots) -> None:
@@ -225,11 +232,34 @@ class ReceivePool:
                 else:
                     return
             self._give_back(rest)
+        elif kind in ("grant", "return"):
+            self._spool_grant(handle, kind, rest)
         elif kind == "notify":
             if "Q" in rest:
                 self._on_queued()
             if "K" in rest:
                 self._on_committed()
+
+    def _spool_grant(self, handle: WorkerHandle, kind: str, rest: str) -> None:
+        """A worker asks for spool bytes of a host (answered at once), or gives some back."""
+        if kind == "return":
+            host, count = rest.split()
+            with self._lock:
+                back = min(int(count), handle.granted[host])
+                handle.granted[host] -= back
+                if not handle.granted[host]:
+                    del handle.granted[host]
+            self.spool_bytes.release(host, back)
+            return
+        ident, host, count = rest.split()
+        ok = self.spool_bytes.reserve(host, int(count))
+        with self._lock:
+            if ok:
+                handle.granted[host] += int(count)
+            try:
+                handle.link.send(f"granted {ident} {host} {count} {int(ok)}".encode())
+            except OSError:  # the worker is gone: _ended gives its grants back
+                log.debug("grant answer to receive worker %d failed", handle.index, exc_info=True)
 
     def _ended(self, handle: WorkerHandle) -> None:
         """A worker's link closed: free its connections' slots; start a new worker unless stopping."""
@@ -237,6 +267,9 @@ class ReceivePool:
             handle.proc.wait(timeout=STOP_SECONDS)
         with self._lock:
             lost, handle.held = handle.held, Counter()
+            granted, handle.granted = handle.granted, Counter()
+        for host, count in granted.items():
+            self.spool_bytes.release(host, count)
         for host, count in lost.items():
             for _ in range(count):
                 self._give_back(host)

@@ -29,6 +29,7 @@ from engine.store.database import Database
 
 from .admission import HostSlots
 from .server import HandedOffServer, serve_handed_off
+from .spool_grants import GrantedBytes
 
 __all__ = ["EngineLink", "ReportedSlots", "main"]
 
@@ -84,19 +85,25 @@ class EngineLink:
 
 
 class ReportedSlots(HostSlots):
-    """Slots counted here for the guard's bookkeeping; each one given back is reported to the engine."""
+    """Slots counted here for the guard's bookkeeping; each one given back is reported to the engine.
 
-    def __init__(self, link: EngineLink) -> None:
+    When a host's last connection here is gone, its unused spool grant goes back too.
+    """
+
+    def __init__(self, link: EngineLink, grants: GrantedBytes) -> None:
         super().__init__(_UNLIMITED)
         self._link = link
+        self._grants = grants
 
     def give_back(self, host: str) -> None:
         super().give_back(host)
         self._link.send(f"closed {host}")
+        if not self.held(host):
+            self._grants.forget(host)
 
 
-def _serve(link: EngineLink, served: HandedOffServer) -> None:
-    """Take connections until the engine closes its end of the link."""
+def _serve(link: EngineLink, served: HandedOffServer, grants: GrantedBytes) -> None:
+    """Take connections (and answers to spool grant requests) until the engine closes its end of the link."""
     while True:
         try:
             data, fds, _flags, _addr = socket.recv_fds(link.sock, 4096, 4)
@@ -106,9 +113,11 @@ def _serve(link: EngineLink, served: HandedOffServer) -> None:
             for fd in fds:
                 os.close(fd)
             return
-        if len(fds) != 1:  # not a hand-off: nothing to serve
+        if len(fds) != 1:  # not a hand-off: an answer to a grant request, or nothing
             for fd in fds:
                 os.close(fd)
+            if data.startswith(b"granted "):
+                grants.answer(data.decode())
             continue
         request = json.loads(data)
         sock = socket.socket(fileno=fds[0])
@@ -129,12 +138,13 @@ def run(fd: int) -> int:
                   config.database.sqlite_page_size, checkpoint=False, write_lock=True,
                   application_name=f"radbridge receive worker {index}",
                   answer_timeout=config.database.answer_timeout_seconds)
-    served = serve_handed_off(config, db, link.queued, ReportedSlots(link), port)
+    grants = GrantedBytes(link.send)
+    served = serve_handed_off(config, db, link.queued, ReportedSlots(link, grants), port, grants)
     db.writer.add_commit_listener(link.committed)
     log.debug("receive worker %d ready (pid %d)", index, os.getpid())
     link.send("ready")
     try:
-        _serve(link, served)
+        _serve(link, served, grants)
     finally:
         served.stop()
         db.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 from pynetdicom import AE, _config, evt
 
+from engine.archive.spool_budget import HostBytes, SpoolBounds, SpoolBudget
 from engine.config.models import DicomConfig, EngineConfig, TLSConfig
 from engine.store.database import Database
 
@@ -42,6 +43,7 @@ __all__ = [
     "HandedOffServer",
     "configure_pynetdicom_logging",
     "serve_handed_off",
+    "spool_bounds",
     "start_dicom_listener",
     "start_dicom_server",
     "tls_context",
@@ -134,7 +136,8 @@ def cache_uid_validation() -> None:
         _config.VALIDATORS["UI"] = cached
 
 
-def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageService | None) -> list[Any]:
+def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageService | None,
+              bounds: SpoolBounds) -> list[Any]:
     def on_find(event: Any) -> Any:
         refused = identifier_refusal(event.request.Identifier, event.context.transfer_syntax)
         if refused is not None:
@@ -166,7 +169,7 @@ def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageServ
     def on_open(event: Any) -> None:
         tune_association(event.assoc)
         if storage is not None:  # C-STORE data sets straight into the archive's spool
-            install_store_stream(event.assoc, storage.store, storage.primary.incoming, storage_classes)
+            install_store_stream(event.assoc, storage.store, storage.primary.incoming, storage_classes, bounds)
             serve_invalid_stores(event.assoc)  # and those pynetdicom decodes answered even without their UIDs
 
     return [(evt.EVT_C_FIND, on_find), (evt.EVT_N_CREATE, on_create), (evt.EVT_N_SET, on_set),
@@ -194,18 +197,25 @@ def _application_entity(services: DicomConfig) -> Any:
     return ae
 
 
+def spool_bounds(config: EngineConfig, budget: SpoolBudget | None = None) -> SpoolBounds:
+    """The C-STORE receive's bounds; ``budget``: the per-host ledger (default: this process's own)."""
+    ledger = budget if budget is not None else HostBytes(config.dicom.max_spool_bytes_per_host)
+    return SpoolBounds(config.dicom.max_instance_bytes, config.archive.min_free_bytes, ledger)
+
+
 def _services(config: EngineConfig, db: Database, on_queued: Callable[[], None] | None,
-              prepare: bool) -> tuple[Any, list[Any]]:
+              prepare: bool, budget: SpoolBudget | None = None) -> tuple[Any, list[Any]]:
     """The AE with every supported context and its event handlers (worklist, MPPS, C-STORE if on).
 
     ``prepare``: empty the archive's spool first (only the process that owns the archive at start:
-    a worker started later would remove what the others are receiving).
+    a worker started later would remove what the others are receiving). ``budget``: the per-host
+    spool ledger (a receive worker's grants from the engine process; default: this process's own).
     """
     ae = _application_entity(config.dicom)
     worklist = WorklistService.from_config(db, config.worklist, config.dicom.ae_title)
     mpps = MppsService(db, mpps_policy(config.mpps))
     storage = start_storage(ae, config, db, on_queued, prepare) if config.archive.enabled else None
-    handlers = _handlers(worklist, mpps, storage)
+    handlers = _handlers(worklist, mpps, storage, spool_bounds(config, budget))
     if storage is not None:  # C-STORE: every storage SOP class (channels.dicom.storage)
         handlers.append((evt.EVT_C_STORE, storage.on_store))
     return ae, handlers
@@ -303,7 +313,7 @@ def _unbound(ae: Any, config: DicomConfig, handlers: list[Any], guard: Connectio
 
 
 def serve_handed_off(config: EngineConfig, db: Database, on_queued: Callable[[], None] | None,
-                     slots: HostSlots, port: int) -> HandedOffServer:
+                     slots: HostSlots, port: int, budget: SpoolBudget) -> HandedOffServer:
     """The AE of a receive worker: every service, on connections handed over by the engine process.
 
     A connection flagged over the total limit goes to an AE that rejects every association
@@ -315,7 +325,7 @@ def serve_handed_off(config: EngineConfig, db: Database, on_queued: Callable[[],
     install_log_filters()
     services = config.dicom
     guard = _guard(services, slots)
-    ae, handlers = _services(config, db, on_queued, prepare=False)
+    ae, handlers = _services(config, db, on_queued, prepare=False, budget=budget)
     refusing = _application_entity(services)
     refusing._maximum_associations = 0
     served = HandedOffServer(_unbound(ae, services, handlers, guard, port),

@@ -28,7 +28,9 @@ on the file (``write``, ``file.flush``, ``close``, ``name``), checked against py
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import os
 import tempfile
 import threading
@@ -39,6 +41,7 @@ import pynetdicom
 from pynetdicom import _config, dimse_messages
 
 from engine.archive.part10 import encode_file_meta
+from engine.archive.spool_budget import below_reserve
 from engine.libc import libc_function
 
 __all__ = ["TESTED_VERSIONS", "SpoolFile", "enable_streamed_receive", "spool_failure"]
@@ -53,13 +56,18 @@ _lock = threading.Lock()
 
 
 class SpoolFile:
-    """A write-only temporary file (``delete=False``) whose write errors are recorded, not raised."""
+    """A write-only temporary file (``delete=False``) whose write errors are recorded, not raised.
 
-    def __init__(self, directory: Path) -> None:
+    ``max_bytes``: a write that would make the file longer fails (EFBIG, recorded like any other).
+    """
+
+    def __init__(self, directory: Path, max_bytes: int | None = None) -> None:
         fd, name = tempfile.mkstemp(suffix=".dcm", prefix="rx-", dir=directory)
         self.name = name
         self._out = os.fdopen(fd, "wb")
         self.error: OSError | None = None
+        self._max_bytes = max_bytes
+        self._written = 0
 
     @property
     def file(self) -> SpoolFile:
@@ -69,6 +77,12 @@ class SpoolFile:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write ``data``; after a failure, drop it (the dataset is lost anyway)."""
         if self.error is None:
+            self._written += len(data)
+            if self._max_bytes is not None and self._written > self._max_bytes:
+                self._fail(OSError(errno.EFBIG, "the data set is longer than dicom.max_instance_bytes"))
+                with contextlib.suppress(OSError):  # nothing of it is kept: the disk is given back at once
+                    self._out.truncate(0)
+                return len(data)
             try:
                 self._out.write(data)
             except OSError as exc:
@@ -113,12 +127,14 @@ def spool_failure(path: Path) -> OSError | None:
         return _failures.pop(str(path), None)
 
 
-def _factory(directory: Path) -> Any:
+def _factory(directory: Path, max_bytes: int | None, min_free_bytes: int) -> Any:
     def make(*args: Any, **kwargs: Any) -> SpoolFile:  # pynetdicom passes delete=False, mode="wb"
         # The setting is process-wide: another pynetdicom SCP in this process (a test's peer) may
         # receive after this location was removed; it then spools to the system's directory.
-        spool = SpoolFile(directory if directory.is_dir() else Path(tempfile.gettempdir()))
+        spool = SpoolFile(directory if directory.is_dir() else Path(tempfile.gettempdir()), max_bytes)
         spool.flush()  # nothing yet; a spool that cannot even be created raises here, as before
+        if below_reserve(directory, min_free_bytes):  # written to nothing: answered 0xA700
+            spool._fail(OSError(errno.ENOSPC, "the spool's file system is under archive.min_free_bytes free"))
         return spool
 
     return make
@@ -137,8 +153,13 @@ def _write_file_meta(fp: Any, file_meta: Any, enforce_standard: bool = True) -> 
     fp.write(meta[_PREAMBLE_BYTES:])
 
 
-def enable_streamed_receive(spool_dir: Path) -> bool:
+def enable_streamed_receive(spool_dir: Path, max_bytes: int | None = None, min_free_bytes: int = 0) -> bool:
     """Stream every received C-STORE dataset into a :class:`SpoolFile` in ``spool_dir`` (process-wide).
+
+    ``max_bytes`` (``dicom.max_instance_bytes``) and ``min_free_bytes`` (``archive.min_free_bytes``)
+    bound this path as :mod:`channels.dicom.store_stream` bounds its own: a longer data set, or one
+    that starts with the file system under the reserve, is written to nothing and answered 0xA700
+    (pynetdicom still reads it to its end; the per-host share is the streamed receive's only).
 
     False when pynetdicom is not a tested version: datasets are still streamed to a file,
     in the system's temporary directory, and a full disk there ends the association.
@@ -148,6 +169,6 @@ def enable_streamed_receive(spool_dir: Path) -> bool:
             hasattr(dimse_messages, name) for name in ("NamedTemporaryFile", "write_file_meta_info")):
         return False
     module: Any = dimse_messages
-    module.NamedTemporaryFile = _factory(spool_dir)
+    module.NamedTemporaryFile = _factory(spool_dir, max_bytes, min_free_bytes)
     module.write_file_meta_info = _write_file_meta
     return True

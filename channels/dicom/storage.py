@@ -2,7 +2,8 @@
 
 pynetdicom receives each dataset straight into a spool file in the primary
 location's ``.incoming`` directory (``_config.STORE_RECV_CHUNKED_DATASET``), so
-an instance of any size is streamed to disk, never held in memory. For each
+an instance of any size (up to ``dicom.max_instance_bytes``, within the spool bounds of
+:mod:`channels.dicom.store_stream`) is streamed to disk, never held in memory. For each
 request :meth:`StorageService.store`:
 
 1. checks the received bytes: a well-formed encoding (:mod:`engine.archive.structure`),
@@ -461,6 +462,6 @@ def start_storage(ae: Any, config: EngineConfig, db: Database,
     service = StorageService.from_config(db, config, on_queued)
     if prepare:
         service.prepare()
-    enable_streamed_receive(service.primary.incoming)
+    enable_streamed_receive(service.primary.incoming, config.dicom.max_instance_bytes, config.archive.min_free_bytes)
     add_storage_contexts(ae)
     return service

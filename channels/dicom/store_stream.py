@@ -29,6 +29,15 @@ itself. :class:`StoreStream` replaces the DUL's PDU reader on one association:
   own thread, which then has next to nothing to do, turns every 5 ms instead of every
   millisecond (:class:`_AssociationClock`).
 
+The spool is bounded (:mod:`engine.archive.spool_budget`): a data set past
+``dicom.max_instance_bytes`` aborts the association; its bytes are taken from the calling host's
+``dicom.max_spool_bytes_per_host`` share in :data:`RESERVE_STEP_BYTES` steps, and under
+``archive.min_free_bytes`` free (looked at when the command arrives and every
+:data:`FREE_CHECK_BYTES`) the store is refused: its spool removed, the rest of its data set read and
+dropped, 0xA700 answered once it ends. The DUL's idle timer (``dicom.idle_timeout_seconds``) is
+restarted after each PDU read here: pynetdicom restarts it only when this reader returns, which
+for a whole data set can be minutes.
+
 Write errors on the spool (disk full) are recorded, never raised
 (:class:`~channels.dicom.spool.SpoolFile`), and answered 0xA700. A PDV that
 overruns its PDU, or a command arriving before the previous data set ended,
@@ -43,7 +52,7 @@ spool file behind.
 **pynetdicom internals** (checked by :func:`install_store_stream` against
 :data:`~channels.dicom.dul_stream.TESTED_VERSIONS`): the DUL's ``_read_pdu_data``
 (replaced on the instance), ``_decode_pdu``, ``_recv_pdu``, ``event_queue``,
-``state_machine.current_state``, ``send_pdu``, ``socket.socket``; the
+``state_machine.current_state``, ``send_pdu``, ``socket.socket``, ``_idle_timer``; the
 association's ``_accepted_cx`` and ``dimse.maximum_pdu_size``; the association module's
 ``time.sleep`` in the association thread's reactor; the ``put`` of the association's
 ``dimse.msg_queue`` and the DUL's ``to_user_queue`` (wrapped on the instances, to wake that thread). Not installed while
@@ -73,13 +82,15 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from engine.archive.flush import IN_FLIGHT
 from engine.archive.part10 import encode_file_meta
+from engine.archive.spool_budget import SpoolBounds, below_reserve
 from engine.errors import MalformedDataset
 
+from .admission import RefusalReport
 from .dimse_command import StoreCommand, read_command, store_response, unanswerable_store
 from .dul_stream import TESTED_VERSIONS
 from .pdv import PdvSplitter, Piece
 from .spool import SpoolFile, spool_failure
-from .storage import PROCESSING_FAILURE, StoreRequest, StreamedFile
+from .storage import OUT_OF_RESOURCES, PROCESSING_FAILURE, StoreRequest, StreamedFile
 
 __all__ = ["BUFFER_BYTES", "PROCESSING_FAILURE", "StoreStream", "install_store_stream"]
 
@@ -116,21 +127,36 @@ MAX_PRESENTATION_CONTEXTS = 128
 _RQ_FIXED = 68
 _PDU_TYPES = range(0x01, 0x08)
 _COMMAND_LAST, _COMMAND_MORE = 0x03, 0x01
+#: Spool bytes are taken from the calling host's share (dicom.max_spool_bytes_per_host) this many at a time.
+RESERVE_STEP_BYTES = 4 << 20
+#: A data set being received looks at the spool's free space (archive.min_free_bytes) every this many bytes.
+FREE_CHECK_BYTES = 64 << 20
+
+#: Stores refused for want of spool (the host's share, the free-space reserve): logged once per host a minute.
+_SHORT_OF_SPOOL = RefusalReport()
+
+
+class _Oversize(Exception):
+    """A data set grew past ``dicom.max_instance_bytes``."""
 
 
 class _Receiving:
-    """One C-STORE whose data set is arriving: the spool, and the size of what it holds."""
+    """One C-STORE whose data set is arriving: the spool (None once refused: the rest is read and dropped),
+    the size of what arrived, and the spool bytes taken from the calling host's share."""
 
-    def __init__(self, command: StoreCommand, context: Any, spool: SpoolFile) -> None:
+    def __init__(self, command: StoreCommand, context: Any, spool: SpoolFile | None) -> None:
         self.command = command
         self.context = context
         self.spool = spool
         self.size = 0
+        self.reserved = 0
+        self.refused = OUT_OF_RESOURCES
+        self.next_free_check = FREE_CHECK_BYTES
         self._unsynced = 0
 
     def add(self, data: memoryview) -> None:
+        assert self.spool is not None
         self.spool.write(data)
-        self.size += len(data)
         self._unsynced += len(data)
         if self._unsynced >= WRITEBACK_BYTES:
             self._unsynced = 0
@@ -145,8 +171,10 @@ class StoreStream:
     """The PDU reader of one association (see the module docstring)."""
 
     def __init__(self, assoc: Any, run: StoreRunner, spool_dir: Path,
-                 storage_classes: frozenset[str]) -> None:
+                 storage_classes: frozenset[str], bounds: SpoolBounds) -> None:
         self._assoc = assoc
+        self._bounds = bounds
+        self._host = str(getattr(getattr(assoc, "requestor", None), "address", "") or "")
         self._dul = assoc.dul
         self._sock = assoc.dul.socket.socket
         self._run = run
@@ -226,16 +254,20 @@ class StoreStream:
         if self._discarding:
             self._discard()
             return
-        while self._read_one() and self._current is not None:
-            pass
+        while self._read_one():
+            # dicom.idle_timeout_seconds counts from the last PDU: pynetdicom restarts its idle timer only
+            # when this call returns, which for a whole data set (read here PDU after PDU) can be minutes.
+            self._dul._idle_timer.restart()
+            if self._current is None:
+                break
 
     def _peer(self) -> str:
         requestor = getattr(self._assoc, "requestor", None)
         return f"{getattr(requestor, 'address', '?')}:{getattr(requestor, 'port', '?')}"
 
-    def _protocol_error(self, why: str, *args: object) -> None:
+    def _protocol_error(self, why: str, *args: object, level: int = logging.ERROR) -> None:
         """Abort the association (Evt19: A-ABORT) and drop whatever else arrives on it, logged once."""
-        log.error("DICOM connection from %s: " + why + "; association aborted", self._peer(), *args)
+        log.log(level, "DICOM connection from %s: " + why + "; association aborted", self._peer(), *args)
         self._abandon()
         self._discarding = True
         self._dul.event_queue.put("Evt19")
@@ -330,6 +362,10 @@ class StoreStream:
         except MalformedDataset as exc:
             self._protocol_error("invalid P-DATA-TF PDU: %s", str(exc))  # lengths, context ids, limits: no values
             return False
+        except _Oversize:
+            self._protocol_error("a C-STORE data set passed %d bytes (dicom.max_instance_bytes)",
+                                 self._bounds.max_instance_bytes, level=logging.WARNING)  # fmt: skip
+            return False
         if others:
             primitive = P_DATA()
             primitive.presentation_data_value_list.extend(others)  # as pynetdicom fills it
@@ -364,7 +400,7 @@ class StoreStream:
         if piece.context_id != current.context.context_id:  # PS3.8 9.3.5.1: a message uses one context
             raise MalformedDataset(f"a data set fragment on presentation context {piece.context_id}, "
                                    f"its command's is {current.context.context_id}")
-        current.add(piece.data)
+        self._add(current, piece.data)
         if piece.ends and piece.is_last:
             self._current = None
             self._finish(current)
@@ -377,11 +413,65 @@ class StoreStream:
         if command is None:
             others.append((context_id, bytes([_COMMAND_LAST]) + raw))
             return
-        spool = self._spool()
-        spool.write(encode_file_meta(command.sop_class_uid, command.sop_instance_uid,
-                                     str(context.transfer_syntax[0]), self._calling_ae()))  # fmt: skip
-        self._current = _Receiving(command, context, spool)
-        IN_FLIGHT.started(self._current)  # until answered: the store hands work to other threads only when alone
+        rx = self._current = _Receiving(command, context, None)
+        IN_FLIGHT.started(rx)  # until answered: the store hands work to other threads only when alone
+        if below_reserve(self._spool_dir, self._bounds.min_free_bytes):
+            self._short_of_spool(rx, "the spool's file system has less than archive.min_free_bytes free")
+            return
+        if not self._reserve(rx, min(RESERVE_STEP_BYTES, self._bounds.max_instance_bytes)):
+            return
+        rx.spool = self._spool()
+        rx.spool.write(encode_file_meta(command.sop_class_uid, command.sop_instance_uid,
+                                        str(context.transfer_syntax[0]), self._calling_ae()))  # fmt: skip
+
+    # -- spool bounds (engine.archive.spool_budget) --------------------------------------------------
+
+    def _add(self, rx: _Receiving, data: memoryview) -> None:
+        """Count a data set fragment and spool it, within the instance, host and free-space bounds."""
+        rx.size += len(data)
+        if rx.size > self._bounds.max_instance_bytes:
+            raise _Oversize
+        if rx.spool is None:  # refused: read to its end and dropped, then answered
+            return
+        if rx.size > rx.reserved:  # a step more, never past the largest instance (its size is within it)
+            step = min(rx.size - rx.reserved + RESERVE_STEP_BYTES, self._bounds.max_instance_bytes - rx.reserved)
+            if not self._reserve(rx, step):
+                return
+        if rx.size >= rx.next_free_check:
+            rx.next_free_check = rx.size + FREE_CHECK_BYTES
+            if below_reserve(self._spool_dir, self._bounds.min_free_bytes):
+                self._short_of_spool(rx, "the spool's file system fell under archive.min_free_bytes free")
+                return
+        rx.add(data)
+
+    def _reserve(self, rx: _Receiving, count: int) -> bool:
+        """Take ``count`` more spool bytes from the calling host's share; refuse the store when it has none."""
+        if self._bounds.budget.reserve(self._host, count):
+            rx.reserved += count
+            return True
+        self._short_of_spool(rx, "the calling host has dicom.max_spool_bytes_per_host in flight")
+        return False
+
+    def _short_of_spool(self, rx: _Receiving, why: str) -> None:
+        """Refuse ``rx`` (0xA700 once its data set has arrived): drop its spool, give its bytes back."""
+        count = _SHORT_OF_SPOOL.note(self._host, time.monotonic())
+        if count is not None:
+            log.warning("C-STORE from %s refused, out of resources (%d since the last report): %s",
+                        self._peer(), count, why)  # fmt: skip
+        self._drop_spool(rx)
+
+    def _drop_spool(self, rx: _Receiving) -> None:
+        if rx.spool is not None:
+            rx.spool.close()
+            spool_failure(Path(rx.spool.name))  # a failed write of it is of no interest now
+            Path(rx.spool.name).unlink(missing_ok=True)
+            rx.spool = None
+        self._give_back(rx)
+
+    def _give_back(self, rx: _Receiving) -> None:
+        if rx.reserved:
+            self._bounds.budget.release(self._host, rx.reserved)
+            rx.reserved = 0
 
     def _spool(self) -> SpoolFile:
         try:
@@ -412,6 +502,12 @@ class StoreStream:
 
     def _finish(self, rx: _Receiving) -> None:
         """Store the complete data set and queue the response."""
+        if rx.spool is None:  # refused while it arrived
+            try:
+                self._respond(int(rx.context.context_id), store_response(rx.command, rx.refused))
+            finally:
+                IN_FLIGHT.ended(rx)
+            return
         rx.spool.close()
         path = Path(rx.spool.name)
         request = StoreRequest(
@@ -425,6 +521,7 @@ class StoreStream:
             status = PROCESSING_FAILURE
         finally:
             path.unlink(missing_ok=True)  # linked into the archive, copied to quarantine, or refused
+            self._give_back(rx)
         try:
             self._respond(int(rx.context.context_id), store_response(rx.command, status))
         finally:
@@ -450,9 +547,7 @@ class StoreStream:
         only a process killed mid-data-set leaves one behind, for the sweep)."""
         if self._current is not None:
             IN_FLIGHT.ended(self._current)
-            self._current.spool.close()
-            spool_failure(Path(self._current.spool.name))  # a failed write of it is of no interest now
-            Path(self._current.spool.name).unlink(missing_ok=True)
+            self._drop_spool(self._current)
             self._current = None
         self._command.clear()
         self._other.clear()
@@ -550,19 +645,20 @@ def _internals_as_expected(assoc: Any) -> bool:
         and callable(getattr(dul, "send_pdu", None))
         and isinstance(getattr(assoc, "_accepted_cx", None), dict)
         and isinstance(getattr(dul, "to_user_queue", None), queue.Queue)
+        and callable(getattr(getattr(dul, "_idle_timer", None), "restart", None))
         and isinstance(getattr(getattr(assoc, "dimse", None), "msg_queue", None), queue.Queue)
         and callable(getattr(sock, "recv_into", None))
     )
 
 
 def install_store_stream(assoc: Any, run: StoreRunner, spool_dir: Path,
-                         storage_classes: frozenset[str]) -> StoreStream | None:
+                         storage_classes: frozenset[str], bounds: SpoolBounds) -> StoreStream | None:
     """Put a :class:`StoreStream` in ``assoc``'s DUL, or None where pynetdicom's own path must stay."""
     if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         return None
     if any(assoc.get_handlers(event) for event in _SKIPPED_EVENTS) or not _internals_as_expected(assoc):
         return None
-    stream = StoreStream(assoc, run, spool_dir, storage_classes)
+    stream = StoreStream(assoc, run, spool_dir, storage_classes, bounds)
     assoc.dul._read_pdu_data = stream.read_pdu
     assoc.dul._is_transport_event = stream.transport_event
     if _install_clock():

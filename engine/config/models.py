@@ -424,7 +424,10 @@ class DicomConfig(_Model):
     port: int = Field(11112, ge=0, le=65535)
     accepted_calling_ae_titles: list[str] = Field(default_factory=list, description="empty: any")
     tls: TLSConfig | None = None
-    max_associations: int = Field(20, ge=1)
+    max_associations: int = Field(
+        50, ge=1, description="associations (and connections still negotiating) served at once; 50 lets ten hosts"
+        " each hold max_associations_per_host and still leaves room"
+    )
     max_associations_per_host: int = Field(
         5, ge=1, description="open connections one calling host may hold; behind a load balancer or NAT raise it"
     )
@@ -432,12 +435,29 @@ class DicomConfig(_Model):
         10.0, gt=0, le=300, description="ARTIM (PS3.8 9.1.5): time to complete an A-ASSOCIATE-RQ or to close"
     )
     idle_timeout_seconds: float = Field(
-        60.0, gt=0, description="an association idle this long is aborted; a PDU stalled this long ends it"
+        60.0, gt=0, description="an association without a PDU for this long is aborted (its slot given back);"
+        " a PDU stalled this long ends it"
     )
     receive_processes: int = Field(
         2, ge=0, le=32, description="worker processes that run the associations (C-STORE receive, C-ECHO,"
         " C-FIND, MPPS) while this process keeps the listening socket and the limits; 0: all in this process"
     )
+    max_instance_bytes: int = Field(
+        4 << 30, ge=1 << 20, description="the largest C-STORE data set received; a longer one is aborted"
+        " (A-ABORT) and its spool removed. 4 GiB: a 1 GB multiframe instance fits four times"
+    )
+    max_spool_bytes_per_host: int = Field(
+        8 << 30, ge=1 << 20, description="spool bytes one calling host may have in flight (data sets being"
+        " received) across all its associations and the receive workers; past it its store is answered 0xA700."
+        " At least max_instance_bytes"
+    )
+
+    @model_validator(mode="after")
+    def _spool_bounds_fit(self) -> DicomConfig:
+        if self.max_spool_bytes_per_host < self.max_instance_bytes:
+            raise ValueError(f"max_spool_bytes_per_host ({self.max_spool_bytes_per_host}) must be at least"
+                             f" max_instance_bytes ({self.max_instance_bytes}): no instance that large could arrive")
+        return self
 
 
 class ArchiveS3Config(_Model):
@@ -492,6 +512,11 @@ class ArchiveConfig(_Model):
         " secondary copy is verified; empty: never"
     )
     tier_interval_seconds: float = Field(3600.0, gt=0, description="how often the tiering job runs")
+    min_free_bytes: int = Field(
+        1 << 30, ge=0, description="free space kept on the spool's (archive.primary's) file system: below it a new"
+        " C-STORE is answered 0xA700 before it writes, and one being received is refused at its next 64 MiB;"
+        " 0: off"
+    )
 
     @field_validator("primary", "quarantine", "secondary", "primary_s3", "tier_after_days", mode="before")
     @classmethod

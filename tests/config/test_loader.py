@@ -207,3 +207,34 @@ def test_an_s3_primary_must_be_an_object_store(tmp_path):
         load_config(write(tmp_path, CHANNEL, "archive:\n  primary_s3: /srv/archive\n"), {})
     (problem,) = exc.value.problems
     assert problem.startswith(f"{tmp_path / 'engine.yaml'}:2: archive.primary_s3:") and "s3://bucket" in problem
+
+
+def test_spool_bounds_that_cannot_fit_refuse_to_load(tmp_path):
+    engine = ("dicom: {enabled: false, max_instance_bytes: 8589934592, max_spool_bytes_per_host: 4294967296}\n"
+              "archive: {min_free_bytes: -1}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, CHANNEL, engine), {})
+    found = "\n".join(exc.value.problems)
+    assert "dicom" in found and "max_spool_bytes_per_host (4294967296) must be at least max_instance_bytes" in found
+    assert "archive.min_free_bytes" in found
+
+
+def test_an_instance_limit_under_a_mebibyte_refuses_to_load(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, CHANNEL, "dicom: {enabled: false, max_instance_bytes: 1000}\n"), {})
+    assert "dicom.max_instance_bytes" in "\n".join(exc.value.problems)
+
+
+def test_the_default_instance_limit_takes_a_one_gigabyte_multiframe():
+    from engine.config.models import ArchiveConfig, DicomConfig
+
+    dicom = DicomConfig()
+    assert dicom.max_instance_bytes >= 1 << 30 and dicom.max_spool_bytes_per_host >= dicom.max_instance_bytes
+    assert ArchiveConfig().min_free_bytes == 1 << 30
+
+
+def test_by_default_ten_hosts_at_their_per_host_limit_do_not_take_every_association_slot():
+    from engine.config.models import DicomConfig
+
+    dicom = DicomConfig()
+    assert dicom.max_associations >= 10 * dicom.max_associations_per_host

@@ -8,6 +8,7 @@ seconds while the attackers hold their connections.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import socket
@@ -246,3 +247,55 @@ def test_a_peer_stalling_mid_pdu_after_association_is_disconnected(served: Any) 
         assert not _holding(rb)
     finally:
         sock.close()
+
+
+def _idle_association(port: int, host: str) -> Any:
+    """An established association from ``host`` (pynetdicom, VERIFICATION and CT) that then sends nothing."""
+    ae = AE(ae_title="IDLE")
+    ae.network_timeout = None  # the SCU side never gives up: only the listener ends it
+    ae.add_requested_context(VERIFICATION)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE", bind_address=(host, 0))
+    assert assoc.is_established
+    return assoc
+
+
+@needs_dcmtk
+def test_idle_associations_of_four_hosts_give_their_slots_back_after_the_idle_timeout_with_one_line_each(
+        served: Any, caplog: pytest.LogCaptureFixture) -> None:
+    rb = served(max_associations=4, max_associations_per_host=1, idle_timeout_seconds=2, artim_timeout_seconds=30)
+    caplog.set_level(logging.INFO)
+    idle = [_idle_association(rb.server.port, f"127.0.0.{n}") for n in (2, 3, 4, 5)]
+    started = time.monotonic()
+    assert _echoscu(rb.server.port).returncode != 0  # every slot is held: A-ASSOCIATE-RJ
+    _wait_for(lambda: all(not a.is_established for a in idle), within=2 + GOOD_WITHIN)
+    _wait_for(lambda: not _holding(rb))  # the listener's side of each has ended: its slot is free
+    assert all(a.is_aborted for a in idle) and time.monotonic() - started < 2 + GOOD_WITHIN
+    echo = _echoscu(rb.server.port)
+    assert echo.returncode == 0, echo.stderr
+    lines = [r for r in caplog.records if "idle_timeout_seconds" in r.getMessage()]
+    assert sorted(r.getMessage().split(":")[0] for r in lines) == [
+        f"DICOM association with 127.0.0.{n}" for n in (2, 3, 4, 5)]  # one each, naming the peer
+    assert {r.levelno for r in lines} == {logging.INFO}
+    assert not [r for r in caplog.records if r.getMessage() == "Network timeout reached"]
+
+
+def test_a_pdu_trickling_in_a_byte_at_a_time_is_cut_soon_after_the_idle_timeout(served: Any) -> None:
+    """pynetdicom aborts at the idle timeout, but its reader is blocked on the PDU: the connection stayed
+    open until ARTIM cut it (idle + 30 s here); now the listener cuts it a grace later."""
+    rb = served(idle_timeout_seconds=2, artim_timeout_seconds=30)
+    assoc = _idle_association(rb.server.port, ATTACKER)
+    sock = assoc.dul.socket.socket
+    pdv = struct.pack(">IBB", 994, sorted(assoc._accepted_cx)[0], 0x00) + bytes(992)  # a data set fragment
+    pdu = b"\x04\x00" + struct.pack(">I", len(pdv)) + pdv
+    started = time.monotonic()
+    with contextlib.suppress(OSError):  # cut under us
+        for byte in pdu:
+            if not assoc.is_established or time.monotonic() - started > 60:
+                break
+            sock.send(bytes([byte]))
+            time.sleep(0.5)
+    assert not assoc.is_established
+    assert time.monotonic() - started < 2 + 2 + GOOD_WITHIN
+    _wait_for(lambda: not _holding(rb))
+    assert not _holding(rb)

@@ -63,7 +63,7 @@ def _send_until_full(assoc: Any, corpus: Path, sizes: list[int]) -> None:
 def test_full_location_answers_out_of_resources_and_leaves_nothing(
     tmp_path: Path, corpus: Path, small_disk: Path, sizes: list[int]
 ) -> None:
-    with running_scp(tmp_path / "rb", archive={"primary": str(small_disk)}) as scp:
+    with running_scp(tmp_path / "rb", archive={"primary": str(small_disk), "min_free_bytes": 0}) as scp:
         ae = AE(ae_title="CT1")
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
         assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")
@@ -89,7 +89,8 @@ def test_full_primary_with_a_secondary_owes_no_copy_until_a_store_succeeds(
     from tests.archive.replica_peer import copy_rows, replicate
 
     second = tmp_path / "second"
-    with running_scp(tmp_path / "rb", archive={"primary": str(small_disk), "secondary": str(second)}) as scp:
+    with running_scp(tmp_path / "rb", archive={"primary": str(small_disk), "secondary": str(second),
+                                                        "min_free_bytes": 0}) as scp:
         ae = AE(ae_title="CT1")
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
         assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")

@@ -8,11 +8,14 @@ has the same in one process, ``receive_processes: 0``).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.conftest import EngineProcess
 from tests.dicom.test_hostile_store_peer import CT, MR, _ct
@@ -75,3 +78,70 @@ def test_with_receive_workers_a_stray_fragment_aborts_and_an_abort_mid_data_set_
     assert int(assoc.send_c_store(good).Status) == 0x0000  # type: ignore[attr-defined]
     assoc.release()  # type: ignore[attr-defined]
     assert indexed() == [good.SOPInstanceUID]
+
+
+def test_with_receive_workers_one_hosts_spool_share_holds_across_the_workers(
+        engine_process: EngineProcess, tmp_path: Path, corpus: Path) -> None:
+    """The same host's second association runs on the other worker: its share is still the one share."""
+    from tests.dicom.test_spool_bounds import BOUNDS, MIB, OTHER_HOST, associate, ct, send_part, store
+
+    port = _start(engine_process, "".join(f"  {key}: {value}\n" for key, value in BOUNDS.items()))
+    incoming = engine_process.data_dir / "archive" / ".incoming"
+    held = ct(corpus, 7 * MIB)
+    data = _sent_dataset(held, tmp_path)
+    hog = associate(port, OTHER_HOST)  # on one worker
+    send_part(hog, held.SOPInstanceUID, data[: 6 * MIB])
+    assert _wait(lambda: sum(p.stat().st_size for p in incoming.glob("rx-*")) >= 6 * MIB)
+    assert store(port, ct(corpus, 6 * MIB), OTHER_HOST) == 0xA700  # on the other worker: the host's share is taken
+    assert store(port, ct(corpus, 6 * MIB)) == 0x0000  # another host stores
+    send_part(hog, "", data[6 * MIB :], last=True)
+    indexed = engine_process.data_dir / "radbridge.db"
+    assert _wait(lambda: held.SOPInstanceUID in {r[0] for r in sqlite_rows(indexed, "SELECT sop_instance_uid"
+                                                                                     " FROM instances")})
+    hog.release()
+    assert store(port, ct(corpus, 6 * MIB), OTHER_HOST) == 0x0000  # its bytes were given back
+
+    endless = associate(port)
+    with contextlib.suppress(OSError):  # the association is aborted under the sender
+        send_part(endless, generate_uid(), os.urandom(MIB) * 16)  # past max_instance_bytes
+    assert _wait(lambda: not endless.is_established) and endless.is_aborted
+    assert _wait(lambda: list(incoming.glob("rx-*")) == [])
+    assert "passed 8388608 bytes (dicom.max_instance_bytes)" in engine_process.log()
+
+
+def test_with_receive_workers_idle_associations_give_their_slots_back_after_the_idle_timeout(
+        engine_process: EngineProcess) -> None:
+    """Both slots held by idle associations (one on each worker): a modality is rejected, then served once the
+    idle timeout ended them; the engine log says so once per association."""
+    from tests.dicom.test_connection_limits import _idle_association
+
+    port = _start(engine_process, "  max_associations: 2\n  idle_timeout_seconds: 2\n")
+    idle = [_idle_association(port, host) for host in ("127.0.0.2", "127.0.0.3")]
+    good = _associate_verification(port)
+    assert good.is_rejected
+    assert _wait(lambda: all(not a.is_established for a in idle)) and all(a.is_aborted for a in idle)
+    served, deadline = False, time.monotonic() + 15
+    while not served and time.monotonic() < deadline:
+        served = _echo_served(port)
+        time.sleep(0.1)
+    assert served
+    log = engine_process.log()
+    for host in ("127.0.0.2", "127.0.0.3"):
+        assert log.count(f"DICOM association with {host}:") == 1, log
+    assert "Network timeout reached" not in log
+
+
+def _associate_verification(port: int) -> Any:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    return ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+
+
+def _echo_served(port: int) -> bool:
+    assoc = _associate_verification(port)
+    if not assoc.is_established:
+        return False
+    assoc.release()
+    return True

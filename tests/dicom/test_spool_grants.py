@@ -1,0 +1,84 @@
+"""A receive worker's spool grants from the engine process (channels.dicom.spool_grants), over a fake link."""
+
+from __future__ import annotations
+
+import threading
+
+from channels.dicom.spool_grants import GRANT_BYTES, GrantedBytes
+from engine.archive.spool_budget import HostBytes
+
+
+class EngineSide:
+    """The engine process's ledger answering at once, as ReceivePool does."""
+
+    def __init__(self, per_host: int) -> None:
+        self.ledger = HostBytes(per_host)
+        self.grants: GrantedBytes | None = None
+        self.asked = 0
+
+    def send(self, text: str) -> None:
+        kind, *rest = text.split()
+        if kind == "return":
+            self.ledger.release(rest[0], int(rest[1]))
+            return
+        ident, host, count = rest
+        self.asked += 1
+        ok = self.ledger.reserve(host, int(count))
+        assert self.grants is not None
+        threading.Thread(target=self.grants.answer, args=(f"granted {ident} {host} {count} {int(ok)}",)).start()
+
+
+def _worker(engine: EngineSide) -> GrantedBytes:
+    engine.grants = GrantedBytes(engine.send)
+    return engine.grants
+
+
+def test_a_worker_asks_once_per_grant_not_once_per_image() -> None:
+    engine = EngineSide(8 * GRANT_BYTES)
+    worker = _worker(engine)
+    for _ in range(100):
+        assert worker.reserve("h", 512 << 10)
+        worker.release("h", 512 << 10)
+    assert engine.asked == 1 and engine.ledger.held("h") == GRANT_BYTES  # one grant kept while the host is here
+
+
+def test_two_workers_together_stay_within_the_hosts_share() -> None:
+    engine = EngineSide(3 * GRANT_BYTES)
+    one, two = GrantedBytes(engine.send), GrantedBytes(engine.send)
+
+    def send(worker: GrantedBytes) -> object:
+        def relay(text: str) -> None:
+            engine.grants = worker
+            engine.send(text)
+        return relay
+
+    one._send, two._send = send(one), send(two)  # type: ignore[method-assign]
+    assert one.reserve("h", 2 * GRANT_BYTES)
+    assert not two.reserve("h", 2 * GRANT_BYTES)  # one share for the host, whichever worker asks
+    assert two.reserve("h", GRANT_BYTES)
+    assert engine.ledger.held("h") == 3 * GRANT_BYTES
+
+
+def test_near_the_share_a_worker_asks_for_just_what_it_needs() -> None:
+    engine = EngineSide(GRANT_BYTES + 10)
+    worker = _worker(engine)
+    assert worker.reserve("h", GRANT_BYTES)
+    assert worker.reserve("h", 10)  # a whole grant more was refused: the 10 bytes were granted
+    assert not worker.reserve("h", 1)
+
+
+def test_a_host_gone_from_the_worker_hands_its_grant_back() -> None:
+    engine = EngineSide(4 * GRANT_BYTES)
+    worker = _worker(engine)
+    assert worker.reserve("h", 3 * GRANT_BYTES)
+    worker.release("h", 3 * GRANT_BYTES)
+    assert engine.ledger.held("h") == GRANT_BYTES  # what is beyond one grant went back at once
+    worker.forget("h")
+    assert engine.ledger.held("h") == 0
+
+
+def test_an_answer_after_the_store_stopped_waiting_goes_back() -> None:
+    sent: list[str] = []
+    worker = GrantedBytes(sent.append)
+    worker.answer("granted 7 h 100 1")  # nobody waits for request 7 any more
+    assert sent == ["return h 100"]
