@@ -313,3 +313,53 @@ def test_encapsulated_uncompressed_explicit_vr_little_endian_is_accepted_and_sto
         stored = scp.stored_path(str(ds.SOPInstanceUID))
     assert dataset_bytes(stored) == dataset_bytes(path)  # unmatched: exactly as received
     assert dcmread(stored).file_meta.TransferSyntaxUID == ts
+
+
+# --- the group case: one image, several requested procedures -----------------------------------------------
+
+def test_an_image_of_a_group_case_keeps_every_requested_procedure_when_coerced_to_one(tmp_path: Path) -> None:
+    """DCMTK storescu sends an image whose RequestAttributesSequence names three requested procedures (IHE RAD
+    TF-2 4.8.4.1.3.2); radbridge knows the second one's order. The mapping's one item was merged into the first
+    item and the other two dropped: the archive and the PACS lost two of the procedures the image was acquired
+    for, and the item kept carried order A's step description under order B's ids."""
+    import subprocess
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.conftest import need
+    from tests.dicom.conftest import DCMTK
+    from tests.dicom.store_peer import storescu
+    from tests.domain.factories import apply_records, order, patient
+
+    need(DCMTK, "DCMTK not installed")
+    src = _ct()
+    src.RequestAttributesSequence = []
+    for rp, description in (("A", "CT CHEST"), ("B", "CT ABDOMEN"), ("C", "CT PELVIS")):
+        item = Dataset()
+        item.RequestedProcedureID, item.ScheduledProcedureStepID = f"RP-{rp}", f"SPS-{rp}"
+        item.AccessionNumber, item.ScheduledProcedureStepDescription = f"ACC-{rp}", description
+        src.RequestAttributesSequence.append(item)
+    path = tmp_path / "group.dcm"
+    src.save_as(path, enforce_file_format=True)
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name="DOE^JOHN"),
+            order("PLB", patient_id="PX1", accession_number="ACC-B", requested_procedure_id="RP-B",
+                  scheduled_procedure_step_id="SPS-B", requested_procedure_description="CT ABDOMEN W",
+                  scheduled_procedure_step_description="")])
+        done = storescu(scp.port, [path])
+        assert done.returncode == 0, done.stderr[-2000:]
+        stored = scp.stored_path(str(src.SOPInstanceUID))
+        dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
+        assert dump.returncode == 0 and "\nE:" not in "\n" + dump.stderr
+    ds = dcmread(stored)
+    assert (ds.AccessionNumber, ds.PatientID) == ("ACC-B", "PX1")
+    items = ds.RequestAttributesSequence
+    assert [(i.ScheduledProcedureStepID, i.AccessionNumber, i.ScheduledProcedureStepDescription)
+            for i in items] == [("SPS-A", "ACC-A", "CT CHEST"), ("SPS-B", "ACC-B", "CT ABDOMEN"),
+                                ("SPS-C", "ACC-C", "CT PELVIS")]
+    assert items[1].RequestedProcedureDescription == "CT ABDOMEN W" and "RequestedProcedureDescription" not in items[0]
+    (history,) = ds.OriginalAttributesSequence
+    old = history.ModifiedAttributesSequence[0].RequestAttributesSequence
+    assert [i.ScheduledProcedureStepID for i in old] == ["SPS-A", "SPS-B", "SPS-C"]
+    assert ds.PixelData == src.PixelData
+
