@@ -30,6 +30,7 @@ not images).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import mmap
 import os
@@ -147,16 +148,23 @@ def encoded_elements(header: Header, tags: frozenset[int]) -> dict[int, bytes]:
 
 def splice(raw: bytes, spans: list[tuple[int, int, int]], replacements: dict[int, bytes]) -> bytes:
     """``raw`` (its top-level elements at ``spans``) with the element of each tag of ``replacements``
-    replaced by (or, when absent, inserted in tag order as) its bytes; retired group lengths left out."""
+    replaced by (or, when absent, inserted in tag order as) its bytes; retired group lengths left out.
+
+    Elements a sender wrote out of ascending tag order (PS3.5 7.1 requires it) are put in order, and a tag
+    it wrote twice is replaced once: otherwise the replaced tag would be written twice, and a reader that
+    keeps the last one (pydicom, hence the next coercion) would read the value as received.
+    """
     pending = sorted(replacements)
     view = memoryview(raw)
     out: list[bytes | memoryview] = []
+    if any(a[0] >= b[0] for a, b in itertools.pairwise(spans)):
+        spans = sorted(spans, key=lambda span: span[0])  # stable: duplicates keep their order
     for tag, start, stop in spans:
         while pending and pending[0] < tag:
             out.append(replacements[pending.pop(0)])
         if pending and pending[0] == tag:
             out.append(replacements[pending.pop(0)])
-        elif not _is_group_length(tag):
+        elif tag not in replacements and not _is_group_length(tag):
             out.append(view[start:stop])
     out.extend(replacements[tag] for tag in pending)
     return b"".join(out)

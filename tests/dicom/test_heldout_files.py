@@ -363,3 +363,46 @@ def test_an_image_of_a_group_case_keeps_every_requested_procedure_when_coerced_t
     assert [i.ScheduledProcedureStepID for i in old] == ["SPS-A", "SPS-B", "SPS-C"]
     assert ds.PixelData == src.PixelData
 
+
+# --- elements out of tag order ---------------------------------------------------------------------------
+
+def test_an_element_out_of_tag_order_is_coerced_once_and_the_stored_header_is_in_order(tmp_path: Path) -> None:
+    """A dataset whose AccessionNumber comes after PatientName (PS3.5 7.1 wants ascending tags), sent as encoded
+    (pynetdicom): the coerced AccessionNumber was inserted in tag order and the received one kept too. DCMTK
+    warned "found twice" and kept the first; pydicom kept the last, the modality's value, so every later
+    coercion or correction changed it again."""
+    import subprocess
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.dicom.store_peer import raw_file
+    from tests.domain.factories import apply_records, order, patient
+
+    ds = _ct()
+    ds.StudyInstanceUID = generate_uid()
+    del ds.AccessionNumber
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    body = buf.getvalue()
+    at = body.index(b"\x10\x00\x20\x00LO")  # PatientID: the AccessionNumber goes just before it
+    body = body[:at] + _raw_element(0x00080050, "SH", b"ACC99 ") + body[at:]
+    path = raw_file(body, str(ds.SOPClassUID), str(ds.SOPInstanceUID), EXPLICIT_LE, tmp_path / "unordered.dcm")
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name="DOE^JOHN"),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(ds.StudyInstanceUID))])
+        with raw_sender(scp.port, [(str(ds.SOPClassUID), EXPLICIT_LE)]) as assoc:
+            assert send_raw(assoc, path) == 0x0000
+            assert send_raw(assoc, path) == 0x0000  # resent: the same image, nothing changes
+        (row,) = scp.instances()
+        assert row.versions == 1
+        stored = scp.stored_path(str(ds.SOPInstanceUID))
+    dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "twice" not in dump.stderr, dump.stderr
+    got = dcmread(stored)
+    assert (got.AccessionNumber, str(got.PatientName)) == ("ACCX1", "DOE^JOHN")
+    assert got.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].AccessionNumber == "ACC99"
+    assert got.PixelData == ds.PixelData
