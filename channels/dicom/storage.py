@@ -72,7 +72,7 @@ from engine.domain.instances import (
 from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler
 from engine.domain.routing import forwarding_destinations
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
-from engine.reconcile.rewrite import Header, read_header
+from engine.reconcile.rewrite import CoercedStream, Header, read_header, without_meta_elements
 from engine.store.database import Database
 
 from .spool import enable_streamed_receive, spool_failure
@@ -304,6 +304,11 @@ class StorageService:
             raise _Refused("unparsable", str(exc)) from exc
         attrs, header = _check(spool, offset, request)
         prepared = self._reconcile(spool, offset, request, attrs, header, now)  # reconciliation (#13): match + coerce
+        if header is not None and not prepared.received_sha256():  # stored as received, but never group 0000/0002
+            cleaned = without_meta_elements(header)
+            if cleaned is not None:
+                prepared = Prepared(CoercedStream(cleaned, header.raw, spool, header.bulk_at), prepared.attrs,
+                                    prepared.match)
         if hashing is not None:  # before anything reads the hash or changes the spool
             request = dataclasses.replace(request, streamed=StreamedFile(hashing.size, hashing.wait()))
             prepared.received(request.streamed.sha256)  # type: ignore[union-attr]

@@ -34,6 +34,7 @@ import itertools
 import logging
 import mmap
 import os
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
@@ -54,7 +55,7 @@ from engine.reconcile.encode import ElementWriter
 
 __all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "element_spans",
            "elements_after_bulk", "encode_coerced", "encode_header", "encode_whole", "encoded_elements", "encoding_of",
-           "read_header", "read_whole", "reencoded_tags", "splice"]
+           "read_header", "read_whole", "reencoded_tags", "splice", "without_meta_elements"]
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,20 @@ def encode_header(ds: Dataset, enc: Encoding) -> bytes:
 
 
 def _is_group_length(tag: int) -> bool:
-    """A retired group length (PS3.5 7.2), which pydicom never writes either."""
-    return tag & 0xFFFF == 0 and tag >> 16 > 6
+    """A retired group length (PS3.5 7.2), which pydicom never writes either; or a command (0000) or File Meta
+    Information (0002) element, which a data set must not hold (PS3.10 7.1): a sender that copied its file's
+    meta into the data set would otherwise put a second, stale Transfer Syntax UID and Source AE Title in the
+    stored file after radbridge's own (pydicom reads the last one)."""
+    return (tag & 0xFFFF == 0 and tag >> 16 > 6) or tag >> 16 in (0x0000, 0x0002)
+
+
+def without_meta_elements(header: Header) -> bytes | None:
+    """``header.raw`` without the command and File Meta Information elements a sender put in its data set
+    (:func:`_is_group_length`), every other element as received; None when it holds none (the usual case:
+    one look at the first element's group)."""
+    if len(header.raw) < 2 or struct.unpack_from(header.enc.order + "H", header.raw)[0] not in (0x0000, 0x0002):
+        return None
+    return splice(header.raw, element_spans(header), {})
 
 
 def element_spans(header: Header) -> list[tuple[int, int, int]]:

@@ -406,3 +406,51 @@ def test_an_element_out_of_tag_order_is_coerced_once_and_the_stored_header_is_in
     assert (got.AccessionNumber, str(got.PatientName)) == ("ACCX1", "DOE^JOHN")
     assert got.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].AccessionNumber == "ACC99"
     assert got.PixelData == ds.PixelData
+
+
+# --- File Meta Information elements inside the data set --------------------------------------------------------
+
+@pytest.mark.parametrize("matched", [False, True], ids=["as received", "coerced"])
+def test_file_meta_elements_sent_in_the_data_set_are_not_stored_after_radbridges_own(
+        tmp_path: Path, matched: bool) -> None:
+    """A sender that copied its file's (0002,xxxx) elements into the data set (pynetdicom sends what it is given):
+    they were stored after radbridge's File Meta Information, so the file held two Transfer Syntax UIDs and two
+    Source AE Titles. pydicom read the data set's (implicit VR, wrong: the data set is explicit) and the
+    sender's claimed AE title; dcmdump warned "Invalid Element found in data set". PS3.10 7.1: a data set holds
+    no group 0002. They are left out now (DCMTK's storescp keeps them, with a warning); the rest is stored as
+    received."""
+    import subprocess
+
+    from pynetdicom.dsutils import encode
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.dicom.store_peer import store_one
+    from tests.domain.factories import apply_records, order, patient
+
+    ds = _ct()
+    ds.StudyInstanceUID = generate_uid()
+    clean = encode(ds, False, True)
+    ds.add_new(0x00020003, "UI", "1.2.3.4")
+    ds.add_new(0x00020010, "UI", IMPLICIT_LE)
+    ds.add_new(0x00020016, "AE", "ELSEWHERE")
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        if matched:
+            apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+                patient("PX1", patient_name=CZECH),
+                order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(ds.StudyInstanceUID))])
+        assert store_one(scp.port, ds) == 0x0000
+        assert store_one(scp.port, ds) == 0x0000  # resent: recognised as the same image
+        (row,) = scp.instances()
+        assert row.versions == 1
+        stored = scp.stored_path(str(ds.SOPInstanceUID))
+    dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "Invalid Element" not in dump.stderr, dump.stderr
+    got = dcmread(stored)
+    assert (got.file_meta.TransferSyntaxUID, got.file_meta.SourceApplicationEntityTitle) == (EXPLICIT_LE, "CT1")
+    assert got.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert not [e for e in got if e.tag.group == 2]
+    if matched:
+        assert str(got.PatientName) == CZECH and got.SpecificCharacterSet == "ISO_IR 192"
+    else:
+        assert dataset_bytes(stored) == clean  # everything else exactly as received
+    assert got.PixelData == ds.PixelData
