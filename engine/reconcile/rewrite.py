@@ -35,6 +35,7 @@ import logging
 import mmap
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
@@ -53,9 +54,10 @@ from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
 from engine.reconcile.coerce import Coercion
 from engine.reconcile.encode import ElementWriter
 
-__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "element_spans",
-           "elements_after_bulk", "encode_coerced", "encode_header", "encode_whole", "encoded_elements", "encoding_of",
-           "read_header", "read_whole", "reencoded_tags", "splice", "without_meta_elements"]
+__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "deflated_with_meta_elements",
+           "element_spans", "elements_after_bulk", "encode_coerced", "encode_header", "encode_whole",
+           "encoded_elements", "encoding_of", "read_header", "read_whole", "reencoded_tags", "splice",
+           "without_meta_elements"]
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +261,27 @@ class CoercedStream(FileTail):
 
 
 def read_whole(spool: BinaryIO) -> Dataset:
-    """The whole Part 10 file in ``spool`` as a dataset (a deflated one is inflated by pydicom)."""
+    """The whole Part 10 file in ``spool`` as a dataset (a deflated one is inflated by pydicom), without the
+    command and File Meta Information elements a sender put in its data set (:func:`_is_group_length`;
+    pydicom refuses to write them there)."""
     spool.seek(0)
-    return dcmread(spool)
+    ds = dcmread(spool)
+    for tag in [t for t in ds.keys() if t >> 16 in (0x0000, 0x0002)]:  # noqa: SIM118 - ds itself yields elements
+        del ds[tag]
+    return ds
+
+
+def deflated_with_meta_elements(spool: BinaryIO, offset: int) -> bool:
+    """True when the deflated data set at ``offset`` starts with a command or File Meta Information element
+    (its first inflated bytes are enough: elements are in tag order)."""
+    spool.seek(offset)
+    try:
+        first = zlib.decompressobj(-zlib.MAX_WBITS).decompress(spool.read(256), 2)
+    except zlib.error:
+        return False  # parsed already: not reached
+    finally:
+        spool.seek(offset)
+    return len(first) == 2 and struct.unpack("<H", first)[0] in (0x0000, 0x0002)
 
 
 def encode_whole(ds: Dataset) -> bytes:
