@@ -116,10 +116,11 @@ def _same_item(old: list[Dataset], wanted: Mapping[str, Any]) -> int:
 def _merged_items(existing: Any, wanted: list[Any]) -> list[Dataset]:
     """Each wanted item merged into the header's item at its place. One wanted item and several in the header:
     it is merged into the item that names the same step or requested procedure (else the first), and the
-    header's other items stay (the other requested procedures of a group case)."""
+    header's other items stay (the other requested procedures of a group case). An item that names no step
+    or requested procedure (a procedure code) replaces the header's items as before: the order says which."""
     old = list(existing or [])
     kept = [w for w in wanted if not is_empty(w)]
-    if len(kept) == 1 and len(old) > 1:
+    if len(kept) == 1 and len(old) > 1 and any(_key_text(kept[0], k) for keys in _ITEM_KEYS for k in keys):
         at = _same_item(old, kept[0])
         return [_merged_item(item, kept[0]) if index == at else copy.deepcopy(item) for index, item in enumerate(old)]
     return [_merged_item(old[i] if i < len(old) else None, w) for i, w in enumerate(kept)]

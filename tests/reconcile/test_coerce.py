@@ -233,3 +233,17 @@ def test_an_order_no_item_of_a_group_case_names_is_coerced_into_the_first_and_th
     coerce(ds, {"RequestAttributesSequence": [wanted]}, MOD)
     assert [i.ScheduledProcedureStepID for i in ds.RequestAttributesSequence] == ["SPS-X", "SPS-B", "SPS-C"]
     assert ds.RequestAttributesSequence[0].ScheduledProcedureStepDescription == "CT CHEST"  # as for one item
+
+
+def test_a_code_sequence_of_several_items_still_takes_the_orders_one_code() -> None:
+    """Only items that name a step or requested procedure keep their siblings: the order's procedure code
+    replaces the modality's codes."""
+    ds = header()
+    codes = []
+    for value in ("X1", "X2"):
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "L", value
+        codes.append(code)
+    ds.ProcedureCodeSequence = codes
+    coerce(ds, {"ProcedureCodeSequence": [{"CodeValue": "CTHEAD", "CodingSchemeDesignator": "L"}]}, MOD)
+    assert [c.CodeValue for c in ds.ProcedureCodeSequence] == ["CTHEAD"]
