@@ -73,7 +73,16 @@ from engine.domain.instances import (
 from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler
 from engine.domain.routing import forwarding_destinations
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
-from engine.reconcile.rewrite import Header, read_header
+from engine.reconcile.rewrite import (
+    CoercedStream,
+    Header,
+    WholeStream,
+    deflated_with_meta_elements,
+    encode_whole,
+    read_header,
+    read_whole,
+    without_meta_elements,
+)
 from engine.store.database import Database
 
 from .spool import enable_streamed_receive, spool_failure
@@ -223,6 +232,20 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
     return attrs, header
 
 
+def _without_meta_elements(spool: BinaryIO, offset: int, header: Header | None, prepared: Prepared) -> Prepared:
+    """``prepared`` (a data set stored as received) without the command and File Meta Information elements
+    its sender put in it (PS3.10 7.1): the header spliced without them (the rest streamed as received), a
+    deflated data set inflated and written again whole; ``prepared`` itself when it holds none."""
+    if header is not None:
+        cleaned = without_meta_elements(header)
+        if cleaned is None:
+            return prepared
+        return Prepared(CoercedStream(cleaned, header.raw, spool, header.bulk_at), prepared.attrs, prepared.match)
+    if not deflated_with_meta_elements(spool, offset):
+        return prepared
+    return Prepared(WholeStream(encode_whole(read_whole(spool)), spool, offset), prepared.attrs, prepared.match)
+
+
 @dataclass(slots=True)
 class StorageService:
     """Stores C-STORE requests into ``primary``, refusals into ``quarantine``, and indexes them."""
@@ -305,6 +328,8 @@ class StorageService:
             raise _Refused("unparsable", str(exc)) from exc
         attrs, header = _check(spool, offset, request)
         prepared = self._reconcile(spool, offset, request, attrs, header, now)  # reconciliation (#13): match + coerce
+        if not prepared.received_sha256():  # stored as received, but never with group 0000/0002 elements
+            prepared = _without_meta_elements(spool, offset, header, prepared)
         if hashing is not None:  # before anything reads the hash or changes the spool
             request = dataclasses.replace(request, streamed=StreamedFile(hashing.size, hashing.wait()))
             prepared.received(request.streamed.sha256)  # type: ignore[union-attr]

@@ -87,9 +87,42 @@ def _canon(value: Any) -> Any:
     return "" if value is None else str(value).rstrip(" \x00")
 
 
+#: Item attributes that say what an item stands for, most specific first: a step, else a requested procedure
+#: of an accession. A RequestAttributesSequence holds one item per requested procedure the images were
+#: acquired for (IHE RAD TF-2 4.8.4.1.3.2, the group case), not only the matched order's.
+_ITEM_KEYS = (("ScheduledProcedureStepID",), ("RequestedProcedureID", "AccessionNumber"))
+
+
+def _key_text(item: Any, keyword: str) -> str:
+    try:
+        value = item.get(keyword, "") if isinstance(item, Mapping) else getattr(item, keyword, "")
+        return "" if value is None or value is NULL else str(value).strip()
+    except Exception:  # a malformed value names nothing
+        return ""
+
+
+def _same_item(old: list[Dataset], wanted: Mapping[str, Any]) -> int:
+    """The index of the header's item that stands for what ``wanted`` stands for (:data:`_ITEM_KEYS`); 0 when
+    none does (the first item is the one coerced, as for a single item)."""
+    for keys in _ITEM_KEYS:
+        values = [_key_text(wanted, k) for k in keys]
+        if all(values):
+            for index, item in enumerate(old):
+                if [_key_text(item, k) for k in keys] == values:
+                    return index
+    return 0
+
+
 def _merged_items(existing: Any, wanted: list[Any]) -> list[Dataset]:
+    """Each wanted item merged into the header's item at its place. One wanted item and several in the header:
+    it is merged into the item that names the same step or requested procedure (else the first), and the
+    header's other items stay (the other requested procedures of a group case). An item that names no step
+    or requested procedure (a procedure code) replaces the header's items as before: the order says which."""
     old = list(existing or [])
     kept = [w for w in wanted if not is_empty(w)]
+    if len(kept) == 1 and len(old) > 1 and any(_key_text(kept[0], k) for keys in _ITEM_KEYS for k in keys):
+        at = _same_item(old, kept[0])
+        return [_merged_item(item, kept[0]) if index == at else copy.deepcopy(item) for index, item in enumerate(old)]
     return [_merged_item(old[i] if i < len(old) else None, w) for i, w in enumerate(kept)]
 
 

@@ -30,9 +30,12 @@ not images).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import mmap
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
@@ -51,9 +54,10 @@ from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
 from engine.reconcile.coerce import Coercion
 from engine.reconcile.encode import ElementWriter
 
-__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "element_spans",
-           "elements_after_bulk", "encode_coerced", "encode_header", "encode_whole", "encoded_elements", "encoding_of",
-           "read_header", "read_whole", "reencoded_tags", "splice"]
+__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "deflated_with_meta_elements",
+           "element_spans", "elements_after_bulk", "encode_coerced", "encode_header", "encode_whole",
+           "encoded_elements", "encoding_of", "read_header", "read_whole", "reencoded_tags", "splice",
+           "without_meta_elements"]
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +131,20 @@ def encode_header(ds: Dataset, enc: Encoding) -> bytes:
 
 
 def _is_group_length(tag: int) -> bool:
-    """A retired group length (PS3.5 7.2), which pydicom never writes either."""
-    return tag & 0xFFFF == 0 and tag >> 16 > 6
+    """A retired group length (PS3.5 7.2), which pydicom never writes either; or a command (0000) or File Meta
+    Information (0002) element, which a data set must not hold (PS3.10 7.1): a sender that copied its file's
+    meta into the data set would otherwise put a second, stale Transfer Syntax UID and Source AE Title in the
+    stored file after radbridge's own (pydicom reads the last one)."""
+    return (tag & 0xFFFF == 0 and tag >> 16 > 6) or tag >> 16 in (0x0000, 0x0002)
+
+
+def without_meta_elements(header: Header) -> bytes | None:
+    """``header.raw`` without the command and File Meta Information elements a sender put in its data set
+    (:func:`_is_group_length`), every other element as received; None when it holds none (the usual case:
+    one look at the first element's group)."""
+    if len(header.raw) < 2 or struct.unpack_from(header.enc.order + "H", header.raw)[0] not in (0x0000, 0x0002):
+        return None
+    return splice(header.raw, element_spans(header), {})
 
 
 def element_spans(header: Header) -> list[tuple[int, int, int]]:
@@ -147,16 +163,23 @@ def encoded_elements(header: Header, tags: frozenset[int]) -> dict[int, bytes]:
 
 def splice(raw: bytes, spans: list[tuple[int, int, int]], replacements: dict[int, bytes]) -> bytes:
     """``raw`` (its top-level elements at ``spans``) with the element of each tag of ``replacements``
-    replaced by (or, when absent, inserted in tag order as) its bytes; retired group lengths left out."""
+    replaced by (or, when absent, inserted in tag order as) its bytes; retired group lengths left out.
+
+    Elements a sender wrote out of ascending tag order (PS3.5 7.1 requires it) are put in order, and a tag
+    it wrote twice is replaced once: otherwise the replaced tag would be written twice, and a reader that
+    keeps the last one (pydicom, hence the next coercion) would read the value as received.
+    """
     pending = sorted(replacements)
     view = memoryview(raw)
     out: list[bytes | memoryview] = []
+    if any(a[0] >= b[0] for a, b in itertools.pairwise(spans)):
+        spans = sorted(spans, key=lambda span: span[0])  # stable: duplicates keep their order
     for tag, start, stop in spans:
         while pending and pending[0] < tag:
             out.append(replacements[pending.pop(0)])
         if pending and pending[0] == tag:
             out.append(replacements[pending.pop(0)])
-        elif not _is_group_length(tag):
+        elif tag not in replacements and not _is_group_length(tag):
             out.append(view[start:stop])
     out.extend(replacements[tag] for tag in pending)
     return b"".join(out)
@@ -238,9 +261,27 @@ class CoercedStream(FileTail):
 
 
 def read_whole(spool: BinaryIO) -> Dataset:
-    """The whole Part 10 file in ``spool`` as a dataset (a deflated one is inflated by pydicom)."""
+    """The whole Part 10 file in ``spool`` as a dataset (a deflated one is inflated by pydicom), without the
+    command and File Meta Information elements a sender put in its data set (:func:`_is_group_length`;
+    pydicom refuses to write them there)."""
     spool.seek(0)
-    return dcmread(spool)
+    ds = dcmread(spool)
+    for tag in [t for t in ds.keys() if t >> 16 in (0x0000, 0x0002)]:  # noqa: SIM118 - ds itself yields elements
+        del ds[tag]
+    return ds
+
+
+def deflated_with_meta_elements(spool: BinaryIO, offset: int) -> bool:
+    """True when the deflated data set at ``offset`` starts with a command or File Meta Information element
+    (its first inflated bytes are enough: elements are in tag order)."""
+    spool.seek(offset)
+    try:
+        first = zlib.decompressobj(-zlib.MAX_WBITS).decompress(spool.read(256), 2)
+    except zlib.error:
+        return False  # parsed already: not reached
+    finally:
+        spool.seek(offset)
+    return len(first) == 2 and struct.unpack("<H", first)[0] in (0x0000, 0x0002)
 
 
 def encode_whole(ds: Dataset) -> bytes:

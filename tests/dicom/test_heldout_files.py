@@ -313,3 +313,153 @@ def test_encapsulated_uncompressed_explicit_vr_little_endian_is_accepted_and_sto
         stored = scp.stored_path(str(ds.SOPInstanceUID))
     assert dataset_bytes(stored) == dataset_bytes(path)  # unmatched: exactly as received
     assert dcmread(stored).file_meta.TransferSyntaxUID == ts
+
+
+# --- the group case: one image, several requested procedures -----------------------------------------------
+
+def test_an_image_of_a_group_case_keeps_every_requested_procedure_when_coerced_to_one(tmp_path: Path) -> None:
+    """DCMTK storescu sends an image whose RequestAttributesSequence names three requested procedures (IHE RAD
+    TF-2 4.8.4.1.3.2); radbridge knows the second one's order. The mapping's one item was merged into the first
+    item and the other two dropped: the archive and the PACS lost two of the procedures the image was acquired
+    for, and the item kept carried order A's step description under order B's ids."""
+    import subprocess
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.conftest import need
+    from tests.dicom.conftest import DCMTK
+    from tests.dicom.store_peer import storescu
+    from tests.domain.factories import apply_records, order, patient
+
+    need(DCMTK, "DCMTK not installed")
+    src = _ct()
+    src.RequestAttributesSequence = []
+    for rp, description in (("A", "CT CHEST"), ("B", "CT ABDOMEN"), ("C", "CT PELVIS")):
+        item = Dataset()
+        item.RequestedProcedureID, item.ScheduledProcedureStepID = f"RP-{rp}", f"SPS-{rp}"
+        item.AccessionNumber, item.ScheduledProcedureStepDescription = f"ACC-{rp}", description
+        src.RequestAttributesSequence.append(item)
+    path = tmp_path / "group.dcm"
+    src.save_as(path, enforce_file_format=True)
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name="DOE^JOHN"),
+            order("PLB", patient_id="PX1", accession_number="ACC-B", requested_procedure_id="RP-B",
+                  scheduled_procedure_step_id="SPS-B", requested_procedure_description="CT ABDOMEN W",
+                  scheduled_procedure_step_description="")])
+        done = storescu(scp.port, [path])
+        assert done.returncode == 0, done.stderr[-2000:]
+        stored = scp.stored_path(str(src.SOPInstanceUID))
+        dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
+        assert dump.returncode == 0 and "\nE:" not in "\n" + dump.stderr
+    ds = dcmread(stored)
+    assert (ds.AccessionNumber, ds.PatientID) == ("ACC-B", "PX1")
+    items = ds.RequestAttributesSequence
+    assert [(i.ScheduledProcedureStepID, i.AccessionNumber, i.ScheduledProcedureStepDescription)
+            for i in items] == [("SPS-A", "ACC-A", "CT CHEST"), ("SPS-B", "ACC-B", "CT ABDOMEN"),
+                                ("SPS-C", "ACC-C", "CT PELVIS")]
+    assert items[1].RequestedProcedureDescription == "CT ABDOMEN W" and "RequestedProcedureDescription" not in items[0]
+    (history,) = ds.OriginalAttributesSequence
+    old = history.ModifiedAttributesSequence[0].RequestAttributesSequence
+    assert [i.ScheduledProcedureStepID for i in old] == ["SPS-A", "SPS-B", "SPS-C"]
+    assert ds.PixelData == src.PixelData
+
+
+# --- elements out of tag order ---------------------------------------------------------------------------
+
+def test_an_element_out_of_tag_order_is_coerced_once_and_the_stored_header_is_in_order(tmp_path: Path) -> None:
+    """A dataset whose AccessionNumber comes after PatientName (PS3.5 7.1 wants ascending tags), sent as encoded
+    (pynetdicom): the coerced AccessionNumber was inserted in tag order and the received one kept too. DCMTK
+    warned "found twice" and kept the first; pydicom kept the last, the modality's value, so every later
+    coercion or correction changed it again."""
+    import subprocess
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.dicom.store_peer import raw_file
+    from tests.domain.factories import apply_records, order, patient
+
+    ds = _ct()
+    ds.StudyInstanceUID = generate_uid()
+    del ds.AccessionNumber
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    body = buf.getvalue()
+    at = body.index(b"\x10\x00\x20\x00LO")  # PatientID: the AccessionNumber goes just before it
+    body = body[:at] + _raw_element(0x00080050, "SH", b"ACC99 ") + body[at:]
+    path = raw_file(body, str(ds.SOPClassUID), str(ds.SOPInstanceUID), EXPLICIT_LE, tmp_path / "unordered.dcm")
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name="DOE^JOHN"),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(ds.StudyInstanceUID))])
+        with raw_sender(scp.port, [(str(ds.SOPClassUID), EXPLICIT_LE)]) as assoc:
+            assert send_raw(assoc, path) == 0x0000
+            assert send_raw(assoc, path) == 0x0000  # resent: the same image, nothing changes
+        (row,) = scp.instances()
+        assert row.versions == 1
+        stored = scp.stored_path(str(ds.SOPInstanceUID))
+    dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "twice" not in dump.stderr, dump.stderr
+    got = dcmread(stored)
+    assert (got.AccessionNumber, str(got.PatientName)) == ("ACCX1", "DOE^JOHN")
+    assert got.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].AccessionNumber == "ACC99"
+    assert got.PixelData == ds.PixelData
+
+
+# --- File Meta Information elements inside the data set --------------------------------------------------------
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+@pytest.mark.parametrize(("matched", "syntax"), [(False, EXPLICIT_LE), (True, EXPLICIT_LE), (False, DEFLATED),
+                                                 (True, DEFLATED)],
+                         ids=["as received", "coerced", "deflated as received", "deflated coerced"])
+def test_file_meta_elements_sent_in_the_data_set_are_not_stored_after_radbridges_own(
+        tmp_path: Path, matched: bool, syntax: str) -> None:
+    """A sender that copied its file's (0002,xxxx) elements into the data set (pynetdicom sends what it is given):
+    they were stored after radbridge's File Meta Information, so the file held two Transfer Syntax UIDs and two
+    Source AE Titles. pydicom read the data set's (implicit VR, wrong: the data set is explicit) and the
+    sender's claimed AE title; dcmdump warned "Invalid Element found in data set". PS3.10 7.1: a data set holds
+    no group 0002. A deflated one matched to an order got 0xC211 (pydicom refuses to write them in a data set)
+    at every resend. They are left out now (DCMTK's storescp keeps them, with a warning); the rest is stored
+    as received."""
+    import subprocess
+
+    from pynetdicom.dsutils import encode
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.dicom.store_peer import store_one
+    from tests.domain.factories import apply_records, order, patient
+
+    ds = _ct()
+    ds.StudyInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = syntax
+    clean = encode(ds, False, True, deflated=syntax == DEFLATED)
+    ds.add_new(0x00020003, "UI", "1.2.3.4")
+    ds.add_new(0x00020010, "UI", IMPLICIT_LE)
+    ds.add_new(0x00020016, "AE", "ELSEWHERE")
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        if matched:
+            apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+                patient("PX1", patient_name=CZECH),
+                order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(ds.StudyInstanceUID))])
+        assert store_one(scp.port, ds) == 0x0000
+        assert store_one(scp.port, ds) == 0x0000  # resent: recognised as the same image
+        (row,) = scp.instances()
+        assert row.versions == 1
+        stored = scp.stored_path(str(ds.SOPInstanceUID))
+    dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "Invalid Element" not in dump.stderr, dump.stderr
+    got = dcmread(stored)
+    assert (got.file_meta.TransferSyntaxUID, got.file_meta.SourceApplicationEntityTitle) == (syntax, "CT1")
+    assert got.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert not [e for e in got if e.tag.group == 2]
+    if matched:
+        assert str(got.PatientName) == CZECH and got.SpecificCharacterSet == "ISO_IR 192"
+    elif syntax == EXPLICIT_LE:
+        assert dataset_bytes(stored) == clean  # everything else exactly as received
+    else:  # inflated and deflated again: the same values
+        assert [(e.tag, e.value) for e in got] == [(e.tag, e.value) for e in ds if e.tag.group != 2]
+    assert got.PixelData == ds.PixelData

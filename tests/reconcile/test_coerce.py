@@ -183,3 +183,67 @@ def test_the_target_is_only_read_so_one_mapping_output_serves_every_image_of_the
         assert coerce(ds, target, MOD) == ("PatientName", "RequestAttributesSequence")
         ds.RequestAttributesSequence[0].ScheduledProcedureStepID = "CHANGED AFTERWARDS"
     assert target == before
+
+
+def _request_item(rp: str, sps: str, accession: str, description: str = "") -> Dataset:
+    item = Dataset()
+    item.RequestedProcedureID, item.ScheduledProcedureStepID, item.AccessionNumber = rp, sps, accession
+    if description:
+        item.ScheduledProcedureStepDescription = description
+    return item
+
+
+def _group_case() -> Dataset:
+    """An image acquired for three requested procedures (IHE RAD TF-2 4.8.4.1.3.2, the group case)."""
+    ds = header()
+    ds.RequestAttributesSequence = [_request_item("RP-A", "SPS-A", "ACC-A", "CT CHEST"),
+                                    _request_item("RP-B", "SPS-B", "ACC-B", "CT ABDOMEN"),
+                                    _request_item("RP-C", "SPS-C", "ACC-C")]
+    return ds
+
+
+@pytest.mark.parametrize("wanted", [
+    {"RequestedProcedureID": "RP-B", "ScheduledProcedureStepID": "SPS-B", "AccessionNumber": "ACC-B",
+     "RequestedProcedureDescription": "CT ABDOMEN W"},
+    {"RequestedProcedureID": "RP-B", "ScheduledProcedureStepID": "", "AccessionNumber": "ACC-B",
+     "RequestedProcedureDescription": "CT ABDOMEN W"},
+], ids=["by step", "by requested procedure and accession"])
+def test_the_matched_item_of_a_group_case_is_coerced_and_the_other_requested_procedures_stay(
+        wanted: dict[str, str]) -> None:
+    """The mapping's one item was merged into the header's first item and the others dropped: the image lost
+    two of the three procedures it was acquired for, and the one kept mixed order A's step description with
+    order B's ids."""
+    ds = _group_case()
+    assert coerce(ds, {"RequestAttributesSequence": [wanted]}, MOD) == ("RequestAttributesSequence",)
+    a, b, c = ds.RequestAttributesSequence
+    assert (a.ScheduledProcedureStepID, a.AccessionNumber, a.ScheduledProcedureStepDescription) == (
+        "SPS-A", "ACC-A", "CT CHEST")
+    assert "RequestedProcedureDescription" not in a
+    assert (b.ScheduledProcedureStepID, b.RequestedProcedureDescription, b.ScheduledProcedureStepDescription) == (
+        "SPS-B", "CT ABDOMEN W", "CT ABDOMEN")
+    assert (c.ScheduledProcedureStepID, c.AccessionNumber) == ("SPS-C", "ACC-C")
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].RequestAttributesSequence
+    assert [i.ScheduledProcedureStepID for i in old] == ["SPS-A", "SPS-B", "SPS-C"]
+    assert coerce(ds, {"RequestAttributesSequence": [wanted]}, MOD) == ()  # coerced already: nothing changes
+
+
+def test_an_order_no_item_of_a_group_case_names_is_coerced_into_the_first_and_the_others_stay() -> None:
+    ds = _group_case()
+    wanted = {"RequestedProcedureID": "RP-X", "ScheduledProcedureStepID": "SPS-X", "AccessionNumber": "ACC-X"}
+    coerce(ds, {"RequestAttributesSequence": [wanted]}, MOD)
+    assert [i.ScheduledProcedureStepID for i in ds.RequestAttributesSequence] == ["SPS-X", "SPS-B", "SPS-C"]
+    assert ds.RequestAttributesSequence[0].ScheduledProcedureStepDescription == "CT CHEST"  # as for one item
+
+
+def test_a_code_sequence_of_several_items_still_takes_the_orders_one_code() -> None:
+    """Only items that name a step or requested procedure keep their siblings: the order's procedure code
+    replaces the modality's codes."""
+    ds = header()
+    codes = []
+    for value in ("X1", "X2"):
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "L", value
+        codes.append(code)
+    ds.ProcedureCodeSequence = codes
+    coerce(ds, {"ProcedureCodeSequence": [{"CodeValue": "CTHEAD", "CodingSchemeDesignator": "L"}]}, MOD)
+    assert [c.CodeValue for c in ds.ProcedureCodeSequence] == ["CTHEAD"]

@@ -333,3 +333,24 @@ def test_generated_headers_splice_as_pydicom_encodes(seed: int) -> None:
 
 def test_a_big_endian_transfer_syntax_is_known() -> None:
     assert encoding_of(str(UID("1.2.840.10008.1.2.2"))) == Encoding(False, False)
+
+
+@pytest.mark.parametrize("duplicate", [False, True], ids=["out of order", "twice"])
+def test_an_element_out_of_tag_order_or_twice_is_replaced_once_and_the_header_put_in_order(duplicate: bool) -> None:
+    """A sender's AccessionNumber after PatientName (or written twice): the coerced one was inserted in tag order
+    and the received one kept, so the stored header held it twice and pydicom (which keeps the last) read the
+    value as received: the next coercion changed it again, and the PACS got the modality's value."""
+    enc = Encoding(False, True)
+    accession = _explicit((0x00080050, "SH", b"ACC99 "))
+    name = _explicit((0x00100010, "PN", b"DOE^J "))
+    uid = _explicit((0x0020000D, "UI", b"1.2.3\0"))
+    raw = accession + name + accession + uid if duplicate else name + accession + uid
+    ds = read_dataset(BytesIO(raw), False, True)
+    header = Header(ds, raw, len(raw), enc)
+    coercion = coerce_header(ds, {"AccessionNumber": "ACCX1"}, Modification(datetime.now(UTC), "RB", "CT1"))
+    head = encode_coerced(header, coercion).head
+    check_structure(head, 0, len(head), enc)
+    tags = [tag for tag, _, _ in top_level_elements(head, 0, len(head), enc)]
+    assert tags == sorted(set(tags)) and tags.count(0x00080050) == 1
+    assert read_dataset(BytesIO(head), False, True).AccessionNumber == "ACCX1"
+    assert name in head and uid in head  # the other elements as received
