@@ -81,11 +81,15 @@ class ArtimClock:
 class RefusalReport:
     """When to log refused connections: the first from a host, then one line per ``interval`` with a count.
 
-    A host hammering the listener would otherwise write one WARNING per connection.
+    A host hammering the listener would otherwise write one WARNING per connection. Past
+    ``hosts_kept`` hosts, those last reported more than ``interval`` ago are forgotten (their next
+    refusal is reported at once, as it would be; a count of theirs not yet reported is lost), so
+    refusals from ever new addresses do not grow the process.
     """
 
-    def __init__(self, interval: float = 60.0) -> None:
+    def __init__(self, interval: float = 60.0, hosts_kept: int = 1024) -> None:
         self.interval = interval
+        self.hosts_kept = hosts_kept
         self._last: dict[str, float] = {}
         self._since: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -97,5 +101,16 @@ class RefusalReport:
             last = self._last.get(host)
             if last is not None and now - last < self.interval:
                 return None
+            if last is None and len(self._last) >= self.hosts_kept:
+                self._forget_before(now - self.interval)
             self._last[host] = now
             return self._since.pop(host)
+
+    def _forget_before(self, cutoff: float) -> None:
+        for host in [h for h, at in self._last.items() if at < cutoff]:
+            del self._last[host]
+            self._since.pop(host, None)
+
+    def __len__(self) -> int:
+        """Hosts remembered now."""
+        return len(self._last)

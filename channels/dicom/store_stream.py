@@ -583,18 +583,25 @@ class _AssociationClock:
     """
 
     def __init__(self) -> None:
-        self._streams: weakref.WeakKeyDictionary[Any, StoreStream] = weakref.WeakKeyDictionary()
+        # Weak both ways: a stream refers to its association, so a strong value would keep the key, and
+        # with it the association, its contexts and the stream's buffer, alive for the process's life.
+        self._streams: weakref.WeakKeyDictionary[Any, weakref.ref[StoreStream]] = weakref.WeakKeyDictionary()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
     def register(self, assoc: Any, stream: StoreStream) -> None:
         """Slow the reactor turns of ``assoc``'s thread while ``stream`` is idle-waiting."""
-        self._streams[assoc] = stream
+        self._streams[assoc] = weakref.ref(stream)
+
+    def stream_of(self, assoc: Any) -> StoreStream | None:
+        """The stream registered for ``assoc``, while both live."""
+        ref = self._streams.get(assoc)
+        return ref() if ref is not None else None
 
     def sleep(self, seconds: float) -> None:
         """``time.sleep``; at least :data:`ASSOCIATION_TURN_SECONDS` in an idle-waiting association's thread."""
-        stream = self._streams.get(threading.current_thread())
+        stream = self.stream_of(threading.current_thread())
         if stream is not None and stream.idle_waiting():
             stream.wait_for_work(max(seconds, ASSOCIATION_TURN_SECONDS))
         else:

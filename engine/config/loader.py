@@ -24,7 +24,6 @@ __all__ = ["Located", "UnresolvedYamlError", "did_you_mean", "load_yaml", "subst
 
 M = TypeVar("M", bound=BaseModel)
 
-_CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -154,7 +153,9 @@ def _scalar(
                 f"{path}:{node.start_mark.line + 1}: {field}: environment variable {name} is not set"
             )
         return value
-    return _CONSTRUCTOR.construct_object(node, deep=True)
+    # A constructor of its own: one remembers every node it built (and, through each node's marks, the
+    # whole text it came from) until its document ends, and a scalar built alone never ends one.
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
 
 
 def validate_model(model: type[M], located: Located, context: dict[str, Any] | None = None) -> M:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -78,16 +79,17 @@ def _grid(values: list[tuple[Hl7Path, str]], seps: Separators) -> dict[str, Grid
 
 def _escaped(value: str, seps: Separators) -> str:
     """``escape`` only when needed: most values hold no delimiter, line break or escape character."""
-    specials = _SPECIALS.get(seps) or _specials(seps)
-    return escape(value, seps) if specials.search(value) else value
+    return escape(value, seps) if _specials(seps).search(value) else value
 
 
-_SPECIALS: dict[Separators, re.Pattern[str]] = {}
+#: Delimiter sets whose pattern is kept. Each inbound message brings its own (MSH-1/MSH-2), so a
+#: sender writing a new set each time must not grow the process: the least recently used goes.
+SPECIALS_KEPT = 64
 
 
+@lru_cache(maxsize=SPECIALS_KEPT)
 def _specials(seps: Separators) -> re.Pattern[str]:
-    found = _SPECIALS[seps] = re.compile(f"[{re.escape(seps.field + seps.encoding_characters)}\r\n]")
-    return found
+    return re.compile(f"[{re.escape(seps.field + seps.encoding_characters)}\r\n]")
 
 
 def _segment_text(name: str, fields: Grid, seps: Separators) -> str:

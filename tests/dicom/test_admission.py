@@ -47,6 +47,15 @@ def test_refusals_are_reported_once_per_interval_with_a_count() -> None:
     assert report.note("10.0.0.9", 61.0) == 4
 
 
+def test_refusals_from_ever_new_hosts_keep_a_bounded_record() -> None:
+    """Each refused address was remembered for good: one entry per address that was ever refused."""
+    report = RefusalReport(interval=60, hosts_kept=100)
+    for n in range(10_000):
+        assert report.note(f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", float(n)) == 1  # one a second
+    assert len(report) <= 100
+    assert report.note("10.0.39.15", 9_999.5) is None  # a host reported within the interval is still held back
+
+
 def _storage_ae() -> Any:
     from pynetdicom import AE
 
