@@ -219,12 +219,13 @@ def worklist_steps(tmp: Path) -> int:
         return int(db.execute("SELECT count(*) FROM procedure_steps").fetchone()[0])
 
 
-def memory_run(port: int, pid: int, total: int) -> list[tuple[int, float]]:
-    samples = [(0, rss_mb(pid))]
+def memory_run(port: int, pid: int, total: int) -> list[tuple[int, float, float]]:
+    """(messages sent so far, engine RSS MB, messages/s of the last 10,000 from 2 senders) every 10,000."""
+    samples = [(0, rss_mb(pid), 0.0)]
     step = 10_000
     for done in range(step, total + 1, step):
-        drive(port, 2, step // 2, f"mem{done}")
-        samples.append((done, rss_mb(pid)))
+        rate, _ = drive(port, 2, step // 2, f"mem{done}")
+        samples.append((done, rss_mb(pid), rate))
     return samples
 
 
@@ -301,7 +302,7 @@ def main() -> None:
     parser.add_argument("--workflow", action="store_true",
                         help="the shipped mappings and the patients/orders handlers: each ORM becomes a worklist entry")
     parser.add_argument("--memory", type=int, default=0, metavar="N",
-                        help="afterwards send N more messages and sample the engine's RSS every 10,000")
+                        help="afterwards send N more messages (2 senders); RSS and rate every 10,000")
     parser.add_argument("--compare", metavar="DIR",
                         help="A/B: interleave this tree's engine with the checkout DIR's (no bare server)")
     parser.add_argument("--without-projector", action="store_true",
@@ -341,8 +342,8 @@ def main() -> None:
     for key, label in (("cpu_one", "1 sender server CPU µs/msg"), ("cpu_eight", "8 senders server CPU µs/msg")):
         ratio = f"{ours[key] / peer[key]:8.1f}" if peer[key] else f"{'-':>8}"  # ticks: a short run may show 0
         print(f"{label:28}{ours[key]:12.0f}{peer[key]:12.0f}{ratio}")
-    for done, mb in samples:
-        print(f"rss after {done:>7} messages: {mb:7.1f} MB")
+    for done, mb, rate in samples:  # the rate shows whether a growing database slows the path
+        print(f"rss after {done:>7} messages: {mb:7.1f} MB" + (f", last 10,000 at {rate:.0f} msgs/s" if done else ""))
 
 
 if __name__ == "__main__":
