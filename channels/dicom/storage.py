@@ -328,7 +328,8 @@ class StorageService:
             raise _Refused("unparsable", str(exc)) from exc
         attrs, header = _check(spool, offset, request)
         prepared = self._reconcile(spool, offset, request, attrs, header, now)  # reconciliation (#13): match + coerce
-        if not prepared.received_sha256():  # stored as received, but never with group 0000/0002 elements
+        if not prepared.coerced:  # stored as received, but never with group 0000/0002 elements (not received_sha256():
+            # before hashing.wait() that hashes a coerced data set's spool again, in this thread)
             prepared = _without_meta_elements(spool, offset, header, prepared)
         if hashing is not None:  # before anything reads the hash or changes the spool
             request = dataclasses.replace(request, streamed=StreamedFile(hashing.size, hashing.wait()))

@@ -86,6 +86,12 @@ class Prepared:
         if isinstance(self.body, CoercedStream):
             self.body.received(sha256)
 
+    @property
+    def coerced(self) -> bool:
+        """Whether the stored data set differs from the received one (computes nothing, unlike
+        :meth:`received_sha256`, which hashes the spool when the received hash is not known yet)."""
+        return isinstance(self.body, CoercedStream | WholeStream)
+
     def received_sha256(self) -> str:
         """The received dataset's hash when the stored one was coerced ("" when stored as received)."""
         return self.body.received_sha256 if isinstance(self.body, CoercedStream | WholeStream) else ""

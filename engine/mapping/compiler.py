@@ -166,6 +166,9 @@ class _Compiler:
                 continue
             if name == "replace":
                 self._regex(str(args[0]), here)
+            if name == "ts_to_da" and args and args[0] != "keep":  # else silently AE 102 on a year-only date
+                self.problem(here, f"ts_to_da takes no argument or 'keep', got {args[0]!r}")
+                continue
             out.append(
                 BoundTransform(found, args, TransformContext(STANDARD_SEPARATORS, self.tz, vr))
             )

@@ -12,7 +12,8 @@ nothing from it on is read, neither by a group nor from the whole message. OMG^O
 ORDER group may hold a PRIOR_RESULT (HL7 v2.5.1 4.4.6: PID, PV1, then ORC/OBR/OBX of an
 earlier order and its result); read greedily, as HL7 parsers read the grammar, every ORC
 after that PID belongs to it. The shipped order mapping reads its orders with
-``for_each: ORC, until: [PID]`` and its patient with ``for_each: PID, until: [ORC]``.
+``for_each: ORC, until: [PID, PV1]`` (its PID is optional) and its patient with
+``for_each: PID, until: [ORC]``.
 """
 
 from __future__ import annotations

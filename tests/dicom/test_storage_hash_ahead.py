@@ -20,6 +20,7 @@ from engine.archive import flush as flush_module
 from engine.archive import rehead as rehead_module
 from engine.domain.handlers import OrdersHandler, order_policy
 from engine.domain.instance_tables import instances
+from engine.reconcile import rewrite as rewrite_module
 from tests.dicom.conftest import needs_dcmtk
 from tests.dicom.store_peer import dataset_bytes, running_scp, storescu
 from tests.domain.factories import apply_records, order, patient
@@ -92,3 +93,32 @@ def test_a_coerced_spool_gets_its_new_head_only_after_its_received_hash(
     if "insert" not in kinds:
         pytest.skip("this file system cannot insert a range (not ext4/XFS): the spool is copied, never changed")
     assert kinds == ["hashed", "insert"] * 3  # each spool hashed before it is changed in place
+
+
+def test_a_coerced_data_set_is_hashed_once_in_the_pool_not_again_by_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corpus: Path) -> None:
+    """The store asks whether the data set is stored as received (group 0000/0002 elements left out) before
+    it waits for the hash: asking the coerced stream for the received hash then read and hashed the whole
+    spool again in the C-STORE thread (a 1 GB instance: seconds), beside the hash pool's run."""
+    files = _files(corpus)
+    spool_hashes: list[str] = []
+    computed = rewrite_module.CoercedStream.received_sha256
+
+    def received_sha256(stream: rewrite_module.CoercedStream) -> str:
+        if not stream._known:  # not told by the hash pool yet: hashed from the spool now
+            spool_hashes.append(threading.current_thread().name)
+        return computed.fget(stream)  # type: ignore[no-any-return,attr-defined]
+
+    monkeypatch.setattr(rewrite_module.CoercedStream, "received_sha256", property(received_sha256))
+    with running_scp(tmp_path / "scp", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("583295", patient_name="DOE^JOHN", birth_date="19600101", sex="M"),
+            order("PL1", patient_id="583295", accession_number="MOF5026", modality="MR"),
+        ])  # fmt: skip
+        recorder = Recorder(monkeypatch)
+        done = storescu(scp.port, files)
+        assert done.returncode == 0, done.stderr
+        rows = scp.db.read(lambda c: c.execute(select(instances.c.sha256, instances.c.received_sha256)).all())
+    assert len(rows) == 3 and all(sha != received for sha, received in rows)  # coerced, each
+    assert [what for what, _, _ in recorder.events if what == "hashed"] == ["hashed"] * 3
+    assert spool_hashes == []

@@ -446,6 +446,35 @@ def test_an_omg_with_a_prior_result_schedules_its_order_and_leaves_the_earlier_o
     assert str(found.PatientName) == "Prior^Paula"
 
 
+def test_an_omg_whose_prior_result_has_no_pid_schedules_its_order_and_leaves_the_earlier_one_alone(
+        shipped: Engine, tmp_path: Path) -> None:
+    """A PRIOR_RESULT's PID is optional (PATIENT_PRIOR): a sender may start it with its PV1 (and AL1), as an
+    OMG^O19 of the HL7 FHIR converter's samples does. Stopping the orders at a PID only, its ORC was still
+    read as an order: AE 103 for the whole message and the new order lost."""
+    obr = "|".join(["OBR", "1", "PL-OMG2^RIS", "FL-OMG2^RIS", "CTHEAD^CT head^L", *[""] * 13,
+                    "ACC-OMG2", "RP-OMG2", "SPS-OMG2", "", "", "", "CT"])
+    message = _er7(f"""
+        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20261201091000||OMG^O19^OMG_O19|OMG0002|P|2.5.1
+        PID|1||OMG-2^^^WESTSIDE^MR||Prior^Pavla||19710101|F
+        PV1|1|O
+        ORC|NW|PL-OMG2^RIS|FL-OMG2^RIS||SC
+        {obr}
+        PV1|1|O
+        AL1||DA^Drug allergy^HL70127|Penicillin
+        ORC|RE|PL-OLD2^RIS|FL-OLD2^RIS||CM
+        OBR|1|PL-OLD2^RIS|FL-OLD2^RIS|CTHEAD^CT head^L|||20250101
+        OBX|1|TX|CT^CT head||no acute findings||||||F
+        """)
+
+    [ack] = _send(shipped, message)
+
+    assert ack.code == "AA", ack.raw
+    placed = "SELECT placer_order_number FROM orders WHERE placer_order_number IN ('PL-OMG2', 'PL-OLD2')"
+    assert _rows(shipped, placed) == [("PL-OMG2",)]
+    [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-OMG2", "PatientName=")
+    assert str(found.PatientName) == "Prior^Pavla"
+
+
 def test_an_order_with_its_timing_only_in_obr_reaches_the_worklist_at_its_time_and_priority(
         shipped: Engine, tmp_path: Path) -> None:
     """OpenMRS's radiology module sends ``ORC|NW`` bare, the priority as a word in OBR-27.6 and the exam's

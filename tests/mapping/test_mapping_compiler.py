@@ -50,6 +50,15 @@ def test_wrong_argument_count(tmp_path: Path) -> None:
     assert "replace takes 2 argument(s), got 0" in found[0]
 
 
+def test_a_misspelt_ts_to_da_argument_is_refused(tmp_path: Path) -> None:
+    """Only 'keep' changes ts_to_da (a year-only date given back); any other word was taken silently and the
+    date refused AE 102 as without it."""
+    found = problems(tmp_path, "      scheduled_start: {path: OBR-7, transform: [{ts_to_da: kept}]}\n")
+    assert len(found) == 1 and "ts_to_da takes no argument or 'keep', got 'kept'" in found[0]
+    kept = "      scheduled_start: {path: OBR-7, transform: [{ts_to_da: keep}]}\n"
+    load_mapping(write(tmp_path, "k.yaml", HEAD + kept))
+
+
 def test_unknown_table_is_reported(tmp_path: Path) -> None:
     found = problems(
         tmp_path,
