@@ -29,7 +29,7 @@ from engine.store.database import Database
 
 from .admission import HostSlots
 from .server import HandedOffServer, serve_handed_off
-from .spool_grants import GrantedBytes
+from .spool_grants import GrantedBytes, kept_bytes
 
 __all__ = ["EngineLink", "ReportedSlots", "main"]
 
@@ -138,7 +138,9 @@ def run(fd: int) -> int:
                   config.database.sqlite_page_size, checkpoint=False, write_lock=True,
                   application_name=f"radbridge receive worker {index}",
                   answer_timeout=config.database.answer_timeout_seconds)
-    grants = GrantedBytes(link.send)
+    bounds = config.dicom
+    grants = GrantedBytes(link.send, kept_bytes(bounds.max_spool_bytes_per_host, bounds.max_instance_bytes,
+                                                 bounds.receive_processes))
     served = serve_handed_off(config, db, link.queued, ReportedSlots(link, grants), port, grants)
     db.writer.add_commit_listener(link.committed)
     log.debug("receive worker %d ready (pid %d)", index, os.getpid())

@@ -17,12 +17,18 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-__all__ = ["GRANT_BYTES", "GRANT_WAIT_SECONDS", "GrantedBytes"]
+from engine.archive.spool_budget import GRANT_BYTES
 
-#: Bytes asked of the engine process at a time (a 512 KB image asks once every ~128 images).
-GRANT_BYTES = 64 << 20
+__all__ = ["GRANT_BYTES", "GRANT_WAIT_SECONDS", "GrantedBytes", "kept_bytes"]
+
 #: The longest a store waits for the engine's answer; no answer is a refusal (0xA700).
 GRANT_WAIT_SECONDS = 5.0
+
+
+def kept_bytes(max_spool_bytes_per_host: int, max_instance_bytes: int, workers: int) -> int:
+    """What one of ``workers`` may hold of a host's share unused: :data:`GRANT_BYTES`, less where the bounds
+    leave less room beside an instance of the largest size (0: nothing is kept)."""
+    return max(0, min(GRANT_BYTES, (max_spool_bytes_per_host - max_instance_bytes) // max(1, workers)))
 
 
 class GrantedBytes:
@@ -32,8 +38,12 @@ class GrantedBytes:
     thread that reads the link when a ``granted`` message arrives.
     """
 
-    def __init__(self, send: Callable[[str], None]) -> None:
+    def __init__(self, send: Callable[[str], None], keep: int = GRANT_BYTES) -> None:
+        """``keep``: the most of a host's share this worker holds unused (and asks for at a time); at most
+        (``max_spool_bytes_per_host`` - ``max_instance_bytes``) / workers (:func:`kept_bytes`), so that what
+        every worker holds unused never stops an instance of the largest size arriving on another."""
         self._send = send
+        self._keep = max(0, keep)
         self._granted: Counter[str] = Counter()
         self._used: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -46,7 +56,7 @@ class GrantedBytes:
             if self._used[host] + count <= self._granted[host]:
                 self._used[host] += count
                 return True
-        ask = max(count, GRANT_BYTES)
+        ask = max(count, self._keep)
         if not self._ask(host, ask):
             if ask == count or not self._ask(host, count):  # near the bound: just what is needed
                 return False
@@ -60,7 +70,7 @@ class GrantedBytes:
         """Give back ``count`` bytes of ``host``; what this worker holds unused beyond one grant goes back."""
         with self._lock:
             self._used[host] -= count
-            spare = self._granted[host] - self._used[host] - GRANT_BYTES
+            spare = self._granted[host] - self._used[host] - self._keep
             if spare > 0:
                 self._granted[host] -= spare
         if spare > 0:

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["HostBytes", "SpoolBounds", "SpoolBudget", "below_reserve", "free_bytes"]
+__all__ = ["GRANT_BYTES", "HostBytes", "SpoolBounds", "SpoolBudget", "below_reserve", "free_bytes"]
+
+#: Bytes a receive worker asks of the engine process's ledger at a time (channels.dicom.spool_grants;
+#: a 512 KB image asks once every ~128 images). A worker may keep one such grant unused per host while
+#: the host is connected to it; less where the per-host bound leaves less room beside an instance of the
+#: largest size (channels.dicom.spool_grants.kept_bytes).
+GRANT_BYTES = 64 << 20
 
 
 class SpoolBudget(Protocol):

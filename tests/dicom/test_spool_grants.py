@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from channels.dicom.spool_grants import GRANT_BYTES, GrantedBytes
+from channels.dicom.spool_grants import GRANT_BYTES, GrantedBytes, kept_bytes
 from engine.archive.spool_budget import HostBytes
 
 
@@ -82,3 +82,31 @@ def test_an_answer_after_the_store_stopped_waiting_goes_back() -> None:
     worker = GrantedBytes(sent.append)
     worker.answer("granted 7 h 100 1")  # nobody waits for request 7 any more
     assert sent == ["return h 100"]
+
+
+def test_what_workers_keep_unused_never_stops_the_largest_instance_on_another() -> None:
+    """Bounds that leave little room beside the largest instance (per host = instance + 10 MiB, 2 workers):
+    each worker keeps at most 5 MiB unused, so after worker one stored an instance, one of the largest size
+    still fits on worker two. Before, worker one kept up to a whole 64 MiB grant and the instance was 0xA700
+    on every resend."""
+    mib = 1 << 20
+    instance, per_host = 40 * mib, 50 * mib
+    assert kept_bytes(per_host, instance, 2) == 5 * mib
+    assert kept_bytes(8 << 30, 4 << 30, 2) == GRANT_BYTES and kept_bytes(instance, instance, 2) == 0
+    engine = EngineSide(per_host)
+    keep = kept_bytes(per_host, instance, 2)
+    one, two = GrantedBytes(engine.send, keep), GrantedBytes(engine.send, keep)
+
+    def via(worker: GrantedBytes) -> object:
+        def relay(text: str) -> None:
+            engine.grants = worker
+            engine.send(text)
+        return relay
+
+    one._send, two._send = via(one), via(two)  # type: ignore[method-assign]
+    for _ in range(10):  # an instance of the largest size, in 4 MiB steps, then stored
+        assert one.reserve("h", 4 * mib)
+    one.release("h", instance)
+    assert engine.ledger.held("h") <= keep
+    for _ in range(10):
+        assert two.reserve("h", 4 * mib)
