@@ -101,7 +101,8 @@ messages = Table(
     # what the handlers left alone and why (ignored non-imaging order, resent order, cancel of
     # a cancelled order ...): one line each, shown by ``messages show``.
     Column("note", Text, nullable=False, default="", server_default=""),
-    Index(None, "sender", "control_id"),
+    # The duplicate lookup (engine.channel.persist): all four, or SQLite's planner scans the channel's window.
+    Index(None, "channel", "sender", "control_id", "received_at"),
     Index(None, "channel", "received_at"),
     # Only what needs attention (errors, rejects, filtered): processed messages, nearly all
     # of them, cost no entry. A query uses it when it repeats the condition (list_messages).
