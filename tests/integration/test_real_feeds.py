@@ -418,61 +418,38 @@ def test_a_japanese_order_s_name_repetitions_reach_the_worklist_as_pn_component_
     assert (found.PatientName.ideographic, found.PatientName.phonetic) == ("山田^太郎", "やまだ^たろう")
 
 
+@pytest.mark.parametrize(("n", "prior_patient"), [
+    (1, "PID|1||OMG-1^^^WESTSIDE^MR||Prior^Paula||19700101|F"),
+    (2, "PV1|1|O\nAL1||DA^Drug allergy^HL70127|Penicillin"),
+])  # fmt: skip
 def test_an_omg_with_a_prior_result_schedules_its_order_and_leaves_the_earlier_one_alone(
-        shipped: Engine, tmp_path: Path) -> None:
+        shipped: Engine, tmp_path: Path, n: int, prior_patient: str) -> None:
     """OMG^O19 may carry a PRIOR_RESULT: a PID, then an earlier order's ORC/OBR and its OBX. Its ORC was
     mapped as an order: ORC-1 RE with ORC-5 CM was AE 103 for the whole message (the new order lost), and
-    a prior NW would have put the old exam back on the worklist."""
-    obr = "|".join(["OBR", "1", "PL-OMG1^RIS", "FL-OMG1^RIS", "CTHEAD^CT head^L", *[""] * 13,
-                    "ACC-OMG1", "RP-OMG1", "SPS-OMG1", "", "", "", "CT"])
+    a prior NW would have put the old exam back on the worklist. The PRIOR_RESULT's PID is optional
+    (PATIENT_PRIOR): a sender may start it with its PV1 (and AL1), as an OMG^O19 of the HL7 FHIR converter's
+    samples does (case 2)."""
+    obr = "|".join(["OBR", "1", f"PL-OMG{n}^RIS", f"FL-OMG{n}^RIS", "CTHEAD^CT head^L", *[""] * 13,
+                    f"ACC-OMG{n}", f"RP-OMG{n}", f"SPS-OMG{n}", "", "", "", "CT"])
+    prior = "\n".join([prior_patient, f"ORC|RE|PL-OLD{n}^RIS|FL-OLD{n}^RIS||CM",
+                        f"OBR|1|PL-OLD{n}^RIS|FL-OLD{n}^RIS|CTHEAD^CT head^L|||20250101",
+                        "OBX|1|TX|CT^CT head||no acute findings||||||F"])
     message = _er7(f"""
-        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20261201090000||OMG^O19^OMG_O19|OMG0001|P|2.5.1
-        PID|1||OMG-1^^^WESTSIDE^MR||Prior^Paula||19700101|F
+        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20261201090000||OMG^O19^OMG_O19|OMG000{n}|P|2.5.1
+        PID|1||OMG-{n}^^^WESTSIDE^MR||Prior^Paula||19700101|F
         PV1|1|O
-        ORC|NW|PL-OMG1^RIS|FL-OMG1^RIS||SC
+        ORC|NW|PL-OMG{n}^RIS|FL-OMG{n}^RIS||SC
         {obr}
-        PID|1||OMG-1^^^WESTSIDE^MR||Prior^Paula||19700101|F
-        ORC|RE|PL-OLD1^RIS|FL-OLD1^RIS||CM
-        OBR|1|PL-OLD1^RIS|FL-OLD1^RIS|CTHEAD^CT head^L|||20250101
-        OBX|1|TX|CT^CT head||no acute findings||||||F
+        {prior}
         """)
 
     [ack] = _send(shipped, message)
 
     assert ack.code == "AA", ack.raw
-    placed = "SELECT placer_order_number FROM orders WHERE placer_order_number IN ('PL-OMG1', 'PL-OLD1')"
-    assert _rows(shipped, placed) == [("PL-OMG1",)]
-    [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-OMG1", "PatientName=")
+    placed = f"SELECT placer_order_number FROM orders WHERE placer_order_number IN ('PL-OMG{n}', 'PL-OLD{n}')"
+    assert _rows(shipped, placed) == [(f"PL-OMG{n}",)]
+    [found] = findscu(shipped.dicom, tmp_path, f"AccessionNumber=ACC-OMG{n}", "PatientName=")
     assert str(found.PatientName) == "Prior^Paula"
-
-
-def test_an_omg_whose_prior_result_has_no_pid_schedules_its_order_and_leaves_the_earlier_one_alone(
-        shipped: Engine, tmp_path: Path) -> None:
-    """A PRIOR_RESULT's PID is optional (PATIENT_PRIOR): a sender may start it with its PV1 (and AL1), as an
-    OMG^O19 of the HL7 FHIR converter's samples does. Stopping the orders at a PID only, its ORC was still
-    read as an order: AE 103 for the whole message and the new order lost."""
-    obr = "|".join(["OBR", "1", "PL-OMG2^RIS", "FL-OMG2^RIS", "CTHEAD^CT head^L", *[""] * 13,
-                    "ACC-OMG2", "RP-OMG2", "SPS-OMG2", "", "", "", "CT"])
-    message = _er7(f"""
-        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20261201091000||OMG^O19^OMG_O19|OMG0002|P|2.5.1
-        PID|1||OMG-2^^^WESTSIDE^MR||Prior^Pavla||19710101|F
-        PV1|1|O
-        ORC|NW|PL-OMG2^RIS|FL-OMG2^RIS||SC
-        {obr}
-        PV1|1|O
-        AL1||DA^Drug allergy^HL70127|Penicillin
-        ORC|RE|PL-OLD2^RIS|FL-OLD2^RIS||CM
-        OBR|1|PL-OLD2^RIS|FL-OLD2^RIS|CTHEAD^CT head^L|||20250101
-        OBX|1|TX|CT^CT head||no acute findings||||||F
-        """)
-
-    [ack] = _send(shipped, message)
-
-    assert ack.code == "AA", ack.raw
-    placed = "SELECT placer_order_number FROM orders WHERE placer_order_number IN ('PL-OMG2', 'PL-OLD2')"
-    assert _rows(shipped, placed) == [("PL-OMG2",)]
-    [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-OMG2", "PatientName=")
-    assert str(found.PatientName) == "Prior^Pavla"
 
 
 def test_an_order_with_its_timing_only_in_obr_reaches_the_worklist_at_its_time_and_priority(
