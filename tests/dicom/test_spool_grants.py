@@ -33,6 +33,17 @@ def _worker(engine: EngineSide) -> GrantedBytes:
     return engine.grants
 
 
+def _two_workers(engine: EngineSide, keep: int = GRANT_BYTES) -> tuple[GrantedBytes, GrantedBytes]:
+    """Two workers on one engine side, each answered on its own link."""
+    workers = GrantedBytes(engine.send, keep), GrantedBytes(engine.send, keep)
+    for worker in workers:
+        def relay(text: str, worker: GrantedBytes = worker) -> None:
+            engine.grants = worker
+            engine.send(text)
+        worker._send = relay  # type: ignore[method-assign]
+    return workers
+
+
 def test_a_worker_asks_once_per_grant_not_once_per_image() -> None:
     engine = EngineSide(8 * GRANT_BYTES)
     worker = _worker(engine)
@@ -44,15 +55,7 @@ def test_a_worker_asks_once_per_grant_not_once_per_image() -> None:
 
 def test_two_workers_together_stay_within_the_hosts_share() -> None:
     engine = EngineSide(3 * GRANT_BYTES)
-    one, two = GrantedBytes(engine.send), GrantedBytes(engine.send)
-
-    def send(worker: GrantedBytes) -> object:
-        def relay(text: str) -> None:
-            engine.grants = worker
-            engine.send(text)
-        return relay
-
-    one._send, two._send = send(one), send(two)  # type: ignore[method-assign]
+    one, two = _two_workers(engine)
     assert one.reserve("h", 2 * GRANT_BYTES)
     assert not two.reserve("h", 2 * GRANT_BYTES)  # one share for the host, whichever worker asks
     assert two.reserve("h", GRANT_BYTES)
@@ -95,15 +98,7 @@ def test_what_workers_keep_unused_never_stops_the_largest_instance_on_another() 
     assert kept_bytes(8 << 30, 4 << 30, 2) == GRANT_BYTES and kept_bytes(instance, instance, 2) == 0
     engine = EngineSide(per_host)
     keep = kept_bytes(per_host, instance, 2)
-    one, two = GrantedBytes(engine.send, keep), GrantedBytes(engine.send, keep)
-
-    def via(worker: GrantedBytes) -> object:
-        def relay(text: str) -> None:
-            engine.grants = worker
-            engine.send(text)
-        return relay
-
-    one._send, two._send = via(one), via(two)  # type: ignore[method-assign]
+    one, two = _two_workers(engine, keep)
     for _ in range(10):  # an instance of the largest size, in 4 MiB steps, then stored
         assert one.reserve("h", 4 * mib)
     one.release("h", instance)
