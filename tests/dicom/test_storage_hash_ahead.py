@@ -72,6 +72,14 @@ def test_a_received_data_set_is_hashed_in_the_pool_and_its_hash_indexed(
     assert len(hashed) == 3 and all(thread.startswith("radbridge-hash") for _, thread, _ in hashed)
 
 
+def _order_for_the_corpus_files(scp: Any) -> None:
+    """The order the corpus files of :func:`_files` match (their images are coerced to it)."""
+    apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+        patient("583295", patient_name="DOE^JOHN", birth_date="19600101", sex="M"),
+        order("PL1", patient_id="583295", accession_number="MOF5026", modality="MR"),
+    ])  # fmt: skip
+
+
 def test_a_coerced_spool_gets_its_new_head_only_after_its_received_hash(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corpus: Path) -> None:
     files = _files(corpus)
@@ -80,10 +88,7 @@ def test_a_coerced_spool_gets_its_new_head_only_after_its_received_hash(
         received = sorted(hashlib.sha256(dataset_bytes(scp.stored_path(row.sop_instance_uid))).hexdigest()
                           for row in scp.instances())
     with running_scp(tmp_path / "scp", mappings_dir=ROOT / "mappings") as scp:
-        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
-            patient("583295", patient_name="DOE^JOHN", birth_date="19600101", sex="M"),
-            order("PL1", patient_id="583295", accession_number="MOF5026", modality="MR"),
-        ])  # fmt: skip
+        _order_for_the_corpus_files(scp)
         recorder = Recorder(monkeypatch)
         done = storescu(scp.port, files)
         assert done.returncode == 0, done.stderr
@@ -111,10 +116,7 @@ def test_a_coerced_data_set_is_hashed_once_in_the_pool_not_again_by_the_store(
 
     monkeypatch.setattr(rewrite_module.CoercedStream, "received_sha256", property(received_sha256))
     with running_scp(tmp_path / "scp", mappings_dir=ROOT / "mappings") as scp:
-        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
-            patient("583295", patient_name="DOE^JOHN", birth_date="19600101", sex="M"),
-            order("PL1", patient_id="583295", accession_number="MOF5026", modality="MR"),
-        ])  # fmt: skip
+        _order_for_the_corpus_files(scp)
         recorder = Recorder(monkeypatch)
         done = storescu(scp.port, files)
         assert done.returncode == 0, done.stderr
