@@ -18,6 +18,7 @@ from engine.config.models import EngineConfig
 from engine.fhir.model import FhirSettings
 from engine.fhir.projector import Projector
 from engine.fhir.push import PushSubscription
+from engine.fhir.settling import StudySettling
 from engine.store.database import Database
 
 __all__ = ["authorizer_for", "fhir_settings", "push_subscriptions", "start_http", "start_projector"]
@@ -63,7 +64,9 @@ def _auth(cfg: EngineConfig, db: Database, authorizer: Authorizer | None) -> tup
 async def start_projector(cfg: EngineConfig, db: Database,
                           wake_outbox: Callable[[], None] = lambda: None) -> Projector:
     """Start keeping the stored resources up to date with the domain tables; ``wake_outbox`` after queueing pushes."""
-    projector = Projector(db, fhir_settings(cfg), wake_outbox=wake_outbox)
+    fhir = cfg.http.fhir
+    projector = Projector(db, fhir_settings(cfg), wake_outbox=wake_outbox, settling=StudySettling(
+        fhir.imaging_study_settle_seconds, fhir.imaging_study_max_delay_seconds))
     for d in (d for d in cfg.destinations if d.type == "fhir"):
         if d.base_url:
             log.info("FHIR push: %s to %s (%s)", d.name, d.base_url, ", ".join(d.resource_types))

@@ -592,6 +592,11 @@ class FhirConfig(_Model):
     patient_id_system: str = Field("urn:radbridge:patient-id", description="identifier system of patient ids "
                                    "without an issuer")
     history: FhirHistoryConfig = Field(default_factory=FhirHistoryConfig)
+    imaging_study_settle_seconds: float = Field(
+        1.0, ge=0, description="a study still receiving images is stored as an ImagingStudy again once no image"
+        " has come for this long (0: at every projector cycle, about every 0.5 s)")
+    imaging_study_max_delay_seconds: float = Field(
+        10.0, gt=0, description="while images keep coming, its ImagingStudy is stored again at least this often")
 
 
 class HTTPConfig(_Model):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, and_, delete, func, insert, select
 
 from engine.fhir import store, triggers
 from engine.fhir.instant import instant
@@ -32,12 +32,16 @@ from engine.fhir.model import Built, FhirSettings
 from engine.fhir.push import PushSubscription, enqueue_removed, enqueue_stored
 from engine.fhir.registry import MODULES
 from engine.fhir.resources.imaging_study import ENDPOINT_ID
+from engine.fhir.settling import STUDY_KIND, StudySettling
 from engine.fhir.tables import fhir_pending
 from engine.store.database import Database, unavailable
 
 __all__ = ["Projection", "Projector", "apply", "collect", "project_all"]
 
 log = logging.getLogger(__name__)
+
+#: Pending row ids deleted by one statement (bound parameters: SQLite allows 32,766 a statement).
+_DELETE_CHUNK = 1000
 
 #: PostgreSQL advisory lock key of the projector ("rbfhirpj" in ASCII).
 PROJECTOR_LOCK = 0x7262666869727069
@@ -50,15 +54,29 @@ class Projection:
     pending_ids: list[int]
     resources: list[tuple[str, str, Built | None]]
     push: tuple[PushSubscription, ...] = ()  # destinations to queue the new versions for
+    studies: frozenset[str] = frozenset()  # the pending study keys it consumes (engine.fhir.settling)
 
 
-def collect(conn: Connection, settings: FhirSettings, batch: int = 500) -> Projection:
-    """Read up to ``batch`` pending rows and build every resource they touch (reads only)."""
-    rows = conn.execute(select(fhir_pending.c.id, fhir_pending.c.kind, fhir_pending.c.key)
-                        .order_by(fhir_pending.c.id).limit(batch)).all()
+def collect(conn: Connection, settings: FhirSettings, batch: int = 500,
+            settling: StudySettling | None = None) -> Projection:
+    """Read up to ``batch`` pending rows and build every resource they touch (reads only).
+
+    With ``settling``, the studies it holds are left pending (:mod:`engine.fhir.settling`), and a study
+    that is built consumes every pending row of it read here, however many (a settled study's rows
+    are consumed by one cycle, not by one per ``batch``)."""
+    p = fhir_pending.c
+    held = settling.held(conn) if settling is not None else frozenset()
+    query = select(p.id, p.kind, p.key).order_by(p.id).limit(batch)
+    if held:
+        query = query.where(~and_(p.kind == STUDY_KIND, p.key.in_(sorted(held))))
+    rows = list(conn.execute(query).all())
     keys: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         keys[row.kind].add(row.key)
+    if settling is not None and keys.get(STUDY_KIND):
+        read = {int(row.id) for row in rows}
+        rows += [row for row in conn.execute(select(p.id, p.kind, p.key).where(
+            p.kind == STUDY_KIND, p.key.in_(sorted(keys[STUDY_KIND])))) if int(row.id) not in read]
     resources: list[tuple[str, str, Built | None]] = []
     for module in MODULES:
         wanted: set[str] = set()
@@ -68,7 +86,7 @@ def collect(conn: Connection, settings: FhirSettings, batch: int = 500) -> Proje
         if wanted:
             built = module.build(conn, wanted, settings)
             resources += [(module.TYPE, res_id, built[res_id]) for res_id in sorted(built)]
-    return Projection([int(r.id) for r in rows], resources, settings.push)
+    return Projection([int(r.id) for r in rows], resources, settings.push, frozenset(keys.get(STUDY_KIND, ())))
 
 
 def apply(conn: Connection, projection: Projection, now: datetime | None = None) -> tuple[int, int]:
@@ -81,16 +99,19 @@ def apply(conn: Connection, projection: Projection, now: datetime | None = None)
         if found is None:
             queued += enqueue_removed(conn, res_type, res_id, projection.push)
             changed += store.remove(conn, res_type, res_id)
-    if projection.pending_ids:
-        conn.execute(delete(fhir_pending).where(fhir_pending.c.id.in_(projection.pending_ids)))
+    for at in range(0, len(projection.pending_ids), _DELETE_CHUNK):
+        conn.execute(delete(fhir_pending).where(fhir_pending.c.id.in_(projection.pending_ids[at:at + _DELETE_CHUNK])))
     return changed, queued
 
 
-def _locked_cycle(conn: Connection, settings: FhirSettings, batch: int) -> tuple[int, int, int]:
+def _locked_cycle(conn: Connection, settings: FhirSettings, batch: int,
+                  settling: StudySettling | None) -> tuple[int, int, int, frozenset[str]]:
     if not conn.execute(select(func.pg_try_advisory_xact_lock(PROJECTOR_LOCK))).scalar():
-        return 0, 0, 0  # another engine process is projecting
-    projection = collect(conn, settings, batch)
-    return len(projection.pending_ids), *apply(conn, projection)
+        if settling is not None:
+            settling.idle()
+        return 0, 0, 0, frozenset()  # another engine process is projecting
+    projection = collect(conn, settings, batch, settling)
+    return len(projection.pending_ids), *apply(conn, projection), projection.studies
 
 
 def project_all(db: Database, settings: FhirSettings, batch: int = 500) -> int:
@@ -103,14 +124,20 @@ def project_all(db: Database, settings: FhirSettings, batch: int = 500) -> int:
             return changed
 
 
-def _cycle(db: Database, settings: FhirSettings, batch: int) -> tuple[int, int, int]:
+def _cycle(db: Database, settings: FhirSettings, batch: int,
+           settling: StudySettling | None = None) -> tuple[int, int, int]:
     """One committed cycle: (pending rows consumed, resources changed, push rows queued)."""
     if not db.is_sqlite:
-        return db.writer.call(lambda c: _locked_cycle(c, settings, batch))
-    projection = db.read(lambda c: collect(c, settings, batch))
-    if not projection.pending_ids:
-        return 0, 0, 0
-    return len(projection.pending_ids), *db.writer.call(lambda c: apply(c, projection))
+        consumed, changed, queued, studies = db.writer.call(lambda c: _locked_cycle(c, settings, batch, settling))
+    else:
+        projection = db.read(lambda c: collect(c, settings, batch, settling))
+        if not projection.pending_ids:
+            return 0, 0, 0
+        consumed, (changed, queued), studies = (len(projection.pending_ids),
+                                                db.writer.call(lambda c: apply(c, projection)), projection.studies)
+    if settling is not None:
+        settling.projected(studies)
+    return consumed, changed, queued
 
 
 def _any_pending(conn: Connection) -> bool:
@@ -131,13 +158,17 @@ class Projector:
 
     def __init__(self, db: Database, settings: FhirSettings, interval: float = 0.5, batch: int = 1000,
                  yield_ratio: float = 3.0, debounce: float = 0.2, idle_interval: float = 5.0,
-                 wake_outbox: Callable[[], None] = lambda: None) -> None:
+                 wake_outbox: Callable[[], None] = lambda: None, settling: StudySettling | None = None) -> None:
         """``yield_ratio``: after a cycle that leaves more work, pause that many times its duration, so that
         the projector takes at most 1/(1+ratio) of the process while messages arrive (they come first).
 
         ``wake_outbox``: called after a cycle that queued push rows has committed, as the channels do
-        after enqueueing, so a push leaves at once instead of at the outbox's next poll."""
+        after enqueueing, so a push leaves at once instead of at the outbox's next poll.
+
+        ``settling``: which studies still receiving images wait (:mod:`engine.fhir.settling`; default: its
+        defaults)."""
         self.db, self.settings, self.interval, self.batch = db, settings, interval, batch
+        self.settling = settling if settling is not None else StudySettling()
         self.wake_outbox = wake_outbox
         self.yield_ratio, self.debounce, self.idle_interval = yield_ratio, debounce, idle_interval
         self._task: asyncio.Task[None] | None = None
@@ -179,8 +210,10 @@ class Projector:
         (under steady load cycles are as far apart as when the projector polled every ``interval``).
         """
         wake, stop = asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stop.wait())
+        held = self.settling.next_look()  # a study left pending: looked at again when it may have settled
+        timeout = self.idle_interval if held is None else min(self.idle_interval, held + self.debounce)
         try:
-            await asyncio.wait((wake, stop), timeout=self.idle_interval, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((wake, stop), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             wake.cancel()
             stop.cancel()
@@ -203,15 +236,18 @@ class Projector:
                 if self._store_down:
                     log.info("FHIR projector: store available again")
                     self._store_down = False
-                if pending:
+                if not pending:
+                    self.settling.idle()
+                else:
                     started = time.monotonic()
-                    consumed, _, queued = await asyncio.to_thread(_cycle, self.db, self.settings, batch)
+                    consumed, _, queued = await asyncio.to_thread(_cycle, self.db, self.settings, batch,
+                                                                   self.settling)
                     last_end = time.monotonic()
                     if queued:
                         self.wake_outbox()
                     narrow = max(0, narrow - consumed)
                     batch = 1 if narrow else self.batch
-                    if consumed == batch:  # more waiting: go on, but leave the receive path its share
+                    if consumed >= batch:  # more waiting: go on, but leave the receive path its share
                         more, pause = True, (last_end - started) * self.yield_ratio
             except Exception as exc:
                 more = True
