@@ -101,27 +101,38 @@ def _key_text(item: Any, keyword: str) -> str:
         return ""
 
 
-def _same_item(old: list[Dataset], wanted: Mapping[str, Any]) -> int:
-    """The index of the header's item that stands for what ``wanted`` stands for (:data:`_ITEM_KEYS`); 0 when
-    none does (the first item is the one coerced, as for a single item)."""
+def _same_item(old: list[Dataset], wanted: Mapping[str, Any]) -> int | None:
+    """The index of the header's item that stands for what ``wanted`` stands for: the item that names its step,
+    else its requested procedure and accession (:data:`_ITEM_KEYS`), else the first item that names no other
+    (every key it holds is ``wanted``'s: an item the modality filled without ids); None when every item names
+    another step or requested procedure."""
     for keys in _ITEM_KEYS:
         values = [_key_text(wanted, k) for k in keys]
         if all(values):
             for index, item in enumerate(old):
                 if [_key_text(item, k) for k in keys] == values:
                     return index
-    return 0
+    named = [k for keys in _ITEM_KEYS for k in keys]
+    for index, item in enumerate(old):
+        if all(_key_text(item, k) in ("", _key_text(wanted, k)) for k in named):
+            return index
+    return None
 
 
 def _merged_items(existing: Any, wanted: list[Any]) -> list[Dataset]:
-    """Each wanted item merged into the header's item at its place. One wanted item and several in the header:
-    it is merged into the item that names the same step or requested procedure (else the first), and the
-    header's other items stay (the other requested procedures of a group case). An item that names no step
-    or requested procedure (a procedure code) replaces the header's items as before: the order says which."""
+    """Each wanted item merged into the header's item at its place. One wanted item and several in the header
+    (IHE's group case): it is merged into the item that stands for the same step or requested procedure
+    (:func:`_same_item`), the header's other items staying (the other requested procedures the image was
+    acquired for); when every item names another step or procedure it is appended as an item of its own, so
+    that no other procedure's item carries the order's ids beside its own descriptions and codes. An item that
+    names no step or requested procedure (a procedure code) replaces the header's items as before: the order
+    says which."""
     old = list(existing or [])
     kept = [w for w in wanted if not is_empty(w)]
     if len(kept) == 1 and len(old) > 1 and any(_key_text(kept[0], k) for keys in _ITEM_KEYS for k in keys):
         at = _same_item(old, kept[0])
+        if at is None:
+            return [*(copy.deepcopy(item) for item in old), _merged_item(None, kept[0])]
         return [_merged_item(item, kept[0]) if index == at else copy.deepcopy(item) for index, item in enumerate(old)]
     return [_merged_item(old[i] if i < len(old) else None, w) for i, w in enumerate(kept)]
 
