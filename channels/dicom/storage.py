@@ -74,10 +74,10 @@ from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler
 from engine.domain.routing import forwarding_destinations
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
 from engine.reconcile.rewrite import (
+    WHOLE_LIMIT,
     CoercedStream,
     Header,
     WholeStream,
-    deflated_with_meta_elements,
     encode_whole,
     read_header,
     read_whole,
@@ -201,23 +201,28 @@ def _encoding(transfer_syntax_uid: str) -> Encoding | None:
         return Encoding(False, True)
 
 
-def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[InstanceAttributes, Header | None]:
+def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[InstanceAttributes, Header | None, bool]:
     """Structure, header and identity checks; raise :class:`_Refused` with the reason.
 
-    Returns the index attributes and the parsed header (the elements before the pixel data,
+    Returns the index attributes, the parsed header (the elements before the pixel data,
     kept for reconciliation so the header is parsed once), or None for a deflated data set,
-    read whole through ``dcmread`` (the File Meta Information is not parsed again otherwise).
+    read whole through ``dcmread`` (the File Meta Information is not parsed again otherwise),
+    and whether the data set holds command or File Meta Information elements (groups 0000/0002),
+    anywhere among its top-level elements (a deflated one: before its pixel data).
     """
     enc = _encoding(request.transfer_syntax_uid)
+    deflated_meta = False
     try:
         if enc is not None:
             with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                check_structure(buf, offset, len(buf), enc)
-            header: Header | None = read_header(spool, offset, enc)
+                meta_end = check_structure(buf, offset, len(buf), enc)
+            header: Header | None = _with_meta_elements(spool, offset, enc, meta_end) if meta_end else (
+                read_header(spool, offset, enc))
             ds = header.dataset  # type: ignore[union-attr]
         else:
             spool.seek(0)
             header, ds = None, dcmread(spool, stop_before_pixels=True, defer_size=1024)
+            deflated_meta = any(tag >> 16 in (0x0000, 0x0002) for tag in ds.keys())  # noqa: SIM118
         attrs = InstanceAttributes.from_dataset(ds)
     except MalformedDataset as exc:
         raise _Refused("unparsable", str(exc)) from exc
@@ -229,20 +234,34 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
     size = os.fstat(spool.fileno()).st_size - offset
     if enc is not None and size % 2:  # PS3.8 E.1: every PDV fragment even, so no PACS could be sent it
         raise _Refused("unparsable", f"odd data set length {size} (an odd-length value, PS3.5 7.1.1)")
-    return attrs, header
+    return attrs, header, deflated_meta or (header is not None and header.meta_elements)
+
+
+def _with_meta_elements(spool: BinaryIO, offset: int, enc: Encoding, meta_end: int) -> Header:
+    """The header of a data set holding group 0000/0002 elements up to ``meta_end`` (the structure check found
+    them): read as usual when they are all before the pixel data; when one is after it, the whole data set is
+    read as its header (at most :data:`~engine.reconcile.rewrite.WHOLE_LIMIT` bytes; kept as received beyond,
+    with a warning) so that the splice leaves it out too."""
+    header = read_header(spool, offset, enc)
+    if meta_end > header.bulk_at:
+        if os.fstat(spool.fileno()).st_size - header.bulk_at <= WHOLE_LIMIT:
+            header = read_header(spool, offset, enc, whole=True)
+        else:
+            log.warning("a command or File Meta Information element after the pixel data of a %d MB data set is"
+                        " kept as received: over the %d MB it may be read whole for", header.bulk_at >> 20,
+                        WHOLE_LIMIT >> 20)
+    return dataclasses.replace(header, meta_elements=True)
 
 
 def _without_meta_elements(spool: BinaryIO, offset: int, header: Header | None, prepared: Prepared) -> Prepared:
-    """``prepared`` (a data set stored as received) without the command and File Meta Information elements
-    its sender put in it (PS3.10 7.1): the header spliced without them (the rest streamed as received), a
-    deflated data set inflated and written again whole; ``prepared`` itself when it holds none."""
+    """``prepared`` (a data set stored as received, holding command or File Meta Information elements its
+    sender put in it, PS3.10 7.1) without them: the header spliced without them (the rest streamed as
+    received), a deflated data set inflated and written again whole."""
     if header is not None:
         cleaned = without_meta_elements(header)
         if cleaned is None:
             return prepared
         return Prepared(CoercedStream(cleaned, header.raw, spool, header.bulk_at), prepared.attrs, prepared.match)
-    if not deflated_with_meta_elements(spool, offset):
-        return prepared
     return Prepared(WholeStream(encode_whole(read_whole(spool)), spool, offset), prepared.attrs, prepared.match)
 
 
@@ -326,10 +345,10 @@ class StorageService:
             offset = dataset_offset(head)
         except MalformedDataset as exc:
             raise _Refused("unparsable", str(exc)) from exc
-        attrs, header = _check(spool, offset, request)
+        attrs, header, meta_elements = _check(spool, offset, request)
         prepared = self._reconcile(spool, offset, request, attrs, header, now)  # reconciliation (#13): match + coerce
-        if not prepared.coerced:  # stored as received, but never with group 0000/0002 elements (not received_sha256():
-            # before hashing.wait() that hashes a coerced data set's spool again, in this thread)
+        if meta_elements and not prepared.coerced:  # stored as received, but never with group 0000/0002 elements
+            # (not received_sha256(): before hashing.wait() that hashes a coerced data set's spool again, here)
             prepared = _without_meta_elements(spool, offset, header, prepared)
         if hashing is not None:  # before anything reads the hash or changes the spool
             request = dataclasses.replace(request, streamed=StreamedFile(hashing.size, hashing.wait()))

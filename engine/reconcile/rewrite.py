@@ -34,8 +34,6 @@ import itertools
 import logging
 import mmap
 import os
-import struct
-import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
@@ -54,7 +52,7 @@ from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
 from engine.reconcile.coerce import Coercion
 from engine.reconcile.encode import ElementWriter
 
-__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "deflated_with_meta_elements",
+__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream",
            "element_spans", "elements_after_bulk", "encode_coerced", "encode_header", "encode_whole",
            "encoded_elements", "encoding_of", "read_header", "read_whole", "reencoded_tags", "splice",
            "without_meta_elements"]
@@ -90,6 +88,9 @@ class Header:
     raw: bytes
     bulk_at: int
     enc: Encoding
+    #: The data set holds command or File Meta Information elements (groups 0000/0002) in ``raw``
+    #: (:func:`~engine.archive.structure.check_structure` says so; :func:`without_meta_elements`).
+    meta_elements: bool = False
 
 
 def read_header(spool: BinaryIO, offset: int, enc: Encoding, whole: bool = False) -> Header:
@@ -140,9 +141,9 @@ def _is_group_length(tag: int) -> bool:
 
 def without_meta_elements(header: Header) -> bytes | None:
     """``header.raw`` without the command and File Meta Information elements a sender put in its data set
-    (:func:`_is_group_length`), every other element as received; None when it holds none (the usual case:
-    one look at the first element's group)."""
-    if len(header.raw) < 2 or struct.unpack_from(header.enc.order + "H", header.raw)[0] not in (0x0000, 0x0002):
+    (:func:`_is_group_length`), wherever they are, every other element as received; None when it holds none
+    (the usual case: :attr:`Header.meta_elements`, found by the structure check's walk, costs nothing more)."""
+    if not header.meta_elements:
         return None
     return splice(header.raw, element_spans(header), {})
 
@@ -269,19 +270,6 @@ def read_whole(spool: BinaryIO) -> Dataset:
     for tag in [t for t in ds.keys() if t >> 16 in (0x0000, 0x0002)]:  # noqa: SIM118 - ds itself yields elements
         del ds[tag]
     return ds
-
-
-def deflated_with_meta_elements(spool: BinaryIO, offset: int) -> bool:
-    """True when the deflated data set at ``offset`` starts with a command or File Meta Information element
-    (its first inflated bytes are enough: elements are in tag order)."""
-    spool.seek(offset)
-    try:
-        first = zlib.decompressobj(-zlib.MAX_WBITS).decompress(spool.read(256), 2)
-    except zlib.error:
-        return False  # parsed already: not reached
-    finally:
-        spool.seek(offset)
-    return len(first) == 2 and struct.unpack("<H", first)[0] in (0x0000, 0x0002)
 
 
 def encode_whole(ds: Dataset) -> bytes:
