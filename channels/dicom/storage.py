@@ -30,6 +30,7 @@ The spool file, and what happens when the disk fills while it is written, is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -39,7 +40,7 @@ import mmap
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +96,7 @@ __all__ = [
     "StorageService",
     "StoreRequest",
     "StreamedFile",
+    "idle_timer_paused",
     "prepare_locations",
     "refusal",
 ]
@@ -265,6 +267,28 @@ def _without_meta_elements(spool: BinaryIO, offset: int, header: Header | None, 
     return Prepared(WholeStream(encode_whole(read_whole(spool)), spool, offset), prepared.attrs, prepared.match)
 
 
+@contextlib.contextmanager
+def idle_timer_paused(assoc: Any) -> Iterator[None]:
+    """``assoc``'s idle timer (``dicom.idle_timeout_seconds``) stopped while a store runs, restarted after it.
+
+    The peer waits for the C-STORE response meanwhile and sends nothing: a store that waits on the
+    database (up to ``database.answer_timeout_seconds`` a request) or a long fsync was counted as the
+    peer's idleness, and the listener's watchdog (:mod:`channels.dicom.listener`) cut the connection
+    ``idle_timeout_seconds`` + 2 s into it, the image stored but its response lost (pynetdicom's own
+    check would abort it after). A stopped timer never expires; the idle time counts again from the
+    store's end. (pynetdicom internals: the DUL's ``_idle_timer``, ``stop`` and ``restart``.)
+    """
+    timer = getattr(getattr(assoc, "dul", None), "_idle_timer", None)
+    paused = callable(getattr(timer, "stop", None)) and callable(getattr(timer, "restart", None))
+    if paused:
+        timer.stop()  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if paused:
+            timer.restart()  # type: ignore[union-attr]
+
+
 @dataclass(slots=True)
 class StorageService:
     """Stores C-STORE requests into ``primary``, refusals into ``quarantine``, and indexes them."""
@@ -298,6 +322,10 @@ class StorageService:
 
     def on_store(self, event: Any) -> int:
         """``EVT_C_STORE`` handler: the response status (0xC210 for a request that carried no data set)."""
+        with idle_timer_paused(event.assoc):  # our store's time is not the peer's idleness
+            return self._on_store(event)
+
+    def _on_store(self, event: Any) -> int:
         if event.dataset_path is None:  # CommandDataSetType 0x0101: nothing arrived, nothing to keep
             log.info("C-STORE %s from %s refused (0x%04X): the request carries no data set",
                      event.request.AffectedSOPInstanceUID, str(event.assoc.requestor.ae_title).strip(),
