@@ -30,14 +30,16 @@ from datetime import datetime
 from typing import Any
 
 from pydicom import config
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
 
 from engine.mapping.null import NULL
-from engine.reconcile.charset import needed_charset
+from engine.reconcile.charset import needed_charset, single_byte
 
 __all__ = ["COERCE", "CORRECT", "ORIGINAL_ATTRIBUTES_SEQUENCE", "SPECIFIC_CHARACTER_SET", "Coercion", "Modification",
            "coerce", "coerce_header", "definition", "is_empty", "stamp_text"]
@@ -235,27 +237,89 @@ def _changes(ds: Dataset, wanted: Mapping[str, Any]) -> list[_Change]:
     return found
 
 
-def _decode(ds: Dataset) -> None:
+#: The VRs whose values SpecificCharacterSet governs (PS3.5 6.1.2.3).
+TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+
+
+def utf8_text(value: bytes) -> bool:
+    """True when ``value`` holds bytes beyond ASCII and is valid UTF-8 (a single-byte character set's text
+    is that only by a rare accident: a byte of 0xC2-0xF4 followed by one of 0x80-0xBF, C1 controls or
+    symbols such as "Ã©" in ISO 8859-1)."""
+    if value.isascii():
+        return False
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def reads_utf8(charset: object) -> bool:
+    """True when text declared in ``charset`` that is valid UTF-8 is read as UTF-8 (:func:`_decode`): the
+    default repertoire and the single-byte character sets (one value). Not code extensions (ISO 2022: their
+    escapes are ASCII), the multi-byte sets, nor ISO_IR 13 (JIS X 0201: its katakana bytes pair up as UTF-8)."""
+    terms = [charset] if isinstance(charset, str) else list(charset or [])  # type: ignore[call-overload]
+    if len(terms) > 1:
+        return False
+    term = str(terms[0]).strip() if terms else ""
+    return term in ("", "ISO_IR 6") or (term.startswith("ISO_IR ") and single_byte(term) and term != "ISO_IR 13")
+
+
+def _decode(ds: Dataset, utf8: str | None = None) -> None:
     """Convert each raw element of ``ds`` and of its items with the character set it was read in.
 
     An element pydicom cannot convert (a value length its VR does not allow, say an FD of 6 bytes, or
     an unknown VR) stays raw: it holds no text, and it is written back as received
     (:func:`~engine.reconcile.rewrite.encode_coerced`) instead of failing the whole image.
+
+    ``utf8``: the Python codec of the header's character set when it :func:`reads_utf8`; then a text value
+    whose bytes are valid UTF-8 beyond ASCII is read as UTF-8: a modality that declares ISO_IR 100 but writes
+    UTF-8 (they exist) would otherwise have its "Müller" read as "MÃ¼ller" and, once the header is UTF-8,
+    stored so (the tolerant reader: what is unambiguous is read as meant). An element converted already
+    (compared with the order's values) is judged by its value encoded back in that codec.
     """
     for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
         try:
             elem = ds[tag]
         except (BytesLengthException, NotImplementedError):
             continue
         if elem.VR == "SQ":
             for item in elem.value:
-                _decode(item)
+                _decode(item, utf8)
+        elif utf8 is not None and elem.VR in TEXT_VRS:
+            received = raw.value if isinstance(raw, RawDataElement) else _encoded_back(elem.value, utf8)
+            if received and utf8_text(received):
+                as_read = RawDataElement(elem.tag, elem.VR, len(received), received, 0, False, True, True, False)
+                ds[tag] = convert_raw_data_element(as_read, encoding=["utf_8"], ds=ds)
+
+
+def _encoded_back(value: Any, codec: str) -> bytes | None:
+    """A decoded text value's bytes as received (a name's own; a text encoded in ``codec``), None if unsure."""
+    values = list(value) if isinstance(value, MultiValue) else [value]
+    parts = []
+    for v in values:
+        if isinstance(v, PersonName):
+            original = v.original_string
+            if not isinstance(original, bytes):
+                return None
+            parts.append(original)
+        elif isinstance(v, str):
+            try:
+                parts.append(v.encode(codec))
+            except (UnicodeError, LookupError):
+                return None
+        else:
+            return None
+    return b"\\".join(parts)
 
 
 def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
-    """Decode every text value with the header's own character set, then declare ``charset``."""
-    _decode(ds)
+    """Decode every text value with the header's own character set (valid UTF-8 as UTF-8 where that is what
+    it is, :func:`_decode`), then declare ``charset``."""
     old = ds["SpecificCharacterSet"] if "SpecificCharacterSet" in ds else None  # noqa: SIM401 - the element
+    old_value = old.value if old is not None else None
+    _decode(ds, convert_encodings(old_value or default_encoding)[0] if reads_utf8(old_value) else None)
     modified["SpecificCharacterSet"] = copy.deepcopy(old) if old is not None else _absent("SpecificCharacterSet")
     ds.SpecificCharacterSet = charset
 
@@ -285,6 +349,9 @@ class Coercion:
 
     changed: tuple[str, ...] = ()
     charset_changed: bool = False
+    #: The character set changed from one whose text, where valid UTF-8, was read as UTF-8 (:func:`reads_utf8`):
+    #: such an element is already right in the new (UTF-8) header and keeps its bytes as received.
+    utf8_read: bool = False
 
     def tags(self) -> frozenset[int]:
         """The top-level elements whose encoding changed (all text elements too when ``charset_changed``)."""
@@ -318,7 +385,10 @@ def coerce_header(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> 
     history = _current(ds, "OriginalAttributesSequence")
     items = [*(history.value if history is not None else []), _stamp(mod, modified)]  # earlier items kept
     _put(ds, _element(history, "OriginalAttributesSequence", items))
-    return Coercion(tuple(c.keyword for c in changes), charset != current)
+    keywords = tuple(c.keyword for c in changes)
+    if charset != current and not keywords:  # the values differed only as misread in the declared character
+        keywords = ("SpecificCharacterSet",)  # set (UTF-8 under ISO_IR 100): declaring UTF-8 is the change
+    return Coercion(keywords, charset != current, charset != current and reads_utf8(current))
 
 
 def coerce(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> tuple[str, ...]:
