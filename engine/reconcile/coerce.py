@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +44,8 @@ from engine.reconcile.charset import needed_charset, single_byte
 
 __all__ = ["COERCE", "CORRECT", "ORIGINAL_ATTRIBUTES_SEQUENCE", "SPECIFIC_CHARACTER_SET", "Coercion", "Modification",
            "coerce", "coerce_header", "definition", "is_empty", "stamp_text"]
+
+log = logging.getLogger(__name__)
 
 COERCE = "COERCE"  # PS3.3 C.12.1.1.9.2: values changed on receipt
 CORRECT = "CORRECT"  # values corrected later (ADT update, merge)
@@ -321,7 +324,37 @@ def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
     old_value = old.value if old is not None else None
     _decode(ds, convert_encodings(old_value or default_encoding)[0] if reads_utf8(old_value) else None)
     modified["SpecificCharacterSet"] = copy.deepcopy(old) if old is not None else _absent("SpecificCharacterSet")
+    _record_unknown_private(ds, modified)
     ds.SpecificCharacterSet = charset
+
+
+def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
+    """Private elements of unknown VR (UN: implicit VR, and neither pydicom's dictionaries nor the sender say
+    what they are) whose bytes go beyond ASCII, recorded in ``modified`` with their private creators.
+
+    Their bytes may be text in the header's old character set, or binary: nothing says which, so they are
+    kept as received (as dcm4chee and Orthanc keep them), never re-encoded on a guess. Once the header
+    declares UTF-8, text among them would read differently: the ModifiedAttributesSequence item holds them
+    beside the previous SpecificCharacterSet, which governs that item, so their reading as received stays
+    on record; one WARNING names their tags (no values)."""
+    found = []
+    for tag in list(ds.keys()):
+        if not tag.is_private or tag.is_private_creator:
+            continue
+        elem = ds.get_item(tag)  # decoded by _decode, or raw where pydicom could not
+        if elem.VR not in ("UN", None):
+            continue
+        value = elem.value
+        if isinstance(value, bytes) and not value.isascii():
+            creator = (tag.group << 16) | (tag.element >> 8)
+            if creator in ds:
+                modified[creator] = copy.deepcopy(ds.get_item(creator))
+            modified[tag] = copy.deepcopy(elem)
+            found.append(f"({tag.group:04X},{tag.element:04X})")
+    if found:
+        log.warning("a header switched to UTF-8 holds private elements of unknown VR beyond ASCII, kept as"
+                    " received and recorded in OriginalAttributesSequence with the previous character set: %s",
+                    " ".join(found))
 
 
 def stamp_text(when: datetime) -> str:

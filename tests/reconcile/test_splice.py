@@ -401,3 +401,31 @@ def test_a_latin1_header_whose_name_differs_only_as_misread_utf8_declares_utf8()
     ds = read_dataset(BytesIO(out), False, True)
     assert (ds.SpecificCharacterSet, str(ds.PatientName)) == ("ISO_IR 192", "Dvořák^Antonín")
     assert _elements(out, enc)[0x00100010] == _elements(raw, enc)[0x00100010]
+
+
+def _implicit(*elements: tuple[int, bytes]) -> bytes:
+    return b"".join((tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+                    + len(value).to_bytes(4, "little") + value for tag, value in elements)
+
+
+def test_private_elements_of_unknown_vr_are_kept_and_recorded_with_the_old_charset_on_a_switch_to_utf8(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Implicit VR: a private element no dictionary knows (UN) holding Latin-1 bytes ("Schädel") stayed as
+    received under the new ISO_IR 192 with nothing saying it had been ISO_IR 100. Its bytes may be binary as
+    well as text, so they are still kept (no guess); the OriginalAttributesSequence item now holds it, with its
+    private creator, beside the previous SpecificCharacterSet that governs that item, and a WARNING names it."""
+    raw = _implicit((0x00080005, b"ISO_IR 100"), (0x00100010, b"NOVAK^JAN "), (0x00190010, b"ACME 1.0"),
+                    (0x00191001, "Schädel ".encode("latin-1")), (0x00191002, b"\x01\x02\x03\x04"))
+    enc = Encoding(True, True)
+    header = _header(raw, enc)
+    with caplog.at_level("WARNING"):
+        coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
+    assert coercion.charset_changed
+    out = encode_coerced(header, coercion).head
+    assert _elements(out, enc)[0x00191001] == _elements(raw, enc)[0x00191001]  # kept as received
+    ds = read_dataset(BytesIO(out), True, True)
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert old.SpecificCharacterSet == "ISO_IR 100"
+    assert (old[0x00190010].value, old[0x00191001].value) == ("ACME 1.0", "Schädel ".encode("latin-1"))
+    assert 0x00191002 not in old  # ASCII bytes read the same in UTF-8
+    assert "(0019,1001)" in caplog.text and "Sch" not in caplog.text
