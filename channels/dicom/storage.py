@@ -58,6 +58,7 @@ from engine.archive.location import ArchiveLocation, FileTail, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.rehead import rehead
 from engine.archive.s3_primary import primary_location
+from engine.archive.spool_budget import SpoolBudget
 from engine.archive.structure import Encoding, check_structure
 from engine.config.models import DicomDestinationConfig, EngineConfig
 from engine.domain.ingest import index_received
@@ -528,13 +529,15 @@ def prepare_locations(config: EngineConfig) -> None:
 
 
 def start_storage(ae: Any, config: EngineConfig, db: Database,
-                  on_queued: Callable[[], None] | None = None, prepare: bool = True) -> StorageService:
+                  on_queued: Callable[[], None] | None = None, prepare: bool = True,
+                  budget: SpoolBudget | None = None) -> StorageService:
     """Prepare the locations (``prepare``: the receive worker processes leave that to the engine
-    process, see :func:`prepare_locations`), stream receives into the primary's spool, register
-    the contexts."""
+    process, see :func:`prepare_locations`), stream receives into the primary's spool (bounded by
+    ``budget``, the per-host spool ledger, on pynetdicom's own receive path too), register the contexts."""
     service = StorageService.from_config(db, config, on_queued)
     if prepare:
         service.prepare()
-    enable_streamed_receive(service.primary.incoming, config.dicom.max_instance_bytes, config.archive.min_free_bytes)
+    enable_streamed_receive(service.primary.incoming, config.dicom.max_instance_bytes, config.archive.min_free_bytes,
+                            budget)
     add_storage_contexts(ae)
     return service

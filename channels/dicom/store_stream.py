@@ -34,7 +34,10 @@ The spool is bounded (:mod:`engine.archive.spool_budget`): a data set past
 ``dicom.max_spool_bytes_per_host`` share in :data:`RESERVE_STEP_BYTES` steps, and under
 ``archive.min_free_bytes`` free (looked at when the command arrives and every
 :data:`FREE_CHECK_BYTES`) the store is refused: its spool removed, the rest of its data set read and
-dropped, 0xA700 answered once it ends. The DUL's idle timer (``dicom.idle_timeout_seconds``) is
+dropped, 0xA700 answered once it ends (not aborted: an SCP can stop a sender mid-data-set only by
+A-ABORT, which would cost it the association, every image queued on it and the status; what is read
+on is written nowhere, and a data set that never ends is aborted at ``dicom.max_instance_bytes``).
+The DUL's idle timer (``dicom.idle_timeout_seconds``) is
 restarted after each PDU read here: pynetdicom restarts it only when this reader returns, which
 for a whole data set can be minutes; it is stopped while the store runs (the peer waits for our
 answer then: a database slow to answer, a long fsync, are not its idleness).
