@@ -328,9 +328,20 @@ def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
     ds.SpecificCharacterSet = charset
 
 
+#: The control characters a text value may hold (PS3.5 6.1.3: LF, FF, CR, ESC; TAB in LT/ST/UT).
+_TEXT_CONTROLS = frozenset(b"\t\n\f\r\x1b")
+
+
+def _maybe_text(value: bytes) -> bool:
+    """False when ``value`` cannot be text in any character set: a control byte other than :data:`_TEXT_CONTROLS`
+    before its padding (a binary number, such as b"\\xe8\\x03")."""
+    return all(b >= 0x20 or b in _TEXT_CONTROLS for b in value.rstrip(b"\0 "))
+
+
 def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
     """Private elements of unknown VR (UN: implicit VR, and neither pydicom's dictionaries nor the sender say
-    what they are) whose bytes go beyond ASCII, recorded in ``modified`` with their private creators.
+    what they are) whose bytes go beyond ASCII and could be text (:func:`_maybe_text`), recorded in
+    ``modified`` with their private creators.
 
     Their bytes may be text in the header's old character set, or binary: nothing says which, so they are
     kept as received (as dcm4chee and Orthanc keep them), never re-encoded on a guess. Once the header
@@ -345,7 +356,7 @@ def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
         if elem.VR not in ("UN", None):
             continue
         value = elem.value
-        if isinstance(value, bytes) and not value.isascii():
+        if isinstance(value, bytes) and not value.isascii() and _maybe_text(value):
             creator = (tag.group << 16) | (tag.element >> 8)
             if creator in ds:
                 modified[creator] = copy.deepcopy(ds.get_item(creator))

@@ -415,7 +415,8 @@ def test_private_elements_of_unknown_vr_are_kept_and_recorded_with_the_old_chars
     well as text, so they are still kept (no guess); the OriginalAttributesSequence item now holds it, with its
     private creator, beside the previous SpecificCharacterSet that governs that item, and a WARNING names it."""
     raw = _implicit((0x00080005, b"ISO_IR 100"), (0x00100010, b"NOVAK^JAN "), (0x00190010, b"ACME 1.0"),
-                    (0x00191001, "Schädel ".encode("latin-1")), (0x00191002, b"\x01\x02\x03\x04"))
+                    (0x00191001, "Schädel ".encode("latin-1")), (0x00191002, b"\x01\x02\x03\x04"),
+                    (0x00191003, b"\xe8\x03"))  # a binary number (US 1000): cannot be text
     enc = Encoding(True, True)
     header = _header(raw, enc)
     with caplog.at_level("WARNING"):
@@ -427,5 +428,5 @@ def test_private_elements_of_unknown_vr_are_kept_and_recorded_with_the_old_chars
     old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
     assert old.SpecificCharacterSet == "ISO_IR 100"
     assert (old[0x00190010].value, old[0x00191001].value) == ("ACME 1.0", "Schädel ".encode("latin-1"))
-    assert 0x00191002 not in old  # ASCII bytes read the same in UTF-8
+    assert 0x00191002 not in old and 0x00191003 not in old  # ASCII bytes read the same in UTF-8; binary
     assert "(0019,1001)" in caplog.text and "Sch" not in caplog.text
