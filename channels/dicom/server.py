@@ -214,8 +214,9 @@ def _services(config: EngineConfig, db: Database, on_queued: Callable[[], None] 
     ae = _application_entity(config.dicom)
     worklist = WorklistService.from_config(db, config.worklist, config.dicom.ae_title)
     mpps = MppsService(db, mpps_policy(config.mpps))
-    storage = start_storage(ae, config, db, on_queued, prepare) if config.archive.enabled else None
-    handlers = _handlers(worklist, mpps, storage, spool_bounds(config, budget))
+    bounds = spool_bounds(config, budget)
+    storage = start_storage(ae, config, db, on_queued, prepare, bounds.budget) if config.archive.enabled else None
+    handlers = _handlers(worklist, mpps, storage, bounds)
     if storage is not None:  # C-STORE: every storage SOP class (channels.dicom.storage)
         handlers.append((evt.EVT_C_STORE, storage.on_store))
     return ae, handlers

@@ -30,6 +30,7 @@ The spool file, and what happens when the disk fills while it is written, is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -39,7 +40,7 @@ import mmap
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +58,7 @@ from engine.archive.location import ArchiveLocation, FileTail, Named, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.rehead import rehead
 from engine.archive.s3_primary import primary_location
+from engine.archive.spool_budget import SpoolBudget
 from engine.archive.structure import Encoding, check_structure
 from engine.config.models import DicomDestinationConfig, EngineConfig
 from engine.domain.ingest import index_received
@@ -74,10 +76,10 @@ from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler
 from engine.domain.routing import forwarding_destinations
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
 from engine.reconcile.rewrite import (
+    WHOLE_LIMIT,
     CoercedStream,
     Header,
     WholeStream,
-    deflated_with_meta_elements,
     encode_whole,
     read_header,
     read_whole,
@@ -95,6 +97,7 @@ __all__ = [
     "StorageService",
     "StoreRequest",
     "StreamedFile",
+    "idle_timer_paused",
     "prepare_locations",
     "refusal",
 ]
@@ -201,23 +204,28 @@ def _encoding(transfer_syntax_uid: str) -> Encoding | None:
         return Encoding(False, True)
 
 
-def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[InstanceAttributes, Header | None]:
+def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[InstanceAttributes, Header | None, bool]:
     """Structure, header and identity checks; raise :class:`_Refused` with the reason.
 
-    Returns the index attributes and the parsed header (the elements before the pixel data,
+    Returns the index attributes, the parsed header (the elements before the pixel data,
     kept for reconciliation so the header is parsed once), or None for a deflated data set,
-    read whole through ``dcmread`` (the File Meta Information is not parsed again otherwise).
+    read whole through ``dcmread`` (the File Meta Information is not parsed again otherwise),
+    and whether the data set holds command or File Meta Information elements (groups 0000/0002),
+    anywhere among its top-level elements (a deflated one: before its pixel data).
     """
     enc = _encoding(request.transfer_syntax_uid)
+    deflated_meta = False
     try:
         if enc is not None:
             with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                check_structure(buf, offset, len(buf), enc)
-            header: Header | None = read_header(spool, offset, enc)
+                meta_end = check_structure(buf, offset, len(buf), enc)
+            header: Header | None = _with_meta_elements(spool, offset, enc, meta_end) if meta_end else (
+                read_header(spool, offset, enc))
             ds = header.dataset  # type: ignore[union-attr]
         else:
             spool.seek(0)
             header, ds = None, dcmread(spool, stop_before_pixels=True, defer_size=1024)
+            deflated_meta = any(tag >> 16 in (0x0000, 0x0002) for tag in ds.keys())  # noqa: SIM118
         attrs = InstanceAttributes.from_dataset(ds)
     except MalformedDataset as exc:
         raise _Refused("unparsable", str(exc)) from exc
@@ -229,21 +237,57 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
     size = os.fstat(spool.fileno()).st_size - offset
     if enc is not None and size % 2:  # PS3.8 E.1: every PDV fragment even, so no PACS could be sent it
         raise _Refused("unparsable", f"odd data set length {size} (an odd-length value, PS3.5 7.1.1)")
-    return attrs, header
+    return attrs, header, deflated_meta or (header is not None and header.meta_elements)
+
+
+def _with_meta_elements(spool: BinaryIO, offset: int, enc: Encoding, meta_end: int) -> Header:
+    """The header of a data set holding group 0000/0002 elements up to ``meta_end`` (the structure check found
+    them): read as usual when they are all before the pixel data; when one is after it, the whole data set is
+    read as its header (at most :data:`~engine.reconcile.rewrite.WHOLE_LIMIT` bytes; kept as received beyond,
+    with a warning) so that the splice leaves it out too."""
+    header = read_header(spool, offset, enc)
+    if meta_end > header.bulk_at:
+        if os.fstat(spool.fileno()).st_size - header.bulk_at <= WHOLE_LIMIT:
+            header = read_header(spool, offset, enc, whole=True)
+        else:
+            log.warning("a command or File Meta Information element after the pixel data of a %d MB data set is"
+                        " kept as received: over the %d MB it may be read whole for", header.bulk_at >> 20,
+                        WHOLE_LIMIT >> 20)
+    return dataclasses.replace(header, meta_elements=True)
 
 
 def _without_meta_elements(spool: BinaryIO, offset: int, header: Header | None, prepared: Prepared) -> Prepared:
-    """``prepared`` (a data set stored as received) without the command and File Meta Information elements
-    its sender put in it (PS3.10 7.1): the header spliced without them (the rest streamed as received), a
-    deflated data set inflated and written again whole; ``prepared`` itself when it holds none."""
+    """``prepared`` (a data set stored as received, holding command or File Meta Information elements its
+    sender put in it, PS3.10 7.1) without them: the header spliced without them (the rest streamed as
+    received), a deflated data set inflated and written again whole."""
     if header is not None:
         cleaned = without_meta_elements(header)
         if cleaned is None:
             return prepared
         return Prepared(CoercedStream(cleaned, header.raw, spool, header.bulk_at), prepared.attrs, prepared.match)
-    if not deflated_with_meta_elements(spool, offset):
-        return prepared
     return Prepared(WholeStream(encode_whole(read_whole(spool)), spool, offset), prepared.attrs, prepared.match)
+
+
+@contextlib.contextmanager
+def idle_timer_paused(assoc: Any) -> Iterator[None]:
+    """``assoc``'s idle timer (``dicom.idle_timeout_seconds``) stopped while a store runs, restarted after it.
+
+    The peer waits for the C-STORE response meanwhile and sends nothing: a store that waits on the
+    database (up to ``database.answer_timeout_seconds`` a request) or a long fsync was counted as the
+    peer's idleness, and the listener's watchdog (:mod:`channels.dicom.listener`) cut the connection
+    ``idle_timeout_seconds`` + 2 s into it, the image stored but its response lost (pynetdicom's own
+    check would abort it after). A stopped timer never expires; the idle time counts again from the
+    store's end. (pynetdicom internals: the DUL's ``_idle_timer``, ``stop`` and ``restart``.)
+    """
+    timer = getattr(getattr(assoc, "dul", None), "_idle_timer", None)
+    paused = callable(getattr(timer, "stop", None)) and callable(getattr(timer, "restart", None))
+    if paused:
+        timer.stop()  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if paused:
+            timer.restart()  # type: ignore[union-attr]
 
 
 @dataclass(slots=True)
@@ -279,6 +323,10 @@ class StorageService:
 
     def on_store(self, event: Any) -> int:
         """``EVT_C_STORE`` handler: the response status (0xC210 for a request that carried no data set)."""
+        with idle_timer_paused(event.assoc):  # our store's time is not the peer's idleness
+            return self._on_store(event)
+
+    def _on_store(self, event: Any) -> int:
         if event.dataset_path is None:  # CommandDataSetType 0x0101: nothing arrived, nothing to keep
             log.info("C-STORE %s from %s refused (0x%04X): the request carries no data set",
                      event.request.AffectedSOPInstanceUID, str(event.assoc.requestor.ae_title).strip(),
@@ -326,10 +374,10 @@ class StorageService:
             offset = dataset_offset(head)
         except MalformedDataset as exc:
             raise _Refused("unparsable", str(exc)) from exc
-        attrs, header = _check(spool, offset, request)
+        attrs, header, meta_elements = _check(spool, offset, request)
         prepared = self._reconcile(spool, offset, request, attrs, header, now)  # reconciliation (#13): match + coerce
-        if not prepared.coerced:  # stored as received, but never with group 0000/0002 elements (not received_sha256():
-            # before hashing.wait() that hashes a coerced data set's spool again, in this thread)
+        if meta_elements and not prepared.coerced:  # stored as received, but never with group 0000/0002 elements
+            # (not received_sha256(): before hashing.wait() that hashes a coerced data set's spool again, here)
             prepared = _without_meta_elements(spool, offset, header, prepared)
         if hashing is not None:  # before anything reads the hash or changes the spool
             request = dataclasses.replace(request, streamed=StreamedFile(hashing.size, hashing.wait()))
@@ -503,13 +551,15 @@ def prepare_locations(config: EngineConfig) -> None:
 
 
 def start_storage(ae: Any, config: EngineConfig, db: Database,
-                  on_queued: Callable[[], None] | None = None, prepare: bool = True) -> StorageService:
+                  on_queued: Callable[[], None] | None = None, prepare: bool = True,
+                  budget: SpoolBudget | None = None) -> StorageService:
     """Prepare the locations (``prepare``: the receive worker processes leave that to the engine
-    process, see :func:`prepare_locations`), stream receives into the primary's spool, register
-    the contexts."""
+    process, see :func:`prepare_locations`), stream receives into the primary's spool (bounded by
+    ``budget``, the per-host spool ledger, on pynetdicom's own receive path too), register the contexts."""
     service = StorageService.from_config(db, config, on_queued)
     if prepare:
         service.prepare()
-    enable_streamed_receive(service.primary.incoming, config.dicom.max_instance_bytes, config.archive.min_free_bytes)
+    enable_streamed_receive(service.primary.incoming, config.dicom.max_instance_bytes, config.archive.min_free_bytes,
+                            budget)
     add_storage_contexts(ae)
     return service

@@ -34,9 +34,13 @@ The spool is bounded (:mod:`engine.archive.spool_budget`): a data set past
 ``dicom.max_spool_bytes_per_host`` share in :data:`RESERVE_STEP_BYTES` steps, and under
 ``archive.min_free_bytes`` free (looked at when the command arrives and every
 :data:`FREE_CHECK_BYTES`) the store is refused: its spool removed, the rest of its data set read and
-dropped, 0xA700 answered once it ends. The DUL's idle timer (``dicom.idle_timeout_seconds``) is
+dropped, 0xA700 answered once it ends (not aborted: an SCP can stop a sender mid-data-set only by
+A-ABORT, which would cost it the association, every image queued on it and the status; what is read
+on is written nowhere, and a data set that never ends is aborted at ``dicom.max_instance_bytes``).
+The DUL's idle timer (``dicom.idle_timeout_seconds``) is
 restarted after each PDU read here: pynetdicom restarts it only when this reader returns, which
-for a whole data set can be minutes.
+for a whole data set can be minutes; it is stopped while the store runs (the peer waits for our
+answer then: a database slow to answer, a long fsync, are not its idleness).
 
 Write errors on the spool (disk full) are recorded, never raised
 (:class:`~channels.dicom.spool.SpoolFile`), and answered 0xA700. A PDV that
@@ -90,7 +94,7 @@ from .dimse_command import StoreCommand, read_command, store_response, unanswera
 from .dul_stream import TESTED_VERSIONS
 from .pdv import PdvSplitter, Piece
 from .spool import SpoolFile, spool_failure
-from .storage import OUT_OF_RESOURCES, PROCESSING_FAILURE, StoreRequest, StreamedFile
+from .storage import OUT_OF_RESOURCES, PROCESSING_FAILURE, StoreRequest, StreamedFile, idle_timer_paused
 
 __all__ = ["BUFFER_BYTES", "PROCESSING_FAILURE", "StoreStream", "install_store_stream"]
 
@@ -515,7 +519,8 @@ class StoreStream:
             str(rx.context.transfer_syntax[0]), self._calling_ae(), StreamedFile(rx.size),
         )  # fmt: skip
         try:
-            status = self._run(request)
+            with idle_timer_paused(self._assoc):  # our store's time is not the peer's idleness
+                status = self._run(request)
         except Exception:  # the service answers (and keeps) every failure; one that escapes it is as pynetdicom's
             log.exception("C-STORE %s: the storage service failed", rx.command.sop_instance_uid)
             status = PROCESSING_FAILURE

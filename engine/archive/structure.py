@@ -25,6 +25,8 @@ __all__ = ["Encoding", "check_structure", "offset_of_tag", "top_level_elements"]
 
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+#: The first tag above groups 0000 (command) and 0002 (File Meta Information).
+_ABOVE_META = 0x00030000
 _UNDEFINED = 0xFFFFFFFF
 #: VRs with a reserved 2 bytes and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
@@ -47,9 +49,16 @@ class Encoding:
 _IMPLICIT_LE = Encoding(True, True)
 
 
-def check_structure(buf: bytes | memoryview | object, start: int, end: int, enc: Encoding) -> None:
-    """Raise :class:`MalformedDataset` unless ``buf[start:end]`` is a well-formed dataset."""
-    _Walker(buf, enc).dataset(start, end, 0, nested=False)
+def check_structure(buf: bytes | memoryview | object, start: int, end: int, enc: Encoding) -> int:
+    """Raise :class:`MalformedDataset` unless ``buf[start:end]`` is a well-formed dataset.
+
+    Returns where the last top-level command or File Meta Information element (group 0000 or 0002, which a
+    data set must not hold, PS3.10 7.1) ends, 0 when there is none: the walk visits every top-level element
+    anyway, so a sender's misplaced one is found wherever it is (not only first) at no extra pass.
+    """
+    walker = _Walker(buf, enc)
+    walker.dataset(start, end, 0, nested=False)
+    return walker.meta_end
 
 
 def offset_of_tag(buf: bytes | memoryview | object, start: int, end: int, enc: Encoding, tag: int) -> int:
@@ -102,6 +111,7 @@ class _Walker:
     def __init__(self, buf: object, enc: Encoding) -> None:
         self.buf = buf
         self.enc = enc
+        self.meta_end = 0  # where the last top-level group 0000/0002 element ends (dataset at depth 0)
 
     def header(self, pos: int, end: int, enc: Encoding) -> _Header:
         if pos + 8 > end:
@@ -133,6 +143,8 @@ class _Walker:
             if h.tag >> 16 == 0xFFFE:
                 raise MalformedDataset(f"item or delimiter outside a sequence at byte {pos}")
             pos = self.value(h, end, depth, enc)
+            if h.tag < _ABOVE_META and not depth:
+                self.meta_end = pos
         if nested:
             raise MalformedDataset("item of undefined length without its delimiter")
         return pos

@@ -24,23 +24,28 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydicom import config
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
 
 from engine.mapping.null import NULL
-from engine.reconcile.charset import needed_charset
+from engine.reconcile.charset import needed_charset, single_byte
 
 __all__ = ["COERCE", "CORRECT", "ORIGINAL_ATTRIBUTES_SEQUENCE", "SPECIFIC_CHARACTER_SET", "Coercion", "Modification",
            "coerce", "coerce_header", "definition", "is_empty", "stamp_text"]
+
+log = logging.getLogger(__name__)
 
 COERCE = "COERCE"  # PS3.3 C.12.1.1.9.2: values changed on receipt
 CORRECT = "CORRECT"  # values corrected later (ADT update, merge)
@@ -101,27 +106,38 @@ def _key_text(item: Any, keyword: str) -> str:
         return ""
 
 
-def _same_item(old: list[Dataset], wanted: Mapping[str, Any]) -> int:
-    """The index of the header's item that stands for what ``wanted`` stands for (:data:`_ITEM_KEYS`); 0 when
-    none does (the first item is the one coerced, as for a single item)."""
+def _same_item(old: list[Dataset], wanted: Mapping[str, Any]) -> int | None:
+    """The index of the header's item that stands for what ``wanted`` stands for: the item that names its step,
+    else its requested procedure and accession (:data:`_ITEM_KEYS`), else the first item that names no other
+    (every key it holds is ``wanted``'s: an item the modality filled without ids); None when every item names
+    another step or requested procedure."""
     for keys in _ITEM_KEYS:
         values = [_key_text(wanted, k) for k in keys]
         if all(values):
             for index, item in enumerate(old):
                 if [_key_text(item, k) for k in keys] == values:
                     return index
-    return 0
+    named = [k for keys in _ITEM_KEYS for k in keys]
+    for index, item in enumerate(old):
+        if all(_key_text(item, k) in ("", _key_text(wanted, k)) for k in named):
+            return index
+    return None
 
 
 def _merged_items(existing: Any, wanted: list[Any]) -> list[Dataset]:
-    """Each wanted item merged into the header's item at its place. One wanted item and several in the header:
-    it is merged into the item that names the same step or requested procedure (else the first), and the
-    header's other items stay (the other requested procedures of a group case). An item that names no step
-    or requested procedure (a procedure code) replaces the header's items as before: the order says which."""
+    """Each wanted item merged into the header's item at its place. One wanted item and several in the header
+    (IHE's group case): it is merged into the item that stands for the same step or requested procedure
+    (:func:`_same_item`), the header's other items staying (the other requested procedures the image was
+    acquired for); when every item names another step or procedure it is appended as an item of its own, so
+    that no other procedure's item carries the order's ids beside its own descriptions and codes. An item that
+    names no step or requested procedure (a procedure code) replaces the header's items as before: the order
+    says which."""
     old = list(existing or [])
     kept = [w for w in wanted if not is_empty(w)]
     if len(kept) == 1 and len(old) > 1 and any(_key_text(kept[0], k) for keys in _ITEM_KEYS for k in keys):
         at = _same_item(old, kept[0])
+        if at is None:
+            return [*(copy.deepcopy(item) for item in old), _merged_item(None, kept[0])]
         return [_merged_item(item, kept[0]) if index == at else copy.deepcopy(item) for index, item in enumerate(old)]
     return [_merged_item(old[i] if i < len(old) else None, w) for i, w in enumerate(kept)]
 
@@ -224,29 +240,132 @@ def _changes(ds: Dataset, wanted: Mapping[str, Any]) -> list[_Change]:
     return found
 
 
-def _decode(ds: Dataset) -> None:
+#: The VRs whose values SpecificCharacterSet governs (PS3.5 6.1.2.3).
+TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+
+
+def utf8_text(value: bytes) -> bool:
+    """True when ``value`` holds bytes beyond ASCII and is valid UTF-8 (a single-byte character set's text
+    is that only by a rare accident: a byte of 0xC2-0xF4 followed by one of 0x80-0xBF, C1 controls or
+    symbols such as "Ã©" in ISO 8859-1)."""
+    if value.isascii():
+        return False
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def reads_utf8(charset: object) -> bool:
+    """True when text declared in ``charset`` that is valid UTF-8 is read as UTF-8 (:func:`_decode`): the
+    default repertoire and the single-byte character sets (one value). Not code extensions (ISO 2022: their
+    escapes are ASCII), the multi-byte sets, nor ISO_IR 13 (JIS X 0201: its katakana bytes pair up as UTF-8)."""
+    terms = [charset] if isinstance(charset, str) else list(charset or [])  # type: ignore[call-overload]
+    if len(terms) > 1:
+        return False
+    term = str(terms[0]).strip() if terms else ""
+    return term in ("", "ISO_IR 6") or (term.startswith("ISO_IR ") and single_byte(term) and term != "ISO_IR 13")
+
+
+def _decode(ds: Dataset, utf8: str | None = None) -> None:
     """Convert each raw element of ``ds`` and of its items with the character set it was read in.
 
     An element pydicom cannot convert (a value length its VR does not allow, say an FD of 6 bytes, or
     an unknown VR) stays raw: it holds no text, and it is written back as received
     (:func:`~engine.reconcile.rewrite.encode_coerced`) instead of failing the whole image.
+
+    ``utf8``: the Python codec of the header's character set when it :func:`reads_utf8`; then a text value
+    whose bytes are valid UTF-8 beyond ASCII is read as UTF-8: a modality that declares ISO_IR 100 but writes
+    UTF-8 (they exist) would otherwise have its "Müller" read as "MÃ¼ller" and, once the header is UTF-8,
+    stored so (the tolerant reader: what is unambiguous is read as meant). An element converted already
+    (compared with the order's values) is judged by its value encoded back in that codec.
     """
     for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
         try:
             elem = ds[tag]
         except (BytesLengthException, NotImplementedError):
             continue
         if elem.VR == "SQ":
             for item in elem.value:
-                _decode(item)
+                _decode(item, utf8)
+        elif utf8 is not None and elem.VR in TEXT_VRS:
+            received = raw.value if isinstance(raw, RawDataElement) else _encoded_back(elem.value, utf8)
+            if received and utf8_text(received):
+                as_read = RawDataElement(elem.tag, elem.VR, len(received), received, 0, False, True, True, False)
+                ds[tag] = convert_raw_data_element(as_read, encoding=["utf_8"], ds=ds)
+
+
+def _encoded_back(value: Any, codec: str) -> bytes | None:
+    """A decoded text value's bytes as received (a name's own; a text encoded in ``codec``), None if unsure."""
+    values = list(value) if isinstance(value, MultiValue) else [value]
+    parts = []
+    for v in values:
+        if isinstance(v, PersonName):
+            original = v.original_string
+            if not isinstance(original, bytes):
+                return None
+            parts.append(original)
+        elif isinstance(v, str):
+            try:
+                parts.append(v.encode(codec))
+            except (UnicodeError, LookupError):
+                return None
+        else:
+            return None
+    return b"\\".join(parts)
 
 
 def _switch_charset(ds: Dataset, charset: str, modified: Dataset) -> None:
-    """Decode every text value with the header's own character set, then declare ``charset``."""
-    _decode(ds)
+    """Decode every text value with the header's own character set (valid UTF-8 as UTF-8 where that is what
+    it is, :func:`_decode`), then declare ``charset``."""
     old = ds["SpecificCharacterSet"] if "SpecificCharacterSet" in ds else None  # noqa: SIM401 - the element
+    old_value = old.value if old is not None else None
+    _decode(ds, convert_encodings(old_value or default_encoding)[0] if reads_utf8(old_value) else None)
     modified["SpecificCharacterSet"] = copy.deepcopy(old) if old is not None else _absent("SpecificCharacterSet")
+    _record_unknown_private(ds, modified)
     ds.SpecificCharacterSet = charset
+
+
+#: The control characters a text value may hold (PS3.5 6.1.3: LF, FF, CR, ESC; TAB in LT/ST/UT).
+_TEXT_CONTROLS = frozenset(b"\t\n\f\r\x1b")
+
+
+def _maybe_text(value: bytes) -> bool:
+    """False when ``value`` cannot be text in any character set: a control byte other than :data:`_TEXT_CONTROLS`
+    before its padding (a binary number, such as b"\\xe8\\x03")."""
+    return all(b >= 0x20 or b in _TEXT_CONTROLS for b in value.rstrip(b"\0 "))
+
+
+def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
+    """Private elements of unknown VR (UN: implicit VR, and neither pydicom's dictionaries nor the sender say
+    what they are) whose bytes go beyond ASCII and could be text (:func:`_maybe_text`), recorded in
+    ``modified`` with their private creators.
+
+    Their bytes may be text in the header's old character set, or binary: nothing says which, so they are
+    kept as received (as dcm4chee and Orthanc keep them), never re-encoded on a guess. Once the header
+    declares UTF-8, text among them would read differently: the ModifiedAttributesSequence item holds them
+    beside the previous SpecificCharacterSet, which governs that item, so their reading as received stays
+    on record; one WARNING names their tags (no values)."""
+    found = []
+    for tag in list(ds.keys()):
+        if not tag.is_private or tag.is_private_creator:
+            continue
+        elem = ds.get_item(tag)  # decoded by _decode, or raw where pydicom could not
+        if elem.VR not in ("UN", None):
+            continue
+        value = elem.value
+        if isinstance(value, bytes) and not value.isascii() and _maybe_text(value):
+            creator = (tag.group << 16) | (tag.element >> 8)
+            if creator in ds:
+                modified[creator] = copy.deepcopy(ds.get_item(creator))
+            modified[tag] = copy.deepcopy(elem)
+            found.append(f"({tag.group:04X},{tag.element:04X})")
+    if found:
+        log.warning("a header switched to UTF-8 holds private elements of unknown VR beyond ASCII, kept as"
+                    " received and recorded in OriginalAttributesSequence with the previous character set: %s",
+                    " ".join(found))
 
 
 def stamp_text(when: datetime) -> str:
@@ -274,6 +393,9 @@ class Coercion:
 
     changed: tuple[str, ...] = ()
     charset_changed: bool = False
+    #: The character set changed from one whose text, where valid UTF-8, was read as UTF-8 (:func:`reads_utf8`):
+    #: such an element is already right in the new (UTF-8) header and keeps its bytes as received.
+    utf8_read: bool = False
 
     def tags(self) -> frozenset[int]:
         """The top-level elements whose encoding changed (all text elements too when ``charset_changed``)."""
@@ -307,7 +429,10 @@ def coerce_header(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> 
     history = _current(ds, "OriginalAttributesSequence")
     items = [*(history.value if history is not None else []), _stamp(mod, modified)]  # earlier items kept
     _put(ds, _element(history, "OriginalAttributesSequence", items))
-    return Coercion(tuple(c.keyword for c in changes), charset != current)
+    keywords = tuple(c.keyword for c in changes)
+    if charset != current and not keywords:  # the values differed only as misread in the declared character
+        keywords = ("SpecificCharacterSet",)  # set (UTF-8 under ISO_IR 100): declaring UTF-8 is the change
+    return Coercion(keywords, charset != current, charset != current and reads_utf8(current))
 
 
 def coerce(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> tuple[str, ...]:

@@ -34,8 +34,6 @@ import itertools
 import logging
 import mmap
 import os
-import struct
-import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
@@ -51,10 +49,10 @@ from pydicom.uid import UID
 from engine.archive.location import FileTail
 from engine.archive.part10 import dataset_offset
 from engine.archive.structure import Encoding, offset_of_tag, top_level_elements
-from engine.reconcile.coerce import Coercion
+from engine.reconcile.coerce import Coercion, utf8_text
 from engine.reconcile.encode import ElementWriter
 
-__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream", "deflated_with_meta_elements",
+__all__ = ["BULK_TAG", "CoercedHeader", "CoercedStream", "Header", "WholeStream",
            "element_spans", "elements_after_bulk", "encode_coerced", "encode_header", "encode_whole",
            "encoded_elements", "encoding_of", "read_header", "read_whole", "reencoded_tags", "splice",
            "without_meta_elements"]
@@ -69,6 +67,8 @@ WHOLE_LIMIT = 64 << 20
 _TRAILING_PADDING = 0xFFFCFFFC
 #: The VRs whose values SpecificCharacterSet governs (PS3.5 6.1.2.3), and sequences, whose items may hold them.
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN", "SQ"})
+#: The explicit VRs with a 4-byte length after 2 reserved bytes (PS3.5 Table 7.1-1): their value starts at byte 12.
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 
 
 def encoding_of(transfer_syntax_uid: str) -> Encoding | None:
@@ -90,6 +90,9 @@ class Header:
     raw: bytes
     bulk_at: int
     enc: Encoding
+    #: The data set holds command or File Meta Information elements (groups 0000/0002) in ``raw``
+    #: (:func:`~engine.archive.structure.check_structure` says so; :func:`without_meta_elements`).
+    meta_elements: bool = False
 
 
 def read_header(spool: BinaryIO, offset: int, enc: Encoding, whole: bool = False) -> Header:
@@ -140,9 +143,9 @@ def _is_group_length(tag: int) -> bool:
 
 def without_meta_elements(header: Header) -> bytes | None:
     """``header.raw`` without the command and File Meta Information elements a sender put in its data set
-    (:func:`_is_group_length`), every other element as received; None when it holds none (the usual case:
-    one look at the first element's group)."""
-    if len(header.raw) < 2 or struct.unpack_from(header.enc.order + "H", header.raw)[0] not in (0x0000, 0x0002):
+    (:func:`_is_group_length`), wherever they are, every other element as received; None when it holds none
+    (the usual case: :attr:`Header.meta_elements`, found by the structure check's walk, costs nothing more)."""
+    if not header.meta_elements:
         return None
     return splice(header.raw, element_spans(header), {})
 
@@ -194,13 +197,39 @@ class CoercedHeader:
     elements: dict[int, bytes] | None
 
 
-def reencoded_tags(ds: Dataset, coercion: Coercion) -> frozenset[int]:
-    """The top-level elements of the coerced ``ds`` that :func:`encode_coerced` re-encodes: those the
-    coercion wrote, and after a character set change every decoded text element and sequence."""
+def reencoded_tags(header: Header, coercion: Coercion,
+                   spans: list[tuple[int, int, int]] | None = None) -> frozenset[int]:
+    """The top-level elements of the coerced ``header.dataset`` that :func:`encode_coerced` re-encodes: those
+    the coercion wrote, and after a character set change every decoded text element and sequence whose bytes
+    as received (at ``spans``) do not mean the same in the new character set (:func:`_same_in_utf8`): the
+    others keep their bytes as received."""
+    ds = header.dataset
     if not coercion.charset_changed:
         return coercion.tags()
+    written = coercion.tags()
     text = {int(tag) for tag, elem in ds.items() if not elem.is_raw and elem.VR in _TEXT_VRS}  # raw: not decoded
-    return coercion.tags() | text
+    values = _values(header, spans if spans is not None else element_spans(header), text - written)
+    return written | {tag for tag in text if tag not in values or not _same_in_utf8(values[tag], coercion)}
+
+
+def _values(header: Header, spans: list[tuple[int, int, int]], tags: set[int]) -> dict[int, bytes]:
+    """The received value bytes of the top-level elements ``tags`` (the first of a tag sent twice)."""
+    found: dict[int, bytes] = {}
+    explicit = not header.enc.implicit
+    for tag, start, stop in spans:
+        if tag in tags and tag not in found:
+            long = explicit and header.raw[start + 4:start + 6] in _LONG_VRS
+            found[tag] = header.raw[start + (12 if long else 8):stop]
+    return found
+
+
+def _same_in_utf8(value: bytes, coercion: Coercion) -> bool:
+    """True when ``value`` (an element's value as received) reads the same in UTF-8 (the character set a
+    header is switched to) as in the header's own: ASCII without escapes (ISO 2022 code extension uses
+    them), or text that was read as UTF-8 already (:attr:`~engine.reconcile.coerce.Coercion.utf8_read`)."""
+    if value.isascii():
+        return b"\x1b" not in value
+    return coercion.utf8_read and utf8_text(value)
 
 
 def encode_coerced(header: Header, coercion: Coercion,
@@ -209,12 +238,14 @@ def encode_coerced(header: Header, coercion: Coercion,
     in ``header.enc``.
 
     Spliced: the elements the coercion wrote (and the OriginalAttributesSequence it appended to; after a
-    character set change every text element and sequence too, :func:`reencoded_tags`) are encoded as
-    pydicom encodes them (:func:`encoded_elements`) at their place in tag order, every other top-level
-    element (at ``spans``, found when not given) is copied from ``header.raw`` as received.
+    character set change every text element and sequence whose received bytes would read differently in the
+    new one, :func:`reencoded_tags`) are encoded as pydicom encodes them (:func:`encoded_elements`) at their
+    place in tag order, every other top-level element (at ``spans``, found when not given) is copied from
+    ``header.raw`` as received.
     """
-    elements = encoded_elements(header, reencoded_tags(header.dataset, coercion))
-    head = splice(header.raw, spans if spans is not None else element_spans(header), elements)
+    spans = spans if spans is not None else element_spans(header)
+    elements = encoded_elements(header, reencoded_tags(header, coercion, spans))
+    head = splice(header.raw, spans, elements)
     return CoercedHeader(head, None if coercion.charset_changed else elements)
 
 
@@ -269,19 +300,6 @@ def read_whole(spool: BinaryIO) -> Dataset:
     for tag in [t for t in ds.keys() if t >> 16 in (0x0000, 0x0002)]:  # noqa: SIM118 - ds itself yields elements
         del ds[tag]
     return ds
-
-
-def deflated_with_meta_elements(spool: BinaryIO, offset: int) -> bool:
-    """True when the deflated data set at ``offset`` starts with a command or File Meta Information element
-    (its first inflated bytes are enough: elements are in tag order)."""
-    spool.seek(offset)
-    try:
-        first = zlib.decompressobj(-zlib.MAX_WBITS).decompress(spool.read(256), 2)
-    except zlib.error:
-        return False  # parsed already: not reached
-    finally:
-        spool.seek(offset)
-    return len(first) == 2 and struct.unpack("<H", first)[0] in (0x0000, 0x0002)
 
 
 def encode_whole(ds: Dataset) -> bytes:

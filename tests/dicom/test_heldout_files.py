@@ -463,3 +463,52 @@ def test_file_meta_elements_sent_in_the_data_set_are_not_stored_after_radbridges
     else:  # inflated and deflated again: the same values
         assert [(e.tag, e.value) for e in got] == [(e.tag, e.value) for e in ds if e.tag.group != 2]
     assert got.PixelData == ds.PixelData
+
+
+@pytest.mark.parametrize("where", ["after PatientID", "after the pixel data"])
+@pytest.mark.parametrize("matched", [False, True], ids=["as received", "coerced"])
+def test_a_file_meta_element_out_of_order_in_the_data_set_is_not_stored(tmp_path: Path, matched: bool,
+                                                                      where: str) -> None:
+    """A (0002,0010) Transfer Syntax UID placed later in the data set (not first): only a data set that started
+    with group 0000/0002 was cleaned, so one further on stayed in an image stored as received (and one after the
+    pixel data in a coerced one too). The structure check's walk now finds it wherever it is."""
+    import subprocess
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.dicom.store_peer import raw_file
+    from tests.domain.factories import apply_records, order, patient
+
+    ds = _ct()
+    ds.StudyInstanceUID = generate_uid()
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    clean = buf.getvalue()
+    stray = _raw_element(0x00020010, "UI", IMPLICIT_LE.encode() + b"\0")
+    at = clean.index(b"\x10\x00\x20\x00LO") if where == "after PatientID" else len(clean)
+    body = clean[:at] + stray + clean[at:]
+    path = raw_file(body, str(ds.SOPClassUID), str(ds.SOPInstanceUID), EXPLICIT_LE, tmp_path / "stray.dcm")
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        if matched:
+            apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+                patient("PX1", patient_name="DOE^JOHN"),
+                order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(ds.StudyInstanceUID))])
+        with raw_sender(scp.port, [(str(ds.SOPClassUID), EXPLICIT_LE)]) as assoc:
+            assert send_raw(assoc, path) == 0x0000
+            assert send_raw(assoc, path) == 0x0000  # resent: recognised as the same image
+        (row,) = scp.instances()
+        assert row.versions == 1
+        stored = scp.stored_path(str(ds.SOPInstanceUID))
+    dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "Invalid Element" not in dump.stderr, dump.stderr
+    got = dcmread(stored)
+    assert got.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert not [e for e in got if e.tag.group == 2]
+    if matched:
+        assert str(got.PatientName) == "DOE^JOHN"
+    else:
+        assert dataset_bytes(stored) == clean  # everything else exactly as received
+    assert got.PixelData == ds.PixelData

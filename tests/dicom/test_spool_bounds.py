@@ -185,3 +185,24 @@ def test_a_data_set_arriving_for_longer_than_the_idle_timeout_is_stored(tmp_path
         time.sleep(0.5)
         assert assoc.is_established and not assoc.is_aborted
         assoc.release()
+
+
+def test_pynetdicoms_own_receive_path_keeps_the_per_host_share(tmp_path: Path, corpus: Path) -> None:
+    """pynetdicom's own receive (while it logs at INFO) bounded the instance and the free space, not one host's
+    share: a host could have any number of data sets in flight there. Now its spool files take their bytes from
+    the same per-host ledger (found from the DUL thread's association), given back when pynetdicom closes them."""
+    held = ct(corpus, 7 * MIB)
+    data = _sent_dataset(held, tmp_path)
+    with pynetdicoms_own_receive(), bounded_scp(tmp_path) as scp:
+        incoming = scp.archive / ".incoming"
+        hog = associate(scp.port, OTHER_HOST)
+        send_part(hog, held.SOPInstanceUID, data[: 6 * MIB])  # 6 MiB in flight: 10 MiB of the host's 12 taken
+        assert wait_for(lambda: sum(p.stat().st_size for p in spooled(incoming)) >= 6 * MIB)
+        assert store(scp.port, ct(corpus, 6 * MIB), OTHER_HOST) == 0xA700  # the same host: its share is taken
+        assert store(scp.port, ct(corpus, 6 * MIB)) == 0x0000  # another host stores
+        send_part(hog, "", data[6 * MIB :], last=True)  # the held instance ends: stored, its bytes given back
+        assert wait_for(lambda: held.SOPInstanceUID in {r.sop_instance_uid for r in scp.instances()})
+        hog.release()
+        assert store(scp.port, ct(corpus, 6 * MIB), OTHER_HOST) == 0x0000
+        assert len(scp.instances()) == 3
+        assert wait_for(lambda: spooled(incoming) == [])

@@ -227,12 +227,47 @@ def test_the_matched_item_of_a_group_case_is_coerced_and_the_other_requested_pro
     assert coerce(ds, {"RequestAttributesSequence": [wanted]}, MOD) == ()  # coerced already: nothing changes
 
 
-def test_an_order_no_item_of_a_group_case_names_is_coerced_into_the_first_and_the_others_stay() -> None:
+def test_an_order_no_item_of_a_group_case_names_gets_an_item_of_its_own_and_the_others_stay() -> None:
+    """The order's ids were merged into the first item, another requested procedure's: that item then said
+    SPS-X beside procedure A's step description (CT CHEST), and procedure A was gone from the image. Now the
+    received items stay as they are and the order's item is appended (IHE RAD TF-2 4.8.4.1.3.2: one item per
+    requested procedure the image was acquired for)."""
     ds = _group_case()
+    wanted = {"RequestedProcedureID": "RP-X", "ScheduledProcedureStepID": "SPS-X", "AccessionNumber": "ACC-X",
+              "RequestedProcedureDescription": "CT SPINE"}
+    assert coerce(ds, {"RequestAttributesSequence": [wanted]}, MOD) == ("RequestAttributesSequence",)
+    a, b, c, x = ds.RequestAttributesSequence
+    assert [(i.RequestedProcedureID, i.ScheduledProcedureStepID, i.AccessionNumber) for i in (a, b, c)] == [
+        ("RP-A", "SPS-A", "ACC-A"), ("RP-B", "SPS-B", "ACC-B"), ("RP-C", "SPS-C", "ACC-C")]
+    assert a.ScheduledProcedureStepDescription == "CT CHEST" and "RequestedProcedureDescription" not in a
+    assert (x.RequestedProcedureID, x.ScheduledProcedureStepID, x.AccessionNumber,
+            x.RequestedProcedureDescription) == ("RP-X", "SPS-X", "ACC-X", "CT SPINE")
+    assert "ScheduledProcedureStepDescription" not in x
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].RequestAttributesSequence
+    assert [i.ScheduledProcedureStepID for i in old] == ["SPS-A", "SPS-B", "SPS-C"]
+    assert coerce(ds, {"RequestAttributesSequence": [wanted]}, MOD) == ()  # a resend: the appended item is found
+
+
+def test_an_item_of_a_group_case_that_names_no_other_procedure_takes_the_orders_values() -> None:
+    ds = _group_case()
+    anonymous = Dataset()
+    anonymous.ScheduledProcedureStepDescription = "entered at the console"
+    ds.RequestAttributesSequence.append(anonymous)
     wanted = {"RequestedProcedureID": "RP-X", "ScheduledProcedureStepID": "SPS-X", "AccessionNumber": "ACC-X"}
     coerce(ds, {"RequestAttributesSequence": [wanted]}, MOD)
-    assert [i.ScheduledProcedureStepID for i in ds.RequestAttributesSequence] == ["SPS-X", "SPS-B", "SPS-C"]
-    assert ds.RequestAttributesSequence[0].ScheduledProcedureStepDescription == "CT CHEST"  # as for one item
+    items = ds.RequestAttributesSequence
+    assert [i.get("ScheduledProcedureStepID", "") for i in items] == ["SPS-A", "SPS-B", "SPS-C", "SPS-X"]
+    assert items[3].ScheduledProcedureStepDescription == "entered at the console"
+
+
+def test_one_item_naming_another_step_is_still_coerced_in_place() -> None:
+    """One item: the image is the matched order's (a modality that made up its own step id); unchanged rule."""
+    ds = header()
+    ds.RequestAttributesSequence = [_request_item("RP-A", "SPS-A", "ACC-A", "CT CHEST")]
+    wanted = {"RequestedProcedureID": "RP-X", "ScheduledProcedureStepID": "SPS-X", "AccessionNumber": "ACC-X"}
+    coerce(ds, {"RequestAttributesSequence": [wanted]}, MOD)
+    (item,) = ds.RequestAttributesSequence
+    assert (item.ScheduledProcedureStepID, item.ScheduledProcedureStepDescription) == ("SPS-X", "CT CHEST")
 
 
 def test_a_code_sequence_of_several_items_still_takes_the_orders_one_code() -> None:

@@ -75,7 +75,7 @@ def assert_spliced_as_pydicom_encodes(raw: bytes, enc: Encoding, target: dict[st
         return coercion  # nothing to write
     reference = encode_header(whole.dataset, enc)
     out = encode_coerced(spliced, coercion).head
-    reencoded = reencoded_tags(spliced.dataset, coercion)
+    reencoded = reencoded_tags(spliced, coercion)
     # After a character set change pydicom's whole encoding decodes and re-encodes every element (normalising
     # " 107" to "107 "), so only the re-encoded elements can be compared with it.
     untouched_as_pydicom_writes = {} if coercion.charset_changed else _elements(
@@ -164,7 +164,9 @@ def test_a_charset_change_re_encodes_the_text_and_keeps_every_other_element_as_r
     raw = _explicit((0x00080005, "CS", b"ISO_IR 100"), *untouched[:1], (0x00080080, "LO", b"Universit\xe4t "),
                     (0x00100010, "PN", b"OLD^NAME"), *untouched[1:])
     header = _header(raw, enc)
-    coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
+    target = {"PatientName": "Dvořák^Antonín",
+              "RequestAttributesSequence": [{"ScheduledProcedureStepID": "SPS1", "AccessionNumber": "A1"}]}
+    coercion = coerce_header(header.dataset, target, MOD)
     assert coercion.charset_changed
     out = _elements(encode_coerced(header, coercion).head, enc)
     assert [out[tag] for tag, _, _ in untouched] == [_elements(raw, enc)[tag] for tag, _, _ in untouched]
@@ -354,3 +356,77 @@ def test_an_element_out_of_tag_order_or_twice_is_replaced_once_and_the_header_pu
     assert tags == sorted(set(tags)) and tags.count(0x00080050) == 1
     assert read_dataset(BytesIO(head), False, True).AccessionNumber == "ACCX1"
     assert name in head and uid in head  # the other elements as received
+
+
+def _even(value: bytes) -> bytes:
+    return value + b" " if len(value) % 2 else value
+
+
+def test_utf8_text_under_a_declared_latin1_header_is_not_garbled_by_a_switch_to_utf8() -> None:
+    """A modality that declares ISO_IR 100 but writes UTF-8 (InstitutionName "Röntgen Zürich" as C3 B6 ...):
+    when a coercion needed UTF-8 (a Czech name), every text value was decoded as Latin-1 ("RÃ¶ntgen") and
+    re-encoded so in UTF-8: garbled for every reader. Valid UTF-8 is read as UTF-8 now and such an element keeps
+    its received bytes; real Latin-1 text (InstitutionalDepartmentName) is still re-encoded."""
+    item = _explicit((0x00400007, "LO", _even("Thorax ärztlich".encode())), (0x00400009, "SH", b"SPS1"))
+    raw = _explicit((0x00080005, "CS", b"ISO_IR 100"), (0x00080080, "LO", _even("Röntgen Zürich".encode())),
+                    (0x00081040, "LO", _even("Abteilung für Radiologie".encode("latin-1"))),
+                    (0x00100010, "PN", b"NOVAK^JAN "), (0x00400275, "SQ", _item_bytes(item)))
+    enc = Encoding(False, True)
+    header = _header(raw, enc)
+    target = {"PatientName": "Dvořák^Antonín",
+              "RequestAttributesSequence": [{"ScheduledProcedureStepID": "SPS1", "AccessionNumber": "A1"}]}
+    coercion = coerce_header(header.dataset, target, MOD)
+    assert coercion.charset_changed
+    out = encode_coerced(header, coercion).head
+    ds = read_dataset(BytesIO(out), False, True)
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert (str(ds.PatientName), ds.InstitutionName, ds.InstitutionalDepartmentName) == (
+        "Dvořák^Antonín", "Röntgen Zürich", "Abteilung für Radiologie")
+    (item,) = ds.RequestAttributesSequence
+    assert (item.ScheduledProcedureStepDescription, item.AccessionNumber) == ("Thorax ärztlich", "A1")
+    assert _elements(out, enc)[0x00080080] == _elements(raw, enc)[0x00080080]  # kept as received
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert (old.SpecificCharacterSet, str(old.PatientName)) == ("ISO_IR 100", "NOVAK^JAN")
+
+
+def test_a_latin1_header_whose_name_differs_only_as_misread_utf8_declares_utf8() -> None:
+    """PatientName sent as UTF-8 "Dvořák" under ISO_IR 100 and the order says "Dvořák": read as Latin-1 they
+    differ, read as UTF-8 they do not. The header is declared UTF-8 (the change recorded), its bytes kept."""
+    raw = _explicit((0x00080005, "CS", b"ISO_IR 100"), (0x00100010, "PN", _even("Dvořák^Antonín".encode())))
+    enc = Encoding(False, True)
+    header = _header(raw, enc)
+    coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
+    assert coercion.changed == ("SpecificCharacterSet",)
+    out = encode_coerced(header, coercion).head
+    ds = read_dataset(BytesIO(out), False, True)
+    assert (ds.SpecificCharacterSet, str(ds.PatientName)) == ("ISO_IR 192", "Dvořák^Antonín")
+    assert _elements(out, enc)[0x00100010] == _elements(raw, enc)[0x00100010]
+
+
+def _implicit(*elements: tuple[int, bytes]) -> bytes:
+    return b"".join((tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+                    + len(value).to_bytes(4, "little") + value for tag, value in elements)
+
+
+def test_private_elements_of_unknown_vr_are_kept_and_recorded_with_the_old_charset_on_a_switch_to_utf8(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Implicit VR: a private element no dictionary knows (UN) holding Latin-1 bytes ("Schädel") stayed as
+    received under the new ISO_IR 192 with nothing saying it had been ISO_IR 100. Its bytes may be binary as
+    well as text, so they are still kept (no guess); the OriginalAttributesSequence item now holds it, with its
+    private creator, beside the previous SpecificCharacterSet that governs that item, and a WARNING names it."""
+    raw = _implicit((0x00080005, b"ISO_IR 100"), (0x00100010, b"NOVAK^JAN "), (0x00190010, b"ACME 1.0"),
+                    (0x00191001, "Schädel ".encode("latin-1")), (0x00191002, b"\x01\x02\x03\x04"),
+                    (0x00191003, b"\xe8\x03"))  # a binary number (US 1000): cannot be text
+    enc = Encoding(True, True)
+    header = _header(raw, enc)
+    with caplog.at_level("WARNING"):
+        coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
+    assert coercion.charset_changed
+    out = encode_coerced(header, coercion).head
+    assert _elements(out, enc)[0x00191001] == _elements(raw, enc)[0x00191001]  # kept as received
+    ds = read_dataset(BytesIO(out), True, True)
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert old.SpecificCharacterSet == "ISO_IR 100"
+    assert (old[0x00190010].value, old[0x00191001].value) == ("ACME 1.0", "Schädel ".encode("latin-1"))
+    assert 0x00191002 not in old and 0x00191003 not in old  # ASCII bytes read the same in UTF-8; binary
+    assert "(0019,1001)" in caplog.text and "Sch" not in caplog.text
