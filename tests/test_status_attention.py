@@ -31,3 +31,13 @@ def test_dead_letters_and_an_old_backlog_are_two_lines() -> None:
     lines = attention(_data(pacs=_queued(1, 2 * 3600.0, dead=2)))
     assert [line.split(":")[1].strip() for line in lines] == [
         "2 dead letter(s)", "1 delivery(ies) waiting, the oldest for 2.0 h (the last error says why)"]
+
+
+def test_an_engine_that_is_not_running_needs_attention() -> None:
+    """The engine dead at 3 a.m.: status said "engine: not running" on its first line and then
+    "needs attention: nothing" (new-user campaign)."""
+    stopped = {"running": False, "pid": None, "data_dir": "var", "source": "configuration"}
+    lines = attention({**_data(), "engine": stopped})
+    assert len(lines) == 1 and lines[0].startswith("engine: not running (no live pid file in var)")
+    assert "radbridge run" in lines[0]
+    assert attention({**_data(), "engine": {**stopped, "running": True, "pid": 7}}) == []

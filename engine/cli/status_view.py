@@ -62,6 +62,10 @@ BACKLOG_LATE_SECONDS = 3600
 def attention(data: dict[str, Any]) -> list[str]:
     """One line per thing an analyst should look at, each with the command that shows it."""
     out = []
+    engine = data.get("engine")
+    if engine is not None and not engine["running"]:  # the first thing to know at 3 a.m.
+        out.append(f"engine: not running (no live pid file in {engine['data_dir']}): nothing is received, stored or"
+                   " forwarded; start it (radbridge run, or its service); the end of its log says why it stopped")
     for name, ch in sorted(data["channels"].items()):
         if ch["errors"]:
             out.append(f"channel {name}: {ch['errors']} message(s) answered AE/AR:"
