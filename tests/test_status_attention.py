@@ -41,3 +41,20 @@ def test_an_engine_that_is_not_running_needs_attention() -> None:
     assert len(lines) == 1 and lines[0].startswith("engine: not running (no live pid file in var)")
     assert "radbridge run" in lines[0]
     assert attention({**_data(), "engine": {**stopped, "running": True, "pid": 7}}) == []
+
+
+def test_an_archive_file_system_below_min_free_bytes_needs_attention(tmp_path) -> None:
+    """A full archive disk refused every image with 0xA700 while status said "needs attention: nothing"
+    (new-user campaign: the archive on an 8 MiB tmpfs, archive.min_free_bytes 1 GiB)."""
+    from engine.cli.status_view import archive_space, archive_space_text
+
+    space = archive_space({"directory": str(tmp_path), "min_free_bytes": 1 << 60})
+    assert space is not None and space["free_bytes"] > 0
+    [line] = attention({**_data(), "archive_space": space})
+    assert line.startswith(f"archive: {tmp_path} has ") and "less than archive.min_free_bytes (1048576.0 TiB)" in line
+    assert "every new image is refused (0xA700)" in line
+    assert archive_space_text(space).startswith(f"archive: {tmp_path}, ")
+    assert attention({**_data(), "archive_space": {**space, "min_free_bytes": 1 << 20}}) == []
+    missing = archive_space({"directory": str(tmp_path / "not-yet"), "min_free_bytes": 1 << 60})
+    assert missing is not None and missing["free_bytes"] is None
+    assert attention({**_data(), "archive_space": missing}) == []

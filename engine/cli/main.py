@@ -153,7 +153,7 @@ def cmd_messages_replay(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.cli.queries import empty_counts, engine_status
-    from engine.cli.status_view import attention, configured, destination_backlog
+    from engine.cli.status_view import archive_space, attention, configured, destination_backlog
     from engine.store.database import unavailable
 
     config = _config(args)
@@ -173,6 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                             for name, target in data.pop("destination_targets").items()}
     for name, backlog in db.read(destination_backlog).items():
         data["destinations"].setdefault(name, {"target": _UNLISTED_TARGETS.get(name, "not configured")}).update(backlog)
+    data["archive_space"] = archive_space(data["archive_space"])
     for name, listener in data.pop("listeners").items():  # every configured channel, even one with no message yet
         data["channels"].setdefault(name, empty_counts()).update(listener)
     data["attention"] = attention(data)
@@ -252,7 +253,7 @@ _UNLISTED_TARGETS = {"archive:secondary": "the second archive copy (archive.seco
 
 
 def _status_text(data: dict[str, Any]) -> str:
-    from engine.cli.status_view import endpoints_text
+    from engine.cli.status_view import archive_space_text, endpoints_text
 
     cols = ["listen", "received", "errors", "filtered", "unchanged", "queued", "delivery_errors",
             "oldest_queued_seconds"]
@@ -273,7 +274,8 @@ def _status_text(data: dict[str, Any]) -> str:
     studies = (f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled;"
                f" images refused and quarantined: {_quarantined_text(data.get('images', {}))}")
     studies += "; " + _reconcile_text(data.get("reconcile", {}))
-    return "\n".join([*lines, "", f"worklist steps: {steps}", studies,
+    space = [archive_space_text(data["archive_space"])] if data.get("archive_space") else []
+    return "\n".join([*lines, "", f"worklist steps: {steps}", studies, *space,
                       f"reports waiting for their order: {reports['waiting_for_order']}",
                       f"ORU^R01 out: {receivers}", "",
                       "needs attention:" + ("" if data["attention"] else " nothing"), *data["attention"]])
