@@ -58,3 +58,9 @@ def test_an_archive_file_system_below_min_free_bytes_needs_attention(tmp_path) -
     missing = archive_space({"directory": str(tmp_path / "not-yet"), "min_free_bytes": 1 << 60})
     assert missing is not None and missing["free_bytes"] is None
     assert attention({**_data(), "archive_space": missing}) == []
+
+
+def test_a_dead_letter_line_says_how_to_put_them_back_in_the_queue() -> None:
+    """It named only the command that lists them; the replay was in the README's table alone (new-user campaign)."""
+    [line] = attention(_data(ehr=_queued(0, None, dead=1)))
+    assert line.endswith("; once the cause is fixed: radbridge outbox replay --destination ehr")

@@ -318,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     _archive(sub)
     _outbox(sub)
     _db(sub)
-    status = sub.add_parser("status", help="per channel counts and queue age")
+    status = sub.add_parser("status", help="whether the engine runs, counts, backlog and what needs attention")
     status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.set_defaults(fn=cmd_status)
     schema = sub.add_parser("schema", help="print the JSON Schema of a configuration file")

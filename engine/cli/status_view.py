@@ -87,7 +87,8 @@ def attention(data: dict[str, Any]) -> list[str]:
     for name, d in sorted(data.get("destinations", {}).items()):
         if d["dead_letters"]:
             out.append(f"destination {name}: {d['dead_letters']} dead letter(s):"
-                       f" radbridge outbox list --destination {name} --status ERROR")
+                       f" radbridge outbox list --destination {name} --status ERROR;"
+                       f" once the cause is fixed: radbridge outbox replay --destination {name}")
         oldest = d.get("oldest_queued_seconds") or 0
         if oldest > BACKLOG_LATE_SECONDS:  # a peer down or refusing for long (the PACS, the second archive copy)
             out.append(f"destination {name}: {d['queued']} delivery(ies) waiting, the oldest for {oldest / 3600:.1f} h"

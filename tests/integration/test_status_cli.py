@@ -72,7 +72,8 @@ def test_status_shows_listeners_dicom_fhir_backlog_per_destination_and_what_need
     assert data["attention"] == [
         "channel adt-in: 1 message(s) answered AE/AR: radbridge messages list --channel adt-in --status ERROR"
         " (or REJECTED)",
-        "destination downstream: 1 dead letter(s): radbridge outbox list --destination downstream --status ERROR",
+        "destination downstream: 1 dead letter(s): radbridge outbox list --destination downstream --status ERROR;"
+        " once the cause is fixed: radbridge outbox replay --destination downstream",
     ]
     assert f"DICOM: AE title RB_TEST on 127.0.0.1:{dicom}" in text
     assert f"FHIR API: http://127.0.0.1:{http}/fhir (auth: smart)" in text
