@@ -121,3 +121,13 @@ def test_archive_verify_of_a_study_with_no_stored_instance_says_so(tmp_path, cap
     out = capsys.readouterr()
     assert out.err == "no stored instances for study 1.2.3.4\n" and out.out == ""
     assert main(["--config", str(config), "archive", action]) == 0  # the whole (empty) archive is fine
+
+
+def test_the_help_says_what_the_exit_statuses_mean(capsys):
+    """0/1/2 were a convention no help text or document stated (new-user campaign)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exc.value.code == 0
+    assert "exit status: 0 done; 1 the command ran but found something wrong or unknown" in out
+    assert "2 a usage error or an invalid configuration file" in out and "docs/operations.md" in out

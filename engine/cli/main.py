@@ -298,8 +298,15 @@ _CONFIG_HELP = "configuration directory (default $RADBRIDGE_CONFIG or ./config)"
 _JSON_HELP = "print JSON instead of a table"
 
 
+#: What every command's exit status means (``radbridge --help``; README "Operations", docs/operations.md).
+EXIT_STATUSES = ("exit status: 0 done; 1 the command ran but found something wrong or unknown (an id not"
+                 " found, a replay still refused, a damaged archive copy, a mapping problem, the database"
+                 " unreachable); 2 a usage error or an invalid configuration file. What to do when"
+                 " something goes wrong: docs/operations.md")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="radbridge", description=__doc__)
+    p = argparse.ArgumentParser(prog="radbridge", description=__doc__, epilog=EXIT_STATUSES)
     p.add_argument("--config", default=os.environ.get("RADBRIDGE_CONFIG", "./config"), help=_CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="run every configured channel").set_defaults(fn=cmd_run)
