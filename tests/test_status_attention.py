@@ -64,3 +64,11 @@ def test_a_dead_letter_line_says_how_to_put_them_back_in_the_queue() -> None:
     """It named only the command that lists them; the replay was in the README's table alone (new-user campaign)."""
     [line] = attention(_data(ehr=_queued(0, None, dead=1)))
     assert line.endswith("; once the cause is fixed: radbridge outbox replay --destination ehr")
+
+
+def test_the_ae_ar_line_says_how_old_the_newest_is() -> None:
+    data = {"channels": {"ris": {"errors": 2, "newest_error_seconds": 3 * 86400.0}}, "jobs": {}, "destinations": {}}
+    assert attention(data) == ["channel ris: 2 message(s) answered AE/AR, the newest 3 days ago:"
+                               " radbridge messages list --channel ris --status ERROR (or REJECTED)"]
+    data["channels"]["ris"]["newest_error_seconds"] = 40.0
+    assert ", the newest 40 s ago:" in attention(data)[0]

@@ -82,7 +82,9 @@ def attention(data: dict[str, Any]) -> list[str]:
                    " forwarded; start it (radbridge run, or its service); the end of its log says why it stopped")
     for name, ch in sorted(data["channels"].items()):
         if ch["errors"]:
-            out.append(f"channel {name}: {ch['errors']} message(s) answered AE/AR:"
+            newest = ch.get("newest_error_seconds")
+            age = f", the newest {_age(newest)} ago" if newest is not None else ""
+            out.append(f"channel {name}: {ch['errors']} message(s) answered AE/AR{age}:"
                        f" radbridge messages list --channel {name} --status ERROR (or REJECTED)")
     for name, d in sorted(data.get("destinations", {}).items()):
         if d["dead_letters"]:
@@ -111,6 +113,17 @@ def attention(data: dict[str, Any]) -> list[str]:
         if j["last_error"]:
             out.append(f"job {job}: last run failed: {j['last_error']}")
     return out
+
+
+def _age(seconds: float) -> str:
+    """``40 s``, ``12 min``, ``3.5 h``, ``12 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 def archive_space_text(space: dict[str, Any]) -> str:
