@@ -72,3 +72,15 @@ def test_the_ae_ar_line_says_how_old_the_newest_is() -> None:
                                " radbridge messages list --channel ris --status ERROR (or REJECTED)"]
     data["channels"]["ris"]["newest_error_seconds"] = 40.0
     assert ", the newest 40 s ago:" in attention(data)[0]
+
+
+def test_a_full_archive_without_a_reserve_needs_attention_too(tmp_path) -> None:
+    """archive.min_free_bytes 0 and the disk full: the log said ENOSPC, status "0 B free; new images are refused
+    below 0 B" and nothing under needs attention (new-user campaign)."""
+    from engine.cli.status_view import NEARLY_FULL_BYTES, archive_space_text
+
+    full = {"directory": "/srv/archive", "min_free_bytes": 0, "free_bytes": 0}
+    [line] = attention({**_data(), "archive_space": full})
+    assert line.startswith("archive: /srv/archive has 0 B free and no reserve (archive.min_free_bytes 0)")
+    assert archive_space_text(full) == "archive: /srv/archive, 0 B free; no reserve (archive.min_free_bytes 0)"
+    assert attention({**_data(), "archive_space": {**full, "free_bytes": NEARLY_FULL_BYTES}}) == []

@@ -69,6 +69,8 @@ def destination_backlog(conn: Connection, now: datetime | None = None) -> dict[s
 
 #: A request of the job reconcile-images older than this (it runs every few seconds) needs a look.
 RECONCILE_LATE_SECONDS = 3600
+#: With archive.min_free_bytes 0 (no reserve), less than this free on the archive's file system needs a look.
+NEARLY_FULL_BYTES = 64 << 20
 #: A delivery still queued this long after it was queued (its destination down or refusing) needs a look.
 BACKLOG_LATE_SECONDS = 3600
 
@@ -96,10 +98,15 @@ def attention(data: dict[str, Any]) -> list[str]:
             out.append(f"destination {name}: {d['queued']} delivery(ies) waiting, the oldest for {oldest / 3600:.1f} h"
                        f" (the last error says why): radbridge outbox list --destination {name} --status QUEUED")
     space = data.get("archive_space")
-    if space and space["free_bytes"] is not None and space["free_bytes"] < space["min_free_bytes"]:
-        out.append(f"archive: {space['directory']} has {_size(space['free_bytes'])} free, less than"
+    free = space["free_bytes"] if space else None
+    if space and free is not None and free < space["min_free_bytes"]:
+        out.append(f"archive: {space['directory']} has {_size(free)} free, less than"
                    f" archive.min_free_bytes ({_size(space['min_free_bytes'])}): every new image is refused"
                    " (0xA700); free space on that file system or move archive.primary (docs/operations.md)")
+    elif space and free is not None and not space["min_free_bytes"] and free < NEARLY_FULL_BYTES:
+        out.append(f"archive: {space['directory']} has {_size(free)} free and no reserve (archive.min_free_bytes"
+                   " 0): images that do not fit fail (0xA700, ENOSPC in the log); free space on that file system"
+                   " (docs/operations.md)")
     out += _image_attention(data.get("images", {}))
     bad = data.get("archive_copies", {})
     if bad.get("missing") or bad.get("damaged"):
@@ -130,6 +137,8 @@ def archive_space_text(space: dict[str, Any]) -> str:
     """The status line of the archive's file system."""
     free = ("free space unknown (not created yet)" if space["free_bytes"] is None
             else f"{_size(space['free_bytes'])} free")
+    if not space["min_free_bytes"]:
+        return f"archive: {space['directory']}, {free}; no reserve (archive.min_free_bytes 0)"
     return (f"archive: {space['directory']}, {free}; new images are refused below"
             f" {_size(space['min_free_bytes'])} (archive.min_free_bytes)")
 
