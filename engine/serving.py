@@ -61,7 +61,12 @@ def endpoints(config: Config, dicom_port: int | None = None, http_port: int | No
     listeners = {ch.name: {"listen": _address(ch.source.host, ports.get(ch.name) or ch.source.port)
                            if ch.enabled else "disabled", "file": str(config.channel_files[ch.name])}
                  for ch in config.channels}
-    return {"dicom": dicom, "fhir": fhir, "listeners": listeners, "destination_targets": _destinations(config)}
+    # Where C-STORE spools and stores (archive.primary's file system) and the free space it keeps: status
+    # compares them (a full disk refuses every image with 0xA700).
+    space = ({"directory": str(Path(eng.archive_dir()).absolute()), "min_free_bytes": eng.archive.min_free_bytes}
+             if eng.dicom.enabled else None)
+    return {"dicom": dicom, "fhir": fhir, "listeners": listeners, "destination_targets": _destinations(config),
+            "archive_space": space}
 
 
 def write_serving(data_dir: Path, served: dict[str, Any]) -> None:

@@ -108,3 +108,26 @@ def test_registering_a_client_before_the_first_run_creates_the_store_owner_only(
     capsys.readouterr()
     assert main(["--config", str(config), "clients", "list"]) == 0
     assert "ehr" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("action", ["verify", "restore"])
+def test_archive_verify_of_a_study_with_no_stored_instance_says_so(tmp_path, capsys, action):
+    """A mistyped UID said "0 instance(s) checked, 0 problem(s)" with exit status 0 (new-user campaign),
+    where studies show and studies export say "no study" / "no stored instances" with exit status 1."""
+    config = _config(tmp_path)
+    assert main(["--config", str(config), "db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "archive", action, "--study", "1.2.3.4"]) == 1
+    out = capsys.readouterr()
+    assert out.err == "no stored instances for study 1.2.3.4\n" and out.out == ""
+    assert main(["--config", str(config), "archive", action]) == 0  # the whole (empty) archive is fine
+
+
+def test_the_help_says_what_the_exit_statuses_mean(capsys):
+    """0/1/2 were a convention no help text or document stated (new-user campaign)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exc.value.code == 0
+    assert "exit status: 0 done; 1 the command ran but found something wrong or unknown" in out
+    assert "2 a usage error or an invalid configuration file" in out and "docs/operations.md" in out

@@ -30,8 +30,10 @@ DOCUMENTS = sorted(
 #: Mapping files and code tables: their comments and notes are documentation too.
 MAPPING_FILES = sorted([*(ROOT / "mappings").glob("*.yaml"), *(ROOT / "mappings" / "tables").glob("*.csv")])
 
-#: Files a site provides itself, named in configuration examples (TLS material): not shipped.
-SITE_FILES = frozenset({"tls/server.pem", "tls/server.key", "tls/ca.pem", "client.key", "client.pem", "ca.pem"})
+#: Files a site provides itself, named in configuration examples (TLS material), or a walk-through makes
+#: (docs/fhir-auth.md's client key): not shipped.
+SITE_FILES = frozenset({"tls/server.pem", "tls/server.key", "tls/ca.pem", "client.key", "client.pem", "ca.pem",
+                        "try-client.pem"})
 
 _CITED = re.compile(r"[\w./<>{}*…-]*\.(?:md|csv|yaml|yml|hl7|json|py|pem|key|toml)(?:\.example)?\b")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")

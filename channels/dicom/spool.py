@@ -44,7 +44,7 @@ import pynetdicom
 from pynetdicom import _config, dimse_messages
 
 from engine.archive.part10 import encode_file_meta
-from engine.archive.spool_budget import SpoolBudget, below_reserve
+from engine.archive.spool_budget import SpoolBudget, below_reserve, short_of_reserve
 from engine.libc import libc_function
 
 from .admission import RefusalReport
@@ -215,7 +215,7 @@ def _factory(directory: Path, max_bytes: int | None, min_free_bytes: int, budget
         spool = SpoolFile(directory if directory.is_dir() else Path(tempfile.gettempdir()), max_bytes, share)
         spool.flush()  # nothing yet; a spool that cannot even be created raises here, as before
         if below_reserve(directory, min_free_bytes):  # written to nothing: answered 0xA700
-            spool._fail(OSError(errno.ENOSPC, "the spool's file system is under archive.min_free_bytes free"))
+            spool._fail(OSError(errno.ENOSPC, short_of_reserve(directory, min_free_bytes)))
         return spool
 
     return make

@@ -345,8 +345,9 @@ class StorageService:
         self._sweep(time.time())
         failed = spool_failure(request.spool)
         if failed is not None:
-            log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s",
-                      request.sop_instance_uid, request.calling_ae, errno.errorcode.get(failed.errno or 0, failed))
+            log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s (%s) in %s",
+                      request.sop_instance_uid, request.calling_ae, errno.errorcode.get(failed.errno or 0, failed),
+                      failed.strerror, Path(request.spool).parent)  # which file system, for the operator
             return OUT_OF_RESOURCES
         # The data set's hash and the spool's fsync run while it is checked and matched; the hash is
         # waited for before the spool is staged (or changed), the fsync before the file is named.

@@ -86,7 +86,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from engine.archive.flush import IN_FLIGHT
 from engine.archive.part10 import encode_file_meta
-from engine.archive.spool_budget import SpoolBounds, below_reserve
+from engine.archive.spool_budget import SpoolBounds, below_reserve, short_of_reserve
 from engine.errors import MalformedDataset
 
 from .admission import RefusalReport
@@ -420,7 +420,7 @@ class StoreStream:
         rx = self._current = _Receiving(command, context, None)
         IN_FLIGHT.started(rx)  # until answered: the store hands work to other threads only when alone
         if below_reserve(self._spool_dir, self._bounds.min_free_bytes):
-            self._short_of_spool(rx, "the spool's file system has less than archive.min_free_bytes free")
+            self._short_of_spool(rx, short_of_reserve(self._spool_dir, self._bounds.min_free_bytes))
             return
         if not self._reserve(rx, min(RESERVE_STEP_BYTES, self._bounds.max_instance_bytes)):
             return
@@ -444,7 +444,7 @@ class StoreStream:
         if rx.size >= rx.next_free_check:
             rx.next_free_check = rx.size + FREE_CHECK_BYTES
             if below_reserve(self._spool_dir, self._bounds.min_free_bytes):
-                self._short_of_spool(rx, "the spool's file system fell under archive.min_free_bytes free")
+                self._short_of_spool(rx, short_of_reserve(self._spool_dir, self._bounds.min_free_bytes))
                 return
         rx.add(data)
 

@@ -8,6 +8,8 @@ connection is retryable, and the connection is reopened for the next attempt.
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 
 from channels.mllp.client import MLLPClient
 from engine.config.models import MLLPDestinationConfig
@@ -43,7 +45,7 @@ def classify_ack(sent_control_id: str, answer: bytes) -> str:
         raise PermanentDelivery(f"receiver rejected the message: {detail}", f"receiver answered {code}")
     if code in _RETRY:
         raise RetryableDelivery(f"receiver reported an error: {detail}", f"receiver answered {code}")
-    raise RetryableDelivery(f"unknown acknowledgment code {code!r}")
+    raise RetryableDelivery(f"unknown acknowledgment code {code!r}", "receiver answered an unknown acknowledgment code")
 
 
 class MLLPDestination:
@@ -52,6 +54,7 @@ class MLLPDestination:
     def __init__(self, config: MLLPDestinationConfig) -> None:
         self.name = config.name
         self._timeout = config.timeout_seconds
+        self._where = f"{config.host}:{config.port}"
         tls = config.tls
         self._client = MLLPClient(
             config.host, config.port, config.timeout_seconds, client_context(tls),
@@ -65,12 +68,23 @@ class MLLPDestination:
                 answer = await self._client.send(payload)
         except (TimeoutError, OSError, ConnectionError) as exc:
             await self._client.close()
-            raise RetryableDelivery(f"{type(exc).__name__}: {exc}") from exc
+            # Worded from the socket alone (address, the OS's reason): the log line of the attempt says it too.
+            raise RetryableDelivery(*[f"{self._where}: {self._why(exc)}"] * 2) from exc
         try:
             return classify_ack(control_id, answer)
         except RetryableDelivery:
             await self._client.close()
             raise
+
+    def _why(self, exc: OSError) -> str:
+        """A failed connect or send, worded from the socket alone (no message data)."""
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self._timeout:g} s"
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS failed: {exc.reason or type(exc).__name__}"
+        if exc.errno:
+            return f"{type(exc).__name__} ({os.strerror(exc.errno)})"
+        return f"{type(exc).__name__}" + (f" ({exc})" if exc.args and isinstance(exc.args[0], str) else "")
 
     async def close(self) -> None:
         await self._client.close()

@@ -25,6 +25,7 @@ from engine.archive.copy_tables import instance_copies
 from engine.archive.fixity import verify
 from engine.archive.history import verify_history
 from engine.archive.replication import DESTINATION, ReplicationDestination, owe_missing_copies
+from engine.archive.spool_budget import below_reserve, short_of_reserve
 from engine.archive.tiering import tier
 from engine.config import Config
 from engine.config.models import ArchiveConfig
@@ -54,6 +55,9 @@ def checked_archive(config: Config) -> Archive:
             problems.append(f"{config.where(config.engine_file, ('archive', key))}: {exc}")
     if problems:
         raise ConfigError(problems)
+    spool, reserve = config.engine.archive_dir(), config.engine.archive.min_free_bytes
+    if below_reserve(spool, reserve):  # said at start, not first at the first refused image
+        log.warning("archive: %s", short_of_reserve(spool, reserve))
     return archive
 
 

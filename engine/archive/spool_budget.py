@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["GRANT_BYTES", "HostBytes", "SpoolBounds", "SpoolBudget", "below_reserve", "free_bytes"]
+__all__ = ["GRANT_BYTES", "HostBytes", "SpoolBounds", "SpoolBudget", "below_reserve", "free_bytes", "short_of_reserve"]
 
 #: Bytes a receive worker asks of the engine process's ledger at a time (channels.dicom.spool_grants;
 #: a 512 KB image asks once every ~128 images). A worker may keep one such grant unused per host while
@@ -100,3 +100,14 @@ def below_reserve(directory: Path, reserve: int) -> bool:
         return free_bytes(directory) < reserve
     except OSError:
         return False
+
+
+def short_of_reserve(directory: Path, reserve: int) -> str:
+    """Why a store is refused for want of free space, for the log: which file system, what it has and keeps,
+    and what to do (no message data)."""
+    try:
+        free = f"{free_bytes(directory) >> 20} MiB free"
+    except OSError as exc:
+        free = f"free space unknown ({exc.strerror})"
+    return (f"the spool's file system ({directory}) has {free}, less than archive.min_free_bytes"
+            f" ({reserve >> 20} MiB): every new image is refused (0xA700) until space is freed there")

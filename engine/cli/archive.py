@@ -4,19 +4,21 @@
 versions kept as history, and prints each problem with the version's number (exit 1
 when there is any, 0 when every copy is intact). ``restore`` rebuilds each missing or
 damaged copy, current or old, from the other location, verifying it (exit 1 when a
-copy could not be rebuilt). Both print SOP Instance UIDs and locations only: no
-patient data.
+copy could not be rebuilt). ``--study`` naming no stored instance is exit 1 too. Both
+print SOP Instance UIDs and locations only: no patient data.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from engine.archive.archive import Archive, archive_from_config
+from engine.archive.archive import Archive, archive_from_config, instances_of
 from engine.archive.fixity import Finding, Repair, restore, verify
 from engine.archive.history import restore_history, verify_history
 from engine.config import load_config
@@ -33,9 +35,20 @@ def _version(item: Finding | Repair) -> str:
     return f"v{item.version}" + (" (replaced)" if item.replaced else "")
 
 
+def _unknown_study(args: argparse.Namespace, db: Any) -> bool:
+    """``--study UID`` naming no stored instance: said on stderr (a mistyped UID checked nothing, and said
+    "0 instance(s) checked, 0 problem(s)" with exit status 0, as if the study were intact)."""
+    if args.study is None or db.read(partial(instances_of, study_instance_uid=args.study, limit=1)):
+        return False
+    print(f"no stored instances for study {args.study}", file=sys.stderr)
+    return True
+
+
 def cmd_verify(args: argparse.Namespace, db: Any) -> int:
     """``archive verify [--study UID]``: 1 when any copy is missing, damaged or unreadable."""
     archive = _archive(args)
+    if _unknown_study(args, db):
+        return 1
     checked, findings = verify(archive, db, args.study)
     old, history = verify_history(archive, db, args.study)
     findings += history
@@ -53,6 +66,8 @@ def cmd_verify(args: argparse.Namespace, db: Any) -> int:
 def cmd_restore(args: argparse.Namespace, db: Any) -> int:
     """``archive restore [--study UID]``: 1 when a copy could not be rebuilt."""
     archive = _archive(args)
+    if _unknown_study(args, db):
+        return 1
     repairs = restore(archive, db, args.study) + restore_history(archive, db, args.study)
     if args.json:
         print(json.dumps([asdict(r) for r in repairs], indent=2))

@@ -153,7 +153,7 @@ def cmd_messages_replay(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.cli.queries import empty_counts, engine_status
-    from engine.cli.status_view import attention, configured, destination_backlog
+    from engine.cli.status_view import archive_space, attention, configured, destination_backlog
     from engine.store.database import unavailable
 
     config = _config(args)
@@ -173,6 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                             for name, target in data.pop("destination_targets").items()}
     for name, backlog in db.read(destination_backlog).items():
         data["destinations"].setdefault(name, {"target": _UNLISTED_TARGETS.get(name, "not configured")}).update(backlog)
+    data["archive_space"] = archive_space(data["archive_space"])
     for name, listener in data.pop("listeners").items():  # every configured channel, even one with no message yet
         data["channels"].setdefault(name, empty_counts()).update(listener)
     data["attention"] = attention(data)
@@ -252,7 +253,7 @@ _UNLISTED_TARGETS = {"archive:secondary": "the second archive copy (archive.seco
 
 
 def _status_text(data: dict[str, Any]) -> str:
-    from engine.cli.status_view import endpoints_text
+    from engine.cli.status_view import archive_space_text, endpoints_text
 
     cols = ["listen", "received", "errors", "filtered", "unchanged", "queued", "delivery_errors",
             "oldest_queued_seconds"]
@@ -273,7 +274,8 @@ def _status_text(data: dict[str, Any]) -> str:
     studies = (f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled;"
                f" images refused and quarantined: {_quarantined_text(data.get('images', {}))}")
     studies += "; " + _reconcile_text(data.get("reconcile", {}))
-    return "\n".join([*lines, "", f"worklist steps: {steps}", studies,
+    space = [archive_space_text(data["archive_space"])] if data.get("archive_space") else []
+    return "\n".join([*lines, "", f"worklist steps: {steps}", studies, *space,
                       f"reports waiting for their order: {reports['waiting_for_order']}",
                       f"ORU^R01 out: {receivers}", "",
                       "needs attention:" + ("" if data["attention"] else " nothing"), *data["attention"]])
@@ -296,8 +298,15 @@ _CONFIG_HELP = "configuration directory (default $RADBRIDGE_CONFIG or ./config)"
 _JSON_HELP = "print JSON instead of a table"
 
 
+#: What every command's exit status means (``radbridge --help``; README "Operations", docs/operations.md).
+EXIT_STATUSES = ("exit status: 0 done; 1 the command ran but found something wrong or unknown (an id not"
+                 " found, a replay still refused, a damaged archive copy, a mapping problem, the database"
+                 " unreachable); 2 a usage error or an invalid configuration file. What to do when"
+                 " something goes wrong: docs/operations.md")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="radbridge", description=__doc__)
+    p = argparse.ArgumentParser(prog="radbridge", description=__doc__, epilog=EXIT_STATUSES)
     p.add_argument("--config", default=os.environ.get("RADBRIDGE_CONFIG", "./config"), help=_CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="run every configured channel").set_defaults(fn=cmd_run)
@@ -316,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
     _archive(sub)
     _outbox(sub)
     _db(sub)
-    status = sub.add_parser("status", help="per channel counts and queue age")
+    status = sub.add_parser("status", help="whether the engine runs, counts, backlog and what needs attention")
     status.add_argument("--json", action="store_true", help=_JSON_HELP)
     status.set_defaults(fn=cmd_status)
     schema = sub.add_parser("schema", help="print the JSON Schema of a configuration file")

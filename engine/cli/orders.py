@@ -79,7 +79,8 @@ def _text(details: list[dict[str, Any]]) -> str:
             f"order placer {d['placer_order_number'] or '-'}, filler {d['filler_order_number'] or '-'}: accession "
             f"{d['accession_number']}, requested procedure {d['requested_procedure_id']} "
             f"({d['requested_procedure_description']}), patient {d['patient_id']}^^^{d['issuer']}",
-            f"  study {d['study_instance_uid']}; last {d['order_control']} {d['order_status']} at {d['updated_at']}",
+            f"  study {d['study_instance_uid']}; last order control (ORC-1) {d['order_control'] or '-'},"
+            f" order status (ORC-5) {d['order_status'] or '-'}, at {d['updated_at']}",
             f"  {len(d['steps'])} step(s):",
         ]
         lines += [f"    {s['sps_id']} {s['status']} {s['modality']} at {s['scheduled_station_ae_title'] or '-'}"

@@ -165,6 +165,7 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
             entry["filtered"] += count
         if status == "UNCHANGED":
             entry["unchanged"] += count
+    _newest_errors(conn, out, now)
     queued = conn.execute(
         select(outbox.c.channel, outbox.c.status, func.count(), func.min(outbox.c.created_at))
         .where(outbox.c.status.in_([QUEUED, "ERROR"])).group_by(outbox.c.channel, outbox.c.status))
@@ -179,9 +180,25 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
     return out
 
 
+def _newest_errors(conn: Connection, out: dict[str, dict[str, Any]], now: datetime) -> None:
+    """Per channel with messages answered AE/AR: the newest one's age in seconds (``newest_error_seconds``),
+    so that one refused last night is told from one refused a month ago (the count never goes down until
+    they are replayed). The newest id per channel on the partial index, then that one row by its key."""
+    newest = dict(conn.execute(
+        select(messages.c.channel, func.max(messages.c.id))
+        .where(text(UNPROCESSED_SQL), messages.c.status.in_(["ERROR", "REJECTED"])).group_by(messages.c.channel)
+    ).all())
+    if not newest:
+        return
+    for channel, at in conn.execute(select(messages.c.channel, messages.c.received_at)
+                                    .where(messages.c.id.in_(list(newest.values())))):
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+        out.setdefault(channel, empty_counts())["newest_error_seconds"] = round((now - at).total_seconds(), 1)
+
+
 def empty_counts() -> dict[str, Any]:
     return {"received": 0, "errors": 0, "filtered": 0, "unchanged": 0, "queued": 0, "delivery_errors": 0,
-            "oldest_queued_seconds": None}
+            "oldest_queued_seconds": None, "newest_error_seconds": None}
 
 
 def engine_status(conn: Connection) -> dict[str, Any]:

@@ -14,13 +14,14 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from engine.archive.spool_budget import free_bytes
 from engine.config import Config
 from engine.outbox.queue import QUEUED
 from engine.pidfile import running_pid
 from engine.serving import endpoints, read_serving
 from engine.store.schema import outbox
 
-__all__ = ["attention", "configured", "destination_backlog", "endpoints_text"]
+__all__ = ["archive_space", "archive_space_text", "attention", "configured", "destination_backlog", "endpoints_text"]
 
 
 def configured(config: Config) -> dict[str, Any]:
@@ -30,10 +31,23 @@ def configured(config: Config) -> dict[str, Any]:
     eng = config.engine
     pid = running_pid(Path(eng.data_dir) / "radbridge.pid")
     served = read_serving(Path(eng.data_dir), pid)
-    shown = {k: served[k] for k in ("dicom", "fhir", "listeners", "destination_targets")} if served else None
+    keys = ("dicom", "fhir", "listeners", "destination_targets", "archive_space")
+    shown = {k: served[k] for k in keys if k in served} if served else None
     return {"engine": {"running": pid is not None, "pid": pid, "data_dir": str(eng.data_dir),
                        "source": "running engine" if shown else "configuration"},
-            **(shown or endpoints(config))}
+            **endpoints(config), **(shown or {})}
+
+
+def archive_space(where: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The free space of the archive's file system (``where``: its directory and archive.min_free_bytes, from
+    :func:`configured`) now; ``free_bytes`` None when it cannot be asked (the directory does not exist yet)."""
+    if where is None:
+        return None
+    try:
+        free: int | None = free_bytes(Path(where["directory"]))
+    except OSError:
+        free = None
+    return {**where, "free_bytes": free}
 
 
 def destination_backlog(conn: Connection, now: datetime | None = None) -> dict[str, dict[str, Any]]:
@@ -55,6 +69,8 @@ def destination_backlog(conn: Connection, now: datetime | None = None) -> dict[s
 
 #: A request of the job reconcile-images older than this (it runs every few seconds) needs a look.
 RECONCILE_LATE_SECONDS = 3600
+#: With archive.min_free_bytes 0 (no reserve), less than this free on the archive's file system needs a look.
+NEARLY_FULL_BYTES = 64 << 20
 #: A delivery still queued this long after it was queued (its destination down or refusing) needs a look.
 BACKLOG_LATE_SECONDS = 3600
 
@@ -62,18 +78,35 @@ BACKLOG_LATE_SECONDS = 3600
 def attention(data: dict[str, Any]) -> list[str]:
     """One line per thing an analyst should look at, each with the command that shows it."""
     out = []
+    engine = data.get("engine")
+    if engine is not None and not engine["running"]:  # the first thing to know at 3 a.m.
+        out.append(f"engine: not running (no live pid file in {engine['data_dir']}): nothing is received, stored or"
+                   " forwarded; start it (radbridge run, or its service); the end of its log says why it stopped")
     for name, ch in sorted(data["channels"].items()):
         if ch["errors"]:
-            out.append(f"channel {name}: {ch['errors']} message(s) answered AE/AR:"
+            newest = ch.get("newest_error_seconds")
+            age = f", the newest {_age(newest)} ago" if newest is not None else ""
+            out.append(f"channel {name}: {ch['errors']} message(s) answered AE/AR{age}:"
                        f" radbridge messages list --channel {name} --status ERROR (or REJECTED)")
     for name, d in sorted(data.get("destinations", {}).items()):
         if d["dead_letters"]:
             out.append(f"destination {name}: {d['dead_letters']} dead letter(s):"
-                       f" radbridge outbox list --destination {name} --status ERROR")
+                       f" radbridge outbox list --destination {name} --status ERROR;"
+                       f" once the cause is fixed: radbridge outbox replay --destination {name}")
         oldest = d.get("oldest_queued_seconds") or 0
         if oldest > BACKLOG_LATE_SECONDS:  # a peer down or refusing for long (the PACS, the second archive copy)
             out.append(f"destination {name}: {d['queued']} delivery(ies) waiting, the oldest for {oldest / 3600:.1f} h"
                        f" (the last error says why): radbridge outbox list --destination {name} --status QUEUED")
+    space = data.get("archive_space")
+    free = space["free_bytes"] if space else None
+    if space and free is not None and free < space["min_free_bytes"]:
+        out.append(f"archive: {space['directory']} has {_size(free)} free, less than"
+                   f" archive.min_free_bytes ({_size(space['min_free_bytes'])}): every new image is refused"
+                   " (0xA700); free space on that file system or move archive.primary (docs/operations.md)")
+    elif space and free is not None and not space["min_free_bytes"] and free < NEARLY_FULL_BYTES:
+        out.append(f"archive: {space['directory']} has {_size(free)} free and no reserve (archive.min_free_bytes"
+                   " 0): images that do not fit fail (0xA700, ENOSPC in the log); free space on that file system"
+                   " (docs/operations.md)")
     out += _image_attention(data.get("images", {}))
     bad = data.get("archive_copies", {})
     if bad.get("missing") or bad.get("damaged"):
@@ -87,6 +120,37 @@ def attention(data: dict[str, Any]) -> list[str]:
         if j["last_error"]:
             out.append(f"job {job}: last run failed: {j['last_error']}")
     return out
+
+
+def _age(seconds: float) -> str:
+    """``40 s``, ``12 min``, ``3.5 h``, ``12 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def archive_space_text(space: dict[str, Any]) -> str:
+    """The status line of the archive's file system."""
+    free = ("free space unknown (not created yet)" if space["free_bytes"] is None
+            else f"{_size(space['free_bytes'])} free")
+    if not space["min_free_bytes"]:
+        return f"archive: {space['directory']}, {free}; no reserve (archive.min_free_bytes 0)"
+    return (f"archive: {space['directory']}, {free}; new images are refused below"
+            f" {_size(space['min_free_bytes'])} (archive.min_free_bytes)")
+
+
+def _size(count: int) -> str:
+    """Bytes for a person: ``7.9 MiB``, ``1.0 GiB``."""
+    value, unit = float(count), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def _image_attention(images: dict[str, int]) -> list[str]:

@@ -222,6 +222,19 @@ def unavailable(exc: BaseException) -> bool:
     return any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """A database failure for the log: its type and, when the store itself failed (:func:`unavailable`: locked,
+    refused, lost, full, timed out), the driver's first line ("database is locked", "connection refused"),
+    which names the cause and no data. Any other failure (a value refused) gives its type only: the driver
+    may quote the value."""
+    name = type(exc).__name__
+    if not unavailable(exc):
+        return name
+    raw = getattr(exc, "orig", None) or exc
+    first = next(iter(str(raw).strip().splitlines()), "")
+    return f"{name} ({first})" if first and first != name else name
+
+
 def _locked(exc: BaseException) -> bool:
     """SQLITE_BUSY / SQLITE_LOCKED, raw or wrapped by SQLAlchemy."""
     raw = getattr(exc, "orig", exc)
@@ -582,7 +595,7 @@ class Writer:
         wrapped = isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError)
         if not (raw_error or wrapped):
             return exc
-        log.error("store unavailable: %s", type(exc).__name__)
+        log.error("store unavailable: %s", failure_reason(exc))
         err = StoreUnavailable(f"database unavailable: {type(exc).__name__}")
         err.__cause__ = exc
         return err

@@ -144,6 +144,11 @@ def test_under_the_free_space_reserve_a_store_is_refused_before_it_writes(
         assert spooled(scp.archive / ".incoming") == []
         lines = [r for r in caplog.records if "min_free_bytes" in r.getMessage()]
         assert len(lines) == 1 and lines[0].levelno == logging.WARNING  # once, not once per store
+        # which file system, what it has and what it keeps: "less than archive.min_free_bytes free" alone sent
+        # the operator looking for the spool (new-user campaign)
+        text = lines[0].getMessage()
+        assert f"({scp.archive / '.incoming'}) has " in text and " MiB free, less than archive.min_free_bytes (" in text
+        assert "every new image is refused (0xA700)" in text
 
 
 @contextmanager

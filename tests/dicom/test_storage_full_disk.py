@@ -5,6 +5,7 @@ The primary location is a 2 MB tmpfs (needs root to mount; skipped otherwise).
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -61,8 +62,9 @@ def _send_until_full(assoc: Any, corpus: Path, sizes: list[int]) -> None:
     ids=["spool-fills-the-disk", "second-instance-fills-the-disk"],
 )
 def test_full_location_answers_out_of_resources_and_leaves_nothing(
-    tmp_path: Path, corpus: Path, small_disk: Path, sizes: list[int]
+    tmp_path: Path, corpus: Path, small_disk: Path, sizes: list[int], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.ERROR, logger="channels.dicom.storage")
     with running_scp(tmp_path / "rb", archive={"primary": str(small_disk), "min_free_bytes": 0}) as scp:
         ae = AE(ae_title="CT1")
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
@@ -81,6 +83,10 @@ def test_full_location_answers_out_of_resources_and_leaves_nothing(
             assoc.release()
         row = scp.instances()[-1]
         assert row.sop_instance_uid == small.SOPInstanceUID and (small_disk / row.path).is_file()
+    # It said "the spool write failed: ENOSPC": which disk was for the operator to guess (new-user campaign).
+    failed = [r.getMessage() for r in caplog.records if "spool write failed" in r.getMessage()]
+    assert failed and all(line.endswith(f"ENOSPC (No space left on device) in {small_disk / '.incoming'}")
+                          for line in failed), caplog.text
 
 
 def test_full_primary_with_a_secondary_owes_no_copy_until_a_store_succeeds(

@@ -69,10 +69,10 @@ def test_status_shows_listeners_dicom_fhir_backlog_per_destination_and_what_need
     assert (data["channels"]["adt-in"]["received"], data["channels"]["adt-in"]["errors"]) == (2, 1)
     assert data["destinations"]["downstream"] == {
         "target": f"127.0.0.1:{dead}", "queued": 0, "oldest_queued_seconds": None, "dead_letters": 1}
-    assert data["attention"] == [
-        "channel adt-in: 1 message(s) answered AE/AR: radbridge messages list --channel adt-in --status ERROR"
-        " (or REJECTED)",
-        "destination downstream: 1 dead letter(s): radbridge outbox list --destination downstream --status ERROR",
+    assert data["attention"][0].startswith("channel adt-in: 1 message(s) answered AE/AR, the newest ")
+    assert data["attention"][1:] == [
+        "destination downstream: 1 dead letter(s): radbridge outbox list --destination downstream --status ERROR;"
+        " once the cause is fixed: radbridge outbox replay --destination downstream",
     ]
     assert f"DICOM: AE title RB_TEST on 127.0.0.1:{dicom}" in text
     assert f"FHIR API: http://127.0.0.1:{http}/fhir (auth: smart)" in text

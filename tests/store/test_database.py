@@ -488,3 +488,27 @@ def test_unavailable_tells_the_store_failing_from_the_work_failing():
     assert not unavailable(wrapped(ProgrammingError("SELECT", {}, Exception("no such column"))))
     assert not unavailable(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not unavailable(ValueError("a bad change")) and not unavailable(sqlite3.DataError("bad"))
+
+
+def test_the_store_unavailable_log_line_says_why_without_the_statement_or_its_values(db, caplog):
+    """A SQLite file held locked by another process logged "store unavailable: OperationalError": nothing
+    said it was a lock (new-user campaign, 3 a.m.)."""
+    import logging
+    import sqlite3
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from engine.store.database import failure_reason
+
+    locked = OperationalError("INSERT INTO patients (name) VALUES (?)", ("DOE^JANE",),
+                              sqlite3.OperationalError("database is locked"))
+    assert "DOE^JANE" in str(locked)  # SQLAlchemy's own text quotes the parameters
+    assert failure_reason(locked) == "OperationalError (database is locked)"
+    assert failure_reason(sqlite3.OperationalError("database or disk is full")) == \
+        "OperationalError (database or disk is full)"
+    refused = IntegrityError("INSERT", ("DOE^JANE",), sqlite3.IntegrityError("UNIQUE failed: DOE^JANE"))
+    assert failure_reason(refused) == "IntegrityError"
+    with caplog.at_level(logging.ERROR, logger="engine.store.database"):
+        db.writer._translate(locked)
+    assert "store unavailable: OperationalError (database is locked)" in caplog.text
+    assert "DOE" not in caplog.text

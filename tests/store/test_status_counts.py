@@ -49,13 +49,31 @@ def test_the_counts_use_covering_indexes_on_sqlite(sqlite_db: Database) -> None:
         finally:
             conn.connection.dbapi_connection.set_trace_callback(None)
 
+    db.writer.call(lambda c: c.execute(insert(messages), [_row(1, "a", "ERROR"), _row(2, "a", "PROCESSED")]))
     db.read(capture)
     counts = [s for s in statements if "FROM messages" in s]
-    assert len(counts) == 2
-    for sql in counts:
+    assert len(counts) == 4  # received, unprocessed, the newest AE/AR per channel, then those rows by key
+    for sql in counts[:3]:
         plan = " ".join(str(r[-1]) for r in db.read(lambda c, sql=sql: c.exec_driver_sql(
             "EXPLAIN QUERY PLAN " + sql).all()))
         assert "COVERING INDEX" in plan, (sql, plan)
+    plan = " ".join(str(r[-1]) for r in db.read(lambda c: c.exec_driver_sql(
+        "EXPLAIN QUERY PLAN " + counts[3]).all()))
+    assert "INTEGER PRIMARY KEY" in plan, (counts[3], plan)  # one row per channel, read by its id
+
+
+def test_the_newest_message_answered_ae_or_ar_per_channel_has_its_age(db) -> None:
+    """"2 message(s) answered AE/AR" stayed in needs attention for ever: last night's or last month's, the
+    operator could not tell (new-user campaign)."""
+    from datetime import timedelta
+
+    now = datetime(2026, 12, 5, 11, 0, tzinfo=UTC)
+    rows = [_row(1, "a", "ERROR"), _row(2, "a", "REJECTED"), _row(3, "a", "PROCESSED"), _row(4, "b", "PROCESSED")]
+    rows[1]["received_at"] = now - timedelta(minutes=30)
+    db.writer.call(lambda c: c.execute(insert(messages), rows))
+    status = db.read(lambda c: channel_status(c, now))
+    assert status["a"]["newest_error_seconds"] == 1800.0 and status["a"]["errors"] == 2
+    assert status["b"]["newest_error_seconds"] is None
 
 
 def test_listing_by_status_reads_the_partial_index_in_id_order(sqlite_db: Database) -> None:
