@@ -37,7 +37,7 @@ from engine.auth import Principal
 from engine.fhir import search
 from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
 from engine.fhir.instant import search_range
-from engine.fhir.query import DEFAULT_COUNT, MAX_COUNT, Plan, SearchError, parse
+from engine.fhir.query import DEFAULT_COUNT, MAX_COUNT, Plan, SearchError, parse, whole_number
 from engine.fhir.registry import MODULES, by_type
 from engine.store.database import Database, unavailable
 
@@ -168,7 +168,7 @@ async def _vread(api: _Api, request: Request) -> Response:
     principal = await api.gate.admit(request, [(res_type, "read")])
     _read_params(request, _READ_PARAMS)
     text = str(request.path_params["version"])
-    version = int(text) if text.isdigit() and len(text) < 10 else -1
+    version = int(text) if whole_number(text) and len(text) < 10 else -1
     stored = await api.db.read_async(lambda c: search.vread(c, res_type, res_id, version))
     if stored is None:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} has no version {text!r}")
@@ -182,7 +182,7 @@ async def _history(api: _Api, request: Request) -> Response:
     principal = await api.gate.admit(request, [(res_type, "read")])
     params = _read_params(request, {*_READ_PARAMS, "_count"})
     count = params.get("_count", str(MAX_COUNT))
-    if not count.isdigit():
+    if not whole_number(count):
         raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
     limit = max(1, min(int(count[:9]), MAX_COUNT))
     versions = await api.db.read_async(lambda c: search.history(c, res_type, res_id, limit))
@@ -200,7 +200,7 @@ def _history_query(api: _Api, request: Request) -> tuple[int, str | None, Cursor
     """``_count`` (clamped), ``_since`` (as a stored instant), ``_cursor``, and the parameters the links echo."""
     params = _read_params(request, _HISTORY_PARAMS)
     count = params.get("_count", str(DEFAULT_COUNT))
-    if not count.isdigit():
+    if not whole_number(count):
         raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
     since = params.get("_since")
     try:

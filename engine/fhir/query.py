@@ -19,7 +19,7 @@ from engine.fhir.instant import DateRange, search_range
 from engine.fhir.model import Param
 from engine.fhir.registry import MODULES, by_type
 
-__all__ = ["Condition", "DateValue", "Plan", "SearchError", "TokenValue", "parse"]
+__all__ = ["Condition", "DateValue", "Plan", "SearchError", "TokenValue", "parse", "whole_number"]
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
@@ -82,6 +82,11 @@ class Plan:
     elements: tuple[str, ...] = ()
     ignored: list[str] = field(default_factory=list)
     accepted: list[tuple[str, str]] = field(default_factory=list)  # echoed in the self/next links
+
+
+def whole_number(text: str) -> bool:
+    """True if ``text`` is ASCII digits only: ``str.isdigit`` also takes ``²`` or ``①``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _split(value: str) -> list[str]:
@@ -147,7 +152,7 @@ def _values(param: Param, modifier: str, raw: str, zone: tzinfo) -> tuple[Value,
 
 
 def _count(raw: str) -> int:
-    if not raw.isdigit():
+    if not whole_number(raw):
         raise SearchError(f"_count must be a whole number, not {raw!r}")
     return min(int(raw[:9]), MAX_COUNT)  # clamped, not an error (R4 3.1.1.5.7)
 
@@ -179,7 +184,7 @@ def _control(plan: Plan, name: str, value: str) -> bool:
     if name == "_count":
         plan.count = _count(value)
     elif name == "_cursor":
-        if not value.isdigit() or len(value) > 18:
+        if not whole_number(value) or len(value) > 18:
             raise SearchError("_cursor is not a page position of this server")
         plan.cursor = int(value)
         return True

@@ -1,0 +1,41 @@
+"""Edge values a real EHR or a hostile caller sends, over HTTP: clear 4xx answers, never a 500, and R4 semantics."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+
+from tests.fhir.conftest import FhirHttp, InProcessEngine
+from tests.fhir.messages import orm
+
+UIDS = [f"1.2.826.0.1.3680043.10.996.{n}" for n in range(3)]
+
+
+@pytest.fixture(scope="module")
+def seeded(engine: InProcessEngine, api: FhirHttp) -> str:
+    """Three studies of one patient; the first study's id."""
+    assert engine.send(*[orm(700 + n, "EDGE1", "EDGE^EVA", study_uid=uid) for n, uid in enumerate(UIDS)]) == ["AA"] * 3
+    engine.settle()
+    return UIDS[0]
+
+
+def _code(api: FhirHttp, path: str, status: int) -> str:
+    """GET ``path``, expect ``status`` with an OperationOutcome; its issue code."""
+    response = api.get(path)
+    assert response.status_code == status, (path, response.status_code, response.text)
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    assert "Traceback" not in response.text
+    return str(body["issue"][0]["code"])
+
+
+@pytest.mark.parametrize("digit", ["\u00b2", "\u2460", "\u0663\u00b9"])
+def test_numbers_written_with_non_ascii_digits_are_400_not_500(api: FhirHttp, seeded: str, digit: str) -> None:
+    # str.isdigit() is True for these, int() refuses them: the check let them through to a ValueError (500).
+    value = quote(digit)
+    for path in (f"ImagingStudy?_count={value}", f"ImagingStudy?_cursor={value}",
+                 f"ImagingStudy/{seeded}/_history?_count={value}", f"ImagingStudy/_history?_count={value}",
+                 f"_history?_count={value}"):
+        assert _code(api, path, 400) == "invalid"
+    assert _code(api, f"ImagingStudy/{seeded}/_history/{value}", 404) == "not-found"
