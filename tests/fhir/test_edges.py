@@ -39,3 +39,16 @@ def test_numbers_written_with_non_ascii_digits_are_400_not_500(api: FhirHttp, se
                  f"_history?_count={value}"):
         assert _code(api, path, 400) == "invalid"
     assert _code(api, f"ImagingStudy/{seeded}/_history/{value}", 404) == "not-found"
+
+
+@pytest.mark.parametrize("value", ["9999-12-31", "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00",
+                                   "ge9999-12-31T12:00", "lt0001-01-01T01:00+02:00"])
+def test_dates_at_the_ends_of_the_calendar_are_ranges_not_500(api: FhirHttp, seeded: str, value: str) -> None:
+    # Their UTC range ran past year 9999 or before year 1: OverflowError, a 500 with a traceback in the log.
+    for path in (f"ImagingStudy?started={quote(value)}", f"ImagingStudy?_lastUpdated={quote(value)}",
+                 f"Patient?birthdate={quote(value)}"):
+        response = api.get(path)
+        assert response.status_code == 200, (path, response.text)
+        assert response.json()["total"] == 0
+    if value[:2].isdigit():
+        assert api.get(f"ImagingStudy/_history?_since={quote(value)}").json()["resourceType"] == "Bundle"
