@@ -25,8 +25,12 @@ _SEARCH = re.compile(
 
 
 def instant(moment: datetime) -> str:
-    """``moment`` as fixed-width UTC text (also a valid FHIR ``instant``)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``moment`` as fixed-width UTC text (also a valid FHIR ``instant``).
+
+    Not ``strftime("%Y…")``: glibc writes years before 1000 without leading zeros (``999-01-01``),
+    which then sort after ``1980-…`` as text.
+    """
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _add_months(start: datetime, months: int) -> datetime:

@@ -52,3 +52,13 @@ def test_dates_at_the_ends_of_the_calendar_are_ranges_not_500(api: FhirHttp, see
         assert response.json()["total"] == 0
     if value[:2].isdigit():
         assert api.get(f"ImagingStudy/_history?_since={quote(value)}").json()["resourceType"] == "Bundle"
+
+
+def test_dates_before_year_1000_compare_as_dates(api: FhirHttp, seeded: str) -> None:
+    # Index and search values are compared as fixed-width text; glibc's strftime wrote year 999 as '999-01-01…',
+    # which sorts after '1980-…': ge0999 found nobody born in 1980, lt0999 found everybody.
+    def total(birthdate: str) -> int:
+        return int(api.get("Patient", params={"identifier": "EDGE1", "birthdate": birthdate}).json()["total"])
+
+    assert total("ge0999") == 1 and total("gt0050-06") == 1 and total("sa0999") == 1
+    assert total("lt0999") == 0 and total("le0050-06-01") == 0 and total("eb0999") == 0
