@@ -59,6 +59,19 @@ _DATE: dict[str, Callable[[Any, Any, str, str], ColumnElement[bool]]] = {
 }
 
 
+#: The same prefixes for a resource's instant ``p`` (``_lastUpdated``), which is the range [p, p + 1 us).
+_POINT: dict[str, Callable[[Any, str, str], ColumnElement[bool]]] = {
+    "eq": lambda p, vlo, vhi: and_(p >= vlo, p < vhi),
+    "ne": lambda p, vlo, vhi: not_(and_(p >= vlo, p < vhi)),
+    "gt": lambda p, vlo, vhi: p >= vhi,
+    "lt": lambda p, vlo, vhi: p < vlo,
+    "ge": lambda p, vlo, vhi: p >= vlo,
+    "le": lambda p, vlo, vhi: p < vhi,
+    "sa": lambda p, vlo, vhi: p >= vhi,
+    "eb": lambda p, vlo, vhi: p < vlo,
+}
+
+
 def _date_condition(low: Any, high: Any, value: DateValue) -> ColumnElement[bool]:
     return _DATE[value.prefix](low, high, *value.range)
 
@@ -126,8 +139,7 @@ def _on_resources(cond: Condition, res: Any) -> ColumnElement[bool]:
     if cond.param.name == "_id":
         res_id: ColumnElement[str] = res.res_id
         return res_id.in_([v.code for v in cond.values if isinstance(v, TokenValue) and v.code])
-    return or_(*(_date_condition(res.last_updated, res.last_updated, v) for v in cond.values
-                 if isinstance(v, DateValue)))
+    return or_(*(_POINT[v.prefix](res.last_updated, *v.range) for v in cond.values if isinstance(v, DateValue)))
 
 
 def _ids(plan: Plan) -> tuple[Any, Any]:

@@ -62,3 +62,20 @@ def test_dates_before_year_1000_compare_as_dates(api: FhirHttp, seeded: str) -> 
 
     assert total("ge0999") == 1 and total("gt0050-06") == 1 and total("sa0999") == 1
     assert total("lt0999") == 0 and total("le0050-06-01") == 0 and total("eb0999") == 0
+
+
+def test_last_updated_prefixes_treat_the_resources_instant_as_a_point(api: FhirHttp, seeded: str) -> None:
+    # R4 3.1.1.5.4 on [p, p + 1 us): ge<p> and le<p> hold, so does gt of the microsecond before p. The resource's
+    # instant was taken as a range [p, p] and compared strictly: ge<meta.lastUpdated> missed the resource itself
+    # (an EHR polling with ge<last seen> missed every resource stored in the same projector cycle).
+    at = api.get(f"ImagingStudy/{seeded}").json()["meta"]["lastUpdated"]
+    before = at[:-7] + f"{int(at[-7:-1]) - 1:06d}Z" if int(at[-7:-1]) else None
+
+    def found(value: str) -> bool:
+        bundle = api.get("ImagingStudy", params={"_id": seeded, "_lastUpdated": value}).json()
+        return bool(bundle["total"])
+
+    assert found(f"ge{at}") and found(f"le{at}") and found(at) and found(f"eq{at}")
+    assert not found(f"gt{at}") and not found(f"lt{at}") and not found(f"ne{at}")
+    if before is not None:
+        assert found(f"gt{before}") and found(f"sa{before}") and not found(before) and found(f"ne{before}")
