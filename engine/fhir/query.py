@@ -23,6 +23,9 @@ __all__ = ["Condition", "DateValue", "Plan", "SearchError", "TokenValue", "parse
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
+#: Values a search may give in all (each comma-separated value of each parameter): the SQL of one value is an
+#: index condition, and past about a thousand SQLite refuses the statement ("Expression tree is too large").
+MAX_VALUES = 500
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ELEMENT = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
@@ -235,6 +238,9 @@ def parse(res_type: str, pairs: list[tuple[str, str]], zone: tzinfo, lenient: bo
             continue  # R4 3.1.1.5: a parameter without a value is ignored
         plan.conditions.append(Condition(param, modifier, _values(param, modifier, value, zone)))
         plan.accepted.append((name, value))
+        if sum(len(c.values) for c in plan.conditions) > MAX_VALUES:
+            raise SearchError(f"a search may give at most {MAX_VALUES} values in all (each comma-separated value "
+                              "of each parameter); split it into several searches", "too-costly")
     return plan
 
 
