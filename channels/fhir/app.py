@@ -18,12 +18,12 @@ from datetime import UTC, datetime, tzinfo
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -60,6 +60,8 @@ class ApiSettings:
     site_zone: tzinfo
     public_base_url: str | None = None
     auth_description: str = "SMART Backend Services (OAuth2 client credentials)"
+    #: Largest ``_search`` body read (a search given as a form is bounded like one in the request head).
+    max_search_body_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,14 +243,31 @@ async def _system_history(api: _Api, request: Request) -> Response:
     return await _history_list(api, request, None, principal)
 
 
-async def _pairs(request: Request) -> list[tuple[str, str]]:
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, 413 as soon as it is known to exceed ``limit`` bytes (nothing more is read)."""
+    too_large = ApiError(413, "too-long", f"a _search body may have at most {limit} bytes")
+    length = request.headers.get("content-length", "")
+    if whole_number(length) and int(length) > limit:
+        raise too_large
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect as exc:  # nobody is left to answer; not an internal error
+        raise ApiError(400, "incomplete", "the client closed the connection before its body was complete") from exc
+    return bytes(body)
+
+
+async def _pairs(request: Request, limit: int) -> list[tuple[str, str]]:
     pairs = list(request.query_params.multi_items())
     if request.method == "POST":
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != _FORM:
             raise ApiError(415, "not-supported", f"POST _search takes {_FORM}, not {kind or 'no body type'}")
-        form = await request.form(max_files=0, max_fields=1000)
-        pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        body = await _body(request, limit)
+        pairs += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
     return pairs
 
 
@@ -266,10 +285,12 @@ def _plan(api: _Api, request: Request, res_type: str, pairs: list[tuple[str, str
 
 async def _search(api: _Api, request: Request) -> Response:
     res_type = _res_type(request)
+    if request.method == "POST":  # nobody's body is read before the caller is admitted: 401/403 come first
+        await api.gate.admit(request, [(res_type, "search")])
     refused: ApiError | None = None
     try:
-        pairs = await _pairs(request)
-    except ApiError as exc:  # answered after the caller is admitted: 401/403 come first
+        pairs = await _pairs(request, api.settings.max_search_body_bytes)
+    except ApiError as exc:  # answered after the caller is admitted (again, for a GET, in one hop with the search)
         pairs, refused = [], exc
     authorization = request.headers.get("authorization")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -100,3 +101,27 @@ def test_five_hundred_values_are_still_searched(api: FhirHttp, seeded: str) -> N
     assert api.get(f"ImagingStudy?_id={ids}").json()["total"] == 3
     identifiers = ",".join([f"urn:dicom:uid|urn:oid:{UIDS[1]}", *(f"urn:x|A{n}" for n in range(499))])
     assert api.get(f"ImagingStudy?identifier={quote(identifiers)}").json()["total"] == 1
+
+
+def test_a_search_body_larger_than_a_request_head_is_413(engine: InProcessEngine, api: FhirHttp, seeded: str) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    big = b"status=registered&" + b"x" * (70 * 1024)
+    response = api.request("POST", "ImagingStudy/_search", content=big, headers=form)
+    assert response.status_code == 413 and response.json()["issue"][0]["code"] == "too-long"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b"status=registered"
+        for _ in range(20):
+            yield b"&_count=1" * 1000
+
+    response = api.request("POST", "ImagingStudy/_search", content=chunks(), headers=form)
+    assert response.status_code == 413
+    ok = api.request("POST", "ImagingStudy/_search", content=f"_id={seeded}&status=registered", headers=form)
+    assert ok.status_code == 200 and ok.json()["total"] == 1
+
+
+def test_a_search_body_in_raw_utf8_is_read_as_utf8(api: FhirHttp, seeded: str) -> None:
+    # Starlette's form parser read unescaped bytes as Latin-1: family=Édge became 'Ã\x89dge' and found nobody.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = api.request("POST", "Patient/_search", content="family=Édge".encode(), headers=form)
+    assert response.json()["total"] == 1
