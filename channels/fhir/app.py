@@ -37,7 +37,7 @@ from engine.auth import Principal
 from engine.fhir import search
 from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
 from engine.fhir.instant import search_range
-from engine.fhir.query import DEFAULT_COUNT, MAX_COUNT, Plan, SearchError, parse, whole_number
+from engine.fhir.query import DEFAULT_COUNT, MAX_COUNT, Plan, SearchError, json_format, parse, whole_number
 from engine.fhir.registry import MODULES, by_type
 from engine.store.database import Database, unavailable
 
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _READ_PARAMS = {"_format", "_pretty"}
-_JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 _FORM = "application/x-www-form-urlencoded"
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
@@ -108,7 +107,7 @@ def _read_params(request: Request, allowed: set[str]) -> dict[str, str]:
     unknown = sorted(set(params) - allowed)
     if unknown and not _lenient(request):
         raise ApiError(400, "not-supported", f"parameter(s) not supported here: {', '.join(unknown)}")
-    if params.get("_format", "json") not in _JSON_FORMATS:
+    if not json_format(params.get("_format", "json")):
         raise ApiError(406, "not-supported", "this server answers only FHIR JSON")
     return params
 
@@ -280,7 +279,7 @@ def _plan(api: _Api, request: Request, res_type: str, pairs: list[tuple[str, str
     try:
         return parse(res_type, pairs, api.settings.site_zone, _lenient(request))
     except SearchError as exc:
-        raise ApiError(400, exc.code, str(exc)) from exc
+        raise ApiError(exc.status, exc.code, str(exc)) from exc
 
 
 async def _search(api: _Api, request: Request) -> Response:

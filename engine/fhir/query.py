@@ -19,7 +19,8 @@ from engine.fhir.instant import DateRange, search_range
 from engine.fhir.model import Param
 from engine.fhir.registry import MODULES, by_type
 
-__all__ = ["Condition", "DateValue", "Plan", "SearchError", "TokenValue", "parse", "whole_number"]
+__all__ = ["Condition", "DateValue", "Plan", "SearchError", "TokenValue", "json_format", "parse",
+           "whole_number"]
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
@@ -36,11 +37,17 @@ _FORMATS = {"json", "application/json", "application/fhir+json"}
 
 
 class SearchError(RadbridgeError):
-    """A search request the server cannot run as asked (400, OperationOutcome ``code``)."""
+    """A search request the server cannot run as asked (``status``, 400 unless said, OperationOutcome ``code``)."""
 
-    def __init__(self, message: str, code: str = "invalid") -> None:
+    def __init__(self, message: str, code: str = "invalid", status: int = 400) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
+
+
+def json_format(value: str) -> bool:
+    """True if ``_format=value`` asks for JSON (``json``, ``application/fhir+json;fhir-version=4.0`` …)."""
+    return value.split(";")[0].strip().lower() in _FORMATS
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +212,9 @@ def _control(plan: Plan, name: str, value: str) -> bool:
     elif name == "_pretty":
         return True  # whitespace only: the stored JSON is served as is
     elif name == "_format":
-        if value not in _FORMATS:
-            raise SearchError(f"_format={value} is not supported (json)", "not-supported")
+        if not json_format(value):
+            raise SearchError(f"_format={value} is not supported: this server answers only FHIR JSON",
+                              "not-supported", 406)
     else:
         return False
     plan.accepted.append((name, value))

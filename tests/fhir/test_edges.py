@@ -125,3 +125,18 @@ def test_a_search_body_in_raw_utf8_is_read_as_utf8(api: FhirHttp, seeded: str) -
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     response = api.request("POST", "Patient/_search", content="family=Édge".encode(), headers=form)
     assert response.json()["total"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["xml", "application/fhir+xml", "text/xml", "html"])
+def test_a_format_other_than_json_is_406_on_search_as_on_read(api: FhirHttp, seeded: str, fmt: str) -> None:
+    # docs/fhir.md: XML is 406. A read said so; a search answered 400.
+    for path in ("ImagingStudy", f"ImagingStudy/{seeded}", "metadata", "ImagingStudy/_history"):
+        assert api.get(path, params={"_format": fmt}).status_code == 406, path
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert api.request("POST", "ImagingStudy/_search", content=f"_format={fmt}", headers=form).status_code == 406
+
+
+@pytest.mark.parametrize("fmt", ["json", "application/fhir+json;fhir-version=4.0", "application/json; charset=utf-8"])
+def test_a_json_format_with_parameters_is_served(api: FhirHttp, seeded: str, fmt: str) -> None:
+    for path in ("ImagingStudy", f"ImagingStudy/{seeded}", "metadata"):
+        assert api.get(path, params={"_format": fmt}).status_code == 200, path
