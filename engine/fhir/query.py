@@ -179,14 +179,15 @@ def _include(plan: Plan, raw: str, reverse: bool) -> None:
     if reverse:
         if plan.res_type not in param.targets:
             raise SearchError(f"_revinclude={raw} does not point at {plan.res_type}")
-        plan.revincludes.append((source, name))
+        if (source, name) not in plan.revincludes:  # each one is a query: a repeat would only run it again
+            plan.revincludes.append((source, name))
         return
     if source != plan.res_type:
         raise SearchError(f"_include={raw} does not start from {plan.res_type}")
     targets = (target,) if target else param.targets
     if target and target not in param.targets:
         raise SearchError(f"_include={raw}: {name} does not refer to {target}")
-    plan.includes += [(source, name, t) for t in targets]
+    plan.includes += [(source, name, t) for t in targets if (source, name, t) not in plan.includes]
 
 
 def _control(plan: Plan, name: str, value: str) -> bool:
