@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from engine.fhir.instant import instant
 from engine.fhir.query import Plan
+from engine.fhir.registry import by_type
 from engine.fhir.search import Page, Stored
 from engine.fhir.store import dumps
 
@@ -20,9 +21,12 @@ _MANDATORY = ("resourceType", "id", "meta")
 
 
 def subset(document: str, elements: tuple[str, ...]) -> str:
-    """``_elements``: only the listed top-level elements (and id, meta), tagged SUBSETTED (R4 3.1.1.5.9)."""
+    """``_elements``: only the listed top-level elements (and id, meta and the type's mandatory elements), tagged
+    SUBSETTED (R4 3.1.1.5.9)."""
     resource: dict[str, Any] = json.loads(document)
-    kept = {k: v for k, v in resource.items() if k in _MANDATORY or k in elements}
+    module = by_type(resource.get("resourceType", ""))
+    mandatory = module.MANDATORY if module is not None else ()
+    kept = {k: v for k, v in resource.items() if k in _MANDATORY or k in elements or k in mandatory}
     meta = dict(kept.get("meta", {}))
     meta["tag"] = [*meta.get("tag", []), _SUBSETTED]
     kept["meta"] = meta

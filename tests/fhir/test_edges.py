@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.fhir.conftest import FhirHttp, InProcessEngine
-from tests.fhir.messages import orm
+from tests.fhir.messages import orm, oru
 
 UIDS = [f"1.2.826.0.1.3680043.10.996.{n}" for n in range(3)]
 
@@ -17,6 +17,7 @@ UIDS = [f"1.2.826.0.1.3680043.10.996.{n}" for n in range(3)]
 def seeded(engine: InProcessEngine, api: FhirHttp) -> str:
     """Three studies of one patient; the first study's id."""
     assert engine.send(*[orm(700 + n, "EDGE1", "EDGE^EVA", study_uid=uid) for n, uid in enumerate(UIDS)]) == ["AA"] * 3
+    assert engine.report(oru(700, "EDGER1", "F", "No acute finding.")) == ["AA"]
     engine.settle()
     return UIDS[0]
 
@@ -140,3 +141,20 @@ def test_a_format_other_than_json_is_406_on_search_as_on_read(api: FhirHttp, see
 def test_a_json_format_with_parameters_is_served(api: FhirHttp, seeded: str, fmt: str) -> None:
     for path in ("ImagingStudy", f"ImagingStudy/{seeded}", "metadata"):
         assert api.get(path, params={"_format": fmt}).status_code == 200, path
+
+
+@pytest.mark.parametrize("res_type", ["ImagingStudy", "Patient", "ServiceRequest", "Endpoint", "DiagnosticReport"])
+def test_elements_keep_the_mandatory_elements_a_strict_client_needs(api: FhirHttp, seeded: str, res_type: str) -> None:
+    # R4 3.1.1.5.9: mandatory elements SHOULD be returned whatever _elements asks. They were dropped, and
+    # fhir.resources (R4B models) refused every subsetted ImagingStudy (subject), ServiceRequest (subject),
+    # Endpoint (connectionType, payloadType) and DiagnosticReport (code).
+    from fhir.resources.R4B import get_fhir_model_class
+
+    bundle = api.get(res_type, params={"_elements": "identifier"}).json()
+    assert bundle["entry"]
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        assert {"code": "SUBSETTED"}.items() <= resource["meta"]["tag"][-1].items()
+        get_fhir_model_class(res_type).model_validate(resource)
+        assert set(resource) - {"resourceType", "id", "meta", "identifier"} <= {
+            "status", "subject", "intent", "code", "connectionType", "payloadType", "address"}

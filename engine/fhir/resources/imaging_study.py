@@ -52,6 +52,8 @@ PARAMS: tuple[Param, ...] = (
     Param("instance", "token", documentation="SOP Instance UID"),
     Param("dicom-class", "token", documentation="SOP Class UID"),
 )
+#: Its elements of cardinality 1..1: kept by ``_elements`` (R4 3.1.1.5.9, mandatory elements SHOULD be returned).
+MANDATORY: tuple[str, ...] = ("status", "subject")
 INCLUDES: tuple[str, ...] = ("ImagingStudy:patient", "ImagingStudy:subject", "ImagingStudy:basedon",
                              "ImagingStudy:endpoint")
 

@@ -30,6 +30,8 @@ PARAMS: tuple[Param, ...] = (
     Param("active", "token"),
     Param("link", "reference", ("Patient",)),
 )
+#: Its elements of cardinality 1..1: kept by ``_elements`` (R4 3.1.1.5.9, mandatory elements SHOULD be returned).
+MANDATORY: tuple[str, ...] = ()
 INCLUDES: tuple[str, ...] = ()
 
 #: DICOM (0010,0040) / HL7 table 0001 → FHIR AdministrativeGender.

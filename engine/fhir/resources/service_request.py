@@ -31,6 +31,8 @@ PARAMS: tuple[Param, ...] = (
     Param("authored", "date"),
     Param("occurrence", "date"),
 )
+#: Its elements of cardinality 1..1: kept by ``_elements`` (R4 3.1.1.5.9, mandatory elements SHOULD be returned).
+MANDATORY: tuple[str, ...] = ("status", "intent", "subject")
 INCLUDES: tuple[str, ...] = ("ServiceRequest:patient", "ServiceRequest:subject")
 
 #: Scheduled Procedure Step Status (0040,0020) → ServiceRequest.status.
