@@ -221,7 +221,8 @@ async def _history_list(api: _Api, request: Request, res_type: str | None, princ
     page = await api.db.read_async(lambda c: history_page(c, res_type, count, since, cursor))
     base = api.base(request)
     url = f"{base}/{res_type}/_history" if res_type else f"{base}/_history"
-    links = [("self", f"{url}?{urlencode(echoed)}" if echoed else url)]
+    here = [*echoed, ("_cursor", str(cursor))] if cursor is not None else echoed  # this page, not the first
+    links = [("self", f"{url}?{urlencode(here)}" if here else url)]
     if page.next_cursor is not None:
         links.append(("next", f"{url}?{urlencode([*echoed, ('_cursor', str(page.next_cursor))])}"))
     served = [f"{s.res_type}/{s.res_id}/_history/{s.version_id}" for s in page.versions]

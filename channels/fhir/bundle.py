@@ -59,7 +59,8 @@ def _head(kind: str, total: int | None, links: list[tuple[str, str]]) -> str:
 def search_bundle(base: str, plan: Plan, page: Page) -> str:
     """The searchset Bundle of one page, with self and next links."""
     url = f"{base}/{plan.res_type}"
-    links = [("self", f"{url}?{urlencode(plan.accepted)}" if plan.accepted else url)]
+    here = [*plan.accepted, ("_cursor", str(plan.cursor))] if plan.cursor else plan.accepted  # this page, not the first
+    links = [("self", f"{url}?{urlencode(here)}" if here else url)]
     if page.next_cursor is not None:
         links.append(("next", f"{url}?{urlencode([*plan.accepted, ('_cursor', str(page.next_cursor))])}"))
     entries = [_entry(base, s, "match", plan.elements) for s in page.matches]

@@ -158,3 +158,16 @@ def test_elements_keep_the_mandatory_elements_a_strict_client_needs(api: FhirHtt
         get_fhir_model_class(res_type).model_validate(resource)
         assert set(resource) - {"resourceType", "id", "meta", "identifier"} <= {
             "status", "subject", "intent", "code", "connectionType", "payloadType", "address"}
+
+
+@pytest.mark.parametrize("path", ["ImagingStudy", "ImagingStudy/_history", "_history"])
+def test_the_self_link_of_a_later_page_names_that_page(api: FhirHttp, seeded: str, path: str) -> None:
+    # R4 Bundle.link self: the URL of this page. Every page's self link named the first page, so a client
+    # refreshing or resuming from 'self' started over.
+    first = api.get(path, params={"_count": "1"}).json()
+    links = {link["relation"]: link["url"] for link in first["link"]}
+    second = api.get(links["next"]).json()
+    self_link = {link["relation"]: link["url"] for link in second["link"]}["self"]
+    assert "_cursor=" in self_link and self_link != links["self"]
+    again = api.get(self_link).json()
+    assert [e["fullUrl"] for e in again["entry"]] == [e["fullUrl"] for e in second["entry"]]
