@@ -210,6 +210,10 @@ def _control(plan: Plan, name: str, value: str) -> bool:
         if not elements or not all(_ELEMENT.match(e) for e in elements):
             raise SearchError(f"_elements={value!r}: give element names separated by commas")
         plan.elements = elements
+    elif name == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise SearchError(f"_total={value} is not one of none, estimate, accurate")
+        # every searchset carries the exact total (it costs one index count), whatever was asked
     elif name == "_pretty":
         return True  # whitespace only: the stored JSON is served as is
     elif name == "_format":

@@ -171,3 +171,11 @@ def test_the_self_link_of_a_later_page_names_that_page(api: FhirHttp, seeded: st
     assert "_cursor=" in self_link and self_link != links["self"]
     again = api.get(self_link).json()
     assert [e["fullUrl"] for e in again["entry"]] == [e["fullUrl"] for e in second["entry"]]
+
+
+def test_total_is_accepted_and_the_total_is_exact(api: FhirHttp, seeded: str) -> None:
+    # R4 3.1.1.5.6 result parameter, sent by HAPI-based EHR clients: it was an unknown parameter (400).
+    for value in ("accurate", "estimate", "none"):
+        bundle = api.get("ImagingStudy", params={"identifier": f"urn:oid:{UIDS[2]}", "_total": value}).json()
+        assert bundle["total"] == 1 and f"_total={value}" in bundle["link"][0]["url"]
+    assert _code(api, "ImagingStudy?_total=maybe", 400) == "invalid"
