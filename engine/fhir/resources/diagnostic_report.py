@@ -40,7 +40,7 @@ from engine.fhir.resources.common import human_name, ids, reference, type_coding
 from engine.fhir.resources.service_request import CODE_SYSTEMS
 from engine.fhir.tables import fhir_refs, fhir_resources
 
-__all__ = ["INCLUDES", "PARAMS", "REPORT_SYSTEM", "STATUSES", "TYPE", "build", "kinds"]
+__all__ = ["INCLUDES", "MANDATORY", "PARAMS", "REPORT_SYSTEM", "STATUSES", "TYPE", "build", "kinds"]
 
 TYPE: str = "DiagnosticReport"
 PARAMS: tuple[Param, ...] = (

@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 from engine.fhir.model import Built, FhirSettings, Param
 from engine.fhir.resources.imaging_study import ENDPOINT_ID
 
-__all__ = ["INCLUDES", "PARAMS", "TYPE", "build", "kinds"]
+__all__ = ["INCLUDES", "MANDATORY", "PARAMS", "TYPE", "build", "kinds"]
 
 TYPE: str = "Endpoint"
 PARAMS: tuple[Param, ...] = (

@@ -34,7 +34,7 @@ from engine.fhir.resources.common import ids, reference, type_coding
 from engine.fhir.resources.service_request import scheduled_start
 from engine.fhir.tables import fhir_refs, fhir_resources
 
-__all__ = ["DCM", "ENDPOINT_ID", "INCLUDES", "PARAMS", "TYPE", "build", "kinds"]
+__all__ = ["DCM", "ENDPOINT_ID", "INCLUDES", "MANDATORY", "PARAMS", "TYPE", "build", "kinds"]
 
 TYPE: str = "ImagingStudy"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"

@@ -17,7 +17,7 @@ from engine.fhir.instant import fhir_date, search_range
 from engine.fhir.model import Built, FhirSettings, Param, identifier_system
 from engine.fhir.resources.common import human_name, ids, normalise, reference, type_coding
 
-__all__ = ["INCLUDES", "PARAMS", "TYPE", "build", "kinds"]
+__all__ = ["INCLUDES", "MANDATORY", "PARAMS", "TYPE", "build", "kinds"]
 
 TYPE: str = "Patient"
 PARAMS: tuple[Param, ...] = (

@@ -18,7 +18,7 @@ from engine.fhir.instant import instant, search_range
 from engine.fhir.model import Built, FhirSettings, Param, identifier_system
 from engine.fhir.resources.common import ids, reference, type_coding
 
-__all__ = ["INCLUDES", "PARAMS", "TYPE", "build", "kinds", "scheduled_start"]
+__all__ = ["INCLUDES", "MANDATORY", "PARAMS", "TYPE", "build", "kinds", "scheduled_start"]
 
 TYPE: str = "ServiceRequest"
 PARAMS: tuple[Param, ...] = (
