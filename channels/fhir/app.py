@@ -37,7 +37,7 @@ from engine.auth import Principal
 from engine.fhir import search
 from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
 from engine.fhir.instant import search_range
-from engine.fhir.query import DEFAULT_COUNT, MAX_COUNT, Plan, SearchError, json_format, parse, whole_number
+from engine.fhir.query import DEFAULT_COUNT, JSON_TYPES, MAX_COUNT, Plan, SearchError, json_format, parse, whole_number
 from engine.fhir.registry import MODULES, by_type
 from engine.store.database import Database, unavailable
 
@@ -84,7 +84,7 @@ def _lenient(request: Request) -> bool:
 def _check_accept(request: Request) -> None:
     accept = request.headers.get("accept", "")
     wanted = {a.split(";")[0].strip().lower() for a in accept.split(",") if a.strip()}
-    if wanted and not wanted & {"*/*", "application/*", "application/json", "application/fhir+json", "json"}:
+    if wanted and not wanted & {"*/*", "application/*", *JSON_TYPES}:
         raise ApiError(406, "not-supported", f"this server answers only FHIR JSON, not {accept}")
 
 

@@ -19,7 +19,7 @@ from engine.fhir.instant import DateRange, search_range
 from engine.fhir.model import Param
 from engine.fhir.registry import MODULES, by_type
 
-__all__ = ["Condition", "DateValue", "Plan", "SearchError", "TokenValue", "json_format", "parse",
+__all__ = ["JSON_TYPES", "Condition", "DateValue", "Plan", "SearchError", "TokenValue", "json_format", "parse",
            "whole_number"]
 
 DEFAULT_COUNT = 50
@@ -33,7 +33,8 @@ _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 _STRING_MODIFIERS = ("", "exact", "contains")
 #: Parameters every type has, beyond its own (R4 3.1.1.4, "Parameters for all resources").
 _COMMON = {"_id": Param("_id", "token"), "_lastUpdated": Param("_lastUpdated", "date")}
-_FORMATS = {"json", "application/json", "application/fhir+json"}
+#: What ``_format`` and ``Accept`` may name for JSON; ``application/json+fhir`` is the DSTU2 name older clients send.
+JSON_TYPES = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir"})
 
 
 class SearchError(RadbridgeError):
@@ -47,7 +48,7 @@ class SearchError(RadbridgeError):
 
 def json_format(value: str) -> bool:
     """True if ``_format=value`` asks for JSON (``json``, ``application/fhir+json;fhir-version=4.0`` …)."""
-    return value.split(";")[0].strip().lower() in _FORMATS
+    return value.split(";")[0].strip().lower() in JSON_TYPES
 
 
 @dataclass(frozen=True, slots=True)

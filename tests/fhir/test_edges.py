@@ -179,3 +179,11 @@ def test_total_is_accepted_and_the_total_is_exact(api: FhirHttp, seeded: str) ->
         bundle = api.get("ImagingStudy", params={"identifier": f"urn:oid:{UIDS[2]}", "_total": value}).json()
         assert bundle["total"] == 1 and f"_total={value}" in bundle["link"][0]["url"]
     assert _code(api, "ImagingStudy?_total=maybe", 400) == "invalid"
+
+
+def test_the_dstu2_json_type_of_older_clients_is_served_as_fhir_json(api: FhirHttp, seeded: str) -> None:
+    # application/json+fhir (DSTU2's name, still sent by older client libraries) was 406.
+    for path in ("metadata", f"ImagingStudy/{seeded}", "ImagingStudy"):
+        assert api.get(path, headers={"Accept": "application/json+fhir"}).status_code == 200, path
+        assert api.get(path, params={"_format": "application/json+fhir"}).status_code == 200, path
+    assert api.get("metadata", headers={"Accept": "application/xml+fhir"}).status_code == 406
