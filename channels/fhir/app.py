@@ -303,7 +303,10 @@ async def _search(api: _Api, request: Request) -> Response:
         included = sorted({t for _, _, t in plan.includes} | {s for s, _ in plan.revincludes})
         if included:
             api.gate.check(authorization, [(t, "read") for t in included])
-        page = api.db.read(lambda c: search.run(c, plan))
+        try:
+            page = api.db.read(lambda c: search.run(c, plan))
+        except SearchError as exc:  # the page would include too much
+            raise ApiError(exc.status, exc.code, str(exc)) from exc
         return principal, page, search_bundle(base, plan, page)
 
     base = api.base(request)

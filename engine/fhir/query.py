@@ -30,6 +30,9 @@ MAX_VALUES = 500
 #: Parameters a search may AND (a repeated parameter counts each time): PostgreSQL's planner takes time that grows
 #: faster than their number (16: 0.1 s, 64: 2.4 s, 500: more than a minute, on 300 studies).
 MAX_CONDITIONS = 16
+#: Resources ``_revinclude`` may add to one page (a patient's ``_revinclude`` of every study it has
+#: is otherwise unbounded); past it the search is refused rather than silently cut short.
+MAX_INCLUDED = 1000
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ELEMENT = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")

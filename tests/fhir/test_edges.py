@@ -194,3 +194,19 @@ def test_the_dstu2_json_type_of_older_clients_is_served_as_fhir_json(api: FhirHt
         assert api.get(path, headers={"Accept": "application/json+fhir"}).status_code == 200, path
         assert api.get(path, params={"_format": "application/json+fhir"}).status_code == 200, path
     assert api.get("metadata", headers={"Accept": "application/xml+fhir"}).status_code == 406
+
+
+def test_a_page_whose_revincludes_exceed_the_bound_is_400_not_an_unbounded_answer(
+        api: FhirHttp, seeded: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Patient?_revinclude=ImagingStudy:patient&_count=500 put every study of 500 patients in one answer (built in
+    # memory as one string), however many there were. The bound (query.MAX_INCLUDED) lowered to 2 here.
+    import engine.fhir.search
+
+    search = {"identifier": "EDGE1", "_revinclude": "ImagingStudy:patient"}
+    assert len(api.get("Patient", params=search).json()["entry"]) == 1 + 3
+    monkeypatch.setattr(engine.fhir.search, "MAX_INCLUDED", 2)
+    response = api.get("Patient", params=search)
+    assert response.status_code == 400 and response.json()["issue"][0]["code"] == "too-costly"
+    assert "_count" in response.json()["issue"][0]["diagnostics"]
+    monkeypatch.setattr(engine.fhir.search, "MAX_INCLUDED", 3)
+    assert len(api.get("Patient", params=search).json()["entry"]) == 1 + 3
