@@ -18,12 +18,12 @@ from datetime import UTC, datetime, tzinfo
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -37,7 +37,7 @@ from engine.auth import Principal
 from engine.fhir import search
 from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
 from engine.fhir.instant import search_range
-from engine.fhir.query import DEFAULT_COUNT, MAX_COUNT, Plan, SearchError, parse
+from engine.fhir.query import DEFAULT_COUNT, JSON_TYPES, MAX_COUNT, Plan, SearchError, json_format, parse, whole_number
 from engine.fhir.registry import MODULES, by_type
 from engine.store.database import Database, unavailable
 
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _READ_PARAMS = {"_format", "_pretty"}
-_JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 _FORM = "application/x-www-form-urlencoded"
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
@@ -60,6 +59,8 @@ class ApiSettings:
     site_zone: tzinfo
     public_base_url: str | None = None
     auth_description: str = "SMART Backend Services (OAuth2 client credentials)"
+    #: Largest ``_search`` body read (a search given as a form is bounded like one in the request head).
+    max_search_body_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ def _lenient(request: Request) -> bool:
 def _check_accept(request: Request) -> None:
     accept = request.headers.get("accept", "")
     wanted = {a.split(";")[0].strip().lower() for a in accept.split(",") if a.strip()}
-    if wanted and not wanted & {"*/*", "application/*", "application/json", "application/fhir+json", "json"}:
+    if wanted and not wanted & {"*/*", "application/*", *JSON_TYPES}:
         raise ApiError(406, "not-supported", f"this server answers only FHIR JSON, not {accept}")
 
 
@@ -106,7 +107,7 @@ def _read_params(request: Request, allowed: set[str]) -> dict[str, str]:
     unknown = sorted(set(params) - allowed)
     if unknown and not _lenient(request):
         raise ApiError(400, "not-supported", f"parameter(s) not supported here: {', '.join(unknown)}")
-    if params.get("_format", "json") not in _JSON_FORMATS:
+    if not json_format(params.get("_format", "json")):
         raise ApiError(406, "not-supported", "this server answers only FHIR JSON")
     return params
 
@@ -168,7 +169,7 @@ async def _vread(api: _Api, request: Request) -> Response:
     principal = await api.gate.admit(request, [(res_type, "read")])
     _read_params(request, _READ_PARAMS)
     text = str(request.path_params["version"])
-    version = int(text) if text.isdigit() and len(text) < 10 else -1
+    version = int(text) if whole_number(text) and len(text) < 10 else -1
     stored = await api.db.read_async(lambda c: search.vread(c, res_type, res_id, version))
     if stored is None:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} has no version {text!r}")
@@ -182,7 +183,7 @@ async def _history(api: _Api, request: Request) -> Response:
     principal = await api.gate.admit(request, [(res_type, "read")])
     params = _read_params(request, {*_READ_PARAMS, "_count"})
     count = params.get("_count", str(MAX_COUNT))
-    if not count.isdigit():
+    if not whole_number(count):
         raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
     limit = max(1, min(int(count[:9]), MAX_COUNT))
     versions = await api.db.read_async(lambda c: search.history(c, res_type, res_id, limit))
@@ -200,7 +201,7 @@ def _history_query(api: _Api, request: Request) -> tuple[int, str | None, Cursor
     """``_count`` (clamped), ``_since`` (as a stored instant), ``_cursor``, and the parameters the links echo."""
     params = _read_params(request, _HISTORY_PARAMS)
     count = params.get("_count", str(DEFAULT_COUNT))
-    if not count.isdigit():
+    if not whole_number(count):
         raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
     since = params.get("_since")
     try:
@@ -220,7 +221,8 @@ async def _history_list(api: _Api, request: Request, res_type: str | None, princ
     page = await api.db.read_async(lambda c: history_page(c, res_type, count, since, cursor))
     base = api.base(request)
     url = f"{base}/{res_type}/_history" if res_type else f"{base}/_history"
-    links = [("self", f"{url}?{urlencode(echoed)}" if echoed else url)]
+    here = [*echoed, ("_cursor", str(cursor))] if cursor is not None else echoed  # this page, not the first
+    links = [("self", f"{url}?{urlencode(here)}" if here else url)]
     if page.next_cursor is not None:
         links.append(("next", f"{url}?{urlencode([*echoed, ('_cursor', str(page.next_cursor))])}"))
     served = [f"{s.res_type}/{s.res_id}/_history/{s.version_id}" for s in page.versions]
@@ -241,14 +243,31 @@ async def _system_history(api: _Api, request: Request) -> Response:
     return await _history_list(api, request, None, principal)
 
 
-async def _pairs(request: Request) -> list[tuple[str, str]]:
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, 413 as soon as it is known to exceed ``limit`` bytes (nothing more is read)."""
+    too_large = ApiError(413, "too-long", f"a _search body may have at most {limit} bytes")
+    length = request.headers.get("content-length", "")
+    if whole_number(length) and int(length) > limit:
+        raise too_large
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect as exc:  # nobody is left to answer; not an internal error
+        raise ApiError(400, "incomplete", "the client closed the connection before its body was complete") from exc
+    return bytes(body)
+
+
+async def _pairs(request: Request, limit: int) -> list[tuple[str, str]]:
     pairs = list(request.query_params.multi_items())
     if request.method == "POST":
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != _FORM:
             raise ApiError(415, "not-supported", f"POST _search takes {_FORM}, not {kind or 'no body type'}")
-        form = await request.form(max_files=0, max_fields=1000)
-        pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        body = await _body(request, limit)
+        pairs += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
     return pairs
 
 
@@ -261,15 +280,17 @@ def _plan(api: _Api, request: Request, res_type: str, pairs: list[tuple[str, str
     try:
         return parse(res_type, pairs, api.settings.site_zone, _lenient(request))
     except SearchError as exc:
-        raise ApiError(400, exc.code, str(exc)) from exc
+        raise ApiError(exc.status, exc.code, str(exc)) from exc
 
 
 async def _search(api: _Api, request: Request) -> Response:
     res_type = _res_type(request)
+    if request.method == "POST":  # nobody's body is read before the caller is admitted: 401/403 come first
+        await api.gate.admit(request, [(res_type, "search")])
     refused: ApiError | None = None
     try:
-        pairs = await _pairs(request)
-    except ApiError as exc:  # answered after the caller is admitted: 401/403 come first
+        pairs = await _pairs(request, api.settings.max_search_body_bytes)
+    except ApiError as exc:  # answered after the caller is admitted (again, for a GET, in one hop with the search)
         pairs, refused = [], exc
     authorization = request.headers.get("authorization")
 
@@ -282,7 +303,10 @@ async def _search(api: _Api, request: Request) -> Response:
         included = sorted({t for _, _, t in plan.includes} | {s for s, _ in plan.revincludes})
         if included:
             api.gate.check(authorization, [(t, "read") for t in included])
-        page = api.db.read(lambda c: search.run(c, plan))
+        try:
+            page = api.db.read(lambda c: search.run(c, plan))
+        except SearchError as exc:  # the page would include too much
+            raise ApiError(exc.status, exc.code, str(exc)) from exc
         return principal, page, search_bundle(base, plan, page)
 
     base = api.base(request)

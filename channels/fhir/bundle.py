@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from engine.fhir.instant import instant
 from engine.fhir.query import Plan
+from engine.fhir.registry import by_type
 from engine.fhir.search import Page, Stored
 from engine.fhir.store import dumps
 
@@ -20,9 +21,12 @@ _MANDATORY = ("resourceType", "id", "meta")
 
 
 def subset(document: str, elements: tuple[str, ...]) -> str:
-    """``_elements``: only the listed top-level elements (and id, meta), tagged SUBSETTED (R4 3.1.1.5.9)."""
+    """``_elements``: only the listed top-level elements (and id, meta and the type's mandatory elements), tagged
+    SUBSETTED (R4 3.1.1.5.9)."""
     resource: dict[str, Any] = json.loads(document)
-    kept = {k: v for k, v in resource.items() if k in _MANDATORY or k in elements}
+    module = by_type(resource.get("resourceType", ""))
+    mandatory = module.MANDATORY if module is not None else ()
+    kept = {k: v for k, v in resource.items() if k in _MANDATORY or k in elements or k in mandatory}
     meta = dict(kept.get("meta", {}))
     meta["tag"] = [*meta.get("tag", []), _SUBSETTED]
     kept["meta"] = meta
@@ -55,7 +59,8 @@ def _head(kind: str, total: int | None, links: list[tuple[str, str]]) -> str:
 def search_bundle(base: str, plan: Plan, page: Page) -> str:
     """The searchset Bundle of one page, with self and next links."""
     url = f"{base}/{plan.res_type}"
-    links = [("self", f"{url}?{urlencode(plan.accepted)}" if plan.accepted else url)]
+    here = [*plan.accepted, ("_cursor", str(plan.cursor))] if plan.cursor else plan.accepted  # this page, not the first
+    links = [("self", f"{url}?{urlencode(here)}" if here else url)]
     if page.next_cursor is not None:
         links.append(("next", f"{url}?{urlencode([*plan.accepted, ('_cursor', str(page.next_cursor))])}"))
     entries = [_entry(base, s, "match", plan.elements) for s in page.matches]

@@ -82,7 +82,8 @@ async def start_http(cfg: EngineConfig, db: Database, authorizer: Authorizer | N
     http = cfg.http
     chosen, auth_routes = _auth(cfg, db, authorizer)
     gate = Gate(chosen, db, current_actor())
-    settings = ApiSettings(ZoneInfo(cfg.timezone), http.public_base_url)
+    settings = ApiSettings(ZoneInfo(cfg.timezone), http.public_base_url,
+                           max_search_body_bytes=http.max_request_head_bytes)
     server = HttpServer(http, create_app(db, gate, settings, auth_routes))
     await server.start()
     log.info("FHIR R4 API listening on %s:%s%s at /fhir (auth: %s)", http.host, server.port,

@@ -25,8 +25,12 @@ _SEARCH = re.compile(
 
 
 def instant(moment: datetime) -> str:
-    """``moment`` as fixed-width UTC text (also a valid FHIR ``instant``)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``moment`` as fixed-width UTC text (also a valid FHIR ``instant``).
+
+    Not ``strftime("%Y…")``: glibc writes years before 1000 without leading zeros (``999-01-01``),
+    which then sort after ``1980-…`` as text.
+    """
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _add_months(start: datetime, months: int) -> datetime:
@@ -57,19 +61,30 @@ def search_range(value: str, site: tzinfo) -> DateRange:
     zone = _zone(g["z"], site)
     start = datetime(int(g["y"]), int(g["m"] or 1), int(g["d"] or 1), int(g["H"] or 0), int(g["M"] or 0),
                      int(g["S"] or 0), int((g["f"] or "0").ljust(6, "0")[:6]), tzinfo=zone)
-    if g["m"] is None:
-        end = start.replace(year=start.year + 1) if start.year < 9999 else datetime.max.replace(tzinfo=zone)
-    elif g["d"] is None:
-        end = _add_months(start, 1) if (start.year, start.month) != (9999, 12) else datetime.max.replace(tzinfo=zone)
-    elif g["H"] is None:
-        end = start + timedelta(days=1)
-    elif g["S"] is None:
-        end = start + timedelta(minutes=1)
-    elif g["f"] is None:
-        end = start + timedelta(seconds=1)
-    else:
-        end = start + timedelta(microseconds=1)
-    return instant(start), instant(end)
+    try:
+        if g["m"] is None:
+            end = start.replace(year=start.year + 1)
+        elif g["d"] is None:
+            end = _add_months(start, 1)
+        elif g["H"] is None:
+            end = start + timedelta(days=1)
+        elif g["S"] is None:
+            end = start + timedelta(minutes=1)
+        elif g["f"] is None:
+            end = start + timedelta(seconds=1)
+        else:
+            end = start + timedelta(microseconds=1)
+    except (OverflowError, ValueError):  # the range of a value at the end of year 9999 ends at MAX
+        return _clamped(start), MAX
+    return _clamped(start), _clamped(end)
+
+
+def _clamped(moment: datetime) -> str:
+    """:func:`instant`, with moments whose UTC time falls outside years 1-9999 clamped to MIN/MAX."""
+    try:
+        return instant(moment)
+    except (OverflowError, ValueError):
+        return MIN if moment.year == 1 else MAX
 
 
 def fhir_date(dicom_date: str) -> str | None:

@@ -105,6 +105,7 @@ class ResourceModule(Protocol):
     TYPE: str
     PARAMS: tuple[Param, ...]
     INCLUDES: tuple[str, ...]
+    MANDATORY: tuple[str, ...]
 
     def kinds(self) -> Mapping[str, Callable[[Connection, set[str]], set[str]]]: ...
 

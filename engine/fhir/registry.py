@@ -1,7 +1,7 @@
 """The resource types the facade serves: one module each, registered here and nowhere else.
 
 Adding a type is one module with
-``TYPE``, ``PARAMS``, ``INCLUDES``, ``kinds()`` and ``build()`` (the
+``TYPE``, ``PARAMS``, ``INCLUDES``, ``MANDATORY``, ``kinds()`` and ``build()`` (the
 :class:`~engine.fhir.model.ResourceModule` contract), its name in ``MODULES``,
 and the triggers of its source tables in :data:`engine.fhir.triggers.SOURCES`.
 """

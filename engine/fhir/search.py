@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, func, not_, or_, select, tuple_
 
-from engine.fhir.query import Condition, DateValue, Plan, TokenValue
+from engine.fhir.query import MAX_INCLUDED, Condition, DateValue, Plan, SearchError, TokenValue
 from engine.fhir.resources.common import normalise
 from engine.fhir.tables import fhir_dates, fhir_refs, fhir_resources, fhir_strings, fhir_tokens, fhir_versions
 from engine.store.fast import FastStatement
@@ -56,6 +56,19 @@ _DATE: dict[str, Callable[[Any, Any, str, str], ColumnElement[bool]]] = {
     "le": lambda lo, hi, vlo, vhi: lo < vhi,
     "sa": lambda lo, hi, vlo, vhi: lo >= vhi,
     "eb": lambda lo, hi, vlo, vhi: hi <= vlo,
+}
+
+
+#: The same prefixes for a resource's instant ``p`` (``_lastUpdated``), which is the range [p, p + 1 us).
+_POINT: dict[str, Callable[[Any, str, str], ColumnElement[bool]]] = {
+    "eq": lambda p, vlo, vhi: and_(p >= vlo, p < vhi),
+    "ne": lambda p, vlo, vhi: not_(and_(p >= vlo, p < vhi)),
+    "gt": lambda p, vlo, vhi: p >= vhi,
+    "lt": lambda p, vlo, vhi: p < vlo,
+    "ge": lambda p, vlo, vhi: p >= vlo,
+    "le": lambda p, vlo, vhi: p < vhi,
+    "sa": lambda p, vlo, vhi: p >= vhi,
+    "eb": lambda p, vlo, vhi: p < vlo,
 }
 
 
@@ -126,8 +139,7 @@ def _on_resources(cond: Condition, res: Any) -> ColumnElement[bool]:
     if cond.param.name == "_id":
         res_id: ColumnElement[str] = res.res_id
         return res_id.in_([v.code for v in cond.values if isinstance(v, TokenValue) and v.code])
-    return or_(*(_date_condition(res.last_updated, res.last_updated, v) for v in cond.values
-                 if isinstance(v, DateValue)))
+    return or_(*(_POINT[v.prefix](res.last_updated, *v.range) for v in cond.values if isinstance(v, DateValue)))
 
 
 def _ids(plan: Plan) -> tuple[Any, Any]:
@@ -176,11 +188,18 @@ def _included(conn: Connection, plan: Plan, matches: list[Stored]) -> list[Store
         if names:
             rows = conn.execute(select(*_COLUMNS).where(tuple_(r.res_type, r.res_id).in_([tuple(n) for n in names])))
             found.update((int(row.id), _stored(row)) for row in rows)
+    revincluded: set[int] = set()  # the only unbounded part: every resource that refers to a match
     for source, param in plan.revincludes:
         refs = [f"{m.res_type}/{m.res_id}" for m in matches]
         sources = select(f.resource_pk).where(f.param == f"{source}.{param}", f.target.in_(refs))
-        rows = conn.execute(select(*_COLUMNS).where(r.res_type == source, r.id.in_(sources)).order_by(r.id))
-        found.update((int(row.id), _stored(row)) for row in rows)
+        rows = conn.execute(select(*_COLUMNS).where(r.res_type == source, r.id.in_(sources)).order_by(r.id)
+                            .limit(MAX_INCLUDED + len(pks) + 1))
+        referring = {int(row.id): _stored(row) for row in rows}
+        found.update(referring)
+        revincluded.update(referring.keys() - set(pks))
+        if len(revincluded) > MAX_INCLUDED:
+            raise SearchError(f"this page would include more than {MAX_INCLUDED} resources; ask for fewer matches "
+                              f"(_count) or search {source} directly", "too-costly")
     seen = set(pks)
     return [s for pk, s in sorted(found.items()) if pk not in seen]
 

@@ -33,6 +33,10 @@ __all__ = [
 _FIELD_SEPARATOR = re.compile(r"(?:MSH|BHS|FHS)([^\w\r\n])")
 
 
+#: Most lines (``\.sp n\``) or spaces (``\.sk n\``) one formatting command gives.
+_MAX_SKIP = 100
+
+
 @dataclass(frozen=True, slots=True)
 class Separators:
     """The delimiters from MSH-1/MSH-2 (HL7 v2.5.1 2.5.4)."""
@@ -353,7 +357,9 @@ def _escape_sequence(body: str, seps: Separators, raw: str) -> str:
         return "\n"
     if body.startswith((".sp", ".sk")):  # 2.7.6: end the line and skip n lines / skip n spaces
         count = body[3:].strip().lstrip("+")
-        n = int(count) if count.isdigit() else 1
+        # ASCII digits only (int() refuses '²', which isdigit() takes), and at most _MAX_SKIP: '\.sp 999999999\'
+        # would otherwise be a gigabyte of line breaks from a dozen bytes of message.
+        n = min(int(count[:9]), _MAX_SKIP) if count.isascii() and count.isdigit() else 1
         return ("\n" if body[1] == "s" and body[2] == "p" else " ") * max(n, 1)
     if body.startswith("X") and len(body) > 1 and len(body) % 2 == 1:
         try:

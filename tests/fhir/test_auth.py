@@ -239,3 +239,22 @@ def test_system_history_needs_read_on_every_type(secured: InProcessEngine, r4_sc
         assert bundle.status_code == 200 and bundle.json()["type"] == "history"
     assert _client(secured, r4_schema, "study-read-only").get("ImagingStudy/_history").status_code == 200
     assert _client(secured, r4_schema, "study-search-only").get("ImagingStudy/_history").status_code == 403
+
+
+@pytest.mark.parametrize(("token", "status"), [(None, 401), ("nonsense", 401), ("study-read-only", 403)])
+def test_a_search_body_is_not_read_before_the_caller_is_admitted(secured: InProcessEngine, token: str | None,
+                                                                  status: int) -> None:
+    # The body of a POST _search was read (up to 1,000 fields of 1 MB each) before the token was looked at:
+    # anybody could make the engine buffer it, and a client announcing a large body waited for the body
+    # timeout (408) instead of its 401. Now the answer comes at once, from the head alone.
+    import socket
+
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    with socket.create_connection(("127.0.0.1", secured.http_port), timeout=10) as sock:
+        sock.sendall(f"POST /fhir/ImagingStudy/_search HTTP/1.1\r\nHost: x\r\n{auth}"
+                     "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 50000000\r\n\r\n"
+                     "status=".encode())
+        sock.settimeout(5)
+        head = sock.recv(65536).decode("latin-1")
+    assert head.startswith(f"HTTP/1.1 {status} "), head
+    assert "WWW-Authenticate: Bearer" in head.replace("www-authenticate", "WWW-Authenticate")

@@ -93,3 +93,13 @@ def test_identifier_systems() -> None:
     assert identifier_system(settings, "1.2.840.1", "urn:x") == "urn:oid:1.2.840.1"
     assert identifier_system(settings, "NORTH SIDE", "urn:x") == "urn:x:NORTH_SIDE"
     assert identifier_system(settings, "", "urn:x") == "urn:x"
+
+
+def test_a_repeated_include_is_run_once() -> None:
+    # Each include is one query of its own: 2,000 copies of _include=ImagingStudy:patient (within the 64 KiB
+    # request head) ran 2,000 queries for one search.
+    pairs = [("_include", "ImagingStudy:patient"), ("_include", "ImagingStudy:patient:Patient"),
+             ("_revinclude", "DiagnosticReport:imagingStudy")] * 1000
+    plan = parse("ImagingStudy", pairs, UTC)
+    assert plan.includes == [("ImagingStudy", "patient", "Patient")]
+    assert plan.revincludes == [("DiagnosticReport", "imagingStudy")]

@@ -100,6 +100,16 @@ def test_unescape_reads_report_text_formatting(written, text):
     assert unescape(written, Separators()) == text
 
 
+@pytest.mark.parametrize(("written", "text"), [
+    ("a\\.sp 1000000000000\\b", "a" + "\n" * 100 + "b"),  # was a MemoryError (or a gigabyte with 9 digits)
+    ("a\\.sk 999999999\\b", "a" + " " * 100 + "b"),
+    ("a\\.sp \u00b2\\b", "a\nb"),  # isdigit() took '²' and int() raised ValueError: the report was AE
+])
+def test_a_skip_command_is_bounded_and_takes_only_ascii_digits(written, text):
+    """A report line's \\.sp n\\ of a huge n made the engine allocate n line breaks; '²' made the report AE."""
+    assert unescape(written, Separators()) == text
+
+
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=50))
 def test_escape_then_unescape_round_trips(text):
     seps = Separators()

@@ -40,7 +40,7 @@ from engine.fhir.resources.common import human_name, ids, reference, type_coding
 from engine.fhir.resources.service_request import CODE_SYSTEMS
 from engine.fhir.tables import fhir_refs, fhir_resources
 
-__all__ = ["INCLUDES", "PARAMS", "REPORT_SYSTEM", "STATUSES", "TYPE", "build", "kinds"]
+__all__ = ["INCLUDES", "MANDATORY", "PARAMS", "REPORT_SYSTEM", "STATUSES", "TYPE", "build", "kinds"]
 
 TYPE: str = "DiagnosticReport"
 PARAMS: tuple[Param, ...] = (
@@ -56,6 +56,8 @@ PARAMS: tuple[Param, ...] = (
     Param("date", "date", documentation="effectiveDateTime (OBR-7)"),
     Param("issued", "date", documentation="when the current version was stored"),
 )
+#: Its elements of cardinality 1..1: kept by ``_elements`` (R4 3.1.1.5.9, mandatory elements SHOULD be returned).
+MANDATORY: tuple[str, ...] = ("status", "code")
 INCLUDES: tuple[str, ...] = ("DiagnosticReport:patient", "DiagnosticReport:subject", "DiagnosticReport:based-on",
                              "DiagnosticReport:imagingStudy")
 

@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 from engine.fhir.model import Built, FhirSettings, Param
 from engine.fhir.resources.imaging_study import ENDPOINT_ID
 
-__all__ = ["INCLUDES", "PARAMS", "TYPE", "build", "kinds"]
+__all__ = ["INCLUDES", "MANDATORY", "PARAMS", "TYPE", "build", "kinds"]
 
 TYPE: str = "Endpoint"
 PARAMS: tuple[Param, ...] = (
@@ -18,6 +18,8 @@ PARAMS: tuple[Param, ...] = (
     Param("connection-type", "token"),
     Param("name", "string"),
 )
+#: Its elements of cardinality 1..1: kept by ``_elements`` (R4 3.1.1.5.9, mandatory elements SHOULD be returned).
+MANDATORY: tuple[str, ...] = ("status", "connectionType", "payloadType", "address")
 INCLUDES: tuple[str, ...] = ()
 _CONNECTION_TYPES = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 

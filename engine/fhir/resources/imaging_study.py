@@ -34,7 +34,7 @@ from engine.fhir.resources.common import ids, reference, type_coding
 from engine.fhir.resources.service_request import scheduled_start
 from engine.fhir.tables import fhir_refs, fhir_resources
 
-__all__ = ["DCM", "ENDPOINT_ID", "INCLUDES", "PARAMS", "TYPE", "build", "kinds"]
+__all__ = ["DCM", "ENDPOINT_ID", "INCLUDES", "MANDATORY", "PARAMS", "TYPE", "build", "kinds"]
 
 TYPE: str = "ImagingStudy"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -52,6 +52,8 @@ PARAMS: tuple[Param, ...] = (
     Param("instance", "token", documentation="SOP Instance UID"),
     Param("dicom-class", "token", documentation="SOP Class UID"),
 )
+#: Its elements of cardinality 1..1: kept by ``_elements`` (R4 3.1.1.5.9, mandatory elements SHOULD be returned).
+MANDATORY: tuple[str, ...] = ("status", "subject")
 INCLUDES: tuple[str, ...] = ("ImagingStudy:patient", "ImagingStudy:subject", "ImagingStudy:basedon",
                              "ImagingStudy:endpoint")
 

@@ -17,7 +17,7 @@ from engine.fhir.instant import fhir_date, search_range
 from engine.fhir.model import Built, FhirSettings, Param, identifier_system
 from engine.fhir.resources.common import human_name, ids, normalise, reference, type_coding
 
-__all__ = ["INCLUDES", "PARAMS", "TYPE", "build", "kinds"]
+__all__ = ["INCLUDES", "MANDATORY", "PARAMS", "TYPE", "build", "kinds"]
 
 TYPE: str = "Patient"
 PARAMS: tuple[Param, ...] = (
@@ -30,6 +30,8 @@ PARAMS: tuple[Param, ...] = (
     Param("active", "token"),
     Param("link", "reference", ("Patient",)),
 )
+#: Its elements of cardinality 1..1: kept by ``_elements`` (R4 3.1.1.5.9, mandatory elements SHOULD be returned).
+MANDATORY: tuple[str, ...] = ()
 INCLUDES: tuple[str, ...] = ()
 
 #: DICOM (0010,0040) / HL7 table 0001 → FHIR AdministrativeGender.

@@ -18,7 +18,7 @@ from engine.fhir.instant import instant, search_range
 from engine.fhir.model import Built, FhirSettings, Param, identifier_system
 from engine.fhir.resources.common import ids, reference, type_coding
 
-__all__ = ["INCLUDES", "PARAMS", "TYPE", "build", "kinds", "scheduled_start"]
+__all__ = ["INCLUDES", "MANDATORY", "PARAMS", "TYPE", "build", "kinds", "scheduled_start"]
 
 TYPE: str = "ServiceRequest"
 PARAMS: tuple[Param, ...] = (
@@ -31,6 +31,8 @@ PARAMS: tuple[Param, ...] = (
     Param("authored", "date"),
     Param("occurrence", "date"),
 )
+#: Its elements of cardinality 1..1: kept by ``_elements`` (R4 3.1.1.5.9, mandatory elements SHOULD be returned).
+MANDATORY: tuple[str, ...] = ("status", "intent", "subject")
 INCLUDES: tuple[str, ...] = ("ServiceRequest:patient", "ServiceRequest:subject")
 
 #: Scheduled Procedure Step Status (0040,0020) → ServiceRequest.status.
