@@ -1,0 +1,91 @@
+"""More shapes of real HL7 v2 radiology feeds, sent by python-hl7's MLLP client to the engine on the
+shipped ``config/`` and ``mappings/`` (feeds4 campaign; tests/integration/test_real_feeds.py has the first).
+
+The messages are written for these tests; each reproduces a shape read in other engines' and toolkits'
+test data or in interface specifications (v2.2/2.3 patient ids in PID-2, PDF reports in OBX ED, reports
+in NTE, batch trailers with a wrong count, filler order control codes). Each checks the ACK and what the
+store holds afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.conftest import Ack, Sender
+from tests.integration.test_quickstart import BIN, Engine, start_engine
+from tests.integration.test_workflow_e2e import findscu
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    engine = start_engine(tmp_path_factory.mktemp("feeds"), ROOT / "config")
+    yield engine
+    engine.stop()
+
+
+def _send(engine: Engine, *messages: bytes, port: int | None = None) -> list[Ack]:
+    async def go() -> list[Ack]:
+        sender = Sender(port or engine.mllp, timeout=30)
+        try:
+            return [await sender.send(m) for m in messages]
+        finally:
+            await sender.close()
+
+    return asyncio.run(go())
+
+
+def _report(engine: Engine, *messages: bytes) -> list[Ack]:
+    return _send(engine, *messages, port=int(engine.env["RADBRIDGE_REPORTS_MLLP_PORT"]))
+
+
+def _er7(text: str, terminator: str = "\r", encoding: str = "utf-8") -> bytes:
+    lines = [line.strip() for line in text.strip().splitlines()]
+    return (terminator.join(lines) + terminator).encode(encoding)
+
+
+def _rows(engine: Engine, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(Path(engine.env["RADBRIDGE_DATA_DIR"]) / "radbridge.db") as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def _shown(engine: Engine, control_id: str) -> dict[str, Any]:
+    [(row_id,)] = _rows(engine, "SELECT id FROM messages WHERE control_id = ?", control_id)
+    shown = engine.sh(f"{BIN}/radbridge --config {ROOT / 'config'} messages show {row_id} --json")
+    assert shown.returncode == 0, shown.stderr
+    return dict(json.loads(shown.stdout))
+
+
+def _nw(control_id: str, patient_id: str, number: str) -> bytes:
+    return _er7(f"""
+        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520090000||ORM^O01|{control_id}|P|2.3.1
+        PID|1||{patient_id}^^^WESTSIDE^MR||Lund^Erik||19700101|M
+        ORC|NW|PL-{number}^RIS|FL-{number}^RIS||SC
+        OBR|1|PL-{number}^RIS|FL-{number}^RIS|CTABD^CT abdomen^L|||20240520090000|||||||||||ACC-{number}||||||CT
+        """)
+
+
+def test_a_v23_order_with_its_patient_id_only_in_pid_2_reaches_the_worklist(shipped: Engine, tmp_path: Path) -> None:
+    """HL7 v2.2/2.3 feeds (PID-2 'patient id (external)', deprecated in v2.3.1) that leave PID-3 empty:
+    AE 101 at PID^1^3^1 before; now PID-2 is the patient id when PID-3 has none."""
+    message = _er7("""
+        MSH|^~\\&|RIS|OLDSITE|RADBRIDGE|RADIOLOGY|20240520090000||ORM^O01|PID2A|P|2.3
+        PID|1|P2-71001^^^OLDSITE|||Holm^Vera||19600606|F
+        ORC|NW|PL-P2A^RIS|FL-P2A^RIS||SC
+        OBR|1|PL-P2A^RIS|FL-P2A^RIS|CTABD^CT abdomen^L|||20240520090000|||||||||||ACC-P2A||||||CT
+        """)
+
+    [ack] = _send(shipped, message)
+
+    assert ack.code == "AA", ack.raw
+    [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-P2A", "PatientID=", "IssuerOfPatientID=")
+    assert (found.PatientID, found.IssuerOfPatientID) == ("P2-71001", "OLDSITE")
