@@ -89,3 +89,29 @@ def test_a_v23_order_with_its_patient_id_only_in_pid_2_reaches_the_worklist(ship
     assert ack.code == "AA", ack.raw
     [found] = findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-P2A", "PatientID=", "IssuerOfPatientID=")
     assert (found.PatientID, found.IssuerOfPatientID) == ("P2-71001", "OLDSITE")
+
+
+def test_a_batch_whose_bts_count_is_wrong_is_accepted_and_each_message_says_so(shipped: Engine) -> None:
+    """A PAS batch file whose trailer miscounts (BTS|3 over two messages, FTS|2 over one batch): both
+    messages were accepted without a word; now each message's note says the count was wrong."""
+    batch = _er7("""
+        FHS|^~\\&|PAS|GENHOSP|RADBRIDGE|RADIOLOGY|20240402090100||||FILE07
+        BHS|^~\\&|PAS|GENHOSP|RADBRIDGE|RADIOLOGY|20240402090100||||BATCH07
+        MSH|^~\\&|PAS|GENHOSP|RADBRIDGE|RADIOLOGY|20240402090100||ADT^A08|BC0001|P|2.5
+        EVN|A08|20240402090100
+        PID|1||BC-1^^^GENHOSP^MR||LIS^MAREK||19800808|M
+        MSH|^~\\&|PAS|GENHOSP|RADBRIDGE|RADIOLOGY|20240402090101||ADT^A08|BC0002|P|2.5
+        EVN|A08|20240402090101
+        PID|1||BC-2^^^GENHOSP^MR||NOWAK^EWA||19720101|F
+        BTS|3
+        FTS|2
+        """)
+
+    [ack] = _send(shipped, batch)
+
+    assert ack.codes == ["AA", "AA"]
+    for control_id in ("BC0001", "BC0002"):
+        note = _shown(shipped, control_id)["note"]
+        assert "BTS-1 says 3 message(s), the batch holds 2" in note, note
+        assert "FTS-1 says 2 batch(es), the file holds 1" in note, note
+    assert "BTS-1 says 3 message(s)" in shipped.log.read_text()
