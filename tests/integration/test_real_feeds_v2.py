@@ -115,3 +115,34 @@ def test_a_batch_whose_bts_count_is_wrong_is_accepted_and_each_message_says_so(s
         assert "BTS-1 says 3 message(s), the batch holds 2" in note, note
         assert "FTS-1 says 2 batch(es), the file holds 1" in note, note
     assert "BTS-1 says 3 message(s)" in shipped.log.read_text()
+
+
+def _follow_up(control_id: str, control: str, number: str, status: str = "", obr_tail: str = "") -> bytes:
+    return _er7(f"""
+        MSH|^~\\&|RIS|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520091000||ORM^O01|{control_id}|P|2.3.1
+        ORC|{control}|PL-{number}^RIS|FL-{number}^RIS||{status}
+        OBR|1|PL-{number}^RIS|FL-{number}^RIS{obr_tail}
+        """)
+
+
+def test_the_fillers_answers_xx_and_cr_change_and_cancel_and_a_hold_is_refused(
+        shipped: Engine, tmp_path: Path) -> None:
+    """A RIS passing on the filler's answers (table 0119): XX 'changed as requested' with a new
+    procedure, CR 'canceled as requested'. Both were AE 103 at ORC-1 and the worklist kept the old
+    procedure, then the cancelled exam. A hold (HD) is still refused, AE 103 at ORC-1, not a silent AA."""
+    [created] = _send(shipped, _nw("XXCR1", "W-64001", "XXCR1"))
+    assert created.code == "AA", created.raw
+    changed = _follow_up("XXCR2", "XX", "XXCR1", "SC", "|CTCHE^CT chest^L|||20240520090000|||||||||||ACC-XXCR1||||||CT")
+
+    [xx, hold, cr] = _send(shipped, changed, _follow_up("XXCR3", "HD", "XXCR1"),
+                           _follow_up("XXCR4", "CR", "XXCR1", "CA"))
+
+    assert xx.code == "AA", xx.raw
+    assert hold.code == "AE", hold.raw
+    assert hold.all("ERR")[0][2] == "ORC^1^1"
+    assert cr.code == "AA", cr.raw
+    [(procedure, status)] = _rows(shipped, "SELECT o.requested_procedure_description, s.status FROM orders o JOIN "
+                                           "procedure_steps s ON s.order_pk = o.id WHERE o.placer_order_number = "
+                                           "'PL-XXCR1'")
+    assert (procedure, status) == ("CT chest", "CANCELED")
+    assert findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-XXCR1") == []
