@@ -146,3 +146,39 @@ def test_the_fillers_answers_xx_and_cr_change_and_cancel_and_a_hold_is_refused(
                                            "'PL-XXCR1'")
     assert (procedure, status) == ("CT chest", "CANCELED")
     assert findscu(shipped.dicom, tmp_path, "AccessionNumber=ACC-XXCR1") == []
+
+
+PDF = "JVBERi0xLjQKJcfsj6IKMSAwIG9iago8PC9UeXBlL0NhdGFsb2c+PgplbmRvYmoKdHJhaWxlcjw8L1Jvb3QgMSAwIFI+PgolJUVPRgo="
+
+
+def test_reports_whose_content_is_a_pdf_or_nte_lines_are_kept(shipped: Engine) -> None:
+    """Reporting systems that send the signed report as a PDF (OBX ED, Base64) and nothing else, and RIS
+    report modules that send the text in NTE after the OBR: both were AE 101 ('no text') and the report was
+    lost. Now both are report versions: the PDF kept as received, the NTE lines as the text."""
+    [a, b] = _send(shipped, _nw("RPDF1", "W-65001", "RPDF1"), _nw("RNTE1", "W-65002", "RNTE1"))
+    assert (a.code, b.code) == ("AA", "AA"), (a.raw, b.raw)
+    pdf = _er7(f"""
+        MSH|^~\\&|RAD|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520100000||ORU^R01|RPDF2|P|2.5.1
+        PID|1||W-65001^^^WESTSIDE^MR||Lund^Erik
+        OBR|1|PL-RPDF1^RIS|FL-RPDF1^RIS|CTABD^CT abdomen^L|||20240520093000||||||||||||||||||F
+        OBX|1|ED|PDF^Radiology report^L||^application^pdf^Base64^{PDF}||||||F
+        """)
+    nte = _er7("""
+        MSH|^~\\&|RAD|WESTSIDE|RADBRIDGE|RADIOLOGY|20240520100000||ORU^R01|RNTE2|P|2.3
+        PID|1||W-65002^^^WESTSIDE^MR||Lund^Erik
+        OBR|1|PL-RNTE1^RIS|FL-RNTE1^RIS|CTABD^CT abdomen^L|||20240520093000||||||||||||||||||F
+        NTE|1|L|CT abdomen: no free fluid.
+        NTE|2|L|Liver normal.
+        """)
+
+    [kept_pdf, kept_nte] = _report(shipped, pdf, nte)
+
+    assert kept_pdf.code == "AA", kept_pdf.raw
+    assert kept_nte.code == "AA", kept_nte.raw
+    [(text, attachments)] = _rows(shipped, "SELECT v.text, v.attachments FROM report_versions v JOIN reports r ON "
+                                           "r.id = v.report_pk WHERE r.placer_order_number = 'PL-RPDF1'")
+    assert text == "" and json.loads(attachments) == [
+        {"media_type": "application", "media_subtype": "pdf", "encoding": "Base64", "data": PDF}]
+    [(text,)] = _rows(shipped, "SELECT v.text FROM report_versions v JOIN reports r ON r.id = v.report_pk "
+                               "WHERE r.placer_order_number = 'PL-RNTE1'")
+    assert text == "CT abdomen: no free fluid.\nLiver normal."
