@@ -170,3 +170,13 @@ def test_a_pdf_report_is_presented_as_the_pdf(db: Database) -> None:
     forms = _json(db)["presentedForm"]
     assert [f["contentType"] for f in forms] == ["text/plain; charset=utf-8", "application/pdf"]
     assert forms[1]["data"] == pdf
+
+
+def test_a_pdf_sent_with_line_breaks_in_its_base64_is_still_presented(db: Database) -> None:
+    pdf = base64.b64encode(b"%PDF-1.4 report with more bytes").decode()
+    db.writer.call(_seed)
+    _apply(db, _report("F").model_copy(update={"lines": [ReportLine(
+        value_type="ED", media_type="application", media_subtype="pdf", encoding="Base64",
+        data=pdf[:20] + "\r\n" + pdf[20:])]}))
+    project_all(db, SETTINGS)
+    assert [(f["contentType"], f["data"]) for f in _json(db)["presentedForm"]] == [("application/pdf", pdf)]

@@ -180,7 +180,7 @@ def _documents(attachments: str) -> list[dict[str, Any]]:
         minor = doc.get("media_subtype", "").strip().lower() or "octet-stream"
         encoding, data = doc.get("encoding", "").strip().upper(), doc.get("data", "")
         try:
-            raw = (base64.b64decode(data, validate=True) if encoding in ("BASE64", "B64")
+            raw = (base64.b64decode(data + "==") if encoding in ("BASE64", "B64")  # line breaks, padding: tolerated
                    else bytes.fromhex(data) if encoding == "HEX" else data.encode("latin-1"))
         except (ValueError, UnicodeEncodeError):
             continue
