@@ -188,7 +188,9 @@ class Persister:
                                 ErrorLocation("MSH", 1, 9, 1))
         except HL7Error as exc:
             return self._fail(conn, p, message_id, exc)
-        self._note(conn, message_id, outcomes, p.notes, learned)
+        ambiguity = learned.pop("note", "")
+        self._note(conn, message_id, outcomes, [*p.notes, ambiguity] if ambiguity else p.notes, learned,
+                   bool(ambiguity))
         return Stored(message_id, ack, code, enqueued=enqueued)
 
     def duplicate(self, conn: Connection, p: Prepared, now: datetime) -> Stored | None:
@@ -305,11 +307,12 @@ class Persister:
 
     @staticmethod
     def _note(conn: Connection, message_id: int, outcomes: list[Outcome], read: list[str],
-              learned: dict[str, str] | None = None) -> None:
+              learned: dict[str, str] | None = None, read_new: bool = False) -> None:
         """Say on the row what changed nothing; UNCHANGED when nothing changed at all.
 
         ``read``: what the reader tolerated, already on the row; kept before the handlers' notes.
         ``learned``: the row's patient id / accession number the message lacked and its handlers found.
+        ``read_new``: ``read`` holds a note not on the row yet (:func:`_learn_keys`' ambiguity).
         """
         notes: list[str] = []
         left_alone = 0  # a note may also explain a change (a waiting report attached): not counted
@@ -319,10 +322,10 @@ class Persister:
                 notes.append(o.note)
                 left_alone += not o.changed
             unchanged = unchanged and not o.changed
-        if not (notes or unchanged or learned):
+        if not (notes or unchanged or learned or read_new):
             return  # the common case costs no statement
         values: dict[str, Any] = dict(learned or {})
-        if notes or unchanged:
+        if notes or unchanged or read_new:
             values["note"] = "\n".join(read + notes)
         if unchanged:
             values["status"] = UNCHANGED
@@ -384,19 +387,37 @@ def _unique_conflict(conn: Connection, exc: Exception) -> bool:
 
 
 def _learn_keys(p: Prepared, outcomes: list[Outcome]) -> dict[str, str]:
-    """The patient id and accession number ``p`` did not carry and its handlers found (the first given).
+    """The patient id and accession number ``p`` did not carry and its handlers found.
 
-    Set on ``p`` as well, so outbox ordering keys use them: an ORC-only cancel is ordered behind its
-    patient's order, not on a key of its own.
+    Both come from one outcome, the first that names a patient (else the first that names an
+    accession number) among those agreeing with what ``p`` named: a message without PID touching
+    the orders of two patients is not listed under one's patient and the other's accession. Such a
+    message's ambiguity goes to its notes (counts only, no identifiers). Set on ``p`` as well, so
+    outbox ordering keys use them: an ORC-only cancel is ordered behind its patient's order, not on
+    a key of its own.
     """
     learned: dict[str, str] = {}
     if p.patient_id and p.accession_number:
         return learned  # the common case: the message named both
-    for o in outcomes:
-        if not p.patient_id and o.patient_id:
-            p.patient_id = learned["patient_id"] = o.patient_id[:64]
-        if not p.accession_number and o.accession_number:
-            p.accession_number = learned["accession_number"] = o.accession_number[:64]
+    fits = [o for o in outcomes if (o.patient_id or o.accession_number)
+            and (not p.patient_id or not o.patient_id or o.patient_id[:64] == p.patient_id)
+            and (not p.accession_number or not o.accession_number or o.accession_number[:64] == p.accession_number)]
+    if not fits:
+        return learned
+    source = next((o for o in fits if o.patient_id), fits[0])
+    if not p.patient_id and source.patient_id:
+        p.patient_id = learned["patient_id"] = source.patient_id[:64]
+    if not p.accession_number and source.accession_number:
+        p.accession_number = learned["accession_number"] = source.accession_number[:64]
+    patients_seen = len({o.patient_id for o in fits if o.patient_id})
+    accessions = len({o.accession_number for o in fits if o.accession_number})
+    if patients_seen > 1 or accessions > 1:
+        def count(n: int, what: str) -> str:
+            return f"{n} {what}" + ("s" if n != 1 else "")
+
+        learned["note"] = ("ambiguous keys: the message's records applied to the orders of "
+                           f"{count(patients_seen, 'patient')} ({count(accessions, 'accession number')}); "
+                           "the message is listed under the first order's")
     return learned
 
 

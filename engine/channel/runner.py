@@ -78,7 +78,11 @@ class ChannelRunner:
         single = len(split.messages) == 1 and not split.batch
         # What was skipped before the first header belongs to the message it preceded; how the
         # bytes were read (when not as MSH-18 said) to every message of the frame.
-        read_as = (note,) if (note := charset_note(decoded)) else ()
+        read_as: tuple[str, ...] = (note,) if (note := charset_note(decoded)) else ()
+        if split.batch_notes:  # a trailer's count is wrong: every message of the frame says so
+            log.warning("channel %s: batch of %d message(s) received with %s", self.name, len(split.messages),
+                        "; ".join(split.batch_notes))
+            read_as += tuple(split.batch_notes)
         prepared = [
             self.preparer.prepare(text, payload if single else text.encode(decoded.charset, "replace"),
                                   decoded.charset, (tuple(split.notes) if n == 0 else ()) + read_as)

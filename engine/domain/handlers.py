@@ -195,7 +195,7 @@ def _remember(ctx: InboundContext, rec: PatientRecord, policy: PatientPolicy, pk
 
 _ORDER_MESSAGES = frozenset({"ORM", "OMI", "OMG"})
 #: ORC-1 values that carry the order's content: a change may reach values coerced into stored images.
-_CONTENT_UPDATES = frozenset({"NW", "XO"})
+_CONTENT_UPDATES = frozenset({"NW", "XO", "XX"})
 
 
 def _one_procedure_per_orc(message: Message) -> list[tuple[int, ...]]:

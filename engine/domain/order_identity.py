@@ -85,7 +85,8 @@ def _narrow(
     if not by_accession:
         return named
     found = [r for r in named if _same(record.accession_number, r.accession_number)]
-    if found or record.order_control != "XO" or not (rp_id or sps_id) or len({r.order_pk for r in named}) != 1:
+    if (found or record.order_control not in ("XO", "XX") or not (rp_id or sps_id)
+            or len({r.order_pk for r in named}) != 1):
         return found
     # An XO naming one order by the sender's own Requested Procedure ID or SPS ID, with another accession
     # number: the RIS corrected that procedure's accession (PIR campaign: a second order was created beside

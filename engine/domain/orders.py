@@ -99,10 +99,21 @@ DEFAULT_CONTROL_TABLE: dict[tuple[str, str], str] = {
     ("OD", ""): "DISCONTINUED",  # the filler's "order discontinued", as OC is its cancel
     ("OD", "DC"): "DISCONTINUED",
     ("OD", "CA"): "DISCONTINUED",
+    # The filler's answers (table 0119) a RIS sends on as its own: XX "changed as requested" is an XO,
+    # CR "canceled as requested" a CA.
+    ("XX", "SC"): "SCHEDULED",
+    ("XX", "CM"): "COMPLETED",
+    ("XX", "IP"): "STARTED",
+    ("XX", ""): "",
+    ("CR", "CA"): "CANCELED",
+    ("CR", ""): "CANCELED",
 }
 
-#: Controls that carry the order's content; the others only change the status.
-_CONTENT_CONTROLS = frozenset({"NW", "XO"})
+#: Controls that carry the order's content; the others only change the status. XX ("changed as
+#: requested", the filler's answer to an XO) carries the changed order as an XO does.
+_CONTENT_CONTROLS = frozenset({"NW", "XO", "XX"})
+#: Controls whose step list replaces the order's steps (RAD TF-2 4.13).
+_REPLACING = frozenset({"XO", "XX"})
 #: Step statuses an NW or XO whose ORC-5 says scheduled leaves as they are (engine.domain.orders._update).
 _UNDERWAY = frozenset({"STARTED", "COMPLETED"})
 #: Step statuses of an order the placer ended; kept by an NW/XO unless ``OrderPolicy.reopen_cancelled``.
@@ -344,13 +355,15 @@ def _update_steps(
             set_status(conn, step_pk, target, now)
         if not same or target != row.status:
             touched.append(step_pk)
-    for sps_id, row in stored.items() if record.order_control == "XO" else ():
+    for sps_id, row in stored.items() if record.order_control in _REPLACING else ():
         if row.status in NOT_STARTED:
             set_status(conn, int(row.step_pk), "DISCONTINUED", now)
             touched.append(int(row.step_pk))
-            notes.append(f"{who}: XO no longer lists step {sps_id}: DISCONTINUED (it had not started)")
+            notes.append(f"{who}: {record.order_control} no longer lists step {sps_id}: DISCONTINUED (it had not "
+                         "started)")
         elif row.status in _UNDERWAY:
-            notes.append(f"{who}: XO no longer lists step {sps_id}: kept {row.status} (the exam has started)")
+            notes.append(f"{who}: {record.order_control} no longer lists step {sps_id}: kept {row.status} (the exam "
+                         "has started)")
     if not touched:
         why = "resent, identical to the stored order"
         return Applied((), False, "\n".join(notes) or f"{who}: {record.order_control} changed nothing ({why})")

@@ -183,12 +183,23 @@ class OrderRecord(_Mapped):
 
 
 class ReportLine(_Record):
-    """One OBX of a report: a line (or paragraph) of its text, escapes already decoded."""
+    """One OBX of a report: a line (or paragraph) of its text, escapes already decoded; or, of value type
+    ED (encapsulated data, HL7 v2.5.1 2.A.24), a document such as the signed report as a PDF."""
 
-    value_type: str = ""  # OBX-2: TX, FT, ST (other types are not report text)
+    value_type: str = ""  # OBX-2: TX, FT, ST are report text; ED a document (other types are neither)
     observation_id: str = ""  # OBX-3.1, e.g. GDT (body), IMP (impression), ADT (addendum)
     section: str = ""  # body | impression | addendum (tables/report_sections.csv)
     text: str = ""  # OBX-5, repetitions joined by line breaks
+    media_type: str = ""  # ED-2 type of data (application, AP, IM ...)
+    media_subtype: str = ""  # ED-3 data subtype (pdf, PDF, JPEG ...)
+    encoding: str = ""  # ED-4 (Base64, A, Hex)
+    data: str = ""  # ED-5 as sent (the encoded bytes)
+
+
+class ReportComment(_Record):
+    """One NTE of a report's OBR group: its NTE-3 text (repetitions joined by line breaks)."""
+
+    text: str = ""
 
 
 class ReportRecord(_Mapped):
@@ -218,6 +229,8 @@ class ReportRecord(_Mapped):
     interpreter: str = ""  # OBR-32 as PN
     interpreter_id: str = ""  # OBR-32.1.1
     lines: list[ReportLine] = Field(default_factory=list)
+    #: NTE of the group: the report text when no OBX carries any (some RIS report modules send only NTE)
+    comments: list[ReportComment] = Field(default_factory=list)
 
 
 RECORD_TYPES: dict[str, type[_Record]] = {
@@ -260,10 +273,15 @@ class RequestLine(_Record):
 
 
 class ResultLine(_Record):
-    """One line of the report text: one OBX."""
+    """One line of the report text, or one document (value type ED): one OBX."""
 
     set_id: str
+    value_type: str = "TX"  # TX, or ED for a document
     text: str = ""
+    media_type: str = ""  # ED: OBX-5.2 .. OBX-5.5 as received
+    media_subtype: str = ""
+    encoding: str = ""
+    data: str = ""
 
 
 class ReportResult(_Record):

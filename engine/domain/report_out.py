@@ -12,6 +12,7 @@ resend of one version carries the same MSH-10 (idempotent at the receiver).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,8 +48,8 @@ _REPORT = FastStatement(select(
     reports.c.result_status, reports.c.conclusion, reports.c.text).where(reports.c.id == bindparam("report_pk")))
 _VERSION = FastStatement(select(
     report_versions.c.observation_datetime, report_versions.c.status_datetime, report_versions.c.interpreter,
-    report_versions.c.interpreter_id).where(report_versions.c.report_pk == bindparam("report_pk"),
-                                            report_versions.c.version == bindparam("version")))
+    report_versions.c.interpreter_id, report_versions.c.attachments).where(
+        report_versions.c.report_pk == bindparam("report_pk"), report_versions.c.version == bindparam("version")))
 _ORDER = FastStatement(select(
     orders.c.id, orders.c.patient_pk, orders.c.message_id, orders.c.placer_order_number,
     orders.c.placer_order_namespace, orders.c.filler_order_number, orders.c.filler_order_namespace,
@@ -136,12 +137,14 @@ def _patient(conn: Connection, patient_pk: int | None) -> dict[str, Any]:
 
 
 def _result(report: Any, version: Any) -> dict[str, Any]:
-    lines = report.text.split("\n") if report.text else []
+    """The version as the mapping reads it: one line per text line, then one ED line per document."""
+    lines = [ResultLine(set_id="", text=line) for line in (report.text.split("\n") if report.text else [])]
+    lines += [ResultLine(set_id="", value_type="ED", **doc) for doc in json.loads(version.attachments or "[]")]
     return ReportResult(
         version=str(report.version), result_status=report.result_status, fhir_status=report.status,
         observation_datetime=version.observation_datetime, status_datetime=version.status_datetime,
         interpreter=version.interpreter, interpreter_id=version.interpreter_id, conclusion=report.conclusion,
-        text=report.text, lines=[ResultLine(set_id=str(n), text=line) for n, line in enumerate(lines, 1)],
+        text=report.text, lines=[line.model_copy(update={"set_id": str(n)}) for n, line in enumerate(lines, 1)],
     ).model_dump()
 
 

@@ -75,6 +75,9 @@ report_versions = Table(
     Column("status_datetime", String(26), nullable=False, default=""),
     Column("conclusion", Text, nullable=False, default=""),
     Column("text", Text, nullable=False, default=""),
+    # The version's documents (OBX of value type ED: a PDF ...), a JSON list of {media_type, media_subtype,
+    # encoding, data} as received; "" without any.
+    Column("attachments", Text, nullable=False, default=""),
     Column("content_hash", String(64), nullable=False),
     Column("message_id", Id, nullable=True),
     Column("issued", UTCDateTime(), nullable=False),

@@ -37,6 +37,8 @@ __all__ = ["TEXT_TYPES", "ReportApplied", "ReportPolicy", "apply_report", "attac
 
 #: OBX-2 value types whose OBX-5 is report text (HL7 v2.5.1 2.A: TX, FT, ST).
 TEXT_TYPES = frozenset({"TX", "FT", "ST"})
+#: OBX-2 value type of a document (encapsulated data, 2.A.24): kept as received and sent on.
+DOCUMENT_TYPE = "ED"
 _FINAL = frozenset({"F", "C"})
 
 # Every report runs these: compiled once, executed on the raw cursor (engine.store.fast).
@@ -100,17 +102,29 @@ class _Content:
     fhir_status: str
     text: str
     conclusion: str
+    attachments: str = ""  # JSON list of the ED documents as received; "" without any
 
     @staticmethod
     def of(record: ReportRecord, table: StatusTable, sequence: int) -> _Content:
+        """The version's content: the TX/FT/ST lines, else the group's NTE text; its ED documents.
+
+        A report of a document alone (a PDF in OBX ED) or of NTE text alone is a report; one with
+        neither text nor document (and not a cancel) is AE 101.
+        """
         meaning = read_status(table, record.status, sequence)
         lines = [line for line in record.lines if line.value_type.strip().upper() in TEXT_TYPES]
         text = "\n".join(line.text for line in lines)
-        if not text.strip() and meaning.result_status != "X":
-            raise HL7ApplicationError(101, "report has no text (no OBX with value type TX, FT or ST)",
-                                      ErrorLocation("OBR", sequence))
+        if not text.strip():  # no OBX text: the NTE lines are the report (never beside OBX text: comments)
+            lines, text = [], "\n".join(c.text for c in record.comments if c.text.strip())
+        documents = [{"media_type": line.media_type, "media_subtype": line.media_subtype,
+                      "encoding": line.encoding, "data": line.data}
+                     for line in record.lines if line.value_type.strip().upper() == DOCUMENT_TYPE and line.data]
+        if not text.strip() and not documents and meaning.result_status != "X":
+            raise HL7ApplicationError(101, "report has no text and no document (no OBX with value type TX, FT, "
+                                      "ST or ED, no NTE)", ErrorLocation("OBR", sequence))
         conclusion = "\n".join(line.text for line in lines if line.section == "impression")
-        return _Content(meaning.result_status, meaning.fhir_status, text, conclusion)
+        return _Content(meaning.result_status, meaning.fhir_status, text, conclusion,
+                        json.dumps(documents) if documents else "")
 
 
 def report_identity(record: ReportRecord | Any) -> str:
@@ -188,6 +202,8 @@ def _existing(conn: Connection, record: ReportRecord, order_pk: int | None) -> A
 def _hash(record: ReportRecord, content: _Content) -> str:
     data = [content.result_status, content.fhir_status, content.text, content.conclusion, record.interpreter,
             record.interpreter_id, record.observation_datetime, record.status_datetime]
+    if content.attachments:  # not in the list otherwise: the digests of stored text-only versions stay the same
+        data.append(content.attachments)
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()
 
 
@@ -204,7 +220,8 @@ def _version_values(record: ReportRecord, content: _Content, result: str, fhir: 
         "status": fhir, "result_status": result, "reported_status": record.status[:32],
         "interpreter": record.interpreter[:324], "interpreter_id": record.interpreter_id[:64],
         "observation_datetime": record.observation_datetime[:26], "status_datetime": record.status_datetime[:26],
-        "conclusion": content.conclusion, "text": content.text, "content_hash": digest, "message_id": message_id,
+        "conclusion": content.conclusion, "text": content.text, "attachments": content.attachments,
+        "content_hash": digest, "message_id": message_id,
         "issued": now,
     }  # fmt: skip
 

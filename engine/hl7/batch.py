@@ -12,6 +12,11 @@ control characters before that header on its own line, and lines of nothing
 but control characters anywhere (no segment is made of them); the split says
 so in ``notes``. A frame with no header at all is left whole, for validation
 to refuse.
+
+The trailers' counts (BTS-1 messages in the batch, FTS-1 batches in the file) are
+checked but never refuse: the messages are what was received, and a sender's wrong
+count is its own bookkeeping. A count that does not match (or cannot be read) is
+said in ``batch_notes``, which belong to every message of the frame.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Split:
     batch: bool = False
     header: str = ""  # the BHS (or FHS) line when batched
     notes: list[str] = field(default_factory=list)  # what was skipped before the first header
+    batch_notes: list[str] = field(default_factory=list)  # trailer counts that do not match (every message's)
 
 
 def split_messages(text: str) -> Split:
@@ -63,6 +69,7 @@ def split_messages(text: str) -> Split:
     lines = _skip_to_first_header(lines, result.notes)
     current: list[str] = []
     open_batch = open_file = 0
+    batch_start = file_start = file_batches = 0  # where the open batch / file began; BHS seen in the file
     for number, line in enumerate(lines, start=1):
         tag = line[:3]
         if tag in _ENVELOPE:
@@ -76,6 +83,17 @@ def split_messages(text: str) -> Split:
             if tag in ("BTS", "FTS") and current:
                 result.messages.append(_join(current))
                 current = []
+            if tag == "BHS":
+                batch_start, file_batches = len(result.messages), file_batches + 1
+            elif tag == "FHS":
+                file_start, file_batches = len(result.messages), 0
+            elif tag == "BTS":
+                _check_count(line, len(result.messages) - batch_start, "message(s)", "batch", result.batch_notes)
+            else:  # FTS: batches, or the messages of a file without BHS (senders count those)
+                held = file_batches or len(result.messages) - file_start
+                if file_batches or _count(line) != 1:
+                    _check_count(line, held, "batch(es)" if file_batches else "message(s)", "file",
+                                 result.batch_notes)
             continue
         if tag == "MSH":
             if current:
@@ -94,6 +112,26 @@ def split_messages(text: str) -> Split:
     if len(result.messages) > 1:
         result.batch = True
     return result
+
+
+def _count(trailer: str) -> int | None:
+    """BTS-1 / FTS-1 as a number; None when empty or not a number."""
+    value = trailer[4:].split(trailer[3], 1)[0].strip() if len(trailer) > 4 else ""
+    return int(value) if value.isdigit() else None
+
+
+def _check_count(trailer: str, held: int, what: str, where: str, notes: list[str]) -> None:
+    """Note a trailer count that is not what the batch or file holds (an empty count says nothing)."""
+    tag = trailer[:3]
+    raw = trailer[4:].split(trailer[3], 1)[0].strip() if len(trailer) > 4 else ""
+    if not raw:
+        return
+    count = _count(trailer)
+    if count is None:
+        notes.append(f"{tag}-1 {raw[:_SHOWN]!r} is not a {'message' if tag == 'BTS' else 'batch'} count "
+                     f"(the {where} holds {held})")
+    elif count != held:
+        notes.append(f"{tag}-1 says {count} {what}, the {where} holds {held} (accepted as received)")
 
 
 def _note_control_lines(lines: list[str], notes: list[str]) -> None:

@@ -125,17 +125,25 @@ def _name_part(component: str, seps: Separators) -> str:
 _GROUPS = {"": 0, "A": 0, "I": 1, "P": 2}
 
 
+#: XPN-7 name types (HL7 table 0200) a group's name is taken from only when it has no other: A alias.
+_LAST_RESORT = ("A",)
+
+
 def _xpn_groups_to_pn(value: list[str] | str, args: tuple[Any, ...], ctx: TransformContext) -> str:
     """Every XPN repetition (``PID-5(*)``) -> one DICOM PN with its component groups.
 
     XPN-8 (table 0465) says which group a repetition is: A (or empty) alphabetic, I ideographic,
     P phonetic (``Yamada^Tarou=山田^太郎=やまだ^たろう``). Of several for one group the first is
-    taken, whatever its XPN-7 name type: HL7 sends the legal name first (v2.5.1 2.A.88), and real
-    feeds that send a display name first mean it as the name to show. One repetition gives what
+    taken whose XPN-7 name type (table 0200) is not one of ``args`` (default ``A``, alias): an
+    alias listed before the legal name is not the patient's name; HL7 sends the legal name first
+    (v2.5.1 2.A.88), and real feeds that send a display name first mean it as the name to show.
+    A group with nothing else takes its first repetition of those types. One repetition gives what
     ``xpn_to_pn`` gives.
     """
     reps = value if isinstance(value, list) else [value]
+    last_resort = {str(a).strip().upper() for a in args} if args else set(_LAST_RESORT)
     chosen: list[str | None] = [None, None, None]
+    fallback: list[str | None] = [None, None, None]
     c = ctx.seps.component
     for rep in reps:
         if not rep:
@@ -144,9 +152,11 @@ def _xpn_groups_to_pn(value: list[str] | str, args: tuple[Any, ...], ctx: Transf
         group = _GROUPS.get(comps[7].strip().upper() if len(comps) > 7 else "")
         if group is None:  # an unknown representation: not a name group DICOM knows
             continue
-        if chosen[group] is None:
-            chosen[group] = rep
-    groups = [xpn_to_pn(rep, args, ctx) if rep is not None else "" for rep in chosen]
+        slot = fallback if len(comps) > 6 and comps[6].strip().upper() in last_resort else chosen
+        if slot[group] is None:
+            slot[group] = rep
+    picked = [rep if rep is not None else other for rep, other in zip(chosen, fallback, strict=True)]
+    groups = [xpn_to_pn(rep, args, ctx) if rep is not None else "" for rep in picked]
     return "=".join(groups).rstrip("=")
 
 
@@ -213,7 +223,7 @@ register_transform("ts_to_tm", _ts_to_tm)
 register_transform("ts_to_dt", ts_to_dt)
 register_transform("ts_to_fhir", ts_to_fhir)
 register_transform("xpn_to_pn", xpn_to_pn)
-register_transform("xpn_groups_to_pn", _xpn_groups_to_pn, on_list=True)
+register_transform("xpn_groups_to_pn", _xpn_groups_to_pn, max_args=20, on_list=True)
 register_transform("pn_group", _pn_group, min_args=1)
 register_transform("xcn_to_pn", _xcn_to_pn)
 register_transform("ndl_to_pn", _ndl_to_pn)

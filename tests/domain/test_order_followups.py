@@ -54,6 +54,30 @@ def test_cancel_with_only_the_placer_number_and_empty_orc_5_cancels_the_order(
     assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED"]
 
 
+@pytest.mark.parametrize("status", ["", "CA"])
+def test_canceled_as_requested_cancels_as_a_cancel_does(
+    db: Database, orders_handler: OrdersHandler, status: str
+) -> None:
+    """CR (table 0119 'canceled as requested', the filler's answer to a CA) was AE 103 at ORC-1: the
+    worklist kept an exam the filler had cancelled."""
+    _stored(db, orders_handler)
+    assert _apply(db, orders_handler, [_bare("CR", status=status, placer_order_namespace="RIS")]) == [(True, "")]
+    assert [s.status for s in _rows(db, procedure_steps)] == ["CANCELED"]
+
+
+@pytest.mark.parametrize("control", ["HD", "RL", "OH", "OR"])
+def test_hold_and_release_are_refused_at_orc_1_and_change_nothing(
+    db: Database, orders_handler: OrdersHandler, control: str
+) -> None:
+    """DICOM has no held step: hold (HD, OH) and release (RL, OR) are refused, AE 103 at ORC-1, never a
+    silent AA; a site that wants them adds rows to order_control_status.csv (docs/mapping.md)."""
+    _stored(db, orders_handler)
+    with pytest.raises(HL7ApplicationError) as info:
+        _apply(db, orders_handler, [_bare(control, placer_order_namespace="RIS")])
+    assert (info.value.code, str(info.value.location)) == (103, "ORC^1^1")
+    assert [s.status for s in _rows(db, procedure_steps)] == ["SCHEDULED"]
+
+
 def test_discontinue_found_by_the_filler_number_alone(db: Database, orders_handler: OrdersHandler) -> None:
     _stored(db, orders_handler)
     _apply(db, orders_handler, [_bare("DC", placer="", filler_order_number="FPL1", filler_order_namespace="PACS")])
@@ -92,14 +116,16 @@ def test_two_procedures_under_one_placer_number_stay_two_orders(
     assert [s.status for s in _rows(db, procedure_steps)] == ["SCHEDULED", "CANCELED"]
 
 
+@pytest.mark.parametrize("control", ["XO", "XX"])
 def test_an_xo_that_changes_the_accession_updates_its_order_named_by_the_senders_ids(
-    db: Database, orders_handler: OrdersHandler
+    db: Database, orders_handler: OrdersHandler, control: str
 ) -> None:
     """PIR campaign: an XO with the order's placer number, Requested Procedure ID and SPS ID but a new
     accession number (the RIS corrected it) is that order's update, not a second order beside it (the
-    worklist kept both and the stored images were never corrected)."""
+    worklist kept both and the stored images were never corrected). XX (table 0119 'changed as
+    requested', the filler's answer to an XO, as a RIS sends it on) is the same update: AE 103 before."""
     _stored(db, orders_handler)
-    xo = order("PL1", order_control="XO", accession_number="ACC1X", requested_procedure_id="RP1",
+    xo = order("PL1", order_control=control, accession_number="ACC1X", requested_procedure_id="RP1",
                scheduled_procedure_step_id="SPS1", requested_procedure_description="CT NECK", **NS)
     assert _apply(db, orders_handler, [xo]) == [(True, "")]
     assert [(o.accession_number, o.requested_procedure_description) for o in _rows(db, orders)] == [

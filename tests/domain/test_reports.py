@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,52 @@ def test_a_report_without_text_is_refused(ordered: Database, handler: ReportsHan
     with pytest.raises(HL7ApplicationError) as err:
         send(ordered, handler, report("F", lines=[{"value_type": "NM", "text": "12"}]))
     assert err.value.code == 101
+
+
+PDF = "JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFI+PgpzdHJlYW0K"
+
+
+def attachments(db: Database) -> list[tuple[int, str, str]]:
+    return db.writer.call(lambda c: [tuple(r) for r in c.execute(
+        select(report_versions.c.version, report_versions.c.text, report_versions.c.attachments)
+        .order_by(report_versions.c.id))])  # fmt: skip
+
+
+def test_a_report_whose_only_content_is_a_pdf_is_kept_and_sent_on(ordered: Database, handler: ReportsHandler):
+    """OBX|1|ED|...|^application^pdf^Base64^JVBERi0...: a PDF report. It was AE 101 ("no text")."""
+    pdf = {"value_type": "ED", "observation_id": "PDF", "section": "body", "text": "",
+           "media_type": "application", "media_subtype": "pdf", "encoding": "Base64", "data": PDF}
+    out = send(ordered, handler, report("F", lines=[pdf]))
+    [(version, text, kept)] = attachments(ordered)
+    assert (version, text) == (1, "")
+    assert json.loads(kept) == [{"media_type": "application", "media_subtype": "pdf", "encoding": "Base64",
+                                 "data": PDF}]
+    [obx] = fields(out[0], "OBX")
+    assert (obx[2], obx[5], obx[11]) == ("ED", f"^application^pdf^Base64^{PDF}", "F")
+    # the same PDF again is the same version; another PDF a new one
+    assert send(ordered, handler, report("F", lines=[pdf])) == []
+    send(ordered, handler, report("C", lines=[pdf | {"data": PDF + "Cg=="}]))
+    assert [v for v, _, _ in attachments(ordered)] == [1, 2]
+
+
+def test_a_report_with_text_and_a_pdf_sends_both(ordered: Database, handler: ReportsHandler):
+    pdf = {"value_type": "ED", "media_type": "AP", "media_subtype": "PDF", "encoding": "Base64", "data": PDF}
+    out = send(ordered, handler, report("F", "Normal.") | {"lines": [*report("F", "Normal.")["lines"], pdf]})
+    assert [(f[1], f[2], f[5]) for f in fields(out[0], "OBX")] == [("1", "TX", "Normal."),
+                                                                   ("2", "ED", f"^AP^PDF^Base64^{PDF}")]
+
+
+def test_a_report_whose_text_is_in_nte_segments_is_kept_with_that_text(ordered: Database, handler: ReportsHandler):
+    """OBR followed by NTE lines and no OBX (some RIS report modules): AE 101 before."""
+    out = send(ordered, handler, report("F", lines=[], comments=[{"text": "CT head: normal."},
+                                                               {"text": "No bleed.\nNo mass."}]))
+    assert versions(ordered) == [(1, "F", "CT head: normal.\nNo bleed.\nNo mass.")]
+    assert [f[5] for f in fields(out[0], "OBX")] == ["CT head: normal.", "No bleed.", "No mass."]
+
+
+def test_nte_comments_beside_obx_text_are_not_the_report_text(ordered: Database, handler: ReportsHandler):
+    send(ordered, handler, report("F", "Normal.", comments=[{"text": "dictated by Dr X"}]))
+    assert versions(ordered) == [(1, "F", "Normal.")]
 
 
 @pytest.mark.parametrize("identity", [

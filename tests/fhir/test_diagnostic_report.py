@@ -137,13 +137,15 @@ def test_a_merge_rewrites_the_current_version_and_keeps_its_number(db: Database)
 
 
 def test_the_migration_backfills_attached_reports(db: Database) -> None:
+    # The reports are stored by today's code (every column of today's tables), then the schema goes back
+    # to 0016, before the backfill: the reports stay, and so does what 0016 had of them.
+    db.writer.call(_seed)
+    _apply(db, _report("F", "No bleed."))
+    _apply(db, _report("F", "Waiting.", placer="PL7"))
     with db.write_engine.begin() as conn:
         cfg = alembic_config(db.url)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0016")
-    db.writer.call(_seed)
-    _apply(db, _report("F", "No bleed."))
-    _apply(db, _report("F", "Waiting.", placer="PL7"))
     db.writer.call(lambda c: c.execute(text("DELETE FROM fhir_pending")))
     upgrade(db.write_engine)
     keys = db.read(lambda c: c.execute(select(fhir_pending.c.kind, fhir_pending.c.key)).all())
@@ -153,3 +155,28 @@ def test_the_migration_backfills_attached_reports(db: Database) -> None:
     _apply(db, _report("C", "Bleed."), 1)  # the triggers are back
     project_all(db, SETTINGS)
     assert _json(db)["meta"]["versionId"] == "2"
+
+
+def test_a_pdf_report_is_presented_as_the_pdf(db: Database) -> None:
+    """A report whose content is a PDF (OBX ED) has it as its presentedForm (application/pdf), beside
+    the text when it has text too; HL7 table 0191/0291 codes (AP, PDF) are written as a MIME type."""
+    pdf = base64.b64encode(b"%PDF-1.4 report").decode()
+    db.writer.call(_seed)
+    record = _report("F", "No bleed.")
+    record = record.model_copy(update={"lines": [*record.lines, ReportLine(
+        value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64", data=pdf)]})
+    _apply(db, record)
+    project_all(db, SETTINGS)
+    forms = _json(db)["presentedForm"]
+    assert [f["contentType"] for f in forms] == ["text/plain; charset=utf-8", "application/pdf"]
+    assert forms[1]["data"] == pdf
+
+
+def test_a_pdf_sent_with_line_breaks_in_its_base64_is_still_presented(db: Database) -> None:
+    pdf = base64.b64encode(b"%PDF-1.4 report with more bytes").decode()
+    db.writer.call(_seed)
+    _apply(db, _report("F").model_copy(update={"lines": [ReportLine(
+        value_type="ED", media_type="application", media_subtype="pdf", encoding="Base64",
+        data=pdf[:20] + "\r\n" + pdf[20:])]}))
+    project_all(db, SETTINGS)
+    assert [(f["contentType"], f["data"]) for f in _json(db)["presentedForm"]] == [("application/pdf", pdf)]

@@ -108,3 +108,22 @@ def test_line_feeds_kept_inside_fields_are_noted():
     split = split_messages(report)
     assert split.messages == [report]
     assert split.notes == ["kept 2 line feed(s) inside fields: no segment follows them"]
+
+
+def test_right_batch_counts_say_nothing():
+    assert split_messages("FHS|^~\\&\rBHS|^~\\&\r" + M1 + M2 + "BTS|2\rFTS|1\r").batch_notes == []
+    assert split_messages("BHS|^~\\&\r" + M1 + "BTS\r").batch_notes == []  # no count given
+    assert split_messages("FHS|^~\\&\r" + M1 + M2 + "FTS|2\r").batch_notes == []  # no BHS: messages counted
+
+
+def test_a_wrong_bts_count_is_accepted_and_noted():
+    split = split_messages("BHS|^~\\&\r" + M1 + M2 + "BTS|3\r")
+    assert split.messages == [M1, M2]
+    assert split.batch_notes == ["BTS-1 says 3 message(s), the batch holds 2 (accepted as received)"]
+
+
+def test_a_wrong_fts_count_and_an_unreadable_bts_count_are_noted():
+    split = split_messages("FHS|^~\\&\rBHS|^~\\&\r" + M1 + "BTS|one\rBHS|^~\\&\r" + M2 + "BTS|1\rFTS|1\r")
+    assert split.messages == [M1, M2]
+    assert split.batch_notes == ["BTS-1 'one' is not a message count (the batch holds 1)",
+                                 "FTS-1 says 1 batch(es), the file holds 2 (accepted as received)"]

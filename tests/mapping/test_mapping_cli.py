@@ -61,7 +61,7 @@ def test_test_json_has_provenance() -> None:
     assert cli.test("order-to-worklist", CASE, MAPPINGS_DIR, as_json=True, out=out) == 0
     data = json.loads(out.getvalue())
     acc = next(p for p in data["provenance"] if p["target"] == "accession_number")
-    assert (acc["source"], acc["value"]) == ("OBR-18", "ACC-24-0417")
+    assert (acc["source"], acc["value"]) == ("OBR-18.1", "ACC-24-0417")
 
 
 def test_test_shows_the_error_for_a_refused_message() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from engine.domain.records import RECORD_TYPES
 from engine.errors import HL7ApplicationError, HL7Error
+from engine.hl7.er7 import Message
 from engine.mapping import load_mapping, load_mappings
 
 from .conftest import CORPUS, MAPPINGS_DIR, corpus_message, write
@@ -138,9 +139,17 @@ def test_two_order_groups_in_one_corpus_message(tmp_path: Path) -> None:
     assert (info.value.code, str(info.value.location)) == (103, "ORC^1^1")
 
 
+def test_order_whose_patient_id_is_only_in_pid_2_is_read_with_it() -> None:
+    """A veterinary practice system's order (Orthanc tools sample): PID-2 1932, PID-3 empty. It was
+    AE 101 at PID-3.1; PID-2 is the patient id of v2.2/2.3 feeds when PID-3 has none."""
+    records = ORDERS.apply(corpus_message("edge/orthanctools_ORM_O01_missing_birthdate.hl7")).records
+    assert [(r["record"], r["patient_id"]) for r in records] == [("patient", "1932"), ("order", "1932")]
+
+
 def test_order_without_patient_id_is_refused_at_pid_3() -> None:
+    text = corpus_message("edge/orthanctools_ORM_O01_missing_birthdate.hl7").text.replace("PID|1|1932|", "PID|1||")
     with pytest.raises(HL7ApplicationError) as info:
-        ORDERS.apply(corpus_message("edge/orthanctools_ORM_O01_missing_birthdate.hl7"))
+        ORDERS.apply(Message(text))
     assert (info.value.code, str(info.value.location)) == (101, "PID^1^3^1")
 
 

@@ -148,6 +148,21 @@ def test_xpn_repetitions_of_one_group_give_the_first() -> None:
     assert run("xpn_groups_to_pn", []) == ""
 
 
+def test_an_alias_listed_before_the_legal_name_is_not_the_name() -> None:
+    # Real feeds list an alias (XPN-7 A) before the legal name; the worklist must show the legal one
+    assert run("xpn_groups_to_pn", ["Alias^Al^^^^^A", "Legal^Lee^^^^^L"]) == "Legal^Lee"
+    assert run("xpn_groups_to_pn", ["Alias^Al^^^^^A", "Other^Name"]) == "Other^Name"  # first non-alias
+    assert run("xpn_groups_to_pn", ["Alias^Al^^^^^A"]) == "Alias^Al"  # only an alias: better than no name
+    assert run("xpn_groups_to_pn", ["Kana^A^^^^^A^P", "Yamada^Tarou^^^^^L^A", "やまだ^たろう^^^^^L^P"]) \
+        == "Yamada^Tarou==やまだ^たろう"  # per group
+
+
+def test_the_name_types_left_for_last_are_the_sites() -> None:
+    # {xpn_groups_to_pn: [A, D]}: a site whose display names are not legal names
+    assert run("xpn_groups_to_pn", ["Shown^Adam^^^^^D", "Bing^Josh^^^^^L"], "A", "D") == "Bing^Josh"
+    assert run("xpn_groups_to_pn", ["alias^a^^^^^a", "Bing^Josh^^^^^L"], "A", "D") == "Bing^Josh"  # any case
+
+
 _XPN = st.lists(st.text(alphabet="abcXYZ &\\=é", max_size=6), min_size=1, max_size=7).map("^".join)
 
 
