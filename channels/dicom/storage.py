@@ -464,17 +464,12 @@ class StorageService:
         failure reaches every one of them. Driver errors raised by the receive path's raw
         statements (:mod:`engine.store.fast`) are database failures like SQLAlchemy's.
 
-        ``named``: the stored file's name, whose directory flush runs meanwhile in the pool; it is
-        waited for before the COMMIT (inline: after ``work``'s statements, inside the transaction,
-        whose failure then rolls back; queued: before handing ``work`` over, never in the writer
-        thread, which commits other stores too). A flush deferred to its waiter (several images in
-        flight: no core to overlap on) runs before the transaction, not while it holds the write
-        lock. A name is durable before the row that names it.
+        ``named``: the stored file's name, whose directory flush runs meanwhile; it is waited for
+        before the COMMIT (inline: after ``work``'s statements, inside the transaction, whose
+        failure then rolls back; queued: before handing ``work`` over, never in the writer thread,
+        which commits other stores too). A name is durable before the row that names it.
         """
         writer = self.db.writer
-        if named is not None and not named.running:  # deferred (other images in flight): flushed here, before
-            named.wait()  # the transaction, never while it holds the write lock
-            named = None
         inline = work if named is None else functools.partial(_then_wait, work, named)
         try:
             done, result = writer.run_inline(inline)

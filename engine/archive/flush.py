@@ -63,11 +63,6 @@ class Flush:
         if not deferred:
             self._done.acquire()
 
-    @property
-    def deferred(self) -> bool:
-        """True while the flush waits for :meth:`wait` to run it (nobody else will)."""
-        return self._deferred
-
     def execute(self) -> None:
         """Run the flush (in a pool thread) and release the waiters."""
         try:

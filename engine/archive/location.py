@@ -179,11 +179,6 @@ class Named:
     def __init__(self, location: str, flush: Flush | None) -> None:
         self._location, self._flush = location, flush
 
-    @property
-    def running(self) -> bool:
-        """True when the flush runs in the pool (beside the caller); False when it is done or left to :meth:`wait`."""
-        return self._flush is not None and not self._flush.deferred
-
     def wait(self) -> None:
         """Return once the name's directory is flushed (at once for a name that was not new); raise
         :class:`~engine.errors.ArchiveUnavailable` if the flush failed. May be called again."""

@@ -176,33 +176,3 @@ def test_a_name_whose_directory_flush_fails_is_refused_out_of_resources_and_neve
             assoc.release()
         stored = {r.sop_instance_uid for r in scp.instances()}
     assert ds.SOPInstanceUID not in stored and again.SOPInstanceUID in stored
-
-
-def test_a_deferred_directory_flush_runs_before_the_index_transaction_not_inside_it(tmp_path: Path) -> None:
-    """With other images in flight a flush is left to its waiter: the store then flushes the name's
-    directory before its transaction begins, so the write lock is never held across that fsync."""
-    from engine.archive.flush import IN_FLIGHT, Flush
-    from engine.archive.location import Named
-
-    with running_scp(tmp_path / "scp") as scp:
-        from channels.dicom.storage import StorageService
-
-        service = StorageService.from_config(scp.db, scp.config)
-        order: list[str] = []
-        named = Named("primary", Flush(lambda: order.append("flush"), deferred=True))
-        class Image:  # a receiver's token (held weakly)
-            pass
-
-        others = [Image(), Image()]
-        for token in others:
-            IN_FLIGHT.started(token)
-        try:
-            def work(conn: object) -> tuple[object, int]:
-                order.append("statements")
-                return None, 0  # type: ignore[return-value]
-
-            service._commit(work, named)
-        finally:
-            for token in others:
-                IN_FLIGHT.ended(token)
-    assert order == ["flush", "statements"]
