@@ -54,7 +54,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.archive.flush import FlushAhead, HashAhead
-from engine.archive.location import ArchiveLocation, FileTail, Named, StagedFile
+from engine.archive.location import ArchiveLocation, FileTail, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.rehead import rehead
 from engine.archive.s3_primary import primary_location
@@ -394,7 +394,7 @@ class StorageService:
         # hash, is for a resend whose first name is taken (replace policy, or a crash's orphan).
         stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
         names = [f"{stem}.dcm", f"{stem}.{staged.sha256[:16]}.dcm"]
-        path, created, named = self.primary.place_flushing(staged, names)  # its directory flushed beside the index
+        path, created = self.primary.place(staged, names)
         stored = StoredFile(self.primary.name, path, staged.size, staged.sha256, request.transfer_syntax_uid,
                             request.calling_ae, now, prepared.received_sha256())
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
@@ -405,7 +405,7 @@ class StorageService:
         outcome, queued = self._commit(functools.partial(
             index_received, attrs=attrs, stored=stored, policy=self.policy, match=prepared.match,
             strict=self.reconciling, meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate,
-            destinations=self.forwards, now=now), named)
+            destinations=self.forwards, now=now))
         if queued and self.on_queued is not None:
             self.on_queued()
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
@@ -455,27 +455,18 @@ class StorageService:
                 return done.staged, done.meta
         return self.primary.stage(meta, prepared.stream()), meta
 
-    def _commit(self, work: Callable[[Connection], tuple[IndexOutcome, int]],
-                named: Named | None = None) -> tuple[IndexOutcome, int]:
+    def _commit(self, work: Callable[[Connection], tuple[IndexOutcome, int]]) -> tuple[IndexOutcome, int]:
         """Run ``work`` in a committed (durable) transaction; :class:`StoreUnavailable` if it cannot commit.
 
         A lone store commits in this thread when the writer is idle (no hand-over to the writer
         thread and back); concurrent stores queue and share the writer's group commits, whose
         failure reaches every one of them. Driver errors raised by the receive path's raw
         statements (:mod:`engine.store.fast`) are database failures like SQLAlchemy's.
-
-        ``named``: the stored file's name, whose directory flush runs meanwhile; it is waited for
-        before the COMMIT (inline: after ``work``'s statements, inside the transaction, whose
-        failure then rolls back; queued: before handing ``work`` over, never in the writer thread,
-        which commits other stores too). A name is durable before the row that names it.
         """
         writer = self.db.writer
-        inline = work if named is None else functools.partial(_then_wait, work, named)
         try:
-            done, result = writer.run_inline(inline)
+            done, result = writer.run_inline(work)
             if not done:
-                if named is not None:
-                    named.wait()
                 return writer.call(work)
             if isinstance(result, BaseException):
                 raise result
@@ -518,14 +509,6 @@ class StorageService:
                                   request.transfer_syntax_uid, status, reason, self.quarantine.name, path,
                                   staged.size, staged.sha256)
         self.db.writer.call(functools.partial(record_quarantine, record=record))
-
-
-def _then_wait(work: Callable[[Connection], tuple[IndexOutcome, int]], named: Named,
-               conn: Connection) -> tuple[IndexOutcome, int]:
-    """``work``'s statements, then the wait for ``named`` (before the transaction commits)."""
-    result = work(conn)
-    named.wait()
-    return result
 
 
 def add_storage_contexts(ae: Any) -> None:

@@ -40,8 +40,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["IN_FLIGHT", "Flush", "FlushAhead", "HashAhead", "ImagesInFlight", "fsync_file", "fsync_in_background",
-           "fsync_in_background_call"]
+__all__ = ["IN_FLIGHT", "Flush", "FlushAhead", "HashAhead", "ImagesInFlight", "fsync_file", "fsync_in_background"]
 
 #: Flushes running at once in one process (each waits on the disk, not on the CPU).
 _THREADS = 4
@@ -154,11 +153,6 @@ def fsync_in_background(fd: int) -> Flush:
     """``os.fsync(fd)`` in the pool (deferred to :meth:`Flush.wait` while other images are in flight,
     :data:`IN_FLIGHT`); the caller keeps ``fd`` open until :meth:`Flush.wait` returned."""
     return _POOL.submit(lambda: os.fsync(fd), deferred=not IN_FLIGHT.overlap())
-
-
-def fsync_in_background_call(flush: Callable[[], None]) -> Flush:
-    """``flush()`` (a directory's fsync) in the pool, deferred to :meth:`Flush.wait` as :func:`fsync_in_background`."""
-    return _POOL.submit(flush, deferred=not IN_FLIGHT.overlap())
 
 
 def fsync_file(path: Path) -> None:

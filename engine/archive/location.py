@@ -15,9 +15,7 @@ A file enters in two steps, so that nothing half-written ever carries a final na
 2. :meth:`ArchiveLocation.place` gives it its final name with ``link(2)``, which
    never replaces an existing file (an indexed file is never overwritten, even
    by a racing sender), then fsyncs the directory (and any directory it had to
-   create) and drops the temporary name. :meth:`ArchiveLocation.place_flushing`
-   starts that directory's flush and leaves the wait for it to the caller, who
-   must wait before committing anything that names the file.
+   create) and drops the temporary name.
 
 :meth:`ArchiveLocation.prepare` (at start) removes whatever a crash left in
 ``.incoming``. Files are created 0600 and directories 0700 whatever the umask:
@@ -39,10 +37,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from engine.archive.flush import Flush, FlushAhead, fsync_file, fsync_in_background_call
+from engine.archive.flush import FlushAhead, fsync_file
 from engine.errors import ArchiveUnavailable
 
-__all__ = ["ArchiveLocation", "FileTail", "Named", "StagedFile", "hash_range", "read_tail"]
+__all__ = ["ArchiveLocation", "FileTail", "StagedFile", "hash_range", "read_tail"]
 
 log = logging.getLogger(__name__)
 
@@ -171,25 +169,6 @@ def _unavailable(what: str, exc: OSError) -> ArchiveUnavailable:
     return ArchiveUnavailable(f"{what}: {name}")
 
 
-class Named:
-    """A name given by :meth:`ArchiveLocation.place_flushing`, durable once :meth:`wait` has returned."""
-
-    __slots__ = ("_flush", "_location")
-
-    def __init__(self, location: str, flush: Flush | None) -> None:
-        self._location, self._flush = location, flush
-
-    def wait(self) -> None:
-        """Return once the name's directory is flushed (at once for a name that was not new); raise
-        :class:`~engine.errors.ArchiveUnavailable` if the flush failed. May be called again."""
-        if self._flush is None:
-            return
-        try:
-            self._flush.wait()
-        except OSError as exc:
-            raise _unavailable(f"archive location {self._location} cannot name a file", exc) from exc
-
-
 class ArchiveLocation:
     """One directory tree that holds files; ``name`` is how the index refers to it."""
 
@@ -301,33 +280,14 @@ class ArchiveLocation:
         put the content hash in the last name, so that file holds the same content. The
         temporary name is removed in every case.
         """
-        name, directory = self._link(staged, names)
-        if directory is not None:
-            try:
-                _fsync_dir(directory)
-            except OSError as exc:
-                raise _unavailable(f"archive location {self.name} cannot name a file", exc) from exc
-        return name, directory is not None
-
-    def place_flushing(self, staged: StagedFile, names: Sequence[str]) -> tuple[str, bool, Named]:
-        """:meth:`place`, but the new name's directory is flushed beside the caller's next steps: the name
-        is durable once the returned :class:`Named` has been waited for, which the caller must do before
-        anything that names the file is committed (the receive path: before its index COMMIT, after the
-        transaction's statements ran)."""
-        name, directory = self._link(staged, names)
-        if directory is None:
-            return name, False, Named(self.name, None)
-        return name, True, Named(self.name, fsync_in_background_call(partial(_fsync_dir, directory)))
-
-    def _link(self, staged: StagedFile, names: Sequence[str]) -> tuple[str, Path | None]:
-        """Link ``staged`` to the first of ``names`` not taken: (name, its directory, to flush), or (last name,
-        None) when every name is taken. The temporary name is removed in every case."""
         try:
             for name in names:
                 final = self.root / name
-                if self._into_place(final, partial(os.link, staged.path, final)):
-                    return name, final.parent
-            return names[-1], None
+                if not self._into_place(final, partial(os.link, staged.path, final)):
+                    continue
+                _fsync_dir(final.parent)
+                return name, True
+            return names[-1], False
         except OSError as exc:
             raise _unavailable(f"archive location {self.name} cannot name a file", exc) from exc
         finally:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from engine.archive.location import ArchiveLocation, Named, StagedFile
+from engine.archive.location import ArchiveLocation, StagedFile
 from engine.archive.s3_location import S3Location, s3_client
 from engine.config.models import EngineConfig
 from engine.errors import ArchiveUnavailable
@@ -53,11 +53,6 @@ class S3PrimaryLocation(ArchiveLocation):
             raise ArchiveUnavailable(f"archive location {self.name}: staged file unreadable: {exc}") from exc
         finally:
             super().discard(staged.path)
-
-    def place_flushing(self, staged: StagedFile, names: Sequence[str]) -> tuple[str, bool, Named]:
-        """:meth:`place`: an object is durable when its PUT returns, there is nothing to wait for."""
-        name, created = self.place(staged, names)
-        return name, created, Named(self.name, None)
 
     def path(self, relative: str) -> Path:
         """The object key (relative): what :meth:`discard` deletes from the store."""
