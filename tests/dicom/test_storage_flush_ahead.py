@@ -113,3 +113,66 @@ def test_a_spool_whose_early_flush_fails_is_refused_out_of_resources_and_never_n
         assert scp.instances() == []
         named = [p for p in scp.archive.rglob("*.dcm") if ".incoming" not in p.parts]
         assert named == []
+
+
+class DirectoryRecorder(Recorder):
+    """Also notes, when each flush of a study's directory ends, which instances were committed by then."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, db_path: Path, fail_directory: bool = False) -> None:
+        super().__init__(monkeypatch)
+        self.db_path, self.fail_directory = db_path, fail_directory
+        self.committed_at_flush: list[set[str]] = []
+
+    def fsync(self, fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if not os.path.isdir(path) or ".incoming" in path or "/quarantine" in path or path.endswith("/archive"):
+            return super().fsync(fd)
+        if self.fail_directory:
+            raise OSError(errno.EIO, "simulated directory flush failure")
+        super().fsync(fd)
+        import sqlite3
+
+        with sqlite3.connect(self.db_path) as other:  # what another process sees committed now
+            self.committed_at_flush.append({r[0] for r in other.execute("SELECT sop_instance_uid FROM instances")})
+
+
+@needs_dcmtk
+def test_a_names_directory_is_flushed_before_the_row_that_names_the_file_is_committed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instances: list[Path]) -> None:
+    """The row that names a stored file is committed only after the flush of its name's directory ended
+    (seen from another connection when each flush ends): a crash can never leave a row without its file."""
+    with running_scp(tmp_path / "scp") as scp:
+        recorder = DirectoryRecorder(monkeypatch, tmp_path / "scp" / "rb.db")
+        done = storescu(scp.port, instances)
+        assert done.returncode == 0, done.stderr
+        stored = [r.sop_instance_uid for r in scp.instances()]
+    assert len(stored) == 3
+    directory_flushes = [e for e in recorder.events if e.what == "fsync" and os.path.isdir(e.path)
+                         and ".incoming" not in e.path]
+    assert len(directory_flushes) >= 3
+    for n, seen in enumerate(recorder.committed_at_flush[-3:]):
+        assert stored[n] not in seen, "a row committed before its name was durable"
+        assert set(stored[:n]) <= seen
+
+
+@needs_dcmtk
+def test_a_name_whose_directory_flush_fails_is_refused_out_of_resources_and_never_indexed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instances: list[Path]) -> None:
+    with running_scp(tmp_path / "scp") as scp:
+        storescu(scp.port, instances[:1])  # the study's directories exist: the next name only flushes its own
+        recorder = DirectoryRecorder(monkeypatch, tmp_path / "scp" / "rb.db", fail_directory=True)
+        ds = dcmread(instances[1])
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")
+        assert assoc.is_established
+        try:
+            assert int(assoc.send_c_store(ds).Status) == 0xA700
+            recorder.fail_directory = False
+            again = dcmread(instances[2])
+            assert int(assoc.send_c_store(again).Status) == 0x0000
+        finally:
+            assoc.release()
+        stored = {r.sop_instance_uid for r in scp.instances()}
+    assert ds.SOPInstanceUID not in stored and again.SOPInstanceUID in stored
+
