@@ -77,7 +77,7 @@ def split_start(value: str, now: datetime) -> tuple[str, str, str]:
     text = (
         value.split(".")[0].split("+")[0].split("-")[0] if value else now.strftime("%Y%m%d%H%M%S")
     )
-    if not text.isdigit() or len(text) < 8 or len(text) > 14 or len(text) % 2:
+    if not (text.isascii() and text.isdigit()) or len(text) < 8 or len(text) > 14 or len(text) % 2:
         raise HL7ApplicationError(102, f"invalid start date/time {value!r}", _ORC7)
     try:
         date(int(text[:4]), int(text[4:6]), int(text[6:8]))  # strptime costs ~10x more

@@ -246,7 +246,7 @@ def _digits(value: str, width: int, what: str) -> str:
         if width == 8
         else value.split(".")[0].replace(":", "")
     )
-    if not text.isdigit() or len(text) > width or len(text) % 2:
+    if not (text.isascii() and text.isdigit()) or len(text) > width or len(text) % 2:
         raise InvalidQuery(f"not a {what} value")
     return text
 

@@ -400,6 +400,16 @@ def test_start_date_must_be_a_calendar_date() -> None:
             split_start(bad, now)
 
 
+def test_a_start_written_in_other_digits_than_ascii_is_refused_not_stored() -> None:
+    """Python's ``isdigit``/``int`` accept fullwidth and other Unicode digits: a start time of them was
+    stored as a non-ASCII DA/TM and served so on the worklist (DICOM DA/TM are ASCII digits)."""
+    now = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
+    fullwidth = "".join(chr(0xFF10 + int(d)) for d in "202611220930")  # U+FF10..FF19
+    for bad in (fullwidth, "2026112209" + fullwidth[-2] + "0", "202611220930\u00b2"):
+        with pytest.raises(HL7ApplicationError):
+            split_start(bad, now)
+
+
 @pytest.mark.parametrize("fields", [
     {},
     {"requested_procedure_code": {"code_value": "CTHEAD", "coding_scheme_designator": "L", "code_meaning": "CT Kopf ü"},

@@ -173,6 +173,10 @@ def test_bad_date_is_an_invalid_query() -> None:
         build_select(
             _query(sps={"ScheduledProcedureStepStartDate": "2026-11-22-1"}), MatchSettings()
         )
+    fullwidth = "".join(chr(0xFF10 + int(d)) for d in "20261122")  # U+FF10..FF19; DA is ASCII digits
+    for other_digits in (fullwidth, "20261122-" + fullwidth):
+        with pytest.raises(InvalidQuery):
+            build_select(_query(sps={"ScheduledProcedureStepStartDate": other_digits}), MatchSettings())
 
 
 @pytest.mark.parametrize(
