@@ -55,8 +55,10 @@ class Gate:
             for res_type, interaction in wanted:
                 self.authorizer.require(principal, res_type, interaction)
         except AuthFailure as exc:
-            challenge = (f'Bearer realm="radbridge", error="{_quoted(exc.error)}", '
-                         f'error_description="{_quoted(exc.description)}"')
+            challenge = 'Bearer realm="radbridge"'  # no credentials: no error code (RFC 6750 3.1)
+            if exc.error:
+                challenge += f', error="{_quoted(exc.error)}", error_description="{_quoted(exc.description)}"'
+
             raise ApiError(exc.status, _OUTCOME_CODES.get(exc.status, "security"), exc.description,
                            {"WWW-Authenticate": challenge}) from exc
         return principal

@@ -27,9 +27,10 @@ class SmartAuthorizer:
         self._tokens = VerifiedTokens(signer.verify)  # a client reuses its token: verify its signature once
 
     def authenticate(self, authorization_header: str | None) -> Principal:
-        """The caller of a request with this ``Authorization`` header, or AuthFailure(401, invalid_token)."""
-        if not authorization_header or not authorization_header.strip():
-            raise AuthFailure(401, "invalid_token", "no access token: send Authorization: Bearer <token>")
+        """The caller of a request with this ``Authorization`` header, or AuthFailure(401): ``invalid_token``, or
+        no error code when there was no header."""
+        if not authorization_header or not authorization_header.strip():  # no credentials: a challenge without
+            raise AuthFailure(401, "", "no access token: send Authorization: Bearer <token>")  # an error (RFC 6750 3.1)
         scheme, _, token = authorization_header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthFailure(401, "invalid_token", "the Authorization header is not a Bearer token")
@@ -72,6 +73,9 @@ def _quoted(text: str) -> str:
 
 
 def www_authenticate(failure: AuthFailure) -> str:
-    """The ``WWW-Authenticate`` header for ``failure`` (RFC 6750 3)."""
+    """The ``WWW-Authenticate`` header for ``failure`` (RFC 6750 3); without an error code when the request
+    carried no credentials (3.1: the server SHOULD NOT include one then)."""
+    if not failure.error:
+        return 'Bearer realm="radbridge"'
     return (f'Bearer realm="radbridge", error={_quoted(failure.error)}, '
             f"error_description={_quoted(failure.description)}")

@@ -103,7 +103,9 @@ class ScopedAuthorizer:
         self.tokens = tokens
 
     def authenticate(self, authorization_header: str | None) -> Principal:
-        scheme, _, token = (authorization_header or "").partition(" ")
+        if not authorization_header:  # as engine.auth's: no credentials, no error code (RFC 6750 3.1)
+            raise AuthFailure(401, "", "no access token")
+        scheme, _, token = authorization_header.partition(" ")
         if scheme.lower() != "bearer" or token not in self.tokens:
             raise AuthFailure(401, "invalid_token", "missing or unknown bearer token")
         return self.tokens[token]
