@@ -44,7 +44,13 @@ class MLLPClient:
         self._decoder = FrameDecoder(self.max_frame_bytes)
 
     async def send(self, payload: bytes) -> bytes:
-        """Send one message; return the answer's payload. Raises TimeoutError/ConnectionError."""
+        """Send one message; return the answer's payload. Raises TimeoutError/ConnectionError.
+
+        A kept connection the peer closed while it was idle (a receiver restarted, or closes idle
+        connections) is replaced before sending: nothing was sent on it, so this is not a retry, and
+        the first message after the peer's restart does not fail and wait for the outbox's backoff."""
+        if self.connected and self._reader is not None and self._reader.at_eof():
+            await self.close()
         if not self.connected:
             await self.connect()
         assert self._writer is not None and self._reader is not None
