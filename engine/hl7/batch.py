@@ -115,9 +115,10 @@ def split_messages(text: str) -> Split:
 
 
 def _count(trailer: str) -> int | None:
-    """BTS-1 / FTS-1 as a number; None when empty or not a number."""
+    """BTS-1 / FTS-1 as a number; None when empty or not a number (ASCII digits only: ``str.isdigit`` also
+    takes '²', which ``int`` refuses; and at most 18 of them, ``int`` refuses more than 4,300)."""
     value = trailer[4:].split(trailer[3], 1)[0].strip() if len(trailer) > 4 else ""
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
 
 
 def _check_count(trailer: str, held: int, what: str, where: str, notes: list[str]) -> None:

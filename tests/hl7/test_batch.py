@@ -127,3 +127,16 @@ def test_a_wrong_fts_count_and_an_unreadable_bts_count_are_noted():
     assert split.messages == [M1, M2]
     assert split.batch_notes == ["BTS-1 'one' is not a message count (the batch holds 1)",
                                  "FTS-1 says 1 batch(es), the file holds 2 (accepted as received)"]
+
+
+def test_a_count_of_non_ascii_or_very_many_digits_is_noted_not_a_crash():
+    """str.isdigit() takes '²' and '٣', int() refuses '²' and a count of more than 4,300 digits (ValueError):
+    the whole frame was lost with a traceback instead of being accepted with a note."""
+    for count in ("²", "9" * 5000):
+        split = split_messages("BHS|^~\\&\r" + M1 + f"BTS|{count}\r")
+        assert split.messages == [M1]
+        assert split.batch_notes and split.batch_notes[0].startswith("BTS-1 ")
+    split = split_messages("FHS|^~\\&\r" + M1 + "FTS|²\r")  # the FTS of a file without BHS, read first
+    assert split.messages == [M1] and split.batch_notes
+    arabic = split_messages("BHS|^~\\&\r" + M1 + "BTS|\u0661\r")  # Arabic-Indic one: not a count of ours
+    assert arabic.batch_notes == ["BTS-1 '\u0661' is not a message count (the batch holds 1)"]
