@@ -267,10 +267,18 @@ class Projector:
             await self._sleep(pause)
 
     async def _skip_failing(self) -> None:
-        """Drop the first pending row, which fails alone, so one bad row cannot stop every resource."""
+        """Drop the first pending row, which fails alone, so one bad row cannot stop every resource.
+
+        The first one the failed cycle read: held studies' rows (:mod:`engine.fhir.settling`) were not read,
+        so they are not the failing one."""
+        held = self.settling.holding
+
         def drop(conn: Connection) -> tuple[str, str] | None:
-            row = conn.execute(select(fhir_pending.c.id, fhir_pending.c.kind, fhir_pending.c.key)
-                               .order_by(fhir_pending.c.id).limit(1)).first()
+            p = fhir_pending.c
+            query = select(p.id, p.kind, p.key).order_by(p.id).limit(1)
+            if held:
+                query = query.where(~and_(p.kind == STUDY_KIND, p.key.in_(sorted(held))))
+            row = conn.execute(query).first()
             if row is None:
                 return None
             conn.execute(delete(fhir_pending).where(fhir_pending.c.id == row.id))

@@ -76,6 +76,11 @@ class StudySettling:
         self._held = frozenset(held)
         return self._held
 
+    @property
+    def holding(self) -> frozenset[str]:
+        """The studies the last :meth:`held` left pending (until :meth:`idle`)."""
+        return self._held
+
     def projected(self, keys: Iterable[str]) -> None:
         """A cycle that built these studies committed."""
         now = self.clock()

@@ -181,3 +181,36 @@ def test_a_burst_of_images_is_projected_a_few_times_and_its_end_within_the_settl
     assert waited < 3.5  # settle (1 s) + debounce + a cycle, with room for a slow CI machine
     assert versions <= 3  # first image, perhaps one at max_delay, the end
     assert _pending_keys(db) == []
+
+
+def test_the_row_skipped_after_a_failure_is_the_failing_one_not_a_held_studys(db: Database, monkeypatch) -> None:
+    """A change that fails alone is skipped (the projector's last resort). The narrowed cycle that failed read
+    the first pending row *not held*; the skip dropped the first pending row of all, a held study's, so the
+    failing change stayed (and failed again) while the held study's rows were dropped one per retry, its
+    last images then never shown, and the log named the wrong change."""
+    import pytest
+
+    from engine.domain.tables import patients
+    from engine.fhir.projector import _cycle
+    from engine.fhir.resources import patient
+
+    clock = Clock()
+    settling = StudySettling(settle=1.0, max_delay=10.0, clock=clock)
+    study, one = db.writer.call(_study)
+    settling.projected([str(study)])
+    db.writer.call(lambda c: _add(c, study, one, 1))  # a held study's rows, first in the pending table
+    db.writer.call(lambda c: c.execute(insert(patients).values(patient_id="P9", created_at=NOW, updated_at=NOW)))
+    held_rows = [k for k in _pending_keys(db) if k[0] == "study"]
+    assert held_rows
+
+    def fails(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("a resource that cannot be built")
+
+    monkeypatch.setattr(patient, "build", fails)
+    with pytest.raises(RuntimeError):
+        _cycle(db, SETTINGS, 1, settling)  # narrowed to one row: the patient's (the study's are held)
+    projector = Projector(db, SETTINGS, settling=settling)
+    asyncio.run(projector._skip_failing())
+    left = _pending_keys(db)
+    assert [k for k in left if k[0] == "study"] == held_rows, "a held study's change was dropped"
+    assert not [k for k in left if k[0] == "Patient"], "the failing change is still there"
