@@ -65,6 +65,8 @@ def collect(conn: Connection, settings: FhirSettings, batch: int = 500,
     that is built consumes every pending row of it read here, however many (a settled study's rows
     are consumed by one cycle, not by one per ``batch``)."""
     p = fhir_pending.c
+    if settling is not None and not settling.affordable(conn):  # a backlog: holding would scan it every cycle
+        settling = None
     held = settling.held(conn) if settling is not None else frozenset()
     query = select(p.id, p.kind, p.key).order_by(p.id).limit(batch)
     if held:

@@ -19,8 +19,11 @@ receive path's cores and holding the engine's single writer).
 Holding is an optimisation only: a held study's pending rows stay in the database until a cycle
 that read them commits, exactly as any other's; what is remembered here (when each study was
 last projected and its newest pending row) is lost on restart, and then the study is projected
-at the next cycle. Other kinds (patients, orders, reports) are never held, and an order's change
-still rebuilds its ImagingStudy at once.
+at the next cycle. Other kinds (patients, orders, reports) are never held: an order's change rebuilds
+its ServiceRequest and the ImagingStudy at once. A change that reaches the study's own row (an order
+linked to it, its patient corrected) is a ``study`` change like an image's: while the study is held it
+waits with it (at most ``max_delay``). While the pending rows span more than :data:`MAX_PENDING_SPAN`
+ids (a backlog) nothing is held: finding what to hold scans them.
 """
 
 from __future__ import annotations
@@ -33,10 +36,14 @@ from sqlalchemy import Connection, func, select
 
 from engine.fhir.tables import fhir_pending
 
-__all__ = ["STUDY_KIND", "StudySettling"]
+__all__ = ["MAX_PENDING_SPAN", "STUDY_KIND", "StudySettling"]
 
 #: The pending kind of study index rows (engine.fhir.triggers: studies, series, instances).
 STUDY_KIND = "study"
+
+#: Pending rows (as a span of ids) beyond which nothing is held: the projector works through a backlog
+#: as it did before holding existed (three rows an image: ~10 s of four associations storing).
+MAX_PENDING_SPAN = 20_000
 
 
 @dataclass(slots=True)
@@ -80,6 +87,18 @@ class StudySettling:
     def holding(self) -> frozenset[str]:
         """The studies the last :meth:`held` left pending (until :meth:`idle`)."""
         return self._held
+
+    def affordable(self, conn: Connection) -> bool:
+        """False (and nothing held any more) while the pending rows span more than :data:`MAX_PENDING_SPAN`
+        ids: :meth:`held` and a released study's rows are found by scans of the pending table, ~1 us a row,
+        which a backlog (the upgrade's backfill, a long outage) would pay at every cycle. Two index lookups."""
+        p = fhir_pending.c
+        low, high = conn.execute(select(select(func.min(p.id)).scalar_subquery(),
+                                        select(func.max(p.id)).scalar_subquery())).one()
+        if low is None or int(high) - int(low) < MAX_PENDING_SPAN:
+            return True
+        self.idle()
+        return False
 
     def projected(self, keys: Iterable[str]) -> None:
         """A cycle that built these studies committed."""

@@ -214,3 +214,27 @@ def test_the_row_skipped_after_a_failure_is_the_failing_one_not_a_held_studys(db
     left = _pending_keys(db)
     assert [k for k in left if k[0] == "study"] == held_rows, "a held study's change was dropped"
     assert not [k for k in left if k[0] == "Patient"], "the failing change is still there"
+
+
+def test_nothing_is_held_while_a_backlog_is_pending(db: Database, monkeypatch) -> None:
+    """Finding what to hold scans the pending rows: with a backlog (the upgrade's backfill, a long outage)
+    every cycle would pay for it, so then nothing is held and the batch is read as before."""
+    from engine.fhir import settling as module
+
+    monkeypatch.setattr(module, "MAX_PENDING_SPAN", 5)
+    clock = Clock()
+    settling = StudySettling(settle=5.0, max_delay=60.0, clock=clock)
+    study, one = db.writer.call(_study)
+    settling.projected([str(study)])
+    db.writer.call(lambda c: _add(c, study, one, 1))  # 3 rows: within the span, the study is held
+    assert db.read(lambda c: collect(c, SETTINGS, 1000, settling)).studies == frozenset()
+    assert settling.holding == {str(study)}
+    for n in (2, 3):  # 9 rows: a backlog
+        db.writer.call(lambda c, n=n: _add(c, study, one, n))
+    statements: list[str] = []
+    from sqlalchemy import event
+
+    event.listen(db.read_engine, "before_cursor_execute", lambda *args: statements.append(str(args[2])))
+    projection = db.read(lambda c: collect(c, SETTINGS, 1000, settling))
+    assert projection.studies == {str(study)} and settling.holding == frozenset()
+    assert not any("GROUP BY" in s for s in statements)  # no scan for what to hold
