@@ -12,8 +12,10 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -64,6 +66,19 @@ class Recorder:
             self.events.append(event)
 
 
+@contextmanager
+def _association(port: int, ds: Any) -> Iterator[Any]:
+    """A pynetdicom association for ``ds``'s SOP class and transfer syntax, released at the end."""
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        assoc.release()
+
+
 @pytest.fixture
 def instances(corpus: Path, tmp_path: Path) -> Iterator[list[Path]]:
     out = tmp_path / "send"
@@ -102,14 +117,8 @@ def test_a_spool_whose_early_flush_fails_is_refused_out_of_resources_and_never_n
     ds = dcmread(instances[0])
     with running_scp(tmp_path / "scp") as scp:
         Recorder(monkeypatch, fail_spool_fsync=True)
-        ae = AE(ae_title="CT1")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")
-        assert assoc.is_established
-        try:
+        with _association(scp.port, ds) as assoc:
             assert int(assoc.send_c_store(ds).Status) == 0xA700
-        finally:
-            assoc.release()
         assert scp.instances() == []
         named = [p for p in scp.archive.rglob("*.dcm") if ".incoming" not in p.parts]
         assert named == []
@@ -162,17 +171,11 @@ def test_a_name_whose_directory_flush_fails_is_refused_out_of_resources_and_neve
         storescu(scp.port, instances[:1])  # the study's directories exist: the next name only flushes its own
         recorder = DirectoryRecorder(monkeypatch, tmp_path / "scp" / "rb.db", fail_directory=True)
         ds = dcmread(instances[1])
-        ae = AE(ae_title="CT1")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADBRIDGE")
-        assert assoc.is_established
-        try:
+        with _association(scp.port, ds) as assoc:
             assert int(assoc.send_c_store(ds).Status) == 0xA700
             recorder.fail_directory = False
             again = dcmread(instances[2])
             assert int(assoc.send_c_store(again).Status) == 0x0000
-        finally:
-            assoc.release()
         stored = {r.sop_instance_uid for r in scp.instances()}
     assert ds.SOPInstanceUID not in stored and again.SOPInstanceUID in stored
 
