@@ -44,7 +44,10 @@ def setup(engine: EngineProcess, tmp_path) -> tuple[int, object]:
 
 def break_mapping(mappings) -> None:
     path = mappings / "order-to-worklist.yaml"
-    path.write_text(path.read_text().replace("path: PID-3.1", "path: PID-3.99.7"))
+    text = path.read_text()
+    broken = text.replace("path: [PID-3.1,", "path: [PID-3.99.7,", 1)
+    assert broken != text, "the shipped mapping no longer reads the patient id as this test expects"
+    path.write_text(broken)
 
 
 def wait_log(engine: EngineProcess, text: str, timeout: float = 60) -> None:
