@@ -109,20 +109,27 @@ def test_a_data_set_that_never_ends_is_aborted_at_the_limit_and_leaves_nothing(
         assert store(scp.port, ct(corpus, 6 * MIB)) == 0x0000  # an instance under the limit still is stored
 
 
+def _one_host_holds_its_share(scp: Any, held: Any, data: bytes, corpus: Path) -> Path:
+    """OTHER_HOST holds 6 MiB of ``held`` in flight: its next store is 0xA700, another host's succeeds; once
+    ``held`` ends (stored, its bytes given back) OTHER_HOST stores again. Returns the spool directory."""
+    incoming: Path = scp.archive / ".incoming"
+    hog = associate(scp.port, OTHER_HOST)
+    send_part(hog, held.SOPInstanceUID, data[: 6 * MIB])
+    assert wait_for(lambda: sum(p.stat().st_size for p in spooled(incoming)) >= 6 * MIB)
+    assert store(scp.port, ct(corpus, 6 * MIB), OTHER_HOST) == 0xA700  # the same host: its share is taken
+    assert store(scp.port, ct(corpus, 6 * MIB)) == 0x0000  # another host stores
+    send_part(hog, "", data[6 * MIB :], last=True)  # the held instance ends: stored, its bytes given back
+    assert wait_for(lambda: held.SOPInstanceUID in {r.sop_instance_uid for r in scp.instances()})
+    hog.release()
+    assert store(scp.port, ct(corpus, 6 * MIB), OTHER_HOST) == 0x0000
+    return incoming
+
+
 def test_one_host_cannot_take_the_whole_spool_and_others_still_store(tmp_path: Path, corpus: Path) -> None:
     held = ct(corpus, 7 * MIB)
     data = _sent_dataset(held, tmp_path)
     with bounded_scp(tmp_path) as scp:
-        incoming = scp.archive / ".incoming"
-        hog = associate(scp.port, OTHER_HOST)
-        send_part(hog, held.SOPInstanceUID, data[: 6 * MIB])  # 6 MiB in flight, 8 MiB of the host's 12 taken
-        assert wait_for(lambda: sum(p.stat().st_size for p in spooled(incoming)) >= 6 * MIB)
-        assert store(scp.port, ct(corpus, 6 * MIB), OTHER_HOST) == 0xA700  # the same host: its share is taken
-        assert store(scp.port, ct(corpus, 6 * MIB)) == 0x0000  # another host stores
-        send_part(hog, "", data[6 * MIB :], last=True)  # the held instance ends: stored, its bytes given back
-        assert wait_for(lambda: held.SOPInstanceUID in {r.sop_instance_uid for r in scp.instances()})
-        hog.release()
-        assert store(scp.port, ct(corpus, 6 * MIB), OTHER_HOST) == 0x0000
+        incoming = _one_host_holds_its_share(scp, held, data, corpus)  # 8 MiB of the host's 12 taken
         assert len(scp.instances()) == 3 and scp.quarantined() == []
         assert spooled(incoming) == []
 
@@ -199,15 +206,6 @@ def test_pynetdicoms_own_receive_path_keeps_the_per_host_share(tmp_path: Path, c
     held = ct(corpus, 7 * MIB)
     data = _sent_dataset(held, tmp_path)
     with pynetdicoms_own_receive(), bounded_scp(tmp_path) as scp:
-        incoming = scp.archive / ".incoming"
-        hog = associate(scp.port, OTHER_HOST)
-        send_part(hog, held.SOPInstanceUID, data[: 6 * MIB])  # 6 MiB in flight: 10 MiB of the host's 12 taken
-        assert wait_for(lambda: sum(p.stat().st_size for p in spooled(incoming)) >= 6 * MIB)
-        assert store(scp.port, ct(corpus, 6 * MIB), OTHER_HOST) == 0xA700  # the same host: its share is taken
-        assert store(scp.port, ct(corpus, 6 * MIB)) == 0x0000  # another host stores
-        send_part(hog, "", data[6 * MIB :], last=True)  # the held instance ends: stored, its bytes given back
-        assert wait_for(lambda: held.SOPInstanceUID in {r.sop_instance_uid for r in scp.instances()})
-        hog.release()
-        assert store(scp.port, ct(corpus, 6 * MIB), OTHER_HOST) == 0x0000
+        incoming = _one_host_holds_its_share(scp, held, data, corpus)  # 10 MiB of the host's 12 taken
         assert len(scp.instances()) == 3
         assert wait_for(lambda: spooled(incoming) == [])
