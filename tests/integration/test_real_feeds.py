@@ -32,9 +32,9 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     engine.stop()
 
 
-def _send(engine: Engine, *messages: bytes) -> list[Ack]:
+def _send(engine: Engine, *messages: bytes, port: int | None = None) -> list[Ack]:
     async def go() -> list[Ack]:
-        sender = Sender(engine.mllp, timeout=30)
+        sender = Sender(port or engine.mllp, timeout=30)
         try:
             return [await sender.send(m) for m in messages]
         finally:

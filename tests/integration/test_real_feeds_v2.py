@@ -9,18 +9,16 @@ store holds afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.conftest import Ack, Sender
-from tests.integration.test_quickstart import BIN, Engine, start_engine
+from tests.integration.conftest import Ack
+from tests.integration.test_quickstart import Engine, start_engine
+from tests.integration.test_real_feeds import _er7, _rows, _send, _shown
 from tests.integration.test_workflow_e2e import findscu
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,36 +31,8 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     engine.stop()
 
 
-def _send(engine: Engine, *messages: bytes, port: int | None = None) -> list[Ack]:
-    async def go() -> list[Ack]:
-        sender = Sender(port or engine.mllp, timeout=30)
-        try:
-            return [await sender.send(m) for m in messages]
-        finally:
-            await sender.close()
-
-    return asyncio.run(go())
-
-
 def _report(engine: Engine, *messages: bytes) -> list[Ack]:
     return _send(engine, *messages, port=int(engine.env["RADBRIDGE_REPORTS_MLLP_PORT"]))
-
-
-def _er7(text: str, terminator: str = "\r", encoding: str = "utf-8") -> bytes:
-    lines = [line.strip() for line in text.strip().splitlines()]
-    return (terminator.join(lines) + terminator).encode(encoding)
-
-
-def _rows(engine: Engine, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(Path(engine.env["RADBRIDGE_DATA_DIR"]) / "radbridge.db") as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def _shown(engine: Engine, control_id: str) -> dict[str, Any]:
-    [(row_id,)] = _rows(engine, "SELECT id FROM messages WHERE control_id = ?", control_id)
-    shown = engine.sh(f"{BIN}/radbridge --config {ROOT / 'config'} messages show {row_id} --json")
-    assert shown.returncode == 0, shown.stderr
-    return dict(json.loads(shown.stdout))
 
 
 def _nw(control_id: str, patient_id: str, number: str) -> bytes:
