@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -171,6 +172,16 @@ def _store_matched(tmp_path: Path, src: Dataset, path: Path) -> Path:
         with raw_sender(scp.port, [(str(src.SOPClassUID), EXPLICIT_LE)]) as assoc:
             assert send_raw(assoc, path) == 0x0000
         return scp.stored_path(str(src.SOPInstanceUID))
+
+
+def _stored_once_though_sent_twice(scp: Any, ds: Any, path: Path) -> Path:
+    """Send ``path`` (as it is) twice on one association: both 0x0000, one version stored; its stored path."""
+    with raw_sender(scp.port, [(str(ds.SOPClassUID), EXPLICIT_LE)]) as assoc:
+        assert send_raw(assoc, path) == 0x0000
+        assert send_raw(assoc, path) == 0x0000  # resent: recognised as the same image, nothing changes
+    (row,) = scp.instances()
+    assert row.versions == 1
+    return Path(scp.stored_path(str(ds.SOPInstanceUID)))
 
 
 def test_an_element_pydicom_cannot_decode_does_not_fail_a_coercion_to_utf8(tmp_path: Path) -> None:
@@ -394,12 +405,7 @@ def test_an_element_out_of_tag_order_is_coerced_once_and_the_stored_header_is_in
         apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
             patient("PX1", patient_name="DOE^JOHN"),
             order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(ds.StudyInstanceUID))])
-        with raw_sender(scp.port, [(str(ds.SOPClassUID), EXPLICIT_LE)]) as assoc:
-            assert send_raw(assoc, path) == 0x0000
-            assert send_raw(assoc, path) == 0x0000  # resent: the same image, nothing changes
-        (row,) = scp.instances()
-        assert row.versions == 1
-        stored = scp.stored_path(str(ds.SOPInstanceUID))
+        stored = _stored_once_though_sent_twice(scp, ds, path)
     dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0 and "twice" not in dump.stderr, dump.stderr
     got = dcmread(stored)
@@ -496,12 +502,7 @@ def test_a_file_meta_element_out_of_order_in_the_data_set_is_not_stored(tmp_path
             apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
                 patient("PX1", patient_name="DOE^JOHN"),
                 order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(ds.StudyInstanceUID))])
-        with raw_sender(scp.port, [(str(ds.SOPClassUID), EXPLICIT_LE)]) as assoc:
-            assert send_raw(assoc, path) == 0x0000
-            assert send_raw(assoc, path) == 0x0000  # resent: recognised as the same image
-        (row,) = scp.instances()
-        assert row.versions == 1
-        stored = scp.stored_path(str(ds.SOPInstanceUID))
+        stored = _stored_once_though_sent_twice(scp, ds, path)
     dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0 and "Invalid Element" not in dump.stderr, dump.stderr
     got = dcmread(stored)
