@@ -81,11 +81,54 @@ def _lenient(request: Request) -> bool:
     return any(p.strip().replace(" ", "") == "handling=lenient" for p in prefer.split(","))
 
 
+def _quality(params: list[str]) -> float:
+    """The ``q`` of a media range's parameters (RFC 9110 12.4.2); 1 when absent or unreadable (tolerant)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return max(0.0, min(float(value.strip()), 1.0))
+            except ValueError:
+                return 1.0
+    return 1.0
+
+
+def _accepts_json(accept: str) -> bool:
+    """True if an ``Accept`` header lets this server answer FHIR JSON (RFC 9110 12.5.1).
+
+    ``application/fhir+json`` takes the quality of the most specific range naming it (itself,
+    ``application/*``, ``*/*``): ``;q=0`` means "not acceptable", even beside ``*/*``. Else a JSON
+    name this server also answers to (``application/json``, DSTU2's ``application/json+fhir``) with
+    a quality above 0 will do. No header, or only ranges that cannot be read: anything goes.
+    """
+    ranges: dict[str, float] = {}
+    for part in accept.split(","):
+        kind, *params = part.split(";")
+        kind = kind.strip().lower()
+        if kind:
+            ranges[kind] = max(ranges.get(kind, 0.0), _quality(params))
+    if not ranges:
+        return True
+    for kind in ("application/fhir+json", "application/*", "*/*"):
+        if kind in ranges:
+            if ranges[kind] > 0:
+                return True
+            break
+    return any(ranges.get(kind, 0.0) > 0 for kind in JSON_TYPES)
+
+
 def _check_accept(request: Request) -> None:
+    """406 unless the request lets this server answer FHIR JSON: ``_format`` (in the query) decides when given,
+    as it overrides ``Accept`` (R4 http.html#mime-type), else the ``Accept`` header."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        if not json_format(fmt):
+            raise ApiError(406, "not-supported", f"_format={fmt} is not supported: this server answers only FHIR JSON")
+        return
     accept = request.headers.get("accept", "")
-    wanted = {a.split(";")[0].strip().lower() for a in accept.split(",") if a.strip()}
-    if wanted and not wanted & {"*/*", "application/*", *JSON_TYPES}:
-        raise ApiError(406, "not-supported", f"this server answers only FHIR JSON, not {accept}")
+    if not _accepts_json(accept):
+        raise ApiError(406, "not-supported", f"this server answers only FHIR JSON (application/fhir+json), "
+                                             f"which Accept: {accept[:200]} does not accept")
 
 
 def _res_type(request: Request) -> str:
