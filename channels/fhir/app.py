@@ -320,8 +320,11 @@ def _patient_of(pairs: list[tuple[str, str]]) -> str:
 
 
 def _plan(api: _Api, request: Request, res_type: str, pairs: list[tuple[str, str]]) -> Plan:
+    """The search's plan; an absolute reference matches only under this server's base (configured, or as the
+    request reached it)."""
+    bases = tuple(dict.fromkeys((api.base(request), str(request.base_url).rstrip("/") + "/fhir")))
     try:
-        return parse(res_type, pairs, api.settings.site_zone, _lenient(request))
+        return parse(res_type, pairs, api.settings.site_zone, _lenient(request), bases)
     except SearchError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from exc
 
