@@ -10,6 +10,7 @@ unexpected is a 500 OperationOutcome without a traceback (the log has it).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,10 +36,12 @@ from channels.fhir.front import ReadFront
 from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
 from engine.auth import Principal
 from engine.fhir import search
+from engine.fhir.binary import Document, read_document
 from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
 from engine.fhir.instant import search_range
 from engine.fhir.query import DEFAULT_COUNT, JSON_TYPES, MAX_COUNT, Plan, SearchError, json_format, parse, whole_number
 from engine.fhir.registry import MODULES, by_type
+from engine.fhir.store import dumps
 from engine.store.database import Database, unavailable
 
 __all__ = ["ApiSettings", "create_app"]
@@ -115,6 +118,30 @@ def _accepts_json(accept: str) -> bool:
                 return True
             break
     return any(ranges.get(kind, 0.0) > 0 for kind in JSON_TYPES)
+
+
+def _binary_as_json(request: Request, content_type: str) -> bool | None:
+    """Whether a Binary read is answered as the Binary resource in FHIR JSON (True) or as the document's own bytes
+    (False), or None: neither is acceptable (R4 http.html#binary: the raw content unless FHIR is asked for).
+
+    ``_format`` (JSON) asks for the resource. Else a JSON type named in ``Accept`` (not a wildcard) wins over the
+    document's type unless the document's type is given a higher quality; no ``Accept`` is the raw content.
+    """
+    if "_format" in request.query_params:
+        return True  # a _format other than JSON was refused before
+    ranges: dict[str, float] = {}
+    for part in request.headers.get("accept", "").split(","):
+        kind, *params = part.split(";")
+        if kind.strip():
+            ranges[kind.strip().lower()] = max(ranges.get(kind.strip().lower(), 0.0), _quality(params))
+    if not ranges:
+        return False
+    as_json = max((ranges[kind] for kind in JSON_TYPES if kind in ranges), default=0.0)
+    major = content_type.split("/")[0]
+    as_raw = next((ranges[k] for k in (content_type, f"{major}/*", "*/*") if k in ranges), 0.0)
+    if as_json > 0 and as_json >= as_raw:
+        return True
+    return False if as_raw > 0 else None
 
 
 def _check_accept(request: Request) -> None:
@@ -205,6 +232,38 @@ async def _read(api: _Api, request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     await api.gate.audit(principal, peer_of(request), "fhir.read", res_type, res_id, [f"{res_type}/{res_id}"])
     return fhir_response(stored.json, headers=headers)
+
+
+async def _binary(api: _Api, request: Request) -> Response:
+    """``GET /fhir/Binary/{id}``: a report document (:mod:`engine.fhir.binary`), as its own bytes or as the
+    Binary resource. Allowed to whoever may read DiagnosticReports, and audited as their read is."""
+    res_id = _res_id(request)
+    _read_params(request, _READ_PARAMS)
+    authorization = request.headers.get("authorization")
+
+    def work() -> tuple[Principal, tuple[str, Document] | None]:
+        principal = api.gate.check(authorization, [("DiagnosticReport", "read")])
+        return principal, _single(api.db, lambda c: read_document(c, res_id))
+
+    principal, found = await asyncio.get_running_loop().run_in_executor(None, work)
+    if found is None:
+        raise ApiError(404, "not-found", f"Binary/{res_id} is not known")
+    report, document = found
+    as_json = _binary_as_json(request, document.content_type)
+    if as_json is None:
+        raise ApiError(406, "not-supported", f"Binary/{res_id} is {document.content_type}, or FHIR JSON; "
+                                             "Accept allows neither")
+    await api.gate.audit(principal, peer_of(request), "fhir.read", "Binary", res_id,
+                         [f"Binary/{res_id}", f"DiagnosticReport/{report}"])
+    headers = {"ETag": 'W/"1"', "Cache-Control": "no-store"}  # a document of a report version never changes
+    if not as_json:
+        return Response(document.data, headers={**headers, "X-Security-Context": f"DiagnosticReport/{report}"},
+                        media_type=document.content_type)
+    resource = {"resourceType": "Binary", "id": res_id, "meta": {"versionId": "1"},
+                "contentType": document.content_type,
+                "securityContext": {"reference": f"DiagnosticReport/{report}"},
+                "data": base64.b64encode(document.data).decode("ascii")}
+    return fhir_response(dumps(resource), headers=headers)
 
 
 async def _vread(api: _Api, request: Request) -> Response:
@@ -368,10 +427,13 @@ async def _metadata(api: _Api, request: Request) -> Response:
     return fhir_response(capability_statement(api.base(request), api.started, api.settings.auth_description))
 
 
-def _guarded(api: _Api, handler: Callable[[_Api, Request], Awaitable[Response]]) -> Handler:
+def _guarded(api: _Api, handler: Callable[[_Api, Request], Awaitable[Response]], negotiated: bool = True) -> Handler:
+    """``handler`` answering its errors as OperationOutcomes; ``negotiated``: 406 first unless FHIR JSON is
+    acceptable (a Binary read negotiates its own answer)."""
     async def endpoint(request: Request) -> Response:
         try:
-            _check_accept(request)
+            if negotiated:
+                _check_accept(request)
             return await handler(api, request)
         except ApiError as exc:
             return outcome_response(exc)
@@ -410,6 +472,7 @@ def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Seq
         Route("/fhir/{res_type}", _guarded(api, _search), methods=["GET"]),
         Route("/fhir/{res_type}/_history", _guarded(api, _type_history), methods=["GET"]),
         Route("/fhir/{res_type}/_search", _guarded(api, _search), methods=["POST"]),
+        Route("/fhir/Binary/{res_id}", _guarded(api, _binary, negotiated=False), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}", _guarded(api, _read), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}/_history", _guarded(api, _history), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}/_history/{version}", _guarded(api, _vread), methods=["GET"]),

@@ -14,6 +14,7 @@ from engine.domain.report_status import load_status_table
 from engine.domain.report_tables import reports
 from engine.domain.reports import ReportPolicy, apply_report
 from engine.domain.tables import orders, patients, procedure_steps
+from engine.fhir.binary import inline, read_document
 from engine.fhir.model import FhirSettings
 from engine.fhir.projector import project_all
 from engine.fhir.search import history, read, vread
@@ -167,9 +168,15 @@ def test_a_pdf_report_is_presented_as_the_pdf(db: Database) -> None:
         value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64", data=pdf)]})
     _apply(db, record)
     project_all(db, SETTINGS)
-    forms = _json(db)["presentedForm"]
+    resource = _json(db)
+    forms = resource["presentedForm"]
     assert [f["contentType"] for f in forms] == ["text/plain; charset=utf-8", "application/pdf"]
-    assert forms[1]["data"] == pdf
+    assert "data" not in forms[1] and forms[1]["url"] == "Binary/report-1-1-1" and forms[1]["size"] == 15
+    found = db.read(lambda c: read_document(c, "report-1-1-1"))
+    assert found is not None and found[0] == "1" and found[1].data == b"%PDF-1.4 report"
+    pushed = db.read(lambda c: inline(c, resource))  # what a FHIR push sends: the bytes inline again
+    assert pushed["presentedForm"][1]["data"] == pdf and "url" not in pushed["presentedForm"][1]
+    assert pushed["presentedForm"][0] == forms[0]
 
 
 def test_a_pdf_sent_with_line_breaks_in_its_base64_is_still_presented(db: Database) -> None:
@@ -179,4 +186,7 @@ def test_a_pdf_sent_with_line_breaks_in_its_base64_is_still_presented(db: Databa
         value_type="ED", media_type="application", media_subtype="pdf", encoding="Base64",
         data=pdf[:20] + "\r\n" + pdf[20:])]}))
     project_all(db, SETTINGS)
-    assert [(f["contentType"], f["data"]) for f in _json(db)["presentedForm"]] == [("application/pdf", pdf)]
+    assert [(f["contentType"], f["url"]) for f in _json(db)["presentedForm"]] == [("application/pdf",
+                                                                                  "Binary/report-1-1-1")]
+    found = db.read(lambda c: read_document(c, "report-1-1-1"))
+    assert found is not None and found[1].data == base64.b64decode(pdf)
