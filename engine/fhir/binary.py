@@ -25,7 +25,7 @@ from sqlalchemy import Connection, select
 from engine.domain.report_tables import report_versions
 from engine.fhir.tables import fhir_resources
 
-__all__ = ["Document", "attachment", "binary_id", "documents", "inline", "parse_id", "read_document"]
+__all__ = ["DOCUMENT_TITLE", "Document", "attachment", "binary_id", "documents", "inline", "parse_id", "read_document"]
 
 DOCUMENT_TITLE = "Radiology report document"
 _ID = re.compile(r"^report-([0-9]{1,18})-([0-9]{1,9})-([0-9]{1,4})$")
