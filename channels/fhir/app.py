@@ -96,20 +96,26 @@ def _quality(params: list[str]) -> float:
     return 1.0
 
 
-def _accepts_json(accept: str) -> bool:
-    """True if an ``Accept`` header lets this server answer FHIR JSON (RFC 9110 12.5.1).
-
-    ``application/fhir+json`` takes the quality of the most specific range naming it (itself,
-    ``application/*``, ``*/*``): ``;q=0`` means "not acceptable", even beside ``*/*``. Else a JSON
-    name this server also answers to (``application/json``, DSTU2's ``application/json+fhir``) with
-    a quality above 0 will do. No header, or only ranges that cannot be read: anything goes.
-    """
+def _ranges(accept: str) -> dict[str, float]:
+    """The media ranges of an ``Accept`` header (lower case, without parameters) and their quality."""
     ranges: dict[str, float] = {}
     for part in accept.split(","):
         kind, *params = part.split(";")
         kind = kind.strip().lower()
         if kind:
             ranges[kind] = max(ranges.get(kind, 0.0), _quality(params))
+    return ranges
+
+
+def _accepts_json(accept: str) -> bool:
+    """True if an ``Accept`` header lets this server answer FHIR JSON (RFC 9110 12.5.1).
+
+    ``application/fhir+json`` takes the quality of the most specific range naming it (itself,
+    ``application/*``, ``*/*``): ``;q=0`` means "not acceptable", even beside ``*/*``. Else a JSON
+    name this server also answers to (``application/json``, DSTU2's ``application/json+fhir``) with
+    a quality above 0 will do. No (or an empty) header: anything goes.
+    """
+    ranges = _ranges(accept)
     if not ranges:
         return True
     for kind in ("application/fhir+json", "application/*", "*/*"):
@@ -129,11 +135,7 @@ def _binary_as_json(request: Request, content_type: str) -> bool | None:
     """
     if "_format" in request.query_params:
         return True  # a _format other than JSON was refused before
-    ranges: dict[str, float] = {}
-    for part in request.headers.get("accept", "").split(","):
-        kind, *params = part.split(";")
-        if kind.strip():
-            ranges[kind.strip().lower()] = max(ranges.get(kind.strip().lower(), 0.0), _quality(params))
+    ranges = _ranges(request.headers.get("accept", ""))
     if not ranges:
         return False
     as_json = max((ranges[kind] for kind in JSON_TYPES if kind in ranges), default=0.0)
