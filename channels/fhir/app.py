@@ -399,6 +399,11 @@ async def _search(api: _Api, request: Request) -> Response:
         pairs = await _pairs(request, api.settings.max_search_body_bytes)
     except ApiError as exc:  # answered after the caller is admitted (again, for a GET, in one hop with the search)
         pairs, refused = [], exc
+    if refused is None and request.method == "POST" and not any(k == "_format" for k, _ in pairs):
+        try:  # a POST is negotiated here, once its body is read: a _format in the body overrides Accept as well
+            _check_accept(request)
+        except ApiError as exc:
+            refused = exc
     authorization = request.headers.get("authorization")
 
     def work() -> tuple[Principal, search.Page, str]:
@@ -473,7 +478,7 @@ def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Seq
         Route("/fhir/_history", _guarded(api, _system_history), methods=["GET"]),
         Route("/fhir/{res_type}", _guarded(api, _search), methods=["GET"]),
         Route("/fhir/{res_type}/_history", _guarded(api, _type_history), methods=["GET"]),
-        Route("/fhir/{res_type}/_search", _guarded(api, _search), methods=["POST"]),
+        Route("/fhir/{res_type}/_search", _guarded(api, _search, negotiated=False), methods=["POST"]),
         Route("/fhir/Binary/{res_id}", _guarded(api, _binary, negotiated=False), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}", _guarded(api, _read), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}/_history", _guarded(api, _history), methods=["GET"]),

@@ -58,3 +58,16 @@ def test_format_overrides_the_accept_header(api: FhirHttp, seeded: str) -> None:
             response = api.get(path, params={"_format": "json"}, headers={"Accept": accept})
             assert response.status_code == 200, (path, accept, response.text)
         assert api.get(path, params={"_format": "xml"}, headers={"Accept": "application/fhir+json"}).status_code == 406
+
+
+def test_a_format_in_a_search_body_overrides_the_accept_header(api: FhirHttp, seeded: str) -> None:
+    # A POST _search's parameters are its body: a _format there overrides Accept as one in the query does.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = f"identifier=urn:oid:{seeded}"
+    for accept, fmt, status in (("application/fhir+json;q=0", "json", 200), ("application/fhir+xml", "json", 200),
+                                ("application/fhir+json;q=0", None, 406), ("application/fhir+json", "xml", 406)):
+        content = f"{body}&_format={fmt}" if fmt else body
+        response = api.request("POST", "ImagingStudy/_search", content=content, headers={**form, "Accept": accept})
+        assert response.status_code == status, (accept, fmt, response.text)
+        if status == 200:
+            assert response.json()["total"] == 1
