@@ -10,6 +10,7 @@ unexpected is a 500 OperationOutcome without a traceback (the log has it).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,10 +36,12 @@ from channels.fhir.front import ReadFront
 from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
 from engine.auth import Principal
 from engine.fhir import search
+from engine.fhir.binary import Document, read_document
 from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
 from engine.fhir.instant import search_range
 from engine.fhir.query import DEFAULT_COUNT, JSON_TYPES, MAX_COUNT, Plan, SearchError, json_format, parse, whole_number
 from engine.fhir.registry import MODULES, by_type
+from engine.fhir.store import dumps
 from engine.store.database import Database, unavailable
 
 __all__ = ["ApiSettings", "create_app"]
@@ -81,11 +84,80 @@ def _lenient(request: Request) -> bool:
     return any(p.strip().replace(" ", "") == "handling=lenient" for p in prefer.split(","))
 
 
+def _quality(params: list[str]) -> float:
+    """The ``q`` of a media range's parameters (RFC 9110 12.4.2); 1 when absent or unreadable (tolerant)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return max(0.0, min(float(value.strip()), 1.0))
+            except ValueError:
+                return 1.0
+    return 1.0
+
+
+def _ranges(accept: str) -> dict[str, float]:
+    """The media ranges of an ``Accept`` header (lower case, without parameters) and their quality."""
+    ranges: dict[str, float] = {}
+    for part in accept.split(","):
+        kind, *params = part.split(";")
+        kind = kind.strip().lower()
+        if kind:
+            ranges[kind] = max(ranges.get(kind, 0.0), _quality(params))
+    return ranges
+
+
+def _accepts_json(accept: str) -> bool:
+    """True if an ``Accept`` header lets this server answer FHIR JSON (RFC 9110 12.5.1).
+
+    ``application/fhir+json`` takes the quality of the most specific range naming it (itself,
+    ``application/*``, ``*/*``): ``;q=0`` means "not acceptable", even beside ``*/*``. Else a JSON
+    name this server also answers to (``application/json``, DSTU2's ``application/json+fhir``) with
+    a quality above 0 will do. No (or an empty) header: anything goes.
+    """
+    ranges = _ranges(accept)
+    if not ranges:
+        return True
+    for kind in ("application/fhir+json", "application/*", "*/*"):
+        if kind in ranges:
+            if ranges[kind] > 0:
+                return True
+            break
+    return any(ranges.get(kind, 0.0) > 0 for kind in JSON_TYPES)
+
+
+def _binary_as_json(request: Request, content_type: str) -> bool | None:
+    """Whether a Binary read is answered as the Binary resource in FHIR JSON (True) or as the document's own bytes
+    (False), or None: neither is acceptable (R4 http.html#binary: the raw content unless FHIR is asked for).
+
+    ``_format`` (JSON) asks for the resource. Else a JSON type named in ``Accept`` (not a wildcard) wins over the
+    document's type unless the document's type is given a higher quality; no ``Accept`` is the raw content.
+    """
+    if "_format" in request.query_params:
+        return True  # a _format other than JSON was refused before
+    ranges = _ranges(request.headers.get("accept", ""))
+    if not ranges:
+        return False
+    as_json = max((ranges[kind] for kind in JSON_TYPES if kind in ranges), default=0.0)
+    major = content_type.split("/")[0]
+    as_raw = next((ranges[k] for k in (content_type, f"{major}/*", "*/*") if k in ranges), 0.0)
+    if as_json > 0 and as_json >= as_raw:
+        return True
+    return False if as_raw > 0 else None
+
+
 def _check_accept(request: Request) -> None:
+    """406 unless the request lets this server answer FHIR JSON: ``_format`` (in the query) decides when given,
+    as it overrides ``Accept`` (R4 http.html#mime-type), else the ``Accept`` header."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        if not json_format(fmt):
+            raise ApiError(406, "not-supported", f"_format={fmt} is not supported: this server answers only FHIR JSON")
+        return
     accept = request.headers.get("accept", "")
-    wanted = {a.split(";")[0].strip().lower() for a in accept.split(",") if a.strip()}
-    if wanted and not wanted & {"*/*", "application/*", *JSON_TYPES}:
-        raise ApiError(406, "not-supported", f"this server answers only FHIR JSON, not {accept}")
+    if not _accepts_json(accept):
+        raise ApiError(406, "not-supported", f"this server answers only FHIR JSON (application/fhir+json), "
+                                             f"which Accept: {accept[:200]} does not accept")
 
 
 def _res_type(request: Request) -> str:
@@ -162,6 +234,38 @@ async def _read(api: _Api, request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     await api.gate.audit(principal, peer_of(request), "fhir.read", res_type, res_id, [f"{res_type}/{res_id}"])
     return fhir_response(stored.json, headers=headers)
+
+
+async def _binary(api: _Api, request: Request) -> Response:
+    """``GET /fhir/Binary/{id}``: a report document (:mod:`engine.fhir.binary`), as its own bytes or as the
+    Binary resource. Allowed to whoever may read DiagnosticReports, and audited as their read is."""
+    res_id = _res_id(request)
+    _read_params(request, _READ_PARAMS)
+    authorization = request.headers.get("authorization")
+
+    def work() -> tuple[Principal, tuple[str, Document] | None]:
+        principal = api.gate.check(authorization, [("DiagnosticReport", "read")])
+        return principal, _single(api.db, lambda c: read_document(c, res_id))
+
+    principal, found = await asyncio.get_running_loop().run_in_executor(None, work)
+    if found is None:
+        raise ApiError(404, "not-found", f"Binary/{res_id} is not known")
+    report, document = found
+    as_json = _binary_as_json(request, document.content_type)
+    if as_json is None:
+        raise ApiError(406, "not-supported", f"Binary/{res_id} is {document.content_type}, or FHIR JSON; "
+                                             "Accept allows neither")
+    await api.gate.audit(principal, peer_of(request), "fhir.read", "Binary", res_id,
+                         [f"Binary/{res_id}", f"DiagnosticReport/{report}"])
+    headers = {"ETag": 'W/"1"', "Cache-Control": "no-store"}  # a document of a report version never changes
+    if not as_json:
+        return Response(document.data, headers={**headers, "X-Security-Context": f"DiagnosticReport/{report}"},
+                        media_type=document.content_type)
+    resource = {"resourceType": "Binary", "id": res_id, "meta": {"versionId": "1"},
+                "contentType": document.content_type,
+                "securityContext": {"reference": f"DiagnosticReport/{report}"},
+                "data": base64.b64encode(document.data).decode("ascii")}
+    return fhir_response(dumps(resource), headers=headers)
 
 
 async def _vread(api: _Api, request: Request) -> Response:
@@ -277,8 +381,11 @@ def _patient_of(pairs: list[tuple[str, str]]) -> str:
 
 
 def _plan(api: _Api, request: Request, res_type: str, pairs: list[tuple[str, str]]) -> Plan:
+    """The search's plan; an absolute reference matches only under this server's base (configured, or as the
+    request reached it)."""
+    bases = tuple(dict.fromkeys((api.base(request), str(request.base_url).rstrip("/") + "/fhir")))
     try:
-        return parse(res_type, pairs, api.settings.site_zone, _lenient(request))
+        return parse(res_type, pairs, api.settings.site_zone, _lenient(request), bases)
     except SearchError as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from exc
 
@@ -292,6 +399,11 @@ async def _search(api: _Api, request: Request) -> Response:
         pairs = await _pairs(request, api.settings.max_search_body_bytes)
     except ApiError as exc:  # answered after the caller is admitted (again, for a GET, in one hop with the search)
         pairs, refused = [], exc
+    if refused is None and request.method == "POST" and not any(k == "_format" for k, _ in pairs):
+        try:  # a POST is negotiated here, once its body is read: a _format in the body overrides Accept as well
+            _check_accept(request)
+        except ApiError as exc:
+            refused = exc
     authorization = request.headers.get("authorization")
 
     def work() -> tuple[Principal, search.Page, str]:
@@ -322,10 +434,13 @@ async def _metadata(api: _Api, request: Request) -> Response:
     return fhir_response(capability_statement(api.base(request), api.started, api.settings.auth_description))
 
 
-def _guarded(api: _Api, handler: Callable[[_Api, Request], Awaitable[Response]]) -> Handler:
+def _guarded(api: _Api, handler: Callable[[_Api, Request], Awaitable[Response]], negotiated: bool = True) -> Handler:
+    """``handler`` answering its errors as OperationOutcomes; ``negotiated``: 406 first unless FHIR JSON is
+    acceptable (a Binary read negotiates its own answer)."""
     async def endpoint(request: Request) -> Response:
         try:
-            _check_accept(request)
+            if negotiated:
+                _check_accept(request)
             return await handler(api, request)
         except ApiError as exc:
             return outcome_response(exc)
@@ -363,7 +478,8 @@ def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Seq
         Route("/fhir/_history", _guarded(api, _system_history), methods=["GET"]),
         Route("/fhir/{res_type}", _guarded(api, _search), methods=["GET"]),
         Route("/fhir/{res_type}/_history", _guarded(api, _type_history), methods=["GET"]),
-        Route("/fhir/{res_type}/_search", _guarded(api, _search), methods=["POST"]),
+        Route("/fhir/{res_type}/_search", _guarded(api, _search, negotiated=False), methods=["POST"]),
+        Route("/fhir/Binary/{res_id}", _guarded(api, _binary, negotiated=False), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}", _guarded(api, _read), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}/_history", _guarded(api, _history), methods=["GET"]),
         Route("/fhir/{res_type}/{res_id}/_history/{version}", _guarded(api, _vread), methods=["GET"]),

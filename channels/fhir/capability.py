@@ -59,6 +59,16 @@ def _resource(module: Any) -> dict[str, Any]:
     return item
 
 
+#: Report documents (engine.fhir.binary): read only, by the URL a DiagnosticReport's presentedForm gives.
+_BINARY: dict[str, Any] = {
+    "type": "Binary",
+    "documentation": "the documents of DiagnosticReport.presentedForm (a PDF report) by their url; read needs "
+                     "read on DiagnosticReport",
+    "interaction": [{"code": "read", "documentation": "the document's own bytes (its contentType), or the Binary "
+                                                      "resource when FHIR JSON is asked for (Accept or _format)"}],
+}
+
+
 def capability_statement(base_url: str, started: datetime, auth_description: str) -> str:
     """The statement as JSON text (R4 CapabilityStatement, kind ``instance``)."""
     return dumps({
@@ -78,7 +88,7 @@ def capability_statement(base_url: str, started: datetime, auth_description: str
                                          "code": "SMART-on-FHIR"}]}],
                 "description": auth_description,
             },
-            "resource": [_resource(m) for m in sorted(MODULES, key=lambda m: m.TYPE)],
+            "resource": [_BINARY, *(_resource(m) for m in sorted(MODULES, key=lambda m: m.TYPE))],
             "interaction": [{"code": "history-system", "documentation": _SYSTEM_HISTORY}],
         }],
     })

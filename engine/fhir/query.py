@@ -129,7 +129,35 @@ def _date(text: str, zone: tzinfo) -> DateValue:
         raise SearchError(f"{text!r} is not a FHIR date or dateTime") from exc
 
 
-def _reference(text: str, param: Param, type_modifier: str) -> str:
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _base_key(url: str) -> str:
+    """A base URL compared as such: scheme and host case-folded, without a trailing slash."""
+    scheme, _, rest = url.rstrip("/").partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}://{host.lower()}{slash}{path}"
+
+
+def _local(text: str, bases: tuple[str, ...]) -> str | None:
+    """An absolute reference as ``Type/id`` relative to this server, or None when it names another server
+    (its base is none of ``bases``; R4 3.1.1.4.8: an absolute reference is a resource on that server)."""
+    for base in bases:
+        key = _base_key(base) + "/"
+        rest = text.rstrip("/")[len(key):]
+        if _base_key(text).startswith(key) and rest.count("/") == 1:  # base/Type/id, not base/more/Type/id
+            return rest
+    return None
+
+
+def _reference(text: str, param: Param, type_modifier: str, bases: tuple[str, ...] = ()) -> str | None:
+    """``Type/id`` for a reference value; None for an absolute URL of another server (it matches nothing here)."""
+    if _ABSOLUTE.match(text):
+        local = _local(text, bases)
+        if local is None:
+            _reference("/".join(text.rstrip("/").split("/")[-2:]), param, type_modifier)  # 400 if not Type/id
+            return None
+        text = local
     parts = text.rstrip("/").split("/")
     if len(parts) >= 2 and parts[-2][:1].isupper():
         target, res_id = parts[-2], parts[-1]
@@ -150,7 +178,7 @@ def _reference(text: str, param: Param, type_modifier: str) -> str:
     return f"{target}/{res_id}"
 
 
-def _values(param: Param, modifier: str, raw: str, zone: tzinfo) -> tuple[Value, ...]:
+def _values(param: Param, modifier: str, raw: str, zone: tzinfo, bases: tuple[str, ...]) -> tuple[Value, ...]:
     if param.type == "token":
         if modifier:
             raise SearchError(f"modifier :{modifier} is not supported on {param.name}", "not-supported")
@@ -162,7 +190,8 @@ def _values(param: Param, modifier: str, raw: str, zone: tzinfo) -> tuple[Value,
     if param.type == "reference":
         if modifier and modifier not in param.targets:
             raise SearchError(f"modifier :{modifier} is not supported on {param.name}", "not-supported")
-        return tuple(_reference(v, param, modifier) for v in _split(raw))
+        found = (_reference(v, param, modifier, bases) for v in _split(raw))
+        return tuple(v for v in found if v is not None)
     if modifier not in _STRING_MODIFIERS:
         raise SearchError(f"modifier :{modifier} is not supported on {param.name}", "not-supported")
     return tuple(_split(raw))
@@ -241,8 +270,13 @@ def _param(res_type: str, name: str) -> Param | None:
     return next((p for p in module.PARAMS if p.name == name), None)
 
 
-def parse(res_type: str, pairs: list[tuple[str, str]], zone: tzinfo, lenient: bool = False) -> Plan:
-    """The plan of a search on ``res_type`` (a served type); SearchError on a request it cannot run."""
+def parse(res_type: str, pairs: list[tuple[str, str]], zone: tzinfo, lenient: bool = False,
+          bases: tuple[str, ...] = ()) -> Plan:
+    """The plan of a search on ``res_type`` (a served type); SearchError on a request it cannot run.
+
+    ``bases`` are this server's own base URLs: an absolute reference value matches only under one of them
+    (a reference to another server's resource matches nothing here; a condition left without values is false).
+    """
     plan = Plan(res_type)
     for name, value in pairs:
         if _control(plan, name, value):
@@ -256,7 +290,7 @@ def parse(res_type: str, pairs: list[tuple[str, str]], zone: tzinfo, lenient: bo
             raise SearchError(f"unknown search parameter {name!r} for {res_type}", "not-supported")
         if value == "":
             continue  # R4 3.1.1.5: a parameter without a value is ignored
-        plan.conditions.append(Condition(param, modifier, _values(param, modifier, value, zone)))
+        plan.conditions.append(Condition(param, modifier, _values(param, modifier, value, zone, bases)))
         plan.accepted.append((name, value))
         if len(plan.conditions) > MAX_CONDITIONS:
             raise SearchError(f"a search may combine at most {MAX_CONDITIONS} parameters (a repeated one counts "

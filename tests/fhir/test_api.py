@@ -185,7 +185,8 @@ def test_only_fhir_json_is_served(api: FhirHttp) -> None:
 def test_the_capability_statement_lists_every_imaging_study_parameter(api: FhirHttp) -> None:
     statement = api.get("metadata").json()
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(resources) == {"ImagingStudy", "Patient", "ServiceRequest", "Endpoint", "DiagnosticReport"}
+    assert set(resources) == {"ImagingStudy", "Patient", "ServiceRequest", "Endpoint", "DiagnosticReport", "Binary"}
+    assert resources["Binary"]["interaction"][0]["code"] == "read" and len(resources["Binary"]["interaction"]) == 1
     names = {p["name"] for p in resources["ImagingStudy"]["searchParam"]}
     assert {"identifier", "patient", "subject", "started", "status", "modality", "basedon", "endpoint", "_id",
             "_lastUpdated"} <= names

@@ -36,7 +36,7 @@ def test_fhirclient_parses_the_capability_statement_strictly_and_reads(engine: I
     smart.server.get_capability()  # strict: any element fhirclient does not know raises
     statement = smart.server.capabilityStatement
     assert statement.fhirVersion == "4.0.1" and statement.kind == "instance"
-    served = {r.type: {p.name for p in r.searchParam} for r in statement.rest[0].resource}
+    served = {r.type: {p.name for p in r.searchParam or []} for r in statement.rest[0].resource}
     assert {"identifier", "patient", "started", "status", "modality", "basedon", "endpoint"} <= served["ImagingStudy"]
     study = ImagingStudy.read(patient[1][0], smart.server)
     assert study.status == "registered" and study.subject.reference == patient[0]

@@ -14,10 +14,12 @@ from engine.domain.report_status import load_status_table
 from engine.domain.report_tables import reports
 from engine.domain.reports import ReportPolicy, apply_report
 from engine.domain.tables import orders, patients, procedure_steps
+from engine.fhir.binary import inline, read_document
 from engine.fhir.model import FhirSettings
 from engine.fhir.projector import project_all
 from engine.fhir.search import history, read, vread
-from engine.fhir.tables import fhir_pending
+from engine.fhir.store import dumps
+from engine.fhir.tables import fhir_pending, fhir_resources, fhir_versions
 from engine.store.database import Database
 from engine.store.migrate import alembic_config, upgrade
 from tests.conftest import ROOT
@@ -167,9 +169,15 @@ def test_a_pdf_report_is_presented_as_the_pdf(db: Database) -> None:
         value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64", data=pdf)]})
     _apply(db, record)
     project_all(db, SETTINGS)
-    forms = _json(db)["presentedForm"]
+    resource = _json(db)
+    forms = resource["presentedForm"]
     assert [f["contentType"] for f in forms] == ["text/plain; charset=utf-8", "application/pdf"]
-    assert forms[1]["data"] == pdf
+    assert "data" not in forms[1] and forms[1]["url"] == "Binary/report-1-1-1" and forms[1]["size"] == 15
+    found = db.read(lambda c: read_document(c, "report-1-1-1"))
+    assert found is not None and found[0] == "1" and found[1].data == b"%PDF-1.4 report"
+    pushed = db.read(lambda c: inline(c, resource))  # what a FHIR push sends: the bytes inline again
+    assert pushed["presentedForm"][1]["data"] == pdf and "url" not in pushed["presentedForm"][1]
+    assert pushed["presentedForm"][0] == forms[0]
 
 
 def test_a_pdf_sent_with_line_breaks_in_its_base64_is_still_presented(db: Database) -> None:
@@ -179,4 +187,61 @@ def test_a_pdf_sent_with_line_breaks_in_its_base64_is_still_presented(db: Databa
         value_type="ED", media_type="application", media_subtype="pdf", encoding="Base64",
         data=pdf[:20] + "\r\n" + pdf[20:])]}))
     project_all(db, SETTINGS)
-    assert [(f["contentType"], f["data"]) for f in _json(db)["presentedForm"]] == [("application/pdf", pdf)]
+    assert [(f["contentType"], f["url"]) for f in _json(db)["presentedForm"]] == [("application/pdf",
+                                                                                  "Binary/report-1-1-1")]
+    found = db.read(lambda c: read_document(c, "report-1-1-1"))
+    assert found is not None and found[1].data == base64.b64decode(pdf)
+
+
+def _pdf_report(status: str, pdf: bytes) -> ReportRecord:
+    record = _report(status, f"Report {status}.")
+    document = ReportLine(value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64",
+                          data=base64.b64encode(pdf).decode())
+    return record.model_copy(update={"lines": [*record.lines, document]})
+
+
+def test_the_migration_names_stored_documents_by_url_as_the_projector_now_writes_them(db: Database) -> None:
+    """Reports stored before documents were served as Binary carry them inline in every stored version; 0026
+    rewrites them in place (versionId and lastUpdated kept) to exactly what the projector writes now."""
+    db.writer.call(_seed)
+    _apply(db, _pdf_report("F", b"%PDF-1.4 first"))
+    _apply(db, _pdf_report("C", b"%PDF-1.4 corrected"), 1)
+    project_all(db, SETTINGS)
+    r, v = fhir_resources.c, fhir_versions.c
+    report = select(r.id, r.json, r.content_hash, r.last_updated).where(r.res_type == "DiagnosticReport")
+    current = db.read(lambda c: c.execute(report).one())
+    of_report = select(v.version_id, v.json).where(v.resource_pk == current.id).order_by(v.version_id)
+    versions = db.read(lambda c: c.execute(of_report).all())
+    assert [json.loads(j)["presentedForm"][1]["url"] for _, j in versions] == ["Binary/report-1-1-1",
+                                                                              "Binary/report-1-2-1"]
+
+    def inline_form(text: str) -> str:  # as the projector wrote it before: the bytes as data, no url
+        doc = json.loads(text)
+        for n, form in enumerate(doc["presentedForm"]):
+            if "url" in form:
+                found = db.read(lambda c, url=form["url"]: read_document(c, url.split("/")[1]))
+                assert found is not None
+                doc["presentedForm"][n] = {"contentType": form["contentType"],
+                                           "data": base64.b64encode(found[1].data).decode(),
+                                           "title": form["title"], "creation": form["creation"]}
+        return dumps(doc)
+
+    def old(conn: Connection) -> None:
+        conn.execute(update(fhir_resources).where(r.id == current.id).values(json=inline_form(current.json),
+                                                                              content_hash="old"))
+        for version_id, stored in versions:
+            conn.execute(update(fhir_versions).where(v.resource_pk == current.id, v.version_id == version_id)
+                         .values(json=inline_form(stored)))
+
+    with db.write_engine.begin() as conn:
+        cfg = alembic_config(db.url)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0025")
+        old(conn)
+    assert "JVBERi0xLjQgZmlyc3Q=" in db.read(lambda c: c.execute(of_report).all())[0].json  # the old form
+    upgrade(db.write_engine)
+    assert db.read(lambda c: c.execute(report).one()) == current
+    assert db.read(lambda c: c.execute(of_report).all()) == versions
+    db.writer.call(lambda c: c.execute(insert(fhir_pending).values(kind="DiagnosticReport", key="1")))
+    assert project_all(db, SETTINGS) == 0  # a rebuild finds nothing to rewrite
+    assert db.read(lambda c: c.execute(report).one()) == current

@@ -7,6 +7,7 @@ token from sekmet's own OAuth 2.0 token endpoint.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -250,6 +251,21 @@ def test_a_report_and_its_correction_update_one_diagnostic_report_on_the_ehr(
     [now] = sekmet.search("DiagnosticReport", system, value)  # the same remote report, updated
     assert now["id"] == report["id"] and now["status"] == "corrected" and now["conclusion"] == "Old infarct."
 
+
+
+def test_a_report_pdf_is_pushed_inline_byte_for_byte(pusher: PushEngine, sekmet: Sekmet) -> None:
+    # Our DiagnosticReport names its PDF by URL (Binary/report-…, served by us); the EHR's server cannot fetch it
+    # from here, so the push carries the bytes inline.
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
+    obx = f"OBX|2|ED|PDF^Report PDF||^AP^PDF^Base64^{base64.b64encode(pdf).decode()}||||||F"
+    uid = "1.2.826.0.1.3680043.10.998.206"
+    assert pusher.send(orm(206, "PUSH206", study_uid=uid)) == ["AA"]
+    assert pusher.report(oru(206, "R206F", "F", "See PDF.").rstrip("\r") + "\r" + obx + "\r") == ["AA"]
+    pusher.delivered()
+    [study] = _study(sekmet, uid)
+    [report] = sekmet.search("DiagnosticReport", *_accession(sekmet.read(study["basedOn"][0]["reference"])))
+    [form] = [f for f in report["presentedForm"] if f["contentType"] == "application/pdf"]
+    assert "url" not in form and base64.b64decode(form["data"]) == pdf and form["size"] == len(pdf)
 
 
 def test_a_push_leaves_when_the_projector_queues_it_not_at_the_next_outbox_poll(

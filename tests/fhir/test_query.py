@@ -51,11 +51,24 @@ def test_date_prefixes() -> None:
 
 
 def test_references_take_ids_types_and_urls() -> None:
-    plan = parse("ImagingStudy", [("patient", "7,Patient/8,http://x/fhir/Patient/9"), ("subject:Patient", "3")], UTC)
+    plan = parse("ImagingStudy", [("patient", "7,Patient/8,http://x/fhir/Patient/9"), ("subject:Patient", "3")], UTC,
+                 bases=("http://x/fhir",))
     assert [c.values for c in plan.conditions] == [("Patient/7", "Patient/8", "Patient/9"), ("Patient/3",)]
     for bad in ("Observation/1", "Patient/a b", "Patient/"):
         with pytest.raises(SearchError):
             parse("ImagingStudy", [("patient", bad)], UTC)
+
+
+def test_an_absolute_reference_matches_only_under_this_servers_base() -> None:
+    # R4 3.1.1.4.8: http://other.example/fhir/Patient/9 is Patient/9 of that server; it matched our Patient/9.
+    bases = ("https://RIS.example:8443/fhir/",)
+    plan = parse("ImagingStudy", [("patient", "http://other.example/fhir/Patient/9"),
+                                  ("subject", "https://ris.example:8443/fhir/Patient/9,https://ris.example/fhir/Patient/8"),
+                                  ("basedon", "http://ris.example:8443/fhir/ServiceRequest/1")], UTC, bases=bases)
+    assert [c.values for c in plan.conditions] == [(), ("Patient/9",), ()]
+    assert parse("ImagingStudy", [("patient", "http://x/fhir/Patient/9")], UTC).conditions[0].values == ()
+    with pytest.raises(SearchError):  # another server's value is still read as a reference
+        parse("ImagingStudy", [("patient", "http://other.example/fhir/Observation/1")], UTC, bases=bases)
 
 
 def test_count_is_clamped_and_cursor_not_echoed() -> None:

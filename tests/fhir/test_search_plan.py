@@ -84,3 +84,17 @@ def test_the_largest_searches_allowed_run_on_both_backends(db: Database, pairs: 
     _seed(db)
     page = db.read(lambda c: search.run(c, parse("ImagingStudy", pairs, UTC)))
     assert page.total == (0 if pairs[0][0] in ("identifier", "started") else STUDIES // 2)
+
+
+def test_a_reference_to_another_server_matches_nothing_on_both_backends(db: Database) -> None:
+    # R4 3.1.1.4.8: an absolute reference outside this server's base names another server's resource; it matched
+    # the local Patient/2. A condition left without values is false in SQL on both backends (an empty IN).
+    _seed(db)
+    bases = ("http://ris.example/fhir",)
+
+    def total(value: str) -> int:
+        return db.read(lambda c: search.run(c, parse("ImagingStudy", [("patient", value)], UTC, bases=bases))).total
+
+    assert total("http://ris.example/fhir/Patient/2") == STUDIES // 3
+    assert total("http://other.example/fhir/Patient/2") == 0
+    assert total("http://other.example/fhir/Patient/2,Patient/3") == STUDIES // 3

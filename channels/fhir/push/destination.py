@@ -12,7 +12,10 @@ overwrites a newer one. Otherwise the resource is upserted by conditional update
 * ``references: identifier``: references become logical (``Reference.identifier``).
 
 Either way a reference to a type without an upsert rule (our DICOMweb Endpoint) is
-dropped. A removal row (the projector removed the resource) is a conditional delete by the
+dropped. A DiagnosticReport's documents (``presentedForm`` ``url`` ``Binary/…`` here) are sent
+inline, as base64 ``data``: the remote server cannot fetch them from us.
+
+A removal row (the projector removed the resource) is a conditional delete by the
 identifier the resource was upserted by, ``DELETE [base]/Type?identifier=system|value``
 (200/202/204, or 404: nothing there; settled without a request if the resource is stored
 again meanwhile: its new version's row follows).
@@ -39,6 +42,7 @@ from channels.fhir.push.references import local_references, logical, remote_body
 from channels.fhir.push.rules import RULES, conditional_key, conditional_path
 from engine.config.models import FhirDestinationConfig
 from engine.errors import PermanentDelivery, RetryableDelivery
+from engine.fhir.binary import inline
 from engine.fhir.push import PushRef
 from engine.fhir.store import dumps
 from engine.fhir.tables import fhir_resources
@@ -121,7 +125,10 @@ class FhirPushDestination:
         try:  # httpx's timeout is per phase: bound the whole delivery (token and references included)
             async with asyncio.timeout(self._config.timeout_seconds):
                 own = frozenset({f"{ref.res_type}/{ref.res_id}"})
-                status, remote = await self._upsert(_loads(row.json), _Push(), own)
+                resource = _loads(row.json)
+                if ref.res_type == "DiagnosticReport":  # its documents by value: the server cannot fetch ours
+                    resource = await self._db.read_async(lambda c: inline(c, resource))
+                status, remote = await self._upsert(resource, _Push(), own)
         except TimeoutError as exc:
             raise RetryableDelivery(*[f"no answer within {self._config.timeout_seconds:g} s"] * 2) from exc
         return f"HTTP {status} {ref.res_type}/{remote} (version {ref.version})"

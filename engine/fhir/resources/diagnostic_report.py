@@ -22,13 +22,13 @@ What each element comes from:
 * ``performer`` / ``resultsInterpreter``: OBR-32 (display and identifier; radbridge
   serves no Practitioner);
 * ``conclusion`` the impression lines, ``presentedForm`` the whole text (text/plain, UTF-8),
-  then each document the version carried (OBX ED: a PDF ...) with its MIME type.
+  then each document the version carried (OBX ED: a PDF ...) with its MIME type, by URL: a
+  ``Binary`` served from the report tables (:mod:`engine.fhir.binary`), never inline.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +36,7 @@ from sqlalchemy import Connection, select
 
 from engine.domain.report_tables import report_versions, reports
 from engine.domain.tables import orders, studies
+from engine.fhir.binary import attachment, documents
 from engine.fhir.instant import dicom_datetime, instant, search_range
 from engine.fhir.model import Built, FhirSettings, Param, Version, identifier_system
 from engine.fhir.resources.common import human_name, ids, reference, type_coding
@@ -162,33 +163,12 @@ def _body(order: Any, report: Any, version: Any, settings: FhirSettings, acquire
     text = base64.b64encode(version.text.encode()).decode("ascii")
     forms = [{"contentType": "text/plain; charset=utf-8", "data": text, "title": "Radiology report",
               "creation": body["issued"]}] if version.text.strip() else []
-    forms += [form | {"creation": body["issued"]} for form in _documents(version.attachments)]
+    forms += [attachment(report.id, int(version.version), document) | {"creation": body["issued"]}
+              for document in documents(version.attachments)]
     if forms:
         body["presentedForm"] = forms
     _index(built, body)
     return built
-
-
-#: HL7 table 0191 (ED-2 type of data) codes as MIME top-level types.
-_MEDIA_TYPES = {"AP": "application", "IM": "image", "TEXT": "text", "AU": "audio", "MULTIPART": "multipart"}
-
-
-def _documents(attachments: str) -> list[dict[str, Any]]:
-    """The version's ED documents as Attachments (data in base64); one that cannot be decoded is left out."""
-    out: list[dict[str, Any]] = []
-    for doc in json.loads(attachments or "[]"):
-        kind = doc.get("media_type", "").strip()
-        major = _MEDIA_TYPES.get(kind.upper(), kind.lower()) or "application"
-        minor = doc.get("media_subtype", "").strip().lower() or "octet-stream"
-        encoding, data = doc.get("encoding", "").strip().upper(), doc.get("data", "")
-        try:
-            raw = (base64.b64decode(data + "==") if encoding in ("BASE64", "B64")  # line breaks, padding: tolerated
-                   else bytes.fromhex(data) if encoding == "HEX" else data.encode("latin-1"))
-        except (ValueError, UnicodeEncodeError):
-            continue
-        out.append({"contentType": f"{major}/{minor}", "data": base64.b64encode(raw).decode("ascii"),
-                    "title": "Radiology report document"})
-    return out
 
 
 def _index(built: Built, body: dict[str, Any]) -> None:

@@ -1,0 +1,111 @@
+"""Report documents (a PDF in an OBX of type ED) as FHIR ``Binary`` resources, served from the report tables.
+
+A DiagnosticReport's ``presentedForm`` names each document by URL (``Binary/report-<report>-<version>-<n>``,
+``n`` counting the version's documents from 1 as received) with its ``contentType``, ``size`` and SHA-1
+``hash``, instead of carrying its bytes in base64 ``data``: a search page of 50 reports each with a
+10 MB PDF was 500 MB of JSON, built in memory. US Core DiagnosticReport allows ``presentedForm.url``;
+a client fetches the document when it wants it (R4 http.html#binary: the raw bytes, or the Binary resource
+as FHIR JSON). The bytes are read from ``report_versions.attachments`` at each request, never stored twice;
+a document is served only while its report is (the report's DiagnosticReport is stored).
+
+The report's own text stays inline (``text/plain`` ``data``): it is the report, and small.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from engine.domain.report_tables import report_versions
+from engine.fhir.tables import fhir_resources
+
+__all__ = ["DOCUMENT_TITLE", "Document", "attachment", "binary_id", "documents", "inline", "parse_id", "read_document"]
+
+DOCUMENT_TITLE = "Radiology report document"
+_ID = re.compile(r"^report-([0-9]{1,18})-([0-9]{1,9})-([0-9]{1,4})$")
+#: HL7 table 0191 (ED-2 type of data) codes as MIME top-level types.
+_MEDIA_TYPES = {"AP": "application", "IM": "image", "TEXT": "text", "AU": "audio", "MULTIPART": "multipart"}
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One document of a report version: ``n`` (from 1, as received), its MIME type and bytes."""
+
+    n: int
+    content_type: str
+    data: bytes
+
+
+def binary_id(report_pk: int | str, version: int, n: int) -> str:
+    """The id of the Binary serving document ``n`` of a report version."""
+    return f"report-{report_pk}-{version}-{n}"
+
+
+def parse_id(text: str) -> tuple[int, int, int] | None:
+    """(report pk, version, n) of a Binary id of this server, or None."""
+    match = _ID.match(text)
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3))) if match else None
+
+
+def documents(attachments: str) -> list[Document]:
+    """A version's ED documents (``report_versions.attachments``); one that cannot be decoded is left out
+    (its number is not reused)."""
+    out: list[Document] = []
+    for n, doc in enumerate(json.loads(attachments or "[]"), 1):
+        kind = doc.get("media_type", "").strip()
+        major = _MEDIA_TYPES.get(kind.upper(), kind.lower()) or "application"
+        minor = doc.get("media_subtype", "").strip().lower() or "octet-stream"
+        encoding, data = doc.get("encoding", "").strip().upper(), doc.get("data", "")
+        try:
+            raw = (base64.b64decode(data + "==") if encoding in ("BASE64", "B64")  # line breaks, padding: tolerated
+                   else bytes.fromhex(data) if encoding == "HEX" else data.encode("latin-1"))
+        except (ValueError, UnicodeEncodeError):
+            continue
+        out.append(Document(n, f"{major}/{minor}", raw))
+    return out
+
+
+def attachment(report_pk: int | str, version: int, document: Document) -> dict[str, Any]:
+    """The R4 Attachment naming ``document`` by URL (relative to the server's base), with size and SHA-1 hash."""
+    return {"contentType": document.content_type, "url": f"Binary/{binary_id(report_pk, version, document.n)}",
+            "size": len(document.data), "hash": base64.b64encode(hashlib.sha1(document.data).digest()).decode("ascii"),
+            "title": DOCUMENT_TITLE}
+
+
+def read_document(conn: Connection, res_id: str) -> tuple[str, Document] | None:
+    """(the DiagnosticReport id, the document) a Binary id names, or None if unknown or its report is not served."""
+    parsed = parse_id(res_id)
+    if parsed is None:
+        return None
+    report_pk, version, n = parsed
+    r = fhir_resources.c
+    served = select(r.id).where(r.res_type == "DiagnosticReport", r.res_id == str(report_pk)).exists()
+    attachments = conn.execute(select(report_versions.c.attachments).where(
+        report_versions.c.report_pk == report_pk, report_versions.c.version == version, served)).scalar()
+    if not attachments:
+        return None
+    found = next((d for d in documents(attachments) if d.n == n), None)
+    return (str(report_pk), found) if found is not None else None
+
+
+def inline(conn: Connection, resource: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` with each of its ``Binary/report-…`` attachments carrying its bytes as ``data`` instead of
+    the URL (for a server that cannot fetch them from here: FHIR push)."""
+    forms = resource.get("presentedForm")
+    if not isinstance(forms, list):
+        return resource
+    out = []
+    for form in forms:
+        url = form.get("url", "") if isinstance(form, dict) else ""
+        found = read_document(conn, url[len("Binary/"):]) if url.startswith("Binary/") else None
+        if found is not None:
+            form = {k: v for k, v in form.items() if k != "url"}
+            form["data"] = base64.b64encode(found[1].data).decode("ascii")
+        out.append(form)
+    return {**resource, "presentedForm": out}

@@ -1,0 +1,73 @@
+"""Content negotiation over HTTP: ``Accept`` qualities (q=0 is "not acceptable") and ``_format`` overriding it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fhir.conftest import FhirHttp, InProcessEngine
+from tests.fhir.messages import orm
+
+UID = "1.2.826.0.1.3680043.10.991.1"
+
+
+@pytest.fixture(scope="module")
+def seeded(engine: InProcessEngine, api: FhirHttp) -> str:
+    assert engine.send(orm(910, "ACCEPT1", "ACCEPT^ANNA", study_uid=UID)) == ["AA"]
+    engine.settle()
+    return UID
+
+
+def _paths(study: str) -> list[str]:
+    return ["metadata", f"ImagingStudy/{study}", "ImagingStudy", f"ImagingStudy/{study}/_history", "_history"]
+
+
+@pytest.mark.parametrize("accept", [
+    "application/fhir+json;q=0",
+    "application/fhir+json; q=0.0, application/json;q=0",
+    "application/fhir+json;q=0, */*",  # the most specific range decides: FHIR JSON is refused even beside */*
+    "*/*;q=0",
+    "application/json;q=0",
+    "application/xml, application/fhir+json;q=0.000",
+])
+def test_a_media_range_of_quality_zero_is_not_acceptable(api: FhirHttp, seeded: str, accept: str) -> None:
+    # q=0 was ignored: 'Accept: application/fhir+json;q=0' was answered with FHIR JSON (200).
+    for path in _paths(seeded):
+        response = api.get(path, headers={"Accept": accept})
+        assert response.status_code == 406, (path, accept, response.status_code)
+        assert response.json()["resourceType"] == "OperationOutcome"
+        assert response.json()["issue"][0]["code"] == "not-supported"
+
+
+@pytest.mark.parametrize("accept", [
+    "application/fhir+json;q=0.1",
+    "application/xml;q=0, application/fhir+json",
+    "application/xml, */*;q=0.01",
+    "application/json;q=0, application/*;q=0.5",
+    "application/fhir+json;q=0, application/json",  # a JSON name this server answers to, still wanted
+    "application/fhir+json;q=bad",  # an unreadable quality is read as 1, not refused
+])
+def test_a_media_range_of_positive_quality_is_served(api: FhirHttp, seeded: str, accept: str) -> None:
+    for path in _paths(seeded):
+        assert api.get(path, headers={"Accept": accept}).status_code == 200, (path, accept)
+
+
+def test_format_overrides_the_accept_header(api: FhirHttp, seeded: str) -> None:
+    # R4 http.html#mime-type: _format overrides Accept. 'Accept: application/xml' with _format=json was 406.
+    for path in _paths(seeded):
+        for accept in ("application/fhir+xml", "application/fhir+json;q=0"):
+            response = api.get(path, params={"_format": "json"}, headers={"Accept": accept})
+            assert response.status_code == 200, (path, accept, response.text)
+        assert api.get(path, params={"_format": "xml"}, headers={"Accept": "application/fhir+json"}).status_code == 406
+
+
+def test_a_format_in_a_search_body_overrides_the_accept_header(api: FhirHttp, seeded: str) -> None:
+    # A POST _search's parameters are its body: a _format there overrides Accept as one in the query does.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = f"identifier=urn:oid:{seeded}"
+    for accept, fmt, status in (("application/fhir+json;q=0", "json", 200), ("application/fhir+xml", "json", 200),
+                                ("application/fhir+json;q=0", None, 406), ("application/fhir+json", "xml", 406)):
+        content = f"{body}&_format={fmt}" if fmt else body
+        response = api.request("POST", "ImagingStudy/_search", content=content, headers={**form, "Accept": accept})
+        assert response.status_code == status, (accept, fmt, response.text)
+        if status == 200:
+            assert response.json()["total"] == 1

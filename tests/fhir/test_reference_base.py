@@ -1,0 +1,34 @@
+"""Reference search values that are absolute URLs, over HTTP with fhirpy: only this server's base matches
+(R4 3.1.1.4.8); another server's ``Patient/1`` is not ours."""
+
+from __future__ import annotations
+
+from fhirpy import SyncFHIRClient
+
+from tests.fhir.conftest import FhirHttp, InProcessEngine
+from tests.fhir.messages import orm, oru
+
+UID = "1.2.826.0.1.3680043.10.992.1"
+
+
+def test_an_absolute_reference_matches_only_under_this_servers_base(engine: InProcessEngine, api: FhirHttp) -> None:
+    assert engine.send(orm(920, "REFBASE1", "BASE^BEA", study_uid=UID)) == ["AA"]
+    assert engine.report(oru(920, "REFBASE-R1", "F", "No acute finding.")) == ["AA"]
+    engine.settle()
+    subject = api.get(f"ImagingStudy/{UID}").json()["subject"]["reference"]
+    fhir = SyncFHIRClient(engine.base)
+    ours = f"{engine.base}/{subject}"
+    for res_type in ("DiagnosticReport", "ImagingStudy", "ServiceRequest"):
+        assert len(fhir.resources(res_type).search(subject=ours).fetch()) == 1, res_type
+        assert len(fhir.resources(res_type).search(subject=subject).fetch()) == 1, res_type
+        # Before: the same id on another server matched our patient's resources.
+        for foreign in (f"http://other.example/fhir/{subject}", f"{engine.base}/other/{subject}",
+                        f"https://127.0.0.1:{engine.http_port}/fhir/{subject}"):
+            assert fhir.resources(res_type).search(subject=foreign).fetch() == [], (res_type, foreign)
+            assert api.get(res_type, params={"patient": foreign}).json()["total"] == 0
+    # ORed with a local value, the foreign one adds nothing and takes nothing away.
+    both = api.get("DiagnosticReport", params={"subject": f"http://other.example/fhir/{subject},{subject}"}).json()
+    assert both["total"] == 1
+    report = both["entry"][0]["resource"]["id"]
+    assert api.get("Patient", params={"_revinclude": "DiagnosticReport:subject",
+                                      "_id": subject.split("/")[1]}).json()["entry"][1]["resource"]["id"] == report
