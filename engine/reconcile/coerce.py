@@ -338,10 +338,27 @@ def _maybe_text(value: bytes) -> bool:
     return all(b >= 0x20 or b in _TEXT_CONTROLS for b in value.rstrip(b"\0 "))
 
 
+def _unknown_private_text(ds: Dataset, path: str = "") -> Iterator[str]:
+    """The path of each private element of unknown VR in ``ds`` and, at any depth, in its sequences' items,
+    whose bytes go beyond ASCII and could be text (:func:`_maybe_text`), such as "(0008,2218)>(0019,1001)"."""
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag)  # decoded by _decode, or raw where pydicom could not
+        name = f"{path}({tag.group:04X},{tag.element:04X})"
+        if elem.VR == "SQ" and not isinstance(elem, RawDataElement):
+            for item in elem.value:
+                yield from _unknown_private_text(item, f"{name}>")
+        elif tag.is_private and not tag.is_private_creator and elem.VR in ("UN", None):
+            value = elem.value
+            if isinstance(value, bytes) and not value.isascii() and _maybe_text(value):
+                yield name
+
+
 def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
     """Private elements of unknown VR (UN: implicit VR, and neither pydicom's dictionaries nor the sender say
     what they are) whose bytes go beyond ASCII and could be text (:func:`_maybe_text`), recorded in
-    ``modified`` with their private creators.
+    ``modified`` with their private creators: a top-level one itself, one inside a sequence's items (at any
+    depth) as the whole top-level sequence (an item holds the values of top-level attributes, PS3.3
+    C.12.1.1.9.2), its private creators within.
 
     Their bytes may be text in the header's old character set, or binary: nothing says which, so they are
     kept as received (as dcm4chee and Orthanc keep them), never re-encoded on a guess. Once the header
@@ -350,18 +367,18 @@ def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
     on record; one WARNING names their tags (no values)."""
     found = []
     for tag in list(ds.keys()):
-        if not tag.is_private or tag.is_private_creator:
+        elem = ds.get_item(tag)
+        if not (tag.is_private or elem.VR == "SQ"):
             continue
-        elem = ds.get_item(tag)  # decoded by _decode, or raw where pydicom could not
-        if elem.VR not in ("UN", None):
+        paths = list(_unknown_private_text(Dataset({tag: elem})))
+        if not paths:
             continue
-        value = elem.value
-        if isinstance(value, bytes) and not value.isascii() and _maybe_text(value):
+        if tag.is_private:
             creator = (tag.group << 16) | (tag.element >> 8)
             if creator in ds:
                 modified[creator] = copy.deepcopy(ds.get_item(creator))
-            modified[tag] = copy.deepcopy(elem)
-            found.append(f"({tag.group:04X},{tag.element:04X})")
+        modified[tag] = copy.deepcopy(elem)
+        found.extend(paths)
     if found:
         log.warning("a header switched to UTF-8 holds private elements of unknown VR beyond ASCII, kept as"
                     " received and recorded in OriginalAttributesSequence with the previous character set: %s",

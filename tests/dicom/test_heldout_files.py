@@ -524,3 +524,55 @@ def test_a_file_meta_element_out_of_order_in_the_data_set_is_not_stored(tmp_path
     else:  # inflated and deflated again: the same values
         assert [(e.tag, e.value) for e in got] == [(e.tag, e.value) for e in ds]
     assert got.PixelData == ds.PixelData
+
+
+# --- private elements of unknown VR inside sequence items ------------------------------------------------------
+
+def test_a_nested_private_element_of_unknown_vr_is_recorded_when_the_header_becomes_utf8(tmp_path: Path) -> None:
+    """DCMTK storescu sends an implicit VR ISO_IR 100 image whose AnatomicRegionSequence item holds a private
+    element no dictionary knows (UN) with Latin-1 text, then another image on the same association; the order's
+    patient name needs UTF-8. The nested element stayed as received with nothing on record that it had been
+    written in ISO_IR 100 (top-level ones were recorded): the OriginalAttributesSequence item now holds the
+    sequence as received beside the previous SpecificCharacterSet."""
+    import subprocess
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.conftest import need
+    from tests.dicom.conftest import DCMTK
+    from tests.dicom.store_peer import storescu
+    from tests.domain.factories import apply_records, order, patient
+
+    need(DCMTK, "DCMTK not installed")
+    schadel = "Schädel".encode("latin-1") + b" "
+    src = _ct()
+    src.StudyInstanceUID = generate_uid()
+    src.SpecificCharacterSet = "ISO_IR 100"
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator = "T-D1100", "SRT"
+    region.private_block(0x0019, "ACME 1.0", create=True).add_new(0x01, "UN", schadel)
+    src.AnatomicRegionSequence = [region]
+    src.file_meta.TransferSyntaxUID = IMPLICIT_LE
+    path = tmp_path / "nested.dcm"
+    src.save_as(path, enforce_file_format=True)
+    other = _ct()
+    other_path = tmp_path / "other.dcm"
+    other.save_as(other_path, enforce_file_format=True)
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name=CZECH),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
+        done = storescu(scp.port, [path, other_path])
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert {r.sop_instance_uid for r in scp.instances()} == {src.SOPInstanceUID, other.SOPInstanceUID}
+        stored = scp.stored_path(str(src.SOPInstanceUID))
+    dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "\nE:" not in "\n" + dump.stderr, dump.stderr
+    got = dcmread(stored)
+    assert (str(got.PatientName), got.SpecificCharacterSet) == (CZECH, "ISO_IR 192")
+    assert got.AnatomicRegionSequence[0][0x00191001].value == schadel  # kept as received
+    old = got.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert old.SpecificCharacterSet == "ISO_IR 100"
+    recorded = old.AnatomicRegionSequence[0]
+    assert (recorded.CodeValue, recorded[0x00190010].value, recorded[0x00191001].value) == (
+        "T-D1100", "ACME 1.0", schadel)
+    assert got.PixelData == src.PixelData
