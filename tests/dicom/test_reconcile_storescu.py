@@ -129,6 +129,24 @@ def test_an_image_of_a_stored_study_under_another_patient_id_is_refused(tmp_path
 
 
 
+def test_images_of_one_study_with_the_same_overlong_patient_id_are_all_stored(tmp_path: Path, corpus: Path) -> None:
+    """A Patient ID longer than LO's 64 characters (a modality that writes it anyway), the same in two images of
+    one study, sent on one association: the second was refused 0xC230 as another patient's, because the study
+    row holds the id as indexed (its first 64 characters) and the image's key was compared whole."""
+    paths = []
+    for n, src in enumerate(_study(corpus)[:2]):
+        ds = dcmread(src)
+        ds.PatientID = "X" * 30 + "Y" * 40
+        paths.append(tmp_path / f"long{n}.dcm")
+        ds.save_as(paths[-1])
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        done = storescu(scp.port, paths)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert len(scp.instances()) == 2 and scp.quarantined() == []
+        for path in paths:  # stored as received (no order): the whole id kept in the file
+            assert dcmread(scp.stored_path(str(dcmread(path).SOPInstanceUID))).PatientID == "X" * 30 + "Y" * 40
+
+
 def test_status_counts_unscheduled_and_scheduled_studies(tmp_path: Path, corpus: Path) -> None:
     from engine.cli.queries import study_counts
 
