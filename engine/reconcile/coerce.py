@@ -382,7 +382,7 @@ def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
     if found:
         log.warning("a header switched to UTF-8 holds private elements of unknown VR beyond ASCII, kept as"
                     " received and recorded in OriginalAttributesSequence with the previous character set: %s",
-                    " ".join(found))
+                    " ".join(dict.fromkeys(found)))  # each path once, however many items hold it
 
 
 def stamp_text(when: datetime) -> str:
