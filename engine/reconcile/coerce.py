@@ -338,9 +338,16 @@ def _maybe_text(value: bytes) -> bool:
     return all(b >= 0x20 or b in _TEXT_CONTROLS for b in value.rstrip(b"\0 "))
 
 
+def _beyond_ascii(value: bytes) -> bool:
+    """True when ``value`` may hold text that reads differently in UTF-8: bytes beyond ASCII, or an ESC (ISO
+    2022 code extensions switch to JIS X 0208 and the like with 7-bit bytes: ESC $ B ... ESC ( B)."""
+    return not value.isascii() or b"\x1b" in value
+
+
 def _unknown_private_text(ds: Dataset, path: str = "") -> Iterator[str]:
     """The path of each private element of unknown VR in ``ds`` and, at any depth, in its sequences' items,
-    whose bytes go beyond ASCII and could be text (:func:`_maybe_text`), such as "(0008,2218)>(0019,1001)"."""
+    whose bytes go beyond ASCII (:func:`_beyond_ascii`) and could be text (:func:`_maybe_text`), such as
+    "(0008,2218)>(0019,1001)"."""
     for tag in list(ds.keys()):
         elem = ds.get_item(tag)  # decoded by _decode, or raw where pydicom could not
         name = f"{path}({tag.group:04X},{tag.element:04X})"
@@ -349,7 +356,7 @@ def _unknown_private_text(ds: Dataset, path: str = "") -> Iterator[str]:
                 yield from _unknown_private_text(item, f"{name}>")
         elif tag.is_private and not tag.is_private_creator and elem.VR in ("UN", None):
             value = elem.value
-            if isinstance(value, bytes) and not value.isascii() and _maybe_text(value):
+            if isinstance(value, bytes) and _beyond_ascii(value) and _maybe_text(value):
                 yield name
 
 

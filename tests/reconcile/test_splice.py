@@ -478,3 +478,23 @@ def test_nested_private_elements_of_unknown_vr_are_recorded_with_the_old_charset
     assert caplog.text.count("(0008,2218)>(0019,1001)") == 1  # once, though two items hold it
     assert "(0054,0410)>(0054,0412)>(0021,1005)" in caplog.text
     assert "Sch" not in caplog.text and "Knie" not in caplog.text
+
+
+def test_private_elements_of_unknown_vr_in_iso_2022_escapes_are_recorded_on_a_switch_to_utf8() -> None:
+    """Implicit VR, ISO 2022 IR 87 (Japanese, code extensions): a private element no dictionary knows holding
+    kanji is all 7-bit bytes (ESC $ B, the JIS X 0208 pairs, ESC ( B), so it was taken for ASCII and not
+    recorded, though under ISO_IR 192 it reads as escape sequences and Latin letters, not as "山田"."""
+    kanji = "山田".encode("iso2022_jp") + b" "
+    assert kanji.isascii() and b"\x1b" in kanji
+    raw = (_implicit((0x00080005, b"\\ISO 2022 IR 87 "), (0x00100010, b"YAMADA^TAROU"), (0x00190010, b"ACME 1.0"),
+                     (0x00191001, kanji))
+           + _sequence(0x00082218, _implicit_item((0x00190010, b"ACME 1.0"), (0x00191001, kanji))))
+    enc = Encoding(True, True)
+    header = _header(raw, enc)
+    coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
+    assert coercion.charset_changed
+    ds = read_dataset(BytesIO(encode_coerced(header, coercion).head), True, True)
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert list(old.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
+    assert old[0x00191001].value == kanji
+    assert old.AnatomicRegionSequence[0][0x00191001].value == kanji
