@@ -392,6 +392,34 @@ def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
                     " ".join(dict.fromkeys(found)))  # each path once, however many items hold it
 
 
+def _as_received(elem: DataElement, codec: str) -> DataElement | RawDataElement:
+    """``elem`` as the ModifiedAttributesSequence item records it, under the previous character set (Python codec
+    ``codec``) that governs that item: a text value :func:`_decode` read as UTF-8 under a single-byte or default
+    character set cannot be encoded in it (every character it lacks would become "?", the previous value lost),
+    so it is recorded with its bytes as received (valid UTF-8, read so by radbridge); in a sequence, its items'
+    values alike (``elem`` is a copy: its items are changed in place)."""
+    if elem.VR == "SQ":
+        for item in elem.value or []:
+            for tag in list(item.keys()):
+                kept = item.get_item(tag)
+                if isinstance(kept, DataElement):
+                    item[tag] = _as_received(kept, codec)
+        return elem
+    if elem.VR not in TEXT_VRS or elem.is_empty:
+        return elem
+    values = list(elem.value) if isinstance(elem.value, MultiValue) else [elem.value]
+    try:
+        for value in values:
+            str(value).encode(codec)
+        return elem
+    except (UnicodeError, LookupError):
+        received = _encoded_back(elem.value, "utf_8")
+    if received is None:
+        return elem
+    received += b" " * (len(received) % 2)
+    return RawDataElement(elem.tag, elem.VR, len(received), received, 0, False, True, True, False)
+
+
 def stamp_text(when: datetime) -> str:
     """The AttributeModificationDateTime (DT) value of a modification at ``when``."""
     return when.strftime("%Y%m%d%H%M%S.%f%z")
@@ -450,6 +478,12 @@ def coerce_header(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> 
     for change in changes:
         _put(ds, change.new)
         _put(modified, change.old if change.old is not None else _absent(change.keyword))
+    if charset != current and reads_utf8(current):  # values read as UTF-8 are recorded as received
+        codec = convert_encodings(current or default_encoding)[0]
+        for tag in list(modified.keys()):
+            kept = modified.get_item(tag)
+            if isinstance(kept, DataElement) and tag != SPECIFIC_CHARACTER_SET:
+                modified[tag] = _as_received(copy.deepcopy(kept), codec)
     history = _current(ds, "OriginalAttributesSequence")
     items = [*(history.value if history is not None else []), _stamp(mod, modified)]  # earlier items kept
     _put(ds, _element(history, "OriginalAttributesSequence", items))

@@ -498,3 +498,25 @@ def test_private_elements_of_unknown_vr_in_iso_2022_escapes_are_recorded_on_a_sw
     assert list(old.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
     assert old[0x00191001].value == kanji
     assert old.AnatomicRegionSequence[0][0x00191001].value == kanji
+
+
+def test_previous_values_read_as_utf8_are_recorded_as_received_not_with_question_marks() -> None:
+    """A header declaring ISO_IR 100 that holds UTF-8 (read as UTF-8: the tolerant reader) and switches to
+    ISO_IR 192: the OriginalAttributesSequence item, which the previous ISO_IR 100 governs, recorded the previous
+    name and a nested CodeMeaning encoded in Latin-1, so every character Latin-1 lacks became "?" ("Dvo?ák^A",
+    "Ko?en"): the previous values were lost. They are recorded with their bytes as received."""
+    name, meaning = "Dvořák^A".encode(), "Kořen".encode()  # 10 and 6 bytes: no padding
+    raw = (_implicit((0x00080005, b"ISO_IR 100"), (0x00100010, name))
+           + _sequence(0x00082218, _implicit_item((0x00080104, meaning), (0x00190010, b"ACME 1.0"),
+                                                  (0x00191001, "Größe ".encode("latin-1")))))
+    enc = Encoding(True, True)
+    header = _header(raw, enc)
+    coercion = coerce_header(header.dataset, {"PatientName": "Nováková^Řehoř"}, MOD)
+    assert coercion.charset_changed and coercion.utf8_read
+    ds = read_dataset(BytesIO(encode_coerced(header, coercion).head), True, True)
+    assert (ds.SpecificCharacterSet, str(ds.PatientName)) == ("ISO_IR 192", "Nováková^Řehoř")
+    assert ds.AnatomicRegionSequence[0].CodeMeaning == "Kořen"
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert old.SpecificCharacterSet == "ISO_IR 100"
+    assert old.get_item(0x00100010).value == name
+    assert old.AnatomicRegionSequence[0].get_item(0x00080104).value == meaning
