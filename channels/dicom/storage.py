@@ -234,7 +234,8 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
     kept for reconciliation so the header is parsed once), or None for a deflated data set,
     read whole through ``dcmread`` (the File Meta Information is not parsed again otherwise),
     and whether the data set holds command or File Meta Information elements (groups 0000/0002),
-    anywhere among its top-level elements (a deflated one: before its pixel data).
+    anywhere among its top-level elements. A deflated data set is read to its end for them (pydicom
+    inflates it whole in memory either way; values over 1 KiB, the pixel data, are skipped, not read).
     """
     enc = _encoding(request.transfer_syntax_uid)
     deflated_meta = False
@@ -247,7 +248,7 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
             ds = header.dataset  # type: ignore[union-attr]
         else:
             spool.seek(0)
-            header, ds = None, dcmread(spool, stop_before_pixels=True, defer_size=1024)
+            header, ds = None, dcmread(spool, defer_size=1024)  # not stop_before_pixels: one may follow
             deflated_meta = any(tag >> 16 in (0x0000, 0x0002) for tag in ds.keys())  # noqa: SIM118
         attrs = InstanceAttributes.from_dataset(ds)
     except MalformedDataset as exc:

@@ -319,8 +319,9 @@ def index_instance_row(conn: Connection, attrs: InstanceAttributes, stored: Stor
         conn.execute(update(instances).where(instances.c.id == existing.id).values(**row, versions=version))
     before = (int(existing.study_pk), int(existing.series_pk)) if existing is not None else None
     moved = before is not None and before[1] != series_pk
-    for pk in {series_pk} | ({before[1]} if before is not None and moved else set()):
-        _count_series(conn, pk, now)
+    _count_series(conn, series_pk, now)
+    if before is not None and moved:
+        _count_left_series(conn, before[1], now)
     if link is not None and not moved:
         _count_study(conn, study_pk, now)  # same series set, same modalities: only the count changes
     else:
@@ -409,6 +410,15 @@ def _count_series(conn: Connection, pk: int, now: datetime) -> None:
             )
         )
     statement.execute(conn, {"pk": pk, "now": now})
+
+
+def _count_left_series(conn: Connection, pk: int, now: datetime) -> None:
+    """A series an instance left (resent under another series): one no MPPS announced counts its stored
+    instances; one an MPPS announced keeps at least what it counted (its column holds the larger of both)."""
+    stored = select(func.count()).where(instances.c.series_pk == pk).scalar_subquery()
+    conn.execute(update(series).where(series.c.id == pk, series.c.mpps_pk.is_(None)).values(
+        number_of_instances=stored, last_seen_at=now))
+    _count_series(conn, pk, now)
 
 
 def _count_study(conn: Connection, pk: int, now: datetime) -> None:

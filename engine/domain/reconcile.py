@@ -24,6 +24,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import NoResultFound
 
+from engine.domain.instances import FIELDS
 from engine.domain.reconcile_tables import correction_adts, reconcile_requests
 from engine.domain.studies import resolve_dicom_patient
 from engine.domain.tables import orders, patient_other_ids, patients, procedure_steps, studies
@@ -242,13 +243,18 @@ def patient_conflict(conn: Connection, keys: MatchKeys, match: OrderMatch | None
 
     No conflict when the image matched the order of the study's patient (it is coerced to
     that patient), when its Patient ID (+ issuer) is the study's, or when it resolves (A40
-    merges, A47 id changes followed) to the study's patient.
+    merges, A47 id changes followed) to the study's patient. The image's id and issuer are compared as the
+    study row holds them (cut to the index's lengths: a modality may write a Patient ID over LO's 64
+    characters, the same in every image of the study); an issuer that either side lacks does not differ
+    (an image without one joins a study stored with one, and the other way round: which image arrived
+    first must not decide).
     """
     st = first_row(_STUDY_PATIENT, conn, {"uid": keys.study_instance_uid})
     if st is None or not st.number_of_instances or not st.patient_id:
         return None
-    if (keys.patient_id, keys.issuer_of_patient_id or st.issuer_of_patient_id) == (
-            st.patient_id, st.issuer_of_patient_id):
+    patient_id = keys.patient_id[:FIELDS["patient_id"][1]]
+    issuer = keys.issuer_of_patient_id[:FIELDS["issuer_of_patient_id"][1]]
+    if patient_id == st.patient_id and (not issuer or not st.issuer_of_patient_id or issuer == st.issuer_of_patient_id):
         return None
     study_patient = st.patient_pk if st.patient_pk is not None else (match.patient_pk if match else None)
     if match is not None and match.patient_pk == study_patient:

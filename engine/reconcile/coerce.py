@@ -338,10 +338,34 @@ def _maybe_text(value: bytes) -> bool:
     return all(b >= 0x20 or b in _TEXT_CONTROLS for b in value.rstrip(b"\0 "))
 
 
+def _beyond_ascii(value: bytes) -> bool:
+    """True when ``value`` may hold text that reads differently in UTF-8: bytes beyond ASCII, or an ESC (ISO
+    2022 code extensions switch to JIS X 0208 and the like with 7-bit bytes: ESC $ B ... ESC ( B)."""
+    return not value.isascii() or b"\x1b" in value
+
+
+def _unknown_private_text(ds: Dataset, path: str = "") -> Iterator[str]:
+    """The path of each private element of unknown VR in ``ds`` and, at any depth, in its sequences' items,
+    whose bytes go beyond ASCII (:func:`_beyond_ascii`) and could be text (:func:`_maybe_text`), such as
+    "(0008,2218)>(0019,1001)"."""
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag)  # decoded by _decode, or raw where pydicom could not
+        name = f"{path}({tag.group:04X},{tag.element:04X})"
+        if elem.VR == "SQ" and not isinstance(elem, RawDataElement):
+            for item in elem.value:
+                yield from _unknown_private_text(item, f"{name}>")
+        elif tag.is_private and not tag.is_private_creator and elem.VR in ("UN", None):
+            value = elem.value
+            if isinstance(value, bytes) and _beyond_ascii(value) and _maybe_text(value):
+                yield name
+
+
 def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
     """Private elements of unknown VR (UN: implicit VR, and neither pydicom's dictionaries nor the sender say
     what they are) whose bytes go beyond ASCII and could be text (:func:`_maybe_text`), recorded in
-    ``modified`` with their private creators.
+    ``modified`` with their private creators: a top-level one itself, one inside a sequence's items (at any
+    depth) as the whole top-level sequence (an item holds the values of top-level attributes, PS3.3
+    C.12.1.1.9.2), its private creators within.
 
     Their bytes may be text in the header's old character set, or binary: nothing says which, so they are
     kept as received (as dcm4chee and Orthanc keep them), never re-encoded on a guess. Once the header
@@ -350,22 +374,50 @@ def _record_unknown_private(ds: Dataset, modified: Dataset) -> None:
     on record; one WARNING names their tags (no values)."""
     found = []
     for tag in list(ds.keys()):
-        if not tag.is_private or tag.is_private_creator:
+        elem = ds.get_item(tag)
+        if not (tag.is_private or elem.VR == "SQ"):
             continue
-        elem = ds.get_item(tag)  # decoded by _decode, or raw where pydicom could not
-        if elem.VR not in ("UN", None):
+        paths = list(_unknown_private_text(Dataset({tag: elem})))
+        if not paths:
             continue
-        value = elem.value
-        if isinstance(value, bytes) and not value.isascii() and _maybe_text(value):
+        if tag.is_private:
             creator = (tag.group << 16) | (tag.element >> 8)
             if creator in ds:
                 modified[creator] = copy.deepcopy(ds.get_item(creator))
-            modified[tag] = copy.deepcopy(elem)
-            found.append(f"({tag.group:04X},{tag.element:04X})")
+        modified[tag] = copy.deepcopy(elem)
+        found.extend(paths)
     if found:
         log.warning("a header switched to UTF-8 holds private elements of unknown VR beyond ASCII, kept as"
                     " received and recorded in OriginalAttributesSequence with the previous character set: %s",
-                    " ".join(found))
+                    " ".join(dict.fromkeys(found)))  # each path once, however many items hold it
+
+
+def _as_received(elem: DataElement, codec: str) -> DataElement | RawDataElement:
+    """``elem`` as the ModifiedAttributesSequence item records it, under the previous character set (Python codec
+    ``codec``) that governs that item: a text value :func:`_decode` read as UTF-8 under a single-byte or default
+    character set cannot be encoded in it (every character it lacks would become "?", the previous value lost),
+    so it is recorded with its bytes as received (valid UTF-8, read so by radbridge); in a sequence, its items'
+    values alike (``elem`` is a copy: its items are changed in place)."""
+    if elem.VR == "SQ":
+        for item in elem.value or []:
+            for tag in list(item.keys()):
+                kept = item.get_item(tag)
+                if isinstance(kept, DataElement):
+                    item[tag] = _as_received(kept, codec)
+        return elem
+    if elem.VR not in TEXT_VRS or elem.is_empty:
+        return elem
+    values = list(elem.value) if isinstance(elem.value, MultiValue) else [elem.value]
+    try:
+        for value in values:
+            str(value).encode(codec)
+        return elem
+    except (UnicodeError, LookupError):
+        received = _encoded_back(elem.value, "utf_8")
+    if received is None:
+        return elem
+    received += b" " * (len(received) % 2)
+    return RawDataElement(elem.tag, elem.VR, len(received), received, 0, False, True, True, False)
 
 
 def stamp_text(when: datetime) -> str:
@@ -426,6 +478,12 @@ def coerce_header(ds: Dataset, target: Mapping[str, Any], mod: Modification) -> 
     for change in changes:
         _put(ds, change.new)
         _put(modified, change.old if change.old is not None else _absent(change.keyword))
+    if charset != current and reads_utf8(current):  # values read as UTF-8 are recorded as received
+        codec = convert_encodings(current or default_encoding)[0]
+        for tag in list(modified.keys()):
+            kept = modified.get_item(tag)
+            if isinstance(kept, DataElement) and tag != SPECIFIC_CHARACTER_SET:
+                modified[tag] = _as_received(copy.deepcopy(kept), codec)
     history = _current(ds, "OriginalAttributesSequence")
     items = [*(history.value if history is not None else []), _stamp(mod, modified)]  # earlier items kept
     _put(ds, _element(history, "OriginalAttributesSequence", items))

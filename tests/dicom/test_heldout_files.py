@@ -174,9 +174,10 @@ def _store_matched(tmp_path: Path, src: Dataset, path: Path) -> Path:
         return scp.stored_path(str(src.SOPInstanceUID))
 
 
-def _stored_once_though_sent_twice(scp: Any, ds: Any, path: Path) -> Path:
-    """Send ``path`` (as it is) twice on one association: both 0x0000, one version stored; its stored path."""
-    with raw_sender(scp.port, [(str(ds.SOPClassUID), EXPLICIT_LE)]) as assoc:
+def _stored_once_though_sent_twice(scp: Any, ds: Any, path: Path, syntax: str = "1.2.840.10008.1.2.1") -> Path:
+    """Send ``path`` (as it is, in ``syntax``) twice on one association: both 0x0000, one version stored; its
+    stored path."""
+    with raw_sender(scp.port, [(str(ds.SOPClassUID), syntax)]) as assoc:
         assert send_raw(assoc, path) == 0x0000
         assert send_raw(assoc, path) == 0x0000  # resent: recognised as the same image, nothing changes
     (row,) = scp.instances()
@@ -471,14 +472,18 @@ def test_file_meta_elements_sent_in_the_data_set_are_not_stored_after_radbridges
     assert got.PixelData == ds.PixelData
 
 
+@pytest.mark.parametrize("syntax", [EXPLICIT_LE, DEFLATED], ids=["explicit", "deflated"])
 @pytest.mark.parametrize("where", ["after PatientID", "after the pixel data"])
 @pytest.mark.parametrize("matched", [False, True], ids=["as received", "coerced"])
 def test_a_file_meta_element_out_of_order_in_the_data_set_is_not_stored(tmp_path: Path, matched: bool,
-                                                                      where: str) -> None:
+                                                                      where: str, syntax: str) -> None:
     """A (0002,0010) Transfer Syntax UID placed later in the data set (not first): only a data set that started
     with group 0000/0002 was cleaned, so one further on stayed in an image stored as received (and one after the
-    pixel data in a coerced one too). The structure check's walk now finds it wherever it is."""
+    pixel data in a coerced one too). The structure check's walk now finds it wherever it is. A deflated data
+    set is not walked: one after its pixel data stayed in an image stored as received (its elements were read
+    only up to the pixel data)."""
     import subprocess
+    import zlib
 
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
@@ -496,20 +501,78 @@ def test_a_file_meta_element_out_of_order_in_the_data_set_is_not_stored(tmp_path
     stray = _raw_element(0x00020010, "UI", IMPLICIT_LE.encode() + b"\0")
     at = clean.index(b"\x10\x00\x20\x00LO") if where == "after PatientID" else len(clean)
     body = clean[:at] + stray + clean[at:]
-    path = raw_file(body, str(ds.SOPClassUID), str(ds.SOPInstanceUID), EXPLICIT_LE, tmp_path / "stray.dcm")
+    if syntax == DEFLATED:
+        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = packer.compress(body) + packer.flush()
+        body += b"\0" * (len(body) % 2)
+    path = raw_file(body, str(ds.SOPClassUID), str(ds.SOPInstanceUID), syntax, tmp_path / "stray.dcm")
     with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
         if matched:
             apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
                 patient("PX1", patient_name="DOE^JOHN"),
                 order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(ds.StudyInstanceUID))])
-        stored = _stored_once_though_sent_twice(scp, ds, path)
+        stored = _stored_once_though_sent_twice(scp, ds, path, syntax)
     dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0 and "Invalid Element" not in dump.stderr, dump.stderr
     got = dcmread(stored)
-    assert got.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert got.file_meta.TransferSyntaxUID == syntax
     assert not [e for e in got if e.tag.group == 2]
     if matched:
         assert str(got.PatientName) == "DOE^JOHN"
-    else:
+    elif syntax == EXPLICIT_LE:
         assert dataset_bytes(stored) == clean  # everything else exactly as received
+    else:  # inflated and deflated again: the same values
+        assert [(e.tag, e.value) for e in got] == [(e.tag, e.value) for e in ds]
     assert got.PixelData == ds.PixelData
+
+
+# --- private elements of unknown VR inside sequence items ------------------------------------------------------
+
+def test_a_nested_private_element_of_unknown_vr_is_recorded_when_the_header_becomes_utf8(tmp_path: Path) -> None:
+    """DCMTK storescu sends an implicit VR ISO_IR 100 image whose AnatomicRegionSequence item holds a private
+    element no dictionary knows (UN) with Latin-1 text, then another image on the same association; the order's
+    patient name needs UTF-8. The nested element stayed as received with nothing on record that it had been
+    written in ISO_IR 100 (top-level ones were recorded): the OriginalAttributesSequence item now holds the
+    sequence as received beside the previous SpecificCharacterSet."""
+    import subprocess
+
+    from engine.domain.handlers import OrdersHandler, order_policy
+    from tests.conftest import need
+    from tests.dicom.conftest import DCMTK
+    from tests.dicom.store_peer import storescu
+    from tests.domain.factories import apply_records, order, patient
+
+    need(DCMTK, "DCMTK not installed")
+    schadel = "Schädel".encode("latin-1") + b" "
+    src = _ct()
+    src.StudyInstanceUID = generate_uid()
+    src.SpecificCharacterSet = "ISO_IR 100"
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator = "T-D1100", "SRT"
+    region.private_block(0x0019, "ACME 1.0", create=True).add_new(0x01, "UN", schadel)
+    src.AnatomicRegionSequence = [region]
+    src.file_meta.TransferSyntaxUID = IMPLICIT_LE
+    path = tmp_path / "nested.dcm"
+    src.save_as(path, enforce_file_format=True)
+    other = _ct()
+    other_path = tmp_path / "other.dcm"
+    other.save_as(other_path, enforce_file_format=True)
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [
+            patient("PX1", patient_name=CZECH),
+            order("PLX", patient_id="PX1", accession_number="ACCX1", study_instance_uid=str(src.StudyInstanceUID))])
+        done = storescu(scp.port, [path, other_path])
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert {r.sop_instance_uid for r in scp.instances()} == {src.SOPInstanceUID, other.SOPInstanceUID}
+        stored = scp.stored_path(str(src.SOPInstanceUID))
+    dump = subprocess.run(["dcmdump", str(stored)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "\nE:" not in "\n" + dump.stderr, dump.stderr
+    got = dcmread(stored)
+    assert (str(got.PatientName), got.SpecificCharacterSet) == (CZECH, "ISO_IR 192")
+    assert got.AnatomicRegionSequence[0][0x00191001].value == schadel  # kept as received
+    old = got.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert old.SpecificCharacterSet == "ISO_IR 100"
+    recorded = old.AnatomicRegionSequence[0]
+    assert (recorded.CodeValue, recorded[0x00190010].value, recorded[0x00191001].value) == (
+        "T-D1100", "ACME 1.0", schadel)
+    assert got.PixelData == src.PixelData

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
@@ -127,6 +128,44 @@ def test_an_image_of_a_stored_study_under_another_patient_id_is_refused(tmp_path
         assert storescu(scp.port, [changed]).returncode == 0
         assert len(scp.instances()) == 2
 
+
+
+def test_images_of_one_study_with_the_same_overlong_patient_id_are_all_stored(tmp_path: Path, corpus: Path) -> None:
+    """A Patient ID longer than LO's 64 characters (a modality that writes it anyway), the same in two images of
+    one study, sent on one association: the second was refused 0xC230 as another patient's, because the study
+    row holds the id as indexed (its first 64 characters) and the image's key was compared whole."""
+    paths = []
+    for n, src in enumerate(_study(corpus)[:2]):
+        ds = dcmread(src)
+        ds.PatientID = "X" * 30 + "Y" * 40
+        paths.append(tmp_path / f"long{n}.dcm")
+        ds.save_as(paths[-1])
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        done = storescu(scp.port, paths)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert len(scp.instances()) == 2 and scp.quarantined() == []
+        for path in paths:  # stored as received (no order): the whole id kept in the file
+            assert dcmread(scp.stored_path(str(dcmread(path).SOPInstanceUID))).PatientID == "X" * 30 + "Y" * 40
+
+
+@pytest.mark.parametrize("first_has_issuer", [True, False], ids=["issuer on the first", "issuer on the second"])
+def test_an_issuer_of_patient_id_in_only_some_images_of_a_study_is_no_conflict(tmp_path: Path, corpus: Path,
+                                                                             first_has_issuer: bool) -> None:
+    """Two images of one study with the same Patient ID, one with IssuerOfPatientID (a modality that copies it
+    from the worklist) and one without (a workstation's image). An image without an issuer joined a study that
+    had one, but an image with one was refused 0xC230 from a study stored without: the same two images were
+    stored or refused depending on which arrived first."""
+    paths = []
+    for n, src in enumerate(_study(corpus)[:2]):
+        ds = dcmread(src)
+        if (n == 0) == first_has_issuer:
+            ds.IssuerOfPatientID = "HOSP"
+        paths.append(tmp_path / f"issuer{n}.dcm")
+        ds.save_as(paths[-1])
+    with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
+        done = storescu(scp.port, paths)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert len(scp.instances()) == 2 and scp.quarantined() == []
 
 
 def test_status_counts_unscheduled_and_scheduled_studies(tmp_path: Path, corpus: Path) -> None:

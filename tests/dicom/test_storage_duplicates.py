@@ -79,3 +79,27 @@ def test_spool_files_an_aborted_transfer_left_are_swept(tmp_path: Path, corpus: 
         os.utime(abandoned, (1000.0, 1000.0))
         assert _send(scp.port, _ct(corpus)) == [0x0000]
         assert not abandoned.exists()
+
+
+def test_new_content_under_another_study_and_series_moves_the_instance_and_its_counts(tmp_path: Path,
+                                                                                      corpus: Path) -> None:
+    """A modality resends an image with a corrected Study and Series Instance UID (same SOP Instance UID): the
+    instance moved to the new study, but the study and series it left kept counting it (a series count only
+    grew, for the images an MPPS announced), so `studies list` showed the old study with an image it no longer
+    has. A series no MPPS announced now counts its stored instances when one leaves it."""
+    from engine.domain.tables import series, studies
+
+    ds = _ct(corpus)
+    old_study, old_series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+    with running_scp(tmp_path) as scp:
+        assert _send(scp.port, ds) == [0x0000]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1"
+        assert _send(scp.port, ds) == [0x0000]
+        (row,) = scp.instances()
+        assert row.versions == 2
+        counts = dict(scp.db.read(lambda c: c.execute(
+            select(studies.c.study_instance_uid, studies.c.number_of_instances)).all()))
+        assert counts == {old_study: 0, "1.2.826.0.1.3680043.10.1": 1}
+        left = scp.db.read(lambda c: c.execute(select(series.c.number_of_instances).where(
+            series.c.series_instance_uid == old_series)).scalar_one())
+        assert left == 0

@@ -430,3 +430,93 @@ def test_private_elements_of_unknown_vr_are_kept_and_recorded_with_the_old_chars
     assert (old[0x00190010].value, old[0x00191001].value) == ("ACME 1.0", "Schädel ".encode("latin-1"))
     assert 0x00191002 not in old and 0x00191003 not in old  # ASCII bytes read the same in UTF-8; binary
     assert "(0019,1001)" in caplog.text and "Sch" not in caplog.text
+
+
+def _implicit_item(*elements: tuple[int, bytes]) -> bytes:
+    """An item of undefined length, then its delimiter (implicit VR little endian)."""
+    return b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + _implicit(*elements) + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+
+
+def _sequence(tag: int, *items: bytes) -> bytes:
+    """A sequence of undefined length (implicit VR little endian)."""
+    return ((tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + b"\xff\xff\xff\xff"
+            + b"".join(items) + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+
+
+def test_nested_private_elements_of_unknown_vr_are_recorded_with_the_old_charset_on_a_switch_to_utf8(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Implicit VR: private elements no dictionary knows (UN) holding Latin-1 bytes inside sequence items (one
+    item deep, and an item within an item) stayed as received under ISO_IR 192 with nothing on record: only
+    top-level ones were recorded. The top-level sequence that holds them is now recorded, as received, in the
+    OriginalAttributesSequence item beside the previous SpecificCharacterSet, and the WARNING names each path
+    once (a per-frame sequence may hold the same element in every item)."""
+    schadel, knie = "Schädel ".encode("latin-1"), "Kniegelenk Ü".encode("latin-1")
+    inner = _sequence(0x00540412, _implicit_item((0x00080100, b"M1"), (0x00210010, b"ACME 2.0"), (0x00211005, knie)))
+    raw = (_implicit((0x00080005, b"ISO_IR 100"))
+           + _sequence(0x00082218, _implicit_item((0x00080100, b"T-D1100 "), (0x00190010, b"ACME 1.0"),
+                                                  (0x00191001, schadel), (0x00191002, b"\x01\x02\x03\x04")),
+                       _implicit_item((0x00080100, b"T-D1200 "), (0x00190010, b"ACME 1.0"), (0x00191001, schadel)))
+           + _implicit((0x00100010, b"NOVAK^JAN "))
+           + _sequence(0x00400260, _implicit_item((0x00080100, b"P1"), (0x00080102, b"L ")))
+           + _sequence(0x00540410, _implicit_item((0x00080100, b"C1"), (0x00080102, b"L "))[:-8] + inner
+                       + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"))
+    enc = Encoding(True, True)
+    header = _header(raw, enc)
+    with caplog.at_level("WARNING"):
+        coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
+    assert coercion.charset_changed
+    out = encode_coerced(header, coercion).head
+    ds = read_dataset(BytesIO(out), True, True)
+    assert ds.AnatomicRegionSequence[0][0x00191001].value == schadel  # kept as received
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert old.SpecificCharacterSet == "ISO_IR 100"
+    recorded = old.AnatomicRegionSequence[0]
+    assert (recorded[0x00190010].value, recorded[0x00191001].value) == ("ACME 1.0", schadel)
+    deeper = old.PatientOrientationCodeSequence[0].PatientOrientationModifierCodeSequence[0]
+    assert (deeper[0x00210010].value, deeper[0x00211005].value) == ("ACME 2.0", knie)
+    assert 0x00400260 not in old  # its items hold no such element
+    assert caplog.text.count("(0008,2218)>(0019,1001)") == 1  # once, though two items hold it
+    assert "(0054,0410)>(0054,0412)>(0021,1005)" in caplog.text
+    assert "Sch" not in caplog.text and "Knie" not in caplog.text
+
+
+def test_private_elements_of_unknown_vr_in_iso_2022_escapes_are_recorded_on_a_switch_to_utf8() -> None:
+    """Implicit VR, ISO 2022 IR 87 (Japanese, code extensions): a private element no dictionary knows holding
+    kanji is all 7-bit bytes (ESC $ B, the JIS X 0208 pairs, ESC ( B), so it was taken for ASCII and not
+    recorded, though under ISO_IR 192 it reads as escape sequences and Latin letters, not as "山田"."""
+    kanji = "山田".encode("iso2022_jp") + b" "
+    assert kanji.isascii() and b"\x1b" in kanji
+    raw = (_implicit((0x00080005, b"\\ISO 2022 IR 87 "), (0x00100010, b"YAMADA^TAROU"), (0x00190010, b"ACME 1.0"),
+                     (0x00191001, kanji))
+           + _sequence(0x00082218, _implicit_item((0x00190010, b"ACME 1.0"), (0x00191001, kanji))))
+    enc = Encoding(True, True)
+    header = _header(raw, enc)
+    coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
+    assert coercion.charset_changed
+    ds = read_dataset(BytesIO(encode_coerced(header, coercion).head), True, True)
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert list(old.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
+    assert old[0x00191001].value == kanji
+    assert old.AnatomicRegionSequence[0][0x00191001].value == kanji
+
+
+def test_previous_values_read_as_utf8_are_recorded_as_received_not_with_question_marks() -> None:
+    """A header declaring ISO_IR 100 that holds UTF-8 (read as UTF-8: the tolerant reader) and switches to
+    ISO_IR 192: the OriginalAttributesSequence item, which the previous ISO_IR 100 governs, recorded the previous
+    name and a nested CodeMeaning encoded in Latin-1, so every character Latin-1 lacks became "?" ("Dvo?ák^A",
+    "Ko?en"): the previous values were lost. They are recorded with their bytes as received."""
+    name, meaning = "Dvořák^A".encode(), "Kořen".encode()  # 10 and 6 bytes: no padding
+    raw = (_implicit((0x00080005, b"ISO_IR 100"), (0x00100010, name))
+           + _sequence(0x00082218, _implicit_item((0x00080104, meaning), (0x00190010, b"ACME 1.0"),
+                                                  (0x00191001, "Größe ".encode("latin-1")))))
+    enc = Encoding(True, True)
+    header = _header(raw, enc)
+    coercion = coerce_header(header.dataset, {"PatientName": "Nováková^Řehoř"}, MOD)
+    assert coercion.charset_changed and coercion.utf8_read
+    ds = read_dataset(BytesIO(encode_coerced(header, coercion).head), True, True)
+    assert (ds.SpecificCharacterSet, str(ds.PatientName)) == ("ISO_IR 192", "Nováková^Řehoř")
+    assert ds.AnatomicRegionSequence[0].CodeMeaning == "Kořen"
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert old.SpecificCharacterSet == "ISO_IR 100"
+    assert old.get_item(0x00100010).value == name
+    assert old.AnatomicRegionSequence[0].get_item(0x00080104).value == meaning
