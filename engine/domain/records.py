@@ -188,6 +188,7 @@ class ReportLine(_Record):
 
     value_type: str = ""  # OBX-2: TX, FT, ST are report text; ED a document (other types are neither)
     observation_id: str = ""  # OBX-3.1, e.g. GDT (body), IMP (impression), ADT (addendum)
+    result_status: str = ""  # OBX-11 (HL7 table 0085): the report's status when OBR-25 is empty
     section: str = ""  # body | impression | addendum (tables/report_sections.csv)
     text: str = ""  # OBX-5, repetitions joined by line breaks
     media_type: str = ""  # ED-2 type of data (application, AP, IM ...)
@@ -223,7 +224,7 @@ class ReportRecord(_Mapped):
     accession_number: str = ""  # OBR-18 / ZDS / OBR-3 by the mapping's choice
     study_instance_uid: str = ""  # ZDS-1
     procedure_code: CodedValue | None = None  # OBR-4
-    status: str = Field(min_length=1)  # OBR-25 as sent
+    status: str = ""  # OBR-25 as sent; empty: derived from the lines' OBX-11 (engine.domain.report_status)
     observation_datetime: str = ""  # OBR-7 (DT)
     status_datetime: str = ""  # OBR-22 (DT)
     interpreter: str = ""  # OBR-32 as PN

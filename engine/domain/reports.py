@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from sqlalchemy import Connection, bindparam, func, select, update
 
 from engine.domain.order_identity import find_orders
 from engine.domain.records import OrderRecord, ReportRecord
-from engine.domain.report_status import DEFAULT_STATUS_TABLE, StatusTable, read_status
+from engine.domain.report_status import DEFAULT_STATUS_TABLE, StatusTable, read_derived, read_status
 from engine.domain.report_tables import report_versions, reports
 from engine.domain.tables import orders, patients
 from engine.errors import ErrorLocation, HL7ApplicationError
@@ -103,6 +103,7 @@ class _Content:
     text: str
     conclusion: str
     attachments: str = ""  # JSON list of the ED documents as received; "" without any
+    derived: str = ""  # the note saying the status was derived from OBX-11 (OBR-25 empty)
 
     @staticmethod
     def of(record: ReportRecord, table: StatusTable, sequence: int) -> _Content:
@@ -111,7 +112,11 @@ class _Content:
         A report of a document alone (a PDF in OBX ED) or of NTE text alone is a report; one with
         neither text nor document (and not a cancel) is AE 101.
         """
-        meaning = read_status(table, record.status, sequence)
+        derived = ""
+        if record.status.strip():
+            meaning = read_status(table, record.status, sequence)
+        else:  # HL7 v2.5.1 7.4.1.25 allows OBR-25 empty; some reporting systems give the status per OBX only
+            meaning, derived = read_derived(table, [line.result_status for line in record.lines], sequence)
         lines = [line for line in record.lines if line.value_type.strip().upper() in TEXT_TYPES]
         text = "\n".join(line.text for line in lines)
         if not text.strip():  # no OBX text: the NTE lines are the report (never beside OBX text: comments)
@@ -124,7 +129,7 @@ class _Content:
                                       "ST or ED, no NTE)", ErrorLocation("OBR", sequence))
         conclusion = "\n".join(line.text for line in lines if line.section == "impression")
         return _Content(meaning.result_status, meaning.fhir_status, text, conclusion,
-                        json.dumps(documents) if documents else "")
+                        json.dumps(documents) if documents else "", derived)
 
 
 def report_identity(record: ReportRecord | Any) -> str:
@@ -267,8 +272,20 @@ def apply_report(
     message_id: int | None = None,
     sequence: int = 1,
 ) -> ReportApplied:
-    """Store one report record (the ``sequence``-th OBR of its message) as a new version, or say why not."""
+    """Store one report record (the ``sequence``-th OBR of its message) as a new version, or say why not.
+
+    A status derived from OBX-11 (OBR-25 empty) is said in the note, whatever else the record did.
+    """
     content = _Content.of(record, policy.status_table, sequence)
+    applied = _apply(conn, record, content, policy, now, message_id, sequence)
+    if not content.derived:
+        return applied
+    derived = f"report {report_identity(record)}: {content.derived}"
+    return replace(applied, note="\n".join(filter(None, (derived, applied.note))))
+
+
+def _apply(conn: Connection, record: ReportRecord, content: _Content, policy: ReportPolicy, now: datetime,
+           message_id: int | None, sequence: int) -> ReportApplied:
     order_pk = _find_order(conn, record, sequence)
     existing = _existing(conn, record, order_pk)
     who = f"report {report_identity(record)}"
