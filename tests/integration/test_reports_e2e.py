@@ -11,6 +11,7 @@ encoding), the versions kept, and what ``messages show`` / ``status`` say.
 from __future__ import annotations
 
 import itertools
+import json
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, EngineProcess, free_port
+from tests.conftest import ROOT, EngineProcess, free_port, wait_for_port
 from tests.integration.conftest import Ack, cli_json, send_all, sqlite_rows, write_channel
 from tests.integration.mllp_peer import MLLPPeer, Received
 
@@ -133,6 +134,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         handlers: [reports]
         """)
     engine.start(wait_port=reports_port)
+    wait_for_port(orders_port, proc=engine.proc)  # a test that orders first must not find it closed
     try:
         yield Site(engine, orders_port, reports_port, ehr)
     finally:
@@ -215,6 +217,34 @@ def test_a_report_whose_status_is_only_in_obx_11_takes_it_from_there(site: Site)
     assert [v[:2] for v in site.versions(placer)] == [(1, "F"), (2, "C")]
     assert "OBR-25 empty: status F derived from OBX-11 (F)" in site.shown(f"R{placer}")["note"]
     assert "OBR-25 empty: status C derived from OBX-11 (C, F)" in site.shown(f"R{placer}c")["note"]
+
+
+def test_a_report_that_only_points_to_its_document_is_kept_sent_on_and_never_fetched(site: Site) -> None:
+    """hl7fix5: an ORU^R01 whose only content is an OBX RP (reference pointer: the report document's URL) was
+    AE 101 (no text); the reference is the version's content, the EHR gets it as received, and the engine
+    never connects to it (a listener at that address sees no connection)."""
+    import socket
+
+    placer, accession = ids()
+    site.order(placer, accession)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/report?id={placer}\\T\\fmt=pdf"
+        payload = oru(f"R{placer}", placer, "F", [f"{url}^RIS^application^pdf"], obx_type="RP")
+        assert site.report(payload).code == "AA"
+        (received,) = site.wait_ehr(placer, 1)
+        time.sleep(0.5)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody came
+    (obx,) = segments(received)["OBX"]
+    assert (obx[2], obx[5], obx[11]) == ("RP", f"{url}^RIS^application^pdf", "F")
+    (kept,) = [json.loads(a) for (a,) in sqlite_rows(
+        site.engine.data_dir / "radbridge.db", "SELECT v.attachments FROM report_versions v JOIN reports r ON "
+        "r.id = v.report_pk WHERE r.placer_order_number = ?", placer)]
+    assert kept == [{"value_type": "RP", "reference": url.replace("\\T\\", "&"), "application": "RIS",
+                     "media_type": "application", "media_subtype": "pdf"}]
 
 
 def test_a_resent_oru_gets_its_original_ack_and_changes_nothing(site: Site) -> None:

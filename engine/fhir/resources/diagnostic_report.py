@@ -173,10 +173,22 @@ def _body(order: Any, report: Any, version: Any, settings: FhirSettings, acquire
 _MEDIA_TYPES = {"AP": "application", "IM": "image", "TEXT": "text", "AU": "audio", "MULTIPART": "multipart"}
 
 
+def _referenced(doc: dict[str, Any]) -> dict[str, Any]:
+    """An RP reference as an Attachment with its ``url`` as received (never fetched), typed when RP-3/4 say."""
+    kind, minor = doc.get("media_type", "").strip(), doc.get("media_subtype", "").strip().lower()
+    major = _MEDIA_TYPES.get(kind.upper(), kind.lower())
+    typed = {"contentType": f"{major}/{minor or 'octet-stream'}"} if major else {}
+    return typed | {"url": doc["reference"], "title": "Radiology report document"}
+
+
 def _documents(attachments: str) -> list[dict[str, Any]]:
-    """The version's ED documents as Attachments (data in base64); one that cannot be decoded is left out."""
+    """The version's ED documents as Attachments (data in base64), its RP references as Attachments with a
+    url; an ED document that cannot be decoded is left out."""
     out: list[dict[str, Any]] = []
     for doc in json.loads(attachments or "[]"):
+        if doc.get("reference"):
+            out.append(_referenced(doc))
+            continue
         kind = doc.get("media_type", "").strip()
         major = _MEDIA_TYPES.get(kind.upper(), kind.lower()) or "application"
         minor = doc.get("media_subtype", "").strip().lower() or "octet-stream"
