@@ -478,14 +478,14 @@ class Writer:
         transaction is rolled back and each item of the batch is run on its own
         (:meth:`_run_batch`), so a faulty item cannot take its neighbours down.
         """
-        started = time.monotonic()
-        deadline = started + self._gather_seconds
+        deadline = time.monotonic() + self._gather_seconds
         batch: list[_Item] = [first]
         results: list[Any] = []
         stop = committing = False
-        waited = -1.0
+        started, waited = 0.0, -1.0
         try:
             conn = self._connection()
+            started = time.monotonic()  # the wait for the lock, not for a connection
             with self._locked(), conn.begin():
                 waited = time.monotonic() - started
                 results.append(first.fn(conn))
@@ -508,10 +508,13 @@ class Writer:
 
     def _said_wait(self, started: float, waited: float, batch: list[_Item]) -> None:
         """A WARNING when the transaction of ``batch`` waited :attr:`slow_lock_seconds` or more for the write
-        lock (``waited`` -1: it never got it, and failed after ``started``).
+        lock (``waited`` -1: it never got it, and failed after ``started``; ``started`` 0: it failed before
+        asking, without a connection).
 
         Names the items by their ``log_label`` (a channel and control id: no PHI, docs/security.md).
         """
+        if not started:
+            return
         if waited < 0:
             waited = time.monotonic() - started
         if waited < self.slow_lock_seconds:
@@ -570,9 +573,10 @@ class Writer:
 
     def _run_batch(self, batch: list[_Item]) -> None:
         committing = False
-        started, waited = time.monotonic(), -1.0
+        started, waited = 0.0, -1.0
         try:
             conn = self._connection()
+            started = time.monotonic()
             with self._locked(), conn.begin():
                 waited = time.monotonic() - started
                 results = [item.fn(conn) for item in batch]
