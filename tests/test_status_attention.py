@@ -69,7 +69,8 @@ def test_a_dead_letter_line_says_how_to_put_them_back_in_the_queue() -> None:
 def test_the_ae_ar_line_says_how_old_the_newest_is() -> None:
     data = {"channels": {"ris": {"errors": 2, "newest_error_seconds": 3 * 86400.0}}, "jobs": {}, "destinations": {}}
     assert attention(data) == ["channel ris: 2 message(s) answered AE/AR, the newest 3 days ago:"
-                               " radbridge messages list --channel ris --status ERROR (or REJECTED)"]
+                               " radbridge messages list --channel ris --status ERROR (or REJECTED); once dealt"
+                               " with: radbridge messages ack ID, or --all-before TIME --channel ris"]
     data["channels"]["ris"]["newest_error_seconds"] = 40.0
     assert ", the newest 40 s ago:" in attention(data)[0]
 
@@ -84,3 +85,12 @@ def test_a_full_archive_without_a_reserve_needs_attention_too(tmp_path) -> None:
     assert line.startswith("archive: /srv/archive has 0 B free and no reserve (archive.min_free_bytes 0)")
     assert archive_space_text(full) == "archive: /srv/archive, 0 B free; no reserve (archive.min_free_bytes 0)"
     assert attention({**_data(), "archive_space": {**full, "free_bytes": NEARLY_FULL_BYTES}}) == []
+
+
+def test_acknowledged_ae_ar_messages_are_not_counted_under_needs_attention() -> None:
+    """hl7fix5: the AE/AR count stayed for ever, however long ago the operator had dealt with them."""
+    channel = {"errors": 3, "errors_acknowledged": 1, "newest_error_seconds": 7200.0}
+    [line] = attention({**_data(), "channels": {"ris": channel}})
+    assert line.startswith("channel ris: 2 message(s) answered AE/AR, the newest 2.0 h ago:")
+    assert line.endswith("once dealt with: radbridge messages ack ID, or --all-before TIME --channel ris")
+    assert attention({**_data(), "channels": {"ris": {**channel, "errors_acknowledged": 3}}}) == []

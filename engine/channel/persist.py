@@ -111,6 +111,11 @@ class Attempt:
         self.persister, self.prepared, self.peer = persister, prepared, peer
         self.sole = _clock() >= persister.careful_until
 
+    @property
+    def log_label(self) -> str:
+        """The message as a log line may name it below DEBUG: its channel and control id (docs/security.md)."""
+        return f"channel {self.persister.config.name} control id {self.prepared.message.control_id or '(none)'}"
+
     def __call__(self, conn: Connection) -> Stored:
         # SQLite only: there the savepoint costs a statement journal, and a rolled-back attempt
         # leaves no trace (PostgreSQL's sequences would skip the ids it drew).

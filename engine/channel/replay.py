@@ -150,8 +150,8 @@ def _apply(conn: Connection, row: Row[Any], runner: ChannelRunner, p: Prepared, 
     code = "AA" if p.error is None else p.error.ack_code
     ack = persister.ack(p.message, code, p.error, now)
     values = persister.values(p, row.peer, now, code, ack)
-    conn.execute(update(messages).where(messages.c.id == row.id)
-                 .values({k: v for k, v in values.items() if k not in _KEPT}))
+    conn.execute(update(messages).where(messages.c.id == row.id)  # its outcome is new: not acknowledged
+                 .values({**{k: v for k, v in values.items() if k not in _KEPT}, "acknowledged_at": None}))
     persister.apply(conn, p, row.id, now, ack, code)
 
 

@@ -151,6 +151,24 @@ def cmd_messages_replay(args: argparse.Namespace) -> int:
     return replay_messages(_config(args), _database(args), args.ids)
 
 
+def cmd_messages_ack(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from engine.cli.acknowledge import acknowledge
+
+    if bool(args.ids) == (args.all_before is not None) or (args.channel is not None and args.ids):
+        print("radbridge messages ack: name the message ids (radbridge messages list --status ERROR) or"
+              " --all-before TIME [--channel NAME], not both", file=sys.stderr)
+        return 2
+    done = _database(args).writer.call(partial(acknowledge, ids=args.ids, before=_time(args.all_before),
+                                               channel=args.channel, now=datetime.now(UTC)))
+    for reason in done.reasons:
+        print(reason, file=sys.stderr)
+    print(f"{len(done.ids)} message(s) acknowledged: radbridge status no longer counts them under needs attention"
+          " (messages list still lists them; a replay clears the acknowledgement)")
+    return 0 if done.ids or (not args.ids and not done.reasons) else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.cli.queries import empty_counts, engine_status
     from engine.cli.status_view import archive_space, attention, configured, destination_backlog
@@ -371,6 +389,13 @@ def _messages(sub: Any) -> None:
                              "with the current configuration; re-queue failed deliveries")
     replay.add_argument("ids", type=int, nargs="+", metavar="ID", help="message ids to replay")
     replay.set_defaults(fn=cmd_messages_replay)
+    ack = msgs.add_parser("ack", help="acknowledge messages answered AE/AR once dealt with: status no longer"
+                          " counts them under needs attention (kept, audited)")
+    ack.add_argument("ids", type=int, nargs="*", metavar="ID", help="message ids to acknowledge")
+    ack.add_argument("--all-before", type=_iso_time, metavar="TIME",
+                     help="every AE/AR message received before TIME (ISO 8601, UTC unless it has an offset)")
+    ack.add_argument("--channel", help="with --all-before: only this channel's")
+    ack.set_defaults(fn=cmd_messages_ack)
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -165,6 +165,13 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
             entry["filtered"] += count
         if status == "UNCHANGED":
             entry["unchanged"] += count
+    acknowledged = conn.execute(
+        select(messages.c.channel, func.count())
+        .where(text(UNPROCESSED_SQL), messages.c.status.in_(["ERROR", "REJECTED"]),
+               messages.c.acknowledged_at.isnot(None))
+        .group_by(messages.c.channel))
+    for channel, count in acknowledged:
+        out.setdefault(channel, empty_counts())["errors_acknowledged"] = count
     _newest_errors(conn, out, now)
     queued = conn.execute(
         select(outbox.c.channel, outbox.c.status, func.count(), func.min(outbox.c.created_at))
@@ -181,12 +188,13 @@ def channel_status(conn: Connection, now: datetime | None = None) -> dict[str, d
 
 
 def _newest_errors(conn: Connection, out: dict[str, dict[str, Any]], now: datetime) -> None:
-    """Per channel with messages answered AE/AR: the newest one's age in seconds (``newest_error_seconds``),
-    so that one refused last night is told from one refused a month ago (the count never goes down until
-    they are replayed). The newest id per channel on the partial index, then that one row by its key."""
+    """Per channel with messages answered AE/AR and not acknowledged (``messages ack``): the newest one's age in
+    seconds (``newest_error_seconds``), so that one refused last night is told from one refused a month ago.
+    The newest id per channel on the partial index, then that one row by its key."""
     newest = dict(conn.execute(
         select(messages.c.channel, func.max(messages.c.id))
-        .where(text(UNPROCESSED_SQL), messages.c.status.in_(["ERROR", "REJECTED"])).group_by(messages.c.channel)
+        .where(text(UNPROCESSED_SQL), messages.c.status.in_(["ERROR", "REJECTED"]),
+               messages.c.acknowledged_at.is_(None)).group_by(messages.c.channel)
     ).all())
     if not newest:
         return
@@ -197,7 +205,8 @@ def _newest_errors(conn: Connection, out: dict[str, dict[str, Any]], now: dateti
 
 
 def empty_counts() -> dict[str, Any]:
-    return {"received": 0, "errors": 0, "filtered": 0, "unchanged": 0, "queued": 0, "delivery_errors": 0,
+    return {"received": 0, "errors": 0, "errors_acknowledged": 0, "filtered": 0, "unchanged": 0, "queued": 0,
+            "delivery_errors": 0,
             "oldest_queued_seconds": None, "newest_error_seconds": None}
 
 

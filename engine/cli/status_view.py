@@ -83,11 +83,13 @@ def attention(data: dict[str, Any]) -> list[str]:
         out.append(f"engine: not running (no live pid file in {engine['data_dir']}): nothing is received, stored or"
                    " forwarded; start it (radbridge run, or its service); the end of its log says why it stopped")
     for name, ch in sorted(data["channels"].items()):
-        if ch["errors"]:
+        open_errors = ch["errors"] - ch.get("errors_acknowledged", 0)
+        if open_errors > 0:
             newest = ch.get("newest_error_seconds")
             age = f", the newest {_age(newest)} ago" if newest is not None else ""
-            out.append(f"channel {name}: {ch['errors']} message(s) answered AE/AR{age}:"
-                       f" radbridge messages list --channel {name} --status ERROR (or REJECTED)")
+            out.append(f"channel {name}: {open_errors} message(s) answered AE/AR{age}:"
+                       f" radbridge messages list --channel {name} --status ERROR (or REJECTED); once dealt with:"
+                       f" radbridge messages ack ID, or --all-before TIME --channel {name}")
     for name, d in sorted(data.get("destinations", {}).items()):
         if d["dead_letters"]:
             out.append(f"destination {name}: {d['dead_letters']} dead letter(s):"

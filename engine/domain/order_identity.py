@@ -21,7 +21,11 @@ from engine.domain.records import OrderRecord
 from engine.domain.tables import orders, procedure_steps
 from engine.store.fast import FastStatement, all_rows
 
-__all__ = ["find_orders", "given_ids", "identity_text"]
+__all__ = ["CORRECTING", "ambiguous_correction", "find_orders", "given_ids", "identity_text"]
+
+#: Order controls that correct a stored order's content, its accession number included (HL7 v2.5.1 table 0119:
+#: XO "change order", XX "changed as requested", which a RIS sends on as its own XO).
+CORRECTING = frozenset({"XO", "XX"})
 
 _COLUMNS = (
     orders.c.id.label("order_pk"),
@@ -85,13 +89,13 @@ def _narrow(
     if not by_accession:
         return named
     found = [r for r in named if _same(record.accession_number, r.accession_number)]
-    if (found or record.order_control not in ("XO", "XX") or not (rp_id or sps_id)
-            or len({r.order_pk for r in named}) != 1):
+    if found or record.order_control not in CORRECTING:
         return found
-    # An XO naming one order by the sender's own Requested Procedure ID or SPS ID, with another accession
-    # number: the RIS corrected that procedure's accession (PIR campaign: a second order was created beside
-    # it). Only then: SPS ids are unique within a procedure only ("1" in each), so a new order (NW) with
-    # another accession, or ids that name steps of several orders, is another procedure.
+    # An XO naming its order by placer/filler number (and perhaps the sender's own Requested Procedure ID or
+    # SPS ID) with another accession number: the RIS corrected that order's accession (PIR campaign, then
+    # hl7fix5: a second order was created beside it). Only an XO: a new order (NW) with another accession
+    # under one placer number is another procedure. When the rows name several orders, engine.domain.orders
+    # refuses the XO (ambiguous_correction): which order's accession changes cannot be told.
     return named
 
 
@@ -122,6 +126,21 @@ def find_orders(
         return []
     rows = all_rows(_BY_ACCESSION, conn, {"number": record.accession_number})
     return _narrow(rows, record, "placer_order_namespace", "", True)
+
+
+def ambiguous_correction(rows: Sequence[Any], record: OrderRecord) -> int:
+    """How many stored orders an XO/XX names that none has its accession number (0: not ambiguous).
+
+    Such an XO changes the accession of the one order its placer/filler number names
+    (:func:`_narrow`); when the number names several (procedures under one placer order), which of
+    them the new accession belongs to cannot be told, and a second order must not be made either.
+    """
+    if record.order_control not in CORRECTING or not record.accession_number:
+        return 0
+    if any(r.accession_number == record.accession_number for r in rows):
+        return 0
+    count = len({int(r.order_pk) for r in rows})
+    return count if count > 1 else 0
 
 
 def identity_text(record: OrderRecord) -> str:

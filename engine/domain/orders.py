@@ -31,7 +31,7 @@ from engine.domain.accession import (
     resolve_accession,
 )
 from engine.domain.identity import resolved_order
-from engine.domain.order_identity import find_orders, identity_text
+from engine.domain.order_identity import ambiguous_correction, find_orders, identity_text
 from engine.domain.order_kind import NonImaging, classify, describe, listed_as
 from engine.domain.order_rows import (
     PRIORITIES,
@@ -396,6 +396,19 @@ def _same_patient(
     )
 
 
+def _one_to_correct(found: Sequence[Any], record: OrderRecord, policy: OrderPolicy, sequence: int) -> None:
+    """An XO/XX with a new accession number must name one stored order; several is AE 205 at ORC^n^2.
+
+    Its accession is not the sender's key when the engine generates them (``always_generate``).
+    """
+    several = 0 if policy.accession_policy == "always_generate" else ambiguous_correction(found, record)
+    if several:
+        raise HL7ApplicationError(
+            205, f"ambiguous order identity: {record.order_control} for order {identity_text(record)} with "
+            f"accession {record.accession_number} names {several} stored orders, none with that accession; give "
+            "the Requested Procedure ID (OBR-19/IPC-2) of the one to change", ErrorLocation("ORC", sequence, 2))
+
+
 def _new_order(record: OrderRecord, policy: OrderPolicy, sequence: int) -> Applied | None:
     """None when the order is imaging and may be created; else the ignored outcome or an AE.
 
@@ -456,6 +469,7 @@ def apply_order(
                         follow_up=record.order_control not in _CONTENT_CONTROLS)
     if found:
         _same_patient(conn, record, found, policy, known_patients, sequence)
+        _one_to_correct(found, record, policy, sequence)
         if record.steps and record.order_control in _CONTENT_CONTROLS:
             return _update_steps(conn, record, _one_order(found, record, sequence), status, policy, now)
         per_order = Counter(int(row.order_pk) for row in found)

@@ -184,16 +184,20 @@ class OrderRecord(_Mapped):
 
 class ReportLine(_Record):
     """One OBX of a report: a line (or paragraph) of its text, escapes already decoded; or, of value type
-    ED (encapsulated data, HL7 v2.5.1 2.A.24), a document such as the signed report as a PDF."""
+    ED (encapsulated data, HL7 v2.5.1 2.A.24), a document such as the signed report as a PDF; or, of value
+    type RP (reference pointer, 2.A.65), where such a document is (kept as received, never fetched)."""
 
     value_type: str = ""  # OBX-2: TX, FT, ST are report text; ED a document (other types are neither)
     observation_id: str = ""  # OBX-3.1, e.g. GDT (body), IMP (impression), ADT (addendum)
+    result_status: str = ""  # OBX-11 (HL7 table 0085): the report's status when OBR-25 is empty
     section: str = ""  # body | impression | addendum (tables/report_sections.csv)
     text: str = ""  # OBX-5, repetitions joined by line breaks
     media_type: str = ""  # ED-2 type of data (application, AP, IM ...)
     media_subtype: str = ""  # ED-3 data subtype (pdf, PDF, JPEG ...)
     encoding: str = ""  # ED-4 (Base64, A, Hex)
     data: str = ""  # ED-5 as sent (the encoded bytes)
+    reference: str = ""  # RP-1 pointer (OBX-2 RP, HL7 v2.5.1 2.A.65): where the document is; never fetched
+    application: str = ""  # RP-2 application ID as sent; RP-3/RP-4 are media_type/media_subtype
 
 
 class ReportComment(_Record):
@@ -223,7 +227,7 @@ class ReportRecord(_Mapped):
     accession_number: str = ""  # OBR-18 / ZDS / OBR-3 by the mapping's choice
     study_instance_uid: str = ""  # ZDS-1
     procedure_code: CodedValue | None = None  # OBR-4
-    status: str = Field(min_length=1)  # OBR-25 as sent
+    status: str = ""  # OBR-25 as sent; empty: derived from the lines' OBX-11 (engine.domain.report_status)
     observation_datetime: str = ""  # OBR-7 (DT)
     status_datetime: str = ""  # OBR-22 (DT)
     interpreter: str = ""  # OBR-32 as PN
@@ -273,15 +277,17 @@ class RequestLine(_Record):
 
 
 class ResultLine(_Record):
-    """One line of the report text, or one document (value type ED): one OBX."""
+    """One line of the report text, one document (value type ED) or one reference to it (RP): one OBX."""
 
     set_id: str
-    value_type: str = "TX"  # TX, or ED for a document
+    value_type: str = "TX"  # TX, ED for a document, RP for a reference to one
     text: str = ""
-    media_type: str = ""  # ED: OBX-5.2 .. OBX-5.5 as received
+    media_type: str = ""  # ED: OBX-5.2 .. OBX-5.5 as received; RP: OBX-5.3, OBX-5.4
     media_subtype: str = ""
     encoding: str = ""
     data: str = ""
+    reference: str = ""  # RP: OBX-5.1 and OBX-5.2 as received
+    application: str = ""
 
 
 class ReportResult(_Record):

@@ -137,9 +137,10 @@ def _patient(conn: Connection, patient_pk: int | None) -> dict[str, Any]:
 
 
 def _result(report: Any, version: Any) -> dict[str, Any]:
-    """The version as the mapping reads it: one line per text line, then one ED line per document."""
+    """The version as the mapping reads it: one line per text line, then one ED line per document and one RP
+    line per reference (an attachment that says it is one)."""
     lines = [ResultLine(set_id="", text=line) for line in (report.text.split("\n") if report.text else [])]
-    lines += [ResultLine(set_id="", value_type="ED", **doc) for doc in json.loads(version.attachments or "[]")]
+    lines += [ResultLine(set_id="", **({"value_type": "ED"} | doc)) for doc in json.loads(version.attachments or "[]")]
     return ReportResult(
         version=str(report.version), result_status=report.result_status, fhir_status=report.status,
         observation_datetime=version.observation_datetime, status_datetime=version.status_datetime,

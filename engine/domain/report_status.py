@@ -5,10 +5,15 @@ words ("Final", "Prelim", "Wet Read"); the table says what each means: the
 HL7 code the engine works with (and sends on) and the FHIR DiagnosticReport
 status. Codes are compared without case and surrounding spaces. A code that
 is not listed is refused with AE 103 at ``OBR^n^25``, naming the table.
+
+When OBR-25 is empty, the report's status is derived from its lines' OBX-11
+(HL7 v2.5.1 table 0085, :func:`derive_status`) and read through the same table;
+neither readable is AE 101 at ``OBR^n^25``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -17,7 +22,8 @@ from typing import Literal
 from engine.errors import ConfigError, ErrorLocation, HL7ApplicationError
 from engine.mapping.tables import load_table
 
-__all__ = ["DEFAULT_STATUS_TABLE", "STATUS_TABLE", "ReportStatus", "StatusTable", "load_status_table", "read_status"]
+__all__ = ["DEFAULT_STATUS_TABLE", "OBSERVATION_STATUS", "STATUS_TABLE", "ReportStatus", "StatusTable",
+           "derive_status", "load_status_table", "read_derived", "read_status"]
 
 ResultStatus = Literal["P", "F", "C", "X"]
 #: The shipped table's file name, as error texts name it.
@@ -90,3 +96,41 @@ def read_status(table: StatusTable, code: str, sequence: int = 1) -> ReportStatu
         raise HL7ApplicationError(103, f"OBR-25 result status {shown} is not in {table.name}",
                                   ErrorLocation("OBR", sequence, 25))
     return found
+
+
+#: OBX-11 observation result status (HL7 v2.5.1 table 0085) -> the report's result status (table 0123).
+#: D (delete), W (posted wrong), N (not asked) and O (order detail only) say nothing of the report's status.
+OBSERVATION_STATUS: dict[str, str] = {
+    "F": "F", "U": "F",  # final; U "changed to final without retransmitting the results"
+    "C": "C",  # correction of a final result
+    "P": "P", "R": "P", "S": "P", "I": "P",  # preliminary, entered not verified, partial, in process
+    "X": "X",  # results cannot be obtained
+}  # fmt: skip
+#: Which status of the lines is the report's: any correction, else any preliminary, else final, else cancelled.
+_PRECEDENCE = ("C", "P", "F", "X")
+
+
+def derive_status(codes: Sequence[str]) -> str:
+    """The report status the lines' OBX-11 ``codes`` give (P/F/C/X); "" when none is readable.
+
+    All final is final, any correction corrected, any preliminary (P, R, S, I) preliminary.
+    """
+    mapped = {OBSERVATION_STATUS.get(code.strip().upper(), "") for code in codes}
+    return next((status for status in _PRECEDENCE if status in mapped), "")
+
+
+def read_derived(table: StatusTable, codes: Sequence[str], sequence: int = 1) -> tuple[ReportStatus, str]:
+    """The meaning of the status derived from OBX-11 ``codes`` (OBR-25 empty) and the note saying so.
+
+    AE 101 at OBR^n^25 when no OBX-11 is readable; AE 103 when the site table lacks the derived code.
+    """
+    code = derive_status(codes)
+    if not code:
+        raise HL7ApplicationError(101, "OBR-25 result status empty and no OBX-11 status to derive it from (HL7 "
+                                  "table 0085: F, C, P, R, S, I, U, X)", ErrorLocation("OBR", sequence, 25))
+    found = table.rows.get(_key(code))
+    if found is None:
+        raise HL7ApplicationError(103, f"result status {code!r} (derived from OBX-11, OBR-25 empty) is not in "
+                                  f"{table.name}", ErrorLocation("OBR", sequence, 25))
+    shown = ", ".join(dict.fromkeys(c.strip().upper() for c in codes if c.strip()))
+    return found, f"OBR-25 empty: status {code} derived from OBX-11 ({shown})"

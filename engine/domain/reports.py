@@ -18,15 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from engine.domain.order_identity import find_orders
-from engine.domain.records import OrderRecord, ReportRecord
-from engine.domain.report_status import DEFAULT_STATUS_TABLE, StatusTable, read_status
+from engine.domain.records import OrderRecord, ReportLine, ReportRecord
+from engine.domain.report_status import DEFAULT_STATUS_TABLE, StatusTable, read_derived, read_status
 from engine.domain.report_tables import report_versions, reports
 from engine.domain.tables import orders, patients
 from engine.errors import ErrorLocation, HL7ApplicationError
@@ -39,6 +39,9 @@ __all__ = ["TEXT_TYPES", "ReportApplied", "ReportPolicy", "apply_report", "attac
 TEXT_TYPES = frozenset({"TX", "FT", "ST"})
 #: OBX-2 value type of a document (encapsulated data, 2.A.24): kept as received and sent on.
 DOCUMENT_TYPE = "ED"
+#: OBX-2 value type of a reference to a document (reference pointer, 2.A.65): kept as received and sent on.
+#: The engine never follows it (no outbound connection on a sender's say-so); the EHR and FHIR clients may.
+REFERENCE_TYPE = "RP"
 _FINAL = frozenset({"F", "C"})
 
 # Every report runs these: compiled once, executed on the raw cursor (engine.store.fast).
@@ -102,7 +105,8 @@ class _Content:
     fhir_status: str
     text: str
     conclusion: str
-    attachments: str = ""  # JSON list of the ED documents as received; "" without any
+    attachments: str = ""  # JSON list of the ED documents and RP references as received; "" without any
+    derived: str = ""  # the note saying the status was derived from OBX-11 (OBR-25 empty)
 
     @staticmethod
     def of(record: ReportRecord, table: StatusTable, sequence: int) -> _Content:
@@ -111,20 +115,37 @@ class _Content:
         A report of a document alone (a PDF in OBX ED) or of NTE text alone is a report; one with
         neither text nor document (and not a cancel) is AE 101.
         """
-        meaning = read_status(table, record.status, sequence)
+        derived = ""
+        if record.status.strip():
+            meaning = read_status(table, record.status, sequence)
+        else:  # HL7 v2.5.1 7.4.1.25 allows OBR-25 empty; some reporting systems give the status per OBX only
+            meaning, derived = read_derived(table, [line.result_status for line in record.lines], sequence)
         lines = [line for line in record.lines if line.value_type.strip().upper() in TEXT_TYPES]
         text = "\n".join(line.text for line in lines)
         if not text.strip():  # no OBX text: the NTE lines are the report (never beside OBX text: comments)
             lines, text = [], "\n".join(c.text for c in record.comments if c.text.strip())
-        documents = [{"media_type": line.media_type, "media_subtype": line.media_subtype,
-                      "encoding": line.encoding, "data": line.data}
-                     for line in record.lines if line.value_type.strip().upper() == DOCUMENT_TYPE and line.data]
+        documents = [doc for line in record.lines if (doc := _attachment(line))]
         if not text.strip() and not documents and meaning.result_status != "X":
             raise HL7ApplicationError(101, "report has no text and no document (no OBX with value type TX, FT, "
-                                      "ST or ED, no NTE)", ErrorLocation("OBR", sequence))
+                                      "ST, ED or RP, no NTE)", ErrorLocation("OBR", sequence))
         conclusion = "\n".join(line.text for line in lines if line.section == "impression")
         return _Content(meaning.result_status, meaning.fhir_status, text, conclusion,
-                        json.dumps(documents) if documents else "")
+                        json.dumps(documents) if documents else "", derived)
+
+
+def _attachment(line: ReportLine) -> dict[str, str]:
+    """A document the line carries (ED) or points to (RP), as received; {} for neither.
+
+    An ED entry keeps its key set of earlier versions (their digests stay the same); an RP entry says so.
+    """
+    kind = line.value_type.strip().upper()
+    if kind == DOCUMENT_TYPE and line.data:
+        return {"media_type": line.media_type, "media_subtype": line.media_subtype, "encoding": line.encoding,
+                "data": line.data}
+    if kind == REFERENCE_TYPE and line.reference.strip():
+        return {"value_type": REFERENCE_TYPE, "reference": line.reference, "application": line.application,
+                "media_type": line.media_type, "media_subtype": line.media_subtype}
+    return {}
 
 
 def report_identity(record: ReportRecord | Any) -> str:
@@ -267,8 +288,20 @@ def apply_report(
     message_id: int | None = None,
     sequence: int = 1,
 ) -> ReportApplied:
-    """Store one report record (the ``sequence``-th OBR of its message) as a new version, or say why not."""
+    """Store one report record (the ``sequence``-th OBR of its message) as a new version, or say why not.
+
+    A status derived from OBX-11 (OBR-25 empty) is said in the note, whatever else the record did.
+    """
     content = _Content.of(record, policy.status_table, sequence)
+    applied = _apply(conn, record, content, policy, now, message_id, sequence)
+    if not content.derived:
+        return applied
+    derived = f"report {report_identity(record)}: {content.derived}"
+    return replace(applied, note="\n".join(filter(None, (derived, applied.note))))
+
+
+def _apply(conn: Connection, record: ReportRecord, content: _Content, policy: ReportPolicy, now: datetime,
+           message_id: int | None, sequence: int) -> ReportApplied:
     order_pk = _find_order(conn, record, sequence)
     existing = _existing(conn, record, order_pk)
     who = f"report {report_identity(record)}"

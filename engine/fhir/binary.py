@@ -25,7 +25,8 @@ from sqlalchemy import Connection, select
 from engine.domain.report_tables import report_versions
 from engine.fhir.tables import fhir_resources
 
-__all__ = ["DOCUMENT_TITLE", "Document", "attachment", "binary_id", "documents", "inline", "parse_id", "read_document"]
+__all__ = ["DOCUMENT_TITLE", "Document", "attachment", "binary_id", "documents", "inline", "parse_id", "presented",
+           "read_document", "referenced"]
 
 DOCUMENT_TITLE = "Radiology report document"
 _ID = re.compile(r"^report-([0-9]{1,18})-([0-9]{1,9})-([0-9]{1,4})$")
@@ -58,6 +59,8 @@ def documents(attachments: str) -> list[Document]:
     (its number is not reused)."""
     out: list[Document] = []
     for n, doc in enumerate(json.loads(attachments or "[]"), 1):
+        if doc.get("reference"):  # an RP reference (engine.domain.reports): not ours to serve; its number kept
+            continue
         kind = doc.get("media_type", "").strip()
         major = _MEDIA_TYPES.get(kind.upper(), kind.lower()) or "application"
         minor = doc.get("media_subtype", "").strip().lower() or "octet-stream"
@@ -76,6 +79,28 @@ def attachment(report_pk: int | str, version: int, document: Document) -> dict[s
     return {"contentType": document.content_type, "url": f"Binary/{binary_id(report_pk, version, document.n)}",
             "size": len(document.data), "hash": base64.b64encode(hashlib.sha1(document.data).digest()).decode("ascii"),
             "title": DOCUMENT_TITLE}
+
+
+def referenced(doc: dict[str, Any]) -> dict[str, Any]:
+    """An RP reference (OBX value type RP) as an Attachment with its ``url`` as received (never fetched by
+    the engine), typed when RP-3/RP-4 say what it points to."""
+    kind, minor = doc.get("media_type", "").strip(), doc.get("media_subtype", "").strip().lower()
+    major = _MEDIA_TYPES.get(kind.upper(), kind.lower())
+    typed = {"contentType": f"{major}/{minor or 'octet-stream'}"} if major else {}
+    return typed | {"url": doc["reference"], "title": DOCUMENT_TITLE}
+
+
+def presented(report_pk: int | str, version: int, attachments: str) -> list[dict[str, Any]]:
+    """A report version's documents and references as Attachments, in the order received: an ED document by
+    its ``Binary`` URL (:func:`attachment`), an RP reference by its own URL (:func:`referenced`)."""
+    served = {document.n: document for document in documents(attachments)}
+    out: list[dict[str, Any]] = []
+    for n, doc in enumerate(json.loads(attachments or "[]"), 1):
+        if doc.get("reference"):
+            out.append(referenced(doc))
+        elif n in served:
+            out.append(attachment(report_pk, version, served[n]))
+    return out
 
 
 def read_document(conn: Connection, res_id: str) -> tuple[str, Document] | None:

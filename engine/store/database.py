@@ -188,6 +188,13 @@ TCP_DEFAULTS: dict[str, int] = {"keepalives": 1, "keepalives_idle": 15, "keepali
 #: SQLite's busy timeout on every connection (the writer thread waits this long for a lock).
 BUSY_TIMEOUT_MS = 30000
 
+#: A write transaction that waited this long for the write lock (another connection or process held it:
+#: the CLI, a backup, a DICOM receive worker) is logged as a WARNING naming the wait and the messages it
+#: held up: their ACKs left that much later, and a sender's timeout may have come first.
+SLOW_LOCK_SECONDS = 2.0
+#: How many held-up items a slow-lock WARNING names (the count is always given).
+_NAMED_IN_WARNING = 5
+
 
 #: PostgreSQL's SQLSTATEs for a transaction it rolled back to break a deadlock or a serialization
 #: conflict: nothing of it happened, and running it again is how such a victim is meant to go on.
@@ -291,6 +298,7 @@ class Writer:
         self._engine = engine
         self._write_lock = write_lock
         self._inline_ok = engine.dialect.name == "sqlite"
+        self.slow_lock_seconds = SLOW_LOCK_SECONDS
         self._max_batch = max_batch
         self._gather_seconds = gather_seconds
         self._last_batch = 1
@@ -474,9 +482,12 @@ class Writer:
         batch: list[_Item] = [first]
         results: list[Any] = []
         stop = committing = False
+        started, waited = 0.0, -1.0
         try:
             conn = self._connection()
+            started = time.monotonic()  # the wait for the lock, not for a connection
             with self._locked(), conn.begin():
+                waited = time.monotonic() - started
                 results.append(first.fn(conn))
                 while (nxt := self._next(len(batch), deadline)) is not None:
                     if nxt is _STOP:
@@ -486,12 +497,34 @@ class Writer:
                     results.append(nxt.fn(conn))
                 committing = True
         except Exception as exc:
+            self._said_wait(started, waited, batch)
             self._fail_batch(batch, exc, committing)
         else:
+            self._said_wait(started, waited, batch)
             self._committed()
             _resolve_all(batch, results)
         self._last_batch = len(batch)
         return stop
+
+    def _said_wait(self, started: float, waited: float, batch: list[_Item]) -> None:
+        """A WARNING when the transaction of ``batch`` waited :attr:`slow_lock_seconds` or more for the write
+        lock (``waited`` -1: it never got it, and failed after ``started``; ``started`` 0: it failed before
+        asking, without a connection).
+
+        Names the items by their ``log_label`` (a channel and control id: no PHI, docs/security.md).
+        """
+        if not started:
+            return
+        if waited < 0:
+            waited = time.monotonic() - started
+        if waited < self.slow_lock_seconds:
+            return
+        labels = [label for item in batch if (label := str(getattr(item.fn, "log_label", "")))]
+        named = "; ".join(labels[:_NAMED_IN_WARNING]) + (f"; {len(labels) - _NAMED_IN_WARNING} more"
+                                                         if len(labels) > _NAMED_IN_WARNING else "")
+        log.warning("database write lock: waited %.1f s for another connection or process to release it before "
+                    "storing %d item(s)%s; their ACKs were held up as long", waited, len(batch),
+                    f" ({named})" if named else "")
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
         """The cross-process write lock around a transaction, when this database has one."""
@@ -540,14 +573,19 @@ class Writer:
 
     def _run_batch(self, batch: list[_Item]) -> None:
         committing = False
+        started, waited = 0.0, -1.0
         try:
             conn = self._connection()
+            started = time.monotonic()
             with self._locked(), conn.begin():
+                waited = time.monotonic() - started
                 results = [item.fn(conn) for item in batch]
                 committing = True
         except Exception as exc:
+            self._said_wait(started, waited, batch)
             self._fail_batch(batch, exc, committing)
             return
+        self._said_wait(started, waited, batch)
         self._committed()
         _resolve_all(batch, results)
 

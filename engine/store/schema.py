@@ -101,12 +101,15 @@ messages = Table(
     # what the handlers left alone and why (ignored non-imaging order, resent order, cancel of
     # a cancelled order ...): one line each, shown by ``messages show``.
     Column("note", Text, nullable=False, default="", server_default=""),
+    # An AE/AR message an operator dealt with (``radbridge messages ack``, audited as message.ack): no longer
+    # counted by ``radbridge status`` under "needs attention". A replay clears it (its outcome is new).
+    Column("acknowledged_at", UTCDateTime(), nullable=True),
     # The duplicate lookup (engine.channel.persist): all four, or SQLite's planner scans the channel's window.
     Index(None, "channel", "sender", "control_id", "received_at"),
     Index(None, "channel", "received_at"),
-    # Only what needs attention (errors, rejects, filtered): processed messages, nearly all
-    # of them, cost no entry. A query uses it when it repeats the condition (list_messages).
-    Index("ix_messages_unprocessed", "status", "id", "channel",
+    # Only what needs attention (errors, rejects, filtered, and whether acknowledged): processed messages,
+    # nearly all of them, cost no entry. A query uses it when it repeats the condition (list_messages).
+    Index("ix_messages_unprocessed", "status", "id", "channel", "acknowledged_at",
           sqlite_where=text(UNPROCESSED_SQL), postgresql_where=text(UNPROCESSED_SQL)),
     Index(None, "patient_id"),
     Index(None, "accession_number"),

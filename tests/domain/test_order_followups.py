@@ -290,3 +290,42 @@ def test_procedures_of_one_placer_number_each_with_sps_id_1_stay_apart(
                scheduled_procedure_step_id="1", **NS)
     _apply(db, orders_handler, [xo])  # names its procedure by RP ID: that order's accession is corrected
     assert sorted(o.accession_number for o in _rows(db, orders)) == ["ACC1", "ACC2X"]
+
+
+@pytest.mark.parametrize("control", ["XO", "XX"])
+def test_an_xo_naming_its_order_by_placer_number_alone_changes_the_accession(
+    db: Database, orders_handler: OrdersHandler, control: str
+) -> None:
+    """hl7fix5: an XO with only the placer number (no Requested Procedure ID or SPS ID of its own) and a
+    corrected accession made a second order beside the first; it updates the one order instead."""
+    _apply(db, orders_handler, [patient(), order("PL1", accession_number="ACC1", placer_order_namespace="RIS")])
+    xo = _bare(control, "PL1", "SC", accession_number="ACC1X", placer_order_namespace="RIS",
+               requested_procedure_description="CT NECK", modality="CT")
+    assert _apply(db, orders_handler, [xo]) == [(True, "")]
+    assert [(o.placer_order_number, o.accession_number, o.requested_procedure_description)
+            for o in _rows(db, orders)] == [("PL1", "ACC1X", "CT NECK")]
+    assert len(_rows(db, procedure_steps)) == 1
+
+
+def test_an_xo_with_a_new_accession_under_another_placer_namespace_is_not_that_order(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    _apply(db, orders_handler, [patient(), order("PL1", accession_number="ACC1", placer_order_namespace="RIS")])
+    _apply(db, orders_handler, [_bare("XO", "PL1", "SC", accession_number="ACC9", placer_order_namespace="EHR",
+                                      modality="CT")])
+    assert sorted(o.accession_number for o in _rows(db, orders)) == ["ACC1", "ACC9"]
+
+
+def test_an_xo_with_a_new_accession_for_a_placer_number_of_several_orders_is_refused(
+    db: Database, orders_handler: OrdersHandler
+) -> None:
+    """Two procedures under one placer number: an XO naming neither by its ids nor by accession cannot say
+    whose accession it corrects. AE 205 naming why, and no third order."""
+    groups = [order("PL1", accession_number=acc, requested_procedure_id=acc, scheduled_procedure_step_id=acc)
+              for acc in ("ACC1", "ACC2")]
+    _apply(db, orders_handler, [patient(), *groups])
+    with pytest.raises(HL7ApplicationError) as refused:
+        _apply(db, orders_handler, [_bare("XO", "PL1", "SC", accession_number="ACC3", modality="CT")])
+    assert refused.value.code == 205 and "ambiguous order identity" in str(refused.value)
+    assert str(refused.value.location) == "ORC^1^2"
+    assert sorted(o.accession_number for o in _rows(db, orders)) == ["ACC1", "ACC2"]

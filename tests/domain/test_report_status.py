@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.domain.report_status import DEFAULT_STATUS_TABLE, load_status_table, read_status
+from engine.domain.report_status import (
+    DEFAULT_STATUS_TABLE,
+    derive_status,
+    load_status_table,
+    read_derived,
+    read_status,
+)
 from engine.errors import ConfigError, HL7ApplicationError
 from tests.conftest import ROOT
 
@@ -53,3 +59,24 @@ def test_a_table_without_the_columns_is_refused(tmp_path: Path):
     path.write_text("code,status\nF,final\n")
     with pytest.raises(ConfigError):
         load_status_table(path)
+
+
+@pytest.mark.parametrize(("codes", "derived"), [
+    (["F", "F"], "F"), (["F", "C"], "C"), (["F", "P"], "P"), (["R"], "P"), (["I", "F"], "P"), (["s"], "P"),
+    (["U"], "F"), (["X"], "X"), (["F", "X"], "F"), (["", "F "], "F"), (["C", "P"], "C"),
+    ([], ""), ([""], ""), (["D", "W", "N", "O"], ""), (["Z"], ""),
+])
+def test_obx_11_values_give_the_report_status_by_hl7_table_0085(codes: list[str], derived: str):
+    assert derive_status(codes) == derived
+
+
+def test_a_derived_status_is_read_through_the_site_table_and_said():
+    status, note = read_derived(SHIPPED, ["F", "C", "F"])
+    assert (status.result_status, status.fhir_status) == ("C", "corrected")
+    assert note == "OBR-25 empty: status C derived from OBX-11 (F, C)"
+
+
+def test_no_readable_obx_11_with_obr_25_empty_is_ae_101_at_obr_25():
+    with pytest.raises(HL7ApplicationError) as err:
+        read_derived(SHIPPED, ["", "D"], sequence=2)
+    assert err.value.code == 101 and str(err.value.location) == "OBR^2^25"

@@ -245,3 +245,18 @@ def test_the_migration_names_stored_documents_by_url_as_the_projector_now_writes
     db.writer.call(lambda c: c.execute(insert(fhir_pending).values(kind="DiagnosticReport", key="1")))
     assert project_all(db, SETTINGS) == 0  # a rebuild finds nothing to rewrite
     assert db.read(lambda c: c.execute(report).one()) == current
+
+
+def test_a_report_that_only_points_to_its_document_presents_the_url(db: Database) -> None:
+    """hl7fix5: a report whose only content is an OBX RP (reference pointer) was AE 101; it is an Attachment
+    with the url as received (and a content type when RP-3/RP-4 give one), never fetched."""
+    db.writer.call(_seed)
+    url = "https://ris.example/doc?id=7304&fmt=pdf"
+    _apply(db, _report("F").model_copy(update={"lines": [
+        ReportLine(value_type="RP", reference=url, application="RIS", media_type="AP", media_subtype="PDF"),
+        ReportLine(value_type="RP", reference="urn:oid:1.2.3.4")]}))
+    project_all(db, SETTINGS)
+    forms = [{k: v for k, v in f.items() if k != "creation"} for f in _json(db)["presentedForm"]]
+    assert forms == [
+        {"contentType": "application/pdf", "url": url, "title": "Radiology report document"},
+        {"url": "urn:oid:1.2.3.4", "title": "Radiology report document"}]

@@ -119,8 +119,8 @@ def test_status_json_counts_per_channel(three_stored: EngineProcess) -> None:
 
     (inbound,) = status["channels"].values()
     assert {k: inbound[k] for k in inbound if k not in ("listen", "file")} == {
-        "received": 3, "errors": 1, "filtered": 0, "unchanged": 0, "queued": 0, "delivery_errors": 0,
-        "oldest_queued_seconds": None, "newest_error_seconds": inbound["newest_error_seconds"]}
+        "received": 3, "errors": 1, "errors_acknowledged": 0, "filtered": 0, "unchanged": 0, "queued": 0,
+        "delivery_errors": 0, "oldest_queued_seconds": None, "newest_error_seconds": inbound["newest_error_seconds"]}
     assert inbound["newest_error_seconds"] >= 0
     assert set(status) == {"channels", "jobs", "worklist_steps", "reports", "studies", "images", "reconcile",
                            "archive_copies", "engine", "dicom", "fhir", "destinations", "archive_space", "attention"}

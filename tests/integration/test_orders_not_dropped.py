@@ -144,3 +144,28 @@ def test_a_replay_reprocesses_the_same_message_once_and_shows_its_attempts(
     replays = sqlite_rows(engine.data_dir / "radbridge.db",
                           "SELECT actor, object_id FROM audit_events WHERE action = 'message.replay'")
     assert replays == [(user, str(row["id"]))] * 2
+
+
+def _accessions(engine: EngineProcess) -> list[tuple[str, str]]:
+    return sqlite_rows(engine.data_dir / "radbridge.db",
+                       "SELECT placer_order_number, accession_number FROM orders ORDER BY id")
+
+
+def test_an_xo_by_placer_number_alone_corrects_the_accession_of_its_order(ris: tuple[EngineProcess, int]) -> None:
+    """hl7fix5: the RIS corrects the accession (OBR-18) of an order it names by ORC-2/OBR-2 only: that order
+    is updated (AA), no second order beside it; under a placer number of two procedures it is AE 205."""
+    engine, port = ris
+    nw = (MSH.format(type="ORM^O01", cid="NW1") + PID + "ORC|NW|PLC-7001^RIS||||||^^^20240312140000^^R\r"
+          "OBR|1|PLC-7001^RIS||CT1^CT head^L||||||||||||||ACC-7001||||||CT\r")
+    xo = nw.replace("|NW1|", "|XO1|").replace("ORC|NW|", "ORC|XO|").replace("ACC-7001", "ACC-7001X")
+    two = (MSH.format(type="ORM^O01", cid="NW2") + PID
+           + "".join(f"ORC|NW|PLC-7002^RIS||||||^^^20240312150000^^R\rOBR|{n}|PLC-7002^RIS||CT1^CT head^L"
+                     f"||||||||||||||ACC-72{n}||||||CT\r" for n in (1, 2)))
+    xo_two = (MSH.format(type="ORM^O01", cid="XO2") + PID + "ORC|XO|PLC-7002^RIS\r"
+              "OBR|1|PLC-7002^RIS||CT1^CT head^L||||||||||||||ACC-7299||||||CT\r")
+    acks = send_all(port, [p.encode() for p in (nw, xo, two, xo_two)])
+    assert [a.code for a in acks] == ["AA", "AA", "AA", "AE"], [a.raw for a in acks]
+    assert _err(acks[3]) == ("ORC^1^2", "205") and "ambiguous order identity" in acks[3].raw.decode()
+    assert _accessions(engine) == [("PLC-7001", "ACC-7001X"), ("PLC-7002", "ACC-721"), ("PLC-7002", "ACC-722")]
+    (row,) = cli_json(engine, "messages", "list", "--control-id", "XO1")
+    assert cli_json(engine, "messages", "show", str(row["id"]))["status"] == "PROCESSED"

@@ -11,6 +11,7 @@ encoding), the versions kept, and what ``messages show`` / ``status`` say.
 from __future__ import annotations
 
 import itertools
+import json
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, EngineProcess, free_port
+from tests.conftest import ROOT, EngineProcess, free_port, wait_for_port
 from tests.integration.conftest import Ack, cli_json, send_all, sqlite_rows, write_channel
 from tests.integration.mllp_peer import MLLPPeer, Received
 
@@ -75,11 +76,13 @@ def orm(placer: str, accession: str, patient: str = "MRN1") -> bytes:
 
 
 def oru(control_id: str, placer: str, status: str, lines: list[str], obx_type: str = "TX",
-        patient: str = "MRN1", extra_obr: str = "") -> bytes:
-    """An ORU^R01 from the reporting system, one OBX per line (UTF-8)."""
+        patient: str = "MRN1", extra_obr: str = "", obx_status: str | None = None) -> bytes:
+    """An ORU^R01 from the reporting system, one OBX per line (UTF-8); OBX-11 is OBR-25's first letter unless
+    ``obx_status`` says otherwise."""
     obr = f"OBR|1|{placer}^EHR|F{placer}^RIS|CTHEAD^CT head^L|||20261205093000" + "|" * 15 + \
         f"20261205100000|||{status}|||||||RR1&Radiologist&Rita{extra_obr}"
-    obx = [f"OBX|{n}|{obx_type}|GDT^Findings||{line}||||||{status[:1]}" for n, line in enumerate(lines, 1)]
+    obx_status = status[:1] if obx_status is None else obx_status
+    obx = [f"OBX|{n}|{obx_type}|GDT^Findings||{line}||||||{obx_status}" for n, line in enumerate(lines, 1)]
     return "\r".join([
         f"MSH|^~\\&|REPORTING|RAD|RADBRIDGE|RAD|20261205100100||ORU^R01|{control_id}|P|2.5.1|||||UNICODE UTF-8",
         f"PID|1||{patient}^^^HOSP^MR||Lindqvist^Maja", obr, *obx, "",
@@ -131,6 +134,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         handlers: [reports]
         """)
     engine.start(wait_port=reports_port)
+    wait_for_port(orders_port, proc=engine.proc)  # a test that orders first must not find it closed
     try:
         yield Site(engine, orders_port, reports_port, ehr)
     finally:
@@ -199,6 +203,50 @@ def test_a_report_for_an_unknown_order_is_kept_and_sent_when_the_order_arrives(s
     assert "was waiting: attached and sent on" in site.shown(f"O{placer}")["note"]
 
 
+def test_a_report_whose_status_is_only_in_obx_11_takes_it_from_there(site: Site) -> None:
+    """hl7fix5: OBR-25 empty, OBX-11 F on every line was AE 101 at OBR^1^25; the status is derived from OBX-11
+    (HL7 table 0085), the EHR gets OBR-25 F, and ``messages show`` says it was derived. A later
+    correction whose lines say C and F is a correction."""
+    placer, accession = ids()
+    site.order(placer, accession)
+    assert site.report(oru(f"R{placer}", placer, "", ["No bleed.", "Normal."], obx_status="F")).code == "AA"
+    assert site.report(oru(f"R{placer}c", placer, "", ["Small bleed.", "Normal."], obx_status="C")
+                       .replace(b"Normal.||||||C", b"Normal.||||||F")).code == "AA"
+    first, second = site.wait_ehr(placer, 2)
+    assert segments(first)["OBR"][0][25] == "F" and segments(second)["OBR"][0][25] == "C"
+    assert [v[:2] for v in site.versions(placer)] == [(1, "F"), (2, "C")]
+    assert "OBR-25 empty: status F derived from OBX-11 (F)" in site.shown(f"R{placer}")["note"]
+    assert "OBR-25 empty: status C derived from OBX-11 (C, F)" in site.shown(f"R{placer}c")["note"]
+
+
+def test_a_report_that_only_points_to_its_document_is_kept_sent_on_and_never_fetched(site: Site) -> None:
+    """hl7fix5: an ORU^R01 whose only content is an OBX RP (reference pointer: the report document's URL) was
+    AE 101 (no text); the reference is the version's content, the EHR gets it as received, and the engine
+    never connects to it (a listener at that address sees no connection)."""
+    import socket
+
+    placer, accession = ids()
+    site.order(placer, accession)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/report?id={placer}\\T\\fmt=pdf"
+        payload = oru(f"R{placer}", placer, "F", [f"{url}^RIS^application^pdf"], obx_type="RP")
+        assert site.report(payload).code == "AA"
+        (received,) = site.wait_ehr(placer, 1)
+        time.sleep(0.5)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody came
+    (obx,) = segments(received)["OBX"]
+    assert (obx[2], obx[5], obx[11]) == ("RP", f"{url}^RIS^application^pdf", "F")
+    (kept,) = [json.loads(a) for (a,) in sqlite_rows(
+        site.engine.data_dir / "radbridge.db", "SELECT v.attachments FROM report_versions v JOIN reports r ON "
+        "r.id = v.report_pk WHERE r.placer_order_number = ?", placer)]
+    assert kept == [{"value_type": "RP", "reference": url.replace("\\T\\", "&"), "application": "RIS",
+                     "media_type": "application", "media_subtype": "pdf"}]
+
+
 def test_a_resent_oru_gets_its_original_ack_and_changes_nothing(site: Site) -> None:
     placer, accession = ids()
     site.order(placer, accession)
@@ -222,6 +270,7 @@ def test_a_resent_oru_gets_its_original_ack_and_changes_nothing(site: Site) -> N
     (lambda p: oru(f"B{p}3", "X" + p, "F", ["x"]).replace(b"PID|1||MRN1^^^HOSP^MR", b"PID|1||"), "AE", "PID^1^3^1"),
     (lambda p: oru(f"B{p}4", p, "F", ["x"], obx_type="NM"), "AE", "OBR^1"),  # no text line
     (lambda p: oru(f"B{p}5", p, "F", ["x"]).replace(b"20261205093000", b"20261345"), "AE", "OBR^1^7^1"),
+    (lambda p: oru(f"B{p}6", p, "", ["x"]), "AE", "OBR^1^25"),  # no status in OBR-25 nor in any OBX-11
     (lambda p: orm(p, "A").replace(b"EHR|HOSP", b"RIS|HOSP", 1), "AR", "MSH^1^9^1"),  # an order on the reports port
 ])
 def test_bad_reports_get_an_error_ack_with_its_location_and_are_kept(site: Site, payload, code: str,

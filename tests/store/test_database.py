@@ -512,3 +512,37 @@ def test_the_store_unavailable_log_line_says_why_without_the_statement_or_its_va
         db.writer._translate(locked)
     assert "store unavailable: OperationalError (database is locked)" in caplog.text
     assert "DOE" not in caplog.text
+
+
+class _Labelled:
+    """A work item naming itself for the log, as a message's Attempt does (engine.channel.persist)."""
+
+    log_label = "channel c1 control id CID1"
+
+    def __call__(self, conn):
+        return add_event(conn, 7)
+
+
+def test_a_transaction_that_waited_for_the_write_lock_is_a_warning_naming_its_items(tmp_path, caplog):
+    """hl7fix5: an ACK held up by another connection's write lock was said nowhere."""
+    import sqlite3
+
+    from engine.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'rb.db'}")
+    other = sqlite3.connect(tmp_path / "rb.db", isolation_level=None, check_same_thread=False)
+    try:
+        db.migrate()
+        db.writer.slow_lock_seconds = 0.3
+        assert db.writer.call(_Labelled()) == 7  # no wait: nothing said
+        assert "write lock" not in caplog.text
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.5, lambda: other.execute("COMMIT")).start()
+        with caplog.at_level("WARNING", logger="engine.store.database"):
+            assert db.writer.call(_Labelled()) == 7
+        (record,) = [r for r in caplog.records if "write lock" in r.getMessage()]
+        assert record.levelname == "WARNING"
+        assert "waited 0." in record.getMessage() and "1 item(s) (channel c1 control id CID1)" in record.getMessage()
+    finally:
+        other.close()
+        db.close()

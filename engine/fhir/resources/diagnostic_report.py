@@ -36,7 +36,7 @@ from sqlalchemy import Connection, select
 
 from engine.domain.report_tables import report_versions, reports
 from engine.domain.tables import orders, studies
-from engine.fhir.binary import attachment, documents
+from engine.fhir.binary import presented
 from engine.fhir.instant import dicom_datetime, instant, search_range
 from engine.fhir.model import Built, FhirSettings, Param, Version, identifier_system
 from engine.fhir.resources.common import human_name, ids, reference, type_coding
@@ -163,8 +163,8 @@ def _body(order: Any, report: Any, version: Any, settings: FhirSettings, acquire
     text = base64.b64encode(version.text.encode()).decode("ascii")
     forms = [{"contentType": "text/plain; charset=utf-8", "data": text, "title": "Radiology report",
               "creation": body["issued"]}] if version.text.strip() else []
-    forms += [attachment(report.id, int(version.version), document) | {"creation": body["issued"]}
-              for document in documents(version.attachments)]
+    forms += [form | {"creation": body["issued"]} for form in presented(report.id, int(version.version),
+                                                                          version.attachments)]
     if forms:
         body["presentedForm"] = forms
     _index(built, body)
