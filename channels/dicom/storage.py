@@ -53,7 +53,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _c
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.archive.flush import FlushAhead, HashAhead
+from engine.archive.flush import FlushAhead, HashAhead, WorkAhead
 from engine.archive.location import ArchiveLocation, FileTail, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.rehead import rehead
@@ -171,9 +171,9 @@ class StoreRequest:
     transfer_syntax_uid: str
     calling_ae: str
     streamed: StreamedFile | None = None
-    #: The header's checks, order lookup and coercion, done while the pixel data was still arriving
-    #: (:meth:`StorageService.read_header_early`); None: done in the store. The store closes it.
-    early: EarlyHeader | None = None
+    #: The header's checks, order lookup and coercion, started while the pixel data was still arriving
+    #: (:meth:`StorageService.read_header_early`); None, or a job that yields None: done in the store.
+    early: WorkAhead[EarlyHeader] | None = None
 
 
 @dataclass(slots=True)
@@ -385,18 +385,13 @@ class StorageService:
         return self.store(request)
 
     def store(self, request: StoreRequest) -> int:
-        """Store one request durably and index it; the DIMSE status to answer. Closes ``request.early``."""
-        try:
-            return self._store_request(request)
-        finally:
-            if request.early is not None:
-                request.early.close()
-
-    def _store_request(self, request: StoreRequest) -> int:
+        """Store one request durably and index it; the DIMSE status to answer."""
         now = self.clock()
         self._sweep(time.time())
         failed = spool_failure(request.spool)
         if failed is not None:
+            if request.early is not None:
+                request.early.drop()
             log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s (%s) in %s",
                       request.sop_instance_uid, request.calling_ae, errno.errorcode.get(failed.errno or 0, failed),
                       failed.strerror, Path(request.spool).parent)  # which file system, for the operator
@@ -406,7 +401,7 @@ class StorageService:
         streamed = request.streamed
         hashing = HashAhead(request.spool, streamed.size) if streamed is not None and not streamed.sha256 else None
         ahead = self.primary.flush_ahead(request.spool) if streamed is not None else None
-        early = request.early
+        early = request.early.take() if request.early is not None else None  # None: read here, as always
         try:
             with open(request.spool, "rb") as spool:
                 return self._store(spool, request, now, ahead, hashing, early)
@@ -420,6 +415,9 @@ class StorageService:
             log.exception("C-STORE %s from %s: the storage service failed", request.sop_instance_uid,
                           request.calling_ae)
             return self._quarantine(request, _Refused("processing_failure", type(exc).__name__), now)
+        finally:
+            if early is not None:
+                early.close()
 
     def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime, ahead: FlushAhead | None,
                hashing: HashAhead | None = None, early: EarlyHeader | None = None) -> int:
@@ -497,13 +495,13 @@ class StorageService:
     def read_header_early(self, request: StoreRequest) -> EarlyHeader | None:
         """The header checks, order lookup and coercion of a data set whose pixel data is still arriving.
 
-        Called by the streamed receive once the spool holds the header whole (every element before the
-        pixel data group, and that group's first element header), while the sender is still sending the
-        rest: the bytes before it are final, so what is made of them here is what the store would make of
-        them, done while the rest arrives in the socket's buffer instead of after it. None (the store
-        does it all itself) when the header is not complete yet, the data set is deflated, or anything
-        would be refused: the store decides every refusal, on the whole data set. The store still walks
-        the whole data set's structure (:func:`_complete_as_read_early`) before it uses this.
+        Run in a work-ahead thread (:class:`~engine.archive.flush.WorkAhead`) by the streamed receive
+        once the spool holds the header whole (every element before the pixel data group, and that
+        group's first element header): the bytes before it are final, so what is made of them here is
+        what the store would make of them. None (the store does it all itself) when the header is not
+        complete yet, the data set is deflated, or anything would be refused: the store decides every
+        refusal, on the whole data set. The store still walks the whole data set's structure
+        (:func:`_complete_as_read_early`) before it uses this.
         """
         enc = _encoding(request.transfer_syntax_uid)
         if enc is None:

@@ -66,6 +66,7 @@ trigger (``EVT_DATA_RECV``, ``EVT_PDU_RECV``, ``EVT_DIMSE_RECV``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import select
@@ -84,7 +85,7 @@ from pynetdicom import evt
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-from engine.archive.flush import IN_FLIGHT
+from engine.archive.flush import IN_FLIGHT, WorkAhead
 from engine.archive.part10 import encode_file_meta
 from engine.archive.spool_budget import SpoolBounds, below_reserve, short_of_reserve
 from engine.errors import MalformedDataset
@@ -113,8 +114,8 @@ ANSWER_POLL_SECONDS = 0.05
 #: Every this many data set bytes the spool's writeback is started (SpoolFile.start_writeback).
 WRITEBACK_BYTES = 1 << 18
 #: Once this many data set bytes have arrived, and more are to come, the header's checks, order lookup
-#: and coercion run (:meth:`StoreStream._read_header_early`): the header of an image is in its first PDUs,
-#: its pixel data arrives in the rest meanwhile, into the socket's buffer.
+#: and coercion start in a work-ahead thread (a lone image in the process only, :data:`IN_FLIGHT`): the
+#: header of an image is in its first PDUs, its pixel data arrives in the rest.
 EARLY_HEADER_BYTES = 1 << 12
 #: The longest PDU read whole (every PDU but a P-DATA-TF in Sta6, which is read in pieces): an
 #: A-ASSOCIATE-RQ of 128 presentation contexts with many transfer syntaxes each and a 2 x 64 KiB user
@@ -161,13 +162,13 @@ class _Receiving:
         self.refused = OUT_OF_RESOURCES
         self.next_free_check = FREE_CHECK_BYTES
         self._unsynced = 0
-        self.early: EarlyHeader | None = None  # the header read while the rest arrives
+        self.early: WorkAhead[EarlyHeader] | None = None  # the header read while the rest arrives
         self.early_tried = False
 
     def drop_early(self) -> None:
         """The header read early will not be used (the store was refused, or the association ended)."""
         if self.early is not None:
-            self.early.close()
+            self.early.drop()
             self.early = None
 
     def add(self, data: memoryview) -> None:
@@ -428,24 +429,15 @@ class StoreStream:
             self._read_header_early(current)
 
     def _read_header_early(self, rx: _Receiving) -> None:
-        """Run :attr:`_early` over what arrived of ``rx`` (once an image), in this thread.
-
-        The sender goes on sending the rest of the data set meanwhile (into the socket's buffer): the
-        header's work, which the store would do after the last fragment, is done while this thread would
-        otherwise wait for the next one. No other thread, so no hand-over, whatever the load; a failure
-        only means the store does it (and meets the error there).
-        """
+        """Start :attr:`_early` over what arrived of ``rx`` (once an image, when it is the process's only one in
+        flight: with several, the cores are busy and the hand-over is pure cost)."""
         rx.early_tried = True
-        if self._early is None or rx.spool is None:
+        if self._early is None or rx.spool is None or not IN_FLIGHT.overlap():
             return
         rx.spool.flush()  # what the early reader reads is in the file
         if rx.spool.error is not None:
             return
-        try:
-            rx.early = self._early(self._request(rx, None))
-        except Exception:
-            log.debug("C-STORE %s: the header read early failed; the store reads it", rx.command.sop_instance_uid,
-                      exc_info=True)
+        rx.early = WorkAhead(functools.partial(self._early, self._request(rx, None)), EarlyHeader.close)
 
     def _command_complete(self, context_id: int, others: list[tuple[int, bytes]]) -> None:
         raw = bytes(self._command)
@@ -561,8 +553,7 @@ class StoreStream:
             return
         rx.spool.close()
         path = Path(rx.spool.name)
-        request = self._request(rx, StreamedFile(rx.size))
-        rx.early = None  # the store's now: it closes it
+        request = self._request(rx, StreamedFile(rx.size))  # the store takes (and closes) rx.early
         try:
             with idle_timer_paused(self._assoc):  # our store's time is not the peer's idleness
                 status = self._run(request)
