@@ -53,7 +53,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _c
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.archive.flush import FlushAhead, HashAhead, WorkAhead
+from engine.archive.flush import FlushAhead, HashAhead
 from engine.archive.location import ArchiveLocation, FileTail, StagedFile
 from engine.archive.part10 import dataset_offset, encode_file_meta
 from engine.archive.rehead import rehead
@@ -94,7 +94,6 @@ __all__ = [
     "REFUSALS",
     "RETIRED_STORAGE_SOP_CLASSES",
     "STORAGE_SOP_CLASSES",
-    "EarlyHeader",
     "StorageService",
     "StoreRequest",
     "StreamedFile",
@@ -171,28 +170,6 @@ class StoreRequest:
     transfer_syntax_uid: str
     calling_ae: str
     streamed: StreamedFile | None = None
-    #: The header's checks, order lookup and coercion, started while the pixel data was still arriving
-    #: (:meth:`StorageService.read_header_early`); None, or a job that yields None: done in the store.
-    early: WorkAhead[EarlyHeader] | None = None
-
-
-@dataclass(slots=True)
-class EarlyHeader:
-    """What :meth:`StorageService.read_header_early` made of a data set's header before the rest had arrived.
-
-    ``spool`` is its own read handle on the spool file (the same file, complete by the time it is used):
-    the ``prepared`` body reads through it; whoever holds this closes it (:meth:`close`).
-    """
-
-    spool: BinaryIO
-    offset: int
-    attrs: InstanceAttributes
-    header: Header
-    prepared: Prepared
-    now: datetime
-
-    def close(self) -> None:
-        self.spool.close()
 
 
 def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
@@ -262,27 +239,6 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
     if enc is not None and size % 2:  # PS3.8 E.1: every PDV fragment even, so no PACS could be sent it
         raise _Refused("unparsable", f"odd data set length {size} (an odd-length value, PS3.5 7.1.1)")
     return attrs, header, deflated_meta or (header is not None and header.meta_elements)
-
-
-def _complete_as_read_early(spool: BinaryIO, offset: int, request: StoreRequest, early: EarlyHeader) -> bool:
-    """Whether the complete data set in ``spool`` may be stored as ``early`` read its header: its structure
-    checked whole (a malformed one is refused here as :func:`_check` refuses it) and free of command or File
-    Meta Information elements (those are read again with them, :func:`_with_meta_elements`)."""
-    enc = _encoding(request.transfer_syntax_uid)
-    if enc is None or early.offset != offset:
-        return False
-    try:
-        with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            if check_structure(buf, offset, len(buf), enc):
-                return False
-    except MalformedDataset as exc:
-        raise _Refused("unparsable", str(exc)) from exc
-    except Exception as exc:  # as _check: whatever a walk over bad bytes raises means "cannot be parsed"
-        raise _Refused("unparsable", type(exc).__name__) from exc
-    size = os.fstat(spool.fileno()).st_size - offset
-    if size % 2:  # as _check: PS3.8 E.1
-        raise _Refused("unparsable", f"odd data set length {size} (an odd-length value, PS3.5 7.1.1)")
-    return True
 
 
 def _with_meta_elements(spool: BinaryIO, offset: int, enc: Encoding, meta_end: int) -> Header:
@@ -390,8 +346,6 @@ class StorageService:
         self._sweep(time.time())
         failed = spool_failure(request.spool)
         if failed is not None:
-            if request.early is not None:
-                request.early.drop()
             log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s (%s) in %s",
                       request.sop_instance_uid, request.calling_ae, errno.errorcode.get(failed.errno or 0, failed),
                       failed.strerror, Path(request.spool).parent)  # which file system, for the operator
@@ -401,10 +355,9 @@ class StorageService:
         streamed = request.streamed
         hashing = HashAhead(request.spool, streamed.size) if streamed is not None and not streamed.sha256 else None
         ahead = self.primary.flush_ahead(request.spool) if streamed is not None else None
-        early = request.early.take() if request.early is not None else None  # None: read here, as always
         try:
             with open(request.spool, "rb") as spool:
-                return self._store(spool, request, now, ahead, hashing, early)
+                return self._store(spool, request, now, ahead, hashing)
         except _Refused as refused:
             return self._quarantine(request, refused, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
@@ -415,25 +368,16 @@ class StorageService:
             log.exception("C-STORE %s from %s: the storage service failed", request.sop_instance_uid,
                           request.calling_ae)
             return self._quarantine(request, _Refused("processing_failure", type(exc).__name__), now)
-        finally:
-            if early is not None:
-                early.close()
 
     def _store(self, spool: BinaryIO, request: StoreRequest, now: datetime, ahead: FlushAhead | None,
-               hashing: HashAhead | None = None, early: EarlyHeader | None = None) -> int:
+               hashing: HashAhead | None = None) -> int:
         head = spool.read(_HEAD)
         try:
             offset = dataset_offset(head)
         except MalformedDataset as exc:
             raise _Refused("unparsable", str(exc)) from exc
-        header: Header | None
-        if early is not None and _complete_as_read_early(spool, offset, request, early):
-            attrs, header, meta_elements, prepared, now = early.attrs, early.header, False, early.prepared, early.now
-            if prepared.changed and self.reconciler is not None:
-                self.reconciler.log_coerced(attrs, prepared.match, prepared.changed)
-        else:
-            attrs, header, meta_elements = _check(spool, offset, request)
-            prepared = self._reconcile(spool, offset, request, attrs, header, now)  # reconciliation (#13)
+        attrs, header, meta_elements = _check(spool, offset, request)
+        prepared = self._reconcile(spool, offset, request, attrs, header, now)  # reconciliation (#13): match + coerce
         if meta_elements and not prepared.coerced:  # stored as received, but never with group 0000/0002 elements
             # (not received_sha256(): before hashing.wait() that hashes a coerced data set's spool again, here)
             prepared = _without_meta_elements(spool, offset, header, prepared)
@@ -479,48 +423,17 @@ class StorageService:
         return self.reconciler is not None and self.reconciler.mapping is not None
 
     def _reconcile(self, spool: BinaryIO, offset: int, request: StoreRequest, attrs: InstanceAttributes,
-                   header: Header | None, now: datetime, quiet: bool = False) -> Prepared:
-        """The order's values in the header (engine.domain.reconciler); the spool positioned to copy.
-        ``quiet``: the coercion is not logged (a header read early: logged if the store uses it)."""
+                   header: Header | None, now: datetime) -> Prepared:
+        """The order's values in the header (engine.domain.reconciler); the spool positioned to copy."""
         if self.reconciler is None:
             spool.seek(offset)
             return Prepared(spool, attrs)
         try:
             known = request.streamed.sha256 if request.streamed is not None else ""  # hashed as received
             return self.reconciler.prepare(spool, offset, _encoding(request.transfer_syntax_uid), attrs,
-                                           request.calling_ae, now, header, known, quiet=quiet)
+                                           request.calling_ae, now, header, known)
         except PatientMismatch as exc:
             raise _Refused("patient_mismatch", str(exc)) from exc
-
-    def read_header_early(self, request: StoreRequest) -> EarlyHeader | None:
-        """The header checks, order lookup and coercion of a data set whose pixel data is still arriving.
-
-        Run in a work-ahead thread (:class:`~engine.archive.flush.WorkAhead`) by the streamed receive
-        once the spool holds the header whole (every element before the pixel data group, and that
-        group's first element header): the bytes before it are final, so what is made of them here is
-        what the store would make of them. None (the store does it all itself) when the header is not
-        complete yet, the data set is deflated, or anything would be refused: the store decides every
-        refusal, on the whole data set. The store still walks the whole data set's structure
-        (:func:`_complete_as_read_early`) before it uses this.
-        """
-        enc = _encoding(request.transfer_syntax_uid)
-        if enc is None:
-            return None
-        spool = open(request.spool, "rb")  # noqa: SIM115 - handed over with the result, closed by its holder
-        try:
-            offset = dataset_offset(spool.read(_HEAD))
-            header = read_header(spool, offset, enc)
-            attrs = InstanceAttributes.from_dataset(header.dataset)
-            # Not before the pixel data group has begun (the header may go on), nor for a refusal.
-            if header.bulk_at < os.fstat(spool.fileno()).st_size and refusal(attrs, request) is None:
-                now = self.clock()
-                prepared = self._reconcile(spool, offset, request, attrs, header, now, quiet=True)
-                return EarlyHeader(spool, offset, attrs, header, prepared, now)
-        except BaseException:
-            spool.close()
-            raise
-        spool.close()
-        return None
 
     def _stage(self, request: StoreRequest, head: bytes, meta: bytes, dataset: BinaryIO,
                ahead: FlushAhead | None) -> StagedFile:

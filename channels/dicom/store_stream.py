@@ -66,7 +66,6 @@ trigger (``EVT_DATA_RECV``, ``EVT_PDU_RECV``, ``EVT_DIMSE_RECV``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import select
@@ -85,7 +84,7 @@ from pynetdicom import evt
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-from engine.archive.flush import IN_FLIGHT, WorkAhead
+from engine.archive.flush import IN_FLIGHT
 from engine.archive.part10 import encode_file_meta
 from engine.archive.spool_budget import SpoolBounds, below_reserve, short_of_reserve
 from engine.errors import MalformedDataset
@@ -95,7 +94,7 @@ from .dimse_command import StoreCommand, read_command, store_response, unanswera
 from .dul_stream import TESTED_VERSIONS
 from .pdv import PdvSplitter, Piece
 from .spool import SpoolFile, spool_failure
-from .storage import OUT_OF_RESOURCES, PROCESSING_FAILURE, EarlyHeader, StoreRequest, StreamedFile, idle_timer_paused
+from .storage import OUT_OF_RESOURCES, PROCESSING_FAILURE, StoreRequest, StreamedFile, idle_timer_paused
 
 __all__ = ["BUFFER_BYTES", "PROCESSING_FAILURE", "StoreStream", "install_store_stream"]
 
@@ -113,10 +112,6 @@ ASSOCIATION_TURN_SECONDS = 0.005
 ANSWER_POLL_SECONDS = 0.05
 #: Every this many data set bytes the spool's writeback is started (SpoolFile.start_writeback).
 WRITEBACK_BYTES = 1 << 18
-#: Once this many data set bytes have arrived, and more are to come, the header's checks, order lookup
-#: and coercion start in a work-ahead thread (a lone image in the process only, :data:`IN_FLIGHT`): the
-#: header of an image is in its first PDUs, its pixel data arrives in the rest.
-EARLY_HEADER_BYTES = 1 << 12
 #: The longest PDU read whole (every PDU but a P-DATA-TF in Sta6, which is read in pieces): an
 #: A-ASSOCIATE-RQ of 128 presentation contexts with many transfer syntaxes each and a 2 x 64 KiB user
 #: identity stays well below it. A longer one (a header announcing 4 GB) is a protocol error: held in
@@ -162,14 +157,6 @@ class _Receiving:
         self.refused = OUT_OF_RESOURCES
         self.next_free_check = FREE_CHECK_BYTES
         self._unsynced = 0
-        self.early: WorkAhead[EarlyHeader] | None = None  # the header read while the rest arrives
-        self.early_tried = False
-
-    def drop_early(self) -> None:
-        """The header read early will not be used (the store was refused, or the association ended)."""
-        if self.early is not None:
-            self.early.drop()
-            self.early = None
 
     def add(self, data: memoryview) -> None:
         assert self.spool is not None
@@ -182,18 +169,14 @@ class _Receiving:
 
 #: Stores one received C-STORE: the DIMSE status (:meth:`~channels.dicom.storage.StorageService.store`).
 StoreRunner = Callable[[StoreRequest], int]
-#: Reads a data set's header while its pixel data arrives
-#: (:meth:`~channels.dicom.storage.StorageService.read_header_early`).
-EarlyReader = Callable[[StoreRequest], EarlyHeader | None]
 
 
 class StoreStream:
     """The PDU reader of one association (see the module docstring)."""
 
     def __init__(self, assoc: Any, run: StoreRunner, spool_dir: Path,
-                 storage_classes: frozenset[str], bounds: SpoolBounds, early: EarlyReader | None = None) -> None:
+                 storage_classes: frozenset[str], bounds: SpoolBounds) -> None:
         self._assoc = assoc
-        self._early = early
         self._bounds = bounds
         self._host = str(getattr(getattr(assoc, "requestor", None), "address", "") or "")
         self._dul = assoc.dul
@@ -425,19 +408,6 @@ class StoreStream:
         if piece.ends and piece.is_last:
             self._current = None
             self._finish(current)
-        elif not current.early_tried and current.size >= EARLY_HEADER_BYTES:
-            self._read_header_early(current)
-
-    def _read_header_early(self, rx: _Receiving) -> None:
-        """Start :attr:`_early` over what arrived of ``rx`` (once an image, when it is the process's only one in
-        flight: with several, the cores are busy and the hand-over is pure cost)."""
-        rx.early_tried = True
-        if self._early is None or rx.spool is None or not IN_FLIGHT.overlap():
-            return
-        rx.spool.flush()  # what the early reader reads is in the file
-        if rx.spool.error is not None:
-            return
-        rx.early = WorkAhead(functools.partial(self._early, self._request(rx, None)), EarlyHeader.close)
 
     def _command_complete(self, context_id: int, others: list[tuple[int, bytes]]) -> None:
         raw = bytes(self._command)
@@ -534,18 +504,9 @@ class StoreStream:
     def _calling_ae(self) -> str:
         return str(self._assoc.requestor.ae_title).strip()
 
-    def _request(self, rx: _Receiving, streamed: StreamedFile | None) -> StoreRequest:
-        assert rx.spool is not None
-        return StoreRequest(
-            Path(rx.spool.name), rx.command.sop_class_uid, rx.command.sop_instance_uid,
-            str(rx.context.abstract_syntax), str(rx.context.transfer_syntax[0]), self._calling_ae(), streamed,
-            rx.early,
-        )  # fmt: skip
-
     def _finish(self, rx: _Receiving) -> None:
         """Store the complete data set and queue the response."""
         if rx.spool is None:  # refused while it arrived
-            rx.drop_early()
             try:
                 self._respond(int(rx.context.context_id), store_response(rx.command, rx.refused))
             finally:
@@ -553,7 +514,10 @@ class StoreStream:
             return
         rx.spool.close()
         path = Path(rx.spool.name)
-        request = self._request(rx, StreamedFile(rx.size))  # the store takes (and closes) rx.early
+        request = StoreRequest(
+            path, rx.command.sop_class_uid, rx.command.sop_instance_uid, str(rx.context.abstract_syntax),
+            str(rx.context.transfer_syntax[0]), self._calling_ae(), StreamedFile(rx.size),
+        )  # fmt: skip
         try:
             with idle_timer_paused(self._assoc):  # our store's time is not the peer's idleness
                 status = self._run(request)
@@ -588,7 +552,6 @@ class StoreStream:
         only a process killed mid-data-set leaves one behind, for the sweep)."""
         if self._current is not None:
             IN_FLIGHT.ended(self._current)
-            self._current.drop_early()
             self._drop_spool(self._current)
             self._current = None
         self._command.clear()
@@ -700,14 +663,14 @@ def _internals_as_expected(assoc: Any) -> bool:
     )
 
 
-def install_store_stream(assoc: Any, run: StoreRunner, spool_dir: Path, storage_classes: frozenset[str],
-                         bounds: SpoolBounds, early: EarlyReader | None = None) -> StoreStream | None:
+def install_store_stream(assoc: Any, run: StoreRunner, spool_dir: Path,
+                         storage_classes: frozenset[str], bounds: SpoolBounds) -> StoreStream | None:
     """Put a :class:`StoreStream` in ``assoc``'s DUL, or None where pynetdicom's own path must stay."""
     if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         return None
     if any(assoc.get_handlers(event) for event in _SKIPPED_EVENTS) or not _internals_as_expected(assoc):
         return None
-    stream = StoreStream(assoc, run, spool_dir, storage_classes, bounds, early)
+    stream = StoreStream(assoc, run, spool_dir, storage_classes, bounds)
     assoc.dul._read_pdu_data = stream.read_pdu
     assoc.dul._is_transport_event = stream.transport_event
     if _install_clock():

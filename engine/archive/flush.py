@@ -33,20 +33,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import logging
 import os
 import queue
 import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-__all__ = ["IN_FLIGHT", "Flush", "FlushAhead", "HashAhead", "ImagesInFlight", "WorkAhead", "fsync_file",
-           "fsync_in_background"]
+__all__ = ["IN_FLIGHT", "Flush", "FlushAhead", "HashAhead", "ImagesInFlight", "fsync_file", "fsync_in_background"]
 
 #: Flushes running at once in one process (each waits on the disk, not on the CPU).
 _THREADS = 4
@@ -123,7 +117,7 @@ class _Pool:
     def __init__(self, name: str = "radbridge-fsync", threads: int = _THREADS) -> None:
         self._name = name
         self._threads = threads
-        self._jobs: queue.SimpleQueue[Flush | WorkAhead[Any]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Flush] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._started = False
 
@@ -134,14 +128,8 @@ class _Pool:
         if not self._started:
             self._start()
         flush = Flush(run)
-        self.put(flush)
+        self._jobs.put(flush)
         return flush
-
-    def put(self, job: Flush | WorkAhead[Any]) -> None:
-        """Hand ``job`` (anything with ``execute()``) to a pool thread."""
-        if not self._started:
-            self._start()
-        self._jobs.put(job)
 
     def _start(self) -> None:
         with self._lock:
@@ -240,68 +228,3 @@ class HashAhead:
         """The data set's SHA-256 (hex) once computed; raise its ``OSError`` if it could not be read."""
         self._job.wait()
         return self._sha256
-
-
-_QUEUED, _RUNNING, _DONE, _DROPPED = range(4)
-
-
-class WorkAhead(Generic[T]):
-    """``run()`` started now in a thread of the work-ahead pool; :meth:`take` is where its result is needed.
-
-    For work that may start before the step that needs it and whose result the caller can do without
-    (it then does the work itself): :meth:`take` returns None for a job that has not started yet (it
-    never will: taking it does not wait behind other work) or that failed (logged at DEBUG), waits for
-    one that is running, and returns the result of one that ended. :meth:`drop` is for a caller that
-    will never take it (an association that ended): a result is handed to ``discard`` (which releases
-    what it holds, such as an open file), now or when the running job ends. Exactly one of :meth:`take`
-    and :meth:`drop` is called, once; a taken result is the caller's to release.
-    """
-
-    def __init__(self, run: Callable[[], T | None], discard: Callable[[T], None]) -> None:
-        self._run = run
-        self._discard = discard
-        self._result: T | None = None
-        self._state = _QUEUED
-        self._lock = threading.Lock()
-        self._ended = threading.Event()
-        _AHEAD_POOL.put(self)
-
-    def execute(self) -> None:
-        """Run the job (in a pool thread), unless it was taken or dropped before it started."""
-        with self._lock:
-            if self._state != _QUEUED:
-                return
-            self._state = _RUNNING
-        result: T | None = None
-        try:
-            result = self._run()
-        except Exception:  # the caller does the work itself, and meets the error there
-            log.debug("work started ahead failed; done again where it is needed", exc_info=True)
-        with self._lock:
-            dropped = self._state == _DROPPED
-            self._state = _DONE
-            self._result = None if dropped else result
-        self._ended.set()
-        if dropped and result is not None:
-            self._discard(result)
-
-    def take(self) -> T | None:
-        """The result: None when the job had not started (then never runs) or failed; waits while it runs."""
-        with self._lock:
-            if self._state == _QUEUED:
-                self._state = _DROPPED
-                return None
-        self._ended.wait()
-        return self._result
-
-    def drop(self) -> None:
-        """Never taken: the result, if any, is discarded (now, or by the pool thread when the job ends)."""
-        with self._lock:
-            state, self._state = self._state, _DROPPED
-            result, self._result = self._result, None
-        if state == _DONE and result is not None:
-            self._discard(result)
-
-
-#: One thread: work is started ahead only while a process has a single image in flight (IN_FLIGHT).
-_AHEAD_POOL = _Pool("radbridge-ahead", threads=1)

@@ -162,14 +162,12 @@ class Reconciler:
         return None, conflict, (self.patient_target(conn, survivor) if survivor is not None else {})
 
     def prepare(self, spool: BinaryIO, offset: int, enc: Encoding | None, attrs: InstanceAttributes,
-                calling_ae: str, now: datetime, parsed: Header | None = None, received_sha256: str = "",
-                quiet: bool = False) -> Prepared:
+                calling_ae: str, now: datetime, parsed: Header | None = None, received_sha256: str = "") -> Prepared:
         """Match and coerce the dataset at ``offset`` of ``spool``; leaves ``spool`` at the body to copy.
 
         ``parsed``: the header the caller parsed already (:func:`read_header`; it may be
         coerced in place); ``received_sha256``: the received data set's hash, when the caller has
-        it (not computed again for a coerced image); ``quiet``: the coercion is not logged (the caller logs
-        it with :meth:`log_coerced` if it uses it). Raises :class:`PatientMismatch` when policy refuses the image. A
+        it (not computed again for a coerced image). Raises :class:`PatientMismatch` when policy refuses the image. A
         deflated dataset (``enc`` None) is read and coerced whole.
         """
         if parsed is None and enc is not None:
@@ -187,14 +185,13 @@ class Reconciler:
             changed = coerce_header(header, target, mod).changed
             if not changed:
                 return Prepared(spool, attrs, match)
-            if not quiet:
-                self.log_coerced(attrs, match, changed)
+            self._log(attrs, match, changed)
             return Prepared(WholeStream(encode_whole(header), spool, offset), InstanceAttributes.from_dataset(header),
                             match, changed)
-        return self._coerce(spool, parsed, attrs, match, target, mod, received_sha256, quiet)
+        return self._coerce(spool, parsed, attrs, match, target, mod, received_sha256)
 
     def _coerce(self, spool: BinaryIO, parsed: Header, attrs: InstanceAttributes, match: OrderMatch | None,
-                target: dict[str, Any], mod: Modification, received_sha256: str, quiet: bool = False) -> Prepared:
+                target: dict[str, Any], mod: Modification, received_sha256: str) -> Prepared:
         """The header coerced to ``target`` and spliced (:mod:`engine.reconcile.rewrite`), or as an earlier
         header with the same inputs was (:mod:`engine.reconcile.memo`: same bytes, without pydicom)."""
         spans = element_spans(parsed)
@@ -221,13 +218,11 @@ class Reconciler:
             head = coerced.head
             if coerced.elements is not None:  # spliced (not encoded whole after a character set change)
                 self._memo.remember(key, target, coercion, coerced.elements, mod.when, after.values_at(coercion.tags()))
-        if not quiet:
-            self.log_coerced(attrs, match, changed)
+        self._log(attrs, match, changed)
         return Prepared(CoercedStream(head, parsed.raw, spool, parsed.bulk_at, received_sha256), after, match, changed)
 
     @staticmethod
-    def log_coerced(attrs: InstanceAttributes, match: OrderMatch | None, changed: tuple[str, ...]) -> None:
-        """The INFO line of a coerced image (no PHI: its UID, the order's key and the attributes' names)."""
+    def _log(attrs: InstanceAttributes, match: OrderMatch | None, changed: tuple[str, ...]) -> None:
         if match is None:
             log.info("C-STORE %s: no order matched; its Patient ID was merged or replaced: coerced %s to the"
                      " surviving patient", attrs.sop_instance_uid, ",".join(changed))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.archive.flush import IN_FLIGHT, FlushAhead, HashAhead, WorkAhead
+from engine.archive.flush import IN_FLIGHT, FlushAhead, HashAhead
 from engine.archive.location import ArchiveLocation
 from engine.errors import ArchiveUnavailable
 
@@ -126,96 +126,3 @@ def test_images_in_flight_are_held_weakly() -> None:
     del token  # a receiver that died without ended()
     gc.collect()
     assert IN_FLIGHT.count() == before
-
-
-# -- work started ahead (WorkAhead: the streamed receive's early header read) ---------------------------------
-
-
-@contextmanager
-def _ahead_thread_busy() -> Iterator[threading.Event]:
-    """The work-ahead pool's one thread held by a job until the yielded event is set."""
-    release, running = threading.Event(), threading.Event()
-
-    def hold() -> str:
-        running.set()
-        release.wait(10)
-        return "held"
-
-    holder = WorkAhead(hold, lambda _: None)
-    assert running.wait(10)
-    try:
-        yield release
-    finally:
-        release.set()
-        assert holder.take() == "held"
-
-
-def test_work_taken_before_it_started_never_runs_and_gives_none() -> None:
-    ran: list[str] = []
-    with _ahead_thread_busy():
-        job = WorkAhead(lambda: ran.append("ran") or "result", lambda _: ran.append("discarded"))
-        assert job.take() is None  # the caller does it itself, at once: no wait behind the busy thread
-    WorkAhead(lambda: "after", lambda _: None).take()  # the pool has moved past the taken job
-    assert ran == []
-
-
-def test_work_taken_while_it_runs_is_waited_for() -> None:
-    started, finish = threading.Event(), threading.Event()
-
-    def slow() -> str:
-        started.set()
-        finish.wait(10)
-        return "done"
-
-    job = WorkAhead(slow, lambda _: None)
-    assert started.wait(10)
-    threading.Timer(0.05, finish.set).start()
-    assert job.take() == "done"
-
-
-def test_failed_work_gives_none_and_the_pool_goes_on() -> None:
-    def fails() -> str:
-        raise RuntimeError("early read failed")
-
-    job = WorkAhead(fails, lambda _: None)
-    _ended(job)
-    assert job.take() is None
-    ok = WorkAhead(lambda: "ok", lambda _: None)
-    _ended(ok)
-    assert ok.take() == "ok"
-
-
-def _ended(job: WorkAhead[str]) -> None:
-    deadline = time.monotonic() + 10
-    while not job._ended.is_set() and time.monotonic() < deadline:
-        time.sleep(0.002)
-
-
-def test_dropped_work_releases_its_result_whenever_it_ends() -> None:
-    discarded: list[str] = []
-    done = WorkAhead(lambda: "finished", discarded.append)
-    _ended(done)
-    done.drop()
-    assert discarded == ["finished"]  # ended before the drop: released by the drop
-
-    started, finish = threading.Event(), threading.Event()
-
-    def slow() -> str:
-        started.set()
-        finish.wait(10)
-        return "late"
-
-    running = WorkAhead(slow, discarded.append)
-    assert started.wait(10)
-    running.drop()
-    finish.set()
-    deadline = time.monotonic() + 10
-    while discarded != ["finished", "late"] and time.monotonic() < deadline:  # released by the pool thread
-        time.sleep(0.005)
-    assert discarded == ["finished", "late"]
-
-    with _ahead_thread_busy():
-        never = WorkAhead(lambda: "never", discarded.append)
-        never.drop()
-    WorkAhead(lambda: "after", lambda _: None).take()
-    assert discarded == ["finished", "late"]
