@@ -260,3 +260,23 @@ def test_a_report_that_only_points_to_its_document_presents_the_url(db: Database
     assert forms == [
         {"contentType": "application/pdf", "url": url, "title": "Radiology report document"},
         {"url": "urn:oid:1.2.3.4", "title": "Radiology report document"}]
+
+
+def test_a_push_never_inlines_another_reports_document_that_a_reference_names(db: Database) -> None:
+    """review9: an RP reference is presented with its url as received; one reading ``Binary/report-1-1-1`` (a
+    RIS that copied a URL of ours into another patient's report) was taken by the FHIR push for one of our own
+    document URLs and replaced by report 1's PDF: patient P1's document sent to the EHR inside P2's report.
+    Only the report's own documents are inlined; a reference stays a url."""
+    db.writer.call(_seed)
+    db.writer.call(lambda c: _seed(c, placer="PL2", pid="P2"))
+    _apply(db, _pdf_report("F", b"%PDF-1.4 patient one"))
+    _apply(db, _report("F", placer="PL2").model_copy(update={"patient_id": "P2", "lines": [
+        ReportLine(value_type="RP", reference="Binary/report-1-1-1", application="RIS", media_type="AP",
+                   media_subtype="PDF")]}))
+    project_all(db, SETTINGS)
+    resource = _json(db, "2")
+    assert [f["url"] for f in resource["presentedForm"]] == ["Binary/report-1-1-1"]
+    pushed = db.read(lambda c: inline(c, resource))
+    assert pushed["presentedForm"][0]["url"] == "Binary/report-1-1-1" and "data" not in pushed["presentedForm"][0]
+    own = db.read(lambda c: inline(c, _json(db, "1")))  # report 1's own document is still sent inline
+    assert base64.b64decode(own["presentedForm"][1]["data"]) == b"%PDF-1.4 patient one"
