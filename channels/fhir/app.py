@@ -131,11 +131,13 @@ def _binary_as_json(request: Request, content_type: str) -> bool | None:
     (False), or None: neither is acceptable (R4 http.html#binary: the raw content unless FHIR is asked for).
 
     ``_format`` (JSON) asks for the resource. Else a JSON type named in ``Accept`` (not a wildcard) wins over the
-    document's type unless the document's type is given a higher quality; no ``Accept`` is the raw content.
+    document's type unless the document's type is given a higher quality; no ``Accept`` is the raw content; a
+    refused document type leaves FHIR JSON if a wildcard accepts it.
     """
     if "_format" in request.query_params:
         return True  # a _format other than JSON was refused before
-    ranges = _ranges(request.headers.get("accept", ""))
+    accept = request.headers.get("accept", "")
+    ranges = _ranges(accept)
     if not ranges:
         return False
     as_json = max((ranges[kind] for kind in JSON_TYPES if kind in ranges), default=0.0)
@@ -143,7 +145,10 @@ def _binary_as_json(request: Request, content_type: str) -> bool | None:
     as_raw = next((ranges[k] for k in (content_type, f"{major}/*", "*/*") if k in ranges), 0.0)
     if as_json > 0 and as_json >= as_raw:
         return True
-    return False if as_raw > 0 else None
+    if as_raw > 0:
+        return False
+    # the document's type refused ('application/pdf;q=0, */*'): FHIR JSON when a wildcard accepts it
+    return True if _accepts_json(accept) else None
 
 
 def _check_accept(request: Request) -> None:

@@ -22,6 +22,8 @@ from engine.store.schema import UNPROCESSED_SQL, messages
 __all__ = ["Acknowledged", "acknowledge"]
 
 _REFUSED = ("ERROR", "REJECTED")
+#: Ids per UPDATE: ``--all-before`` may find any number of messages.
+_SLICE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +71,9 @@ def acknowledge(conn: Connection, ids: list[int], before: datetime | None, chann
     else:
         assert before is not None
         todo, reasons = _before(conn, before, channel), []
-    if todo:
-        conn.execute(update(messages).where(messages.c.id.in_(todo), messages.c.acknowledged_at.is_(None))
-                     .values(acknowledged_at=now))
+    for start in range(0, len(todo), _SLICE):  # bound parameters are limited (PostgreSQL: 65,535)
+        conn.execute(update(messages).where(messages.c.id.in_(todo[start:start + _SLICE]),
+                                            messages.c.acknowledged_at.is_(None)).values(acknowledged_at=now))
     query: dict[str, Any] = {"ids": ids} if ids else {"before": before, "channel": channel}
     object_id = ",".join(map(str, todo))[:128] if ids else f"before {before.isoformat() if before else ''}"
     record(conn, "message.ack", "message", object_id, {"query": query, "message_ids": todo}, actor)

@@ -121,7 +121,8 @@ def read_document(conn: Connection, res_id: str) -> tuple[str, Document] | None:
 
 def inline(conn: Connection, resource: dict[str, Any]) -> dict[str, Any]:
     """``resource`` with each of its ``Binary/report-…`` attachments carrying its bytes as ``data`` instead of
-    the URL (for a server that cannot fetch them from here: FHIR push)."""
+    the URL (for a server that cannot fetch them from here: FHIR push). Only the report's own documents: an RP
+    reference as received may read ``Binary/report-…`` too, naming another report's (another patient's)."""
     forms = resource.get("presentedForm")
     if not isinstance(forms, list):
         return resource
@@ -129,7 +130,7 @@ def inline(conn: Connection, resource: dict[str, Any]) -> dict[str, Any]:
     for form in forms:
         url = form.get("url", "") if isinstance(form, dict) else ""
         found = read_document(conn, url[len("Binary/"):]) if url.startswith("Binary/") else None
-        if found is not None:
+        if found is not None and found[0] == str(resource.get("id")):
             form = {k: v for k, v in form.items() if k != "url"}
             form["data"] = base64.b64encode(found[1].data).decode("ascii")
         out.append(form)

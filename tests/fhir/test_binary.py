@@ -138,6 +138,19 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessEngin
     running.stop()
 
 
+def test_a_wildcard_that_refuses_the_documents_type_still_gets_the_binary_resource(api: FhirHttp,
+                                                                                 reported: list[str]) -> None:
+    """review9: 'Accept: application/pdf;q=0, */*' refuses the PDF but accepts anything else (RFC 9110 12.5.1),
+    the Binary resource in FHIR JSON among it; it was 406, as if neither form were acceptable."""
+    bundle = api.get("DiagnosticReport", params={"identifier": reported[1]}).json()
+    url = _pdf_form(bundle["entry"][0]["resource"])["url"]
+    for accept in ("application/pdf;q=0, */*", "application/pdf;q=0, application/*;q=0.5"):
+        response = api.get(url, headers={"Accept": accept})
+        assert response.status_code == 200, (accept, response.text[:200])
+        assert response.json()["resourceType"] == "Binary" and base64.b64decode(response.json()["data"]) == PDF
+    assert api.get(url, headers={"Accept": "application/pdf;q=0, application/fhir+json;q=0, */*"}).status_code == 406
+
+
 def test_the_pdf_needs_read_on_diagnostic_report_and_is_audited(secured: InProcessEngine,
                                                                 r4_schema: R4Schema) -> None:
     def client(token: str | None) -> FhirHttp:

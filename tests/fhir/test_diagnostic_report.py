@@ -260,3 +260,59 @@ def test_a_report_that_only_points_to_its_document_presents_the_url(db: Database
     assert forms == [
         {"contentType": "application/pdf", "url": url, "title": "Radiology report document"},
         {"url": "urn:oid:1.2.3.4", "title": "Radiology report document"}]
+
+
+def test_a_push_never_inlines_another_reports_document_that_a_reference_names(db: Database) -> None:
+    """review9: an RP reference is presented with its url as received; one reading ``Binary/report-1-1-1`` (a
+    RIS that copied a URL of ours into another patient's report) was taken by the FHIR push for one of our own
+    document URLs and replaced by report 1's PDF: patient P1's document sent to the EHR inside P2's report.
+    Only the report's own documents are inlined; a reference stays a url."""
+    db.writer.call(_seed)
+    db.writer.call(lambda c: _seed(c, placer="PL2", pid="P2"))
+    _apply(db, _pdf_report("F", b"%PDF-1.4 patient one"))
+    _apply(db, _report("F", placer="PL2").model_copy(update={"patient_id": "P2", "lines": [
+        ReportLine(value_type="RP", reference="Binary/report-1-1-1", application="RIS", media_type="AP",
+                   media_subtype="PDF")]}))
+    project_all(db, SETTINGS)
+    resource = _json(db, "2")
+    assert [f["url"] for f in resource["presentedForm"]] == ["Binary/report-1-1-1"]
+    pushed = db.read(lambda c: inline(c, resource))
+    assert pushed["presentedForm"][0]["url"] == "Binary/report-1-1-1" and "data" not in pushed["presentedForm"][0]
+    own = db.read(lambda c: inline(c, _json(db, "1")))  # report 1's own document is still sent inline
+    assert base64.b64decode(own["presentedForm"][1]["data"]) == b"%PDF-1.4 patient one"
+
+
+def test_a_downgrade_below_0026_puts_the_documents_inline_again(db: Database) -> None:
+    """review9: 0026's downgrade did nothing, so the code before it (which serves no Binary) served reports whose
+    documents were URLs to nothing: a PDF unreachable over FHIR until its report changed. The downgrade writes
+    them inline as that code did (an RP reference stays a url), and the upgrade gives back the URL form."""
+    import hashlib
+
+    db.writer.call(_seed)
+    _apply(db, _pdf_report("F", b"%PDF-1.4 first"))
+    record = _pdf_report("C", b"%PDF-1.4 corrected")
+    _apply(db, record.model_copy(update={"lines": [*record.lines, ReportLine(
+        value_type="RP", reference="https://ris.example/doc/1", application="RIS")]}), 1)
+    project_all(db, SETTINGS)
+    r, v = fhir_resources.c, fhir_versions.c
+    report = select(r.id, r.json, r.content_hash, r.last_updated).where(r.res_type == "DiagnosticReport")
+    current = db.read(lambda c: c.execute(report).one())
+    of_report = select(v.version_id, v.json).where(v.resource_pk == current.id).order_by(v.version_id)
+    versions = db.read(lambda c: c.execute(of_report).all())
+
+    with db.write_engine.begin() as conn:
+        cfg = alembic_config(db.url)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0025")
+    old = db.read(lambda c: c.execute(report).one())
+    for stored, pdf in [(db.read(lambda c: c.execute(of_report).all())[0].json, b"%PDF-1.4 first"),
+                        (old.json, b"%PDF-1.4 corrected")]:
+        forms = json.loads(stored)["presentedForm"]
+        assert forms[1] == {"contentType": "application/pdf", "data": base64.b64encode(pdf).decode(),
+                            "title": "Radiology report document", "creation": forms[0]["creation"]}
+    assert json.loads(old.json)["presentedForm"][2]["url"] == "https://ris.example/doc/1"
+    body = {k: value for k, value in json.loads(old.json).items() if k != "meta"}
+    assert old.content_hash == hashlib.sha256(dumps(body).encode()).hexdigest()
+    upgrade(db.write_engine)
+    assert db.read(lambda c: c.execute(report).one()) == current
+    assert db.read(lambda c: c.execute(of_report).all()) == versions

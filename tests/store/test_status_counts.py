@@ -89,3 +89,18 @@ def test_listing_by_status_reads_the_partial_index_in_id_order(sqlite_db: Databa
         plan = " ".join(str(r[-1]) for r in db.read(lambda c, sql=sql: c.execute(
             text("EXPLAIN QUERY PLAN " + sql)).all()))
         assert "ix_messages_unprocessed" in plan and "ORDER BY" not in plan, plan
+
+
+def test_acknowledging_all_before_a_time_takes_any_number_of_messages(db) -> None:
+    """review9: ``messages ack --all-before`` acknowledged its messages with one ``id IN (…)`` of every id found:
+    past SQLite's 32,766 and PostgreSQL's 65,535 bound parameters (a sender that sent junk for months) it failed
+    ('too many SQL variables'), nothing acknowledged. They are acknowledged in slices, all in one transaction."""
+    from engine.cli.acknowledge import acknowledge
+
+    n = 66_000
+    db.writer.call(lambda c: c.execute(insert(messages), [_row(i, "a", "ERROR") for i in range(n)]))
+    done = db.writer.call(lambda c: acknowledge(c, [], datetime(2026, 12, 6, tzinfo=UTC), "a",
+                                                datetime(2026, 12, 7, tzinfo=UTC)))
+    assert len(done.ids) == n
+    status = db.read(channel_status)
+    assert (status["a"]["errors"], status["a"]["errors_acknowledged"]) == (n, n)

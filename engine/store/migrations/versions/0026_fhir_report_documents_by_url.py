@@ -9,22 +9,24 @@ this rewrites the stored JSON of every version (``fhir_versions``) and the curre
 (``fhir_resources``, with its content hash) of each report that has documents, in place:
 ``versionId`` and ``lastUpdated`` are kept. One report at a time (its versions' JSON only in
 memory). A version whose stored forms do not line up with its documents is left as it is.
-Downgrade: nothing to undo (the older code serves the URL form as stored).
+Downgrade: the documents inline again, as the older code wrote them (it serves no Binary, so a URL form
+left in place named a document nothing served until the report changed).
 
 Revision ID: 0026
 Revises: 0025
 Create Date: 2026-12-07 18:20:00.000000
 """
 
+import base64
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
-from engine.fhir.binary import DOCUMENT_TITLE, attachment, documents
+from engine.fhir.binary import DOCUMENT_TITLE, attachment, documents, parse_id
 from engine.fhir.store import dumps
 
 revision: str = '0026'
@@ -54,7 +56,29 @@ def _rewritten(text: str, report_pk: int, attachments: dict[int, str]) -> dict[s
     return dict(doc)
 
 
-def upgrade() -> None:
+def _inlined(text: str, report_pk: int, attachments: dict[int, str]) -> dict[str, Any] | None:
+    """The stored document with its documents named by URL (those the projector wrote: with a hash) carrying
+    their bytes as ``data`` again, as the code before this revision wrote them; None if nothing changes."""
+    doc = json.loads(text)
+    forms, changed = doc.get('presentedForm') or [], False
+    for n, form in enumerate(forms):
+        url = form.get('url', '')
+        parsed = parse_id(url[len('Binary/'):]) if url.startswith('Binary/') and 'hash' in form else None
+        if parsed is None or parsed[0] != report_pk:
+            continue
+        found = next((d for d in documents(attachments.get(parsed[1], '')) if d.n == parsed[2]), None)
+        if found is None:
+            continue
+        creation = {'creation': form['creation']} if 'creation' in form else {}
+        forms[n] = {'contentType': found.content_type, 'data': base64.b64encode(found.data).decode('ascii'),
+                    'title': form.get('title', DOCUMENT_TITLE)} | creation
+        changed = True
+    return dict(doc) if changed else None
+
+
+def _rewrite(rewritten: Callable[[str, int, dict[int, str]], dict[str, Any] | None]) -> None:
+    """Every stored version (and the current row, with its content hash) of each report with documents, as
+    ``rewritten`` gives it; one report at a time."""
     conn = op.get_bind()
     rv = _report_versions.c
     pks = [int(pk) for (pk,) in conn.execute(sa.select(rv.report_pk).distinct().where(
@@ -68,16 +92,20 @@ def upgrade() -> None:
         attachments = {int(n): a for n, a in conn.execute(
             sa.select(rv.version, rv.attachments).where(rv.report_pk == report_pk))}
         for version_id, text in conn.execute(sa.select(v.version_id, v.json).where(v.resource_pk == row.id)).all():
-            doc = _rewritten(text, report_pk, attachments)
+            doc = rewritten(text, report_pk, attachments)
             if doc is not None:
                 conn.execute(sa.update(_versions).where(v.resource_pk == row.id, v.version_id == version_id)
                              .values(json=dumps(doc)))
-        doc = _rewritten(row.json, report_pk, attachments)
+        doc = rewritten(row.json, report_pk, attachments)
         if doc is not None:
             body = {k: value for k, value in doc.items() if k != 'meta'}  # what the content hash is of
             conn.execute(sa.update(_resources).where(r.id == row.id).values(
                 json=dumps(doc), content_hash=hashlib.sha256(dumps(body).encode()).hexdigest()))
 
 
+def upgrade() -> None:
+    _rewrite(_rewritten)
+
+
 def downgrade() -> None:
-    pass
+    _rewrite(_inlined)
