@@ -29,6 +29,8 @@ __all__ = ["DOCUMENT_TITLE", "Document", "attachment", "binary_id", "documents",
            "read_document", "referenced"]
 
 DOCUMENT_TITLE = "Radiology report document"
+#: An absolute URI: a scheme (RFC 3986 3.1), a colon, then something.
+_ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S")
 _ID = re.compile(r"^report-([0-9]{1,18})-([0-9]{1,9})-([0-9]{1,4})$")
 #: HL7 table 0191 (ED-2 type of data) codes as MIME top-level types.
 _MEDIA_TYPES = {"AP": "application", "IM": "image", "TEXT": "text", "AU": "audio", "MULTIPART": "multipart"}
@@ -82,12 +84,23 @@ def attachment(report_pk: int | str, version: int, document: Document) -> dict[s
 
 
 def referenced(doc: dict[str, Any]) -> dict[str, Any]:
-    """An RP reference (OBX value type RP) as an Attachment with its ``url`` as received (never fetched by
-    the engine), typed when RP-3/RP-4 say what it points to."""
+    """An RP reference (OBX value type RP) as an Attachment, typed when RP-3/RP-4 say what it points to.
+
+    Its ``url`` is the pointer as received (never fetched by the engine) only when the pointer is an absolute
+    URI (RFC 3986: a scheme, then ``:``). RP-1 is often a key in the system RP-2 names (``DOC123``), not a
+    URL: given as ``url`` it would resolve against this server's base, and a pointer such as
+    ``Binary/report-7-1-1`` would show a client another report's document as this one's. Such a pointer is
+    named in the ``title`` instead, with the application it belongs to.
+    """
     kind, minor = doc.get("media_type", "").strip(), doc.get("media_subtype", "").strip().lower()
     major = _MEDIA_TYPES.get(kind.upper(), kind.lower())
     typed = {"contentType": f"{major}/{minor or 'octet-stream'}"} if major else {}
-    return typed | {"url": doc["reference"], "title": DOCUMENT_TITLE}
+    pointer = str(doc["reference"]).strip()
+    if _ABSOLUTE_URI.match(pointer):
+        return typed | {"url": pointer, "title": DOCUMENT_TITLE}
+    application = str(doc.get("application", "")).split("&")[0].strip()
+    where = f" in {application}" if application else ""
+    return typed | {"title": f"{DOCUMENT_TITLE}: reference {pointer}{where}"}
 
 
 def presented(report_pk: int | str, version: int, attachments: str) -> list[dict[str, Any]]:

@@ -262,6 +262,25 @@ def test_a_report_that_only_points_to_its_document_presents_the_url(db: Database
         {"url": "urn:oid:1.2.3.4", "title": "Radiology report document"}]
 
 
+def test_a_reference_that_is_not_an_absolute_uri_is_named_not_given_as_url(db: Database) -> None:
+    """review9 (left to the lead): RP-1 is often a key in the system RP-2 names (DOC123), not a URL. Given as
+    ``url`` it resolved against this server's base, and ``Binary/report-1-1-1`` in one patient's report showed
+    FHIR clients another report's document as its own. Only an absolute URI (a scheme) is a url; any other
+    pointer is named in the title with its application (RP-2's first component)."""
+    db.writer.call(_seed)
+    _apply(db, _report("F").model_copy(update={"lines": [
+        ReportLine(value_type="RP", reference="DOC123", application="RIS&1.2.840.99.7&ISO", media_type="AP",
+                   media_subtype="PDF"),
+        ReportLine(value_type="RP", reference="Binary/report-1-1-1"),
+        ReportLine(value_type="RP", reference="https://ris.example/doc/9", application="RIS")]}))
+    project_all(db, SETTINGS)
+    forms = [{k: v for k, v in f.items() if k != "creation"} for f in _json(db)["presentedForm"]]
+    assert forms == [
+        {"contentType": "application/pdf", "title": "Radiology report document: reference DOC123 in RIS"},
+        {"title": "Radiology report document: reference Binary/report-1-1-1"},
+        {"url": "https://ris.example/doc/9", "title": "Radiology report document"}]
+
+
 def test_a_push_never_inlines_another_reports_document_that_a_reference_names(db: Database) -> None:
     """review9: an RP reference is presented with its url as received; one reading ``Binary/report-1-1-1`` (a
     RIS that copied a URL of ours into another patient's report) was taken by the FHIR push for one of our own
@@ -274,9 +293,11 @@ def test_a_push_never_inlines_another_reports_document_that_a_reference_names(db
         ReportLine(value_type="RP", reference="Binary/report-1-1-1", application="RIS", media_type="AP",
                    media_subtype="PDF")]}))
     project_all(db, SETTINGS)
-    resource = _json(db, "2")
-    assert [f["url"] for f in resource["presentedForm"]] == ["Binary/report-1-1-1"]
-    pushed = db.read(lambda c: inline(c, resource))
+    resource = _json(db, "2")  # a relative pointer is no url (it would resolve against our base): named only
+    assert [f.get("url") for f in resource["presentedForm"]] == [None]
+    assert resource["presentedForm"][0]["title"] == "Radiology report document: reference Binary/report-1-1-1 in RIS"
+    forged = {**resource, "presentedForm": [{"url": "Binary/report-1-1-1", "title": "x"}]}  # push: still only its own
+    pushed = db.read(lambda c: inline(c, forged))
     assert pushed["presentedForm"][0]["url"] == "Binary/report-1-1-1" and "data" not in pushed["presentedForm"][0]
     own = db.read(lambda c: inline(c, _json(db, "1")))  # report 1's own document is still sent inline
     assert base64.b64decode(own["presentedForm"][1]["data"]) == b"%PDF-1.4 patient one"
