@@ -6,6 +6,7 @@ holds the database's write lock; nothing said so, and a sender timing out saw on
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -36,7 +37,9 @@ def test_an_ack_held_up_by_another_connection_s_write_lock_is_a_warning_without_
     while "database write lock" not in inbound.log() and time.monotonic() < deadline:
         time.sleep(0.1)
     (line,) = [line for line in inbound.log().splitlines() if "database write lock" in line]
-    assert "WARNING" in line and "waited 2." in line and "channel inbound control id LOCKWAIT1" in line
+    waited = re.search(r"waited (\d+\.\d) s", line)  # at least the 2.6 s held; more on a loaded machine
+    assert "WARNING" in line and waited is not None and float(waited.group(1)) >= 2.0
+    assert "channel inbound control id LOCKWAIT1" in line
     assert "MRN4242" not in line and "DOE" not in line
 
 
