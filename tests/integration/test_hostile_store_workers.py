@@ -113,10 +113,8 @@ def test_with_receive_workers_idle_associations_give_their_slots_back_after_the_
         engine_process: EngineProcess) -> None:
     """Both slots held by idle associations (one on each worker): a modality is rejected, then served once the
     idle timeout ended them; the engine log says so once per association."""
-    from tests.dicom.test_connection_limits import _idle_association
-
     port = _start(engine_process, "  max_associations: 2\n  idle_timeout_seconds: 2\n")
-    idle = [_idle_association(port, host) for host in ("127.0.0.2", "127.0.0.3")]
+    idle = [_established_idle(port, host) for host in ("127.0.0.2", "127.0.0.3")]
     good = _associate_verification(port)
     assert good.is_rejected
     assert _wait(lambda: all(not a.is_established for a in idle)) and all(a.is_aborted for a in idle)
@@ -129,6 +127,22 @@ def test_with_receive_workers_idle_associations_give_their_slots_back_after_the_
     for host in ("127.0.0.2", "127.0.0.3"):
         assert log.count(f"DICOM association with {host}:") == 1, log
     assert "Network timeout reached" not in log
+
+
+def _established_idle(port: int, host: str) -> Any:
+    """An idle association from ``host``, asked again while the engine refuses it: right after the start, the
+    start's own port probe may still hold a slot for a moment on a loaded machine (seen in CI: the second idle
+    association rejected), which is the limit working, not what this test is about."""
+    from tests.dicom.test_connection_limits import _idle_association
+
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return _idle_association(port, host)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _associate_verification(port: int) -> Any:
