@@ -58,22 +58,29 @@ def parse_id(text: str) -> tuple[int, int, int] | None:
 
 def documents(attachments: str) -> list[Document]:
     """A version's ED documents (``report_versions.attachments``); one that cannot be decoded is left out
-    (its number is not reused)."""
-    out: list[Document] = []
-    for n, doc in enumerate(json.loads(attachments or "[]"), 1):
-        if doc.get("reference"):  # an RP reference (engine.domain.reports): not ours to serve; its number kept
-            continue
-        kind = doc.get("media_type", "").strip()
-        major = _MEDIA_TYPES.get(kind.upper(), kind.lower()) or "application"
-        minor = doc.get("media_subtype", "").strip().lower() or "octet-stream"
-        encoding, data = doc.get("encoding", "").strip().upper(), doc.get("data", "")
-        try:
-            raw = (base64.b64decode(data + "==") if encoding in ("BASE64", "B64")  # line breaks, padding: tolerated
-                   else bytes.fromhex(data) if encoding == "HEX" else data.encode("latin-1"))
-        except (ValueError, UnicodeEncodeError):
-            continue
-        out.append(Document(n, f"{major}/{minor}", raw))
-    return out
+    (its number is not reused), as is an RP reference (not ours to serve; its number kept)."""
+    return [document for n, doc in enumerate(json.loads(attachments or "[]"), 1)
+            if (document := _document(n, doc)) is not None]
+
+
+def _media_type(doc: dict[str, Any]) -> tuple[str, str]:
+    """(major, minor) MIME type of an ED or RP entry (HL7 table 0191 codes read as MIME types); "" when absent."""
+    kind = doc.get("media_type", "").strip()
+    return _MEDIA_TYPES.get(kind.upper(), kind.lower()), doc.get("media_subtype", "").strip().lower()
+
+
+def _document(n: int, doc: dict[str, Any]) -> Document | None:
+    """Entry ``n`` of a version's attachments as a document, or None (an RP reference, or undecodable)."""
+    if doc.get("reference"):
+        return None
+    major, minor = _media_type(doc)
+    encoding, data = doc.get("encoding", "").strip().upper(), doc.get("data", "")
+    try:
+        raw = (base64.b64decode(data + "==") if encoding in ("BASE64", "B64")  # line breaks, padding: tolerated
+               else bytes.fromhex(data) if encoding == "HEX" else data.encode("latin-1"))
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return Document(n, f"{major or 'application'}/{minor or 'octet-stream'}", raw)
 
 
 def attachment(report_pk: int | str, version: int, document: Document) -> dict[str, Any]:
@@ -92,8 +99,7 @@ def referenced(doc: dict[str, Any]) -> dict[str, Any]:
     ``Binary/report-7-1-1`` would show a client another report's document as this one's. Such a pointer is
     named in the ``title`` instead, with the application it belongs to.
     """
-    kind, minor = doc.get("media_type", "").strip(), doc.get("media_subtype", "").strip().lower()
-    major = _MEDIA_TYPES.get(kind.upper(), kind.lower())
+    major, minor = _media_type(doc)
     typed = {"contentType": f"{major}/{minor or 'octet-stream'}"} if major else {}
     pointer = str(doc["reference"]).strip()
     if _ABSOLUTE_URI.match(pointer):
@@ -106,13 +112,12 @@ def referenced(doc: dict[str, Any]) -> dict[str, Any]:
 def presented(report_pk: int | str, version: int, attachments: str) -> list[dict[str, Any]]:
     """A report version's documents and references as Attachments, in the order received: an ED document by
     its ``Binary`` URL (:func:`attachment`), an RP reference by its own URL (:func:`referenced`)."""
-    served = {document.n: document for document in documents(attachments)}
     out: list[dict[str, Any]] = []
     for n, doc in enumerate(json.loads(attachments or "[]"), 1):
         if doc.get("reference"):
             out.append(referenced(doc))
-        elif n in served:
-            out.append(attachment(report_pk, version, served[n]))
+        elif (document := _document(n, doc)) is not None:
+            out.append(attachment(report_pk, version, document))
     return out
 
 
