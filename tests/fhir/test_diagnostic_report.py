@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from alembic import command
 from sqlalchemy import Connection, insert, select, text, update
@@ -200,6 +201,15 @@ def _pdf_report(status: str, pdf: bytes) -> ReportRecord:
     return record.model_copy(update={"lines": [*record.lines, document]})
 
 
+def _stored_report(db: Database) -> tuple[Any, Any, Any, list[Any]]:
+    """The one DiagnosticReport's queries (its current row; its versions) and what they read now."""
+    r, v = fhir_resources.c, fhir_versions.c
+    report = select(r.id, r.json, r.content_hash, r.last_updated).where(r.res_type == "DiagnosticReport")
+    current = db.read(lambda c: c.execute(report).one())
+    of_report = select(v.version_id, v.json).where(v.resource_pk == current.id).order_by(v.version_id)
+    return report, of_report, current, list(db.read(lambda c: c.execute(of_report).all()))
+
+
 def test_the_migration_names_stored_documents_by_url_as_the_projector_now_writes_them(db: Database) -> None:
     """Reports stored before documents were served as Binary carry them inline in every stored version; 0026
     rewrites them in place (versionId and lastUpdated kept) to exactly what the projector writes now."""
@@ -207,11 +217,7 @@ def test_the_migration_names_stored_documents_by_url_as_the_projector_now_writes
     _apply(db, _pdf_report("F", b"%PDF-1.4 first"))
     _apply(db, _pdf_report("C", b"%PDF-1.4 corrected"), 1)
     project_all(db, SETTINGS)
-    r, v = fhir_resources.c, fhir_versions.c
-    report = select(r.id, r.json, r.content_hash, r.last_updated).where(r.res_type == "DiagnosticReport")
-    current = db.read(lambda c: c.execute(report).one())
-    of_report = select(v.version_id, v.json).where(v.resource_pk == current.id).order_by(v.version_id)
-    versions = db.read(lambda c: c.execute(of_report).all())
+    report, of_report, current, versions = _stored_report(db)
     assert [json.loads(j)["presentedForm"][1]["url"] for _, j in versions] == ["Binary/report-1-1-1",
                                                                               "Binary/report-1-2-1"]
 
@@ -227,6 +233,7 @@ def test_the_migration_names_stored_documents_by_url_as_the_projector_now_writes
         return dumps(doc)
 
     def old(conn: Connection) -> None:
+        r, v = fhir_resources.c, fhir_versions.c
         conn.execute(update(fhir_resources).where(r.id == current.id).values(json=inline_form(current.json),
                                                                               content_hash="old"))
         for version_id, stored in versions:
@@ -315,11 +322,7 @@ def test_a_downgrade_below_0026_puts_the_documents_inline_again(db: Database) ->
     _apply(db, record.model_copy(update={"lines": [*record.lines, ReportLine(
         value_type="RP", reference="https://ris.example/doc/1", application="RIS")]}), 1)
     project_all(db, SETTINGS)
-    r, v = fhir_resources.c, fhir_versions.c
-    report = select(r.id, r.json, r.content_hash, r.last_updated).where(r.res_type == "DiagnosticReport")
-    current = db.read(lambda c: c.execute(report).one())
-    of_report = select(v.version_id, v.json).where(v.resource_pk == current.id).order_by(v.version_id)
-    versions = db.read(lambda c: c.execute(of_report).all())
+    report, of_report, current, versions = _stored_report(db)
 
     with db.write_engine.begin() as conn:
         cfg = alembic_config(db.url)
