@@ -418,11 +418,8 @@ def test_private_elements_of_unknown_vr_are_kept_and_recorded_with_the_old_chars
                     (0x00191001, "Schädel ".encode("latin-1")), (0x00191002, b"\x01\x02\x03\x04"),
                     (0x00191003, b"\xe8\x03"))  # a binary number (US 1000): cannot be text
     enc = Encoding(True, True)
-    header = _header(raw, enc)
     with caplog.at_level("WARNING"):
-        coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
-    assert coercion.charset_changed
-    out = encode_coerced(header, coercion).head
+        out = _named_in_utf8(raw, enc)
     assert _elements(out, enc)[0x00191001] == _elements(raw, enc)[0x00191001]  # kept as received
     ds = read_dataset(BytesIO(out), True, True)
     old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
@@ -430,6 +427,14 @@ def test_private_elements_of_unknown_vr_are_kept_and_recorded_with_the_old_chars
     assert (old[0x00190010].value, old[0x00191001].value) == ("ACME 1.0", "Schädel ".encode("latin-1"))
     assert 0x00191002 not in old and 0x00191003 not in old  # ASCII bytes read the same in UTF-8; binary
     assert "(0019,1001)" in caplog.text and "Sch" not in caplog.text
+
+
+def _named_in_utf8(raw: bytes, enc: Encoding) -> bytes:
+    """The header ``raw`` coerced to a Patient's Name only UTF-8 holds (its character set switched): its bytes."""
+    header = _header(raw, enc)
+    coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
+    assert coercion.charset_changed
+    return encode_coerced(header, coercion).head
 
 
 def _implicit_item(*elements: tuple[int, bytes]) -> bytes:
@@ -461,11 +466,8 @@ def test_nested_private_elements_of_unknown_vr_are_recorded_with_the_old_charset
            + _sequence(0x00540410, _implicit_item((0x00080100, b"C1"), (0x00080102, b"L "))[:-8] + inner
                        + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"))
     enc = Encoding(True, True)
-    header = _header(raw, enc)
     with caplog.at_level("WARNING"):
-        coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
-    assert coercion.charset_changed
-    out = encode_coerced(header, coercion).head
+        out = _named_in_utf8(raw, enc)
     ds = read_dataset(BytesIO(out), True, True)
     assert ds.AnatomicRegionSequence[0][0x00191001].value == schadel  # kept as received
     old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
@@ -490,10 +492,7 @@ def test_private_elements_of_unknown_vr_in_iso_2022_escapes_are_recorded_on_a_sw
                      (0x00191001, kanji))
            + _sequence(0x00082218, _implicit_item((0x00190010, b"ACME 1.0"), (0x00191001, kanji))))
     enc = Encoding(True, True)
-    header = _header(raw, enc)
-    coercion = coerce_header(header.dataset, {"PatientName": "Dvořák^Antonín"}, MOD)
-    assert coercion.charset_changed
-    ds = read_dataset(BytesIO(encode_coerced(header, coercion).head), True, True)
+    ds = read_dataset(BytesIO(_named_in_utf8(raw, enc)), True, True)
     old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
     assert list(old.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
     assert old[0x00191001].value == kanji
