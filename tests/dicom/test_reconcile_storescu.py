@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from engine.audit import audit_events
@@ -130,16 +132,22 @@ def test_an_image_of_a_stored_study_under_another_patient_id_is_refused(tmp_path
 
 
 
+def _first_two(corpus: Path, tmp_path: Path, change: Callable[[int, Dataset], None]) -> list[Path]:
+    """The corpus study's first two images, each changed by ``change(n, ds)``, written to ``tmp_path``."""
+    paths = []
+    for n, src in enumerate(_study(corpus)[:2]):
+        ds = dcmread(src)
+        change(n, ds)
+        paths.append(tmp_path / f"changed{n}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
 def test_images_of_one_study_with_the_same_overlong_patient_id_are_all_stored(tmp_path: Path, corpus: Path) -> None:
     """A Patient ID longer than LO's 64 characters (a modality that writes it anyway), the same in two images of
     one study, sent on one association: the second was refused 0xC230 as another patient's, because the study
     row holds the id as indexed (its first 64 characters) and the image's key was compared whole."""
-    paths = []
-    for n, src in enumerate(_study(corpus)[:2]):
-        ds = dcmread(src)
-        ds.PatientID = "X" * 30 + "Y" * 40
-        paths.append(tmp_path / f"long{n}.dcm")
-        ds.save_as(paths[-1])
+    paths = _first_two(corpus, tmp_path, lambda n, ds: setattr(ds, "PatientID", "X" * 30 + "Y" * 40))
     with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
         done = storescu(scp.port, paths)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -155,13 +163,11 @@ def test_an_issuer_of_patient_id_in_only_some_images_of_a_study_is_no_conflict(t
     from the worklist) and one without (a workstation's image). An image without an issuer joined a study that
     had one, but an image with one was refused 0xC230 from a study stored without: the same two images were
     stored or refused depending on which arrived first."""
-    paths = []
-    for n, src in enumerate(_study(corpus)[:2]):
-        ds = dcmread(src)
+    def issuer(n: int, ds: Dataset) -> None:
         if (n == 0) == first_has_issuer:
             ds.IssuerOfPatientID = "HOSP"
-        paths.append(tmp_path / f"issuer{n}.dcm")
-        ds.save_as(paths[-1])
+
+    paths = _first_two(corpus, tmp_path, issuer)
     with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
         done = storescu(scp.port, paths)
         assert done.returncode == 0, done.stderr[-2000:]
