@@ -55,8 +55,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.archive.flush import FlushAhead, HashAhead
 from engine.archive.location import ArchiveLocation, FileTail, StagedFile
-from engine.archive.part10 import dataset_offset, encode_file_meta
-from engine.archive.rehead import rehead
+from engine.archive.part10 import as_written, dataset_offset, encode_file_meta, with_room
+from engine.archive.rehead import rehead, rewrite_front
 from engine.archive.s3_primary import primary_location
 from engine.archive.spool_budget import SpoolBudget
 from engine.archive.structure import Encoding, check_structure
@@ -340,6 +340,20 @@ class StorageService:
         )  # fmt: skip
         return self.store(request)
 
+    def spool_meta(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
+                   calling_ae: str) -> bytes:
+        """The File Meta Information a receiver writes first into a spool of ``primary``'s ``.incoming``.
+
+        While images are coerced it is padded to a whole block (:func:`~engine.archive.part10.with_room`):
+        a coerced header that grew by less than the padding is then written over the spool's front in
+        place (:func:`~engine.archive.rehead.rewrite_front`), without inserting a range into the file
+        (which writes it back and drops its cached pages). An image stored as received keeps the padding:
+        a Private Information element of zeros in its File Meta Information (PS3.10 7.1); its data set is
+        untouched.
+        """
+        meta = encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae)
+        return with_room(meta) if self.reconciling else meta
+
     def store(self, request: StoreRequest) -> int:
         """Store one request durably and index it; the DIMSE status to answer."""
         now = self.clock()
@@ -389,7 +403,8 @@ class StorageService:
                                 request.calling_ae)
         if prepared.received_sha256():  # coerced: the spool given its new head in place, or a copy
             staged, meta = self._stage_coerced(request, meta, prepared)
-        else:  # as received: the streamed spool itself when it can be adopted
+        else:  # as received: the streamed spool itself when it can be adopted (its meta, padded or not)
+            meta = as_written(meta, head, offset) or meta
             staged = self._stage(request, head, meta, prepared.stream(), ahead)
         # UIDs are checked (digits and dots): safe as names. The second name, with the content
         # hash, is for a resend whose first name is taken (replace policy, or a crash's orphan).
@@ -451,7 +466,8 @@ class StorageService:
         meta padded), else a fsynced copy."""
         body = prepared.body
         if request.streamed is not None and isinstance(body, FileTail):
-            done = rehead(self.primary, request.spool, meta, body)
+            done = (rewrite_front(self.primary, request.spool, meta, body)
+                    or rehead(self.primary, request.spool, meta, body))
             if done is not None:
                 return done.staged, done.meta
         return self.primary.stage(meta, prepared.stream()), meta

@@ -169,14 +169,18 @@ class _Receiving:
 
 #: Stores one received C-STORE: the DIMSE status (:meth:`~channels.dicom.storage.StorageService.store`).
 StoreRunner = Callable[[StoreRequest], int]
+#: The File Meta Information a spool starts with, from the command's SOP class and instance, the context's
+#: transfer syntax and the calling AE (:meth:`~channels.dicom.storage.StorageService.spool_meta`).
+SpoolMeta = Callable[[str, str, str, str], bytes]
 
 
 class StoreStream:
     """The PDU reader of one association (see the module docstring)."""
 
-    def __init__(self, assoc: Any, run: StoreRunner, spool_dir: Path,
-                 storage_classes: frozenset[str], bounds: SpoolBounds) -> None:
+    def __init__(self, assoc: Any, run: StoreRunner, spool_dir: Path, storage_classes: frozenset[str],
+                 bounds: SpoolBounds, spool_meta: SpoolMeta = encode_file_meta) -> None:
         self._assoc = assoc
+        self._spool_meta = spool_meta
         self._bounds = bounds
         self._host = str(getattr(getattr(assoc, "requestor", None), "address", "") or "")
         self._dul = assoc.dul
@@ -425,7 +429,7 @@ class StoreStream:
         if not self._reserve(rx, min(RESERVE_STEP_BYTES, self._bounds.max_instance_bytes)):
             return
         rx.spool = self._spool()
-        rx.spool.write(encode_file_meta(command.sop_class_uid, command.sop_instance_uid,
+        rx.spool.write(self._spool_meta(command.sop_class_uid, command.sop_instance_uid,
                                         str(context.transfer_syntax[0]), self._calling_ae()))  # fmt: skip
 
     # -- spool bounds (engine.archive.spool_budget) --------------------------------------------------
@@ -663,14 +667,14 @@ def _internals_as_expected(assoc: Any) -> bool:
     )
 
 
-def install_store_stream(assoc: Any, run: StoreRunner, spool_dir: Path,
-                         storage_classes: frozenset[str], bounds: SpoolBounds) -> StoreStream | None:
+def install_store_stream(assoc: Any, run: StoreRunner, spool_dir: Path, storage_classes: frozenset[str],
+                         bounds: SpoolBounds, spool_meta: SpoolMeta = encode_file_meta) -> StoreStream | None:
     """Put a :class:`StoreStream` in ``assoc``'s DUL, or None where pynetdicom's own path must stay."""
     if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         return None
     if any(assoc.get_handlers(event) for event in _SKIPPED_EVENTS) or not _internals_as_expected(assoc):
         return None
-    stream = StoreStream(assoc, run, spool_dir, storage_classes, bounds)
+    stream = StoreStream(assoc, run, spool_dir, storage_classes, bounds, spool_meta)
     assoc.dul._read_pdu_data = stream.read_pdu
     assoc.dul._is_transport_event = stream.transport_event
     if _install_clock():

@@ -11,8 +11,8 @@ import struct
 
 from engine.errors import MalformedDataset
 
-__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "PADDING_CREATOR_UID", "dataset_offset",
-           "encode_file_meta", "min_padding", "pad_file_meta"]
+__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "PADDING_CREATOR_UID", "ROOMY_META_BYTES",
+           "as_written", "dataset_offset", "encode_file_meta", "min_padding", "pad_file_meta", "with_room"]
 
 #: radbridge's Implementation Class UID (a UUID-derived UID under 2.25, PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = "2.25.204587617513361960318215003916339741337"
@@ -20,6 +20,10 @@ IMPLEMENTATION_VERSION_NAME = "RADBRIDGE_1"
 
 #: (0002,0100) Private Information Creator UID of the padding :func:`pad_file_meta` adds.
 PADDING_CREATOR_UID = IMPLEMENTATION_CLASS_UID + ".1"
+
+#: What :func:`with_room` pads a File Meta Information to a multiple of: one file-system block, so the
+#: data set after it starts on a block boundary.
+ROOMY_META_BYTES = 4096
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 #: (0002,0000) UL, explicit VR little endian: tag, "UL", length 4.
@@ -104,3 +108,25 @@ def pad_file_meta(meta: bytes, length: int) -> bytes:
         return meta
     body = meta[144:] + _padding_elements(length - len(meta))
     return _PREAMBLE + _GROUP_LENGTH_HEADER + struct.pack("<I", len(body)) + body
+
+
+def with_room(meta: bytes) -> bytes:
+    """``meta`` padded (:func:`pad_file_meta`) to the next multiple of :data:`ROOMY_META_BYTES`.
+
+    A receiver that writes this before a data set leaves room at the file's front: a header that a
+    coercion makes up to that padding longer is written over the front in place
+    (:func:`engine.archive.rehead.rewrite_front`), the data set's tail staying where it is.
+    """
+    return pad_file_meta(meta, -(-(len(meta) + min_padding()) // ROOMY_META_BYTES) * ROOMY_META_BYTES)
+
+
+def as_written(meta: bytes, head: bytes, offset: int) -> bytes | None:
+    """The File Meta Information ``head`` (a file's first bytes, its data set at ``offset``) starts with,
+    when it is ``meta`` itself or ``meta`` padded by :func:`pad_file_meta`; None otherwise."""
+    pad = offset - len(meta)
+    if pad == 0:
+        return meta if head.startswith(meta) else None
+    if pad < min_padding() or pad % 2 or offset > len(head):
+        return None
+    padded = pad_file_meta(meta, offset)
+    return padded if head.startswith(padded) else None

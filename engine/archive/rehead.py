@@ -41,7 +41,7 @@ from engine.archive.part10 import min_padding, pad_file_meta
 from engine.errors import ArchiveUnavailable
 from engine.libc import libc_function
 
-__all__ = ["Reheaded", "rehead"]
+__all__ = ["Reheaded", "rehead", "rewrite_front"]
 
 _FALLOC_FL_INSERT_RANGE = 0x20  # linux/falloc.h
 _PAGE = mmap.PAGESIZE
@@ -101,6 +101,44 @@ def rehead(location: ArchiveLocation, path: Path, meta: bytes, tail: FileTail) -
                 raise OSError(err, os.strerror(err))
             padded = pad_file_meta(meta, len(meta) + pad)
             _finish(fd, padded + tail.head + follow, held, digest)
+            return Reheaded(StagedFile(path, size, digest.hexdigest()), padded)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise ArchiveUnavailable(f"archive location {location.name} cannot take a file: {name}") from exc
+
+
+def rewrite_front(location: ArchiveLocation, path: Path, meta: bytes, tail: FileTail) -> Reheaded | None:
+    """Stage ``path`` as :func:`rehead` does, by writing the new front over the old one in place: when
+    ``meta`` padded (:func:`~engine.archive.part10.pad_file_meta`) + ``tail.head`` is exactly ``tail.offset``
+    bytes, which the room a receiver leaves in its spool's File Meta Information
+    (:func:`~engine.archive.part10.with_room`) makes it for a header that grew by less than that room.
+
+    No range is inserted: the tail keeps its blocks and its cached pages (already written back, or being
+    written, by the spool's flush), the front's pages are written, and the file is fsynced while its data
+    set is hashed from the cache. Returns None, with nothing changed, when the new front does not fit
+    exactly; raises :class:`~engine.errors.ArchiveUnavailable` on a failure (the spool is then unusable).
+    """
+    pad = tail.offset - len(meta) - len(tail.head)
+    if path.parent != location.incoming or pad < 0 or pad % 2 or 0 < pad < min_padding():
+        return None
+    padded = pad_file_meta(meta, len(meta) + pad)
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            front = memoryview(padded + tail.head)
+            at = 0
+            while at < len(front):
+                at += os.pwrite(fd, front[at:], at)
+            # The flush runs while the data set is hashed (the GIL is released by both); the tail is read
+            # from the cache: nothing dropped it.
+            flushed = fsync_in_background(fd)
+            try:
+                digest = hashlib.sha256(tail.head)
+                size = len(tail.head) + hash_range(fd, tail.offset, digest)
+            finally:
+                flushed.wait()  # fd is closed below: never before the flush has ended (its error raised here)
             return Reheaded(StagedFile(path, size, digest.hexdigest()), padded)
         finally:
             os.close(fd)

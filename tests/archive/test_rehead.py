@@ -15,8 +15,17 @@ from pydicom.filereader import read_file_meta_info
 
 from engine.archive import rehead as rehead_module
 from engine.archive.location import ArchiveLocation, FileTail
-from engine.archive.part10 import PADDING_CREATOR_UID, dataset_offset, encode_file_meta, min_padding, pad_file_meta
-from engine.archive.rehead import rehead
+from engine.archive.part10 import (
+    PADDING_CREATOR_UID,
+    ROOMY_META_BYTES,
+    as_written,
+    dataset_offset,
+    encode_file_meta,
+    min_padding,
+    pad_file_meta,
+    with_room,
+)
+from engine.archive.rehead import rehead, rewrite_front
 from engine.errors import ArchiveUnavailable
 
 META = encode_file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1", "CT1")
@@ -180,3 +189,77 @@ def test_the_tail_is_read_before_the_range_is_inserted(tmp_path: Path, monkeypat
     data = path.read_bytes()
     assert data[len(done.meta):] == new_head + tail
     assert (done.staged.size, done.staged.sha256) == (len(new_head + tail), hashlib.sha256(new_head + tail).hexdigest())
+
+
+# -- the new front written over the old one, in the room the receiver left (rewrite_front) ---------------------------
+
+ROOMY = with_room(META)
+
+
+@pytest.mark.parametrize(("old", "new"), [(200, 900), (900, 200), (300, 300), (500, 500 + len(ROOMY) - len(META)),
+                                           (700, 700 + len(ROOMY) - len(META) - min_padding())])
+def test_a_header_that_fits_the_room_is_written_in_place_without_inserting_a_range(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: int, new: int) -> None:
+    loc = _location(tmp_path)
+    tail = os.urandom(300_001 + old)
+    path = loc.incoming / "rx-1.dcm"
+    path.write_bytes(ROOMY + b"o" * old + tail)
+    blocks = os.stat(path).st_blocks
+    inserted: list[Any] = []
+    monkeypatch.setattr(rehead_module, "_fallocate", lambda *args: inserted.append(args) or 0)
+    new_head = b"n" * new
+    with path.open("rb") as f:
+        done = rewrite_front(loc, path, META, FileTail(new_head, f, len(ROOMY) + old))
+    assert done is not None and inserted == []
+    data = path.read_bytes()
+    offset = dataset_offset(data[:1 << 16])
+    assert data[:offset] == done.meta and data[offset:] == new_head + tail
+    assert offset == len(META) + (len(ROOMY) - len(META)) + old - new  # the tail did not move
+    assert (done.staged.size, done.staged.sha256) == (len(new_head + tail), hashlib.sha256(new_head + tail).hexdigest())
+    assert os.stat(path).st_blocks == blocks
+    meta = read_file_meta_info(path)
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3.4" and meta.SourceApplicationEntityTitle == "CT1"
+
+
+@pytest.mark.parametrize("growth", [len(ROOMY) - len(META) + 2, len(ROOMY) - len(META) - min_padding() + 2])
+def test_a_header_that_does_not_fit_the_room_leaves_the_file_unchanged(tmp_path: Path, growth: int) -> None:
+    loc = _location(tmp_path)
+    path = loc.incoming / "rx-1.dcm"
+    before = ROOMY + b"o" * 400 + os.urandom(10_000)
+    path.write_bytes(before)
+    with path.open("rb") as f:
+        assert rewrite_front(loc, path, META, FileTail(b"n" * (400 + growth), f, len(ROOMY) + 400)) is None
+    assert path.read_bytes() == before
+
+
+def test_a_spool_without_room_fits_only_a_header_of_the_same_length(tmp_path: Path) -> None:
+    loc = _location(tmp_path)
+    path = _spool(loc, b"o" * 400, b"t" * 5000)
+    with path.open("rb") as f:
+        assert rewrite_front(loc, path, META, FileTail(b"n" * 402, f, len(META) + 400)) is None
+        done = rewrite_front(loc, path, META, FileTail(b"n" * 400, f, len(META) + 400))
+    assert done is not None and done.meta == META and path.read_bytes() == META + b"n" * 400 + b"t" * 5000
+
+
+def test_a_failed_flush_of_the_rewritten_front_is_archive_unavailable(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    loc = _location(tmp_path)
+    path = loc.incoming / "rx-1.dcm"
+    path.write_bytes(ROOMY + b"o" * 400 + b"t" * 5000)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(rehead_module.os, "fsync", failing)
+    with path.open("rb") as f, pytest.raises(ArchiveUnavailable, match="EIO"):
+        rewrite_front(loc, path, META, FileTail(b"n" * 500, f, len(ROOMY) + 400))
+
+
+def test_with_room_pads_to_a_whole_block_and_as_written_recognises_it() -> None:
+    assert len(ROOMY) % ROOMY_META_BYTES == 0 and dataset_offset(ROOMY) == len(ROOMY)
+    head = ROOMY + b"dataset"
+    assert as_written(META, head, len(ROOMY)) == ROOMY
+    assert as_written(META, META + b"dataset", len(META)) == META
+    other = encode_file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.5", "1.2.840.10008.1.2.1", "CT1")
+    assert as_written(other, head, len(ROOMY)) is None  # another instance's meta, padded to the same length
+    assert as_written(META, head[:100], len(ROOMY)) is None
