@@ -247,6 +247,34 @@ def test_a_report_that_only_points_to_its_document_is_kept_sent_on_and_never_fet
                      "media_type": "application", "media_subtype": "pdf"}]
 
 
+def test_obx_posted_as_wrong_or_deleted_is_not_sent_to_the_ehr_and_messages_show_says_so(site: Site) -> None:
+    """hl7fix6: OBX-11 W (the earlier value was wrong) and D (delete the OBX), HL7 table 0085, were report text:
+    stored and sent to the EHR as current content. They are left out; ``messages show`` names each OBX."""
+    placer, accession = ids()
+    site.order(placer, accession)
+    payload = oru(f"R{placer}", placer, "C", ["No bleed.", "Left frontal bleed.", "Old line.", "Normal."])
+    payload = payload.replace(b"Left frontal bleed.||||||C", b"Left frontal bleed.||||||W")
+    assert site.report(payload.replace(b"Old line.||||||C", b"Old line.||||||D")).code == "AA"
+    (received,) = site.wait_ehr(placer, 1)
+    assert [(o[5], o[11]) for o in segments(received)["OBX"]] == [("No bleed.", "C"), ("Normal.", "C")]
+    assert site.versions(placer) == [(1, "C", "No bleed.\nNormal.")]
+    note = site.shown(f"R{placer}")["note"]
+    assert "OBX^2 left out of the report: OBX-11 W (posted as wrong" in note
+    assert "OBX^3 left out of the report: OBX-11 D (delete the OBX" in note
+
+
+def test_an_oru_that_only_points_at_the_dicom_study_is_ae_naming_the_obx(site: Site) -> None:
+    """hl7fix6: an OBX RP whose type is DICOM (RP-3/RP-4 Application^DICOM: the images, not the report) alone
+    was stored as a FINAL report with no text and sent to the EHR; it is AE 101 at OBX^1^5, nothing kept."""
+    placer, accession = ids()
+    site.order(placer, accession)
+    payload = oru(f"R{placer}", placer, "F", ["1.2.840.99.7.1^PACS^Application^DICOM"], obx_type="RP")
+    ack = site.report(payload)
+    assert (ack.code, ack.field("ERR", 2)) == ("AE", "OBX^1^5"), ack.raw
+    assert "DICOM images" in site.shown(f"R{placer}")["error"]
+    assert site.versions(placer) == [] and site.ehr_messages(placer) == []
+
+
 def test_a_resent_oru_gets_its_original_ack_and_changes_nothing(site: Site) -> None:
     placer, accession = ids()
     site.order(placer, accession)
