@@ -26,6 +26,7 @@ from sqlalchemy import Connection, bindparam, func, select, update
 
 from engine.domain.order_identity import find_orders
 from engine.domain.records import OrderRecord, ReportLine, ReportRecord
+from engine.domain.report_documents import document_bytes
 from engine.domain.report_status import DEFAULT_STATUS_TABLE, StatusTable, read_derived, read_status
 from engine.domain.report_tables import report_versions, reports
 from engine.domain.tables import orders, patients
@@ -125,13 +126,19 @@ class _Content:
             meaning, derived = read_derived(table, [line.result_status for line in record.lines], sequence)
         current: list[ReportLine] = []
         left_out: list[tuple[int, str, bool]] = []  # (OBX sequence in the message, why, an image reference)
+        unreadable: list[str] = []
         for n, line in enumerate(record.lines, obx_before + 1):
             why, image = _not_content(line)
             if why:
                 left_out.append((n, why, image))
-            else:
-                current.append(line)
-        said = tuple(f"OBX^{n} left out of the report: {why}" for n, why, _ in left_out)
+                continue
+            current.append(line)
+            if line.value_type.strip().upper() == DOCUMENT_TYPE and line.data and \
+                    document_bytes(line.encoding, line.data) is None:
+                unreadable.append(f"OBX^{n} ED data is not readable as {line.encoding.strip() or 'its encoding'} "
+                                  "(ED-4, HL7 table 0299): kept and sent on to the EHR as received; the FHIR "
+                                  "DiagnosticReport cannot offer it (no presentedForm entry)")
+        said = tuple(f"OBX^{n} left out of the report: {why}" for n, why, _ in left_out) + tuple(unreadable)
         lines = [line for line in current if line.value_type.strip().upper() in TEXT_TYPES]
         text = "\n".join(line.text for line in lines)
         if not any(line.text.strip() for line in record.lines if line.value_type.strip().upper() in TEXT_TYPES):

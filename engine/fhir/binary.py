@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from engine.domain.report_documents import document_bytes
 from engine.domain.report_tables import report_versions
 from engine.fhir.tables import fhir_resources
 
@@ -74,13 +75,11 @@ def _document(n: int, doc: dict[str, Any]) -> Document | None:
     if doc.get("reference"):
         return None
     major, minor = _media_type(doc)
-    encoding, data = doc.get("encoding", "").strip().upper(), doc.get("data", "")
-    try:
-        raw = (base64.b64decode(data + "==") if encoding in ("BASE64", "B64")  # line breaks, padding: tolerated
-               else bytes.fromhex(data) if encoding == "HEX" else data.encode("latin-1"))
-    except (ValueError, UnicodeEncodeError):
+    decoded = document_bytes(doc.get("encoding", ""), doc.get("data", ""))
+    if decoded is None:  # said at receipt (engine.domain.reports: the message's note)
         return None
-    return Document(n, f"{major or 'application'}/{minor or 'octet-stream'}", raw)
+    charset = f"; charset={decoded.charset}" if decoded.charset else ""
+    return Document(n, f"{major or 'application'}/{minor or 'octet-stream'}{charset}", decoded.data)
 
 
 def attachment(report_pk: int | str, version: int, document: Document) -> dict[str, Any]:

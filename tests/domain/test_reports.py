@@ -318,3 +318,14 @@ def test_an_rp_to_a_pdf_document_is_still_the_report(ordered: Database, handler:
                media_type="application", media_subtype="pdf")
     out = send(ordered, handler, report("F", lines=[pdf]))
     assert [f[2] for f in fields(out[0], "OBX")] == ["RP"] and json.loads(attachments(ordered)[0][2])
+
+
+def test_an_ed_document_that_cannot_be_decoded_is_kept_and_said(ordered: Database, handler: ReportsHandler):
+    """hl7fix6: Base64 that does not decode was silently missing from FHIR presentedForm; it is still kept and
+    sent on as received, and the message's note says FHIR cannot offer it."""
+    broken = line("", value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64", data="JVBERi0xA")
+    ctx = context([report("F", lines=[line("Normal."), broken])], ORU)
+    out = ordered.writer.call(lambda conn: handler.apply(conn, ctx))
+    assert json.loads(attachments(ordered)[0][2])[0]["data"] == "JVBERi0xA"
+    assert [f[2] for f in fields(out[0], "OBX")] == ["TX", "ED"]
+    assert "OBX^2 ED data is not readable as Base64" in ctx.outcomes[0].note
