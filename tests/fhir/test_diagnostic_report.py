@@ -214,6 +214,22 @@ def test_a_text_document_in_ascii_encoding_with_any_characters_is_presented_with
     assert found is not None and found[1].data.decode("utf-8") == greek
 
 
+def test_types_as_real_senders_write_them_are_mime_types(db: Database) -> None:
+    """hl7fix6, from the corpus: a CDA report as ``^Text^text/xml^ASCII^<?xml ...`` (dcm4che, IHE RAD) was
+    ``text/text/xml``; an RP ``620943170^UK^ZB`` (a local type) was ``zb/octet-stream``; SD^PICT ``sd/pict``."""
+    db.writer.call(_seed)
+    cda = '<?xml version="1.0" encoding="utf-8"?><ClinicalDocument/>'
+    lines = [ReportLine(value_type="ED", media_type="Text", media_subtype="text/xml", encoding="ASCII", data=cda),
+             ReportLine(value_type="RP", reference="620943170", application="UK", media_type="ZB"),
+             ReportLine(value_type="RP", reference="https://testurl.com", media_type="SD", media_subtype="PICT"),
+             ReportLine(value_type="ED", media_type="ZB", media_subtype="pdf", encoding="Base64", data="JVBERi0=")]
+    _apply(db, _report("F", "Text.").model_copy(update={"lines": [*_report("F", "Text.").lines, *lines]}))
+    project_all(db, SETTINGS)
+    forms = _json(db)["presentedForm"]
+    assert [f.get("contentType") for f in forms] == ["text/plain; charset=utf-8", "text/xml", None, "image/pict",
+                                                     "application/pdf"]
+
+
 def _pdf_report(status: str, pdf: bytes) -> ReportRecord:
     record = _report(status, f"Report {status}.")
     document = ReportLine(value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64",
