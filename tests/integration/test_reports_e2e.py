@@ -181,9 +181,10 @@ def test_a_correction_is_version_2_and_reaches_the_ehr_whole_as_c(site: Site) ->
 def test_prelim_then_final_then_cancel(site: Site) -> None:
     placer, accession = ids()
     site.order(placer, accession)
-    for n, (status, lines) in enumerate([("Wet Read", ["Wet read: no bleed."]), ("Final", ["Final: no bleed."]),
-                                         ("X", [])]):
-        assert site.report(oru(f"R{placer}{n}", placer, status, lines)).code == "AA"
+    # OBX-11 P on the wet read: W in OBX-11 is "posted as wrong" (HL7 table 0085), a line that is not the report
+    for n, (status, lines, obx) in enumerate([("Wet Read", ["Wet read: no bleed."], "P"),
+                                              ("Final", ["Final: no bleed."], "F"), ("X", [], "X")]):
+        assert site.report(oru(f"R{placer}{n}", placer, status, lines, obx_status=obx)).code == "AA"
     sent = site.wait_ehr(placer, 3)
     assert [segments(m)["OBR"][0][25] for m in sent] == ["P", "F", "X"]
     assert "OBX" not in segments(sent[2]) and segments(sent[2])["ORC"][0][5] == "CA"
