@@ -75,7 +75,7 @@ def _content_type(doc: dict[str, Any], fallback: bool) -> str:
     top-level type (a local ``ZB``) is no MIME type (it was ``zb/octet-stream``): ``fallback`` (a document we
     serve) makes it ``application/<subtype>``, else (a reference) there is no type to give.
     """
-    kind, minor = doc.get("media_type", "").strip().lower(), doc.get("media_subtype", "").strip().lower()
+    kind, minor = str(doc.get("media_type", "")).strip().lower(), str(doc.get("media_subtype", "")).strip().lower()
     for whole in (minor, kind):
         top, _, sub = whole.partition("/")
         if top in _MIME_TOPS and sub:
