@@ -139,11 +139,11 @@ class _Content:
                                   "(ED-4, HL7 table 0299): kept and sent on to the EHR as received; the FHIR "
                                   "DiagnosticReport cannot offer it (no presentedForm entry)")
         said = tuple(f"OBX^{n} left out of the report: {why}" for n, why, _ in left_out) + tuple(unreadable)
-        lines = [line for line in current if line.value_type.strip().upper() in TEXT_TYPES]
+        lines = [replace_line_breaks(line) for line in current if line.value_type.strip().upper() in TEXT_TYPES]
         text = "\n".join(line.text for line in lines)
         if not any(line.text.strip() for line in record.lines if line.value_type.strip().upper() in TEXT_TYPES):
             # no OBX text (not even retracted): the NTE lines are the report (beside OBX text they are comments)
-            lines, text = [], "\n".join(c.text for c in record.comments if c.text.strip())
+            lines, text = [], "\n".join(_breaks(c.text) for c in record.comments if c.text.strip())
         documents = [doc for line in current if (doc := _attachment(line))]
         if not text.strip() and not documents and meaning.result_status != "X":
             images = [n for n, _, image in left_out if image]
@@ -153,6 +153,17 @@ class _Content:
         conclusion = "\n".join(line.text for line in lines if line.section == "impression")
         return _Content(meaning.result_status, meaning.fhir_status, text, conclusion,
                         json.dumps(documents) if documents else "", derived, said)
+
+
+def _breaks(text: str) -> str:
+    """CR LF and CR as line breaks: ``\\X0D\\``, ``\\X0D0A\\`` (hex escapes some reporting systems write for
+    one) decode to them, and a CR left in the text ends the segment in the ORU^R01 to the EHR."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def replace_line_breaks(line: ReportLine) -> ReportLine:
+    """``line`` with its text's line breaks as LF (:func:`_breaks`); the line itself when it has none other."""
+    return line if "\r" not in line.text else line.model_copy(update={"text": _breaks(line.text)})
 
 
 #: OBX-11 codes (HL7 table 0085) that take the OBX out of the report: what the reporting system means by them.

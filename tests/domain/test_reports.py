@@ -329,3 +329,11 @@ def test_an_ed_document_that_cannot_be_decoded_is_kept_and_said(ordered: Databas
     assert json.loads(attachments(ordered)[0][2])[0]["data"] == "JVBERi0xA"
     assert [f[2] for f in fields(out[0], "OBX")] == ["TX", "ED"]
     assert "OBX^2 ED data is not readable as Base64" in ctx.outcomes[0].note
+
+
+def test_a_carriage_return_in_the_text_is_a_line_break(ordered: Database, handler: ReportsHandler):
+    """hl7fix6: ``\\X0D\\`` and ``\\X0D0A\\`` (hex escapes some reporting systems use for a line break) decode to CR
+    and CR LF; the CR stayed in the stored text, the FHIR text and the ORU^R01 to the EHR. It is a line break."""
+    out = send(ordered, handler, report("F", lines=[line("One\rtwo\r\nthree")]))
+    assert versions(ordered) == [(1, "F", "One\ntwo\nthree")]
+    assert [f[5] for f in fields(out[0], "OBX")] == ["One", "two", "three"]

@@ -276,6 +276,17 @@ def test_an_oru_that_only_points_at_the_dicom_study_is_ae_naming_the_obx(site: S
     assert site.versions(placer) == [] and site.ehr_messages(placer) == []
 
 
+def test_hex_escaped_line_breaks_reach_the_ehr_as_lines(site: Site) -> None:
+    """hl7fix6: ``\\X0D\\`` / ``\\X0D0A\\`` in OBX-5 (a line break as some reporting systems write it) decoded to
+    CR kept inside the stored text and the line sent to the EHR; each is a line break, one OBX per line."""
+    placer, accession = ids()
+    site.order(placer, accession)
+    assert site.report(oru(f"R{placer}", placer, "F", ["One\\X0D\\two\\X0D0A\\three"], obx_type="FT")).code == "AA"
+    (received,) = site.wait_ehr(placer, 1)
+    assert [o[5] for o in segments(received)["OBX"]] == ["One", "two", "three"]
+    assert site.versions(placer) == [(1, "F", "One\ntwo\nthree")]
+
+
 def test_a_resent_oru_gets_its_original_ack_and_changes_nothing(site: Site) -> None:
     placer, accession = ids()
     site.order(placer, accession)
