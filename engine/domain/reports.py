@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -176,11 +177,20 @@ RETRACTED = {
 _DICOM = "DICOM"
 
 
+#: A DICOM UID (PS3.5 9.1: digits and dots, no leading zeros) of four or more components: what an OBX such as
+#: ``113014^DICOM Study^DCM`` or ``^SR Instance UID`` carries (IHE RAD results, the dcm4che SR/CDA reports).
+_UID = re.compile(r"[0-2](\.(0|[1-9][0-9]*)){3,}")
+
+
 def _not_content(line: ReportLine) -> tuple[str, bool]:
     """(why the OBX is not part of the report, whether it points at DICOM images); ("", False) when it is."""
     retracted = RETRACTED.get(line.result_status.strip().upper(), "")
     if retracted:
         return retracted, False
+    value = line.text.strip()
+    if line.value_type.strip().upper() in TEXT_TYPES and len(value) <= 64 and _UID.fullmatch(value):
+        return ("a DICOM UID (OBX-3 study, series or SR instance UID), which names the images, not report text: "
+                "not kept"), True
     if line.value_type.strip().upper() == REFERENCE_TYPE and _DICOM in (line.media_type.strip().upper(),
                                                                        line.media_subtype.strip().upper()):
         return (f"RP {line.media_type}^{line.media_subtype} points at DICOM images (an image reference, not the "

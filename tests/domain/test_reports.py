@@ -337,3 +337,20 @@ def test_a_carriage_return_in_the_text_is_a_line_break(ordered: Database, handle
     out = send(ordered, handler, report("F", lines=[line("One\rtwo\r\nthree")]))
     assert versions(ordered) == [(1, "F", "One\ntwo\nthree")]
     assert [f[5] for f in fields(out[0], "OBX")] == ["One", "two", "three"]
+
+
+def test_obx_carrying_dicom_uids_are_not_report_text(ordered: Database, handler: ReportsHandler):
+    """hl7fix6, from the corpus (dcm4che ORU^R01 SR/CDA, IHE RAD style): ST OBX ``113014^DICOM Study^DCM``,
+    ``^Series Instance UID``, ``^SR Instance UID`` put three UIDs at the head of the report text the EHR and FHIR
+    clients read. They name the images: left out, said; only UIDs and no document is AE 101 naming the OBX."""
+    uids = [line("1.2.392.200036.9125.0.198811291108.7", value_type="ST") | {"observation_id": "113014"},
+            line("1.2.392.200036.9125.0.198811291108.7.1", value_type="ST") | {"observation_id": ""}]
+    ctx = context([report("F", lines=[*uids, line("The right kidney is slightly enlarged."), line("1.2.3")])], ORU)
+    out = ordered.writer.call(lambda conn: handler.apply(conn, ctx))
+    assert versions(ordered) == [(1, "F", "The right kidney is slightly enlarged.\n1.2.3")]
+    assert [f[5] for f in fields(out[0], "OBX")] == ["The right kidney is slightly enlarged.", "1.2.3"]
+    note = ctx.outcomes[0].note
+    assert "OBX^1 left out of the report: a DICOM UID" in note and "OBX^2 left out" in note
+    with pytest.raises(HL7ApplicationError) as err:
+        send(ordered, handler, report("F", lines=uids, placer_order_number="PL2", filler_order_number=""))
+    assert (err.value.code, str(err.value.location)) == (101, "OBX^1^5")

@@ -287,6 +287,19 @@ def test_hex_escaped_line_breaks_reach_the_ehr_as_lines(site: Site) -> None:
     assert site.versions(placer) == [(1, "F", "One\ntwo\nthree")]
 
 
+def test_a_real_ihe_style_report_keeps_its_text_without_the_dicom_uids(site: Site, corpus) -> None:
+    """hl7fix6: dcm4che's ORU^R01 (corpus, IHE RAD style, 8859/1) opens with ST OBX carrying the study, series and
+    SR instance UIDs; they were the first three lines of the report text. Kept for its order (not known here)
+    with its findings first; ``messages show`` names the OBX left out."""
+    payload = (corpus / "hl7" / "valid" / "dcm4che_ORU_R01-SR.hl7").read_bytes()
+    payload = payload.replace(b"PlacerOrderNumberImagingServiceRequest", b"PLSR1")
+    assert site.report(payload).code == "AA"
+    ((version, status, text),) = site.versions("PLSR1")
+    assert text.startswith("The right kidney is slightly enlarged") and "1.2.392.200036" not in text
+    note = site.shown("1001129")["note"]
+    assert all(f"OBX^{n} left out of the report: a DICOM UID" in note for n in (1, 2, 3))
+
+
 def test_a_resent_oru_gets_its_original_ack_and_changes_nothing(site: Site) -> None:
     placer, accession = ids()
     site.order(placer, accession)
