@@ -139,7 +139,11 @@ class _Content:
                 unreadable.append(f"OBX^{n} ED data is not readable as {line.encoding.strip() or 'its encoding'} "
                                   "(ED-4, HL7 table 0299): kept and sent on to the EHR as received; the FHIR "
                                   "DiagnosticReport cannot offer it (no presentedForm entry)")
-        said = tuple(f"OBX^{n} left out of the report: {why}" for n, why, _ in left_out) + tuple(unreadable)
+        grouped: dict[str, list[str]] = {}  # one line per reason: "OBX^1, OBX^2, OBX^3 left out ..."
+        for n, why, _ in left_out:
+            grouped.setdefault(why, []).append(f"OBX^{n}")
+        said = tuple(f"{', '.join(where)} left out of the report: {why}" for why, where in grouped.items())
+        said += tuple(unreadable)
         lines = [replace_line_breaks(line) for line in current if line.value_type.strip().upper() in TEXT_TYPES]
         text = "\n".join(line.text for line in lines)
         if not any(line.text.strip() for line in record.lines if line.value_type.strip().upper() in TEXT_TYPES):
