@@ -354,3 +354,11 @@ def test_obx_carrying_dicom_uids_are_not_report_text(ordered: Database, handler:
     with pytest.raises(HL7ApplicationError) as err:
         send(ordered, handler, report("F", lines=uids, placer_order_number="PL2", filler_order_number=""))
     assert (err.value.code, str(err.value.location)) == (101, "OBX^1^5")
+
+
+def test_a_document_posted_as_wrong_is_not_kept(ordered: Database, handler: ReportsHandler):
+    """OBX-11 W on an ED: the PDF sent earlier was wrong; it is not this version's document (nor presentedForm)."""
+    wrong = line("", "W", value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64", data=PDF)
+    out = send(ordered, handler, report("C", lines=[line("Corrected text.", "C"), wrong]))
+    assert attachments(ordered) == [(1, "Corrected text.", "")]
+    assert [f[2] for f in fields(out[0], "OBX")] == ["TX"]
