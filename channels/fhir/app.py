@@ -141,8 +141,9 @@ def _binary_as_json(request: Request, content_type: str) -> bool | None:
     if not ranges:
         return False
     as_json = max((ranges[kind] for kind in JSON_TYPES if kind in ranges), default=0.0)
-    major = content_type.split("/")[0]
-    as_raw = next((ranges[k] for k in (content_type, f"{major}/*", "*/*") if k in ranges), 0.0)
+    essence = content_type.split(";")[0].strip().lower()  # a text document's type says its charset
+    major = essence.split("/")[0]
+    as_raw = next((ranges[k] for k in (essence, f"{major}/*", "*/*") if k in ranges), 0.0)
     if as_json > 0 and as_json >= as_raw:
         return True
     if as_raw > 0:

@@ -244,14 +244,26 @@ def _iso_time(value: str) -> datetime:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     cols = ["id", "channel", "received_at", "status", "message_type", "control_id", "patient_id",
-            "accession_number", "ack_code", "error_location"]
+            "accession_number", "ack_code", "error_location", "acknowledged_at"]
     lines = ["\t".join(cols)]
-    lines += ["\t".join(visible(str(r.get(c) or "")) for c in cols) for r in rows]
+    lines += ["\t".join(visible(_acknowledged(r) if c == "acknowledged_at" else str(r.get(c) or "")) for c in cols)
+              for r in rows]
     return "\n".join(lines)
 
 
+def _acknowledged(d: dict[str, Any]) -> str:
+    """``acknowledged_at`` as an operator reads it: when, "not acknowledged" for a message answered AE/AR that
+    ``status`` still counts, "" for any other (there is nothing to acknowledge)."""
+    if d.get("acknowledged_at"):
+        return str(d["acknowledged_at"])
+    return "not acknowledged" if d.get("status") in ("ERROR", "REJECTED") else ""
+
+
 def _detail_text(d: dict[str, Any]) -> str:
-    head = [f"{k}: {d[k]}" for k in d if k not in ("raw", "text", "ack", "stages", "deliveries", "attempts")]
+    # a value the message does not have (None: never acknowledged, never resent) is left out, not printed "None"
+    shown = {k: _acknowledged(d) if k == "acknowledged_at" else d[k] for k in d
+             if k not in ("raw", "text", "ack", "stages", "deliveries", "attempts")}
+    head = [f"{k}: {v}" for k, v in shown.items() if v is not None and not (k == "acknowledged_at" and v == "")]
     # A frame never read as HL7 (bytes between frames, a frame cut off by a closed connection) has
     # no decoded text: its bytes as received are what there is to inspect.
     unread = not d["text"] and d["raw"]

@@ -34,7 +34,7 @@ RECENT_REFUSALS = timedelta(hours=24)
 _LIST_COLUMNS = (
     messages.c.id, messages.c.channel, messages.c.received_at, messages.c.status, messages.c.message_type,
     messages.c.control_id, messages.c.patient_id, messages.c.accession_number, messages.c.ack_code,
-    messages.c.error_code, messages.c.error_location, messages.c.duplicate_count,
+    messages.c.error_code, messages.c.error_location, messages.c.duplicate_count, messages.c.acknowledged_at,
 )
 
 

@@ -87,9 +87,11 @@ class ReportsHandler:
         now = ctx.received_at
         out: list[Outbound] = []
         reports = (d for d in ctx.records if d.get("record") == "report")
+        obx_before = 0  # ERR-2 names an OBX by its place in the message, not in its OBR group
         for sequence, data in enumerate(reports, start=1):
             record: ReportRecord = _validate(ReportRecord, data, "OBR", sequence)
-            applied = apply_report(conn, record, self.policy, now, ctx.message_id, sequence)
+            applied = apply_report(conn, record, self.policy, now, ctx.message_id, sequence, obx_before)
+            obx_before += len(record.lines)
             patient_id, accession = record.patient_id, record.accession_number
             if not patient_id and applied.report_pk is not None:  # an ORU without PID: listed under its order's
                 found_id, found_accession = report_keys(conn, applied.report_pk)

@@ -99,10 +99,14 @@ def read_status(table: StatusTable, code: str, sequence: int = 1) -> ReportStatu
 
 
 #: OBX-11 observation result status (HL7 v2.5.1 table 0085) -> the report's result status (table 0123).
-#: D (delete), W (posted wrong), N (not asked) and O (order detail only) say nothing of the report's status.
+#: D (delete), W (posted wrong), N (not asked) and O (order detail only) say nothing of the report's status
+#: (a D or W OBX is not the report's content either: engine.domain.reports leaves it out).
 OBSERVATION_STATUS: dict[str, str] = {
     "F": "F", "U": "F",  # final; U "changed to final without retransmitting the results"
     "C": "C",  # correction of a final result
+    # v2.6+: A amended (after the placer's adjustments), v2.7+: B appended (further information, the result
+    # unchanged): a change to a result already given, as C is (an addendum is sent as a correction)
+    "A": "C", "B": "C",
     "P": "P", "R": "P", "S": "P", "I": "P",  # preliminary, entered not verified, partial, in process
     "X": "X",  # results cannot be obtained
 }  # fmt: skip
@@ -113,7 +117,8 @@ _PRECEDENCE = ("C", "P", "F", "X")
 def derive_status(codes: Sequence[str]) -> str:
     """The report status the lines' OBX-11 ``codes`` give (P/F/C/X); "" when none is readable.
 
-    All final is final, any correction corrected, any preliminary (P, R, S, I) preliminary.
+    All final is final, any correction (C, A amended, B appended) corrected, any preliminary (P, R, S, I)
+    preliminary.
     """
     mapped = {OBSERVATION_STATUS.get(code.strip().upper(), "") for code in codes}
     return next((status for status in _PRECEDENCE if status in mapped), "")
@@ -127,7 +132,7 @@ def read_derived(table: StatusTable, codes: Sequence[str], sequence: int = 1) ->
     code = derive_status(codes)
     if not code:
         raise HL7ApplicationError(101, "OBR-25 result status empty and no OBX-11 status to derive it from (HL7 "
-                                  "table 0085: F, C, P, R, S, I, U, X)", ErrorLocation("OBR", sequence, 25))
+                                  "table 0085: F, C, A, B, P, R, S, I, U, X)", ErrorLocation("OBR", sequence, 25))
     found = table.rows.get(_key(code))
     if found is None:
         raise HL7ApplicationError(103, f"result status {code!r} (derived from OBX-11, OBR-25 empty) is not in "

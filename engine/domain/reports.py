@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -26,6 +27,7 @@ from sqlalchemy import Connection, bindparam, func, select, update
 
 from engine.domain.order_identity import find_orders
 from engine.domain.records import OrderRecord, ReportLine, ReportRecord
+from engine.domain.report_documents import document_bytes
 from engine.domain.report_status import DEFAULT_STATUS_TABLE, StatusTable, read_derived, read_status
 from engine.domain.report_tables import report_versions, reports
 from engine.domain.tables import orders, patients
@@ -107,30 +109,97 @@ class _Content:
     conclusion: str
     attachments: str = ""  # JSON list of the ED documents and RP references as received; "" without any
     derived: str = ""  # the note saying the status was derived from OBX-11 (OBR-25 empty)
+    left_out: tuple[str, ...] = ()  # the OBX that are not the report's content, and why (messages show)
 
     @staticmethod
-    def of(record: ReportRecord, table: StatusTable, sequence: int) -> _Content:
+    def of(record: ReportRecord, table: StatusTable, sequence: int, obx_before: int = 0) -> _Content:
         """The version's content: the TX/FT/ST lines, else the group's NTE text; its ED documents.
 
         A report of a document alone (a PDF in OBX ED) or of NTE text alone is a report; one with
-        neither text nor document (and not a cancel) is AE 101.
+        neither text nor document (and not a cancel) is AE 101. An OBX whose OBX-11 retracts it (D, W) or
+        that points at DICOM images (RP) is not content: left out and said so. ``obx_before`` counts the
+        OBX of the message's earlier OBR groups (ERR-2 names an OBX by its place in the message).
         """
         derived = ""
         if record.status.strip():
             meaning = read_status(table, record.status, sequence)
         else:  # HL7 v2.5.1 7.4.1.25 allows OBR-25 empty; some reporting systems give the status per OBX only
             meaning, derived = read_derived(table, [line.result_status for line in record.lines], sequence)
-        lines = [line for line in record.lines if line.value_type.strip().upper() in TEXT_TYPES]
+        current: list[ReportLine] = []
+        left_out: list[tuple[int, str, bool]] = []  # (OBX sequence in the message, why, an image reference)
+        unreadable: list[str] = []
+        for n, line in enumerate(record.lines, obx_before + 1):
+            why, image = _not_content(line)
+            if why:
+                left_out.append((n, why, image))
+                continue
+            current.append(line)
+            if line.value_type.strip().upper() == DOCUMENT_TYPE and line.data and \
+                    document_bytes(line.encoding, line.data) is None:
+                unreadable.append(f"OBX^{n} ED data is not readable as {line.encoding.strip() or 'its encoding'} "
+                                  "(ED-4, HL7 table 0299): kept and sent on to the EHR as received; the FHIR "
+                                  "DiagnosticReport cannot offer it (no presentedForm entry)")
+        grouped: dict[str, list[str]] = {}  # one line per reason: "OBX^1, OBX^2, OBX^3 left out ..."
+        for n, why, _ in left_out:
+            grouped.setdefault(why, []).append(f"OBX^{n}")
+        said = tuple(f"{', '.join(where)} left out of the report: {why}" for why, where in grouped.items())
+        said += tuple(unreadable)
+        lines = [replace_line_breaks(line) for line in current if line.value_type.strip().upper() in TEXT_TYPES]
         text = "\n".join(line.text for line in lines)
-        if not text.strip():  # no OBX text: the NTE lines are the report (never beside OBX text: comments)
-            lines, text = [], "\n".join(c.text for c in record.comments if c.text.strip())
-        documents = [doc for line in record.lines if (doc := _attachment(line))]
+        if not any(line.text.strip() for line in record.lines if line.value_type.strip().upper() in TEXT_TYPES):
+            # no OBX text (not even retracted): the NTE lines are the report (beside OBX text they are comments)
+            lines, text = [], "\n".join(_breaks(c.text) for c in record.comments if c.text.strip())
+        documents = [doc for line in current if (doc := _attachment(line))]
         if not text.strip() and not documents and meaning.result_status != "X":
+            images = [n for n, _, image in left_out if image]
+            where = ErrorLocation("OBX", images[0], 5) if images else ErrorLocation("OBR", sequence)
             raise HL7ApplicationError(101, "report has no text and no document (no OBX with value type TX, FT, "
-                                      "ST, ED or RP, no NTE)", ErrorLocation("OBR", sequence))
+                                      "ST, ED or RP, no NTE)" + "".join(f"; {s}" for s in said), where)
         conclusion = "\n".join(line.text for line in lines if line.section == "impression")
         return _Content(meaning.result_status, meaning.fhir_status, text, conclusion,
-                        json.dumps(documents) if documents else "", derived)
+                        json.dumps(documents) if documents else "", derived, said)
+
+
+def _breaks(text: str) -> str:
+    """CR LF and CR as line breaks: ``\\X0D\\``, ``\\X0D0A\\`` (hex escapes some reporting systems write for
+    one) decode to them, and a CR left in the text ends the segment in the ORU^R01 to the EHR."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def replace_line_breaks(line: ReportLine) -> ReportLine:
+    """``line`` with its text's line breaks as LF (:func:`_breaks`); the line itself when it has none other."""
+    return line if "\r" not in line.text else line.model_copy(update={"text": _breaks(line.text)})
+
+
+#: OBX-11 codes (HL7 table 0085) that take the OBX out of the report: what the reporting system means by them.
+RETRACTED = {
+    "D": "OBX-11 D (delete the OBX, HL7 table 0085): not in the report text, documents or the ORU^R01 to the EHR",
+    "W": "OBX-11 W (posted as wrong, HL7 table 0085: the earlier value was wrong): not in the report text, "
+         "documents or the ORU^R01 to the EHR",
+}
+#: RP-3 type of data / RP-4 subtype naming DICOM (HL7 tables 0191, 0291): the pointer is to images.
+_DICOM = "DICOM"
+
+
+#: A DICOM UID (PS3.5 9.1: digits and dots, no leading zeros) of four or more components: what an OBX such as
+#: ``113014^DICOM Study^DCM`` or ``^SR Instance UID`` carries (IHE RAD results, the dcm4che SR/CDA reports).
+_UID = re.compile(r"[0-2](\.(0|[1-9][0-9]*)){3,}")
+
+
+def _not_content(line: ReportLine) -> tuple[str, bool]:
+    """(why the OBX is not part of the report, whether it points at DICOM images); ("", False) when it is."""
+    retracted = RETRACTED.get(line.result_status.strip().upper(), "")
+    if retracted:
+        return retracted, False
+    value = line.text.strip()
+    if line.value_type.strip().upper() in TEXT_TYPES and len(value) <= 64 and _UID.fullmatch(value):
+        return ("a DICOM UID (OBX-3 study, series or SR instance UID), which names the images, not report text: "
+                "not kept"), True
+    if line.value_type.strip().upper() == REFERENCE_TYPE and _DICOM in (line.media_type.strip().upper(),
+                                                                       line.media_subtype.strip().upper()):
+        return (f"RP {line.media_type}^{line.media_subtype} points at DICOM images (an image reference, not the "
+                "report or a document of it): not kept"), True
+    return "", False
 
 
 def _attachment(line: ReportLine) -> dict[str, str]:
@@ -287,17 +356,19 @@ def apply_report(
     now: datetime,
     message_id: int | None = None,
     sequence: int = 1,
+    obx_before: int = 0,
 ) -> ReportApplied:
     """Store one report record (the ``sequence``-th OBR of its message) as a new version, or say why not.
 
-    A status derived from OBX-11 (OBR-25 empty) is said in the note, whatever else the record did.
+    A status derived from OBX-11 (OBR-25 empty) and each OBX left out of the report are said in the note,
+    whatever else the record did. ``obx_before``: the OBX of the message's earlier OBR groups.
     """
-    content = _Content.of(record, policy.status_table, sequence)
+    content = _Content.of(record, policy.status_table, sequence, obx_before)
     applied = _apply(conn, record, content, policy, now, message_id, sequence)
-    if not content.derived:
+    said = [f"report {report_identity(record)}: {s}" for s in (content.derived, *content.left_out) if s]
+    if not said:
         return applied
-    derived = f"report {report_identity(record)}: {content.derived}"
-    return replace(applied, note="\n".join(filter(None, (derived, applied.note))))
+    return replace(applied, note="\n".join(filter(None, (*said, applied.note))))
 
 
 def _apply(conn: Connection, record: ReportRecord, content: _Content, policy: ReportPolicy, now: datetime,

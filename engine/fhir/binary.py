@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from engine.domain.report_documents import document_bytes
 from engine.domain.report_tables import report_versions
 from engine.fhir.tables import fhir_resources
 
@@ -32,8 +33,11 @@ DOCUMENT_TITLE = "Radiology report document"
 #: An absolute URI: a scheme (RFC 3986 3.1), a colon, then something.
 _ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S")
 _ID = re.compile(r"^report-([0-9]{1,18})-([0-9]{1,9})-([0-9]{1,4})$")
-#: HL7 table 0191 (ED-2 type of data) codes as MIME top-level types.
-_MEDIA_TYPES = {"AP": "application", "IM": "image", "TEXT": "text", "AU": "audio", "MULTIPART": "multipart"}
+#: HL7 table 0191 (ED-2 / RP-3 type of data) codes as MIME top-level types (SD, a scanned document: by subtype).
+_MEDIA_TYPES = {"AP": "application", "IM": "image", "TEXT": "text", "AU": "audio", "MULTIPART": "multipart",
+                "SI": "image", "NS": "image", "FT": "text", "SD": "image"}
+#: MIME top-level types (RFC 6838 4.2), which some senders write in ED-2/RP-3 instead of a table 0191 code.
+_MIME_TOPS = frozenset({"application", "audio", "font", "image", "message", "model", "multipart", "text", "video"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,24 +67,36 @@ def documents(attachments: str) -> list[Document]:
             if (document := _document(n, doc)) is not None]
 
 
-def _media_type(doc: dict[str, Any]) -> tuple[str, str]:
-    """(major, minor) MIME type of an ED or RP entry (HL7 table 0191 codes read as MIME types); "" when absent."""
-    kind = doc.get("media_type", "").strip()
-    return _MEDIA_TYPES.get(kind.upper(), kind.lower()), doc.get("media_subtype", "").strip().lower()
+def _content_type(doc: dict[str, Any], fallback: bool) -> str:
+    """The MIME type of an ED or RP entry (HL7 table 0191 codes read as MIME types), "" when it names none.
+
+    Some senders give the whole MIME type in the subtype (``^Text^text/xml^ASCII^...``, IHE RAD CDA reports)
+    or the type: used as it is (it was ``text/text/xml``). A type that is neither a table 0191 code nor a MIME
+    top-level type (a local ``ZB``) is no MIME type (it was ``zb/octet-stream``): ``fallback`` (a document we
+    serve) makes it ``application/<subtype>``, else (a reference) there is no type to give.
+    """
+    kind, minor = str(doc.get("media_type", "")).strip().lower(), str(doc.get("media_subtype", "")).strip().lower()
+    for whole in (minor, kind):
+        top, _, sub = whole.partition("/")
+        if top in _MIME_TOPS and sub:
+            return whole
+    major = _MEDIA_TYPES.get(kind.upper(), kind if kind in _MIME_TOPS else "")
+    if kind.upper() == "SD" and minor == "pdf":  # a scanned document as PDF
+        major = "application"
+    if not major and not fallback:
+        return ""
+    return f"{major or 'application'}/{minor or 'octet-stream'}"
 
 
 def _document(n: int, doc: dict[str, Any]) -> Document | None:
     """Entry ``n`` of a version's attachments as a document, or None (an RP reference, or undecodable)."""
     if doc.get("reference"):
         return None
-    major, minor = _media_type(doc)
-    encoding, data = doc.get("encoding", "").strip().upper(), doc.get("data", "")
-    try:
-        raw = (base64.b64decode(data + "==") if encoding in ("BASE64", "B64")  # line breaks, padding: tolerated
-               else bytes.fromhex(data) if encoding == "HEX" else data.encode("latin-1"))
-    except (ValueError, UnicodeEncodeError):
+    decoded = document_bytes(doc.get("encoding", ""), doc.get("data", ""))
+    if decoded is None:  # said at receipt (engine.domain.reports: the message's note)
         return None
-    return Document(n, f"{major or 'application'}/{minor or 'octet-stream'}", raw)
+    charset = f"; charset={decoded.charset}" if decoded.charset else ""
+    return Document(n, _content_type(doc, fallback=True) + charset, decoded.data)
 
 
 def attachment(report_pk: int | str, version: int, document: Document) -> dict[str, Any]:
@@ -99,8 +115,8 @@ def referenced(doc: dict[str, Any]) -> dict[str, Any]:
     ``Binary/report-7-1-1`` would show a client another report's document as this one's. Such a pointer is
     named in the ``title`` instead, with the application it belongs to.
     """
-    major, minor = _media_type(doc)
-    typed = {"contentType": f"{major}/{minor or 'octet-stream'}"} if major else {}
+    kind = _content_type(doc, fallback=False)
+    typed = {"contentType": kind} if kind else {}
     pointer = str(doc["reference"]).strip()
     if _ABSOLUTE_URI.match(pointer):
         return typed | {"url": pointer, "title": DOCUMENT_TITLE}

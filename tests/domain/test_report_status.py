@@ -80,3 +80,10 @@ def test_no_readable_obx_11_with_obr_25_empty_is_ae_101_at_obr_25():
     with pytest.raises(HL7ApplicationError) as err:
         read_derived(SHIPPED, ["", "D"], sequence=2)
     assert err.value.code == 101 and str(err.value.location) == "OBR^2^25"
+
+
+@pytest.mark.parametrize(("codes", "derived"), [(["A"], "C"), (["F", "A"], "C"), (["a ", "P"], "C"), (["B", "F"], "C")])
+def test_obx_11_amended_and_appended_are_a_correction(codes: list[str], derived: str):
+    """hl7fix6: OBX-11 A (amended, table 0085 in v2.6+) was ignored: ["F", "A"] derived F, ["A"] nothing (AE 101).
+    B (appended, v2.7+) is a change to a given result too."""
+    assert derive_status(codes) == derived

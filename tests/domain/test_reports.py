@@ -254,3 +254,111 @@ def test_a_report_without_pid_for_an_unknown_order_is_refused_at_pid_3(
 
     assert (err.value.code, str(err.value.location)) == (101, "PID^1^3^1")
     assert versions(db) == []
+
+
+def line(text: str, status: str = "F", value_type: str = "TX", **more: str) -> dict[str, Any]:
+    return {"value_type": value_type, "observation_id": "GDT", "section": "body", "text": text,
+            "result_status": status} | more
+
+
+def test_obx_deleted_or_posted_as_wrong_is_not_the_reports_content(ordered: Database, handler: ReportsHandler):
+    """hl7fix6: an OBX with OBX-11 D (delete it) or W (the earlier value was wrong, HL7 table 0085) was report
+    text like any other: stored, in the conclusion and sent to the EHR. It is left out, and the note says so."""
+    impression = line("Impression: bleed.", "W") | {"section": "impression", "observation_id": "IMP"}
+    record = report("F", lines=[line("No bleed."), line("Left frontal bleed.", "W"), line("Old line.", "D"),
+                                impression, line("Impression: normal.") | {"section": "impression"}],
+                    comments=[{"text": "comment on the wrong line"}])
+    ctx = context([record], ORU)
+    out = ordered.writer.call(lambda conn: handler.apply(conn, ctx))
+    assert versions(ordered) == [(1, "F", "No bleed.\nImpression: normal.")]
+    row = ordered.writer.call(lambda c: c.execute(select(reports)).one())
+    assert row.conclusion == "Impression: normal."
+    assert [f[5] for f in fields(out[0], "OBX")] == ["No bleed.", "Impression: normal."]
+    note = ctx.outcomes[0].note
+    assert "OBX^2, OBX^4 left out of the report: OBX-11 W (posted as wrong" in note
+    assert "OBX^3 left out of the report: OBX-11 D (delete the OBX" in note
+
+
+def test_a_report_whose_every_obx_is_retracted_has_no_content(ordered: Database, handler: ReportsHandler):
+    """Every line W and an NTE: the NTE is a comment on a wrong line, not the report (AE 101 saying why)."""
+    with pytest.raises(HL7ApplicationError) as err:
+        send(ordered, handler, report("F", lines=[line("Wrong patient.", "W")], comments=[{"text": "n"}]))
+    assert (err.value.code, str(err.value.location)) == (101, "OBR^1") and "OBX^1" in err.value.text
+    assert versions(ordered) == []
+
+
+def test_an_rp_pointing_at_dicom_images_is_not_a_report(ordered: Database, handler: ReportsHandler):
+    """hl7fix6: an ORU^R01 whose only OBX is an RP to the DICOM study (RP-3/RP-4 Application^DICOM) was stored
+    as a final report with no text; it is AE 101 naming that OBX (ERR-2 counts OBX in the whole message)."""
+    dicom = line("", value_type="RP", reference="1.2.840.99.1.7", application="PACS", media_type="Application",
+                 media_subtype="DICOM")
+    with pytest.raises(HL7ApplicationError) as err:
+        send(ordered, handler, report("F", lines=[dicom]))
+    assert (err.value.code, str(err.value.location)) == (101, "OBX^1^5") and "DICOM images" in err.value.text
+    assert versions(ordered) == []
+    second = report("F", lines=[dicom | {"media_type": "DICOM", "media_subtype": ""}], placer_order_number="PL2",
+                    filler_order_number="")
+    with pytest.raises(HL7ApplicationError) as err:  # the second OBR's only OBX, after two: OBX^3 of the message
+        apply_records(ordered, handler, [report("F", "One.\nTwo."), second], ORU)
+    assert (str(err.value.location), str(err.value.code)) == ("OBX^3^5", "101")
+
+
+def test_an_rp_to_dicom_beside_text_leaves_the_text_and_says_so(ordered: Database, handler: ReportsHandler):
+    dicom = line("", value_type="RP", reference="http://pacs/wado?studyUID=1.2.3", media_type="AP",
+                 media_subtype="dicom")
+    ctx = context([report("F", lines=[line("Normal."), dicom])], ORU)
+    out = ordered.writer.call(lambda conn: handler.apply(conn, ctx))
+    assert attachments(ordered) == [(1, "Normal.", "")]
+    assert [f[2] for f in fields(out[0], "OBX")] == ["TX"]
+    assert "OBX^2 left out of the report: RP AP^dicom points at DICOM images" in ctx.outcomes[0].note
+
+
+def test_an_rp_to_a_pdf_document_is_still_the_report(ordered: Database, handler: ReportsHandler):
+    pdf = line("", value_type="RP", reference="https://ris.example/doc/7", application="RIS",
+               media_type="application", media_subtype="pdf")
+    out = send(ordered, handler, report("F", lines=[pdf]))
+    assert [f[2] for f in fields(out[0], "OBX")] == ["RP"] and json.loads(attachments(ordered)[0][2])
+
+
+def test_an_ed_document_that_cannot_be_decoded_is_kept_and_said(ordered: Database, handler: ReportsHandler):
+    """hl7fix6: Base64 that does not decode was silently missing from FHIR presentedForm; it is still kept and
+    sent on as received, and the message's note says FHIR cannot offer it."""
+    broken = line("", value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64", data="JVBERi0xA")
+    ctx = context([report("F", lines=[line("Normal."), broken])], ORU)
+    out = ordered.writer.call(lambda conn: handler.apply(conn, ctx))
+    assert json.loads(attachments(ordered)[0][2])[0]["data"] == "JVBERi0xA"
+    assert [f[2] for f in fields(out[0], "OBX")] == ["TX", "ED"]
+    assert "OBX^2 ED data is not readable as Base64" in ctx.outcomes[0].note
+
+
+def test_a_carriage_return_in_the_text_is_a_line_break(ordered: Database, handler: ReportsHandler):
+    """hl7fix6: ``\\X0D\\`` and ``\\X0D0A\\`` (hex escapes some reporting systems use for a line break) decode to CR
+    and CR LF; the CR stayed in the stored text, the FHIR text and the ORU^R01 to the EHR. It is a line break."""
+    out = send(ordered, handler, report("F", lines=[line("One\rtwo\r\nthree")]))
+    assert versions(ordered) == [(1, "F", "One\ntwo\nthree")]
+    assert [f[5] for f in fields(out[0], "OBX")] == ["One", "two", "three"]
+
+
+def test_obx_carrying_dicom_uids_are_not_report_text(ordered: Database, handler: ReportsHandler):
+    """hl7fix6, from the corpus (dcm4che ORU^R01 SR/CDA, IHE RAD style): ST OBX ``113014^DICOM Study^DCM``,
+    ``^Series Instance UID``, ``^SR Instance UID`` put three UIDs at the head of the report text the EHR and FHIR
+    clients read. They name the images: left out, said; only UIDs and no document is AE 101 naming the OBX."""
+    uids = [line("1.2.392.200036.9125.0.198811291108.7", value_type="ST") | {"observation_id": "113014"},
+            line("1.2.392.200036.9125.0.198811291108.7.1", value_type="ST") | {"observation_id": ""}]
+    ctx = context([report("F", lines=[*uids, line("The right kidney is slightly enlarged."), line("1.2.3")])], ORU)
+    out = ordered.writer.call(lambda conn: handler.apply(conn, ctx))
+    assert versions(ordered) == [(1, "F", "The right kidney is slightly enlarged.\n1.2.3")]
+    assert [f[5] for f in fields(out[0], "OBX")] == ["The right kidney is slightly enlarged.", "1.2.3"]
+    note = ctx.outcomes[0].note
+    assert "OBX^1, OBX^2 left out of the report: a DICOM UID" in note
+    with pytest.raises(HL7ApplicationError) as err:
+        send(ordered, handler, report("F", lines=uids, placer_order_number="PL2", filler_order_number=""))
+    assert (err.value.code, str(err.value.location)) == (101, "OBX^1^5")
+
+
+def test_a_document_posted_as_wrong_is_not_kept(ordered: Database, handler: ReportsHandler):
+    """OBX-11 W on an ED: the PDF sent earlier was wrong; it is not this version's document (nor presentedForm)."""
+    wrong = line("", "W", value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64", data=PDF)
+    out = send(ordered, handler, report("C", lines=[line("Corrected text.", "C"), wrong]))
+    assert attachments(ordered) == [(1, "Corrected text.", "")]
+    assert [f[2] for f in fields(out[0], "OBX")] == ["TX"]

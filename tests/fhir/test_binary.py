@@ -118,6 +118,25 @@ def test_a_plain_get_of_the_url_is_the_pdf_itself(engine: InProcessEngine, api: 
         assert api.get(missing, headers={"Accept": "application/fhir+json"}).status_code == 404, missing
 
 
+def test_a_text_document_beyond_latin_1_is_served_in_utf_8_with_its_charset(engine: InProcessEngine,
+                                                                            api: FhirHttp) -> None:
+    """hl7fix6: an OBX ED with ED-4 A (the text itself) in a UTF-8 ORU^R01 holding Greek and CJK was left out of
+    presentedForm, without a word; a plain GET of its URL now gives the characters received, UTF-8, and says so."""
+    text = "Ακτινογραφία θώρακος: χωρίς ευρήματα. 正常"
+    assert engine.send(orm(960, "BINA", "BINARY^ANNA")) == ["AA"]
+    message = oru(960, "BINAR", "F").rstrip("\r") + f"\rOBX|1|ED|TXT^Report text||^TEXT^plain^A^{text}||||||F\r"
+    assert engine.report(message) == ["AA"]
+    engine.settle()
+    bundle = api.get("DiagnosticReport", params={"identifier": "ACC960"}).json()
+    (form,) = bundle["entry"][0]["resource"]["presentedForm"]
+    assert form["contentType"] == "text/plain; charset=utf-8" and form["size"] == len(text.encode())
+    for accept in (None, "text/plain", "text/*"):
+        response = httpx.get(f"{engine.base}/{form['url']}", headers={"Accept": accept} if accept else {},
+                             timeout=30)
+        assert response.status_code == 200, (accept, response.text[:200])
+        assert response.headers["content-type"] == "text/plain; charset=utf-8" and response.text == text
+
+
 TOKENS = {
     "reports": Principal("results", frozenset({"system/DiagnosticReport.rs"})),
     "reports-v1": Principal("results-v1", frozenset({"system/DiagnosticReport.read"})),

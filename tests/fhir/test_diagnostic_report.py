@@ -194,6 +194,42 @@ def test_a_pdf_sent_with_line_breaks_in_its_base64_is_still_presented(db: Databa
     assert found is not None and found[1].data == base64.b64decode(pdf)
 
 
+def test_a_text_document_in_ascii_encoding_with_any_characters_is_presented_with_its_charset(db: Database) -> None:
+    """hl7fix6: an OBX ED with ED-4 A (no encoding: the text itself) holding characters beyond Latin-1 (Greek,
+    CJK from a UTF-8 message) was left out of presentedForm without a word; it is served as the characters
+    received, UTF-8 with its charset. Latin-1 text stays Latin-1 bytes (its size and hash as before), with its
+    charset said; ASCII text as before."""
+    greek, latin, ascii_text = "Ακτινογραφία θώρακος: 正常", "Befund: unauffällig", "Plain report."
+    db.writer.call(_seed)
+    docs = [ReportLine(value_type="ED", media_type="TEXT", media_subtype="plain", encoding="A", data=data)
+            for data in (greek, latin, ascii_text)]
+    _apply(db, _report("F").model_copy(update={"lines": docs}))
+    project_all(db, SETTINGS)
+    forms = _json(db)["presentedForm"]
+    assert [(f["contentType"], f["url"], f["size"]) for f in forms] == [
+        ("text/plain; charset=utf-8", "Binary/report-1-1-1", len(greek.encode())),
+        ("text/plain; charset=iso-8859-1", "Binary/report-1-1-2", len(latin)),
+        ("text/plain", "Binary/report-1-1-3", len(ascii_text))]  # fmt: skip
+    found = db.read(lambda c: read_document(c, "report-1-1-1"))
+    assert found is not None and found[1].data.decode("utf-8") == greek
+
+
+def test_types_as_real_senders_write_them_are_mime_types(db: Database) -> None:
+    """hl7fix6, from the corpus: a CDA report as ``^Text^text/xml^ASCII^<?xml ...`` (dcm4che, IHE RAD) was
+    ``text/text/xml``; an RP ``620943170^UK^ZB`` (a local type) was ``zb/octet-stream``; SD^PICT ``sd/pict``."""
+    db.writer.call(_seed)
+    cda = '<?xml version="1.0" encoding="utf-8"?><ClinicalDocument/>'
+    lines = [ReportLine(value_type="ED", media_type="Text", media_subtype="text/xml", encoding="ASCII", data=cda),
+             ReportLine(value_type="RP", reference="620943170", application="UK", media_type="ZB"),
+             ReportLine(value_type="RP", reference="https://testurl.com", media_type="SD", media_subtype="PICT"),
+             ReportLine(value_type="ED", media_type="ZB", media_subtype="pdf", encoding="Base64", data="JVBERi0=")]
+    _apply(db, _report("F", "Text.").model_copy(update={"lines": [*_report("F", "Text.").lines, *lines]}))
+    project_all(db, SETTINGS)
+    forms = _json(db)["presentedForm"]
+    assert [f.get("contentType") for f in forms] == ["text/plain; charset=utf-8", "text/xml", None, "image/pict",
+                                                     "application/pdf"]
+
+
 def _pdf_report(status: str, pdf: bytes) -> ReportRecord:
     record = _report(status, f"Report {status}.")
     document = ReportLine(value_type="ED", media_type="AP", media_subtype="PDF", encoding="Base64",

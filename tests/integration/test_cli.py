@@ -134,7 +134,7 @@ def test_messages_list_json_rows_have_the_documented_fields(three_stored: Engine
 
     assert set(row) == {"id", "channel", "received_at", "status", "message_type", "control_id",
                         "patient_id", "accession_number", "ack_code", "error_code",
-                        "error_location", "duplicate_count"}
+                        "error_location", "duplicate_count", "acknowledged_at"}
     assert (row["message_type"], row["patient_id"], row["ack_code"]) == ("ORM^O01", "P9", "AA")
     assert re.match(r"\d{4}-\d\d-\d\dT", row["received_at"])
 

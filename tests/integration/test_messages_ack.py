@@ -70,3 +70,33 @@ def test_acknowledged_ae_ar_messages_are_no_longer_counted_as_needing_attention(
     replayed = inbound.cli("messages", "replay", str(ids[0]))
     assert replayed.returncode == 1, replayed.stdout + replayed.stderr  # still refused: its outcome is new
     assert _attention(inbound)[0].startswith("channel inbound: 2 message(s) answered AE/AR")
+
+
+def test_show_and_list_say_acknowledged_or_not_without_printing_none(inbound: EngineProcess, mllp_port: int) -> None:
+    """hl7fix6: ``messages show`` printed ``acknowledged_at: None`` for every message not acknowledged, also one
+    answered AA (nothing to acknowledge); and ``messages list`` could not tell which refused ones ``status``
+    still counts. Now: when, "not acknowledged" for an AE/AR one, nothing for the others; no "None" at all."""
+    acks = send_all(mllp_port, [adt("SHOWOK"), _refused("SHOWAR1"), _refused("SHOWAR2")])
+    assert [a.code for a in acks] == ["AA", "AR", "AR"]
+    ids = {cid: cli_json(inbound, "messages", "list", "--control-id", cid)[0]["id"]
+           for cid in ("SHOWOK", "SHOWAR1", "SHOWAR2")}
+    assert inbound.cli("messages", "ack", str(ids["SHOWAR1"])).returncode == 0
+
+    def shown(cid: str) -> list[str]:
+        result = inbound.cli("messages", "show", str(ids[cid]))
+        assert result.returncode == 0, result.stderr
+        assert "None" not in result.stdout
+        return [line for line in result.stdout.splitlines() if line.startswith("acknowledged_at:")]
+
+    assert shown("SHOWOK") == []
+    assert shown("SHOWAR2") == ["acknowledged_at: not acknowledged"]
+    (acknowledged,) = shown("SHOWAR1")
+    assert datetime.fromisoformat(acknowledged.split(": ", 1)[1]) > datetime.now(UTC) - timedelta(minutes=5)
+
+    table = inbound.cli("messages", "list").stdout.splitlines()
+    rows = {cells["control_id"]: cells for cells in (dict(zip(table[0].split("\t"), line.split("\t"), strict=True))
+                                                     for line in table[1:])}
+    assert rows["SHOWOK"]["acknowledged_at"] == "" and rows["SHOWAR2"]["acknowledged_at"] == "not acknowledged"
+    assert rows["SHOWAR1"]["acknowledged_at"] == acknowledged.split(": ", 1)[1]
+    listed = {r["control_id"]: r for r in cli_json(inbound, "messages", "list", "--status", "REJECTED")}
+    assert listed["SHOWAR1"]["acknowledged_at"] and listed["SHOWAR2"]["acknowledged_at"] is None

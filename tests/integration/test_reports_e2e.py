@@ -181,9 +181,10 @@ def test_a_correction_is_version_2_and_reaches_the_ehr_whole_as_c(site: Site) ->
 def test_prelim_then_final_then_cancel(site: Site) -> None:
     placer, accession = ids()
     site.order(placer, accession)
-    for n, (status, lines) in enumerate([("Wet Read", ["Wet read: no bleed."]), ("Final", ["Final: no bleed."]),
-                                         ("X", [])]):
-        assert site.report(oru(f"R{placer}{n}", placer, status, lines)).code == "AA"
+    # OBX-11 P on the wet read: W in OBX-11 is "posted as wrong" (HL7 table 0085), a line that is not the report
+    for n, (status, lines, obx) in enumerate([("Wet Read", ["Wet read: no bleed."], "P"),
+                                              ("Final", ["Final: no bleed."], "F"), ("X", [], "X")]):
+        assert site.report(oru(f"R{placer}{n}", placer, status, lines, obx_status=obx)).code == "AA"
     sent = site.wait_ehr(placer, 3)
     assert [segments(m)["OBR"][0][25] for m in sent] == ["P", "F", "X"]
     assert "OBX" not in segments(sent[2]) and segments(sent[2])["ORC"][0][5] == "CA"
@@ -245,6 +246,58 @@ def test_a_report_that_only_points_to_its_document_is_kept_sent_on_and_never_fet
         "r.id = v.report_pk WHERE r.placer_order_number = ?", placer)]
     assert kept == [{"value_type": "RP", "reference": url.replace("\\T\\", "&"), "application": "RIS",
                      "media_type": "application", "media_subtype": "pdf"}]
+
+
+def test_obx_posted_as_wrong_or_deleted_is_not_sent_to_the_ehr_and_messages_show_says_so(site: Site) -> None:
+    """hl7fix6: OBX-11 W (the earlier value was wrong) and D (delete the OBX), HL7 table 0085, were report text:
+    stored and sent to the EHR as current content. They are left out; ``messages show`` names each OBX."""
+    placer, accession = ids()
+    site.order(placer, accession)
+    payload = oru(f"R{placer}", placer, "C", ["No bleed.", "Left frontal bleed.", "Old line.", "Normal."])
+    payload = payload.replace(b"Left frontal bleed.||||||C", b"Left frontal bleed.||||||W")
+    assert site.report(payload.replace(b"Old line.||||||C", b"Old line.||||||D")).code == "AA"
+    (received,) = site.wait_ehr(placer, 1)
+    assert [(o[5], o[11]) for o in segments(received)["OBX"]] == [("No bleed.", "C"), ("Normal.", "C")]
+    assert site.versions(placer) == [(1, "C", "No bleed.\nNormal.")]
+    note = site.shown(f"R{placer}")["note"]
+    assert "OBX^2 left out of the report: OBX-11 W (posted as wrong" in note
+    assert "OBX^3 left out of the report: OBX-11 D (delete the OBX" in note
+
+
+def test_an_oru_that_only_points_at_the_dicom_study_is_ae_naming_the_obx(site: Site) -> None:
+    """hl7fix6: an OBX RP whose type is DICOM (RP-3/RP-4 Application^DICOM: the images, not the report) alone
+    was stored as a FINAL report with no text and sent to the EHR; it is AE 101 at OBX^1^5, nothing kept."""
+    placer, accession = ids()
+    site.order(placer, accession)
+    payload = oru(f"R{placer}", placer, "F", ["1.2.840.99.7.1^PACS^Application^DICOM"], obx_type="RP")
+    ack = site.report(payload)
+    assert (ack.code, ack.field("ERR", 2)) == ("AE", "OBX^1^5"), ack.raw
+    assert "DICOM images" in site.shown(f"R{placer}")["error"]
+    assert site.versions(placer) == [] and site.ehr_messages(placer) == []
+
+
+def test_hex_escaped_line_breaks_reach_the_ehr_as_lines(site: Site) -> None:
+    """hl7fix6: ``\\X0D\\`` / ``\\X0D0A\\`` in OBX-5 (a line break as some reporting systems write it) decoded to
+    CR kept inside the stored text and the line sent to the EHR; each is a line break, one OBX per line."""
+    placer, accession = ids()
+    site.order(placer, accession)
+    assert site.report(oru(f"R{placer}", placer, "F", ["One\\X0D\\two\\X0D0A\\three"], obx_type="FT")).code == "AA"
+    (received,) = site.wait_ehr(placer, 1)
+    assert [o[5] for o in segments(received)["OBX"]] == ["One", "two", "three"]
+    assert site.versions(placer) == [(1, "F", "One\ntwo\nthree")]
+
+
+def test_a_real_ihe_style_report_keeps_its_text_without_the_dicom_uids(site: Site, corpus) -> None:
+    """hl7fix6: dcm4che's ORU^R01 (corpus, IHE RAD style, 8859/1) opens with ST OBX carrying the study, series and
+    SR instance UIDs; they were the first three lines of the report text. Kept for its order (not known here)
+    with its findings first; ``messages show`` names the OBX left out."""
+    payload = (corpus / "hl7" / "valid" / "dcm4che_ORU_R01-SR.hl7").read_bytes()
+    payload = payload.replace(b"PlacerOrderNumberImagingServiceRequest", b"PLSR1")
+    assert site.report(payload).code == "AA"
+    ((_, _, text),) = site.versions("PLSR1")
+    assert text.startswith("The right kidney is slightly enlarged") and "1.2.392.200036" not in text
+    note = site.shown("1001129")["note"]
+    assert "OBX^1, OBX^2, OBX^3 left out of the report: a DICOM UID" in note
 
 
 def test_a_resent_oru_gets_its_original_ack_and_changes_nothing(site: Site) -> None:
