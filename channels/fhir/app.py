@@ -33,7 +33,7 @@ from channels.fhir.access import Gate, peer_of
 from channels.fhir.bundle import history_bundle, search_bundle
 from channels.fhir.capability import capability_statement
 from channels.fhir.front import ReadFront
-from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
+from channels.fhir.outcome import FHIR_JSON, ApiError, fhir_response, outcome, outcome_response
 from engine.auth import Principal
 from engine.fhir import search
 from engine.fhir.binary import Document, read_document
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _READ_PARAMS = {"_format", "_pretty"}
 _FORM = "application/x-www-form-urlencoded"
+#: The JSON media types an answer may be given in, by the name a client accepts.
+_ANSWER_TYPES = {"application/fhir+json": FHIR_JSON, "application/json": "application/json; charset=utf-8",
+                 "application/json+fhir": "application/json+fhir; charset=utf-8"}
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 
@@ -126,6 +129,41 @@ def _accepts_json(accept: str) -> bool:
     return any(ranges.get(kind, 0.0) > 0 for kind in JSON_TYPES)
 
 
+def _answer_type(request: Request) -> str:
+    """The media type of a FHIR JSON answer to ``request``: one the client accepts (RFC 9110 12.5.1).
+
+    A ``_format`` naming a JSON media type (query, or a ``_search`` body, kept in ``request.state``) is answered
+    in that type, ``_format=json`` in ``application/fhir+json``. Else the ``Accept`` header: ``application/fhir+json``
+    unless the client gives another JSON name this server answers to (``application/json``, DSTU2's
+    ``application/json+fhir``) a higher quality, or refuses FHIR JSON (``application/fhir+json;q=0,
+    application/json`` is answered as ``application/json``). Nothing acceptable (a 406): ``application/fhir+json``.
+    """
+    fmt = getattr(request.state, "fhir_format", None) or request.query_params.get("_format")
+    if fmt is not None:
+        kind = fmt.split(";")[0].strip().lower()
+        return _ANSWER_TYPES.get(kind, FHIR_JSON)
+    ranges = _ranges(request.headers.get("accept", ""))
+    if not ranges:
+        return FHIR_JSON
+    wildcard = next((ranges[k] for k in ("application/*", "*/*") if k in ranges), 0.0)
+    qualities = {kind: ranges.get(kind, wildcard if kind != "application/json+fhir" else 0.0)
+                 for kind in ("application/fhir+json", "application/json", "application/json+fhir")}
+    best = max(qualities.values())
+    if best <= 0:
+        return FHIR_JSON
+    kind = next(k for k, q in qualities.items() if q == best)  # ties: FHIR's own name first
+    return _ANSWER_TYPES[kind]
+
+
+def _as_negotiated(request: Request, response: Response) -> Response:
+    """``response`` in the JSON media type the client accepts, when it is a FHIR JSON answer."""
+    if response.headers.get("content-type") == FHIR_JSON:
+        answer = _answer_type(request)
+        if answer != FHIR_JSON:
+            response.headers["content-type"] = answer
+    return response
+
+
 def _binary_as_json(request: Request, content_type: str) -> bool | None:
     """Whether a Binary read is answered as the Binary resource in FHIR JSON (True) or as the document's own bytes
     (False), or None: neither is acceptable (R4 http.html#binary: the raw content unless FHIR is asked for).
@@ -141,8 +179,8 @@ def _binary_as_json(request: Request, content_type: str) -> bool | None:
     if not ranges:
         return False
     as_json = max((ranges[kind] for kind in JSON_TYPES if kind in ranges), default=0.0)
-    major = content_type.split("/")[0]
-    as_raw = next((ranges[k] for k in (content_type, f"{major}/*", "*/*") if k in ranges), 0.0)
+    kind = content_type.split(";")[0].strip().lower()  # 'text/plain; charset=utf-8' is accepted as 'text/plain'
+    as_raw = next((ranges[k] for k in (kind, f"{kind.split('/')[0]}/*", "*/*") if k in ranges), 0.0)
     if as_json > 0 and as_json >= as_raw:
         return True
     if as_raw > 0:
@@ -404,7 +442,10 @@ async def _search(api: _Api, request: Request) -> Response:
         pairs = await _pairs(request, api.settings.max_search_body_bytes)
     except ApiError as exc:  # answered after the caller is admitted (again, for a GET, in one hop with the search)
         pairs, refused = [], exc
-    if refused is None and request.method == "POST" and not any(k == "_format" for k, _ in pairs):
+    body_format = next((v for k, v in pairs if k == "_format"), None) if request.method == "POST" else None
+    if body_format is not None:
+        request.state.fhir_format = body_format  # the answer's media type, as one in the query would say
+    if refused is None and request.method == "POST" and body_format is None:
         try:  # a POST is negotiated here, once its body is read: a _format in the body overrides Accept as well
             _check_accept(request)
         except ApiError as exc:
@@ -446,17 +487,17 @@ def _guarded(api: _Api, handler: Callable[[_Api, Request], Awaitable[Response]],
         try:
             if negotiated:
                 _check_accept(request)
-            return await handler(api, request)
+            return _as_negotiated(request, await handler(api, request))
         except ApiError as exc:
-            return outcome_response(exc)
+            return _as_negotiated(request, outcome_response(exc))
         except Exception as exc:
             # A write that could not commit (StoreUnavailable), or a read that could not reach the database
             # (server down or restarting, too many connections, pool exhausted): the client may try again.
             if not unavailable(exc):
                 raise
             log.error("FHIR request failed: the store is unavailable (%s)", type(exc).__name__)
-            return fhir_response(outcome("transient", "the store is unavailable; try again"), 503,
-                                 {"Retry-After": "5"})
+            return _as_negotiated(request, fhir_response(outcome("transient", "the store is unavailable; try again"),
+                                                         503, {"Retry-After": "5"}))
     return endpoint
 
 
@@ -464,12 +505,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     code = {404: "not-found", 405: "not-supported"}.get(status, "exception")
     text = {404: f"nothing is served at {request.url.path}", 405: f"{request.method} is not supported here"}
-    return fhir_response(outcome(code, text.get(status, "request failed")), status)
+    return _as_negotiated(request, fhir_response(outcome(code, text.get(status, "request failed")), status))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("FHIR request failed unexpectedly (%s)", type(exc).__name__, exc_info=exc)
-    return fhir_response(outcome("exception", "internal error; the server log has the details"), 500)
+    return _as_negotiated(request, fhir_response(outcome("exception", "internal error; the server log has the details"),
+                                                 500))
 
 
 def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Sequence[Route] = ()) -> ASGIApp:
