@@ -34,7 +34,7 @@ from channels.fhir.bundle import history_bundle, search_bundle
 from channels.fhir.capability import capability_statement
 from channels.fhir.front import ReadFront
 from channels.fhir.outcome import FHIR_JSON, ApiError, fhir_response, outcome, outcome_response
-from engine.auth import Principal
+from engine.auth import Interaction, Principal
 from engine.fhir import search
 from engine.fhir.binary import Document, read_document
 from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
@@ -281,13 +281,15 @@ async def _read(api: _Api, request: Request) -> Response:
 
 async def _binary(api: _Api, request: Request) -> Response:
     """``GET /fhir/Binary/{id}``: a report document (:mod:`engine.fhir.binary`), as its own bytes or as the
-    Binary resource. Allowed to whoever may read DiagnosticReports, and audited as their read is."""
+    Binary resource. Allowed to whoever may read Binary (``system/Binary.read``/``.rs``/``.r``, ``system/*.read``:
+    the scope a SMART backend client asks for to fetch documents) or the DiagnosticReports the documents belong to
+    (its ``securityContext``), and audited as a read of both."""
     res_id = _res_id(request)
     _read_params(request, _READ_PARAMS)
     authorization = request.headers.get("authorization")
 
     def work() -> tuple[Principal, tuple[str, Document] | None]:
-        principal = api.gate.check(authorization, [("DiagnosticReport", "read")])
+        principal = api.gate.check_any(authorization, _BINARY_READ)
         return principal, _single(api.db, lambda c: read_document(c, res_id))
 
     principal, found = await asyncio.get_running_loop().run_in_executor(None, work)
@@ -341,6 +343,8 @@ async def _history(api: _Api, request: Request) -> Response:
     return fhir_response(history_bundle(api.base(request), versions, [("self", str(request.url))], len(versions)))
 
 
+#: What admits a Binary read: read on Binary itself, or on DiagnosticReport (every Binary served is a report's).
+_BINARY_READ: tuple[tuple[str, Interaction], ...] = (("Binary", "read"), ("DiagnosticReport", "read"))
 _HISTORY_PARAMS = {*_READ_PARAMS, "_count", "_since", "_cursor"}
 
 

@@ -27,8 +27,8 @@ from sqlalchemy import Connection, select
 from engine.domain.report_tables import report_versions
 from engine.fhir.tables import fhir_resources
 
-__all__ = ["DOCUMENT_TITLE", "INLINE_TEXT_BYTES", "REPORT_TITLE", "Document", "attachment", "binary_id", "documents", "inline", "parse_id", "presented",
-           "read_document", "referenced", "report_text"]
+__all__ = ["DOCUMENT_TITLE", "INLINE_TEXT_BYTES", "REPORT_TITLE", "Document", "attachment", "binary_id", "documents",
+           "inline", "parse_id", "presented", "read_document", "referenced", "report_text"]
 
 DOCUMENT_TITLE = "Radiology report document"
 REPORT_TITLE = "Radiology report"

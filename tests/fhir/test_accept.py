@@ -108,8 +108,8 @@ def test_a_format_names_the_answers_media_type(api: FhirHttp, seeded: str) -> No
             response = api.get(path, params={"_format": fmt}, headers={"Accept": "application/fhir+json;q=0"})
             assert response.headers["content-type"] == f"{answered}; charset=utf-8", (path, fmt)
     form = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/fhir+json"}
-    response = api.request("POST", "ImagingStudy/_search", content=f"identifier=urn:oid:{seeded}&_format=application/json",
-                           headers=form)
+    body = f"identifier=urn:oid:{seeded}&_format=application/json"
+    response = api.request("POST", "ImagingStudy/_search", content=body, headers=form)
     assert response.status_code == 200 and response.headers["content-type"] == "application/json; charset=utf-8"
     response = api.request("POST", "ImagingStudy/_search", content=f"identifier=urn:oid:{seeded}",
                            headers={**form, "Accept": "application/fhir+json;q=0, application/json"})

@@ -22,8 +22,9 @@ What each element comes from:
 * ``performer`` / ``resultsInterpreter``: OBR-32 (display and identifier; radbridge
   serves no Practitioner);
 * ``conclusion`` the impression lines, ``presentedForm`` the whole text (text/plain, UTF-8; by URL
-  as ``Binary/report-<report>-<version>-0`` past :data:`~engine.fhir.binary.INLINE_TEXT_BYTES`), then each document the version carried (OBX ED: a PDF ...) with its MIME type, by URL: a
-  ``Binary`` served from the report tables (:mod:`engine.fhir.binary`), never inline.
+  as ``Binary/report-<report>-<version>-0`` past :data:`~engine.fhir.binary.INLINE_TEXT_BYTES`), then each
+  document the version carried (OBX ED: a PDF ...) with its MIME type, by URL: a ``Binary`` served from the
+  report tables (:mod:`engine.fhir.binary`), never inline.
 """
 
 from __future__ import annotations
