@@ -300,9 +300,11 @@ async def _binary(api: _Api, request: Request) -> Response:
     if as_json is None:
         raise ApiError(406, "not-supported", f"Binary/{res_id} is {document.content_type}, or FHIR JSON; "
                                              "Accept allows neither")
+    headers = {"ETag": 'W/"1"', "Cache-Control": "no-store"}  # a document of a report version never changes
+    if any(m.strip() in ('W/"1"', '"1"', "*") for m in request.headers.get("if-none-match", "").split(",")):
+        return Response(status_code=304, headers=headers)  # the client has it already
     await api.gate.audit(principal, peer_of(request), "fhir.read", "Binary", res_id,
                          [f"Binary/{res_id}", f"DiagnosticReport/{report}"])
-    headers = {"ETag": 'W/"1"', "Cache-Control": "no-store"}  # a document of a report version never changes
     if not as_json:
         return Response(document.data, headers={**headers, "X-Security-Context": f"DiagnosticReport/{report}"},
                         media_type=document.content_type)
@@ -322,16 +324,19 @@ async def _vread(api: _Api, request: Request) -> Response:
     stored = await api.db.read_async(lambda c: search.vread(c, res_type, res_id, version))
     if stored is None:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} has no version {text!r}")
+    headers = _version_headers(stored)
+    if _not_modified(request, stored):  # a version never changes: a client's cached copy stays good
+        return Response(status_code=304, headers=headers)
     await api.gate.audit(principal, peer_of(request), "fhir.vread", res_type, res_id,
                          [f"{res_type}/{res_id}/_history/{version}"])
-    return fhir_response(stored.json, headers=_version_headers(stored))
+    return fhir_response(stored.json, headers=headers)
 
 
 async def _history(api: _Api, request: Request) -> Response:
     res_type, res_id = _res_type(request), _res_id(request)
     principal = await api.gate.admit(request, [(res_type, "read")])
     params = _read_params(request, {*_READ_PARAMS, "_count"})
-    count = params.get("_count", str(MAX_COUNT))
+    count = params.get("_count") or str(MAX_COUNT)  # an empty _count is ignored (R4 3.1.1.5)
     if not whole_number(count):
         raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
     limit = max(1, min(int(count[:9]), MAX_COUNT))
@@ -351,7 +356,7 @@ _HISTORY_PARAMS = {*_READ_PARAMS, "_count", "_since", "_cursor"}
 def _history_query(api: _Api, request: Request) -> tuple[int, str | None, Cursor | None, list[tuple[str, str]]]:
     """``_count`` (clamped), ``_since`` (as a stored instant), ``_cursor``, and the parameters the links echo."""
     params = _read_params(request, _HISTORY_PARAMS)
-    count = params.get("_count", str(DEFAULT_COUNT))
+    count = params.get("_count") or str(DEFAULT_COUNT)  # an empty _count is ignored (R4 3.1.1.5)
     if not whole_number(count):
         raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
     since = params.get("_since")

@@ -250,6 +250,8 @@ def _include(plan: Plan, raw: str, reverse: bool) -> None:
 def _control(plan: Plan, name: str, value: str) -> bool:
     """Apply a result parameter (``_count`` …); False if ``name`` is not one."""
     if name == "_count":
+        if value == "":
+            return True  # R4 3.1.1.5: a parameter without a value is ignored (the default count)
         plan.count = _count(value)
     elif name == "_cursor":
         if not whole_number(value) or len(value) > 18:
