@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import httpx
 from fhirclient import client as smart_client
@@ -18,7 +22,7 @@ from fhirpy import SyncFHIRClient
 
 from engine.fhir.binary import INLINE_TEXT_BYTES
 from engine.fhir.query import MAX_PAGE_CHARS
-from tests.fhir.conftest import FhirHttp, InProcessEngine
+from tests.fhir.conftest import NODE_MODULES, FhirHttp, InProcessEngine
 from tests.fhir.messages import orm, oru
 
 
@@ -48,6 +52,13 @@ def test_a_large_report_text_is_a_binary_by_url(engine: InProcessEngine, api: Fh
     assert base64.b64decode(binary["data"]) == raw.content
     smart = smart_client.FHIRClient(settings={"app_id": "radbridge-tests", "api_base": engine.base})
     assert base64.b64decode(Binary.read(form["url"].split("/")[1], smart.server).data) == raw.content
+    if shutil.which("node") is not None and (NODE_MODULES / "fhir-kit-client").is_dir():  # fhir-kit-client too
+        script = Path(__file__).with_name("fhir_kit_binary.mjs")
+        done = subprocess.run(["node", str(script), str(NODE_MODULES), engine.base, "ACC960"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert [(d["contentType"], d["sha256"]) for d in json.loads(done.stdout)["documents"]] == [
+            ("text/plain; charset=utf-8", hashlib.sha256(raw.content).hexdigest())]
     # a small text stays inline, and its document 0 is no Binary
     assert engine.send(orm(961, "SMALLTEXT1", "TEXT^TIM")) == ["AA"]
     assert engine.report(oru(961, "SMALLTEXT-R1", "F", "No acute finding.")) == ["AA"]
