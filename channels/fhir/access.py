@@ -63,6 +63,20 @@ class Gate:
                            {"WWW-Authenticate": challenge}) from exc
         return principal
 
+    def check_any(self, authorization: str | None, choices: Sequence[tuple[str, Interaction]]) -> Principal:
+        """The caller, allowed at least one (type, interaction) of ``choices``; ApiError 401, or the 403 of the
+        first choice when none is allowed (blocking)."""
+        refused: ApiError | None = None
+        for choice in choices:
+            try:
+                return self.check(authorization, [choice])
+            except ApiError as exc:
+                if exc.status != 403:
+                    raise
+                refused = refused or exc
+        assert refused is not None, "check_any needs at least one choice"
+        raise refused
+
     async def admit(self, request: Request, wanted: Sequence[tuple[str, Interaction]]) -> Principal:
         """:meth:`check` off the event loop (an authorizer may look a token up)."""
         return await asyncio.to_thread(self.check, request.headers.get("authorization"), wanted)

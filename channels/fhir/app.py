@@ -33,8 +33,8 @@ from channels.fhir.access import Gate, peer_of
 from channels.fhir.bundle import history_bundle, search_bundle
 from channels.fhir.capability import capability_statement
 from channels.fhir.front import ReadFront
-from channels.fhir.outcome import ApiError, fhir_response, outcome, outcome_response
-from engine.auth import Principal
+from channels.fhir.outcome import FHIR_JSON, ApiError, fhir_response, outcome, outcome_response
+from engine.auth import Interaction, Principal
 from engine.fhir import search
 from engine.fhir.binary import Document, read_document
 from engine.fhir.history import Cursor, bad_cursor, history_page, parse_cursor
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _READ_PARAMS = {"_format", "_pretty"}
 _FORM = "application/x-www-form-urlencoded"
+#: The JSON media types an answer may be given in, by the name a client accepts.
+_ANSWER_TYPES = {"application/fhir+json": FHIR_JSON, "application/json": "application/json; charset=utf-8",
+                 "application/json+fhir": "application/json+fhir; charset=utf-8"}
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 
@@ -124,6 +127,41 @@ def _accepts_json(accept: str) -> bool:
                 return True
             break
     return any(ranges.get(kind, 0.0) > 0 for kind in JSON_TYPES)
+
+
+def _answer_type(request: Request) -> str:
+    """The media type of a FHIR JSON answer to ``request``: one the client accepts (RFC 9110 12.5.1).
+
+    A ``_format`` naming a JSON media type (query, or a ``_search`` body, kept in ``request.state``) is answered
+    in that type, ``_format=json`` in ``application/fhir+json``. Else the ``Accept`` header: ``application/fhir+json``
+    unless the client gives another JSON name this server answers to (``application/json``, DSTU2's
+    ``application/json+fhir``) a higher quality, or refuses FHIR JSON (``application/fhir+json;q=0,
+    application/json`` is answered as ``application/json``). Nothing acceptable (a 406): ``application/fhir+json``.
+    """
+    fmt = getattr(request.state, "fhir_format", None) or request.query_params.get("_format")
+    if fmt is not None:
+        kind = fmt.split(";")[0].strip().lower()
+        return _ANSWER_TYPES.get(kind, FHIR_JSON)
+    ranges = _ranges(request.headers.get("accept", ""))
+    if not ranges:
+        return FHIR_JSON
+    wildcard = next((ranges[k] for k in ("application/*", "*/*") if k in ranges), 0.0)
+    qualities = {kind: ranges.get(kind, wildcard if kind != "application/json+fhir" else 0.0)
+                 for kind in ("application/fhir+json", "application/json", "application/json+fhir")}
+    best = max(qualities.values())
+    if best <= 0:
+        return FHIR_JSON
+    kind = next(k for k, q in qualities.items() if q == best)  # ties: FHIR's own name first
+    return _ANSWER_TYPES[kind]
+
+
+def _as_negotiated(request: Request, response: Response) -> Response:
+    """``response`` in the JSON media type the client accepts, when it is a FHIR JSON answer."""
+    if response.headers.get("content-type") == FHIR_JSON:
+        answer = _answer_type(request)
+        if answer != FHIR_JSON:
+            response.headers["content-type"] = answer
+    return response
 
 
 def _binary_as_json(request: Request, content_type: str) -> bool | None:
@@ -244,13 +282,15 @@ async def _read(api: _Api, request: Request) -> Response:
 
 async def _binary(api: _Api, request: Request) -> Response:
     """``GET /fhir/Binary/{id}``: a report document (:mod:`engine.fhir.binary`), as its own bytes or as the
-    Binary resource. Allowed to whoever may read DiagnosticReports, and audited as their read is."""
+    Binary resource. Allowed to whoever may read Binary (``system/Binary.read``/``.rs``/``.r``, ``system/*.read``:
+    the scope a SMART backend client asks for to fetch documents) or the DiagnosticReports the documents belong to
+    (its ``securityContext``), and audited as a read of both."""
     res_id = _res_id(request)
     _read_params(request, _READ_PARAMS)
     authorization = request.headers.get("authorization")
 
     def work() -> tuple[Principal, tuple[str, Document] | None]:
-        principal = api.gate.check(authorization, [("DiagnosticReport", "read")])
+        principal = api.gate.check_any(authorization, _BINARY_READ)
         return principal, _single(api.db, lambda c: read_document(c, res_id))
 
     principal, found = await asyncio.get_running_loop().run_in_executor(None, work)
@@ -261,9 +301,11 @@ async def _binary(api: _Api, request: Request) -> Response:
     if as_json is None:
         raise ApiError(406, "not-supported", f"Binary/{res_id} is {document.content_type}, or FHIR JSON; "
                                              "Accept allows neither")
+    headers = {"ETag": 'W/"1"', "Cache-Control": "no-store"}  # a document of a report version never changes
+    if any(m.strip() in ('W/"1"', '"1"', "*") for m in request.headers.get("if-none-match", "").split(",")):
+        return Response(status_code=304, headers=headers)  # the client has it already
     await api.gate.audit(principal, peer_of(request), "fhir.read", "Binary", res_id,
                          [f"Binary/{res_id}", f"DiagnosticReport/{report}"])
-    headers = {"ETag": 'W/"1"', "Cache-Control": "no-store"}  # a document of a report version never changes
     if not as_json:
         return Response(document.data, headers={**headers, "X-Security-Context": f"DiagnosticReport/{report}"},
                         media_type=document.content_type)
@@ -283,16 +325,19 @@ async def _vread(api: _Api, request: Request) -> Response:
     stored = await api.db.read_async(lambda c: search.vread(c, res_type, res_id, version))
     if stored is None:
         raise ApiError(404, "not-found", f"{res_type}/{res_id} has no version {text!r}")
+    headers = _version_headers(stored)
+    if _not_modified(request, stored):  # a version never changes: a client's cached copy stays good
+        return Response(status_code=304, headers=headers)
     await api.gate.audit(principal, peer_of(request), "fhir.vread", res_type, res_id,
                          [f"{res_type}/{res_id}/_history/{version}"])
-    return fhir_response(stored.json, headers=_version_headers(stored))
+    return fhir_response(stored.json, headers=headers)
 
 
 async def _history(api: _Api, request: Request) -> Response:
     res_type, res_id = _res_type(request), _res_id(request)
     principal = await api.gate.admit(request, [(res_type, "read")])
     params = _read_params(request, {*_READ_PARAMS, "_count"})
-    count = params.get("_count", str(MAX_COUNT))
+    count = params.get("_count") or str(MAX_COUNT)  # an empty _count is ignored (R4 3.1.1.5)
     if not whole_number(count):
         raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
     limit = max(1, min(int(count[:9]), MAX_COUNT))
@@ -304,13 +349,15 @@ async def _history(api: _Api, request: Request) -> Response:
     return fhir_response(history_bundle(api.base(request), versions, [("self", str(request.url))], len(versions)))
 
 
+#: What admits a Binary read: read on Binary itself, or on DiagnosticReport (every Binary served is a report's).
+_BINARY_READ: tuple[tuple[str, Interaction], ...] = (("Binary", "read"), ("DiagnosticReport", "read"))
 _HISTORY_PARAMS = {*_READ_PARAMS, "_count", "_since", "_cursor"}
 
 
 def _history_query(api: _Api, request: Request) -> tuple[int, str | None, Cursor | None, list[tuple[str, str]]]:
     """``_count`` (clamped), ``_since`` (as a stored instant), ``_cursor``, and the parameters the links echo."""
     params = _read_params(request, _HISTORY_PARAMS)
-    count = params.get("_count", str(DEFAULT_COUNT))
+    count = params.get("_count") or str(DEFAULT_COUNT)  # an empty _count is ignored (R4 3.1.1.5)
     if not whole_number(count):
         raise ApiError(400, "invalid", f"_count must be a whole number, not {count!r}")
     since = params.get("_since")
@@ -405,7 +452,10 @@ async def _search(api: _Api, request: Request) -> Response:
         pairs = await _pairs(request, api.settings.max_search_body_bytes)
     except ApiError as exc:  # answered after the caller is admitted (again, for a GET, in one hop with the search)
         pairs, refused = [], exc
-    if refused is None and request.method == "POST" and not any(k == "_format" for k, _ in pairs):
+    body_format = next((v for k, v in pairs if k == "_format"), None) if request.method == "POST" else None
+    if body_format is not None:
+        request.state.fhir_format = body_format  # the answer's media type, as one in the query would say
+    if refused is None and request.method == "POST" and body_format is None:
         try:  # a POST is negotiated here, once its body is read: a _format in the body overrides Accept as well
             _check_accept(request)
         except ApiError as exc:
@@ -447,17 +497,17 @@ def _guarded(api: _Api, handler: Callable[[_Api, Request], Awaitable[Response]],
         try:
             if negotiated:
                 _check_accept(request)
-            return await handler(api, request)
+            return _as_negotiated(request, await handler(api, request))
         except ApiError as exc:
-            return outcome_response(exc)
+            return _as_negotiated(request, outcome_response(exc))
         except Exception as exc:
             # A write that could not commit (StoreUnavailable), or a read that could not reach the database
             # (server down or restarting, too many connections, pool exhausted): the client may try again.
             if not unavailable(exc):
                 raise
             log.error("FHIR request failed: the store is unavailable (%s)", type(exc).__name__)
-            return fhir_response(outcome("transient", "the store is unavailable; try again"), 503,
-                                 {"Retry-After": "5"})
+            return _as_negotiated(request, fhir_response(outcome("transient", "the store is unavailable; try again"),
+                                                         503, {"Retry-After": "5"}))
     return endpoint
 
 
@@ -465,12 +515,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     code = {404: "not-found", 405: "not-supported"}.get(status, "exception")
     text = {404: f"nothing is served at {request.url.path}", 405: f"{request.method} is not supported here"}
-    return fhir_response(outcome(code, text.get(status, "request failed")), status)
+    return _as_negotiated(request, fhir_response(outcome(code, text.get(status, "request failed")), status))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("FHIR request failed unexpectedly (%s)", type(exc).__name__, exc_info=exc)
-    return fhir_response(outcome("exception", "internal error; the server log has the details"), 500)
+    return _as_negotiated(request, fhir_response(outcome("exception", "internal error; the server log has the details"),
+                                                 500))
 
 
 def create_app(db: Database, gate: Gate, settings: ApiSettings, auth_routes: Sequence[Route] = ()) -> ASGIApp:

@@ -62,8 +62,8 @@ def _resource(module: Any) -> dict[str, Any]:
 #: Report documents (engine.fhir.binary): read only, by the URL a DiagnosticReport's presentedForm gives.
 _BINARY: dict[str, Any] = {
     "type": "Binary",
-    "documentation": "the documents of DiagnosticReport.presentedForm (a PDF report) by their url; read needs "
-                     "read on DiagnosticReport",
+    "documentation": "the documents of DiagnosticReport.presentedForm (a PDF report, a long report text) by "
+                     "their url; read needs read on Binary (system/Binary.r, .rs, .read) or on DiagnosticReport",
     "interaction": [{"code": "read", "documentation": "the document's own bytes (its contentType), or the Binary "
                                                       "resource when FHIR JSON is asked for (Accept or _format)"}],
 }

@@ -39,6 +39,7 @@ def smart_configuration(token_url: str, resource_types: Sequence[str]) -> dict[s
     supported = ["system/*.rs", "system/*.read"]
     for name in resource_types:
         supported += [f"system/{name}.rs", f"system/{name}.read"]
+    supported += ["system/Binary.r", "system/Binary.read"]  # report documents: read only (no search)
     return {
         "token_endpoint": token_url,
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post"],

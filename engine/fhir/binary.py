@@ -8,7 +8,9 @@ a client fetches the document when it wants it (R4 http.html#binary: the raw byt
 as FHIR JSON). The bytes are read from ``report_versions.attachments`` at each request, never stored twice;
 a document is served only while its report is (the report's DiagnosticReport is stored).
 
-The report's own text stays inline (``text/plain`` ``data``): it is the report, and small.
+The report's own text stays inline (``text/plain`` ``data``) up to :data:`INLINE_TEXT_BYTES`: it is the report, and
+usually a few KB. A larger text (a report system that sends megabytes of text) is named by URL as well, as document
+0 of its version (``Binary/report-<report>-<version>-0``), so a resource stays small whatever the report weighs.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ from engine.domain.report_documents import document_bytes
 from engine.domain.report_tables import report_versions
 from engine.fhir.tables import fhir_resources
 
-__all__ = ["DOCUMENT_TITLE", "Document", "attachment", "binary_id", "documents", "inline", "parse_id", "presented",
-           "read_document", "referenced"]
+__all__ = ["DOCUMENT_TITLE", "INLINE_TEXT_BYTES", "REPORT_TITLE", "Document", "attachment", "binary_id", "documents",
+           "inline", "parse_id", "presented", "read_document", "referenced", "report_text"]
 
 DOCUMENT_TITLE = "Radiology report document"
+REPORT_TITLE = "Radiology report"
+#: A report text longer than this (UTF-8 bytes) is served as a Binary, by URL, not inline in the DiagnosticReport.
+INLINE_TEXT_BYTES = 64 * 1024
+_TEXT_TYPE = "text/plain; charset=utf-8"
 #: An absolute URI: a scheme (RFC 3986 3.1), a colon, then something.
 _ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S")
 _ID = re.compile(r"^report-([0-9]{1,18})-([0-9]{1,9})-([0-9]{1,4})$")
@@ -125,6 +131,15 @@ def referenced(doc: dict[str, Any]) -> dict[str, Any]:
     return typed | {"title": f"{DOCUMENT_TITLE}: reference {pointer}{where}"}
 
 
+def report_text(report_pk: int | str, version: int, text: str) -> dict[str, Any]:
+    """The Attachment of a report version's text: inline ``data`` up to :data:`INLINE_TEXT_BYTES`, else by URL
+    (document 0 of the version, :func:`attachment`)."""
+    data = text.encode()
+    if len(data) <= INLINE_TEXT_BYTES:
+        return {"contentType": _TEXT_TYPE, "data": base64.b64encode(data).decode("ascii"), "title": REPORT_TITLE}
+    return attachment(report_pk, version, Document(0, _TEXT_TYPE, data)) | {"title": REPORT_TITLE}
+
+
 def presented(report_pk: int | str, version: int, attachments: str) -> list[dict[str, Any]]:
     """A report version's documents and references as Attachments, in the order received: an ED document by
     its ``Binary`` URL (:func:`attachment`), an RP reference by its own URL (:func:`referenced`)."""
@@ -145,11 +160,15 @@ def read_document(conn: Connection, res_id: str) -> tuple[str, Document] | None:
     report_pk, version, n = parsed
     r = fhir_resources.c
     served = select(r.id).where(r.res_type == "DiagnosticReport", r.res_id == str(report_pk)).exists()
-    attachments = conn.execute(select(report_versions.c.attachments).where(
+    column = report_versions.c.text if n == 0 else report_versions.c.attachments
+    stored = conn.execute(select(column).where(
         report_versions.c.report_pk == report_pk, report_versions.c.version == version, served)).scalar()
-    if not attachments:
+    if not stored:
         return None
-    found = next((d for d in documents(attachments) if d.n == n), None)
+    if n == 0:  # the report's text, served here only when too large to be inline (as its DiagnosticReport says)
+        data = stored.encode()
+        return (str(report_pk), Document(0, _TEXT_TYPE, data)) if len(data) > INLINE_TEXT_BYTES else None
+    found = next((d for d in documents(stored) if d.n == n), None)
     return (str(report_pk), found) if found is not None else None
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, and_, func, or_, select, tuple_
 
+from engine.fhir.query import MAX_PAGE_CHARS
 from engine.fhir.search import Stored
 from engine.fhir.tables import INSTANT_LENGTH, fhir_resources, fhir_versions
 
@@ -57,10 +58,12 @@ def parse_cursor(text: str) -> Cursor:
 
 
 def history_page(conn: Connection, res_type: str | None, count: int, since: str | None = None,
-                 after: Cursor | None = None) -> HistoryPage:
-    """Up to ``count`` versions of ``res_type`` (every type: None), stored at or after ``since``, before ``after``."""
+                 after: Cursor | None = None, max_chars: int = MAX_PAGE_CHARS) -> HistoryPage:
+    """Up to ``count`` versions of ``res_type`` (every type: None), stored at or after ``since``, before ``after``,
+    and, past the first, at most ``max_chars`` characters of their JSON (as a search page: the ``next`` cursor goes
+    on from the last version served, so paging still gives every version)."""
     v, r = fhir_versions.c, fhir_resources.c
-    statement = (select(r.id, r.res_type, r.res_id, v.version_id, v.last_updated, v.json)
+    statement = (select(r.id, r.res_type, r.res_id, v.version_id, v.last_updated, func.length(v.json).label("size"))
                  .join(fhir_resources, r.id == v.resource_pk)
                  .order_by(v.last_updated.desc(), v.resource_pk.desc(), v.version_id.desc()).limit(count + 1))
     if res_type is not None:
@@ -70,8 +73,17 @@ def history_page(conn: Connection, res_type: str | None, count: int, since: str 
     if after is not None:
         statement = statement.where(tuple_(v.last_updated, v.resource_pk, v.version_id)
                                     < tuple_(after.last_updated, after.resource_pk, after.version_id))
-    rows = conn.execute(statement).all()
+    keys = statement.subquery()
+    newest_first = (keys.c.last_updated.desc(), keys.c.id.desc(), keys.c.version_id.desc())
+    sized = select(keys, func.sum(keys.c.size).over(order_by=newest_first).label("upto"),
+                   func.count().over().label("n_rows")).subquery()
+    s = sized.c
+    rows = conn.execute(select(s.id, s.res_type, s.res_id, s.version_id, s.last_updated, v.json, s.n_rows)
+                        .join(fhir_versions, and_(v.resource_pk == s.id, v.version_id == s.version_id))
+                        .where(or_(s.upto <= max_chars, s.upto == s.size))
+                        .order_by(s.last_updated.desc(), s.id.desc(), s.version_id.desc())).all()
     versions = [Stored(int(row[0]), row[1], row[2], int(row[3]), row[4], row[5]) for row in rows[:count]]
     last = versions[-1] if versions else None
-    following = Cursor(last.last_updated, last.pk, last.version_id) if last and len(rows) > count else None
+    more = bool(rows) and (len(rows) > count or len(rows) < int(rows[0][6]))
+    following = Cursor(last.last_updated, last.pk, last.version_id) if last and more else None
     return HistoryPage(versions, following)

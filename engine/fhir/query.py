@@ -33,6 +33,9 @@ MAX_CONDITIONS = 16
 #: Resources ``_revinclude`` may add to one page (a patient's ``_revinclude`` of every study it has
 #: is otherwise unbounded); past it the search is refused rather than silently cut short.
 MAX_INCLUDED = 1000
+#: Characters of resource JSON a search page's matches may hold (past its first match, served whatever its size):
+#: a page of 50 text reports of 5 MB each was one 250 MB response. A page cut short has a ``next`` link.
+MAX_PAGE_CHARS = 8 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ELEMENT = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
@@ -150,8 +153,26 @@ def _local(text: str, bases: tuple[str, ...]) -> str | None:
     return None
 
 
+def _unversioned(text: str, param: Param) -> str:
+    """A reference value without its version (``Patient/1/_history/2``, relative or absolute, is ``Patient/1``).
+
+    radbridge's references are never version specific: each names the resource, whose versions are all versions
+    of it, so a versioned value matches the resources that refer to that resource, whatever the version (a version
+    it never had included: this server does not look versions up to match a reference). A ``_history`` part that
+    names no version is not a reference (400).
+    """
+    head, marker, version = text.rstrip("/").rpartition("/_history/")
+    if not marker:
+        return text
+    if not whole_number(version) or len(version) > 9 or not head:
+        raise SearchError(f"{param.name}: {text!r} is not a reference (Type/id, or Type/id/_history/version)")
+    return head
+
+
 def _reference(text: str, param: Param, type_modifier: str, bases: tuple[str, ...] = ()) -> str | None:
-    """``Type/id`` for a reference value; None for an absolute URL of another server (it matches nothing here)."""
+    """``Type/id`` for a reference value (a version in it ignored, :func:`_unversioned`); None for an absolute URL
+    of another server (it matches nothing here)."""
+    text = _unversioned(text, param)
     if _ABSOLUTE.match(text):
         local = _local(text, bases)
         if local is None:
@@ -229,6 +250,8 @@ def _include(plan: Plan, raw: str, reverse: bool) -> None:
 def _control(plan: Plan, name: str, value: str) -> bool:
     """Apply a result parameter (``_count`` …); False if ``name`` is not one."""
     if name == "_count":
+        if value == "":
+            return True  # R4 3.1.1.5: a parameter without a value is ignored (the default count)
         plan.count = _count(value)
     elif name == "_cursor":
         if not whole_number(value) or len(value) > 18:

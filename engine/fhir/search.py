@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, func, not_, or_, select, tuple_
 
-from engine.fhir.query import MAX_INCLUDED, Condition, DateValue, Plan, SearchError, TokenValue
+from engine.fhir.query import MAX_INCLUDED, MAX_PAGE_CHARS, Condition, DateValue, Plan, SearchError, TokenValue
 from engine.fhir.resources.common import normalise
 from engine.fhir.tables import fhir_dates, fhir_refs, fhir_resources, fhir_strings, fhir_tokens, fhir_versions
 from engine.store.fast import FastStatement
@@ -204,8 +204,12 @@ def _included(conn: Connection, plan: Plan, matches: list[Stored]) -> list[Store
     return [s for pk, s in sorted(found.items()) if pk not in seen]
 
 
-def run(conn: Connection, plan: Plan) -> Page:
+def run(conn: Connection, plan: Plan, max_chars: int = MAX_PAGE_CHARS) -> Page:
     """The page of ``plan`` after its cursor, with the total number of matches.
+
+    A page holds at most ``plan.count`` matches and, past its first, at most ``max_chars`` characters of their
+    JSON: 500 reports of a few MB each would otherwise be one response of GBs, built in memory. A page cut short
+    by size has a next page (its cursor after the last match served), so paging still gives every match.
 
     The page's keys and its rows come in one statement: ``count + 1`` keys after the
     cursor (one more than the page says whether there is a next page), joined to their
@@ -217,9 +221,17 @@ def run(conn: Connection, plan: Plan) -> Page:
         return Page([], [], total, None)
     keys = (select(key.label("pk")).distinct().where(*filters, key > plan.cursor).order_by(key)
             .limit(plan.count + 1).subquery())
-    rows = conn.execute(select(*_COLUMNS).join(keys, r.id == keys.c.pk).order_by(r.id)).all()
+    size = func.length(r.json)
+    sized = (select(r.id.label("pk"), size.label("size"), func.sum(size).over(order_by=r.id).label("upto"),
+                    func.count().over().label("n_keys"))
+             .join(keys, r.id == keys.c.pk).subquery())
+    # The page's resources up to MAX_PAGE_CHARS of JSON (the first always, however large): a running sum, so what is
+    # left out is never read; the next page starts after the last one served.
+    rows = conn.execute(select(*_COLUMNS, sized.c.n_keys).join(sized, r.id == sized.c.pk)
+                        .where(or_(sized.c.upto <= max_chars, sized.c.upto == sized.c.size)).order_by(r.id)).all()
     matches = [_stored(row) for row in rows[:plan.count]]
-    next_cursor = matches[-1].pk if len(rows) > plan.count else None
+    more = bool(rows) and (len(rows) > plan.count or len(rows) < int(rows[0][6]))
+    next_cursor = matches[-1].pk if more else None
     return Page(matches, _included(conn, plan, matches), total, next_cursor)
 
 

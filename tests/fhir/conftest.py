@@ -73,6 +73,11 @@ def resources_in(document: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+#: The media types a FHIR JSON answer may carry: the one the client's Accept (or _format) prefers.
+JSON_ANSWERS = ("application/fhir+json; charset=utf-8", "application/json; charset=utf-8",
+                "application/json+fhir; charset=utf-8")
+
+
 @dataclass
 class FhirHttp:
     """An HTTP client of one engine's API that schema-checks every resource it receives."""
@@ -87,7 +92,7 @@ class FhirHttp:
                                  **kwargs)
         assert response.status_code != 500, response.text
         if response.content:
-            assert response.headers["content-type"] == "application/fhir+json; charset=utf-8"
+            assert response.headers["content-type"] in JSON_ANSWERS, response.headers["content-type"]
             for resource in resources_in(response.json()):
                 assert self.schema.errors(resource) == [], (resource, self.schema.errors(resource))
         return response

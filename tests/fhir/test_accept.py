@@ -71,3 +71,46 @@ def test_a_format_in_a_search_body_overrides_the_accept_header(api: FhirHttp, se
         assert response.status_code == status, (accept, fmt, response.text)
         if status == 200:
             assert response.json()["total"] == 1
+
+
+@pytest.mark.parametrize(("accept", "answered"), [
+    ("application/fhir+json;q=0, application/json", "application/json"),
+    ("application/json", "application/json"),
+    ("application/json, application/fhir+json;q=0.5", "application/json"),
+    ("application/json+fhir", "application/json+fhir"),
+    ("application/fhir+json;q=0, */*", None),  # 406 (as before), its OperationOutcome in a type */* accepts
+    ("application/fhir+json;q=0", None),  # 406, and nothing JSON is acceptable: the OperationOutcome as FHIR JSON
+    ("application/json;q=0.5, application/fhir+json", "application/fhir+json"),
+    ("application/json, application/fhir+json", "application/fhir+json"),  # a tie: FHIR's own name
+    ("*/*", "application/fhir+json"),
+    ("application/*", "application/fhir+json"),
+])
+def test_the_answer_is_in_a_media_type_the_client_accepts(api: FhirHttp, seeded: str, accept: str,
+                                                           answered: str | None) -> None:
+    """fhirfix6: 'Accept: application/fhir+json;q=0, application/json' was answered 200 with Content-Type
+    application/fhir+json, the one type the client had refused; every answer (read, search, history, metadata,
+    errors) now comes in the JSON type the client prefers."""
+    paths = [*_paths(seeded), f"ImagingStudy/{seeded}/_history/1", "ImagingStudy?status=nonsense-modifier:x",
+             "ImagingStudy?bogus=1", "ImagingStudy/no-such-study", "Nothing/1", "fhir-nothing/a/b/c/d"]
+    for path in paths:
+        response = api.get(path, headers={"Accept": accept})
+        assert response.status_code in (200, 400, 404, 406), (path, response.status_code)
+        expected = answered or ("application/json" if "*/*" in accept else "application/fhir+json")
+        assert response.headers["content-type"] == f"{expected}; charset=utf-8", (path, accept, response.status_code)
+        if answered is None:
+            assert response.status_code == 406 or path.startswith("fhir-nothing"), path  # no route: 404 first
+
+
+def test_a_format_names_the_answers_media_type(api: FhirHttp, seeded: str) -> None:
+    for path in _paths(seeded):
+        for fmt, answered in (("json", "application/fhir+json"), ("application/json", "application/json"),
+                              ("application/fhir+json", "application/fhir+json")):
+            response = api.get(path, params={"_format": fmt}, headers={"Accept": "application/fhir+json;q=0"})
+            assert response.headers["content-type"] == f"{answered}; charset=utf-8", (path, fmt)
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/fhir+json"}
+    body = f"identifier=urn:oid:{seeded}&_format=application/json"
+    response = api.request("POST", "ImagingStudy/_search", content=body, headers=form)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json; charset=utf-8"
+    response = api.request("POST", "ImagingStudy/_search", content=f"identifier=urn:oid:{seeded}",
+                           headers={**form, "Accept": "application/fhir+json;q=0, application/json"})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json; charset=utf-8"

@@ -142,6 +142,10 @@ TOKENS = {
     "reports-v1": Principal("results-v1", frozenset({"system/DiagnosticReport.read"})),
     "report-search-only": Principal("searcher", frozenset({"system/DiagnosticReport.s"})),
     "binary-only": Principal("binaries", frozenset({"system/Binary.rs"})),
+    "binary-v1": Principal("binaries-v1", frozenset({"system/Binary.read"})),
+    "binary-r": Principal("binaries-r", frozenset({"system/Binary.r"})),
+    "everything-v1": Principal("everything", frozenset({"system/*.read"})),
+    "binary-search-only": Principal("binary-searcher", frozenset({"system/Binary.s"})),
     "studies": Principal("studies", frozenset({"system/ImagingStudy.rs"})),
 }
 
@@ -170,8 +174,11 @@ def test_a_wildcard_that_refuses_the_documents_type_still_gets_the_binary_resour
     assert api.get(url, headers={"Accept": "application/pdf;q=0, application/fhir+json;q=0, */*"}).status_code == 406
 
 
-def test_the_pdf_needs_read_on_diagnostic_report_and_is_audited(secured: InProcessEngine,
-                                                                r4_schema: R4Schema) -> None:
+def test_the_pdf_needs_read_on_binary_or_diagnostic_report_and_is_audited(secured: InProcessEngine,
+                                                                          r4_schema: R4Schema) -> None:
+    """A SMART backend client asks for system/Binary.read (v1) or system/Binary.rs/.r (v2) to fetch documents: it
+    was refused (403, only DiagnosticReport read admitted a Binary read). Read on Binary or on the report admits it;
+    search alone, or another type, does not; every read is audited with the client that made it."""
     def client(token: str | None) -> FhirHttp:
         return FhirHttp(secured.base, r4_schema, {"Authorization": f"Bearer {token}"} if token else {})
 
@@ -179,16 +186,31 @@ def test_the_pdf_needs_read_on_diagnostic_report_and_is_audited(secured: InProce
     url = _pdf_form(report)["url"]
     assert client(None).get(url).status_code == 401
     assert client("not-a-token").get(url).status_code == 401
-    for token in ("report-search-only", "binary-only", "studies"):
+    for token in ("report-search-only", "binary-search-only", "studies"):
         refused = client(token).get(url)
         assert refused.status_code == 403, token
         assert "insufficient_scope" in refused.headers["www-authenticate"]
     assert client("reports-v1").get(url, params={"_format": "json"}).json()["resourceType"] == "Binary"
-    raw = httpx.get(f"{secured.base}/{url}", headers={"Authorization": "Bearer reports"}, timeout=30)
-    assert raw.status_code == 200 and raw.content == PDF
+    allowed = ("reports", "binary-only", "binary-v1", "binary-r", "everything-v1")
+    for token in allowed:
+        raw = httpx.get(f"{secured.base}/{url}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert raw.status_code == 200 and raw.content == PDF, token
     assert secured.runtime is not None and secured.runtime.db is not None
     rows = secured.runtime.db.read(lambda c: c.execute(
         select(audit_events).where(audit_events.c.object_type == "Binary").order_by(audit_events.c.id)).all())
-    assert [(r.actor, r.action, r.object_id) for r in rows] == [("results-v1", "fhir.read", url.split("/")[1]),
-                                                                ("results", "fhir.read", url.split("/")[1])]
+    assert [(r.actor, r.action, r.object_id) for r in rows] == [
+        (TOKENS[t].client_id, "fhir.read", url.split("/")[1]) for t in ("reports-v1", *allowed)]
     assert json.loads(rows[0].detail)["resources"] == [url, f"DiagnosticReport/{report['id']}"]
+
+
+def test_a_binary_as_fhir_json_comes_in_the_json_type_the_client_accepts(api: FhirHttp, reported: list[str]) -> None:
+    """fhirfix6: 'Accept: application/fhir+json;q=0, application/json' got the Binary resource labelled
+    application/fhir+json, the type it refused."""
+    bundle = api.get("DiagnosticReport", params={"identifier": reported[2]}).json()
+    url = _pdf_form(bundle["entry"][0]["resource"])["url"]
+    for accept, answered in (("application/fhir+json;q=0, application/json", "application/json"),
+                             ("application/json", "application/json"),
+                             ("application/fhir+json", "application/fhir+json")):
+        response = api.get(url, headers={"Accept": accept})
+        assert response.headers["content-type"] == f"{answered}; charset=utf-8", accept
+        assert base64.b64decode(response.json()["data"]) == PDF

@@ -376,3 +376,39 @@ def test_a_downgrade_below_0026_puts_the_documents_inline_again(db: Database) ->
     upgrade(db.write_engine)
     assert db.read(lambda c: c.execute(report).one()) == current
     assert db.read(lambda c: c.execute(of_report).all()) == versions
+
+
+def test_0028_names_a_stored_large_report_text_by_url_and_its_downgrade_inlines_it_again(db: Database) -> None:
+    """fhirfix6: the projector names a report text over 64 KiB by URL (Binary …-0); versions stored before keep
+    it inline (a report is not rebuilt while it does not change), so 0028 rewrites them in place to exactly what
+    the projector writes now, and its downgrade puts the text inline again as the code before it wrote it."""
+    import hashlib
+
+    long_text = "Corrected findings: " + "no acute abnormality. " * 4000  # about 88 KB
+    db.writer.call(_seed)
+    _apply(db, _report("F", "Findings: short."))
+    _apply(db, _report("C", long_text), 1)
+    project_all(db, SETTINGS)
+    report, of_report, current, versions = _stored_report(db)
+    assert "data" in json.loads(versions[0][1])["presentedForm"][0]  # a short text stays inline
+    latest = json.loads(current.json)["presentedForm"][0]
+    assert latest["url"] == "Binary/report-1-2-0" and "data" not in latest
+    assert json.loads(versions[1][1])["presentedForm"][0] == latest
+
+    with db.write_engine.begin() as conn:
+        cfg = alembic_config(db.url)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0027")
+    old = db.read(lambda c: c.execute(report).one())
+    inline_form = json.loads(old.json)["presentedForm"][0]
+    assert base64.b64decode(inline_form["data"]).decode().strip() == long_text.strip()
+    assert inline_form["creation"] == latest["creation"] and "url" not in inline_form
+    body = {k: value for k, value in json.loads(old.json).items() if k != "meta"}
+    assert old.content_hash == hashlib.sha256(dumps(body).encode()).hexdigest()
+    stored = db.read(lambda c: c.execute(of_report).all())
+    assert stored[0] == versions[0] and json.loads(stored[1].json)["presentedForm"][0] == inline_form
+    upgrade(db.write_engine)
+    assert db.read(lambda c: c.execute(report).one()) == current
+    assert db.read(lambda c: c.execute(of_report).all()) == versions
+    found = db.read(lambda c: read_document(c, "report-1-2-0"))
+    assert found is not None and found[1].data.decode().strip() == long_text.strip()

@@ -98,3 +98,58 @@ def test_a_reference_to_another_server_matches_nothing_on_both_backends(db: Data
     assert total("http://ris.example/fhir/Patient/2") == STUDIES // 3
     assert total("http://other.example/fhir/Patient/2") == 0
     assert total("http://other.example/fhir/Patient/2,Patient/3") == STUDIES // 3
+
+
+def test_a_page_stops_at_its_size_limit_and_the_next_pages_give_every_match_on_both_backends(db: Database) -> None:
+    # fhirfix6: a page held _count matches whatever their size (50 reports of 5 MB: one 250 MB response). Each
+    # stored study here is 10-12 characters of JSON; at most 25 characters a page is two matches (one when the
+    # first alone is larger), and the pages after it still give every match once, in order.
+    _seed(db)
+    pairs = [("modality", "CT"), ("_count", "10")]
+    seen: list[str] = []
+    cursor, pages = 0, 0
+    while True:
+        plan = parse("ImagingStudy", [*pairs, ("_cursor", str(cursor))] if cursor else pairs, UTC)
+        page = db.read(lambda c, plan=plan: search.run(c, plan, max_chars=25))
+        assert page.total == STUDIES // 2 and 1 <= len(page.matches) <= 2
+        assert sum(len(m.json) for m in page.matches) <= 25 or len(page.matches) == 1
+        seen += [m.res_id for m in page.matches]
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [f"s{n}" for n in range(2, STUDIES + 1, 2)]
+    one = db.read(lambda c: search.run(c, parse("ImagingStudy", pairs, UTC), max_chars=1))
+    assert len(one.matches) == 1 and one.next_cursor == one.matches[0].pk  # one match larger than the limit: alone
+    whole = db.read(lambda c: search.run(c, parse("ImagingStudy", pairs, UTC)))
+    assert len(whole.matches) == 10  # the default limit leaves small resources to _count
+
+
+def test_a_history_page_stops_at_its_size_limit_and_the_next_pages_give_every_version_on_both_backends(
+        db: Database) -> None:
+    # fhirfix6: a type-level _history page held _count versions whatever their size (500 versions of 5 MB reports:
+    # 2.5 GB in one response). 30 resources of 3 versions each, 20 characters of JSON a version, 50 a page.
+    from engine.fhir.history import history_page
+    from engine.fhir.tables import fhir_versions
+
+    def write(conn: Any) -> None:
+        conn.execute(insert(fhir_resources), [
+            {"id": n, "res_type": "Patient", "res_id": f"p{n}", "version_id": 3,
+             "last_updated": f"2026-12-06T00:00:{n:02d}.000003Z", "content_hash": "h", "json": "{}"}
+            for n in range(1, 31)])
+        conn.execute(insert(fhir_versions), [
+            {"resource_pk": n, "version_id": k, "last_updated": f"2026-12-06T00:00:{n:02d}.00000{k}Z",
+             "json": f'{{"id":"p{n:02d}","v":"{k}"}}'[:20].ljust(20)} for n in range(1, 31) for k in (1, 2, 3)])
+    db.writer.call(write)
+    seen: list[tuple[str, int]] = []
+    cursor = None
+    while True:
+        page = db.read(lambda c, after=cursor: history_page(c, "Patient", 10, None, after, max_chars=50))
+        assert 1 <= len(page.versions) <= 2 and sum(len(s.json) for s in page.versions) <= 50
+        seen += [(s.res_id, s.version_id) for s in page.versions]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [(f"p{n}", k) for n in range(30, 0, -1) for k in (3, 2, 1)]
+    whole = db.read(lambda c: history_page(c, "Patient", 10))
+    assert len(whole.versions) == 10 and whole.next_cursor is not None

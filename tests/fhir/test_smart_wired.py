@@ -99,3 +99,43 @@ def test_a_wrong_secret_gets_no_token(smart_engine: tuple[InProcessEngine, dict[
                         data={"grant_type": "client_credentials", "scope": "system/ImagingStudy.rs"},
                         auth=(client["client_id"], "wrong"))
     assert answer.status_code == 401 and answer.json()["error"] == "invalid_client"
+
+
+def test_a_client_registered_for_binary_reads_report_documents(
+        smart_engine: tuple[InProcessEngine, dict[str, str]]) -> None:
+    """fhirfix6: a backend client that registers and asks for system/Binary.read (the scope for fetching a
+    presentedForm.url) got a token but a 403 for every document (only DiagnosticReport read admitted it)."""
+    import base64
+    import contextlib
+    import io
+
+    from sqlalchemy import select
+
+    from engine.fhir.tables import fhir_resources
+    from engine.store.schema import audit_events
+
+    from .messages import oru
+
+    engine, _ = smart_engine
+    assert engine.runtime is not None and engine.runtime.db is not None
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli(["--config", str(engine.root / "config"), "clients", "add", "documents", "--scope",
+                    "system/Binary.read", "--secret", "--json"]) == 0
+    client = json.loads(out.getvalue())
+    pdf = b"%PDF-1.4\nsmart binary\n%%EOF\n"
+    obx = f"OBX|2|ED|PDF^Report PDF||^AP^PDF^Base64^{base64.b64encode(pdf).decode()}||||||F"
+    assert engine.report(oru(701, "SW1-R1", "F", "No acute finding.").rstrip("\r") + "\r" + obx + "\r") == ["AA"]
+    engine.settle()
+    report = engine.runtime.db.read(lambda c: c.execute(select(fhir_resources.c.res_id).where(
+        fhir_resources.c.res_type == "DiagnosticReport")).scalar_one())
+    root = f"http://127.0.0.1:{engine.http_port}"
+    granted = _token(root, client, "system/Binary.read").json()
+    assert granted["scope"] == "system/Binary.read"
+    bearer = {"Authorization": f"Bearer {granted['access_token']}"}
+    document = httpx.get(f"{engine.base}/Binary/report-{report}-1-1", headers=bearer)
+    assert document.status_code == 200 and document.content == pdf, document.text
+    assert httpx.get(f"{engine.base}/DiagnosticReport/{report}", headers=bearer).status_code == 403
+    actors = engine.runtime.db.read(lambda c: c.execute(select(audit_events.c.actor).where(
+        audit_events.c.object_type == "Binary")).scalars().all())
+    assert actors == [client["client_id"]]

@@ -21,14 +21,14 @@ What each element comes from:
 * ``effectiveDateTime`` OBR-7 (site zone), ``issued`` when radbridge stored the version;
 * ``performer`` / ``resultsInterpreter``: OBR-32 (display and identifier; radbridge
   serves no Practitioner);
-* ``conclusion`` the impression lines, ``presentedForm`` the whole text (text/plain, UTF-8),
-  then each document the version carried (OBX ED: a PDF ...) with its MIME type, by URL: a
-  ``Binary`` served from the report tables (:mod:`engine.fhir.binary`), never inline.
+* ``conclusion`` the impression lines, ``presentedForm`` the whole text (text/plain, UTF-8; by URL
+  as ``Binary/report-<report>-<version>-0`` past :data:`~engine.fhir.binary.INLINE_TEXT_BYTES`), then each
+  document the version carried (OBX ED: a PDF ...) with its MIME type, by URL: a ``Binary`` served from the
+  report tables (:mod:`engine.fhir.binary`), never inline.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,7 +36,7 @@ from sqlalchemy import Connection, select
 
 from engine.domain.report_tables import report_versions, reports
 from engine.domain.tables import orders, studies
-from engine.fhir.binary import presented
+from engine.fhir.binary import presented, report_text
 from engine.fhir.instant import dicom_datetime, instant, search_range
 from engine.fhir.model import Built, FhirSettings, Param, Version, identifier_system
 from engine.fhir.resources.common import human_name, ids, reference, type_coding
@@ -160,9 +160,8 @@ def _body(order: Any, report: Any, version: Any, settings: FhirSettings, acquire
         built.refs += [("imagingStudy", f"ImagingStudy/{uid}") for uid in uids]
     if version.conclusion.strip():
         body["conclusion"] = version.conclusion
-    text = base64.b64encode(version.text.encode()).decode("ascii")
-    forms = [{"contentType": "text/plain; charset=utf-8", "data": text, "title": "Radiology report",
-              "creation": body["issued"]}] if version.text.strip() else []
+    forms = [report_text(report.id, int(version.version), version.text) | {"creation": body["issued"]}
+             ] if version.text.strip() else []
     forms += [form | {"creation": body["issued"]} for form in presented(report.id, int(version.version),
                                                                           version.attachments)]
     if forms:
