@@ -387,6 +387,7 @@ def test_kill_9_after_the_aa_loses_neither_the_report_nor_its_oru_to_the_ehr(
         """)
     try:
         engine_process.start(wait_port=reports_port)
+        wait_for_port(orders_port, proc=engine_process.proc)  # the channels open one after the other
         assert send_all(orders_port, [orm("PLK1", "ACCK1")])[0].code == "AA"
         assert send_all(reports_port, [oru("RPLK1", "PLK1", "F", ["Survives."])])[0].code == "AA"
         engine_process.kill()
