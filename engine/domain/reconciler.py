@@ -32,6 +32,7 @@ from engine.domain.reconcile import (
     order_rows,
     patient_conflict,
     patient_input,
+    study_patient,
 )
 from engine.domain.studies import renamed_patient, resolve_dicom_patient
 from engine.domain.tables import studies
@@ -153,12 +154,18 @@ class Reconciler:
         """The order, a patient conflict, and the values to write: the order's, or, for an image no order
         matches whose Patient ID an A40 merged away or an A47 replaced, its surviving patient's (the
         same values a correction of its study would write: a late image of a trauma case shows the
-        real patient at once, not after the next ADT)."""
+        real patient at once, not after the next ADT), or for an image without a Patient ID of a stored
+        study of a known patient, that patient's."""
         match = find_order(conn, keys, now, self.policy) if self.mapping is not None else None
         conflict = patient_conflict(conn, keys, match)
         if match is not None:
             return match, conflict, self.target(conn, match)
-        survivor = renamed_patient(conn, keys.patient_id, keys.issuer_of_patient_id) if self.mapping else None
+        if self.mapping is None:
+            return None, conflict, {}
+        if keys.patient_id:
+            survivor = renamed_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
+        else:  # no Patient ID: a later image of a study of a known patient takes that patient's identity
+            survivor = study_patient(conn, keys.study_instance_uid) if keys.study_instance_uid else None
         return None, conflict, (self.patient_target(conn, survivor) if survivor is not None else {})
 
     def prepare(self, spool: BinaryIO, offset: int, enc: Encoding | None, attrs: InstanceAttributes,
@@ -224,8 +231,8 @@ class Reconciler:
     @staticmethod
     def _log(attrs: InstanceAttributes, match: OrderMatch | None, changed: tuple[str, ...]) -> None:
         if match is None:
-            log.info("C-STORE %s: no order matched; its Patient ID was merged or replaced: coerced %s to the"
-                     " surviving patient", attrs.sop_instance_uid, ",".join(changed))
+            log.info("C-STORE %s: no order matched; its Patient ID was merged, replaced or absent: coerced %s to"
+                     " its patient", attrs.sop_instance_uid, ",".join(changed))
             return
         log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
                  match.matched_by, ",".join(changed))
