@@ -48,6 +48,7 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom._uid_dict import UID_dictionary
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
 from sqlalchemy import Connection
@@ -68,11 +69,12 @@ from engine.domain.instances import (
     IndexOutcome,
     InstanceAttributes,
     QuarantineRecord,
+    SeriesConflict,
     StoredFile,
     is_valid_uid,
     record_quarantine,
 )
-from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler
+from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler, SeriesElsewhere
 from engine.domain.routing import forwarding_destinations
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
 from engine.reconcile.rewrite import (
@@ -131,10 +133,25 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "instance_mismatch": (0xC221, "SOPInstanceUID differs from the command's Affected SOP Instance UID"),
     "class_mismatch": (0xA900, "SOPClassUID differs from the command's or the presentation context's"),
     "patient_mismatch": (0xC230, "the Patient ID is not the study's patient's (reconcile.patient_id_mismatch)"),
+    "series_conflict": (0xC240, "the Series Instance UID is filed under another study (a series is never split"
+                                " across two studies)"),
     # Not a fault of the data set: an error the service did not foresee (a defect). Answered and kept
     # like a refusal, so that the image is not lost and `radbridge status` shows it.
     "processing_failure": (PROCESSING_FAILURE, "processing failure: an unexpected error in the storage service"
                                                " (the log has it)"),
+}
+
+#: The Error Comment (0000,0902; LO, at most 64 characters) of each refusal's response: what was wrong,
+#: without patient data (the detail, which may hold a value of the data set, goes to the log and the
+#: quarantine row only).
+ERROR_COMMENTS: dict[str, str] = {
+    "unparsable": "data set cannot be parsed",
+    "missing_uid": "SOP Instance, Study or Series Instance UID missing or invalid",
+    "instance_mismatch": "SOP Instance UID differs from Affected SOP Instance UID",
+    "class_mismatch": "SOP Class UID differs from the command's or the context's",
+    "patient_mismatch": "Patient ID differs from the stored study's patient's",
+    "series_conflict": "Series Instance UID already filed under another study",
+    "processing_failure": "processing failure in the storage service",
 }
 
 _HEAD = 1 << 16
@@ -322,26 +339,32 @@ class StorageService:
         self.primary.prepare()
         self.quarantine.prepare()
 
-    def on_store(self, event: Any) -> int:
-        """``EVT_C_STORE`` handler: the response status (0xC210 for a request that carried no data set)."""
+    def on_store(self, event: Any) -> int | Dataset:
+        """``EVT_C_STORE`` handler: the response status (0xC210 for a request that carried no data set), with
+        its Error Comment when there is one."""
         with idle_timer_paused(event.assoc):  # our store's time is not the peer's idleness
             return self._on_store(event)
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Any) -> int | Dataset:
         if event.dataset_path is None:  # CommandDataSetType 0x0101: nothing arrived, nothing to keep
             log.info("C-STORE %s from %s refused (0x%04X): the request carries no data set",
                      event.request.AffectedSOPInstanceUID, str(event.assoc.requestor.ae_title).strip(),
                      REFUSALS["unparsable"][0])
-            return REFUSALS["unparsable"][0]
+            return _status(REFUSALS["unparsable"][0], "the request carries no data set")
         request = StoreRequest(
             Path(event.dataset_path), str(event.request.AffectedSOPClassUID or ""),
             str(event.request.AffectedSOPInstanceUID or ""), str(event.context.abstract_syntax),
             str(event.context.transfer_syntax), str(event.assoc.requestor.ae_title).strip(),
         )  # fmt: skip
-        return self.store(request)
+        return _status(*self.answer(request))
 
     def store(self, request: StoreRequest) -> int:
         """Store one request durably and index it; the DIMSE status to answer."""
+        return self.answer(request)[0]
+
+    def answer(self, request: StoreRequest) -> tuple[int, str]:
+        """:meth:`store`, with the Error Comment to answer beside the status ("" on success and for the
+        out-of-resources and duplicate statuses)."""
         now = self.clock()
         self._sweep(time.time())
         failed = spool_failure(request.spool)
@@ -349,7 +372,7 @@ class StorageService:
             log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s (%s) in %s",
                       request.sop_instance_uid, request.calling_ae, errno.errorcode.get(failed.errno or 0, failed),
                       failed.strerror, Path(request.spool).parent)  # which file system, for the operator
-            return OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES, ""
         # The data set's hash and the spool's fsync run while it is checked and matched; the hash is
         # waited for before the spool is staged (or changed), the fsync before the file is named.
         streamed = request.streamed
@@ -357,13 +380,13 @@ class StorageService:
         ahead = self.primary.flush_ahead(request.spool) if streamed is not None else None
         try:
             with open(request.spool, "rb") as spool:
-                return self._store(spool, request, now, ahead, hashing)
+                return self._store(spool, request, now, ahead, hashing), ""
         except _Refused as refused:
             return self._quarantine(request, refused, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
             log.error("C-STORE %s from %s refused, out of resources: %s",
                       request.sop_instance_uid, request.calling_ae, exc)
-            return OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES, ""
         except Exception as exc:  # unforeseen: the traceback in the log, what arrived in quarantine
             log.exception("C-STORE %s from %s: the storage service failed", request.sop_instance_uid,
                           request.calling_ae)
@@ -384,7 +407,7 @@ class StorageService:
         if hashing is not None:  # before anything reads the hash or changes the spool
             request = dataclasses.replace(request, streamed=StreamedFile(hashing.size, hashing.wait()))
             prepared.received(request.streamed.sha256)  # type: ignore[union-attr]
-        attrs = prepared.attrs
+        received, attrs = attrs, prepared.attrs
         meta = encode_file_meta(attrs.sop_class_uid, attrs.sop_instance_uid, request.transfer_syntax_uid,
                                 request.calling_ae)
         if prepared.received_sha256():  # coerced: the spool given its new head in place, or a copy
@@ -396,17 +419,23 @@ class StorageService:
         stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
         names = [f"{stem}.dcm", f"{stem}.{staged.sha256[:16]}.dcm"]
         path, created = self.primary.place(staged, names)
+        received_study = received.study_instance_uid if received.study_instance_uid != attrs.study_instance_uid else ""
         stored = StoredFile(self.primary.name, path, staged.size, staged.sha256, request.transfer_syntax_uid,
-                            request.calling_ae, now, prepared.received_sha256())
+                            request.calling_ae, now, prepared.received_sha256(), received_study)
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
         # One transaction (engine.domain.ingest): indexed, linked to its order, its copies recorded
         # and owed, and queued for each forwarding destination.
-        outcome, queued = self._commit(functools.partial(
-            index_received, attrs=attrs, stored=stored, policy=self.policy, match=prepared.match,
-            strict=self.reconciling, meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate,
-            destinations=self.forwards, now=now))
+        try:
+            outcome, queued = self._commit(functools.partial(
+                index_received, attrs=attrs, stored=stored, policy=self.policy, match=prepared.match,
+                strict=self.reconciling, meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate,
+                destinations=self.forwards, now=now))
+        except SeriesConflict as exc:  # raced an image of the series under another study (checked before)
+            if created:
+                self.primary.discard(self.primary.path(path))
+            raise _Refused("series_conflict") from exc
         if queued and self.on_queued is not None:
             self.on_queued()
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
@@ -434,6 +463,8 @@ class StorageService:
                                            request.calling_ae, now, header, known)
         except PatientMismatch as exc:
             raise _Refused("patient_mismatch", str(exc)) from exc
+        except SeriesElsewhere as exc:
+            raise _Refused("series_conflict") from exc
 
     def _stage(self, request: StoreRequest, head: bytes, meta: bytes, dataset: BinaryIO,
                ahead: FlushAhead | None) -> StagedFile:
@@ -486,8 +517,9 @@ class StorageService:
         self.primary.sweep(ABANDONED_AFTER_SECONDS, wall)
         self.quarantine.sweep(ABANDONED_AFTER_SECONDS, wall)
 
-    def _quarantine(self, request: StoreRequest, refused: _Refused, now: datetime) -> int:
-        """Keep what arrived (if anything) with an index row; the refusal's status in any case."""
+    def _quarantine(self, request: StoreRequest, refused: _Refused, now: datetime) -> tuple[int, str]:
+        """Keep what arrived (if anything) with an index row; the refusal's status and Error Comment in any
+        case."""
         status, meaning = REFUSALS[refused.key]
         reason = f"{meaning}: {refused.detail}" if refused.detail else meaning
         log.info("C-STORE %s from %s refused (0x%04X): %s", request.sop_instance_uid, request.calling_ae,
@@ -496,7 +528,7 @@ class StorageService:
             self._keep(request, status, reason, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
             log.error("C-STORE %s: the refused dataset could not be quarantined: %s", request.sop_instance_uid, exc)
-        return status
+        return status, ERROR_COMMENTS[refused.key]
 
     def _keep(self, request: StoreRequest, status: int, reason: str, now: datetime) -> None:
         with open(request.spool, "rb") as spool:
@@ -510,6 +542,16 @@ class StorageService:
                                   request.transfer_syntax_uid, status, reason, self.quarantine.name, path,
                                   staged.size, staged.sha256)
         self.db.writer.call(functools.partial(record_quarantine, record=record))
+
+
+def _status(status: int, comment: str) -> int | Dataset:
+    """A handler's answer: the status alone, or a status data set with its Error Comment."""
+    if not comment:
+        return status
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = comment[:64]
+    return answer
 
 
 def add_storage_contexts(ae: Any) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "OrderMatch",
     "PatientMismatchPolicy",
     "Request",
+    "find_linked_study",
     "find_order",
     "input_from_rows",
     "link_study",
@@ -132,7 +133,7 @@ def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPo
         if found is not None:
             return found
     if keys.study_instance_uid:
-        found = _linked_study(conn, keys.study_instance_uid)
+        found = find_linked_study(conn, keys.study_instance_uid)
         if found is not None:
             return found
     if keys.accession_number and keys.patient_id:
@@ -143,7 +144,7 @@ def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPo
     return None
 
 
-def _linked_study(conn: Connection, study_instance_uid: str) -> OrderMatch | None:
+def find_linked_study(conn: Connection, study_instance_uid: str) -> OrderMatch | None:
     """The order a stored study was already linked to (by an earlier image, a late order or an operator):
     later images of the study follow it, whatever its step's status now."""
     row = first_row(_LINKED_STUDY, conn, {"uid": study_instance_uid})
