@@ -40,6 +40,7 @@ import mmap
 import os
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -202,10 +203,27 @@ def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
 
 
 class _Refused(Exception):
-    def __init__(self, key: str, detail: str = "") -> None:
+    def __init__(self, key: str, detail: str = "", comment: str = "") -> None:
         super().__init__(key)
         self.key = key
         self.detail = detail
+        self.comment = comment  # the Error Comment, when more precise than the refusal's (no data set value)
+
+
+def _deflate_refusal(spool: BinaryIO, offset: int, exc: Exception) -> _Refused:
+    """Why a deflated data set could not be inflated. A zlib stream (RFC 1950: a two-byte header, then an
+    Adler-32 after the deflate data) where PS3.5 A.5 requires raw deflate (RFC 1951) is said so: some
+    senders wrap it so (zlib's ``compress`` instead of a raw deflater). It is not inflated and kept: its
+    bytes are stored as received, so a stored file would hold the non-conformant stream that DCMTK and
+    pydicom cannot read, and re-deflating it would store other bytes than the sender's."""
+    spool.seek(offset)
+    with contextlib.suppress(zlib.error):  # inflated as a zlib stream, its start is one
+        zlib.decompressobj().decompress(spool.read(1 << 16), 1 << 16)
+        return _Refused("unparsable", "the deflated data set has a zlib header (RFC 1950): the transfer syntax"
+                        " requires raw deflate (RFC 1951, PS3.5 A.5)",
+                        "deflate with a zlib header: raw RFC 1951 expected")
+    return _Refused("unparsable", f"the deflated data set cannot be inflated: {exc}",
+                    "deflated data set cannot be inflated")
 
 
 @functools.lru_cache(maxsize=64)
@@ -247,6 +265,8 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
         attrs = InstanceAttributes.from_dataset(ds)
     except MalformedDataset as exc:
         raise _Refused("unparsable", str(exc)) from exc
+    except zlib.error as exc:  # only a deflated data set is inflated
+        raise _deflate_refusal(spool, offset, exc) from exc
     except Exception as exc:  # pydicom raises many types on bad bytes; all mean "cannot be parsed"
         raise _Refused("unparsable", type(exc).__name__) from exc
     key = refusal(attrs, request)
@@ -528,7 +548,7 @@ class StorageService:
             self._keep(request, status, reason, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
             log.error("C-STORE %s: the refused dataset could not be quarantined: %s", request.sop_instance_uid, exc)
-        return status, ERROR_COMMENTS[refused.key]
+        return status, refused.comment or ERROR_COMMENTS[refused.key]
 
     def _keep(self, request: StoreRequest, status: int, reason: str, now: datetime) -> None:
         with open(request.spool, "rb") as spool:
