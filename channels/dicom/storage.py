@@ -203,11 +203,12 @@ def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
 
 
 class _Refused(Exception):
-    def __init__(self, key: str, detail: str = "", comment: str = "") -> None:
+    def __init__(self, key: str, detail: str = "", comment: str = "", placed: Path | None = None) -> None:
         super().__init__(key)
         self.key = key
         self.detail = detail
         self.comment = comment  # the Error Comment, when more precise than the refusal's (no data set value)
+        self.placed = placed  # refused once filed in the archive (the spool is gone): the file to keep instead
 
 
 def _deflate_refusal(spool: BinaryIO, offset: int, exc: Exception) -> _Refused:
@@ -453,9 +454,8 @@ class StorageService:
                 strict=self.reconciling, meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate,
                 destinations=self.forwards, now=now))
         except SeriesConflict as exc:  # raced an image of the series under another study (checked before)
-            if created:
-                self.primary.discard(self.primary.path(path))
-            raise _Refused("series_conflict") from exc
+            raise _Refused("series_conflict", "filed under another study by a concurrent store",
+                           placed=self.primary.path(path) if created else None) from exc
         if queued and self.on_queued is not None:
             self.on_queued()
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
@@ -545,7 +545,11 @@ class StorageService:
         log.info("C-STORE %s from %s refused (0x%04X): %s", request.sop_instance_uid, request.calling_ae,
                  status, reason)
         try:
-            self._keep(request, status, reason, now)
+            if refused.placed is not None:  # the file as placed (the spool became it), moved to quarantine
+                self._keep(dataclasses.replace(request, spool=refused.placed), status, reason, now)
+                self.primary.discard(refused.placed)
+            else:
+                self._keep(request, status, reason, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
             log.error("C-STORE %s: the refused dataset could not be quarantined: %s", request.sop_instance_uid, exc)
         return status, refused.comment or ERROR_COMMENTS[refused.key]

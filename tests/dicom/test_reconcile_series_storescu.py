@@ -143,3 +143,46 @@ def test_an_image_whose_study_uid_was_coerced_before_follows_the_coercion(tmp_pa
             assert previous.StudyInstanceUID == STUDY_B
         assert _answer(scp.port, paths[2]).Status == 0xC240
         assert len(scp.instances()) == 2 and [q.status for q in scp.quarantined()] == [0xC240]
+
+
+def test_two_associations_filing_one_series_under_two_studies_at_once(tmp_path: Path, corpus: Path) -> None:
+    """Two senders at once, each image of series n under study A on one and study B on the other: one study
+    gets each series, the other image is refused 0xC240 and kept in quarantine. The check before storing
+    cannot see an image of the other association not yet committed: the index's own check refuses it then,
+    after its file was placed. Such a refusal lost the image (its spool had become the placed file, which
+    was removed): every refusal must be kept, and no file left in the archive unindexed."""
+    import threading
+
+    src = dcmread(corpus / "dicom" / "single" / "CT_small.dcm")
+    statuses: dict[int, list[int]] = {0: [], 1: []}
+
+    def send(port: int, who: int) -> None:
+        ae = AE(ae_title=f"CT{who}")
+        ae.add_requested_context(src.SOPClassUID, src.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+        try:
+            for n in range(15):
+                ds = src.copy()
+                ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.99.{who}.{n}"
+                ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.98.{n}"
+                ds.StudyInstanceUID = (STUDY_A, STUDY_B)[who]
+                statuses[who].append(int(assoc.send_c_store(ds).Status))
+        finally:
+            assoc.release()
+
+    with running_scp(tmp_path / "rb") as scp:
+        senders = [threading.Thread(target=send, args=(scp.port, who)) for who in (0, 1)]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(120)
+        answered = statuses[0] + statuses[1]
+        assert sorted(set(answered)) == [0, 0xC240] and answered.count(0) == 15
+        series_rows = _rows(scp)[1]
+        assert len(series_rows) == 15
+        study_of = dict(series_rows)
+        for row in scp.instances():
+            assert study_of[row.path.split("/")[1]] == row.path.split("/")[0]
+        assert len(scp.quarantined()) == answered.count(0xC240)
+        archived = [p for p in scp.archive.rglob("*.dcm") if ".quarantine" not in p.parts]
+        assert len(archived) == len(scp.instances()) == 15
