@@ -25,6 +25,7 @@ NO_DATASET = 0x0101
 
 _AFFECTED_SOP_CLASS, _COMMAND_FIELD, _MESSAGE_ID = 0x0002, 0x0100, 0x0110
 _RESPONDED_TO, _DATASET_TYPE, _STATUS, _AFFECTED_SOP_INSTANCE = 0x0120, 0x0800, 0x0900, 0x1000
+_ERROR_COMMENT = 0x0902
 
 
 def read_command(data: bytes) -> dict[int, bytes]:
@@ -94,14 +95,22 @@ def _uid(value: str) -> bytes:
     return raw + b"\0" if len(raw) % 2 else raw
 
 
-def store_response(command: StoreCommand, status: int) -> bytes:
-    """The encoded C-STORE-RSP command set answering ``command`` with ``status``."""
+def _text(value: str) -> bytes:
+    """An LO value (at most 64 characters), padded with a space to even length."""
+    raw = value[:64].encode("ascii", "replace")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def store_response(command: StoreCommand, status: int, comment: str = "") -> bytes:
+    """The encoded C-STORE-RSP command set answering ``command`` with ``status`` (and its Error Comment,
+    (0000,0902), when ``comment``: PS3.7 C.4.2.1.4 allows it with a failure status)."""
     body = b"".join((
         _element(_AFFECTED_SOP_CLASS, _uid(command.sop_class_uid)),
         _element(_COMMAND_FIELD, struct.pack("<H", _C_STORE_RSP)),
         _element(_RESPONDED_TO, struct.pack("<H", command.message_id)),
         _element(_DATASET_TYPE, struct.pack("<H", NO_DATASET)),
         _element(_STATUS, struct.pack("<H", status)),
+        _element(_ERROR_COMMENT, _text(comment)) if comment else b"",
         _element(_AFFECTED_SOP_INSTANCE, _uid(command.sop_instance_uid)),
     ))  # fmt: skip
     return _element(0x0000, struct.pack("<I", len(body))) + body

@@ -169,7 +169,7 @@ def _handlers(worklist: WorklistService, mpps: MppsService, storage: StorageServ
     def on_open(event: Any) -> None:
         tune_association(event.assoc)
         if storage is not None:  # C-STORE data sets straight into the archive's spool
-            install_store_stream(event.assoc, storage.store, storage.primary.incoming, storage_classes, bounds,
+            install_store_stream(event.assoc, storage.answer, storage.primary.incoming, storage_classes, bounds,
                                  storage.spool_meta)
             serve_invalid_stores(event.assoc)  # and those pynetdicom decodes answered even without their UIDs
 

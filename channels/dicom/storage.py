@@ -40,6 +40,7 @@ import mmap
 import os
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,7 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom._uid_dict import UID_dictionary
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
 from sqlalchemy import Connection
@@ -68,11 +70,12 @@ from engine.domain.instances import (
     IndexOutcome,
     InstanceAttributes,
     QuarantineRecord,
+    SeriesConflict,
     StoredFile,
     is_valid_uid,
     record_quarantine,
 )
-from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler
+from engine.domain.reconciler import PatientMismatch, Prepared, Reconciler, SeriesElsewhere
 from engine.domain.routing import forwarding_destinations
 from engine.errors import ArchiveUnavailable, MalformedDataset, StoreUnavailable
 from engine.reconcile.rewrite import (
@@ -131,10 +134,25 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "instance_mismatch": (0xC221, "SOPInstanceUID differs from the command's Affected SOP Instance UID"),
     "class_mismatch": (0xA900, "SOPClassUID differs from the command's or the presentation context's"),
     "patient_mismatch": (0xC230, "the Patient ID is not the study's patient's (reconcile.patient_id_mismatch)"),
+    "series_conflict": (0xC240, "the Series Instance UID is filed under another study (a series is never split"
+                                " across two studies)"),
     # Not a fault of the data set: an error the service did not foresee (a defect). Answered and kept
     # like a refusal, so that the image is not lost and `radbridge status` shows it.
     "processing_failure": (PROCESSING_FAILURE, "processing failure: an unexpected error in the storage service"
                                                " (the log has it)"),
+}
+
+#: The Error Comment (0000,0902; LO, at most 64 characters) of each refusal's response: what was wrong,
+#: without patient data (the detail, which may hold a value of the data set, goes to the log and the
+#: quarantine row only).
+ERROR_COMMENTS: dict[str, str] = {
+    "unparsable": "data set cannot be parsed",
+    "missing_uid": "SOP Instance, Study or Series Instance UID missing or invalid",
+    "instance_mismatch": "SOP Instance UID differs from Affected SOP Instance UID",
+    "class_mismatch": "SOP Class UID differs from the command's or the context's",
+    "patient_mismatch": "Patient ID differs from the stored study's patient's",
+    "series_conflict": "Series Instance UID already filed under another study",
+    "processing_failure": "processing failure in the storage service",
 }
 
 _HEAD = 1 << 16
@@ -185,10 +203,28 @@ def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
 
 
 class _Refused(Exception):
-    def __init__(self, key: str, detail: str = "") -> None:
+    def __init__(self, key: str, detail: str = "", comment: str = "", placed: Path | None = None) -> None:
         super().__init__(key)
         self.key = key
         self.detail = detail
+        self.comment = comment  # the Error Comment, when more precise than the refusal's (no data set value)
+        self.placed = placed  # refused once filed in the archive (the spool is gone): the file to keep instead
+
+
+def _deflate_refusal(spool: BinaryIO, offset: int, exc: Exception) -> _Refused:
+    """Why a deflated data set could not be inflated. A zlib stream (RFC 1950: a two-byte header, then an
+    Adler-32 after the deflate data) where PS3.5 A.5 requires raw deflate (RFC 1951) is said so: some
+    senders wrap it so (zlib's ``compress`` instead of a raw deflater). It is not inflated and kept: its
+    bytes are stored as received, so a stored file would hold the non-conformant stream that DCMTK and
+    pydicom cannot read, and re-deflating it would store other bytes than the sender's."""
+    spool.seek(offset)
+    with contextlib.suppress(zlib.error):  # inflated as a zlib stream, its start is one
+        zlib.decompressobj().decompress(spool.read(1 << 16), 1 << 16)
+        return _Refused("unparsable", "the deflated data set has a zlib header (RFC 1950): the transfer syntax"
+                        " requires raw deflate (RFC 1951, PS3.5 A.5)",
+                        "deflate with a zlib header: raw RFC 1951 expected")
+    return _Refused("unparsable", f"the deflated data set cannot be inflated: {exc}",
+                    "deflated data set cannot be inflated")
 
 
 @functools.lru_cache(maxsize=64)
@@ -230,6 +266,8 @@ def _check(spool: BinaryIO, offset: int, request: StoreRequest) -> tuple[Instanc
         attrs = InstanceAttributes.from_dataset(ds)
     except MalformedDataset as exc:
         raise _Refused("unparsable", str(exc)) from exc
+    except zlib.error as exc:  # only a deflated data set is inflated
+        raise _deflate_refusal(spool, offset, exc) from exc
     except Exception as exc:  # pydicom raises many types on bad bytes; all mean "cannot be parsed"
         raise _Refused("unparsable", type(exc).__name__) from exc
     key = refusal(attrs, request)
@@ -322,23 +360,24 @@ class StorageService:
         self.primary.prepare()
         self.quarantine.prepare()
 
-    def on_store(self, event: Any) -> int:
-        """``EVT_C_STORE`` handler: the response status (0xC210 for a request that carried no data set)."""
+    def on_store(self, event: Any) -> int | Dataset:
+        """``EVT_C_STORE`` handler: the response status (0xC210 for a request that carried no data set), with
+        its Error Comment when there is one."""
         with idle_timer_paused(event.assoc):  # our store's time is not the peer's idleness
             return self._on_store(event)
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Any) -> int | Dataset:
         if event.dataset_path is None:  # CommandDataSetType 0x0101: nothing arrived, nothing to keep
             log.info("C-STORE %s from %s refused (0x%04X): the request carries no data set",
                      event.request.AffectedSOPInstanceUID, str(event.assoc.requestor.ae_title).strip(),
                      REFUSALS["unparsable"][0])
-            return REFUSALS["unparsable"][0]
+            return _status(REFUSALS["unparsable"][0], "the request carries no data set")
         request = StoreRequest(
             Path(event.dataset_path), str(event.request.AffectedSOPClassUID or ""),
             str(event.request.AffectedSOPInstanceUID or ""), str(event.context.abstract_syntax),
             str(event.context.transfer_syntax), str(event.assoc.requestor.ae_title).strip(),
         )  # fmt: skip
-        return self.store(request)
+        return _status(*self.answer(request))
 
     def spool_meta(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
                    calling_ae: str) -> bytes:
@@ -356,6 +395,11 @@ class StorageService:
 
     def store(self, request: StoreRequest) -> int:
         """Store one request durably and index it; the DIMSE status to answer."""
+        return self.answer(request)[0]
+
+    def answer(self, request: StoreRequest) -> tuple[int, str]:
+        """:meth:`store`, with the Error Comment to answer beside the status ("" on success and for the
+        out-of-resources and duplicate statuses)."""
         now = self.clock()
         self._sweep(time.time())
         failed = spool_failure(request.spool)
@@ -363,7 +407,7 @@ class StorageService:
             log.error("C-STORE %s from %s refused, out of resources: the spool write failed: %s (%s) in %s",
                       request.sop_instance_uid, request.calling_ae, errno.errorcode.get(failed.errno or 0, failed),
                       failed.strerror, Path(request.spool).parent)  # which file system, for the operator
-            return OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES, ""
         # The data set's hash and the spool's fsync run while it is checked and matched; the hash is
         # waited for before the spool is staged (or changed), the fsync before the file is named.
         streamed = request.streamed
@@ -371,13 +415,13 @@ class StorageService:
         ahead = self.primary.flush_ahead(request.spool) if streamed is not None else None
         try:
             with open(request.spool, "rb") as spool:
-                return self._store(spool, request, now, ahead, hashing)
+                return self._store(spool, request, now, ahead, hashing), ""
         except _Refused as refused:
             return self._quarantine(request, refused, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
             log.error("C-STORE %s from %s refused, out of resources: %s",
                       request.sop_instance_uid, request.calling_ae, exc)
-            return OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES, ""
         except Exception as exc:  # unforeseen: the traceback in the log, what arrived in quarantine
             log.exception("C-STORE %s from %s: the storage service failed", request.sop_instance_uid,
                           request.calling_ae)
@@ -398,7 +442,7 @@ class StorageService:
         if hashing is not None:  # before anything reads the hash or changes the spool
             request = dataclasses.replace(request, streamed=StreamedFile(hashing.size, hashing.wait()))
             prepared.received(request.streamed.sha256)  # type: ignore[union-attr]
-        attrs = prepared.attrs
+        received, attrs = attrs, prepared.attrs
         meta = encode_file_meta(attrs.sop_class_uid, attrs.sop_instance_uid, request.transfer_syntax_uid,
                                 request.calling_ae)
         if prepared.received_sha256():  # coerced: the spool given its new head in place, or a copy
@@ -411,17 +455,22 @@ class StorageService:
         stem = f"{attrs.study_instance_uid}/{attrs.series_instance_uid}/{attrs.sop_instance_uid}"
         names = [f"{stem}.dcm", f"{stem}.{staged.sha256[:16]}.dcm"]
         path, created = self.primary.place(staged, names)
+        received_study = received.study_instance_uid if received.study_instance_uid != attrs.study_instance_uid else ""
         stored = StoredFile(self.primary.name, path, staged.size, staged.sha256, request.transfer_syntax_uid,
-                            request.calling_ae, now, prepared.received_sha256())
+                            request.calling_ae, now, prepared.received_sha256(), received_study)
         # A failed commit leaves the placed file where it is, complete but unindexed: whether a
         # commit whose acknowledgement was lost took effect is unknown, and removing a file an
         # index row names would lose an image. A resend links the next free name.
         # One transaction (engine.domain.ingest): indexed, linked to its order, its copies recorded
         # and owed, and queued for each forwarding destination.
-        outcome, queued = self._commit(functools.partial(
-            index_received, attrs=attrs, stored=stored, policy=self.policy, match=prepared.match,
-            strict=self.reconciling, meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate,
-            destinations=self.forwards, now=now))
+        try:
+            outcome, queued = self._commit(functools.partial(
+                index_received, attrs=attrs, stored=stored, policy=self.policy, match=prepared.match,
+                strict=self.reconciling, meta_sha256=hashlib.sha256(meta).hexdigest(), replicate=self.replicate,
+                destinations=self.forwards, now=now))
+        except SeriesConflict as exc:  # raced an image of the series under another study (checked before)
+            raise _Refused("series_conflict", "filed under another study by a concurrent store",
+                           placed=self.primary.path(path) if created else None) from exc
         if queued and self.on_queued is not None:
             self.on_queued()
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
@@ -449,6 +498,8 @@ class StorageService:
                                            request.calling_ae, now, header, known)
         except PatientMismatch as exc:
             raise _Refused("patient_mismatch", str(exc)) from exc
+        except SeriesElsewhere as exc:
+            raise _Refused("series_conflict") from exc
 
     def _stage(self, request: StoreRequest, head: bytes, meta: bytes, dataset: BinaryIO,
                ahead: FlushAhead | None) -> StagedFile:
@@ -502,17 +553,22 @@ class StorageService:
         self.primary.sweep(ABANDONED_AFTER_SECONDS, wall)
         self.quarantine.sweep(ABANDONED_AFTER_SECONDS, wall)
 
-    def _quarantine(self, request: StoreRequest, refused: _Refused, now: datetime) -> int:
-        """Keep what arrived (if anything) with an index row; the refusal's status in any case."""
+    def _quarantine(self, request: StoreRequest, refused: _Refused, now: datetime) -> tuple[int, str]:
+        """Keep what arrived (if anything) with an index row; the refusal's status and Error Comment in any
+        case."""
         status, meaning = REFUSALS[refused.key]
         reason = f"{meaning}: {refused.detail}" if refused.detail else meaning
         log.info("C-STORE %s from %s refused (0x%04X): %s", request.sop_instance_uid, request.calling_ae,
                  status, reason)
         try:
-            self._keep(request, status, reason, now)
+            if refused.placed is not None:  # the file as placed (the spool became it), moved to quarantine
+                self._keep(dataclasses.replace(request, spool=refused.placed), status, reason, now)
+                self.primary.discard(refused.placed)
+            else:
+                self._keep(request, status, reason, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
             log.error("C-STORE %s: the refused dataset could not be quarantined: %s", request.sop_instance_uid, exc)
-        return status
+        return status, refused.comment or ERROR_COMMENTS[refused.key]
 
     def _keep(self, request: StoreRequest, status: int, reason: str, now: datetime) -> None:
         with open(request.spool, "rb") as spool:
@@ -526,6 +582,16 @@ class StorageService:
                                   request.transfer_syntax_uid, status, reason, self.quarantine.name, path,
                                   staged.size, staged.sha256)
         self.db.writer.call(functools.partial(record_quarantine, record=record))
+
+
+def _status(status: int, comment: str) -> int | Dataset:
+    """A handler's answer: the status alone, or a status data set with its Error Comment."""
+    if not comment:
+        return status
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = comment[:64]
+    return answer
 
 
 def add_storage_contexts(ae: Any) -> None:

@@ -167,8 +167,9 @@ class _Receiving:
             self.spool.start_writeback()
 
 
-#: Stores one received C-STORE: the DIMSE status (:meth:`~channels.dicom.storage.StorageService.store`).
-StoreRunner = Callable[[StoreRequest], int]
+#: Stores one received C-STORE: the DIMSE status to answer, or the status and its Error Comment
+#: (:meth:`~channels.dicom.storage.StorageService.answer`).
+StoreRunner = Callable[[StoreRequest], "int | tuple[int, str]"]
 #: The File Meta Information a spool starts with, from the command's SOP class and instance, the context's
 #: transfer syntax and the calling AE (:meth:`~channels.dicom.storage.StorageService.spool_meta`).
 SpoolMeta = Callable[[str, str, str, str], bytes]
@@ -524,15 +525,16 @@ class StoreStream:
         )  # fmt: skip
         try:
             with idle_timer_paused(self._assoc):  # our store's time is not the peer's idleness
-                status = self._run(request)
+                answer = self._run(request)
+            status, comment = answer if isinstance(answer, tuple) else (answer, "")
         except Exception:  # the service answers (and keeps) every failure; one that escapes it is as pynetdicom's
             log.exception("C-STORE %s: the storage service failed", rx.command.sop_instance_uid)
-            status = PROCESSING_FAILURE
+            status, comment = PROCESSING_FAILURE, ""
         finally:
             path.unlink(missing_ok=True)  # linked into the archive, copied to quarantine, or refused
             self._give_back(rx)
         try:
-            self._respond(int(rx.context.context_id), store_response(rx.command, status))
+            self._respond(int(rx.context.context_id), store_response(rx.command, status, comment))
         finally:
             IN_FLIGHT.ended(rx)
 

@@ -30,6 +30,7 @@ from engine.archive.copy_tables import replaced_version_copies
 from engine.domain.instance_tables import instance_versions, instances, quarantined_instances
 from engine.domain.studies import PerformedSeries, StudyRef, recount, resolve_dicom_patient, upsert_series, upsert_study
 from engine.domain.tables import orders, series, studies
+from engine.errors import RadbridgeError
 from engine.store.fast import FastInsert, FastStatement, first_row
 
 __all__ = [
@@ -39,12 +40,15 @@ __all__ = [
     "Indexed",
     "InstanceAttributes",
     "QuarantineRecord",
+    "SeriesConflict",
+    "SeriesFiling",
     "StoredFile",
     "StudyLink",
     "index_instance",
     "index_instance_row",
     "is_valid_uid",
     "record_quarantine",
+    "series_filed_elsewhere",
 ]
 
 DuplicatePolicy = Literal["replace", "reject"]
@@ -221,6 +225,8 @@ class StoredFile:
     received_from_ae: str
     received_at: datetime
     received_sha256: str = ""  # the dataset as received, when a coerced one is stored ("": sha256)
+    #: the Study Instance UID as received, when the coercion changed it ("": stored under the one received)
+    received_study_instance_uid: str = ""
 
     @property
     def identity(self) -> str:
@@ -275,6 +281,15 @@ _KNOWN_SERIES = FastStatement(
            studies.c.study_instance_uid == bindparam("study_uid"),
            select(instances.c.id).where(instances.c.series_pk == series.c.id).exists())
 )  # fmt: skip
+_SERIES_FILING = FastStatement(
+    select(series.c.id, studies.c.study_instance_uid, series.c.received_study_instance_uid)
+    .join(studies, studies.c.id == series.c.study_pk)
+    .where(series.c.series_instance_uid == bindparam("series_uid"))
+)
+_OTHER_INSTANCES = FastStatement(
+    select(instances.c.id).where(instances.c.series_pk == bindparam("series_pk"),
+                                 instances.c.sop_instance_uid != bindparam("sop_uid")).limit(1)
+)
 _INSERT = FastInsert(instances)
 _COUNT_STUDY = FastStatement(
     update(studies).where(studies.c.id == bindparam("pk")).values(
@@ -285,6 +300,32 @@ _COUNT_STUDY = FastStatement(
 )
 #: Per dialect: SQLite's two-argument ``max``, PostgreSQL's ``greatest`` (:func:`_greater`).
 _COUNT_SERIES: dict[str, FastStatement] = {}
+
+
+class SeriesConflict(RadbridgeError):
+    """An image whose Series Instance UID is already filed, with other images, under another study."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFiling:
+    """Where a series is filed: its study's Study Instance UID, and the one its first image arrived with
+    when a coercion changed it ("" when it did not)."""
+
+    study_instance_uid: str
+    received_study_instance_uid: str
+
+
+def series_filed_elsewhere(conn: Connection, series_instance_uid: str, study_instance_uid: str,
+                           sop_instance_uid: str) -> SeriesFiling | None:
+    """Where the series is filed when that is under another study than ``study_instance_uid`` and it holds
+    images other than ``sop_instance_uid``; else None (a new series, one of this study, or one that only an
+    MPPS announced or that holds only this instance, which the image takes along to its study)."""
+    row = first_row(_SERIES_FILING, conn, {"series_uid": series_instance_uid})
+    if row is None or row.study_instance_uid == study_instance_uid:
+        return None
+    if first_row(_OTHER_INSTANCES, conn, {"series_pk": int(row.id), "sop_uid": sop_instance_uid}) is None:
+        return None
+    return SeriesFiling(str(row.study_instance_uid), str(row.received_study_instance_uid or ""))
 
 
 def index_instance(conn: Connection, attrs: InstanceAttributes, stored: StoredFile,
@@ -309,7 +350,7 @@ def index_instance_row(conn: Connection, attrs: InstanceAttributes, stored: Stor
     if existing is not None and policy == "reject":
         return Indexed(IndexOutcome.REJECTED)
     now = stored.received_at
-    study_pk, series_pk, link, linkable = _locate(conn, attrs, now)
+    study_pk, series_pk, link, linkable = _locate(conn, attrs, now, stored.received_study_instance_uid)
     row = _instance_values(attrs, stored, study_pk, series_pk)
     if existing is None:
         instance_pk, version = _INSERT.execute(conn, {**row, "versions": 1}), 1
@@ -330,7 +371,8 @@ def index_instance_row(conn: Connection, attrs: InstanceAttributes, stored: Stor
     return Indexed(outcome, instance_pk, study_pk, version, link, linkable)
 
 
-def _locate(conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple[int, int, StudyLink | None, bool]:
+def _locate(conn: Connection, attrs: InstanceAttributes, now: datetime,
+            received_study_uid: str = "") -> tuple[int, int, StudyLink | None, bool]:
     """(study pk, series pk, link, linkable) of :class:`Indexed`. The common case, every instance after a
     series' first, is a known series whose study and series rows need no upsert and no filling (a series
     only MPPS announced still takes the full path, which fills its attributes)."""
@@ -341,7 +383,7 @@ def _locate(conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple
                          known.order_accession)
         return int(known.study_pk), int(known.id), link, False
     linkable = _unlinked(conn, attrs.study_instance_uid)
-    return (*_file_under(conn, attrs, now), None, linkable)
+    return (*_file_under(conn, attrs, now, received_study_uid), None, linkable)
 
 
 def _unlinked(conn: Connection, study_instance_uid: str) -> bool:
@@ -369,8 +411,18 @@ def _keep_version(conn: Connection, old: Any, now: datetime) -> None:
     ))
 
 
-def _file_under(conn: Connection, attrs: InstanceAttributes, now: datetime) -> tuple[int, int]:
-    """The (study pk, series pk) of the instance, created or completed from its header."""
+def _file_under(conn: Connection, attrs: InstanceAttributes, now: datetime,
+                received_study_uid: str = "") -> tuple[int, int]:
+    """The (study pk, series pk) of the instance, created or completed from its header.
+
+    A series filed under another study with other images is a :class:`SeriesConflict` (the receive path
+    refuses such an image before it is stored: :func:`series_filed_elsewhere`; this is the last guard,
+    against one that raced it). One under another study without other images (only an MPPS announced it,
+    or its only image is this instance, resent under a corrected Study Instance UID) moves to this study.
+    """
+    if series_filed_elsewhere(conn, attrs.series_instance_uid, attrs.study_instance_uid,
+                              attrs.sop_instance_uid) is not None:
+        raise SeriesConflict("the Series Instance UID is filed under another study")
     patient_pk = resolve_dicom_patient(conn, attrs.patient_id, attrs.issuer_of_patient_id)
     study_pk = upsert_study(conn, StudyRef(attrs.study_instance_uid, attrs.accession_number), patient_pk, now)
     _fill_empty(conn, studies, study_pk, {
@@ -381,7 +433,12 @@ def _file_under(conn: Connection, attrs: InstanceAttributes, now: datetime) -> t
     })  # fmt: skip
     item = PerformedSeries(attrs.series_instance_uid, attrs.modality, attrs.series_description)
     series_pk = upsert_series(conn, study_pk, item, None, now)
-    _fill_empty(conn, series, series_pk, {"series_number": attrs.series_number, "series_date": attrs.series_date})
+    _fill_empty(conn, series, series_pk, {"series_number": attrs.series_number, "series_date": attrs.series_date,
+                                          "received_study_instance_uid": received_study_uid[:64]})
+    left = conn.execute(select(series.c.study_pk).where(series.c.id == series_pk)).scalar_one()
+    if int(left) != study_pk:  # filed elsewhere without other images: the series comes along
+        conn.execute(update(series).where(series.c.id == series_pk).values(study_pk=study_pk))
+        recount(conn, {int(left)})
     return study_pk, series_pk
 
 

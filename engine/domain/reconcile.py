@@ -38,6 +38,7 @@ __all__ = [
     "OrderMatch",
     "PatientMismatchPolicy",
     "Request",
+    "find_linked_study",
     "find_order",
     "input_from_rows",
     "link_study",
@@ -48,6 +49,7 @@ __all__ = [
     "request_for_orders",
     "request_for_patient",
     "request_reconciliation",
+    "study_patient",
 ]
 
 #: Step statuses an image may still belong to, whatever their age (PS3.4 K, reference section 6).
@@ -131,7 +133,7 @@ def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPo
         if found is not None:
             return found
     if keys.study_instance_uid:
-        found = _linked_study(conn, keys.study_instance_uid)
+        found = find_linked_study(conn, keys.study_instance_uid)
         if found is not None:
             return found
     if keys.accession_number and keys.patient_id:
@@ -142,7 +144,7 @@ def find_order(conn: Connection, keys: MatchKeys, now: datetime, policy: MatchPo
     return None
 
 
-def _linked_study(conn: Connection, study_instance_uid: str) -> OrderMatch | None:
+def find_linked_study(conn: Connection, study_instance_uid: str) -> OrderMatch | None:
     """The order a stored study was already linked to (by an earlier image, a late order or an operator):
     later images of the study follow it, whatever its step's status now."""
     row = first_row(_LINKED_STUDY, conn, {"uid": study_instance_uid})
@@ -247,11 +249,12 @@ def patient_conflict(conn: Connection, keys: MatchKeys, match: OrderMatch | None
     study row holds them (cut to the index's lengths: a modality may write a Patient ID over LO's 64
     characters, the same in every image of the study); an issuer that either side lacks does not differ
     (an image without one joins a study stored with one, and the other way round: which image arrived
-    first must not decide).
+    first must not decide). An image whose Patient ID is absent or empty is no conflict either: it says
+    nothing about the patient (:func:`study_patient` gives it the study's patient's identity).
     """
     st = first_row(_STUDY_PATIENT, conn, {"uid": keys.study_instance_uid})
-    if st is None or not st.number_of_instances or not st.patient_id:
-        return None
+    if st is None or not st.number_of_instances or not st.patient_id or not keys.patient_id:
+        return None  # an image without a Patient ID names no other patient (as one without an issuer)
     patient_id = keys.patient_id[:FIELDS["patient_id"][1]]
     issuer = keys.issuer_of_patient_id[:FIELDS["issuer_of_patient_id"][1]]
     if patient_id == st.patient_id and (not issuer or not st.issuer_of_patient_id or issuer == st.issuer_of_patient_id):
@@ -263,6 +266,13 @@ def patient_conflict(conn: Connection, keys: MatchKeys, match: OrderMatch | None
     if resolved is not None and resolved == study_patient:
         return None
     return "the study's instances belong to another patient"
+
+
+def study_patient(conn: Connection, study_instance_uid: str) -> int | None:
+    """The patient of the stored study ``study_instance_uid`` (None: no such study, or one of an unknown
+    patient)."""
+    st = first_row(_STUDY_PATIENT, conn, {"uid": study_instance_uid})
+    return int(st.patient_pk) if st is not None and st.patient_pk is not None and st.number_of_instances else None
 
 
 def link_study(conn: Connection, study_pk: int, match: OrderMatch) -> None:

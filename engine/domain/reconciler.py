@@ -21,17 +21,19 @@ from sqlalchemy import Connection, update
 
 from engine.archive.structure import Encoding
 from engine.config.models import EngineConfig
-from engine.domain.instances import Indexed, InstanceAttributes, StudyLink
+from engine.domain.instances import Indexed, InstanceAttributes, StudyLink, series_filed_elsewhere
 from engine.domain.reconcile import (
     MatchPolicy,
     OrderMatch,
     PatientMismatchPolicy,
+    find_linked_study,
     find_order,
     input_from_rows,
     link_study,
     order_rows,
     patient_conflict,
     patient_input,
+    study_patient,
 )
 from engine.domain.studies import renamed_patient, resolve_dicom_patient
 from engine.domain.tables import studies
@@ -54,7 +56,7 @@ from engine.reconcile.rewrite import (
 )
 from engine.store.database import Database
 
-__all__ = ["PatientMismatch", "Prepared", "Reconciler", "reconcile_indexed"]
+__all__ = ["PatientMismatch", "Prepared", "Reconciler", "SeriesElsewhere", "reconcile_indexed"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,11 @@ _TARGETS_KEPT = 64
 
 class PatientMismatch(RadbridgeError):
     """An image whose Patient ID is not its (stored) study's patient's, refused by policy."""
+
+
+class SeriesElsewhere(RadbridgeError):
+    """An image whose Series Instance UID is filed, with other images, under another study (and not by a
+    coercion of this image's Study Instance UID): refused, never split across two studies."""
 
 
 @dataclass(slots=True)
@@ -148,17 +155,46 @@ class Reconciler:
         records = self.mapping.apply_to(patient_input(conn, patient_pk)).records
         return records[0] if records else {}
 
-    def _decide(self, conn: Connection, keys: MatchKeys, now: datetime) -> tuple[OrderMatch | None, str | None,
-                                                                                 dict[str, Any]]:
+    def _decide(self, conn: Connection, keys: MatchKeys, now: datetime,
+                attrs: InstanceAttributes | None = None) -> tuple[OrderMatch | None, str | None, dict[str, Any]]:
+        """:meth:`_decide_patient`, after the series check: an image whose series is filed under another
+        study joins it only when that study's Study Instance UID is what this image's received one was
+        coerced to (``series.received_study_instance_uid``: a site mapping that coerces StudyInstanceUID);
+        it then follows the same coercion (its study's order, and that Study Instance UID). Any other is
+        :class:`SeriesElsewhere`."""
+        if attrs is None:
+            return self._decide_patient(conn, keys, now)
+        decided = self._decide_patient(conn, keys, now)
+        study_uid = str(decided[2].get("StudyInstanceUID") or keys.study_instance_uid)  # as it will be stored
+        filed = series_filed_elsewhere(conn, attrs.series_instance_uid, study_uid, attrs.sop_instance_uid)
+        if filed is None:
+            return decided
+        if self.mapping is None or not keys.study_instance_uid or (
+                filed.received_study_instance_uid != keys.study_instance_uid):
+            raise SeriesElsewhere("Series Instance UID filed under another study")
+        follow = dataclasses.replace(keys, study_instance_uid=filed.study_instance_uid)
+        match = find_linked_study(conn, filed.study_instance_uid)
+        conflict = patient_conflict(conn, follow, match)
+        target = dict(self.target(conn, match)) if match is not None else {}
+        return match, conflict, {**target, "StudyInstanceUID": filed.study_instance_uid}
+
+    def _decide_patient(self, conn: Connection, keys: MatchKeys, now: datetime) -> tuple[
+            OrderMatch | None, str | None, dict[str, Any]]:
         """The order, a patient conflict, and the values to write: the order's, or, for an image no order
         matches whose Patient ID an A40 merged away or an A47 replaced, its surviving patient's (the
         same values a correction of its study would write: a late image of a trauma case shows the
-        real patient at once, not after the next ADT)."""
+        real patient at once, not after the next ADT), or for an image without a Patient ID of a stored
+        study of a known patient, that patient's."""
         match = find_order(conn, keys, now, self.policy) if self.mapping is not None else None
         conflict = patient_conflict(conn, keys, match)
         if match is not None:
             return match, conflict, self.target(conn, match)
-        survivor = renamed_patient(conn, keys.patient_id, keys.issuer_of_patient_id) if self.mapping else None
+        if self.mapping is None:
+            return None, conflict, {}
+        if keys.patient_id:
+            survivor = renamed_patient(conn, keys.patient_id, keys.issuer_of_patient_id)
+        else:  # no Patient ID: a later image of a study of a known patient takes that patient's identity
+            survivor = study_patient(conn, keys.study_instance_uid) if keys.study_instance_uid else None
         return None, conflict, (self.patient_target(conn, survivor) if survivor is not None else {})
 
     def prepare(self, spool: BinaryIO, offset: int, enc: Encoding | None, attrs: InstanceAttributes,
@@ -167,14 +203,15 @@ class Reconciler:
 
         ``parsed``: the header the caller parsed already (:func:`read_header`; it may be
         coerced in place); ``received_sha256``: the received data set's hash, when the caller has
-        it (not computed again for a coerced image). Raises :class:`PatientMismatch` when policy refuses the image. A
+        it (not computed again for a coerced image). Raises :class:`PatientMismatch` when policy refuses the
+        image, :class:`SeriesElsewhere` when its series is filed under another study. A
         deflated dataset (``enc`` None) is read and coerced whole.
         """
         if parsed is None and enc is not None:
             parsed = read_header(spool, offset, enc)
         header = parsed.dataset if parsed is not None else read_whole(spool)
         match, conflict, target = self.db.read(functools.partial(
-            self._decide, keys=MatchKeys.from_dataset(header), now=now))
+            self._decide, keys=MatchKeys.from_dataset(header), now=now, attrs=attrs))
         if conflict is not None and self.patient_mismatch == "reject":
             raise PatientMismatch(conflict)
         spool.seek(offset)
@@ -224,8 +261,8 @@ class Reconciler:
     @staticmethod
     def _log(attrs: InstanceAttributes, match: OrderMatch | None, changed: tuple[str, ...]) -> None:
         if match is None:
-            log.info("C-STORE %s: no order matched; its Patient ID was merged or replaced: coerced %s to the"
-                     " surviving patient", attrs.sop_instance_uid, ",".join(changed))
+            log.info("C-STORE %s: no order matched; its Patient ID was merged, replaced or absent: coerced %s to"
+                     " its patient", attrs.sop_instance_uid, ",".join(changed))
             return
         log.info("C-STORE %s: matched order %d by %s, coerced %s", attrs.sop_instance_uid, match.order_pk,
                  match.matched_by, ",".join(changed))

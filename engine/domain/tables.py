@@ -263,6 +263,8 @@ series = Table(
     Column("last_seen_at", UTCDateTime(), nullable=False),
     Column("series_number", Integer, nullable=True),
     Column("series_date", String(8), nullable=False, default="", server_default=""),
+    # the Study Instance UID its first image arrived with, when a coercion filed it under another ("": none)
+    Column("received_study_instance_uid", String(64), nullable=False, default="", server_default=""),
     Index(None, "study_pk"),
     Index(None, "mpps_pk"),
 )

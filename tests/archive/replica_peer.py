@@ -31,10 +31,12 @@ FAST_RETRY = {"initial_seconds": 0.01, "max_seconds": 0.01, "max_attempts": 1000
 
 
 def ct(corpus: Path, study_uid: str) -> Dataset:
-    """CT_small with fresh SOP and series UIDs, in ``study_uid``."""
+    """CT_small with a fresh SOP Instance UID, in ``study_uid`` and a series of that study's own (one series
+    is never filed under two studies: radbridge refuses the image, 0xC240)."""
     ds = dcmread(corpus / "dicom" / "single" / "CT_small.dcm")
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series of", study_uid])
     return ds
 
 

@@ -555,6 +555,7 @@ def test_a_nested_private_element_of_unknown_vr_is_recorded_when_the_header_beco
     path = tmp_path / "nested.dcm"
     src.save_as(path, enforce_file_format=True)
     other = _ct()
+    other.SeriesInstanceUID = generate_uid()  # its own series: one series is never filed under two studies
     other_path = tmp_path / "other.dcm"
     other.save_as(other_path, enforce_file_format=True)
     with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from channels.dicom.spool import SpoolFile, spool_failure
-from channels.dicom.storage import REFUSALS, STORAGE_SOP_CLASSES, StoreRequest, refusal
+from channels.dicom.storage import ERROR_COMMENTS, REFUSALS, STORAGE_SOP_CLASSES, StoreRequest, refusal
 from engine.domain.instances import InstanceAttributes
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -33,7 +33,8 @@ def test_refusal(attrs: InstanceAttributes, request_: StoreRequest, key: str | N
 
 
 def test_refusal_statuses_are_failures_of_ps3_4_b_2_3() -> None:
-    assert {status for status, _ in REFUSALS.values()} == {0xC210, 0xC211, 0xC220, 0xC221, 0xA900, 0xC230}
+    assert {status for status, _ in REFUSALS.values()} == {0xC210, 0xC211, 0xC220, 0xC221, 0xA900, 0xC230, 0xC240}
+    assert set(ERROR_COMMENTS) == set(REFUSALS) and all(len(c) <= 64 for c in ERROR_COMMENTS.values())
 
 
 def test_retired_storage_classes_are_accepted_and_print_classes_are_not() -> None:
