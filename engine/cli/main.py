@@ -112,8 +112,11 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     from engine.pidfile import running_pid
+    from engine.plan import check_directory
 
-    pid_file = _config(args).engine.data_dir / "radbridge.pid"
+    # Every problem of every file, as check-config and run find them (handlers, mappings, ports two channels
+    # share), before the engine is signalled: an invalid configuration is exit status 2 and no SIGHUP.
+    pid_file = check_directory(Path(args.config)).config.engine.data_dir / "radbridge.pid"
     pid = running_pid(pid_file)
     if pid is None:  # the lock says so: a pid left in the file may now be another process's
         print(f"radbridge reload: no running engine for {pid_file.parent} (no engine holds {pid_file})",
