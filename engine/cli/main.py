@@ -187,9 +187,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         # The database is away (refused, lost, hung past connect_timeout, pool exhausted): what is known
         # without it, and that it is away.
         return _status_without_database(args, configured(config), exc)
-    data["reports"]["receivers"] = {r.name: r.mllp or r.destination or "off"
-                                    for r in config.engine.reports.receivers}
     data |= configured(config)
+    # Where each ORU^R01 receiver sends: the running engine's targets (its environment), as the destination table.
+    data["reports"]["receivers"] = {r.name: data["destination_targets"].get(r.name, r.mllp or r.destination or "off")
+                                    for r in config.engine.reports.receivers}
     data["destinations"] = {name: {"target": target, "queued": 0, "oldest_queued_seconds": None, "dead_letters": 0}
                             for name, target in data.pop("destination_targets").items()}
     for name, backlog in db.read(destination_backlog).items():

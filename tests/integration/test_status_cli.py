@@ -132,3 +132,31 @@ def test_status_in_a_shell_without_the_engine_s_environment_shows_what_the_engin
                                "source": "configuration"}
     assert after["dicom"]["listen"] == "127.0.0.1:11112"  # stopped: the shell's configuration
     assert not (engine_process.data_dir / "radbridge.serving.json").exists()
+
+
+def test_status_names_the_ehr_the_running_engine_sends_reports_to_not_this_shell_s(
+        engine_process: EngineProcess) -> None:
+    """The engine started with RADBRIDGE_EHR_MLLP set, the operator's shell without it: the destination table
+    said ``ehr 127.0.0.1:PORT`` with its queue, and the line below it ``ORU^R01 out: ehr off`` (new-user
+    campaign): the receiver's target came from this shell's configuration, not from the engine."""
+    mllp, ehr = free_port(), free_port()
+    write_engine_yaml(engine_process, "reports:\n  receivers:\n    - name: ehr\n      mapping: report-to-oru\n"
+                                      '      mllp: "${RADBRIDGE_TEST_EHR_MLLP:-}"\n')
+    write_channel(engine_process, "adt-in", f"name: adt-in\nsource: {{type: mllp, port: {mllp}}}\n")
+    engine_process.env["RADBRIDGE_TEST_EHR_MLLP"] = f"127.0.0.1:{ehr}"
+    engine_process.start(wait_port=mllp)
+    try:
+        del engine_process.env["RADBRIDGE_TEST_EHR_MLLP"]  # the operator's shell
+        deadline = time.monotonic() + 30
+        while (data := _status(engine_process))["engine"]["source"] != "running engine":
+            assert time.monotonic() < deadline, data
+            time.sleep(0.2)
+        text = engine_process.cli("status").stdout
+    finally:
+        engine_process.stop()
+    after = _status(engine_process)
+
+    assert data["destinations"]["ehr"]["target"] == f"127.0.0.1:{ehr}"
+    assert data["reports"]["receivers"] == {"ehr": f"127.0.0.1:{ehr}"}
+    assert f"ORU^R01 out: ehr 127.0.0.1:{ehr}" in text
+    assert after["reports"]["receivers"] == {"ehr": "off"}  # stopped: the shell's configuration
