@@ -293,7 +293,10 @@ def _status_text(data: dict[str, Any]) -> str:
     reports = data["reports"]
     receivers = ", ".join(f"{k} {v}" for k, v in reports["receivers"].items()) or "none configured"
     st = data.get("studies", {})
-    studies = (f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled;"
+    # Of studies with stored images only (study_counts): "studies: 1 scheduled" beside a `studies list` of two
+    # scheduled studies (one known from MPPS alone) read as a miscount.
+    studies = (f"studies with stored images: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)}"
+               " unscheduled;"
                f" images refused and quarantined: {_quarantined_text(data.get('images', {}))}")
     studies += "; " + _reconcile_text(data.get("reconcile", {}))
     space = [archive_space_text(data["archive_space"])] if data.get("archive_space") else []

@@ -129,6 +129,12 @@ def test_status_json_counts_per_channel(three_stored: EngineProcess) -> None:
     assert status["reconcile"] == {"pending": 0, "oldest_pending_seconds": None}
 
 
+def test_status_text_says_its_study_counts_are_of_studies_with_stored_images(three_stored: EngineProcess) -> None:
+    """``studies list`` lists studies known from MPPS or an order too; status counted only those with images
+    under the bare heading "studies:" (new-user campaign: 1 scheduled in status, 2 in the list)."""
+    assert "\nstudies with stored images: 0 scheduled, 0 unscheduled;" in three_stored.cli("status").stdout
+
+
 def test_messages_list_json_rows_have_the_documented_fields(three_stored: EngineProcess) -> None:
     (row,) = cli_json(three_stored, "messages", "list", "--control-id", "LIST2")
 
