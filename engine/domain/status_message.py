@@ -115,7 +115,7 @@ def build_status_message(
     segments = [
         f"MSH|^~\\&|{_e(header.sending_application)}|{_e(header.sending_facility)}"
         f"|{_e(header.receiving_application)}|{_e(header.receiving_facility)}|{when}||{mtype}"
-        f"|{control_id}|P|2.5.1|||||UNICODE UTF-8",
+        f"|{control_id}|P|2.5.1||||||UNICODE UTF-8",  # MSH-13..17 empty: the charset is MSH-18
         f"PID|1||{_e(first.patient_id)}^^^{_e(first.issuer)}||{_name(first.patient_name)}",
     ]
     for n, step in enumerate(steps, start=1):
