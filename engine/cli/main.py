@@ -255,7 +255,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _detail_text(d: dict[str, Any]) -> str:
-    head = [f"{k}: {d[k]}" for k in d if k not in ("raw", "text", "ack", "stages", "deliveries", "attempts")]
+    head = [f"{k}: {'' if d[k] is None else d[k]}" for k in d  # no "error_code: None" (Python's word for nothing)
+            if k not in ("raw", "text", "ack", "stages", "deliveries", "attempts")]
     # A frame never read as HL7 (bytes between frames, a frame cut off by a closed connection) has
     # no decoded text: its bytes as received are what there is to inspect.
     unread = not d["text"] and d["raw"]
@@ -274,20 +275,25 @@ def _detail_text(d: dict[str, Any]) -> str:
 _UNLISTED_TARGETS = {"archive:secondary": "the second archive copy (archive.secondary)"}
 
 
+def _cell(value: Any) -> str:
+    """A value of the status tables: ``-`` for none (nothing queued, a job never run), not Python's ``None``."""
+    return "-" if value is None else str(value)
+
+
 def _status_text(data: dict[str, Any]) -> str:
     from engine.cli.status_view import archive_space_text, endpoints_text
 
     cols = ["listen", "received", "errors", "filtered", "unchanged", "queued", "delivery_errors",
             "oldest_queued_seconds"]
     lines = [*endpoints_text(data), "", "channel\t" + "\t".join(cols)]
-    lines += [name + "\t" + "\t".join(str(v.get(c, "not configured")) for c in cols)
+    lines += [name + "\t" + "\t".join(_cell(v.get(c, "not configured")) for c in cols)
               for name, v in sorted(data["channels"].items())]
     dcols = ["target", "queued", "oldest_queued_seconds", "dead_letters"]
     lines += ["", "destination\t" + "\t".join(dcols)]
-    lines += [name + "\t" + "\t".join(str(v.get(c, "")) for c in dcols)
+    lines += [name + "\t" + "\t".join(_cell(v.get(c, "")) for c in dcols)
               for name, v in sorted(data["destinations"].items())]
     lines += ["", "job\tlast run\tresult\truns\terror"]
-    lines += [f"{j}\t{v['last_run_at']}\t{v['last_result']}\t{v['runs']}\t{v['last_error']}"
+    lines += ["\t".join([j, *(_cell(v[k]) for k in ("last_run_at", "last_result", "runs", "last_error"))])
               for j, v in sorted(data["jobs"].items())]
     steps = ", ".join(f"{k} {v}" for k, v in sorted(data["worklist_steps"].items())) or "none"
     reports = data["reports"]

@@ -264,6 +264,8 @@ def test_messages_show_escapes_control_bytes_but_json_stays_exact(inbound: Engin
     detail = cli_json(inbound, "messages", "show", str(row["id"]))
 
     assert text.returncode == 0, text.stderr
+    assert "\nerror_code: \n" in text.stdout and "\nacknowledged_at: \n" in text.stdout  # not "None"
+    assert detail["error_code"] is None
     assert "DOE^JANE\\x1b[2J\\x07" in text.stdout
     assert not set(text.stdout) & {"\x1b", "\x07", "\x0b", "\x1c", "\r"}
     assert "DOE^JANE\x1b[2J\x07" in detail["text"]

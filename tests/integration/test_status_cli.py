@@ -77,7 +77,8 @@ def test_status_shows_listeners_dicom_fhir_backlog_per_destination_and_what_need
     assert f"DICOM: AE title RB_TEST on 127.0.0.1:{dicom}" in text
     assert f"FHIR API: http://127.0.0.1:{http}/fhir (auth: smart)" in text
     assert f"quiet\t127.0.0.1:{idle}\t0\t" in text
-    assert f"downstream\t127.0.0.1:{dead}\t0\tNone\t1" in text
+    assert f"downstream\t127.0.0.1:{dead}\t0\t-\t1" in text  # nothing queued: "-", not Python's "None"
+    assert "None" not in text
 
 
 def test_a_stopped_engine_is_not_running_and_reload_signals_no_stranger(engine_process: EngineProcess) -> None:
