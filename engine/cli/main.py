@@ -167,8 +167,9 @@ def cmd_messages_ack(args: argparse.Namespace) -> int:
                                                channel=args.channel, now=datetime.now(UTC)))
     for reason in done.reasons:
         print(reason, file=sys.stderr)
-    print(f"{len(done.ids)} message(s) acknowledged: radbridge status no longer counts them under needs attention"
-          " (messages list still lists them; a replay clears the acknowledgement)")
+    # "0 message(s) acknowledged: radbridge status no longer counts them" read as if something had been done.
+    print(f"{len(done.ids)} message(s) acknowledged" + (": radbridge status no longer counts them under needs"
+          " attention (messages list still lists them; a replay clears the acknowledgement)" if done.ids else ""))
     return 0 if done.ids or (not args.ids and not done.reasons) else 1
 
 
