@@ -196,6 +196,9 @@ class _Expected(logging.Filter):
       request failed: unable to connect to remote', 'TCP Initialisation Error: ...'): the outbox
       retries, and logs each attempt once with its reason (a PACS down all night was three lines a
       retry, two of them ERRORs).
+    * pynetdicom's ERROR 'No accepted presentation contexts' for an outgoing association the peer
+      accepted with no context (a PACS that takes no JPEG 2000): the outbox logs that dead letter with
+      the SOP class and transfer syntax refused.
     """
 
     def __init__(self, *prefixes: str) -> None:
@@ -213,6 +216,7 @@ _EXPECTED = {
     "apscheduler.scheduler": _Expected('Execution of job "%s" skipped: maximum number of running'),
     "pynetdicom.transport": _Expected("Association request failed: unable to connect to remote",
                                       "TCP Initialisation Error"),
+    "pynetdicom.acse": _Expected("No accepted presentation contexts"),
 }
 
 

@@ -33,7 +33,7 @@ from engine.outbox.destination import DestinationContext, create_destination
 from engine.outbox.rows import release_all
 from engine.outbox.worker import OutboxWorker, Route
 from engine.pidfile import PidFile
-from engine.plan import HANDLER_MODULES, Plan, build_plan
+from engine.plan import HANDLER_MODULES, Plan, build_plan, check_directory
 from engine.serving import SERVING_FILE, endpoints, remove_serving, write_serving
 from engine.store.database import Database
 
@@ -448,7 +448,7 @@ async def _serve_locked(config: Config, config_dir: Path, pid_file: PidFile) -> 
 async def _reload(runtime: Runtime, config_dir: Path) -> None:
     """SIGHUP: apply the new configuration if all of it is valid and can be bound; else keep the running one."""
     try:
-        await runtime.reload(load_config(config_dir))
+        await runtime.reload(check_directory(config_dir).config)  # every file's problems, as run lists them
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration:\n%s", exc)
         return

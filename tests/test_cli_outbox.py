@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import update
 
 from engine.cli import outbox as outbox_cli
@@ -28,6 +29,11 @@ def _rows(db) -> tuple[int, int]:
 
 def _replay(db, ids, destination=None) -> int:
     return outbox_cli._cmd_replay(argparse.Namespace(ids=ids, destination=destination), db)
+
+
+@pytest.fixture(autouse=True)
+def _pacs_has_an_address(monkeypatch) -> None:
+    monkeypatch.setattr(outbox_cli, "_targets", lambda args: {"pacs": "10.0.0.5:104", "ehr": "off"}, raising=False)
 
 
 def test_ids_that_are_not_dead_letters_or_unknown_are_named_with_the_reason(db, capsys) -> None:
@@ -57,3 +63,17 @@ def test_no_ids_and_no_destination_is_a_usage_error_on_stderr(db, capsys) -> Non
     assert _replay(db, []) == 2
     out, err = capsys.readouterr()
     assert out == "" and "name the row ids" in err and "--destination NAME" in err
+
+
+def test_replaying_the_dead_letters_of_a_destination_that_is_off_says_they_will_wait(db, capsys, monkeypatch) -> None:
+    """The PACS refused images, the engine was restarted without RADBRIDGE_PACS_HOST, the operator replayed them:
+    "1 delivery(ies) re-queued" and nothing else; the rows stayed QUEUED for good (new-user campaign)."""
+    dead, _queued = _rows(db)
+    monkeypatch.setattr(outbox_cli, "_targets", lambda args: {"pacs": "off"}, raising=False)
+
+    assert _replay(db, [dead]) == 0
+
+    out, err = capsys.readouterr()
+    assert out == "1 delivery(ies) re-queued\n"
+    assert err == ("pacs: this destination is off (no address in the engine's configuration): its re-queued rows"
+                   " wait until it is given one and the engine restarted\n")

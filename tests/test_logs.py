@@ -252,3 +252,31 @@ def test_an_outgoing_connection_refused_is_not_two_pynetdicom_errors(restore_roo
         assert any("unable to connect to remote" in line and "DEBUG" in line for line in lines)
     else:
         assert lines == []
+
+
+def test_an_outgoing_association_with_no_accepted_context_is_not_a_pynetdicom_error(
+        restore_root_logging: None) -> None:
+    """A PACS that accepts none of the contexts of an image (a JPEG 2000 one for a PACS that takes only
+    uncompressed): pynetdicom logged ERROR 'No accepted presentation contexts' beside the outbox's own
+    WARNING that names the refused SOP class and syntax (new-user campaign); kept for DEBUG."""
+    from pynetdicom import AE
+
+    from tests.conftest import free_port
+
+    stream = io.StringIO()
+    configure_logging("INFO")
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    port = free_port()
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context("1.2.840.10008.1.1")  # Verification only
+    server = scp.start_server(("127.0.0.1", port), block=False)
+    try:
+        scu = AE()
+        scu.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.4.91")  # CT, JPEG 2000
+        scu.acse_timeout = scu.network_timeout = 5
+        assert not scu.associate("127.0.0.1", port, ae_title="PACS").is_established
+    finally:
+        server.shutdown()
+
+    assert "No accepted presentation contexts" not in stream.getvalue()
+    assert "ERROR" not in stream.getvalue()

@@ -90,7 +90,8 @@ def _association_failure(assoc: Any, where: str, file: InstanceFile,
         return RetryableDelivery(f"association rejected by {where}", f"association rejected by {where}")
     refused = list(getattr(assoc, "rejected_contexts", []) or [])
     if refused and not list(getattr(assoc, "accepted_contexts", []) or []):
-        return PermanentDelivery(f"{where}: {_refusal([], file, convert)}")
+        text = f"{where}: {_refusal([], file, convert)}"  # UIDs, syntaxes, the peer: no patient data
+        return PermanentDelivery(text, text)  # the log line says why, not just "PermanentDelivery"
     text = f"no association with {where} (connection refused, timed out or aborted)"
     return RetryableDelivery(text, text)
 
@@ -164,7 +165,7 @@ class DicomDestination:
         """Send the primary file, checked while sent; else (gone, tiered, damaged) a verified copy."""
         found = self._source.locate(ref.instance_pk)
         if found is None:
-            raise PermanentDelivery(f"instance {ref.sop_instance_uid} is no longer in the archive")
+            raise PermanentDelivery(*[f"instance {ref.sop_instance_uid} is no longer in the archive"] * 2)
         direct = self._source.primary_file(found)
         if direct is not None:
             try:
@@ -211,7 +212,7 @@ class DicomDestination:
             ts = UID(target.transfer_syntax[0])
             encoded = encode(_converted(file), ts.is_implicit_VR, ts.is_little_endian, False)
             if encoded is None:
-                raise PermanentDelivery(f"instance {file.sop_instance_uid} cannot be encoded in {ts.name}")
+                raise PermanentDelivery(*[f"instance {file.sop_instance_uid} cannot be encoded in {ts.name}"] * 2)
             return assoc.send_bytes(encoded, sop_class, file.sop_instance_uid, int(target.context_id),
                                     pooled.next_message_id())
         if target is not None:

@@ -137,6 +137,13 @@ class Stored:
     ack_code: str
     duplicate: bool = False
     enqueued: int = 0
+    refusal: str = ""  # an AE/AR's ERR code and location ("103 at OBR^1^4"): no message content, for the log
+
+
+def _refusal(error: HL7Error | None) -> str:
+    if error is None:
+        return ""
+    return f"{error.code} at {error.location}" if error.location else str(error.code)
 
 
 class Persister:
@@ -183,7 +190,7 @@ class Persister:
         The second half of :meth:`persist`, shared with an in-place replay (engine.channel.replay).
         """
         if p.status != PROCESSED:
-            return Stored(message_id, ack, code)
+            return Stored(message_id, ack, code, refusal=_refusal(p.error))
         try:
             outbound, outcomes = self._run_handlers(conn, p, message_id, now, sole)
             learned = _learn_keys(p, outcomes)
@@ -360,7 +367,7 @@ class Persister:
                 error=exc.text,
             )
         )
-        return Stored(message_id, ack, exc.ack_code)
+        return Stored(message_id, ack, exc.ack_code, refusal=_refusal(exc))
 
     def _enqueue(
         self, conn: Connection, p: Prepared, message_id: int, outbound: list[Outbound], now: datetime

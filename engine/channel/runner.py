@@ -180,6 +180,12 @@ class ChannelRunner:
         if isinstance(result, Stored):
             if result.enqueued:
                 self.notify()
+            if result.ack_code != "AA" and not result.duplicate:
+                # The operator's one line per refused message (channel, id, control id, ERR code and location:
+                # no patient data): before, an AE or AR left no trace in the log at all.
+                log.warning("channel %s: message %s (control id %s) answered %s %s: radbridge messages show %s",
+                            self.name, result.message_id, p.message.control_id or "(none)", result.ack_code,
+                            result.refusal, result.message_id)
             return result.ack
         if isinstance(result, StoreUnavailable):
             log.error("channel %s: message not stored (%s); answering AE", self.name, result)

@@ -44,11 +44,27 @@ def _unknown_study(args: argparse.Namespace, db: Any) -> bool:
     return True
 
 
+def _unnamed_secondary(args: argparse.Namespace, archive: Archive, db: Any) -> None:
+    """Say on stderr when the database records copies in a secondary location this shell's configuration does
+    not name (the engine runs with RADBRIDGE_ARCHIVE_SECONDARY, this shell without it): ``restore`` said
+    "no intact copy to restore from" of an image whose second copy was intact, and ``verify`` checked half."""
+    if archive.secondary is not None:
+        return
+    recorded = sum(inst.secondary_state not in ("", "NONE")
+                   for inst in db.read(partial(instances_of, study_instance_uid=args.study)))
+    if recorded:
+        print(f"radbridge archive {args.archive_command}: {recorded} instance(s) have a copy recorded in the secondary"
+              " location, but this shell's configuration names none (archive.secondary; RADBRIDGE_ARCHIVE_SECONDARY"
+              " in the shipped engine.yaml): those copies are neither checked nor used. Run this with the engine's"
+              " environment.", file=sys.stderr)
+
+
 def cmd_verify(args: argparse.Namespace, db: Any) -> int:
     """``archive verify [--study UID]``: 1 when any copy is missing, damaged or unreadable."""
     archive = _archive(args)
     if _unknown_study(args, db):
         return 1
+    _unnamed_secondary(args, archive, db)
     checked, findings = verify(archive, db, args.study)
     old, history = verify_history(archive, db, args.study)
     findings += history
@@ -68,6 +84,7 @@ def cmd_restore(args: argparse.Namespace, db: Any) -> int:
     archive = _archive(args)
     if _unknown_study(args, db):
         return 1
+    _unnamed_secondary(args, archive, db)
     repairs = restore(archive, db, args.study) + restore_history(archive, db, args.study)
     if args.json:
         print(json.dumps([asdict(r) for r in repairs], indent=2))

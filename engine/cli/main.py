@@ -112,8 +112,11 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     from engine.pidfile import running_pid
+    from engine.plan import check_directory
 
-    pid_file = _config(args).engine.data_dir / "radbridge.pid"
+    # Every problem of every file, as check-config and run find them (handlers, mappings, ports two channels
+    # share), before the engine is signalled: an invalid configuration is exit status 2 and no SIGHUP.
+    pid_file = check_directory(Path(args.config)).config.engine.data_dir / "radbridge.pid"
     pid = running_pid(pid_file)
     if pid is None:  # the lock says so: a pid left in the file may now be another process's
         print(f"radbridge reload: no running engine for {pid_file.parent} (no engine holds {pid_file})",
@@ -164,8 +167,9 @@ def cmd_messages_ack(args: argparse.Namespace) -> int:
                                                channel=args.channel, now=datetime.now(UTC)))
     for reason in done.reasons:
         print(reason, file=sys.stderr)
-    print(f"{len(done.ids)} message(s) acknowledged: radbridge status no longer counts them under needs attention"
-          " (messages list still lists them; a replay clears the acknowledgement)")
+    # "0 message(s) acknowledged: radbridge status no longer counts them" read as if something had been done.
+    print(f"{len(done.ids)} message(s) acknowledged" + (": radbridge status no longer counts them under needs"
+          " attention (messages list still lists them; a replay clears the acknowledgement)" if done.ids else ""))
     return 0 if done.ids or (not args.ids and not done.reasons) else 1
 
 
@@ -184,9 +188,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         # The database is away (refused, lost, hung past connect_timeout, pool exhausted): what is known
         # without it, and that it is away.
         return _status_without_database(args, configured(config), exc)
-    data["reports"]["receivers"] = {r.name: r.mllp or r.destination or "off"
-                                    for r in config.engine.reports.receivers}
     data |= configured(config)
+    # Where each ORU^R01 receiver sends: the running engine's targets (its environment), as the destination table.
+    data["reports"]["receivers"] = {r.name: data["destination_targets"].get(r.name, r.mllp or r.destination or "off")
+                                    for r in config.engine.reports.receivers}
     data["destinations"] = {name: {"target": target, "queued": 0, "oldest_queued_seconds": None, "dead_letters": 0}
                             for name, target in data.pop("destination_targets").items()}
     for name, backlog in db.read(destination_backlog).items():
@@ -282,26 +287,34 @@ def _detail_text(d: dict[str, Any]) -> str:
 _UNLISTED_TARGETS = {"archive:secondary": "the second archive copy (archive.secondary)"}
 
 
+def _cell(value: Any) -> str:
+    """A value of the status tables: ``-`` for none (nothing queued, a job never run), not Python's ``None``."""
+    return "-" if value is None else str(value)
+
+
 def _status_text(data: dict[str, Any]) -> str:
     from engine.cli.status_view import archive_space_text, endpoints_text
 
     cols = ["listen", "received", "errors", "filtered", "unchanged", "queued", "delivery_errors",
             "oldest_queued_seconds"]
     lines = [*endpoints_text(data), "", "channel\t" + "\t".join(cols)]
-    lines += [name + "\t" + "\t".join(str(v.get(c, "not configured")) for c in cols)
+    lines += [name + "\t" + "\t".join(_cell(v.get(c, "not configured")) for c in cols)
               for name, v in sorted(data["channels"].items())]
     dcols = ["target", "queued", "oldest_queued_seconds", "dead_letters"]
     lines += ["", "destination\t" + "\t".join(dcols)]
-    lines += [name + "\t" + "\t".join(str(v.get(c, "")) for c in dcols)
+    lines += [name + "\t" + "\t".join(_cell(v.get(c, "")) for c in dcols)
               for name, v in sorted(data["destinations"].items())]
     lines += ["", "job\tlast run\tresult\truns\terror"]
-    lines += [f"{j}\t{v['last_run_at']}\t{v['last_result']}\t{v['runs']}\t{v['last_error']}"
+    lines += ["\t".join([j, *(_cell(v[k]) for k in ("last_run_at", "last_result", "runs", "last_error"))])
               for j, v in sorted(data["jobs"].items())]
     steps = ", ".join(f"{k} {v}" for k, v in sorted(data["worklist_steps"].items())) or "none"
     reports = data["reports"]
     receivers = ", ".join(f"{k} {v}" for k, v in reports["receivers"].items()) or "none configured"
     st = data.get("studies", {})
-    studies = (f"studies: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)} unscheduled;"
+    # Of studies with stored images only (study_counts): "studies: 1 scheduled" beside a `studies list` of two
+    # scheduled studies (one known from MPPS alone) read as a miscount.
+    studies = (f"studies with stored images: {st.get('scheduled', 0)} scheduled, {st.get('unscheduled', 0)}"
+               " unscheduled;"
                f" images refused and quarantined: {_quarantined_text(data.get('images', {}))}")
     studies += "; " + _reconcile_text(data.get("reconcile", {}))
     space = [archive_space_text(data["archive_space"])] if data.get("archive_space") else []

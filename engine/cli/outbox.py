@@ -88,16 +88,44 @@ def not_replayable(conn: Connection, ids: list[int], destination: str | None) ->
     return reasons
 
 
+def replayable_destinations(conn: Connection, ids: list[int], destination: str | None) -> list[str]:
+    """The destinations of the dead letters :func:`replay_deliveries` would put back in the queue."""
+    conditions = [outbox.c.status == ERROR]
+    if ids:
+        conditions.append(outbox.c.id.in_(ids))
+    if destination is not None:
+        conditions.append(outbox.c.destination == destination)
+    return sorted(set(conn.execute(select(outbox.c.destination).where(*conditions).distinct()).scalars()))
+
+
+def _targets(args: argparse.Namespace) -> dict[str, str]:
+    """Every destination → where it sends ("off": no address), as the running engine (else the configuration) says."""
+    from pathlib import Path
+
+    from engine.cli.status_view import configured
+    from engine.config import load_config
+
+    return dict(configured(load_config(Path(args.config)))["destination_targets"])
+
+
 def _cmd_replay(args: argparse.Namespace, db: Database) -> int:
     if not args.ids and args.destination is None:
         print("radbridge outbox replay: name the row ids (radbridge outbox list --status ERROR) or --destination NAME",
               file=sys.stderr)
         return 2
     reasons = db.read(partial(not_replayable, ids=args.ids, destination=args.destination)) if args.ids else []
+    names = db.read(partial(replayable_destinations, ids=args.ids, destination=args.destination))
     count = db.writer.call(partial(replay_deliveries, ids=args.ids, destination=args.destination,
                                    now=datetime.now(UTC)))
     for reason in reasons:
         print(reason, file=sys.stderr)
+    # A destination without an address (RADBRIDGE_PACS_HOST unset where the engine runs) never takes its rows:
+    # "1 delivery(ies) re-queued" alone left them QUEUED for good, status counting them as a backlog.
+    targets = _targets(args) if count else {}
+    for name in names:
+        if targets.get(name) == "off":
+            print(f"{name}: this destination is off (no address in the engine's configuration): its re-queued"
+                  " rows wait until it is given one and the engine restarted", file=sys.stderr)
     print(f"{count} delivery(ies) re-queued")
     return 0 if count else 1
 

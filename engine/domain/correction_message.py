@@ -113,7 +113,7 @@ def build_correction_adt(patient: CorrectedPatient, sending_application: str, no
            f"{_e(patient.birth_date)}|{_e(patient.sex)}")
     segments = [
         f"MSH|^~\\&|{_e(sending_application)}||||{when}||ADT^{event}^{structure}|{control_id(patient, event_key)}"
-        "|P|2.5.1|||||UNICODE UTF-8",
+        "|P|2.5.1||||||UNICODE UTF-8",  # MSH-13..17 empty: the charset is MSH-18
         f"EVN|{event}|{when}",
         pid,
     ]

@@ -165,7 +165,8 @@ def _summaries(conn: Connection, step_pks: list[int]) -> list[StepSummary]:
         of_order.setdefault(int(order_pk), []).append(str(step_status))
     stmt = (
         select(s.order_pk, p.patient_id, p.issuer, p.patient_name, o.placer_order_number, o.filler_order_number,
-               o.accession_number, o.requested_procedure_id, o.study_instance_uid, s.sps_id, s.modality,
+               o.placer_order_namespace, o.filler_order_namespace, o.accession_number, o.requested_procedure_id,
+               o.study_instance_uid, s.sps_id, s.modality,
                o.procedure_code_value.label("procedure_code"),
                o.requested_procedure_description.label("procedure_text"))
         .join(orders, s.order_pk == o.id).join(patients, o.patient_pk == p.id)

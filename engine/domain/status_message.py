@@ -61,6 +61,9 @@ class StepSummary:
     procedure_text: str
     #: ORC-5 of the step's order (``order_status``); empty: the PPS status's own code (a lone step).
     order_status: str = ""
+    #: EI-2 of the placer and filler numbers, as the order came (ORC-2.2/3.2): the RIS's own order identity.
+    placer_order_namespace: str = ""
+    filler_order_namespace: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +88,19 @@ def _name(pn: str) -> str:
     return "^".join(_e(p) for p in (parts[0], parts[1], parts[2], parts[4], parts[3])).rstrip("^")
 
 
+def _ei(number: str, namespace: str) -> str:
+    """An EI: the number, with its namespace when the order had one (``PL1^RIS``)."""
+    return f"{_e(number)}^{_e(namespace)}" if namespace else _e(number)
+
+
 def _group(n: int, step: StepSummary, orc5: str, kind: str, when: str) -> list[str]:
     orc5 = step.order_status or orc5
     service = f"{_e(step.procedure_code)}^{_e(step.procedure_text)}"
-    orc = f"ORC|SC|{_e(step.placer_order_number)}|{_e(step.filler_order_number)}||{orc5}||||{when}"
+    placer = _ei(step.placer_order_number, step.placer_order_namespace)
+    filler = _ei(step.filler_order_number, step.filler_order_namespace)
+    orc = f"ORC|SC|{placer}|{filler}||{orc5}||||{when}"
     obr = (
-        f"OBR|{n}|{_e(step.placer_order_number)}|{_e(step.filler_order_number)}|{service}"
+        f"OBR|{n}|{placer}|{filler}|{service}"
         + "|" * 14
         + f"{_e(step.accession_number)}|{_e(step.requested_procedure_id)}|{_e(step.sps_id)}"
         + "||||"
@@ -115,7 +125,7 @@ def build_status_message(
     segments = [
         f"MSH|^~\\&|{_e(header.sending_application)}|{_e(header.sending_facility)}"
         f"|{_e(header.receiving_application)}|{_e(header.receiving_facility)}|{when}||{mtype}"
-        f"|{control_id}|P|2.5.1|||||UNICODE UTF-8",
+        f"|{control_id}|P|2.5.1||||||UNICODE UTF-8",  # MSH-13..17 empty: the charset is MSH-18
         f"PID|1||{_e(first.patient_id)}^^^{_e(first.issuer)}||{_name(first.patient_name)}",
     ]
     for n, step in enumerate(steps, start=1):

@@ -19,7 +19,7 @@ from engine.mapping import hl7types as _hl7types  # noqa: F401  (registers the T
 from engine.mapping.compiled import CompiledMapping, CompiledOutput
 from engine.mapping.compiler import compile_file
 from engine.mapping.result import MappingResult, Provenance
-from engine.mapping.tables import CodeTable, load_tables
+from engine.mapping.tables import CodeTable, load_tables, read_tables
 from engine.mapping.transforms import TransformContext, register_transform
 
 __all__ = [
@@ -64,12 +64,9 @@ def load_mappings(mappings_dir: Path, timezone: str = "UTC") -> dict[str, Compil
     every file is raised if any file or table fails, so the caller keeps
     the running version.
     """
-    problems: list[str] = []
-    try:
-        tables = load_tables(mappings_dir / "tables")
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        tables = {}
+    tables, problems, broken = read_tables(mappings_dir / "tables")
+    # A reference to a table whose file is reported above is not also "unknown".
+    unknown_broken = tuple(f"unknown table '{name}'" for name in broken)
     compiled: dict[str, CompiledMapping] = {}
     for path in mapping_files(mappings_dir):
         if path.stem in compiled:
@@ -78,7 +75,7 @@ def load_mappings(mappings_dir: Path, timezone: str = "UTC") -> dict[str, Compil
         try:
             compiled[path.stem] = compile_file(path, tables, timezone)
         except ConfigError as exc:
-            problems.extend(exc.problems)
+            problems.extend(p for p in exc.problems if not any(u in p for u in unknown_broken))
     if problems:
         raise ConfigError(problems)
     return compiled

@@ -90,12 +90,17 @@ def load_table(path: Path) -> CodeTable:
     return CodeTable(path.stem, path, header, tuple(rows))
 
 
-def load_tables(tables_dir: Path | None) -> dict[str, CodeTable]:
-    """Every ``*.csv``, ``*.yaml`` and ``*.yml`` table in ``tables_dir``, by file stem."""
+def read_tables(tables_dir: Path | None) -> tuple[dict[str, CodeTable], list[str], set[str]]:
+    """Every readable table in ``tables_dir`` by file stem, the problems of the others, and their names.
+
+    One bad row in one table must not hide the others: the mappings that use them are still checked against
+    them (before, a short row in procedure_codes.csv made every table reference "unknown ... none are defined").
+    """
     if tables_dir is None or not tables_dir.is_dir():
-        return {}
+        return {}, [], set()
     problems: list[str] = []
     tables: dict[str, CodeTable] = {}
+    broken: set[str] = set()
     for path in sorted(tables_dir.iterdir()):
         if path.suffix not in (".csv", ".yaml", ".yml"):
             continue
@@ -103,6 +108,13 @@ def load_tables(tables_dir: Path | None) -> dict[str, CodeTable]:
             tables[path.stem] = load_table(path)
         except ConfigError as exc:
             problems.extend(exc.problems)
+            broken.add(path.stem)
+    return tables, problems, broken
+
+
+def load_tables(tables_dir: Path | None) -> dict[str, CodeTable]:
+    """Every ``*.csv``, ``*.yaml`` and ``*.yml`` table in ``tables_dir``, by file stem."""
+    tables, problems, _ = read_tables(tables_dir)
     if problems:
         raise ConfigError(problems)
     return tables

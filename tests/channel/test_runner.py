@@ -100,6 +100,22 @@ def test_handler_error_rolls_back_its_changes_but_keeps_the_message(db, alone, h
         assert db.writer.inline_commits == 1  # the first attempt rolled back, the second committed
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["writer-thread", "inline"])
+def test_each_refused_message_is_one_warning_line_without_its_content(db, caplog, alone):
+    """An AE or AR left no line in the log (new-user campaign: an order answered AE 103, the log silent; only
+    ``status`` told). One WARNING per refused message, naming channel, id, control id and ERR code and
+    location, never the message's content; AA logs nothing."""
+    with caplog.at_level("INFO", logger="engine.channel.runner"):
+        assert answer(runner(db, accept={"message_types": ["ADT^*"]}), msg("R1")).segment("MSA").value(1) == "AR"
+        asyncio.run(runner(db, [AuditThenFail()]).receive(msg("E1", pid="77"), "test", alone=alone))
+        answer(runner(db), msg("A1"))
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "engine.channel.runner"]
+    assert lines == ["channel c: message 1 (control id R1) answered AR 200 at MSH^1^9^1: radbridge messages show 1",
+                     "channel c: message 2 (control id E1) answered AE 204 at PID^1^3: radbridge messages show 2"]
+    assert all(rec.levelname == "WARNING" for rec in caplog.records if rec.name == "engine.channel.runner")
+    assert not any("MRN77" in line or "DOE" in line for line in lines)
+
+
 class FailOn:
     """Writes an audit row for every message; fails (AE 204) the ones whose control id is in ``bad``."""
 

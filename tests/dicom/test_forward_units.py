@@ -16,6 +16,8 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from channels.dicom.associations import MAX_CONTEXTS, AssociationPool, contexts_for
+from channels.dicom.destination import _association_failure
+from channels.dicom.forward_source import InstanceFile
 from channels.dicom.store_link import UNLIMITED_FRAGMENT, Fixity, SourceDamaged, StoreLink
 from channels.dicom.store_status import Outcome, classify_store_status
 
@@ -218,3 +220,17 @@ def test_a_file_of_another_size_than_recorded_sends_nothing(tmp_path: Path) -> N
     sent, error = _write(path, Fixity(len(dataset) + 1, hashlib.sha256(dataset).hexdigest()), 16384)
     assert isinstance(error, SourceDamaged)
     assert sent == []
+
+
+def test_a_peer_refusing_every_context_is_a_dead_letter_whose_log_line_says_why(tmp_path: Path) -> None:
+    """The log of such a dead letter said only ``outbox pacs: row 34 attempt 1 failed (ERROR): PermanentDelivery``
+    (new-user campaign: storescp accepting uncompressed images only, a JPEG 2000 image): the reason was in
+    ``outbox list`` alone, though it names only UIDs, syntaxes and the peer (DeliveryError.public)."""
+    assoc = type("Refused", (), {"is_rejected": False, "rejected_contexts": [object()], "accepted_contexts": []})()
+    file = InstanceFile(tmp_path / "x.dcm", CT, "1.2.3.4", "1.2.840.10008.1.2.4.91")
+
+    failure = _association_failure(assoc, "PACS@127.0.0.1:11204", file, convert=False)
+
+    assert failure.public == str(failure)
+    assert failure.public.startswith("PACS@127.0.0.1:11204: the peer refuses SOP class " + CT)
+    assert "JPEG 2000" in failure.public

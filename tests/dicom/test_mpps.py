@@ -91,6 +91,22 @@ def test_in_progress_then_completed_moves_the_step_and_notifies_once_each(
     )
 
 
+def test_the_status_message_names_the_order_with_its_namespaces_as_the_ris_sent_them(radbridge: Radbridge) -> None:
+    """The order came as ORC-2 ``PL1^RIS``, ORC-3 ``FPL1^PACSRIS``; the status message said ``ORC|SC|PL1|FPL1|``
+    (new-user campaign), so a RIS that knows its orders by number and namespace found none."""
+    apply_records(radbridge.db, radbridge.orders, [patient(), order(
+        "PL1", placer_order_namespace="RIS", filler_order_namespace="PACSRIS", accession_number="ACC1",
+        requested_procedure_id="RP1", scheduled_procedure_step_id="SPS1", study_instance_uid="1.2.3.1")])
+    assoc = _assoc(radbridge.server.port)
+    status, _ = assoc.send_n_create(_create_ds(), MPPS, UID)
+    assoc.release()
+    assert status.Status == 0x0000
+    (message,) = _ris_messages(radbridge)
+    orc, obr = message.split("\r")[2:4]
+    assert orc.startswith("ORC|SC|PL1^RIS|FPL1^PACSRIS||IP|")
+    assert obr.startswith("OBR|1|PL1^RIS|FPL1^PACSRIS|")
+
+
 def test_final_state_is_immutable(radbridge: Radbridge) -> None:
     _load(radbridge)
     assoc = _assoc(radbridge.server.port)

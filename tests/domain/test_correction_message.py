@@ -52,3 +52,11 @@ def test_a_name_s_ideographic_and_phonetic_groups_are_pid5_repetitions_marked_by
     kanji_only = CorrectedPatient("583295", "HOSP", "=山田^太郎", "19700101", "M", "583295", "HOSP")
     pid = build_correction_adt(kanji_only, "RADBRIDGE", NOW, "A08", "k1").decode().split("\r")[2]
     assert pid.split("|")[5] == "山田^太郎^^^^^^I"
+
+
+def test_the_character_set_is_in_msh_18() -> None:
+    """It was in MSH-17 (Country Code), one field short, as in the MPPS status message (new-user campaign)."""
+    from engine.hl7.er7 import Message
+
+    msh = Message(build_correction_adt(UPDATED, "RADBRIDGE", NOW, "A08", "k1").decode()).segment("MSH")
+    assert (msh.value(12), msh.value(17), msh.value(18)) == ("2.5.1", "", "UNICODE UTF-8")

@@ -44,3 +44,14 @@ def test_each_group_carries_its_order_s_status_and_a_lone_step_the_pps_status() 
     assert _orc5s(build_status_message(header, [_step("S1")], "COMPLETED", "C1", now)) == ["CM"]
     both = [_step("S1", "IP"), _step("S2", "CM")]
     assert _orc5s(build_status_message(header, both, "COMPLETED", "C2", now)) == ["IP", "CM"]
+
+
+def test_the_character_set_is_in_msh_18() -> None:
+    """It was in MSH-17 (Country Code), one field short: a RIS reading MSH-18 found none and read the UTF-8
+    patient name in its default character set (new-user campaign, the status message of an MPPS)."""
+    from engine.hl7.er7 import Message
+
+    header = StatusHeader("RADBRIDGE", "X", "RIS", "Y")
+    msh = Message(build_status_message(header, [_step("S1")], "COMPLETED", "C1", datetime(2026, 12, 7)).decode()
+                  ).segment("MSH")
+    assert (msh.value(12), msh.value(17), msh.value(18)) == ("2.5.1", "", "UNICODE UTF-8")

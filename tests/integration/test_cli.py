@@ -129,6 +129,12 @@ def test_status_json_counts_per_channel(three_stored: EngineProcess) -> None:
     assert status["reconcile"] == {"pending": 0, "oldest_pending_seconds": None}
 
 
+def test_status_text_says_its_study_counts_are_of_studies_with_stored_images(three_stored: EngineProcess) -> None:
+    """``studies list`` lists studies known from MPPS or an order too; status counted only those with images
+    under the bare heading "studies:" (new-user campaign: 1 scheduled in status, 2 in the list)."""
+    assert "\nstudies with stored images: 0 scheduled, 0 unscheduled;" in three_stored.cli("status").stdout
+
+
 def test_messages_list_json_rows_have_the_documented_fields(three_stored: EngineProcess) -> None:
     (row,) = cli_json(three_stored, "messages", "list", "--control-id", "LIST2")
 
@@ -258,6 +264,9 @@ def test_messages_show_escapes_control_bytes_but_json_stays_exact(inbound: Engin
     detail = cli_json(inbound, "messages", "show", str(row["id"]))
 
     assert text.returncode == 0, text.stderr
+    # a value the message does not have is left out, never printed "None"
+    assert "None" not in text.stdout and "\nerror_code:" not in text.stdout and "acknowledged_at" not in text.stdout
+    assert detail["error_code"] is None
     assert "DOE^JANE\\x1b[2J\\x07" in text.stdout
     assert not set(text.stdout) & {"\x1b", "\x07", "\x0b", "\x1c", "\r"}
     assert "DOE^JANE\x1b[2J\x07" in detail["text"]

@@ -50,6 +50,7 @@ def test_acknowledged_ae_ar_messages_are_no_longer_counted_as_needing_attention(
     assert (_channel(inbound)["errors"], _channel(inbound)["errors_acknowledged"]) == (3, 1)  # the total stays
     again = inbound.cli("messages", "ack", str(ids[0]), "999999")
     assert again.returncode == 1 and "already acknowledged" in again.stderr
+    assert again.stdout == "0 message(s) acknowledged\n"  # not "...: radbridge status no longer counts them"
     assert "999999: no such message" in again.stderr
 
     later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()

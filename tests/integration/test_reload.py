@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import socket
 import time
 
@@ -72,9 +74,53 @@ def test_reload_keeps_the_running_mapping_when_the_new_one_is_invalid(engine_pro
     engine_process.start(wait_port=port)
     assert "MSA|AA" in exchange(port, ORDER.format(cid="R1"))
     break_mapping(mappings)
-    assert engine_process.cli("reload").returncode == 0
+    sighup(engine_process)
     wait_log(engine_process, "reload refused")
     assert "MSA|AA" in exchange(port, ORDER.format(cid="R2"))
+
+
+def sighup(engine: EngineProcess) -> None:
+    """A reload as a service manager sends it (``radbridge reload`` refuses an invalid file before signalling)."""
+    assert engine.proc is not None
+    os.kill(engine.proc.pid, signal.SIGHUP)
+
+
+def test_reload_refuses_an_invalid_file_itself_and_does_not_signal_the_engine(engine_process, tmp_path):
+    """``radbridge reload`` checked only each file's settings, not what they name: a mistyped handler was
+    "sent SIGHUP", exit status 0, and only the engine's log said the reload was refused."""
+    port, _ = setup(engine_process, tmp_path)
+    engine_process.start(wait_port=port)
+    _orders_file(engine_process, port, "handlers: [patiens]\n")
+    (engine_process.config_dir / "channels" / "two.yaml").write_text(
+        f"name: two\nsource: {{type: mllp, port: {port}}}\nmapping: order-to-worklist\n")
+
+    result = engine_process.cli("reload")
+
+    assert result.returncode == 2, result
+    assert "sent SIGHUP" not in result.stdout
+    # every problem of every file, as check-config lists them
+    assert "handlers.0: unknown handler 'patiens' (did you mean 'patients'?)" in result.stderr
+    assert f"source.port: {port} is already used by channel" in result.stderr
+    time.sleep(1)
+    assert "reload refused" not in engine_process.log() and "configuration valid" not in engine_process.log()
+    assert "MSA|AA" in exchange(port, ORDER.format(cid="R9"))
+
+
+def test_the_engine_refusing_a_reload_logs_every_problem_of_every_file(engine_process, tmp_path):
+    """A SIGHUP with a file whose settings are wrong and another naming an unknown handler: the log named the
+    first only (the settings were checked, then the refusal came before the references were)."""
+    port, _ = setup(engine_process, tmp_path)
+    engine_process.start(wait_port=port)
+    _orders_file(engine_process, port, "handlers: [patiens]\n")
+    (engine_process.config_dir / "channels" / "two.yaml").write_text(
+        f"name: two\nsource: {{type: mllp, port: {free_port()}, idle_timeout_seconds: ten}}\n")
+
+    sighup(engine_process)
+    wait_log(engine_process, "reload refused")
+
+    log = engine_process.log()
+    assert "source.idle_timeout_seconds" in log
+    assert "handlers.0: unknown handler 'patiens'" in log
 
 
 def test_reload_applies_a_valid_change(engine_process, tmp_path):
@@ -155,7 +201,7 @@ def test_a_failed_reload_changes_nothing_and_the_listener_keeps_answering(engine
         breaks, refusal = BROKEN_RELOADS[case]
         breaks(engine_process, port, mappings, blocker.getsockname()[1])
 
-        assert engine_process.cli("reload").returncode == 0
+        sighup(engine_process)
         wait_log(engine_process, "reload refused")
 
         assert refusal in engine_process.log()

@@ -77,7 +77,8 @@ def test_status_shows_listeners_dicom_fhir_backlog_per_destination_and_what_need
     assert f"DICOM: AE title RB_TEST on 127.0.0.1:{dicom}" in text
     assert f"FHIR API: http://127.0.0.1:{http}/fhir (auth: smart)" in text
     assert f"quiet\t127.0.0.1:{idle}\t0\t" in text
-    assert f"downstream\t127.0.0.1:{dead}\t0\tNone\t1" in text
+    assert f"downstream\t127.0.0.1:{dead}\t0\t-\t1" in text  # nothing queued: "-", not Python's "None"
+    assert "None" not in text
 
 
 def test_a_stopped_engine_is_not_running_and_reload_signals_no_stranger(engine_process: EngineProcess) -> None:
@@ -132,3 +133,31 @@ def test_status_in_a_shell_without_the_engine_s_environment_shows_what_the_engin
                                "source": "configuration"}
     assert after["dicom"]["listen"] == "127.0.0.1:11112"  # stopped: the shell's configuration
     assert not (engine_process.data_dir / "radbridge.serving.json").exists()
+
+
+def test_status_names_the_ehr_the_running_engine_sends_reports_to_not_this_shell_s(
+        engine_process: EngineProcess) -> None:
+    """The engine started with RADBRIDGE_EHR_MLLP set, the operator's shell without it: the destination table
+    said ``ehr 127.0.0.1:PORT`` with its queue, and the line below it ``ORU^R01 out: ehr off`` (new-user
+    campaign): the receiver's target came from this shell's configuration, not from the engine."""
+    mllp, ehr = free_port(), free_port()
+    write_engine_yaml(engine_process, "reports:\n  receivers:\n    - name: ehr\n      mapping: report-to-oru\n"
+                                      '      mllp: "${RADBRIDGE_TEST_EHR_MLLP:-}"\n')
+    write_channel(engine_process, "adt-in", f"name: adt-in\nsource: {{type: mllp, port: {mllp}}}\n")
+    engine_process.env["RADBRIDGE_TEST_EHR_MLLP"] = f"127.0.0.1:{ehr}"
+    engine_process.start(wait_port=mllp)
+    try:
+        del engine_process.env["RADBRIDGE_TEST_EHR_MLLP"]  # the operator's shell
+        deadline = time.monotonic() + 30
+        while (data := _status(engine_process))["engine"]["source"] != "running engine":
+            assert time.monotonic() < deadline, data
+            time.sleep(0.2)
+        text = engine_process.cli("status").stdout
+    finally:
+        engine_process.stop()
+    after = _status(engine_process)
+
+    assert data["destinations"]["ehr"]["target"] == f"127.0.0.1:{ehr}"
+    assert data["reports"]["receivers"] == {"ehr": f"127.0.0.1:{ehr}"}
+    assert f"ORU^R01 out: ehr 127.0.0.1:{ehr}" in text
+    assert after["reports"]["receivers"] == {"ehr": "off"}  # stopped: the shell's configuration

@@ -57,3 +57,22 @@ def test_shipped_charset_table() -> None:
         1, "specific_character_set"
     )
     assert index[("8859/1",)] == "ISO_IR 100" and index[("UNICODE UTF-8",)] == "ISO_IR 192"
+
+
+def test_one_bad_row_in_one_table_is_the_only_problem_the_shipped_mappings_report(tmp_path: Path) -> None:
+    """A short row in procedure_codes.csv made every table reference of every mapping "unknown table 'sex'
+    (none are defined)": 15 problems for one (new-user campaign, `radbridge check-config`)."""
+    import shutil
+
+    from engine.mapping import load_mappings
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS_DIR, mappings)
+    with (mappings / "tables" / "procedure_codes.csv").open("a") as out:
+        out.write("BADROW\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_mappings(mappings)
+
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{mappings / 'tables' / 'procedure_codes.csv'}:") and "row has 1 cells" in problem
