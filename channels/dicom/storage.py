@@ -203,12 +203,14 @@ def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
 
 
 class _Refused(Exception):
-    def __init__(self, key: str, detail: str = "", comment: str = "", placed: Path | None = None) -> None:
+    def __init__(self, key: str, detail: str = "", comment: str = "", placed: str | None = None) -> None:
         super().__init__(key)
         self.key = key
         self.detail = detail
         self.comment = comment  # the Error Comment, when more precise than the refusal's (no data set value)
-        self.placed = placed  # refused once filed in the archive (the spool is gone): the file to keep instead
+        # refused once filed in the archive (the spool is gone): the name the primary placed it under, to keep
+        # instead (a file of a directory location, an object of an S3 primary: ArchiveLocation.open_placed)
+        self.placed = placed
 
 
 def _deflate_refusal(spool: BinaryIO, offset: int, exc: Exception) -> _Refused:
@@ -470,7 +472,7 @@ class StorageService:
                 destinations=self.forwards, now=now))
         except SeriesConflict as exc:  # raced an image of the series under another study (checked before)
             raise _Refused("series_conflict", "filed under another study by a concurrent store",
-                           placed=self.primary.path(path) if created else None) from exc
+                           placed=path if created else None) from exc
         if queued and self.on_queued is not None:
             self.on_queued()
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
@@ -562,17 +564,18 @@ class StorageService:
                  status, reason)
         try:
             if refused.placed is not None:  # the file as placed (the spool became it), moved to quarantine
-                self._keep(dataclasses.replace(request, spool=refused.placed), status, reason, now)
-                self.primary.discard(refused.placed)
+                with contextlib.closing(self.primary.open_placed(refused.placed)) as placed:
+                    self._keep(request, placed, status, reason, now)
+                self.primary.discard(self.primary.path(refused.placed))
             else:
-                self._keep(request, status, reason, now)
+                with open(request.spool, "rb") as spool:
+                    self._keep(request, spool, status, reason, now)
         except (ArchiveUnavailable, StoreUnavailable, SQLAlchemyError, OSError) as exc:
             log.error("C-STORE %s: the refused dataset could not be quarantined: %s", request.sop_instance_uid, exc)
         return status, refused.comment or ERROR_COMMENTS[refused.key]
 
-    def _keep(self, request: StoreRequest, status: int, reason: str, now: datetime) -> None:
-        with open(request.spool, "rb") as spool:
-            staged = self.quarantine.stage(b"", spool)
+    def _keep(self, request: StoreRequest, received: BinaryIO, status: int, reason: str, now: datetime) -> None:
+        staged = self.quarantine.stage(b"", received)
         if staged.size == 0:
             self.quarantine.discard(staged.path)
             return

@@ -214,6 +214,10 @@ class ArchiveLocation:
         """The absolute path of a file the index names by ``relative``."""
         return self.root / relative
 
+    def open_placed(self, relative: str) -> BinaryIO:
+        """A reader of the file :meth:`place` named ``relative`` (raises OSError when it cannot be read)."""
+        return open(self.root / relative, "rb")  # the caller closes it
+
     def stage(self, head: bytes, body: BinaryIO | FileTail) -> StagedFile:
         """Write ``head`` then the rest of ``body`` (streamed) to a new temporary file, fsynced."""
         path = self.incoming / f"{uuid.uuid4().hex}.part"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from engine.archive.location import ArchiveLocation, StagedFile
 from engine.archive.s3_location import S3Location, s3_client
@@ -53,6 +54,10 @@ class S3PrimaryLocation(ArchiveLocation):
             raise ArchiveUnavailable(f"archive location {self.name}: staged file unreadable: {exc}") from exc
         finally:
             super().discard(staged.path)
+
+    def open_placed(self, relative: str) -> BinaryIO:
+        """A streaming reader of the object :meth:`place` put under ``relative`` (there is no local file)."""
+        return self.objects.open(relative)
 
     def path(self, relative: str) -> Path:
         """The object key (relative): what :meth:`discard` deletes from the store."""

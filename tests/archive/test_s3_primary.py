@@ -120,3 +120,26 @@ def test_a_correction_of_a_study_in_an_s3_primary_reads_and_writes_objects(
 def send_any(port: int, ds: Dataset) -> int:
     """C-STORE one dataset of whatever SOP class and transfer syntax it has."""
     return store_one(port, ds, aet="MR1")
+
+
+def test_an_image_refused_after_its_put_is_kept_in_quarantine_and_its_object_removed(
+        tmp_path: Path, corpus: Path, seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image refused by the index's own series check (a concurrent store filed its series under another
+    study after the check before storing: made here by that check seeing nothing) is refused after its file
+    was placed; with an S3 primary the placed file is an object, not a local file. Before, opening its key
+    as a local path failed: nothing reached quarantine (0xC240 answered, the log said it could not be kept)
+    and the object stayed in the store, named by no index row."""
+    import engine.domain.reconciler
+
+    monkeypatch.setattr(engine.domain.reconciler, "series_filed_elsewhere", lambda *args: None)
+    first = ct(corpus, generate_uid())
+    other = ct(corpus, generate_uid())
+    other.SeriesInstanceUID = first.SeriesInstanceUID  # the same series under another study
+    with running_scp(tmp_path, archive=_settings(seaweed, tmp_path)) as scp:
+        assert send(scp.port, [first, other]) == [0, 0xC240]
+        (row,) = scp.instances()
+        assert _keys(seaweed, "pacs/") == [f"pacs/{row.path}"]
+        (kept,) = scp.quarantined()
+        assert kept.status == 0xC240 and kept.sop_instance_uid == other.SOPInstanceUID
+        held = dcmread(scp.config.quarantine_dir() / kept.path)
+        assert held.SOPInstanceUID == other.SOPInstanceUID and held.StudyInstanceUID == other.StudyInstanceUID
