@@ -203,7 +203,8 @@ def refusal(attrs: InstanceAttributes, request: StoreRequest) -> str | None:
 
 
 class _Refused(Exception):
-    def __init__(self, key: str, detail: str = "", comment: str = "", placed: str | None = None) -> None:
+    def __init__(self, key: str, detail: str = "", comment: str = "", placed: str | None = None,
+                 owned: bool = True) -> None:
         super().__init__(key)
         self.key = key
         self.detail = detail
@@ -211,6 +212,9 @@ class _Refused(Exception):
         # refused once filed in the archive (the spool is gone): the name the primary placed it under, to keep
         # instead (a file of a directory location, an object of an S3 primary: ArchiveLocation.open_placed)
         self.placed = placed
+        # False: ``placed`` was already there with the same content (its content-hash name was taken), and may be
+        # another index row's file: copied to quarantine, never removed
+        self.owned = owned
 
 
 def _deflate_refusal(spool: BinaryIO, offset: int, exc: Exception) -> _Refused:
@@ -472,7 +476,7 @@ class StorageService:
                 destinations=self.forwards, now=now))
         except SeriesConflict as exc:  # raced an image of the series under another study (checked before)
             raise _Refused("series_conflict", "filed under another study by a concurrent store",
-                           placed=path if created else None) from exc
+                           placed=path, owned=created) from exc
         if queued and self.on_queued is not None:
             self.on_queued()
         if outcome in (IndexOutcome.UNCHANGED, IndexOutcome.REJECTED) and created:
@@ -566,7 +570,8 @@ class StorageService:
             if refused.placed is not None:  # the file as placed (the spool became it), moved to quarantine
                 with contextlib.closing(self.primary.open_placed(refused.placed)) as placed:
                     self._keep(request, placed, status, reason, now)
-                self.primary.discard(self.primary.path(refused.placed))
+                if refused.owned:
+                    self.primary.discard(self.primary.path(refused.placed))
             else:
                 with open(request.spool, "rb") as spool:
                     self._keep(request, spool, status, reason, now)
