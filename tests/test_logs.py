@@ -255,13 +255,17 @@ def test_an_outgoing_connection_refused_is_not_two_pynetdicom_errors(restore_roo
 
 
 def test_an_outgoing_association_with_no_accepted_context_is_not_a_pynetdicom_error(
-        restore_root_logging: None) -> None:
+        restore_root_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """A PACS that accepts none of the contexts of an image (a JPEG 2000 one for a PACS that takes only
     uncompressed): pynetdicom logged ERROR 'No accepted presentation contexts' beside the outbox's own
     WARNING that names the refused SOP class and syntax (new-user campaign); kept for DEBUG."""
-    from pynetdicom import AE
+    from pynetdicom import AE, _config
 
     from tests.conftest import free_port
+
+    # radbridge's storage SCP, once any test started one in this process, accepts every storage class
+    # (channels.dicom.storage sets pynetdicom's UNRESTRICTED_STORAGE_SERVICE): this PACS must not
+    monkeypatch.setattr(_config, "UNRESTRICTED_STORAGE_SERVICE", False)
 
     stream = io.StringIO()
     configure_logging("INFO")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import EngineProcess, free_port
+from tests.conftest import EngineProcess, free_port, wait_for_port
 from tests.integration.conftest import Ack, adt, cli_json, inbound_channel, send_all, write_channel
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,6 +23,7 @@ def ports(engine_process: EngineProcess) -> dict[str, int]:
     strict = f"name: strict\nsource: {{type: mllp, port: {ports['strict']}}}\naccept: {{timestamps: strict}}\n"
     write_channel(engine_process, "strict", strict)
     engine_process.start(wait_port=ports["lenient"])
+    wait_for_port(ports["strict"], proc=engine_process.proc)  # the channels open one after the other
     return ports
 
 
