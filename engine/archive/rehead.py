@@ -105,8 +105,12 @@ def rehead(location: ArchiveLocation, path: Path, meta: bytes, tail: FileTail) -
         finally:
             os.close(fd)
     except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        raise ArchiveUnavailable(f"archive location {location.name} cannot take a file: {name}") from exc
+        raise _unavailable(location, exc) from exc
+
+
+def _unavailable(location: ArchiveLocation, exc: OSError) -> ArchiveUnavailable:
+    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return ArchiveUnavailable(f"archive location {location.name} cannot take a file: {name}")
 
 
 def rewrite_front(location: ArchiveLocation, path: Path, meta: bytes, tail: FileTail) -> Reheaded | None:
@@ -127,24 +131,16 @@ def rewrite_front(location: ArchiveLocation, path: Path, meta: bytes, tail: File
     try:
         fd = os.open(path, os.O_RDWR)
         try:
-            front = memoryview(padded + tail.head)
-            at = 0
-            while at < len(front):
-                at += os.pwrite(fd, front[at:], at)
-            # The flush runs while the data set is hashed (the GIL is released by both); the tail is read
-            # from the cache: nothing dropped it.
-            flushed = fsync_in_background(fd)
-            try:
-                digest = hashlib.sha256(tail.head)
-                size = len(tail.head) + hash_range(fd, tail.offset, digest)
-            finally:
-                flushed.wait()  # fd is closed below: never before the flush has ended (its error raised here)
+            # Nothing drops the tail's cached pages here: read (or hashed) from the cache, as rehead does.
+            held = read_tail(fd, tail.offset)
+            digest = hashlib.sha256(tail.head)
+            size = len(tail.head) + (len(held) if held is not None else hash_range(fd, tail.offset, digest))
+            _finish(fd, padded + tail.head, held, digest)
             return Reheaded(StagedFile(path, size, digest.hexdigest()), padded)
         finally:
             os.close(fd)
     except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        raise ArchiveUnavailable(f"archive location {location.name} cannot take a file: {name}") from exc
+        raise _unavailable(location, exc) from exc
 
 
 def _finish(fd: int, front_bytes: bytes, held: memoryview | None, digest: Any) -> None:
