@@ -145,3 +145,19 @@ def associated(port: int, *contexts: str, transfer_syntax: str = ExplicitVRLittl
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def corpus_images(corpus: Path, tmp_path: Path, *changes: dict[str, object]) -> list[Path]:
+    """The corpus MR study's first images, the n-th with ``changes[n]`` set (a None value deletes), written out."""
+    sources = sorted((corpus / "dicom" / "study_dcm4che_MR_DOE_J1").glob("*.dcm"))
+    paths = []
+    for n, change in enumerate(changes):
+        ds: Dataset = dcmread(sources[n])
+        for keyword, value in change.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        paths.append(tmp_path / f"image{n}.dcm")
+        ds.save_as(paths[-1])
+    return paths

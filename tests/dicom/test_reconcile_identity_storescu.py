@@ -7,32 +7,15 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 
 from engine.domain.handlers import OrdersHandler, PatientsHandler, order_policy, patient_policy
 from tests.dicom.conftest import needs_dcmtk
-from tests.dicom.store_peer import running_scp, storescu
+from tests.dicom.store_peer import corpus_images, running_scp, storescu
 from tests.domain.factories import apply_records, order, patient
 
 pytestmark = needs_dcmtk
 ROOT = Path(__file__).resolve().parents[2]
 ADT = "MSH|^~\\&|HIS|HOSP|RADBRIDGE|HOSP|20261205080000||ADT^A08|A1|P|2.5.1\rPID|1||X^^^HOSP^MR||X\r"
-
-
-def _two(corpus: Path, tmp_path: Path, *changes: dict[str, object]) -> list[Path]:
-    """The corpus study's first images, the n-th with ``changes[n]`` set (a None value deletes), written out."""
-    sources = sorted((corpus / "dicom" / "study_dcm4che_MR_DOE_J1").glob("*.dcm"))
-    paths = []
-    for n, change in enumerate(changes):
-        ds: Dataset = dcmread(sources[n])
-        for keyword, value in change.items():
-            if value is None:
-                delattr(ds, keyword)
-            else:
-                setattr(ds, keyword, value)
-        paths.append(tmp_path / f"image{n}.dcm")
-        ds.save_as(paths[-1])
-    return paths
 
 
 @pytest.mark.parametrize("absent", [True, False], ids=["no PatientID", "empty PatientID"])
@@ -43,7 +26,7 @@ def test_a_later_image_without_a_patient_id_joins_its_study(tmp_path: Path, corp
     that lost it): it was refused 0xC230 as another patient's when the study was unscheduled. It names no
     other patient: it is filed under the study and, where the study's patient is known (an ADT, an order),
     given that patient's identity, the empty value recorded in OriginalAttributesSequence."""
-    paths = _two(corpus, tmp_path, {}, {"PatientID": None if absent else ""})
+    paths = corpus_images(corpus, tmp_path, {}, {"PatientID": None if absent else ""})
     with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
         if known == "ADT patient":
             apply_records(scp.db, PatientsHandler(patient_policy(scp.config)),
@@ -72,7 +55,7 @@ def test_the_same_patient_id_in_utf8_and_latin1_is_one_patient(tmp_path: Path, c
     plain ASCII), each character set first: compared decoded, they are the same patient."""
     for pid, utf8_first in (("MÜLLER7", True), ("MÜLLER7", False), ("PLAIN7", True), ("PLAIN7", False)):
         charsets = ("ISO_IR 192", "ISO_IR 100") if utf8_first else ("ISO_IR 100", "ISO_IR 192")
-        paths = _two(corpus, tmp_path, *({"SpecificCharacterSet": c, "PatientID": pid} for c in charsets))
+        paths = corpus_images(corpus, tmp_path, *({"SpecificCharacterSet": c, "PatientID": pid} for c in charsets))
         with running_scp(tmp_path / f"{pid}{utf8_first}", mappings_dir=ROOT / "mappings") as scp:
             if order_known:
                 apply_records(scp.db, OrdersHandler(order_policy(scp.config)), [

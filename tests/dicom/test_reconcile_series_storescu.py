@@ -16,27 +16,12 @@ from sqlalchemy import select
 from engine.domain.handlers import OrdersHandler, order_policy
 from engine.domain.tables import series, studies
 from tests.dicom.conftest import needs_dcmtk
-from tests.dicom.store_peer import running_scp, storescu
+from tests.dicom.store_peer import corpus_images, running_scp, storescu
 from tests.domain.factories import apply_records, order, patient
 
 pytestmark = needs_dcmtk
 ROOT = Path(__file__).resolve().parents[2]
 STUDY_A, STUDY_B, STUDY_ORDER = "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.2", "1.2.826.0.1.3680043.10.1.9"
-
-
-def _images(corpus: Path, tmp_path: Path, *changes: dict[str, object]) -> list[Path]:
-    sources = sorted((corpus / "dicom" / "study_dcm4che_MR_DOE_J1").glob("*.dcm"))
-    paths = []
-    for n, change in enumerate(changes):
-        ds: Dataset = dcmread(sources[n])
-        for keyword, value in change.items():
-            if value is None:
-                delattr(ds, keyword)
-            else:
-                setattr(ds, keyword, value)
-        paths.append(tmp_path / f"image{n}.dcm")
-        ds.save_as(paths[-1])
-    return paths
 
 
 def _answer(port: int, path: Path) -> Dataset:
@@ -64,7 +49,7 @@ def _rows(scp: object) -> tuple[list[str], list[tuple[str, str]]]:
 def test_an_image_of_a_series_filed_under_another_study_is_refused_and_kept(tmp_path: Path, corpus: Path) -> None:
     """Before: the second image was indexed under a new study B while its series row stayed under study A
     (study B counted no series, the series' images were in two studies), success answered."""
-    paths = _images(corpus, tmp_path, {"StudyInstanceUID": STUDY_A}, {"StudyInstanceUID": STUDY_B})
+    paths = corpus_images(corpus, tmp_path, {"StudyInstanceUID": STUDY_A}, {"StudyInstanceUID": STUDY_B})
     with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
         assert storescu(scp.port, paths[:1]).returncode == 0
         refused = storescu(scp.port, paths[1:])
@@ -82,7 +67,7 @@ def test_an_image_of_a_series_filed_under_another_study_is_refused_and_kept(tmp_
 
 def test_a_series_filed_under_another_study_is_refused_with_reconciliation_off(tmp_path: Path,
                                                                               corpus: Path) -> None:
-    paths = _images(corpus, tmp_path, {"StudyInstanceUID": STUDY_A}, {"StudyInstanceUID": STUDY_B})
+    paths = corpus_images(corpus, tmp_path, {"StudyInstanceUID": STUDY_A}, {"StudyInstanceUID": STUDY_B})
     with running_scp(tmp_path / "rb", reconcile={"enabled": False}) as scp:
         assert storescu(scp.port, paths[:1]).returncode == 0
         assert _answer(scp.port, paths[1]).Status == 0xC240
@@ -93,9 +78,9 @@ def test_the_only_image_of_a_series_resent_under_a_corrected_study_takes_its_ser
                                                                                        corpus: Path) -> None:
     """A modality that corrected the Study Instance UID of a one-image series and sent it again: no other
     image is split from it, so the series moves with it (a new version, as for a corrected series)."""
-    (first,) = _images(corpus, tmp_path, {"StudyInstanceUID": STUDY_A})
+    (first,) = corpus_images(corpus, tmp_path, {"StudyInstanceUID": STUDY_A})
     (tmp_path / "again").mkdir()
-    (second,) = _images(corpus, tmp_path / "again", {"StudyInstanceUID": STUDY_B})
+    (second,) = corpus_images(corpus, tmp_path / "again", {"StudyInstanceUID": STUDY_B})
     with running_scp(tmp_path / "rb", mappings_dir=ROOT / "mappings") as scp:
         assert storescu(scp.port, [first]).returncode == 0
         done = storescu(scp.port, [second])
@@ -124,7 +109,7 @@ def test_an_image_whose_study_uid_was_coerced_before_follows_the_coercion(tmp_pa
     the same received Study Instance UID but nothing that matches the order by itself (no accession) joins
     that study, coerced alike (its Study Instance UID, recorded in OriginalAttributesSequence); one with
     another received Study Instance UID is refused."""
-    paths = _images(corpus, tmp_path, {"StudyInstanceUID": STUDY_B}, {"StudyInstanceUID": STUDY_B,
+    paths = corpus_images(corpus, tmp_path, {"StudyInstanceUID": STUDY_B}, {"StudyInstanceUID": STUDY_B,
                                                                       "AccessionNumber": None},
                     {"StudyInstanceUID": STUDY_A, "AccessionNumber": None})
     with running_scp(tmp_path / "rb", mappings_dir=_coercing_mapping(tmp_path)) as scp:

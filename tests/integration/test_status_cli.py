@@ -27,6 +27,15 @@ def _order(control_id: str) -> bytes:
             "PID|1||P9^^^HOSP^MR||DOE^JOHN\rORC|NW|PL1\rOBR|1|PL1||CT^CT HEAD\r").encode()
 
 
+
+def _running_status(engine: EngineProcess) -> dict[str, Any]:
+    """``status --json`` once it reads the running engine's serving file (within 30 s)."""
+    deadline = time.monotonic() + 30
+    while (data := _status(engine))["engine"]["source"] != "running engine":
+        assert time.monotonic() < deadline, data
+        time.sleep(0.2)
+    return data
+
 def test_status_shows_listeners_dicom_fhir_backlog_per_destination_and_what_needs_attention(
         engine_process: EngineProcess) -> None:
     mllp, idle, dicom, http, dead = free_port(), free_port(), free_port(), free_port(), free_port()
@@ -114,10 +123,7 @@ def test_status_in_a_shell_without_the_engine_s_environment_shows_what_the_engin
     engine_process.start(wait_port=dicom)
     try:
         del engine_process.env["RADBRIDGE_TEST_DICOM_PORT"]  # the operator's shell
-        deadline = time.monotonic() + 30  # the DICOM port opens before the channels: until all listen
-        while (data := _status(engine_process))["engine"]["source"] != "running engine":
-            assert time.monotonic() < deadline, data
-            time.sleep(0.2)
+        data = _running_status(engine_process)  # the DICOM port opens before the channels: until all listen
         text = engine_process.cli("status").stdout
     finally:
         engine_process.stop()
@@ -148,10 +154,7 @@ def test_status_names_the_ehr_the_running_engine_sends_reports_to_not_this_shell
     engine_process.start(wait_port=mllp)
     try:
         del engine_process.env["RADBRIDGE_TEST_EHR_MLLP"]  # the operator's shell
-        deadline = time.monotonic() + 30
-        while (data := _status(engine_process))["engine"]["source"] != "running engine":
-            assert time.monotonic() < deadline, data
-            time.sleep(0.2)
+        data = _running_status(engine_process)
         text = engine_process.cli("status").stdout
     finally:
         engine_process.stop()
